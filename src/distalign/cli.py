@@ -1,0 +1,174 @@
+"""``distalign`` command line: parse arguments, build a config, call the command's function.
+
+distalign model prepare                       # convert the embedded SmolLM2 once
+distalign generate prompts='[Hi there]' k=2   # YAML config and/or key=value overrides
+distalign data inspect pairs.jsonl.gz
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from distalign.config import (
+    ConfigError,
+    GenerateConfig,
+    load_config,
+    save_config,
+    split_config_args,
+)
+from distalign.data.formats import PreferenceFormatError
+from distalign.data.load import DataSourceError
+from distalign.models.load import DEFAULT_MODEL, ModelNotFoundError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
+data_app = typer.Typer(no_args_is_help=True, help="Inspect preference data.")
+model_app = typer.Typer(no_args_is_help=True, help="Prepare and check models.")
+app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
+console = Console()
+
+# Errors a user can fix from the message alone: print it, no traceback.
+USER_ERRORS = (ConfigError, PreferenceFormatError, DataSourceError, ModelNotFoundError)
+
+ConfigArgs = Annotated[
+    list[str] | None,
+    typer.Argument(help="Optional YAML config, then key=value overrides (dotted keys nest)."),
+]
+
+
+@model_app.command("prepare")
+def model_prepare(
+    model: Annotated[str, typer.Option(help="Alias, local folder or hub id.")] = DEFAULT_MODEL,
+):
+    """Resolve a model (converting the embedded GGUF once) and time a load."""
+    from distalign.models.load import load_policy, resolve_model
+
+    start = time.perf_counter()
+    path = resolve_model(model)
+    prepared = time.perf_counter() - start
+    start = time.perf_counter()
+    policy, _ = load_policy(model)
+    loaded = time.perf_counter() - start
+    n = sum(p.numel() for p in policy.parameters())
+    console.print(f"model folder: {path}")
+    console.print(f"resolve: {prepared:.1f} s, load: {loaded:.1f} s, parameters: {n / 1e6:.1f} M")
+
+
+def _read_prompts(cfg: GenerateConfig) -> list[list[dict[str, str]]]:
+    prompts = [[{"role": "user", "content": p}] for p in cfg.prompts]
+    if cfg.prompts_file:
+        path = Path(cfg.prompts_file)
+        if path.suffix == ".txt":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            prompts += [[{"role": "user", "content": line}] for line in lines if line.strip()]
+        else:
+            from distalign.data.load import load_preferences
+
+            prompts += list(load_preferences(str(path))["prompt"])
+    return prompts
+
+
+def run_generate(cfg: GenerateConfig) -> list[dict]:
+    """Sample ``cfg.k`` replies per prompt; write JSONL to ``cfg.output`` when set."""
+    from distalign.models.generate import sample_replies
+    from distalign.models.load import load_policy
+
+    prompts = _read_prompts(cfg)
+    model, tokenizer = load_policy(
+        cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+    )
+    out = sample_replies(model, tokenizer, prompts, k=cfg.k, config=cfg.sampling, progress=True)
+    rows = [
+        {
+            "prompt": prompts[out.prompt_index(i)],
+            "reply": text,
+            "finished": out.finished[i],
+            "tokens": len(out.reply_ids[i]),
+        }
+        for i, text in enumerate(out.texts)
+    ]
+    if cfg.output:
+        path = Path(cfg.output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        save_config(cfg, path.parent, name=path.stem + ".config.yaml")
+    return rows
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def generate(args: ConfigArgs = None):
+    """Answer chat prompts with a policy (default: the embedded SmolLM2-135M-Instruct)."""
+    path, overrides = split_config_args(args or [])
+    cfg = load_config(GenerateConfig, path, overrides)
+    rows = run_generate(cfg)
+    for row in rows:
+        console.rule(f"[bold]{row['prompt'][-1]['content']}")
+        console.print(row["reply"], markup=False, highlight=False)
+        cut = "" if row["finished"] else ", cut at max_new_tokens"
+        console.print(f"[dim]({row['tokens']} tokens{cut})")
+    if cfg.output:
+        console.print(f"wrote {len(rows)} replies to {cfg.output}")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    source: Annotated[str, typer.Argument(help="Local file/folder or hub id.")],
+    split: Annotated[str | None, typer.Option(help="Split (hub id or folder).")] = None,
+    format: Annotated[
+        str | None, typer.Option("--format", help="explicit | implicit | hh (default: detect)")
+    ] = None,
+    skip_bad_rows: Annotated[bool, typer.Option(help="Skip malformed rows, count them.")] = False,
+    model: Annotated[str, typer.Option(help="Tokenizer for token lengths.")] = DEFAULT_MODEL,
+):
+    """Format, pair count, skipped rows, token-length percentiles, one rendered example."""
+    from distalign.data.inspect import PERCENTILES, inspect_source
+    from distalign.models.load import load_tokenizer
+
+    result = inspect_source(source, load_tokenizer(model), split, format, skip_bad_rows)
+    r = result.report
+    console.print(f"[bold]{source}[/]  format: {r.format}")
+    console.print(f"rows read: {r.rows}   pairs: {r.kept}   with ratings: {result.scored_pairs}")
+    console.print(f"identical chosen/rejected (dropped): {r.identical}")
+    console.print(f"skipped malformed rows: {sum(r.skipped.values())}")
+    for reason, n in r.skipped.most_common():
+        console.print(f"  {n} × {reason}", markup=False)
+    for example in r.examples[:3]:
+        console.print(f"  e.g. {example}", markup=False)
+    if result.lengths:
+        table = Table(title=f"token lengths ({model})")
+        table.add_column("part")
+        for p in PERCENTILES:
+            table.add_column("max" if p == 100 else f"p{p}", justify="right")
+        for name, pct in result.lengths.items():
+            table.add_row(name, *(str(pct[p]) for p in PERCENTILES))
+        console.print(table)
+        console.rule("first pair, chosen reply, through the chat template")
+        console.print(result.example, markup=False, highlight=False)
+    if result.metadata:
+        console.rule("metadata.json")
+        console.print_json(json.dumps(result.metadata))
+
+
+def main():
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "datasets", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        app()
+    except USER_ERRORS as e:
+        console.print(f"[red]error:[/] {e}", markup=True, highlight=False)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""Preference data by hub id or local file -> a normalised ``datasets.Dataset``.
+
+    from distalign.data import load_preferences
+    ds = load_preferences("pairs.jsonl.gz")                        # format detected
+    ds = load_preferences("esfrankel17/HelpSteer2_binarized", split="average_rating_split")
+    ds = load_preferences("hh.jsonl", format="hh", skip_bad_rows=True)
+
+Local files: ``.jsonl``, ``.json`` (a list of rows, or ``{"data": [...]}``), ``.parquet``,
+``.csv``, each optionally ``.gz``. A local folder is read like a hub dataset: the file named
+after the split (``train.jsonl.gz``, ``test.parquet``, …). Local files are read by our own
+readers rather than ``datasets``' builders so that an error can name the line of a broken row.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from distalign.data.formats import FORMATS, PreferenceFormatError, detect_format, normalise_row
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+FEATURES = datasets.Features(
+    {
+        "prompt": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+        "chosen": datasets.Value("string"),
+        "rejected": datasets.Value("string"),
+        "chosen_score": datasets.Value("float64"),
+        "rejected_score": datasets.Value("float64"),
+        "source_row": datasets.Value("int64"),
+    }
+)
+
+
+class DataSourceError(ValueError):
+    """A source that cannot be read at all (missing file, bad gzip, unknown suffix)."""
+
+
+@dataclass
+class LoadReport:
+    """What happened to each source row."""
+
+    source: str
+    format: str = ""
+    rows: int = 0
+    kept: int = 0
+    identical: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    examples: list[str] = field(default_factory=list)  # first few full error messages
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.source}: format {self.format}, {self.rows} rows, {self.kept} pairs kept",
+            f"  identical chosen/rejected: {self.identical} (dropped)",
+            f"  skipped as malformed: {sum(self.skipped.values())}",
+        ]
+        lines += [f"    {n} × {reason}" for reason, n in self.skipped.most_common()]
+        lines += [f"    e.g. {e}" for e in self.examples[:3]]
+        return "\n".join(lines)
+
+
+def _strip_gz(path: Path) -> str:
+    name = path.name.lower()
+    return name[:-3] if name.endswith(".gz") else name
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.name.lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as f:
+            return f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataSourceError(f"{path}: not a valid gzip file ({e})") from None
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    yield where, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield (
+                        where,
+                        PreferenceFormatError(
+                            where, None, f"broken JSON line ({e.msg} at column {e.colno})"
+                        ),
+                    )
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataSourceError(f"{path}: not a valid gzip file ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DataSourceError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        data = json.loads(_read_bytes(path))
+    except json.JSONDecodeError as e:
+        raise DataSourceError(f"{path}: broken JSON at line {e.lineno} ({e.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DataSourceError(f"{path}: expected a JSON list of rows (or {{'data': [...]}})")
+    for i, row in enumerate(data):
+        yield f"{path} row {i}", row
+
+
+def _decode_cell(value: Any) -> Any:
+    # CSV cells hold strings; a cell that is a JSON list holds chat messages.
+    if isinstance(value, str) and value.lstrip().startswith("[") and value.rstrip().endswith("]"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _iter_csv(path: Path) -> Iterator[tuple[str, Any]]:
+    with _open_text(path) as f:
+        try:
+            for i, row in enumerate(csv.DictReader(f)):
+                yield f"{path} row {i}", {k: _decode_cell(v) for k, v in row.items()}
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+            raise DataSourceError(f"{path}: not a valid gzip file ({e})") from None
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(_read_bytes(path)))
+    except Exception as e:
+        if isinstance(e, DataSourceError):
+            raise
+        raise DataSourceError(f"{path}: not a readable parquet file ({e})") from None
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{path} row {i}", row
+
+
+_READERS = {
+    ".jsonl": _iter_jsonl,
+    ".json": _iter_json,
+    ".csv": _iter_csv,
+    ".parquet": _iter_parquet,
+}
+
+
+def _local_file(path: Path, split: str | None) -> Path:
+    if path.is_dir():
+        wanted = split or "train"
+        candidates = [path / f"{wanted}{s}{gz}" for s in SUFFIXES for gz in ("", ".gz")]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            names = sorted(p.name for p in path.iterdir())
+            raise DataSourceError(f"{path}: no file for split {wanted!r} (have {names})")
+        return found[0]
+    return path
+
+
+def iter_source_rows(source: str, split: str | None = None) -> Iterator[tuple[str, Any]]:
+    """Yield (location, raw row) for a local file/folder or a hub dataset."""
+    path = Path(source).expanduser()
+    if path.exists():
+        path = _local_file(path, split)
+        suffix = Path(_strip_gz(path)).suffix
+        if suffix not in _READERS:
+            raise DataSourceError(
+                f"{path}: unknown file type {suffix!r}; expected one of {SUFFIXES} (optionally .gz)"
+            )
+        yield from _READERS[suffix](path)
+        return
+    if source.startswith((".", "/", "~")) or Path(_strip_gz(path)).suffix in SUFFIXES:
+        raise DataSourceError(f"{source}: no such file")
+    # A hub id. Unreachable offline, but this is the path users with internet take.
+    ds = datasets.load_dataset(source, split=split or "train")
+    for i, row in enumerate(ds):
+        yield f"{source}[{split or 'train'}] row {i}", row
+
+
+def load_preferences(
+    source: str,
+    split: str | None = None,
+    *,
+    format: str | None = None,
+    skip_bad_rows: bool = False,
+    drop_identical: bool = True,
+    limit: int | None = None,
+    report: LoadReport | None = None,
+) -> datasets.Dataset:
+    """Read preference pairs into the normalised form (see ``distalign.data.formats``).
+
+    Args:
+        source: hub id, local file or local folder (file named after the split).
+        split: dataset split; for hub ids defaults to ``train``.
+        format: ``explicit`` | ``implicit`` | ``hh``; detected from the first row when None.
+        skip_bad_rows: skip malformed rows (their count and reasons are logged) instead of
+            raising on the first one.
+        drop_identical: drop pairs whose chosen and rejected replies are equal (they carry no
+            preference); counted in the report either way.
+        limit: stop after this many kept pairs.
+        report: filled with counts when given.
+    """
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    report = report if report is not None else LoadReport(source=source)
+    report.source = source
+    rows: list[dict[str, Any]] = []
+    fmt = format
+    for index, (where, raw) in enumerate(iter_source_rows(source, split)):
+        report.rows += 1
+        try:
+            if isinstance(raw, Exception):
+                raise raw
+            if not isinstance(raw, dict):
+                raise PreferenceFormatError(
+                    where, None, f"expected an object, got {type(raw).__name__}"
+                )
+            if fmt is None:
+                try:
+                    fmt = detect_format(raw)
+                except ValueError as e:
+                    raise PreferenceFormatError(where, None, str(e)) from None
+            row = normalise_row(raw, fmt, where, index)
+        except PreferenceFormatError as e:
+            if not skip_bad_rows:
+                raise
+            reason = f"field {e.field!r}: {e.reason}" if e.field else e.reason
+            report.skipped[reason.split(" (")[0]] += 1
+            report.examples.append(str(e))
+            continue
+        if row["chosen"].strip() == row["rejected"].strip():
+            report.identical += 1
+            if drop_identical:
+                continue
+        rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
+    report.format = fmt or "unknown"
+    report.kept = len(rows)
+    if report.skipped or report.identical:
+        log.warning(report.summary())
+    return datasets.Dataset.from_list(rows, features=FEATURES)

@@ -1,0 +1,188 @@
+"""Normalised preference rows -> token ids -> padded batches for reward models.
+
+A pair is stored as three token lists: the prompt rendered through the chat template with
+the assistant header (``prompt_ids``), and the two replies (``chosen_ids``,
+``rejected_ids``) such that ``prompt_ids + chosen_ids`` is the chat-template rendering of the
+whole conversation. Keeping the prompt apart lets later code share it between the two
+replies (prefix sharing) instead of encoding it twice.
+
+Truncation, when ``prompt + reply`` exceeds ``max_length``:
+
+1. the oldest prompt turns are dropped (a leading system message is kept) while more than
+   the last user turn remains;
+2. then the prompt is cut from the left and the reply from the right. The prompt keeps at
+   least ``min(len(prompt), max_prompt_length)`` tokens and the reply whatever is left, so
+   the sequence always ends in (a prefix of) the reply. Chosen and rejected keep the same
+   prompt, so the pair stays comparable.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+def render_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of the prompt through the chat template, ending with the assistant header."""
+    return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+
+
+def _ids(out: Any) -> list[int]:
+    # apply_chat_template returns a list, or a BatchEncoding in newer transformers.
+    if hasattr(out, "keys") and "input_ids" in out:
+        out = out["input_ids"]
+    return list(out)
+
+
+def render_reply_ids(tokenizer, messages: list[dict[str, str]], reply: str) -> list[int]:
+    """Token ids the chat template adds for an assistant ``reply`` after ``messages``.
+
+    The template closes the turn (``<|im_end|>`` for SmolLM2) and may add a line break after
+    it; trailing whitespace-only tokens are dropped so the reply ends at the end-of-turn token.
+    """
+    prompt = render_prompt_ids(tokenizer, messages)
+    full = _ids(
+        tokenizer.apply_chat_template(
+            [*messages, {"role": "assistant", "content": reply}], tokenize=True
+        )
+    )
+    if full[: len(prompt)] != prompt:
+        raise ValueError(
+            "the chat template does not render the prompt as a prefix of prompt + reply; "
+            "distalign needs that to score replies"
+        )
+    reply_ids = full[len(prompt) :]
+    while len(reply_ids) > 1 and not tokenizer.decode(reply_ids[-1:]).strip():
+        reply_ids.pop()
+    return reply_ids
+
+
+def truncate_pair(
+    prompt: Sequence[int],
+    replies: Sequence[Sequence[int]],
+    max_length: int,
+    max_prompt_length: int,
+) -> tuple[list[int], list[list[int]]]:
+    """Cut the prompt from the left and each reply from the right to fit ``max_length``.
+
+    All replies share the returned prompt. Pure function on token lists (property-tested).
+    """
+    if not 0 < max_prompt_length < max_length:
+        raise ValueError(
+            f"need 0 < max_prompt_length ({max_prompt_length}) < max_length ({max_length})"
+        )
+    longest = max(len(r) for r in replies)
+    if len(prompt) + longest <= max_length:
+        return list(prompt), [list(r) for r in replies]
+    keep_prompt = max(max_length - longest, min(len(prompt), max_prompt_length))
+    keep_reply = max_length - keep_prompt
+    new_prompt = list(prompt[len(prompt) - keep_prompt :]) if keep_prompt else []
+    return new_prompt, [list(r[:keep_reply]) for r in replies]
+
+
+def _drop_oldest_turn(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
+    """The messages without their oldest non-system exchange (None: one user turn left)."""
+    start = 1 if messages and messages[0]["role"] == "system" else 0
+    users = [i for i, m in enumerate(messages) if m["role"] == "user" and i >= start]
+    if len(users) <= 1:
+        return None
+    return messages[:start] + messages[users[1] :]
+
+
+def tokenize_pair(
+    tokenizer,
+    prompt: list[dict[str, str]],
+    chosen: str,
+    rejected: str,
+    max_length: int,
+    max_prompt_length: int | None = None,
+) -> dict[str, list[int]]:
+    """One normalised pair -> ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (truncated)."""
+    max_prompt_length = max_prompt_length or max_length // 2
+    messages = prompt
+    while True:
+        p = render_prompt_ids(tokenizer, messages)
+        c = render_reply_ids(tokenizer, messages, chosen)
+        r = render_reply_ids(tokenizer, messages, rejected)
+        if len(p) + max(len(c), len(r)) <= max_length:
+            break
+        shorter = _drop_oldest_turn(messages)
+        if shorter is None:
+            break
+        messages = shorter
+    p, (c, r) = truncate_pair(p, (c, r), max_length, max_prompt_length)
+    return {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
+
+
+def tokenize_pairs(
+    dataset, tokenizer, max_length: int, max_prompt_length: int | None = None, num_proc=None
+):
+    """``datasets.Dataset`` of normalised pairs -> same rows plus token ids and ``length``."""
+
+    def fn(row):
+        out = tokenize_pair(
+            tokenizer, row["prompt"], row["chosen"], row["rejected"], max_length, max_prompt_length
+        )
+        out["length"] = len(out["prompt_ids"]) + max(
+            len(out["chosen_ids"]), len(out["rejected_ids"])
+        )
+        return out
+
+    return dataset.map(fn, num_proc=num_proc, desc="tokenising pairs")
+
+
+class PairCollator:
+    """Pad a list of tokenised pairs into one batch: the B chosen rows, then the B rejected.
+
+    Returns ``input_ids`` and ``attention_mask`` of shape (2B, T), right-padded to the longest
+    row in the batch (dynamic padding). The pad id is irrelevant to every computation: real
+    tokens are those with ``attention_mask == 1``.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        seqs = [f["prompt_ids"] + f["chosen_ids"] for f in features]
+        seqs += [f["prompt_ids"] + f["rejected_ids"] for f in features]
+        return pad_sequences(seqs, self.pad_token_id, self.pad_to_multiple_of)
+
+
+def pad_sequences(
+    seqs: Sequence[Sequence[int]], pad_token_id: int, pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-pad token lists -> ``input_ids`` and ``attention_mask``, both (N, T) int64."""
+    length = max(len(s) for s in seqs)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(seqs), length), pad_token_id, dtype=torch.long)  # (N, T)
+    attention_mask = torch.zeros((len(seqs), length), dtype=torch.long)  # (N, T)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        attention_mask[i, : len(s)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, mega_batch_factor: int = 32
+) -> list[list[int]]:
+    """Shuffled batches of indices whose lengths are close, to waste less compute on padding.
+
+    Indices are shuffled, cut into mega-batches of ``mega_batch_factor * batch_size``, sorted
+    by length inside each, then cut into batches; the batch order is shuffled again so long
+    and short batches alternate. Every index appears exactly once.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mega = batch_size * mega_batch_factor
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start : start + mega], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches

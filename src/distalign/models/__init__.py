@@ -1,0 +1,1 @@
+"""Models: loading by alias/folder/hub id, and the shared sampler."""

@@ -1,0 +1,233 @@
+"""Sample k replies per prompt: no gradients, KV cache, one prefill per prompt, stop at EOS.
+
+The one generation path of distalign: the gold benchmark samples its replies with it, REINFORCE
+its rollouts, and the comparison the replies of each policy.
+
+    from distalign.models.generate import SamplingConfig, sample_replies
+    out = sample_replies(model, tokenizer, [[{"role": "user", "content": "Hi"}]], k=4,
+                         config=SamplingConfig(max_new_tokens=64, temperature=0.8))
+    out.texts[0]      # reply text of sample 0 (prompt 0, sample 0)
+
+Why not ``model.generate``: with ``num_return_sequences=k`` it repeats each prompt k times
+before the prefill, so the prompt is computed k times; here it is computed once and its KV
+cache is repeated. Rows that have finished are dropped from the batch as they finish, so a
+short reply does not keep paying for the longest one. The log-prob of each sampled token
+under the sampling distribution is returned too (the "old" log-probs of on-policy RL).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from distalign.data.pairs import render_prompt_ids
+
+
+@dataclass
+class SamplingConfig:
+    """Decoding settings shared by the benchmark, rollouts and evaluation."""
+
+    max_new_tokens: int = 128
+    """Reply length limit in tokens; a reply that reaches it without EOS counts as cut off."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens with this much probability mass."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0: off)."""
+    batch_size: int = 8
+    """Prompts per prefill; each expands to ``k`` rows during decoding."""
+    seed: int = 0
+    """Seed of the sampling generator; same seed, prompts and model give the same replies."""
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class Samples:
+    """k samples per prompt, flattened prompt-major: row ``i * k + j`` is sample j of prompt i."""
+
+    prompt_ids: list[list[int]]  # per prompt, rendered through the chat template
+    reply_ids: list[list[int]]  # per sample, including the EOS token when it finished
+    logprobs: list[list[float]]  # per sample, log-prob of each reply token when sampled
+    finished: list[bool]  # per sample: ended with EOS (False: cut at max_new_tokens)
+    texts: list[str]  # per sample, decoded without special tokens
+    k: int
+
+    def prompt_index(self, row: int) -> int:
+        return row // self.k
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """EOS ids from the generation config and the tokenizer (SmolLM2: ``<|im_end|>``)."""
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    ids = [] if ids is None else ([ids] if isinstance(ids, int) else list(ids))
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+def _cache_io(model) -> tuple[str, str]:
+    """(forward kwarg, output attribute) of the KV cache: ``cache`` in newer transformers."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps
+    if "cache" in inspect.signature(base.forward).parameters:
+        return "cache", "cache"
+    return "past_key_values", "past_key_values"
+
+
+def filter_logits(logits: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
+    """Mask logits (N, V) outside top-k / the top-p nucleus with -inf. Keeps at least one."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (N, V)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the mass before it already reaches top_p
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _next_tokens(
+    logits: torch.Tensor, config: SamplingConfig, generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row of logits (N, V) -> tokens (N,), their log-probs (N,)."""
+    logits = logits.float()
+    if config.temperature == 0:
+        logp = torch.log_softmax(logits, dim=-1)
+        tokens = logits.argmax(-1)
+        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+    logits = filter_logits(logits / config.temperature, config.top_p, config.top_k)
+    logp = torch.log_softmax(logits, dim=-1)  # (N, V), only one position: small
+    tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def sample_token_ids(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    k: int,
+    config: SamplingConfig,
+    stop_ids: Sequence[int],
+    pad_token_id: int,
+    progress: bool = False,
+) -> tuple[list[list[int]], list[list[float]], list[bool]]:
+    """Token-level sampler: prompt token lists -> (reply ids, log-probs, finished) per sample."""
+    device = next(model.parameters()).device
+    stop = torch.tensor(sorted(stop_ids), device=device)
+    replies: list[list[int]] = []
+    logps: list[list[float]] = []
+    finished: list[bool] = []
+    starts = range(0, len(prompt_ids), config.batch_size)
+    for b, start in enumerate(tqdm(starts, desc="sampling", disable=not progress, unit="batch")):
+        batch = prompt_ids[start : start + config.batch_size]
+        generator = torch.Generator(device=device).manual_seed(config.seed + b)
+        r, lp, f = _sample_batch(model, batch, k, config, stop, pad_token_id, generator, device)
+        replies += r
+        logps += lp
+        finished += f
+    return replies, logps, finished
+
+
+def _sample_batch(model, batch, k, config, stop, pad_token_id, generator, device):
+    width = max(len(p) for p in batch)
+    # Left padding so every prompt's last token sits in the last column.
+    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
+    for i, p in enumerate(batch):
+        input_ids[i, width - len(p) :] = torch.as_tensor(p, device=device)
+        mask[i, width - len(p) :] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P): positions restart per row
+    # logits_to_keep=1: only the last position's logits, never a (B, P, V) tensor.
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache_kwarg, cache_attr = _cache_io(model)
+    cache = getattr(out, cache_attr)
+    cache.batch_repeat_interleave(k)  # one prefill per prompt, its cache shared by k samples
+    logits = out.logits[:, -1].repeat_interleave(k, 0)  # (B*k, V)
+    mask = mask.repeat_interleave(k, 0)  # (B*k, P)
+    next_pos = position_ids[:, -1].repeat_interleave(k, 0) + 1  # (B*k,)
+
+    n = len(batch) * k
+    active = torch.arange(n, device=device)  # original row of each live row
+    tokens_out: list[list[int]] = [[] for _ in range(n)]
+    logps_out: list[list[float]] = [[] for _ in range(n)]
+    done = [False] * n
+    for step in range(config.max_new_tokens):
+        tokens, logp = _next_tokens(logits, config, generator)
+        for row, t, lp in zip(active.tolist(), tokens.tolist(), logp.tolist(), strict=True):
+            tokens_out[row].append(t)
+            logps_out[row].append(lp)
+        ended = torch.isin(tokens, stop)  # (A,)
+        for row in active[ended].tolist():
+            done[row] = True
+        if bool(ended.all()) or step == config.max_new_tokens - 1:
+            break
+        if bool(ended.any()):
+            # Drop finished rows from the batch (and their cache) instead of decoding padding.
+            keep = (~ended).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            active, tokens, mask, next_pos = active[keep], tokens[keep], mask[keep], next_pos[keep]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (A, P + step + 1)
+        out = model(
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=next_pos[:, None],
+            use_cache=True,
+            **{cache_kwarg: cache},
+        )
+        cache = getattr(out, cache_attr)
+        logits = out.logits[:, -1]
+        next_pos = next_pos + 1
+    return tokens_out, logps_out, done
+
+
+def sample_replies(
+    model,
+    tokenizer,
+    prompts: Sequence[list[dict[str, str]]],
+    k: int = 1,
+    config: SamplingConfig | None = None,
+    progress: bool = False,
+) -> Samples:
+    """Chat prompts (message lists) -> k sampled replies each, with token ids and log-probs."""
+    config = config or SamplingConfig()
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    was_training = model.training
+    model.eval()
+    try:
+        prompt_ids = [render_prompt_ids(tokenizer, p) for p in prompts]
+        replies, logps, finished = sample_token_ids(
+            model,
+            prompt_ids,
+            k,
+            config,
+            stop_token_ids(model, tokenizer),
+            tokenizer.pad_token_id,
+            progress=progress,
+        )
+    finally:
+        model.train(was_training)
+    texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
+    return Samples(prompt_ids, replies, logps, finished, texts, k)

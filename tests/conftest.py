@@ -1,0 +1,75 @@
+"""Shared fixtures: the real SmolLM2 tokenizer (from the embedded package) and a tiny random
+Llama that uses it, so tests exercise the real chat template and pad == eos without the
+135M-parameter model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tests never read or write the user's model cache."""
+    old = os.environ.get("DISTALIGN_CACHE")
+    os.environ["DISTALIGN_CACHE"] = str(tmp_path_factory.mktemp("distalign-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DISTALIGN_CACHE", None)
+    else:
+        os.environ["DISTALIGN_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(_isolated_cache):
+    from distalign.models.load import load_tokenizer
+
+    return load_tokenizer("smollm2-135m-instruct")
+
+
+def tiny_llama_config(vocab_size: int, **overrides) -> LlamaConfig:
+    kwargs = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol_tokenizer) -> Path:
+    """A saved tiny random Llama + the SmolLM2 tokenizer: loadable by path like any model."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model = AutoModelForCausalLM.from_config(tiny_llama_config(len(smol_tokenizer)))
+    model.save_pretrained(path, safe_serialization=True)
+    smol_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def tiny_policy(tiny_model_dir):
+    from distalign.models.load import load_policy
+
+    return load_policy(str(tiny_model_dir))
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return path

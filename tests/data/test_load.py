@@ -1,0 +1,264 @@
+"""Loaders for every source type and format, and their errors on malformed input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from distalign.data import DataSourceError, LoadReport, PreferenceFormatError, load_preferences
+from tests.conftest import write_jsonl
+
+EXPLICIT = [
+    {"prompt": "What is 2+2?", "chosen": "4.", "rejected": "5."},
+    {"prompt": "Capital of Peru?", "chosen": "Lima.", "rejected": "Quito."},
+]
+USER = {"role": "user", "content": "Name a fruit."}
+CONVERSATIONAL = [  # TRL conversational: prompt and replies as messages
+    {
+        "prompt": [USER],
+        "chosen": [{"role": "assistant", "content": "An apple."}],
+        "rejected": [{"role": "assistant", "content": "A chair."}],
+    }
+]
+HELPSTEER = [  # HelpSteer2-binarized: string prompt, replies repeat the user turn, ratings
+    {
+        "prompt": "Name a fruit.",
+        "chosen": [USER, {"role": "assistant", "content": "A pear."}],
+        "rejected": [USER, {"role": "assistant", "content": "Rocks."}],
+        "chosen_rating": 3.5,
+        "rejected_rating": 1.25,
+    }
+]
+IMPLICIT = [
+    {
+        "chosen": [USER, {"role": "assistant", "content": "A plum."}],
+        "rejected": [USER, {"role": "assistant", "content": "Gravel."}],
+    }
+]
+HH = [
+    {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Name a fruit.\n\nAssistant: A fig.",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Name a fruit.\n\nAssistant: No.",
+    }
+]
+
+
+def test_explicit_strings(tmp_path):
+    ds = load_preferences(str(write_jsonl(tmp_path / "d.jsonl", EXPLICIT)))
+    assert len(ds) == 2
+    assert ds[0]["prompt"] == [{"role": "user", "content": "What is 2+2?"}]
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("4.", "5.")
+    assert ds[1]["source_row"] == 1
+    assert ds[0]["chosen_score"] is None
+
+
+def test_conversational_messages(tmp_path):
+    ds = load_preferences(str(write_jsonl(tmp_path / "d.jsonl", CONVERSATIONAL)))
+    assert ds[0]["prompt"] == [USER]
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("An apple.", "A chair.")
+
+
+def test_helpsteer_shape_with_ratings(tmp_path):
+    report = LoadReport(source="")
+    ds = load_preferences(str(write_jsonl(tmp_path / "d.jsonl", HELPSTEER)), report=report)
+    assert report.format == "explicit"
+    assert ds[0]["prompt"] == [USER]
+    assert ds[0]["chosen"] == "A pear."
+    assert (ds[0]["chosen_score"], ds[0]["rejected_score"]) == (3.5, 1.25)
+
+
+def test_implicit_prompt(tmp_path):
+    report = LoadReport(source="")
+    ds = load_preferences(str(write_jsonl(tmp_path / "d.jsonl", IMPLICIT)), report=report)
+    assert report.format == "implicit"
+    assert ds[0]["prompt"] == [USER]
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("A plum.", "Gravel.")
+
+
+def test_hh_multi_turn(tmp_path):
+    report = LoadReport(source="")
+    ds = load_preferences(str(write_jsonl(tmp_path / "d.jsonl", HH)), report=report)
+    assert report.format == "hh"
+    assert ds[0]["prompt"] == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name a fruit."},
+    ]
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("A fig.", "No.")
+
+
+def test_forced_format_overrides_detection(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", HH)
+    with pytest.raises(PreferenceFormatError, match="prompt"):
+        load_preferences(str(path), format="explicit")
+
+
+def _write(path, rows):
+    name = path.name.removesuffix(".gz")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    if name.endswith(".parquet"):
+        buf = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows), buf)
+        with opener(path, "wb") as f:
+            f.write(buf.getvalue().to_pybytes())
+        return
+    with opener(path, "wt", encoding="utf-8") as f:
+        if name.endswith(".jsonl"):
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        elif name.endswith(".json"):
+            json.dump(rows, f)
+        elif name.endswith(".csv"):
+            f.write("prompt,chosen,rejected,chosen_score,rejected_score\n")
+            for r in rows:
+                f.write(f'"{r["prompt"]}","{r["chosen"]}","{r["rejected"]}",2.5,0.5\n')
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet", ".csv"])
+@pytest.mark.parametrize("gz", ["", ".gz"])
+def test_every_file_type(tmp_path, suffix, gz):
+    path = tmp_path / f"pairs{suffix}{gz}"
+    _write(path, EXPLICIT)
+    ds = load_preferences(str(path))
+    assert len(ds) == 2
+    assert ds[1]["chosen"] == "Lima."
+    if suffix == ".csv":
+        assert ds[0]["chosen_score"] == 2.5
+
+
+def test_csv_cells_with_message_lists(tmp_path):
+    path = tmp_path / "conv.csv"
+    with open(path, "w", newline="") as f:
+        import csv
+
+        w = csv.writer(f)
+        w.writerow(["chosen", "rejected"])
+        w.writerow([json.dumps(IMPLICIT[0]["chosen"]), json.dumps(IMPLICIT[0]["rejected"])])
+    assert load_preferences(str(path))[0]["chosen"] == "A plum."
+
+
+def test_folder_read_by_split(tmp_path):
+    _write(tmp_path / "train.jsonl.gz", EXPLICIT)
+    _write(tmp_path / "test.jsonl", EXPLICIT[:1])
+    assert len(load_preferences(str(tmp_path))) == 2
+    assert len(load_preferences(str(tmp_path), split="test")) == 1
+    with pytest.raises(DataSourceError, match="no file for split 'validation'"):
+        load_preferences(str(tmp_path), split="validation")
+
+
+def test_hub_id_goes_through_load_dataset(monkeypatch):
+    calls = []
+
+    def fake_load_dataset(name, split):
+        calls.append((name, split))
+        return datasets.Dataset.from_list(HELPSTEER)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    ds = load_preferences("esfrankel17/HelpSteer2_binarized", split="average_rating_split")
+    assert calls == [("esfrankel17/HelpSteer2_binarized", "average_rating_split")]
+    assert ds[0]["chosen_score"] == 3.5
+
+
+# --- malformed input: the error names file, row and field --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "expected"),
+    [
+        ({"prompt": "q", "rejected": "b"}, "chosen", "missing"),
+        ({"prompt": "q", "chosen": 3, "rejected": "b"}, "chosen", "expected a string or"),
+        ({"prompt": "q", "chosen": "   ", "rejected": "b"}, "chosen", "non-empty reply"),
+        ({"prompt": "", "chosen": "a", "rejected": "b"}, "prompt", "non-empty string"),
+        (
+            {"prompt": [{"role": "bot", "content": "x"}], "chosen": "a", "rejected": "b"},
+            "prompt[0].role",
+            "expected one of",
+        ),
+        (
+            {"prompt": "q", "chosen": [{"role": "user", "content": "x"}], "rejected": "b"},
+            "chosen",
+            "assistant reply",
+        ),
+        (
+            {"prompt": "q", "chosen": "a", "rejected": "b", "chosen_rating": "high"},
+            "chosen_rating",
+            "number",
+        ),
+    ],
+)
+def test_bad_row_names_file_line_and_field(tmp_path, row, field, expected):
+    path = write_jsonl(tmp_path / "bad.jsonl", [EXPLICIT[0], row])
+    with pytest.raises(PreferenceFormatError) as info:
+        load_preferences(str(path))
+    message = str(info.value)
+    assert f"{path}:2" in message
+    assert f"field {field!r}" in message
+    assert expected in message
+
+
+def test_broken_json_line_is_named(tmp_path):
+    path = write_jsonl(
+        tmp_path / "broken.jsonl", [EXPLICIT[0], '{"prompt": "q", "chosen": ', EXPLICIT[1]]
+    )
+    with pytest.raises(PreferenceFormatError, match=r"broken\.jsonl:2: broken JSON line"):
+        load_preferences(str(path))
+
+
+def test_skip_bad_rows_counts_reasons(tmp_path):
+    rows = [EXPLICIT[0], "{not json", {"prompt": "q", "chosen": "", "rejected": "b"}, EXPLICIT[1]]
+    report = LoadReport(source="")
+    ds = load_preferences(
+        str(write_jsonl(tmp_path / "d.jsonl", rows)), skip_bad_rows=True, report=report
+    )
+    assert len(ds) == 2
+    assert report.rows == 4 and report.kept == 2
+    assert sum(report.skipped.values()) == 2
+    assert "broken JSON line" in report.skipped
+    assert any("d.jsonl:3" in e for e in report.examples)
+
+
+def test_identical_pairs_are_counted(tmp_path, caplog):
+    rows = [*EXPLICIT, {"prompt": "q", "chosen": "same", "rejected": "same "}]
+    report = LoadReport(source="")
+    ds = load_preferences(str(write_jsonl(tmp_path / "d.jsonl", rows)), report=report)
+    assert len(ds) == 2 and report.identical == 1
+    assert "identical chosen/rejected: 1" in caplog.text
+    kept = load_preferences(str(tmp_path / "d.jsonl"), drop_identical=False)
+    assert len(kept) == 3
+
+
+def test_bad_gzip(tmp_path):
+    path = tmp_path / "pairs.jsonl.gz"
+    path.write_bytes(b"this is not gzip")
+    with pytest.raises(DataSourceError, match="not a valid gzip"):
+        load_preferences(str(path))
+
+
+def test_missing_file_and_unknown_suffix(tmp_path):
+    with pytest.raises(DataSourceError, match="no such file"):
+        load_preferences(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DataSourceError, match="unknown file type"):
+        load_preferences(str(tmp_path / "x.txt"))
+
+
+def test_hh_without_turn_markers(tmp_path):
+    rows = [{"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "plain text"}]
+    with pytest.raises(PreferenceFormatError, match="field 'rejected'"):
+        load_preferences(str(write_jsonl(tmp_path / "d.jsonl", rows)))
+
+
+def test_implicit_with_different_prompts(tmp_path):
+    other = {"role": "user", "content": "Name a colour."}
+    rows = [
+        {
+            "chosen": IMPLICIT[0]["chosen"],
+            "rejected": [other, {"role": "assistant", "content": "Red"}],
+        }
+    ]
+    with pytest.raises(PreferenceFormatError, match="share every turn"):
+        load_preferences(str(write_jsonl(tmp_path / "d.jsonl", rows)))

@@ -1,0 +1,138 @@
+"""Tokenisation of pairs: chat template, truncation rules (property-tested), collation."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distalign.data.pairs import (
+    PairCollator,
+    length_grouped_batches,
+    render_prompt_ids,
+    render_reply_ids,
+    tokenize_pair,
+    truncate_pair,
+)
+
+tokens = st.lists(st.integers(0, 1000), min_size=1, max_size=80)
+
+
+@st.composite
+def truncation_case(draw):
+    max_length = draw(st.integers(2, 120))
+    max_prompt_length = draw(st.integers(1, max_length - 1))
+    prompt = draw(st.lists(st.integers(0, 1000), min_size=0, max_size=150))
+    replies = draw(
+        st.lists(st.lists(st.integers(0, 1000), min_size=1, max_size=150), min_size=1, max_size=3)
+    )
+    return prompt, replies, max_length, max_prompt_length
+
+
+@settings(max_examples=300, deadline=None)
+@given(truncation_case())
+def test_truncation_rules(case):
+    prompt, replies, max_length, max_prompt_length = case
+    new_prompt, new_replies = truncate_pair(prompt, replies, max_length, max_prompt_length)
+    fits = len(prompt) + max(map(len, replies)) <= max_length
+    if fits:  # nothing changes when it fits
+        assert new_prompt == prompt and new_replies == replies
+    for old, new in zip(replies, new_replies, strict=True):
+        assert len(new_prompt) + len(new) <= max_length  # fits
+        assert new == old[: len(new)]  # the reply is cut from the right only
+        assert len(new) >= 1  # always ends in the reply
+    # the prompt is cut from the left only: it is a suffix of the original
+    assert new_prompt == (prompt[len(prompt) - len(new_prompt) :] if new_prompt else [])
+    # the prompt keeps what the reply does not need, and at least its reserved share
+    assert len(new_prompt) >= min(len(prompt), max_prompt_length)
+    # the longest reply is cut only when prompt + reply cannot both be kept
+    longest = max(map(len, replies))
+    if max_length - min(len(prompt), max_prompt_length) >= longest:
+        assert max(map(len, new_replies)) == longest
+
+
+def test_truncation_rejects_bad_limits():
+    with pytest.raises(ValueError):
+        truncate_pair([1], [[2]], max_length=4, max_prompt_length=4)
+
+
+def test_prompt_plus_reply_is_the_chat_template(smol_tokenizer):
+    messages = [{"role": "user", "content": "Name a fruit."}]
+    prompt = render_prompt_ids(smol_tokenizer, messages)
+    reply = render_reply_ids(smol_tokenizer, messages, "A pear.")
+    text = smol_tokenizer.decode(prompt + reply)
+    assert text.endswith("<|im_start|>assistant\nA pear.<|im_end|>")
+    assert text.startswith("<|im_start|>system")
+    # the reply ends with the end-of-turn token, which is also the pad token
+    assert reply[-1] == smol_tokenizer.eos_token_id == smol_tokenizer.pad_token_id
+
+
+def test_long_prompt_drops_oldest_turns_first(smol_tokenizer):
+    old_turns = []
+    for i in range(6):
+        old_turns += [
+            {"role": "user", "content": f"Old question number {i} " + "blah " * 20},
+            {"role": "assistant", "content": f"Old answer {i} " + "meh " * 20},
+        ]
+    messages = [*old_turns, {"role": "user", "content": "Final question?"}]
+    out = tokenize_pair(smol_tokenizer, messages, "Final answer.", "Other answer.", max_length=200)
+    text = smol_tokenizer.decode(out["prompt_ids"] + out["chosen_ids"])
+    assert len(out["prompt_ids"]) + len(out["chosen_ids"]) <= 200
+    assert "Old question number 0" not in text  # oldest turn went first
+    assert "Final question?" in text and text.endswith("Final answer.<|im_end|>")
+    assert text.startswith("<|im_start|>system")  # dropped whole turns, not cut tokens
+
+
+def test_long_reply_is_cut_from_the_right(smol_tokenizer):
+    messages = [{"role": "user", "content": "Count."}]
+    reply = " ".join(str(i) for i in range(300))
+    out = tokenize_pair(smol_tokenizer, messages, reply, "No.", max_length=64, max_prompt_length=40)
+    assert len(out["prompt_ids"]) + len(out["chosen_ids"]) == 64
+    assert smol_tokenizer.decode(out["chosen_ids"]).startswith("0 1 2 3")
+    assert out["rejected_ids"] == render_reply_ids(smol_tokenizer, messages, "No.")
+
+
+def test_collator_pads_with_masks():
+    feats = [
+        {"prompt_ids": [5, 6], "chosen_ids": [7, 2], "rejected_ids": [8]},
+        {"prompt_ids": [5], "chosen_ids": [9], "rejected_ids": [10, 11, 2]},
+    ]
+    batch = PairCollator(pad_token_id=2)(feats)
+    assert batch["input_ids"].tolist() == [
+        [5, 6, 7, 2],
+        [5, 9, 2, 2],
+        [5, 6, 8, 2],
+        [5, 10, 11, 2],
+    ]
+    assert batch["attention_mask"].tolist() == [
+        [1, 1, 1, 1],
+        [1, 1, 0, 0],
+        [1, 1, 1, 0],
+        [1, 1, 1, 1],
+    ]
+
+
+@given(st.lists(st.integers(1, 500), min_size=1, max_size=300), st.integers(1, 16))
+def test_length_grouped_batches_cover_every_index_once(lengths, batch_size):
+    batches = length_grouped_batches(lengths, batch_size, seed=0)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert all(1 <= len(b) <= batch_size for b in batches)
+
+
+def test_length_grouping_reduces_padding():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 500) for _ in range(2000)]
+    grouped = length_grouped_batches(lengths, 8, seed=0)
+    order = list(range(2000))
+    rng.shuffle(order)
+    plain = [order[i : i + 8] for i in range(0, 2000, 8)]
+
+    def waste(batches):
+        return sum(
+            max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches
+        )
+
+    assert waste(grouped) < 0.2 * waste(plain)
