@@ -137,3 +137,21 @@ def test_bad_sampling_config():
         SamplingConfig(top_p=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingConfig(max_new_tokens=0)
+
+
+@pytest.mark.parametrize(("top_p", "top_k"), [(1.0, 0), (0.9, 0), (1.0, 5), (0.8, 20), (0.999, 0)])
+def test_fast_sampling_matches_the_filtered_distribution(top_p, top_k):
+    """Empirical token frequencies of the fast path equal softmax(filter_logits(...))."""
+    from distalign.models.generate import _next_tokens
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 400) * 2.0
+    n = 40000
+    cfg = SamplingConfig(temperature=0.7, top_p=top_p, top_k=top_k)
+    gen = torch.Generator().manual_seed(1)
+    tokens, logp = _next_tokens(logits.expand(n, -1), cfg, gen)
+    freq = torch.bincount(tokens, minlength=400).float() / n
+    expected = torch.softmax(filter_logits(logits / 0.7, top_p, top_k), -1)[0]
+    assert (freq[expected == 0] == 0).all()  # never a filtered token
+    assert (freq - expected).abs().max() < 0.01
+    torch.testing.assert_close(logp, torch.log_softmax(logits / 0.7, -1)[0, tokens])
