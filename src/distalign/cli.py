@@ -33,6 +33,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect preference data.")
 model_app = typer.Typer(no_args_is_help=True, help="Prepare and check models.")
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
+bench_app = typer.Typer(no_args_is_help=True, help="The gold-judge preference benchmark.")
+app.add_typer(bench_app, name="bench")
 console = Console()
 
 # Errors a user can fix from the message alone: print it, no traceback.
@@ -157,6 +159,46 @@ def data_inspect(
     if result.metadata:
         console.rule("metadata.json")
         console.print_json(json.dumps(result.metadata))
+
+
+@bench_app.command("make", context_settings={"allow_extra_args": True})
+def bench_make(args: ConfigArgs = None):
+    """Regenerate the benchmark: prompts -> SFT replies -> gold judge -> labelled pairs."""
+    from distalign.bench.build import BenchConfig, run_bench_make
+
+    path, overrides = split_config_args(args or [])
+    cfg = load_config(BenchConfig, path, overrides)
+    save_config(cfg, cfg.work_dir)
+    meta = run_bench_make(cfg)
+    table = Table(title=f"gold benchmark -> {cfg.out_dir}")
+    for col in ("split", "prompts", "pairs", "Bayes ceiling", "groups disagree"):
+        table.add_column(col, justify="right")
+    for split, m in [*meta["splits"].items(), ("all", meta["all"])]:
+        table.add_row(
+            split,
+            str(m["prompts"]),
+            str(m["pairs"]),
+            f"{m['bayes_accuracy']:.3f}",
+            f"{m['disagreement_share']:.3f}",
+        )
+    console.print(table)
+    console.print(f"replies: {meta['replies']}, sampling {meta['sampling_seconds']} s")
+
+
+@bench_app.command("judge")
+def bench_judge(
+    input: Annotated[str, typer.Option("--input", help="File of prompt/reply rows.")],
+    output: Annotated[
+        str | None, typer.Option(help="Output JSONL (default: INPUT.gold.jsonl).")
+    ] = None,
+):
+    """Score any prompt/reply file with the gold judge (attributes, reward per group)."""
+    from distalign.bench.build import judge_file
+
+    out, means = judge_file(input, output)
+    console.print(f"wrote {out}")
+    for name, value in means.items():
+        console.print(f"  mean {name}: {value:.3f}")
 
 
 def main():

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from distalign.data.load import LoadReport, load_preferences
+from distalign.data.load import LoadReport, load_preferences, resolve_source
 from distalign.data.pairs import render_prompt_ids, render_reply_ids
 
 PERCENTILES = (50, 90, 99, 100)
@@ -29,7 +29,7 @@ class Inspection:
 
 
 def _metadata_beside(source: str) -> dict[str, Any] | None:
-    path = Path(source)
+    path = Path(resolve_source(source))
     if not path.exists():
         return None
     folder = path if path.is_dir() else path.parent

@@ -44,6 +44,17 @@ FEATURES = datasets.Features(
 )
 
 
+# Names that resolve to data shipped with distalign (checked after local paths).
+DATA_ALIASES = {"gold": Path(__file__).resolve().parents[1] / "bench" / "gold"}
+
+
+def resolve_source(source: str) -> str:
+    """A local path stays; an alias (``gold``: the shipped benchmark) becomes its folder."""
+    if not Path(source).expanduser().exists() and source in DATA_ALIASES:
+        return str(DATA_ALIASES[source])
+    return source
+
+
 class DataSourceError(ValueError):
     """A source that cannot be read at all (missing file, bad gzip, unknown suffix)."""
 
@@ -178,7 +189,8 @@ def _local_file(path: Path, split: str | None) -> Path:
 
 
 def iter_source_rows(source: str, split: str | None = None) -> Iterator[tuple[str, Any]]:
-    """Yield (location, raw row) for a local file/folder or a hub dataset."""
+    """Yield (location, raw row) for a local file/folder, a data alias or a hub dataset."""
+    source = resolve_source(source)
     path = Path(source).expanduser()
     if path.exists():
         path = _local_file(path, split)
@@ -210,7 +222,8 @@ def load_preferences(
     """Read preference pairs into the normalised form (see ``distalign.data.formats``).
 
     Args:
-        source: hub id, local file or local folder (file named after the split).
+        source: hub id, local file, local folder (file named after the split), or ``gold``
+            (the shipped gold-judge benchmark; splits ``train`` and ``test``).
         split: dataset split; for hub ids defaults to ``train``.
         format: ``explicit`` | ``implicit`` | ``hh``; detected from the first row when None.
         skip_bad_rows: skip malformed rows (their count and reasons are logged) instead of

@@ -1,0 +1,1 @@
+"""The gold-judge benchmark: prompts, SFT replies, a known judge, labelled pairs."""

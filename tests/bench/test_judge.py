@@ -1,0 +1,109 @@
+"""The gold judge: deterministic, documented conflict between groups, labels as promised."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from distalign.bench import judge as gold
+
+PROMPTS = ["Explain why the sky is blue.", "List five fruits that are red.", "Name some birds."]
+REPLIES = [
+    "Sunlight is scattered by air molecules, and blue light is scattered the most.",
+    "1. Strawberry\n2. Cherry\n3. Raspberry\n4. Red apple\n5. Pomegranate",
+    "Birds birds birds birds birds birds birds birds and",
+]
+
+
+def test_attributes_by_hand():
+    a = gold.text_attributes(PROMPTS[1], REPLIES[1])
+    assert a["structure"] == 1.0 and a["complete"] == 1.0 and a["repetition"] == 0.0
+    b = gold.text_attributes(PROMPTS[2], REPLIES[2])
+    assert b["complete"] == 0.0  # stops mid-sentence
+    assert b["repetition"] > 0.5
+    assert b["structure"] == 0.0  # a list was asked for, none given
+    assert gold.text_attributes(PROMPTS[0], REPLIES[1])["structure"] == 0.0  # none asked
+    assert gold.text_attributes("q", "Le ciel est bleu à cause de la lumière.")["foreign"] > 0
+    assert gold.text_attributes("q", " ".join(["word"] * 1000))["length"] == 4.0  # capped
+
+
+def test_list_requests_match_the_prompt_tags():
+    from distalign.bench.build import PROMPTS_FILE
+
+    rows = [json.loads(line) for line in PROMPTS_FILE.read_text().splitlines()]
+    agree = np.mean([gold.asks_for_list(r["prompt"]) == r["wants_list"] for r in rows])
+    assert agree >= 0.9
+
+
+def test_judge_is_deterministic_across_processes():
+    here = {k: v.tolist() for k, v in gold.judge(PROMPTS, REPLIES).items()}
+    call = f"g.judge({PROMPTS!r}, {REPLIES!r})"
+    code = (
+        "import json; from distalign.bench import judge as g; "
+        f"print(json.dumps({{k: v.tolist() for k, v in {call}.items()}}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    there = json.loads(out.stdout.strip().splitlines()[-1])
+    assert there == here  # bit-identical, not merely close
+    again = {k: v.tolist() for k, v in gold.judge(PROMPTS, REPLIES).items()}
+    assert again == here
+
+
+def test_groups_conflict_on_length():
+    """Same reply, longer: the concise group likes it less, the thorough group more."""
+    assert gold.CONFLICT_ATTRIBUTE == "length"
+    weights = {g.name: g.weights["length"] for g in gold.GROUPS}
+    assert weights["concise"] < 0 < weights["thorough"]
+    prompt = "Explain how bees make honey."
+    short = (
+        "Bees collect nectar, store it in wax cells and fan it with their wings until it thickens."
+    )
+    extra = (
+        " Worker bees carry nectar home in a special honey stomach."
+        " Enzymes in their saliva split its sugars into simpler ones."
+        " House bees pass the nectar from mouth to mouth, adding more enzymes each time."
+        " They spread it thinly across the comb so water evaporates faster."
+        " When the water content falls low enough, they cap the cell with fresh wax."
+        " A colony can store many kilograms of honey to survive the winter months."
+        " Beekeepers harvest only the surplus, leaving enough food for the hive."
+    )
+    out = gold.judge([prompt, prompt], [short, short + extra])
+    assert out["length"][1] > out["length"][0]
+    assert out["gold_concise"][1] < out["gold_concise"][0]
+    assert out["gold_thorough"][1] > out["gold_thorough"][0]
+
+
+def test_labels_follow_the_bradley_terry_probability():
+    attrs = gold.attributes(PROMPTS[:2], REPLIES[:2])
+    a1, a2 = np.repeat(attrs[:1], 20000, 0), np.repeat(attrs[1:2], 20000, 0)
+    p, per_group = gold.preference_probabilities(a1, a2)
+    labels = gold.draw_labels(a1, a2, np.random.default_rng(0))
+    assert labels.mean() == pytest.approx(p[0], abs=0.015)
+    shares = np.array([g.share for g in gold.GROUPS])
+    assert p[0] == pytest.approx(
+        sum(s * per_group[g.name][0] for s, g in zip(shares, gold.GROUPS, strict=True))
+    )
+
+
+def test_population_reward_mixes_groups():
+    attrs = gold.attributes(PROMPTS, REPLIES)
+    mean, std = gold.population_reward(attrs)
+    groups = gold.group_rewards(attrs)
+    np.testing.assert_allclose(mean, sum(g.share * groups[g.name] for g in gold.GROUPS))
+    assert (std > 0).all()
+
+
+def test_reward_source_callables():
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS]
+    mean = gold.gold_reward(chats, REPLIES)
+    assert mean == pytest.approx(gold.gold_reward(PROMPTS, REPLIES))
+    concise, thorough = (
+        gold.gold_reward_concise(PROMPTS, REPLIES),
+        gold.gold_reward_thorough(PROMPTS, REPLIES),
+    )
+    assert mean == pytest.approx([(a + b) / 2 for a, b in zip(concise, thorough, strict=True)])
+    assert mean[0] > mean[2]  # a relevant, finished reply beats a repetitive fragment
