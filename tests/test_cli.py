@@ -9,6 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from distalign.cli import app
+from tests.conftest import write_jsonl
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 runner = CliRunner()
@@ -60,3 +61,35 @@ def test_generate_writes_replies_and_config(tiny_model_dir, tmp_path):
     assert len(rows) == 4 and rows[2]["prompt"][-1]["content"] == "Bye"
     assert all(r["tokens"] <= 5 for r in rows)
     assert (tmp_path / "replies.config.yaml").is_file()
+
+
+def test_rm_train_eval_score(tiny_model_dir, tmp_path):
+    from tests.rm.test_train import make_pairs
+
+    data = tmp_path / "pairs"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_pairs(24, seed=0))
+    write_jsonl(data / "test.jsonl", make_pairs(8, seed=1))
+    run_dir = tmp_path / "rm"
+    result, out = invoke(
+        "rm", "train", f"model={tiny_model_dir}", f"data={data}", "max_steps=2", "batch_size=4",
+        "max_length=64", "max_prompt_length=32", "tracker=none", f"output_dir={run_dir}",
+    )  # fmt: skip
+    assert result.exit_code == 0, out
+    assert "accuracy" in out
+    result, out = invoke("rm", "eval", "--model", str(run_dir / "final"), "--data", str(data))
+    assert result.exit_code == 0, out
+    assert "ece" in out and (run_dir / "final" / "eval_pairs_test.json").is_file()
+    replies = write_jsonl(
+        tmp_path / "replies.jsonl",
+        [
+            {"prompt": "apple?", "reply": "stone thanks"},
+            {"prompt": [{"role": "user", "content": "x"}], "reply": "y"},
+        ],
+    )
+    result, out = invoke("rm", "score", "--model", str(run_dir / "final"), "--input", str(replies))
+    assert result.exit_code == 0, out
+    rows = [
+        json.loads(line) for line in (tmp_path / "replies.scored.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 2 and all(isinstance(r["reward"], float) for r in rows)

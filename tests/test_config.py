@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distalign.bench.build import BenchConfig
 from distalign.config import (
     ConfigError,
     GenerateConfig,
@@ -14,9 +15,10 @@ from distalign.config import (
     save_config,
     split_config_args,
 )
+from distalign.rm.train import RMTrainConfig
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-COMMANDS = {"generate": GenerateConfig}
+COMMANDS = {"generate": GenerateConfig, "rm": RMTrainConfig, "bench": BenchConfig}
 
 
 def test_yaml_then_overrides(tmp_path):

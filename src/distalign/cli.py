@@ -35,6 +35,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 bench_app = typer.Typer(no_args_is_help=True, help="The gold-judge preference benchmark.")
 app.add_typer(bench_app, name="bench")
+rm_app = typer.Typer(no_args_is_help=True, help="Reward models: train, evaluate, score.")
+app.add_typer(rm_app, name="rm")
 console = Console()
 
 # Errors a user can fix from the message alone: print it, no traceback.
@@ -199,6 +201,61 @@ def bench_judge(
     console.print(f"wrote {out}")
     for name, value in means.items():
         console.print(f"  mean {name}: {value:.3f}")
+
+
+@rm_app.command("train", context_settings={"allow_extra_args": True})
+def rm_train(args: ConfigArgs = None):
+    """Train a reward model: YAML config and/or key=value overrides."""
+    from distalign.rm.train import RMTrainConfig, run
+
+    path, overrides = split_config_args(args or [])
+    cfg = load_config(RMTrainConfig, path, overrides)
+    result = run(cfg)
+    _print_metrics(f"held-out ({cfg.eval_data or cfg.data}, {cfg.eval_split})", result)
+    console.print(f"model: {Path(cfg.output_dir) / 'final'}")
+
+
+def _print_metrics(title: str, metrics: dict) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
+@rm_app.command("eval")
+def rm_eval(
+    model: Annotated[str, typer.Option("--model", help="Reward-model folder (rm train's final/).")],
+    data: Annotated[str, typer.Option(help="Preference source.")] = "gold",
+    split: Annotated[str, typer.Option(help="Split.")] = "test",
+    max_length: Annotated[int, typer.Option(help="Max tokens of prompt + reply.")] = 512,
+    batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = 16,
+    limit: Annotated[int, typer.Option(help="First N pairs (0: all).")] = 0,
+    output: Annotated[str | None, typer.Option(help="Metrics JSON path.")] = None,
+):
+    """Pairwise accuracy, margin, reward mean/std and calibration on held-out pairs."""
+    from distalign.eval.rm import run_rm_eval
+
+    result = run_rm_eval(model, data, split, max_length, batch_size, limit, output)
+    _print_metrics(f"{model} on {data} ({split})", result)
+
+
+@rm_app.command("score")
+def rm_score(
+    model: Annotated[str, typer.Option("--model", help="Reward-model folder.")],
+    input: Annotated[str, typer.Option("--input", help="Rows with prompt and reply.")],
+    output: Annotated[
+        str | None, typer.Option(help="Output JSONL (default INPUT.scored.jsonl).")
+    ] = None,
+    max_length: Annotated[int, typer.Option(help="Max tokens of prompt + reply.")] = 512,
+    batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = 16,
+):
+    """Score prompt/reply rows with a reward model into a new JSONL file."""
+    from distalign.rm.score import score_file
+
+    out, n = score_file(model, input, output, max_length, batch_size)
+    console.print(f"scored {n} rows -> {out}")
 
 
 def main():

@@ -334,23 +334,10 @@ def judge_file(input_path: str, output_path: str | None = None) -> tuple[Path, d
     ``completion``), e.g. the output of ``distalign generate``. Returns the output path and
     the mean of each gold column.
     """
-    from distalign.data.formats import PreferenceFormatError, parse_messages
-    from distalign.data.load import iter_source_rows
+    from distalign.data.load import read_prompt_replies
 
-    rows, prompts, texts = [], [], []
-    for where, row in iter_source_rows(input_path):
-        if isinstance(row, Exception):
-            raise row
-        reply_key = next((k for k in ("reply", "response", "completion") if k in row), None)
-        if reply_key is None or not isinstance(row[reply_key], str):
-            raise PreferenceFormatError(
-                where, "reply", "expected a string column reply/response/completion"
-            )
-        if "prompt" not in row:
-            raise PreferenceFormatError(where, "prompt", "missing")
-        prompts.append(gold._prompt_text(parse_messages(row["prompt"], where, "prompt")))
-        texts.append(row[reply_key])
-        rows.append(row)
+    rows, chats, texts = read_prompt_replies(input_path)
+    prompts = [gold._prompt_text(chat) for chat in chats]
     scores = gold.judge(prompts, texts)
     out = (
         Path(output_path)

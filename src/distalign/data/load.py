@@ -27,7 +27,13 @@ from typing import Any
 
 import datasets
 
-from distalign.data.formats import FORMATS, PreferenceFormatError, detect_format, normalise_row
+from distalign.data.formats import (
+    FORMATS,
+    PreferenceFormatError,
+    detect_format,
+    normalise_row,
+    parse_messages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -273,3 +279,25 @@ def load_preferences(
     if report.skipped or report.identical:
         log.warning(report.summary())
     return datasets.Dataset.from_list(rows, features=FEATURES)
+
+
+REPLY_COLUMNS = ("reply", "response", "completion")
+
+
+def read_prompt_replies(path: str) -> tuple[list[dict], list[list[dict]], list[str]]:
+    """Rows, chat prompts and reply texts of a file with ``prompt`` and a reply column."""
+    rows, prompts, replies = [], [], []
+    for where, row in iter_source_rows(path):
+        if isinstance(row, Exception):
+            raise row
+        key = next((k for k in REPLY_COLUMNS if k in row), None)
+        if key is None or not isinstance(row[key], str):
+            raise PreferenceFormatError(
+                where, "reply", f"expected a string column, one of {REPLY_COLUMNS}"
+            )
+        if row.get("prompt") is None:
+            raise PreferenceFormatError(where, "prompt", "missing")
+        prompts.append(parse_messages(row["prompt"], where, "prompt"))
+        replies.append(row[key])
+        rows.append(row)
+    return rows, prompts, replies

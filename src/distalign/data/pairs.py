@@ -186,3 +186,97 @@ def length_grouped_batches(
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: item indices grouped into rows whose lengths sum ≤ capacity.
+
+    An item longer than ``capacity`` gets a row of its own.
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
+
+
+class SharedPrefixCollator:
+    """Pairs as single sequences ``prompt + chosen + rejected`` that share the prompt.
+
+    Position ids restart after the prompt for the rejected reply, and a block attention mask
+    keeps the rejected reply from seeing the chosen one, so every token sees exactly what it
+    would see in its own ``prompt + reply`` sequence: rewards are those of the unshared
+    computation, while the prompt is encoded once. With ``packing``, several pairs share a
+    row (first-fit, rows no longer than the longest pair), each pair a block of its own, so
+    short pairs fill the room that padding would take.
+
+    Returns ``input_ids`` and ``position_ids`` (R, T), ``attention_mask`` (R, 1, T, T) bool
+    (True: may attend), ``token_mask`` (R, T) of real tokens, and ``chosen_index`` /
+    ``rejected_index`` (N,): flat indices (row·T + column) of each reply's last token.
+    """
+
+    def __init__(
+        self, pad_token_id: int, packing: bool = False, pad_to_multiple_of: int | None = None
+    ):
+        self.pad_token_id = pad_token_id
+        self.packing = packing
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        lengths = [
+            len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features
+        ]
+        if self.packing:
+            rows = pack_rows(lengths, max(lengths))
+        else:
+            rows = [[i] for i in range(len(features))]
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        n_rows = len(rows)
+        input_ids = torch.full((n_rows, width), self.pad_token_id, dtype=torch.long)
+        position_ids = torch.zeros((n_rows, width), dtype=torch.long)
+        # segment of each token: which pair (block) and which part (0 prompt, 1 chosen, 2 rejected)
+        block = torch.full((n_rows, width), -1, dtype=torch.long)
+        part = torch.zeros((n_rows, width), dtype=torch.long)
+        chosen_index = torch.zeros(len(features), dtype=torch.long)
+        rejected_index = torch.zeros(len(features), dtype=torch.long)
+        for r, row in enumerate(rows):
+            start = 0
+            for i in row:
+                f = features[i]
+                p, c, j = len(f["prompt_ids"]), len(f["chosen_ids"]), len(f["rejected_ids"])
+                ids = f["prompt_ids"] + f["chosen_ids"] + f["rejected_ids"]
+                sl = slice(start, start + p + c + j)
+                input_ids[r, sl] = torch.as_tensor(ids, dtype=torch.long)
+                position_ids[r, sl] = torch.cat(
+                    [torch.arange(p + c), torch.arange(p, p + j)]
+                )  # rejected restarts where the prompt ends
+                block[r, sl] = i
+                part[r, start + p : start + p + c] = 1
+                part[r, start + p + c : start + p + c + j] = 2
+                chosen_index[i] = r * width + start + p + c - 1
+                rejected_index[i] = r * width + start + p + c + j - 1
+                start += p + c + j
+        real = block >= 0  # (R, T)
+        causal = torch.ones((width, width), dtype=torch.bool).tril()  # (T, T)
+        same_block = block[:, :, None] == block[:, None, :]  # (R, T, T)
+        rejected_sees_chosen = (part[:, :, None] == 2) & (part[:, None, :] == 1)
+        mask = causal & same_block & ~rejected_sees_chosen & real[:, :, None] & real[:, None, :]
+        # padding queries attend to themselves only, so no softmax row is empty (NaN)
+        mask |= torch.eye(width, dtype=torch.bool) & ~real[:, :, None]
+        return {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "attention_mask": mask[:, None],  # (R, 1, T, T)
+            "token_mask": real.long(),
+            "chosen_index": chosen_index,
+            "rejected_index": rejected_index,
+        }

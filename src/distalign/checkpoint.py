@@ -1,0 +1,108 @@
+"""Atomic training checkpoints and exact resume.
+
+A checkpoint folder holds the model (``save_pretrained``: full weights or the LoRA adapter,
+safetensors), the tokenizer, ``optimizer.pt`` / ``scheduler.pt`` (state dicts, read back with
+``torch.load(weights_only=True)``: tensors and numbers only, no arbitrary pickles), and
+``trainer_state.json`` (step, epoch, position in the epoch, best metric, RNG states).
+
+It is written to ``<name>.tmp`` and renamed over ``<name>`` at the end, so a crash while
+saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()],
+        "torch": torch.get_rng_state().tolist(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def save_checkpoint(
+    path: str | Path,
+    model,
+    tokenizer,
+    optimizer,
+    scheduler,
+    state: dict[str, Any],
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write a checkpoint atomically. ``model`` is the unwrapped (PEFT or HF) model."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if scheduler is not None:
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps({**state, "rng": rng_state()}, indent=1))
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_model_weights(model, path: str | Path) -> None:
+    """Load weights saved by ``save_pretrained`` into ``model`` in place (full or LoRA)."""
+    path = Path(path)
+    adapter = path / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(adapter))
+        return
+    files = sorted(path.glob("model*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no safetensors weights")
+    state = {}
+    for f in files:
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(
+            f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})"
+        )
+
+
+def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and RNG from a checkpoint; return its state."""
+    path = Path(path)
+    load_model_weights(model, path)
+    if optimizer is not None and (path / "optimizer.pt").is_file():
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    if scheduler is not None and (path / "scheduler.pt").is_file():
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    state = json.loads((path / "trainer_state.json").read_text())
+    set_rng_state(state.pop("rng"))
+    return state

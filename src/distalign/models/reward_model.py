@@ -1,0 +1,231 @@
+"""Reward model = a causal-LM backbone + a linear head read at the last real token.
+
+The model *is* a Hugging Face ``*ForSequenceClassification`` (``score`` head, ``num_labels``
+outputs), so it saves with ``save_pretrained`` and loads back with
+``AutoModelForSequenceClassification`` (or PEFT's ``AutoPeftModelForSequenceClassification``).
+A ``distalign_rm.json`` beside the weights records the head type and the training config.
+
+Where the reward is read. distalign finds the last real token from the attention mask
+(``last_token_index``), never by searching for the pad id: SmolLM2 pads with ``<|im_end|>``,
+which also closes every chat turn. Hugging Face's own pooling picks "the rightmost token that
+is not ``config.pad_token_id``"; a reply ends with ``<|im_end|>``, so with pad == eos it would
+read the token *before* it. We therefore give the reward model a pad token that differs from
+EOS (SmolLM2: ``<|endoftext|>``, which no chat rendering contains) — then HF's pooling and ours
+pick the same token, and a plain ``AutoModelForSequenceClassification`` call gives our scores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from distalign.models.load import _model_kwargs, load_tokenizer, resolve_model
+
+META_FILE = "distalign_rm.json"
+HEAD_OUTPUTS = {"scalar": lambda n: 1, "categorical": lambda n: n, "ordinal": lambda n: 2}
+
+
+def head_outputs(head: str, n_bins: int) -> int:
+    if head not in HEAD_OUTPUTS:
+        raise ValueError(f"head must be one of {sorted(HEAD_OUTPUTS)}, got {head!r}")
+    return HEAD_OUTPUTS[head](n_bins)
+
+
+def distinct_pad_token(tokenizer) -> str:
+    """A pad token different from EOS that chat renderings never contain; added if needed."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return tokenizer.pad_token
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], tokenize=False
+    )
+    for candidate in (tokenizer.unk_token, "<|endoftext|>", "<|finetune_right_pad_id|>"):
+        if (
+            candidate
+            and candidate != tokenizer.eos_token
+            and candidate in tokenizer.get_vocab()
+            and candidate not in rendered
+        ):
+            return candidate
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    return "<|pad|>"
+
+
+def build_reward_model(
+    backbone: str,
+    head: str = "scalar",
+    n_bins: int = 10,
+    *,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+):
+    """A fresh reward model on a causal-LM backbone (alias, folder or hub id) + its tokenizer."""
+    tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code)
+    tokenizer.pad_token = distinct_pad_token(tokenizer)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model(backbone),
+        num_labels=head_outputs(head, n_bins),
+        **_model_kwargs(dtype, trust_remote_code),
+    )
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    # a small head: initial rewards near 0, so the first steps are not dominated by noise
+    with torch.no_grad():
+        head_module = unwrap(model).score
+        head_module.weight.normal_(0.0, 1.0 / (model.config.hidden_size + 1) ** 0.5)
+    return model, tokenizer
+
+
+def unwrap(model):
+    """The ``*ForSequenceClassification`` inside a PEFT / accelerate / DDP wrapper."""
+    while hasattr(model, "module"):  # DDP
+        model = model.module
+    if hasattr(model, "get_base_model"):  # PEFT
+        model = model.get_base_model()
+    return model
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token per row of a (B, T) mask, left or right padded -> (B,)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.bool()).argmax(-1)
+
+
+def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Head outputs at the last real token of each row: (B, T) -> (B, num_labels)."""
+    inner = unwrap(model)
+    backbone = getattr(inner, inner.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    last = last_token_index(attention_mask)  # (B,)
+    picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+    # the head sees only the picked states: no (B, T, num_labels) tensor
+    return inner.score(picked.to(inner.score.weight.dtype))
+
+
+def shared_pair_scores(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected head outputs from prefix-shared rows (see ``SharedPrefixCollator``).
+
+    ``batch``: ``input_ids`` (R, T), ``attention_mask`` (R, 1, T, T) bool, ``position_ids``
+    (R, T), ``chosen_index`` and ``rejected_index`` (N,) flat indices into R·T.
+    Returns two (N, num_labels) tensors.
+    """
+    inner = unwrap(model)
+    backbone = getattr(inner, inner.base_model_prefix)
+    mask = batch["attention_mask"]
+    if inner.config._attn_implementation == "eager":  # eager adds the mask to the scores
+        mask = torch.zeros(mask.shape, dtype=inner.dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(inner.dtype).min
+        )
+    hidden = backbone(
+        input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]
+    ).last_hidden_state
+    flat = hidden.reshape(-1, hidden.shape[-1])  # (R·T, H)
+    picked = flat[torch.cat([batch["chosen_index"], batch["rejected_index"]])]  # (2N, H)
+    scores = inner.score(picked.to(inner.score.weight.dtype))
+    n = batch["chosen_index"].shape[0]
+    return scores[:n], scores[n:]
+
+
+def pair_scores(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected outputs (N, num_labels) for a batch from either collator."""
+    if batch["attention_mask"].dim() == 4:
+        return shared_pair_scores(model, batch)
+    scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
+    n = scores.shape[0] // 2  # PairCollator: the N chosen rows, then the N rejected rows
+    return scores[:n], scores[n:]
+
+
+def save_reward_model(model, tokenizer, out_dir: str | Path, meta: dict[str, Any]) -> Path:
+    """``save_pretrained`` of weights (or LoRA adapter) and tokenizer, plus the metadata file."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return out
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    file = Path(path) / META_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is not a distalign reward model (no {META_FILE})")
+    return json.loads(file.read_text())
+
+
+def load_reward_model(path: str | Path, *, dtype: str = "float32", trust_remote_code: bool = False):
+    """(model, tokenizer, meta) from a folder written by ``save_reward_model``."""
+    path = Path(path)
+    meta = read_meta(path)
+    kwargs = _model_kwargs(dtype, trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if (path / "adapter_config.json").is_file():
+        # LoRA: the base model with a head of the right size, then the adapter (and the
+        # trained head, saved with it) on top: what PEFT's users do by hand.
+        from peft import PeftModel
+
+        base_path = json.loads((path / "adapter_config.json").read_text())[
+            "base_model_name_or_path"
+        ]
+        base = AutoModelForSequenceClassification.from_pretrained(
+            base_path,
+            num_labels=head_outputs(meta["head"], meta.get("n_bins", 10)),
+            pad_token_id=tokenizer.pad_token_id,
+            **kwargs,
+        )
+        if len(tokenizer) > base.get_input_embeddings().num_embeddings:
+            base.resize_token_embeddings(len(tokenizer))
+        model = PeftModel.from_pretrained(base, path)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    model.eval()
+    return model, tokenizer, meta
+
+
+@torch.no_grad()
+def score_replies(
+    model,
+    tokenizer,
+    prompts: list[list[dict[str, str]]],
+    replies: list[str],
+    max_length: int = 512,
+    max_prompt_length: int | None = None,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """Head outputs (N, num_labels) for chat prompts and reply texts, in length-sorted batches.
+
+    Text is rendered with the reward model's own tokenizer, so a policy with another
+    tokenizer is scored correctly (decode, then re-encode here).
+    """
+    from distalign.data.pairs import (
+        pad_sequences,
+        render_prompt_ids,
+        render_reply_ids,
+        truncate_pair,
+    )
+
+    max_prompt_length = max_prompt_length or max_length // 2
+    seqs = []
+    for prompt, reply in zip(prompts, replies, strict=True):
+        p, (r,) = truncate_pair(
+            render_prompt_ids(tokenizer, prompt),
+            [render_reply_ids(tokenizer, prompt, reply)],
+            max_length,
+            max_prompt_length,
+        )
+        seqs.append(p + r)
+    device = next(model.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = [None] * len(seqs)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = pad_sequences([seqs[i] for i in idx], tokenizer.pad_token_id)
+        scores = sequence_scores(
+            model, batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        )
+        for i, s in zip(idx, scores.float().cpu(), strict=True):
+            out[i] = s
+    return torch.stack(out) if out else torch.zeros(0, 1)

@@ -1,0 +1,388 @@
+"""Reward-model training loop (scalar Bradley–Terry; distributional heads share it).
+
+    distalign rm train configs/rm_scalar_cpu.yaml
+    distalign rm train configs/rm_scalar_cpu.yaml max_steps=50 lora=true
+    accelerate launch -m distalign.cli rm train configs/rm_scalar.yaml   # several processes
+
+Reads top to bottom: config -> data (load, tokenise, length-grouped batches) -> model (+LoRA)
+-> accelerate.prepare -> for each step: pair scores (one forward for chosen and rejected) ->
+loss -> backward/clip/step -> log; evaluate every ``eval_every`` steps; checkpoint the last
+and the best; resume from the last with ``resume=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from distalign.checkpoint import load_checkpoint, save_checkpoint
+from distalign.config import save_config
+from distalign.data.load import load_preferences
+from distalign.data.pairs import (
+    PairCollator,
+    SharedPrefixCollator,
+    length_grouped_batches,
+    tokenize_pairs,
+)
+from distalign.eval.rm import evaluate_reward_model
+from distalign.losses import reward_model_loss
+from distalign.models.load import DEFAULT_MODEL
+from distalign.models.reward_model import build_reward_model, pair_scores, save_reward_model
+from distalign.tracking import MetricsLog, peak_memory_gb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RMTrainConfig:
+    """``distalign rm train``: fit a reward model on preference pairs."""
+
+    model: str = DEFAULT_MODEL
+    """Backbone: alias, local folder or hub id of a causal LM."""
+    head: str = "scalar"
+    """Reward head: scalar (Bradley–Terry)."""
+    n_bins: int = 10
+    """Score bins of a distributional head."""
+    data: str = "gold"
+    """Training pairs: hub id, local file/folder, or ``gold`` (the shipped benchmark)."""
+    split: str = "train"
+    """Training split."""
+    eval_data: str | None = None
+    """Held-out pairs (default: ``data``)."""
+    eval_split: str = "test"
+    """Held-out split."""
+    format: str | None = None
+    """Force a preference format (explicit | implicit | hh); detected when unset."""
+    skip_bad_rows: bool = False
+    """Skip malformed rows (counted) instead of stopping at the first."""
+    limit_train: int = 0
+    """Use the first N training pairs (0: all)."""
+    limit_eval: int = 0
+    """Use the first N held-out pairs (0: all)."""
+    max_length: int = 512
+    """Longest prompt + reply in tokens (truncation rules in ``distalign.data.pairs``)."""
+    max_prompt_length: int = 256
+    """Tokens kept for the prompt when prompt + reply is too long."""
+    batch_size: int = 8
+    """Pairs per micro-batch per process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 1e-5
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.05
+    """Share of steps spent warming the learning rate up linearly."""
+    scheduler: str = "cosine"
+    """Learning-rate decay after warm-up (any transformers scheduler name)."""
+    epochs: float = 1.0
+    """Passes over the training pairs (ignored when max_steps > 0)."""
+    max_steps: int = 0
+    """Optimizer steps (0: from epochs)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0: off)."""
+    gamma: float = 0.01
+    """Reward-centering weight γ in γ·(r_w + r_l)²."""
+    margin_scale: float = 0.0
+    """Margin m = margin_scale · (chosen_score − rejected_score) when the data has ratings."""
+    lora: bool = False
+    """Train LoRA adapters (+ the head) instead of all weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, ~30% more time."""
+    mixed_precision: str = "no"
+    """no | bf16 | fp16 (accelerate autocast; use where the hardware has it)."""
+    prefix_sharing: bool = True
+    """Encode each pair as one sequence prompt + chosen + rejected (exact, faster)."""
+    packing: bool = False
+    """With prefix sharing: pack several pairs into one row instead of padding."""
+    group_by_length: bool = True
+    """Batch pairs of similar length (less padding)."""
+    eval_every: int = 50
+    """Evaluate on held-out pairs every N optimizer steps (0: only at the end)."""
+    eval_batch_size: int = 16
+    """Pairs per evaluation batch."""
+    save_every: int = 50
+    """Write the resumable ``last`` checkpoint every N steps."""
+    output_dir: str = "runs/rm"
+    """Where checkpoints, the final model, logs and the resolved config go."""
+    resume: bool = False
+    """Continue from ``output_dir/checkpoints/last``."""
+    seed: int = 0
+    """Seed of initialisation, batch order and dropout."""
+    tracker: str = "tensorboard"
+    """tensorboard | wandb | trackio | none (a JSONL log is always written)."""
+    dtype: str = "float32"
+    """Weights dtype."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub."""
+
+    def __post_init__(self):
+        if str(self.mixed_precision).lower() in ("false", "none", "off"):
+            self.mixed_precision = "no"  # YAML reads a bare `no` as false
+        checks = [
+            (self.head == "scalar", f"head must be scalar, got {self.head!r}"),
+            (
+                self.batch_size >= 1 and self.grad_accum >= 1,
+                "batch_size and grad_accum must be >= 1",
+            ),
+            (self.gamma >= 0, "gamma must be >= 0"),
+            (
+                0 < self.max_prompt_length < self.max_length,
+                "need 0 < max_prompt_length < max_length",
+            ),
+            (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision: no | bf16 | fp16"),
+            (
+                self.tracker in ("tensorboard", "wandb", "trackio", "none"),
+                "tracker: tensorboard | wandb | trackio | none",
+            ),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (self.epochs > 0 or self.max_steps > 0, "need epochs > 0 or max_steps > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def prepare_pairs(cfg: RMTrainConfig, tokenizer, source: str, split: str, limit: int):
+    ds = load_preferences(
+        source, split, format=cfg.format, skip_bad_rows=cfg.skip_bad_rows, limit=limit or None
+    )
+    return tokenize_pairs(ds, tokenizer, cfg.max_length, cfg.max_prompt_length)
+
+
+def make_collator(cfg: RMTrainConfig, tokenizer):
+    if cfg.prefix_sharing:
+        return SharedPrefixCollator(tokenizer.pad_token_id, packing=cfg.packing)
+    return PairCollator(tokenizer.pad_token_id)
+
+
+def epoch_batches(ds, cfg: RMTrainConfig, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: deterministic in (seed, epoch), so resume can skip ahead."""
+    if cfg.group_by_length:
+        return length_grouped_batches(ds["length"], cfg.batch_size, seed=cfg.seed + epoch)
+    g = torch.Generator().manual_seed(cfg.seed + epoch)
+    order = torch.randperm(len(ds), generator=g).tolist()
+    return [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+
+
+def add_lora(model, cfg: RMTrainConfig):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,  # keeps the new head fully trainable (modules_to_save)
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear",
+    )
+    return get_peft_model(model, config)
+
+
+def batch_loss(model, batch, cfg: RMTrainConfig):
+    """Loss and metrics of one micro-batch of pairs."""
+    chosen, rejected = pair_scores(model, batch)
+    margin = batch.get("margin", 0.0)
+    return reward_model_loss(chosen[:, 0].float(), rejected[:, 0].float(), cfg.gamma, margin)
+
+
+class _MarginCollator:
+    """Adds ``margin`` (N,) from rating differences to the pair batch."""
+
+    def __init__(self, inner, scale: float):
+        self.inner, self.scale = inner, scale
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        if self.scale:
+            diffs = [
+                (f["chosen_score"] - f["rejected_score"]) if f["chosen_score"] is not None else 0.0
+                for f in features
+            ]
+            batch["margin"] = self.scale * torch.tensor(diffs, dtype=torch.float32).clamp(min=0)
+        return batch
+
+
+def run(cfg: RMTrainConfig) -> dict[str, Any]:
+    """Train; return the final held-out metrics. Writes ``output_dir/final`` (the model)."""
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=cfg.mixed_precision,
+        log_with=None if cfg.tracker == "none" else cfg.tracker,
+        project_dir=str(out),
+    )
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        save_config(cfg, out)
+
+    model, tokenizer = build_reward_model(
+        cfg.model, cfg.head, cfg.n_bins, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+    )
+    with accelerator.main_process_first():  # tokenise once, other processes hit the cache
+        train = prepare_pairs(cfg, tokenizer, cfg.data, cfg.split, cfg.limit_train)
+        held_out = prepare_pairs(
+            cfg, tokenizer, cfg.eval_data or cfg.data, cfg.eval_split, cfg.limit_eval
+        )
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora:
+        model = add_lora(model, cfg)
+
+    steps_per_epoch = math.ceil(
+        math.ceil(len(train) / cfg.batch_size) / (cfg.grad_accum * accelerator.num_processes)
+    )
+    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(
+        cfg.scheduler,
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    collate = _MarginCollator(make_collator(cfg, tokenizer), cfg.margin_scale)
+    eval_loader = accelerator.prepare(
+        DataLoader(held_out, batch_size=cfg.eval_batch_size, collate_fn=collate)
+    )
+
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "batch_in_epoch": 0,
+        "best_accuracy": -1.0,
+        "tokens": 0,
+        "pairs": 0,
+    }
+    last_ckpt = out / "checkpoints" / "last"
+    if cfg.resume and last_ckpt.is_dir():
+        state = load_checkpoint(last_ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
+        log.info("resumed from %s at step %d", last_ckpt, state["step"])
+    if accelerator.is_main_process and cfg.tracker != "none":
+        accelerator.init_trackers(
+            "rm", config={k: v for k, v in vars(cfg).items() if not isinstance(v, list)}
+        )
+    metrics_log = MetricsLog(out / "metrics.jsonl", accelerator)
+
+    def checkpoint(path: Path):
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_checkpoint(
+                path, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler, state
+            )
+
+    def evaluate() -> dict[str, float]:
+        result = evaluate_reward_model(model, eval_loader, accelerator, cfg.head)
+        state["last_eval_step"], state["last_eval"] = state["step"], result
+        metrics_log.write(state["step"], {f"eval/{k}": v for k, v in result.items()})
+        if result["accuracy"] > state["best_accuracy"]:
+            state["best_accuracy"] = result["accuracy"]
+            checkpoint(out / "checkpoints" / "best")
+        return result
+
+    model.train()
+    bar = tqdm(
+        total=total_steps,
+        initial=state["step"],
+        desc="rm train",
+        disable=not accelerator.is_local_main_process,
+    )
+    window: list[dict[str, float]] = []
+    start = time.perf_counter()
+    start_pairs = state["pairs"]
+    while state["step"] < total_steps:
+        batches = epoch_batches(train, cfg, state["epoch"])
+        loader = DataLoader(
+            train, batch_sampler=batches[state["batch_in_epoch"] :], collate_fn=collate
+        )
+        for batch in accelerator.prepare(loader):
+            with accelerator.accumulate(model):
+                loss, metrics = batch_loss(model, batch, cfg)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    metrics["grad_norm"] = accelerator.clip_grad_norm_(
+                        model.parameters(), cfg.max_grad_norm
+                    )
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state["batch_in_epoch"] += accelerator.num_processes
+            n_pairs = (
+                batch["chosen_index"].numel()
+                if "chosen_index" in batch
+                else batch["input_ids"].shape[0] // 2
+            )
+            state["pairs"] += n_pairs * accelerator.num_processes
+            window.append({"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}})
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            elapsed = time.perf_counter() - start
+            logged = {
+                f"train/{k}": sum(w[k] for w in window if k in w) / sum(k in w for w in window)
+                for k in window[-1]
+            }
+            logged["train/lr"] = scheduler.get_last_lr()[0]
+            logged["train/pairs_per_s"] = (state["pairs"] - start_pairs) / max(elapsed, 1e-9)
+            logged["train/peak_mem_gb"] = peak_memory_gb()
+            window = []
+            metrics_log.write(state["step"], logged)
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{logged['train/loss']:.3f}", acc=f"{logged['train/accuracy']:.2f}"
+            )
+            if cfg.eval_every and state["step"] % cfg.eval_every == 0:
+                evaluate()
+                model.train()
+            if cfg.save_every and state["step"] % cfg.save_every == 0:
+                checkpoint(last_ckpt)
+            if state["step"] >= total_steps:
+                break
+        else:
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+    bar.close()
+    train_seconds = time.perf_counter() - start
+
+    final = state["last_eval"] if state.get("last_eval_step") == state["step"] else evaluate()
+    checkpoint(last_ckpt)
+    if accelerator.is_main_process:
+        meta = {
+            "head": cfg.head,
+            "n_bins": cfg.n_bins,
+            "backbone": cfg.model,
+            "train_pairs": len(train),
+            "steps": state["step"],
+            "eval": final,
+            "config": vars(cfg),
+        }
+        save_reward_model(accelerator.unwrap_model(model), tokenizer, out / "final", meta)
+        summary = {
+            "eval": final,
+            "steps": state["step"],
+            "train_seconds": train_seconds,
+            "pairs_per_s": (state["pairs"] - start_pairs) / max(train_seconds, 1e-9),
+            "peak_mem_gb": peak_memory_gb(),
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    accelerator.end_training()
+    return final

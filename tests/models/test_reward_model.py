@@ -1,0 +1,141 @@
+"""Reward model: last-real-token read, padding invariance, save/load, exact prefix sharing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from distalign.data.pairs import PairCollator, SharedPrefixCollator, tokenize_pair
+from distalign.models.reward_model import (
+    build_reward_model,
+    last_token_index,
+    load_reward_model,
+    pair_scores,
+    save_reward_model,
+    sequence_scores,
+)
+
+USER = [{"role": "user", "content": "Name a fruit."}]
+LONG = [
+    {"role": "user", "content": "Tell me about apples. " * 12},
+    {"role": "assistant", "content": "Apples are fruit."},
+    {"role": "user", "content": "And pears, in a few words?"},
+]
+
+
+@pytest.fixture()
+def tiny_rm(tiny_model_dir):
+    torch.manual_seed(0)
+    return build_reward_model(str(tiny_model_dir), head="scalar")
+
+
+def _ids(tokenizer, prompt, reply):
+    p = tokenize_pair(tokenizer, prompt, reply, "x", max_length=512)
+    return p["prompt_ids"] + p["chosen_ids"]
+
+
+def _score(model, ids):
+    t = torch.tensor([ids])
+    return sequence_scores(model, t, torch.ones_like(t))[0, 0]
+
+
+def test_reward_model_pads_with_a_token_other_than_eos(tiny_rm):
+    model, tokenizer = tiny_rm
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+    assert tokenizer.pad_token not in tokenizer.apply_chat_template(USER, tokenize=False)
+
+
+def test_last_token_index():
+    mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1], [1, 0, 0, 0]])
+    assert last_token_index(mask).tolist() == [2, 3, 0]
+
+
+def test_reward_depends_on_the_reply_although_it_ends_with_pad_eq_eos(tiny_rm):
+    model, tokenizer = tiny_rm
+    a, b = _ids(tokenizer, USER, "An apple."), _ids(tokenizer, USER, "A banana.")
+    # both sequences end with <|im_end|>, the policy's pad token
+    assert a[-1] == b[-1] == tokenizer.eos_token_id
+    with torch.no_grad():
+        assert abs(_score(model, a) - _score(model, b)) > 1e-4
+
+
+def test_alone_equals_inside_a_padded_batch(tiny_rm):
+    model, tokenizer = tiny_rm
+    seqs = [_ids(tokenizer, USER, "An apple."), _ids(tokenizer, LONG, "Pears are sweet and soft.")]
+    with torch.no_grad():
+        alone = torch.stack([_score(model, s) for s in seqs])
+        feats = [{"prompt_ids": [], "chosen_ids": s, "rejected_ids": s} for s in seqs]
+        batch = PairCollator(tokenizer.eos_token_id)(feats)
+        batched = sequence_scores(model, batch["input_ids"], batch["attention_mask"])[:2, 0]
+    torch.testing.assert_close(batched, alone, atol=1e-4, rtol=0)
+
+
+def test_save_load_identical_scores_also_through_plain_hf(tiny_rm, tmp_path):
+    model, tokenizer = tiny_rm
+    texts = [
+        tokenizer.apply_chat_template([*USER, {"role": "assistant", "content": r}], tokenize=False)
+        for r in ("An apple.", "A ripe banana from the market.")
+    ]
+    seqs = [_ids(tokenizer, USER, r) for r in ("An apple.", "A ripe banana from the market.")]
+    with torch.no_grad():
+        before = torch.stack([_score(model, s) for s in seqs])
+    save_reward_model(model, tokenizer, tmp_path, {"head": "scalar"})
+    loaded, _, meta = load_reward_model(tmp_path)
+    assert meta["head"] == "scalar"
+    with torch.no_grad():
+        after = torch.stack([_score(loaded, s) for s in seqs])
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
+    # a user with nothing but transformers gets the same scores from a padded batch
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path)
+    texts = [t.rstrip("\n") for t in texts]
+    enc = hf_tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        hf_scores = hf(**enc).logits[:, 0]
+    torch.testing.assert_close(hf_scores, before, atol=1e-4, rtol=0)
+
+
+def _features(tokenizer):
+    cases = [
+        (USER, "An apple.", "A chair, obviously not a fruit at all."),
+        (LONG, "Pears are sweet.", "No."),
+        (USER, "A fig", "A date palm fruit, sticky and sweet, grown in warm places."),
+    ]
+    return [tokenize_pair(tokenizer, p, c, r, max_length=512) for p, c, r in cases]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_prefix_sharing_is_exact_for_rewards_and_gradients(tiny_rm, packing):
+    model, tokenizer = tiny_rm
+    feats = _features(tokenizer)
+    plain = PairCollator(tokenizer.pad_token_id)(feats)
+    shared = SharedPrefixCollator(tokenizer.pad_token_id, packing=packing)(feats)
+    if packing:
+        assert shared["input_ids"].shape[0] < len(feats)  # pairs really share rows
+
+    def run(batch):
+        model.zero_grad()
+        chosen, rejected = pair_scores(model, batch)
+        (chosen.sum() - 2 * rejected.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return chosen.detach(), rejected.detach(), grads
+
+    c1, r1, g1 = run(plain)
+    c2, r2, g2 = run(shared)
+    torch.testing.assert_close(c2, c1, atol=1e-4, rtol=0)
+    torch.testing.assert_close(r2, r1, atol=1e-4, rtol=0)
+    assert g1.keys() == g2.keys()
+    for name in g1:
+        torch.testing.assert_close(g2[name], g1[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_shared_prefix_mask_blocks_chosen_from_rejected():
+    feats = [{"prompt_ids": [10, 11], "chosen_ids": [12, 13], "rejected_ids": [14]}]
+    b = SharedPrefixCollator(pad_token_id=0)(feats)
+    m = b["attention_mask"][0, 0]
+    assert b["position_ids"][0].tolist() == [0, 1, 2, 3, 2]
+    assert m[4].tolist() == [True, True, False, False, True]  # rejected sees prompt + itself
+    assert m[3].tolist() == [True, True, True, True, False]
+    assert (b["chosen_index"].item(), b["rejected_index"].item()) == (3, 4)

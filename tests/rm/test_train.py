@@ -1,0 +1,129 @@
+"""Reward-model training on the tiny model: it learns, centering works, resume is exact."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import datasets
+import pytest
+import torch
+
+from distalign.config import load_config
+from distalign.models.reward_model import load_reward_model, score_replies
+from distalign.rm.train import RMTrainConfig, run
+from tests.conftest import write_jsonl
+
+WORDS = ["apple", "river", "stone", "cloud", "paper", "light", "music", "garden", "window"]
+
+
+def make_pairs(n: int, seed: int) -> list[dict]:
+    """Chosen replies say 'thanks' at the end; rejected ones are otherwise alike."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt = " ".join(rng.choices(WORDS, k=rng.randint(3, 8))) + "?"
+        body = " ".join(rng.choices(WORDS, k=rng.randint(2, 10)))
+        other = " ".join(rng.choices(WORDS, k=rng.randint(2, 10)))
+        rows.append({"prompt": prompt, "chosen": f"{body} thanks", "rejected": f"{other} stone"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def pair_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pairs")
+    write_jsonl(d / "train.jsonl", make_pairs(320, seed=0))
+    write_jsonl(d / "test.jsonl", make_pairs(80, seed=1))
+    return d
+
+
+def config(tiny_model_dir, pair_dir, tmp_path, **kw) -> RMTrainConfig:
+    base = dict(
+        model=str(tiny_model_dir), data=str(pair_dir), max_length=64, max_prompt_length=32,
+        batch_size=8, lr=3e-3, warmup_ratio=0.0, epochs=1, eval_every=0, save_every=0,
+        output_dir=str(tmp_path / "run"), tracker="none", gamma=0.01,
+    )  # fmt: skip
+    base.update(kw)
+    return RMTrainConfig(**base)
+
+
+def test_learns_a_property_of_the_chosen_reply(tiny_model_dir, pair_dir, tmp_path):
+    result = run(config(tiny_model_dir, pair_dir, tmp_path, epochs=2))
+    assert result["accuracy"] >= 0.95, result
+    final = tmp_path / "run" / "final"
+    assert (final / "model.safetensors").is_file() and (final / "distalign_rm.json").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "best").is_dir()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert any("train/loss" in json.loads(line) for line in lines)
+
+
+def test_centering_keeps_rewards_near_zero(tiny_model_dir, pair_dir, tmp_path):
+    free = run(config(tiny_model_dir, pair_dir, tmp_path / "a", gamma=0.0, max_steps=30))
+    centred = run(config(tiny_model_dir, pair_dir, tmp_path / "b", gamma=0.5, max_steps=30))
+    assert abs(centred["reward_mean"]) < abs(free["reward_mean"])
+
+
+def test_resume_matches_uninterrupted_run_bitwise(tiny_model_dir, pair_dir, tmp_path):
+    kw = dict(max_steps=8, save_every=4, scheduler="constant")
+    straight = run(config(tiny_model_dir, pair_dir, tmp_path / "s", **kw))
+    cut = config(tiny_model_dir, pair_dir, tmp_path / "r", **{**kw, "max_steps": 4})
+    run(cut)  # as if killed after step 4
+    state = json.loads(
+        (tmp_path / "r" / "run" / "checkpoints" / "last" / "trainer_state.json").read_text()
+    )
+    assert state["step"] == 4
+    resumed = run(config(tiny_model_dir, pair_dir, tmp_path / "r", **kw, resume=True))
+    for key in ("accuracy", "margin", "reward_mean"):
+        assert resumed[key] == pytest.approx(straight[key], abs=1e-5), key
+
+
+def test_lora_adapter_saves_and_scores_identically(tiny_model_dir, pair_dir, tmp_path):
+    run(config(tiny_model_dir, pair_dir, tmp_path, lora=True, lora_r=4, max_steps=5))
+    final = tmp_path / "run" / "final"
+    assert (final / "adapter_config.json").is_file()
+    model, tokenizer, _ = load_reward_model(final)
+    prompts = [[{"role": "user", "content": "apple river?"}]] * 2
+    a = score_replies(model, tokenizer, prompts, ["stone thanks", "stone stone"])
+    b = score_replies(model, tokenizer, prompts[:1], ["stone thanks"])
+    torch.testing.assert_close(a[:1], b, atol=1e-5, rtol=0)
+
+
+def test_prefix_sharing_and_plain_runs_agree(tiny_model_dir, pair_dir, tmp_path):
+    kw = dict(max_steps=4, scheduler="constant")
+    shared = run(config(tiny_model_dir, pair_dir, tmp_path / "a", prefix_sharing=True, **kw))
+    plain = run(config(tiny_model_dir, pair_dir, tmp_path / "b", prefix_sharing=False, **kw))
+    assert shared["margin"] == pytest.approx(plain["margin"], abs=1e-3)
+
+
+def test_reference_config_dry_run(tiny_model_dir, tmp_path, monkeypatch):
+    """configs/rm_scalar_helpsteer2.yaml: the hub id and split reach load_dataset as written,
+    HelpSteer2's shape (string prompt, message replies, ratings) loads and trains a step."""
+    calls = []
+    user = {"role": "user", "content": "Name a fruit."}
+    rows = [
+        {
+            "prompt": "Name a fruit.",
+            "chosen": [user, {"role": "assistant", "content": f"A pear {i}."}],
+            "rejected": [user, {"role": "assistant", "content": "Rocks."}],
+            "chosen_rating": 3.5,
+            "rejected_rating": 1.0,
+        }
+        for i in range(4)
+    ]
+
+    def fake_load_dataset(name, split):
+        calls.append((name, split))
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    cfg = load_config(
+        RMTrainConfig,
+        "configs/rm_scalar_helpsteer2.yaml",
+        [f"model={tiny_model_dir}", "max_steps=1", "mixed_precision=no", "tracker=none",
+         f"output_dir={tmp_path}", "margin_scale=0.5"],
+    )  # fmt: skip
+    assert cfg.max_length == 512
+    run(cfg)
+    assert calls[0] == ("esfrankel17/HelpSteer2_binarized", "average_rating_split[:90%]")
+    assert calls[1] == ("esfrankel17/HelpSteer2_binarized", "average_rating_split[90%:]")
