@@ -67,3 +67,120 @@ def reward_model_loss(
             "reward_mean": torch.cat([chosen, rejected]).mean(),
         }
     return loss, metrics
+
+
+# --- Level 2: distributional reward models ------------------------------------------------
+#
+# A head gives log-probabilities log p (B, n) over scores 1..n (categorical: log_softmax of n
+# logits; ordinal: a discretised logistic, ``distalign.models.heads``). Everything below works
+# on log p and stays in log space: with both distributions on one bin, P(R_w > R_l) is ~e^-100
+# for logits of ±50, which is 0 in fp32 if computed from raw probabilities.
+
+
+def log_cdf_before(logp: torch.Tensor) -> torch.Tensor:
+    """log P(R < i) for i = 1..n, i.e. log CDF(i − 1): (B, n), first column −inf."""
+    cdf = torch.logcumsumexp(logp, dim=-1)  # log P(R ≤ i)
+    return torch.cat([torch.full_like(cdf[..., :1], float("-inf")), cdf[..., :-1]], dim=-1)
+
+
+def log_prob_greater(logp_w: torch.Tensor, logp_l: torch.Tensor) -> torch.Tensor:
+    """log P(R_w > R_l) = log Σ_i p_w(i) · CDF_l(i − 1), R_w ~ p_w, R_l ~ p_l independent.
+
+    Args:
+        logp_w, logp_l: (B, n) log-probabilities.
+    Returns:
+        (B,) log-probabilities (finite unless p_l puts exactly zero mass below p_w's support).
+    """
+    return torch.logsumexp(logp_w + log_cdf_before(logp_l), dim=-1)
+
+
+def log_prob_tie(logp_w: torch.Tensor, logp_l: torch.Tensor) -> torch.Tensor:
+    """log P(R_w = R_l) = log Σ_i p_w(i) p_l(i), (B,)."""
+    return torch.logsumexp(logp_w + logp_l, dim=-1)
+
+
+def distributional_preference_loss(
+    logp_w: torch.Tensor, logp_l: torch.Tensor, ties: str = "strict"
+) -> torch.Tensor:
+    """Per-pair −log P(R_w > R_l) (``strict``) or −log(P(R_w > R_l) + ½ P(R_w = R_l))
+    (``half``, ties-aware), (B,). Inputs (B, n) log-probabilities."""
+    greater = log_prob_greater(logp_w, logp_l)
+    if ties == "strict":
+        return -greater
+    if ties == "half":
+        half_tie = log_prob_tie(logp_w, logp_l) - torch.log(torch.tensor(2.0, dtype=logp_w.dtype))
+        return -torch.logaddexp(greater, half_tie)
+    raise ValueError(f"ties must be 'strict' or 'half', got {ties!r}")
+
+
+def entropy(logp: torch.Tensor) -> torch.Tensor:
+    """H(p) = −Σ p log p over the last dim, (B,). Zero-mass bins contribute 0 (no NaN)."""
+    p = logp.exp()
+    return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)
+
+
+def entropy_bonus(logp_w: torch.Tensor, logp_l: torch.Tensor) -> torch.Tensor:
+    """Per-pair −(H(p_w) + H(p_l)), (B,). Add λ times it to the loss to *raise* entropy.
+
+    The original write-up added λ·Σ p log p = −λ·H, i.e. the loss L + λ·(H_w + H_l) —
+    minimising that lowers entropy. This is the intended regulariser: L − λ·(H_w + H_l).
+    """
+    return -(entropy(logp_w) + entropy(logp_l))
+
+
+def batch_entropy_bonus(logp_w: torch.Tensor, logp_l: torch.Tensor) -> torch.Tensor:
+    """−H(p̄), p̄ the mean distribution over the batch's chosen and rejected replies (scalar).
+
+    DPL-style (Siththaranjan et al. 2023, "Distributional Preference Learning"): spreads mass
+    across the batch without flattening each reply's distribution.
+    """
+    logp = torch.cat([logp_w, logp_l])  # (2B, n)
+    mean_logp = torch.logsumexp(logp, dim=0) - torch.log(torch.tensor(float(logp.shape[0])))
+    return -entropy(mean_logp[None])[0]
+
+
+def smoothness_penalty(logp: torch.Tensor) -> torch.Tensor:
+    """Σ_i (p(i+1) − p(i))² per row, (B,): large for jagged, multi-peaked distributions."""
+    p = logp.exp()
+    return ((p[..., 1:] - p[..., :-1]) ** 2).sum(-1)
+
+
+def rating_nll(logp: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """−log p(bin) for known rating bins (B,) (0-based), (B,): the optional pointwise term."""
+    return -logp.gather(-1, bins[:, None]).squeeze(-1)
+
+
+def ratings_to_bins(ratings: torch.Tensor, low: float, high: float, n_bins: int) -> torch.Tensor:
+    """Map ratings on [low, high] linearly onto bins 0..n−1 (nearest), (B,) long."""
+    frac = ((ratings - low) / (high - low)).clamp(0, 1)
+    return torch.round(frac * (n_bins - 1)).long()
+
+
+def distributional_rm_loss(
+    logp_w: torch.Tensor,
+    logp_l: torch.Tensor,
+    ties: str = "strict",
+    entropy_weight: float = 0.0,
+    batch_entropy_weight: float = 0.0,
+    smoothness_weight: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Level 2 loss: mean preference loss + λ_H·mean(−H_w − H_l) + λ_DPL·(−H(p̄))
+    + λ_S·mean(smoothness). Returns (scalar, detached metrics)."""
+    pref = distributional_preference_loss(logp_w, logp_l, ties).mean()
+    loss = pref
+    if entropy_weight:
+        loss = loss + entropy_weight * entropy_bonus(logp_w, logp_l).mean()
+    if batch_entropy_weight:
+        loss = loss + batch_entropy_weight * batch_entropy_bonus(logp_w, logp_l)
+    if smoothness_weight:
+        smooth = smoothness_penalty(torch.cat([logp_w, logp_l])).mean()
+        loss = loss + smoothness_weight * smooth
+    with torch.no_grad():
+        greater = log_prob_greater(logp_w, logp_l).exp()
+        less = log_prob_greater(logp_l, logp_w).exp()
+        metrics = {
+            "pref_loss": pref.detach(),
+            "accuracy": (greater > less).float().mean(),
+            "entropy": entropy(torch.cat([logp_w, logp_l])).mean(),
+        }
+    return loss, metrics

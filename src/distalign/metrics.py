@@ -57,3 +57,50 @@ def reward_summary(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, fl
         "ece": preference_ece(chosen, rejected),
         "pairs": int(chosen.numel()),
     }
+
+
+def _win_ece(greater: torch.Tensor, less: torch.Tensor) -> float:
+    """ECE of P(chosen wins | no tie) = P(>) / (P(>) + P(<)), symmetrised."""
+    p = (greater / (greater + less).clamp(min=1e-30)).double()
+    prob = torch.cat([p, 1 - p])
+    return expected_calibration_error(prob, torch.cat([torch.ones_like(p), torch.zeros_like(p)]))
+
+
+def is_unimodal(p: torch.Tensor, tol: float = 1e-4) -> torch.Tensor:
+    """Whether each row of p (B, n) rises then falls (one peak, plateaus allowed), (B,) bool.
+
+    Differences smaller than ``tol`` count as flat, so numerical noise is not a second peak.
+    """
+    d = p[..., 1:] - p[..., :-1]  # (B, n − 1)
+    sign = torch.where(d > tol, 1, torch.where(d < -tol, -1, 0))
+    # after the first fall, no rise may follow
+    fallen = torch.cummax((sign == -1).int(), dim=-1).values.bool()
+    return ~((sign == 1) & fallen).any(-1)
+
+
+def distribution_summary(
+    logp_w: torch.Tensor, logp_l: torch.Tensor, values: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Metrics of a distributional reward model on pairs: accuracy by P(R_w > R_l) vs
+    P(R_l > R_w) and by expectation, mean entropy, unimodal share, mean std."""
+    from distalign.functionals import expectation, std
+    from distalign.losses import entropy, log_prob_greater
+
+    p_w, p_l = logp_w.exp(), logp_l.exp()
+    greater = log_prob_greater(logp_w, logp_l).exp()
+    less = log_prob_greater(logp_l, logp_w).exp()
+    both = torch.cat([p_w, p_l])
+    e_w, e_l = expectation(p_w, values), expectation(p_l, values)
+    out = {
+        "accuracy": pairwise_accuracy(greater, less),
+        "accuracy_expectation": pairwise_accuracy(e_w, e_l),
+        "p_greater_mean": greater.mean().item(),
+        "entropy": entropy(torch.cat([logp_w, logp_l])).mean().item(),
+        "unimodal_share": is_unimodal(both).float().mean().item(),
+        "std_mean": std(both, values).mean().item(),
+        "ece": preference_ece(
+            torch.log(greater / less.clamp(min=1e-12)), torch.zeros_like(greater)
+        ),
+        "pairs": int(p_w.shape[0]),
+    }
+    return out

@@ -1,0 +1,100 @@
+"""Reward functionals φ(p): a distribution over scores -> one reward (pure torch).
+
+All take probabilities p (B, n) over score values v (n,), default v_i = i for i = 1..n,
+and return (B,). Used by REINFORCE with a distributional reward model.
+
+    expectation        E[R] = Σ v_i p_i
+    mean_minus_std     E[R] − κ·Std[R]                     (risk-averse for κ > 0)
+    cvar               CVaR_α: mean of the lowest α of the mass  (≤ E[R] always)
+    quantile           smallest v_i with CDF(i) ≥ τ
+    win_probability    P(R > R_ref) + ½ P(R = R_ref) against a reference distribution
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def score_values(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The default score values 1..n, (n,)."""
+    return torch.arange(1, n + 1, device=device, dtype=dtype)
+
+
+def _values(p: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
+    return score_values(p.shape[-1], p.device, p.dtype) if values is None else values.to(p)
+
+
+def expectation(p: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ v_i p_i, (B,)."""
+    return (p * _values(p, values)).sum(-1)
+
+
+def std(p: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard deviation of R, (B,)."""
+    v = _values(p, values)
+    mean = expectation(p, v)
+    return ((p * (v - mean[:, None]) ** 2).sum(-1)).clamp(min=0).sqrt()
+
+
+def mean_minus_std(
+    p: torch.Tensor, kappa: float = 1.0, values: torch.Tensor | None = None
+) -> torch.Tensor:
+    """E[R] − κ·Std[R], (B,)."""
+    return expectation(p, values) - kappa * std(p, values)
+
+
+def cvar(p: torch.Tensor, alpha: float = 0.25, values: torch.Tensor | None = None) -> torch.Tensor:
+    """Conditional value at risk: the mean of R over its lowest ``alpha`` of probability mass.
+
+    CVaR_α = (1/α) Σ_i v_i · min(p_i, max(0, α − CDF(i−1))), values ascending. (B,).
+    """
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    v = _values(p, values)
+    before = p.cumsum(-1) - p  # CDF(i − 1)
+    taken = torch.minimum(p, (alpha - before).clamp(min=0))  # mass of bin i inside the tail
+    return (taken * v).sum(-1) / alpha
+
+
+def quantile(p: torch.Tensor, tau: float = 0.5, values: torch.Tensor | None = None) -> torch.Tensor:
+    """Smallest v_i with CDF(i) ≥ τ, (B,). Not differentiable (a selection)."""
+    if not 0 < tau <= 1:
+        raise ValueError(f"tau must be in (0, 1], got {tau}")
+    v = _values(p, values)
+    cdf = p.cumsum(-1)
+    idx = (cdf < tau - 1e-6).sum(-1).clamp(max=p.shape[-1] - 1)  # first bin reaching τ
+    return v[idx]
+
+
+def win_probability(p: torch.Tensor, p_ref: torch.Tensor) -> torch.Tensor:
+    """P(R > R_ref) + ½ P(R = R_ref) with R ~ p, R_ref ~ p_ref independent, (B,)."""
+    before = p_ref.cumsum(-1) - p_ref  # P(R_ref < i)
+    return (p * before).sum(-1) + 0.5 * (p * p_ref).sum(-1)
+
+
+FUNCTIONALS = ("expectation", "mean_minus_std", "cvar", "quantile", "win_probability")
+
+
+def apply_functional(
+    name: str,
+    p: torch.Tensor,
+    *,
+    kappa: float = 1.0,
+    alpha: float = 0.25,
+    tau: float = 0.5,
+    p_ref: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """φ(p) by name, (B,)."""
+    if name == "expectation":
+        return expectation(p)
+    if name == "mean_minus_std":
+        return mean_minus_std(p, kappa)
+    if name == "cvar":
+        return cvar(p, alpha)
+    if name == "quantile":
+        return quantile(p, tau)
+    if name == "win_probability":
+        if p_ref is None:
+            raise ValueError("win_probability needs the reference distribution p_ref")
+        return win_probability(p, p_ref)
+    raise ValueError(f"unknown functional {name!r}; expected one of {FUNCTIONALS}")
