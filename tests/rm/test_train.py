@@ -127,3 +127,33 @@ def test_reference_config_dry_run(tiny_model_dir, tmp_path, monkeypatch):
     run(cfg)
     assert calls[0] == ("esfrankel17/HelpSteer2_binarized", "average_rating_split[:90%]")
     assert calls[1] == ("esfrankel17/HelpSteer2_binarized", "average_rating_split[90%:]")
+
+
+@pytest.mark.parametrize("head", ["categorical", "ordinal"])
+def test_distributional_heads_learn(tiny_model_dir, pair_dir, tmp_path, head):
+    result = run(config(tiny_model_dir, pair_dir, tmp_path, head=head, epochs=2, n_bins=5))
+    assert result["accuracy"] >= 0.95, result
+    assert {"entropy", "unimodal_share", "std_mean", "accuracy_expectation"} <= result.keys()
+    if head == "ordinal":
+        assert result["unimodal_share"] == 1.0
+
+
+def test_distributional_eval_writes_plots_and_score_writes_distributions(
+    tiny_model_dir, pair_dir, tmp_path
+):
+    from distalign.eval.rm import run_rm_eval
+    from distalign.rm.score import score_file
+
+    run(config(tiny_model_dir, pair_dir, tmp_path, head="categorical", max_steps=3, n_bins=6))
+    final = tmp_path / "run" / "final"
+    result = run_rm_eval(str(final), str(pair_dir), "test", max_length=64)
+    for key in ("plot_grid", "plot_hist"):
+        assert (
+            result[key].endswith(".png")
+            and (tmp_path / "run" / "final" / result[key].split("/")[-1]).is_file()
+        )
+    replies = write_jsonl(tmp_path / "r.jsonl", [{"prompt": "apple?", "reply": "stone thanks"}])
+    out, _ = score_file(str(final), str(replies), None, 64)
+    row = json.loads(out.read_text())
+    assert len(row["distribution"]) == 6 and abs(sum(row["distribution"]) - 1) < 1e-4
+    assert row["cvar"] <= row["expectation"] + 1e-6 and row["reward"] == row["expectation"]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from distalign.metrics import reward_summary
+from distalign.metrics import distribution_summary, reward_summary
+from distalign.models.heads import head_log_probs
 from distalign.models.reward_model import pair_scores
 
 
@@ -30,13 +31,25 @@ def collect_pair_scores(model, loader, accelerator=None) -> tuple[torch.Tensor, 
 
 
 def evaluate_reward_model(
-    model, loader, accelerator=None, head: str = "scalar"
+    model,
+    loader,
+    accelerator=None,
+    head: str = "scalar",
+    n_bins: int = 10,
+    outputs: dict | None = None,
 ) -> dict[str, float]:
-    """Pairwise accuracy, mean margin, reward mean/std and ECE on the loader's pairs."""
+    """Metrics on the loader's pairs. Scalar: accuracy, margin, reward mean/std, ECE.
+    Distributional: accuracy by P(R_w > R_l) and by expectation, entropy, unimodal share,
+    mean std, ECE. ``outputs``, when given, receives the raw scores / log-probabilities."""
     chosen, rejected = collect_pair_scores(model, loader, accelerator)
-    if head != "scalar":
-        raise ValueError(f"unknown head {head!r}")
-    return reward_summary(chosen[:, 0], rejected[:, 0])
+    if head == "scalar":
+        if outputs is not None:
+            outputs.update(chosen=chosen[:, 0], rejected=rejected[:, 0])
+        return reward_summary(chosen[:, 0], rejected[:, 0])
+    logp_w, logp_l = head_log_probs(head, chosen, n_bins), head_log_probs(head, rejected, n_bins)
+    if outputs is not None:
+        outputs.update(logp_chosen=logp_w, logp_rejected=logp_l)
+    return distribution_summary(logp_w, logp_l)
 
 
 def run_rm_eval(
@@ -63,9 +76,18 @@ def run_rm_eval(
     loader = DataLoader(
         ds, batch_size=batch_size, collate_fn=SharedPrefixCollator(tokenizer.pad_token_id)
     )
-    result = evaluate_reward_model(model, loader, None, meta.get("head", "scalar"))
-    result.update({"data": data, "split": split, "model": str(model_dir)})
+    head, n_bins = meta.get("head", "scalar"), meta.get("n_bins", 10)
+    outputs: dict = {}
+    result = evaluate_reward_model(model, loader, None, head, n_bins, outputs)
+    result.update({"data": data, "split": split, "model": str(model_dir), "head": head})
     path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).name}_{split}.json"
+    if head != "scalar":
+        from distalign.report.plots import plot_distribution_grid, plot_expectation_std_histograms
+
+        stem = str(path.with_suffix(""))
+        w, r = outputs["logp_chosen"], outputs["logp_rejected"]
+        result["plot_grid"] = str(plot_distribution_grid(w, r, stem + "_pairs.png"))
+        result["plot_hist"] = str(plot_expectation_std_histograms(w, r, stem + "_hist.png"))
     path.write_text(json.dumps(result, indent=2) + "\n")
     result["written_to"] = str(path)
     return result

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ from distalign.data.pairs import (
     tokenize_pairs,
 )
 from distalign.eval.rm import evaluate_reward_model
-from distalign.losses import reward_model_loss
+from distalign.losses import distributional_rm_loss, rating_nll, ratings_to_bins, reward_model_loss
+from distalign.models.heads import head_log_probs
 from distalign.models.load import DEFAULT_MODEL
 from distalign.models.reward_model import build_reward_model, pair_scores, save_reward_model
 from distalign.tracking import MetricsLog, peak_memory_gb
@@ -52,9 +53,22 @@ class RMTrainConfig:
     model: str = DEFAULT_MODEL
     """Backbone: alias, local folder or hub id of a causal LM."""
     head: str = "scalar"
-    """Reward head: scalar (Bradley–Terry)."""
+    """Reward head: scalar (Bradley–Terry) | categorical (n logits) | ordinal (discretised
+    logistic: smooth and unimodal by construction)."""
     n_bins: int = 10
-    """Score bins of a distributional head."""
+    """Score bins 1..n of a distributional head."""
+    ties: str = "strict"
+    """Distributional loss: strict −log P(R_w > R_l) | half (ties count ½)."""
+    entropy_weight: float = 0.0
+    """λ of the entropy bonus −λ·(H(p_w) + H(p_l)) (raises each reply's entropy)."""
+    batch_entropy_weight: float = 0.0
+    """λ of the DPL bonus −λ·H(batch-mean p) (spreads mass across the batch)."""
+    smoothness_weight: float = 0.0
+    """λ of the adjacent-bin smoothness penalty Σ (p(i+1) − p(i))²."""
+    rating_weight: float = 0.0
+    """Weight of the pointwise term −log p(bin of the rating) when the data has ratings."""
+    rating_range: list[float] = field(default_factory=lambda: [0.0, 4.0])
+    """Rating scale [low, high] mapped onto the bins (HelpSteer2: 0–4)."""
     data: str = "gold"
     """Training pairs: hub id, local file/folder, or ``gold`` (the shipped benchmark)."""
     split: str = "train"
@@ -138,7 +152,16 @@ class RMTrainConfig:
         if str(self.mixed_precision).lower() in ("false", "none", "off"):
             self.mixed_precision = "no"  # YAML reads a bare `no` as false
         checks = [
-            (self.head == "scalar", f"head must be scalar, got {self.head!r}"),
+            (
+                self.head in ("scalar", "categorical", "ordinal"),
+                f"head: scalar | categorical | ordinal, got {self.head!r}",
+            ),
+            (self.n_bins >= 2, "n_bins must be >= 2"),
+            (self.ties in ("strict", "half"), "ties: strict | half"),
+            (
+                len(self.rating_range) == 2 and self.rating_range[0] < self.rating_range[1],
+                "rating_range: [low, high]",
+            ),
             (
                 self.batch_size >= 1 and self.grad_accum >= 1,
                 "batch_size and grad_accum must be >= 1",
@@ -199,18 +222,47 @@ def add_lora(model, cfg: RMTrainConfig):
 def batch_loss(model, batch, cfg: RMTrainConfig):
     """Loss and metrics of one micro-batch of pairs."""
     chosen, rejected = pair_scores(model, batch)
-    margin = batch.get("margin", 0.0)
-    return reward_model_loss(chosen[:, 0].float(), rejected[:, 0].float(), cfg.gamma, margin)
+    if cfg.head == "scalar":
+        margin = batch.get("margin", 0.0)
+        return reward_model_loss(chosen[:, 0].float(), rejected[:, 0].float(), cfg.gamma, margin)
+    logp_w = head_log_probs(cfg.head, chosen, cfg.n_bins)
+    logp_l = head_log_probs(cfg.head, rejected, cfg.n_bins)
+    loss, metrics = distributional_rm_loss(
+        logp_w,
+        logp_l,
+        cfg.ties,
+        cfg.entropy_weight,
+        cfg.batch_entropy_weight,
+        cfg.smoothness_weight,
+    )
+    if cfg.rating_weight and "rated" in batch and batch["rated"].any():
+        low, high = cfg.rating_range
+        rated = batch["rated"]
+        bins_w = ratings_to_bins(batch["chosen_rating"][rated], low, high, cfg.n_bins)
+        bins_l = ratings_to_bins(batch["rejected_rating"][rated], low, high, cfg.n_bins)
+        pointwise = (
+            rating_nll(logp_w[rated], bins_w) + rating_nll(logp_l[rated], bins_l)
+        ).mean() / 2
+        loss = loss + cfg.rating_weight * pointwise
+        metrics["rating_nll"] = pointwise.detach()
+    return loss, metrics
 
 
-class _MarginCollator:
-    """Adds ``margin`` (N,) from rating differences to the pair batch."""
+class _RatingCollator:
+    """Adds ratings to the pair batch: ``margin`` (N,) from rating differences for the scalar
+    loss, and ``rated``/``chosen_rating``/``rejected_rating`` (N,) for the pointwise term."""
 
     def __init__(self, inner, scale: float):
         self.inner, self.scale = inner, scale
 
     def __call__(self, features):
         batch = self.inner(features)
+        rated = [
+            f["chosen_score"] is not None and f["rejected_score"] is not None for f in features
+        ]
+        batch["rated"] = torch.tensor(rated)
+        batch["chosen_rating"] = torch.tensor([f["chosen_score"] or 0.0 for f in features])
+        batch["rejected_rating"] = torch.tensor([f["rejected_score"] or 0.0 for f in features])
         if self.scale:
             diffs = [
                 (f["chosen_score"] - f["rejected_score"]) if f["chosen_score"] is not None else 0.0
@@ -260,7 +312,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
         num_training_steps=total_steps,
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    collate = _MarginCollator(make_collator(cfg, tokenizer), cfg.margin_scale)
+    collate = _RatingCollator(make_collator(cfg, tokenizer), cfg.margin_scale)
     eval_loader = accelerator.prepare(
         DataLoader(held_out, batch_size=cfg.eval_batch_size, collate_fn=collate)
     )
@@ -291,7 +343,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
             )
 
     def evaluate() -> dict[str, float]:
-        result = evaluate_reward_model(model, eval_loader, accelerator, cfg.head)
+        result = evaluate_reward_model(model, eval_loader, accelerator, cfg.head, cfg.n_bins)
         state["last_eval_step"], state["last_eval"] = state["step"], result
         metrics_log.write(state["step"], {f"eval/{k}": v for k, v in result.items()})
         if result["accuracy"] > state["best_accuracy"]:
