@@ -184,3 +184,96 @@ def distributional_rm_loss(
             "entropy": entropy(torch.cat([logp_w, logp_l])).mean(),
         }
     return loss, metrics
+
+
+# --- REINFORCE / RLOO -------------------------------------------------------------------------
+#
+# Sequence-level REINFORCE (Ahmadian et al. 2024, "Back to Basics", arXiv 2402.14740): the
+# whole reply is one action. Shapes: B replies, T reply tokens; ``mask`` (B, T) is 1 on real
+# reply tokens (padding and anything after EOS are 0).
+
+
+def sequence_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t values·mask per row, (B, T) -> (B,)."""
+    return (values * mask).sum(-1)
+
+
+def kl_estimates(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-reply KL(π‖π_ref) estimates from tokens sampled from π, (B,) each.
+
+    ``k1``: Σ_t (log π − log π_ref), unbiased, can be negative per sample;
+    ``k3``: Σ_t (e^{Δ} − 1 − Δ) with Δ = log π_ref − log π, unbiased and ≥ 0 (Schulman 2020,
+    "Approximating KL divergence").
+    """
+    delta = ref_logprobs - logprobs  # (B, T)
+    return {
+        "k1": sequence_sum(-delta, mask),
+        "k3": sequence_sum(torch.expm1(delta) - delta, mask),
+    }
+
+
+def kl_shaped_rewards(
+    rewards: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """R_i = r_i − β · Σ_t (log π(y_t) − log π_ref(y_t)), (B,). rewards (B,), the rest (B, T)."""
+    return rewards - beta * sequence_sum(logprobs - ref_logprobs, mask)
+
+
+def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """Leave-one-out advantages A_i = R_i − (1/(k−1)) Σ_{j≠i} R_j within each prompt's k samples.
+
+    ``rewards`` (B,) is prompt-major (k consecutive samples per prompt), B = P·k, k ≥ 2.
+    Equivalent closed form: A_i = k/(k−1) · (R_i − mean_j R_j). Returns (B,).
+    """
+    if k < 2:
+        raise ValueError(f"RLOO needs k >= 2 samples per prompt, got {k}")
+    if rewards.numel() % k:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of k={k}")
+    grouped = rewards.view(-1, k)  # (P, k)
+    others = (grouped.sum(-1, keepdim=True) - grouped) / (k - 1)
+    return (grouped - others).view(-1)
+
+
+def moving_average_update(
+    mean: float, count: int, rewards: torch.Tensor, ema: float | None = None
+) -> tuple[float, int]:
+    """The next moving-average baseline after seeing ``rewards`` (B,).
+
+    ``ema=None``: the mean of all rewards seen so far (the original task's baseline);
+    ``ema=α``: b ← α·b + (1 − α)·mean(rewards) (the first batch sets b to its mean).
+    Returns (new mean, new count). Advantages use the baseline from *before* the update.
+    """
+    n = rewards.numel()
+    batch_mean = rewards.double().mean().item()
+    if count == 0:
+        return batch_mean, n
+    if ema is None:
+        return (mean * count + batch_mean * n) / (count + n), count + n
+    return ema * mean + (1 - ema) * batch_mean, count + n
+
+
+def whiten(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x − mean) / std over all elements (advantage normalisation). Constant x -> zeros."""
+    if x.numel() < 2:
+        return x - x.mean()
+    return (x - x.mean()) / (x.std() + eps)
+
+
+def reinforce_loss(
+    logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
+) -> torch.Tensor:
+    """−mean_i A_i · Σ_t log π(y_{i,t} | x, y_{i,<t}); advantages are detached.
+
+    Args:
+        logprobs: (B, T) log-probs of the sampled tokens under the current policy (with grad).
+        mask: (B, T) reply-token mask.
+        advantages: (B,).
+    Returns a scalar: the mean over the B replies of this (micro-)batch.
+    """
+    return -(advantages.detach() * sequence_sum(logprobs, mask)).mean()

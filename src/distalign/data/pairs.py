@@ -207,20 +207,82 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-class SharedPrefixCollator:
-    """Pairs as single sequences ``prompt + chosen + rejected`` that share the prompt.
+def build_shared_rows(
+    groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
+    pad_token_id: int,
+    packing: bool = False,
+    pad_to_multiple_of: int | None = None,
+) -> dict[str, Any]:
+    """Rows where several replies share one prompt: ``prompt + reply_1 + … + reply_k``.
 
-    Position ids restart after the prompt for the rejected reply, and a block attention mask
-    keeps the rejected reply from seeing the chosen one, so every token sees exactly what it
-    would see in its own ``prompt + reply`` sequence: rewards are those of the unshared
-    computation, while the prompt is encoded once. With ``packing``, several pairs share a
-    row (first-fit, rows no longer than the longest pair), each pair a block of its own, so
-    short pairs fill the room that padding would take.
+    Each reply's position ids restart where the prompt ends, and a block attention mask lets a
+    reply see the prompt and its own earlier tokens only, so every token is computed exactly
+    as in its own ``prompt + reply`` sequence while the prompt is encoded once. With
+    ``packing``, several groups share a row (first-fit, rows no longer than the longest group).
 
-    Returns ``input_ids`` and ``position_ids`` (R, T), ``attention_mask`` (R, 1, T, T) bool
-    (True: may attend), ``token_mask`` (R, T) of real tokens, and ``chosen_index`` /
-    ``rejected_index`` (N,): flat indices (row·T + column) of each reply's last token.
+    Args:
+        groups: (prompt ids, [reply ids, ...]) per group; replies non-empty.
+    Returns:
+        ``input_ids``, ``position_ids``, ``token_mask`` (R, T); ``attention_mask`` (R, 1, T, T)
+        bool (True: may attend); ``reply_start`` and ``reply_length`` (N,) flat index
+        (row·T + column) of each reply's first token and its length, replies in group order;
+        ``prompt_last`` (G,) flat index of each group's last prompt token.
     """
+    lengths = [len(p) + sum(len(r) for r in replies) for p, replies in groups]
+    rows = pack_rows(lengths, max(lengths)) if packing else [[i] for i in range(len(groups))]
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    n_rows = len(rows)
+    input_ids = torch.full((n_rows, width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((n_rows, width), dtype=torch.long)
+    block = torch.full((n_rows, width), -1, dtype=torch.long)  # group of each token
+    part = torch.zeros((n_rows, width), dtype=torch.long)  # 0 prompt, j + 1 reply j
+    reply_start: list[list[int]] = [[] for _ in groups]
+    reply_length: list[list[int]] = [[] for _ in groups]
+    prompt_last = [0] * len(groups)
+    for r, row in enumerate(rows):
+        start = 0
+        for g in row:
+            prompt, replies = groups[g]
+            p = len(prompt)
+            input_ids[r, start : start + p] = torch.as_tensor(list(prompt), dtype=torch.long)
+            position_ids[r, start : start + p] = torch.arange(p)
+            block[r, start : start + lengths[g]] = g
+            prompt_last[g] = r * width + start + p - 1
+            at = start + p
+            for j, reply in enumerate(replies):
+                n = len(reply)
+                input_ids[r, at : at + n] = torch.as_tensor(list(reply), dtype=torch.long)
+                position_ids[r, at : at + n] = torch.arange(p, p + n)  # restart after the prompt
+                part[r, at : at + n] = j + 1
+                reply_start[g].append(r * width + at)
+                reply_length[g].append(n)
+                at += n
+            start += lengths[g]
+    real = block >= 0  # (R, T)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()  # (T, T)
+    same_block = block[:, :, None] == block[:, None, :]  # (R, T, T)
+    # a key is visible if it is in the prompt or in the query's own reply
+    same_part = (part[:, None, :] == 0) | (part[:, :, None] == part[:, None, :])
+    mask = causal & same_block & same_part & real[:, :, None] & real[:, None, :]
+    # padding queries attend to themselves only, so no softmax row is empty (NaN)
+    mask |= torch.eye(width, dtype=torch.bool) & ~real[:, :, None]
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": mask[:, None],  # (R, 1, T, T)
+        "token_mask": real.long(),
+        "reply_start": torch.tensor([s for g in reply_start for s in g], dtype=torch.long),
+        "reply_length": torch.tensor([n for g in reply_length for n in g], dtype=torch.long),
+        "prompt_last": torch.tensor(prompt_last, dtype=torch.long),
+    }
+
+
+class SharedPrefixCollator:
+    """Pairs as single sequences ``prompt + chosen + rejected`` sharing the prompt (exact; see
+    ``build_shared_rows``). Returns its tensors plus ``chosen_index`` / ``rejected_index`` (N,):
+    flat indices of each reply's last token, where the reward is read."""
 
     def __init__(
         self, pad_token_id: int, packing: bool = False, pad_to_multiple_of: int | None = None
@@ -230,53 +292,9 @@ class SharedPrefixCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        lengths = [
-            len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features
-        ]
-        if self.packing:
-            rows = pack_rows(lengths, max(lengths))
-        else:
-            rows = [[i] for i in range(len(features))]
-        width = max(sum(lengths[i] for i in row) for row in rows)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        n_rows = len(rows)
-        input_ids = torch.full((n_rows, width), self.pad_token_id, dtype=torch.long)
-        position_ids = torch.zeros((n_rows, width), dtype=torch.long)
-        # segment of each token: which pair (block) and which part (0 prompt, 1 chosen, 2 rejected)
-        block = torch.full((n_rows, width), -1, dtype=torch.long)
-        part = torch.zeros((n_rows, width), dtype=torch.long)
-        chosen_index = torch.zeros(len(features), dtype=torch.long)
-        rejected_index = torch.zeros(len(features), dtype=torch.long)
-        for r, row in enumerate(rows):
-            start = 0
-            for i in row:
-                f = features[i]
-                p, c, j = len(f["prompt_ids"]), len(f["chosen_ids"]), len(f["rejected_ids"])
-                ids = f["prompt_ids"] + f["chosen_ids"] + f["rejected_ids"]
-                sl = slice(start, start + p + c + j)
-                input_ids[r, sl] = torch.as_tensor(ids, dtype=torch.long)
-                position_ids[r, sl] = torch.cat(
-                    [torch.arange(p + c), torch.arange(p, p + j)]
-                )  # rejected restarts where the prompt ends
-                block[r, sl] = i
-                part[r, start + p : start + p + c] = 1
-                part[r, start + p + c : start + p + c + j] = 2
-                chosen_index[i] = r * width + start + p + c - 1
-                rejected_index[i] = r * width + start + p + c + j - 1
-                start += p + c + j
-        real = block >= 0  # (R, T)
-        causal = torch.ones((width, width), dtype=torch.bool).tril()  # (T, T)
-        same_block = block[:, :, None] == block[:, None, :]  # (R, T, T)
-        rejected_sees_chosen = (part[:, :, None] == 2) & (part[:, None, :] == 1)
-        mask = causal & same_block & ~rejected_sees_chosen & real[:, :, None] & real[:, None, :]
-        # padding queries attend to themselves only, so no softmax row is empty (NaN)
-        mask |= torch.eye(width, dtype=torch.bool) & ~real[:, :, None]
-        return {
-            "input_ids": input_ids,
-            "position_ids": position_ids,
-            "attention_mask": mask[:, None],  # (R, 1, T, T)
-            "token_mask": real.long(),
-            "chosen_index": chosen_index,
-            "rejected_index": rejected_index,
-        }
+        groups = [(f["prompt_ids"], [f["chosen_ids"], f["rejected_ids"]]) for f in features]
+        out = build_shared_rows(groups, self.pad_token_id, self.packing, self.pad_to_multiple_of)
+        last = out.pop("reply_start") + out.pop("reply_length") - 1  # (2N,) chosen, rejected, …
+        del out["prompt_last"]
+        out["chosen_index"], out["rejected_index"] = last[0::2], last[1::2]
+        return out

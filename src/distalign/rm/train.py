@@ -396,6 +396,8 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
             logged["train/lr"] = scheduler.get_last_lr()[0]
             logged["train/pairs_per_s"] = (state["pairs"] - start_pairs) / max(elapsed, 1e-9)
             logged["train/peak_mem_gb"] = peak_memory_gb()
+            logged["train/elapsed_s"] = elapsed
+            logged["train/pairs_seen"] = state["pairs"]
             window = []
             metrics_log.write(state["step"], logged)
             bar.update(1)

@@ -1,0 +1,1 @@
+"""REINFORCE / RLOO alignment of a policy against any reward."""

@@ -1,0 +1,134 @@
+"""Log-probabilities of sampled reply tokens, in one teacher-forced pass, memory-lean.
+
+The k replies of a prompt share the prompt's computation (``build_shared_rows``: one row
+``prompt + y_1 + … + y_k`` with a block mask), and the LM head is applied only where a reply
+token is predicted, in chunks: a (B, T, V) fp32 log-softmax is never materialised (for
+SmolLM2, V = 49,152: 32 replies × 256 tokens would be 1.6 GB per copy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+
+from distalign.data.pairs import build_shared_rows
+
+CHUNK_TOKENS = 512  # rows of logits materialised at once: 512 × 49,152 fp32 ≈ 100 MB
+
+
+def gather_logprobs(
+    hidden: torch.Tensor,
+    head,
+    tokens: torch.Tensor,
+    temperature: float = 1.0,
+    chunk: int = CHUNK_TOKENS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log softmax(head(h) / T)[token] for N hidden states, chunk by chunk.
+
+    Args:
+        hidden: (N, H) states that predict ``tokens`` (N,).
+        head: the LM head (H -> V).
+    Returns:
+        (log-probs (N,) with grad, entropies (N,) detached).
+    """
+    logps, ents = [], []
+    for s in range(0, hidden.shape[0], chunk):
+        logits = head(hidden[s : s + chunk]).float() / temperature  # (n, V), one chunk only
+        lse = torch.logsumexp(logits, dim=-1)
+        logps.append(logits.gather(-1, tokens[s : s + chunk, None]).squeeze(-1) - lse)
+        with torch.no_grad():
+            logp = logits - lse[:, None]
+            ents.append(-(logp.exp() * logp).sum(-1))
+    if not logps:
+        return hidden.new_zeros(0), hidden.new_zeros(0)
+    return torch.cat(logps), torch.cat(ents)
+
+
+def _parts(model):
+    inner = model
+    while hasattr(inner, "module"):
+        inner = inner.module
+    if hasattr(inner, "get_base_model"):  # PEFT: LoRA layers are inside, in place
+        inner = inner.get_base_model()
+    return getattr(inner, inner.base_model_prefix), inner.get_output_embeddings(), inner
+
+
+def reply_logprobs(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    replies: Sequence[Sequence[Sequence[int]]],
+    pad_token_id: int,
+    temperature: float = 1.0,
+    prefix_sharing: bool = True,
+    chunk: int = CHUNK_TOKENS,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per reply: log π(y_t | x, y_<t) (L,) and the policy entropy at each step (L,).
+
+    Args:
+        prompt_ids: per prompt, its token ids.
+        replies: per prompt, its replies' token ids (each non-empty).
+        prefix_sharing: one row per prompt with all its replies (exact); else one row per reply.
+    Returns:
+        lists over all replies (prompt-major) of (L_i,) log-probs (with grad) and entropies.
+    """
+    if prefix_sharing:
+        groups = [(p, rs) for p, rs in zip(prompt_ids, replies, strict=True)]
+    else:
+        groups = [(p, [r]) for p, rs in zip(prompt_ids, replies, strict=True) for r in rs]
+    rows = build_shared_rows(groups, pad_token_id)
+    backbone, head, inner = _parts(model)
+    device = next(model.parameters()).device
+    mask = rows["attention_mask"].to(device)
+    if inner.config._attn_implementation == "eager":  # eager adds the mask to the scores
+        mask = torch.zeros(mask.shape, dtype=inner.dtype, device=device).masked_fill(
+            ~mask, torch.finfo(inner.dtype).min
+        )
+    hidden = backbone(
+        input_ids=rows["input_ids"].to(device),
+        attention_mask=mask,
+        position_ids=rows["position_ids"].to(device),
+    ).last_hidden_state
+    flat = hidden.reshape(-1, hidden.shape[-1])  # (R·T, H)
+    ids = rows["input_ids"].reshape(-1)
+    # token t of a reply is predicted by the state before it: the prompt's last token for t = 0
+    prompt_of_reply = torch.repeat_interleave(
+        rows["prompt_last"], torch.tensor([len(rs) if prefix_sharing else 1 for _, rs in groups])
+    )
+    pred, target, lengths = [], [], rows["reply_length"].tolist()
+    for start, n, p_last in zip(
+        rows["reply_start"].tolist(), lengths, prompt_of_reply.tolist(), strict=True
+    ):
+        pred += [p_last, *range(start, start + n - 1)]
+        target += range(start, start + n)
+    pred_t = torch.tensor(pred, device=device)
+    logp, ent = gather_logprobs(
+        flat[pred_t], head, ids[torch.tensor(target)].to(device), temperature, chunk
+    )
+    return list(logp.split(lengths)), list(ent.split(lengths))
+
+
+@contextmanager
+def reference_mode(model, ref_model=None):
+    """The frozen SFT policy: a separate reference model, or (LoRA) the same model with its
+    adapters disabled — no second copy of the weights."""
+    if ref_model is not None:
+        yield ref_model
+        return
+    inner = model.module if hasattr(model, "module") else model
+    if not hasattr(inner, "disable_adapter"):
+        raise ValueError("no reference model given and the policy has no adapters to disable")
+    with inner.disable_adapter():
+        yield model
+
+
+def pad_reply_tensors(values: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of (L_i,) tensors -> right-padded (B, T) values and (B, T) float mask."""
+    width = max((v.numel() for v in values), default=0)
+    out = values[0].new_zeros((len(values), width)) if values else torch.zeros(0, 0)
+    mask = torch.zeros((len(values), width), device=out.device)
+    for i, v in enumerate(values):
+        out[i, : v.numel()] = v
+        mask[i, : v.numel()] = 1
+    return out, mask
