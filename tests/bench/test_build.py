@@ -84,10 +84,7 @@ def test_make_small_benchmark_and_resume(tiny_model_dir, tmp_path):
 
 # --- the shipped dataset -------------------------------------------------------------------
 
-shipped = pytest.mark.skipif(not (GOLD_DIR / "metadata.json").exists(), reason="no shipped dataset")
 
-
-@shipped
 def test_shipped_ceiling_and_disagreement_in_range():
     meta = json.loads((GOLD_DIR / "metadata.json").read_text())
     for split in ("train", "test", "all"):
@@ -97,7 +94,6 @@ def test_shipped_ceiling_and_disagreement_in_range():
     assert meta["prompts"]["train"] + meta["prompts"]["test"] >= 300
 
 
-@shipped
 def test_shipped_ceiling_recomputes_from_pair_probabilities():
     meta = json.loads((GOLD_DIR / "metadata.json").read_text())
     for split in ("train", "test"):
@@ -111,7 +107,6 @@ def test_shipped_ceiling_recomputes_from_pair_probabilities():
         assert share == pytest.approx(meta["splits"][split]["disagreement_share"], abs=1e-12)
 
 
-@shipped
 def test_picking_the_gold_better_reply_wins_under_the_judge():
     """A 'policy' that returns the better gold-scored of two replies beats the other one."""
     replies = {r["reply_id"]: r for r in _read(GOLD_DIR / "replies.jsonl.gz")}
@@ -128,7 +123,6 @@ def test_picking_the_gold_better_reply_wins_under_the_judge():
     assert (p_win > 0.5).mean() > 0.9
 
 
-@shipped
 def test_shipped_data_loads_by_alias():
     ds = load_preferences("gold", split="test")
     assert len(ds) > 100 and ds[0]["prompt"][0]["role"] == "user"

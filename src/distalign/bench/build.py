@@ -157,7 +157,12 @@ def sample_all_replies(cfg: BenchConfig, prompts: list[dict[str, Any]]) -> list[
                 f.write("".join(lines))  # one write per chunk
                 f.flush()
                 os.fsync(f.fileno())
-        log.info("sampled %d chunks in %.0f s", len(chunks), time.perf_counter() - start)
+        spent = time.perf_counter() - start
+        log.info("sampled %d chunks in %.0f s", len(chunks), spent)
+        # sampling time accumulates over resumed runs, so metadata reports the whole cost
+        clock = work / "sampling_seconds.json"
+        before = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
+        clock.write_text(json.dumps({"seconds": before + spent}))
     order = {p["id"]: i for i, p in enumerate(prompts)}
     replies = [dict(r) for r in done.values() if r["prompt_id"] in order]
     replies.sort(key=lambda r: (order[r["prompt_id"]], r["setting"]))
@@ -286,7 +291,8 @@ def run_bench_make(cfg: BenchConfig) -> dict[str, Any]:
             p for s in SPLITS for p in [q for q in prompts if q["split"] == s][: cfg.limit_prompts]
         ]
     replies = sample_all_replies(cfg, prompts)
-    sampled = time.perf_counter() - start
+    clock = Path(cfg.work_dir) / "sampling_seconds.json"
+    sampled = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
     judge_replies(prompts, replies)
     pairs = make_pairs(prompts, replies, cfg.seed)
     out = Path(cfg.out_dir)
@@ -304,7 +310,13 @@ def run_bench_make(cfg: BenchConfig) -> dict[str, Any]:
         + " ".join(f"{k}={v}" for k, v in _cli_view(cfg).items()),
         "seed": cfg.seed,
         "model": cfg.model,
-        "sampling_settings": [asdict(s) for s in cfg.settings],
+        # one reply per prompt per setting; batches of batch_size prompts, seeded per chunk
+        "sampling_settings": [
+            {k: v for k, v in asdict(s).items() if k not in ("batch_size", "seed")}
+            for s in cfg.settings
+        ],
+        "sampling_batch_size": cfg.batch_size,
+        "sampling_seed_rule": "seed * 100003 + setting * 10007 + first prompt index of the chunk",
         "prompts": {s: sum(p["split"] == s for p in prompts) for s in SPLITS},
         "replies": len(replies),
         "replies_finished": float(np.mean([r["finished"] for r in replies])) if replies else 0.0,
@@ -312,7 +324,7 @@ def run_bench_make(cfg: BenchConfig) -> dict[str, Any]:
         "all": summarise(pairs),
         "judge": judge_parameters(),
         "build_seconds": round(time.perf_counter() - start, 1),
-        "sampling_seconds": round(sampled, 1),
+        "sampling_seconds": round(sampled, 1),  # SFT reply sampling, summed over resumed runs
     }
     (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
