@@ -15,10 +15,16 @@ from distalign.config import (
     save_config,
     split_config_args,
 )
+from distalign.rl.train import RLTrainConfig
 from distalign.rm.train import RMTrainConfig
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-COMMANDS = {"generate": GenerateConfig, "rm": RMTrainConfig, "bench": BenchConfig}
+COMMANDS = {
+    "generate": GenerateConfig,
+    "rm": RMTrainConfig,
+    "bench": BenchConfig,
+    "rl": RLTrainConfig,
+}
 
 
 def test_yaml_then_overrides(tmp_path):

@@ -37,6 +37,8 @@ bench_app = typer.Typer(no_args_is_help=True, help="The gold-judge preference be
 app.add_typer(bench_app, name="bench")
 rm_app = typer.Typer(no_args_is_help=True, help="Reward models: train, evaluate, score.")
 app.add_typer(rm_app, name="rm")
+rl_app = typer.Typer(no_args_is_help=True, help="REINFORCE/RLOO alignment of a policy.")
+app.add_typer(rl_app, name="rl")
 console = Console()
 
 # Errors a user can fix from the message alone: print it, no traceback.
@@ -256,6 +258,24 @@ def rm_score(
 
     out, n = score_file(model, input, output, max_length, batch_size)
     console.print(f"scored {n} rows -> {out}")
+
+
+@rl_app.command("train", context_settings={"allow_extra_args": True})
+def rl_train(args: ConfigArgs = None):
+    """REINFORCE/RLOO against a reward model or function: YAML and/or key=value overrides."""
+    from distalign.rl.train import RLTrainConfig, run
+
+    path, overrides = split_config_args(args or [])
+    cfg = load_config(RLTrainConfig, path, overrides)
+    result = run(cfg)
+    table = Table(title=f"held-out prompts ({cfg.eval_prompts}, {cfg.eval_split})")
+    for col in ("policy", "reward", "kl", "length", "eos_rate"):
+        table.add_column(col, justify="right")
+    for name, r in (("SFT", result["initial"]), ("aligned", result["final"])):
+        if r:
+            table.add_row(name, *(f"{r[c]:.3f}" for c in ("reward", "kl", "length", "eos_rate")))
+    console.print(table)
+    console.print(f"policy: {Path(cfg.output_dir) / 'final'}")
 
 
 def main():

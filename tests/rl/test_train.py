@@ -1,0 +1,109 @@
+"""REINFORCE on the tiny model: it learns a rewarded token with either baseline; the loop
+runs with reward-model sources and resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from distalign.models.generate import SamplingConfig
+from distalign.rl.train import RLTrainConfig, run
+
+# Tokens the peaked tiny model likes to emit; the reward pays for the first one.
+FAVOURITES = [" apple", " river", " stone", " cloud", " paper", " light", " music", " garden"]
+
+
+def reward_apple(prompts, replies) -> list[float]:
+    """Share of words that are 'apple' (the 'particular token')."""
+    out = []
+    for reply in replies:
+        words = reply.split()
+        out.append(sum(w == "apple" for w in words) / max(len(words), 1))
+    return out
+
+
+@pytest.fixture(scope="module")
+def peaked_policy_dir(tiny_model_dir, smol_tokenizer, tmp_path_factory):
+    """The tiny random Llama with a few favourite tokens, so sampling explores among them."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = [smol_tokenizer.encode(w, add_special_tokens=False)[0] for w in FAVOURITES]
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[ids] = torch.randn(len(ids), emb.shape[1]) * 0.5  # large norm: large logits
+    path = tmp_path_factory.mktemp("peaked")
+    model.save_pretrained(path)
+    smol_tokenizer.save_pretrained(path)
+    return path
+
+
+def config(model_dir, tmp_path, **kw) -> RLTrainConfig:
+    base = dict(
+        model=str(model_dir), reward="tests.rl.test_train:reward_apple", prompts="gold",
+        eval_prompts="gold", eval_count=8, k=4, prompts_per_step=4, micro_batch_prompts=2,
+        sampling=SamplingConfig(max_new_tokens=8, temperature=1.0), beta=0.0, steps=30,
+        lr=2e-3, lora=False, eval_every=0, save_every=0, tracker="none",
+        output_dir=str(tmp_path / "rl"),
+    )  # fmt: skip
+    base.update(kw)
+    return RLTrainConfig(**base)
+
+
+@pytest.mark.parametrize("baseline", ["rloo", "moving_average"])
+def test_learns_the_rewarded_token(peaked_policy_dir, tmp_path, baseline):
+    result = run(config(peaked_policy_dir, tmp_path, baseline=baseline))
+    before, after = result["initial"]["reward"], result["final"]["reward"]
+    assert after > before + 0.2, (before, after)
+    rows = [
+        json.loads(line) for line in (tmp_path / "rl" / "history.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 30 * 16 and {r["step"] for r in rows} == set(range(1, 31))
+    metrics = [
+        json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()
+    ]
+    keys = set().union(*metrics)
+    for key in ("train/kl", "train/kl_k3", "train/entropy", "train/eos_rate", "train/baseline",
+                "train/advantage_std", "train/grad_norm", "train/gen_tokens_per_s",
+                "time/generate_s", "time/score_s", "time/train_s",
+                "train/peak_mem_gb"):  # fmt: skip
+        assert key in keys, key
+    assert (tmp_path / "rl" / "final" / "model.safetensors").is_file()
+
+
+def test_lora_resume_and_reward_model_sources(tiny_model_dir, tmp_path):
+    from distalign.rm.train import RMTrainConfig
+    from distalign.rm.train import run as train_rm
+    from tests.conftest import write_jsonl
+    from tests.rm.test_train import make_pairs
+
+    data = tmp_path / "pairs"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_pairs(16, 0))
+    write_jsonl(data / "test.jsonl", make_pairs(4, 1))
+    for head in ("scalar", "categorical"):
+        rm_cfg = RMTrainConfig(
+            model=str(tiny_model_dir), data=str(data), head=head, n_bins=5, max_steps=1,
+            max_length=64, max_prompt_length=32, tracker="none", output_dir=str(tmp_path / head),
+        )  # fmt: skip
+        train_rm(rm_cfg)
+    kw = dict(lora=True, steps=2, k=2, prompts_per_step=2, save_every=1, beta=0.1)
+    run(config(tiny_model_dir, tmp_path / "a", reward=str(tmp_path / "scalar" / "final"), **kw))
+    out = run(config(tiny_model_dir, tmp_path / "b", reward=str(tmp_path / "categorical" / "final"),
+                     functional="win_probability", uncertainty_scaling=True, **kw))  # fmt: skip
+    assert 0 <= out["final"]["reward"] <= 1
+    rows = [
+        json.loads(x) for x in (tmp_path / "b" / "rl" / "history.jsonl").read_text().splitlines()
+    ]
+    assert len(rows[0]["distribution"]) == 5
+    assert (tmp_path / "b" / "rl" / "final" / "adapter_config.json").is_file()
+    # resume: two more steps continue from step 2 and append to the history
+    run(config(tiny_model_dir, tmp_path / "a", reward=str(tmp_path / "scalar" / "final"),
+               **{**kw, "steps": 4}, resume=True))  # fmt: skip
+    steps = [
+        json.loads(x)["step"]
+        for x in (tmp_path / "a" / "rl" / "history.jsonl").read_text().splitlines()
+    ]
+    assert sorted(set(steps)) == [1, 2, 3, 4] and len(steps) == 16
