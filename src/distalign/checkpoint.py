@@ -24,11 +24,14 @@ from safetensors.torch import load_file
 
 
 def rng_state() -> dict[str, Any]:
-    return {
+    state = {
         "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
         "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()],
         "torch": torch.get_rng_state().tolist(),
     }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -37,6 +40,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def resolve_resume(path: str | Path) -> Path:
+    """The checkpoint to resume from: ``path``, or its ``.old`` copy when a crash interrupted
+    the swap. Asking to resume without any is an error, never a silent fresh start."""
+    path = Path(path)
+    for candidate in (path, path.with_name(path.name + ".old")):
+        if (candidate / "trainer_state.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"resume=true but there is no checkpoint at {path}")
 
 
 def save_checkpoint(

@@ -110,7 +110,8 @@ def _inverse_cdf(probs: torch.Tensor, generator) -> torch.Tensor:
     """
     cdf = probs.cumsum(-1)  # (N, C)
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+    # side="right": the first bin whose CDF exceeds u, so a zero-mass bin is never drawn (u = 0)
+    return torch.searchsorted(cdf, u, side="right").squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 NUCLEUS_CANDIDATES = 256  # top-p looks at the top tokens first; rows needing more fall back
@@ -169,7 +170,8 @@ def sample_token_ids(
     starts = range(0, len(prompt_ids), config.batch_size)
     for b, start in enumerate(tqdm(starts, desc="sampling", disable=not progress, unit="batch")):
         batch = prompt_ids[start : start + config.batch_size]
-        generator = torch.Generator(device=device).manual_seed(config.seed + b)
+        # batches far apart in seed space: consecutive seeds (e.g. RL steps) never share a stream
+        generator = torch.Generator(device=device).manual_seed(config.seed + b * 1_000_003)
         r, lp, f = _sample_batch(model, batch, k, config, stop, pad_token_id, generator, device)
         replies += r
         logps += lp

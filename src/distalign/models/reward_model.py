@@ -81,12 +81,30 @@ def build_reward_model(
 
 
 def unwrap(model):
-    """The ``*ForSequenceClassification`` inside a PEFT / accelerate / DDP wrapper."""
+    """The ``*ForSequenceClassification`` inside a PairScorer / PEFT / DDP wrapper."""
     while hasattr(model, "module"):  # DDP
         model = model.module
+    if isinstance(model, PairScorer):
+        model = model.model
     if hasattr(model, "get_base_model"):  # PEFT
         model = model.get_base_model()
     return model
+
+
+class PairScorer(torch.nn.Module):
+    """The reward model with pair scoring as its ``forward``.
+
+    Our pooling calls the backbone and head directly; wrapped in this module, that call *is*
+    a forward, so DDP/FSDP (gradient all-reduce hooks) and accelerate's autocast (mixed
+    precision) apply to it. Train ``PairScorer(model)``; save ``model``.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return _pair_scores(self.model, batch)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -131,7 +149,17 @@ def shared_pair_scores(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
 
 
 def pair_scores(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected outputs (N, num_labels) for a batch from either collator."""
+    """Chosen and rejected outputs (N, num_labels) for a batch from either collator.
+
+    ``model``: a reward model, or a (DDP-wrapped) ``PairScorer``, called through its forward.
+    """
+    inner = model.module if hasattr(model, "module") else model
+    if isinstance(inner, PairScorer):
+        return model(batch)
+    return _pair_scores(model, batch)
+
+
+def _pair_scores(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     if batch["attention_mask"].dim() == 4:
         return shared_pair_scores(model, batch)
     scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])

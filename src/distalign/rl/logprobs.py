@@ -50,6 +50,8 @@ def _parts(model):
     inner = model
     while hasattr(inner, "module"):
         inner = inner.module
+    if isinstance(inner, ReplyLogprobs):
+        inner = inner.policy
     if hasattr(inner, "get_base_model"):  # PEFT: LoRA layers are inside, in place
         inner = inner.get_base_model()
     return getattr(inner, inner.base_model_prefix), inner.get_output_embeddings(), inner
@@ -107,6 +109,21 @@ def reply_logprobs(
         flat[pred_t], head, ids[torch.tensor(target)].to(device), temperature, chunk
     )
     return list(logp.split(lengths)), list(ent.split(lengths))
+
+
+class ReplyLogprobs(torch.nn.Module):
+    """The policy with ``reply_logprobs`` as its forward, so DDP/FSDP gradient hooks and
+    accelerate's autocast apply to the teacher-forced pass. Train this; sample and save
+    ``.policy``."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, prompt_ids, replies, pad_token_id, temperature=1.0, prefix_sharing=True):
+        return reply_logprobs(
+            self.policy, prompt_ids, replies, pad_token_id, temperature, prefix_sharing
+        )
 
 
 @contextmanager

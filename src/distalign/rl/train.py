@@ -32,7 +32,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from distalign.checkpoint import load_checkpoint, save_checkpoint
+from distalign.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from distalign.config import save_config
 from distalign.data.pairs import render_prompt_ids
 from distalign.losses import (
@@ -44,7 +44,7 @@ from distalign.losses import (
 )
 from distalign.models.generate import SamplingConfig, sample_token_ids, stop_token_ids
 from distalign.models.load import DEFAULT_MODEL, load_policy
-from distalign.rl.logprobs import pad_reply_tensors, reference_mode, reply_logprobs
+from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors, reference_mode, reply_logprobs
 from distalign.rl.rewards import load_reward_source
 from distalign.tracking import MetricsLog, peak_memory_gb
 
@@ -123,6 +123,8 @@ class RLTrainConfig:
     """Longer prompts are cut from the left."""
     eval_every: int = 10
     """Held-out evaluation every N steps (0: only at the end)."""
+    eval_at_start: bool = True
+    """Evaluate the SFT policy before the first step (the baseline of the comparison)."""
     save_every: int = 10
     """Resumable checkpoint every N steps."""
     output_dir: str = "runs/rl"
@@ -155,6 +157,11 @@ class RLTrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.sampling.top_p < 1 or self.sampling.top_k:
+            log.warning(
+                "top_p/top_k < full vocabulary: replies no longer come from π itself, so the "
+                "REINFORCE gradient and the KL estimates are biased (use top_p=1, top_k=0)"
+            )
 
 
 def load_prompts(source: str, split: str) -> list[list[dict[str, str]]]:
@@ -205,10 +212,12 @@ def _add_lora(model, cfg: RLTrainConfig):
 class Rollouts:
     """One step's samples: token ids, on-policy and reference log-probs, rewards."""
 
-    def __init__(self, prompts, prompt_ids, replies, sample_logps, finished, texts, k):
+    def __init__(self, prompts, prompt_ids, replies, sample_logps, finished, texts, k, device):
         self.prompts, self.prompt_ids, self.k = prompts, prompt_ids, k
         self.replies, self.finished, self.texts = replies, finished, texts
-        self.logps, self.mask = pad_reply_tensors([torch.tensor(x) for x in sample_logps])  # (B, T)
+        self.logps, self.mask = pad_reply_tensors(
+            [torch.tensor(x, device=device) for x in sample_logps]
+        )
 
     def groups(self, start: int, stop: int):
         """Prompt ids and per-prompt reply lists of prompts [start, stop)."""
@@ -236,7 +245,8 @@ def rollout(
     )
     policy.train(was)
     texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
-    return Rollouts(prompts, prompt_ids, replies, logps, finished, texts, k)
+    device = next(policy.parameters()).device
+    return Rollouts(prompts, prompt_ids, replies, logps, finished, texts, k, device)
 
 
 @torch.no_grad()
@@ -288,7 +298,7 @@ def evaluate_policy(
         k=1,
     )
     reference = (
-        _reference_distributions(policy, tokenizer, reward, prompts, cfg)
+        _reference_distributions(policy, ref_model, tokenizer, reward, prompts, cfg)
         if reward.needs_reference
         else None
     )
@@ -304,12 +314,12 @@ def evaluate_policy(
 
 
 def _reference_distributions(
-    policy, tokenizer, reward, prompts, cfg: RLTrainConfig
+    policy, ref_model, tokenizer, reward, prompts, cfg: RLTrainConfig
 ) -> torch.Tensor:
     """For the win-probability functional: the RM distribution of one SFT reply per prompt."""
-    with reference_mode(policy, None):
+    with reference_mode(policy, ref_model) as ref:
         ro = rollout(
-            policy,
+            ref,
             tokenizer,
             prompts,
             cfg,
@@ -354,8 +364,13 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1))
     )
-    policy, optimizer = accelerator.prepare(policy, optimizer)
+    # the teacher-forced pass as one module's forward, so DDP's gradient hooks and autocast
+    # apply to it; sampling and saving use the policy inside
+    learner, optimizer = accelerator.prepare(ReplyLogprobs(policy), optimizer)
     pad_id = tokenizer.pad_token_id
+
+    def unwrapped():
+        return accelerator.unwrap_model(learner).policy
 
     state: dict[str, Any] = {
         "step": 0,
@@ -365,8 +380,8 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
         "epoch": 0,
     }
     last = out / "checkpoints" / "last"
-    if cfg.resume and last.is_dir():
-        state = load_checkpoint(last, accelerator.unwrap_model(policy), optimizer, scheduler)
+    if cfg.resume:  # an error when there is nothing to resume from
+        state = load_checkpoint(resolve_resume(last), unwrapped(), optimizer, scheduler)
         log.info("resumed from %s at step %d", last, state["step"])
     if accelerator.is_main_process and cfg.tracker != "none":
         accelerator.init_trackers(
@@ -378,22 +393,24 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     metrics = MetricsLog(out / "metrics.jsonl", accelerator)
     history = out / "history.jsonl"
 
-    def next_prompts() -> list:
+    def epoch_order(epoch: int) -> list[int]:
         order = list(range(len(train_prompts)))
-        random.Random(cfg.seed + state["epoch"]).shuffle(order)
+        random.Random(cfg.seed + epoch).shuffle(order)  # a permutation per epoch
+        return order
+
+    def next_prompts() -> list:
         chosen = []
         while len(chosen) < cfg.prompts_per_step:
-            if state["cursor"] >= len(order):
+            if state["cursor"] >= len(train_prompts):
                 state["epoch"] += 1
                 state["cursor"] = 0
-                random.Random(cfg.seed + state["epoch"]).shuffle(order)
-            chosen.append(train_prompts[order[state["cursor"]]])
+            chosen.append(train_prompts[epoch_order(state["epoch"])[state["cursor"]]])
             state["cursor"] += 1
         return chosen
 
     def evaluate() -> dict[str, float]:
         result = evaluate_policy(
-            accelerator.unwrap_model(policy),
+            unwrapped(),
             ref_model,
             tokenizer,
             eval_prompts,
@@ -405,7 +422,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
         state["last_eval"], state["last_eval_step"] = result, state["step"]
         return result
 
-    if state["step"] == 0:
+    if state["step"] == 0 and cfg.eval_at_start:
         state["initial_eval"] = evaluate()  # the SFT policy, for comparison
     bar = tqdm(
         total=cfg.steps,
@@ -416,11 +433,11 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     while state["step"] < cfg.steps:
         t0 = time.perf_counter()
         prompts = next_prompts()
-        inner = accelerator.unwrap_model(policy)
+        inner = unwrapped()
         ro = rollout(inner, tokenizer, prompts, cfg, seed=cfg.seed * 1_000_003 + state["step"])
         t1 = time.perf_counter()
         reference = (
-            _reference_distributions(inner, tokenizer, reward, prompts, cfg)
+            _reference_distributions(inner, ref_model, tokenizer, reward, prompts, cfg)
             if reward.needs_reference
             else None
         )
@@ -428,26 +445,28 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             reference = reference.repeat_interleave(cfg.k, 0)
         chats = [p for p in prompts for _ in range(cfg.k)]
         scored = reward(chats, ro.texts, reference)
+        rewards = scored.rewards.to(ro.logps.device)
+        std = scored.std.to(ro.logps.device) if scored.std is not None else None
         ref_lp = reference_logprobs(inner, ref_model, ro, cfg, pad_id)
         t2 = time.perf_counter()
 
         kl = kl_estimates(ro.logps, ref_lp, ro.mask)  # (B,) each
-        shaped = scored.rewards - cfg.beta * kl["k1"]
-        cut = torch.tensor([not f for f in ro.finished], dtype=shaped.dtype)
+        shaped = rewards - cfg.beta * kl["k1"]
+        cut = torch.tensor([not f for f in ro.finished], dtype=shaped.dtype, device=shaped.device)
         shaped = shaped - cfg.truncation_penalty * cut
-        adv, base = advantages_for(cfg, shaped, scored.std, state)
+        adv, base = advantages_for(cfg, shaped, std, state)
 
-        policy.train()
+        learner.train()
         n = len(prompts)
         entropy_sum, tokens = 0.0, 0
         for s in range(0, n, cfg.micro_batch_prompts):
             stop = min(n, s + cfg.micro_batch_prompts)
             ids, groups = ro.groups(s, stop)
             sync = stop >= n
-            ctx = accelerator.no_sync(policy) if not sync else nullcontext()
+            ctx = accelerator.no_sync(learner) if not sync else nullcontext()
             with ctx:
-                lp, ent = reply_logprobs(
-                    policy, ids, groups, pad_id, cfg.sampling.temperature or 1.0, cfg.prefix_sharing
+                lp, ent = learner(
+                    ids, groups, pad_id, cfg.sampling.temperature or 1.0, cfg.prefix_sharing
                 )
                 lp_pad, mask = pad_reply_tensors(lp)
                 rows = slice(s * cfg.k, stop * cfg.k)
@@ -457,7 +476,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             entropy_sum += sum(e.sum().item() for e in ent)
             tokens += sum(e.numel() for e in ent)
         grad_norm = (
-            accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            accelerator.clip_grad_norm_(learner.parameters(), cfg.max_grad_norm)
             if cfg.max_grad_norm
             else None
         )
@@ -511,14 +530,12 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
         if cfg.save_every and state["step"] % cfg.save_every == 0:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                save_checkpoint(
-                    last, accelerator.unwrap_model(policy), tokenizer, optimizer, scheduler, state
-                )
+                save_checkpoint(last, unwrapped(), tokenizer, optimizer, scheduler, state)
     bar.close()
     final = state["last_eval"] if state.get("last_eval_step") == state["step"] else evaluate()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        inner = accelerator.unwrap_model(policy)
+        inner = unwrapped()
         save_checkpoint(last, inner, tokenizer, optimizer, scheduler, state)
         inner.save_pretrained(out / "final", safe_serialization=True)
         tokenizer.save_pretrained(out / "final")

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from distalign.checkpoint import load_checkpoint, save_checkpoint
+from distalign.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from distalign.config import save_config
 from distalign.data.load import load_preferences
 from distalign.data.pairs import (
@@ -40,7 +40,12 @@ from distalign.eval.rm import evaluate_reward_model
 from distalign.losses import distributional_rm_loss, rating_nll, ratings_to_bins, reward_model_loss
 from distalign.models.heads import head_log_probs
 from distalign.models.load import DEFAULT_MODEL
-from distalign.models.reward_model import build_reward_model, pair_scores, save_reward_model
+from distalign.models.reward_model import (
+    PairScorer,
+    build_reward_model,
+    pair_scores,
+    save_reward_model,
+)
 from distalign.tracking import MetricsLog, peak_memory_gb
 
 log = logging.getLogger(__name__)
@@ -305,13 +310,17 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # accelerate steps a prepared scheduler once per process for every optimizer step, so
+    # its horizon is counted in process-steps
     scheduler = get_scheduler(
         cfg.scheduler,
         optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps) * accelerator.num_processes,
+        num_training_steps=total_steps * accelerator.num_processes,
     )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # scoring as the forward of one module, so DDP's gradient hooks and autocast apply
+    scorer, optimizer, scheduler = accelerator.prepare(PairScorer(model), optimizer, scheduler)
+    model = scorer
     collate = _RatingCollator(make_collator(cfg, tokenizer), cfg.margin_scale)
     eval_loader = accelerator.prepare(
         DataLoader(held_out, batch_size=cfg.eval_batch_size, collate_fn=collate)
@@ -326,8 +335,11 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
         "pairs": 0,
     }
     last_ckpt = out / "checkpoints" / "last"
-    if cfg.resume and last_ckpt.is_dir():
-        state = load_checkpoint(last_ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
+    if cfg.resume:  # an error when there is nothing to resume from
+        resume_from = resolve_resume(last_ckpt)
+        state = load_checkpoint(
+            resume_from, accelerator.unwrap_model(model).model, optimizer, scheduler
+        )
         log.info("resumed from %s at step %d", last_ckpt, state["step"])
     if accelerator.is_main_process and cfg.tracker != "none":
         accelerator.init_trackers(
@@ -339,7 +351,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             save_checkpoint(
-                path, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler, state
+                path, accelerator.unwrap_model(model).model, tokenizer, optimizer, scheduler, state
             )
 
     def evaluate() -> dict[str, float]:
@@ -429,7 +441,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
             "eval": final,
             "config": vars(cfg),
         }
-        save_reward_model(accelerator.unwrap_model(model), tokenizer, out / "final", meta)
+        save_reward_model(accelerator.unwrap_model(model).model, tokenizer, out / "final", meta)
         summary = {
             "eval": final,
             "steps": state["step"],

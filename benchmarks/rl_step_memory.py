@@ -1,0 +1,105 @@
+"""Peak memory and time of one REINFORCE/RLOO step on the real SmolLM2, CPU.
+
+    python benchmarks/rl_step_memory.py                     # 64, 128, 256 new tokens
+    python benchmarks/rl_step_memory.py --tokens 64 --lora false
+
+One step = 8 prompts × k = 4 samples = 32 completions: sampling (no grad, KV cache), reward
+(the gold judge as a callable, so no reward model is needed), reference pass, and the
+teacher-forced REINFORCE pass with gradients in micro-batches of 2 prompts. Each setting
+runs in its own process so that its peak RSS is its own. Writes results/rl_step_memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def child(tokens: int, lora: bool, work: Path) -> None:
+    from distalign.models.generate import SamplingConfig
+    from distalign.rl.train import RLTrainConfig, run
+    from distalign.tracking import peak_memory_gb, read_metrics
+
+    out = work / f"rl_{tokens}_{'lora' if lora else 'full'}"
+    cfg = RLTrainConfig(
+        reward="distalign.bench.judge:gold_reward",
+        k=4,
+        prompts_per_step=8,
+        micro_batch_prompts=2,
+        sampling=SamplingConfig(max_new_tokens=tokens, temperature=1.0, batch_size=8),
+        steps=1,
+        lora=lora,
+        eval_every=0,
+        eval_at_start=False,
+        eval_count=1,
+        save_every=0,
+        tracker="none",
+        output_dir=str(out),
+    )
+    run(cfg)
+    m = next(r for r in read_metrics(out / "metrics.jsonl") if "train/reward" in r)
+    result = {
+        "max_new_tokens": tokens,
+        "lora": lora,
+        "completions": 32,
+        "mean_reply_tokens": m["train/length"],
+        "peak_rss_gb": peak_memory_gb(),
+        "generate_s": m["time/generate_s"],
+        "score_s": m["time/score_s"],
+        "train_s": m["time/train_s"],
+        "step_s": m["time/generate_s"] + m["time/score_s"] + m["time/train_s"],
+    }
+    print("RESULT " + json.dumps(result))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", default="64,128,256")
+    ap.add_argument("--lora", default="true")
+    ap.add_argument("--work", type=Path, default=Path("runs/bench_rl"))
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "rl_step_memory.json")
+    args = ap.parse_args()
+    lora = args.lora.lower() == "true"
+    if args.child:
+        return child(args.child, lora, args.work)
+    results = []
+    for tokens in [int(t) for t in args.tokens.split(",")]:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(tokens),
+            "--lora",
+            args.lora,
+            "--work",
+            str(args.work),
+        ]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}
+        )
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(proc.stdout[-3000:], proc.stderr[-3000:])
+            raise SystemExit(f"{tokens} tokens failed")
+        results.append(json.loads(line[0][7:]))
+        print(json.dumps(results[-1]), flush=True)
+    reference = {
+        "what": "TRL RLOOTrainer, 64 new tokens, as given in the issue (not re-measured here)",
+        "micro_batch_32_gb": 14.2,
+        "micro_batch_8_gb": 6.6,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"results": results, "trl_reference": reference}, indent=2) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Reward-model measurements on this machine: throughput vs TRL, then the three heads on a
+# few hundred pairs of the gold benchmark. Logs in runs/logs/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p runs/logs
+DA=.venv/bin/distalign
+.venv/bin/python benchmarks/rm_throughput.py --steps 8 > runs/logs/rm_throughput.log 2>&1
+$DA rm train configs/rm_scalar_cpu.yaml > runs/logs/rm_scalar.log 2>&1
+$DA rm train configs/rm_scalar_cpu.yaml head=categorical output_dir=runs/rm_categorical_cpu > runs/logs/rm_categorical.log 2>&1
+$DA rm train configs/rm_scalar_cpu.yaml head=ordinal output_dir=runs/rm_ordinal_cpu > runs/logs/rm_ordinal.log 2>&1
+for m in scalar categorical ordinal; do
+  $DA rm eval --model runs/rm_${m}_cpu/final --data gold --split test --max-length 384 > runs/logs/rm_eval_${m}.log 2>&1
+done
