@@ -75,10 +75,11 @@ class RewardModelSource(RewardSource):
         self.needs_reference = self.distributional and functional == "win_probability"
         self.max_length, self.batch_size = max_length, batch_size
 
-    def distributions(self, prompts, replies) -> torch.Tensor:
+    def _outputs(self, prompts, replies) -> torch.Tensor:
+        """Raw head outputs (B, k) of the reward model."""
         from distalign.models.reward_model import score_replies
 
-        out = score_replies(
+        return score_replies(
             self.model,
             self.tokenizer,
             prompts,
@@ -86,21 +87,14 @@ class RewardModelSource(RewardSource):
             self.max_length,
             batch_size=self.batch_size,
         )
-        return head_log_probs(self.head, out, self.n_bins).exp()
+
+    def distributions(self, prompts, replies) -> torch.Tensor:
+        """p (B, n) over scores 1..n of a distributional reward model."""
+        return head_log_probs(self.head, self._outputs(prompts, replies), self.n_bins).exp()
 
     def __call__(self, prompts, replies, reference=None) -> RewardOutput:
-        from distalign.models.reward_model import score_replies
-
         if not self.distributional:
-            out = score_replies(
-                self.model,
-                self.tokenizer,
-                prompts,
-                replies,
-                self.max_length,
-                batch_size=self.batch_size,
-            )
-            return RewardOutput(out[:, 0])
+            return RewardOutput(self._outputs(prompts, replies)[:, 0])
         p = self.distributions(prompts, replies)
         value = fn.apply_functional(
             self.functional, p, kappa=self.kappa, alpha=self.alpha, tau=self.tau, p_ref=reference
