@@ -155,3 +155,11 @@ def test_fast_sampling_matches_the_filtered_distribution(top_p, top_k):
     assert (freq[expected == 0] == 0).all()  # never a filtered token
     assert (freq - expected).abs().max() < 0.01
     torch.testing.assert_close(logp, torch.log_softmax(logits / 0.7, -1)[0, tokens])
+
+
+def test_inverse_cdf_never_draws_a_zero_mass_bin():
+    from distalign.models.generate import _inverse_cdf
+
+    probs = torch.tensor([[0.0, 0.0, 0.3, 0.0, 0.7]]).expand(5000, -1)
+    draws = _inverse_cdf(probs, torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) <= {2, 4}
