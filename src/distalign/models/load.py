@@ -125,7 +125,7 @@ def resolve_model(name: str = DEFAULT_MODEL) -> str:
         return str(out)
     path = Path(name).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise ModelNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
@@ -189,10 +189,30 @@ def load_policy(
     *,
     dtype: str = "float32",
     trust_remote_code: bool = False,
+    merge_adapter: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM and its tokenizer, by alias, local folder or hub id."""
+    """A causal LM and its tokenizer, by alias, local folder or hub id.
+
+    A folder holding a PEFT adapter (``adapter_config.json``, e.g. ``rl train``'s ``final/``
+    with LoRA) loads its base model and the adapter; with ``merge_adapter`` the adapter is
+    merged into the weights (faster inference, no PEFT wrapper).
+    """
     path = resolve_model(name)
-    model = AutoModelForCausalLM.from_pretrained(path, **_model_kwargs(dtype, trust_remote_code))
+    adapter = Path(path) / "adapter_config.json"
+    if adapter.is_file() and not (Path(path) / "config.json").is_file():
+        from peft import PeftModel
+
+        base_name = json.loads(adapter.read_text())["base_model_name_or_path"]
+        base = AutoModelForCausalLM.from_pretrained(
+            resolve_model(base_name), **_model_kwargs(dtype, trust_remote_code)
+        )
+        model = PeftModel.from_pretrained(base, path)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, **_model_kwargs(dtype, trust_remote_code)
+        )
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

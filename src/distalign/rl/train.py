@@ -127,6 +127,9 @@ class RLTrainConfig:
     """Evaluate the SFT policy before the first step (the baseline of the comparison)."""
     save_every: int = 10
     """Resumable checkpoint every N steps."""
+    keep_checkpoints: bool = True
+    """Also keep the policy of every save as checkpoints/step_N (for the over-optimisation
+    curve of ``eval compare``; LoRA adapters are small)."""
     output_dir: str = "runs/rl"
     """Checkpoints, final policy, history, metrics, config."""
     resume: bool = False
@@ -531,6 +534,10 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 save_checkpoint(last, unwrapped(), tokenizer, optimizer, scheduler, state)
+                if cfg.keep_checkpoints:  # policy only: the points of the over-optimisation curve
+                    step_dir = out / "checkpoints" / f"step_{state['step']:05d}"
+                    unwrapped().save_pretrained(step_dir, safe_serialization=True)
+                    tokenizer.save_pretrained(step_dir)
     bar.close()
     final = state["last_eval"] if state.get("last_eval_step") == state["step"] else evaluate()
     accelerator.wait_for_everyone()
