@@ -39,6 +39,8 @@ rm_app = typer.Typer(no_args_is_help=True, help="Reward models: train, evaluate,
 app.add_typer(rm_app, name="rm")
 rl_app = typer.Typer(no_args_is_help=True, help="REINFORCE/RLOO alignment of a policy.")
 app.add_typer(rl_app, name="rl")
+eval_app = typer.Typer(no_args_is_help=True, help="Compare aligned policies with the SFT one.")
+app.add_typer(eval_app, name="eval")
 console = Console()
 
 # Errors a user can fix from the message alone: print it, no traceback.
@@ -276,6 +278,44 @@ def rl_train(args: ConfigArgs = None):
             table.add_row(name, *(f"{r[c]:.3f}" for c in ("reward", "kl", "length", "eos_rate")))
     console.print(table)
     console.print(f"policy: {Path(cfg.output_dir) / 'final'}")
+
+
+@eval_app.command("compare", context_settings={"allow_extra_args": True})
+def eval_compare(
+    sft: Annotated[str, typer.Option(help="The SFT policy.")] = DEFAULT_MODEL,
+    policy: Annotated[
+        list[str] | None, typer.Option(help="NAME=DIR of an aligned policy (repeat).")
+    ] = None,
+    reward: Annotated[
+        list[str] | None, typer.Option(help="NAME=DIR of a reward model (repeat).")
+    ] = None,
+    run: Annotated[
+        list[str] | None, typer.Option(help="RL run folder for curves (repeat).")
+    ] = None,
+    rm_run: Annotated[
+        list[str] | None, typer.Option(help="RM run folder for curves (repeat).")
+    ] = None,
+    args: ConfigArgs = None,
+):
+    """Aligned policies vs SFT on held-out prompts: gold judge, RMs, KL; writes the report."""
+    from distalign.eval.policy import CompareConfig, run_compare
+    from distalign.report.html import headline_rows
+
+    path, overrides = split_config_args(args or [])
+    cfg = load_config(CompareConfig, path, overrides)
+    cfg.sft = sft if sft != DEFAULT_MODEL or not path else cfg.sft
+    cfg.policies += policy or []
+    cfg.rewards += reward or []
+    cfg.runs += run or []
+    cfg.rm_runs += rm_run or []
+    summary = run_compare(cfg)
+    table = Table(title=f"{summary['prompts']} held-out prompts")
+    for col in ("policy", "gold win rate vs SFT [95% CI]", "gold reward", "KL to SFT", "tokens"):
+        table.add_column(col, justify="right")
+    for row in headline_rows(summary):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"report: {summary['report']}")
 
 
 def main():

@@ -1,0 +1,262 @@
+"""Aligned policies vs the SFT policy, on held-out prompts, measured by the gold judge.
+
+    distalign eval compare --sft smollm2-135m-instruct --policy rloo=runs/rl_rloo_scalar/final \\
+        --reward scalar=runs/rm_scalar_cpu/final --run runs/rl_rloo_scalar
+
+Every policy answers the same prompts with the same decoding settings and seed. Numbers per
+policy: gold reward per annotator group and overall; gold win rate vs SFT — the judge's
+probability that the policy's reply is preferred to the SFT reply to the same prompt,
+averaged over prompts, with a bootstrap 95% interval over prompts; each reward model's mean
+(distributional: the expectation) and win rate vs SFT; KL to SFT estimated on the policy's
+own samples (Σ_t log π − log π_SFT); reply length, EOS rate, distinct-1/2.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distalign.models.generate import SamplingConfig
+
+
+@dataclass
+class CompareConfig:
+    """``distalign eval compare``: aligned policies vs SFT on held-out prompts."""
+
+    sft: str = "smollm2-135m-instruct"
+    """The SFT policy everything is compared with."""
+    policies: list[str] = field(default_factory=list)
+    """NAME=DIR of each aligned policy (full model or LoRA adapter folder)."""
+    rewards: list[str] = field(default_factory=list)
+    """NAME=DIR of reward models to score with (distributional ones by their expectation)."""
+    runs: list[str] = field(default_factory=list)
+    """RL run folders: their checkpoints give the over-optimisation curve, their logs the plots."""
+    rm_runs: list[str] = field(default_factory=list)
+    """Reward-model run folders, for their training curves and held-out metrics in the report."""
+    prompts: str = "gold"
+    """Held-out prompts: gold (the benchmark's test prompts) or a source as for rl train."""
+    split: str = "test"
+    """Split of ``prompts``."""
+    count: int = 80
+    """Prompts used (the first N)."""
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(max_new_tokens=64, temperature=1.0, batch_size=16)
+    )
+    """Decoding, identical for every policy (same seed)."""
+    bootstrap: int = 2000
+    """Bootstrap resamples for the 95% intervals."""
+    output_dir: str = "runs/compare"
+    """Where compare.json, replies.jsonl and report.html go."""
+
+    def __post_init__(self):
+        for item in [*self.policies, *self.rewards]:
+            if "=" not in item:
+                raise ValueError(f"expected NAME=DIR, got {item!r}")
+
+
+def bootstrap_interval(
+    values: np.ndarray, n: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (N,)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct n-grams / all n-grams over a policy's replies (word level)."""
+    grams = [tuple(w[i : i + n]) for t in texts for w in [t.split()] for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def win_rate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per prompt: 1 if a > b, ½ on ties, 0 otherwise."""
+    return (a > b) + 0.5 * (a == b)
+
+
+def _parse(items: list[str]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in items)
+
+
+def sample_policy(name_or_dir: str, prompts, sampling: SamplingConfig):
+    """Replies (texts, token ids, finished) and the prompt ids of one policy."""
+    from distalign.models.generate import sample_replies
+    from distalign.models.load import load_policy
+
+    model, tokenizer = load_policy(name_or_dir, merge_adapter=True)
+    out = sample_replies(model, tokenizer, prompts, k=1, config=sampling, progress=True)
+    return model, tokenizer, out
+
+
+@torch.no_grad()
+def kl_to_sft(policy, sft, tokenizer, samples, temperature: float) -> np.ndarray:
+    """Per reply Σ_t log π(y_t) − log π_SFT(y_t) on the policy's own samples (k1 estimate)."""
+    from distalign.rl.logprobs import reply_logprobs
+
+    out = []
+    for i in range(0, len(samples.prompt_ids), 8):
+        ids = samples.prompt_ids[i : i + 8]
+        groups = [[r] for r in samples.reply_ids[i : i + 8]]
+        lp, _ = reply_logprobs(policy, ids, groups, tokenizer.pad_token_id, temperature or 1.0)
+        ref, _ = reply_logprobs(sft, ids, groups, tokenizer.pad_token_id, temperature or 1.0)
+        out += [(a - b).sum().item() for a, b in zip(lp, ref, strict=True)]
+    return np.array(out)
+
+
+def score_all(rewards: dict[str, Any], prompts, texts) -> dict[str, dict[str, np.ndarray]]:
+    """Per reward model: the value (scalar or expectation) and, if distributional, the std."""
+    from distalign import functionals as fn
+
+    out = {}
+    for name, source in rewards.items():
+        if source.distributional:
+            p = source.distributions(prompts, texts)
+            out[name] = {"value": fn.expectation(p).numpy(), "std": fn.std(p).numpy()}
+        else:
+            out[name] = {"value": source(prompts, texts).rewards.numpy()}
+    return out
+
+
+def run_compare(cfg: CompareConfig) -> dict[str, Any]:
+    """Sample, score and compare; writes compare.json, replies.jsonl and the HTML report."""
+    from scipy.stats import spearmanr
+
+    from distalign.bench import judge as gold
+    from distalign.rl.rewards import RewardModelSource
+    from distalign.rl.train import load_prompts
+
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prompts = load_prompts(cfg.prompts, cfg.split)[: cfg.count]
+    texts_of_prompts = [p[-1]["content"] for p in prompts]
+    rewards = {name: RewardModelSource(d) for name, d in _parse(cfg.rewards).items()}
+
+    sft_model, tokenizer, sft = sample_policy(cfg.sft, prompts, cfg.sampling)
+    sft_model.eval()
+    policies = {"sft": (sft_model, sft)}
+    for name, d in _parse(cfg.policies).items():
+        model, _, samples = sample_policy(d, prompts, cfg.sampling)
+        policies[name] = (model.eval(), samples)
+
+    judged = {n: gold.judge(texts_of_prompts, s.texts) for n, (_, s) in policies.items()}
+    attrs = {n: np.stack([judged[n][a] for a in gold.ATTRIBUTES], axis=1) for n in policies}
+    scored = {n: score_all(rewards, prompts, s.texts) for n, (_, s) in policies.items()}
+
+    results: dict[str, Any] = {}
+    for name, (model, samples) in policies.items():
+        p_win, _ = gold.preference_probabilities(attrs[name], attrs["sft"])  # P(policy ≻ SFT)
+        kl = (
+            np.zeros(len(prompts))
+            if name == "sft"
+            else kl_to_sft(model, sft_model, tokenizer, samples, cfg.sampling.temperature)
+        )
+        lengths = [len(r) for r in samples.reply_ids]
+        row: dict[str, Any] = {
+            "gold_mean": float(judged[name]["gold_mean"].mean()),
+            **{f"gold_{g.name}": float(judged[name][f"gold_{g.name}"].mean()) for g in gold.GROUPS},
+            "gold_win_rate": float(p_win.mean()),
+            "gold_win_rate_ci95": bootstrap_interval(p_win, cfg.bootstrap),
+            "kl_to_sft": float(kl.mean()),
+            "length_tokens": float(np.mean(lengths)),
+            "eos_rate": float(np.mean(samples.finished)),
+            "distinct_1": distinct_n(samples.texts, 1),
+            "distinct_2": distinct_n(samples.texts, 2),
+        }
+        for rm, vals in scored[name].items():
+            wins = win_rate(vals["value"], scored["sft"][rm]["value"])
+            row[f"rm_{rm}_mean"] = float(vals["value"].mean())
+            row[f"rm_{rm}_win_rate"] = float(wins.mean())
+            row[f"rm_{rm}_win_rate_ci95"] = bootstrap_interval(wins, cfg.bootstrap)
+        results[name] = row
+
+    # does a distributional RM's predicted spread track the annotators' real disagreement?
+    spread = {}
+    for rm, source in rewards.items():
+        if not source.distributional:
+            spread[rm] = None  # a scalar reward has no spread to offer
+            continue
+        pred = np.concatenate([scored[n][rm]["std"] for n in policies])
+        true = np.concatenate([judged[n]["gold_std"] for n in policies])
+        spread[rm] = float(spearmanr(pred, true).statistic)
+
+    curves = {Path(r).name: overoptimisation_curve(r, prompts, rewards, cfg) for r in cfg.runs}
+    samples_table = [
+        {
+            "prompt": texts_of_prompts[i],
+            **{
+                n: {"reply": s.texts[i], "gold": float(judged[n]["gold_mean"][i])}
+                for n, (_, s) in policies.items()
+            },
+        }
+        for i in range(min(8, len(prompts)))
+    ]
+    summary = {
+        "config": {k: v for k, v in cfg.__dict__.items() if k != "sampling"}
+        | {"sampling": cfg.sampling.__dict__},
+        "prompts": len(prompts),
+        "policies": results,
+        "std_vs_disagreement_spearman": spread,
+        "overoptimisation": curves,
+        "samples": samples_table,
+    }
+    (out_dir / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with open(out_dir / "replies.jsonl", "w", encoding="utf-8") as f:
+        for n, (_, s) in policies.items():
+            for i, text in enumerate(s.texts):
+                row = {
+                    "policy": n,
+                    "prompt": prompts[i],
+                    "reply": text,
+                    "gold_mean": float(judged[n]["gold_mean"][i]),
+                }
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    from distalign.report.html import write_report
+
+    summary["report"] = str(write_report(summary, cfg, judged, out_dir))
+    return summary
+
+
+def overoptimisation_curve(
+    run_dir: str, prompts, rewards, cfg: CompareConfig
+) -> list[dict[str, float]]:
+    """Gold reward, RM reward and KL to SFT for every kept checkpoint of an RL run (Gao et al.
+    2022): reward-model reward keeps rising with KL while gold reward peaks, if it
+    over-optimises."""
+    from distalign.bench import judge as gold
+    from distalign.models.load import load_policy
+
+    run = Path(run_dir)
+    points = []
+    sft_model, tokenizer = load_policy(cfg.sft)
+    sft_model.eval()
+    steps = sorted(run.glob("checkpoints/step_*"))
+    for ckpt in [None, *steps]:
+        model, _, samples = sample_policy(str(ckpt) if ckpt else cfg.sft, prompts, cfg.sampling)
+        kl = (
+            0.0
+            if ckpt is None
+            else float(
+                kl_to_sft(
+                    model.eval(), sft_model, tokenizer, samples, cfg.sampling.temperature
+                ).mean()
+            )
+        )
+        judged = gold.judge([p[-1]["content"] for p in prompts], samples.texts)
+        point = {
+            "step": 0 if ckpt is None else int(ckpt.name.split("_")[1]),
+            "kl": kl,
+            "gold_mean": float(judged["gold_mean"].mean()),
+        }
+        for rm, vals in score_all(rewards, prompts, samples.texts).items():
+            point[f"rm_{rm}"] = float(vals["value"].mean())
+        points.append(point)
+    return points

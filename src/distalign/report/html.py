@@ -1,0 +1,202 @@
+"""One self-contained HTML report (plots embedded as PNG data URIs) + the same numbers as JSON.
+
+Model-written text goes through Jinja2 with autoescaping on, so a reply that contains
+``<script>`` shows as text and never runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from jinja2 import Environment, select_autoescape
+
+from distalign.tracking import read_metrics
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>distalign report</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;vertical-align:top}
+th{background:#f3f3f3} td.text{text-align:left;white-space:pre-wrap;max-width:320px}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0} h2{border-bottom:1px solid #ddd}
+.note{color:#666;font-size:13px}
+</style></head><body>
+<h1>distalign: aligned policies vs SFT</h1>
+<p class="note">{{ prompts }} held-out prompts, one reply each per policy, identical decoding
+({{ sampling }}). Gold win rate = the gold judge's probability that the policy's reply is
+preferred to the SFT reply, averaged over prompts; 95% bootstrap interval over prompts.</p>
+<h2>Headline</h2>
+<table><tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for name, row in policies.items() %}<tr><th>{{ name }}</th>
+{% for c in columns[1:] %}<td>{{ fmt(row.get(c)) }}</td>{% endfor %}</tr>{% endfor %}</table>
+{% if spread %}<p>Spearman correlation between a reward model's predicted std per reply and the
+annotators' true disagreement (std of the gold reward over annotators):
+{% for k, v in spread.items() %}<b>{{ k }}</b>: {{ fmt(v) if v is not none else "— (scalar, no spread)" }}{% if not loop.last %}; {% endif %}{% endfor %}</p>{% endif %}
+{% for title, img in figures %}<h2>{{ title }}</h2><img src="data:image/png;base64,{{ img }}" alt="{{ title }}">{% endfor %}
+{% if rm_tables %}<h2>Reward models (held-out pairs)</h2>
+{% for name, m in rm_tables.items() %}<h3>{{ name }}</h3><table>
+{% for k, v in m.items() %}<tr><th>{{ k }}</th><td>{{ fmt(v) }}</td></tr>{% endfor %}</table>{% endfor %}{% endif %}
+<h2>Sample replies</h2>
+<table><tr><th>prompt</th>{% for n in names %}<th>{{ n }}</th>{% endfor %}</tr>
+{% for s in samples %}<tr><td class="text">{{ s.prompt }}</td>
+{% for n in names %}<td class="text">{{ s[n].reply }}<br><i>gold {{ fmt(s[n].gold) }}</i></td>{% endfor %}</tr>{% endfor %}
+</table>
+<h2>All numbers</h2><pre>{{ numbers }}</pre>
+</body></html>
+"""
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, list | tuple) and all(isinstance(x, float) for x in v):
+        return "[" + ", ".join(f"{x:.3f}" for x in v) + "]"
+    return "" if v is None else str(v)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _curves(runs: list[str], keys: list[tuple[str, str]], title: str) -> str | None:
+    logs = {Path(r).name: read_metrics(Path(r) / "metrics.jsonl") for r in runs}
+    logs = {k: v for k, v in logs.items() if v}
+    if not logs:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for ax, (key, label) in zip(axes[0], keys, strict=True):
+        for name, rows in logs.items():
+            pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), label=name, marker="." if len(pts) < 30 else None)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("step")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    return _png(fig)
+
+
+def figures(summary: dict, cfg, judged: dict) -> list[tuple[str, str]]:
+    out = []
+    rm_curves = _curves(
+        cfg.rm_runs,
+        [
+            ("train/loss", "loss"),
+            ("train/accuracy", "train accuracy"),
+            ("eval/accuracy", "held-out accuracy"),
+        ],
+        "reward-model training",
+    )
+    if rm_curves:
+        out.append(("Reward-model training curves", rm_curves))
+    rl_curves = _curves(
+        cfg.runs,
+        [
+            ("train/reward", "RM reward"),
+            ("train/kl", "KL to SFT"),
+            ("train/length", "reply length"),
+        ],
+        "REINFORCE training",
+    )
+    if rl_curves:
+        out.append(("REINFORCE training curves", rl_curves))
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for name, j in judged.items():
+        ax.hist(j["gold_mean"], bins=25, alpha=0.5, label=name)
+    ax.set_xlabel("gold reward (population mean)")
+    ax.legend(fontsize=8)
+    out.append(("Gold reward of the replies", _png(fig)))
+    curves = {k: v for k, v in summary.get("overoptimisation", {}).items() if v}
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        rm_axis = ax.twinx()  # reward-model rewards live on their own scale
+        for run, pts in curves.items():
+            pts = sorted(pts, key=lambda p: p["kl"])
+            kl = [p["kl"] for p in pts]
+            ax.plot(kl, [p["gold_mean"] for p in pts], marker="o", label=f"{run}: gold")
+            for key in [k for k in pts[0] if k.startswith("rm_")]:
+                rm_axis.plot(kl, [p[key] for p in pts], ls="--", marker="x", label=f"{run}: {key}")
+        ax.set_xlabel("KL to SFT")
+        ax.set_ylabel("gold reward (solid)")
+        rm_axis.set_ylabel("RM reward (dashed)")
+        ax.legend(fontsize=7, loc="upper left")
+        rm_axis.legend(fontsize=7, loc="lower right")
+        out.append(
+            ("Over-optimisation: gold and RM reward against KL (Gao et al. 2022)", _png(fig))
+        )
+    for run in cfg.rm_runs:
+        for png in sorted(Path(run).glob("final/eval_*.png")):
+            out.append(
+                (f"{Path(run).name}: {png.stem}", base64.b64encode(png.read_bytes()).decode())
+            )
+    return out
+
+
+def rm_tables(cfg) -> dict[str, dict]:
+    tables = {}
+    for run in cfg.rm_runs:
+        evals = sorted(Path(run).glob("final/eval_*.json"))
+        if evals:
+            data = json.loads(evals[-1].read_text())
+            tables[Path(run).name] = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    return tables
+
+
+def write_report(summary: dict, cfg, judged: dict, out_dir: Path) -> Path:
+    env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
+    env.globals["fmt"] = _fmt
+    policies = summary["policies"]
+    first = next(iter(policies.values()))
+    columns = ["policy", "gold_win_rate", "gold_win_rate_ci95", "gold_mean"]
+    columns += [
+        k for k in first if k.startswith("gold_") and k not in columns and k != "gold_win_rate_ci95"
+    ]
+    columns += [k for k in first if k.startswith("rm_") and not k.endswith("ci95")]
+    columns += ["kl_to_sft", "length_tokens", "eos_rate", "distinct_2"]
+    html = env.from_string(TEMPLATE).render(
+        prompts=summary["prompts"],
+        sampling=", ".join(f"{k}={v}" for k, v in summary["config"]["sampling"].items()),
+        policies=policies,
+        columns=columns,
+        spread=summary.get("std_vs_disagreement_spearman"),
+        figures=figures(summary, cfg, judged),
+        rm_tables=rm_tables(cfg),
+        names=list(policies),
+        samples=summary["samples"],
+        numbers=json.dumps(
+            {k: v for k, v in summary.items() if k != "samples"}, indent=1, default=str
+        ),
+    )
+    path = Path(out_dir) / "report.html"
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def headline_rows(summary: dict) -> list[list[str]]:
+    """Rows for a terminal table: policy, gold win rate [CI], gold mean, KL."""
+    rows = []
+    for name, r in summary["policies"].items():
+        lo, hi = r["gold_win_rate_ci95"]
+        rows.append(
+            [
+                name,
+                f"{r['gold_win_rate']:.3f} [{lo:.3f}, {hi:.3f}]",
+                f"{r['gold_mean']:.3f}",
+                f"{r['kl_to_sft']:.2f}",
+                f"{r['length_tokens']:.0f}",
+            ]
+        )
+    return rows
