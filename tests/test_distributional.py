@@ -26,7 +26,14 @@ from distalign.losses import (
 from distalign.metrics import distribution_summary, is_unimodal
 from distalign.models.heads import head_log_probs, log_sigmoid_diff, ordinal_log_probs
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """These maths tests run in float64; the default is restored for the rest of the suite."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def brute_force(p_w, p_l):
@@ -176,9 +183,9 @@ def test_ratings_to_bins():
 
 # --- functionals on hand-made distributions --------------------------------------------------
 
-POINT = torch.tensor([[0, 0, 1.0, 0, 0]])  # all mass on score 3
-MIX = torch.tensor([[0.5, 0, 0, 0, 0.5]])  # half on 1, half on 5
-UNIFORM = torch.full((1, 5), 0.2)
+POINT = torch.tensor([[0, 0, 1.0, 0, 0]], dtype=torch.float64)  # all mass on score 3
+MIX = torch.tensor([[0.5, 0, 0, 0, 0.5]], dtype=torch.float64)  # half on 1, half on 5
+UNIFORM = torch.full((1, 5), 0.2, dtype=torch.float64)
 
 
 def test_expectation_and_std():
