@@ -308,12 +308,19 @@ def evaluate_policy(
     scores = reward(prompts, ro.texts, reference)
     ref_lp = reference_logprobs(policy, ref_model, ro, cfg, pad_id)
     kl = kl_estimates(ro.logps, ref_lp, ro.mask)
-    return {
+    result = {
         "reward": scores.rewards.mean().item(),
         "kl": kl["k1"].mean().item(),
         "length": ro.mask.sum(-1).mean().item(),
         "eos_rate": sum(ro.finished) / len(ro.finished),
     }
+    if cfg.eval_prompts == "gold":  # the truth beside the optimised reward (never trained on)
+        from distalign.bench.judge import judge
+
+        result["gold_mean"] = float(
+            judge([p[-1]["content"] for p in prompts], ro.texts)["gold_mean"].mean()
+        )
+    return result
 
 
 def _reference_distributions(
