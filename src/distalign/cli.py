@@ -271,11 +271,15 @@ def rl_train(args: ConfigArgs = None):
     cfg = load_config(RLTrainConfig, path, overrides)
     result = run(cfg)
     table = Table(title=f"held-out prompts ({cfg.eval_prompts}, {cfg.eval_split})")
-    for col in ("policy", "reward", "kl", "length", "eos_rate"):
+    cols = ["reward", "kl", "length", "eos_rate"] + (
+        ["gold_mean"] if "gold_mean" in result["final"] else []
+    )
+    table.add_column("policy")
+    for col in cols:
         table.add_column(col, justify="right")
     for name, r in (("SFT", result["initial"]), ("aligned", result["final"])):
         if r:
-            table.add_row(name, *(f"{r[c]:.3f}" for c in ("reward", "kl", "length", "eos_rate")))
+            table.add_row(name, *(f"{r[c]:.3f}" for c in cols))
     console.print(table)
     console.print(f"policy: {Path(cfg.output_dir) / 'final'}")
 
