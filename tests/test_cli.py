@@ -93,3 +93,29 @@ def test_rm_train_eval_score(tiny_model_dir, tmp_path):
         json.loads(line) for line in (tmp_path / "replies.scored.jsonl").read_text().splitlines()
     ]
     assert len(rows) == 2 and all(isinstance(r["reward"], float) for r in rows)
+
+
+def test_eval_compare_arguments_reach_the_config(monkeypatch):
+    import distalign.eval.policy as policy
+
+    seen = {}
+
+    def fake_run(cfg):
+        seen["cfg"] = cfg
+        row = {"gold_win_rate": 0.5, "gold_win_rate_ci95": (0.4, 0.6), "gold_mean": 1.0}
+        return {
+            "prompts": 1,
+            "policies": {"sft": {**row, "kl_to_sft": 0.0, "length_tokens": 3.0}},
+            "report": "r.html",
+        }
+
+    monkeypatch.setattr(policy, "run_compare", fake_run)
+    result, out = invoke(
+        "eval", "compare", "--policy", "a=dir1", "--policy", "b=dir2", "--reward", "s=rm",
+        "--run", "r1", "--rm-run", "m1", "count=40", "sampling.max_new_tokens=48",
+    )  # fmt: skip
+    assert result.exit_code == 0, out
+    cfg = seen["cfg"]
+    assert cfg.policies == ["a=dir1", "b=dir2"] and cfg.rewards == ["s=rm"] and cfg.runs == ["r1"]
+    assert (cfg.count, cfg.sampling.max_new_tokens) == (40, 48)
+    assert "0.500 [0.400, 0.600]" in out and "r.html" in out
