@@ -100,3 +100,12 @@ def test_whiten():
     w = whiten(x)
     assert w.mean().abs() < 1e-6 and (w.std() - 1).abs() < 1e-4
     assert torch.equal(whiten(torch.ones(3)), torch.zeros(3))
+
+
+def test_rollout_groups_clamp_to_the_last_prompt():
+    from distalign.rl.train import Rollouts
+
+    ro = Rollouts(["a", "b", "c"], [[1], [2], [3]], [[5], [6], [7]], [[-1.0], [-1.0], [-1.0]],
+                  [True] * 3, ["x"] * 3, k=1, device="cpu")  # fmt: skip
+    ids, groups = ro.groups(2, 4)  # a micro-batch that runs past the end
+    assert ids == [[3]] and groups == [[[7]]]

@@ -224,6 +224,7 @@ class Rollouts:
 
     def groups(self, start: int, stop: int):
         """Prompt ids and per-prompt reply lists of prompts [start, stop)."""
+        stop = min(stop, len(self.prompt_ids))
         return self.prompt_ids[start:stop], [
             self.replies[i * self.k : (i + 1) * self.k] for i in range(start, stop)
         ]
