@@ -18,8 +18,11 @@ $DA model prepare
 stage "one prompt"
 $DA generate prompts='[Explain in two sentences why the sky is blue.]' sampling.max_new_tokens=64 sampling.temperature=0
 stage "the data: the shipped gold-judge benchmark, and a small HH-style file"
-$DA data inspect gold --split train | head -8
-$DA data inspect examples/hh_sample.jsonl.gz | head -4
+# (written to files first: piping into head would cut the command off mid-write)
+$DA data inspect gold --split train > "$OUT/inspect_gold.txt"
+head -n 8 "$OUT/inspect_gold.txt"
+$DA data inspect examples/hh_sample.jsonl.gz > "$OUT/inspect_hh.txt"
+head -n 4 "$OUT/inspect_hh.txt"
 
 stage "reward model 1/2: scalar Bradley-Terry"
 done_or $OUT/rm_scalar/final && $DA rm train configs/rm_demo_scalar.yaml
