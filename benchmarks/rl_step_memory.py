@@ -5,7 +5,7 @@
 
 One step = 8 prompts × k = 4 samples = 32 completions: sampling (no grad, KV cache), reward
 (the gold judge as a callable, so no reward model is needed), reference pass, and the
-teacher-forced REINFORCE pass with gradients in micro-batches of 2 prompts. Each setting
+teacher-forced REINFORCE pass with gradients in micro-batches of ``--micro`` prompts (2). Each setting
 runs in its own process so that its peak RSS is its own. Writes results/rl_step_memory.json.
 """
 
@@ -21,17 +21,17 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
-def child(tokens: int, lora: bool, work: Path) -> None:
+def child(tokens: int, lora: bool, work: Path, micro: int) -> None:
     from distalign.models.generate import SamplingConfig
     from distalign.rl.train import RLTrainConfig, run
     from distalign.tracking import peak_memory_gb, read_metrics
 
-    out = work / f"rl_{tokens}_{'lora' if lora else 'full'}"
+    out = work / f"rl_{tokens}_{'lora' if lora else 'full'}_mb{micro}"
     cfg = RLTrainConfig(
         reward="distalign.bench.judge:gold_reward",
         k=4,
         prompts_per_step=8,
-        micro_batch_prompts=2,
+        micro_batch_prompts=micro,
         sampling=SamplingConfig(max_new_tokens=tokens, temperature=1.0, batch_size=8),
         steps=1,
         lora=lora,
@@ -48,6 +48,7 @@ def child(tokens: int, lora: bool, work: Path) -> None:
         "max_new_tokens": tokens,
         "lora": lora,
         "completions": 32,
+        "micro_batch_prompts": micro,
         "mean_reply_tokens": m["train/length"],
         "peak_rss_gb": peak_memory_gb(),
         "generate_s": m["time/generate_s"],
@@ -63,12 +64,15 @@ def main() -> None:
     ap.add_argument("--tokens", default="64,128,256")
     ap.add_argument("--lora", default="true")
     ap.add_argument("--work", type=Path, default=Path("runs/bench_rl"))
+    ap.add_argument(
+        "--micro", type=int, default=2, help="prompts (x k completions) per micro-batch"
+    )
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "rl_step_memory.json")
     args = ap.parse_args()
     lora = args.lora.lower() == "true"
     if args.child:
-        return child(args.child, lora, args.work)
+        return child(args.child, lora, args.work, args.micro)
     results = []
     for tokens in [int(t) for t in args.tokens.split(",")]:
         cmd = [
