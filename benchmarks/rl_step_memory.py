@@ -5,8 +5,9 @@
 
 One step = 8 prompts × k = 4 samples = 32 completions: sampling (no grad, KV cache), reward
 (the gold judge as a callable, so no reward model is needed), reference pass, and the
-teacher-forced REINFORCE pass with gradients in micro-batches of ``--micro`` prompts (2). Each setting
-runs in its own process so that its peak RSS is its own. Writes results/rl_step_memory.json.
+teacher-forced REINFORCE pass with gradients in micro-batches of ``--micro`` prompts (2).
+Each setting runs in its own process, so its peak RSS is its own.
+Writes results/rl_step_memory.json.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def main() -> None:
         "micro_batch_8_gb": 6.6,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.micro != 2:
+        args.out = args.out.with_name(f"rl_step_memory_mb{args.micro}.json")
     args.out.write_text(
         json.dumps({"results": results, "trl_reference": reference}, indent=2) + "\n"
     )
