@@ -1,7 +1,8 @@
 # Every target that runs something first makes the environment (idempotent, fast when done).
 #   make test        fast tests (< 20 min on a 2-core CPU)
 #   make test-slow   tests that load the real SmolLM2 or train for minutes
-#   make demo        the pipeline on the embedded defaults
+#   make demo        the pipeline on the embedded defaults (~30 min)
+#   make demo-full   the larger profile: more data, steps, prompts and one more variant
 #   make lint        ruff check + format check
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,7 @@ VENV_FLAGS ?= $(shell python3 -c "import torch" >/dev/null 2>&1 && echo --system
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 PYTEST_FLAGS ?=
 
-.PHONY: setup test test-slow test-all demo lint format clean
+.PHONY: setup test test-slow test-all demo demo-full lint format clean
 
 setup: $(STAMP)
 
@@ -36,6 +37,9 @@ test-all: setup
 
 demo: setup
 	bash scripts/demo.sh
+
+demo-full: setup
+	PROFILE=full bash scripts/demo.sh
 
 lint: setup
 	$(VENV)/bin/ruff check src tests

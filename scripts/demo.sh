@@ -3,10 +3,20 @@
 # reward models (scalar, ordinal) -> REINFORCE (moving average + scalar RM, RLOO + scalar RM,
 # RLOO + CVaR of the ordinal RM) -> comparison with SFT -> report.
 # A finished stage (its output exists) is reused; FORCE=1 redoes everything.
+# PROFILE=full (make demo-full): more pairs, more steps, more prompts, one more variant
+# (RLOO + mean − std of the ordinal RM); several hours on this CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DA=".venv/bin/distalign"
 OUT=runs/demo
+RM_X="" RL_X="" CMP_X="count=40" RUNS="ma_scalar rloo_scalar rloo_cvar"
+if [ "${PROFILE:-}" = full ]; then
+  OUT=runs/demo-full
+  RM_X="limit_train=1200 limit_eval=400 max_length=384 max_prompt_length=128"
+  RL_X="steps=40 eval_every=10 save_every=10 eval_count=32 sampling.max_new_tokens=96"
+  CMP_X="count=80 sampling.max_new_tokens=96"
+  RUNS="$RUNS rloo_mstd"
+fi
 if [ "${FORCE:-0}" = 1 ]; then rm -rf "$OUT"; fi
 mkdir -p "$OUT"
 start=$(date +%s)
@@ -25,28 +35,36 @@ $DA data inspect examples/hh_sample.jsonl.gz > "$OUT/inspect_hh.txt"
 head -n 4 "$OUT/inspect_hh.txt"
 
 stage "reward model 1/2: scalar Bradley-Terry"
-done_or $OUT/rm_scalar/final && $DA rm train configs/rm_demo_scalar.yaml
+done_or $OUT/rm_scalar/final && $DA rm train configs/rm_demo_scalar.yaml output_dir=$OUT/rm_scalar $RM_X
 stage "reward model 2/2: ordinal distributional"
-done_or $OUT/rm_ordinal/final && $DA rm train configs/rm_demo_ordinal.yaml
+done_or $OUT/rm_ordinal/final && $DA rm train configs/rm_demo_ordinal.yaml output_dir=$OUT/rm_ordinal $RM_X
 for m in scalar ordinal; do
   done_or $OUT/rm_$m/final/eval_gold_test.json && $DA rm eval --model $OUT/rm_$m/final --data gold --split test --limit 200 --max-length 256
 done
 
-for run in ma_scalar rloo_scalar rloo_cvar; do
+for run in $RUNS; do
   stage "REINFORCE: $run"
-  done_or $OUT/rl_$run/final && $DA rl train configs/rl_demo_$run.yaml
+  case $run in
+    rloo_mstd) cfg=configs/rl_demo_rloo_cvar.yaml; extra="functional=mean_minus_std kappa=1.0" ;;
+    *) cfg=configs/rl_demo_$run.yaml; extra="" ;;
+  esac
+  rm_dir=$OUT/rm_scalar/final
+  case $run in rloo_cvar|rloo_mstd) rm_dir=$OUT/rm_ordinal/final ;; esac
+  done_or $OUT/rl_$run/final && $DA rl train $cfg reward=$rm_dir output_dir=$OUT/rl_$run $extra $RL_X
 done
+POLICIES=""
+for run in $RUNS; do POLICIES="$POLICIES --policy $run=$OUT/rl_$run/final"; done
 
 stage "comparison with SFT on held-out prompts, and the report"
-done_or $OUT/compare/compare.json && $DA eval compare \
-  --policy ma_scalar=$OUT/rl_ma_scalar/final --policy rloo_scalar=$OUT/rl_rloo_scalar/final \
-  --policy rloo_cvar=$OUT/rl_rloo_cvar/final \
+# shellcheck disable=SC2086
+done_or $OUT/compare/compare.json && $DA eval compare $POLICIES \
   --reward scalar=$OUT/rm_scalar/final --reward ordinal=$OUT/rm_ordinal/final \
   --run $OUT/rl_rloo_scalar --rm-run $OUT/rm_scalar --rm-run $OUT/rm_ordinal \
-  count=40 sampling.max_new_tokens=48 output_dir=$OUT/compare
-.venv/bin/python - <<'PY'
+  sampling.max_new_tokens=48 output_dir=$OUT/compare $CMP_X
+OUT=$OUT .venv/bin/python - <<'PY'
 import json
-s = json.load(open("runs/demo/compare/compare.json"))
+import os
+s = json.load(open(os.environ["OUT"] + "/compare/compare.json"))
 print(f"\n{'policy':12} {'gold win rate vs SFT [95% CI]':32} {'gold mean':>9} {'KL':>6}")
 for name, r in s["policies"].items():
     lo, hi = r["gold_win_rate_ci95"]
