@@ -38,9 +38,8 @@ stage "reward model 1/2: scalar Bradley-Terry"
 done_or $OUT/rm_scalar/final && $DA rm train configs/rm_demo_scalar.yaml output_dir=$OUT/rm_scalar $RM_X
 stage "reward model 2/2: ordinal distributional"
 done_or $OUT/rm_ordinal/final && $DA rm train configs/rm_demo_ordinal.yaml output_dir=$OUT/rm_ordinal $RM_X
-for m in scalar ordinal; do
-  done_or $OUT/rm_$m/final/eval_gold_test.json && $DA rm eval --model $OUT/rm_$m/final --data gold --split test --limit 200 --max-length 256
-done
+# the distribution plots of the report (the scalar model was evaluated while training)
+done_or $OUT/rm_ordinal/final/eval_gold_test.json && $DA rm eval --model $OUT/rm_ordinal/final --data gold --split test --limit 100 --max-length 256
 
 for run in $RUNS; do
   stage "REINFORCE: $run"
