@@ -149,9 +149,14 @@ def rm_tables(cfg) -> dict[str, dict]:
     tables = {}
     for run in cfg.rm_runs:
         evals = sorted(Path(run).glob("final/eval_*.json"))
+        summary = Path(run) / "summary.json"  # the evaluation at the end of training
         if evals:
             data = json.loads(evals[-1].read_text())
-            tables[Path(run).name] = {k: v for k, v in data.items() if not isinstance(v, dict)}
+        elif summary.is_file():
+            data = json.loads(summary.read_text()).get("eval", {})
+        else:
+            continue
+        tables[Path(run).name] = {k: v for k, v in data.items() if not isinstance(v, dict)}
     return tables
 
 
