@@ -35,9 +35,9 @@ img{max-width:100%;border:1px solid #eee;margin:.5em 0} h2{border-bottom:1px sol
 ({{ sampling }}). Gold win rate = the gold judge's probability that the policy's reply is
 preferred to the SFT reply, averaged over prompts; 95% bootstrap interval over prompts.</p>
 <h2>Headline</h2>
-<table><tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr>
+<div style="overflow-x:auto"><table><tr>{% for c in columns %}<th>{{ c | replace("_", " ") }}</th>{% endfor %}</tr>
 {% for name, row in policies.items() %}<tr><th>{{ name }}</th>
-{% for c in columns[1:] %}<td>{{ fmt(row.get(c)) }}</td>{% endfor %}</tr>{% endfor %}</table>
+{% for c in columns[1:] %}<td>{{ fmt(row.get(c)) }}</td>{% endfor %}</tr>{% endfor %}</table></div>
 {% if spread %}<p>Spearman correlation between a reward model's predicted std per reply and the
 annotators' true disagreement (std of the gold reward over annotators):
 {% for k, v in spread.items() %}<b>{{ k }}</b>: {{ fmt(v) if v is not none else "— (scalar, no spread)" }}{% if not loop.last %}; {% endif %}{% endfor %}</p>{% endif %}
