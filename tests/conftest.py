@@ -73,3 +73,23 @@ def write_jsonl(path: Path, rows) -> Path:
         for row in rows:
             f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
     return path
+
+
+def train_tiny_reward_models(model_dir: Path, out: Path, heads, n_bins: int = 5) -> dict[str, Path]:
+    """One-step reward models of the given heads on a few generated pairs -> head -> final/."""
+    from distalign.rm.train import RMTrainConfig, run
+    from tests.rm.test_train import make_pairs
+
+    data = out / "pairs"
+    data.mkdir(parents=True, exist_ok=True)
+    write_jsonl(data / "train.jsonl", make_pairs(16, 0))
+    write_jsonl(data / "test.jsonl", make_pairs(4, 1))
+    finals = {}
+    for head in heads:
+        cfg = RMTrainConfig(
+            model=str(model_dir), data=str(data), head=head, n_bins=n_bins, max_steps=1,
+            max_length=64, max_prompt_length=32, tracker="none", output_dir=str(out / f"rm_{head}"),
+        )  # fmt: skip
+        run(cfg)
+        finals[head] = out / f"rm_{head}" / "final"
+    return finals

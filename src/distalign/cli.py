@@ -52,6 +52,12 @@ ConfigArgs = Annotated[
 ]
 
 
+def _config(cls, args: list[str] | None):
+    """A command's config from its optional YAML file and key=value overrides."""
+    path, overrides = split_config_args(args or [])
+    return load_config(cls, path, overrides)
+
+
 @model_app.command("prepare")
 def model_prepare(
     model: Annotated[str, typer.Option(help="Alias, local folder or hub id.")] = DEFAULT_MODEL,
@@ -116,8 +122,7 @@ def run_generate(cfg: GenerateConfig) -> list[dict]:
 @app.command(context_settings={"allow_extra_args": True})
 def generate(args: ConfigArgs = None):
     """Answer chat prompts with a policy (default: the embedded SmolLM2-135M-Instruct)."""
-    path, overrides = split_config_args(args or [])
-    cfg = load_config(GenerateConfig, path, overrides)
+    cfg = _config(GenerateConfig, args)
     rows = run_generate(cfg)
     for row in rows:
         console.rule(f"[bold]{row['prompt'][-1]['content']}")
@@ -172,8 +177,7 @@ def bench_make(args: ConfigArgs = None):
     """Regenerate the benchmark: prompts -> SFT replies -> gold judge -> labelled pairs."""
     from distalign.bench.build import BenchConfig, run_bench_make
 
-    path, overrides = split_config_args(args or [])
-    cfg = load_config(BenchConfig, path, overrides)
+    cfg = _config(BenchConfig, args)
     save_config(cfg, cfg.work_dir)
     meta = run_bench_make(cfg)
     table = Table(title=f"gold benchmark -> {cfg.out_dir}")
@@ -212,8 +216,7 @@ def rm_train(args: ConfigArgs = None):
     """Train a reward model: YAML config and/or key=value overrides."""
     from distalign.rm.train import RMTrainConfig, run
 
-    path, overrides = split_config_args(args or [])
-    cfg = load_config(RMTrainConfig, path, overrides)
+    cfg = _config(RMTrainConfig, args)
     result = run(cfg)
     _print_metrics(f"held-out ({cfg.eval_data or cfg.data}, {cfg.eval_split})", result)
     console.print(f"model: {Path(cfg.output_dir) / 'final'}")
@@ -267,8 +270,7 @@ def rl_train(args: ConfigArgs = None):
     """REINFORCE/RLOO against a reward model or function: YAML and/or key=value overrides."""
     from distalign.rl.train import RLTrainConfig, run
 
-    path, overrides = split_config_args(args or [])
-    cfg = load_config(RLTrainConfig, path, overrides)
+    cfg = _config(RLTrainConfig, args)
     result = run(cfg)
     table = Table(title=f"held-out prompts ({cfg.eval_prompts}, {cfg.eval_split})")
     cols = ["reward", "kl", "length", "eos_rate"] + (

@@ -35,6 +35,13 @@ def _first_line(e: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key and key not in msg else msg
 
 
+def require(checks: Sequence[tuple[bool, str]]) -> None:
+    """``__post_init__`` helper: raise ValueError with the message of the first failed check."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Defaults of ``cls`` <- YAML file <- ``key=value`` overrides (dotted keys for nesting)."""
     base = OmegaConf.structured(cls)

@@ -56,29 +56,9 @@ def test_report_escapes_model_text(tmp_path):
 
 
 def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
-    from distalign.rm.train import RMTrainConfig
-    from distalign.rm.train import run as train_rm
-    from tests.conftest import write_jsonl
-    from tests.rm.test_train import make_pairs
+    from tests.conftest import train_tiny_reward_models
 
-    data = tmp_path / "pairs"
-    data.mkdir()
-    write_jsonl(data / "train.jsonl", make_pairs(16, 0))
-    write_jsonl(data / "test.jsonl", make_pairs(4, 1))
-    for head in ("scalar", "ordinal"):
-        train_rm(
-            RMTrainConfig(
-                model=str(tiny_model_dir),
-                data=str(data),
-                head=head,
-                n_bins=5,
-                max_steps=1,
-                max_length=64,
-                max_prompt_length=32,
-                tracker="none",
-                output_dir=str(tmp_path / f"rm_{head}"),
-            )
-        )
+    finals = train_tiny_reward_models(tiny_model_dir, tmp_path, ("scalar", "ordinal"))
     torch.manual_seed(1)  # an "aligned" policy: the tiny model with perturbed weights
     policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with torch.no_grad():
@@ -96,16 +76,24 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
         sft=str(tiny_model_dir),
         policies=[f"perturbed={tmp_path / 'policy'}"],
         rewards=[
-            f"scalar={tmp_path / 'rm_scalar' / 'final'}",
-            f"ordinal={tmp_path / 'rm_ordinal' / 'final'}",
+            f"scalar={finals['scalar']}",
+            f"ordinal={finals['ordinal']}",
         ],
         rm_runs=[str(tmp_path / "rm_scalar")],
+        runs=[str(tmp_path / "rl")],
         count=6,
         bootstrap=200,
         sampling=SamplingConfig(max_new_tokens=6, temperature=1.0),
         output_dir=str(tmp_path / "cmp"),
     )
+    import shutil
+
+    shutil.copytree(tmp_path / "policy", tmp_path / "rl" / "checkpoints" / "step_00003")
     summary = run_compare(cfg)
+    curve = summary["overoptimisation"]["rl"]  # step 0 is SFT, step 3 the perturbed policy
+    assert [p["step"] for p in curve] == [0, 3]
+    assert curve[0]["gold_mean"] == pytest.approx(summary["policies"]["sft"]["gold_mean"])
+    assert curve[1]["gold_mean"] == pytest.approx(summary["policies"]["perturbed"]["gold_mean"])
     sft, pol = summary["policies"]["sft"], summary["policies"]["perturbed"]
     assert sft["gold_win_rate"] == pytest.approx(0.5)  # against itself
     assert sft["kl_to_sft"] == 0.0

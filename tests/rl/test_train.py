@@ -74,24 +74,12 @@ def test_learns_the_rewarded_token(peaked_policy_dir, tmp_path, baseline):
 
 
 def test_lora_resume_and_reward_model_sources(tiny_model_dir, tmp_path):
-    from distalign.rm.train import RMTrainConfig
-    from distalign.rm.train import run as train_rm
-    from tests.conftest import write_jsonl
-    from tests.rm.test_train import make_pairs
+    from tests.conftest import train_tiny_reward_models
 
-    data = tmp_path / "pairs"
-    data.mkdir()
-    write_jsonl(data / "train.jsonl", make_pairs(16, 0))
-    write_jsonl(data / "test.jsonl", make_pairs(4, 1))
-    for head in ("scalar", "categorical"):
-        rm_cfg = RMTrainConfig(
-            model=str(tiny_model_dir), data=str(data), head=head, n_bins=5, max_steps=1,
-            max_length=64, max_prompt_length=32, tracker="none", output_dir=str(tmp_path / head),
-        )  # fmt: skip
-        train_rm(rm_cfg)
+    finals = train_tiny_reward_models(tiny_model_dir, tmp_path, ("scalar", "categorical"))
     kw = dict(lora=True, steps=2, k=2, prompts_per_step=2, save_every=1, beta=0.1)
-    run(config(tiny_model_dir, tmp_path / "a", reward=str(tmp_path / "scalar" / "final"), **kw))
-    out = run(config(tiny_model_dir, tmp_path / "b", reward=str(tmp_path / "categorical" / "final"),
+    run(config(tiny_model_dir, tmp_path / "a", reward=str(finals["scalar"]), **kw))
+    out = run(config(tiny_model_dir, tmp_path / "b", reward=str(finals["categorical"]),
                      functional="win_probability", uncertainty_scaling=True, **kw))  # fmt: skip
     assert 0 <= out["final"]["reward"] <= 1
     rows = [
@@ -100,7 +88,7 @@ def test_lora_resume_and_reward_model_sources(tiny_model_dir, tmp_path):
     assert len(rows[0]["distribution"]) == 5
     assert (tmp_path / "b" / "rl" / "final" / "adapter_config.json").is_file()
     # resume: two more steps continue from step 2 and append to the history
-    run(config(tiny_model_dir, tmp_path / "a", reward=str(tmp_path / "scalar" / "final"),
+    run(config(tiny_model_dir, tmp_path / "a", reward=str(finals["scalar"]),
                **{**kw, "steps": 4}, resume=True))  # fmt: skip
     steps = [
         json.loads(x)["step"]

@@ -188,7 +188,18 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         true = np.concatenate([judged[n]["gold_std"] for n in policies])
         spread[rm] = float(spearmanr(pred, true).statistic)
 
-    curves = {Path(r).name: overoptimisation_curve(r, prompts, rewards, cfg) for r in cfg.runs}
+    sft_point = {
+        "step": 0,
+        "kl": 0.0,
+        "gold_mean": float(judged["sft"]["gold_mean"].mean()),
+        **{f"rm_{rm}": float(v["value"].mean()) for rm, v in scored["sft"].items()},
+    }
+    curves = {
+        Path(r).name: overoptimisation_curve(
+            r, prompts, rewards, cfg, sft_model, tokenizer, sft_point
+        )
+        for r in cfg.runs
+    }
     samples_table = [
         {
             "prompt": texts_of_prompts[i],
@@ -226,34 +237,21 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
 
 
 def overoptimisation_curve(
-    run_dir: str, prompts, rewards, cfg: CompareConfig
+    run_dir: str, prompts, rewards, cfg: CompareConfig, sft_model, tokenizer, sft_point: dict
 ) -> list[dict[str, float]]:
     """Gold reward, RM reward and KL to SFT for every kept checkpoint of an RL run (Gao et al.
     2022): reward-model reward keeps rising with KL while gold reward peaks, if it
-    over-optimises."""
+    over-optimises. ``sft_point`` is step 0, already measured by the comparison."""
     from distalign.bench import judge as gold
-    from distalign.models.load import load_policy
 
-    run = Path(run_dir)
-    points = []
-    sft_model, tokenizer = load_policy(cfg.sft)
-    sft_model.eval()
-    steps = sorted(run.glob("checkpoints/step_*"))
-    for ckpt in [None, *steps]:
-        model, _, samples = sample_policy(str(ckpt) if ckpt else cfg.sft, prompts, cfg.sampling)
-        kl = (
-            0.0
-            if ckpt is None
-            else float(
-                kl_to_sft(
-                    model.eval(), sft_model, tokenizer, samples, cfg.sampling.temperature
-                ).mean()
-            )
-        )
+    points = [sft_point]
+    for ckpt in sorted(Path(run_dir).glob("checkpoints/step_*")):
+        model, _, samples = sample_policy(str(ckpt), prompts, cfg.sampling)
+        kl = kl_to_sft(model.eval(), sft_model, tokenizer, samples, cfg.sampling.temperature)
         judged = gold.judge([p[-1]["content"] for p in prompts], samples.texts)
         point = {
-            "step": 0 if ckpt is None else int(ckpt.name.split("_")[1]),
-            "kl": kl,
+            "step": int(ckpt.name.split("_")[1]),
+            "kl": float(kl.mean()),
             "gold_mean": float(judged["gold_mean"].mean()),
         }
         for rm, vals in score_all(rewards, prompts, samples.texts).items():

@@ -15,6 +15,14 @@ from distalign.functionals import expectation, std
 CHOSEN, REJECTED = "#2a7f62", "#c0504d"
 
 
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_distribution_grid(
     logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, path: str | Path, n: int = 8
 ) -> Path:
@@ -40,11 +48,7 @@ def plot_distribution_grid(
     axes.flat[0].legend(fontsize=7)
     fig.supxlabel("score")
     fig.supylabel("p(score)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_expectation_std_histograms(
@@ -59,8 +63,4 @@ def plot_expectation_std_histograms(
         ax.set_xlabel(name)
         ax.legend(fontsize=8)
     a.set_ylabel("replies")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

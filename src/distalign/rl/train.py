@@ -33,7 +33,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from distalign.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from distalign.config import save_config
+from distalign.config import require, save_config
 from distalign.data.pairs import render_prompt_ids
 from distalign.losses import (
     kl_estimates,
@@ -157,9 +157,7 @@ class RLTrainConfig:
                 "tracker: tensorboard | wandb | trackio | none",
             ),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        require(checks)
         if self.sampling.top_p < 1 or self.sampling.top_k:
             log.warning(
                 "top_p/top_k < full vocabulary: replies no longer come from π itself, so the "
@@ -410,12 +408,13 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
         return order
 
     def next_prompts() -> list:
-        chosen = []
+        chosen, order = [], epoch_order(state["epoch"])
         while len(chosen) < cfg.prompts_per_step:
             if state["cursor"] >= len(train_prompts):
                 state["epoch"] += 1
                 state["cursor"] = 0
-            chosen.append(train_prompts[epoch_order(state["epoch"])[state["cursor"]]])
+                order = epoch_order(state["epoch"])
+            chosen.append(train_prompts[order[state["cursor"]]])
             state["cursor"] += 1
         return chosen
 

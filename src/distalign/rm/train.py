@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from distalign.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from distalign.config import save_config
+from distalign.config import require, save_config
 from distalign.data.load import load_preferences
 from distalign.data.pairs import (
     PairCollator,
@@ -184,9 +184,7 @@ class RMTrainConfig:
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
             (self.epochs > 0 or self.max_steps > 0, "need epochs > 0 or max_steps > 0"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        require(checks)
 
 
 def prepare_pairs(cfg: RMTrainConfig, tokenizer, source: str, split: str, limit: int):
