@@ -315,7 +315,9 @@ def eval_compare(
     cfg.runs += run or []
     cfg.rm_runs += rm_run or []
     summary = run_compare(cfg)
-    table = Table(title=f"{summary['prompts']} held-out prompts")
+    table = Table(
+        title=f"{summary['prompts']} held-out prompts × {cfg.samples_per_prompt} replies each"
+    )
     for col in ("policy", "gold win rate vs SFT [95% CI]", "gold reward", "KL to SFT", "tokens"):
         table.add_column(col, justify="right")
     for row in headline_rows(summary):

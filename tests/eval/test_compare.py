@@ -9,7 +9,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from distalign.eval.policy import CompareConfig, bootstrap_interval, distinct_n, run_compare
+from distalign.eval.policy import (
+    CompareConfig,
+    bootstrap_interval,
+    distinct_n,
+    gold_win_probability,
+    run_compare,
+    win_rate,
+)
 from distalign.models.generate import SamplingConfig
 from distalign.report.html import write_report
 
@@ -23,6 +30,35 @@ def test_bootstrap_interval_covers_a_known_win_rate():
         lo, hi = bootstrap_interval(wins, n=500, seed=trial)
         covered += lo <= 0.6 <= hi
     assert 0.88 <= covered / 200 <= 0.99
+
+
+def test_win_rate_averages_every_pair_of_a_prompt():
+    a = np.array([[1.0, 3.0], [0.0, 0.0]])
+    b = np.array([[2.0, 1.0], [0.0, 1.0]])
+    # prompt 0: 1>2 no, 1>1 tie, 3>2, 3>1 -> (0 + .5 + 1 + 1) / 4; prompt 1: (.5 + 0 + .5 + 0) / 4
+    np.testing.assert_allclose(win_rate(a, b), [0.625, 0.25])
+    np.testing.assert_allclose(win_rate(np.array([1.0, 0.0]), np.array([0.0, 0.0])), [1.0, 0.5])
+    np.testing.assert_allclose(win_rate(a, a), [0.5, 0.5])  # a policy against itself
+
+
+def test_gold_win_probability_is_the_mean_over_all_pairs():
+    from distalign.bench.judge import preference_probabilities
+
+    rng = np.random.default_rng(0)
+    k, n = 3, 4
+    x, y = rng.random((n * k, 6)), rng.random((n * k, 6))
+    brute = [
+        np.mean(
+            [
+                preference_probabilities(x[i * k + j][None], y[i * k + m][None])[0][0]
+                for j in range(k)
+                for m in range(k)
+            ]
+        )
+        for i in range(n)
+    ]
+    np.testing.assert_allclose(gold_win_probability(x, y, k), brute)
+    np.testing.assert_allclose(gold_win_probability(x, x, k), 0.5)
 
 
 def test_distinct_n():
@@ -82,6 +118,7 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
         rm_runs=[str(tmp_path / "rm_scalar")],
         runs=[str(tmp_path / "rl")],
         count=6,
+        samples_per_prompt=2,
         bootstrap=200,
         sampling=SamplingConfig(max_new_tokens=6, temperature=1.0),
         output_dir=str(tmp_path / "cmp"),
@@ -97,6 +134,8 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
     sft, pol = summary["policies"]["sft"], summary["policies"]["perturbed"]
     assert sft["gold_win_rate"] == pytest.approx(0.5)  # against itself
     assert sft["kl_to_sft"] == 0.0
+    assert sft["rm_scalar_win_rate"] == pytest.approx(0.5)
+    assert summary["replies_per_policy"] == 12
     lo, hi = pol["gold_win_rate_ci95"]
     assert lo <= pol["gold_win_rate"] <= hi
     assert {"gold_concise", "gold_thorough", "rm_scalar_mean", "rm_ordinal_win_rate"} <= pol.keys()

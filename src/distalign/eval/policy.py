@@ -3,12 +3,14 @@
     distalign eval compare --sft smollm2-135m-instruct --policy rloo=runs/rl_rloo_scalar/final \\
         --reward scalar=runs/rm_scalar_cpu/final --run runs/rl_rloo_scalar
 
-Every policy answers the same prompts with the same decoding settings and seed. Numbers per
-policy: gold reward per annotator group and overall; gold win rate vs SFT — the judge's
-probability that the policy's reply is preferred to the SFT reply to the same prompt,
-averaged over prompts, with a bootstrap 95% interval over prompts; each reward model's mean
-(distributional: the expectation) and win rate vs SFT; KL to SFT estimated on the policy's
-own samples (Σ_t log π − log π_SFT); reply length, EOS rate, distinct-1/2.
+Every policy answers the same prompts, ``samples_per_prompt`` times each, with the same
+decoding settings and seed. Numbers per policy: gold reward per annotator group and overall;
+gold win rate vs SFT — the judge's probability that a reply of the policy is preferred to a
+reply of SFT to the same prompt, averaged over every (policy reply, SFT reply) pair of the
+prompt and then over prompts, with a bootstrap 95% interval that resamples prompts (the
+samples of one prompt are not independent); each reward model's mean (distributional: the
+expectation) and win rate vs SFT, the same way; KL to SFT estimated on the policy's own samples
+(Σ_t log π − log π_SFT); reply length, EOS rate, distinct-1/2.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class CompareConfig:
     """Split of ``prompts``."""
     count: int = 80
     """Prompts used (the first N)."""
+    samples_per_prompt: int = 1
+    """Replies per prompt and policy; more replies narrow the intervals at the same prompts."""
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(max_new_tokens=64, temperature=1.0, batch_size=16)
     )
@@ -54,6 +58,8 @@ class CompareConfig:
     """Where compare.json, replies.jsonl and report.html go."""
 
     def __post_init__(self):
+        if self.samples_per_prompt < 1:
+            raise ValueError(f"samples_per_prompt must be ≥ 1, got {self.samples_per_prompt}")
         for item in [*self.policies, *self.rewards]:
             if "=" not in item:
                 raise ValueError(f"expected NAME=DIR, got {item!r}")
@@ -79,21 +85,37 @@ def distinct_n(texts: list[str], n: int) -> float:
 
 
 def win_rate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per prompt: 1 if a > b, ½ on ties, 0 otherwise."""
-    return (a > b) + 0.5 * (a == b)
+    """Per prompt: the share of (a_j, b_l) pairs with a_j > b_l, ties counted ½.
+
+    ``a`` and ``b`` are (prompts, samples) scores of two policies (a 1-D array is one sample per
+    prompt)."""
+    a, b = np.atleast_2d(a.T).T, np.atleast_2d(b.T).T
+    a, b = a[:, :, None], b[:, None, :]
+    return ((a > b) + 0.5 * (a == b)).mean(axis=(1, 2))
+
+
+def gold_win_probability(attrs: np.ndarray, attrs_sft: np.ndarray, k: int) -> np.ndarray:
+    """Per prompt: the judge's P(policy reply ≻ SFT reply), averaged over all k × k pairs of
+    the prompt's replies. ``attrs`` are (prompts · k, n_attr), prompt-major."""
+    from distalign.bench.judge import preference_probabilities
+
+    n = len(attrs) // k
+    left = np.repeat(attrs, k, axis=0)  # pair (i, j, l): reply j of the policy, l of SFT
+    right = np.tile(attrs_sft.reshape(n, k, -1), (1, k, 1)).reshape(n * k * k, -1)
+    return preference_probabilities(left, right)[0].reshape(n, k * k).mean(axis=1)
 
 
 def _parse(items: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items)
 
 
-def sample_policy(name_or_dir: str, prompts, sampling: SamplingConfig):
+def sample_policy(name_or_dir: str, prompts, sampling: SamplingConfig, k: int = 1):
     """Replies (texts, token ids, finished) and the prompt ids of one policy."""
     from distalign.models.generate import sample_replies
     from distalign.models.load import load_policy
 
     model, tokenizer = load_policy(name_or_dir, merge_adapter=True)
-    out = sample_replies(model, tokenizer, prompts, k=1, config=sampling, progress=True)
+    out = sample_replies(model, tokenizer, prompts, k=k, config=sampling, progress=True)
     return model, tokenizer, out
 
 
@@ -102,10 +124,11 @@ def kl_to_sft(policy, sft, tokenizer, samples, temperature: float) -> np.ndarray
     """Per reply Σ_t log π(y_t) − log π_SFT(y_t) on the policy's own samples (k1 estimate)."""
     from distalign.rl.logprobs import reply_logprobs
 
-    out = []
-    for i in range(0, len(samples.prompt_ids), 8):
-        ids = samples.prompt_ids[i : i + 8]
-        groups = [[r] for r in samples.reply_ids[i : i + 8]]
+    out, k = [], samples.k
+    step = max(1, 8 // k)
+    for i in range(0, len(samples.prompt_ids), step):
+        ids = samples.prompt_ids[i : i + step]
+        groups = [samples.reply_ids[j * k : (j + 1) * k] for j in range(i, i + len(ids))]
         lp, _ = reply_logprobs(policy, ids, groups, tokenizer.pad_token_id, temperature or 1.0)
         ref, _ = reply_logprobs(sft, ids, groups, tokenizer.pad_token_id, temperature or 1.0)
         out += [(a - b).sum().item() for a, b in zip(lp, ref, strict=True)]
@@ -137,25 +160,28 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prompts = load_prompts(cfg.prompts, cfg.split)[: cfg.count]
+    k = cfg.samples_per_prompt
     texts_of_prompts = [p[-1]["content"] for p in prompts]
+    per_reply = [p for p in prompts for _ in range(k)]  # the prompt of each reply
+    texts_per_reply = [p[-1]["content"] for p in per_reply]
     rewards = {name: RewardModelSource(d) for name, d in _parse(cfg.rewards).items()}
 
-    sft_model, tokenizer, sft = sample_policy(cfg.sft, prompts, cfg.sampling)
+    sft_model, tokenizer, sft = sample_policy(cfg.sft, prompts, cfg.sampling, k)
     sft_model.eval()
     policies = {"sft": (sft_model, sft)}
     for name, d in _parse(cfg.policies).items():
-        model, _, samples = sample_policy(d, prompts, cfg.sampling)
+        model, _, samples = sample_policy(d, prompts, cfg.sampling, k)
         policies[name] = (model.eval(), samples)
 
-    judged = {n: gold.judge(texts_of_prompts, s.texts) for n, (_, s) in policies.items()}
+    judged = {n: gold.judge(texts_per_reply, s.texts) for n, (_, s) in policies.items()}
     attrs = {n: np.stack([judged[n][a] for a in gold.ATTRIBUTES], axis=1) for n in policies}
-    scored = {n: score_all(rewards, prompts, s.texts) for n, (_, s) in policies.items()}
+    scored = {n: score_all(rewards, per_reply, s.texts) for n, (_, s) in policies.items()}
 
     results: dict[str, Any] = {}
     for name, (model, samples) in policies.items():
-        p_win, _ = gold.preference_probabilities(attrs[name], attrs["sft"])  # P(policy ≻ SFT)
+        p_win = gold_win_probability(attrs[name], attrs["sft"], k)  # per prompt P(policy ≻ SFT)
         kl = (
-            np.zeros(len(prompts))
+            np.zeros(len(per_reply))
             if name == "sft"
             else kl_to_sft(model, sft_model, tokenizer, samples, cfg.sampling.temperature)
         )
@@ -172,7 +198,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
             "distinct_2": distinct_n(samples.texts, 2),
         }
         for rm, vals in scored[name].items():
-            wins = win_rate(vals["value"], scored["sft"][rm]["value"])
+            wins = win_rate(vals["value"].reshape(-1, k), scored["sft"][rm]["value"].reshape(-1, k))
             row[f"rm_{rm}_mean"] = float(vals["value"].mean())
             row[f"rm_{rm}_win_rate"] = float(wins.mean())
             row[f"rm_{rm}_win_rate_ci95"] = bootstrap_interval(wins, cfg.bootstrap)
@@ -200,11 +226,11 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         )
         for r in cfg.runs
     }
-    samples_table = [
+    samples_table = [  # the first reply to each of the first prompts
         {
             "prompt": texts_of_prompts[i],
             **{
-                n: {"reply": s.texts[i], "gold": float(judged[n]["gold_mean"][i])}
+                n: {"reply": s.texts[i * k], "gold": float(judged[n]["gold_mean"][i * k])}
                 for n, (_, s) in policies.items()
             },
         }
@@ -214,6 +240,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         "config": {k: v for k, v in cfg.__dict__.items() if k != "sampling"}
         | {"sampling": cfg.sampling.__dict__},
         "prompts": len(prompts),
+        "replies_per_policy": len(per_reply),
         "policies": results,
         "std_vs_disagreement_spearman": spread,
         "overoptimisation": curves,
@@ -225,7 +252,8 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
             for i, text in enumerate(s.texts):
                 row = {
                     "policy": n,
-                    "prompt": prompts[i],
+                    "prompt": prompts[i // k],
+                    "sample": i % k,
                     "reply": text,
                     "gold_mean": float(judged[n]["gold_mean"][i]),
                 }
@@ -246,15 +274,17 @@ def overoptimisation_curve(
 
     points = [sft_point]
     for ckpt in sorted(Path(run_dir).glob("checkpoints/step_*")):
-        model, _, samples = sample_policy(str(ckpt), prompts, cfg.sampling)
+        k = cfg.samples_per_prompt
+        model, _, samples = sample_policy(str(ckpt), prompts, cfg.sampling, k)
         kl = kl_to_sft(model.eval(), sft_model, tokenizer, samples, cfg.sampling.temperature)
-        judged = gold.judge([p[-1]["content"] for p in prompts], samples.texts)
+        per_reply = [p for p in prompts for _ in range(k)]
+        judged = gold.judge([p[-1]["content"] for p in per_reply], samples.texts)
         point = {
             "step": int(ckpt.name.split("_")[1]),
             "kl": float(kl.mean()),
             "gold_mean": float(judged["gold_mean"].mean()),
         }
-        for rm, vals in score_all(rewards, prompts, samples.texts).items():
+        for rm, vals in score_all(rewards, per_reply, samples.texts).items():
             point[f"rm_{rm}"] = float(vals["value"].mean())
         points.append(point)
     return points

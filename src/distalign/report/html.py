@@ -31,9 +31,11 @@ img{max-width:100%;border:1px solid #eee;margin:.5em 0} h2{border-bottom:1px sol
 .note{color:#666;font-size:13px}
 </style></head><body>
 <h1>distalign: aligned policies vs SFT</h1>
-<p class="note">{{ prompts }} held-out prompts, one reply each per policy, identical decoding
-({{ sampling }}). Gold win rate = the gold judge's probability that the policy's reply is
-preferred to the SFT reply, averaged over prompts; 95% bootstrap interval over prompts.</p>
+<p class="note">{{ prompts }} held-out prompts, {{ per_prompt }} repl{{ "y" if per_prompt == 1 else "ies" }}
+to each per policy, identical decoding ({{ sampling }}). Gold win rate = the gold judge's
+probability that a reply of the policy is preferred to a reply of SFT to the same prompt,
+averaged over the prompt's reply pairs, then over prompts; 95% bootstrap interval over
+prompts.</p>
 <h2>Headline</h2>
 <div style="overflow-x:auto"><table><tr>{% for c in columns %}<th>{{ c | replace("_", " ") }}</th>{% endfor %}</tr>
 {% for name, row in policies.items() %}<tr><th>{{ name }}</th>
@@ -173,6 +175,7 @@ def write_report(summary: dict, cfg, judged: dict, out_dir: Path) -> Path:
     columns += ["kl_to_sft", "length_tokens", "eos_rate", "distinct_2"]
     html = env.from_string(TEMPLATE).render(
         prompts=summary["prompts"],
+        per_prompt=summary.get("replies_per_policy", summary["prompts"]) // summary["prompts"],
         sampling=", ".join(f"{k}={v}" for k, v in summary["config"]["sampling"].items()),
         policies=policies,
         columns=columns,
