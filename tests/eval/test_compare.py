@@ -95,19 +95,21 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
     from tests.conftest import train_tiny_reward_models
 
     finals = train_tiny_reward_models(tiny_model_dir, tmp_path, ("scalar", "ordinal"))
-    torch.manual_seed(1)  # an "aligned" policy: the tiny model with perturbed weights
-    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    policy.save_pretrained(tmp_path / "policy")
-    (tmp_path / "policy" / "tokenizer.json").write_bytes(
-        (tiny_model_dir / "tokenizer.json").read_bytes()
-    )
-    for f in tiny_model_dir.glob("tokenizer*"):
-        (tmp_path / "policy" / f.name).write_bytes(f.read_bytes())
-    for f in tiny_model_dir.glob("chat_template*"):
-        (tmp_path / "policy" / f.name).write_bytes(f.read_bytes())
+
+    def perturbed(scale: float, folder):  # an "aligned" policy: the tiny model, weights moved
+        torch.manual_seed(1)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(scale * torch.randn_like(p))
+        model.save_pretrained(folder)
+        for f in [*tiny_model_dir.glob("tokenizer*"), *tiny_model_dir.glob("chat_template*")]:
+            (folder / f.name).write_bytes(f.read_bytes())
+
+    perturbed(0.01, tmp_path / "policy")
+    # an RL run: a checkpoint half-way, and the last one equal to the compared policy
+    perturbed(0.005, tmp_path / "rl" / "checkpoints" / "step_00002")
+    perturbed(0.01, tmp_path / "rl" / "checkpoints" / "step_00004")
     cfg = CompareConfig(
         sft=str(tiny_model_dir),
         policies=[f"perturbed={tmp_path / 'policy'}"],
@@ -123,14 +125,14 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
         sampling=SamplingConfig(max_new_tokens=6, temperature=1.0),
         output_dir=str(tmp_path / "cmp"),
     )
-    import shutil
-
-    shutil.copytree(tmp_path / "policy", tmp_path / "rl" / "checkpoints" / "step_00003")
     summary = run_compare(cfg)
-    curve = summary["overoptimisation"]["rl"]  # step 0 is SFT, step 3 the perturbed policy
-    assert [p["step"] for p in curve] == [0, 3]
+    curve = summary["overoptimisation"]["rl"]  # step 0 is SFT, step 4 the compared policy
+    assert [p["step"] for p in curve] == [0, 2, 4]
     assert curve[0]["gold_mean"] == pytest.approx(summary["policies"]["sft"]["gold_mean"])
-    assert curve[1]["gold_mean"] == pytest.approx(summary["policies"]["perturbed"]["gold_mean"])
+    assert curve[2]["gold_mean"] == pytest.approx(summary["policies"]["perturbed"]["gold_mean"])
+    assert curve[2]["kl"] == pytest.approx(summary["policies"]["perturbed"]["kl_to_sft"])
+    assert {"kl", "gold_mean", "rm_scalar", "rm_ordinal"} <= curve[1].keys()
+    assert curve[1]["kl"] != curve[2]["kl"]  # measured, not reused
     sft, pol = summary["policies"]["sft"], summary["policies"]["perturbed"]
     assert sft["gold_win_rate"] == pytest.approx(0.5)  # against itself
     assert sft["kl_to_sft"] == 0.0

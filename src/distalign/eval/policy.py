@@ -15,6 +15,7 @@ expectation) and win rate vs SFT, the same way; KL to SFT estimated on the polic
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,15 +215,24 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         true = np.concatenate([judged[n]["gold_std"] for n in policies])
         spread[rm] = float(spearmanr(pred, true).statistic)
 
-    sft_point = {
-        "step": 0,
-        "kl": 0.0,
-        "gold_mean": float(judged["sft"]["gold_mean"].mean()),
-        **{f"rm_{rm}": float(v["value"].mean()) for rm, v in scored["sft"].items()},
+    # points of the over-optimisation curve already measured: SFT, and each compared policy
+    # (a run's final policy is usually also its last checkpoint)
+    measured = {
+        name: {
+            "kl": results[name]["kl_to_sft"],
+            "gold_mean": results[name]["gold_mean"],
+            **{f"rm_{rm}": results[name][f"rm_{rm}_mean"] for rm in rewards},
+        }
+        for name in policies
+    }
+    by_weights = {
+        weights_digest(d): measured[name]
+        for name, d in _parse(cfg.policies).items()
+        if weights_digest(d)
     }
     curves = {
         Path(r).name: overoptimisation_curve(
-            r, prompts, rewards, cfg, sft_model, tokenizer, sft_point
+            r, prompts, rewards, cfg, sft_model, tokenizer, measured["sft"], by_weights
         )
         for r in cfg.runs
     }
@@ -264,23 +274,50 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     return summary
 
 
+def weights_digest(folder: str | Path) -> str | None:
+    """SHA-256 of a model or adapter folder's safetensors files (None: a hub id or no files)."""
+    files = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def overoptimisation_curve(
-    run_dir: str, prompts, rewards, cfg: CompareConfig, sft_model, tokenizer, sft_point: dict
+    run_dir: str,
+    prompts,
+    rewards,
+    cfg: CompareConfig,
+    sft_model,
+    tokenizer,
+    sft_point: dict,
+    measured: dict[str, dict] | None = None,
 ) -> list[dict[str, float]]:
     """Gold reward, RM reward and KL to SFT for every kept checkpoint of an RL run (Gao et al.
     2022): reward-model reward keeps rising with KL while gold reward peaks, if it
-    over-optimises. ``sft_point`` is step 0, already measured by the comparison."""
+    over-optimises. ``sft_point`` is step 0, already measured by the comparison; a checkpoint
+    whose weights digest is in ``measured`` reuses that point (the same weights, prompts and
+    seed give the same replies)."""
     from distalign.bench import judge as gold
 
-    points = [sft_point]
+    points = [{"step": 0, **sft_point}]
     for ckpt in sorted(Path(run_dir).glob("checkpoints/step_*")):
+        step = int(ckpt.name.split("_")[1])
+        known = (measured or {}).get(weights_digest(ckpt) or "")
+        if known is not None:
+            points.append({"step": step, **known})
+            continue
         k = cfg.samples_per_prompt
         model, _, samples = sample_policy(str(ckpt), prompts, cfg.sampling, k)
         kl = kl_to_sft(model.eval(), sft_model, tokenizer, samples, cfg.sampling.temperature)
         per_reply = [p for p in prompts for _ in range(k)]
         judged = gold.judge([p[-1]["content"] for p in per_reply], samples.texts)
         point = {
-            "step": int(ckpt.name.split("_")[1]),
+            "step": step,
             "kl": float(kl.mean()),
             "gold_mean": float(judged["gold_mean"].mean()),
         }
