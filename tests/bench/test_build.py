@@ -12,6 +12,7 @@ from distalign.bench.build import (
     GOLD_DIR,
     BenchConfig,
     bayes_accuracy,
+    bayes_ceiling_of,
     disagreement_share,
     load_prompts,
     run_bench_make,
@@ -29,6 +30,22 @@ def _read(path):
 def test_bayes_accuracy_and_disagreement_by_hand():
     assert bayes_accuracy(np.array([0.9, 0.2, 0.5])) == pytest.approx((0.9 + 0.8 + 0.5) / 3)
     assert disagreement_share([{"a": 0.7, "b": 0.6}, {"a": 0.7, "b": 0.4}]) == 0.5
+
+
+def test_bayes_ceiling_of_the_evaluated_rows(tmp_path):
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b", "p_chosen": p} for p in (0.9, 0.2, 0.6)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bayes_ceiling_of(str(path), None, [0, 1]) == pytest.approx((0.9 + 0.8) / 2)
+    assert bayes_ceiling_of(str(path), None, [2]) == pytest.approx(0.6)
+    plain = tmp_path / "plain.jsonl"  # no judge probabilities: no ceiling
+    plain.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    assert bayes_ceiling_of(str(plain), None, [0]) is None
+    test = load_preferences("gold", "test")
+    whole = bayes_ceiling_of("gold", "test", test["source_row"])
+    assert whole == pytest.approx(
+        json.loads((GOLD_DIR / "metadata.json").read_text())["splits"]["test"]["bayes_accuracy"]
+    )
 
 
 def test_prompt_split_is_stratified_and_seeded():

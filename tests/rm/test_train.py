@@ -136,6 +136,10 @@ def test_distributional_heads_learn(tiny_model_dir, pair_dir, tmp_path, head):
     assert {"entropy", "unimodal_share", "std_mean", "accuracy_expectation"} <= result.keys()
     if head == "ordinal":
         assert result["unimodal_share"] == 1.0
+    # the final evaluation is saved with the model, with its distribution plots
+    (saved,) = (tmp_path / "run" / "final").glob("eval_*.json")
+    assert json.loads(saved.read_text())["accuracy"] == result["accuracy"]
+    assert len(list((tmp_path / "run" / "final").glob("eval_*.png"))) == 2
 
 
 def test_distributional_eval_writes_plots_and_score_writes_distributions(

@@ -237,6 +237,23 @@ def bayes_accuracy(p_chosen: np.ndarray) -> float:
     return float(np.mean(np.maximum(p, 1.0 - p))) if len(p) else float("nan")
 
 
+def bayes_ceiling_of(source: str, split: str | None, rows) -> float | None:
+    """The Bayes ceiling on some rows (0-based ``source_row``) of a preference source, when its
+    rows carry the judge's ``p_chosen`` (files made by ``bench make``, e.g. ``gold``); None for
+    data without it."""
+    from distalign.data.load import iter_source_rows
+
+    wanted, p = set(int(r) for r in rows), []
+    for index, (_, raw) in enumerate(iter_source_rows(source, split)):
+        if not isinstance(raw, dict) or "p_chosen" not in raw:
+            return None
+        if index in wanted:
+            p.append(float(raw["p_chosen"]))
+            if len(p) == len(wanted):
+                break
+    return bayes_accuracy(np.array(p)) if p else None
+
+
 def disagreement_share(p_by_group: list[dict[str, float]]) -> float:
     """Share of pairs on which at least two groups prefer different replies."""
     if not p_by_group:

@@ -5,6 +5,9 @@ distalign rm eval --model runs/rm/final --data gold --split test
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from distalign.metrics import distribution_summary, reward_summary
@@ -62,9 +65,6 @@ def run_rm_eval(
     output: str | None = None,
 ) -> dict[str, float]:
     """Load a saved reward model, score held-out pairs, write the metrics as JSON."""
-    import json
-    from pathlib import Path
-
     from torch.utils.data import DataLoader
 
     from distalign.data.load import load_preferences
@@ -79,9 +79,25 @@ def run_rm_eval(
     head, n_bins = meta.get("head", "scalar"), meta.get("n_bins", 10)
     outputs: dict = {}
     result = evaluate_reward_model(model, loader, None, head, n_bins, outputs)
+    from distalign.bench.build import bayes_ceiling_of
+
+    ceiling = bayes_ceiling_of(data, split, ds["source_row"])
+    if ceiling is not None:  # the best accuracy possible on these pairs
+        result["bayes_ceiling"] = ceiling
     result.update({"data": data, "split": split, "model": str(model_dir), "head": head})
-    path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).name}_{split}.json"
-    if head != "scalar":
+    path = Path(output) if output else Path(model_dir) / eval_file_name(data, split)
+    return save_eval(result, outputs, path)
+
+
+def eval_file_name(data: str, split: str) -> str:
+    return f"eval_{Path(data).name}_{split}.json"
+
+
+def save_eval(result: dict, outputs: dict, path: Path) -> dict:
+    """Write an evaluation as JSON; a distributional one also gets its plots (the predicted
+    distributions of a few pairs, and histograms of E[R] and Std[R]) beside it."""
+    result = dict(result)
+    if "logp_chosen" in outputs:
         from distalign.report.plots import plot_distribution_grid, plot_expectation_std_histograms
 
         stem = str(path.with_suffix(""))

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from distalign.bench.build import bayes_ceiling_of
 from distalign.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from distalign.config import require, save_config
 from distalign.data.load import load_preferences
@@ -36,7 +37,7 @@ from distalign.data.pairs import (
     length_grouped_batches,
     tokenize_pairs,
 )
-from distalign.eval.rm import evaluate_reward_model
+from distalign.eval.rm import eval_file_name, evaluate_reward_model, save_eval
 from distalign.losses import distributional_rm_loss, rating_nll, ratings_to_bins, reward_model_loss
 from distalign.models.heads import head_log_probs
 from distalign.models.load import DEFAULT_MODEL
@@ -296,6 +297,8 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
         held_out = prepare_pairs(
             cfg, tokenizer, cfg.eval_data or cfg.data, cfg.eval_split, cfg.limit_eval
         )
+    eval_source = cfg.eval_data or cfg.data
+    ceiling = bayes_ceiling_of(eval_source, cfg.eval_split, held_out["source_row"])
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -352,8 +355,15 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
                 path, accelerator.unwrap_model(model).model, tokenizer, optimizer, scheduler, state
             )
 
+    last_outputs: dict = {}  # raw scores of the latest evaluation, for the final plots
+
     def evaluate() -> dict[str, float]:
-        result = evaluate_reward_model(model, eval_loader, accelerator, cfg.head, cfg.n_bins)
+        last_outputs.clear()
+        result = evaluate_reward_model(
+            model, eval_loader, accelerator, cfg.head, cfg.n_bins, last_outputs
+        )
+        if ceiling is not None:  # the best accuracy possible on these pairs
+            result["bayes_ceiling"] = ceiling
         state["last_eval_step"], state["last_eval"] = state["step"], result
         metrics_log.write(state["step"], {f"eval/{k}": v for k, v in result.items()})
         if result["accuracy"] > state["best_accuracy"]:
@@ -427,7 +437,8 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     bar.close()
     train_seconds = time.perf_counter() - start
 
-    final = state["last_eval"] if state.get("last_eval_step") == state["step"] else evaluate()
+    evaluated = state.get("last_eval_step") == state["step"] and last_outputs
+    final = state["last_eval"] if evaluated else evaluate()
     checkpoint(last_ckpt)
     if accelerator.is_main_process:
         meta = {
@@ -440,6 +451,12 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
             "config": vars(cfg),
         }
         save_reward_model(accelerator.unwrap_model(model).model, tokenizer, out / "final", meta)
+        eval_data = {"data": eval_source, "split": cfg.eval_split, "head": cfg.head}
+        save_eval(
+            final | eval_data,
+            last_outputs,
+            out / "final" / eval_file_name(eval_source, cfg.eval_split),
+        )
         summary = {
             "eval": final,
             "steps": state["step"],
