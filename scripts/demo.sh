@@ -9,12 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DA=".venv/bin/distalign"
 OUT=runs/demo
-RM_X="" RL_X="" CMP_X="count=40" RUNS="ma_scalar rloo_scalar rloo_cvar"
+RM_X="" RL_X="" CMP_X="count=40 samples_per_prompt=4" RUNS="ma_scalar rloo_scalar rloo_cvar"
 if [ "${PROFILE:-}" = full ]; then
   OUT=runs/demo-full
   RM_X="limit_train=1200 limit_eval=400 max_length=384 max_prompt_length=128"
   RL_X="steps=40 eval_every=10 save_every=10 eval_count=32 sampling.max_new_tokens=96"
-  CMP_X="count=80 sampling.max_new_tokens=96"
+  CMP_X="count=80 samples_per_prompt=4 sampling.max_new_tokens=96"
   RUNS="$RUNS rloo_mstd"
 fi
 if [ "${FORCE:-0}" = 1 ]; then rm -rf "$OUT"; fi
@@ -38,8 +38,6 @@ stage "reward model 1/2: scalar Bradley-Terry"
 done_or $OUT/rm_scalar/final && $DA rm train configs/rm_demo_scalar.yaml output_dir=$OUT/rm_scalar $RM_X
 stage "reward model 2/2: ordinal distributional"
 done_or $OUT/rm_ordinal/final && $DA rm train configs/rm_demo_ordinal.yaml output_dir=$OUT/rm_ordinal $RM_X
-# the distribution plots of the report (the scalar model was evaluated while training)
-done_or $OUT/rm_ordinal/final/eval_gold_test.json && $DA rm eval --model $OUT/rm_ordinal/final --data gold --split test --limit 100 --max-length 256
 
 for run in $RUNS; do
   stage "REINFORCE: $run"
@@ -64,10 +62,19 @@ OUT=$OUT .venv/bin/python - <<'PY'
 import json
 import os
 s = json.load(open(os.environ["OUT"] + "/compare/compare.json"))
-print(f"\n{'policy':12} {'gold win rate vs SFT [95% CI]':32} {'gold mean':>9} {'KL':>6}")
+for rm in ("rm_scalar", "rm_ordinal"):
+    e = json.load(open(f"{os.environ['OUT']}/{rm}/summary.json"))["eval"]
+    print(f"{rm:11} held-out accuracy {e['accuracy']:.3f} on {e['pairs']} pairs"
+          f" (Bayes ceiling on them {e.get('bayes_ceiling', float('nan')):.3f})")
+rms = [k[3:-5] for k in next(iter(s["policies"].values())) if k.startswith("rm_") and k.endswith("_mean")]
+print(f"\n{s['prompts']} held-out prompts x {s['replies_per_policy'] // s['prompts']} replies per policy")
+head = f"{'policy':12} {'gold win rate vs SFT [95% CI]':30} {'gold':>6} {'concise':>8} {'thorough':>8}"
+print(head + "".join(f" {'RM ' + m:>11}" for m in rms) + f" {'KL':>6}")
 for name, r in s["policies"].items():
     lo, hi = r["gold_win_rate_ci95"]
-    print(f"{name:12} {r['gold_win_rate']:.3f} [{lo:.3f}, {hi:.3f}]{'':13} {r['gold_mean']:9.3f} {r['kl_to_sft']:6.2f}")
+    line = f"{name:12} {r['gold_win_rate']:.3f} [{lo:.3f}, {hi:.3f}]{'':11} {r['gold_mean']:6.3f}"
+    line += f" {r['gold_concise']:8.3f} {r['gold_thorough']:8.3f}"
+    print(line + "".join(f" {r['rm_' + m + '_mean']:11.3f}" for m in rms) + f" {r['kl_to_sft']:6.2f}")
 print("std vs disagreement (Spearman):", s["std_vs_disagreement_spearman"])
 PY
 echo
