@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from distalign.models.generate import SamplingConfig
-from distalign.rl.train import RLTrainConfig, run
+from distalign.rl.train import RLTrainConfig, advantages_for, run
 
 # Tokens the peaked tiny model likes to emit; the reward pays for the first one.
 FAVOURITES = [" apple", " river", " stone", " cloud", " paper", " light", " music", " garden"]
@@ -95,3 +95,18 @@ def test_lora_resume_and_reward_model_sources(tiny_model_dir, tmp_path):
         for x in (tmp_path / "a" / "rl" / "history.jsonl").read_text().splitlines()
     ]
     assert sorted(set(steps)) == [1, 2, 3, 4] and len(steps) == 16
+
+
+def test_moving_average_baseline_pools_every_process():
+    """With several processes the baseline is updated from all of a step's rewards, so every
+    process holds the same one (and the checkpoint of process 0 is every process's)."""
+    cfg = RLTrainConfig(baseline="moving_average", ema=None)
+    local = torch.tensor([1.0, 3.0])  # this process's rewards
+    pooled = torch.tensor([1.0, 3.0, 5.0, 7.0])  # every process's
+    state = {"baseline_mean": 0.0, "baseline_count": 0}
+    adv, base = advantages_for(cfg, local, None, state, pooled)
+    assert base == 0.0 and torch.equal(adv, local)  # the first step has no past to subtract
+    assert state["baseline_mean"] == pytest.approx(4.0) and state["baseline_count"] == 4
+    adv, base = advantages_for(cfg, torch.tensor([6.0, 2.0]), None, state)
+    assert base == pytest.approx(4.0)
+    assert adv.tolist() == pytest.approx([2.0, -2.0])

@@ -267,16 +267,25 @@ def reference_logprobs(
 
 
 def advantages_for(
-    cfg: RLTrainConfig, shaped: torch.Tensor, std: torch.Tensor | None, state: dict
+    cfg: RLTrainConfig,
+    shaped: torch.Tensor,
+    std: torch.Tensor | None,
+    state: dict,
+    pooled: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """Advantages (B,) and the baseline value used (mean for RLOO)."""
+    """Advantages (B,) and the baseline value used (mean for RLOO). The moving average is
+    updated with ``pooled``, the step's rewards of every process (default: ``shaped``), so that
+    all processes keep the same baseline."""
     if cfg.baseline == "rloo":
         adv, base = rloo_advantages(shaped, cfg.k), shaped.mean().item()
     elif cfg.baseline == "moving_average":
         base = state["baseline_mean"] if state["baseline_count"] else 0.0
         adv = shaped - base
         state["baseline_mean"], state["baseline_count"] = moving_average_update(
-            state["baseline_mean"], state["baseline_count"], shaped, cfg.ema
+            state["baseline_mean"],
+            state["baseline_count"],
+            shaped if pooled is None else pooled,
+            cfg.ema,
         )
     else:
         adv, base = shaped.clone(), 0.0
@@ -367,8 +376,15 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     )
     train_prompts = load_prompts(cfg.prompts, cfg.prompts_split)
     eval_prompts = load_prompts(cfg.eval_prompts, cfg.eval_split)[: cfg.eval_count]
-    if accelerator.num_processes > 1:  # each process works on its own share of prompts
-        train_prompts = train_prompts[accelerator.process_index :: accelerator.num_processes]
+    if accelerator.num_processes > 1:  # each process works on its own, equal share of prompts
+        n = accelerator.num_processes
+        usable = len(train_prompts) - len(train_prompts) % n
+        if usable < len(train_prompts):
+            log.warning(
+                "%d prompt(s) left out so that every process has as many",
+                len(train_prompts) - usable,
+            )
+        train_prompts = train_prompts[:usable][accelerator.process_index :: n]
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1))
@@ -464,7 +480,10 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
         shaped = rewards - cfg.beta * kl["k1"]
         cut = torch.tensor([not f for f in ro.finished], dtype=shaped.dtype, device=shaped.device)
         shaped = shaped - cfg.truncation_penalty * cut
-        adv, base = advantages_for(cfg, shaped, std, state)
+        # the same baseline on every process (its cursor and epoch agree too), so the state
+        # process 0 saves is every process's
+        pooled = accelerator.gather(shaped) if cfg.baseline == "moving_average" else None
+        adv, base = advantages_for(cfg, shaped, std, state, pooled)
 
         learner.train()
         n = len(prompts)
