@@ -316,7 +316,8 @@ def eval_compare(
     cfg.rm_runs += rm_run or []
     summary = run_compare(cfg)
     table = Table(
-        title=f"{summary['prompts']} held-out prompts × {cfg.samples_per_prompt} replies each"
+        title=f"{summary['prompts']} held-out prompts × {cfg.samples_per_prompt} "
+        f"repl{'y' if cfg.samples_per_prompt == 1 else 'ies'} each"
     )
     for col in ("policy", "gold win rate vs SFT [95% CI]", "gold reward", "KL to SFT", "tokens"):
         table.add_column(col, justify="right")

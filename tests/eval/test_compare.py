@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from distalign.eval.policy import (
     bootstrap_interval,
     distinct_n,
     gold_win_probability,
+    kl_to_sft,
     run_compare,
     win_rate,
 )
@@ -61,6 +63,37 @@ def test_gold_win_probability_is_the_mean_over_all_pairs():
     np.testing.assert_allclose(gold_win_probability(x, x, k), 0.5)
 
 
+def test_kl_groups_the_replies_of_each_prompt(tiny_model_dir):
+    """k replies per prompt give the same per-reply KL as one reply per (repeated) prompt."""
+    from types import SimpleNamespace
+
+    from distalign.models.generate import Samples
+
+    sft = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
+    replies = [[20, 21], [22], [23, 24, 25], [26, 27], [28], [29, 30], [31], [32, 33]]
+
+    def samples(prompt_ids, k):
+        return Samples(prompt_ids, replies, [], [False] * 8, [""] * 8, k)
+
+    pad = SimpleNamespace(pad_token_id=0)
+    grouped = kl_to_sft(policy, sft, pad, samples(prompts, 2), 1.0)
+    single = kl_to_sft(policy, sft, pad, samples([p for p in prompts for _ in (0, 1)], 1), 1.0)
+    assert np.abs(grouped).min() > 0
+    np.testing.assert_allclose(grouped, single, atol=1e-5)
+    np.testing.assert_allclose(kl_to_sft(sft, sft, pad, samples(prompts, 2), 1.0), 0, atol=1e-6)
+
+
+def test_compare_rejects_no_prompts():
+    with pytest.raises(ValueError, match="count"):
+        CompareConfig(count=0)
+
+
 def test_distinct_n():
     assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
     assert distinct_n([""], 1) == 0.0
@@ -91,7 +124,7 @@ def test_report_escapes_model_text(tmp_path):
     assert "&lt;script&gt;" in html
 
 
-def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
+def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch):
     from tests.conftest import train_tiny_reward_models
 
     finals = train_tiny_reward_models(tiny_model_dir, tmp_path, ("scalar", "ordinal"))
@@ -125,7 +158,19 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
         sampling=SamplingConfig(max_new_tokens=6, temperature=1.0),
         output_dir=str(tmp_path / "cmp"),
     )
+    import distalign.eval.policy as policy_module
+
+    sampled = []
+    real_sample_policy = policy_module.sample_policy
+
+    def counting_sample_policy(name_or_dir, *args):
+        sampled.append(Path(name_or_dir).name)
+        return real_sample_policy(name_or_dir, *args)
+
+    monkeypatch.setattr(policy_module, "sample_policy", counting_sample_policy)
     summary = run_compare(cfg)
+    # SFT, the policy and the half-way checkpoint; the last checkpoint is the policy, reused
+    assert sorted(sampled) == sorted([tiny_model_dir.name, "policy", "step_00002"])
     curve = summary["overoptimisation"]["rl"]  # step 0 is SFT, step 4 the compared policy
     assert [p["step"] for p in curve] == [0, 2, 4]
     assert curve[0]["gold_mean"] == pytest.approx(summary["policies"]["sft"]["gold_mean"])

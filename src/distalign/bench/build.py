@@ -245,12 +245,13 @@ def bayes_ceiling_of(source: str, split: str | None, rows) -> float | None:
 
     wanted, p = set(int(r) for r in rows), []
     for index, (_, raw) in enumerate(iter_source_rows(source, split)):
+        if index not in wanted:
+            continue
         if not isinstance(raw, dict) or "p_chosen" not in raw:
             return None
-        if index in wanted:
-            p.append(float(raw["p_chosen"]))
-            if len(p) == len(wanted):
-                break
+        p.append(float(raw["p_chosen"]))
+        if len(p) == len(wanted):
+            break
     return bayes_accuracy(np.array(p)) if p else None
 
 

@@ -59,8 +59,11 @@ class CompareConfig:
     """Where compare.json, replies.jsonl and report.html go."""
 
     def __post_init__(self):
-        if self.samples_per_prompt < 1:
-            raise ValueError(f"samples_per_prompt must be ≥ 1, got {self.samples_per_prompt}")
+        if self.samples_per_prompt < 1 or self.count < 1:
+            raise ValueError(
+                f"count and samples_per_prompt must be ≥ 1, got {self.count} and "
+                f"{self.samples_per_prompt}"
+            )
         for item in [*self.policies, *self.rewards]:
             if "=" not in item:
                 raise ValueError(f"expected NAME=DIR, got {item!r}")
@@ -226,9 +229,9 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         for name in policies
     }
     by_weights = {
-        weights_digest(d): measured[name]
+        digest: measured[name]
         for name, d in _parse(cfg.policies).items()
-        if weights_digest(d)
+        if (digest := weights_digest(d))
     }
     curves = {
         Path(r).name: overoptimisation_curve(
@@ -275,10 +278,12 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
 
 
 def weights_digest(folder: str | Path) -> str | None:
-    """SHA-256 of a model or adapter folder's safetensors files (None: a hub id or no files)."""
-    files = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
-    if not files:
+    """SHA-256 of a model or adapter folder's weights and configs (None: a hub id or no
+    weights)."""
+    folder = Path(folder)
+    if not folder.is_dir() or not any(folder.glob("*.safetensors")):
         return None
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*config.json"))
     digest = hashlib.sha256()
     for f in files:
         with open(f, "rb") as fh:
@@ -307,7 +312,7 @@ def overoptimisation_curve(
     points = [{"step": 0, **sft_point}]
     for ckpt in sorted(Path(run_dir).glob("checkpoints/step_*")):
         step = int(ckpt.name.split("_")[1])
-        known = (measured or {}).get(weights_digest(ckpt) or "")
+        known = measured.get(weights_digest(ckpt) or "") if measured else None
         if known is not None:
             points.append({"step": step, **known})
             continue

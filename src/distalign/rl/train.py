@@ -379,7 +379,9 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     if accelerator.num_processes > 1:  # each process works on its own, equal share of prompts
         n = accelerator.num_processes
         usable = len(train_prompts) - len(train_prompts) % n
-        if usable < len(train_prompts):
+        if usable == 0:
+            raise ValueError(f"{len(train_prompts)} training prompts for {n} processes")
+        if usable < len(train_prompts) and accelerator.is_main_process:
             log.warning(
                 "%d prompt(s) left out so that every process has as many",
                 len(train_prompts) - usable,
