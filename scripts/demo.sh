@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DA=".venv/bin/distalign"
 OUT=runs/demo
-RM_X="" RL_X="" CMP_X="count=40 samples_per_prompt=4" RUNS="ma_scalar rloo_scalar rloo_cvar"
+RM_X="" RL_X="" CMP_X="count=32 samples_per_prompt=4" RUNS="ma_scalar rloo_scalar rloo_cvar"
 if [ "${PROFILE:-}" = full ]; then
   OUT=runs/demo-full
   RM_X="limit_train=1200 limit_eval=400 max_length=384 max_prompt_length=128"
