@@ -327,6 +327,16 @@ def eval_compare(
     console.print(f"report: {summary['report']}")
 
 
+@app.command("report")
+def report(
+    compare_dir: Annotated[Path, typer.Argument(help="The output_dir of `eval compare`.")],
+):
+    """Write a comparison's report.html again from its saved numbers and the runs it names."""
+    from distalign.report.html import rebuild_report
+
+    console.print(f"report: {rebuild_report(compare_dir)}")
+
+
 def main():
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
 
+from distalign.cli import app
 from distalign.eval.policy import (
     CompareConfig,
     bootstrap_interval,
@@ -192,3 +194,10 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch
     assert saved["policies"]["perturbed"]["gold_win_rate"] == pol["gold_win_rate"]
     html = (tmp_path / "cmp" / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 2
+    # `distalign report` writes the same page again from the saved numbers alone
+    (tmp_path / "cmp" / "report.html").unlink()
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    again = (tmp_path / "cmp" / "report.html").read_text()
+    assert again.count("data:image/png;base64") == html.count("data:image/png;base64")
+    assert f"{pol['gold_win_rate']:.3f}" in again

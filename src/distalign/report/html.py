@@ -104,8 +104,14 @@ def figures(summary: dict, cfg, judged: dict) -> list[tuple[str, str]]:
     )
     if rm_curves:
         out.append(("Reward-model training curves", rm_curves))
+    # training curves of every --run and of every compared policy saved by `rl train`
+    policy_runs = [
+        str(Path(d).parent)
+        for d in (item.split("=", 1)[1] for item in cfg.policies)
+        if (Path(d).parent / "metrics.jsonl").is_file()
+    ]
     rl_curves = _curves(
-        cfg.runs,
+        list(dict.fromkeys([*cfg.runs, *policy_runs])),
         [
             ("train/reward", "RM reward"),
             ("train/kl", "KL to SFT"),
@@ -127,13 +133,15 @@ def figures(summary: dict, cfg, judged: dict) -> list[tuple[str, str]]:
         rm_axis = ax.twinx()  # reward-model rewards live on their own scale
         for run, pts in curves.items():
             pts = sorted(pts, key=lambda p: p["kl"])
+            sft = next((p for p in pts if p.get("step") == 0), pts[0])
             kl = [p["kl"] for p in pts]
             ax.plot(kl, [p["gold_mean"] for p in pts], marker="o", label=f"{run}: gold")
             for key in [k for k in pts[0] if k.startswith("rm_")]:
-                rm_axis.plot(kl, [p[key] for p in pts], ls="--", marker="x", label=f"{run}: {key}")
+                gain = [p[key] - sft[key] for p in pts]  # RMs differ in scale and offset
+                rm_axis.plot(kl, gain, ls="--", marker="x", label=f"{run}: {key}")
         ax.set_xlabel("KL to SFT")
         ax.set_ylabel("gold reward (solid)")
-        rm_axis.set_ylabel("RM reward (dashed)")
+        rm_axis.set_ylabel("RM reward − SFT's (dashed)")
         ax.legend(fontsize=7, loc="upper left")
         rm_axis.legend(fontsize=7, loc="lower right")
         out.append(
@@ -208,3 +216,27 @@ def headline_rows(summary: dict) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def rebuild_report(compare_dir: str | Path) -> Path:
+    """Write ``report.html`` again from a comparison's saved numbers (``compare.json``,
+    ``replies.jsonl``) and the run folders it names, without sampling or scoring anything."""
+    import numpy as np
+
+    from distalign.eval.policy import CompareConfig
+    from distalign.models.generate import SamplingConfig
+
+    compare_dir = Path(compare_dir)
+    numbers = compare_dir / "compare.json"
+    if not numbers.is_file():
+        raise FileNotFoundError(f"{numbers} not found: give the output_dir of `eval compare`")
+    summary = json.loads(numbers.read_text())
+    config = dict(summary["config"])
+    cfg = CompareConfig(**config | {"sampling": SamplingConfig(**config["sampling"])})
+    gold: dict[str, list[float]] = {}
+    with open(compare_dir / "replies.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            gold.setdefault(row["policy"], []).append(row["gold_mean"])
+    judged = {name: {"gold_mean": np.array(values)} for name, values in gold.items()}
+    return write_report(summary, cfg, judged, compare_dir)
