@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from distalign.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
@@ -266,6 +266,19 @@ def reference_logprobs(
     return pad_reply_tensors(out)[0]
 
 
+def across_processes(
+    accelerator, means: list[float], sums: list[float]
+) -> tuple[list[float], list[float]]:
+    """Per-process means and sums over all processes (each process has as many completions,
+    so the global mean is the mean of the processes' means)."""
+    if accelerator.num_processes == 1:
+        return means, sums
+    values = torch.tensor([*means, *sums], dtype=torch.float64, device=accelerator.device)
+    total = accelerator.reduce(values, "sum").tolist()
+    n = accelerator.num_processes
+    return [x / n for x in total[: len(means)]], total[len(means) :]
+
+
 def advantages_for(
     cfg: RLTrainConfig,
     shaped: torch.Tensor,
@@ -484,8 +497,8 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
         shaped = shaped - cfg.truncation_penalty * cut
         # the same baseline on every process (its cursor and epoch agree too), so the state
         # process 0 saves is every process's
-        pooled = accelerator.gather(shaped) if cfg.baseline == "moving_average" else None
-        adv, base = advantages_for(cfg, shaped, std, state, pooled)
+        every_shaped = accelerator.gather(shaped) if cfg.baseline == "moving_average" else None
+        adv, base = advantages_for(cfg, shaped, std, state, every_shaped)
 
         learner.train()
         n = len(prompts)
@@ -518,14 +531,26 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
         state["step"] += 1
 
         lengths = ro.mask.sum(-1)
+        means, (entropy_sum, tokens) = across_processes(
+            accelerator,
+            [
+                scored.rewards.mean().item(),
+                shaped.mean().item(),
+                kl["k1"].mean().item(),
+                kl["k3"].mean().item(),
+                lengths.float().mean().item(),
+                sum(ro.finished) / len(ro.finished),
+            ],
+            [entropy_sum, float(tokens)],
+        )
         logged = {
-            "train/reward": scored.rewards.mean().item(),
-            "train/shaped_reward": shaped.mean().item(),
-            "train/kl": kl["k1"].mean().item(),
-            "train/kl_k3": kl["k3"].mean().item(),
+            "train/reward": means[0],
+            "train/shaped_reward": means[1],
+            "train/kl": means[2],
+            "train/kl_k3": means[3],
             "train/entropy": entropy_sum / max(tokens, 1),
-            "train/length": lengths.mean().item(),
-            "train/eos_rate": sum(ro.finished) / len(ro.finished),
+            "train/length": means[4],
+            "train/eos_rate": means[5],
             "train/baseline": base,
             "train/advantage_std": adv.std().item() if adv.numel() > 1 else 0.0,
             "train/grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
@@ -536,20 +561,22 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             "train/peak_mem_gb": peak_memory_gb(),
         }
         metrics.write(state["step"], logged)
+        rows = []
+        for i, text in enumerate(ro.texts):
+            row = {
+                "step": state["step"], "prompt": ro.prompts[i // cfg.k], "reply": text,
+                "reward": scored.rewards[i].item(), "shaped_reward": shaped[i].item(),
+                "kl": kl["k1"][i].item(), "length": int(lengths[i].item()),
+                "finished": ro.finished[i],
+            }  # fmt: skip
+            if scored.distributions is not None:
+                row["distribution"] = [round(x, 5) for x in scored.distributions[i].tolist()]
+            rows.append(row)
+        if accelerator.num_processes > 1:  # every process's completions, written once
+            rows = gather_object(rows)
         if accelerator.is_main_process:
             with history.open("a", encoding="utf-8") as f:
-                for i, text in enumerate(ro.texts):
-                    row = {
-                        "step": state["step"], "prompt": ro.prompts[i // cfg.k], "reply": text,
-                        "reward": scored.rewards[i].item(), "shaped_reward": shaped[i].item(),
-                        "kl": kl["k1"][i].item(), "length": int(lengths[i].item()),
-                        "finished": ro.finished[i],
-                    }  # fmt: skip
-                    if scored.distributions is not None:
-                        row["distribution"] = [
-                            round(x, 5) for x in scored.distributions[i].tolist()
-                        ]
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         bar.update(1)
         bar.set_postfix(
             reward=f"{logged['train/reward']:.3f}",
