@@ -73,17 +73,29 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _curves(runs: list[str], keys: list[tuple[str, str]], title: str) -> str | None:
+def _curves(
+    runs: list[str],
+    keys: list[tuple[str, str]],
+    title: str,
+    references: dict[str, tuple[str, str]] | None = None,
+) -> str | None:
+    """One panel per metric key, one line per run. ``references`` maps a key to (another
+    logged key, its label), drawn as a dotted level, e.g. accuracy beside its Bayes ceiling."""
     logs = {Path(r).name: read_metrics(Path(r) / "metrics.jsonl") for r in runs}
     logs = {k: v for k, v in logs.items() if v}
     if not logs:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False, sharex=True)
     for ax, (key, label) in zip(axes[0], keys, strict=True):
         for name, rows in logs.items():
             pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), label=name, marker="." if len(pts) < 30 else None)
+        ref_key, ref_label = (references or {}).get(key, (None, None))
+        levels = {r[ref_key] for rows in logs.values() for r in rows if r.get(ref_key) is not None}
+        for level in sorted(levels):
+            ax.axhline(level, ls=":", color="grey", label=ref_label)
+            ax.legend(fontsize=7)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("step")
     axes[0][0].legend(fontsize=7)
@@ -101,6 +113,7 @@ def figures(summary: dict, cfg, judged: dict) -> list[tuple[str, str]]:
             ("eval/accuracy", "held-out accuracy"),
         ],
         "reward-model training",
+        {"eval/accuracy": ("eval/bayes_ceiling", "Bayes ceiling")},
     )
     if rm_curves:
         out.append(("Reward-model training curves", rm_curves))
