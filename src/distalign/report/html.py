@@ -145,7 +145,7 @@ def figures(summary: dict, cfg, judged: dict) -> list[tuple[str, str]]:
         fig, ax = plt.subplots(figsize=(7, 3.2))
         rm_axis = ax.twinx()  # reward-model rewards live on their own scale
         for run, pts in curves.items():
-            pts = sorted(pts, key=lambda p: p["kl"])
+            pts = sorted(pts, key=lambda p: p["step"])  # the run's path, in order
             sft = next((p for p in pts if p.get("step") == 0), pts[0])
             kl = [p["kl"] for p in pts]
             ax.plot(kl, [p["gold_mean"] for p in pts], marker="o", label=f"{run}: gold")
