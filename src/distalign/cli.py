@@ -319,7 +319,7 @@ def eval_compare(
         title=f"{summary['prompts']} held-out prompts × {cfg.samples_per_prompt} "
         f"repl{'y' if cfg.samples_per_prompt == 1 else 'ies'} each"
     )
-    for col in ("policy", "gold win rate vs SFT [95% CI]", "gold reward", "KL to SFT", "tokens"):
+    for col in ("policy", "gold win rate [95% CI]", "gold reward", "KL to SFT", "tokens"):
         table.add_column(col, justify="right")
     for row in headline_rows(summary):
         table.add_row(*row)
