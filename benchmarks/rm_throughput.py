@@ -9,7 +9,7 @@ same model (SmolLM2-135M-Instruct, full fine-tune, fp32, no gradient checkpointi
 8 pairs per optimizer step. Each variant runs in its own process so that its peak RSS is its
 own. Throughput excludes the first step (warm-up): pairs / seconds over steps 2..N.
 
-Needs TRL (``pip install trl``); it is not a dependency of distalign.
+Needs TRL: ``pip install -e ".[bench]"`` (the version measured; not a dependency of distalign).
 """
 
 from __future__ import annotations
