@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
+
+from child import report, run_child
 
 HERE = Path(__file__).parent
 
@@ -57,7 +57,7 @@ def child(tokens: int, lora: bool, work: Path, micro: int) -> None:
         "train_s": m["time/train_s"],
         "step_s": m["time/generate_s"] + m["time/score_s"] + m["time/train_s"],
     }
-    print("RESULT " + json.dumps(result))
+    report(result)
 
 
 def main() -> None:
@@ -88,14 +88,7 @@ def main() -> None:
             "--micro",
             str(args.micro),
         ]
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}
-        )
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not line:
-            print(proc.stdout[-3000:], proc.stderr[-3000:])
-            raise SystemExit(f"{tokens} tokens failed")
-        results.append(json.loads(line[0][7:]))
+        results.append(run_child(cmd, f"{tokens} tokens"))
         print(json.dumps(results[-1]), flush=True)
     reference = {
         "what": "TRL RLOOTrainer, 64 new tokens, as given in the issue (not re-measured here)",

@@ -18,10 +18,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from child import report, run_child
 
 HERE = Path(__file__).parent
 VARIANTS = {
@@ -153,7 +154,7 @@ def child(args) -> None:
     )
     t = result["step_end_times"]
     result["pairs_per_s"] = result["pairs_per_step"] * (len(t) - 1) / (t[-1] - t[0])
-    print("RESULT " + json.dumps(result))
+    report(result)
 
 
 def main() -> None:
@@ -189,14 +190,7 @@ def main() -> None:
             args.model,
         ]
         print(f"== {variant}: {VARIANTS[variant]}", flush=True)
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}
-        )
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not line:
-            print(proc.stdout[-3000:], proc.stderr[-3000:])
-            raise SystemExit(f"{variant} failed")
-        results[variant] = json.loads(line[0][7:])
+        results[variant] = run_child(cmd, variant)
         r = results[variant]
         print(f"   {r['pairs_per_s']:.3f} pairs/s, peak {r['peak_mem_gb']:.2f} GB", flush=True)
     base = results.get("trl")
