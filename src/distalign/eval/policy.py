@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,14 @@ class CompareConfig:
             if "=" not in item:
                 raise ValueError(f"expected NAME=DIR, got {item!r}")
 
+    def policy_dirs(self) -> dict[str, str]:
+        """NAME -> DIR of the aligned policies."""
+        return dict(item.split("=", 1) for item in self.policies)
+
+    def reward_dirs(self) -> dict[str, str]:
+        """NAME -> DIR of the reward models."""
+        return dict(item.split("=", 1) for item in self.rewards)
+
 
 def bootstrap_interval(
     values: np.ndarray, n: int = 2000, seed: int = 0, level: float = 0.95
@@ -107,10 +115,6 @@ def gold_win_probability(attrs: np.ndarray, attrs_sft: np.ndarray, k: int) -> np
     left = np.repeat(attrs, k, axis=0)  # pair (i, j, l): reply j of the policy, l of SFT
     right = np.tile(attrs_sft.reshape(n, k, -1), (1, k, 1)).reshape(n * k * k, -1)
     return preference_probabilities(left, right)[0].reshape(n, k * k).mean(axis=1)
-
-
-def _parse(items: list[str]) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in items)
 
 
 def sample_policy(name_or_dir: str, prompts, sampling: SamplingConfig, k: int = 1):
@@ -153,6 +157,42 @@ def score_all(rewards: dict[str, Any], prompts, texts) -> dict[str, dict[str, np
     return out
 
 
+@dataclass
+class Measured:
+    """One policy's replies (k per prompt, prompt-major) and what is measured on them."""
+
+    samples: Any  # distalign.models.generate.Samples
+    judged: dict[str, np.ndarray]  # the gold judge: attributes, group rewards, mean, std
+    scored: dict[str, dict[str, np.ndarray]]  # per reward model: value (and std)
+    kl: np.ndarray  # per reply, KL to SFT (zeros for SFT itself)
+
+    def curve_point(self) -> dict[str, float]:
+        """Its point of the over-optimisation curve."""
+        return {
+            "kl": float(self.kl.mean()),
+            "gold_mean": float(self.judged["gold_mean"].mean()),
+            **{f"rm_{rm}": float(v["value"].mean()) for rm, v in self.scored.items()},
+        }
+
+
+def measure_policy(name_or_dir: str, prompts, rewards, cfg: CompareConfig, sft=None):
+    """Sample a policy ``samples_per_prompt`` times per prompt; judge, score and (given ``sft``,
+    the SFT model and tokenizer) measure KL to SFT. Returns (Measured, model, tokenizer)."""
+    from distalign.bench import judge as gold
+
+    k = cfg.samples_per_prompt
+    model, tokenizer, samples = sample_policy(name_or_dir, prompts, cfg.sampling, k)
+    model.eval()
+    per_reply = [p for p in prompts for _ in range(k)]  # the prompt of each reply
+    judged = gold.judge([p[-1]["content"] for p in per_reply], samples.texts)
+    scored = score_all(rewards, per_reply, samples.texts)
+    if sft is None:
+        kl = np.zeros(len(samples.texts))
+    else:
+        kl = kl_to_sft(model, sft[0], sft[1], samples, cfg.sampling.temperature)
+    return Measured(samples, judged, scored, kl), model, tokenizer
+
+
 def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     """Sample, score and compare; writes compare.json, replies.jsonl and the HTML report."""
     from scipy.stats import spearmanr
@@ -165,44 +205,34 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     prompts = load_prompts(cfg.prompts, cfg.split)[: cfg.count]
     k = cfg.samples_per_prompt
-    texts_of_prompts = [p[-1]["content"] for p in prompts]
-    per_reply = [p for p in prompts for _ in range(k)]  # the prompt of each reply
-    texts_per_reply = [p[-1]["content"] for p in per_reply]
-    rewards = {name: RewardModelSource(d) for name, d in _parse(cfg.rewards).items()}
+    rewards = {name: RewardModelSource(d) for name, d in cfg.reward_dirs().items()}
+    policy_dirs = cfg.policy_dirs()
 
-    sft_model, tokenizer, sft = sample_policy(cfg.sft, prompts, cfg.sampling, k)
-    sft_model.eval()
-    policies = {"sft": (sft_model, sft)}
-    for name, d in _parse(cfg.policies).items():
-        model, _, samples = sample_policy(d, prompts, cfg.sampling, k)
-        policies[name] = (model.eval(), samples)
-
-    judged = {n: gold.judge(texts_per_reply, s.texts) for n, (_, s) in policies.items()}
-    attrs = {n: np.stack([judged[n][a] for a in gold.ATTRIBUTES], axis=1) for n in policies}
-    scored = {n: score_all(rewards, per_reply, s.texts) for n, (_, s) in policies.items()}
+    measured_sft, *sft = measure_policy(cfg.sft, prompts, rewards, cfg)
+    measured = {"sft": measured_sft}
+    for name, d in policy_dirs.items():  # a policy's model is not kept once measured
+        measured[name] = measure_policy(d, prompts, rewards, cfg, sft)[0]
+    attrs = {
+        n: np.stack([m.judged[a] for a in gold.ATTRIBUTES], axis=1) for n, m in measured.items()
+    }
 
     results: dict[str, Any] = {}
-    for name, (model, samples) in policies.items():
+    for name, m in measured.items():
         p_win = gold_win_probability(attrs[name], attrs["sft"], k)  # per prompt P(policy ≻ SFT)
-        kl = (
-            np.zeros(len(per_reply))
-            if name == "sft"
-            else kl_to_sft(model, sft_model, tokenizer, samples, cfg.sampling.temperature)
-        )
-        lengths = [len(r) for r in samples.reply_ids]
         row: dict[str, Any] = {
-            "gold_mean": float(judged[name]["gold_mean"].mean()),
-            **{f"gold_{g.name}": float(judged[name][f"gold_{g.name}"].mean()) for g in gold.GROUPS},
+            "gold_mean": float(m.judged["gold_mean"].mean()),
+            **{f"gold_{g.name}": float(m.judged[f"gold_{g.name}"].mean()) for g in gold.GROUPS},
             "gold_win_rate": float(p_win.mean()),
             "gold_win_rate_ci95": bootstrap_interval(p_win, cfg.bootstrap),
-            "kl_to_sft": float(kl.mean()),
-            "length_tokens": float(np.mean(lengths)),
-            "eos_rate": float(np.mean(samples.finished)),
-            "distinct_1": distinct_n(samples.texts, 1),
-            "distinct_2": distinct_n(samples.texts, 2),
+            "kl_to_sft": float(m.kl.mean()),
+            "length_tokens": float(np.mean([len(r) for r in m.samples.reply_ids])),
+            "eos_rate": float(np.mean(m.samples.finished)),
+            "distinct_1": distinct_n(m.samples.texts, 1),
+            "distinct_2": distinct_n(m.samples.texts, 2),
         }
-        for rm, vals in scored[name].items():
-            wins = win_rate(vals["value"].reshape(-1, k), scored["sft"][rm]["value"].reshape(-1, k))
+        for rm, vals in m.scored.items():
+            sft_vals = measured_sft.scored[rm]["value"]
+            wins = win_rate(vals["value"].reshape(-1, k), sft_vals.reshape(-1, k))
             row[f"rm_{rm}_mean"] = float(vals["value"].mean())
             row[f"rm_{rm}_win_rate"] = float(wins.mean())
             row[f"rm_{rm}_win_rate_ci95"] = bootstrap_interval(wins, cfg.bootstrap)
@@ -214,46 +244,37 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         if not source.distributional:
             spread[rm] = None  # a scalar reward has no spread to offer
             continue
-        pred = np.concatenate([scored[n][rm]["std"] for n in policies])
-        true = np.concatenate([judged[n]["gold_std"] for n in policies])
+        pred = np.concatenate([m.scored[rm]["std"] for m in measured.values()])
+        true = np.concatenate([m.judged["gold_std"] for m in measured.values()])
         spread[rm] = float(spearmanr(pred, true).statistic)
 
     # points of the over-optimisation curve already measured: SFT, and each compared policy
     # (a run's final policy is usually also its last checkpoint)
-    measured = {
-        name: {
-            "kl": results[name]["kl_to_sft"],
-            "gold_mean": results[name]["gold_mean"],
-            **{f"rm_{rm}": results[name][f"rm_{rm}_mean"] for rm in rewards},
-        }
-        for name in policies
-    }
     by_weights = {
-        digest: measured[name]
-        for name, d in _parse(cfg.policies).items()
+        digest: measured[name].curve_point()
+        for name, d in policy_dirs.items()
         if (digest := weights_digest(d))
     }
     curves = {
         Path(r).name: overoptimisation_curve(
-            r, prompts, rewards, cfg, sft_model, tokenizer, measured["sft"], by_weights
+            r, prompts, rewards, cfg, sft, measured_sft.curve_point(), by_weights
         )
         for r in cfg.runs
     }
     samples_table = [  # the first reply to each of the first prompts
         {
-            "prompt": texts_of_prompts[i],
+            "prompt": prompts[i][-1]["content"],
             **{
-                n: {"reply": s.texts[i * k], "gold": float(judged[n]["gold_mean"][i * k])}
-                for n, (_, s) in policies.items()
+                n: {"reply": m.samples.texts[i * k], "gold": float(m.judged["gold_mean"][i * k])}
+                for n, m in measured.items()
             },
         }
         for i in range(min(8, len(prompts)))
     ]
     summary = {
-        "config": {k: v for k, v in cfg.__dict__.items() if k != "sampling"}
-        | {"sampling": cfg.sampling.__dict__},
+        "config": asdict(cfg),
         "prompts": len(prompts),
-        "replies_per_policy": len(per_reply),
+        "replies_per_policy": len(prompts) * k,
         "policies": results,
         "std_vs_disagreement_spearman": spread,
         "overoptimisation": curves,
@@ -261,18 +282,19 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     }
     (out_dir / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     with open(out_dir / "replies.jsonl", "w", encoding="utf-8") as f:
-        for n, (_, s) in policies.items():
-            for i, text in enumerate(s.texts):
+        for n, m in measured.items():
+            for i, text in enumerate(m.samples.texts):
                 row = {
                     "policy": n,
                     "prompt": prompts[i // k],
                     "sample": i % k,
                     "reply": text,
-                    "gold_mean": float(judged[n]["gold_mean"][i]),
+                    "gold_mean": float(m.judged["gold_mean"][i]),
                 }
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     from distalign.report.html import write_report
 
+    judged = {n: m.judged for n, m in measured.items()}
     summary["report"] = str(write_report(summary, cfg, judged, out_dir))
     return summary
 
@@ -297,36 +319,20 @@ def overoptimisation_curve(
     prompts,
     rewards,
     cfg: CompareConfig,
-    sft_model,
-    tokenizer,
+    sft,
     sft_point: dict,
     measured: dict[str, dict] | None = None,
 ) -> list[dict[str, float]]:
     """Gold reward, RM reward and KL to SFT for every kept checkpoint of an RL run (Gao et al.
     2022): reward-model reward keeps rising with KL while gold reward peaks, if it
-    over-optimises. ``sft_point`` is step 0, already measured by the comparison; a checkpoint
-    whose weights digest is in ``measured`` reuses that point (the same weights, prompts and
-    seed give the same replies)."""
-    from distalign.bench import judge as gold
-
+    over-optimises. ``sft`` is the SFT (model, tokenizer) and ``sft_point`` step 0, already
+    measured by the comparison; a checkpoint whose weights digest is in ``measured`` reuses
+    that point (the same weights, prompts and seed give the same replies)."""
     points = [{"step": 0, **sft_point}]
     for ckpt in sorted(Path(run_dir).glob("checkpoints/step_*")):
         step = int(ckpt.name.split("_")[1])
         known = measured.get(weights_digest(ckpt) or "") if measured else None
-        if known is not None:
-            points.append({"step": step, **known})
-            continue
-        k = cfg.samples_per_prompt
-        model, _, samples = sample_policy(str(ckpt), prompts, cfg.sampling, k)
-        kl = kl_to_sft(model.eval(), sft_model, tokenizer, samples, cfg.sampling.temperature)
-        per_reply = [p for p in prompts for _ in range(k)]
-        judged = gold.judge([p[-1]["content"] for p in per_reply], samples.texts)
-        point = {
-            "step": step,
-            "kl": float(kl.mean()),
-            "gold_mean": float(judged["gold_mean"].mean()),
-        }
-        for rm, vals in score_all(rewards, per_reply, samples.texts).items():
-            point[f"rm_{rm}"] = float(vals["value"].mean())
-        points.append(point)
+        if known is None:
+            known = measure_policy(str(ckpt), prompts, rewards, cfg, sft)[0].curve_point()
+        points.append({"step": step, **known})
     return points

@@ -120,7 +120,7 @@ def figures(summary: dict, cfg, judged: dict) -> list[tuple[str, str]]:
     # training curves of every --run and of every compared policy saved by `rl train`
     policy_runs = [
         str(Path(d).parent)
-        for d in (item.split("=", 1)[1] for item in cfg.policies)
+        for d in cfg.policy_dirs().values()
         if (Path(d).parent / "metrics.jsonl").is_file()
     ]
     rl_curves = _curves(

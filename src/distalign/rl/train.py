@@ -433,6 +433,10 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     metrics = MetricsLog(out / "metrics.jsonl", accelerator)
     history = out / "history.jsonl"
 
+    def save_policy(model, folder: Path) -> None:  # loadable by path, like any model
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
     def epoch_order(epoch: int) -> list[int]:
         order = list(range(len(train_prompts)))
         random.Random(cfg.seed + epoch).shuffle(order)  # a permutation per epoch
@@ -590,21 +594,16 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             if accelerator.is_main_process:
                 save_checkpoint(last, unwrapped(), tokenizer, optimizer, scheduler, state)
                 if cfg.keep_checkpoints:  # policy only: the points of the over-optimisation curve
-                    step_dir = out / "checkpoints" / f"step_{state['step']:05d}"
-                    unwrapped().save_pretrained(step_dir, safe_serialization=True)
-                    tokenizer.save_pretrained(step_dir)
+                    save_policy(unwrapped(), out / "checkpoints" / f"step_{state['step']:05d}")
     bar.close()
     final = state["last_eval"] if state.get("last_eval_step") == state["step"] else evaluate()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         inner = unwrapped()
         save_checkpoint(last, inner, tokenizer, optimizer, scheduler, state)
-        inner.save_pretrained(out / "final", safe_serialization=True)
-        tokenizer.save_pretrained(out / "final")
+        save_policy(inner, out / "final")
         if cfg.lora and cfg.merge_lora:
-            merged = inner.merge_and_unload()
-            merged.save_pretrained(out / "final_merged", safe_serialization=True)
-            tokenizer.save_pretrained(out / "final_merged")
+            save_policy(inner.merge_and_unload(), out / "final_merged")
         summary = {
             "initial_eval": state.get("initial_eval"),
             "final_eval": final,

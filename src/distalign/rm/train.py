@@ -292,12 +292,10 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     model, tokenizer = build_reward_model(
         cfg.model, cfg.head, cfg.n_bins, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
     )
+    eval_source = cfg.eval_data or cfg.data
     with accelerator.main_process_first():  # tokenise once, other processes hit the cache
         train = prepare_pairs(cfg, tokenizer, cfg.data, cfg.split, cfg.limit_train)
-        held_out = prepare_pairs(
-            cfg, tokenizer, cfg.eval_data or cfg.data, cfg.eval_split, cfg.limit_eval
-        )
-    eval_source = cfg.eval_data or cfg.data
+        held_out = prepare_pairs(cfg, tokenizer, eval_source, cfg.eval_split, cfg.limit_eval)
     ceiling = bayes_ceiling_of(eval_source, cfg.eval_split, held_out["source_row"])
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -320,8 +318,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
         num_training_steps=total_steps * accelerator.num_processes,
     )
     # scoring as the forward of one module, so DDP's gradient hooks and autocast apply
-    scorer, optimizer, scheduler = accelerator.prepare(PairScorer(model), optimizer, scheduler)
-    model = scorer
+    model, optimizer, scheduler = accelerator.prepare(PairScorer(model), optimizer, scheduler)
     collate = _RatingCollator(make_collator(cfg, tokenizer), cfg.margin_scale)
     eval_loader = accelerator.prepare(
         DataLoader(held_out, batch_size=cfg.eval_batch_size, collate_fn=collate)
