@@ -307,9 +307,9 @@ def eval_compare(
     from distalign.eval.policy import CompareConfig, run_compare
     from distalign.report.html import headline_rows
 
-    path, overrides = split_config_args(args or [])
-    cfg = load_config(CompareConfig, path, overrides)
-    cfg.sft = sft if sft != DEFAULT_MODEL or not path else cfg.sft
+    cfg = _config(CompareConfig, args)
+    if sft != DEFAULT_MODEL:  # the flag wins over the config file and key=value
+        cfg.sft = sft
     cfg.policies += policy or []
     cfg.rewards += reward or []
     cfg.runs += run or []

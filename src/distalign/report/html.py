@@ -196,7 +196,7 @@ def write_report(summary: dict, cfg, judged: dict, out_dir: Path) -> Path:
     columns += ["kl_to_sft", "length_tokens", "eos_rate", "distinct_2"]
     html = env.from_string(TEMPLATE).render(
         prompts=summary["prompts"],
-        per_prompt=summary.get("replies_per_policy", summary["prompts"]) // summary["prompts"],
+        per_prompt=cfg.samples_per_prompt,
         sampling=", ".join(f"{k}={v}" for k, v in summary["config"]["sampling"].items()),
         policies=policies,
         columns=columns,
