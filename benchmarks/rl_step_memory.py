@@ -29,7 +29,7 @@ def child(tokens: int, lora: bool, work: Path, micro: int) -> None:
 
     out = work / f"rl_{tokens}_{'lora' if lora else 'full'}_mb{micro}"
     cfg = RLTrainConfig(
-        reward="distalign.bench.judge:gold_reward",
+        reward="distalign.gold.judge:gold_reward",
         k=4,
         prompts_per_step=8,
         micro_batch_prompts=micro,

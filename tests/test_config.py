@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distalign.bench.build import BenchConfig
+from distalign.gold.build import BenchConfig
 from distalign.config import (
     ConfigError,
     GenerateConfig,
@@ -22,7 +22,7 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 COMMANDS = {
     "generate": GenerateConfig,
     "rm": RMTrainConfig,
-    "bench": BenchConfig,
+    "gold": BenchConfig,
     "rl": RLTrainConfig,
 }
 

@@ -33,8 +33,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect preference data.")
 model_app = typer.Typer(no_args_is_help=True, help="Prepare and check models.")
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
-bench_app = typer.Typer(no_args_is_help=True, help="The gold-judge preference benchmark.")
-app.add_typer(bench_app, name="bench")
+gold_app = typer.Typer(no_args_is_help=True, help="The gold-judge preference benchmark.")
+app.add_typer(gold_app, name="gold")
 rm_app = typer.Typer(no_args_is_help=True, help="Reward models: train, evaluate, score.")
 app.add_typer(rm_app, name="rm")
 rl_app = typer.Typer(no_args_is_help=True, help="REINFORCE/RLOO alignment of a policy.")
@@ -172,10 +172,10 @@ def data_inspect(
         console.print_json(json.dumps(result.metadata))
 
 
-@bench_app.command("make", context_settings={"allow_extra_args": True})
-def bench_make(args: ConfigArgs = None):
+@gold_app.command("make", context_settings={"allow_extra_args": True})
+def gold_make(args: ConfigArgs = None):
     """Regenerate the benchmark: prompts -> SFT replies -> gold judge -> labelled pairs."""
-    from distalign.bench.build import BenchConfig, run_bench_make
+    from distalign.gold.build import BenchConfig, run_bench_make
 
     cfg = _config(BenchConfig, args)
     save_config(cfg, cfg.work_dir)
@@ -195,15 +195,15 @@ def bench_make(args: ConfigArgs = None):
     console.print(f"replies: {meta['replies']}, sampling {meta['sampling_seconds']} s")
 
 
-@bench_app.command("judge")
-def bench_judge(
+@gold_app.command("judge")
+def gold_judge(
     input: Annotated[str, typer.Option("--input", help="File of prompt/reply rows.")],
     output: Annotated[
         str | None, typer.Option(help="Output JSONL (default: INPUT.gold.jsonl).")
     ] = None,
 ):
     """Score any prompt/reply file with the gold judge (attributes, reward per group)."""
-    from distalign.bench.build import judge_file
+    from distalign.gold.build import judge_file
 
     out, means = judge_file(input, output)
     console.print(f"wrote {out}")

@@ -46,7 +46,7 @@ def test_win_rate_averages_every_pair_of_a_prompt():
 
 
 def test_gold_win_probability_is_the_mean_over_all_pairs():
-    from distalign.bench.judge import preference_probabilities
+    from distalign.gold.judge import preference_probabilities
 
     rng = np.random.default_rng(0)
     k, n = 3, 4

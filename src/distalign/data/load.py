@@ -51,7 +51,7 @@ FEATURES = datasets.Features(
 
 
 # Names that resolve to data shipped with distalign (checked after local paths).
-DATA_ALIASES = {"gold": Path(__file__).resolve().parents[1] / "bench" / "gold"}
+DATA_ALIASES = {"gold": Path(__file__).resolve().parents[1] / "gold" / "data"}
 
 
 def resolve_source(source: str) -> str:

@@ -109,7 +109,7 @@ def win_rate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def gold_win_probability(attrs: np.ndarray, attrs_sft: np.ndarray, k: int) -> np.ndarray:
     """Per prompt: the judge's P(policy reply ≻ SFT reply), averaged over all k × k pairs of
     the prompt's replies. ``attrs`` are (prompts · k, n_attr), prompt-major."""
-    from distalign.bench.judge import preference_probabilities
+    from distalign.gold.judge import preference_probabilities
 
     n = len(attrs) // k
     left = np.repeat(attrs, k, axis=0)  # pair (i, j, l): reply j of the policy, l of SFT
@@ -178,7 +178,7 @@ class Measured:
 def measure_policy(name_or_dir: str, prompts, rewards, cfg: CompareConfig, sft=None):
     """Sample a policy ``samples_per_prompt`` times per prompt; judge, score and (given ``sft``,
     the SFT model and tokenizer) measure KL to SFT. Returns (Measured, model, tokenizer)."""
-    from distalign.bench import judge as gold
+    from distalign.gold import judge as gold
 
     k = cfg.samples_per_prompt
     model, tokenizer, samples = sample_policy(name_or_dir, prompts, cfg.sampling, k)
@@ -197,7 +197,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     """Sample, score and compare; writes compare.json, replies.jsonl and the HTML report."""
     from scipy.stats import spearmanr
 
-    from distalign.bench import judge as gold
+    from distalign.gold import judge as gold
     from distalign.rl.rewards import RewardModelSource
     from distalign.rl.train import load_prompts
 

@@ -79,7 +79,7 @@ def run_rm_eval(
     head, n_bins = meta.get("head", "scalar"), meta.get("n_bins", 10)
     outputs: dict = {}
     result = evaluate_reward_model(model, loader, None, head, n_bins, outputs)
-    from distalign.bench.build import bayes_ceiling_of
+    from distalign.gold.build import bayes_ceiling_of
 
     ceiling = bayes_ceiling_of(data, split, ds["source_row"])
     if ceiling is not None:  # the best accuracy possible on these pairs

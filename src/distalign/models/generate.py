@@ -5,7 +5,7 @@ its rollouts, and the comparison the replies of each policy.
 
     from distalign.models.generate import SamplingConfig, sample_replies
     out = sample_replies(model, tokenizer, [[{"role": "user", "content": "Hi"}]], k=4,
-                         config=SamplingConfig(max_new_tokens=64, temperature=0.8))
+                         config=SamplingConfig(max_completion_length=64, temperature=0.8))
     out.texts[0]      # reply text of sample 0 (prompt 0, sample 0)
 
 Why not ``model.generate``: with ``num_return_sequences=k`` it repeats each prompt k times
@@ -31,7 +31,7 @@ from distalign.data.pairs import render_prompt_ids
 class SamplingConfig:
     """Decoding settings shared by the benchmark, rollouts and evaluation."""
 
-    max_new_tokens: int = 128
+    max_completion_length: int = 128
     """Reply length limit in tokens; a reply that reaches it without EOS counts as cut off."""
     temperature: float = 1.0
     """Softmax temperature; 0 means greedy decoding."""
@@ -39,20 +39,20 @@ class SamplingConfig:
     """Nucleus sampling: keep the smallest set of tokens with this much probability mass."""
     top_k: int = 0
     """Keep only the k most likely tokens (0: off)."""
-    batch_size: int = 8
+    sampling_batch_size: int = 8
     """Prompts per prefill; each expands to ``k`` rows during decoding."""
     seed: int = 0
     """Seed of the sampling generator; same seed, prompts and model give the same replies."""
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_completion_length < 1:
+            raise ValueError(f"max_completion_length must be >= 1, got {self.max_completion_length}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.sampling_batch_size < 1:
+            raise ValueError(f"sampling_batch_size must be >= 1, got {self.sampling_batch_size}")
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Samples:
     prompt_ids: list[list[int]]  # per prompt, rendered through the chat template
     reply_ids: list[list[int]]  # per sample, including the EOS token when it finished
     logprobs: list[list[float]]  # per sample, log-prob of each reply token when sampled
-    finished: list[bool]  # per sample: ended with EOS (False: cut at max_new_tokens)
+    finished: list[bool]  # per sample: ended with EOS (False: cut at max_completion_length)
     texts: list[str]  # per sample, decoded without special tokens
     k: int
 
@@ -167,9 +167,9 @@ def sample_token_ids(
     replies: list[list[int]] = []
     logps: list[list[float]] = []
     finished: list[bool] = []
-    starts = range(0, len(prompt_ids), config.batch_size)
+    starts = range(0, len(prompt_ids), config.sampling_batch_size)
     for b, start in enumerate(tqdm(starts, desc="sampling", disable=not progress, unit="batch")):
-        batch = prompt_ids[start : start + config.batch_size]
+        batch = prompt_ids[start : start + config.sampling_batch_size]
         # batches far apart in seed space: consecutive seeds (e.g. RL steps) never share a stream
         generator = torch.Generator(device=device).manual_seed(config.seed + b * 1_000_003)
         r, lp, f = _sample_batch(model, batch, k, config, stop, pad_token_id, generator, device)
@@ -208,7 +208,7 @@ def _sample_batch(model, batch, k, config, stop, pad_token_id, generator, device
     tokens_out: list[list[int]] = [[] for _ in range(n)]
     logps_out: list[list[float]] = [[] for _ in range(n)]
     done = [False] * n
-    for step in range(config.max_new_tokens):
+    for step in range(config.max_completion_length):
         tokens, logp = _next_tokens(logits, config, generator)
         for row, t, lp in zip(active.tolist(), tokens.tolist(), logp.tolist(), strict=True):
             tokens_out[row].append(t)
@@ -216,7 +216,7 @@ def _sample_batch(model, batch, k, config, stop, pad_token_id, generator, device
         ended = torch.isin(tokens, stop)  # (A,)
         for row in active[ended].tolist():
             done[row] = True
-        if bool(ended.all()) or step == config.max_new_tokens - 1:
+        if bool(ended.all()) or step == config.max_completion_length - 1:
             break
         if bool(ended.any()):
             # Drop finished rows from the batch (and their cache) instead of decoding padding.

@@ -57,7 +57,7 @@ class RLTrainConfig:
 
     model: str = DEFAULT_MODEL
     """Policy (and reference) to start from: alias, folder or hub id."""
-    reward: str = "distalign.bench.judge:gold_reward"
+    reward: str = "distalign.gold.judge:gold_reward"
     """Reward-model folder, or module:function(prompts, replies) -> list[float]."""
     functional: str = "expectation"
     """For a distributional RM: expectation | mean_minus_std | cvar | quantile | win_probability."""
@@ -169,7 +169,7 @@ def load_prompts(source: str, split: str) -> list[list[dict[str, str]]]:
     """Chat prompts from the gold benchmark, a preference source (deduplicated) or a .txt file."""
     path = Path(source)
     if source == "gold" and not path.exists():
-        from distalign.bench.build import GOLD_DIR
+        from distalign.gold.build import GOLD_DIR
 
         rows = [
             json.loads(line)
@@ -336,7 +336,7 @@ def evaluate_policy(
         "eos_rate": sum(ro.finished) / len(ro.finished),
     }
     if cfg.eval_prompts == "gold":  # the truth beside the optimised reward (never trained on)
-        from distalign.bench.judge import judge
+        from distalign.gold.judge import judge
 
         result["gold_mean"] = float(
             judge([p[-1]["content"] for p in prompts], ro.texts)["gold_mean"].mean()

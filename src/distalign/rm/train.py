@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from distalign.bench.build import bayes_ceiling_of
+from distalign.gold.build import bayes_ceiling_of
 from distalign.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from distalign.config import require, save_config
 from distalign.data.load import load_preferences

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from distalign.bench.build import (
+from distalign.gold.build import (
     GOLD_DIR,
     BenchConfig,
     bayes_accuracy,
@@ -17,7 +17,7 @@ from distalign.bench.build import (
     load_prompts,
     run_bench_make,
 )
-from distalign.bench.judge import preference_probabilities
+from distalign.gold.judge import preference_probabilities
 from distalign.data import load_preferences
 from distalign.models.generate import SamplingConfig
 

@@ -1,14 +1,14 @@
 """Build the gold-judge benchmark: prompts -> SFT replies -> gold judge -> labelled pairs.
 
-    distalign bench make                              # regenerate the shipped dataset
-    distalign bench make limit_prompts=16 out_dir=runs/bench-small
+    distalign gold make                              # regenerate the shipped dataset
+    distalign gold make limit_prompts=16 out_dir=runs/bench-small
 
 Stages:
 1. prompts: the project's instructions (``prompts.jsonl``), split train / held-out per kind;
 2. replies: several per prompt from the SFT policy, one per sampling setting (temperatures
    and length limits vary so the judged attributes vary). Written chunk by chunk to
    ``work_dir/replies.partial.jsonl``; a re-run skips finished chunks (resumable);
-3. judge: attributes and gold rewards of every reply (``distalign.bench.judge``);
+3. judge: attributes and gold rewards of every reply (``distalign.gold.judge``);
 4. pairs: every pair of distinct replies to a prompt, order shuffled, each labelled by a
    Bradley–Terry draw from a random annotator of a random group (seeded);
 5. write: ``train.jsonl.gz``, ``test.jsonl.gz`` (read by ``load_preferences`` as they are),
@@ -30,38 +30,38 @@ from typing import Any
 
 import numpy as np
 
-from distalign.bench import judge as gold
+from distalign.gold import judge as gold
 from distalign.models.generate import SamplingConfig
 
 log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).parent
 PROMPTS_FILE = PACKAGE_DIR / "prompts.jsonl"
-GOLD_DIR = PACKAGE_DIR / "gold"  # the shipped dataset
+GOLD_DIR = PACKAGE_DIR / "data"  # the shipped dataset
 SPLITS = ("train", "test")
 
 
 def default_settings() -> list[SamplingConfig]:
     """One reply per prompt per setting: from cautious and short to hot and long."""
     return [
-        SamplingConfig(temperature=0.3, top_p=0.9, max_new_tokens=64),
-        SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=128),
-        SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=224),
-        SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=96),
-        SamplingConfig(temperature=1.3, top_p=1.0, max_new_tokens=48),
+        SamplingConfig(temperature=0.3, top_p=0.9, max_completion_length=64),
+        SamplingConfig(temperature=0.7, top_p=0.9, max_completion_length=128),
+        SamplingConfig(temperature=0.7, top_p=0.9, max_completion_length=224),
+        SamplingConfig(temperature=1.0, top_p=0.95, max_completion_length=96),
+        SamplingConfig(temperature=1.3, top_p=1.0, max_completion_length=48),
     ]
 
 
 @dataclass
 class BenchConfig:
-    """``distalign bench make``: regenerate the gold-judge preference benchmark."""
+    """``distalign gold make``: regenerate the gold-judge preference benchmark."""
 
     model: str = "smollm2-135m-instruct"
     """SFT policy that writes the replies."""
     seed: int = 0
     """Seed of the split, the sampling and the label draws."""
     settings: list[SamplingConfig] = field(default_factory=default_settings)
-    """Sampling settings; each gives one reply per prompt (batch_size/seed inside are reset)."""
+    """Sampling settings; each gives one reply per prompt (sampling_batch_size and seed inside are reset)."""
     batch_size: int = 80
     """Prompts per sampling batch (a resumable chunk; the seed of a chunk depends on it, and
     the shipped data were made with 80)."""
@@ -74,7 +74,7 @@ class BenchConfig:
     work_dir: str = "runs/bench-work"
     """Where sampled replies accumulate (resume from here)."""
     out_dir: str = "runs/gold"
-    """Where the dataset is written (the shipped one: src/distalign/bench/gold)."""
+    """Where the dataset is written (the shipped one: src/distalign/gold/data)."""
 
     def __post_init__(self):
         if not 0 < self.heldout_fraction < 1:
@@ -143,7 +143,7 @@ def sample_all_replies(cfg: BenchConfig, prompts: list[dict[str, Any]]) -> list[
                 batch = prompts[c : c + cfg.batch_size]
                 seed = cfg.seed * 100_003 + s * 10_007 + c
                 setting = SamplingConfig(
-                    **{**asdict(cfg.settings[s]), "batch_size": cfg.batch_size, "seed": seed}
+                    **{**asdict(cfg.settings[s]), "sampling_batch_size": cfg.batch_size, "seed": seed}
                 )
                 chats = [[{"role": "user", "content": p["prompt"]}] for p in batch]
                 out = sample_replies(model, tokenizer, chats, k=1, config=setting)
@@ -325,13 +325,13 @@ def run_bench_make(cfg: BenchConfig) -> dict[str, Any]:
         f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts)
     meta = {
         "name": "distalign gold-judge benchmark",
-        "made_with": "distalign bench make "
+        "made_with": "distalign gold make "
         + " ".join(f"{k}={v}" for k, v in _cli_view(cfg).items()),
         "seed": cfg.seed,
         "model": cfg.model,
         # one reply per prompt per setting; batches of batch_size prompts, seeded per chunk
         "sampling_settings": [
-            {k: v for k, v in asdict(s).items() if k not in ("batch_size", "seed")}
+            {k: v for k, v in asdict(s).items() if k not in ("sampling_batch_size", "seed")}
             for s in cfg.settings
         ],
         "sampling_batch_size": cfg.batch_size,

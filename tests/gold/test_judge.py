@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from distalign.bench import judge as gold
+from distalign.gold import judge as gold
 
 PROMPTS = ["Explain why the sky is blue.", "List five fruits that are red.", "Name some birds."]
 REPLIES = [
@@ -32,7 +32,7 @@ def test_attributes_by_hand():
 
 
 def test_list_requests_match_the_prompt_tags():
-    from distalign.bench.build import PROMPTS_FILE
+    from distalign.gold.build import PROMPTS_FILE
 
     rows = [json.loads(line) for line in PROMPTS_FILE.read_text().splitlines()]
     agree = np.mean([gold.asks_for_list(r["prompt"]) == r["wants_list"] for r in rows])
@@ -43,7 +43,7 @@ def test_judge_is_deterministic_across_processes():
     here = {k: v.tolist() for k, v in gold.judge(PROMPTS, REPLIES).items()}
     call = f"g.judge({PROMPTS!r}, {REPLIES!r})"
     code = (
-        "import json; from distalign.bench import judge as g; "
+        "import json; from distalign.gold import judge as g; "
         f"print(json.dumps({{k: v.tolist() for k, v in {call}.items()}}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -241,7 +241,7 @@ def _prompt_text(prompt) -> str:
 
 
 def gold_reward(prompts, replies) -> list[float]:
-    """Population-mean gold reward (reward source ``distalign.bench.judge:gold_reward``)."""
+    """Population-mean gold reward (reward source ``distalign.gold.judge:gold_reward``)."""
     attrs = attributes([_prompt_text(p) for p in prompts], list(replies))
     return population_reward(attrs)[0].tolist()
 
