@@ -1,7 +1,12 @@
-"""Evaluation metrics as pure functions (torch only)."""
+"""Evaluation metrics as pure functions: tensors or arrays in, numbers out.
+
+Reward-model metrics take torch tensors; the comparison's measures (bootstrap interval, win
+rate, distinct-n, Bayes ceiling) take numpy arrays. No config, model or I/O in here.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -59,13 +64,6 @@ def reward_summary(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, fl
     }
 
 
-def _win_ece(greater: torch.Tensor, less: torch.Tensor) -> float:
-    """ECE of P(chosen wins | no tie) = P(>) / (P(>) + P(<)), symmetrised."""
-    p = (greater / (greater + less).clamp(min=1e-30)).double()
-    prob = torch.cat([p, 1 - p])
-    return expected_calibration_error(prob, torch.cat([torch.ones_like(p), torch.zeros_like(p)]))
-
-
 def is_unimodal(p: torch.Tensor, tol: float = 1e-4) -> torch.Tensor:
     """Whether each row of p (B, n) rises then falls (one peak, plateaus allowed), (B,) bool.
 
@@ -104,3 +102,57 @@ def distribution_summary(
         "pairs": int(p_w.shape[0]),
     }
     return out
+
+
+def bayes_accuracy(p_chosen: np.ndarray) -> float:
+    """Accuracy of the best possible predictor, which picks the likelier reply of each pair.
+
+    acc* = (1/N) Σ_i max(p_i, 1 − p_i), with p_i (N,) the true probability that the chosen
+    reply of pair i is preferred. No reward model can beat it on average: a label drawn with
+    probability p is predicted at best with probability max(p, 1 − p). NaN for no pairs.
+    """
+    p = np.asarray(p_chosen, dtype=np.float64)
+    return float(np.mean(np.maximum(p, 1.0 - p))) if len(p) else float("nan")
+
+
+def bootstrap_interval(
+    values: np.ndarray, n: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (N,) (Efron & Tibshirani 1993).
+
+    Draws ``n`` resamples of N values with replacement (seeded, so the interval is
+    reproducible), takes each mean and returns the (1 − level)/2 and (1 + level)/2 quantiles of
+    those means. Values should be independent units (in the comparison: one per prompt, since
+    the replies to one prompt are not independent). NaN, NaN for no values.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)  # (n,)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def win_rate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per prompt, the share of reply pairs in which ``a`` scores higher; ties count ½.
+
+    win_i = (1 / (k_a k_b)) Σ_j Σ_l [a_ij > b_il] + ½ [a_ij = b_il]
+
+    ``a`` (P, k_a) and ``b`` (P, k_b) are the scores of two policies' replies to the same P
+    prompts; a 1-D array (P,) is one reply per prompt. Returns (P,). A policy against itself
+    gets exactly ½ per prompt.
+    """
+    a, b = np.atleast_2d(a.T).T, np.atleast_2d(b.T).T  # (P,) -> (P, 1)
+    a, b = a[:, :, None], b[:, None, :]  # (P, k_a, 1), (P, 1, k_b)
+    return ((a > b) + 0.5 * (a == b)).mean(axis=(1, 2))
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct n-grams / all n-grams over a set of replies (words split on whitespace).
+
+    1 means no n-gram repeats anywhere in the set; low values mean repetitive or
+    mode-collapsed replies (Li et al. 2016). 0 when the texts hold no n-gram.
+    """
+    grams = [tuple(w[i : i + n]) for t in texts for w in [t.split()] for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0

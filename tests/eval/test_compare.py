@@ -1,4 +1,5 @@
-"""The comparison end to end on tiny models; the bootstrap; escaping in the report."""
+"""The comparison end to end on tiny models; the report it writes: verdict, figures, escaping,
+and a rebuild from saved numbers (old config keys included)."""
 
 from __future__ import annotations
 
@@ -14,35 +15,21 @@ from typer.testing import CliRunner
 from distalign.cli import app
 from distalign.eval.policy import (
     CompareConfig,
-    bootstrap_interval,
-    distinct_n,
     gold_win_probability,
     kl_to_sft,
     run_compare,
-    win_rate,
+    sampling_of,
 )
 from distalign.models.generate import SamplingConfig
-from distalign.report.html import write_report
-
-
-def test_bootstrap_interval_covers_a_known_win_rate():
-    """Synthetic scores with a true win rate of 0.6: the 95% interval covers it ~95% of the time."""
-    rng = np.random.default_rng(0)
-    covered = 0
-    for trial in range(200):
-        wins = (rng.random(150) < 0.6).astype(float)
-        lo, hi = bootstrap_interval(wins, n=500, seed=trial)
-        covered += lo <= 0.6 <= hi
-    assert 0.88 <= covered / 200 <= 0.99
-
-
-def test_win_rate_averages_every_pair_of_a_prompt():
-    a = np.array([[1.0, 3.0], [0.0, 0.0]])
-    b = np.array([[2.0, 1.0], [0.0, 1.0]])
-    # prompt 0: 1>2 no, 1>1 tie, 3>2, 3>1 -> (0 + .5 + 1 + 1) / 4; prompt 1: (.5 + 0 + .5 + 0) / 4
-    np.testing.assert_allclose(win_rate(a, b), [0.625, 0.25])
-    np.testing.assert_allclose(win_rate(np.array([1.0, 0.0]), np.array([0.0, 0.0])), [1.0, 0.5])
-    np.testing.assert_allclose(win_rate(a, a), [0.5, 0.5])  # a policy against itself
+from distalign.report import plots
+from distalign.report.html import (
+    compare_config,
+    headline_rows,
+    rebuild_report,
+    verdicts,
+    write_report,
+)
+from distalign.report.runs import rl_panels
 
 
 def test_gold_win_probability_is_the_mean_over_all_pairs():
@@ -92,38 +79,154 @@ def test_kl_groups_the_replies_of_each_prompt(tiny_model_dir):
 
 
 def test_compare_rejects_no_prompts():
-    with pytest.raises(ValueError, match="count"):
-        CompareConfig(count=0)
+    with pytest.raises(ValueError, match="max_eval_samples"):
+        CompareConfig(max_eval_samples=0)
+    with pytest.raises(ValueError, match="sampling_batch_size"):  # SamplingConfig's own checks
+        CompareConfig(sampling_batch_size=0)
 
 
-def test_distinct_n():
-    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
-    assert distinct_n([""], 1) == 0.0
+def test_compare_config_has_flat_sampling_keys_with_its_own_defaults():
+    cfg = CompareConfig(temperature=0.7, seed=3)
+    sampling = sampling_of(cfg)
+    assert type(sampling) is SamplingConfig
+    assert (sampling.max_completion_length, sampling.sampling_batch_size) == (64, 16)
+    assert (sampling.temperature, sampling.seed, sampling.top_p, sampling.top_k) == (0.7, 3, 1, 0)
+
+
+def _row(win: float, lo: float, hi: float, gold: float, kl: float = 1.0) -> dict:
+    return {
+        "gold_mean": gold,
+        "gold_concise": gold - 0.1,
+        "gold_win_rate": win,
+        "gold_win_rate_ci95": [lo, hi],
+        "kl_to_sft": kl,
+        "length_tokens": 12.0,
+        "eos_rate": 0.5,
+        "distinct_1": 0.5,
+        "distinct_2": 0.9,
+        "rm_scalar_mean": gold / 10,
+        "rm_scalar_win_rate": win,
+        "rm_scalar_win_rate_ci95": [lo, hi],
+    }
+
+
+def _summary(samples=(), config=None) -> dict:
+    return {
+        "config": config or {"num_generations": 1, "temperature": 1.0, "seed": 0},
+        "prompts": 2,
+        "policies": {
+            "sft": _row(0.5, 0.5, 0.5, 2.0, 0.0),
+            "good": _row(0.7, 0.6, 0.8, 2.5),
+            "tied": _row(0.52, 0.4, 0.64, 2.1),
+            "bad": _row(0.3, 0.2, 0.45, 1.5),
+        },
+        "std_vs_disagreement_spearman": {"scalar": None},
+        "overoptimisation": {},
+        "samples": list(samples),
+    }
+
+
+def test_verdict_says_whether_the_gold_interval_is_above_contains_or_below_half():
+    by_name = {v["name"]: v for v in verdicts(_summary())}
+    assert "sft" not in by_name  # SFT is the reference, not a contender
+    assert [by_name[n]["outcome"] for n in ("good", "tied", "bad")] == [
+        "better",
+        "unclear",
+        "worse",
+    ]
+    assert by_name["good"]["where"] == "above 0.5" and by_name["tied"]["where"] == "contains 0.5"
+    assert by_name["good"]["gold_gain"] == "+0.500" and by_name["bad"]["gold_gain"] == "-0.500"
+
+
+def test_report_opens_with_the_verdict_and_names_its_columns(tmp_path):
+    gold = {n: np.linspace(0, 1, 6) for n in ("sft", "good", "tied", "bad")}
+    html = write_report(_summary(), gold, tmp_path).read_text()
+    verdict = html.index("did each policy beat SFT")
+    assert verdict < html.index("<table") and verdict < html.index("data:image/png")
+    assert "beats SFT" in html and "worse than SFT" in html and "no clear difference" in html
+    for label in ("gold win rate vs SFT", "KL to SFT (nats)", "reply length (tokens)"):
+        assert label in html
+    assert "kl_to_sft</th>" not in html and "length_tokens</th>" not in html  # no raw keys
+    assert html.count("data:image/png;base64") == 2  # win rates; gold reward of every reply
 
 
 def test_report_escapes_model_text(tmp_path):
-    evil = "<script>alert('x')</script>"
-    summary = {
-        "prompts": 1,
-        "config": {"sampling": {"temperature": 1.0}},
-        "policies": {
-            "sft": {
-                "gold_win_rate": 0.5,
-                "gold_win_rate_ci95": (0.4, 0.6),
-                "gold_mean": 1.0,
-                "kl_to_sft": 0.0,
-                "length_tokens": 5.0,
-                "eos_rate": 1.0,
-                "distinct_2": 1.0,
-            },
-        },
-        "samples": [{"prompt": evil, "sft": {"reply": evil, "gold": 1.0}}],
+    evil = "<script>alert(1)</script> </table> {{ x }}"
+    sample = {"prompt": evil, **{n: {"reply": evil, "gold": 1.0} for n in ("sft", "good")}}
+    html = write_report(_summary([sample]), None, tmp_path).read_text()
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;/table&gt;" in html
+    assert html.count("</table>") == html.count("<table")  # the reply closed no table
+    assert html.count("{{ x }}") == 3  # literal, not rendered: the prompt and two replies
+
+
+def test_rebuild_reads_an_old_comparison_and_maps_old_config_keys(tmp_path):
+    old = {
+        "prompts": "gold",
+        "split": "test",
+        "count": 2,
+        "samples_per_prompt": 2,
+        "sampling": {"max_new_tokens": 16, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
+                     "batch_size": 16, "seed": 0},
+    }  # fmt: skip
+    config = compare_config(old)
+    assert (config["num_generations"], config["max_eval_samples"]) == (2, 2)
+    assert (config["max_completion_length"], config["sampling_batch_size"]) == (16, 16)
+    assert config["dataset_name"] == "gold" and "sampling" not in config
+    summary = _summary(config=old)
+    summary["overoptimisation"] = {"rl": [{"step": 0, "kl": 0.0, "gold_mean": 2.0}]}
+    (tmp_path / "compare.json").write_text(json.dumps(summary))
+    with open(tmp_path / "replies.jsonl", "w") as f:
+        for name in summary["policies"]:
+            for g in (1.0, 2.0, 3.0, 4.0):
+                f.write(json.dumps({"policy": name, "gold_mean": g}) + "\n")
+    html = rebuild_report(tmp_path).read_text()
+    assert "2 replies to each" in html and "at most 16 tokens" in html
+    assert html.count("data:image/png;base64") == 2
+    assert "step 0 only" in html  # a one-point curve is a number, not a plot
+    assert headline_rows(summary)[1][:2] == ["good", "0.700 [0.600, 0.800]"]
+
+
+def test_runs_trained_on_different_rewards_get_their_own_reward_panel(tmp_path):
+    for name, reward in (("a", "rm_scalar/final"), ("b", "rm_ordinal/final"), ("c", "x:fn")):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text(
+            f"reward: {tmp_path / reward if '/' in reward else reward}\n"
+        )
+        rows = [{"step": s, "train/reward": float(s), "train/kl": 0.1 * s} for s in (1, 2)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    names = {str(tmp_path / n): n for n in "abc"}
+    panels = rl_panels(names, {"scalar": str(tmp_path / "rm_scalar/final")})
+    rewards = {p.title: list(p.series) for p in panels if p.title.startswith("training reward")}
+    assert rewards == {
+        "training reward: RM scalar": ["a"],
+        "training reward: RM rm_ordinal": ["b"],
+        "training reward: fn": ["c"],
     }
-    cfg = CompareConfig(output_dir=str(tmp_path))
-    path = write_report(summary, cfg, {"sft": {"gold_mean": np.array([1.0])}}, tmp_path)
-    html = path.read_text()
-    assert "<script>" not in html
-    assert "&lt;script&gt;" in html
+    drawn, single = plots.single_point_panels(panels)
+    assert "gold reward on held-out prompts" not in [p.title for p in drawn + single]  # no data
+
+
+def test_single_point_panels_are_not_drawn():
+    one = plots.Panel("held-out accuracy", "accuracy", {"a": [(3, 0.6)], "b": [(3, 0.7)]})
+    two = plots.Panel("loss", "nats", {"a": [(1, 0.9), (2, 0.8)]})
+    assert plots.single_point_panels([one, two]) == ([two], [one])
+    assert plots.training_curves([one]) is None
+    assert plots.overoptimisation({"rl": [{"step": 0, "kl": 0.0, "gold_mean": 1.0}]}, []) is None
+    np.testing.assert_allclose(plots.moving_average(np.array([0, 3, 0, 3.0]), 3), [1.5, 1, 2, 1.5])
+
+
+def test_report_imports_nothing_from_eval():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, distalign.report.html; "
+        "sys.exit(any(m.startswith('distalign.eval') for m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch):
@@ -154,10 +257,11 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch
         ],
         rm_runs=[str(tmp_path / "rm_scalar")],
         runs=[str(tmp_path / "rl")],
-        count=6,
-        samples_per_prompt=2,
+        max_eval_samples=6,
+        num_generations=2,
         bootstrap=200,
-        sampling=SamplingConfig(max_new_tokens=6, temperature=1.0),
+        max_completion_length=6,
+        temperature=1.0,
         output_dir=str(tmp_path / "cmp"),
     )
     import distalign.eval.policy as policy_module
@@ -193,7 +297,7 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["policies"]["perturbed"]["gold_win_rate"] == pol["gold_win_rate"]
     html = (tmp_path / "cmp" / "report.html").read_text()
-    assert html.count("data:image/png;base64") >= 2
+    assert html.count("data:image/png;base64") >= 3  # win rates, gold reward, curves
     # `distalign report` writes the same page again from the saved numbers alone
     (tmp_path / "cmp" / "report.html").unlink()
     result = CliRunner().invoke(app, ["report", str(tmp_path / "cmp")])

@@ -3,7 +3,7 @@
     distalign eval compare --sft smollm2-135m-instruct --policy rloo=runs/rl_rloo_scalar/final \\
         --reward scalar=runs/rm_scalar_cpu/final --run runs/rl_rloo_scalar
 
-Every policy answers the same prompts, ``samples_per_prompt`` times each, with the same
+Every policy answers the same prompts, ``num_generations`` times each, with the same
 decoding settings and seed. Numbers per policy: gold reward per annotator group and overall;
 gold win rate vs SFT — the judge's probability that a reply of the policy is preferred to a
 reply of SFT to the same prompt, averaged over every (policy reply, SFT reply) pair of the
@@ -15,6 +15,7 @@ expectation) and win rate vs SFT, the same way; KL to SFT estimated on the polic
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -24,12 +25,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from distalign.metrics import bootstrap_interval, distinct_n, win_rate
 from distalign.models.generate import SamplingConfig
 
 
 @dataclass
-class CompareConfig:
-    """``distalign eval compare``: aligned policies vs SFT on held-out prompts."""
+class CompareConfig(SamplingConfig):
+    """``distalign eval compare``: aligned policies vs SFT on held-out prompts.
+
+    Decoding keys (max_completion_length, temperature, top_p, top_k, sampling_batch_size,
+    seed) are flat, from ``SamplingConfig``, and identical for every policy."""
+
+    max_completion_length: int = 64
+    """Reply length limit in tokens; a reply that reaches it without EOS counts as cut off."""
+    sampling_batch_size: int = 16
+    """Prompts per prefill; each expands to ``num_generations`` rows during decoding."""
 
     sft: str = "smollm2-135m-instruct"
     """The SFT policy everything is compared with."""
@@ -41,28 +51,25 @@ class CompareConfig:
     """RL run folders: their checkpoints give the over-optimisation curve, their logs the plots."""
     rm_runs: list[str] = field(default_factory=list)
     """Reward-model run folders, for their training curves and held-out metrics in the report."""
-    prompts: str = "gold"
+    dataset_name: str = "gold"
     """Held-out prompts: gold (the benchmark's test prompts) or a source as for rl train."""
-    split: str = "test"
-    """Split of ``prompts``."""
-    count: int = 80
+    dataset_test_split: str = "test"
+    """Split of ``dataset_name``."""
+    max_eval_samples: int = 80
     """Prompts used (the first N)."""
-    samples_per_prompt: int = 1
+    num_generations: int = 1
     """Replies per prompt and policy; more replies narrow the intervals at the same prompts."""
-    sampling: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(max_new_tokens=64, temperature=1.0, batch_size=16)
-    )
-    """Decoding, identical for every policy (same seed)."""
     bootstrap: int = 2000
     """Bootstrap resamples for the 95% intervals."""
     output_dir: str = "runs/compare"
     """Where compare.json, replies.jsonl and report.html go."""
 
     def __post_init__(self):
-        if self.samples_per_prompt < 1 or self.count < 1:
+        super().__post_init__()
+        if self.num_generations < 1 or self.max_eval_samples < 1:
             raise ValueError(
-                f"count and samples_per_prompt must be ≥ 1, got {self.count} and "
-                f"{self.samples_per_prompt}"
+                f"max_eval_samples and num_generations must be ≥ 1, got "
+                f"{self.max_eval_samples} and {self.num_generations}"
             )
         for item in [*self.policies, *self.rewards]:
             if "=" not in item:
@@ -77,33 +84,12 @@ class CompareConfig:
         return dict(item.split("=", 1) for item in self.rewards)
 
 
-def bootstrap_interval(
-    values: np.ndarray, n: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (N,)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
-
-
-def distinct_n(texts: list[str], n: int) -> float:
-    """Distinct n-grams / all n-grams over a policy's replies (word level)."""
-    grams = [tuple(w[i : i + n]) for t in texts for w in [t.split()] for i in range(len(w) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def win_rate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per prompt: the share of (a_j, b_l) pairs with a_j > b_l, ties counted ½.
-
-    ``a`` and ``b`` are (prompts, samples) scores of two policies (a 1-D array is one sample per
-    prompt)."""
-    a, b = np.atleast_2d(a.T).T, np.atleast_2d(b.T).T
-    a, b = a[:, :, None], b[:, None, :]
-    return ((a > b) + 0.5 * (a == b)).mean(axis=(1, 2))
+def sampling_of(cfg: SamplingConfig) -> SamplingConfig:
+    """The plain decoding settings of a config that inherits them."""
+    # to be replaced by distalign.models.generate.sampling_of once it exists
+    return SamplingConfig(
+        **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SamplingConfig)}
+    )
 
 
 def gold_win_probability(attrs: np.ndarray, attrs_sft: np.ndarray, k: int) -> np.ndarray:
@@ -176,12 +162,12 @@ class Measured:
 
 
 def measure_policy(name_or_dir: str, prompts, rewards, cfg: CompareConfig, sft=None):
-    """Sample a policy ``samples_per_prompt`` times per prompt; judge, score and (given ``sft``,
+    """Sample a policy ``num_generations`` times per prompt; judge, score and (given ``sft``,
     the SFT model and tokenizer) measure KL to SFT. Returns (Measured, model, tokenizer)."""
     from distalign.gold import judge as gold
 
-    k = cfg.samples_per_prompt
-    model, tokenizer, samples = sample_policy(name_or_dir, prompts, cfg.sampling, k)
+    k = cfg.num_generations
+    model, tokenizer, samples = sample_policy(name_or_dir, prompts, sampling_of(cfg), k)
     model.eval()
     per_reply = [p for p in prompts for _ in range(k)]  # the prompt of each reply
     judged = gold.judge([p[-1]["content"] for p in per_reply], samples.texts)
@@ -189,7 +175,7 @@ def measure_policy(name_or_dir: str, prompts, rewards, cfg: CompareConfig, sft=N
     if sft is None:
         kl = np.zeros(len(samples.texts))
     else:
-        kl = kl_to_sft(model, sft[0], sft[1], samples, cfg.sampling.temperature)
+        kl = kl_to_sft(model, sft[0], sft[1], samples, cfg.temperature)
     return Measured(samples, judged, scored, kl), model, tokenizer
 
 
@@ -199,12 +185,12 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
 
     from distalign.gold import judge as gold
     from distalign.rl.rewards import RewardModelSource
-    from distalign.rl.train import load_prompts
+    from distalign.rl.train import load_prompts  # -> distalign.data.prompts
 
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prompts = load_prompts(cfg.prompts, cfg.split)[: cfg.count]
-    k = cfg.samples_per_prompt
+    prompts = load_prompts(cfg.dataset_name, cfg.dataset_test_split)[: cfg.max_eval_samples]
+    k = cfg.num_generations
     rewards = {name: RewardModelSource(d) for name, d in cfg.reward_dirs().items()}
     policy_dirs = cfg.policy_dirs()
 
@@ -294,8 +280,8 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     from distalign.report.html import write_report
 
-    judged = {n: m.judged for n, m in measured.items()}
-    summary["report"] = str(write_report(summary, cfg, judged, out_dir))
+    gold_rewards = {n: m.judged["gold_mean"] for n, m in measured.items()}
+    summary["report"] = str(write_report(summary, gold_rewards, out_dir))
     return summary
 
 

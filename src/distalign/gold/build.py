@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from distalign.gold import judge as gold
+from distalign.metrics import bayes_accuracy
 from distalign.models.generate import SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -230,12 +231,6 @@ def make_pairs(prompts, replies, seed: int) -> list[dict[str, Any]]:
             }
         )
     return pairs
-
-
-def bayes_accuracy(p_chosen: np.ndarray) -> float:
-    """Accuracy of the best possible predictor, which picks the likelier reply: E max(p, 1-p)."""
-    p = np.asarray(p_chosen, dtype=np.float64)
-    return float(np.mean(np.maximum(p, 1.0 - p))) if len(p) else float("nan")
 
 
 def bayes_ceiling_of(source: str, split: str | None, rows) -> float | None:

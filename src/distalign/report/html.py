@@ -1,255 +1,388 @@
-"""One self-contained HTML report (plots embedded as PNG data URIs) + the same numbers as JSON.
+"""The comparison's report: one self-contained HTML page, figures embedded as PNG data URIs.
 
-Model-written text goes through Jinja2 with autoescaping on, so a reply that contains
-``<script>`` shows as text and never runs.
+    distalign report runs/compare        # rebuild report.html from compare.json + replies.jsonl
+
+It takes numbers and draws: the summary ``eval compare`` saves as ``compare.json`` (its config
+is a plain dict), the gold reward of every reply, and the logs of the run folders the config
+names. It imports nothing from ``distalign.eval``. The page opens with a verdict per policy
+(did it beat SFT under the gold judge, by how much), then the table, then the figures
+(``plots.py``). The template is ``template.html.j2``; Jinja2 escapes everything it inserts,
+so a reply that contains ``<script>`` or ``</table>`` shows as text and never runs or breaks
+the page, and ``{{ x }}`` in a reply stays literal (inserted text is not rendered again).
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import json
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-from jinja2 import Environment, select_autoescape
+from distalign.report import plots
+from distalign.report.runs import (
+    rl_panels,
+    rl_run_names,
+    rm_evaluation_images,
+    rm_evaluations,
+    rm_panels,
+)
 
-from distalign.tracking import read_metrics
+TEMPLATE = "template.html.j2"
 
-TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>distalign report</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:14px}
-td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;vertical-align:top}
-th{background:#f3f3f3} td.text{text-align:left;white-space:pre-wrap;max-width:320px}
-img{max-width:100%;border:1px solid #eee;margin:.5em 0} h2{border-bottom:1px solid #ddd}
-.note{color:#666;font-size:13px}
-</style></head><body>
-<h1>distalign: aligned policies vs SFT</h1>
-<p class="note">{{ prompts }} held-out prompts, {{ per_prompt }} repl{{ "y" if per_prompt == 1 else "ies" }}
-to each per policy, identical decoding ({{ sampling }}). Gold win rate = the gold judge's
-probability that a reply of the policy is preferred to a reply of SFT to the same prompt,
-averaged over the prompt's reply pairs, then over prompts; 95% bootstrap interval over
-prompts.</p>
-<h2>Headline</h2>
-<div style="overflow-x:auto"><table><tr>{% for c in columns %}<th>{{ c | replace("_", " ") }}</th>{% endfor %}</tr>
-{% for name, row in policies.items() %}<tr><th>{{ name }}</th>
-{% for c in columns[1:] %}<td>{{ fmt(row.get(c)) }}</td>{% endfor %}</tr>{% endfor %}</table></div>
-{% if spread %}<p>Spearman correlation between a reward model's predicted std per reply and the
-annotators' true disagreement (std of the gold reward over annotators):
-{% for k, v in spread.items() %}<b>{{ k }}</b>: {{ fmt(v) if v is not none else "— (scalar, no spread)" }}{% if not loop.last %}; {% endif %}{% endfor %}</p>{% endif %}
-{% for title, img in figures %}<h2>{{ title }}</h2><img src="data:image/png;base64,{{ img }}" alt="{{ title }}">{% endfor %}
-{% if rm_tables %}<h2>Reward models (held-out pairs)</h2>
-{% for name, m in rm_tables.items() %}<h3>{{ name }}</h3><table>
-{% for k, v in m.items() %}<tr><th>{{ k }}</th><td>{{ fmt(v) }}</td></tr>{% endfor %}</table>{% endfor %}{% endif %}
-<h2>Sample replies</h2>
-<table><tr><th>prompt</th>{% for n in names %}<th>{{ n }}</th>{% endfor %}</tr>
-{% for s in samples %}<tr><td class="text">{{ s.prompt }}</td>
-{% for n in names %}<td class="text">{{ s[n].reply }}<br><i>gold {{ fmt(s[n].gold) }}</i></td>{% endfor %}</tr>{% endfor %}
-</table>
-<h2>All numbers</h2><pre>{{ numbers }}</pre>
-</body></html>
-"""
+# keys of a saved comparison config before the renames (issue 15), and their names now
+RENAMED = {
+    "prompts": "dataset_name",
+    "split": "dataset_test_split",
+    "count": "max_eval_samples",
+    "samples_per_prompt": "num_generations",
+}
+RENAMED_SAMPLING = {"max_new_tokens": "max_completion_length", "batch_size": "sampling_batch_size"}
+
+RM_EVAL_LABELS = {
+    "accuracy": "pairwise accuracy",
+    "accuracy_expectation": "accuracy by E[R]",
+    "bayes_ceiling": "Bayes ceiling (best possible accuracy)",
+    "margin": "mean margin r(chosen) − r(rejected)",
+    "reward_mean": "mean reward",
+    "reward_std": "std of reward",
+    "ece": "calibration error (ECE)",
+    "p_greater_mean": "mean P(chosen > rejected)",
+    "entropy": "mean entropy (nats)",
+    "unimodal_share": "share unimodal",
+    "std_mean": "mean predicted std",
+    "pairs": "pairs",
+    "data": "data",
+    "split": "split",
+    "head": "head",
+}
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    if isinstance(v, list | tuple) and all(isinstance(x, float) for x in v):
-        return "[" + ", ".join(f"{x:.3f}" for x in v) + "]"
-    return "" if v is None else str(v)
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _curves(
-    runs: list[str],
-    keys: list[tuple[str, str]],
-    title: str,
-    references: dict[str, tuple[str, str]] | None = None,
-) -> str | None:
-    """One panel per metric key, one line per run. ``references`` maps a key to (another
-    logged key, its label), drawn as a dotted level, e.g. accuracy beside its Bayes ceiling."""
-    logs = {Path(r).name: read_metrics(Path(r) / "metrics.jsonl") for r in runs}
-    logs = {k: v for k, v in logs.items() if v}
-    if not logs:
-        return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False, sharex=True)
-    for ax, (key, label) in zip(axes[0], keys, strict=True):
-        for name, rows in logs.items():
-            pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), label=name, marker="." if len(pts) < 30 else None)
-        ref_key, ref_label = (references or {}).get(key, (None, None))
-        levels = {r[ref_key] for rows in logs.values() for r in rows if r.get(ref_key) is not None}
-        for level in sorted(levels):
-            ax.axhline(level, ls=":", color="grey", label=ref_label)
-            ax.legend(fontsize=7)
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("step")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=11)
-    return _png(fig)
-
-
-def figures(summary: dict, cfg, judged: dict) -> list[tuple[str, str]]:
-    out = []
-    rm_curves = _curves(
-        cfg.rm_runs,
-        [
-            ("train/loss", "loss"),
-            ("train/accuracy", "train accuracy"),
-            ("eval/accuracy", "held-out accuracy"),
-        ],
-        "reward-model training",
-        {"eval/accuracy": ("eval/bayes_ceiling", "Bayes ceiling")},
-    )
-    if rm_curves:
-        out.append(("Reward-model training curves", rm_curves))
-    # training curves of every --run and of every compared policy saved by `rl train`
-    policy_runs = [
-        str(Path(d).parent)
-        for d in cfg.policy_dirs().values()
-        if (Path(d).parent / "metrics.jsonl").is_file()
-    ]
-    rl_curves = _curves(
-        list(dict.fromkeys([*cfg.runs, *policy_runs])),
-        [
-            ("train/reward", "RM reward"),
-            ("train/kl", "KL to SFT"),
-            ("train/length", "reply length"),
-        ],
-        "REINFORCE training",
-    )
-    if rl_curves:
-        out.append(("REINFORCE training curves", rl_curves))
-    fig, ax = plt.subplots(figsize=(7, 3))
-    for name, j in judged.items():
-        ax.hist(j["gold_mean"], bins=25, alpha=0.5, label=name)
-    ax.set_xlabel("gold reward (population mean)")
-    ax.legend(fontsize=8)
-    out.append(("Gold reward of the replies", _png(fig)))
-    curves = {k: v for k, v in summary.get("overoptimisation", {}).items() if v}
-    if curves:
-        fig, ax = plt.subplots(figsize=(7, 3.2))
-        rm_axis = ax.twinx()  # reward-model rewards live on their own scale
-        for run, pts in curves.items():
-            pts = sorted(pts, key=lambda p: p["step"])  # the run's path, in order
-            sft = next((p for p in pts if p.get("step") == 0), pts[0])
-            kl = [p["kl"] for p in pts]
-            ax.plot(kl, [p["gold_mean"] for p in pts], marker="o", label=f"{run}: gold")
-            for key in [k for k in pts[0] if k.startswith("rm_")]:
-                gain = [p[key] - sft[key] for p in pts]  # RMs differ in scale and offset
-                rm_axis.plot(kl, gain, ls="--", marker="x", label=f"{run}: {key}")
-        ax.set_xlabel("KL to SFT")
-        ax.set_ylabel("gold reward (solid)")
-        rm_axis.set_ylabel("RM reward − SFT's (dashed)")
-        ax.legend(fontsize=7, loc="upper left")
-        rm_axis.legend(fontsize=7, loc="lower right")
-        out.append(
-            ("Over-optimisation: gold and RM reward against KL (Gao et al. 2022)", _png(fig))
-        )
-    for run in cfg.rm_runs:
-        for png in sorted(Path(run).glob("final/eval_*.png")):
-            out.append(
-                (f"{Path(run).name}: {png.stem}", base64.b64encode(png.read_bytes()).decode())
-            )
+def compare_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved comparison config with today's key names: older ``compare.json`` files have
+    prompts, split, count, samples_per_prompt and a nested ``sampling`` (max_new_tokens,
+    batch_size); their values are kept under the new names."""
+    out = {RENAMED.get(k, k): v for k, v in config.items() if k != "sampling"}
+    for k, v in (config.get("sampling") or {}).items():
+        out.setdefault(RENAMED_SAMPLING.get(k, k), v)
     return out
 
 
-def rm_tables(cfg) -> dict[str, dict]:
-    tables = {}
-    for run in cfg.rm_runs:
-        evals = sorted(Path(run).glob("final/eval_*.json"))
-        summary = Path(run) / "summary.json"  # the evaluation at the end of training
-        if evals:
-            data = json.loads(evals[-1].read_text())
-        elif summary.is_file():
-            data = json.loads(summary.read_text()).get("eval", {})
-        else:
-            continue
-        tables[Path(run).name] = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    return tables
+def _num(v: Any, digits: int = 3) -> str:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return "—" if v is None else str(v)
+    if isinstance(v, int):
+        return str(v)
+    return "—" if math.isnan(v) else f"{v:.{digits}f}"
 
 
-def write_report(summary: dict, cfg, judged: dict, out_dir: Path) -> Path:
-    env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
-    env.globals["fmt"] = _fmt
+def _rate(row: Mapping, key: str) -> str:
+    """A win rate with its interval: 0.620 [0.565, 0.672]."""
+    lo, hi = row.get(f"{key}_ci95") or (None, None)
+    return f"{_num(row.get(key))} [{_num(lo)}, {_num(hi)}]"
+
+
+def _gold_groups(row: Mapping) -> list[str]:
+    """Annotator groups with a gold reward column (gold_<group>)."""
+    reserved = {"gold_mean", "gold_win_rate", "gold_win_rate_ci95"}
+    return [k[5:] for k in row if k.startswith("gold_") and k not in reserved]
+
+
+def _reward_models(row: Mapping) -> list[str]:
+    """Reward models with columns in a row (rm_<name>_mean)."""
+    return [k[3:-5] for k in row if k.startswith("rm_") and k.endswith("_mean")]
+
+
+def verdicts(summary: Mapping) -> list[dict[str, Any]]:
+    """Per aligned policy: did it beat SFT under the gold judge? ``outcome`` is better (the
+    95% interval of the gold win rate is above 0.5), unclear (it contains 0.5) or worse
+    (below); with the win rate, its interval and the gold reward against SFT's."""
     policies = summary["policies"]
-    first = next(iter(policies.values()))
-    columns = ["policy", "gold_win_rate", "gold_win_rate_ci95", "gold_mean"]
-    columns += [
-        k for k in first if k.startswith("gold_") and k not in columns and k != "gold_win_rate_ci95"
+    sft = policies.get("sft", {})
+    out = []
+    for name, row in policies.items():
+        if name == "sft":
+            continue
+        lo, hi = row.get("gold_win_rate_ci95") or (float("nan"), float("nan"))
+        if lo > 0.5:
+            outcome, where = "better", "above 0.5"
+        elif hi < 0.5:
+            outcome, where = "worse", "below 0.5"
+        else:
+            outcome, where = "unclear", "contains 0.5"
+        gold, gold_sft = row.get("gold_mean"), sft.get("gold_mean")
+        gain = gold - gold_sft if gold is not None and gold_sft is not None else None
+        out.append(
+            {
+                "name": name,
+                "outcome": outcome,
+                "badge": {"better": "beats SFT", "worse": "worse than SFT"}.get(
+                    outcome, "no clear difference"
+                ),
+                "win_rate": _num(row.get("gold_win_rate")),
+                "interval": f"{_num(lo)}–{_num(hi)}",
+                "where": where,
+                "gold_gain": "—" if gain is None else f"{gain:+.3f}",
+                "gold": _num(gold),
+                "gold_sft": _num(gold_sft),
+                "kl": _num(row.get("kl_to_sft"), 2),
+            }
+        )
+    return out
+
+
+def _ci(row: Mapping, key: str) -> tuple[str, str]:
+    """A table cell: the win rate, and its interval on a second line."""
+    lo, hi = row.get(f"{key}_ci95") or (None, None)
+    return _num(row.get(key)), f"[{_num(lo)}, {_num(hi)}]"
+
+
+def _table(policies: Mapping, columns: list[tuple[str, str, Any]]) -> dict[str, Any]:
+    """Column groups [(group, span)], labels, and a row per policy from (group, label, cell)
+    columns; a cell is a string, or (value, interval) drawn on two lines."""
+    groups: list[list] = []
+    for group, _, _ in columns:
+        if groups and groups[-1][0] == group:
+            groups[-1][1] += 1
+        else:
+            groups.append([group, 1])
+    return {
+        "groups": groups,
+        "labels": [label for _, label, _ in columns],
+        "rows": [[name, *(cell(r) for _, _, cell in columns)] for name, r in policies.items()],
+    }
+
+
+def measures_table(summary: Mapping) -> dict[str, Any]:
+    """The table of the gold judge's measures and the replies' statistics, a row per policy."""
+    first = next(iter(summary["policies"].values()), {})
+    gold = "gold judge (the truth)"
+    columns: list[tuple[str, str, Any]] = [  # (group, label, cell of a row)
+        (gold, "gold win rate vs SFT [95% CI]", lambda r: _ci(r, "gold_win_rate")),
+        (gold, "gold reward (all annotators)", lambda r: _num(r.get("gold_mean"))),
     ]
-    columns += [k for k in first if k.startswith("rm_") and not k.endswith("ci95")]
-    columns += ["kl_to_sft", "length_tokens", "eos_rate", "distinct_2"]
-    html = env.from_string(TEMPLATE).render(
-        prompts=summary["prompts"],
-        per_prompt=cfg.samples_per_prompt,
-        sampling=", ".join(f"{k}={v}" for k, v in summary["config"]["sampling"].items()),
-        policies=policies,
-        columns=columns,
-        spread=summary.get("std_vs_disagreement_spearman"),
-        figures=figures(summary, cfg, judged),
-        rm_tables=rm_tables(cfg),
+    columns += [
+        (gold, f"gold reward ({g} annotators)", lambda r, g=g: _num(r.get(f"gold_{g}")))
+        for g in _gold_groups(first)
+    ]
+    columns += [
+        ("replies", "KL to SFT (nats)", lambda r: _num(r.get("kl_to_sft"), 2)),
+        ("replies", "reply length (tokens)", lambda r: _num(r.get("length_tokens"), 1)),
+        ("replies", "share ended with EOS", lambda r: _num(r.get("eos_rate"), 2)),
+        ("replies", "distinct words (share)", lambda r: _num(r.get("distinct_1"), 2)),
+        ("replies", "distinct word pairs (share)", lambda r: _num(r.get("distinct_2"), 2)),
+    ]
+    return _table(summary["policies"], columns)
+
+
+def reward_model_table(summary: Mapping) -> dict[str, Any] | None:
+    """The reward models' view, a row per policy: each RM's mean reward (on its own scale)
+    and its win rate vs SFT. None without reward models."""
+    rms = _reward_models(next(iter(summary["policies"].values()), {}))
+    if not rms:
+        return None
+    columns: list[tuple[str, str, Any]] = []
+    for rm in rms:
+        columns += [
+            (f"RM {rm}", "reward (its own scale)", lambda r, rm=rm: _num(r.get(f"rm_{rm}_mean"))),
+            (f"RM {rm}", "win rate vs SFT [95% CI]", lambda r, rm=rm: _ci(r, f"rm_{rm}_win_rate")),
+        ]
+    return _table(summary["policies"], columns)
+
+
+def headline_rows(summary: Mapping) -> list[list[str]]:
+    """Rows for a terminal table: policy, gold win rate [95% CI], gold reward, KL to SFT
+    (nats), reply length (tokens)."""
+    return [
+        [
+            name,
+            _rate(r, "gold_win_rate"),
+            _num(r.get("gold_mean")),
+            _num(r.get("kl_to_sft"), 2),
+            _num(r.get("length_tokens"), 0),
+        ]
+        for name, r in summary["policies"].items()
+    ]
+
+
+def decoding(config: Mapping) -> str:
+    """The decoding settings in words."""
+    top_k = config.get("top_k") or 0
+    return (
+        f"temperature {config.get('temperature')}, top-p {config.get('top_p')}, "
+        f"top-k {top_k if top_k else 'off'}, at most {config.get('max_completion_length')} "
+        f"tokens per reply, seed {config.get('seed')}"
+    )
+
+
+def _figure(
+    title: str, png: bytes | None, caption: str = "", notes: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """A section of the page: a figure (base64 PNG) with its caption, and ``notes``, the
+    numbers of panels with one point only. Nothing when there is neither."""
+    if png is None and not notes:
+        return []
+    encoded = base64.b64encode(png).decode() if png is not None else None
+    return [{"title": title, "caption": caption, "png": encoded, "notes": notes or []}]
+
+
+def _singles(panels: list[plots.Panel]) -> list[str]:
+    """A panel with one point per series, as a sentence instead of a plot."""
+    out = []
+    for p in panels:
+        values = ", ".join(
+            f"{n} {_num(pts[0][1])} at step {pts[0][0]}" for n, pts in p.series.items() if pts
+        )
+        levels = "".join(f" ({label} {_num(v)})" for label, v in p.levels.items())
+        out.append(f"{p.title}, {p.ylabel}: {values}{levels}")
+    return out
+
+
+def figures(summary: Mapping, config: Mapping, gold_rewards: Mapping | None) -> list[dict]:
+    """The report's figures: [{title, caption, png (base64 or None), notes}]."""
+    policies = summary["policies"]
+    colors = plots.policy_colors(list(policies))
+    rms = _reward_models(next(iter(policies.values()), {}))
+    judges = {"gold judge": "gold_win_rate", **{f"RM {rm}": f"rm_{rm}_win_rate" for rm in rms}}
+    intervals = {
+        title: {
+            name: (r[key], *(r.get(f"{key}_ci95") or (float("nan"),) * 2))
+            for name, r in policies.items()
+            if name != "sft" and r.get(key) is not None
+        }
+        for title, key in judges.items()
+    }
+    out = _figure(
+        "Win rate against SFT",
+        plots.win_rate_intervals(intervals, colors),
+        "Dot: the probability that a reply of the policy is preferred to an SFT reply to the "
+        "same prompt; bar: 95% bootstrap interval over prompts. Right of the dotted 0.5 line: "
+        "better than SFT. The gold judge is the truth; reward models are what was optimised.",
+    )
+    if gold_rewards:
+        out += _figure(
+            "Gold reward of every reply",
+            plots.gold_reward_per_reply(dict(gold_rewards), colors),
+            "Box: quartiles; diamond: mean; dots: single replies.",
+        )
+    run_names = rl_run_names(config)
+    by_folder = {Path(d).name: name for d, name in run_names.items()}  # curves are by folder
+    curves = {
+        by_folder.get(run, run): pts
+        for run, pts in (summary.get("overoptimisation") or {}).items()
+        if pts
+    }
+    out += _figure(
+        "Over-optimisation: reward against KL to SFT over a run's checkpoints",
+        plots.overoptimisation(curves, rms, colors),
+        "Gao et al. 2022: a reward model's reward keeps rising with KL while the gold reward "
+        "flattens or falls once the policy over-optimises. One panel per reward; step 0 is SFT.",
+        [
+            f"{run}: step {pts[0]['step']} only (gold reward {_num(pts[0].get('gold_mean'))}), "
+            "no checkpoints to draw a curve"
+            for run, pts in curves.items()
+            if len(pts) == 1
+        ],
+    )
+    drawn, single = plots.single_point_panels(rl_panels(run_names, _reward_dirs(config)))
+    out += _figure(
+        "REINFORCE training",
+        plots.training_curves(drawn, colors),
+        "Gold reward on the run's held-out prompts, the reward it was trained on (one panel per "
+        "reward model: their scales differ), KL to SFT and reply length per training step.",
+        _singles(single),
+    )
+    drawn, single = plots.single_point_panels(rm_panels(config.get("rm_runs", [])))
+    out += _figure(
+        "Reward-model training",
+        plots.training_curves(drawn),
+        "Loss per model (losses of different heads are different quantities), pairwise "
+        "accuracy on training batches and on held-out pairs.",
+        _singles(single),
+    )
+    for title, png in rm_evaluation_images(config.get("rm_runs", [])):
+        out += _figure(title, png)
+    return out
+
+
+def _reward_dirs(config: Mapping) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in config.get("rewards", []) if "=" in item)
+
+
+def _rm_table(config: Mapping) -> dict[str, Any] | None:
+    evals = rm_evaluations(config.get("rm_runs", []))
+    if not evals:
+        return None
+    keys = list(dict.fromkeys(k for e in evals.values() for k in e))
+    return {
+        "labels": [RM_EVAL_LABELS.get(k, k.replace("_", " ")) for k in keys],
+        "rows": [[name, *(_num(e.get(k)) for k in keys)] for name, e in evals.items()],
+    }
+
+
+def write_report(
+    summary: Mapping, gold_rewards: Mapping[str, Sequence[float]] | None, out_dir: str | Path
+) -> Path:
+    """Write ``out_dir/report.html`` from a comparison's summary (as saved in
+    ``compare.json``; its ``config`` may use the old key names) and the gold reward of every
+    reply per policy (None: no distribution figure). Returns the page's path."""
+    config = compare_config(summary.get("config", {}))
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).parent),
+        autoescape=True,  # model text must never become markup
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    per_prompt = config.get("num_generations", 1)
+    policies = summary["policies"]
+    html = env.get_template(TEMPLATE).render(
+        prompts=summary.get("prompts"),
+        per_prompt=per_prompt,
+        dataset=f"{config.get('dataset_name', '?')}/{config.get('dataset_test_split', '?')}",
+        decoding=decoding(config),
+        sft=config.get("sft", "SFT"),
+        verdicts=verdicts(summary),
+        table=measures_table(summary),
+        rm_view=reward_model_table(summary),
+        spread=summary.get("std_vs_disagreement_spearman") or {},
+        figures=figures(summary, config, gold_rewards),
+        rm_table=_rm_table(config),
         names=list(policies),
-        samples=summary["samples"],
+        samples=[
+            {
+                "prompt": s.get("prompt", ""),
+                "replies": [(n, s[n]["reply"], _num(s[n].get("gold"))) for n in policies if n in s],
+            }
+            for s in summary.get("samples", [])
+        ],
         numbers=json.dumps(
             {k: v for k, v in summary.items() if k != "samples"}, indent=1, default=str
         ),
+        fmt=_num,
     )
     path = Path(out_dir) / "report.html"
     path.write_text(html, encoding="utf-8")
     return path
 
 
-def headline_rows(summary: dict) -> list[list[str]]:
-    """Rows for a terminal table: policy, gold win rate [CI], gold mean, KL."""
-    rows = []
-    for name, r in summary["policies"].items():
-        lo, hi = r["gold_win_rate_ci95"]
-        rows.append(
-            [
-                name,
-                f"{r['gold_win_rate']:.3f} [{lo:.3f}, {hi:.3f}]",
-                f"{r['gold_mean']:.3f}",
-                f"{r['kl_to_sft']:.2f}",
-                f"{r['length_tokens']:.0f}",
-            ]
-        )
-    return rows
-
-
 def rebuild_report(compare_dir: str | Path) -> Path:
-    """Write ``report.html`` again from a comparison's saved numbers (``compare.json``,
-    ``replies.jsonl``) and the run folders it names, without sampling or scoring anything."""
-    import numpy as np
-
-    from distalign.eval.policy import CompareConfig
-    from distalign.models.generate import SamplingConfig
-
+    """Write ``report.html`` again from a comparison's saved numbers (``compare.json``, and
+    ``replies.jsonl`` for the gold reward of every reply) and the run folders its config
+    names, without sampling or scoring anything."""
     compare_dir = Path(compare_dir)
     numbers = compare_dir / "compare.json"
     if not numbers.is_file():
         raise FileNotFoundError(f"{numbers} not found: give the output_dir of `eval compare`")
     summary = json.loads(numbers.read_text())
-    config = dict(summary["config"])
-    cfg = CompareConfig(**config | {"sampling": SamplingConfig(**config["sampling"])})
     gold: dict[str, list[float]] = {}
-    with open(compare_dir / "replies.jsonl", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            gold.setdefault(row["policy"], []).append(row["gold_mean"])
-    judged = {name: {"gold_mean": np.array(values)} for name, values in gold.items()}
-    return write_report(summary, cfg, judged, compare_dir)
+    replies = compare_dir / "replies.jsonl"
+    if replies.is_file():
+        with open(replies, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    gold.setdefault(row["policy"], []).append(row["gold_mean"])
+    return write_report(summary, gold or None, compare_dir)

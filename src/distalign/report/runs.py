@@ -1,0 +1,139 @@
+"""What the report reads from the run folders a comparison names: training logs, run configs
+and reward-model evaluations. Files in, plain numbers and plot panels out; nothing is computed
+again. A folder that is gone or has no log simply adds nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from distalign.report.plots import Panel
+from distalign.tracking import read_metrics
+
+
+def _series(logs: dict[str, list[dict]], key: str) -> dict[str, list[tuple[float, float]]]:
+    """name -> (step, value) of one logged key, for the runs that logged it."""
+    out = {
+        name: [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        for name, rows in logs.items()
+    }
+    return {name: pts for name, pts in out.items() if pts}
+
+
+def _logs(run_names: dict[str, str]) -> dict[str, list[dict]]:
+    """name -> rows of ``metrics.jsonl`` for each run folder that has one."""
+    logs = {name: read_metrics(Path(d) / "metrics.jsonl") for d, name in run_names.items()}
+    return {name: rows for name, rows in logs.items() if rows}
+
+
+def rl_run_names(config: dict) -> dict[str, str]:
+    """RL run folder -> its name in the report: the compared policy it made (so a run has the
+    policy's colour), else the folder name. The folders are the config's ``runs`` and the
+    parents of compared policies that hold a training log."""
+    by_parent = {}
+    for item in config.get("policies", []):
+        name, folder = item.split("=", 1)
+        by_parent.setdefault(str(Path(folder).parent), name)
+    folders = [*config.get("runs", []), *by_parent]
+    folders = [d for d in dict.fromkeys(folders) if (Path(d) / "metrics.jsonl").is_file()]
+    return {d: by_parent.get(str(Path(d)), Path(d).name) for d in folders}
+
+
+def _reward_label(run_dir: str, reward_names: dict[str, str]) -> str:
+    """What a run was trained against, from its ``config.yaml``: a compared RM's name where the
+    folder matches, else the folder (or ``module:function``); with its functional, if not E[R]."""
+    path = Path(run_dir) / "config.yaml"
+    cfg = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not isinstance(cfg, dict) or not cfg.get("reward"):
+        return f"run {Path(run_dir).name}"  # unknown: the run gets a panel of its own
+    reward = str(cfg["reward"])
+    if ":" in reward and "/" not in reward:  # module:function, e.g. the gold judge
+        label = reward.rsplit(":", 1)[-1]
+    else:
+        folder = Path(reward)
+        known = {str(Path(d).resolve()): name for name, d in reward_names.items()}
+        short = folder.parent.name if folder.name in ("final", "best", "last") else folder.name
+        label = f"RM {known.get(str(folder.resolve()), short)}"
+    functional = cfg.get("functional")
+    return label if functional in (None, "expectation") else f"{label}, {functional}"
+
+
+def rl_panels(run_names: dict[str, str], reward_names: dict[str, str]) -> list[Panel]:
+    """Training curves of RL runs: held-out gold reward, then the training reward with one
+    panel per reward signal (runs trained against different RMs or functionals never share
+    an axis), KL to SFT and reply length."""
+    logs = _logs(run_names)
+    panels = [
+        Panel(
+            "gold reward on held-out prompts",
+            "gold reward (judge's score)",
+            _series(logs, "eval/gold_mean"),
+        )
+    ]
+    groups: dict[str, dict[str, list]] = {}
+    for folder, name in run_names.items():
+        if name in logs:
+            groups.setdefault(_reward_label(folder, reward_names), {})[name] = logs[name]
+    for label, group in groups.items():
+        panels.append(
+            Panel(
+                f"training reward: {label}",
+                "reward (that reward's own scale)",
+                _series(group, "train/reward"),
+            )
+        )
+    panels.append(Panel("KL to SFT", "KL to SFT (nats per reply)", _series(logs, "train/kl")))
+    panels.append(Panel("reply length", "reply length (tokens)", _series(logs, "train/length")))
+    return panels
+
+
+def rm_panels(rm_runs: list[str]) -> list[Panel]:
+    """Training curves of reward models: the loss of each (losses of different heads are
+    different quantities, so one panel each), training and held-out pairwise accuracy with
+    the Bayes ceiling of the held-out pairs."""
+    logs = _logs({d: Path(d).name for d in rm_runs})
+    panels = [
+        Panel(f"training loss: {name}", "loss per pair (nats)", _series({name: rows}, "train/loss"))
+        for name, rows in logs.items()
+    ]
+    accuracy = "pairwise accuracy (share of pairs)"
+    panels.append(Panel("training accuracy", accuracy, _series(logs, "train/accuracy")))
+    ceilings = {
+        name: pts[-1][1] for name, pts in _series(logs, "eval/bayes_ceiling").items() if pts
+    }
+    if len(set(ceilings.values())) == 1:
+        levels = {"Bayes ceiling": next(iter(ceilings.values()))}
+    else:
+        levels = {f"Bayes ceiling ({name})": v for name, v in ceilings.items()}
+    panels.append(Panel("held-out accuracy", accuracy, _series(logs, "eval/accuracy"), levels))
+    return panels
+
+
+def rm_evaluations(rm_runs: list[str]) -> dict[str, dict]:
+    """Run name -> its last held-out evaluation (``final/eval_*.json``, else the ``eval`` of
+    ``summary.json``), without nested values."""
+    tables = {}
+    for run in rm_runs:
+        evals = sorted(Path(run).glob("final/eval_*.json"))
+        summary = Path(run) / "summary.json"  # the evaluation at the end of training
+        if evals:
+            data = json.loads(evals[-1].read_text())
+        elif summary.is_file():
+            data = json.loads(summary.read_text()).get("eval", {})
+        else:
+            continue
+        tables[Path(run).name] = {
+            k: v for k, v in data.items() if not isinstance(v, dict | list) and "plot" not in k
+        }
+    return tables
+
+
+def rm_evaluation_images(rm_runs: list[str]) -> list[tuple[str, bytes]]:
+    """(title, PNG) of the figures ``rm eval`` saved beside each run's final model."""
+    return [
+        (f"{Path(run).name}: {png.stem.replace('_', ' ')}", png.read_bytes())
+        for run in rm_runs
+        for png in sorted(Path(run).glob("final/eval_*.png"))
+    ]

@@ -1,0 +1,68 @@
+"""The comparison's pure measures on hand-computed values: Bayes ceiling, bootstrap interval,
+win rate, distinct-n."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from distalign.metrics import bayes_accuracy, bootstrap_interval, distinct_n, win_rate
+
+
+def test_bayes_accuracy_picks_the_likelier_reply():
+    assert bayes_accuracy(np.array([0.9, 0.2, 0.5])) == pytest.approx((0.9 + 0.8 + 0.5) / 3)
+    assert bayes_accuracy(np.array([0.0, 1.0])) == 1.0  # labels without noise
+    assert math.isnan(bayes_accuracy(np.array([])))
+
+
+def test_bootstrap_interval_by_hand():
+    # two values 0 and 1: a resample's mean is 0, ½ or 1 with probability ¼, ½, ¼, so the
+    # 2.5% and 97.5% quantiles of many resampled means are 0 and 1, and the 30% and 70% ones ½
+    assert bootstrap_interval(np.array([0.0, 1.0]), n=4000) == (0.0, 1.0)
+    assert bootstrap_interval(np.array([0.0, 1.0]), n=4000, level=0.4) == (0.5, 0.5)
+    assert bootstrap_interval(np.full(7, 0.3)) == pytest.approx((0.3, 0.3))  # no spread
+    assert all(math.isnan(v) for v in bootstrap_interval(np.array([])))
+
+
+def test_bootstrap_interval_is_seeded():
+    values = np.random.default_rng(0).random(50)
+    assert bootstrap_interval(values, seed=1) == bootstrap_interval(values, seed=1)
+    assert bootstrap_interval(values, seed=1) != bootstrap_interval(values, seed=2)
+
+
+def test_bootstrap_interval_covers_a_known_win_rate():
+    """Synthetic scores with a true win rate of 0.6: the 95% interval covers it ~95% of the time."""
+    rng = np.random.default_rng(0)
+    covered = 0
+    for trial in range(200):
+        wins = (rng.random(150) < 0.6).astype(float)
+        lo, hi = bootstrap_interval(wins, n=500, seed=trial)
+        covered += lo <= 0.6 <= hi
+    assert 0.88 <= covered / 200 <= 0.99
+
+
+def test_win_rate_averages_every_pair_of_a_prompt():
+    a = np.array([[1.0, 3.0], [0.0, 0.0]])
+    b = np.array([[2.0, 1.0], [0.0, 1.0]])
+    # prompt 0: 1>2 no, 1>1 tie, 3>2, 3>1 -> (0 + .5 + 1 + 1) / 4; prompt 1: (.5 + 0 + .5 + 0) / 4
+    np.testing.assert_allclose(win_rate(a, b), [0.625, 0.25])
+    np.testing.assert_allclose(win_rate(np.array([1.0, 0.0]), np.array([0.0, 0.0])), [1.0, 0.5])
+    np.testing.assert_allclose(win_rate(a, a), [0.5, 0.5])  # a policy against itself
+    np.testing.assert_allclose(win_rate(b, a), 1 - win_rate(a, b))  # the other side's share
+
+
+def test_win_rate_with_different_replies_per_prompt():
+    a = np.array([[2.0], [0.0]])  # (2 prompts, 1 reply)
+    b = np.array([[1.0, 2.0, 3.0], [0.0, -1.0, -2.0]])  # (2 prompts, 3 replies)
+    # prompt 0: 2>1, 2=2, 2<3 -> 1.5/3; prompt 1: tie, win, win -> 2.5/3
+    np.testing.assert_allclose(win_rate(a, b), [0.5, 2.5 / 3])
+
+
+def test_distinct_n():
+    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)  # (a b), (b a), (a b)
+    assert distinct_n(["a b a b"], 1) == pytest.approx(2 / 4)
+    assert distinct_n(["a b", "a b"], 2) == pytest.approx(1 / 2)  # repeats across replies count
+    assert distinct_n(["a"], 2) == 0.0  # no bigram at all
+    assert distinct_n([""], 1) == 0.0
