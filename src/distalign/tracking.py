@@ -1,16 +1,37 @@
-"""Metric logging: the accelerate tracker (TensorBoard by default) plus a JSONL file that the
-report and offline tools read, and process-level peak memory."""
+"""Metric logging: the accelerate trackers (TensorBoard by default; wandb, trackio, MLflow) plus
+a JSONL file that the report and offline tools read; process-level peak memory; and the quiet
+console of the CLI (``quiet_libraries``).
+
+    accelerator = Accelerator(log_with=resolve_report_to(cfg.report_to) or None, project_dir=out)
+    start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
+    MetricsLog(out / "metrics.jsonl", accelerator).write(step, {"train/loss": 0.69})
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
+import logging
 import math
+import os
 import resource
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# report_to name -> (module to import, pip package that provides it)
+TRACKERS: dict[str, tuple[str, str]] = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "trackio": ("trackio", "trackio"),
+    "mlflow": ("mlflow", "mlflow"),
+}
+# the keyword each tracker's init takes for the run's name (TensorBoard: a subfolder instead)
+RUN_NAME_KWARG = {"wandb": "name", "trackio": "name", "mlflow": "run_name"}
 
 
 def peak_memory_gb() -> float:
@@ -19,6 +40,86 @@ def peak_memory_gb() -> float:
         return torch.cuda.max_memory_allocated() / 2**30
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**30 if sys.platform == "darwin" else rss / 2**20  # bytes on macOS, KiB on Linux
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(TRACKERS[name][0]) is not None
+
+
+def resolve_report_to(report_to: list[str] | str) -> list[str]:
+    """The trackers to log to, as ``Accelerator(log_with=...)`` takes them (``[]``: none).
+
+    Names as in transformers' ``report_to``: tensorboard, wandb, trackio, mlflow; ``"none"``
+    for no tracker; ``"all"`` for every one of them that is installed. A named tracker whose
+    package is missing is an error that says what to install, never a silent skip.
+    """
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    names = [n.strip().lower() for name in names for n in str(name).split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return []
+    if "none" in names:
+        raise ValueError(f"report_to: 'none' cannot be combined with trackers, got {names}")
+    if "all" in names:
+        return [name for name in TRACKERS if _installed(name)]
+    out: list[str] = []
+    for name in names:
+        if name not in TRACKERS:
+            choices = ", ".join([*TRACKERS, "all", "none"])
+            raise ValueError(f"report_to: unknown tracker {name!r} (choose from {choices})")
+        if not _installed(name):
+            pip = TRACKERS[name][1]
+            raise ValueError(
+                f"report_to={name!r} needs the package {pip!r}: pip install {pip} "
+                "(or pip install 'distalign[trackers]')"
+            )
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def flat_hparams(config: Any, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """Every field of a config dataclass, nested dataclasses and dicts flattened with dots
+    (``sampling.temperature``). Values other than bool/int/float/str (None, lists, paths) become
+    strings: TensorBoard's hparams take scalars only."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        items = [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)]
+    else:
+        items = list(config.items())
+    out: dict[str, bool | int | float | str] = {}
+    for name, value in items:
+        key = f"{prefix}{name}"
+        nested = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        if nested or (isinstance(value, dict) and value):
+            out.update(flat_hparams(value, key + "."))
+        elif isinstance(value, bool | int | float | str):
+            out[key] = value
+        else:
+            out[key] = str(value)
+    return out
+
+
+def start_tracking(accelerator, project: str, run_name: str | None, config: Any) -> None:
+    """Start the accelerator's trackers (main process) with every hyperparameter of ``config``.
+
+    The run is named ``run_name`` where the tracker names runs (wandb, trackio, MLflow); for
+    TensorBoard it is the subfolder ``<logging dir>/<project>/<run_name>``. Without a
+    ``run_name`` the trackers pick one (TensorBoard: ``<logging dir>/<project>``).
+    """
+    if not accelerator.is_main_process or not accelerator.log_with:
+        return
+    init_kwargs: dict[str, dict[str, Any]] = {}
+    if run_name:
+        init_kwargs = {name: {kwarg: run_name} for name, kwarg in RUN_NAME_KWARG.items()}
+        from accelerate.tracking import TensorBoardTracker
+
+        # accelerate names the TensorBoard folder after the project; the run goes beneath it
+        accelerator.log_with = [
+            TensorBoardTracker(os.path.join(project, run_name), accelerator.logging_dir)
+            if str(tracker) == "tensorboard"
+            else tracker
+            for tracker in accelerator.log_with
+        ]
+    accelerator.init_trackers(project, config=flat_hparams(config), init_kwargs=init_kwargs)
 
 
 def _plain(value: Any) -> Any:
@@ -55,3 +156,41 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+LIBRARIES = ("transformers", "datasets", "accelerate", "peft", "huggingface_hub")
+
+
+def quiet_libraries() -> None:
+    """Only what a user can act on, once at CLI start: the libraries log errors only, their
+    progress bars are off (ours stay: sampling, training), and their deprecation notices —
+    about their own internals, e.g. PEFT calling a deprecated transformers method — are dropped.
+
+    Silenced that way: transformers' weights LOAD REPORT, a table logged as a warning by every
+    load that misses or skips a checkpoint weight, expected ones included (a reward model's new
+    ``score`` head). Real load errors still raise, and weights missing where none should be are
+    logged by ``models/load.py``. ``TRANSFORMERS_VERBOSITY`` / ``DATASETS_VERBOSITY`` keep their
+    say. Model downloads keep their progress bars (a long wait); datasets' map bars, our
+    tokenisation's included, go.
+    """
+    import datasets
+    import huggingface_hub.utils as hub_utils
+    import transformers
+
+    if "TRANSFORMERS_VERBOSITY" not in os.environ:
+        transformers.logging.set_verbosity_error()
+    if "DATASETS_VERBOSITY" not in os.environ:
+        datasets.logging.set_verbosity_error()
+    for name in ("accelerate", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # "Loading weights" bars; transformers' switch also turns off the hub's download bars,
+    # which are worth keeping, so those are switched back on when they were on
+    downloads_on = not hub_utils.are_progress_bars_disabled()
+    transformers.logging.disable_progress_bar()
+    if downloads_on:
+        hub_utils.enable_progress_bars()
+    if "HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ:
+        datasets.disable_progress_bars()  # map/filter/split bars
+    libraries = "|".join(LIBRARIES)
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=rf"({libraries})(\.|$)")

@@ -22,7 +22,7 @@ PROMPTS = [
 def test_greedy_matches_hf_generate(tiny_policy):
     model, tokenizer = tiny_policy
     out = sample_replies(
-        model, tokenizer, PROMPTS, config=SamplingConfig(max_new_tokens=12, temperature=0)
+        model, tokenizer, PROMPTS, config=SamplingConfig(max_completion_length=12, temperature=0)
     )
     for prompt_ids, reply in zip(out.prompt_ids, out.reply_ids, strict=True):
         ids = torch.tensor([prompt_ids])
@@ -39,7 +39,7 @@ def test_greedy_matches_hf_generate(tiny_policy):
 
 def test_sampled_logprobs_equal_teacher_forced(tiny_policy):
     model, tokenizer = tiny_policy
-    cfg = SamplingConfig(max_new_tokens=10, temperature=1.0, seed=3, batch_size=2)
+    cfg = SamplingConfig(max_completion_length=10, temperature=1.0, seed=3, sampling_batch_size=2)
     out = sample_replies(model, tokenizer, PROMPTS, k=3, config=cfg)
     assert len(out.reply_ids) == 9
     for i, (reply, logps) in enumerate(zip(out.reply_ids, out.logprobs, strict=True)):
@@ -57,7 +57,7 @@ def test_sampled_logprobs_equal_teacher_forced(tiny_policy):
 
 def test_same_seed_same_replies_and_eos_handling(tiny_policy):
     model, tokenizer = tiny_policy
-    cfg = SamplingConfig(max_new_tokens=8, temperature=1.0, seed=7)
+    cfg = SamplingConfig(max_completion_length=8, temperature=1.0, seed=7)
     a = sample_replies(model, tokenizer, PROMPTS, k=2, config=cfg)
     b = sample_replies(model, tokenizer, PROMPTS, k=2, config=cfg)
     assert a.reply_ids == b.reply_ids
@@ -113,7 +113,7 @@ def test_stops_at_eos_and_drops_finished_rows():
         model,
         [[1], [1]],
         k=2,
-        config=SamplingConfig(max_new_tokens=6, temperature=0),
+        config=SamplingConfig(max_completion_length=6, temperature=0),
         stop_ids=[0],
         pad_token_id=0,
     )
@@ -135,8 +135,8 @@ def test_top_p_and_top_k_filter():
 def test_bad_sampling_config():
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=0)
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        SamplingConfig(max_new_tokens=0)
+    with pytest.raises(ValueError, match="max_completion_length"):
+        SamplingConfig(max_completion_length=0)
 
 
 @pytest.mark.parametrize(("top_p", "top_k"), [(1.0, 0), (0.9, 0), (1.0, 5), (0.8, 20), (0.999, 0)])

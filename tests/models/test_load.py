@@ -10,11 +10,12 @@ import torch
 
 from distalign.models.load import (
     ModelNotFoundError,
+    attention_mask_for,
     cache_dir,
-    load_backbone,
     load_policy,
     load_tokenizer,
     resolve_model,
+    unwrap,
 )
 
 
@@ -35,8 +36,6 @@ def test_local_folder(tiny_model_dir):
     assert model.config.num_hidden_layers == 2
     assert model.dtype == torch.float32
     assert tokenizer.pad_token_id == 2
-    backbone, _ = load_backbone(str(tiny_model_dir))
-    assert not hasattr(backbone, "lm_head")
 
 
 def test_bf16_load(tiny_model_dir):
@@ -58,6 +57,48 @@ def test_hub_ids_pass_through():
         resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
         == "HuggingFaceTB/SmolLM2-135M-Instruct"
     )
+
+
+def test_a_weight_missing_from_the_checkpoint_is_named(tiny_model_dir, tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    for f in tiny_model_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.norm.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with caplog.at_level("WARNING", logger="distalign.models.load"):
+        load_policy(str(tiny_model_dir))
+        assert not caplog.records
+        load_policy(str(tmp_path))
+    assert "model.norm.weight" in caplog.text and "randomly initialised" in caplog.text
+
+
+class _Wrapper(torch.nn.Module):  # what DDP and accelerate look like from outside
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+
+def test_unwrap_sees_through_ddp_our_wrappers_and_peft(tiny_policy):
+    from distalign.models.lora import add_lora
+    from distalign.rl.logprobs import ReplyLogprobs
+
+    model, _ = tiny_policy
+    assert unwrap(model) is model
+    peft = add_lora(model, "CAUSAL_LM", r=4, alpha=8, dropout=0.0)
+    assert unwrap(peft) is model
+    assert unwrap(_Wrapper(ReplyLogprobs(peft))) is model
+
+
+def test_attention_mask_for_eager_is_additive(tiny_policy):
+    model, _ = tiny_policy
+    mask = torch.tensor([[True, False], [True, True]])[None, None]  # (1, 1, 2, 2)
+    assert attention_mask_for(model, mask) is mask  # sdpa takes the boolean mask
+    model.set_attn_implementation("eager")
+    additive = attention_mask_for(model, mask)
+    assert additive.dtype == model.dtype
+    assert additive[0, 0].tolist() == [[0.0, torch.finfo(model.dtype).min], [0.0, 0.0]]
 
 
 def test_pickle_checkpoints_are_refused(tiny_model_dir, tmp_path):
@@ -90,7 +131,7 @@ def test_embedded_smollm2_converts_once_loads_fast_and_answers():
         model,
         tokenizer,
         [[{"role": "user", "content": "What is the capital of France?"}]],
-        config=SamplingConfig(max_new_tokens=24, temperature=0),
+        config=SamplingConfig(max_completion_length=24, temperature=0),
     )
     assert "Paris" in out.texts[0]
     assert load_tokenizer("smollm2-135m-instruct").chat_template == tokenizer.chat_template

@@ -139,3 +139,17 @@ def test_shared_prefix_mask_blocks_chosen_from_rejected():
     assert m[4].tolist() == [True, True, False, False, True]  # rejected sees prompt + itself
     assert m[3].tolist() == [True, True, True, True, False]
     assert (b["chosen_index"].item(), b["rejected_index"].item()) == (3, 4)
+
+
+def test_prefix_sharing_under_eager_attention(tiny_rm):
+    # eager attention adds the mask to the scores: the boolean mask is converted first
+    model, tokenizer = tiny_rm
+    feats = _features(tokenizer)
+    plain = PairCollator(tokenizer.pad_token_id)(feats)
+    shared = SharedPrefixCollator(tokenizer.pad_token_id, packing=True)(feats)
+    with torch.no_grad():
+        c1, r1 = pair_scores(model, plain)
+        model.set_attn_implementation("eager")
+        c2, r2 = pair_scores(model, shared)
+    torch.testing.assert_close(c2, c1, atol=1e-4, rtol=0)
+    torch.testing.assert_close(r2, r1, atol=1e-4, rtol=0)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from distalign.losses import reinforce_loss
 from distalign.models.generate import SamplingConfig, sample_replies
-from distalign.rl.logprobs import gather_logprobs, pad_reply_tensors, reply_logprobs
+from distalign.models.lora import add_lora
+from distalign.rl.logprobs import (
+    ReplyLogprobs,
+    gather_logprobs,
+    pad_reply_tensors,
+    reference_mode,
+    reply_logprobs,
+)
 
 PROMPTS = [
     [{"role": "user", "content": "Say something nice."}],
@@ -15,7 +23,7 @@ PROMPTS = [
 
 
 def _samples(model, tokenizer, k=3):
-    cfg = SamplingConfig(max_new_tokens=12, temperature=1.0, seed=5)
+    cfg = SamplingConfig(max_completion_length=12, temperature=1.0, seed=5)
     return sample_replies(model, tokenizer, PROMPTS, k=k, config=cfg)
 
 
@@ -62,3 +70,50 @@ def test_prefix_sharing_over_k_samples_is_exact(tiny_policy):
     torch.testing.assert_close(l1, l2, atol=1e-4, rtol=0)
     for name in g1:
         torch.testing.assert_close(g1[name], g2[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+def _groups(s, k):
+    return [s.reply_ids[i * k : i * k + k] for i in range(len(PROMPTS))]
+
+
+def test_eager_attention_gives_the_same_logprobs(tiny_policy):
+    # eager adds the (converted) block mask to the scores; sdpa takes the boolean one
+    model, tokenizer = tiny_policy
+    s = _samples(model, tokenizer)
+    with torch.no_grad():
+        sdpa, _ = reply_logprobs(model, s.prompt_ids, _groups(s, 3), tokenizer.pad_token_id)
+        model.set_attn_implementation("eager")
+        eager, _ = reply_logprobs(model, s.prompt_ids, _groups(s, 3), tokenizer.pad_token_id)
+    for a, b in zip(eager, sdpa, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_lora_reference_is_the_policy_with_adapters_off(tiny_policy):
+    model, tokenizer = tiny_policy
+    s = _samples(model, tokenizer)
+    args = (s.prompt_ids, _groups(s, 3), tokenizer.pad_token_id)
+    with torch.no_grad():
+        sft, _ = reply_logprobs(model, *args)
+        policy = add_lora(model, "CAUSAL_LM", r=4, alpha=8, dropout=0.0)
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+        trained, _ = ReplyLogprobs(policy)(*args)
+        with reference_mode(policy) as ref:
+            reference, _ = reply_logprobs(ref, *args)
+    assert not torch.allclose(torch.cat(trained), torch.cat(sft))
+    torch.testing.assert_close(torch.cat(reference), torch.cat(sft), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_logprobs_equal_cpu_ones(tiny_policy):
+    model, tokenizer = tiny_policy
+    s = _samples(model, tokenizer)
+    args = (s.prompt_ids, _groups(s, 3), tokenizer.pad_token_id)
+    with torch.no_grad():
+        cpu, _ = reply_logprobs(model, *args)
+        gpu, _ = reply_logprobs(model.to("cuda"), *args)
+    for a, b in zip(gpu, cpu, strict=True):
+        assert a.device.type == "cuda"
+        torch.testing.assert_close(a.cpu(), b, atol=1e-4, rtol=0)

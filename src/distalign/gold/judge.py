@@ -129,9 +129,17 @@ def _encoder_path() -> str:
 
 @lru_cache(maxsize=1)
 def _encoder():
-    from sentence_transformers import SentenceTransformer
+    # an optional dependency: training on your own data does not need the gold judge
+    try:
+        from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(_encoder_path(), device="cpu")
+        path = _encoder_path()
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            "the gold judge needs its sentence encoder, an optional dependency: "
+            "pip install 'distalign[gold]'"
+        ) from e
+    return SentenceTransformer(path, device="cpu")
 
 
 def relevance(prompts: Sequence[str], replies: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Load a policy or a reward-model backbone and its tokenizer.
+"""Load a policy and its tokenizer; reach the Hugging Face model inside a loaded one.
 
 A model is named by a hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``), a local directory,
 or the alias ``smollm2-135m-instruct`` (the default). The alias resolves to the GGUF file
@@ -8,6 +8,9 @@ normal ``from_pretrained`` of a local directory.
 
     from distalign.models.load import load_policy
     model, tokenizer = load_policy("smollm2-135m-instruct")
+
+``unwrap`` and ``attention_mask_for`` serve the code that calls a model's backbone directly
+(reward-model pooling, the teacher-forced log-probs of RL).
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    AutoConfig,
-    AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
@@ -184,6 +185,26 @@ def _model_kwargs(dtype: str, trust_remote_code: bool) -> dict:
     }
 
 
+def _from_pretrained(auto_class, path: str, *, new_weights: tuple[str, ...] = (), **kwargs):
+    """``auto_class.from_pretrained(path, **kwargs)``, naming any weight the checkpoint lacks.
+
+    transformers reports missing weights in a table logged as a warning, which
+    ``tracking.quiet_libraries`` silences because most loads list expected ones; so the
+    unexpected ones are logged here. ``new_weights``: name prefixes the caller initialises on
+    purpose (a reward model's ``score`` head).
+    """
+    model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    missing = sorted(k for k in info["missing_keys"] if not k.startswith(new_weights))
+    if missing:
+        log.warning(
+            "%s: %d weight(s) not in the checkpoint, randomly initialised: %s",
+            path,
+            len(missing),
+            ", ".join(missing),
+        )
+    return model
+
+
 def load_policy(
     name: str = DEFAULT_MODEL,
     *,
@@ -203,15 +224,17 @@ def load_policy(
         from peft import PeftModel
 
         base_name = json.loads(adapter.read_text())["base_model_name_or_path"]
-        base = AutoModelForCausalLM.from_pretrained(
-            resolve_model(base_name), **_model_kwargs(dtype, trust_remote_code)
+        base = _from_pretrained(
+            AutoModelForCausalLM,
+            resolve_model(base_name),
+            **_model_kwargs(dtype, trust_remote_code),
         )
         model = PeftModel.from_pretrained(base, path)
         if merge_adapter:
             model = model.merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, **_model_kwargs(dtype, trust_remote_code)
+        model = _from_pretrained(
+            AutoModelForCausalLM, path, **_model_kwargs(dtype, trust_remote_code)
         )
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
     if model.config.pad_token_id is None:
@@ -219,16 +242,27 @@ def load_policy(
     return model, tokenizer
 
 
-def load_backbone(
-    name: str = DEFAULT_MODEL,
-    *,
-    dtype: str = "float32",
-    trust_remote_code: bool = False,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The transformer body of a causal LM (no LM head), for reward models."""
-    path = resolve_model(name)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModel.from_pretrained(
-        path, config=config, **_model_kwargs(dtype, trust_remote_code)
+def unwrap(model: torch.nn.Module) -> PreTrainedModel:
+    """The Hugging Face model inside its wrappers, outermost first: DDP/FSDP/accelerate
+    (``.module``), a forward wrapper of ours (``PairScorer``, ``ReplyLogprobs``: ``.wrapped``),
+    PEFT (``get_base_model``; the LoRA layers are inside it, in place)."""
+    while hasattr(model, "module"):
+        model = model.module
+    model = getattr(model, "wrapped", model)
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def attention_mask_for(model: PreTrainedModel, mask: torch.Tensor) -> torch.Tensor:
+    """A boolean 4-D attention mask (R, 1, T, T), True = attend, in the form ``model`` takes.
+
+    sdpa takes the boolean mask; eager attention *adds* the mask to the scores, so it gets 0
+    where attended and the dtype's minimum elsewhere (as Hugging Face's own masks: -inf would
+    turn a fully masked row into NaN).
+    """
+    if model.config._attn_implementation != "eager":
+        return mask
+    return torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill(
+        ~mask, torch.finfo(model.dtype).min
     )
-    return model, load_tokenizer(name, trust_remote_code=trust_remote_code)

@@ -1,9 +1,11 @@
 """Reward model = a causal-LM backbone + a linear head read at the last real token.
 
 The model *is* a Hugging Face ``*ForSequenceClassification`` (``score`` head, ``num_labels``
-outputs), so it saves with ``save_pretrained`` and loads back with
-``AutoModelForSequenceClassification`` (or PEFT's ``AutoPeftModelForSequenceClassification``).
-A ``distalign_rm.json`` beside the weights records the head type and the training config.
+outputs), so it saves with ``save_pretrained`` and loads back with ``load_reward_model`` or
+``AutoModelForSequenceClassification``; a LoRA one is the adapter and the trained head, which
+PEFT's ``AutoPeftModelForSequenceClassification`` loads given ``num_labels`` and the saved
+tokenizer's ``pad_token_id``. A ``distalign_rm.json`` beside the weights records the head
+type and the training config.
 
 Where the reward is read. distalign finds the last real token from the attention mask
 (``last_token_index``), never by searching for the pad id: SmolLM2 pads with ``<|im_end|>``,
@@ -23,7 +25,14 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from distalign.models.load import _model_kwargs, load_tokenizer, resolve_model
+from distalign.models.load import (
+    _from_pretrained,
+    _model_kwargs,
+    attention_mask_for,
+    load_tokenizer,
+    resolve_model,
+    unwrap,
+)
 
 META_FILE = "distalign_rm.json"
 HEAD_OUTPUTS = {"scalar": lambda n: 1, "categorical": lambda n: n, "ordinal": lambda n: 2}
@@ -65,8 +74,10 @@ def build_reward_model(
     """A fresh reward model on a causal-LM backbone (alias, folder or hub id) + its tokenizer."""
     tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code)
     tokenizer.pad_token = distinct_pad_token(tokenizer)
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model = _from_pretrained(
+        AutoModelForSequenceClassification,
         resolve_model(backbone),
+        new_weights=("score.",),
         num_labels=head_outputs(head, n_bins),
         **_model_kwargs(dtype, trust_remote_code),
     )
@@ -80,17 +91,6 @@ def build_reward_model(
     return model, tokenizer
 
 
-def unwrap(model):
-    """The ``*ForSequenceClassification`` inside a PairScorer / PEFT / DDP wrapper."""
-    while hasattr(model, "module"):  # DDP
-        model = model.module
-    if isinstance(model, PairScorer):
-        model = model.model
-    if hasattr(model, "get_base_model"):  # PEFT
-        model = model.get_base_model()
-    return model
-
-
 class PairScorer(torch.nn.Module):
     """The reward model with pair scoring as its ``forward``.
 
@@ -102,6 +102,11 @@ class PairScorer(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+
+    @property
+    def wrapped(self):
+        """The reward model inside (what ``models.load.unwrap`` looks through)."""
+        return self.model
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return _pair_scores(self.model, batch)
@@ -133,13 +138,10 @@ def shared_pair_scores(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
     """
     inner = unwrap(model)
     backbone = getattr(inner, inner.base_model_prefix)
-    mask = batch["attention_mask"]
-    if inner.config._attn_implementation == "eager":  # eager adds the mask to the scores
-        mask = torch.zeros(mask.shape, dtype=inner.dtype, device=mask.device).masked_fill(
-            ~mask, torch.finfo(inner.dtype).min
-        )
     hidden = backbone(
-        input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]
+        input_ids=batch["input_ids"],
+        attention_mask=attention_mask_for(inner, batch["attention_mask"]),
+        position_ids=batch["position_ids"],
     ).last_hidden_state
     flat = hidden.reshape(-1, hidden.shape[-1])  # (R·T, H)
     picked = flat[torch.cat([batch["chosen_index"], batch["rejected_index"]])]  # (2N, H)
@@ -198,8 +200,10 @@ def load_reward_model(path: str | Path, *, dtype: str = "float32", trust_remote_
         base_path = json.loads((path / "adapter_config.json").read_text())[
             "base_model_name_or_path"
         ]
-        base = AutoModelForSequenceClassification.from_pretrained(
+        base = _from_pretrained(
+            AutoModelForSequenceClassification,
             base_path,
+            new_weights=("score.",),  # the adapter brings the trained head
             num_labels=head_outputs(meta["head"], meta.get("n_bins", 10)),
             pad_token_id=tokenizer.pad_token_id,
             **kwargs,
@@ -208,7 +212,7 @@ def load_reward_model(path: str | Path, *, dtype: str = "float32", trust_remote_
             base.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(base, path)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        model = _from_pretrained(AutoModelForSequenceClassification, path, **kwargs)
     model.eval()
     return model, tokenizer, meta
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 
 from distalign.data.pairs import build_shared_rows
+from distalign.models.load import attention_mask_for, unwrap
 
 CHUNK_TOKENS = 512  # rows of logits materialised at once: 512 × 49,152 fp32 ≈ 100 MB
 
@@ -46,17 +47,6 @@ def gather_logprobs(
     return torch.cat(logps), torch.cat(ents)
 
 
-def _parts(model):
-    inner = model
-    while hasattr(inner, "module"):
-        inner = inner.module
-    if isinstance(inner, ReplyLogprobs):
-        inner = inner.policy
-    if hasattr(inner, "get_base_model"):  # PEFT: LoRA layers are inside, in place
-        inner = inner.get_base_model()
-    return getattr(inner, inner.base_model_prefix), inner.get_output_embeddings(), inner
-
-
 def reply_logprobs(
     model,
     prompt_ids: Sequence[Sequence[int]],
@@ -80,16 +70,12 @@ def reply_logprobs(
     else:
         groups = [(p, [r]) for p, rs in zip(prompt_ids, replies, strict=True) for r in rs]
     rows = build_shared_rows(groups, pad_token_id)
-    backbone, head, inner = _parts(model)
+    inner = unwrap(model)  # the LM inside DDP / PEFT: its body and head are called apart
+    backbone = getattr(inner, inner.base_model_prefix)
     device = next(model.parameters()).device
-    mask = rows["attention_mask"].to(device)
-    if inner.config._attn_implementation == "eager":  # eager adds the mask to the scores
-        mask = torch.zeros(mask.shape, dtype=inner.dtype, device=device).masked_fill(
-            ~mask, torch.finfo(inner.dtype).min
-        )
     hidden = backbone(
         input_ids=rows["input_ids"].to(device),
-        attention_mask=mask,
+        attention_mask=attention_mask_for(inner, rows["attention_mask"].to(device)),
         position_ids=rows["position_ids"].to(device),
     ).last_hidden_state
     flat = hidden.reshape(-1, hidden.shape[-1])  # (R·T, H)
@@ -106,7 +92,11 @@ def reply_logprobs(
         target += range(start, start + n)
     pred_t = torch.tensor(pred, device=device)
     logp, ent = gather_logprobs(
-        flat[pred_t], head, ids[torch.tensor(target)].to(device), temperature, chunk
+        flat[pred_t],
+        inner.get_output_embeddings(),
+        ids[torch.tensor(target)].to(device),
+        temperature,
+        chunk,
     )
     return list(logp.split(lengths)), list(ent.split(lengths))
 
@@ -119,6 +109,11 @@ class ReplyLogprobs(torch.nn.Module):
     def __init__(self, policy):
         super().__init__()
         self.policy = policy
+
+    @property
+    def wrapped(self):
+        """The policy inside (what ``models.load.unwrap`` looks through)."""
+        return self.policy
 
     def forward(self, prompt_ids, replies, pad_token_id, temperature=1.0, prefix_sharing=True):
         return reply_logprobs(

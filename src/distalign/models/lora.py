@@ -1,0 +1,35 @@
+"""LoRA adapters on every linear layer of a model, through PEFT.
+
+    from distalign.models.lora import add_lora
+    policy = add_lora(policy, "CAUSAL_LM", r=16, alpha=32, dropout=0.0)
+
+The base weights are frozen; only the adapters train (and, for a reward model, its new head).
+A LoRA policy needs no separate reference model: the reference is the same model with its
+adapters disabled (``rl/logprobs.py:reference_mode``).
+"""
+
+from __future__ import annotations
+
+TASK_TYPES = ("SEQ_CLS", "CAUSAL_LM")
+
+
+def add_lora(model, task_type: str, r: int, alpha: int, dropout: float):
+    """``model`` wrapped by PEFT with rank-``r`` adapters (scale ``alpha / r``) on all linear
+    layers, the output layer excepted.
+
+    ``task_type``: ``"SEQ_CLS"`` for a reward model: PEFT then keeps the freshly initialised
+    ``score`` head fully trainable (``modules_to_save``) and saves it with the adapter;
+    ``"CAUSAL_LM"`` for a policy.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
+    config = LoraConfig(
+        task_type=TaskType(task_type),
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules="all-linear",
+    )
+    return get_peft_model(model, config)

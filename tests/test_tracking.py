@@ -1,0 +1,148 @@
+"""Trackers: report_to resolution, every hyperparameter logged, run names; the quiet console."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+from accelerate import Accelerator
+
+from distalign.tracking import flat_hparams, quiet_libraries, resolve_report_to, start_tracking
+
+
+@dataclass
+class Inner:
+    temperature: float = 0.7
+    stop: list[str] = field(default_factory=lambda: ["<|im_end|>"])
+
+
+@dataclass
+class Config:
+    learning_rate: float = 1e-5
+    use_peft: bool = True
+    run_name: str | None = None
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    sampling: Inner = field(default_factory=Inner)
+    rewards: dict[str, str] = field(default_factory=lambda: {"scalar": "runs/rm"})
+
+
+def test_report_to_names():
+    assert resolve_report_to("tensorboard") == ["tensorboard"]
+    assert resolve_report_to(["tensorboard", "tensorboard"]) == ["tensorboard"]
+    assert resolve_report_to("none") == resolve_report_to([]) == []
+    assert resolve_report_to("all") == ["tensorboard"]  # the only one installed here
+    with pytest.raises(ValueError, match="unknown tracker 'tensorbord'"):
+        resolve_report_to("tensorbord")
+    with pytest.raises(ValueError, match="'none' cannot be combined"):
+        resolve_report_to(["none", "tensorboard"])
+
+
+@pytest.mark.parametrize("name", ["wandb", "trackio", "mlflow", "tensorboard"])
+def test_a_missing_tracker_package_is_an_error_naming_it(monkeypatch, name):
+    monkeypatch.setitem(sys.modules, name, None)  # find_spec: not installed
+    with pytest.raises(ValueError, match=rf"pip install {name}\b"):
+        resolve_report_to(["tensorboard", name] if name != "tensorboard" else name)
+    if name == "tensorboard":
+        assert resolve_report_to("all") == []
+
+
+def test_every_hyperparameter_flattened_to_scalars():
+    assert flat_hparams(Config()) == {
+        "learning_rate": 1e-5,
+        "use_peft": True,
+        "run_name": "None",
+        "report_to": "['tensorboard']",
+        "sampling.temperature": 0.7,
+        "sampling.stop": "['<|im_end|>']",
+        "rewards.scalar": "runs/rm",
+    }
+
+
+def _hparams(folder) -> dict:
+    (file,) = folder.glob("*/hparams.yml")  # accelerate writes them beside the events
+    return yaml.safe_load(file.read_text())
+
+
+@pytest.mark.parametrize("run_name", [None, "lr1e-5"])
+def test_tensorboard_run_folder_and_hparams(tmp_path, run_name):
+    accelerator = Accelerator(log_with=resolve_report_to("tensorboard"), project_dir=tmp_path)
+    start_tracking(accelerator, "rm", run_name, Config())
+    accelerator.log({"train/loss": 0.5}, step=1)
+    accelerator.end_training()
+    run_dir = tmp_path / "rm" / run_name if run_name else tmp_path / "rm"
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert _hparams(run_dir) == flat_hparams(Config())
+
+
+def test_no_tracker_starts_nothing(tmp_path):
+    accelerator = Accelerator(log_with=resolve_report_to("none") or None, project_dir=tmp_path)
+    start_tracking(accelerator, "rm", "run", Config())
+    assert accelerator.trackers == [] and not any(tmp_path.iterdir())
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture()
+def restore_library_logging():
+    import datasets
+    import huggingface_hub.utils as hub_utils
+    import transformers
+
+    levels = {n: logging.getLogger(n).level for n in ("accelerate", "peft")}
+    tf, ds = transformers.logging.get_verbosity(), datasets.logging.get_verbosity()
+    ds_bars = datasets.is_progress_bar_enabled()
+    hub_bars = not hub_utils.are_progress_bars_disabled()
+    yield
+    transformers.logging.set_verbosity(tf)
+    transformers.logging.enable_progress_bar()
+    datasets.logging.set_verbosity(ds)
+    if ds_bars:
+        datasets.enable_progress_bars()
+    if not hub_bars:
+        hub_utils.disable_progress_bars()
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_quiet_libraries_model_loads_print_no_table(
+    tiny_model_dir, capfd, caplog, restore_library_logging, monkeypatch
+):
+    import huggingface_hub.utils as hub_utils
+
+    from distalign.models.lora import add_lora
+    from distalign.models.reward_model import build_reward_model
+
+    for var in (
+        "TRANSFORMERS_VERBOSITY",
+        "DATASETS_VERBOSITY",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    hub_bars = not hub_utils.are_progress_bars_disabled()
+    quiet_libraries()
+    assert (not hub_utils.are_progress_bars_disabled()) == hub_bars  # downloads keep theirs
+    capfd.readouterr()
+    reports = _Records()  # transformers' logger does not propagate to pytest's handlers
+    logging.getLogger("transformers").addHandler(reports)
+    try:
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+            warnings.filterwarnings("ignore", module="torch")  # only what the libraries raise
+            model, _ = build_reward_model(str(tiny_model_dir))
+            add_lora(model, "SEQ_CLS", r=4, alpha=8, dropout=0.0)
+    finally:
+        logging.getLogger("transformers").removeHandler(reports)
+    assert not [r for r in reports.records if "LOAD REPORT" in r.getMessage()]
+    assert "Loading weights" not in capfd.readouterr().err  # the progress bar
+    assert not caplog.records  # the new score head is expected: not reported as missing
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]
