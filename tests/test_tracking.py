@@ -99,7 +99,9 @@ def restore_library_logging():
     import huggingface_hub.utils as hub_utils
     import transformers
 
-    levels = {n: logging.getLogger(n).level for n in ("accelerate", "peft")}
+    levels = {
+        n: logging.getLogger(n).level for n in ("accelerate", "peft", "sentence_transformers")
+    }
     tf, ds = transformers.logging.get_verbosity(), datasets.logging.get_verbosity()
     ds_bars = datasets.is_progress_bar_enabled()
     hub_bars = not hub_utils.are_progress_bars_disabled()

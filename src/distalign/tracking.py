@@ -181,7 +181,8 @@ def quiet_libraries() -> None:
         transformers.logging.set_verbosity_error()
     if "DATASETS_VERBOSITY" not in os.environ:
         datasets.logging.set_verbosity_error()
-    for name in ("accelerate", "peft"):
+    # sentence-transformers (the gold judge) also shows its encode bars at INFO level
+    for name in ("accelerate", "peft", "sentence_transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
     # "Loading weights" bars; transformers' switch also turns off the hub's download bars,
     # which are worth keeping, so those are switched back on when they were on
