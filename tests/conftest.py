@@ -87,8 +87,9 @@ def train_tiny_reward_models(model_dir: Path, out: Path, heads, n_bins: int = 5)
     finals = {}
     for head in heads:
         cfg = RMTrainConfig(
-            model=str(model_dir), data=str(data), head=head, n_bins=n_bins, max_steps=1,
-            max_length=64, max_prompt_length=32, tracker="none", output_dir=str(out / f"rm_{head}"),
+            model_name_or_path=str(model_dir), dataset_name=str(data), head=head, n_bins=n_bins,
+            max_steps=1, max_length=64, max_prompt_length=32, report_to="none",
+            output_dir=str(out / f"rm_{head}"),
         )  # fmt: skip
         run(cfg)
         finals[head] = out / f"rm_{head}" / "final"

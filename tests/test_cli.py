@@ -1,14 +1,24 @@
-"""One smoke test per command, through the real CLI."""
+"""One smoke test per command through the real CLI, and the argument styles every command
+takes (YAML + key=value, or TRL-style --config/--key value)."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import json
+import re
 import shutil
+import sys
 from pathlib import Path
 
+import pytest
+import yaml
 from typer.testing import CliRunner
 
 from distalign.cli import app
+from distalign.config import ConfigError, load_config
+from distalign.rl.train import RLTrainConfig
+from distalign.rm.train import RMTrainConfig
 from tests.conftest import write_jsonl
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
@@ -50,11 +60,11 @@ def test_generate_writes_replies_and_config(tiny_model_dir, tmp_path):
     out_file = tmp_path / "replies.jsonl"
     result, out = invoke(
         "generate",
-        f"model={tiny_model_dir}",
+        f"model_name_or_path={tiny_model_dir}",
         "prompts=[Hello,Bye]",
-        "k=2",
-        "sampling.max_new_tokens=5",
-        f"output={out_file}",
+        "num_generations=2",
+        "max_completion_length=5",
+        f"output_file={out_file}",
     )
     assert result.exit_code == 0, out
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
@@ -72,12 +82,15 @@ def test_rm_train_eval_score(tiny_model_dir, tmp_path):
     write_jsonl(data / "test.jsonl", make_pairs(8, seed=1))
     run_dir = tmp_path / "rm"
     result, out = invoke(
-        "rm", "train", f"model={tiny_model_dir}", f"data={data}", "max_steps=2", "batch_size=4",
-        "max_length=64", "max_prompt_length=32", "tracker=none", f"output_dir={run_dir}",
+        "rm", "train", f"model_name_or_path={tiny_model_dir}", f"dataset_name={data}",
+        "max_steps=2", "per_device_train_batch_size=4", "max_length=64", "max_prompt_length=32",
+        "report_to=none", f"output_dir={run_dir}",
     )  # fmt: skip
     assert result.exit_code == 0, out
     assert "accuracy" in out
-    result, out = invoke("rm", "eval", "--model", str(run_dir / "final"), "--data", str(data))
+    result, out = invoke(
+        "rm", "eval", f"model_name_or_path={run_dir / 'final'}", f"dataset_name={data}"
+    )
     assert result.exit_code == 0, out
     assert "ece" in out and (run_dir / "final" / "eval_pairs_test.json").is_file()
     replies = write_jsonl(
@@ -87,7 +100,9 @@ def test_rm_train_eval_score(tiny_model_dir, tmp_path):
             {"prompt": [{"role": "user", "content": "x"}], "reply": "y"},
         ],
     )
-    result, out = invoke("rm", "score", "--model", str(run_dir / "final"), "--input", str(replies))
+    result, out = invoke(
+        "rm", "score", "--model_name_or_path", str(run_dir / "final"), "--input-file", str(replies)
+    )
     assert result.exit_code == 0, out
     rows = [
         json.loads(line) for line in (tmp_path / "replies.scored.jsonl").read_text().splitlines()
@@ -112,10 +127,139 @@ def test_eval_compare_arguments_reach_the_config(monkeypatch):
     monkeypatch.setattr(policy, "run_compare", fake_run)
     result, out = invoke(
         "eval", "compare", "--policy", "a=dir1", "--policy", "b=dir2", "--reward", "s=rm",
-        "--run", "r1", "--rm-run", "m1", "count=40", "sampling.max_new_tokens=48",
+        "--run", "r1", "--rm-run", "m1", "max_eval_samples=40", "--max_completion_length", "48",
     )  # fmt: skip
     assert result.exit_code == 0, out
     cfg = seen["cfg"]
     assert cfg.policies == ["a=dir1", "b=dir2"] and cfg.rewards == ["s=rm"] and cfg.runs == ["r1"]
-    assert (cfg.count, cfg.sampling.max_new_tokens) == (40, 48)
+    assert cfg.rm_runs == ["m1"]
+    assert (cfg.max_eval_samples, cfg.max_completion_length) == (40, 48)
     assert "0.500 [0.400, 0.600]" in out and "r.html" in out
+
+
+def test_inspect_split_of_a_folder(tmp_path):
+    from tests.rm.test_train import make_pairs
+
+    write_jsonl(tmp_path / "train.jsonl", make_pairs(5, seed=0))
+    write_jsonl(tmp_path / "test.jsonl", make_pairs(2, seed=1))
+    result, out = invoke("data", "inspect", str(tmp_path), "dataset_split=train")
+    assert result.exit_code == 0, out
+    assert "pairs: 5" in out
+    result, out = invoke("data", "inspect", str(tmp_path), "--dataset_split", "test")
+    assert result.exit_code == 0, out
+    assert "pairs: 2" in out
+    result, out = invoke("data", "inspect", f"dataset_name={tmp_path}", "--split", "test")
+    assert result.exit_code == 0, out
+    assert "pairs: 2" in out
+
+
+@pytest.fixture()
+def rm_train_configs(monkeypatch):
+    """The configs ``distalign rm train`` hands to the training loop (which does not run)."""
+    import distalign.rm.train as rm_train
+
+    seen = []
+
+    def fake_run(cfg):
+        seen.append(cfg)
+        return {"accuracy": 0.5}
+
+    monkeypatch.setattr(rm_train, "run", fake_run)
+    return seen
+
+
+def test_rm_train_trl_flags_and_key_value_give_one_config(rm_train_configs, tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("max_steps: 3\nreport_to: none\noutput_dir: runs/x\n")
+    for args in (
+        ["--config", str(path), "--learning_rate", "2e-5"],
+        [str(path), "learning_rate=2e-5"],
+        [str(path), "--learning_rate=2e-5"],
+    ):
+        result, out = invoke("rm", "train", *args)
+        assert result.exit_code == 0, out
+        assert "accuracy" in out and str(Path("runs/x") / "final") in out
+    expected = load_config(RMTrainConfig, path, ["learning_rate=2e-5"])
+    assert rm_train_configs == [expected] * 3
+    assert (expected.learning_rate, expected.max_steps) == (2e-5, 3)
+
+
+def test_rm_train_flag_spellings_reach_the_config(rm_train_configs):
+    result, out = invoke(
+        "rm", "train", "--max-length", "64", "--max_prompt_length=32", "--use_peft",
+        "--report_to", "wandb,tensorboard",
+    )  # fmt: skip
+    assert result.exit_code == 0, out
+    (cfg,) = rm_train_configs
+    assert (cfg.max_length, cfg.max_prompt_length, cfg.use_peft) == (64, 32, True)
+    assert cfg.report_to == ["wandb", "tensorboard"]
+    result, out = invoke("rm", "train", "report_to=none", "resume_from_checkpoint=true")
+    assert result.exit_code == 0, out
+    assert (rm_train_configs[1].report_to, rm_train_configs[1].resume_from_checkpoint) == (
+        ["none"],
+        "last",
+    )
+
+
+HELP_LINE = re.compile(r"^  (\w+(?:\.\w+)*) \((.+), default: (.*)\)$")
+
+
+@pytest.mark.parametrize(("command", "cls"), [("rm", RMTrainConfig), ("rl", RLTrainConfig)])
+def test_train_help_lists_every_key_with_its_default(command, cls):
+    result, out = invoke(command, "train", "--help")
+    assert result.exit_code == 0, out
+    assert out.startswith(f"Usage: distalign {command} train")
+    lines = out.splitlines()
+    shown = {}
+    for i, line in enumerate(lines):
+        if m := HELP_LINE.match(line):
+            doc = lines[i + 1] if i + 1 < len(lines) else ""
+            shown[m.group(1)] = (m.group(3), doc.strip())
+    assert {"learning_rate", "per_device_train_batch_size"} <= shown.keys()
+    fields = dataclasses.fields(cls)
+    assert {f.name for f in fields} == shown.keys()
+    for f in fields:
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        text, doc = shown[f.name]
+        assert yaml.safe_load(text) == default, (f.name, text)
+        assert doc and not HELP_LINE.match("  " + doc), f"{f.name} has no description"
+    assert invoke(command, "train", "-h")[1] == out
+
+
+def test_version():
+    result, out = invoke("--version")
+    assert result.exit_code == 0, out
+    assert out.strip() == f"distalign {importlib.metadata.version('distalign')}"
+
+
+@pytest.mark.parametrize(
+    ("args", "new"),
+    [
+        (["rm", "train", "lr=1"], "`lr` is now `learning_rate`"),
+        (["rm", "train", "--batch-size", "4"], "per_device_train_batch_size"),
+        (["rl", "train", "k=2"], "`k` is now `num_generations`"),
+        (["rl", "train", "sampling.max_new_tokens=5"], "max_completion_length"),
+        (["generate", "prompts=[a]", "max_new_tokens=5"], "max_completion_length"),
+        (["rm", "eval", "model=x"], "model_name_or_path"),
+    ],
+)
+def test_old_keys_are_refused_naming_the_new_one(args, new, rm_train_configs):
+    result, _ = invoke(*args)
+    assert isinstance(result.exception, ConfigError), result.output
+    assert new in str(result.exception)
+    assert rm_train_configs == []
+
+
+def test_old_yaml_key_is_refused_by_the_command(tmp_path, rm_train_configs, monkeypatch, capsys):
+    """Through ``main``: a message naming the file and the new key, exit status 2."""
+    from distalign import cli
+
+    path = tmp_path / "old.yaml"
+    path.write_text("batch_size: 8\n")
+    monkeypatch.setattr(sys, "argv", ["distalign", "rm", "train", str(path)])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "old.yaml" in out and "`batch_size` is now `per_device_train_batch_size" in out
+    assert rm_train_configs == []

@@ -1,4 +1,5 @@
-"""YAML + key=value configs onto typed dataclasses; every shipped config loads."""
+"""YAML + key=value / --key value configs onto typed dataclasses; renamed keys are refused
+with their new name; every shipped config loads."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distalign.gold.build import BenchConfig
 from distalign.config import (
     ConfigError,
     GenerateConfig,
     load_config,
+    parse_cli_args,
     save_config,
-    split_config_args,
 )
+from distalign.gold.build import BenchConfig
 from distalign.rl.train import RLTrainConfig
 from distalign.rm.train import RMTrainConfig
 
@@ -27,12 +28,18 @@ COMMANDS = {
 }
 
 
+def from_cli(cls, args, **kw):
+    """What a command builds from its CLI words."""
+    path, overrides = parse_cli_args(args, **kw)
+    return load_config(cls, path, overrides)
+
+
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("prompts: [hi]\nk: 2\nsampling:\n  temperature: 0.5\n")
-    cfg = load_config(GenerateConfig, path, ["k=3", "sampling.top_p=0.8"])
+    path.write_text("prompts: [hi]\nnum_generations: 2\ntemperature: 0.5\n")
+    cfg = load_config(GenerateConfig, path, ["num_generations=3", "top_p=0.8"])
     assert isinstance(cfg, GenerateConfig)
-    assert (cfg.k, cfg.sampling.temperature, cfg.sampling.top_p) == (3, 0.5, 0.8)
+    assert (cfg.num_generations, cfg.temperature, cfg.top_p) == (3, 0.5, 0.8)
     assert cfg.prompts == ["hi"]
 
 
@@ -40,9 +47,9 @@ def test_yaml_then_overrides(tmp_path):
     ("overrides", "message"),
     [
         (["prompts=[a]", "kk=1"], "Key 'kk' not in 'GenerateConfig'"),
-        (["prompts=[a]", "k=many"], "k"),
-        (["prompts=[a]", "sampling.top_p=2"], "top_p must be in"),
-        (["k=2"], "give prompts"),
+        (["prompts=[a]", "num_generations=many"], "num_generations"),
+        (["prompts=[a]", "top_p=2"], "top_p must be in"),
+        (["num_generations=2"], "give prompts"),
         (["prompts"], "not of the form key=value"),
     ],
 )
@@ -53,7 +60,7 @@ def test_bad_overrides_are_clear(overrides, message):
 
 def test_bad_yaml_names_the_file(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("prompts: [hi]\nsampling:\n  temprature: 0.5\n")
+    path.write_text("prompts: [hi]\ntemprature: 0.5\n")
     with pytest.raises(ConfigError, match=r"c\.yaml.*temprature"):
         load_config(GenerateConfig, path)
     with pytest.raises(ConfigError, match="does not exist"):
@@ -61,16 +68,159 @@ def test_bad_yaml_names_the_file(tmp_path):
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = load_config(GenerateConfig, None, ["prompts=[a,b]", "sampling.seed=5"])
+    cfg = load_config(GenerateConfig, None, ["prompts=[a,b]", "seed=5"])
     path = save_config(cfg, tmp_path)
-    assert yaml.safe_load(path.read_text())["sampling"]["seed"] == 5
+    assert yaml.safe_load(path.read_text())["seed"] == 5
     assert load_config(GenerateConfig, path) == cfg
 
 
-def test_split_config_args():
-    assert split_config_args(["c.yaml", "a=1"]) == ("c.yaml", ["a=1"])
-    assert split_config_args(["a=1"]) == (None, ["a=1"])
-    assert split_config_args([]) == (None, [])
+def test_parse_cli_args_both_styles():
+    assert parse_cli_args(["c.yaml", "a=1"]) == ("c.yaml", ["a=1"])
+    assert parse_cli_args(["a=1"]) == (None, ["a=1"])
+    assert parse_cli_args([]) == (None, [])
+    assert parse_cli_args(["--config", "c.yaml", "--a", "1"]) == ("c.yaml", [("a", "1")])
+    assert parse_cli_args(["--config=c.yaml", "--a=1"]) == ("c.yaml", [("a", "1")])
+    # dashes become underscores; a bare flag is true, also before another flag
+    assert parse_cli_args(["--max-length", "64", "--use_peft", "--b-c"]) == (
+        None,
+        [("max_length", "64"), ("use_peft", "true"), ("b_c", "true")],
+    )
+    # a positional word fills the command's positional key; list keys collect repeats
+    assert parse_cli_args(["src.jsonl", "x=1"], positional="dataset_name") == (
+        None,
+        [("dataset_name", "src.jsonl"), "x=1"],
+    )
+    assert parse_cli_args(
+        ["--policy", "a=1", "--policy", "b=2"],
+        aliases={"policy": "policies"},
+        list_keys=["policies"],
+    ) == (None, [("policies", ["a=1", "b=2"])])
+    with pytest.raises(ConfigError, match="unexpected argument 'stray'"):
+        parse_cli_args(["stray"])
+
+
+def test_trl_flags_and_key_value_build_the_same_config(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("max_steps: 7\nuse_peft: false\nreport_to: none\n")
+    flags = from_cli(RMTrainConfig, ["--config", str(path), "--learning_rate", "2e-5"])
+    pairs = from_cli(RMTrainConfig, [str(path), "learning_rate=2e-5"])
+    assert flags == pairs
+    assert (flags.learning_rate, flags.max_steps, flags.use_peft) == (2e-5, 7, False)
+    assert isinstance(flags.learning_rate, float)
+
+
+def test_flag_spellings():
+    cfg = from_cli(
+        RMTrainConfig,
+        ["--learning_rate=3e-4", "--max-length", "64", "--max-prompt-length=32", "--use_peft"],
+    )
+    assert (cfg.learning_rate, cfg.max_length, cfg.max_prompt_length, cfg.use_peft) == (
+        3e-4,
+        64,
+        32,
+        True,
+    )
+    assert cfg == from_cli(
+        RMTrainConfig,
+        ["learning_rate=3e-4", "max_length=64", "max_prompt_length=32", "use_peft=true"],
+    )
+    assert from_cli(RMTrainConfig, ["--use-peft", "--max_steps", "3"]).use_peft is True
+    assert from_cli(RMTrainConfig, ["--use_peft", "false"]).use_peft is False
+
+
+def test_wrong_flag_type_names_the_flag():
+    with pytest.raises(ConfigError, match="max_steps"):
+        from_cli(RMTrainConfig, ["--max_steps", "many"])
+    with pytest.raises(ConfigError, match="Key 'max_stepz' not in 'RMTrainConfig'"):
+        from_cli(RMTrainConfig, ["--max_stepz", "3"])
+
+
+@pytest.mark.parametrize(
+    ("cls", "args", "old", "new"),
+    [
+        (RMTrainConfig, ["lr=1"], "lr", "learning_rate"),
+        (RMTrainConfig, ["--lr", "1"], "lr", "learning_rate"),
+        (RMTrainConfig, ["model=x"], "model", "model_name_or_path"),
+        (RMTrainConfig, ["tracker=none"], "tracker", "report_to"),
+        (RMTrainConfig, ["resume=true"], "resume", "resume_from_checkpoint"),
+        (RMTrainConfig, ["mixed_precision=bf16"], "mixed_precision", "bf16=true or fp16=true"),
+        (RLTrainConfig, ["k=2"], "k", "num_generations"),
+        (RLTrainConfig, ["prompts_per_step=2"], "prompts_per_step", "per_device_train_batch_size"),
+        (RLTrainConfig, ["sampling.max_new_tokens=5"], "sampling", "max_completion_length"),
+        (RLTrainConfig, ["max_new_tokens=5"], "max_new_tokens", "max_completion_length"),
+        (GenerateConfig, ["prompts=[a]", "sampling.max_new_tokens=5"], "sampling",
+         "max_completion_length"),
+        (GenerateConfig, ["prompts=[a]", "k=2"], "k", "num_generations"),
+    ],
+)  # fmt: skip
+def test_old_keys_are_refused_with_the_new_name(cls, args, old, new):
+    with pytest.raises(ConfigError, match=f"`{old}` is now") as info:
+        from_cli(cls, args)
+    assert new in str(info.value)
+
+
+def test_old_key_in_yaml_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("learning_rate: 1.0e-5\nbatch_size: 8\n")
+    with pytest.raises(ConfigError, match=r"old\.yaml: `batch_size` is now") as info:
+        load_config(RMTrainConfig, path)
+    assert "per_device_train_batch_size" in str(info.value)
+    path.write_text("sampling:\n  max_new_tokens: 8\n")
+    with pytest.raises(ConfigError, match="max_completion_length"):
+        load_config(RLTrainConfig, path)
+
+
+def test_a_command_s_own_key_is_not_taken_for_an_old_one():
+    """`prompts` is a key of generate (the user messages) and an old key of rl train."""
+    assert load_config(GenerateConfig, None, ["prompts=[a]"]).prompts == ["a"]
+    with pytest.raises(ConfigError, match="dataset_name"):
+        load_config(RLTrainConfig, None, ["prompts=gold"])
+
+
+@pytest.mark.parametrize("cls", [RMTrainConfig, RLTrainConfig])
+def test_report_to_takes_one_name_a_comma_list_or_a_list(cls, tmp_path):
+    assert from_cli(cls, ["report_to=none"]).report_to == ["none"]
+    assert from_cli(cls, ["--report_to", "none"]).report_to == ["none"]
+    assert from_cli(cls, ["--report_to", "wandb,tensorboard"]).report_to == [
+        "wandb",
+        "tensorboard",
+    ]
+    assert from_cli(cls, ["report_to=[wandb,tensorboard]"]).report_to == ["wandb", "tensorboard"]
+    path = tmp_path / "c.yaml"
+    path.write_text("report_to: [wandb, trackio]\n")
+    assert load_config(cls, path).report_to == ["wandb", "trackio"]
+    assert load_config(cls).report_to == ["tensorboard"]
+
+
+@pytest.mark.parametrize("cls", [RMTrainConfig, RLTrainConfig])
+def test_resume_from_checkpoint(cls):
+    assert from_cli(cls, []).resume_from_checkpoint is None
+    assert from_cli(cls, ["resume_from_checkpoint=true"]).resume_from_checkpoint == "last"
+    assert from_cli(cls, ["--resume_from_checkpoint"]).resume_from_checkpoint == "last"
+    assert from_cli(cls, ["resume_from_checkpoint=false"]).resume_from_checkpoint is None
+    folder = from_cli(cls, ["--resume_from_checkpoint", "runs/x/checkpoints/last"])
+    assert folder.resume_from_checkpoint == "runs/x/checkpoints/last"
+
+
+def test_rl_micro_batches_hold_whole_prompt_groups():
+    cfg = load_config(
+        RLTrainConfig,
+        None,
+        ["num_generations=4", "per_device_train_batch_size=8", "gradient_accumulation_steps=3"],
+    )
+    assert (cfg.prompts_per_micro_batch, cfg.prompts_per_step) == (2, 6)
+    with pytest.raises(ConfigError, match="multiple of num_generations"):
+        load_config(RLTrainConfig, None, ["num_generations=4", "per_device_train_batch_size=6"])
+    with pytest.raises(ConfigError, match="bf16 and fp16"):
+        load_config(RMTrainConfig, None, ["bf16=true", "fp16=true"])
+
+
+def test_sampling_keys_are_flat_and_inherited():
+    cfg = load_config(RLTrainConfig, None, ["max_completion_length=6", "temperature=0.7"])
+    assert (cfg.max_completion_length, cfg.temperature) == (6, 0.7)
+    assert RLTrainConfig().max_completion_length == 64  # redeclared default
+    with pytest.raises(ConfigError, match="temperature must be >= 0"):
+        load_config(RLTrainConfig, None, ["temperature=-1"])
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -40,11 +40,12 @@ def test_rm_train_on_two_processes(tiny_model_dir, tmp_path):
     write_jsonl(data / "test.jsonl", make_pairs(21, seed=1))  # not a multiple of 2
     out = tmp_path / "rm"
     common = [
-        f"model={tiny_model_dir}", f"data={data}", "max_length=64", "max_prompt_length=32",
-        "batch_size=4", "lr=3e-3", "tracker=none", "save_every=2", f"output_dir={out}",
+        f"model_name_or_path={tiny_model_dir}", f"dataset_name={data}", "max_length=64",
+        "max_prompt_length=32", "per_device_train_batch_size=4", "learning_rate=3e-3",
+        "report_to=none", "save_steps=2", f"output_dir={out}",
     ]  # fmt: skip
     launch("rm", "train", *common, "max_steps=2")
-    launch("rm", "train", *common, "max_steps=4", "resume=true")
+    launch("rm", "train", *common, "--max_steps", "4", "--resume_from_checkpoint")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4
     assert summary["eval"]["pairs"] == 21  # gathered from both processes, padding dropped
@@ -56,17 +57,19 @@ def test_rm_train_on_two_processes(tiny_model_dir, tmp_path):
 def test_rl_train_on_two_processes(tiny_model_dir, tmp_path):
     out = tmp_path / "rl"
     common = [
-        f"model={tiny_model_dir}", "reward=tests.rl.test_train:reward_apple", "prompts=gold",
-        "eval_prompts=gold", "eval_count=4", "k=2", "prompts_per_step=2",
-        "micro_batch_prompts=1", "sampling.max_new_tokens=6", "baseline=moving_average",
-        "lora=false", "lr=1e-3", "save_every=2", "eval_every=0", "tracker=none",
+        f"model_name_or_path={tiny_model_dir}", "reward=tests.rl.test_train:reward_apple",
+        "dataset_name=gold", "eval_dataset_name=gold", "max_eval_samples=4",
+        # 2 prompts per step and process, in micro-batches of 1 prompt x 2 completions
+        "num_generations=2", "per_device_train_batch_size=2", "gradient_accumulation_steps=2",
+        "max_completion_length=6", "baseline=moving_average", "use_peft=false",
+        "learning_rate=1e-3", "save_steps=2", "eval_steps=0", "report_to=none",
         f"output_dir={out}",
     ]  # fmt: skip
-    launch("rl", "train", *common, "steps=2")
+    launch("rl", "train", *common, "max_steps=2")
     state = json.loads((out / "checkpoints" / "last" / "trainer_state.json").read_text())
     # both processes' rewards went into the baseline: 2 steps x 2 processes x 2 prompts x k = 2
     assert state["baseline_count"] == 16
-    launch("rl", "train", *common, "steps=3", "resume=true")
+    launch("rl", "train", *common, "max_steps=3", "resume_from_checkpoint=true")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]

@@ -8,17 +8,17 @@ import json
 import numpy as np
 import pytest
 
+from distalign.data import load_preferences
+from distalign.data.load import bayes_ceiling
 from distalign.gold.build import (
     GOLD_DIR,
     BenchConfig,
     bayes_accuracy,
-    bayes_ceiling_of,
     disagreement_share,
     load_prompts,
     run_bench_make,
 )
 from distalign.gold.judge import preference_probabilities
-from distalign.data import load_preferences
 from distalign.models.generate import SamplingConfig
 
 
@@ -32,18 +32,27 @@ def test_bayes_accuracy_and_disagreement_by_hand():
     assert disagreement_share([{"a": 0.7, "b": 0.6}, {"a": 0.7, "b": 0.4}]) == 0.5
 
 
-def test_bayes_ceiling_of_the_evaluated_rows(tmp_path):
+def test_bayes_ceiling_of_the_loaded_rows(tmp_path):
+    """The ceiling comes from the ``p_chosen`` column load_preferences keeps, over exactly the
+    rows loaded (a limit or a selection changes it)."""
     rows = [{"prompt": "q", "chosen": "a", "rejected": "b", "p_chosen": p} for p in (0.9, 0.2, 0.6)]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert bayes_ceiling_of(str(path), None, [0, 1]) == pytest.approx((0.9 + 0.8) / 2)
-    assert bayes_ceiling_of(str(path), None, [2]) == pytest.approx(0.6)
+    ds = load_preferences(str(path))
+    assert ds["p_chosen"] == pytest.approx([0.9, 0.2, 0.6])
+    assert bayes_ceiling(ds) == pytest.approx((0.9 + 0.8 + 0.6) / 3)
+    assert bayes_ceiling(ds.select([0, 1])) == pytest.approx((0.9 + 0.8) / 2)
+    assert bayes_ceiling(ds.select([2])) == pytest.approx(0.6)
+    assert bayes_ceiling(load_preferences(str(path), limit=2)) == pytest.approx((0.9 + 0.8) / 2)
+    assert bayes_ceiling(ds.select([])) is None  # no rows: no ceiling
     plain = tmp_path / "plain.jsonl"  # no judge probabilities: no ceiling
     plain.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
-    assert bayes_ceiling_of(str(plain), None, [0]) is None
+    assert bayes_ceiling(load_preferences(str(plain))) is None
+    mixed = tmp_path / "mixed.jsonl"  # only some rows know theirs: no ceiling either
+    mixed.write_text(path.read_text() + plain.read_text())
+    assert bayes_ceiling(load_preferences(str(mixed))) is None
     test = load_preferences("gold", "test")
-    whole = bayes_ceiling_of("gold", "test", test["source_row"])
-    assert whole == pytest.approx(
+    assert bayes_ceiling(test) == pytest.approx(
         json.loads((GOLD_DIR / "metadata.json").read_text())["splits"]["test"]["bayes_accuracy"]
     )
 
@@ -62,17 +71,17 @@ def test_prompt_split_is_stratified_and_seeded():
 
 def test_make_small_benchmark_and_resume(tiny_model_dir, tmp_path):
     settings = [
-        SamplingConfig(temperature=1.0, max_new_tokens=6),
-        SamplingConfig(temperature=1.0, max_new_tokens=10),
-        SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=8),
+        SamplingConfig(temperature=1.0, max_completion_length=6),
+        SamplingConfig(temperature=1.0, max_completion_length=10),
+        SamplingConfig(temperature=0.7, top_p=0.9, max_completion_length=8),
     ]
     cfg = BenchConfig(
-        model=str(tiny_model_dir),
+        model_name_or_path=str(tiny_model_dir),
         settings=settings,
         limit_prompts=3,
-        batch_size=2,
+        sampling_batch_size=2,
         work_dir=str(tmp_path / "work"),
-        out_dir=str(tmp_path / "out"),
+        output_dir=str(tmp_path / "out"),
     )
     meta = run_bench_make(cfg)
     out = tmp_path / "out"

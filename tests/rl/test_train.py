@@ -9,8 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from distalign.models.generate import SamplingConfig
-from distalign.rl.train import RLTrainConfig, advantages_for, run
+from distalign.rl.train import RLTrainConfig, TrainState, advantages_for, run
 
 # Tokens the peaked tiny model likes to emit; the reward pays for the first one.
 FAVOURITES = [" apple", " river", " stone", " cloud", " paper", " light", " music", " garden"]
@@ -42,10 +41,12 @@ def peaked_policy_dir(tiny_model_dir, smol_tokenizer, tmp_path_factory):
 
 def config(model_dir, tmp_path, **kw) -> RLTrainConfig:
     base = dict(
-        model=str(model_dir), reward="tests.rl.test_train:reward_apple", prompts="gold",
-        eval_prompts="gold", eval_count=8, k=4, prompts_per_step=4, micro_batch_prompts=2,
-        sampling=SamplingConfig(max_new_tokens=8, temperature=1.0), beta=0.0, steps=30,
-        lr=2e-3, lora=False, eval_every=0, save_every=0, tracker="none",
+        model_name_or_path=str(model_dir), reward="tests.rl.test_train:reward_apple",
+        dataset_name="gold", eval_dataset_name="gold", max_eval_samples=8, num_generations=4,
+        # 4 prompts per step in micro-batches of 2 prompts x 4 completions
+        per_device_train_batch_size=8, gradient_accumulation_steps=2,
+        max_completion_length=8, temperature=1.0, beta=0.0, max_steps=30, learning_rate=2e-3,
+        use_peft=False, eval_steps=0, save_steps=0, report_to="none",
         output_dir=str(tmp_path / "rl"),
     )  # fmt: skip
     base.update(kw)
@@ -77,7 +78,9 @@ def test_lora_resume_and_reward_model_sources(tiny_model_dir, tmp_path):
     from tests.conftest import train_tiny_reward_models
 
     finals = train_tiny_reward_models(tiny_model_dir, tmp_path, ("scalar", "categorical"))
-    kw = dict(lora=True, steps=2, k=2, prompts_per_step=2, save_every=1, beta=0.1)
+    # 2 prompts per step, both in one micro-batch of 2 prompts x 2 completions
+    kw = dict(use_peft=True, max_steps=2, num_generations=2, per_device_train_batch_size=4,
+              gradient_accumulation_steps=1, save_steps=1, beta=0.1)  # fmt: skip
     run(config(tiny_model_dir, tmp_path / "a", reward=str(finals["scalar"]), **kw))
     out = run(config(tiny_model_dir, tmp_path / "b", reward=str(finals["categorical"]),
                      functional="win_probability", uncertainty_scaling=True, **kw))  # fmt: skip
@@ -89,7 +92,7 @@ def test_lora_resume_and_reward_model_sources(tiny_model_dir, tmp_path):
     assert (tmp_path / "b" / "rl" / "final" / "adapter_config.json").is_file()
     # resume: two more steps continue from step 2 and append to the history
     run(config(tiny_model_dir, tmp_path / "a", reward=str(finals["scalar"]),
-               **{**kw, "steps": 4}, resume=True))  # fmt: skip
+               **{**kw, "max_steps": 4}, resume_from_checkpoint=True))  # fmt: skip
     steps = [
         json.loads(x)["step"]
         for x in (tmp_path / "a" / "rl" / "history.jsonl").read_text().splitlines()
@@ -103,10 +106,10 @@ def test_moving_average_baseline_pools_every_process():
     cfg = RLTrainConfig(baseline="moving_average", ema=None)
     local = torch.tensor([1.0, 3.0])  # this process's rewards
     pooled = torch.tensor([1.0, 3.0, 5.0, 7.0])  # every process's
-    state = {"baseline_mean": 0.0, "baseline_count": 0}
+    state = TrainState()
     adv, base = advantages_for(cfg, local, None, state, pooled)
     assert base == 0.0 and torch.equal(adv, local)  # the first step has no past to subtract
-    assert state["baseline_mean"] == pytest.approx(4.0) and state["baseline_count"] == 4
+    assert state.baseline_mean == pytest.approx(4.0) and state.baseline_count == 4
     adv, base = advantages_for(cfg, torch.tensor([6.0, 2.0]), None, state)
     assert base == pytest.approx(4.0)
     assert adv.tolist() == pytest.approx([2.0, -2.0])

@@ -39,16 +39,17 @@ def pair_dir(tmp_path_factory):
 
 def config(tiny_model_dir, pair_dir, tmp_path, **kw) -> RMTrainConfig:
     base = dict(
-        model=str(tiny_model_dir), data=str(pair_dir), max_length=64, max_prompt_length=32,
-        batch_size=8, lr=3e-3, warmup_ratio=0.0, epochs=1, eval_every=0, save_every=0,
-        output_dir=str(tmp_path / "run"), tracker="none", gamma=0.01,
+        model_name_or_path=str(tiny_model_dir), dataset_name=str(pair_dir), max_length=64,
+        max_prompt_length=32, per_device_train_batch_size=8, learning_rate=3e-3,
+        warmup_ratio=0.0, num_train_epochs=1, eval_steps=0, save_steps=0,
+        output_dir=str(tmp_path / "run"), report_to="none", center_rewards_coefficient=0.01,
     )  # fmt: skip
     base.update(kw)
     return RMTrainConfig(**base)
 
 
 def test_learns_a_property_of_the_chosen_reply(tiny_model_dir, pair_dir, tmp_path):
-    result = run(config(tiny_model_dir, pair_dir, tmp_path, epochs=2))
+    result = run(config(tiny_model_dir, pair_dir, tmp_path, num_train_epochs=2))
     assert result["accuracy"] >= 0.95, result
     final = tmp_path / "run" / "final"
     assert (final / "model.safetensors").is_file() and (final / "distalign_rm.json").is_file()
@@ -59,13 +60,19 @@ def test_learns_a_property_of_the_chosen_reply(tiny_model_dir, pair_dir, tmp_pat
 
 
 def test_centering_keeps_rewards_near_zero(tiny_model_dir, pair_dir, tmp_path):
-    free = run(config(tiny_model_dir, pair_dir, tmp_path / "a", gamma=0.0, max_steps=30))
-    centred = run(config(tiny_model_dir, pair_dir, tmp_path / "b", gamma=0.5, max_steps=30))
+    free = run(
+        config(tiny_model_dir, pair_dir, tmp_path / "a", center_rewards_coefficient=0.0,
+               max_steps=30)
+    )  # fmt: skip
+    centred = run(
+        config(tiny_model_dir, pair_dir, tmp_path / "b", center_rewards_coefficient=0.5,
+               max_steps=30)
+    )  # fmt: skip
     assert abs(centred["reward_mean"]) < abs(free["reward_mean"])
 
 
 def test_resume_matches_uninterrupted_run_bitwise(tiny_model_dir, pair_dir, tmp_path):
-    kw = dict(max_steps=8, save_every=4, scheduler="constant")
+    kw = dict(max_steps=8, save_steps=4, lr_scheduler_type="constant")
     straight = run(config(tiny_model_dir, pair_dir, tmp_path / "s", **kw))
     cut = config(tiny_model_dir, pair_dir, tmp_path / "r", **{**kw, "max_steps": 4})
     run(cut)  # as if killed after step 4
@@ -73,13 +80,15 @@ def test_resume_matches_uninterrupted_run_bitwise(tiny_model_dir, pair_dir, tmp_
         (tmp_path / "r" / "run" / "checkpoints" / "last" / "trainer_state.json").read_text()
     )
     assert state["step"] == 4
-    resumed = run(config(tiny_model_dir, pair_dir, tmp_path / "r", **kw, resume=True))
+    resumed = run(
+        config(tiny_model_dir, pair_dir, tmp_path / "r", **kw, resume_from_checkpoint=True)
+    )
     for key in ("accuracy", "margin", "reward_mean"):
         assert resumed[key] == pytest.approx(straight[key], abs=1e-5), key
 
 
 def test_lora_adapter_saves_and_scores_identically(tiny_model_dir, pair_dir, tmp_path):
-    run(config(tiny_model_dir, pair_dir, tmp_path, lora=True, lora_r=4, max_steps=5))
+    run(config(tiny_model_dir, pair_dir, tmp_path, use_peft=True, lora_r=4, max_steps=5))
     final = tmp_path / "run" / "final"
     assert (final / "adapter_config.json").is_file()
     model, tokenizer, _ = load_reward_model(final)
@@ -90,7 +99,7 @@ def test_lora_adapter_saves_and_scores_identically(tiny_model_dir, pair_dir, tmp
 
 
 def test_prefix_sharing_and_plain_runs_agree(tiny_model_dir, pair_dir, tmp_path):
-    kw = dict(max_steps=4, scheduler="constant")
+    kw = dict(max_steps=4, lr_scheduler_type="constant")
     shared = run(config(tiny_model_dir, pair_dir, tmp_path / "a", prefix_sharing=True, **kw))
     plain = run(config(tiny_model_dir, pair_dir, tmp_path / "b", prefix_sharing=False, **kw))
     assert shared["margin"] == pytest.approx(plain["margin"], abs=1e-3)
@@ -120,7 +129,7 @@ def test_reference_config_dry_run(tiny_model_dir, tmp_path, monkeypatch):
     cfg = load_config(
         RMTrainConfig,
         "configs/rm_scalar_helpsteer2.yaml",
-        [f"model={tiny_model_dir}", "max_steps=1", "mixed_precision=no", "tracker=none",
+        [f"model_name_or_path={tiny_model_dir}", "max_steps=1", "bf16=false", "report_to=none",
          f"output_dir={tmp_path}", "margin_scale=0.5"],
     )  # fmt: skip
     assert cfg.max_length == 512
@@ -131,7 +140,9 @@ def test_reference_config_dry_run(tiny_model_dir, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("head", ["categorical", "ordinal"])
 def test_distributional_heads_learn(tiny_model_dir, pair_dir, tmp_path, head):
-    result = run(config(tiny_model_dir, pair_dir, tmp_path, head=head, epochs=2, n_bins=5))
+    result = run(
+        config(tiny_model_dir, pair_dir, tmp_path, head=head, num_train_epochs=2, n_bins=5)
+    )
     assert result["accuracy"] >= 0.95, result
     assert {"entropy", "unimodal_share", "std_mean", "accuracy_expectation"} <= result.keys()
     if head == "ordinal":

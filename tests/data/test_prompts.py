@@ -1,0 +1,130 @@
+"""Prompt sources of rl train, generate and eval compare: the gold benchmark's, a .txt file,
+prompt-only rows, a preference set's prompts (once each) and a ``datasets.Dataset``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+
+from distalign.data import PreferenceFormatError
+from distalign.data.prompts import load_prompts
+from tests.conftest import write_jsonl
+
+GOLD_PROMPTS = Path(__file__).parents[2] / "src" / "distalign" / "gold" / "data" / "prompts.jsonl"
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def gold_rows(split: str) -> list[dict]:
+    rows = [json.loads(line) for line in GOLD_PROMPTS.read_text().splitlines() if line]
+    return [r for r in rows if r["split"] == split]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_gold_prompts_by_split(split):
+    rows = gold_rows(split)
+    prompts = load_prompts("gold", split)
+    assert len(prompts) == len(rows) > 0
+    assert prompts == [user(r["prompt"]) for r in rows]  # file order, one user turn each
+
+
+def test_gold_splits_are_disjoint_and_default_to_train():
+    train, test = load_prompts("gold"), load_prompts("gold", "test")
+    assert len(train) == len(gold_rows("train")) and len(test) == len(gold_rows("test"))
+    assert len(train) > len(test)
+    assert not {json.dumps(p) for p in train} & {json.dumps(p) for p in test}
+
+
+def test_gold_pairs_folder_gives_the_split_s_prompts_once_each():
+    """The benchmark's pair files, read as a preference source: each test prompt once."""
+    prompts = load_prompts(str(GOLD_PROMPTS.parent), "test")
+    assert len({json.dumps(p) for p in prompts}) == len(prompts)
+    assert {json.dumps(p) for p in prompts} <= {json.dumps(p) for p in load_prompts("gold", "test")}
+
+
+def test_txt_file_with_bom_and_blank_lines(tmp_path):
+    path = tmp_path / "questions.txt"
+    path.write_bytes("\ufeffWhy is the sky blue?\n\nName a fruit.\n   \nÇa va ?\n".encode())
+    assert load_prompts(str(path)) == [user("Why is the sky blue?"), user("Name a fruit."),
+                                       user("Ça va ?")]  # fmt: skip
+    assert load_prompts(str(path), None) == load_prompts(str(path), "test")  # no splits
+
+
+def test_prompt_only_jsonl_with_strings_and_messages(tmp_path):
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name a fruit."},
+    ]
+    path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Why?"}, {"prompt": chat}])
+    assert load_prompts(str(path)) == [user("Why?"), chat]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"prompt": [{"role": "assistant", "content": "x"}]}, "last turn to be the user's"),
+        ({"prompt": None}, "missing"),
+        ({"prompt": ""}, "non-empty string"),
+    ],
+)
+def test_bad_prompt_rows_name_the_line(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "ok"}, row])
+    with pytest.raises(PreferenceFormatError, match=message) as info:
+        load_prompts(str(path))
+    assert f"{path}:2" in str(info.value)
+
+
+def test_empty_source(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(PreferenceFormatError, match="no rows"):
+        load_prompts(str(path))
+
+
+PAIRS = [
+    {"prompt": "B first?", "chosen": "yes", "rejected": "no"},
+    {"prompt": "A second?", "chosen": "1", "rejected": "2"},
+    {"prompt": "B first?", "chosen": "sure", "rejected": "never"},
+    {"prompt": "C third?", "chosen": "x", "rejected": "y"},
+    {"prompt": "A second?", "chosen": "3", "rejected": "4"},
+]
+UNIQUE = [user("B first?"), user("A second?"), user("C third?")]
+
+
+def test_preference_file_gives_each_prompt_once_in_order(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    assert load_prompts(str(path)) == UNIQUE
+
+
+def test_preference_folder_by_split(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", PAIRS)
+    write_jsonl(tmp_path / "test.jsonl", PAIRS[3:])
+    assert load_prompts(str(tmp_path)) == UNIQUE
+    assert load_prompts(str(tmp_path), "test") == [user("C third?"), user("A second?")]
+
+
+def test_datasets_objects():
+    assert load_prompts(datasets.Dataset.from_list(PAIRS)) == UNIQUE
+    prompt_only = datasets.Dataset.from_list([{"prompt": "One?"}, {"prompt": "Two?"}])
+    assert load_prompts(prompt_only) == [user("One?"), user("Two?")]
+    chats = datasets.Dataset.from_list([{"prompt": user("Hi")}, {"prompt": user("Bye")}])
+    assert load_prompts(chats) == [user("Hi"), user("Bye")]
+
+
+def test_hub_id_reads_the_split(monkeypatch):
+    calls = []
+
+    def fake_load_dataset(name, split):
+        calls.append((name, split))
+        return datasets.Dataset.from_list([{"prompt": "Hub?"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert load_prompts("someone/prompts", "validation") == [user("Hub?")]
+    assert calls == [("someone/prompts", "validation")]
