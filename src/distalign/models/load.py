@@ -78,7 +78,14 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     quantised. So the weights are copied into a fresh model built from a clean config. The
     folder is written under a temporary name and renamed, so a crash never leaves a half cache.
     """
-    gguf_path = Path(gguf_path)
+    # loading initialises weights at random before they are overwritten: on the global RNG,
+    # the first run on a machine (the one that converts) would then draw other reward-head
+    # and LoRA weights than every later run with the same seed
+    with torch.random.fork_rng(devices=[]):
+        return _convert_gguf(Path(gguf_path), out_dir)
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     log.info("converting %s to a Hugging Face folder (once)", gguf_path.name)
     src, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
