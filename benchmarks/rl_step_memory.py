@@ -23,24 +23,25 @@ HERE = Path(__file__).parent
 
 
 def child(tokens: int, lora: bool, work: Path, micro: int) -> None:
-    from distalign.models.generate import SamplingConfig
     from distalign.rl.train import RLTrainConfig, run
     from distalign.tracking import peak_memory_gb, read_metrics
 
     out = work / f"rl_{tokens}_{'lora' if lora else 'full'}_mb{micro}"
     cfg = RLTrainConfig(
         reward="distalign.gold.judge:gold_reward",
-        k=4,
-        prompts_per_step=8,
-        micro_batch_prompts=micro,
-        sampling=SamplingConfig(max_new_tokens=tokens, temperature=1.0, batch_size=8),
-        steps=1,
-        lora=lora,
-        eval_every=0,
+        num_generations=4,
+        per_device_train_batch_size=4 * micro,
+        gradient_accumulation_steps=8 // micro,
+        max_completion_length=tokens,
+        temperature=1.0,
+        sampling_batch_size=8,
+        max_steps=1,
+        use_peft=lora,
+        eval_steps=0,
         eval_at_start=False,
-        eval_count=1,
-        save_every=0,
-        tracker="none",
+        max_eval_samples=1,
+        save_steps=0,
+        report_to="none",
         output_dir=str(out),
     )
     run(cfg)

@@ -122,20 +122,20 @@ def run_distalign(pairs, args, variant) -> dict:
                 f.write(json.dumps({k: p[k] for k in ("prompt", "chosen", "rejected")}) + "\n")
     out = args.work / variant
     cfg = RMTrainConfig(
-        model=args.model,
-        data=str(data),
+        model_name_or_path=args.model,
+        dataset_name=str(data),
         max_length=args.max_length,
         max_prompt_length=args.max_length // 2,
-        batch_size=8,
+        per_device_train_batch_size=8,
         max_steps=args.steps,
-        lr=1e-5,
-        eval_every=0,
-        save_every=0,
-        tracker="none",
+        learning_rate=1e-5,
+        eval_steps=0,
+        save_steps=0,
+        report_to="none",
         output_dir=str(out),
         prefix_sharing=variant != "plain",
         packing=variant == "packed",
-        gamma=0.01,
+        center_rewards_coefficient=0.01,
     )
     run(cfg)
     logs = [r for r in read_metrics(out / "metrics.jsonl") if "train/elapsed_s" in r]

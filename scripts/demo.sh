@@ -7,14 +7,15 @@
 # (RLOO + mean − std of the ordinal RM); several hours on this CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DA=".venv/bin/distalign"
+VENV="${VENV:-.venv}"
+DA="$VENV/bin/distalign"
 OUT=runs/demo
-RM_X="" RL_X="" CMP_X="count=32 samples_per_prompt=4" RUNS="ma_scalar rloo_scalar rloo_cvar"
+RM_X="" RL_X="" CMP_X="max_eval_samples=32 num_generations=4" RUNS="ma_scalar rloo_scalar rloo_cvar"
 if [ "${PROFILE:-}" = full ]; then
   OUT=runs/demo-full
-  RM_X="limit_train=1200 limit_eval=400 max_length=384 max_prompt_length=128"
-  RL_X="steps=40 eval_every=10 save_every=10 eval_count=32 sampling.max_new_tokens=96"
-  CMP_X="count=80 samples_per_prompt=4 sampling.max_new_tokens=96"
+  RM_X="max_train_samples=1200 max_eval_samples=400 max_length=384 max_prompt_length=128"
+  RL_X="max_steps=40 eval_steps=10 save_steps=10 max_eval_samples=32 max_completion_length=96"
+  CMP_X="max_eval_samples=80 num_generations=4 max_completion_length=96"
   RUNS="$RUNS rloo_mstd"
 fi
 if [ "${FORCE:-0}" = 1 ]; then rm -rf "$OUT"; fi
@@ -26,10 +27,10 @@ done_or() { if [ -e "$1" ]; then echo "   reusing $1"; return 1; fi; }
 stage "the default model (SmolLM2-135M-Instruct from the embedded GGUF, converted once)"
 $DA model prepare
 stage "one prompt"
-$DA generate prompts='[Explain in two sentences why the sky is blue.]' sampling.max_new_tokens=64 sampling.temperature=0
+$DA generate prompts='[Explain in two sentences why the sky is blue.]' max_completion_length=64 temperature=0
 stage "the data: the shipped gold-judge benchmark, and a small HH-style file"
 # (written to files first: piping into head would cut the command off mid-write)
-$DA data inspect gold --split train > "$OUT/inspect_gold.txt"
+$DA data inspect gold dataset_split=train > "$OUT/inspect_gold.txt"
 head -n 8 "$OUT/inspect_gold.txt"
 $DA data inspect examples/hh_sample.jsonl.gz > "$OUT/inspect_hh.txt"
 head -n 4 "$OUT/inspect_hh.txt"
@@ -57,8 +58,8 @@ stage "comparison with SFT on held-out prompts, and the report"
 done_or $OUT/compare/compare.json && $DA eval compare $POLICIES \
   --reward scalar=$OUT/rm_scalar/final --reward ordinal=$OUT/rm_ordinal/final \
   --run $OUT/rl_rloo_scalar --rm-run $OUT/rm_scalar --rm-run $OUT/rm_ordinal \
-  sampling.max_new_tokens=48 output_dir=$OUT/compare $CMP_X
-OUT=$OUT .venv/bin/python - <<'PY'
+  max_completion_length=48 output_dir=$OUT/compare $CMP_X
+OUT=$OUT "$VENV/bin/python" - <<'PY'
 import json
 import os
 s = json.load(open(os.environ["OUT"] + "/compare/compare.json"))

@@ -10,5 +10,5 @@ $DA rm train configs/rm_scalar_cpu.yaml > runs/logs/rm_scalar.log 2>&1
 $DA rm train configs/rm_scalar_cpu.yaml head=categorical output_dir=runs/rm_categorical_cpu > runs/logs/rm_categorical.log 2>&1
 $DA rm train configs/rm_scalar_cpu.yaml head=ordinal output_dir=runs/rm_ordinal_cpu > runs/logs/rm_ordinal.log 2>&1
 for m in scalar categorical ordinal; do
-  $DA rm eval --model runs/rm_${m}_cpu/final --data gold --split test --max-length 384 > runs/logs/rm_eval_${m}.log 2>&1
+  $DA rm eval model_name_or_path=runs/rm_${m}_cpu/final dataset_name=gold dataset_test_split=test max_length=384 > runs/logs/rm_eval_${m}.log 2>&1
 done

@@ -81,7 +81,9 @@ def test_parse_cli_args_both_styles():
     assert parse_cli_args(["--config", "c.yaml", "--a", "1"]) == ("c.yaml", [("a", "1")])
     assert parse_cli_args(["--config=c.yaml", "--a=1"]) == ("c.yaml", [("a", "1")])
     # dashes become underscores; a bare flag is true, also before another flag
-    assert parse_cli_args(["--max-length", "64", "--use_peft", "--b-c"]) == (
+    assert parse_cli_args(
+        ["--max-length", "64", "--use_peft", "--b-c"], bool_keys=["use_peft"]
+    ) == (
         None,
         [("max_length", "64"), ("use_peft", "true"), ("b_c", "true")],
     )
@@ -97,6 +99,19 @@ def test_parse_cli_args_both_styles():
     ) == (None, [("policies", ["a=1", "b=2"])])
     with pytest.raises(ConfigError, match="unexpected argument 'stray'"):
         parse_cli_args(["stray"])
+    # a bare bool flag before key=value or the YAML file does not swallow them
+    assert parse_cli_args(["--use_peft", "max_steps=3"], bool_keys=["use_peft"]) == (
+        None,
+        [("use_peft", "true"), "max_steps=3"],
+    )
+    assert parse_cli_args(["--use_peft", "c.yaml"], bool_keys=["use_peft"]) == (
+        "c.yaml",
+        [("use_peft", "true")],
+    )
+    assert parse_cli_args(["--use_peft", "false"], bool_keys=["use_peft"]) == (
+        None,
+        [("use_peft", "false")],
+    )
 
 
 def test_trl_flags_and_key_value_build_the_same_config(tmp_path):

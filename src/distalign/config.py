@@ -1,17 +1,25 @@
-"""Typed configs: one dataclass per command, filled from YAML and ``key=value`` overrides.
+"""Typed configs: one dataclass per command, filled from YAML, ``key=value`` overrides and
+TRL-style ``--key value`` flags.
 
-    cfg = load_config(GenerateConfig, "configs/generate.yaml", ["sampling.temperature=0.7"])
+    cfg = load_config(GenerateConfig, "configs/generate.yaml", ["temperature=0.7"])
+    path, overrides = parse_cli_args(["--config", "c.yaml", "--learning_rate", "2e-5"])
 
-Unknown keys and values of the wrong type are errors that name the key (and the file). The
-resolved config is written beside every output (``save_config``) so a run can be repeated.
-Each field's docstring (the string under it) is its documentation.
+Unknown keys and values of the wrong type are errors that name the key (and the file); a key
+that was renamed is refused with its new name. The resolved config is written beside every
+output (``save_config``) so a run can be repeated. Each field's docstring (the string under
+it) is its documentation, shown by ``--help`` (``config_fields``).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import itertools
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +31,53 @@ from distalign.models.generate import SamplingConfig
 from distalign.models.load import DEFAULT_MODEL
 
 T = TypeVar("T")
+
+# Keys of earlier versions -> the name they have now (TRL / transformers names where those
+# exist). Consulted only for keys the command does not know, so `prompts` stays a key of
+# `generate` while it points rl train users to `dataset_name`.
+RENAMED = {
+    "model": "model_name_or_path",
+    "data": "dataset_name",
+    "prompts": "dataset_name",
+    "prompts_file": "dataset_name",
+    "eval_data": "eval_dataset_name",
+    "eval_prompts": "eval_dataset_name",
+    "split": "dataset_train_split (training) or dataset_test_split (held-out)",
+    "prompts_split": "dataset_train_split",
+    "eval_split": "dataset_test_split",
+    "limit_train": "max_train_samples",
+    "limit_eval": "max_eval_samples",
+    "eval_count": "max_eval_samples",
+    "count": "max_eval_samples",
+    "limit": "max_eval_samples",
+    "batch_size": "per_device_train_batch_size (or per_device_eval_batch_size)",
+    "eval_batch_size": "per_device_eval_batch_size",
+    "prompts_per_step": "per_device_train_batch_size × gradient_accumulation_steps "
+    "/ num_generations",
+    "micro_batch_prompts": "per_device_train_batch_size (completions per micro-batch)",
+    "grad_accum": "gradient_accumulation_steps",
+    "lr": "learning_rate",
+    "scheduler": "lr_scheduler_type",
+    "epochs": "num_train_epochs",
+    "steps": "max_steps",
+    "gamma": "center_rewards_coefficient",
+    "lora": "use_peft",
+    "eval_every": "eval_steps",
+    "save_every": "save_steps",
+    "resume": "resume_from_checkpoint",
+    "tracker": "report_to",
+    "mixed_precision": "bf16=true or fp16=true",
+    "k": "num_generations",
+    "samples_per_prompt": "num_generations",
+    "sampling": "the flat keys max_completion_length, temperature, top_p, top_k, "
+    "sampling_batch_size",
+    "max_new_tokens": "max_completion_length",
+    "max_prompt_tokens": "max_prompt_length",
+    "truncation_penalty": "missing_eos_penalty",
+    "output": "output_file",
+    "input": "input_file",
+    "out_dir": "output_dir",
+}
 
 
 class ConfigError(ValueError):
@@ -42,27 +97,88 @@ def require(checks: Sequence[tuple[bool, str]]) -> None:
             raise ValueError(message)
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Defaults of ``cls`` <- YAML file <- ``key=value`` overrides (dotted keys for nesting)."""
+def _check_renamed(cls: type, keys: Sequence[str], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in keys:
+        top = key.split(".")[0]
+        if top not in known and top in RENAMED:
+            raise ConfigError(f"{where}: `{top}` is now `{RENAMED[top]}`")
+
+
+def report_to_list(value: Any) -> list[str]:
+    """``report_to`` as a list: one name, a comma-separated string or a list."""
+    if value is None:
+        return ["none"]
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()] or ["none"]
+    return [str(v) for v in value]
+
+
+def resume_value(value: Any) -> str | None:
+    """``resume_from_checkpoint``: None (start fresh), ``"last"`` (true: the run's own last
+    checkpoint) or a checkpoint folder."""
+    if value is None or str(value).lower() in ("", "false", "no", "none", "0"):
+        return None
+    if str(value).lower() in ("true", "yes", "1", "last"):
+        return "last"
+    return str(value)
+
+
+def checkpoint_path(value: str, output_dir: str | Path) -> Path:
+    """The folder ``resume_from_checkpoint`` names (``last``: output_dir/checkpoints/last)."""
+    return Path(output_dir) / "checkpoints" / "last" if value == "last" else Path(value)
+
+
+def mixed_precision(bf16: bool, fp16: bool) -> str | None:
+    """accelerate's mixed_precision for the bf16/fp16 keys; None when neither is set, so that
+    ``accelerate launch --mixed_precision`` (or its config file) decides."""
+    return "bf16" if bf16 else "fp16" if fp16 else None
+
+
+Override = str | tuple[str, Any]
+BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
+def bool_keys(cls: type) -> list[str]:
+    """The keys of ``cls`` that hold a bool (they may be given as a bare ``--flag``)."""
+    return [f.name for f in dataclasses.fields(cls) if f.type in (bool, "bool")]
+
+
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: Sequence[Override] = ()
+) -> T:
+    """Defaults of ``cls`` <- YAML file <- overrides, each ``"key=value"`` (dotted keys nest;
+    the value is parsed as YAML) or a ``(key, value)`` pair (a flag's raw value or a list)."""
     base = OmegaConf.structured(cls)
     try:
         if path is not None:
             path = Path(path)
             if not path.is_file():
                 raise ConfigError(f"config file {path} does not exist")
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+            _check_renamed(cls, list(loaded), str(path))
             base = OmegaConf.merge(base, OmegaConf.create(loaded))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {_first_line(e)}") from None
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        try:
-            base = OmegaConf.merge(base, OmegaConf.from_dotlist([item]))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
+        if isinstance(item, str):
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            key = item.split("=", 1)[0]
+            _check_renamed(cls, [key], f"override {item!r}")
+            try:
+                base = OmegaConf.merge(base, OmegaConf.from_dotlist([item]))
+            except OmegaConfBaseException as e:
+                raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
+        else:
+            key, value = item
+            _check_renamed(cls, [key], f"--{key}")
+            try:
+                OmegaConf.update(base, key, value, merge=True, force_add=False)
+            except OmegaConfBaseException as e:
+                raise ConfigError(f"--{key} {value!r}: {_first_line(e)}") from None
     try:
         return OmegaConf.to_object(base)  # runs each dataclass's __post_init__ checks
     except OmegaConfBaseException as e:
@@ -71,8 +187,23 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         raise ConfigError(str(e)) from None
 
 
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def _plain(value: Any) -> Any:
+    """A value YAML can hold: dataclasses and containers recursively; a Python object given
+    through the API (a reward callable, a ``datasets.Dataset``) by its description."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return f"<python object: {type(value).__name__}>"
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (what is saved and logged)."""
+    return _plain(cfg)
 
 
 def save_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Path:
@@ -80,32 +211,139 @@ def save_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / name
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
+    path.write_text(
+        yaml.safe_dump(config_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
     return path
 
 
-def split_config_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
-    """CLI words -> (YAML path or None, overrides). The YAML file, if any, comes first."""
-    if args and "=" not in args[0]:
-        return args[0], list(args[1:])
-    return None, list(args)
+def parse_cli_args(
+    args: Sequence[str],
+    positional: str | None = None,
+    aliases: dict[str, str] | None = None,
+    list_keys: Sequence[str] = (),
+    bool_keys: Sequence[str] = (),
+) -> tuple[str | None, list[Override]]:
+    """CLI words -> (YAML path or None, overrides), accepting both styles:
+
+        distalign rm train configs/x.yaml learning_rate=2e-5
+        distalign rm train --config configs/x.yaml --learning_rate 2e-5
+
+    ``--key value``, ``--key=value``, a bare ``--flag`` (true), dashes or underscores. A word
+    that is neither a ``.yaml`` file nor ``key=value`` fills the command's ``positional`` key
+    (e.g. the data source of ``data inspect``). ``aliases`` map a flag to a key (``--policy``
+    -> ``policies``); a flag of a key in ``list_keys`` may repeat and collects a list; a
+    flag of a key in ``bool_keys`` may stand alone (``--use_peft``).
+    """
+    aliases = aliases or {}
+    path, overrides, lists = None, [], {}
+    words = list(args)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word.startswith("--"):
+            key, eq, value = word[2:].partition("=")
+            key = key.replace("-", "_")
+            key = aliases.get(key, key)
+            if not eq:
+                following = words[i] if i < len(words) else "--"
+                # a bool flag may stand alone (then it is true): its next word is its value
+                # only when that reads as a bool, not when it is key=value or the YAML file
+                bare = following.startswith("--") or (
+                    key in bool_keys and following.lower() not in BOOL_WORDS
+                )
+                if not bare:
+                    value, i = following, i + 1
+                else:
+                    value = "true"  # a bare flag
+            if key == "config":
+                path = value
+            elif key in list_keys:
+                lists.setdefault(key, []).append(value)
+            else:
+                overrides.append((key, value))
+        elif "=" in word and not word.startswith(("=", "[")):
+            overrides.append(word)
+        elif path is None and word.endswith((".yaml", ".yml")):
+            path = word
+        elif positional is not None:
+            overrides.append((positional, word))
+        else:
+            raise ConfigError(
+                f"unexpected argument {word!r}: give a YAML config, key=value or --key value"
+            )
+    overrides += [(key, values) for key, values in lists.items()]
+    return path, overrides
+
+
+@cache
+def _field_docs(cls: type) -> dict[str, str]:
+    """Field name -> the docstring under it, for ``cls`` and its dataclass bases."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body
+        for node, after in itertools.pairwise(body):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def config_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, doc) of every key of ``cls``, nested dataclasses as dotted keys.
+    The command's own keys come first, then those it inherits (e.g. the sampling keys)."""
+    docs = _field_docs(cls)
+    own = list(inspect.get_annotations(cls))
+    fields = sorted(
+        dataclasses.fields(cls),
+        key=lambda f: (0, own.index(f.name)) if f.name in own else (1, 0),
+    )
+    rows = []
+    for f in fields:
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if dataclasses.is_dataclass(default):
+            rows += config_fields(type(default), f"{prefix}{f.name}.")
+            continue
+        shown = yaml.safe_dump(_plain(default), default_flow_style=True, width=1000).strip()
+        shown = shown.removesuffix("...").strip()
+        rows.append((prefix + f.name, type_name, shown, docs.get(f.name, "")))
+    return rows
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(SamplingConfig):
     """``distalign generate``: sample replies to chat prompts from a policy."""
 
-    model: str = DEFAULT_MODEL
+    model_name_or_path: str = DEFAULT_MODEL
     """Policy: alias, local folder or hub id."""
     prompts: list[str] = field(default_factory=list)
     """User messages to answer (each becomes a one-turn chat)."""
-    prompts_file: str | None = None
-    """A text file with one prompt per line, or a preference file whose prompts are used."""
-    k: int = 1
+    dataset_name: str | None = None
+    """Prompt source: a .txt file (one prompt per line), a prompt-only or preference data set
+    (hub id or local file; a preference set's prompts are used), or ``gold``."""
+    dataset_split: str = "train"
+    """Split of ``dataset_name``."""
+    num_generations: int = 1
     """Replies per prompt."""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """Decoding settings."""
-    output: str | None = None
+    output_file: str | None = None
     """Write replies as JSONL here (and the resolved config beside it); print when unset."""
     dtype: str = "float32"
     """Weights dtype: float32, bfloat16 or float16."""
@@ -113,7 +351,103 @@ class GenerateConfig:
     """Allow model code from the hub (off: only code shipped with transformers runs)."""
 
     def __post_init__(self):
-        if not self.prompts and not self.prompts_file:
-            raise ConfigError("give prompts=[...] or prompts_file=PATH")
-        if self.k < 1:
-            raise ConfigError(f"k must be >= 1, got {self.k}")
+        super().__post_init__()
+        if not self.prompts and not self.dataset_name:
+            raise ConfigError("give prompts=[...] or dataset_name=SOURCE")
+        if self.num_generations < 1:
+            raise ConfigError(f"num_generations must be >= 1, got {self.num_generations}")
+
+
+@dataclass
+class ModelPrepareConfig:
+    """``distalign model prepare``: resolve a model (converting the embedded GGUF once)."""
+
+    model_name_or_path: str = DEFAULT_MODEL
+    """Alias, local folder or hub id."""
+
+
+@dataclass
+class DataInspectConfig:
+    """``distalign data inspect``: what a preference source holds, as distalign reads it."""
+
+    dataset_name: str = "gold"
+    """Local file/folder, hub id, or ``gold`` (also the first positional argument)."""
+    dataset_split: str | None = None
+    """Split (hub id or folder); default: train, or the only one."""
+    format: str | None = None
+    """explicit | implicit | hh (default: detected from the first row)."""
+    skip_bad_rows: bool = False
+    """Skip malformed rows (counted) instead of stopping at the first."""
+    model_name_or_path: str = DEFAULT_MODEL
+    """Tokenizer used for the token-length percentiles."""
+
+
+@dataclass
+class RMEvalConfig:
+    """``distalign rm eval``: a saved reward model on held-out pairs."""
+
+    model_name_or_path: str = ""
+    """Reward-model folder (``rm train``'s ``final/``)."""
+    dataset_name: str = "gold"
+    """Preference source."""
+    dataset_test_split: str = "test"
+    """Split of the pairs."""
+    max_length: int = 512
+    """Longest prompt + reply in tokens."""
+    per_device_eval_batch_size: int = 16
+    """Pairs per batch."""
+    max_eval_samples: int = 0
+    """The first N pairs (0: all)."""
+    output_file: str | None = None
+    """Metrics JSON (default: eval_<data>_<split>.json in the model folder)."""
+
+    def __post_init__(self):
+        require([(bool(self.model_name_or_path), "give model_name_or_path=RM_FOLDER")])
+
+
+@dataclass
+class RMScoreConfig:
+    """``distalign rm score``: score prompt/reply rows with a saved reward model."""
+
+    model_name_or_path: str = ""
+    """Reward-model folder."""
+    input_file: str = ""
+    """JSONL/JSON/CSV/Parquet rows with ``prompt`` and ``reply`` (e.g. ``generate``'s output)."""
+    output_file: str | None = None
+    """Output JSONL (default: INPUT.scored.jsonl)."""
+    max_length: int = 512
+    """Longest prompt + reply in tokens."""
+    per_device_eval_batch_size: int = 16
+    """Rows per batch."""
+
+    def __post_init__(self):
+        require(
+            [
+                (bool(self.model_name_or_path), "give model_name_or_path=RM_FOLDER"),
+                (bool(self.input_file), "give input_file=ROWS.jsonl"),
+            ]
+        )
+
+
+@dataclass
+class GoldJudgeConfig:
+    """``distalign gold judge``: gold-judge rewards of any prompt/reply file."""
+
+    input_file: str = ""
+    """Rows with ``prompt`` and ``reply`` (also the first positional argument)."""
+    output_file: str | None = None
+    """Output JSONL (default: INPUT.gold.jsonl)."""
+
+    def __post_init__(self):
+        require([(bool(self.input_file), "give input_file=ROWS.jsonl")])
+
+
+@dataclass
+class ReportConfig:
+    """``distalign report``: write a comparison's report.html again from its saved numbers."""
+
+    compare_dir: str = ""
+    """The output_dir of ``eval compare`` (also the first positional argument)."""
+
+    def __post_init__(self):
+        require([(bool(self.compare_dir), "give the comparison folder")])

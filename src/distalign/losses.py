@@ -122,8 +122,8 @@ def entropy(logp: torch.Tensor) -> torch.Tensor:
 def entropy_bonus(logp_w: torch.Tensor, logp_l: torch.Tensor) -> torch.Tensor:
     """Per-pair −(H(p_w) + H(p_l)), (B,). Add λ times it to the loss to *raise* entropy.
 
-    The original write-up added λ·Σ p log p = −λ·H, i.e. the loss L + λ·(H_w + H_l) —
-    minimising that lowers entropy. This is the intended regulariser: L − λ·(H_w + H_l).
+    Adding λ·Σ p log p = −λ·H instead would give the loss L + λ·(H_w + H_l), whose minimum
+    has *lower* entropy; the bonus that spreads each distribution is L − λ·(H_w + H_l).
     """
     return -(entropy(logp_w) + entropy(logp_l))
 

@@ -8,6 +8,9 @@ Normalised row (what ``load_preferences`` returns, one per pair)::
     chosen_score    float | None, a rating of the chosen reply when the source has one
     rejected_score  float | None
     source_row      int, index of the row in the source (0-based)
+    p_chosen        float | None, the known probability that the chosen reply is preferred
+                    (benchmark files made by ``distalign gold make`` carry it: the Bayes
+                    ceiling of a set of pairs is the mean of max(p, 1 − p))
 
 Formats (detected from the first row, or forced):
 
@@ -229,4 +232,12 @@ def normalise_row(row: Mapping[str, Any], fmt: str, where: str, index: int) -> d
                 "rejected_score": _score(row, rejected_col, where),
             }
             break
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **scores, "source_row": index}
+    known = _score(row, "p_chosen", where)
+    return {
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        **scores,
+        "source_row": index,
+        "p_chosen": known,
+    }

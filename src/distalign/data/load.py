@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 
 from distalign.data.formats import (
     FORMATS,
@@ -46,6 +47,7 @@ FEATURES = datasets.Features(
         "chosen_score": datasets.Value("float64"),
         "rejected_score": datasets.Value("float64"),
         "source_row": datasets.Value("int64"),
+        "p_chosen": datasets.Value("float64"),
     }
 )
 
@@ -194,8 +196,15 @@ def _local_file(path: Path, split: str | None) -> Path:
     return path
 
 
-def iter_source_rows(source: str, split: str | None = None) -> Iterator[tuple[str, Any]]:
-    """Yield (location, raw row) for a local file/folder, a data alias or a hub dataset."""
+def iter_source_rows(
+    source: str | datasets.Dataset, split: str | None = None
+) -> Iterator[tuple[str, Any]]:
+    """Yield (location, raw row) for a local file/folder, a data alias, a hub dataset or a
+    ``datasets.Dataset`` given from Python."""
+    if isinstance(source, datasets.Dataset):
+        for i, row in enumerate(source):
+            yield f"dataset row {i}", row
+        return
     source = resolve_source(source)
     path = Path(source).expanduser()
     if path.exists():
@@ -216,7 +225,7 @@ def iter_source_rows(source: str, split: str | None = None) -> Iterator[tuple[st
 
 
 def load_preferences(
-    source: str,
+    source: str | datasets.Dataset,
     split: str | None = None,
     *,
     format: str | None = None,
@@ -228,8 +237,9 @@ def load_preferences(
     """Read preference pairs into the normalised form (see ``distalign.data.formats``).
 
     Args:
-        source: hub id, local file, local folder (file named after the split), or ``gold``
-            (the shipped gold-judge benchmark; splits ``train`` and ``test``).
+        source: hub id, local file, local folder (file named after the split), ``gold``
+            (the shipped gold-judge benchmark; splits ``train`` and ``test``), or a
+            ``datasets.Dataset`` with the columns of one of the formats.
         split: dataset split; for hub ids defaults to ``train``.
         format: ``explicit`` | ``implicit`` | ``hh``; detected from the first row when None.
         skip_bad_rows: skip malformed rows (their count and reasons are logged) instead of
@@ -241,8 +251,9 @@ def load_preferences(
     """
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    report = report if report is not None else LoadReport(source=source)
-    report.source = source
+    name = source if isinstance(source, str) else "dataset"
+    report = report if report is not None else LoadReport(source=name)
+    report.source = name
     rows: list[dict[str, Any]] = []
     fmt = format
     for index, (where, raw) in enumerate(iter_source_rows(source, split)):
@@ -301,3 +312,14 @@ def read_prompt_replies(path: str) -> tuple[list[dict], list[list[dict]], list[s
         replies.append(row[key])
         rows.append(row)
     return rows, prompts, replies
+
+
+def bayes_ceiling(ds: datasets.Dataset) -> float | None:
+    """The best pairwise accuracy possible on these pairs, when every row carries the known
+    ``p_chosen`` (the gold benchmark's files do); None otherwise."""
+    from distalign.metrics import bayes_accuracy
+
+    known = ds["p_chosen"] if "p_chosen" in ds.column_names and len(ds) else []
+    if not known or any(p is None for p in known):
+        return None
+    return bayes_accuracy(np.asarray(known, dtype=np.float64))

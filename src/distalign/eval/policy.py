@@ -15,7 +15,6 @@ expectation) and win rate vs SFT, the same way; KL to SFT estimated on the polic
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from distalign.metrics import bootstrap_interval, distinct_n, win_rate
-from distalign.models.generate import SamplingConfig
+from distalign.models.generate import SamplingConfig, sampling_of
 
 
 @dataclass
@@ -82,14 +81,6 @@ class CompareConfig(SamplingConfig):
     def reward_dirs(self) -> dict[str, str]:
         """NAME -> DIR of the reward models."""
         return dict(item.split("=", 1) for item in self.rewards)
-
-
-def sampling_of(cfg: SamplingConfig) -> SamplingConfig:
-    """The plain decoding settings of a config that inherits them."""
-    # to be replaced by distalign.models.generate.sampling_of once it exists
-    return SamplingConfig(
-        **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(SamplingConfig)}
-    )
 
 
 def gold_win_probability(attrs: np.ndarray, attrs_sft: np.ndarray, k: int) -> np.ndarray:
@@ -183,9 +174,9 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     """Sample, score and compare; writes compare.json, replies.jsonl and the HTML report."""
     from scipy.stats import spearmanr
 
+    from distalign.data.prompts import load_prompts
     from distalign.gold import judge as gold
     from distalign.rl.rewards import RewardModelSource
-    from distalign.rl.train import load_prompts  # -> distalign.data.prompts
 
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

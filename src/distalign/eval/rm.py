@@ -67,7 +67,7 @@ def run_rm_eval(
     """Load a saved reward model, score held-out pairs, write the metrics as JSON."""
     from torch.utils.data import DataLoader
 
-    from distalign.data.load import load_preferences
+    from distalign.data.load import bayes_ceiling, load_preferences
     from distalign.data.pairs import SharedPrefixCollator, tokenize_pairs
     from distalign.models.reward_model import load_reward_model
 
@@ -79,9 +79,7 @@ def run_rm_eval(
     head, n_bins = meta.get("head", "scalar"), meta.get("n_bins", 10)
     outputs: dict = {}
     result = evaluate_reward_model(model, loader, None, head, n_bins, outputs)
-    from distalign.gold.build import bayes_ceiling_of
-
-    ceiling = bayes_ceiling_of(data, split, ds["source_row"])
+    ceiling = bayes_ceiling(ds)
     if ceiling is not None:  # the best accuracy possible on these pairs
         result["bayes_ceiling"] = ceiling
     result.update({"data": data, "split": split, "model": str(model_dir), "head": head})

@@ -1,7 +1,7 @@
 """Build the gold-judge benchmark: prompts -> SFT replies -> gold judge -> labelled pairs.
 
     distalign gold make                              # regenerate the shipped dataset
-    distalign gold make limit_prompts=16 out_dir=runs/bench-small
+    distalign gold make limit_prompts=16 output_dir=runs/gold-small
 
 Stages:
 1. prompts: the project's instructions (``prompts.jsonl``), split train / held-out per kind;
@@ -57,13 +57,14 @@ def default_settings() -> list[SamplingConfig]:
 class BenchConfig:
     """``distalign gold make``: regenerate the gold-judge preference benchmark."""
 
-    model: str = "smollm2-135m-instruct"
+    model_name_or_path: str = "smollm2-135m-instruct"
     """SFT policy that writes the replies."""
     seed: int = 0
     """Seed of the split, the sampling and the label draws."""
     settings: list[SamplingConfig] = field(default_factory=default_settings)
-    """Sampling settings; each gives one reply per prompt (sampling_batch_size and seed inside are reset)."""
-    batch_size: int = 80
+    """Sampling settings; each gives one reply per prompt (their sampling_batch_size and
+    seed are reset)."""
+    sampling_batch_size: int = 80
     """Prompts per sampling batch (a resumable chunk; the seed of a chunk depends on it, and
     the shipped data were made with 80)."""
     heldout_fraction: float = 0.25
@@ -74,7 +75,7 @@ class BenchConfig:
     """JSONL of {id, kind, prompt, wants_list}."""
     work_dir: str = "runs/bench-work"
     """Where sampled replies accumulate (resume from here)."""
-    out_dir: str = "runs/gold"
+    output_dir: str = "runs/gold"
     """Where the dataset is written (the shipped one: src/distalign/gold/data)."""
 
     def __post_init__(self):
@@ -128,8 +129,8 @@ def sample_all_replies(cfg: BenchConfig, prompts: list[dict[str, Any]]) -> list[
     chunks = [
         (s, c)
         for s in range(len(cfg.settings))
-        for c in range(0, len(prompts), cfg.batch_size)
-        if any((s, p["id"]) not in done for p in prompts[c : c + cfg.batch_size])
+        for c in range(0, len(prompts), cfg.sampling_batch_size)
+        if any((s, p["id"]) not in done for p in prompts[c : c + cfg.sampling_batch_size])
     ]
     if chunks:
         from tqdm.auto import tqdm
@@ -137,14 +138,18 @@ def sample_all_replies(cfg: BenchConfig, prompts: list[dict[str, Any]]) -> list[
         from distalign.models.generate import sample_replies
         from distalign.models.load import load_policy
 
-        model, tokenizer = load_policy(cfg.model)
+        model, tokenizer = load_policy(cfg.model_name_or_path)
         start = time.perf_counter()
         with partial.open("a", encoding="utf-8") as f:
             for s, c in tqdm(chunks, desc="sampling replies", unit="chunk"):
-                batch = prompts[c : c + cfg.batch_size]
+                batch = prompts[c : c + cfg.sampling_batch_size]
                 seed = cfg.seed * 100_003 + s * 10_007 + c
                 setting = SamplingConfig(
-                    **{**asdict(cfg.settings[s]), "sampling_batch_size": cfg.batch_size, "seed": seed}
+                    **{
+                        **asdict(cfg.settings[s]),
+                        "sampling_batch_size": cfg.sampling_batch_size,
+                        "seed": seed,
+                    }
                 )
                 chats = [[{"role": "user", "content": p["prompt"]}] for p in batch]
                 out = sample_replies(model, tokenizer, chats, k=1, config=setting)
@@ -233,24 +238,6 @@ def make_pairs(prompts, replies, seed: int) -> list[dict[str, Any]]:
     return pairs
 
 
-def bayes_ceiling_of(source: str, split: str | None, rows) -> float | None:
-    """The Bayes ceiling on some rows (0-based ``source_row``) of a preference source, when its
-    rows carry the judge's ``p_chosen`` (files made by ``bench make``, e.g. ``gold``); None for
-    data without it."""
-    from distalign.data.load import iter_source_rows
-
-    wanted, p = set(int(r) for r in rows), []
-    for index, (_, raw) in enumerate(iter_source_rows(source, split)):
-        if index not in wanted:
-            continue
-        if not isinstance(raw, dict) or "p_chosen" not in raw:
-            return None
-        p.append(float(raw["p_chosen"]))
-        if len(p) == len(wanted):
-            break
-    return bayes_accuracy(np.array(p)) if p else None
-
-
 def disagreement_share(p_by_group: list[dict[str, float]]) -> float:
     """Share of pairs on which at least two groups prefer different replies."""
     if not p_by_group:
@@ -309,7 +296,7 @@ def run_bench_make(cfg: BenchConfig) -> dict[str, Any]:
     sampled = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
     judge_replies(prompts, replies)
     pairs = make_pairs(prompts, replies, cfg.seed)
-    out = Path(cfg.out_dir)
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         _write_jsonl_gz(out / f"{split}.jsonl.gz", [x for x in pairs if x["split"] == split])
@@ -323,13 +310,13 @@ def run_bench_make(cfg: BenchConfig) -> dict[str, Any]:
         "made_with": "distalign gold make "
         + " ".join(f"{k}={v}" for k, v in _cli_view(cfg).items()),
         "seed": cfg.seed,
-        "model": cfg.model,
-        # one reply per prompt per setting; batches of batch_size prompts, seeded per chunk
+        "model": cfg.model_name_or_path,
+        # one reply per prompt per setting; batches of sampling_batch_size prompts, seeded per chunk
         "sampling_settings": [
             {k: v for k, v in asdict(s).items() if k not in ("sampling_batch_size", "seed")}
             for s in cfg.settings
         ],
-        "sampling_batch_size": cfg.batch_size,
+        "sampling_batch_size": cfg.sampling_batch_size,
         "sampling_seed_rule": "seed * 100003 + setting * 10007 + first prompt index of the chunk",
         "prompts": {s: sum(p["split"] == s for p in prompts) for s in SPLITS},
         "replies": len(replies),
@@ -349,7 +336,8 @@ def _cli_view(cfg: BenchConfig) -> dict[str, Any]:
     return {
         k: v
         for k, v in asdict(cfg).items()
-        if k not in ("settings", "out_dir", "work_dir", "prompts_file") and v != getattr(default, k)
+        if k not in ("settings", "output_dir", "work_dir", "prompts_file")
+        and v != getattr(default, k)
     }
 
 

@@ -17,6 +17,7 @@ under the sampling distribution is returned too (the "old" log-probs of on-polic
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,13 +47,24 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.max_completion_length < 1:
-            raise ValueError(f"max_completion_length must be >= 1, got {self.max_completion_length}")
+            raise ValueError(
+                f"max_completion_length must be >= 1, got {self.max_completion_length}"
+            )
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.sampling_batch_size < 1:
             raise ValueError(f"sampling_batch_size must be >= 1, got {self.sampling_batch_size}")
+
+
+def sampling_of(cfg: SamplingConfig, seed: int | None = None) -> SamplingConfig:
+    """The plain decoding settings of a command's config (which inherits them), optionally
+    with another seed."""
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SamplingConfig)}
+    if seed is not None:
+        values["seed"] = seed
+    return SamplingConfig(**values)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Reward sources for REINFORCE: a reward-model folder (scalar, or distributional through a
-functional φ), or any Python callable ``module:function(prompts, replies) -> list[float]``.
+functional φ), a ``module:function(prompts, replies) -> list[float]`` string, or any Python
+callable object with that signature (``rl train`` from Python).
 
 The reward model may use another tokenizer than the policy: replies arrive as text and are
 re-encoded by the reward model's own tokenizer (``score_replies``).
@@ -58,7 +59,7 @@ class RewardModelSource(RewardSource):
         kappa: float = 1.0,
         alpha: float = 0.25,
         tau: float = 0.5,
-        max_length: int = 512,
+        max_length: int | None = None,
         batch_size: int = 16,
         device: str | torch.device = "cpu",
     ):
@@ -73,7 +74,9 @@ class RewardModelSource(RewardSource):
             raise ValueError(f"functional must be one of {fn.FUNCTIONALS}, got {functional!r}")
         self.functional, self.kappa, self.alpha, self.tau = functional, kappa, alpha, tau
         self.needs_reference = self.distributional and functional == "win_probability"
-        self.max_length, self.batch_size = max_length, batch_size
+        # the length the model was trained with (saved by rm train), unless given
+        self.max_length = max_length or self.meta.get("max_length", 512)
+        self.batch_size = batch_size
 
     def _outputs(self, prompts, replies) -> torch.Tensor:
         """Raw head outputs (B, k) of the reward model."""
@@ -114,8 +117,15 @@ def import_callable(spec: str) -> Callable:
     return obj
 
 
-def load_reward_source(spec: str, **kwargs) -> RewardSource:
-    """A reward-model folder (``kwargs`` go to ``RewardModelSource``) or ``module:function``."""
+def load_reward_source(spec, **kwargs) -> RewardSource:
+    """A reward-model folder (``kwargs`` go to ``RewardModelSource``), ``module:function``, or
+    a callable object."""
+    if isinstance(spec, RewardSource):
+        return spec
+    if callable(spec):
+        return CallableReward(spec)
+    if not isinstance(spec, str):
+        raise ValueError(f"reward must be a folder, module:function or a callable, got {spec!r}")
     if Path(spec).is_dir():
         return RewardModelSource(spec, **kwargs)
     if ":" in spec:

@@ -1,19 +1,20 @@
 """REINFORCE / RLOO alignment of a policy against any reward.
 
     distalign rl train configs/rl_rloo_scalar.yaml reward=runs/rm_scalar_cpu/final
-    distalign rl train configs/rl_rloo_scalar.yaml resume=true
+    distalign rl train --config configs/rl_rloo_scalar.yaml --learning_rate 5e-5
+    distalign rl train configs/rl_rloo_scalar.yaml resume_from_checkpoint=true
 
-One step, top to bottom (Ahmadian et al. 2024, sequence-level REINFORCE):
-  1. sample k replies for each of ``prompts_per_step`` prompts, no gradients, KV cache, one
-     prefill per prompt (``distalign.models.generate``); the sampler returns the on-policy
-     log-probs, so no separate "old policy" pass is needed;
+One step of ``run``, top to bottom (Ahmadian et al. 2024, sequence-level REINFORCE):
+  1. sample ``num_generations`` replies for each of the step's prompts, no gradients, KV
+     cache, one prefill per prompt (``distalign.models.generate``); the sampler returns the
+     on-policy log-probs, so no separate "old policy" pass is needed;
   2. score the replies (reward model / functional / callable);
   3. reference log-probs from the frozen SFT weights (LoRA: adapters disabled), prefix-shared;
-  4. R_i = r_i − β·Σ_t log(π/π_ref) (− a penalty for replies cut at the length limit);
-     advantages by RLOO, a moving average of past rewards, or none; optional whitening and,
-     for distributional rewards, scaling by 1/(1 + σ);
-  5. loss −mean A_i·Σ_t log π(y_t|·) in prompt micro-batches (prefix-shared, chunked LM head),
-     gradient accumulation, clipping, AdamW step.
+  4. R_i = r_i − β·Σ_t log(π/π_ref) (− ``missing_eos_penalty`` for replies cut at the length
+     limit); advantages by RLOO, a moving average of past rewards, or none; optional
+     whitening and, for distributional rewards, scaling by 1/(1 + σ);
+  5. loss −mean A_i·Σ_t log π(y_t|·) in micro-batches of ``per_device_train_batch_size``
+     completions (prefix-shared, chunked LM head), gradient accumulation, clipping, AdamW.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,32 +34,43 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from distalign.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from distalign.config import require, save_config
+from distalign.config import (
+    checkpoint_path,
+    mixed_precision,
+    report_to_list,
+    require,
+    resume_value,
+    save_config,
+)
 from distalign.data.pairs import render_prompt_ids
+from distalign.data.prompts import load_prompts
 from distalign.losses import (
     kl_estimates,
+    kl_shaped_rewards,
     moving_average_update,
     reinforce_loss,
     rloo_advantages,
     whiten,
 )
-from distalign.models.generate import SamplingConfig, sample_token_ids, stop_token_ids
+from distalign.models.generate import SamplingConfig, sample_token_ids, sampling_of, stop_token_ids
 from distalign.models.load import DEFAULT_MODEL, load_policy
+from distalign.models.lora import add_lora
 from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors, reference_mode, reply_logprobs
 from distalign.rl.rewards import load_reward_source
-from distalign.tracking import MetricsLog, peak_memory_gb
+from distalign.tracking import MetricsLog, peak_memory_gb, resolve_report_to, start_tracking
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class RLTrainConfig:
+class RLTrainConfig(SamplingConfig):
     """``distalign rl train``: REINFORCE/RLOO against a reward model or a reward function."""
 
-    model: str = DEFAULT_MODEL
+    model_name_or_path: str = DEFAULT_MODEL
     """Policy (and reference) to start from: alias, folder or hub id."""
-    reward: str = "distalign.gold.judge:gold_reward"
-    """Reward-model folder, or module:function(prompts, replies) -> list[float]."""
+    reward: Any = "distalign.gold.judge:gold_reward"
+    """Reward-model folder, ``module:function(prompts, replies) -> list[float]``, or (Python
+    API) any callable object with that signature."""
     functional: str = "expectation"
     """For a distributional RM: expectation | mean_minus_std | cvar | quantile | win_probability."""
     kappa: float = 1.0
@@ -69,26 +81,26 @@ class RLTrainConfig:
     """τ of the quantile."""
     uncertainty_scaling: bool = False
     """Distributional RM: divide each advantage by 1 + Std[R] of its reply."""
-    prompts: str = "gold"
-    """gold (the benchmark's training prompts), a preference source, or a .txt file."""
-    prompts_split: str = "train"
-    """Split of ``prompts``."""
-    eval_prompts: str = "gold"
-    """Held-out prompts for the periodic evaluation (gold: the benchmark's test prompts)."""
-    eval_split: str = "test"
-    """Split of ``eval_prompts``."""
-    eval_count: int = 16
-    """Held-out prompts per evaluation."""
-    k: int = 4
-    """Samples per prompt."""
-    prompts_per_step: int = 8
-    """Prompts per optimizer step (per process)."""
-    micro_batch_prompts: int = 2
-    """Prompts per teacher-forced micro-batch (gradient accumulation inside a step)."""
-    sampling: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(max_new_tokens=64, temperature=1.0)
-    )
-    """Rollout decoding (temperature, top_p, max_new_tokens, batch_size in prompts)."""
+    dataset_name: Any = "gold"
+    """Training prompts: ``gold`` (the benchmark's), a prompt-only or preference data set (hub
+    id, local file, ``datasets.Dataset``), or a .txt file with one prompt per line."""
+    dataset_train_split: str = "train"
+    """Split of ``dataset_name`` to train on."""
+    eval_dataset_name: Any = None
+    """Held-out prompts for the periodic evaluation (default: ``dataset_name``)."""
+    dataset_test_split: str = "test"
+    """Split of the held-out prompts."""
+    max_eval_samples: int = 16
+    """Held-out prompts per evaluation (the first N)."""
+    num_generations: int = 4
+    """Samples per prompt (k)."""
+    per_device_train_batch_size: int = 8
+    """Completions per teacher-forced micro-batch per process (a multiple of num_generations)."""
+    gradient_accumulation_steps: int = 4
+    """Micro-batches per optimizer step: prompts per step = per_device_train_batch_size ×
+    gradient_accumulation_steps / num_generations (per process)."""
+    max_completion_length: int = 64
+    """Reply length limit in tokens; a reply that reaches it without EOS counts as cut off."""
     beta: float = 0.05
     """KL coefficient β in R = r − β·Σ log(π/π_ref)."""
     baseline: str = "rloo"
@@ -97,117 +109,151 @@ class RLTrainConfig:
     """moving_average only: EMA factor α (None: the mean of all past rewards)."""
     whiten_advantages: bool = False
     """Normalise advantages to zero mean, unit std per step."""
-    truncation_penalty: float = 0.0
-    """Subtracted from the reward of replies cut at max_new_tokens."""
-    steps: int = 20
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the reward of replies cut at max_completion_length (no EOS)."""
+    max_steps: int = 20
     """Optimizer steps."""
-    lr: float = 1e-5
-    """AdamW learning rate (constant after a short warm-up)."""
+    learning_rate: float = 1e-5
+    """AdamW learning rate (constant after a linear warm-up)."""
     warmup_steps: int = 0
     """Linear warm-up steps."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0: off)."""
-    lora: bool = True
+    use_peft: bool = True
     """Train LoRA adapters; the reference is the same model with adapters off (no copy)."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: int = 32
     """LoRA scaling numerator."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
     merge_lora: bool = False
-    """Also save the policy with the adapter merged into the weights."""
+    """Also save the policy with the adapter merged into the weights (final_merged/)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward."""
+    bf16: bool = False
+    """bfloat16 mixed precision (where the hardware has it)."""
+    fp16: bool = False
+    """float16 mixed precision. With neither, ``accelerate launch --mixed_precision`` decides."""
     prefix_sharing: bool = True
-    """Teacher-forced and reference passes share each prompt across its k samples."""
-    max_prompt_tokens: int = 256
+    """Teacher-forced and reference passes share each prompt across its samples."""
+    max_prompt_length: int = 256
     """Longer prompts are cut from the left."""
-    eval_every: int = 10
+    eval_steps: int = 10
     """Held-out evaluation every N steps (0: only at the end)."""
     eval_at_start: bool = True
     """Evaluate the SFT policy before the first step (the baseline of the comparison)."""
-    save_every: int = 10
-    """Resumable checkpoint every N steps."""
+    save_steps: int = 10
+    """Resumable checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: bool = True
     """Also keep the policy of every save as checkpoints/step_N (for the over-optimisation
     curve of ``eval compare``; LoRA adapters are small)."""
     output_dir: str = "runs/rl"
     """Checkpoints, final policy, history, metrics, config."""
-    resume: bool = False
-    """Continue from output_dir/checkpoints/last."""
+    resume_from_checkpoint: str | None = None
+    """A checkpoint folder to continue from, or true for ``output_dir/checkpoints/last``."""
     seed: int = 0
     """Seed of prompt order, sampling and initialisation."""
-    tracker: str = "tensorboard"
-    """tensorboard | wandb | trackio | none."""
+    report_to: Any = field(default_factory=lambda: ["tensorboard"])
+    """Trackers, a list or one name: tensorboard | wandb | trackio | mlflow | none (a JSONL
+    log is always written)."""
+    project: str = "distalign"
+    """Project name in the tracker."""
+    run_name: str | None = None
+    """Run name in the tracker (default: the tracker's own)."""
     reward_batch_size: int = 16
     """Replies per reward-model batch."""
 
     def __post_init__(self):
+        super().__post_init__()
+        self.report_to = report_to_list(self.report_to)
+        self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
+        k, micro = self.num_generations, self.per_device_train_batch_size
         checks = [
-            (self.k >= 1 and self.prompts_per_step >= 1, "k and prompts_per_step must be >= 1"),
+            (k >= 1, "num_generations must be >= 1"),
+            (
+                micro >= k and micro % k == 0,
+                f"per_device_train_batch_size ({micro}) must be a multiple of num_generations "
+                f"({k}): the samples of a prompt share one micro-batch",
+            ),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
             (
                 self.baseline in ("rloo", "moving_average", "none"),
                 "baseline: rloo | moving_average | none",
             ),
-            (self.baseline != "rloo" or self.k >= 2, "baseline rloo needs k >= 2"),
-            (self.micro_batch_prompts >= 1, "micro_batch_prompts must be >= 1"),
+            (self.baseline != "rloo" or k >= 2, "baseline rloo needs num_generations >= 2"),
             (self.beta >= 0, "beta must be >= 0"),
             (self.ema is None or 0 <= self.ema < 1, "ema must be in [0, 1)"),
-            (
-                self.tracker in ("tensorboard", "wandb", "trackio", "none"),
-                "tracker: tensorboard | wandb | trackio | none",
-            ),
+            (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
         ]
         require(checks)
-        if self.sampling.top_p < 1 or self.sampling.top_k:
+        if self.top_p < 1 or self.top_k:
             log.warning(
                 "top_p/top_k < full vocabulary: replies no longer come from π itself, so the "
                 "REINFORCE gradient and the KL estimates are biased (use top_p=1, top_k=0)"
             )
 
+    @property
+    def prompts_per_micro_batch(self) -> int:
+        return self.per_device_train_batch_size // self.num_generations
 
-def load_prompts(source: str, split: str) -> list[list[dict[str, str]]]:
-    """Chat prompts from the gold benchmark, a preference source (deduplicated) or a .txt file."""
-    path = Path(source)
-    if source == "gold" and not path.exists():
-        from distalign.gold.build import GOLD_DIR
+    @property
+    def prompts_per_step(self) -> int:
+        """Prompts per optimizer step per process."""
+        return self.prompts_per_micro_batch * self.gradient_accumulation_steps
 
-        rows = [
-            json.loads(line)
-            for line in (GOLD_DIR / "prompts.jsonl").read_text().splitlines()
-            if line
-        ]
-        return [[{"role": "user", "content": r["prompt"]}] for r in rows if r["split"] == split]
-    if path.suffix == ".txt":
-        return [
-            [{"role": "user", "content": line}]
-            for line in path.read_text().splitlines()
-            if line.strip()
-        ]
-    from distalign.data.load import load_preferences
 
-    seen, out = set(), []
-    for prompt in load_preferences(source, split)["prompt"]:
-        key = json.dumps(prompt)
-        if key not in seen:
-            seen.add(key)
-            out.append(prompt)
-    return out
+@dataclass
+class TrainState:
+    """What a checkpoint saves besides weights and optimizer: where training stands."""
+
+    step: int = 0
+    epoch: int = 0
+    cursor: int = 0  # position in this epoch's prompt order
+    baseline_mean: float = 0.0  # moving-average baseline and the rewards it has seen
+    baseline_count: int = 0
+    initial_eval: dict | None = None  # the SFT policy on held-out prompts, before step 1
+
+
+def _is_gold(source) -> bool:
+    return isinstance(source, str) and source == "gold"
 
 
 def _encode_prompts(tokenizer, prompts, max_tokens: int) -> list[list[int]]:
     return [render_prompt_ids(tokenizer, p)[-max_tokens:] for p in prompts]
 
 
-def _add_lora(model, cfg: RLTrainConfig):
-    from peft import LoraConfig, TaskType, get_peft_model
+def next_prompts(prompts: list, state: TrainState, n: int, seed: int) -> list:
+    """The next ``n`` prompts of a fresh seeded permutation per epoch; moves the cursor."""
 
-    config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        target_modules="all-linear",
-    )
-    return get_peft_model(model, config)
+    def order(epoch: int) -> list[int]:
+        permutation = list(range(len(prompts)))
+        random.Random(seed + epoch).shuffle(permutation)
+        return permutation
+
+    chosen, current = [], order(state.epoch)
+    while len(chosen) < n:
+        if state.cursor >= len(prompts):
+            state.epoch, state.cursor = state.epoch + 1, 0
+            current = order(state.epoch)
+        chosen.append(prompts[current[state.cursor]])
+        state.cursor += 1
+    return chosen
+
+
+def share_prompts(prompts: list, accelerator) -> list:
+    """This process's equal share of the prompts (all of them with one process)."""
+    n = accelerator.num_processes
+    if n == 1:
+        return prompts
+    usable = len(prompts) - len(prompts) % n
+    if usable == 0:
+        raise ValueError(f"{len(prompts)} training prompts for {n} processes")
+    if usable < len(prompts) and accelerator.is_main_process:
+        log.warning(
+            "%d prompt(s) left out so that every process has as many", len(prompts) - usable
+        )
+    return prompts[:usable][accelerator.process_index :: n]
 
 
 class Rollouts:
@@ -231,10 +277,10 @@ class Rollouts:
 def rollout(
     policy, tokenizer, prompts, cfg: RLTrainConfig, seed: int, k: int | None = None
 ) -> Rollouts:
-    """Sample ``k`` (default ``cfg.k``) replies per prompt without gradients."""
-    k = k or cfg.k
-    prompt_ids = _encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
-    sampling = SamplingConfig(**{**cfg.sampling.__dict__, "seed": seed})
+    """Sample ``k`` (default ``cfg.num_generations``) replies per prompt without gradients."""
+    k = k or cfg.num_generations
+    prompt_ids = _encode_prompts(tokenizer, prompts, cfg.max_prompt_length)
+    sampling = sampling_of(cfg, seed=seed)
     was = policy.training
     policy.eval()
     replies, logps, finished = sample_token_ids(
@@ -257,10 +303,11 @@ def reference_logprobs(
 ) -> torch.Tensor:
     out = []
     with reference_mode(policy, ref_model) as ref:
-        for s in range(0, len(ro.prompt_ids), cfg.micro_batch_prompts):
-            ids, groups = ro.groups(s, s + cfg.micro_batch_prompts)
+        step = cfg.prompts_per_micro_batch
+        for s in range(0, len(ro.prompt_ids), step):
+            ids, groups = ro.groups(s, s + step)
             lp, _ = reply_logprobs(
-                ref, ids, groups, pad_id, cfg.sampling.temperature or 1.0, cfg.prefix_sharing
+                ref, ids, groups, pad_id, cfg.temperature or 1.0, cfg.prefix_sharing
             )
             out += lp
     return pad_reply_tensors(out)[0]
@@ -283,20 +330,20 @@ def advantages_for(
     cfg: RLTrainConfig,
     shaped: torch.Tensor,
     std: torch.Tensor | None,
-    state: dict,
+    state: TrainState,
     pooled: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """Advantages (B,) and the baseline value used (mean for RLOO). The moving average is
-    updated with ``pooled``, the step's rewards of every process (default: ``shaped``), so that
-    all processes keep the same baseline."""
+    """Advantages (B,) and the baseline value used (mean for RLOO). The moving average in
+    ``state`` is updated with ``pooled``, the step's rewards of every process (default:
+    ``shaped``), so that all processes keep the same baseline."""
     if cfg.baseline == "rloo":
-        adv, base = rloo_advantages(shaped, cfg.k), shaped.mean().item()
+        adv, base = rloo_advantages(shaped, cfg.num_generations), shaped.mean().item()
     elif cfg.baseline == "moving_average":
-        base = state["baseline_mean"] if state["baseline_count"] else 0.0
+        base = state.baseline_mean if state.baseline_count else 0.0
         adv = shaped - base
-        state["baseline_mean"], state["baseline_count"] = moving_average_update(
-            state["baseline_mean"],
-            state["baseline_count"],
+        state.baseline_mean, state.baseline_count = moving_average_update(
+            state.baseline_mean,
+            state.baseline_count,
             shaped if pooled is None else pooled,
             cfg.ema,
         )
@@ -335,7 +382,7 @@ def evaluate_policy(
         "length": ro.mask.sum(-1).mean().item(),
         "eos_rate": sum(ro.finished) / len(ro.finished),
     }
-    if cfg.eval_prompts == "gold":  # the truth beside the optimised reward (never trained on)
+    if _is_gold(cfg.eval_dataset_name or cfg.dataset_name):  # the truth (never trained on)
         from distalign.gold.judge import judge
 
         result["gold_mean"] = float(
@@ -360,255 +407,243 @@ def _reference_distributions(
     return reward.distributions(prompts, ro.texts)
 
 
+def build_policy(cfg: RLTrainConfig, accelerator):
+    """Policy (+ gradient checkpointing, + LoRA), tokenizer, and the frozen reference: None
+    with LoRA (adapters off), else a copy of the SFT weights."""
+    policy, tokenizer = load_policy(cfg.model_name_or_path)
+    ref_model = None
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.use_peft:
+        policy = add_lora(policy, "CAUSAL_LM", cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    else:
+        ref_model, _ = load_policy(cfg.model_name_or_path)
+        ref_model.requires_grad_(False).eval().to(accelerator.device)
+    return policy, tokenizer, ref_model
+
+
+@dataclass
+class Trainer:
+    """The prepared pieces a step, an evaluation and a checkpoint need (values, no logic)."""
+
+    accelerator: Accelerator
+    learner: ReplyLogprobs  # prepared: the teacher-forced pass as one module's forward
+    ref_model: Any  # None with LoRA
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    reward: Any  # a RewardSource
+    out: Path
+    log: MetricsLog
+
+    @property
+    def policy(self):
+        """The policy inside the wrappers, for sampling and saving."""
+        return self.accelerator.unwrap_model(self.learner).policy
+
+
+def score(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig):
+    """Rewards of the step's replies (win probability: against one SFT reply per prompt)."""
+    reference = None
+    if t.reward.needs_reference:
+        reference = _reference_distributions(
+            t.policy, t.ref_model, t.tokenizer, t.reward, prompts, cfg
+        ).repeat_interleave(cfg.num_generations, 0)
+    chats = [p for p in prompts for _ in range(cfg.num_generations)]
+    return t.reward(chats, ro.texts, reference)
+
+
+def policy_gradient_step(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig):
+    """One optimizer step of −mean A_i·Σ_t log π over the step's micro-batches. Returns
+    (grad norm, summed token entropy, tokens)."""
+    t.learner.train()
+    n, step = len(ro.prompt_ids), cfg.prompts_per_micro_batch
+    entropy_sum, tokens = 0.0, 0
+    for s in range(0, n, step):
+        stop = min(n, s + step)
+        ids, groups = ro.groups(s, stop)
+        last = stop >= n  # gradients are all-reduced once, after the last micro-batch
+        with nullcontext() if last else t.accelerator.no_sync(t.learner):
+            lp, ent = t.learner(
+                ids, groups, t.tokenizer.pad_token_id, cfg.temperature or 1.0, cfg.prefix_sharing
+            )
+            lp_pad, mask = pad_reply_tensors(lp)
+            rows = slice(s * cfg.num_generations, stop * cfg.num_generations)
+            # reinforce_loss averages over this micro-batch; weight it by its share
+            loss = reinforce_loss(lp_pad, mask, adv[rows]) * (stop - s) / n
+            t.accelerator.backward(loss)
+        entropy_sum += sum(e.sum().item() for e in ent)
+        tokens += sum(e.numel() for e in ent)
+    grad_norm = None
+    if cfg.max_grad_norm:
+        grad_norm = t.accelerator.clip_grad_norm_(t.learner.parameters(), cfg.max_grad_norm)
+    t.optimizer.step()
+    t.scheduler.step()
+    t.optimizer.zero_grad()
+    return grad_norm, entropy_sum, tokens
+
+
+def log_step(
+    t: Trainer, state: TrainState, ro: Rollouts, scored, shaped, kl, adv, base, grad_norm,
+    entropy: tuple[float, int], times: list[float], cfg: RLTrainConfig,
+):  # fmt: skip
+    """Per-step metrics (tracker + metrics.jsonl) and every completion (history.jsonl), over
+    all processes."""
+    lengths = ro.mask.sum(-1)
+    means, (entropy_sum, tokens) = across_processes(
+        t.accelerator,
+        [scored.rewards.mean().item(), shaped.mean().item(), kl["k1"].mean().item(),
+         kl["k3"].mean().item(), lengths.float().mean().item(),
+         sum(ro.finished) / len(ro.finished)],
+        [entropy[0], float(entropy[1])],
+    )  # fmt: skip
+    t0, t1, t2, t3 = times
+    logged = {
+        "train/reward": means[0],
+        "train/shaped_reward": means[1],
+        "train/kl": means[2],
+        "train/kl_k3": means[3],
+        "train/entropy": entropy_sum / max(tokens, 1),
+        "train/length": means[4],
+        "train/eos_rate": means[5],
+        "train/baseline": base,
+        "train/advantage_std": adv.std().item() if adv.numel() > 1 else 0.0,
+        "train/grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
+        "train/gen_tokens_per_s": lengths.sum().item() / max(t1 - t0, 1e-9),
+        "time/generate_s": t1 - t0,
+        "time/score_s": t2 - t1,
+        "time/train_s": t3 - t2,
+        "train/peak_mem_gb": peak_memory_gb(),
+    }
+    t.log.write(state.step, logged)
+    rows = []
+    for i, text in enumerate(ro.texts):
+        row = {
+            "step": state.step, "prompt": ro.prompts[i // cfg.num_generations], "reply": text,
+            "reward": scored.rewards[i].item(), "shaped_reward": shaped[i].item(),
+            "kl": kl["k1"][i].item(), "length": int(lengths[i].item()),
+            "finished": ro.finished[i],
+        }  # fmt: skip
+        if scored.distributions is not None:
+            row["distribution"] = [round(x, 5) for x in scored.distributions[i].tolist()]
+        rows.append(row)
+    if t.accelerator.num_processes > 1:  # every process's completions, written once
+        rows = gather_object(rows)
+    if t.accelerator.is_main_process:
+        with (t.out / "history.jsonl").open("a", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return logged
+
+
+def save_policy(model, tokenizer, folder: Path) -> None:
+    """A policy loadable by path like any model (LoRA: the adapter folder)."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) -> None:
+    """The resumable ``checkpoints/last`` and, with ``keep``, the policy as ``step_N``."""
+    t.accelerator.wait_for_everyone()
+    if t.accelerator.is_main_process:
+        last = t.out / "checkpoints" / "last"
+        save_checkpoint(last, t.policy, t.tokenizer, t.optimizer, t.scheduler, asdict(state))
+        if keep:  # policy only: the points of the over-optimisation curve
+            save_policy(t.policy, t.tokenizer, t.out / "checkpoints" / f"step_{state.step:05d}")
+
+
+def evaluate(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> dict[str, float]:
+    result = evaluate_policy(
+        t.policy, t.ref_model, t.tokenizer, prompts, t.reward, cfg, t.tokenizer.pad_token_id
+    )
+    t.log.write(state.step, {f"eval/{k}": v for k, v in result.items()})
+    return result
+
+
+def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig) -> None:
+    if not t.accelerator.is_main_process:
+        return
+    save_policy(t.policy, t.tokenizer, t.out / "final")
+    if cfg.use_peft and cfg.merge_lora:
+        save_policy(t.policy.merge_and_unload(), t.tokenizer, t.out / "final_merged")
+    summary = {"initial_eval": state.initial_eval, "final_eval": final, "steps": state.step}
+    (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def run(cfg: RLTrainConfig) -> dict[str, Any]:
-    """Train; returns the final held-out evaluation. Writes output_dir/final (the policy)."""
+    """Train; returns the held-out evaluation before and after. Writes output_dir/final."""
     out = Path(cfg.output_dir)
     accelerator = Accelerator(
-        log_with=None if cfg.tracker == "none" else cfg.tracker, project_dir=str(out)
+        mixed_precision=mixed_precision(cfg.bf16, cfg.fp16),
+        log_with=resolve_report_to(cfg.report_to) or None,
+        project_dir=str(out),
     )
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         save_config(cfg, out)
-    policy, tokenizer = load_policy(cfg.model)
-    ref_model = None
-    if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora:
-        policy = _add_lora(policy, cfg)
-    else:  # full fine-tune: the reference is a frozen copy of the SFT weights
-        ref_model, _ = load_policy(cfg.model)
-        ref_model.requires_grad_(False).eval().to(accelerator.device)
+    policy, tokenizer, ref_model = build_policy(cfg, accelerator)
     reward = load_reward_source(
-        cfg.reward,
-        functional=cfg.functional,
-        kappa=cfg.kappa,
-        alpha=cfg.alpha,
-        tau=cfg.tau,
-        batch_size=cfg.reward_batch_size,
-        device=accelerator.device,
+        cfg.reward, functional=cfg.functional, kappa=cfg.kappa, alpha=cfg.alpha, tau=cfg.tau,
+        batch_size=cfg.reward_batch_size, device=accelerator.device,
+    )  # fmt: skip
+    train_prompts = share_prompts(
+        load_prompts(cfg.dataset_name, cfg.dataset_train_split), accelerator
     )
-    train_prompts = load_prompts(cfg.prompts, cfg.prompts_split)
-    eval_prompts = load_prompts(cfg.eval_prompts, cfg.eval_split)[: cfg.eval_count]
-    if accelerator.num_processes > 1:  # each process works on its own, equal share of prompts
-        n = accelerator.num_processes
-        usable = len(train_prompts) - len(train_prompts) % n
-        if usable == 0:
-            raise ValueError(f"{len(train_prompts)} training prompts for {n} processes")
-        if usable < len(train_prompts) and accelerator.is_main_process:
-            log.warning(
-                "%d prompt(s) left out so that every process has as many",
-                len(train_prompts) - usable,
-            )
-        train_prompts = train_prompts[:usable][accelerator.process_index :: n]
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr)
+    eval_source = cfg.eval_dataset_name or cfg.dataset_name
+    eval_prompts = load_prompts(eval_source, cfg.dataset_test_split)[: cfg.max_eval_samples]
+    optimizer = torch.optim.AdamW(
+        [p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1))
     )
     # the teacher-forced pass as one module's forward, so DDP's gradient hooks and autocast
     # apply to it; sampling and saving use the policy inside
     learner, optimizer = accelerator.prepare(ReplyLogprobs(policy), optimizer)
-    pad_id = tokenizer.pad_token_id
+    t = Trainer(accelerator, learner, ref_model, tokenizer, optimizer, scheduler, reward, out,
+                MetricsLog(out / "metrics.jsonl", accelerator))  # fmt: skip
+    state = TrainState()
+    if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
+        path = resolve_resume(checkpoint_path(cfg.resume_from_checkpoint, out))
+        state = TrainState(**load_checkpoint(path, t.policy, optimizer, scheduler))
+        log.info("resumed from %s at step %d", path, state.step)
+    start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
-    def unwrapped():
-        return accelerator.unwrap_model(learner).policy
-
-    state: dict[str, Any] = {
-        "step": 0,
-        "baseline_mean": 0.0,
-        "baseline_count": 0,
-        "cursor": 0,
-        "epoch": 0,
-    }
-    last = out / "checkpoints" / "last"
-    if cfg.resume:  # an error when there is nothing to resume from
-        state = load_checkpoint(resolve_resume(last), unwrapped(), optimizer, scheduler)
-        log.info("resumed from %s at step %d", last, state["step"])
-    if accelerator.is_main_process and cfg.tracker != "none":
-        accelerator.init_trackers(
-            "rl",
-            config={
-                k: v for k, v in cfg.__dict__.items() if isinstance(v, int | float | str | bool)
-            },
-        )
-    metrics = MetricsLog(out / "metrics.jsonl", accelerator)
-    history = out / "history.jsonl"
-
-    def save_policy(model, folder: Path) -> None:  # loadable by path, like any model
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
-
-    def epoch_order(epoch: int) -> list[int]:
-        order = list(range(len(train_prompts)))
-        random.Random(cfg.seed + epoch).shuffle(order)  # a permutation per epoch
-        return order
-
-    def next_prompts() -> list:
-        chosen, order = [], epoch_order(state["epoch"])
-        while len(chosen) < cfg.prompts_per_step:
-            if state["cursor"] >= len(train_prompts):
-                state["epoch"] += 1
-                state["cursor"] = 0
-                order = epoch_order(state["epoch"])
-            chosen.append(train_prompts[order[state["cursor"]]])
-            state["cursor"] += 1
-        return chosen
-
-    def evaluate() -> dict[str, float]:
-        result = evaluate_policy(
-            unwrapped(),
-            ref_model,
-            tokenizer,
-            eval_prompts,
-            reward,
-            cfg,
-            pad_id,
-        )
-        metrics.write(state["step"], {f"eval/{k}": v for k, v in result.items()})
-        state["last_eval"], state["last_eval_step"] = result, state["step"]
-        return result
-
-    if state["step"] == 0 and cfg.eval_at_start:
-        state["initial_eval"] = evaluate()  # the SFT policy, for comparison
-    bar = tqdm(
-        total=cfg.steps,
-        initial=state["step"],
-        desc="rl train",
-        disable=not accelerator.is_local_main_process,
-    )
-    while state["step"] < cfg.steps:
+    if state.step == 0 and cfg.eval_at_start:
+        state.initial_eval = evaluate(t, state, eval_prompts, cfg)  # the SFT policy
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc="rl train",
+               disable=not accelerator.is_local_main_process)  # fmt: skip
+    final, evaluated_at = None, -1
+    while state.step < cfg.max_steps:
         t0 = time.perf_counter()
-        prompts = next_prompts()
-        inner = unwrapped()
-        ro = rollout(inner, tokenizer, prompts, cfg, seed=cfg.seed * 1_000_003 + state["step"])
+        prompts = next_prompts(train_prompts, state, cfg.prompts_per_step, cfg.seed)
+        ro = rollout(t.policy, tokenizer, prompts, cfg, seed=cfg.seed * 1_000_003 + state.step)
         t1 = time.perf_counter()
-        reference = (
-            _reference_distributions(inner, ref_model, tokenizer, reward, prompts, cfg)
-            if reward.needs_reference
-            else None
-        )
-        if reference is not None:
-            reference = reference.repeat_interleave(cfg.k, 0)
-        chats = [p for p in prompts for _ in range(cfg.k)]
-        scored = reward(chats, ro.texts, reference)
-        rewards = scored.rewards.to(ro.logps.device)
-        std = scored.std.to(ro.logps.device) if scored.std is not None else None
-        ref_lp = reference_logprobs(inner, ref_model, ro, cfg, pad_id)
+        scored = score(t, prompts, ro, cfg)
+        ref_lp = reference_logprobs(t.policy, ref_model, ro, cfg, tokenizer.pad_token_id)
         t2 = time.perf_counter()
-
-        kl = kl_estimates(ro.logps, ref_lp, ro.mask)  # (B,) each
-        shaped = rewards - cfg.beta * kl["k1"]
+        rewards = scored.rewards.to(ro.logps.device)
+        shaped = kl_shaped_rewards(rewards, ro.logps, ref_lp, ro.mask, cfg.beta)
         cut = torch.tensor([not f for f in ro.finished], dtype=shaped.dtype, device=shaped.device)
-        shaped = shaped - cfg.truncation_penalty * cut
-        # the same baseline on every process (its cursor and epoch agree too), so the state
-        # process 0 saves is every process's
-        every_shaped = accelerator.gather(shaped) if cfg.baseline == "moving_average" else None
-        adv, base = advantages_for(cfg, shaped, std, state, every_shaped)
-
-        learner.train()
-        n = len(prompts)
-        entropy_sum, tokens = 0.0, 0
-        for s in range(0, n, cfg.micro_batch_prompts):
-            stop = min(n, s + cfg.micro_batch_prompts)
-            ids, groups = ro.groups(s, stop)
-            sync = stop >= n
-            ctx = accelerator.no_sync(learner) if not sync else nullcontext()
-            with ctx:
-                lp, ent = learner(
-                    ids, groups, pad_id, cfg.sampling.temperature or 1.0, cfg.prefix_sharing
-                )
-                lp_pad, mask = pad_reply_tensors(lp)
-                rows = slice(s * cfg.k, stop * cfg.k)
-                # reinforce_loss averages over this micro-batch; weight it by its share
-                loss = reinforce_loss(lp_pad, mask, adv[rows]) * (stop - s) / n
-                accelerator.backward(loss)
-            entropy_sum += sum(e.sum().item() for e in ent)
-            tokens += sum(e.numel() for e in ent)
-        grad_norm = (
-            accelerator.clip_grad_norm_(learner.parameters(), cfg.max_grad_norm)
-            if cfg.max_grad_norm
-            else None
-        )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        t3 = time.perf_counter()
-        state["step"] += 1
-
-        lengths = ro.mask.sum(-1)
-        means, (entropy_sum, tokens) = across_processes(
-            accelerator,
-            [
-                scored.rewards.mean().item(),
-                shaped.mean().item(),
-                kl["k1"].mean().item(),
-                kl["k3"].mean().item(),
-                lengths.float().mean().item(),
-                sum(ro.finished) / len(ro.finished),
-            ],
-            [entropy_sum, float(tokens)],
-        )
-        logged = {
-            "train/reward": means[0],
-            "train/shaped_reward": means[1],
-            "train/kl": means[2],
-            "train/kl_k3": means[3],
-            "train/entropy": entropy_sum / max(tokens, 1),
-            "train/length": means[4],
-            "train/eos_rate": means[5],
-            "train/baseline": base,
-            "train/advantage_std": adv.std().item() if adv.numel() > 1 else 0.0,
-            "train/grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
-            "train/gen_tokens_per_s": lengths.sum().item() / max(t1 - t0, 1e-9),
-            "time/generate_s": t1 - t0,
-            "time/score_s": t2 - t1,
-            "time/train_s": t3 - t2,
-            "train/peak_mem_gb": peak_memory_gb(),
-        }
-        metrics.write(state["step"], logged)
-        rows = []
-        for i, text in enumerate(ro.texts):
-            row = {
-                "step": state["step"], "prompt": ro.prompts[i // cfg.k], "reply": text,
-                "reward": scored.rewards[i].item(), "shaped_reward": shaped[i].item(),
-                "kl": kl["k1"][i].item(), "length": int(lengths[i].item()),
-                "finished": ro.finished[i],
-            }  # fmt: skip
-            if scored.distributions is not None:
-                row["distribution"] = [round(x, 5) for x in scored.distributions[i].tolist()]
-            rows.append(row)
-        if accelerator.num_processes > 1:  # every process's completions, written once
-            rows = gather_object(rows)
-        if accelerator.is_main_process:
-            with history.open("a", encoding="utf-8") as f:
-                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        shaped = shaped - cfg.missing_eos_penalty * cut
+        # the same baseline on every process, so the state process 0 saves is every process's
+        pooled = accelerator.gather(shaped) if cfg.baseline == "moving_average" else None
+        std = scored.std.to(ro.logps.device) if scored.std is not None else None
+        adv, base = advantages_for(cfg, shaped, std, state, pooled)
+        grad_norm, *entropy = policy_gradient_step(t, ro, adv, cfg)
+        state.step += 1
+        kl = kl_estimates(ro.logps, ref_lp, ro.mask)  # (B,) each, for the logs
+        logged = log_step(t, state, ro, scored, shaped, kl, adv, base, grad_norm, entropy,
+                          [t0, t1, t2, time.perf_counter()], cfg)  # fmt: skip
         bar.update(1)
-        bar.set_postfix(
-            reward=f"{logged['train/reward']:.3f}",
-            kl=f"{logged['train/kl']:.2f}",
-            len=f"{logged['train/length']:.0f}",
-        )
-        if cfg.eval_every and state["step"] % cfg.eval_every == 0:
-            evaluate()
-        if cfg.save_every and state["step"] % cfg.save_every == 0:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(last, unwrapped(), tokenizer, optimizer, scheduler, state)
-                if cfg.keep_checkpoints:  # policy only: the points of the over-optimisation curve
-                    save_policy(unwrapped(), out / "checkpoints" / f"step_{state['step']:05d}")
+        bar.set_postfix(reward=f"{logged['train/reward']:.3f}", kl=f"{logged['train/kl']:.2f}")
+        if cfg.eval_steps and state.step % cfg.eval_steps == 0:
+            final, evaluated_at = evaluate(t, state, eval_prompts, cfg), state.step
+        if cfg.save_steps and state.step % cfg.save_steps == 0:
+            save_state(t, state, cfg, keep=cfg.keep_checkpoints)
     bar.close()
-    final = state["last_eval"] if state.get("last_eval_step") == state["step"] else evaluate()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        inner = unwrapped()
-        save_checkpoint(last, inner, tokenizer, optimizer, scheduler, state)
-        save_policy(inner, out / "final")
-        if cfg.lora and cfg.merge_lora:
-            save_policy(inner.merge_and_unload(), out / "final_merged")
-        summary = {
-            "initial_eval": state.get("initial_eval"),
-            "final_eval": final,
-            "steps": state["step"],
-        }
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if evaluated_at != state.step:
+        final = evaluate(t, state, eval_prompts, cfg)
+    save_state(t, state, cfg, keep=False)
+    save_final(t, state, final, cfg)
     accelerator.end_training()
-    return {"initial": state.get("initial_eval"), "final": final}
+    return {"initial": state.initial_eval, "final": final}

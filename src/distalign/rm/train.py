@@ -1,13 +1,14 @@
 """Reward-model training loop (scalar Bradley–Terry; distributional heads share it).
 
     distalign rm train configs/rm_scalar_cpu.yaml
-    distalign rm train configs/rm_scalar_cpu.yaml max_steps=50 lora=true
-    accelerate launch -m distalign.cli rm train configs/rm_scalar.yaml   # several processes
+    distalign rm train configs/rm_scalar_cpu.yaml max_steps=50 use_peft=true
+    distalign rm train --config configs/rm_scalar_cpu.yaml --learning_rate 2e-5
+    accelerate launch -m distalign.cli rm train configs/rm_scalar_helpsteer2.yaml  # processes
 
-Reads top to bottom: config -> data (load, tokenise, length-grouped batches) -> model (+LoRA)
--> accelerate.prepare -> for each step: pair scores (one forward for chosen and rejected) ->
-loss -> backward/clip/step -> log; evaluate every ``eval_every`` steps; checkpoint the last
-and the best; resume from the last with ``resume=true``.
+``run`` reads top to bottom: config -> data (load, tokenise, length-grouped batches) -> model
+(+LoRA) -> accelerate.prepare -> for each batch: pair scores (one forward for chosen and
+rejected) -> loss -> backward/clip/step -> log; evaluate every ``eval_steps`` steps;
+checkpoint the last and the best; resume with ``resume_from_checkpoint=true``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from distalign.gold.build import bayes_ceiling_of
 from distalign.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from distalign.config import require, save_config
-from distalign.data.load import load_preferences
+from distalign.config import (
+    checkpoint_path,
+    config_dict,
+    mixed_precision,
+    report_to_list,
+    require,
+    resume_value,
+    save_config,
+)
+from distalign.data.load import bayes_ceiling, load_preferences
 from distalign.data.pairs import (
     PairCollator,
     SharedPrefixCollator,
@@ -41,13 +49,14 @@ from distalign.eval.rm import eval_file_name, evaluate_reward_model, save_eval
 from distalign.losses import distributional_rm_loss, rating_nll, ratings_to_bins, reward_model_loss
 from distalign.models.heads import head_log_probs
 from distalign.models.load import DEFAULT_MODEL
+from distalign.models.lora import add_lora
 from distalign.models.reward_model import (
     PairScorer,
     build_reward_model,
     pair_scores,
     save_reward_model,
 )
-from distalign.tracking import MetricsLog, peak_memory_gb
+from distalign.tracking import MetricsLog, peak_memory_gb, resolve_report_to, start_tracking
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +65,7 @@ log = logging.getLogger(__name__)
 class RMTrainConfig:
     """``distalign rm train``: fit a reward model on preference pairs."""
 
-    model: str = DEFAULT_MODEL
+    model_name_or_path: str = DEFAULT_MODEL
     """Backbone: alias, local folder or hub id of a causal LM."""
     head: str = "scalar"
     """Reward head: scalar (Bradley–Terry) | categorical (n logits) | ordinal (discretised
@@ -75,49 +84,52 @@ class RMTrainConfig:
     """Weight of the pointwise term −log p(bin of the rating) when the data has ratings."""
     rating_range: list[float] = field(default_factory=lambda: [0.0, 4.0])
     """Rating scale [low, high] mapped onto the bins (HelpSteer2: 0–4)."""
-    data: str = "gold"
-    """Training pairs: hub id, local file/folder, or ``gold`` (the shipped benchmark)."""
-    split: str = "train"
+    center_rewards_coefficient: float = 0.01
+    """Reward-centering weight γ in γ·(r_w + r_l)² (scalar head)."""
+    margin_scale: float = 0.0
+    """Margin m = margin_scale · (chosen_score − rejected_score) when the data has ratings."""
+    dataset_name: Any = "gold"
+    """Training pairs: hub id, local file/folder, ``gold`` (the shipped benchmark), or a
+    ``datasets.Dataset`` (Python API)."""
+    dataset_train_split: str = "train"
     """Training split."""
-    eval_data: str | None = None
-    """Held-out pairs (default: ``data``)."""
-    eval_split: str = "test"
+    eval_dataset_name: Any = None
+    """Held-out pairs (default: ``dataset_name``)."""
+    dataset_test_split: str = "test"
     """Held-out split."""
     format: str | None = None
     """Force a preference format (explicit | implicit | hh); detected when unset."""
     skip_bad_rows: bool = False
     """Skip malformed rows (counted) instead of stopping at the first."""
-    limit_train: int = 0
+    max_train_samples: int = 0
     """Use the first N training pairs (0: all)."""
-    limit_eval: int = 0
+    max_eval_samples: int = 0
     """Use the first N held-out pairs (0: all)."""
     max_length: int = 512
     """Longest prompt + reply in tokens (truncation rules in ``distalign.data.pairs``)."""
     max_prompt_length: int = 256
     """Tokens kept for the prompt when prompt + reply is too long."""
-    batch_size: int = 8
+    per_device_train_batch_size: int = 8
     """Pairs per micro-batch per process."""
-    grad_accum: int = 1
+    per_device_eval_batch_size: int = 16
+    """Pairs per evaluation batch."""
+    gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step."""
-    lr: float = 1e-5
+    learning_rate: float = 1e-5
     """Peak learning rate (AdamW)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_ratio: float = 0.05
     """Share of steps spent warming the learning rate up linearly."""
-    scheduler: str = "cosine"
+    lr_scheduler_type: str = "cosine"
     """Learning-rate decay after warm-up (any transformers scheduler name)."""
-    epochs: float = 1.0
+    num_train_epochs: float = 1.0
     """Passes over the training pairs (ignored when max_steps > 0)."""
     max_steps: int = 0
-    """Optimizer steps (0: from epochs)."""
+    """Optimizer steps (0: from num_train_epochs)."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0: off)."""
-    gamma: float = 0.01
-    """Reward-centering weight γ in γ·(r_w + r_l)²."""
-    margin_scale: float = 0.0
-    """Margin m = margin_scale · (chosen_score − rejected_score) when the data has ratings."""
-    lora: bool = False
+    use_peft: bool = False
     """Train LoRA adapters (+ the head) instead of all weights."""
     lora_r: int = 16
     """LoRA rank."""
@@ -127,36 +139,41 @@ class RMTrainConfig:
     """LoRA dropout."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, ~30% more time."""
-    mixed_precision: str = "no"
-    """no | bf16 | fp16 (accelerate autocast; use where the hardware has it)."""
+    bf16: bool = False
+    """bfloat16 mixed precision (where the hardware has it)."""
+    fp16: bool = False
+    """float16 mixed precision. With neither, ``accelerate launch --mixed_precision`` decides."""
     prefix_sharing: bool = True
     """Encode each pair as one sequence prompt + chosen + rejected (exact, faster)."""
     packing: bool = False
     """With prefix sharing: pack several pairs into one row instead of padding."""
     group_by_length: bool = True
     """Batch pairs of similar length (less padding)."""
-    eval_every: int = 50
+    eval_steps: int = 50
     """Evaluate on held-out pairs every N optimizer steps (0: only at the end)."""
-    eval_batch_size: int = 16
-    """Pairs per evaluation batch."""
-    save_every: int = 50
-    """Write the resumable ``last`` checkpoint every N steps."""
+    save_steps: int = 50
+    """Write the resumable ``last`` checkpoint every N steps (0: only at the end)."""
     output_dir: str = "runs/rm"
     """Where checkpoints, the final model, logs and the resolved config go."""
-    resume: bool = False
-    """Continue from ``output_dir/checkpoints/last``."""
+    resume_from_checkpoint: str | None = None
+    """A checkpoint folder to continue from, or true for ``output_dir/checkpoints/last``."""
     seed: int = 0
     """Seed of initialisation, batch order and dropout."""
-    tracker: str = "tensorboard"
-    """tensorboard | wandb | trackio | none (a JSONL log is always written)."""
+    report_to: Any = field(default_factory=lambda: ["tensorboard"])
+    """Trackers, a list or one name: tensorboard | wandb | trackio | mlflow | none (a JSONL
+    log is always written)."""
+    project: str = "distalign"
+    """Project name in the tracker."""
+    run_name: str | None = None
+    """Run name in the tracker (default: the tracker's own)."""
     dtype: str = "float32"
-    """Weights dtype."""
+    """Weights dtype: float32 | bfloat16 | float16."""
     trust_remote_code: bool = False
     """Allow model code from the hub."""
 
     def __post_init__(self):
-        if str(self.mixed_precision).lower() in ("false", "none", "off"):
-            self.mixed_precision = "no"  # YAML reads a bare `no` as false
+        self.report_to = report_to_list(self.report_to)
+        self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
         checks = [
             (
                 self.head in ("scalar", "categorical", "ordinal"),
@@ -169,26 +186,36 @@ class RMTrainConfig:
                 "rating_range: [low, high]",
             ),
             (
-                self.batch_size >= 1 and self.grad_accum >= 1,
-                "batch_size and grad_accum must be >= 1",
+                self.per_device_train_batch_size >= 1 and self.gradient_accumulation_steps >= 1,
+                "per_device_train_batch_size and gradient_accumulation_steps must be >= 1",
             ),
-            (self.gamma >= 0, "gamma must be >= 0"),
+            (self.center_rewards_coefficient >= 0, "center_rewards_coefficient must be >= 0"),
             (
                 0 < self.max_prompt_length < self.max_length,
                 "need 0 < max_prompt_length < max_length",
             ),
-            (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision: no | bf16 | fp16"),
-            (
-                self.tracker in ("tensorboard", "wandb", "trackio", "none"),
-                "tracker: tensorboard | wandb | trackio | none",
-            ),
+            (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
-            (self.epochs > 0 or self.max_steps > 0, "need epochs > 0 or max_steps > 0"),
+            (
+                self.num_train_epochs > 0 or self.max_steps > 0,
+                "need num_train_epochs > 0 or max_steps > 0",
+            ),
         ]
         require(checks)
 
 
-def prepare_pairs(cfg: RMTrainConfig, tokenizer, source: str, split: str, limit: int):
+@dataclass
+class TrainState:
+    """What a checkpoint saves besides weights and optimizer: where training stands."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of this epoch already consumed (by all processes)
+    best_accuracy: float = -1.0
+    pairs: int = 0
+
+
+def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int):
     ds = load_preferences(
         source, split, format=cfg.format, skip_bad_rows=cfg.skip_bad_rows, limit=limit or None
     )
@@ -197,30 +224,20 @@ def prepare_pairs(cfg: RMTrainConfig, tokenizer, source: str, split: str, limit:
 
 def make_collator(cfg: RMTrainConfig, tokenizer):
     if cfg.prefix_sharing:
-        return SharedPrefixCollator(tokenizer.pad_token_id, packing=cfg.packing)
-    return PairCollator(tokenizer.pad_token_id)
+        inner = SharedPrefixCollator(tokenizer.pad_token_id, packing=cfg.packing)
+    else:
+        inner = PairCollator(tokenizer.pad_token_id)
+    return _RatingCollator(inner, cfg.margin_scale)
 
 
 def epoch_batches(ds, cfg: RMTrainConfig, epoch: int) -> list[list[int]]:
     """The batches of one epoch: deterministic in (seed, epoch), so resume can skip ahead."""
+    size = cfg.per_device_train_batch_size
     if cfg.group_by_length:
-        return length_grouped_batches(ds["length"], cfg.batch_size, seed=cfg.seed + epoch)
+        return length_grouped_batches(ds["length"], size, seed=cfg.seed + epoch)
     g = torch.Generator().manual_seed(cfg.seed + epoch)
     order = torch.randperm(len(ds), generator=g).tolist()
-    return [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-
-
-def add_lora(model, cfg: RMTrainConfig):
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,  # keeps the new head fully trainable (modules_to_save)
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules="all-linear",
-    )
-    return get_peft_model(model, config)
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def batch_loss(model, batch, cfg: RMTrainConfig):
@@ -228,7 +245,9 @@ def batch_loss(model, batch, cfg: RMTrainConfig):
     chosen, rejected = pair_scores(model, batch)
     if cfg.head == "scalar":
         margin = batch.get("margin", 0.0)
-        return reward_model_loss(chosen[:, 0].float(), rejected[:, 0].float(), cfg.gamma, margin)
+        return reward_model_loss(
+            chosen[:, 0].float(), rejected[:, 0].float(), cfg.center_rewards_coefficient, margin
+        )
     logp_w = head_log_probs(cfg.head, chosen, cfg.n_bins)
     logp_l = head_log_probs(cfg.head, rejected, cfg.n_bins)
     loss, metrics = distributional_rm_loss(
@@ -276,191 +295,218 @@ class _RatingCollator:
         return batch
 
 
+def build_model(cfg: RMTrainConfig):
+    """Backbone + reward head (+ gradient checkpointing, + LoRA) and its tokenizer."""
+    model, tokenizer = build_reward_model(
+        cfg.model_name_or_path,
+        cfg.head,
+        cfg.n_bins,
+        dtype=cfg.dtype,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.use_peft:
+        model = add_lora(model, "SEQ_CLS", cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    return model, tokenizer
+
+
+def optimizer_and_schedule(model, cfg: RMTrainConfig, n_pairs: int, processes: int):
+    """AdamW over the trainable weights, the learning-rate schedule, and the step count."""
+    per_epoch = math.ceil(
+        math.ceil(n_pairs / cfg.per_device_train_batch_size)
+        / (cfg.gradient_accumulation_steps * processes)
+    )
+    total_steps = cfg.max_steps or max(1, math.ceil(per_epoch * cfg.num_train_epochs))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # accelerate steps a prepared scheduler once per process for every optimizer step, so
+    # its horizon is counted in process-steps
+    scheduler = get_scheduler(
+        cfg.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps) * processes,
+        num_training_steps=total_steps * processes,
+    )
+    return optimizer, scheduler, total_steps
+
+
+@dataclass
+class Trainer:
+    """The prepared pieces a step, an evaluation and a checkpoint need (values, no logic)."""
+
+    accelerator: Accelerator
+    model: PairScorer  # prepared: DDP/FSDP-wrapped, autocast
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    eval_loader: DataLoader
+    out: Path
+    log: MetricsLog
+    ceiling: float | None  # Bayes ceiling of the held-out pairs, when the data knows it
+
+
+def train_step(t: Trainer, batch, cfg: RMTrainConfig) -> dict[str, float]:
+    """Forward, backward and (at the end of an accumulation window) clip + optimizer step."""
+    with t.accelerator.accumulate(t.model):
+        loss, metrics = batch_loss(t.model, batch, cfg)
+        t.accelerator.backward(loss)
+        if t.accelerator.sync_gradients and cfg.max_grad_norm:
+            metrics["grad_norm"] = t.accelerator.clip_grad_norm_(
+                t.model.parameters(), cfg.max_grad_norm
+            )
+        t.optimizer.step()
+        t.scheduler.step()
+        t.optimizer.zero_grad()
+    return {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
+
+
+def pairs_in(batch) -> int:
+    if "chosen_index" in batch:  # shared-prefix rows hold several pairs each
+        return batch["chosen_index"].numel()
+    return batch["input_ids"].shape[0] // 2
+
+
+def train_metrics(window: list[dict], t: Trainer, state: TrainState, seconds: float, start_pairs):
+    """The logged means of the micro-batches of one optimizer step, and throughput."""
+    logged = {
+        f"train/{k}": sum(w[k] for w in window if k in w) / sum(k in w for w in window)
+        for k in window[-1]
+    }
+    logged["train/lr"] = t.scheduler.get_last_lr()[0]
+    logged["train/pairs_per_s"] = (state.pairs - start_pairs) / max(seconds, 1e-9)
+    logged["train/peak_mem_gb"] = peak_memory_gb()
+    logged["train/elapsed_s"] = seconds
+    logged["train/pairs_seen"] = state.pairs
+    return logged
+
+
+def save_state(t: Trainer, state: TrainState, name: str) -> None:
+    t.accelerator.wait_for_everyone()
+    if t.accelerator.is_main_process:
+        model = t.accelerator.unwrap_model(t.model).model
+        path = t.out / "checkpoints" / name
+        save_checkpoint(path, model, t.tokenizer, t.optimizer, t.scheduler, asdict(state))
+
+
+def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, dict]:
+    """Held-out metrics (and raw outputs, for the final plots); keeps the best checkpoint."""
+    outputs: dict = {}
+    result = evaluate_reward_model(
+        t.model, t.eval_loader, t.accelerator, cfg.head, cfg.n_bins, outputs
+    )
+    if t.ceiling is not None:  # the best accuracy possible on these pairs
+        result["bayes_ceiling"] = t.ceiling
+    t.log.write(state.step, {f"eval/{k}": v for k, v in result.items()})
+    if result["accuracy"] > state.best_accuracy:
+        state.best_accuracy = result["accuracy"]
+        save_state(t, state, "best")
+    return result, outputs
+
+
+def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, outputs, summary):
+    """``final/`` (the model, loadable with AutoModelForSequenceClassification), its
+    evaluation and plots, and ``summary.json``."""
+    if not t.accelerator.is_main_process:
+        return
+    held_out = cfg.eval_dataset_name or cfg.dataset_name
+    meta = {
+        "head": cfg.head,
+        "n_bins": cfg.n_bins,
+        "backbone": cfg.model_name_or_path,
+        "max_length": cfg.max_length,
+        "max_prompt_length": cfg.max_prompt_length,
+        "steps": state.step,
+        "eval": result,
+        "config": config_dict(cfg),
+    }
+    final = t.out / "final"
+    save_reward_model(t.accelerator.unwrap_model(t.model).model, t.tokenizer, final, meta)
+    name = held_out if isinstance(held_out, str) else "dataset"
+    where = {"data": name, "split": cfg.dataset_test_split, "head": cfg.head}
+    save_eval(result | where, outputs, final / eval_file_name(name, cfg.dataset_test_split))
+    summary = {"eval": result, "steps": state.step, **summary}
+    (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def run(cfg: RMTrainConfig) -> dict[str, Any]:
     """Train; return the final held-out metrics. Writes ``output_dir/final`` (the model)."""
     out = Path(cfg.output_dir)
     accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.grad_accum,
-        mixed_precision=cfg.mixed_precision,
-        log_with=None if cfg.tracker == "none" else cfg.tracker,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=mixed_precision(cfg.bf16, cfg.fp16),
+        log_with=resolve_report_to(cfg.report_to) or None,
         project_dir=str(out),
     )
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         save_config(cfg, out)
-
-    model, tokenizer = build_reward_model(
-        cfg.model, cfg.head, cfg.n_bins, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
-    )
-    eval_source = cfg.eval_data or cfg.data
+    model, tokenizer = build_model(cfg)
     with accelerator.main_process_first():  # tokenise once, other processes hit the cache
-        train = prepare_pairs(cfg, tokenizer, cfg.data, cfg.split, cfg.limit_train)
-        held_out = prepare_pairs(cfg, tokenizer, eval_source, cfg.eval_split, cfg.limit_eval)
-    ceiling = bayes_ceiling_of(eval_source, cfg.eval_split, held_out["source_row"])
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    if cfg.lora:
-        model = add_lora(model, cfg)
-
-    steps_per_epoch = math.ceil(
-        math.ceil(len(train) / cfg.batch_size) / (cfg.grad_accum * accelerator.num_processes)
-    )
-    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # accelerate steps a prepared scheduler once per process for every optimizer step, so
-    # its horizon is counted in process-steps
-    scheduler = get_scheduler(
-        cfg.scheduler,
-        optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * total_steps) * accelerator.num_processes,
-        num_training_steps=total_steps * accelerator.num_processes,
-    )
+        train = prepare_pairs(
+            cfg, tokenizer, cfg.dataset_name, cfg.dataset_train_split, cfg.max_train_samples
+        )
+        held_out = prepare_pairs(
+            cfg,
+            tokenizer,
+            cfg.eval_dataset_name or cfg.dataset_name,
+            cfg.dataset_test_split,
+            cfg.max_eval_samples,
+        )
+    n = accelerator.num_processes
+    optimizer, scheduler, total_steps = optimizer_and_schedule(model, cfg, len(train), n)
     # scoring as the forward of one module, so DDP's gradient hooks and autocast apply
-    model, optimizer, scheduler = accelerator.prepare(PairScorer(model), optimizer, scheduler)
-    collate = _RatingCollator(make_collator(cfg, tokenizer), cfg.margin_scale)
+    scorer, optimizer, scheduler = accelerator.prepare(PairScorer(model), optimizer, scheduler)
+    collate = make_collator(cfg, tokenizer)
     eval_loader = accelerator.prepare(
-        DataLoader(held_out, batch_size=cfg.eval_batch_size, collate_fn=collate)
+        DataLoader(held_out, batch_size=cfg.per_device_eval_batch_size, collate_fn=collate)
     )
+    log_ = MetricsLog(out / "metrics.jsonl", accelerator)
+    t = Trainer(accelerator, scorer, tokenizer, optimizer, scheduler, eval_loader, out, log_,
+                bayes_ceiling(held_out))  # fmt: skip
+    state = TrainState()
+    if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
+        path = resolve_resume(checkpoint_path(cfg.resume_from_checkpoint, out))
+        state = TrainState(**load_checkpoint(path, model, optimizer, scheduler))
+        log.info("resumed from %s at step %d", path, state.step)
+    start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
-    state = {
-        "step": 0,
-        "epoch": 0,
-        "batch_in_epoch": 0,
-        "best_accuracy": -1.0,
-        "tokens": 0,
-        "pairs": 0,
-    }
-    last_ckpt = out / "checkpoints" / "last"
-    if cfg.resume:  # an error when there is nothing to resume from
-        resume_from = resolve_resume(last_ckpt)
-        state = load_checkpoint(
-            resume_from, accelerator.unwrap_model(model).model, optimizer, scheduler
-        )
-        log.info("resumed from %s at step %d", last_ckpt, state["step"])
-    if accelerator.is_main_process and cfg.tracker != "none":
-        accelerator.init_trackers(
-            "rm", config={k: v for k, v in vars(cfg).items() if not isinstance(v, list)}
-        )
-    metrics_log = MetricsLog(out / "metrics.jsonl", accelerator)
-
-    def checkpoint(path: Path):
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            save_checkpoint(
-                path, accelerator.unwrap_model(model).model, tokenizer, optimizer, scheduler, state
-            )
-
-    last_outputs: dict = {}  # raw scores of the latest evaluation, for the final plots
-
-    def evaluate() -> dict[str, float]:
-        last_outputs.clear()
-        result = evaluate_reward_model(
-            model, eval_loader, accelerator, cfg.head, cfg.n_bins, last_outputs
-        )
-        if ceiling is not None:  # the best accuracy possible on these pairs
-            result["bayes_ceiling"] = ceiling
-        state["last_eval_step"], state["last_eval"] = state["step"], result
-        metrics_log.write(state["step"], {f"eval/{k}": v for k, v in result.items()})
-        if result["accuracy"] > state["best_accuracy"]:
-            state["best_accuracy"] = result["accuracy"]
-            checkpoint(out / "checkpoints" / "best")
-        return result
-
-    model.train()
-    bar = tqdm(
-        total=total_steps,
-        initial=state["step"],
-        desc="rm train",
-        disable=not accelerator.is_local_main_process,
-    )
-    window: list[dict[str, float]] = []
-    start = time.perf_counter()
-    start_pairs = state["pairs"]
-    while state["step"] < total_steps:
-        batches = epoch_batches(train, cfg, state["epoch"])
-        loader = DataLoader(
-            train, batch_sampler=batches[state["batch_in_epoch"] :], collate_fn=collate
-        )
+    bar = tqdm(total=total_steps, initial=state.step, desc="rm train",
+               disable=not accelerator.is_local_main_process)  # fmt: skip
+    window, result, outputs, evaluated_at = [], {}, {}, -1
+    start, start_pairs = time.perf_counter(), state.pairs
+    scorer.train()
+    while state.step < total_steps:
+        batches = epoch_batches(train, cfg, state.epoch)[state.batch_in_epoch :]
+        loader = DataLoader(train, batch_sampler=batches, collate_fn=collate)
         for batch in accelerator.prepare(loader):
-            with accelerator.accumulate(model):
-                loss, metrics = batch_loss(model, batch, cfg)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    metrics["grad_norm"] = accelerator.clip_grad_norm_(
-                        model.parameters(), cfg.max_grad_norm
-                    )
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            state["batch_in_epoch"] += accelerator.num_processes
-            n_pairs = (
-                batch["chosen_index"].numel()
-                if "chosen_index" in batch
-                else batch["input_ids"].shape[0] // 2
-            )
-            state["pairs"] += n_pairs * accelerator.num_processes
-            window.append({"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}})
+            window.append(train_step(t, batch, cfg))
+            state.batch_in_epoch += n
+            state.pairs += pairs_in(batch) * n
             if not accelerator.sync_gradients:
                 continue
-            state["step"] += 1
-            elapsed = time.perf_counter() - start
-            logged = {
-                f"train/{k}": sum(w[k] for w in window if k in w) / sum(k in w for w in window)
-                for k in window[-1]
-            }
-            logged["train/lr"] = scheduler.get_last_lr()[0]
-            logged["train/pairs_per_s"] = (state["pairs"] - start_pairs) / max(elapsed, 1e-9)
-            logged["train/peak_mem_gb"] = peak_memory_gb()
-            logged["train/elapsed_s"] = elapsed
-            logged["train/pairs_seen"] = state["pairs"]
+            state.step += 1
+            seconds = time.perf_counter() - start
+            log_.write(state.step, train_metrics(window, t, state, seconds, start_pairs))
             window = []
-            metrics_log.write(state["step"], logged)
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{logged['train/loss']:.3f}", acc=f"{logged['train/accuracy']:.2f}"
-            )
-            if cfg.eval_every and state["step"] % cfg.eval_every == 0:
-                evaluate()
-                model.train()
-            if cfg.save_every and state["step"] % cfg.save_every == 0:
-                checkpoint(last_ckpt)
-            if state["step"] >= total_steps:
+            if cfg.eval_steps and state.step % cfg.eval_steps == 0:
+                (result, outputs), evaluated_at = evaluate(t, state, cfg), state.step
+                scorer.train()
+            if cfg.save_steps and state.step % cfg.save_steps == 0:
+                save_state(t, state, "last")
+            if state.step >= total_steps:
                 break
-        else:
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
+        else:  # the epoch ran out
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     bar.close()
-    train_seconds = time.perf_counter() - start
-
-    evaluated = state.get("last_eval_step") == state["step"] and last_outputs
-    final = state["last_eval"] if evaluated else evaluate()
-    checkpoint(last_ckpt)
-    if accelerator.is_main_process:
-        meta = {
-            "head": cfg.head,
-            "n_bins": cfg.n_bins,
-            "backbone": cfg.model,
-            "train_pairs": len(train),
-            "steps": state["step"],
-            "eval": final,
-            "config": vars(cfg),
-        }
-        save_reward_model(accelerator.unwrap_model(model).model, tokenizer, out / "final", meta)
-        eval_data = {"data": eval_source, "split": cfg.eval_split, "head": cfg.head}
-        save_eval(
-            final | eval_data,
-            last_outputs,
-            out / "final" / eval_file_name(eval_source, cfg.eval_split),
-        )
-        summary = {
-            "eval": final,
-            "steps": state["step"],
-            "train_seconds": train_seconds,
-            "pairs_per_s": (state["pairs"] - start_pairs) / max(train_seconds, 1e-9),
-            "peak_mem_gb": peak_memory_gb(),
-        }
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    seconds = time.perf_counter() - start
+    if evaluated_at != state.step:
+        result, outputs = evaluate(t, state, cfg)
+    save_state(t, state, "last")
+    speed = {"train_seconds": seconds, "pairs_per_s": (state.pairs - start_pairs) / seconds,
+             "peak_mem_gb": peak_memory_gb()}  # fmt: skip
+    save_final(t, cfg, state, result, outputs, speed)
     accelerator.end_training()
-    return final
+    return result

@@ -1,0 +1,117 @@
+"""The Python face of every command: one function per command, taking its config (or the
+config's keys as keyword arguments) and returning what the command prints.
+
+    from distalign import RMTrainConfig, train_reward_model
+    metrics = train_reward_model(RMTrainConfig(dataset_name="pairs.jsonl"), max_steps=10)
+
+A config object is checked exactly as on the command line (its ``__post_init__``); keyword
+arguments replace its fields. Objects the command line cannot express are welcome here: a
+``datasets.Dataset`` as ``dataset_name`` and a callable ``reward(prompts, replies)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from distalign.config import GenerateConfig, RMEvalConfig, RMScoreConfig, save_config
+
+
+def _config(cls: type, config: Any, overrides: dict[str, Any]):
+    if config is None:
+        return cls(**overrides)
+    if not isinstance(config, cls):
+        raise TypeError(f"expected a {cls.__name__}, got {type(config).__name__}")
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def train_reward_model(config=None, **overrides) -> dict[str, Any]:
+    """``distalign rm train``: returns the final held-out metrics; the model is in
+    ``output_dir/final`` (``AutoModelForSequenceClassification.from_pretrained`` loads it)."""
+    from distalign.rm.train import RMTrainConfig, run
+
+    return run(_config(RMTrainConfig, config, overrides))
+
+
+def train_policy(config=None, **overrides) -> dict[str, Any]:
+    """``distalign rl train``: returns the held-out evaluation before (``initial``) and after
+    (``final``) training; the policy is in ``output_dir/final``."""
+    from distalign.rl.train import RLTrainConfig, run
+
+    return run(_config(RLTrainConfig, config, overrides))
+
+
+def compare(config=None, **overrides) -> dict[str, Any]:
+    """``distalign eval compare``: the numbers of ``compare.json``; writes the report."""
+    from distalign.eval.policy import CompareConfig, run_compare
+
+    return run_compare(_config(CompareConfig, config, overrides))
+
+
+def evaluate_reward_model(config=None, **overrides) -> dict[str, Any]:
+    """``distalign rm eval``: metrics of a saved reward model on held-out pairs."""
+    from distalign.eval.rm import run_rm_eval
+
+    cfg = _config(RMEvalConfig, config, overrides)
+    return run_rm_eval(
+        cfg.model_name_or_path,
+        cfg.dataset_name,
+        cfg.dataset_test_split,
+        cfg.max_length,
+        cfg.per_device_eval_batch_size,
+        cfg.max_eval_samples,
+        cfg.output_file,
+    )
+
+
+def score(config=None, **overrides) -> Path:
+    """``distalign rm score``: writes the scored rows; returns the output path."""
+    from distalign.rm.score import score_file
+
+    cfg = _config(RMScoreConfig, config, overrides)
+    out, _ = score_file(
+        cfg.model_name_or_path,
+        cfg.input_file,
+        cfg.output_file,
+        cfg.max_length,
+        cfg.per_device_eval_batch_size,
+    )
+    return Path(out)
+
+
+def generate(config=None, **overrides) -> list[dict[str, Any]]:
+    """``distalign generate``: ``num_generations`` replies per prompt, as rows of ``prompt``,
+    ``reply``, ``finished``, ``tokens``; also written as JSONL to ``output_file`` when set."""
+    from distalign.data.prompts import load_prompts
+    from distalign.models.generate import sample_replies, sampling_of
+    from distalign.models.load import load_policy
+
+    cfg = _config(GenerateConfig, config, overrides)
+    prompts = [[{"role": "user", "content": p}] for p in cfg.prompts]
+    if cfg.dataset_name:
+        prompts += load_prompts(cfg.dataset_name, cfg.dataset_split)
+    model, tokenizer = load_policy(
+        cfg.model_name_or_path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+    )
+    out = sample_replies(
+        model, tokenizer, prompts, k=cfg.num_generations, config=sampling_of(cfg), progress=True
+    )
+    rows = [
+        {
+            "prompt": prompts[out.prompt_index(i)],
+            "reply": text,
+            "finished": out.finished[i],
+            "tokens": len(out.reply_ids[i]),
+        }
+        for i, text in enumerate(out.texts)
+    ]
+    if cfg.output_file:
+        path = Path(cfg.output_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        save_config(cfg, path.parent, name=path.stem + ".config.yaml")
+    return rows
