@@ -26,3 +26,42 @@ def test_readme_python_example_runs(tiny_model_dir, tmp_path, monkeypatch, capsy
     assert "held-out accuracy" in out and "reward before/after" in out
     assert (tmp_path / "runs/api_rm/final/config.json").is_file()
     assert (tmp_path / "runs/api_rl/final/adapter_config.json").is_file()
+
+
+def readme_commands() -> list[str]:
+    """Every `distalign …` command line in the README's shell blocks (continuations joined)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            line = line.removeprefix("accelerate launch -m distalign.cli ")
+            if line.startswith("distalign "):
+                commands.append(line.removeprefix("distalign "))
+            elif line.startswith(("rm ", "rl ")):  # after `accelerate launch -m distalign.cli`
+                commands.append(line)
+    return commands
+
+
+def test_every_readme_command_parses(monkeypatch):
+    """Each README command names a real command and keys its config accepts (not run: the
+    check is that no key or value in the docs is stale)."""
+    import shlex
+
+    from distalign.cli import COMMANDS, parse_command
+
+    monkeypatch.chdir(ROOT)  # config paths in the README are relative to the repository
+    commands = readme_commands()
+    assert len(commands) > 20
+    parsed = 0
+    for line in commands:
+        words = shlex.split(line)
+        if words[0] in ("--version", "--help") or "--help" in words:
+            continue
+        name = " ".join(words[:2]) if " ".join(words[:2]) in COMMANDS else words[0]
+        assert name in COMMANDS, f"README: unknown command {line!r}"
+        args = words[len(name.split()) :]
+        cfg = parse_command(name, args)
+        assert cfg is not None, line
+        parsed += 1
+    assert parsed > 20

@@ -116,6 +116,17 @@ def config_help(command: str, cls: type, positional: str | None = None) -> str:
     return "\n".join(lines)
 
 
+# "rm train" -> (config class, positional key, flag aliases, list keys) of every command
+COMMANDS: dict[str, tuple[type, str | None, dict[str, str] | None, tuple[str, ...]]] = {}
+
+
+def parse_command(command: str, args: Sequence[str]):
+    """The config that ``distalign <command> <args>`` runs with (nothing is run)."""
+    cls, positional, aliases, list_keys = COMMANDS[command]
+    path, overrides = parse_cli_args(args, positional, aliases, list_keys, bool_keys(cls))
+    return load_config(cls, path, overrides)
+
+
 def config_command(
     group: typer.Typer,
     name: str,
@@ -133,8 +144,9 @@ def config_command(
             if "--help" in args or "-h" in args:
                 typer.echo(config_help(full, cls, positional))
                 raise typer.Exit()
-            path, overrides = parse_cli_args(args, positional, aliases, list_keys, bool_keys(cls))
-            fn(load_config(cls, path, overrides))
+            fn(parse_command(full, args))
+
+        COMMANDS[full] = (cls, positional, aliases, tuple(list_keys))
 
         command.__doc__ = fn.__doc__
         group.command(
