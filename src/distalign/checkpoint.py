@@ -13,7 +13,9 @@ saving leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -22,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file
+
+log = logging.getLogger(__name__)
 
 
 def rng_state() -> dict[str, Any]:
@@ -55,6 +59,20 @@ def resolve_resume(path: str | Path) -> Path:
     raise FileNotFoundError(f"resume_from_checkpoint: there is no checkpoint at {path}")
 
 
+class NonFiniteError(RuntimeError):
+    """Too many optimizer steps in a row with a non-finite loss or gradient: the run stops
+    (its last checkpoint still holds finite weights)."""
+
+
+class CheckpointError(OSError):
+    """A checkpoint that could not be written or read; the message says which and why."""
+
+
+def weights_are_finite(model) -> bool:
+    """Whether every trainable weight is finite (a broken step must not become a checkpoint)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+
+
 def save_checkpoint(
     path: str | Path,
     model,
@@ -63,20 +81,37 @@ def save_checkpoint(
     scheduler,
     state: dict[str, Any],
 ) -> Path:
-    """Write a checkpoint atomically. ``model`` is the unwrapped (PEFT or HF) model."""
+    """Write a checkpoint atomically. ``model`` is the unwrapped (PEFT or HF) model.
+
+    Everything goes to ``<name>.tmp`` first; only a complete folder replaces ``<name>``. A
+    full disk or a read-only folder is a ``CheckpointError`` that says the previous
+    checkpoint is intact, and weights that are no longer finite are refused the same way.
+    """
     path = Path(path)
+    if not weights_are_finite(model):
+        raise CheckpointError(
+            f"not writing {path}: the weights are not finite (the previous checkpoint is intact)"
+        )
     tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    if scheduler is not None:
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps({**state, "rng": rng_state()}, indent=1))
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        text = json.dumps({**state, "rng": rng_state()}, indent=1)
+        (tmp / "trainer_state.json").write_text(text, encoding="utf-8")
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = e.strerror or str(e)
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {reason} (the previous checkpoint is intact)"
+        ) from e
     old = path.with_name(path.name + ".old")
     if path.exists():
         os.replace(path, old)
@@ -108,14 +143,42 @@ def load_model_weights(model, path: str | Path) -> None:
         )
 
 
+def _load_tensors(file: Path) -> Any:
+    """A state dict saved by ``torch.save``, read without unpickling arbitrary objects: a file
+    that holds anything but tensors, numbers and containers is refused."""
+    try:
+        return torch.load(file, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{file}: refusing to unpickle objects other than tensors ({first})"
+        ) from None
+
+
 def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG from a checkpoint; return its state."""
     path = Path(path)
     load_model_weights(model, path)
-    if optimizer is not None and (path / "optimizer.pt").is_file():
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    if scheduler is not None and (path / "scheduler.pt").is_file():
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    for obj, name in ((optimizer, "optimizer.pt"), (scheduler, "scheduler.pt")):
+        if obj is not None and (path / name).is_file():
+            obj.load_state_dict(_load_tensors(path / name))
     state = json.loads((path / "trainer_state.json").read_text())
     set_rng_state(state.pop("rng"))
+    return state
+
+
+def resume_training(
+    path: str | Path, model, optimizer, scheduler, logs: list[Path], main_process: bool
+) -> dict[str, Any]:
+    """Restore a run from the checkpoint at ``path`` (or its ``.old`` copy) and cut its JSONL
+    logs back to the checkpoint's step, so the steps that run again are logged once."""
+    from distalign.tracking import truncate_log
+
+    path = resolve_resume(path)
+    state = load_checkpoint(path, model, optimizer, scheduler)
+    if main_process:
+        dropped = sum(truncate_log(f, state["step"]) for f in logs)
+        if dropped:
+            log.info("dropped %d log rows written after step %d", dropped, state["step"])
+    log.info("resumed from %s at step %d", path, state["step"])
     return state

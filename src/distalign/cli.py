@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from distalign.checkpoint import CheckpointError, NonFiniteError
 from distalign.config import (
     ConfigError,
     DataInspectConfig,
@@ -70,7 +71,14 @@ for sub in (data_app, model_app, gold_app, rm_app, rl_app, eval_app):
 console = Console()
 
 # Errors a user can fix from the message alone: print it, no traceback.
-USER_ERRORS = (ConfigError, PreferenceFormatError, DataSourceError, ModelNotFoundError)
+USER_ERRORS = (
+    ConfigError,
+    PreferenceFormatError,
+    DataSourceError,
+    ModelNotFoundError,
+    CheckpointError,
+    NonFiniteError,
+)
 
 
 def _version() -> str:
@@ -212,11 +220,19 @@ def data_inspect(cfg: DataInspectConfig):
         cfg.dataset_split,
         cfg.format,
         cfg.skip_bad_rows,
+        name=cfg.dataset_config,
+        revision=cfg.dataset_revision,
     )
     r = result.report
     console.print(f"[bold]{source}[/]  format: {r.format}")
-    console.print(f"rows read: {r.rows}   pairs: {r.kept}   with ratings: {result.scored_pairs}")
-    console.print(f"identical chosen/rejected (dropped): {r.identical}")
+    if result.prompt_only:
+        console.print(f"rows read: {r.rows}   prompts: {result.prompts}   (no chosen/rejected)")
+    else:
+        console.print(
+            f"rows read: {r.rows}   pairs: {r.kept}   with ratings: {result.scored_pairs}"
+        )
+        console.print(f"identical chosen/rejected (dropped): {r.identical}")
+        console.print(f"empty replies (kept): {r.empty_replies}")
     console.print(f"skipped malformed rows: {sum(r.skipped.values())}")
     for reason, n in r.skipped.most_common():
         console.print(f"  {n} × {reason}", markup=False)
@@ -230,7 +246,8 @@ def data_inspect(cfg: DataInspectConfig):
         for name, pct in result.lengths.items():
             table.add_row(name, *(str(pct[p]) for p in PERCENTILES))
         console.print(table)
-        console.rule("first pair, chosen reply, through the chat template")
+        first = "first prompt" if result.prompt_only else "first pair, chosen reply,"
+        console.rule(f"{first} through the chat template")
         console.print(result.example, markup=False, highlight=False)
     if result.metadata:
         console.rule("metadata.json")

@@ -90,6 +90,12 @@ def _first_line(e: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key and key not in msg else msg
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
 def require(checks: Sequence[tuple[bool, str]]) -> None:
     """``__post_init__`` helper: raise ValueError with the message of the first failed check."""
     for ok, message in checks:
@@ -155,7 +161,12 @@ def load_config(
             path = Path(path)
             if not path.is_file():
                 raise ConfigError(f"config file {path} does not exist")
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            try:
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
             _check_renamed(cls, list(loaded), str(path))
@@ -172,6 +183,8 @@ def load_config(
                 base = OmegaConf.merge(base, OmegaConf.from_dotlist([item]))
             except OmegaConfBaseException as e:
                 raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
+            except yaml.YAMLError as e:  # the value is read as YAML
+                raise ConfigError(f"override {item!r}: {_yaml_problem(e)}") from None
         else:
             key, value = item
             _check_renamed(cls, [key], f"--{key}")
@@ -183,8 +196,8 @@ def load_config(
         return OmegaConf.to_object(base)  # runs each dataclass's __post_init__ checks
     except OmegaConfBaseException as e:
         raise ConfigError(_first_line(e)) from None
-    except ValueError as e:  # a __post_init__ check
-        raise ConfigError(str(e)) from None
+    except (ValueError, TypeError) as e:  # a __post_init__ check (on a value of odd type)
+        raise ConfigError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
 
 def _plain(value: Any) -> Any:
@@ -380,6 +393,10 @@ class DataInspectConfig:
     """Skip malformed rows (counted) instead of stopping at the first."""
     model_name_or_path: str = DEFAULT_MODEL
     """Tokenizer used for the token-length percentiles."""
+    dataset_config: str | None = None
+    """Config (subset) of a hub dataset, as datasets.load_dataset's name."""
+    dataset_revision: str | None = None
+    """Branch, tag or commit of a hub dataset (default: the latest)."""
 
 
 @dataclass

@@ -151,6 +151,32 @@ class MetricsLog:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
 
 
+def truncate_log(path: str | Path, step: int) -> int:
+    """Drop the rows of a JSONL log (``metrics.jsonl``, ``history.jsonl``) written after
+    ``step``, atomically; returns how many were dropped. On resume from a checkpoint of step
+    N, the steps after N run again, so without this they would be logged twice (and counted
+    twice by every curve). A torn last line from a killed writer goes too."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(row, dict) and row.get("step", 0) > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from distalign.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from distalign.checkpoint import NonFiniteError, resume_training, save_checkpoint
 from distalign.config import (
     checkpoint_path,
     config_dict,
@@ -129,6 +129,8 @@ class RMTrainConfig:
     """Optimizer steps (0: from num_train_epochs)."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0: off)."""
+    max_nonfinite_steps: int = 3
+    """A step with a non-finite loss or gradient is skipped; this many in a row stop the run."""
     use_peft: bool = False
     """Train LoRA adapters (+ the head) instead of all weights."""
     lora_r: int = 16
@@ -196,6 +198,7 @@ class RMTrainConfig:
             ),
             (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1"),
             (
                 self.num_train_epochs > 0 or self.max_steps > 0,
                 "need num_train_epochs > 0 or max_steps > 0",
@@ -213,6 +216,8 @@ class TrainState:
     batch_in_epoch: int = 0  # batches of this epoch already consumed (by all processes)
     best_accuracy: float = -1.0
     pairs: int = 0
+    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
+    nonfinite_in_a_row: int = 0
 
 
 def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int):
@@ -220,6 +225,18 @@ def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int)
         source, split, format=cfg.format, skip_bad_rows=cfg.skip_bad_rows, limit=limit or None
     )
     return tokenize_pairs(ds, tokenizer, cfg.max_length, cfg.max_prompt_length)
+
+
+def load_pairs(cfg: RMTrainConfig, tokenizer):
+    """Training and held-out pairs, tokenised."""
+    train = prepare_pairs(
+        cfg, tokenizer, cfg.dataset_name, cfg.dataset_train_split, cfg.max_train_samples
+    )
+    held_out_source = cfg.eval_dataset_name or cfg.dataset_name
+    held_out = prepare_pairs(
+        cfg, tokenizer, held_out_source, cfg.dataset_test_split, cfg.max_eval_samples
+    )
+    return train, held_out
 
 
 def make_collator(cfg: RMTrainConfig, tokenizer):
@@ -348,18 +365,43 @@ class Trainer:
 
 
 def train_step(t: Trainer, batch, cfg: RMTrainConfig) -> dict[str, float]:
-    """Forward, backward and (at the end of an accumulation window) clip + optimizer step."""
+    """Forward, backward and (at the end of an accumulation window) clip + optimizer step.
+    A non-finite gradient norm skips the update (``nonfinite`` = 1)."""
     with t.accelerator.accumulate(t.model):
         loss, metrics = batch_loss(t.model, batch, cfg)
         t.accelerator.backward(loss)
-        if t.accelerator.sync_gradients and cfg.max_grad_norm:
-            metrics["grad_norm"] = t.accelerator.clip_grad_norm_(
-                t.model.parameters(), cfg.max_grad_norm
+        finite = True
+        if t.accelerator.sync_gradients:
+            # the norm is needed even without clipping (inf clips nothing): a NaN or inf in
+            # any gradient makes it non-finite, and such an update would ruin the weights
+            norm = t.accelerator.clip_grad_norm_(
+                t.model.parameters(), cfg.max_grad_norm or math.inf
             )
-        t.optimizer.step()
-        t.scheduler.step()
+            finite = bool(torch.isfinite(norm))
+            metrics["nonfinite"] = 0.0 if finite else 1.0
+            if cfg.max_grad_norm:
+                metrics["grad_norm"] = norm
+        if finite:
+            t.optimizer.step()
+            t.scheduler.step()
         t.optimizer.zero_grad()
     return {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
+
+
+def count_nonfinite(state: TrainState, step_metrics: dict, cfg: RMTrainConfig) -> None:
+    """Count a skipped (non-finite) step; stop the run after too many in a row."""
+    if not step_metrics.get("nonfinite"):
+        state.nonfinite_in_a_row = 0
+        return
+    state.skipped_steps += 1
+    state.nonfinite_in_a_row += 1
+    log.warning("step %d: non-finite loss or gradient, update skipped", state.step)
+    if state.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+        raise NonFiniteError(
+            f"{state.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
+            f"(last at step {state.step}); stopped. The last checkpoint holds finite weights: "
+            "lower learning_rate, set max_grad_norm, or check the data"
+        )
 
 
 def pairs_in(batch) -> int:
@@ -444,16 +486,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
         save_config(cfg, out)
     model, tokenizer = build_model(cfg)
     with accelerator.main_process_first():  # tokenise once, other processes hit the cache
-        train = prepare_pairs(
-            cfg, tokenizer, cfg.dataset_name, cfg.dataset_train_split, cfg.max_train_samples
-        )
-        held_out = prepare_pairs(
-            cfg,
-            tokenizer,
-            cfg.eval_dataset_name or cfg.dataset_name,
-            cfg.dataset_test_split,
-            cfg.max_eval_samples,
-        )
+        train, held_out = load_pairs(cfg, tokenizer)
     n = accelerator.num_processes
     optimizer, scheduler, total_steps = optimizer_and_schedule(model, cfg, len(train), n)
     # scoring as the forward of one module, so DDP's gradient hooks and autocast apply
@@ -467,9 +500,9 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
                 bayes_ceiling(held_out))  # fmt: skip
     state = TrainState()
     if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
-        path = resolve_resume(checkpoint_path(cfg.resume_from_checkpoint, out))
-        state = TrainState(**load_checkpoint(path, model, optimizer, scheduler))
-        log.info("resumed from %s at step %d", path, state.step)
+        path, logs = checkpoint_path(cfg.resume_from_checkpoint, out), [out / "metrics.jsonl"]
+        state = TrainState(**resume_training(path, model, optimizer, scheduler, logs,
+                                             accelerator.is_main_process))  # fmt: skip
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
     bar = tqdm(total=total_steps, initial=state.step, desc="rm train",
@@ -487,6 +520,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
+            count_nonfinite(state, window[-1], cfg)
             seconds = time.perf_counter() - start
             log_.write(state.step, train_metrics(window, t, state, seconds, start_pairs))
             window = []
