@@ -263,3 +263,47 @@ def test_old_yaml_key_is_refused_by_the_command(tmp_path, rm_train_configs, monk
     out = " ".join(capsys.readouterr().out.split())
     assert "old.yaml" in out and "`batch_size` is now `per_device_train_batch_size" in out
     assert rm_train_configs == []
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("hh_edge_cases.jsonl", ["format: hh", "rows read: 5", "pairs: 4",
+                                 "(dropped): 1", "empty replies (kept): 1"]),
+        ("windows_bom_crlf.jsonl", ["format: explicit", "rows read: 3", "pairs: 3"]),
+        ("sharegpt_pairs.json", ["format: sharegpt", "pairs: 4", "<|im_start|>system"]),
+        ("messages_pairs.jsonl", ["format: sharegpt", "pairs: 2"]),
+        ("ultrafeedback_binarized.jsonl", ["format: explicit", "pairs: 3", "with ratings: 3"]),
+        ("prompts.jsonl", ["format: prompt-only", "rows read: 6", "prompts: 6"]),
+        ("sharegpt_prompts.jsonl", ["format: prompt-only", "prompts: 3", "first prompt"]),
+    ],
+)  # fmt: skip
+def test_inspect_example_files(name, expected):
+    result, out = invoke("data", "inspect", str(EXAMPLES / name))
+    assert result.exit_code == 0, out
+    for text in expected:
+        assert text in out, (text, out)
+    assert "skipped malformed rows: 0" in out
+    if "prompt-only" in out:
+        assert "pairs:" not in out
+
+
+def test_windows_example_keeps_its_bom_and_crlf():
+    """A checkout that rewrites line ends would make the example above test nothing."""
+    data = (EXAMPLES / "windows_bom_crlf.jsonl").read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf") and data.count(b"\r\n") == 3
+
+
+def test_inspect_empty_file_is_one_line(tmp_path, monkeypatch, capsys):
+    """Through ``main``: the file named on one line, exit status 2, no traceback."""
+    from distalign import cli
+
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)  # a short path, so that the console does not wrap the line
+    monkeypatch.setattr(sys, "argv", ["distalign", "data", "inspect", "empty.jsonl"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "error: empty.jsonl: no rows (empty file)\n"
+    assert "Traceback" not in captured.err

@@ -171,7 +171,11 @@ def test_hub_id_goes_through_load_dataset(monkeypatch):
     [
         ({"prompt": "q", "rejected": "b"}, "chosen", "missing"),
         ({"prompt": "q", "chosen": 3, "rejected": "b"}, "chosen", "expected a string or"),
-        ({"prompt": "q", "chosen": "   ", "rejected": "b"}, "chosen", "non-empty reply"),
+        (
+            {"prompt": "q", "chosen": [{"role": "assistant", "content": None}], "rejected": "b"},
+            "chosen[0].content",
+            "expected a string",
+        ),
         ({"prompt": "", "chosen": "a", "rejected": "b"}, "prompt", "non-empty string"),
         (
             {"prompt": [{"role": "bot", "content": "x"}], "chosen": "a", "rejected": "b"},
@@ -209,7 +213,7 @@ def test_broken_json_line_is_named(tmp_path):
 
 
 def test_skip_bad_rows_counts_reasons(tmp_path):
-    rows = [EXPLICIT[0], "{not json", {"prompt": "q", "chosen": "", "rejected": "b"}, EXPLICIT[1]]
+    rows = [EXPLICIT[0], "{not json", {"prompt": "", "chosen": "a", "rejected": "b"}, EXPLICIT[1]]
     report = LoadReport(source="")
     ds = load_preferences(
         str(write_jsonl(tmp_path / "d.jsonl", rows)), skip_bad_rows=True, report=report
@@ -262,3 +266,135 @@ def test_implicit_with_different_prompts(tmp_path):
     ]
     with pytest.raises(PreferenceFormatError, match="share every turn"):
         load_preferences(str(write_jsonl(tmp_path / "d.jsonl", rows)))
+
+
+# --- files saved on Windows, empty sources, hub config and revision ----------------------
+
+
+def _windows_bytes(name: str, encoding: str = "utf-8-sig") -> bytes:
+    """EXPLICIT as a Windows editor saves it: byte-order mark and CRLF line ends."""
+    if name.endswith(".jsonl"):
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in EXPLICIT)
+    elif name.endswith(".json"):
+        text = json.dumps(EXPLICIT, indent=2).replace("\n", "\r\n") + "\r\n"
+    else:  # .csv, with a cell that spans two lines
+        text = 'prompt,chosen,rejected\r\n"What is 2+2?","4.\r\nFour.","5."\r\n'
+        text += '"Capital of Peru?","Lima.","Quito."\r\n'
+    return text.encode(encoding)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+@pytest.mark.parametrize("gz", ["", ".gz"])
+def test_bom_and_crlf(tmp_path, suffix, gz):
+    path = tmp_path / f"windows{suffix}{gz}"
+    data = _windows_bytes(suffix)
+    path.write_bytes(gzip.compress(data) if gz else data)
+    ds = load_preferences(str(path))
+    assert len(ds) == 2
+    assert ds[0]["prompt"] == [{"role": "user", "content": "What is 2+2?"}]
+    assert ds[0]["chosen"] == ("4.\nFour." if suffix == ".csv" else "4.")
+    assert ds[1]["rejected"] == "Quito."
+
+
+def test_utf16_as_powershell_writes_it(tmp_path):
+    path = tmp_path / "ps.jsonl"
+    path.write_bytes(_windows_bytes(".jsonl", "utf-16"))  # with its byte-order mark
+    assert load_preferences(str(path))[1]["chosen"] == "Lima."
+
+
+def test_json_lines_saved_as_json(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.json", EXPLICIT)
+    assert len(load_preferences(str(path))) == 2
+
+
+def test_not_utf8(tmp_path):
+    texts = {
+        "latin1.jsonl": '{"prompt": "Café?", "chosen": "oui", "rejected": "non"}\n',
+        "latin1.csv": 'prompt,chosen,rejected\n"Café?","oui","non"\n',
+    }
+    for name, text in texts.items():
+        path = tmp_path / name
+        path.write_bytes(text.encode("latin-1"))
+        with pytest.raises(DataSourceError, match=f"{name}: not UTF-8 text"):
+            load_preferences(str(path))
+
+
+def _zero_row_parquet() -> bytes:
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), buf)
+    return buf.getvalue().to_pybytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "note"),
+    [
+        ("empty.jsonl", b"", " (empty file)"),
+        ("blank.jsonl", b"\r\n\r\n", ""),
+        ("bom.jsonl", b"\xef\xbb\xbf", ""),
+        ("empty.json", b"", " (empty file)"),
+        ("list.json", b"[]", ""),
+        ("data.json", b'{"data": []}', ""),
+        ("empty.csv", b"", " (empty file)"),
+        ("header.csv", b"prompt,chosen,rejected\r\n", ""),
+        ("empty.parquet", b"", " (empty file)"),
+        ("zero.parquet", _zero_row_parquet(), ""),
+        ("empty.jsonl.gz", gzip.compress(b""), ""),
+    ],
+)
+def test_source_without_rows_is_one_line_naming_the_file(tmp_path, name, content, note):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataSourceError) as info:
+        load_preferences(str(path))
+    assert str(info.value) == f"{path}: no rows{note}"
+
+
+def test_empty_dataset_object():
+    with pytest.raises(DataSourceError, match="dataset: no rows"):
+        load_preferences(datasets.Dataset.from_list([]))
+
+
+def test_every_row_skipped_gives_an_empty_dataset(tmp_path):
+    report = LoadReport(source="")
+    path = write_jsonl(tmp_path / "bad.jsonl", ["{oops", {"prompt": "q", "chosen": "a"}])
+    ds = load_preferences(str(path), skip_bad_rows=True, report=report)
+    assert len(ds) == 0 and "chosen_score" in ds.column_names
+    assert sum(report.skipped.values()) == 2
+
+
+def test_hub_config_name_and_revision_reach_load_dataset(monkeypatch):
+    calls = []
+
+    def fake_load_dataset(path, **kwargs):
+        calls.append((path, kwargs))
+        return datasets.Dataset.from_list(HELPSTEER)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    ds = load_preferences("org/pairs", "test", name="helpful", revision="abc123")
+    assert calls == [("org/pairs", {"name": "helpful", "split": "test", "revision": "abc123"})]
+    assert ds[0]["chosen"] == "A pear."
+
+
+def test_hub_errors_are_one_line(monkeypatch):
+    def fake_load_dataset(path, **kwargs):
+        raise ValueError("BuilderConfig 'nope' not found.\nAvailable: ['default']")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    with pytest.raises(DataSourceError) as info:
+        load_preferences("org/pairs", name="nope")
+    assert (
+        str(info.value) == "org/pairs: cannot load from the hub (BuilderConfig 'nope' not found.)"
+    )
+
+
+def test_hub_split_without_rows(monkeypatch):
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, **kw: datasets.Dataset.from_list([]))
+    with pytest.raises(DataSourceError, match=r"org/pairs\[train\]: no rows"):
+        load_preferences("org/pairs")
+
+
+def test_config_name_or_revision_of_a_local_source(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", EXPLICIT)
+    for options in ({"name": "x"}, {"revision": "main"}):
+        with pytest.raises(DataSourceError, match="hub datasets only"):
+            load_preferences(str(path), **options)

@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from distalign.data import PreferenceFormatError
+from distalign.data import DataSourceError, PreferenceFormatError
 from distalign.data.prompts import load_prompts
 from tests.conftest import write_jsonl
 
@@ -84,7 +84,7 @@ def test_bad_prompt_rows_name_the_line(tmp_path, row, message):
 def test_empty_source(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("")
-    with pytest.raises(PreferenceFormatError, match="no rows"):
+    with pytest.raises(DataSourceError, match="no rows"):
         load_prompts(str(path))
 
 
@@ -128,3 +128,77 @@ def test_hub_id_reads_the_split(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert load_prompts("someone/prompts", "validation") == [user("Hub?")]
     assert calls == [("someone/prompts", "validation")]
+
+
+# --- ShareGPT prompt-only rows, hub config and revision, skipped rows --------------------
+
+
+def test_sharegpt_prompt_only(tmp_path):
+    rows = [
+        {"conversations": [{"from": "human", "value": "Why?"}]},
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hey"},
+                           {"from": "human", "value": "Bye"}], "system": "Be brief."},
+        {"conversations": [{"from": "system", "value": "Own."}, {"from": "human", "value": "X"}],
+         "system": "Column."},
+        {"messages": [{"role": "user", "content": "Role and content."}]},
+    ]  # fmt: skip
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", rows)
+    assert load_prompts(str(path)) == [
+        user("Why?"),
+        [{"role": "system", "content": "Be brief."}, *user("Hi"),
+         {"role": "assistant", "content": "Hey"}, *user("Bye")],
+        [{"role": "system", "content": "Own."}, *user("X")],
+        user("Role and content."),
+    ]  # fmt: skip
+
+
+def test_sharegpt_conversation_ending_with_the_assistant(tmp_path):
+    rows = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hey"}]}]
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", rows)
+    with pytest.raises(PreferenceFormatError, match="last turn to be the user's") as info:
+        load_prompts(str(path))
+    assert info.value.field == "conversations" and f"{path}:1" in str(info.value)
+
+
+def test_sharegpt_preference_file_gives_its_prompts(tmp_path):
+    turn = [{"from": "human", "value": "Hi"}]
+    rows = [
+        {"conversations": turn, "chosen": {"from": "gpt", "value": "a"},
+         "rejected": {"from": "gpt", "value": "b"}},
+        {"conversations": turn, "chosen": {"from": "gpt", "value": "c"},
+         "rejected": {"from": "gpt", "value": "d"}},
+    ]  # fmt: skip
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(rows))
+    assert load_prompts(str(path)) == [user("Hi")]
+
+
+def test_skip_bad_prompt_rows_with_report(tmp_path):
+    from distalign.data import LoadReport
+
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}, "{oops", {"prompt": ""}])
+    report = LoadReport(source="")
+    assert load_prompts(str(path), skip_bad_rows=True, report=report) == [user("ok")]
+    assert (report.format, report.rows, report.kept) == ("prompt-only", 3, 1)
+    assert sum(report.skipped.values()) == 2
+
+
+def test_empty_and_missing_txt(tmp_path):
+    path = tmp_path / "blank.txt"
+    path.write_text("\n  \n")
+    with pytest.raises(DataSourceError, match=r"blank\.txt: no rows"):
+        load_prompts(str(path))
+    with pytest.raises(DataSourceError, match="no such file"):
+        load_prompts(str(tmp_path / "missing.txt"))
+
+
+def test_hub_config_name_and_revision(monkeypatch):
+    calls = []
+
+    def fake_load_dataset(path, **kwargs):
+        calls.append((path, kwargs))
+        return datasets.Dataset.from_list([{"prompt": "Hub?"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert load_prompts("org/prompts", "test", name="math", revision="v1") == [user("Hub?")]
+    assert calls == [("org/prompts", {"name": "math", "split": "test", "revision": "v1"})]

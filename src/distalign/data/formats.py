@@ -2,8 +2,8 @@
 
 Normalised row (what ``load_preferences`` returns, one per pair)::
 
-    prompt          list of {"role", "content"} messages, ending with a user turn
-    chosen          str, the preferred assistant reply
+    prompt          list of {"role", "content"} messages, ending with a user (or tool) turn
+    chosen          str, the preferred assistant reply ('' when the source's reply is empty)
     rejected        str, the other assistant reply
     chosen_score    float | None, a rating of the chosen reply when the source has one
     rejected_score  float | None
@@ -16,14 +16,27 @@ Formats (detected from the first row, or forced):
 
 ``explicit``   ``prompt`` (string or messages) + ``chosen``/``rejected`` (strings or messages).
                Message replies may repeat the prompt before the assistant turn, as the
-               HelpSteer2/UltraFeedback-binarized sets do; both shapes are accepted.
+               HelpSteer2/UltraFeedback-binarized sets do; both shapes are accepted. A string
+               prompt beside replies that are whole conversations is ignored and the turns the
+               two share are the prompt, as TRL's ``maybe_extract_prompt`` does. A prompt that is
+               an HH transcript ending in ``"\\n\\nAssistant:"`` (Dahoas/rm-static) is split
+               into turns.
 ``implicit``   ``chosen``/``rejected`` are whole conversations (message lists) that share the
                prompt and differ in the final assistant turn (TRL "implicit prompt").
 ``hh``         Anthropic-HH transcripts, multi-turn:
                ``"\\n\\nHuman: … \\n\\nAssistant: …"`` strings.
+``sharegpt``   LLaMA-Factory/ShareGPT: ``conversations`` (or ``messages``) holds the prompt;
+               ``chosen``/``rejected`` are one message, a list of them, or a string. An
+               optional ``system`` column becomes the system turn unless the conversation
+               starts with one.
 
-Ratings: ``chosen_rating``/``rejected_rating`` (HelpSteer2-binarized) or
-``chosen_score``/``rejected_score`` columns fill the score fields.
+Messages are ``{"role", "content"}`` or ShareGPT ``{"from", "value"}`` objects in every
+format; roles ``human``/``gpt``/``observation``/``function_call`` (ShareGPT, LLaMA-Factory)
+become ``user``/``assistant``/``tool``/``assistant``.
+
+Ratings: ``chosen_rating``/``rejected_rating`` (HelpSteer2-binarized),
+``chosen_score``/``rejected_score`` or ``score_chosen``/``score_rejected``
+(UltraFeedback-binarized) columns fill the score fields.
 """
 
 from __future__ import annotations
@@ -33,10 +46,24 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-FORMATS = ("explicit", "implicit", "hh")
-ROLES = ("system", "user", "assistant")
-_SCORE_COLUMNS = (("chosen_rating", "rejected_rating"), ("chosen_score", "rejected_score"))
+FORMATS = ("explicit", "implicit", "hh", "sharegpt")
+ROLES = ("system", "user", "assistant", "tool")
+# ShareGPT/LLaMA-Factory role names: observation is a tool's result, function_call the
+# assistant's call of it.
+ROLE_ALIASES = {
+    "human": "user",
+    "gpt": "assistant",
+    "observation": "tool",
+    "function_call": "assistant",
+}
+PROMPT_COLUMNS = ("conversations", "messages")  # where a ShareGPT row keeps its prompt
+_SCORE_COLUMNS = (
+    ("chosen_rating", "rejected_rating"),
+    ("chosen_score", "rejected_score"),
+    ("score_chosen", "score_rejected"),
+)
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
 class PreferenceFormatError(ValueError):
@@ -57,6 +84,11 @@ def _is_messages(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(m, Mapping) for m in value)
 
 
+def sharegpt_column(row: Mapping[str, Any]) -> str | None:
+    """The column holding a ShareGPT row's conversation, if the row has one."""
+    return next((c for c in PROMPT_COLUMNS if _is_messages(row.get(c)) and row[c]), None)
+
+
 def detect_format(row: Mapping[str, Any]) -> str:
     """Guess the format of a dataset from one of its rows."""
     if "chosen" not in row or "rejected" not in row:
@@ -66,66 +98,130 @@ def detect_format(row: Mapping[str, Any]) -> str:
         )
     if "prompt" in row and row["prompt"] is not None:
         return "explicit"
+    if sharegpt_column(row):
+        return "sharegpt"
     if _is_messages(row["chosen"]):
         return "implicit"
     if isinstance(row["chosen"], str) and _HH_TURN.search(row["chosen"]):
         return "hh"
     raise ValueError(
-        "cannot detect the preference format: no 'prompt' column, and 'chosen' is neither a "
-        f"message list nor an HH transcript ({_describe(row['chosen'])})"
+        "cannot detect the preference format: no 'prompt' or 'conversations' column, and "
+        f"'chosen' is neither a message list nor an HH transcript ({_describe(row['chosen'])})"
     )
 
 
+def _parse_message(message: Any, where: str, field: str) -> dict[str, str]:
+    if not isinstance(message, Mapping):
+        raise PreferenceFormatError(
+            where, field, f"expected a {{role, content}} object, got {_describe(message)}"
+        )
+    # Arrow gives every message all the keys of the column's struct, absent ones as None.
+    sharegpt = message.get("from") is not None
+    role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
+    role = message.get(role_key)
+    role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
+    if role not in ROLES:
+        accepted = (*ROLES, *ROLE_ALIASES)
+        raise PreferenceFormatError(
+            where,
+            f"{field}.{role_key}",
+            f"expected one of {accepted}, got {_describe(message.get(role_key))}",
+        )
+    content = message.get(content_key)
+    if not isinstance(content, str):
+        raise PreferenceFormatError(
+            where, f"{field}.{content_key}", f"expected a string, got {_describe(content)}"
+        )
+    return {"role": role, "content": content}
+
+
 def parse_messages(value: Any, where: str, field: str) -> list[dict[str, str]]:
-    """Validate a list of chat messages; a bare string becomes one user message."""
+    """Validate chat messages; a bare string becomes one user message, a single message
+    object a list of one."""
     if isinstance(value, str):
         if not value.strip():
             raise PreferenceFormatError(where, field, "expected a non-empty string, got ''")
         return [{"role": "user", "content": value}]
+    if isinstance(value, Mapping):
+        return [_parse_message(value, where, field)]
     if not isinstance(value, list) or not value:
         raise PreferenceFormatError(
             where,
             field,
             f"expected a string or a non-empty list of messages, got {_describe(value)}",
         )
-    messages = []
-    for i, message in enumerate(value):
-        if not isinstance(message, Mapping):
-            raise PreferenceFormatError(
-                where,
-                f"{field}[{i}]",
-                f"expected a {{role, content}} object, got {_describe(message)}",
-            )
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise PreferenceFormatError(
-                where, f"{field}[{i}].role", f"expected one of {ROLES}, got {_describe(role)}"
-            )
-        if not isinstance(content, str):
-            raise PreferenceFormatError(
-                where, f"{field}[{i}].content", f"expected a string, got {_describe(content)}"
-            )
-        messages.append({"role": role, "content": content})
-    return messages
+    return [_parse_message(m, where, f"{field}[{i}]") for i, m in enumerate(value)]
 
 
-def parse_hh(text: Any, where: str, field: str) -> list[dict[str, str]]:
-    """Split an Anthropic-HH transcript into user/assistant messages."""
-    if not isinstance(text, str):
-        raise PreferenceFormatError(
-            where, field, f"expected an HH transcript, got {_describe(text)}"
-        )
-    parts = _HH_TURN.split(text)
-    # parts = [preamble, role, content, role, content, ...]
-    if len(parts) < 3 or parts[0].strip():
-        raise PreferenceFormatError(
-            where, field, "expected a transcript starting with '\\n\\nHuman: ' turns"
-        )
-    roles = {"Human": "user", "Assistant": "assistant"}
+def _hh_turns(text: str) -> list[dict[str, str]]:
+    """The turns of an HH transcript (text before the first marker is dropped)."""
+    marks = list(_HH_TURN.finditer(text))
+    ends = [m.start() for m in marks[1:]] + [len(text)]
     return [
-        {"role": roles[parts[i]], "content": parts[i + 1].strip()}
-        for i in range(1, len(parts) - 1, 2)
+        {"role": _HH_ROLES[m.group(1)], "content": text[m.end() : end].strip()}
+        for m, end in zip(marks, ends, strict=True)
     ]
+
+
+def _check_hh(text: Any, where: str, field: str) -> str:
+    first = _HH_TURN.search(text) if isinstance(text, str) else None
+    if first is None or text[: first.start()].strip():
+        raise PreferenceFormatError(
+            where,
+            field,
+            "expected a transcript starting with '\\n\\nHuman: ' turns",
+        )
+    return text
+
+
+def _common_prefix_length(a: str, b: str) -> int:
+    # Whole blocks first: HH transcripts share kilobytes, a loop per character is slow.
+    n, i = min(len(a), len(b)), 0
+    while i < n and a[i : i + 256] == b[i : i + 256]:
+        i += 256
+    while i < n and a[i] == b[i]:
+        i += 1
+    return min(i, n)
+
+
+def split_hh(chosen: Any, rejected: Any, where: str) -> tuple[list[dict[str, str]], str, str]:
+    """Prompt turns and the two replies of an Anthropic-HH pair.
+
+    The prompt is the longest common prefix of the two transcripts cut back to its last
+    ``"\\n\\nAssistant:"`` (as TRL's hh-rlhf script), not a split on every turn marker: a
+    reply that itself writes ``"\\n\\nHuman: "`` (the real data has such replies) stays inside
+    the reply, and an empty reply (``"…\\n\\nAssistant:"``) is an empty string.
+    """
+    chosen, rejected = _check_hh(chosen, where, "chosen"), _check_hh(rejected, where, "rejected")
+    shared = chosen[: _common_prefix_length(chosen, rejected)]
+    marks = list(_HH_TURN.finditer(shared))
+    cut = max((i for i, m in enumerate(marks) if m.group(1) == "Assistant"), default=-1)
+    # "…Assistant: a\n\nAssistant: b" in both: the reply is all the assistant says after the
+    # last human turn, so that the prompt ends with the user.
+    while cut > 0 and marks[cut - 1].group(1) == "Assistant":
+        cut -= 1
+    if cut <= 0:
+        raise PreferenceFormatError(
+            where,
+            "rejected",
+            "expected chosen and rejected to share the transcript up to the final "
+            "'\\n\\nAssistant:' after a '\\n\\nHuman:' turn",
+        )
+    prompt = _hh_turns(shared[: marks[cut].start()])
+    start = marks[cut].end()
+    return prompt, chosen[start:].strip(), rejected[start:].strip()
+
+
+def _hh_prompt(text: str) -> list[dict[str, str]] | None:
+    """Turns of a prompt column that is an HH transcript ending in the assistant marker."""
+    first = _HH_TURN.search(text)
+    if first is None or text[: first.start()].strip():
+        return None
+    body = text.rstrip()
+    if not body.endswith("\n\nAssistant:"):
+        return None
+    turns = _hh_turns(body[: -len("\n\nAssistant:")])
+    return turns if turns and turns[-1]["role"] == "user" else None
 
 
 def _reply(messages: list[dict[str, str]], where: str, field: str) -> str:
@@ -137,6 +233,14 @@ def _reply(messages: list[dict[str, str]], where: str, field: str) -> str:
             f"expected the last message to be an assistant reply, got role {last['role']!r}",
         )
     return last["content"]
+
+
+def _reply_and_context(value: Any, where: str, field: str) -> tuple[str, list[dict[str, str]]]:
+    """A reply column -> (reply text, the messages before it)."""
+    if isinstance(value, str):
+        return value, []
+    messages = parse_messages(value, where, field)
+    return _reply(messages, where, field), messages[:-1]
 
 
 def _same_turns(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
@@ -162,18 +266,51 @@ def _split_conversations(chosen, rejected, where):
     return chosen[:-1], _reply(chosen, where, "chosen"), _reply(rejected, where, "rejected")
 
 
-def _explicit_reply(value, prompt, where, field) -> str:
-    if isinstance(value, str):
-        return value
-    messages = parse_messages(value, where, field)
-    reply = _reply(messages, where, field)
-    context = messages[:-1]
-    # Binarized sets repeat the prompt (or its last user turn) before the reply.
-    if context and not (_same_turns(context, prompt) or _same_turns(context, prompt[-1:])):
+def _with_replies(row, prompt, where, prompt_is_text: bool):
+    """(prompt, chosen, rejected) of a row whose prompt column is given."""
+    chosen, chosen_context = _reply_and_context(row["chosen"], where, "chosen")
+    rejected, rejected_context = _reply_and_context(row["rejected"], where, "rejected")
+    for field, context in (("chosen", chosen_context), ("rejected", rejected_context)):
+        # Binarized sets repeat the prompt (or its last user turn) before the reply.
+        if not context or _same_turns(context, prompt) or _same_turns(context, prompt[-1:]):
+            continue
+        if prompt_is_text and chosen_context and _same_turns(chosen_context, rejected_context):
+            return chosen_context, chosen, rejected  # TRL: whole conversations win
         raise PreferenceFormatError(
             where, field, "expected the messages before the reply to repeat the prompt"
         )
-    return reply
+    return prompt, chosen, rejected
+
+
+def _explicit(row, where):
+    if row.get("prompt") is None:
+        raise PreferenceFormatError(where, "prompt", "missing")
+    value = row["prompt"]
+    hh = _hh_prompt(value) if isinstance(value, str) else None
+    if hh is not None:
+        prompt, chosen, rejected = _with_replies(row, hh, where, prompt_is_text=False)
+        return prompt, chosen.lstrip(" "), rejected.lstrip(" ")  # the space after "Assistant:"
+    prompt = parse_messages(value, where, "prompt")
+    return _with_replies(row, prompt, where, prompt_is_text=isinstance(value, str))
+
+
+def sharegpt_prompt(row: Mapping[str, Any], where: str) -> list[dict[str, str]]:
+    """The conversation of a ShareGPT row, with its ``system`` column as the first turn
+    unless the conversation has its own (LLaMA-Factory: the system turn wins)."""
+    column = sharegpt_column(row) or next((c for c in PROMPT_COLUMNS if c in row), "conversations")
+    if row.get(column) is None:
+        raise PreferenceFormatError(where, column, "missing")
+    prompt = parse_messages(row[column], where, column)
+    system = row.get("system")
+    if system is not None and not isinstance(system, str):
+        raise PreferenceFormatError(where, "system", f"expected a string, got {_describe(system)}")
+    if system and system.strip() and prompt[0]["role"] != "system":
+        prompt = [{"role": "system", "content": system}, *prompt]
+    return prompt
+
+
+def _sharegpt(row, where):
+    return _with_replies(row, sharegpt_prompt(row, where), where, prompt_is_text=False)
 
 
 def _score(row, column, where) -> float | None:
@@ -193,16 +330,17 @@ def _score(row, column, where) -> float | None:
 
 
 def normalise_row(row: Mapping[str, Any], fmt: str, where: str, index: int) -> dict[str, Any]:
-    """One source row -> the normalised form. Raises PreferenceFormatError naming the field."""
+    """One source row -> the normalised form. Raises PreferenceFormatError naming the field.
+
+    Empty replies are kept ('' is a reply: HH has chosen replies that say nothing); the loader
+    counts them."""
     for field in ("chosen", "rejected"):
         if field not in row or row[field] is None:
             raise PreferenceFormatError(where, field, "missing")
     if fmt == "explicit":
-        if row.get("prompt") is None:
-            raise PreferenceFormatError(where, "prompt", "missing")
-        prompt = parse_messages(row["prompt"], where, "prompt")
-        chosen = _explicit_reply(row["chosen"], prompt, where, "chosen")
-        rejected = _explicit_reply(row["rejected"], prompt, where, "rejected")
+        prompt, chosen, rejected = _explicit(row, where)
+    elif fmt == "sharegpt":
+        prompt, chosen, rejected = _sharegpt(row, where)
     elif fmt == "implicit":
         prompt, chosen, rejected = _split_conversations(
             parse_messages(row["chosen"], where, "chosen"),
@@ -210,19 +348,15 @@ def normalise_row(row: Mapping[str, Any], fmt: str, where: str, index: int) -> d
             where,
         )
     elif fmt == "hh":
-        prompt, chosen, rejected = _split_conversations(
-            parse_hh(row["chosen"], where, "chosen"),
-            parse_hh(row["rejected"], where, "rejected"),
-            where,
-        )
+        prompt, chosen, rejected = split_hh(row["chosen"], row["rejected"], where)
     else:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
 
-    if prompt[-1]["role"] != "user":
-        raise PreferenceFormatError(where, "prompt", "expected the prompt to end with a user turn")
-    for field, reply in (("chosen", chosen), ("rejected", rejected)):
-        if not reply.strip():
-            raise PreferenceFormatError(where, field, "expected a non-empty reply, got ''")
+    if not prompt or prompt[-1]["role"] not in ("user", "tool"):
+        got = prompt[-1]["role"] if prompt else "nothing"
+        raise PreferenceFormatError(
+            where, "prompt", f"expected the prompt to end with a user turn, got {got!r}"
+        )
 
     scores: dict[str, float | None] = {"chosen_score": None, "rejected_score": None}
     for chosen_col, rejected_col in _SCORE_COLUMNS:

@@ -1,7 +1,13 @@
-"""What a preference source holds: format, counts, skipped rows, token lengths, an example.
+"""What a data source holds: format, counts, skipped rows, token lengths, an example.
 
 distalign data inspect pairs.jsonl.gz
 distalign data inspect esfrankel17/HelpSteer2_binarized --split average_rating_split
+distalign data inspect HuggingFaceH4/ultrafeedback_binarized dataset_split=test_prefs
+distalign data inspect examples/prompts.jsonl       # prompt-only: counts prompts instead
+
+A preference source is counted in pairs (identical pairs dropped, empty replies kept); a
+prompt-only source (TRL's ``prompt`` column, ShareGPT conversations ending with the user, a
+``.txt`` file) in prompts.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from distalign.data.load import LoadReport, load_preferences, resolve_source
+from distalign.data.load import LoadReport, iter_source_rows, load_preferences, resolve_source
 from distalign.data.pairs import render_prompt_ids, render_reply_ids
+from distalign.data.prompts import is_prompt_only, load_prompts
 
 PERCENTILES = (50, 90, 99, 100)
 
@@ -23,6 +30,8 @@ PERCENTILES = (50, 90, 99, 100)
 class Inspection:
     report: LoadReport
     scored_pairs: int = 0
+    prompt_only: bool = False  # rows without replies: prompts for RLOO/GRPO-style training
+    prompts: int = 0  # prompts read from a prompt-only source
     lengths: dict[str, dict[int, int]] = field(default_factory=dict)  # column -> pct -> tokens
     example: str = ""
     metadata: dict[str, Any] | None = None  # a metadata JSON shipped beside the file, if any
@@ -37,6 +46,31 @@ def _metadata_beside(source: str) -> dict[str, Any] | None:
     return json.loads(meta.read_text()) if meta.is_file() else None
 
 
+def _is_prompt_source(source: str, split, name, revision) -> bool:
+    if Path(source).suffix == ".txt":
+        return True
+    rows = iter_source_rows(source, split, name=name, revision=revision)
+    try:
+        return is_prompt_only(next(rows)[1])  # a source without rows raises here
+    finally:
+        rows.close()  # closes the file the reader holds open
+
+
+def _percentiles(values: list[int]) -> dict[int, int]:
+    return {p: int(np.percentile(values, p)) for p in PERCENTILES}
+
+
+def _measure_prompts(out: Inspection, prompts: list, tokenizer, max_rows: int) -> Inspection:
+    out.prompt_only, out.prompts = True, len(prompts)
+    if prompts:
+        lengths = [len(render_prompt_ids(tokenizer, p)) for p in prompts[:max_rows]]
+        out.lengths = {"prompt": _percentiles(lengths)}
+        out.example = tokenizer.apply_chat_template(
+            prompts[0], tokenize=False, add_generation_prompt=True
+        )
+    return out
+
+
 def inspect_source(
     source: str,
     tokenizer,
@@ -44,11 +78,30 @@ def inspect_source(
     format: str | None = None,
     skip_bad_rows: bool = False,
     max_rows_for_lengths: int = 2000,
+    *,
+    name: str | None = None,
+    revision: str | None = None,
 ) -> Inspection:
-    """Load ``source`` and measure it. Token lengths use at most ``max_rows_for_lengths`` pairs."""
+    """Load ``source`` and measure it. Token lengths use at most ``max_rows_for_lengths`` pairs
+    (or prompts). ``name`` and ``revision`` pick a hub dataset's config and commit. A
+    prompt-only source (detected from the first row, unless ``format`` forces a preference
+    format) is counted in prompts."""
     report = LoadReport(source=source)
-    ds = load_preferences(source, split, format=format, skip_bad_rows=skip_bad_rows, report=report)
     out = Inspection(report=report, metadata=_metadata_beside(source))
+    if format is None and _is_prompt_source(source, split, name, revision):
+        prompts = load_prompts(
+            source, split, name=name, revision=revision, skip_bad_rows=skip_bad_rows, report=report
+        )
+        return _measure_prompts(out, prompts, tokenizer, max_rows_for_lengths)
+    ds = load_preferences(
+        source,
+        split,
+        name=name,
+        revision=revision,
+        format=format,
+        skip_bad_rows=skip_bad_rows,
+        report=report,
+    )
     out.scored_pairs = sum(1 for s in ds["chosen_score"] if s is not None) if len(ds) else 0
     if len(ds) == 0:
         return out
@@ -58,9 +111,7 @@ def inspect_source(
         cols["prompt"].append(len(render_prompt_ids(tokenizer, row["prompt"])))
         cols["chosen"].append(len(render_reply_ids(tokenizer, row["prompt"], row["chosen"])))
         cols["rejected"].append(len(render_reply_ids(tokenizer, row["prompt"], row["rejected"])))
-    out.lengths = {
-        name: {p: int(np.percentile(v, p)) for p in PERCENTILES} for name, v in cols.items()
-    }
+    out.lengths = {part: _percentiles(v) for part, v in cols.items()}
     first = ds[0]
     out.example = tokenizer.apply_chat_template(
         [*first["prompt"], {"role": "assistant", "content": first["chosen"]}], tokenize=False

@@ -4,15 +4,19 @@
     ds = load_preferences("pairs.jsonl.gz")                        # format detected
     ds = load_preferences("esfrankel17/HelpSteer2_binarized", split="average_rating_split")
     ds = load_preferences("hh.jsonl", format="hh", skip_bad_rows=True)
+    ds = load_preferences("org/pairs", "test", name="helpful", revision="v1.0")  # config, tag
 
-Local files: ``.jsonl``, ``.json`` (a list of rows, or ``{"data": [...]}``), ``.parquet``,
-``.csv``, each optionally ``.gz``. A local folder is read like a hub dataset: the file named
-after the split (``train.jsonl.gz``, ``test.parquet``, …). Local files are read by our own
-readers rather than ``datasets``' builders so that an error can name the line of a broken row.
+Local files: ``.jsonl``, ``.json`` (a list of rows, ``{"data": [...]}``, or JSON lines),
+``.parquet``, ``.csv``, each optionally ``.gz``. A local folder is read like a hub dataset: the
+file named after the split (``train.jsonl.gz``, ``test.parquet``, …). Local files are read by
+our own readers rather than ``datasets``' builders so that an error can name the line of a
+broken row. Text files saved on Windows read as they are: a byte-order mark (UTF-8, or UTF-16
+as PowerShell writes) and CRLF line ends. A source without rows is a ``DataSourceError``.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -20,7 +24,7 @@ import json
 import logging
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,13 +80,21 @@ class LoadReport:
     rows: int = 0
     kept: int = 0
     identical: int = 0
+    empty_replies: int = 0  # '' (or blank) chosen/rejected replies among the pairs kept
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # first few full error messages
+
+    def skip(self, error: PreferenceFormatError) -> None:
+        """Count a malformed row under its reason (the text before any parenthesis)."""
+        reason = f"field {error.field!r}: {error.reason}" if error.field else error.reason
+        self.skipped[reason.split(" (")[0]] += 1
+        self.examples.append(str(error))
 
     def summary(self) -> str:
         lines = [
             f"{self.source}: format {self.format}, {self.rows} rows, {self.kept} pairs kept",
             f"  identical chosen/rejected: {self.identical} (dropped)",
+            f"  empty replies: {self.empty_replies} (kept)",
             f"  skipped as malformed: {sum(self.skipped.values())}",
         ]
         lines += [f"    {n} × {reason}" for reason, n in self.skipped.most_common()]
@@ -95,46 +107,78 @@ def _strip_gz(path: Path) -> str:
     return name[:-3] if name.endswith(".gz") else name
 
 
+def _encoding(head: bytes) -> str:
+    # Windows tools save UTF-8 with a byte-order mark, and PowerShell 5's `>` writes UTF-16;
+    # "utf-8-sig" drops the mark that would otherwise break the first row's JSON or column.
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return "utf-8-sig"
+
+
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+
+
+def _open_bytes(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
 def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+    """Text of a (gzipped) file; universal newlines turn CRLF into LF."""
+    with _open_bytes(path) as f:
+        head = f.read(2)
+    return io.TextIOWrapper(_open_bytes(path), encoding=_encoding(head))
 
 
 def _read_bytes(path: Path) -> bytes:
     try:
-        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as f:
+        with _open_bytes(path) as f:
             return f.read()
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+    except _GZIP_ERRORS as e:
         raise DataSourceError(f"{path}: not a valid gzip file ({e})") from None
+
+
+def _read_text(path: Path) -> str:
+    data = _read_bytes(path)
+    try:
+        return data.decode(_encoding(data[:2]))
+    except UnicodeDecodeError as e:
+        raise DataSourceError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def _json_lines(lines: Iterable[str], path: Path) -> Iterator[tuple[str, Any]]:
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as e:
+            message = f"broken JSON line ({e.msg} at column {e.colno})"
+            yield where, PreferenceFormatError(where, None, message)
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     try:
         with _open_text(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    yield where, json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield (
-                        where,
-                        PreferenceFormatError(
-                            where, None, f"broken JSON line ({e.msg} at column {e.colno})"
-                        ),
-                    )
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+            yield from _json_lines(f, path)
+    except _GZIP_ERRORS as e:
         raise DataSourceError(f"{path}: not a valid gzip file ({e})") from None
-    except UnicodeDecodeError as e:
+    except UnicodeError as e:
         raise DataSourceError(f"{path}: not UTF-8 text ({e})") from None
 
 
 def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
+    text = _read_text(path)
+    if not text.strip():
+        return
     try:
-        data = json.loads(_read_bytes(path))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and text.lstrip().startswith("{"):
+            # JSON lines saved as .json, which `datasets` reads too.
+            # Not splitlines(): JSON strings may hold a raw U+2028, which it splits on.
+            yield from _json_lines(text.replace("\r\n", "\n").split("\n"), path)
+            return
         raise DataSourceError(f"{path}: broken JSON at line {e.lineno} ({e.msg})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
@@ -155,19 +199,24 @@ def _decode_cell(value: Any) -> Any:
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[str, Any]]:
-    with _open_text(path) as f:
-        try:
+    try:
+        with _open_text(path) as f:
             for i, row in enumerate(csv.DictReader(f)):
                 yield f"{path} row {i}", {k: _decode_cell(v) for k, v in row.items()}
-        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise DataSourceError(f"{path}: not a valid gzip file ({e})") from None
+    except _GZIP_ERRORS as e:
+        raise DataSourceError(f"{path}: not a valid gzip file ({e})") from None
+    except UnicodeError as e:
+        raise DataSourceError(f"{path}: not UTF-8 text ({e})") from None
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
+    data = _read_bytes(path)
+    if not data:
+        return
     try:
-        table = pq.read_table(io.BytesIO(_read_bytes(path)))
+        table = pq.read_table(io.BytesIO(data))
     except Exception as e:
         if isinstance(e, DataSourceError):
             raise
@@ -196,38 +245,76 @@ def _local_file(path: Path, split: str | None) -> Path:
     return path
 
 
-def iter_source_rows(
-    source: str | datasets.Dataset, split: str | None = None
+def _some_rows(
+    rows: Iterable[tuple[str, Any]], label: str, note: str = ""
 ) -> Iterator[tuple[str, Any]]:
-    """Yield (location, raw row) for a local file/folder, a data alias, a hub dataset or a
-    ``datasets.Dataset`` given from Python."""
+    """``rows``, or a DataSourceError naming the source when there are none."""
+    empty = True
+    for item in rows:
+        empty = False
+        yield item
+    if empty:
+        raise DataSourceError(f"{label}: no rows{note}")
+
+
+def _hub_rows(source: str, split: str, name: str | None, revision: str | None):
+    # Only the options given, so that load_dataset sees the call it would from the user.
+    options = {k: v for k, v in (("name", name), ("revision", revision)) if v is not None}
+    try:
+        ds = datasets.load_dataset(source, split=split, **options)
+    except (ConnectionError, FileNotFoundError, ValueError) as e:
+        # Offline, unknown id, unknown config name or split: one line, not a traceback.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataSourceError(f"{source}: cannot load from the hub ({first})") from None
+    for i, row in enumerate(ds):
+        yield f"{source}[{split}] row {i}", row
+
+
+def iter_source_rows(
+    source: str | datasets.Dataset,
+    split: str | None = None,
+    *,
+    name: str | None = None,
+    revision: str | None = None,
+) -> Iterator[tuple[str, Any]]:
+    """Yield (location, raw row) for a local file/folder, a data alias, a hub dataset (with
+    its config ``name`` and ``revision``) or a ``datasets.Dataset`` given from Python. A source
+    without rows raises DataSourceError."""
+    hub_only = name is not None or revision is not None
     if isinstance(source, datasets.Dataset):
-        for i, row in enumerate(source):
-            yield f"dataset row {i}", row
+        if hub_only:
+            raise DataSourceError("a config name or revision applies to hub datasets only")
+        yield from _some_rows(((f"dataset row {i}", r) for i, r in enumerate(source)), "dataset")
         return
     source = resolve_source(source)
     path = Path(source).expanduser()
     if path.exists():
+        if hub_only:
+            raise DataSourceError(
+                f"{source}: a local source; a config name or revision applies to hub datasets only"
+            )
         path = _local_file(path, split)
         suffix = Path(_strip_gz(path)).suffix
         if suffix not in _READERS:
             raise DataSourceError(
                 f"{path}: unknown file type {suffix!r}; expected one of {SUFFIXES} (optionally .gz)"
             )
-        yield from _READERS[suffix](path)
+        note = " (empty file)" if path.stat().st_size == 0 else ""
+        yield from _some_rows(_READERS[suffix](path), str(path), note)
         return
     if source.startswith((".", "/", "~")) or Path(_strip_gz(path)).suffix in SUFFIXES:
         raise DataSourceError(f"{source}: no such file")
     # A hub id. Unreachable offline, but this is the path users with internet take.
-    ds = datasets.load_dataset(source, split=split or "train")
-    for i, row in enumerate(ds):
-        yield f"{source}[{split or 'train'}] row {i}", row
+    split = split or "train"
+    yield from _some_rows(_hub_rows(source, split, name, revision), f"{source}[{split}]")
 
 
 def load_preferences(
     source: str | datasets.Dataset,
     split: str | None = None,
     *,
+    name: str | None = None,
+    revision: str | None = None,
     format: str | None = None,
     skip_bad_rows: bool = False,
     drop_identical: bool = True,
@@ -241,22 +328,30 @@ def load_preferences(
             (the shipped gold-judge benchmark; splits ``train`` and ``test``), or a
             ``datasets.Dataset`` with the columns of one of the formats.
         split: dataset split; for hub ids defaults to ``train``.
-        format: ``explicit`` | ``implicit`` | ``hh``; detected from the first row when None.
+        name: config (subset) of a hub dataset, ``datasets.load_dataset``'s ``name``.
+        revision: branch, tag or commit of a hub dataset.
+        format: ``explicit`` | ``implicit`` | ``hh`` | ``sharegpt``; detected from the first
+            row when None.
         skip_bad_rows: skip malformed rows (their count and reasons are logged) instead of
             raising on the first one.
         drop_identical: drop pairs whose chosen and rejected replies are equal (they carry no
             preference); counted in the report either way.
         limit: stop after this many kept pairs.
-        report: filled with counts when given.
+        report: filled with counts when given (rows, pairs kept, identical, empty replies,
+            skipped rows and why).
+
+    Raises DataSourceError for a source that cannot be read or has no rows, and
+    PreferenceFormatError (naming file, row and field) for a malformed row.
     """
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    name = source if isinstance(source, str) else "dataset"
-    report = report if report is not None else LoadReport(source=name)
-    report.source = name
+    label = source if isinstance(source, str) else "dataset"
+    report = report if report is not None else LoadReport(source=label)
+    report.source = label
     rows: list[dict[str, Any]] = []
     fmt = format
-    for index, (where, raw) in enumerate(iter_source_rows(source, split)):
+    source_rows = iter_source_rows(source, split, name=name, revision=revision)
+    for index, (where, raw) in enumerate(source_rows):
         report.rows += 1
         try:
             if isinstance(raw, Exception):
@@ -274,14 +369,13 @@ def load_preferences(
         except PreferenceFormatError as e:
             if not skip_bad_rows:
                 raise
-            reason = f"field {e.field!r}: {e.reason}" if e.field else e.reason
-            report.skipped[reason.split(" (")[0]] += 1
-            report.examples.append(str(e))
+            report.skip(e)
             continue
         if row["chosen"].strip() == row["rejected"].strip():
             report.identical += 1
             if drop_identical:
                 continue
+        report.empty_replies += (not row["chosen"].strip()) + (not row["rejected"].strip())
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
@@ -289,6 +383,8 @@ def load_preferences(
     report.kept = len(rows)
     if report.skipped or report.identical:
         log.warning(report.summary())
+    if not rows:  # from_list([]) cannot match the features' keys
+        return datasets.Dataset.from_dict({k: [] for k in FEATURES}, features=FEATURES)
     return datasets.Dataset.from_list(rows, features=FEATURES)
 
 

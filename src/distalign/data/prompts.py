@@ -4,10 +4,15 @@ benchmark read chat prompts from.
     load_prompts("gold", "test")                     # the benchmark's held-out instructions
     load_prompts("questions.txt")                    # one prompt per line
     load_prompts("prompts.jsonl")                    # prompt-only rows: {"prompt": str | messages}
+    load_prompts("sharegpt.json")                    # {"conversations": [... human turn]}
     load_prompts("pairs.jsonl.gz")                   # a preference source: its prompts, once each
+    load_prompts("trl-lib/ultrafeedback-prompt", "train", name=None, revision="main")
     load_prompts(datasets.Dataset.from_list(rows))   # the same, from Python
 
-A prompt is a list of ``{"role", "content"}`` messages ending with a user turn.
+A prompt is a list of ``{"role", "content"}`` messages ending with a user (or tool) turn.
+Prompt-only rows are TRL's (a ``prompt`` column of strings or messages, as RLOO and GRPO take)
+or ShareGPT conversations (``conversations``/``messages``, ``from``/``value`` or
+``role``/``content`` messages, an optional ``system`` column) that end with the user.
 """
 
 from __future__ import annotations
@@ -16,8 +21,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distalign.data.formats import PreferenceFormatError, parse_messages
-from distalign.data.load import DATA_ALIASES, iter_source_rows, load_preferences
+from distalign.data.formats import (
+    PreferenceFormatError,
+    parse_messages,
+    sharegpt_column,
+    sharegpt_prompt,
+)
+from distalign.data.load import (
+    DATA_ALIASES,
+    DataSourceError,
+    LoadReport,
+    iter_source_rows,
+    load_preferences,
+)
 
 Chat = list[dict[str, str]]
 
@@ -31,8 +47,32 @@ def _gold_prompts(split: str) -> list[Chat]:
     return [[{"role": "user", "content": r["prompt"]}] for r in rows if r["split"] == split]
 
 
-def _is_prompt_only(row: Any) -> bool:
-    return isinstance(row, dict) and "prompt" in row and "chosen" not in row
+def is_prompt_only(row: Any) -> bool:
+    """A row with a prompt and no replies: TRL prompt-only or a ShareGPT conversation."""
+    return (
+        isinstance(row, dict)
+        and "chosen" not in row
+        and ("prompt" in row or sharegpt_column(row) is not None)
+    )
+
+
+def prompt_of(row: Any, where: str) -> Chat:
+    """The prompt of one prompt-only row. Raises PreferenceFormatError naming the field."""
+    if not isinstance(row, dict):
+        raise PreferenceFormatError(where, None, f"expected an object, got {type(row).__name__}")
+    if "prompt" in row or sharegpt_column(row) is None:
+        if row.get("prompt") is None:
+            raise PreferenceFormatError(where, "prompt", "missing")
+        prompt = parse_messages(row["prompt"], where, "prompt")
+        field = "prompt"
+    else:
+        prompt = sharegpt_prompt(row, where)
+        field = sharegpt_column(row)
+    if prompt[-1]["role"] not in ("user", "tool"):
+        raise PreferenceFormatError(
+            where, field, "expected the last turn to be the user's (or a tool's)"
+        )
+    return prompt
 
 
 def _unique(prompts: list[Chat]) -> list[Chat]:
@@ -46,31 +86,55 @@ def _unique(prompts: list[Chat]) -> list[Chat]:
     return out
 
 
-def load_prompts(source: Any, split: str | None = "train") -> list[Chat]:
+def load_prompts(
+    source: Any,
+    split: str | None = "train",
+    *,
+    name: str | None = None,
+    revision: str | None = None,
+    skip_bad_rows: bool = False,
+    report: LoadReport | None = None,
+) -> list[Chat]:
     """Chat prompts of ``source``: ``gold``, a ``.txt`` file, a prompt-only or preference data
-    set (hub id, local file or ``datasets.Dataset``). Preference sources give each prompt once."""
+    set (hub id with its config ``name`` and ``revision``, local file or ``datasets.Dataset``).
+    Preference sources give each prompt once.
+
+    ``skip_bad_rows`` skips malformed rows instead of raising; ``report`` (when given) gets the
+    counts, with ``format`` "prompt-only" for prompt-only rows. A source without rows raises
+    DataSourceError.
+    """
+    report = report if report is not None else LoadReport(source=str(source))
     if isinstance(source, str):
         path = Path(source).expanduser()
         if source == "gold" and not path.exists():
             return _gold_prompts(split or "train")
         if path.suffix == ".txt":
+            if not path.is_file():
+                raise DataSourceError(f"{source}: no such file")
             lines = path.read_text(encoding="utf-8-sig").splitlines()
-            return [[{"role": "user", "content": line}] for line in lines if line.strip()]
-    rows = iter_source_rows(source, split)
-    first = next(rows, None)
-    if first is None:
-        raise PreferenceFormatError(str(source), None, "no rows")
-    where, row = first
-    if not _is_prompt_only(row):
-        return _unique(list(load_preferences(source, split)["prompt"]))
+            prompts = [[{"role": "user", "content": line}] for line in lines if line.strip()]
+            if not prompts:
+                raise DataSourceError(f"{source}: no rows")
+            report.format, report.rows, report.kept = "prompt-only", len(prompts), len(prompts)
+            return prompts
+    rows = iter_source_rows(source, split, name=name, revision=revision)
+    first = next(rows)  # a source without rows raises DataSourceError here
+    if not is_prompt_only(first[1]):
+        pairs = load_preferences(
+            source, split, name=name, revision=revision, skip_bad_rows=skip_bad_rows, report=report
+        )
+        return _unique(list(pairs["prompt"]))
+    report.format = "prompt-only"
     prompts = []
     for where, row in [first, *rows]:
-        if isinstance(row, Exception):
-            raise row
-        if not isinstance(row, dict) or row.get("prompt") is None:
-            raise PreferenceFormatError(where, "prompt", "missing")
-        prompt = parse_messages(row["prompt"], where, "prompt")
-        if prompt[-1]["role"] != "user":
-            raise PreferenceFormatError(where, "prompt", "expected the last turn to be the user's")
-        prompts.append(prompt)
+        report.rows += 1
+        try:
+            if isinstance(row, Exception):
+                raise row
+            prompts.append(prompt_of(row, where))
+        except PreferenceFormatError as e:
+            if not skip_bad_rows:
+                raise
+            report.skip(e)
+    report.kept = len(prompts)
     return prompts

@@ -1,0 +1,263 @@
+"""Row shapes -> the normalised pair: Anthropic-HH transcripts split as TRL does, empty
+replies kept and counted, ShareGPT/LLaMA-Factory and UltraFeedback-binarized rows, TRL's
+string prompt beside whole conversations."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from distalign.data import LoadReport, PreferenceFormatError, load_preferences
+from distalign.data.formats import _common_prefix_length, detect_format
+from tests.conftest import write_jsonl
+
+H, A = "\n\nHuman: ", "\n\nAssistant: "
+
+
+def load(tmp_path, rows, **kwargs):
+    report = LoadReport(source="")
+    ds = load_preferences(str(write_jsonl(tmp_path / "d.jsonl", rows)), report=report, **kwargs)
+    return ds, report
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def bot(text):
+    return {"role": "assistant", "content": text}
+
+
+# --- Anthropic HH ------------------------------------------------------------------------
+
+
+def test_hh_reply_that_writes_a_human_turn_stays_in_the_reply(tmp_path):
+    prompt = H + "Name a pet."
+    rows = [
+        {
+            "chosen": prompt + A + "A cat.",
+            "rejected": prompt + A + "A rock." + H + "Why?" + A + "Ok.",
+        }
+    ]
+    ds, report = load(tmp_path, rows)
+    assert report.format == "hh"
+    assert ds[0]["prompt"] == [user("Name a pet.")]
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == (
+        "A cat.",
+        "A rock.\n\nHuman: Why?\n\nAssistant: Ok.",
+    )
+
+
+def test_hh_replies_sharing_text_past_a_human_marker(tmp_path):
+    """The common prefix runs past the replies' own "\\n\\nHuman: ": cut back to the last
+    "\\n\\nAssistant:" before it, not to the marker."""
+    prompt = H + "Hi" + A + "Hello!" + H + "Is it cold?"
+    rows = [
+        {"chosen": prompt + A + "Yes." + H + "Brr.", "rejected": prompt + A + "Yes." + H + "No."}
+    ]
+    ds, _ = load(tmp_path, rows)
+    assert ds[0]["prompt"] == [user("Hi"), bot("Hello!"), user("Is it cold?")]
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("Yes.\n\nHuman: Brr.", "Yes.\n\nHuman: No.")
+
+
+@pytest.mark.parametrize("end", ["\n\nAssistant:", "\n\nAssistant: ", "\n\nAssistant:  \n"])
+def test_hh_empty_reply_is_kept_and_counted(tmp_path, end, caplog):
+    prompt = H + "Help me cheat on a test."
+    rows = [
+        {"chosen": prompt + end, "rejected": prompt + A + "Sure, here is how."},
+        {"chosen": prompt + A + "No.", "rejected": prompt + end},
+    ]
+    ds, report = load(tmp_path, rows)
+    assert len(ds) == 2 and report.empty_replies == 2
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("", "Sure, here is how.")
+    assert (ds[1]["chosen"], ds[1]["rejected"]) == ("No.", "")
+    assert ds[0]["prompt"] == [user("Help me cheat on a test.")]
+
+
+def test_hh_both_replies_empty_is_dropped_as_identical(tmp_path):
+    empty = H + "Say nothing." + "\n\nAssistant:"
+    ds, report = load(tmp_path, [{"chosen": empty, "rejected": empty + " "}])
+    assert len(ds) == 0 and report.identical == 1 and report.empty_replies == 0
+    ds, report = load(tmp_path, [{"chosen": empty, "rejected": empty}], drop_identical=False)
+    assert len(ds) == 1 and report.empty_replies == 2
+
+
+def test_hh_prompt_ends_with_the_user_when_the_assistant_spoke_twice(tmp_path):
+    shared = H + "Count to two." + A + "One." + A
+    ds, _ = load(tmp_path, [{"chosen": shared + "Two.", "rejected": shared + "Three."}])
+    assert ds[0]["prompt"] == [user("Count to two.")]
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == (
+        "One.\n\nAssistant: Two.",
+        "One.\n\nAssistant: Three.",
+    )
+
+
+def test_hh_transcripts_that_differ_in_the_first_turn(tmp_path):
+    rows = [{"chosen": H + "a" + A + "b", "rejected": H + "c" + A + "b"}]
+    with pytest.raises(PreferenceFormatError, match="share the transcript") as info:
+        load(tmp_path, rows)
+    assert info.value.field == "rejected" and "d.jsonl:1" in str(info.value)
+
+
+def test_hh_prompt_column_is_split_into_turns(tmp_path):
+    """Dahoas/rm-static: the transcript up to "Assistant:" as prompt, replies as text."""
+    rows = [{"prompt": H + "Hi" + A + "Hey." + H + "Bye" + "\n\nAssistant:", "chosen": " Bye!",
+             "rejected": " No."}]  # fmt: skip
+    ds, report = load(tmp_path, rows)
+    assert report.format == "explicit"
+    assert ds[0]["prompt"] == [user("Hi"), bot("Hey."), user("Bye")]
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("Bye!", "No.")
+
+
+def test_common_prefix_length_matches_a_character_loop():
+    rng = random.Random(0)
+    for _ in range(300):
+        a = "".join(rng.choice("ab") for _ in range(rng.randrange(0, 700)))
+        b = a[: rng.randrange(0, len(a) + 1)] + "".join(
+            rng.choice("ab") for _ in range(rng.randrange(0, 5))
+        )
+        assert _common_prefix_length(a, b) == len(os.path.commonprefix([a, b]))  # noqa: RUF071
+
+
+# --- empty replies in the other formats --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"prompt": "q", "chosen": "", "rejected": "b"},
+        {"prompt": "q", "chosen": "  ", "rejected": "b"},
+        {"prompt": [user("q")], "chosen": [bot("")], "rejected": [bot("b")]},
+        {"chosen": [user("q"), bot("")], "rejected": [user("q"), bot("b")]},
+        {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": ""},
+         "rejected": {"from": "gpt", "value": "b"}},
+    ],
+)  # fmt: skip
+def test_empty_reply_is_data(tmp_path, row):
+    ds, report = load(tmp_path, [row])
+    assert len(ds) == 1 and ds[0]["chosen"].strip() == "" and ds[0]["rejected"] == "b"
+    assert report.empty_replies == 1 and not report.skipped
+
+
+# --- ShareGPT / LLaMA-Factory ------------------------------------------------------------
+
+
+def gpt(text):
+    return {"from": "gpt", "value": text}
+
+
+def test_sharegpt_single_messages_with_system_column(tmp_path):
+    rows = [
+        {"conversations": [{"from": "human", "value": "Hi"}], "chosen": gpt("Hello."),
+         "rejected": gpt("Go away."), "system": "Be kind."},
+    ]  # fmt: skip
+    ds, report = load(tmp_path, rows)
+    assert report.format == "sharegpt"
+    assert ds[0]["prompt"] == [{"role": "system", "content": "Be kind."}, user("Hi")]
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("Hello.", "Go away.")
+
+
+def test_sharegpt_lists_roles_and_system_turn(tmp_path):
+    conversation = [
+        {"from": "system", "value": "Use tools."},
+        {"from": "human", "value": "Weather?"},
+        {"from": "function_call", "value": '{"name": "weather"}'},
+        {"from": "observation", "value": "rain"},
+    ]
+    rows = [{"conversations": conversation, "chosen": [gpt("Rain.")], "rejected": [gpt("Sun.")],
+             "system": "ignored: the conversation has its own"}]  # fmt: skip
+    ds, _ = load(tmp_path, rows)
+    assert [m["role"] for m in ds[0]["prompt"]] == ["system", "user", "assistant", "tool"]
+    assert ds[0]["prompt"][0]["content"] == "Use tools."
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("Rain.", "Sun.")
+
+
+def test_sharegpt_replies_that_repeat_the_conversation(tmp_path):
+    conversation = [{"from": "human", "value": "Hi"}]
+    rows = [{"conversations": conversation, "chosen": [*conversation, gpt("Hello.")],
+             "rejected": [*conversation, gpt("Bye.")]}]  # fmt: skip
+    assert load(tmp_path, rows)[0][0]["chosen"] == "Hello."
+
+
+def test_openai_messages_column(tmp_path):
+    rows = [{"messages": [user("Hi")], "chosen": bot("Hello."), "rejected": [bot("Bye.")]}]
+    ds, report = load(tmp_path, rows)
+    assert report.format == "sharegpt"
+    assert ds[0]["prompt"] == [user("Hi")] and ds[0]["rejected"] == "Bye."
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "expected"),
+    [
+        ({"conversations": [{"from": "bot", "value": "x"}], "chosen": gpt("a"),
+          "rejected": gpt("b")}, "conversations[0].from", "expected one of"),
+        ({"conversations": [{"from": "human", "value": 3}], "chosen": gpt("a"),
+          "rejected": gpt("b")}, "conversations[0].value", "expected a string"),
+        ({"conversations": [{"from": "human", "value": "x"}], "chosen": {"from": "human",
+          "value": "a"}, "rejected": gpt("b")}, "chosen", "assistant reply"),
+        ({"conversations": [{"from": "human", "value": "x"}, gpt("y")], "chosen": gpt("a"),
+          "rejected": gpt("b")}, "prompt", "end with a user turn"),
+        ({"conversations": [{"from": "human", "value": "x"}], "chosen": gpt("a"),
+          "rejected": gpt("b"), "system": 5}, "system", "expected a string"),
+    ],
+)  # fmt: skip
+def test_sharegpt_errors_name_the_field(tmp_path, row, field, expected):
+    with pytest.raises(PreferenceFormatError) as info:
+        load(tmp_path, [row])
+    assert info.value.field == field and expected in str(info.value)
+    assert "d.jsonl:1" in str(info.value)
+
+
+def test_forced_sharegpt(tmp_path):
+    rows = [{"prompt": None, "conversations": [{"from": "human", "value": "Hi"}],
+             "chosen": gpt("a"), "rejected": gpt("b")}]  # fmt: skip
+    ds, report = load(tmp_path, rows, format="sharegpt")
+    assert report.format == "sharegpt" and ds[0]["chosen"] == "a"
+
+
+def test_detection_order():
+    conversation = [{"from": "human", "value": "Hi"}]
+    assert detect_format(
+        {"prompt": "x", "messages": [user("x")], "chosen": [], "rejected": []}
+    ) == ("explicit")
+    assert (
+        detect_format({"conversations": conversation, "chosen": {}, "rejected": {}}) == "sharegpt"
+    )
+    assert detect_format({"chosen": [user("x"), bot("y")], "rejected": []}) == "implicit"
+    assert detect_format({"chosen": H + "x" + A + "y", "rejected": ""}) == "hh"
+
+
+# --- UltraFeedback-binarized and TRL's implicit prompt beside a string prompt -------------
+
+
+def test_ultrafeedback_binarized_scores(tmp_path):
+    chosen = [user("Name a fruit."), bot("A pear.")]
+    rows = [
+        {"prompt": "Name a fruit.", "prompt_id": "x1", "chosen": chosen, "messages": chosen,
+         "rejected": [user("Name a fruit."), bot("Rocks.")], "score_chosen": 8.5,
+         "score_rejected": 3},
+    ]  # fmt: skip
+    ds, report = load(tmp_path, rows)
+    assert report.format == "explicit"
+    assert ds[0]["prompt"] == [user("Name a fruit.")]
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("A pear.", "Rocks.")
+    assert (ds[0]["chosen_score"], ds[0]["rejected_score"]) == (8.5, 3.0)
+
+
+def test_string_prompt_beside_whole_conversations_uses_their_shared_turns(tmp_path):
+    """TRL's maybe_extract_prompt: a string prompt next to conversational replies is ignored."""
+    history = [user("Hi"), bot("Hello."), user("Name a fruit.")]
+    rows = [{"prompt": "Name a fruit.", "chosen": [*history, bot("A fig.")],
+             "rejected": [*history, bot("No.")]}]  # fmt: skip
+    ds, _ = load(tmp_path, rows)
+    assert ds[0]["prompt"] == history
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("A fig.", "No.")
+
+
+def test_replies_from_different_conversations_are_refused(tmp_path):
+    rows = [{"prompt": "Name a fruit.", "chosen": [user("a"), bot("A fig.")],
+             "rejected": [user("b"), bot("No.")]}]  # fmt: skip
+    with pytest.raises(PreferenceFormatError, match="repeat the prompt"):
+        load(tmp_path, rows)

@@ -1,0 +1,50 @@
+"""data inspect's measuring function: prompt-only sources are counted in prompts, hub
+options reach the loader, preference sources keep their counts."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+
+from distalign.data import DataSourceError
+from distalign.data.inspect import inspect_source
+from tests.conftest import write_jsonl
+
+
+def test_prompt_only_txt(tmp_path, smol_tokenizer):
+    path = tmp_path / "q.txt"
+    path.write_text("Why?\nHow?\n")
+    result = inspect_source(str(path), smol_tokenizer)
+    assert result.prompt_only and result.prompts == 2
+    assert result.report.format == "prompt-only"
+    assert set(result.lengths) == {"prompt"}
+    assert result.example.rstrip().endswith("<|im_start|>assistant")
+
+
+def test_prompt_only_hub_dataset_with_config_and_revision(monkeypatch, smol_tokenizer):
+    calls = []
+
+    def fake_load_dataset(path, **kwargs):
+        calls.append(kwargs)
+        return datasets.Dataset.from_list([{"prompt": "One?"}, {"prompt": "Two?"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    result = inspect_source("org/prompts", smol_tokenizer, "test", name="cfg", revision="r1")
+    assert result.prompt_only and result.prompts == 2
+    assert calls and all(c == {"name": "cfg", "split": "test", "revision": "r1"} for c in calls)
+
+
+def test_preferences_with_an_empty_reply(tmp_path, smol_tokenizer):
+    rows = [{"prompt": "q", "chosen": "", "rejected": "b"}, {"prompt": "r", "chosen": "c",
+             "rejected": "d"}]  # fmt: skip
+    result = inspect_source(str(write_jsonl(tmp_path / "d.jsonl", rows)), smol_tokenizer)
+    assert not result.prompt_only
+    assert (result.report.kept, result.report.empty_replies) == (2, 1)
+    assert result.lengths["chosen"][100] >= 1  # the empty reply is still its end-of-turn token
+
+
+def test_empty_file(tmp_path, smol_tokenizer):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(DataSourceError, match="no rows"):
+        inspect_source(str(path), smol_tokenizer)
