@@ -397,12 +397,12 @@ def main():
     try:
         app(prog_name="distalign")
     except USER_ERRORS as e:
-        console.print(f"[red]error:[/] {e}", markup=True, highlight=False)
+        console.print(f"[red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except ModuleNotFoundError as e:
         if "pip install" not in str(e):  # a missing optional extra says how to install it
             raise
-        console.print(f"[red]error:[/] {e}", markup=True, highlight=False)
+        console.print(f"[red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
 
 

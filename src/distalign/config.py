@@ -388,7 +388,7 @@ class DataInspectConfig:
     dataset_split: str | None = None
     """Split (hub id or folder); default: train, or the only one."""
     format: str | None = None
-    """explicit | implicit | hh (default: detected from the first row)."""
+    """explicit | implicit | hh | sharegpt (default: detected from the first row)."""
     skip_bad_rows: bool = False
     """Skip malformed rows (counted) instead of stopping at the first."""
     model_name_or_path: str = DEFAULT_MODEL
@@ -397,6 +397,12 @@ class DataInspectConfig:
     """Config (subset) of a hub dataset, as datasets.load_dataset's name."""
     dataset_revision: str | None = None
     """Branch, tag or commit of a hub dataset (default: the latest)."""
+
+    def __post_init__(self):
+        from distalign.data.formats import FORMATS
+
+        if self.format is not None and self.format not in FORMATS:
+            raise ConfigError(f"format must be one of {' | '.join(FORMATS)}, got {self.format!r}")
 
 
 @dataclass
