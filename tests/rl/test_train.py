@@ -3,12 +3,14 @@ runs with reward-model sources and resumes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from distalign.config import ConfigError, load_config
 from distalign.rl.train import RLTrainConfig, TrainState, advantages_for, run
 
 # Tokens the peaked tiny model likes to emit; the reward pays for the first one.
@@ -113,3 +115,144 @@ def test_moving_average_baseline_pools_every_process():
     adv, base = advantages_for(cfg, torch.tensor([6.0, 2.0]), None, state)
     assert base == pytest.approx(4.0)
     assert adv.tolist() == pytest.approx([2.0, -2.0])
+
+
+# --- reward sources: other tokenizers, weighted sums, columns, the explicit-reward rule ---
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def plain_rm(tmp_path_factory):
+    """A GPT-2 classifier saved by transformers alone, with its own word-level tokenizer."""
+    from tests.rl.test_rewards import build_gpt2_reward_model
+
+    return build_gpt2_reward_model(tmp_path_factory.mktemp("plain_rm") / "final")
+
+
+# 2 prompts per step in one micro-batch of 2 prompts x 2 completions
+SHORT = dict(max_steps=2, num_generations=2, per_device_train_batch_size=4,
+             gradient_accumulation_steps=1, max_eval_samples=2)  # fmt: skip
+
+
+def test_trains_against_a_reward_model_distalign_did_not_train(tiny_model_dir, plain_rm, tmp_path):
+    result = run(config(tiny_model_dir, tmp_path, reward=str(plain_rm), **SHORT))
+    name = plain_rm.parent.name  # the run's folder, not "final"
+    metrics = read_jsonl(tmp_path / "rl" / "metrics.jsonl")
+    train = [m for m in metrics if "train/reward" in m]
+    assert len(train) == 2 and all(f"train/reward/{name}" in m for m in train)
+    assert all(m[f"train/reward/{name}"] == pytest.approx(m["train/reward"]) for m in train)
+    assert result["final"][f"reward/{name}"] == pytest.approx(result["final"]["reward"])
+    rows = read_jsonl(tmp_path / "rl" / "history.jsonl")
+    assert len(rows) == 8 and all(set(r["rewards"]) == {name} for r in rows)
+    assert (tmp_path / "rl" / "final" / "model.safetensors").is_file()
+
+
+def test_a_weighted_sum_of_two_sources_trains_and_logs_both(tiny_model_dir, plain_rm, tmp_path):
+    name = plain_rm.parent.name
+    cfg = load_config(
+        RLTrainConfig, None,
+        [f"reward=[{plain_rm},tests.rl.test_train:reward_apple]", "reward_weights=[1.0,0.5]"],
+    )  # fmt: skip
+    assert cfg.reward == [str(plain_rm), "tests.rl.test_train:reward_apple"]
+    run(config(tiny_model_dir, tmp_path, reward=cfg.reward, reward_weights=[1.0, 0.5], **SHORT))
+    metrics = [m for m in read_jsonl(tmp_path / "rl" / "metrics.jsonl") if "train/reward" in m]
+    for m in metrics:
+        assert {f"train/reward/{name}", "train/reward/reward_apple"} <= set(m)
+        combined = m[f"train/reward/{name}"] + 0.5 * m["train/reward/reward_apple"]
+        assert m["train/reward"] == pytest.approx(combined, abs=1e-5)
+    for row in read_jsonl(tmp_path / "rl" / "history.jsonl"):
+        parts = row["rewards"]
+        assert row["reward"] == pytest.approx(parts[name] + 0.5 * parts["reward_apple"], abs=1e-5)
+    evals = [m for m in read_jsonl(tmp_path / "rl" / "metrics.jsonl") if "eval/reward" in m]
+    assert evals and all("eval/reward/reward_apple" in m for m in evals)
+
+
+def test_without_a_reward_only_the_benchmark_prompts_train(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Name a fruit.\n")
+    assert RLTrainConfig().reward is None  # gold prompts: the gold judge
+    with pytest.raises(ValueError, match=r"^reward: give a reward model.*prompts.txt"):
+        RLTrainConfig(dataset_name=str(prompts))
+    with pytest.raises(ValueError, match=r"^reward: .*not 'held_out\.jsonl'"):
+        RLTrainConfig(eval_dataset_name="held_out.jsonl")
+    with pytest.raises(ConfigError, match=r"^reward: "):
+        load_config(RLTrainConfig, None, [f"dataset_name={prompts}"])
+    # an explicit reward is fine anywhere, the gold judge included
+    RLTrainConfig(dataset_name=str(prompts), reward="distalign.gold.judge:gold_reward")
+
+
+class LengthOfAnswer:
+    """A callable object reading the data set's ``answer`` column (TRL passes columns as
+    keyword lists, one value per completion)."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, str]] = []
+
+    def __call__(self, prompts, replies, answer):
+        self.seen += [(p[-1]["content"], a) for p, a in zip(prompts, answer, strict=True)]
+        return [-abs(len(r.split()) - int(a)) for r, a in zip(replies, answer, strict=True)]
+
+
+def test_a_callable_object_reward_with_data_columns_from_python(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    from distalign.api import train_policy
+    from tests.rl.test_rewards import PromptRow
+
+    rows = [PromptRow([{"role": "user", "content": f"Say {n} words."}], {"answer": str(n)})
+            for n in range(1, 5)]  # fmt: skip
+    # what load_prompts returns once it keeps a prompt-only set's other columns
+    monkeypatch.setattr("distalign.rl.train.load_prompts", lambda source, split=None: rows)
+    reward = LengthOfAnswer()
+    result = train_policy(config(tiny_model_dir, tmp_path, reward=reward, **SHORT))
+    assert reward.seen and all(p == f"Say {a} words." for p, a in reward.seen)
+    assert "reward/LengthOfAnswer" in result["final"]
+    metrics = [m for m in read_jsonl(tmp_path / "rl" / "metrics.jsonl") if "train/reward" in m]
+    assert all(m["train/reward/LengthOfAnswer"] <= 0 for m in metrics)
+
+
+def test_the_reward_loads_first_and_leaves_the_lora_init(
+    tiny_model_dir, plain_rm, tmp_path, monkeypatch
+):
+    """A wrong reward fails before the policy loads; loading a reward model first (even one
+    whose loading draws random numbers) gives the LoRA weights the old order gave."""
+    from accelerate.utils import set_seed
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from distalign.rl import rewards as rw
+    from distalign.rl import train as rl_train
+
+    def no_policy(*args, **kwargs):
+        raise AssertionError("the policy was loaded before the reward was checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(rl_train, "build_policy", no_policy)
+        with pytest.raises(ValueError, match="does not exist"):
+            run(config(tiny_model_dir, tmp_path / "bad", reward=str(tmp_path / "no" / "rm")))
+
+    original = rw.load_one_source
+
+    def drawing(spec, **kwargs):  # as a model that initialises weights on load would
+        torch.rand(1000)
+        return original(spec, **kwargs)
+
+    monkeypatch.setattr(rw, "load_one_source", drawing)
+    cfg = config(tiny_model_dir, tmp_path, reward=str(plain_rm), use_peft=True, lora_r=4,
+                 **{**SHORT, "max_steps": 0}, eval_at_start=False)  # fmt: skip
+    run(cfg)  # no step: final/ holds the adapter as built
+    saved = load_file(tmp_path / "rl" / "final" / "adapter_model.safetensors")
+    set_seed(cfg.seed)  # the order before: seed, then the policy
+    policy, _, _ = rl_train.build_policy(cfg, None)
+    built = get_peft_model_state_dict(policy)
+    assert saved.keys() == built.keys() and any("lora_A" in k for k in saved)
+    assert all(torch.equal(saved[k], built[k]) for k in saved)
+    # and the check has teeth: without the RNG fork, the same draw changes the init
+    monkeypatch.setattr(rw, "own_rng", contextlib.nullcontext)
+    set_seed(cfg.seed)
+    rw.load_reward_source(str(plain_rm))
+    moved = get_peft_model_state_dict(rl_train.build_policy(cfg, None)[0])
+    assert not all(torch.equal(saved[k], moved[k]) for k in saved)

@@ -1,22 +1,47 @@
-"""Reward sources for REINFORCE: a reward-model folder (scalar, or distributional through a
-functional φ), a ``module:function(prompts, replies) -> list[float]`` string, or any Python
-callable object with that signature (``rl train`` from Python).
+"""Reward sources for REINFORCE, and their weighted sum (TRL's ``reward_funcs`` +
+``reward_weights``):
 
-The reward model may use another tokenizer than the policy: replies arrive as text and are
-re-encoded by the reward model's own tokenizer (``score_replies``).
+    reward=runs/rm_scalar/final                    # a distalign reward model, any head
+    reward=org/some-reward-model                   # any 1-label sequence classifier (hub/folder)
+    reward=my_pkg.rewards:brevity                  # f(prompts, replies[, **columns]) -> floats
+    reward=[runs/rm/final,my_pkg.rewards:brevity] reward_weights=[1.0,0.2]
+
+From Python, a callable object with that signature is a source too. Each source gets a name
+under which its mean reward is logged: the folder's (the run's for ``final``), the hub id's
+last part, the function's or the class's. The step's reward is Σ_i w_i r_i.
+
+Replies arrive as text, so a reward model with another tokenizer than the policy scores them
+correctly: a distalign RM re-encodes them (``score_replies``); any other one renders the
+conversation with its own chat template and scores it with its own forward
+(``score_conversations``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable
+import inspect
+import logging
+import random
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from distalign import functionals as fn
 from distalign.models.heads import head_log_probs
+
+log = logging.getLogger(__name__)
+
+GOLD_REWARD = "distalign.gold.judge:gold_reward"
+# files a reward model needs from the hub: weights as safetensors only (never a pickle)
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.vocab", "*.jinja", "*.tiktoken"]
+# folder names that say where in a run a model sits, not which model it is
+GENERIC_FOLDERS = {"final", "last", "final_merged", "model", "checkpoints"}
 
 
 @dataclass
@@ -24,33 +49,255 @@ class RewardOutput:
     rewards: torch.Tensor  # (B,) the value optimised: scalar reward or φ(p)
     distributions: torch.Tensor | None = None  # (B, n) for a distributional RM
     std: torch.Tensor | None = None  # (B,) Std[R] for a distributional RM
+    per_source: dict[str, torch.Tensor] | None = None  # name -> (B,) unweighted, NaN: unscored
 
 
 class RewardSource:
-    """Callable: (chat prompts, reply texts[, reference distributions]) -> RewardOutput."""
+    """Callable: (chat prompts, reply texts[, reference distributions][, columns=...]) ->
+    RewardOutput. ``columns``: extra data-set columns, one value per reply."""
 
+    name = "reward"
     needs_reference = False  # win probability needs the SFT reply's distribution per prompt
     distributional = False
 
-    def __call__(self, prompts, replies, reference: torch.Tensor | None = None) -> RewardOutput:
+    def __call__(self, prompts, replies, reference=None, columns=None) -> RewardOutput:
         raise NotImplementedError
 
 
-class CallableReward(RewardSource):
-    def __init__(self, function: Callable):
-        self.function = function
+def callable_name(function: Callable) -> str:
+    """A function's name, a partial's function's, or a callable object's class name."""
+    while isinstance(function, partial):
+        function = function.func
+    return getattr(function, "__name__", None) or type(function).__name__
 
-    def __call__(self, prompts, replies, reference=None) -> RewardOutput:
-        values = self.function(prompts, replies)
+
+def _column_parameters(function: Callable) -> tuple[bool, set[str], set[str]]:
+    """(takes **kwargs, named keyword parameters after (prompts, replies), required ones)."""
+    try:
+        params = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: no columns
+        return False, set(), set()
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    named = [p for p in positional[2:] if p.kind is p.POSITIONAL_OR_KEYWORD]
+    named += [p for p in params if p.kind is p.KEYWORD_ONLY]
+    required = {p.name for p in named if p.default is p.empty}
+    return var_kw, {p.name for p in named}, required
+
+
+class CallableReward(RewardSource):
+    """``function(prompts, replies, **columns) -> list[float | None]``.
+
+    As in TRL, the prompts' extra data-set columns go to a function that takes ``**kwargs``
+    (all of them) or names them as keyword parameters (those), each a list with one value per
+    reply. ``None`` means "this function does not score this reply" (TRL's convention): the
+    weighted sum leaves it out, and a reply that no source scores is an error.
+    """
+
+    def __init__(self, function: Callable, name: str | None = None):
+        self.function = function
+        self.name = name or callable_name(function)
+        self._all_columns, self._named, self._required = _column_parameters(function)
+
+    def _column_kwargs(self, columns: dict[str, list] | None) -> dict[str, list]:
+        columns = columns or {}
+        missing = self._required - set(columns)
+        if missing:
+            raise ValueError(
+                f"reward function {self.name} needs the column(s) {sorted(missing)}; the "
+                f"prompts carry {sorted(columns) or 'none'}"
+            )
+        if self._all_columns:
+            return {k: v for k, v in columns.items() if k not in ("prompts", "replies")}
+        return {k: v for k, v in columns.items() if k in self._named}
+
+    def __call__(self, prompts, replies, reference=None, columns=None) -> RewardOutput:
+        values = self.function(prompts, replies, **self._column_kwargs(columns))
         if len(values) != len(replies):
             raise ValueError(
-                f"reward function returned {len(values)} values for {len(replies)} replies"
+                f"reward function {self.name} returned {len(values)} values for "
+                f"{len(replies)} replies"
             )
-        return RewardOutput(torch.tensor([float(v) for v in values]))
+        return RewardOutput(torch.tensor([float("nan") if v is None else float(v) for v in values]))
+
+
+def model_folder(spec: str, trust_remote_code: bool = False) -> Path:
+    """A local folder as is; a hub id downloaded (config, tokenizer, safetensors weights)."""
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        if (
+            not (folder / "config.json").is_file()
+            and not (folder / "adapter_config.json").is_file()
+        ):
+            raise ValueError(f"reward folder {spec!r} holds no model (no config.json)")
+        return folder
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:  # a path, not a hub id
+        raise ValueError(f"reward folder {spec!r} does not exist")
+    from huggingface_hub import snapshot_download
+
+    patterns = HUB_FILES + (["*.py"] if trust_remote_code else [])
+    try:
+        return Path(snapshot_download(spec, allow_patterns=patterns))
+    except Exception as e:  # not a repo id, not found, offline: all mean "no such model"
+        raise ValueError(
+            f"reward {spec!r} is not a folder, not module:function, and not a model on the "
+            f"hub ({type(e).__name__}: {e})"
+        ) from None
+
+
+def load_sequence_classifier(folder: Path, trust_remote_code: bool = False):
+    """(model, tokenizer) of a one-label sequence classifier that distalign did not train
+    (e.g. TRL's RewardTrainer, or any ``AutoModelForSequenceClassification.save_pretrained``).
+
+    Its own forward reads the score where the model was trained to: the rightmost token that
+    is not ``config.pad_token_id`` (decoders) or the first one (BERT-style). That needs a pad
+    id; without one we take the tokenizer's pad token, else EOS — what TRL's RewardTrainer
+    pads with when the tokenizer has none, so the model is read as it was trained.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from distalign.models.load import _model_kwargs
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    architectures = config.architectures or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ValueError(
+            f"{folder} is not a sequence-classification model (architectures: "
+            f"{architectures}); a reward model needs a trained score head"
+        )
+    if config.num_labels != 1:
+        raise ValueError(
+            f"{folder}: a sequence classifier with {config.num_labels} labels and no "
+            "distalign_rm.json; a reward model has one label (num_labels=1), and distalign's "
+            "distributional reward models carry distalign_rm.json"
+        )
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        folder, output_loading_info=True, **_model_kwargs("float32", trust_remote_code)
+    )
+    if info["missing_keys"]:  # a random head would score noise
+        raise ValueError(f"{folder}: weights missing from the checkpoint: {info['missing_keys']}")
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        if model.config.pad_token_id is not None:
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(model.config.pad_token_id)
+        elif tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            raise ValueError(f"{folder}: the tokenizer has neither a pad nor an EOS token")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer
+
+
+def model_max_length(model, tokenizer, default: int = 512) -> int:
+    """The longest input the model takes: its position limit and the tokenizer's."""
+    limits = [getattr(model.config, k, None) for k in ("max_position_embeddings", "n_positions")]
+    if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:  # else unset
+        limits.append(tokenizer.model_max_length)
+    limits = [n for n in limits if isinstance(n, int) and n > 0]
+    return min(limits) if limits else default
+
+
+def render_conversation(tokenizer, messages, prompt_only: bool = False) -> str:
+    """The reward model's text of a conversation: its chat template, or, for a tokenizer
+    without one (BERT-style classifiers), the messages as ``role: content`` lines."""
+    if tokenizer.chat_template is not None:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=prompt_only
+        )
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join(lines + (["assistant:"] if prompt_only else []))
+
+
+def _special_tokens(tokenizer, text: str, core: list[int]) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after ``text``'s own (``[CLS]``, ``[SEP]``)."""
+    wrapped = tokenizer(text, add_special_tokens=True)["input_ids"]
+    for k in range(len(wrapped) - len(core) + 1):
+        if wrapped[k : k + len(core)] == core:
+            return wrapped[:k], wrapped[k + len(core) :]
+    return [], []  # a tokenizer that changes the text's own ids: no special tokens then
+
+
+def encode_conversation(tokenizer, prompt, reply: str, max_length: int) -> list[int]:
+    """Token ids of prompt + assistant ``reply``, at most ``max_length``.
+
+    A chat template writes its own special tokens (BOS, turn markers), as in TRL; the plain
+    rendering gets the tokenizer's ([CLS] … [SEP]). A longer conversation is cut as
+    distalign's own reward models are (``truncate_pair``): the prompt from the left, the reply
+    from the right, the prompt keeping at least half; when the rendering of the prompt is not a
+    prefix of the conversation's, the last tokens are kept.
+    """
+    from distalign.data.pairs import truncate_pair
+
+    def ids(messages, prompt_only=False) -> tuple[str, list[int]]:
+        text = render_conversation(tokenizer, messages, prompt_only)
+        return text, tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    text, core = ids([*prompt, {"role": "assistant", "content": reply}])
+    head, tail = [], []
+    if tokenizer.chat_template is None:
+        head, tail = _special_tokens(tokenizer, text, core)
+    budget = max_length - len(head) - len(tail)
+    if len(core) > budget:
+        prompt_ids = ids(prompt, prompt_only=True)[1]
+        n = len(prompt_ids)
+        if 0 < n < len(core) and core[:n] == prompt_ids and budget >= 2:
+            p, (r,) = truncate_pair(prompt_ids, [core[n:]], budget, budget // 2)
+            core = p + r
+        else:
+            core = core[len(core) - budget :]
+    return head + core + tail
+
+
+@torch.no_grad()
+def score_conversations(
+    model, tokenizer, prompts, replies, max_length: int, batch_size: int = 16
+) -> torch.Tensor:
+    """Scores (N, 1) of a sequence classifier on its own renderings, by its own forward, in
+    length-sorted right-padded batches (padded with ``config.pad_token_id``, which its pooling
+    looks for)."""
+    from distalign.data.pairs import pad_sequences
+
+    seqs = [
+        encode_conversation(tokenizer, p, r, max_length)
+        for p, r in zip(prompts, replies, strict=True)
+    ]
+    device = next(model.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = [None] * len(seqs)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = pad_sequences([seqs[i] for i in idx], model.config.pad_token_id)
+        logits = model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+        ).logits  # (b, 1)
+        for i, s in zip(idx, logits.float().cpu(), strict=True):
+            out[i] = s
+    return torch.stack(out) if out else torch.zeros(0, 1)
+
+
+def source_name(spec: str) -> str:
+    """``module:function`` -> function; a folder -> its name (a run's ``final``, ``last`` ->
+    the run's); a hub id -> its last part."""
+    if ":" in spec and not Path(spec).exists():
+        return spec.rsplit(":", 1)[1]
+    path = Path(spec.rstrip("/"))
+    while path.parent.name and (
+        path.name in GENERIC_FOLDERS or path.name.startswith(("step_", "checkpoint-"))
+    ):
+        path = path.parent
+    return path.name or spec
 
 
 class RewardModelSource(RewardSource):
-    """A saved reward model; distributional heads go through the functional ``functional``."""
+    """A reward model by folder or hub id: distalign's (``distalign_rm.json`` beside it; any
+    head, distributional ones through the functional ``functional``) or any one-label sequence
+    classifier, scored with its own tokenizer, chat template and forward.
+
+    ``max_length``: longest prompt + reply in tokens; default: a distalign RM's training
+    ``max_length`` (its prompts cut to its ``max_prompt_length``), else the model's limit.
+    """
 
     def __init__(
         self,
@@ -62,10 +309,27 @@ class RewardModelSource(RewardSource):
         max_length: int | None = None,
         batch_size: int = 16,
         device: str | torch.device = "cpu",
+        trust_remote_code: bool = False,
     ):
-        from distalign.models.reward_model import load_reward_model
+        from distalign.models.reward_model import META_FILE, load_reward_model
 
-        self.model, self.tokenizer, self.meta = load_reward_model(path)
+        path = str(path)
+        self.name = source_name(path)
+        folder = model_folder(path, trust_remote_code)
+        self.own_forward = not (folder / META_FILE).is_file()  # not trained by distalign
+        if self.own_forward:
+            self.model, self.tokenizer = load_sequence_classifier(folder, trust_remote_code)
+            self.meta = {"head": "scalar"}
+            self.max_length = max_length or model_max_length(self.model, self.tokenizer)
+            self.max_prompt_length = None
+        else:
+            self.model, self.tokenizer, self.meta = load_reward_model(
+                folder, trust_remote_code=trust_remote_code
+            )
+            # the lengths the model was trained with (saved by rm train), unless given
+            self.max_length = max_length or self.meta.get("max_length", 512)
+            trained = self.meta.get("max_prompt_length")
+            self.max_prompt_length = trained if trained and trained < self.max_length else None
         self.model.to(device).requires_grad_(False)
         self.head = self.meta.get("head", "scalar")
         self.n_bins = self.meta.get("n_bins", 10)
@@ -74,20 +338,23 @@ class RewardModelSource(RewardSource):
             raise ValueError(f"functional must be one of {fn.FUNCTIONALS}, got {functional!r}")
         self.functional, self.kappa, self.alpha, self.tau = functional, kappa, alpha, tau
         self.needs_reference = self.distributional and functional == "win_probability"
-        # the length the model was trained with (saved by rm train), unless given
-        self.max_length = max_length or self.meta.get("max_length", 512)
         self.batch_size = batch_size
 
     def _outputs(self, prompts, replies) -> torch.Tensor:
         """Raw head outputs (B, k) of the reward model."""
         from distalign.models.reward_model import score_replies
 
+        if self.own_forward:
+            return score_conversations(
+                self.model, self.tokenizer, prompts, replies, self.max_length, self.batch_size
+            )
         return score_replies(
             self.model,
             self.tokenizer,
             prompts,
             replies,
             self.max_length,
+            max_prompt_length=self.max_prompt_length,
             batch_size=self.batch_size,
         )
 
@@ -95,7 +362,7 @@ class RewardModelSource(RewardSource):
         """p (B, n) over scores 1..n of a distributional reward model."""
         return head_log_probs(self.head, self._outputs(prompts, replies), self.n_bins).exp()
 
-    def __call__(self, prompts, replies, reference=None) -> RewardOutput:
+    def __call__(self, prompts, replies, reference=None, columns=None) -> RewardOutput:
         if not self.distributional:
             return RewardOutput(self._outputs(prompts, replies)[:, 0])
         p = self.distributions(prompts, replies)
@@ -103,6 +370,77 @@ class RewardModelSource(RewardSource):
             self.functional, p, kappa=self.kappa, alpha=self.alpha, tau=self.tau, p_ref=reference
         )
         return RewardOutput(value, p, fn.std(p))
+
+
+class RewardSum(RewardSource):
+    """Σ_i w_i r_i over named sources (TRL's ``reward_funcs`` with ``reward_weights``).
+
+    ``per_source`` of the output holds each source's unweighted rewards. A source may leave a
+    reply unscored (NaN); the sum skips it, and a reply no source scores is an error. A
+    distributional reward model keeps its ``distributions`` and ``std`` (uncertainty scaling,
+    the logged distributions) only as the sole source: a sum of sources has no distribution.
+    ``reference`` and ``distributions`` are dicts name -> (B, n), for the sources that need one.
+    """
+
+    def __init__(self, sources: list[RewardSource], weights: list[float] | None = None):
+        if not sources:
+            raise ValueError("reward: give at least one reward source")
+        weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(sources):
+            raise ValueError(
+                f"reward_weights has {len(weights)} values for {len(sources)} reward sources"
+            )
+        self.sources, self.weights = list(sources), weights
+        self.names: list[str] = []
+        for source in self.sources:
+            name = re.sub(r"[^\w.\-]+", "_", getattr(source, "name", "reward")).strip("_")
+            name, base, n = name or "reward", name or "reward", 1
+            while name in self.names:
+                n += 1
+                name = f"{base}_{n}"
+            self.names.append(name)
+        self.needs_reference = any(s.needs_reference for s in self.sources)
+        self.distributional = len(self.sources) == 1 and self.sources[0].distributional
+
+    def distributions(self, prompts, replies) -> dict[str, torch.Tensor]:
+        return {
+            name: s.distributions(prompts, replies)
+            for name, s in zip(self.names, self.sources, strict=True)
+            if s.needs_reference
+        }
+
+    def __call__(self, prompts, replies, reference=None, columns=None) -> RewardOutput:
+        outputs = []
+        for name, source in zip(self.names, self.sources, strict=True):
+            ref = (reference or {}).get(name)
+            extra = {} if columns is None else {"columns": columns}  # user sources may lack it
+            outputs.append(source(prompts, replies, ref, **extra))
+        values = torch.stack([o.rewards.detach().float().cpu() for o in outputs], 1)  # (B, S)
+        unscored = values.isnan().all(1)
+        if unscored.any():
+            i = int(unscored.nonzero()[0, 0])
+            raise ValueError(
+                f"no reward source scored reply {i} (all returned None/NaN): {replies[i]!r}"
+            )
+        total = (values * torch.tensor(self.weights)).nansum(1)  # (B,) NaN: not scored by it
+        per_source = {n: values[:, i] for i, n in enumerate(self.names)}
+        if len(outputs) == 1:
+            return RewardOutput(total, outputs[0].distributions, outputs[0].std, per_source)
+        return RewardOutput(total, per_source=per_source)
+
+
+def prompt_columns(prompts) -> dict[str, list] | None:
+    """The extra data-set columns of ``prompts``, one value per prompt, or None.
+
+    A prompt (a list of messages) carries its row's other columns as a ``columns`` dict
+    attribute when its loader kept them (``load_prompts``); a prompt without one counts as a
+    row whose columns are all None.
+    """
+    rows = [getattr(p, "columns", None) for p in prompts]
+    if all(r is None for r in rows):
+        return None
+    keys = dict.fromkeys(k for r in rows if r for k in r)
+    return {k: [(r or {}).get(k) for r in rows] for k in keys}
 
 
 def import_callable(spec: str) -> Callable:
@@ -117,17 +455,46 @@ def import_callable(spec: str) -> Callable:
     return obj
 
 
-def load_reward_source(spec, **kwargs) -> RewardSource:
-    """A reward-model folder (``kwargs`` go to ``RewardModelSource``), ``module:function``, or
-    a callable object."""
+@contextlib.contextmanager
+def own_rng() -> Iterator[None]:
+    """Run a block without moving the global RNGs (torch CPU and CUDA, Python, NumPy): loading
+    a reward model before the policy must not change the policy's LoRA init for a seed."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def load_one_source(spec, **kwargs) -> RewardSource:
+    """A folder or hub id (``kwargs`` go to ``RewardModelSource``), ``module:function``, or a
+    callable object."""
     if isinstance(spec, RewardSource):
         return spec
+    if isinstance(spec, torch.nn.Module):
+        raise ValueError(
+            f"reward: a loaded {type(spec).__name__}; give its folder or hub id (save_pretrained "
+            "it first), so that its tokenizer and chat template load with it"
+        )
     if callable(spec):
         return CallableReward(spec)
-    if not isinstance(spec, str):
-        raise ValueError(f"reward must be a folder, module:function or a callable, got {spec!r}")
-    if Path(spec).is_dir():
-        return RewardModelSource(spec, **kwargs)
-    if ":" in spec:
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(
+            f"reward must be a folder, hub id, module:function or a callable, got {spec!r}"
+        )
+    if ":" in spec and not Path(spec).exists():
         return CallableReward(import_callable(spec))
-    raise ValueError(f"reward {spec!r} is neither a reward-model folder nor module:function")
+    return RewardModelSource(spec, **kwargs)
+
+
+def load_reward_source(spec, weights: list[float] | None = None, **kwargs) -> RewardSum:
+    """One source or a list of them (see ``load_one_source``), weighted by ``weights``
+    (default all 1). Draws no random numbers from the global generators."""
+    if isinstance(spec, RewardSum):
+        return spec
+    specs = list(spec) if isinstance(spec, list | tuple) else [spec]
+    with own_rng():
+        return RewardSum([load_one_source(s, **kwargs) for s in specs], weights)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
@@ -56,7 +57,7 @@ from distalign.models.generate import SamplingConfig, sample_token_ids, sampling
 from distalign.models.load import DEFAULT_MODEL, load_policy
 from distalign.models.lora import add_lora
 from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors, reference_mode, reply_logprobs
-from distalign.rl.rewards import load_reward_source
+from distalign.rl.rewards import GOLD_REWARD, load_reward_source, prompt_columns
 from distalign.tracking import MetricsLog, peak_memory_gb, resolve_report_to, start_tracking
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,19 @@ class RLTrainConfig(SamplingConfig):
 
     model_name_or_path: str = DEFAULT_MODEL
     """Policy (and reference) to start from: alias, folder or hub id."""
-    reward: Any = "distalign.gold.judge:gold_reward"
-    """Reward-model folder, ``module:function(prompts, replies) -> list[float]``, or (Python
-    API) any callable object with that signature."""
+    reward: Any = None
+    """Reward source, or a list of them (``reward=[a,b]``) summed with ``reward_weights``: a
+    reward-model folder or hub id (distalign's, or any one-label sequence classifier, scored
+    with its own tokenizer and chat template), ``module:function(prompts, replies[,
+    **columns]) -> list[float]``, or (Python API) any callable with that signature. None: the
+    gold judge, allowed only on the benchmark's prompts (dataset_name=gold)."""
+    reward_weights: list[float] | None = None
+    """Weight w_i of each reward source: the reward is Σ w_i r_i (default: all 1.0)."""
+    reward_max_length: int | None = None
+    """Longest prompt + reply a reward model reads, in tokens (default: a distalign RM's
+    training max_length, another RM's position limit)."""
+    reward_trust_remote_code: bool = False
+    """Allow a hub reward model's own code to run (off: only code shipped with transformers)."""
     functional: str = "expectation"
     """For a distributional RM: expectation | mean_minus_std | cvar | quantile | win_probability."""
     kappa: float = 1.0
@@ -80,7 +91,8 @@ class RLTrainConfig(SamplingConfig):
     tau: float = 0.5
     """τ of the quantile."""
     uncertainty_scaling: bool = False
-    """Distributional RM: divide each advantage by 1 + Std[R] of its reply."""
+    """Distributional RM as the sole reward source: divide each advantage by 1 + Std[R] of its
+    reply."""
     dataset_name: Any = "gold"
     """Training prompts: ``gold`` (the benchmark's), a prompt-only or preference data set (hub
     id, local file, ``datasets.Dataset``), or a .txt file with one prompt per line."""
@@ -187,10 +199,43 @@ class RLTrainConfig(SamplingConfig):
             (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
         ]
         require(checks)
+        self._check_reward()
         if self.top_p < 1 or self.top_k:
             log.warning(
                 "top_p/top_k < full vocabulary: replies no longer come from π itself, so the "
                 "REINFORCE gradient and the KL estimates are biased (use top_p=1, top_k=0)"
+            )
+
+    def _check_reward(self) -> None:
+        """``reward`` as one source or a list (a ``--reward '[a,b]'`` string is parsed);
+        ``reward_weights`` as long; no silent gold judge on other prompts."""
+        if isinstance(self.reward, str) and self.reward.strip().startswith("["):
+            self.reward = yaml.safe_load(self.reward)
+        if isinstance(self.reward, tuple):
+            self.reward = list(self.reward)
+        sources = self.reward if isinstance(self.reward, list) else [self.reward]
+        prompt_sets = [self.dataset_name, self.eval_dataset_name or self.dataset_name]
+        others = [p for p in prompt_sets if not _is_gold(p)]
+        if self.reward is None and others:  # the gold judge knows the benchmark's prompts only
+            raise ValueError(
+                "reward: give a reward model (folder or hub id), module:function or a list of "
+                "them; the default, the gold judge, scores only the benchmark's prompts "
+                f"(dataset_name=gold), not {_describe(others[0])}"
+            )
+        require([
+            (len(sources) > 0 and (self.reward is None or all(s is not None for s in sources)),
+             "reward: an empty list or an empty entry"),
+            (self.reward_weights is None or len(self.reward_weights) == len(sources),
+             f"reward_weights has {len(self.reward_weights or [])} values for "
+             f"{len(sources)} reward source(s)"),
+            (self.reward_max_length is None or self.reward_max_length > 1,
+             "reward_max_length must be > 1"),
+        ])  # fmt: skip
+        if self.reward_weights is not None:
+            self.reward_weights = [float(w) for w in self.reward_weights]
+        if self.uncertainty_scaling and len(sources) > 1:
+            log.warning(
+                "uncertainty_scaling: a sum of reward sources has no distribution, so it is off"
             )
 
     @property
@@ -217,6 +262,10 @@ class TrainState:
 
 def _is_gold(source) -> bool:
     return isinstance(source, str) and source == "gold"
+
+
+def _describe(source) -> str:
+    return repr(source) if isinstance(source, str) else f"a {type(source).__name__}"
 
 
 def _encode_prompts(tokenizer, prompts, max_tokens: int) -> list[list[int]]:
@@ -373,11 +422,12 @@ def evaluate_policy(
         if reward.needs_reference
         else None
     )
-    scores = reward(prompts, ro.texts, reference)
+    scores = reward(prompts, ro.texts, reference, columns=prompt_columns(prompts))
     ref_lp = reference_logprobs(policy, ref_model, ro, cfg, pad_id)
     kl = kl_estimates(ro.logps, ref_lp, ro.mask)
     result = {
         "reward": scores.rewards.mean().item(),
+        **{f"reward/{n}": v.nanmean().item() for n, v in (scores.per_source or {}).items()},
         "kl": kl["k1"].mean().item(),
         "length": ro.mask.sum(-1).mean().item(),
         "eos_rate": sum(ro.finished) / len(ro.finished),
@@ -393,8 +443,9 @@ def evaluate_policy(
 
 def _reference_distributions(
     policy, ref_model, tokenizer, reward, prompts, cfg: RLTrainConfig
-) -> torch.Tensor:
-    """For the win-probability functional: the RM distribution of one SFT reply per prompt."""
+) -> dict[str, torch.Tensor]:
+    """For the win-probability functional: per reward model that uses it, the distribution
+    (prompts, n) of one SFT reply per prompt."""
     with reference_mode(policy, ref_model) as ref:
         ro = rollout(
             ref,
@@ -405,6 +456,18 @@ def _reference_distributions(
             k=1,
         )
     return reward.distributions(prompts, ro.texts)
+
+
+def load_rewards(cfg: RLTrainConfig, device):
+    """The reward sources of ``cfg`` summed with their weights (None: the gold judge, which
+    ``__post_init__`` allows only on the benchmark's prompts). Leaves the global RNGs as they
+    were, so the policy built next gets the same LoRA init for a seed."""
+    return load_reward_source(
+        GOLD_REWARD if cfg.reward is None else cfg.reward, weights=cfg.reward_weights,
+        functional=cfg.functional, kappa=cfg.kappa, alpha=cfg.alpha, tau=cfg.tau,
+        max_length=cfg.reward_max_length, batch_size=cfg.reward_batch_size, device=device,
+        trust_remote_code=cfg.reward_trust_remote_code,
+    )  # fmt: skip
 
 
 def build_policy(cfg: RLTrainConfig, accelerator):
@@ -443,14 +506,16 @@ class Trainer:
 
 
 def score(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig):
-    """Rewards of the step's replies (win probability: against one SFT reply per prompt)."""
+    """Rewards of the step's replies: Σ w_i r_i and each source's r_i (win probability:
+    against one SFT reply per prompt). Each reply's prompt brings its data-set columns."""
     reference = None
     if t.reward.needs_reference:
-        reference = _reference_distributions(
+        per_prompt = _reference_distributions(
             t.policy, t.ref_model, t.tokenizer, t.reward, prompts, cfg
-        ).repeat_interleave(cfg.num_generations, 0)
+        )
+        reference = {n: p.repeat_interleave(cfg.num_generations, 0) for n, p in per_prompt.items()}
     chats = [p for p in prompts for _ in range(cfg.num_generations)]
-    return t.reward(chats, ro.texts, reference)
+    return t.reward(chats, ro.texts, reference, columns=prompt_columns(chats))
 
 
 def policy_gradient_step(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig):
@@ -490,16 +555,24 @@ def log_step(
     """Per-step metrics (tracker + metrics.jsonl) and every completion (history.jsonl), over
     all processes."""
     lengths = ro.mask.sum(-1)
-    means, (entropy_sum, tokens) = across_processes(
+    per_source = scored.per_source or {}
+    # each source's sum and count of the replies it scored (None/NaN: not scored by it)
+    source_sums = [x for v in per_source.values() for x in (v.nansum().item(),
+                   float((~v.isnan()).sum()))]  # fmt: skip
+    means, (entropy_sum, tokens, *source_sums) = across_processes(
         t.accelerator,
         [scored.rewards.mean().item(), shaped.mean().item(), kl["k1"].mean().item(),
          kl["k3"].mean().item(), lengths.float().mean().item(),
          sum(ro.finished) / len(ro.finished)],
-        [entropy[0], float(entropy[1])],
+        [entropy[0], float(entropy[1]), *source_sums],
     )  # fmt: skip
     t0, t1, t2, t3 = times
     logged = {
         "train/reward": means[0],
+        **{
+            f"train/reward/{name}": source_sums[2 * i] / max(source_sums[2 * i + 1], 1.0)
+            for i, name in enumerate(per_source)
+        },
         "train/shaped_reward": means[1],
         "train/kl": means[2],
         "train/kl_k3": means[3],
@@ -524,6 +597,8 @@ def log_step(
             "kl": kl["k1"][i].item(), "length": int(lengths[i].item()),
             "finished": ro.finished[i],
         }  # fmt: skip
+        if per_source:  # unweighted, None where a source did not score the reply
+            row["rewards"] = {n: _finite(v[i].item()) for n, v in per_source.items()}
         if scored.distributions is not None:
             row["distribution"] = [round(x, 5) for x in scored.distributions[i].tolist()]
         rows.append(row)
@@ -533,6 +608,10 @@ def log_step(
         with (t.out / "history.jsonl").open("a", encoding="utf-8") as f:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return logged
+
+
+def _finite(x: float) -> float | None:
+    return None if x != x else x  # NaN is not JSON
 
 
 def save_policy(model, tokenizer, folder: Path) -> None:
@@ -580,11 +659,8 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         save_config(cfg, out)
+    reward = load_rewards(cfg, accelerator.device)  # first: the cheap failure (a bad path)
     policy, tokenizer, ref_model = build_policy(cfg, accelerator)
-    reward = load_reward_source(
-        cfg.reward, functional=cfg.functional, kappa=cfg.kappa, alpha=cfg.alpha, tau=cfg.tau,
-        batch_size=cfg.reward_batch_size, device=accelerator.device,
-    )  # fmt: skip
     train_prompts = share_prompts(
         load_prompts(cfg.dataset_name, cfg.dataset_train_split), accelerator
     )

@@ -1,0 +1,341 @@
+"""Reward sources: sequence classifiers distalign did not train (own tokenizer, chat template
+or plain rendering, own forward), distalign RMs at their trained lengths, callables with data
+columns, the weighted sum, names, and loading without touching the global RNGs."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
+
+from distalign.rl import rewards as rw
+from distalign.rl.rewards import (
+    CallableReward,
+    RewardModelSource,
+    RewardOutput,
+    RewardSource,
+    RewardSum,
+    encode_conversation,
+    load_reward_source,
+    prompt_columns,
+    render_conversation,
+    source_name,
+)
+
+WORDS = ["hello", "apple", "river", "stone", "cloud", "paper", "light", "music", "garden", "?"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|endoftext|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+def _word_tokenizer(specials: list[str], **kwargs) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer built offline: its vocabulary shares nothing with SmolLM2's."""
+    vocab = {w: i for i, w in enumerate([*specials, *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if "[CLS]" in vocab:
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", 3)]
+        )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", **kwargs)
+
+
+def build_gpt2_reward_model(path: Path) -> Path:
+    """A tiny GPT-2 one-label classifier saved by transformers, with a word-level tokenizer
+    that has a chat template and EOS but no pad token (as GPT-2's own)."""
+    specials = ["[UNK]", "<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>"]
+    tokenizer = _word_tokenizer(
+        specials, eos_token="<|endoftext|>", additional_special_tokens=specials[2:]
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=48, n_embd=16, n_layer=1, n_head=2,
+        num_labels=1, initializer_range=0.5, eos_token_id=1, bos_token_id=1,
+    )  # fmt: skip
+    model = GPT2ForSequenceClassification(config)
+    assert model.config.pad_token_id is None
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_bert_reward_model(path: Path, num_labels: int = 1) -> Path:
+    """A tiny BERT-style classifier (first-token pooling) whose tokenizer has no chat template."""
+    tokenizer = _word_tokenizer(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "user", "assistant", ":"],
+        pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=40, num_labels=num_labels,
+        pad_token_id=0, initializer_range=0.5,
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gpt2_rm(tmp_path_factory) -> Path:
+    return build_gpt2_reward_model(tmp_path_factory.mktemp("other-rm") / "final")
+
+
+@pytest.fixture(scope="module")
+def bert_rm(tmp_path_factory) -> Path:
+    return build_bert_reward_model(tmp_path_factory.mktemp("bert-rm"))
+
+
+def chat(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+PROMPTS = [chat("hello apple ?"), chat("river"), chat("stone cloud paper light music ?")]
+REPLIES = ["garden", "light music music light paper", "apple"]
+
+
+def test_other_rm_scores_with_its_own_chat_template_and_forward(gpt2_rm):
+    source = RewardModelSource(str(gpt2_rm), batch_size=2)
+    assert source.own_forward and not source.distributional
+    assert source.name == "other-rm0"  # the run's folder, not "final"
+    tok, model = source.tokenizer, source.model
+    # no pad token: EOS, on the tokenizer and the config (HF's pooling looks for it)
+    assert tok.pad_token == "<|endoftext|>" and model.config.pad_token_id == tok.eos_token_id
+    assert source.max_length == 48  # n_positions
+    got = source(PROMPTS, REPLIES).rewards
+    for prompt, reply, value in zip(PROMPTS, REPLIES, got, strict=True):
+        text = tok.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": reply}], tokenize=False
+        )
+        assert text.startswith("<|user|>") and reply in text  # the RM's own template
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        alone = model(input_ids=ids).logits[0, 0]  # unpadded: no pooling question
+        assert value.item() == pytest.approx(alone.item(), abs=1e-5)
+    assert got.unique().numel() == 3  # the scores do depend on the text
+    # padded batches of mixed lengths give each row's score as alone
+    again = RewardModelSource(str(gpt2_rm), batch_size=3)(PROMPTS, REPLIES).rewards
+    assert torch.allclose(got, again, atol=1e-5)
+
+
+def test_plain_rendering_without_a_chat_template(bert_rm):
+    source = RewardModelSource(str(bert_rm))
+    tok = source.tokenizer
+    assert tok.chat_template is None and source.max_length == 40
+    conversation = [*chat("hello apple"), {"role": "assistant", "content": "stone ?"}]
+    assert render_conversation(tok, conversation) == "user: hello apple\nassistant: stone ?"
+    ids = encode_conversation(tok, chat("hello apple"), "stone ?", 40)
+    assert ids == tok("user: hello apple\nassistant: stone ?")["input_ids"]
+    assert tok.convert_ids_to_tokens([ids[0], ids[-1]]) == ["[CLS]", "[SEP]"]
+    # too long: the prompt loses its start, the reply its end; [CLS] and [SEP] stay
+    long = encode_conversation(tok, chat("hello " * 20 + "apple"), "stone " * 20, 12)
+    assert len(long) == 12
+    assert tok.convert_ids_to_tokens(long) == (
+        ["[CLS]", "hello", "hello", "apple", "assistant", ":"] + ["stone"] * 5 + ["[SEP]"]
+    )
+    scores = source(PROMPTS, REPLIES).rewards
+    assert scores.shape == (3,) and torch.isfinite(scores).all()
+
+
+def test_truncation_with_a_chat_template_keeps_the_reply_start(gpt2_rm):
+    tok = RewardModelSource(str(gpt2_rm)).tokenizer
+    ids = encode_conversation(tok, chat("river " * 30), "apple " + "stone " * 30, 20)
+    tokens = tok.convert_ids_to_tokens(ids)
+    assert len(ids) == 20 and tokens[:2] == ["river", "river"]  # the prompt cut from the left
+    # the prompt keeps half, its end; the reply keeps its start
+    assert tokens[8:12] == ["<|endoftext|>", "<|assistant|>", "apple", "stone"]
+
+
+def test_models_that_are_not_one_label_reward_models_are_refused(tmp_path, tiny_model_dir):
+    many = build_bert_reward_model(tmp_path / "three", num_labels=3)
+    with pytest.raises(ValueError, match=r"3 labels and no distalign_rm\.json"):
+        RewardModelSource(str(many))
+    with pytest.raises(ValueError, match="not a sequence-classification model"):
+        RewardModelSource(str(tiny_model_dir))  # a causal LM: its score head would be random
+    with pytest.raises(ValueError, match="does not exist"):
+        load_reward_source(str(tmp_path / "no" / "such" / "rm"))  # a path: no hub look-up
+    with pytest.raises(ValueError, match="save_pretrained"):
+        load_reward_source(torch.nn.Linear(2, 1))
+
+
+def test_a_hub_id_is_downloaded_as_safetensors(gpt2_rm, monkeypatch):
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns):
+        calls.append((repo_id, allow_patterns))
+        return str(gpt2_rm)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    source = RewardModelSource("someone/tiny-rm")
+    assert source.name == "tiny-rm" and source.own_forward
+    (repo, patterns), *_ = calls
+    assert repo == "someone/tiny-rm" and "*.safetensors" in patterns
+    assert not any(p.endswith((".bin", ".pt", ".py")) for p in patterns)  # no pickles, no code
+
+
+def test_a_distalign_rm_reads_with_its_trained_lengths(tiny_model_dir, tmp_path):
+    from distalign.models.reward_model import build_reward_model, save_reward_model, score_replies
+
+    model, tok = build_reward_model(str(tiny_model_dir), "scalar")
+    meta = {"head": "scalar", "max_length": 48, "max_prompt_length": 12}
+    folder = save_reward_model(model, tok, tmp_path / "rm", meta)
+    source = RewardModelSource(str(folder))
+    assert not source.own_forward
+    assert (source.max_length, source.max_prompt_length) == (48, 12)
+    prompts = [chat("apple river stone cloud paper light music garden " * 4)] * 2
+    replies = ["stone thanks", "cloud " * 40]
+    model, tok = source.model, source.tokenizer
+    expected = score_replies(model, tok, prompts, replies, 48, max_prompt_length=12)[:, 0]
+    assert torch.allclose(source(prompts, replies).rewards, expected)
+    default_split = score_replies(model, tok, prompts, replies, 48)[:, 0]  # prompt ≥ 24 tokens
+    assert not torch.allclose(expected, default_split)
+    # an explicit length wins; a trained prompt length that no longer fits is dropped
+    assert RewardModelSource(str(folder), max_length=10).max_prompt_length is None
+
+
+def reward_short(prompts, replies):
+    return [-len(r.split()) for r in replies]
+
+
+class ExactAnswer:
+    """A callable object that reads the data set's ``answer`` column."""
+
+    def __call__(self, prompts, replies, answer):
+        return [float(r.strip() == a) for r, a in zip(replies, answer, strict=True)]
+
+
+def test_callables_get_the_columns_they_ask_for():
+    seen = {}
+
+    def takes_all(prompts, replies, **kwargs):
+        seen.update(kwargs)
+        return [0.0] * len(replies)
+
+    def takes_none(prompts, replies):
+        return [1.0] * len(replies)
+
+    columns = {"answer": ["4", "5"], "source": ["a", "b"]}
+    CallableReward(takes_all)([chat("x")] * 2, ["4", "6"], columns=columns)
+    assert seen == columns
+    assert CallableReward(takes_none)([chat("x")] * 2, ["4", "6"], columns=columns).rewards.tolist()
+    exact = CallableReward(ExactAnswer())
+    assert exact.name == "ExactAnswer"
+    assert exact([chat("x")] * 2, ["4", "6"], columns=columns).rewards.tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match=r"needs the column\(s\) \['answer'\]"):
+        exact([chat("x")], ["4"])
+    with pytest.raises(ValueError, match="returned 1 values for 2 replies"):
+        CallableReward(lambda p, r: [0.0])([chat("x")] * 2, ["a", "b"])
+
+
+class PromptRow(list):
+    """What load_prompts would return to pass columns: the messages, plus the row's others."""
+
+    def __init__(self, messages, columns):
+        super().__init__(messages)
+        self.columns = columns
+
+
+def test_prompt_columns():
+    assert prompt_columns([chat("a"), chat("b")]) is None
+    rows = [PromptRow(chat("a"), {"answer": "1"}), chat("b"), PromptRow(chat("c"), {"k": 2})]
+    assert prompt_columns(rows) == {"answer": ["1", None, None], "k": [None, None, 2]}
+    assert json.loads(json.dumps(rows[0])) == chat("a")  # still a plain list of messages
+
+
+class FakeDistributional(RewardSource):
+    name = "dist"
+    distributional = True
+
+    def __call__(self, prompts, replies, reference=None, columns=None):
+        p = torch.full((len(replies), 4), 0.25)
+        return RewardOutput(torch.ones(len(replies)), p, torch.ones(len(replies)))
+
+
+def test_weighted_sum_per_source_and_unscored_replies():
+    def maybe(prompts, replies):  # TRL's None: "not mine to score"
+        return [None if r == "skip" else 2.0 for r in replies]
+
+    total = RewardSum([CallableReward(reward_short), CallableReward(maybe)], [1.0, 0.5])
+    out = total([chat("x")] * 3, ["a b", "skip", "a"], None)
+    assert total.names == ["reward_short", "maybe"]
+    assert out.rewards.tolist() == [-2 + 1.0, -1.0, -1 + 1.0]
+    assert out.per_source["reward_short"].tolist() == [-2, -1, -1]
+    assert out.per_source["maybe"][1].isnan()
+    with pytest.raises(ValueError, match="no reward source scored reply 0"):
+        RewardSum([CallableReward(maybe)])([chat("x")], ["skip"])
+    with pytest.raises(ValueError, match="reward_weights has 1 values for 2"):
+        RewardSum([CallableReward(reward_short)] * 2, [1.0])
+    # the same name twice gets a suffix
+    assert RewardSum([CallableReward(reward_short)] * 2).names == ["reward_short", "reward_short_2"]
+    # a distributional RM keeps its distribution only as the sole source
+    sole = RewardSum([FakeDistributional()], [2.0])([chat("x")], ["a"])
+    assert sole.distributions.shape == (1, 4) and sole.rewards.tolist() == [2.0]
+    both = RewardSum([FakeDistributional(), CallableReward(reward_short)])([chat("x")], ["a"])
+    assert both.distributions is None and both.std is None and both.rewards.tolist() == [0.0]
+
+
+def test_load_reward_source_specs(gpt2_rm):
+    one = load_reward_source("tests.rl.test_rewards:reward_short")
+    assert isinstance(one, RewardSum) and one.names == ["reward_short"]
+    many = load_reward_source(
+        [str(gpt2_rm), "tests.rl.test_rewards:reward_short", ExactAnswer()], weights=[1, 2, 3]
+    )
+    assert many.names == ["other-rm0", "reward_short", "ExactAnswer"]
+    assert many.weights == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="cannot import reward function"):
+        load_reward_source("tests.rl.test_rewards:no_such_function")
+
+
+@pytest.mark.parametrize(
+    ("spec", "name"),
+    [
+        ("runs/rm_scalar/final", "rm_scalar"),
+        ("runs/rm_scalar/checkpoints/last", "rm_scalar"),
+        ("org/reward-model-deberta", "reward-model-deberta"),
+        ("pkg.mod:brevity", "brevity"),
+        ("my_rm/", "my_rm"),
+    ],
+)
+def test_source_names(spec, name):
+    assert source_name(spec) == name
+
+
+def test_loading_leaves_the_global_rngs(gpt2_rm, monkeypatch):
+    """A loader that draws random numbers (a model that initialises something) does not
+    move the generators the policy's LoRA init draws from next."""
+    original = rw.load_one_source
+
+    def drawing(spec, **kwargs):
+        torch.rand(100), random.random(), np.random.rand()
+        return original(spec, **kwargs)
+
+    monkeypatch.setattr(rw, "load_one_source", drawing)
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)
+    expected = torch.rand(3), random.random(), np.random.rand()
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)
+    load_reward_source(str(gpt2_rm))
+    got = torch.rand(3), random.random(), np.random.rand()
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+
+
+def test_the_saved_classifier_loads_with_transformers_alone(gpt2_rm):
+    """The test model is what the feature is for: a plain transformers folder."""
+    assert not (gpt2_rm / "distalign_rm.json").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(gpt2_rm)
+    assert model.config.num_labels == 1
