@@ -172,3 +172,25 @@ def test_distributional_eval_writes_plots_and_score_writes_distributions(
     row = json.loads(out.read_text())
     assert len(row["distribution"]) == 6 and abs(sum(row["distribution"]) - 1) < 1e-4
     assert row["cvar"] <= row["expectation"] + 1e-6 and row["reward"] == row["expectation"]
+
+
+def test_hub_dataset_config_and_revision_reach_load_dataset(tiny_model_dir, tmp_path, monkeypatch):
+    import distalign.data.load as load
+
+    calls = []
+
+    def fake_load_dataset(source, **kwargs):
+        calls.append((source, kwargs))
+        rows = make_pairs(8, seed=0 if kwargs["split"] == "train" else 1)
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(load.datasets, "load_dataset", fake_load_dataset)
+    cfg = config(
+        tiny_model_dir, "org/pairs", tmp_path, dataset_config="helpful",
+        dataset_revision="v1.0", max_steps=1, per_device_train_batch_size=4,
+    )  # fmt: skip
+    run(cfg)
+    assert {(s, k["name"], k["revision"], k["split"]) for s, k in calls} == {
+        ("org/pairs", "helpful", "v1.0", "train"),
+        ("org/pairs", "helpful", "v1.0", "test"),
+    }

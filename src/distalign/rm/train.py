@@ -91,6 +91,10 @@ class RMTrainConfig:
     dataset_name: Any = "gold"
     """Training pairs: hub id, local file/folder, ``gold`` (the shipped benchmark), or a
     ``datasets.Dataset`` (Python API)."""
+    dataset_config: str | None = None
+    """Config (subset) of a hub data set, ``datasets.load_dataset``'s name."""
+    dataset_revision: str | None = None
+    """Branch, tag or commit of a hub data set (default: the latest)."""
     dataset_train_split: str = "train"
     """Training split."""
     eval_dataset_name: Any = None
@@ -220,21 +224,33 @@ class TrainState:
     nonfinite_in_a_row: int = 0
 
 
-def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int):
+def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int, hub: dict):
     ds = load_preferences(
-        source, split, format=cfg.format, skip_bad_rows=cfg.skip_bad_rows, limit=limit or None
+        source,
+        split,
+        format=cfg.format,
+        skip_bad_rows=cfg.skip_bad_rows,
+        limit=limit or None,
+        **hub,
     )
     return tokenize_pairs(ds, tokenizer, cfg.max_length, cfg.max_prompt_length)
 
 
 def load_pairs(cfg: RMTrainConfig, tokenizer):
-    """Training and held-out pairs, tokenised."""
+    """Training and held-out pairs, tokenised (the config name and revision apply to the
+    held-out set when it is the same hub data set)."""
+    hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
     train = prepare_pairs(
-        cfg, tokenizer, cfg.dataset_name, cfg.dataset_train_split, cfg.max_train_samples
+        cfg, tokenizer, cfg.dataset_name, cfg.dataset_train_split, cfg.max_train_samples, hub
     )
-    held_out_source = cfg.eval_dataset_name or cfg.dataset_name
+    held_out_hub = hub if cfg.eval_dataset_name in (None, cfg.dataset_name) else {}
     held_out = prepare_pairs(
-        cfg, tokenizer, held_out_source, cfg.dataset_test_split, cfg.max_eval_samples
+        cfg,
+        tokenizer,
+        cfg.eval_dataset_name or cfg.dataset_name,
+        cfg.dataset_test_split,
+        cfg.max_eval_samples,
+        held_out_hub,
     )
     return train, held_out
 
