@@ -202,3 +202,24 @@ def test_hub_config_name_and_revision(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert load_prompts("org/prompts", "test", name="math", revision="v1") == [user("Hub?")]
     assert calls == [("org/prompts", {"name": "math", "split": "test", "revision": "v1"})]
+
+
+def test_prompt_only_rows_keep_their_other_columns(tmp_path):
+    import pickle
+
+    from distalign.data.prompts import PromptRow
+    from distalign.rl.rewards import prompt_columns
+
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "2+2?", "answer": "4", "level": 1},
+            {"prompt": [{"role": "user", "content": "3+3?"}], "answer": "6"},
+        ],
+    )
+    prompts = load_prompts(str(path))
+    assert prompts[0] == [{"role": "user", "content": "2+2?"}]  # still a list of messages
+    assert isinstance(prompts[0], PromptRow) and prompts[0].columns == {"answer": "4", "level": 1}
+    again = pickle.loads(pickle.dumps(prompts[1]))  # gathered across processes
+    assert again == prompts[1] and again.columns == {"answer": "6"}
+    assert prompt_columns(prompts) == {"answer": ["4", "6"], "level": [1, None]}

@@ -38,6 +38,17 @@ from distalign.data.load import (
 Chat = list[dict[str, str]]
 
 
+class PromptRow(list):
+    """A chat prompt (its messages) that also carries its row's other columns, so that a
+    reward function can receive them (as TRL passes data-set columns to ``reward_funcs``).
+    It is a list of messages everywhere else. Defined at module level: history rows holding
+    it are pickled when processes gather them."""
+
+    def __init__(self, messages, columns: dict[str, Any] | None = None):
+        super().__init__(messages)
+        self.columns = dict(columns or {})
+
+
 def _gold_prompts(split: str) -> list[Chat]:
     rows = [
         json.loads(line)
@@ -131,7 +142,9 @@ def load_prompts(
         try:
             if isinstance(row, Exception):
                 raise row
-            prompts.append(prompt_of(row, where))
+            prompt = prompt_of(row, where)
+            field = "prompt" if "prompt" in row else sharegpt_column(row)
+            prompts.append(PromptRow(prompt, {k: v for k, v in row.items() if k != field}))
         except PreferenceFormatError as e:
             if not skip_bad_rows:
                 raise
