@@ -341,7 +341,7 @@ def _register_heavy_commands() -> None:
         _print_metrics(f"held-out ({held_out}, {cfg.dataset_test_split})", result)
         console.print(f"model: {Path(cfg.output_dir) / 'final'}")
 
-    @config_command(rl_app, "train", RLTrainConfig)
+    @config_command(rl_app, "train", RLTrainConfig, list_keys=("reward", "reward_weights"))
     def rl_train(cfg: RLTrainConfig):
         """REINFORCE/RLOO of a policy against a reward model or a reward function."""
         from distalign.rl.train import run
