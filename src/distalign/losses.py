@@ -191,6 +191,17 @@ def distributional_rm_loss(
 # Sequence-level REINFORCE (Ahmadian et al. 2024, "Back to Basics", arXiv 2402.14740): the
 # whole reply is one action. Shapes: B replies, T reply tokens; ``mask`` (B, T) is 1 on real
 # reply tokens (padding and anything after EOS are 0).
+#
+# Advantage estimators, each (B,) rewards -> (B,) advantages, B = P·k prompt-major (the k
+# samples of a prompt are consecutive):
+#     rloo_advantages             R_i − mean_{j≠i} R_j                  (Ahmadian et al. 2024)
+#     moving_average_advantages   R_i − b, b a moving average of past rewards
+#     grpo_advantages             (R_i − mean_g) / (std_g + ε)          (Shao et al. 2024)
+#     dr_grpo_advantages          R_i − mean_g                          (Liu et al. 2025)
+#     reinforce_pp_advantages     whiten over the batch (R_i [− mean_g])  (Hu 2025)
+#     remax_advantages            R_i − r(x, greedy reply)              (Li et al. 2023)
+# Statistics are taken in float64: a constant group's fp32 mean is off by an ulp, and dividing
+# that ulp by a std of the same size (plus a small ε) would make an O(1) advantage out of it.
 
 
 def sequence_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -225,19 +236,107 @@ def kl_shaped_rewards(
     return rewards - beta * sequence_sum(logprobs - ref_logprobs, mask)
 
 
+def _groups(rewards: torch.Tensor, k: int, name: str, min_k: int = 2) -> torch.Tensor:
+    """(B,) prompt-major rewards -> (P, k) float64, after checking that they split."""
+    if k < min_k:
+        raise ValueError(f"{name} needs k >= {min_k} samples per prompt, got {k}")
+    if rewards.numel() % k:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of k={k}")
+    return rewards.double().view(-1, k)
+
+
 def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
     """Leave-one-out advantages A_i = R_i − (1/(k−1)) Σ_{j≠i} R_j within each prompt's k samples.
 
     ``rewards`` (B,) is prompt-major (k consecutive samples per prompt), B = P·k, k ≥ 2.
     Equivalent closed form: A_i = k/(k−1) · (R_i − mean_j R_j). Returns (B,).
     """
-    if k < 2:
-        raise ValueError(f"RLOO needs k >= 2 samples per prompt, got {k}")
-    if rewards.numel() % k:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of k={k}")
-    grouped = rewards.view(-1, k)  # (P, k)
+    grouped = _groups(rewards, k, "RLOO")  # (P, k)
     others = (grouped.sum(-1, keepdim=True) - grouped) / (k - 1)
-    return (grouped - others).view(-1)
+    return (grouped - others).view(-1).to(rewards.dtype)
+
+
+def dr_grpo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """Dr. GRPO: A_i = R_i − mean_g R, the mean over the k samples of i's prompt, (B,) -> (B,).
+
+    GRPO without the division by the group's std (Liu et al. 2025, "Understanding R1-Zero-Like
+    Training: A Critical Perspective", arXiv 2503.20783): that division weights prompts whose
+    rewards barely differ (too easy or too hard) up. Equals (k−1)/k times RLOO's advantage. Dr.
+    GRPO also drops the 1/|y| length normalisation of the loss, which ``reinforce_loss`` never
+    had (it sums log-probs over the reply). k ≥ 2 (one sample is its own mean: A = 0).
+    """
+    grouped = _groups(rewards, k, "Dr. GRPO")  # (P, k)
+    return (grouped - grouped.mean(-1, keepdim=True)).view(-1).to(rewards.dtype)
+
+
+def grpo_advantages(rewards: torch.Tensor, k: int, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO: A_i = (R_i − mean_g R) / (std_g R + ε) over the k samples of i's prompt, (B,) -> (B,).
+
+    Shao et al. 2024 ("DeepSeekMath", arXiv 2402.03300), outcome supervision; std_g is the
+    sample std (Bessel-corrected, as in TRL and OpenRLHF), so k ≥ 2. A group with equal rewards
+    gets zeros (0 / ε), never NaN.
+    """
+    grouped = _groups(rewards, k, "GRPO")  # (P, k)
+    centred = grouped - grouped.mean(-1, keepdim=True)
+    return (centred / (grouped.std(-1, keepdim=True) + eps)).view(-1).to(rewards.dtype)
+
+
+def reinforce_pp_advantages(
+    rewards: torch.Tensor,
+    k: int | None = None,
+    pooled: torch.Tensor | None = None,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """REINFORCE++: rewards whitened over the global batch, (B,) -> (B,).
+
+    Hu 2025 ("REINFORCE++", arXiv 2501.03262): A = (R − mean_batch R) / (std_batch R + ε); with
+    ``k`` (REINFORCE++-baseline, k ≥ 2), each prompt's group mean is subtracted first:
+    R'_i = R_i − mean_g R, A = (R' − mean_batch R') / (std_batch R' + ε). "Global": with
+    ``pooled``, the (P'·k,) rewards of every process, prompt-major, the batch statistics are
+    those of the pooled rewards (``rewards`` is one process's share of them), so every process
+    scales alike. A constant batch gets zeros.
+    """
+
+    def centred(r: torch.Tensor) -> torch.Tensor:
+        if k is None:
+            return r.double()
+        grouped = _groups(r, k, "REINFORCE++-baseline")
+        return (grouped - grouped.mean(-1, keepdim=True)).view(-1)
+
+    x = centred(rewards)
+    population = x if pooled is None else centred(pooled.to(rewards.device))
+    if population.numel() < 2:  # no spread to divide by
+        return (x - population.mean()).to(rewards.dtype)
+    return ((x - population.mean()) / (population.std() + eps)).to(rewards.dtype)
+
+
+def remax_advantages(rewards: torch.Tensor, greedy_rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """ReMax: A_i = R_i − r(x, ȳ), ȳ the greedy reply to i's prompt, (B,) -> (B,).
+
+    Li et al. 2023 ("ReMax", arXiv 2310.10505). ``greedy_rewards`` (P,) is the reward of each
+    prompt's greedy reply; a function of the prompt alone, so the gradient stays unbiased. Needs
+    one extra greedy sample and score per prompt per step; works with k = 1.
+    """
+    if k < 1 or rewards.numel() != greedy_rewards.numel() * k:
+        raise ValueError(
+            f"{rewards.numel()} rewards for {greedy_rewards.numel()} greedy rewards and k={k}"
+        )
+    baseline = greedy_rewards.to(rewards.device).double().repeat_interleave(k)  # (B,)
+    return (rewards.double() - baseline).to(rewards.dtype)
+
+
+def moving_average_advantages(
+    rewards: torch.Tensor, mean: float, count: int, pooled: torch.Tensor | None = None
+) -> tuple[torch.Tensor, float]:
+    """A_i = R_i − b with b the moving average of past rewards, (B,) -> ((B,), b).
+
+    b is ``mean`` (from ``moving_average_update``) when it has seen rewards (``count`` > 0);
+    with no history (the first step) b is the mean of this step's rewards — of ``pooled``, every
+    process's, if given — rather than 0, which would push every reply up on a reward model that
+    is not centred. Update the average after this call.
+    """
+    base = mean if count else (rewards if pooled is None else pooled).double().mean().item()
+    return (rewards.double() - base).to(rewards.dtype), base
 
 
 def moving_average_update(
@@ -247,7 +346,8 @@ def moving_average_update(
 
     ``ema=None``: the mean of all rewards seen so far (the original task's baseline);
     ``ema=α``: b ← α·b + (1 − α)·mean(rewards) (the first batch sets b to its mean).
-    Returns (new mean, new count). Advantages use the baseline from *before* the update.
+    Returns (new mean, new count). Advantages use the baseline from *before* the update
+    (``moving_average_advantages``).
     """
     n = rewards.numel()
     batch_mean = rewards.double().mean().item()
@@ -259,10 +359,27 @@ def moving_average_update(
 
 
 def whiten(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x − mean) / std over all elements (advantage normalisation). Constant x -> zeros."""
+    """(x − mean) / std over all elements (advantage normalisation), (B,) -> (B,). Constant x
+    -> zeros (statistics in float64, see above)."""
+    x64 = x.double()
     if x.numel() < 2:
-        return x - x.mean()
-    return (x - x.mean()) / (x.std() + eps)
+        return (x64 - x64.mean()).to(x.dtype)
+    return ((x64 - x64.mean()) / (x64.std() + eps)).to(x.dtype)
+
+
+def uncertainty_scaled(advantages: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A_i / (1 + σ_i), σ_i = Std[R] of reply i under a distributional reward model, (B,).
+
+    A per-sample step size, not risk aversion. The expected update becomes the gradient of
+    E[(R − b) / (1 + σ)], b the baseline: below the baseline a larger σ lifts (R − b)/(1 + σ)
+    towards 0 (risk-seeking there), and the scaled advantages no longer average to zero, so a
+    confidently below-average reply can be pushed *up*. Example: three replies, uniform policy,
+    R = (−1, −3, 4), σ = (0, 0, 100), b = mean R = 0: scaled advantages (−1, −3, 0.04) with mean
+    −1.32, so the reply at −1 (σ = 0) gains probability; unscaled, it loses it. To prefer replies
+    the reward model is sure are good, use a risk-averse functional of the distribution:
+    ``mean_minus_std``, ``cvar`` or ``quantile`` (``distalign.functionals``).
+    """
+    return advantages / (1.0 + std)
 
 
 def reinforce_loss(

@@ -110,7 +110,8 @@ def test_moving_average_baseline_pools_every_process():
     pooled = torch.tensor([1.0, 3.0, 5.0, 7.0])  # every process's
     state = TrainState()
     adv, base = advantages_for(cfg, local, None, state, pooled)
-    assert base == 0.0 and torch.equal(adv, local)  # the first step has no past to subtract
+    # no past yet: the baseline is this step's mean over every process, not 0
+    assert base == pytest.approx(4.0) and adv.tolist() == pytest.approx([-3.0, -1.0])
     assert state.baseline_mean == pytest.approx(4.0) and state.baseline_count == 4
     adv, base = advantages_for(cfg, torch.tensor([6.0, 2.0]), None, state)
     assert base == pytest.approx(4.0)

@@ -11,7 +11,8 @@ One step of ``run``, top to bottom (Ahmadian et al. 2024, sequence-level REINFOR
   2. score the replies (reward model / functional / callable);
   3. reference log-probs from the frozen SFT weights (LoRA: adapters disabled), prefix-shared;
   4. R_i = r_i − β·Σ_t log(π/π_ref) (− ``missing_eos_penalty`` for replies cut at the length
-     limit); advantages by RLOO, a moving average of past rewards, or none; optional
+     limit); advantages by ``baseline`` (RLOO, GRPO, Dr. GRPO, REINFORCE++, ReMax's greedy
+     reply, a moving average of past rewards, or none; ``distalign.losses``); optional
      whitening and, for distributional rewards, scaling by 1/(1 + σ);
   5. loss −mean A_i·Σ_t log π(y_t|·) in micro-batches of ``per_device_train_batch_size``
      completions (prefix-shared, chunked LM head), gradient accumulation, clipping, AdamW.
@@ -24,6 +25,7 @@ import logging
 import random
 import time
 from contextlib import nullcontext
+from copy import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +48,17 @@ from distalign.config import (
 from distalign.data.pairs import render_prompt_ids
 from distalign.data.prompts import load_prompts
 from distalign.losses import (
+    dr_grpo_advantages,
+    grpo_advantages,
     kl_estimates,
     kl_shaped_rewards,
+    moving_average_advantages,
     moving_average_update,
     reinforce_loss,
+    reinforce_pp_advantages,
+    remax_advantages,
     rloo_advantages,
+    uncertainty_scaled,
     whiten,
 )
 from distalign.models.generate import SamplingConfig, sample_token_ids, sampling_of, stop_token_ids
@@ -61,6 +69,12 @@ from distalign.rl.rewards import GOLD_REWARD, load_reward_source, prompt_columns
 from distalign.tracking import MetricsLog, peak_memory_gb, resolve_report_to, start_tracking
 
 log = logging.getLogger(__name__)
+
+
+# advantage estimators (``baseline``); the group ones compare the k samples of a prompt
+GROUP_BASELINES = ("rloo", "grpo", "dr_grpo", "reinforce_pp_baseline")
+BASELINES = (*GROUP_BASELINES, "reinforce_pp", "remax", "moving_average", "none")
+POOLED_BASELINES = ("moving_average", "reinforce_pp", "reinforce_pp_baseline")  # all processes'
 
 
 @dataclass
@@ -92,7 +106,8 @@ class RLTrainConfig(SamplingConfig):
     """τ of the quantile."""
     uncertainty_scaling: bool = False
     """Distributional RM as the sole reward source: divide each advantage by 1 + Std[R] of its
-    reply."""
+    reply. A per-sample step size, not risk aversion: with a baseline it can push a confidently
+    below-average reply up; for risk aversion use functional mean_minus_std, cvar or quantile."""
     dataset_name: Any = "gold"
     """Training prompts: ``gold`` (the benchmark's), a prompt-only or preference data set (hub
     id, local file, ``datasets.Dataset``), or a .txt file with one prompt per line."""
@@ -116,7 +131,11 @@ class RLTrainConfig(SamplingConfig):
     beta: float = 0.05
     """KL coefficient β in R = r − β·Σ log(π/π_ref)."""
     baseline: str = "rloo"
-    """rloo | moving_average | none."""
+    """Advantage estimator: rloo (leave-one-out mean) | grpo ((R − group mean) / group std) |
+    dr_grpo (R − group mean) | reinforce_pp (R whitened over the batch) | reinforce_pp_baseline
+    (R − group mean, whitened over the batch) | remax (R − reward of the greedy reply; one extra
+    greedy sample and score per prompt per step) | moving_average (R − mean of past rewards) |
+    none. The group ones need num_generations >= 2."""
     ema: float | None = None
     """moving_average only: EMA factor α (None: the mean of all past rewards)."""
     whiten_advantages: bool = False
@@ -189,11 +208,11 @@ class RLTrainConfig(SamplingConfig):
                 f"({k}): the samples of a prompt share one micro-batch",
             ),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self.baseline in BASELINES, f"baseline: {' | '.join(BASELINES)}"),
             (
-                self.baseline in ("rloo", "moving_average", "none"),
-                "baseline: rloo | moving_average | none",
+                self.baseline not in GROUP_BASELINES or k >= 2,
+                f"baseline {self.baseline} needs num_generations >= 2",
             ),
-            (self.baseline != "rloo" or k >= 2, "baseline rloo needs num_generations >= 2"),
             (self.beta >= 0, "beta must be >= 0"),
             (self.ema is None or 0 <= self.ema < 1, "ema must be in [0, 1)"),
             (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
@@ -381,27 +400,43 @@ def advantages_for(
     std: torch.Tensor | None,
     state: TrainState,
     pooled: torch.Tensor | None = None,
+    greedy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """Advantages (B,) and the baseline value used (mean for RLOO). The moving average in
-    ``state`` is updated with ``pooled``, the step's rewards of every process (default:
-    ``shaped``), so that all processes keep the same baseline."""
-    if cfg.baseline == "rloo":
-        adv, base = rloo_advantages(shaped, cfg.num_generations), shaped.mean().item()
-    elif cfg.baseline == "moving_average":
-        base = state.baseline_mean if state.baseline_count else 0.0
-        adv = shaped - base
+    """Advantages (B,) of the shaped rewards (B,) by ``cfg.baseline``, and the baseline value
+    logged (the batch mean for the group estimators). ``pooled``: the step's shaped rewards of
+    every process (default: ``shaped``), from which the moving average is updated and
+    REINFORCE++ takes its batch statistics, so that all processes agree. ``greedy``: ReMax's
+    rewards of each prompt's greedy reply (P,) (``greedy_rewards``)."""
+    k, name = cfg.num_generations, cfg.baseline
+    if name == "moving_average":
+        adv, base = moving_average_advantages(
+            shaped, state.baseline_mean, state.baseline_count, pooled
+        )
         state.baseline_mean, state.baseline_count = moving_average_update(
             state.baseline_mean,
             state.baseline_count,
             shaped if pooled is None else pooled,
             cfg.ema,
         )
+    elif name == "remax":
+        if greedy is None:
+            raise ValueError("baseline remax needs the greedy replies' rewards")
+        adv, base = remax_advantages(shaped, greedy, k), greedy.mean().item()
     else:
-        adv, base = shaped.clone(), 0.0
+        estimators = {
+            "rloo": lambda: rloo_advantages(shaped, k),
+            "grpo": lambda: grpo_advantages(shaped, k),
+            "dr_grpo": lambda: dr_grpo_advantages(shaped, k),
+            "reinforce_pp": lambda: reinforce_pp_advantages(shaped, pooled=pooled),
+            "reinforce_pp_baseline": lambda: reinforce_pp_advantages(shaped, k, pooled),
+            "none": lambda: shaped.clone(),
+        }
+        adv = estimators[name]()
+        base = 0.0 if name == "none" else (shaped if pooled is None else pooled).mean().item()
     if cfg.whiten_advantages:
         adv = whiten(adv)
     if cfg.uncertainty_scaling and std is not None:
-        adv = adv / (1.0 + std)
+        adv = uncertainty_scaled(adv, std)
     return adv, base
 
 
@@ -516,6 +551,28 @@ def score(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig):
         reference = {n: p.repeat_interleave(cfg.num_generations, 0) for n, p in per_prompt.items()}
     chats = [p for p in prompts for _ in range(cfg.num_generations)]
     return t.reward(chats, ro.texts, reference, columns=prompt_columns(chats))
+
+
+def greedy_rewards(t: Trainer, prompts, cfg: RLTrainConfig) -> torch.Tensor | None:
+    """ReMax's baseline (Li et al. 2023): the reward of each prompt's greedy reply, (P,); None
+    for the other estimators. One more sample (greedy, no gradients) and score per prompt per
+    step, scored as the samples are (− missing_eos_penalty when cut at the length limit) but
+    without their KL term: any function of the prompt alone keeps the gradient unbiased."""
+    if cfg.baseline != "remax":
+        return None
+    greedy = copy(cfg)  # the step's settings, decoded greedily, one reply per prompt
+    greedy.temperature, greedy.num_generations = 0.0, 1
+    ro = rollout(t.policy, t.tokenizer, prompts, greedy, seed=cfg.seed)
+    rewards = score(t, prompts, ro, greedy).rewards.to(ro.logps.device)
+    cut = torch.tensor([not f for f in ro.finished], dtype=rewards.dtype, device=rewards.device)
+    return rewards - cfg.missing_eos_penalty * cut
+
+
+def pooled_rewards(accelerator, shaped: torch.Tensor, cfg: RLTrainConfig) -> torch.Tensor | None:
+    """Every process's shaped rewards for the estimators that take batch statistics (moving
+    average, REINFORCE++), so that all processes use the same baseline and the state process 0
+    saves is every process's; None for the others."""
+    return accelerator.gather(shaped) if cfg.baseline in POOLED_BASELINES else None
 
 
 def policy_gradient_step(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig):
@@ -695,16 +752,16 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
         ro = rollout(t.policy, tokenizer, prompts, cfg, seed=cfg.seed * 1_000_003 + state.step)
         t1 = time.perf_counter()
         scored = score(t, prompts, ro, cfg)
+        greedy = greedy_rewards(t, prompts, cfg)  # ReMax's baseline, None for the others
         ref_lp = reference_logprobs(t.policy, ref_model, ro, cfg, tokenizer.pad_token_id)
         t2 = time.perf_counter()
         rewards = scored.rewards.to(ro.logps.device)
         shaped = kl_shaped_rewards(rewards, ro.logps, ref_lp, ro.mask, cfg.beta)
         cut = torch.tensor([not f for f in ro.finished], dtype=shaped.dtype, device=shaped.device)
         shaped = shaped - cfg.missing_eos_penalty * cut
-        # the same baseline on every process, so the state process 0 saves is every process's
-        pooled = accelerator.gather(shaped) if cfg.baseline == "moving_average" else None
+        pooled = pooled_rewards(accelerator, shaped, cfg)
         std = scored.std.to(ro.logps.device) if scored.std is not None else None
-        adv, base = advantages_for(cfg, shaped, std, state, pooled)
+        adv, base = advantages_for(cfg, shaped, std, state, pooled, greedy)
         grad_norm, *entropy = policy_gradient_step(t, ro, adv, cfg)
         state.step += 1
         kl = kl_estimates(ro.logps, ref_lp, ro.mask)  # (B,) each, for the logs

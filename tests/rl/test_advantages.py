@@ -1,0 +1,242 @@
+"""Advantage estimators (distalign.losses) against hand-computed values and brute force, their
+edges, and their selection in ``rl train`` (``baseline``)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from distalign.losses import (
+    dr_grpo_advantages,
+    grpo_advantages,
+    moving_average_advantages,
+    moving_average_update,
+    reinforce_pp_advantages,
+    remax_advantages,
+    rloo_advantages,
+    uncertainty_scaled,
+    whiten,
+)
+from distalign.rl.train import BASELINES, RLTrainConfig, TrainState, advantages_for
+
+
+def _sample_std(xs: list[float]) -> float:
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def _rewards(p: int, k: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(p * k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# --- hand-computed values --------------------------------------------------------------------
+
+
+def test_grpo_by_hand():
+    # group 1: mean 2, sample std 1; group 2: mean 0, std 2 (values −2, 0, 2)
+    r = torch.tensor([1.0, 2.0, 3.0, -2.0, 0.0, 2.0])
+    expected = [-1 / (1 + 1e-4), 0.0, 1 / (1 + 1e-4), -2 / (2 + 1e-4), 0.0, 2 / (2 + 1e-4)]
+    assert grpo_advantages(r, 3).tolist() == pytest.approx(expected)
+
+
+def test_dr_grpo_by_hand():
+    r = torch.tensor([1.0, 2.0, 3.0, -2.0, 0.0, 5.0])
+    assert dr_grpo_advantages(r, 3).tolist() == pytest.approx([-1.0, 0.0, 1.0, -3.0, -1.0, 4.0])
+
+
+def test_reinforce_pp_by_hand():
+    r = torch.tensor([1.0, 3.0, 5.0, 7.0])  # mean 4, sample std √(20/3)
+    s = math.sqrt(20 / 3)
+    assert reinforce_pp_advantages(r).tolist() == pytest.approx([-3 / s, -1 / s, 1 / s, 3 / s])
+    # with the group baseline (k = 2): R − group mean = (−1, 1, −1, 1), batch std √(4/3)
+    s = math.sqrt(4 / 3)
+    assert reinforce_pp_advantages(r, k=2).tolist() == pytest.approx([-1 / s, 1 / s] * 2)
+
+
+def test_remax_by_hand():
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    greedy = torch.tensor([1.5, 5.0])
+    assert remax_advantages(r, greedy, 2).tolist() == [-0.5, 0.5, -2.0, -1.0]
+    assert remax_advantages(r, r, 1).tolist() == [0.0] * 4  # k = 1: one sample per prompt
+    with pytest.raises(ValueError, match="greedy"):
+        remax_advantages(r, greedy, 3)
+
+
+# --- brute force and identities --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_group_estimators_against_brute_force(k):
+    r = _rewards(4, k, seed=k)
+    grpo, dr, rloo = grpo_advantages(r, k), dr_grpo_advantages(r, k), rloo_advantages(r, k)
+    for i in range(len(r)):
+        group = r[(i // k) * k : (i // k + 1) * k].tolist()
+        mean = sum(group) / k
+        others = (sum(group) - r[i].item()) / (k - 1)
+        assert dr[i].item() == pytest.approx(r[i].item() - mean)
+        assert grpo[i].item() == pytest.approx((r[i].item() - mean) / (_sample_std(group) + 1e-4))
+        assert rloo[i].item() == pytest.approx(r[i].item() - others)
+    # Dr. GRPO is RLOO scaled by (k − 1)/k; each prompt's advantages sum to zero
+    torch.testing.assert_close(dr, (k - 1) / k * rloo)
+    for adv in (grpo, dr, rloo):
+        torch.testing.assert_close(adv.view(-1, k).sum(-1), torch.zeros(4, dtype=r.dtype))
+
+
+@pytest.mark.parametrize("k", [None, 2, 4])
+def test_reinforce_pp_against_brute_force_and_global_over_processes(k):
+    r = _rewards(6, 4, seed=1)  # 24 rewards, 6 prompts of 4 samples
+    centred = r.tolist()
+    if k:
+        group_means = [sum(r[(i // k) * k : (i // k + 1) * k].tolist()) / k for i in range(len(r))]
+        centred = [x - m for x, m in zip(centred, group_means, strict=True)]
+    mean, std = sum(centred) / len(centred), _sample_std(centred)
+    got = reinforce_pp_advantages(r, k)
+    assert got.tolist() == pytest.approx([(x - mean) / (std + 1e-8) for x in centred])
+    # two processes holding half of the prompts each, with every process's rewards pooled,
+    # get exactly the halves of the one-process result
+    halves = [reinforce_pp_advantages(h, k, pooled=r) for h in r.split(12)]
+    torch.testing.assert_close(torch.cat(halves), got)
+    assert not torch.allclose(torch.cat([reinforce_pp_advantages(h, k) for h in r.split(12)]), got)
+
+
+def test_moving_average_uses_the_batch_mean_without_history():
+    r = torch.tensor([1.0, 3.0])
+    adv, base = moving_average_advantages(r, mean=0.0, count=0)
+    assert base == 2.0 and adv.tolist() == [-1.0, 1.0]
+    # every process's rewards decide the first baseline when given
+    adv, base = moving_average_advantages(r, 0.0, 0, pooled=torch.tensor([1.0, 3.0, 5.0, 7.0]))
+    assert base == 4.0 and adv.tolist() == [-3.0, -1.0]
+    # with history, the past mean (the step's rewards are added after)
+    mean, count = moving_average_update(0.0, 0, r)
+    adv, base = moving_average_advantages(torch.tensor([6.0]), mean, count)
+    assert base == 2.0 and adv.tolist() == [4.0]
+
+
+def test_uncertainty_scaling_can_push_a_confident_below_average_reply_up():
+    """The docstring's example, as the exact expected gradient of a softmax policy over three
+    replies: d/dθ_j E[A] = π_j (A_j − Σ_i π_i A_i)."""
+    rewards = torch.tensor([-1.0, -3.0, 4.0])
+    sigma = torch.tensor([0.0, 0.0, 100.0])
+    pi = torch.full((3,), 1 / 3)
+    adv = rewards - (pi * rewards).sum()  # baseline b = E[R] = 0
+
+    def expected_gradient(a: torch.Tensor) -> torch.Tensor:
+        return pi * (a - (pi * a).sum())
+
+    assert expected_gradient(adv)[0] < 0  # plain REINFORCE: the reply at −1 loses probability
+    scaled = uncertainty_scaled(adv, sigma)
+    assert scaled.tolist() == pytest.approx([-1.0, -3.0, 4 / 101])
+    assert expected_gradient(scaled)[0] > 0  # scaled: it gains, though below average, σ = 0
+    assert (scaled.sign() == adv.sign()).all()  # per sample, no sign ever flips
+
+
+# --- edges -----------------------------------------------------------------------------------
+
+
+def test_constant_rewards_give_zero_advantages_in_fp32():
+    """0.1 is not an fp32 sum's friend: its batch mean is off by an ulp, which a fp32 whitening
+    with ε = 1e-8 turned into ±0.41 advantages."""
+    r = torch.full((8,), 0.1)
+    x = r - r.mean()
+    assert (x / (x.std() + 1e-8)).abs().max() > 0.1  # the bug, in fp32
+    for adv in (
+        whiten(r),
+        grpo_advantages(r, 4),
+        dr_grpo_advantages(r, 4),
+        rloo_advantages(r, 4),
+        reinforce_pp_advantages(r),
+        reinforce_pp_advantages(r, 2),
+        remax_advantages(r, torch.full((2,), 0.1), 4),
+        moving_average_advantages(r, 0.0, 0)[0],
+    ):
+        assert adv.dtype == torch.float32 and torch.equal(adv, torch.zeros(8))
+
+
+def test_group_estimators_refuse_one_sample_and_ragged_batches():
+    for fn in (grpo_advantages, dr_grpo_advantages, rloo_advantages):
+        with pytest.raises(ValueError, match="k >= 2"):
+            fn(torch.zeros(4), 1)
+        with pytest.raises(ValueError, match="groups of k=3"):
+            fn(torch.zeros(4), 3)
+    with pytest.raises(ValueError, match="k >= 2"):
+        reinforce_pp_advantages(torch.zeros(4), k=1)
+
+
+def test_no_nan_for_a_single_reply_or_a_constant_group():
+    one = torch.tensor([2.5])
+    assert reinforce_pp_advantages(one).tolist() == [0.0]  # no spread: nothing to divide by
+    assert whiten(one).tolist() == [0.0]
+    mixed = torch.tensor([1.0, 1.0, 1.0, 0.0, 2.0, 4.0])  # one constant group, one not
+    for adv in (grpo_advantages(mixed, 3), reinforce_pp_advantages(mixed, 3)):
+        assert torch.isfinite(adv).all() and adv[:3].abs().max() == 0
+
+
+# --- selection in rl train -------------------------------------------------------------------
+
+
+def _cfg(baseline: str, k: int = 2, **kw) -> RLTrainConfig:
+    return RLTrainConfig(
+        baseline=baseline, num_generations=k, per_device_train_batch_size=2 * k, **kw
+    )
+
+
+@pytest.mark.parametrize("baseline", BASELINES)
+def test_advantages_for_calls_the_estimator_it_names(baseline):
+    shaped = torch.tensor([1.0, 4.0, 2.0, 2.5])
+    greedy = torch.tensor([0.5, 3.0])
+    expected = {
+        "rloo": rloo_advantages(shaped, 2),
+        "grpo": grpo_advantages(shaped, 2),
+        "dr_grpo": dr_grpo_advantages(shaped, 2),
+        "reinforce_pp": reinforce_pp_advantages(shaped),
+        "reinforce_pp_baseline": reinforce_pp_advantages(shaped, 2),
+        "remax": remax_advantages(shaped, greedy, 2),
+        "moving_average": shaped - shaped.mean(),  # step 1: the batch's own mean
+        "none": shaped,
+    }[baseline]
+    adv, base = advantages_for(_cfg(baseline), shaped, None, TrainState(), greedy=greedy)
+    torch.testing.assert_close(adv, expected)
+    assert math.isfinite(base)
+
+
+def test_baseline_key_is_validated():
+    with pytest.raises(ValueError, match=re.escape("baseline: rloo | grpo | dr_grpo")):
+        _cfg("ppo")
+    for name in ("rloo", "grpo", "dr_grpo", "reinforce_pp_baseline"):
+        with pytest.raises(ValueError, match=f"baseline {name} needs num_generations >= 2"):
+            RLTrainConfig(baseline=name, num_generations=1)
+    for name in ("reinforce_pp", "remax", "moving_average", "none"):  # k = 1 is fine
+        assert RLTrainConfig(baseline=name, num_generations=1).baseline == name
+    with pytest.raises(ValueError, match="greedy"):
+        advantages_for(_cfg("remax"), torch.zeros(4), None, TrainState())
+
+
+def test_whitening_and_uncertainty_scaling_apply_after_any_estimator():
+    shaped, std = torch.tensor([1.0, 4.0, 2.0, 2.5]), torch.tensor([0.0, 1.0, 3.0, 0.5])
+    adv, _ = advantages_for(
+        _cfg("dr_grpo", whiten_advantages=True, uncertainty_scaling=True), shaped, std, TrainState()
+    )
+    torch.testing.assert_close(adv, whiten(dr_grpo_advantages(shaped, 2)) / (1 + std))
+
+
+@pytest.mark.parametrize("baseline", ["remax", "grpo"])
+def test_rl_train_runs_with(baseline, tiny_model_dir, tmp_path):
+    """The loop end to end; ReMax adds a greedy reply and its score per prompt per step."""
+    import json
+
+    from distalign.rl.train import run
+
+    cfg = RLTrainConfig(
+        model_name_or_path=str(tiny_model_dir), reward="tests.rl.test_train:reward_apple",
+        baseline=baseline, num_generations=2, per_device_train_batch_size=4,
+        gradient_accumulation_steps=1, max_completion_length=4, max_steps=2, max_eval_samples=2,
+        eval_at_start=False, eval_steps=0, save_steps=0, use_peft=False, report_to="none",
+        output_dir=str(tmp_path / "rl"),
+    )  # fmt: skip
+    run(cfg)
+    lines = (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()
+    steps = [m for m in map(json.loads, lines) if "train/baseline" in m]
+    assert len(steps) == 2 and all(math.isfinite(m["train/advantage_std"]) for m in steps)
