@@ -163,3 +163,75 @@ def test_inverse_cdf_never_draws_a_zero_mass_bin():
     probs = torch.tensor([[0.0, 0.0, 0.3, 0.0, 0.7]]).expand(5000, -1)
     draws = _inverse_cdf(probs, torch.Generator().manual_seed(0))
     assert set(draws.tolist()) <= {2, 4}
+
+
+# --- exact draws: float64 inverse CDF --------------------------------------------------------
+
+# p over a small vocabulary, one token far below fp32's resolution next to a large mass
+TINY = torch.tensor([0.75, 2e-8, 0.2, 1e-9, 0.05 - 2.1e-8])
+
+
+def test_fp32_cumsum_gives_a_tiny_token_no_bin_and_float64_gives_its_exact_one(monkeypatch):
+    """Every u in [C_{i−1}, C_i) must draw token i, so its chance is exactly p_i. An fp32
+    running sum rounds 0.75 + 2e-8 back to 0.75: token 1's bin is empty, it is never drawn."""
+    from distalign.models import generate
+
+    cdf32 = TINY[None].cumsum(-1)[0]
+    assert cdf32[1] == cdf32[0] and cdf32[3] == cdf32[2]  # the bug: two zero-width bins
+    cdf = TINY.double().cumsum(-1)  # the exact bins
+    lower = torch.cat([torch.zeros(1, dtype=torch.float64), cdf[:-1]])
+    u = torch.stack([lower + 0.01 * (cdf - lower), (lower + cdf) / 2, cdf - 0.01 * (cdf - lower)])
+    u = (u / cdf[-1]).reshape(-1, 1)  # (15, 1): near both ends and the middle of every bin
+    monkeypatch.setattr(generate, "_uniform64", lambda n, g, d: u)
+    draws = generate._inverse_cdf(TINY.expand(len(u), -1), None)
+    assert draws.tolist() == [0, 1, 2, 3, 4] * 3
+
+
+def _chi_square_p_value(draws: torch.Tensor, expected: torch.Tensor) -> float:
+    from scipy.stats import chisquare
+
+    keep = expected > 0
+    counts = torch.bincount(draws, minlength=len(expected)).double()
+    assert (counts[~keep] == 0).all()  # a token outside the support is never drawn
+    return chisquare(counts[keep].numpy(), (expected[keep] * len(draws)).numpy()).pvalue
+
+
+SMALL_P = torch.tensor(
+    [0.3, 0.2, 0.15, 0.1, 0.08, 0.06, 0.05, 0.03, 0.02, 0.008, 0.0015, 0.0005], dtype=torch.float64
+)
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_p", "top_k"),
+    [(1.0, 1.0, 0), (0.8, 1.0, 0), (1.0, 0.9, 0), (1.0, 1.0, 6), (0.8, 0.95, 10)],
+)
+def test_empirical_distribution_is_pi(temperature, top_p, top_k):
+    """200,000 draws from a 12-token vocabulary (smallest p 5e-4) against softmax(filter(ℓ/T)):
+    chi-square p-value > 1e-3 and total variation < 5e-3 (fixed seed)."""
+    from distalign.models.generate import _next_tokens
+
+    logits = SMALL_P.log().float()[None]  # (1, 12)
+    n = 200_000
+    cfg = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k)
+    tokens, logp = _next_tokens(logits.expand(n, -1), cfg, torch.Generator().manual_seed(5))
+    expected = torch.softmax(filter_logits(logits.double() / temperature, top_p, top_k), -1)[0]
+    assert _chi_square_p_value(tokens, expected) > 1e-3
+    freq = torch.bincount(tokens, minlength=12).double() / n
+    assert 0.5 * (freq - expected).abs().sum() < 5e-3
+    # the log-prob returned is the tempered, unfiltered policy's (what teacher forcing recomputes)
+    torch.testing.assert_close(logp, torch.log_softmax(logits / temperature, -1)[0, tokens])
+
+
+def test_draws_without_float64_on_the_device(monkeypatch):
+    """Where the device has no float64 (MPS), the sum runs on the CPU and u joins two fp32
+    draws: still the right distribution, and u has more than fp32's 24 bits."""
+    from distalign.models import generate
+
+    monkeypatch.setattr(generate, "_has_float64", lambda device: False)
+    u = generate._uniform64(10_000, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert u.dtype == torch.float64 and u.min() >= 0 and u.max() < 1
+    assert ((u * 2**24) % 1 != 0).any()  # not all on fp32's grid
+    draws = generate._inverse_cdf(
+        SMALL_P.float().expand(100_000, -1), torch.Generator().manual_seed(1)
+    )
+    assert _chi_square_p_value(draws, SMALL_P) > 1e-3
