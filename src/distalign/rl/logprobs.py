@@ -122,16 +122,31 @@ class ReplyLogprobs(torch.nn.Module):
 
 
 @contextmanager
+def eval_mode(model):
+    """``model`` in eval mode inside (dropout off), each submodule's own mode restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
 def reference_mode(model, ref_model=None):
     """The frozen SFT policy: a separate reference model, or (LoRA) the same model with its
-    adapters disabled — no second copy of the weights."""
+    adapters disabled — no second copy of the weights. In eval mode either way: with dropout
+    on (the policy is in train mode between steps), reference log-probs would be a fresh random
+    function on every call, not the SFT policy's."""
     if ref_model is not None:
-        yield ref_model
+        with eval_mode(ref_model):
+            yield ref_model
         return
     inner = model.module if hasattr(model, "module") else model
     if not hasattr(inner, "disable_adapter"):
         raise ValueError("no reference model given and the policy has no adapters to disable")
-    with inner.disable_adapter():
+    with inner.disable_adapter(), eval_mode(model):
         yield model
 
 
