@@ -223,6 +223,40 @@ def test_win_probability():
     assert fn.win_probability(torch.tensor([[0, 0, 0, 0, 1.0]]), POINT).item() == 1.0
 
 
+@pytest.mark.parametrize("n", [2, 5, 10])
+def test_win_probability_ties_half_or_strict_equal_the_double_sum(n):
+    torch.manual_seed(n)
+    p, p_ref = torch.softmax(torch.randn(16, n) * 2, -1), torch.softmax(torch.randn(16, n), -1)
+    greater, tie = brute_force(p, p_ref)
+    torch.testing.assert_close(fn.win_probability(p, p_ref), greater + 0.5 * tie)
+    torch.testing.assert_close(fn.win_probability(p, p_ref, ties="strict"), greater)
+    # half: the two sides' win probabilities add to one; strict: the ties are nobody's
+    half_sum = fn.win_probability(p, p_ref) + fn.win_probability(p_ref, p)
+    torch.testing.assert_close(half_sum, torch.ones(16))
+    strict_sum = fn.win_probability(p, p_ref, "strict") + fn.win_probability(p_ref, p, "strict")
+    torch.testing.assert_close(strict_sum, 1 - tie)
+
+
+def test_win_probability_strict_by_hand():
+    assert fn.win_probability(POINT, POINT, ties="strict").item() == 0.0  # a tie is no win
+    assert fn.win_probability(POINT, POINT).item() == 0.5  # a tie is half a win
+    assert fn.win_probability(POINT, MIX, ties="strict").item() == pytest.approx(0.5)
+    assert fn.win_probability(UNIFORM, POINT, ties="strict").item() == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="ties"):
+        fn.win_probability(POINT, MIX, ties="third")
+
+
+def test_strict_win_probability_is_selectable_by_name():
+    assert "win_probability_strict" in fn.FUNCTIONALS
+    assert set(fn.REFERENCE_FUNCTIONALS) <= set(fn.FUNCTIONALS)
+    strict = fn.apply_functional("win_probability_strict", UNIFORM, p_ref=POINT)
+    assert strict.item() == pytest.approx(0.4)
+    half = fn.apply_functional("win_probability", UNIFORM, p_ref=POINT)
+    assert half.item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"win_probability_strict needs .*p_ref"):
+        fn.apply_functional("win_probability_strict", MIX)
+
+
 def test_apply_functional_by_name():
     assert fn.apply_functional("cvar", MIX, alpha=0.5).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="p_ref"):

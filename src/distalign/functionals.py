@@ -7,7 +7,9 @@ and return (B,). Used by REINFORCE with a distributional reward model.
     mean_minus_std     E[R] − κ·Std[R]                     (risk-averse for κ > 0)
     cvar               CVaR_α: mean of the lowest α of the mass  (≤ E[R] always)
     quantile           smallest v_i with CDF(i) ≥ τ
-    win_probability    P(R > R_ref) + ½ P(R = R_ref) against a reference distribution
+    win_probability    P(R > R_ref) + ½ P(R = R_ref) against a reference distribution (a tie
+                       counts as half a win)
+    win_probability_strict   P(R > R_ref) (a tie counts as a loss)
 """
 
 from __future__ import annotations
@@ -66,13 +68,34 @@ def quantile(p: torch.Tensor, tau: float = 0.5, values: torch.Tensor | None = No
     return v[idx]
 
 
-def win_probability(p: torch.Tensor, p_ref: torch.Tensor) -> torch.Tensor:
-    """P(R > R_ref) + ½ P(R = R_ref) with R ~ p, R_ref ~ p_ref independent, (B,)."""
+def win_probability(p: torch.Tensor, p_ref: torch.Tensor, ties: str = "half") -> torch.Tensor:
+    """Probability that R ~ p beats R_ref ~ p_ref (independent), both (B, n) -> (B,).
+
+    ``ties="half"`` (the default): P(R > R_ref) + ½ P(R = R_ref) = Σ_i p_i (CDF_ref(i−1) +
+    ½ p_ref,i). A tie counts as half a win, so p against itself gives ½ and the value is
+    1 − (the reference's win probability against p). ``ties="strict"``: P(R > R_ref) alone; a
+    tie is a loss, so a reply must be *better* to score (on n bins, two replies the model puts
+    on the same bin both score 0 against each other). The distributional preference loss offers
+    the same two forms (``distalign.losses.distributional_preference_loss``).
+    """
     before = p_ref.cumsum(-1) - p_ref  # P(R_ref < i)
-    return (p * before).sum(-1) + 0.5 * (p * p_ref).sum(-1)
+    greater = (p * before).sum(-1)  # P(R > R_ref)
+    if ties == "strict":
+        return greater
+    if ties == "half":
+        return greater + 0.5 * (p * p_ref).sum(-1)
+    raise ValueError(f"ties must be 'half' or 'strict', got {ties!r}")
 
 
-FUNCTIONALS = ("expectation", "mean_minus_std", "cvar", "quantile", "win_probability")
+FUNCTIONALS = (
+    "expectation",
+    "mean_minus_std",
+    "cvar",
+    "quantile",
+    "win_probability",
+    "win_probability_strict",
+)
+REFERENCE_FUNCTIONALS = ("win_probability", "win_probability_strict")  # need p_ref
 
 
 def apply_functional(
@@ -93,8 +116,8 @@ def apply_functional(
         return cvar(p, alpha)
     if name == "quantile":
         return quantile(p, tau)
-    if name == "win_probability":
+    if name in REFERENCE_FUNCTIONALS:
         if p_ref is None:
-            raise ValueError("win_probability needs the reference distribution p_ref")
-        return win_probability(p, p_ref)
+            raise ValueError(f"{name} needs the reference distribution p_ref")
+        return win_probability(p, p_ref, ties="strict" if name.endswith("_strict") else "half")
     raise ValueError(f"unknown functional {name!r}; expected one of {FUNCTIONALS}")
