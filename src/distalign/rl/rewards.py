@@ -337,7 +337,7 @@ class RewardModelSource(RewardSource):
         if functional not in fn.FUNCTIONALS:
             raise ValueError(f"functional must be one of {fn.FUNCTIONALS}, got {functional!r}")
         self.functional, self.kappa, self.alpha, self.tau = functional, kappa, alpha, tau
-        self.needs_reference = self.distributional and functional == "win_probability"
+        self.needs_reference = self.distributional and functional in fn.REFERENCE_FUNCTIONALS
         self.batch_size = batch_size
 
     def _outputs(self, prompts, replies) -> torch.Tensor:

@@ -97,7 +97,8 @@ class RLTrainConfig(SamplingConfig):
     reward_trust_remote_code: bool = False
     """Allow a hub reward model's own code to run (off: only code shipped with transformers)."""
     functional: str = "expectation"
-    """For a distributional RM: expectation | mean_minus_std | cvar | quantile | win_probability."""
+    """For a distributional RM: expectation | mean_minus_std | cvar | quantile |
+    win_probability (P(R > R_SFT reply), ties ½) | win_probability_strict (ties count 0)."""
     kappa: float = 1.0
     """κ of mean − κ·std."""
     alpha: float = 0.25
