@@ -7,6 +7,9 @@ config's keys as keyword arguments) and returning what the command prints.
 A config object is checked exactly as on the command line (its ``__post_init__``); keyword
 arguments replace its fields. Objects the command line cannot express are welcome here: a
 ``datasets.Dataset`` as ``dataset_name`` and a callable ``reward(prompts, replies)``.
+
+Commands without a training loop take ``device``, ``dtype`` (both ``auto``: the GPU in
+bfloat16 when there is one) and ``attn_implementation``; see docs/gpu.md.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distalign.config import GenerateConfig, RMEvalConfig, RMScoreConfig, save_config
+from distalign.config import (
+    GenerateConfig,
+    GoldJudgeConfig,
+    RMEvalConfig,
+    RMScoreConfig,
+    save_config,
+)
 
 
 def _config(cls: type, config: Any, overrides: dict[str, Any]):
@@ -63,6 +72,9 @@ def evaluate_reward_model(config=None, **overrides) -> dict[str, Any]:
         cfg.per_device_eval_batch_size,
         cfg.max_eval_samples,
         cfg.output_file,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        attn_implementation=cfg.attn_implementation,
     )
 
 
@@ -77,8 +89,21 @@ def score(config=None, **overrides) -> Path:
         cfg.output_file,
         cfg.max_length,
         cfg.per_device_eval_batch_size,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        attn_implementation=cfg.attn_implementation,
     )
     return Path(out)
+
+
+def gold_judge(config=None, **overrides) -> tuple[Path, dict[str, float]]:
+    """``distalign gold judge``: writes the judged rows; returns the output path and the mean
+    of each gold column."""
+    from distalign.gold.build import judge_file
+
+    cfg = _config(GoldJudgeConfig, config, overrides)
+    out, means = judge_file(cfg.input_file, cfg.output_file, device=cfg.device)
+    return Path(out), means
 
 
 def generate(config=None, **overrides) -> list[dict[str, Any]]:
@@ -86,14 +111,19 @@ def generate(config=None, **overrides) -> list[dict[str, Any]]:
     ``reply``, ``finished``, ``tokens``; also written as JSONL to ``output_file`` when set."""
     from distalign.data.prompts import load_prompts
     from distalign.models.generate import sample_replies, sampling_of
-    from distalign.models.load import load_policy
+    from distalign.models.load import load_policy, resolve_device_dtype
 
     cfg = _config(GenerateConfig, config, overrides)
     prompts = [[{"role": "user", "content": p}] for p in cfg.prompts]
     if cfg.dataset_name:
         prompts += load_prompts(cfg.dataset_name, cfg.dataset_split)
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
     model, tokenizer = load_policy(
-        cfg.model_name_or_path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+        cfg.model_name_or_path,
+        device=device,
+        dtype=dtype,
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
     )
     out = sample_replies(
         model, tokenizer, prompts, k=cfg.num_generations, config=sampling_of(cfg), progress=True

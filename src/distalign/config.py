@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distalign.models.generate import SamplingConfig
-from distalign.models.load import DEFAULT_MODEL
+from distalign.models.load import DEFAULT_MODEL, DTYPES
 
 T = TypeVar("T")
 
@@ -139,6 +139,31 @@ def mixed_precision(bf16: bool, fp16: bool) -> str | None:
     """accelerate's mixed_precision for the bf16/fp16 keys; None when neither is set, so that
     ``accelerate launch --mixed_precision`` (or its config file) decides."""
     return "bf16" if bf16 else "fp16" if fp16 else None
+
+
+def frozen_dtype(mixed_precision: str | None) -> str:
+    """Weights dtype of a training run's frozen inference models (reward models) under
+    accelerate's ``mixed_precision`` (``bf16``, ``fp16``, ``no`` or None): the precision the
+    run computes in, so they take no more memory and time than the policy's forward."""
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(mixed_precision or "no", "float32")
+
+
+def placement_checks(device: str, dtype: str | None = None) -> list[tuple[bool, str]]:
+    """``__post_init__`` checks of a command's ``device`` and ``dtype`` keys, by name only:
+    whether the device exists is for ``models.load.resolve_device_dtype`` when it runs."""
+    import torch
+
+    try:
+        named = device == "auto" or torch.device(device).type in ("cpu", "cuda", "mps", "xpu")
+    except (RuntimeError, TypeError):
+        named = False
+    checks = [(named, f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")]
+    if dtype is not None:
+        allowed = ["auto", *DTYPES]
+        checks.append(
+            (dtype in allowed, f"dtype must be one of {' | '.join(allowed)}, got {dtype!r}")
+        )
+    return checks
 
 
 Override = str | tuple[str, Any]
@@ -358,8 +383,14 @@ class GenerateConfig(SamplingConfig):
     """Replies per prompt."""
     output_file: str | None = None
     """Write replies as JSONL here (and the resolved config beside it); print when unset."""
-    dtype: str = "float32"
-    """Weights dtype: float32, bfloat16 or float16."""
+    device: str = "auto"
+    """Where the model runs: auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps."""
+    dtype: str = "auto"
+    """Weights dtype: auto (bfloat16 on a CUDA GPU that has it, else float32) | float32 |
+    bfloat16 | float16."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel, as transformers' from_pretrained takes it: sdpa | eager |
+    flash_attention_2 (CUDA, bfloat16/float16, the flash-attn package)."""
     trust_remote_code: bool = False
     """Allow model code from the hub (off: only code shipped with transformers runs)."""
 
@@ -369,6 +400,7 @@ class GenerateConfig(SamplingConfig):
             raise ConfigError("give prompts=[...] or dataset_name=SOURCE")
         if self.num_generations < 1:
             raise ConfigError(f"num_generations must be >= 1, got {self.num_generations}")
+        require(placement_checks(self.device, self.dtype))
 
 
 @dataclass
@@ -423,9 +455,18 @@ class RMEvalConfig:
     """The first N pairs (0: all)."""
     output_file: str | None = None
     """Metrics JSON (default: eval_<data>_<split>.json in the model folder)."""
+    device: str = "auto"
+    """Where the model runs: auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps."""
+    dtype: str = "auto"
+    """Weights dtype: auto (bfloat16 on a CUDA GPU that has it, else float32) | float32 |
+    bfloat16 | float16."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel, as transformers' from_pretrained takes it: sdpa | eager |
+    flash_attention_2 (CUDA, bfloat16/float16, the flash-attn package)."""
 
     def __post_init__(self):
         require([(bool(self.model_name_or_path), "give model_name_or_path=RM_FOLDER")])
+        require(placement_checks(self.device, self.dtype))
 
 
 @dataclass
@@ -442,12 +483,21 @@ class RMScoreConfig:
     """Longest prompt + reply in tokens."""
     per_device_eval_batch_size: int = 16
     """Rows per batch."""
+    device: str = "auto"
+    """Where the model runs: auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps."""
+    dtype: str = "auto"
+    """Weights dtype: auto (bfloat16 on a CUDA GPU that has it, else float32) | float32 |
+    bfloat16 | float16."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel, as transformers' from_pretrained takes it: sdpa | eager |
+    flash_attention_2 (CUDA, bfloat16/float16, the flash-attn package)."""
 
     def __post_init__(self):
         require(
             [
                 (bool(self.model_name_or_path), "give model_name_or_path=RM_FOLDER"),
                 (bool(self.input_file), "give input_file=ROWS.jsonl"),
+                *placement_checks(self.device, self.dtype),
             ]
         )
 
@@ -460,9 +510,14 @@ class GoldJudgeConfig:
     """Rows with ``prompt`` and ``reply`` (also the first positional argument)."""
     output_file: str | None = None
     """Output JSONL (default: INPUT.gold.jsonl)."""
+    device: str = "auto"
+    """Where the judge's sentence encoder runs: auto (CUDA, else MPS, else CPU) | cpu | cuda |
+    cuda:N | mps. It always computes in float32: its scores are the benchmark's truth."""
 
     def __post_init__(self):
-        require([(bool(self.input_file), "give input_file=ROWS.jsonl")])
+        require(
+            [(bool(self.input_file), "give input_file=ROWS.jsonl"), *placement_checks(self.device)]
+        )
 
 
 @dataclass

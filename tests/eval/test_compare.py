@@ -269,9 +269,9 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch
     sampled = []
     real_sample_policy = policy_module.sample_policy
 
-    def counting_sample_policy(name_or_dir, *args):
+    def counting_sample_policy(name_or_dir, *args, **kwargs):
         sampled.append(Path(name_or_dir).name)
-        return real_sample_policy(name_or_dir, *args)
+        return real_sample_policy(name_or_dir, *args, **kwargs)
 
     monkeypatch.setattr(policy_module, "sample_policy", counting_sample_policy)
     summary = run_compare(cfg)

@@ -107,3 +107,33 @@ def test_reward_source_callables():
     )
     assert mean == pytest.approx([(a + b) / 2 for a, b in zip(concise, thorough, strict=True)])
     assert mean[0] > mean[2]  # a relevant, finished reply beats a repetitive fragment
+
+
+class FakeEncoder:
+    """Records where it was built and the batch sizes it is given; embeds by text length."""
+
+    def __init__(self, device: str):
+        self.device, self.batch_sizes = device, []
+
+    def encode(self, texts, batch_size, normalize_embeddings):
+        self.batch_sizes.append(batch_size)
+        emb = np.array([[len(t) + 1.0, 1.0] for t in texts])
+        return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+def test_the_encoder_runs_on_the_gpu_with_larger_batches(monkeypatch):
+    import torch
+
+    built: dict[str, FakeEncoder] = {}
+    monkeypatch.setattr(
+        gold, "_encoder", lambda device: built.setdefault(device, FakeEncoder(device))
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gold.judge(PROMPTS, REPLIES)  # device auto: the GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    gold.judge(PROMPTS, REPLIES)  # auto without a GPU: the CPU
+    gold.judge(PROMPTS, REPLIES, device="cpu")
+    assert sorted(built) == ["cpu", "cuda"]
+    assert built["cuda"].batch_sizes == [256, 256]  # prompts, then replies
+    assert built["cpu"].batch_sizes == [64] * 4

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from distalign.models.load import (
     ModelNotFoundError,
+    _load_settings,
     attention_mask_for,
     cache_dir,
     load_policy,
@@ -99,6 +101,35 @@ def test_attention_mask_for_eager_is_additive(tiny_policy):
     additive = attention_mask_for(model, mask)
     assert additive.dtype == model.dtype
     assert additive[0, 0].tolist() == [[0.0, torch.finfo(model.dtype).min], [0.0, 0.0]]
+
+
+def test_attention_mask_for_refuses_kernels_without_4d_masks():
+    # flash attention would read a (R, 1, T, T) block mask as padding, or run unmasked
+    model = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
+    mask = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"flash_attention_2 takes no 4-D attention mask.*sdpa"):
+        attention_mask_for(model, mask)
+
+
+def test_loaders_place_and_pass_the_attention_kernel(tiny_model_dir):
+    model, _ = load_policy(
+        str(tiny_model_dir), device="cpu", dtype="auto", attn_implementation="eager"
+    )
+    assert next(model.parameters()).device.type == "cpu"
+    assert model.dtype == torch.float32  # auto on the CPU
+    assert model.config._attn_implementation == "eager"
+    default, _ = load_policy(str(tiny_model_dir))
+    assert default.config._attn_implementation == "sdpa"
+
+
+def test_flash_attention_is_refused_where_it_cannot_run(tiny_model_dir):
+    # without autocast (inference commands) the kernels need a CUDA GPU and half precision
+    with pytest.raises(ValueError, match=r"flash_attention_2 runs on a CUDA GPU.*cpu in float32"):
+        load_policy(str(tiny_model_dir), device="cpu", attn_implementation="flash_attention_2")
+    # training loaders (device=None) keep float32 weights under mixed precision: allowed here
+    _, kwargs = _load_settings(None, "float32", "flash_attention_2", False)
+    assert kwargs["attn_implementation"] == "flash_attention_2"
+    assert kwargs["dtype"] == torch.float32
 
 
 def test_pickle_checkpoints_are_refused(tiny_model_dir, tmp_path):

@@ -11,6 +11,11 @@ prompt and then over prompts, with a bootstrap 95% interval that resamples promp
 samples of one prompt are not independent); each reward model's mean (distributional: the
 expectation) and win rate vs SFT, the same way; KL to SFT estimated on the policy's own samples
 (Σ_t log π − log π_SFT); reply length, EOS rate, distinct-1/2.
+
+On a GPU every model (policies, SFT, reward models, the judge's encoder) runs there, the
+policies and reward models in bfloat16 (``device``/``dtype`` auto; ``dtype=float32`` gives the
+CPU's numbers). The KL pass feeds prefix-shared rows with a 4-D mask (``rl/logprobs.py``), so
+flash-attention kernels are refused (docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from distalign.config import placement_checks, require
 from distalign.metrics import bootstrap_interval, distinct_n, win_rate
 from distalign.models.generate import SamplingConfig, sampling_of
+from distalign.models.load import require_4d_mask
 
 
 @dataclass
@@ -62,6 +69,14 @@ class CompareConfig(SamplingConfig):
     """Bootstrap resamples for the 95% intervals."""
     output_dir: str = "runs/compare"
     """Where compare.json, replies.jsonl and report.html go."""
+    device: str = "auto"
+    """Where the models run: auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps."""
+    dtype: str = "auto"
+    """Weights dtype of policies and reward models: auto (bfloat16 on a CUDA GPU that has it,
+    else float32) | float32 | bfloat16 | float16."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel, as transformers' from_pretrained takes it: sdpa | eager (the KL pass
+    needs a 4-D mask, which flash-attention kernels do not take)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -73,6 +88,16 @@ class CompareConfig(SamplingConfig):
         for item in [*self.policies, *self.rewards]:
             if "=" not in item:
                 raise ValueError(f"expected NAME=DIR, got {item!r}")
+        require(placement_checks(self.device, self.dtype))
+        require_4d_mask(self.attn_implementation, "eval compare", "its KL to SFT (rl/logprobs.py)")
+
+    def load_options(self) -> dict[str, Any]:
+        """Where and how every model of the comparison loads: the resolved device and dtype,
+        the attention kernel."""
+        from distalign.models.load import resolve_device_dtype
+
+        device, dtype = resolve_device_dtype(self.device, self.dtype)
+        return {"device": device, "dtype": dtype, "attn_implementation": self.attn_implementation}
 
     def policy_dirs(self) -> dict[str, str]:
         """NAME -> DIR of the aligned policies."""
@@ -94,12 +119,13 @@ def gold_win_probability(attrs: np.ndarray, attrs_sft: np.ndarray, k: int) -> np
     return preference_probabilities(left, right)[0].reshape(n, k * k).mean(axis=1)
 
 
-def sample_policy(name_or_dir: str, prompts, sampling: SamplingConfig, k: int = 1):
-    """Replies (texts, token ids, finished) and the prompt ids of one policy."""
+def sample_policy(name_or_dir: str, prompts, sampling: SamplingConfig, k: int = 1, **load):
+    """Replies (texts, token ids, finished) and the prompt ids of one policy; ``load``:
+    ``load_policy``'s device, dtype and attn_implementation."""
     from distalign.models.generate import sample_replies
     from distalign.models.load import load_policy
 
-    model, tokenizer = load_policy(name_or_dir, merge_adapter=True)
+    model, tokenizer = load_policy(name_or_dir, merge_adapter=True, **load)
     out = sample_replies(model, tokenizer, prompts, k=k, config=sampling, progress=True)
     return model, tokenizer, out
 
@@ -157,11 +183,11 @@ def measure_policy(name_or_dir: str, prompts, rewards, cfg: CompareConfig, sft=N
     the SFT model and tokenizer) measure KL to SFT. Returns (Measured, model, tokenizer)."""
     from distalign.gold import judge as gold
 
-    k = cfg.num_generations
-    model, tokenizer, samples = sample_policy(name_or_dir, prompts, sampling_of(cfg), k)
+    k, load = cfg.num_generations, cfg.load_options()
+    model, tokenizer, samples = sample_policy(name_or_dir, prompts, sampling_of(cfg), k, **load)
     model.eval()
     per_reply = [p for p in prompts for _ in range(k)]  # the prompt of each reply
-    judged = gold.judge([p[-1]["content"] for p in per_reply], samples.texts)
+    judged = gold.judge([p[-1]["content"] for p in per_reply], samples.texts, load["device"])
     scored = score_all(rewards, per_reply, samples.texts)
     if sft is None:
         kl = np.zeros(len(samples.texts))
@@ -182,7 +208,8 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     prompts = load_prompts(cfg.dataset_name, cfg.dataset_test_split)[: cfg.max_eval_samples]
     k = cfg.num_generations
-    rewards = {name: RewardModelSource(d) for name, d in cfg.reward_dirs().items()}
+    load = cfg.load_options()
+    rewards = {name: RewardModelSource(d, **load) for name, d in cfg.reward_dirs().items()}
     policy_dirs = cfg.policy_dirs()
 
     measured_sft, *sft = measure_policy(cfg.sft, prompts, rewards, cfg)

@@ -1,6 +1,9 @@
 """Reward-model evaluation on held-out pairs.
 
-distalign rm eval --model runs/rm/final --data gold --split test
+    distalign rm eval --model_name_or_path runs/rm/final --dataset_name gold
+    distalign rm eval --model_name_or_path runs/rm/final --device cpu --dtype float32
+
+On a GPU the model runs there in bfloat16 (``device``/``dtype`` auto, docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -17,11 +20,16 @@ from distalign.models.reward_model import pair_scores
 
 @torch.no_grad()
 def collect_pair_scores(model, loader, accelerator=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Head outputs (N, num_labels) for chosen and rejected over a loader of pair batches."""
+    """Head outputs (N, num_labels) for chosen and rejected over a loader of pair batches.
+    Without an ``accelerator`` (whose prepared loader places them), batches are moved to the
+    model's device."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     chosen, rejected = [], []
     for batch in loader:
+        if accelerator is None:
+            batch = {k: v.to(device) for k, v in batch.items()}
         c, r = pair_scores(model, batch)
         if accelerator is not None:
             c, r = accelerator.gather_for_metrics((c.contiguous(), r.contiguous()))
@@ -63,19 +71,33 @@ def run_rm_eval(
     batch_size: int = 16,
     limit: int = 0,
     output: str | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn_implementation: str = "sdpa",
 ) -> dict[str, float]:
-    """Load a saved reward model, score held-out pairs, write the metrics as JSON."""
+    """Load a saved reward model, score held-out pairs, write the metrics as JSON.
+
+    Pairs share their prompt's row (one 4-D block mask per row) when the attention kernel
+    takes such a mask; otherwise (flash attention) each reply gets its own padded row, which
+    scores the same."""
     from torch.utils.data import DataLoader
 
     from distalign.data.load import bayes_ceiling, load_preferences
-    from distalign.data.pairs import SharedPrefixCollator, tokenize_pairs
+    from distalign.data.pairs import PairCollator, SharedPrefixCollator, tokenize_pairs
+    from distalign.models.load import prefix_sharing_for, resolve_device_dtype
     from distalign.models.reward_model import load_reward_model
 
-    model, tokenizer, meta = load_reward_model(model_dir)
-    ds = tokenize_pairs(load_preferences(data, split, limit=limit or None), tokenizer, max_length)
-    loader = DataLoader(
-        ds, batch_size=batch_size, collate_fn=SharedPrefixCollator(tokenizer.pad_token_id)
+    place, torch_dtype = resolve_device_dtype(device, dtype)
+    model, tokenizer, meta = load_reward_model(
+        model_dir, device=place, dtype=torch_dtype, attn_implementation=attn_implementation
     )
+    ds = tokenize_pairs(load_preferences(data, split, limit=limit or None), tokenizer, max_length)
+    if prefix_sharing_for(attn_implementation, True, "rm eval"):
+        collate = SharedPrefixCollator(tokenizer.pad_token_id)
+    else:
+        collate = PairCollator(tokenizer.pad_token_id)
+    loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate)
     head, n_bins = meta.get("head", "scalar"), meta.get("n_bins", 10)
     outputs: dict = {}
     result = evaluate_reward_model(model, loader, None, head, n_bins, outputs)
@@ -83,6 +105,7 @@ def run_rm_eval(
     if ceiling is not None:  # the best accuracy possible on these pairs
         result["bayes_ceiling"] = ceiling
     result.update({"data": data, "split": split, "model": str(model_dir), "head": head})
+    result.update({"device": str(place), "dtype": str(torch_dtype).removeprefix("torch.")})
     path = Path(output) if output else Path(model_dir) / eval_file_name(data, split)
     return save_eval(result, outputs, path)
 

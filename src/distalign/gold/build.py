@@ -2,6 +2,11 @@
 
     distalign gold make                              # regenerate the shipped dataset
     distalign gold make limit_prompts=16 output_dir=runs/gold-small
+    distalign gold make device=cpu dtype=float32     # as the shipped dataset was made
+
+On a GPU the SFT policy samples there in bfloat16 and the judge's encoder runs there in float32
+(``device``/``dtype`` auto, docs/gpu.md); CUDA draws other random numbers than the CPU, so a
+GPU run makes another dataset than the shipped one for the same seed.
 
 Stages:
 1. prompts: the project's instructions (``prompts.jsonl``), split train / held-out per kind;
@@ -30,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from distalign.config import placement_checks, require
 from distalign.gold import judge as gold
 from distalign.metrics import bayes_accuracy
 from distalign.models.generate import SamplingConfig
@@ -77,12 +83,22 @@ class BenchConfig:
     """Where sampled replies accumulate (resume from here)."""
     output_dir: str = "runs/gold"
     """Where the dataset is written (the shipped one: src/distalign/gold/data)."""
+    device: str = "auto"
+    """Where the policy and the judge's encoder run: auto (CUDA, else MPS, else CPU) | cpu |
+    cuda | cuda:N | mps."""
+    dtype: str = "auto"
+    """Policy weights dtype: auto (bfloat16 on a CUDA GPU that has it, else float32) | float32 |
+    bfloat16 | float16. The judge's encoder is always float32."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel of the policy, as transformers' from_pretrained takes it: sdpa | eager |
+    flash_attention_2 (CUDA, bfloat16/float16, the flash-attn package)."""
 
     def __post_init__(self):
         if not 0 < self.heldout_fraction < 1:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if len(self.settings) < 2:
             raise ValueError("need at least two sampling settings (two replies per prompt)")
+        require(placement_checks(self.device, self.dtype))
 
 
 # --- 1. prompts ---------------------------------------------------------------------------
@@ -136,9 +152,15 @@ def sample_all_replies(cfg: BenchConfig, prompts: list[dict[str, Any]]) -> list[
         from tqdm.auto import tqdm
 
         from distalign.models.generate import sample_replies
-        from distalign.models.load import load_policy
+        from distalign.models.load import load_policy, resolve_device_dtype
 
-        model, tokenizer = load_policy(cfg.model_name_or_path)
+        device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+        model, tokenizer = load_policy(
+            cfg.model_name_or_path,
+            device=device,
+            dtype=dtype,
+            attn_implementation=cfg.attn_implementation,
+        )
         start = time.perf_counter()
         with partial.open("a", encoding="utf-8") as f:
             for s, c in tqdm(chunks, desc="sampling replies", unit="chunk"):
@@ -181,10 +203,14 @@ def sample_all_replies(cfg: BenchConfig, prompts: list[dict[str, Any]]) -> list[
 # --- 3. judge, 4. pairs ---------------------------------------------------------------------
 
 
-def judge_replies(prompts: list[dict[str, Any]], replies: list[dict[str, Any]]) -> None:
+def judge_replies(
+    prompts: list[dict[str, Any]], replies: list[dict[str, Any]], device: str = "auto"
+) -> None:
     """Add attributes and gold rewards (per group, population mean and std) to each reply."""
     text = {p["id"]: p["prompt"] for p in prompts}
-    scores = gold.judge([text[r["prompt_id"]] for r in replies], [r["text"] for r in replies])
+    scores = gold.judge(
+        [text[r["prompt_id"]] for r in replies], [r["text"] for r in replies], device
+    )
     for i, r in enumerate(replies):
         r["attributes"] = {a: float(scores[a][i]) for a in gold.ATTRIBUTES}
         r["gold"] = {g.name: float(scores[f"gold_{g.name}"][i]) for g in gold.GROUPS}
@@ -294,7 +320,7 @@ def run_bench_make(cfg: BenchConfig) -> dict[str, Any]:
     replies = sample_all_replies(cfg, prompts)
     clock = Path(cfg.work_dir) / "sampling_seconds.json"
     sampled = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
-    judge_replies(prompts, replies)
+    judge_replies(prompts, replies, cfg.device)
     pairs = make_pairs(prompts, replies, cfg.seed)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -341,18 +367,20 @@ def _cli_view(cfg: BenchConfig) -> dict[str, Any]:
     }
 
 
-def judge_file(input_path: str, output_path: str | None = None) -> tuple[Path, dict[str, float]]:
+def judge_file(
+    input_path: str, output_path: str | None = None, device: str = "auto"
+) -> tuple[Path, dict[str, float]]:
     """Score every (prompt, reply) row of a file with the gold judge into a new JSONL file.
 
     Rows need ``prompt`` (string or chat messages) and ``reply`` (or ``response`` /
     ``completion``), e.g. the output of ``distalign generate``. Returns the output path and
-    the mean of each gold column.
+    the mean of each gold column. ``device``: where the judge's encoder runs.
     """
     from distalign.data.load import read_prompt_replies
 
     rows, chats, texts = read_prompt_replies(input_path)
     prompts = [gold._prompt_text(chat) for chat in chats]
-    scores = gold.judge(prompts, texts)
+    scores = gold.judge(prompts, texts, device)
     out = (
         Path(output_path)
         if output_path

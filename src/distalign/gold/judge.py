@@ -25,10 +25,16 @@ drawn once (seed ``JUDGE_SEED``), so annotators of one group also differ a littl
 Annotator a prefers y1 to y2 with the Bradley–Terry probability σ(SCALE · (r_a(y1) − r_a(y2))),
 r_a = Σ_attr w_a[attr] · attr. A group's reward is the mean of its annotators' rewards; the
 reward of the whole population mixes groups by their share.
+
+The encoder runs on the GPU when there is one (``device="auto"``), always in float32 with
+autocast off: bfloat16 keeps 3 significant digits, and relevance is the truth the benchmark is
+built on. GPU float32 kernels may still differ from the CPU's in the last bits, so a judged
+file can differ from the CPU's in an attribute's sixth decimal (docs/gpu.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 from collections.abc import Sequence
@@ -127,8 +133,8 @@ def _encoder_path() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
-@lru_cache(maxsize=1)
-def _encoder():
+@lru_cache(maxsize=2)
+def _encoder(device: str = "cpu"):
     # an optional dependency: training on your own data does not need the gold judge
     try:
         from sentence_transformers import SentenceTransformer
@@ -139,15 +145,38 @@ def _encoder():
             "the gold judge needs its sentence encoder, an optional dependency: "
             "pip install 'distalign[gold]'"
         ) from e
-    return SentenceTransformer(path, device="cpu")
+    return SentenceTransformer(path, device=device)
 
 
-def relevance(prompts: Sequence[str], replies: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Cosine similarity of prompt and reply embeddings, clipped to [0, 1]. Shape (N,)."""
+def encoder_batch_size(device) -> int:
+    """Texts per encoder batch: 64 on the CPU; 256 on an accelerator, where MiniLM-L6 (22 M
+    parameters, texts cut at 256 tokens) needs well under 1 GB for it."""
+    return 64 if device.type == "cpu" else 256
+
+
+def relevance(
+    prompts: Sequence[str],
+    replies: Sequence[str],
+    batch_size: int | None = None,
+    device: str = "auto",
+) -> np.ndarray:
+    """Cosine similarity of prompt and reply embeddings, clipped to [0, 1]. Shape (N,).
+    ``device`` as ``models.load.resolve_device_dtype`` reads it; ``batch_size`` None: by
+    device (``encoder_batch_size``)."""
     import torch
 
-    encoder = _encoder()
-    with torch.inference_mode():
+    from distalign.models.load import resolve_device_dtype
+
+    place, _ = resolve_device_dtype(device, "float32")
+    encoder = _encoder(str(place))
+    batch_size = batch_size or encoder_batch_size(place)
+    # float32 even inside a caller's autocast region: the judge's numbers must not move
+    no_autocast = (
+        torch.autocast(place.type, enabled=False)
+        if place.type in ("cpu", "cuda")
+        else contextlib.nullcontext()
+    )
+    with torch.inference_mode(), no_autocast:
         unique = sorted(set(prompts))
         p_emb = encoder.encode(unique, batch_size=batch_size, normalize_embeddings=True)
         index = {p: i for i, p in enumerate(unique)}
@@ -157,13 +186,13 @@ def relevance(prompts: Sequence[str], replies: Sequence[str], batch_size: int = 
     return np.where(empty, 0.0, np.clip(cos, 0.0, 1.0))
 
 
-def attributes(prompts: Sequence[str], replies: Sequence[str]) -> np.ndarray:
+def attributes(prompts: Sequence[str], replies: Sequence[str], device: str = "auto") -> np.ndarray:
     """Attribute matrix (N, len(ATTRIBUTES)), rounded for cross-process determinism."""
     if len(prompts) != len(replies):
         raise ValueError(f"{len(prompts)} prompts but {len(replies)} replies")
     if not prompts:
         return np.zeros((0, len(ATTRIBUTES)))
-    rel = relevance(prompts, replies)
+    rel = relevance(prompts, replies, device=device)
     rows = []
     for i, (p, r) in enumerate(zip(prompts, replies, strict=True)):
         a = text_attributes(p, r)
@@ -228,10 +257,12 @@ def draw_labels(attrs_1: np.ndarray, attrs_2: np.ndarray, rng: np.random.Generat
     return rng.random(len(diff)) < p
 
 
-def judge(prompts: Sequence[str], replies: Sequence[str]) -> dict[str, np.ndarray]:
+def judge(
+    prompts: Sequence[str], replies: Sequence[str], device: str = "auto"
+) -> dict[str, np.ndarray]:
     """Everything the judge says about each (prompt, reply): attributes, reward per group,
-    population mean and std. Arrays of shape (N,)."""
-    attrs = attributes(prompts, replies)
+    population mean and std. Arrays of shape (N,). ``device``: where the encoder runs."""
+    attrs = attributes(prompts, replies, device)
     out = {name: attrs[:, i] for i, name in enumerate(ATTRIBUTES)}
     out.update({f"gold_{k}": v for k, v in group_rewards(attrs).items()})
     out["gold_mean"], out["gold_std"] = population_reward(attrs)

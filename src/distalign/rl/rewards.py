@@ -145,9 +145,17 @@ def model_folder(spec: str, trust_remote_code: bool = False) -> Path:
         ) from None
 
 
-def load_sequence_classifier(folder: Path, trust_remote_code: bool = False):
+def load_sequence_classifier(
+    folder: Path,
+    trust_remote_code: bool = False,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "float32",
+    attn_implementation: str = "sdpa",
+):
     """(model, tokenizer) of a one-label sequence classifier that distalign did not train
-    (e.g. TRL's RewardTrainer, or any ``AutoModelForSequenceClassification.save_pretrained``).
+    (e.g. TRL's RewardTrainer, or any ``AutoModelForSequenceClassification.save_pretrained``),
+    on ``device`` (None: the CPU) in ``dtype``.
 
     Its own forward reads the score where the model was trained to: the rightmost token that
     is not ``config.pad_token_id`` (decoders) or the first one (BERT-style). That needs a pad
@@ -156,7 +164,7 @@ def load_sequence_classifier(folder: Path, trust_remote_code: bool = False):
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from distalign.models.load import _model_kwargs
+    from distalign.models.load import _load_settings, _placed
 
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     architectures = config.architectures or []
@@ -171,8 +179,9 @@ def load_sequence_classifier(folder: Path, trust_remote_code: bool = False):
             "distalign_rm.json; a reward model has one label (num_labels=1), and distalign's "
             "distributional reward models carry distalign_rm.json"
         )
+    place, kwargs = _load_settings(device, dtype, attn_implementation, trust_remote_code)
     model, info = AutoModelForSequenceClassification.from_pretrained(
-        folder, output_loading_info=True, **_model_kwargs("float32", trust_remote_code)
+        folder, output_loading_info=True, **kwargs
     )
     if info["missing_keys"]:  # a random head would score noise
         raise ValueError(f"{folder}: weights missing from the checkpoint: {info['missing_keys']}")
@@ -186,7 +195,7 @@ def load_sequence_classifier(folder: Path, trust_remote_code: bool = False):
             raise ValueError(f"{folder}: the tokenizer has neither a pad nor an EOS token")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model.eval(), tokenizer
+    return _placed(model.eval(), place), tokenizer
 
 
 def model_max_length(model, tokenizer, default: int = 512) -> int:
@@ -297,6 +306,8 @@ class RewardModelSource(RewardSource):
 
     ``max_length``: longest prompt + reply in tokens; default: a distalign RM's training
     ``max_length`` (its prompts cut to its ``max_prompt_length``), else the model's limit.
+    ``device`` and ``dtype`` as ``models.load.resolve_device_dtype`` reads them (``auto``: the
+    GPU in bfloat16 when there is one); the defaults keep the model on the CPU in float32.
     """
 
     def __init__(
@@ -310,27 +321,41 @@ class RewardModelSource(RewardSource):
         batch_size: int = 16,
         device: str | torch.device = "cpu",
         trust_remote_code: bool = False,
+        dtype: str | torch.dtype = "float32",
+        attn_implementation: str = "sdpa",
     ):
+        from distalign.models.load import resolve_device_dtype
         from distalign.models.reward_model import META_FILE, load_reward_model
 
         path = str(path)
         self.name = source_name(path)
+        device, dtype = resolve_device_dtype(device, dtype)
         folder = model_folder(path, trust_remote_code)
         self.own_forward = not (folder / META_FILE).is_file()  # not trained by distalign
         if self.own_forward:
-            self.model, self.tokenizer = load_sequence_classifier(folder, trust_remote_code)
+            self.model, self.tokenizer = load_sequence_classifier(
+                folder,
+                trust_remote_code,
+                device=device,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+            )
             self.meta = {"head": "scalar"}
             self.max_length = max_length or model_max_length(self.model, self.tokenizer)
             self.max_prompt_length = None
         else:
             self.model, self.tokenizer, self.meta = load_reward_model(
-                folder, trust_remote_code=trust_remote_code
+                folder,
+                device=device,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                trust_remote_code=trust_remote_code,
             )
             # the lengths the model was trained with (saved by rm train), unless given
             self.max_length = max_length or self.meta.get("max_length", 512)
             trained = self.meta.get("max_prompt_length")
             self.max_prompt_length = trained if trained and trained < self.max_length else None
-        self.model.to(device).requires_grad_(False)
+        self.model.requires_grad_(False)
         self.head = self.meta.get("head", "scalar")
         self.n_bins = self.meta.get("n_bins", 10)
         self.distributional = self.head != "scalar"

@@ -1,6 +1,8 @@
 """Score prompt/reply files with a saved reward model.
 
-distalign rm score --model runs/rm/final --input replies.jsonl
+    distalign rm score --model_name_or_path runs/rm/final --input_file replies.jsonl
+
+On a GPU the model runs there in bfloat16 (``device``/``dtype`` auto, docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from distalign import functionals as fn
 from distalign.data.load import read_prompt_replies
 from distalign.models.heads import head_log_probs
+from distalign.models.load import resolve_device_dtype
 from distalign.models.reward_model import load_reward_model, score_replies
 
 
@@ -36,11 +39,22 @@ def distribution_columns(logp: torch.Tensor, kappa: float = 1.0, alpha: float = 
 
 
 def score_file(
-    model_dir: str, input_path: str, output: str | None, max_length: int = 512, batch_size: int = 16
+    model_dir: str,
+    input_path: str,
+    output: str | None,
+    max_length: int = 512,
+    batch_size: int = 16,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn_implementation: str = "sdpa",
 ):
     """Score rows; scalar models add ``reward``, distributional ones the distribution and
     its functionals (``reward`` is then the expectation)."""
-    model, tokenizer, meta = load_reward_model(model_dir)
+    place, torch_dtype = resolve_device_dtype(device, dtype)
+    model, tokenizer, meta = load_reward_model(
+        model_dir, device=place, dtype=torch_dtype, attn_implementation=attn_implementation
+    )
     rows, prompts, replies = read_prompt_replies(input_path)
     scores = score_replies(model, tokenizer, prompts, replies, max_length, batch_size=batch_size)
     head = meta.get("head", "scalar")
