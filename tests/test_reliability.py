@@ -275,3 +275,59 @@ def test_fuzzed_yaml_files_give_a_config_or_a_config_error(tmp_path_factory, tex
         load_config(RLTrainConfig, path)
     except ConfigError as e:
         assert str(e)
+
+
+# --- rl train ------------------------------------------------------------------------------
+
+
+def rl_args(model_dir, out, *extra) -> list[str]:
+    return [
+        "rl", "train", f"model_name_or_path={model_dir}",
+        "reward=tests.rl.test_train:reward_apple", "dataset_name=gold", "max_eval_samples=4",
+        "num_generations=2", "per_device_train_batch_size=4", "gradient_accumulation_steps=1",
+        "max_completion_length=6", "learning_rate=1e-3", "max_steps=4", "save_steps=2",
+        "eval_steps=0", "report_to=none", f"output_dir={out}", *extra,
+    ]  # fmt: skip
+
+
+def test_rl_train_killed_after_a_logged_step_logs_each_step_once(tiny_model_dir, tmp_path):
+    whole = run_cli(*rl_args(tiny_model_dir, tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out = tmp_path / "killed"
+    # saves: step 2 (1st), step 4 (2nd) <- SIGKILL before it: steps 3 and 4 are logged
+    killed = run_cli(*rl_args(tiny_model_dir, out), kill=("distalign.rl.train", 2, "before"))
+    assert killed.returncode == -signal.SIGKILL
+    history = [json.loads(line)["step"] for line in (out / "history.jsonl").open()]
+    assert sorted(set(history)) == [1, 2, 3, 4]
+    resumed = run_cli(*rl_args(tiny_model_dir, out, "resume_from_checkpoint=true"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    history = [json.loads(line)["step"] for line in (out / "history.jsonl").open()]
+    assert history == [s for s in (1, 2, 3, 4) for _ in range(4)]  # 2 prompts × 2 replies
+    assert steps_of(out / "metrics.jsonl", "train/reward") == [1, 2, 3, 4]
+    a = json.loads((tmp_path / "whole" / "summary.json").read_text())["final_eval"]
+    b = json.loads((out / "summary.json").read_text())["final_eval"]
+    for key in ("reward", "kl", "length"):
+        assert b[key] == pytest.approx(a[key], abs=1e-6), key
+    rows_whole = (tmp_path / "whole" / "history.jsonl").read_text()
+    assert (out / "history.jsonl").read_text() == rows_whole  # the same completions
+
+
+def test_rl_infinite_reward_skips_the_update(tiny_model_dir, tmp_path):
+    """An overflowing reward (inf) makes the advantages NaN: that update is skipped, counted,
+    and training goes on. (A NaN reward means "not scored" and is refused with the reply.)"""
+    from distalign.api import train_policy
+    from distalign.rl.train import RLTrainConfig
+    from tests.rl.test_train import reward_apple
+
+    calls = [0]
+
+    def overflowing(prompts, replies):
+        calls[0] += 1
+        values = reward_apple(prompts, replies)
+        return [float("inf")] * len(values) if calls[0] == 2 else values
+
+    out = tmp_path / "run"
+    cfg = load_config(RLTrainConfig, None, rl_args(tiny_model_dir, out)[2:])
+    train_policy(cfg, reward=overflowing, eval_at_start=False)
+    state = json.loads((out / "checkpoints/last/trainer_state.json").read_text())
+    assert state["skipped_steps"] == 1 and state["step"] == 4

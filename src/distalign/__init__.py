@@ -25,6 +25,7 @@ _EXPORTS = {
     "evaluate_reward_model": "distalign.api",
     "score": "distalign.api",
     "generate": "distalign.api",
+    "gold_judge": "distalign.api",
     "load_preferences": "distalign.data.load",
     "load_prompts": "distalign.data.prompts",
     "load_config": "distalign.config",
@@ -34,6 +35,7 @@ _EXPORTS = {
     "GenerateConfig": "distalign.config",
     "RMEvalConfig": "distalign.config",
     "RMScoreConfig": "distalign.config",
+    "GoldJudgeConfig": "distalign.config",
 }
 __all__ = sorted(_EXPORTS)
 

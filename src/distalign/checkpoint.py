@@ -182,3 +182,20 @@ def resume_training(
             log.info("dropped %d log rows written after step %d", dropped, state["step"])
     log.info("resumed from %s at step %d", path, state["step"])
     return state
+
+
+def count_nonfinite(state: Any, finite: bool, limit: int) -> None:
+    """Book one optimizer step in ``state`` (``skipped_steps``, ``nonfinite_in_a_row``): a
+    non-finite one was skipped; ``limit`` of them in a row stop the run with NonFiniteError."""
+    if finite:
+        state.nonfinite_in_a_row = 0
+        return
+    state.skipped_steps += 1
+    state.nonfinite_in_a_row += 1
+    log.warning("step %d: non-finite loss or gradient, update skipped", state.step)
+    if state.nonfinite_in_a_row >= limit:
+        raise NonFiniteError(
+            f"{state.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
+            f"(last at step {state.step}); stopped. The last checkpoint holds finite weights: "
+            "lower learning_rate, set max_grad_norm, or check the data and the reward"
+        )

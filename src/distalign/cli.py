@@ -257,9 +257,9 @@ def data_inspect(cfg: DataInspectConfig):
 @config_command(gold_app, "judge", GoldJudgeConfig, positional="input_file")
 def gold_judge(cfg: GoldJudgeConfig):
     """Score any prompt/reply file with the gold judge (attributes, reward per group)."""
-    from distalign.gold.build import judge_file
+    from distalign.api import gold_judge as run_gold_judge
 
-    out, means = judge_file(cfg.input_file, cfg.output_file)
+    out, means = run_gold_judge(cfg)
     console.print(f"wrote {out}")
     for name, value in means.items():
         console.print(f"  mean {name}: {value:.3f}")

@@ -197,18 +197,17 @@ class LengthOfAnswer:
         return [-abs(len(r.split()) - int(a)) for r, a in zip(replies, answer, strict=True)]
 
 
-def test_a_callable_object_reward_with_data_columns_from_python(
-    tiny_model_dir, tmp_path, monkeypatch
-):
+def test_a_callable_object_reward_with_data_columns_from_python(tiny_model_dir, tmp_path):
     from distalign.api import train_policy
-    from tests.rl.test_rewards import PromptRow
+    from tests.conftest import write_jsonl
 
-    rows = [PromptRow([{"role": "user", "content": f"Say {n} words."}], {"answer": str(n)})
-            for n in range(1, 5)]  # fmt: skip
-    # what load_prompts returns once it keeps a prompt-only set's other columns
-    monkeypatch.setattr("distalign.rl.train.load_prompts", lambda source, split=None: rows)
+    # a prompt-only data set (TRL's shape) whose extra column the reward reads
+    rows = [{"prompt": f"Say {n} words.", "answer": str(n)} for n in range(1, 5)]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
     reward = LengthOfAnswer()
-    result = train_policy(config(tiny_model_dir, tmp_path, reward=reward, **SHORT))
+    cfg = config(tiny_model_dir, tmp_path, reward=reward, dataset_name=str(prompts),
+                 eval_dataset_name=None, **SHORT)  # fmt: skip
+    result = train_policy(cfg)
     assert reward.seen and all(p == f"Say {a} words." for p, a in reward.seen)
     assert "reward/LengthOfAnswer" in result["final"]
     metrics = [m for m in read_jsonl(tmp_path / "rl" / "metrics.jsonl") if "train/reward" in m]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from contextlib import nullcontext
@@ -36,9 +37,10 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
-from distalign.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from distalign.checkpoint import count_nonfinite, resume_training, save_checkpoint
 from distalign.config import (
     checkpoint_path,
+    frozen_dtype,
     mixed_precision,
     report_to_list,
     require,
@@ -62,7 +64,7 @@ from distalign.losses import (
     whiten,
 )
 from distalign.models.generate import SamplingConfig, sample_token_ids, sampling_of, stop_token_ids
-from distalign.models.load import DEFAULT_MODEL, load_policy
+from distalign.models.load import DEFAULT_MODEL, load_policy, require_4d_mask
 from distalign.models.lora import add_lora
 from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors, reference_mode, reply_logprobs
 from distalign.rl.rewards import GOLD_REWARD, load_reward_source, prompt_columns
@@ -112,6 +114,10 @@ class RLTrainConfig(SamplingConfig):
     dataset_name: Any = "gold"
     """Training prompts: ``gold`` (the benchmark's), a prompt-only or preference data set (hub
     id, local file, ``datasets.Dataset``), or a .txt file with one prompt per line."""
+    dataset_config: str | None = None
+    """Config (subset) of a hub data set, ``datasets.load_dataset``'s name."""
+    dataset_revision: str | None = None
+    """Branch, tag or commit of a hub data set (default: the latest)."""
     dataset_train_split: str = "train"
     """Split of ``dataset_name`` to train on."""
     eval_dataset_name: Any = None
@@ -151,6 +157,8 @@ class RLTrainConfig(SamplingConfig):
     """Linear warm-up steps."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0: off)."""
+    max_nonfinite_steps: int = 3
+    """A step with a non-finite loss or gradient is skipped; this many in a row stop the run."""
     use_peft: bool = True
     """Train LoRA adapters; the reference is the same model with adapters off (no copy)."""
     lora_r: int = 16
@@ -169,6 +177,9 @@ class RLTrainConfig(SamplingConfig):
     """float16 mixed precision. With neither, ``accelerate launch --mixed_precision`` decides."""
     prefix_sharing: bool = True
     """Teacher-forced and reference passes share each prompt across its samples."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel, as transformers' from_pretrained takes it: sdpa | eager (the
+    teacher-forced passes need a 4-D mask, which flash-attention kernels do not take)."""
     max_prompt_length: int = 256
     """Longer prompts are cut from the left."""
     eval_steps: int = 10
@@ -219,6 +230,7 @@ class RLTrainConfig(SamplingConfig):
             (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
         ]
         require(checks)
+        require_4d_mask(self.attn_implementation, "rl train", "its teacher-forced passes")
         self._check_reward()
         if self.top_p < 1 or self.top_k:
             log.warning(
@@ -278,6 +290,8 @@ class TrainState:
     baseline_mean: float = 0.0  # moving-average baseline and the rewards it has seen
     baseline_count: int = 0
     initial_eval: dict | None = None  # the SFT policy on held-out prompts, before step 1
+    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
+    nonfinite_in_a_row: int = 0
 
 
 def _is_gold(source) -> bool:
@@ -494,7 +508,7 @@ def _reference_distributions(
     return reward.distributions(prompts, ro.texts)
 
 
-def load_rewards(cfg: RLTrainConfig, device):
+def load_rewards(cfg: RLTrainConfig, device, dtype: str = "float32"):
     """The reward sources of ``cfg`` summed with their weights (None: the gold judge, which
     ``__post_init__`` allows only on the benchmark's prompts). Leaves the global RNGs as they
     were, so the policy built next gets the same LoRA init for a seed."""
@@ -502,21 +516,37 @@ def load_rewards(cfg: RLTrainConfig, device):
         GOLD_REWARD if cfg.reward is None else cfg.reward, weights=cfg.reward_weights,
         functional=cfg.functional, kappa=cfg.kappa, alpha=cfg.alpha, tau=cfg.tau,
         max_length=cfg.reward_max_length, batch_size=cfg.reward_batch_size, device=device,
-        trust_remote_code=cfg.reward_trust_remote_code,
+        trust_remote_code=cfg.reward_trust_remote_code, dtype=dtype,
+        attn_implementation=cfg.attn_implementation,
     )  # fmt: skip
+
+
+def prompt_sets(cfg: RLTrainConfig, accelerator) -> tuple[list, list]:
+    """This process's share of the training prompts, and the first held-out prompts (the
+    config name and revision apply to the held-out set when it is the same hub data set)."""
+    hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
+    train = load_prompts(cfg.dataset_name, cfg.dataset_train_split, **hub)
+    same = cfg.eval_dataset_name is None or cfg.eval_dataset_name == cfg.dataset_name
+    source = cfg.eval_dataset_name or cfg.dataset_name
+    held_out = load_prompts(source, cfg.dataset_test_split, **(hub if same else {}))
+    return share_prompts(train, accelerator), held_out[: cfg.max_eval_samples]
 
 
 def build_policy(cfg: RLTrainConfig, accelerator):
     """Policy (+ gradient checkpointing, + LoRA), tokenizer, and the frozen reference: None
     with LoRA (adapters off), else a copy of the SFT weights."""
-    policy, tokenizer = load_policy(cfg.model_name_or_path)
+    policy, tokenizer = load_policy(
+        cfg.model_name_or_path, attn_implementation=cfg.attn_implementation
+    )
     ref_model = None
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.use_peft:
         policy = add_lora(policy, "CAUSAL_LM", cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     else:
-        ref_model, _ = load_policy(cfg.model_name_or_path)
+        ref_model, _ = load_policy(
+            cfg.model_name_or_path, attn_implementation=cfg.attn_implementation
+        )
         ref_model.requires_grad_(False).eval().to(accelerator.device)
     return policy, tokenizer, ref_model
 
@@ -577,8 +607,8 @@ def pooled_rewards(accelerator, shaped: torch.Tensor, cfg: RLTrainConfig) -> tor
 
 
 def policy_gradient_step(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig):
-    """One optimizer step of −mean A_i·Σ_t log π over the step's micro-batches. Returns
-    (grad norm, summed token entropy, tokens)."""
+    """One optimizer step of −mean A_i·Σ_t log π over the step's micro-batches (skipped when
+    the gradient is not finite). Returns (grad norm, summed token entropy, tokens)."""
     t.learner.train()
     n, step = len(ro.prompt_ids), cfg.prompts_per_micro_batch
     entropy_sum, tokens = 0.0, 0
@@ -597,11 +627,12 @@ def policy_gradient_step(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTra
             t.accelerator.backward(loss)
         entropy_sum += sum(e.sum().item() for e in ent)
         tokens += sum(e.numel() for e in ent)
-    grad_norm = None
-    if cfg.max_grad_norm:
-        grad_norm = t.accelerator.clip_grad_norm_(t.learner.parameters(), cfg.max_grad_norm)
-    t.optimizer.step()
-    t.scheduler.step()
+    # the norm is needed even without clipping (inf clips nothing): a NaN or inf in any
+    # gradient makes it non-finite, and that update is skipped instead of ruining the weights
+    grad_norm = t.accelerator.clip_grad_norm_(t.learner.parameters(), cfg.max_grad_norm or math.inf)
+    if torch.isfinite(grad_norm):
+        t.optimizer.step()
+        t.scheduler.step()
     t.optimizer.zero_grad()
     return grad_norm, entropy_sum, tokens
 
@@ -717,13 +748,10 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         save_config(cfg, out)
-    reward = load_rewards(cfg, accelerator.device)  # first: the cheap failure (a bad path)
+    # first: the cheap failure (a bad path); frozen reward models in the run's precision
+    reward = load_rewards(cfg, accelerator.device, frozen_dtype(accelerator.mixed_precision))
     policy, tokenizer, ref_model = build_policy(cfg, accelerator)
-    train_prompts = share_prompts(
-        load_prompts(cfg.dataset_name, cfg.dataset_train_split), accelerator
-    )
-    eval_source = cfg.eval_dataset_name or cfg.dataset_name
-    eval_prompts = load_prompts(eval_source, cfg.dataset_test_split)[: cfg.max_eval_samples]
+    train_prompts, eval_prompts = prompt_sets(cfg, accelerator)
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate
     )
@@ -737,9 +765,12 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
                 MetricsLog(out / "metrics.jsonl", accelerator))  # fmt: skip
     state = TrainState()
     if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
-        path = resolve_resume(checkpoint_path(cfg.resume_from_checkpoint, out))
-        state = TrainState(**load_checkpoint(path, t.policy, optimizer, scheduler))
-        log.info("resumed from %s at step %d", path, state.step)
+        path, logs = (
+            checkpoint_path(cfg.resume_from_checkpoint, out),
+            [t.log.path, t.out / "history.jsonl"],
+        )
+        state = TrainState(**resume_training(path, t.policy, optimizer, scheduler, logs,
+                                             accelerator.is_main_process))  # fmt: skip
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
     if state.step == 0 and cfg.eval_at_start:
@@ -765,6 +796,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
         adv, base = advantages_for(cfg, shaped, std, state, pooled, greedy)
         grad_norm, *entropy = policy_gradient_step(t, ro, adv, cfg)
         state.step += 1
+        count_nonfinite(state, bool(torch.isfinite(grad_norm)), cfg.max_nonfinite_steps)
         kl = kl_estimates(ro.logps, ref_lp, ro.mask)  # (B,) each, for the logs
         logged = log_step(t, state, ro, scored, shaped, kl, adv, base, grad_norm, entropy,
                           [t0, t1, t2, time.perf_counter()], cfg)  # fmt: skip

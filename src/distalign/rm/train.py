@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from distalign.checkpoint import NonFiniteError, resume_training, save_checkpoint
+from distalign.checkpoint import count_nonfinite, resume_training, save_checkpoint
 from distalign.config import (
     checkpoint_path,
     config_dict,
@@ -48,7 +48,7 @@ from distalign.data.pairs import (
 from distalign.eval.rm import eval_file_name, evaluate_reward_model, save_eval
 from distalign.losses import distributional_rm_loss, rating_nll, ratings_to_bins, reward_model_loss
 from distalign.models.heads import head_log_probs
-from distalign.models.load import DEFAULT_MODEL
+from distalign.models.load import DEFAULT_MODEL, prefix_sharing_for
 from distalign.models.lora import add_lora
 from distalign.models.reward_model import (
     PairScorer,
@@ -151,6 +151,9 @@ class RMTrainConfig:
     """float16 mixed precision. With neither, ``accelerate launch --mixed_precision`` decides."""
     prefix_sharing: bool = True
     """Encode each pair as one sequence prompt + chosen + rejected (exact, faster)."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel, as transformers' from_pretrained takes it: sdpa | eager |
+    flash_attention_2 (takes no 4-D mask: prefix_sharing is then off, with a warning)."""
     packing: bool = False
     """With prefix sharing: pack several pairs into one row instead of padding."""
     group_by_length: bool = True
@@ -209,6 +212,9 @@ class RMTrainConfig:
             ),
         ]
         require(checks)
+        self.prefix_sharing = prefix_sharing_for(
+            self.attn_implementation, self.prefix_sharing, "rm train"
+        )
 
 
 @dataclass
@@ -335,6 +341,7 @@ def build_model(cfg: RMTrainConfig):
         cfg.head,
         cfg.n_bins,
         dtype=cfg.dtype,
+        attn_implementation=cfg.attn_implementation,
         trust_remote_code=cfg.trust_remote_code,
     )
     if cfg.gradient_checkpointing:
@@ -402,22 +409,6 @@ def train_step(t: Trainer, batch, cfg: RMTrainConfig) -> dict[str, float]:
             t.scheduler.step()
         t.optimizer.zero_grad()
     return {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
-
-
-def count_nonfinite(state: TrainState, step_metrics: dict, cfg: RMTrainConfig) -> None:
-    """Count a skipped (non-finite) step; stop the run after too many in a row."""
-    if not step_metrics.get("nonfinite"):
-        state.nonfinite_in_a_row = 0
-        return
-    state.skipped_steps += 1
-    state.nonfinite_in_a_row += 1
-    log.warning("step %d: non-finite loss or gradient, update skipped", state.step)
-    if state.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
-        raise NonFiniteError(
-            f"{state.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
-            f"(last at step {state.step}); stopped. The last checkpoint holds finite weights: "
-            "lower learning_rate, set max_grad_norm, or check the data"
-        )
 
 
 def pairs_in(batch) -> int:
@@ -536,7 +527,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
-            count_nonfinite(state, window[-1], cfg)
+            count_nonfinite(state, not window[-1].get("nonfinite"), cfg.max_nonfinite_steps)
             seconds = time.perf_counter() - start
             log_.write(state.step, train_metrics(window, t, state, seconds, start_pairs))
             window = []
