@@ -243,3 +243,20 @@ def test_every_shipped_config_loads(path):
     command = path.stem.split("_")[0]
     assert command in COMMANDS, f"{path.name}: no config class for command {command!r}"
     load_config(COMMANDS[command], path)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs" / "accelerate").glob("*.yaml")),
+    ids=lambda p: p.name,
+)  # fmt: skip
+def test_accelerate_configs_parse(path):
+    """The shipped `accelerate launch --config_file` configs load as accelerate reads them."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP"}.get(path.stem, "DEEPSPEED")
+    assert config.distributed_type.value == expected
+    if path.stem == "fsdp":
+        assert config.fsdp_config["fsdp_version"] == 2
+    if path.stem.startswith("deepspeed"):
+        assert config.deepspeed_config["zero_stage"] == int(path.stem[-1])
