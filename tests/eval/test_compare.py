@@ -1,5 +1,6 @@
-"""The comparison end to end on tiny models; the report it writes: verdict, figures, escaping,
-and a rebuild from saved numbers (old config keys included)."""
+"""The comparison end to end on tiny models, under the gold judge and under a named judge on a
+prompt-only file; the report it writes: verdict, figures, escaping, the judge it names, and a
+rebuild from saved numbers (old config keys included)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from distalign.eval.policy import (
     run_compare,
     sampling_of,
 )
+from distalign.metrics import bootstrap_interval, win_rate
 from distalign.models.generate import SamplingConfig
 from distalign.report import plots
 from distalign.report.html import (
     compare_config,
+    headline_columns,
     headline_rows,
     rebuild_report,
     verdicts,
@@ -135,7 +138,7 @@ def test_verdict_says_whether_the_gold_interval_is_above_contains_or_below_half(
         "worse",
     ]
     assert by_name["good"]["where"] == "above 0.5" and by_name["tied"]["where"] == "contains 0.5"
-    assert by_name["good"]["gold_gain"] == "+0.500" and by_name["bad"]["gold_gain"] == "-0.500"
+    assert by_name["good"]["gain"] == "+0.500" and by_name["bad"]["gain"] == "-0.500"
 
 
 def test_report_opens_with_the_verdict_and_names_its_columns(tmp_path):
@@ -229,20 +232,26 @@ def test_report_imports_nothing_from_eval():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+def _perturbed(tiny_model_dir: Path, scale: float, folder: Path) -> Path:
+    """An "aligned" policy: the tiny model with its weights moved, saved with its tokenizer."""
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    model.save_pretrained(folder)
+    for f in [*tiny_model_dir.glob("tokenizer*"), *tiny_model_dir.glob("chat_template*")]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
 def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch):
     from tests.conftest import train_tiny_reward_models
 
     finals = train_tiny_reward_models(tiny_model_dir, tmp_path, ("scalar", "ordinal"))
 
-    def perturbed(scale: float, folder):  # an "aligned" policy: the tiny model, weights moved
-        torch.manual_seed(1)
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(scale * torch.randn_like(p))
-        model.save_pretrained(folder)
-        for f in [*tiny_model_dir.glob("tokenizer*"), *tiny_model_dir.glob("chat_template*")]:
-            (folder / f.name).write_bytes(f.read_bytes())
+    def perturbed(scale: float, folder):
+        _perturbed(tiny_model_dir, scale, folder)
 
     perturbed(0.01, tmp_path / "policy")
     # an RL run: a checkpoint half-way, and the last one equal to the compared policy
@@ -305,3 +314,180 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch
     again = (tmp_path / "cmp" / "report.html").read_text()
     assert again.count("data:image/png;base64") == html.count("data:image/png;base64")
     assert f"{pol['gold_win_rate']:.3f}" in again
+
+
+# --- a named judge on prompts that are not the benchmark's ----------------------------------
+
+
+def reply_chars(prompts, replies, bonus):
+    """A judge for the tests (``tests.eval.test_compare:reply_chars``): a reply's length in
+    characters plus its prompt's ``bonus`` column, so the data set's columns must reach it."""
+    return [len(r) + b for r, b in zip(replies, bonus, strict=True)]
+
+
+JUDGE = "tests.eval.test_compare:reply_chars"
+
+
+def test_the_gold_judge_is_refused_on_other_prompts():
+    from datasets import Dataset
+
+    with pytest.raises(ValueError, match=r"judge: .*not 'prompts.jsonl'.*not used in training"):
+        CompareConfig(dataset_name="prompts.jsonl")
+    with pytest.raises(ValueError, match=r"judge: .*not a Dataset"):
+        CompareConfig(dataset_name=Dataset.from_list([{"prompt": "hi"}]))
+    CompareConfig(dataset_name="gold")  # the benchmark's prompts: the gold judge by default
+    assert CompareConfig(dataset_name="prompts.jsonl", judge=reply_chars).judge is reply_chars
+    assert CompareConfig(judge="[a:f, b:g]").judge_specs() == ["a:f", "b:g"]
+    with pytest.raises(ValueError, match="judge: an empty source"):
+        CompareConfig(judge="")
+
+
+def test_the_command_line_takes_a_judge_and_prompt_source():
+    from distalign.cli import parse_command
+    from distalign.config import ConfigError
+
+    args = ["dataset_name=prompts.jsonl", f"judge={JUDGE}", "dataset_config=main"]
+    cfg = parse_command("eval compare", [*args, "dataset_revision=v1"])
+    assert (cfg.judge, cfg.dataset_config, cfg.dataset_revision) == (JUDGE, "main", "v1")
+    with pytest.raises(ConfigError, match="judge"):
+        parse_command("eval compare", ["dataset_name=prompts.jsonl"])
+
+
+def test_a_judge_the_policies_were_trained_on_is_refused(tmp_path):
+    run = tmp_path / "rl"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"reward: [{JUDGE}]\n")
+    cfg = CompareConfig(
+        dataset_name="prompts.jsonl", judge=JUDGE, runs=[str(run)], output_dir=str(tmp_path / "c")
+    )
+    with pytest.raises(ValueError, match=r"is the reward .*rl was trained on"):
+        run_compare(cfg)  # before any model is loaded
+
+
+def _judge_summary() -> dict:
+    summary = _summary()
+    for row in summary["policies"].values():
+        for key in [k for k in row if k.startswith("gold_")]:
+            value = row.pop(key)
+            if key in ("gold_mean", "gold_win_rate", "gold_win_rate_ci95"):
+                row["judge" + key[4:]] = value
+        row["judge_name"] = "helpful_rm"
+    summary.pop("std_vs_disagreement_spearman")
+    return summary
+
+
+def _without_images(html: str) -> str:
+    import re
+
+    return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
+
+
+def test_report_under_a_named_judge_names_it_and_never_claims_gold(tmp_path):
+    summary = _judge_summary()
+    sample = {"prompt": "p", **{n: {"reply": "r", "judge": 3.0} for n in summary["policies"]}}
+    summary["samples"] = [sample]
+    rewards = {n: np.linspace(0, 1, 6) for n in summary["policies"]}
+    html = _without_images(write_report(summary, rewards, tmp_path).read_text())
+    assert "did each policy beat SFT under the judge helpful_rm?" in html
+    assert "judge win rate <b>0.700</b>" in html and "judge reward <b>+0.500</b>" in html
+    assert "judge helpful_rm (held out)" in html and "judge reward 3.000" in html
+    # the one mention of gold says there is none
+    assert html.lower().count("gold") == 1 and "there is no gold judge on these prompts" in html
+    by_name = {v["name"]: v for v in verdicts(summary)}
+    assert [by_name[n]["outcome"] for n in ("good", "tied", "bad")] == [
+        "better",
+        "unclear",
+        "worse",
+    ]
+    assert headline_rows(summary)[1] == ["good", "0.700 [0.600, 0.800]", "2.500", "1.00", "12"]
+    assert headline_columns(summary)[1:3] == [
+        "win rate under judge helpful_rm [95% CI]",
+        "judge helpful_rm reward",
+    ]
+    assert headline_columns(_summary())[1] == "gold win rate [95% CI]"
+
+
+def test_compare_on_a_prompt_only_file_under_a_named_judge(tiny_model_dir, tmp_path):
+    """eval compare on prompts that are not the benchmark's: the judge's mean, win rate and
+    interval are those worked out from the saved replies; no gold field anywhere; the curve
+    and the report use the judge; `distalign report` rebuilds the page."""
+    from tests.conftest import train_tiny_reward_models, write_jsonl
+
+    rm = train_tiny_reward_models(tiny_model_dir, tmp_path, ("scalar",))["scalar"]
+    rows = [{"prompt": f"Name {i} colours.", "bonus": 10 * i} for i in range(5)]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    policy = _perturbed(tiny_model_dir, 0.02, tmp_path / "rl" / "final")
+    _perturbed(tiny_model_dir, 0.01, tmp_path / "rl" / "checkpoints" / "step_00001")
+    (tmp_path / "rl" / "config.yaml").write_text(f"reward: {rm}\n")  # trained on the RM
+    k, n_boot = 2, 300
+    cfg = CompareConfig(
+        sft=str(tiny_model_dir),
+        policies=[f"rl={policy}"],
+        rewards=[f"scalar={rm}"],
+        runs=[str(tmp_path / "rl")],
+        dataset_name=str(prompts),
+        judge=JUDGE,
+        num_generations=k,
+        bootstrap=n_boot,
+        max_completion_length=6,
+        output_dir=str(tmp_path / "cmp"),
+    )
+    summary = run_compare(cfg)
+    replies = [json.loads(line) for line in (tmp_path / "cmp" / "replies.jsonl").open()]
+    assert not any(k.startswith("gold") for r in replies for k in r)
+    chars = {}  # policy -> (prompts, k) the judge's reward worked out again
+    for name in ("sft", "rl"):
+        mine = [r for r in replies if r["policy"] == name]
+        assert [r["judge_reward"] for r in mine] == [
+            len(r["reply"]) + 10 * (i // k) for i, r in enumerate(mine)
+        ]
+        chars[name] = np.array([r["judge_reward"] for r in mine]).reshape(-1, k)
+    wins = win_rate(chars["rl"], chars["sft"])
+    assert not np.allclose(wins, 0.5)  # the policy's replies differ from SFT's: not all ties
+    row, sft = summary["policies"]["rl"], summary["policies"]["sft"]
+    assert row["judge_name"] == "reply_chars"
+    assert row["judge_mean"] == pytest.approx(chars["rl"].mean())
+    assert row["judge_win_rate"] == pytest.approx(wins.mean())
+    assert row["judge_win_rate_ci95"] == pytest.approx(bootstrap_interval(wins, n_boot))
+    assert (sft["judge_win_rate"], sft["judge_win_rate_ci95"]) == (0.5, (0.5, 0.5))
+    assert "rm_scalar_win_rate" in row and "kl_to_sft" in row
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["config"]["judge"] == JUDGE
+    assert "std_vs_disagreement_spearman" not in saved  # no annotators off the benchmark
+    assert not any(k.startswith("gold") for r in saved["policies"].values() for k in r)
+    curve = saved["overoptimisation"]["rl"]
+    assert [p["step"] for p in curve] == [0, 1]
+    assert curve[0]["judge_mean"] == pytest.approx(sft["judge_mean"])
+    assert not any("gold_mean" in p for p in curve)
+    html = _without_images((tmp_path / "cmp" / "report.html").read_text())
+    assert "under the judge reply_chars" in html and "under the gold judge" not in html
+    assert f"judge win rate <b>{row['judge_win_rate']:.3f}</b>" in html
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    again = (tmp_path / "cmp" / "report.html").read_text()
+    assert "under the judge reply_chars" in again and again.count("data:image/png") >= 3
+
+
+def test_compare_under_a_reward_model_judge(tiny_model_dir, tmp_path):
+    """A reward-model folder as the judge: its reward per reply is what the same model scores
+    on its own; a .txt prompt file."""
+    from distalign.rl.rewards import load_reward_source
+    from tests.conftest import train_tiny_reward_models
+
+    rm = train_tiny_reward_models(tiny_model_dir, tmp_path, ("scalar",))["scalar"]
+    (tmp_path / "prompts.txt").write_text("Say hello.\nName a fruit.\nCount to three.\n")
+    cfg = CompareConfig(
+        sft=str(tiny_model_dir),
+        dataset_name=str(tmp_path / "prompts.txt"),
+        judge=str(rm),
+        max_completion_length=6,
+        bootstrap=50,
+        output_dir=str(tmp_path / "cmp"),
+    )
+    summary = run_compare(cfg)
+    replies = [json.loads(line) for line in (tmp_path / "cmp" / "replies.jsonl").open()]
+    prompts = [r["prompt"] for r in replies]
+    again = load_reward_source(str(rm))(prompts, [r["reply"] for r in replies]).rewards
+    np.testing.assert_allclose([r["judge_reward"] for r in replies], again.numpy(), rtol=1e-5)
+    assert summary["policies"]["sft"]["judge_name"] == "rm_scalar"
+    assert summary["policies"]["sft"]["judge_mean"] == pytest.approx(float(again.mean()))

@@ -1,16 +1,23 @@
-"""Aligned policies vs the SFT policy, on held-out prompts, measured by the gold judge.
+"""Aligned policies vs the SFT policy, on held-out prompts, measured by a held-out judge.
 
     distalign eval compare --sft smollm2-135m-instruct --policy rloo=runs/rl_rloo_scalar/final \\
         --reward scalar=runs/rm_scalar_cpu/final --run runs/rl_rloo_scalar
+    distalign eval compare dataset_name=prompts.jsonl judge=org/other-reward-model \\
+        --policy rloo=runs/rl_rloo_scalar/final
 
 Every policy answers the same prompts, ``num_generations`` times each, with the same
-decoding settings and seed. Numbers per policy: gold reward per annotator group and overall;
-gold win rate vs SFT — the judge's probability that a reply of the policy is preferred to a
-reply of SFT to the same prompt, averaged over every (policy reply, SFT reply) pair of the
-prompt and then over prompts, with a bootstrap 95% interval that resamples prompts (the
-samples of one prompt are not independent); each reward model's mean (distributional: the
-expectation) and win rate vs SFT, the same way; KL to SFT estimated on the policy's own samples
-(Σ_t log π − log π_SFT); reply length, EOS rate, distinct-1/2.
+decoding settings and seed. The headline is the reward of a judge the policies were not
+trained on. On the benchmark's prompts (``dataset_name=gold``) that is by default the gold
+judge: gold reward per annotator group and overall; gold win rate vs SFT — the judge's
+probability that a reply of the policy is preferred to a reply of SFT to the same prompt,
+averaged over every (policy reply, SFT reply) pair of the prompt and then over prompts, with a
+bootstrap 95% interval that resamples prompts (the samples of one prompt are not independent).
+On any other prompts the gold judge knows nothing, so ``judge`` must name one (any reward
+source, as ``rl train``'s ``reward``): its mean reward and its win rate vs SFT — the share of
+(policy reply, SFT reply) pairs it scores higher, ties ½ — with the same interval
+(``judge_*`` fields, no ``gold_*`` ones). Also per policy: each reward model's mean
+(distributional: the expectation) and win rate vs SFT, the same way; KL to SFT estimated on the
+policy's own samples (Σ_t log π − log π_SFT); reply length, EOS rate, distinct-1/2.
 
 On a GPU every model (policies, SFT, reward models, the judge's encoder) runs there, the
 policies and reward models in bfloat16 (``device``/``dtype`` auto; ``dtype=float32`` gives the
@@ -22,12 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from distalign.config import placement_checks, require
 from distalign.metrics import bootstrap_interval, distinct_n, win_rate
@@ -57,8 +65,19 @@ class CompareConfig(SamplingConfig):
     """RL run folders: their checkpoints give the over-optimisation curve, their logs the plots."""
     rm_runs: list[str] = field(default_factory=list)
     """Reward-model run folders, for their training curves and held-out metrics in the report."""
-    dataset_name: str = "gold"
-    """Held-out prompts: gold (the benchmark's test prompts) or a source as for rl train."""
+    judge: Any = None
+    """The held-out judge whose reward is the headline: a reward-model folder or hub id, a
+    ``module:function(prompts, replies[, **columns]) -> list[float]``, a list of them (summed)
+    or (Python API) a callable — one the policies were not trained on. None: the gold judge,
+    which scores only the benchmark's prompts (dataset_name=gold)."""
+    dataset_name: Any = "gold"
+    """Held-out prompts: gold (the benchmark's test prompts), a .txt file (one per line), a
+    prompt-only or preference data set (hub id, local file or, from Python, a
+    ``datasets.Dataset``), as for rl train."""
+    dataset_config: str | None = None
+    """Config (subset) of a hub data set, ``datasets.load_dataset``'s name."""
+    dataset_revision: str | None = None
+    """Branch, tag or commit of a hub data set (default: the latest)."""
     dataset_test_split: str = "test"
     """Split of ``dataset_name``."""
     max_eval_samples: int = 80
@@ -90,6 +109,37 @@ class CompareConfig(SamplingConfig):
                 raise ValueError(f"expected NAME=DIR, got {item!r}")
         require(placement_checks(self.device, self.dtype))
         require_4d_mask(self.attn_implementation, "eval compare", "its KL to SFT (rl/logprobs.py)")
+        self._check_judge()
+
+    def _check_judge(self) -> None:
+        """``judge`` as one source or a list (a ``judge='[a,b]'`` string is parsed); no silent
+        gold judge on prompts it has never seen."""
+        if isinstance(self.judge, str) and self.judge.strip().startswith("["):
+            self.judge = yaml.safe_load(self.judge)
+        if isinstance(self.judge, tuple):
+            self.judge = list(self.judge)
+        if self.judge is None and not (
+            isinstance(self.dataset_name, str) and self.dataset_name == "gold"
+        ):
+            where = (
+                repr(self.dataset_name)
+                if isinstance(self.dataset_name, str)
+                else f"a {type(self.dataset_name).__name__}"
+            )
+            raise ValueError(
+                "judge: the default, the gold judge, scores only the benchmark's prompts "
+                f"(dataset_name=gold), not {where}; name a reward model folder, hub id or "
+                "module:function not used in training"
+            )
+        specs = self.judge_specs()
+        if self.judge is not None and (not specs or any(s is None or s == "" for s in specs)):
+            raise ValueError(f"judge: an empty source in {self.judge!r}")
+
+    def judge_specs(self) -> list[Any]:
+        """The judge's sources (empty: the gold judge)."""
+        if self.judge is None:
+            return []
+        return list(self.judge) if isinstance(self.judge, list) else [self.judge]
 
     def load_options(self) -> dict[str, Any]:
         """Where and how every model of the comparison loads: the resolved device and dtype,
@@ -160,34 +210,58 @@ def score_all(rewards: dict[str, Any], prompts, texts) -> dict[str, dict[str, np
     return out
 
 
+def judge_replies(judge, prompts, texts, device) -> dict[str, np.ndarray]:
+    """The judge's view of each reply (``prompts``: the prompt of each reply). ``judge`` None:
+    the gold judge's attributes, group rewards, ``gold_mean`` and ``gold_std``; else
+    ``{"judge": reward per reply}`` of that reward source, which gets the prompts' data-set
+    columns as ``rl train``'s reward does."""
+    if judge is None:
+        from distalign.gold import judge as gold
+
+        return gold.judge([p[-1]["content"] for p in prompts], texts, device)
+    from distalign.rl.rewards import prompt_columns
+
+    out = judge(prompts, texts, columns=prompt_columns(prompts))
+    return {"judge": out.rewards.detach().float().cpu().numpy()}
+
+
 @dataclass
 class Measured:
     """One policy's replies (k per prompt, prompt-major) and what is measured on them."""
 
     samples: Any  # distalign.models.generate.Samples
-    judged: dict[str, np.ndarray]  # the gold judge: attributes, group rewards, mean, std
+    judged: dict[str, np.ndarray]  # gold: attributes, group rewards, mean, std; else {"judge"}
     scored: dict[str, dict[str, np.ndarray]]  # per reward model: value (and std)
     kl: np.ndarray  # per reply, KL to SFT (zeros for SFT itself)
+
+    @property
+    def gold(self) -> bool:
+        """Judged by the gold judge (else by the judge the config names)."""
+        return "gold_mean" in self.judged
+
+    @property
+    def judge_reward(self) -> np.ndarray:
+        """The judge's reward of each reply (gold: the mean over annotator groups)."""
+        return self.judged["gold_mean" if self.gold else "judge"]
 
     def curve_point(self) -> dict[str, float]:
         """Its point of the over-optimisation curve."""
         return {
             "kl": float(self.kl.mean()),
-            "gold_mean": float(self.judged["gold_mean"].mean()),
+            "gold_mean" if self.gold else "judge_mean": float(self.judge_reward.mean()),
             **{f"rm_{rm}": float(v["value"].mean()) for rm, v in self.scored.items()},
         }
 
 
-def measure_policy(name_or_dir: str, prompts, rewards, cfg: CompareConfig, sft=None):
-    """Sample a policy ``num_generations`` times per prompt; judge, score and (given ``sft``,
-    the SFT model and tokenizer) measure KL to SFT. Returns (Measured, model, tokenizer)."""
-    from distalign.gold import judge as gold
-
+def measure_policy(name_or_dir: str, prompts, rewards, cfg: CompareConfig, sft=None, judge=None):
+    """Sample a policy ``num_generations`` times per prompt; judge (``judge`` None: the gold
+    judge), score and (given ``sft``, the SFT model and tokenizer) measure KL to SFT. Returns
+    (Measured, model, tokenizer)."""
     k, load = cfg.num_generations, cfg.load_options()
     model, tokenizer, samples = sample_policy(name_or_dir, prompts, sampling_of(cfg), k, **load)
     model.eval()
     per_reply = [p for p in prompts for _ in range(k)]  # the prompt of each reply
-    judged = gold.judge([p[-1]["content"] for p in per_reply], samples.texts, load["device"])
+    judged = judge_replies(judge, per_reply, samples.texts, load["device"])
     scored = score_all(rewards, per_reply, samples.texts)
     if sft is None:
         kl = np.zeros(len(samples.texts))
@@ -196,53 +270,108 @@ def measure_policy(name_or_dir: str, prompts, rewards, cfg: CompareConfig, sft=N
     return Measured(samples, judged, scored, kl), model, tokenizer
 
 
-def run_compare(cfg: CompareConfig) -> dict[str, Any]:
-    """Sample, score and compare; writes compare.json, replies.jsonl and the HTML report."""
-    from scipy.stats import spearmanr
+def trained_rewards(cfg: CompareConfig) -> dict[str, list]:
+    """RL run folder -> the reward sources it was trained on (``reward`` of its saved
+    ``config.yaml``), for the config's runs and the folders holding its policies."""
+    folders = [
+        *cfg.runs,
+        *(str(Path(d).parent) for d in cfg.policy_dirs().values() if Path(d).is_dir()),
+    ]
+    out = {}
+    for folder in dict.fromkeys(folders):
+        path = Path(folder) / "config.yaml"
+        try:
+            saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue  # not a run's config: nothing to learn from it
+        if isinstance(saved, dict) and saved.get("reward") is not None:
+            reward = saved["reward"]
+            out[folder] = reward if isinstance(reward, list) else [reward]
+    return out
 
-    from distalign.data.prompts import load_prompts
+
+def same_source(a: Any, b: Any) -> bool:
+    """Two reward specs name one source: the same folder, module:function or hub id."""
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False  # a Python callable: nothing saved to compare it with
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a.strip().rstrip("/") == b.strip().rstrip("/")
+
+
+def check_judge_held_out(cfg: CompareConfig) -> None:
+    """Refuse a judge that a compared run was trained on: its reward is what the policy
+    optimised, so it would grade its own exam."""
+    for folder, rewards in trained_rewards(cfg).items():
+        for spec in cfg.judge_specs():
+            if any(same_source(spec, r) for r in rewards):
+                raise ValueError(
+                    f"judge {spec!r} is the reward {folder} was trained on (its config.yaml); "
+                    "name a reward model folder, hub id or module:function not used in training"
+                )
+
+
+def load_judge(cfg: CompareConfig) -> tuple[Any, str | None]:
+    """(the judge as a reward source, its name), or (None, None) for the gold judge."""
+    from distalign.rl.rewards import load_reward_source
+
+    if cfg.judge is None:
+        return None, None
+    check_judge_held_out(cfg)
+    judge = load_reward_source(cfg.judge, **cfg.load_options())
+    return judge, "+".join(judge.names)
+
+
+def judge_fields(m: Measured, sft: Measured, k: int, cfg: CompareConfig, judge_name) -> dict:
+    """A policy's headline numbers against SFT: the gold judge's (``gold_*``) or the named
+    judge's (``judge_*``), each win rate with its bootstrap interval over prompts."""
     from distalign.gold import judge as gold
-    from distalign.rl.rewards import RewardModelSource
 
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    prompts = load_prompts(cfg.dataset_name, cfg.dataset_test_split)[: cfg.max_eval_samples]
-    k = cfg.num_generations
-    load = cfg.load_options()
-    rewards = {name: RewardModelSource(d, **load) for name, d in cfg.reward_dirs().items()}
-    policy_dirs = cfg.policy_dirs()
-
-    measured_sft, *sft = measure_policy(cfg.sft, prompts, rewards, cfg)
-    measured = {"sft": measured_sft}
-    for name, d in policy_dirs.items():  # a policy's model is not kept once measured
-        measured[name] = measure_policy(d, prompts, rewards, cfg, sft)[0]
-    attrs = {
-        n: np.stack([m.judged[a] for a in gold.ATTRIBUTES], axis=1) for n, m in measured.items()
-    }
-
-    results: dict[str, Any] = {}
-    for name, m in measured.items():
-        p_win = gold_win_probability(attrs[name], attrs["sft"], k)  # per prompt P(policy ≻ SFT)
-        row: dict[str, Any] = {
+    if m.gold:
+        attrs, attrs_sft = (
+            np.stack([x.judged[a] for a in gold.ATTRIBUTES], axis=1) for x in (m, sft)
+        )
+        p_win = gold_win_probability(attrs, attrs_sft, k)  # per prompt P(policy ≻ SFT)
+        return {
             "gold_mean": float(m.judged["gold_mean"].mean()),
             **{f"gold_{g.name}": float(m.judged[f"gold_{g.name}"].mean()) for g in gold.GROUPS},
             "gold_win_rate": float(p_win.mean()),
             "gold_win_rate_ci95": bootstrap_interval(p_win, cfg.bootstrap),
-            "kl_to_sft": float(m.kl.mean()),
-            "length_tokens": float(np.mean([len(r) for r in m.samples.reply_ids])),
-            "eos_rate": float(np.mean(m.samples.finished)),
-            "distinct_1": distinct_n(m.samples.texts, 1),
-            "distinct_2": distinct_n(m.samples.texts, 2),
         }
-        for rm, vals in m.scored.items():
-            sft_vals = measured_sft.scored[rm]["value"]
-            wins = win_rate(vals["value"].reshape(-1, k), sft_vals.reshape(-1, k))
-            row[f"rm_{rm}_mean"] = float(vals["value"].mean())
-            row[f"rm_{rm}_win_rate"] = float(wins.mean())
-            row[f"rm_{rm}_win_rate_ci95"] = bootstrap_interval(wins, cfg.bootstrap)
-        results[name] = row
+    wins = win_rate(m.judge_reward.reshape(-1, k), sft.judge_reward.reshape(-1, k))
+    return {
+        "judge_name": judge_name,
+        "judge_mean": float(m.judge_reward.mean()),
+        "judge_win_rate": float(wins.mean()),
+        "judge_win_rate_ci95": bootstrap_interval(wins, cfg.bootstrap),
+    }
 
-    # does a distributional RM's predicted spread track the annotators' real disagreement?
+
+def policy_row(m: Measured, sft: Measured, k: int, cfg: CompareConfig, judge_name) -> dict:
+    """Everything measured on one policy: the judge's numbers, the replies', the RMs'."""
+    row: dict[str, Any] = {
+        **judge_fields(m, sft, k, cfg, judge_name),
+        "kl_to_sft": float(m.kl.mean()),
+        "length_tokens": float(np.mean([len(r) for r in m.samples.reply_ids])),
+        "eos_rate": float(np.mean(m.samples.finished)),
+        "distinct_1": distinct_n(m.samples.texts, 1),
+        "distinct_2": distinct_n(m.samples.texts, 2),
+    }
+    for rm, vals in m.scored.items():
+        sft_vals = sft.scored[rm]["value"]
+        wins = win_rate(vals["value"].reshape(-1, k), sft_vals.reshape(-1, k))
+        row[f"rm_{rm}_mean"] = float(vals["value"].mean())
+        row[f"rm_{rm}_win_rate"] = float(wins.mean())
+        row[f"rm_{rm}_win_rate_ci95"] = bootstrap_interval(wins, cfg.bootstrap)
+    return row
+
+
+def spread_vs_disagreement(rewards, measured: dict[str, Measured]) -> dict[str, float | None]:
+    """Per reward model: does a distributional RM's predicted spread track the annotators'
+    real disagreement (Spearman over all replies)? None for a scalar RM (no spread)."""
+    from scipy.stats import spearmanr
+
     spread = {}
     for rm, source in rewards.items():
         if not source.distributional:
@@ -251,6 +380,48 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         pred = np.concatenate([m.scored[rm]["std"] for m in measured.values()])
         true = np.concatenate([m.judged["gold_std"] for m in measured.values()])
         spread[rm] = float(spearmanr(pred, true).statistic)
+    return spread
+
+
+def write_replies(path: Path, measured: dict[str, Measured], prompts, k: int) -> None:
+    """Every reply as a JSON line with its judge's reward (``gold_mean`` or
+    ``judge_reward``)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for n, m in measured.items():
+            key = "gold_mean" if m.gold else "judge_reward"
+            for i, text in enumerate(m.samples.texts):
+                row = {
+                    "policy": n,
+                    "prompt": prompts[i // k],
+                    "sample": i % k,
+                    "reply": text,
+                    key: float(m.judge_reward[i]),
+                }
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def run_compare(cfg: CompareConfig) -> dict[str, Any]:
+    """Sample, score and compare; writes compare.json, replies.jsonl and the HTML report."""
+    from distalign.config import config_dict
+    from distalign.data.prompts import load_prompts
+    from distalign.rl.rewards import RewardModelSource
+
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    judge, judge_name = load_judge(cfg)  # first: a judge that cannot load stops before sampling
+    hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
+    prompts = load_prompts(cfg.dataset_name, cfg.dataset_test_split, **hub)
+    prompts = prompts[: cfg.max_eval_samples]
+    k = cfg.num_generations
+    load = cfg.load_options()
+    rewards = {name: RewardModelSource(d, **load) for name, d in cfg.reward_dirs().items()}
+    policy_dirs = cfg.policy_dirs()
+
+    measured_sft, *sft = measure_policy(cfg.sft, prompts, rewards, cfg, judge=judge)
+    measured = {"sft": measured_sft}
+    for name, d in policy_dirs.items():  # a policy's model is not kept once measured
+        measured[name] = measure_policy(d, prompts, rewards, cfg, sft, judge)[0]
+    results = {n: policy_row(m, measured_sft, k, cfg, judge_name) for n, m in measured.items()}
 
     # points of the over-optimisation curve already measured: SFT, and each compared policy
     # (a run's final policy is usually also its last checkpoint)
@@ -261,45 +432,36 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     }
     curves = {
         Path(r).name: overoptimisation_curve(
-            r, prompts, rewards, cfg, sft, measured_sft.curve_point(), by_weights
+            r, prompts, rewards, cfg, sft, measured_sft.curve_point(), by_weights, judge
         )
         for r in cfg.runs
     }
+    key = "gold" if judge is None else "judge"
     samples_table = [  # the first reply to each of the first prompts
         {
             "prompt": prompts[i][-1]["content"],
             **{
-                n: {"reply": m.samples.texts[i * k], "gold": float(m.judged["gold_mean"][i * k])}
+                n: {"reply": m.samples.texts[i * k], key: float(m.judge_reward[i * k])}
                 for n, m in measured.items()
             },
         }
         for i in range(min(8, len(prompts)))
     ]
     summary = {
-        "config": asdict(cfg),
+        "config": config_dict(cfg),  # a callable judge or a Dataset by its description
         "prompts": len(prompts),
         "replies_per_policy": len(prompts) * k,
         "policies": results,
-        "std_vs_disagreement_spearman": spread,
-        "overoptimisation": curves,
-        "samples": samples_table,
     }
+    if judge is None:  # only the gold judge has annotators whose disagreement to compare
+        summary["std_vs_disagreement_spearman"] = spread_vs_disagreement(rewards, measured)
+    summary |= {"overoptimisation": curves, "samples": samples_table}
     (out_dir / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
-    with open(out_dir / "replies.jsonl", "w", encoding="utf-8") as f:
-        for n, m in measured.items():
-            for i, text in enumerate(m.samples.texts):
-                row = {
-                    "policy": n,
-                    "prompt": prompts[i // k],
-                    "sample": i % k,
-                    "reply": text,
-                    "gold_mean": float(m.judged["gold_mean"][i]),
-                }
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_replies(out_dir / "replies.jsonl", measured, prompts, k)
     from distalign.report.html import write_report
 
-    gold_rewards = {n: m.judged["gold_mean"] for n, m in measured.items()}
-    summary["report"] = str(write_report(summary, gold_rewards, out_dir))
+    judge_rewards = {n: m.judge_reward for n, m in measured.items()}
+    summary["report"] = str(write_report(summary, judge_rewards, out_dir))
     return summary
 
 
@@ -326,17 +488,20 @@ def overoptimisation_curve(
     sft,
     sft_point: dict,
     measured: dict[str, dict] | None = None,
+    judge=None,
 ) -> list[dict[str, float]]:
-    """Gold reward, RM reward and KL to SFT for every kept checkpoint of an RL run (Gao et al.
-    2022): reward-model reward keeps rising with KL while gold reward peaks, if it
-    over-optimises. ``sft`` is the SFT (model, tokenizer) and ``sft_point`` step 0, already
-    measured by the comparison; a checkpoint whose weights digest is in ``measured`` reuses
-    that point (the same weights, prompts and seed give the same replies)."""
+    """Judge reward (``judge`` None: gold), RM reward and KL to SFT for every kept checkpoint
+    of an RL run (Gao et al. 2022): reward-model reward keeps rising with KL while the held-out
+    judge's reward peaks, if it over-optimises. ``sft`` is the SFT (model, tokenizer) and
+    ``sft_point`` step 0, already measured by the comparison; a checkpoint whose weights digest
+    is in ``measured`` reuses that point (the same weights, prompts and seed give the same
+    replies)."""
     points = [{"step": 0, **sft_point}]
     for ckpt in sorted(Path(run_dir).glob("checkpoints/step_*")):
         step = int(ckpt.name.split("_")[1])
         known = measured.get(weights_digest(ckpt) or "") if measured else None
         if known is None:
-            known = measure_policy(str(ckpt), prompts, rewards, cfg, sft)[0].curve_point()
+            checkpoint = measure_policy(str(ckpt), prompts, rewards, cfg, sft, judge)[0]
+            known = checkpoint.curve_point()
         points.append({"step": step, **known})
     return points

@@ -3,12 +3,15 @@
     distalign report runs/compare        # rebuild report.html from compare.json + replies.jsonl
 
 It takes numbers and draws: the summary ``eval compare`` saves as ``compare.json`` (its config
-is a plain dict), the gold reward of every reply, and the logs of the run folders the config
-names. It imports nothing from ``distalign.eval``. The page opens with a verdict per policy
-(did it beat SFT under the gold judge, by how much), then the table, then the figures
-(``plots.py``). The template is ``template.html.j2``; Jinja2 escapes everything it inserts,
-so a reply that contains ``<script>`` or ``</table>`` shows as text and never runs or breaks
-the page, and ``{{ x }}`` in a reply stays literal (inserted text is not rendered again).
+is a plain dict), the judge's reward of every reply, and the logs of the run folders the config
+names. It imports nothing from ``distalign.eval``. The judge is the one the comparison had: the
+gold judge (``gold_*`` fields, the benchmark's prompts) or the judge the user named
+(``judge_*`` fields and ``judge_name``); the page names it and never says "gold" for another.
+The page opens with a verdict per policy (did it beat SFT under that judge, by how much), then
+the table, then the figures (``plots.py``). The template is ``template.html.j2``; Jinja2
+escapes everything it inserts, so a reply that contains ``<script>`` or ``</table>`` shows as
+text and never runs or breaks the page, and ``{{ x }}`` in a reply stays literal (inserted text
+is not rendered again).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import base64
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +65,61 @@ RM_EVAL_LABELS = {
 }
 
 
+@dataclass(frozen=True)
+class Judge:
+    """Whose reward a comparison's headline is, and how the page names it."""
+
+    key: str  # prefix of its fields in a policy row: gold | judge
+    name: str | None = None  # the named judge's (None: the gold judge)
+
+    @property
+    def gold(self) -> bool:
+        return self.key == "gold"
+
+    @property
+    def label(self) -> str:
+        """Its name on the page: gold judge, or judge <name>."""
+        return "gold judge" if self.gold else f"judge {self.name}"
+
+    @property
+    def under(self) -> str:
+        """As in "did it beat SFT under the judge <name>"."""
+        return f"the {self.label}"
+
+    @property
+    def reward(self) -> str:
+        """What its reward is called: gold reward or judge reward."""
+        return f"{self.key} reward"
+
+    @property
+    def reply_axis(self) -> str:
+        """The axis of its reward per reply, with the scale."""
+        if self.gold:
+            return "gold reward of a reply (judge's score, mean over annotators)"
+        return f"{self.label} reward of a reply (its own scale)"
+
+    @property
+    def standing(self) -> str:
+        """What its word is worth, beside the reward models that were optimised."""
+        if self.gold:
+            return "The gold judge is the truth"
+        return f"The {self.label} is held out (not trained on)"
+
+    @property
+    def reply_key(self) -> str:
+        """Its reward per reply in ``replies.jsonl``."""
+        return "gold_mean" if self.gold else "judge_reward"
+
+
+def judge_of(summary: Mapping) -> Judge:
+    """The comparison's judge: the named one where the rows have ``judge_*`` fields, else the
+    gold judge (every comparison before the judge key, and the benchmark's default)."""
+    for row in summary["policies"].values():
+        if "judge_win_rate" in row or "judge_mean" in row:
+            return Judge("judge", str(row.get("judge_name") or "(unnamed)"))
+    return Judge("gold")
+
+
 def compare_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A saved comparison config with today's key names: older ``compare.json`` files have
     prompts, split, count, samples_per_prompt and a nested ``sampling`` (max_new_tokens,
@@ -97,24 +156,25 @@ def _reward_models(row: Mapping) -> list[str]:
 
 
 def verdicts(summary: Mapping) -> list[dict[str, Any]]:
-    """Per aligned policy: did it beat SFT under the gold judge? ``outcome`` is better (the
-    95% interval of the gold win rate is above 0.5), unclear (it contains 0.5) or worse
-    (below); with the win rate, its interval and the gold reward against SFT's."""
+    """Per aligned policy: did it beat SFT under the comparison's judge? ``outcome`` is better
+    (the 95% interval of the judge's win rate is above 0.5), unclear (it contains 0.5) or
+    worse (below); with the win rate, its interval and the judge's reward against SFT's."""
     policies = summary["policies"]
+    key = judge_of(summary).key
     sft = policies.get("sft", {})
     out = []
     for name, row in policies.items():
         if name == "sft":
             continue
-        lo, hi = row.get("gold_win_rate_ci95") or (float("nan"), float("nan"))
+        lo, hi = row.get(f"{key}_win_rate_ci95") or (float("nan"), float("nan"))
         if lo > 0.5:
             outcome, where = "better", "above 0.5"
         elif hi < 0.5:
             outcome, where = "worse", "below 0.5"
         else:
             outcome, where = "unclear", "contains 0.5"
-        gold, gold_sft = row.get("gold_mean"), sft.get("gold_mean")
-        gain = gold - gold_sft if gold is not None and gold_sft is not None else None
+        reward, reward_sft = row.get(f"{key}_mean"), sft.get(f"{key}_mean")
+        gain = reward - reward_sft if reward is not None and reward_sft is not None else None
         out.append(
             {
                 "name": name,
@@ -122,12 +182,12 @@ def verdicts(summary: Mapping) -> list[dict[str, Any]]:
                 "badge": {"better": "beats SFT", "worse": "worse than SFT"}.get(
                     outcome, "no clear difference"
                 ),
-                "win_rate": _num(row.get("gold_win_rate")),
+                "win_rate": _num(row.get(f"{key}_win_rate")),
                 "interval": f"{_num(lo)}–{_num(hi)}",
                 "where": where,
-                "gold_gain": "—" if gain is None else f"{gain:+.3f}",
-                "gold": _num(gold),
-                "gold_sft": _num(gold_sft),
+                "gain": "—" if gain is None else f"{gain:+.3f}",
+                "reward": _num(reward),
+                "reward_sft": _num(reward_sft),
                 "kl": _num(row.get("kl_to_sft"), 2),
             }
         )
@@ -157,17 +217,25 @@ def _table(policies: Mapping, columns: list[tuple[str, str, Any]]) -> dict[str, 
 
 
 def measures_table(summary: Mapping) -> dict[str, Any]:
-    """The table of the gold judge's measures and the replies' statistics, a row per policy."""
+    """The table of the judge's measures and the replies' statistics, a row per policy."""
     first = next(iter(summary["policies"].values()), {})
-    gold = "gold judge (the truth)"
-    columns: list[tuple[str, str, Any]] = [  # (group, label, cell of a row)
-        (gold, "gold win rate vs SFT [95% CI]", lambda r: _ci(r, "gold_win_rate")),
-        (gold, "gold reward (all annotators)", lambda r: _num(r.get("gold_mean"))),
-    ]
-    columns += [
-        (gold, f"gold reward ({g} annotators)", lambda r, g=g: _num(r.get(f"gold_{g}")))
-        for g in _gold_groups(first)
-    ]
+    judge = judge_of(summary)
+    if judge.gold:
+        gold = "gold judge (the truth)"
+        columns: list[tuple[str, str, Any]] = [  # (group, label, cell of a row)
+            (gold, "gold win rate vs SFT [95% CI]", lambda r: _ci(r, "gold_win_rate")),
+            (gold, "gold reward (all annotators)", lambda r: _num(r.get("gold_mean"))),
+        ]
+        columns += [
+            (gold, f"gold reward ({g} annotators)", lambda r, g=g: _num(r.get(f"gold_{g}")))
+            for g in _gold_groups(first)
+        ]
+    else:
+        group = f"{judge.label} (held out)"
+        columns = [
+            (group, "judge win rate vs SFT [95% CI]", lambda r: _ci(r, "judge_win_rate")),
+            (group, "judge reward (its own scale)", lambda r: _num(r.get("judge_mean"))),
+        ]
     columns += [
         ("replies", "KL to SFT (nats)", lambda r: _num(r.get("kl_to_sft"), 2)),
         ("replies", "reply length (tokens)", lambda r: _num(r.get("length_tokens"), 1)),
@@ -193,14 +261,25 @@ def reward_model_table(summary: Mapping) -> dict[str, Any] | None:
     return _table(summary["policies"], columns)
 
 
+def headline_columns(summary: Mapping) -> list[str]:
+    """The headers of ``headline_rows``, naming the comparison's judge."""
+    judge = judge_of(summary)
+    if judge.gold:
+        return ["policy", "gold win rate [95% CI]", "gold reward", "KL to SFT", "tokens"]
+    rate, reward = f"win rate under {judge.label} [95% CI]", f"{judge.label} reward"
+    return ["policy", rate, reward, "KL to SFT", "tokens"]
+
+
 def headline_rows(summary: Mapping) -> list[list[str]]:
-    """Rows for a terminal table: policy, gold win rate [95% CI], gold reward, KL to SFT
-    (nats), reply length (tokens)."""
+    """Rows for a terminal table: policy, the judge's win rate [95% CI], the judge's reward
+    (gold, or the judge the comparison named: ``headline_columns``), KL to SFT (nats), reply
+    length (tokens)."""
+    key = judge_of(summary).key
     return [
         [
             name,
-            _rate(r, "gold_win_rate"),
-            _num(r.get("gold_mean")),
+            _rate(r, f"{key}_win_rate"),
+            _num(r.get(f"{key}_mean")),
             _num(r.get("kl_to_sft"), 2),
             _num(r.get("length_tokens"), 0),
         ]
@@ -241,12 +320,14 @@ def _singles(panels: list[plots.Panel]) -> list[str]:
     return out
 
 
-def figures(summary: Mapping, config: Mapping, gold_rewards: Mapping | None) -> list[dict]:
+def figures(summary: Mapping, config: Mapping, judge_rewards: Mapping | None) -> list[dict]:
     """The report's figures: [{title, caption, png (base64 or None), notes}]."""
     policies = summary["policies"]
+    judge = judge_of(summary)
     colors = plots.policy_colors(list(policies))
     rms = _reward_models(next(iter(policies.values()), {}))
-    judges = {"gold judge": "gold_win_rate", **{f"RM {rm}": f"rm_{rm}_win_rate" for rm in rms}}
+    judges = {judge.label: f"{judge.key}_win_rate"}
+    judges |= {f"RM {rm}": f"rm_{rm}_win_rate" for rm in rms}
     intervals = {
         title: {
             name: (r[key], *(r.get(f"{key}_ci95") or (float("nan"),) * 2))
@@ -260,12 +341,13 @@ def figures(summary: Mapping, config: Mapping, gold_rewards: Mapping | None) -> 
         plots.win_rate_intervals(intervals, colors),
         "Dot: the probability that a reply of the policy is preferred to an SFT reply to the "
         "same prompt; bar: 95% bootstrap interval over prompts. Right of the dotted 0.5 line: "
-        "better than SFT. The gold judge is the truth; reward models are what was optimised.",
+        f"better than SFT. {judge.standing}; reward models are what was optimised.",
     )
-    if gold_rewards:
+    if judge_rewards:
         out += _figure(
-            "Gold reward of every reply",
-            plots.gold_reward_per_reply(dict(gold_rewards), colors),
+            f"{judge.reward.capitalize()} of every reply"
+            + ("" if judge.gold else f" ({judge.label})"),
+            plots.reward_per_reply(dict(judge_rewards), colors, judge.reply_axis),
             "Box: quartiles; diamond: mean; dots: single replies.",
         )
     run_names = rl_run_names(config)
@@ -277,12 +359,12 @@ def figures(summary: Mapping, config: Mapping, gold_rewards: Mapping | None) -> 
     }
     out += _figure(
         "Over-optimisation: reward against KL to SFT over a run's checkpoints",
-        plots.overoptimisation(curves, rms, colors),
-        "Gao et al. 2022: a reward model's reward keeps rising with KL while the gold reward "
+        plots.overoptimisation(curves, rms, colors, judge.name),
+        f"Gao et al. 2022: a reward model's reward keeps rising with KL while the {judge.reward} "
         "flattens or falls once the policy over-optimises. One panel per reward; step 0 is SFT.",
         [
-            f"{run}: step {pts[0]['step']} only (gold reward {_num(pts[0].get('gold_mean'))}), "
-            "no checkpoints to draw a curve"
+            f"{run}: step {pts[0]['step']} only ({judge.reward} "
+            f"{_num(pts[0].get(f'{judge.key}_mean'))}), no checkpoints to draw a curve"
             for run, pts in curves.items()
             if len(pts) == 1
         ],
@@ -324,11 +406,13 @@ def _rm_table(config: Mapping) -> dict[str, Any] | None:
 
 
 def write_report(
-    summary: Mapping, gold_rewards: Mapping[str, Sequence[float]] | None, out_dir: str | Path
+    summary: Mapping, judge_rewards: Mapping[str, Sequence[float]] | None, out_dir: str | Path
 ) -> Path:
     """Write ``out_dir/report.html`` from a comparison's summary (as saved in
-    ``compare.json``; its ``config`` may use the old key names) and the gold reward of every
-    reply per policy (None: no distribution figure). Returns the page's path."""
+    ``compare.json``; its ``config`` may use the old key names) and the judge's reward (gold,
+    or the judge the comparison named) of every reply per policy (None: no distribution
+    figure). Returns the page's path."""
+    judge = judge_of(summary)
     config = compare_config(summary.get("config", {}))
     env = Environment(
         loader=FileSystemLoader(Path(__file__).parent),
@@ -344,17 +428,20 @@ def write_report(
         dataset=f"{config.get('dataset_name', '?')}/{config.get('dataset_test_split', '?')}",
         decoding=decoding(config),
         sft=config.get("sft", "SFT"),
+        judge=judge,
         verdicts=verdicts(summary),
         table=measures_table(summary),
         rm_view=reward_model_table(summary),
         spread=summary.get("std_vs_disagreement_spearman") or {},
-        figures=figures(summary, config, gold_rewards),
+        figures=figures(summary, config, judge_rewards),
         rm_table=_rm_table(config),
         names=list(policies),
         samples=[
             {
                 "prompt": s.get("prompt", ""),
-                "replies": [(n, s[n]["reply"], _num(s[n].get("gold"))) for n in policies if n in s],
+                "replies": [
+                    (n, s[n]["reply"], _num(s[n].get(judge.key))) for n in policies if n in s
+                ],
             }
             for s in summary.get("samples", [])
         ],
@@ -370,19 +457,21 @@ def write_report(
 
 def rebuild_report(compare_dir: str | Path) -> Path:
     """Write ``report.html`` again from a comparison's saved numbers (``compare.json``, and
-    ``replies.jsonl`` for the gold reward of every reply) and the run folders its config
-    names, without sampling or scoring anything."""
+    ``replies.jsonl`` for the judge's reward of every reply) and the run folders its config
+    names, without sampling or scoring anything. Comparisons under the gold judge and under
+    a named one alike, old ones included."""
     compare_dir = Path(compare_dir)
     numbers = compare_dir / "compare.json"
     if not numbers.is_file():
         raise FileNotFoundError(f"{numbers} not found: give the output_dir of `eval compare`")
     summary = json.loads(numbers.read_text())
-    gold: dict[str, list[float]] = {}
+    key = judge_of(summary).reply_key
+    rewards: dict[str, list[float]] = {}
     replies = compare_dir / "replies.jsonl"
     if replies.is_file():
         with open(replies, encoding="utf-8") as f:
             for line in f:
                 if line.strip():
                     row = json.loads(line)
-                    gold.setdefault(row["policy"], []).append(row["gold_mean"])
-    return write_report(summary, gold or None, compare_dir)
+                    rewards.setdefault(row["policy"], []).append(row[key])
+    return write_report(summary, rewards or None, compare_dir)

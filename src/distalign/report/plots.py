@@ -145,16 +145,19 @@ def win_rate_intervals(
     return _png(fig)
 
 
-def gold_reward_per_reply(gold: dict[str, np.ndarray], colors: dict[str, str]) -> bytes | None:
-    """Box plot of the gold reward of every reply, one row per policy, the mean as a diamond
-    and the replies as faint dots. None when no policy has two replies."""
-    gold = {n: np.asarray(v, dtype=float) for n, v in gold.items() if len(v)}
-    if not gold or max(len(v) for v in gold.values()) < 2:
+def reward_per_reply(
+    rewards: dict[str, np.ndarray], colors: dict[str, str], xlabel: str
+) -> bytes | None:
+    """Box plot of a judge's reward of every reply, one row per policy, the mean as a diamond
+    and the replies as faint dots; ``xlabel`` names the judge and its scale. None when no
+    policy has two replies."""
+    rewards = {n: np.asarray(v, dtype=float) for n, v in rewards.items() if len(v)}
+    if not rewards or max(len(v) for v in rewards.values()) < 2:
         return None
-    names = list(reversed(gold))  # first policy on top
+    names = list(reversed(rewards))  # first policy on top
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(names) + 1.3))
     ax.boxplot(
-        [gold[n] for n in names],
+        [rewards[n] for n in names],
         vert=False,
         widths=0.5,
         showfliers=False,
@@ -162,27 +165,33 @@ def gold_reward_per_reply(gold: dict[str, np.ndarray], colors: dict[str, str]) -
     )
     rng = np.random.default_rng(0)  # jitter only; fixed so the page is the same every time
     for i, n in enumerate(names, start=1):
-        v = gold[n]
+        v = rewards[n]
         ax.scatter(v, i + rng.uniform(-0.18, 0.18, len(v)), s=6, alpha=0.3, color=colors.get(n))
         ax.scatter([v.mean()], [i], marker="D", s=40, color=colors.get(n), zorder=3)
     ax.set_yticks(range(1, len(names) + 1), names)
-    ax.set_xlabel("gold reward of a reply (judge's score, mean over annotators)")
+    ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
 
 def overoptimisation(
-    curves: dict[str, list[dict]], rm_names: list[str], colors: dict[str, str] | None = None
+    curves: dict[str, list[dict]],
+    rm_names: list[str],
+    colors: dict[str, str] | None = None,
+    judge: str | None = None,
 ) -> bytes | None:
-    """Gold reward and each RM's reward against KL to SFT over a run's checkpoints (Gao et al.
-    2022), one panel per reward, one line per run, points labelled with their step.
+    """The held-out judge's reward and each RM's reward against KL to SFT over a run's
+    checkpoints (Gao et al. 2022), one panel per reward, one line per run, points labelled
+    with their step.
 
-    ``curves`` maps a run to points {"step", "kl", "gold_mean", "rm_<name>"}. Runs with fewer
-    than two points are left out (None if none is left)."""
+    ``curves`` maps a run to points {"step", "kl", "gold_mean" or "judge_mean", "rm_<name>"}:
+    the gold judge's reward, or that of the judge named ``judge``. Runs with fewer than two
+    points are left out (None if none is left)."""
     curves = {run: sorted(p, key=lambda q: q["step"]) for run, p in curves.items() if len(p) > 1}
     if not curves:
         return None
     keys = [("gold_mean", "gold judge", "gold reward (judge's score)")]
+    keys += [("judge_mean", f"judge {judge}", f"judge {judge} reward (its own scale)")]
     keys += [(f"rm_{rm}", f"RM {rm}", f"RM {rm} reward (its own scale)") for rm in rm_names]
     keys = [k for k in keys if any(k[0] in p for pts in curves.values() for p in pts)]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
