@@ -366,19 +366,20 @@ def _register_heavy_commands() -> None:
         "compare",
         CompareConfig,
         aliases={"policy": "policies", "reward": "rewards", "run": "runs", "rm_run": "rm_runs"},
-        list_keys=("policies", "rewards", "runs", "rm_runs"),
+        list_keys=("policies", "rewards", "runs", "rm_runs", "judge"),
     )
     def eval_compare(cfg: CompareConfig):
-        """Aligned policies vs SFT on held-out prompts: gold judge, RMs, KL; writes the report."""
+        """Aligned policies vs SFT on held-out prompts under a judge (the gold judge on the
+        benchmark's prompts), reward models, KL; writes the report."""
         from distalign.eval.policy import run_compare
-        from distalign.report.html import headline_rows
+        from distalign.report.html import headline_columns, headline_rows
 
         summary = run_compare(cfg)
         k = cfg.num_generations
         table = Table(
             title=f"{summary['prompts']} held-out prompts × {k} repl{'y' if k == 1 else 'ies'} each"
         )
-        for col in ("policy", "gold win rate [95% CI]", "gold reward", "KL to SFT", "tokens"):
+        for col in headline_columns(summary):
             table.add_column(col, justify="right")
         for row in headline_rows(summary):
             table.add_row(*row)
