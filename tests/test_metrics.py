@@ -1,5 +1,5 @@
 """The comparison's pure measures on hand-computed values: Bayes ceiling, bootstrap interval,
-win rate, distinct-n."""
+win rate, distinct-n, centred spread, group gap, partial Spearman, AUROC."""
 
 from __future__ import annotations
 
@@ -8,7 +8,20 @@ import math
 import numpy as np
 import pytest
 
-from distalign.metrics import bayes_accuracy, bootstrap_interval, distinct_n, win_rate
+from distalign.metrics import (
+    auroc,
+    average_ranks,
+    bayes_accuracy,
+    bootstrap_auroc_interval,
+    bootstrap_interval,
+    centred_spread,
+    contested,
+    distinct_n,
+    group_gap,
+    partial_spearman,
+    spearman,
+    win_rate,
+)
 
 
 def test_bayes_accuracy_picks_the_likelier_reply():
@@ -66,3 +79,109 @@ def test_distinct_n():
     assert distinct_n(["a b", "a b"], 2) == pytest.approx(1 / 2)  # repeats across replies count
     assert distinct_n(["a"], 2) == 0.0  # no bigram at all
     assert distinct_n([""], 1) == 0.0
+
+
+# --- disagreement measures that do not reduce to length ------------------------------------
+
+
+def test_centred_spread_ignores_an_annotators_constant_per_prompt():
+    # annotator 2 = annotator 1 + 2 on prompt "a" and − 7 on prompt "b": Bradley–Terry cannot
+    # tell them apart, so the centred spread is 0 while the raw std is not
+    r1 = np.array([1.0, 2.0, 4.0, 0.0, 3.0])
+    r2 = r1 + np.array([2.0, 2.0, 2.0, -7.0, -7.0])
+    ids = np.array(["a", "a", "a", "b", "b"])
+    np.testing.assert_allclose(centred_spread(np.stack([r1, r2]), ids), 0.0, atol=1e-12)
+    assert np.std(np.stack([r1, r2]), axis=0).min() > 0.9
+
+
+def test_centred_spread_by_hand():
+    # prompt a: annotator 1 rewards (0, 2) -> centred (−1, 1); annotator 2 (2, 0) -> (1, −1)
+    # so each reply's centred rewards are ±1 and their std is 1; a lone reply's spread is 0
+    rewards = np.array([[0.0, 2.0, 5.0], [2.0, 0.0, 9.0]])
+    np.testing.assert_allclose(centred_spread(rewards, [7, 7, 3]), [1.0, 1.0, 0.0])
+    # weights 0.75 / 0.25 on centred values (−1, 1): mean −0.5, variance .75·.25 + .25·2.25
+    np.testing.assert_allclose(
+        centred_spread(rewards, [7, 7, 3], weights=np.array([0.75, 0.25]))[:2],
+        np.sqrt(0.75 * 0.25 + 0.25 * 2.25),
+    )
+
+
+def test_centred_spread_brute_force():
+    rng = np.random.default_rng(0)
+    rewards, ids = rng.normal(size=(5, 12)), rng.integers(0, 4, size=12)
+    want = [
+        np.std([rewards[a, j] - rewards[a, ids == ids[j]].mean() for a in range(5)])
+        for j in range(12)
+    ]
+    np.testing.assert_allclose(centred_spread(rewards, ids), want)
+
+
+def test_group_gap_and_contested():
+    p = np.array([[0.2, 0.7], [0.6, 0.9], [0.5, 0.4], [0.3, 0.3]])
+    np.testing.assert_allclose(group_gap(p), [0.5, 0.3, 0.1, 0.0])
+    np.testing.assert_array_equal(contested(p), [True, False, False, False])  # ½ sides with none
+    rows = [{"concise": 0.2, "thorough": 0.7}, {"concise": 0.6, "thorough": 0.9}]
+    np.testing.assert_allclose(group_gap(rows), [0.5, 0.3])  # a benchmark file's dicts
+    np.testing.assert_array_equal(contested({"c": [0.9, 0.1], "t": [0.1, 0.2]}), [True, False])
+    three = np.array([[0.1, 0.55, 0.9], [0.6, 0.7, 0.8]])  # max − min over any number of groups
+    np.testing.assert_allclose(group_gap(three), [0.8, 0.2])
+    np.testing.assert_array_equal(contested(three), [True, False])
+    assert group_gap(np.zeros((0, 2))).shape == contested(np.zeros((0, 2))).shape == (0,)
+
+
+def test_average_ranks_share_ties():
+    np.testing.assert_allclose(average_ranks(np.array([3.0, 1.0, 3.0, 2.0, 3.0])), [4, 1, 4, 2, 4])
+
+
+def test_partial_spearman_matches_the_formula_and_removes_a_shared_cause():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=400)
+    x, y = z + 0.5 * rng.normal(size=400), z + 0.5 * rng.normal(size=400)
+    assert spearman(x, y) > 0.6 and abs(partial_spearman(x, y, z)) < 0.15  # only z in common
+    rxy, rxz, ryz = spearman(x, y), spearman(x, z), spearman(y, z)
+    want = (rxy - rxz * ryz) / math.sqrt((1 - rxz**2) * (1 - ryz**2))
+    assert partial_spearman(x, y, z) == pytest.approx(want, abs=1e-9)
+    w = x + rng.normal(size=400)  # x and w share more than z
+    assert partial_spearman(x, w, z) > 0.3
+
+
+def test_partial_spearman_nan_for_constant_or_determined_inputs():
+    x, z = np.array([1.0, 2.0, 3.0, 4.0]), np.array([4.0, 1.0, 2.0, 3.0])
+    assert math.isnan(partial_spearman(np.ones(4), x, z))  # constant x
+    assert math.isnan(partial_spearman(x, z, x**3))  # x a monotone function of z
+    assert math.isnan(partial_spearman(x[:2], z[:2], x[:2]))  # too few values
+    assert math.isnan(spearman(np.ones(3), np.arange(3.0)))
+
+
+def _auroc_pairs(scores, labels):
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    return np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+
+
+def test_auroc_by_hand_and_brute_force():
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)  # 3 of 4 pairs
+    assert auroc([1.0, 1.0, 1.0], [0, 1, 1]) == 0.5  # all ties: ½ each
+    assert auroc([2.0, 1.0], [0, 1]) == 0.0 and auroc([1.0, 2.0], [0, 1]) == 1.0
+    assert math.isnan(auroc([1.0, 2.0], [1, 1])) and math.isnan(auroc([], []))
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        scores = rng.integers(0, 6, size=30).astype(float)  # many ties
+        labels = rng.integers(0, 2, size=30)
+        assert auroc(scores, labels) == pytest.approx(_auroc_pairs(scores, labels))
+
+
+def test_bootstrap_auroc_interval():
+    rng = np.random.default_rng(3)
+    labels = rng.random(300) < 0.3
+    scores = labels + rng.normal(size=300)  # AUROC ≈ Φ(1/√2) ≈ 0.76
+    lo, hi = bootstrap_auroc_interval(scores, labels, n=500, seed=0)
+    assert lo < auroc(scores, labels) < hi
+    assert lo > 0.6 and hi < 0.9
+    assert (lo, hi) == bootstrap_auroc_interval(scores, labels, n=500, seed=0)  # seeded
+    # the vectorised resample agrees with auroc on one resample drawn the same way
+    idx = np.random.default_rng(0).integers(0, 300, size=(1, 300))[0]
+    assert bootstrap_auroc_interval(scores, labels, n=1, seed=0, level=0.0)[0] == pytest.approx(
+        auroc(scores[idx], labels[idx])
+    )
+    assert all(math.isnan(v) for v in bootstrap_auroc_interval(scores, np.zeros(300), n=50))
+    assert all(math.isnan(v) for v in bootstrap_auroc_interval([], [], n=50))

@@ -1,7 +1,8 @@
 """Evaluation metrics as pure functions: tensors or arrays in, numbers out.
 
 Reward-model metrics take torch tensors; the comparison's measures (bootstrap interval, win
-rate, distinct-n, Bayes ceiling) take numpy arrays. No config, model or I/O in here.
+rate, distinct-n, Bayes ceiling) and the disagreement measures (centred spread, group gap,
+contested pairs, partial Spearman, AUROC) take numpy arrays. No config, model or I/O in here.
 """
 
 from __future__ import annotations
@@ -156,3 +157,170 @@ def distinct_n(texts: list[str], n: int) -> float:
     """
     grams = [tuple(w[i : i + n]) for t in texts for w in [t.split()] for i in range(len(w) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+# --- measures of disagreement that do not reduce to length (issue 16) ----------------------
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..N of ``x`` (N,), ties sharing the mean of the ranks they span, as float64."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    sorted_x = x[order]
+    # first index of each run of equal values, and each value's run
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+    run = np.cumsum(np.r_[True, sorted_x[1:] != sorted_x[:-1]]) - 1  # (N,)
+    ends = np.r_[starts[1:], len(x)]
+    ranks = np.empty(len(x))
+    ranks[order] = ((starts + 1 + ends) / 2.0)[run]  # mean of ranks starts+1 .. ends
+    return ranks
+
+
+def centred_spread(
+    rewards: np.ndarray, prompt_ids: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Per reply, the spread over annotators of their reward centred within the prompt.
+
+        c_a(y) = r_a(y) − mean_{y' of the same prompt} r_a(y')
+        spread(y) = sqrt(Σ_a w_a (c_a(y) − Σ_b w_b c_b(y))²)
+
+    Why centred: Bradley–Terry fixes each annotator's reward only up to a constant per prompt
+    (σ(r_a(y1) − r_a(y2)) is unchanged by r_a + k), so the raw std over annotators of r_a(y)
+    holds offsets no preference can reveal. With annotators that weigh length in opposite
+    directions, that raw std grows with length alone. Centring removes the offsets: what is
+    left is how much annotators disagree about this reply *relative to its siblings*, the
+    part that labels of pairs can show. A prompt with one reply has spread 0.
+
+    Args:
+        rewards: (A, R) reward of each of A annotators for each of R replies.
+        prompt_ids: (R,) any hashable label of each reply's prompt.
+        weights: (A,) annotator probabilities (summing to 1); None: uniform (np.std).
+    Returns (R,) float64.
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    _, group = np.unique(np.asarray(prompt_ids), return_inverse=True)
+    group = group.reshape(-1)  # (R,)
+    count = np.bincount(group)  # (P,)
+    sums = np.zeros((rewards.shape[0], len(count)))
+    np.add.at(sums, (slice(None), group), rewards)  # (A, P)
+    centred = rewards - (sums / count)[:, group]  # (A, R)
+    w = np.full(len(rewards), 1.0 / len(rewards)) if weights is None else np.asarray(weights)
+    mean = w @ centred  # (R,)
+    return np.sqrt(np.maximum(w @ (centred - mean) ** 2, 0.0))
+
+
+def _group_matrix(p_by_group) -> np.ndarray:
+    """(N, G) from an array, a mapping group -> (N,), or a list of {group: p} per pair."""
+    if isinstance(p_by_group, dict):
+        return np.stack([np.asarray(v, dtype=np.float64) for v in p_by_group.values()], axis=1)
+    if len(p_by_group) and isinstance(p_by_group[0], dict):
+        return np.array([list(d.values()) for d in p_by_group], dtype=np.float64)
+    p = np.asarray(p_by_group, dtype=np.float64)
+    return p if p.ndim == 2 else p.reshape(len(p), -1 if len(p) else 0)
+
+
+def group_gap(p_by_group) -> np.ndarray:
+    """Per pair, max − min over groups of P_g(a ≻ b); for two groups |P_1 − P_2|.
+
+    ``p_by_group``: (N, G) probabilities, a mapping group -> (N,), or a list of N mappings
+    {group: p} (a benchmark file's ``p_chosen_by_group``). Returns (N,); 0 when the groups
+    agree on how likely the chosen reply is to win."""
+    p = _group_matrix(p_by_group)
+    return p.max(axis=1) - p.min(axis=1) if p.size else np.zeros(len(p))
+
+
+def contested(p_by_group) -> np.ndarray:
+    """Per pair, whether the groups' majorities differ: some group has P_g(a ≻ b) > ½ and
+    another < ½ (a group at exactly ½ sides with neither). Input as for ``group_gap``;
+    returns (N,) bool. Whose preference wins such a pair depends on who is asked — the
+    hidden context a distributional reward model should flag."""
+    p = _group_matrix(p_by_group)
+    if not p.size:
+        return np.zeros(len(p), dtype=bool)
+    return (p > 0.5).any(axis=1) & (p < 0.5).any(axis=1)
+
+
+def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
+    """Spearman correlation of x and y (N,) controlling for z ((N,) or (N, k)).
+
+    Rank-transform all three (ties averaged), regress rank(x) and rank(y) each on
+    [1, rank(z)] by least squares, and take the Pearson correlation of the residuals — what
+    x and y share beyond what both share with z (e.g. beyond reply length). For one z this
+    equals (ρ_xy − ρ_xz ρ_yz) / sqrt((1 − ρ_xz²)(1 − ρ_yz²)) of the Spearman ρ's. NaN when
+    fewer than 3 values, or a residual is constant (x or y is constant, or a function of z).
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    z = np.asarray(z, dtype=np.float64).reshape(len(x), -1)
+    if len(x) < 3:
+        return float("nan")
+    design = np.column_stack([np.ones(len(x))] + [average_ranks(c) for c in z.T])  # (N, 1+k)
+    rx, ry = average_ranks(x), average_ranks(y)
+    res = [r - design @ np.linalg.lstsq(design, r, rcond=None)[0] for r in (rx, ry)]
+    return pearson(*res)
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of x and y (N,); NaN when either is constant (to rounding)."""
+    x = np.asarray(x, dtype=np.float64) - np.mean(x)
+    y = np.asarray(y, dtype=np.float64) - np.mean(y)
+    nx, ny = np.sqrt(x @ x), np.sqrt(y @ y)
+    # a residual of exact zeros comes back from lstsq as ~1e-15 noise: treat it as constant
+    scale = np.sqrt(len(x)) * 1e-9
+    if nx <= scale or ny <= scale:
+        return float("nan")
+    return float(np.clip(x @ y / (nx * ny), -1.0, 1.0))
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation of x and y (N,) (ties averaged); NaN for a constant input."""
+    return pearson(average_ranks(x), average_ranks(y)) if len(x) > 1 else float("nan")
+
+
+def _auroc_from_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUROC from per-score-level counts of positives and negatives, (..., K) with levels in
+    increasing score order: Σ_k pos_k (negatives below level k + ½ negatives at k) / (n₊ n₋)."""
+    below = np.cumsum(neg, axis=-1) - neg  # negatives strictly below each level
+    wins = (pos * (below + 0.5 * neg)).sum(axis=-1)
+    total = pos.sum(axis=-1) * neg.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, wins / np.where(total > 0, total, 1), np.nan)
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` (N,) for 0/1 ``labels`` (N,) (Mann–Whitney U):
+
+        AUROC = (1 / (n₊ n₋)) Σ_{i: label 1} Σ_{j: label 0} [s_i > s_j] + ½ [s_i = s_j]
+
+    the probability that a random positive outscores a random negative, ties ½; ½ is chance.
+    Computed in O(N log N) by counting per distinct score. NaN when a class is empty."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    _, level = np.unique(scores, return_inverse=True)
+    k = int(level.max()) + 1 if len(level) else 0
+    pos = np.bincount(level.reshape(-1)[labels], minlength=k)
+    neg = np.bincount(level.reshape(-1)[~labels], minlength=k)
+    return float(_auroc_from_counts(pos, neg))
+
+
+def bootstrap_auroc_interval(
+    scores: np.ndarray, labels: np.ndarray, n: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``auroc(scores, labels)``, resampling the N
+    (score, label) units with replacement ``n`` times (seeded). Resamples that hold one class
+    only have no AUROC and are left out; NaN, NaN when every resample does (or N = 0)."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    if len(scores) == 0:
+        return float("nan"), float("nan")
+    _, lvl = np.unique(scores, return_inverse=True)
+    lvl = lvl.reshape(-1)
+    k = int(lvl.max()) + 1
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(scores), size=(n, len(scores)))  # (n, N)
+    cell = (np.arange(n)[:, None] * k + lvl[idx]).ravel()  # (n·N,) resample × score level
+    pos = np.bincount(cell, weights=labels[idx].ravel(), minlength=n * k).reshape(n, k)
+    neg = np.bincount(cell, weights=~labels[idx].ravel(), minlength=n * k).reshape(n, k)
+    areas = _auroc_from_counts(pos, neg)  # (n,)
+    areas = areas[~np.isnan(areas)]
+    if not len(areas):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(areas, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
