@@ -185,3 +185,21 @@ def test_bootstrap_auroc_interval():
     )
     assert all(math.isnan(v) for v in bootstrap_auroc_interval(scores, np.zeros(300), n=50))
     assert all(math.isnan(v) for v in bootstrap_auroc_interval([], [], n=50))
+
+
+def test_contested_detection_by_hand():
+    from distalign.metrics import contested_detection
+
+    p = np.array([[0.2, 0.7], [0.8, 0.9], [0.6, 0.3], [0.4, 0.45]])  # contested: 1, 0, 1, 0
+    margin, spread = np.array([0.1, 2.0, -0.5, 0.4]), np.array([1.0, 1.0, 0.1, 3.0])
+    out = contested_detection(margin, spread, p, n=100)
+    assert out["contested_share"] == 0.5 and out["contested_pairs"] == 2
+    # −|Δ| = (−.1, −2, −.5, −.4): contested −.1 beats −2 and −.4, −.5 beats −2 only -> 3/4
+    assert out["contested_auroc_margin"] == 0.75
+    assert out["contested_auroc_spread"] == 0.125  # spreads (1, .1) vs (1, 3): ½ + 0 + 0 + 0
+    # −|Δ|/σ = (−.1, −2, −5, −.13): −.1 beats −2 and −.13; −5 beats nothing -> 2/4
+    assert out["contested_auroc"] == 0.5 and out["contested_detector"] == "-|margin|/spread"
+    scalar = contested_detection(margin, None, p, n=100)
+    assert scalar["contested_auroc"] == 0.75 and "contested_auroc_spread" not in scalar
+    with pytest.raises(ValueError, match="pairs"):
+        contested_detection(margin[:3], None, p)

@@ -324,3 +324,53 @@ def bootstrap_auroc_interval(
         return float("nan"), float("nan")
     lo, hi = np.quantile(areas, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
+
+
+def contested_detection(
+    margin: np.ndarray,
+    spread: np.ndarray | None,
+    p_by_group,
+    n: int = 2000,
+    seed: int = 0,
+) -> dict[str, object]:
+    """How well a reward model's outputs flag the pairs whose groups' majorities differ.
+
+    Per pair i: ``margin`` Δ_i = r_w − r_l (scalar head) or E[R_w] − E[R_l] (distributional),
+    ``spread`` σ_i = sqrt(Std[R_w]² + Std[R_l]²) (None for a scalar head), ``p_by_group``
+    the known per-group P(chosen ≻ rejected) (anything ``contested`` takes). Detectors, each
+    scored by AUROC against ``contested`` with a percentile bootstrap 95% interval over pairs:
+
+        margin     −|Δ|         a close call; all a scalar reward model can offer (baseline)
+        spread     σ            predicted disagreement alone
+        detector   −|Δ| / σ     the standardised margin; if R_w, R_l were independent normals
+                                P(R_w > R_l) = Φ(Δ / σ), so −|Δ|/σ ranks pairs by how near ½
+                                the model's own win probability is. Scale-free: no weights
+                                fitted, so nothing is tuned on the pairs it is scored on.
+
+    Returns ``contested_share``, ``contested_pairs``, ``contested_auroc`` (the head's
+    detector: −|Δ|/σ, or −|Δ| without a spread), ``contested_auroc_margin``,
+    ``contested_auroc_spread`` (with a spread only), each AUROC with ``…_ci95`` [lo, hi], and
+    ``contested_detector`` naming the detector. AUROCs are NaN when no pair (or every pair) is
+    contested."""
+    flags = contested(p_by_group)
+    margin = np.asarray(margin, dtype=np.float64)
+    if len(flags) != len(margin):
+        raise ValueError(f"{len(flags)} pairs with group probabilities, {len(margin)} scored")
+    scores = {"margin": -np.abs(margin)}
+    if spread is not None:
+        spread = np.asarray(spread, dtype=np.float64)
+        scores["spread"] = spread
+        # a zero spread (one-bin mass) makes any margin infinitely sure; tiny floor avoids 0/0
+        scores["detector"] = -np.abs(margin) / np.maximum(spread, 1e-12)
+    else:
+        scores["detector"] = scores["margin"]
+    out: dict[str, object] = {
+        "contested_share": float(flags.mean()) if len(flags) else float("nan"),
+        "contested_pairs": int(flags.sum()),
+        "contested_detector": "-|margin|/spread" if spread is not None else "-|margin|",
+    }
+    for name, s in scores.items():
+        key = "contested_auroc" if name == "detector" else f"contested_auroc_{name}"
+        out[key] = auroc(s, flags)
+        out[f"{key}_ci95"] = list(bootstrap_auroc_interval(s, flags, n, seed))
+    return out

@@ -11,6 +11,9 @@ Normalised row (what ``load_preferences`` returns, one per pair)::
     p_chosen        float | None, the known probability that the chosen reply is preferred
                     (benchmark files made by ``distalign gold make`` carry it: the Bayes
                     ceiling of a set of pairs is the mean of max(p, 1 − p))
+    p_chosen_by_group  list of {"group", "p"} | None, that probability per annotator group
+                    (benchmark files carry it as {group: p}; pairs the groups' majorities
+                    split on are the contested ones)
 
 Formats (detected from the first row, or forced):
 
@@ -41,6 +44,8 @@ Ratings: ``chosen_rating``/``rejected_rating`` (HelpSteer2-binarized),
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -329,6 +334,34 @@ def _score(row, column, where) -> float | None:
     return float(value)
 
 
+def _p_by_group(row, where) -> list[dict[str, Any]] | None:
+    """``p_chosen_by_group`` as [{"group", "p"}] (a list keeps group names that vary by file
+    in one column type); accepts {group: p} (benchmark files) or the list form itself."""
+    value = row.get("p_chosen_by_group")
+    if value is None:
+        return None
+    if isinstance(value, str) and value.lstrip().startswith("{"):  # a CSV cell holds JSON
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(value)
+    if isinstance(value, list) and all(isinstance(d, Mapping) and "group" in d for d in value):
+        value = {d["group"]: d.get("p") for d in value}
+    if not isinstance(value, Mapping):
+        raise PreferenceFormatError(
+            where, "p_chosen_by_group", f"expected {{group: probability}}, got {_describe(value)}"
+        )
+    out = []
+    for group, p in value.items():
+        ok = isinstance(p, int | float) and not isinstance(p, bool) and 0.0 <= p <= 1.0
+        if not ok:  # NaN fails the range check too
+            raise PreferenceFormatError(
+                where,
+                "p_chosen_by_group",
+                f"group {group!r}: expected a probability, got {_describe(p)}",
+            )
+        out.append({"group": str(group), "p": float(p)})
+    return out
+
+
 def normalise_row(row: Mapping[str, Any], fmt: str, where: str, index: int) -> dict[str, Any]:
     """One source row -> the normalised form. Raises PreferenceFormatError naming the field.
 
@@ -374,4 +407,5 @@ def normalise_row(row: Mapping[str, Any], fmt: str, where: str, index: int) -> d
         **scores,
         "source_row": index,
         "p_chosen": known,
+        "p_chosen_by_group": _p_by_group(row, where),
     }

@@ -52,6 +52,7 @@ FEATURES = datasets.Features(
         "rejected_score": datasets.Value("float64"),
         "source_row": datasets.Value("int64"),
         "p_chosen": datasets.Value("float64"),
+        "p_chosen_by_group": [{"group": datasets.Value("string"), "p": datasets.Value("float64")}],
     }
 )
 
@@ -419,3 +420,17 @@ def bayes_ceiling(ds: datasets.Dataset) -> float | None:
     if not known or any(p is None for p in known):
         return None
     return bayes_accuracy(np.asarray(known, dtype=np.float64))
+
+
+def p_chosen_by_group(ds: datasets.Dataset) -> np.ndarray | None:
+    """(N, G) probability that each pair's chosen reply is preferred, per annotator group
+    (columns in sorted group order), when every row carries ``p_chosen_by_group`` with the
+    same groups (the gold benchmark's files do); None otherwise."""
+    rows = ds["p_chosen_by_group"] if "p_chosen_by_group" in ds.column_names and len(ds) else []
+    if not rows or any(not r for r in rows):
+        return None
+    groups = sorted(d["group"] for d in rows[0])
+    table = [{d["group"]: d["p"] for d in r} for r in rows]
+    if any(sorted(t) != groups for t in table):
+        return None
+    return np.array([[t[g] for g in groups] for t in table], dtype=np.float64)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from distalign.metrics import distribution_summary, reward_summary
+from distalign.metrics import contested_detection, distribution_summary, reward_summary
 from distalign.models.heads import head_log_probs
 from distalign.models.reward_model import pair_scores
 
@@ -48,19 +49,47 @@ def evaluate_reward_model(
     head: str = "scalar",
     n_bins: int = 10,
     outputs: dict | None = None,
+    p_by_group: np.ndarray | None = None,
+    n_bootstrap: int = 2000,
 ) -> dict[str, float]:
     """Metrics on the loader's pairs. Scalar: accuracy, margin, reward mean/std, ECE.
     Distributional: accuracy by P(R_w > R_l) and by expectation, entropy, unimodal share,
-    mean std, ECE. ``outputs``, when given, receives the raw scores / log-probabilities."""
+    mean std, ECE. ``outputs``, when given, receives the raw scores / log-probabilities.
+
+    ``p_by_group`` (N, G), the known per-group probability that each pair's chosen reply is
+    preferred (the gold benchmark's ``p_chosen_by_group``, in the loader's pair order, which
+    must not shuffle), adds how well the model flags contested pairs (the groups' majorities
+    differ): ``contested_share``, ``contested_pairs``, ``contested_auroc`` and
+    ``contested_auroc_margin`` (and ``contested_auroc_spread`` for a distributional head),
+    each with a ``…_ci95`` bootstrap interval (``n_bootstrap`` resamples of pairs); see
+    ``metrics.contested_detection``."""
     chosen, rejected = collect_pair_scores(model, loader, accelerator)
     if head == "scalar":
         if outputs is not None:
             outputs.update(chosen=chosen[:, 0], rejected=rejected[:, 0])
-        return reward_summary(chosen[:, 0], rejected[:, 0])
-    logp_w, logp_l = head_log_probs(head, chosen, n_bins), head_log_probs(head, rejected, n_bins)
-    if outputs is not None:
-        outputs.update(logp_chosen=logp_w, logp_rejected=logp_l)
-    return distribution_summary(logp_w, logp_l)
+        result = reward_summary(chosen[:, 0], rejected[:, 0])
+        margin, spread = (chosen[:, 0] - rejected[:, 0]).double().numpy(), None
+    else:
+        logp_w = head_log_probs(head, chosen, n_bins)
+        logp_l = head_log_probs(head, rejected, n_bins)
+        if outputs is not None:
+            outputs.update(logp_chosen=logp_w, logp_rejected=logp_l)
+        result = distribution_summary(logp_w, logp_l)
+        margin, spread = distribution_margin_spread(logp_w, logp_l)
+    if p_by_group is not None:
+        result |= contested_detection(margin, spread, p_by_group, n_bootstrap)
+    return result
+
+
+def distribution_margin_spread(logp_w, logp_l) -> tuple[np.ndarray, np.ndarray]:
+    """E[R_w] − E[R_l] and sqrt(Std[R_w]² + Std[R_l]²) per pair, (N,) each, from the heads'
+    log-probabilities (N, n_bins) over the default bin values."""
+    from distalign.functionals import expectation, std
+
+    p_w, p_l = logp_w.double().exp(), logp_l.double().exp()
+    margin = (expectation(p_w) - expectation(p_l)).numpy()
+    spread = (std(p_w) ** 2 + std(p_l) ** 2).sqrt().numpy()
+    return margin, spread
 
 
 def run_rm_eval(
@@ -83,7 +112,7 @@ def run_rm_eval(
     scores the same."""
     from torch.utils.data import DataLoader
 
-    from distalign.data.load import bayes_ceiling, load_preferences
+    from distalign.data.load import bayes_ceiling, load_preferences, p_chosen_by_group
     from distalign.data.pairs import PairCollator, SharedPrefixCollator, tokenize_pairs
     from distalign.models.load import prefix_sharing_for, resolve_device_dtype
     from distalign.models.reward_model import load_reward_model
@@ -100,7 +129,9 @@ def run_rm_eval(
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate)
     head, n_bins = meta.get("head", "scalar"), meta.get("n_bins", 10)
     outputs: dict = {}
-    result = evaluate_reward_model(model, loader, None, head, n_bins, outputs)
+    # the loader keeps the data set's order, so its rows line up with the scored pairs
+    p_by_group = p_chosen_by_group(ds)
+    result = evaluate_reward_model(model, loader, None, head, n_bins, outputs, p_by_group)
     ceiling = bayes_ceiling(ds)
     if ceiling is not None:  # the best accuracy possible on these pairs
         result["bayes_ceiling"] = ceiling
