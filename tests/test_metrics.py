@@ -203,3 +203,27 @@ def test_contested_detection_by_hand():
     assert scalar["contested_auroc"] == 0.75 and "contested_auroc_spread" not in scalar
     with pytest.raises(ValueError, match="pairs"):
         contested_detection(margin[:3], None, p)
+
+
+def test_spread_agreement_sees_past_length():
+    from distalign.metrics import spread_agreement
+
+    # two annotators weigh length ±1 and each has an offset per prompt; reply j of a prompt
+    # also has a true disagreement d (annotator 1 gets +d, annotator 2 gets −d)
+    rng = np.random.default_rng(4)
+    prompts, k = 60, 4
+    ids = np.repeat(np.arange(prompts), k)
+    length = rng.integers(5, 200, size=prompts * k).astype(float)
+    d = rng.random(prompts * k)
+    offset = rng.normal(scale=5.0, size=(2, prompts))[:, ids]
+    rewards = np.stack([length / 50 + d, -length / 50 - d]) + offset  # (2, R)
+    centred = centred_spread(rewards, ids)
+    by_length = spread_agreement(length, rewards, ids, length)  # a "model" that predicts length
+    assert by_length["spearman_raw"] > by_length["spearman_centred"]
+    assert by_length["predicted_vs_length"] == pytest.approx(1.0)
+    assert math.isnan(by_length["partial_centred_given_length"])  # nothing beyond length
+    good = spread_agreement(centred, rewards, ids, length)  # predicts the centred truth
+    assert good["spearman_centred"] == pytest.approx(1.0)
+    assert good["partial_centred_given_length"] > 0.9
+    raw = np.std(rewards, axis=0)
+    assert good["raw_vs_length"] == pytest.approx(spearman(raw, length))

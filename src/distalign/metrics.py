@@ -374,3 +374,41 @@ def contested_detection(
         out[key] = auroc(s, flags)
         out[f"{key}_ci95"] = list(bootstrap_auroc_interval(s, flags, n, seed))
     return out
+
+
+def spread_agreement(
+    predicted: np.ndarray,
+    rewards: np.ndarray,
+    prompt_ids: np.ndarray,
+    lengths: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Does a predicted per-reply spread track the annotators' disagreement beyond length?
+
+    Args:
+        predicted: (R,) the reward model's predicted std per reply.
+        rewards: (A, R) every annotator's reward for every reply (the gold judge's
+            ``annotator_rewards(attrs).T``).
+        prompt_ids: (R,) each reply's prompt (replies to one prompt are centred together).
+        lengths: (R,) reply length in tokens.
+        weights: (A,) annotator probabilities; None: uniform.
+
+    Returns Spearman ρ of ``predicted`` with the raw std over annotators (``spearman_raw``,
+    what the comparison reported first: mostly length, since Bradley–Terry leaves each
+    annotator's reward free up to a constant) and with ``centred_spread`` (``spearman_centred``,
+    the identifiable part); the partial ρ of each given length (``partial_raw_given_length``,
+    ``partial_centred_given_length``); and how much of each truth is length itself
+    (``raw_vs_length``, ``centred_vs_length``, ``predicted_vs_length``)."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    w = np.full(len(rewards), 1.0 / len(rewards)) if weights is None else np.asarray(weights)
+    raw = np.sqrt(np.maximum(w @ (rewards - w @ rewards) ** 2, 0.0))  # (R,)
+    centred = centred_spread(rewards, prompt_ids, w)
+    return {
+        "spearman_raw": spearman(predicted, raw),
+        "spearman_centred": spearman(predicted, centred),
+        "partial_raw_given_length": partial_spearman(predicted, raw, lengths),
+        "partial_centred_given_length": partial_spearman(predicted, centred, lengths),
+        "raw_vs_length": spearman(raw, lengths),
+        "centred_vs_length": spearman(centred, lengths),
+        "predicted_vs_length": spearman(predicted, lengths),
+    }
