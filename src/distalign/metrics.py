@@ -260,7 +260,8 @@ def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation of x and y (N,); NaN when either is constant (to rounding)."""
+    """Pearson correlation of x and y (N,); NaN when either is constant (to rounding: an
+    absolute tolerance meant for rank-scale values, ranks and their residuals)."""
     x = np.asarray(x, dtype=np.float64) - np.mean(x)
     y = np.asarray(y, dtype=np.float64) - np.mean(y)
     nx, ny = np.sqrt(x @ x), np.sqrt(y @ y)
