@@ -303,10 +303,18 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch
     assert {"gold_concise", "gold_thorough", "rm_scalar_mean", "rm_ordinal_win_rate"} <= pol.keys()
     assert summary["std_vs_disagreement_spearman"]["scalar"] is None
     assert -1 <= summary["std_vs_disagreement_spearman"]["ordinal"] <= 1
+    measures = summary["std_vs_disagreement"]
+    assert measures["scalar"] is None
+    # the raw measure is the old one; the centred one and the partials sit beside it
+    assert measures["ordinal"]["spearman_raw"] == pytest.approx(
+        summary["std_vs_disagreement_spearman"]["ordinal"]
+    )
+    assert {"spearman_centred", "partial_centred_given_length"} <= measures["ordinal"].keys()
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["policies"]["perturbed"]["gold_win_rate"] == pol["gold_win_rate"]
     html = (tmp_path / "cmp" / "report.html").read_text()
     assert html.count("data:image/png;base64") >= 3  # win rates, gold reward, curves
+    assert "centred spread" in html
     # `distalign report` writes the same page again from the saved numbers alone
     (tmp_path / "cmp" / "report.html").unlink()
     result = CliRunner().invoke(app, ["report", str(tmp_path / "cmp")])

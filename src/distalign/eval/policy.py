@@ -383,6 +383,32 @@ def spread_vs_disagreement(rewards, measured: dict[str, Measured]) -> dict[str, 
     return spread
 
 
+def spread_vs_disagreement_measures(rewards, measured: dict[str, Measured], k: int):
+    """Per distributional RM, over all compared replies: Spearman of its predicted std with the
+    raw annotator std (``gold_std``) and with the annotators' rewards centred within the prompt
+    (Bradley–Terry fixes each annotator's reward only up to a constant per prompt, so the raw
+    std mostly grows with length), and each given reply length in tokens
+    (``metrics.spread_agreement``). None for a scalar RM."""
+    from distalign.gold import judge as gold
+    from distalign.metrics import spread_agreement
+
+    ms = list(measured.values())
+    attrs = np.concatenate([np.column_stack([m.judged[a] for a in gold.ATTRIBUTES]) for m in ms])
+    annotators = gold.annotator_rewards(attrs).T  # (A, R)
+    _, _, weights = gold.annotator_weights()
+    # a prompt's replies from every policy are centred together: the constant is per prompt
+    prompt_ids = np.concatenate([np.arange(len(m.samples.texts)) // k for m in ms])
+    lengths = np.concatenate([[len(r) for r in m.samples.reply_ids] for m in ms])
+    out = {}
+    for rm, source in rewards.items():
+        if not source.distributional:
+            out[rm] = None
+            continue
+        pred = np.concatenate([m.scored[rm]["std"] for m in ms])
+        out[rm] = spread_agreement(pred, annotators, prompt_ids, lengths, weights)
+    return out
+
+
 def write_replies(path: Path, measured: dict[str, Measured], prompts, k: int) -> None:
     """Every reply as a JSON line with its judge's reward (``gold_mean`` or
     ``judge_reward``)."""
@@ -455,6 +481,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     }
     if judge is None:  # only the gold judge has annotators whose disagreement to compare
         summary["std_vs_disagreement_spearman"] = spread_vs_disagreement(rewards, measured)
+        summary["std_vs_disagreement"] = spread_vs_disagreement_measures(rewards, measured, k)
     summary |= {"overoptimisation": curves, "samples": samples_table}
     (out_dir / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_replies(out_dir / "replies.jsonl", measured, prompts, k)

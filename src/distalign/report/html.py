@@ -47,6 +47,12 @@ RENAMED = {
 RENAMED_SAMPLING = {"max_new_tokens": "max_completion_length", "batch_size": "sampling_batch_size"}
 
 RM_EVAL_LABELS = {
+    "contested_share": "share of contested pairs (groups' majorities differ)",
+    "contested_pairs": "contested pairs",
+    "contested_detector": "contested-pair score",
+    "contested_auroc": "AUROC flagging contested pairs",
+    "contested_auroc_margin": "AUROC flagging contested pairs by −|margin|",
+    "contested_auroc_spread": "AUROC flagging contested pairs by predicted spread",
     "accuracy": "pairwise accuracy",
     "accuracy_expectation": "accuracy by E[R]",
     "bayes_ceiling": "Bayes ceiling (best possible accuracy)",
@@ -433,6 +439,7 @@ def write_report(
         table=measures_table(summary),
         rm_view=reward_model_table(summary),
         spread=summary.get("std_vs_disagreement_spearman") or {},
+        spread_measures=summary.get("std_vs_disagreement") or {},
         figures=figures(summary, config, judge_rewards),
         rm_table=_rm_table(config),
         names=list(policies),

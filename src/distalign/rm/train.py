@@ -38,7 +38,7 @@ from distalign.config import (
     resume_value,
     save_config,
 )
-from distalign.data.load import bayes_ceiling, load_preferences
+from distalign.data.load import bayes_ceiling, load_preferences, p_chosen_by_group
 from distalign.data.pairs import (
     PairCollator,
     SharedPrefixCollator,
@@ -385,6 +385,7 @@ class Trainer:
     out: Path
     log: MetricsLog
     ceiling: float | None  # Bayes ceiling of the held-out pairs, when the data knows it
+    p_by_group: Any  # (N, G) per-group P(chosen wins) of the held-out pairs, or None
 
 
 def train_step(t: Trainer, batch, cfg: RMTrainConfig) -> dict[str, float]:
@@ -443,7 +444,7 @@ def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, d
     """Held-out metrics (and raw outputs, for the final plots); keeps the best checkpoint."""
     outputs: dict = {}
     result = evaluate_reward_model(
-        t.model, t.eval_loader, t.accelerator, cfg.head, cfg.n_bins, outputs
+        t.model, t.eval_loader, t.accelerator, cfg.head, cfg.n_bins, outputs, t.p_by_group
     )
     if t.ceiling is not None:  # the best accuracy possible on these pairs
         result["bayes_ceiling"] = t.ceiling
@@ -504,7 +505,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     )
     log_ = MetricsLog(out / "metrics.jsonl", accelerator)
     t = Trainer(accelerator, scorer, tokenizer, optimizer, scheduler, eval_loader, out, log_,
-                bayes_ceiling(held_out))  # fmt: skip
+                bayes_ceiling(held_out), p_chosen_by_group(held_out))  # fmt: skip
     state = TrainState()
     if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
         path, logs = checkpoint_path(cfg.resume_from_checkpoint, out), [out / "metrics.jsonl"]
