@@ -184,7 +184,10 @@ def test_rm_train_trl_flags_and_key_value_give_one_config(rm_train_configs, tmp_
     assert (expected.learning_rate, expected.max_steps) == (2e-5, 3)
 
 
-def test_rm_train_flag_spellings_reach_the_config(rm_train_configs):
+def test_rm_train_flag_spellings_reach_the_config(rm_train_configs, monkeypatch):
+    import distalign.tracking as tracking
+
+    monkeypatch.setattr(tracking, "_installed", lambda name: True)  # as if wandb were there
     result, out = invoke(
         "rm", "train", "--max-length", "64", "--max_prompt_length=32", "--use_peft",
         "--report_to", "wandb,tensorboard",
@@ -307,3 +310,16 @@ def test_inspect_empty_file_is_one_line(tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert captured.out == "error: empty.jsonl: no rows (empty file)\n"
     assert "Traceback" not in captured.err
+
+
+def test_a_tracker_that_is_not_installed_is_a_one_line_error(monkeypatch, capsys):
+    import distalign.tracking as tracking
+    from distalign.cli import main
+
+    monkeypatch.setattr(tracking, "_installed", lambda name: name == "tensorboard")
+    monkeypatch.setattr("sys.argv", ["distalign", "rm", "train", "report_to=wandb"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().out
+    assert "pip install 'distalign[trackers]'" in err and "Traceback" not in err

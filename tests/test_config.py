@@ -193,7 +193,10 @@ def test_a_command_s_own_key_is_not_taken_for_an_old_one():
 
 
 @pytest.mark.parametrize("cls", [RMTrainConfig, RLTrainConfig])
-def test_report_to_takes_one_name_a_comma_list_or_a_list(cls, tmp_path):
+def test_report_to_takes_one_name_a_comma_list_or_a_list(cls, tmp_path, monkeypatch):
+    import distalign.tracking as tracking
+
+    monkeypatch.setattr(tracking, "_installed", lambda name: True)  # every tracker "there"
     assert from_cli(cls, ["report_to=none"]).report_to == ["none"]
     assert from_cli(cls, ["--report_to", "none"]).report_to == ["none"]
     assert from_cli(cls, ["--report_to", "wandb,tensorboard"]).report_to == [

@@ -21,6 +21,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from distalign.checkpoint import CheckpointError, NonFiniteError
@@ -398,12 +399,12 @@ def main():
     try:
         app(prog_name="distalign")
     except USER_ERRORS as e:
-        console.print(f"[red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except ModuleNotFoundError as e:
         if "pip install" not in str(e):  # a missing optional extra says how to install it
             raise
-        console.print(f"[red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
 
 

@@ -198,6 +198,10 @@ def load_config(
             base = OmegaConf.merge(base, OmegaConf.create(loaded))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {_first_line(e)}") from None
+    except (TypeError, ValueError) as e:  # e.g. a mapping where a list belongs
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{path}: {e}") from None
     for item in overrides:
         if isinstance(item, str):
             if "=" not in item:
@@ -210,6 +214,8 @@ def load_config(
                 raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
             except yaml.YAMLError as e:  # the value is read as YAML
                 raise ConfigError(f"override {item!r}: {_yaml_problem(e)}") from None
+            except (TypeError, ValueError) as e:  # e.g. a mapping given for a list
+                raise ConfigError(f"override {item!r}: {e}") from None
         else:
             key, value = item
             _check_renamed(cls, [key], f"--{key}")
@@ -217,6 +223,8 @@ def load_config(
                 OmegaConf.update(base, key, value, merge=True, force_add=False)
             except OmegaConfBaseException as e:
                 raise ConfigError(f"--{key} {value!r}: {_first_line(e)}") from None
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"--{key} {value!r}: {e}") from None
     try:
         return OmegaConf.to_object(base)  # runs each dataclass's __post_init__ checks
     except OmegaConfBaseException as e:

@@ -14,7 +14,9 @@ from distalign.data.load import LoadReport
 
 EXPECTED = (DataSourceError, PreferenceFormatError)
 SUFFIXES = st.sampled_from([".jsonl", ".json", ".csv", ".jsonl.gz", ".parquet"])
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 
 
 def check_load(path, skip_bad_rows: bool):

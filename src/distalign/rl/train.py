@@ -210,6 +210,7 @@ class RLTrainConfig(SamplingConfig):
     def __post_init__(self):
         super().__post_init__()
         self.report_to = report_to_list(self.report_to)
+        resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
         k, micro = self.num_generations, self.per_device_train_batch_size
         checks = [

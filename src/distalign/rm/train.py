@@ -182,6 +182,7 @@ class RMTrainConfig:
 
     def __post_init__(self):
         self.report_to = report_to_list(self.report_to)
+        resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
         checks = [
             (
