@@ -72,9 +72,7 @@ def evaluate_reward_model(config=None, **overrides) -> dict[str, Any]:
         cfg.per_device_eval_batch_size,
         cfg.max_eval_samples,
         cfg.output_file,
-        device=cfg.device,
-        dtype=cfg.dtype,
-        attn_implementation=cfg.attn_implementation,
+        **cfg.placement(),
     )
 
 
@@ -89,9 +87,7 @@ def score(config=None, **overrides) -> Path:
         cfg.output_file,
         cfg.max_length,
         cfg.per_device_eval_batch_size,
-        device=cfg.device,
-        dtype=cfg.dtype,
-        attn_implementation=cfg.attn_implementation,
+        **cfg.placement(),
     )
     return Path(out)
 

@@ -375,7 +375,36 @@ def config_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]
 
 
 @dataclass
-class GenerateConfig(SamplingConfig):
+class PlacementConfig:
+    """Where and how a command without a training loop loads its models (inherited keys)."""
+
+    device: str = "auto"
+    """Where the models run: auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps."""
+    dtype: str = "auto"
+    """Weights dtype: auto (bfloat16 on a CUDA GPU that has it, else float32) | float32 |
+    bfloat16 | float16."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel, as transformers' from_pretrained takes it: sdpa | eager |
+    flash_attention_2 (CUDA, bfloat16/float16, the flash-attn package)."""
+
+    def placement(self) -> dict[str, str]:
+        """The three keys as loader keyword arguments, as given (``auto`` unresolved)."""
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "attn_implementation": self.attn_implementation,
+        }
+
+    def load_options(self) -> dict[str, Any]:
+        """The same with device and dtype resolved for this machine."""
+        from distalign.models.load import resolve_device_dtype
+
+        device, dtype = resolve_device_dtype(self.device, self.dtype)
+        return {"device": device, "dtype": dtype, "attn_implementation": self.attn_implementation}
+
+
+@dataclass
+class GenerateConfig(SamplingConfig, PlacementConfig):
     """``distalign generate``: sample replies to chat prompts from a policy."""
 
     model_name_or_path: str = DEFAULT_MODEL
@@ -391,14 +420,6 @@ class GenerateConfig(SamplingConfig):
     """Replies per prompt."""
     output_file: str | None = None
     """Write replies as JSONL here (and the resolved config beside it); print when unset."""
-    device: str = "auto"
-    """Where the model runs: auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps."""
-    dtype: str = "auto"
-    """Weights dtype: auto (bfloat16 on a CUDA GPU that has it, else float32) | float32 |
-    bfloat16 | float16."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel, as transformers' from_pretrained takes it: sdpa | eager |
-    flash_attention_2 (CUDA, bfloat16/float16, the flash-attn package)."""
     trust_remote_code: bool = False
     """Allow model code from the hub (off: only code shipped with transformers runs)."""
 
@@ -446,7 +467,7 @@ class DataInspectConfig:
 
 
 @dataclass
-class RMEvalConfig:
+class RMEvalConfig(PlacementConfig):
     """``distalign rm eval``: a saved reward model on held-out pairs."""
 
     model_name_or_path: str = ""
@@ -463,14 +484,6 @@ class RMEvalConfig:
     """The first N pairs (0: all)."""
     output_file: str | None = None
     """Metrics JSON (default: eval_<data>_<split>.json in the model folder)."""
-    device: str = "auto"
-    """Where the model runs: auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps."""
-    dtype: str = "auto"
-    """Weights dtype: auto (bfloat16 on a CUDA GPU that has it, else float32) | float32 |
-    bfloat16 | float16."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel, as transformers' from_pretrained takes it: sdpa | eager |
-    flash_attention_2 (CUDA, bfloat16/float16, the flash-attn package)."""
 
     def __post_init__(self):
         require([(bool(self.model_name_or_path), "give model_name_or_path=RM_FOLDER")])
@@ -478,7 +491,7 @@ class RMEvalConfig:
 
 
 @dataclass
-class RMScoreConfig:
+class RMScoreConfig(PlacementConfig):
     """``distalign rm score``: score prompt/reply rows with a saved reward model."""
 
     model_name_or_path: str = ""
@@ -491,14 +504,6 @@ class RMScoreConfig:
     """Longest prompt + reply in tokens."""
     per_device_eval_batch_size: int = 16
     """Rows per batch."""
-    device: str = "auto"
-    """Where the model runs: auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps."""
-    dtype: str = "auto"
-    """Weights dtype: auto (bfloat16 on a CUDA GPU that has it, else float32) | float32 |
-    bfloat16 | float16."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel, as transformers' from_pretrained takes it: sdpa | eager |
-    flash_attention_2 (CUDA, bfloat16/float16, the flash-attn package)."""
 
     def __post_init__(self):
         require(

@@ -98,6 +98,27 @@ def flat_hparams(config: Any, prefix: str = "") -> dict[str, bool | int | float 
     return out
 
 
+def start_run(cfg: Any, out: Path, **accelerator_kwargs):
+    """A training run's Accelerator (mixed precision from ``cfg.bf16``/``cfg.fp16``, or what
+    ``accelerate launch`` set; trackers from ``cfg.report_to``), the global seed, and the
+    resolved config saved in ``out`` by the main process."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from distalign.config import mixed_precision, save_config
+
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision(cfg.bf16, cfg.fp16),
+        log_with=resolve_report_to(cfg.report_to) or None,
+        project_dir=str(out),
+        **accelerator_kwargs,
+    )
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        save_config(cfg, out)
+    return accelerator
+
+
 def start_tracking(accelerator, project: str, run_name: str | None, config: Any) -> None:
     """Start the accelerator's trackers (main process) with every hyperparameter of ``config``.
 

@@ -37,14 +37,14 @@ import numpy as np
 import torch
 import yaml
 
-from distalign.config import placement_checks, require
+from distalign.config import PlacementConfig, placement_checks, require
 from distalign.metrics import bootstrap_interval, distinct_n, win_rate
 from distalign.models.generate import SamplingConfig, sampling_of
 from distalign.models.load import require_4d_mask
 
 
 @dataclass
-class CompareConfig(SamplingConfig):
+class CompareConfig(SamplingConfig, PlacementConfig):
     """``distalign eval compare``: aligned policies vs SFT on held-out prompts.
 
     Decoding keys (max_completion_length, temperature, top_p, top_k, sampling_batch_size,
@@ -88,14 +88,6 @@ class CompareConfig(SamplingConfig):
     """Bootstrap resamples for the 95% intervals."""
     output_dir: str = "runs/compare"
     """Where compare.json, replies.jsonl and report.html go."""
-    device: str = "auto"
-    """Where the models run: auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps."""
-    dtype: str = "auto"
-    """Weights dtype of policies and reward models: auto (bfloat16 on a CUDA GPU that has it,
-    else float32) | float32 | bfloat16 | float16."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel, as transformers' from_pretrained takes it: sdpa | eager (the KL pass
-    needs a 4-D mask, which flash-attention kernels do not take)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -140,14 +132,6 @@ class CompareConfig(SamplingConfig):
         if self.judge is None:
             return []
         return list(self.judge) if isinstance(self.judge, list) else [self.judge]
-
-    def load_options(self) -> dict[str, Any]:
-        """Where and how every model of the comparison loads: the resolved device and dtype,
-        the attention kernel."""
-        from distalign.models.load import resolve_device_dtype
-
-        device, dtype = resolve_device_dtype(self.device, self.dtype)
-        return {"device": device, "dtype": dtype, "attn_implementation": self.attn_implementation}
 
     def policy_dirs(self) -> dict[str, str]:
         """NAME -> DIR of the aligned policies."""
@@ -367,22 +351,6 @@ def policy_row(m: Measured, sft: Measured, k: int, cfg: CompareConfig, judge_nam
     return row
 
 
-def spread_vs_disagreement(rewards, measured: dict[str, Measured]) -> dict[str, float | None]:
-    """Per reward model: does a distributional RM's predicted spread track the annotators'
-    real disagreement (Spearman over all replies)? None for a scalar RM (no spread)."""
-    from scipy.stats import spearmanr
-
-    spread = {}
-    for rm, source in rewards.items():
-        if not source.distributional:
-            spread[rm] = None  # a scalar reward has no spread to offer
-            continue
-        pred = np.concatenate([m.scored[rm]["std"] for m in measured.values()])
-        true = np.concatenate([m.judged["gold_std"] for m in measured.values()])
-        spread[rm] = float(spearmanr(pred, true).statistic)
-    return spread
-
-
 def spread_vs_disagreement_measures(rewards, measured: dict[str, Measured], k: int):
     """Per distributional RM, over all compared replies: Spearman of its predicted std with the
     raw annotator std (``gold_std``) and with the annotators' rewards centred within the prompt
@@ -480,8 +448,12 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         "policies": results,
     }
     if judge is None:  # only the gold judge has annotators whose disagreement to compare
-        summary["std_vs_disagreement_spearman"] = spread_vs_disagreement(rewards, measured)
-        summary["std_vs_disagreement"] = spread_vs_disagreement_measures(rewards, measured, k)
+        measures = spread_vs_disagreement_measures(rewards, measured, k)
+        # the raw Spearman alone, under the key earlier reports read
+        summary["std_vs_disagreement_spearman"] = {
+            rm: (v["spearman_raw"] if v else None) for rm, v in measures.items()
+        }
+        summary["std_vs_disagreement"] = measures
     summary |= {"overoptimisation": curves, "samples": samples_table}
     (out_dir / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_replies(out_dir / "replies.jsonl", measured, prompts, k)

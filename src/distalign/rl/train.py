@@ -34,18 +34,16 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from distalign.checkpoint import count_nonfinite, resume_training, save_checkpoint
 from distalign.config import (
     checkpoint_path,
     frozen_dtype,
-    mixed_precision,
     report_to_list,
     require,
     resume_value,
-    save_config,
 )
 from distalign.data.pairs import render_prompt_ids
 from distalign.data.prompts import load_prompts
@@ -68,7 +66,13 @@ from distalign.models.load import DEFAULT_MODEL, load_policy, require_4d_mask
 from distalign.models.lora import add_lora
 from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors, reference_mode, reply_logprobs
 from distalign.rl.rewards import GOLD_REWARD, load_reward_source, prompt_columns
-from distalign.tracking import MetricsLog, peak_memory_gb, resolve_report_to, start_tracking
+from distalign.tracking import (
+    MetricsLog,
+    peak_memory_gb,
+    resolve_report_to,
+    start_run,
+    start_tracking,
+)
 
 log = logging.getLogger(__name__)
 
@@ -741,14 +745,7 @@ def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig) -
 def run(cfg: RLTrainConfig) -> dict[str, Any]:
     """Train; returns the held-out evaluation before and after. Writes output_dir/final."""
     out = Path(cfg.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=mixed_precision(cfg.bf16, cfg.fp16),
-        log_with=resolve_report_to(cfg.report_to) or None,
-        project_dir=str(out),
-    )
-    set_seed(cfg.seed)
-    if accelerator.is_main_process:
-        save_config(cfg, out)
+    accelerator = start_run(cfg, out)
     # first: the cheap failure (a bad path); frozen reward models in the run's precision
     reward = load_rewards(cfg, accelerator.device, frozen_dtype(accelerator.mixed_precision))
     policy, tokenizer, ref_model = build_policy(cfg, accelerator)

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -32,11 +31,9 @@ from distalign.checkpoint import count_nonfinite, resume_training, save_checkpoi
 from distalign.config import (
     checkpoint_path,
     config_dict,
-    mixed_precision,
     report_to_list,
     require,
     resume_value,
-    save_config,
 )
 from distalign.data.load import bayes_ceiling, load_preferences, p_chosen_by_group
 from distalign.data.pairs import (
@@ -56,7 +53,13 @@ from distalign.models.reward_model import (
     pair_scores,
     save_reward_model,
 )
-from distalign.tracking import MetricsLog, peak_memory_gb, resolve_report_to, start_tracking
+from distalign.tracking import (
+    MetricsLog,
+    peak_memory_gb,
+    resolve_report_to,
+    start_run,
+    start_tracking,
+)
 
 log = logging.getLogger(__name__)
 
@@ -484,15 +487,7 @@ def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, output
 def run(cfg: RMTrainConfig) -> dict[str, Any]:
     """Train; return the final held-out metrics. Writes ``output_dir/final`` (the model)."""
     out = Path(cfg.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=mixed_precision(cfg.bf16, cfg.fp16),
-        log_with=resolve_report_to(cfg.report_to) or None,
-        project_dir=str(out),
-    )
-    set_seed(cfg.seed)
-    if accelerator.is_main_process:
-        save_config(cfg, out)
+    accelerator = start_run(cfg, out, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     model, tokenizer = build_model(cfg)
     with accelerator.main_process_first():  # tokenise once, other processes hit the cache
         train, held_out = load_pairs(cfg, tokenizer)
