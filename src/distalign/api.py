@@ -107,19 +107,14 @@ def generate(config=None, **overrides) -> list[dict[str, Any]]:
     ``reply``, ``finished``, ``tokens``; also written as JSONL to ``output_file`` when set."""
     from distalign.data.prompts import load_prompts
     from distalign.models.generate import sample_replies, sampling_of
-    from distalign.models.load import load_policy, resolve_device_dtype
+    from distalign.models.load import load_policy
 
     cfg = _config(GenerateConfig, config, overrides)
     prompts = [[{"role": "user", "content": p}] for p in cfg.prompts]
     if cfg.dataset_name:
         prompts += load_prompts(cfg.dataset_name, cfg.dataset_split)
-    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
     model, tokenizer = load_policy(
-        cfg.model_name_or_path,
-        device=device,
-        dtype=dtype,
-        attn_implementation=cfg.attn_implementation,
-        trust_remote_code=cfg.trust_remote_code,
+        cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code, **cfg.load_options()
     )
     out = sample_replies(
         model, tokenizer, prompts, k=cfg.num_generations, config=sampling_of(cfg), progress=True

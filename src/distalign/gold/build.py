@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from distalign.config import placement_checks, require
+from distalign.config import PlacementConfig, placement_checks, require
 from distalign.gold import judge as gold
 from distalign.metrics import bayes_accuracy
 from distalign.models.generate import SamplingConfig
@@ -60,7 +60,7 @@ def default_settings() -> list[SamplingConfig]:
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(PlacementConfig):
     """``distalign gold make``: regenerate the gold-judge preference benchmark."""
 
     model_name_or_path: str = "smollm2-135m-instruct"
@@ -152,15 +152,9 @@ def sample_all_replies(cfg: BenchConfig, prompts: list[dict[str, Any]]) -> list[
         from tqdm.auto import tqdm
 
         from distalign.models.generate import sample_replies
-        from distalign.models.load import load_policy, resolve_device_dtype
+        from distalign.models.load import load_policy
 
-        device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
-        model, tokenizer = load_policy(
-            cfg.model_name_or_path,
-            device=device,
-            dtype=dtype,
-            attn_implementation=cfg.attn_implementation,
-        )
+        model, tokenizer = load_policy(cfg.model_name_or_path, **cfg.load_options())
         start = time.perf_counter()
         with partial.open("a", encoding="utf-8") as f:
             for s, c in tqdm(chunks, desc="sampling replies", unit="chunk"):
