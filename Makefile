@@ -5,6 +5,7 @@
 #   make demo        the pipeline on the embedded defaults (28 min here)
 #   make demo-full   the larger profile: more data, steps, prompts and one more variant
 #   make lint        ruff check + format check
+#   make bench       distalign vs TRL side by side (~35 min here): benchmarks/results/README.md
 # VENV=path/to/env: use (or create) another environment; one that has a torch keeps it.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,7 +19,7 @@ VENV_FLAGS ?= $(shell python3 -c "import torch" >/dev/null 2>&1 && echo --system
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 PYTEST_FLAGS ?=
 
-.PHONY: setup test test-slow test-gpu test-all demo demo-full lint format clean
+.PHONY: setup test test-slow test-gpu test-all demo demo-full bench lint format clean
 
 setup: $(STAMP)
 
@@ -48,6 +49,12 @@ demo: setup
 
 demo-full: setup
 	VENV="$(abspath $(VENV))" PROFILE=full bash scripts/demo.sh
+
+# TRL (the peer measured against) comes with the bench extra; BENCH_FLAGS=--quick for a smoke run
+BENCH_FLAGS ?=
+bench: setup
+	$(PIP) -e ".[bench]"
+	$(PY) benchmarks/run_all.py $(BENCH_FLAGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests

@@ -1,107 +1,133 @@
-"""Peak memory and time of one REINFORCE/RLOO step on the real SmolLM2, CPU.
+"""How distalign's RL step time and peak memory scale with new tokens and with k.
 
-    python benchmarks/rl_step_memory.py                     # 64, 128, 256 new tokens
-    python benchmarks/rl_step_memory.py --tokens 64 --lora false
+    python benchmarks/rl_step_memory.py                         # tokens 64..512, k 2..8
+    python benchmarks/rl_step_memory.py --tokens 64,256 --ks 4 --full
+    python benchmarks/rl_step_memory.py --quick                 # tiny random model
 
-One step = 8 prompts × k = 4 samples = 32 completions: sampling (no grad, KV cache), reward
-(the gold judge as a callable, so no reward model is needed), reference pass, and the
-teacher-forced REINFORCE pass with gradients in micro-batches of ``--micro`` prompts (2).
-Each setting runs in its own process, so its peak RSS is its own.
-Writes results/rl_step_memory.json.
+The step is the one of ``rl_vs_trl.py`` (same prompts, same saved sequence-classification
+reward model, β, sampling, micro-batches of 2 prompts × k completions, LoRA by default):
+8 prompts × k samples. Two sweeps: max new tokens (64, 128, 256, 512) at k = 4, and k (2, 4, 8)
+at 64 tokens. Each setting runs in its own process so that its peak RSS is its own, for
+``--steps`` steps (default 1: the warm-up step is the measurement, which is what memory needs;
+its time then includes first-step overheads). Writes results/rl_step_memory.json and the
+plots results/rl_scaling_tokens.png, results/rl_scaling_k.png; says whether peak memory
+grows about linearly (a least-squares line through the points, R²).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from child import report, run_child
+from common import RESULTS, environment, write_json
+from rl_vs_trl import add_common_args, child_main, measure, prepare, settings
 
-HERE = Path(__file__).parent
+
+def linear_fit(xs: list[float], ys: list[float]) -> dict:
+    """Least-squares line y = a + b·x and its R²."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+    a = my - b * mx
+    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True))
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    r2 = 1 - ss_res / ss_tot if ss_tot else 1.0
+    return {"intercept": a, "slope": b, "r2": r2, "about_linear": r2 >= 0.98}
 
 
-def child(tokens: int, lora: bool, work: Path, micro: int) -> None:
-    from distalign.rl.train import RLTrainConfig, run
-    from distalign.tracking import peak_memory_gb, read_metrics
+def plot(points: list[dict], key: str, xlabel: str, path: Path, title: str) -> None:
+    import matplotlib
 
-    out = work / f"rl_{tokens}_{'lora' if lora else 'full'}_mb{micro}"
-    cfg = RLTrainConfig(
-        reward="distalign.gold.judge:gold_reward",
-        num_generations=4,
-        per_device_train_batch_size=4 * micro,
-        gradient_accumulation_steps=8 // micro,
-        max_completion_length=tokens,
-        temperature=1.0,
-        sampling_batch_size=8,
-        max_steps=1,
-        use_peft=lora,
-        eval_steps=0,
-        eval_at_start=False,
-        max_eval_samples=1,
-        save_steps=0,
-        report_to="none",
-        output_dir=str(out),
-    )
-    run(cfg)
-    m = next(r for r in read_metrics(out / "metrics.jsonl") if "train/reward" in r)
-    result = {
-        "max_new_tokens": tokens,
-        "lora": lora,
-        "completions": 32,
-        "micro_batch_prompts": micro,
-        "mean_reply_tokens": m["train/length"],
-        "peak_rss_gb": peak_memory_gb(),
-        "generate_s": m["time/generate_s"],
-        "score_s": m["time/score_s"],
-        "train_s": m["time/train_s"],
-        "step_s": m["time/generate_s"] + m["time/score_s"] + m["time/train_s"],
-    }
-    report(result)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [p[key] for p in points]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(xs, [p["step_s"] for p in points], "o-", label="step")
+    for part in ("generate", "reward", "reference", "train"):
+        ax1.plot(xs, [p[f"{part}_s"] for p in points], ".--", label=part)
+    ax1.set_xlabel(xlabel)
+    ax1.set_ylabel("time per step (s)")
+    ax1.legend()
+    ax2.plot(xs, [p["peak_mem_gb"] for p in points], "o-")
+    ax2.set_xlabel(xlabel)
+    ax2.set_ylabel("peak memory (GB, RSS)")
+    ax2.set_ylim(bottom=0)
+    for ax in (ax1, ax2):
+        ax.set_xticks(xs)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", default="64,128,256")
-    ap.add_argument("--lora", default="true")
-    ap.add_argument("--work", type=Path, default=Path("runs/bench_rl"))
-    ap.add_argument(
-        "--micro", type=int, default=2, help="prompts (x k completions) per micro-batch"
-    )
-    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "rl_step_memory.json")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(ap, steps=1)
+    ap.add_argument("--tokens", default="64,128,256,512", help="new-token sweep at k=4")
+    ap.add_argument("--ks", default="2,4,8", help="k sweep at 64 tokens")
+    ap.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
     args = ap.parse_args()
-    lora = args.lora.lower() == "true"
-    if args.child:
-        return child(args.child, lora, args.work, args.micro)
-    results = []
-    for tokens in [int(t) for t in args.tokens.split(",")]:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--child",
-            str(tokens),
-            "--lora",
-            args.lora,
-            "--work",
-            str(args.work),
-            "--micro",
-            str(args.micro),
-        ]
-        results.append(run_child(cmd, f"{tokens} tokens"))
-        print(json.dumps(results[-1]), flush=True)
-    reference = {
-        "what": "TRL RLOOTrainer, 64 new tokens, as given in the issue (not re-measured here)",
-        "micro_batch_32_gb": 14.2,
-        "micro_batch_8_gb": 6.6,
+    if args.child_settings:
+        return child_main(args.child_settings)
+    args.profile = False
+    prepare(args, Path("runs/bench_rl_scaling"), RESULTS / "rl_step_memory.json")
+    if args.quick:
+        args.tokens, args.ks = "8,16,32", "2,4"
+    lora = not args.full
+    tokens = [int(t) for t in args.tokens.split(",")]
+    ks = [int(k) for k in args.ks.split(",")]
+    base_tokens = tokens[0]
+    done: dict[tuple[int, int], dict] = {}
+
+    def point(n_tokens: int, k: int) -> dict:
+        if (n_tokens, k) not in done:
+            s = settings(args, "distalign", lora, n_tokens, k, tag=f"_{n_tokens}t_k{k}")
+            print(f"== {n_tokens} new tokens, k={k}", flush=True)
+            r = done[(n_tokens, k)] = measure(s, __file__)
+            print(
+                f"   step {r['step_s']:.1f} s, peak {r['peak_mem_gb']:.2f} GB, "
+                f"{r['mean_reply_tokens']:.0f} reply tokens",
+                flush=True,
+            )
+        return done[(n_tokens, k)]
+
+    by_tokens = [point(t, 4) for t in tokens]
+    by_k = [point(base_tokens, k) for k in ks]
+    mode = "LoRA" if lora else "full fine-tune"
+    title = f"distalign RL step, {args.prompts} prompts"
+    plot(by_tokens, "tokens", "max new tokens", args.out.with_name("rl_scaling_tokens.png"),
+         f"{title} × k=4, {mode}")  # fmt: skip
+    plot(by_k, "k", "samples per prompt k", args.out.with_name("rl_scaling_k.png"),
+         f"{title}, {base_tokens} new tokens, {mode}")  # fmt: skip
+    summary = {
+        "model": args.model,
+        "quick": args.quick,
+        **environment(),
+        "settings": {
+            "prompts_per_step": args.prompts,
+            "lora": lora,
+            "steps": args.steps,
+            "micro_batch_prompts": args.micro,
+        },
+        "by_tokens": by_tokens,
+        "by_k": by_k,
+        "memory_fit_tokens": linear_fit(
+            [p["tokens"] for p in by_tokens], [p["peak_mem_gb"] for p in by_tokens]
+        ),
+        "memory_fit_k": linear_fit([p["k"] for p in by_k], [p["peak_mem_gb"] for p in by_k]),
+        # generated tokens per step is what memory follows (replies may end early)
+        "memory_fit_generated": linear_fit(
+            [p["mean_reply_tokens"] * p["k"] for p in done.values()],
+            [p["peak_mem_gb"] for p in done.values()],
+        ),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.micro != 2:
-        args.out = args.out.with_name(f"rl_step_memory_mb{args.micro}.json")
-    args.out.write_text(
-        json.dumps({"results": results, "trl_reference": reference}, indent=2) + "\n"
-    )
+    write_json(args.out, summary)
+    print(json.dumps({k: summary[k] for k in summary if k.startswith("memory_fit")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,26 @@
 """Reward-model training throughput and peak memory: distalign vs TRL's RewardTrainer.
 
-    python benchmarks/rm_throughput.py        # all variants -> results/rm_throughput.json
-    python benchmarks/rm_throughput.py --pairs 48 --steps 6
+    python benchmarks/rm_throughput.py                       # both workloads, all variants
+    python benchmarks/rm_throughput.py --workloads multiturn --steps 6
+    python benchmarks/rm_throughput.py --quick               # tiny random model, seconds
 
-Same machine, same run, same pairs (the first pairs of the shipped gold benchmark whose
-prompt + reply fit ``--max-length`` for both replies, so neither tool truncates or drops any),
-same model (SmolLM2-135M-Instruct, full fine-tune, fp32, no gradient checkpointing),
-8 pairs per optimizer step. Each variant runs in its own process so that its peak RSS is its
-own. Throughput excludes the first step (warm-up): pairs / seconds over steps 2..N.
+Two workloads, each run by every variant on the same machine in the same run:
+
+* ``gold``: the first pairs of the shipped gold benchmark (short single-turn prompts) whose
+  prompt + longer reply fit ``--max-length``;
+* ``multiturn``: chat pairs shaped like real preference data: each prompt is a conversation
+  whose earlier turns are other benchmark prompts with (shortened) benchmark replies, grown
+  until it reaches a drawn target (median about 120 tokens); the chosen and rejected replies
+  are benchmark replies cut to 30-40 tokens at a word boundary. ``max_length`` is chosen to
+  fit the longest pair, so neither tool truncates or drops anything (checked: TRL filters
+  longer pairs, and the script fails if it kept fewer than it was given).
+
+Both tools get identical conversational rows (message lists), the same model (full fine-tune,
+fp32, no gradient checkpointing), 8 pairs per optimizer step, learning rate and steps. Each
+variant runs in its own process so that its peak RSS is its own. Throughput excludes the
+first step (warm-up): pairs / seconds over steps 2..N; tokens/s counts the real (non-pad)
+tokens of prompt + chosen and prompt + rejected, as both tools are given them (one number per
+pair, the same for both tools, so the ratio of tokens/s equals the ratio of pairs/s).
 
 Needs TRL: ``pip install -e ".[bench]"`` (the version measured; not a dependency of distalign).
 """
@@ -16,46 +29,121 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import random
+import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
 
 from child import report, run_child
+from common import (
+    DEFAULT_MODEL,
+    RESULTS,
+    TINY,
+    environment,
+    policy_path,
+    rate,
+    results_dir,
+    write_json,
+)
 
-HERE = Path(__file__).parent
 VARIANTS = {
     "trl": "TRL RewardTrainer (defaults)",
     "plain": "distalign, prefix sharing off",
     "shared": "distalign, prefix sharing (default)",
     "packed": "distalign, prefix sharing + packing",
 }
+WORKLOADS = ("gold", "multiturn")
+PAIRS_PER_STEP = 8
 
 
-def select_pairs(n: int, max_length: int, model: str) -> list[dict]:
-    from distalign.data.load import load_preferences
+def _lengths(tok, prompt, chosen, rejected) -> tuple[int, int, int]:
     from distalign.data.pairs import render_prompt_ids, render_reply_ids
-    from distalign.models.load import load_tokenizer
 
-    tok = load_tokenizer(model)
+    return (
+        len(render_prompt_ids(tok, prompt)),
+        len(render_reply_ids(tok, prompt, chosen)),
+        len(render_reply_ids(tok, prompt, rejected)),
+    )
+
+
+def _row(prompt, chosen, rejected, lengths) -> dict:
+    p, c, r = lengths
+    return {
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "prompt_tokens": p,
+        "tokens": p + c + p + r,  # both sequences, as TRL reads them
+        "tokens_shared": p + c + r,  # the prompt once, as prefix sharing reads them
+        "longest": p + max(c, r),
+    }
+
+
+def gold_pairs(n: int, max_length: int, tok) -> list[dict]:
+    from distalign.data.load import load_preferences
+
     rows = []
     for row in load_preferences("gold", "train"):
-        p = len(render_prompt_ids(tok, row["prompt"]))
-        c = len(render_reply_ids(tok, row["prompt"], row["chosen"]))
-        r = len(render_reply_ids(tok, row["prompt"], row["rejected"]))
-        if p + max(c, r) <= max_length - 2:
-            rows.append(
-                {
-                    "prompt": row["prompt"],
-                    "chosen": row["chosen"],
-                    "rejected": row["rejected"],
-                    "tokens": p + c + p + r,
-                }
-            )
+        lengths = _lengths(tok, row["prompt"], row["chosen"], row["rejected"])
+        if lengths[0] + max(lengths[1:]) <= max_length - 2:
+            rows.append(_row(row["prompt"], row["chosen"], row["rejected"], lengths))
         if len(rows) == n:
             return rows
-    raise SystemExit(f"only {len(rows)} pairs fit {max_length} tokens")
+    raise SystemExit(f"only {len(rows)} gold pairs fit {max_length} tokens")
+
+
+def cut_words(tok, text: str, target: int) -> str:
+    """The shortest word prefix of ``text`` with at least ``target`` tokens (all of it if
+    shorter)."""
+    words, out = text.split(" "), []
+    for w in words:
+        out.append(w)
+        if len(tok(" ".join(out), add_special_tokens=False)["input_ids"]) >= target:
+            break
+    return " ".join(out)
+
+
+def multiturn_pairs(n: int, tok, seed: int = 0) -> list[dict]:
+    """Conversations built from the benchmark's own prompts and replies (see the module doc)."""
+    from distalign.data.load import load_preferences
+
+    rng = random.Random(seed)
+    pool = list(load_preferences("gold", "train"))
+    rows = []
+    for i in range(n):
+        last = pool[i]
+        prompt, before = [], 0
+        target = rng.randint(70, 170)  # prompt tokens, the closest whole number of turns
+        j = i + 1
+        while True:
+            turn = pool[(j * 7919) % len(pool)]  # earlier turns: other rows, spread out
+            j += 1
+            earlier = [
+                {"role": "user", "content": turn["prompt"][-1]["content"]},
+                {
+                    "role": "assistant",
+                    "content": cut_words(tok, turn["chosen"], rng.randint(15, 50)),
+                },
+            ]
+            p = _lengths(tok, [*earlier, *prompt, *last["prompt"]], "x", "x")[0]
+            if p >= target:
+                if p - target < target - before:
+                    prompt = earlier + prompt
+                break
+            prompt, before = earlier + prompt, p
+        final = [*prompt, *last["prompt"]]
+        chosen = cut_words(tok, last["chosen"], rng.randint(30, 40))
+        rejected = cut_words(tok, last["rejected"], rng.randint(30, 40))
+        rows.append(_row(final, chosen, rejected, _lengths(tok, final, chosen, rejected)))
+    return rows
+
+
+def fitting_max_length(pairs: list[dict]) -> int:
+    """The smallest multiple of 64 that holds every pair with room to spare."""
+    longest = max(p["longest"] for p in pairs) + 2
+    return -(-longest // 64) * 64
 
 
 def run_trl(pairs, args) -> dict:
@@ -63,13 +151,11 @@ def run_trl(pairs, args) -> dict:
     from transformers import AutoModelForSequenceClassification, TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
-    from distalign.models.load import load_tokenizer, resolve_model
+    from distalign.models.load import load_tokenizer
     from distalign.tracking import peak_memory_gb
 
-    tok = load_tokenizer(args.model)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model(args.model), num_labels=1
-    )
+    tok = load_tokenizer(args.model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(args.model_path, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     ds = datasets.Dataset.from_list(
         [
@@ -89,7 +175,7 @@ def run_trl(pairs, args) -> dict:
 
     config = RewardConfig(
         output_dir=str(args.work / "trl"),
-        per_device_train_batch_size=8,
+        per_device_train_batch_size=PAIRS_PER_STEP,
         max_steps=args.steps,
         max_length=args.max_length,
         learning_rate=1e-5,
@@ -106,8 +192,16 @@ def run_trl(pairs, args) -> dict:
     trainer = RewardTrainer(
         model=model, args=config, train_dataset=ds, processing_class=tok, callbacks=[Stamp()]
     )
+    kept = trainer.train_dataset
+    if len(kept) != len(pairs):  # TRL drops pairs longer than max_length
+        raise SystemExit(f"TRL kept {len(kept)} of {len(pairs)} pairs: max_length too small")
+    trl_tokens = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in kept)
     trainer.train()
-    return {"step_end_times": stamps, "pairs_per_step": 8, "peak_mem_gb": peak_memory_gb()}
+    return {
+        "step_end_times": stamps,
+        "peak_mem_gb": peak_memory_gb(),
+        "tokens_per_pair_as_tokenized": trl_tokens / len(pairs),
+    }
 
 
 def run_distalign(pairs, args, variant) -> dict:
@@ -118,15 +212,18 @@ def run_distalign(pairs, args, variant) -> dict:
     data.mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):
         with open(data / f"{split}.jsonl", "w") as f:
-            for p in pairs if split == "train" else pairs[:8]:
+            for p in pairs if split == "train" else pairs[:PAIRS_PER_STEP]:
                 f.write(json.dumps({k: p[k] for k in ("prompt", "chosen", "rejected")}) + "\n")
     out = args.work / variant
+    shutil.rmtree(out, ignore_errors=True)  # metrics.jsonl is appended to
+    longest_prompt = max(p["prompt_tokens"] for p in pairs)
     cfg = RMTrainConfig(
-        model_name_or_path=args.model,
+        model_name_or_path=args.model_path,
         dataset_name=str(data),
         max_length=args.max_length,
-        max_prompt_length=args.max_length // 2,
-        per_device_train_batch_size=8,
+        # never cut a prompt: the longest one fits (and still below max_length)
+        max_prompt_length=max(args.max_length // 2, min(longest_prompt + 1, args.max_length - 1)),
+        per_device_train_batch_size=PAIRS_PER_STEP,
         max_steps=args.steps,
         learning_rate=1e-5,
         eval_steps=0,
@@ -141,79 +238,80 @@ def run_distalign(pairs, args, variant) -> dict:
     logs = [r for r in read_metrics(out / "metrics.jsonl") if "train/elapsed_s" in r]
     return {
         "step_end_times": [r["train/elapsed_s"] for r in logs],
-        "pairs_per_step": 8,
         "peak_mem_gb": peak_memory_gb(),
-        "train_accuracy_last": logs[-1]["train/accuracy"],
     }
 
 
 def child(args) -> None:
     pairs = json.loads((args.work / "pairs.json").read_text())
-    result = (
-        run_trl(pairs, args) if args.variant == "trl" else run_distalign(pairs, args, args.variant)
-    )
+    if args.variant == "trl":
+        result = run_trl(pairs, args)
+    else:
+        result = run_distalign(pairs, args, args.variant)
     t = result["step_end_times"]
-    result["pairs_per_s"] = result["pairs_per_step"] * (len(t) - 1) / (t[-1] - t[0])
+    if len(t) != args.steps:
+        raise SystemExit(f"{args.variant}: {len(t)} steps logged, {args.steps} expected")
+    result["pairs_per_s"] = rate(t, PAIRS_PER_STEP)
     report(result)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--pairs", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--work", type=Path, default=Path("runs/bench_rm"))
-    ap.add_argument("--variant", help=argparse.SUPPRESS)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "rm_throughput.json")
-    args = ap.parse_args()
-    if args.variant:
-        return child(args)
-    args.work.mkdir(parents=True, exist_ok=True)
-    pairs = select_pairs(args.steps * 8, args.max_length, args.model)
-    (args.work / "pairs.json").write_text(json.dumps(pairs))
+def build_pairs(workload: str, n: int, max_length: int | None, model_path: str):
+    from distalign.models.load import load_tokenizer
+
+    tok = load_tokenizer(model_path)
+    if workload == "gold":
+        max_length = max_length or 256
+        return gold_pairs(n, max_length, tok), max_length
+    pairs = multiturn_pairs(n, tok)
+    return pairs, max(max_length or 0, fitting_max_length(pairs))
+
+
+def run_workload(workload: str, args) -> dict:
+    work = args.work / workload
+    work.mkdir(parents=True, exist_ok=True)
+    n = args.steps * PAIRS_PER_STEP
+    pairs, max_length = build_pairs(workload, n, args.max_length, args.model_path)
+    (work / "pairs.json").write_text(json.dumps(pairs))
+    prompt_tokens = [p["prompt_tokens"] for p in pairs]
+    tokens_per_pair = sum(p["tokens"] for p in pairs) / len(pairs)
+    shared_per_pair = sum(p["tokens_shared"] for p in pairs) / len(pairs)
     results = {}
     for variant in args.variants.split(","):
-        cmd = [
-            sys.executable,
-            __file__,
-            "--variant",
-            variant,
-            "--work",
-            str(args.work),
-            "--steps",
-            str(args.steps),
-            "--max-length",
-            str(args.max_length),
-            "--model",
-            args.model,
-        ]
-        print(f"== {variant}: {VARIANTS[variant]}", flush=True)
-        results[variant] = run_child(cmd, variant)
-        r = results[variant]
-        print(f"   {r['pairs_per_s']:.3f} pairs/s, peak {r['peak_mem_gb']:.2f} GB", flush=True)
+        cmd = [sys.executable, __file__, "--variant", variant, "--work", str(work)]
+        cmd += ["--steps", str(args.steps), "--max-length", str(max_length)]
+        cmd += ["--model-path", args.model_path]
+        print(f"== {workload} / {variant}: {VARIANTS[variant]}", flush=True)
+        r = run_child(cmd, f"{workload}/{variant}")
+        r["tokens_per_s"] = r["pairs_per_s"] * tokens_per_pair
+        # tokens the model actually runs (prefix sharing reads each prompt once)
+        computed = tokens_per_pair if variant in ("trl", "plain") else shared_per_pair
+        r["computed_tokens_per_s"] = r["pairs_per_s"] * computed
+        results[variant] = r
+        print(
+            f"   {r['pairs_per_s']:.3f} pairs/s, {r['tokens_per_s']:.0f} tokens/s, "
+            f"peak {r['peak_mem_gb']:.2f} GB",
+            flush=True,
+        )
     base = results.get("trl")
-    summary = {
+    return {
         "settings": {
-            "model": args.model,
-            "pairs_per_step": 8,
+            "pairs": n,
             "steps": args.steps,
-            "max_length": args.max_length,
-            "dtype": "float32",
-            "full_finetune": True,
-            "gradient_checkpointing": False,
-            "mean_tokens_per_pair_unshared": sum(p["tokens"] for p in pairs) / len(pairs),
-        },
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
+            "pairs_per_step": PAIRS_PER_STEP,
+            "max_length": max_length,
+            "median_prompt_tokens": statistics.median(prompt_tokens),
+            "max_prompt_tokens": max(prompt_tokens),
+            "mean_reply_tokens": (tokens_per_pair - 2 * statistics.mean(prompt_tokens)) / 2,
+            "tokens_per_pair": tokens_per_pair,
+            "tokens_per_pair_prefix_shared": shared_per_pair,
+            "tokens_per_pair_trl_tokenized": base and base.get("tokens_per_pair_as_tokenized"),
         },
         "results": {
             v: {
                 "what": VARIANTS[v],
                 "pairs_per_s": r["pairs_per_s"],
+                "tokens_per_s": r["tokens_per_s"],
+                "computed_tokens_per_s": r["computed_tokens_per_s"],
                 "peak_mem_gb": r["peak_mem_gb"],
                 "speedup_vs_trl": r["pairs_per_s"] / base["pairs_per_s"] if base else None,
                 "memory_vs_trl": r["peak_mem_gb"] / base["peak_mem_gb"] if base else None,
@@ -221,9 +319,36 @@ def main() -> None:
             for v, r in results.items()
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary["results"], indent=2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--steps", type=int, default=6, help="optimizer steps (8 pairs each)")
+    ap.add_argument(
+        "--max-length", type=int, help="gold: 256; multiturn: fitted to the longest pair"
+    )
+    ap.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, folder, or {TINY}")
+    ap.add_argument("--variants", default="trl,shared,packed", help=",".join(VARIANTS))
+    ap.add_argument("--quick", action="store_true", help="tiny random model, 3 steps")
+    ap.add_argument("--work", type=Path, default=Path("runs/bench_rm"))
+    ap.add_argument("--out", type=Path, default=RESULTS / "rm_throughput.json")
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--model-path", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.variant:
+        return child(args)
+    if args.quick:
+        args.model, args.steps = TINY, min(args.steps, 3)
+        args.work = args.work.with_name(args.work.name + "_quick")
+        args.out = results_dir(True) / args.out.name
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.model_path = policy_path(args.model, args.work)
+    summary = {"model": args.model, "quick": args.quick, **environment(), "workloads": {}}
+    for workload in args.workloads.split(","):
+        summary["workloads"][workload] = run_workload(workload, args)
+    write_json(args.out, summary)
+    print(json.dumps({w: s["results"] for w, s in summary["workloads"].items()}, indent=2))
 
 
 if __name__ == "__main__":
