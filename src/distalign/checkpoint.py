@@ -25,6 +25,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from distalign.distributed import (
+    all_finite,
+    load_full_optimizer_state,
+    load_full_state_dict,
+    sharding,
+)
+
 log = logging.getLogger(__name__)
 
 
@@ -68,11 +75,6 @@ class CheckpointError(OSError):
     """A checkpoint that could not be written or read; the message says which and why."""
 
 
-def weights_are_finite(model) -> bool:
-    """Whether every trainable weight is finite (a broken step must not become a checkpoint)."""
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
-
-
 def save_checkpoint(
     path: str | Path,
     model,
@@ -80,15 +82,19 @@ def save_checkpoint(
     optimizer,
     scheduler,
     state: dict[str, Any],
+    model_state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically. ``model`` is the unwrapped (PEFT or HF) model.
+    """Write a checkpoint atomically. ``model`` is the unwrapped (PEFT or HF) model; a sharded
+    model's weights and optimizer state come gathered as ``model_state`` / ``optimizer_state``
+    (``distalign.distributed``), else they are read from ``model`` and ``optimizer``.
 
     Everything goes to ``<name>.tmp`` first; only a complete folder replaces ``<name>``. A
     full disk or a read-only folder is a ``CheckpointError`` that says the previous
     checkpoint is intact, and weights that are no longer finite are refused the same way.
     """
     path = Path(path)
-    if not weights_are_finite(model):
+    if not all_finite(model_state, model):
         raise CheckpointError(
             f"not writing {path}: the weights are not finite (the previous checkpoint is intact)"
         )
@@ -97,11 +103,13 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if optimizer_state is None and optimizer is not None:
+            optimizer_state = optimizer.state_dict()
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         text = json.dumps({**state, "rng": rng_state()}, indent=1)
@@ -125,6 +133,11 @@ def load_model_weights(model, path: str | Path) -> None:
     path = Path(path)
     adapter = path / "adapter_model.safetensors"
     if adapter.is_file():
+        if sharding(model) != "none":  # the adapter file's keys lack the adapter's name
+            saved = load_file(adapter)
+            names = {_adapter_key(k, model): k for k in model.state_dict()}
+            load_full_state_dict(model, {names[k]: v for k, v in saved.items() if k in names})
+            return
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, load_file(adapter))
@@ -135,12 +148,22 @@ def load_model_weights(model, path: str | Path) -> None:
     state = {}
     for f in files:
         state.update(load_file(f))
+    if sharding(model) != "none":
+        load_full_state_dict(model, state)
+        return
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:
         raise RuntimeError(
             f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})"
         )
+
+
+def _adapter_key(key: str, model) -> str:
+    """A PEFT model's parameter name as ``save_pretrained`` writes it (no adapter name)."""
+    for name in getattr(model, "peft_config", {}):
+        key = key.replace(f".{name}.", ".")
+    return key
 
 
 def _load_tensors(file: Path) -> Any:
@@ -159,9 +182,10 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
     """Restore model, optimizer, scheduler and RNG from a checkpoint; return its state."""
     path = Path(path)
     load_model_weights(model, path)
-    for obj, name in ((optimizer, "optimizer.pt"), (scheduler, "scheduler.pt")):
-        if obj is not None and (path / name).is_file():
-            obj.load_state_dict(_load_tensors(path / name))
+    if optimizer is not None and (path / "optimizer.pt").is_file():
+        load_full_optimizer_state(model, optimizer, _load_tensors(path / "optimizer.pt"))
+    if scheduler is not None and (path / "scheduler.pt").is_file():
+        scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
     state = json.loads((path / "trainer_state.json").read_text())
     set_rng_state(state.pop("rng"))
     return state

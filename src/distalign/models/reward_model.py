@@ -173,11 +173,14 @@ def _pair_scores(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
     return scores[:n], scores[n:]
 
 
-def save_reward_model(model, tokenizer, out_dir: str | Path, meta: dict[str, Any]) -> Path:
-    """``save_pretrained`` of weights (or LoRA adapter) and tokenizer, plus the metadata file."""
+def save_reward_model(
+    model, tokenizer, out_dir: str | Path, meta: dict[str, Any], state_dict=None
+) -> Path:
+    """``save_pretrained`` of weights (or LoRA adapter) and tokenizer, plus the metadata file;
+    ``state_dict``: the weights gathered from a sharded model (``distalign.distributed``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return out

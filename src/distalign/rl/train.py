@@ -47,6 +47,7 @@ from distalign.config import (
 )
 from distalign.data.pairs import render_prompt_ids
 from distalign.data.prompts import load_prompts
+from distalign.distributed import full_optimizer_state, full_parameters, full_state_dict
 from distalign.losses import (
     dr_grpo_advantages,
     grpo_advantages,
@@ -708,20 +709,26 @@ def _finite(x: float) -> float | None:
     return None if x != x else x  # NaN is not JSON
 
 
-def save_policy(model, tokenizer, folder: Path) -> None:
-    """A policy loadable by path like any model (LoRA: the adapter folder)."""
-    model.save_pretrained(folder, safe_serialization=True)
+def save_policy(model, tokenizer, folder: Path, weights=None) -> None:
+    """A policy loadable by path like any model (LoRA: the adapter folder); ``weights``: the
+    state dict gathered from a sharded policy."""
+    model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
     tokenizer.save_pretrained(folder)
 
 
 def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) -> None:
-    """The resumable ``checkpoints/last`` and, with ``keep``, the policy as ``step_N``."""
+    """The resumable ``checkpoints/last`` and, with ``keep``, the policy as ``step_N``.
+    Sharded (FSDP, ZeRO-3): every process takes part in gathering the weights."""
     t.accelerator.wait_for_everyone()
+    weights = full_state_dict(t.learner, "policy.", t.accelerator)
+    optim = None if weights is None else full_optimizer_state(t.policy, t.optimizer)
     if t.accelerator.is_main_process:
         last = t.out / "checkpoints" / "last"
-        save_checkpoint(last, t.policy, t.tokenizer, t.optimizer, t.scheduler, asdict(state))
+        save_checkpoint(last, t.policy, t.tokenizer, t.optimizer, t.scheduler, asdict(state),
+                        weights, optim)  # fmt: skip
         if keep:  # policy only: the points of the over-optimisation curve
-            save_policy(t.policy, t.tokenizer, t.out / "checkpoints" / f"step_{state.step:05d}")
+            step = t.out / "checkpoints" / f"step_{state.step:05d}"
+            save_policy(t.policy, t.tokenizer, step, weights)
 
 
 def evaluate(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> dict[str, float]:
@@ -733,11 +740,15 @@ def evaluate(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> dict
 
 
 def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig) -> None:
+    weights = full_state_dict(t.learner, "policy.", t.accelerator)  # collective when sharded
     if not t.accelerator.is_main_process:
         return
-    save_policy(t.policy, t.tokenizer, t.out / "final")
+    save_policy(t.policy, t.tokenizer, t.out / "final", weights)
     if cfg.use_peft and cfg.merge_lora:
-        save_policy(t.policy.merge_and_unload(), t.tokenizer, t.out / "final_merged")
+        if weights is not None:  # a sharded model cannot merge in place
+            log.warning("merge_lora: skipped for a sharded policy; merge final/ after loading it")
+        else:
+            save_policy(t.policy.merge_and_unload(), t.tokenizer, t.out / "final_merged")
     summary = {"initial_eval": state.initial_eval, "final_eval": final, "steps": state.step}
     (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -772,18 +783,21 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
     if state.step == 0 and cfg.eval_at_start:
-        state.initial_eval = evaluate(t, state, eval_prompts, cfg)  # the SFT policy
+        with full_parameters(t.learner):
+            state.initial_eval = evaluate(t, state, eval_prompts, cfg)  # the SFT policy
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="rl train",
                disable=not accelerator.is_local_main_process)  # fmt: skip
     final, evaluated_at = None, -1
     while state.step < cfg.max_steps:
         t0 = time.perf_counter()
         prompts = next_prompts(train_prompts, state, cfg.prompts_per_step, cfg.seed)
-        ro = rollout(t.policy, tokenizer, prompts, cfg, seed=cfg.seed * 1_000_003 + state.step)
-        t1 = time.perf_counter()
-        scored = score(t, prompts, ro, cfg)
-        greedy = greedy_rewards(t, prompts, cfg)  # ReMax's baseline, None for the others
-        ref_lp = reference_logprobs(t.policy, ref_model, ro, cfg, tokenizer.pad_token_id)
+        with full_parameters(t.learner):  # whole weights while sampling (FSDP, ZeRO-3)
+            seed = cfg.seed * 1_000_003 + state.step
+            ro = rollout(t.policy, tokenizer, prompts, cfg, seed=seed)
+            t1 = time.perf_counter()
+            scored = score(t, prompts, ro, cfg)
+            greedy = greedy_rewards(t, prompts, cfg)  # ReMax's baseline, None for the others
+            ref_lp = reference_logprobs(t.policy, ref_model, ro, cfg, tokenizer.pad_token_id)
         t2 = time.perf_counter()
         rewards = scored.rewards.to(ro.logps.device)
         shaped = kl_shaped_rewards(rewards, ro.logps, ref_lp, ro.mask, cfg.beta)
@@ -801,12 +815,14 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(reward=f"{logged['train/reward']:.3f}", kl=f"{logged['train/kl']:.2f}")
         if cfg.eval_steps and state.step % cfg.eval_steps == 0:
-            final, evaluated_at = evaluate(t, state, eval_prompts, cfg), state.step
+            with full_parameters(t.learner):
+                final, evaluated_at = evaluate(t, state, eval_prompts, cfg), state.step
         if cfg.save_steps and state.step % cfg.save_steps == 0:
             save_state(t, state, cfg, keep=cfg.keep_checkpoints)
     bar.close()
     if evaluated_at != state.step:
-        final = evaluate(t, state, eval_prompts, cfg)
+        with full_parameters(t.learner):
+            final = evaluate(t, state, eval_prompts, cfg)
     save_state(t, state, cfg, keep=False)
     save_final(t, state, final, cfg)
     accelerator.end_training()

@@ -42,6 +42,7 @@ from distalign.data.pairs import (
     length_grouped_batches,
     tokenize_pairs,
 )
+from distalign.distributed import full_optimizer_state, full_state_dict
 from distalign.eval.rm import eval_file_name, evaluate_reward_model, save_eval
 from distalign.losses import distributional_rm_loss, rating_nll, ratings_to_bins, reward_model_loss
 from distalign.models.heads import head_log_probs
@@ -437,11 +438,15 @@ def train_metrics(window: list[dict], t: Trainer, state: TrainState, seconds: fl
 
 
 def save_state(t: Trainer, state: TrainState, name: str) -> None:
+    """Sharded (FSDP, ZeRO-3): every process takes part in gathering the weights."""
     t.accelerator.wait_for_everyone()
+    model = t.accelerator.unwrap_model(t.model).model
+    weights = full_state_dict(t.model, "model.", t.accelerator)
+    optim = None if weights is None else full_optimizer_state(model, t.optimizer)
     if t.accelerator.is_main_process:
-        model = t.accelerator.unwrap_model(t.model).model
         path = t.out / "checkpoints" / name
-        save_checkpoint(path, model, t.tokenizer, t.optimizer, t.scheduler, asdict(state))
+        save_checkpoint(path, model, t.tokenizer, t.optimizer, t.scheduler, asdict(state),
+                        weights, optim)  # fmt: skip
 
 
 def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, dict]:
@@ -462,6 +467,7 @@ def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, d
 def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, outputs, summary):
     """``final/`` (the model, loadable with AutoModelForSequenceClassification), its
     evaluation and plots, and ``summary.json``."""
+    weights = full_state_dict(t.model, "model.", t.accelerator)  # collective when sharded
     if not t.accelerator.is_main_process:
         return
     held_out = cfg.eval_dataset_name or cfg.dataset_name
@@ -476,7 +482,8 @@ def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, output
         "config": config_dict(cfg),
     }
     final = t.out / "final"
-    save_reward_model(t.accelerator.unwrap_model(t.model).model, t.tokenizer, final, meta)
+    model = t.accelerator.unwrap_model(t.model).model
+    save_reward_model(model, t.tokenizer, final, meta, state_dict=weights)
     name = held_out if isinstance(held_out, str) else "dataset"
     where = {"data": name, "split": cfg.dataset_test_split, "head": cfg.head}
     save_eval(result | where, outputs, final / eval_file_name(name, cfg.dataset_test_split))
