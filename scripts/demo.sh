@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole pipeline on the embedded defaults (28 min on a 2-core CPU):
+# The whole pipeline on the embedded defaults (about 22 min on a 2-core CPU):
 # reward models (scalar, ordinal) -> REINFORCE (moving average + scalar RM, RLOO + scalar RM,
 # RLOO + CVaR of the ordinal RM) -> comparison with SFT -> report.
 # A finished stage (its output exists) is reused; FORCE=1 redoes everything.
@@ -20,8 +20,11 @@ if [ "${PROFILE:-}" = full ]; then
 fi
 if [ "${FORCE:-0}" = 1 ]; then rm -rf "$OUT"; fi
 mkdir -p "$OUT"
-start=$(date +%s)
-stage() { echo; echo "== [$(( ($(date +%s) - start) / 60 )) min] $*"; }
+start=$(date +%s) last=$(date +%s) name="" TIMES=""
+# each stage's wall time, listed at the end (where the demo's time goes)
+lap() { local now; now=$(date +%s); [ -n "$name" ] && TIMES="$TIMES$(printf '%6ss  %s' $((now - last)) "$name")
+"; last=$now; }
+stage() { lap; name="$*"; echo; echo "== [$(( ($(date +%s) - start) / 60 )) min] $*"; }
 done_or() { if [ -e "$1" ]; then echo "   reusing $1"; return 1; fi; }
 
 stage "the default model (SmolLM2-135M-Instruct from the embedded GGUF, converted once)"
@@ -78,6 +81,10 @@ for name, r in s["policies"].items():
     print(line + "".join(f" {r['rm_' + m + '_mean']:11.3f}" for m in rms) + f" {r['kl_to_sft']:6.2f}")
 print("std vs disagreement (Spearman):", s["std_vs_disagreement_spearman"])
 PY
+lap
 echo
 echo "report: $OUT/compare/report.html   (numbers: $OUT/compare/compare.json)"
-echo "wall time: $(( ($(date +%s) - start) / 60 )) min"
+echo "stages:"
+printf "%b" "$TIMES"
+total=$(( $(date +%s) - start ))
+echo "wall time: $((total / 60)) min $((total % 60)) s"

@@ -28,6 +28,11 @@ from typing import Any
 import torch
 
 
+def is_sharded(accelerator) -> bool:
+    """Whether accelerate will shard the model or its optimizer (FSDP, DeepSpeed)."""
+    return str(accelerator.distributed_type).rsplit(".", 1)[-1] in {"FSDP", "DEEPSPEED"}
+
+
 def _fsdp2_modules(model) -> list:
     try:
         from torch.distributed.fsdp import FSDPModule

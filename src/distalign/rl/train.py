@@ -47,7 +47,12 @@ from distalign.config import (
 )
 from distalign.data.pairs import render_prompt_ids
 from distalign.data.prompts import load_prompts
-from distalign.distributed import full_optimizer_state, full_parameters, full_state_dict
+from distalign.distributed import (
+    full_optimizer_state,
+    full_parameters,
+    full_state_dict,
+    is_sharded,
+)
 from distalign.losses import (
     dr_grpo_advantages,
     grpo_advantages,
@@ -65,6 +70,7 @@ from distalign.losses import (
 from distalign.models.generate import SamplingConfig, sample_token_ids, sampling_of, stop_token_ids
 from distalign.models.load import DEFAULT_MODEL, load_policy, require_4d_mask
 from distalign.models.lora import add_lora
+from distalign.optim import adamw
 from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors, reference_mode, reply_logprobs
 from distalign.rl.rewards import GOLD_REWARD, load_reward_source, prompt_columns
 from distalign.tracking import (
@@ -761,9 +767,8 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     reward = load_rewards(cfg, accelerator.device, frozen_dtype(accelerator.mixed_precision))
     policy, tokenizer, ref_model = build_policy(cfg, accelerator)
     train_prompts, eval_prompts = prompt_sets(cfg, accelerator)
-    optimizer = torch.optim.AdamW(
-        [p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate
-    )
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = adamw(trainable, cfg.learning_rate, sharded=is_sharded(accelerator))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1))
     )

@@ -42,7 +42,7 @@ from distalign.data.pairs import (
     length_grouped_batches,
     tokenize_pairs,
 )
-from distalign.distributed import full_optimizer_state, full_state_dict
+from distalign.distributed import full_optimizer_state, full_state_dict, is_sharded
 from distalign.eval.rm import eval_file_name, evaluate_reward_model, save_eval
 from distalign.losses import distributional_rm_loss, rating_nll, ratings_to_bins, reward_model_loss
 from distalign.models.heads import head_log_probs
@@ -54,6 +54,7 @@ from distalign.models.reward_model import (
     pair_scores,
     save_reward_model,
 )
+from distalign.optim import adamw
 from distalign.tracking import (
     MetricsLog,
     peak_memory_gb,
@@ -357,7 +358,9 @@ def build_model(cfg: RMTrainConfig):
     return model, tokenizer
 
 
-def optimizer_and_schedule(model, cfg: RMTrainConfig, n_pairs: int, processes: int):
+def optimizer_and_schedule(
+    model, cfg: RMTrainConfig, n_pairs: int, processes: int, sharded: bool = False
+):
     """AdamW over the trainable weights, the learning-rate schedule, and the step count."""
     per_epoch = math.ceil(
         math.ceil(n_pairs / cfg.per_device_train_batch_size)
@@ -365,7 +368,7 @@ def optimizer_and_schedule(model, cfg: RMTrainConfig, n_pairs: int, processes: i
     )
     total_steps = cfg.max_steps or max(1, math.ceil(per_epoch * cfg.num_train_epochs))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = adamw(params, cfg.learning_rate, cfg.weight_decay, sharded=sharded)
     # accelerate steps a prepared scheduler once per process for every optimizer step, so
     # its horizon is counted in process-steps
     scheduler = get_scheduler(
@@ -499,7 +502,9 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     with accelerator.main_process_first():  # tokenise once, other processes hit the cache
         train, held_out = load_pairs(cfg, tokenizer)
     n = accelerator.num_processes
-    optimizer, scheduler, total_steps = optimizer_and_schedule(model, cfg, len(train), n)
+    optimizer, scheduler, total_steps = optimizer_and_schedule(
+        model, cfg, len(train), n, sharded=is_sharded(accelerator)
+    )
     # scoring as the forward of one module, so DDP's gradient hooks and autocast apply
     scorer, optimizer, scheduler = accelerator.prepare(PairScorer(model), optimizer, scheduler)
     collate = make_collator(cfg, tokenizer)
