@@ -29,3 +29,29 @@ def test_resume_needs_a_checkpoint(tmp_path):
     (tmp_path / "last").mkdir()
     (tmp_path / "last" / "trainer_state.json").write_text("{}")
     assert resolve_resume(tmp_path / "last") == tmp_path / "last"
+
+
+def test_gathered_weights_are_saved_and_a_missing_optimizer_state_is_said(
+    tiny_model_dir, tmp_path, caplog
+):
+    """A sharded run hands save_checkpoint its gathered weights; without an optimizer state
+    (FSDP1, ZeRO-3) the checkpoint has none, and loading it says so."""
+    from transformers import AutoModelForCausalLM
+
+    from distalign.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    optimizer = torch.optim.AdamW(model.parameters())
+    weights = {k: v + 1 for k, v in model.state_dict().items()}  # what the shards hold
+    path = save_checkpoint(tmp_path / "last", model, None, optimizer, None, {"step": 3}, weights)
+    assert not (path / "optimizer.pt").exists()
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with caplog.at_level("WARNING"):
+        assert load_checkpoint(path, fresh, torch.optim.AdamW(fresh.parameters()))["step"] == 3
+    assert "no optimizer state" in caplog.text
+    name = "model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(fresh.state_dict()[name], weights[name])
+    weights[name] = weights[name] * float("nan")
+    with pytest.raises(CheckpointError, match="not finite"):
+        save_checkpoint(tmp_path / "last", model, None, optimizer, None, {"step": 4}, weights)
+    assert load_checkpoint(path, fresh)["step"] == 3  # the previous one intact

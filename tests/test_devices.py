@@ -195,11 +195,9 @@ def test_generate_loads_on_the_gpu_in_bf16(gpu, monkeypatch):
 
 def test_rm_eval_and_rm_score_load_on_the_gpu_in_bf16(gpu, monkeypatch, rows_file):
     import distalign.models.reward_model as reward_model
-    import distalign.rm.score as score
 
     calls = []
     monkeypatch.setattr(reward_model, "load_reward_model", recording(calls))
-    monkeypatch.setattr(score, "load_reward_model", recording(calls))
     with pytest.raises(Loaded):
         api.evaluate_reward_model(model_name_or_path="rm")
     with pytest.raises(Loaded):

@@ -87,6 +87,7 @@ def score(config=None, **overrides) -> Path:
         cfg.output_file,
         cfg.max_length,
         cfg.per_device_eval_batch_size,
+        trust_remote_code=cfg.trust_remote_code,
         **cfg.placement(),
     )
     return Path(out)

@@ -106,7 +106,7 @@ def save_checkpoint(
         model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if optimizer_state is None and optimizer is not None:
+        if model_state is None and optimizer is not None:  # unsharded: read it here
             optimizer_state = optimizer.state_dict()
         if optimizer_state is not None:
             torch.save(optimizer_state, tmp / "optimizer.pt")
@@ -184,6 +184,8 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
     load_model_weights(model, path)
     if optimizer is not None and (path / "optimizer.pt").is_file():
         load_full_optimizer_state(model, optimizer, _load_tensors(path / "optimizer.pt"))
+    elif optimizer is not None:
+        log.warning("%s holds no optimizer state: AdamW's moments start from zero", path)
     if scheduler is not None and (path / "scheduler.pt").is_file():
         scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
     state = json.loads((path / "trainer_state.json").read_text())

@@ -500,10 +500,13 @@ class RMScoreConfig(PlacementConfig):
     """JSONL/JSON/CSV/Parquet rows with ``prompt`` and ``reply`` (e.g. ``generate``'s output)."""
     output_file: str | None = None
     """Output JSONL (default: INPUT.scored.jsonl)."""
-    max_length: int = 512
-    """Longest prompt + reply in tokens."""
+    max_length: int | None = None
+    """Longest prompt + reply in tokens (default: a distalign RM's training max_length, with
+    its prompts cut to its max_prompt_length; another model's own limit)."""
     per_device_eval_batch_size: int = 16
     """Rows per batch."""
+    trust_remote_code: bool = False
+    """Let a hub reward model run its own code (off: only transformers' own classes)."""
 
     def __post_init__(self):
         require(

@@ -12,7 +12,8 @@ ZeRO-1/2), so the training loops call it unconditionally.
 - ``full_state_dict(model, prefix)``: the whole state dict (on CPU), collective; the keys
   under ``prefix`` with the prefix stripped (the policy inside a wrapper module).
 - ``full_optimizer_state`` / ``load_full_optimizer_state``: the optimizer's state as one
-  file every process can read back (FSDP2; unsharded optimizers as they are).
+  file every process can read back (FSDP2; unsharded optimizers as they are; FSDP1 and
+  ZeRO-3 checkpoints go without it, with a warning).
 - ``load_full_state_dict(model, state)``: load a whole state dict into a possibly sharded
   model (each process keeps its shard).
 
@@ -22,10 +23,13 @@ branches follow the libraries' documented APIs and have not been run on this pro
 
 from __future__ import annotations
 
+import logging
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def is_sharded(accelerator) -> bool:
@@ -141,9 +145,10 @@ def load_full_state_dict(model, state: dict[str, Any], prefix: str = "") -> None
         model.load_state_dict(state, strict=False)
 
 
-def full_optimizer_state(model, optimizer) -> dict[str, Any]:
+def full_optimizer_state(model, optimizer) -> dict[str, Any] | None:
     """The optimizer's state, whole (FSDP2: gathered and keyed by parameter name, so any
-    world size can load it back); an unsharded optimizer's own ``state_dict``."""
+    world size can load it back); an unsharded optimizer's own ``state_dict``. None, with a
+    warning, for FSDP1 and ZeRO-3: their checkpoints then hold no optimizer state."""
     kind = sharding(model)
     if kind == "fsdp2":
         from torch.distributed.checkpoint.state_dict import (
@@ -154,10 +159,12 @@ def full_optimizer_state(model, optimizer) -> dict[str, Any]:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_optimizer_state_dict(model, optimizer, options=options)
     if kind != "none":
-        raise NotImplementedError(
-            f"resumable checkpoints of a {kind}-sharded optimizer are not supported yet; "
-            "use FSDP2 (configs/accelerate/fsdp.yaml) or DeepSpeed ZeRO-2"
+        log.warning(
+            "%s: the checkpoint holds the weights but not the optimizer state (a resumed run "
+            "restarts AdamW's moments); FSDP2 (configs/accelerate/fsdp.yaml) or ZeRO-2 save it",
+            kind,
         )
+        return None
     return optimizer.state_dict()
 
 

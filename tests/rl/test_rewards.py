@@ -339,3 +339,21 @@ def test_the_saved_classifier_loads_with_transformers_alone(gpt2_rm):
     assert not (gpt2_rm / "distalign_rm.json").exists()
     model = AutoModelForSequenceClassification.from_pretrained(gpt2_rm)
     assert model.config.num_labels == 1
+
+
+def test_rm_score_takes_any_sequence_classifier(gpt2_rm, tmp_path):
+    """``rm score`` scores through the same source as ``rl train``: a classifier distalign did
+    not train is scored with its own template and length limit."""
+    from distalign import api
+
+    rows = tmp_path / "replies.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps({"prompt": p, "reply": r}) + "\n"
+            for p, r in zip(PROMPTS, REPLIES, strict=True)
+        )
+    )
+    out = api.score(model_name_or_path=str(gpt2_rm), input_file=str(rows), device="cpu")
+    got = [json.loads(line)["reward"] for line in out.read_text().splitlines()]
+    want = RewardModelSource(str(gpt2_rm))(PROMPTS, REPLIES).rewards.tolist()
+    assert got == pytest.approx(want, abs=1e-6)

@@ -1,6 +1,7 @@
 """Score prompt/reply files with a saved reward model.
 
     distalign rm score --model_name_or_path runs/rm/final --input_file replies.jsonl
+    distalign rm score model_name_or_path=Skywork/Skywork-Reward-V2-Qwen3-0.6B input_file=r.jsonl
 
 On a GPU the model runs there in bfloat16 (``device``/``dtype`` auto, docs/gpu.md).
 """
@@ -14,14 +15,10 @@ import torch
 
 from distalign import functionals as fn
 from distalign.data.load import read_prompt_replies
-from distalign.models.heads import head_log_probs
-from distalign.models.load import resolve_device_dtype
-from distalign.models.reward_model import load_reward_model, score_replies
 
 
-def distribution_columns(logp: torch.Tensor, kappa: float = 1.0, alpha: float = 0.25) -> list[dict]:
-    """Per row: the distribution over scores 1..n and the reward functionals of it."""
-    p = logp.exp()
+def distribution_columns(p: torch.Tensor, kappa: float = 1.0, alpha: float = 0.25) -> list[dict]:
+    """Per row: the distribution ``p`` (B, n) over scores 1..n and the reward functionals of it."""
     cols = {
         "expectation": fn.expectation(p),
         "std": fn.std(p),
@@ -42,28 +39,36 @@ def score_file(
     model_dir: str,
     input_path: str,
     output: str | None,
-    max_length: int = 512,
+    max_length: int | None = None,
     batch_size: int = 16,
     *,
     device: str = "auto",
     dtype: str = "auto",
     attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
 ):
-    """Score rows; scalar models add ``reward``, distributional ones the distribution and
-    its functionals (``reward`` is then the expectation)."""
-    place, torch_dtype = resolve_device_dtype(device, dtype)
-    model, tokenizer, meta = load_reward_model(
-        model_dir, device=place, dtype=torch_dtype, attn_implementation=attn_implementation
+    """Score rows with any reward model ``rl train`` takes (``RewardModelSource``: a distalign
+    RM at the lengths it was trained with, or any one-label sequence classifier with its own
+    tokenizer and chat template). Scalar models add ``reward``; distributional ones the
+    distribution and its functionals (``reward`` is then the expectation)."""
+    from distalign.rl.rewards import RewardModelSource
+
+    source = RewardModelSource(
+        model_dir,
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
     )
     rows, prompts, replies = read_prompt_replies(input_path)
-    scores = score_replies(model, tokenizer, prompts, replies, max_length, batch_size=batch_size)
-    head = meta.get("head", "scalar")
-    if head == "scalar":
-        extra = [{"reward": float(s[0])} for s in scores]
-    else:
-        extra = distribution_columns(head_log_probs(head, scores, meta.get("n_bins", 10)))
+    if source.distributional:
+        extra = distribution_columns(source.distributions(prompts, replies))
         for e in extra:
             e["reward"] = e["expectation"]
+    else:
+        extra = [{"reward": float(r)} for r in source(prompts, replies).rewards]
     out = Path(output) if output else Path(input_path).with_suffix("").with_suffix(".scored.jsonl")
     with open(out, "w", encoding="utf-8") as f:
         for row, e in zip(rows, extra, strict=True):
