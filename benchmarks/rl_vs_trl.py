@@ -105,13 +105,17 @@ class StepProfiler:
 
     def __init__(self, path: Path | None, steps: int):
         self.path, self.steps, self.prof = path, steps, None
+        self.peak_before_gb: float | None = None  # the peak of the unprofiled steps
 
     def after_step(self, step: int) -> None:
         if self.path is None:
             return
         import torch.profiler as tp
 
+        from distalign.tracking import peak_memory_gb
+
         if step == self.steps - 1:
+            self.peak_before_gb = peak_memory_gb()  # the profiler's own memory is not the tool's
             self.prof = tp.profile(activities=[tp.ProfilerActivity.CPU])
             self.prof.start()
         elif step == self.steps and self.prof is not None:
@@ -121,12 +125,14 @@ class StepProfiler:
             self.prof = None
 
 
-def summarize(timers: Timers, completions: int, peak_gb: float, profiled: bool) -> dict:
-    """Means over steps 2..N of each part, the step time and completions/s (N: the last step
-    not profiled)."""
+def summarize(timers: Timers, completions: int, peak_gb: float, profiler: StepProfiler) -> dict:
+    """Means over steps 2..N of each part, the step time and completions/s, and the peak memory
+    (N: the last step not profiled; the profiled step's time and memory are left out)."""
     steps, stamps = timers.steps, timers.stamps
+    profiled = profiler.peak_before_gb is not None
     if profiled:
         steps, stamps = steps[:-1], stamps[:-1]
+        peak_gb = profiler.peak_before_gb
     later = steps[1:] or steps
     parts = {f"{p}_s": statistics.mean(s.get(p, 0.0) for s in later) for p in PARTS}
     if len(stamps) > 1:
@@ -195,6 +201,7 @@ def run_distalign(s: dict) -> dict:
         max_grad_norm=1.0,
         max_steps=s["steps"],
         use_peft=s["lora"],
+        gradient_checkpointing=s.get("checkpointing", False),
         lora_r=16,
         lora_alpha=32,
         lora_dropout=0.0,
@@ -207,7 +214,7 @@ def run_distalign(s: dict) -> dict:
         seed=0,
     )
     rl.run(cfg)
-    return summarize(timers, s["prompts"] * k, peak_memory_gb(), bool(s["profile"]))
+    return summarize(timers, s["prompts"] * k, peak_memory_gb(), profiler)
 
 
 def run_trl(s: dict) -> dict:
@@ -305,7 +312,7 @@ def run_trl(s: dict) -> dict:
         callbacks=[Stamp()],
     )
     trainer.train()
-    return summarize(timers, s["prompts"] * k, peak_memory_gb(), bool(s["profile"]))
+    return summarize(timers, s["prompts"] * k, peak_memory_gb(), profiler)
 
 
 def settings(args, tool: str, lora: bool, tokens: int, k: int, tag: str = "") -> dict:
@@ -324,6 +331,7 @@ def settings(args, tool: str, lora: bool, tokens: int, k: int, tag: str = "") ->
         "prompts_dir": str(args.prompts_dir),
         "out": str(args.work / name),
         "profile": str(args.out.parent / f"profile_rl_{name}.txt") if args.profile else None,
+        "checkpointing": False,
     }
 
 
@@ -337,7 +345,8 @@ def child_main(raw: str) -> None:
     s = json.loads(raw)
     shutil.rmtree(s["out"], ignore_errors=True)  # a fresh run, never a resumed one
     result = run_trl(s) if s["tool"] == "trl" else run_distalign(s)
-    report({**{k: s[k] for k in ("tool", "lora", "tokens", "k", "prompts", "micro")}, **result})
+    keys = ("tool", "lora", "tokens", "k", "prompts", "micro", "checkpointing")
+    report({**{k: s.get(k) for k in keys}, **result})
 
 
 def add_common_args(ap: argparse.ArgumentParser, steps: int) -> None:
