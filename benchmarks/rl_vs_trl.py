@@ -346,6 +346,7 @@ def child_main(raw: str) -> None:
     shutil.rmtree(s["out"], ignore_errors=True)  # a fresh run, never a resumed one
     result = run_trl(s) if s["tool"] == "trl" else run_distalign(s)
     keys = ("tool", "lora", "tokens", "k", "prompts", "micro", "checkpointing")
+    shutil.rmtree(s["out"], ignore_errors=True)  # the trained policy is not needed
     report({**{k: s.get(k) for k in keys}, **result})
 
 

@@ -252,6 +252,8 @@ def child(args) -> None:
     if len(t) != args.steps:
         raise SystemExit(f"{args.variant}: {len(t)} steps logged, {args.steps} expected")
     result["pairs_per_s"] = rate(t, PAIRS_PER_STEP)
+    # the trained models are not needed (each run writes about 2 GB)
+    shutil.rmtree(args.work / args.variant, ignore_errors=True)
     report(result)
 
 
