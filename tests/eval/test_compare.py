@@ -499,3 +499,17 @@ def test_compare_under_a_reward_model_judge(tiny_model_dir, tmp_path):
     np.testing.assert_allclose([r["judge_reward"] for r in replies], again.numpy(), rtol=1e-5)
     assert summary["policies"]["sft"]["judge_name"] == "rm_scalar"
     assert summary["policies"]["sft"]["judge_mean"] == pytest.approx(float(again.mean()))
+
+
+def test_the_spread_measures_are_explained_and_tabled_once(tmp_path):
+    """With two reward models (one scalar), the spread paragraph and its table appear once."""
+    summary = _summary()
+    summary["std_vs_disagreement_spearman"] = {"scalar": None, "ordinal": 0.14}
+    measures = {"spearman_raw": 0.14, "spearman_centred": -0.3, "partial_raw_given_length": 0.06,
+                "partial_centred_given_length": -0.1, "raw_vs_length": 0.2,
+                "centred_vs_length": -0.5}  # fmt: skip
+    summary["std_vs_disagreement"] = {"scalar": None, "ordinal": measures}
+    html = write_report(summary, None, tmp_path).read_text()
+    assert html.count("fixes each annotator") == 1
+    assert html.count("ρ with centred spread") == 1
+    assert "— (scalar: no spread)" in html and "<b>ordinal</b> 0.140" in html
