@@ -93,7 +93,8 @@ def main(model_dir: str, out: str, lora: bool) -> None:
     if rank == 0:
         for k in a:
             torch.testing.assert_close(a[k], b[k], msg=k)
-        print("FSDP2 OK", "lora" if lora else "full")
+        print("FSDP2 OK", "lora" if lora else "full", flush=True)
+    dist.barrier()  # neither process leaves while the other still talks to it
     dist.destroy_process_group()
 
 

@@ -193,15 +193,19 @@ def test_generate_loads_on_the_gpu_in_bf16(gpu, monkeypatch):
     ]
 
 
-def test_rm_eval_and_rm_score_load_on_the_gpu_in_bf16(gpu, monkeypatch, rows_file):
+def test_rm_eval_and_rm_score_load_on_the_gpu_in_bf16(gpu, monkeypatch, rows_file, tmp_path):
     import distalign.models.reward_model as reward_model
 
     calls = []
     monkeypatch.setattr(reward_model, "load_reward_model", recording(calls))
+    rm = tmp_path / "rm"  # a distalign reward-model folder, as far as the loaders look
+    rm.mkdir()
+    (rm / "config.json").write_text("{}")
+    (rm / reward_model.META_FILE).write_text('{"head": "scalar"}')
     with pytest.raises(Loaded):
-        api.evaluate_reward_model(model_name_or_path="rm")
+        api.evaluate_reward_model(model_name_or_path=str(rm))
     with pytest.raises(Loaded):
-        api.score(model_name_or_path="rm", input_file=str(rows_file), dtype="float16")
+        api.score(model_name_or_path=str(rm), input_file=str(rows_file), dtype="float16")
     assert [placement(c) for c in calls] == [
         (CUDA, torch.bfloat16, "sdpa"),
         (CUDA, torch.float16, "sdpa"),
