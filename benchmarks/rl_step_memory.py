@@ -7,7 +7,8 @@
 The step is the one of ``rl_vs_trl.py`` (same prompts, same saved sequence-classification
 reward model, β, sampling, micro-batches of 2 prompts × k completions, LoRA by default):
 8 prompts × k samples. Two sweeps: max new tokens (64, 128, 256, 512) at k = 4, and k (2, 4, 8)
-at 64 tokens; and 256 tokens again with gradient checkpointing (the memory-lean setting). Each
+at 64 tokens; and 256 tokens again with gradient checkpointing and micro-batches of one
+prompt (the memory-lean setting). Each
 setting runs in its own process so that its peak RSS is its own, for
 ``--steps`` steps (default 1: the warm-up step is the measurement, which is what memory needs;
 its time then includes first-step overheads). Writes results/rl_step_memory.json and the
@@ -99,11 +100,12 @@ def main() -> None:
 
     by_tokens = [point(t, 4) for t in tokens]
     by_k = [point(base_tokens, k) for k in ks]
-    # the memory-lean setting of the longest-but-one point: gradient checkpointing on
+    # the memory-lean setting of the longest-but-one point: gradient checkpointing on, and
+    # teacher-forced micro-batches of one prompt's k replies (the peak is in that pass)
     lean_tokens = tokens[-2] if len(tokens) > 1 else tokens[0]
     s = settings(args, "distalign", lora, lean_tokens, 4, tag=f"_{lean_tokens}t_k4_gc")
-    print(f"== {lean_tokens} new tokens, k=4, gradient checkpointing", flush=True)
-    lean = measure({**s, "checkpointing": True}, __file__)
+    print(f"== {lean_tokens} new tokens, k=4, gradient checkpointing, micro 1", flush=True)
+    lean = measure({**s, "checkpointing": True, "micro": 1}, __file__)
     print(f"   step {lean['step_s']:.1f} s, peak {lean['peak_mem_gb']:.2f} GB", flush=True)
     mode = "LoRA" if lora else "full fine-tune"
     title = f"distalign RL step, {args.prompts} prompts"

@@ -178,11 +178,12 @@ def scaling_section(sc: dict, rl: dict | None) -> list[str]:
     trl = rl and rl["runs"].get(f"trl_{'lora' if sc['settings']['lora'] else 'full'}")
     lean = sc.get("checkpointing")
     if lean:
-        lines += ["", f"With gradient checkpointing, {lean['tokens']} new tokens × "
+        lines += ["", f"With gradient checkpointing and micro-batches of {lean['micro']} prompt(s) "
+                  f"× k, {lean['tokens']} new tokens × "
                   f"{lean['prompts'] * lean['k']} completions: step {lean['step_s']:.1f} s, peak "
                   f"{lean['peak_mem_gb']:.2f} GB."]  # fmt: skip
     if at_256 and trl:
-        for what, point in (("", at_256), (" with gradient checkpointing", lean)):
+        for what, point in (("", at_256), (" with gradient checkpointing, micro 1", lean)):
             if not point or point["tokens"] != 256:
                 continue
             ok = point["peak_mem_gb"] < trl["peak_mem_gb"]
