@@ -154,6 +154,27 @@ def summarize(timers: Timers, completions: int, peak_gb: float, profiler: StepPr
     }
 
 
+def shared_keys(s: dict) -> dict:
+    """The keys both tools take under the same TRL names: the step being compared."""
+    k, micro = s["k"], s["micro"]
+    return {
+        "output_dir": s["out"],
+        "num_generations": k,
+        "per_device_train_batch_size": k * micro,
+        "gradient_accumulation_steps": s["prompts"] // micro,
+        "max_completion_length": s["tokens"],
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "beta": 0.05,
+        "learning_rate": 1e-5,
+        "max_grad_norm": 1.0,
+        "max_steps": s["steps"],
+        "report_to": "none",
+        "seed": 0,
+    }
+
+
 def run_distalign(s: dict) -> dict:
     """One distalign run; ``s``: the settings (see ``settings``)."""
     import distalign.rl.train as rl
@@ -183,23 +204,12 @@ def run_distalign(s: dict) -> dict:
         return out
 
     rl.score, rl.reference_logprobs, rl.log_step = timed_score, timed_reference, stamped_log_step
-    k, micro = s["k"], s["micro"]
     cfg = rl.RLTrainConfig(
+        **shared_keys(s),
         model_name_or_path=s["model_path"],
         reward=s["reward"],
         dataset_name=s["prompts_dir"],
-        num_generations=k,
-        per_device_train_batch_size=k * micro,
-        gradient_accumulation_steps=s["prompts"] // micro,
         sampling_batch_size=s["prompts"],
-        max_completion_length=s["tokens"],
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        beta=0.05,
-        learning_rate=1e-5,
-        max_grad_norm=1.0,
-        max_steps=s["steps"],
         use_peft=s["lora"],
         gradient_checkpointing=s.get("checkpointing", False),
         lora_r=16,
@@ -209,12 +219,9 @@ def run_distalign(s: dict) -> dict:
         eval_at_start=False,
         max_eval_samples=1,
         save_steps=0,
-        report_to="none",
-        output_dir=s["out"],
-        seed=0,
     )
     rl.run(cfg)
-    return summarize(timers, s["prompts"] * k, peak_memory_gb(), profiler)
+    return summarize(timers, s["prompts"] * s["k"], peak_memory_gb(), profiler)
 
 
 def run_trl(s: dict) -> dict:
@@ -262,7 +269,6 @@ def run_trl(s: dict) -> dict:
             timers.end_step(**counts)
             profiler.after_step(state.global_step)
 
-    k, micro = s["k"], s["micro"]
     tok = load_tokenizer(s["model_path"])
     ds = datasets.Dataset.from_list([{"prompt": p} for p in read_prompts(Path(s["prompts_dir"]))])
     peft_config = None
@@ -277,22 +283,10 @@ def run_trl(s: dict) -> dict:
             task_type="CAUSAL_LM",
         )
     config = RLOOConfig(
-        output_dir=s["out"],
-        num_generations=k,
-        per_device_train_batch_size=k * micro,
-        gradient_accumulation_steps=s["prompts"] // micro,
-        max_completion_length=s["tokens"],
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        beta=0.05,
+        **shared_keys(s),
         num_iterations=1,
-        learning_rate=1e-5,
-        max_grad_norm=1.0,
-        max_steps=s["steps"],
         shuffle_dataset=False,
         logging_steps=1,
-        report_to="none",
         save_strategy="no",
         use_cpu=True,
         bf16=False,
@@ -300,7 +294,6 @@ def run_trl(s: dict) -> dict:
         dataloader_num_workers=0,
         log_completions=False,
         model_init_kwargs={"dtype": "float32"},
-        seed=0,
     )
     trainer = TimedRLOO(
         model=s["model_path"],
@@ -312,7 +305,7 @@ def run_trl(s: dict) -> dict:
         callbacks=[Stamp()],
     )
     trainer.train()
-    return summarize(timers, s["prompts"] * k, peak_memory_gb(), profiler)
+    return summarize(timers, s["prompts"] * s["k"], peak_memory_gb(), profiler)
 
 
 def settings(args, tool: str, lora: bool, tokens: int, k: int, tag: str = "") -> dict:

@@ -24,7 +24,7 @@ branches follow the libraries' documented APIs and have not been run on this pro
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -103,8 +103,7 @@ def full_parameters(model):
     else:
         import deepspeed
 
-        with ExitStack() as stack:
-            stack.enter_context(deepspeed.zero.GatheredParameters(_zero3_parameters(model)))
+        with deepspeed.zero.GatheredParameters(_zero3_parameters(model)):
             yield model
 
 
