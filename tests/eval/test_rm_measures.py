@@ -139,3 +139,108 @@ def test_run_rm_eval_writes_contested_keys_only_with_group_probabilities(tiny_rm
         output=str(tmp_path / "p.json"),
     )  # fmt: skip
     assert not any(k.startswith("contested") for k in plain)
+
+
+# --- spread of distinct replies vs the annotators' disagreement (gold.truth) ---------------
+
+ATTRS = {  # reply -> attributes; prompt p1 has three replies, p2 two
+    ("p1", 0): [0.8, 1.0, 0.0, 0.2, 0.0, 0.0],
+    ("p1", 1): [0.7, 0.0, 0.1, 1.5, 0.0, 0.0],
+    ("p1", 2): [0.6, 1.0, 0.0, 0.9, 0.0, 0.0],
+    ("p2", 0): [0.5, 1.0, 0.0, 0.1, 0.0, 0.0],
+    ("p2", 1): [0.9, 0.0, 0.0, 3.0, 0.0, 0.0],
+}
+PAIRS = [(("p1", 0), ("p1", 1)), (("p1", 2), ("p1", 0)), (("p2", 1), ("p2", 0))]
+
+
+def write_benchmark(folder, pairs=PAIRS):
+    import gzip
+
+    from distalign.gold.judge import ATTRIBUTES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"prompt": c[0], "chosen": f"{c[0]}-{c[1]}", "rejected": f"{r[0]}-{r[1]}",
+         "prompt_id": c[0], "chosen_reply_id": c[1], "rejected_reply_id": r[1],
+         "p_chosen_by_group": {"concise": 0.3, "thorough": 0.6}}
+        for c, r in pairs
+    ]  # fmt: skip
+    replies = [
+        {"prompt_id": p, "reply_id": i, "tokens": 10 * (j + 1),
+         "attributes": dict(zip(ATTRIBUTES, a, strict=True))}
+        for j, ((p, i), a) in enumerate(ATTRS.items())
+    ]  # fmt: skip
+    for name, items in (("test.jsonl.gz", rows), ("replies.jsonl.gz", replies)):
+        with gzip.open(folder / name, "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps(x) + "\n" for x in items)
+    return folder
+
+
+def test_pair_replies_maps_pairs_to_distinct_replies_and_annotator_rewards(tmp_path):
+    from distalign.gold.judge import annotator_rewards, annotator_weights
+    from distalign.gold.truth import pair_replies
+
+    folder = write_benchmark(tmp_path / "bench")
+    truth = pair_replies(str(folder), "test", [0, 1, 2])
+    # first seen first: p1-0, p1-1, p1-2, p2-1, p2-0
+    np.testing.assert_array_equal(truth.chosen, [0, 2, 3])
+    np.testing.assert_array_equal(truth.rejected, [1, 0, 4])
+    assert list(truth.prompt_ids) == ["p1", "p1", "p1", "p2", "p2"]
+    np.testing.assert_array_equal(truth.lengths, [10, 20, 30, 50, 40])
+    order = [("p1", 0), ("p1", 1), ("p1", 2), ("p2", 1), ("p2", 0)]
+    expected = annotator_rewards(np.array([ATTRS[k] for k in order])).T
+    np.testing.assert_allclose(truth.annotator_rewards, expected)
+    np.testing.assert_allclose(truth.weights, annotator_weights()[2])
+    sub = pair_replies(str(folder), "test", [2])  # a subset of rows: only its replies
+    assert list(sub.prompt_ids) == ["p2", "p2"] and list(sub.chosen) == [0]
+    # no truth where the folder cannot give it
+    assert pair_replies(str(tmp_path / "missing"), "test", [0]) is None
+    assert pair_replies(str(folder), "train", [0]) is None
+    bad = write_benchmark(tmp_path / "bad", pairs=[(("p1", 0), ("p3", 7))])
+    assert pair_replies(str(bad), "test", [0]) is None
+    assert pair_replies("gold", "test", [0, 1]).annotator_rewards.shape[1] >= 2
+
+
+def test_reply_spread_measures_average_a_reply_over_its_pairs(tmp_path):
+    import torch
+
+    from distalign.eval.rm import reply_spread_measures
+    from distalign.functionals import std
+    from distalign.gold.truth import pair_replies
+    from distalign.metrics import centred_spread, spearman
+
+    truth = pair_replies(str(write_benchmark(tmp_path / "b")), "test", [0, 1, 2])
+    centred = centred_spread(truth.annotator_rewards, truth.prompt_ids, truth.weights)
+    # each reply's predicted distribution: two bins, 1 and 10, apart by its true spread's rank
+    rank = np.argsort(np.argsort(centred))
+
+    def logp(idx):
+        q = 0.05 + 0.08 * rank[idx]  # more mass on the far bin: a larger std
+        p = np.zeros((len(idx), 10))
+        p[:, 0], p[:, -1] = 1 - q, q
+        return torch.tensor(p).clamp_min(1e-30).log()
+
+    result = reply_spread_measures(truth, logp(truth.chosen), logp(truth.rejected))
+    assert result["spread_replies"] == 5
+    assert result["spread_spearman_centred"] == pytest.approx(1.0)
+    predicted = std(logp(np.arange(5)).exp()).numpy()
+    assert result["spread_predicted_vs_length"] == pytest.approx(spearman(predicted, truth.lengths))
+    # reply p1-0 sits in two pairs: what counts is the mean of its two predictions
+    w, lo = logp(truth.chosen), logp(truth.rejected)
+    lo[1] = torch.tensor([0.5] + [0.0] * 8 + [0.5]).log()  # p1-0 as rejected, now wider
+    moved = reply_spread_measures(truth, w, lo)
+    expected = np.array(predicted)
+    expected[0] = (predicted[0] + 4.5) / 2
+    assert moved["spread_spearman_centred"] == pytest.approx(spearman(expected, centred))
+
+
+def test_run_rm_eval_reports_reply_spread_on_a_benchmark_folder(tiny_rms, tmp_path):
+    from distalign.eval.rm import run_rm_eval
+
+    folder = write_benchmark(tmp_path / "bench")
+    dist = run_rm_eval(str(tiny_rms["categorical"]), str(folder), "test", max_length=64,
+                       output=str(tmp_path / "d.json"))  # fmt: skip
+    assert dist["spread_replies"] == 5 and -1 <= dist["spread_spearman_centred"] <= 1
+    scalar = run_rm_eval(str(tiny_rms["scalar"]), str(folder), "test", max_length=64,
+                         output=str(tmp_path / "s.json"))  # fmt: skip
+    assert not any(k.startswith("spread_") for k in scalar)

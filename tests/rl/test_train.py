@@ -60,6 +60,8 @@ def test_learns_the_rewarded_token(peaked_policy_dir, tmp_path, baseline):
     result = run(config(peaked_policy_dir, tmp_path, baseline=baseline))
     before, after = result["initial"]["reward"], result["final"]["reward"]
     assert after > before + 0.2, (before, after)
+    # held-out gold prompts: the gold judge's reward, overall and per annotator group
+    assert {"gold_mean", "gold_concise", "gold_thorough"} <= result["final"].keys()
     rows = [
         json.loads(line) for line in (tmp_path / "rl" / "history.jsonl").read_text().splitlines()
     ]

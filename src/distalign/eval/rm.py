@@ -51,6 +51,7 @@ def evaluate_reward_model(
     outputs: dict | None = None,
     p_by_group: np.ndarray | None = None,
     n_bootstrap: int = 2000,
+    truth=None,
 ) -> dict[str, float]:
     """Metrics on the loader's pairs. Scalar: accuracy, margin, reward mean/std, ECE.
     Distributional: accuracy by P(R_w > R_l) and by expectation, entropy, unimodal share,
@@ -62,7 +63,11 @@ def evaluate_reward_model(
     differ): ``contested_share``, ``contested_pairs``, ``contested_auroc`` and
     ``contested_auroc_margin`` (and ``contested_auroc_spread`` for a distributional head),
     each with a ``…_ci95`` bootstrap interval (``n_bootstrap`` resamples of pairs); see
-    ``metrics.contested_detection``."""
+    ``metrics.contested_detection``.
+
+    ``truth`` (``gold.truth.PairReplies`` of the loader's pairs), for a distributional head,
+    adds whether the predicted spread of each distinct reply tracks the annotators'
+    disagreement about it (``spread_*``, ``reply_spread_measures``)."""
     chosen, rejected = collect_pair_scores(model, loader, accelerator)
     if head == "scalar":
         if outputs is not None:
@@ -76,6 +81,8 @@ def evaluate_reward_model(
             outputs.update(logp_chosen=logp_w, logp_rejected=logp_l)
         result = distribution_summary(logp_w, logp_l)
         margin, spread = distribution_margin_spread(logp_w, logp_l)
+        if truth is not None:
+            result |= reply_spread_measures(truth, logp_w, logp_l)
     if p_by_group is not None:
         result |= contested_detection(margin, spread, p_by_group, n_bootstrap)
     return result
@@ -90,6 +97,26 @@ def distribution_margin_spread(logp_w, logp_l) -> tuple[np.ndarray, np.ndarray]:
     margin = (expectation(p_w) - expectation(p_l)).numpy()
     spread = (std(p_w) ** 2 + std(p_l) ** 2).sqrt().numpy()
     return margin, spread
+
+
+def reply_spread_measures(truth, logp_w, logp_l) -> dict[str, float]:
+    """Per distinct reply of the pairs (``truth``: ``gold.truth.PairReplies``), the predicted
+    Std[R] (the mean over the pairs it appears in) against the annotators' disagreement: raw,
+    centred within the prompt, and each given reply length (``metrics.spread_agreement``),
+    as ``spread_*`` keys, with ``spread_replies`` the number of replies."""
+    from distalign.functionals import std
+    from distalign.metrics import spread_agreement
+
+    n = len(truth.prompt_ids)
+    total, count = np.zeros(n), np.zeros(n)
+    for idx, logp in ((truth.chosen, logp_w), (truth.rejected, logp_l)):
+        np.add.at(total, idx, std(logp.double().exp()).numpy())
+        np.add.at(count, idx, 1.0)
+    predicted = total / np.maximum(count, 1.0)
+    agreement = spread_agreement(
+        predicted, truth.annotator_rewards, truth.prompt_ids, truth.lengths, truth.weights
+    )
+    return {"spread_replies": n} | {f"spread_{k}": v for k, v in agreement.items()}
 
 
 def run_rm_eval(
@@ -114,6 +141,7 @@ def run_rm_eval(
 
     from distalign.data.load import bayes_ceiling, load_preferences, p_chosen_by_group
     from distalign.data.pairs import PairCollator, SharedPrefixCollator, tokenize_pairs
+    from distalign.gold.truth import pair_replies
     from distalign.models.load import prefix_sharing_for, resolve_device_dtype
     from distalign.models.reward_model import load_reward_model
 
@@ -131,7 +159,10 @@ def run_rm_eval(
     outputs: dict = {}
     # the loader keeps the data set's order, so its rows line up with the scored pairs
     p_by_group = p_chosen_by_group(ds)
-    result = evaluate_reward_model(model, loader, None, head, n_bins, outputs, p_by_group)
+    truth = pair_replies(data, split, ds["source_row"]) if head != "scalar" else None
+    result = evaluate_reward_model(
+        model, loader, None, head, n_bins, outputs, p_by_group, truth=truth
+    )
     ceiling = bayes_ceiling(ds)
     if ceiling is not None:  # the best accuracy possible on these pairs
         result["bayes_ceiling"] = ceiling

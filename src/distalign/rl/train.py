@@ -495,11 +495,12 @@ def evaluate_policy(
         "eos_rate": sum(ro.finished) / len(ro.finished),
     }
     if _is_gold(cfg.eval_dataset_name or cfg.dataset_name):  # the truth (never trained on)
-        from distalign.gold.judge import judge
+        from distalign.gold.judge import GROUPS, judge
 
-        result["gold_mean"] = float(
-            judge([p[-1]["content"] for p in prompts], ro.texts)["gold_mean"].mean()
-        )
+        judged = judge([p[-1]["content"] for p in prompts], ro.texts)
+        result["gold_mean"] = float(judged["gold_mean"].mean())
+        # each annotator group's mean reward: does the policy serve the worse-off group?
+        result |= {f"gold_{g.name}": float(judged[f"gold_{g.name}"].mean()) for g in GROUPS}
     return result
 
 

@@ -44,6 +44,7 @@ from distalign.data.pairs import (
 )
 from distalign.distributed import full_optimizer_state, full_state_dict, is_sharded
 from distalign.eval.rm import eval_file_name, evaluate_reward_model, save_eval
+from distalign.gold.truth import pair_replies
 from distalign.losses import distributional_rm_loss, rating_nll, ratings_to_bins, reward_model_loss
 from distalign.models.heads import head_log_probs
 from distalign.models.load import DEFAULT_MODEL, prefix_sharing_for
@@ -394,6 +395,7 @@ class Trainer:
     log: MetricsLog
     ceiling: float | None  # Bayes ceiling of the held-out pairs, when the data knows it
     p_by_group: Any  # (N, G) per-group P(chosen wins) of the held-out pairs, or None
+    truth: Any = None  # gold.truth.PairReplies of the held-out pairs (distributional heads)
 
 
 def train_step(t: Trainer, batch, cfg: RMTrainConfig) -> dict[str, float]:
@@ -456,7 +458,14 @@ def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, d
     """Held-out metrics (and raw outputs, for the final plots); keeps the best checkpoint."""
     outputs: dict = {}
     result = evaluate_reward_model(
-        t.model, t.eval_loader, t.accelerator, cfg.head, cfg.n_bins, outputs, t.p_by_group
+        t.model,
+        t.eval_loader,
+        t.accelerator,
+        cfg.head,
+        cfg.n_bins,
+        outputs,
+        t.p_by_group,
+        truth=t.truth,
     )
     if t.ceiling is not None:  # the best accuracy possible on these pairs
         result["bayes_ceiling"] = t.ceiling
@@ -514,6 +523,9 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     log_ = MetricsLog(out / "metrics.jsonl", accelerator)
     t = Trainer(accelerator, scorer, tokenizer, optimizer, scheduler, eval_loader, out, log_,
                 bayes_ceiling(held_out), p_chosen_by_group(held_out))  # fmt: skip
+    if cfg.head != "scalar":  # the annotators' disagreement about each held-out reply
+        source = cfg.eval_dataset_name or cfg.dataset_name
+        t.truth = pair_replies(source, cfg.dataset_test_split, held_out["source_row"])
     state = TrainState()
     if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
         path, logs = checkpoint_path(cfg.resume_from_checkpoint, out), [out / "metrics.jsonl"]

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Level 2 measurements (docs/results/README.md, "Level 2"), one stage at a time, logs in
+# runs/logs/: reward models on all 2,400 training pairs of the gold benchmark (scalar and
+# ordinal, about 45 min each on a 2-core CPU), then RLOO against each — the scalar RM, the
+# ordinal RM's expectation, its CVaR_0.25 — at two seeds (about 8 min each), then one
+# comparison of the final policies. A stage whose output exists is skipped, so rerunning the
+# script carries on where it stopped. Summary: scripts/level2_summary.py.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DA=${DA:-.venv/bin/distalign}
+SEEDS=${SEEDS:-"0 1"}
+mkdir -p runs/logs runs/full
+stage() {  # stage OUTPUT LOG command...
+  local out=$1 log=$2
+  shift 2
+  if [ -e "$out" ]; then echo "skip $log ($out exists)"; return 0; fi
+  local t0=$SECONDS
+  echo "$(date +%T) $log"
+  "$@" > "runs/logs/$log.log" 2>&1 || echo "FAILED $log (runs/logs/$log.log)"
+  echo "$(date +%T) $log done in $((SECONDS - t0)) s"
+}
+stage runs/full/rm_scalar/final rm_scalar_full $DA rm train configs/rm_scalar_full.yaml
+stage runs/full/rm_ordinal/final rm_ordinal_full \
+  $DA rm train configs/rm_scalar_full.yaml head=ordinal n_bins=10 output_dir=runs/full/rm_ordinal
+for seed in $SEEDS; do
+  for arm in scalar expectation cvar; do
+    stage "runs/full/rl_${arm}_s$seed/final" "rl_${arm}_s$seed" $DA rl train \
+      "configs/rl_level2_$arm.yaml" "seed=$seed" "output_dir=runs/full/rl_${arm}_s$seed"
+  done
+done
+policies=()
+for seed in $SEEDS; do
+  for arm in scalar expectation cvar; do policies+=(--policy "${arm}_s$seed=runs/full/rl_${arm}_s$seed/final"); done
+done
+stage runs/full/compare/compare.json compare_level2 $DA eval compare "${policies[@]}" \
+  --reward scalar=runs/full/rm_scalar/final --reward ordinal=runs/full/rm_ordinal/final \
+  max_completion_length=48 max_eval_samples=32 num_generations=4 output_dir=runs/full/compare

@@ -1,0 +1,74 @@
+"""What the benchmark knows about the replies behind a split's pairs.
+
+A pair's label says which reply one annotator preferred; measures of disagreement need more:
+which replies each pair compares, and every annotator's reward for each reply. A benchmark
+folder (the shipped ``gold`` one, or one made by ``distalign gold make``) keeps both: its
+split files name each pair's ``prompt_id``, ``chosen_reply_id`` and ``rejected_reply_id``, and
+``replies.jsonl.gz`` holds each reply's judged attributes and token count.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class PairReplies:
+    """The distinct replies of some pairs and the truth about each."""
+
+    chosen: np.ndarray  # (N,) index of each pair's chosen reply among the R below
+    rejected: np.ndarray  # (N,) index of its rejected reply
+    prompt_ids: np.ndarray  # (R,) each reply's prompt
+    annotator_rewards: np.ndarray  # (A, R) every annotator's reward for every reply
+    weights: np.ndarray  # (A,) each annotator's probability of being drawn
+    lengths: np.ndarray  # (R,) reply length in tokens
+
+
+def _read_jsonl_gz(path: Path) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def pair_replies(source, split: str, source_rows) -> PairReplies | None:
+    """The truth for the pairs at rows ``source_rows`` (a tokenised data set's
+    ``source_row`` column) of ``split`` in the benchmark folder ``source`` (or the alias
+    ``gold``). None when ``source`` is not such a folder, or a pair's replies are not in it:
+    other data sets know no annotators."""
+    from distalign.data.load import resolve_source
+    from distalign.gold.judge import ATTRIBUTES, annotator_rewards, annotator_weights
+
+    if not isinstance(source, str):
+        return None
+    folder = Path(resolve_source(source))
+    split_file, replies_file = folder / f"{split}.jsonl.gz", folder / "replies.jsonl.gz"
+    if not (folder.is_dir() and split_file.is_file() and replies_file.is_file()):
+        return None
+    rows = _read_jsonl_gz(split_file)
+    replies = {(r["prompt_id"], r["reply_id"]): r for r in _read_jsonl_gz(replies_file)}
+    index: dict[tuple, int] = {}
+    chosen, rejected = [], []
+    for s in source_rows:
+        row = rows[s] if 0 <= s < len(rows) else {}
+        keys = [
+            (row.get("prompt_id"), row.get(f"{side}_reply_id")) for side in ("chosen", "rejected")
+        ]
+        if any(k not in replies for k in keys):
+            return None
+        for key, out in zip(keys, (chosen, rejected), strict=True):
+            out.append(index.setdefault(key, len(index)))
+    keys = list(index)
+    attrs = np.array([[replies[k]["attributes"][a] for a in ATTRIBUTES] for k in keys])
+    _, _, weights = annotator_weights()
+    return PairReplies(
+        chosen=np.array(chosen, dtype=np.int64),
+        rejected=np.array(rejected, dtype=np.int64),
+        prompt_ids=np.array([k[0] for k in keys]),
+        annotator_rewards=annotator_rewards(attrs.reshape(len(keys), len(ATTRIBUTES))).T,
+        weights=weights,
+        lengths=np.array([replies[k]["tokens"] for k in keys], dtype=np.float64),
+    )
