@@ -227,3 +227,18 @@ def test_spread_agreement_sees_past_length():
     assert good["partial_centred_given_length"] > 0.9
     raw = np.std(rewards, axis=0)
     assert good["raw_vs_length"] == pytest.approx(spearman(raw, length))
+
+
+def test_at_first_crossing_interpolates_the_first_segment_that_reaches_the_target():
+    from distalign.metrics import at_first_crossing
+
+    kl = [0.0, 2.0, 6.0, 4.0, 8.0]
+    gold = [1.0, 2.0, 4.0, 0.0, 3.0]
+    assert at_first_crossing(kl, gold, 0.0) == 1.0
+    assert at_first_crossing(kl, gold, 1.0) == pytest.approx(1.5)
+    assert at_first_crossing(kl, gold, 2.0) == 2.0  # a point on the target
+    assert at_first_crossing(kl, gold, 5.0) == pytest.approx(3.5)  # not the later 6 -> 4 dip
+    assert at_first_crossing(kl, gold, 7.0) == pytest.approx(2.25)  # first reached going 4 -> 8
+    assert np.isnan(at_first_crossing(kl, gold, 9.0))
+    assert np.isnan(at_first_crossing([], [], 1.0))
+    assert at_first_crossing([3.0, 1.0], [0.0, 1.0], 2.0) == pytest.approx(0.5)  # downwards

@@ -413,3 +413,20 @@ def spread_agreement(
         "centred_vs_length": spearman(centred, lengths),
         "predicted_vs_length": spearman(predicted, lengths),
     }
+
+
+def at_first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:
+    """y where a trajectory of points (x_i, y_i), in the order they were made, first reaches
+    x = target, interpolated linearly inside the segment that crosses it; NaN when it never
+    does. For comparing runs at matched KL: x is a run's KL to the reference at each
+    evaluation, y what was measured there (its gold reward). KL is estimated from samples, so
+    a trajectory need not be monotone; the first crossing is the run's state when it first
+    spent that much KL."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    for i in range(len(x)):
+        if x[i] == target:
+            return float(y[i])
+        if i and (x[i - 1] - target) * (x[i] - target) < 0:
+            w = (target - x[i - 1]) / (x[i] - x[i - 1])
+            return float(y[i - 1] + w * (y[i] - y[i - 1]))
+    return float("nan")

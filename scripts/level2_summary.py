@@ -1,0 +1,219 @@
+"""Tables and plots of the Level 2 runs (scripts/measure_level2.sh) for docs/results/level2/.
+
+    .venv/bin/python scripts/level2_summary.py [--runs runs/full] [--out docs/results/level2]
+
+Reads each reward model's held-out evaluation, each RL run's in-run evaluations (gold reward
+overall and per annotator group, the proxy reward it optimised, KL to SFT, every few steps on
+held-out prompts) and, when present, the comparison of the final policies. Writes
+``summary.md`` (the tables), ``summary.json`` and ``curves.png``. Runs are compared at matched
+KL: each run's measures where its trajectory first reaches the KL (``metrics.at_first_crossing``),
+then averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from distalign.metrics import at_first_crossing
+
+ARMS = {
+    "scalar": "scalar RM",
+    "expectation": "ordinal RM, E[R]",
+    "cvar": "ordinal RM, CVaR₀.₂₅",
+}
+GROUPS = ("concise", "thorough")
+RM_KEYS = [
+    ("accuracy", "accuracy"),
+    ("bayes_ceiling", "Bayes ceiling"),
+    ("ece", "ECE"),
+    ("contested_auroc", "contested AUROC"),
+    ("contested_auroc_margin", "… by −|margin|"),
+    ("contested_auroc_spread", "… by spread"),
+    ("spread_spearman_centred", "ρ(std, centred)"),
+    ("spread_spearman_raw", "ρ(std, raw)"),
+    ("spread_partial_centred_given_length", "ρ centred | length"),
+    ("spread_predicted_vs_length", "ρ(std, length)"),
+]
+
+
+def fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(fmt(x, digits) for x in v) + "]"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def rm_rows(runs: Path) -> dict[str, dict]:
+    out = {}
+    for name in ("scalar", "ordinal"):
+        path = runs / f"rm_{name}" / "summary.json"
+        if path.is_file():
+            summary = json.loads(path.read_text())
+            out[name] = summary["eval"] | {"train_seconds": summary.get("train_seconds")}
+    return out
+
+
+def eval_curve(run: Path) -> list[dict]:
+    """The run's in-run evaluations, in step order, keys without the ``eval/`` prefix."""
+    rows = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "eval/kl" in row:
+            measured = {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
+            rows.append({"step": row["step"]} | measured)
+    return sorted(rows, key=lambda r: r["step"])
+
+
+def rl_runs(runs: Path) -> dict[str, dict[int, list[dict]]]:
+    out: dict[str, dict[int, list[dict]]] = {}
+    for arm in ARMS:
+        for run in sorted(runs.glob(f"rl_{arm}_s*")):
+            if (run / "metrics.jsonl").is_file():
+                curve = eval_curve(run)
+                if curve:
+                    out.setdefault(arm, {})[int(run.name.rsplit("_s", 1)[1])] = curve
+    return out
+
+
+def matched(curves: dict[str, dict[int, list[dict]]], targets: list[float]) -> dict:
+    """Per arm and KL target: each measure at the first crossing, per seed and averaged."""
+    keys = ["gold_mean", *(f"gold_{g}" for g in GROUPS), "reward"]
+    table: dict = {}
+    for arm, seeds in curves.items():
+        for t in targets:
+            per_seed = {
+                s: {k: at_first_crossing([r["kl"] for r in c], [r[k] for r in c], t) for k in keys}
+                for s, c in seeds.items()
+            }
+            for v in per_seed.values():
+                v["worse_group"] = min(v[f"gold_{g}"] for g in GROUPS)
+            mean = {
+                k: float(np.mean([v[k] for v in per_seed.values()])) for k in [*keys, "worse_group"]
+            }
+            table.setdefault(arm, {})[t] = {"seeds": per_seed, "mean": mean}
+    return table
+
+
+def peaks(curves) -> dict:
+    out = {}
+    for arm, seeds in curves.items():
+        for s, c in seeds.items():
+            best = max(c, key=lambda r: r["gold_mean"])
+            out.setdefault(arm, {})[s] = {
+                "peak_step": best["step"], "peak_kl": best["kl"], "peak_gold": best["gold_mean"],
+                "last_step": c[-1]["step"], "last_kl": c[-1]["kl"], "last_gold": c[-1]["gold_mean"],
+            }  # fmt: skip
+    return out
+
+
+def plot(curves, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = dict(zip(ARMS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
+    panels = [("gold_mean", "gold reward (all annotators)"),
+              ("gold_thorough", "gold reward, thorough group"),
+              ("gold_concise", "gold reward, concise group"),
+              ("reward", "proxy: what the run optimised, change from step 0")]  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for arm, seeds in curves.items():
+            for i, (s, c) in enumerate(sorted(seeds.items())):
+                kl = [r["kl"] for r in c]
+                y = np.array([r[key] for r in c])
+                if key == "reward":
+                    y = y - y[0]
+                ax.plot(kl, y, marker="o", ms=3, color=colours[arm], ls=("-", "--", ":")[i % 3],
+                        label=f"{ARMS[arm]}, seed {s}")  # fmt: skip
+        ax.set_xlabel("KL to SFT (held-out prompts)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare_rows(runs: Path) -> dict:
+    path = runs / "compare" / "compare.json"
+    return json.loads(path.read_text()).get("policies", {}) if path.is_file() else {}
+
+
+def table_head(*names: str) -> list[str]:
+    return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+
+
+def table_row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def markdown(rms, table, peak, final) -> str:
+    lines = ["## Reward models, all 2,400 training pairs, all 800 test pairs", ""]
+    lines += table_head("measure", *rms)
+    for key, label in RM_KEYS:
+        cells = []
+        for e in rms.values():
+            ci = e.get(f"{key}_ci95")
+            cells.append(fmt(e.get(key)) + (f" {fmt(ci)}" if ci else ""))
+        lines.append(table_row(label, *cells))
+    lines += ["", "## RL at matched KL (first crossing; mean over seeds, each seed after)", ""]
+    lines += table_head("arm", "KL", "gold", "concise", "thorough", "worse-off group", "proxy")
+    keys = ("gold_mean", "gold_concise", "gold_thorough", "worse_group", "reward")
+    for arm, by_t in table.items():
+        for t, cell in by_t.items():
+            shown = []
+            for k in keys:
+                each = ", ".join(fmt(v[k], 2) for v in cell["seeds"].values())
+                shown.append(f"{fmt(cell['mean'][k])} ({each})")
+            lines.append(table_row(ARMS[arm], f"{t:g}", *shown))
+    lines += ["", "## Where each run's gold reward peaked (in-run evaluations)", ""]
+    lines += table_head("arm", "seed", "peak step", "KL there", "gold there", "last step", "KL",
+                        "gold")  # fmt: skip
+    for arm, seeds in peak.items():
+        for s, p in seeds.items():
+            lines.append(table_row(ARMS[arm], s, p["peak_step"], fmt(p["peak_kl"], 2),
+                                   fmt(p["peak_gold"]), p["last_step"], fmt(p["last_kl"], 2),
+                                   fmt(p["last_gold"])))  # fmt: skip
+    if final:
+        lines += ["", "## Final policies, `eval compare` (32 held-out prompts × 4 replies)", ""]
+        lines += table_head("policy", "gold win rate vs SFT [95% CI]", "gold", "concise",
+                            "thorough", "KL")  # fmt: skip
+        for name, r in final.items():
+            win = f"{fmt(r.get('gold_win_rate'))} {fmt(r.get('gold_win_rate_ci95'))}"
+            lines.append(table_row(name, win, fmt(r.get("gold_mean")), fmt(r.get("gold_concise")),
+                                   fmt(r.get("gold_thorough")), fmt(r.get("kl"), 2)))  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", default="runs/full")
+    ap.add_argument("--out", default="docs/results/level2")
+    ap.add_argument("--kl", type=float, nargs="*", help="KL targets (default: 1, 2, 4, 8, ...)")
+    args = ap.parse_args()
+    runs, out = Path(args.runs), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rms, curves = rm_rows(runs), rl_runs(runs)
+    reach = min((max(r["kl"] for r in c) for seeds in curves.values() for c in seeds.values()),
+                default=0.0)  # fmt: skip
+    targets = args.kl or [t for t in (0.5, 1, 2, 4, 8, 16, 32) if t <= reach]
+    table, peak, final = matched(curves, targets), peaks(curves), compare_rows(runs)
+    if curves:
+        plot(curves, out / "curves.png")
+    (out / "summary.md").write_text(markdown(rms, table, peak, final))
+    payload = {"reward_models": rms, "matched_kl": table, "peaks": peak, "final": final,
+               "curves": curves}  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print((out / "summary.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
