@@ -70,6 +70,15 @@ for rm in ("rm_scalar", "rm_ordinal"):
     e = json.load(open(f"{os.environ['OUT']}/{rm}/summary.json"))["eval"]
     print(f"{rm:11} held-out accuracy {e['accuracy']:.3f} on {e['pairs']} pairs"
           f" (Bayes ceiling on them {e.get('bayes_ceiling', float('nan')):.3f})")
+    if "contested_auroc" in e:  # can it tell the pairs whose annotator groups disagree?
+        lo, hi = e["contested_auroc_ci95"]
+        print(f"{'':11} contested pairs flagged: AUROC {e['contested_auroc']:.3f} [{lo:.3f}, {hi:.3f}]"
+              f" by {e['contested_detector']} (by -|margin| alone {e['contested_auroc_margin']:.3f})")
+    if "spread_spearman_centred" in e:  # does its spread track disagreement beyond length?
+        print(f"{'':11} predicted std vs annotator disagreement over {e['spread_replies']} replies:"
+              f" Spearman centred {e['spread_spearman_centred']:.3f},"
+              f" given length {e['spread_partial_centred_given_length']:.3f},"
+              f" raw {e['spread_spearman_raw']:.3f}")
 rms = [k[3:-5] for k in next(iter(s["policies"].values())) if k.startswith("rm_") and k.endswith("_mean")]
 print(f"\n{s['prompts']} held-out prompts x {s['replies_per_policy'] // s['prompts']} replies per policy")
 head = f"{'policy':12} {'gold win rate vs SFT [95% CI]':30} {'gold':>6} {'concise':>8} {'thorough':>8}"
@@ -79,7 +88,11 @@ for name, r in s["policies"].items():
     line = f"{name:12} {r['gold_win_rate']:.3f} [{lo:.3f}, {hi:.3f}]{'':10} {r['gold_mean']:6.3f}"
     line += f" {r['gold_concise']:8.3f} {r['gold_thorough']:8.3f}"
     print(line + "".join(f" {r['rm_' + m + '_mean']:11.3f}" for m in rms) + f" {r['kl_to_sft']:6.2f}")
-print("std vs disagreement (Spearman):", s["std_vs_disagreement_spearman"])
+for rm, m in (s.get("std_vs_disagreement") or {}).items():
+    if m:  # over every compared reply (the policies' and SFT's)
+        print(f"RM {rm}: predicted std vs disagreement over the compared replies: Spearman"
+              f" centred {m['spearman_centred']:.3f}, given length"
+              f" {m['partial_centred_given_length']:.3f}, raw {m['spearman_raw']:.3f}")
 PY
 lap
 echo
