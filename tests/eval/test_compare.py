@@ -310,11 +310,22 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch
         summary["std_vs_disagreement_spearman"]["ordinal"]
     )
     assert {"spearman_centred", "partial_centred_given_length"} <= measures["ordinal"].keys()
+    # the points behind the measure, for the scatter: every compared reply once
+    from distalign.metrics import spearman
+
+    points = summary["std_vs_disagreement_points"]
+    assert list(points) == ["ordinal"]  # no spread, no points, for the scalar RM
+    assert len(points["ordinal"]["predicted"]) == 2 * summary["replies_per_policy"]  # SFT + one
+    assert points["ordinal"]["policy"].count("sft") == summary["replies_per_policy"]
+    assert spearman(points["ordinal"]["predicted"], points["ordinal"]["centred"]) == pytest.approx(
+        measures["ordinal"]["spearman_centred"]
+    )
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["policies"]["perturbed"]["gold_win_rate"] == pol["gold_win_rate"]
     html = (tmp_path / "cmp" / "report.html").read_text()
-    assert html.count("data:image/png;base64") >= 3  # win rates, gold reward, curves
-    assert "centred spread" in html
+    assert html.count("data:image/png;base64") >= 4  # win rates, gold reward, spread, curves
+    assert "centred spread" in html and "Predicted spread against the annotators" in html
+    assert '"std_vs_disagreement_points"' not in html  # drawn, not dumped into the numbers
     # `distalign report` writes the same page again from the saved numbers alone
     (tmp_path / "cmp" / "report.html").unlink()
     result = CliRunner().invoke(app, ["report", str(tmp_path / "cmp")])

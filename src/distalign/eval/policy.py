@@ -356,9 +356,11 @@ def spread_vs_disagreement_measures(rewards, measured: dict[str, Measured], k: i
     raw annotator std (``gold_std``) and with the annotators' rewards centred within the prompt
     (Bradley–Terry fixes each annotator's reward only up to a constant per prompt, so the raw
     std mostly grows with length), and each given reply length in tokens
-    (``metrics.spread_agreement``). None for a scalar RM."""
+    (``metrics.spread_agreement``); None for a scalar RM. Also the points behind them, for the
+    report's scatter: per distributional RM, each reply's policy, predicted std and centred
+    disagreement. Returns (measures, points)."""
     from distalign.gold import judge as gold
-    from distalign.metrics import spread_agreement
+    from distalign.metrics import centred_spread, spread_agreement
 
     ms = list(measured.values())
     attrs = np.concatenate([np.column_stack([m.judged[a] for a in gold.ATTRIBUTES]) for m in ms])
@@ -367,14 +369,17 @@ def spread_vs_disagreement_measures(rewards, measured: dict[str, Measured], k: i
     # a prompt's replies from every policy are centred together: the constant is per prompt
     prompt_ids = np.concatenate([np.arange(len(m.samples.texts)) // k for m in ms])
     lengths = np.concatenate([[len(r) for r in m.samples.reply_ids] for m in ms])
-    out = {}
+    policy = [name for name, m in measured.items() for _ in m.samples.texts]
+    centred = centred_spread(annotators, prompt_ids, weights)
+    measures, points = {}, {}
     for rm, source in rewards.items():
         if not source.distributional:
-            out[rm] = None
+            measures[rm] = None
             continue
         pred = np.concatenate([m.scored[rm]["std"] for m in ms])
-        out[rm] = spread_agreement(pred, annotators, prompt_ids, lengths, weights)
-    return out
+        measures[rm] = spread_agreement(pred, annotators, prompt_ids, lengths, weights)
+        points[rm] = {"policy": policy, "predicted": pred.tolist(), "centred": centred.tolist()}
+    return measures, points
 
 
 def write_replies(path: Path, measured: dict[str, Measured], prompts, k: int) -> None:
@@ -448,12 +453,13 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         "policies": results,
     }
     if judge is None:  # only the gold judge has annotators whose disagreement to compare
-        measures = spread_vs_disagreement_measures(rewards, measured, k)
+        measures, points = spread_vs_disagreement_measures(rewards, measured, k)
         # the raw Spearman alone, under the key earlier reports read
         summary["std_vs_disagreement_spearman"] = {
             rm: (v["spearman_raw"] if v else None) for rm, v in measures.items()
         }
         summary["std_vs_disagreement"] = measures
+        summary["std_vs_disagreement_points"] = points
     summary |= {"overoptimisation": curves, "samples": samples_table}
     (out_dir / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_replies(out_dir / "replies.jsonl", measured, prompts, k)

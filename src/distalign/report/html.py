@@ -364,6 +364,14 @@ def figures(summary: Mapping, config: Mapping, judge_rewards: Mapping | None) ->
             plots.reward_per_reply(dict(judge_rewards), colors, judge.reply_axis),
             "Box: quartiles; diamond: mean; dots: single replies.",
         )
+    out += _figure(
+        "Predicted spread against the annotators' disagreement",
+        plots.spread_vs_disagreement(summary.get("std_vs_disagreement_points") or {}, colors),
+        "One dot per compared reply. x: the distributional reward model's predicted std; y: how "
+        "much the annotators disagree about the reply, each annotator's reward centred within "
+        "the prompt (the part of the disagreement that preference labels can reveal). A model "
+        "that sees disagreement puts the dots on a rising band.",
+    )
     run_names = rl_run_names(config)
     by_folder = {Path(d).name: name for d, name in run_names.items()}  # curves are by folder
     curves = {
@@ -461,7 +469,13 @@ def write_report(
             for s in summary.get("samples", [])
         ],
         numbers=json.dumps(
-            {k: v for k, v in summary.items() if k != "samples"}, indent=1, default=str
+            {
+                k: v
+                for k, v in summary.items()
+                if k not in ("samples", "std_vs_disagreement_points")
+            },
+            indent=1,
+            default=str,
         ),
         fmt=_num,
     )

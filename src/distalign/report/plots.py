@@ -174,6 +174,31 @@ def reward_per_reply(
     return _png(fig)
 
 
+def spread_vs_disagreement(points: dict[str, dict], colors: dict[str, str]) -> bytes | None:
+    """One panel per distributional reward model: each compared reply's predicted std (x)
+    against the annotators' disagreement about it, centred within the prompt (y), coloured by
+    policy, with Spearman ρ in the title. ``points``: {rm: {"policy", "predicted", "centred"}}
+    as ``eval compare`` saves them. None when there is nothing to draw."""
+    from distalign.metrics import spearman
+
+    points = {rm: p for rm, p in (points or {}).items() if p and len(p.get("predicted", [])) > 1}
+    if not points:
+        return None
+    fig, axes = plt.subplots(1, len(points), figsize=(5.2 * len(points), 4), squeeze=False)
+    for ax, (rm, p) in zip(axes[0], points.items(), strict=True):
+        x, y = np.asarray(p["predicted"], float), np.asarray(p["centred"], float)
+        policy = np.asarray(p["policy"])
+        for name in dict.fromkeys(p["policy"]):
+            keep = policy == name
+            ax.scatter(x[keep], y[keep], s=8, alpha=0.5, color=colors.get(name), label=name)
+        ax.set_title(f"RM {rm}: Spearman ρ = {spearman(x, y):.2f}", fontsize=10)
+        ax.set_xlabel("predicted std of the reward")
+        ax.set_ylabel("annotator disagreement (centred in prompt)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, markerscale=2)
+    return _png(fig)
+
+
 def overoptimisation(
     curves: dict[str, list[dict]],
     rm_names: list[str],
