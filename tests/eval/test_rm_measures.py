@@ -241,6 +241,28 @@ def test_run_rm_eval_reports_reply_spread_on_a_benchmark_folder(tiny_rms, tmp_pa
     dist = run_rm_eval(str(tiny_rms["categorical"]), str(folder), "test", max_length=64,
                        output=str(tmp_path / "d.json"))  # fmt: skip
     assert dist["spread_replies"] == 5 and -1 <= dist["spread_spearman_centred"] <= 1
+    assert (tmp_path / "d_spread.png").is_file() and dist["plot_spread"].endswith("d_spread.png")
     scalar = run_rm_eval(str(tiny_rms["scalar"]), str(folder), "test", max_length=64,
                          output=str(tmp_path / "s.json"))  # fmt: skip
     assert not any(k.startswith("spread_") for k in scalar)
+
+
+def test_rm_train_reports_reply_spread_when_held_out_on_a_benchmark_folder(
+    tiny_model_dir, tmp_path
+):
+    import shutil
+
+    from distalign.rm.train import RMTrainConfig, run
+
+    folder = write_benchmark(tmp_path / "bench")
+    shutil.copy(folder / "test.jsonl.gz", folder / "train.jsonl.gz")
+    cfg = RMTrainConfig(
+        model_name_or_path=str(tiny_model_dir), dataset_name=str(folder), head="ordinal",
+        n_bins=5, max_steps=1, max_length=64, max_prompt_length=32, report_to="none",
+        output_dir=str(tmp_path / "rm"),
+    )  # fmt: skip
+    result = run(cfg)
+    assert result["spread_replies"] == 5 and "contested_auroc" in result
+    saved = json.loads((tmp_path / "rm" / "summary.json").read_text())["eval"]
+    assert saved["spread_spearman_centred"] == result["spread_spearman_centred"]
+    assert list((tmp_path / "rm" / "final").glob("eval_*_spread.png"))

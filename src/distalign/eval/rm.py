@@ -82,7 +82,7 @@ def evaluate_reward_model(
         result = distribution_summary(logp_w, logp_l)
         margin, spread = distribution_margin_spread(logp_w, logp_l)
         if truth is not None:
-            result |= reply_spread_measures(truth, logp_w, logp_l)
+            result |= reply_spread_measures(truth, logp_w, logp_l, outputs)
     if p_by_group is not None:
         result |= contested_detection(margin, spread, p_by_group, n_bootstrap)
     return result
@@ -99,13 +99,14 @@ def distribution_margin_spread(logp_w, logp_l) -> tuple[np.ndarray, np.ndarray]:
     return margin, spread
 
 
-def reply_spread_measures(truth, logp_w, logp_l) -> dict[str, float]:
+def reply_spread_measures(truth, logp_w, logp_l, outputs: dict | None = None) -> dict[str, float]:
     """Per distinct reply of the pairs (``truth``: ``gold.truth.PairReplies``), the predicted
     Std[R] (the mean over the pairs it appears in) against the annotators' disagreement: raw,
     centred within the prompt, and each given reply length (``metrics.spread_agreement``),
-    as ``spread_*`` keys, with ``spread_replies`` the number of replies."""
+    as ``spread_*`` keys, with ``spread_replies`` the number of replies. ``outputs``, when
+    given, receives the points (``spread_points``: predicted and centred per reply)."""
     from distalign.functionals import std
-    from distalign.metrics import spread_agreement
+    from distalign.metrics import centred_spread, spread_agreement
 
     n = len(truth.prompt_ids)
     total, count = np.zeros(n), np.zeros(n)
@@ -113,6 +114,9 @@ def reply_spread_measures(truth, logp_w, logp_l) -> dict[str, float]:
         np.add.at(total, idx, std(logp.double().exp()).numpy())
         np.add.at(count, idx, 1.0)
     predicted = total / np.maximum(count, 1.0)
+    if outputs is not None:
+        centred = centred_spread(truth.annotator_rewards, truth.prompt_ids, truth.weights)
+        outputs["spread_points"] = {"predicted": predicted.tolist(), "centred": centred.tolist()}
     agreement = spread_agreement(
         predicted, truth.annotator_rewards, truth.prompt_ids, truth.lengths, truth.weights
     )
@@ -187,6 +191,16 @@ def save_eval(result: dict, outputs: dict, path: Path) -> dict:
         w, r = outputs["logp_chosen"], outputs["logp_rejected"]
         result["plot_grid"] = str(plot_distribution_grid(w, r, stem + "_pairs.png"))
         result["plot_hist"] = str(plot_expectation_std_histograms(w, r, stem + "_hist.png"))
+    if "spread_points" in outputs:  # predicted std against the annotators' disagreement
+        from distalign.report.plots import spread_vs_disagreement
+
+        points = outputs["spread_points"]
+        held_out = {"policy": ["held-out replies"] * len(points["predicted"]), **points}
+        png = spread_vs_disagreement({result.get("head", "model"): held_out}, {})
+        if png is not None:
+            spread_png = Path(str(path.with_suffix("")) + "_spread.png")
+            spread_png.write_bytes(png)
+            result["plot_spread"] = str(spread_png)
     path.write_text(json.dumps(result, indent=2) + "\n")
     result["written_to"] = str(path)
     return result
