@@ -22,6 +22,10 @@ stage() {  # stage OUTPUT LOG command...
 stage runs/full/rm_scalar/final rm_scalar_full $DA rm train configs/rm_scalar_full.yaml
 stage runs/full/rm_ordinal/final rm_ordinal_full \
   $DA rm train configs/rm_scalar_full.yaml head=ordinal n_bins=10 output_dir=runs/full/rm_ordinal
+# every benchmark reply's features under the scalar RM's backbone, once, for a search over
+# distributional heads trained on them (scripts/spread_search.py; seconds per setting)
+stage runs/full/features.npz features .venv/bin/python scripts/spread_search.py extract \
+  --model runs/full/rm_scalar/final --out runs/full/features.npz
 for seed in $SEEDS; do
   for arm in scalar expectation cvar; do
     stage "runs/full/rl_${arm}_s$seed/final" "rl_${arm}_s$seed" $DA rl train \

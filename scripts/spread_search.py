@@ -1,0 +1,328 @@
+"""Which distributional head, loss and regulariser make a reward model's spread track the
+annotators' disagreement? A search that costs seconds per setting.
+
+    python scripts/spread_search.py extract --model runs/full/rm_scalar/final \\
+        --out runs/full/features.npz
+    python scripts/spread_search.py search --features runs/full/features.npz
+    python scripts/spread_search.py save --features runs/full/features.npz --setting NAME \\
+        --model runs/full/rm_scalar/final --out runs/full/rm_ordinal_frozen/final
+
+Training a 135M reward model on the 2,400 benchmark pairs takes about 45 minutes here, so
+searching settings end to end is out of reach. Instead ``extract`` runs a trained reward model's
+backbone once over every benchmark reply (prompt + reply rendered as the reward model scores
+them) and keeps the last token's hidden state, the input of the reward head; ``search`` then
+trains distributional heads on those frozen features with distalign's own losses, one setting
+at a time, and scores each on the test pairs: accuracy, contested-pair AUROC against the
+scalar margin's, and Spearman of each test reply's predicted std with the annotators'
+disagreement centred within the prompt (``metrics``). ``save`` writes the chosen head onto the
+backbone as an ordinary distalign reward model folder (``rm eval`` and ``rl train`` load it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distalign.data.load import DATA_ALIASES
+
+GOLD = DATA_ALIASES["gold"]
+
+
+def read_gz(path: Path) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class Passthrough(torch.nn.Module):
+    """Stands in for the reward head: returns its input, the hidden state the head would see."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1, dtype=dtype), requires_grad=False)
+
+    def forward(self, x):
+        return x
+
+
+def extract(args) -> None:
+    from distalign.models.reward_model import load_reward_model, score_replies
+
+    model, tokenizer, meta = load_reward_model(args.model, device="cpu")
+    model.score = Passthrough(model.score.weight.dtype)
+    lines = (GOLD / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
+    prompts = {p["id"]: p["prompt"] for p in map(json.loads, lines) if p}
+    replies = read_gz(GOLD / "replies.jsonl.gz")
+    t0 = time.perf_counter()
+    feats = score_replies(
+        model,
+        tokenizer,
+        [[{"role": "user", "content": prompts[r["prompt_id"]]}] for r in replies],
+        [r["text"] for r in replies],
+        max_length=meta.get("max_length", 384),
+        max_prompt_length=meta.get("max_prompt_length"),
+        batch_size=16,
+    )
+    np.savez(
+        args.out,
+        features=feats.float().numpy(),
+        prompt_id=np.array([r["prompt_id"] for r in replies]),
+        reply_id=np.array([r["reply_id"] for r in replies]),
+        model=str(args.model),
+    )
+    print(f"{len(replies)} replies, {feats.shape[1]} features, {time.perf_counter() - t0:.0f} s")
+
+
+# --- the search ---------------------------------------------------------------------------------
+
+
+def pair_table(split: str, index: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(chosen reply index, rejected reply index, P(chosen) per group (N, 2), label p_chosen)."""
+    rows = read_gz(GOLD / f"{split}.jsonl.gz")
+    c = np.array([index[(r["prompt_id"], r["chosen_reply_id"])] for r in rows])
+    r_ = np.array([index[(r["prompt_id"], r["rejected_reply_id"])] for r in rows])
+    groups = np.array([[r["p_chosen_by_group"][g] for g in ("concise", "thorough")] for r in rows])
+    return c, r_, groups, np.array([r["p_chosen"] for r in rows])
+
+
+SETTINGS = {  # name -> head, loss settings, optimiser
+    "ordinal": dict(head="ordinal"),
+    "ordinal_half_ties": dict(head="ordinal", ties="half"),
+    "ordinal_entropy_0.05": dict(head="ordinal", entropy_weight=0.05),
+    "ordinal_entropy_0.2": dict(head="ordinal", entropy_weight=0.2),
+    "ordinal_mlp": dict(head="ordinal", hidden=64),
+    "ordinal_mlp_half_ties": dict(head="ordinal", hidden=64, ties="half"),
+    "ordinal_400_pairs": dict(head="ordinal", pairs=400),
+    "ordinal_wd_0.1": dict(head="ordinal", weight_decay=0.1),
+    "categorical": dict(head="categorical"),
+    "categorical_smooth_0.5": dict(head="categorical", smoothness_weight=0.5),
+    "categorical_dpl_0.1": dict(head="categorical", batch_entropy_weight=0.1),
+    "gaussian": dict(head="gaussian"),
+    "gaussian_mlp": dict(head="gaussian", hidden=64),
+}
+
+
+def make_head(n_in: int, k: int, hidden: int) -> torch.nn.Module:
+    if not hidden:
+        return torch.nn.Linear(n_in, k, bias=False)  # a Hugging Face score head has no bias
+    return torch.nn.Sequential(
+        torch.nn.Linear(n_in, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, k)
+    )
+
+
+def distributions(head: str, out: torch.Tensor, n_bins: int):
+    """(mean, std, log p or None) per reply from head outputs."""
+    from distalign.functionals import expectation, std
+    from distalign.models.heads import head_log_probs
+
+    if head == "gaussian":  # DPL's mean-variance head: N(μ, σ²), σ = softplus(s) + 0.05
+        return out[:, 0], torch.nn.functional.softplus(out[:, 1]) + 0.05, None
+    logp = head_log_probs(head, out, n_bins)
+    return expectation(logp.exp()), std(logp.exp()), logp
+
+
+def loss_of(setting: dict, out_w, out_l, n_bins: int) -> torch.Tensor:
+    from distalign.losses import distributional_rm_loss
+
+    head = setting["head"]
+    if head == "gaussian":  # −log Φ((μ_w − μ_l) / sqrt(σ_w² + σ_l²))
+        mw, sw, _ = distributions(head, out_w, n_bins)
+        ml, sl, _ = distributions(head, out_l, n_bins)
+        z = (mw - ml) / torch.sqrt(sw**2 + sl**2)
+        return -torch.special.log_ndtr(z).mean()
+    lw = distributions(head, out_w, n_bins)[2]
+    ll = distributions(head, out_l, n_bins)[2]
+    loss, _ = distributional_rm_loss(
+        lw,
+        ll,
+        setting.get("ties", "strict"),
+        setting.get("entropy_weight", 0.0),
+        setting.get("batch_entropy_weight", 0.0),
+        setting.get("smoothness_weight", 0.0),
+    )
+    return loss
+
+
+def fit(setting: dict, x: torch.Tensor, train, seed: int, n_bins: int, epochs: int):
+    head_kind = setting["head"]
+    k = {"ordinal": 2, "gaussian": 2, "categorical": n_bins}[head_kind]
+    torch.manual_seed(seed)
+    net = make_head(x.shape[1], k, setting.get("hidden", 0))
+    opt = torch.optim.AdamW(
+        net.parameters(), lr=setting.get("lr", 1e-2), weight_decay=setting.get("weight_decay", 0.0)
+    )
+    c, r = train
+    n = setting.get("pairs", len(c))
+    c, r = torch.as_tensor(c[:n]), torch.as_tensor(r[:n])
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(c), generator=g)
+        for start in range(0, len(c), 256):
+            idx = order[start : start + 256]
+            loss = loss_of(setting, net(x[c[idx]]), net(x[r[idx]]), n_bins)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net
+
+
+def p_greater(setting: dict, out_w, out_l, n_bins: int) -> np.ndarray:
+    from distalign.losses import log_prob_greater, log_prob_tie
+
+    mw, sw, lw = distributions(setting["head"], out_w, n_bins)
+    ml, sl, ll = distributions(setting["head"], out_l, n_bins)
+    if lw is None:
+        return torch.special.ndtr((mw - ml) / torch.sqrt(sw**2 + sl**2)).numpy()
+    return (log_prob_greater(lw, ll).exp() + 0.5 * log_prob_tie(lw, ll).exp()).numpy()
+
+
+def measure(setting, net, x, test, truth, n_bins: int) -> dict:
+    from distalign.metrics import contested_detection, expected_calibration_error, spread_agreement
+
+    c, r, groups, _ = test
+    with torch.no_grad():
+        out = net(x)
+        mean, sd, _ = distributions(setting["head"], out, n_bins)
+        pw = p_greater(setting, out[c], out[r], n_bins)
+    mean, sd = mean.double().numpy(), sd.double().numpy()
+    margin = mean[c] - mean[r]
+    spread = np.sqrt(sd[c] ** 2 + sd[r] ** 2)
+    result = {
+        "accuracy": float(((pw > 0.5) | ((pw == 0.5) & (margin > 0))).mean()),
+        "ece": float(expected_calibration_error(torch.tensor(pw), torch.ones(len(pw)))),
+    }
+    result |= contested_detection(margin, spread, groups, 1000)
+    test_replies = np.unique(np.concatenate([c, r]))
+    result |= {
+        f"spread_{k}": v
+        for k, v in spread_agreement(
+            sd[test_replies], truth["rewards"][:, test_replies], truth["prompt_ids"][test_replies],
+            truth["lengths"][test_replies], truth["weights"],
+        ).items()
+    }  # fmt: skip
+    return result
+
+
+def load_features(path: str):
+    data = np.load(path)
+    keys = list(zip(data["prompt_id"].tolist(), data["reply_id"].tolist(), strict=True))
+    index = {k: i for i, k in enumerate(keys)}
+    x = torch.tensor(data["features"], dtype=torch.float32)
+    return x, keys, index, str(data["model"])
+
+
+def scale_of(x: torch.Tensor, train_idx: np.ndarray) -> torch.Tensor:
+    """Per-feature RMS over the training replies: features are divided by it (not centred:
+    a Hugging Face score head has no bias to absorb a shift)."""
+    return x[train_idx].pow(2).mean(0).sqrt().clamp_min(1e-6)
+
+
+def gold_truth(keys) -> dict:
+    from distalign.gold.judge import ATTRIBUTES, annotator_rewards, annotator_weights
+
+    replies = {(r["prompt_id"], r["reply_id"]): r for r in read_gz(GOLD / "replies.jsonl.gz")}
+    attrs = np.array([[replies[k]["attributes"][a] for a in ATTRIBUTES] for k in keys])
+    return {
+        "rewards": annotator_rewards(attrs).T,
+        "weights": annotator_weights()[2],
+        "prompt_ids": np.array([k[0] for k in keys]),
+        "lengths": np.array([replies[k]["tokens"] for k in keys], dtype=np.float64),
+    }
+
+
+def prepared(features: str):
+    x, keys, index, model = load_features(features)
+    train, test = pair_table("train", index), pair_table("test", index)
+    train_idx = np.unique(np.concatenate(train[:2]))
+    x = x / scale_of(x, train_idx)
+    return x, keys, train, test, model
+
+
+def search(args) -> None:
+    x, keys, train, test, model = prepared(args.features)
+    truth = gold_truth(keys)
+    results = {}
+    names = args.only or list(SETTINGS)
+    for name in names:
+        setting = SETTINGS[name]
+        per_seed = []
+        t0 = time.perf_counter()
+        for seed in range(args.seeds):
+            net = fit(setting, x, train[:2], seed, args.n_bins, args.epochs)
+            per_seed.append(measure(setting, net, x, test, truth, args.n_bins))
+        keys_ = [k for k, v in per_seed[0].items() if isinstance(v, float)]
+        mean = {k: float(np.mean([m[k] for m in per_seed])) for k in keys_}
+        results[name] = {"setting": setting, "mean": mean, "seeds": per_seed}
+        print(f"{name:26} acc {mean['accuracy']:.3f}  AUROC {mean['contested_auroc']:.3f} "
+              f"(margin {mean['contested_auroc_margin']:.3f}, spread "
+              f"{mean['contested_auroc_spread']:.3f})  ρ centred "
+              f"{mean['spread_spearman_centred']:+.3f} | length "
+              f"{mean['spread_partial_centred_given_length']:+.3f}  ρ raw "
+              f"{mean['spread_spearman_raw']:+.3f}  [{time.perf_counter() - t0:.0f} s]",
+              flush=True)  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"features_of": model, "epochs": args.epochs, "seeds": args.seeds,
+               "n_bins": args.n_bins, "results": results}  # fmt: skip
+    (out / "spread_search.json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def save(args) -> None:
+    """The chosen setting's head (seed 0), trained on all training pairs, on the backbone."""
+    from distalign.models.reward_model import load_reward_model, read_meta, save_reward_model
+
+    setting = SETTINGS[args.setting]
+    if setting.get("hidden") or setting["head"] == "gaussian":
+        raise SystemExit("only a linear ordinal or categorical head fits a reward-model folder")
+    x, _, train, _, _ = prepared(args.features)
+    raw, *_ = load_features(args.features)
+    train_idx = np.unique(np.concatenate(train[:2]))
+    scale = scale_of(raw, train_idx)
+    net = fit(setting, x, train[:2], 0, args.n_bins, args.epochs)
+    model, tokenizer, meta = load_reward_model(args.model, device="cpu")
+    k = net.weight.shape[0]
+    head = torch.nn.Linear(net.weight.shape[1], k, bias=False)
+    head.weight.data = net.weight.data / scale  # the features' scaling folded into the head
+    model.score = head
+    model.config.num_labels = k
+    model.num_labels = k
+    meta = read_meta(args.model) | {
+        "head": setting["head"],
+        "n_bins": args.n_bins,
+        "frozen_backbone_head": {"setting": args.setting, **setting, "epochs": args.epochs},
+    }
+    meta.pop("eval", None)
+    save_reward_model(model, tokenizer, args.out, meta)
+    print(f"wrote {args.out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("extract")
+    e.add_argument("--model", required=True)
+    e.add_argument("--out", required=True)
+    for name in ("search", "save"):
+        s = sub.add_parser(name)
+        s.add_argument("--features", required=True)
+        s.add_argument("--epochs", type=int, default=40)
+        s.add_argument("--n-bins", type=int, default=10)
+        if name == "search":
+            s.add_argument("--seeds", type=int, default=2)
+            s.add_argument("--only", nargs="*")
+            s.add_argument("--out", default="docs/results/level2")
+        else:
+            s.add_argument("--setting", required=True)
+            s.add_argument("--model", required=True)
+            s.add_argument("--out", required=True)
+    args = ap.parse_args()
+    {"extract": extract, "search": search, "save": save}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
