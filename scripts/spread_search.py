@@ -56,7 +56,7 @@ def extract(args) -> None:
     model, tokenizer, meta = load_reward_model(args.model, device="cpu")
     model.score = Passthrough(model.score.weight.dtype)
     lines = (GOLD / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
-    prompts = {p["id"]: p["prompt"] for p in map(json.loads, lines) if p}
+    prompts = {p["id"]: p["prompt"] for p in (json.loads(x) for x in lines if x.strip())}
     replies = read_gz(GOLD / "replies.jsonl.gz")
     t0 = time.perf_counter()
     feats = score_replies(
