@@ -91,6 +91,7 @@ def pair_table(split: str, index: dict) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 SETTINGS = {  # name -> head, loss settings, optimiser
+    "scalar": dict(head="scalar"),  # the baseline: Bradley–Terry on the same features
     "ordinal": dict(head="ordinal"),
     "ordinal_half_ties": dict(head="ordinal", ties="half"),
     "ordinal_entropy_0.05": dict(head="ordinal", entropy_weight=0.05),
@@ -99,9 +100,16 @@ SETTINGS = {  # name -> head, loss settings, optimiser
     "ordinal_mlp_half_ties": dict(head="ordinal", hidden=64, ties="half"),
     "ordinal_400_pairs": dict(head="ordinal", pairs=400),
     "ordinal_wd_0.1": dict(head="ordinal", weight_decay=0.1),
+    "ordinal_half_ties_lr_3e-3": dict(head="ordinal", ties="half", lr=3e-3),
+    "ordinal_half_ties_400_pairs": dict(head="ordinal", ties="half", pairs=400),
+    "ordinal_half_ties_entropy_0.2": dict(head="ordinal", ties="half", entropy_weight=0.2),
+    "categorical_half_ties": dict(head="categorical", ties="half"),
     "categorical": dict(head="categorical"),
     "categorical_smooth_0.5": dict(head="categorical", smoothness_weight=0.5),
     "categorical_dpl_0.1": dict(head="categorical", batch_entropy_weight=0.1),
+    "mixture_2": dict(head="mixture", k=2),
+    "mixture_2_mlp": dict(head="mixture", k=2, hidden=64),
+    "mixture_4": dict(head="mixture", k=4),
     "gaussian": dict(head="gaussian"),
     "gaussian_mlp": dict(head="gaussian", hidden=64),
 }
@@ -115,6 +123,20 @@ def make_head(n_in: int, k: int, hidden: int) -> torch.nn.Module:
     )
 
 
+class MixtureHead(torch.nn.Module):
+    """K reward columns from ``inner`` (its K + 1 outputs, the last unused) and K shared
+    share-logits: outputs (B, 2K) = [r_1..r_K, logit π_1..π_K]."""
+
+    def __init__(self, inner: torch.nn.Module, k: int):
+        super().__init__()
+        self.inner, self.k = inner, k
+        self.share_logits = torch.nn.Parameter(torch.zeros(k))
+
+    def forward(self, x):
+        r = self.inner(x)[:, : self.k]
+        return torch.cat([r, self.share_logits.expand(len(x), self.k)], -1)
+
+
 def distributions(head: str, out: torch.Tensor, n_bins: int):
     """(mean, std, log p or None) per reply from head outputs."""
     from distalign.functionals import expectation, std
@@ -122,6 +144,13 @@ def distributions(head: str, out: torch.Tensor, n_bins: int):
 
     if head == "gaussian":  # DPL's mean-variance head: N(μ, σ²), σ = softplus(s) + 0.05
         return out[:, 0], torch.nn.functional.softplus(out[:, 1]) + 0.05, None
+    if head == "scalar":
+        return out[:, 0], None, None
+    if head == "mixture":  # K Bradley–Terry rewards r_k with shares π_k (last K columns)
+        k = (out.shape[1]) // 2
+        r, pi = out[:, :k], torch.softmax(out[:, k:], -1)
+        mean = (pi * r).sum(-1)
+        return mean, ((pi * (r - mean[:, None]) ** 2).sum(-1)).sqrt(), None
     logp = head_log_probs(head, out, n_bins)
     return expectation(logp.exp()), std(logp.exp()), logp
 
@@ -135,6 +164,13 @@ def loss_of(setting: dict, out_w, out_l, n_bins: int) -> torch.Tensor:
         ml, sl, _ = distributions(head, out_l, n_bins)
         z = (mw - ml) / torch.sqrt(sw**2 + sl**2)
         return -torch.special.log_ndtr(z).mean()
+    if head == "scalar":
+        return -torch.nn.functional.logsigmoid(out_w[:, 0] - out_l[:, 0]).mean()
+    if head == "mixture":  # −log Σ_k π_k σ(r_k(w) − r_k(l)): one annotator judges both
+        k = out_w.shape[1] // 2
+        log_pi = torch.log_softmax(out_w[:, k:], -1)
+        terms = log_pi + torch.nn.functional.logsigmoid(out_w[:, :k] - out_l[:, :k])
+        return -torch.logsumexp(terms, -1).mean()
     lw = distributions(head, out_w, n_bins)[2]
     ll = distributions(head, out_l, n_bins)[2]
     loss, _ = distributional_rm_loss(
@@ -150,9 +186,12 @@ def loss_of(setting: dict, out_w, out_l, n_bins: int) -> torch.Tensor:
 
 def fit(setting: dict, x: torch.Tensor, train, seed: int, n_bins: int, epochs: int):
     head_kind = setting["head"]
-    k = {"ordinal": 2, "gaussian": 2, "categorical": n_bins}[head_kind]
+    outputs = {"scalar": 1, "ordinal": 2, "gaussian": 2, "categorical": n_bins}
+    k = setting.get("k", 2) + 1 if head_kind == "mixture" else outputs[head_kind]
     torch.manual_seed(seed)
     net = make_head(x.shape[1], k, setting.get("hidden", 0))
+    if head_kind == "mixture":  # the components' shares: one free logit per component
+        net = MixtureHead(net, setting.get("k", 2))
     opt = torch.optim.AdamW(
         net.parameters(), lr=setting.get("lr", 1e-2), weight_decay=setting.get("weight_decay", 0.0)
     )
@@ -174,6 +213,12 @@ def fit(setting: dict, x: torch.Tensor, train, seed: int, n_bins: int, epochs: i
 def p_greater(setting: dict, out_w, out_l, n_bins: int) -> np.ndarray:
     from distalign.losses import log_prob_greater, log_prob_tie
 
+    if setting["head"] == "scalar":
+        return torch.sigmoid(out_w[:, 0] - out_l[:, 0]).numpy()
+    if setting["head"] == "mixture":
+        k = out_w.shape[1] // 2
+        pi = torch.softmax(out_w[:, k:], -1)
+        return (pi * torch.sigmoid(out_w[:, :k] - out_l[:, :k])).sum(-1).numpy()
     mw, sw, lw = distributions(setting["head"], out_w, n_bins)
     ml, sl, ll = distributions(setting["head"], out_l, n_bins)
     if lw is None:
@@ -189,8 +234,15 @@ def measure(setting, net, x, test, truth, n_bins: int) -> dict:
         out = net(x)
         mean, sd, _ = distributions(setting["head"], out, n_bins)
         pw = p_greater(setting, out[c], out[r], n_bins)
-    mean, sd = mean.double().numpy(), sd.double().numpy()
+    mean = mean.double().numpy()
     margin = mean[c] - mean[r]
+    if sd is None:  # scalar: the margin is all there is
+        result = {
+            "accuracy": float((margin > 0).mean()),
+            "ece": float(expected_calibration_error(torch.tensor(pw), torch.ones(len(pw)))),
+        }
+        return result | contested_detection(margin, None, groups, 1000)  # fmt: skip
+    sd = sd.double().numpy()
     spread = np.sqrt(sd[c] ** 2 + sd[r] ** 2)
     result = {
         "accuracy": float(((pw > 0.5) | ((pw == 0.5) & (margin > 0))).mean()),
@@ -198,6 +250,23 @@ def measure(setting, net, x, test, truth, n_bins: int) -> dict:
     }
     result |= contested_detection(margin, spread, groups, 1000)
     test_replies = np.unique(np.concatenate([c, r]))
+    if setting["head"] == "mixture":
+        # each component's reward is fixed only up to a constant per prompt, like each
+        # annotator's: its spread over components, centred within the prompt's replies
+        from distalign.metrics import centred_spread, spearman
+
+        k = out.shape[1] // 2
+        comps = out[test_replies, :k].double().numpy().T  # (K, R)
+        pi = torch.softmax(out[0, k:], -1).double().numpy()
+        pred = centred_spread(comps, truth["prompt_ids"][test_replies], pi)
+        target = centred_spread(truth["rewards"][:, test_replies],
+                                truth["prompt_ids"][test_replies], truth["weights"])  # fmt: skip
+        result["spread_spearman_centred_both"] = spearman(pred, target)
+        # per pair, how far the components' win probabilities part (the predicted group gap)
+        from distalign.metrics import auroc, contested, group_gap
+
+        gap = group_gap(torch.sigmoid(out[c, :k] - out[r, :k]).double().numpy())
+        result["contested_auroc_gap"] = auroc(gap, contested(groups))
     result |= {
         f"spread_{k}": v
         for k, v in spread_agreement(
@@ -243,9 +312,32 @@ def prepared(features: str):
     return x, keys, train, test, model
 
 
+def probe(x, truth, train, test, alpha: float = 10.0) -> dict:
+    """A diagnostic, not a reward model: ridge regression from the features to each reply's
+    centred disagreement, fitted on the training replies *with the truth* (which no reward
+    model sees), scored by Spearman on the test replies. High: the backbone's features hold
+    what disagreement needs, and the pairwise losses fail to draw it out; low: they do not."""
+    from distalign.metrics import centred_spread, spearman
+
+    target = centred_spread(truth["rewards"], truth["prompt_ids"], truth["weights"])
+    tr = np.unique(np.concatenate(train[:2]))
+    te = np.unique(np.concatenate(test[:2]))
+    a = np.column_stack([x.double().numpy(), np.ones(len(x))])
+    w = np.linalg.solve(a[tr].T @ a[tr] + alpha * np.eye(a.shape[1]), a[tr].T @ target[tr])
+    pred = a @ w
+    return {"ridge_alpha": alpha, "spearman_centred_test": spearman(pred[te], target[te]),
+            "spearman_centred_train": spearman(pred[tr], target[tr])}  # fmt: skip
+
+
 def search(args) -> None:
     x, keys, train, test, model = prepared(args.features)
     truth = gold_truth(keys)
+    probes = [probe(x, truth, train, test, a) for a in (1.0, 10.0, 100.0)]
+    for p in probes:
+        print(
+            f"probe (ridge α {p['ridge_alpha']:g}, fitted on the truth): ρ centred on test "
+            f"{p['spearman_centred_test']:+.3f} (train {p['spearman_centred_train']:+.3f})"
+        )
     results = {}
     names = args.only or list(SETTINGS)
     for name in names:
@@ -258,17 +350,24 @@ def search(args) -> None:
         keys_ = [k for k, v in per_seed[0].items() if isinstance(v, float)]
         mean = {k: float(np.mean([m[k] for m in per_seed])) for k in keys_}
         results[name] = {"setting": setting, "mean": mean, "seeds": per_seed}
-        print(f"{name:26} acc {mean['accuracy']:.3f}  AUROC {mean['contested_auroc']:.3f} "
+
+        def get(key, mean=mean):
+            return mean.get(key, float("nan"))
+
+        print(f"{name:30} acc {mean['accuracy']:.3f}  AUROC {mean['contested_auroc']:.3f} "
               f"(margin {mean['contested_auroc_margin']:.3f}, spread "
-              f"{mean['contested_auroc_spread']:.3f})  ρ centred "
-              f"{mean['spread_spearman_centred']:+.3f} | length "
-              f"{mean['spread_partial_centred_given_length']:+.3f}  ρ raw "
-              f"{mean['spread_spearman_raw']:+.3f}  [{time.perf_counter() - t0:.0f} s]",
+              f"{get('contested_auroc_spread'):.3f}, gap {get('contested_auroc_gap'):.3f})  "
+              f"ρ centred {get('spread_spearman_centred'):+.3f} | length "
+              f"{get('spread_partial_centred_given_length'):+.3f}  ρ raw "
+              f"{get('spread_spearman_raw'):+.3f}"
+              + (f"  ρ both centred {mean['spread_spearman_centred_both']:+.3f}"
+                 if "spread_spearman_centred_both" in mean else "")
+              + f"  [{time.perf_counter() - t0:.0f} s]",
               flush=True)  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"features_of": model, "epochs": args.epochs, "seeds": args.seeds,
-               "n_bins": args.n_bins, "results": results}  # fmt: skip
+               "n_bins": args.n_bins, "probe": probes, "results": results}  # fmt: skip
     (out / "spread_search.json").write_text(json.dumps(payload, indent=2) + "\n")
 
 
