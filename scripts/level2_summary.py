@@ -32,11 +32,11 @@ RM_KEYS = [
     ("bayes_ceiling", "Bayes ceiling"),
     ("ece", "ECE"),
     ("contested_auroc", "contested AUROC"),
-    ("contested_auroc_margin", "… by −|margin|"),
+    ("contested_auroc_margin", "… by margin alone"),
     ("contested_auroc_spread", "… by spread"),
     ("spread_spearman_centred", "ρ(std, centred)"),
     ("spread_spearman_raw", "ρ(std, raw)"),
-    ("spread_partial_centred_given_length", "ρ centred | length"),
+    ("spread_partial_centred_given_length", "ρ centred, given length"),
     ("spread_predicted_vs_length", "ρ(std, length)"),
 ]
 
@@ -193,6 +193,28 @@ def markdown(rms, table, peak, final) -> str:
     return "\n".join(lines) + "\n"
 
 
+def search_markdown(path: Path) -> str:
+    """The spread search (scripts/spread_search.py) as a table, when it has run."""
+    if not path.is_file():
+        return ""
+    data = json.loads(path.read_text())
+    lines = ["", f"## Heads on the frozen features of {data['features_of']} "
+             f"({data['seeds']} seeds, mean; test pairs and replies)", ""]  # fmt: skip
+    for p in data.get("probe", []):
+        lines.append(f"Probe fitted on the truth (ridge α {p['ridge_alpha']:g}, a diagnostic): "
+                     f"ρ centred on test {fmt(p['spearman_centred_test'])}.  ")  # fmt: skip
+    lines += ["", *table_head("setting", "accuracy", "contested AUROC", "… by margin alone",
+                               "ρ(std, centred)", "ρ centred, given length", "ρ(std, raw)",
+                               "ρ both centred (mixture)")]  # fmt: skip
+    for name, r in data["results"].items():
+        m = r["mean"]
+        lines.append(table_row(name, *(fmt(m.get(k)) for k in (
+            "accuracy", "contested_auroc", "contested_auroc_margin", "spread_spearman_centred",
+            "spread_partial_centred_given_length", "spread_spearman_raw",
+            "spread_spearman_centred_both"))))  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default="runs/full")
@@ -208,7 +230,8 @@ def main() -> None:
     table, peak, final = matched(curves, targets), peaks(curves), compare_rows(runs)
     if curves:
         plot(curves, out / "curves.png")
-    (out / "summary.md").write_text(markdown(rms, table, peak, final))
+    text = markdown(rms, table, peak, final) + search_markdown(out / "spread_search.json")
+    (out / "summary.md").write_text(text)
     payload = {"reward_models": rms, "matched_kl": table, "peaks": peak, "final": final,
                "curves": curves}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
