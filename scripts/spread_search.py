@@ -226,8 +226,17 @@ def p_greater(setting: dict, out_w, out_l, n_bins: int) -> np.ndarray:
     return (log_prob_greater(lw, ll).exp() + 0.5 * log_prob_tie(lw, ll).exp()).numpy()
 
 
+def symmetric_ece(p_chosen: np.ndarray) -> float:
+    """ECE of P(chosen wins), each pair also scored in the swapped order (``metrics``)."""
+    from distalign.metrics import expected_calibration_error
+
+    p = torch.as_tensor(p_chosen, dtype=torch.float64)
+    both = torch.cat([p, 1 - p])
+    return expected_calibration_error(both, torch.cat([torch.ones_like(p), torch.zeros_like(p)]))
+
+
 def measure(setting, net, x, test, truth, n_bins: int) -> dict:
-    from distalign.metrics import contested_detection, expected_calibration_error, spread_agreement
+    from distalign.metrics import contested_detection, spread_agreement
 
     c, r, groups, _ = test
     with torch.no_grad():
@@ -239,14 +248,14 @@ def measure(setting, net, x, test, truth, n_bins: int) -> dict:
     if sd is None:  # scalar: the margin is all there is
         result = {
             "accuracy": float((margin > 0).mean()),
-            "ece": float(expected_calibration_error(torch.tensor(pw), torch.ones(len(pw)))),
+            "ece": float(symmetric_ece(pw)),
         }
         return result | contested_detection(margin, None, groups, 1000)  # fmt: skip
     sd = sd.double().numpy()
     spread = np.sqrt(sd[c] ** 2 + sd[r] ** 2)
     result = {
         "accuracy": float(((pw > 0.5) | ((pw == 0.5) & (margin > 0))).mean()),
-        "ece": float(expected_calibration_error(torch.tensor(pw), torch.ones(len(pw)))),
+        "ece": float(symmetric_ece(pw)),
     }
     result |= contested_detection(margin, spread, groups, 1000)
     test_replies = np.unique(np.concatenate([c, r]))
