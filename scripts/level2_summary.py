@@ -188,8 +188,8 @@ def markdown(rms, table, peak, final) -> str:
                             "thorough", "KL")  # fmt: skip
         for name, r in final.items():
             win = f"{fmt(r.get('gold_win_rate'))} {fmt(r.get('gold_win_rate_ci95'))}"
-            lines.append(table_row(name, win, fmt(r.get("gold_mean")), fmt(r.get("gold_concise")),
-                                   fmt(r.get("gold_thorough")), fmt(r.get("kl"), 2)))  # fmt: skip
+            groups = (fmt(r.get(f"gold_{g}")) for g in ("mean", *GROUPS))
+            lines.append(table_row(name, win, *groups, fmt(r.get("kl_to_sft"), 2)))
     return "\n".join(lines) + "\n"
 
 
