@@ -21,7 +21,6 @@ backbone as an ordinary distalign reward model folder (``rm eval`` and ``rl trai
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import time
 from pathlib import Path
@@ -30,13 +29,9 @@ import numpy as np
 import torch
 
 from distalign.data.load import DATA_ALIASES
+from distalign.gold.truth import read_jsonl_gz, reply_truth
 
 GOLD = DATA_ALIASES["gold"]
-
-
-def read_gz(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 class Passthrough(torch.nn.Module):
@@ -57,7 +52,7 @@ def extract(args) -> None:
     model.score = Passthrough(model.score.weight.dtype)
     lines = (GOLD / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
     prompts = {p["id"]: p["prompt"] for p in (json.loads(x) for x in lines if x.strip())}
-    replies = read_gz(GOLD / "replies.jsonl.gz")
+    replies = read_jsonl_gz(GOLD / "replies.jsonl.gz")
     t0 = time.perf_counter()
     feats = score_replies(
         model,
@@ -83,7 +78,7 @@ def extract(args) -> None:
 
 def pair_table(split: str, index: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(chosen reply index, rejected reply index, P(chosen) per group (N, 2), label p_chosen)."""
-    rows = read_gz(GOLD / f"{split}.jsonl.gz")
+    rows = read_jsonl_gz(GOLD / f"{split}.jsonl.gz")
     c = np.array([index[(r["prompt_id"], r["chosen_reply_id"])] for r in rows])
     r_ = np.array([index[(r["prompt_id"], r["rejected_reply_id"])] for r in rows])
     groups = np.array([[r["p_chosen_by_group"][g] for g in ("concise", "thorough")] for r in rows])
@@ -301,16 +296,10 @@ def scale_of(x: torch.Tensor, train_idx: np.ndarray) -> torch.Tensor:
 
 
 def gold_truth(keys) -> dict:
-    from distalign.gold.judge import ATTRIBUTES, annotator_rewards, annotator_weights
-
-    replies = {(r["prompt_id"], r["reply_id"]): r for r in read_gz(GOLD / "replies.jsonl.gz")}
-    attrs = np.array([[replies[k]["attributes"][a] for a in ATTRIBUTES] for k in keys])
-    return {
-        "rewards": annotator_rewards(attrs).T,
-        "weights": annotator_weights()[2],
-        "prompt_ids": np.array([k[0] for k in keys]),
-        "lengths": np.array([replies[k]["tokens"] for k in keys], dtype=np.float64),
-    }
+    replies = {(r["prompt_id"], r["reply_id"]): r for r in read_jsonl_gz(GOLD / "replies.jsonl.gz")}
+    truth = reply_truth(replies, keys)
+    return {"rewards": truth["annotator_rewards"], "weights": truth["weights"],
+            "prompt_ids": truth["prompt_ids"], "lengths": truth["lengths"]}  # fmt: skip
 
 
 def prepared(features: str):

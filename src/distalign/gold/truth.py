@@ -29,7 +29,7 @@ class PairReplies:
     lengths: np.ndarray  # (R,) reply length in tokens
 
 
-def _read_jsonl_gz(path: Path) -> list[dict]:
+def read_jsonl_gz(path: Path) -> list[dict]:
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -40,7 +40,6 @@ def pair_replies(source, split: str, source_rows) -> PairReplies | None:
     ``gold``). None when ``source`` is not such a folder, or a pair's replies are not in it:
     other data sets know no annotators."""
     from distalign.data.load import resolve_source
-    from distalign.gold.judge import ATTRIBUTES, annotator_rewards, annotator_weights
 
     if not isinstance(source, str):
         return None
@@ -48,8 +47,8 @@ def pair_replies(source, split: str, source_rows) -> PairReplies | None:
     split_file, replies_file = folder / f"{split}.jsonl.gz", folder / "replies.jsonl.gz"
     if not (folder.is_dir() and split_file.is_file() and replies_file.is_file()):
         return None
-    rows = _read_jsonl_gz(split_file)
-    replies = {(r["prompt_id"], r["reply_id"]): r for r in _read_jsonl_gz(replies_file)}
+    rows = read_jsonl_gz(split_file)
+    replies = {(r["prompt_id"], r["reply_id"]): r for r in read_jsonl_gz(replies_file)}
     index: dict[tuple, int] = {}
     chosen, rejected = [], []
     for s in source_rows:
@@ -61,14 +60,23 @@ def pair_replies(source, split: str, source_rows) -> PairReplies | None:
             return None
         for key, out in zip(keys, (chosen, rejected), strict=True):
             out.append(index.setdefault(key, len(index)))
-    keys = list(index)
-    attrs = np.array([[replies[k]["attributes"][a] for a in ATTRIBUTES] for k in keys])
-    _, _, weights = annotator_weights()
     return PairReplies(
         chosen=np.array(chosen, dtype=np.int64),
         rejected=np.array(rejected, dtype=np.int64),
-        prompt_ids=np.array([k[0] for k in keys]),
-        annotator_rewards=annotator_rewards(attrs.reshape(len(keys), len(ATTRIBUTES))).T,
-        weights=weights,
-        lengths=np.array([replies[k]["tokens"] for k in keys], dtype=np.float64),
+        **reply_truth(replies, list(index)),
     )
+
+
+def reply_truth(replies: dict[tuple, dict], keys: list[tuple]) -> dict[str, np.ndarray]:
+    """For the replies ``keys`` ((prompt_id, reply_id), rows of ``replies.jsonl.gz`` by key):
+    ``prompt_ids`` (R,), ``annotator_rewards`` (A, R) from their judged attributes,
+    ``weights`` (A,) and ``lengths`` (R,) in tokens."""
+    from distalign.gold.judge import ATTRIBUTES, annotator_rewards, annotator_weights
+
+    attrs = np.array([[replies[k]["attributes"][a] for a in ATTRIBUTES] for k in keys])
+    return {
+        "prompt_ids": np.array([k[0] for k in keys]),
+        "annotator_rewards": annotator_rewards(attrs.reshape(len(keys), len(ATTRIBUTES))).T,
+        "weights": annotator_weights()[2],
+        "lengths": np.array([replies[k]["tokens"] for k in keys], dtype=np.float64),
+    }
