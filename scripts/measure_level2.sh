@@ -22,6 +22,9 @@ stage() {  # stage OUTPUT LOG command...
 stage runs/full/rm_scalar/final rm_scalar_full $DA rm train configs/rm_scalar_full.yaml
 stage runs/full/rm_ordinal/final rm_ordinal_full \
   $DA rm train configs/rm_scalar_full.yaml head=ordinal n_bins=10 output_dir=runs/full/rm_ordinal
+# a mixture of 2 Bradley–Terry components (the head the search below found; same settings)
+stage runs/full/rm_mixture/final rm_mixture_full \
+  $DA rm train configs/rm_scalar_full.yaml head=mixture n_components=2 output_dir=runs/full/rm_mixture
 # every benchmark reply's features under the scalar RM's backbone, once, for a search over
 # distributional heads trained on them (scripts/spread_search.py; seconds per setting)
 stage runs/full/features.npz features .venv/bin/python scripts/spread_search.py extract \

@@ -104,6 +104,8 @@ SETTINGS = {  # name -> head, loss settings, optimiser
     "categorical_dpl_0.1": dict(head="categorical", batch_entropy_weight=0.1),
     "mixture_2": dict(head="mixture", k=2),
     "mixture_2_mlp": dict(head="mixture", k=2, hidden=64),
+    "mixture_2_uniform": dict(head="mixture", k=2, fixed_shares=True),
+    "mixture_2_uniform_centred": dict(head="mixture", k=2, fixed_shares=True, center=0.01),
     "mixture_4": dict(head="mixture", k=4),
     "gaussian": dict(head="gaussian"),
     "gaussian_mlp": dict(head="gaussian", hidden=64),
@@ -165,7 +167,8 @@ def loss_of(setting: dict, out_w, out_l, n_bins: int) -> torch.Tensor:
         k = out_w.shape[1] // 2
         log_pi = torch.log_softmax(out_w[:, k:], -1)
         terms = log_pi + torch.nn.functional.logsigmoid(out_w[:, :k] - out_l[:, :k])
-        return -torch.logsumexp(terms, -1).mean()
+        centring = ((out_w[:, :k] + out_l[:, :k]) ** 2).mean()  # TRL's, per component
+        return -torch.logsumexp(terms, -1).mean() + setting.get("center", 0.0) * centring
     lw = distributions(head, out_w, n_bins)[2]
     ll = distributions(head, out_l, n_bins)[2]
     loss, _ = distributional_rm_loss(
@@ -187,6 +190,7 @@ def fit(setting: dict, x: torch.Tensor, train, seed: int, n_bins: int, epochs: i
     net = make_head(x.shape[1], k, setting.get("hidden", 0))
     if head_kind == "mixture":  # the components' shares: one free logit per component
         net = MixtureHead(net, setting.get("k", 2))
+        net.share_logits.requires_grad_(not setting.get("fixed_shares", False))
     opt = torch.optim.AdamW(
         net.parameters(), lr=setting.get("lr", 1e-2), weight_decay=setting.get("weight_decay", 0.0)
     )
@@ -271,6 +275,12 @@ def measure(setting, net, x, test, truth, n_bins: int) -> dict:
 
         gap = group_gap(torch.sigmoid(out[c, :k] - out[r, :k]).double().numpy())
         result["contested_auroc_gap"] = auroc(gap, contested(groups))
+        d = (out[c, :k] - out[r, :k]).double().numpy()  # the components' margins (N, K)
+        d_mean = (d * pi).sum(-1)
+        d_std = np.sqrt((pi * (d - d_mean[:, None]) ** 2).sum(-1))
+        pairwise = contested_detection(d_mean, d_std, groups, 1000)
+        result["contested_auroc_margins"] = pairwise["contested_auroc"]
+        result["contested_auroc_margins_spread"] = pairwise["contested_auroc_spread"]
     result |= {
         f"spread_{k}": v
         for k, v in spread_agreement(

@@ -1,7 +1,9 @@
 """Reward functionals φ(p): a distribution over scores -> one reward (pure torch).
 
-All take probabilities p (B, n) over score values v (n,), default v_i = i for i = 1..n,
-and return (B,). Used by REINFORCE with a distributional reward model.
+All take probabilities p (B, n) over score values v, default v_i = i for i = 1..n, and
+return (B,). v is (n,), shared by every row (the bins of a categorical or ordinal head), or
+(B, n), each row its own atoms in any order (a mixture head's K component rewards, equal
+shares: ``distalign.models.heads``). Used by REINFORCE with a distributional reward model.
 
     expectation        E[R] = Σ v_i p_i
     mean_minus_std     E[R] − κ·Std[R]                     (risk-averse for κ > 0)
@@ -10,6 +12,8 @@ and return (B,). Used by REINFORCE with a distributional reward model.
     win_probability    P(R > R_ref) + ½ P(R = R_ref) against a reference distribution (a tie
                        counts as half a win)
     win_probability_strict   P(R > R_ref) (a tie counts as a loss)
+    mixture_win_probability  Σ_k π_k σ(r_k − r_k,ref): a mixture head's own preference for the
+                       reply over the reference reply
 """
 
 from __future__ import annotations
@@ -24,6 +28,16 @@ def score_values(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
 
 def _values(p: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
     return score_values(p.shape[-1], p.device, p.dtype) if values is None else values.to(p)
+
+
+def _ascending(p: torch.Tensor, values: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """p and v (B, n) with each row's values ascending: shared values (n,) are taken as given
+    (the bins, ascending), per-row atoms (B, n) are sorted and p follows them."""
+    v = _values(p, values)
+    if v.dim() == 1:
+        return p, v.expand_as(p)
+    v, order = v.sort(-1)
+    return p.gather(-1, order), v
 
 
 def expectation(p: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,7 +66,7 @@ def cvar(p: torch.Tensor, alpha: float = 0.25, values: torch.Tensor | None = Non
     """
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
-    v = _values(p, values)
+    p, v = _ascending(p, values)
     before = p.cumsum(-1) - p  # CDF(i − 1)
     taken = torch.minimum(p, (alpha - before).clamp(min=0))  # mass of bin i inside the tail
     return (taken * v).sum(-1) / alpha
@@ -62,10 +76,10 @@ def quantile(p: torch.Tensor, tau: float = 0.5, values: torch.Tensor | None = No
     """Smallest v_i with CDF(i) ≥ τ, (B,). Not differentiable (a selection)."""
     if not 0 < tau <= 1:
         raise ValueError(f"tau must be in (0, 1], got {tau}")
-    v = _values(p, values)
+    p, v = _ascending(p, values)
     cdf = p.cumsum(-1)
     idx = (cdf < tau - 1e-6).sum(-1).clamp(max=p.shape[-1] - 1)  # first bin reaching τ
-    return v[idx]
+    return v.gather(-1, idx[:, None])[:, 0]
 
 
 def win_probability(p: torch.Tensor, p_ref: torch.Tensor, ties: str = "half") -> torch.Tensor:
@@ -87,6 +101,20 @@ def win_probability(p: torch.Tensor, p_ref: torch.Tensor, ties: str = "half") ->
     raise ValueError(f"ties must be 'half' or 'strict', got {ties!r}")
 
 
+def mixture_win_probability(
+    atoms: torch.Tensor, ref_atoms: torch.Tensor, shares: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Σ_k π_k σ(r_k − r_k,ref), (B,): the probability a mixture of Bradley–Terry rewards
+    (components r_k, shares π_k; equal shares when None) gives to the reply beating the
+    reference reply, both (B, K). It compares component with component (each annotator type
+    judges both replies), so each component's arbitrary offset cancels; a reply against itself
+    gives ½."""
+    prob = torch.sigmoid(atoms - ref_atoms.to(atoms))
+    if shares is None:
+        return prob.mean(-1)
+    return (prob * shares.to(atoms)).sum(-1)
+
+
 FUNCTIONALS = (
     "expectation",
     "mean_minus_std",
@@ -106,18 +134,23 @@ def apply_functional(
     alpha: float = 0.25,
     tau: float = 0.5,
     p_ref: torch.Tensor | None = None,
+    values: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """φ(p) by name, (B,)."""
+    """φ(p) by name, (B,). ``values``: the score values, (n,) or per-row atoms (B, n). With
+    per-row atoms (a mixture head), ``p_ref`` holds the reference reply's atoms and the win
+    probability is ``mixture_win_probability`` (strict and half are the same: σ has no ties)."""
     if name == "expectation":
-        return expectation(p)
+        return expectation(p, values)
     if name == "mean_minus_std":
-        return mean_minus_std(p, kappa)
+        return mean_minus_std(p, kappa, values)
     if name == "cvar":
-        return cvar(p, alpha)
+        return cvar(p, alpha, values)
     if name == "quantile":
-        return quantile(p, tau)
+        return quantile(p, tau, values)
     if name in REFERENCE_FUNCTIONALS:
         if p_ref is None:
             raise ValueError(f"{name} needs the reference distribution p_ref")
+        if values is not None and values.dim() == 2:
+            return mixture_win_probability(values, p_ref, p)
         return win_probability(p, p_ref, ties="strict" if name.endswith("_strict") else "half")
     raise ValueError(f"unknown functional {name!r}; expected one of {FUNCTIONALS}")

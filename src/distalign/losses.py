@@ -4,12 +4,15 @@ Reward models:
     bradley_terry_loss     −log σ(r_w − r_l − m)                (Bradley & Terry 1952)
     centering_penalty      γ · (r_w + r_l)²                      (reward centering)
     reward_model_loss      the two together, with the metrics a trainer logs
+    mixture_rm_loss        −log Σ_k π_k σ(r_k(w) − r_k(l)): K Bradley–Terry components
 
 Each returns per-pair values of shape (B,) unless it says otherwise; the caller reduces
 (mean over pairs), so micro-batches of different sizes combine correctly.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -182,6 +185,44 @@ def distributional_rm_loss(
             "pref_loss": pref.detach(),
             "accuracy": (greater > less).float().mean(),
             "entropy": entropy(torch.cat([logp_w, logp_l])).mean(),
+        }
+    return loss, metrics
+
+
+# A mixture head gives K component rewards per reply (B, K), equal shares; the components
+# share the annotator: one latent type judges both replies of a pair (``models.heads``).
+
+
+def mixture_preference_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, shares: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-pair −log Σ_k π_k σ(r_k(w) − r_k(l)), (B,), from component rewards (B, K) and
+    shares π (K,) (equal when None). With K = 1 it is the Bradley–Terry loss."""
+    k = chosen.shape[-1]
+    log_pi = (
+        torch.full((k,), -math.log(k), device=chosen.device, dtype=chosen.dtype)
+        if shares is None
+        else shares.to(chosen).log()
+    )
+    return -torch.logsumexp(log_pi + F.logsigmoid(chosen - rejected), -1)
+
+
+def mixture_rm_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L = mean[−log Σ_k π_k σ(r_k(w) − r_k(l))], equal shares. No centering term: pulling
+    each pair's r_w + r_l to 0 per component also pulls the components together (on frozen
+    features it halved how well their spread tracks disagreement). Returns (scalar, detached
+    metrics: the mixture loss, accuracy by P(w ≻ l) > ½, the mean margin and the mean std of
+    the components' margins)."""
+    loss = mixture_preference_loss(chosen, rejected).mean()
+    with torch.no_grad():
+        margins = chosen - rejected  # (B, K)
+        metrics = {
+            "mixture_loss": loss.detach(),
+            "accuracy": (torch.sigmoid(margins).mean(-1) > 0.5).float().mean(),
+            "margin": margins.mean(),
+            "component_spread": margins.std(-1, unbiased=False).mean(),
         }
     return loss, metrics
 

@@ -182,13 +182,14 @@ def kl_to_sft(policy, sft, tokenizer, samples, temperature: float) -> np.ndarray
 
 def score_all(rewards: dict[str, Any], prompts, texts) -> dict[str, dict[str, np.ndarray]]:
     """Per reward model: the value (scalar or expectation) and, if distributional, the std."""
-    from distalign import functionals as fn
-
     out = {}
     for name, source in rewards.items():
         if source.distributional:
-            p = source.distributions(prompts, texts)
-            out[name] = {"value": fn.expectation(p).numpy(), "std": fn.std(p).numpy()}
+            dist = source.distributions(prompts, texts)
+            mean, sd = source.expectation_std(dist)
+            out[name] = {"value": mean.numpy(), "std": sd.numpy()}
+            if source.head == "mixture":  # its atoms, centred within the prompt later
+                out[name]["components"] = dist.numpy()
         else:
             out[name] = {"value": source(prompts, texts).rewards.numpy()}
     return out
@@ -358,7 +359,8 @@ def spread_vs_disagreement_measures(rewards, measured: dict[str, Measured], k: i
     std mostly grows with length), and each given reply length in tokens
     (``metrics.spread_agreement``); None for a scalar RM. Also the points behind them, for the
     report's scatter: per distributional RM, each reply's policy, predicted std and centred
-    disagreement. Returns (measures, points)."""
+    disagreement. A mixture RM's predicted spread is centred within the prompt like the
+    truth's (``eval.rm.mixture_reply_spread_measures``). Returns (measures, points)."""
     from distalign.gold import judge as gold
     from distalign.metrics import centred_spread, spread_agreement
 
@@ -376,7 +378,11 @@ def spread_vs_disagreement_measures(rewards, measured: dict[str, Measured], k: i
         if not source.distributional:
             measures[rm] = None
             continue
-        pred = np.concatenate([m.scored[rm]["std"] for m in ms])
+        if source.head == "mixture":  # components are fixed up to a constant per prompt too
+            components = np.concatenate([m.scored[rm]["components"] for m in ms])
+            pred = centred_spread(components.T, prompt_ids)
+        else:
+            pred = np.concatenate([m.scored[rm]["std"] for m in ms])
         measures[rm] = spread_agreement(pred, annotators, prompt_ids, lengths, weights)
         points[rm] = {"policy": policy, "predicted": pred.tolist(), "centred": centred.tolist()}
     return measures, points

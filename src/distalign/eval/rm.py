@@ -14,7 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distalign.metrics import contested_detection, distribution_summary, reward_summary
+from distalign.metrics import (
+    contested_detection,
+    distribution_summary,
+    mixture_summary,
+    reward_summary,
+)
 from distalign.models.heads import head_log_probs
 from distalign.models.reward_model import pair_scores
 
@@ -55,7 +60,8 @@ def evaluate_reward_model(
 ) -> dict[str, float]:
     """Metrics on the loader's pairs. Scalar: accuracy, margin, reward mean/std, ECE.
     Distributional: accuracy by P(R_w > R_l) and by expectation, entropy, unimodal share,
-    mean std, ECE. ``outputs``, when given, receives the raw scores / log-probabilities.
+    mean std, ECE. Mixture: ``metrics.mixture_summary``. ``outputs``, when given, receives
+    the raw scores / log-probabilities / component rewards.
 
     ``p_by_group`` (N, G), the known per-group probability that each pair's chosen reply is
     preferred (the gold benchmark's ``p_chosen_by_group``, in the loader's pair order, which
@@ -74,6 +80,13 @@ def evaluate_reward_model(
             outputs.update(chosen=chosen[:, 0], rejected=rejected[:, 0])
         result = reward_summary(chosen[:, 0], rejected[:, 0])
         margin, spread = (chosen[:, 0] - rejected[:, 0]).double().numpy(), None
+    elif head == "mixture":
+        if outputs is not None:
+            outputs.update(components_chosen=chosen, components_rejected=rejected)
+        result = mixture_summary(chosen, rejected)
+        margin, spread = mixture_margin_spread(chosen, rejected)
+        if truth is not None:
+            result |= mixture_reply_spread_measures(truth, chosen, rejected, outputs)
     else:
         logp_w = head_log_probs(head, chosen, n_bins)
         logp_l = head_log_probs(head, rejected, n_bins)
@@ -99,6 +112,14 @@ def distribution_margin_spread(logp_w, logp_l) -> tuple[np.ndarray, np.ndarray]:
     return margin, spread
 
 
+def mixture_margin_spread(chosen, rejected) -> tuple[np.ndarray, np.ndarray]:
+    """``distribution_margin_spread`` of a mixture head: its component rewards (N, K) are the
+    atoms, equal shares, so E[R] is their mean and Std[R] their (population) std."""
+    c, r = chosen.double(), rejected.double()
+    spread = (c.std(-1, unbiased=False) ** 2 + r.std(-1, unbiased=False) ** 2).sqrt()
+    return (c.mean(-1) - r.mean(-1)).numpy(), spread.numpy()
+
+
 def reply_spread_measures(truth, logp_w, logp_l, outputs: dict | None = None) -> dict[str, float]:
     """Per distinct reply of the pairs (``truth``: ``gold.truth.PairReplies``), the predicted
     Std[R] (the mean over the pairs it appears in) against the annotators' disagreement: raw,
@@ -106,14 +127,41 @@ def reply_spread_measures(truth, logp_w, logp_l, outputs: dict | None = None) ->
     as ``spread_*`` keys, with ``spread_replies`` the number of replies. ``outputs``, when
     given, receives the points (``spread_points``: predicted and centred per reply)."""
     from distalign.functionals import std
+
+    predicted = per_reply(truth, std(logp_w.double().exp()), std(logp_l.double().exp()))
+    return _spread_measures(truth, predicted, outputs)
+
+
+def mixture_reply_spread_measures(
+    truth, chosen: torch.Tensor, rejected: torch.Tensor, outputs: dict | None = None
+) -> dict[str, float]:
+    """``reply_spread_measures`` for a mixture head (component rewards (N, K) per pair side).
+    Each component, like each annotator, is a Bradley–Terry reward fixed only up to a constant
+    per prompt, so the predicted spread is centred the same way as the truth: the spread over
+    components of each component's reward centred within the prompt (``centred_spread``)."""
+    from distalign.metrics import centred_spread
+
+    components = per_reply(truth, chosen.double(), rejected.double())  # (R, K)
+    predicted = centred_spread(components.T, truth.prompt_ids)
+    return _spread_measures(truth, predicted, outputs)
+
+
+def per_reply(truth, chosen: torch.Tensor, rejected: torch.Tensor) -> np.ndarray:
+    """Per distinct reply of the pairs (``truth``: ``gold.truth.PairReplies``), the mean of
+    its values over the pairs it appears in: (N, ...) per side -> (R, ...)."""
+    n = len(truth.prompt_ids)
+    shape = tuple(chosen.shape[1:])
+    total, count = np.zeros((n, *shape)), np.zeros(n)
+    for idx, values in ((truth.chosen, chosen), (truth.rejected, rejected)):
+        np.add.at(total, idx, values.numpy())
+        np.add.at(count, idx, 1.0)
+    return total / np.maximum(count, 1.0).reshape(-1, *([1] * len(shape)))
+
+
+def _spread_measures(truth, predicted: np.ndarray, outputs: dict | None) -> dict[str, float]:
     from distalign.metrics import centred_spread, spread_agreement
 
     n = len(truth.prompt_ids)
-    total, count = np.zeros(n), np.zeros(n)
-    for idx, logp in ((truth.chosen, logp_w), (truth.rejected, logp_l)):
-        np.add.at(total, idx, std(logp.double().exp()).numpy())
-        np.add.at(count, idx, 1.0)
-    predicted = total / np.maximum(count, 1.0)
     if outputs is not None:
         centred = centred_spread(truth.annotator_rewards, truth.prompt_ids, truth.weights)
         outputs["spread_points"] = {"predicted": predicted.tolist(), "centred": centred.tolist()}

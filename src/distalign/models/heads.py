@@ -9,6 +9,13 @@
                  express smooth, single-peaked distributions. (Putting the tails into the
                  outer bins instead would break that: a location far outside the range
                  piles mass into the last bin, a second peak.) μ is centred on the middle bin.
+``mixture``      k = K: rewards r_1..r_K of K Bradley–Terry components, equal shares π_k = 1/K
+                 (a latent annotator type: P(a ≻ b) = Σ_k π_k σ(r_k(a) − r_k(b)), the same
+                 type judging both replies). A reply's distribution is its K atoms r_k, each
+                 with mass π_k. Unlike the bin heads, two replies' outcomes are not
+                 independent: one annotator judges both, which is what lets the components
+                 part where annotators disagree. Each component, like each annotator's reward,
+                 is fixed only up to a constant.
 
 Pure torch; the head's linear layer lives in the Hugging Face model (``score``).
 """
@@ -47,10 +54,19 @@ def ordinal_log_probs(params: torch.Tensor, n_bins: int) -> torch.Tensor:
     return log_mass - log_sigmoid_diff(z[:, :1], z[:, -1:])  # truncate to [½, n + ½]
 
 
+def mixture_atoms(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixture head outputs (B, K) -> (shares π (B, K), atoms r (B, K)): equal shares."""
+    atoms = outputs.float()
+    return torch.full_like(atoms, 1.0 / atoms.shape[-1]), atoms
+
+
 def head_log_probs(head: str, outputs: torch.Tensor, n_bins: int) -> torch.Tensor:
     """Head outputs (B, k) -> log p (B, n) for a distributional head."""
     if head == "categorical":
         return torch.log_softmax(outputs.float(), dim=-1)
     if head == "ordinal":
         return ordinal_log_probs(outputs.float(), n_bins)
-    raise ValueError(f"head {head!r} has no distribution (scalar heads output a reward)")
+    raise ValueError(
+        f"head {head!r} has no distribution over bins (scalar heads output a reward, mixture "
+        "heads K component rewards: mixture_atoms)"
+    )

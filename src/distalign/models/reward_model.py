@@ -36,13 +36,16 @@ from distalign.models.load import (
 )
 
 META_FILE = "distalign_rm.json"
-HEAD_OUTPUTS = {"scalar": lambda n: 1, "categorical": lambda n: n, "ordinal": lambda n: 2}
+HEADS = ("scalar", "categorical", "ordinal", "mixture")
 
 
-def head_outputs(head: str, n_bins: int) -> int:
-    if head not in HEAD_OUTPUTS:
-        raise ValueError(f"head must be one of {sorted(HEAD_OUTPUTS)}, got {head!r}")
-    return HEAD_OUTPUTS[head](n_bins)
+def head_outputs(head: str, n_bins: int, n_components: int = 2) -> int:
+    """Outputs of the ``score`` layer: 1 (scalar), n_bins (categorical), 2 (ordinal: location
+    and log-scale), n_components (mixture: one reward per component)."""
+    sizes = {"scalar": 1, "categorical": n_bins, "ordinal": 2, "mixture": n_components}
+    if head not in sizes:
+        raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
+    return sizes[head]
 
 
 def distinct_pad_token(tokenizer) -> str:
@@ -68,6 +71,7 @@ def build_reward_model(
     backbone: str,
     head: str = "scalar",
     n_bins: int = 10,
+    n_components: int = 2,
     *,
     dtype: str | torch.dtype = "float32",
     attn_implementation: str = "sdpa",
@@ -82,7 +86,7 @@ def build_reward_model(
         AutoModelForSequenceClassification,
         resolve_model(backbone),
         new_weights=("score.",),
-        num_labels=head_outputs(head, n_bins),
+        num_labels=head_outputs(head, n_bins, n_components),
         **kwargs,
     )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -221,7 +225,9 @@ def load_reward_model(
             AutoModelForSequenceClassification,
             base_path,
             new_weights=("score.",),  # the adapter brings the trained head
-            num_labels=head_outputs(meta["head"], meta.get("n_bins", 10)),
+            num_labels=head_outputs(
+                meta["head"], meta.get("n_bins", 10), meta.get("n_components", 2)
+            ),
             pad_token_id=tokenizer.pad_token_id,
             **kwargs,
         )

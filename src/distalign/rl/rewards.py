@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from distalign import functionals as fn
-from distalign.models.heads import head_log_probs
+from distalign.models.heads import head_log_probs, mixture_atoms
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ GENERIC_FOLDERS = {"final", "last", "final_merged", "model", "checkpoints"}
 @dataclass
 class RewardOutput:
     rewards: torch.Tensor  # (B,) the value optimised: scalar reward or φ(p)
-    distributions: torch.Tensor | None = None  # (B, n) for a distributional RM
+    distributions: torch.Tensor | None = None  # (B, n) of a distributional RM (mixture: atoms)
     std: torch.Tensor | None = None  # (B,) Std[R] for a distributional RM
     per_source: dict[str, torch.Tensor] | None = None  # name -> (B,) unweighted, NaN: unscored
 
@@ -384,17 +384,39 @@ class RewardModelSource(RewardSource):
         )
 
     def distributions(self, prompts, replies) -> torch.Tensor:
-        """p (B, n) over scores 1..n of a distributional reward model."""
-        return head_log_probs(self.head, self._outputs(prompts, replies), self.n_bins).exp()
+        """p (B, n) over scores 1..n of a categorical or ordinal reward model; for a mixture
+        head, the K component rewards (B, K) (its atoms, equal shares)."""
+        outputs = self._outputs(prompts, replies)
+        if self.head == "mixture":
+            return outputs.float()
+        return head_log_probs(self.head, outputs, self.n_bins).exp()
+
+    def probs_values(self, distributions: torch.Tensor):
+        """(p, values) for the functionals: a mixture's atoms are per-row values."""
+        if self.head == "mixture":
+            return mixture_atoms(distributions)
+        return distributions, None
+
+    def expectation_std(self, distributions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """E[R] and Std[R] per reply, (B,) each, from what ``distributions`` returned."""
+        p, values = self.probs_values(distributions)
+        return fn.expectation(p, values), fn.std(p, values)
 
     def __call__(self, prompts, replies, reference=None, columns=None) -> RewardOutput:
         if not self.distributional:
             return RewardOutput(self._outputs(prompts, replies)[:, 0])
-        p = self.distributions(prompts, replies)
+        dist = self.distributions(prompts, replies)
+        p, values = self.probs_values(dist)
         value = fn.apply_functional(
-            self.functional, p, kappa=self.kappa, alpha=self.alpha, tau=self.tau, p_ref=reference
+            self.functional,
+            p,
+            kappa=self.kappa,
+            alpha=self.alpha,
+            tau=self.tau,
+            p_ref=reference,
+            values=values,
         )
-        return RewardOutput(value, p, fn.std(p))
+        return RewardOutput(value, dist, fn.std(p, values))
 
 
 class RewardSum(RewardSource):

@@ -17,18 +17,23 @@ from distalign import functionals as fn
 from distalign.data.load import read_prompt_replies
 
 
-def distribution_columns(p: torch.Tensor, kappa: float = 1.0, alpha: float = 0.25) -> list[dict]:
-    """Per row: the distribution ``p`` (B, n) over scores 1..n and the reward functionals of it."""
+def distribution_columns(
+    p: torch.Tensor, kappa: float = 1.0, alpha: float = 0.25, values: torch.Tensor | None = None
+) -> list[dict]:
+    """Per row: the distribution ``p`` (B, n) over scores 1..n (or over per-row atoms
+    ``values`` (B, n): a mixture head's components, listed as ``components``) and the reward
+    functionals of it."""
     cols = {
-        "expectation": fn.expectation(p),
-        "std": fn.std(p),
-        "mean_minus_std": fn.mean_minus_std(p, kappa),
-        "cvar": fn.cvar(p, alpha),
-        "median": fn.quantile(p, 0.5),
+        "expectation": fn.expectation(p, values),
+        "std": fn.std(p, values),
+        "mean_minus_std": fn.mean_minus_std(p, kappa, values),
+        "cvar": fn.cvar(p, alpha, values),
+        "median": fn.quantile(p, 0.5, values),
     }
+    shown = ("distribution", p) if values is None else ("components", values)
     return [
         {
-            "distribution": [round(x, 6) for x in p[i].tolist()],
+            shown[0]: [round(x, 6) for x in shown[1][i].tolist()],
             **{k: float(v[i]) for k, v in cols.items()},
         }
         for i in range(p.shape[0])
@@ -64,7 +69,8 @@ def score_file(
     )
     rows, prompts, replies = read_prompt_replies(input_path)
     if source.distributional:
-        extra = distribution_columns(source.distributions(prompts, replies))
+        p, values = source.probs_values(source.distributions(prompts, replies))
+        extra = distribution_columns(p, values=values)
         for e in extra:
             e["reward"] = e["expectation"]
     else:

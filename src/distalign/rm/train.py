@@ -45,11 +45,18 @@ from distalign.data.pairs import (
 from distalign.distributed import full_optimizer_state, full_state_dict, is_sharded
 from distalign.eval.rm import eval_file_name, evaluate_reward_model, save_eval
 from distalign.gold.truth import pair_replies
-from distalign.losses import distributional_rm_loss, rating_nll, ratings_to_bins, reward_model_loss
+from distalign.losses import (
+    distributional_rm_loss,
+    mixture_rm_loss,
+    rating_nll,
+    ratings_to_bins,
+    reward_model_loss,
+)
 from distalign.models.heads import head_log_probs
 from distalign.models.load import DEFAULT_MODEL, prefix_sharing_for
 from distalign.models.lora import add_lora
 from distalign.models.reward_model import (
+    HEADS,
     PairScorer,
     build_reward_model,
     pair_scores,
@@ -75,9 +82,12 @@ class RMTrainConfig:
     """Backbone: alias, local folder or hub id of a causal LM."""
     head: str = "scalar"
     """Reward head: scalar (Bradley–Terry) | categorical (n logits) | ordinal (discretised
-    logistic: smooth and unimodal by construction)."""
+    logistic: smooth and unimodal by construction) | mixture (K Bradley–Terry components,
+    one latent annotator type per pair: the head whose spread tracks disagreement)."""
     n_bins: int = 10
-    """Score bins 1..n of a distributional head."""
+    """Score bins 1..n of a categorical or ordinal head."""
+    n_components: int = 2
+    """Components K of a mixture head (equal shares)."""
     ties: str = "strict"
     """Distributional loss: strict −log P(R_w > R_l) | half (ties count ½)."""
     entropy_weight: float = 0.0
@@ -192,10 +202,11 @@ class RMTrainConfig:
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
         checks = [
             (
-                self.head in ("scalar", "categorical", "ordinal"),
-                f"head: scalar | categorical | ordinal, got {self.head!r}",
+                self.head in HEADS,
+                f"head: {' | '.join(HEADS)}, got {self.head!r}",
             ),
             (self.n_bins >= 2, "n_bins must be >= 2"),
+            (self.n_components >= 1, "n_components must be >= 1"),
             (self.ties in ("strict", "half"), "ties: strict | half"),
             (
                 len(self.rating_range) == 2 and self.rating_range[0] < self.rating_range[1],
@@ -294,6 +305,8 @@ def batch_loss(model, batch, cfg: RMTrainConfig):
         return reward_model_loss(
             chosen[:, 0].float(), rejected[:, 0].float(), cfg.center_rewards_coefficient, margin
         )
+    if cfg.head == "mixture":
+        return mixture_rm_loss(chosen.float(), rejected.float())
     logp_w = head_log_probs(cfg.head, chosen, cfg.n_bins)
     logp_l = head_log_probs(cfg.head, rejected, cfg.n_bins)
     loss, metrics = distributional_rm_loss(
@@ -347,6 +360,7 @@ def build_model(cfg: RMTrainConfig):
         cfg.model_name_or_path,
         cfg.head,
         cfg.n_bins,
+        cfg.n_components,
         dtype=cfg.dtype,
         attn_implementation=cfg.attn_implementation,
         trust_remote_code=cfg.trust_remote_code,
@@ -486,6 +500,7 @@ def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, output
     meta = {
         "head": cfg.head,
         "n_bins": cfg.n_bins,
+        "n_components": cfg.n_components,
         "backbone": cfg.model_name_or_path,
         "max_length": cfg.max_length,
         "max_prompt_length": cfg.max_prompt_length,
