@@ -175,11 +175,33 @@ def test_a_mixture_reward_model_scores_with_functionals_over_its_components(mixt
     got = mean(prompts, replies)
     assert torch.allclose(got.rewards, components.mean(-1), atol=1e-6)
     assert torch.allclose(got.std, components.std(-1, unbiased=False), atol=1e-6)
-    # CVaR over the lowest third of three equal atoms is the lowest component
-    assert torch.allclose(cvar(prompts, replies).rewards, components.min(-1).values, atol=1e-6)
+    # CVaR over the lowest third of three equal atoms: the lowest component's gain over the
+    # SFT reply (each component's constant cancels in the gain)
+    assert cvar.needs_reference and not mean.needs_reference
+    ref = mean.distributions(prompts[:1], ["an SFT reply"]).repeat(2, 1)
+    gains = components - ref
+    assert torch.allclose(cvar(prompts, replies, ref).rewards, gains.min(-1).values, atol=1e-6)
+    with pytest.raises(ValueError, match="SFT reply"):
+        cvar(prompts, replies)
     rows = tmp_path / "r.jsonl"
     rows.write_text("".join(json.dumps({"prompt": "p1", "completion": r}) + "\n" for r in replies))
     path, n = score_file(str(out / "final"), str(rows), None, device="cpu", dtype="float32")
     scored = [json.loads(x) for x in path.read_text().splitlines()]
     assert n == 2 and len(scored[0]["components"]) == 3
     assert scored[0]["reward"] == pytest.approx(float(components[0].mean()), abs=1e-5)
+
+
+def test_rl_train_against_a_mixture_rm_through_its_worst_component(
+    mixture_rm, tiny_model_dir, tmp_path
+):
+    from distalign.rl.train import run
+    from tests.rl.test_train import config
+
+    _, out, _ = mixture_rm
+    kw = dict(use_peft=True, max_steps=1, num_generations=2, per_device_train_batch_size=4,
+              gradient_accumulation_steps=1, beta=0.1, max_eval_samples=2)  # fmt: skip
+    result = run(config(tiny_model_dir, tmp_path, reward=str(out / "final"), functional="cvar",
+                        alpha=0.5, **kw))  # fmt: skip
+    assert torch.isfinite(torch.tensor(result["final"]["reward"]))
+    rows = [json.loads(x) for x in (tmp_path / "rl" / "history.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(len(r["distribution"]) == 3 for r in rows)

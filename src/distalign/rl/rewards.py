@@ -44,6 +44,9 @@ HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.vocab", "*.jinja"
 GENERIC_FOLDERS = {"final", "last", "final_merged", "model", "checkpoints"}
 
 
+MIXTURE_GAINS = ("mean_minus_std", "cvar", "quantile")  # read as gains over the SFT reply
+
+
 @dataclass
 class RewardOutput:
     rewards: torch.Tensor  # (B,) the value optimised: scalar reward or φ(p)
@@ -362,7 +365,13 @@ class RewardModelSource(RewardSource):
         if functional not in fn.FUNCTIONALS:
             raise ValueError(f"functional must be one of {fn.FUNCTIONALS}, got {functional!r}")
         self.functional, self.kappa, self.alpha, self.tau = functional, kappa, alpha, tau
-        self.needs_reference = self.distributional and functional in fn.REFERENCE_FUNCTIONALS
+        # a mixture's components are each fixed only up to a constant, so a functional that
+        # is not linear in them (std, CVaR, quantile) reads each component's gain over the
+        # SFT reply of the same prompt: r_k(y) − r_k(y_SFT), where the constants cancel
+        self.gain_over_reference = self.head == "mixture" and functional in MIXTURE_GAINS
+        self.needs_reference = self.distributional and (
+            functional in fn.REFERENCE_FUNCTIONALS or self.gain_over_reference
+        )
         self.batch_size = batch_size
 
     def _outputs(self, prompts, replies) -> torch.Tensor:
@@ -407,6 +416,10 @@ class RewardModelSource(RewardSource):
             return RewardOutput(self._outputs(prompts, replies)[:, 0])
         dist = self.distributions(prompts, replies)
         p, values = self.probs_values(dist)
+        if self.gain_over_reference:
+            if reference is None:
+                raise ValueError(f"{self.functional} of a mixture RM needs the SFT reply's atoms")
+            values = values - reference.to(values)
         value = fn.apply_functional(
             self.functional,
             p,

@@ -111,7 +111,9 @@ class RLTrainConfig(SamplingConfig):
     """Allow a hub reward model's own code to run (off: only code shipped with transformers)."""
     functional: str = "expectation"
     """For a distributional RM: expectation | mean_minus_std | cvar | quantile |
-    win_probability (P(R > R_SFT reply), ties ½) | win_probability_strict (ties count 0)."""
+    win_probability (P(R > R_SFT reply), ties ½) | win_probability_strict (ties count 0). A
+    mixture RM's mean_minus_std, cvar and quantile take each component's gain over an SFT
+    reply to the same prompt (its components are fixed only up to a constant each)."""
     kappa: float = 1.0
     """κ of mean − κ·std."""
     alpha: float = 0.25
@@ -507,8 +509,8 @@ def evaluate_policy(
 def _reference_distributions(
     policy, ref_model, tokenizer, reward, prompts, cfg: RLTrainConfig
 ) -> dict[str, torch.Tensor]:
-    """For the win-probability functional: per reward model that uses it, the distribution
-    (prompts, n) of one SFT reply per prompt."""
+    """For the win-probability functional (and a mixture RM's gains): per reward model that
+    uses it, the distribution (prompts, n) or atoms (prompts, K) of one SFT reply per prompt."""
     with reference_mode(policy, ref_model) as ref:
         ro = rollout(
             ref,
