@@ -53,6 +53,7 @@ VARIANTS = {
     "plain": "distalign, prefix sharing off",
     "shared": "distalign, prefix sharing (default)",
     "packed": "distalign, prefix sharing + packing",
+    "grouped": "distalign, prefix sharing + pairs grouped by prompt (opt-in)",
 }
 WORKLOADS = ("gold", "multiturn")
 PAIRS_PER_STEP = 8
@@ -77,8 +78,30 @@ def _row(prompt, chosen, rejected, lengths) -> dict:
         "prompt_tokens": p,
         "tokens": p + c + p + r,  # both sequences, as TRL reads them
         "tokens_shared": p + c + r,  # the prompt once, as prefix sharing reads them
+        "chosen_tokens": c,
+        "rejected_tokens": r,
         "longest": p + max(c, r),
     }
+
+
+def grouped_tokens_per_pair(pairs: list[dict], seed: int = 0) -> float:
+    """Tokens per pair the ``grouped`` variant runs: its batches (``group_by_prompt``, as
+    ``rm train`` draws them for epoch 0) encode each distinct prompt and reply once."""
+    from distalign.data.pairs import prompt_grouped_batches
+
+    keys = [json.dumps(p["prompt"]) for p in pairs]
+    total = 0
+    for batch in prompt_grouped_batches(keys, PAIRS_PER_STEP, seed=seed):
+        seen: set = set()
+        for i in batch:
+            p = pairs[i]
+            for item, n in (((keys[i],), p["prompt_tokens"]),
+                            ((keys[i], p["chosen"]), p["chosen_tokens"]),
+                            ((keys[i], p["rejected"]), p["rejected_tokens"])):  # fmt: skip
+                if item not in seen:
+                    seen.add(item)
+                    total += n
+    return total / len(pairs)
 
 
 def gold_pairs(n: int, max_length: int, tok) -> list[dict]:
@@ -232,6 +255,7 @@ def run_distalign(pairs, args, variant) -> dict:
         output_dir=str(out),
         prefix_sharing=variant != "plain",
         packing=variant == "packed",
+        group_by_prompt=variant == "grouped",
         center_rewards_coefficient=0.01,
     )
     run(cfg)
@@ -277,8 +301,13 @@ def run_workload(workload: str, args) -> dict:
     prompt_tokens = [p["prompt_tokens"] for p in pairs]
     tokens_per_pair = sum(p["tokens"] for p in pairs) / len(pairs)
     shared_per_pair = sum(p["tokens_shared"] for p in pairs) / len(pairs)
+    grouped_per_pair = grouped_tokens_per_pair(pairs)
+    one_pair_per_prompt = len({json.dumps(p["prompt"]) for p in pairs}) == len(pairs)
     results = {}
     for variant in args.variants.split(","):
+        if variant == "grouped" and one_pair_per_prompt:
+            print(f"== {workload} / grouped: skipped (one pair per prompt: same as shared)")
+            continue
         cmd = [sys.executable, __file__, "--variant", variant, "--work", str(work)]
         cmd += ["--steps", str(args.steps), "--max-length", str(max_length)]
         cmd += ["--model-path", args.model_path]
@@ -287,6 +316,7 @@ def run_workload(workload: str, args) -> dict:
         r["tokens_per_s"] = r["pairs_per_s"] * tokens_per_pair
         # tokens the model actually runs (prefix sharing reads each prompt once)
         computed = tokens_per_pair if variant in ("trl", "plain") else shared_per_pair
+        computed = grouped_per_pair if variant == "grouped" else computed
         r["computed_tokens_per_s"] = r["pairs_per_s"] * computed
         results[variant] = r
         print(
@@ -306,6 +336,7 @@ def run_workload(workload: str, args) -> dict:
             "mean_reply_tokens": (tokens_per_pair - 2 * statistics.mean(prompt_tokens)) / 2,
             "tokens_per_pair": tokens_per_pair,
             "tokens_per_pair_prefix_shared": shared_per_pair,
+            "tokens_per_pair_grouped": grouped_per_pair,
             "tokens_per_pair_trl_tokenized": base and base.get("tokens_per_pair_as_tokenized"),
         },
         "results": {
@@ -331,7 +362,7 @@ def main() -> None:
         "--max-length", type=int, help="gold: 256; multiturn: fitted to the longest pair"
     )
     ap.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, folder, or {TINY}")
-    ap.add_argument("--variants", default="trl,shared,packed", help=",".join(VARIANTS))
+    ap.add_argument("--variants", default="trl,shared,packed,grouped", help=",".join(VARIANTS))
     ap.add_argument("--quick", action="store_true", help="tiny random model, 3 steps")
     ap.add_argument("--work", type=Path, default=Path("runs/bench_rm"))
     ap.add_argument("--out", type=Path, default=RESULTS / "rm_throughput.json")

@@ -91,13 +91,16 @@ def rm_section(rm: dict, folder: Path) -> list[str]:
             f"truncated), median prompt {s['median_prompt_tokens']:.0f} tokens (max "
             f"{s['max_prompt_tokens']}), mean reply {s['mean_reply_tokens']:.0f} tokens, "
             f"{s['tokens_per_pair']:.0f} tokens per pair ({s['tokens_per_pair_prefix_shared']:.0f}"
-            " with the prompt read once)."
-        )
+            " with the prompt read once"
+            + (f"; {s['tokens_per_pair_grouped']:.0f} in batches grouped by prompt, each "
+               "distinct prompt and reply read once)." if "grouped" in w["results"] else ").")
+        )  # fmt: skip
         lines.append("")
         rows = [
             [v, r["what"], fmt(r["pairs_per_s"], 3), fmt(r["tokens_per_s"], 0),
              fmt(r["peak_mem_gb"]), fmt(r["speedup_vs_trl"]), fmt(r["memory_vs_trl"]),
-             goal(r["speedup_vs_trl"], r["memory_vs_trl"]) if v != "trl" else ""]
+             goal(r["speedup_vs_trl"], r["memory_vs_trl"]) if v not in ("trl", "grouped")
+             else ""]
             for v, r in w["results"].items()
         ]  # fmt: skip
         lines += table(
@@ -205,7 +208,7 @@ def ceiling_section(peak: dict, rm: dict | None, rl: dict | None, params: int) -
     )
     rows = []
     for workload, w in (rm or {}).get("workloads", {}).items():
-        for v in ("shared", "packed", "trl"):
+        for v in ("shared", "packed", "grouped", "trl"):
             r = w["results"].get(v)
             if r:
                 f = 6 * params * r["computed_tokens_per_s"] / 1e9

@@ -120,6 +120,20 @@ def test_length_grouped_batches_cover_every_index_once(lengths, batch_size):
     assert all(1 <= len(b) <= batch_size for b in batches)
 
 
+@given(st.lists(st.integers(0, 20), min_size=1, max_size=200), st.integers(1, 16))
+def test_prompt_grouped_batches_keep_a_prompts_pairs_together(prompts, batch_size):
+    from distalign.data.pairs import prompt_grouped_batches
+
+    batches = prompt_grouped_batches(prompts, batch_size, seed=0)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(prompts)))
+    assert all(1 <= len(b) <= batch_size for b in batches[:-1]) and batches[-1]
+    # in the epoch's order, each prompt's pairs form one contiguous run
+    seen = [prompts[i] for i in flat]
+    runs = [k for j, k in enumerate(seen) if j == 0 or seen[j - 1] != k]
+    assert len(runs) == len(set(prompts))
+
+
 def test_length_grouping_reduces_padding():
     import random
 

@@ -102,6 +102,7 @@ def _features(tokenizer):
         (USER, "An apple.", "A chair, obviously not a fruit at all."),
         (LONG, "Pears are sweet.", "No."),
         (USER, "A fig", "A date palm fruit, sticky and sweet, grown in warm places."),
+        (USER, "An apple.", "A fig"),  # both replies already in the batch: encoded once
     ]
     return [tokenize_pair(tokenizer, p, c, r, max_length=512) for p, c, r in cases]
 
@@ -114,6 +115,12 @@ def test_prefix_sharing_is_exact_for_rewards_and_gradients(tiny_rm, packing):
     shared = SharedPrefixCollator(tokenizer.pad_token_id, packing=packing)(feats)
     if packing:
         assert shared["input_ids"].shape[0] < len(feats)  # pairs really share rows
+    # the 3 pairs of USER are one group of its 5 distinct replies; LONG's pair another
+    assert shared["token_mask"].sum() == sum(
+        len(x) for x in {tuple(f[k]) for f in feats for k in ("prompt_ids", "chosen_ids",
+                                                                "rejected_ids")}
+    )  # fmt: skip
+    assert shared["chosen_index"][3] == shared["chosen_index"][0]
 
     def run(batch):
         model.zero_grad()

@@ -194,3 +194,26 @@ def test_hub_dataset_config_and_revision_reach_load_dataset(tiny_model_dir, tmp_
         ("org/pairs", "helpful", "v1.0", "train"),
         ("org/pairs", "helpful", "v1.0", "test"),
     }
+
+
+def test_pairs_grouped_by_prompt_train_exactly_as_plain_rows(tiny_model_dir, tmp_path):
+    """4 replies and their 6 pairs per prompt: grouped by prompt, prefix sharing encodes each
+    reply once for its 3 pairs, and scores as the plain rows do with the same batches."""
+    import itertools
+
+    rng = random.Random(0)
+    rows = []
+    for _ in range(20):
+        prompt = " ".join(rng.choices(WORDS, k=5)) + "?"
+        replies = [" ".join(rng.choices(WORDS, k=rng.randint(2, 8))) for _ in range(4)]
+        replies = [r + (" thanks" if i < 2 else " stone") for i, r in enumerate(replies)]
+        for a, b in itertools.combinations(range(4), 2):  # the lower index is chosen
+            rows.append({"prompt": prompt, "chosen": replies[a], "rejected": replies[b]})
+    d = tmp_path / "pairs"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", rows)
+    write_jsonl(d / "test.jsonl", rows[:24])
+    kw = dict(max_steps=4, lr_scheduler_type="constant", group_by_prompt=True)
+    shared = run(config(tiny_model_dir, d, tmp_path / "a", prefix_sharing=True, **kw))
+    plain = run(config(tiny_model_dir, d, tmp_path / "b", prefix_sharing=False, **kw))
+    assert shared["margin"] == pytest.approx(plain["margin"], abs=1e-3)

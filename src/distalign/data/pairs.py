@@ -188,6 +188,25 @@ def length_grouped_batches(
     return batches
 
 
+def prompt_grouped_batches(prompts: Sequence, batch_size: int, seed: int) -> list[list[int]]:
+    """Shuffled batches in which the pairs of a prompt sit together: prompts in random order,
+    each prompt's pairs in random order, cut into batches of ``batch_size`` (a prompt may
+    straddle two). ``prompts``: any hashable key of each pair's prompt. Every index appears
+    exactly once."""
+    rng = random.Random(seed)
+    by_prompt: dict = {}
+    for i, key in enumerate(prompts):
+        by_prompt.setdefault(key, []).append(i)
+    keys = list(by_prompt)
+    rng.shuffle(keys)
+    order = []
+    for key in keys:
+        members = by_prompt[key]
+        rng.shuffle(members)
+        order += members
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     """First-fit decreasing: item indices grouped into rows whose lengths sum ≤ capacity.
 
@@ -281,8 +300,11 @@ def build_shared_rows(
 
 class SharedPrefixCollator:
     """Pairs as single sequences ``prompt + chosen + rejected`` sharing the prompt (exact; see
-    ``build_shared_rows``). Returns its tensors plus ``chosen_index`` / ``rejected_index`` (N,):
-    flat indices of each reply's last token, where the reward is read."""
+    ``build_shared_rows``). Pairs of the batch with the same prompt share one group, and a
+    reply that appears in several of them is encoded once (a prompt with 4 replies and its 6
+    pairs is one row of 4 replies), still exactly. Returns its tensors plus ``chosen_index`` /
+    ``rejected_index`` (N,): flat indices of each reply's last token, where the reward is
+    read."""
 
     def __init__(
         self, pad_token_id: int, packing: bool = False, pad_to_multiple_of: int | None = None
@@ -292,9 +314,33 @@ class SharedPrefixCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        groups = [(f["prompt_ids"], [f["chosen_ids"], f["rejected_ids"]]) for f in features]
+        groups, slots = shared_groups(features)
         out = build_shared_rows(groups, self.pad_token_id, self.packing, self.pad_to_multiple_of)
-        last = out.pop("reply_start") + out.pop("reply_length") - 1  # (2N,) chosen, rejected, …
+        last = out.pop("reply_start") + out.pop("reply_length") - 1  # replies in group order
         del out["prompt_last"]
-        out["chosen_index"], out["rejected_index"] = last[0::2], last[1::2]
+        out["chosen_index"], out["rejected_index"] = last[slots[:, 0]], last[slots[:, 1]]
         return out
+
+
+def shared_groups(features: list[dict[str, Any]]):
+    """Pairs -> groups (prompt ids, distinct replies), one per distinct prompt in first-seen
+    order, and ``slots`` (N, 2): each pair's chosen and rejected reply as an index into the
+    replies of all groups, flattened in group order."""
+    groups: dict[tuple, list] = {}  # prompt -> {reply: index within the group}
+    keys = []
+    for f in features:
+        replies = groups.setdefault(tuple(f["prompt_ids"]), {})
+        for side in ("chosen_ids", "rejected_ids"):
+            replies.setdefault(tuple(f[side]), len(replies))
+        keys.append(tuple(f["prompt_ids"]))
+    offset, start = 0, {}
+    for prompt, replies in groups.items():
+        start[prompt], offset = offset, offset + len(replies)
+    slots = torch.tensor(
+        [
+            [start[k] + groups[k][tuple(f[side])] for side in ("chosen_ids", "rejected_ids")]
+            for k, f in zip(keys, features, strict=True)
+        ],
+        dtype=torch.long,
+    ).reshape(-1, 2)
+    return [(list(p), [list(r) for r in replies]) for p, replies in groups.items()], slots

@@ -40,6 +40,7 @@ from distalign.data.pairs import (
     PairCollator,
     SharedPrefixCollator,
     length_grouped_batches,
+    prompt_grouped_batches,
     tokenize_pairs,
 )
 from distalign.distributed import full_optimizer_state, full_state_dict, is_sharded
@@ -174,6 +175,11 @@ class RMTrainConfig:
     """With prefix sharing: pack several pairs into one row instead of padding."""
     group_by_length: bool = True
     """Batch pairs of similar length (less padding)."""
+    group_by_prompt: bool = False
+    """Batch the pairs of a prompt together (instead of by length). With prefix sharing the
+    prompt and each of its replies are then encoded once for all its pairs: the gold
+    benchmark's 4 replies and 6 pairs per prompt cost 4 replies, not 12. Batches hold fewer
+    distinct prompts, so their gradients are noisier than random batches'."""
     eval_steps: int = 50
     """Evaluate on held-out pairs every N optimizer steps (0: only at the end)."""
     save_steps: int = 50
@@ -290,6 +296,9 @@ def make_collator(cfg: RMTrainConfig, tokenizer):
 def epoch_batches(ds, cfg: RMTrainConfig, epoch: int) -> list[list[int]]:
     """The batches of one epoch: deterministic in (seed, epoch), so resume can skip ahead."""
     size = cfg.per_device_train_batch_size
+    if cfg.group_by_prompt:
+        prompts = [tuple(p) for p in ds["prompt_ids"]]
+        return prompt_grouped_batches(prompts, size, seed=cfg.seed + epoch)
     if cfg.group_by_length:
         return length_grouped_batches(ds["length"], size, seed=cfg.seed + epoch)
     g = torch.Generator().manual_seed(cfg.seed + epoch)
