@@ -25,6 +25,8 @@ ARMS = {
     "scalar": "scalar RM",
     "expectation": "ordinal RM, E[R]",
     "cvar": "ordinal RM, CVaR₀.₂₅",
+    "mixture_expectation": "mixture RM, E[R]",
+    "mixture_cvar": "mixture RM, worse component's gain",
 }
 GROUPS = ("concise", "thorough")
 RM_KEYS = [
@@ -38,6 +40,7 @@ RM_KEYS = [
     ("spread_spearman_raw", "ρ(std, raw)"),
     ("spread_partial_centred_given_length", "ρ centred, given length"),
     ("spread_predicted_vs_length", "ρ(std, length)"),
+    ("component_spread", "mean std of the components' margins"),
 ]
 
 
@@ -51,7 +54,7 @@ def fmt(v, digits: int = 3) -> str:
 
 def rm_rows(runs: Path) -> dict[str, dict]:
     out = {}
-    for name in ("scalar", "ordinal"):
+    for name in ("scalar", "ordinal", "mixture"):
         path = runs / f"rm_{name}" / "summary.json"
         if path.is_file():
             summary = json.loads(path.read_text())
@@ -118,7 +121,8 @@ def plot(curves, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(ARMS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
+    colours = dict(zip(ARMS, ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"),
+                       strict=True))  # fmt: skip
     panels = [("gold_mean", "gold reward (all annotators)"),
               ("gold_thorough", "gold reward, thorough group"),
               ("gold_concise", "gold reward, concise group"),

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Level 2 measurements (docs/results/README.md, "Level 2"), one stage at a time, logs in
 # runs/logs/: reward models on all 2,400 training pairs of the gold benchmark (scalar and
-# ordinal, about 45 min each on a 2-core CPU), then RLOO against each — the scalar RM, the
-# ordinal RM's expectation, its CVaR_0.25 — at two seeds (about 8 min each), then one
-# comparison of the final policies. A stage whose output exists is skipped, so rerunning the
+# ordinal and a mixture of 2 Bradley–Terry components, about 45 min each on a 2-core CPU),
+# then RLOO against them — the scalar RM, the ordinal RM's expectation and CVaR_0.25, the
+# mixture's expectation and its worse component's gain (CVaR_0.5) — at two seeds (about
+# 8 min each), then one comparison of the final policies of the first three. A stage whose output exists is skipped, so rerunning the
 # script carries on where it stopped. Summary: scripts/level2_summary.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +30,9 @@ stage runs/full/rm_mixture/final rm_mixture_full \
 # distributional heads trained on them (scripts/spread_search.py; seconds per setting)
 stage runs/full/features.npz features .venv/bin/python scripts/spread_search.py extract \
   --model runs/full/rm_scalar/final --out runs/full/features.npz
+ARMS=${ARMS:-"scalar expectation cvar mixture_expectation mixture_cvar"}
 for seed in $SEEDS; do
-  for arm in scalar expectation cvar; do
+  for arm in $ARMS; do
     stage "runs/full/rl_${arm}_s$seed/final" "rl_${arm}_s$seed" $DA rl train \
       "configs/rl_level2_$arm.yaml" "seed=$seed" "output_dir=runs/full/rl_${arm}_s$seed"
   done
