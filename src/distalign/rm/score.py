@@ -20,16 +20,20 @@ from distalign.data.load import read_prompt_replies
 def distribution_columns(
     p: torch.Tensor, kappa: float = 1.0, alpha: float = 0.25, values: torch.Tensor | None = None
 ) -> list[dict]:
-    """Per row: the distribution ``p`` (B, n) over scores 1..n (or over per-row atoms
-    ``values`` (B, n): a mixture head's components, listed as ``components``) and the reward
-    functionals of it."""
-    cols = {
-        "expectation": fn.expectation(p, values),
-        "std": fn.std(p, values),
-        "mean_minus_std": fn.mean_minus_std(p, kappa, values),
-        "cvar": fn.cvar(p, alpha, values),
-        "median": fn.quantile(p, 0.5, values),
-    }
+    """Per row: the distribution ``p`` (B, n) over scores 1..n and the reward functionals of
+    it. With per-row atoms ``values`` (B, K), a mixture head's components: the components and
+    their mean only, since each component is fixed only up to its own constant (what its
+    spread or lower tail means needs a reference reply: ``rl train`` reads gains over one)."""
+    if values is not None:
+        cols = {"expectation": fn.expectation(p, values)}
+    else:
+        cols = {
+            "expectation": fn.expectation(p),
+            "std": fn.std(p),
+            "mean_minus_std": fn.mean_minus_std(p, kappa),
+            "cvar": fn.cvar(p, alpha),
+            "median": fn.quantile(p, 0.5),
+        }
     shown = ("distribution", p) if values is None else ("components", values)
     return [
         {
