@@ -174,13 +174,15 @@ def test_a_mixture_reward_model_scores_with_functionals_over_its_components(mixt
     assert components.shape == (2, 3)
     got = mean(prompts, replies)
     assert torch.allclose(got.rewards, components.mean(-1), atol=1e-6)
-    assert torch.allclose(got.std, components.std(-1, unbiased=False), atol=1e-6)
+    assert got.std is None  # raw components have no comparable spread (free constants)
     # CVaR over the lowest third of three equal atoms: the lowest component's gain over the
     # SFT reply (each component's constant cancels in the gain)
     assert cvar.needs_reference and not mean.needs_reference
     ref = mean.distributions(prompts[:1], ["an SFT reply"]).repeat(2, 1)
     gains = components - ref
-    assert torch.allclose(cvar(prompts, replies, ref).rewards, gains.min(-1).values, atol=1e-6)
+    scored = cvar(prompts, replies, ref)
+    assert torch.allclose(scored.rewards, gains.min(-1).values, atol=1e-6)
+    assert torch.allclose(scored.std, gains.std(-1, unbiased=False), atol=1e-6)
     with pytest.raises(ValueError, match="SFT reply"):
         cvar(prompts, replies)
     rows = tmp_path / "r.jsonl"
@@ -205,3 +207,24 @@ def test_rl_train_against_a_mixture_rm_through_its_worst_component(
     assert torch.isfinite(torch.tensor(result["final"]["reward"]))
     rows = [json.loads(x) for x in (tmp_path / "rl" / "history.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(len(r["distribution"]) == 3 for r in rows)
+
+
+def test_mixture_pair_spread_ignores_each_components_constant():
+    from distalign.eval.rm import mixture_margin_spread
+
+    chosen = torch.tensor([[1.0, 3.0], [0.0, 0.0]])
+    rejected = torch.tensor([[0.0, 0.0], [2.0, -2.0]])
+    margin, spread = mixture_margin_spread(chosen, rejected)
+    assert margin.tolist() == pytest.approx([2.0, 0.0])
+    assert spread.tolist() == pytest.approx([1.0, 2.0])  # std of (1, 3) and of (−2, 2)
+    shift = torch.tensor([100.0, -50.0])
+    assert mixture_margin_spread(chosen + shift, rejected + shift)[1].tolist() == pytest.approx(
+        spread.tolist()
+    )
+
+
+def test_rm_train_refuses_settings_a_mixture_head_ignores():
+    from distalign.rm.train import RMTrainConfig
+
+    with pytest.raises(ValueError, match="entropy_weight"):
+        RMTrainConfig(head="mixture", entropy_weight=0.1, report_to="none")

@@ -108,18 +108,17 @@ def distribution_summary(
 def mixture_summary(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
     """Metrics of a mixture head (component rewards (N, K), equal shares) on pairs: accuracy
     by P(w ≻ l) = mean_k σ(r_k(w) − r_k(l)) > ½ and by the mean reward, ECE of that
-    probability, the mean std of a reply's components (``std_mean``) and of a pair's
-    component margins (``component_spread``: how far the annotator types part on it)."""
+    probability, and the mean std of a pair's component margins (``component_spread``: how
+    far the annotator types part on it; a single reply's components have no comparable
+    spread, since each component is fixed only up to its own constant)."""
     margins = (chosen - rejected).double()
     p = torch.sigmoid(margins).mean(-1)
     logit = torch.log(p) - torch.log1p(-p)
-    both = torch.cat([chosen, rejected]).double()
     return {
         "accuracy": pairwise_accuracy(p, 1 - p),
         "accuracy_expectation": pairwise_accuracy(chosen.mean(-1), rejected.mean(-1)),
         "p_greater_mean": p.mean().item() if p.numel() else float("nan"),
         "ece": preference_ece(logit, torch.zeros_like(logit)),
-        "std_mean": both.std(-1, unbiased=False).mean().item() if p.numel() else float("nan"),
         "component_spread": margins.std(-1, unbiased=False).mean().item()
         if p.numel()
         else float("nan"),

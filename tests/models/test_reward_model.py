@@ -116,10 +116,9 @@ def test_prefix_sharing_is_exact_for_rewards_and_gradients(tiny_rm, packing):
     if packing:
         assert shared["input_ids"].shape[0] < len(feats)  # pairs really share rows
     # the 3 pairs of USER are one group of its 5 distinct replies; LONG's pair another
-    assert shared["token_mask"].sum() == sum(
-        len(x) for x in {tuple(f[k]) for f in feats for k in ("prompt_ids", "chosen_ids",
-                                                                "rejected_ids")}
-    )  # fmt: skip
+    distinct = {(tuple(f["prompt_ids"]), tuple(f[k]) if k != "prompt_ids" else ())
+                for f in feats for k in ("prompt_ids", "chosen_ids", "rejected_ids")}  # fmt: skip
+    assert shared["token_mask"].sum() == sum(len(p) if not r else len(r) for p, r in distinct)
     assert shared["chosen_index"][3] == shared["chosen_index"][0]
 
     def run(batch):

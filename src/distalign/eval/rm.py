@@ -113,11 +113,12 @@ def distribution_margin_spread(logp_w, logp_l) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mixture_margin_spread(chosen, rejected) -> tuple[np.ndarray, np.ndarray]:
-    """``distribution_margin_spread`` of a mixture head: its component rewards (N, K) are the
-    atoms, equal shares, so E[R] is their mean and Std[R] their (population) std."""
-    c, r = chosen.double(), rejected.double()
-    spread = (c.std(-1, unbiased=False) ** 2 + r.std(-1, unbiased=False) ** 2).sqrt()
-    return (c.mean(-1) - r.mean(-1)).numpy(), spread.numpy()
+    """Margin and spread per pair of a mixture head (component rewards (N, K), equal shares):
+    the mean and the (population) std over components of the pair's component margins
+    r_k(w) − r_k(l). One component judges both replies, so its free constant cancels in its
+    margin; the std of a single reply's components would instead measure those constants."""
+    margins = (chosen - rejected).double()
+    return margins.mean(-1).numpy(), margins.std(-1, unbiased=False).numpy()
 
 
 def reply_spread_measures(truth, logp_w, logp_l, outputs: dict | None = None) -> dict[str, float]:

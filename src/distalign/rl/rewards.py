@@ -407,7 +407,9 @@ class RewardModelSource(RewardSource):
         return distributions, None
 
     def expectation_std(self, distributions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """E[R] and Std[R] per reply, (B,) each, from what ``distributions`` returned."""
+        """E[R] and Std[R] per reply, (B,) each, from what ``distributions`` returned (for a
+        mixture, the std of its raw components: it moves with their free constants, so
+        compare it only after centring them, as ``eval compare`` does)."""
         p, values = self.probs_values(distributions)
         return fn.expectation(p, values), fn.std(p, values)
 
@@ -429,7 +431,9 @@ class RewardModelSource(RewardSource):
             p_ref=reference,
             values=values,
         )
-        return RewardOutput(value, dist, fn.std(p, values))
+        # a mixture's raw components have no comparable spread (free constants); its gains do
+        identifiable = self.head != "mixture" or self.gain_over_reference
+        return RewardOutput(value, dist, fn.std(p, values) if identifiable else None)
 
 
 class RewardSum(RewardSource):

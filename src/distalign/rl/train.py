@@ -527,13 +527,21 @@ def load_rewards(cfg: RLTrainConfig, device, dtype: str = "float32"):
     """The reward sources of ``cfg`` summed with their weights (None: the gold judge, which
     ``__post_init__`` allows only on the benchmark's prompts). Leaves the global RNGs as they
     were, so the policy built next gets the same LoRA init for a seed."""
-    return load_reward_source(
+    reward = load_reward_source(
         GOLD_REWARD if cfg.reward is None else cfg.reward, weights=cfg.reward_weights,
         functional=cfg.functional, kappa=cfg.kappa, alpha=cfg.alpha, tau=cfg.tau,
         max_length=cfg.reward_max_length, batch_size=cfg.reward_batch_size, device=device,
         trust_remote_code=cfg.reward_trust_remote_code, dtype=dtype,
         attn_implementation=cfg.attn_implementation,
     )  # fmt: skip
+    sources = getattr(reward, "sources", [reward])
+    mixture = len(sources) == 1 and getattr(sources[0], "head", None) == "mixture"
+    if cfg.uncertainty_scaling and mixture and not sources[0].gain_over_reference:
+        log.warning(
+            "uncertainty_scaling: a mixture RM's spread is defined for its gains over an "
+            "SFT reply only (functional mean_minus_std, cvar or quantile), so it is off"
+        )
+    return reward
 
 
 def prompt_sets(cfg: RLTrainConfig, accelerator) -> tuple[list, list]:

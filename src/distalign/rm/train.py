@@ -73,6 +73,9 @@ from distalign.tracking import (
 )
 
 log = logging.getLogger(__name__)
+# settings of the scalar or bin heads' losses that a mixture head has no use for
+MIXTURE_IGNORES = ("entropy_weight", "batch_entropy_weight", "smoothness_weight",
+                   "rating_weight", "margin_scale")  # fmt: skip
 
 
 @dataclass
@@ -178,8 +181,9 @@ class RMTrainConfig:
     group_by_prompt: bool = False
     """Batch the pairs of a prompt together (instead of by length). With prefix sharing the
     prompt and each of its replies are then encoded once for all its pairs: the gold
-    benchmark's 4 replies and 6 pairs per prompt cost 4 replies, not 12. Batches hold fewer
-    distinct prompts, so their gradients are noisier than random batches'."""
+    benchmark's 5 replies and 10 pairs per prompt cost at most 5 replies per batch, not 20.
+    Batches hold fewer distinct prompts, so their gradients are noisier than random
+    batches'."""
     eval_steps: int = 50
     """Evaluate on held-out pairs every N optimizer steps (0: only at the end)."""
     save_steps: int = 50
@@ -213,6 +217,11 @@ class RMTrainConfig:
             ),
             (self.n_bins >= 2, "n_bins must be >= 2"),
             (self.n_components >= 1, "n_components must be >= 1"),
+            (
+                self.head != "mixture" or not any(getattr(self, k) for k in MIXTURE_IGNORES),
+                f"head mixture takes none of {', '.join(MIXTURE_IGNORES)} (its loss is the "
+                "mixture likelihood alone)",
+            ),
             (self.ties in ("strict", "half"), "ties: strict | half"),
             (
                 len(self.rating_range) == 2 and self.rating_range[0] < self.rating_range[1],
