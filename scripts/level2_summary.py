@@ -208,15 +208,14 @@ def search_markdown(path: Path) -> str:
         lines.append(f"Probe fitted on the truth (ridge α {p['ridge_alpha']:g}, a diagnostic): "
                      f"ρ centred on test {fmt(p['spearman_centred_test'])}.  ")  # fmt: skip
     lines += ["", *table_head("setting", "accuracy", "ECE", "contested AUROC", "… by margin alone",
-                               "ρ(std, centred)", "ρ centred, given length", "ρ(std, raw)",
-                               "ρ both centred (mixture)")]  # fmt: skip
+                               "ρ(std, centred)", "ρ centred, given length",
+                               "ρ(std, raw)")]  # fmt: skip
     for name, r in data["results"].items():
         m = r["mean"]
         lines.append(table_row(name, *(fmt(m.get(k)) for k in (
             "accuracy", "ece", "contested_auroc", "contested_auroc_margin",
             "spread_spearman_centred",
-            "spread_partial_centred_given_length", "spread_spearman_raw",
-            "spread_spearman_centred_both"))))  # fmt: skip
+            "spread_partial_centred_given_length", "spread_spearman_raw"))))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -235,7 +235,7 @@ def symmetric_ece(p_chosen: np.ndarray) -> float:
 
 
 def measure(setting, net, x, test, truth, n_bins: int) -> dict:
-    from distalign.metrics import contested_detection, spread_agreement
+    from distalign.metrics import contested_detection
 
     c, r, groups, _ = test
     with torch.no_grad():
@@ -250,45 +250,46 @@ def measure(setting, net, x, test, truth, n_bins: int) -> dict:
             "ece": float(symmetric_ece(pw)),
         }
         return result | contested_detection(margin, None, groups, 1000)  # fmt: skip
-    sd = sd.double().numpy()
-    spread = np.sqrt(sd[c] ** 2 + sd[r] ** 2)
     result = {
         "accuracy": float(((pw > 0.5) | ((pw == 0.5) & (margin > 0))).mean()),
         "ece": float(symmetric_ece(pw)),
     }
-    result |= contested_detection(margin, spread, groups, 1000)
     test_replies = np.unique(np.concatenate([c, r]))
     if setting["head"] == "mixture":
-        # each component's reward is fixed only up to a constant per prompt, like each
-        # annotator's: its spread over components, centred within the prompt's replies
-        from distalign.metrics import centred_spread, spearman
+        return result | mixture_measures(out, test, test_replies, truth)
+    sd = sd.double().numpy()
+    result |= contested_detection(margin, np.sqrt(sd[c] ** 2 + sd[r] ** 2), groups, 1000)
+    return result | spread_keys(sd[test_replies], truth, test_replies)
 
-        k = out.shape[1] // 2
-        comps = out[test_replies, :k].double().numpy().T  # (K, R)
-        pi = torch.softmax(out[0, k:], -1).double().numpy()
-        pred = centred_spread(comps, truth["prompt_ids"][test_replies], pi)
-        target = centred_spread(truth["rewards"][:, test_replies],
-                                truth["prompt_ids"][test_replies], truth["weights"])  # fmt: skip
-        result["spread_spearman_centred_both"] = spearman(pred, target)
-        # per pair, how far the components' win probabilities part (the predicted group gap)
-        from distalign.metrics import auroc, contested, group_gap
 
-        gap = group_gap(torch.sigmoid(out[c, :k] - out[r, :k]).double().numpy())
-        result["contested_auroc_gap"] = auroc(gap, contested(groups))
-        d = (out[c, :k] - out[r, :k]).double().numpy()  # the components' margins (N, K)
-        d_mean = (d * pi).sum(-1)
-        d_std = np.sqrt((pi * (d - d_mean[:, None]) ** 2).sum(-1))
-        pairwise = contested_detection(d_mean, d_std, groups, 1000)
-        result["contested_auroc_margins"] = pairwise["contested_auroc"]
-        result["contested_auroc_margins_spread"] = pairwise["contested_auroc_spread"]
-    result |= {
-        f"spread_{k}": v
-        for k, v in spread_agreement(
-            sd[test_replies], truth["rewards"][:, test_replies], truth["prompt_ids"][test_replies],
-            truth["lengths"][test_replies], truth["weights"],
-        ).items()
-    }  # fmt: skip
-    return result
+def spread_keys(predicted, truth, replies) -> dict:
+    from distalign.metrics import spread_agreement
+
+    agreement = spread_agreement(predicted, truth["rewards"][:, replies],
+                                 truth["prompt_ids"][replies], truth["lengths"][replies],
+                                 truth["weights"])  # fmt: skip
+    return {f"spread_{k}": v for k, v in agreement.items()}
+
+
+def mixture_measures(out, test, test_replies, truth) -> dict:
+    """As ``rm eval`` measures a mixture head (``eval.rm``), with the shares π (learned or
+    equal): per pair, the mean and std over components of the component margins (each
+    component's free constant cancels in its margin); per reply, the spread over components
+    of each component's reward centred within the prompt, as the truth is centred. Also the
+    AUROC of the predicted group gap |σ(d_1) − σ(d_2)| (diagnostic)."""
+    from distalign.metrics import auroc, centred_spread, contested, contested_detection, group_gap
+
+    c, r, groups, _ = test
+    k = out.shape[1] // 2
+    pi = torch.softmax(out[0, k:], -1).double().numpy()
+    d = (out[c, :k] - out[r, :k]).double().numpy()  # the components' margins (N, K)
+    d_mean = (d * pi).sum(-1)
+    d_std = np.sqrt((pi * (d - d_mean[:, None]) ** 2).sum(-1))
+    result = contested_detection(d_mean, d_std, groups, 1000)
+    result["contested_auroc_gap"] = auroc(group_gap(1 / (1 + np.exp(-d))), contested(groups))
+    comps = out[test_replies, :k].double().numpy().T  # (K, R)
+    predicted = centred_spread(comps, truth["prompt_ids"][test_replies], pi)
+    return result | spread_keys(predicted, truth, test_replies)
 
 
 def load_features(path: str):
@@ -368,8 +369,6 @@ def search(args) -> None:
               f"ρ centred {get('spread_spearman_centred'):+.3f} | length "
               f"{get('spread_partial_centred_given_length'):+.3f}  ρ raw "
               f"{get('spread_spearman_raw'):+.3f}"
-              + (f"  ρ both centred {mean['spread_spearman_centred_both']:+.3f}"
-                 if "spread_spearman_centred_both" in mean else "")
               + f"  [{time.perf_counter() - t0:.0f} s]",
               flush=True)  # fmt: skip
     out = Path(args.out)
