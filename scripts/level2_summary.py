@@ -58,7 +58,10 @@ def rm_rows(runs: Path) -> dict[str, dict]:
         path = runs / f"rm_{name}" / "summary.json"
         if path.is_file():
             summary = json.loads(path.read_text())
-            out[name] = summary["eval"] | {"train_seconds": summary.get("train_seconds")}
+            # the latest evaluation of the final model (``rm eval`` rewrites it), else training's
+            latest = runs / f"rm_{name}" / "final" / "eval_gold_test.json"
+            result = json.loads(latest.read_text()) if latest.is_file() else summary["eval"]
+            out[name] = result | {"train_seconds": summary.get("train_seconds")}
     return out
 
 
