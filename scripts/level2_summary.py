@@ -53,15 +53,22 @@ def fmt(v, digits: int = 3) -> str:
 
 
 def rm_rows(runs: Path) -> dict[str, dict]:
+    """Each reward model's latest evaluation of its final model on the test pairs (``rm eval``
+    rewrites it), and its training time when it was trained end to end."""
+    folders = {
+        "scalar": "rm_scalar/final",
+        "ordinal": "rm_ordinal/final",
+        "mixture": "rm_mixture/final",
+        "mixture, frozen backbone": "rm_mixture_frozen",
+    }
     out = {}
-    for name in ("scalar", "ordinal", "mixture"):
-        path = runs / f"rm_{name}" / "summary.json"
+    for name, folder in folders.items():
+        path = runs / folder / "eval_gold_test.json"
         if path.is_file():
-            summary = json.loads(path.read_text())
-            # the latest evaluation of the final model (``rm eval`` rewrites it), else training's
-            latest = runs / f"rm_{name}" / "final" / "eval_gold_test.json"
-            result = json.loads(latest.read_text()) if latest.is_file() else summary["eval"]
-            out[name] = result | {"train_seconds": summary.get("train_seconds")}
+            summary = path.parent.parent / "summary.json"
+            seconds = json.loads(summary.read_text()).get("train_seconds") if (
+                folder.endswith("/final") and summary.is_file()) else None  # fmt: skip
+            out[name] = json.loads(path.read_text()) | {"train_seconds": seconds}
     return out
 
 

@@ -30,6 +30,13 @@ stage runs/full/rm_mixture/final rm_mixture_full \
 # distributional heads trained on them (scripts/spread_search.py; seconds per setting)
 stage runs/full/features.npz features .venv/bin/python scripts/spread_search.py extract \
   --model runs/full/rm_scalar/final --out runs/full/features.npz
+# the search's best head as a reward model: the scalar RM's backbone, a mixture of 2 equal
+# components fitted on its features (seconds), evaluated like any saved RM
+stage runs/full/rm_mixture_frozen rm_mixture_frozen .venv/bin/python scripts/spread_search.py \
+  save --features runs/full/features.npz --setting mixture_2_uniform \
+  --model runs/full/rm_scalar/final --out runs/full/rm_mixture_frozen
+stage runs/full/rm_mixture_frozen/eval_gold_test.json rm_mixture_frozen_eval $DA rm eval \
+  model_name_or_path=runs/full/rm_mixture_frozen max_length=384
 ARMS=${ARMS:-"scalar expectation cvar mixture_expectation mixture_cvar"}
 for seed in $SEEDS; do
   for arm in $ARMS; do

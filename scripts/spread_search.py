@@ -384,22 +384,30 @@ def save(args) -> None:
 
     setting = SETTINGS[args.setting]
     if setting.get("hidden") or setting["head"] == "gaussian":
-        raise SystemExit("only a linear ordinal or categorical head fits a reward-model folder")
+        raise SystemExit("only a linear head fits a reward-model folder (ordinal, categorical, "
+                         "scalar, or a mixture with equal shares)")  # fmt: skip
+    if setting["head"] == "mixture" and not setting.get("fixed_shares"):
+        raise SystemExit("a distalign mixture head has equal shares: pick a *_uniform setting")
     x, _, train, _, _ = prepared(args.features)
     raw, *_ = load_features(args.features)
     train_idx = np.unique(np.concatenate(train[:2]))
     scale = scale_of(raw, train_idx)
     net = fit(setting, x, train[:2], 0, args.n_bins, args.epochs)
     model, tokenizer, meta = load_reward_model(args.model, device="cpu")
-    k = net.weight.shape[0]
-    head = torch.nn.Linear(net.weight.shape[1], k, bias=False)
-    head.weight.data = net.weight.data / scale  # the features' scaling folded into the head
+    if setting["head"] == "mixture":  # its K reward columns (the inner layer's last is unused)
+        weight = net.inner.weight.data[: setting.get("k", 2)]
+    else:
+        weight = net.weight.data
+    k = weight.shape[0]
+    head = torch.nn.Linear(weight.shape[1], k, bias=False)
+    head.weight.data = weight / scale  # the features' scaling folded into the head
     model.score = head
     model.config.num_labels = k
     model.num_labels = k
     meta = read_meta(args.model) | {
         "head": setting["head"],
         "n_bins": args.n_bins,
+        "n_components": k,
         "frozen_backbone_head": {"setting": args.setting, **setting, "epochs": args.epochs},
     }
     meta.pop("eval", None)
