@@ -6,8 +6,11 @@
 
 Two workloads, each run by every variant on the same machine in the same run:
 
-* ``gold``: the first pairs of the shipped gold benchmark (short single-turn prompts) whose
-  prompt + longer reply fit ``--max-length``;
+* ``gold``: pairs of the shipped gold benchmark (short single-turn prompts) whose prompt +
+  longer reply fit ``--max-length``, drawn at random (seed 0) from all 2,400, so that pairs
+  of one prompt rarely meet in a batch, as in training on the whole set;
+* ``gold_by_prompt``: the first such pairs in file order: all 10 pairs of each prompt (its 5
+  replies) together, the case ``group_by_prompt`` is for;
 * ``multiturn``: chat pairs shaped like real preference data: each prompt is a conversation
   whose earlier turns are other benchmark prompts with (shortened) benchmark replies, grown
   until it reaches a drawn target (median about 120 tokens); the chosen and rejected replies
@@ -55,7 +58,7 @@ VARIANTS = {
     "packed": "distalign, prefix sharing + packing",
     "grouped": "distalign, prefix sharing + pairs grouped by prompt (opt-in)",
 }
-WORKLOADS = ("gold", "multiturn")
+WORKLOADS = ("gold", "gold_by_prompt", "multiturn")
 PAIRS_PER_STEP = 8
 
 
@@ -104,7 +107,11 @@ def grouped_tokens_per_pair(pairs: list[dict], seed: int = 0) -> float:
     return total / len(pairs)
 
 
-def gold_pairs(n: int, max_length: int, tok) -> list[dict]:
+def gold_pairs(n: int, max_length: int, tok, by_prompt: bool = False) -> list[dict]:
+    """``n`` gold training pairs whose prompt + longer reply fit ``max_length``: drawn at random
+    (seed 0) from all of them, so a batch rarely holds two pairs of one prompt, as in training
+    on the whole set with random batches; ``by_prompt``: the first ones in file order, all 10
+    pairs of each prompt (5 replies) together, where a prompt's pairs share replies."""
     from distalign.data.load import load_preferences
 
     rows = []
@@ -112,9 +119,11 @@ def gold_pairs(n: int, max_length: int, tok) -> list[dict]:
         lengths = _lengths(tok, row["prompt"], row["chosen"], row["rejected"])
         if lengths[0] + max(lengths[1:]) <= max_length - 2:
             rows.append(_row(row["prompt"], row["chosen"], row["rejected"], lengths))
-        if len(rows) == n:
+        if by_prompt and len(rows) == n:
             return rows
-    raise SystemExit(f"only {len(rows)} gold pairs fit {max_length} tokens")
+    if len(rows) < n or by_prompt:
+        raise SystemExit(f"only {len(rows)} gold pairs fit {max_length} tokens")
+    return random.Random(0).sample(rows, n)
 
 
 def cut_words(tok, text: str, target: int) -> str:
@@ -285,9 +294,9 @@ def build_pairs(workload: str, n: int, max_length: int | None, model_path: str):
     from distalign.models.load import load_tokenizer
 
     tok = load_tokenizer(model_path)
-    if workload == "gold":
+    if workload in ("gold", "gold_by_prompt"):
         max_length = max_length or 256
-        return gold_pairs(n, max_length, tok), max_length
+        return gold_pairs(n, max_length, tok, by_prompt=workload == "gold_by_prompt"), max_length
     pairs = multiturn_pairs(n, tok)
     return pairs, max(max_length or 0, fitting_max_length(pairs))
 
@@ -302,11 +311,11 @@ def run_workload(workload: str, args) -> dict:
     tokens_per_pair = sum(p["tokens"] for p in pairs) / len(pairs)
     shared_per_pair = sum(p["tokens_shared"] for p in pairs) / len(pairs)
     grouped_per_pair = grouped_tokens_per_pair(pairs)
-    one_pair_per_prompt = len({json.dumps(p["prompt"]) for p in pairs}) == len(pairs)
+    pairs_per_prompt = len(pairs) / len({json.dumps(p["prompt"]) for p in pairs})
     results = {}
     for variant in args.variants.split(","):
-        if variant == "grouped" and one_pair_per_prompt:
-            print(f"== {workload} / grouped: skipped (one pair per prompt: same as shared)")
+        if variant == "grouped" and pairs_per_prompt < 2:
+            print(f"== {workload} / grouped: skipped ({pairs_per_prompt:.1f} pairs per prompt)")
             continue
         cmd = [sys.executable, __file__, "--variant", variant, "--work", str(work)]
         cmd += ["--steps", str(args.steps), "--max-length", str(max_length)]
@@ -337,6 +346,7 @@ def run_workload(workload: str, args) -> dict:
             "tokens_per_pair": tokens_per_pair,
             "tokens_per_pair_prefix_shared": shared_per_pair,
             "tokens_per_pair_grouped": grouped_per_pair,
+            "pairs_per_prompt": pairs_per_prompt,
             "tokens_per_pair_trl_tokenized": base and base.get("tokens_per_pair_as_tokenized"),
         },
         "results": {
