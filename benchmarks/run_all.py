@@ -210,9 +210,12 @@ def ceiling_section(peak: dict, rm: dict | None, rl: dict | None, params: int) -
     )
     rows = []
     for workload, w in (rm or {}).get("workloads", {}).items():
+        dense = w["settings"].get("pairs_per_prompt", 1) >= 2
         for v in ("shared", "packed", "grouped", "trl"):
             r = w["results"].get(v)
-            if r:
+            # on prompt-dense pairs a default batch may hold a reply twice, encoded once: the
+            # tokens it really runs are not counted there, so no fraction is given
+            if r and not (dense and v in ("shared", "packed")):
                 f = 6 * params * r["computed_tokens_per_s"] / 1e9
                 rows.append([f"RM training fwd+bwd, {workload}, {v}", fmt(f, 1), fmt(f / g, 3)])
     for name, r in (rl or {}).get("runs", {}).items():
