@@ -241,7 +241,8 @@ def report(folder: Path, walls: dict[str, float], model: str, work: Path) -> Pat
     lines = ["# distalign vs TRL: benchmark results", ""]
     lines.append(
         "Written by `benchmarks/run_all.py` (`make bench`); see `benchmarks/README.md` for "
-        "what each script measures and the fairness choices. Numbers from one run."
+        "what each script measures and the fairness choices. Each script's numbers come "
+        "from its latest run (wall times below)."
     )
     lines += ["", f"Machine: {m['cpu_count']} CPUs ({m['cpu_model']}), {m['ram_gb']} GB RAM, "
               f"{m['platform']}, torch threads {m.get('torch_threads')}.",
