@@ -51,3 +51,11 @@ done
 stage runs/full/compare/compare.json compare_level2 $DA eval compare "${policies[@]}" \
   --reward scalar=runs/full/rm_scalar/final --reward ordinal=runs/full/rm_ordinal/final \
   max_completion_length=48 max_eval_samples=32 num_generations=4 output_dir=runs/full/compare
+# the mixture arms' final policies, with the mixture RM's spread over the compared replies
+mixture=()
+for seed in $SEEDS; do
+  for arm in mixture_expectation mixture_cvar; do mixture+=(--policy "${arm}_s$seed=runs/full/rl_${arm}_s$seed/final"); done
+done
+stage runs/full/compare_mixture/compare.json compare_level2_mixture $DA eval compare "${mixture[@]}" \
+  --reward scalar=runs/full/rm_scalar/final --reward mixture=runs/full/rm_mixture_frozen \
+  max_completion_length=48 max_eval_samples=32 num_generations=4 output_dir=runs/full/compare_mixture
