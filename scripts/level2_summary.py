@@ -36,6 +36,7 @@ RM_KEYS = [
     ("contested_auroc", "contested AUROC"),
     ("contested_auroc_margin", "… by margin alone"),
     ("contested_auroc_spread", "… by spread"),
+    ("contested_auroc_ratio", "… by −|margin| / spread"),
     ("spread_spearman_centred", "ρ(std, centred)"),
     ("spread_spearman_raw", "ρ(std, raw)"),
     ("spread_partial_centred_given_length", "ρ centred, given length"),

@@ -275,8 +275,10 @@ def mixture_measures(out, test, test_replies, truth) -> dict:
     """As ``rm eval`` measures a mixture head (``eval.rm``), with the shares π (learned or
     equal): per pair, the mean and std over components of the component margins (each
     component's free constant cancels in its margin); per reply, the spread over components
-    of each component's reward centred within the prompt, as the truth is centred. Also the
-    AUROC of the predicted group gap |σ(d_1) − σ(d_2)| (diagnostic)."""
+    of each component's reward centred within the prompt, as the truth is centred. The
+    contested detector is ``metrics.opposite_leanings`` of the component margins (it weighs
+    components equally, learned shares or not). Also the AUROC of the predicted group gap
+    |σ(d_1) − σ(d_2)| (diagnostic)."""
     from distalign.metrics import auroc, centred_spread, contested, contested_detection, group_gap
 
     c, r, groups, _ = test
@@ -285,7 +287,7 @@ def mixture_measures(out, test, test_replies, truth) -> dict:
     d = (out[c, :k] - out[r, :k]).double().numpy()  # the components' margins (N, K)
     d_mean = (d * pi).sum(-1)
     d_std = np.sqrt((pi * (d - d_mean[:, None]) ** 2).sum(-1))
-    result = contested_detection(d_mean, d_std, groups, 1000)
+    result = contested_detection(d_mean, d_std, groups, 1000, components=d)
     result["contested_auroc_gap"] = auroc(group_gap(1 / (1 + np.exp(-d))), contested(groups))
     comps = out[test_replies, :k].double().numpy().T  # (K, R)
     predicted = centred_spread(comps, truth["prompt_ids"][test_replies], pi)
@@ -365,7 +367,8 @@ def search(args) -> None:
 
         print(f"{name:30} acc {mean['accuracy']:.3f}  AUROC {mean['contested_auroc']:.3f} "
               f"(margin {mean['contested_auroc_margin']:.3f}, spread "
-              f"{get('contested_auroc_spread'):.3f}, gap {get('contested_auroc_gap'):.3f})  "
+              f"{get('contested_auroc_spread'):.3f}, −|Δ|/σ {get('contested_auroc_ratio'):.3f}, "
+              f"gap {get('contested_auroc_gap'):.3f})  "
               f"ρ centred {get('spread_spearman_centred'):+.3f} | length "
               f"{get('spread_partial_centred_given_length'):+.3f}  ρ raw "
               f"{get('spread_spearman_raw'):+.3f}"

@@ -205,6 +205,50 @@ def test_contested_detection_by_hand():
         contested_detection(margin[:3], None, p)
 
 
+def test_opposite_leanings_by_hand():
+    from itertools import permutations
+
+    from distalign.metrics import opposite_leanings
+
+    m = np.array([[2.0, -1.0], [2.0, 1.0], [0.0, 3.0], [-4.0, 4.0]])
+    lean = 1 / (1 + np.exp(-m)) - 0.5
+    expected = -lean[:, 0] * lean[:, 1]  # two components: minus the product of the leanings
+    np.testing.assert_allclose(opposite_leanings(m), expected, rtol=1e-12)
+    score = opposite_leanings(m)
+    assert score[0] > 0 > score[1] and score[2] == 0.0  # opposite / same way / one indifferent
+    assert score[3] > score[0]  # surer opposite leanings score higher
+    assert opposite_leanings(np.array([[50.0, -50.0]]))[0] == pytest.approx(0.25)
+    # K components: minus the mean over ordered distinct pairs k != l, by brute force
+    rng = np.random.default_rng(0)
+    m3 = rng.normal(0, 2, size=(6, 3))
+    lean3 = 1 / (1 + np.exp(-m3)) - 0.5
+    brute = [-np.mean([r[k] * r[j] for k, j in permutations(range(3), 2)]) for r in lean3]
+    np.testing.assert_allclose(opposite_leanings(m3), brute, rtol=1e-10, atol=1e-15)
+    with pytest.raises(ValueError, match="K >= 2"):
+        opposite_leanings(np.zeros((3, 1)))
+
+
+def test_contested_detection_with_components():
+    from distalign.metrics import auroc, contested, contested_detection, opposite_leanings
+
+    p = np.array([[0.2, 0.7], [0.8, 0.9], [0.6, 0.3], [0.4, 0.45]])  # contested: 1, 0, 1, 0
+    comps = np.array([[-1.0, 1.5], [2.0, 2.5], [1.0, -0.2], [0.1, -0.1]])
+    margin, spread = comps.mean(1), comps.std(1)
+    out = contested_detection(margin, spread, p, n=100, components=comps)
+    assert out["contested_detector"] == "opposite leanings of the components"
+    # leanings: −ℓ1ℓ2 > 0 for the two contested pairs and for pair 4 (0.1, −0.1: barely);
+    # pair 4's product is tiny, so both contested pairs outrank it: AUROC 1
+    assert out["contested_auroc"] == auroc(opposite_leanings(comps), contested(p)) == 1.0
+    ratio = contested_detection(margin, spread, p, n=100)["contested_auroc"]
+    assert out["contested_auroc_ratio"] == ratio  # the former detector, kept beside it
+    assert (
+        out["contested_auroc_margin"]
+        == contested_detection(margin, None, p)["contested_auroc_margin"]
+    )
+    with pytest.raises(ValueError, match="component margins"):
+        contested_detection(margin, spread, p, components=comps[:3])
+
+
 def test_spread_agreement_sees_past_length():
     from distalign.metrics import spread_agreement
 

@@ -151,6 +151,8 @@ def test_rm_train_with_a_mixture_head_saves_k_components_and_its_measures(mixtur
     result, out, _ = mixture_rm
     assert result["pairs"] == 3 and "component_spread" in result
     assert result["spread_replies"] == 5 and "contested_auroc_spread" in result
+    assert result["contested_detector"] == "opposite leanings of the components"
+    assert "contested_auroc_ratio" in result  # −|mean margin| / spread, kept beside it
     meta = json.loads((out / "final" / "distalign_rm.json").read_text())
     assert meta["head"] == "mixture" and meta["n_components"] == 3
     model = AutoModelForSequenceClassification.from_pretrained(out / "final")

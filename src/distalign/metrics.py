@@ -261,6 +261,24 @@ def contested(p_by_group) -> np.ndarray:
     return (p > 0.5).any(axis=1) & (p < 0.5).any(axis=1)
 
 
+def opposite_leanings(component_margins: np.ndarray) -> np.ndarray:
+    """Per pair, how surely a mixture's components lean opposite ways: with each component's
+    lean ℓ_k = σ(r_k(a) − r_k(b)) − ½ (equal shares), the negated mean over distinct
+    components k ≠ l of ℓ_k·ℓ_l, i.e. Var_k(ℓ)/(K − 1) − mean_k(ℓ)².
+
+    It is the model's counterpart of ``contested``: the truth flags a pair when the groups'
+    majorities differ, (P_1 − ½)(P_2 − ½) < 0, and with 2 components this score is
+    −ℓ_1·ℓ_2, positive exactly when the components' majorities differ and larger the surer
+    each is. Components that agree rank last, the more so the surer they are; no weight is
+    fitted. ``component_margins`` (N, K ≥ 2); returns (N,), in [−¼, ¼]."""
+    m = np.asarray(component_margins, dtype=np.float64)
+    if m.ndim != 2 or m.shape[1] < 2:
+        raise ValueError(f"need component margins of shape (N, K >= 2), got {m.shape}")
+    lean = 0.5 * np.tanh(0.5 * m)  # σ(m) − ½, exact and stable for large |m|
+    k = m.shape[1]
+    return lean.var(axis=1) / (k - 1) - lean.mean(axis=1) ** 2
+
+
 def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
     """Spearman correlation of x and y (N,) controlling for z ((N,) or (N, k)).
 
@@ -354,6 +372,7 @@ def contested_detection(
     p_by_group,
     n: int = 2000,
     seed: int = 0,
+    components: np.ndarray | None = None,
 ) -> dict[str, object]:
     """How well a reward model's outputs flag the pairs whose groups' majorities differ.
 
@@ -368,10 +387,17 @@ def contested_detection(
                                 P(R_w > R_l) = Φ(Δ / σ), so −|Δ|/σ ranks pairs by how near ½
                                 the model's own win probability is. Scale-free: no weights
                                 fitted, so nothing is tuned on the pairs it is scored on.
+        leanings   ``opposite_leanings(components)``, for a mixture head whose component
+                   margins r_k(w) − r_k(l) come as ``components`` (N, K): whether, and how
+                   surely, its components' majorities differ, as the groups' do in a
+                   contested pair. It replaces −|Δ|/σ as the head's detector, which ranks the
+                   sign of the disagreement by a ratio of logits and ignores how sure each
+                   component is; −|Δ|/σ stays as ``contested_auroc_ratio``.
 
     Returns ``contested_share``, ``contested_pairs``, ``contested_auroc`` (the head's
-    detector: −|Δ|/σ, or −|Δ| without a spread), ``contested_auroc_margin``,
-    ``contested_auroc_spread`` (with a spread only), each AUROC with ``…_ci95`` [lo, hi], and
+    detector: opposite leanings with components, else −|Δ|/σ, or −|Δ| without a spread),
+    ``contested_auroc_margin``, ``contested_auroc_spread`` (with a spread only),
+    ``contested_auroc_ratio`` (with components only), each AUROC with ``…_ci95`` [lo, hi], and
     ``contested_detector`` naming the detector. AUROCs are NaN when no pair (or every pair) is
     contested."""
     flags = contested(p_by_group)
@@ -386,10 +412,17 @@ def contested_detection(
         scores["detector"] = -np.abs(margin) / np.maximum(spread, 1e-12)
     else:
         scores["detector"] = scores["margin"]
+    detector = "-|margin|/spread" if spread is not None else "-|margin|"
+    if components is not None:
+        if len(components) != len(margin):
+            raise ValueError(f"{len(components)} pairs of component margins, {len(margin)} scored")
+        scores["ratio"] = scores["detector"]
+        scores["detector"] = opposite_leanings(components)
+        detector = "opposite leanings of the components"
     out: dict[str, object] = {
         "contested_share": float(flags.mean()) if len(flags) else float("nan"),
         "contested_pairs": int(flags.sum()),
-        "contested_detector": "-|margin|/spread" if spread is not None else "-|margin|",
+        "contested_detector": detector,
     }
     for name, s in scores.items():
         key = "contested_auroc" if name == "detector" else f"contested_auroc_{name}"

@@ -67,7 +67,8 @@ def evaluate_reward_model(
     preferred (the gold benchmark's ``p_chosen_by_group``, in the loader's pair order, which
     must not shuffle), adds how well the model flags contested pairs (the groups' majorities
     differ): ``contested_share``, ``contested_pairs``, ``contested_auroc`` and
-    ``contested_auroc_margin`` (and ``contested_auroc_spread`` for a distributional head),
+    ``contested_auroc_margin`` (and ``contested_auroc_spread`` for a distributional head,
+    ``contested_auroc_ratio`` for a mixture, whose detector reads its component margins),
     each with a ``…_ci95`` bootstrap interval (``n_bootstrap`` resamples of pairs); see
     ``metrics.contested_detection``.
 
@@ -75,6 +76,7 @@ def evaluate_reward_model(
     adds whether the predicted spread of each distinct reply tracks the annotators'
     disagreement about it (``spread_*``, ``reply_spread_measures``)."""
     chosen, rejected = collect_pair_scores(model, loader, accelerator)
+    components = None  # a mixture's component margins (N, K), for its contested detector
     if head == "scalar":
         if outputs is not None:
             outputs.update(chosen=chosen[:, 0], rejected=rejected[:, 0])
@@ -85,6 +87,8 @@ def evaluate_reward_model(
             outputs.update(components_chosen=chosen, components_rejected=rejected)
         result = mixture_summary(chosen, rejected)
         margin, spread = mixture_margin_spread(chosen, rejected)
+        if chosen.shape[1] > 1:
+            components = (chosen - rejected).double().numpy()
         if truth is not None:
             result |= mixture_reply_spread_measures(truth, chosen, rejected, outputs)
     else:
@@ -97,7 +101,9 @@ def evaluate_reward_model(
         if truth is not None:
             result |= reply_spread_measures(truth, logp_w, logp_l, outputs)
     if p_by_group is not None:
-        result |= contested_detection(margin, spread, p_by_group, n_bootstrap)
+        result |= contested_detection(
+            margin, spread, p_by_group, n_bootstrap, components=components
+        )
     return result
 
 

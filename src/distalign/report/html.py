@@ -53,6 +53,7 @@ RM_EVAL_LABELS = {
     "contested_auroc": "AUROC flagging contested pairs",
     "contested_auroc_margin": "AUROC flagging contested pairs by −|margin|",
     "contested_auroc_spread": "AUROC flagging contested pairs by predicted spread",
+    "contested_auroc_ratio": "AUROC flagging contested pairs by −|margin| / spread",
     "spread_replies": "held-out replies (distinct)",
     "spread_spearman_centred": "Spearman(predicted std, disagreement centred in prompt)",
     "spread_spearman_raw": "Spearman(predicted std, raw annotator std)",
