@@ -107,6 +107,15 @@ SETTINGS = {  # name -> head, loss settings, optimiser
     "mixture_2_uniform": dict(head="mixture", k=2, fixed_shares=True),
     "mixture_2_uniform_centred": dict(head="mixture", k=2, fixed_shares=True, center=0.01),
     "mixture_4": dict(head="mixture", k=4),
+    # warm start: both components begin at the backbone's own scalar head (the one-component
+    # fit) plus a little noise, then part as the mixture likelihood asks
+    "mixture_2_warm": dict(head="mixture", k=2, fixed_shares=True, warm_start=True, epochs=5),
+    "mixture_2_warm_20_epochs": dict(
+        head="mixture", k=2, fixed_shares=True, warm_start=True, epochs=20
+    ),
+    "mixture_2_warm_lr_1e-3": dict(
+        head="mixture", k=2, fixed_shares=True, warm_start=True, lr=1e-3
+    ),
     "gaussian": dict(head="gaussian"),
     "gaussian_mlp": dict(head="gaussian", hidden=64),
 }
@@ -182,8 +191,29 @@ def loss_of(setting: dict, out_w, out_l, n_bins: int) -> torch.Tensor:
     return loss
 
 
-def fit(setting: dict, x: torch.Tensor, train, seed: int, n_bins: int, epochs: int):
+def scalar_head(model: str, scale: torch.Tensor) -> torch.Tensor:
+    """The reward model's own scalar head (576,), on features divided by ``scale``."""
+    from safetensors.torch import load_file
+
+    weight = load_file(str(Path(model) / "model.safetensors"))["score.weight"]
+    if weight.shape[0] != 1:
+        raise SystemExit(f"warm start needs a scalar reward model, {model} has {weight.shape[0]}")
+    return weight[0].float() * scale
+
+
+def fit(
+    setting: dict,
+    x: torch.Tensor,
+    train,
+    seed: int,
+    n_bins: int,
+    epochs: int,
+    init: torch.Tensor | None = None,
+):
+    """Train the setting's head on frozen features; ``init`` (the backbone's scalar head) seeds
+    a ``warm_start`` mixture's components. A setting's own ``epochs`` overrides ``epochs``."""
     head_kind = setting["head"]
+    epochs = setting.get("epochs", epochs)
     outputs = {"scalar": 1, "ordinal": 2, "gaussian": 2, "categorical": n_bins}
     k = setting.get("k", 2) + 1 if head_kind == "mixture" else outputs[head_kind]
     torch.manual_seed(seed)
@@ -191,6 +221,13 @@ def fit(setting: dict, x: torch.Tensor, train, seed: int, n_bins: int, epochs: i
     if head_kind == "mixture":  # the components' shares: one free logit per component
         net = MixtureHead(net, setting.get("k", 2))
         net.share_logits.requires_grad_(not setting.get("fixed_shares", False))
+        if setting.get("warm_start"):
+            if init is None:
+                raise ValueError("a warm start needs the backbone's scalar head")
+            k = setting.get("k", 2)
+            noise = 0.1 * init.pow(2).mean().sqrt() * torch.randn(k, len(init))
+            with torch.no_grad():
+                net.inner.weight[:k] = init + noise
     opt = torch.optim.AdamW(
         net.parameters(), lr=setting.get("lr", 1e-2), weight_decay=setting.get("weight_decay", 0.0)
     )
@@ -316,11 +353,17 @@ def gold_truth(keys) -> dict:
 
 
 def prepared(features: str):
+    """Scaled features, reply keys, train and test pair tables, the backbone's folder, and
+    its scalar head on the scaled features (None when it is not a scalar reward model)."""
     x, keys, index, model = load_features(features)
     train, test = pair_table("train", index), pair_table("test", index)
     train_idx = np.unique(np.concatenate(train[:2]))
-    x = x / scale_of(x, train_idx)
-    return x, keys, train, test, model
+    scale = scale_of(x, train_idx)
+    try:
+        init = scalar_head(model, scale)
+    except (OSError, KeyError, SystemExit):
+        init = None
+    return x / scale, keys, train, test, model, init
 
 
 def probe(x, truth, train, test, alpha: float = 10.0) -> dict:
@@ -341,7 +384,7 @@ def probe(x, truth, train, test, alpha: float = 10.0) -> dict:
 
 
 def search(args) -> None:
-    x, keys, train, test, model = prepared(args.features)
+    x, keys, train, test, model, init = prepared(args.features)
     truth = gold_truth(keys)
     probes = [probe(x, truth, train, test, a) for a in (1.0, 10.0, 100.0)]
     for p in probes:
@@ -356,7 +399,7 @@ def search(args) -> None:
         per_seed = []
         t0 = time.perf_counter()
         for seed in range(args.seeds):
-            net = fit(setting, x, train[:2], seed, args.n_bins, args.epochs)
+            net = fit(setting, x, train[:2], seed, args.n_bins, args.epochs, init)
             per_seed.append(measure(setting, net, x, test, truth, args.n_bins))
         keys_ = [k for k, v in per_seed[0].items() if isinstance(v, float)]
         mean = {k: float(np.mean([m[k] for m in per_seed])) for k in keys_}
@@ -391,11 +434,11 @@ def save(args) -> None:
                          "scalar, or a mixture with equal shares)")  # fmt: skip
     if setting["head"] == "mixture" and not setting.get("fixed_shares"):
         raise SystemExit("a distalign mixture head has equal shares: pick a *_uniform setting")
-    x, _, train, _, _ = prepared(args.features)
+    x, _, train, _, _, init = prepared(args.features)
     raw, *_ = load_features(args.features)
     train_idx = np.unique(np.concatenate(train[:2]))
     scale = scale_of(raw, train_idx)
-    net = fit(setting, x, train[:2], 0, args.n_bins, args.epochs)
+    net = fit(setting, x, train[:2], 0, args.n_bins, args.epochs, init)
     model, tokenizer, meta = load_reward_model(args.model, device="cpu")
     if setting["head"] == "mixture":  # its K reward columns (the inner layer's last is unused)
         weight = net.inner.weight.data[: setting.get("k", 2)]
@@ -411,7 +454,7 @@ def save(args) -> None:
         "head": setting["head"],
         "n_bins": args.n_bins,
         "n_components": k,
-        "frozen_backbone_head": {"setting": args.setting, **setting, "epochs": args.epochs},
+        "frozen_backbone_head": {"setting": args.setting, "epochs": args.epochs, **setting},
     }
     meta.pop("eval", None)
     save_reward_model(model, tokenizer, args.out, meta)

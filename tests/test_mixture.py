@@ -230,3 +230,55 @@ def test_rm_train_refuses_settings_a_mixture_head_ignores():
 
     with pytest.raises(ValueError, match="entropy_weight"):
         RMTrainConfig(head="mixture", entropy_weight=0.1, report_to="none")
+
+
+@pytest.fixture(scope="module")
+def scalar_rm(tiny_model_dir, tmp_path_factory):
+    from tests.conftest import train_tiny_reward_models
+
+    out = tmp_path_factory.mktemp("scalar")
+    return train_tiny_reward_models(tiny_model_dir, out, ("scalar", "categorical"))
+
+
+def test_a_mixture_warm_starts_from_a_scalar_reward_model(scalar_rm, tiny_model_dir):
+    from distalign.models.reward_model import build_reward_model, saved_head
+
+    saved = saved_head(scalar_rm["scalar"])
+    assert saved.shape[0] == 1 and saved_head(tiny_model_dir) is None  # a causal LM has none
+    torch.manual_seed(0)
+    model, _ = build_reward_model(str(scalar_rm["scalar"]), "mixture", n_components=3)
+    weight = model.score.weight.detach()
+    assert weight.shape == (3, saved.shape[1])
+    rms = saved.pow(2).mean().sqrt()
+    noise = weight - saved  # each component = the scalar head + noise of 0.1 × its RMS
+    assert float(noise.pow(2).mean().sqrt()) == pytest.approx(float(0.1 * rms), rel=0.2)
+    assert not torch.equal(weight[0], weight[1])  # the components can part
+
+
+def test_training_goes_on_from_a_reward_models_own_head(scalar_rm, tiny_model_dir):
+    from distalign.models.reward_model import build_reward_model, saved_head
+
+    for head, kw in (("scalar", {}), ("categorical", {"n_bins": 5})):
+        model, _ = build_reward_model(str(scalar_rm[head]), head, **kw)
+        assert torch.equal(model.score.weight.detach(), saved_head(scalar_rm[head]))
+    # a head of another kind or size is replaced by a new, small one
+    model, _ = build_reward_model(str(scalar_rm["categorical"]), "ordinal")
+    assert model.score.weight.shape[0] == 2
+    model, _ = build_reward_model(str(scalar_rm["scalar"]), "categorical", n_bins=7)
+    assert model.score.weight.shape[0] == 7 and model.score.weight.abs().max() < 1
+
+
+def test_rm_train_warm_starts_a_mixture_and_it_reloads(scalar_rm, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from distalign.rm.train import RMTrainConfig, run
+
+    data = scalar_rm["scalar"].parent.parent / "pairs"
+    cfg = RMTrainConfig(
+        model_name_or_path=str(scalar_rm["scalar"]), dataset_name=str(data), head="mixture",
+        n_components=2, max_steps=1, max_length=64, max_prompt_length=32, report_to="none",
+        output_dir=str(tmp_path / "rm"),
+    )  # fmt: skip
+    run(cfg)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "final")
+    assert model.config.num_labels == 2 and model.score.weight.shape[0] == 2

@@ -19,6 +19,7 @@ pick the same token, and a plain ``AutoModelForSequenceClassification`` call giv
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from distalign.models.load import (
     resolve_model,
     unwrap,
 )
+
+log = logging.getLogger(__name__)
 
 META_FILE = "distalign_rm.json"
 HEADS = ("scalar", "categorical", "ordinal", "mixture")
@@ -77,26 +80,70 @@ def build_reward_model(
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
 ):
-    """A fresh reward model on a causal-LM backbone (alias, folder or hub id) + its tokenizer,
-    on the CPU (the training loop places it)."""
+    """A reward model to train on a backbone (alias, folder or hub id) + its tokenizer, on the
+    CPU (the training loop places it).
+
+    The head: a causal LM gets a new one, small so that the first rewards are near 0. A reward
+    model as the backbone keeps its head when it is of the asked kind and size (training
+    goes on from it). A scalar reward model under ``head="mixture"`` warm-starts the mixture:
+    each component begins at its scalar head, plus noise of 0.1 × the head's RMS so that the
+    components can part; this is the one-component fit the mixture likelihood then improves
+    on. Any other head is replaced by a new one (logged)."""
     _, kwargs = _load_settings(None, dtype, attn_implementation, trust_remote_code)
     tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code)
     tokenizer.pad_token = distinct_pad_token(tokenizer)
+    path = resolve_model(backbone)
+    saved = saved_head(path)
     model = _from_pretrained(
         AutoModelForSequenceClassification,
-        resolve_model(backbone),
+        path,
         new_weights=("score.",),
         num_labels=head_outputs(head, n_bins, n_components),
+        ignore_mismatched_sizes=saved is not None,
         **kwargs,
     )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
-    # a small head: initial rewards near 0, so the first steps are not dominated by noise
+    weight = unwrap(model).score.weight
+    saved_kind = None
+    if saved is not None:  # a plain Hugging Face reward model with 1 label is a scalar one
+        meta = Path(path) / META_FILE
+        plain = "scalar" if saved.shape[0] == 1 else f"{saved.shape[0]}-output"
+        saved_kind = read_meta(path).get("head", plain) if meta.is_file() else plain
     with torch.no_grad():
-        head_module = unwrap(model).score
-        head_module.weight.normal_(0.0, 1.0 / (model.config.hidden_size + 1) ** 0.5)
+        if saved_kind == head and saved.shape == weight.shape:
+            weight.copy_(saved)
+            log.info("%s: training goes on from its %s head", path, head)
+        elif head == "mixture" and saved_kind == "scalar" and saved.shape[0] == 1:
+            row = saved[0].to(weight.dtype)
+            noise = torch.randn_like(weight) * 0.1 * row.pow(2).mean().sqrt()
+            weight.copy_(row + noise)
+            log.info("%s: %d mixture components start from its scalar head", path, len(weight))
+        else:
+            if saved is not None:
+                log.info("%s: its %s head is replaced by a new %s head", path, saved_kind, head)
+            weight.normal_(0.0, 1.0 / (model.config.hidden_size + 1) ** 0.5)
     return model, tokenizer
+
+
+def saved_head(path: str | Path) -> torch.Tensor | None:
+    """The ``score.weight`` of a sequence-classification checkpoint folder (one safetensors
+    file or an index of shards), or None when the folder has none (a causal LM, a hub id)."""
+    from safetensors import safe_open
+
+    folder = Path(path)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shard = json.loads(index.read_text(encoding="utf-8"))["weight_map"].get("score.weight")
+        file = folder / shard if shard else None
+    else:
+        file = folder / "model.safetensors"
+    if file is None or not file.is_file():
+        return None
+    with safe_open(str(file), framework="pt") as f:
+        names = f.keys()
+        return f.get_tensor("score.weight") if "score.weight" in names else None
 
 
 class PairScorer(torch.nn.Module):
