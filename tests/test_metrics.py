@@ -187,6 +187,27 @@ def test_bootstrap_auroc_interval():
     assert all(math.isnan(v) for v in bootstrap_auroc_interval([], [], n=50))
 
 
+def test_paired_auroc_difference():
+    from distalign.metrics import auroc, paired_auroc_difference
+
+    rng = np.random.default_rng(1)
+    labels = rng.random(300) < 0.4
+    good, noise = labels + rng.normal(0, 0.8, 300), rng.normal(0, 1, 300)
+    same = paired_auroc_difference(good, good, labels, n=200)
+    assert same == {"difference": 0.0, "lo": 0.0, "hi": 0.0, "p_not_above": 1.0}
+    out = paired_auroc_difference(good, noise, labels, n=500)
+    assert out["difference"] == pytest.approx(auroc(good, labels) - auroc(noise, labels))
+    assert 0 < out["lo"] < out["difference"] < out["hi"] and out["p_not_above"] == 0.0
+    # one resample, drawn as the function draws it, is the difference on that resample
+    idx = np.random.default_rng(0).integers(0, 300, size=(1, 300))[0]
+    one = paired_auroc_difference(good, noise, labels, n=1, seed=0, level=0.0)
+    assert one["lo"] == pytest.approx(
+        auroc(good[idx], labels[idx]) - auroc(noise[idx], labels[idx])
+    )
+    with pytest.raises(ValueError, match="units"):
+        paired_auroc_difference(good, noise[:5], labels)
+
+
 def test_contested_detection_by_hand():
     from distalign.metrics import contested_detection
 

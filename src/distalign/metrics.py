@@ -341,6 +341,17 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(_auroc_from_counts(pos, neg))
 
 
+def _resampled_aurocs(scores: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """AUROC of each resample ``idx`` (n, N) of the units, (n,); NaN for a one-class one."""
+    _, lvl = np.unique(scores, return_inverse=True)
+    lvl = lvl.reshape(-1)
+    k, n = int(lvl.max()) + 1, len(idx)
+    cell = (np.arange(n)[:, None] * k + lvl[idx]).ravel()  # (n·N,) resample × score level
+    pos = np.bincount(cell, weights=labels[idx].ravel(), minlength=n * k).reshape(n, k)
+    neg = np.bincount(cell, weights=~labels[idx].ravel(), minlength=n * k).reshape(n, k)
+    return _auroc_from_counts(pos, neg)
+
+
 def bootstrap_auroc_interval(
     scores: np.ndarray, labels: np.ndarray, n: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
@@ -350,20 +361,67 @@ def bootstrap_auroc_interval(
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
     if len(scores) == 0:
         return float("nan"), float("nan")
-    _, lvl = np.unique(scores, return_inverse=True)
-    lvl = lvl.reshape(-1)
-    k = int(lvl.max()) + 1
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(scores), size=(n, len(scores)))  # (n, N)
-    cell = (np.arange(n)[:, None] * k + lvl[idx]).ravel()  # (n·N,) resample × score level
-    pos = np.bincount(cell, weights=labels[idx].ravel(), minlength=n * k).reshape(n, k)
-    neg = np.bincount(cell, weights=~labels[idx].ravel(), minlength=n * k).reshape(n, k)
-    areas = _auroc_from_counts(pos, neg)  # (n,)
+    idx = np.random.default_rng(seed).integers(0, len(scores), size=(n, len(scores)))  # (n, N)
+    areas = _resampled_aurocs(scores, labels, idx)
     areas = areas[~np.isnan(areas)]
     if not len(areas):
         return float("nan"), float("nan")
     lo, hi = np.quantile(areas, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
+
+
+def paired_auroc_difference(
+    a: np.ndarray,
+    b: np.ndarray,
+    labels: np.ndarray,
+    n: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """AUROC(a) − AUROC(b) for two scores of the same N units, with a paired percentile
+    bootstrap interval (each resample of units scores both, so what the two share cancels)
+    and the share of resamples in which a does not beat b (a one-sided bootstrap p-value).
+
+    Returns ``difference``, ``lo``, ``hi`` and ``p_not_above``; NaN where no AUROC exists."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    if not (len(a) == len(b) == len(labels)):
+        raise ValueError(f"scores of {len(a)} and {len(b)} units, {len(labels)} labels")
+    nan = {"difference": float("nan"), "lo": float("nan"), "hi": float("nan"),
+           "p_not_above": float("nan")}  # fmt: skip
+    if len(a) == 0:
+        return nan
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n, len(a)))
+    diff = _resampled_aurocs(a, labels, idx) - _resampled_aurocs(b, labels, idx)
+    diff = diff[~np.isnan(diff)]
+    if not len(diff):
+        return nan
+    lo, hi = np.quantile(diff, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"difference": auroc(a, labels) - auroc(b, labels), "lo": float(lo),
+            "hi": float(hi), "p_not_above": float((diff <= 0).mean())}  # fmt: skip
+
+
+def contested_scores(
+    margin: np.ndarray, spread: np.ndarray | None = None, components: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The per-pair scores ``contested_detection`` ranks pairs by (higher: more likely
+    contested), (N,) each: ``margin`` −|Δ|, ``spread`` σ and ``ratio`` −|Δ|/σ (with a spread),
+    and ``detector``, the head's own: opposite leanings with ``components`` (N, K), else
+    −|Δ|/σ, else −|Δ|."""
+    margin = np.asarray(margin, dtype=np.float64)
+    scores = {"margin": -np.abs(margin)}
+    scores["detector"] = scores["margin"]
+    if spread is not None:
+        spread = np.asarray(spread, dtype=np.float64)
+        scores["spread"] = spread
+        # a zero spread (one-bin mass) makes any margin infinitely sure; tiny floor avoids 0/0
+        scores["detector"] = -np.abs(margin) / np.maximum(spread, 1e-12)
+    if components is not None:
+        if len(components) != len(margin):
+            raise ValueError(f"{len(components)} pairs of component margins, {len(margin)} scored")
+        scores["ratio"] = scores["detector"]
+        scores["detector"] = opposite_leanings(components)
+    return scores
 
 
 def contested_detection(
@@ -401,23 +459,11 @@ def contested_detection(
     ``contested_detector`` naming the detector. AUROCs are NaN when no pair (or every pair) is
     contested."""
     flags = contested(p_by_group)
-    margin = np.asarray(margin, dtype=np.float64)
     if len(flags) != len(margin):
         raise ValueError(f"{len(flags)} pairs with group probabilities, {len(margin)} scored")
-    scores = {"margin": -np.abs(margin)}
-    if spread is not None:
-        spread = np.asarray(spread, dtype=np.float64)
-        scores["spread"] = spread
-        # a zero spread (one-bin mass) makes any margin infinitely sure; tiny floor avoids 0/0
-        scores["detector"] = -np.abs(margin) / np.maximum(spread, 1e-12)
-    else:
-        scores["detector"] = scores["margin"]
+    scores = contested_scores(margin, spread, components)
     detector = "-|margin|/spread" if spread is not None else "-|margin|"
     if components is not None:
-        if len(components) != len(margin):
-            raise ValueError(f"{len(components)} pairs of component margins, {len(margin)} scored")
-        scores["ratio"] = scores["detector"]
-        scores["detector"] = opposite_leanings(components)
         detector = "opposite leanings of the components"
     out: dict[str, object] = {
         "contested_share": float(flags.mean()) if len(flags) else float("nan"),

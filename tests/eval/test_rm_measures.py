@@ -139,6 +139,39 @@ def test_run_rm_eval_writes_contested_keys_only_with_group_probabilities(tiny_rm
         output=str(tmp_path / "p.json"),
     )  # fmt: skip
     assert not any(k.startswith("contested") for k in plain)
+    assert "pair_scores" not in plain and not (tmp_path / "p_pairs.csv").exists()
+
+
+def test_rm_eval_writes_pair_scores_that_compare_two_reward_models(tiny_rms, tmp_path):
+    from distalign.eval.rm import compare_contested, read_pair_scores, run_rm_eval
+    from distalign.metrics import auroc
+
+    write_jsonl(tmp_path / "test.jsonl", handmade_rows())
+    files = {}
+    for head in ("scalar", "categorical"):
+        result = run_rm_eval(str(tiny_rms[head]), str(tmp_path), "test", max_length=64,
+                             output=str(tmp_path / f"{head}.json"))  # fmt: skip
+        files[head] = tmp_path / f"{head}_pairs.csv"
+        assert result["pair_scores"] == str(files[head])
+        table = read_pair_scores(files[head])
+        assert len(table["margin"]) == 6
+        np.testing.assert_array_equal(table["contested"].astype(bool), CONTESTED)
+        # the file's contested score is the head's own detector: its AUROC is the reported one
+        assert auroc(table["contested_score"], table["contested"]) == pytest.approx(
+            result["contested_auroc"]
+        )
+    same = compare_contested(files["scalar"], files["scalar"], n=100)
+    assert same["difference"] == 0.0 and same["p_not_above"] == 1.0
+    both = compare_contested(files["categorical"], files["scalar"], n=100)
+    a, b = (read_pair_scores(files[h]) for h in ("categorical", "scalar"))
+    flags = a["contested"]
+    assert both["difference"] == pytest.approx(
+        auroc(a["contested_score"], flags) - auroc(b["contested_score"], flags)
+    )
+    other = tmp_path / "other.csv"
+    other.write_text("pair,margin,contested_score,contested\n0,1.0,0.5,1\n")
+    with pytest.raises(ValueError, match="same pairs"):
+        compare_contested(files["scalar"], other)
 
 
 # --- spread of distinct replies vs the annotators' disagreement (gold.truth) ---------------

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from distalign.metrics import (
+    contested,
     contested_detection,
+    contested_scores,
     distribution_summary,
     mixture_summary,
     reward_summary,
@@ -104,6 +106,13 @@ def evaluate_reward_model(
         result |= contested_detection(
             margin, spread, p_by_group, n_bootstrap, components=components
         )
+        if outputs is not None:  # per pair, to compare reward models on the same pairs
+            scores = contested_scores(margin, spread, components)
+            outputs["pair_scores"] = {
+                "margin": margin,
+                "contested_score": scores["detector"],
+                "contested": contested(p_by_group),
+            }
     return result
 
 
@@ -256,6 +265,49 @@ def save_eval(result: dict, outputs: dict, path: Path) -> dict:
             spread_png = Path(str(path.with_suffix("")) + "_spread.png")
             spread_png.write_bytes(png)
             result["plot_spread"] = str(spread_png)
+    if "pair_scores" in outputs:
+        pairs = Path(str(path.with_suffix("")) + "_pairs.csv")
+        write_pair_scores(outputs["pair_scores"], pairs)
+        result["pair_scores"] = str(pairs)
     path.write_text(json.dumps(result, indent=2) + "\n")
     result["written_to"] = str(path)
     return result
+
+
+def write_pair_scores(columns: dict[str, np.ndarray], path: Path) -> None:
+    """One row per scored pair, in the data set's order: its margin, its contested score
+    (the head's own detector, higher = more likely contested) and whether it is contested.
+    ``compare_contested`` reads two such files."""
+    import csv
+
+    names = list(columns)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["pair", *names])
+        for i, row in enumerate(zip(*(columns[n] for n in names), strict=True)):
+            out.writerow([i, *(int(v) if isinstance(v, np.bool_) else repr(float(v)) for v in row)])
+
+
+def read_pair_scores(path: str | Path) -> dict[str, np.ndarray]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{path}: no pairs")
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0] if k != "pair"}
+
+
+def compare_contested(a: str | Path, b: str | Path, n: int = 2000) -> dict[str, float]:
+    """Does reward model A flag contested pairs better than B? Two ``…_pairs.csv`` files of the
+    same pairs (``rm eval`` writes one beside its JSON); ``metrics.paired_auroc_difference``
+    of their contested scores: AUROC(A) − AUROC(B), paired bootstrap interval, and the share
+    of resamples in which A does not beat B."""
+    from distalign.metrics import paired_auroc_difference
+
+    sa, sb = read_pair_scores(a), read_pair_scores(b)
+    if len(sa["contested"]) != len(sb["contested"]) or (sa["contested"] != sb["contested"]).any():
+        raise ValueError(f"{a} and {b} do not score the same pairs")
+    return paired_auroc_difference(
+        sa["contested_score"], sb["contested_score"], sa["contested"].astype(bool), n
+    )
