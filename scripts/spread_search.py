@@ -271,8 +271,25 @@ def symmetric_ece(p_chosen: np.ndarray) -> float:
     return expected_calibration_error(both, torch.cat([torch.ones_like(p), torch.zeros_like(p)]))
 
 
-def measure(setting, net, x, test, truth, n_bins: int) -> dict:
-    from distalign.metrics import contested_detection
+def measure(setting, net, x, test, truth, n_bins: int, init=None) -> dict:
+    """Accuracy, ECE, contested detection and spread measures on the test pairs; with
+    ``init`` (the backbone's own scalar head) also the paired AUROC difference of the head's
+    contested detector against that scalar reward model's −|margin| (``vs_scalar_*``)."""
+    result = _measure(setting, net, x, test, truth, n_bins)
+    if init is not None and setting["head"] != "scalar":
+        from distalign.metrics import contested, paired_auroc_difference
+
+        c, r, groups, _ = test
+        with torch.no_grad():
+            base = -(x[c] @ init - x[r] @ init).abs().double().numpy()
+        diff = paired_auroc_difference(result.pop("_detector"), base, contested(groups), 1000)
+        result |= {f"vs_scalar_{k}": v for k, v in diff.items()}
+    result.pop("_detector", None)
+    return result
+
+
+def _measure(setting, net, x, test, truth, n_bins: int) -> dict:
+    from distalign.metrics import contested_detection, contested_scores
 
     c, r, groups, _ = test
     with torch.no_grad():
@@ -295,7 +312,9 @@ def measure(setting, net, x, test, truth, n_bins: int) -> dict:
     if setting["head"] == "mixture":
         return result | mixture_measures(out, test, test_replies, truth)
     sd = sd.double().numpy()
-    result |= contested_detection(margin, np.sqrt(sd[c] ** 2 + sd[r] ** 2), groups, 1000)
+    spread = np.sqrt(sd[c] ** 2 + sd[r] ** 2)
+    result |= contested_detection(margin, spread, groups, 1000)
+    result["_detector"] = contested_scores(margin, spread)["detector"]
     return result | spread_keys(sd[test_replies], truth, test_replies)
 
 
@@ -316,7 +335,14 @@ def mixture_measures(out, test, test_replies, truth) -> dict:
     contested detector is ``metrics.opposite_leanings`` of the component margins (it weighs
     components equally, learned shares or not). Also the AUROC of the predicted group gap
     |σ(d_1) − σ(d_2)| (diagnostic)."""
-    from distalign.metrics import auroc, centred_spread, contested, contested_detection, group_gap
+    from distalign.metrics import (
+        auroc,
+        centred_spread,
+        contested,
+        contested_detection,
+        group_gap,
+        opposite_leanings,
+    )
 
     c, r, groups, _ = test
     k = out.shape[1] // 2
@@ -325,6 +351,7 @@ def mixture_measures(out, test, test_replies, truth) -> dict:
     d_mean = (d * pi).sum(-1)
     d_std = np.sqrt((pi * (d - d_mean[:, None]) ** 2).sum(-1))
     result = contested_detection(d_mean, d_std, groups, 1000, components=d)
+    result["_detector"] = opposite_leanings(d)
     result["contested_auroc_gap"] = auroc(group_gap(1 / (1 + np.exp(-d))), contested(groups))
     comps = out[test_replies, :k].double().numpy().T  # (K, R)
     predicted = centred_spread(comps, truth["prompt_ids"][test_replies], pi)
@@ -400,7 +427,7 @@ def search(args) -> None:
         t0 = time.perf_counter()
         for seed in range(args.seeds):
             net = fit(setting, x, train[:2], seed, args.n_bins, args.epochs, init)
-            per_seed.append(measure(setting, net, x, test, truth, args.n_bins))
+            per_seed.append(measure(setting, net, x, test, truth, args.n_bins, init))
         keys_ = [k for k, v in per_seed[0].items() if isinstance(v, float)]
         mean = {k: float(np.mean([m[k] for m in per_seed])) for k in keys_}
         results[name] = {"setting": setting, "mean": mean, "seeds": per_seed}
@@ -414,7 +441,8 @@ def search(args) -> None:
               f"gap {get('contested_auroc_gap'):.3f})  "
               f"ρ centred {get('spread_spearman_centred'):+.3f} | length "
               f"{get('spread_partial_centred_given_length'):+.3f}  ρ raw "
-              f"{get('spread_spearman_raw'):+.3f}"
+              f"{get('spread_spearman_raw'):+.3f}  vs scalar RM {get('vs_scalar_difference'):+.3f} "
+              f"[{get('vs_scalar_lo'):+.3f}, {get('vs_scalar_hi'):+.3f}]"
               + f"  [{time.perf_counter() - t0:.0f} s]",
               flush=True)  # fmt: skip
     out = Path(args.out)
