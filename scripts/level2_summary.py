@@ -37,6 +37,8 @@ RM_KEYS = [
     ("contested_auroc_margin", "… by margin alone"),
     ("contested_auroc_spread", "… by spread"),
     ("contested_auroc_ratio", "… by −|margin| / spread"),
+    ("vs_scalar", "contested AUROC − the scalar RM's, same pairs (paired)"),
+    ("vs_scalar_p", "share of resamples where it does not beat the scalar RM"),
     ("spread_spearman_centred", "ρ(std, centred)"),
     ("spread_spearman_raw", "ρ(std, raw)"),
     ("spread_partial_centred_given_length", "ρ centred, given length"),
@@ -55,14 +57,22 @@ def fmt(v, digits: int = 3) -> str:
 
 def rm_rows(runs: Path) -> dict[str, dict]:
     """Each reward model's latest evaluation of its final model on the test pairs (``rm eval``
-    rewrites it), and its training time when it was trained end to end."""
+    rewrites it), its training time when it was trained end to end, and, where both wrote
+    per-pair scores, its contested detector against the scalar RM's on the same pairs
+    (``eval.rm.compare_contested``: ``vs_scalar``, its ``…_ci95`` and ``vs_scalar_p``)."""
+    from distalign.eval.rm import compare_contested
+
     folders = {
         "scalar": "rm_scalar/final",
+        "scalar, 2 epochs": "rm_scalar_2ep/final",
         "ordinal": "rm_ordinal/final",
         "mixture": "rm_mixture/final",
         "mixture, frozen backbone": "rm_mixture_frozen",
+        "mixture, warm start": "rm_mixture_warm",
+        "mixture, warm start (2-epoch backbone)": "rm_mixture_warm_2ep",
     }
     out = {}
+    baseline = runs / folders["scalar"] / "eval_gold_test_pairs.csv"
     for name, folder in folders.items():
         path = runs / folder / "eval_gold_test.json"
         if path.is_file():
@@ -70,6 +80,11 @@ def rm_rows(runs: Path) -> dict[str, dict]:
             seconds = json.loads(summary.read_text()).get("train_seconds") if (
                 folder.endswith("/final") and summary.is_file()) else None  # fmt: skip
             out[name] = json.loads(path.read_text()) | {"train_seconds": seconds}
+            pairs = path.with_name(path.stem + "_pairs.csv")
+            if name != "scalar" and pairs.is_file() and baseline.is_file():
+                d = compare_contested(pairs, baseline)
+                out[name] |= {"vs_scalar": d["difference"], "vs_scalar_ci95": [d["lo"], d["hi"]],
+                              "vs_scalar_p": d["p_not_above"]}  # fmt: skip
     return out
 
 
@@ -219,13 +234,16 @@ def search_markdown(path: Path) -> str:
         lines.append(f"Probe fitted on the truth (ridge α {p['ridge_alpha']:g}, a diagnostic): "
                      f"ρ centred on test {fmt(p['spearman_centred_test'])}.  ")  # fmt: skip
     lines += ["", *table_head("setting", "accuracy", "ECE", "contested AUROC", "… by margin alone",
-                               "ρ(std, centred)", "ρ centred, given length",
-                               "ρ(std, raw)")]  # fmt: skip
+                               "AUROC − scalar RM's, paired (seed 0's CI)", "ρ(std, centred)",
+                               "ρ centred, given length", "ρ(std, raw)")]  # fmt: skip
     for name, r in data["results"].items():
-        m = r["mean"]
+        m, s0 = r["mean"], r["seeds"][0]
+        paired = (f"{fmt(m['vs_scalar_difference'])} "
+                  f"{fmt([s0['vs_scalar_lo'], s0['vs_scalar_hi']])}"
+                  if "vs_scalar_difference" in s0 else "–")  # fmt: skip
         lines.append(table_row(name, *(fmt(m.get(k)) for k in (
-            "accuracy", "ece", "contested_auroc", "contested_auroc_margin",
-            "spread_spearman_centred",
+            "accuracy", "ece", "contested_auroc", "contested_auroc_margin")), paired,
+            *(fmt(m.get(k)) for k in ("spread_spearman_centred",
             "spread_partial_centred_given_length", "spread_spearman_raw"))))  # fmt: skip
     return "\n".join(lines) + "\n"
 
