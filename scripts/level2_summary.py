@@ -234,12 +234,14 @@ def search_markdown(path: Path) -> str:
         lines.append(f"Probe fitted on the truth (ridge α {p['ridge_alpha']:g}, a diagnostic): "
                      f"ρ centred on test {fmt(p['spearman_centred_test'])}.  ")  # fmt: skip
     lines += ["", *table_head("setting", "accuracy", "ECE", "contested AUROC", "… by margin alone",
-                               "AUROC − scalar RM's, paired (seed 0's CI)", "ρ(std, centred)",
-                               "ρ centred, given length", "ρ(std, raw)")]  # fmt: skip
+                               "AUROC − the scalar RM's, same pairs: mean (each seed)",
+                               "ρ(std, centred)", "ρ centred, given length",
+                               "ρ(std, raw)")]  # fmt: skip
     for name, r in data["results"].items():
         m, s0 = r["mean"], r["seeds"][0]
-        paired = (f"{fmt(m['vs_scalar_difference'])} "
-                  f"{fmt([s0['vs_scalar_lo'], s0['vs_scalar_hi']])}"
+        each = ", ".join(fmt(x.get("vs_scalar_difference")) for x in r["seeds"])
+        paired = (f"{fmt(m['vs_scalar_difference'])} ({each}; seed 0's 95% CI "
+                  f"{fmt([s0['vs_scalar_lo'], s0['vs_scalar_hi']])})"
                   if "vs_scalar_difference" in s0 else "–")  # fmt: skip
         lines.append(table_row(name, *(fmt(m.get(k)) for k in (
             "accuracy", "ece", "contested_auroc", "contested_auroc_margin")), paired,
