@@ -72,7 +72,7 @@ def rm_rows(runs: Path) -> dict[str, dict]:
         "mixture, warm start (2-epoch backbone)": "rm_mixture_warm_2ep",
     }
     out = {}
-    baseline = runs / folders["scalar"] / "eval_gold_test_pairs.csv"
+    baseline = runs / folders["scalar"] / "eval_gold_test_pair_scores.csv"
     for name, folder in folders.items():
         path = runs / folder / "eval_gold_test.json"
         if path.is_file():
@@ -80,7 +80,7 @@ def rm_rows(runs: Path) -> dict[str, dict]:
             seconds = json.loads(summary.read_text()).get("train_seconds") if (
                 folder.endswith("/final") and summary.is_file()) else None  # fmt: skip
             out[name] = json.loads(path.read_text()) | {"train_seconds": seconds}
-            pairs = path.with_name(path.stem + "_pairs.csv")
+            pairs = path.with_name(path.stem + "_pair_scores.csv")
             if name != "scalar" and pairs.is_file() and baseline.is_file():
                 d = compare_contested(pairs, baseline)
                 out[name] |= {"vs_scalar": d["difference"], "vs_scalar_ci95": [d["lo"], d["hi"]],

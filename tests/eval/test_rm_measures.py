@@ -139,7 +139,7 @@ def test_run_rm_eval_writes_contested_keys_only_with_group_probabilities(tiny_rm
         output=str(tmp_path / "p.json"),
     )  # fmt: skip
     assert not any(k.startswith("contested") for k in plain)
-    assert "pair_scores" not in plain and not (tmp_path / "p_pairs.csv").exists()
+    assert "pair_scores" not in plain and not (tmp_path / "p_pair_scores.csv").exists()
 
 
 def test_rm_eval_writes_pair_scores_that_compare_two_reward_models(tiny_rms, tmp_path):
@@ -151,7 +151,7 @@ def test_rm_eval_writes_pair_scores_that_compare_two_reward_models(tiny_rms, tmp
     for head in ("scalar", "categorical"):
         result = run_rm_eval(str(tiny_rms[head]), str(tmp_path), "test", max_length=64,
                              output=str(tmp_path / f"{head}.json"))  # fmt: skip
-        files[head] = tmp_path / f"{head}_pairs.csv"
+        files[head] = tmp_path / f"{head}_pair_scores.csv"
         assert result["pair_scores"] == str(files[head])
         table = read_pair_scores(files[head])
         assert len(table["margin"]) == 6

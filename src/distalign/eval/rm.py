@@ -266,7 +266,7 @@ def save_eval(result: dict, outputs: dict, path: Path) -> dict:
             spread_png.write_bytes(png)
             result["plot_spread"] = str(spread_png)
     if "pair_scores" in outputs:
-        pairs = Path(str(path.with_suffix("")) + "_pairs.csv")
+        pairs = Path(str(path.with_suffix("")) + "_pair_scores.csv")
         write_pair_scores(outputs["pair_scores"], pairs)
         result["pair_scores"] = str(pairs)
     path.write_text(json.dumps(result, indent=2) + "\n")
@@ -299,8 +299,8 @@ def read_pair_scores(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def compare_contested(a: str | Path, b: str | Path, n: int = 2000) -> dict[str, float]:
-    """Does reward model A flag contested pairs better than B? Two ``…_pairs.csv`` files of the
-    same pairs (``rm eval`` writes one beside its JSON); ``metrics.paired_auroc_difference``
+    """Does reward model A flag contested pairs better than B? Two ``…_pair_scores.csv`` files
+    of the same pairs (``rm eval`` writes one beside its JSON); ``metrics.paired_auroc_difference``
     of their contested scores: AUROC(A) − AUROC(B), paired bootstrap interval, and the share
     of resamples in which A does not beat B."""
     from distalign.metrics import paired_auroc_difference
