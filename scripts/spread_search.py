@@ -191,13 +191,14 @@ def loss_of(setting: dict, out_w, out_l, n_bins: int) -> torch.Tensor:
     return loss
 
 
-def scalar_head(model: str, scale: torch.Tensor) -> torch.Tensor:
-    """The reward model's own scalar head (576,), on features divided by ``scale``."""
-    from safetensors.torch import load_file
+def scalar_head(model: str, scale: torch.Tensor) -> torch.Tensor | None:
+    """The reward model's own scalar head (H,), on features divided by ``scale``; None when
+    the backbone is not a scalar reward model."""
+    from distalign.models.reward_model import saved_head
 
-    weight = load_file(str(Path(model) / "model.safetensors"))["score.weight"]
-    if weight.shape[0] != 1:
-        raise SystemExit(f"warm start needs a scalar reward model, {model} has {weight.shape[0]}")
+    weight = saved_head(model)
+    if weight is None or weight.shape[0] != 1:
+        return None
     return weight[0].float() * scale
 
 
@@ -386,11 +387,7 @@ def prepared(features: str):
     train, test = pair_table("train", index), pair_table("test", index)
     train_idx = np.unique(np.concatenate(train[:2]))
     scale = scale_of(x, train_idx)
-    try:
-        init = scalar_head(model, scale)
-    except (OSError, KeyError, SystemExit):
-        init = None
-    return x / scale, keys, train, test, model, init
+    return x / scale, keys, train, test, model, scalar_head(model, scale)
 
 
 def probe(x, truth, train, test, alpha: float = 10.0) -> dict:
@@ -423,6 +420,9 @@ def search(args) -> None:
     names = args.only or list(SETTINGS)
     for name in names:
         setting = SETTINGS[name]
+        if setting.get("warm_start") and init is None:
+            print(f"{name:30} skipped: {model} is not a scalar reward model to warm-start from")
+            continue
         per_seed = []
         t0 = time.perf_counter()
         for seed in range(args.seeds):
@@ -462,10 +462,12 @@ def save(args) -> None:
                          "scalar, or a mixture with equal shares)")  # fmt: skip
     if setting["head"] == "mixture" and not setting.get("fixed_shares"):
         raise SystemExit("a distalign mixture head has equal shares: pick a *_uniform setting")
-    x, _, train, _, _, init = prepared(args.features)
+    x, _, train, _, model, init = prepared(args.features)
     raw, *_ = load_features(args.features)
     train_idx = np.unique(np.concatenate(train[:2]))
     scale = scale_of(raw, train_idx)
+    if setting.get("warm_start") and init is None:
+        raise SystemExit(f"{args.setting} warm-starts from a scalar reward model: {model} is not")
     net = fit(setting, x, train[:2], 0, args.n_bins, args.epochs, init)
     model, tokenizer, meta = load_reward_model(args.model, device="cpu")
     if setting["head"] == "mixture":  # its K reward columns (the inner layer's last is unused)

@@ -271,14 +271,33 @@ def test_training_goes_on_from_a_reward_models_own_head(scalar_rm, tiny_model_di
 def test_rm_train_warm_starts_a_mixture_and_it_reloads(scalar_rm, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
+    from distalign.models.reward_model import load_reward_model, saved_head
     from distalign.rm.train import RMTrainConfig, run
 
     data = scalar_rm["scalar"].parent.parent / "pairs"
-    cfg = RMTrainConfig(
-        model_name_or_path=str(scalar_rm["scalar"]), dataset_name=str(data), head="mixture",
-        n_components=2, max_steps=1, max_length=64, max_prompt_length=32, report_to="none",
-        output_dir=str(tmp_path / "rm"),
-    )  # fmt: skip
-    run(cfg)
-    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "final")
-    assert model.config.num_labels == 2 and model.score.weight.shape[0] == 2
+    head = saved_head(scalar_rm["scalar"])[0]
+    for peft in (False, True):
+        out = tmp_path / f"rm_{peft}"
+        cfg = RMTrainConfig(
+            model_name_or_path=str(scalar_rm["scalar"]), dataset_name=str(data), head="mixture",
+            n_components=2, max_steps=1, max_length=64, max_prompt_length=32, report_to="none",
+            output_dir=str(out), use_peft=peft,
+        )  # fmt: skip
+        run(cfg)
+        model, _, meta = load_reward_model(out / "final")  # LoRA: its base has 1 label
+        weight = model.score.weight if not peft else model.base_model.model.score.weight
+        assert meta["n_components"] == 2 and weight.shape[0] == 2
+        # each component still points where the scalar head did (a fresh head would not)
+        cos = torch.nn.functional.cosine_similarity(weight.detach(), head[None], dim=-1)
+        assert (cos > 0.9).all(), cos
+        if not peft:
+            plain = AutoModelForSequenceClassification.from_pretrained(out / "final")
+            assert plain.config.num_labels == 2
+
+
+def test_rm_train_refuses_a_lora_folder_as_its_backbone(tmp_path):
+    from distalign.models.reward_model import build_reward_model
+
+    (tmp_path / "adapter_config.json").write_text('{"base_model_name_or_path": "x"}')
+    with pytest.raises(ValueError, match="LoRA adapter: train from its base model"):
+        build_reward_model(str(tmp_path), "mixture")

@@ -380,7 +380,8 @@ def paired_auroc_difference(
 ) -> dict[str, float]:
     """AUROC(a) − AUROC(b) for two scores of the same N units, with a paired percentile
     bootstrap interval (each resample of units scores both, so what the two share cancels)
-    and the share of resamples in which a does not beat b (a one-sided bootstrap p-value).
+    and ``p_not_above``, the share of resamples in which a does not beat b: a bootstrap
+    share, not the p-value of a test, and 0 only means fewer than 1 in ``n``.
 
     Returns ``difference``, ``lo``, ``hi`` and ``p_not_above``; NaN where no AUROC exists."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -405,9 +406,9 @@ def contested_scores(
     margin: np.ndarray, spread: np.ndarray | None = None, components: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     """The per-pair scores ``contested_detection`` ranks pairs by (higher: more likely
-    contested), (N,) each: ``margin`` −|Δ|, ``spread`` σ and ``ratio`` −|Δ|/σ (with a spread),
-    and ``detector``, the head's own: opposite leanings with ``components`` (N, K), else
-    −|Δ|/σ, else −|Δ|."""
+    contested), (N,) each: ``margin`` −|Δ|, ``spread`` σ (with a spread), ``ratio`` −|Δ|/σ
+    (with a spread and components), and ``detector``, the head's own: opposite leanings with
+    ``components`` (N, K), else −|Δ|/σ with a spread, else −|Δ|."""
     margin = np.asarray(margin, dtype=np.float64)
     scores = {"margin": -np.abs(margin)}
     scores["detector"] = scores["margin"]
@@ -419,7 +420,8 @@ def contested_scores(
     if components is not None:
         if len(components) != len(margin):
             raise ValueError(f"{len(components)} pairs of component margins, {len(margin)} scored")
-        scores["ratio"] = scores["detector"]
+        if spread is not None:
+            scores["ratio"] = scores["detector"]
         scores["detector"] = opposite_leanings(components)
     return scores
 

@@ -109,11 +109,22 @@ def evaluate_reward_model(
         if outputs is not None:  # per pair, to compare reward models on the same pairs
             scores = contested_scores(margin, spread, components)
             outputs["pair_scores"] = {
+                "pair": pair_ids(loader, len(margin)),
                 "margin": margin,
                 "contested_score": scores["detector"],
                 "contested": contested(p_by_group),
             }
     return result
+
+
+def pair_ids(loader, n: int) -> np.ndarray:
+    """Each scored pair's row in its source file (the data set's ``source_row``), or 0..n−1
+    when the loader's data set does not carry it."""
+    try:
+        rows = np.asarray(loader.dataset["source_row"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return np.arange(n)
+    return rows if len(rows) == n else np.arange(n)
 
 
 def distribution_margin_spread(logp_w, logp_l) -> tuple[np.ndarray, np.ndarray]:
@@ -275,17 +286,19 @@ def save_eval(result: dict, outputs: dict, path: Path) -> dict:
 
 
 def write_pair_scores(columns: dict[str, np.ndarray], path: Path) -> None:
-    """One row per scored pair, in the data set's order: its margin, its contested score
-    (the head's own detector, higher = more likely contested) and whether it is contested.
-    ``compare_contested`` reads two such files."""
+    """One row per scored pair, in the data set's order: its source row (``pair``), its
+    margin, its contested score (the head's own detector, higher = more likely contested) and
+    whether it is contested. ``compare_contested`` reads two such files."""
     import csv
 
     names = list(columns)
     with open(path, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
-        out.writerow(["pair", *names])
-        for i, row in enumerate(zip(*(columns[n] for n in names), strict=True)):
-            out.writerow([i, *(int(v) if isinstance(v, np.bool_) else repr(float(v)) for v in row)])
+        out.writerow(names)
+        for row in zip(*(columns[n] for n in names), strict=True):
+            out.writerow(
+                [int(v) if isinstance(v, (np.bool_, np.integer)) else repr(float(v)) for v in row]
+            )
 
 
 def read_pair_scores(path: str | Path) -> dict[str, np.ndarray]:
@@ -295,7 +308,7 @@ def read_pair_scores(path: str | Path) -> dict[str, np.ndarray]:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{path}: no pairs")
-    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0] if k != "pair"}
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 
 def compare_contested(a: str | Path, b: str | Path, n: int = 2000) -> dict[str, float]:
@@ -306,7 +319,8 @@ def compare_contested(a: str | Path, b: str | Path, n: int = 2000) -> dict[str, 
     from distalign.metrics import paired_auroc_difference
 
     sa, sb = read_pair_scores(a), read_pair_scores(b)
-    if len(sa["contested"]) != len(sb["contested"]) or (sa["contested"] != sb["contested"]).any():
+    same = len(sa["pair"]) == len(sb["pair"]) and (sa["pair"] == sb["pair"]).all()
+    if not same or (sa["contested"] != sb["contested"]).any():
         raise ValueError(f"{a} and {b} do not score the same pairs")
     return paired_auroc_difference(
         sa["contested_score"], sb["contested_score"], sa["contested"].astype(bool), n

@@ -90,16 +90,23 @@ def build_reward_model(
     components can part; this is the one-component fit the mixture likelihood then improves
     on. Any other head is replaced by a new one (logged)."""
     _, kwargs = _load_settings(None, dtype, attn_implementation, trust_remote_code)
+    path = resolve_model(backbone)
+    folder = Path(path)
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        raise ValueError(
+            f"{path} is a LoRA adapter: train from its base model, or merge it first "
+            "(load_reward_model(path)[0].merge_and_unload().save_pretrained(folder), with the "
+            "tokenizer and distalign_rm.json beside it) and train from that folder"
+        )
     tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code)
     tokenizer.pad_token = distinct_pad_token(tokenizer)
-    path = resolve_model(backbone)
     saved = saved_head(path)
     model = _from_pretrained(
         AutoModelForSequenceClassification,
         path,
         new_weights=("score.",),
         num_labels=head_outputs(head, n_bins, n_components),
-        ignore_mismatched_sizes=saved is not None,
+        ignore_mismatched_sizes=True,  # a reward model's head of another size: handled below
         **kwargs,
     )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -128,18 +135,31 @@ def build_reward_model(
 
 
 def saved_head(path: str | Path) -> torch.Tensor | None:
-    """The ``score.weight`` of a sequence-classification checkpoint folder (one safetensors
-    file or an index of shards), or None when the folder has none (a causal LM, a hub id)."""
+    """The ``score.weight`` of a sequence-classification checkpoint (a folder or a hub id; one
+    safetensors file or an index of shards), or None when it has none (a causal LM)."""
     from safetensors import safe_open
+    from transformers.utils import cached_file
 
-    folder = Path(path)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shard = json.loads(index.read_text(encoding="utf-8"))["weight_map"].get("score.weight")
-        file = folder / shard if shard else None
+    def find(name: str) -> str | None:
+        try:
+            return cached_file(
+                str(path),
+                name,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
+        except OSError:  # not a folder nor a valid hub id: loading the model says so
+            return None
+
+    index = find("model.safetensors.index.json")
+    if index:
+        shard = json.loads(Path(index).read_text(encoding="utf-8"))["weight_map"].get(
+            "score.weight"
+        )
+        file = find(shard) if shard else None
     else:
-        file = folder / "model.safetensors"
-    if file is None or not file.is_file():
+        file = find("model.safetensors")
+    if not file:
         return None
     with safe_open(str(file), framework="pt") as f:
         names = f.keys()
@@ -276,6 +296,9 @@ def load_reward_model(
                 meta["head"], meta.get("n_bins", 10), meta.get("n_components", 2)
             ),
             pad_token_id=tokenizer.pad_token_id,
+            # a base that is itself a reward model may have another head size (a mixture
+            # warm-started from a scalar one); the adapter's head replaces it either way
+            ignore_mismatched_sizes=True,
             **kwargs,
         )
         if len(tokenizer) > base.get_input_embeddings().num_embeddings:
