@@ -182,7 +182,8 @@ def table_head(*names: str) -> list[str]:
 
 
 def table_row(*cells) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+    """A markdown table row; a "|" inside a cell (|margin|) is escaped."""
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
 def markdown(rms, table, peak, final) -> str:
