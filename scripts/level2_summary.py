@@ -69,7 +69,6 @@ def rm_rows(runs: Path) -> dict[str, dict]:
         "mixture": "rm_mixture/final",
         "mixture, frozen backbone": "rm_mixture_frozen",
         "mixture, warm start": "rm_mixture_warm",
-        "mixture, warm start, end to end": "rm_mixture_warm_e2e/final",
     }
     out = {}
     baseline = runs / folders["scalar"] / "eval_gold_test_pair_scores.csv"

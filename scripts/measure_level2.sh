@@ -43,13 +43,9 @@ stage runs/full/rm_mixture_warm rm_mixture_warm .venv/bin/python scripts/spread_
   --model runs/full/rm_scalar/final --out runs/full/rm_mixture_warm
 stage runs/full/rm_mixture_warm/eval_gold_test.json rm_mixture_warm_eval $DA rm eval \
   model_name_or_path=runs/full/rm_mixture_warm max_length=384
-# end to end, warm-started from the scalar RM: one more epoch of the backbone as a mixture,
-# against a second epoch of the scalar RM (the same backbone budget)
+# a second epoch of the scalar RM (the same schedule stretched over 600 steps)
 stage runs/full/rm_scalar_2ep/final rm_scalar_2ep $DA rm train configs/rm_scalar_full.yaml \
   num_train_epochs=2 eval_steps=300 output_dir=runs/full/rm_scalar_2ep
-stage runs/full/rm_mixture_warm_e2e/final rm_mixture_warm_e2e $DA rm train \
-  configs/rm_scalar_full.yaml model_name_or_path=runs/full/rm_scalar/final head=mixture \
-  n_components=2 output_dir=runs/full/rm_mixture_warm_e2e
 # evaluations written before rm eval wrote per-pair scores: rerun for the paired comparisons
 for rm in rm_scalar/final rm_ordinal/final rm_mixture/final rm_mixture_frozen; do
   stage "runs/full/$rm/eval_gold_test_pair_scores.csv" "eval_${rm%%/*}" $DA rm eval \
