@@ -14,10 +14,13 @@ FUSED_DEVICES = ("cpu", "cuda")
 
 
 def adamw(params, lr: float, weight_decay: float = 0.01, sharded: bool = False):
-    """AdamW over ``params`` (the trainable ones), fused when every one is a floating tensor
-    on a device with a fused kernel and the run is not sharded."""
+    """AdamW over ``params`` (the trainable tensors, or parameter groups as torch takes them),
+    fused when every one is a floating tensor on a device with a fused kernel and the run is
+    not sharded."""
     params = list(params)
+    tensors = [t for g in params for t in g["params"]] if params and isinstance(
+        params[0], dict) else params  # fmt: skip
     fused = not sharded and all(
-        p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params
+        p.device.type in FUSED_DEVICES and p.is_floating_point() for p in tensors
     )
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)

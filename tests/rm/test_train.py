@@ -217,3 +217,22 @@ def test_pairs_grouped_by_prompt_train_exactly_as_plain_rows(tiny_model_dir, tmp
     shared = run(config(tiny_model_dir, d, tmp_path / "a", prefix_sharing=True, **kw))
     plain = run(config(tiny_model_dir, d, tmp_path / "b", prefix_sharing=False, **kw))
     assert shared["margin"] == pytest.approx(plain["margin"], abs=1e-3)
+
+
+def test_head_learning_rate_gives_the_score_head_its_own_group(tiny_model_dir):
+    from distalign.models.reward_model import build_reward_model
+    from distalign.rm.train import RMTrainConfig, optimizer_and_schedule
+
+    model, _ = build_reward_model(str(tiny_model_dir), "mixture", n_components=2)
+    cfg = RMTrainConfig(learning_rate=1e-5, head_learning_rate=1e-2, report_to="none")
+    optimizer, scheduler, _ = optimizer_and_schedule(model, cfg, 64, 1)
+    body, head = optimizer.param_groups
+    ids = {id(p) for p in body["params"]}
+    assert [id(p) for p in head["params"]] == [id(model.score.weight)]
+    assert id(model.score.weight) not in ids
+    assert len(body["params"]) == sum(1 for p in model.parameters() if p.requires_grad) - 1
+    assert scheduler.base_lrs == [1e-5, 1e-2]  # one schedule scales both peaks
+    plain, _, _ = optimizer_and_schedule(model, RMTrainConfig(report_to="none"), 64, 1)
+    assert len(plain.param_groups) == 1
+    with pytest.raises(ValueError, match="head_learning_rate"):
+        RMTrainConfig(head_learning_rate=0.0, report_to="none")

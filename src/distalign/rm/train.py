@@ -141,6 +141,10 @@ class RMTrainConfig:
     """Micro-batches per optimizer step."""
     learning_rate: float = 1e-5
     """Peak learning rate (AdamW)."""
+    head_learning_rate: float | None = None
+    """Peak learning rate of the reward head (``score``) alone; None: ``learning_rate``. The
+    head is one linear layer on features the backbone already has: a mixture's components
+    part within an epoch only with a larger rate than the backbone's."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_ratio: float = 0.05
@@ -238,6 +242,10 @@ class RMTrainConfig:
             ),
             (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (
+                self.head_learning_rate is None or self.head_learning_rate > 0,
+                "head_learning_rate must be > 0 (or unset)",
+            ),
             (self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1"),
             (
                 self.num_train_epochs > 0 or self.max_steps > 0,
@@ -400,7 +408,14 @@ def optimizer_and_schedule(
         / (cfg.gradient_accumulation_steps * processes)
     )
     total_steps = cfg.max_steps or max(1, math.ceil(per_epoch * cfg.num_train_epochs))
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params: list = [p for _, p in named]
+    if cfg.head_learning_rate is not None:  # two groups: the backbone and the score head
+        head = [p for n, p in named if "score." in n]
+        if not head:
+            raise ValueError("head_learning_rate: no trainable reward head (score) found")
+        body = [p for n, p in named if "score." not in n]
+        params = [{"params": body}, {"params": head, "lr": cfg.head_learning_rate}]
     optimizer = adamw(params, cfg.learning_rate, cfg.weight_decay, sharded=sharded)
     # accelerate steps a prepared scheduler once per process for every optimizer step, so
     # its horizon is counted in process-steps
