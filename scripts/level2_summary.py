@@ -69,6 +69,8 @@ def rm_rows(runs: Path) -> dict[str, dict]:
         "mixture": "rm_mixture/final",
         "mixture, frozen backbone": "rm_mixture_frozen",
         "mixture, warm start": "rm_mixture_warm",
+        "mixture, warm start, 2-epoch backbone": "rm_mixture_warm_2ep",
+        "mixture, end to end, head lr 2e-3": "rm_mixture_head_lr/final",
     }
     out = {}
     baseline = runs / folders["scalar"] / "eval_gold_test_pair_scores.csv"

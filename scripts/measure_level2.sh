@@ -43,9 +43,24 @@ stage runs/full/rm_mixture_warm rm_mixture_warm .venv/bin/python scripts/spread_
   --model runs/full/rm_scalar/final --out runs/full/rm_mixture_warm
 stage runs/full/rm_mixture_warm/eval_gold_test.json rm_mixture_warm_eval $DA rm eval \
   model_name_or_path=runs/full/rm_mixture_warm max_length=384
-# a second epoch of the scalar RM (the same schedule stretched over 600 steps)
+# a second epoch of the scalar RM (the same schedule stretched over 600 steps), and the
+# warm-started mixture on its backbone: does the chosen setting carry over?
 stage runs/full/rm_scalar_2ep/final rm_scalar_2ep $DA rm train configs/rm_scalar_full.yaml \
   num_train_epochs=2 eval_steps=300 output_dir=runs/full/rm_scalar_2ep
+stage runs/full/features_2ep.npz features_2ep .venv/bin/python scripts/spread_search.py extract \
+  --model runs/full/rm_scalar_2ep/final --out runs/full/features_2ep.npz
+stage runs/full/spread_search_2ep spread_search_2ep .venv/bin/python scripts/spread_search.py \
+  search --features runs/full/features_2ep.npz --out runs/full/spread_search_2ep --only scalar \
+  mixture_2_uniform mixture_2_warm mixture_2_warm_20_epochs mixture_2_warm_lr_1e-3
+stage runs/full/rm_mixture_warm_2ep rm_mixture_warm_2ep .venv/bin/python scripts/spread_search.py \
+  save --features runs/full/features_2ep.npz --setting mixture_2_warm \
+  --model runs/full/rm_scalar_2ep/final --out runs/full/rm_mixture_warm_2ep
+stage runs/full/rm_mixture_warm_2ep/eval_gold_test.json rm_mixture_warm_2ep_eval $DA rm eval \
+  model_name_or_path=runs/full/rm_mixture_warm_2ep max_length=384
+# the end-to-end mixture again with a faster head (2e-3 against the backbone's 2e-5)
+stage runs/full/rm_mixture_head_lr/final rm_mixture_head_lr $DA rm train \
+  configs/rm_scalar_full.yaml head=mixture n_components=2 head_learning_rate=2e-3 \
+  output_dir=runs/full/rm_mixture_head_lr
 # evaluations written before rm eval wrote per-pair scores: rerun for the paired comparisons
 for rm in rm_scalar/final rm_ordinal/final rm_mixture/final rm_mixture_frozen; do
   stage "runs/full/$rm/eval_gold_test_pair_scores.csv" "eval_${rm%%/*}" $DA rm eval \
