@@ -225,10 +225,11 @@ def fit(
         if setting.get("warm_start"):
             if init is None:
                 raise ValueError("a warm start needs the backbone's scalar head")
+            from distalign.models.reward_model import components_from_scalar
+
             k = setting.get("k", 2)
-            noise = 0.1 * init.pow(2).mean().sqrt() * torch.randn(k, len(init))
             with torch.no_grad():
-                net.inner.weight[:k] = init + noise
+                net.inner.weight[:k] = components_from_scalar(init, k)
     opt = torch.optim.AdamW(
         net.parameters(), lr=setting.get("lr", 1e-2), weight_decay=setting.get("weight_decay", 0.0)
     )

@@ -123,15 +123,21 @@ def build_reward_model(
             weight.copy_(saved)
             log.info("%s: training goes on from its %s head", path, head)
         elif head == "mixture" and saved_kind == "scalar" and saved.shape[0] == 1:
-            row = saved[0].to(weight.dtype)
-            noise = torch.randn_like(weight) * 0.1 * row.pow(2).mean().sqrt()
-            weight.copy_(row + noise)
+            weight.copy_(components_from_scalar(saved[0].to(weight.dtype), len(weight)))
             log.info("%s: %d mixture components start from its scalar head", path, len(weight))
         else:
             if saved is not None:
                 log.info("%s: its %s head is replaced by a new %s head", path, saved_kind, head)
             weight.normal_(0.0, 1.0 / (model.config.hidden_size + 1) ** 0.5)
     return model, tokenizer
+
+
+def components_from_scalar(head: torch.Tensor, k: int) -> torch.Tensor:
+    """K mixture components (K, H) warm-started from a scalar reward head (H,): each is the
+    head plus Gaussian noise of 0.1 × the head's RMS (torch's global generator), so the
+    components begin at the one-component fit and can part."""
+    noise = torch.randn(k, head.numel(), dtype=head.dtype, device=head.device)
+    return head + noise * 0.1 * head.pow(2).mean().sqrt()
 
 
 def saved_head(path: str | Path) -> torch.Tensor | None:
