@@ -4,7 +4,7 @@
 # ordinal and a mixture of 2 Bradley–Terry components, about 45 min each on a 2-core CPU),
 # then RLOO against them — the scalar RM, the ordinal RM's expectation and CVaR_0.25, the
 # mixture's expectation and its worse component's gain (CVaR_0.5) — at two seeds (about
-# 8 min each), then one comparison of the final policies of the first three. A stage whose output exists is skipped, so rerunning the
+# 8 min each), then comparisons of the final policies (the first three arms; the mixture arms). A stage whose output exists is skipped, so rerunning the
 # script carries on where it stopped. Summary: scripts/level2_summary.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -66,7 +66,8 @@ for rm in rm_scalar/final rm_ordinal/final rm_mixture/final rm_mixture_frozen; d
   stage "runs/full/$rm/eval_gold_test_pair_scores.csv" "eval_${rm%%/*}" $DA rm eval \
     "model_name_or_path=runs/full/$rm" max_length=384
 done
-ARMS=${ARMS:-"scalar expectation cvar mixture_expectation mixture_cvar"}
+# headlr_*: the same two functionals against the end-to-end mixture with the faster head
+ARMS=${ARMS:-"scalar expectation cvar mixture_expectation mixture_cvar headlr_expectation headlr_cvar"}
 for seed in $SEEDS; do
   for arm in $ARMS; do
     stage "runs/full/rl_${arm}_s$seed/final" "rl_${arm}_s$seed" $DA rl train \
@@ -88,3 +89,15 @@ done
 stage runs/full/compare_mixture/compare.json compare_level2_mixture $DA eval compare "${mixture[@]}" \
   --reward scalar=runs/full/rm_scalar/final --reward mixture=runs/full/rm_mixture_frozen \
   max_completion_length=48 max_eval_samples=32 num_generations=4 output_dir=runs/full/compare_mixture
+# the head-rate mixture's arms, with its spread over the compared replies
+headlr=()
+for seed in $SEEDS; do
+  for arm in headlr_expectation headlr_cvar; do headlr+=(--policy "${arm}_s$seed=runs/full/rl_${arm}_s$seed/final"); done
+done
+stage runs/full/compare_headlr/compare.json compare_level2_headlr $DA eval compare "${headlr[@]}" \
+  --reward scalar=runs/full/rm_scalar/final --reward mixture=runs/full/rm_mixture_head_lr/final \
+  max_completion_length=48 max_eval_samples=32 num_generations=4 output_dir=runs/full/compare_headlr
+# a second seed of the head-rate mixture: is its contested AUROC more than one run's luck?
+stage runs/full/rm_mixture_head_lr_s1/final rm_mixture_head_lr_s1 $DA rm train \
+  configs/rm_scalar_full.yaml head=mixture n_components=2 head_learning_rate=2e-3 seed=1 \
+  output_dir=runs/full/rm_mixture_head_lr_s1

@@ -27,7 +27,7 @@ def launch(*args: str) -> str:
         "-m", "distalign.cli", *args,
     ]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     return output

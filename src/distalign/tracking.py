@@ -119,6 +119,14 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     return accelerator
 
 
+def end_run(accelerator) -> None:
+    """Close the trackers and the process group once every process is done. The barrier
+    first: tearing down the group while another process is still at work can hang
+    (pytorch/pytorch#75097; a two-process CPU run once hung after its last output)."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def start_tracking(accelerator, project: str, run_name: str | None, config: Any) -> None:
     """Start the accelerator's trackers (main process) with every hyperparameter of ``config``.
 

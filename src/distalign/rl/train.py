@@ -75,6 +75,7 @@ from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors, reference_mo
 from distalign.rl.rewards import GOLD_REWARD, load_reward_source, prompt_columns
 from distalign.tracking import (
     MetricsLog,
+    end_run,
     peak_memory_gb,
     resolve_report_to,
     start_run,
@@ -841,5 +842,5 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             final = evaluate(t, state, eval_prompts, cfg)
     save_state(t, state, cfg, keep=False)
     save_final(t, state, final, cfg)
-    accelerator.end_training()
+    end_run(accelerator)
     return {"initial": state.initial_eval, "final": final}

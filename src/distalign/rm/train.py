@@ -66,6 +66,7 @@ from distalign.models.reward_model import (
 from distalign.optim import adamw
 from distalign.tracking import (
     MetricsLog,
+    end_run,
     peak_memory_gb,
     resolve_report_to,
     start_run,
@@ -618,5 +619,5 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     speed = {"train_seconds": seconds, "pairs_per_s": (state.pairs - start_pairs) / seconds,
              "peak_mem_gb": peak_memory_gb()}  # fmt: skip
     save_final(t, cfg, state, result, outputs, speed)
-    accelerator.end_training()
+    end_run(accelerator)
     return result
