@@ -237,7 +237,8 @@ def run_trl(pairs, args) -> dict:
 
 
 def run_distalign(pairs, args, variant) -> dict:
-    from distalign.rm.train import RMTrainConfig, run
+    from distalign.rm.config import RMTrainConfig
+    from distalign.rm.train import run
     from distalign.tracking import peak_memory_gb, read_metrics
 
     data = args.work / "pairs"

@@ -27,7 +27,12 @@ ARMS = {
     "cvar": "ordinal RM, CVaR₀.₂₅",
     "mixture_expectation": "mixture RM, E[R]",
     "mixture_cvar": "mixture RM, worse component's gain",
+    "headlr_expectation": "head-rate mixture RM, E[R]",
+    "headlr_cvar": "head-rate mixture RM, worse component's gain",
 }
+# the arms against the end-to-end mixture with the faster head, beside the scalar RM's
+HEADLR_ARMS = ("scalar", "headlr_expectation", "headlr_cvar")
+COMPARISONS = ("compare", "compare_mixture", "compare_headlr")  # eval compare runs
 GROUPS = ("concise", "thorough")
 RM_KEYS = [
     ("accuracy", "accuracy"),
@@ -71,6 +76,7 @@ def rm_rows(runs: Path) -> dict[str, dict]:
         "mixture, warm start": "rm_mixture_warm",
         "mixture, warm start, 2-epoch backbone": "rm_mixture_warm_2ep",
         "mixture, end to end, head lr 2e-3": "rm_mixture_head_lr/final",
+        "mixture, end to end, head lr 2e-3, seed 1": "rm_mixture_head_lr_s1/final",
     }
     out = {}
     baseline = runs / folders["scalar"] / "eval_gold_test_pair_scores.csv"
@@ -142,14 +148,16 @@ def peaks(curves) -> dict:
     return out
 
 
-def plot(curves, path: Path) -> None:
+def plot(curves, path: Path, arms=None) -> None:
+    """Gold (all, per group) and proxy reward against KL, per run; ``arms`` picks some."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(ARMS, ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"),
-                       strict=True))  # fmt: skip
+    colours = dict(zip(ARMS, ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red",
+                              "tab:brown", "tab:pink"), strict=True))  # fmt: skip
+    curves = {a: c for a, c in curves.items() if arms is None or a in arms}
     panels = [("gold_mean", "gold reward (all annotators)"),
               ("gold_thorough", "gold reward, thorough group"),
               ("gold_concise", "gold reward, concise group"),
@@ -174,8 +182,13 @@ def plot(curves, path: Path) -> None:
 
 
 def compare_rows(runs: Path) -> dict:
-    path = runs / "compare" / "compare.json"
-    return json.loads(path.read_text()).get("policies", {}) if path.is_file() else {}
+    """Every final policy of the ``eval compare`` runs that have run, by name."""
+    rows: dict = {}
+    for name in COMPARISONS:
+        path = runs / name / "compare.json"
+        if path.is_file():
+            rows |= json.loads(path.read_text()).get("policies", {})
+    return rows
 
 
 def table_head(*names: str) -> list[str]:
@@ -267,6 +280,8 @@ def main() -> None:
     table, peak, final = matched(curves, targets), peaks(curves), compare_rows(runs)
     if curves:
         plot(curves, out / "curves.png")
+        if any(a in curves for a in HEADLR_ARMS[1:]):
+            plot(curves, out / "curves_headlr.png", HEADLR_ARMS)
     text = markdown(rms, table, peak, final) + search_markdown(out / "spread_search.json")
     (out / "summary.md").write_text(text)
     payload = {"reward_models": rms, "matched_kl": table, "peaks": peak, "final": final,

@@ -77,7 +77,8 @@ def write_jsonl(path: Path, rows) -> Path:
 
 def train_tiny_reward_models(model_dir: Path, out: Path, heads, n_bins: int = 5) -> dict[str, Path]:
     """One-step reward models of the given heads on a few generated pairs -> head -> final/."""
-    from distalign.rm.train import RMTrainConfig, run
+    from distalign.rm.config import RMTrainConfig
+    from distalign.rm.train import run
     from tests.rm.test_train import make_pairs
 
     data = out / "pairs"

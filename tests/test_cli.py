@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from distalign.cli import app
 from distalign.config import ConfigError, load_config
-from distalign.rl.train import RLTrainConfig
-from distalign.rm.train import RMTrainConfig
+from distalign.rl.config import RLTrainConfig
+from distalign.rm.config import RMTrainConfig
 from tests.conftest import write_jsonl
 
 EXAMPLES = Path(__file__).parents[1] / "examples"

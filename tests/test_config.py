@@ -16,8 +16,8 @@ from distalign.config import (
     save_config,
 )
 from distalign.gold.build import BenchConfig
-from distalign.rl.train import RLTrainConfig
-from distalign.rm.train import RMTrainConfig
+from distalign.rl.config import RLTrainConfig
+from distalign.rm.config import RMTrainConfig
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 COMMANDS = {

@@ -132,7 +132,8 @@ def test_mixture_spread_is_centred_within_the_prompt(tmp_path):
 def mixture_rm(tiny_model_dir, tmp_path_factory):
     import shutil
 
-    from distalign.rm.train import RMTrainConfig, run
+    from distalign.rm.config import RMTrainConfig
+    from distalign.rm.train import run
 
     tmp = tmp_path_factory.mktemp("mixture")
     folder = write_benchmark(tmp / "bench")
@@ -226,7 +227,7 @@ def test_mixture_pair_spread_ignores_each_components_constant():
 
 
 def test_rm_train_refuses_settings_a_mixture_head_ignores():
-    from distalign.rm.train import RMTrainConfig
+    from distalign.rm.config import RMTrainConfig
 
     with pytest.raises(ValueError, match="entropy_weight"):
         RMTrainConfig(head="mixture", entropy_weight=0.1, report_to="none")
@@ -272,7 +273,8 @@ def test_rm_train_warm_starts_a_mixture_and_it_reloads(scalar_rm, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     from distalign.models.reward_model import load_reward_model, saved_head
-    from distalign.rm.train import RMTrainConfig, run
+    from distalign.rm.config import RMTrainConfig
+    from distalign.rm.train import run
 
     data = scalar_rm["scalar"].parent.parent / "pairs"
     head = saved_head(scalar_rm["scalar"])[0]

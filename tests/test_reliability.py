@@ -118,7 +118,7 @@ def test_rm_train_killed_resumes_to_the_uninterrupted_result(
 
 
 def tiny_rm_config(model_dir, data, out, **kw):
-    from distalign.rm.train import RMTrainConfig
+    from distalign.rm.config import RMTrainConfig
 
     base = dict(
         model_name_or_path=str(model_dir), dataset_name=str(data), max_length=64,
@@ -225,8 +225,8 @@ def test_a_pickled_object_in_a_checkpoint_is_refused(tiny_policy, tmp_path):
 
 
 def test_remote_code_is_off_unless_asked():
-    from distalign.rl.train import RLTrainConfig
-    from distalign.rm.train import RMTrainConfig
+    from distalign.rl.config import RLTrainConfig
+    from distalign.rm.config import RMTrainConfig
 
     assert RMTrainConfig().trust_remote_code is False
     assert "trust_remote_code" not in {f.name for f in dataclasses.fields(RLTrainConfig)} or (
@@ -254,7 +254,7 @@ VALUES = st.one_of(
 )
 @given(pairs=st.lists(st.tuples(KEYS, VALUES), max_size=4), flags=st.booleans())
 def test_fuzzed_overrides_give_a_config_or_a_config_error(pairs, flags):
-    from distalign.rm.train import RMTrainConfig
+    from distalign.rm.config import RMTrainConfig
 
     overrides = [(k, v) for k, v in pairs] if flags else [f"{k}={v}" for k, v in pairs]
     try:
@@ -269,7 +269,7 @@ def test_fuzzed_overrides_give_a_config_or_a_config_error(pairs, flags):
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(text=st.text(max_size=200))
 def test_fuzzed_yaml_files_give_a_config_or_a_config_error(tmp_path_factory, text):
-    from distalign.rl.train import RLTrainConfig
+    from distalign.rl.config import RLTrainConfig
 
     path = tmp_path_factory.mktemp("cfg") / "c.yaml"
     path.write_text(text, encoding="utf-8")
@@ -318,7 +318,7 @@ def test_rl_infinite_reward_skips_the_update(tiny_model_dir, tmp_path):
     """An overflowing reward (inf) makes the advantages NaN: that update is skipped, counted,
     and training goes on. (A NaN reward means "not scored" and is refused with the reply.)"""
     from distalign.api import train_policy
-    from distalign.rl.train import RLTrainConfig
+    from distalign.rl.config import RLTrainConfig
     from tests.rl.test_train import reward_apple
 
     calls = [0]

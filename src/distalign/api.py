@@ -39,7 +39,8 @@ def _config(cls: type, config: Any, overrides: dict[str, Any]):
 def train_reward_model(config=None, **overrides) -> dict[str, Any]:
     """``distalign rm train``: returns the final held-out metrics; the model is in
     ``output_dir/final`` (``AutoModelForSequenceClassification.from_pretrained`` loads it)."""
-    from distalign.rm.train import RMTrainConfig, run
+    from distalign.rm.config import RMTrainConfig
+    from distalign.rm.train import run
 
     return run(_config(RMTrainConfig, config, overrides))
 
@@ -47,7 +48,8 @@ def train_reward_model(config=None, **overrides) -> dict[str, Any]:
 def train_policy(config=None, **overrides) -> dict[str, Any]:
     """``distalign rl train``: returns the held-out evaluation before (``initial``) and after
     (``final``) training; the policy is in ``output_dir/final``."""
-    from distalign.rl.train import RLTrainConfig, run
+    from distalign.rl.config import RLTrainConfig
+    from distalign.rl.train import run
 
     return run(_config(RLTrainConfig, config, overrides))
 

@@ -305,11 +305,11 @@ def report(cfg: ReportConfig):
 
 
 def _register_heavy_commands() -> None:
-    """Commands whose config classes live beside their loops (imported here, once)."""
+    """Commands whose config classes live in their own packages (imported here, once)."""
     from distalign.eval.policy import CompareConfig
     from distalign.gold.build import BenchConfig
-    from distalign.rl.train import RLTrainConfig
-    from distalign.rm.train import RMTrainConfig
+    from distalign.rl.config import RLTrainConfig
+    from distalign.rm.config import RMTrainConfig
 
     @config_command(gold_app, "make", BenchConfig)
     def gold_make(cfg: BenchConfig):

@@ -285,7 +285,8 @@ def test_rm_train_reports_reply_spread_when_held_out_on_a_benchmark_folder(
 ):
     import shutil
 
-    from distalign.rm.train import RMTrainConfig, run
+    from distalign.rm.config import RMTrainConfig
+    from distalign.rm.train import run
 
     folder = write_benchmark(tmp_path / "bench")
     shutil.copy(folder / "test.jsonl.gz", folder / "train.jsonl.gz")

@@ -20,7 +20,8 @@ from distalign.losses import (
     uncertainty_scaled,
     whiten,
 )
-from distalign.rl.train import BASELINES, RLTrainConfig, TrainState, advantages_for
+from distalign.rl.config import BASELINES, RLTrainConfig
+from distalign.rl.train import TrainState, advantages_for
 
 
 def _sample_std(xs: list[float]) -> float:

@@ -9,8 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from distalign.rl.config import RLTrainConfig
 from distalign.rl.logprobs import reference_mode, reply_logprobs
-from distalign.rl.train import RLTrainConfig, Rollouts, reference_logprobs
+from distalign.rl.train import Rollouts, reference_logprobs
 from tests.conftest import tiny_llama_config
 
 PROMPTS = [[5, 6, 7, 8], [9, 10, 11]]

@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from distalign.config import ConfigError, load_config
-from distalign.rl.train import RLTrainConfig, TrainState, advantages_for, run
+from distalign.rl.config import RLTrainConfig
+from distalign.rl.train import TrainState, advantages_for, run
 
 # Tokens the peaked tiny model likes to emit; the reward pays for the first one.
 FAVOURITES = [" apple", " river", " stone", " cloud", " paper", " light", " music", " garden"]

@@ -11,7 +11,8 @@ import torch
 
 from distalign.config import load_config
 from distalign.models.reward_model import load_reward_model, score_replies
-from distalign.rm.train import RMTrainConfig, run
+from distalign.rm.config import RMTrainConfig
+from distalign.rm.train import run
 from tests.conftest import write_jsonl
 
 WORDS = ["apple", "river", "stone", "cloud", "paper", "light", "music", "garden", "window"]
@@ -221,7 +222,8 @@ def test_pairs_grouped_by_prompt_train_exactly_as_plain_rows(tiny_model_dir, tmp
 
 def test_head_learning_rate_gives_the_score_head_its_own_group(tiny_model_dir):
     from distalign.models.reward_model import build_reward_model
-    from distalign.rm.train import RMTrainConfig, optimizer_and_schedule
+    from distalign.rm.config import RMTrainConfig
+    from distalign.rm.train import optimizer_and_schedule
 
     model, _ = build_reward_model(str(tiny_model_dir), "mixture", n_components=2)
     cfg = RMTrainConfig(learning_rate=1e-5, head_learning_rate=1e-2, report_to="none")

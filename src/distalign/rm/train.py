@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,6 @@ from distalign.checkpoint import count_nonfinite, resume_training, save_checkpoi
 from distalign.config import (
     checkpoint_path,
     config_dict,
-    report_to_list,
-    require,
-    resume_value,
 )
 from distalign.data.load import bayes_ceiling, load_preferences, p_chosen_by_group
 from distalign.data.pairs import (
@@ -54,209 +51,24 @@ from distalign.losses import (
     reward_model_loss,
 )
 from distalign.models.heads import head_log_probs
-from distalign.models.load import DEFAULT_MODEL, prefix_sharing_for
 from distalign.models.lora import add_lora
 from distalign.models.reward_model import (
-    HEADS,
     PairScorer,
     build_reward_model,
     pair_scores,
     save_reward_model,
 )
 from distalign.optim import adamw
+from distalign.rm.config import RMTrainConfig
 from distalign.tracking import (
     MetricsLog,
     end_run,
     peak_memory_gb,
-    resolve_report_to,
     start_run,
     start_tracking,
 )
 
 log = logging.getLogger(__name__)
-# settings of the scalar or bin heads' losses that a mixture head has no use for
-MIXTURE_IGNORES = ("entropy_weight", "batch_entropy_weight", "smoothness_weight",
-                   "rating_weight", "margin_scale")  # fmt: skip
-
-
-@dataclass
-class RMTrainConfig:
-    """``distalign rm train``: fit a reward model on preference pairs."""
-
-    model_name_or_path: str = DEFAULT_MODEL
-    """Backbone: alias, local folder or hub id of a causal LM."""
-    head: str = "scalar"
-    """Reward head: scalar (Bradley–Terry) | categorical (n logits) | ordinal (discretised
-    logistic: smooth and unimodal by construction) | mixture (K Bradley–Terry components,
-    one latent annotator type per pair: the head whose spread tracks disagreement)."""
-    n_bins: int = 10
-    """Score bins 1..n of a categorical or ordinal head."""
-    n_components: int = 2
-    """Components K of a mixture head (equal shares)."""
-    ties: str = "strict"
-    """Distributional loss: strict −log P(R_w > R_l) | half (ties count ½)."""
-    entropy_weight: float = 0.0
-    """λ of the entropy bonus −λ·(H(p_w) + H(p_l)) (raises each reply's entropy)."""
-    batch_entropy_weight: float = 0.0
-    """λ of the DPL bonus −λ·H(batch-mean p) (spreads mass across the batch)."""
-    smoothness_weight: float = 0.0
-    """λ of the adjacent-bin smoothness penalty Σ (p(i+1) − p(i))²."""
-    rating_weight: float = 0.0
-    """Weight of the pointwise term −log p(bin of the rating) when the data has ratings."""
-    rating_range: list[float] = field(default_factory=lambda: [0.0, 4.0])
-    """Rating scale [low, high] mapped onto the bins (HelpSteer2: 0–4)."""
-    center_rewards_coefficient: float = 0.01
-    """Reward-centering weight γ in γ·(r_w + r_l)² (scalar head)."""
-    margin_scale: float = 0.0
-    """Margin m = margin_scale · (chosen_score − rejected_score) when the data has ratings."""
-    dataset_name: Any = "gold"
-    """Training pairs: hub id, local file/folder, ``gold`` (the shipped benchmark), or a
-    ``datasets.Dataset`` (Python API)."""
-    dataset_config: str | None = None
-    """Config (subset) of a hub data set, ``datasets.load_dataset``'s name."""
-    dataset_revision: str | None = None
-    """Branch, tag or commit of a hub data set (default: the latest)."""
-    dataset_train_split: str = "train"
-    """Training split."""
-    eval_dataset_name: Any = None
-    """Held-out pairs (default: ``dataset_name``)."""
-    dataset_test_split: str = "test"
-    """Held-out split."""
-    format: str | None = None
-    """Force a preference format (explicit | implicit | hh); detected when unset."""
-    skip_bad_rows: bool = False
-    """Skip malformed rows (counted) instead of stopping at the first."""
-    max_train_samples: int = 0
-    """Use the first N training pairs (0: all)."""
-    max_eval_samples: int = 0
-    """Use the first N held-out pairs (0: all)."""
-    max_length: int = 512
-    """Longest prompt + reply in tokens (truncation rules in ``distalign.data.pairs``)."""
-    max_prompt_length: int = 256
-    """Tokens kept for the prompt when prompt + reply is too long."""
-    per_device_train_batch_size: int = 8
-    """Pairs per micro-batch per process."""
-    per_device_eval_batch_size: int = 16
-    """Pairs per evaluation batch."""
-    gradient_accumulation_steps: int = 1
-    """Micro-batches per optimizer step."""
-    learning_rate: float = 1e-5
-    """Peak learning rate (AdamW)."""
-    head_learning_rate: float | None = None
-    """Peak learning rate of the reward head (``score``) alone; None: ``learning_rate``. The
-    head is one linear layer on features the backbone already has: a mixture's components
-    part within an epoch only with a larger rate than the backbone's."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    warmup_ratio: float = 0.05
-    """Share of steps spent warming the learning rate up linearly."""
-    lr_scheduler_type: str = "cosine"
-    """Learning-rate decay after warm-up (any transformers scheduler name)."""
-    num_train_epochs: float = 1.0
-    """Passes over the training pairs (ignored when max_steps > 0)."""
-    max_steps: int = 0
-    """Optimizer steps (0: from num_train_epochs)."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping (0: off)."""
-    max_nonfinite_steps: int = 3
-    """A step with a non-finite loss or gradient is skipped; this many in a row stop the run."""
-    use_peft: bool = False
-    """Train LoRA adapters (+ the head) instead of all weights."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator."""
-    lora_dropout: float = 0.0
-    """LoRA dropout."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward: less memory, ~30% more time."""
-    bf16: bool = False
-    """bfloat16 mixed precision (where the hardware has it)."""
-    fp16: bool = False
-    """float16 mixed precision. With neither, ``accelerate launch --mixed_precision`` decides."""
-    prefix_sharing: bool = True
-    """Encode each pair as one sequence prompt + chosen + rejected (exact, faster)."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel, as transformers' from_pretrained takes it: sdpa | eager |
-    flash_attention_2 (takes no 4-D mask: prefix_sharing is then off, with a warning)."""
-    packing: bool = False
-    """With prefix sharing: pack several pairs into one row instead of padding."""
-    group_by_length: bool = True
-    """Batch pairs of similar length (less padding)."""
-    group_by_prompt: bool = False
-    """Batch the pairs of a prompt together (instead of by length). With prefix sharing the
-    prompt and each of its replies are then encoded once for all its pairs: the gold
-    benchmark's 5 replies and 10 pairs per prompt cost at most 5 replies per batch, not 20.
-    Batches hold fewer distinct prompts, so their gradients are noisier than random
-    batches'."""
-    eval_steps: int = 50
-    """Evaluate on held-out pairs every N optimizer steps (0: only at the end)."""
-    save_steps: int = 50
-    """Write the resumable ``last`` checkpoint every N steps (0: only at the end)."""
-    output_dir: str = "runs/rm"
-    """Where checkpoints, the final model, logs and the resolved config go."""
-    resume_from_checkpoint: str | None = None
-    """A checkpoint folder to continue from, or true for ``output_dir/checkpoints/last``."""
-    seed: int = 0
-    """Seed of initialisation, batch order and dropout."""
-    report_to: Any = field(default_factory=lambda: ["tensorboard"])
-    """Trackers, a list or one name: tensorboard | wandb | trackio | mlflow | none (a JSONL
-    log is always written)."""
-    project: str = "distalign"
-    """Project name in the tracker."""
-    run_name: str | None = None
-    """Run name in the tracker (default: the tracker's own)."""
-    dtype: str = "float32"
-    """Weights dtype: float32 | bfloat16 | float16."""
-    trust_remote_code: bool = False
-    """Allow model code from the hub."""
-
-    def __post_init__(self):
-        self.report_to = report_to_list(self.report_to)
-        resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early
-        self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
-        checks = [
-            (
-                self.head in HEADS,
-                f"head: {' | '.join(HEADS)}, got {self.head!r}",
-            ),
-            (self.n_bins >= 2, "n_bins must be >= 2"),
-            (self.n_components >= 1, "n_components must be >= 1"),
-            (
-                self.head != "mixture" or not any(getattr(self, k) for k in MIXTURE_IGNORES),
-                f"head mixture takes none of {', '.join(MIXTURE_IGNORES)} (its loss is the "
-                "mixture likelihood alone)",
-            ),
-            (self.ties in ("strict", "half"), "ties: strict | half"),
-            (
-                len(self.rating_range) == 2 and self.rating_range[0] < self.rating_range[1],
-                "rating_range: [low, high]",
-            ),
-            (
-                self.per_device_train_batch_size >= 1 and self.gradient_accumulation_steps >= 1,
-                "per_device_train_batch_size and gradient_accumulation_steps must be >= 1",
-            ),
-            (self.center_rewards_coefficient >= 0, "center_rewards_coefficient must be >= 0"),
-            (
-                0 < self.max_prompt_length < self.max_length,
-                "need 0 < max_prompt_length < max_length",
-            ),
-            (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
-            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
-            (
-                self.head_learning_rate is None or self.head_learning_rate > 0,
-                "head_learning_rate must be > 0 (or unset)",
-            ),
-            (self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1"),
-            (
-                self.num_train_epochs > 0 or self.max_steps > 0,
-                "need num_train_epochs > 0 or max_steps > 0",
-            ),
-        ]
-        require(checks)
-        self.prefix_sharing = prefix_sharing_for(
-            self.attn_implementation, self.prefix_sharing, "rm train"
-        )
 
 
 @dataclass

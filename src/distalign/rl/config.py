@@ -1,0 +1,239 @@
+"""``distalign rl train``'s settings: ``RLTrainConfig``, one field per key (TRL's names where
+TRL has the idea), checked when built, and the advantage estimators ``baseline`` names.
+
+    from distalign.rl.config import RLTrainConfig
+    cfg = RLTrainConfig(reward="runs/rm_scalar_cpu/final", baseline="grpo")
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from distalign.config import report_to_list, require, resume_value
+from distalign.models.generate import SamplingConfig
+from distalign.models.load import DEFAULT_MODEL, require_4d_mask
+from distalign.tracking import resolve_report_to
+
+log = logging.getLogger(__name__)
+
+
+# advantage estimators (``baseline``); the group ones compare the k samples of a prompt
+GROUP_BASELINES = ("rloo", "grpo", "dr_grpo", "reinforce_pp_baseline")
+BASELINES = (*GROUP_BASELINES, "reinforce_pp", "remax", "moving_average", "none")
+POOLED_BASELINES = ("moving_average", "reinforce_pp", "reinforce_pp_baseline")  # all processes'
+
+
+@dataclass
+class RLTrainConfig(SamplingConfig):
+    """``distalign rl train``: REINFORCE/RLOO against a reward model or a reward function."""
+
+    model_name_or_path: str = DEFAULT_MODEL
+    """Policy (and reference) to start from: alias, folder or hub id."""
+    reward: Any = None
+    """Reward source, or a list of them (``reward=[a,b]``) summed with ``reward_weights``: a
+    reward-model folder or hub id (distalign's, or any one-label sequence classifier, scored
+    with its own tokenizer and chat template), ``module:function(prompts, replies[,
+    **columns]) -> list[float]``, or (Python API) any callable with that signature. None: the
+    gold judge, allowed only on the benchmark's prompts (dataset_name=gold)."""
+    reward_weights: list[float] | None = None
+    """Weight w_i of each reward source: the reward is Σ w_i r_i (default: all 1.0)."""
+    reward_max_length: int | None = None
+    """Longest prompt + reply a reward model reads, in tokens (default: a distalign RM's
+    training max_length, another RM's position limit)."""
+    reward_trust_remote_code: bool = False
+    """Allow a hub reward model's own code to run (off: only code shipped with transformers)."""
+    functional: str = "expectation"
+    """For a distributional RM: expectation | mean_minus_std | cvar | quantile |
+    win_probability (P(R > R_SFT reply), ties ½) | win_probability_strict (ties count 0). A
+    mixture RM's mean_minus_std, cvar and quantile take each component's gain over an SFT
+    reply to the same prompt (its components are fixed only up to a constant each)."""
+    kappa: float = 1.0
+    """κ of mean − κ·std."""
+    alpha: float = 0.25
+    """α of CVaR_α."""
+    tau: float = 0.5
+    """τ of the quantile."""
+    uncertainty_scaling: bool = False
+    """Distributional RM as the sole reward source: divide each advantage by 1 + Std[R] of its
+    reply. A per-sample step size, not risk aversion: with a baseline it can push a confidently
+    below-average reply up; for risk aversion use functional mean_minus_std, cvar or quantile."""
+    dataset_name: Any = "gold"
+    """Training prompts: ``gold`` (the benchmark's), a prompt-only or preference data set (hub
+    id, local file, ``datasets.Dataset``), or a .txt file with one prompt per line."""
+    dataset_config: str | None = None
+    """Config (subset) of a hub data set, ``datasets.load_dataset``'s name."""
+    dataset_revision: str | None = None
+    """Branch, tag or commit of a hub data set (default: the latest)."""
+    dataset_train_split: str = "train"
+    """Split of ``dataset_name`` to train on."""
+    eval_dataset_name: Any = None
+    """Held-out prompts for the periodic evaluation (default: ``dataset_name``)."""
+    dataset_test_split: str = "test"
+    """Split of the held-out prompts."""
+    max_eval_samples: int = 16
+    """Held-out prompts per evaluation (the first N)."""
+    num_generations: int = 4
+    """Samples per prompt (k)."""
+    per_device_train_batch_size: int = 8
+    """Completions per teacher-forced micro-batch per process (a multiple of num_generations)."""
+    gradient_accumulation_steps: int = 4
+    """Micro-batches per optimizer step: prompts per step = per_device_train_batch_size ×
+    gradient_accumulation_steps / num_generations (per process)."""
+    max_completion_length: int = 64
+    """Reply length limit in tokens; a reply that reaches it without EOS counts as cut off."""
+    beta: float = 0.05
+    """KL coefficient β in R = r − β·Σ log(π/π_ref)."""
+    baseline: str = "rloo"
+    """Advantage estimator: rloo (leave-one-out mean) | grpo ((R − group mean) / group std) |
+    dr_grpo (R − group mean) | reinforce_pp (R whitened over the batch) | reinforce_pp_baseline
+    (R − group mean, whitened over the batch) | remax (R − reward of the greedy reply; one extra
+    greedy sample and score per prompt per step) | moving_average (R − mean of past rewards) |
+    none. The group ones need num_generations >= 2."""
+    ema: float | None = None
+    """moving_average only: EMA factor α (None: the mean of all past rewards)."""
+    whiten_advantages: bool = False
+    """Normalise advantages to zero mean, unit std per step."""
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the reward of replies cut at max_completion_length (no EOS)."""
+    max_steps: int = 20
+    """Optimizer steps."""
+    learning_rate: float = 1e-5
+    """AdamW learning rate (constant after a linear warm-up)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0: off)."""
+    max_nonfinite_steps: int = 3
+    """A step with a non-finite loss or gradient is skipped; this many in a row stop the run."""
+    use_peft: bool = True
+    """Train LoRA adapters; the reference is the same model with adapters off (no copy)."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
+    merge_lora: bool = False
+    """Also save the policy with the adapter merged into the weights (final_merged/)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward."""
+    bf16: bool = False
+    """bfloat16 mixed precision (where the hardware has it)."""
+    fp16: bool = False
+    """float16 mixed precision. With neither, ``accelerate launch --mixed_precision`` decides."""
+    prefix_sharing: bool = True
+    """Teacher-forced and reference passes share each prompt across its samples."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel, as transformers' from_pretrained takes it: sdpa | eager (the
+    teacher-forced passes need a 4-D mask, which flash-attention kernels do not take)."""
+    max_prompt_length: int = 256
+    """Longer prompts are cut from the left."""
+    eval_steps: int = 10
+    """Held-out evaluation every N steps (0: only at the end)."""
+    eval_at_start: bool = True
+    """Evaluate the SFT policy before the first step (the baseline of the comparison)."""
+    save_steps: int = 10
+    """Resumable checkpoint every N steps (0: only at the end)."""
+    keep_checkpoints: bool = True
+    """Also keep the policy of every save as checkpoints/step_N (for the over-optimisation
+    curve of ``eval compare``; LoRA adapters are small)."""
+    output_dir: str = "runs/rl"
+    """Checkpoints, final policy, history, metrics, config."""
+    resume_from_checkpoint: str | None = None
+    """A checkpoint folder to continue from, or true for ``output_dir/checkpoints/last``."""
+    seed: int = 0
+    """Seed of prompt order, sampling and initialisation."""
+    report_to: Any = field(default_factory=lambda: ["tensorboard"])
+    """Trackers, a list or one name: tensorboard | wandb | trackio | mlflow | none (a JSONL
+    log is always written)."""
+    project: str = "distalign"
+    """Project name in the tracker."""
+    run_name: str | None = None
+    """Run name in the tracker (default: the tracker's own)."""
+    reward_batch_size: int = 16
+    """Replies per reward-model batch."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.report_to = report_to_list(self.report_to)
+        resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early
+        self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
+        k, micro = self.num_generations, self.per_device_train_batch_size
+        checks = [
+            (k >= 1, "num_generations must be >= 1"),
+            (
+                micro >= k and micro % k == 0,
+                f"per_device_train_batch_size ({micro}) must be a multiple of num_generations "
+                f"({k}): the samples of a prompt share one micro-batch",
+            ),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self.baseline in BASELINES, f"baseline: {' | '.join(BASELINES)}"),
+            (
+                self.baseline not in GROUP_BASELINES or k >= 2,
+                f"baseline {self.baseline} needs num_generations >= 2",
+            ),
+            (self.beta >= 0, "beta must be >= 0"),
+            (self.ema is None or 0 <= self.ema < 1, "ema must be in [0, 1)"),
+            (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
+        ]
+        require(checks)
+        require_4d_mask(self.attn_implementation, "rl train", "its teacher-forced passes")
+        self._check_reward()
+        if self.top_p < 1 or self.top_k:
+            log.warning(
+                "top_p/top_k < full vocabulary: replies no longer come from π itself, so the "
+                "REINFORCE gradient and the KL estimates are biased (use top_p=1, top_k=0)"
+            )
+
+    def _check_reward(self) -> None:
+        """``reward`` as one source or a list (a ``--reward '[a,b]'`` string is parsed);
+        ``reward_weights`` as long; no silent gold judge on other prompts."""
+        if isinstance(self.reward, str) and self.reward.strip().startswith("["):
+            self.reward = yaml.safe_load(self.reward)
+        if isinstance(self.reward, tuple):
+            self.reward = list(self.reward)
+        sources = self.reward if isinstance(self.reward, list) else [self.reward]
+        prompt_sets = [self.dataset_name, self.eval_dataset_name or self.dataset_name]
+        others = [p for p in prompt_sets if not is_gold(p)]
+        if self.reward is None and others:  # the gold judge knows the benchmark's prompts only
+            raise ValueError(
+                "reward: give a reward model (folder or hub id), module:function or a list of "
+                "them; the default, the gold judge, scores only the benchmark's prompts "
+                f"(dataset_name=gold), not {_describe(others[0])}"
+            )
+        require([
+            (len(sources) > 0 and (self.reward is None or all(s is not None for s in sources)),
+             "reward: an empty list or an empty entry"),
+            (self.reward_weights is None or len(self.reward_weights) == len(sources),
+             f"reward_weights has {len(self.reward_weights or [])} values for "
+             f"{len(sources)} reward source(s)"),
+            (self.reward_max_length is None or self.reward_max_length > 1,
+             "reward_max_length must be > 1"),
+        ])  # fmt: skip
+        if self.reward_weights is not None:
+            self.reward_weights = [float(w) for w in self.reward_weights]
+        if self.uncertainty_scaling and len(sources) > 1:
+            log.warning(
+                "uncertainty_scaling: a sum of reward sources has no distribution, so it is off"
+            )
+
+    @property
+    def prompts_per_micro_batch(self) -> int:
+        return self.per_device_train_batch_size // self.num_generations
+
+    @property
+    def prompts_per_step(self) -> int:
+        """Prompts per optimizer step per process."""
+        return self.prompts_per_micro_batch * self.gradient_accumulation_steps
+
+
+def is_gold(source) -> bool:
+    return isinstance(source, str) and source == "gold"
+
+
+def _describe(source) -> str:
+    return repr(source) if isinstance(source, str) else f"a {type(source).__name__}"
