@@ -178,6 +178,7 @@ def shared_keys(s: dict) -> dict:
 def run_distalign(s: dict) -> dict:
     """One distalign run; ``s``: the settings (see ``settings``)."""
     import distalign.rl.train as rl
+    from distalign.rl.config import RLTrainConfig
     from distalign.tracking import peak_memory_gb
 
     timers, profiler = Timers(), StepProfiler(s["profile"] and Path(s["profile"]), s["steps"])
@@ -204,7 +205,7 @@ def run_distalign(s: dict) -> dict:
         return out
 
     rl.score, rl.reference_logprobs, rl.log_step = timed_score, timed_reference, stamped_log_step
-    cfg = rl.RLTrainConfig(
+    cfg = RLTrainConfig(
         **shared_keys(s),
         model_name_or_path=s["model_path"],
         reward=s["reward"],

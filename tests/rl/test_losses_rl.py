@@ -103,7 +103,7 @@ def test_whiten():
 
 
 def test_rollout_groups_clamp_to_the_last_prompt():
-    from distalign.rl.train import Rollouts
+    from distalign.rl.rollouts import Rollouts
 
     ro = Rollouts(["a", "b", "c"], [[1], [2], [3]], [[5], [6], [7]], [[-1.0], [-1.0], [-1.0]],
                   [True] * 3, ["x"] * 3, k=1, device="cpu")  # fmt: skip

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from distalign.rl.config import RLTrainConfig
 from distalign.rl.logprobs import reference_mode, reply_logprobs
-from distalign.rl.train import Rollouts, reference_logprobs
+from distalign.rl.rollouts import Rollouts, reference_logprobs
 from tests.conftest import tiny_llama_config
 
 PROMPTS = [[5, 6, 7, 8], [9, 10, 11]]

@@ -16,6 +16,9 @@ One step of ``run``, top to bottom (Ahmadian et al. 2024, sequence-level REINFOR
      whitening and, for distributional rewards, scaling by 1/(1 + σ);
   5. loss −mean A_i·Σ_t log π(y_t|·) in micro-batches of ``per_device_train_batch_size``
      completions (prefix-shared, chunked LM head), gradient accumulation, clipping, AdamW.
+
+Steps 1 and 3 and the held-out evaluation are in ``rl/rollouts.py``; the settings, one
+field per key, in ``rl/config.py``.
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ from distalign.config import (
     checkpoint_path,
     frozen_dtype,
 )
-from distalign.data.pairs import render_prompt_ids
 from distalign.data.prompts import load_prompts
 from distalign.distributed import (
     full_optimizer_state,
@@ -63,13 +65,19 @@ from distalign.losses import (
     uncertainty_scaled,
     whiten,
 )
-from distalign.models.generate import sample_token_ids, sampling_of, stop_token_ids
 from distalign.models.load import load_policy
 from distalign.models.lora import add_lora
 from distalign.optim import adamw
-from distalign.rl.config import POOLED_BASELINES, RLTrainConfig, is_gold
-from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors, reference_mode, reply_logprobs
+from distalign.rl.config import POOLED_BASELINES, RLTrainConfig
+from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors
 from distalign.rl.rewards import GOLD_REWARD, load_reward_source, prompt_columns
+from distalign.rl.rollouts import (
+    Rollouts,
+    evaluate_policy,
+    reference_distributions,
+    reference_logprobs,
+    rollout,
+)
 from distalign.tracking import (
     MetricsLog,
     end_run,
@@ -93,10 +101,6 @@ class TrainState:
     initial_eval: dict | None = None  # the SFT policy on held-out prompts, before step 1
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
     nonfinite_in_a_row: int = 0
-
-
-def _encode_prompts(tokenizer, prompts, max_tokens: int) -> list[list[int]]:
-    return [render_prompt_ids(tokenizer, p)[-max_tokens:] for p in prompts]
 
 
 def next_prompts(prompts: list, state: TrainState, n: int, seed: int) -> list:
@@ -130,63 +134,6 @@ def share_prompts(prompts: list, accelerator) -> list:
             "%d prompt(s) left out so that every process has as many", len(prompts) - usable
         )
     return prompts[:usable][accelerator.process_index :: n]
-
-
-class Rollouts:
-    """One step's samples: token ids, on-policy and reference log-probs, rewards."""
-
-    def __init__(self, prompts, prompt_ids, replies, sample_logps, finished, texts, k, device):
-        self.prompts, self.prompt_ids, self.k = prompts, prompt_ids, k
-        self.replies, self.finished, self.texts = replies, finished, texts
-        self.logps, self.mask = pad_reply_tensors(
-            [torch.tensor(x, device=device) for x in sample_logps]
-        )
-
-    def groups(self, start: int, stop: int):
-        """Prompt ids and per-prompt reply lists of prompts [start, stop)."""
-        stop = min(stop, len(self.prompt_ids))
-        return self.prompt_ids[start:stop], [
-            self.replies[i * self.k : (i + 1) * self.k] for i in range(start, stop)
-        ]
-
-
-def rollout(
-    policy, tokenizer, prompts, cfg: RLTrainConfig, seed: int, k: int | None = None
-) -> Rollouts:
-    """Sample ``k`` (default ``cfg.num_generations``) replies per prompt without gradients."""
-    k = k or cfg.num_generations
-    prompt_ids = _encode_prompts(tokenizer, prompts, cfg.max_prompt_length)
-    sampling = sampling_of(cfg, seed=seed)
-    was = policy.training
-    policy.eval()
-    replies, logps, finished = sample_token_ids(
-        policy,
-        prompt_ids,
-        k,
-        sampling,
-        stop_token_ids(policy, tokenizer),
-        tokenizer.pad_token_id,
-    )
-    policy.train(was)
-    texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
-    device = next(policy.parameters()).device
-    return Rollouts(prompts, prompt_ids, replies, logps, finished, texts, k, device)
-
-
-@torch.no_grad()
-def reference_logprobs(
-    policy, ref_model, ro: Rollouts, cfg: RLTrainConfig, pad_id: int
-) -> torch.Tensor:
-    out = []
-    with reference_mode(policy, ref_model) as ref:
-        step = cfg.prompts_per_micro_batch
-        for s in range(0, len(ro.prompt_ids), step):
-            ids, groups = ro.groups(s, s + step)
-            lp, _ = reply_logprobs(
-                ref, ids, groups, pad_id, cfg.temperature or 1.0, cfg.prefix_sharing
-            )
-            out += lp
-    return pad_reply_tensors(out)[0]
 
 
 def across_processes(
@@ -246,60 +193,6 @@ def advantages_for(
     if cfg.uncertainty_scaling and std is not None:
         adv = uncertainty_scaled(adv, std)
     return adv, base
-
-
-def evaluate_policy(
-    policy, ref_model, tokenizer, prompts, reward, cfg: RLTrainConfig, pad_id: int
-) -> dict[str, float]:
-    """Mean reward and KL to the reference of one sampled reply per held-out prompt (fixed seed)."""
-    ro = rollout(
-        policy,
-        tokenizer,
-        prompts,
-        cfg,
-        seed=cfg.seed + 10_000,
-        k=1,
-    )
-    reference = (
-        _reference_distributions(policy, ref_model, tokenizer, reward, prompts, cfg)
-        if reward.needs_reference
-        else None
-    )
-    scores = reward(prompts, ro.texts, reference, columns=prompt_columns(prompts))
-    ref_lp = reference_logprobs(policy, ref_model, ro, cfg, pad_id)
-    kl = kl_estimates(ro.logps, ref_lp, ro.mask)
-    result = {
-        "reward": scores.rewards.mean().item(),
-        **{f"reward/{n}": v.nanmean().item() for n, v in (scores.per_source or {}).items()},
-        "kl": kl["k1"].mean().item(),
-        "length": ro.mask.sum(-1).mean().item(),
-        "eos_rate": sum(ro.finished) / len(ro.finished),
-    }
-    if is_gold(cfg.eval_dataset_name or cfg.dataset_name):  # the truth (never trained on)
-        from distalign.gold.judge import GROUPS, judge
-
-        judged = judge([p[-1]["content"] for p in prompts], ro.texts)
-        result["gold_mean"] = float(judged["gold_mean"].mean())
-        # each annotator group's mean reward: does the policy serve the worse-off group?
-        result |= {f"gold_{g.name}": float(judged[f"gold_{g.name}"].mean()) for g in GROUPS}
-    return result
-
-
-def _reference_distributions(
-    policy, ref_model, tokenizer, reward, prompts, cfg: RLTrainConfig
-) -> dict[str, torch.Tensor]:
-    """For the win-probability functional (and a mixture RM's gains): per reward model that
-    uses it, the distribution (prompts, n) or atoms (prompts, K) of one SFT reply per prompt."""
-    with reference_mode(policy, ref_model) as ref:
-        ro = rollout(
-            ref,
-            tokenizer,
-            prompts,
-            cfg,
-            seed=cfg.seed + 20_000,
-            k=1,
-        )
-    return reward.distributions(prompts, ro.texts)
 
 
 def load_rewards(cfg: RLTrainConfig, device, dtype: str = "float32"):
@@ -378,7 +271,7 @@ def score(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig):
     against one SFT reply per prompt). Each reply's prompt brings its data-set columns."""
     reference = None
     if t.reward.needs_reference:
-        per_prompt = _reference_distributions(
+        per_prompt = reference_distributions(
             t.policy, t.ref_model, t.tokenizer, t.reward, prompts, cfg
         )
         reference = {n: p.repeat_interleave(cfg.num_generations, 0) for n, p in per_prompt.items()}

@@ -1,0 +1,138 @@
+"""Rollouts: a step's prompts -> sampled replies with their on-policy log-probs, and the
+frozen reference's log-probs of the same tokens; ``evaluate_policy`` reads one reply per
+held-out prompt the same way (reward, KL to the reference, gold reward on the benchmark).
+
+Sampling and the reference pass run with the policy in eval mode (dropout off), so the
+log-probs are those of the policy that is being trained, not of a dropped-out copy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from distalign.data.pairs import render_prompt_ids
+from distalign.losses import kl_estimates
+from distalign.models.generate import sample_token_ids, sampling_of, stop_token_ids
+from distalign.rl.config import is_gold
+from distalign.rl.logprobs import pad_reply_tensors, reference_mode, reply_logprobs
+from distalign.rl.rewards import prompt_columns
+
+if TYPE_CHECKING:
+    from distalign.rl.config import RLTrainConfig
+
+
+def _encode_prompts(tokenizer, prompts, max_tokens: int) -> list[list[int]]:
+    return [render_prompt_ids(tokenizer, p)[-max_tokens:] for p in prompts]
+
+
+class Rollouts:
+    """One step's samples: token ids, on-policy and reference log-probs, rewards."""
+
+    def __init__(self, prompts, prompt_ids, replies, sample_logps, finished, texts, k, device):
+        self.prompts, self.prompt_ids, self.k = prompts, prompt_ids, k
+        self.replies, self.finished, self.texts = replies, finished, texts
+        self.logps, self.mask = pad_reply_tensors(
+            [torch.tensor(x, device=device) for x in sample_logps]
+        )
+
+    def groups(self, start: int, stop: int):
+        """Prompt ids and per-prompt reply lists of prompts [start, stop)."""
+        stop = min(stop, len(self.prompt_ids))
+        return self.prompt_ids[start:stop], [
+            self.replies[i * self.k : (i + 1) * self.k] for i in range(start, stop)
+        ]
+
+
+def rollout(
+    policy, tokenizer, prompts, cfg: RLTrainConfig, seed: int, k: int | None = None
+) -> Rollouts:
+    """Sample ``k`` (default ``cfg.num_generations``) replies per prompt without gradients."""
+    k = k or cfg.num_generations
+    prompt_ids = _encode_prompts(tokenizer, prompts, cfg.max_prompt_length)
+    sampling = sampling_of(cfg, seed=seed)
+    was = policy.training
+    policy.eval()
+    replies, logps, finished = sample_token_ids(
+        policy,
+        prompt_ids,
+        k,
+        sampling,
+        stop_token_ids(policy, tokenizer),
+        tokenizer.pad_token_id,
+    )
+    policy.train(was)
+    texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
+    device = next(policy.parameters()).device
+    return Rollouts(prompts, prompt_ids, replies, logps, finished, texts, k, device)
+
+
+@torch.no_grad()
+def reference_logprobs(
+    policy, ref_model, ro: Rollouts, cfg: RLTrainConfig, pad_id: int
+) -> torch.Tensor:
+    out = []
+    with reference_mode(policy, ref_model) as ref:
+        step = cfg.prompts_per_micro_batch
+        for s in range(0, len(ro.prompt_ids), step):
+            ids, groups = ro.groups(s, s + step)
+            lp, _ = reply_logprobs(
+                ref, ids, groups, pad_id, cfg.temperature or 1.0, cfg.prefix_sharing
+            )
+            out += lp
+    return pad_reply_tensors(out)[0]
+
+
+def evaluate_policy(
+    policy, ref_model, tokenizer, prompts, reward, cfg: RLTrainConfig, pad_id: int
+) -> dict[str, float]:
+    """Mean reward and KL to the reference of one sampled reply per held-out prompt (fixed seed)."""
+    ro = rollout(
+        policy,
+        tokenizer,
+        prompts,
+        cfg,
+        seed=cfg.seed + 10_000,
+        k=1,
+    )
+    reference = (
+        reference_distributions(policy, ref_model, tokenizer, reward, prompts, cfg)
+        if reward.needs_reference
+        else None
+    )
+    scores = reward(prompts, ro.texts, reference, columns=prompt_columns(prompts))
+    ref_lp = reference_logprobs(policy, ref_model, ro, cfg, pad_id)
+    kl = kl_estimates(ro.logps, ref_lp, ro.mask)
+    result = {
+        "reward": scores.rewards.mean().item(),
+        **{f"reward/{n}": v.nanmean().item() for n, v in (scores.per_source or {}).items()},
+        "kl": kl["k1"].mean().item(),
+        "length": ro.mask.sum(-1).mean().item(),
+        "eos_rate": sum(ro.finished) / len(ro.finished),
+    }
+    if is_gold(cfg.eval_dataset_name or cfg.dataset_name):  # the truth (never trained on)
+        from distalign.gold.judge import GROUPS, judge
+
+        judged = judge([p[-1]["content"] for p in prompts], ro.texts)
+        result["gold_mean"] = float(judged["gold_mean"].mean())
+        # each annotator group's mean reward: does the policy serve the worse-off group?
+        result |= {f"gold_{g.name}": float(judged[f"gold_{g.name}"].mean()) for g in GROUPS}
+    return result
+
+
+def reference_distributions(
+    policy, ref_model, tokenizer, reward, prompts, cfg: RLTrainConfig
+) -> dict[str, torch.Tensor]:
+    """For the win-probability functional (and a mixture RM's gains): per reward model that
+    uses it, the distribution (prompts, n) or atoms (prompts, K) of one SFT reply per prompt."""
+    with reference_mode(policy, ref_model) as ref:
+        ro = rollout(
+            ref,
+            tokenizer,
+            prompts,
+            cfg,
+            seed=cfg.seed + 20_000,
+            k=1,
+        )
+    return reward.distributions(prompts, ro.texts)
