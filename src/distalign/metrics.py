@@ -19,6 +19,23 @@ def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
     return wins.mean().item()
 
 
+def expected_accuracy(chosen: torch.Tensor, rejected: torch.Tensor, p_chosen: np.ndarray) -> float:
+    """Accuracy expected over the labels' draws, when each pair's true probability p_i that
+    its chosen reply is preferred is known (the gold benchmark's ``p_chosen``):
+
+        (1/N) Σ_i [r_w > r_l]·p_i + [r_w < r_l]·(1 − p_i) + [r_w = r_l]·½.
+
+    The observed accuracy is one draw of it, off by the labels' own noise (std
+    √(Σ p_i(1 − p_i)) / N: about 0.015 on 800 gold-benchmark pairs). ``bayes_accuracy`` is
+    the same expectation for the best predictor, so this one compares with it like for like.
+    chosen, rejected: (N,) scores whose order is the prediction; p_chosen: (N,)."""
+    if chosen.numel() == 0:
+        return float("nan")
+    p = torch.as_tensor(np.asarray(p_chosen, dtype=np.float64))
+    right = torch.where(chosen > rejected, p, torch.where(chosen < rejected, 1 - p, 0.5))
+    return right.mean().item()
+
+
 def expected_calibration_error(
     prob: torch.Tensor, outcome: torch.Tensor, n_bins: int = 10
 ) -> float:
@@ -52,10 +69,13 @@ def preference_ece(chosen: torch.Tensor, rejected: torch.Tensor, n_bins: int = 1
     return expected_calibration_error(prob, outcome, n_bins)
 
 
-def reward_summary(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
-    """Pairwise accuracy, mean margin, reward mean/std, ECE of a scalar reward model."""
+def reward_summary(
+    chosen: torch.Tensor, rejected: torch.Tensor, p_chosen: np.ndarray | None = None
+) -> dict[str, float]:
+    """Pairwise accuracy, mean margin, reward mean/std, ECE of a scalar reward model; with the
+    pairs' known ``p_chosen`` (N,), also ``expected_accuracy``."""
     both = torch.cat([chosen, rejected]).double()
-    return {
+    out = {
         "accuracy": pairwise_accuracy(chosen, rejected),
         "margin": (chosen - rejected).double().mean().item() if chosen.numel() else float("nan"),
         "reward_mean": both.mean().item() if both.numel() else float("nan"),
@@ -63,6 +83,16 @@ def reward_summary(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, fl
         "ece": preference_ece(chosen, rejected),
         "pairs": int(chosen.numel()),
     }
+    return out | _expected(chosen, rejected, p_chosen)
+
+
+def _expected(chosen, rejected, p_chosen) -> dict[str, float]:
+    """``expected_accuracy`` of the same decision as ``accuracy``, when p_chosen is known."""
+    return (
+        {}
+        if p_chosen is None
+        else {"expected_accuracy": expected_accuracy(chosen, rejected, p_chosen)}
+    )
 
 
 def is_unimodal(p: torch.Tensor, tol: float = 1e-4) -> torch.Tensor:
@@ -78,10 +108,14 @@ def is_unimodal(p: torch.Tensor, tol: float = 1e-4) -> torch.Tensor:
 
 
 def distribution_summary(
-    logp_w: torch.Tensor, logp_l: torch.Tensor, values: torch.Tensor | None = None
+    logp_w: torch.Tensor,
+    logp_l: torch.Tensor,
+    values: torch.Tensor | None = None,
+    p_chosen: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Metrics of a distributional reward model on pairs: accuracy by P(R_w > R_l) vs
-    P(R_l > R_w) and by expectation, mean entropy, unimodal share, mean std."""
+    P(R_l > R_w) and by expectation, mean entropy, unimodal share, mean std; with the pairs'
+    known ``p_chosen`` (N,), ``expected_accuracy`` of the first decision."""
     from distalign.functionals import expectation, std
     from distalign.losses import entropy, log_prob_greater
 
@@ -102,15 +136,18 @@ def distribution_summary(
         ),
         "pairs": int(p_w.shape[0]),
     }
-    return out
+    return out | _expected(greater, less, p_chosen)
 
 
-def mixture_summary(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+def mixture_summary(
+    chosen: torch.Tensor, rejected: torch.Tensor, p_chosen: np.ndarray | None = None
+) -> dict[str, float]:
     """Metrics of a mixture head (component rewards (N, K), equal shares) on pairs: accuracy
     by P(w ≻ l) = mean_k σ(r_k(w) − r_k(l)) > ½ and by the mean reward, ECE of that
     probability, and the mean std of a pair's component margins (``component_spread``: how
     far the annotator types part on it; a single reply's components have no comparable
-    spread, since each component is fixed only up to its own constant)."""
+    spread, since each component is fixed only up to its own constant). With the pairs'
+    known ``p_chosen`` (N,), ``expected_accuracy`` of the first decision."""
     margins = (chosen - rejected).double()
     p = torch.sigmoid(margins).mean(-1)
     logit = torch.log(p) - torch.log1p(-p)
@@ -123,7 +160,7 @@ def mixture_summary(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, f
         if p.numel()
         else float("nan"),
         "pairs": int(p.numel()),
-    }
+    } | _expected(p, 1 - p, p_chosen)
 
 
 def bayes_accuracy(p_chosen: np.ndarray) -> float:

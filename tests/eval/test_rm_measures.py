@@ -113,6 +113,14 @@ def test_evaluate_reward_model_reports_contested_detection(tiny_rms, tmp_path, h
         assert result["contested_auroc_spread"] == pytest.approx(auroc(spread, flags))
         assert result["contested_auroc"] == pytest.approx(auroc(-np.abs(margin) / spread, flags))
     assert result["contested_auroc_margin"] == pytest.approx(auroc(-np.abs(margin), flags))
+    # with the known P(chosen): the ceiling and the accuracy expected over the label draws
+    known = np.array([(c + t) / 2 for c, t in GROUP_P])
+    both = evaluate_reward_model(*args, None, p, n_bootstrap=50, p_chosen=known)
+    assert both["bayes_ceiling"] == pytest.approx(np.maximum(known, 1 - known).mean())
+    if head == "scalar":
+        right = np.where(margin > 0, known, np.where(margin < 0, 1 - known, 0.5))
+        assert both["expected_accuracy"] == pytest.approx(right.mean())
+    assert 0 < both["expected_accuracy"] < 1 and both["accuracy"] == result["accuracy"]
     for key in [k for k in result if k.endswith("_ci95")]:
         lo, hi = result[key]
         assert 0 <= lo <= result[key.removesuffix("_ci95")] <= hi <= 1
@@ -130,6 +138,9 @@ def test_run_rm_eval_writes_contested_keys_only_with_group_probabilities(tiny_rm
     )  # fmt: skip
     saved = json.loads((tmp_path / "e.json").read_text())
     assert saved["contested_share"] == 0.5 and not math.isnan(saved["contested_auroc"])
+    assert saved["bayes_ceiling"] == pytest.approx(np.mean([max(c + t, 2 - c - t) / 2
+                                                            for c, t in GROUP_P]))  # fmt: skip
+    assert 0 < saved["expected_accuracy"] < 1
     assert result["contested_auroc_spread_ci95"] == saved["contested_auroc_spread_ci95"]
     (tmp_path / "plain").mkdir()
     rows = [{k: v for k, v in r.items() if k != "p_chosen_by_group"} for r in handmade_rows()]
@@ -139,6 +150,7 @@ def test_run_rm_eval_writes_contested_keys_only_with_group_probabilities(tiny_rm
         output=str(tmp_path / "p.json"),
     )  # fmt: skip
     assert not any(k.startswith("contested") for k in plain)
+    assert "expected_accuracy" in plain and "bayes_ceiling" in plain  # p_chosen alone gives them
     assert "pair_scores" not in plain and not (tmp_path / "p_pair_scores.csv").exists()
 
 

@@ -411,15 +411,22 @@ def read_prompt_replies(path: str) -> tuple[list[dict], list[list[dict]], list[s
     return rows, prompts, replies
 
 
-def bayes_ceiling(ds: datasets.Dataset) -> float | None:
-    """The best pairwise accuracy possible on these pairs, when every row carries the known
-    ``p_chosen`` (the gold benchmark's files do); None otherwise."""
-    from distalign.metrics import bayes_accuracy
-
+def known_p_chosen(ds: datasets.Dataset) -> np.ndarray | None:
+    """(N,) the true probability that each pair's chosen reply is preferred, when every row
+    carries it as ``p_chosen`` (the gold benchmark's files do); None otherwise."""
     known = ds["p_chosen"] if "p_chosen" in ds.column_names and len(ds) else []
     if not known or any(p is None for p in known):
         return None
-    return bayes_accuracy(np.asarray(known, dtype=np.float64))
+    return np.asarray(known, dtype=np.float64)
+
+
+def bayes_ceiling(ds: datasets.Dataset) -> float | None:
+    """The best pairwise accuracy possible on these pairs, when every row carries the known
+    ``p_chosen``; None otherwise."""
+    from distalign.metrics import bayes_accuracy
+
+    known = known_p_chosen(ds)
+    return None if known is None else bayes_accuracy(known)
 
 
 def p_chosen_by_group(ds: datasets.Dataset) -> np.ndarray | None:

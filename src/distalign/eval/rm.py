@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from distalign.metrics import (
+    bayes_accuracy,
     contested,
     contested_detection,
     contested_scores,
@@ -59,6 +60,7 @@ def evaluate_reward_model(
     p_by_group: np.ndarray | None = None,
     n_bootstrap: int = 2000,
     truth=None,
+    p_chosen: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Metrics on the loader's pairs. Scalar: accuracy, margin, reward mean/std, ECE.
     Distributional: accuracy by P(R_w > R_l) and by expectation, entropy, unimodal share,
@@ -74,6 +76,10 @@ def evaluate_reward_model(
     each with a ``…_ci95`` bootstrap interval (``n_bootstrap`` resamples of pairs); see
     ``metrics.contested_detection``.
 
+    ``p_chosen`` (N,), each pair's known probability that its chosen reply is preferred (the
+    gold benchmark's, in the loader's order), adds ``bayes_ceiling`` and ``expected_accuracy``
+    (``metrics.expected_accuracy``: the accuracy without the labels' draw noise).
+
     ``truth`` (``gold.truth.PairReplies`` of the loader's pairs), for a distributional head,
     adds whether the predicted spread of each distinct reply tracks the annotators'
     disagreement about it (``spread_*``, ``reply_spread_measures``)."""
@@ -82,12 +88,12 @@ def evaluate_reward_model(
     if head == "scalar":
         if outputs is not None:
             outputs.update(chosen=chosen[:, 0], rejected=rejected[:, 0])
-        result = reward_summary(chosen[:, 0], rejected[:, 0])
+        result = reward_summary(chosen[:, 0], rejected[:, 0], p_chosen)
         margin, spread = (chosen[:, 0] - rejected[:, 0]).double().numpy(), None
     elif head == "mixture":
         if outputs is not None:
             outputs.update(components_chosen=chosen, components_rejected=rejected)
-        result = mixture_summary(chosen, rejected)
+        result = mixture_summary(chosen, rejected, p_chosen)
         margin, spread = mixture_margin_spread(chosen, rejected)
         if chosen.shape[1] > 1:
             components = (chosen - rejected).double().numpy()
@@ -98,10 +104,12 @@ def evaluate_reward_model(
         logp_l = head_log_probs(head, rejected, n_bins)
         if outputs is not None:
             outputs.update(logp_chosen=logp_w, logp_rejected=logp_l)
-        result = distribution_summary(logp_w, logp_l)
+        result = distribution_summary(logp_w, logp_l, p_chosen=p_chosen)
         margin, spread = distribution_margin_spread(logp_w, logp_l)
         if truth is not None:
             result |= reply_spread_measures(truth, logp_w, logp_l, outputs)
+    if p_chosen is not None:  # the best accuracy possible on these pairs
+        result["bayes_ceiling"] = bayes_accuracy(p_chosen)
     if p_by_group is not None:
         result |= contested_detection(
             margin, spread, p_by_group, n_bootstrap, components=components
@@ -218,7 +226,7 @@ def run_rm_eval(
     scores the same."""
     from torch.utils.data import DataLoader
 
-    from distalign.data.load import bayes_ceiling, load_preferences, p_chosen_by_group
+    from distalign.data.load import known_p_chosen, load_preferences, p_chosen_by_group
     from distalign.data.pairs import PairCollator, SharedPrefixCollator, tokenize_pairs
     from distalign.gold.truth import pair_replies
     from distalign.models.load import prefix_sharing_for, resolve_device_dtype
@@ -240,11 +248,9 @@ def run_rm_eval(
     p_by_group = p_chosen_by_group(ds)
     truth = pair_replies(data, split, ds["source_row"]) if head != "scalar" else None
     result = evaluate_reward_model(
-        model, loader, None, head, n_bins, outputs, p_by_group, truth=truth
-    )
-    ceiling = bayes_ceiling(ds)
-    if ceiling is not None:  # the best accuracy possible on these pairs
-        result["bayes_ceiling"] = ceiling
+        model, loader, None, head, n_bins, outputs, p_by_group, truth=truth,
+        p_chosen=known_p_chosen(ds),
+    )  # fmt: skip
     result.update({"data": data, "split": split, "model": str(model_dir), "head": head})
     result.update({"device": str(place), "dtype": str(torch_dtype).removeprefix("torch.")})
     path = Path(output) if output else Path(model_dir) / eval_file_name(data, split)

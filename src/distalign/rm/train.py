@@ -32,7 +32,7 @@ from distalign.config import (
     checkpoint_path,
     config_dict,
 )
-from distalign.data.load import bayes_ceiling, load_preferences, p_chosen_by_group
+from distalign.data.load import known_p_chosen, load_preferences, p_chosen_by_group
 from distalign.data.pairs import (
     PairCollator,
     SharedPrefixCollator,
@@ -253,7 +253,7 @@ class Trainer:
     eval_loader: DataLoader
     out: Path
     log: MetricsLog
-    ceiling: float | None  # Bayes ceiling of the held-out pairs, when the data knows it
+    p_chosen: Any  # (N,) true P(chosen wins) of the held-out pairs, when the data knows it
     p_by_group: Any  # (N, G) per-group P(chosen wins) of the held-out pairs, or None
     truth: Any = None  # gold.truth.PairReplies of the held-out pairs (distributional heads)
 
@@ -326,9 +326,8 @@ def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, d
         outputs,
         t.p_by_group,
         truth=t.truth,
+        p_chosen=t.p_chosen,
     )
-    if t.ceiling is not None:  # the best accuracy possible on these pairs
-        result["bayes_ceiling"] = t.ceiling
     t.log.write(state.step, {f"eval/{k}": v for k, v in result.items()})
     if result["accuracy"] > state.best_accuracy:
         state.best_accuracy = result["accuracy"]
@@ -383,7 +382,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     )
     log_ = MetricsLog(out / "metrics.jsonl", accelerator)
     t = Trainer(accelerator, scorer, tokenizer, optimizer, scheduler, eval_loader, out, log_,
-                bayes_ceiling(held_out), p_chosen_by_group(held_out))  # fmt: skip
+                known_p_chosen(held_out), p_chosen_by_group(held_out))  # fmt: skip
     if cfg.head != "scalar":  # the annotators' disagreement about each held-out reply
         source = cfg.eval_dataset_name or cfg.dataset_name
         t.truth = pair_replies(source, cfg.dataset_test_split, held_out["source_row"])

@@ -1,0 +1,124 @@
+"""What the reward models' margins weigh, against what the gold judge weighs, on the test pairs.
+
+    .venv/bin/python scripts/margin_attributes.py [--runs runs/full] [--out docs/results/level2]
+
+The gold judge scores a reply by a weighted sum of six measured attributes (relevance,
+completeness, repetition, length, structure, foreign text); each annotator has their own
+weights. This script reads each reward model's per-pair margins (``rm eval``'s
+``*_pair_scores.csv``) and fits them by least squares on the pairs' attribute differences:
+the fitted weights say what each RM learned to reward, R² how much of its margin the
+attributes explain at all (the rest is noise, as the judge sees it).
+
+It also gives two references for the accuracy goal: the Bayes ceiling, and a Bradley–Terry
+model that *knows* the six attributes and learns only their weights, by logistic regression,
+from the same 2,400 training labels. If the latter reaches the ceiling, the RM's gap lies in
+reading the attributes from text, not in the number of labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+
+from distalign.gold.judge import ATTRIBUTES, SCALE, annotator_weights
+from distalign.gold.truth import read_jsonl_gz
+
+GOLD = Path(__file__).parents[1] / "src" / "distalign" / "gold" / "data"
+RMS = {
+    "scalar": "rm_scalar/final",
+    "scalar, 2 epochs": "rm_scalar_2ep/final",
+    "ordinal": "rm_ordinal/final",
+    "mixture, end to end, head lr 2e-3": "rm_mixture_head_lr/final",
+    "mixture, end to end, head lr 2e-3, seed 1": "rm_mixture_head_lr_s1/final",
+}
+
+
+def attribute_differences(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, n_attr) chosen − rejected attributes of the split's pairs, and P(chosen) (N,)."""
+    replies = {(r["prompt_id"], r["reply_id"]): r for r in read_jsonl_gz(GOLD / "replies.jsonl.gz")}
+    rows = read_jsonl_gz(GOLD / f"{split}.jsonl.gz")
+
+    def attrs(row, side):
+        reply = replies[(row["prompt_id"], row[f"{side}_reply_id"])]
+        return [reply["attributes"][a] for a in ATTRIBUTES]
+
+    d = np.array([np.subtract(attrs(r, "chosen"), attrs(r, "rejected")) for r in rows])
+    return d, np.array([r["p_chosen"] for r in rows])
+
+
+def fit_bradley_terry(d: np.ndarray) -> np.ndarray:
+    """Weights w of P(chosen ≻ rejected) = σ(w·d) by maximum likelihood (no intercept: the
+    order of a pair carries no information), for pairs written chosen-first."""
+
+    def nll(w):
+        z = d @ w
+        return np.logaddexp(0.0, -z).sum(), -(d.T @ (1.0 / (1.0 + np.exp(z))))
+
+    return minimize(nll, np.zeros(d.shape[1]), jac=True, method="L-BFGS-B").x
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", default="runs/full")
+    ap.add_argument("--out", default="docs/results/level2")
+    args = ap.parse_args()
+    test_d, p_test = attribute_differences("test")
+    train_d, _ = attribute_differences("train")
+    weights, _, prob = annotator_weights()
+    population = SCALE * (prob @ weights)  # the mean annotator's weights, on the logit scale
+    learned = fit_bradley_terry(train_d)
+    out: dict = {
+        "attributes": list(ATTRIBUTES),
+        "judge_mean_annotator": population.tolist(),
+        "test_pairs": len(test_d),
+        "bayes_ceiling": float(np.mean(np.maximum(p_test, 1 - p_test))),
+        # a test pair's label is its chosen side, so accuracy is the share scored above 0
+        "attributes_known_weights_learned": {
+            "weights": learned.tolist(),
+            "accuracy": float(np.mean(test_d @ learned > 0)),
+            "expected_accuracy": float(np.mean(np.where(test_d @ learned > 0, p_test, 1 - p_test))),
+        },
+        "reward_models": {},
+    }
+    for name, folder in RMS.items():
+        path = Path(args.runs) / folder / "eval_gold_test_pair_scores.csv"
+        if not path.is_file():
+            continue
+        scores = np.genfromtxt(path, delimiter=",", names=True)
+        margin = np.empty(len(test_d))
+        margin[scores["pair"].astype(int)] = scores["margin"]
+        w, *_ = np.linalg.lstsq(test_d, margin, rcond=None)
+        residual = margin - test_d @ w
+        out["reward_models"][name] = {
+            "weights": w.tolist(),
+            "r2": float(1 - residual.var() / margin.var()),
+            "accuracy": float(np.mean(margin > 0)),
+            "expected_accuracy": float(np.mean(np.where(margin > 0, p_test, 1 - p_test))),
+        }
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "margin_attributes.json").write_text(json.dumps(out, indent=2) + "\n")
+    head = "| weights on | " + " | ".join(ATTRIBUTES) + " | R² | accuracy (expected) |"
+    lines = [head, "|" + "---|" * (len(ATTRIBUTES) + 3)]
+    k = out["attributes_known_weights_learned"]
+    rows = [("judge, mean annotator (×SCALE)", population, None, None, None),
+            ("attributes known, weights from 2,400 labels", learned, None, k["accuracy"],
+             k["expected_accuracy"])]  # fmt: skip
+    rows += [(n, np.array(r["weights"]), r["r2"], r["accuracy"], r["expected_accuracy"])
+             for n, r in out["reward_models"].items()]  # fmt: skip
+    for name, w, r2, acc, expected in rows:
+        cells = [f"{x:+.2f}" for x in w]
+        cells += ["–" if r2 is None else f"{r2:.2f}",
+                  "–" if acc is None else f"{acc:.3f} ({expected:.3f})"]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append(f"\nBayes ceiling {out['bayes_ceiling']:.3f} on {len(test_d)} test pairs.")
+    text = "\n".join(lines) + "\n"
+    (Path(args.out) / "margin_attributes.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
