@@ -36,6 +36,7 @@ COMPARISONS = ("compare", "compare_mixture", "compare_headlr")  # eval compare r
 GROUPS = ("concise", "thorough")
 RM_KEYS = [
     ("accuracy", "accuracy"),
+    ("expected_accuracy", "accuracy expected over the label draws"),
     ("bayes_ceiling", "Bayes ceiling"),
     ("ece", "ECE"),
     ("contested_auroc", "contested AUROC"),

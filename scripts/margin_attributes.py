@@ -5,9 +5,12 @@
 The gold judge scores a reply by a weighted sum of six measured attributes (relevance,
 completeness, repetition, length, structure, foreign text); each annotator has their own
 weights. This script reads each reward model's per-pair margins (``rm eval``'s
-``*_pair_scores.csv``) and fits them by least squares on the pairs' attribute differences:
-the fitted weights say what each RM learned to reward, R² how much of its margin the
-attributes explain at all (the rest is noise, as the judge sees it).
+``*_pair_scores.csv``: a distributional head's margin of expectations) and fits them by
+least squares on the pairs' attribute differences: the fitted weights say what each RM
+learned to reward (on the logit scale for a calibrated scalar RM, like the judge's ×SCALE),
+R² how much of its margin the attributes explain at all (the rest is noise, as the judge
+sees it). ``foreign`` barely varies between the replies of a prompt (std 0.006), so its
+fitted weight is not to be read.
 
 It also gives two references for the accuracy goal: the Bayes ceiling, and a Bradley–Terry
 model that *knows* the six attributes and learns only their weights, by logistic regression,
@@ -101,7 +104,8 @@ def main() -> None:
         }
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "margin_attributes.json").write_text(json.dumps(out, indent=2) + "\n")
-    head = "| weights on | " + " | ".join(ATTRIBUTES) + " | R² | accuracy (expected) |"
+    head = ("| weights on | " + " | ".join(ATTRIBUTES)
+            + " | R² | accuracy of the margin's sign (expected over label draws) |")  # fmt: skip
     lines = [head, "|" + "---|" * (len(ATTRIBUTES) + 3)]
     k = out["attributes_known_weights_learned"]
     rows = [("judge, mean annotator (×SCALE)", population, None, None, None),

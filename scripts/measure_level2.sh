@@ -101,3 +101,5 @@ stage runs/full/compare_headlr/compare.json compare_level2_headlr $DA eval compa
 stage runs/full/rm_mixture_head_lr_s1/final rm_mixture_head_lr_s1 $DA rm train \
   configs/rm_scalar_full.yaml head=mixture n_components=2 head_learning_rate=2e-3 seed=1 \
   output_dir=runs/full/rm_mixture_head_lr_s1
+# what each RM's margin weighs, against the gold judge's attributes (seconds)
+.venv/bin/python scripts/margin_attributes.py > runs/logs/margin_attributes.log 2>&1

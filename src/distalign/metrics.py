@@ -26,7 +26,7 @@ def expected_accuracy(chosen: torch.Tensor, rejected: torch.Tensor, p_chosen: np
         (1/N) Σ_i [r_w > r_l]·p_i + [r_w < r_l]·(1 − p_i) + [r_w = r_l]·½.
 
     The observed accuracy is one draw of it, off by the labels' own noise (std
-    √(Σ p_i(1 − p_i)) / N: about 0.015 on 800 gold-benchmark pairs). ``bayes_accuracy`` is
+    √(Σ p_i(1 − p_i)) / N: 0.014 on the 800 gold-benchmark test pairs). ``bayes_accuracy`` is
     the same expectation for the best predictor, so this one compares with it like for like.
     chosen, rejected: (N,) scores whose order is the prediction; p_chosen: (N,)."""
     if chosen.numel() == 0:
