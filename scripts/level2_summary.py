@@ -36,7 +36,7 @@ COMPARISONS = ("compare", "compare_mixture", "compare_headlr")  # eval compare r
 GROUPS = ("concise", "thorough")
 RM_KEYS = [
     ("accuracy", "accuracy"),
-    ("expected_accuracy", "accuracy expected over the label draws"),
+    ("accuracy_vs_truth", "accuracy expected over the label draws"),
     ("bayes_ceiling", "Bayes ceiling"),
     ("ece", "ECE"),
     ("contested_auroc", "contested AUROC"),
@@ -183,12 +183,20 @@ def plot(curves, path: Path, arms=None) -> None:
 
 
 def compare_rows(runs: Path) -> dict:
-    """Every final policy of the ``eval compare`` runs that have run, by name."""
+    """Every final policy of the ``eval compare`` runs that have run, by name. Each run
+    also scores SFT, with the same settings and seed: the first run's SFT row is kept, and
+    a later one that differs from it is reported."""
     rows: dict = {}
     for name in COMPARISONS:
         path = runs / name / "compare.json"
-        if path.is_file():
-            rows |= json.loads(path.read_text()).get("policies", {})
+        if not path.is_file():
+            continue
+        for policy, row in json.loads(path.read_text()).get("policies", {}).items():
+            if policy in rows:
+                if row.get("gold_mean") != rows[policy].get("gold_mean"):
+                    print(f"{path}: its {policy} row differs from the first comparison's")
+                continue
+            rows[policy] = row
     return rows
 
 

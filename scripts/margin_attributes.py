@@ -25,10 +25,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.optimize import minimize
 
 from distalign.gold.judge import ATTRIBUTES, SCALE, annotator_weights
 from distalign.gold.truth import read_jsonl_gz
+from distalign.metrics import accuracy_vs_truth, bayes_accuracy, pairwise_accuracy
 
 GOLD = Path(__file__).parents[1] / "src" / "distalign" / "gold" / "data"
 RMS = {
@@ -64,6 +66,14 @@ def fit_bradley_terry(d: np.ndarray) -> np.ndarray:
     return minimize(nll, np.zeros(d.shape[1]), jac=True, method="L-BFGS-B").x
 
 
+def accuracies(margin: np.ndarray, p_chosen: np.ndarray) -> dict[str, float]:
+    """Accuracy of the margin's sign on the drawn labels (a test pair is written chosen
+    first, so it is the share above 0; ties ½) and against the truth."""
+    m, zero = torch.as_tensor(margin), torch.zeros(len(margin), dtype=torch.float64)
+    return {"accuracy": pairwise_accuracy(m, zero),
+            "accuracy_vs_truth": accuracy_vs_truth(m, zero, p_chosen)}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default="runs/full")
@@ -78,13 +88,9 @@ def main() -> None:
         "attributes": list(ATTRIBUTES),
         "judge_mean_annotator": population.tolist(),
         "test_pairs": len(test_d),
-        "bayes_ceiling": float(np.mean(np.maximum(p_test, 1 - p_test))),
-        # a test pair's label is its chosen side, so accuracy is the share scored above 0
-        "attributes_known_weights_learned": {
-            "weights": learned.tolist(),
-            "accuracy": float(np.mean(test_d @ learned > 0)),
-            "expected_accuracy": float(np.mean(np.where(test_d @ learned > 0, p_test, 1 - p_test))),
-        },
+        "bayes_ceiling": bayes_accuracy(p_test),
+        "attributes_known_weights_learned": {"weights": learned.tolist()}
+        | accuracies(test_d @ learned, p_test),
         "reward_models": {},
     }
     for name, folder in RMS.items():
@@ -92,16 +98,16 @@ def main() -> None:
         if not path.is_file():
             continue
         scores = np.genfromtxt(path, delimiter=",", names=True)
-        margin = np.empty(len(test_d))
+        margin = np.full(len(test_d), np.nan)
         margin[scores["pair"].astype(int)] = scores["margin"]
+        if np.isnan(margin).any():
+            raise SystemExit(f"{path}: scores {len(scores)} of the {len(test_d)} test pairs")
         w, *_ = np.linalg.lstsq(test_d, margin, rcond=None)
         residual = margin - test_d @ w
-        out["reward_models"][name] = {
-            "weights": w.tolist(),
-            "r2": float(1 - residual.var() / margin.var()),
-            "accuracy": float(np.mean(margin > 0)),
-            "expected_accuracy": float(np.mean(np.where(margin > 0, p_test, 1 - p_test))),
-        }
+        # R² of a fit without intercept, against the margins' own variance
+        r2 = 1 - (residual**2).sum() / ((margin - margin.mean()) ** 2).sum()
+        out["reward_models"][name] = {"weights": w.tolist(), "r2": float(r2)}
+        out["reward_models"][name] |= accuracies(margin, p_test)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "margin_attributes.json").write_text(json.dumps(out, indent=2) + "\n")
     head = ("| weights on | " + " | ".join(ATTRIBUTES)
@@ -110,8 +116,8 @@ def main() -> None:
     k = out["attributes_known_weights_learned"]
     rows = [("judge, mean annotator (×SCALE)", population, None, None, None),
             ("attributes known, weights from 2,400 labels", learned, None, k["accuracy"],
-             k["expected_accuracy"])]  # fmt: skip
-    rows += [(n, np.array(r["weights"]), r["r2"], r["accuracy"], r["expected_accuracy"])
+             k["accuracy_vs_truth"])]  # fmt: skip
+    rows += [(n, np.array(r["weights"]), r["r2"], r["accuracy"], r["accuracy_vs_truth"])
              for n, r in out["reward_models"].items()]  # fmt: skip
     for name, w, r2, acc, expected in rows:
         cells = [f"{x:+.2f}" for x in w]

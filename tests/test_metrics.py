@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from distalign.metrics import (
+    accuracy_vs_truth,
     auroc,
     average_ranks,
     bayes_accuracy,
@@ -17,7 +18,6 @@ from distalign.metrics import (
     centred_spread,
     contested,
     distinct_n,
-    expected_accuracy,
     group_gap,
     partial_spearman,
     spearman,
@@ -31,24 +31,24 @@ def test_bayes_accuracy_picks_the_likelier_reply():
     assert math.isnan(bayes_accuracy(np.array([])))
 
 
-def test_expected_accuracy_by_hand_and_over_label_draws():
+def test_accuracy_vs_truth_by_hand_and_over_label_draws():
     import torch
 
     p = np.array([0.9, 0.2, 0.6, 0.7])
     chosen, rejected = torch.tensor([2.0, 2.0, 1.0, 0.0]), torch.tensor([1.0, 3.0, 1.0, 0.5])
     # right, wrong, tie, wrong: p₁ + (1 − p₂) + ½ + (1 − p₄)
-    assert expected_accuracy(chosen, rejected, p) == pytest.approx((0.9 + 0.8 + 0.5 + 0.3) / 4)
+    assert accuracy_vs_truth(chosen, rejected, p) == pytest.approx((0.9 + 0.8 + 0.5 + 0.3) / 4)
     # the best predictor (pick the likelier side) meets the Bayes ceiling exactly
     likelier = torch.tensor(p - 0.5)
-    assert expected_accuracy(likelier, torch.zeros(4), p) == pytest.approx(bayes_accuracy(p))
+    assert accuracy_vs_truth(likelier, torch.zeros(4), p) == pytest.approx(bayes_accuracy(p))
     # the mean over many label draws of the observed accuracy
     rng = np.random.default_rng(0)
     q = rng.uniform(size=50)
     scores = torch.tensor(rng.normal(size=50))
     labels = rng.uniform(size=(20_000, 50)) < q  # True: the first reply is preferred
     observed = np.where(labels, scores.numpy() > 0, scores.numpy() < 0).mean()
-    assert expected_accuracy(scores, torch.zeros(50), q) == pytest.approx(observed, abs=2e-3)
-    assert math.isnan(expected_accuracy(torch.zeros(0), torch.zeros(0), np.array([])))
+    assert accuracy_vs_truth(scores, torch.zeros(50), q) == pytest.approx(observed, abs=2e-3)
+    assert math.isnan(accuracy_vs_truth(torch.zeros(0), torch.zeros(0), np.array([])))
 
 
 def test_bootstrap_interval_by_hand():

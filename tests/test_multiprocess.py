@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import write_jsonl
 from tests.rm.test_train import make_pairs
 
@@ -37,7 +39,10 @@ def test_rm_train_on_two_processes(tiny_model_dir, tmp_path):
     data = tmp_path / "pairs"
     data.mkdir()
     write_jsonl(data / "train.jsonl", make_pairs(64, seed=0))
-    write_jsonl(data / "test.jsonl", make_pairs(21, seed=1))  # not a multiple of 2
+    held_out = make_pairs(21, seed=1)  # not a multiple of 2
+    for i, row in enumerate(held_out):  # known truths, as the gold benchmark's rows carry
+        row["p_chosen"] = 0.05 + 0.9 * i / 20
+    write_jsonl(data / "test.jsonl", held_out)
     out = tmp_path / "rm"
     common = [
         f"model_name_or_path={tiny_model_dir}", f"dataset_name={data}", "max_length=64",
@@ -52,6 +57,13 @@ def test_rm_train_on_two_processes(tiny_model_dir, tmp_path):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert sorted(set(steps)) == [1, 2, 3, 4]  # one writer; the resumed run goes on at 3
     assert (out / "final" / "model.safetensors").is_file()
+    # gathered scores line up with the rows' p_chosen: one process scores the same
+    from distalign.eval.rm import run_rm_eval
+
+    alone = run_rm_eval(str(out / "final"), str(data), "test", max_length=64,
+                        output=str(tmp_path / "alone.json"))  # fmt: skip
+    for key in ("accuracy", "accuracy_vs_truth", "bayes_ceiling"):
+        assert summary["eval"][key] == pytest.approx(alone[key], abs=1e-6), key
 
 
 def test_rl_train_on_two_processes(tiny_model_dir, tmp_path):

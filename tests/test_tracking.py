@@ -11,7 +11,13 @@ import pytest
 import yaml
 from accelerate import Accelerator
 
-from distalign.tracking import flat_hparams, quiet_libraries, resolve_report_to, start_tracking
+from distalign.tracking import (
+    end_run,
+    flat_hparams,
+    quiet_libraries,
+    resolve_report_to,
+    start_tracking,
+)
 
 
 @dataclass
@@ -148,3 +154,17 @@ def test_quiet_libraries_model_loads_print_no_table(
     assert "Loading weights" not in capfd.readouterr().err  # the progress bar
     assert not caplog.records  # the new score head is expected: not reported as missing
     assert not [w for w in caught if issubclass(w.category, FutureWarning)]
+
+
+def test_end_run_waits_for_every_process_before_the_group_goes():
+    calls = []
+
+    class Recorder:
+        def wait_for_everyone(self):
+            calls.append("barrier")
+
+        def end_training(self):  # trackers, then destroy_process_group
+            calls.append("end")
+
+    end_run(Recorder())
+    assert calls == ["barrier", "end"]

@@ -19,9 +19,10 @@ def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
     return wins.mean().item()
 
 
-def expected_accuracy(chosen: torch.Tensor, rejected: torch.Tensor, p_chosen: np.ndarray) -> float:
-    """Accuracy expected over the labels' draws, when each pair's true probability p_i that
-    its chosen reply is preferred is known (the gold benchmark's ``p_chosen``):
+def accuracy_vs_truth(chosen: torch.Tensor, rejected: torch.Tensor, p_chosen: np.ndarray) -> float:
+    """Accuracy against the known truth rather than the drawn labels: its expectation over
+    the labels' draws, when each pair's true probability p_i that its chosen reply is
+    preferred is known (the gold benchmark's ``p_chosen``):
 
         (1/N) Σ_i [r_w > r_l]·p_i + [r_w < r_l]·(1 − p_i) + [r_w = r_l]·½.
 
@@ -29,9 +30,11 @@ def expected_accuracy(chosen: torch.Tensor, rejected: torch.Tensor, p_chosen: np
     √(Σ p_i(1 − p_i)) / N: 0.014 on the 800 gold-benchmark test pairs). ``bayes_accuracy`` is
     the same expectation for the best predictor, so this one compares with it like for like.
     chosen, rejected: (N,) scores whose order is the prediction; p_chosen: (N,)."""
+    p = torch.as_tensor(np.asarray(p_chosen, dtype=np.float64), device=chosen.device)
+    if p.shape != chosen.shape:
+        raise ValueError(f"p_chosen has {tuple(p.shape)} values for {tuple(chosen.shape)} pairs")
     if chosen.numel() == 0:
         return float("nan")
-    p = torch.as_tensor(np.asarray(p_chosen, dtype=np.float64))
     right = torch.where(chosen > rejected, p, torch.where(chosen < rejected, 1 - p, 0.5))
     return right.mean().item()
 
@@ -73,7 +76,7 @@ def reward_summary(
     chosen: torch.Tensor, rejected: torch.Tensor, p_chosen: np.ndarray | None = None
 ) -> dict[str, float]:
     """Pairwise accuracy, mean margin, reward mean/std, ECE of a scalar reward model; with the
-    pairs' known ``p_chosen`` (N,), also ``expected_accuracy``."""
+    pairs' known ``p_chosen`` (N,), also ``accuracy_vs_truth``."""
     both = torch.cat([chosen, rejected]).double()
     out = {
         "accuracy": pairwise_accuracy(chosen, rejected),
@@ -87,11 +90,11 @@ def reward_summary(
 
 
 def _expected(chosen, rejected, p_chosen) -> dict[str, float]:
-    """``expected_accuracy`` of the same decision as ``accuracy``, when p_chosen is known."""
+    """``accuracy_vs_truth`` of the same decision as ``accuracy``, when p_chosen is known."""
     return (
         {}
         if p_chosen is None
-        else {"expected_accuracy": expected_accuracy(chosen, rejected, p_chosen)}
+        else {"accuracy_vs_truth": accuracy_vs_truth(chosen, rejected, p_chosen)}
     )
 
 
@@ -115,7 +118,7 @@ def distribution_summary(
 ) -> dict[str, float]:
     """Metrics of a distributional reward model on pairs: accuracy by P(R_w > R_l) vs
     P(R_l > R_w) and by expectation, mean entropy, unimodal share, mean std; with the pairs'
-    known ``p_chosen`` (N,), ``expected_accuracy`` of the first decision."""
+    known ``p_chosen`` (N,), ``accuracy_vs_truth`` of the first decision."""
     from distalign.functionals import expectation, std
     from distalign.losses import entropy, log_prob_greater
 
@@ -147,7 +150,7 @@ def mixture_summary(
     probability, and the mean std of a pair's component margins (``component_spread``: how
     far the annotator types part on it; a single reply's components have no comparable
     spread, since each component is fixed only up to its own constant). With the pairs'
-    known ``p_chosen`` (N,), ``expected_accuracy`` of the first decision."""
+    known ``p_chosen`` (N,), ``accuracy_vs_truth`` of the first decision."""
     margins = (chosen - rejected).double()
     p = torch.sigmoid(margins).mean(-1)
     logit = torch.log(p) - torch.log1p(-p)

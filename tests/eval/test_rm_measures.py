@@ -119,8 +119,8 @@ def test_evaluate_reward_model_reports_contested_detection(tiny_rms, tmp_path, h
     assert both["bayes_ceiling"] == pytest.approx(np.maximum(known, 1 - known).mean())
     if head == "scalar":
         right = np.where(margin > 0, known, np.where(margin < 0, 1 - known, 0.5))
-        assert both["expected_accuracy"] == pytest.approx(right.mean())
-    assert 0 < both["expected_accuracy"] < 1 and both["accuracy"] == result["accuracy"]
+        assert both["accuracy_vs_truth"] == pytest.approx(right.mean())
+    assert 0 < both["accuracy_vs_truth"] < 1 and both["accuracy"] == result["accuracy"]
     for key in [k for k in result if k.endswith("_ci95")]:
         lo, hi = result[key]
         assert 0 <= lo <= result[key.removesuffix("_ci95")] <= hi <= 1
@@ -140,7 +140,7 @@ def test_run_rm_eval_writes_contested_keys_only_with_group_probabilities(tiny_rm
     assert saved["contested_share"] == 0.5 and not math.isnan(saved["contested_auroc"])
     assert saved["bayes_ceiling"] == pytest.approx(np.mean([max(c + t, 2 - c - t) / 2
                                                             for c, t in GROUP_P]))  # fmt: skip
-    assert 0 < saved["expected_accuracy"] < 1
+    assert 0 < saved["accuracy_vs_truth"] < 1
     assert result["contested_auroc_spread_ci95"] == saved["contested_auroc_spread_ci95"]
     (tmp_path / "plain").mkdir()
     rows = [{k: v for k, v in r.items() if k != "p_chosen_by_group"} for r in handmade_rows()]
@@ -150,7 +150,7 @@ def test_run_rm_eval_writes_contested_keys_only_with_group_probabilities(tiny_rm
         output=str(tmp_path / "p.json"),
     )  # fmt: skip
     assert not any(k.startswith("contested") for k in plain)
-    assert "expected_accuracy" in plain and "bayes_ceiling" in plain  # p_chosen alone gives them
+    assert "accuracy_vs_truth" in plain and "bayes_ceiling" in plain  # p_chosen alone gives them
     assert "pair_scores" not in plain and not (tmp_path / "p_pair_scores.csv").exists()
 
 
@@ -207,7 +207,7 @@ def write_benchmark(folder, pairs=PAIRS):
     rows = [
         {"prompt": c[0], "chosen": f"{c[0]}-{c[1]}", "rejected": f"{r[0]}-{r[1]}",
          "prompt_id": c[0], "chosen_reply_id": c[1], "rejected_reply_id": r[1],
-         "p_chosen_by_group": {"concise": 0.3, "thorough": 0.6}}
+         "p_chosen": 0.45, "p_chosen_by_group": {"concise": 0.3, "thorough": 0.6}}
         for c, r in pairs
     ]  # fmt: skip
     replies = [
@@ -312,3 +312,9 @@ def test_rm_train_reports_reply_spread_when_held_out_on_a_benchmark_folder(
     saved = json.loads((tmp_path / "rm" / "summary.json").read_text())["eval"]
     assert saved["spread_spearman_centred"] == result["spread_spearman_centred"]
     assert list((tmp_path / "rm" / "final").glob("eval_*_spread.png"))
+    # the pairs' known P(chosen): the ceiling and the accuracy against it, logged as well
+    logged = [json.loads(line) for line in (tmp_path / "rm" / "metrics.jsonl").open()]
+    last = [row for row in logged if "eval/bayes_ceiling" in row][-1]
+    assert last["eval/accuracy_vs_truth"] == result["accuracy_vs_truth"]
+    assert result["bayes_ceiling"] == pytest.approx(0.55)
+    assert 0.45 <= result["accuracy_vs_truth"] <= 0.55  # each pair gives 0.45, 0.55 or ½

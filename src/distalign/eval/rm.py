@@ -77,8 +77,8 @@ def evaluate_reward_model(
     ``metrics.contested_detection``.
 
     ``p_chosen`` (N,), each pair's known probability that its chosen reply is preferred (the
-    gold benchmark's, in the loader's order), adds ``bayes_ceiling`` and ``expected_accuracy``
-    (``metrics.expected_accuracy``: the accuracy without the labels' draw noise).
+    gold benchmark's, in the loader's order), adds ``bayes_ceiling`` and ``accuracy_vs_truth``
+    (``metrics.accuracy_vs_truth``: the accuracy without the labels' draw noise).
 
     ``truth`` (``gold.truth.PairReplies`` of the loader's pairs), for a distributional head,
     adds whether the predicted spread of each distinct reply tracks the annotators'

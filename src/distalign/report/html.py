@@ -64,7 +64,7 @@ RM_EVAL_LABELS = {
     "spread_predicted_vs_length": "Spearman(predicted std, length)",
     "accuracy": "pairwise accuracy",
     "accuracy_expectation": "accuracy by E[R]",
-    "expected_accuracy": "accuracy expected over the label draws (like the ceiling)",
+    "accuracy_vs_truth": "accuracy expected over the label draws (like the ceiling)",
     "bayes_ceiling": "Bayes ceiling (best possible accuracy)",
     "margin": "mean margin r(chosen) − r(rejected)",
     "reward_mean": "mean reward",

@@ -232,6 +232,8 @@ class RLTrainConfig(SamplingConfig):
 
 
 def is_gold(source) -> bool:
+    """Whether a prompt source is the gold benchmark (the alias ``gold``), whose prompts
+    the gold judge can score."""
     return isinstance(source, str) and source == "gold"
 
 

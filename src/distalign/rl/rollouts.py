@@ -28,7 +28,8 @@ def _encode_prompts(tokenizer, prompts, max_tokens: int) -> list[list[int]]:
 
 
 class Rollouts:
-    """One step's samples: token ids, on-policy and reference log-probs, rewards."""
+    """One step's samples: prompts and their token ids, the replies' token ids and texts,
+    the sampler's on-policy log-probs (padded, with their mask), and which replies ended."""
 
     def __init__(self, prompts, prompt_ids, replies, sample_logps, finished, texts, k, device):
         self.prompts, self.prompt_ids, self.k = prompts, prompt_ids, k
@@ -72,6 +73,8 @@ def rollout(
 def reference_logprobs(
     policy, ref_model, ro: Rollouts, cfg: RLTrainConfig, pad_id: int
 ) -> torch.Tensor:
+    """The frozen reference's log-probs (B, T) of the rollouts' reply tokens, padded like
+    ``ro.logps``: the SFT copy, or the policy with its LoRA adapters off, in eval mode."""
     out = []
     with reference_mode(policy, ref_model) as ref:
         step = cfg.prompts_per_micro_batch
