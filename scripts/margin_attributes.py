@@ -39,6 +39,7 @@ RMS = {
     "ordinal": "rm_ordinal/final",
     "mixture, end to end, head lr 2e-3": "rm_mixture_head_lr/final",
     "mixture, end to end, head lr 2e-3, seed 1": "rm_mixture_head_lr_s1/final",
+    "mixture, end to end, head lr 2e-3, seed 2": "rm_mixture_head_lr_s2/final",
 }
 
 

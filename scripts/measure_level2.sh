@@ -99,9 +99,12 @@ done
 stage runs/full/compare_headlr/compare.json compare_level2_headlr $DA eval compare "${headlr[@]}" \
   --reward scalar=runs/full/rm_scalar/final --reward mixture=runs/full/rm_mixture_head_lr/final \
   max_completion_length=48 max_eval_samples=32 num_generations=4 output_dir=runs/full/compare_headlr
-# a second seed of the head-rate mixture: is its contested AUROC more than one run's luck?
+# more seeds of the head-rate mixture: is its contested AUROC more than one run's luck?
 stage runs/full/rm_mixture_head_lr_s1/final rm_mixture_head_lr_s1 $DA rm train \
   configs/rm_scalar_full.yaml head=mixture n_components=2 head_learning_rate=2e-3 seed=1 \
   output_dir=runs/full/rm_mixture_head_lr_s1
+stage runs/full/rm_mixture_head_lr_s2/final rm_mixture_head_lr_s2 $DA rm train \
+  configs/rm_scalar_full.yaml head=mixture n_components=2 head_learning_rate=2e-3 seed=2 \
+  output_dir=runs/full/rm_mixture_head_lr_s2
 # what each RM's margin weighs, against the gold judge's attributes (seconds)
 .venv/bin/python scripts/margin_attributes.py > runs/logs/margin_attributes.log 2>&1
