@@ -78,7 +78,7 @@ def rm_rows(runs: Path) -> dict[str, dict]:
         "mixture, warm start, 2-epoch backbone": "rm_mixture_warm_2ep",
         "mixture, end to end, head lr 2e-3": "rm_mixture_head_lr/final",
         "mixture, end to end, head lr 2e-3, seed 1": "rm_mixture_head_lr_s1/final",
-    "mixture, end to end, head lr 2e-3, seed 2": "rm_mixture_head_lr_s2/final",
+        "mixture, end to end, head lr 2e-3, seed 2": "rm_mixture_head_lr_s2/final",
     }
     out = {}
     baseline = runs / folders["scalar"] / "eval_gold_test_pair_scores.csv"
