@@ -33,10 +33,23 @@ ARMS = {
 # the arms against the end-to-end mixture with the faster head, beside the scalar RM's
 HEADLR_ARMS = ("scalar", "headlr_expectation", "headlr_cvar")
 COMPARISONS = ("compare", "compare_mixture", "compare_headlr")  # eval compare runs
+RM_FOLDERS = {  # each reward model's folder under --runs
+    "scalar": "rm_scalar/final",
+    "scalar, 2 epochs": "rm_scalar_2ep/final",
+    "ordinal": "rm_ordinal/final",
+    "mixture": "rm_mixture/final",
+    "mixture, frozen backbone": "rm_mixture_frozen",
+    "mixture, warm start": "rm_mixture_warm",
+    "mixture, warm start, 2-epoch backbone": "rm_mixture_warm_2ep",
+    "mixture, end to end, head lr 2e-3": "rm_mixture_head_lr/final",
+    "mixture, end to end, head lr 2e-3, seed 1": "rm_mixture_head_lr_s1/final",
+    "mixture, end to end, head lr 2e-3, seed 2": "rm_mixture_head_lr_s2/final",
+}
 GROUPS = ("concise", "thorough")
 RM_KEYS = [
     ("accuracy", "accuracy"),
-    ("accuracy_vs_truth", "accuracy expected over the label draws"),
+    ("accuracy_vs_truth", "accuracy against the truth (expected over the label draws)"),
+    ("margin_vs_truth", "… of the margin's sign, from the pair scores"),
     ("bayes_ceiling", "Bayes ceiling"),
     ("ece", "ECE"),
     ("contested_auroc", "contested AUROC"),
@@ -68,21 +81,9 @@ def rm_rows(runs: Path) -> dict[str, dict]:
     (``eval.rm.compare_contested``: ``vs_scalar``, its ``…_ci95`` and ``vs_scalar_p``)."""
     from distalign.eval.rm import compare_contested
 
-    folders = {
-        "scalar": "rm_scalar/final",
-        "scalar, 2 epochs": "rm_scalar_2ep/final",
-        "ordinal": "rm_ordinal/final",
-        "mixture": "rm_mixture/final",
-        "mixture, frozen backbone": "rm_mixture_frozen",
-        "mixture, warm start": "rm_mixture_warm",
-        "mixture, warm start, 2-epoch backbone": "rm_mixture_warm_2ep",
-        "mixture, end to end, head lr 2e-3": "rm_mixture_head_lr/final",
-        "mixture, end to end, head lr 2e-3, seed 1": "rm_mixture_head_lr_s1/final",
-        "mixture, end to end, head lr 2e-3, seed 2": "rm_mixture_head_lr_s2/final",
-    }
     out = {}
-    baseline = runs / folders["scalar"] / "eval_gold_test_pair_scores.csv"
-    for name, folder in folders.items():
+    baseline = runs / RM_FOLDERS["scalar"] / "eval_gold_test_pair_scores.csv"
+    for name, folder in RM_FOLDERS.items():
         path = runs / folder / "eval_gold_test.json"
         if path.is_file():
             summary = path.parent.parent / "summary.json"
@@ -90,11 +91,29 @@ def rm_rows(runs: Path) -> dict[str, dict]:
                 folder.endswith("/final") and summary.is_file()) else None  # fmt: skip
             out[name] = json.loads(path.read_text()) | {"train_seconds": seconds}
             pairs = path.with_name(path.stem + "_pair_scores.csv")
+            if pairs.is_file():
+                out[name]["margin_vs_truth"] = margin_vs_truth(pairs)
             if name != "scalar" and pairs.is_file() and baseline.is_file():
                 d = compare_contested(pairs, baseline)
                 out[name] |= {"vs_scalar": d["difference"], "vs_scalar_ci95": [d["lo"], d["hi"]],
                               "vs_scalar_p": d["p_not_above"]}  # fmt: skip
     return out
+
+
+def margin_vs_truth(pairs: Path) -> float:
+    """Accuracy against the truth of the sign of the margins in an ``rm eval`` pair-score
+    file of the gold benchmark's test pairs (for RMs evaluated before ``rm eval`` reported
+    ``accuracy_vs_truth``; a scalar RM's own decision, a distributional one's by its mean)."""
+    import torch
+
+    from distalign.data.load import known_p_chosen, load_preferences
+    from distalign.eval.rm import read_pair_scores
+    from distalign.metrics import accuracy_vs_truth
+
+    scores = read_pair_scores(pairs)
+    p = known_p_chosen(load_preferences("gold", "test"))[np.asarray(scores["pair"], dtype=int)]
+    margin = torch.as_tensor(np.asarray(scores["margin"], dtype=np.float64))
+    return accuracy_vs_truth(margin, torch.zeros_like(margin), p)
 
 
 def eval_curve(run: Path) -> list[dict]:

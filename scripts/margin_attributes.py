@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from level2_summary import RM_FOLDERS  # scripts/, beside this one
 from scipy.optimize import minimize
 
 from distalign.gold.judge import ATTRIBUTES, SCALE, annotator_weights
@@ -33,14 +34,6 @@ from distalign.gold.truth import read_jsonl_gz
 from distalign.metrics import accuracy_vs_truth, bayes_accuracy, pairwise_accuracy
 
 GOLD = Path(__file__).parents[1] / "src" / "distalign" / "gold" / "data"
-RMS = {
-    "scalar": "rm_scalar/final",
-    "scalar, 2 epochs": "rm_scalar_2ep/final",
-    "ordinal": "rm_ordinal/final",
-    "mixture, end to end, head lr 2e-3": "rm_mixture_head_lr/final",
-    "mixture, end to end, head lr 2e-3, seed 1": "rm_mixture_head_lr_s1/final",
-    "mixture, end to end, head lr 2e-3, seed 2": "rm_mixture_head_lr_s2/final",
-}
 
 
 def attribute_differences(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +87,7 @@ def main() -> None:
         | accuracies(test_d @ learned, p_test),
         "reward_models": {},
     }
-    for name, folder in RMS.items():
+    for name, folder in RM_FOLDERS.items():
         path = Path(args.runs) / folder / "eval_gold_test_pair_scores.csv"
         if not path.is_file():
             continue
@@ -112,7 +105,7 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "margin_attributes.json").write_text(json.dumps(out, indent=2) + "\n")
     head = ("| weights on | " + " | ".join(ATTRIBUTES)
-            + " | R² | accuracy of the margin's sign (expected over label draws) |")  # fmt: skip
+            + " | R² | accuracy of the margin's sign (against the truth) |")  # fmt: skip
     lines = [head, "|" + "---|" * (len(ATTRIBUTES) + 3)]
     k = out["attributes_known_weights_learned"]
     rows = [("judge, mean annotator (×SCALE)", population, None, None, None),
@@ -120,10 +113,10 @@ def main() -> None:
              k["accuracy_vs_truth"])]  # fmt: skip
     rows += [(n, np.array(r["weights"]), r["r2"], r["accuracy"], r["accuracy_vs_truth"])
              for n, r in out["reward_models"].items()]  # fmt: skip
-    for name, w, r2, acc, expected in rows:
+    for name, w, r2, acc, vs_truth in rows:
         cells = [f"{x:+.2f}" for x in w]
         cells += ["–" if r2 is None else f"{r2:.2f}",
-                  "–" if acc is None else f"{acc:.3f} ({expected:.3f})"]  # fmt: skip
+                  "–" if acc is None else f"{acc:.3f} ({vs_truth:.3f})"]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(f"\nBayes ceiling {out['bayes_ceiling']:.3f} on {len(test_d)} test pairs.")
     text = "\n".join(lines) + "\n"

@@ -4,7 +4,7 @@
 # ordinal and a mixture of 2 Bradley–Terry components, about 45 min each on a 2-core CPU),
 # then RLOO against them — the scalar RM, the ordinal RM's expectation and CVaR_0.25, the
 # mixture's expectation and its worse component's gain (CVaR_0.5), and the same two against
-# the end-to-end mixture with a faster head — at two seeds (about 8 min each), then
+# the end-to-end mixture with a faster head — at two seeds (7–16 min each), then
 # comparisons of the final policies, a second seed of that mixture RM, and what each RM's
 # margin weighs (scripts/margin_attributes.py). A stage whose output exists is skipped, so
 # rerunning the script carries on where it stopped. Summary: scripts/level2_summary.py.

@@ -49,6 +49,8 @@ def test_accuracy_vs_truth_by_hand_and_over_label_draws():
     observed = np.where(labels, scores.numpy() > 0, scores.numpy() < 0).mean()
     assert accuracy_vs_truth(scores, torch.zeros(50), q) == pytest.approx(observed, abs=2e-3)
     assert math.isnan(accuracy_vs_truth(torch.zeros(0), torch.zeros(0), np.array([])))
+    with pytest.raises(ValueError, match="p_chosen has"):  # a truth per pair, no broadcasting
+        accuracy_vs_truth(chosen, rejected, np.array([0.5]))
 
 
 def test_bootstrap_interval_by_hand():

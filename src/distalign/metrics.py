@@ -86,10 +86,10 @@ def reward_summary(
         "ece": preference_ece(chosen, rejected),
         "pairs": int(chosen.numel()),
     }
-    return out | _expected(chosen, rejected, p_chosen)
+    return out | _vs_truth(chosen, rejected, p_chosen)
 
 
-def _expected(chosen, rejected, p_chosen) -> dict[str, float]:
+def _vs_truth(chosen, rejected, p_chosen) -> dict[str, float]:
     """``accuracy_vs_truth`` of the same decision as ``accuracy``, when p_chosen is known."""
     return (
         {}
@@ -139,7 +139,7 @@ def distribution_summary(
         ),
         "pairs": int(p_w.shape[0]),
     }
-    return out | _expected(greater, less, p_chosen)
+    return out | _vs_truth(greater, less, p_chosen)
 
 
 def mixture_summary(
@@ -163,7 +163,7 @@ def mixture_summary(
         if p.numel()
         else float("nan"),
         "pairs": int(p.numel()),
-    } | _expected(p, 1 - p, p_chosen)
+    } | _vs_truth(p, 1 - p, p_chosen)
 
 
 def bayes_accuracy(p_chosen: np.ndarray) -> float:
