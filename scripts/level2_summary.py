@@ -79,10 +79,12 @@ def rm_rows(runs: Path) -> dict[str, dict]:
     rewrites it), its training time when it was trained end to end, and, where both wrote
     per-pair scores, its contested detector against the scalar RM's on the same pairs
     (``eval.rm.compare_contested``: ``vs_scalar``, its ``…_ci95`` and ``vs_scalar_p``)."""
+    from distalign.data.load import known_p_chosen, load_preferences
     from distalign.eval.rm import compare_contested
 
     out = {}
     baseline = runs / RM_FOLDERS["scalar"] / "eval_gold_test_pair_scores.csv"
+    p_test = known_p_chosen(load_preferences("gold", "test"))  # once, for every RM
     for name, folder in RM_FOLDERS.items():
         path = runs / folder / "eval_gold_test.json"
         if path.is_file():
@@ -92,7 +94,7 @@ def rm_rows(runs: Path) -> dict[str, dict]:
             out[name] = json.loads(path.read_text()) | {"train_seconds": seconds}
             pairs = path.with_name(path.stem + "_pair_scores.csv")
             if pairs.is_file():
-                out[name]["margin_vs_truth"] = margin_vs_truth(pairs)
+                out[name]["margin_vs_truth"] = margin_vs_truth(pairs, p_test)
             if name != "scalar" and pairs.is_file() and baseline.is_file():
                 d = compare_contested(pairs, baseline)
                 out[name] |= {"vs_scalar": d["difference"], "vs_scalar_ci95": [d["lo"], d["hi"]],
@@ -100,18 +102,18 @@ def rm_rows(runs: Path) -> dict[str, dict]:
     return out
 
 
-def margin_vs_truth(pairs: Path) -> float:
+def margin_vs_truth(pairs: Path, p_test: np.ndarray) -> float:
     """Accuracy against the truth of the sign of the margins in an ``rm eval`` pair-score
-    file of the gold benchmark's test pairs (for RMs evaluated before ``rm eval`` reported
-    ``accuracy_vs_truth``; a scalar RM's own decision, a distributional one's by its mean)."""
+    file of the gold benchmark's test pairs, whose true P(chosen) is ``p_test`` (for RMs
+    evaluated before ``rm eval`` reported ``accuracy_vs_truth``; a scalar RM's own decision,
+    a distributional one's by its mean)."""
     import torch
 
-    from distalign.data.load import known_p_chosen, load_preferences
     from distalign.eval.rm import read_pair_scores
     from distalign.metrics import accuracy_vs_truth
 
     scores = read_pair_scores(pairs)
-    p = known_p_chosen(load_preferences("gold", "test"))[np.asarray(scores["pair"], dtype=int)]
+    p = p_test[np.asarray(scores["pair"], dtype=int)]
     margin = torch.as_tensor(np.asarray(scores["margin"], dtype=np.float64))
     return accuracy_vs_truth(margin, torch.zeros_like(margin), p)
 

@@ -29,6 +29,7 @@ import torch
 from level2_summary import RM_FOLDERS  # scripts/, beside this one
 from scipy.optimize import minimize
 
+from distalign.eval.rm import read_pair_scores
 from distalign.gold.judge import ATTRIBUTES, SCALE, annotator_weights
 from distalign.gold.truth import read_jsonl_gz
 from distalign.metrics import accuracy_vs_truth, bayes_accuracy, pairwise_accuracy
@@ -91,7 +92,7 @@ def main() -> None:
         path = Path(args.runs) / folder / "eval_gold_test_pair_scores.csv"
         if not path.is_file():
             continue
-        scores = np.genfromtxt(path, delimiter=",", names=True)
+        scores = read_pair_scores(path)
         margin = np.full(len(test_d), np.nan)
         margin[scores["pair"].astype(int)] = scores["margin"]
         if np.isnan(margin).any():
