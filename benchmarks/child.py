@@ -13,10 +13,11 @@ def report(result: dict) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def run_child(cmd: list[str], what: str) -> dict:
-    """In the parent: run one child and return its result (its output is shown if it fails)."""
+def run_child(cmd: list[str], what: str, env: dict | None = None) -> dict:
+    """In the parent: run one child and return its result (its output is shown if it fails).
+    ``env``: variables to set for the child (``common.child_env``)."""
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}
+        cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1", **(env or {})}
     )
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode or not line:

@@ -65,6 +65,37 @@ def environment() -> dict:
     return {"machine": machine(), "versions": versions()}
 
 
+def add_device_args(ap) -> None:
+    """Where both tools of a comparison run, and in what precision: always the same for both."""
+    ap.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: the GPU when torch sees one, else the CPU; cpu hides every GPU from both tools",
+    )
+    ap.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 mixed precision (float32 weights) in both tools; default: float32",
+    )
+
+
+def resolve_bench_device(device: str) -> str:
+    """``auto``: ``cuda`` when torch sees a GPU, else ``cpu``. ``cuda`` without one: an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here")
+    return device
+
+
+def child_env(device: str) -> dict:
+    """The environment a measured child runs in: ``cpu`` hides the GPUs from both tools."""
+    return {"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {}
+
+
 def results_dir(quick: bool) -> Path:
     return QUICK_RESULTS if quick else RESULTS
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from child import report, run_child
-from common import DEFAULT_MODEL, TINY, policy_path, profile_table, results_dir
+from common import DEFAULT_MODEL, TINY, child_env, policy_path, profile_table, results_dir
 from rm_throughput import PAIRS_PER_STEP, gold_pairs, run_distalign, run_trl
 
 
@@ -104,7 +104,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--tool", tool, "--work", str(args.work)]
         cmd += ["--steps", str(args.steps), "--model-path", args.model_path]
         cmd += ["--max-length", str(args.max_length)] + (["--quick"] if args.quick else [])
-        print(run_child(cmd, f"profile {tool}")["profile"])
+        # operators by self CPU time: a CPU profile, with the GPUs hidden from both tools
+        print(run_child(cmd, f"profile {tool}", child_env("cpu"))["profile"])
 
 
 if __name__ == "__main__":

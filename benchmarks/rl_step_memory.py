@@ -116,6 +116,8 @@ def main() -> None:
     summary = {
         "model": args.model,
         "quick": args.quick,
+        "device": args.device,
+        "precision": "bf16 mixed" if args.bf16 else "float32",
         **environment(),
         "settings": {
             "prompts_per_step": args.prompts,

@@ -49,9 +49,12 @@ from common import (
     DEFAULT_MODEL,
     RESULTS,
     TINY,
+    add_device_args,
+    child_env,
     environment,
     policy_path,
     profile_table,
+    resolve_bench_device,
     results_dir,
     reward_model_folder,
     write_json,
@@ -172,6 +175,7 @@ def shared_keys(s: dict) -> dict:
         "max_steps": s["steps"],
         "report_to": "none",
         "seed": 0,
+        "bf16": s.get("bf16", False),
     }
 
 
@@ -289,8 +293,7 @@ def run_trl(s: dict) -> dict:
         shuffle_dataset=False,
         logging_steps=1,
         save_strategy="no",
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not torch.cuda.is_available(),  # the parent hides the GPUs for --device cpu
         gradient_checkpointing=False,
         dataloader_num_workers=0,
         log_completions=False,
@@ -326,13 +329,16 @@ def settings(args, tool: str, lora: bool, tokens: int, k: int, tag: str = "") ->
         "out": str(args.work / name),
         "profile": str(args.out.parent / f"profile_rl_{name}.txt") if args.profile else None,
         "checkpointing": False,
+        "device": args.device,
+        "bf16": args.bf16,
     }
 
 
 def measure(s: dict, script: str = __file__) -> dict:
     """Run one setting in its own process (its peak RSS its own)."""
     cmd = [sys.executable, script, "--child-settings", json.dumps(s)]
-    return run_child(cmd, f"{s['tool']} {'lora' if s['lora'] else 'full'} {s['tokens']} tokens")
+    what = f"{s['tool']} {'lora' if s['lora'] else 'full'} {s['tokens']} tokens"
+    return run_child(cmd, what, child_env(s["device"]))
 
 
 def child_main(raw: str) -> None:
@@ -350,6 +356,7 @@ def add_common_args(ap: argparse.ArgumentParser, steps: int) -> None:
     ap.add_argument("--micro", type=int, default=2, help="prompts (× k) per micro-batch")
     ap.add_argument("--steps", type=int, default=steps, help="steps per run (1st: warm-up)")
     ap.add_argument("--quick", action="store_true", help="tiny random model, 2 steps")
+    add_device_args(ap)
     ap.add_argument("--child-settings", help=argparse.SUPPRESS)
 
 
@@ -360,6 +367,7 @@ def prepare(args, work: Path, out: Path) -> None:
         work = work.with_name(work.name + "_quick")
         out = results_dir(True) / out.name
     args.work, args.out = work, out
+    args.device = resolve_bench_device(args.device)
     work.mkdir(parents=True, exist_ok=True)
     args.model_path = policy_path(args.model, work)
     args.reward = reward_model_folder(args.model, work)
@@ -405,6 +413,8 @@ def main() -> None:
     summary = {
         "model": args.model,
         "quick": args.quick,
+        "device": args.device,
+        "precision": "bf16 mixed" if args.bf16 else "float32",
         **environment(),
         "settings": {
             "prompts_per_step": args.prompts,

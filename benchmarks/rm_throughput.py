@@ -44,9 +44,12 @@ from common import (
     DEFAULT_MODEL,
     RESULTS,
     TINY,
+    add_device_args,
+    child_env,
     environment,
     policy_path,
     rate,
+    resolve_bench_device,
     results_dir,
     write_json,
 )
@@ -180,6 +183,7 @@ def fitting_max_length(pairs: list[dict]) -> int:
 
 def run_trl(pairs, args) -> dict:
     import datasets
+    import torch
     from transformers import AutoModelForSequenceClassification, TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
@@ -214,8 +218,8 @@ def run_trl(pairs, args) -> dict:
         report_to="none",
         save_strategy="no",
         logging_steps=1,
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not torch.cuda.is_available(),  # the parent hides the GPUs for --device cpu
+        bf16=getattr(args, "bf16", False),
         gradient_checkpointing=False,
         center_rewards_coefficient=0.01,
         dataloader_num_workers=0,
@@ -267,6 +271,7 @@ def run_distalign(pairs, args, variant) -> dict:
         packing=variant == "packed",
         group_by_prompt=variant == "grouped",
         center_rewards_coefficient=0.01,
+        bf16=getattr(args, "bf16", False),
     )
     run(cfg)
     logs = [r for r in read_metrics(out / "metrics.jsonl") if "train/elapsed_s" in r]
@@ -320,9 +325,9 @@ def run_workload(workload: str, args) -> dict:
             continue
         cmd = [sys.executable, __file__, "--variant", variant, "--work", str(work)]
         cmd += ["--steps", str(args.steps), "--max-length", str(max_length)]
-        cmd += ["--model-path", args.model_path]
+        cmd += ["--model-path", args.model_path] + (["--bf16"] if args.bf16 else [])
         print(f"== {workload} / {variant}: {VARIANTS[variant]}", flush=True)
-        r = run_child(cmd, f"{workload}/{variant}")
+        r = run_child(cmd, f"{workload}/{variant}", child_env(args.device))
         r["tokens_per_s"] = r["pairs_per_s"] * tokens_per_pair
         # tokens the model actually runs (prefix sharing reads each prompt once)
         computed = tokens_per_pair if variant in ("trl", "plain") else shared_per_pair
@@ -377,18 +382,27 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny random model, 3 steps")
     ap.add_argument("--work", type=Path, default=Path("runs/bench_rm"))
     ap.add_argument("--out", type=Path, default=RESULTS / "rm_throughput.json")
+    add_device_args(ap)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--model-path", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
         return child(args)
+    args.device = resolve_bench_device(args.device)
     if args.quick:
         args.model, args.steps = TINY, min(args.steps, 3)
         args.work = args.work.with_name(args.work.name + "_quick")
         args.out = results_dir(True) / args.out.name
     args.work.mkdir(parents=True, exist_ok=True)
     args.model_path = policy_path(args.model, args.work)
-    summary = {"model": args.model, "quick": args.quick, **environment(), "workloads": {}}
+    summary = {
+        "model": args.model,
+        "quick": args.quick,
+        "device": args.device,
+        "precision": "bf16 mixed" if args.bf16 else "float32",
+        **environment(),
+        "workloads": {},
+    }
     for workload in args.workloads.split(","):
         summary["workloads"][workload] = run_workload(workload, args)
     write_json(args.out, summary)
