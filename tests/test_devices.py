@@ -275,7 +275,9 @@ def test_rm_eval_with_flash_attention_scores_one_row_per_reply(
         return real(path, **{**kwargs, "attn_implementation": "sdpa"})
 
     monkeypatch.setattr(reward_model, "load_reward_model", on_this_cpu)
-    common = dict(model_name_or_path=str(tmp_path / "rm"), dataset_name=str(tmp_path / "pairs"))
+    common = dict(
+        model_name_or_path=str(tmp_path / "rm"), dataset_name=str(tmp_path / "pairs"), device="cpu"
+    )
     shared = api.evaluate_reward_model(**common, output_file=str(tmp_path / "a.json"))
     with caplog.at_level(logging.WARNING, logger="distalign.models.load"):
         flash = api.evaluate_reward_model(
@@ -364,15 +366,13 @@ def test_generate_on_cuda(tiny_model_dir, monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_rm_eval_and_score_on_cuda_match_the_cpu(tiny_rm_dir, tmp_path, monkeypatch):
     import distalign.models.reward_model as reward_model
-    import distalign.rm.score as score
     from tests.rm.test_train import make_pairs
 
     (tmp_path / "pairs").mkdir()
     write_jsonl(tmp_path / "pairs" / "test.jsonl", make_pairs(12, 1))
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "Name a fruit.", "reply": "A fig."}])
     seen = []
-    spy(monkeypatch, reward_model, "load_reward_model", seen)
-    spy(monkeypatch, score, "load_reward_model", seen)
+    spy(monkeypatch, reward_model, "load_reward_model", seen)  # rm eval and rm score load here
     common = dict(model_name_or_path=str(tiny_rm_dir), dataset_name=str(tmp_path / "pairs"))
     on_gpu = api.evaluate_reward_model(**common, output_file=str(tmp_path / "g.json"))
     exact = api.evaluate_reward_model(

@@ -22,7 +22,13 @@ def test_fsdp2_sample_save_resume(tiny_model_dir, tmp_path, kind):
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
         str(worker), str(tiny_model_dir), str(tmp_path / "ckpt"), kind,
     ]  # fmt: skip
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = os.environ | {
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])
+        ),
+        "CUDA_VISIBLE_DEVICES": "",  # FSDP2 over gloo on the CPU, on any machine
+    }
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert f"FSDP2 OK {kind}" in done.stdout

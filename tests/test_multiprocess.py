@@ -28,7 +28,12 @@ def launch(*args: str) -> str:
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
         "-m", "distalign.cli", *args,
     ]  # fmt: skip
-    env = os.environ | {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    # the CPU path on any machine: on a GPU box two processes would share (or want) GPUs
+    env = os.environ | {
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "true",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]

@@ -76,7 +76,11 @@ KILLER = textwrap.dedent(
 
 
 def run_cli(*args, kill: tuple[str, int, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the repository root for ``tests.``, ahead of whatever path the caller runs with
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     if kill is None:
         code, argv = (
             "from distalign.cli import main; import sys; sys.argv[0]='distalign'; main()",
