@@ -502,6 +502,7 @@ def test_compare_under_a_reward_model_judge(tiny_model_dir, tmp_path):
         max_completion_length=6,
         bootstrap=50,
         output_dir=str(tmp_path / "cmp"),
+        device="cpu",  # float32 on any machine, as the rescoring below (a GPU would take bf16)
     )
     summary = run_compare(cfg)
     replies = [json.loads(line) for line in (tmp_path / "cmp" / "replies.jsonl").open()]
