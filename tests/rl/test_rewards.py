@@ -21,6 +21,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from distalign.models.classifier import encode_conversation, render_conversation
 from distalign.rl import rewards as rw
 from distalign.rl.rewards import (
     CallableReward,
@@ -28,10 +29,8 @@ from distalign.rl.rewards import (
     RewardOutput,
     RewardSource,
     RewardSum,
-    encode_conversation,
     load_reward_source,
     prompt_columns,
-    render_conversation,
     source_name,
 )
 
