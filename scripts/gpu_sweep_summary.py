@@ -52,17 +52,15 @@ def compare(folder: Path, rows: dict[str, dict], baseline: Path) -> None:
 def by_rate(rows: dict[str, dict]) -> dict[float, dict]:
     import numpy as np
 
+    keys = ("accuracy", "accuracy_vs_truth", "ece", "contested_auroc", "vs_scalar",
+            "spread_spearman_centred", "component_spread")  # fmt: skip
     out = {}
     for rate in sorted({r["rate"] for r in rows.values() if r["rate"] is not None}):
         rs = [r for r in rows.values() if r["rate"] == rate]
         out[rate] = {
             "seeds": sorted(r["seed"] for r in rs),
             "both_goals": sum(r["meets_auroc"] and r["meets_rho"] for r in rs),
-            **{
-                f"mean_{k}": float(np.mean([r[k] for r in rs]))
-                for k in ("accuracy", "accuracy_vs_truth", "ece", "contested_auroc", "vs_scalar",
-                          "spread_spearman_centred", "component_spread")  # fmt: skip
-            },
+            **{f"mean_{k}": float(np.mean([r[k] for r in rs])) for k in keys},
         }
     return out
 

@@ -29,10 +29,16 @@ ARMS = {
     "mixture_cvar": "mixture RM, worse component's gain",
     "headlr_expectation": "head-rate mixture RM, E[R]",
     "headlr_cvar": "head-rate mixture RM, worse component's gain",
+    "mix1e2_expectation": "mixture RM, head lr 1e-2, E[R]",
+    "mix1e2_cvar": "mixture RM, head lr 1e-2, worse component's gain",
 }
-# the arms against the end-to-end mixture with the faster head, beside the scalar RM's
-HEADLR_ARMS = ("scalar", "headlr_expectation", "headlr_cvar")
-COMPARISONS = ("compare", "compare_mixture", "compare_headlr")  # eval compare runs
+# the arms against an end-to-end mixture with a faster head, beside the scalar RM's, each in
+# a plot of its own: file -> arms
+ARM_PLOTS = {
+    "curves_headlr.png": ("scalar", "headlr_expectation", "headlr_cvar"),
+    "curves_mix1e2.png": ("scalar", "mix1e2_expectation", "mix1e2_cvar"),
+}
+COMPARISONS = ("compare", "compare_mixture", "compare_headlr", "compare_mix1e2")  # eval compare
 RM_FOLDERS = {  # each reward model's folder under --runs
     "scalar": "rm_scalar/final",
     "scalar, 2 epochs": "rm_scalar_2ep/final",
@@ -44,6 +50,7 @@ RM_FOLDERS = {  # each reward model's folder under --runs
     "mixture, end to end, head lr 2e-3": "rm_mixture_head_lr/final",
     "mixture, end to end, head lr 2e-3, seed 1": "rm_mixture_head_lr_s1/final",
     "mixture, end to end, head lr 2e-3, seed 2": "rm_mixture_head_lr_s2/final",
+    "mixture, end to end, head lr 1e-2, seed 1": "rm_mixture_head_lr1e-2_s1/final",
 }
 GROUPS = ("concise", "thorough")
 RM_KEYS = [
@@ -311,8 +318,9 @@ def main() -> None:
     table, peak, final = matched(curves, targets), peaks(curves), compare_rows(runs)
     if curves:
         plot(curves, out / "curves.png")
-        if any(a in curves for a in HEADLR_ARMS[1:]):
-            plot(curves, out / "curves_headlr.png", HEADLR_ARMS)
+        for name, arms in ARM_PLOTS.items():
+            if any(a in curves for a in arms[1:]):
+                plot(curves, out / name, arms)
     text = markdown(rms, table, peak, final) + search_markdown(out / "spread_search.json")
     (out / "summary.md").write_text(text)
     payload = {"reward_models": rms, "matched_kl": table, "peaks": peak, "final": final,

@@ -5,8 +5,9 @@
 # then RLOO against them — the scalar RM, the ordinal RM's expectation and CVaR_0.25, the
 # mixture's expectation and its worse component's gain (CVaR_0.5), and the same two against
 # the end-to-end mixture with a faster head — at two seeds (7–16 min each), then
-# comparisons of the final policies, a second seed of that mixture RM, and what each RM's
-# margin weighs (scripts/margin_attributes.py). A stage whose output exists is skipped, so
+# comparisons of the final policies, more seeds of that mixture RM, the mixture at head rate
+# 1e-2 with its own two RL arms and comparison, and what each RM's margin weighs
+# (scripts/margin_attributes.py). A stage whose output exists is skipped, so
 # rerunning the script carries on where it stopped. Summary: scripts/level2_summary.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -106,5 +107,23 @@ stage runs/full/rm_mixture_head_lr_s1/final rm_mixture_head_lr_s1 $DA rm train \
 stage runs/full/rm_mixture_head_lr_s2/final rm_mixture_head_lr_s2 $DA rm train \
   configs/rm_scalar_full.yaml head=mixture n_components=2 head_learning_rate=2e-3 seed=2 \
   output_dir=runs/full/rm_mixture_head_lr_s2
+# the head rate that parts the components at every seed of the GPU sweep
+# (docs/results/level2/gpu_sweep), on this CPU at seed 1 (the hardest start at lower rates)
+stage runs/full/rm_mixture_head_lr1e-2_s1/final rm_mixture_head_lr1e-2_s1 $DA rm train \
+  configs/rm_mixture_full.yaml seed=1 output_dir=runs/full/rm_mixture_head_lr1e-2_s1
+# mix1e2_*: E[R] and the worse component's gain against it, two seeds, and their comparison
+for seed in $SEEDS; do
+  for arm in mix1e2_expectation mix1e2_cvar; do
+    stage "runs/full/rl_${arm}_s$seed/final" "rl_${arm}_s$seed" $DA rl train \
+      "configs/rl_level2_$arm.yaml" "seed=$seed" "output_dir=runs/full/rl_${arm}_s$seed"
+  done
+done
+mix1e2=()
+for seed in $SEEDS; do
+  for arm in mix1e2_expectation mix1e2_cvar; do mix1e2+=(--policy "${arm}_s$seed=runs/full/rl_${arm}_s$seed/final"); done
+done
+stage runs/full/compare_mix1e2/compare.json compare_level2_mix1e2 $DA eval compare "${mix1e2[@]}" \
+  --reward scalar=runs/full/rm_scalar/final --reward mixture=runs/full/rm_mixture_head_lr1e-2_s1/final \
+  max_completion_length=48 max_eval_samples=32 num_generations=4 output_dir=runs/full/compare_mix1e2
 # what each RM's margin weighs, against the gold judge's attributes (seconds)
 .venv/bin/python scripts/margin_attributes.py > runs/logs/margin_attributes.log 2>&1
