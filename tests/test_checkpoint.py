@@ -19,6 +19,45 @@ def test_rng_round_trip():
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
 
 
+class FakeCuda:
+    """torch.cuda on a node of 4 GPUs, this process on GPU 2: which states are read and set."""
+
+    def __init__(self, initialized: bool):
+        self.initialized, self.read, self.set = initialized, [], []
+
+    def install(self, monkeypatch):
+        cuda = torch.cuda
+        monkeypatch.setattr(cuda, "is_available", lambda: True)
+        monkeypatch.setattr(cuda, "is_initialized", lambda: self.initialized)
+        monkeypatch.setattr(cuda, "current_device", lambda: 2)
+        monkeypatch.setattr(
+            cuda, "get_rng_state", lambda: self.read.append(2) or torch.tensor([7, 2]).byte()
+        )
+        monkeypatch.setattr(
+            cuda, "get_rng_state_all", lambda: pytest.fail("every GPU's state read")
+        )
+        monkeypatch.setattr(cuda, "set_rng_state", lambda t: self.set.append(t.tolist()))
+        monkeypatch.setattr(
+            cuda, "set_rng_state_all", lambda ts: pytest.fail("every GPU's state set")
+        )
+
+
+def test_rng_state_touches_only_this_process_gpu(monkeypatch):
+    fake = FakeCuda(initialized=False)
+    fake.install(monkeypatch)
+    assert "cuda" not in rng_state()  # a run that never used CUDA does not start it
+    fake.initialized = True
+    state = json.loads(json.dumps(rng_state()))
+    assert fake.read == [2] and state["cuda"] == [7, 2]
+    set_rng_state(state)
+    assert fake.set == [[7, 2]]
+    # a checkpoint written with one state per device: this process's own is restored
+    set_rng_state({**state, "cuda": [[0, 0], [1, 1], [2, 2], [3, 3]]})
+    assert fake.set == [[7, 2], [2, 2]]
+    set_rng_state({**state, "cuda": [[0, 0]]})  # written on a node with fewer GPUs: left alone
+    assert fake.set == [[7, 2], [2, 2]]
+
+
 def test_resume_needs_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         resolve_resume(tmp_path / "last")

@@ -41,8 +41,11 @@ def rng_state() -> dict[str, Any]:
         "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()],
         "torch": torch.get_rng_state().tolist(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    # this process's own GPU only, and only once CUDA is in use: asking for every device's
+    # state would start a context on each GPU of the node from every process (and on a CPU run
+    # of a GPU machine, start CUDA at all)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state
 
 
@@ -52,8 +55,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        if isinstance(cuda[0], list):  # written before: one state per device of the node
+            here = torch.cuda.current_device()
+            cuda = cuda[here] if here < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(torch.tensor(cuda, dtype=torch.uint8))
 
 
 def resolve_resume(path: str | Path) -> Path:
