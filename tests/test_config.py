@@ -141,6 +141,10 @@ def test_flag_spellings():
     )
     assert from_cli(RMTrainConfig, ["--use-peft", "--max_steps", "3"]).use_peft is True
     assert from_cli(RMTrainConfig, ["--use_peft", "false"]).use_peft is False
+    # a key that may be unset (tf32: None leaves torch's setting) is a bare flag too
+    assert from_cli(RMTrainConfig, ["--tf32", "--max_steps", "3"]).tf32 is True
+    assert from_cli(RLTrainConfig, ["--tf32", "false"]).tf32 is False
+    assert from_cli(RMTrainConfig, []).tf32 is None
 
 
 def test_wrong_flag_type_names_the_flag():

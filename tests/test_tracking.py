@@ -16,6 +16,7 @@ from distalign.tracking import (
     flat_hparams,
     quiet_libraries,
     resolve_report_to,
+    set_tf32,
     start_tracking,
 )
 
@@ -168,3 +169,20 @@ def test_end_run_waits_for_every_process_before_the_group_goes():
 
     end_run(Recorder())
     assert calls == ["barrier", "end"]
+
+
+def test_tf32_key_sets_torch_and_unset_leaves_it():
+    import torch
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32)  # torch's flags are global: put them back
+    try:
+        matmul.allow_tf32, cudnn.allow_tf32 = False, False
+        set_tf32(None)
+        assert not matmul.allow_tf32 and not cudnn.allow_tf32
+        set_tf32(True)
+        assert matmul.allow_tf32 and cudnn.allow_tf32
+        set_tf32(False)
+        assert not matmul.allow_tf32 and not cudnn.allow_tf32
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before

@@ -172,7 +172,8 @@ BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
 
 def bool_keys(cls: type) -> list[str]:
     """The keys of ``cls`` that hold a bool (they may be given as a bare ``--flag``)."""
-    return [f.name for f in dataclasses.fields(cls) if f.type in (bool, "bool")]
+    kinds = (bool, "bool", "bool | None", "None | bool")
+    return [f.name for f in dataclasses.fields(cls) if f.type in kinds]
 
 
 def load_config(

@@ -100,8 +100,8 @@ def flat_hparams(config: Any, prefix: str = "") -> dict[str, bool | int | float 
 
 def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     """A training run's Accelerator (mixed precision from ``cfg.bf16``/``cfg.fp16``, or what
-    ``accelerate launch`` set; trackers from ``cfg.report_to``), the global seed, and the
-    resolved config saved in ``out`` by the main process."""
+    ``accelerate launch`` set; trackers from ``cfg.report_to``), the global seed, TF32 as
+    ``cfg.tf32`` asks, and the resolved config saved in ``out`` by the main process."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -114,9 +114,17 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
         **accelerator_kwargs,
     )
     set_seed(cfg.seed)
+    set_tf32(getattr(cfg, "tf32", None))
     if accelerator.is_main_process:
         save_config(cfg, out)
     return accelerator
+
+
+def set_tf32(tf32: bool | None) -> None:
+    """TF32 for CUDA matmuls and cuDNN convolutions as the ``tf32`` key asks (None: as is)."""
+    if tf32 is not None:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 def end_run(accelerator) -> None:

@@ -125,6 +125,10 @@ class RLTrainConfig(SamplingConfig):
     """bfloat16 mixed precision (where the hardware has it)."""
     fp16: bool = False
     """float16 mixed precision. With neither, ``accelerate launch --mixed_precision`` decides."""
+    tf32: bool | None = None
+    """TF32 matmuls on NVIDIA GPUs from Ampere on (transformers' ``tf32``): float32 training at
+    several times the speed, each matmul input rounded to a 10-bit mantissa. Unset: torch's
+    own setting (off); no effect on the CPU."""
     prefix_sharing: bool = True
     """Teacher-forced and reference passes share each prompt across its samples."""
     attn_implementation: str = "sdpa"
