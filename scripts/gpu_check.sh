@@ -68,6 +68,7 @@ for stage in $STAGES; do
     runs=""
     [ "$SWEEP_SCALAR" = 1 ] && runs="scalar_s0"
     for lr in $SWEEP_RATES; do for s in $SWEEP_SEEDS; do runs="$runs lr${lr}_s$s"; done; done
+    tf32=true && [ "${TF32:-1}" = 0 ] && tf32=false
     echo "[$(since) s] sweep: $runs at once, at most $left s"
     for r in $runs; do
       if [ "$r" = scalar_s0 ]; then
@@ -77,8 +78,8 @@ for stage in $STAGES; do
         keys="head=mixture n_components=2 head_learning_rate=$lr seed=${r##*_s}"
       fi
       # shellcheck disable=SC2086
-      OMP_NUM_THREADS=2 TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=${TF32:-1} timeout "$left" \
-        $PY -m distalign.cli rm train configs/rm_scalar_full.yaml $keys save_steps=0 \
+      OMP_NUM_THREADS=2 timeout "$left" \
+        $PY -m distalign.cli rm train configs/rm_scalar_full.yaml $keys save_steps=0 "tf32=$tf32" \
         report_to=none $SWEEP_KEYS "output_dir=$WORK/sweep/$r" > "$WORK/sweep_$r.log" 2>&1 &
     done
     wait
