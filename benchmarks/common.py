@@ -92,12 +92,21 @@ def resolve_bench_device(device: str) -> str:
 
 
 def child_env(device: str) -> dict:
-    """The environment a measured child runs in: ``cpu`` hides the GPUs from both tools."""
-    return {"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {}
+    """The environment a measured child runs in, so that both tools see the same hardware:
+    ``cpu`` hides every GPU and tells accelerate to stay on the CPU (an Apple GPU too);
+    ``cuda`` shows one GPU, else transformers' Trainer would spread TRL over all of them."""
+    if device == "cpu":
+        return {"CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true"}
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+    return {"CUDA_VISIBLE_DEVICES": first}
 
 
-def results_dir(quick: bool) -> Path:
-    return QUICK_RESULTS if quick else RESULTS
+def results_dir(quick: bool, device: str = "cpu") -> Path:
+    """Where a script writes its results: smoke runs apart, GPU runs in ``results/gpu``, so
+    that neither lands beside the CPU suite's files (``run_all.py`` reports those)."""
+    if quick:
+        return QUICK_RESULTS
+    return RESULTS / "gpu" if device == "cuda" else RESULTS
 
 
 def write_json(path: Path, data: dict) -> None:

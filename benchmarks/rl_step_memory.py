@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import RESULTS, environment, write_json
+from common import environment, write_json
 from rl_vs_trl import add_common_args, child_main, measure, prepare, settings
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     if args.child_settings:
         return child_main(args.child_settings)
     args.profile = False
-    prepare(args, Path("runs/bench_rl_scaling"), RESULTS / "rl_step_memory.json")
+    prepare(args, Path("runs/bench_rl_scaling"), "rl_step_memory.json")
     if args.quick:
         args.tokens, args.ks = "8,16,32", "2,4"
     lora = not args.full

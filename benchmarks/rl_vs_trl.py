@@ -5,7 +5,10 @@ peak memory; full fine-tune and LoRA.
     python benchmarks/rl_vs_trl.py --modes lora --steps 4 --profile
     python benchmarks/rl_vs_trl.py --quick              # tiny random model, seconds
 
-Both tools get the same policy (SmolLM2-135M-Instruct, fp32), the same prompts (the first
+Both tools run on the same device (``--device``: the CPU, or one GPU) with the same policy
+(SmolLM2-135M-Instruct, fp32; ``--bf16``: fp32 weights under bfloat16 autocast in both, and
+then distalign, as in ``rl train``, loads the frozen reward model in bfloat16 where TRL keeps
+it in fp32 under autocast), the same prompts (the first
 ``prompts × steps`` gold training prompts, conversational), the same reward model (ONE saved
 sequence-classification folder: the policy's backbone + a random 1-label head, which both read
 with their own loaders), and the same step: 8 prompts × k = 4 samples = 32 completions,
@@ -29,7 +32,8 @@ times and this script times the reward model and the reference pass apart by wra
 computes the policy's own log-probs again, then the reference's: both counted as
 "reference") and ``training_step`` (less the generation it triggers). ``--profile`` records
 the last step of each run with torch.profiler (that step is left out of the timings) and
-writes the top operators by self CPU time to ``results/profile_rl_<tool>_<mode>.txt``.
+writes the top operators by self CPU time to ``results/profile_rl_<tool>_<mode>.txt`` (on a
+GPU too: the table is a CPU profile, and says nothing of the kernels' time).
 """
 
 from __future__ import annotations
@@ -47,7 +51,6 @@ from pathlib import Path
 from child import report, run_child
 from common import (
     DEFAULT_MODEL,
-    RESULTS,
     TINY,
     add_device_args,
     child_env,
@@ -293,7 +296,7 @@ def run_trl(s: dict) -> dict:
         shuffle_dataset=False,
         logging_steps=1,
         save_strategy="no",
-        use_cpu=not torch.cuda.is_available(),  # the parent hides the GPUs for --device cpu
+        use_cpu=s.get("device", "cpu") == "cpu",  # where distalign runs too
         gradient_checkpointing=False,
         dataloader_num_workers=0,
         log_completions=False,
@@ -357,17 +360,19 @@ def add_common_args(ap: argparse.ArgumentParser, steps: int) -> None:
     ap.add_argument("--steps", type=int, default=steps, help="steps per run (1st: warm-up)")
     ap.add_argument("--quick", action="store_true", help="tiny random model, 2 steps")
     add_device_args(ap)
+    ap.add_argument("--out", type=Path, help="results JSON (default: under results/)")
     ap.add_argument("--child-settings", help=argparse.SUPPRESS)
 
 
-def prepare(args, work: Path, out: Path) -> None:
-    """--quick, the model, the reward-model folder and the prompts, shared by both scripts."""
+def prepare(args, work: Path, name: str) -> None:
+    """--quick, the device, the results file (``--out``, else ``name`` in ``results_dir``),
+    the model, the reward-model folder and the prompts, shared by both scripts."""
+    args.device = resolve_bench_device(args.device)
     if args.quick:
         args.model, args.steps = TINY, min(args.steps, 2 + bool(getattr(args, "profile", 0)))
         work = work.with_name(work.name + "_quick")
-        out = results_dir(True) / out.name
-    args.work, args.out = work, out
-    args.device = resolve_bench_device(args.device)
+    args.work = work
+    args.out = args.out or results_dir(args.quick, args.device) / name
     work.mkdir(parents=True, exist_ok=True)
     args.model_path = policy_path(args.model, work)
     args.reward = reward_model_folder(args.model, work)
@@ -389,7 +394,7 @@ def main() -> None:
         return child_main(args.child_settings)
     if args.profile:  # one more step, profiled and left out of the timings
         args.steps += 1
-    prepare(args, Path("runs/bench_rl_vs_trl"), RESULTS / "rl_vs_trl.json")
+    prepare(args, Path("runs/bench_rl_vs_trl"), "rl_vs_trl.json")
     if args.quick:
         args.tokens = min(args.tokens, 16)
     runs = {}

@@ -19,8 +19,10 @@ Two workloads, each run by every variant on the same machine in the same run:
   longer pairs, and the script fails if it kept fewer than it was given).
 
 Both tools get identical conversational rows (message lists), the same model (full fine-tune,
-fp32, no gradient checkpointing), 8 pairs per optimizer step, learning rate and steps. Each
-variant runs in its own process so that its peak RSS is its own. Throughput excludes the
+fp32, no gradient checkpointing), 8 pairs per optimizer step, learning rate and steps, on the
+same device (``--device``: the CPU, or one GPU) in the same precision (``--bf16``: bfloat16
+mixed precision, fp32 weights). Each variant runs in its own process so that its peak memory
+(RSS on the CPU, the CUDA allocator's peak on a GPU) is its own. Throughput excludes the
 first step (warm-up): pairs / seconds over steps 2..N; tokens/s counts the real (non-pad)
 tokens of prompt + chosen and prompt + rejected, as both tools are given them (one number per
 pair, the same for both tools, so the ratio of tokens/s equals the ratio of pairs/s).
@@ -42,7 +44,6 @@ from pathlib import Path
 from child import report, run_child
 from common import (
     DEFAULT_MODEL,
-    RESULTS,
     TINY,
     add_device_args,
     child_env,
@@ -183,7 +184,6 @@ def fitting_max_length(pairs: list[dict]) -> int:
 
 def run_trl(pairs, args) -> dict:
     import datasets
-    import torch
     from transformers import AutoModelForSequenceClassification, TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
@@ -218,7 +218,7 @@ def run_trl(pairs, args) -> dict:
         report_to="none",
         save_strategy="no",
         logging_steps=1,
-        use_cpu=not torch.cuda.is_available(),  # the parent hides the GPUs for --device cpu
+        use_cpu=getattr(args, "device", "cpu") == "cpu",  # where distalign runs too
         bf16=getattr(args, "bf16", False),
         gradient_checkpointing=False,
         center_rewards_coefficient=0.01,
@@ -325,7 +325,8 @@ def run_workload(workload: str, args) -> dict:
             continue
         cmd = [sys.executable, __file__, "--variant", variant, "--work", str(work)]
         cmd += ["--steps", str(args.steps), "--max-length", str(max_length)]
-        cmd += ["--model-path", args.model_path] + (["--bf16"] if args.bf16 else [])
+        cmd += ["--model-path", args.model_path, "--device", args.device]
+        cmd += ["--bf16"] if args.bf16 else []
         print(f"== {workload} / {variant}: {VARIANTS[variant]}", flush=True)
         r = run_child(cmd, f"{workload}/{variant}", child_env(args.device))
         r["tokens_per_s"] = r["pairs_per_s"] * tokens_per_pair
@@ -381,7 +382,9 @@ def main() -> None:
     ap.add_argument("--variants", default="trl,shared,packed,grouped", help=",".join(VARIANTS))
     ap.add_argument("--quick", action="store_true", help="tiny random model, 3 steps")
     ap.add_argument("--work", type=Path, default=Path("runs/bench_rm"))
-    ap.add_argument("--out", type=Path, default=RESULTS / "rm_throughput.json")
+    ap.add_argument(
+        "--out", type=Path, help="default: results/rm_throughput.json (a GPU run: results/gpu/)"
+    )
     add_device_args(ap)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -389,10 +392,10 @@ def main() -> None:
     if args.variant:
         return child(args)
     args.device = resolve_bench_device(args.device)
+    args.out = args.out or results_dir(args.quick, args.device) / "rm_throughput.json"
     if args.quick:
         args.model, args.steps = TINY, min(args.steps, 3)
         args.work = args.work.with_name(args.work.name + "_quick")
-        args.out = results_dir(True) / args.out.name
     args.work.mkdir(parents=True, exist_ok=True)
     args.model_path = policy_path(args.model, args.work)
     summary = {

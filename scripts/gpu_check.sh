@@ -3,18 +3,22 @@
 #
 #   bash scripts/gpu_check.sh OUT [STAGE ...]
 #
-# STAGEs (default: tests suite bench sweep):
+# STAGEs (default: tests suite bench sweep), run in the order given:
 #   tests  the tests marked gpu (CUDA against the CPU)
-#   suite  the whole default suite with a GPU in view (every command's device=auto picks it)
-#   bench  benchmarks/rm_throughput.py and rl_vs_trl.py on the GPU, bf16, TRL in the same run
-#   sweep  end-to-end mixture reward models on all 2,400 benchmark pairs, several head learning
-#          rates and seeds at once on the one GPU (SWEEP_RATES, SWEEP_SEEDS), plus the scalar RM
-#          at seed 0 as the check against the CPU's figures; stops at SWEEP_DEADLINE seconds
-#          (float32 weights; TF32 matmuls unless TF32=0). SWEEP_SCALAR=0 leaves the scalar run
-#          out; SWEEP_KEYS adds overrides to every run (a smoke run: "max_train_samples=16 ...").
-# Writes logs and results under OUT (every file flat, at most a few); scratch under $WORK.
+#   suite  the default suite plus the gpu tests, with a GPU in view (device=auto picks it)
+#   bench  benchmarks/rm_throughput.py and rl_vs_trl.py on one GPU, bf16, TRL in the same run
+#   sweep  end-to-end mixture reward models on all 2,400 benchmark pairs at each head learning
+#          rate in SWEEP_RATES and seed in SWEEP_SEEDS, plus the scalar RM at seed 0 (the check
+#          against the CPU's figures; SWEEP_SCALAR=0 leaves it out), SWEEP_PARALLEL at a time on
+#          the one GPU (each about 8 GB: float32 weights and AdamW), all stopped SWEEP_DEADLINE
+#          seconds after the stage starts; TF32 matmuls unless TF32=0. SWEEP_KEYS adds overrides
+#          to every run (a smoke run: "max_train_samples=16 max_eval_samples=16"). Each finished
+#          run's evaluation lands in OUT/sweep/ as NAME.json and NAME_pair_scores.csv, with
+#          OUT/sweep/sweep.json (every run, finished or not): scripts/gpu_sweep_summary.py
+#          --sweep OUT/sweep tabulates them.
+# Logs and results under OUT; scratch under $WORK.
 set -u
-OUT=${1:?usage: bash scripts/gpu_check.sh OUT [tests|bench|sweep ...]}
+OUT=${1:?usage: bash scripts/gpu_check.sh OUT [tests|suite|bench|sweep ...]}
 shift
 STAGES=${*:-tests suite bench sweep}
 PY=${PY:-python3}
@@ -23,6 +27,7 @@ SWEEP_RATES=${SWEEP_RATES:-"2e-3 5e-3"}
 SWEEP_SEEDS=${SWEEP_SEEDS:-"0 1 2 3"}
 SWEEP_DEADLINE=${SWEEP_DEADLINE:-600}
 SWEEP_SCALAR=${SWEEP_SCALAR:-1}
+SWEEP_PARALLEL=${SWEEP_PARALLEL:-9}
 SWEEP_KEYS=${SWEEP_KEYS:-}
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 mkdir -p "$OUT" "$WORK"
@@ -52,25 +57,27 @@ for stage in $STAGES; do
   bench)
     echo "[$(since) s] bench: reward-model training, bf16, against TRL"
     $PY benchmarks/rm_throughput.py --device cuda --bf16 --workloads gold --variants trl,shared \
-      --steps 12 --work "$WORK/bench_rm" --out "$OUT/rm_throughput_gpu.json" \
-      > "$OUT/bench.log" 2>&1
+      --steps 12 --work "$WORK/bench_rm" --out "$OUT/rm_throughput_gpu.json" > "$OUT/bench.log" 2>&1
     echo "  exit $?"
     echo "[$(since) s] bench: one RLOO step, LoRA, bf16, against TRL"
-    $PY benchmarks/rl_vs_trl.py --device cuda --bf16 --modes lora --steps 3 >> "$OUT/bench.log" 2>&1
+    $PY benchmarks/rl_vs_trl.py --device cuda --bf16 --modes lora --steps 3 \
+      --out "$OUT/rl_vs_trl_gpu.json" >> "$OUT/bench.log" 2>&1
     echo "  exit $?"
-    cp benchmarks/results/rl_vs_trl.json "$OUT/rl_vs_trl_gpu.json" 2>/dev/null
     ;;
   sweep)
+    s0=$(date +%s)
     echo "[$(since) s] sweep: the model converted once"
     $PY -c 'from distalign.models.load import resolve_model; print(resolve_model())' \
       > "$WORK/convert.log" 2>&1 || { tail -5 "$WORK/convert.log"; continue; }
-    left=$((SWEEP_DEADLINE - $(since)))
     runs=""
     [ "$SWEEP_SCALAR" = 1 ] && runs="scalar_s0"
     for lr in $SWEEP_RATES; do for s in $SWEEP_SEEDS; do runs="$runs lr${lr}_s$s"; done; done
     tf32=true && [ "${TF32:-1}" = 0 ] && tf32=false
-    echo "[$(since) s] sweep: $runs at once, at most $left s"
+    echo "[$(since) s] sweep: $runs, $SWEEP_PARALLEL at a time, until $SWEEP_DEADLINE s"
     for r in $runs; do
+      while [ "$(jobs -rp | wc -l)" -ge "$SWEEP_PARALLEL" ]; do sleep 5; done
+      left=$((SWEEP_DEADLINE - ($(date +%s) - s0)))
+      if [ "$left" -le 0 ]; then echo "  $r: not started (deadline)"; continue; fi
       if [ "$r" = scalar_s0 ]; then
         keys="head=scalar seed=0"
       else
@@ -84,32 +91,31 @@ for stage in $STAGES; do
     done
     wait
     echo "[$(since) s] sweep: done"
-    $PY - "$WORK" "$OUT/sweep.json" <<'EOF'
-import json, sys
+    mkdir -p "$OUT/sweep"
+    $PY - "$WORK" "$OUT/sweep" <<'EOF'
+import json, shutil, sys
 from pathlib import Path
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
 rows = {}
 for log in sorted(work.glob("sweep_*.log")):
     name = log.stem[len("sweep_"):]
-    ev = work / "sweep" / name / "final" / "eval_gold_test.json"
+    final = work / "sweep" / name / "final"
     summary = work / "sweep" / name / "summary.json"
-    row = {"finished": ev.is_file()}
+    row = {"finished": (final / "eval_gold_test.json").is_file()}
     if summary.is_file():
         s = json.loads(summary.read_text())
         row.update(train_seconds=s.get("train_seconds"), pairs_per_s=s.get("pairs_per_s"))
-    if ev.is_file():
-        row["eval"] = {k: v for k, v in json.loads(ev.read_text()).items() if not isinstance(v, (list, dict))}
+    if row["finished"]:
+        shutil.copy(final / "eval_gold_test.json", out / f"{name}.json")
+        shutil.copy(final / "eval_gold_test_pair_scores.csv", out / f"{name}_pair_scores.csv")
     else:
         row["log_tail"] = log.read_text()[-1500:]
     rows[name] = row
-out.write_text(json.dumps(rows, indent=1) + "\n")
-for k, r in rows.items():
-    e = r.get("eval", {})
-    print(k, r["finished"], r.get("train_seconds"), e.get("accuracy"), e.get("contested_auroc"),
-          e.get("spread_spearman_centred"), e.get("component_spread"))
+(out / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
+for name, row in rows.items():
+    print(f"  {name}: {'finished' if row['finished'] else 'did not finish'}, "
+          f"{row.get('train_seconds') or 0:.0f} s of training")
 EOF
-    tar -czf "$OUT/sweep_files.tgz" -C "$WORK" $(cd "$WORK" && ls sweep_*.log) \
-      $(cd "$WORK" && ls sweep/*/final/eval_gold_test*.{json,csv} 2>/dev/null)
     ;;
   *) echo "unknown stage $stage" ;;
   esac

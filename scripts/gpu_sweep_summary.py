@@ -18,20 +18,30 @@ import re
 from pathlib import Path
 
 GOAL_RHO = 0.4  # Spearman(predicted spread, centred disagreement)
-RUN = re.compile(r"lr(?P<rate>[0-9.e-]+)_s(?P<seed>\d+)$")
+RUN = re.compile(r"lr(?P<rate>.+)_s(?P<seed>\d+)$")
 
 
 def runs(folder: Path) -> dict[str, dict]:
-    """name -> the run's evaluation (scalars only), its rate and seed."""
+    """name -> the run's evaluation (scalars only), its rate (None: the scalar RM) and seed,
+    and its training time where ``sweep.json`` has it. A run is a ``NAME.json`` with its
+    ``NAME_pair_scores.csv`` beside it; NAME is ``lrRATE_sSEED`` or ``scalar_sSEED``."""
+    times = {}
+    if (folder / "sweep.json").is_file():
+        times = json.loads((folder / "sweep.json").read_text())
     out = {}
     for path in sorted(folder.glob("*.json")):
-        if path.stem == "summary":
+        if not path.with_name(f"{path.stem}_pair_scores.csv").is_file():
+            continue  # sweep.json, summary.json
+        m = RUN.match(path.stem)
+        scalar = re.fullmatch(r"scalar_s(\d+)", path.stem)
+        if not (m or scalar):
+            print(f"{path}: not a run of the sweep (lrRATE_sSEED or scalar_sSEED), left out")
             continue
         ev = json.loads(path.read_text())
         row = {k: v for k, v in ev.items() if not isinstance(v, dict)}
-        m = RUN.match(path.stem)
         row["rate"] = float(m["rate"]) if m else None
-        row["seed"] = int(m["seed"]) if m else int(path.stem.rsplit("_s", 1)[1])
+        row["seed"] = int(m["seed"] if m else scalar[1])
+        row["train_seconds"] = times.get(path.stem, {}).get("train_seconds")
         out[path.stem] = row
     return out
 
@@ -80,16 +90,19 @@ def markdown(rows: dict[str, dict], rates: dict[float, dict], baseline: Path) ->
         f"ceiling {next(iter(rows.values()))['bayes_ceiling']:.3f}. AUROC difference: against "
         f"the scalar RM's contested detector (`{baseline}`), same pairs, paired 95% bootstrap "
         f"interval. Goals: that interval above 0, and ρ(spread, centred disagreement) ≥ "
-        f"{GOAL_RHO}.",
+        f"{GOAL_RHO}. Training (s): wall time of the 300 steps, with other runs on the GPU "
+        "beside it (`sweep.json`: which ran together, and what stopped a run).",
         "",
         "| run | accuracy (vs truth) | ECE | contested AUROC [95% CI] | minus the scalar RM's "
-        "[paired CI] | ρ(spread, centred) | given length | component spread | both goals |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "[paired CI] | ρ(spread, centred) | given length | component spread | both goals | "
+        "training (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(rows, key=lambda n: (rows[n]["rate"] or 0, rows[n]["seed"]))
     for name in order:
         r = rows[name]
         mixture = r["rate"] is not None
+        secs = "–" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
         lines.append(
             f"| {name} | {f3(r['accuracy'])} ({f3(r.get('accuracy_vs_truth'))}) | "
             f"{f3(r['ece'])} | {f3(r['contested_auroc'])} {f3(r.get('contested_auroc_ci95'))} | "
@@ -97,7 +110,8 @@ def markdown(rows: dict[str, dict], rates: dict[float, dict], baseline: Path) ->
             f"{f3(r.get('spread_spearman_centred'))} | "
             f"{f3(r.get('spread_partial_centred_given_length'))} | "
             f"{f3(r.get('component_spread'))} | "
-            f"{('yes' if r['meets_auroc'] and r['meets_rho'] else 'no') if mixture else '–'} |"
+            f"{('yes' if r['meets_auroc'] and r['meets_rho'] else 'no') if mixture else '–'} | "
+            f"{secs} |"
         )
     lines += [
         "",
@@ -138,7 +152,9 @@ def plot(rows: dict[str, dict], path: Path) -> None:
         ax.set_xticks(range(len(rates)), [f"{r:g}" for r in rates])
         ax.set_xlabel("head learning rate (backbone 2e-5)")
         ax.set_title(label, fontsize=10)
-    fig.suptitle("End-to-end mixture RMs, one GPU run per point (line: mean; dashed: goal)")
+    fig.suptitle(
+        "End-to-end mixture RMs, one GPU run per point (line: mean; dashed: ρ goal, no difference)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
