@@ -185,8 +185,9 @@ def plot(curves, path: Path, arms=None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(ARMS, ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red",
-                              "tab:brown", "tab:pink"), strict=True))  # fmt: skip
+    palette = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red", "tab:brown",
+               "tab:pink", "tab:olive", "tab:cyan")  # fmt: skip
+    colours = dict(zip(ARMS, palette, strict=True))
     curves = {a: c for a, c in curves.items() if arms is None or a in arms}
     panels = [("gold_mean", "gold reward (all annotators)"),
               ("gold_thorough", "gold reward, thorough group"),
