@@ -23,6 +23,15 @@ stage() {  # stage OUTPUT LOG command...
   "$@" > "runs/logs/$log.log" 2>&1 || echo "FAILED $log (runs/logs/$log.log)"
   echo "$(date +%T) $log done in $((SECONDS - t0)) s"
 }
+rl_arms() {  # rl_arms ARM...: RLOO with configs/rl_level2_ARM.yaml at each seed
+  local seed arm
+  for seed in $SEEDS; do
+    for arm in "$@"; do
+      stage "runs/full/rl_${arm}_s$seed/final" "rl_${arm}_s$seed" $DA rl train \
+        "configs/rl_level2_$arm.yaml" "seed=$seed" "output_dir=runs/full/rl_${arm}_s$seed"
+    done
+  done
+}
 stage runs/full/rm_scalar/final rm_scalar_full $DA rm train configs/rm_scalar_full.yaml
 stage runs/full/rm_ordinal/final rm_ordinal_full \
   $DA rm train configs/rm_scalar_full.yaml head=ordinal n_bins=10 output_dir=runs/full/rm_ordinal
@@ -71,12 +80,8 @@ for rm in rm_scalar/final rm_ordinal/final rm_mixture/final rm_mixture_frozen; d
 done
 # headlr_*: the same two functionals against the end-to-end mixture with the faster head
 ARMS=${ARMS:-"scalar expectation cvar mixture_expectation mixture_cvar headlr_expectation headlr_cvar"}
-for seed in $SEEDS; do
-  for arm in $ARMS; do
-    stage "runs/full/rl_${arm}_s$seed/final" "rl_${arm}_s$seed" $DA rl train \
-      "configs/rl_level2_$arm.yaml" "seed=$seed" "output_dir=runs/full/rl_${arm}_s$seed"
-  done
-done
+# shellcheck disable=SC2086
+rl_arms $ARMS
 policies=()
 for seed in $SEEDS; do
   for arm in scalar expectation cvar; do policies+=(--policy "${arm}_s$seed=runs/full/rl_${arm}_s$seed/final"); done
@@ -112,12 +117,7 @@ stage runs/full/rm_mixture_head_lr_s2/final rm_mixture_head_lr_s2 $DA rm train \
 stage runs/full/rm_mixture_head_lr1e-2_s1/final rm_mixture_head_lr1e-2_s1 $DA rm train \
   configs/rm_mixture_full.yaml seed=1 output_dir=runs/full/rm_mixture_head_lr1e-2_s1
 # mix1e2_*: E[R] and the worse component's gain against it, two seeds, and their comparison
-for seed in $SEEDS; do
-  for arm in mix1e2_expectation mix1e2_cvar; do
-    stage "runs/full/rl_${arm}_s$seed/final" "rl_${arm}_s$seed" $DA rl train \
-      "configs/rl_level2_$arm.yaml" "seed=$seed" "output_dir=runs/full/rl_${arm}_s$seed"
-  done
-done
+rl_arms mix1e2_expectation mix1e2_cvar
 mix1e2=()
 for seed in $SEEDS; do
   for arm in mix1e2_expectation mix1e2_cvar; do mix1e2+=(--policy "${arm}_s$seed=runs/full/rl_${arm}_s$seed/final"); done
