@@ -32,8 +32,8 @@ times and this script times the reward model and the reference pass apart by wra
 computes the policy's own log-probs again, then the reference's: both counted as
 "reference") and ``training_step`` (less the generation it triggers). ``--profile`` records
 the last step of each run with torch.profiler (that step is left out of the timings) and
-writes the top operators by self CPU time to ``results/profile_rl_<tool>_<mode>.txt`` (on a
-GPU too: the table is a CPU profile, and says nothing of the kernels' time).
+writes the top operators by self CPU time to ``profile_rl_<tool>_<mode>.txt`` beside the
+results JSON (on a GPU too: the table is a CPU profile, and says nothing of the kernels' time).
 """
 
 from __future__ import annotations

@@ -73,7 +73,12 @@ for stage in $STAGES; do
     [ "$SWEEP_SCALAR" = 1 ] && runs="scalar_s0"
     for lr in $SWEEP_RATES; do for s in $SWEEP_SEEDS; do runs="$runs lr${lr}_s$s"; done; done
     tf32=true && [ "${TF32:-1}" = 0 ] && tf32=false
+    [ "$SWEEP_PARALLEL" -ge 1 ] 2>/dev/null || { echo "SWEEP_PARALLEL must be >= 1"; continue; }
     echo "[$(since) s] sweep: $runs, $SWEEP_PARALLEL at a time, until $SWEEP_DEADLINE s"
+    mkdir -p "$OUT/sweep" && rm -f "$OUT"/sweep/*.json "$OUT"/sweep/*.csv
+    for r in $runs; do  # a run starts clean: nothing of an earlier sweep in WORK counts
+      rm -rf "${WORK:?}/sweep/$r" "$WORK/sweep_$r.log"
+    done
     for r in $runs; do
       while [ "$(jobs -rp | wc -l)" -ge "$SWEEP_PARALLEL" ]; do sleep 5; done
       left=$((SWEEP_DEADLINE - ($(date +%s) - s0)))
@@ -91,25 +96,27 @@ for stage in $STAGES; do
     done
     wait
     echo "[$(since) s] sweep: done"
-    mkdir -p "$OUT/sweep"
-    $PY - "$WORK" "$OUT/sweep" <<'EOF'
+    # shellcheck disable=SC2086
+    $PY - "$WORK" "$OUT/sweep" $runs <<'EOF'
 import json, shutil, sys
 from pathlib import Path
-work, out = Path(sys.argv[1]), Path(sys.argv[2])
+work, out, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 rows = {}
-for log in sorted(work.glob("sweep_*.log")):
-    name = log.stem[len("sweep_"):]
-    final = work / "sweep" / name / "final"
+for name in names:  # this sweep's runs only
+    log, final = work / f"sweep_{name}.log", work / "sweep" / name / "final"
     summary = work / "sweep" / name / "summary.json"
-    row = {"finished": (final / "eval_gold_test.json").is_file()}
+    pairs = final / "eval_gold_test_pair_scores.csv"
+    row = {"finished": (final / "eval_gold_test.json").is_file() and pairs.is_file()}
     if summary.is_file():
         s = json.loads(summary.read_text())
         row.update(train_seconds=s.get("train_seconds"), pairs_per_s=s.get("pairs_per_s"))
     if row["finished"]:
         shutil.copy(final / "eval_gold_test.json", out / f"{name}.json")
-        shutil.copy(final / "eval_gold_test_pair_scores.csv", out / f"{name}_pair_scores.csv")
-    else:
+        shutil.copy(pairs, out / f"{name}_pair_scores.csv")
+    elif log.is_file():
         row["log_tail"] = log.read_text()[-1500:]
+    else:
+        row["not_started"] = True
     rows[name] = row
 (out / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
 for name, row in rows.items():

@@ -34,12 +34,16 @@ def runs(folder: Path) -> dict[str, dict]:
             continue  # sweep.json, summary.json
         m = RUN.match(path.stem)
         scalar = re.fullmatch(r"scalar_s(\d+)", path.stem)
+        try:
+            rate = float(m["rate"]) if m else None
+        except ValueError:
+            m = None
         if not (m or scalar):
             print(f"{path}: not a run of the sweep (lrRATE_sSEED or scalar_sSEED), left out")
             continue
         ev = json.loads(path.read_text())
         row = {k: v for k, v in ev.items() if not isinstance(v, dict)}
-        row["rate"] = float(m["rate"]) if m else None
+        row["rate"] = rate if m else None
         row["seed"] = int(m["seed"] if m else scalar[1])
         row["train_seconds"] = times.get(path.stem, {}).get("train_seconds")
         out[path.stem] = row
@@ -74,14 +78,16 @@ def ensemble_vs_truth(folder: Path, rows: dict[str, dict]) -> dict[str, float]:
     margins = []
     for name in rows:
         scores = read_pair_scores(folder / f"{name}_pair_scores.csv")
-        m = np.empty(len(p))
+        m = np.full(len(p), np.nan)  # a pair a run did not score stays NaN
         m[np.asarray(scores["pair"], dtype=int)] = np.asarray(scores["margin"], dtype=np.float64)
-        margins.append(m / m.std())
-    mean = torch.as_tensor(np.mean(margins, axis=0))
+        margins.append(m / np.nanstd(m))
+    common = ~np.isnan(margins).any(axis=0)  # the pairs every run scored
+    mean = torch.as_tensor(np.mean(margins, axis=0)[common])
     own = [r["accuracy_vs_truth"] for r in rows.values()]
     return {
         "runs": len(margins),
-        "ensemble_accuracy_vs_truth": accuracy_vs_truth(mean, torch.zeros_like(mean), p),
+        "pairs": int(common.sum()),
+        "ensemble_accuracy_vs_truth": accuracy_vs_truth(mean, torch.zeros_like(mean), p[common]),
         "runs_accuracy_vs_truth_min": min(own),
         "runs_accuracy_vs_truth_max": max(own),
     }
@@ -156,8 +162,9 @@ def markdown(rows: dict[str, dict], rates: dict[float, dict], baseline: Path, en
         )
     lines += [
         "",
-        f"An ensemble of all {ens['runs']} runs (the mean of their margins, each divided by its "
-        f"std) reads {ens['ensemble_accuracy_vs_truth']:.3f} against the truth; the runs alone "
+        f"An ensemble of all {ens['runs']} runs, the scalar RM's among them (the mean of their "
+        f"margins, each divided by its std), reads {ens['ensemble_accuracy_vs_truth']:.3f} "
+        f"against the truth on the {ens['pairs']} pairs they all scored; the runs alone "
         f"read {ens['runs_accuracy_vs_truth_min']:.3f}–{ens['runs_accuracy_vs_truth_max']:.3f}.",
     ]
     return "\n".join(lines) + "\n"

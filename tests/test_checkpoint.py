@@ -56,6 +56,9 @@ def test_rng_state_touches_only_this_process_gpu(monkeypatch):
     assert fake.set == [[7, 2], [2, 2]]
     set_rng_state({**state, "cuda": [[0, 0]]})  # written on a node with fewer GPUs: left alone
     assert fake.set == [[7, 2], [2, 2]]
+    fake.initialized = False  # a CPU run on a GPU machine does not start CUDA for the old form
+    set_rng_state({**state, "cuda": [[0, 0], [1, 1], [2, 2]]})
+    assert fake.set == [[7, 2], [2, 2]]
 
 
 def test_resume_needs_a_checkpoint(tmp_path):

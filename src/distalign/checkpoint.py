@@ -58,6 +58,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda and torch.cuda.is_available():
         if isinstance(cuda[0], list):  # written before: one state per device of the node
+            if not torch.cuda.is_initialized():  # a CPU run: CUDA is not to be started for it
+                return
             here = torch.cuda.current_device()
             cuda = cuda[here] if here < len(cuda) else None
         if cuda is not None:

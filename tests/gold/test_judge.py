@@ -137,3 +137,20 @@ def test_the_encoder_runs_on_the_gpu_with_larger_batches(monkeypatch):
     assert sorted(built) == ["cpu", "cuda"]
     assert built["cuda"].batch_sizes == [256, 256]  # prompts, then replies
     assert built["cpu"].batch_sizes == [64] * 4
+
+
+def test_the_judge_turns_tf32_off_while_it_reads_and_restores_it():
+    """A run with tf32=true sets it for its whole process; the judge's numbers must not move."""
+    import torch
+
+    from distalign.gold.judge import full_float32
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32)
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = True
+        with full_float32():
+            assert not matmul.allow_tf32 and not cudnn.allow_tf32
+        assert matmul.allow_tf32 and cudnn.allow_tf32
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before

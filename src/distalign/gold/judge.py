@@ -176,7 +176,7 @@ def relevance(
         if place.type in ("cpu", "cuda")
         else contextlib.nullcontext()
     )
-    with torch.inference_mode(), no_autocast:
+    with torch.inference_mode(), no_autocast, full_float32():
         unique = sorted(set(prompts))
         p_emb = encoder.encode(unique, batch_size=batch_size, normalize_embeddings=True)
         index = {p: i for i, p in enumerate(unique)}
@@ -184,6 +184,21 @@ def relevance(
     cos = np.sum(p_emb[[index[p] for p in prompts]] * r_emb, axis=1)
     empty = np.array([not r.strip() for r in replies])
     return np.where(empty, 0.0, np.clip(cos, 0.0, 1.0))
+
+
+@contextlib.contextmanager
+def full_float32():
+    """TF32 off for CUDA matmuls and convolutions, whatever a training run's ``tf32`` set for
+    its process, and back as it was after."""
+    import torch
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32)
+    matmul.allow_tf32 = cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
 
 
 def attributes(prompts: Sequence[str], replies: Sequence[str], device: str = "auto") -> np.ndarray:

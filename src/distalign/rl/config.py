@@ -127,8 +127,9 @@ class RLTrainConfig(SamplingConfig):
     """float16 mixed precision. With neither, ``accelerate launch --mixed_precision`` decides."""
     tf32: bool | None = None
     """TF32 matmuls on NVIDIA GPUs from Ampere on (transformers' ``tf32``): float32 training at
-    several times the speed, each matmul input rounded to a 10-bit mantissa. Unset: torch's
-    own setting (off); no effect on the CPU."""
+    several times the speed, each matmul input rounded to a 10-bit mantissa; false turns it off
+    for cuDNN too. Unset: torch's own settings (matmuls off). No effect on the CPU; the gold
+    judge always runs in full float32."""
     prefix_sharing: bool = True
     """Teacher-forced and reference passes share each prompt across its samples."""
     attn_implementation: str = "sdpa"

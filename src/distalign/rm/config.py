@@ -118,8 +118,8 @@ class RMTrainConfig:
     """float16 mixed precision. With neither, ``accelerate launch --mixed_precision`` decides."""
     tf32: bool | None = None
     """TF32 matmuls on NVIDIA GPUs from Ampere on (transformers' ``tf32``): float32 training at
-    several times the speed, each matmul input rounded to a 10-bit mantissa. Unset: torch's
-    own setting (off); no effect on the CPU."""
+    several times the speed, each matmul input rounded to a 10-bit mantissa; false turns it off
+    for cuDNN too. Unset: torch's own settings (matmuls off). No effect on the CPU."""
     prefix_sharing: bool = True
     """Encode each pair as one sequence prompt + chosen + rejected (exact, faster)."""
     attn_implementation: str = "sdpa"
