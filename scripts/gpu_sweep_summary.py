@@ -71,15 +71,13 @@ def ensemble_vs_truth(folder: Path, rows: dict[str, dict]) -> dict[str, float]:
     import torch
 
     from distalign.data.load import known_p_chosen, load_preferences
-    from distalign.eval.rm import read_pair_scores
+    from distalign.eval.rm import margins_by_pair
     from distalign.metrics import accuracy_vs_truth
 
     p = known_p_chosen(load_preferences("gold", "test"))
     margins = []
     for name in rows:
-        scores = read_pair_scores(folder / f"{name}_pair_scores.csv")
-        m = np.full(len(p), np.nan)  # a pair a run did not score stays NaN
-        m[np.asarray(scores["pair"], dtype=int)] = np.asarray(scores["margin"], dtype=np.float64)
+        m = margins_by_pair(folder / f"{name}_pair_scores.csv", len(p))  # unscored pairs: NaN
         margins.append(m / np.nanstd(m))
     common = ~np.isnan(margins).any(axis=0)  # the pairs every run scored
     mean = torch.as_tensor(np.mean(margins, axis=0)[common])

@@ -116,13 +116,13 @@ def margin_vs_truth(pairs: Path, p_test: np.ndarray) -> float:
     a distributional one's by its mean)."""
     import torch
 
-    from distalign.eval.rm import read_pair_scores
+    from distalign.eval.rm import margins_by_pair
     from distalign.metrics import accuracy_vs_truth
 
-    scores = read_pair_scores(pairs)
-    p = p_test[np.asarray(scores["pair"], dtype=int)]
-    margin = torch.as_tensor(np.asarray(scores["margin"], dtype=np.float64))
-    return accuracy_vs_truth(margin, torch.zeros_like(margin), p)
+    margin = margins_by_pair(pairs, len(p_test))
+    scored = ~np.isnan(margin)
+    margin = torch.as_tensor(margin[scored])
+    return accuracy_vs_truth(margin, torch.zeros_like(margin), p_test[scored])
 
 
 def eval_curve(run: Path) -> list[dict]:

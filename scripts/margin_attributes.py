@@ -29,7 +29,7 @@ import torch
 from level2_summary import RM_FOLDERS  # scripts/, beside this one
 from scipy.optimize import minimize
 
-from distalign.eval.rm import read_pair_scores
+from distalign.eval.rm import margins_by_pair
 from distalign.gold.judge import ATTRIBUTES, SCALE, annotator_weights
 from distalign.gold.truth import read_jsonl_gz
 from distalign.metrics import accuracy_vs_truth, bayes_accuracy, pairwise_accuracy
@@ -92,11 +92,10 @@ def main() -> None:
         path = Path(args.runs) / folder / "eval_gold_test_pair_scores.csv"
         if not path.is_file():
             continue
-        scores = read_pair_scores(path)
-        margin = np.full(len(test_d), np.nan)
-        margin[scores["pair"].astype(int)] = scores["margin"]
+        margin = margins_by_pair(path, len(test_d))
         if np.isnan(margin).any():
-            raise SystemExit(f"{path}: scores {len(scores)} of the {len(test_d)} test pairs")
+            scored = int((~np.isnan(margin)).sum())
+            raise SystemExit(f"{path}: scores {scored} of the {len(test_d)} test pairs")
         w, *_ = np.linalg.lstsq(test_d, margin, rcond=None)
         residual = margin - test_d @ w
         # R² of a fit without intercept, against the margins' own variance

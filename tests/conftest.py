@@ -68,6 +68,14 @@ def tiny_policy(tiny_model_dir):
     return load_policy(str(tiny_model_dir))
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a test's child Python: the repository root ahead of the caller's
+    PYTHONPATH (so ``tests.`` imports), plus ``extra``."""
+    root = str(Path(__file__).parents[1])
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    return os.environ | {"PYTHONPATH": path} | extra
+
+
 def write_jsonl(path: Path, rows) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:

@@ -4,13 +4,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import subprocess_env
 from tests.test_multiprocess import _free_port
 
 
@@ -22,13 +22,7 @@ def test_fsdp2_sample_save_resume(tiny_model_dir, tmp_path, kind):
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
         str(worker), str(tiny_model_dir), str(tmp_path / "ckpt"), kind,
     ]  # fmt: skip
-    env = os.environ | {
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])
-        ),
-        "CUDA_VISIBLE_DEVICES": "",  # FSDP2 over gloo on the CPU, on any machine
-    }
+    env = subprocess_env(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # FSDP2 over gloo, CPU
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert f"FSDP2 OK {kind}" in done.stdout

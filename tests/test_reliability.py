@@ -22,9 +22,7 @@ from hypothesis import strategies as st
 from distalign.checkpoint import CheckpointError, NonFiniteError, load_checkpoint, save_checkpoint
 from distalign.config import ConfigError, load_config
 from distalign.tracking import read_metrics
-from tests.conftest import write_jsonl
-
-ROOT = Path(__file__).parents[1]
+from tests.conftest import subprocess_env, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +74,7 @@ KILLER = textwrap.dedent(
 
 
 def run_cli(*args, kill: tuple[str, int, str] | None = None) -> subprocess.CompletedProcess:
-    # the repository root for ``tests.``, ahead of whatever path the caller runs with
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
+    env = subprocess_env()
     if kill is None:
         code, argv = (
             "from distalign.cli import main; import sys; sys.argv[0]='distalign'; main()",

@@ -11,12 +11,12 @@ import pytest
 import yaml
 from accelerate import Accelerator
 
+from distalign.models.load import set_tf32
 from distalign.tracking import (
     end_run,
     flat_hparams,
     quiet_libraries,
     resolve_report_to,
-    set_tf32,
     start_tracking,
 )
 

@@ -106,6 +106,7 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     from accelerate.utils import set_seed
 
     from distalign.config import mixed_precision, save_config
+    from distalign.models.load import set_tf32
 
     accelerator = Accelerator(
         mixed_precision=mixed_precision(cfg.bf16, cfg.fp16),
@@ -114,17 +115,10 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
         **accelerator_kwargs,
     )
     set_seed(cfg.seed)
-    set_tf32(getattr(cfg, "tf32", None))
+    set_tf32(cfg.tf32)
     if accelerator.is_main_process:
         save_config(cfg, out)
     return accelerator
-
-
-def set_tf32(tf32: bool | None) -> None:
-    """TF32 for CUDA matmuls and cuDNN convolutions as the ``tf32`` key asks (None: as is)."""
-    if tf32 is not None:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
 
 
 def end_run(accelerator) -> None:

@@ -143,7 +143,7 @@ def test_the_judge_turns_tf32_off_while_it_reads_and_restores_it():
     """A run with tf32=true sets it for its whole process; the judge's numbers must not move."""
     import torch
 
-    from distalign.gold.judge import full_float32
+    from distalign.models.load import full_float32
 
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     before = (matmul.allow_tf32, cudnn.allow_tf32)

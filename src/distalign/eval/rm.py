@@ -317,6 +317,15 @@ def read_pair_scores(path: str | Path) -> dict[str, np.ndarray]:
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 
+def margins_by_pair(path: str | Path, n: int) -> np.ndarray:
+    """The margins of a pair-score file placed at their pairs' indices, (n,) float64; a pair
+    the file does not score is NaN."""
+    scores = read_pair_scores(path)
+    margin = np.full(n, np.nan)
+    margin[scores["pair"].astype(int)] = scores["margin"]
+    return margin
+
+
 def compare_contested(a: str | Path, b: str | Path, n: int = 2000) -> dict[str, float]:
     """Does reward model A flag contested pairs better than B? Two ``…_pair_scores.csv`` files
     of the same pairs (``rm eval`` writes one beside its JSON); ``metrics.paired_auroc_difference``

@@ -165,7 +165,7 @@ def relevance(
     device (``encoder_batch_size``)."""
     import torch
 
-    from distalign.models.load import resolve_device_dtype
+    from distalign.models.load import full_float32, resolve_device_dtype
 
     place, _ = resolve_device_dtype(device, "float32")
     encoder = _encoder(str(place))
@@ -184,21 +184,6 @@ def relevance(
     cos = np.sum(p_emb[[index[p] for p in prompts]] * r_emb, axis=1)
     empty = np.array([not r.strip() for r in replies])
     return np.where(empty, 0.0, np.clip(cos, 0.0, 1.0))
-
-
-@contextlib.contextmanager
-def full_float32():
-    """TF32 off for CUDA matmuls and convolutions, whatever a training run's ``tf32`` set for
-    its process, and back as it was after."""
-    import torch
-
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    before = (matmul.allow_tf32, cudnn.allow_tf32)
-    matmul.allow_tf32 = cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        matmul.allow_tf32, cudnn.allow_tf32 = before
 
 
 def attributes(prompts: Sequence[str], replies: Sequence[str], device: str = "auto") -> np.ndarray:

@@ -21,6 +21,7 @@ attention take one (``takes_4d_mask``; docs/gpu.md).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -89,6 +90,27 @@ def _device(device: str | torch.device) -> torch.device:
     if place.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device={device}: MPS is not available to this torch")
     return place
+
+
+def set_tf32(tf32: bool | None) -> None:
+    """TF32 for CUDA matmuls and cuDNN convolutions as the ``tf32`` key asks (None: as is).
+    The flags are torch's, for the whole process."""
+    if tf32 is not None:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+@contextlib.contextmanager
+def full_float32():
+    """TF32 off for CUDA matmuls and convolutions, whatever a training run's ``tf32`` set for
+    its process, and back as it was after."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32)
+    set_tf32(False)
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
 
 
 def resolve_device_dtype(
