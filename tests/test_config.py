@@ -11,6 +11,7 @@ import yaml
 from distalign.config import (
     ConfigError,
     GenerateConfig,
+    bool_keys,
     load_config,
     parse_cli_args,
     save_config,
@@ -145,6 +146,11 @@ def test_flag_spellings():
     assert from_cli(RMTrainConfig, ["--tf32", "--max_steps", "3"]).tf32 is True
     assert from_cli(RLTrainConfig, ["--tf32", "false"]).tf32 is False
     assert from_cli(RMTrainConfig, []).tf32 is None
+    # and may be set back to unset by its flag, as by key=value
+    flags = {"bool_keys": bool_keys(RMTrainConfig)}
+    assert from_cli(RMTrainConfig, ["--tf32", "null", "--max_steps", "3"], **flags).tf32 is None
+    assert from_cli(RMTrainConfig, ["--tf32", "~"], **flags).tf32 is None
+    assert from_cli(RMTrainConfig, ["tf32=null"]).tf32 is None
 
 
 def test_wrong_flag_type_names_the_flag():

@@ -168,6 +168,7 @@ def placement_checks(device: str, dtype: str | None = None) -> list[tuple[bool, 
 
 Override = str | tuple[str, Any]
 BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+NULL_WORDS = ("null", "Null", "NULL", "~")  # YAML's null: unsets a key that may be unset
 
 
 def bool_keys(cls: type) -> list[str]:
@@ -220,6 +221,8 @@ def load_config(
         else:
             key, value = item
             _check_renamed(cls, [key], f"--{key}")
+            if isinstance(value, str) and value in NULL_WORDS:  # as key=value reads it
+                value = None
             try:
                 OmegaConf.update(base, key, value, merge=True, force_add=False)
             except OmegaConfBaseException as e:
@@ -298,7 +301,9 @@ def parse_cli_args(
                 # a bool flag may stand alone (then it is true): its next word is its value
                 # only when that reads as a bool, not when it is key=value or the YAML file
                 bare = following.startswith("--") or (
-                    key in bool_keys and following.lower() not in BOOL_WORDS
+                    key in bool_keys
+                    and following.lower() not in BOOL_WORDS
+                    and following not in NULL_WORDS
                 )
                 if not bare:
                     value, i = following, i + 1
