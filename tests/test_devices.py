@@ -137,7 +137,7 @@ def test_prefix_sharing_falls_back_with_one_warning_line(caplog):
 
 
 def test_commands_that_need_the_4d_mask_refuse_flash_attention():
-    from distalign.eval.policy import CompareConfig
+    from distalign.eval.config import CompareConfig
 
     require_4d_mask("sdpa", "rl train", "its teacher-forced pass")
     with pytest.raises(ValueError, match=r"^rl train: attn_implementation=flash_attention_2"):

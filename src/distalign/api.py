@@ -56,7 +56,8 @@ def train_policy(config=None, **overrides) -> dict[str, Any]:
 
 def compare(config=None, **overrides) -> dict[str, Any]:
     """``distalign eval compare``: the numbers of ``compare.json``; writes the report."""
-    from distalign.eval.policy import CompareConfig, run_compare
+    from distalign.eval.config import CompareConfig
+    from distalign.eval.policy import run_compare
 
     return run_compare(_config(CompareConfig, config, overrides))
 

@@ -306,7 +306,7 @@ def report(cfg: ReportConfig):
 
 def _register_heavy_commands() -> None:
     """Commands whose config classes live in their own packages (imported here, once)."""
-    from distalign.eval.policy import CompareConfig
+    from distalign.eval.config import CompareConfig
     from distalign.gold.build import BenchConfig
     from distalign.rl.config import RLTrainConfig
     from distalign.rm.config import RMTrainConfig

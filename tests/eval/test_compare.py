@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from distalign.cli import app
+from distalign.eval.config import CompareConfig
 from distalign.eval.policy import (
-    CompareConfig,
     gold_win_probability,
     kl_to_sft,
     run_compare,

@@ -1,0 +1,112 @@
+"""``distalign eval compare``'s config: which policies, reward models and judge, on which
+prompts, decoded how (the run itself is ``eval/policy.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from distalign.config import PlacementConfig, placement_checks, require
+from distalign.models.generate import SamplingConfig
+from distalign.models.load import require_4d_mask
+
+
+@dataclass
+class CompareConfig(SamplingConfig, PlacementConfig):
+    """``distalign eval compare``: aligned policies vs SFT on held-out prompts.
+
+    Decoding keys (max_completion_length, temperature, top_p, top_k, sampling_batch_size,
+    seed) are flat, from ``SamplingConfig``, and identical for every policy."""
+
+    max_completion_length: int = 64
+    """Reply length limit in tokens; a reply that reaches it without EOS counts as cut off."""
+    sampling_batch_size: int = 16
+    """Prompts per prefill; each expands to ``num_generations`` rows during decoding."""
+
+    sft: str = "smollm2-135m-instruct"
+    """The SFT policy everything is compared with."""
+    policies: list[str] = field(default_factory=list)
+    """NAME=DIR of each aligned policy (full model or LoRA adapter folder)."""
+    rewards: list[str] = field(default_factory=list)
+    """NAME=DIR of reward models to score with (distributional ones by their expectation)."""
+    runs: list[str] = field(default_factory=list)
+    """RL run folders: their checkpoints give the over-optimisation curve, their logs the plots."""
+    rm_runs: list[str] = field(default_factory=list)
+    """Reward-model run folders, for their training curves and held-out metrics in the report."""
+    judge: Any = None
+    """The held-out judge whose reward is the headline: a reward-model folder or hub id, a
+    ``module:function(prompts, replies[, **columns]) -> list[float]``, a list of them (summed)
+    or (Python API) a callable — one the policies were not trained on. None: the gold judge,
+    which scores only the benchmark's prompts (dataset_name=gold)."""
+    dataset_name: Any = "gold"
+    """Held-out prompts: gold (the benchmark's test prompts), a .txt file (one per line), a
+    prompt-only or preference data set (hub id, local file or, from Python, a
+    ``datasets.Dataset``), as for rl train."""
+    dataset_config: str | None = None
+    """Config (subset) of a hub data set, ``datasets.load_dataset``'s name."""
+    dataset_revision: str | None = None
+    """Branch, tag or commit of a hub data set (default: the latest)."""
+    dataset_test_split: str = "test"
+    """Split of ``dataset_name``."""
+    max_eval_samples: int = 80
+    """Prompts used (the first N)."""
+    num_generations: int = 1
+    """Replies per prompt and policy; more replies narrow the intervals at the same prompts."""
+    bootstrap: int = 2000
+    """Bootstrap resamples for the 95% intervals."""
+    output_dir: str = "runs/compare"
+    """Where compare.json, replies.jsonl and report.html go."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_generations < 1 or self.max_eval_samples < 1:
+            raise ValueError(
+                f"max_eval_samples and num_generations must be ≥ 1, got "
+                f"{self.max_eval_samples} and {self.num_generations}"
+            )
+        for item in [*self.policies, *self.rewards]:
+            if "=" not in item:
+                raise ValueError(f"expected NAME=DIR, got {item!r}")
+        require(placement_checks(self.device, self.dtype))
+        require_4d_mask(self.attn_implementation, "eval compare", "its KL to SFT (rl/logprobs.py)")
+        self._check_judge()
+
+    def _check_judge(self) -> None:
+        """``judge`` as one source or a list (a ``judge='[a,b]'`` string is parsed); no silent
+        gold judge on prompts it has never seen."""
+        if isinstance(self.judge, str) and self.judge.strip().startswith("["):
+            self.judge = yaml.safe_load(self.judge)
+        if isinstance(self.judge, tuple):
+            self.judge = list(self.judge)
+        if self.judge is None and not (
+            isinstance(self.dataset_name, str) and self.dataset_name == "gold"
+        ):
+            where = (
+                repr(self.dataset_name)
+                if isinstance(self.dataset_name, str)
+                else f"a {type(self.dataset_name).__name__}"
+            )
+            raise ValueError(
+                "judge: the default, the gold judge, scores only the benchmark's prompts "
+                f"(dataset_name=gold), not {where}; name a reward model folder, hub id or "
+                "module:function not used in training"
+            )
+        specs = self.judge_specs()
+        if self.judge is not None and (not specs or any(s is None or s == "" for s in specs)):
+            raise ValueError(f"judge: an empty source in {self.judge!r}")
+
+    def judge_specs(self) -> list[Any]:
+        """The judge's sources (empty: the gold judge)."""
+        if self.judge is None:
+            return []
+        return list(self.judge) if isinstance(self.judge, list) else [self.judge]
+
+    def policy_dirs(self) -> dict[str, str]:
+        """NAME -> DIR of the aligned policies."""
+        return dict(item.split("=", 1) for item in self.policies)
+
+    def reward_dirs(self) -> dict[str, str]:
+        """NAME -> DIR of the reward models."""
+        return dict(item.split("=", 1) for item in self.rewards)
