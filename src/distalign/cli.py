@@ -373,7 +373,7 @@ def _register_heavy_commands() -> None:
         """Aligned policies vs SFT on held-out prompts under a judge (the gold judge on the
         benchmark's prompts), reward models, KL; writes the report."""
         from distalign.eval.policy import run_compare
-        from distalign.report.html import headline_columns, headline_rows
+        from distalign.report.tables import headline_columns, headline_rows
 
         summary = run_compare(cfg)
         k = cfg.num_generations

@@ -24,15 +24,9 @@ from distalign.eval.policy import (
 from distalign.metrics import bootstrap_interval, win_rate
 from distalign.models.generate import SamplingConfig
 from distalign.report import plots
-from distalign.report.html import (
-    compare_config,
-    headline_columns,
-    headline_rows,
-    rebuild_report,
-    verdicts,
-    write_report,
-)
+from distalign.report.html import rebuild_report, write_report
 from distalign.report.runs import rl_panels
+from distalign.report.tables import compare_config, headline_columns, headline_rows, verdicts
 
 
 def test_gold_win_probability_is_the_mean_over_all_pairs():

@@ -1,0 +1,291 @@
+"""The comparison's numbers in words and tables: whose judge the headline is, a verdict per
+policy, the measures and reward-model tables and the terminal headline (``report/html.py``
+lays them out on the page; ``distalign eval compare`` prints the headline)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from distalign.report.runs import rm_evaluations
+
+# keys of a saved comparison config before the renames (issue 15), and their names now
+RENAMED = {
+    "prompts": "dataset_name",
+    "split": "dataset_test_split",
+    "count": "max_eval_samples",
+    "samples_per_prompt": "num_generations",
+}
+RENAMED_SAMPLING = {"max_new_tokens": "max_completion_length", "batch_size": "sampling_batch_size"}
+
+RM_EVAL_LABELS = {
+    "contested_share": "share of contested pairs (groups' majorities differ)",
+    "contested_pairs": "contested pairs",
+    "contested_detector": "contested-pair score",
+    "contested_auroc": "AUROC flagging contested pairs",
+    "contested_auroc_margin": "AUROC flagging contested pairs by −|margin|",
+    "contested_auroc_spread": "AUROC flagging contested pairs by predicted spread",
+    "contested_auroc_ratio": "AUROC flagging contested pairs by −|margin| / spread",
+    "spread_replies": "held-out replies (distinct)",
+    "spread_spearman_centred": "Spearman(predicted std, disagreement centred in prompt)",
+    "spread_spearman_raw": "Spearman(predicted std, raw annotator std)",
+    "spread_partial_centred_given_length": "the same centred, given length (partial)",
+    "spread_partial_raw_given_length": "the same raw, given length (partial)",
+    "spread_raw_vs_length": "Spearman(raw annotator std, length)",
+    "spread_centred_vs_length": "Spearman(centred disagreement, length)",
+    "spread_predicted_vs_length": "Spearman(predicted std, length)",
+    "accuracy": "pairwise accuracy",
+    "accuracy_expectation": "accuracy by E[R]",
+    "accuracy_vs_truth": "accuracy expected over the label draws (like the ceiling)",
+    "bayes_ceiling": "Bayes ceiling (best possible accuracy)",
+    "margin": "mean margin r(chosen) − r(rejected)",
+    "reward_mean": "mean reward",
+    "reward_std": "std of reward",
+    "ece": "calibration error (ECE)",
+    "p_greater_mean": "mean P(chosen > rejected)",
+    "entropy": "mean entropy (nats)",
+    "unimodal_share": "share unimodal",
+    "std_mean": "mean predicted std",
+    "pairs": "pairs",
+    "data": "data",
+    "split": "split",
+    "head": "head",
+}
+
+
+@dataclass(frozen=True)
+class Judge:
+    """Whose reward a comparison's headline is, and how the page names it."""
+
+    key: str  # prefix of its fields in a policy row: gold | judge
+    name: str | None = None  # the named judge's (None: the gold judge)
+
+    @property
+    def gold(self) -> bool:
+        return self.key == "gold"
+
+    @property
+    def label(self) -> str:
+        """Its name on the page: gold judge, or judge <name>."""
+        return "gold judge" if self.gold else f"judge {self.name}"
+
+    @property
+    def under(self) -> str:
+        """As in "did it beat SFT under the judge <name>"."""
+        return f"the {self.label}"
+
+    @property
+    def reward(self) -> str:
+        """What its reward is called: gold reward or judge reward."""
+        return f"{self.key} reward"
+
+    @property
+    def reply_axis(self) -> str:
+        """The axis of its reward per reply, with the scale."""
+        if self.gold:
+            return "gold reward of a reply (judge's score, mean over annotators)"
+        return f"{self.label} reward of a reply (its own scale)"
+
+    @property
+    def standing(self) -> str:
+        """What its word is worth, beside the reward models that were optimised."""
+        if self.gold:
+            return "The gold judge is the truth"
+        return f"The {self.label} is held out (not trained on)"
+
+    @property
+    def reply_key(self) -> str:
+        """Its reward per reply in ``replies.jsonl``."""
+        return "gold_mean" if self.gold else "judge_reward"
+
+
+def judge_of(summary: Mapping) -> Judge:
+    """The comparison's judge: the named one where the rows have ``judge_*`` fields, else the
+    gold judge (every comparison before the judge key, and the benchmark's default)."""
+    for row in summary["policies"].values():
+        if "judge_win_rate" in row or "judge_mean" in row:
+            return Judge("judge", str(row.get("judge_name") or "(unnamed)"))
+    return Judge("gold")
+
+
+def compare_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved comparison config with today's key names: older ``compare.json`` files have
+    prompts, split, count, samples_per_prompt and a nested ``sampling`` (max_new_tokens,
+    batch_size); their values are kept under the new names."""
+    out = {RENAMED.get(k, k): v for k, v in config.items() if k != "sampling"}
+    for k, v in (config.get("sampling") or {}).items():
+        out.setdefault(RENAMED_SAMPLING.get(k, k), v)
+    return out
+
+
+def number(v: Any, digits: int = 3) -> str:
+    """A value as the page shows it: 3 decimals (``digits``), — for None and NaN."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return "—" if v is None else str(v)
+    if isinstance(v, int):
+        return str(v)
+    return "—" if math.isnan(v) else f"{v:.{digits}f}"
+
+
+def _rate(row: Mapping, key: str) -> str:
+    """A win rate with its interval: 0.620 [0.565, 0.672]."""
+    lo, hi = row.get(f"{key}_ci95") or (None, None)
+    return f"{number(row.get(key))} [{number(lo)}, {number(hi)}]"
+
+
+def _gold_groups(row: Mapping) -> list[str]:
+    """Annotator groups with a gold reward column (gold_<group>)."""
+    reserved = {"gold_mean", "gold_win_rate", "gold_win_rate_ci95"}
+    return [k[5:] for k in row if k.startswith("gold_") and k not in reserved]
+
+
+def reward_models(row: Mapping) -> list[str]:
+    """Reward models with columns in a row (rm_<name>_mean)."""
+    return [k[3:-5] for k in row if k.startswith("rm_") and k.endswith("_mean")]
+
+
+def verdicts(summary: Mapping) -> list[dict[str, Any]]:
+    """Per aligned policy: did it beat SFT under the comparison's judge? ``outcome`` is better
+    (the 95% interval of the judge's win rate is above 0.5), unclear (it contains 0.5) or
+    worse (below); with the win rate, its interval and the judge's reward against SFT's."""
+    policies = summary["policies"]
+    key = judge_of(summary).key
+    sft = policies.get("sft", {})
+    out = []
+    for name, row in policies.items():
+        if name == "sft":
+            continue
+        lo, hi = row.get(f"{key}_win_rate_ci95") or (float("nan"), float("nan"))
+        if lo > 0.5:
+            outcome, where = "better", "above 0.5"
+        elif hi < 0.5:
+            outcome, where = "worse", "below 0.5"
+        else:
+            outcome, where = "unclear", "contains 0.5"
+        reward, reward_sft = row.get(f"{key}_mean"), sft.get(f"{key}_mean")
+        gain = reward - reward_sft if reward is not None and reward_sft is not None else None
+        out.append(
+            {
+                "name": name,
+                "outcome": outcome,
+                "badge": {"better": "beats SFT", "worse": "worse than SFT"}.get(
+                    outcome, "no clear difference"
+                ),
+                "win_rate": number(row.get(f"{key}_win_rate")),
+                "interval": f"{number(lo)}–{number(hi)}",
+                "where": where,
+                "gain": "—" if gain is None else f"{gain:+.3f}",
+                "reward": number(reward),
+                "reward_sft": number(reward_sft),
+                "kl": number(row.get("kl_to_sft"), 2),
+            }
+        )
+    return out
+
+
+def _ci(row: Mapping, key: str) -> tuple[str, str]:
+    """A table cell: the win rate, and its interval on a second line."""
+    lo, hi = row.get(f"{key}_ci95") or (None, None)
+    return number(row.get(key)), f"[{number(lo)}, {number(hi)}]"
+
+
+def _table(policies: Mapping, columns: list[tuple[str, str, Any]]) -> dict[str, Any]:
+    """Column groups [(group, span)], labels, and a row per policy from (group, label, cell)
+    columns; a cell is a string, or (value, interval) drawn on two lines."""
+    groups: list[list] = []
+    for group, _, _ in columns:
+        if groups and groups[-1][0] == group:
+            groups[-1][1] += 1
+        else:
+            groups.append([group, 1])
+    return {
+        "groups": groups,
+        "labels": [label for _, label, _ in columns],
+        "rows": [[name, *(cell(r) for _, _, cell in columns)] for name, r in policies.items()],
+    }
+
+
+def measures_table(summary: Mapping) -> dict[str, Any]:
+    """The table of the judge's measures and the replies' statistics, a row per policy."""
+    first = next(iter(summary["policies"].values()), {})
+    judge = judge_of(summary)
+    if judge.gold:
+        gold = "gold judge (the truth)"
+        columns: list[tuple[str, str, Any]] = [  # (group, label, cell of a row)
+            (gold, "gold win rate vs SFT [95% CI]", lambda r: _ci(r, "gold_win_rate")),
+            (gold, "gold reward (all annotators)", lambda r: number(r.get("gold_mean"))),
+        ]
+        columns += [
+            (gold, f"gold reward ({g} annotators)", lambda r, g=g: number(r.get(f"gold_{g}")))
+            for g in _gold_groups(first)
+        ]
+    else:
+        group = f"{judge.label} (held out)"
+        columns = [
+            (group, "judge win rate vs SFT [95% CI]", lambda r: _ci(r, "judge_win_rate")),
+            (group, "judge reward (its own scale)", lambda r: number(r.get("judge_mean"))),
+        ]
+    columns += [
+        ("replies", "KL to SFT (nats)", lambda r: number(r.get("kl_to_sft"), 2)),
+        ("replies", "reply length (tokens)", lambda r: number(r.get("length_tokens"), 1)),
+        ("replies", "share ended with EOS", lambda r: number(r.get("eos_rate"), 2)),
+        ("replies", "distinct words (share)", lambda r: number(r.get("distinct_1"), 2)),
+        ("replies", "distinct word pairs (share)", lambda r: number(r.get("distinct_2"), 2)),
+    ]
+    return _table(summary["policies"], columns)
+
+
+def reward_model_table(summary: Mapping) -> dict[str, Any] | None:
+    """The reward models' view, a row per policy: each RM's mean reward (on its own scale)
+    and its win rate vs SFT. None without reward models."""
+    rms = reward_models(next(iter(summary["policies"].values()), {}))
+    if not rms:
+        return None
+    columns: list[tuple[str, str, Any]] = []
+    for rm in rms:
+        columns += [
+            (f"RM {rm}", "reward (its own scale)", lambda r, rm=rm: number(r.get(f"rm_{rm}_mean"))),
+            (f"RM {rm}", "win rate vs SFT [95% CI]", lambda r, rm=rm: _ci(r, f"rm_{rm}_win_rate")),
+        ]
+    return _table(summary["policies"], columns)
+
+
+def headline_columns(summary: Mapping) -> list[str]:
+    """The headers of ``headline_rows``, naming the comparison's judge."""
+    judge = judge_of(summary)
+    if judge.gold:
+        return ["policy", "gold win rate [95% CI]", "gold reward", "KL to SFT", "tokens"]
+    rate, reward = f"win rate under {judge.label} [95% CI]", f"{judge.label} reward"
+    return ["policy", rate, reward, "KL to SFT", "tokens"]
+
+
+def headline_rows(summary: Mapping) -> list[list[str]]:
+    """Rows for a terminal table: policy, the judge's win rate [95% CI], the judge's reward
+    (gold, or the judge the comparison named: ``headline_columns``), KL to SFT (nats), reply
+    length (tokens)."""
+    key = judge_of(summary).key
+    return [
+        [
+            name,
+            _rate(r, f"{key}_win_rate"),
+            number(r.get(f"{key}_mean")),
+            number(r.get("kl_to_sft"), 2),
+            number(r.get("length_tokens"), 0),
+        ]
+        for name, r in summary["policies"].items()
+    ]
+
+
+def rm_eval_table(config: Mapping) -> dict[str, Any] | None:
+    """The held-out metrics of the reward-model runs the config names (``rm_runs``), a row
+    per run. None without them."""
+    evals = rm_evaluations(config.get("rm_runs", []))
+    if not evals:
+        return None
+    keys = list(dict.fromkeys(k for e in evals.values() for k in e))
+    return {
+        "labels": [RM_EVAL_LABELS.get(k, k.replace("_", " ")) for k in keys],
+        "rows": [[name, *(number(e.get(k)) for k in keys)] for name, e in evals.items()],
+    }
