@@ -37,10 +37,13 @@ from distalign.metrics import accuracy_vs_truth, bayes_accuracy, pairwise_accura
 GOLD = Path(__file__).parents[1] / "src" / "distalign" / "gold" / "data"
 
 
-def attribute_differences(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(N, n_attr) chosen − rejected attributes of the split's pairs, and P(chosen) (N,)."""
+def attribute_differences(
+    split: str, rows: list[dict] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, n_attr) chosen − rejected attributes of the split's pairs (or of ``rows``, pairs
+    of the shipped benchmark), and P(chosen) (N,)."""
     replies = {(r["prompt_id"], r["reply_id"]): r for r in read_jsonl_gz(GOLD / "replies.jsonl.gz")}
-    rows = read_jsonl_gz(GOLD / f"{split}.jsonl.gz")
+    rows = read_jsonl_gz(GOLD / f"{split}.jsonl.gz") if rows is None else rows
 
     def attrs(row, side):
         reply = replies[(row["prompt_id"], row[f"{side}_reply_id"])]
