@@ -15,10 +15,12 @@ It then scores the test pairs with the judge's structure made up of those read-o
 margin is the Bradley–Terry weights that a model knowing the true attributes learns from the
 2,400 training labels (``margin_attributes.py``), applied to the pairs' *read* attribute
 differences. The read-outs are trained on the exact attribute values of 1,200 replies, which
-no preference data set gives. So the result bounds from above what a linear read-out of these
-features does by way of the attributes; it is not a reward model to ship. Last, each
-attribute in turn is read exactly (its true difference, the others as read): the accuracy
-that brings says which read-out's error costs most.
+no preference data set gives: an optimistic reference for what these features carry of the
+attributes, not a bound (the weights are not refitted to the noisy read-outs, and a head
+trained on the features directly may use more than the attributes) and not a reward model to
+ship. Last, each attribute in turn is read exactly (its true difference, the others as read):
+the accuracy that brings says which read-out's error costs most. ``foreign`` barely varies
+within a prompt, so its weight, and its line there, are not to be read.
 """
 
 from __future__ import annotations

@@ -151,6 +151,11 @@ def test_flag_spellings():
     assert from_cli(RMTrainConfig, ["--tf32", "null", "--max_steps", "3"], **flags).tf32 is None
     assert from_cli(RMTrainConfig, ["--tf32", "~"], **flags).tf32 is None
     assert from_cli(RMTrainConfig, ["tf32=null"]).tf32 is None
+    # a key that may not be unset says so, with the word given
+    with pytest.raises(ConfigError, match=r"--use_peft 'null': use_peft cannot be unset"):
+        from_cli(RMTrainConfig, ["--use_peft", "null"], **flags)
+    with pytest.raises(ConfigError, match=r"--learning_rate '~': learning_rate cannot be unset"):
+        from_cli(RMTrainConfig, ["--learning_rate", "~"])
 
 
 def test_wrong_flag_type_names_the_flag():

@@ -31,7 +31,7 @@ _EXPORTS = {
     "load_config": "distalign.config",
     "RMTrainConfig": "distalign.rm.config",
     "RLTrainConfig": "distalign.rl.config",
-    "CompareConfig": "distalign.eval.policy",
+    "CompareConfig": "distalign.eval.config",
     "GenerateConfig": "distalign.config",
     "RMEvalConfig": "distalign.config",
     "RMScoreConfig": "distalign.config",

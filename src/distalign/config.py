@@ -181,7 +181,8 @@ def load_config(
     cls: type[T], path: str | Path | None = None, overrides: Sequence[Override] = ()
 ) -> T:
     """Defaults of ``cls`` <- YAML file <- overrides, each ``"key=value"`` (dotted keys nest;
-    the value is parsed as YAML) or a ``(key, value)`` pair (a flag's raw value or a list)."""
+    the value is parsed as YAML) or a ``(key, value)`` pair (a flag's raw value or a list; a
+    raw value that is YAML's null, ``null`` or ``~``, unsets the key as ``key=null`` does)."""
     base = OmegaConf.structured(cls)
     try:
         if path is not None:
@@ -219,16 +220,18 @@ def load_config(
             except (TypeError, ValueError) as e:  # e.g. a mapping given for a list
                 raise ConfigError(f"override {item!r}: {e}") from None
         else:
-            key, value = item
+            key, raw = item
             _check_renamed(cls, [key], f"--{key}")
-            if isinstance(value, str) and value in NULL_WORDS:  # as key=value reads it
-                value = None
+            # YAML's null unsets the key, as key=value reads it
+            value = None if isinstance(raw, str) and raw in NULL_WORDS else raw
             try:
                 OmegaConf.update(base, key, value, merge=True, force_add=False)
             except OmegaConfBaseException as e:
-                raise ConfigError(f"--{key} {value!r}: {_first_line(e)}") from None
+                if value is None and raw is not None:
+                    raise ConfigError(f"--{key} {raw!r}: {key} cannot be unset") from None
+                raise ConfigError(f"--{key} {raw!r}: {_first_line(e)}") from None
             except (TypeError, ValueError) as e:
-                raise ConfigError(f"--{key} {value!r}: {e}") from None
+                raise ConfigError(f"--{key} {raw!r}: {e}") from None
     try:
         return OmegaConf.to_object(base)  # runs each dataclass's __post_init__ checks
     except OmegaConfBaseException as e:

@@ -9,9 +9,9 @@ gold judge (``gold_*`` fields, the benchmark's prompts) or the judge the user na
 (``judge_*`` fields and ``judge_name``); the page names it and never says "gold" for another.
 The page opens with a verdict per policy (did it beat SFT under that judge, by how much), then
 the tables (both from ``tables.py``), then the figures (``plots.py``). The template is
-``template.html.j2``; Jinja2 escapes everything it inserts, so a reply that contains ``<script>`` or ``</table>`` shows as
-text and never runs or breaks the page, and ``{{ x }}`` in a reply stays literal (inserted text
-is not rendered again).
+``template.html.j2``; Jinja2 escapes everything it inserts, so a reply that contains
+``<script>`` or ``</table>`` shows as text and never runs or breaks the page, and ``{{ x }}``
+in a reply stays literal (inserted text is not rendered again).
 """
 
 from __future__ import annotations
