@@ -174,7 +174,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4.8))
     pts = result["points"]
     pairs = [p["pairs"] for p in pts]
     ax.scatter(pairs, [p["accuracy_vs_truth"] for p in pts], label="scalar RM (135M, end to end)")
@@ -199,7 +199,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xticks(sorted(set(pairs)), [str(n) for n in sorted(set(pairs))])
     ax.set_xlabel("training pairs")
     ax.set_ylabel("held-out accuracy against the truth")
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
