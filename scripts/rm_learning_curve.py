@@ -21,6 +21,10 @@ elsewhere, such as the one on all 2,400 pairs) and fits accuracy against the tru
 how many pairs that line needs to reach the goal (the Bayes ceiling minus 0.03), with the
 slope's standard error. That is an extrapolation, and an optimistic one: accuracy cannot
 keep rising in a straight line towards the ceiling, so the real curve needs more pairs.
+
+``paired A.csv B.csv`` compares two reward models on the same test pairs (``rm eval``'s
+``…_pair_scores.csv``): the difference in accuracy against the truth, A − B, with a 95%
+bootstrap interval that resamples test prompts (a prompt's ten pairs are not independent).
 """
 
 from __future__ import annotations
@@ -164,6 +168,44 @@ def attributes_known(rows: list[dict] | None) -> float:
     return accuracies(test_d @ weights, p_test)["accuracy_vs_truth"]
 
 
+def paired(a: Path, b: Path, n: int = 2000) -> dict:
+    """Accuracy against the truth of A minus B on the gold test pairs both score."""
+    from distalign.eval.rm import margins_by_pair
+    from distalign.metrics import bootstrap_interval
+
+    with gzip.open(GOLD_DIR / "test.jsonl.gz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    p = np.array([r["p_chosen"] for r in rows])
+    prompt = np.array([r["prompt_id"] for r in rows])
+
+    def expected_correct(margin: np.ndarray) -> np.ndarray:  # a pair's accuracy vs the truth
+        return np.where(margin > 0, p, np.where(margin < 0, 1.0 - p, 0.5))
+
+    ma, mb = margins_by_pair(a, len(rows)), margins_by_pair(b, len(rows))
+    both = ~np.isnan(ma) & ~np.isnan(mb)
+    diff = expected_correct(ma[both]) - expected_correct(mb[both])
+    prompts = prompt[both]
+    per_prompt = np.array([diff[prompts == q].mean() for q in np.unique(prompts)])
+    lo, hi = bootstrap_interval(per_prompt, n)
+    result = {
+        "a": str(a),
+        "b": str(b),
+        "pairs": int(both.sum()),
+        "prompts": len(per_prompt),
+        "accuracy_vs_truth_a": float(expected_correct(ma[both]).mean()),
+        "accuracy_vs_truth_b": float(expected_correct(mb[both]).mean()),
+        "difference": float(diff.mean()),
+        "difference_ci95": [lo, hi],
+    }
+    print(
+        f"accuracy against the truth on {result['pairs']} pairs: "
+        f"{result['accuracy_vs_truth_a']:.3f} − {result['accuracy_vs_truth_b']:.3f} = "
+        f"{result['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] (resampling "
+        f"{result['prompts']} prompts)"
+    )
+    return result
+
+
 def pick(ev: dict) -> dict:
     return {k: ev[k] for k in ("accuracy", "accuracy_vs_truth", "ece", "bayes_ceiling")}
 
@@ -221,8 +263,16 @@ def main() -> None:
         help="PAIRS:PATH of runs trained elsewhere (a run folder or an rm eval JSON)",
     )
     m.add_argument("--out", type=Path, default=None, help="JSON (and a PNG beside it)")
+    c = sub.add_parser("paired", help="A − B in accuracy against the truth, same test pairs")
+    c.add_argument("a", type=Path)
+    c.add_argument("b", type=Path)
+    c.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    if args.cmd == "subsets":
+    if args.cmd == "paired":
+        result = paired(args.a, args.b)
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+    elif args.cmd == "subsets":
         subsets(args.out, args.pairs, args.seeds)
     else:
         summary(args.runs, args.full, args.out)
