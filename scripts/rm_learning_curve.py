@@ -19,8 +19,8 @@ fewer pairs also means fewer optimiser steps, as it would for a user with less d
 elsewhere, such as the one on all 2,400 pairs) and fits accuracy against the truth
 (``accuracy_vs_truth``: without the labels' draw noise) as a line in log₂(pairs), then says
 how many pairs that line needs to reach the goal (the Bayes ceiling minus 0.03), with the
-slope's standard error. That is an extrapolation, and an optimistic one: accuracy cannot
-keep rising in a straight line towards the ceiling, so the real curve needs more pairs.
+slope's standard error. That is an extrapolation, and likely an optimistic one: a curve that
+flattens as it nears the ceiling needs more pairs than the line.
 
 ``paired A.csv B.csv`` compares two reward models on the same test pairs (``rm eval``'s
 ``…_pair_scores.csv``): the difference in accuracy against the truth, A − B, with a 95%
@@ -148,7 +148,7 @@ def summary(runs: Path, full: list[Path], out: Path | None) -> dict:
             need = fit.get("pairs_for_goal_extrapolated")
             print(
                 f"{key}: {slope} per doubling of the pairs; extrapolated, the line reaches the "
-                f"goal at {need:,.0f} pairs (a lower estimate)"
+                f"goal at {need:,.0f} pairs (likely an underestimate)"
                 if need
                 else f"{key}: {slope} per doubling (does not reach the goal)"
             )
