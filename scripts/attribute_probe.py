@@ -30,12 +30,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-from margin_attributes import accuracies, attribute_differences, fit_bradley_terry  # scripts/
+from margin_attributes import (  # scripts/
+    GOLD,
+    accuracies,
+    attribute_differences,
+    benchmark_replies,
+    fit_bradley_terry,
+)
 
 from distalign.gold.judge import ATTRIBUTES
 from distalign.gold.truth import read_jsonl_gz
 
-GOLD = Path(__file__).parents[1] / "src" / "distalign" / "gold" / "data"
 RIDGE = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 
@@ -80,10 +85,11 @@ def main() -> None:
     args = ap.parse_args()
     data = np.load(args.features, allow_pickle=False)
     keys = [(str(p), int(r)) for p, r in zip(data["prompt_id"], data["reply_id"], strict=True)]
-    replies = {(r["prompt_id"], r["reply_id"]): r for r in read_jsonl_gz(GOLD / "replies.jsonl.gz")}
+    replies = benchmark_replies()
     attrs = np.array([[replies[k]["attributes"][a] for a in ATTRIBUTES] for k in keys])
     prompt = np.array([p for p, _ in keys])
-    test_prompts = {r["prompt_id"] for r in read_jsonl_gz(GOLD / "test.jsonl.gz")}
+    rows = read_jsonl_gz(GOLD / "test.jsonl.gz")
+    test_prompts = {r["prompt_id"] for r in rows}
     test = np.array([p in test_prompts for p in prompt])
 
     x = centre_within(data["features"], prompt)
@@ -97,7 +103,6 @@ def main() -> None:
         per_attribute[name] = {"r2_test": r_squared(y[test, j], read[test, j]), "ridge": lam}
 
     index = {k: i for i, k in enumerate(keys)}
-    rows = read_jsonl_gz(GOLD / "test.jsonl.gz")
     read_diff = np.array(
         [
             read[index[(r["prompt_id"], r["chosen_reply_id"])]]
@@ -105,7 +110,7 @@ def main() -> None:
             for r in rows
         ]
     )
-    test_diff, p_chosen = attribute_differences("test")
+    test_diff, p_chosen = attribute_differences("test", rows)
     weights = fit_bradley_terry(attribute_differences("train")[0])
     result = {
         "features": str(args.features),

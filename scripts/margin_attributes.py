@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +38,18 @@ from distalign.metrics import accuracy_vs_truth, bayes_accuracy, pairwise_accura
 GOLD = Path(__file__).parents[1] / "src" / "distalign" / "gold" / "data"
 
 
+@cache
+def benchmark_replies() -> dict[tuple[str, int], dict]:
+    """The shipped benchmark's replies by (prompt_id, reply_id), read once."""
+    return {(r["prompt_id"], r["reply_id"]): r for r in read_jsonl_gz(GOLD / "replies.jsonl.gz")}
+
+
 def attribute_differences(
     split: str, rows: list[dict] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N, n_attr) chosen − rejected attributes of the split's pairs (or of ``rows``, pairs
     of the shipped benchmark), and P(chosen) (N,)."""
-    replies = {(r["prompt_id"], r["reply_id"]): r for r in read_jsonl_gz(GOLD / "replies.jsonl.gz")}
+    replies = benchmark_replies()
     rows = read_jsonl_gz(GOLD / f"{split}.jsonl.gz") if rows is None else rows
 
     def attrs(row, side):

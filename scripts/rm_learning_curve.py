@@ -30,29 +30,28 @@ bootstrap interval that resamples test prompts (a prompt's ten pairs are not ind
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import re
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 
 import numpy as np
-from margin_attributes import accuracies, attribute_differences, fit_bradley_terry  # scripts/
+from margin_attributes import (  # scripts/
+    GOLD,
+    accuracies,
+    attribute_differences,
+    fit_bradley_terry,
+)
 
-from distalign.gold.build import GOLD_DIR
-
-
-def prompt_key(row: dict) -> str:
-    prompt = row["prompt"]
-    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+from distalign.gold.truth import read_jsonl_gz
 
 
 def subsets(out: Path, pairs: list[int], seeds: list[int]) -> None:
-    with gzip.open(GOLD_DIR / "train.jsonl.gz", "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
+    rows = read_jsonl_gz(GOLD / "train.jsonl.gz")
     by_prompt: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        by_prompt[prompt_key(row)].append(row)
+        by_prompt[row["prompt_id"]].append(row)
     keys = list(by_prompt)  # file order: grouped by kind of prompt
     per_prompt = len(rows) / len(keys)
     for seed in seeds:
@@ -159,31 +158,39 @@ def summary(runs: Path, full: list[Path], out: Path | None) -> dict:
     return result
 
 
+@cache
+def test_attribute_differences() -> tuple[np.ndarray, np.ndarray]:
+    return attribute_differences("test")
+
+
 def attributes_known(rows: list[dict] | None) -> float:
     """Accuracy against the truth, on the test pairs, of a Bradley–Terry model that knows the
     judge's six attributes and learns only their weights from ``rows`` (None: all training
     pairs): what the same labels give a model that need not learn to read the text."""
-    test_d, p_test = attribute_differences("test")
+    test_d, p_test = test_attribute_differences()
     weights = fit_bradley_terry(attribute_differences("train", rows)[0])
     return accuracies(test_d @ weights, p_test)["accuracy_vs_truth"]
 
 
 def paired(a: Path, b: Path, n: int = 2000) -> dict:
     """Accuracy against the truth of A minus B on the gold test pairs both score."""
-    from distalign.eval.rm import margins_by_pair
-    from distalign.metrics import bootstrap_interval
+    import torch
 
-    with gzip.open(GOLD_DIR / "test.jsonl.gz", "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
+    from distalign.eval.rm import margins_by_pair
+    from distalign.metrics import bootstrap_interval, expected_correct
+
+    rows = read_jsonl_gz(GOLD / "test.jsonl.gz")
     p = np.array([r["p_chosen"] for r in rows])
     prompt = np.array([r["prompt_id"] for r in rows])
-
-    def expected_correct(margin: np.ndarray) -> np.ndarray:  # a pair's accuracy vs the truth
-        return np.where(margin > 0, p, np.where(margin < 0, 1.0 - p, 0.5))
-
     ma, mb = margins_by_pair(a, len(rows)), margins_by_pair(b, len(rows))
     both = ~np.isnan(ma) & ~np.isnan(mb)
-    diff = expected_correct(ma[both]) - expected_correct(mb[both])
+
+    def right(margin: np.ndarray) -> np.ndarray:  # each scored pair's accuracy vs the truth
+        m = torch.as_tensor(margin[both])
+        return expected_correct(m, torch.zeros_like(m), p[both]).numpy()
+
+    right_a, right_b = right(ma), right(mb)
+    diff = right_a - right_b
     prompts = prompt[both]
     per_prompt = np.array([diff[prompts == q].mean() for q in np.unique(prompts)])
     lo, hi = bootstrap_interval(per_prompt, n)
@@ -192,8 +199,8 @@ def paired(a: Path, b: Path, n: int = 2000) -> dict:
         "b": str(b),
         "pairs": int(both.sum()),
         "prompts": len(per_prompt),
-        "accuracy_vs_truth_a": float(expected_correct(ma[both]).mean()),
-        "accuracy_vs_truth_b": float(expected_correct(mb[both]).mean()),
+        "accuracy_vs_truth_a": float(right_a.mean()),
+        "accuracy_vs_truth_b": float(right_b.mean()),
         "difference": float(diff.mean()),
         "difference_ci95": [lo, hi],
     }

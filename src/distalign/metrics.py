@@ -19,6 +19,19 @@ def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
     return wins.mean().item()
 
 
+def expected_correct(
+    chosen: torch.Tensor, rejected: torch.Tensor, p_chosen: np.ndarray
+) -> torch.Tensor:
+    """Per pair, the probability that the scores' order agrees with the pair's drawn label,
+    when its true probability p_i that the chosen reply is preferred is known:
+    [r_w > r_l]·p_i + [r_w < r_l]·(1 − p_i) + [r_w = r_l]·½. (N,) float64; its mean is
+    ``accuracy_vs_truth``. chosen, rejected: (N,); p_chosen: (N,)."""
+    p = torch.as_tensor(np.asarray(p_chosen, dtype=np.float64), device=chosen.device)
+    if p.shape != chosen.shape:
+        raise ValueError(f"p_chosen has {tuple(p.shape)} values for {tuple(chosen.shape)} pairs")
+    return torch.where(chosen > rejected, p, torch.where(chosen < rejected, 1 - p, 0.5))
+
+
 def accuracy_vs_truth(chosen: torch.Tensor, rejected: torch.Tensor, p_chosen: np.ndarray) -> float:
     """Accuracy against the known truth rather than the drawn labels: its expectation over
     the labels' draws, when each pair's true probability p_i that its chosen reply is
@@ -30,13 +43,8 @@ def accuracy_vs_truth(chosen: torch.Tensor, rejected: torch.Tensor, p_chosen: np
     √(Σ p_i(1 − p_i)) / N: 0.014 on the 800 gold-benchmark test pairs). ``bayes_accuracy`` is
     the same expectation for the best predictor, so this one compares with it like for like.
     chosen, rejected: (N,) scores whose order is the prediction; p_chosen: (N,)."""
-    p = torch.as_tensor(np.asarray(p_chosen, dtype=np.float64), device=chosen.device)
-    if p.shape != chosen.shape:
-        raise ValueError(f"p_chosen has {tuple(p.shape)} values for {tuple(chosen.shape)} pairs")
-    if chosen.numel() == 0:
-        return float("nan")
-    right = torch.where(chosen > rejected, p, torch.where(chosen < rejected, 1 - p, 0.5))
-    return right.mean().item()
+    right = expected_correct(chosen, rejected, p_chosen)
+    return right.mean().item() if chosen.numel() else float("nan")
 
 
 def expected_calibration_error(
