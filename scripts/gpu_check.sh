@@ -3,7 +3,7 @@
 #
 #   bash scripts/gpu_check.sh OUT [STAGE ...]
 #
-# STAGEs (default: tests suite bench sweep), run in the order given:
+# STAGEs (default: tests suite bench sweep; recipes only when named), run in the order given:
 #   tests  the tests marked gpu (CUDA against the CPU)
 #   suite  the default suite plus the gpu tests, with a GPU in view (device=auto picks it)
 #   bench  benchmarks/rm_throughput.py and rl_vs_trl.py on one GPU, bf16, TRL in the same run
@@ -16,11 +16,17 @@
 #          run's evaluation lands in OUT/sweep/ as NAME.json and NAME_pair_scores.csv, with
 #          OUT/sweep/sweep.json (every run, finished or not): scripts/gpu_sweep_summary.py
 #          --sweep OUT/sweep tabulates them.
+#   recipes  the reward models of the plan file RECIPES (default scripts/gpu_recipes.txt: one
+#          run per line, its name and the keys it adds to configs/rm_scalar_full.yaml), with
+#          the sweep's SWEEP_PARALLEL, SWEEP_DEADLINE, TF32 and SWEEP_KEYS; results in
+#          OUT/recipes/ as the sweep's, plus each run's evaluations during training
+#          (RUN_evals.jsonl): scripts/gpu_recipes_summary.py --runs OUT/recipes tabulates them.
 # Logs and results under OUT; scratch under $WORK.
 set -u
-OUT=${1:?usage: bash scripts/gpu_check.sh OUT [tests|suite|bench|sweep ...]}
+OUT=${1:?usage: bash scripts/gpu_check.sh OUT [tests|suite|bench|sweep|recipes ...]}
 shift
 STAGES=${*:-tests suite bench sweep}
+RECIPES=${RECIPES:-scripts/gpu_recipes.txt}
 PY=${PY:-python3}
 WORK=${WORK:-runs/gpu_check}
 SWEEP_RATES=${SWEEP_RATES:-"2e-3 5e-3"}
@@ -39,6 +45,73 @@ $PY -c 'import torch, transformers, accelerate, peft; print("torch", torch.__ver
 "cuda", torch.version.cuda, "transformers", transformers.__version__, "accelerate",
 accelerate.__version__, "peft", peft.__version__, "gpu", torch.cuda.is_available() and
 torch.cuda.get_device_name(0))'
+
+# train_runs NAME PLAN: one `rm train configs/rm_scalar_full.yaml` per line "RUN key=value ..."
+# of PLAN (# comments and blank lines skipped), SWEEP_PARALLEL at a time on the one GPU, all
+# stopped SWEEP_DEADLINE seconds after the stage starts. Each finished run's evaluation lands
+# in OUT/NAME/ as RUN.json and RUN_pair_scores.csv; every run's evaluations during training
+# (eval_steps) as RUN_evals.jsonl, finished or not; OUT/NAME/NAME.json records every run.
+train_runs() {
+  local name=$1 plan=$2 s0 runs r keys left tf32=true
+  s0=$(date +%s)
+  [ -f "$plan" ] || { echo "no plan file $plan"; return; }
+  [ "$SWEEP_PARALLEL" -ge 1 ] 2>/dev/null || { echo "SWEEP_PARALLEL must be >= 1"; return; }
+  [ "${TF32:-1}" = 0 ] && tf32=false
+  echo "[$(since) s] $name: the model converted once"
+  $PY -c 'from distalign.models.load import resolve_model; print(resolve_model())' \
+    > "$WORK/convert.log" 2>&1 || { tail -5 "$WORK/convert.log"; return; }
+  runs=$(grep -v '^[[:space:]]*\(#\|$\)' "$plan" | awk '{print $1}' | tr '\n' ' ')
+  echo "[$(since) s] $name: $runs, $SWEEP_PARALLEL at a time, until $SWEEP_DEADLINE s"
+  mkdir -p "$OUT/$name" && rm -f "$OUT/$name"/*.json "$OUT/$name"/*.csv "$OUT/$name"/*.jsonl
+  for r in $runs; do  # a run starts clean: nothing of an earlier sweep in WORK counts
+    rm -rf "${WORK:?}/$name/$r" "$WORK/${name}_$r.log"
+  done
+  while read -r r keys; do
+    case $r in '#'* | '') continue ;; esac
+    while [ "$(jobs -rp | wc -l)" -ge "$SWEEP_PARALLEL" ]; do sleep 5; done
+    left=$((SWEEP_DEADLINE - ($(date +%s) - s0)))
+    if [ "$left" -le 0 ]; then echo "  $r: not started (deadline)"; continue; fi
+    # shellcheck disable=SC2086
+    OMP_NUM_THREADS=2 timeout "$left" \
+      $PY -m distalign.cli rm train configs/rm_scalar_full.yaml $keys save_steps=0 "tf32=$tf32" \
+      report_to=none $SWEEP_KEYS "output_dir=$WORK/$name/$r" > "$WORK/${name}_$r.log" 2>&1 \
+      < /dev/null &
+  done < "$plan"
+  wait
+  echo "[$(since) s] $name: done"
+  # shellcheck disable=SC2086
+  $PY - "$WORK" "$name" "$OUT/$name" $runs <<'EOF'
+import json, shutil, sys
+from pathlib import Path
+work, name, out, names = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
+rows = {}
+for run in names:  # this plan's runs only
+    log, final = work / f"{name}_{run}.log", work / name / run / "final"
+    summary, metrics = work / name / run / "summary.json", work / name / run / "metrics.jsonl"
+    pairs = final / "eval_gold_test_pair_scores.csv"
+    row = {"finished": (final / "eval_gold_test.json").is_file() and pairs.is_file()}
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        row.update(train_seconds=s.get("train_seconds"), pairs_per_s=s.get("pairs_per_s"))
+    if metrics.is_file():  # the evaluations during training, kept when the run was cut too
+        evals = [line for line in metrics.read_text().splitlines() if '"eval/' in line]
+        (out / f"{run}_evals.jsonl").write_text("".join(e + "\n" for e in evals))
+        row["evaluations"] = len(evals)
+    if row["finished"]:
+        shutil.copy(final / "eval_gold_test.json", out / f"{run}.json")
+        shutil.copy(pairs, out / f"{run}_pair_scores.csv")
+    elif log.is_file():
+        row["log_tail"] = log.read_text()[-1500:]
+    else:
+        row["not_started"] = True
+    rows[run] = row
+(out / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
+for run, row in rows.items():
+    print(f"  {run}: {'finished' if row['finished'] else 'did not finish'}, "
+          f"{row.get('train_seconds') or 0:.0f} s of training, "
+          f"{row.get('evaluations', 0)} evaluations")
+EOF
+}
 
 for stage in $STAGES; do
   case $stage in
@@ -65,64 +138,15 @@ for stage in $STAGES; do
     echo "  exit $?"
     ;;
   sweep)
-    s0=$(date +%s)
-    echo "[$(since) s] sweep: the model converted once"
-    $PY -c 'from distalign.models.load import resolve_model; print(resolve_model())' \
-      > "$WORK/convert.log" 2>&1 || { tail -5 "$WORK/convert.log"; continue; }
-    runs=""
-    [ "$SWEEP_SCALAR" = 1 ] && runs="scalar_s0"
-    for lr in $SWEEP_RATES; do for s in $SWEEP_SEEDS; do runs="$runs lr${lr}_s$s"; done; done
-    tf32=true && [ "${TF32:-1}" = 0 ] && tf32=false
-    [ "$SWEEP_PARALLEL" -ge 1 ] 2>/dev/null || { echo "SWEEP_PARALLEL must be >= 1"; continue; }
-    echo "[$(since) s] sweep: $runs, $SWEEP_PARALLEL at a time, until $SWEEP_DEADLINE s"
-    mkdir -p "$OUT/sweep" && rm -f "$OUT"/sweep/*.json "$OUT"/sweep/*.csv
-    for r in $runs; do  # a run starts clean: nothing of an earlier sweep in WORK counts
-      rm -rf "${WORK:?}/sweep/$r" "$WORK/sweep_$r.log"
-    done
-    for r in $runs; do
-      while [ "$(jobs -rp | wc -l)" -ge "$SWEEP_PARALLEL" ]; do sleep 5; done
-      left=$((SWEEP_DEADLINE - ($(date +%s) - s0)))
-      if [ "$left" -le 0 ]; then echo "  $r: not started (deadline)"; continue; fi
-      if [ "$r" = scalar_s0 ]; then
-        keys="head=scalar seed=0"
-      else
-        lr=${r#lr} && lr=${lr%_s*}
-        keys="head=mixture n_components=2 head_learning_rate=$lr seed=${r##*_s}"
-      fi
-      # shellcheck disable=SC2086
-      OMP_NUM_THREADS=2 timeout "$left" \
-        $PY -m distalign.cli rm train configs/rm_scalar_full.yaml $keys save_steps=0 "tf32=$tf32" \
-        report_to=none $SWEEP_KEYS "output_dir=$WORK/sweep/$r" > "$WORK/sweep_$r.log" 2>&1 &
-    done
-    wait
-    echo "[$(since) s] sweep: done"
-    # shellcheck disable=SC2086
-    $PY - "$WORK" "$OUT/sweep" $runs <<'EOF'
-import json, shutil, sys
-from pathlib import Path
-work, out, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-rows = {}
-for name in names:  # this sweep's runs only
-    log, final = work / f"sweep_{name}.log", work / "sweep" / name / "final"
-    summary = work / "sweep" / name / "summary.json"
-    pairs = final / "eval_gold_test_pair_scores.csv"
-    row = {"finished": (final / "eval_gold_test.json").is_file() and pairs.is_file()}
-    if summary.is_file():
-        s = json.loads(summary.read_text())
-        row.update(train_seconds=s.get("train_seconds"), pairs_per_s=s.get("pairs_per_s"))
-    if row["finished"]:
-        shutil.copy(final / "eval_gold_test.json", out / f"{name}.json")
-        shutil.copy(pairs, out / f"{name}_pair_scores.csv")
-    elif log.is_file():
-        row["log_tail"] = log.read_text()[-1500:]
-    else:
-        row["not_started"] = True
-    rows[name] = row
-(out / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
-for name, row in rows.items():
-    print(f"  {name}: {'finished' if row['finished'] else 'did not finish'}, "
-          f"{row.get('train_seconds') or 0:.0f} s of training")
-EOF
+    plan="$WORK/sweep_plan.txt" && : > "$plan"
+    [ "$SWEEP_SCALAR" = 1 ] && echo "scalar_s0 head=scalar seed=0" >> "$plan"
+    for lr in $SWEEP_RATES; do for s in $SWEEP_SEEDS; do
+      echo "lr${lr}_s$s head=mixture n_components=2 head_learning_rate=$lr seed=$s" >> "$plan"
+    done; done
+    train_runs sweep "$plan"
+    ;;
+  recipes)
+    train_runs recipes "$RECIPES"
     ;;
   *) echo "unknown stage $stage" ;;
   esac
