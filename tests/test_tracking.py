@@ -1,8 +1,11 @@
-"""Trackers: report_to resolution, every hyperparameter logged, run names; the quiet console."""
+"""Trackers: report_to resolution, every hyperparameter logged, run names; the quiet console;
+progress bars that tqdm's environment variables still govern."""
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -15,6 +18,7 @@ from distalign.models.load import set_tf32
 from distalign.tracking import (
     end_run,
     flat_hparams,
+    progress_bar,
     quiet_libraries,
     resolve_report_to,
     start_tracking,
@@ -186,3 +190,26 @@ def test_tf32_key_sets_torch_and_unset_leaves_it():
         assert not matmul.allow_tf32 and not cudnn.allow_tf32
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
+def test_progress_bar_hidden_where_not_shown():
+    assert progress_bar(range(3), show=False).disable
+    bar = progress_bar(total=3, show=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    assert not bar.disable
+    bar.close()
+
+
+@pytest.mark.parametrize(("env", "hidden"), [("1", True), (None, False)])
+def test_progress_bar_follows_tqdm_disable(env, hidden):
+    """TQDM_DISABLE=1 hides the training bars (gpu_check.sh sets it for its logs); tqdm reads
+    it when imported, so a fresh interpreter checks it."""
+    code = (
+        "import os; from distalign.tracking import progress_bar; "
+        "b = progress_bar(total=3, show=True, file=open(os.devnull, 'w')); print(b.disable)"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    if env is not None:
+        environ["TQDM_DISABLE"] = env
+    out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == str(hidden)

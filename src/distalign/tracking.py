@@ -1,6 +1,6 @@
 """Metric logging: the accelerate trackers (TensorBoard by default; wandb, trackio, MLflow) plus
-a JSONL file that the report and offline tools read; process-level peak memory; and the quiet
-console of the CLI (``quiet_libraries``).
+a JSONL file that the report and offline tools read; process-level peak memory; the quiet
+console of the CLI (``quiet_libraries``); and the progress bars of long work (``progress_bar``).
 
     accelerator = Accelerator(log_with=resolve_report_to(cfg.report_to) or None, project_dir=out)
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
@@ -216,6 +216,18 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 LIBRARIES = ("transformers", "datasets", "accelerate", "peft", "huggingface_hub")
+
+
+def progress_bar(iterable=None, *, show: bool = True, **kwargs):
+    """A tqdm bar (``tqdm.auto``), hidden where ``show`` is false: on every process but the
+    node's first, or when the caller asked for none. Where shown, tqdm's own ``TQDM_*``
+    environment variables still apply (``TQDM_DISABLE=1`` hides it, as in a log file): tqdm
+    reads them as defaults, so an explicit ``disable=False`` would override them."""
+    from tqdm.auto import tqdm
+
+    if not show:
+        kwargs["disable"] = True
+    return tqdm(iterable, **kwargs)
 
 
 def quiet_libraries() -> None:

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from distalign.data.pairs import render_prompt_ids
+from distalign.tracking import progress_bar
 
 
 @dataclass
@@ -202,7 +202,7 @@ def sample_token_ids(
     logps: list[list[float]] = []
     finished: list[bool] = []
     starts = range(0, len(prompt_ids), config.sampling_batch_size)
-    for b, start in enumerate(tqdm(starts, desc="sampling", disable=not progress, unit="batch")):
+    for b, start in enumerate(progress_bar(starts, desc="sampling", show=progress, unit="batch")):
         batch = prompt_ids[start : start + config.sampling_batch_size]
         # batches far apart in seed space: consecutive seeds (e.g. RL steps) never share a stream
         generator = torch.Generator(device=device).manual_seed(config.seed + b * 1_000_003)

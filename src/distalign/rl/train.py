@@ -37,7 +37,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 
 from distalign.checkpoint import count_nonfinite, resume_training, save_checkpoint
 from distalign.config import (
@@ -82,6 +81,7 @@ from distalign.tracking import (
     MetricsLog,
     end_run,
     peak_memory_gb,
+    progress_bar,
     start_run,
     start_tracking,
 )
@@ -473,8 +473,8 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     if state.step == 0 and cfg.eval_at_start:
         with full_parameters(t.learner):
             state.initial_eval = evaluate(t, state, eval_prompts, cfg)  # the SFT policy
-    bar = tqdm(total=cfg.max_steps, initial=state.step, desc="rl train",
-               disable=not accelerator.is_local_main_process)  # fmt: skip
+    bar = progress_bar(total=cfg.max_steps, initial=state.step, desc="rl train",
+                       show=accelerator.is_local_main_process)  # fmt: skip
     final, evaluated_at = None, -1
     while state.step < cfg.max_steps:
         t0 = time.perf_counter()

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from distalign.checkpoint import count_nonfinite, resume_training, save_checkpoint
@@ -64,6 +63,7 @@ from distalign.tracking import (
     MetricsLog,
     end_run,
     peak_memory_gb,
+    progress_bar,
     start_run,
     start_tracking,
 )
@@ -393,8 +393,8 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
                                              accelerator.is_main_process))  # fmt: skip
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
-    bar = tqdm(total=total_steps, initial=state.step, desc="rm train",
-               disable=not accelerator.is_local_main_process)  # fmt: skip
+    bar = progress_bar(total=total_steps, initial=state.step, desc="rm train",
+                       show=accelerator.is_local_main_process)  # fmt: skip
     window, result, outputs, evaluated_at = [], {}, {}, -1
     start, start_pairs = time.perf_counter(), state.pairs
     scorer.train()
