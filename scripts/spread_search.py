@@ -279,7 +279,7 @@ def measure(setting, net, x, test, truth, n_bins: int, init=None) -> dict:
     contested detector against that scalar reward model's −|margin| (``vs_scalar_*``)."""
     result = _measure(setting, net, x, test, truth, n_bins)
     if init is not None and setting["head"] != "scalar":
-        from distalign.metrics import contested, paired_auroc_difference
+        from distalign.disagreement import contested, paired_auroc_difference
 
         c, r, groups, _ = test
         with torch.no_grad():
@@ -291,7 +291,7 @@ def measure(setting, net, x, test, truth, n_bins: int, init=None) -> dict:
 
 
 def _measure(setting, net, x, test, truth, n_bins: int) -> dict:
-    from distalign.metrics import contested_detection, contested_scores
+    from distalign.disagreement import contested_detection, contested_scores
 
     c, r, groups, _ = test
     with torch.no_grad():
@@ -321,7 +321,7 @@ def _measure(setting, net, x, test, truth, n_bins: int) -> dict:
 
 
 def spread_keys(predicted, truth, replies) -> dict:
-    from distalign.metrics import spread_agreement
+    from distalign.disagreement import spread_agreement
 
     agreement = spread_agreement(predicted, truth["rewards"][:, replies],
                                  truth["prompt_ids"][replies], truth["lengths"][replies],
@@ -334,10 +334,10 @@ def mixture_measures(out, test, test_replies, truth) -> dict:
     equal): per pair, the mean and std over components of the component margins (each
     component's free constant cancels in its margin); per reply, the spread over components
     of each component's reward centred within the prompt, as the truth is centred. The
-    contested detector is ``metrics.opposite_leanings`` of the component margins (it weighs
+    contested detector is ``disagreement.opposite_leanings`` of the component margins (it weighs
     components equally, learned shares or not). Also the AUROC of the predicted group gap
     |σ(d_1) − σ(d_2)| (diagnostic)."""
-    from distalign.metrics import (
+    from distalign.disagreement import (
         auroc,
         centred_spread,
         contested,
@@ -396,7 +396,7 @@ def probe(x, truth, train, test, alpha: float = 10.0) -> dict:
     centred disagreement, fitted on the training replies *with the truth* (which no reward
     model sees), scored by Spearman on the test replies. High: the backbone's features hold
     what disagreement needs, and the pairwise losses fail to draw it out; low: they do not."""
-    from distalign.metrics import centred_spread, spearman
+    from distalign.disagreement import centred_spread, spearman
 
     target = centred_spread(truth["rewards"], truth["prompt_ids"], truth["weights"])
     tr = np.unique(np.concatenate(train[:2]))

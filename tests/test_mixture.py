@@ -101,9 +101,9 @@ def test_mixture_summary_on_hand_made_pairs():
 
 
 def test_mixture_spread_is_centred_within_the_prompt(tmp_path):
+    from distalign.disagreement import centred_spread, spread_agreement
     from distalign.eval.rm import mixture_reply_spread_measures
     from distalign.gold.truth import pair_replies
-    from distalign.metrics import centred_spread, spread_agreement
 
     truth = pair_replies(str(write_benchmark(tmp_path / "b")), "test", [0, 1, 2])
     rng = np.random.default_rng(0)

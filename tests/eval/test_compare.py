@@ -305,7 +305,7 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch
     )
     assert {"spearman_centred", "partial_centred_given_length"} <= measures["ordinal"].keys()
     # the points behind the measure, for the scatter: every compared reply once
-    from distalign.metrics import spearman
+    from distalign.disagreement import spearman
 
     points = summary["std_vs_disagreement_points"]
     assert list(points) == ["ordinal"]  # no spread, no points, for the scalar RM

@@ -87,8 +87,8 @@ def pair_loader(final, data_dir):
 
 @pytest.mark.parametrize("head", ["scalar", "categorical"])
 def test_evaluate_reward_model_reports_contested_detection(tiny_rms, tmp_path, head):
+    from distalign.disagreement import auroc, contested
     from distalign.eval.rm import distribution_margin_spread, evaluate_reward_model
-    from distalign.metrics import auroc, contested
 
     write_jsonl(tmp_path / "test.jsonl", handmade_rows())
     model, loader, meta, p = pair_loader(tiny_rms[head], tmp_path)
@@ -155,8 +155,8 @@ def test_run_rm_eval_writes_contested_keys_only_with_group_probabilities(tiny_rm
 
 
 def test_rm_eval_writes_pair_scores_that_compare_two_reward_models(tiny_rms, tmp_path):
+    from distalign.disagreement import auroc
     from distalign.eval.rm import compare_contested, read_pair_scores, run_rm_eval
-    from distalign.metrics import auroc
 
     write_jsonl(tmp_path / "test.jsonl", handmade_rows())
     files = {}
@@ -249,10 +249,10 @@ def test_pair_replies_maps_pairs_to_distinct_replies_and_annotator_rewards(tmp_p
 def test_reply_spread_measures_average_a_reply_over_its_pairs(tmp_path):
     import torch
 
+    from distalign.disagreement import centred_spread, spearman
     from distalign.eval.rm import reply_spread_measures
     from distalign.functionals import std
     from distalign.gold.truth import pair_replies
-    from distalign.metrics import centred_spread, spearman
 
     truth = pair_replies(str(write_benchmark(tmp_path / "b")), "test", [0, 1, 2])
     centred = centred_spread(truth.annotator_rewards, truth.prompt_ids, truth.weights)

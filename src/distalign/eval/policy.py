@@ -257,12 +257,12 @@ def spread_vs_disagreement_measures(rewards, measured: dict[str, Measured], k: i
     raw annotator std (``gold_std``) and with the annotators' rewards centred within the prompt
     (Bradley–Terry fixes each annotator's reward only up to a constant per prompt, so the raw
     std mostly grows with length), and each given reply length in tokens
-    (``metrics.spread_agreement``); None for a scalar RM. Also the points behind them, for the
+    (``disagreement.spread_agreement``); None for a scalar RM. Also the points behind them, for the
     report's scatter: per distributional RM, each reply's policy, predicted std and centred
     disagreement. A mixture RM's predicted spread is centred within the prompt like the
     truth's (``eval.rm.mixture_reply_spread_measures``). Returns (measures, points)."""
+    from distalign.disagreement import centred_spread, spread_agreement
     from distalign.gold import judge as gold
-    from distalign.metrics import centred_spread, spread_agreement
 
     ms = list(measured.values())
     attrs = np.concatenate([np.column_stack([m.judged[a] for a in gold.ATTRIBUTES]) for m in ms])

@@ -14,15 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distalign.metrics import (
-    bayes_accuracy,
-    contested,
-    contested_detection,
-    contested_scores,
-    distribution_summary,
-    mixture_summary,
-    reward_summary,
-)
+from distalign.disagreement import contested, contested_detection, contested_scores
+from distalign.metrics import bayes_accuracy, distribution_summary, mixture_summary, reward_summary
 from distalign.models.heads import head_log_probs
 from distalign.models.reward_model import pair_scores
 
@@ -74,7 +67,7 @@ def evaluate_reward_model(
     ``contested_auroc_margin`` (and ``contested_auroc_spread`` for a distributional head,
     ``contested_auroc_ratio`` for a mixture, whose detector reads its component margins),
     each with a ``…_ci95`` bootstrap interval (``n_bootstrap`` resamples of pairs); see
-    ``metrics.contested_detection``.
+    ``disagreement.contested_detection``.
 
     ``p_chosen`` (N,), each pair's known probability that its chosen reply is preferred (the
     gold benchmark's, in the loader's order), adds ``bayes_ceiling`` and ``accuracy_vs_truth``
@@ -158,7 +151,7 @@ def mixture_margin_spread(chosen, rejected) -> tuple[np.ndarray, np.ndarray]:
 def reply_spread_measures(truth, logp_w, logp_l, outputs: dict | None = None) -> dict[str, float]:
     """Per distinct reply of the pairs (``truth``: ``gold.truth.PairReplies``), the predicted
     Std[R] (the mean over the pairs it appears in) against the annotators' disagreement: raw,
-    centred within the prompt, and each given reply length (``metrics.spread_agreement``),
+    centred within the prompt, and each given reply length (``disagreement.spread_agreement``),
     as ``spread_*`` keys, with ``spread_replies`` the number of replies. ``outputs``, when
     given, receives the points (``spread_points``: predicted and centred per reply)."""
     from distalign.functionals import std
@@ -174,7 +167,7 @@ def mixture_reply_spread_measures(
     Each component, like each annotator, is a Bradley–Terry reward fixed only up to a constant
     per prompt, so the predicted spread is centred the same way as the truth: the spread over
     components of each component's reward centred within the prompt (``centred_spread``)."""
-    from distalign.metrics import centred_spread
+    from distalign.disagreement import centred_spread
 
     components = per_reply(truth, chosen.double(), rejected.double())  # (R, K)
     predicted = centred_spread(components.T, truth.prompt_ids)
@@ -194,7 +187,7 @@ def per_reply(truth, chosen: torch.Tensor, rejected: torch.Tensor) -> np.ndarray
 
 
 def _spread_measures(truth, predicted: np.ndarray, outputs: dict | None) -> dict[str, float]:
-    from distalign.metrics import centred_spread, spread_agreement
+    from distalign.disagreement import centred_spread, spread_agreement
 
     n = len(truth.prompt_ids)
     if outputs is not None:
@@ -328,10 +321,10 @@ def margins_by_pair(path: str | Path, n: int) -> np.ndarray:
 
 def compare_contested(a: str | Path, b: str | Path, n: int = 2000) -> dict[str, float]:
     """Does reward model A flag contested pairs better than B? Two ``…_pair_scores.csv`` files
-    of the same pairs (``rm eval`` writes one beside its JSON); ``metrics.paired_auroc_difference``
-    of their contested scores: AUROC(A) − AUROC(B), paired bootstrap interval, and the share
-    of resamples in which A does not beat B."""
-    from distalign.metrics import paired_auroc_difference
+    of the same pairs (``rm eval`` writes one beside its JSON);
+    ``disagreement.paired_auroc_difference`` of their contested scores: AUROC(A) − AUROC(B),
+    paired bootstrap interval, and the share of resamples in which A does not beat B."""
+    from distalign.disagreement import paired_auroc_difference
 
     sa, sb = read_pair_scores(a), read_pair_scores(b)
     same = len(sa["pair"]) == len(sb["pair"]) and (sa["pair"] == sb["pair"]).all()

@@ -179,7 +179,7 @@ def spread_vs_disagreement(points: dict[str, dict], colors: dict[str, str]) -> b
     against the annotators' disagreement about it, centred within the prompt (y), coloured by
     policy, with Spearman ρ in the title. ``points``: {rm: {"policy", "predicted", "centred"}}
     as ``eval compare`` saves them. None when there is nothing to draw."""
-    from distalign.metrics import spearman
+    from distalign.disagreement import spearman
 
     points = {rm: p for rm, p in (points or {}).items() if p and len(p.get("predicted", [])) > 1}
     if not points:
