@@ -60,7 +60,7 @@ train_runs() {
   echo "[$(since) s] $name: the model converted once"
   $PY -c 'from distalign.models.load import resolve_model; print(resolve_model())' \
     > "$WORK/convert.log" 2>&1 || { tail -5 "$WORK/convert.log"; return; }
-  runs=$(grep -v '^[[:space:]]*\(#\|$\)' "$plan" | awk '{print $1}' | tr '\n' ' ')
+  runs=$(grep -v '^[[:space:]]*\(#\|$\)' "$plan" | awk '{print $1}' | xargs)
   echo "[$(since) s] $name: $runs, $SWEEP_PARALLEL at a time, until $SWEEP_DEADLINE s"
   mkdir -p "$OUT/$name" && rm -f "$OUT/$name"/*.json "$OUT/$name"/*.csv "$OUT/$name"/*.jsonl
   for r in $runs; do  # a run starts clean: nothing of an earlier sweep in WORK counts
