@@ -19,8 +19,9 @@
 #   recipes  the reward models of the plan file RECIPES (default scripts/gpu_recipes.txt: one
 #          run per line, its name and the keys it adds to configs/rm_scalar_full.yaml), with
 #          the sweep's SWEEP_PARALLEL, SWEEP_DEADLINE, TF32 and SWEEP_KEYS; results in
-#          OUT/recipes/ as the sweep's, plus each run's evaluations during training
-#          (RUN_evals.jsonl): scripts/gpu_recipes_summary.py --runs OUT/recipes tabulates them.
+#          OUT/PLAN/ (PLAN: the file's name without .txt, e.g. OUT/gpu_recipes/) as the sweep's,
+#          plus each run's evaluations during training (RUN_evals.jsonl), and PLAN.json:
+#          scripts/gpu_recipes_summary.py --runs OUT/PLAN tabulates them.
 # Logs and results under OUT; scratch under $WORK.
 set -u
 OUT=${1:?usage: bash scripts/gpu_check.sh OUT [tests|suite|bench|sweep|recipes ...]}
@@ -47,36 +48,40 @@ accelerate.__version__, "peft", peft.__version__, "gpu", torch.cuda.is_available
 torch.cuda.get_device_name(0))'
 
 # train_runs NAME PLAN: one `rm train configs/rm_scalar_full.yaml` per line "RUN key=value ..."
-# of PLAN (# comments and blank lines skipped), SWEEP_PARALLEL at a time on the one GPU, all
-# stopped SWEEP_DEADLINE seconds after the stage starts. Each finished run's evaluation lands
-# in OUT/NAME/ as RUN.json and RUN_pair_scores.csv; every run's evaluations during training
-# (eval_steps) as RUN_evals.jsonl, finished or not; OUT/NAME/NAME.json records every run.
+# of PLAN (# comments, blank lines and Windows line ends allowed; run names unique),
+# SWEEP_PARALLEL at a time on the one GPU, all stopped SWEEP_DEADLINE seconds after the stage
+# starts. Each finished run's evaluation lands in OUT/NAME/ as RUN.json and
+# RUN_pair_scores.csv; every run's evaluations during training (eval_steps) as
+# RUN_evals.jsonl, finished or not; OUT/NAME/NAME.json records every run.
 train_runs() {
-  local name=$1 plan=$2 s0 runs r keys left tf32=true
+  local name=$1 plan=$2 s0 runs r keys left tf32=true lines
   s0=$(date +%s)
   [ -f "$plan" ] || { echo "no plan file $plan"; return; }
+  # the run lines alone: no CR, no comment (whole-line or trailing), each ending in a newline
+  lines=$(sed -e 's/\r$//' -e 's/#.*$//' "$plan" | grep -v '^[[:space:]]*$')
+  runs=$(awk '{print $1}' <<< "$lines" | xargs)
+  r=$(awk '{print $1}' <<< "$lines" | sort | uniq -d | xargs)
+  [ -z "$r" ] || { echo "$plan: run names used twice: $r"; return; }
+  [ -n "$lines" ] || { echo "$plan: no runs"; return; }
   [ "$SWEEP_PARALLEL" -ge 1 ] 2>/dev/null || { echo "SWEEP_PARALLEL must be >= 1"; return; }
   [ "${TF32:-1}" = 0 ] && tf32=false
   echo "[$(since) s] $name: the model converted once"
   $PY -c 'from distalign.models.load import resolve_model; print(resolve_model())' \
     > "$WORK/convert.log" 2>&1 || { tail -5 "$WORK/convert.log"; return; }
-  runs=$(grep -v '^[[:space:]]*\(#\|$\)' "$plan" | awk '{print $1}' | xargs)
   echo "[$(since) s] $name: $runs, $SWEEP_PARALLEL at a time, until $SWEEP_DEADLINE s"
   mkdir -p "$OUT/$name" && rm -f "$OUT/$name"/*.json "$OUT/$name"/*.csv "$OUT/$name"/*.jsonl
   for r in $runs; do  # a run starts clean: nothing of an earlier sweep in WORK counts
     rm -rf "${WORK:?}/$name/$r" "$WORK/${name}_$r.log"
   done
   while read -r r keys; do
-    case $r in '#'* | '') continue ;; esac
     while [ "$(jobs -rp | wc -l)" -ge "$SWEEP_PARALLEL" ]; do sleep 5; done
     left=$((SWEEP_DEADLINE - ($(date +%s) - s0)))
     if [ "$left" -le 0 ]; then echo "  $r: not started (deadline)"; continue; fi
     # shellcheck disable=SC2086
     OMP_NUM_THREADS=2 timeout "$left" \
       $PY -m distalign.cli rm train configs/rm_scalar_full.yaml $keys save_steps=0 "tf32=$tf32" \
-      report_to=none $SWEEP_KEYS "output_dir=$WORK/$name/$r" > "$WORK/${name}_$r.log" 2>&1 \
-      < /dev/null &
-  done < "$plan"
+      report_to=none $SWEEP_KEYS "output_dir=$WORK/$name/$r" > "$WORK/${name}_$r.log" 2>&1 &
+  done <<< "$lines"
   wait
   echo "[$(since) s] $name: done"
   # shellcheck disable=SC2086
@@ -145,8 +150,8 @@ for stage in $STAGES; do
     done; done
     train_runs sweep "$plan"
     ;;
-  recipes)
-    train_runs recipes "$RECIPES"
+  recipes)  # OUT/<plan's name>/, so that two plans into one OUT keep both
+    train_runs "$(basename "$RECIPES" .txt)" "$RECIPES"
     ;;
   *) echo "unknown stage $stage" ;;
   esac

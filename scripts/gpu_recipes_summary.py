@@ -23,13 +23,13 @@ from gpu_sweep_summary import ensemble_vs_truth, f3
 from rm_learning_curve import paired
 
 RUN = re.compile(r"(?P<head>[a-z]+)_lr(?P<rate>[^_]+)_(?P<epochs>\d+)ep_s(?P<seed>\d+)$")
-STEPS_PER_EPOCH = 300  # 2,400 training pairs at batch 8: eval_steps=300 evaluates every epoch
+STEPS_PER_EPOCH = 300  # 2,400 training pairs at batch 8 (the plans' eval_steps=300)
 GOAL_GAP = 0.03  # held-out accuracy within this of the Bayes ceiling
 
 
-def read_runs(folder: Path) -> dict[str, dict]:
-    """RUN -> its head, rate, epochs, seed and evaluations [{epoch, metrics...}], plus its final
-    evaluation (scalars only) when it finished."""
+def read_runs(folder: Path, steps_per_epoch: int = STEPS_PER_EPOCH) -> dict[str, dict]:
+    """RUN -> its head, rate, epochs, seed and evaluations [{epoch, metrics...}] (epoch: the
+    step over ``steps_per_epoch``), plus its final evaluation (scalars only) when it finished."""
     out = {}
     for path in sorted(folder.glob("*_evals.jsonl")):
         name = path.name.removesuffix("_evals.jsonl")
@@ -41,7 +41,7 @@ def read_runs(folder: Path) -> dict[str, dict]:
         for line in path.read_text().splitlines():
             row = json.loads(line)
             e = {k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}
-            evals.append({"epoch": row["step"] / STEPS_PER_EPOCH, **e})
+            evals.append({"epoch": row["step"] / steps_per_epoch, **e})
         final = folder / f"{name}.json"
         done = final.is_file() and (folder / f"{name}_pair_scores.csv").is_file()
         out[name] = {
@@ -65,6 +65,8 @@ def best_and_goal(runs: dict[str, dict]) -> dict:
     """The highest accuracy (observed and against the truth) any evaluation reached, and how
     many evaluations reached the goal either way."""
     evals = [(name, e) for name, r in runs.items() for e in r["evaluations"]]
+    if not evals:
+        raise SystemExit("no evaluations: no run of the folder evaluated during training")
     ceiling = evals[0][1]["bayes_ceiling"]
     goal = ceiling - GOAL_GAP
     top = max(evals, key=lambda ne: ne[1]["accuracy_vs_truth"])
@@ -115,7 +117,8 @@ def by_recipe(runs: dict[str, dict]) -> list[dict]:
 
 def contested(folder: Path, runs: dict, baseline: Path, vs_base: dict) -> None:
     """Each finished mixture's contested AUROC minus the 1-epoch scalar RM's and minus the
-    scalar RM's trained by the same recipe and seed (paired bootstrap over pairs)."""
+    scalar RM's trained at the same backbone rate, epochs and seed (its twin: the heads and
+    the head's rate differ), paired bootstrap over pairs."""
     from distalign.eval.rm import compare_contested
 
     for name, r in runs.items():
@@ -179,7 +182,7 @@ def markdown(runs: dict, goal: dict, recipes: list[dict], vs_base: dict, ens: di
         "",
         "| run (after its last epoch) | against the truth | minus the 1-epoch scalar RM's | "
         "contested AUROC minus the 1-epoch scalar RM's | … minus the scalar RM's of the same "
-        "recipe and seed |",
+        "backbone rate, epochs and seed |",
         "|---|---|---|---|---|",
     ]
 
@@ -220,13 +223,13 @@ def plot(runs: dict, goal: dict, baseline: float, path: Path) -> None:
     for r in runs.values():
         xs = [e["epoch"] for e in r["evaluations"]]
         ys = [e["accuracy_vs_truth"] for e in r["evaluations"]]
-        style = "-" if r["head"] == "scalar" else "--"
-        marker = "o" if r["epochs"] == 3 else "s"
+        scalar = r["head"] == "scalar"
         ax.plot(
             xs,
             ys,
-            style,
-            marker=marker,
+            "-" if scalar else "--",
+            marker="o" if scalar else "^",
+            fillstyle="full" if r["epochs"] == 3 else "none",
             color=colour[r["rate"]],
             alpha=0.8,
             label=f"{r['head']} lr {r['rate_text']}, {r['epochs']} ep",
@@ -247,7 +250,9 @@ def plot(runs: dict, goal: dict, baseline: float, path: Path) -> None:
         color="grey",
     )
     ax.set_xticks([1, 2, 3])
-    ax.set_xlabel("epochs done (circles: 3-epoch decay; squares: 2-epoch decay)")
+    ax.set_xlabel(
+        "epochs done (circles: scalar, triangles: mixture; filled: 3-epoch decay, hollow: 2-epoch)"
+    )
     ax.set_ylabel("held-out accuracy against the truth")
     ax.set_title("Reward models trained harder, one line per run (800 test pairs)", fontsize=10)
     ax.legend(seen.values(), seen.keys(), fontsize=7, loc="upper right", ncol=2)
@@ -265,8 +270,14 @@ def main() -> None:
         default=Path("docs/results/level2/pair_scores/scalar.csv"),
         help="the 1-epoch scalar RM's pair scores on the same test pairs",
     )
+    ap.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=STEPS_PER_EPOCH,
+        help="optimizer steps in one epoch (300: 2,400 pairs at batch 8)",
+    )
     args = ap.parse_args()
-    runs = read_runs(args.runs)
+    runs = read_runs(args.runs, args.steps_per_epoch)
     goal = best_and_goal(runs)
     recipes = by_recipe(runs)
     done = {n: r for n, r in runs.items() if r["finished"]}
@@ -274,6 +285,8 @@ def main() -> None:
     contested(args.runs, runs, args.baseline, vs_base)
     rows = {n: {"accuracy_vs_truth": r["final"]["accuracy_vs_truth"]} for n, r in done.items()}
     ens = ensemble_vs_truth(args.runs, rows)
+    if not done:
+        raise SystemExit(f"{args.runs}: no run finished (no RUN.json with its pair scores)")
     baseline = next(iter(vs_base.values()))["accuracy_vs_truth_b"]
     (args.runs / "summary.md").write_text(markdown(runs, goal, recipes, vs_base, ens))
     data = {

@@ -14,7 +14,7 @@ them) and keeps the last token's hidden state, the input of the reward head; ``s
 trains distributional heads on those frozen features with distalign's own losses, one setting
 at a time, and scores each on the test pairs: accuracy, contested-pair AUROC against the
 scalar margin's, and Spearman of each test reply's predicted std with the annotators'
-disagreement centred within the prompt (``metrics``). ``save`` writes the chosen head onto the
+disagreement centred within the prompt (``disagreement``). ``save`` writes the chosen head onto the
 backbone as an ordinary distalign reward model folder (``rm eval`` and ``rl train`` load it).
 """
 

@@ -193,10 +193,7 @@ def test_tf32_key_sets_torch_and_unset_leaves_it():
 
 
 def test_progress_bar_hidden_where_not_shown():
-    assert progress_bar(range(3), show=False).disable
-    bar = progress_bar(total=3, show=True, file=open(os.devnull, "w"))  # noqa: SIM115
-    assert not bar.disable
-    bar.close()
+    assert progress_bar(range(3), show=False).disable  # shown: the test below, without TQDM_*
 
 
 @pytest.mark.parametrize(("env", "hidden"), [("1", True), (None, False)])

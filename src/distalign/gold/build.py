@@ -149,15 +149,14 @@ def sample_all_replies(cfg: BenchConfig, prompts: list[dict[str, Any]]) -> list[
         if any((s, p["id"]) not in done for p in prompts[c : c + cfg.sampling_batch_size])
     ]
     if chunks:
-        from tqdm.auto import tqdm
-
         from distalign.models.generate import sample_replies
         from distalign.models.load import load_policy
+        from distalign.tracking import progress_bar
 
         model, tokenizer = load_policy(cfg.model_name_or_path, **cfg.load_options())
         start = time.perf_counter()
         with partial.open("a", encoding="utf-8") as f:
-            for s, c in tqdm(chunks, desc="sampling replies", unit="chunk"):
+            for s, c in progress_bar(chunks, desc="sampling replies", unit="chunk"):
                 batch = prompts[c : c + cfg.sampling_batch_size]
                 seed = cfg.seed * 100_003 + s * 10_007 + c
                 setting = SamplingConfig(
