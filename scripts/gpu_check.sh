@@ -80,7 +80,8 @@ train_runs() {
     # shellcheck disable=SC2086
     OMP_NUM_THREADS=2 timeout "$left" \
       $PY -m distalign.cli rm train configs/rm_scalar_full.yaml $keys save_steps=0 "tf32=$tf32" \
-      report_to=none $SWEEP_KEYS "output_dir=$WORK/$name/$r" > "$WORK/${name}_$r.log" 2>&1 &
+      report_to=none $SWEEP_KEYS "output_dir=$WORK/$name/$r" > "$WORK/${name}_$r.log" 2>&1 \
+      < /dev/null &  # not the plan: a run that read its input would eat the lines after it
   done <<< "$lines"
   wait
   echo "[$(since) s] $name: done"
