@@ -54,14 +54,15 @@ torch.cuda.get_device_name(0))'
 # RUN_pair_scores.csv; every run's evaluations during training (eval_steps) as
 # RUN_evals.jsonl, finished or not; OUT/NAME/NAME.json records every run.
 train_runs() {
-  local name=$1 plan=$2 s0 runs r keys left tf32=true lines
+  local name=$1 plan=$2 s0 runs r keys left tf32=true lines names twice
   s0=$(date +%s)
   [ -f "$plan" ] || { echo "no plan file $plan"; return; }
   # the run lines alone: no CR, no comment (whole-line or trailing), each ending in a newline
   lines=$(sed -e 's/\r$//' -e 's/#.*$//' "$plan" | grep -v '^[[:space:]]*$')
-  runs=$(awk '{print $1}' <<< "$lines" | xargs)
-  r=$(awk '{print $1}' <<< "$lines" | sort | uniq -d | xargs)
-  [ -z "$r" ] || { echo "$plan: run names used twice: $r"; return; }
+  names=$(awk '{print $1}' <<< "$lines")
+  runs=$(xargs <<< "$names")
+  twice=$(sort <<< "$names" | uniq -d | xargs)
+  [ -z "$twice" ] || { echo "$plan: run names used twice: $twice"; return; }
   [ -n "$lines" ] || { echo "$plan: no runs"; return; }
   [ "$SWEEP_PARALLEL" -ge 1 ] 2>/dev/null || { echo "SWEEP_PARALLEL must be >= 1"; return; }
   [ "${TF32:-1}" = 0 ] && tf32=false

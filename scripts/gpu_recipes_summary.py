@@ -69,22 +69,17 @@ def best_and_goal(runs: dict[str, dict]) -> dict:
         raise SystemExit("no evaluations: no run of the folder evaluated during training")
     ceiling = evals[0][1]["bayes_ceiling"]
     goal = ceiling - GOAL_GAP
-    top = max(evals, key=lambda ne: ne[1]["accuracy_vs_truth"])
-    top_obs = max(evals, key=lambda ne: ne[1]["accuracy"])
+
+    def best(key: str) -> dict:  # the evaluation with the highest ``key``: its run and epoch
+        name, e = max(evals, key=lambda ne: ne[1][key])
+        return {"run": name, "epoch": e["epoch"], key: e[key]}
+
     return {
         "bayes_ceiling": ceiling,
         "goal": goal,
         "evaluations": len(evals),
-        "best_vs_truth": {
-            "run": top[0],
-            "epoch": top[1]["epoch"],
-            "accuracy_vs_truth": top[1]["accuracy_vs_truth"],
-        },
-        "best_observed": {
-            "run": top_obs[0],
-            "epoch": top_obs[1]["epoch"],
-            "accuracy": top_obs[1]["accuracy"],
-        },
+        "best_vs_truth": best("accuracy_vs_truth"),
+        "best_observed": best("accuracy"),
         "reach_goal_vs_truth": sum(e["accuracy_vs_truth"] >= goal for _, e in evals),
         "reach_goal_observed": sum(e["accuracy"] >= goal for _, e in evals),
     }
