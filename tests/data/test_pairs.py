@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from distalign.data.pairs import (
     PairCollator,
     length_grouped_batches,
+    off_prompt_pairs,
     render_prompt_ids,
     render_reply_ids,
     tokenize_pair,
@@ -150,3 +151,57 @@ def test_length_grouping_reduces_padding():
         )
 
     assert waste(grouped) < 0.2 * waste(plain)
+
+
+def _pair_rows(n_prompts: int, pairs_each: int) -> list[dict]:
+    """Prompt k is [k, k]; its replies are [100k + j] (distinct across prompts)."""
+    rows = []
+    for k in range(n_prompts):
+        for j in range(pairs_each):
+            rows.append({"prompt_ids": [k, k], "chosen_ids": [100 * k + 2 * j],
+                         "rejected_ids": [100 * k + 2 * j + 1]})  # fmt: skip
+    return rows
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(2, 6), st.integers(1, 4), st.integers(0, 30), st.integers(0, 10**6))
+def test_off_prompt_pairs_set_an_own_reply_against_another_prompts(n_prompts, each, n, seed):
+    rows = _pair_rows(n_prompts, each)
+    extra = off_prompt_pairs(rows, n, seed, max_length=64, max_prompt_length=32)
+    assert len(extra) == n
+    replies_of = {}
+    for r in rows:
+        replies_of.setdefault(tuple(r["prompt_ids"]), set()).update(
+            {tuple(r["chosen_ids"]), tuple(r["rejected_ids"])}
+        )
+    for e in extra:
+        own = replies_of[tuple(e["prompt_ids"])]
+        assert tuple(e["chosen_ids"]) in own
+        assert tuple(e["rejected_ids"]) not in own
+        assert any(tuple(e["rejected_ids"]) in v for v in replies_of.values())
+        assert e["length"] == 2 + 1
+    assert extra == off_prompt_pairs(rows, n, seed, max_length=64, max_prompt_length=32)
+
+
+def test_off_prompt_pairs_use_both_sides_and_every_prompt():
+    extra = off_prompt_pairs(_pair_rows(3, 2), 600, seed=0, max_length=64, max_prompt_length=32)
+    chosen = {e["chosen_ids"][0] for e in extra}
+    assert chosen == {0, 1, 2, 3, 100, 101, 102, 103, 200, 201, 202, 203}
+    assert {e["rejected_ids"][0] for e in extra} == chosen
+
+
+def test_off_prompt_pairs_truncate_and_skip_what_teaches_nothing():
+    rows = [
+        {"prompt_ids": [1] * 10, "chosen_ids": [5] * 30, "rejected_ids": [7]},
+        {"prompt_ids": [2] * 3, "chosen_ids": [5] * 30, "rejected_ids": [8] * 40},
+    ]
+    extra = off_prompt_pairs(rows, 20, seed=1, max_length=24, max_prompt_length=8)
+    assert len(extra) == 20
+    for e in extra:
+        assert e["chosen_ids"] != e["rejected_ids"]  # [5]*30 belongs to both prompts
+        assert len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"])) <= 24
+    one_prompt = [{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}] * 4
+    assert off_prompt_pairs(one_prompt, 5, seed=0, max_length=8, max_prompt_length=4) == []
+    same = [{"prompt_ids": [k], "chosen_ids": [9], "rejected_ids": [9]} for k in range(3)]
+    assert off_prompt_pairs(same, 5, seed=0, max_length=8, max_prompt_length=4) == []
+    assert off_prompt_pairs(rows, 0, seed=0, max_length=24, max_prompt_length=8) == []

@@ -238,3 +238,16 @@ def test_head_learning_rate_gives_the_score_head_its_own_group(tiny_model_dir):
     assert len(plain.param_groups) == 1
     with pytest.raises(ValueError, match="head_learning_rate"):
         RMTrainConfig(head_learning_rate=0.0, report_to="none")
+
+
+def test_off_prompt_pairs_join_the_training_pairs(tiny_model_dir, pair_dir, tmp_path, caplog):
+    """off_prompt_pairs=0.5 adds half as many unrated pairs: the epoch has 1.5 times the
+    steps, and the held-out pairs are untouched."""
+    cfg = config(tiny_model_dir, pair_dir, tmp_path, off_prompt_pairs=0.5)
+    with caplog.at_level("INFO", logger="distalign.rm.train"):
+        result = run(cfg)
+    assert "added 160 off-prompt pairs to the 320 training pairs" in caplog.text
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines if "train/loss" in line]
+    assert max(steps) == 480 // 8
+    assert result["pairs"] == 80

@@ -344,3 +344,42 @@ def shared_groups(features: list[dict[str, Any]]):
         dtype=torch.long,
     ).reshape(-1, 2)
     return [(list(p), [list(r) for r in replies]) for p, replies in groups.items()], slots
+
+
+def off_prompt_pairs(
+    rows: Sequence[dict[str, Any]], n: int, seed: int, max_length: int, max_prompt_length: int
+) -> list[dict[str, Any]]:
+    """``n`` extra pairs in which a reply to the prompt beats a reply to another prompt.
+
+    Label-free augmentation after RRM (Liu et al., 2024, "RRM: Robust Reward Model Training
+    Mitigates Reward Hacking"): whatever the annotators thought of a prompt's two replies,
+    either fits its prompt better than a reply written for a different one. Such pairs teach
+    the model to read the reply against its prompt rather than on its own.
+
+    Each extra pair takes a random row i, one of its two replies at random as ``chosen``, and
+    as ``rejected`` a random reply of a random row j whose prompt differs (compared as token
+    ids) and whose text differs, under row i's prompt; the pair is truncated again to
+    ``max_length``. Deterministic in ``seed``. ``rows``: tokenised pairs (``prompt_ids``,
+    ``chosen_ids``, ``rejected_ids``). Returns rows with those three keys and ``length``:
+    fewer than ``n`` (or none) only when such replies are (almost) never found.
+    """
+    if n <= 0 or not rows:
+        return []
+    prompts = [tuple(r["prompt_ids"]) for r in rows]
+    if len(set(prompts)) < 2:
+        return []
+    rng = random.Random(seed)
+    sides = ("chosen_ids", "rejected_ids")
+    out: list[dict[str, Any]] = []
+    tries = 0
+    while len(out) < n and tries < 100 * n:  # rejection sampling; gives up on degenerate data
+        tries += 1
+        i, j = rng.randrange(len(rows)), rng.randrange(len(rows))
+        own, other = rows[i][rng.choice(sides)], rows[j][rng.choice(sides)]
+        if prompts[j] == prompts[i] or list(own) == list(other):
+            continue  # the same prompt, or a reply both prompts got (nothing to learn)
+        prompt = rows[i]["prompt_ids"]
+        p, (c, r) = truncate_pair(prompt, (own, other), max_length, max_prompt_length)
+        length = len(p) + max(len(c), len(r))
+        out.append({"prompt_ids": p, "chosen_ids": c, "rejected_ids": r, "length": length})
+    return out

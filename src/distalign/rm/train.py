@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from datasets import Dataset, concatenate_datasets
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
@@ -36,6 +37,7 @@ from distalign.data.pairs import (
     PairCollator,
     SharedPrefixCollator,
     length_grouped_batches,
+    off_prompt_pairs,
     prompt_grouped_batches,
     tokenize_pairs,
 )
@@ -71,6 +73,11 @@ from distalign.tracking import (
 log = logging.getLogger(__name__)
 
 
+# what training reads of a tokenised pair (the collator's and the batch sampler's columns)
+TRAIN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "length", "chosen_score",
+                 "rejected_score")  # fmt: skip
+
+
 @dataclass
 class TrainState:
     """What a checkpoint saves besides weights and optimizer: where training stands."""
@@ -103,6 +110,8 @@ def load_pairs(cfg: RMTrainConfig, tokenizer):
     train = prepare_pairs(
         cfg, tokenizer, cfg.dataset_name, cfg.dataset_train_split, cfg.max_train_samples, hub
     )
+    if cfg.off_prompt_pairs:
+        train = add_off_prompt_pairs(train, cfg)
     held_out_hub = hub if cfg.eval_dataset_name in (None, cfg.dataset_name) else {}
     held_out = prepare_pairs(
         cfg,
@@ -113,6 +122,26 @@ def load_pairs(cfg: RMTrainConfig, tokenizer):
         held_out_hub,
     )
     return train, held_out
+
+
+def add_off_prompt_pairs(train, cfg: RMTrainConfig):
+    """The training pairs (the columns training reads) plus ``off_prompt_pairs`` times as
+    many off-prompt pairs, unrated."""
+    train = train.select_columns(TRAIN_COLUMNS)
+    n = round(cfg.off_prompt_pairs * len(train))
+    rows = off_prompt_pairs(
+        train.select_columns(list(TRAIN_COLUMNS[:3])).to_list(),
+        n,
+        cfg.seed,
+        cfg.max_length,
+        cfg.max_prompt_length,
+    )
+    extra = [{**r, "chosen_score": None, "rejected_score": None} for r in rows]
+    log.info("added %d off-prompt pairs to the %d training pairs", len(extra), len(train))
+    if len(extra) < n:
+        log.warning("only %d of %d off-prompt pairs found: too few distinct prompts or "
+                    "replies", len(extra), n)  # fmt: skip
+    return concatenate_datasets([train, Dataset.from_list(extra, features=train.features)])
 
 
 def make_collator(cfg: RMTrainConfig, tokenizer):
