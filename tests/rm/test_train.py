@@ -251,3 +251,5 @@ def test_off_prompt_pairs_join_the_training_pairs(tiny_model_dir, pair_dir, tmp_
     steps = [json.loads(line)["step"] for line in lines if "train/loss" in line]
     assert max(steps) == 480 // 8
     assert result["pairs"] == 80
+    with pytest.raises(ValueError, match="off_prompt_pairs"):
+        config(tiny_model_dir, pair_dir, tmp_path, off_prompt_pairs=-1.0)

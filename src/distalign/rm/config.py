@@ -198,6 +198,7 @@ class RMTrainConfig:
                 "head_learning_rate must be > 0 (or unset)",
             ),
             (self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1"),
+            (self.off_prompt_pairs >= 0, "off_prompt_pairs must be >= 0"),
             (
                 self.num_train_epochs > 0 or self.max_steps > 0,
                 "need num_train_epochs > 0 or max_steps > 0",
