@@ -202,6 +202,10 @@ def test_off_prompt_pairs_truncate_and_skip_what_teaches_nothing():
         assert len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"])) <= 24
     one_prompt = [{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}] * 4
     assert off_prompt_pairs(one_prompt, 5, seed=0, max_length=8, max_prompt_length=4) == []
+    # different replies, equal once cut to the 16 tokens the prompt leaves
+    cut_equal = [{"prompt_ids": [k] * 8, "chosen_ids": [5] * (16 + 4 * k),
+                  "rejected_ids": [5] * (16 + 4 * k)} for k in (0, 1)]  # fmt: skip
+    assert off_prompt_pairs(cut_equal, 5, seed=0, max_length=24, max_prompt_length=8) == []
     same = [{"prompt_ids": [k], "chosen_ids": [9], "rejected_ids": [9]} for k in range(3)]
     assert off_prompt_pairs(same, 5, seed=0, max_length=8, max_prompt_length=4) == []
     assert off_prompt_pairs(rows, 0, seed=0, max_length=24, max_prompt_length=8) == []

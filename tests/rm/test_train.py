@@ -253,3 +253,14 @@ def test_off_prompt_pairs_join_the_training_pairs(tiny_model_dir, pair_dir, tmp_
     assert result["pairs"] == 80
     with pytest.raises(ValueError, match="off_prompt_pairs"):
         config(tiny_model_dir, pair_dir, tmp_path, off_prompt_pairs=-1.0)
+
+
+def test_off_prompt_pairs_that_round_to_none_leave_the_pairs_as_they_are():
+    from distalign.rm.train import TRAIN_COLUMNS, add_off_prompt_pairs
+
+    rows = {"prompt_ids": [[1], [2]], "chosen_ids": [[3], [4]], "rejected_ids": [[5], [6]],
+            "length": [2, 2], "chosen_score": [None] * 2, "rejected_score": [None] * 2}  # fmt: skip
+    train = datasets.Dataset.from_dict(rows)
+    cfg = RMTrainConfig(off_prompt_pairs=0.1, report_to="none")
+    out = add_off_prompt_pairs(train, cfg)
+    assert len(out) == 2 and out.column_names == list(TRAIN_COLUMNS)

@@ -358,17 +358,18 @@ def off_prompt_pairs(
 
     Each extra pair takes a random row i, one of its two replies at random as ``chosen``, and
     as ``rejected`` a random reply of a random row j whose prompt differs (compared as token
-    ids) and whose text differs, under row i's prompt; the pair is truncated again to
-    ``max_length``. Deterministic in ``seed``. ``rows``: tokenised pairs (``prompt_ids``,
-    ``chosen_ids``, ``rejected_ids``). Returns rows with those three keys and ``length``:
-    fewer than ``n`` (or none) only when such replies are (almost) never found.
+    ids), under row i's prompt; the pair is truncated again to ``max_length`` (the prompt
+    from the left, token-wise) and dropped if its two replies are then equal. Deterministic
+    in ``seed``. ``rows``: tokenised pairs (``prompt_ids``, ``chosen_ids``,
+    ``rejected_ids``). Returns rows with those three keys and ``length``: fewer than ``n``
+    (or none) only when such replies are (almost) never found.
     """
     if n <= 0 or not rows:
         return []
     prompts = [tuple(r["prompt_ids"]) for r in rows]
     if len(set(prompts)) < 2:
         return []
-    rng = random.Random(seed)
+    rng = random.Random(f"off_prompt:{seed}")  # not the batch order's stream
     sides = ("chosen_ids", "rejected_ids")
     out: list[dict[str, Any]] = []
     tries = 0
@@ -376,10 +377,12 @@ def off_prompt_pairs(
         tries += 1
         i, j = rng.randrange(len(rows)), rng.randrange(len(rows))
         own, other = rows[i][rng.choice(sides)], rows[j][rng.choice(sides)]
-        if prompts[j] == prompts[i] or list(own) == list(other):
-            continue  # the same prompt, or a reply both prompts got (nothing to learn)
+        if prompts[j] == prompts[i]:
+            continue
         prompt = rows[i]["prompt_ids"]
         p, (c, r) = truncate_pair(prompt, (own, other), max_length, max_prompt_length)
+        if c == r:
+            continue  # a reply both prompts got, or equal once cut (nothing to learn)
         length = len(p) + max(len(c), len(r))
         out.append({"prompt_ids": p, "chosen_ids": c, "rejected_ids": r, "length": length})
     return out

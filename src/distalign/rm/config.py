@@ -70,12 +70,13 @@ class RMTrainConfig:
     """Skip malformed rows (counted) instead of stopping at the first."""
     max_train_samples: int = 0
     """Use the first N training pairs (0: all)."""
+    max_eval_samples: int = 0
+    """Use the first N held-out pairs (0: all)."""
     off_prompt_pairs: float = 0.0
     """Extra training pairs per pair, label-free: a reply to the prompt beats a reply to
     another prompt (RRM's augmentation; ``distalign.data.pairs.off_prompt_pairs``). 1.0
-    doubles the pairs, and the steps of an epoch."""
-    max_eval_samples: int = 0
-    """Use the first N held-out pairs (0: all)."""
+    doubles the pairs, and the steps of an epoch. On the gold benchmark it did not help
+    (docs/results/README.md)."""
     max_length: int = 512
     """Longest prompt + reply in tokens (truncation rules in ``distalign.data.pairs``)."""
     max_prompt_length: int = 256

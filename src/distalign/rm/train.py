@@ -141,6 +141,8 @@ def add_off_prompt_pairs(train, cfg: RMTrainConfig):
     if len(extra) < n:
         log.warning("only %d of %d off-prompt pairs found: too few distinct prompts or "
                     "replies", len(extra), n)  # fmt: skip
+    if not extra:  # Dataset.from_list([]) cannot take the features
+        return train
     return concatenate_datasets([train, Dataset.from_list(extra, features=train.features)])
 
 
