@@ -22,33 +22,26 @@ import numpy as np
 
 from distalign.data.load import load_preferences
 from distalign.data.pairs import off_prompt_pairs
-from distalign.gold.judge import ATTRIBUTES, attributes, preference_probabilities
+from distalign.gold.judge import ATTRIBUTES, attributes, preference_probabilities, prompt_text
 from distalign.rm.config import RMTrainConfig
 
 
-def draws(ds, ratio: float, seed: int) -> list[tuple[int, str, str]]:
-    """(row, own reply, other prompt's reply) of each off-prompt pair training draws."""
-    prompt_ids: dict[str, int] = {}
+def draws(ds, ratio: float, seed: int) -> list[tuple[str, str, str]]:
+    """(prompt, own reply, other prompt's reply) of each off-prompt pair training draws."""
+    prompt_ids: dict[str, int] = {}  # prompt -> its id, in first-seen order
     reply_ids: dict[str, int] = {}
     rows = []
     for r in ds:
-        key = json.dumps(r["prompt"], sort_keys=True)
+        key = prompt_text(r["prompt"])
         prompt = [prompt_ids.setdefault(key, len(prompt_ids))]
         chosen = [reply_ids.setdefault(r["chosen"], len(reply_ids))]
         rejected = [reply_ids.setdefault(r["rejected"], len(reply_ids))]
         rows.append({"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected})
-    text = {i: t for t, i in reply_ids.items()}
+    prompts, replies = list(prompt_ids), list(reply_ids)  # id -> text
     # one id per prompt and reply: truncation never applies (1 + 1 <= 2)
     extra = off_prompt_pairs(rows, round(ratio * len(rows)), seed, 2, 1)
-    row_of = {tuple(r["prompt_ids"]): i for i, r in enumerate(rows)}
-    return [
-        (row_of[tuple(e["prompt_ids"])], text[e["chosen_ids"][0]], text[e["rejected_ids"][0]])
-        for e in extra
-    ]
-
-
-def user_text(prompt) -> str:
-    return [m["content"] for m in prompt if m["role"] == "user"][-1]
+    return [(prompts[e["prompt_ids"][0]], replies[e["chosen_ids"][0]],
+             replies[e["rejected_ids"][0]]) for e in extra]  # fmt: skip
 
 
 def summary(p: np.ndarray) -> dict[str, float]:
@@ -70,9 +63,9 @@ def main() -> None:
     args = ap.parse_args()
     ds = load_preferences("gold", "train")
     pairs = draws(ds, args.ratio, args.seed)
-    prompts = [user_text(ds[i]["prompt"]) for i, _, _ in pairs]
-    own = attributes(prompts, [o for _, o, _ in pairs])
-    other = attributes(prompts, [x for _, _, x in pairs])
+    prompts, own_replies, other_replies = map(list, zip(*pairs, strict=True))
+    own = attributes(prompts, own_replies)
+    other = attributes(prompts, other_replies)
     p, by_group = preference_probabilities(own, other)
     difference = dict(zip(ATTRIBUTES, (own - other).mean(0).round(4).tolist(), strict=True))
     out = {

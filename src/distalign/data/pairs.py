@@ -379,8 +379,7 @@ def off_prompt_pairs(
         own, other = rows[i][rng.choice(sides)], rows[j][rng.choice(sides)]
         if prompts[j] == prompts[i]:
             continue
-        prompt = rows[i]["prompt_ids"]
-        p, (c, r) = truncate_pair(prompt, (own, other), max_length, max_prompt_length)
+        p, (c, r) = truncate_pair(prompts[i], (own, other), max_length, max_prompt_length)
         if c == r:
             continue  # a reply both prompts got, or equal once cut (nothing to learn)
         length = len(p) + max(len(c), len(r))

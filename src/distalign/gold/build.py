@@ -372,7 +372,7 @@ def judge_file(
     from distalign.data.load import read_prompt_replies
 
     rows, chats, texts = read_prompt_replies(input_path)
-    prompts = [gold._prompt_text(chat) for chat in chats]
+    prompts = [gold.prompt_text(chat) for chat in chats]
     scores = gold.judge(prompts, texts, device)
     out = (
         Path(output_path)

@@ -272,7 +272,8 @@ def judge(
 # --- reward sources: module:function(prompts, replies) -> list[float] -----------------------
 
 
-def _prompt_text(prompt) -> str:
+def prompt_text(prompt) -> str:
+    """What the judge reads of a prompt: the text, or a chat's last user message."""
     if isinstance(prompt, str):
         return prompt
     users = [m["content"] for m in prompt if m["role"] == "user"]
@@ -281,13 +282,13 @@ def _prompt_text(prompt) -> str:
 
 def gold_reward(prompts, replies) -> list[float]:
     """Population-mean gold reward (reward source ``distalign.gold.judge:gold_reward``)."""
-    attrs = attributes([_prompt_text(p) for p in prompts], list(replies))
+    attrs = attributes([prompt_text(p) for p in prompts], list(replies))
     return population_reward(attrs)[0].tolist()
 
 
 def _group_reward(name: str):
     def reward(prompts, replies) -> list[float]:
-        attrs = attributes([_prompt_text(p) for p in prompts], list(replies))
+        attrs = attributes([prompt_text(p) for p in prompts], list(replies))
         return group_rewards(attrs)[name].tolist()
 
     reward.__name__ = f"gold_reward_{name}"
