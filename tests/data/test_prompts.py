@@ -10,7 +10,8 @@ import datasets
 import pytest
 
 from distalign.data import DataSourceError, PreferenceFormatError
-from distalign.data.prompts import load_prompts
+from distalign.data.load import LoadReport
+from distalign.data.prompts import load_prompts, without_closing_reply
 from tests.conftest import write_jsonl
 
 GOLD_PROMPTS = Path(__file__).parents[2] / "src" / "distalign" / "gold" / "data" / "prompts.jsonl"
@@ -152,12 +153,42 @@ def test_sharegpt_prompt_only(tmp_path):
     ]  # fmt: skip
 
 
-def test_sharegpt_conversation_ending_with_the_assistant(tmp_path):
-    rows = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hey"}]}]
+def test_sharegpt_sft_conversations_give_the_turns_before_the_reply(tmp_path):
+    # LLaMA-Factory's ShareGPT rows close with the reply to learn: prompt = all turns but that
+    rows = [
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hey"}]},
+        {"conversations": [{"from": "human", "value": "A"}, {"from": "gpt", "value": "B"},
+                           {"from": "human", "value": "C"}, {"from": "gpt", "value": "D"}],
+         "system": "Be brief."},
+        {"conversations": [{"from": "human", "value": "Open"}]},
+    ]  # fmt: skip
     path = write_jsonl(tmp_path / "sharegpt.jsonl", rows)
-    with pytest.raises(PreferenceFormatError, match="last turn to be the user's") as info:
+    report = LoadReport(source=str(path))
+    assert load_prompts(str(path), report=report) == [
+        user("Hi"),
+        [{"role": "system", "content": "Be brief."}, *user("A"),
+         {"role": "assistant", "content": "B"}, *user("C")],
+        user("Open"),
+    ]  # fmt: skip
+    assert (report.rows, report.kept, report.replies_set_aside) == (3, 3, 2)
+
+
+def test_without_closing_reply():
+    hi, hey = user("Hi")[0], {"role": "assistant", "content": "Hey"}
+    assert without_closing_reply([hi, hey, hey]) == [hi]
+    assert without_closing_reply([hi]) == [hi]
+    assert without_closing_reply([hey]) == []
+
+
+def test_sharegpt_conversation_of_replies_only_names_the_row(tmp_path):
+    rows = [
+        {"conversations": [{"from": "human", "value": "Hi"}]},
+        {"conversations": [{"from": "gpt", "value": "Hey"}]},
+    ]
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", rows)
+    with pytest.raises(PreferenceFormatError, match="no turn before") as info:
         load_prompts(str(path))
-    assert info.value.field == "conversations" and f"{path}:1" in str(info.value)
+    assert info.value.field == "conversations" and f"{path}:2" in str(info.value)
 
 
 def test_sharegpt_preference_file_gives_its_prompts(tmp_path):

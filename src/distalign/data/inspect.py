@@ -6,7 +6,7 @@ distalign data inspect HuggingFaceH4/ultrafeedback_binarized dataset_split=test_
 distalign data inspect examples/prompts.jsonl       # prompt-only: counts prompts instead
 
 A preference source is counted in pairs (identical pairs dropped, empty replies kept); a
-prompt-only source (TRL's ``prompt`` column, ShareGPT conversations ending with the user, a
+prompt-only source (TRL's ``prompt`` column, ShareGPT conversations (an SFT file too), a
 ``.txt`` file) in prompts.
 """
 

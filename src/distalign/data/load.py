@@ -82,6 +82,7 @@ class LoadReport:
     kept: int = 0
     identical: int = 0
     empty_replies: int = 0  # '' (or blank) chosen/rejected replies among the pairs kept
+    replies_set_aside: int = 0  # prompt-only: conversations whose closing reply was not kept
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # first few full error messages
 

@@ -4,7 +4,7 @@ benchmark read chat prompts from.
     load_prompts("gold", "test")                     # the benchmark's held-out instructions
     load_prompts("questions.txt")                    # one prompt per line
     load_prompts("prompts.jsonl")                    # prompt-only rows: {"prompt": str | messages}
-    load_prompts("sharegpt.json")                    # {"conversations": [... human turn]}
+    load_prompts("sharegpt.json")                    # {"conversations": [..., human(, gpt)]}
     load_prompts("pairs.jsonl.gz")                   # a preference source: its prompts, once each
     load_prompts("trl-lib/ultrafeedback-prompt", "train", name=None, revision="main")
     load_prompts(datasets.Dataset.from_list(rows))   # the same, from Python
@@ -12,12 +12,14 @@ benchmark read chat prompts from.
 A prompt is a list of ``{"role", "content"}`` messages ending with a user (or tool) turn.
 Prompt-only rows are TRL's (a ``prompt`` column of strings or messages, as RLOO and GRPO take)
 or ShareGPT conversations (``conversations``/``messages``, ``from``/``value`` or
-``role``/``content`` messages, an optional ``system`` column) that end with the user.
+``role``/``content`` messages, an optional ``system`` column); a conversation that ends with
+the assistant's reply (an SFT file) gives the turns before that reply, as LLaMA-Factory reads it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from distalign.data.load import (
 )
 
 Chat = list[dict[str, str]]
+log = logging.getLogger(__name__)
 
 
 class PromptRow(list):
@@ -67,8 +70,25 @@ def is_prompt_only(row: Any) -> bool:
     )
 
 
-def prompt_of(row: Any, where: str) -> Chat:
-    """The prompt of one prompt-only row. Raises PreferenceFormatError naming the field."""
+def without_closing_reply(conversation: Chat) -> Chat:
+    """A conversation without the assistant turns it ends with: the prompt they answered.
+
+    ShareGPT files are mostly SFT data, each conversation closing with the reply to learn;
+    LLaMA-Factory, whose format this is, reads such a row as prompt = every turn but the last
+    and response = the last, and its PPO stage generates from that prompt. So does this."""
+    end = len(conversation)
+    while end and conversation[end - 1]["role"] == "assistant":
+        end -= 1
+    return conversation[:end]
+
+
+def prompt_of(row: Any, where: str) -> tuple[Chat, bool]:
+    """The prompt of one prompt-only row, and whether a closing reply was set aside. Raises
+    PreferenceFormatError naming the field.
+
+    TRL's ``prompt`` column must end with the user (or a tool); a ShareGPT conversation may
+    also end with the assistant's reply, which is set aside (``without_closing_reply``)."""
+    set_aside = False
     if not isinstance(row, dict):
         raise PreferenceFormatError(where, None, f"expected an object, got {type(row).__name__}")
     if "prompt" in row or sharegpt_column(row) is None:
@@ -77,13 +97,17 @@ def prompt_of(row: Any, where: str) -> Chat:
         prompt = parse_messages(row["prompt"], where, "prompt")
         field = "prompt"
     else:
-        prompt = sharegpt_prompt(row, where)
         field = sharegpt_column(row)
+        conversation = sharegpt_prompt(row, where)
+        prompt = without_closing_reply(conversation)
+        set_aside = len(prompt) < len(conversation)
+        if not prompt:
+            raise PreferenceFormatError(where, field, "no turn before the assistant's reply")
     if prompt[-1]["role"] not in ("user", "tool"):
         raise PreferenceFormatError(
             where, field, "expected the last turn to be the user's (or a tool's)"
         )
-    return prompt
+    return prompt, set_aside
 
 
 def _unique(prompts: list[Chat]) -> list[Chat]:
@@ -142,7 +166,8 @@ def load_prompts(
         try:
             if isinstance(row, Exception):
                 raise row
-            prompt = prompt_of(row, where)
+            prompt, set_aside = prompt_of(row, where)
+            report.replies_set_aside += set_aside
             field = "prompt" if "prompt" in row else sharegpt_column(row)
             prompts.append(PromptRow(prompt, {k: v for k, v in row.items() if k != field}))
         except PreferenceFormatError as e:
@@ -150,4 +175,11 @@ def load_prompts(
                 raise
             report.skip(e)
     report.kept = len(prompts)
+    if report.replies_set_aside:
+        log.info(
+            "%s: %d conversations end with the assistant's reply; each prompt is the turns "
+            "before it",
+            source,
+            report.replies_set_aside,
+        )
     return prompts
