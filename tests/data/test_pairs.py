@@ -61,11 +61,16 @@ def test_prompt_plus_reply_is_the_chat_template(smol_tokenizer):
     messages = [{"role": "user", "content": "Name a fruit."}]
     prompt = render_prompt_ids(smol_tokenizer, messages)
     reply = render_reply_ids(smol_tokenizer, messages, "A pear.")
+    full = smol_tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": "A pear."}], tokenize=True
+    )
+    full = full["input_ids"] if hasattr(full, "keys") else full
+    assert prompt + reply == list(full)  # what TRL trains on and a transformers user scores
     text = smol_tokenizer.decode(prompt + reply)
-    assert text.endswith("<|im_start|>assistant\nA pear.<|im_end|>")
+    assert text.endswith("<|im_start|>assistant\nA pear.<|im_end|>\n")
     assert text.startswith("<|im_start|>system")
-    # the reply ends with the end-of-turn token, which is also the pad token
-    assert reply[-1] == smol_tokenizer.eos_token_id == smol_tokenizer.pad_token_id
+    # the end of turn, which is also SmolLM2's pad token, sits inside the reply
+    assert reply[-2] == smol_tokenizer.eos_token_id == smol_tokenizer.pad_token_id
 
 
 def test_long_prompt_drops_oldest_turns_first(smol_tokenizer):
@@ -80,7 +85,7 @@ def test_long_prompt_drops_oldest_turns_first(smol_tokenizer):
     text = smol_tokenizer.decode(out["prompt_ids"] + out["chosen_ids"])
     assert len(out["prompt_ids"]) + len(out["chosen_ids"]) <= 200
     assert "Old question number 0" not in text  # oldest turn went first
-    assert "Final question?" in text and text.endswith("Final answer.<|im_end|>")
+    assert "Final question?" in text and text.endswith("Final answer.<|im_end|>\n")
     assert text.startswith("<|im_start|>system")  # dropped whole turns, not cut tokens
 
 

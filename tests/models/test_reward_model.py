@@ -55,8 +55,8 @@ def test_last_token_index():
 def test_reward_depends_on_the_reply_although_it_ends_with_pad_eq_eos(tiny_rm):
     model, tokenizer = tiny_rm
     a, b = _ids(tokenizer, USER, "An apple."), _ids(tokenizer, USER, "A banana.")
-    # both sequences end with <|im_end|>, the policy's pad token
-    assert a[-1] == b[-1] == tokenizer.eos_token_id
+    # both replies close with <|im_end|> (then the template's line break), the policy's pad
+    assert a[-2] == b[-2] == tokenizer.eos_token_id
     with torch.no_grad():
         assert abs(_score(model, a) - _score(model, b)) > 1e-4
 
@@ -87,10 +87,10 @@ def test_save_load_identical_scores_also_through_plain_hf(tiny_rm, tmp_path):
     with torch.no_grad():
         after = torch.stack([_score(loaded, s) for s in seqs])
     torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
-    # a user with nothing but transformers gets the same scores from a padded batch
+    # a user with nothing but transformers (the chat template as it is) gets the same scores
+    # from a padded batch
     hf = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     hf_tok = AutoTokenizer.from_pretrained(tmp_path)
-    texts = [t.rstrip("\n") for t in texts]
     enc = hf_tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
         hf_scores = hf(**enc).logits[:, 0]

@@ -40,8 +40,10 @@ def _ids(out: Any) -> list[int]:
 def render_reply_ids(tokenizer, messages: list[dict[str, str]], reply: str) -> list[int]:
     """Token ids the chat template adds for an assistant ``reply`` after ``messages``.
 
-    The template closes the turn (``<|im_end|>`` for SmolLM2) and may add a line break after
-    it; trailing whitespace-only tokens are dropped so the reply ends at the end-of-turn token.
+    Everything the template writes is kept, the end of turn and what follows it included
+    (SmolLM2: ``<|im_end|>`` and a line break), so prompt + reply is exactly
+    ``apply_chat_template(messages + [reply])``: what TRL's RewardTrainer trains on and what
+    a user scoring with transformers feeds the model, so the reward is read at the same token.
     """
     prompt = render_prompt_ids(tokenizer, messages)
     full = _ids(
@@ -54,10 +56,7 @@ def render_reply_ids(tokenizer, messages: list[dict[str, str]], reply: str) -> l
             "the chat template does not render the prompt as a prefix of prompt + reply; "
             "distalign needs that to score replies"
         )
-    reply_ids = full[len(prompt) :]
-    while len(reply_ids) > 1 and not tokenizer.decode(reply_ids[-1:]).strip():
-        reply_ids.pop()
-    return reply_ids
+    return full[len(prompt) :]
 
 
 def truncate_pair(

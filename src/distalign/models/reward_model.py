@@ -10,10 +10,13 @@ type and the training config.
 Where the reward is read. distalign finds the last real token from the attention mask
 (``last_token_index``), never by searching for the pad id: SmolLM2 pads with ``<|im_end|>``,
 which also closes every chat turn. Hugging Face's own pooling picks "the rightmost token that
-is not ``config.pad_token_id``"; a reply ends with ``<|im_end|>``, so with pad == eos it would
-read the token *before* it. We therefore give the reward model a pad token that differs from
-EOS (SmolLM2: ``<|endoftext|>``, which no chat rendering contains) — then HF's pooling and ours
-pick the same token, and a plain ``AutoModelForSequenceClassification`` call gives our scores.
+is not ``config.pad_token_id``"; a reply closes with ``<|im_end|>`` (and, in SmolLM2's
+template, a line break), so with pad == eos a template without that line break would have it
+read the token *before* the end of turn, and every turn's ``<|im_end|>`` would count as padding.
+We therefore give the reward model a pad token that differs from EOS (SmolLM2:
+``<|endoftext|>``, which no chat rendering contains) — then HF's pooling and ours pick the same
+token, and a plain ``AutoModelForSequenceClassification`` call on
+``apply_chat_template(prompt + [reply])`` gives our scores.
 """
 
 from __future__ import annotations
