@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import numpy as np
 import pytest
 import torch
 
-from distalign.checkpoint import resolve_resume, rng_state, set_rng_state
+from distalign.checkpoint import follow_schedule, resolve_resume, rng_state, set_rng_state
 
 
 def test_rng_round_trip():
@@ -97,3 +98,36 @@ def test_gathered_weights_are_saved_and_a_missing_optimizer_state_is_said(
     with pytest.raises(CheckpointError, match="not finite"):
         save_checkpoint(tmp_path / "last", model, None, optimizer, None, {"step": 4}, weights)
     assert load_checkpoint(path, fresh)["step"] == 3  # the previous one intact
+
+
+def test_a_resumed_run_follows_its_own_learning_rate_schedule():
+    from transformers import get_scheduler
+
+    param = torch.nn.Parameter(torch.zeros(1))
+
+    def run(total: int):
+        opt = torch.optim.AdamW([param], lr=1.0)
+        return opt, get_scheduler("cosine", opt, num_warmup_steps=0, num_training_steps=total)
+
+    opt, sched = run(2)
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+    assert saved_opt["param_groups"][0]["lr"] == 0.0  # the 2-step schedule has ended
+
+    longer, longer_sched = run(4)  # resumed with max_steps 4
+    longer.load_state_dict(saved_opt)
+    longer_sched.load_state_dict(saved_sched)
+    follow_schedule(longer, longer_sched)
+    assert longer.param_groups[0]["lr"] == pytest.approx(0.5)  # cosine at step 2 of 4
+    assert longer_sched.get_last_lr() == [longer.param_groups[0]["lr"]]
+    longer.step()
+    longer_sched.step()
+    assert longer.param_groups[0]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 4)))
+
+    same, same_sched = run(2)  # an unchanged schedule: exactly the saved rate
+    same.load_state_dict(saved_opt)
+    same_sched.load_state_dict(saved_sched)
+    follow_schedule(same, same_sched)
+    assert same.param_groups[0]["lr"] == saved_opt["param_groups"][0]["lr"]

@@ -188,6 +188,34 @@ def _load_tensors(file: Path) -> Any:
         ) from None
 
 
+def follow_schedule(optimizer, scheduler) -> None:
+    """Set the optimizer's learning rates to this run's schedule at the restored step.
+
+    The saved optimizer carries the rate the saved run's schedule gave its next step; a run
+    resumed with another horizon (``max_steps``, epochs) would take that step at the old rate
+    (at the old last step: 0). A ``LambdaLR``'s state keeps the step, not the lambdas, so the
+    new schedule's rate is ``base_lr · λ(step)``; for an unchanged schedule it is the same float.
+    """
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the scheduler
+    if not isinstance(inner, torch.optim.lr_scheduler.LambdaLR):
+        return
+    rates = [
+        base * fn(inner.last_epoch)
+        for base, fn in zip(inner.base_lrs, inner.lr_lambdas, strict=True)
+    ]
+    saved = [g["lr"] for g in optimizer.param_groups]
+    if rates != saved:
+        log.info(
+            "learning rate %.3g at the restored step (the saved run's: %.3g): the schedule "
+            "follows this run's settings",
+            rates[0],
+            saved[0],
+        )
+    for group, rate in zip(optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
+    inner._last_lr = rates
+
+
 def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG from a checkpoint; return its state."""
     path = Path(path)
@@ -198,6 +226,8 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
         log.warning("%s holds no optimizer state: AdamW's moments start from zero", path)
     if scheduler is not None and (path / "scheduler.pt").is_file():
         scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
+        if optimizer is not None:
+            follow_schedule(optimizer, scheduler)
     state = json.loads((path / "trainer_state.json").read_text())
     set_rng_state(state.pop("rng"))
     return state
