@@ -266,6 +266,17 @@ def gold_judge(cfg: GoldJudgeConfig):
         console.print(f"  mean {name}: {value:.3f}")
 
 
+def _held_out_title(cfg, what: str) -> str:
+    """Title of a training command's held-out table, which says so when that set is the
+    training data (one file without splits and no eval_dataset_name)."""
+    from distalign.data.load import evaluates_on_training_data
+
+    source = cfg.eval_dataset_name or cfg.dataset_name
+    if evaluates_on_training_data(cfg.dataset_name, cfg.eval_dataset_name):
+        return f"{what}: the training data itself ({source}, no eval_dataset_name)"
+    return f"{what} ({source}, {cfg.dataset_test_split})"
+
+
 def _print_metrics(title: str, metrics: dict) -> None:
     table = Table(title=title)
     table.add_column("metric")
@@ -338,8 +349,7 @@ def _register_heavy_commands() -> None:
         from distalign.rm.train import run
 
         result = run(cfg)
-        held_out = cfg.eval_dataset_name or cfg.dataset_name
-        _print_metrics(f"held-out ({held_out}, {cfg.dataset_test_split})", result)
+        _print_metrics(_held_out_title(cfg, "held-out"), result)
         console.print(f"model: {Path(cfg.output_dir) / 'final'}")
 
     @config_command(rl_app, "train", RLTrainConfig, list_keys=("reward", "reward_weights"))
@@ -348,8 +358,7 @@ def _register_heavy_commands() -> None:
         from distalign.rl.train import run
 
         result = run(cfg)
-        held_out = cfg.eval_dataset_name or cfg.dataset_name
-        table = Table(title=f"held-out prompts ({held_out}, {cfg.dataset_test_split})")
+        table = Table(title=_held_out_title(cfg, "held-out prompts"))
         cols = ["reward", "kl", "length", "eos_rate"] + (
             ["gold_mean"] if "gold_mean" in result["final"] else []
         )

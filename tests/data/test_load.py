@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from distalign.data import DataSourceError, LoadReport, PreferenceFormatError, load_preferences
+from distalign.data.load import evaluates_on_training_data
 from tests.conftest import write_jsonl
 
 EXPLICIT = [
@@ -398,3 +399,17 @@ def test_config_name_or_revision_of_a_local_source(tmp_path):
     for options in ({"name": "x"}, {"revision": "main"}):
         with pytest.raises(DataSourceError, match="hub datasets only"):
             load_preferences(str(path), **options)
+
+
+def test_held_out_is_the_training_data_only_for_a_source_without_splits(tmp_path):
+    file = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    other = write_jsonl(tmp_path / "other.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    ds = datasets.Dataset.from_list([{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    assert evaluates_on_training_data(str(file))
+    assert evaluates_on_training_data(str(file), str(file))
+    assert evaluates_on_training_data(ds, ds)
+    assert not evaluates_on_training_data(str(file), str(other))
+    assert not evaluates_on_training_data(ds, datasets.Dataset.from_list(ds.to_list()))
+    assert not evaluates_on_training_data("gold")  # splits of its own
+    assert not evaluates_on_training_data(str(tmp_path))  # a folder: train.* and test.* files
+    assert not evaluates_on_training_data("someone/hub-pairs")

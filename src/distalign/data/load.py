@@ -68,6 +68,23 @@ def resolve_source(source: str) -> str:
     return source
 
 
+def evaluates_on_training_data(source: Any, eval_source: Any = None) -> bool:
+    """Whether the held-out set is the training set itself: no ``eval_dataset_name`` (or the
+    same one) and a source without splits (one local file, or a ``datasets.Dataset``), whose
+    ``dataset_test_split`` has nothing to pick."""
+    if eval_source is not None and eval_source is not source and eval_source != source:
+        return False
+    if isinstance(source, str):
+        return Path(source).expanduser().is_file()
+    return True  # a datasets.Dataset or rows handed over in Python
+
+
+TRAINING_DATA_WARNING = (
+    "%s is one file without splits and no eval_dataset_name is set: the held-out figures are "
+    "measured on the training data (set eval_dataset_name to a held-out file)"
+)
+
+
 class DataSourceError(ValueError):
     """A source that cannot be read at all (missing file, bad gzip, unknown suffix)."""
 
