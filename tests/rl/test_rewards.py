@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from distalign.config import ConfigError
 from distalign.models.classifier import encode_conversation, render_conversation
 from distalign.rl import rewards as rw
 from distalign.rl.rewards import (
@@ -29,6 +31,7 @@ from distalign.rl.rewards import (
     RewardOutput,
     RewardSource,
     RewardSum,
+    import_callable,
     load_reward_source,
     prompt_columns,
     source_name,
@@ -356,3 +359,15 @@ def test_rm_score_takes_any_sequence_classifier(gpt2_rm, tmp_path):
     got = [json.loads(line)["reward"] for line in out.read_text().splitlines()]
     want = RewardModelSource(str(gpt2_rm))(PROMPTS, REPLIES).rewards.tolist()
     assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_a_reward_module_in_the_working_directory_imports(tmp_path, monkeypatch):
+    (tmp_path / "my_judge_for_distalign.py").write_text(
+        "def brevity(prompts, replies):\n    return [-len(r) for r in replies]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    fn = import_callable("my_judge_for_distalign:brevity")
+    assert fn([], ["ab", "a"]) == [-2, -1]
+    with pytest.raises(ConfigError, match="cannot import reward function"):
+        import_callable("no_such_module_anywhere:f")

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import yaml
 
+from distalign.config import ConfigError
 from distalign.eval.config import CompareConfig
 from distalign.metrics import bootstrap_interval, distinct_n, win_rate
 from distalign.models.generate import SamplingConfig, sampling_of
@@ -191,7 +192,7 @@ def check_judge_held_out(cfg: CompareConfig) -> None:
     for folder, rewards in trained_rewards(cfg).items():
         for spec in cfg.judge_specs():
             if any(same_source(spec, r) for r in rewards):
-                raise ValueError(
+                raise ConfigError(
                     f"judge {spec!r} is the reward {folder} was trained on (its config.yaml); "
                     "name a reward model folder, hub id or module:function not used in training"
                 )

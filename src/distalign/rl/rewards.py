@@ -24,6 +24,7 @@ import inspect
 import logging
 import random
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from distalign import functionals as fn
+from distalign.config import ConfigError
 from distalign.models.classifier import (
     load_sequence_classifier,
     model_folder,
@@ -346,15 +348,30 @@ def prompt_columns(prompts) -> dict[str, list] | None:
     return {k: [(r or {}).get(k) for r in rows] for k in keys}
 
 
+def _import_module(module: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        # `distalign` is a console script, so the working directory is not on sys.path as it
+        # is for `python -m`: a module file beside the user is looked for there too, after
+        # the installed packages (which it cannot shadow)
+        cwd = str(Path.cwd())
+        if e.name != module.split(".")[0] or cwd in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(module)
+
+
 def import_callable(spec: str) -> Callable:
-    """``package.module:function`` -> the function."""
+    """``package.module:function`` -> the function (the module from an installed package, or
+    from the working directory)."""
     module, _, name = spec.partition(":")
     try:
-        obj = getattr(importlib.import_module(module), name)
+        obj = getattr(_import_module(module), name)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot import reward function {spec!r}: {e}") from None
+        raise ConfigError(f"cannot import reward function {spec!r}: {e}") from None
     if not callable(obj):
-        raise ValueError(f"{spec!r} is not callable")
+        raise ConfigError(f"{spec!r} is not callable")
     return obj
 
 
