@@ -261,3 +261,10 @@ def test_replies_from_different_conversations_are_refused(tmp_path):
              "rejected": [user("b"), bot("No.")]}]  # fmt: skip
     with pytest.raises(PreferenceFormatError, match="repeat the prompt"):
         load(tmp_path, rows)
+
+
+def test_undetectable_row_names_the_missing_column():
+    with pytest.raises(ValueError, match=r"lack 'rejected'$"):
+        detect_format({"prompt": "p", "chosen": "a"})
+    with pytest.raises(ValueError, match=r"lack 'chosen' and 'rejected'$"):
+        detect_format({"prompt": "p"})

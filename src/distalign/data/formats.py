@@ -96,10 +96,11 @@ def sharegpt_column(row: Mapping[str, Any]) -> str | None:
 
 def detect_format(row: Mapping[str, Any]) -> str:
     """Guess the format of a dataset from one of its rows."""
-    if "chosen" not in row or "rejected" not in row:
+    missing = [c for c in ("chosen", "rejected") if c not in row]
+    if missing:
         raise ValueError(
-            f"cannot detect the preference format: columns {sorted(row)} lack 'chosen' and "
-            "'rejected'"
+            f"cannot detect the preference format: columns {sorted(row)} lack "
+            + " and ".join(repr(c) for c in missing)
         )
     if "prompt" in row and row["prompt"] is not None:
         return "explicit"

@@ -65,7 +65,7 @@ class RMTrainConfig:
     dataset_test_split: str = "test"
     """Held-out split."""
     format: str | None = None
-    """Force a preference format (explicit | implicit | hh); detected when unset."""
+    """Force a preference format (explicit | implicit | hh | sharegpt); detected when unset."""
     skip_bad_rows: bool = False
     """Skip malformed rows (counted) instead of stopping at the first."""
     max_train_samples: int = 0
