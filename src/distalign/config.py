@@ -506,7 +506,8 @@ class RMScoreConfig(PlacementConfig):
     model_name_or_path: str = ""
     """Reward-model folder."""
     input_file: str = ""
-    """JSONL/JSON/CSV/Parquet rows with ``prompt`` and ``reply`` (e.g. ``generate``'s output)."""
+    """JSONL/JSON/CSV/Parquet rows with ``prompt`` and ``reply`` (or ``response``/``completion``:
+    text, or TRL's conversational completion; e.g. ``generate``'s output)."""
     output_file: str | None = None
     """Output JSONL (default: INPUT.scored.jsonl)."""
     max_length: int | None = None

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from distalign.data import DataSourceError, LoadReport, PreferenceFormatError, load_preferences
-from distalign.data.load import evaluates_on_training_data
+from distalign.data.load import evaluates_on_training_data, read_prompt_replies
 from tests.conftest import write_jsonl
 
 EXPLICIT = [
@@ -413,3 +413,23 @@ def test_held_out_is_the_training_data_only_for_a_source_without_splits(tmp_path
     assert not evaluates_on_training_data("gold")  # splits of its own
     assert not evaluates_on_training_data(str(tmp_path))  # a folder: train.* and test.* files
     assert not evaluates_on_training_data("someone/hub-pairs")
+
+
+def test_prompt_reply_files_take_text_or_conversational_completions(tmp_path):
+    user = [{"role": "user", "content": "Hi"}]
+    rows = [
+        {"prompt": "Hi", "reply": "Hello."},
+        {"prompt": user, "completion": [{"role": "assistant", "content": "Hey."}]},  # TRL
+        {"prompt": user, "response": [*user, {"role": "assistant", "content": "Yo."}]},
+    ]
+    path = write_jsonl(tmp_path / "replies.jsonl", rows)
+    _, prompts, replies = read_prompt_replies(str(path))
+    assert prompts == [user] * 3 and replies == ["Hello.", "Hey.", "Yo."]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Hi", "answer": "Hello."}])
+    with pytest.raises(PreferenceFormatError, match="missing") as info:
+        read_prompt_replies(str(bad))
+    assert info.value.field == "reply" and f"{bad}:1" in str(info.value)
+    other = [{"role": "user", "content": "Bye"}, {"role": "assistant", "content": "x"}]
+    mismatch = write_jsonl(tmp_path / "mismatch.jsonl", [{"prompt": "Hi", "completion": other}])
+    with pytest.raises(PreferenceFormatError, match="repeat the prompt"):
+        read_prompt_replies(str(mismatch))

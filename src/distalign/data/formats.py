@@ -241,7 +241,7 @@ def _reply(messages: list[dict[str, str]], where: str, field: str) -> str:
     return last["content"]
 
 
-def _reply_and_context(value: Any, where: str, field: str) -> tuple[str, list[dict[str, str]]]:
+def reply_and_context(value: Any, where: str, field: str) -> tuple[str, list[dict[str, str]]]:
     """A reply column -> (reply text, the messages before it)."""
     if isinstance(value, str):
         return value, []
@@ -274,8 +274,8 @@ def _split_conversations(chosen, rejected, where):
 
 def _with_replies(row, prompt, where, prompt_is_text: bool):
     """(prompt, chosen, rejected) of a row whose prompt column is given."""
-    chosen, chosen_context = _reply_and_context(row["chosen"], where, "chosen")
-    rejected, rejected_context = _reply_and_context(row["rejected"], where, "rejected")
+    chosen, chosen_context = reply_and_context(row["chosen"], where, "chosen")
+    rejected, rejected_context = reply_and_context(row["rejected"], where, "rejected")
     for field, context in (("chosen", chosen_context), ("rejected", rejected_context)):
         # Binarized sets repeat the prompt (or its last user turn) before the reply.
         if not context or _same_turns(context, prompt) or _same_turns(context, prompt[-1:]):

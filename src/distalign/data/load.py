@@ -38,6 +38,7 @@ from distalign.data.formats import (
     detect_format,
     normalise_row,
     parse_messages,
+    reply_and_context,
 )
 
 log = logging.getLogger(__name__)
@@ -417,14 +418,19 @@ def read_prompt_replies(path: str) -> tuple[list[dict], list[list[dict]], list[s
         if isinstance(row, Exception):
             raise row
         key = next((k for k in REPLY_COLUMNS if k in row), None)
-        if key is None or not isinstance(row[key], str):
-            raise PreferenceFormatError(
-                where, "reply", f"expected a string column, one of {REPLY_COLUMNS}"
-            )
+        if key is None:
+            raise PreferenceFormatError(where, "reply", f"missing: one of {REPLY_COLUMNS}")
         if row.get("prompt") is None:
             raise PreferenceFormatError(where, "prompt", "missing")
-        prompts.append(parse_messages(row["prompt"], where, "prompt"))
-        replies.append(row[key])
+        prompt = parse_messages(row["prompt"], where, "prompt")
+        # a text, or messages ending with the assistant's (TRL's conversational completion)
+        reply, context = reply_and_context(row[key], where, key)
+        if context and context != prompt:
+            raise PreferenceFormatError(
+                where, key, "expected the messages before the reply to repeat the prompt"
+            )
+        prompts.append(prompt)
+        replies.append(reply)
         rows.append(row)
     return rows, prompts, replies
 
