@@ -3,6 +3,7 @@ with their new name; every shipped config loads."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,14 @@ def test_accelerate_configs_parse(path):
         assert config.fsdp_config["fsdp_version"] == 2
     if path.stem.startswith("deepspeed"):
         assert config.deepspeed_config["zero_stage"] == int(path.stem[-1])
+
+
+def test_max_length_alone_below_the_default_prompt_limit_halves_it(caplog):
+    with caplog.at_level(logging.WARNING):
+        cfg = from_cli(RMTrainConfig, ["max_length=128"])
+    assert (cfg.max_length, cfg.max_prompt_length) == (128, 64)
+    assert "prompts keep at most 64 tokens" in caplog.text
+    assert (
+        from_cli(RMTrainConfig, ["max_length=128", "max_prompt_length=100"]).max_prompt_length
+        == 100
+    )

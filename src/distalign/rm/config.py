@@ -8,6 +8,7 @@ checked when built.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,8 @@ from distalign.config import report_to_list, require, resume_value
 from distalign.models.load import DEFAULT_MODEL, prefix_sharing_for
 from distalign.models.reward_model import HEADS
 from distalign.tracking import resolve_report_to
+
+log = logging.getLogger(__name__)
 
 # settings of the scalar or bin heads' losses that a mixture head has no use for
 MIXTURE_IGNORES = ("entropy_weight", "batch_entropy_weight", "smoothness_weight",
@@ -80,7 +83,8 @@ class RMTrainConfig:
     max_length: int = 512
     """Longest prompt + reply in tokens (truncation rules in ``distalign.data.pairs``)."""
     max_prompt_length: int = 256
-    """Tokens kept for the prompt when prompt + reply is too long."""
+    """Tokens kept for the prompt when prompt + reply is too long (one at or above
+    ``max_length`` becomes half of it, with a warning)."""
     per_device_train_batch_size: int = 8
     """Pairs per micro-batch per process."""
     per_device_eval_batch_size: int = 16
@@ -166,6 +170,14 @@ class RMTrainConfig:
         self.report_to = report_to_list(self.report_to)
         resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
+        if 1 < self.max_length <= self.max_prompt_length:  # e.g. max_length=128 alone
+            log.warning(
+                "max_prompt_length %d >= max_length %d: prompts keep at most %d tokens",
+                self.max_prompt_length,
+                self.max_length,
+                self.max_length // 2,
+            )
+            self.max_prompt_length = self.max_length // 2
         checks = [
             (
                 self.head in HEADS,
