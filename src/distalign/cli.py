@@ -282,8 +282,17 @@ def _print_metrics(title: str, metrics: dict) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        table.add_row(k, _number(v))
     console.print(table)
+
+
+def _number(v) -> str:
+    """A metric for a table: floats to 4 decimals, also inside an interval [low, high]."""
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, list | tuple) and v and all(isinstance(x, float) for x in v):
+        return "[" + ", ".join(f"{x:.4f}" for x in v) + "]"
+    return str(v)
 
 
 @config_command(rm_app, "eval", RMEvalConfig)
