@@ -8,6 +8,7 @@ import random
 import datasets
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from distalign.config import load_config
 from distalign.models.reward_model import load_reward_model, score_replies
@@ -97,6 +98,20 @@ def test_lora_adapter_saves_and_scores_identically(tiny_model_dir, pair_dir, tmp
     a = score_replies(model, tokenizer, prompts, ["stone thanks", "stone stone"])
     b = score_replies(model, tokenizer, prompts[:1], ["stone thanks"])
     torch.testing.assert_close(a[:1], b, atol=1e-5, rtol=0)
+    # PEFT's own loader, as the README shows it, on the chat template's rendering
+    from peft import AutoPeftModelForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(final)
+    peft_model = AutoPeftModelForSequenceClassification.from_pretrained(
+        final, num_labels=1, pad_token_id=tok.pad_token_id
+    )
+    texts = [
+        tok.apply_chat_template([*prompts[0], {"role": "assistant", "content": r}], tokenize=False)
+        for r in ("stone thanks", "stone stone")
+    ]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**enc).logits[:, 0], a[:, 0], atol=1e-4, rtol=0)
 
 
 def test_prefix_sharing_and_plain_runs_agree(tiny_model_dir, pair_dir, tmp_path):
