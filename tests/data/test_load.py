@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 
 import datasets
 import pyarrow as pa
@@ -11,7 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from distalign.data import DataSourceError, LoadReport, PreferenceFormatError, load_preferences
-from distalign.data.load import evaluates_on_training_data, read_prompt_replies
+from distalign.data.load import (
+    evaluates_on_training_data,
+    read_prompt_replies,
+    warn_if_evaluating_on_training_data,
+)
 from tests.conftest import write_jsonl
 
 EXPLICIT = [
@@ -433,3 +438,12 @@ def test_prompt_reply_files_take_text_or_conversational_completions(tmp_path):
     mismatch = write_jsonl(tmp_path / "mismatch.jsonl", [{"prompt": "Hi", "completion": other}])
     with pytest.raises(PreferenceFormatError, match="repeat the prompt"):
         read_prompt_replies(str(mismatch))
+
+
+def test_the_training_data_as_held_out_is_said(tmp_path, caplog):
+    file = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    with caplog.at_level(logging.WARNING):
+        warn_if_evaluating_on_training_data("gold")
+        assert not caplog.text
+        warn_if_evaluating_on_training_data(str(file))
+    assert f"{file} has no held-out split" in caplog.text

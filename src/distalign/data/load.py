@@ -80,10 +80,16 @@ def evaluates_on_training_data(source: Any, eval_source: Any = None) -> bool:
     return True  # a datasets.Dataset or rows handed over in Python
 
 
-TRAINING_DATA_WARNING = (
-    "%s is one file without splits and no eval_dataset_name is set: the held-out figures are "
-    "measured on the training data (set eval_dataset_name to a held-out file)"
-)
+def warn_if_evaluating_on_training_data(source: Any, eval_source: Any = None) -> None:
+    """Log a warning when ``evaluates_on_training_data``: nothing else would tell a user that
+    figures called held-out are measured on the pairs the model was trained on."""
+    if evaluates_on_training_data(source, eval_source):
+        name = source if isinstance(source, str) else "the datasets.Dataset given"
+        log.warning(
+            "%s has no held-out split and no other eval_dataset_name is set: the held-out "
+            "figures are measured on the training data (set eval_dataset_name to held-out data)",
+            name,
+        )
 
 
 class DataSourceError(ValueError):
@@ -425,7 +431,7 @@ def read_prompt_replies(path: str) -> tuple[list[dict], list[list[dict]], list[s
         prompt = parse_messages(row["prompt"], where, "prompt")
         # a text, or messages ending with the assistant's (TRL's conversational completion)
         reply, context = reply_and_context(row[key], where, key)
-        if context and context != prompt:
+        if context and context not in (prompt, prompt[-1:]):  # binarized sets repeat the turn
             raise PreferenceFormatError(
                 where, key, "expected the messages before the reply to repeat the prompt"
             )

@@ -43,7 +43,7 @@ from distalign.config import (
     checkpoint_path,
     frozen_dtype,
 )
-from distalign.data.load import TRAINING_DATA_WARNING, evaluates_on_training_data
+from distalign.data.load import warn_if_evaluating_on_training_data
 from distalign.data.prompts import load_prompts
 from distalign.distributed import (
     full_optimizer_state,
@@ -222,8 +222,7 @@ def prompt_sets(cfg: RLTrainConfig, accelerator) -> tuple[list, list]:
     config name and revision apply to the held-out set when it is the same hub data set)."""
     hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
     train = load_prompts(cfg.dataset_name, cfg.dataset_train_split, **hub)
-    if evaluates_on_training_data(cfg.dataset_name, cfg.eval_dataset_name):
-        log.warning(TRAINING_DATA_WARNING, cfg.dataset_name)
+    warn_if_evaluating_on_training_data(cfg.dataset_name, cfg.eval_dataset_name)
     same = cfg.eval_dataset_name is None or cfg.eval_dataset_name == cfg.dataset_name
     source = cfg.eval_dataset_name or cfg.dataset_name
     held_out = load_prompts(source, cfg.dataset_test_split, **(hub if same else {}))

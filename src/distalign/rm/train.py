@@ -33,11 +33,10 @@ from distalign.config import (
     config_dict,
 )
 from distalign.data.load import (
-    TRAINING_DATA_WARNING,
-    evaluates_on_training_data,
     known_p_chosen,
     load_preferences,
     p_chosen_by_group,
+    warn_if_evaluating_on_training_data,
 )
 from distalign.data.pairs import (
     PairCollator,
@@ -118,8 +117,7 @@ def load_pairs(cfg: RMTrainConfig, tokenizer):
     )
     if cfg.off_prompt_pairs:
         train = add_off_prompt_pairs(train, cfg)
-    if evaluates_on_training_data(cfg.dataset_name, cfg.eval_dataset_name):
-        log.warning(TRAINING_DATA_WARNING, cfg.dataset_name)
+    warn_if_evaluating_on_training_data(cfg.dataset_name, cfg.eval_dataset_name)
     held_out_hub = hub if cfg.eval_dataset_name in (None, cfg.dataset_name) else {}
     held_out = prepare_pairs(
         cfg,
