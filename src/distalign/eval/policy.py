@@ -104,7 +104,7 @@ def judge_replies(judge, prompts, texts, device) -> dict[str, np.ndarray]:
     if judge is None:
         from distalign.gold import judge as gold
 
-        return gold.judge([p[-1]["content"] for p in prompts], texts, device)
+        return gold.judge([gold.prompt_text(p) for p in prompts], texts, device)
     from distalign.rl.rewards import prompt_columns
 
     out = judge(prompts, texts, columns=prompt_columns(prompts))

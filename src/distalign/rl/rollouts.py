@@ -115,9 +115,9 @@ def evaluate_policy(
         "eos_rate": sum(ro.finished) / len(ro.finished),
     }
     if is_gold(cfg.eval_dataset_name or cfg.dataset_name):  # the truth (never trained on)
-        from distalign.gold.judge import GROUPS, judge
+        from distalign.gold.judge import GROUPS, judge, prompt_text
 
-        judged = judge([p[-1]["content"] for p in prompts], ro.texts)
+        judged = judge([prompt_text(p) for p in prompts], ro.texts)
         result["gold_mean"] = float(judged["gold_mean"].mean())
         # each annotator group's mean reward: does the policy serve the worse-off group?
         result |= {f"gold_{g.name}": float(judged[f"gold_{g.name}"].mean()) for g in GROUPS}
