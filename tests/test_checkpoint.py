@@ -131,3 +131,34 @@ def test_a_resumed_run_follows_its_own_learning_rate_schedule():
     same_sched.load_state_dict(saved_sched)
     follow_schedule(same, same_sched)
     assert same.param_groups[0]["lr"] == saved_opt["param_groups"][0]["lr"]
+
+
+def test_resume_through_a_checkpoint_takes_this_runs_peak_and_horizon(tiny_model_dir, tmp_path):
+    """Two parameter groups (the head's own rate), a changed learning_rate and max_steps."""
+    from transformers import AutoModelForCausalLM, get_scheduler
+
+    from distalign.checkpoint import load_checkpoint, save_checkpoint
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    params = list(model.parameters())
+
+    def run(lr: float, total: int):
+        groups = [{"params": params[:-1]}, {"params": params[-1:], "lr": 10 * lr}]
+        opt = torch.optim.AdamW(groups, lr=lr)
+        return opt, get_scheduler("cosine", opt, num_warmup_steps=0, num_training_steps=total)
+
+    opt, sched = run(1e-3, 2)
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    path = save_checkpoint(tmp_path / "last", model, None, opt, sched, {"step": 2})
+    resumed, resumed_sched = run(1e-4, 4)
+    load_checkpoint(path, model, resumed, resumed_sched)
+    assert [g["lr"] for g in resumed.param_groups] == pytest.approx([0.5e-4, 0.5e-3])
+    resumed.step()
+    resumed_sched.step()
+    cos = 0.5 * (1 + math.cos(math.pi * 3 / 4))
+    assert [g["lr"] for g in resumed.param_groups] == pytest.approx([cos * 1e-4, cos * 1e-3])
+    same, same_sched = run(1e-3, 2)
+    load_checkpoint(path, model, same, same_sched)
+    assert [g["lr"] for g in same.param_groups] == [0.0, 0.0]

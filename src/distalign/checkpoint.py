@@ -192,9 +192,12 @@ def follow_schedule(optimizer, scheduler) -> None:
     """Set the optimizer's learning rates to this run's schedule at the restored step.
 
     The saved optimizer carries the rate the saved run's schedule gave its next step; a run
-    resumed with another horizon (``max_steps``, epochs) would take that step at the old rate
-    (at the old last step: 0). A ``LambdaLR``'s state keeps the step, not the lambdas, so the
-    new schedule's rate is ``base_lr · λ(step)``; for an unchanged schedule it is the same float.
+    resumed with another horizon (``max_steps``, epochs) or peak (``learning_rate``) would take
+    that step at the old rate (at the old last step: 0). A ``LambdaLR``'s state keeps the step,
+    not the lambdas, so the new schedule's rate is ``base_lr · λ(step)`` (``load_checkpoint``
+    puts this run's ``base_lrs`` back first); for an unchanged schedule it is the same float.
+    The step counts scheduler steps, so a run resumed on another number of processes than it
+    was saved with lands elsewhere on an RM schedule (counted in process-steps).
     """
     inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the scheduler
     if not isinstance(inner, torch.optim.lr_scheduler.LambdaLR):
@@ -225,8 +228,13 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
     elif optimizer is not None:
         log.warning("%s holds no optimizer state: AdamW's moments start from zero", path)
     if scheduler is not None and (path / "scheduler.pt").is_file():
+        inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the scheduler
+        peaks = list(getattr(inner, "base_lrs", []))  # this run's learning_rate(s)
         scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
-        if optimizer is not None:
+        if optimizer is not None and peaks:
+            inner.base_lrs = peaks  # the state dict brought the saved run's back
+            for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+                group["initial_lr"] = peak
             follow_schedule(optimizer, scheduler)
     state = json.loads((path / "trainer_state.json").read_text())
     set_rng_state(state.pop("rng"))
