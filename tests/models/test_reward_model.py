@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -159,3 +161,18 @@ def test_prefix_sharing_under_eager_attention(tiny_rm):
         c2, r2 = pair_scores(model, shared)
     torch.testing.assert_close(c2, c1, atol=1e-4, rtol=0)
     torch.testing.assert_close(r2, r1, atol=1e-4, rtol=0)
+
+
+def test_a_model_trained_with_the_older_rendering_is_flagged(tiny_rm, tmp_path, caplog):
+    model, tokenizer = tiny_rm
+    save_reward_model(model, tokenizer, tmp_path, {"head": "scalar"})
+    with caplog.at_level("WARNING"):
+        load_reward_model(tmp_path)
+    assert "end-of-turn" not in caplog.text
+    meta = json.loads((tmp_path / "distalign_rm.json").read_text())
+    assert meta["reply_rendering"] == "chat_template"
+    del meta["reply_rendering"]  # as saved before replies kept the template's last tokens
+    (tmp_path / "distalign_rm.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING"):
+        load_reward_model(tmp_path)
+    assert "end-of-turn token" in caplog.text

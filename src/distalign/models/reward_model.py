@@ -42,6 +42,9 @@ from distalign.models.load import (
 log = logging.getLogger(__name__)
 
 META_FILE = "distalign_rm.json"
+# How replies were rendered for training: every token the chat template writes. Reward models
+# saved without this key read their score at the reply's end-of-turn token, one token earlier.
+REPLY_RENDERING = "chat_template"
 HEADS = ("scalar", "categorical", "ordinal", "mixture")
 
 
@@ -262,6 +265,7 @@ def save_reward_model(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    meta = {**meta, "reply_rendering": REPLY_RENDERING}
     (out / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return out
 
@@ -287,6 +291,13 @@ def load_reward_model(
     the model on the CPU."""
     path = Path(path)
     meta = read_meta(path)
+    if meta.get("reply_rendering") != REPLY_RENDERING:
+        log.warning(
+            "%s was trained with its score read at the reply's end-of-turn token; replies now "
+            "keep every token the chat template writes, so its scores come one token later "
+            "and shift a little (retrain it to remove the shift)",
+            path,
+        )
     place, kwargs = _load_settings(device, dtype, attn_implementation, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if (path / "adapter_config.json").is_file():
