@@ -269,11 +269,11 @@ def gold_judge(cfg: GoldJudgeConfig):
 def _held_out_title(cfg, what: str) -> str:
     """Title of a training command's held-out table, which says so when that set is the
     training data (one file without splits and no eval_dataset_name)."""
-    from distalign.data.load import evaluates_on_training_data
+    from distalign.data.load import evaluates_on_training_data, held_out_of
 
     source = cfg.eval_dataset_name or cfg.dataset_name
-    if evaluates_on_training_data(cfg.dataset_name, cfg.eval_dataset_name):
-        return f"{what}: the training data itself ({source}, no eval_dataset_name)"
+    if evaluates_on_training_data(*held_out_of(cfg)):
+        return f"{what}: the training data itself ({source}, {cfg.dataset_test_split})"
     return f"{what} ({source}, {cfg.dataset_test_split})"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+from types import SimpleNamespace
 
 import datasets
 import pyarrow as pa
@@ -418,6 +419,9 @@ def test_held_out_is_the_training_data_only_for_a_source_without_splits(tmp_path
     assert not evaluates_on_training_data("gold")  # splits of its own
     assert not evaluates_on_training_data(str(tmp_path))  # a folder: train.* and test.* files
     assert not evaluates_on_training_data("someone/hub-pairs")
+    assert not evaluates_on_training_data("someone/hub-pairs", None, "train", "test")
+    assert evaluates_on_training_data("someone/hub-pairs", None, "train", "train")
+    assert evaluates_on_training_data(str(file), str(tmp_path / "." / "pairs.jsonl"))
 
 
 def test_prompt_reply_files_take_text_or_conversational_completions(tmp_path):
@@ -442,8 +446,21 @@ def test_prompt_reply_files_take_text_or_conversational_completions(tmp_path):
 
 def test_the_training_data_as_held_out_is_said(tmp_path, caplog):
     file = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+
+    def cfg(name, split="test"):
+        return SimpleNamespace(
+            dataset_name=name,
+            eval_dataset_name=None,
+            dataset_train_split="train",
+            dataset_test_split=split,
+        )
+
     with caplog.at_level(logging.WARNING):
-        warn_if_evaluating_on_training_data("gold")
+        warn_if_evaluating_on_training_data(cfg("gold"))
         assert not caplog.text
-        warn_if_evaluating_on_training_data(str(file))
-    assert f"{file} has no held-out split" in caplog.text
+        warn_if_evaluating_on_training_data(cfg(str(file)))
+    assert f"measured on the training data ({file})" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        warn_if_evaluating_on_training_data(cfg("gold", split="train"))
+    assert "measured on the training data (gold)" in caplog.text

@@ -39,6 +39,7 @@ from distalign.data.formats import (
     normalise_row,
     parse_messages,
     reply_and_context,
+    same_turns,
 )
 
 log = logging.getLogger(__name__)
@@ -69,27 +70,54 @@ def resolve_source(source: str) -> str:
     return source
 
 
-def evaluates_on_training_data(source: Any, eval_source: Any = None) -> bool:
-    """Whether the held-out set is the training set itself: no ``eval_dataset_name`` (or the
-    same one) and a source without splits (one local file, or a ``datasets.Dataset``), whose
-    ``dataset_test_split`` has nothing to pick."""
-    if eval_source is not None and eval_source is not source and eval_source != source:
+def _same_source(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, str) and isinstance(b, str):
+        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        return a == b or (pa.exists() and pb.exists() and pa.resolve() == pb.resolve())
+    return False
+
+
+def evaluates_on_training_data(
+    source: Any,
+    eval_source: Any = None,
+    train_split: str | None = None,
+    test_split: str | None = None,
+) -> bool:
+    """Whether the held-out set is the training set itself: the same source (no
+    ``eval_dataset_name``, or one naming the same data) and either no splits to pick from (one
+    local file, or a ``datasets.Dataset``) or the same split named for both."""
+    if eval_source is not None and not _same_source(source, eval_source):
         return False
+    if train_split is not None and train_split == test_split:
+        return True
     if isinstance(source, str):
         return Path(source).expanduser().is_file()
     return True  # a datasets.Dataset or rows handed over in Python
 
 
-def warn_if_evaluating_on_training_data(source: Any, eval_source: Any = None) -> None:
-    """Log a warning when ``evaluates_on_training_data``: nothing else would tell a user that
-    figures called held-out are measured on the pairs the model was trained on."""
-    if evaluates_on_training_data(source, eval_source):
-        name = source if isinstance(source, str) else "the datasets.Dataset given"
+def warn_if_evaluating_on_training_data(cfg: Any) -> None:
+    """Log a warning when a training config's held-out set ``evaluates_on_training_data``:
+    nothing else would tell a user that figures called held-out are measured on the pairs
+    (or prompts) the model was trained on."""
+    if evaluates_on_training_data(*held_out_of(cfg)):
+        name = cfg.dataset_name if isinstance(cfg.dataset_name, str) else "the Dataset given"
         log.warning(
-            "%s has no held-out split and no other eval_dataset_name is set: the held-out "
-            "figures are measured on the training data (set eval_dataset_name to held-out data)",
+            "the held-out figures are measured on the training data (%s): set "
+            "eval_dataset_name, or dataset_test_split, to held-out data",
             name,
         )
+
+
+def held_out_of(cfg: Any) -> tuple[Any, Any, str, str]:
+    """(training source, held-out source, training split, held-out split) of a config."""
+    return (
+        cfg.dataset_name,
+        cfg.eval_dataset_name,
+        cfg.dataset_train_split,
+        cfg.dataset_test_split,
+    )
 
 
 class DataSourceError(ValueError):
@@ -431,7 +459,7 @@ def read_prompt_replies(path: str) -> tuple[list[dict], list[list[dict]], list[s
         prompt = parse_messages(row["prompt"], where, "prompt")
         # a text, or messages ending with the assistant's (TRL's conversational completion)
         reply, context = reply_and_context(row[key], where, key)
-        if context and context not in (prompt, prompt[-1:]):  # binarized sets repeat the turn
+        if context and not (same_turns(context, prompt) or same_turns(context, prompt[-1:])):
             raise PreferenceFormatError(
                 where, key, "expected the messages before the reply to repeat the prompt"
             )

@@ -222,7 +222,8 @@ def prompt_sets(cfg: RLTrainConfig, accelerator) -> tuple[list, list]:
     config name and revision apply to the held-out set when it is the same hub data set)."""
     hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
     train = load_prompts(cfg.dataset_name, cfg.dataset_train_split, **hub)
-    warn_if_evaluating_on_training_data(cfg.dataset_name, cfg.eval_dataset_name)
+    if accelerator.is_main_process:
+        warn_if_evaluating_on_training_data(cfg)
     same = cfg.eval_dataset_name is None or cfg.eval_dataset_name == cfg.dataset_name
     source = cfg.eval_dataset_name or cfg.dataset_name
     held_out = load_prompts(source, cfg.dataset_test_split, **(hub if same else {}))

@@ -117,7 +117,6 @@ def load_pairs(cfg: RMTrainConfig, tokenizer):
     )
     if cfg.off_prompt_pairs:
         train = add_off_prompt_pairs(train, cfg)
-    warn_if_evaluating_on_training_data(cfg.dataset_name, cfg.eval_dataset_name)
     held_out_hub = hub if cfg.eval_dataset_name in (None, cfg.dataset_name) else {}
     held_out = prepare_pairs(
         cfg,
@@ -404,6 +403,8 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     """Train; return the final held-out metrics. Writes ``output_dir/final`` (the model)."""
     out = Path(cfg.output_dir)
     accelerator = start_run(cfg, out, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    if accelerator.is_main_process:
+        warn_if_evaluating_on_training_data(cfg)
     model, tokenizer = build_model(cfg)
     with accelerator.main_process_first():  # tokenise once, other processes hit the cache
         train, held_out = load_pairs(cfg, tokenizer)
