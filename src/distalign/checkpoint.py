@@ -188,20 +188,31 @@ def _load_tensors(file: Path) -> Any:
         ) from None
 
 
-def follow_schedule(optimizer, scheduler) -> None:
+def _lambda_lr(scheduler):
+    """The ``LambdaLR`` inside ``scheduler`` (accelerate wraps it), or None."""
+    inner = getattr(scheduler, "scheduler", scheduler)
+    return inner if isinstance(inner, torch.optim.lr_scheduler.LambdaLR) else None
+
+
+def follow_schedule(optimizer, scheduler, peaks: list[float] | None = None) -> None:
     """Set the optimizer's learning rates to this run's schedule at the restored step.
 
     The saved optimizer carries the rate the saved run's schedule gave its next step; a run
     resumed with another horizon (``max_steps``, epochs) or peak (``learning_rate``) would take
     that step at the old rate (at the old last step: 0). A ``LambdaLR``'s state keeps the step,
-    not the lambdas, so the new schedule's rate is ``base_lr · λ(step)`` (``load_checkpoint``
-    puts this run's ``base_lrs`` back first); for an unchanged schedule it is the same float.
+    not the lambdas, so the new schedule's rate is ``base_lr · λ(step)`` (``peaks``: this
+    run's ``base_lrs``, which loading the saved state replaced); for an unchanged schedule it
+    is the same float.
     The step counts scheduler steps, so a run resumed on another number of processes than it
     was saved with lands elsewhere on an RM schedule (counted in process-steps).
     """
-    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the scheduler
-    if not isinstance(inner, torch.optim.lr_scheduler.LambdaLR):
+    inner = _lambda_lr(scheduler)
+    if inner is None:
         return
+    if peaks:
+        inner.base_lrs = list(peaks)
+        for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+            group["initial_lr"] = peak
     rates = [
         base * fn(inner.last_epoch)
         for base, fn in zip(inner.base_lrs, inner.lr_lambdas, strict=True)
@@ -228,14 +239,11 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
     elif optimizer is not None:
         log.warning("%s holds no optimizer state: AdamW's moments start from zero", path)
     if scheduler is not None and (path / "scheduler.pt").is_file():
-        inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps the scheduler
-        peaks = list(getattr(inner, "base_lrs", []))  # this run's learning_rate(s)
+        inner = _lambda_lr(scheduler)
+        peaks = list(inner.base_lrs) if inner is not None else None  # this run's rate(s)
         scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
-        if optimizer is not None and peaks:
-            inner.base_lrs = peaks  # the state dict brought the saved run's back
-            for group, peak in zip(optimizer.param_groups, peaks, strict=True):
-                group["initial_lr"] = peak
-            follow_schedule(optimizer, scheduler)
+        if optimizer is not None:
+            follow_schedule(optimizer, scheduler, peaks)
     state = json.loads((path / "trainer_state.json").read_text())
     set_rng_state(state.pop("rng"))
     return state

@@ -249,11 +249,17 @@ def reply_and_context(value: Any, where: str, field: str) -> tuple[str, list[dic
     return _reply(messages, where, field), messages[:-1]
 
 
-def same_turns(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
+def _same_turns(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
     return len(a) == len(b) and all(
         x["role"] == y["role"] and x["content"].strip() == y["content"].strip()
         for x, y in zip(a, b, strict=True)
     )
+
+
+def repeats_prompt(context: list[dict[str, str]], prompt: list[dict[str, str]]) -> bool:
+    """Whether the messages before a reply repeat its prompt (or its last user turn), as
+    binarized sets write them; no messages at all also fits."""
+    return not context or _same_turns(context, prompt) or _same_turns(context, prompt[-1:])
 
 
 def _split_conversations(chosen, rejected, where):
@@ -263,7 +269,7 @@ def _split_conversations(chosen, rejected, where):
         raise PreferenceFormatError(
             where, field, "expected a conversation of at least a user turn and an assistant reply"
         )
-    if not same_turns(chosen[:-1], rejected[:-1]):
+    if not _same_turns(chosen[:-1], rejected[:-1]):
         raise PreferenceFormatError(
             where,
             "rejected",
@@ -277,10 +283,9 @@ def _with_replies(row, prompt, where, prompt_is_text: bool):
     chosen, chosen_context = reply_and_context(row["chosen"], where, "chosen")
     rejected, rejected_context = reply_and_context(row["rejected"], where, "rejected")
     for field, context in (("chosen", chosen_context), ("rejected", rejected_context)):
-        # Binarized sets repeat the prompt (or its last user turn) before the reply.
-        if not context or same_turns(context, prompt) or same_turns(context, prompt[-1:]):
+        if repeats_prompt(context, prompt):
             continue
-        if prompt_is_text and chosen_context and same_turns(chosen_context, rejected_context):
+        if prompt_is_text and chosen_context and _same_turns(chosen_context, rejected_context):
             return chosen_context, chosen, rejected  # TRL: whole conversations win
         raise PreferenceFormatError(
             where, field, "expected the messages before the reply to repeat the prompt"

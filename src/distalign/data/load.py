@@ -38,8 +38,8 @@ from distalign.data.formats import (
     detect_format,
     normalise_row,
     parse_messages,
+    repeats_prompt,
     reply_and_context,
-    same_turns,
 )
 
 log = logging.getLogger(__name__)
@@ -459,7 +459,7 @@ def read_prompt_replies(path: str) -> tuple[list[dict], list[list[dict]], list[s
         prompt = parse_messages(row["prompt"], where, "prompt")
         # a text, or messages ending with the assistant's (TRL's conversational completion)
         reply, context = reply_and_context(row[key], where, key)
-        if context and not (same_turns(context, prompt) or same_turns(context, prompt[-1:])):
+        if not repeats_prompt(context, prompt):
             raise PreferenceFormatError(
                 where, key, "expected the messages before the reply to repeat the prompt"
             )
