@@ -224,7 +224,7 @@ def run_distalign(s: dict) -> dict:
         lora_alpha=32,
         lora_dropout=0.0,
         eval_steps=0,
-        eval_at_start=False,
+        eval_on_start=False,
         max_eval_samples=1,
         save_steps=0,
     )

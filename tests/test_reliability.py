@@ -39,7 +39,7 @@ def rm_args(model_dir, data, out, *extra) -> list[str]:
     return [
         "rm", "train", f"model_name_or_path={model_dir}", f"dataset_name={data}",
         "max_length=64", "max_prompt_length=32", "per_device_train_batch_size=4",
-        "learning_rate=3e-3", "warmup_ratio=0", "max_steps=6", "save_steps=2", "eval_steps=0",
+        "learning_rate=3e-3", "warmup_steps=0", "max_steps=6", "save_steps=2", "eval_steps=0",
         "report_to=none", f"output_dir={out}", *extra,
     ]  # fmt: skip
 
@@ -121,7 +121,7 @@ def tiny_rm_config(model_dir, data, out, **kw):
     base = dict(
         model_name_or_path=str(model_dir), dataset_name=str(data), max_length=64,
         max_prompt_length=32, per_device_train_batch_size=4, learning_rate=3e-3,
-        warmup_ratio=0.0, max_steps=6, save_steps=2, eval_steps=0, report_to="none",
+        warmup_steps=0.0, max_steps=6, save_steps=2, eval_steps=0, report_to="none",
         output_dir=str(out),
     )  # fmt: skip
     return RMTrainConfig(**(base | kw))
@@ -328,6 +328,6 @@ def test_rl_infinite_reward_skips_the_update(tiny_model_dir, tmp_path):
 
     out = tmp_path / "run"
     cfg = load_config(RLTrainConfig, None, rl_args(tiny_model_dir, out)[2:])
-    train_policy(cfg, reward=overflowing, eval_at_start=False)
+    train_policy(cfg, reward=overflowing, eval_on_start=False)
     state = json.loads((out / "checkpoints/last/trainer_state.json").read_text())
     assert state["skipped_steps"] == 1 and state["step"] == 4

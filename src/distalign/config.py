@@ -63,6 +63,9 @@ RENAMED = {
     "gamma": "center_rewards_coefficient",
     "lora": "use_peft",
     "eval_every": "eval_steps",
+    "eval_at_start": "eval_on_start",
+    "warmup_ratio": "warmup_steps (below 1 a fraction of the run's steps, as transformers 5 "
+    "reads it)",
     "save_every": "save_steps",
     "resume": "resume_from_checkpoint",
     "tracker": "report_to",
@@ -77,6 +80,19 @@ RENAMED = {
     "output": "output_file",
     "input": "input_file",
     "out_dir": "output_dir",
+}
+
+# transformers / TRL training keys without a counterpart here, and what does their job
+NOT_OFFERED = {
+    "save_total_limit": "a run keeps one resumable checkpoint (checkpoints/last) and, for rm "
+    "train, the best one by held-out accuracy (checkpoints/best)",
+    "load_best_model_at_end": "rm train keeps the best model by held-out accuracy in "
+    "checkpoints/best beside final/",
+    "metric_for_best_model": "rm train's best checkpoint is chosen by held-out accuracy",
+    "logging_dir": "trackers write under output_dir",
+    "push_to_hub": "upload output_dir/final with `hf upload REPO_ID output_dir/final` (or "
+    "model.push_to_hub after loading it)",
+    "hub_model_id": "upload output_dir/final with `hf upload REPO_ID output_dir/final`",
 }
 
 
@@ -108,7 +124,11 @@ def _check_renamed(cls: type, keys: Sequence[str], where: str) -> None:
     for key in keys:
         top = key.split(".")[0]
         if top not in known and top in RENAMED:
-            raise ConfigError(f"{where}: `{top}` is now `{RENAMED[top]}`")
+            name, paren, note = RENAMED[top].partition(" (")
+            raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")
+        if top not in known and top in NOT_OFFERED:
+            raise ConfigError(f"{where}: `{top}` is a transformers key distalign does not "
+                              f"take: {NOT_OFFERED[top]}")  # fmt: skip
 
 
 def report_to_list(value: Any) -> list[str]:

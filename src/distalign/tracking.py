@@ -162,12 +162,19 @@ def _plain(value: Any) -> Any:
 
 
 class MetricsLog:
-    """``write(step, metrics)`` -> the tracker and one JSON line in ``path`` (main process)."""
+    """``write(step, metrics)`` -> the tracker and one JSON line in ``path`` (main process).
 
-    def __init__(self, path: str | Path, accelerator=None):
+    ``add(step, metrics)`` is ``write`` every ``every`` steps (``logging_steps``): it keeps the
+    steps between and writes their means, except for the keys in ``current`` (a learning
+    rate, a running total), written as they stand at the logged step. ``flush`` writes what
+    is kept (the run's last steps)."""
+
+    def __init__(self, path: str | Path, accelerator=None, every: int = 1, current=()):
         self.path = Path(path)
         self.accelerator = accelerator
         self.main = accelerator is None or accelerator.is_main_process
+        self.every, self.current = max(1, int(every)), frozenset(current)
+        self.kept: list[dict[str, Any]] = []
         if self.main:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -180,6 +187,30 @@ class MetricsLog:
         if self.main:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def add(self, step: int, metrics: dict[str, Any]) -> None:
+        self.kept.append({k: _plain(v) for k, v in metrics.items()})
+        if step % self.every == 0:
+            self.flush(step)
+
+    def flush(self, step: int) -> None:
+        if self.kept:
+            self.write(step, _window_means(self.kept, self.current))
+            self.kept = []
+
+
+def _window_means(rows: list[dict[str, Any]], current: frozenset) -> dict[str, Any]:
+    """Per key, the mean of its numbers over ``rows`` (None where it had none), or its last
+    value for keys in ``current`` and for values that are not numbers."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for row in rows for k in row):
+        values = [row[key] for row in rows if key in row]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if key in current or len(numbers) < len(values) - values.count(None):
+            out[key] = values[-1]
+        else:
+            out[key] = sum(numbers) / len(numbers) if numbers else None
+    return out
 
 
 def truncate_log(path: str | Path, step: int) -> int:

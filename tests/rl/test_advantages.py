@@ -234,7 +234,7 @@ def test_rl_train_runs_with(baseline, tiny_model_dir, tmp_path):
         model_name_or_path=str(tiny_model_dir), reward="tests.rl.test_train:reward_apple",
         baseline=baseline, num_generations=2, per_device_train_batch_size=4,
         gradient_accumulation_steps=1, max_completion_length=4, max_steps=2, max_eval_samples=2,
-        eval_at_start=False, eval_steps=0, save_steps=0, use_peft=False, report_to="none",
+        eval_on_start=False, eval_steps=0, save_steps=0, use_peft=False, report_to="none",
         output_dir=str(tmp_path / "rl"),
     )  # fmt: skip
     run(cfg)

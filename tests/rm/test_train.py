@@ -43,7 +43,7 @@ def config(tiny_model_dir, pair_dir, tmp_path, **kw) -> RMTrainConfig:
     base = dict(
         model_name_or_path=str(tiny_model_dir), dataset_name=str(pair_dir), max_length=64,
         max_prompt_length=32, per_device_train_batch_size=8, learning_rate=3e-3,
-        warmup_ratio=0.0, num_train_epochs=1, eval_steps=0, save_steps=0,
+        warmup_steps=0.0, num_train_epochs=1, eval_steps=0, save_steps=0,
         output_dir=str(tmp_path / "run"), report_to="none", center_rewards_coefficient=0.01,
     )  # fmt: skip
     base.update(kw)
@@ -87,6 +87,17 @@ def test_resume_matches_uninterrupted_run_bitwise(tiny_model_dir, pair_dir, tmp_
     )
     for key in ("accuracy", "margin", "reward_mean"):
         assert resumed[key] == pytest.approx(straight[key], abs=1e-5), key
+
+
+def test_logs_every_n_steps_and_evaluates_each_epoch(tiny_model_dir, pair_dir, tmp_path):
+    cfg = config(tiny_model_dir, pair_dir, tmp_path, max_train_samples=48, num_train_epochs=2,
+                 logging_steps=4, eval_strategy="epoch", save_strategy="no",
+                 eval_on_start=True)  # fmt: skip
+    run(cfg)  # 6 steps a pass, 12 in all
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [4, 8, 12]
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 6, 12]
+    assert [r["train/pairs_seen"] for r in rows if "train/loss" in r] == [32, 64, 96]
 
 
 def test_lora_adapter_saves_and_scores_identically(tiny_model_dir, pair_dir, tmp_path):

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from distalign.cadence import cadence_checks
 from distalign.config import report_to_list, require, resume_value
 from distalign.models.generate import SamplingConfig
 from distalign.models.load import DEFAULT_MODEL, require_4d_mask
@@ -103,8 +104,8 @@ class RLTrainConfig(SamplingConfig):
     """Optimizer steps."""
     learning_rate: float = 1e-5
     """AdamW learning rate (constant after a linear warm-up)."""
-    warmup_steps: int = 0
-    """Linear warm-up steps."""
+    warmup_steps: float = 0
+    """Steps of linear learning-rate warm-up; below 1, a fraction of max_steps."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0: off)."""
     max_nonfinite_steps: int = 3
@@ -137,12 +138,22 @@ class RLTrainConfig(SamplingConfig):
     teacher-forced passes need a 4-D mask, which flash-attention kernels do not take)."""
     max_prompt_length: int = 256
     """Longer prompts are cut from the left."""
-    eval_steps: int = 10
-    """Held-out evaluation every N steps (0: only at the end)."""
-    eval_at_start: bool = True
+    logging_steps: float = 1
+    """Log to the tracker and metrics.jsonl every N steps, the means over them (below 1: a
+    fraction of max_steps). history.jsonl keeps every completion of every step."""
+    eval_strategy: str = "steps"
+    """Held-out evaluation during training: steps (every eval_steps) | no. The final policy
+    is evaluated at the end either way."""
+    eval_steps: float = 10
+    """Evaluation interval in steps (below 1: a fraction of max_steps; 0: only at the end)."""
+    eval_on_start: bool = True
     """Evaluate the SFT policy before the first step (the baseline of the comparison)."""
-    save_steps: int = 10
-    """Resumable checkpoint every N steps (0: only at the end)."""
+    save_strategy: str = "steps"
+    """When to write the resumable checkpoint: steps (every save_steps) | no. It is written
+    at the end either way."""
+    save_steps: float = 10
+    """Checkpoint interval in steps (below 1: a fraction of max_steps; 0: only at the
+    end)."""
     keep_checkpoints: bool = True
     """Also keep the policy of every save as checkpoints/step_N (for the over-optimisation
     curve of ``eval compare``; LoRA adapters are small)."""
@@ -185,7 +196,7 @@ class RLTrainConfig(SamplingConfig):
             (self.ema is None or 0 <= self.ema < 1, "ema must be in [0, 1)"),
             (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
         ]
-        require(checks)
+        require(checks + cadence_checks(self, epochs=False))
         require_4d_mask(self.attn_implementation, "rl train", "its teacher-forced passes")
         self._check_reward()
         if self.top_p < 1 or self.top_k:

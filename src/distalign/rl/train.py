@@ -38,6 +38,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
+from distalign.cadence import Cadence, steps_of
 from distalign.checkpoint import count_nonfinite, resume_training, save_checkpoint
 from distalign.config import (
     checkpoint_path,
@@ -375,7 +376,7 @@ def log_step(
         "time/train_s": t3 - t2,
         "train/peak_mem_gb": peak_memory_gb(),
     }
-    t.log.write(state.step, logged)
+    t.log.add(state.step, logged)
     rows = []
     for i, text in enumerate(ro.texts):
         row = {
@@ -455,14 +456,17 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     train_prompts, eval_prompts = prompt_sets(cfg, accelerator)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = adamw(trainable, cfg.learning_rate, sharded=is_sharded(accelerator))
+    warmup = steps_of(cfg.warmup_steps, cfg.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1))
+        optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1))
     )
+    cadence = Cadence.of(cfg, cfg.max_steps)
     # the teacher-forced pass as one module's forward, so DDP's gradient hooks and autocast
     # apply to it; sampling and saving use the policy inside
     learner, optimizer = accelerator.prepare(ReplyLogprobs(policy), optimizer)
     t = Trainer(accelerator, learner, ref_model, tokenizer, optimizer, scheduler, reward, out,
-                MetricsLog(out / "metrics.jsonl", accelerator))  # fmt: skip
+                MetricsLog(out / "metrics.jsonl", accelerator, cadence.log,
+                           ("train/peak_mem_gb",)))  # fmt: skip
     state = TrainState()
     if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
         path, logs = (
@@ -473,7 +477,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
                                              accelerator.is_main_process))  # fmt: skip
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
-    if state.step == 0 and cfg.eval_at_start:
+    if state.step == 0 and cfg.eval_on_start:
         with full_parameters(t.learner):
             state.initial_eval = evaluate(t, state, eval_prompts, cfg)  # the SFT policy
     bar = progress_bar(total=cfg.max_steps, initial=state.step, desc="rl train",
@@ -505,12 +509,14 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
                           [t0, t1, t2, time.perf_counter()], cfg)  # fmt: skip
         bar.update(1)
         bar.set_postfix(reward=f"{logged['train/reward']:.3f}", kl=f"{logged['train/kl']:.2f}")
-        if cfg.eval_steps and state.step % cfg.eval_steps == 0:
+        if cadence.evaluates(state.step):
             with full_parameters(t.learner):
                 final, evaluated_at = evaluate(t, state, eval_prompts, cfg), state.step
-        if cfg.save_steps and state.step % cfg.save_steps == 0:
+        if cadence.saves(state.step):
+            t.log.flush(state.step)  # a resumed run logs from the checkpoint on
             save_state(t, state, cfg, keep=cfg.keep_checkpoints)
     bar.close()
+    t.log.flush(state.step)
     if evaluated_at != state.step:
         with full_parameters(t.learner):
             final = evaluate(t, state, eval_prompts, cfg)

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from distalign.cadence import cadence_checks
 from distalign.config import report_to_list, require, resume_value
 from distalign.models.load import DEFAULT_MODEL, prefix_sharing_for
 from distalign.models.reward_model import HEADS
@@ -99,8 +100,9 @@ class RMTrainConfig:
     part within an epoch only with a larger rate than the backbone's."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    warmup_ratio: float = 0.05
-    """Share of steps spent warming the learning rate up linearly."""
+    warmup_steps: float = 0.05
+    """Steps of linear learning-rate warm-up; below 1, a fraction of the run's steps (as
+    transformers reads it)."""
     lr_scheduler_type: str = "cosine"
     """Learning-rate decay after warm-up (any transformers scheduler name)."""
     num_train_epochs: float = 1.0
@@ -144,10 +146,23 @@ class RMTrainConfig:
     benchmark's 5 replies and 10 pairs per prompt cost at most 5 replies per batch, not 20.
     Batches hold fewer distinct prompts, so their gradients are noisier than random
     batches'."""
-    eval_steps: int = 50
-    """Evaluate on held-out pairs every N optimizer steps (0: only at the end)."""
-    save_steps: int = 50
-    """Write the resumable ``last`` checkpoint every N steps (0: only at the end)."""
+    logging_steps: float = 1
+    """Log to the tracker and metrics.jsonl every N optimizer steps, the means over them
+    (below 1: a fraction of the run's steps)."""
+    eval_strategy: str = "steps"
+    """When to evaluate on held-out pairs during training: steps (every eval_steps) | epoch |
+    no. The final model is evaluated at the end either way."""
+    eval_steps: float = 50
+    """Evaluation interval in optimizer steps (below 1: a fraction of the run's steps; 0:
+    only at the end)."""
+    eval_on_start: bool = False
+    """Also evaluate before the first step (the untrained head's baseline)."""
+    save_strategy: str = "steps"
+    """When to write the resumable ``last`` checkpoint: steps (every save_steps) | epoch |
+    no. It is written at the end either way."""
+    save_steps: float = 50
+    """Checkpoint interval in optimizer steps (below 1: a fraction of the run's steps; 0:
+    only at the end)."""
     output_dir: str = "runs/rm"
     """Where checkpoints, the final model, logs and the resolved config go."""
     resume_from_checkpoint: str | None = None
@@ -205,7 +220,6 @@ class RMTrainConfig:
                 "need 0 < max_prompt_length < max_length",
             ),
             (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
-            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
             (
                 self.head_learning_rate is None or self.head_learning_rate > 0,
                 "head_learning_rate must be > 0 (or unset)",
@@ -217,7 +231,7 @@ class RMTrainConfig:
                 "need num_train_epochs > 0 or max_steps > 0",
             ),
         ]
-        require(checks)
+        require(checks + cadence_checks(self, epochs=True))
         self.prefix_sharing = prefix_sharing_for(
             self.attn_implementation, self.prefix_sharing, "rm train"
         )

@@ -27,6 +27,7 @@ from datasets import Dataset, concatenate_datasets
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
+from distalign.cadence import Cadence, steps_of
 from distalign.checkpoint import count_nonfinite, resume_training, save_checkpoint
 from distalign.config import (
     checkpoint_path,
@@ -271,7 +272,7 @@ def optimizer_and_schedule(
     scheduler = get_scheduler(
         cfg.lr_scheduler_type,
         optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * total_steps) * processes,
+        num_warmup_steps=steps_of(cfg.warmup_steps, total_steps) * processes,
         num_training_steps=total_steps * processes,
     )
     return optimizer, scheduler, total_steps
@@ -322,6 +323,11 @@ def pairs_in(batch) -> int:
     if "chosen_index" in batch:  # shared-prefix rows hold several pairs each
         return batch["chosen_index"].numel()
     return batch["input_ids"].shape[0] // 2
+
+
+# logged as they stand at the logged step, not averaged over logging_steps
+CURRENT_METRICS = ("train/lr", "train/pairs_per_s", "train/peak_mem_gb", "train/elapsed_s",
+                   "train/pairs_seen")  # fmt: skip
 
 
 def train_metrics(window: list[dict], t: Trainer, state: TrainState, seconds: float, start_pairs):
@@ -418,7 +424,8 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     eval_loader = accelerator.prepare(
         DataLoader(held_out, batch_size=cfg.per_device_eval_batch_size, collate_fn=collate)
     )
-    log_ = MetricsLog(out / "metrics.jsonl", accelerator)
+    cadence = Cadence.of(cfg, total_steps)
+    log_ = MetricsLog(out / "metrics.jsonl", accelerator, cadence.log, CURRENT_METRICS)
     t = Trainer(accelerator, scorer, tokenizer, optimizer, scheduler, eval_loader, out, log_,
                 known_p_chosen(held_out), p_chosen_by_group(held_out))  # fmt: skip
     if cfg.head != "scalar":  # the annotators' disagreement about each held-out reply
@@ -431,15 +438,17 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
                                              accelerator.is_main_process))  # fmt: skip
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
+    window, result, outputs, evaluated_at = [], {}, {}, -1
+    if state.step == 0 and cfg.eval_on_start:
+        (result, outputs), evaluated_at = evaluate(t, state, cfg), 0
     bar = progress_bar(total=total_steps, initial=state.step, desc="rm train",
                        show=accelerator.is_local_main_process)  # fmt: skip
-    window, result, outputs, evaluated_at = [], {}, {}, -1
     start, start_pairs = time.perf_counter(), state.pairs
     scorer.train()
     while state.step < total_steps:
         batches = epoch_batches(train, cfg, state.epoch)[state.batch_in_epoch :]
-        loader = DataLoader(train, batch_sampler=batches, collate_fn=collate)
-        for batch in accelerator.prepare(loader):
+        loader = accelerator.prepare(DataLoader(train, batch_sampler=batches, collate_fn=collate))
+        for i, batch in enumerate(loader, 1):
             window.append(train_step(t, batch, cfg))
             state.batch_in_epoch += n
             state.pairs += pairs_in(batch) * n
@@ -448,19 +457,22 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
             state.step += 1
             count_nonfinite(state, not window[-1].get("nonfinite"), cfg.max_nonfinite_steps)
             seconds = time.perf_counter() - start
-            log_.write(state.step, train_metrics(window, t, state, seconds, start_pairs))
+            log_.add(state.step, train_metrics(window, t, state, seconds, start_pairs))
             window = []
             bar.update(1)
-            if cfg.eval_steps and state.step % cfg.eval_steps == 0:
+            epoch_ended = i == len(loader)  # the pass's last batch (this process's share)
+            if cadence.evaluates(state.step, epoch_ended):
                 (result, outputs), evaluated_at = evaluate(t, state, cfg), state.step
                 scorer.train()
-            if cfg.save_steps and state.step % cfg.save_steps == 0:
+            if cadence.saves(state.step, epoch_ended):
+                log_.flush(state.step)  # a resumed run logs from the checkpoint on
                 save_state(t, state, "last")
             if state.step >= total_steps:
                 break
         else:  # the epoch ran out
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     bar.close()
+    log_.flush(state.step)
     seconds = time.perf_counter() - start
     if evaluated_at != state.step:
         result, outputs = evaluate(t, state, cfg)

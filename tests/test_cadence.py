@@ -1,0 +1,98 @@
+"""Logging, evaluation, saving and warm-up intervals read as transformers reads them."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from distalign.cadence import Cadence, cadence_checks, steps_of
+from distalign.config import ConfigError, load_config
+from distalign.rl.config import RLTrainConfig
+from distalign.rm.config import RMTrainConfig
+from distalign.tracking import MetricsLog
+
+
+@pytest.mark.parametrize(
+    ("value", "total", "expected"),
+    [(0, 100, 0), (1, 100, 1), (50, 100, 50), (50.0, 7, 50), (0.1, 100, 10),
+     (0.1, 95, 10), (0.01, 10, 1), (0.5, 3, 2)],
+)  # fmt: skip
+def test_steps_of_reads_counts_and_fractions(value, total, expected):
+    assert steps_of(value, total) == expected
+
+
+class Keys:
+    def __init__(self, **kw):
+        base = dict(logging_steps=1, eval_steps=10, save_steps=10, warmup_steps=0,
+                    eval_strategy="steps", save_strategy="steps")  # fmt: skip
+        self.__dict__.update(base | kw)
+
+
+def test_cadence_by_steps_by_epoch_and_off():
+    c = Cadence.of(Keys(eval_steps=0.25, save_steps=3, logging_steps=2), total_steps=20)
+    assert [s for s in range(1, 21) if c.evaluates(s)] == [5, 10, 15, 20]
+    assert [s for s in range(1, 21) if c.saves(s)] == [3, 6, 9, 12, 15, 18]
+    assert [s for s in range(1, 7) if c.logs(s)] == [2, 4, 6]
+    by_epoch = Cadence.of(Keys(eval_strategy="epoch", save_strategy="no"), total_steps=20)
+    assert not by_epoch.evaluates(10) and by_epoch.evaluates(7, epoch_ended=True)
+    assert not any(by_epoch.saves(s, epoch_ended=True) for s in range(1, 21))
+    assert not Cadence.of(Keys(eval_steps=0), 20).evaluates(20)
+
+
+def test_checks_refuse_what_transformers_refuses():
+    def failed(**kw):
+        return [m for ok, m in cadence_checks(Keys(**kw), epochs=False) if not ok]
+
+    assert failed() == []
+    assert failed(eval_steps=0.5, warmup_steps=0.1) == []
+    assert failed(eval_steps=2.5) == [
+        "eval_steps must be a whole number of steps or a fraction in [0, 1), not 2.5"
+    ]
+    assert failed(logging_steps=0) == ["logging_steps must be > 0"]
+    assert "counts steps, not epochs" in failed(eval_strategy="epoch")[0]
+    assert failed(save_strategy="best")
+    assert not [m for ok, m in cadence_checks(Keys(eval_strategy="epoch"), epochs=True) if not ok]
+
+
+def test_configs_take_the_transformers_keys():
+    rm = load_config(RMTrainConfig, None, ["logging_steps=5", "eval_strategy=epoch",
+                                           "save_strategy=no", "warmup_steps=0.1",
+                                           "eval_on_start=true"])  # fmt: skip
+    assert (rm.logging_steps, rm.eval_strategy, rm.save_strategy) == (5, "epoch", "no")
+    assert rm.warmup_steps == 0.1 and rm.eval_on_start
+    rl = load_config(RLTrainConfig, None, ["eval_steps=0.25", "warmup_steps=2"])
+    assert Cadence.of(rl, rl.max_steps).eval == 5
+    with pytest.raises(ValueError, match=re.escape("eval_strategy: steps | no, not")):
+        load_config(RLTrainConfig, None, ["eval_strategy=epoch"])
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [("warmup_ratio=0.1", "`warmup_ratio` is now `warmup_steps` (below 1 a fraction"),
+     ("eval_at_start=false", "`eval_at_start` is now `eval_on_start`"),
+     ("save_total_limit=2", "`save_total_limit` is a transformers key distalign does not take"),
+     ("push_to_hub=true", "hf upload")],
+)  # fmt: skip
+def test_old_and_absent_keys_say_what_to_use(key, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(RMTrainConfig if "eval_at" not in key else RLTrainConfig, None, [key])
+
+
+def test_metrics_log_writes_window_means_and_current_values(tmp_path):
+    log = MetricsLog(tmp_path / "m.jsonl", every=3, current=("lr",))
+    for step, (loss, lr) in enumerate([(3.0, 0.1), (1.0, 0.2), (2.0, 0.3), (5.0, 0.4)], 1):
+        metrics = {"loss": loss, "lr": lr, "flag": step % 2 == 0}
+        if step == 2:
+            metrics["loss"] = float("nan")  # logged as None, left out of the mean
+            metrics["only_here"] = 7.0
+        log.add(step, metrics)
+    assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 1  # steps 1-3
+    log.flush(4)
+    log.flush(4)  # nothing left: no second row
+    rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert rows == [
+        {"step": 3, "loss": 2.5, "lr": 0.3, "flag": False, "only_here": 7.0},
+        {"step": 4, "loss": 5.0, "lr": 0.4, "flag": True},
+    ]
