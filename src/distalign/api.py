@@ -75,6 +75,7 @@ def evaluate_reward_model(config=None, **overrides) -> dict[str, Any]:
         cfg.per_device_eval_batch_size,
         cfg.max_eval_samples,
         cfg.output_file,
+        max_prompt_length=cfg.max_prompt_length,
         **cfg.placement(),
     )
 

@@ -505,14 +505,17 @@ class RMEvalConfig(PlacementConfig):
     """Preference source."""
     dataset_test_split: str = "test"
     """Split of the pairs."""
-    max_length: int = 512
-    """Longest prompt + reply in tokens."""
+    max_length: int | None = None
+    """Longest prompt + reply in tokens (default: the reward model's, from its training)."""
+    max_prompt_length: int | None = None
+    """Longest prompt in tokens, cut from the left (default: the reward model's)."""
     per_device_eval_batch_size: int = 16
     """Pairs per batch."""
     max_eval_samples: int = 0
     """The first N pairs (0: all)."""
     output_file: str | None = None
-    """Metrics JSON (default: eval_<data>_<split>.json in the model folder)."""
+    """Metrics JSON (default: eval_<data>_<split>.json in the model folder, or
+    eval_<data>_<split>_first<N>.json for the first N pairs)."""
 
     def __post_init__(self):
         require([(bool(self.model_name_or_path), "give model_name_or_path=RM_FOLDER")])

@@ -290,3 +290,26 @@ def test_off_prompt_pairs_that_round_to_none_leave_the_pairs_as_they_are():
     cfg = RMTrainConfig(off_prompt_pairs=0.1, report_to="none")
     out = add_off_prompt_pairs(train, cfg)
     assert len(out) == 2 and out.column_names == list(TRAIN_COLUMNS)
+
+
+def test_rm_eval_reads_as_training_did_and_keeps_the_full_evaluation(
+    tiny_model_dir, pair_dir, tmp_path
+):
+    from distalign.eval.rm import run_rm_eval
+
+    # short limits, so that truncation changes the scores
+    trained = run(config(tiny_model_dir, pair_dir, tmp_path, max_steps=4, max_length=24,
+                         max_prompt_length=6))  # fmt: skip
+    final = tmp_path / "run" / "final"
+    saved = final / f"eval_{pair_dir.name}_test.json"
+    again = run_rm_eval(str(final), str(pair_dir), "test")
+    assert (again["max_length"], again["max_prompt_length"]) == (24, 6)
+    for key in ("accuracy", "reward_mean", "margin"):
+        assert again[key] == pytest.approx(trained[key], abs=1e-5), key
+    longer = run_rm_eval(str(final), str(pair_dir), "test", max_length=64)
+    assert longer["reward_mean"] != pytest.approx(trained["reward_mean"], abs=1e-5)
+    full = saved.read_text()
+    few = run_rm_eval(str(final), str(pair_dir), "test", limit=10)
+    assert few["pairs"] == 10
+    assert (final / f"eval_{pair_dir.name}_test_first10.json").is_file()
+    assert saved.read_text() == full  # the evaluation of all pairs stays

@@ -203,20 +203,22 @@ def run_rm_eval(
     model_dir: str,
     data: str = "gold",
     split: str = "test",
-    max_length: int = 512,
+    max_length: int | None = None,
     batch_size: int = 16,
     limit: int = 0,
     output: str | None = None,
     *,
+    max_prompt_length: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
     attn_implementation: str = "sdpa",
 ) -> dict[str, float]:
     """Load a saved reward model, score held-out pairs, write the metrics as JSON.
 
-    Pairs share their prompt's row (one 4-D block mask per row) when the attention kernel
-    takes such a mask; otherwise (flash attention) each reply gets its own padded row, which
-    scores the same."""
+    ``max_length`` and ``max_prompt_length`` default to the reward model's own (saved with
+    it), so the scores are those its training evaluation saw. Pairs share their prompt's row
+    (one 4-D block mask per row) when the attention kernel takes such a mask; otherwise (flash
+    attention) each reply gets its own padded row, which scores the same."""
     from torch.utils.data import DataLoader
 
     from distalign.data.load import known_p_chosen, load_preferences, p_chosen_by_group
@@ -229,7 +231,13 @@ def run_rm_eval(
     model, tokenizer, meta = load_reward_model(
         model_dir, device=place, dtype=torch_dtype, attn_implementation=attn_implementation
     )
-    ds = tokenize_pairs(load_preferences(data, split, limit=limit or None), tokenizer, max_length)
+    max_length = max_length or meta.get("max_length", 512)
+    max_prompt_length = max_prompt_length or meta.get("max_prompt_length")
+    if max_prompt_length and max_prompt_length >= max_length:  # a shorter max_length given
+        max_prompt_length = max_length // 2
+    ds = tokenize_pairs(
+        load_preferences(data, split, limit=limit or None), tokenizer, max_length, max_prompt_length
+    )
     if prefix_sharing_for(attn_implementation, True, "rm eval"):
         collate = SharedPrefixCollator(tokenizer.pad_token_id)
     else:
@@ -246,12 +254,16 @@ def run_rm_eval(
     )  # fmt: skip
     result.update({"data": data, "split": split, "model": str(model_dir), "head": head})
     result.update({"device": str(place), "dtype": str(torch_dtype).removeprefix("torch.")})
-    path = Path(output) if output else Path(model_dir) / eval_file_name(data, split)
+    result.update({"max_length": max_length, "max_prompt_length": max_prompt_length})
+    name = eval_file_name(data, split, first=limit)
+    path = Path(output) if output else Path(model_dir) / name
     return save_eval(result, outputs, path)
 
 
-def eval_file_name(data: str, split: str) -> str:
-    return f"eval_{Path(data).name}_{split}.json"
+def eval_file_name(data: str, split: str, first: int = 0) -> str:
+    """``eval_<data>_<split>.json``; ``_first<N>`` before the suffix for the first N pairs,
+    so an evaluation of a few pairs does not replace the one of all of them."""
+    return f"eval_{Path(data).name}_{split}{f'_first{first}' if first else ''}.json"
 
 
 def save_eval(result: dict, outputs: dict, path: Path) -> dict:
