@@ -54,6 +54,18 @@ def test_missing_or_non_model_folder(tmp_path):
         resolve_model(str(tmp_path))
 
 
+def test_embedded_model_cached_on_another_machine_is_its_alias(tmp_path, monkeypatch):
+    # a LoRA adapter trained elsewhere names its base by that machine's cache folder
+    monkeypatch.setenv("DISTALIGN_CACHE", str(tmp_path / "here"))
+    here = tmp_path / "here" / "models" / "smollm2-135m-instruct"
+    here.mkdir(parents=True)
+    (here / "config.json").write_text("{}")  # already converted here
+    elsewhere = "/home/someone/.cache/distalign/models/smollm2-135m-instruct"
+    assert resolve_model(elsewhere) == str(here)
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        resolve_model("/home/someone/.cache/distalign/models/another-model")
+
+
 def test_hub_ids_pass_through():
     assert (
         resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")

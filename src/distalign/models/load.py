@@ -236,14 +236,18 @@ def resolve_model(name: str = DEFAULT_MODEL) -> str:
     """Turn a model name into what ``from_pretrained`` takes: a local folder or a hub id.
 
     Aliases of embedded models are converted on first use and then served from the cache.
+    A cache folder of an embedded model that is not on this machine (the base of a LoRA
+    adapter trained elsewhere names it) is that alias: the same GGUF gives the same weights.
     """
     key = name.lower()
+    path = Path(name).expanduser()
+    if not path.exists() and path.parent.name == "models" and path.name.lower() in EMBEDDED_MODELS:
+        key = path.name.lower()
     if key in EMBEDDED_MODELS:
         out = cache_dir() / "models" / key
         if not (out / "config.json").is_file():
             convert_gguf(_embedded_gguf(key), out)
         return str(out)
-    path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise ModelNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")

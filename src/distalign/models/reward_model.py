@@ -310,7 +310,7 @@ def load_reward_model(
         ]
         base = _from_pretrained(
             AutoModelForSequenceClassification,
-            base_path,
+            resolve_model(base_path),
             new_weights=("score.",),  # the adapter brings the trained head
             num_labels=head_outputs(
                 meta["head"], meta.get("n_bins", 10), meta.get("n_components", 2)
