@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from distalign.command_configs import (
+    GenerateConfig,
+)
 from distalign.config import (
     ConfigError,
-    GenerateConfig,
     bool_keys,
     load_config,
     parse_cli_args,

@@ -12,12 +12,14 @@ import torch
 
 import distalign.models.load as load
 from distalign import api
-from distalign.config import (
-    ConfigError,
+from distalign.command_configs import (
     GenerateConfig,
     GoldJudgeConfig,
     RMEvalConfig,
     RMScoreConfig,
+)
+from distalign.config import (
+    ConfigError,
     load_config,
 )
 from distalign.models.load import (

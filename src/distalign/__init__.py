@@ -32,10 +32,10 @@ _EXPORTS = {
     "RMTrainConfig": "distalign.rm.config",
     "RLTrainConfig": "distalign.rl.config",
     "CompareConfig": "distalign.eval.config",
-    "GenerateConfig": "distalign.config",
-    "RMEvalConfig": "distalign.config",
-    "RMScoreConfig": "distalign.config",
-    "GoldJudgeConfig": "distalign.config",
+    "GenerateConfig": "distalign.command_configs",
+    "RMEvalConfig": "distalign.command_configs",
+    "RMScoreConfig": "distalign.command_configs",
+    "GoldJudgeConfig": "distalign.command_configs",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -19,11 +19,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distalign.config import (
+from distalign.command_configs import (
     GenerateConfig,
     GoldJudgeConfig,
     RMEvalConfig,
     RMScoreConfig,
+)
+from distalign.config import (
     save_config,
 )
 

@@ -25,8 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from distalign.checkpoint import CheckpointError, NonFiniteError
-from distalign.config import (
-    ConfigError,
+from distalign.command_configs import (
     DataInspectConfig,
     GenerateConfig,
     GoldJudgeConfig,
@@ -34,6 +33,9 @@ from distalign.config import (
     ReportConfig,
     RMEvalConfig,
     RMScoreConfig,
+)
+from distalign.config import (
+    ConfigError,
     bool_keys,
     config_fields,
     load_config,

@@ -1,7 +1,8 @@
 """Typed configs: one dataclass per command, filled from YAML, ``key=value`` overrides and
-TRL-style ``--key value`` flags.
+TRL-style ``--key value`` flags. This module is the machinery; each command's dataclass lives
+beside its code (the smaller commands' in ``command_configs``).
 
-    cfg = load_config(GenerateConfig, "configs/generate.yaml", ["temperature=0.7"])
+    cfg = load_config(RMTrainConfig, "configs/rm_scalar_full.yaml", ["learning_rate=1e-5"])
     path, overrides = parse_cli_args(["--config", "c.yaml", "--learning_rate", "2e-5"])
 
 Unknown keys and values of the wrong type are errors that name the key (and the file); a key
@@ -18,7 +19,7 @@ import inspect
 import itertools
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,8 +28,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from distalign.models.generate import SamplingConfig
-from distalign.models.load import DEFAULT_MODEL, DTYPES
+from distalign.models.load import DTYPES
 
 T = TypeVar("T")
 
@@ -430,151 +430,3 @@ class PlacementConfig:
 
         device, dtype = resolve_device_dtype(self.device, self.dtype)
         return {"device": device, "dtype": dtype, "attn_implementation": self.attn_implementation}
-
-
-@dataclass
-class GenerateConfig(SamplingConfig, PlacementConfig):
-    """``distalign generate``: sample replies to chat prompts from a policy."""
-
-    model_name_or_path: str = DEFAULT_MODEL
-    """Policy: alias, local folder or hub id."""
-    prompts: list[str] = field(default_factory=list)
-    """User messages to answer (each becomes a one-turn chat)."""
-    dataset_name: str | None = None
-    """Prompt source: a .txt file (one prompt per line), a prompt-only or preference data set
-    (hub id or local file; a preference set's prompts are used), or ``gold``."""
-    dataset_split: str = "train"
-    """Split of ``dataset_name``."""
-    num_generations: int = 1
-    """Replies per prompt."""
-    output_file: str | None = None
-    """Write replies as JSONL here (and the resolved config beside it); print when unset."""
-    trust_remote_code: bool = False
-    """Allow model code from the hub (off: only code shipped with transformers runs)."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not self.prompts and not self.dataset_name:
-            raise ConfigError("give prompts=[...] or dataset_name=SOURCE")
-        if self.num_generations < 1:
-            raise ConfigError(f"num_generations must be >= 1, got {self.num_generations}")
-        require(placement_checks(self.device, self.dtype))
-
-
-@dataclass
-class ModelPrepareConfig:
-    """``distalign model prepare``: resolve a model (converting the embedded GGUF once)."""
-
-    model_name_or_path: str = DEFAULT_MODEL
-    """Alias, local folder or hub id."""
-
-
-@dataclass
-class DataInspectConfig:
-    """``distalign data inspect``: what a preference source holds, as distalign reads it."""
-
-    dataset_name: str = "gold"
-    """Local file/folder, hub id, or ``gold`` (also the first positional argument)."""
-    dataset_split: str | None = None
-    """Split (hub id or folder); default: train, or the only one."""
-    format: str | None = None
-    """explicit | implicit | hh | sharegpt (default: detected from the first row)."""
-    skip_bad_rows: bool = False
-    """Skip malformed rows (counted) instead of stopping at the first."""
-    model_name_or_path: str = DEFAULT_MODEL
-    """Tokenizer used for the token-length percentiles."""
-    dataset_config: str | None = None
-    """Config (subset) of a hub dataset, as datasets.load_dataset's name."""
-    dataset_revision: str | None = None
-    """Branch, tag or commit of a hub dataset (default: the latest)."""
-
-    def __post_init__(self):
-        from distalign.data.formats import FORMATS
-
-        if self.format is not None and self.format not in FORMATS:
-            raise ConfigError(f"format must be one of {' | '.join(FORMATS)}, got {self.format!r}")
-
-
-@dataclass
-class RMEvalConfig(PlacementConfig):
-    """``distalign rm eval``: a saved reward model on held-out pairs."""
-
-    model_name_or_path: str = ""
-    """Reward-model folder (``rm train``'s ``final/``)."""
-    dataset_name: str = "gold"
-    """Preference source."""
-    dataset_test_split: str = "test"
-    """Split of the pairs."""
-    max_length: int | None = None
-    """Longest prompt + reply in tokens (default: the reward model's, from its training)."""
-    max_prompt_length: int | None = None
-    """Longest prompt in tokens, cut from the left (default: the reward model's)."""
-    per_device_eval_batch_size: int = 16
-    """Pairs per batch."""
-    max_eval_samples: int = 0
-    """The first N pairs (0: all)."""
-    output_file: str | None = None
-    """Metrics JSON (default: eval_<data>_<split>.json in the model folder, or
-    eval_<data>_<split>_first<N>.json for the first N pairs)."""
-
-    def __post_init__(self):
-        require([(bool(self.model_name_or_path), "give model_name_or_path=RM_FOLDER")])
-        require(placement_checks(self.device, self.dtype))
-
-
-@dataclass
-class RMScoreConfig(PlacementConfig):
-    """``distalign rm score``: score prompt/reply rows with a saved reward model."""
-
-    model_name_or_path: str = ""
-    """Reward-model folder."""
-    input_file: str = ""
-    """JSONL/JSON/CSV/Parquet rows with ``prompt`` and ``reply`` (or ``response``/``completion``:
-    text, or TRL's conversational completion; e.g. ``generate``'s output)."""
-    output_file: str | None = None
-    """Output JSONL (default: INPUT.scored.jsonl)."""
-    max_length: int | None = None
-    """Longest prompt + reply in tokens (default: a distalign RM's training max_length, with
-    its prompts cut to its max_prompt_length; another model's own limit)."""
-    per_device_eval_batch_size: int = 16
-    """Rows per batch."""
-    trust_remote_code: bool = False
-    """Let a hub reward model run its own code (off: only transformers' own classes)."""
-
-    def __post_init__(self):
-        require(
-            [
-                (bool(self.model_name_or_path), "give model_name_or_path=RM_FOLDER"),
-                (bool(self.input_file), "give input_file=ROWS.jsonl"),
-                *placement_checks(self.device, self.dtype),
-            ]
-        )
-
-
-@dataclass
-class GoldJudgeConfig:
-    """``distalign gold judge``: gold-judge rewards of any prompt/reply file."""
-
-    input_file: str = ""
-    """Rows with ``prompt`` and ``reply`` (also the first positional argument)."""
-    output_file: str | None = None
-    """Output JSONL (default: INPUT.gold.jsonl)."""
-    device: str = "auto"
-    """Where the judge's sentence encoder runs: auto (CUDA, else MPS, else CPU) | cpu | cuda |
-    cuda:N | mps. It always computes in float32: its scores are the benchmark's truth."""
-
-    def __post_init__(self):
-        require(
-            [(bool(self.input_file), "give input_file=ROWS.jsonl"), *placement_checks(self.device)]
-        )
-
-
-@dataclass
-class ReportConfig:
-    """``distalign report``: write a comparison's report.html again from its saved numbers."""
-
-    compare_dir: str = ""
-    """The output_dir of ``eval compare`` (also the first positional argument)."""
-
-    def __post_init__(self):
-        require([(bool(self.compare_dir), "give the comparison folder")])
