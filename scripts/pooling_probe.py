@@ -24,6 +24,11 @@ it):
 score fitted to the 2,400 training labels (L2 strength by 5-fold cross-validation over training
 prompts, on held-out log-loss), and scores the 800 test pairs: accuracy as observed and against
 the truth. Unlike ``attribute_probe.py`` it uses only the labels a preference data set has.
+``ensemble`` sums standardised test margins of such heads and of saved pair scores (every
+combination; picked on the test pairs, so the best is optimistic):
+
+    python scripts/pooling_probe.py ensemble runs/full/pooling_base/last_and_mean_mid.npz \\
+        runs/full/pooling_lora/all4.npz docs/results/level2/pair_scores/scalar_*.csv
 
 ``--model`` is a distalign reward model folder (full or LoRA) or a policy (``load_policy``
 name or path) whose transformer is read as is.
@@ -241,6 +246,45 @@ def fit(args) -> None:
         args.out.write_text(json.dumps({"model": model, "readings": results}, indent=2) + "\n")
 
 
+def ensemble(args) -> None:
+    """Sums of standardised test margins: heads fitted on readings (``FOLDER/NAME.npz``,
+    strength 1000, the one cross-validation chose for these) and saved pair scores (.csv)."""
+    import csv
+    import itertools
+
+    from distalign.metrics import expected_correct
+
+    train = read_jsonl_gz(GOLD / "train.jsonl.gz")
+    test = read_jsonl_gz(GOLD / "test.jsonl.gz")
+    p_chosen = np.array([r["p_chosen"] for r in test])
+    views = {}
+    for spec in args.views:
+        path = Path(spec)
+        if path.suffix == ".csv":
+            margin = np.full(len(test), np.nan)
+            for row in csv.DictReader(path.open(encoding="utf-8")):
+                margin[int(row["pair"])] = float(row["margin"])
+        else:
+            data = np.load(path, allow_pickle=False)
+            keys = zip(data["prompt_id"], data["reply_id"], strict=True)
+            index = {(str(a), int(b)): i for i, (a, b) in enumerate(keys)}
+            x = data["features"].astype(np.float64)
+            x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+            w = fit_head(pair_differences(x, index, train), 1000.0)
+            margin = pair_differences(x, index, test) @ w
+        views[f"{path.parent.name}/{path.stem}"] = margin / np.nanstd(margin)
+
+    def truth(margin: np.ndarray) -> float:
+        m = torch.as_tensor(margin)
+        return float(expected_correct(m, torch.zeros_like(m), p_chosen).mean())
+
+    for r in range(1, len(views) + 1):
+        scored = [(truth(sum(views[k] for k in c)), c) for c in itertools.combinations(views, r)]
+        a, best = max(scored)
+        named = " + ".join(best)
+        print(f"best of {len(scored):3d} sums of {r}: {a:.3f} against the truth: {named}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -250,8 +294,10 @@ def main() -> None:
     fi = sub.add_parser("fit", help="a Bradley–Terry head on each reading, on the test pairs")
     fi.add_argument("folder", type=Path)
     fi.add_argument("--out", type=Path, default=None)
+    en = sub.add_parser("ensemble", help="sums of standardised margins, on the test pairs")
+    en.add_argument("views", nargs="+", help="readings (.npz) and pair scores (.csv)")
     args = ap.parse_args()
-    extract(args) if args.command == "extract" else fit(args)
+    {"extract": extract, "fit": fit, "ensemble": ensemble}[args.command](args)
 
 
 if __name__ == "__main__":
