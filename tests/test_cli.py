@@ -56,6 +56,21 @@ def test_inspect_names_the_broken_line(tmp_path):
     assert "pairs: 3" in out and "skipped malformed rows: 1" in out
 
 
+def test_inspect_summarises_a_metadata_file_beside_the_data(tmp_path):
+    from tests.rm.test_train import make_pairs
+
+    write_jsonl(tmp_path / "train.jsonl", make_pairs(5, seed=0))
+    meta = {"name": "bench", "seed": 3, "judge": {"weights": ["nested-value"]},
+            "splits": {"train": {"pairs": 5, "bayes_accuracy": 0.75}}}  # fmt: skip
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    result, out = invoke("data", "inspect", str(tmp_path), "dataset_split=train")
+    assert result.exit_code == 0, out
+    assert "name: bench" in out and "seed: 3" in out
+    assert "0.7500" in out  # the splits' table
+    assert "also: judge (in" in out and "metadata.json" in out
+    assert "nested-value" not in out  # nested values are named, not printed
+
+
 def test_generate_writes_replies_and_config(tiny_model_dir, tmp_path):
     out_file = tmp_path / "replies.jsonl"
     result, out = invoke(

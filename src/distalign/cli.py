@@ -9,7 +9,6 @@ Every command takes the same arguments, in either style:
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import textwrap
@@ -253,8 +252,26 @@ def data_inspect(cfg: DataInspectConfig):
         console.rule(f"{first} through the chat template")
         console.print(result.example, markup=False, highlight=False)
     if result.metadata:
-        console.rule("metadata.json")
-        console.print_json(json.dumps(result.metadata))
+        _print_metadata(result.metadata, result.metadata_path)
+
+
+def _print_metadata(meta: dict, path: str | None) -> None:
+    """The plain fields of a metadata.json beside the data and, when it has them, its splits'
+    figures (the gold benchmark's Bayes ceiling); the rest is named, with the file's path."""
+    console.rule("metadata.json")
+    plain = {k: v for k, v in meta.items() if not isinstance(v, dict | list)}
+    for key, value in plain.items():
+        console.print(f"{key}: {value}", markup=False, highlight=False)
+    splits = meta.get("splits")
+    if isinstance(splits, dict) and all(isinstance(v, dict) for v in splits.values()):
+        columns = list(dict.fromkeys(k for v in splits.values() for k in v))
+        table = Table("split", *columns, box=None)
+        for name, figures in splits.items():
+            table.add_row(name, *(_number(figures.get(c, "")) for c in columns))
+        console.print(table)
+    rest = [k for k in meta if k not in plain and k != "splits"]
+    if rest:
+        console.print(f"also: {', '.join(rest)} (in {path})", markup=False, highlight=False)
 
 
 @config_command(gold_app, "judge", GoldJudgeConfig, positional="input_file")

@@ -35,15 +35,15 @@ class Inspection:
     lengths: dict[str, dict[int, int]] = field(default_factory=dict)  # column -> pct -> tokens
     example: str = ""
     metadata: dict[str, Any] | None = None  # a metadata JSON shipped beside the file, if any
+    metadata_path: str | None = None
 
 
-def _metadata_beside(source: str) -> dict[str, Any] | None:
+def _metadata_beside(source: str) -> Path | None:
     path = Path(resolve_source(source))
     if not path.exists():
         return None
-    folder = path if path.is_dir() else path.parent
-    meta = folder / "metadata.json"
-    return json.loads(meta.read_text()) if meta.is_file() else None
+    meta = (path if path.is_dir() else path.parent) / "metadata.json"
+    return meta if meta.is_file() else None
 
 
 def _is_prompt_source(source: str, split, name, revision) -> bool:
@@ -87,7 +87,12 @@ def inspect_source(
     prompt-only source (detected from the first row, unless ``format`` forces a preference
     format) is counted in prompts."""
     report = LoadReport(source=source)
-    out = Inspection(report=report, metadata=_metadata_beside(source))
+    meta = _metadata_beside(source)
+    out = Inspection(
+        report=report,
+        metadata=json.loads(meta.read_text(encoding="utf-8")) if meta else None,
+        metadata_path=str(meta) if meta else None,
+    )
     if format is None and _is_prompt_source(source, split, name, revision):
         prompts = load_prompts(
             source, split, name=name, revision=revision, skip_bad_rows=skip_bad_rows, report=report
