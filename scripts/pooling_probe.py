@@ -1,6 +1,6 @@
 """Does another reading of the backbone carry more of what the labels reward than the last token?
 
-    python scripts/pooling_probe.py extract --model runs/full/rm_scalar_lora_r32_lr5e-4/final \
+    python scripts/pooling_probe.py extract --model runs/full/rm_scalar_lora_r32_lr5e-4/final \\
         --out runs/full/pooling_lora
     python scripts/pooling_probe.py fit runs/full/pooling_lora \\
         --out docs/results/level2/pooling_probe_lora.json

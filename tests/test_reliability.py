@@ -161,7 +161,11 @@ def test_nan_steps_in_a_row_stop_the_run_and_keep_the_good_checkpoint(
 
     poison_losses(monkeypatch, lambda call: call >= 3)  # from step 3 on
     with pytest.raises(NonFiniteError, match="3 steps in a row"):
-        run(tiny_rm_config(tiny_model_dir, pair_dir, tmp_path / "run", max_nonfinite_steps=3))
+        run(tiny_rm_config(tiny_model_dir, pair_dir, tmp_path / "run", max_nonfinite_steps=3,
+                           logging_steps=4))  # fmt: skip
+    rows = [r for r in read_metrics(tmp_path / "run/metrics.jsonl") if "train/nonfinite" in r]
+    # each checkpoint (steps 2, 4) writes its window; the stop at step 5 writes step 5's
+    assert [(r["step"], r["train/nonfinite"]) for r in rows] == [(2, 0.0), (4, 1.0), (5, 1.0)]
     last = tmp_path / "run/checkpoints/last"
     state = json.loads((last / "trainer_state.json").read_text())
     assert state["step"] == 4  # saved after step 4: steps 3 and 4 skipped, weights untouched

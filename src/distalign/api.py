@@ -26,11 +26,13 @@ from distalign.command_configs import (
     RMScoreConfig,
 )
 from distalign.config import (
+    check_renamed,
     save_config,
 )
 
 
 def _config(cls: type, config: Any, overrides: dict[str, Any]):
+    check_renamed(cls, list(overrides), "argument")  # warmup_ratio=: "is now warmup_steps"
     if config is None:
         return cls(**overrides)
     if not isinstance(config, cls):

@@ -98,11 +98,16 @@ class RMEvalConfig(PlacementConfig):
     max_eval_samples: int = 0
     """The first N pairs (0: all)."""
     output_file: str | None = None
-    """Metrics JSON (default: eval_<data>_<split>.json in the model folder, or
-    eval_<data>_<split>_first<N>.json for the first N pairs)."""
+    """Metrics JSON (default: eval_<data>_<split>.json in the model folder; _first<N> for the
+    first N pairs, _len<L>-<P> for other lengths than the model's own)."""
 
     def __post_init__(self):
-        require([(bool(self.model_name_or_path), "give model_name_or_path=RM_FOLDER")])
+        require([
+            (bool(self.model_name_or_path), "give model_name_or_path=RM_FOLDER"),
+            (not (self.max_length and self.max_prompt_length)
+             or self.max_prompt_length < self.max_length,
+             "need max_prompt_length < max_length"),
+        ])  # fmt: skip
         require(placement_checks(self.device, self.dtype))
 
 

@@ -119,7 +119,7 @@ def require(checks: Sequence[tuple[bool, str]]) -> None:
             raise ValueError(message)
 
 
-def _check_renamed(cls: type, keys: Sequence[str], where: str) -> None:
+def check_renamed(cls: type, keys: Sequence[str], where: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in keys:
         top = key.split(".")[0]
@@ -217,7 +217,7 @@ def load_config(
                 raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
-            _check_renamed(cls, list(loaded), str(path))
+            check_renamed(cls, list(loaded), str(path))
             base = OmegaConf.merge(base, OmegaConf.create(loaded))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {_first_line(e)}") from None
@@ -230,7 +230,7 @@ def load_config(
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
             key = item.split("=", 1)[0]
-            _check_renamed(cls, [key], f"override {item!r}")
+            check_renamed(cls, [key], f"override {item!r}")
             try:
                 base = OmegaConf.merge(base, OmegaConf.from_dotlist([item]))
             except OmegaConfBaseException as e:
@@ -241,7 +241,7 @@ def load_config(
                 raise ConfigError(f"override {item!r}: {e}") from None
         else:
             key, raw = item
-            _check_renamed(cls, [key], f"--{key}")
+            check_renamed(cls, [key], f"--{key}")
             # YAML's null unsets the key, as key=value reads it
             value = None if isinstance(raw, str) and raw in NULL_WORDS else raw
             try:

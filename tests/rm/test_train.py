@@ -95,9 +95,12 @@ def test_logs_every_n_steps_and_evaluates_each_epoch(tiny_model_dir, pair_dir, t
                  eval_on_start=True)  # fmt: skip
     run(cfg)  # 6 steps a pass, 12 in all
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "train/loss" in r] == [4, 8, 12]
+    # every 4 steps, and at step 6 where the first evaluation's best checkpoint is written
+    assert [r["step"] for r in rows if "train/loss" in r] == [4, 6, 8, 12]
     assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 6, 12]
-    assert [r["train/pairs_seen"] for r in rows if "train/loss" in r] == [32, 64, 96]
+    assert [r["train/pairs_seen"] for r in rows if "train/loss" in r] == [32, 48, 64, 96]
+    best = json.loads((tmp_path / "run/checkpoints/best/trainer_state.json").read_text())
+    assert best["step"] in (6, 12)  # the untrained model of eval_on_start is no candidate
 
 
 def test_lora_adapter_saves_and_scores_identically(tiny_model_dir, pair_dir, tmp_path):
@@ -296,6 +299,7 @@ def test_rm_eval_reads_as_training_did_and_keeps_the_full_evaluation(
     tiny_model_dir, pair_dir, tmp_path
 ):
     from distalign.eval.rm import run_rm_eval
+    from distalign.report.runs import rm_evaluations
 
     # short limits, so that truncation changes the scores
     trained = run(config(tiny_model_dir, pair_dir, tmp_path, max_steps=4, max_length=24,
@@ -306,10 +310,14 @@ def test_rm_eval_reads_as_training_did_and_keeps_the_full_evaluation(
     assert (again["max_length"], again["max_prompt_length"]) == (24, 6)
     for key in ("accuracy", "reward_mean", "margin"):
         assert again[key] == pytest.approx(trained[key], abs=1e-5), key
+    full = saved.read_text()
     longer = run_rm_eval(str(final), str(pair_dir), "test", max_length=64)
     assert longer["reward_mean"] != pytest.approx(trained["reward_mean"], abs=1e-5)
-    full = saved.read_text()
+    assert (final / f"eval_{pair_dir.name}_test_len64-6.json").is_file()
     few = run_rm_eval(str(final), str(pair_dir), "test", limit=10)
     assert few["pairs"] == 10
     assert (final / f"eval_{pair_dir.name}_test_first10.json").is_file()
-    assert saved.read_text() == full  # the evaluation of all pairs stays
+    assert saved.read_text() == full  # the evaluation as training ran it stays
+    assert rm_evaluations([str(tmp_path / "run")])["run"]["pairs"] == 80  # what the report shows
+    with pytest.raises(ValueError, match="max_prompt_length"):
+        run_rm_eval(str(final), str(pair_dir), "test", max_length=24, max_prompt_length=30)

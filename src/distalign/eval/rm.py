@@ -231,10 +231,14 @@ def run_rm_eval(
     model, tokenizer, meta = load_reward_model(
         model_dir, device=place, dtype=torch_dtype, attn_implementation=attn_implementation
     )
-    max_length = max_length or meta.get("max_length", 512)
-    max_prompt_length = max_prompt_length or meta.get("max_prompt_length")
-    if max_prompt_length and max_prompt_length >= max_length:  # a shorter max_length given
-        max_prompt_length = max_length // 2
+    own = (meta.get("max_length", 512), meta.get("max_prompt_length"))
+    max_length = max_length or own[0]
+    if not max_prompt_length:  # the model's own, unless a shorter max_length leaves no room
+        max_prompt_length = own[1] if own[1] and own[1] < max_length else max_length // 2
+    elif max_prompt_length >= max_length:
+        raise ValueError(
+            f"need max_prompt_length ({max_prompt_length}) < max_length ({max_length})"
+        )
     ds = tokenize_pairs(
         load_preferences(data, split, limit=limit or None), tokenizer, max_length, max_prompt_length
     )
@@ -255,15 +259,21 @@ def run_rm_eval(
     result.update({"data": data, "split": split, "model": str(model_dir), "head": head})
     result.update({"device": str(place), "dtype": str(torch_dtype).removeprefix("torch.")})
     result.update({"max_length": max_length, "max_prompt_length": max_prompt_length})
-    name = eval_file_name(data, split, first=limit)
+    lengths = None if (max_length, max_prompt_length) == own else (max_length, max_prompt_length)
+    name = eval_file_name(data, split, first=limit, lengths=lengths)
     path = Path(output) if output else Path(model_dir) / name
     return save_eval(result, outputs, path)
 
 
-def eval_file_name(data: str, split: str, first: int = 0) -> str:
-    """``eval_<data>_<split>.json``; ``_first<N>`` before the suffix for the first N pairs,
-    so an evaluation of a few pairs does not replace the one of all of them."""
-    return f"eval_{Path(data).name}_{split}{f'_first{first}' if first else ''}.json"
+def eval_file_name(
+    data: str, split: str, first: int = 0, lengths: tuple[int, int] | None = None
+) -> str:
+    """``eval_<data>_<split>.json``, with ``_first<N>`` for the first N pairs and
+    ``_len<L>-<P>`` for other max_length / max_prompt_length than the model's own: only an
+    evaluation as training ran it replaces the one training wrote (the report reads that)."""
+    first_part = f"_first{first}" if first else ""
+    length_part = f"_len{lengths[0]}-{lengths[1]}" if lengths else ""
+    return f"eval_{Path(data).name}_{split}{first_part}{length_part}.json"
 
 
 def save_eval(result: dict, outputs: dict, path: Path) -> dict:

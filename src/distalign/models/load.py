@@ -243,6 +243,7 @@ def resolve_model(name: str = DEFAULT_MODEL) -> str:
     path = Path(name).expanduser()
     if not path.exists() and path.parent.name == "models" and path.name.lower() in EMBEDDED_MODELS:
         key = path.name.lower()
+        log.warning("%s is not on this machine: reading it as the embedded %s", name, key)
     if key in EMBEDDED_MODELS:
         out = cache_dir() / "models" / key
         if not (out / "config.json").is_file():

@@ -111,15 +111,25 @@ def rm_panels(rm_runs: list[str]) -> list[Panel]:
     return panels
 
 
+def main_evaluation(run: str | Path) -> tuple[Path, dict] | None:
+    """A run's evaluation of its final model: of the ``final/eval_*.json``, the one of the
+    most pairs, then the shortest name (``rm eval`` of the first N pairs or at other lengths
+    writes beside it with ``_first<N>`` / ``_len<L>-<P>`` added)."""
+    found = [(path, json.loads(path.read_text())) for path in Path(run).glob("final/eval_*.json")]
+    if not found:
+        return None
+    return min(found, key=lambda f: (-f[1].get("pairs", 0), len(f[0].name), f[0].name))
+
+
 def rm_evaluations(rm_runs: list[str]) -> dict[str, dict]:
-    """Run name -> its last held-out evaluation (``final/eval_*.json``, else the ``eval`` of
+    """Run name -> its held-out evaluation (``main_evaluation``, else the ``eval`` of
     ``summary.json``), without nested values."""
     tables = {}
     for run in rm_runs:
-        evals = sorted(Path(run).glob("final/eval_*.json"))
+        main = main_evaluation(run)
         summary = Path(run) / "summary.json"  # the evaluation at the end of training
-        if evals:
-            data = json.loads(evals[-1].read_text())
+        if main:
+            data = main[1]
         elif summary.is_file():
             data = json.loads(summary.read_text()).get("eval", {})
         else:
@@ -131,9 +141,13 @@ def rm_evaluations(rm_runs: list[str]) -> dict[str, dict]:
 
 
 def rm_evaluation_images(rm_runs: list[str]) -> list[tuple[str, bytes]]:
-    """(title, PNG) of the figures ``rm eval`` saved beside each run's final model."""
-    return [
-        (f"{Path(run).name}: {png.stem.replace('_', ' ')}", png.read_bytes())
-        for run in rm_runs
-        for png in sorted(Path(run).glob("final/eval_*.png"))
-    ]
+    """(title, PNG) of the figures saved with each run's ``main_evaluation``."""
+    images = []
+    for run in rm_runs:
+        main = main_evaluation(run)
+        plots = [v for k, v in sorted(main[1].items()) if k.startswith("plot")] if main else []
+        for name in plots:
+            png = Path(run) / "final" / Path(name).name  # wherever it was written from
+            if png.is_file():
+                images.append((f"{Path(run).name}: {png.stem.replace('_', ' ')}", png.read_bytes()))
+    return images

@@ -140,7 +140,8 @@ class RLTrainConfig(SamplingConfig):
     """Longer prompts are cut from the left."""
     logging_steps: float = 1
     """Log to the tracker and metrics.jsonl every N steps, the means over them (below 1: a
-    fraction of max_steps). history.jsonl keeps every completion of every step."""
+    fraction of max_steps); a checkpoint, or an error that stops the run, also writes the
+    steps since the last row. history.jsonl keeps every completion of every step."""
     eval_strategy: str = "steps"
     """Held-out evaluation during training: steps (every eval_steps) | no. The final policy
     is evaluated at the end either way."""

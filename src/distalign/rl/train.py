@@ -412,6 +412,7 @@ def save_policy(model, tokenizer, folder: Path, weights=None) -> None:
 def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) -> None:
     """The resumable ``checkpoints/last`` and, with ``keep``, the policy as ``step_N``.
     Sharded (FSDP, ZeRO-3): every process takes part in gathering the weights."""
+    t.log.flush(state.step)  # a run resumed from here logs from the checkpoint on
     t.accelerator.wait_for_everyone()
     weights = full_state_dict(t.learner, "policy.", t.accelerator)
     optim = None if weights is None else full_optimizer_state(t.policy, t.optimizer)
@@ -446,6 +447,17 @@ def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig) -
     (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+def optimizer_and_schedule(policy, cfg: RLTrainConfig, sharded: bool):
+    """AdamW over the trainable weights; the learning rate warms up linearly over
+    ``warmup_steps`` (a count, or a fraction of max_steps), then stays constant."""
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = adamw(trainable, cfg.learning_rate, sharded=sharded)
+    warmup = steps_of(cfg.warmup_steps, cfg.max_steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1))
+    )
+
+
 def run(cfg: RLTrainConfig) -> dict[str, Any]:
     """Train; returns the held-out evaluation before and after. Writes output_dir/final."""
     out = Path(cfg.output_dir)
@@ -454,25 +466,18 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     reward = load_rewards(cfg, accelerator.device, frozen_dtype(accelerator.mixed_precision))
     policy, tokenizer, ref_model = build_policy(cfg, accelerator)
     train_prompts, eval_prompts = prompt_sets(cfg, accelerator)
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = adamw(trainable, cfg.learning_rate, sharded=is_sharded(accelerator))
-    warmup = steps_of(cfg.warmup_steps, cfg.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1))
-    )
+    optimizer, scheduler = optimizer_and_schedule(policy, cfg, is_sharded(accelerator))
     cadence = Cadence.of(cfg, cfg.max_steps)
     # the teacher-forced pass as one module's forward, so DDP's gradient hooks and autocast
     # apply to it; sampling and saving use the policy inside
     learner, optimizer = accelerator.prepare(ReplyLogprobs(policy), optimizer)
     t = Trainer(accelerator, learner, ref_model, tokenizer, optimizer, scheduler, reward, out,
                 MetricsLog(out / "metrics.jsonl", accelerator, cadence.log,
-                           ("train/peak_mem_gb",)))  # fmt: skip
+                           ("train/peak_mem_gb", "train/grad_norm", "train/baseline")))  # fmt: skip
     state = TrainState()
     if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
-        path, logs = (
-            checkpoint_path(cfg.resume_from_checkpoint, out),
-            [t.log.path, t.out / "history.jsonl"],
-        )
+        path = checkpoint_path(cfg.resume_from_checkpoint, out)
+        logs = [t.log.path, t.out / "history.jsonl"]
         state = TrainState(**resume_training(path, t.policy, optimizer, scheduler, logs,
                                              accelerator.is_main_process))  # fmt: skip
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
@@ -482,45 +487,50 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             state.initial_eval = evaluate(t, state, eval_prompts, cfg)  # the SFT policy
     bar = progress_bar(total=cfg.max_steps, initial=state.step, desc="rl train",
                        show=accelerator.is_local_main_process)  # fmt: skip
-    final, evaluated_at = None, -1
-    while state.step < cfg.max_steps:
-        t0 = time.perf_counter()
-        prompts = next_prompts(train_prompts, state, cfg.prompts_per_step, cfg.seed)
-        with full_parameters(t.learner):  # whole weights while sampling (FSDP, ZeRO-3)
-            seed = cfg.seed * 1_000_003 + state.step
-            ro = rollout(t.policy, tokenizer, prompts, cfg, seed=seed)
-            t1 = time.perf_counter()
-            scored = score(t, prompts, ro, cfg)
-            greedy = greedy_rewards(t, prompts, cfg)  # ReMax's baseline, None for the others
-            ref_lp = reference_logprobs(t.policy, ref_model, ro, cfg, tokenizer.pad_token_id)
-        t2 = time.perf_counter()
-        rewards = scored.rewards.to(ro.logps.device)
-        shaped = kl_shaped_rewards(rewards, ro.logps, ref_lp, ro.mask, cfg.beta)
-        cut = torch.tensor([not f for f in ro.finished], dtype=shaped.dtype, device=shaped.device)
-        shaped = shaped - cfg.missing_eos_penalty * cut
-        pooled = pooled_rewards(accelerator, shaped, cfg)
-        std = scored.std.to(ro.logps.device) if scored.std is not None else None
-        adv, base = advantages_for(cfg, shaped, std, state, pooled, greedy)
-        grad_norm, *entropy = policy_gradient_step(t, ro, adv, cfg)
-        state.step += 1
-        count_nonfinite(state, bool(torch.isfinite(grad_norm)), cfg.max_nonfinite_steps)
-        kl = kl_estimates(ro.logps, ref_lp, ro.mask)  # (B,) each, for the logs
-        logged = log_step(t, state, ro, scored, shaped, kl, adv, base, grad_norm, entropy,
-                          [t0, t1, t2, time.perf_counter()], cfg)  # fmt: skip
-        bar.update(1)
-        bar.set_postfix(reward=f"{logged['train/reward']:.3f}", kl=f"{logged['train/kl']:.2f}")
-        if cadence.evaluates(state.step):
-            with full_parameters(t.learner):
-                final, evaluated_at = evaluate(t, state, eval_prompts, cfg), state.step
-        if cadence.saves(state.step):
-            t.log.flush(state.step)  # a resumed run logs from the checkpoint on
-            save_state(t, state, cfg, keep=cfg.keep_checkpoints)
+    final, evaluated_at, saved_at = None, -1, -1
+    try:  # a run stopped by an error still logs the steps before it
+        while state.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            prompts = next_prompts(train_prompts, state, cfg.prompts_per_step, cfg.seed)
+            with full_parameters(t.learner):  # whole weights while sampling (FSDP, ZeRO-3)
+                seed = cfg.seed * 1_000_003 + state.step
+                ro = rollout(t.policy, tokenizer, prompts, cfg, seed=seed)
+                t1 = time.perf_counter()
+                scored = score(t, prompts, ro, cfg)
+                greedy = greedy_rewards(t, prompts, cfg)  # ReMax's baseline, None for the others
+                ref_lp = reference_logprobs(t.policy, ref_model, ro, cfg, tokenizer.pad_token_id)
+            t2 = time.perf_counter()
+            rewards = scored.rewards.to(ro.logps.device)
+            shaped = kl_shaped_rewards(rewards, ro.logps, ref_lp, ro.mask, cfg.beta)
+            cut = torch.tensor(
+                [not f for f in ro.finished], dtype=shaped.dtype, device=shaped.device
+            )
+            shaped = shaped - cfg.missing_eos_penalty * cut
+            pooled = pooled_rewards(accelerator, shaped, cfg)
+            std = scored.std.to(ro.logps.device) if scored.std is not None else None
+            adv, base = advantages_for(cfg, shaped, std, state, pooled, greedy)
+            grad_norm, *entropy = policy_gradient_step(t, ro, adv, cfg)
+            state.step += 1
+            kl = kl_estimates(ro.logps, ref_lp, ro.mask)  # (B,) each, for the logs
+            logged = log_step(t, state, ro, scored, shaped, kl, adv, base, grad_norm, entropy,
+                              [t0, t1, t2, time.perf_counter()], cfg)  # fmt: skip
+            count_nonfinite(state, bool(torch.isfinite(grad_norm)), cfg.max_nonfinite_steps)
+            bar.update(1)
+            bar.set_postfix(reward=f"{logged['train/reward']:.3f}", kl=f"{logged['train/kl']:.2f}")
+            if cadence.evaluates(state.step):
+                with full_parameters(t.learner):
+                    final, evaluated_at = evaluate(t, state, eval_prompts, cfg), state.step
+            if cadence.saves(state.step):
+                save_state(t, state, cfg, keep=cfg.keep_checkpoints)
+                saved_at = state.step
+    finally:
+        t.log.flush(state.step)
     bar.close()
-    t.log.flush(state.step)
     if evaluated_at != state.step:
         with full_parameters(t.learner):
             final = evaluate(t, state, eval_prompts, cfg)
-    save_state(t, state, cfg, keep=False)
+    if saved_at != state.step:
+        save_state(t, state, cfg, keep=False)
     save_final(t, state, final, cfg)
     end_run(accelerator)
     return {"initial": state.initial_eval, "final": final}

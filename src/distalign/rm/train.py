@@ -326,8 +326,8 @@ def pairs_in(batch) -> int:
 
 
 # logged as they stand at the logged step, not averaged over logging_steps
-CURRENT_METRICS = ("train/lr", "train/pairs_per_s", "train/peak_mem_gb", "train/elapsed_s",
-                   "train/pairs_seen")  # fmt: skip
+CURRENT_METRICS = ("train/lr", "train/grad_norm", "train/pairs_per_s", "train/peak_mem_gb",
+                   "train/elapsed_s", "train/pairs_seen")  # fmt: skip
 
 
 def train_metrics(window: list[dict], t: Trainer, state: TrainState, seconds: float, start_pairs):
@@ -346,6 +346,7 @@ def train_metrics(window: list[dict], t: Trainer, state: TrainState, seconds: fl
 
 def save_state(t: Trainer, state: TrainState, name: str) -> None:
     """Sharded (FSDP, ZeRO-3): every process takes part in gathering the weights."""
+    t.log.flush(state.step)  # a run resumed from here logs from the checkpoint on
     t.accelerator.wait_for_everyone()
     model = t.accelerator.unwrap_model(t.model).model
     weights = full_state_dict(t.model, "model.", t.accelerator)
@@ -371,7 +372,7 @@ def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, d
         p_chosen=t.p_chosen,
     )
     t.log.write(state.step, {f"eval/{k}": v for k, v in result.items()})
-    if result["accuracy"] > state.best_accuracy:
+    if state.step > 0 and result["accuracy"] > state.best_accuracy:  # not eval_on_start's
         state.best_accuracy = result["accuracy"]
         save_state(t, state, "best")
     return result, outputs
@@ -403,6 +404,33 @@ def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, output
     save_eval(result | where, outputs, final / eval_file_name(name, cfg.dataset_test_split))
     summary = {"eval": result, "steps": state.step, **summary}
     (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def optimizer_steps(t: Trainer, cfg: RMTrainConfig, train, collate, state: TrainState,
+                    total_steps: int):  # fmt: skip
+    """Train until ``total_steps``, from where ``state`` stands, logging each step; yields
+    after each optimizer step whether it ended a pass over the training pairs."""
+    n, start, start_pairs = t.accelerator.num_processes, time.perf_counter(), state.pairs
+    window = []  # the micro-batches of one optimizer step
+    t.model.train()
+    while state.step < total_steps:
+        batches = epoch_batches(train, cfg, state.epoch)[state.batch_in_epoch :]
+        loader = t.accelerator.prepare(DataLoader(train, batch_sampler=batches, collate_fn=collate))
+        for i, batch in enumerate(loader, 1):
+            window.append(train_step(t, batch, cfg))
+            state.batch_in_epoch += n
+            state.pairs += pairs_in(batch) * n
+            if not t.accelerator.sync_gradients:
+                continue
+            state.step += 1
+            seconds = time.perf_counter() - start
+            t.log.add(state.step, train_metrics(window, t, state, seconds, start_pairs))
+            count_nonfinite(state, not window[-1].get("nonfinite"), cfg.max_nonfinite_steps)
+            window = []
+            yield i == len(loader)  # this process's share of the pass is done
+            if state.step >= total_steps:
+                return
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
 
 def run(cfg: RMTrainConfig) -> dict[str, Any]:
@@ -438,45 +466,29 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
                                              accelerator.is_main_process))  # fmt: skip
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
-    window, result, outputs, evaluated_at = [], {}, {}, -1
+    result, outputs, evaluated_at, saved_at = {}, {}, -1, -1
     if state.step == 0 and cfg.eval_on_start:
         (result, outputs), evaluated_at = evaluate(t, state, cfg), 0
     bar = progress_bar(total=total_steps, initial=state.step, desc="rm train",
                        show=accelerator.is_local_main_process)  # fmt: skip
     start, start_pairs = time.perf_counter(), state.pairs
-    scorer.train()
-    while state.step < total_steps:
-        batches = epoch_batches(train, cfg, state.epoch)[state.batch_in_epoch :]
-        loader = accelerator.prepare(DataLoader(train, batch_sampler=batches, collate_fn=collate))
-        for i, batch in enumerate(loader, 1):
-            window.append(train_step(t, batch, cfg))
-            state.batch_in_epoch += n
-            state.pairs += pairs_in(batch) * n
-            if not accelerator.sync_gradients:
-                continue
-            state.step += 1
-            count_nonfinite(state, not window[-1].get("nonfinite"), cfg.max_nonfinite_steps)
-            seconds = time.perf_counter() - start
-            log_.add(state.step, train_metrics(window, t, state, seconds, start_pairs))
-            window = []
+    try:  # a run stopped by an error still logs the steps before it
+        for epoch_ended in optimizer_steps(t, cfg, train, collate, state, total_steps):
             bar.update(1)
-            epoch_ended = i == len(loader)  # the pass's last batch (this process's share)
             if cadence.evaluates(state.step, epoch_ended):
                 (result, outputs), evaluated_at = evaluate(t, state, cfg), state.step
                 scorer.train()
             if cadence.saves(state.step, epoch_ended):
-                log_.flush(state.step)  # a resumed run logs from the checkpoint on
                 save_state(t, state, "last")
-            if state.step >= total_steps:
-                break
-        else:  # the epoch ran out
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                saved_at = state.step
+    finally:
+        log_.flush(state.step)
     bar.close()
-    log_.flush(state.step)
     seconds = time.perf_counter() - start
     if evaluated_at != state.step:
         result, outputs = evaluate(t, state, cfg)
-    save_state(t, state, "last")
+    if saved_at != state.step:
+        save_state(t, state, "last")
     speed = {"train_seconds": seconds, "pairs_per_s": (state.pairs - start_pairs) / seconds,
              "peak_mem_gb": peak_memory_gb()}  # fmt: skip
     save_final(t, cfg, state, result, outputs, speed)
