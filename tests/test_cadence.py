@@ -96,3 +96,12 @@ def test_metrics_log_writes_window_means_and_current_values(tmp_path):
         {"step": 3, "loss": 2.5, "lr": 0.3, "flag": False, "only_here": 7.0},
         {"step": 4, "loss": 5.0, "lr": 0.4, "flag": True},
     ]
+
+
+def test_the_python_api_names_renamed_keys_too():
+    from distalign.api import train_policy, train_reward_model
+
+    with pytest.raises(ConfigError, match=re.escape("`warmup_ratio` is now `warmup_steps`")):
+        train_reward_model(warmup_ratio=0.1)
+    with pytest.raises(ConfigError, match=re.escape("`eval_at_start` is now `eval_on_start`")):
+        train_policy(eval_at_start=False)
