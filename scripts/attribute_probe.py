@@ -62,12 +62,18 @@ def r_squared(y: np.ndarray, pred: np.ndarray) -> float:
     return float(1.0 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum())
 
 
+def group_folds(groups: np.ndarray, folds: int) -> np.ndarray:
+    """Each row's fold, 0 .. folds-1, whole groups (prompts) together, groups shuffled with
+    a fixed seed."""
+    order = np.random.default_rng(0).permutation(np.unique(groups))
+    fold_of = {g: i % folds for i, g in enumerate(order)}
+    return np.array([fold_of[g] for g in groups])
+
+
 def choose_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5) -> float:
     """The ridge strength in ``RIDGE`` with the least held-out squared error over ``folds``
     folds of whole groups (prompts)."""
-    order = np.random.default_rng(0).permutation(np.unique(groups))
-    fold_of = {g: i % folds for i, g in enumerate(order)}
-    fold = np.array([fold_of[g] for g in groups])
+    fold = group_folds(groups, folds)
     errors = []
     for lam in RIDGE:
         err = 0.0

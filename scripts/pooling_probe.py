@@ -73,22 +73,12 @@ def backbone_of(spec: str):
 
 @torch.no_grad()
 def readings(backbone, tokenizer, prompts, replies, max_length, max_prompt_length, batch_size=8):
-    from distalign.data.pairs import (
-        pad_sequences,
-        render_prompt_ids,
-        render_reply_ids,
-        truncate_pair,
-    )
+    from distalign.data.pairs import pad_sequences
+    from distalign.models.reward_model import scored_tokens
 
-    max_prompt_length = max_prompt_length or max_length // 2
     seqs, n_prompt = [], []
     for prompt, reply in zip(prompts, replies, strict=True):
-        p, (r,) = truncate_pair(
-            render_prompt_ids(tokenizer, prompt),
-            [render_reply_ids(tokenizer, prompt, reply)],
-            max_length,
-            max_prompt_length,
-        )
+        p, r = scored_tokens(tokenizer, prompt, reply, max_length, max_prompt_length)
         seqs.append(p + r)
         n_prompt.append(len(p))
     n_layers = backbone.config.num_hidden_layers
@@ -191,9 +181,9 @@ def fit_head(d: np.ndarray, l2: float) -> np.ndarray:
 
 def choose_l2(d: np.ndarray, prompts: np.ndarray, folds: int = 5) -> float:
     """The strength in ``L2`` with the least held-out log-loss over folds of whole prompts."""
-    order = np.random.default_rng(0).permutation(np.unique(prompts))
-    fold_of = {p: i % folds for i, p in enumerate(order)}
-    fold = np.array([fold_of[p] for p in prompts])
+    from attribute_probe import group_folds  # scripts/
+
+    fold = group_folds(prompts, folds)
     losses = []
     for l2 in L2:
         held_out = 0.0

@@ -331,6 +331,24 @@ def load_reward_model(
 
 
 @torch.no_grad()
+def scored_tokens(
+    tokenizer, prompt: list[dict[str, str]], reply: str, max_length: int,
+    max_prompt_length: int | None = None,
+) -> tuple[list[int], list[int]]:  # fmt: skip
+    """(prompt ids, reply ids) as a reward model reads one reply: rendered by the chat
+    template, the prompt cut from the left to ``max_prompt_length`` (default half of
+    ``max_length``) and the reply to what is left."""
+    from distalign.data.pairs import render_prompt_ids, render_reply_ids, truncate_pair
+
+    p, (r,) = truncate_pair(
+        render_prompt_ids(tokenizer, prompt),
+        [render_reply_ids(tokenizer, prompt, reply)],
+        max_length,
+        max_prompt_length or max_length // 2,
+    )
+    return p, r
+
+
 def score_replies(
     model,
     tokenizer,
@@ -345,22 +363,11 @@ def score_replies(
     Text is rendered with the reward model's own tokenizer, so a policy with another
     tokenizer is scored correctly (decode, then re-encode here).
     """
-    from distalign.data.pairs import (
-        pad_sequences,
-        render_prompt_ids,
-        render_reply_ids,
-        truncate_pair,
-    )
+    from distalign.data.pairs import pad_sequences
 
-    max_prompt_length = max_prompt_length or max_length // 2
     seqs = []
     for prompt, reply in zip(prompts, replies, strict=True):
-        p, (r,) = truncate_pair(
-            render_prompt_ids(tokenizer, prompt),
-            [render_reply_ids(tokenizer, prompt, reply)],
-            max_length,
-            max_prompt_length,
-        )
+        p, r = scored_tokens(tokenizer, prompt, reply, max_length, max_prompt_length)
         seqs.append(p + r)
     device = next(model.parameters()).device
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
