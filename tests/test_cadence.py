@@ -105,3 +105,12 @@ def test_the_python_api_names_renamed_keys_too():
         train_reward_model(warmup_ratio=0.1)
     with pytest.raises(ConfigError, match=re.escape("`eval_at_start` is now `eval_on_start`")):
         train_policy(eval_at_start=False)
+
+
+def test_config_warnings_come_from_the_first_process_only(monkeypatch, caplog):
+    for rank, expected in (("0", 1), ("1", 0)):
+        monkeypatch.setenv("RANK", rank)
+        caplog.clear()
+        RMTrainConfig(max_length=128, max_prompt_length=128)  # halved, with a warning
+        warned = [r for r in caplog.records if "max_prompt_length 128 >= max_length" in r.message]
+        assert len(warned) == expected, rank

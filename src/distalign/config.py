@@ -17,6 +17,8 @@ import ast
 import dataclasses
 import inspect
 import itertools
+import logging
+import os
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -129,6 +131,13 @@ def check_renamed(cls: type, keys: Sequence[str], where: str) -> None:
         if top not in known and top in NOT_OFFERED:
             raise ConfigError(f"{where}: `{top}` is a transformers key distalign does not "
                               f"take: {NOT_OFFERED[top]}")  # fmt: skip
+
+
+def config_warning(logger: logging.Logger, message: str, *args: Any) -> None:
+    """A warning about a config, from the first process only: every process of an
+    ``accelerate launch`` builds the config (the launcher sets ``RANK``)."""
+    if os.environ.get("RANK", "0") == "0":
+        logger.warning(message, *args)
 
 
 def report_to_list(value: Any) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from distalign.cadence import cadence_checks
-from distalign.config import report_to_list, require, resume_value
+from distalign.config import config_warning, report_to_list, require, resume_value
 from distalign.models.generate import SamplingConfig
 from distalign.models.load import DEFAULT_MODEL, require_4d_mask
 from distalign.tracking import resolve_report_to
@@ -201,9 +201,10 @@ class RLTrainConfig(SamplingConfig):
         require_4d_mask(self.attn_implementation, "rl train", "its teacher-forced passes")
         self._check_reward()
         if self.top_p < 1 or self.top_k:
-            log.warning(
+            config_warning(
+                log,
                 "top_p/top_k < full vocabulary: replies no longer come from π itself, so the "
-                "REINFORCE gradient and the KL estimates are biased (use top_p=1, top_k=0)"
+                "REINFORCE gradient and the KL estimates are biased (use top_p=1, top_k=0)",
             )
 
     def _check_reward(self) -> None:
@@ -234,8 +235,9 @@ class RLTrainConfig(SamplingConfig):
         if self.reward_weights is not None:
             self.reward_weights = [float(w) for w in self.reward_weights]
         if self.uncertainty_scaling and len(sources) > 1:
-            log.warning(
-                "uncertainty_scaling: a sum of reward sources has no distribution, so it is off"
+            config_warning(
+                log,
+                "uncertainty_scaling: a sum of reward sources has no distribution, so it is off",
             )
 
     @property

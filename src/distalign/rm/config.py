@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distalign.cadence import cadence_checks
-from distalign.config import report_to_list, require, resume_value
+from distalign.config import config_warning, report_to_list, require, resume_value
 from distalign.models.load import DEFAULT_MODEL, prefix_sharing_for
 from distalign.models.reward_model import HEADS
 from distalign.tracking import resolve_report_to
@@ -187,7 +187,8 @@ class RMTrainConfig:
         resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
         if 1 < self.max_length <= self.max_prompt_length:  # e.g. max_length=128 alone
-            log.warning(
+            config_warning(
+                log,
                 "max_prompt_length %d >= max_length %d: prompts keep at most %d tokens",
                 self.max_prompt_length,
                 self.max_length,
