@@ -299,7 +299,7 @@ def test_rl_train_killed_after_a_logged_step_logs_each_step_once(tiny_model_dir,
     assert whole.returncode == 0, whole.stderr[-2000:]
     out = tmp_path / "killed"
     # saves: step 2 (1st), step 4 (2nd) <- SIGKILL before it: steps 3 and 4 are logged
-    killed = run_cli(*rl_args(tiny_model_dir, out), kill=("distalign.rl.train", 2, "before"))
+    killed = run_cli(*rl_args(tiny_model_dir, out), kill=("distalign.rl.outputs", 2, "before"))
     assert killed.returncode == -signal.SIGKILL
     history = [json.loads(line)["step"] for line in (out / "history.jsonl").open()]
     assert sorted(set(history)) == [1, 2, 3, 4]

@@ -1,0 +1,143 @@
+"""What an RL run writes: each step's metrics (the tracker and metrics.jsonl) and
+completions (history.jsonl), the resumable checkpoint and the kept policies of the
+over-optimisation curve (checkpoints/step_N), the final policy and summary.json. The loop that
+calls these is ``rl/train.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from accelerate.utils import gather_object
+
+from distalign.checkpoint import save_checkpoint
+from distalign.distributed import full_optimizer_state, full_state_dict
+from distalign.tracking import peak_memory_gb
+
+if TYPE_CHECKING:
+    from distalign.rl.config import RLTrainConfig
+    from distalign.rl.rollouts import Rollouts
+    from distalign.rl.train import Trainer, TrainState
+
+log = logging.getLogger(__name__)
+
+
+def across_processes(
+    accelerator, means: list[float], sums: list[float]
+) -> tuple[list[float], list[float]]:
+    """Per-process means and sums over all processes (each process has as many completions,
+    so the global mean is the mean of the processes' means)."""
+    if accelerator.num_processes == 1:
+        return means, sums
+    values = torch.tensor([*means, *sums], dtype=torch.float64, device=accelerator.device)
+    total = accelerator.reduce(values, "sum").tolist()
+    n = accelerator.num_processes
+    return [x / n for x in total[: len(means)]], total[len(means) :]
+
+
+def log_step(
+    t: Trainer, state: TrainState, ro: Rollouts, scored, shaped, kl, adv, base, grad_norm,
+    entropy: tuple[float, int], times: list[float], cfg: RLTrainConfig,
+):  # fmt: skip
+    """Per-step metrics (tracker + metrics.jsonl) and every completion (history.jsonl), over
+    all processes."""
+    lengths = ro.mask.sum(-1)
+    per_source = scored.per_source or {}
+    # each source's sum and count of the replies it scored (None/NaN: not scored by it)
+    source_sums = [x for v in per_source.values() for x in (v.nansum().item(),
+                   float((~v.isnan()).sum()))]  # fmt: skip
+    means, (entropy_sum, tokens, *source_sums) = across_processes(
+        t.accelerator,
+        [scored.rewards.mean().item(), shaped.mean().item(), kl["k1"].mean().item(),
+         kl["k3"].mean().item(), lengths.float().mean().item(),
+         sum(ro.finished) / len(ro.finished)],
+        [entropy[0], float(entropy[1]), *source_sums],
+    )  # fmt: skip
+    t0, t1, t2, t3 = times
+    logged = {
+        "train/reward": means[0],
+        **{
+            f"train/reward/{name}": source_sums[2 * i] / max(source_sums[2 * i + 1], 1.0)
+            for i, name in enumerate(per_source)
+        },
+        "train/shaped_reward": means[1],
+        "train/kl": means[2],
+        "train/kl_k3": means[3],
+        "train/entropy": entropy_sum / max(tokens, 1),
+        "train/length": means[4],
+        "train/eos_rate": means[5],
+        "train/baseline": base,
+        "train/advantage_std": adv.std().item() if adv.numel() > 1 else 0.0,
+        "train/grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
+        "train/gen_tokens_per_s": lengths.sum().item() / max(t1 - t0, 1e-9),
+        "time/generate_s": t1 - t0,
+        "time/score_s": t2 - t1,
+        "time/train_s": t3 - t2,
+        "train/peak_mem_gb": peak_memory_gb(),
+    }
+    t.log.add(state.step, logged)
+    rows = []
+    for i, text in enumerate(ro.texts):
+        row = {
+            "step": state.step, "prompt": ro.prompts[i // cfg.num_generations], "reply": text,
+            "reward": scored.rewards[i].item(), "shaped_reward": shaped[i].item(),
+            "kl": kl["k1"][i].item(), "length": int(lengths[i].item()),
+            "finished": ro.finished[i],
+        }  # fmt: skip
+        if per_source:  # unweighted, None where a source did not score the reply
+            row["rewards"] = {n: _finite(v[i].item()) for n, v in per_source.items()}
+        if scored.distributions is not None:
+            row["distribution"] = [round(x, 5) for x in scored.distributions[i].tolist()]
+        rows.append(row)
+    if t.accelerator.num_processes > 1:  # every process's completions, written once
+        rows = gather_object(rows)
+    if t.accelerator.is_main_process:
+        with (t.out / "history.jsonl").open("a", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return logged
+
+
+def _finite(x: float) -> float | None:
+    return None if x != x else x  # NaN is not JSON
+
+
+def save_policy(model, tokenizer, folder: Path, weights=None) -> None:
+    """A policy loadable by path like any model (LoRA: the adapter folder); ``weights``: the
+    state dict gathered from a sharded policy."""
+    model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) -> None:
+    """The resumable ``checkpoints/last`` and, with ``keep``, the policy as ``step_N``.
+    Sharded (FSDP, ZeRO-3): every process takes part in gathering the weights."""
+    t.log.flush(state.step)  # a run resumed from here logs from the checkpoint on
+    t.accelerator.wait_for_everyone()
+    weights = full_state_dict(t.learner, "policy.", t.accelerator)
+    optim = None if weights is None else full_optimizer_state(t.policy, t.optimizer)
+    if t.accelerator.is_main_process:
+        last = t.out / "checkpoints" / "last"
+        save_checkpoint(last, t.policy, t.tokenizer, t.optimizer, t.scheduler, asdict(state),
+                        weights, optim)  # fmt: skip
+        if keep:  # policy only: the points of the over-optimisation curve
+            step = t.out / "checkpoints" / f"step_{state.step:05d}"
+            save_policy(t.policy, t.tokenizer, step, weights)
+
+
+def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig) -> None:
+    weights = full_state_dict(t.learner, "policy.", t.accelerator)  # collective when sharded
+    if not t.accelerator.is_main_process:
+        return
+    save_policy(t.policy, t.tokenizer, t.out / "final", weights)
+    if cfg.use_peft and cfg.merge_lora:
+        if weights is not None:  # a sharded model cannot merge in place
+            log.warning("merge_lora: skipped for a sharded policy; merge final/ after loading it")
+        else:
+            save_policy(t.policy.merge_and_unload(), t.tokenizer, t.out / "final_merged")
+    summary = {"initial_eval": state.initial_eval, "final_eval": final, "steps": state.step}
+    (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
