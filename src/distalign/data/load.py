@@ -9,20 +9,13 @@
 Local files: ``.jsonl``, ``.json`` (a list of rows, ``{"data": [...]}``, or JSON lines),
 ``.parquet``, ``.csv``, each optionally ``.gz``. A local folder is read like a hub dataset: the
 file named after the split (``train.jsonl.gz``, ``test.parquet``, …). Local files are read by
-our own readers rather than ``datasets``' builders so that an error can name the line of a
-broken row. Text files saved on Windows read as they are: a byte-order mark (UTF-8, or UTF-16
-as PowerShell writes) and CRLF line ends. A source without rows is a ``DataSourceError``.
+our own readers (``data/files.py``) rather than ``datasets``' builders so that an error can
+name the line of a broken row. A source without rows is a ``DataSourceError``.
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
-import gzip
-import io
-import json
 import logging
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +25,13 @@ from typing import Any
 import datasets
 import numpy as np
 
+from distalign.data.files import (
+    READERS,
+    SUFFIXES,
+    DataSourceError,
+    local_file,
+    strip_gz,
+)
 from distalign.data.formats import (
     FORMATS,
     PreferenceFormatError,
@@ -44,7 +44,6 @@ from distalign.data.formats import (
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 FEATURES = datasets.Features(
     {
         "prompt": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
@@ -120,10 +119,6 @@ def held_out_of(cfg: Any) -> tuple[Any, Any, str, str]:
     )
 
 
-class DataSourceError(ValueError):
-    """A source that cannot be read at all (missing file, bad gzip, unknown suffix)."""
-
-
 @dataclass
 class LoadReport:
     """What happened to each source row."""
@@ -154,149 +149,6 @@ class LoadReport:
         lines += [f"    {n} × {reason}" for reason, n in self.skipped.most_common()]
         lines += [f"    e.g. {e}" for e in self.examples[:3]]
         return "\n".join(lines)
-
-
-def _strip_gz(path: Path) -> str:
-    name = path.name.lower()
-    return name[:-3] if name.endswith(".gz") else name
-
-
-def _encoding(head: bytes) -> str:
-    # Windows tools save UTF-8 with a byte-order mark, and PowerShell 5's `>` writes UTF-16;
-    # "utf-8-sig" drops the mark that would otherwise break the first row's JSON or column.
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
-    return "utf-8-sig"
-
-
-_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
-
-
-def _open_bytes(path: Path) -> io.BufferedIOBase:
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    """Text of a (gzipped) file; universal newlines turn CRLF into LF."""
-    with _open_bytes(path) as f:
-        head = f.read(2)
-    return io.TextIOWrapper(_open_bytes(path), encoding=_encoding(head))
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        with _open_bytes(path) as f:
-            return f.read()
-    except _GZIP_ERRORS as e:
-        raise DataSourceError(f"{path}: not a valid gzip file ({e})") from None
-
-
-def _read_text(path: Path) -> str:
-    data = _read_bytes(path)
-    try:
-        return data.decode(_encoding(data[:2]))
-    except UnicodeDecodeError as e:
-        raise DataSourceError(f"{path}: not UTF-8 text ({e})") from None
-
-
-def _json_lines(lines: Iterable[str], path: Path) -> Iterator[tuple[str, Any]]:
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as e:
-            message = f"broken JSON line ({e.msg} at column {e.colno})"
-            yield where, PreferenceFormatError(where, None, message)
-
-
-def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    try:
-        with _open_text(path) as f:
-            yield from _json_lines(f, path)
-    except _GZIP_ERRORS as e:
-        raise DataSourceError(f"{path}: not a valid gzip file ({e})") from None
-    except UnicodeError as e:
-        raise DataSourceError(f"{path}: not UTF-8 text ({e})") from None
-
-
-def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
-    text = _read_text(path)
-    if not text.strip():
-        return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data" and text.lstrip().startswith("{"):
-            # JSON lines saved as .json, which `datasets` reads too.
-            # Not splitlines(): JSON strings may hold a raw U+2028, which it splits on.
-            yield from _json_lines(text.replace("\r\n", "\n").split("\n"), path)
-            return
-        raise DataSourceError(f"{path}: broken JSON at line {e.lineno} ({e.msg})") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise DataSourceError(f"{path}: expected a JSON list of rows (or {{'data': [...]}})")
-    for i, row in enumerate(data):
-        yield f"{path} row {i}", row
-
-
-def _decode_cell(value: Any) -> Any:
-    # CSV cells hold strings; a cell that is a JSON list holds chat messages.
-    if isinstance(value, str) and value.lstrip().startswith("[") and value.rstrip().endswith("]"):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
-
-
-def _iter_csv(path: Path) -> Iterator[tuple[str, Any]]:
-    try:
-        with _open_text(path) as f:
-            for i, row in enumerate(csv.DictReader(f)):
-                yield f"{path} row {i}", {k: _decode_cell(v) for k, v in row.items()}
-    except _GZIP_ERRORS as e:
-        raise DataSourceError(f"{path}: not a valid gzip file ({e})") from None
-    except UnicodeError as e:
-        raise DataSourceError(f"{path}: not UTF-8 text ({e})") from None
-
-
-def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
-    data = _read_bytes(path)
-    if not data:
-        return
-    try:
-        table = pq.read_table(io.BytesIO(data))
-    except Exception as e:
-        if isinstance(e, DataSourceError):
-            raise
-        raise DataSourceError(f"{path}: not a readable parquet file ({e})") from None
-    for i, row in enumerate(table.to_pylist()):
-        yield f"{path} row {i}", row
-
-
-_READERS = {
-    ".jsonl": _iter_jsonl,
-    ".json": _iter_json,
-    ".csv": _iter_csv,
-    ".parquet": _iter_parquet,
-}
-
-
-def _local_file(path: Path, split: str | None) -> Path:
-    if path.is_dir():
-        wanted = split or "train"
-        candidates = [path / f"{wanted}{s}{gz}" for s in SUFFIXES for gz in ("", ".gz")]
-        found = [c for c in candidates if c.is_file()]
-        if not found:
-            names = sorted(p.name for p in path.iterdir())
-            raise DataSourceError(f"{path}: no file for split {wanted!r} (have {names})")
-        return found[0]
-    return path
 
 
 def _some_rows(
@@ -347,16 +199,16 @@ def iter_source_rows(
             raise DataSourceError(
                 f"{source}: a local source; a config name or revision applies to hub datasets only"
             )
-        path = _local_file(path, split)
-        suffix = Path(_strip_gz(path)).suffix
-        if suffix not in _READERS:
+        path = local_file(path, split)
+        suffix = Path(strip_gz(path)).suffix
+        if suffix not in READERS:
             raise DataSourceError(
                 f"{path}: unknown file type {suffix!r}; expected one of {SUFFIXES} (optionally .gz)"
             )
         note = " (empty file)" if path.stat().st_size == 0 else ""
-        yield from _some_rows(_READERS[suffix](path), str(path), note)
+        yield from _some_rows(READERS[suffix](path), str(path), note)
         return
-    if source.startswith((".", "/", "~")) or Path(_strip_gz(path)).suffix in SUFFIXES:
+    if source.startswith((".", "/", "~")) or Path(strip_gz(path)).suffix in SUFFIXES:
         raise DataSourceError(f"{source}: no such file")
     # A hub id. Unreachable offline, but this is the path users with internet take.
     split = split or "train"
