@@ -10,6 +10,7 @@ PowerShell writes) and CRLF line ends. ``load.py`` turns the rows into data sets
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import gzip
 import io
@@ -41,7 +42,16 @@ def _encoding(head: bytes) -> str:
     return "utf-8-sig"
 
 
-_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+@contextlib.contextmanager
+def _named_errors(path: Path):
+    """A broken gzip stream or text that is not UTF-8 (or UTF-16) as a DataSourceError that
+    names the file."""
+    try:
+        yield
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataSourceError(f"{path}: not a valid gzip file ({e})") from None
+    except UnicodeError as e:
+        raise DataSourceError(f"{path}: not UTF-8 text ({e})") from None
 
 
 def _open_bytes(path: Path) -> io.BufferedIOBase:
@@ -56,19 +66,14 @@ def _open_text(path: Path) -> io.TextIOBase:
 
 
 def _read_bytes(path: Path) -> bytes:
-    try:
-        with _open_bytes(path) as f:
-            return f.read()
-    except _GZIP_ERRORS as e:
-        raise DataSourceError(f"{path}: not a valid gzip file ({e})") from None
+    with _named_errors(path), _open_bytes(path) as f:
+        return f.read()
 
 
 def _read_text(path: Path) -> str:
     data = _read_bytes(path)
-    try:
+    with _named_errors(path):
         return data.decode(_encoding(data[:2]))
-    except UnicodeDecodeError as e:
-        raise DataSourceError(f"{path}: not UTF-8 text ({e})") from None
 
 
 def _json_lines(lines: Iterable[str], path: Path) -> Iterator[tuple[str, Any]]:
@@ -84,13 +89,8 @@ def _json_lines(lines: Iterable[str], path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    try:
-        with _open_text(path) as f:
-            yield from _json_lines(f, path)
-    except _GZIP_ERRORS as e:
-        raise DataSourceError(f"{path}: not a valid gzip file ({e})") from None
-    except UnicodeError as e:
-        raise DataSourceError(f"{path}: not UTF-8 text ({e})") from None
+    with _named_errors(path), _open_text(path) as f:
+        yield from _json_lines(f, path)
 
 
 def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
@@ -125,14 +125,9 @@ def _decode_cell(value: Any) -> Any:
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[str, Any]]:
-    try:
-        with _open_text(path) as f:
-            for i, row in enumerate(csv.DictReader(f)):
-                yield f"{path} row {i}", {k: _decode_cell(v) for k, v in row.items()}
-    except _GZIP_ERRORS as e:
-        raise DataSourceError(f"{path}: not a valid gzip file ({e})") from None
-    except UnicodeError as e:
-        raise DataSourceError(f"{path}: not UTF-8 text ({e})") from None
+    with _named_errors(path), _open_text(path) as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            yield f"{path} row {i}", {k: _decode_cell(v) for k, v in row.items()}
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
