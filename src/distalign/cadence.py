@@ -60,7 +60,8 @@ def cadence_checks(cfg: Any, *, epochs: bool) -> list[tuple[bool, str]]:
 
 @dataclass(frozen=True)
 class Cadence:
-    """The resolved intervals of one run, in optimizer steps (0: never)."""
+    """The resolved intervals of one run, in optimizer steps (0: never); ``log`` is
+    ``MetricsLog``'s ``every``."""
 
     log: int = 1
     eval: int = 0
@@ -77,9 +78,6 @@ class Cadence:
             eval_each_epoch=cfg.eval_strategy == "epoch",
             save_each_epoch=cfg.save_strategy == "epoch",
         )
-
-    def logs(self, step: int) -> bool:
-        return step % self.log == 0
 
     def evaluates(self, step: int, epoch_ended: bool = False) -> bool:
         return bool(self.eval and step % self.eval == 0) or (epoch_ended and self.eval_each_epoch)
