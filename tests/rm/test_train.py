@@ -273,7 +273,7 @@ def test_off_prompt_pairs_join_the_training_pairs(tiny_model_dir, pair_dir, tmp_
     """off_prompt_pairs=0.5 adds half as many unrated pairs: the epoch has 1.5 times the
     steps, and the held-out pairs are untouched."""
     cfg = config(tiny_model_dir, pair_dir, tmp_path, off_prompt_pairs=0.5)
-    with caplog.at_level("INFO", logger="distalign.rm.train"):
+    with caplog.at_level("INFO", logger="distalign.rm.data"):
         result = run(cfg)
     assert "added 160 off-prompt pairs to the 320 training pairs" in caplog.text
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -285,7 +285,7 @@ def test_off_prompt_pairs_join_the_training_pairs(tiny_model_dir, pair_dir, tmp_
 
 
 def test_off_prompt_pairs_that_round_to_none_leave_the_pairs_as_they_are():
-    from distalign.rm.train import TRAIN_COLUMNS, add_off_prompt_pairs
+    from distalign.rm.data import TRAIN_COLUMNS, add_off_prompt_pairs
 
     rows = {"prompt_ids": [[1], [2]], "chosen_ids": [[3], [4]], "rejected_ids": [[5], [6]],
             "length": [2, 2], "chosen_score": [None] * 2, "rejected_score": [None] * 2}  # fmt: skip

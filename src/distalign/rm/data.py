@@ -1,0 +1,128 @@
+"""The pairs a reward model trains on: tokenised once (cached by ``datasets``), label-free
+off-prompt pairs added on request, batched by length or by prompt for each epoch, and collated
+(prompt-shared rows, ratings for the margin and pointwise terms). ``rm/train.py`` is the loop
+that consumes them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from datasets import Dataset, concatenate_datasets
+
+from distalign.data.load import load_preferences
+from distalign.data.pairs import (
+    PairCollator,
+    SharedPrefixCollator,
+    length_grouped_batches,
+    off_prompt_pairs,
+    prompt_grouped_batches,
+    tokenize_pairs,
+)
+from distalign.rm.config import RMTrainConfig
+
+log = logging.getLogger(__name__)
+
+TRAIN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "length", "chosen_score",
+                 "rejected_score")  # fmt: skip
+
+
+def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int, hub: dict):
+    ds = load_preferences(
+        source,
+        split,
+        format=cfg.format,
+        skip_bad_rows=cfg.skip_bad_rows,
+        limit=limit or None,
+        **hub,
+    )
+    return tokenize_pairs(ds, tokenizer, cfg.max_length, cfg.max_prompt_length)
+
+
+def load_pairs(cfg: RMTrainConfig, tokenizer):
+    """Training and held-out pairs, tokenised (the config name and revision apply to the
+    held-out set when it is the same hub data set)."""
+    hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
+    train = prepare_pairs(
+        cfg, tokenizer, cfg.dataset_name, cfg.dataset_train_split, cfg.max_train_samples, hub
+    )
+    if cfg.off_prompt_pairs:
+        train = add_off_prompt_pairs(train, cfg)
+    held_out_hub = hub if cfg.eval_dataset_name in (None, cfg.dataset_name) else {}
+    held_out = prepare_pairs(
+        cfg,
+        tokenizer,
+        cfg.eval_dataset_name or cfg.dataset_name,
+        cfg.dataset_test_split,
+        cfg.max_eval_samples,
+        held_out_hub,
+    )
+    return train, held_out
+
+
+def add_off_prompt_pairs(train, cfg: RMTrainConfig):
+    """The training pairs (the columns training reads) plus ``off_prompt_pairs`` times as
+    many off-prompt pairs, unrated."""
+    train = train.select_columns(TRAIN_COLUMNS)
+    n = round(cfg.off_prompt_pairs * len(train))
+    rows = off_prompt_pairs(
+        train.select_columns(list(TRAIN_COLUMNS[:3])).to_list(),
+        n,
+        cfg.seed,
+        cfg.max_length,
+        cfg.max_prompt_length,
+    )
+    extra = [{**r, "chosen_score": None, "rejected_score": None} for r in rows]
+    log.info("added %d off-prompt pairs to the %d training pairs", len(extra), len(train))
+    if len(extra) < n:
+        log.warning("only %d of %d off-prompt pairs found: too few distinct prompts or "
+                    "replies", len(extra), n)  # fmt: skip
+    if not extra:  # Dataset.from_list([]) cannot take the features
+        return train
+    return concatenate_datasets([train, Dataset.from_list(extra, features=train.features)])
+
+
+def make_collator(cfg: RMTrainConfig, tokenizer):
+    if cfg.prefix_sharing:
+        inner = SharedPrefixCollator(tokenizer.pad_token_id, packing=cfg.packing)
+    else:
+        inner = PairCollator(tokenizer.pad_token_id)
+    return _RatingCollator(inner, cfg.margin_scale)
+
+
+def epoch_batches(ds, cfg: RMTrainConfig, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: deterministic in (seed, epoch), so resume can skip ahead."""
+    size = cfg.per_device_train_batch_size
+    if cfg.group_by_prompt:
+        prompts = [tuple(p) for p in ds["prompt_ids"]]
+        return prompt_grouped_batches(prompts, size, seed=cfg.seed + epoch)
+    if cfg.group_by_length:
+        return length_grouped_batches(ds["length"], size, seed=cfg.seed + epoch)
+    g = torch.Generator().manual_seed(cfg.seed + epoch)
+    order = torch.randperm(len(ds), generator=g).tolist()
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+class _RatingCollator:
+    """Adds ratings to the pair batch: ``margin`` (N,) from rating differences for the scalar
+    loss, and ``rated``/``chosen_rating``/``rejected_rating`` (N,) for the pointwise term."""
+
+    def __init__(self, inner, scale: float):
+        self.inner, self.scale = inner, scale
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        rated = [
+            f["chosen_score"] is not None and f["rejected_score"] is not None for f in features
+        ]
+        batch["rated"] = torch.tensor(rated)
+        batch["chosen_rating"] = torch.tensor([f["chosen_score"] or 0.0 for f in features])
+        batch["rejected_rating"] = torch.tensor([f["rejected_score"] or 0.0 for f in features])
+        if self.scale:
+            diffs = [
+                (f["chosen_score"] - f["rejected_score"]) if f["chosen_score"] is not None else 0.0
+                for f in features
+            ]
+            batch["margin"] = self.scale * torch.tensor(diffs, dtype=torch.float32).clamp(min=0)
+        return batch
