@@ -113,9 +113,8 @@ def readings(backbone, tokenizer, prompts, replies, max_length, max_prompt_lengt
         if start // batch_size % 20 == 0:
             print(f"{start + len(idx)}/{len(seqs)}", flush=True)
     feats = {k: torch.stack(v).float().numpy() for k, v in out.items()}
-    cos_arr = torch.stack(cos).float().numpy()
-    feats["last_plus_cos"] = np.concatenate([feats["last"], cos_arr], axis=1)
-    return feats, cos_arr, cos_layers
+    feats["cosines"] = torch.stack(cos).float().numpy()
+    return feats
 
 
 def extract(args) -> None:
@@ -126,7 +125,7 @@ def extract(args) -> None:
     prompts = {p["id"]: p["prompt"] for p in (json.loads(x) for x in lines if x.strip())}
     replies = read_jsonl_gz(GOLD / "replies.jsonl.gz")
     t0 = time.perf_counter()
-    feats, cos_arr, _ = readings(
+    feats = readings(
         backbone,
         tokenizer,
         [[{"role": "user", "content": prompts[r["prompt_id"]]}] for r in replies],
@@ -134,7 +133,7 @@ def extract(args) -> None:
         max_length,
         max_prompt_length,
     )
-    feats["cosines"] = cos_arr
+    feats["last_plus_cos"] = np.concatenate([feats["last"], feats["cosines"]], 1)
     feats["last_and_mean_mid"] = np.concatenate([feats["last"], feats["mean_reply_mid"]], 1)
     feats["all4"] = np.concatenate(
         [feats[k] for k in ("last", "mean_reply_mid", "last_mid", "mean_reply")], 1

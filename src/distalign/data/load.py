@@ -69,13 +69,17 @@ def resolve_source(source: str) -> str:
     return source
 
 
-def _same_source(a: Any, b: Any) -> bool:
+def same_source(a: Any, b: Any) -> bool:
+    """Two names of one source (data set, reward model, module:function): the same object,
+    the same existing folder or file however spelled, or the same hub id."""
     if a is b:
         return True
-    if isinstance(a, str) and isinstance(b, str):
-        pa, pb = Path(a).expanduser(), Path(b).expanduser()
-        return a == b or (pa.exists() and pb.exists() and pa.resolve() == pb.resolve())
-    return False
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False  # a Dataset or a Python callable: nothing else to compare it with
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a.strip().rstrip("/") == b.strip().rstrip("/")
 
 
 def evaluates_on_training_data(
@@ -87,7 +91,7 @@ def evaluates_on_training_data(
     """Whether the held-out set is the training set itself: the same source (no
     ``eval_dataset_name``, or one naming the same data) and either no splits to pick from (one
     local file, or a ``datasets.Dataset``) or the same split named for both."""
-    if eval_source is not None and not _same_source(source, eval_source):
+    if eval_source is not None and not same_source(source, eval_source):
         return False
     if train_split is not None and train_split == test_split:
         return True

@@ -38,6 +38,7 @@ import torch
 import yaml
 
 from distalign.config import ConfigError
+from distalign.data.load import same_source
 from distalign.eval.config import CompareConfig
 from distalign.metrics import bootstrap_interval, distinct_n, win_rate
 from distalign.models.generate import SamplingConfig, sampling_of
@@ -174,16 +175,6 @@ def trained_rewards(cfg: CompareConfig) -> dict[str, list]:
             reward = saved["reward"]
             out[folder] = reward if isinstance(reward, list) else [reward]
     return out
-
-
-def same_source(a: Any, b: Any) -> bool:
-    """Two reward specs name one source: the same folder, module:function or hub id."""
-    if not isinstance(a, str) or not isinstance(b, str):
-        return False  # a Python callable: nothing saved to compare it with
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    if pa.exists() and pb.exists():
-        return pa.resolve() == pb.resolve()
-    return a.strip().rstrip("/") == b.strip().rstrip("/")
 
 
 def check_judge_held_out(cfg: CompareConfig) -> None:
