@@ -89,6 +89,32 @@ def test_resume_matches_uninterrupted_run_bitwise(tiny_model_dir, pair_dir, tmp_
         assert resumed[key] == pytest.approx(straight[key], abs=1e-5), key
 
 
+def test_resume_with_other_accumulation_goes_on_where_the_data_and_schedule_stood(
+    tiny_model_dir, pair_dir, tmp_path
+):
+    # 320 pairs in batches of 8: 40 batches, one a step before the cut, two after it (as if
+    # resumed on twice the processes)
+    run(config(tiny_model_dir, pair_dir, tmp_path / "r", max_steps=4, save_steps=4))
+    kw = dict(gradient_accumulation_steps=2, num_train_epochs=1, logging_steps=1)
+    run(config(tiny_model_dir, pair_dir, tmp_path / "s", **kw))
+    run(config(tiny_model_dir, pair_dir, tmp_path / "r", **kw, resume_from_checkpoint=True))
+
+    def rows(folder):
+        lines = (folder / "run" / "metrics.jsonl").read_text().splitlines()
+        return {r["step"]: r for r in map(json.loads, lines) if "train/loss" in r}
+
+    resumed, whole = rows(tmp_path / "r"), rows(tmp_path / "s")
+    # 4 batches seen = step 2 of 2-batch steps; the run ends at step 20 with every pair seen
+    assert list(resumed) == list(range(1, 21)) == list(whole)
+    assert resumed[2]["train/pairs_seen"] == 16 and resumed[3]["train/pairs_seen"] == 48
+    assert resumed[20]["train/pairs_seen"] == whole[20]["train/pairs_seen"] == 320
+    for s in range(3, 21):  # the learning rate stands where the 2-batch schedule has it
+        assert resumed[s]["train/lr"] == pytest.approx(whole[s]["train/lr"]), s
+    with pytest.raises(ValueError, match="per_device_train_batch_size=8"):
+        run(config(tiny_model_dir, pair_dir, tmp_path / "r", per_device_train_batch_size=4,
+                   resume_from_checkpoint=True))  # fmt: skip
+
+
 def test_logs_every_n_steps_and_evaluates_each_epoch(tiny_model_dir, pair_dir, tmp_path):
     cfg = config(tiny_model_dir, pair_dir, tmp_path, max_train_samples=48, num_train_epochs=2,
                  logging_steps=4, eval_strategy="epoch", save_strategy="no",

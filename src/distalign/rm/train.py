@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ from distalign.tracking import (
     progress_bar,
     start_run,
     start_tracking,
+    truncate_log,
 )
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,9 @@ class TrainState:
     pairs: int = 0
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
     nonfinite_in_a_row: int = 0
+    # the batching the steps were counted in (0: a checkpoint written before these were kept)
+    per_device_batch: int = 0
+    batches_per_step: int = 0  # processes × gradient_accumulation_steps
 
 
 def batch_loss(model, batch, cfg: RMTrainConfig):
@@ -140,10 +145,7 @@ def optimizer_and_schedule(
     model, cfg: RMTrainConfig, n_pairs: int, processes: int, sharded: bool = False
 ):
     """AdamW over the trainable weights, the learning-rate schedule, and the step count."""
-    per_epoch = math.ceil(
-        math.ceil(n_pairs / cfg.per_device_train_batch_size)
-        / (cfg.gradient_accumulation_steps * processes)
-    )
+    per_epoch = steps_per_epoch(n_pairs, cfg, processes)
     total_steps = cfg.max_steps or max(1, math.ceil(per_epoch * cfg.num_train_epochs))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params: list = [p for _, p in named]
@@ -163,6 +165,63 @@ def optimizer_and_schedule(
         num_training_steps=total_steps * processes,
     )
     return optimizer, scheduler, total_steps
+
+
+def steps_per_epoch(n_pairs: int, cfg: RMTrainConfig, processes: int) -> int:
+    return math.ceil(
+        math.ceil(n_pairs / cfg.per_device_train_batch_size)
+        / (cfg.gradient_accumulation_steps * processes)
+    )
+
+
+def resumed_state(cfg: RMTrainConfig, out: Path, accelerator, model, optimizer, scheduler,
+                  train) -> TrainState:  # fmt: skip
+    """A fresh state, or the checkpoint's (``resume_from_checkpoint``) with the weights,
+    optimizer and schedule restored and the log cut back to where it stands."""
+    state = TrainState()
+    if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
+        path, logs = checkpoint_path(cfg.resume_from_checkpoint, out), [out / "metrics.jsonl"]
+        state = TrainState(**resume_training(path, model, optimizer, scheduler, logs,
+                                             accelerator.is_main_process))  # fmt: skip
+    moved = carry_over(state, cfg, train, accelerator.num_processes, scheduler)
+    if moved and accelerator.is_main_process:  # its later rows counted steps of another size
+        truncate_log(out / "metrics.jsonl", state.step)
+    return state
+
+
+def carry_over(state: TrainState, cfg: RMTrainConfig, train, processes: int,
+               scheduler) -> bool:  # fmt: skip
+    """Fit a resumed run's step count to this run's batching. The data go on where they
+    stopped (batches are counted over all processes); with another process count or
+    ``gradient_accumulation_steps`` the step count, and the learning-rate schedule with it,
+    move to the step of this batching that has seen as many batches (True then)."""
+    now = processes * cfg.gradient_accumulation_steps
+    if state.per_device_batch and state.per_device_batch != cfg.per_device_train_batch_size:
+        raise ValueError(
+            f"the checkpoint was written with per_device_train_batch_size="
+            f"{state.per_device_batch}; resuming with {cfg.per_device_train_batch_size} would "
+            "replay other pairs. Keep it, and change gradient_accumulation_steps or the number "
+            "of processes instead"
+        )
+    if state.batches_per_step and state.batches_per_step != now:
+        # this epoch's steps less those its remaining batches make, so it ends where it should
+        batches = len(epoch_batches(train, cfg, state.epoch))
+        in_epoch = math.ceil(batches / now) - math.ceil((batches - state.batch_in_epoch) / now)
+        step = state.epoch * steps_per_epoch(len(train), cfg, processes) + in_epoch
+        log.warning(
+            "resumed with %d batches a step (processes × gradient_accumulation_steps) where the "
+            "checkpoint had %d: step %d of that run is step %d of this one",
+            now, state.batches_per_step, state.step, step,
+        )  # fmt: skip
+        state.step = step
+        inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper, or none
+        inner.last_epoch = step * processes - 1  # counted in process-steps (see above)
+        with warnings.catch_warnings():  # "step() before optimizer.step()": no update here
+            warnings.simplefilter("ignore")
+            inner.step()
+    moved = bool(state.batches_per_step) and state.batches_per_step != now
+    state.per_device_batch, state.batches_per_step = cfg.per_device_train_batch_size, now
+    return moved
 
 
 @dataclass
@@ -346,11 +405,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     if cfg.head != "scalar":  # the annotators' disagreement about each held-out reply
         source = cfg.eval_dataset_name or cfg.dataset_name
         t.truth = pair_replies(source, cfg.dataset_test_split, held_out["source_row"])
-    state = TrainState()
-    if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
-        path, logs = checkpoint_path(cfg.resume_from_checkpoint, out), [out / "metrics.jsonl"]
-        state = TrainState(**resume_training(path, model, optimizer, scheduler, logs,
-                                             accelerator.is_main_process))  # fmt: skip
+    state = resumed_state(cfg, out, accelerator, model, optimizer, scheduler, train)
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
     result, outputs, evaluated_at, saved_at = {}, {}, -1, -1
