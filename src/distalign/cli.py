@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -44,6 +43,7 @@ from distalign.config import (
 from distalign.data.formats import PreferenceFormatError
 from distalign.data.load import DataSourceError
 from distalign.models.load import ModelNotFoundError
+from distalign.printing import console, print_inspection, print_metrics
 from distalign.tracking import quiet_libraries
 
 ABOUT = (
@@ -70,7 +70,6 @@ GROUP_NAMES = {
 }
 for sub in (data_app, model_app, gold_app, rm_app, rl_app, eval_app):
     app.add_typer(sub, name=GROUP_NAMES[id(sub)])
-console = Console()
 
 # Errors a user can fix from the message alone: print it, no traceback.
 USER_ERRORS = (
@@ -212,7 +211,7 @@ def generate(cfg: GenerateConfig):
 )
 def data_inspect(cfg: DataInspectConfig):
     """Format, pair count, skipped rows, token-length percentiles, one rendered example."""
-    from distalign.data.inspect import PERCENTILES, inspect_source
+    from distalign.data.inspect import inspect_source
     from distalign.models.load import load_tokenizer
 
     source = cfg.dataset_name
@@ -225,53 +224,7 @@ def data_inspect(cfg: DataInspectConfig):
         name=cfg.dataset_config,
         revision=cfg.dataset_revision,
     )
-    r = result.report
-    console.print(f"[bold]{source}[/]  format: {r.format}")
-    if result.prompt_only:
-        console.print(f"rows read: {r.rows}   prompts: {result.prompts}   (no chosen/rejected)")
-    else:
-        console.print(
-            f"rows read: {r.rows}   pairs: {r.kept}   with ratings: {result.scored_pairs}"
-        )
-        console.print(f"identical chosen/rejected (dropped): {r.identical}")
-        console.print(f"empty replies (kept): {r.empty_replies}")
-    console.print(f"skipped malformed rows: {sum(r.skipped.values())}")
-    for reason, n in r.skipped.most_common():
-        console.print(f"  {n} × {reason}", markup=False)
-    for example in r.examples[:3]:
-        console.print(f"  e.g. {example}", markup=False)
-    if result.lengths:
-        table = Table(title=f"token lengths ({cfg.model_name_or_path})")
-        table.add_column("part")
-        for p in PERCENTILES:
-            table.add_column("max" if p == 100 else f"p{p}", justify="right")
-        for name, pct in result.lengths.items():
-            table.add_row(name, *(str(pct[p]) for p in PERCENTILES))
-        console.print(table)
-        first = "first prompt" if result.prompt_only else "first pair, chosen reply,"
-        console.rule(f"{first} through the chat template")
-        console.print(result.example, markup=False, highlight=False)
-    if result.metadata:
-        _print_metadata(result.metadata, result.metadata_path)
-
-
-def _print_metadata(meta: dict, path: str | None) -> None:
-    """The plain fields of a metadata.json beside the data and, when it has them, its splits'
-    figures (the gold benchmark's Bayes ceiling); the rest is named, with the file's path."""
-    console.rule("metadata.json")
-    plain = {k: v for k, v in meta.items() if not isinstance(v, dict | list)}
-    for key, value in plain.items():
-        console.print(f"{key}: {value}", markup=False, highlight=False)
-    splits = meta.get("splits")
-    if isinstance(splits, dict) and all(isinstance(v, dict) for v in splits.values()):
-        columns = list(dict.fromkeys(k for v in splits.values() for k in v))
-        table = Table("split", *columns, box=None)
-        for name, figures in splits.items():
-            table.add_row(name, *(_number(figures.get(c, "")) for c in columns))
-        console.print(table)
-    rest = [k for k in meta if k not in plain and k != "splits"]
-    if rest:
-        console.print(f"also: {', '.join(rest)} (in {path})", markup=False, highlight=False)
+    print_inspection(result, source, cfg.model_name_or_path)
 
 
 @config_command(gold_app, "judge", GoldJudgeConfig, positional="input_file")
@@ -296,31 +249,13 @@ def _held_out_title(cfg, what: str) -> str:
     return f"{what} ({source}, {cfg.dataset_test_split})"
 
 
-def _print_metrics(title: str, metrics: dict) -> None:
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, _number(v))
-    console.print(table)
-
-
-def _number(v) -> str:
-    """A metric for a table: floats to 4 decimals, also inside an interval [low, high]."""
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    if isinstance(v, list | tuple) and v and all(isinstance(x, float) for x in v):
-        return "[" + ", ".join(f"{x:.4f}" for x in v) + "]"
-    return str(v)
-
-
 @config_command(rm_app, "eval", RMEvalConfig)
 def rm_eval(cfg: RMEvalConfig):
     """Pairwise accuracy, margin, reward mean/std and calibration on held-out pairs."""
     from distalign.api import evaluate_reward_model
 
     result = evaluate_reward_model(cfg)
-    _print_metrics(
+    print_metrics(
         f"{cfg.model_name_or_path} on {cfg.dataset_name} ({cfg.dataset_test_split})", result
     )
 
@@ -377,7 +312,7 @@ def _register_heavy_commands() -> None:
         from distalign.rm.train import run
 
         result = run(cfg)
-        _print_metrics(_held_out_title(cfg, "held-out"), result)
+        print_metrics(_held_out_title(cfg, "held-out"), result)
         console.print(f"model: {Path(cfg.output_dir) / 'final'}")
 
     @config_command(rl_app, "train", RLTrainConfig, list_keys=("reward", "reward_weights"))

@@ -1,0 +1,81 @@
+"""What the command line prints: rich tables of metrics, of a data source's inspection, of a
+benchmark's metadata."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def print_inspection(result, source: str, model: str) -> None:
+    """``data inspect``'s report: format, counts, skipped rows by reason, token lengths under
+    ``model``'s tokenizer, one rendered example, and the metadata beside the data."""
+    from distalign.data.inspect import PERCENTILES
+
+    r = result.report
+    console.print(f"[bold]{source}[/]  format: {r.format}")
+    if result.prompt_only:
+        console.print(f"rows read: {r.rows}   prompts: {result.prompts}   (no chosen/rejected)")
+    else:
+        console.print(
+            f"rows read: {r.rows}   pairs: {r.kept}   with ratings: {result.scored_pairs}"
+        )
+        console.print(f"identical chosen/rejected (dropped): {r.identical}")
+        console.print(f"empty replies (kept): {r.empty_replies}")
+    console.print(f"skipped malformed rows: {sum(r.skipped.values())}")
+    for reason, n in r.skipped.most_common():
+        console.print(f"  {n} × {reason}", markup=False)
+    for example in r.examples[:3]:
+        console.print(f"  e.g. {example}", markup=False)
+    if result.lengths:
+        table = Table(title=f"token lengths ({model})")
+        table.add_column("part")
+        for p in PERCENTILES:
+            table.add_column("max" if p == 100 else f"p{p}", justify="right")
+        for name, pct in result.lengths.items():
+            table.add_row(name, *(str(pct[p]) for p in PERCENTILES))
+        console.print(table)
+        first = "first prompt" if result.prompt_only else "first pair, chosen reply,"
+        console.rule(f"{first} through the chat template")
+        console.print(result.example, markup=False, highlight=False)
+    if result.metadata:
+        print_metadata(result.metadata, result.metadata_path)
+
+
+def print_metadata(meta: dict, path: str | None) -> None:
+    """The plain fields of a metadata.json beside the data and, when it has them, its splits'
+    figures (the gold benchmark's Bayes ceiling); the rest is named, with the file's path."""
+    console.rule("metadata.json")
+    plain = {k: v for k, v in meta.items() if not isinstance(v, dict | list)}
+    for key, value in plain.items():
+        console.print(f"{key}: {value}", markup=False, highlight=False)
+    splits = meta.get("splits")
+    if isinstance(splits, dict) and all(isinstance(v, dict) for v in splits.values()):
+        columns = list(dict.fromkeys(k for v in splits.values() for k in v))
+        table = Table("split", *columns, box=None)
+        for name, figures in splits.items():
+            table.add_row(name, *(number(figures.get(c, "")) for c in columns))
+        console.print(table)
+    rest = [k for k in meta if k not in plain and k != "splits"]
+    if rest:
+        console.print(f"also: {', '.join(rest)} (in {path})", markup=False, highlight=False)
+
+
+def print_metrics(title: str, metrics: dict) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, number(v))
+    console.print(table)
+
+
+def number(v) -> str:
+    """A metric for a table: floats to 4 decimals, also inside an interval [low, high]."""
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, list | tuple) and v and all(isinstance(x, float) for x in v):
+        return "[" + ", ".join(f"{x:.4f}" for x in v) + "]"
+    return str(v)
