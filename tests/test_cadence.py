@@ -72,7 +72,7 @@ def test_configs_take_the_transformers_keys():
     ("key", "message"),
     [("warmup_ratio=0.1", "`warmup_ratio` is now `warmup_steps` (below 1 a fraction"),
      ("eval_at_start=false", "`eval_at_start` is now `eval_on_start`"),
-     ("save_total_limit=2", "`save_total_limit` is a transformers key distalign does not take"),
+     ("save_total_limit=2", "`save_total_limit` is a TRL/transformers key distalign does not take"),
      ("push_to_hub=true", "hf upload")],
 )  # fmt: skip
 def test_old_and_absent_keys_say_what_to_use(key, message):

@@ -203,6 +203,67 @@ def test_old_key_in_yaml_is_refused_naming_the_file(tmp_path):
         load_config(RLTrainConfig, path)
 
 
+TRL_RLOO_YAML = """\
+model_name_or_path: smollm2-135m-instruct
+dataset_name: gold
+learning_rate: 1.0e-6
+num_generations: 4
+max_completion_length: 32
+beta: 0.05
+normalize_advantages: true
+disable_dropout: true
+use_peft: true
+lora_target_modules: [q_proj, v_proj]
+lora_task_type: CAUSAL_LM
+model_init_kwargs:
+  torch_dtype: float32
+use_vllm: false
+vllm_mode: colocate
+num_iterations: 1
+epsilon: 0.2
+repetition_penalty: 1.0
+log_completions: false
+gradient_checkpointing_kwargs:
+  use_reentrant: false
+push_to_hub: false
+"""
+
+
+def test_a_trl_config_loads_its_do_nothing_keys_dropped(tmp_path, caplog):
+    path = tmp_path / "rloo.yaml"
+    path.write_text(TRL_RLOO_YAML)
+    with caplog.at_level(logging.INFO, logger="distalign.config"):
+        cfg = load_config(RLTrainConfig, path, [("use_vllm", "false")])
+    assert cfg.normalize_advantages and cfg.disable_dropout and cfg.lora_target_modules == [
+        "q_proj", "v_proj"]  # fmt: skip
+    assert "use_vllm=False does nothing here: rollouts come from" in caplog.text
+    assert from_cli(RLTrainConfig, ["--num_iterations", "1", "--min_p", "null"]).beta == 0.05
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "hint"),
+    [(["use_vllm=true"], "use_vllm", "own sampler"),
+     (["--num_iterations", "2"], "num_iterations", "on-policy"),
+     (["repetition_penalty=1.2"], "repetition_penalty", "unbiased"),
+     (["load_in_4bit=true"], "load_in_4bit", "use_peft=true dtype=bfloat16"),
+     (["push_to_hub=true"], "push_to_hub", "hf upload"),
+     (["whiten_advantages=true"], "whiten_advantages", "normalize_advantages")],
+)  # fmt: skip
+def test_a_trl_key_that_would_act_is_refused_with_what_to_use(args, key, hint):
+    with pytest.raises(ConfigError, match=f"`{key}`") as info:
+        from_cli(RLTrainConfig, args)
+    assert hint in str(info.value)
+
+
+def test_the_python_api_drops_do_nothing_keys_too():
+    from distalign.api import _config
+
+    cfg = _config(RMTrainConfig, None, {"use_vllm": False, "learning_rate": 2e-5})
+    assert cfg.learning_rate == 2e-5
+    with pytest.raises(ConfigError, match="`torch_dtype` is now `dtype`"):
+        _config(RMTrainConfig, None, {"torch_dtype": "bfloat16"})
+
+
 def test_a_command_s_own_key_is_not_taken_for_an_old_one():
     """`prompts` is a key of generate (the user messages) and an old key of rl train."""
     assert load_config(GenerateConfig, None, ["prompts=[a]"]).prompts == ["a"]

@@ -26,13 +26,14 @@ from distalign.command_configs import (
     RMScoreConfig,
 )
 from distalign.config import (
-    check_renamed,
+    known_keys,
     save_config,
 )
 
 
 def _config(cls: type, config: Any, overrides: dict[str, Any]):
-    check_renamed(cls, list(overrides), "argument")  # warmup_ratio=: "is now warmup_steps"
+    # warmup_ratio=: "is now warmup_steps"; use_vllm=False: does nothing, dropped
+    overrides = known_keys(cls, overrides, "argument")
     if config is None:
         return cls(**overrides)
     if not isinstance(config, cls):

@@ -33,6 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 from distalign.models.load import DTYPES
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Keys of earlier versions -> the name they have now (TRL / transformers names where those
 # exist). Consulted only for keys the command does not know, so `prompts` stays a key of
@@ -79,12 +80,22 @@ RENAMED = {
     "max_new_tokens": "max_completion_length",
     "max_prompt_tokens": "max_prompt_length",
     "truncation_penalty": "missing_eos_penalty",
+    "whiten_advantages": "normalize_advantages",
+    "torch_dtype": "dtype (as transformers 5 names it)",
     "output": "output_file",
     "input": "input_file",
     "out_dir": "output_dir",
 }
 
 # transformers / TRL training keys without a counterpart here, and what does their job
+_SAMPLER = "rollouts come from distalign's own sampler (distalign.models.generate)"
+_UNBIASED = ("replies are sampled from π itself, so the REINFORCE gradient and the KL estimate "
+             "stay unbiased (as for top_p=1, top_k=0)")  # fmt: skip
+_ON_POLICY = ("one policy update per batch of rollouts, on-policy (TRL's default "
+              "num_iterations=1, where the clipped ratio is 1)")  # fmt: skip
+_NO_QUANT = ("quantised (QLoRA) training is not offered; LoRA on half-precision weights: "
+             "use_peft=true dtype=bfloat16")  # fmt: skip
+_REF_FIXED = "the reference policy stays the SFT model"
 NOT_OFFERED = {
     "save_total_limit": "a run keeps one resumable checkpoint (checkpoints/last) and, for rm "
     "train, the best one by held-out accuracy (checkpoints/best)",
@@ -92,10 +103,76 @@ NOT_OFFERED = {
     "checkpoints/best beside final/",
     "metric_for_best_model": "rm train's best checkpoint is chosen by held-out accuracy",
     "logging_dir": "trackers write under output_dir",
+    "logging_first_step": "steps are logged every logging_steps",
     "push_to_hub": "upload output_dir/final with `hf upload REPO_ID output_dir/final` (or "
     "model.push_to_hub after loading it)",
     "hub_model_id": "upload output_dir/final with `hf upload REPO_ID output_dir/final`",
+    "optim": "AdamW (torch) is the optimizer; its settings: learning_rate, weight_decay",
+    "torch_compile": "models run eagerly",
+    "use_liger_kernel": "the losses are distalign's own (distalign.losses)",
+    "activation_offloading": "activations stay on the device: use gradient_checkpointing",
+    "gradient_checkpointing_kwargs": "gradient_checkpointing runs with use_reentrant=false",
+    "dataset_streaming": "data sets are read whole; use max_train_samples for a part",
+    "remove_unused_columns": "training reads the columns it needs and keeps the rest aside",
+    "dataset_text_field": "pairs are read as prompt/chosen/rejected (or an HH, ShareGPT or "
+    "implicit-prompt file, detected)",
+    "eos_token": "a reply ends as the chat template renders it",
+    "pad_token": "padding is masked; a reward model gets a pad token distinct from EOS",
+    "chat_template_path": "prompts go through the model's own chat template",
+    "load_in_4bit": _NO_QUANT,
+    "load_in_8bit": _NO_QUANT,
+    "bnb_4bit_quant_type": _NO_QUANT,
+    "use_bnb_nested_quant": _NO_QUANT,
+    "use_vllm": _SAMPLER,
+    "vllm_mode": _SAMPLER,
+    "vllm_gpu_memory_utilization": _SAMPLER,
+    "vllm_tensor_parallel_size": _SAMPLER,
+    "vllm_server_base_url": _SAMPLER,
+    "generation_kwargs": _SAMPLER + ": max_completion_length, temperature, top_p, top_k",
+    "cache_implementation": _SAMPLER + " (with its own KV cache)",
+    "use_transformers_paged": _SAMPLER,
+    "repetition_penalty": _UNBIASED,
+    "min_p": _UNBIASED,
+    "num_iterations": _ON_POLICY,
+    "epsilon": _ON_POLICY,
+    "epsilon_high": _ON_POLICY,
+    "steps_per_generation": "each step samples its own rollouts (per_device_train_batch_size "
+    "× gradient_accumulation_steps completions per process)",
+    "generation_batch_size": "each step samples per_device_train_batch_size × "
+    "gradient_accumulation_steps completions per process (sampling_batch_size: prompts per "
+    "sampling pass)",
+    "num_generations_eval": "an evaluation samples one reply per held-out prompt",
+    "shuffle_dataset": "training prompts are drawn in a seeded random order",
+    "sync_ref_model": _REF_FIXED,
+    "ref_model_sync_steps": _REF_FIXED,
+    "ref_model_mixup_alpha": _REF_FIXED,
+    "log_completions": "every completion of every step is in output_dir/history.jsonl",
+    "num_completions_to_print": "every completion of every step is in output_dir/history.jsonl",
+    "mask_truncated_completions": "a reply cut at max_completion_length stays in the loss; "
+    "missing_eos_penalty lowers its reward",
+    "reward_clip_range": "rewards are used as the reward model gives them",
 }
+ANY = object()  # any value does nothing (a key that acts only beside another)
+# values of those keys that do nothing (TRL's and transformers' defaults): a config carrying
+# them is read as if they were absent
+NEUTRAL = {
+    "save_total_limit": None, "load_best_model_at_end": False, "logging_dir": None,
+    "logging_first_step": False, "push_to_hub": False, "hub_model_id": None,
+    "optim": "adamw_torch", "torch_compile": False, "use_liger_kernel": False,
+    "activation_offloading": False, "gradient_checkpointing_kwargs": {"use_reentrant": False},
+    "dataset_streaming": False, "remove_unused_columns": ANY, "dataset_text_field": ANY,
+    "eos_token": None, "pad_token": None, "chat_template_path": None,
+    "load_in_4bit": False, "load_in_8bit": False, "bnb_4bit_quant_type": ANY,
+    "use_bnb_nested_quant": False, "use_vllm": False, "vllm_mode": ANY,
+    "vllm_gpu_memory_utilization": ANY, "vllm_tensor_parallel_size": ANY,
+    "vllm_server_base_url": ANY, "generation_kwargs": None, "cache_implementation": None,
+    "use_transformers_paged": False, "repetition_penalty": 1.0, "min_p": None,
+    "num_iterations": 1, "epsilon": ANY, "epsilon_high": ANY, "steps_per_generation": None,
+    "generation_batch_size": None, "num_generations_eval": None, "shuffle_dataset": True,
+    "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
+    "log_completions": False, "num_completions_to_print": ANY,
+    "mask_truncated_completions": False, "reward_clip_range": None,
+}  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -121,16 +198,41 @@ def require(checks: Sequence[tuple[bool, str]]) -> None:
             raise ValueError(message)
 
 
-def check_renamed(cls: type, keys: Sequence[str], where: str) -> None:
+def known_keys(cls: type, items: dict[str, Any], where: str) -> dict[str, Any]:
+    """``items`` (key -> value) without the TRL / transformers keys whose value does nothing
+    here (``NEUTRAL``: ``use_vllm: false`` in a TRL config). A renamed key, or a key not
+    offered with a value that would act, is a ConfigError that says what to use."""
     known = {f.name for f in dataclasses.fields(cls)}
-    for key in keys:
+    kept = {}
+    for key, value in items.items():
         top = key.split(".")[0]
         if top not in known and top in RENAMED:
             name, paren, note = RENAMED[top].partition(" (")
             raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")
         if top not in known and top in NOT_OFFERED:
-            raise ConfigError(f"{where}: `{top}` is a transformers key distalign does not "
+            neutral = NEUTRAL.get(top)
+            if neutral is ANY or (top in NEUTRAL and key == top and _same(value, neutral)):
+                log.info("%s: %s=%r does nothing here: %s", where, top, value, NOT_OFFERED[top])
+                continue
+            raise ConfigError(f"{where}: `{top}` is a TRL/transformers key distalign does not "
                               f"take: {NOT_OFFERED[top]}")  # fmt: skip
+        kept[key] = value
+    return kept
+
+
+def _yaml_value(raw: Any) -> Any:
+    """A command-line value as YAML reads it (``false`` -> False), to compare with NEUTRAL."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _same(value: Any, neutral: Any) -> bool:
+    """``value`` is ``neutral`` (1.0 is 1, but false is not 0)."""
+    return isinstance(value, bool) == isinstance(neutral, bool) and value == neutral
 
 
 def config_warning(logger: logging.Logger, message: str, *args: Any) -> None:
@@ -226,7 +328,7 @@ def load_config(
                 raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
-            check_renamed(cls, list(loaded), str(path))
+            loaded = known_keys(cls, loaded, str(path))
             base = OmegaConf.merge(base, OmegaConf.create(loaded))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {_first_line(e)}") from None
@@ -238,8 +340,9 @@ def load_config(
         if isinstance(item, str):
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
-            key = item.split("=", 1)[0]
-            check_renamed(cls, [key], f"override {item!r}")
+            key, text = item.split("=", 1)
+            if not known_keys(cls, {key: _yaml_value(text)}, f"override {item!r}"):
+                continue
             try:
                 base = OmegaConf.merge(base, OmegaConf.from_dotlist([item]))
             except OmegaConfBaseException as e:
@@ -250,7 +353,8 @@ def load_config(
                 raise ConfigError(f"override {item!r}: {e}") from None
         else:
             key, raw = item
-            check_renamed(cls, [key], f"--{key}")
+            if not known_keys(cls, {key: _yaml_value(raw)}, f"--{key}"):
+                continue
             # YAML's null unsets the key, as key=value reads it
             value = None if isinstance(raw, str) and raw in NULL_WORDS else raw
             try:

@@ -217,9 +217,8 @@ def test_baseline_key_is_validated():
 
 def test_whitening_and_uncertainty_scaling_apply_after_any_estimator():
     shaped, std = torch.tensor([1.0, 4.0, 2.0, 2.5]), torch.tensor([0.0, 1.0, 3.0, 0.5])
-    adv, _ = advantages_for(
-        _cfg("dr_grpo", whiten_advantages=True, uncertainty_scaling=True), shaped, std, TrainState()
-    )
+    cfg = _cfg("dr_grpo", normalize_advantages=True, uncertainty_scaling=True)
+    adv, _ = advantages_for(cfg, shaped, std, TrainState())
     torch.testing.assert_close(adv, whiten(dr_grpo_advantages(shaped, 2)) / (1 + std))
 
 

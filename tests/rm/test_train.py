@@ -347,3 +347,19 @@ def test_rm_eval_reads_as_training_did_and_keeps_the_full_evaluation(
     assert rm_evaluations([str(tmp_path / "run")])["run"]["pairs"] == 80  # what the report shows
     with pytest.raises(ValueError, match="max_prompt_length"):
         run_rm_eval(str(final), str(pair_dir), "test", max_length=24, max_prompt_length=30)
+
+
+@pytest.mark.parametrize("prefix_sharing", [True, False])
+def test_trl_data_keys_tokenise_in_processes_and_pad_to_a_multiple(
+    tiny_model_dir, pair_dir, tmp_path, prefix_sharing
+):
+    from distalign.models.load import load_tokenizer
+    from distalign.rm.data import load_pairs, make_collator
+
+    cfg = config(tiny_model_dir, pair_dir, tmp_path, dataset_num_proc=2, pad_to_multiple_of=8,
+                 prefix_sharing=prefix_sharing, max_train_samples=12)  # fmt: skip
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    train, _ = load_pairs(cfg, tokenizer)
+    assert len(train) == 12
+    batch = make_collator(cfg, tokenizer)([train[i] for i in range(5)])
+    assert batch["input_ids"].shape[1] % 8 == 0

@@ -277,7 +277,9 @@ def _tokenizer_source(name: str) -> str:
     return str(out)
 
 
-def load_tokenizer(name: str = DEFAULT_MODEL, *, trust_remote_code: bool = False):
+def load_tokenizer(
+    name: str = DEFAULT_MODEL, *, trust_remote_code: bool = False, revision: str | None = None
+):
     """Tokenizer with a pad token and right padding.
 
     When a tokenizer has no pad token we reuse EOS, as SmolLM2 does natively. Because pad may
@@ -285,7 +287,7 @@ def load_tokenizer(name: str = DEFAULT_MODEL, *, trust_remote_code: bool = False
     real tokens by comparing ids with ``pad_token_id``: attention masks carry that information.
     """
     tokenizer = AutoTokenizer.from_pretrained(
-        _tokenizer_source(name), trust_remote_code=trust_remote_code
+        _tokenizer_source(name), trust_remote_code=trust_remote_code, revision=revision
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -303,10 +305,13 @@ def _load_settings(
     dtype: str | torch.dtype,
     attn_implementation: str,
     trust_remote_code: bool,
+    revision: str | None = None,
+    init_kwargs: dict | None = None,
 ) -> tuple[torch.device | None, dict]:
     """(the device to move a loaded model to, or None to leave it on the CPU; the keyword
-    arguments of ``from_pretrained``). ``device=None`` is for the training loops, where
-    accelerate places the model and mixed precision sets the compute dtype."""
+    arguments of ``from_pretrained``, ``init_kwargs`` last). ``device=None`` is for the
+    training loops, where accelerate places the model and mixed precision sets the compute
+    dtype."""
     place, torch_dtype = resolve_device_dtype("cpu" if device is None else device, dtype)
     # without autocast, flash-attention kernels see the weights' dtype and refuse float32
     flash = attn_implementation.startswith("flash_attention") and device is not None
@@ -321,6 +326,8 @@ def _load_settings(
         "use_safetensors": True,
         "trust_remote_code": trust_remote_code,
         "attn_implementation": attn_implementation,
+        "revision": revision,
+        **(init_kwargs or {}),
     }
     return (None if device is None else place), kwargs
 
@@ -357,6 +364,8 @@ def load_policy(
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     merge_adapter: bool = False,
+    revision: str | None = None,
+    init_kwargs: dict | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer, by alias, local folder or hub id.
 
@@ -364,21 +373,27 @@ def load_policy(
     with LoRA) loads its base model and the adapter; with ``merge_adapter`` the adapter is
     merged into the weights (faster inference, no PEFT wrapper). ``device`` and ``dtype`` as
     ``resolve_device_dtype`` reads them; ``device=None`` leaves the model on the CPU.
+    ``revision`` (a hub model's branch, tag or commit) and ``init_kwargs`` go to
+    ``from_pretrained``.
     """
-    place, kwargs = _load_settings(device, dtype, attn_implementation, trust_remote_code)
+    place, kwargs = _load_settings(
+        device, dtype, attn_implementation, trust_remote_code, revision, init_kwargs
+    )
     path = resolve_model(name)
     adapter = Path(path) / "adapter_config.json"
     if adapter.is_file() and not (Path(path) / "config.json").is_file():
         from peft import PeftModel
 
-        base_name = json.loads(adapter.read_text())["base_model_name_or_path"]
+        settings = json.loads(adapter.read_text())
+        base_name = settings["base_model_name_or_path"]
+        kwargs["revision"] = settings.get("revision")  # the base's, which the adapter names
         base = _from_pretrained(AutoModelForCausalLM, resolve_model(base_name), **kwargs)
         model = PeftModel.from_pretrained(base, path)
         if merge_adapter:
             model = model.merge_and_unload()
     else:
         model = _from_pretrained(AutoModelForCausalLM, path, **kwargs)
-    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, revision=revision)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return _placed(model, place), tokenizer

@@ -1,4 +1,4 @@
-"""LoRA adapters on every linear layer of a model, through PEFT.
+"""LoRA adapters on a model's linear layers (all of them, or those named), through PEFT.
 
     from distalign.models.lora import add_lora
     policy = add_lora(policy, "CAUSAL_LM", r=16, alpha=32, dropout=0.0)
@@ -13,13 +13,25 @@ from __future__ import annotations
 TASK_TYPES = ("SEQ_CLS", "CAUSAL_LM")
 
 
-def add_lora(model, task_type: str, r: int, alpha: int, dropout: float):
-    """``model`` wrapped by PEFT with rank-``r`` adapters (scale ``alpha / r``) on all linear
-    layers, the output layer excepted.
+def add_lora(
+    model,
+    task_type: str,
+    r: int,
+    alpha: int,
+    dropout: float,
+    *,
+    target_modules: str | list[str] = "all-linear",
+    modules_to_save: list[str] | None = None,
+    use_rslora: bool = False,
+    use_dora: bool = False,
+):
+    """``model`` wrapped by PEFT with rank-``r`` adapters (scale ``alpha / r``; ``alpha / √r``
+    with ``use_rslora``) on ``target_modules``: every linear layer but the output one by
+    default, or the named ones.
 
     ``task_type``: ``"SEQ_CLS"`` for a reward model: PEFT then keeps the freshly initialised
     ``score`` head fully trainable (``modules_to_save``) and saves it with the adapter;
-    ``"CAUSAL_LM"`` for a policy.
+    ``"CAUSAL_LM"`` for a policy. ``modules_to_save`` adds modules trained in full.
     """
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -30,6 +42,12 @@ def add_lora(model, task_type: str, r: int, alpha: int, dropout: float):
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules="all-linear",
+        target_modules=target_modules,
+        modules_to_save=modules_to_save,
+        use_rslora=use_rslora,
+        use_dora=use_dora,
     )
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:  # e.g. a target module the model does not have
+        raise ValueError(f"LoRA: {e}") from e

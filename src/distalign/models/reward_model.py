@@ -85,9 +85,12 @@ def build_reward_model(
     dtype: str | torch.dtype = "float32",
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
+    revision: str | None = None,
+    init_kwargs: dict | None = None,
 ):
     """A reward model to train on a backbone (alias, folder or hub id) + its tokenizer, on the
-    CPU (the training loop places it).
+    CPU (the training loop places it). ``revision`` (a hub model's branch, tag or commit) and
+    ``init_kwargs`` go to ``from_pretrained``.
 
     The head: a causal LM gets a new one, small so that the first rewards are near 0. A reward
     model as the backbone keeps its head when it is of the asked kind and size (training
@@ -95,7 +98,9 @@ def build_reward_model(
     each component begins at its scalar head, plus noise of 0.1 × the head's RMS so that the
     components can part; this is the one-component fit the mixture likelihood then improves
     on. Any other head is replaced by a new one (logged)."""
-    _, kwargs = _load_settings(None, dtype, attn_implementation, trust_remote_code)
+    _, kwargs = _load_settings(
+        None, dtype, attn_implementation, trust_remote_code, revision, init_kwargs
+    )
     path = resolve_model(backbone)
     folder = Path(path)
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
@@ -104,7 +109,7 @@ def build_reward_model(
             "(load_reward_model(path)[0].merge_and_unload().save_pretrained(folder), with the "
             "tokenizer and distalign_rm.json beside it) and train from that folder"
         )
-    tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code, revision=revision)
     tokenizer.pad_token = distinct_pad_token(tokenizer)
     saved = saved_head(path)
     model = _from_pretrained(

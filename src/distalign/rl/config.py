@@ -17,6 +17,7 @@ from distalign.cadence import cadence_checks
 from distalign.config import config_warning, report_to_list, require, resume_value
 from distalign.models.generate import SamplingConfig
 from distalign.models.load import DEFAULT_MODEL, require_4d_mask
+from distalign.models.options import ModelKeys
 from distalign.tracking import resolve_report_to
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ POOLED_BASELINES = ("moving_average", "reinforce_pp", "reinforce_pp_baseline")  
 
 
 @dataclass
-class RLTrainConfig(SamplingConfig):
+class RLTrainConfig(SamplingConfig, ModelKeys):
     """``distalign rl train``: REINFORCE/RLOO against a reward model or a reward function."""
 
     model_name_or_path: str = DEFAULT_MODEL
@@ -96,7 +97,7 @@ class RLTrainConfig(SamplingConfig):
     none. The group ones need num_generations >= 2."""
     ema: float | None = None
     """moving_average only: EMA factor α (None: the mean of all past rewards)."""
-    whiten_advantages: bool = False
+    normalize_advantages: bool = False
     """Normalise advantages to zero mean, unit std per step."""
     missing_eos_penalty: float = 0.0
     """Subtracted from the reward of replies cut at max_completion_length (no EOS)."""
@@ -112,12 +113,6 @@ class RLTrainConfig(SamplingConfig):
     """A step with a non-finite loss or gradient is skipped; this many in a row stop the run."""
     use_peft: bool = True
     """Train LoRA adapters; the reference is the same model with adapters off (no copy)."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator."""
-    lora_dropout: float = 0.0
-    """LoRA dropout."""
     merge_lora: bool = False
     """Also save the policy with the adapter merged into the weights (final_merged/)."""
     gradient_checkpointing: bool = False
@@ -197,7 +192,7 @@ class RLTrainConfig(SamplingConfig):
             (self.ema is None or 0 <= self.ema < 1, "ema must be in [0, 1)"),
             (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
         ]
-        require(checks + cadence_checks(self, epochs=False))
+        require(checks + self.model_checks("CAUSAL_LM") + cadence_checks(self, epochs=False))
         require_4d_mask(self.attn_implementation, "rl train", "its teacher-forced passes")
         self._check_reward()
         if self.top_p < 1 or self.top_k:

@@ -65,6 +65,7 @@ from distalign.losses import (
 )
 from distalign.models.load import load_policy
 from distalign.models.lora import add_lora
+from distalign.models.options import disable_dropout
 from distalign.optim import adamw
 from distalign.rl.config import POOLED_BASELINES, RLTrainConfig
 from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors
@@ -174,7 +175,7 @@ def advantages_for(
         }
         adv = estimators[name]()
         base = 0.0 if name == "none" else (shaped if pooled is None else pooled).mean().item()
-    if cfg.whiten_advantages:
+    if cfg.normalize_advantages:
         adv = whiten(adv)
     if cfg.uncertainty_scaling and std is not None:
         adv = uncertainty_scaled(adv, std)
@@ -218,18 +219,17 @@ def prompt_sets(cfg: RLTrainConfig, accelerator) -> tuple[list, list]:
 def build_policy(cfg: RLTrainConfig, accelerator):
     """Policy (+ gradient checkpointing, + LoRA), tokenizer, and the frozen reference: None
     with LoRA (adapters off), else a copy of the SFT weights."""
-    policy, tokenizer = load_policy(
-        cfg.model_name_or_path, attn_implementation=cfg.attn_implementation
-    )
+    load = {"attn_implementation": cfg.attn_implementation, **cfg.load_kwargs()}
+    policy, tokenizer = load_policy(cfg.model_name_or_path, **load)
     ref_model = None
+    if cfg.disable_dropout:
+        disable_dropout(policy)
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.use_peft:
-        policy = add_lora(policy, "CAUSAL_LM", cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+        policy = add_lora(policy, **cfg.lora_kwargs("CAUSAL_LM"))
     else:
-        ref_model, _ = load_policy(
-            cfg.model_name_or_path, attn_implementation=cfg.attn_implementation
-        )
+        ref_model, _ = load_policy(cfg.model_name_or_path, **load)
         ref_model.requires_grad_(False).eval().to(accelerator.device)
     return policy, tokenizer, ref_model
 

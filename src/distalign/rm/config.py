@@ -15,6 +15,7 @@ from typing import Any
 from distalign.cadence import cadence_checks
 from distalign.config import config_warning, report_to_list, require, resume_value
 from distalign.models.load import DEFAULT_MODEL, prefix_sharing_for
+from distalign.models.options import ModelKeys
 from distalign.models.reward_model import HEADS
 from distalign.tracking import resolve_report_to
 
@@ -26,7 +27,7 @@ MIXTURE_IGNORES = ("entropy_weight", "batch_entropy_weight", "smoothness_weight"
 
 
 @dataclass
-class RMTrainConfig:
+class RMTrainConfig(ModelKeys):
     """``distalign rm train``: fit a reward model on preference pairs."""
 
     model_name_or_path: str = DEFAULT_MODEL
@@ -76,6 +77,8 @@ class RMTrainConfig:
     """Use the first N training pairs (0: all)."""
     max_eval_samples: int = 0
     """Use the first N held-out pairs (0: all)."""
+    dataset_num_proc: int | None = None
+    """Processes that tokenise the pairs (``datasets.map``'s num_proc; default: one)."""
     off_prompt_pairs: float = 0.0
     """Extra training pairs per pair, label-free: a reply to the prompt beats a reply to
     another prompt (RRM's augmentation; ``distalign.data.pairs.off_prompt_pairs``). 1.0
@@ -113,14 +116,9 @@ class RMTrainConfig:
     """Gradient clipping (0: off)."""
     max_nonfinite_steps: int = 3
     """A step with a non-finite loss or gradient is skipped; this many in a row stop the run."""
-    use_peft: bool = False
-    """Train LoRA adapters (+ the head) instead of all weights."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator."""
-    lora_dropout: float = 0.0
-    """LoRA dropout."""
+    disable_dropout: bool = True
+    """Turn every dropout of the model off (as TRL's RewardConfig does by default): the two
+    replies of a pair are then scored by the same function."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, ~30% more time."""
     bf16: bool = False
@@ -138,6 +136,8 @@ class RMTrainConfig:
     flash_attention_2 (takes no 4-D mask: prefix_sharing is then off, with a warning)."""
     packing: bool = False
     """With prefix sharing: pack several pairs into one row instead of padding."""
+    pad_to_multiple_of: int | None = None
+    """Pad each batch's rows to a multiple of N tokens (tensor cores like multiples of 8)."""
     group_by_length: bool = True
     """Batch pairs of similar length (less padding)."""
     group_by_prompt: bool = False
@@ -177,10 +177,6 @@ class RMTrainConfig:
     """Project name in the tracker."""
     run_name: str | None = None
     """Run name in the tracker (default: the tracker's own)."""
-    dtype: str = "float32"
-    """Weights dtype: float32 | bfloat16 | float16."""
-    trust_remote_code: bool = False
-    """Allow model code from the hub."""
 
     def __post_init__(self):
         self.report_to = report_to_list(self.report_to)
@@ -233,7 +229,7 @@ class RMTrainConfig:
                 "need num_train_epochs > 0 or max_steps > 0",
             ),
         ]
-        require(checks + cadence_checks(self, epochs=True))
+        require(checks + self.model_checks("SEQ_CLS") + cadence_checks(self, epochs=True))
         self.prefix_sharing = prefix_sharing_for(
             self.attn_implementation, self.prefix_sharing, "rm train"
         )

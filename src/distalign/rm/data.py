@@ -37,7 +37,9 @@ def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int,
         limit=limit or None,
         **hub,
     )
-    return tokenize_pairs(ds, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    return tokenize_pairs(
+        ds, tokenizer, cfg.max_length, cfg.max_prompt_length, num_proc=cfg.dataset_num_proc
+    )
 
 
 def load_pairs(cfg: RMTrainConfig, tokenizer):
@@ -85,9 +87,11 @@ def add_off_prompt_pairs(train, cfg: RMTrainConfig):
 
 def make_collator(cfg: RMTrainConfig, tokenizer):
     if cfg.prefix_sharing:
-        inner = SharedPrefixCollator(tokenizer.pad_token_id, packing=cfg.packing)
+        inner = SharedPrefixCollator(
+            tokenizer.pad_token_id, packing=cfg.packing, pad_to_multiple_of=cfg.pad_to_multiple_of
+        )
     else:
-        inner = PairCollator(tokenizer.pad_token_id)
+        inner = PairCollator(tokenizer.pad_token_id, pad_to_multiple_of=cfg.pad_to_multiple_of)
     return _RatingCollator(inner, cfg.margin_scale)
 
 

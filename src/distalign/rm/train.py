@@ -50,6 +50,7 @@ from distalign.losses import (
 )
 from distalign.models.heads import head_log_probs
 from distalign.models.lora import add_lora
+from distalign.models.options import disable_dropout
 from distalign.models.reward_model import (
     PairScorer,
     build_reward_model,
@@ -129,15 +130,16 @@ def build_model(cfg: RMTrainConfig):
         cfg.head,
         cfg.n_bins,
         cfg.n_components,
-        dtype=cfg.dtype,
         attn_implementation=cfg.attn_implementation,
-        trust_remote_code=cfg.trust_remote_code,
+        **cfg.load_kwargs(),
     )
+    if cfg.disable_dropout:
+        disable_dropout(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.use_peft:
-        model = add_lora(model, "SEQ_CLS", cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+        model = add_lora(model, **cfg.lora_kwargs("SEQ_CLS"))
     return model, tokenizer
 
 
