@@ -116,9 +116,9 @@ NOT_OFFERED = {
     "remove_unused_columns": "training reads the columns it needs and keeps the rest aside",
     "dataset_text_field": "pairs are read as prompt/chosen/rejected (or an HH, ShareGPT or "
     "implicit-prompt file, detected)",
-    "eos_token": "a reply ends as the chat template renders it",
+    "eos_token": "a reply ends as the chat template renders it (chat_template_path: another "
+    "template)",
     "pad_token": "padding is masked; a reward model gets a pad token distinct from EOS",
-    "chat_template_path": "prompts go through the model's own chat template",
     "load_in_4bit": _NO_QUANT,
     "load_in_8bit": _NO_QUANT,
     "bnb_4bit_quant_type": _NO_QUANT,
@@ -161,7 +161,7 @@ NEUTRAL = {
     "optim": "adamw_torch", "torch_compile": False, "use_liger_kernel": False,
     "activation_offloading": False, "gradient_checkpointing_kwargs": {"use_reentrant": False},
     "dataset_streaming": False, "remove_unused_columns": ANY, "dataset_text_field": ANY,
-    "eos_token": None, "pad_token": None, "chat_template_path": None,
+    "eos_token": None, "pad_token": None,
     "load_in_4bit": False, "load_in_8bit": False, "bnb_4bit_quant_type": ANY,
     "use_bnb_nested_quant": False, "use_vllm": False, "vllm_mode": ANY,
     "vllm_gpu_memory_utilization": ANY, "vllm_tensor_parallel_size": ANY,

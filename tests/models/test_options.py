@@ -94,3 +94,35 @@ def test_disable_dropout_makes_training_mode_deterministic(smol_tokenizer, kind)
 def test_dropout_defaults_follow_trl():
     assert RMTrainConfig().disable_dropout is True  # RewardConfig's default
     assert RLTrainConfig().disable_dropout is False  # RLOOConfig's default
+
+
+def test_chat_template_path_gives_a_base_model_a_template(tiny_model_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from distalign.models.load import load_tokenizer
+    from distalign.models.reward_model import build_reward_model
+
+    base = tmp_path / "base"  # the tiny model without a chat template
+    shutil.copytree(tiny_model_dir, base)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.chat_template = None
+    tok.save_pretrained(base)
+    with pytest.raises(ValueError, match="no chat template"):
+        load_tokenizer(str(base))
+    template = tmp_path / "plain.jinja"
+    template.write_text(
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    cfg = RMTrainConfig(model_name_or_path=str(base), chat_template_path=str(template))
+    _, tokenizer = build_reward_model(cfg.model_name_or_path, **cfg.load_kwargs())
+    messages = [{"role": "user", "content": "hi"}]
+    assert tokenizer.apply_chat_template(messages, tokenize=False) == "user: hi\n"
+    # a tokenizer folder lends its template
+    from_folder = load_tokenizer(str(base), chat_template=str(tiny_model_dir))
+    assert from_folder.chat_template == AutoTokenizer.from_pretrained(tiny_model_dir).chat_template
+    with pytest.raises(ValueError, match="has no chat template"):
+        load_tokenizer(str(tiny_model_dir), chat_template=str(base))

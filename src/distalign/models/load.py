@@ -277,14 +277,38 @@ def _tokenizer_source(name: str) -> str:
     return str(out)
 
 
+def read_chat_template(source: str, trust_remote_code: bool = False) -> str:
+    """The Jinja chat template in ``source``: a template file (``.jinja``, ``.j2`` or any text
+    file), or a tokenizer (folder or hub id) whose template to take, as TRL's
+    ``chat_template_path`` reads it. The special tokens it writes must be in the vocabulary of
+    the tokenizer it goes to (they are not added)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"chat template {path}: not UTF-8 text ({e.reason})") from None
+    template = AutoTokenizer.from_pretrained(
+        _tokenizer_source(source), trust_remote_code=trust_remote_code
+    ).chat_template
+    if not template:
+        raise ValueError(f"chat template {source}: that tokenizer has no chat template")
+    return template
+
+
 def load_tokenizer(
-    name: str = DEFAULT_MODEL, *, trust_remote_code: bool = False, revision: str | None = None
+    name: str = DEFAULT_MODEL,
+    *,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    chat_template: str | None = None,
 ):
     """Tokenizer with a pad token and right padding.
 
     When a tokenizer has no pad token we reuse EOS, as SmolLM2 does natively. Because pad may
     equal EOS (``<|im_end|>``, which also closes every chat turn), no code in distalign finds
     real tokens by comparing ids with ``pad_token_id``: attention masks carry that information.
+    ``chat_template``: a template to use instead of the tokenizer's own (``read_chat_template``).
     """
     tokenizer = AutoTokenizer.from_pretrained(
         _tokenizer_source(name), trust_remote_code=trust_remote_code, revision=revision
@@ -292,6 +316,8 @@ def load_tokenizer(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    if chat_template:
+        tokenizer.chat_template = read_chat_template(chat_template, trust_remote_code)
     if tokenizer.chat_template is None:
         raise ValueError(
             f"tokenizer of {name!r} has no chat template; distalign renders every prompt through "
@@ -366,6 +392,7 @@ def load_policy(
     merge_adapter: bool = False,
     revision: str | None = None,
     init_kwargs: dict | None = None,
+    chat_template: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer, by alias, local folder or hub id.
 
@@ -374,7 +401,7 @@ def load_policy(
     merged into the weights (faster inference, no PEFT wrapper). ``device`` and ``dtype`` as
     ``resolve_device_dtype`` reads them; ``device=None`` leaves the model on the CPU.
     ``revision`` (a hub model's branch, tag or commit) and ``init_kwargs`` go to
-    ``from_pretrained``.
+    ``from_pretrained``; ``chat_template`` replaces the tokenizer's (``read_chat_template``).
     """
     place, kwargs = _load_settings(
         device, dtype, attn_implementation, trust_remote_code, revision, init_kwargs
@@ -393,7 +420,9 @@ def load_policy(
             model = model.merge_and_unload()
     else:
         model = _from_pretrained(AutoModelForCausalLM, path, **kwargs)
-    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, revision=revision)
+    tokenizer = load_tokenizer(
+        name, trust_remote_code=trust_remote_code, revision=revision, chat_template=chat_template
+    )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return _placed(model, place), tokenizer

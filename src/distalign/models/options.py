@@ -1,6 +1,6 @@
 """How the training commands load and adapt their model: the keys of TRL's ``ModelConfig``
-(``model_revision``, ``model_init_kwargs``, the LoRA keys) and ``disable_dropout``, in one
-place that ``rm train`` and ``rl train`` both inherit.
+(``model_revision``, ``model_init_kwargs``, the LoRA keys), ``chat_template_path`` and
+``disable_dropout``, in one place that ``rm train`` and ``rl train`` both inherit.
 
     cfg = RMTrainConfig(use_peft=True, lora_target_modules=["q_proj", "v_proj"], use_dora=True)
     model, tokenizer = build_reward_model(cfg.model_name_or_path, **cfg.load_kwargs())
@@ -37,6 +37,10 @@ class ModelKeys:
     """Weights dtype: float32 | bfloat16 | float16 (mixed precision: bf16 / fp16)."""
     trust_remote_code: bool = False
     """Allow a hub model's own code to run (off: only code shipped with transformers)."""
+    chat_template_path: str | None = None
+    """A chat template for a model without one (a base model), or instead of its own: a Jinja
+    file, or a tokenizer (folder or hub id) whose template to take. The special tokens it
+    writes must be in the model's vocabulary (they are not added). Saved with the model."""
     disable_dropout: bool = False
     """Turn every dropout of the model off (nn.Dropout layers and the attention dropout a
     model applies by itself); LoRA's own dropout stays ``lora_dropout``."""
@@ -90,6 +94,7 @@ class ModelKeys:
             "trust_remote_code": extra.pop("trust_remote_code", self.trust_remote_code),
             "revision": self.model_revision,
             "init_kwargs": extra,
+            "chat_template": self.chat_template_path,
         }
 
     def lora_kwargs(self, task_type: str) -> dict[str, Any]:

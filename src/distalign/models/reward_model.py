@@ -87,10 +87,12 @@ def build_reward_model(
     trust_remote_code: bool = False,
     revision: str | None = None,
     init_kwargs: dict | None = None,
+    chat_template: str | None = None,
 ):
     """A reward model to train on a backbone (alias, folder or hub id) + its tokenizer, on the
     CPU (the training loop places it). ``revision`` (a hub model's branch, tag or commit) and
-    ``init_kwargs`` go to ``from_pretrained``.
+    ``init_kwargs`` go to ``from_pretrained``; ``chat_template`` replaces the tokenizer's
+    (``models.load.read_chat_template``).
 
     The head: a causal LM gets a new one, small so that the first rewards are near 0. A reward
     model as the backbone keeps its head when it is of the asked kind and size (training
@@ -109,7 +111,8 @@ def build_reward_model(
             "(load_reward_model(path)[0].merge_and_unload().save_pretrained(folder), with the "
             "tokenizer and distalign_rm.json beside it) and train from that folder"
         )
-    tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code, revision=revision)
+    tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code, revision=revision,
+                               chat_template=chat_template)  # fmt: skip
     tokenizer.pad_token = distinct_pad_token(tokenizer)
     saved = saved_head(path)
     model = _from_pretrained(
