@@ -148,9 +148,6 @@ NOT_OFFERED = {
     "ref_model_mixup_alpha": _REF_FIXED,
     "log_completions": "every completion of every step is in output_dir/history.jsonl",
     "num_completions_to_print": "every completion of every step is in output_dir/history.jsonl",
-    "mask_truncated_completions": "a reply cut at max_completion_length stays in the loss; "
-    "missing_eos_penalty lowers its reward",
-    "reward_clip_range": "rewards are used as the reward model gives them",
 }
 ANY = object()  # any value does nothing (a key that acts only beside another)
 # values of those keys that do nothing (TRL's and transformers' defaults): a config carrying
@@ -171,7 +168,6 @@ NEUTRAL = {
     "generation_batch_size": None, "num_generations_eval": None, "shuffle_dataset": True,
     "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
     "log_completions": False, "num_completions_to_print": ANY,
-    "mask_truncated_completions": False, "reward_clip_range": None,
 }  # fmt: skip
 
 

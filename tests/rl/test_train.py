@@ -259,3 +259,28 @@ def test_the_reward_loads_first_and_leaves_the_lora_init(
     rw.load_reward_source(str(plain_rm))
     moved = get_peft_model_state_dict(rl_train.build_policy(cfg, None)[0])
     assert not all(torch.equal(saved[k], moved[k]) for k in saved)
+
+
+def reward_minus_length(prompts, replies) -> list[float]:
+    return [-float(len(r)) for r in replies]
+
+
+def test_truncated_replies_leave_the_loss_and_rewards_clip(peaked_policy_dir, tmp_path):
+    # every reply is cut at 2 tokens (the peaked model never stops that soon)
+    cut = dict(max_completion_length=2, reward="tests.rl.test_train:reward_minus_length",
+               reward_clip_range=[-10.0, 0.0], **SHORT)  # fmt: skip
+    run(config(peaked_policy_dir, tmp_path / "a", mask_truncated_completions=True, **cut))
+    masked = [m for m in read_jsonl(tmp_path / "a" / "rl" / "metrics.jsonl") if "train/kl" in m]
+    assert masked and all(m["train/eos_rate"] == 0 for m in masked)
+    assert all(m["train/grad_norm"] == 0 for m in masked)  # no reply left in the loss
+    run(config(peaked_policy_dir, tmp_path / "b", **cut))
+    kept = [m for m in read_jsonl(tmp_path / "b" / "rl" / "metrics.jsonl") if "train/kl" in m]
+    assert any(m["train/grad_norm"] > 0 for m in kept)
+    # clipped: the shaped reward (beta 0) stays in [-10, 0] while the raw one is below
+    assert all(-10 <= m["train/shaped_reward"] <= 0 for m in kept)
+    assert any(m["train/reward"] < -10 for m in kept)
+
+
+def test_reward_clip_range_needs_low_below_high():
+    with pytest.raises(ValueError, match="reward_clip_range"):
+        RLTrainConfig(reward_clip_range=[1.0, -1.0])

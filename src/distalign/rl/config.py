@@ -101,6 +101,11 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     """Normalise advantages to zero mean, unit std per step."""
     missing_eos_penalty: float = 0.0
     """Subtracted from the reward of replies cut at max_completion_length (no EOS)."""
+    mask_truncated_completions: bool = False
+    """Leave replies cut at max_completion_length out of the policy loss (DAPO); they still
+    count in their group's baseline."""
+    reward_clip_range: list[float] | None = None
+    """Clip rewards to [low, high] before the KL term (unset: as the reward model gives them)."""
     max_steps: int = 20
     """Optimizer steps."""
     learning_rate: float = 1e-5
@@ -190,6 +195,14 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
             ),
             (self.beta >= 0, "beta must be >= 0"),
             (self.ema is None or 0 <= self.ema < 1, "ema must be in [0, 1)"),
+            (
+                self.reward_clip_range is None
+                or (
+                    len(self.reward_clip_range) == 2
+                    and self.reward_clip_range[0] < self.reward_clip_range[1]
+                ),
+                "reward_clip_range: [low, high] with low < high",
+            ),
             (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
         ]
         require(checks + self.model_checks("CAUSAL_LM") + cadence_checks(self, epochs=False))

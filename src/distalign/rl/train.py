@@ -277,9 +277,18 @@ def greedy_rewards(t: Trainer, prompts, cfg: RLTrainConfig) -> torch.Tensor | No
     greedy = copy(cfg)  # the step's settings, decoded greedily, one reply per prompt
     greedy.temperature, greedy.num_generations = 0.0, 1
     ro = rollout(t.policy, t.tokenizer, prompts, greedy, seed=cfg.seed)
-    rewards = score(t, prompts, ro, greedy).rewards.to(ro.logps.device)
+    return rewards_of(t, prompts, ro, greedy)[1]
+
+
+def rewards_of(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig):
+    """(the scores, as ``score`` gives them; the rewards training takes: clipped to
+    ``reward_clip_range``, less ``missing_eos_penalty`` for a reply cut at the length limit)."""
+    scored = score(t, prompts, ro, cfg)
+    rewards = scored.rewards.to(ro.logps.device)
+    if cfg.reward_clip_range:
+        rewards = rewards.clamp(*cfg.reward_clip_range)
     cut = torch.tensor([not f for f in ro.finished], dtype=rewards.dtype, device=rewards.device)
-    return rewards - cfg.missing_eos_penalty * cut
+    return scored, rewards - cfg.missing_eos_penalty * cut
 
 
 def pooled_rewards(accelerator, shaped: torch.Tensor, cfg: RLTrainConfig) -> torch.Tensor | None:
@@ -291,8 +300,11 @@ def pooled_rewards(accelerator, shaped: torch.Tensor, cfg: RLTrainConfig) -> tor
 
 def policy_gradient_step(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig):
     """One optimizer step of −mean A_i·Σ_t log π over the step's micro-batches (skipped when
-    the gradient is not finite). Returns (grad norm, summed token entropy, tokens)."""
+    the gradient is not finite; with ``mask_truncated_completions`` a reply cut at the length
+    limit has no part in it). Returns (grad norm, summed token entropy, tokens)."""
     t.learner.train()
+    if cfg.mask_truncated_completions:
+        adv = adv * torch.tensor(ro.finished, dtype=adv.dtype, device=adv.device)
     n, step = len(ro.prompt_ids), cfg.prompts_per_micro_batch
     entropy_sum, tokens = 0.0, 0
     for s in range(0, n, step):
@@ -377,16 +389,11 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
                 seed = cfg.seed * 1_000_003 + state.step
                 ro = rollout(t.policy, tokenizer, prompts, cfg, seed=seed)
                 t1 = time.perf_counter()
-                scored = score(t, prompts, ro, cfg)
+                scored, rewards = rewards_of(t, prompts, ro, cfg)
                 greedy = greedy_rewards(t, prompts, cfg)  # ReMax's baseline, None for the others
                 ref_lp = reference_logprobs(t.policy, ref_model, ro, cfg, tokenizer.pad_token_id)
             t2 = time.perf_counter()
-            rewards = scored.rewards.to(ro.logps.device)
             shaped = kl_shaped_rewards(rewards, ro.logps, ref_lp, ro.mask, cfg.beta)
-            cut = torch.tensor(
-                [not f for f in ro.finished], dtype=shaped.dtype, device=shaped.device
-            )
-            shaped = shaped - cfg.missing_eos_penalty * cut
             pooled = pooled_rewards(accelerator, shaped, cfg)
             std = scored.std.to(ro.logps.device) if scored.std is not None else None
             adv, base = advantages_for(cfg, shaped, std, state, pooled, greedy)
