@@ -284,6 +284,7 @@ def quiet_libraries() -> None:
     # sentence-transformers (the gold judge) also shows its encode bars at INFO level
     for name in ("accelerate", "peft", "sentence_transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    hub_utils.logging.disable_propagation()  # it prints its warnings itself: not twice
     # "Loading weights" bars; transformers' switch also turns off the hub's download bars,
     # which are worth keeping, so those are switched back on when they were on
     downloads_on = not hub_utils.are_progress_bars_disabled()

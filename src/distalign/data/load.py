@@ -41,6 +41,7 @@ from distalign.data.formats import (
     repeats_prompt,
     reply_and_context,
 )
+from distalign.hub import offline_if_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +171,14 @@ def _some_rows(
 def _hub_rows(source: str, split: str, name: str | None, revision: str | None):
     # Only the options given, so that load_dataset sees the call it would from the user.
     options = {k: v for k, v in (("name", name), ("revision", revision)) if v is not None}
+    why = offline_if_unreachable()
     try:
         ds = datasets.load_dataset(source, split=split, **options)
     except (ConnectionError, FileNotFoundError, ValueError) as e:
         # Offline, unknown id, unknown config name or split: one line, not a traceback.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataSourceError(f"{source}: cannot load from the hub ({first})") from None
+        reached = f"; the hub cannot be reached: {why}" if why else ""
+        raise DataSourceError(f"{source}: cannot load from the hub ({first}){reached}") from None
     for i, row in enumerate(ds):
         yield f"{source}[{split}] row {i}", row
 

@@ -30,13 +30,17 @@ def model_folder(spec: str, trust_remote_code: bool = False) -> Path:
         raise ValueError(f"reward folder {spec!r} does not exist")
     from huggingface_hub import snapshot_download
 
+    from distalign.hub import offline_if_unreachable
+
     patterns = HUB_FILES + (["*.py"] if trust_remote_code else [])
+    why = offline_if_unreachable()
     try:
         return Path(snapshot_download(spec, allow_patterns=patterns))
     except Exception as e:  # not a repo id, not found, offline: all mean "no such model"
+        reached = f"; the hub cannot be reached: {why}" if why else ""
         raise ValueError(
             f"reward {spec!r} is not a folder, not module:function, and not a model on the "
-            f"hub ({type(e).__name__}: {e})"
+            f"hub ({type(e).__name__}: {e}){reached}"
         ) from None
 
 

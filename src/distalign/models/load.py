@@ -38,6 +38,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from distalign.hub import in_cache, offline_if_unreachable
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -255,7 +257,14 @@ def resolve_model(name: str = DEFAULT_MODEL) -> str:
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelNotFoundError(f"model folder {name!r} does not exist")
-    return name  # a hub id; from_pretrained reports if it cannot be reached
+    why = offline_if_unreachable()  # a hub id: from_pretrained reports what else goes wrong
+    if why and not any(in_cache(name, f) for f in ("config.json", "adapter_config.json")):
+        raise ModelNotFoundError(
+            f"{name!r} is not a local folder or an embedded model ({', '.join(EMBEDDED_MODELS)}), "
+            f"and the hub cannot be reached to download it ({why}); it is not in the local "
+            "Hugging Face cache either"
+        )
+    return name
 
 
 def _tokenizer_source(name: str) -> str:
