@@ -146,8 +146,6 @@ NOT_OFFERED = {
     "sync_ref_model": _REF_FIXED,
     "ref_model_sync_steps": _REF_FIXED,
     "ref_model_mixup_alpha": _REF_FIXED,
-    "log_completions": "every completion of every step is in output_dir/history.jsonl",
-    "num_completions_to_print": "every completion of every step is in output_dir/history.jsonl",
 }
 ANY = object()  # any value does nothing (a key that acts only beside another)
 # values of those keys that do nothing (TRL's and transformers' defaults): a config carrying
@@ -167,7 +165,6 @@ NEUTRAL = {
     "num_iterations": 1, "epsilon": ANY, "epsilon_high": ANY, "steps_per_generation": None,
     "generation_batch_size": None, "num_generations_eval": None, "shuffle_dataset": True,
     "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
-    "log_completions": False, "num_completions_to_print": ANY,
 }  # fmt: skip
 
 

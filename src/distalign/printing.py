@@ -1,10 +1,11 @@
 """What the command line prints: rich tables of metrics, of a data source's inspection, of a
-benchmark's metadata."""
+benchmark's metadata, of an RL step's completions."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 
@@ -79,3 +80,24 @@ def number(v) -> str:
     if isinstance(v, list | tuple) and v and all(isinstance(x, float) for x in v):
         return "[" + ", ".join(f"{x:.4f}" for x in v) + "]"
     return str(v)
+
+
+def print_completions(rows: list[dict], step: int, width: int = 60) -> None:
+    """``rl train``'s ``log_completions``: a table of a step's completions (the prompt's last
+    message and the reply, shortened to ``width`` characters; reward and advantage)."""
+    table = Table(title=f"completions at step {step}", show_lines=True)
+    for column in ("prompt", "reply"):
+        table.add_column(column, overflow="fold")
+    for column in ("reward", "advantage"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        prompt = row["prompt"][-1]["content"] if isinstance(row["prompt"], list) else row["prompt"]
+        cells = [_shorten(str(prompt), width), _shorten(row["reply"], width)]
+        # the texts are data: printed as they are, never read as rich markup
+        table.add_row(*(Text(c) for c in cells), f"{row['reward']:.3f}", f"{row['advantage']:+.3f}")
+    console.print(table)
+
+
+def _shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -284,3 +284,12 @@ def test_truncated_replies_leave_the_loss_and_rewards_clip(peaked_policy_dir, tm
 def test_reward_clip_range_needs_low_below_high():
     with pytest.raises(ValueError, match="reward_clip_range"):
         RLTrainConfig(reward_clip_range=[1.0, -1.0])
+
+
+def test_log_completions_prints_a_table_each_logging_step(peaked_policy_dir, tmp_path, capsys):
+    run(config(peaked_policy_dir, tmp_path, log_completions=True, num_completions_to_print=3,
+               logging_steps=2, **SHORT))  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.count("completions at step") == 1 and "completions at step 2" in out
+    history = read_jsonl(tmp_path / "rl" / "history.jsonl")
+    assert len(history) == 2 * 4 and all("advantage" in row for row in history)

@@ -106,6 +106,11 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     count in their group's baseline."""
     reward_clip_range: list[float] | None = None
     """Clip rewards to [low, high] before the KL term (unset: as the reward model gives them)."""
+    log_completions: bool = False
+    """Print a table of the step's completions (prompt, reply, reward, advantage) every
+    ``logging_steps`` steps; history.jsonl keeps all of them either way."""
+    num_completions_to_print: int | None = None
+    """How many of the step's completions that table shows (unset: all)."""
     max_steps: int = 20
     """Optimizer steps."""
     learning_rate: float = 1e-5

@@ -17,6 +17,7 @@ from accelerate.utils import gather_object
 
 from distalign.checkpoint import save_checkpoint
 from distalign.distributed import full_optimizer_state, full_state_dict
+from distalign.printing import print_completions
 from distalign.tracking import peak_memory_gb
 
 if TYPE_CHECKING:
@@ -86,8 +87,8 @@ def log_step(
         row = {
             "step": state.step, "prompt": ro.prompts[i // cfg.num_generations], "reply": text,
             "reward": scored.rewards[i].item(), "shaped_reward": shaped[i].item(),
-            "kl": kl["k1"][i].item(), "length": int(lengths[i].item()),
-            "finished": ro.finished[i],
+            "kl": kl["k1"][i].item(), "advantage": adv[i].item(),
+            "length": int(lengths[i].item()), "finished": ro.finished[i],
         }  # fmt: skip
         if per_source:  # unweighted, None where a source did not score the reply
             row["rewards"] = {n: _finite(v[i].item()) for n, v in per_source.items()}
@@ -99,6 +100,8 @@ def log_step(
     if t.accelerator.is_main_process:
         with (t.out / "history.jsonl").open("a", encoding="utf-8") as f:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        if cfg.log_completions and state.step % t.log.every == 0:
+            print_completions(rows[: cfg.num_completions_to_print or len(rows)], state.step)
     return logged
 
 
