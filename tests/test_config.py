@@ -15,6 +15,7 @@ from distalign.command_configs import (
 from distalign.config import (
     ConfigError,
     bool_keys,
+    list_keys,
     load_config,
     parse_cli_args,
     save_config,
@@ -34,6 +35,7 @@ COMMANDS = {
 
 def from_cli(cls, args, **kw):
     """What a command builds from its CLI words."""
+    kw = {"list_keys": list_keys(cls), "bool_keys": bool_keys(cls), **kw}
     path, overrides = parse_cli_args(args, **kw)
     return load_config(cls, path, overrides)
 
@@ -253,6 +255,44 @@ def test_a_trl_key_that_would_act_is_refused_with_what_to_use(args, key, hint):
     with pytest.raises(ConfigError, match=f"`{key}`") as info:
         from_cli(RLTrainConfig, args)
     assert hint in str(info.value)
+
+
+def test_trl_list_and_mapping_flags():
+    """HfArgumentParser's nargs (--lora_target_modules q_proj v_proj), a YAML list or mapping
+    after a flag, and key=value all give the same values."""
+    cfg = from_cli(RLTrainConfig, ["--lora_target_modules", "q_proj", "v_proj",
+                                   "--reward_clip_range", "-1", "1",
+                                   "--model_init_kwargs", '{"dtype": "bfloat16"}',
+                                   "--lora_modules_to_save", "[norm]"])  # fmt: skip
+    assert cfg.lora_target_modules == ["q_proj", "v_proj"] and cfg.reward_clip_range == [-1, 1]
+    assert cfg.load_kwargs()["dtype"] == "bfloat16" and cfg.lora_modules_to_save == ["norm"]
+    same = from_cli(RLTrainConfig, ["lora_target_modules=[q_proj,v_proj]",
+                                    "--reward_clip_range", "[-1, 1]"])  # fmt: skip
+    assert (same.lora_target_modules, same.reward_clip_range) == (["q_proj", "v_proj"], [-1, 1])
+    assert from_cli(RMTrainConfig, ["--lora_target_modules", "all-linear"]).lora_target_modules \
+        == "all-linear"  # fmt: skip
+    assert from_cli(RMTrainConfig, ["lora_target_modules=null"]).lora_target_modules is None
+    # a list flag stops at the next flag, key=value or the YAML file
+    words = ["--lora_target_modules", "q_proj", "v_proj", "c.yaml", "max_steps=3"]
+    path, overrides = parse_cli_args(words, list_keys=["lora_target_modules"])
+    assert path == "c.yaml" and overrides == ["max_steps=3", ("lora_target_modules",
+                                                              ["q_proj", "v_proj"])]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["dtype=bf16"], "dtype must be one of auto, float32"),
+     (["model_init_kwargs={torch_dtype: fp8}"], "dtype must be one of"),
+     (["model_init_kwargs={attn_implementation: eager}"], "as keys of their own"),
+     (["optim=sgd"], "AdamW"), (["vllm_mode=server"], None)],
+)  # fmt: skip
+def test_model_keys_are_checked_when_the_config_is_built(args, message):
+    if message is None:  # any vllm_* key does nothing without use_vllm
+        assert from_cli(RMTrainConfig, args).dtype == "float32"
+        return
+    with pytest.raises(ConfigError, match=message):
+        from_cli(RMTrainConfig, args)
+    assert from_cli(RMTrainConfig, ["optim=adamw_torch_fused", "dtype=auto"]).dtype == "auto"
 
 
 def test_the_python_api_drops_do_nothing_keys_too():

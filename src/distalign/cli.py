@@ -36,6 +36,7 @@ from distalign.config import (
     ConfigError,
     bool_keys,
     config_fields,
+    list_keys,
     load_config,
     parse_cli_args,
     save_config,
@@ -131,8 +132,9 @@ COMMANDS: dict[str, tuple[type, str | None, dict[str, str] | None, tuple[str, ..
 
 def parse_command(command: str, args: Sequence[str]):
     """The config that ``distalign <command> <args>`` runs with (nothing is run)."""
-    cls, positional, aliases, list_keys = COMMANDS[command]
-    path, overrides = parse_cli_args(args, positional, aliases, list_keys, bool_keys(cls))
+    cls, positional, aliases, lists = COMMANDS[command]
+    lists = (*lists, *list_keys(cls))
+    path, overrides = parse_cli_args(args, positional, aliases, lists, bool_keys(cls))
     return load_config(cls, path, overrides)
 
 

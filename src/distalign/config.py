@@ -124,13 +124,21 @@ NOT_OFFERED = {
     "bnb_4bit_quant_type": _NO_QUANT,
     "use_bnb_nested_quant": _NO_QUANT,
     "use_vllm": _SAMPLER,
-    "vllm_mode": _SAMPLER,
-    "vllm_gpu_memory_utilization": _SAMPLER,
-    "vllm_tensor_parallel_size": _SAMPLER,
-    "vllm_server_base_url": _SAMPLER,
     "generation_kwargs": _SAMPLER + ": max_completion_length, temperature, top_p, top_k",
     "cache_implementation": _SAMPLER + " (with its own KV cache)",
     "use_transformers_paged": _SAMPLER,
+    "use_transformers_continuous_batching": _SAMPLER,
+    "transformers_continuous_batching_config": _SAMPLER,
+    "ds3_gather_for_generation": "sampling gathers sharded weights whole "
+    "(distalign.distributed.full_parameters)",
+    "chat_template_kwargs": "the chat template is rendered with its own defaults",
+    "log_unique_prompts": "every prompt and completion of every step is in "
+    "output_dir/history.jsonl",
+    "log_multimodal": "text models only",
+    "router_aux_loss_coef": "no mixture-of-experts router loss is added",
+    "pad_to_multiple_of": "rl train pads each pass to its longest row (rm train takes the key)",
+    "lora_target_parameters": "adapters go on modules: lora_target_modules",
+    "bnb_4bit_quant_storage": _NO_QUANT,
     "repetition_penalty": _UNBIASED,
     "min_p": _UNBIASED,
     "num_iterations": _ON_POLICY,
@@ -148,20 +156,29 @@ NOT_OFFERED = {
     "ref_model_mixup_alpha": _REF_FIXED,
 }
 ANY = object()  # any value does nothing (a key that acts only beside another)
+
+
+class Either(tuple):
+    """Several values that do nothing (a default that differs between versions)."""
+
+
 # values of those keys that do nothing (TRL's and transformers' defaults): a config carrying
 # them is read as if they were absent
 NEUTRAL = {
-    "save_total_limit": None, "load_best_model_at_end": False, "logging_dir": None,
-    "logging_first_step": False, "push_to_hub": False, "hub_model_id": None,
-    "optim": "adamw_torch", "torch_compile": False, "use_liger_kernel": False,
-    "activation_offloading": False, "gradient_checkpointing_kwargs": {"use_reentrant": False},
+    "save_total_limit": None, "load_best_model_at_end": False, "metric_for_best_model": None,
+    "logging_dir": None, "logging_first_step": False, "push_to_hub": False, "hub_model_id": None,
+    "optim": Either(("adamw_torch", "adamw_torch_fused")), "torch_compile": False,
+    "use_liger_kernel": False, "activation_offloading": False,
+    "gradient_checkpointing_kwargs": Either((None, {}, {"use_reentrant": False})),
     "dataset_streaming": False, "remove_unused_columns": ANY, "dataset_text_field": ANY,
-    "eos_token": None, "pad_token": None,
-    "load_in_4bit": False, "load_in_8bit": False, "bnb_4bit_quant_type": ANY,
-    "use_bnb_nested_quant": False, "use_vllm": False, "vllm_mode": ANY,
-    "vllm_gpu_memory_utilization": ANY, "vllm_tensor_parallel_size": ANY,
-    "vllm_server_base_url": ANY, "generation_kwargs": None, "cache_implementation": None,
-    "use_transformers_paged": False, "repetition_penalty": 1.0, "min_p": None,
+    "eos_token": None, "pad_token": None, "load_in_4bit": False, "load_in_8bit": False,
+    "bnb_4bit_quant_type": ANY, "bnb_4bit_quant_storage": ANY, "use_bnb_nested_quant": False,
+    "use_vllm": False, "generation_kwargs": Either((None, {})), "cache_implementation": None,
+    "use_transformers_paged": False, "use_transformers_continuous_batching": False,
+    "transformers_continuous_batching_config": ANY, "ds3_gather_for_generation": ANY,
+    "chat_template_kwargs": Either((None, {})), "log_unique_prompts": ANY,
+    "log_multimodal": ANY, "router_aux_loss_coef": ANY, "pad_to_multiple_of": None,
+    "lora_target_parameters": None, "repetition_penalty": 1.0, "min_p": Either((None, 0.0)),
     "num_iterations": 1, "epsilon": ANY, "epsilon_high": ANY, "steps_per_generation": None,
     "generation_batch_size": None, "num_generations_eval": None, "shuffle_dataset": True,
     "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
@@ -202,13 +219,15 @@ def known_keys(cls: type, items: dict[str, Any], where: str) -> dict[str, Any]:
         if top not in known and top in RENAMED:
             name, paren, note = RENAMED[top].partition(" (")
             raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")
-        if top not in known and top in NOT_OFFERED:
-            neutral = NEUTRAL.get(top)
-            if neutral is ANY or (top in NEUTRAL and key == top and _same(value, neutral)):
-                log.info("%s: %s=%r does nothing here: %s", where, top, value, NOT_OFFERED[top])
+        hint = NOT_OFFERED.get(top, _SAMPLER if top.startswith("vllm_") else None)
+        if top not in known and hint:
+            # a vllm_* key does nothing without use_vllm, whatever its value
+            neutral = NEUTRAL.get(top, ANY if top.startswith("vllm_") else Either())
+            if neutral is ANY or (key == top and _same(value, neutral)):
+                log.info("%s: %s=%r does nothing here: %s", where, top, value, hint)
                 continue
             raise ConfigError(f"{where}: `{top}` is a TRL/transformers key distalign does not "
-                              f"take: {NOT_OFFERED[top]}")  # fmt: skip
+                              f"take: {hint}")  # fmt: skip
         kept[key] = value
     return kept
 
@@ -224,7 +243,9 @@ def _yaml_value(raw: Any) -> Any:
 
 
 def _same(value: Any, neutral: Any) -> bool:
-    """``value`` is ``neutral`` (1.0 is 1, but false is not 0)."""
+    """``value`` is ``neutral``, or one of them (1.0 is 1, but false is not 0)."""
+    if isinstance(neutral, Either):
+        return any(_same(value, n) for n in neutral)
     return isinstance(value, bool) == isinstance(neutral, bool) and value == neutral
 
 
@@ -295,6 +316,19 @@ BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
 NULL_WORDS = ("null", "Null", "NULL", "~")  # YAML's null: unsets a key that may be unset
 
 
+def list_keys(cls: type) -> list[str]:
+    """The keys of ``cls`` that hold a list (their flag may repeat, or take several words:
+    ``--lora_target_modules q_proj v_proj``); a field marked ``metadata={"list": True}`` too."""
+    return [f.name for f in dataclasses.fields(cls)
+            if "list[" in str(f.type) or f.metadata.get("list")]  # fmt: skip
+
+
+def _another_value(word: str) -> bool:
+    """Whether a word after a list flag's value is one more value (not a flag, key=value or
+    the YAML file)."""
+    return not word.startswith("--") and "=" not in word and not word.endswith((".yaml", ".yml"))
+
+
 def bool_keys(cls: type) -> list[str]:
     """The keys of ``cls`` that hold a bool (they may be given as a bare ``--flag``)."""
     kinds = (bool, "bool", "bool | None", "None | bool")
@@ -348,8 +382,13 @@ def load_config(
             key, raw = item
             if not known_keys(cls, {key: _yaml_value(raw)}, f"--{key}"):
                 continue
-            # YAML's null unsets the key, as key=value reads it
+            # YAML's null unsets the key, as key=value reads it; a YAML list or mapping
+            # (--reward_clip_range '[-1, 1]', --model_init_kwargs '{"dtype": "bfloat16"}') is read
             value = None if isinstance(raw, str) and raw in NULL_WORDS else raw
+            if isinstance(raw, list) and len(raw) == 1:  # one word after a list flag
+                raw = raw[0]
+            if isinstance(raw, str) and raw.lstrip().startswith(("[", "{")):
+                value = _yaml_value(raw)
             try:
                 OmegaConf.update(base, key, value, merge=True, force_add=False)
             except OmegaConfBaseException as e:
@@ -440,8 +479,11 @@ def parse_cli_args(
                     value = "true"  # a bare flag
             if key == "config":
                 path = value
-            elif key in list_keys:
+            elif key in list_keys:  # repeated, or several words as TRL's nargs reads them
                 lists.setdefault(key, []).append(value)
+                while i < len(words) and _another_value(words[i]):
+                    lists[key].append(words[i])
+                    i += 1
             else:
                 overrides.append((key, value))
         elif "=" in word and not word.startswith(("=", "[")):

@@ -399,13 +399,17 @@ def moving_average_update(
     return ema * mean + (1 - ema) * batch_mean, count + n
 
 
-def whiten(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x − mean) / std over all elements (advantage normalisation), (B,) -> (B,). Constant x
-    -> zeros (statistics in float64, see above)."""
+def whiten(
+    x: torch.Tensor, eps: float = 1e-8, reference: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(x − mean) / std over all elements (advantage normalisation), (B,) -> (B,), with the
+    statistics of ``reference`` when given (every process's values, of which ``x`` is one's
+    share). Constant values -> zeros (statistics in float64, see above)."""
     x64 = x.double()
-    if x.numel() < 2:
-        return (x64 - x64.mean()).to(x.dtype)
-    return ((x64 - x64.mean()) / (x64.std() + eps)).to(x.dtype)
+    ref = x64 if reference is None else reference.double()
+    if ref.numel() < 2:
+        return (x64 - ref.mean()).to(x.dtype)
+    return ((x64 - ref.mean()) / (ref.std() + eps)).to(x.dtype)
 
 
 def uncertainty_scaled(advantages: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

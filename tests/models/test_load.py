@@ -66,7 +66,9 @@ def test_embedded_model_cached_on_another_machine_is_its_alias(tmp_path, monkeyp
         resolve_model("/home/someone/.cache/distalign/models/another-model")
 
 
-def test_hub_ids_pass_through():
+def test_hub_ids_pass_through(monkeypatch):
+    # with a network (tests/test_hub.py: without one)
+    monkeypatch.setattr("distalign.models.load.offline_if_unreachable", lambda: None)
     assert (
         resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
         == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
 
 from distalign.config import load_config
-from distalign.models.load import _load_settings, load_policy
+from distalign.models.load import _load_settings, load_policy, unwrap
 from distalign.models.lora import add_lora
 from distalign.models.options import disable_dropout
 from distalign.rl.config import RLTrainConfig
@@ -84,11 +84,19 @@ def test_disable_dropout_makes_training_mode_deterministic(smol_tokenizer, kind)
         config = GPT2Config(vocab_size=len(smol_tokenizer), n_embd=32, n_layer=2, n_head=4,
                             resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3)  # fmt: skip
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").train()
+    saved = model.config.to_dict()
+    model = add_lora(model, "CAUSAL_LM", r=4, alpha=8, dropout=0.3,
+                     target_modules=["c_attn"] if kind == "gpt2" else "all-linear")  # fmt: skip
+    with torch.no_grad():  # adapters that act, so that their dropout shows
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     assert not torch.equal(model(ids).logits, model(ids).logits)
     assert disable_dropout(model) > 0
     torch.testing.assert_close(model(ids).logits, model(ids).logits, rtol=0, atol=0)
     assert disable_dropout(model) == 0
+    assert unwrap(model).config.to_dict() == saved  # a saved model keeps its dropout settings
 
 
 def test_dropout_defaults_follow_trl():

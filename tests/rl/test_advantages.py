@@ -222,6 +222,21 @@ def test_whitening_and_uncertainty_scaling_apply_after_any_estimator():
     torch.testing.assert_close(adv, whiten(dr_grpo_advantages(shaped, 2)) / (1 + std))
 
 
+def test_normalize_advantages_takes_every_process_s_statistics():
+    """Two processes, each with two prompts of k = 2: each whitens its share with the statistics
+    of the whole batch (TRL's normalize_advantages), so the shares join into the one-process
+    result."""
+    shaped = torch.tensor([1.0, 4.0, 2.0, 2.5, 0.0, 9.0, 3.0, 1.0])
+    cfg = _cfg("dr_grpo", normalize_advantages=True)
+    whole, _ = advantages_for(cfg, shaped, None, TrainState())
+    everyone = dr_grpo_advantages(shaped, 2)
+    shares = [advantages_for(cfg, part, None, TrainState(), gather=lambda a: everyone)[0]
+              for part in shaped.split(4)]  # fmt: skip
+    torch.testing.assert_close(torch.cat(shares), whole)
+    alone = [advantages_for(cfg, part, None, TrainState())[0] for part in shaped.split(4)]
+    assert not torch.allclose(torch.cat(alone), whole)  # whitening each share alone differs
+
+
 @pytest.mark.parametrize("baseline", ["remax", "grpo"])
 def test_rl_train_runs_with(baseline, tiny_model_dir, tmp_path):
     """The loop end to end; ReMax adds a greedy reply and its score per prompt per step."""

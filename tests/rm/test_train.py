@@ -363,3 +363,29 @@ def test_trl_data_keys_tokenise_in_processes_and_pad_to_a_multiple(
     assert len(train) == 12
     batch = make_collator(cfg, tokenizer)([train[i] for i in range(5)])
     assert batch["input_ids"].shape[1] % 8 == 0
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "position", "step"),
+    [((1, 1), (1, 2), (0, 4, 4), 2),  # mid-epoch: 4 batches seen = 2 steps of 2
+     ((2, 2), (4, 1), (0, 16, 4), 4),  # another process count, as many batches a step
+     ((3, 1), (2, 1), (0, 42, 14), 20),  # an epoch padded to 42 by 3 processes ends at 20
+     ((1, 1), (2, 1), (1, 10, 50), 25)],  # second epoch: 20 steps of the first + 5
+)  # fmt: skip
+def test_carry_over_moves_the_step_and_the_schedule(old, new, position, step):
+    from distalign.rm.train import TrainState, carry_over
+
+    cfg = RMTrainConfig(per_device_train_batch_size=8, group_by_length=False,
+                        gradient_accumulation_steps=new[1])  # fmt: skip
+    train = list(range(320))  # 40 batches of 8 an epoch
+    epoch, batch_in_epoch, old_step = position
+    state = TrainState(step=old_step, epoch=epoch, batch_in_epoch=batch_in_epoch,
+                       per_device_batch=8, batches_per_step=old[0] * old[1],
+                       processes=old[0])  # fmt: skip
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: s)  # lr = process-steps
+    scheduler.last_epoch = old_step * old[0]
+    carry_over(state, cfg, train, new[0], scheduler)
+    assert state.step == step
+    assert scheduler.get_last_lr() == [step * new[0]]
+    assert (state.batches_per_step, state.processes) == (new[0] * new[1], new[0])

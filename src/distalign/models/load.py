@@ -327,6 +327,13 @@ def load_tokenizer(
     tokenizer.padding_side = "right"
     if chat_template:
         tokenizer.chat_template = read_chat_template(chat_template, trust_remote_code)
+        turn = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+        if tokenizer.eos_token not in tokenizer.apply_chat_template(turn, tokenize=False):
+            log.warning(
+                "chat template %s does not end a reply with the tokenizer's EOS %r: sampled "
+                "replies stop only at EOS (or a generation config's stop tokens)",
+                chat_template, tokenizer.eos_token,
+            )  # fmt: skip
     if tokenizer.chat_template is None:
         raise ValueError(
             f"tokenizer of {name!r} has no chat template; distalign renders every prompt through "

@@ -20,14 +20,14 @@ def add_lora(
     alpha: int,
     dropout: float,
     *,
-    target_modules: str | list[str] = "all-linear",
+    target_modules: str | list[str] | None = "all-linear",
     modules_to_save: list[str] | None = None,
     use_rslora: bool = False,
     use_dora: bool = False,
 ):
     """``model`` wrapped by PEFT with rank-``r`` adapters (scale ``alpha / r``; ``alpha / √r``
     with ``use_rslora``) on ``target_modules``: every linear layer but the output one by
-    default, or the named ones.
+    default, the named ones, or (None) PEFT's default ones for the architecture.
 
     ``task_type``: ``"SEQ_CLS"`` for a reward model: PEFT then keeps the freshly initialised
     ``score`` head fully trainable (``modules_to_save``) and saves it with the adapter;

@@ -9,18 +9,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from distalign.models.load import DTYPES
 from distalign.models.lora import TASK_TYPES
 
-# attributes through which models apply dropout without an nn.Dropout module (Llama's
-# attention keeps ``attention_dropout`` as a float), on modules and on their config
+# attributes through which modules apply dropout without an nn.Dropout layer (Llama's
+# attention keeps ``attention_dropout`` as a float)
 DROPOUT_ATTRIBUTES = ("attention_dropout", "hidden_dropout", "dropout", "attn_pdrop",
                       "resid_pdrop", "embd_pdrop", "summary_first_dropout", "classifier_dropout",
                       "hidden_dropout_prob", "attention_probs_dropout_prob")  # fmt: skip
+
+
+# from_pretrained arguments that have their own key (checked there), or that accelerate sets
+OWN_KEYS = {"attn_implementation", "revision", "device_map"}
 
 
 @dataclass
@@ -31,10 +36,12 @@ class ModelKeys:
     """Branch, tag or commit of a hub model (default: the latest)."""
     model_init_kwargs: dict[str, Any] | None = None
     """More keyword arguments of ``from_pretrained`` (YAML mapping, or
-    ``model_init_kwargs='{low_cpu_mem_usage: true}'``); a ``dtype`` (or ``torch_dtype``) there
-    takes the place of the ``dtype`` key."""
+    ``model_init_kwargs='{low_cpu_mem_usage: true}'``); a ``dtype`` (or ``torch_dtype``) or
+    ``trust_remote_code`` there takes the place of that key. ``attn_implementation`` and
+    ``revision`` have keys of their own (``model_revision``); accelerate places the model."""
     dtype: str = "float32"
-    """Weights dtype: float32 | bfloat16 | float16 (mixed precision: bf16 / fp16)."""
+    """Weights dtype: float32 | bfloat16 | float16 | auto (float32 here: training keeps float32
+    weights, and bf16 / fp16 set the compute precision)."""
     trust_remote_code: bool = False
     """Allow a hub model's own code to run (off: only code shipped with transformers)."""
     chat_template_path: str | None = None
@@ -42,8 +49,8 @@ class ModelKeys:
     file, or a tokenizer (folder or hub id) whose template to take. The special tokens it
     writes must be in the model's vocabulary (they are not added). Saved with the model."""
     disable_dropout: bool = False
-    """Turn every dropout of the model off (nn.Dropout layers and the attention dropout a
-    model applies by itself); LoRA's own dropout stays ``lora_dropout``."""
+    """Turn every dropout of the model off while training (nn.Dropout layers, LoRA's
+    included, as TRL does, and the attention dropout a model applies by itself)."""
     use_peft: bool = False
     """Train LoRA adapters instead of all weights."""
     lora_r: int = 16
@@ -52,9 +59,10 @@ class ModelKeys:
     """LoRA scaling numerator."""
     lora_dropout: float = 0.0
     """LoRA dropout."""
-    lora_target_modules: Any = "all-linear"
-    """Modules that get adapters: a list of names (``[q_proj, v_proj]``) or ``all-linear``
-    (every linear layer but the output one)."""
+    lora_target_modules: Any = field(default="all-linear", metadata={"list": True})
+    """Modules that get adapters: a list of names (``[q_proj, v_proj]``), ``all-linear``
+    (every linear layer but the output one), or null (PEFT's choice for the architecture,
+    TRL's default)."""
     lora_modules_to_save: list[str] | None = None
     """Modules trained in full and saved with the adapter (a reward model's ``score`` head
     always is)."""
@@ -70,16 +78,28 @@ class ModelKeys:
         """``__post_init__`` checks of these keys for a command whose adapters are of
         ``task_type``."""
         targets = self.lora_target_modules
+        if isinstance(targets, list | tuple) and list(targets) == ["all-linear"]:
+            self.lora_target_modules = targets = "all-linear"  # --lora_target_modules all-linear
+        dtype = self.load_kwargs()["dtype"]
         return [
+            (
+                dtype == "auto" or dtype in DTYPES,
+                f"dtype must be one of auto, {', '.join(DTYPES)}, got {dtype!r}",
+            ),
+            (
+                not set(self.model_init_kwargs or {}) & OWN_KEYS,
+                f"model_init_kwargs: give {', '.join(sorted(OWN_KEYS))} as keys of their own",
+            ),
             (
                 self.lora_task_type in (None, task_type),
                 f"lora_task_type={self.lora_task_type}: this command trains a {task_type} "
                 f"model (one of {TASK_TYPES}); leave it unset",
             ),
             (
-                targets == "all-linear"
+                targets is None
+                or targets == "all-linear"
                 or (isinstance(targets, list | tuple) and all(isinstance(t, str) for t in targets)),
-                f"lora_target_modules must be all-linear or a list of module names, got "
+                f"lora_target_modules must be all-linear, a list of module names or null, got "
                 f"{targets!r}",
             ),
         ]
@@ -105,7 +125,7 @@ class ModelKeys:
             "r": self.lora_r,
             "alpha": self.lora_alpha,
             "dropout": self.lora_dropout,
-            "target_modules": targets if isinstance(targets, str) else list(targets),
+            "target_modules": list(targets) if isinstance(targets, list | tuple) else targets,
             "modules_to_save": self.lora_modules_to_save,
             "use_rslora": self.use_rslora,
             "use_dora": self.use_dora,
@@ -113,18 +133,19 @@ class ModelKeys:
 
 
 def disable_dropout(model: torch.nn.Module) -> int:
-    """Every dropout of ``model`` off, in place: ``nn.Dropout`` layers get p = 0, and the
-    dropout rates a model reads from its own attributes or config (``DROPOUT_ATTRIBUTES``)
-    become 0. Returns how many were on."""
+    """Every dropout of ``model`` off, in place, as TRL's ``disable_dropout_in_model`` (after
+    LoRA, so its dropout too): ``nn.Dropout`` layers get p = 0, and the rates a module reads
+    from its own attributes (``DROPOUT_ATTRIBUTES``: Llama's attention keeps
+    ``attention_dropout`` as a float) become 0. The config stays as it is, so a saved model
+    keeps the dropout it came with. Returns how many were on."""
     on = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             on += module.p > 0
             module.p = 0.0
-        for owner in (module, getattr(module, "config", None)):
-            for name in DROPOUT_ATTRIBUTES:
-                value = getattr(owner, name, None)
-                if isinstance(value, float) and not isinstance(value, bool):
-                    on += value > 0 and owner is module
-                    setattr(owner, name, 0.0)
+        for name in DROPOUT_ATTRIBUTES:
+            value = getattr(module, name, None)
+            if isinstance(value, float):
+                on += value > 0
+                setattr(module, name, 0.0)
     return on

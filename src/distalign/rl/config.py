@@ -213,6 +213,13 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
         require(checks + self.model_checks("CAUSAL_LM") + cadence_checks(self, epochs=False))
         require_4d_mask(self.attn_implementation, "rl train", "its teacher-forced passes")
         self._check_reward()
+        if self.mask_truncated_completions and self.missing_eos_penalty:
+            config_warning(
+                log,
+                "mask_truncated_completions: replies cut at the length limit leave the loss, so "
+                "missing_eos_penalty only lowers their group's baseline (the others' advantages "
+                "rise); use one of the two",
+            )
         if self.top_p < 1 or self.top_k:
             config_warning(
                 log,

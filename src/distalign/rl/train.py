@@ -143,12 +143,15 @@ def advantages_for(
     state: TrainState,
     pooled: torch.Tensor | None = None,
     greedy: torch.Tensor | None = None,
+    gather=None,
 ) -> tuple[torch.Tensor, float]:
     """Advantages (B,) of the shaped rewards (B,) by ``cfg.baseline``, and the baseline value
     logged (the batch mean for the group estimators). ``pooled``: the step's shaped rewards of
     every process (default: ``shaped``), from which the moving average is updated and
     REINFORCE++ takes its batch statistics, so that all processes agree. ``greedy``: ReMax's
-    rewards of each prompt's greedy reply (P,) (``greedy_rewards``)."""
+    rewards of each prompt's greedy reply (P,) (``greedy_rewards``). ``gather``: every
+    process's advantages from this one's (``accelerator.gather``), for ``normalize_advantages``
+    over the whole batch, as TRL does."""
     k, name = cfg.num_generations, cfg.baseline
     if name == "moving_average":
         adv, base = moving_average_advantages(
@@ -176,7 +179,7 @@ def advantages_for(
         adv = estimators[name]()
         base = 0.0 if name == "none" else (shaped if pooled is None else pooled).mean().item()
     if cfg.normalize_advantages:
-        adv = whiten(adv)
+        adv = whiten(adv, reference=None if gather is None else gather(adv))
     if cfg.uncertainty_scaling and std is not None:
         adv = uncertainty_scaled(adv, std)
     return adv, base
@@ -222,13 +225,13 @@ def build_policy(cfg: RLTrainConfig, accelerator):
     load = {"attn_implementation": cfg.attn_implementation, **cfg.load_kwargs()}
     policy, tokenizer = load_policy(cfg.model_name_or_path, **load)
     ref_model = None
-    if cfg.disable_dropout:
-        disable_dropout(policy)
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.use_peft:
         policy = add_lora(policy, **cfg.lora_kwargs("CAUSAL_LM"))
-    else:
+    if cfg.disable_dropout:
+        disable_dropout(policy)
+    if not cfg.use_peft:
         ref_model, _ = load_policy(cfg.model_name_or_path, **load)
         ref_model.requires_grad_(False).eval().to(accelerator.device)
     return policy, tokenizer, ref_model
@@ -396,7 +399,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             shaped = kl_shaped_rewards(rewards, ro.logps, ref_lp, ro.mask, cfg.beta)
             pooled = pooled_rewards(accelerator, shaped, cfg)
             std = scored.std.to(ro.logps.device) if scored.std is not None else None
-            adv, base = advantages_for(cfg, shaped, std, state, pooled, greedy)
+            adv, base = advantages_for(cfg, shaped, std, state, pooled, greedy, accelerator.gather)
             grad_norm, *entropy = policy_gradient_step(t, ro, adv, cfg)
             state.step += 1
             kl = kl_estimates(ro.logps, ref_lp, ro.mask)  # (B,) each, for the logs

@@ -117,8 +117,8 @@ class RMTrainConfig(ModelKeys):
     max_nonfinite_steps: int = 3
     """A step with a non-finite loss or gradient is skipped; this many in a row stop the run."""
     disable_dropout: bool = True
-    """Turn every dropout of the model off (as TRL's RewardConfig does by default): the two
-    replies of a pair are then scored by the same function."""
+    """Turn every dropout of the model off while training, LoRA's included (TRL's
+    RewardConfig default): the two replies of a pair are then scored by the same function."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, ~30% more time."""
     bf16: bool = False

@@ -88,6 +88,7 @@ class TrainState:
     # the batching the steps were counted in (0: a checkpoint written before these were kept)
     per_device_batch: int = 0
     batches_per_step: int = 0  # processes × gradient_accumulation_steps
+    processes: int = 0
 
 
 def batch_loss(model, batch, cfg: RMTrainConfig):
@@ -133,13 +134,13 @@ def build_model(cfg: RMTrainConfig):
         attn_implementation=cfg.attn_implementation,
         **cfg.load_kwargs(),
     )
-    if cfg.disable_dropout:
-        disable_dropout(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.use_peft:
         model = add_lora(model, **cfg.lora_kwargs("SEQ_CLS"))
+    if cfg.disable_dropout:
+        disable_dropout(model)
     return model, tokenizer
 
 
@@ -193,10 +194,12 @@ def resumed_state(cfg: RMTrainConfig, out: Path, accelerator, model, optimizer, 
 
 def carry_over(state: TrainState, cfg: RMTrainConfig, train, processes: int,
                scheduler) -> bool:  # fmt: skip
-    """Fit a resumed run's step count to this run's batching. The data go on where they
-    stopped (batches are counted over all processes); with another process count or
-    ``gradient_accumulation_steps`` the step count, and the learning-rate schedule with it,
-    move to the step of this batching that has seen as many batches (True then)."""
+    """Fit a resumed run's step count and schedule to this run's batching. The data go on
+    where they stopped (batches are counted over all processes). With another
+    ``processes × gradient_accumulation_steps`` the step count moves to the step of this
+    batching that has seen as many batches (True then: the log's earlier rows keep the old
+    run's step numbers); with another process count the scheduler, which accelerate steps once
+    per process, moves to that step too."""
     now = processes * cfg.gradient_accumulation_steps
     if state.per_device_batch and state.per_device_batch != cfg.per_device_train_batch_size:
         raise ValueError(
@@ -205,10 +208,13 @@ def carry_over(state: TrainState, cfg: RMTrainConfig, train, processes: int,
             "replay other pairs. Keep it, and change gradient_accumulation_steps or the number "
             "of processes instead"
         )
-    if state.batches_per_step and state.batches_per_step != now:
+    moved = bool(state.batches_per_step) and state.batches_per_step != now
+    if moved:
         # this epoch's steps less those its remaining batches make, so it ends where it should
+        # (an epoch padded to a multiple of the old process count counts more than it has)
         batches = len(epoch_batches(train, cfg, state.epoch))
-        in_epoch = math.ceil(batches / now) - math.ceil((batches - state.batch_in_epoch) / now)
+        left = max(0, batches - state.batch_in_epoch)
+        in_epoch = math.ceil(batches / now) - math.ceil(left / now)
         step = state.epoch * steps_per_epoch(len(train), cfg, processes) + in_epoch
         log.warning(
             "resumed with %d batches a step (processes × gradient_accumulation_steps) where the "
@@ -216,13 +222,14 @@ def carry_over(state: TrainState, cfg: RMTrainConfig, train, processes: int,
             now, state.batches_per_step, state.step, step,
         )  # fmt: skip
         state.step = step
+    if moved or (state.processes and state.processes != processes):
         inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper, or none
-        inner.last_epoch = step * processes - 1  # counted in process-steps (see above)
+        inner.last_epoch = state.step * processes - 1  # counted in process-steps (see above)
         with warnings.catch_warnings():  # "step() before optimizer.step()": no update here
             warnings.simplefilter("ignore")
             inner.step()
-    moved = bool(state.batches_per_step) and state.batches_per_step != now
     state.per_device_batch, state.batches_per_step = cfg.per_device_train_batch_size, now
+    state.processes = processes
     return moved
 
 
