@@ -32,6 +32,14 @@ combination; picked on the test pairs, so the best is optimistic):
 
 ``--model`` is a distalign reward model folder (full or LoRA) or a policy (``load_policy``
 name or path) whose transformer is read as is.
+
+``likelihood --model POLICY --out FOLDER`` reads the SFT model as a language model instead:
+per reply, its log-likelihood given the prompt and given an empty prompt (sums, per-token
+means, their difference: the pointwise mutual information of reply and prompt), as
+``likelihood.npz``, and ``NAME_likelihood.npz`` beside every ``last*.npz`` reading already in
+the folder, for ``fit`` to compare:
+
+    python scripts/pooling_probe.py likelihood --out runs/full/pooling_base
 """
 
 from __future__ import annotations
@@ -146,6 +154,67 @@ def extract(args) -> None:
     )
     for name, x in feats.items():
         np.savez(args.out / f"{name}.npz", features=x, **ids)
+    print(f"{len(replies)} replies, {time.perf_counter() - t0:.0f} s -> {args.out}")
+
+
+@torch.no_grad()
+def reply_logprobs(model, tokenizer, prompts, replies, batch_size=8) -> list[np.ndarray]:
+    """Per reply, the log-probability of each of its tokens (as the chat template renders
+    it) under ``model`` given its chat prompt."""
+    from distalign.data.pairs import pad_sequences
+    from distalign.models.reward_model import scored_tokens
+
+    seqs, starts = [], []
+    for prompt, reply in zip(prompts, replies, strict=True):
+        p, r = scored_tokens(tokenizer, prompt, reply, 1024, 512)
+        seqs.append(p + r)
+        starts.append(len(p))
+    out = [None] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = pad_sequences([seqs[i] for i in idx], tokenizer.pad_token_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)
+        logp = logp.gather(-1, batch["input_ids"][:, 1:, None])[..., 0]  # (B, T-1)
+        for row, i in enumerate(idx):
+            out[i] = logp[row, starts[i] - 1 : len(seqs[i]) - 1].numpy()
+    return out
+
+
+def likelihood(args) -> None:
+    from distalign.models.load import load_policy
+
+    model, tokenizer = load_policy(args.model)
+    model.eval()
+    lines = (GOLD / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
+    prompts = {p["id"]: p["prompt"] for p in (json.loads(x) for x in lines if x.strip())}
+    replies = read_jsonl_gz(GOLD / "replies.jsonl.gz")
+    texts = [r["text"] for r in replies]
+    t0 = time.perf_counter()
+    given = reply_logprobs(
+        model, tokenizer, [[{"role": "user", "content": prompts[r["prompt_id"]]}] for r in replies],
+        texts,
+    )  # fmt: skip
+    empty = [[{"role": "user", "content": ""}]] * len(texts)
+    alone = reply_logprobs(model, tokenizer, empty, texts)
+    # given, alone: sums and per-token means; their difference (PMI), summed and per token
+    x = np.array([[g.sum(), a.sum(), g.mean(), a.mean(), g.sum() - a.sum(), (g - a).mean()]
+                  for g, a in zip(given, alone, strict=True)])  # fmt: skip
+    ids = dict(
+        prompt_id=np.array([r["prompt_id"] for r in replies]),
+        reply_id=np.array([r["reply_id"] for r in replies]),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    np.savez(args.out / "likelihood.npz", features=x, model=str(args.model), **ids)
+    for path in sorted(args.out.glob("last*.npz")):
+        if path.stem.endswith("_likelihood"):
+            continue
+        data = np.load(path, allow_pickle=False)
+        assert (data["prompt_id"] == ids["prompt_id"]).all(), path  # the same replies, in order
+        combined = np.concatenate([data["features"], x], 1)
+        np.savez(args.out / f"{path.stem}_likelihood.npz", features=combined,
+                 model=str(data["model"]), **ids)  # fmt: skip
     print(f"{len(replies)} replies, {time.perf_counter() - t0:.0f} s -> {args.out}")
 
 
@@ -283,10 +352,14 @@ def main() -> None:
     fi = sub.add_parser("fit", help="a Bradley–Terry head on each reading, on the test pairs")
     fi.add_argument("folder", type=Path)
     fi.add_argument("--out", type=Path, default=None)
+    li = sub.add_parser("likelihood", help="the SFT model's log-likelihood of each reply")
+    li.add_argument("--model", default="smollm2-135m-instruct")
+    li.add_argument("--out", type=Path, required=True, help="a folder of readings (.npz)")
     en = sub.add_parser("ensemble", help="sums of standardised margins, on the test pairs")
     en.add_argument("views", nargs="+", help="readings (.npz) and pair scores (.csv)")
     args = ap.parse_args()
-    {"extract": extract, "fit": fit, "ensemble": ensemble}[args.command](args)
+    commands = {"extract": extract, "likelihood": likelihood, "fit": fit, "ensemble": ensemble}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
