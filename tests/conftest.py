@@ -8,6 +8,11 @@ import json
 import os
 from pathlib import Path
 
+# The tests never reach the Hugging Face Hub: the libraries read the local cache only, with
+# or without a network (tests/test_hub.py turns this off to test what happens without one).
+# Set before the hub libraries are imported: they read it once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig

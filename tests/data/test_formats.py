@@ -246,6 +246,16 @@ def test_ultrafeedback_binarized_scores(tmp_path):
     assert (ds[0]["chosen_score"], ds[0]["rejected_score"]) == (8.5, 3.0)
 
 
+def test_trl_margin_column_is_kept_and_checked(tmp_path):
+    rows = [{"prompt": "a?", "chosen": "yes", "rejected": "no", "margin": 0.5},
+            {"prompt": "b?", "chosen": "yes", "rejected": "no", "margin": None},
+            {"prompt": "c?", "chosen": "yes", "rejected": "no"}]  # fmt: skip
+    ds, _ = load(tmp_path, rows)
+    assert ds["margin"] == [0.5, None, None]
+    with pytest.raises(PreferenceFormatError, match=r"jsonl:1: field 'margin': expected a num"):
+        load(tmp_path, [{"prompt": "a?", "chosen": "yes", "rejected": "no", "margin": "big"}])
+
+
 def test_string_prompt_beside_whole_conversations_uses_their_shared_turns(tmp_path):
     """TRL's maybe_extract_prompt: a string prompt next to conversational replies is ignored."""
     history = [user("Hi"), bot("Hello."), user("Name a fruit.")]

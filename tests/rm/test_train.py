@@ -389,3 +389,19 @@ def test_carry_over_moves_the_step_and_the_schedule(old, new, position, step):
     assert state.step == step
     assert scheduler.get_last_lr() == [step * new[0]]
     assert (state.batches_per_step, state.processes) == (new[0] * new[1], new[0])
+
+
+def test_a_trl_margin_column_goes_into_the_scalar_loss(tiny_model_dir, tmp_path):
+    from distalign.models.load import load_tokenizer
+    from distalign.rm.data import load_pairs, make_collator
+
+    rows = [{**r, "margin": 3.0 if i % 2 else None} for i, r in enumerate(make_pairs(8, 0))]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "test.jsonl", rows)
+    cfg = config(tiny_model_dir, tmp_path, tmp_path, dataset_name=str(tmp_path))
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    train, _ = load_pairs(cfg, tokenizer)
+    batch = make_collator(cfg, tokenizer)([train[i] for i in range(4)])
+    assert batch["margin"].tolist() == [0.0, 3.0, 0.0, 3.0]
+    result = run(cfg)  # trains with it
+    assert result["pairs"] == 8

@@ -7,6 +7,8 @@ Normalised row (what ``load_preferences`` returns, one per pair)::
     rejected        str, the other assistant reply
     chosen_score    float | None, a rating of the chosen reply when the source has one
     rejected_score  float | None
+    margin          float | None, TRL's ``margin`` column: how far the chosen reply's reward
+                    should clear the rejected one's (the scalar loss −log σ(r_c − r_r − margin))
     source_row      int, index of the row in the source (0-based)
     p_chosen        float | None, the known probability that the chosen reply is preferred
                     (benchmark files made by ``distalign gold make`` carry it: the Bayes
@@ -411,6 +413,7 @@ def normalise_row(row: Mapping[str, Any], fmt: str, where: str, index: int) -> d
         "chosen": chosen,
         "rejected": rejected,
         **scores,
+        "margin": _score(row, "margin", where),
         "source_row": index,
         "p_chosen": known,
         "p_chosen_by_group": _p_by_group(row, where),

@@ -52,6 +52,7 @@ FEATURES = datasets.Features(
         "rejected": datasets.Value("string"),
         "chosen_score": datasets.Value("float64"),
         "rejected_score": datasets.Value("float64"),
+        "margin": datasets.Value("float64"),
         "source_row": datasets.Value("int64"),
         "p_chosen": datasets.Value("float64"),
         "p_chosen_by_group": [{"group": datasets.Value("string"), "p": datasets.Value("float64")}],

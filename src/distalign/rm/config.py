@@ -55,7 +55,9 @@ class RMTrainConfig(ModelKeys):
     center_rewards_coefficient: float = 0.01
     """Reward-centering weight γ in γ·(r_w + r_l)² (scalar head)."""
     margin_scale: float = 0.0
-    """Margin m = margin_scale · (chosen_score − rejected_score) when the data has ratings."""
+    """Margin m = margin_scale · (chosen_score − rejected_score) when the data has ratings, in
+    the scalar loss −log σ(r_c − r_r − m). A data set's own ``margin`` column (TRL's) is used
+    as it is wherever a pair has one."""
     dataset_name: Any = "gold"
     """Training pairs: hub id, local file/folder, ``gold`` (the shipped benchmark), or a
     ``datasets.Dataset`` (Python API)."""

@@ -25,7 +25,7 @@ from distalign.rm.config import RMTrainConfig
 log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "length", "chosen_score",
-                 "rejected_score")  # fmt: skip
+                 "rejected_score", "margin")  # fmt: skip
 
 
 def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int, hub: dict):
@@ -75,7 +75,7 @@ def add_off_prompt_pairs(train, cfg: RMTrainConfig):
         cfg.max_length,
         cfg.max_prompt_length,
     )
-    extra = [{**r, "chosen_score": None, "rejected_score": None} for r in rows]
+    extra = [{**r, "chosen_score": None, "rejected_score": None, "margin": None} for r in rows]
     log.info("added %d off-prompt pairs to the %d training pairs", len(extra), len(train))
     if len(extra) < n:
         log.warning("only %d of %d off-prompt pairs found: too few distinct prompts or "
@@ -109,8 +109,10 @@ def epoch_batches(ds, cfg: RMTrainConfig, epoch: int) -> list[list[int]]:
 
 
 class _RatingCollator:
-    """Adds ratings to the pair batch: ``margin`` (N,) from rating differences for the scalar
-    loss, and ``rated``/``chosen_rating``/``rejected_rating`` (N,) for the pointwise term."""
+    """Adds to the pair batch ``margin`` (N,) for the scalar loss: the data set's own
+    ``margin`` column where a pair has one (TRL's), else ``margin_scale`` × the rating
+    difference when that is set; and ``rated``/``chosen_rating``/``rejected_rating`` (N,) for
+    the pointwise term."""
 
     def __init__(self, inner, scale: float):
         self.inner, self.scale = inner, scale
@@ -123,10 +125,12 @@ class _RatingCollator:
         batch["rated"] = torch.tensor(rated)
         batch["chosen_rating"] = torch.tensor([f["chosen_score"] or 0.0 for f in features])
         batch["rejected_rating"] = torch.tensor([f["rejected_score"] or 0.0 for f in features])
-        if self.scale:
-            diffs = [
-                (f["chosen_score"] - f["rejected_score"]) if f["chosen_score"] is not None else 0.0
-                for f in features
+        given = [f.get("margin") for f in features]
+        if self.scale or any(m is not None for m in given):
+            scaled = [
+                self.scale * max(0.0, f["chosen_score"] - f["rejected_score"]) if r else 0.0
+                for f, r in zip(features, rated, strict=True)
             ]
-            batch["margin"] = self.scale * torch.tensor(diffs, dtype=torch.float32).clamp(min=0)
+            margins = [s if m is None else m for m, s in zip(given, scaled, strict=True)]
+            batch["margin"] = torch.tensor(margins, dtype=torch.float32)
         return batch
