@@ -71,6 +71,32 @@ def test_rm_train_on_two_processes(tiny_model_dir, tmp_path):
         assert summary["eval"][key] == pytest.approx(alone[key], abs=1e-6), key
 
 
+def test_rm_train_resumed_on_two_processes_keeps_its_data_and_schedule(tiny_model_dir, tmp_path):
+    from distalign.rm.config import RMTrainConfig
+    from distalign.rm.train import run
+
+    data = tmp_path / "pairs"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_pairs(64, seed=0))  # 16 batches of 4
+    write_jsonl(data / "test.jsonl", make_pairs(8, seed=1))
+    out = tmp_path / "rm"
+    common = dict(
+        model_name_or_path=str(tiny_model_dir), dataset_name=str(data), max_length=64,
+        max_prompt_length=32, per_device_train_batch_size=4, learning_rate=1e-3,
+        lr_scheduler_type="linear", warmup_steps=0, report_to="none", output_dir=str(out),
+    )  # fmt: skip
+    run(RMTrainConfig(**common, max_steps=4, save_steps=4))  # one process: 4 batches
+    args = [f"{k}={v}" for k, v in common.items()]
+    launch("rm", "train", *args, "num_train_epochs=1", "resume_from_checkpoint=true")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = {r["step"]: r for r in rows if "train/loss" in r}
+    # 4 batches seen = step 2 of two processes' steps; 8 steps make the epoch
+    assert sorted(train) == list(range(1, 9))
+    assert train[8]["train/pairs_seen"] == 64
+    for step in range(3, 9):  # the linear schedule of 8 steps, where these steps stand in it
+        assert train[step]["train/lr"] == pytest.approx(1e-3 * (1 - step / 8)), step
+
+
 def test_rl_train_on_two_processes(tiny_model_dir, tmp_path):
     out = tmp_path / "rl"
     common = [

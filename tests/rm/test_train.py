@@ -314,7 +314,8 @@ def test_off_prompt_pairs_that_round_to_none_leave_the_pairs_as_they_are():
     from distalign.rm.data import TRAIN_COLUMNS, add_off_prompt_pairs
 
     rows = {"prompt_ids": [[1], [2]], "chosen_ids": [[3], [4]], "rejected_ids": [[5], [6]],
-            "length": [2, 2], "chosen_score": [None] * 2, "rejected_score": [None] * 2}  # fmt: skip
+            "length": [2, 2], "chosen_score": [None] * 2, "rejected_score": [None] * 2,
+            "margin": [None] * 2}  # fmt: skip
     train = datasets.Dataset.from_dict(rows)
     cfg = RMTrainConfig(off_prompt_pairs=0.1, report_to="none")
     out = add_off_prompt_pairs(train, cfg)
