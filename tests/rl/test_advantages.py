@@ -237,6 +237,16 @@ def test_normalize_advantages_takes_every_process_s_statistics():
     assert not torch.allclose(torch.cat(alone), whole)  # whitening each share alone differs
 
 
+def test_truncated_replies_keep_their_part_in_the_baseline_but_leave_the_loss():
+    shaped = torch.tensor([1.0, 4.0, 2.0, 2.5])
+    finished = [True, False, True, True]
+    cfg = _cfg("rloo", mask_truncated_completions=True)
+    adv, _ = advantages_for(cfg, shaped, None, TrainState(), finished=finished)
+    kept, _ = advantages_for(_cfg("rloo"), shaped, None, TrainState())
+    torch.testing.assert_close(adv, kept * torch.tensor([1.0, 0.0, 1.0, 1.0]))
+    assert adv[0] == 1.0 - 4.0  # the cut reply is still the first one's leave-one-out baseline
+
+
 @pytest.mark.parametrize("baseline", ["remax", "grpo"])
 def test_rl_train_runs_with(baseline, tiny_model_dir, tmp_path):
     """The loop end to end; ReMax adds a greedy reply and its score per prompt per step."""

@@ -144,6 +144,7 @@ def advantages_for(
     pooled: torch.Tensor | None = None,
     greedy: torch.Tensor | None = None,
     gather=None,
+    finished: list[bool] | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Advantages (B,) of the shaped rewards (B,) by ``cfg.baseline``, and the baseline value
     logged (the batch mean for the group estimators). ``pooled``: the step's shaped rewards of
@@ -151,7 +152,9 @@ def advantages_for(
     REINFORCE++ takes its batch statistics, so that all processes agree. ``greedy``: ReMax's
     rewards of each prompt's greedy reply (P,) (``greedy_rewards``). ``gather``: every
     process's advantages from this one's (``accelerator.gather``), for ``normalize_advantages``
-    over the whole batch, as TRL does."""
+    over the whole batch, as TRL does. ``finished``: whether each reply ended before the
+    length limit; with ``mask_truncated_completions`` the others get advantage 0, so they
+    leave the loss (after the baseline and the normalisation took them in, as in TRL)."""
     k, name = cfg.num_generations, cfg.baseline
     if name == "moving_average":
         adv, base = moving_average_advantages(
@@ -182,6 +185,8 @@ def advantages_for(
         adv = whiten(adv, reference=None if gather is None else gather(adv))
     if cfg.uncertainty_scaling and std is not None:
         adv = uncertainty_scaled(adv, std)
+    if cfg.mask_truncated_completions and finished is not None:
+        adv = adv * torch.tensor(finished, dtype=adv.dtype, device=adv.device)
     return adv, base
 
 
@@ -303,11 +308,8 @@ def pooled_rewards(accelerator, shaped: torch.Tensor, cfg: RLTrainConfig) -> tor
 
 def policy_gradient_step(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig):
     """One optimizer step of −mean A_i·Σ_t log π over the step's micro-batches (skipped when
-    the gradient is not finite; with ``mask_truncated_completions`` a reply cut at the length
-    limit has no part in it). Returns (grad norm, summed token entropy, tokens)."""
+    the gradient is not finite). Returns (grad norm, summed token entropy, tokens)."""
     t.learner.train()
-    if cfg.mask_truncated_completions:
-        adv = adv * torch.tensor(ro.finished, dtype=adv.dtype, device=adv.device)
     n, step = len(ro.prompt_ids), cfg.prompts_per_micro_batch
     entropy_sum, tokens = 0.0, 0
     for s in range(0, n, step):
@@ -399,7 +401,8 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             shaped = kl_shaped_rewards(rewards, ro.logps, ref_lp, ro.mask, cfg.beta)
             pooled = pooled_rewards(accelerator, shaped, cfg)
             std = scored.std.to(ro.logps.device) if scored.std is not None else None
-            adv, base = advantages_for(cfg, shaped, std, state, pooled, greedy, accelerator.gather)
+            adv, base = advantages_for(cfg, shaped, std, state, pooled, greedy,
+                                       accelerator.gather, ro.finished)  # fmt: skip
             grad_norm, *entropy = policy_gradient_step(t, ro, adv, cfg)
             state.step += 1
             kl = kl_estimates(ro.logps, ref_lp, ro.mask)  # (B,) each, for the logs
