@@ -262,10 +262,11 @@ def test_trl_list_and_mapping_flags():
     after a flag, and key=value all give the same values."""
     cfg = from_cli(RLTrainConfig, ["--lora_target_modules", "q_proj", "v_proj",
                                    "--reward_clip_range", "-1", "1",
-                                   "--model_init_kwargs", '{"dtype": "bfloat16"}',
+                                   "--model_init_kwargs", '{"low_cpu_mem_usage": true}',
                                    "--lora_modules_to_save", "[norm]"])  # fmt: skip
     assert cfg.lora_target_modules == ["q_proj", "v_proj"] and cfg.reward_clip_range == [-1, 1]
-    assert cfg.load_kwargs()["dtype"] == "bfloat16" and cfg.lora_modules_to_save == ["norm"]
+    assert cfg.load_kwargs()["init_kwargs"] == {"low_cpu_mem_usage": True}
+    assert cfg.lora_modules_to_save == ["norm"]
     same = from_cli(RLTrainConfig, ["lora_target_modules=[q_proj,v_proj]",
                                     "--reward_clip_range", "[-1, 1]"])  # fmt: skip
     assert (same.lora_target_modules, same.reward_clip_range) == (["q_proj", "v_proj"], [-1, 1])
@@ -323,6 +324,8 @@ def test_report_to_takes_one_name_a_comma_list_or_a_list(cls, tmp_path, monkeypa
         "tensorboard",
     ]
     assert from_cli(cls, ["report_to=[wandb,tensorboard]"]).report_to == ["wandb", "tensorboard"]
+    two = from_cli(cls, ["--report_to", "wandb", "tensorboard"])  # TRL's nargs
+    assert two.report_to == ["wandb", "tensorboard"]
     path = tmp_path / "c.yaml"
     path.write_text("report_to: [wandb, trackio]\n")
     assert load_config(cls, path).report_to == ["wandb", "trackio"]
@@ -393,3 +396,34 @@ def test_max_length_alone_below_the_default_prompt_limit_halves_it(caplog):
         from_cli(RMTrainConfig, ["max_length=128", "max_prompt_length=100"]).max_prompt_length
         == 100
     )
+
+
+def test_more_trl_and_transformers_keys():
+    import torch
+
+    from distalign.rl.train import optimizer_and_schedule as rl_schedule
+    from distalign.rm.train import optimizer_and_schedule as rm_schedule
+
+    for old in ("reward_funcs", "reward_model_name_or_path"):
+        with pytest.raises(ConfigError, match=f"`{old}` is now `reward`"):
+            from_cli(RLTrainConfig, [f"{old}=x"])
+    # transformers' spelled-out defaults do nothing; another value is refused
+    cfg = from_cli(RMTrainConfig, ["adam_beta1=0.9", "logging_strategy=steps", "max_steps=-1",
+                                   "dataloader_num_workers=0", "--report_to", "none"])  # fmt: skip
+    with pytest.raises(ConfigError, match="betas"):
+        from_cli(RMTrainConfig, ["adam_beta1=0.8"])
+    model = torch.nn.Linear(2, 1)
+    # max_steps -1 (transformers' default): the steps of num_train_epochs, 32 pairs / 8
+    assert rm_schedule(model, cfg, n_pairs=32, processes=1)[2] == 4
+    rl = from_cli(RLTrainConfig, ["lr_scheduler_type=linear", "weight_decay=0.0",
+                                  "max_steps=4"])  # fmt: skip
+    optimizer, scheduler = rl_schedule(model, rl, sharded=False)
+    assert optimizer.param_groups[0]["weight_decay"] == 0.0
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr()[0] == pytest.approx(rl.learning_rate * 0.5)
+    with pytest.raises(ConfigError, match="max_steps must be >= 1"):
+        from_cli(RLTrainConfig, ["max_steps=-1"])
+    with pytest.raises(ConfigError, match="rl train keeps float32 weights"):
+        from_cli(RLTrainConfig, ["dtype=bfloat16"])

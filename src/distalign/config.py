@@ -81,6 +81,9 @@ RENAMED = {
     "max_prompt_tokens": "max_prompt_length",
     "truncation_penalty": "missing_eos_penalty",
     "whiten_advantages": "normalize_advantages",
+    "reward_funcs": "reward (module:function or TRL's module.function, a reward model folder or "
+    "hub id, or a list of them)",
+    "reward_model_name_or_path": "reward (a reward model folder or hub id)",
     "torch_dtype": "dtype (as transformers 5 names it)",
     "output": "output_file",
     "input": "input_file",
@@ -108,6 +111,22 @@ NOT_OFFERED = {
     "model.push_to_hub after loading it)",
     "hub_model_id": "upload output_dir/final with `hf upload REPO_ID output_dir/final`",
     "optim": "AdamW (torch) is the optimizer; its settings: learning_rate, weight_decay",
+    "adam_beta1": "AdamW runs with betas (0.9, 0.999) and eps 1e-8",
+    "adam_beta2": "AdamW runs with betas (0.9, 0.999) and eps 1e-8",
+    "adam_epsilon": "AdamW runs with betas (0.9, 0.999) and eps 1e-8",
+    "lr_scheduler_kwargs": "the scheduler takes its defaults (lr_scheduler_type, warmup_steps)",
+    "logging_strategy": "logs every logging_steps steps",
+    "do_train": "the command trains",
+    "do_eval": "eval_strategy says when to evaluate",
+    "dataloader_num_workers": "batches are built in the training process",
+    "data_seed": "seed orders the data",
+    "ddp_find_unused_parameters": "every trainable weight takes part in each step",
+    "save_only_model": "checkpoints keep the optimizer, to resume exactly",
+    "disable_tqdm": "progress bars show on the first process",
+    "overwrite_output_dir": "a run writes into output_dir; resume_from_checkpoint continues it",
+    "num_train_epochs": "rl train runs max_steps steps, each on new prompts",
+    "per_device_eval_batch_size": "rl train evaluates one reply per held-out prompt, in "
+    "batches of sampling_batch_size",
     "torch_compile": "models run eagerly",
     "use_liger_kernel": "the losses are distalign's own (distalign.losses)",
     "activation_offloading": "activations stay on the device: use gradient_checkpointing",
@@ -168,6 +187,13 @@ NEUTRAL = {
     "save_total_limit": None, "load_best_model_at_end": False, "metric_for_best_model": None,
     "logging_dir": None, "logging_first_step": False, "push_to_hub": False, "hub_model_id": None,
     "optim": Either(("adamw_torch", "adamw_torch_fused")), "torch_compile": False,
+    "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8,
+    "lr_scheduler_kwargs": Either((None, {})), "logging_strategy": "steps", "do_train": ANY,
+    "do_eval": ANY, "dataloader_num_workers": 0, "data_seed": None,
+    "ddp_find_unused_parameters": Either((None, False)), "save_only_model": False,
+    "disable_tqdm": Either((None, False)), "overwrite_output_dir": ANY,
+    "num_train_epochs": Either(()), "per_device_eval_batch_size": ANY,
+
     "use_liger_kernel": False, "activation_offloading": False,
     "gradient_checkpointing_kwargs": Either((None, {}, {"use_reentrant": False})),
     "dataset_streaming": False, "remove_unused_columns": ANY, "dataset_text_field": ANY,
@@ -261,8 +287,8 @@ def report_to_list(value: Any) -> list[str]:
     if value is None:
         return ["none"]
     if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()] or ["none"]
-    return [str(v) for v in value]
+        value = [value]
+    return [v.strip() for item in value for v in str(item).split(",") if v.strip()] or ["none"]
 
 
 def resume_value(value: Any) -> str | None:

@@ -464,3 +464,12 @@ def test_the_training_data_as_held_out_is_said(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         warn_if_evaluating_on_training_data(cfg("gold", split="train"))
     assert "measured on the training data (gold)" in caplog.text
+
+
+def test_a_dataset_dict_from_load_dataset_gives_its_split():
+    rows = [{"prompt": "a?", "chosen": "yes", "rejected": "no"}]
+    both = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows * 2),
+                                 "test": datasets.Dataset.from_list(rows)})  # fmt: skip
+    assert len(load_preferences(both, "train")) == 2
+    with pytest.raises(DataSourceError, match="no split 'valid'"):
+        load_preferences(both, "valid")

@@ -70,7 +70,7 @@ def test_model_init_kwargs_from_yaml_and_overrides(tmp_path):
 
 
 def test_model_init_kwargs_and_revision_reach_from_pretrained(tiny_model_dir):
-    cfg = RLTrainConfig(model_init_kwargs={"dtype": "bfloat16"}, model_revision="main")
+    cfg = RMTrainConfig(model_init_kwargs={"dtype": torch.bfloat16}, model_revision="main")
     policy, _ = load_policy(str(tiny_model_dir), **cfg.load_kwargs())
     assert next(policy.parameters()).dtype == torch.bfloat16
 

@@ -371,3 +371,46 @@ def test_a_reward_module_in_the_working_directory_imports(tmp_path, monkeypatch)
     assert fn([], ["ab", "a"]) == [-2, -1]
     with pytest.raises(ConfigError, match="cannot import reward function"):
         import_callable("no_such_module_anywhere:f")
+
+
+# --- TRL's reward functions, called as TRL calls them ----------------------------------------
+
+
+def trl_reward_len(completions, **kwargs):
+    """The shape of TRL's documentation: strings for standard prompts."""
+    return [-abs(5 - len(c)) for c in completions]
+
+
+def trl_accuracy(completions, solution, **kwargs):
+    """Conversational: each completion is [{"role": "assistant", "content": ...}]."""
+    return [float(c[0]["content"] == s) for c, s in zip(completions, solution, strict=True)]
+
+
+def test_trl_reward_functions_get_trl_s_shapes_and_columns():
+    from distalign.data.prompts import PromptRow
+
+    standard = [PromptRow([{"role": "user", "content": "Hi?"}], {"solution": "yes"}, "Hi?")] * 2
+    source = rw.load_one_source("tests.rl.test_rewards.trl_reward_len")  # TRL's dotted path
+    out = source(standard, ["hello", "hello there"], columns=rw.prompt_columns(standard))
+    assert out.rewards.tolist() == [0.0, -6.0]
+    chat = [PromptRow([{"role": "user", "content": "Hi?"}], {"solution": "yes"})] * 2
+    seen = {}
+
+    def spy(prompts, completions, **kwargs):
+        seen.update(prompts=prompts, kwargs=kwargs)
+        return trl_accuracy(completions, **kwargs)
+
+    out = rw.CallableReward(spy)(chat, ["yes", "no"], columns=rw.prompt_columns(chat))
+    assert out.rewards.tolist() == [1.0, 0.0]
+    assert seen["prompts"][0] == [{"role": "user", "content": "Hi?"}]
+    assert seen["kwargs"] == {"solution": ["yes", "yes"]}
+    with pytest.raises(ValueError, match=r"needs the column\(s\) \['solution'\]"):
+        rw.CallableReward(trl_accuracy)([[{"role": "user", "content": "Hi?"}]], ["yes"])
+
+
+def test_a_training_run_s_output_dir_means_its_final_model(tmp_path):
+    from distalign.models.classifier import model_folder
+
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "config.json").write_text("{}")
+    assert model_folder(str(tmp_path / "run")) == tmp_path / "run" / "final"

@@ -195,6 +195,10 @@ def iter_source_rows(
     its config ``name`` and ``revision``) or a ``datasets.Dataset`` given from Python. A source
     without rows raises DataSourceError."""
     hub_only = name is not None or revision is not None
+    if isinstance(source, datasets.DatasetDict):  # what load_dataset returns without a split
+        if split not in source:
+            raise DataSourceError(f"the DatasetDict has no split {split!r} (it has {list(source)})")
+        source = source[split]
     if isinstance(source, datasets.Dataset):
         if hub_only:
             raise DataSourceError("a config name or revision applies to hub datasets only")

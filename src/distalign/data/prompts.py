@@ -47,9 +47,10 @@ class PromptRow(list):
     It is a list of messages everywhere else. Defined at module level: history rows holding
     it are pickled when processes gather them."""
 
-    def __init__(self, messages, columns: dict[str, Any] | None = None):
+    def __init__(self, messages, columns: dict[str, Any] | None = None, text: str | None = None):
         super().__init__(messages)
         self.columns = dict(columns or {})
+        self.text = text  # the row's prompt when it was a string (TRL's "standard" format)
 
 
 def _gold_prompts(split: str) -> list[Chat]:
@@ -169,7 +170,8 @@ def load_prompts(
             prompt, set_aside = prompt_of(row, where)
             report.replies_set_aside += set_aside
             field = "prompt" if "prompt" in row else sharegpt_column(row)
-            prompts.append(PromptRow(prompt, {k: v for k, v in row.items() if k != field}))
+            text = row[field] if isinstance(row.get(field), str) else None
+            prompts.append(PromptRow(prompt, {k: v for k, v in row.items() if k != field}, text))
         except PreferenceFormatError as e:
             if not skip_bad_rows:
                 raise

@@ -19,6 +19,8 @@ HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.vocab", "*.jinja"
 def model_folder(spec: str, trust_remote_code: bool = False) -> Path:
     """A local folder as is; a hub id downloaded (config, tokenizer, safetensors weights)."""
     folder = Path(spec).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file() and (folder / "final").is_dir():
+        folder = folder / "final"  # a training run's output_dir: its final model
     if folder.is_dir():
         if (
             not (folder / "config.json").is_file()

@@ -337,7 +337,8 @@ def load_tokenizer(
     if tokenizer.chat_template is None:
         raise ValueError(
             f"tokenizer of {name!r} has no chat template; distalign renders every prompt through "
-            "one (set tokenizer.chat_template or use an instruct model)"
+            "one: give chat_template_path (a Jinja file, or a tokenizer whose template to take), "
+            "set tokenizer.chat_template, or use an instruct model"
         )
     return tokenizer
 

@@ -80,6 +80,11 @@ class ModelKeys:
         targets = self.lora_target_modules
         if isinstance(targets, list | tuple) and list(targets) == ["all-linear"]:
             self.lora_target_modules = targets = "all-linear"  # --lora_target_modules all-linear
+        if self.model_init_kwargs:  # torch.bfloat16 -> "bfloat16", as the saved config writes it
+            self.model_init_kwargs = {
+                k: str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v
+                for k, v in self.model_init_kwargs.items()
+            }
         dtype = self.load_kwargs()["dtype"]
         return [
             (

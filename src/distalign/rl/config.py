@@ -117,6 +117,11 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     """AdamW learning rate (constant after a linear warm-up)."""
     warmup_steps: float = 0
     """Steps of linear learning-rate warm-up; below 1, a fraction of max_steps."""
+    lr_scheduler_type: str = "constant"
+    """Learning rate after warm-up: constant, or any transformers scheduler name (linear,
+    cosine, ...) over max_steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0: off)."""
     max_nonfinite_steps: int = 3
@@ -169,7 +174,7 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     """A checkpoint folder to continue from, or true for ``output_dir/checkpoints/last``."""
     seed: int = 0
     """Seed of prompt order, sampling and initialisation."""
-    report_to: Any = field(default_factory=lambda: ["tensorboard"])
+    report_to: Any = field(default_factory=lambda: ["tensorboard"], metadata={"list": True})
     """Trackers, a list or one name: tensorboard | wandb | trackio | mlflow | none (a JSONL
     log is always written)."""
     project: str = "distalign"
@@ -187,6 +192,17 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
         k, micro = self.num_generations, self.per_device_train_batch_size
         checks = [
             (k >= 1, "num_generations must be >= 1"),
+            (
+                self.max_steps >= 1,
+                f"max_steps must be >= 1 (got {self.max_steps}): rl train runs a number of "
+                "steps, each on new prompts; it has no epochs",
+            ),
+            (
+                str(self.load_kwargs()["dtype"]).removeprefix("torch.") in ("float32", "auto"),
+                f"dtype {self.load_kwargs()['dtype']}: rl train keeps float32 weights, so that "
+                "the sampler's log-probs and the teacher-forced ones agree (the KL estimate "
+                "needs both); for bfloat16 compute use bf16=true",
+            ),
             (
                 micro >= k and micro % k == 0,
                 f"per_device_train_batch_size ({micro}) must be a multiple of num_generations "

@@ -94,8 +94,27 @@ def _column_parameters(function: Callable) -> tuple[bool, set[str], set[str]]:
     return var_kw, {p.name for p in named}, required
 
 
+def _trl_parameters(function: Callable) -> tuple[bool, set[str], set[str]] | None:
+    """For a TRL reward function (one with a ``completions`` parameter): (takes **kwargs, its
+    other named parameters, required ones); None for any other function."""
+    try:
+        params = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if "completions" not in {p.name for p in params}:
+        return None
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and p.name not in ("prompts", "completions")]  # fmt: skip
+    return var_kw, {p.name for p in named}, {p.name for p in named if p.default is p.empty}
+
+
 class CallableReward(RewardSource):
-    """``function(prompts, replies, **columns) -> list[float | None]``.
+    """``function(prompts, replies, **columns) -> list[float | None]``, or a TRL reward
+    function ``function(completions, **kwargs)`` (any function with a ``completions``
+    parameter), called as TRL calls it: by keyword, ``prompts`` and ``completions`` as strings
+    when the data set's prompts were strings, else as messages (each completion
+    ``[{"role": "assistant", "content": ...}]``).
 
     As in TRL, the prompts' extra data-set columns go to a function that takes ``**kwargs``
     (all of them) or names them as keyword parameters (those), each a list with one value per
@@ -106,7 +125,8 @@ class CallableReward(RewardSource):
     def __init__(self, function: Callable, name: str | None = None):
         self.function = function
         self.name = name or callable_name(function)
-        self._all_columns, self._named, self._required = _column_parameters(function)
+        self.trl = _trl_parameters(function)
+        self._all_columns, self._named, self._required = self.trl or _column_parameters(function)
 
     def _column_kwargs(self, columns: dict[str, list] | None) -> dict[str, list]:
         columns = columns or {}
@@ -121,13 +141,30 @@ class CallableReward(RewardSource):
         return {k: v for k, v in columns.items() if k in self._named}
 
     def __call__(self, prompts, replies, reference=None, columns=None) -> RewardOutput:
-        values = self.function(prompts, replies, **self._column_kwargs(columns))
+        if self.trl is None:
+            values = self.function(prompts, replies, **self._column_kwargs(columns))
+        else:
+            shaped = self._trl_kwargs(prompts, replies)
+            values = self.function(**shaped, **self._column_kwargs(columns))
         if len(values) != len(replies):
             raise ValueError(
                 f"reward function {self.name} returned {len(values)} values for "
                 f"{len(replies)} replies"
             )
         return RewardOutput(torch.tensor([float("nan") if v is None else float(v) for v in values]))
+
+    def _trl_kwargs(self, prompts, replies) -> dict[str, list]:
+        """``prompts`` and ``completions`` in TRL's shapes, those the function takes."""
+        texts = [getattr(p, "text", None) for p in prompts]
+        if all(isinstance(t, str) for t in texts):  # TRL's standard format: strings
+            out = {"prompts": texts, "completions": list(replies)}
+        else:  # conversational
+            turns = [[{"role": "assistant", "content": r}] for r in replies]
+            out = {"prompts": [list(p) for p in prompts], "completions": turns}
+        takes = {p.name for p in inspect.signature(self.function).parameters.values()}
+        if not self._all_columns and "prompts" not in takes:
+            del out["prompts"]
+        return out
 
 
 def source_name(spec: str) -> str:
@@ -407,6 +444,10 @@ def load_one_source(spec, **kwargs) -> RewardSource:
         )
     if ":" in spec and not Path(spec).exists():
         return CallableReward(import_callable(spec))
+    if "." in spec and "/" not in spec and not Path(spec).exists():  # TRL's module.function
+        module, _, name = spec.rpartition(".")
+        with contextlib.suppress(ConfigError):
+            return CallableReward(import_callable(f"{module}:{name}"))
     return RewardModelSource(spec, **kwargs)
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from transformers import get_scheduler
 
 from distalign.cadence import Cadence, steps_of
 from distalign.checkpoint import count_nonfinite, resume_training
@@ -347,10 +348,14 @@ def evaluate(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> dict
 
 def optimizer_and_schedule(policy, cfg: RLTrainConfig, sharded: bool):
     """AdamW over the trainable weights; the learning rate warms up linearly over
-    ``warmup_steps`` (a count, or a fraction of max_steps), then stays constant."""
+    ``warmup_steps`` (a count, or a fraction of max_steps), then stays constant, or follows
+    ``lr_scheduler_type`` (any transformers scheduler) over max_steps."""
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = adamw(trainable, cfg.learning_rate, sharded=sharded)
+    optimizer = adamw(trainable, cfg.learning_rate, cfg.weight_decay, sharded=sharded)
     warmup = steps_of(cfg.warmup_steps, cfg.max_steps)
+    if cfg.lr_scheduler_type != "constant":
+        steps = {"num_warmup_steps": warmup, "num_training_steps": cfg.max_steps}
+        return optimizer, get_scheduler(cfg.lr_scheduler_type, optimizer, **steps)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1))
     )

@@ -113,7 +113,7 @@ class RMTrainConfig(ModelKeys):
     num_train_epochs: float = 1.0
     """Passes over the training pairs (ignored when max_steps > 0)."""
     max_steps: int = 0
-    """Optimizer steps (0: from num_train_epochs)."""
+    """Optimizer steps (0 or -1, transformers' default: from num_train_epochs)."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0: off)."""
     max_nonfinite_steps: int = 3
@@ -172,7 +172,7 @@ class RMTrainConfig(ModelKeys):
     """A checkpoint folder to continue from, or true for ``output_dir/checkpoints/last``."""
     seed: int = 0
     """Seed of initialisation, batch order and dropout."""
-    report_to: Any = field(default_factory=lambda: ["tensorboard"])
+    report_to: Any = field(default_factory=lambda: ["tensorboard"], metadata={"list": True})
     """Trackers, a list or one name: tensorboard | wandb | trackio | mlflow | none (a JSONL
     log is always written)."""
     project: str = "distalign"

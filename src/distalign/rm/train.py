@@ -149,7 +149,8 @@ def optimizer_and_schedule(
 ):
     """AdamW over the trainable weights, the learning-rate schedule, and the step count."""
     per_epoch = steps_per_epoch(n_pairs, cfg, processes)
-    total_steps = cfg.max_steps or max(1, math.ceil(per_epoch * cfg.num_train_epochs))
+    epochs = max(1, math.ceil(per_epoch * cfg.num_train_epochs))
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else epochs  # transformers' -1: epochs
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params: list = [p for _, p in named]
     if cfg.head_learning_rate is not None:  # two groups: the backbone and the score head
