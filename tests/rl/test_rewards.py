@@ -414,3 +414,28 @@ def test_a_training_run_s_output_dir_means_its_final_model(tmp_path):
     (tmp_path / "run" / "final").mkdir(parents=True)
     (tmp_path / "run" / "final" / "config.json").write_text("{}")
     assert model_folder(str(tmp_path / "run")) == tmp_path / "run" / "final"
+
+
+def test_a_trl_lora_reward_model_folder_loads_merged(tiny_model_dir, tmp_path):
+    """What TRL's RewardTrainer with a peft_config saves: the adapter (and its score head)."""
+    from distalign.models.classifier import load_sequence_classifier
+    from distalign.models.load import load_tokenizer
+    from distalign.models.lora import add_lora
+
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=1)
+    model = add_lora(base, "SEQ_CLS", r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n or "score" in n:
+                p.normal_()
+    model.config.pad_token_id = 2
+    model.save_pretrained(tmp_path / "adapter")
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(tmp_path / "adapter")
+    assert not (tmp_path / "adapter" / "config.json").exists()
+    loaded, tokenizer = load_sequence_classifier(tmp_path / "adapter")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits)
+    source = rw.load_one_source(str(tmp_path / "adapter"))  # as rl train's reward=
+    out = source([[{"role": "user", "content": "Hi?"}]], ["Hello."])
+    assert out.rewards.shape == (1,) and torch.isfinite(out.rewards).all()

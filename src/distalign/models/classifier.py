@@ -8,6 +8,7 @@ model without ``distalign_rm.json``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -67,6 +68,10 @@ def load_sequence_classifier(
 
     from distalign.models.load import _load_settings, _placed
 
+    adapter = _seq_cls_adapter(folder)
+    if adapter is not None:  # TRL's RewardTrainer with a peft_config saves the adapter alone
+        return _load_adapter_classifier(folder, adapter, trust_remote_code, device, dtype,
+                                        attn_implementation)  # fmt: skip
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     architectures = config.architectures or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
@@ -94,6 +99,44 @@ def load_sequence_classifier(
             tokenizer.pad_token = tokenizer.eos_token
         else:
             raise ValueError(f"{folder}: the tokenizer has neither a pad nor an EOS token")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return _placed(model.eval(), place), tokenizer
+
+
+def _seq_cls_adapter(folder: Path) -> dict | None:
+    """The adapter_config of a PEFT adapter folder without a model of its own; None
+    otherwise. An adapter of another task than sequence classification is refused."""
+    folder = Path(folder)
+    if (folder / "config.json").is_file() or not (folder / "adapter_config.json").is_file():
+        return None
+    settings = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    if settings.get("task_type") != "SEQ_CLS":
+        raise ValueError(
+            f"{folder}: a LoRA adapter of task {settings.get('task_type')!r}; a reward model's "
+            "is SEQ_CLS (a sequence classifier with a trained score head)"
+        )
+    return settings
+
+
+def _load_adapter_classifier(folder, settings, trust_remote_code, device, dtype,
+                             attn_implementation):  # fmt: skip
+    """A one-label classifier from its base model and the adapter (merged), with the
+    tokenizer saved beside the adapter (else the base's)."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distalign.models.load import _load_settings, _placed, resolve_model
+
+    place, kwargs = _load_settings(device, dtype, attn_implementation, trust_remote_code)
+    base_name = resolve_model(settings["base_model_name_or_path"])
+    base = AutoModelForSequenceClassification.from_pretrained(base_name, num_labels=1, **kwargs)
+    model = PeftModel.from_pretrained(base, folder).merge_and_unload()
+    has_tokenizer = (Path(folder) / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(folder if has_tokenizer else base_name,
+                                              trust_remote_code=trust_remote_code)  # fmt: skip
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return _placed(model.eval(), place), tokenizer
