@@ -433,7 +433,7 @@ def test_a_trl_lora_reward_model_folder_loads_merged(tiny_model_dir, tmp_path):
     model.save_pretrained(tmp_path / "adapter")
     load_tokenizer(str(tiny_model_dir)).save_pretrained(tmp_path / "adapter")
     assert not (tmp_path / "adapter" / "config.json").exists()
-    loaded, tokenizer = load_sequence_classifier(tmp_path / "adapter")
+    loaded, _ = load_sequence_classifier(tmp_path / "adapter")
     ids = torch.tensor([[5, 6, 7, 8]])
     torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits)
     source = rw.load_one_source(str(tmp_path / "adapter"))  # as rl train's reward=
