@@ -137,7 +137,7 @@ class CallableReward(RewardSource):
                 f"prompts carry {sorted(columns) or 'none'}"
             )
         if self._all_columns:
-            return {k: v for k, v in columns.items() if k not in ("prompts", "replies")}
+            return {k: v for k, v in columns.items() if k not in ("prompts", "replies", "completions")}
         return {k: v for k, v in columns.items() if k in self._named}
 
     def __call__(self, prompts, replies, reference=None, columns=None) -> RewardOutput:
