@@ -137,7 +137,8 @@ class CallableReward(RewardSource):
                 f"prompts carry {sorted(columns) or 'none'}"
             )
         if self._all_columns:
-            return {k: v for k, v in columns.items() if k not in ("prompts", "replies", "completions")}
+            taken = ("prompts", "replies", "completions")  # the arguments' own names
+            return {k: v for k, v in columns.items() if k not in taken}
         return {k: v for k, v in columns.items() if k in self._named}
 
     def __call__(self, prompts, replies, reference=None, columns=None) -> RewardOutput:
