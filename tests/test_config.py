@@ -423,7 +423,7 @@ def test_more_trl_and_transformers_keys():
         optimizer.step()
         scheduler.step()
     assert scheduler.get_last_lr()[0] == pytest.approx(rl.learning_rate * 0.5)
-    with pytest.raises(ConfigError, match="max_steps must be >= 1"):
+    with pytest.raises(ConfigError, match="max_steps must be >= 0"):
         from_cli(RLTrainConfig, ["max_steps=-1"])
     with pytest.raises(ConfigError, match="rl train keeps float32 weights"):
         from_cli(RLTrainConfig, ["dtype=bfloat16"])

@@ -193,8 +193,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
         checks = [
             (k >= 1, "num_generations must be >= 1"),
             (
-                self.max_steps >= 1,
-                f"max_steps must be >= 1 (got {self.max_steps}): rl train runs a number of "
+                self.max_steps >= 0,
+                f"max_steps must be >= 0 (got {self.max_steps}): rl train runs a number of "
                 "steps, each on new prompts; it has no epochs",
             ),
             (
