@@ -473,3 +473,21 @@ def test_a_dataset_dict_from_load_dataset_gives_its_split():
     assert len(load_preferences(both, "train")) == 2
     with pytest.raises(DataSourceError, match="no split 'valid'"):
         load_preferences(both, "valid")
+
+
+def test_a_downloaded_hub_repository_folder_reads_its_split_shards(tmp_path):
+    """The layout `snapshot_download` or a git clone of a data set repository gives."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "data").mkdir()
+    rows = [{"prompt": f"q{i}?", "chosen": "yes", "rejected": "no"} for i in range(5)]
+    for name, part in (("train-00000-of-00002", rows[:3]), ("train-00001-of-00002", rows[3:]),
+                       ("test-00000-of-00001", rows[:1])):  # fmt: skip
+        pq.write_table(pa.Table.from_pylist(part), tmp_path / "data" / f"{name}.parquet")
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n")
+    train = load_preferences(str(tmp_path), "train")
+    assert [p[0]["content"] for p in train["prompt"]] == [f"q{i}?" for i in range(5)]
+    assert len(load_preferences(str(tmp_path), "test")) == 1
+    with pytest.raises(DataSourceError, match="no file for split 'valid'"):
+        load_preferences(str(tmp_path), "valid")

@@ -154,13 +154,23 @@ READERS = {
 }
 
 
-def local_file(path: Path, split: str | None) -> Path:
-    if path.is_dir():
-        wanted = split or "train"
-        candidates = [path / f"{wanted}{s}{gz}" for s in SUFFIXES for gz in ("", ".gz")]
-        found = [c for c in candidates if c.is_file()]
-        if not found:
-            names = sorted(p.name for p in path.iterdir())
-            raise DataSourceError(f"{path}: no file for split {wanted!r} (have {names})")
-        return found[0]
-    return path
+def local_files(path: Path, split: str | None) -> list[Path]:
+    """The file(s) of ``split`` (default train): ``path`` itself, or in a folder the file named
+    after the split (``test.jsonl``), else its shards in the hub's layout
+    (``data/test-00000-of-00002.parquet``, as a downloaded data set repository has them)."""
+    if not path.is_dir():
+        return [path]
+    wanted = split or "train"
+    candidates = [path / f"{wanted}{s}{gz}" for s in SUFFIXES for gz in ("", ".gz")]
+    found = [c for c in candidates if c.is_file()]
+    if found:
+        return found[:1]
+    for folder in (path / "data", path):
+        shards = sorted(
+            f for f in folder.glob(f"{wanted}-*")
+            if f.is_file() and Path(strip_gz(f)).suffix in SUFFIXES
+        ) if folder.is_dir() else []  # fmt: skip
+        if shards:
+            return shards
+    names = sorted(p.name for p in path.iterdir())
+    raise DataSourceError(f"{path}: no file for split {wanted!r} (have {names})")

@@ -29,7 +29,7 @@ from distalign.data.files import (
     READERS,
     SUFFIXES,
     DataSourceError,
-    local_file,
+    local_files,
     strip_gz,
 )
 from distalign.data.formats import (
@@ -211,14 +211,15 @@ def iter_source_rows(
             raise DataSourceError(
                 f"{source}: a local source; a config name or revision applies to hub datasets only"
             )
-        path = local_file(path, split)
-        suffix = Path(strip_gz(path)).suffix
-        if suffix not in READERS:
-            raise DataSourceError(
-                f"{path}: unknown file type {suffix!r}; expected one of {SUFFIXES} (optionally .gz)"
-            )
-        note = " (empty file)" if path.stat().st_size == 0 else ""
-        yield from _some_rows(READERS[suffix](path), str(path), note)
+        for file in local_files(path, split):  # one file, or a split's shards in order
+            suffix = Path(strip_gz(file)).suffix
+            if suffix not in READERS:
+                raise DataSourceError(
+                    f"{file}: unknown file type {suffix!r}; expected one of {SUFFIXES} "
+                    "(optionally .gz)"
+                )
+            note = " (empty file)" if file.stat().st_size == 0 else ""
+            yield from _some_rows(READERS[suffix](file), str(file), note)
         return
     if source.startswith((".", "/", "~")) or Path(strip_gz(path)).suffix in SUFFIXES:
         raise DataSourceError(f"{source}: no such file")
