@@ -92,6 +92,12 @@ def load_sequence_classifier(
     if info["missing_keys"]:  # a random head would score noise
         raise ValueError(f"{folder}: weights missing from the checkpoint: {info['missing_keys']}")
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    return _placed(_with_pad(model, tokenizer, folder).eval(), place), tokenizer
+
+
+def _with_pad(model, tokenizer, folder):
+    """``model``, its tokenizer given a pad token when it has none (the model's pad id, else
+    EOS: what TRL's RewardTrainer pads with) and the model the tokenizer's pad id."""
     if tokenizer.pad_token_id is None:
         if model.config.pad_token_id is not None:
             tokenizer.pad_token = tokenizer.convert_ids_to_tokens(model.config.pad_token_id)
@@ -101,7 +107,7 @@ def load_sequence_classifier(
             raise ValueError(f"{folder}: the tokenizer has neither a pad nor an EOS token")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return _placed(model.eval(), place), tokenizer
+    return model
 
 
 def _seq_cls_adapter(folder: Path) -> dict | None:
@@ -135,11 +141,7 @@ def _load_adapter_classifier(folder, settings, trust_remote_code, device, dtype,
     has_tokenizer = (Path(folder) / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(folder if has_tokenizer else base_name,
                                               trust_remote_code=trust_remote_code)  # fmt: skip
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return _placed(model.eval(), place), tokenizer
+    return _placed(_with_pad(model, tokenizer, folder).eval(), place), tokenizer
 
 
 def model_max_length(model, tokenizer, default: int = 512) -> int:

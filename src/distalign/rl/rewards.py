@@ -94,6 +94,13 @@ def _column_parameters(function: Callable) -> tuple[bool, set[str], set[str]]:
     return var_kw, {p.name for p in named}, required
 
 
+def _parameter_names(function: Callable) -> set[str]:
+    try:
+        return set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):  # a builtin without a signature
+        return set()
+
+
 def _trl_parameters(function: Callable) -> tuple[bool, set[str], set[str]] | None:
     """For a TRL reward function (one with a ``completions`` parameter): (takes **kwargs, its
     other named parameters, required ones); None for any other function."""
@@ -127,6 +134,8 @@ class CallableReward(RewardSource):
         self.name = name or callable_name(function)
         self.trl = _trl_parameters(function)
         self._all_columns, self._named, self._required = self.trl or _column_parameters(function)
+        # whether a TRL function is given the prompts (it names them, or takes **kwargs)
+        self._gets_prompts = self._all_columns or "prompts" in _parameter_names(function)
 
     def _column_kwargs(self, columns: dict[str, list] | None) -> dict[str, list]:
         columns = columns or {}
@@ -162,8 +171,7 @@ class CallableReward(RewardSource):
         else:  # conversational
             turns = [[{"role": "assistant", "content": r}] for r in replies]
             out = {"prompts": [list(p) for p in prompts], "completions": turns}
-        takes = {p.name for p in inspect.signature(self.function).parameters.values()}
-        if not self._all_columns and "prompts" not in takes:
+        if not self._gets_prompts:
             del out["prompts"]
         return out
 
