@@ -157,10 +157,27 @@ def test_flag_spellings():
     assert from_cli(RMTrainConfig, ["--tf32", "~"], **flags).tf32 is None
     assert from_cli(RMTrainConfig, ["tf32=null"]).tf32 is None
     # a key that may not be unset says so, with the word given
-    with pytest.raises(ConfigError, match=r"--use_peft 'null': use_peft cannot be unset"):
+    with pytest.raises(ConfigError, match=r"--use_peft: `use_peft` cannot be null here; give "
+                       r"a value \(default False\)"):  # fmt: skip
         from_cli(RMTrainConfig, ["--use_peft", "null"], **flags)
-    with pytest.raises(ConfigError, match=r"--learning_rate '~': learning_rate cannot be unset"):
+    with pytest.raises(ConfigError, match=r"--learning_rate: `learning_rate` cannot be null"):
         from_cli(RMTrainConfig, ["--learning_rate", "~"])
+
+
+def test_trl_nulls_that_mean_something_here():
+    """TRL writes null for 'off' or 'the library's choice'; those nulls are read so, in a YAML
+    file, key=null and --key null alike; a null that means nothing here is refused."""
+    for overrides in (
+        ["center_rewards_coefficient=null", "attn_implementation=null", "dtype=null"],
+        ["--center_rewards_coefficient", "null", "--attn_implementation", "~", "--dtype", "null"],
+    ):
+        cfg = from_cli(RMTrainConfig, overrides)
+        assert cfg.center_rewards_coefficient == 0.0  # TRL: None is no centring
+        assert (cfg.attn_implementation, cfg.dtype) == ("sdpa", "float32")
+    # max_length: null is no truncation, as in TRL (the backbone's own limit, read at load)
+    assert from_cli(RMTrainConfig, ["max_length=null"]).max_length is None
+    with pytest.raises(ConfigError, match="`num_generations` cannot be null here"):
+        from_cli(RLTrainConfig, ["num_generations=null"])
 
 
 def test_wrong_flag_type_names_the_flag():
@@ -342,15 +359,22 @@ def test_resume_from_checkpoint(cls):
     assert folder.resume_from_checkpoint == "runs/x/checkpoints/last"
 
 
-def test_rl_micro_batches_hold_whole_prompt_groups():
+def test_rl_step_holds_whole_prompt_groups_and_micro_batches_may_cut_them():
     cfg = load_config(
         RLTrainConfig,
         None,
         ["num_generations=4", "per_device_train_batch_size=8", "gradient_accumulation_steps=3"],
     )
-    assert (cfg.prompts_per_micro_batch, cfg.prompts_per_step) == (2, 6)
+    assert cfg.prompts_per_step == 6
+    # TRL's shape: 8 generations of a prompt over 4 micro-batches of 2 replies
+    cfg = load_config(RLTrainConfig, None, ["num_generations=8", "per_device_train_batch_size=2"])
+    assert cfg.prompts_per_step == 1
     with pytest.raises(ConfigError, match="multiple of num_generations"):
-        load_config(RLTrainConfig, None, ["num_generations=4", "per_device_train_batch_size=6"])
+        load_config(
+            RLTrainConfig,
+            None,
+            ["num_generations=4", "per_device_train_batch_size=3", "gradient_accumulation_steps=2"],
+        )
     with pytest.raises(ConfigError, match="bf16 and fp16"):
         load_config(RMTrainConfig, None, ["bf16=true", "fp16=true"])
 

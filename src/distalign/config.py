@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 import textwrap
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -175,6 +176,12 @@ NOT_OFFERED = {
     "ref_model_mixup_alpha": _REF_FIXED,
 }
 ANY = object()  # any value does nothing (a key that acts only beside another)
+DEFAULT = object()  # the key's own default
+
+# keys whose null in a TRL config means something here that is not null: TRL's
+# ``center_rewards_coefficient: null`` is no centring; ``attn_implementation: null`` and
+# ``dtype: null`` are the library's choice, which is distalign's default
+NULL_MEANS = {"center_rewards_coefficient": 0.0, "attn_implementation": DEFAULT, "dtype": DEFAULT}
 
 
 class Either(tuple):
@@ -254,8 +261,32 @@ def known_keys(cls: type, items: dict[str, Any], where: str) -> dict[str, Any]:
                 continue
             raise ConfigError(f"{where}: `{top}` is a TRL/transformers key distalign does not "
                               f"take: {hint}")  # fmt: skip
+        if value is None and top in known and key == top and not _takes_none(cls, top):
+            meaning = NULL_MEANS.get(top)
+            if meaning is None:
+                default = next(f.default for f in dataclasses.fields(cls) if f.name == top)
+                shown = "" if default is dataclasses.MISSING else f" (default {default!r})"
+                raise ConfigError(f"{where}: `{top}` cannot be null here; give a value{shown}")
+            if meaning is DEFAULT:
+                log.info("%s: %s=null is the default here", where, top)
+                continue
+            value = meaning
         kept[key] = value
     return kept
+
+
+def _takes_none(cls: type, name: str) -> bool:
+    """Whether field ``name`` of dataclass ``cls`` may be None (``X | None`` or ``Any``)."""
+    hint = _field_hints(cls).get(name)
+    return hint is None or hint is Any or type(None) in typing.get_args(hint)
+
+
+@cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation that does not resolve: do not judge it
+        return {}
 
 
 def _yaml_value(raw: Any) -> Any:
@@ -394,9 +425,14 @@ def load_config(
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
             key, text = item.split("=", 1)
-            if not known_keys(cls, {key: _yaml_value(text)}, f"override {item!r}"):
+            parsed = _yaml_value(text)
+            kept = known_keys(cls, {key: parsed}, f"override {item!r}")
+            if not kept:
                 continue
             try:
+                if kept[key] is not parsed:  # a TRL null with a meaning here
+                    base = OmegaConf.merge(base, OmegaConf.create(kept))
+                    continue
                 base = OmegaConf.merge(base, OmegaConf.from_dotlist([item]))
             except OmegaConfBaseException as e:
                 raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
@@ -406,11 +442,15 @@ def load_config(
                 raise ConfigError(f"override {item!r}: {e}") from None
         else:
             key, raw = item
-            if not known_keys(cls, {key: _yaml_value(raw)}, f"--{key}"):
+            parsed = _yaml_value(raw)
+            kept = known_keys(cls, {key: parsed}, f"--{key}")
+            if not kept:
                 continue
             # YAML's null unsets the key, as key=value reads it; a YAML list or mapping
             # (--reward_clip_range '[-1, 1]', --model_init_kwargs '{"dtype": "bfloat16"}') is read
             value = None if isinstance(raw, str) and raw in NULL_WORDS else raw
+            if value is None and kept[key] is not parsed:  # a TRL null with a meaning here
+                raw = value = kept[key]
             if isinstance(raw, list) and len(raw) == 1:  # one word after a list flag
                 raw = raw[0]
             if isinstance(raw, str) and raw.lstrip().startswith(("[", "{")):

@@ -109,3 +109,15 @@ def test_rollout_groups_clamp_to_the_last_prompt():
                   [True] * 3, ["x"] * 3, k=1, device="cpu")  # fmt: skip
     ids, groups = ro.groups(2, 4)  # a micro-batch that runs past the end
     assert ids == [[3]] and groups == [[[7]]]
+
+
+def test_rollout_groups_of_a_reply_range_cut_prompt_groups():
+    from distalign.rl.rollouts import Rollouts
+
+    replies = [[10], [11], [12], [20], [21], [22]]  # two prompts, k = 3
+    ro = Rollouts(["a", "b"], [[1], [2]], replies, [[-1.0]] * 6, [True] * 6, ["x"] * 6,
+                  k=3, device="cpu")  # fmt: skip
+    assert ro.groups(0, 2) == ([[1]], [[[10], [11]]])
+    assert ro.groups(2, 4) == ([[1], [2]], [[[12]], [[20]]])
+    assert ro.groups(4, 6) == ([[2]], [[[21], [22]]])
+    assert ro.groups(0, 6) == ([[1], [2]], [replies[:3], replies[3:]])

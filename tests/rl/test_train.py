@@ -293,3 +293,23 @@ def test_log_completions_prints_a_table_each_logging_step(peaked_policy_dir, tmp
     assert out.count("completions at step") == 1 and "completions at step 2" in out
     history = read_jsonl(tmp_path / "rl" / "history.jsonl")
     assert len(history) == 2 * 4 and all("advantage" in row for row in history)
+
+
+def test_micro_batches_that_cut_a_prompts_group_give_the_same_step(peaked_policy_dir, tmp_path):
+    """TRL's shape, num_generations above per_device_train_batch_size: the group baseline is
+    taken over the step's replies, so 4 replies in 1, 2 or 4 micro-batches make one update."""
+    from safetensors.torch import load_file
+
+    weights = []
+    for micro, accumulate in [(4, 1), (2, 2), (1, 4)]:
+        out = tmp_path / f"m{micro}"
+        run(config(peaked_policy_dir, out, max_steps=1, per_device_train_batch_size=micro,
+                   gradient_accumulation_steps=accumulate, baseline="grpo", max_grad_norm=None,
+                   eval_on_start=False, max_eval_samples=1))  # fmt: skip
+        weights.append(load_file(out / "rl" / "final" / "model.safetensors"))
+    start = AutoModelForCausalLM.from_pretrained(peaked_policy_dir).state_dict()
+    moved = [k for k in weights[0] if not torch.equal(weights[0][k], start[k])]
+    assert moved  # the step changed the weights, and by the same amount each way
+    for other in weights[1:]:
+        for k in weights[0]:
+            torch.testing.assert_close(other[k], weights[0][k], rtol=1e-4, atol=1e-6)

@@ -406,3 +406,15 @@ def test_a_trl_margin_column_goes_into_the_scalar_loss(tiny_model_dir, tmp_path)
     assert batch["margin"].tolist() == [0.0, 3.0, 0.0, 3.0]
     result = run(cfg)  # trains with it
     assert result["pairs"] == 8
+
+
+def test_max_length_null_is_the_backbones_limit(tiny_model_dir):
+    from transformers import AutoConfig
+
+    from distalign.rm.train import build_model
+
+    cfg = RMTrainConfig(model_name_or_path=str(tiny_model_dir), max_length=None,
+                        report_to="none")  # fmt: skip
+    build_model(cfg)
+    limit = AutoConfig.from_pretrained(tiny_model_dir).max_position_embeddings
+    assert cfg.max_length == limit and cfg.max_prompt_length <= limit // 2

@@ -81,7 +81,10 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     num_generations: int = 4
     """Samples per prompt (k)."""
     per_device_train_batch_size: int = 8
-    """Completions per teacher-forced micro-batch per process (a multiple of num_generations)."""
+    """Completions per teacher-forced micro-batch per process. As in TRL it need not hold a
+    whole group: the group statistics are taken over the step's replies before the
+    micro-batches; per_device_train_batch_size × gradient_accumulation_steps must be a multiple
+    of num_generations."""
     gradient_accumulation_steps: int = 4
     """Micro-batches per optimizer step: prompts per step = per_device_train_batch_size ×
     gradient_accumulation_steps / num_generations (per process)."""
@@ -203,12 +206,14 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
                 "the sampler's log-probs and the teacher-forced ones agree (the KL estimate "
                 "needs both); for bfloat16 compute use bf16=true",
             ),
-            (
-                micro >= k and micro % k == 0,
-                f"per_device_train_batch_size ({micro}) must be a multiple of num_generations "
-                f"({k}): the samples of a prompt share one micro-batch",
-            ),
+            (micro >= 1, "per_device_train_batch_size must be >= 1"),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (
+                micro * self.gradient_accumulation_steps % k == 0,
+                f"per_device_train_batch_size × gradient_accumulation_steps ({micro} × "
+                f"{self.gradient_accumulation_steps}) must be a multiple of num_generations "
+                f"({k}): a step samples whole groups of a prompt's replies on each process",
+            ),
             (self.baseline in BASELINES, f"baseline: {' | '.join(BASELINES)}"),
             (
                 self.baseline not in GROUP_BASELINES or k >= 2,
@@ -277,13 +282,10 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
             )
 
     @property
-    def prompts_per_micro_batch(self) -> int:
-        return self.per_device_train_batch_size // self.num_generations
-
-    @property
     def prompts_per_step(self) -> int:
         """Prompts per optimizer step per process."""
-        return self.prompts_per_micro_batch * self.gradient_accumulation_steps
+        replies = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        return replies // self.num_generations
 
 
 def is_gold(source) -> bool:

@@ -39,11 +39,17 @@ class Rollouts:
         )
 
     def groups(self, start: int, stop: int):
-        """Prompt ids and per-prompt reply lists of prompts [start, stop)."""
-        stop = min(stop, len(self.prompt_ids))
-        return self.prompt_ids[start:stop], [
-            self.replies[i * self.k : (i + 1) * self.k] for i in range(start, stop)
+        """The replies [start, stop) (prompt-major, k per prompt) as the prompt ids of the
+        prompts they belong to and, per prompt, its replies in the range: a range may cut a
+        prompt's group (a micro-batch smaller than num_generations)."""
+        stop = min(stop, len(self.replies))
+        first, last = start // self.k, (stop - 1) // self.k
+        ids = self.prompt_ids[first : last + 1]
+        groups = [
+            self.replies[max(start, i * self.k) : min(stop, (i + 1) * self.k)]
+            for i in range(first, last + 1)
         ]
+        return ids, groups
 
 
 def rollout(
@@ -77,8 +83,8 @@ def reference_logprobs(
     ``ro.logps``: the SFT copy, or the policy with its LoRA adapters off, in eval mode."""
     out = []
     with reference_mode(policy, ref_model) as ref:
-        step = cfg.prompts_per_micro_batch
-        for s in range(0, len(ro.prompt_ids), step):
+        step = cfg.per_device_train_batch_size
+        for s in range(0, len(ro.replies), step):
             ids, groups = ro.groups(s, s + step)
             lp, _ = reply_logprobs(
                 ref, ids, groups, pad_id, cfg.temperature or 1.0, cfg.prefix_sharing

@@ -311,9 +311,9 @@ def policy_gradient_step(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTra
     """One optimizer step of −mean A_i·Σ_t log π over the step's micro-batches (skipped when
     the gradient is not finite). Returns (grad norm, summed token entropy, tokens)."""
     t.learner.train()
-    n, step = len(ro.prompt_ids), cfg.prompts_per_micro_batch
+    n, step = len(ro.replies), cfg.per_device_train_batch_size
     entropy_sum, tokens = 0.0, 0
-    for s in range(0, n, step):
+    for s in range(0, n, step):  # micro-batches of replies; one may cut a prompt's group
         stop = min(n, s + step)
         ids, groups = ro.groups(s, stop)
         last = stop >= n  # gradients are all-reduced once, after the last micro-batch
@@ -322,9 +322,8 @@ def policy_gradient_step(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTra
                 ids, groups, t.tokenizer.pad_token_id, cfg.temperature or 1.0, cfg.prefix_sharing
             )
             lp_pad, mask = pad_reply_tensors(lp)
-            rows = slice(s * cfg.num_generations, stop * cfg.num_generations)
             # reinforce_loss averages over this micro-batch; weight it by its share
-            loss = reinforce_loss(lp_pad, mask, adv[rows]) * (stop - s) / n
+            loss = reinforce_loss(lp_pad, mask, adv[s:stop]) * (stop - s) / n
             t.accelerator.backward(loss)
         entropy_sum += sum(e.sum().item() for e in ent)
         tokens += sum(e.numel() for e in ent)

@@ -9,6 +9,7 @@ checked when built.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,8 +87,9 @@ class RMTrainConfig(ModelKeys):
     another prompt (RRM's augmentation; ``distalign.data.pairs.off_prompt_pairs``). 1.0
     doubles the pairs, and the steps of an epoch. On the gold benchmark it did not help
     (docs/results/README.md)."""
-    max_length: int = 512
-    """Longest prompt + reply in tokens (truncation rules in ``distalign.data.pairs``)."""
+    max_length: int | None = 512
+    """Longest prompt + reply in tokens (truncation rules in ``distalign.data.pairs``); None:
+    no truncation below the backbone's own limit (its position embeddings), as TRL's null."""
     max_prompt_length: int = 256
     """Tokens kept for the prompt when prompt + reply is too long (one at or above
     ``max_length`` becomes half of it, with a warning)."""
@@ -184,7 +186,8 @@ class RMTrainConfig(ModelKeys):
         self.report_to = report_to_list(self.report_to)
         resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
-        if 1 < self.max_length <= self.max_prompt_length:  # e.g. max_length=128 alone
+        # e.g. max_length=128 alone
+        if self.max_length is not None and 1 < self.max_length <= self.max_prompt_length:
             config_warning(
                 log,
                 "max_prompt_length %d >= max_length %d: prompts keep at most %d tokens",
@@ -216,7 +219,7 @@ class RMTrainConfig(ModelKeys):
             ),
             (self.center_rewards_coefficient >= 0, "center_rewards_coefficient must be >= 0"),
             (
-                0 < self.max_prompt_length < self.max_length,
+                0 < self.max_prompt_length < (self.max_length or math.inf),
                 "need 0 < max_prompt_length < max_length",
             ),
             (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),

@@ -48,6 +48,7 @@ from distalign.losses import (
     ratings_to_bins,
     reward_model_loss,
 )
+from distalign.models.classifier import model_max_length
 from distalign.models.heads import head_log_probs
 from distalign.models.lora import add_lora
 from distalign.models.options import disable_dropout
@@ -141,6 +142,10 @@ def build_model(cfg: RMTrainConfig):
         model = add_lora(model, **cfg.lora_kwargs("SEQ_CLS"))
     if cfg.disable_dropout:
         disable_dropout(model)
+    if cfg.max_length is None:  # no truncation: up to what the backbone takes
+        cfg.max_length = model_max_length(model, tokenizer)
+        cfg.max_prompt_length = min(cfg.max_prompt_length, cfg.max_length // 2)
+        log.info("max_length: the backbone's limit, %d tokens", cfg.max_length)
     return model, tokenizer
 
 
