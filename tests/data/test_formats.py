@@ -278,3 +278,30 @@ def test_undetectable_row_names_the_missing_column():
         detect_format({"prompt": "p", "chosen": "a"})
     with pytest.raises(ValueError, match=r"lack 'chosen' and 'rejected'$"):
         detect_format({"prompt": "p"})
+
+
+# --- TRL's standard implicit prompt: two texts, no prompt column --------------------------
+
+
+def test_two_texts_split_at_their_shared_beginning_as_trl_extract_prompt(tmp_path):
+    rows = [
+        {"chosen": "The sky is blue.", "rejected": "The sky is green."},
+        {"chosen": "Paris is the capital.", "rejected": "Rome is the capital."},  # shares nothing
+        {"chosen": "Say yes please", "rejected": "Say yes"},  # one the beginning of the other
+    ]
+    assert detect_format(rows[0]) == "implicit"
+    ds, report = load(tmp_path, rows)
+    assert ds[0]["prompt"] == [user("The sky is")]
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("blue.", "green.")
+    assert ds[1]["prompt"] == [user("")]
+    assert (ds[1]["chosen"], ds[1]["rejected"]) == ("Paris is the capital.", "Rome is the capital.")
+    assert ds[2]["prompt"] == [user("Say yes")] and (ds[2]["chosen"], ds[2]["rejected"]) == (
+        "please",
+        "",
+    )
+    assert (report.kept, report.empty_replies) == (3, 1)
+
+
+def test_two_texts_beside_a_message_list_name_the_field(tmp_path):
+    with pytest.raises(PreferenceFormatError, match="rejected"):
+        load(tmp_path, [{"chosen": "a b", "rejected": [user("a"), bot("c")]}])

@@ -27,7 +27,10 @@ Formats (detected from the first row, or forced):
                an HH transcript ending in ``"\\n\\nAssistant:"`` (Dahoas/rm-static) is split
                into turns.
 ``implicit``   ``chosen``/``rejected`` are whole conversations (message lists) that share the
-               prompt and differ in the final assistant turn (TRL "implicit prompt").
+               prompt and differ in the final assistant turn (TRL "implicit prompt"), or
+               plain strings with no prompt column (TRL's standard implicit prompt): their
+               longest common beginning, cut back before a space as TRL's ``extract_prompt``
+               does, is the prompt's user turn (possibly empty), the rest the two replies.
 ``hh``         Anthropic-HH transcripts, multi-turn:
                ``"\\n\\nHuman: … \\n\\nAssistant: …"`` strings.
 ``sharegpt``   LLaMA-Factory/ShareGPT: ``conversations`` (or ``messages``) holds the prompt;
@@ -112,10 +115,26 @@ def detect_format(row: Mapping[str, Any]) -> str:
         return "implicit"
     if isinstance(row["chosen"], str) and _HH_TURN.search(row["chosen"]):
         return "hh"
+    if isinstance(row["chosen"], str):
+        return "implicit"  # TRL's standard implicit prompt: two texts with a shared beginning
     raise ValueError(
         "cannot detect the preference format: no 'prompt' or 'conversations' column, and "
-        f"'chosen' is neither a message list nor an HH transcript ({_describe(row['chosen'])})"
+        f"'chosen' is neither a message list nor a string ({_describe(row['chosen'])})"
     )
+
+
+def split_texts(chosen: str, rejected: str) -> tuple[list[dict[str, str]], str, str]:
+    """Prompt and replies of two texts that share their beginning (TRL's standard implicit
+    prompt): the prompt is the longest common prefix, less a space it ends on (TRL's
+    ``extract_prompt``), as one user turn; the replies are the rest, without leading spaces.
+    Texts that share nothing give an empty user turn."""
+    cut = _common_prefix_length(chosen, rejected)
+    if cut == len(chosen) == len(rejected):  # the same text twice: nothing to tell apart
+        cut = 0
+    while cut > 0 and chosen[cut - 1] == " ":
+        cut -= 1
+    prompt = [{"role": "user", "content": chosen[:cut]}]
+    return prompt, chosen[cut:].lstrip(), rejected[cut:].lstrip()
 
 
 def _parse_message(message: Any, where: str, field: str) -> dict[str, str]:
@@ -382,6 +401,14 @@ def normalise_row(row: Mapping[str, Any], fmt: str, where: str, index: int) -> d
         prompt, chosen, rejected = _explicit(row, where)
     elif fmt == "sharegpt":
         prompt, chosen, rejected = _sharegpt(row, where)
+    elif fmt == "implicit" and isinstance(row["chosen"], str):
+        if not isinstance(row["rejected"], str):
+            raise PreferenceFormatError(
+                where,
+                "rejected",
+                f"expected a string like 'chosen', got {_describe(row['rejected'])}",
+            )
+        prompt, chosen, rejected = split_texts(row["chosen"], row["rejected"])
     elif fmt == "implicit":
         prompt, chosen, rejected = _split_conversations(
             parse_messages(row["chosen"], where, "chosen"),
