@@ -313,3 +313,13 @@ def test_micro_batches_that_cut_a_prompts_group_give_the_same_step(peaked_policy
     for other in weights[1:]:
         for k in weights[0]:
             torch.testing.assert_close(other[k], weights[0][k], rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_leaves_the_first_steps_kl_at_zero(tiny_model_dir, tmp_path):
+    """bf16=true autocasts the teacher-forced gradient pass only: the KL compares the
+    sampler's log-probs with the reference's, both in the weights' float32, so the SFT policy
+    against itself (LoRA starts at zero) reads 0 at step 1."""
+    run(config(tiny_model_dir, tmp_path, bf16=True, use_peft=True, beta=0.1, max_steps=1,
+               eval_on_start=False, max_eval_samples=1))  # fmt: skip
+    row = json.loads((tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["step"] == 1 and abs(row["train/kl"]) < 1e-4, row
