@@ -164,6 +164,21 @@ def test_flag_spellings():
         from_cli(RMTrainConfig, ["--learning_rate", "~"])
 
 
+def test_training_arguments_keys_do_nothing_at_their_default_and_are_refused_otherwise():
+    """Any transformers TrainingArguments key: at transformers' default (a TRL config spells
+    many out) it is read as absent; at another value it is refused with what does its job."""
+    defaults = ["ddp_timeout=1800", "log_level=passive", "fsdp=''", "--dataloader_pin_memory",
+                "true", "--local_rank=0"]  # fmt: skip
+    cfg = from_cli(RLTrainConfig, defaults)
+    assert cfg == from_cli(RLTrainConfig, [])
+    with pytest.raises(ConfigError, match=r"`deepspeed` .*accelerate launch --config_file"):
+        from_cli(RMTrainConfig, ["--deepspeed", "ds_z3.json"])
+    with pytest.raises(ConfigError, match=r"`use_cpu` .* accelerate"):
+        from_cli(RMTrainConfig, ["use_cpu=true"])
+    with pytest.raises(ConfigError, match=r"`dataloader_pin_memory` .*default \(True\)"):
+        from_cli(RMTrainConfig, ["dataloader_pin_memory=false"])
+
+
 def test_trl_nulls_that_mean_something_here():
     """TRL writes null for 'off' or 'the library's choice'; those nulls are read so, in a YAML
     file, key=null and --key null alike; a null that means nothing here is refused."""

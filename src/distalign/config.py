@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import enum
 import inspect
 import itertools
 import logging
@@ -175,6 +176,24 @@ NOT_OFFERED = {
     "ref_model_sync_steps": _REF_FIXED,
     "ref_model_mixup_alpha": _REF_FIXED,
 }
+_LAUNCHER = ("processes, devices, DeepSpeed and FSDP come from accelerate: `accelerate launch "
+             "--config_file configs/accelerate/<ddp|fsdp|deepspeed_zero2>.yaml -m distalign.cli "
+             "...` (docs/gpu.md)")  # fmt: skip
+# transformers TrainingArguments keys not above: at transformers' default they do nothing; at
+# another value they are refused, with these hints where one helps
+_LAUNCHER_KEYS = ("deepspeed", "fsdp", "fsdp_config", "accelerator_config", "parallelism_config",
+                  "ddp_backend", "ddp_timeout", "ddp_bucket_cap_mb", "ddp_broadcast_buffers",
+                  "ddp_static_graph", "use_cpu")  # fmt: skip
+TRAINING_ARGUMENTS_HINTS = {
+    **dict.fromkeys(_LAUNCHER_KEYS, _LAUNCHER),
+    "auto_find_batch_size": "set per_device_train_batch_size (and gradient_accumulation_steps)",
+    "torch_compile_backend": "models run eagerly",
+    "torch_compile_mode": "models run eagerly",
+    "neftune_noise_alpha": "embeddings are not noised",
+    "label_smoothing_factor": "the losses are distalign's own (distalign.losses)",
+    "log_level": "distalign logs at INFO on the first process",
+    "hub_token": "hub access uses the token of `hf auth login` or HF_TOKEN",
+}
 ANY = object()  # any value does nothing (a key that acts only beside another)
 DEFAULT = object()  # the key's own default
 
@@ -215,6 +234,9 @@ NEUTRAL = {
     "num_iterations": 1, "epsilon": ANY, "epsilon_high": ANY, "steps_per_generation": None,
     "generation_batch_size": None, "num_generations_eval": None, "shuffle_dataset": True,
     "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
+    # TrainingArguments keys whose default differs between transformers versions
+    "fsdp": Either((None, "", [])), "fsdp_config": Either((None, {})),
+    "accelerator_config": Either((None, {})), "optim_args": Either((None, "")),
 }  # fmt: skip
 
 
@@ -253,9 +275,20 @@ def known_keys(cls: type, items: dict[str, Any], where: str) -> dict[str, Any]:
             name, paren, note = RENAMED[top].partition(" (")
             raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")
         hint = NOT_OFFERED.get(top, _SAMPLER if top.startswith("vllm_") else None)
+        if top not in known and not hint and top in _training_arguments_defaults():
+            default = _training_arguments_defaults()[top]
+            hint = TRAINING_ARGUMENTS_HINTS.get(
+                top, f"remove it, or give transformers' default ({default!r}), which does nothing"
+            )
         if top not in known and hint:
-            # a vllm_* key does nothing without use_vllm, whatever its value
-            neutral = NEUTRAL.get(top, ANY if top.startswith("vllm_") else Either())
+            # a vllm_* key does nothing without use_vllm, whatever its value; another
+            # TrainingArguments key does nothing at transformers' default
+            neutral = NEUTRAL.get(
+                top,
+                ANY
+                if top.startswith("vllm_") or top == "local_rank"  # the launcher's, as an env var
+                else _training_arguments_defaults().get(top, Either()),
+            )
             if neutral is ANY or (key == top and _same(value, neutral)):
                 log.info("%s: %s=%r does nothing here: %s", where, top, value, hint)
                 continue
@@ -273,6 +306,25 @@ def known_keys(cls: type, items: dict[str, Any], where: str) -> dict[str, Any]:
             value = meaning
         kept[key] = value
     return kept
+
+
+@cache
+def _training_arguments_defaults() -> dict[str, Any]:
+    """transformers ``TrainingArguments`` fields -> their defaults (``Either()``, which
+    matches nothing, for one without a plain default)."""
+    from transformers import TrainingArguments
+
+    out = {}
+    for f in dataclasses.fields(TrainingArguments):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = Either()
+        # a str-valued enum default (IntervalStrategy.STEPS) compares as its string
+        out[f.name] = default.value if isinstance(default, enum.Enum) else default
+    return out
 
 
 def _takes_none(cls: type, name: str) -> bool:
