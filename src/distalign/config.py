@@ -171,7 +171,6 @@ NOT_OFFERED = {
     "gradient_accumulation_steps completions per process (sampling_batch_size: prompts per "
     "sampling pass)",
     "num_generations_eval": "an evaluation samples one reply per held-out prompt",
-    "shuffle_dataset": "training prompts are drawn in a seeded random order",
     "sync_ref_model": _REF_FIXED,
     "ref_model_sync_steps": _REF_FIXED,
     "ref_model_mixup_alpha": _REF_FIXED,
@@ -232,7 +231,7 @@ NEUTRAL = {
     "log_multimodal": ANY, "router_aux_loss_coef": ANY, "pad_to_multiple_of": None,
     "lora_target_parameters": None, "repetition_penalty": 1.0, "min_p": Either((None, 0.0)),
     "num_iterations": 1, "epsilon": ANY, "epsilon_high": ANY, "steps_per_generation": None,
-    "generation_batch_size": None, "num_generations_eval": None, "shuffle_dataset": True,
+    "generation_batch_size": None, "num_generations_eval": None,
     "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
     # TrainingArguments keys whose default differs between transformers versions
     "fsdp": Either((None, "", [])), "fsdp_config": Either((None, {})),

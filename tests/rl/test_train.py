@@ -323,3 +323,18 @@ def test_bf16_autocast_leaves_the_first_steps_kl_at_zero(tiny_model_dir, tmp_pat
                eval_on_start=False, max_eval_samples=1))  # fmt: skip
     row = json.loads((tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["step"] == 1 and abs(row["train/kl"]) < 1e-4, row
+
+
+def test_prompts_come_in_a_seeded_order_per_pass_or_in_order_without_shuffle_dataset():
+    from distalign.rl.train import next_prompts
+
+    prompts = list(range(5))
+    state = TrainState()
+    drawn = [next_prompts(prompts, state, 2, seed=3) for _ in range(5)]
+    flat = [p for batch in drawn for p in batch]
+    assert sorted(flat[:5]) == prompts and sorted(flat[5:]) == prompts  # each pass whole
+    assert flat[:5] != prompts  # seed 3 shuffles
+    state = TrainState()
+    in_order = [next_prompts(prompts, state, 3, seed=3, shuffle=False) for _ in range(2)]
+    assert in_order == [[0, 1, 2], [3, 4, 0]] and state.epoch == 1
+    assert RLTrainConfig(shuffle_dataset=False, report_to="none").shuffle_dataset is False

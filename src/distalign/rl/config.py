@@ -78,6 +78,9 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     """Split of the held-out prompts."""
     max_eval_samples: int = 16
     """Held-out prompts per evaluation (the first N)."""
+    shuffle_dataset: bool = True
+    """Draw the training prompts in a seeded random order, a new one each pass (false: in the
+    data set's order)."""
     num_generations: int = 4
     """Samples per prompt (k)."""
     per_device_train_batch_size: int = 8

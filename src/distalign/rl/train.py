@@ -104,12 +104,14 @@ class TrainState:
     nonfinite_in_a_row: int = 0
 
 
-def next_prompts(prompts: list, state: TrainState, n: int, seed: int) -> list:
-    """The next ``n`` prompts of a fresh seeded permutation per epoch; moves the cursor."""
+def next_prompts(prompts: list, state: TrainState, n: int, seed: int, shuffle=True) -> list:
+    """The next ``n`` prompts of a fresh seeded permutation per epoch (``shuffle=False``: in
+    the data set's order); moves the cursor."""
 
     def order(epoch: int) -> list[int]:
         permutation = list(range(len(prompts)))
-        random.Random(seed + epoch).shuffle(permutation)
+        if shuffle:
+            random.Random(seed + epoch).shuffle(permutation)
         return permutation
 
     chosen, current = [], order(state.epoch)
@@ -393,7 +395,9 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     try:  # a run stopped by an error still logs the steps before it
         while state.step < cfg.max_steps:
             t0 = time.perf_counter()
-            prompts = next_prompts(train_prompts, state, cfg.prompts_per_step, cfg.seed)
+            prompts = next_prompts(
+                train_prompts, state, cfg.prompts_per_step, cfg.seed, cfg.shuffle_dataset
+            )
             with full_parameters(t.learner):  # whole weights while sampling (FSDP, ZeRO-3)
                 seed = cfg.seed * 1_000_003 + state.step
                 ro = rollout(t.policy, tokenizer, prompts, cfg, seed=seed)
