@@ -277,7 +277,7 @@ def test_a_trl_config_loads_its_do_nothing_keys_dropped(tmp_path, caplog):
 @pytest.mark.parametrize(
     ("args", "key", "hint"),
     [(["use_vllm=true"], "use_vllm", "own sampler"),
-     (["--num_iterations", "2"], "num_iterations", "on-policy"),
+     (["--steps_per_generation", "8"], "steps_per_generation", "num_iterations"),
      (["repetition_penalty=1.2"], "repetition_penalty", "unbiased"),
      (["load_in_4bit=true"], "load_in_4bit", "use_peft=true dtype=bfloat16"),
      (["push_to_hub=true"], "push_to_hub", "hf upload"),

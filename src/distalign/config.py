@@ -96,8 +96,6 @@ RENAMED = {
 _SAMPLER = "rollouts come from distalign's own sampler (distalign.models.generate)"
 _UNBIASED = ("replies are sampled from π itself, so the REINFORCE gradient and the KL estimate "
              "stay unbiased (as for top_p=1, top_k=0)")  # fmt: skip
-_ON_POLICY = ("one policy update per batch of rollouts, on-policy (TRL's default "
-              "num_iterations=1, where the clipped ratio is 1)")  # fmt: skip
 _NO_QUANT = ("quantised (QLoRA) training is not offered; LoRA on half-precision weights: "
              "use_peft=true dtype=bfloat16")  # fmt: skip
 _REF_FIXED = "the reference policy stays the SFT model"
@@ -162,11 +160,9 @@ NOT_OFFERED = {
     "bnb_4bit_quant_storage": _NO_QUANT,
     "repetition_penalty": _UNBIASED,
     "min_p": _UNBIASED,
-    "num_iterations": _ON_POLICY,
-    "epsilon": _ON_POLICY,
-    "epsilon_high": _ON_POLICY,
     "steps_per_generation": "each step samples its own rollouts (per_device_train_batch_size "
-    "× gradient_accumulation_steps completions per process)",
+    "× gradient_accumulation_steps completions per process); several updates on one batch of "
+    "rollouts: num_iterations",
     "generation_batch_size": "each step samples per_device_train_batch_size × "
     "gradient_accumulation_steps completions per process (sampling_batch_size: prompts per "
     "sampling pass)",
@@ -230,7 +226,7 @@ NEUTRAL = {
     "chat_template_kwargs": Either((None, {})), "log_unique_prompts": ANY,
     "log_multimodal": ANY, "router_aux_loss_coef": ANY, "pad_to_multiple_of": None,
     "lora_target_parameters": None, "repetition_penalty": 1.0, "min_p": Either((None, 0.0)),
-    "num_iterations": 1, "epsilon": ANY, "epsilon_high": ANY, "steps_per_generation": None,
+    "steps_per_generation": None,
     "generation_batch_size": None, "num_generations_eval": None,
     "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
     # TrainingArguments keys whose default differs between transformers versions

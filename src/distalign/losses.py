@@ -439,3 +439,35 @@ def reinforce_loss(
     Returns a scalar: the mean over the B replies of this (micro-)batch.
     """
     return -(advantages.detach() * sequence_sum(logprobs, mask)).mean()
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon_low: float = 0.2,
+    epsilon_high: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped objective with a sequence-level ratio, as TRL's RLOO takes it for
+    ``num_iterations`` > 1 updates on one batch of rollouts:
+    −mean_i min(ρ_i A_i, clip(ρ_i, 1 − ε_low, 1 + ε_high) A_i), ρ_i = π(y_i | x) / π_old(y_i | x).
+
+    On the first update (π = π_old, ρ = 1) its gradient is ``reinforce_loss``'s; later, a
+    reply whose ratio has left the band on the side its advantage pushes to gives no gradient.
+
+    Args:
+        logprobs: (B, T) log-probs of the sampled tokens under the current policy (with grad).
+        mask: (B, T) reply-token mask.
+        old_logprobs: (B,) Σ_t log π_old of each reply, from the first update (detached).
+        advantages: (B,).
+        epsilon_high: upper clip (DAPO's ε_high); None: ``epsilon_low``.
+    Returns (the scalar loss, (B,) bool: the replies whose ratio was clipped).
+    """
+    high = epsilon_low if epsilon_high is None else epsilon_high
+    ratio = torch.exp(sequence_sum(logprobs, mask) - old_logprobs.detach())
+    a = advantages.detach()
+    clipped = ratio.clamp(1 - epsilon_low, 1 + high)
+    loss = -torch.min(ratio * a, clipped * a).mean()
+    was_clipped = ((ratio < 1 - epsilon_low) & (a < 0)) | ((ratio > 1 + high) & (a > 0))
+    return loss, was_clipped.detach()

@@ -108,8 +108,10 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     from distalign.config import mixed_precision, save_config
     from distalign.models.load import set_tf32
 
+    precision = mixed_precision(cfg.bf16, cfg.fp16)
+    _forget_other_precision(precision)
     accelerator = Accelerator(
-        mixed_precision=mixed_precision(cfg.bf16, cfg.fp16),
+        mixed_precision=precision,
         log_with=resolve_report_to(cfg.report_to) or None,
         project_dir=str(out),
         **accelerator_kwargs,
@@ -119,6 +121,21 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     if accelerator.is_main_process:
         save_config(cfg, out)
     return accelerator
+
+
+def _forget_other_precision(precision: str | None) -> None:
+    """In one process (a notebook, a script training an RM and then a policy), a second run
+    with another mixed precision than the first: accelerate keeps the first run's state and
+    refuses the new setting, so its state is dropped first. Launched runs keep theirs."""
+    from accelerate.state import AcceleratorState
+
+    if not AcceleratorState._shared_state:
+        return
+    # None: what `accelerate launch` (its environment) or accelerate's default says
+    wanted = precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    state = AcceleratorState()
+    if state.num_processes == 1 and str(state.mixed_precision) != wanted:
+        AcceleratorState._reset_state()
 
 
 def end_run(accelerator) -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from distalign.losses import (
+    clipped_policy_loss,
     kl_estimates,
     kl_shaped_rewards,
     moving_average_update,
@@ -121,3 +122,34 @@ def test_rollout_groups_of_a_reply_range_cut_prompt_groups():
     assert ro.groups(2, 4) == ([[1], [2]], [[[12]], [[20]]])
     assert ro.groups(4, 6) == ([[2]], [[[21], [22]]])
     assert ro.groups(0, 6) == ([[1], [2]], [replies[:3], replies[3:]])
+
+
+def test_clipped_policy_loss_at_ratio_one_is_reinforce_and_clips_as_ppo():
+    lp = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, -0.5, -0.5]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    adv = torch.tensor([2.0, -1.0])
+    old = torch.tensor([-3.0, -1.5])  # the same policy: ratio 1
+    loss, clipped = clipped_policy_loss(lp, mask, old, adv)
+    loss.backward()
+    grad = lp.grad.clone()
+    lp.grad = None
+    reinforce_loss(lp, mask, adv).backward()
+    torch.testing.assert_close(grad, lp.grad)  # the first update is the REINFORCE step
+    assert not clipped.any()
+
+    # brute force, one reply at a time: ρ = exp(Σ log π − old)
+    for a in (1.5, -1.5):
+        for shift in (-0.5, -0.1, 0.0, 0.1, 0.5):
+            x = torch.tensor([[-1.0 + shift, -2.0]], requires_grad=True)
+            m = torch.ones(1, 2)
+            loss, clipped = clipped_policy_loss(x, m, torch.tensor([-3.0]), torch.tensor([a]),
+                                                epsilon_low=0.2, epsilon_high=0.28)  # fmt: skip
+            rho = torch.exp(torch.tensor(shift))
+            expect = -min(rho * a, rho.clamp(0.8, 1.28) * a)
+            assert loss.item() == pytest.approx(float(expect), rel=1e-6)
+            loss.backward()
+            out_of_band = (a > 0 and rho > 1.28) or (a < 0 and rho < 0.8)
+            assert bool(clipped[0]) == out_of_band
+            # clipped: no gradient; else d/dx of −ρ·A is −ρ·A per token
+            want = 0.0 if out_of_band else float(-rho * a)
+            torch.testing.assert_close(x.grad, torch.full((1, 2), want), rtol=1e-5, atol=1e-7)

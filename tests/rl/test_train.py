@@ -325,6 +325,18 @@ def test_bf16_autocast_leaves_the_first_steps_kl_at_zero(tiny_model_dir, tmp_pat
     assert row["step"] == 1 and abs(row["train/kl"]) < 1e-4, row
 
 
+def test_runs_in_one_process_each_get_their_own_precision(tiny_model_dir, tmp_path):
+    """A notebook trains in bf16, then in float32: accelerate would keep the first run's
+    mixed precision (or refuse the second); each run gets its own."""
+    from accelerate.state import AcceleratorState
+
+    kw = dict(max_steps=0, eval_on_start=False, max_eval_samples=1)
+    run(config(tiny_model_dir, tmp_path / "a", bf16=True, **kw))
+    assert AcceleratorState().mixed_precision == "bf16"
+    run(config(tiny_model_dir, tmp_path / "b", **kw))
+    assert AcceleratorState().mixed_precision == "no"
+
+
 def test_prompts_come_in_a_seeded_order_per_pass_or_in_order_without_shuffle_dataset():
     from distalign.rl.train import next_prompts
 
@@ -338,3 +350,22 @@ def test_prompts_come_in_a_seeded_order_per_pass_or_in_order_without_shuffle_dat
     in_order = [next_prompts(prompts, state, 3, seed=3, shuffle=False) for _ in range(2)]
     assert in_order == [[0, 1, 2], [3, 4, 0]] and state.epoch == 1
     assert RLTrainConfig(shuffle_dataset=False, report_to="none").shuffle_dataset is False
+
+
+def test_several_updates_per_batch_of_rollouts_learn_and_log_their_clipping(
+    peaked_policy_dir, tmp_path
+):
+    """num_iterations=3 (TRL's μ): three updates per batch of rollouts, the later ones
+    clipped to the sampling policy; half the steps of test_learns_the_rewarded_token."""
+    result = run(config(peaked_policy_dir, tmp_path, max_steps=15, num_iterations=3,
+                        lr_scheduler_type="linear"))  # fmt: skip
+    before, after = result["initial"]["reward"], result["final"]["reward"]
+    assert after > before + 0.2, (before, after)
+    metrics = [
+        json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()
+    ]
+    ratios = [m["train/clip_ratio"] for m in metrics if "train/clip_ratio" in m]
+    assert len(ratios) == 15 and all(0 <= r <= 1 for r in ratios) and max(ratios) > 0
+    # the linear schedule runs over the 45 updates, not the 15 steps
+    rates = [m["train/learning_rate"] for m in metrics if "train/learning_rate" in m]
+    assert rates[0] == pytest.approx(2e-3 * 42 / 45) and rates[-1] == pytest.approx(0.0)

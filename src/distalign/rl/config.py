@@ -95,6 +95,16 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     """Reply length limit in tokens; a reply that reaches it without EOS counts as cut off."""
     beta: float = 0.05
     """KL coefficient β in R = r − β·Σ log(π/π_ref)."""
+    num_iterations: int = 1
+    """Optimizer updates per batch of rollouts (TRL's and GRPO's μ). 1: on-policy REINFORCE.
+    Above 1 the updates after the first take PPO's clipped objective with a sequence-level
+    ratio to the sampling policy (``distalign.losses.clipped_policy_loss``, as TRL's RLOO).
+    A step is still one batch of rollouts: max_steps=N makes N × num_iterations updates (TRL
+    counts each update as a step)."""
+    epsilon: float = 0.2
+    """Clip range of the ratio, [1 − epsilon, 1 + epsilon_high] (with num_iterations > 1)."""
+    epsilon_high: float | None = None
+    """Upper clip (DAPO's ε_high); None: epsilon."""
     baseline: str = "rloo"
     """Advantage estimator: rloo (leave-one-out mean) | grpo ((R − group mean) / group std) |
     dr_grpo (R − group mean) | reinforce_pp (R whitened over the batch) | reinforce_pp_baseline
@@ -223,6 +233,11 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
                 f"baseline {self.baseline} needs num_generations >= 2",
             ),
             (self.beta >= 0, "beta must be >= 0"),
+            (self.num_iterations >= 1, "num_iterations must be >= 1"),
+            (
+                0 < self.epsilon < 1 and (self.epsilon_high is None or self.epsilon_high > 0),
+                "epsilon must be in (0, 1) and epsilon_high > 0",
+            ),
             (self.ema is None or 0 <= self.ema < 1, "ema must be in [0, 1)"),
             (
                 self.reward_clip_range is None

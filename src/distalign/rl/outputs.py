@@ -23,7 +23,7 @@ from distalign.tracking import peak_memory_gb
 if TYPE_CHECKING:
     from distalign.rl.config import RLTrainConfig
     from distalign.rl.rollouts import Rollouts
-    from distalign.rl.train import Trainer, TrainState
+    from distalign.rl.train import Trainer, TrainState, Update
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ def across_processes(
 
 
 def log_step(
-    t: Trainer, state: TrainState, ro: Rollouts, scored, shaped, kl, adv, base, grad_norm,
-    entropy: tuple[float, int], times: list[float], cfg: RLTrainConfig,
+    t: Trainer, state: TrainState, ro: Rollouts, scored, shaped, kl, adv, base, update: Update,
+    times: list[float], cfg: RLTrainConfig,
 ):  # fmt: skip
     """Per-step metrics (tracker + metrics.jsonl) and every completion (history.jsonl), over
     all processes."""
@@ -57,7 +57,7 @@ def log_step(
         [scored.rewards.mean().item(), shaped.mean().item(), kl["k1"].mean().item(),
          kl["k3"].mean().item(), lengths.float().mean().item(),
          sum(ro.finished) / len(ro.finished)],
-        [entropy[0], float(entropy[1]), *source_sums],
+        [update.entropy_sum, float(update.tokens), *source_sums],
     )  # fmt: skip
     t0, t1, t2, t3 = times
     logged = {
@@ -74,13 +74,16 @@ def log_step(
         "train/eos_rate": means[5],
         "train/baseline": base,
         "train/advantage_std": adv.std().item() if adv.numel() > 1 else 0.0,
-        "train/grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
+        "train/grad_norm": update.grad_norm,
+        "train/learning_rate": t.scheduler.get_last_lr()[0],
         "train/gen_tokens_per_s": lengths.sum().item() / max(t1 - t0, 1e-9),
         "time/generate_s": t1 - t0,
         "time/score_s": t2 - t1,
         "time/train_s": t3 - t2,
         "train/peak_mem_gb": peak_memory_gb(),
     }
+    if update.clip_ratio is not None:  # num_iterations > 1: this process's replies
+        logged["train/clip_ratio"] = update.clip_ratio
     t.log.add(state.step, logged)
     rows = []
     for i, text in enumerate(ro.texts):

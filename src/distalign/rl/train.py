@@ -51,6 +51,7 @@ from distalign.distributed import (
     is_sharded,
 )
 from distalign.losses import (
+    clipped_policy_loss,
     dr_grpo_advantages,
     grpo_advantages,
     kl_estimates,
@@ -61,6 +62,7 @@ from distalign.losses import (
     reinforce_pp_advantages,
     remax_advantages,
     rloo_advantages,
+    sequence_sum,
     uncertainty_scaled,
     whiten,
 )
@@ -309,12 +311,29 @@ def pooled_rewards(accelerator, shaped: torch.Tensor, cfg: RLTrainConfig) -> tor
     return accelerator.gather(shaped) if cfg.baseline in POOLED_BASELINES else None
 
 
-def policy_gradient_step(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig):
-    """One optimizer step of −mean A_i·Σ_t log π over the step's micro-batches (skipped when
-    the gradient is not finite). Returns (grad norm, summed token entropy, tokens)."""
+@dataclass
+class Update:
+    """What a step's policy updates report: their mean gradient norm, whether every one was
+    finite, the token entropy (sum, count) of the first (the policy that sampled), and the
+    share of replies whose ratio was clipped in the later ones (None with one update)."""
+
+    grad_norm: float
+    finite: bool
+    entropy_sum: float
+    tokens: int
+    clip_ratio: float | None = None
+
+
+def policy_gradient_step(
+    t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig, old: torch.Tensor | None
+):
+    """One optimizer step over the step's micro-batches (skipped when the gradient is not
+    finite): −mean A_i·Σ_t log π (``reinforce_loss``), or, given ``old`` (B,) Σ_t log π_old,
+    the clipped objective against it (``clipped_policy_loss``). Returns (grad norm, summed
+    token entropy, tokens, (B,) Σ_t log π of each reply (detached), (B,) clipped)."""
     t.learner.train()
     n, step = len(ro.replies), cfg.per_device_train_batch_size
-    entropy_sum, tokens = 0.0, 0
+    entropy_sum, tokens, seq, clipped = 0.0, 0, [], []
     for s in range(0, n, step):  # micro-batches of replies; one may cut a prompt's group
         stop = min(n, s + step)
         ids, groups = ro.groups(s, stop)
@@ -324,9 +343,16 @@ def policy_gradient_step(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTra
                 ids, groups, t.tokenizer.pad_token_id, cfg.temperature or 1.0, cfg.prefix_sharing
             )
             lp_pad, mask = pad_reply_tensors(lp)
-            # reinforce_loss averages over this micro-batch; weight it by its share
-            loss = reinforce_loss(lp_pad, mask, adv[s:stop]) * (stop - s) / n
-            t.accelerator.backward(loss)
+            # each loss averages over this micro-batch; weight it by its share
+            if old is None:
+                loss = reinforce_loss(lp_pad, mask, adv[s:stop])
+            else:
+                loss, clip = clipped_policy_loss(
+                    lp_pad, mask, old[s:stop], adv[s:stop], cfg.epsilon, cfg.epsilon_high
+                )
+                clipped.append(clip)
+            t.accelerator.backward(loss * (stop - s) / n)
+        seq.append(sequence_sum(lp_pad.detach(), mask))
         entropy_sum += sum(e.sum().item() for e in ent)
         tokens += sum(e.numel() for e in ent)
     # the norm is needed even without clipping (inf clips nothing): a NaN or inf in any
@@ -336,7 +362,23 @@ def policy_gradient_step(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTra
         t.optimizer.step()
         t.scheduler.step()
     t.optimizer.zero_grad()
-    return grad_norm, entropy_sum, tokens
+    return grad_norm, entropy_sum, tokens, torch.cat(seq), torch.cat(clipped) if clipped else None
+
+
+def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig) -> Update:
+    """``num_iterations`` optimizer steps on one batch of rollouts (TRL's μ): the first is the
+    REINFORCE step (ratio 1), the later ones clip the ratio to the first's log-probs."""
+    old, norms, clipped, first = None, [], [], None
+    for _ in range(cfg.num_iterations):
+        norm, entropy_sum, tokens, seq, clip = policy_gradient_step(t, ro, adv, cfg, old)
+        norms.append(float(norm))
+        if old is None:
+            old, first = seq, (entropy_sum, tokens)
+        else:
+            clipped.append(clip.float().mean().item())
+    finite = all(math.isfinite(x) for x in norms)
+    ratio = sum(clipped) / len(clipped) if clipped else None
+    return Update(sum(norms) / len(norms), finite, *first, clip_ratio=ratio)
 
 
 def evaluate(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> dict[str, float]:
@@ -353,9 +395,11 @@ def optimizer_and_schedule(policy, cfg: RLTrainConfig, sharded: bool):
     ``lr_scheduler_type`` (any transformers scheduler) over max_steps."""
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = adamw(trainable, cfg.learning_rate, cfg.weight_decay, sharded=sharded)
-    warmup = steps_of(cfg.warmup_steps, cfg.max_steps)
+    # the schedule counts optimizer updates: num_iterations per step
+    warmup = steps_of(cfg.warmup_steps, cfg.max_steps) * cfg.num_iterations
     if cfg.lr_scheduler_type != "constant":
-        steps = {"num_warmup_steps": warmup, "num_training_steps": cfg.max_steps}
+        total = cfg.max_steps * cfg.num_iterations
+        steps = {"num_warmup_steps": warmup, "num_training_steps": total}
         return optimizer, get_scheduler(cfg.lr_scheduler_type, optimizer, **steps)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1))
@@ -377,7 +421,8 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     learner, optimizer = accelerator.prepare(ReplyLogprobs(policy), optimizer)
     t = Trainer(accelerator, learner, ref_model, tokenizer, optimizer, scheduler, reward, out,
                 MetricsLog(out / "metrics.jsonl", accelerator, cadence.log,
-                           ("train/peak_mem_gb", "train/grad_norm", "train/baseline")))  # fmt: skip
+                           ("train/peak_mem_gb", "train/grad_norm", "train/baseline",
+                            "train/learning_rate")))  # fmt: skip
     state = TrainState()
     if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
         path = checkpoint_path(cfg.resume_from_checkpoint, out)
@@ -411,12 +456,12 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             std = scored.std.to(ro.logps.device) if scored.std is not None else None
             adv, base = advantages_for(cfg, shaped, std, state, pooled, greedy,
                                        accelerator.gather, ro.finished)  # fmt: skip
-            grad_norm, *entropy = policy_gradient_step(t, ro, adv, cfg)
+            update = policy_updates(t, ro, adv, cfg)
             state.step += 1
             kl = kl_estimates(ro.logps, ref_lp, ro.mask)  # (B,) each, for the logs
-            logged = log_step(t, state, ro, scored, shaped, kl, adv, base, grad_norm, entropy,
+            logged = log_step(t, state, ro, scored, shaped, kl, adv, base, update,
                               [t0, t1, t2, time.perf_counter()], cfg)  # fmt: skip
-            count_nonfinite(state, bool(torch.isfinite(grad_norm)), cfg.max_nonfinite_steps)
+            count_nonfinite(state, update.finite, cfg.max_nonfinite_steps)
             bar.update(1)
             bar.set_postfix(reward=f"{logged['train/reward']:.3f}", kl=f"{logged['train/kl']:.2f}")
             if cadence.evaluates(state.step):
