@@ -10,7 +10,7 @@ import random
 import pytest
 
 from distalign.data import LoadReport, PreferenceFormatError, load_preferences
-from distalign.data.formats import _common_prefix_length, detect_format
+from distalign.data.formats import common_prefix_length, detect_format
 from tests.conftest import write_jsonl
 
 H, A = "\n\nHuman: ", "\n\nAssistant: "
@@ -111,14 +111,14 @@ def test_hh_prompt_column_is_split_into_turns(tmp_path):
     assert (ds[0]["chosen"], ds[0]["rejected"]) == ("Bye!", "No.")
 
 
-def test_common_prefix_length_matches_a_character_loop():
+def testcommon_prefix_length_matches_a_character_loop():
     rng = random.Random(0)
     for _ in range(300):
         a = "".join(rng.choice("ab") for _ in range(rng.randrange(0, 700)))
         b = a[: rng.randrange(0, len(a) + 1)] + "".join(
             rng.choice("ab") for _ in range(rng.randrange(0, 5))
         )
-        assert _common_prefix_length(a, b) == len(os.path.commonprefix([a, b]))  # noqa: RUF071
+        assert common_prefix_length(a, b) == len(os.path.commonprefix([a, b]))  # noqa: RUF071
 
 
 # --- empty replies in the other formats --------------------------------------------------
@@ -305,3 +305,8 @@ def test_two_texts_split_at_their_shared_beginning_as_trl_extract_prompt(tmp_pat
 def test_two_texts_beside_a_message_list_name_the_field(tmp_path):
     with pytest.raises(PreferenceFormatError, match="rejected"):
         load(tmp_path, [{"chosen": "a b", "rejected": [user("a"), bot("c")]}])
+
+
+def test_tokenised_rows_point_to_rm_train():
+    with pytest.raises(ValueError, match="rm train` reads them"):
+        detect_format({"chosen_ids": [1, 2], "rejected_ids": [1, 3]})

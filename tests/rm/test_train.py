@@ -418,3 +418,32 @@ def test_max_length_null_is_the_backbones_limit(tiny_model_dir):
     build_model(cfg)
     limit = AutoConfig.from_pretrained(tiny_model_dir).max_position_embeddings
     assert cfg.max_length == limit and cfg.max_prompt_length <= limit // 2
+
+
+def test_trl_tokenised_rows_train_as_text_pairs_do(tiny_model_dir, smol_tokenizer, tmp_path):
+    """TRL's processed data sets: chosen_ids/rejected_ids (or the older chosen_input_ids/
+    rejected_input_ids), whole sequences, prompt included, as TRL tokenises standard rows."""
+    from distalign.data import PreferenceFormatError
+
+    def tokenised(rows, names):
+        eos = smol_tokenizer.eos_token
+
+        def encode(text):
+            return smol_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        return [{names[0]: encode(f"{r['prompt']} {r['chosen']}{eos}"),
+                 names[1]: encode(f"{r['prompt']} {r['rejected']}{eos}")}
+                for r in rows]  # fmt: skip
+
+    d, bad = tmp_path / "tokens", tmp_path / "bad"
+    d.mkdir()
+    bad.mkdir()
+    write_jsonl(d / "train.jsonl", tokenised(make_pairs(320, 0), ("chosen_ids", "rejected_ids")))
+    legacy = ("chosen_input_ids", "rejected_input_ids")
+    write_jsonl(d / "test.jsonl", tokenised(make_pairs(80, 1), legacy))
+    result = run(config(tiny_model_dir, d, tmp_path, num_train_epochs=2))
+    assert result["accuracy"] >= 0.95, result
+
+    write_jsonl(bad / "train.jsonl", [{"chosen_ids": [1, 2], "rejected_ids": [1, 10**9]}])
+    with pytest.raises(PreferenceFormatError, match=r"train.jsonl:1.*rejected_ids.*token ids"):
+        run(config(tiny_model_dir, bad, tmp_path / "b", eval_dataset_name=str(d)))

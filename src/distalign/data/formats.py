@@ -102,6 +102,11 @@ def sharegpt_column(row: Mapping[str, Any]) -> str | None:
 def detect_format(row: Mapping[str, Any]) -> str:
     """Guess the format of a dataset from one of its rows."""
     missing = [c for c in ("chosen", "rejected") if c not in row]
+    if missing and any(f"chosen_{c}" in row for c in ("ids", "input_ids")):
+        raise ValueError(
+            "tokenised rows (TRL's chosen_ids/rejected_ids): `rm train` reads them as they are; "
+            "this command needs the text (prompt/chosen/rejected)"
+        )
     if missing:
         raise ValueError(
             f"cannot detect the preference format: columns {sorted(row)} lack "
@@ -128,7 +133,7 @@ def split_texts(chosen: str, rejected: str) -> tuple[list[dict[str, str]], str, 
     prompt): the prompt is the longest common prefix, less a space it ends on (TRL's
     ``extract_prompt``), as one user turn; the replies are the rest, without leading spaces.
     Texts that share nothing give an empty user turn."""
-    cut = _common_prefix_length(chosen, rejected)
+    cut = common_prefix_length(chosen, rejected)
     if cut == len(chosen) == len(rejected):  # the same text twice: nothing to tell apart
         cut = 0
     while cut > 0 and chosen[cut - 1] == " ":
@@ -201,7 +206,7 @@ def _check_hh(text: Any, where: str, field: str) -> str:
     return text
 
 
-def _common_prefix_length(a: str, b: str) -> int:
+def common_prefix_length(a: str, b: str) -> int:
     # Whole blocks first: HH transcripts share kilobytes, a loop per character is slow.
     n, i = min(len(a), len(b)), 0
     while i < n and a[i : i + 256] == b[i : i + 256]:
@@ -220,7 +225,7 @@ def split_hh(chosen: Any, rejected: Any, where: str) -> tuple[list[dict[str, str
     the reply, and an empty reply (``"…\\n\\nAssistant:"``) is an empty string.
     """
     chosen, rejected = _check_hh(chosen, where, "chosen"), _check_hh(rejected, where, "rejected")
-    shared = chosen[: _common_prefix_length(chosen, rejected)]
+    shared = chosen[: common_prefix_length(chosen, rejected)]
     marks = list(_HH_TURN.finditer(shared))
     cut = max((i for i, m in enumerate(marks) if m.group(1) == "Assistant"), default=-1)
     # "…Assistant: a\n\nAssistant: b" in both: the reply is all the assistant says after the

@@ -6,12 +6,14 @@ that consumes them.
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import torch
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset, Features, Sequence, Value, concatenate_datasets
 
-from distalign.data.load import load_preferences
+from distalign.data.formats import PreferenceFormatError, common_prefix_length
+from distalign.data.load import iter_source_rows, load_preferences
 from distalign.data.pairs import (
     PairCollator,
     SharedPrefixCollator,
@@ -19,6 +21,7 @@ from distalign.data.pairs import (
     off_prompt_pairs,
     prompt_grouped_batches,
     tokenize_pairs,
+    truncate_pair,
 )
 from distalign.rm.config import RMTrainConfig
 
@@ -26,9 +29,85 @@ log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "length", "chosen_score",
                  "rejected_score", "margin")  # fmt: skip
+_IDS = Sequence(Value("int64"))
+TOKEN_FEATURES = Features({
+    "prompt_ids": _IDS, "chosen_ids": _IDS, "rejected_ids": _IDS, "length": Value("int64"),
+    "chosen_score": Value("float64"), "rejected_score": Value("float64"),
+    "margin": Value("float64"), "source_row": Value("int64"),
+})  # fmt: skip
+
+
+# TRL's tokenised preference rows (``chosen_ids``/``rejected_ids``; the older names too):
+# whole sequences, prompt included, in the backbone's vocabulary
+TOKEN_COLUMNS = (("chosen_ids", "rejected_ids"), ("chosen_input_ids", "rejected_input_ids"))
+
+
+def _token_columns(row) -> tuple[str, str] | None:
+    if not isinstance(row, dict):
+        return None
+    return next((pair for pair in TOKEN_COLUMNS if all(c in row for c in pair)), None)
+
+
+def _token_ids(value, where: str, field: str, vocab: int) -> list[int]:
+    if not isinstance(value, list | tuple) or not value:
+        raise PreferenceFormatError(where, field, "expected a non-empty list of token ids")
+    if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < vocab for x in value):
+        raise PreferenceFormatError(
+            where, field, f"expected token ids in [0, {vocab}) of the model's tokenizer"
+        )
+    return list(value)
+
+
+def token_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int, hub: dict):
+    """TRL's tokenised rows as pairs (None when the source holds text): each pair's shared
+    first tokens are its prompt (each reply keeps at least one token), cut to max_length as
+    text pairs are. The model reads each sequence as given, as TRL does."""
+    rows = iter_source_rows(source, split, **hub)
+    first = next(rows, None)
+    columns = _token_columns(first[1]) if first else None
+    if columns is None:
+        return None
+    vocab = len(tokenizer)
+    out, skipped, identical = [], 0, 0
+    for i, (where, row) in enumerate(itertools.chain([first], rows)):
+        if limit and len(out) >= limit:
+            break
+        try:
+            chosen = _token_ids(row.get(columns[0]), where, columns[0], vocab)
+            rejected = _token_ids(row.get(columns[1]), where, columns[1], vocab)
+            margin = row.get("margin")
+            if margin is not None and not isinstance(margin, int | float):
+                raise PreferenceFormatError(where, "margin", "expected a number")
+        except PreferenceFormatError:
+            if not cfg.skip_bad_rows:
+                raise
+            skipped += 1
+            continue
+        if chosen == rejected:
+            identical += 1
+            continue
+        shared = min(common_prefix_length(chosen, rejected), len(chosen) - 1, len(rejected) - 1)
+        prompt, (c, r) = truncate_pair(
+            chosen[:shared], (chosen[shared:], rejected[shared:]), cfg.max_length,
+            cfg.max_prompt_length,
+        )  # fmt: skip
+        out.append({
+            "prompt_ids": prompt, "chosen_ids": c, "rejected_ids": r,
+            "length": len(prompt) + max(len(c), len(r)), "chosen_score": None,
+            "rejected_score": None, "margin": None if margin is None else float(margin),
+            "source_row": i,
+        })  # fmt: skip
+    log.warning(
+        "%s: %d tokenised pairs (TRL's %s/%s columns); identical (dropped): %d; malformed "
+        "(skipped): %d", source, len(out), *columns, identical, skipped,
+    )  # fmt: skip
+    return Dataset.from_list(out, features=TOKEN_FEATURES)
 
 
 def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int, hub: dict):
+    tokenised = token_pairs(cfg, tokenizer, source, split, limit, hub)
+    if tokenised is not None:
+        return tokenised
     ds = load_preferences(
         source,
         split,
