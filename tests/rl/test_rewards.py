@@ -408,6 +408,50 @@ def test_trl_reward_functions_get_trl_s_shapes_and_columns():
         rw.CallableReward(trl_accuracy)([[{"role": "user", "content": "Hi?"}]], ["yes"])
 
 
+def len_ids(completion_ids, **kwargs):
+    """TRL's docs: a reward of the completions' token ids alone."""
+    return [float(len(ids)) for ids in completion_ids]
+
+
+def test_trl_arguments_reach_functions_that_take_them():
+    from transformers import TrainerState
+
+    from distalign.data.prompts import PromptRow
+
+    standard = [PromptRow([{"role": "user", "content": "Hi?"}], None, "Hi?")] * 2
+    seen = {}
+
+    def curriculum(completions, trainer_state, **kwargs):
+        seen["step"] = trainer_state.global_step
+        return [float(trainer_state.global_step)] * len(completions)
+
+    def logs(completions, log_metric, log_extra, **kwargs):
+        log_metric("mean_chars", sum(map(len, completions)) / len(completions))
+        log_extra("shout", [c.upper() for c in completions])
+        return [0.0] * len(completions)
+
+    def only_kwargs(**kwargs):
+        seen["keys"] = sorted(kwargs)
+        return [1.0] * len(kwargs["completions"])
+
+    total = rw.load_reward_source(["tests.rl.test_rewards.len_ids", curriculum, logs, only_kwargs])
+    total.trainer_state = TrainerState(global_step=7, max_steps=10)
+    out = total(standard, ["ab", "abcd"], completion_ids=[[1, 2], [3, 4, 5]])
+    assert out.per_source["len_ids"].tolist() == [2.0, 3.0]
+    assert out.per_source["curriculum"].tolist() == [7.0, 7.0] and seen["step"] == 7
+    assert seen["keys"] == ["completion_ids", "completions", "log_extra", "log_metric",
+                            "prompts", "trainer_state"]  # fmt: skip
+    assert total.log.take() == ({"mean_chars": 3.0}, {"shout": ["AB", "ABCD"]})
+    assert total.log.take() == ({}, {})  # taken once per step
+
+
+def test_a_dotted_reward_path_with_a_typo_says_so():
+    with pytest.raises(ConfigError, match="has no attribute 'no_such_function'"):
+        rw.load_one_source("tests.rl.test_rewards.no_such_function")
+    with pytest.raises(ConfigError, match=r"no module 'trl_not_here.rewards'.*owner/name"):
+        rw.load_one_source("trl_not_here.rewards.accuracy_reward")
+
+
 def test_a_training_run_s_output_dir_means_its_final_model(tmp_path):
     from distalign.models.classifier import model_folder
 

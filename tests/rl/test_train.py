@@ -369,3 +369,27 @@ def test_several_updates_per_batch_of_rollouts_learn_and_log_their_clipping(
     # the linear schedule runs over the 45 updates, not the 15 steps
     rates = [m["train/learning_rate"] for m in metrics if "train/learning_rate" in m]
     assert rates[0] == pytest.approx(2e-3 * 42 / 45) and rates[-1] == pytest.approx(0.0)
+
+
+def trl_logging_reward(completions, completion_ids, trainer_state, log_metric, log_extra, **kw):
+    """A TRL reward function that uses every argument TRL gives it."""
+    log_metric("ids_per_completion", sum(map(len, completion_ids)) / len(completion_ids))
+    log_extra("step_seen", [trainer_state.global_step] * len(completions))
+    return [float(len(ids)) for ids in completion_ids]
+
+
+def never_scores(completions, **kwargs):
+    return [None] * len(completions)
+
+
+def test_trl_reward_functions_log_metrics_and_completion_columns(tiny_model_dir, tmp_path):
+    reward = ["tests.rl.test_train.trl_logging_reward", "tests.rl.test_train.never_scores"]
+    run(config(tiny_model_dir, tmp_path, reward=reward, max_steps=2, eval_on_start=False,
+               max_eval_samples=1))  # fmt: skip
+    metrics = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if "train/reward" in m]
+    assert all(m["train/ids_per_completion"] == m["train/reward"] for m in steps)
+    # a source that scored nothing logs no number, not 0 (TRL: NaN)
+    assert all(m["train/reward/never_scores"] is None for m in steps)
+    rows = [json.loads(x) for x in (tmp_path / "rl" / "history.jsonl").read_text().splitlines()]
+    assert {r["step"] - 1 for r in rows} == {r["step_seen"] for r in rows} == {0, 1}

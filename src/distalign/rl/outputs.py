@@ -63,7 +63,10 @@ def log_step(
     logged = {
         "train/reward": means[0],
         **{
-            f"train/reward/{name}": source_sums[2 * i] / max(source_sums[2 * i + 1], 1.0)
+            # None (not 0) when the source scored none of the step's replies, as TRL's nanmean
+            f"train/reward/{name}": source_sums[2 * i] / source_sums[2 * i + 1]
+            if source_sums[2 * i + 1]
+            else None
             for i, name in enumerate(per_source)
         },
         "train/shaped_reward": means[1],
@@ -84,6 +87,12 @@ def log_step(
     }
     if update.clip_ratio is not None:  # num_iterations > 1: this process's replies
         logged["train/clip_ratio"] = update.clip_ratio
+    # what TRL reward functions logged with log_metric (this process's) and log_extra
+    function_metrics, extra = t.reward.log.take() if hasattr(t.reward, "log") else ({}, {})
+    logged |= {f"train/{name}": value for name, value in function_metrics.items()}
+    for column in [c for c, v in extra.items() if len(v) != len(ro.texts)]:
+        log.warning("log_extra(%r): %d values for %d completions; not kept", column,
+                    len(extra.pop(column)), len(ro.texts))  # fmt: skip
     t.log.add(state.step, logged)
     rows = []
     for i, text in enumerate(ro.texts):
@@ -97,12 +106,13 @@ def log_step(
             row["rewards"] = {n: _finite(v[i].item()) for n, v in per_source.items()}
         if scored.distributions is not None:
             row["distribution"] = [round(x, 5) for x in scored.distributions[i].tolist()]
+        row |= {column: values[i] for column, values in extra.items()}
         rows.append(row)
     if t.accelerator.num_processes > 1:  # every process's completions, written once
         rows = gather_object(rows)
     if t.accelerator.is_main_process:
         with (t.out / "history.jsonl").open("a", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
         if cfg.log_completions and state.step % t.log.every == 0:
             print_completions(rows[: cfg.num_completions_to_print or len(rows)], state.step)
     return logged

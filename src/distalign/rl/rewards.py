@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import logging
 import random
@@ -101,19 +102,48 @@ def _parameter_names(function: Callable) -> set[str]:
         return set()
 
 
+# what TRL passes every reward function by keyword beside the data set's columns
+TRL_ARGUMENTS = ("completion_ids", "trainer_state", "log_extra", "log_metric")
+
+
 def _trl_parameters(function: Callable) -> tuple[bool, set[str], set[str]] | None:
-    """For a TRL reward function (one with a ``completions`` parameter): (takes **kwargs, its
-    other named parameters, required ones); None for any other function."""
+    """For a TRL reward function (one that names ``completions`` or another of TRL's
+    arguments, or takes keywords only, ``f(**kwargs)``): (takes **kwargs, its named data-set
+    column parameters, required ones); None for any other function."""
     try:
         params = list(inspect.signature(function).parameters.values())
     except (TypeError, ValueError):
         return None
-    if "completions" not in {p.name for p in params}:
-        return None
+    names = {p.name for p in params}
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    if not ({"completions", *TRL_ARGUMENTS} & names or (var_kw and not positional)):
+        return None
+    own = ("prompts", "completions", *TRL_ARGUMENTS)
     named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-             and p.name not in ("prompts", "completions")]  # fmt: skip
+             and p.name not in own]  # fmt: skip
     return var_kw, {p.name for p in named}, {p.name for p in named if p.default is p.empty}
+
+
+class RewardLog:
+    """What TRL reward functions log during a step, through the ``log_metric(name, value)``
+    and ``log_extra(column, values)`` they are given: ``take`` returns the metrics' means and
+    the extra per-completion columns, and starts afresh."""
+
+    def __init__(self):
+        self.metrics: dict[str, list[float]] = {}
+        self.extra: dict[str, list] = {}
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.metrics.setdefault(str(name), []).append(float(value))
+
+    def log_extra(self, column: str, values: list) -> None:
+        self.extra[str(column)] = list(values)
+
+    def take(self) -> tuple[dict[str, float], dict[str, list]]:
+        means = {k: sum(v) / len(v) for k, v in self.metrics.items() if v}
+        extra, self.metrics, self.extra = self.extra, {}, {}
+        return means, extra
 
 
 class CallableReward(RewardSource):
@@ -134,8 +164,10 @@ class CallableReward(RewardSource):
         self.name = name or callable_name(function)
         self.trl = _trl_parameters(function)
         self._all_columns, self._named, self._required = self.trl or _column_parameters(function)
-        # whether a TRL function is given the prompts (it names them, or takes **kwargs)
-        self._gets_prompts = self._all_columns or "prompts" in _parameter_names(function)
+        # the TRL arguments a TRL function is given: those it names, or all with **kwargs
+        takes = _parameter_names(function)
+        self._gets = {n for n in ("prompts", "completions", *TRL_ARGUMENTS)
+                      if self._all_columns or n in takes}  # fmt: skip
 
     def _column_kwargs(self, columns: dict[str, list] | None) -> dict[str, list]:
         columns = columns or {}
@@ -150,11 +182,16 @@ class CallableReward(RewardSource):
             return {k: v for k, v in columns.items() if k not in taken}
         return {k: v for k, v in columns.items() if k in self._named}
 
-    def __call__(self, prompts, replies, reference=None, columns=None) -> RewardOutput:
+    def __call__(
+        self, prompts, replies, reference=None, columns=None, context=None
+    ) -> RewardOutput:
+        """``context``: TRL's other arguments (``completion_ids``, ``trainer_state``,
+        ``log_extra``, ``log_metric``), given to a TRL function that takes them."""
         if self.trl is None:
             values = self.function(prompts, replies, **self._column_kwargs(columns))
         else:
             shaped = self._trl_kwargs(prompts, replies)
+            shaped |= {k: v for k, v in (context or {}).items() if k in self._gets}
             values = self.function(**shaped, **self._column_kwargs(columns))
         if len(values) != len(replies):
             raise ValueError(
@@ -171,9 +208,7 @@ class CallableReward(RewardSource):
         else:  # conversational
             turns = [[{"role": "assistant", "content": r}] for r in replies]
             out = {"prompts": [list(p) for p in prompts], "completions": turns}
-        if not self._gets_prompts:
-            del out["prompts"]
-        return out
+        return {k: v for k, v in out.items() if k in self._gets}
 
 
 def source_name(spec: str) -> str:
@@ -352,6 +387,8 @@ class RewardSum(RewardSource):
             self.names.append(name)
         self.needs_reference = any(s.needs_reference for s in self.sources)
         self.distributional = len(self.sources) == 1 and self.sources[0].distributional
+        self.trainer_state = None  # TRL's trainer_state for reward functions: set per step
+        self.log = RewardLog()  # what they log through log_metric / log_extra
 
     def distributions(self, prompts, replies) -> dict[str, torch.Tensor]:
         return {
@@ -360,11 +397,20 @@ class RewardSum(RewardSource):
             if s.needs_reference
         }
 
-    def __call__(self, prompts, replies, reference=None, columns=None) -> RewardOutput:
+    def __call__(
+        self, prompts, replies, reference=None, columns=None, completion_ids=None
+    ) -> RewardOutput:
+        """``completion_ids``: each reply's token ids, for TRL reward functions."""
+        context = {
+            "completion_ids": completion_ids, "trainer_state": self.trainer_state,
+            "log_extra": self.log.log_extra, "log_metric": self.log.log_metric,
+        }  # fmt: skip
         outputs = []
         for name, source in zip(self.names, self.sources, strict=True):
             ref = (reference or {}).get(name)
             extra = {} if columns is None else {"columns": columns}  # user sources may lack it
+            if isinstance(source, CallableReward):
+                extra["context"] = context
             outputs.append(source(prompts, replies, ref, **extra))
         values = torch.stack([o.rewards.detach().float().cpu() for o in outputs], 1)  # (B, S)
         unscored = values.isnan().all(1)
@@ -455,9 +501,21 @@ def load_one_source(spec, **kwargs) -> RewardSource:
         return CallableReward(import_callable(spec))
     if "." in spec and "/" not in spec and not Path(spec).exists():  # TRL's module.function
         module, _, name = spec.rpartition(".")
-        with contextlib.suppress(ConfigError):
+        if importlib.util.find_spec(module.split(".")[0]) is not None or _beside_user(module):
+            # a module that is there: a missing function is a typo, said as such
             return CallableReward(import_callable(f"{module}:{name}"))
+        raise ConfigError(
+            f"reward {spec!r}: not a folder, and no module {module!r} to import a function "
+            f"{name!r} from ({module.split('.')[0]!r} is not installed or beside you); a hub "
+            "model id has the form owner/name"
+        )
     return RewardModelSource(spec, **kwargs)
+
+
+def _beside_user(module: str) -> bool:
+    """Whether ``module``'s top package is a file or folder in the working directory."""
+    top = Path.cwd() / module.split(".")[0]
+    return top.with_suffix(".py").is_file() or (top / "__init__.py").is_file()
 
 
 def load_reward_source(spec, weights: list[float] | None = None, **kwargs) -> RewardSum:

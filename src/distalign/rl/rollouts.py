@@ -110,7 +110,11 @@ def evaluate_policy(
         if reward.needs_reference
         else None
     )
-    scores = reward(prompts, ro.texts, reference, columns=prompt_columns(prompts))
+    scores = reward(
+        prompts, ro.texts, reference, columns=prompt_columns(prompts), completion_ids=ro.replies
+    )
+    if hasattr(reward, "log"):  # what reward functions log here is not a training step's
+        reward.log.take()
     ref_lp = reference_logprobs(policy, ref_model, ro, cfg, pad_id)
     kl = kl_estimates(ro.logps, ref_lp, ro.mask)
     result = {

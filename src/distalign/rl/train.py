@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from transformers import get_scheduler
+from transformers import TrainerState, get_scheduler
 
 from distalign.cadence import Cadence, steps_of
 from distalign.checkpoint import count_nonfinite, resume_training
@@ -277,7 +277,9 @@ def score(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig):
         )
         reference = {n: p.repeat_interleave(cfg.num_generations, 0) for n, p in per_prompt.items()}
     chats = [p for p in prompts for _ in range(cfg.num_generations)]
-    return t.reward(chats, ro.texts, reference, columns=prompt_columns(chats))
+    return t.reward(
+        chats, ro.texts, reference, columns=prompt_columns(chats), completion_ids=ro.replies
+    )
 
 
 def greedy_rewards(t: Trainer, prompts, cfg: RLTrainConfig) -> torch.Tensor | None:
@@ -293,9 +295,14 @@ def greedy_rewards(t: Trainer, prompts, cfg: RLTrainConfig) -> torch.Tensor | No
     return rewards_of(t, prompts, ro, greedy)[1]
 
 
-def rewards_of(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig):
+def rewards_of(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig, state=None):
     """(the scores, as ``score`` gives them; the rewards training takes: clipped to
-    ``reward_clip_range``, less ``missing_eos_penalty`` for a reply cut at the length limit)."""
+    ``reward_clip_range``, less ``missing_eos_penalty`` for a reply cut at the length limit).
+    ``state``: where training stands, which TRL reward functions get as ``trainer_state``."""
+    if state is not None:
+        t.reward.trainer_state = TrainerState(
+            global_step=state.step, max_steps=cfg.max_steps, epoch=state.epoch
+        )
     scored = score(t, prompts, ro, cfg)
     rewards = scored.rewards.to(ro.logps.device)
     if cfg.reward_clip_range:
@@ -447,7 +454,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
                 seed = cfg.seed * 1_000_003 + state.step
                 ro = rollout(t.policy, tokenizer, prompts, cfg, seed=seed)
                 t1 = time.perf_counter()
-                scored, rewards = rewards_of(t, prompts, ro, cfg)
+                scored, rewards = rewards_of(t, prompts, ro, cfg, state)
                 greedy = greedy_rewards(t, prompts, cfg)  # ReMax's baseline, None for the others
                 ref_lp = reference_logprobs(t.policy, ref_model, ro, cfg, tokenizer.pad_token_id)
             t2 = time.perf_counter()
