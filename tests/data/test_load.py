@@ -473,6 +473,21 @@ def test_a_dataset_dict_from_load_dataset_gives_its_split():
     assert len(load_preferences(both, "train")) == 2
     with pytest.raises(DataSourceError, match="no split 'valid'"):
         load_preferences(both, "valid")
+    # its splits are train and test: no warning that held-out figures are training data
+    assert not evaluates_on_training_data(both, None, "train", "test")
+    assert evaluates_on_training_data(both, None, "train", "train")
+
+
+def test_a_streamed_dataset_reads_as_it_comes():
+    from distalign.data.prompts import load_prompts
+
+    rows = [{"prompt": f"q{i}?", "chosen": "yes", "rejected": "no"} for i in range(4)]
+    streamed = datasets.Dataset.from_list(rows).to_iterable_dataset()
+    assert len(load_preferences(streamed)) == 4
+    assert len(load_preferences(streamed, limit=2)) == 2
+    both = datasets.IterableDatasetDict({"train": streamed})
+    assert len(load_preferences(both, "train")) == 4
+    assert len(load_prompts(streamed)) == 4
 
 
 def test_a_downloaded_hub_repository_folder_reads_its_split_shards(tmp_path):

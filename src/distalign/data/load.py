@@ -99,7 +99,9 @@ def evaluates_on_training_data(
         return True
     if isinstance(source, str):
         return Path(source).expanduser().is_file()
-    return True  # a datasets.Dataset or rows handed over in Python
+    # a DatasetDict has splits to pick from (not the same one: above); a datasets.Dataset or
+    # rows handed over in Python have none
+    return not isinstance(source, datasets.DatasetDict | datasets.IterableDatasetDict)
 
 
 def warn_if_evaluating_on_training_data(cfg: Any) -> None:
@@ -195,10 +197,18 @@ def iter_source_rows(
     its config ``name`` and ``revision``) or a ``datasets.Dataset`` given from Python. A source
     without rows raises DataSourceError."""
     hub_only = name is not None or revision is not None
-    if isinstance(source, datasets.DatasetDict):  # what load_dataset returns without a split
+    # what load_dataset returns without a split (streaming=True: the iterable kinds)
+    if isinstance(source, datasets.DatasetDict | datasets.IterableDatasetDict):
         if split not in source:
-            raise DataSourceError(f"the DatasetDict has no split {split!r} (it has {list(source)})")
+            kind = type(source).__name__
+            raise DataSourceError(f"the {kind} has no split {split!r} (it has {list(source)})")
         source = source[split]
+    if isinstance(source, datasets.IterableDataset):  # streamed: read as it comes
+        if hub_only:
+            raise DataSourceError("a config name or revision applies to hub datasets only")
+        rows = ((f"streamed row {i}", r) for i, r in enumerate(source))
+        yield from _some_rows(rows, "streamed dataset")
+        return
     if isinstance(source, datasets.Dataset):
         if hub_only:
             raise DataSourceError("a config name or revision applies to hub datasets only")
