@@ -70,7 +70,7 @@ def test_configs_take_the_transformers_keys():
 
 @pytest.mark.parametrize(
     ("key", "message"),
-    [("warmup_ratio=0.1", "`warmup_ratio` is now `warmup_steps` (below 1 a fraction"),
+    [("warmup_ratio=1.0", "warmup_ratio must be in [0, 1)"),
      ("eval_at_start=false", "`eval_at_start` is now `eval_on_start`"),
      ("save_total_limit=2", "`save_total_limit` is a TRL/transformers key distalign does not take"),
      ("push_to_hub=true", "hf upload")],
@@ -101,8 +101,10 @@ def test_metrics_log_writes_window_means_and_current_values(tmp_path):
 def test_the_python_api_names_renamed_keys_too():
     from distalign.api import train_policy, train_reward_model
 
-    with pytest.raises(ConfigError, match=re.escape("`warmup_ratio` is now `warmup_steps`")):
-        train_reward_model(warmup_ratio=0.1)
+    with pytest.raises(ConfigError, match=re.escape("warmup_ratio must be in [0, 1)")):
+        train_reward_model(warmup_ratio=2)
+    # transformers 4's warmup_ratio is warmup_steps below 1 (a fraction of the run)
+    assert load_config(RMTrainConfig, None, ["warmup_ratio=0.1"]).warmup_steps == 0.1
     with pytest.raises(ConfigError, match=re.escape("`eval_at_start` is now `eval_on_start`")):
         train_policy(eval_at_start=False)
 

@@ -69,8 +69,6 @@ RENAMED = {
     "lora": "use_peft",
     "eval_every": "eval_steps",
     "eval_at_start": "eval_on_start",
-    "warmup_ratio": "warmup_steps (below 1 a fraction of the run's steps, as transformers 5 "
-    "reads it)",
     "save_every": "save_steps",
     "resume": "resume_from_checkpoint",
     "tracker": "report_to",
@@ -83,13 +81,18 @@ RENAMED = {
     "max_prompt_tokens": "max_prompt_length",
     "truncation_penalty": "missing_eos_penalty",
     "whiten_advantages": "normalize_advantages",
-    "reward_funcs": "reward (module:function or TRL's module.function, a reward model folder or "
-    "hub id, or a list of them)",
-    "reward_model_name_or_path": "reward (a reward model folder or hub id)",
-    "torch_dtype": "dtype (as transformers 5 names it)",
     "output": "output_file",
     "input": "input_file",
     "out_dir": "output_dir",
+}
+
+# TRL's and transformers' other names of a key: read as that key (logged). warmup_ratio is
+# transformers 4's fraction of the run, which warmup_steps below 1 is.
+ALIASES = {
+    "reward_funcs": "reward",
+    "reward_model_name_or_path": "reward",
+    "torch_dtype": "dtype",
+    "warmup_ratio": "warmup_steps",
 }
 
 # transformers / TRL training keys without a counterpart here, and what does their job
@@ -167,6 +170,10 @@ NOT_OFFERED = {
     "gradient_accumulation_steps completions per process (sampling_batch_size: prompts per "
     "sampling pass)",
     "num_generations_eval": "an evaluation samples one reply per held-out prompt",
+    "scale_rewards": "baseline picks the estimator: grpo divides by the group's std, "
+    "reinforce_pp_baseline by the batch's, dr_grpo and rloo by none",
+    "loss_type": "the loss is −A·Σ_t log π per reply, averaged over replies (no per-token "
+    "normalisation, as Dr. GRPO); baseline picks the advantage estimator",
     "sync_ref_model": _REF_FIXED,
     "ref_model_sync_steps": _REF_FIXED,
     "ref_model_mixup_alpha": _REF_FIXED,
@@ -266,6 +273,9 @@ def known_keys(cls: type, items: dict[str, Any], where: str) -> dict[str, Any]:
     kept = {}
     for key, value in items.items():
         top = key.split(".")[0]
+        if top not in known and ALIASES.get(top) in known:
+            key, value = _alias(top, key, value, items, where)
+            top = key.split(".")[0]
         if top not in known and top in RENAMED:
             name, paren, note = RENAMED[top].partition(" (")
             raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")
@@ -301,6 +311,19 @@ def known_keys(cls: type, items: dict[str, Any], where: str) -> dict[str, Any]:
             value = meaning
         kept[key] = value
     return kept
+
+
+def _alias(top: str, key: str, value: Any, items: dict[str, Any], where: str) -> tuple[str, Any]:
+    """``key`` (whose top is an ``ALIASES`` name) as the key it names, and its value."""
+    name = ALIASES[top]
+    if name in items:
+        raise ConfigError(f"{where}: `{top}` and `{name}` both given; `{top}` is `{name}` here")
+    if top == "warmup_ratio":
+        if not (isinstance(value, int | float) and 0 <= value < 1):
+            raise ConfigError(f"{where}: warmup_ratio must be in [0, 1), got {value!r}")
+        value = float(value)
+    log.info("%s: %s is read as %s", where, top, name)
+    return name + key[len(top) :], value
 
 
 @cache
@@ -423,8 +446,9 @@ NULL_WORDS = ("null", "Null", "NULL", "~")  # YAML's null: unsets a key that may
 def list_keys(cls: type) -> list[str]:
     """The keys of ``cls`` that hold a list (their flag may repeat, or take several words:
     ``--lora_target_modules q_proj v_proj``); a field marked ``metadata={"list": True}`` too."""
-    return [f.name for f in dataclasses.fields(cls)
-            if "list[" in str(f.type) or f.metadata.get("list")]  # fmt: skip
+    names = [f.name for f in dataclasses.fields(cls)
+             if "list[" in str(f.type) or f.metadata.get("list")]  # fmt: skip
+    return names + [alias for alias, name in ALIASES.items() if name in names]  # --reward_funcs
 
 
 def _another_value(word: str) -> bool:
@@ -476,28 +500,31 @@ def load_config(
             kept = known_keys(cls, {key: parsed}, f"override {item!r}")
             if not kept:
                 continue
+            (name, value), where = next(iter(kept.items())), item
             try:
-                if kept[key] is not parsed:  # a TRL null with a meaning here
-                    base = OmegaConf.merge(base, OmegaConf.create(kept))
+                if value is not parsed:  # a TRL null with a meaning here; a warmup_ratio
+                    OmegaConf.update(base, name, value, merge=True, force_add=False)
                     continue
-                base = OmegaConf.merge(base, OmegaConf.from_dotlist([item]))
+                # an alias (reward_funcs=...) as the key it names
+                base = OmegaConf.merge(base, OmegaConf.from_dotlist([f"{name}={text}"]))
             except OmegaConfBaseException as e:
-                raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
+                raise ConfigError(f"override {where!r}: {_first_line(e)}") from None
             except yaml.YAMLError as e:  # the value is read as YAML
-                raise ConfigError(f"override {item!r}: {_yaml_problem(e)}") from None
+                raise ConfigError(f"override {where!r}: {_yaml_problem(e)}") from None
             except (TypeError, ValueError) as e:  # e.g. a mapping given for a list
-                raise ConfigError(f"override {item!r}: {e}") from None
+                raise ConfigError(f"override {where!r}: {e}") from None
         else:
             key, raw = item
             parsed = _yaml_value(raw)
             kept = known_keys(cls, {key: parsed}, f"--{key}")
             if not kept:
                 continue
+            ((key, meant),) = kept.items()  # an alias (--reward_funcs) as the key it names
             # YAML's null unsets the key, as key=value reads it; a YAML list or mapping
             # (--reward_clip_range '[-1, 1]', --model_init_kwargs '{"dtype": "bfloat16"}') is read
             value = None if isinstance(raw, str) and raw in NULL_WORDS else raw
-            if value is None and kept[key] is not parsed:  # a TRL null with a meaning here
-                raw = value = kept[key]
+            if meant is not parsed and not isinstance(raw, list):  # a TRL null; a warmup_ratio
+                raw = value = meant
             if isinstance(raw, list) and len(raw) == 1:  # one word after a list flag
                 raw = raw[0]
             if isinstance(raw, str) and raw.lstrip().startswith(("[", "{")):

@@ -35,12 +35,13 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
 
     model_name_or_path: str = DEFAULT_MODEL
     """Policy (and reference) to start from: alias, folder or hub id."""
-    reward: Any = None
-    """Reward source, or a list of them (``reward=[a,b]``) summed with ``reward_weights``: a
-    reward-model folder or hub id (distalign's, or any one-label sequence classifier, scored
-    with its own tokenizer and chat template), ``module:function(prompts, replies[,
-    **columns]) -> list[float]``, or (Python API) any callable with that signature. None: the
-    gold judge, allowed only on the benchmark's prompts (dataset_name=gold)."""
+    reward: Any = field(default=None, metadata={"list": True})
+    """Reward source, or a list of them (``reward=[a,b]``, ``--reward a b``; TRL's
+    ``reward_funcs`` too) summed with ``reward_weights``: a reward-model folder or hub id
+    (distalign's, or any one-label sequence classifier, scored with its own tokenizer and chat
+    template), ``module:function(prompts, replies[, **columns]) -> list[float]``, a TRL reward
+    function, or (Python API) any callable. None: the gold judge, allowed only on the
+    benchmark's prompts (dataset_name=gold)."""
     reward_weights: list[float] | None = None
     """Weight w_i of each reward source: the reward is Σ w_i r_i (default: all 1.0)."""
     reward_max_length: int | None = None
