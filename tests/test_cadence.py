@@ -116,3 +116,10 @@ def test_config_warnings_come_from_the_first_process_only(monkeypatch, caplog):
         RMTrainConfig(max_length=128, max_prompt_length=128)  # halved, with a warning
         warned = [r for r in caplog.records if "max_prompt_length 128 >= max_length" in r.message]
         assert len(warned) == expected, rank
+
+
+def test_rl_eval_strategy_no_also_skips_the_evaluation_before_training():
+    assert load_config(RLTrainConfig, None, []).eval_on_start is True
+    assert load_config(RLTrainConfig, None, ["eval_strategy=no"]).eval_on_start is False
+    both = ["eval_strategy=no", "eval_on_start=true"]
+    assert load_config(RLTrainConfig, None, both).eval_on_start is True

@@ -174,8 +174,9 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     is evaluated at the end either way."""
     eval_steps: float = 10
     """Evaluation interval in steps (below 1: a fraction of max_steps; 0: only at the end)."""
-    eval_on_start: bool = True
-    """Evaluate the SFT policy before the first step (the baseline of the comparison)."""
+    eval_on_start: bool | None = None
+    """Evaluate the SFT policy before the first step (the baseline of the before/after
+    table). None: yes, unless eval_strategy is no."""
     save_strategy: str = "steps"
     """When to write the resumable checkpoint: steps (every save_steps) | no. It is written
     at the end either way."""
@@ -251,6 +252,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
             (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
         ]
         require(checks + self.model_checks("CAUSAL_LM") + cadence_checks(self, epochs=False))
+        if self.eval_on_start is None:  # as a TRL user means eval_strategy: no
+            self.eval_on_start = self.eval_strategy != "no"
         require_4d_mask(self.attn_implementation, "rl train", "its teacher-forced passes")
         self._check_reward()
         if self.mask_truncated_completions and self.missing_eos_penalty:
