@@ -87,6 +87,8 @@ def test_long_prompt_drops_oldest_turns_first(smol_tokenizer):
     assert "Old question number 0" not in text  # oldest turn went first
     assert "Final question?" in text and text.endswith("Final answer.<|im_end|>\n")
     assert text.startswith("<|im_start|>system")  # dropped whole turns, not cut tokens
+    assert out["cut"]  # and says so (rm train counts such pairs)
+    assert not tokenize_pair(smol_tokenizer, messages[-1:], "A.", "B.", max_length=200)["cut"]
 
 
 def test_long_reply_is_cut_from_the_right(smol_tokenizer):

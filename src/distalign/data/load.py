@@ -249,6 +249,7 @@ def load_preferences(
     drop_identical: bool = True,
     limit: int | None = None,
     report: LoadReport | None = None,
+    source_rows: Iterable[tuple[str, Any]] | None = None,
 ) -> datasets.Dataset:
     """Read preference pairs into the normalised form (see ``distalign.data.formats``).
 
@@ -268,6 +269,8 @@ def load_preferences(
         limit: stop after this many kept pairs.
         report: filled with counts when given (rows, pairs kept, identical, empty replies,
             skipped rows and why).
+        source_rows: ``source``'s (where, row) pairs when the caller has begun reading them
+            (``iter_source_rows``), so that the source is read once.
 
     Raises DataSourceError for a source that cannot be read or has no rows, and
     PreferenceFormatError (naming file, row and field) for a malformed row.
@@ -279,7 +282,8 @@ def load_preferences(
     report.source = label
     rows: list[dict[str, Any]] = []
     fmt = format
-    source_rows = iter_source_rows(source, split, name=name, revision=revision)
+    if source_rows is None:
+        source_rows = iter_source_rows(source, split, name=name, revision=revision)
     for index, (where, raw) in enumerate(source_rows):
         report.rows += 1
         try:

@@ -99,21 +99,23 @@ def tokenize_pair(
     max_length: int,
     max_prompt_length: int | None = None,
 ) -> dict[str, list[int]]:
-    """One normalised pair -> ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (truncated)."""
+    """One normalised pair -> ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (truncated:
+    the oldest turns first, then the prompt's start and the replies' ends), and ``cut``:
+    whether anything was cut to fit ``max_length``."""
     max_prompt_length = max_prompt_length or max_length // 2
-    messages = prompt
+    messages, cut = prompt, False
     while True:
         p = render_prompt_ids(tokenizer, messages)
         c = render_reply_ids(tokenizer, messages, chosen)
         r = render_reply_ids(tokenizer, messages, rejected)
         if len(p) + max(len(c), len(r)) <= max_length:
             break
-        shorter = _drop_oldest_turn(messages)
+        cut, shorter = True, _drop_oldest_turn(messages)
         if shorter is None:
             break
         messages = shorter
     p, (c, r) = truncate_pair(p, (c, r), max_length, max_prompt_length)
-    return {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
+    return {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r, "cut": cut}
 
 
 def tokenize_pairs(

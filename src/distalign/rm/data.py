@@ -58,18 +58,14 @@ def _token_ids(value, where: str, field: str, vocab: int) -> list[int]:
     return list(value)
 
 
-def token_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int, hub: dict):
-    """TRL's tokenised rows as pairs (None when the source holds text): each pair's shared
-    first tokens are its prompt (each reply keeps at least one token), cut to max_length as
-    text pairs are. The model reads each sequence as given, as TRL does."""
-    rows = iter_source_rows(source, split, **hub)
-    first = next(rows, None)
-    columns = _token_columns(first[1]) if first else None
-    if columns is None:
-        return None
+def token_pairs(cfg: RMTrainConfig, tokenizer, rows, columns: tuple[str, str], source, limit):
+    """TRL's tokenised rows (``rows``: (where, row) pairs; ``columns``: their two id
+    columns) as pairs: each pair's shared first tokens are its prompt (each reply keeps at
+    least one token), cut to max_length as text pairs are. The model reads each sequence as
+    given, as TRL does."""
     vocab = len(tokenizer)
-    out, skipped, identical = [], 0, 0
-    for i, (where, row) in enumerate(itertools.chain([first], rows)):
+    out, skipped, identical, cut = [], 0, 0, 0
+    for i, (where, row) in enumerate(rows):
         if limit and len(out) >= limit:
             break
         try:
@@ -87,6 +83,7 @@ def token_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int, h
             identical += 1
             continue
         shared = min(common_prefix_length(chosen, rejected), len(chosen) - 1, len(rejected) - 1)
+        cut += max(len(chosen), len(rejected)) > cfg.max_length
         prompt, (c, r) = truncate_pair(
             chosen[:shared], (chosen[shared:], rejected[shared:]), cfg.max_length,
             cfg.max_prompt_length,
@@ -99,26 +96,46 @@ def token_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int, h
         })  # fmt: skip
     log.warning(
         "%s: %d tokenised pairs (TRL's %s/%s columns); identical (dropped): %d; malformed "
-        "(skipped): %d", source, len(out), *columns, identical, skipped,
+        "(skipped): %d; longer than max_length=%d (cut to fit): %d", source, len(out), *columns,
+        identical, skipped, cfg.max_length, cut,
     )  # fmt: skip
     return Dataset.from_list(out, features=TOKEN_FEATURES)
 
 
 def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int, hub: dict):
-    tokenised = token_pairs(cfg, tokenizer, source, split, limit, hub)
-    if tokenised is not None:
-        return tokenised
+    """A split's pairs, tokenised: text rows through ``load_preferences`` and the chat
+    template, TRL's tokenised rows as they are (the source is read once either way)."""
+    rows = iter_source_rows(source, split, **hub)
+    first = next(rows)
+    rows = itertools.chain([first], rows)
+    columns = _token_columns(first[1])
+    if columns is not None:
+        return token_pairs(cfg, tokenizer, rows, columns, source, limit)
     ds = load_preferences(
         source,
         split,
         format=cfg.format,
         skip_bad_rows=cfg.skip_bad_rows,
         limit=limit or None,
+        source_rows=rows,
         **hub,
     )
-    return tokenize_pairs(
+    pairs = tokenize_pairs(
         ds, tokenizer, cfg.max_length, cfg.max_prompt_length, num_proc=cfg.dataset_num_proc
     )
+    report_cut(pairs, source, cfg.max_length)
+    return pairs
+
+
+def report_cut(pairs: Dataset, source, max_length: int) -> None:
+    """Say how many pairs were cut to fit ``max_length`` (TRL drops such pairs instead)."""
+    cut = sum(pairs["cut"]) if len(pairs) else 0
+    if cut:
+        log.warning(
+            "%s: %d of %d pairs are longer than max_length=%d and were cut to fit (the oldest "
+            "turns, then the prompt's start and the replies' ends)",
+            source if isinstance(source, str) else "the data set", cut, len(pairs), max_length,
+        )  # fmt: skip
 
 
 def load_pairs(cfg: RMTrainConfig, tokenizer):
