@@ -25,6 +25,8 @@ def print_inspection(result, source: str, model: str) -> None:
         )
         console.print(f"identical chosen/rejected (dropped): {r.identical}")
         console.print(f"empty replies (kept): {r.empty_replies}")
+        if r.empty_prompts:
+            console.print(f"empty prompts (kept): {r.empty_prompts}")
     console.print(f"skipped malformed rows: {sum(r.skipped.values())}")
     for reason, n in r.skipped.most_common():
         console.print(f"  {n} × {reason}", markup=False)

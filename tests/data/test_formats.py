@@ -288,6 +288,7 @@ def test_two_texts_split_at_their_shared_beginning_as_trl_extract_prompt(tmp_pat
         {"chosen": "The sky is blue.", "rejected": "The sky is green."},
         {"chosen": "Paris is the capital.", "rejected": "Rome is the capital."},  # shares nothing
         {"chosen": "Say yes please", "rejected": "Say yes"},  # one the beginning of the other
+        {"chosen": "The answer is 12.", "rejected": "The answer is 15."},  # inside a word
     ]
     assert detect_format(rows[0]) == "implicit"
     ds, report = load(tmp_path, rows)
@@ -299,7 +300,9 @@ def test_two_texts_split_at_their_shared_beginning_as_trl_extract_prompt(tmp_pat
         "please",
         "",
     )
-    assert (report.kept, report.empty_replies) == (3, 1)
+    assert ds[3]["prompt"] == [user("The answer is")]
+    assert (ds[3]["chosen"], ds[3]["rejected"]) == ("12.", "15.")
+    assert (report.kept, report.empty_replies, report.empty_prompts) == (4, 1, 1)
 
 
 def test_two_texts_beside_a_message_list_name_the_field(tmp_path):

@@ -29,8 +29,9 @@ Formats (detected from the first row, or forced):
 ``implicit``   ``chosen``/``rejected`` are whole conversations (message lists) that share the
                prompt and differ in the final assistant turn (TRL "implicit prompt"), or
                plain strings with no prompt column (TRL's standard implicit prompt): their
-               longest common beginning, cut back before a space as TRL's ``extract_prompt``
-               does, is the prompt's user turn (possibly empty), the rest the two replies.
+               longest common beginning, cut back to a word's end (TRL's ``extract_prompt``
+               cuts at the first differing character), is the prompt's user turn (possibly
+               empty, counted), the rest the two replies.
 ``hh``         Anthropic-HH transcripts, multi-turn:
                ``"\\n\\nHuman: … \\n\\nAssistant: …"`` strings.
 ``sharegpt``   LLaMA-Factory/ShareGPT: ``conversations`` (or ``messages``) holds the prompt;
@@ -130,13 +131,19 @@ def detect_format(row: Mapping[str, Any]) -> str:
 
 def split_texts(chosen: str, rejected: str) -> tuple[list[dict[str, str]], str, str]:
     """Prompt and replies of two texts that share their beginning (TRL's standard implicit
-    prompt): the prompt is the longest common prefix, less a space it ends on (TRL's
-    ``extract_prompt``), as one user turn; the replies are the rest, without leading spaces.
-    Texts that share nothing give an empty user turn."""
+    prompt): the prompt is their longest common prefix cut back to the end of a word (TRL's
+    ``extract_prompt`` cuts anywhere, and backs off a space; here the cut is a turn boundary,
+    so "The answer is 12." / "The answer is 15." give "The answer is" and "12." / "15."), as one
+    user turn; the replies are the rest, without leading spaces. Texts that share no whole
+    word give an empty user turn (counted by the loader)."""
     cut = common_prefix_length(chosen, rejected)
     if cut == len(chosen) == len(rejected):  # the same text twice: nothing to tell apart
         cut = 0
-    while cut > 0 and chosen[cut - 1] == " ":
+    at_boundary = cut == len(chosen) or cut == len(rejected) or chosen[cut].isspace()
+    if not at_boundary:  # inside a word: back to its start
+        while cut > 0 and not chosen[cut - 1].isspace():
+            cut -= 1
+    while cut > 0 and chosen[cut - 1].isspace():
         cut -= 1
     prompt = [{"role": "user", "content": chosen[:cut]}]
     return prompt, chosen[cut:].lstrip(), rejected[cut:].lstrip()

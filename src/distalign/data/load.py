@@ -137,6 +137,8 @@ class LoadReport:
     kept: int = 0
     identical: int = 0
     empty_replies: int = 0  # '' (or blank) chosen/rejected replies among the pairs kept
+    empty_prompts: int = 0  # pairs kept whose prompt is one empty user turn (two texts that
+    # share no beginning, TRL's standard implicit prompt)
     replies_set_aside: int = 0  # prompt-only: conversations whose closing reply was not kept
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # first few full error messages
@@ -152,6 +154,7 @@ class LoadReport:
             f"{self.source}: format {self.format}, {self.rows} rows, {self.kept} pairs kept",
             f"  identical chosen/rejected: {self.identical} (dropped)",
             f"  empty replies: {self.empty_replies} (kept)",
+            f"  empty prompts: {self.empty_prompts} (kept)",
             f"  skipped as malformed: {sum(self.skipped.values())}",
         ]
         lines += [f"    {n} × {reason}" for reason, n in self.skipped.most_common()]
@@ -309,12 +312,13 @@ def load_preferences(
             if drop_identical:
                 continue
         report.empty_replies += (not row["chosen"].strip()) + (not row["rejected"].strip())
+        report.empty_prompts += all(not m["content"].strip() for m in row["prompt"])
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
     report.format = fmt or "unknown"
     report.kept = len(rows)
-    if report.skipped or report.identical:
+    if report.skipped or report.identical or report.empty_prompts:
         log.warning(report.summary())
     if not rows:  # from_list([]) cannot match the features' keys
         return datasets.Dataset.from_dict({k: [] for k in FEATURES}, features=FEATURES)
