@@ -393,3 +393,15 @@ def test_trl_reward_functions_log_metrics_and_completion_columns(tiny_model_dir,
     assert all(m["train/reward/never_scores"] is None for m in steps)
     rows = [json.loads(x) for x in (tmp_path / "rl" / "history.jsonl").read_text().splitlines()]
     assert {r["step"] - 1 for r in rows} == {r["step_seen"] for r in rows} == {0, 1}
+
+
+def test_a_resumed_run_with_other_held_out_prompts_says_the_table_mixes_them(caplog):
+    from distalign.rl.train import evaluate_sft
+
+    cfg = RLTrainConfig(report_to="none")
+    state = TrainState(step=2, initial_eval={"reward": 0.1}, initial_eval_prompts=2)
+    with caplog.at_level("WARNING"):
+        evaluate_sft(None, state, ["p"] * 2, cfg)  # the same prompts: nothing to say
+        assert not caplog.text
+        evaluate_sft(None, state, ["p"], cfg)
+    assert "resumed with 1 held-out prompts; the SFT policy was measured on 2" in caplog.text

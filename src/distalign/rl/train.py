@@ -42,6 +42,7 @@ from distalign.cadence import Cadence, steps_of
 from distalign.checkpoint import count_nonfinite, resume_training
 from distalign.config import (
     checkpoint_path,
+    config_warning,
     frozen_dtype,
 )
 from distalign.data.load import warn_if_evaluating_on_training_data
@@ -102,6 +103,7 @@ class TrainState:
     baseline_mean: float = 0.0  # moving-average baseline and the rewards it has seen
     baseline_count: int = 0
     initial_eval: dict | None = None  # the SFT policy on held-out prompts, before step 1
+    initial_eval_prompts: int | None = None  # how many held-out prompts it was measured on
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
     nonfinite_in_a_row: int = 0
 
@@ -396,6 +398,25 @@ def evaluate(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> dict
     return result
 
 
+def evaluate_sft(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
+    """Before step 1 (``eval_on_start``): the SFT policy on the held-out prompts, the
+    before/after table's first row. A resumed run that evaluates on another number of prompts
+    says that the two rows no longer compare the same prompts."""
+    if state.step == 0 and cfg.eval_on_start:
+        with full_parameters(t.learner):
+            state.initial_eval = evaluate(t, state, prompts, cfg)
+        state.initial_eval_prompts = len(prompts)
+    elif state.initial_eval_prompts not in (None, len(prompts)):
+        config_warning(
+            log,
+            "resumed with %d held-out prompts; the SFT policy was measured on %d before step "
+            "1, so the before/after figures compare different prompts (keep max_eval_samples "
+            "as it was)",
+            len(prompts),
+            state.initial_eval_prompts,
+        )
+
+
 def optimizer_and_schedule(policy, cfg: RLTrainConfig, sharded: bool):
     """AdamW over the trainable weights; the learning rate warms up linearly over
     ``warmup_steps`` (a count, or a fraction of max_steps), then stays constant, or follows
@@ -438,9 +459,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
                                              accelerator.is_main_process))  # fmt: skip
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
-    if state.step == 0 and cfg.eval_on_start:
-        with full_parameters(t.learner):
-            state.initial_eval = evaluate(t, state, eval_prompts, cfg)  # the SFT policy
+    evaluate_sft(t, state, eval_prompts, cfg)
     bar = progress_bar(total=cfg.max_steps, initial=state.step, desc="rl train",
                        show=accelerator.is_local_main_process)  # fmt: skip
     final, evaluated_at, saved_at = None, -1, -1
