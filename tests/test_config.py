@@ -179,6 +179,24 @@ def test_training_arguments_keys_do_nothing_at_their_default_and_are_refused_oth
         from_cli(RMTrainConfig, ["dataloader_pin_memory=false"])
 
 
+def test_a_transformers_dump_with_both_names_of_a_key_takes_the_one_that_is_set(tmp_path):
+    """transformers 4 writes warmup_ratio beside warmup_steps: 0 (and takes the ratio);
+    transformers 5 writes warmup_ratio: null; TRL configs carry dtype: null beside torch_dtype."""
+    path = tmp_path / "c.yaml"
+    for text, key, expected in [
+        ("warmup_ratio: 0.1\nwarmup_steps: 0\n", "warmup_steps", 0.1),
+        ("warmup_steps: 0\nwarmup_ratio: 0.1\n", "warmup_steps", 0.1),
+        ("warmup_ratio: null\nwarmup_steps: 5\n", "warmup_steps", 5),
+        ("torch_dtype: bfloat16\ndtype: null\n", "dtype", "bfloat16"),
+        ("eval_steps: null\naverage_tokens_across_devices: false\n", "eval_steps", 50),
+    ]:
+        path.write_text(text)
+        assert getattr(load_config(RMTrainConfig, path), key) == expected, text
+    path.write_text("warmup_ratio: 0.1\nwarmup_steps: 5\n")
+    with pytest.raises(ConfigError, match="`warmup_ratio` and `warmup_steps` both given"):
+        load_config(RMTrainConfig, path)
+
+
 def test_trl_nulls_that_mean_something_here():
     """TRL writes null for 'off' or 'the library's choice'; those nulls are read so, in a YAML
     file, key=null and --key null alike; a null that means nothing here is refused."""
@@ -449,7 +467,7 @@ def test_more_trl_and_transformers_keys():
     with pytest.raises(ConfigError, match="`reward_funcs` and `reward` both given"):
         from distalign.api import _config
 
-        _config(RLTrainConfig, None, {"reward_funcs": one, "reward": one})
+        _config(RLTrainConfig, None, {"reward_funcs": one, "reward": "other:f"})
     # transformers' spelled-out defaults do nothing; another value is refused
     cfg = from_cli(RMTrainConfig, ["adam_beta1=0.9", "logging_strategy=steps", "max_steps=-1",
                                    "dataloader_num_workers=0", "--report_to", "none"])  # fmt: skip

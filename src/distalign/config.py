@@ -202,7 +202,10 @@ DEFAULT = object()  # the key's own default
 # keys whose null in a TRL config means something here that is not null: TRL's
 # ``center_rewards_coefficient: null`` is no centring; ``attn_implementation: null`` and
 # ``dtype: null`` are the library's choice, which is distalign's default
-NULL_MEANS = {"center_rewards_coefficient": 0.0, "attn_implementation": DEFAULT, "dtype": DEFAULT}
+NULL_MEANS = {
+    "center_rewards_coefficient": 0.0, "attn_implementation": DEFAULT, "dtype": DEFAULT,
+    "eval_steps": DEFAULT, "save_steps": DEFAULT,  # transformers: as logging_steps; here ours
+}  # fmt: skip
 
 
 class Either(tuple):
@@ -239,6 +242,7 @@ NEUTRAL = {
     # TrainingArguments keys whose default differs between transformers versions
     "fsdp": Either((None, "", [])), "fsdp_config": Either((None, {})),
     "accelerator_config": Either((None, {})), "optim_args": Either((None, "")),
+    "average_tokens_across_devices": ANY, "include_num_input_tokens_seen": Either((False, "no")),
 }  # fmt: skip
 
 
@@ -274,8 +278,17 @@ def known_keys(cls: type, items: dict[str, Any], where: str) -> dict[str, Any]:
     for key, value in items.items():
         top = key.split(".")[0]
         if top not in known and ALIASES.get(top) in known:
+            if _unset(value):  # transformers 5's warmup_ratio: None, dtype: null beside it
+                continue
             key, value = _alias(top, key, value, items, where)
             top = key.split(".")[0]
+        elif (
+            top in known
+            and _unset(value)
+            and key in ALIASES.values()
+            and any(a in items and not _unset(items[a]) for a, n in ALIASES.items() if n == key)
+        ):
+            continue  # warmup_steps: 0 beside warmup_ratio: 0.1 (transformers 4 takes the ratio)
         if top not in known and top in RENAMED:
             name, paren, note = RENAMED[top].partition(" (")
             raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")
@@ -313,10 +326,16 @@ def known_keys(cls: type, items: dict[str, Any], where: str) -> dict[str, Any]:
     return kept
 
 
+def _unset(value: Any) -> bool:
+    """A value that leaves a key to its other name: None, or 0 (``warmup_steps: 0``)."""
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool)
+                             and value == 0)  # fmt: skip
+
+
 def _alias(top: str, key: str, value: Any, items: dict[str, Any], where: str) -> tuple[str, Any]:
     """``key`` (whose top is an ``ALIASES`` name) as the key it names, and its value."""
     name = ALIASES[top]
-    if name in items:
+    if name in items and not _unset(items[name]) and not _same(value, items[name]):
         raise ConfigError(f"{where}: `{top}` and `{name}` both given; `{top}` is `{name}` here")
     if top == "warmup_ratio":
         if not (isinstance(value, int | float) and 0 <= value < 1):
@@ -532,8 +551,6 @@ def load_config(
             try:
                 OmegaConf.update(base, key, value, merge=True, force_add=False)
             except OmegaConfBaseException as e:
-                if value is None and raw is not None:
-                    raise ConfigError(f"--{key} {raw!r}: {key} cannot be unset") from None
                 raise ConfigError(f"--{key} {raw!r}: {_first_line(e)}") from None
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"--{key} {raw!r}: {e}") from None

@@ -111,7 +111,7 @@ def test_hh_prompt_column_is_split_into_turns(tmp_path):
     assert (ds[0]["chosen"], ds[0]["rejected"]) == ("Bye!", "No.")
 
 
-def testcommon_prefix_length_matches_a_character_loop():
+def test_common_prefix_length_matches_a_character_loop():
     rng = random.Random(0)
     for _ in range(300):
         a = "".join(rng.choice("ab") for _ in range(rng.randrange(0, 700)))
@@ -283,12 +283,14 @@ def test_undetectable_row_names_the_missing_column():
 # --- TRL's standard implicit prompt: two texts, no prompt column --------------------------
 
 
-def test_two_texts_split_at_their_shared_beginning_as_trl_extract_prompt(tmp_path):
+def test_two_texts_split_at_the_end_of_their_shared_words(tmp_path):
     rows = [
         {"chosen": "The sky is blue.", "rejected": "The sky is green."},
         {"chosen": "Paris is the capital.", "rejected": "Rome is the capital."},  # shares nothing
         {"chosen": "Say yes please", "rejected": "Say yes"},  # one the beginning of the other
         {"chosen": "The answer is 12.", "rejected": "The answer is 15."},  # inside a word
+        {"chosen": "I think 12", "rejected": "I think 123"},  # a word of one, not the other
+        {"chosen": "I like cat food", "rejected": "I like cats"},
     ]
     assert detect_format(rows[0]) == "implicit"
     ds, report = load(tmp_path, rows)
@@ -302,7 +304,9 @@ def test_two_texts_split_at_their_shared_beginning_as_trl_extract_prompt(tmp_pat
     )
     assert ds[3]["prompt"] == [user("The answer is")]
     assert (ds[3]["chosen"], ds[3]["rejected"]) == ("12.", "15.")
-    assert (report.kept, report.empty_replies, report.empty_prompts) == (4, 1, 1)
+    assert [ds[i]["prompt"] for i in (4, 5)] == [[user("I think")], [user("I like")]]
+    assert (ds[4]["chosen"], ds[4]["rejected"], ds[5]["rejected"]) == ("12", "123", "cats")
+    assert (report.kept, report.empty_replies, report.empty_prompts) == (6, 1, 1)
 
 
 def test_two_texts_beside_a_message_list_name_the_field(tmp_path):

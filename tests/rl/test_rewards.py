@@ -445,6 +445,20 @@ def test_trl_arguments_reach_functions_that_take_them():
     assert total.log.take() == ({}, {})  # taken once per step
 
 
+def test_wrappers_and_distalign_functions_are_not_taken_for_trl_ones():
+    def base(prompts, replies):
+        return [float(len(r)) for r in replies]
+
+    def wrapper(*args, **kwargs):  # a decorator without functools.wraps
+        return base(*args, **kwargs)
+
+    def with_state(prompts, replies, trainer_state=None):  # a column named as TRL's argument
+        return base(prompts, replies)
+
+    for function in (wrapper, with_state):
+        assert rw.CallableReward(function)(["p"], ["abc"]).rewards.tolist() == [3.0]
+
+
 def test_a_dotted_reward_path_with_a_typo_says_so():
     with pytest.raises(ConfigError, match="has no attribute 'no_such_function'"):
         rw.load_one_source("tests.rl.test_rewards.no_such_function")

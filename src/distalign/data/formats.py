@@ -28,10 +28,10 @@ Formats (detected from the first row, or forced):
                into turns.
 ``implicit``   ``chosen``/``rejected`` are whole conversations (message lists) that share the
                prompt and differ in the final assistant turn (TRL "implicit prompt"), or
-               plain strings with no prompt column (TRL's standard implicit prompt): their
-               longest common beginning, cut back to a word's end (TRL's ``extract_prompt``
-               cuts at the first differing character), is the prompt's user turn (possibly
-               empty, counted), the rest the two replies.
+               plain strings with no prompt column (TRL's standard implicit prompt, which
+               TRL scores as whole texts): their longest common beginning, cut back to a
+               word's end, is the prompt's user turn (possibly empty, counted), the rest the
+               two replies.
 ``hh``         Anthropic-HH transcripts, multi-turn:
                ``"\\n\\nHuman: … \\n\\nAssistant: …"`` strings.
 ``sharegpt``   LLaMA-Factory/ShareGPT: ``conversations`` (or ``messages``) holds the prompt;
@@ -131,15 +131,16 @@ def detect_format(row: Mapping[str, Any]) -> str:
 
 def split_texts(chosen: str, rejected: str) -> tuple[list[dict[str, str]], str, str]:
     """Prompt and replies of two texts that share their beginning (TRL's standard implicit
-    prompt): the prompt is their longest common prefix cut back to the end of a word (TRL's
-    ``extract_prompt`` cuts anywhere, and backs off a space; here the cut is a turn boundary,
-    so "The answer is 12." / "The answer is 15." give "The answer is" and "12." / "15."), as one
-    user turn; the replies are the rest, without leading spaces. Texts that share no whole
-    word give an empty user turn (counted by the loader)."""
+    prompt, which TRL's RewardTrainer scores as whole texts): the prompt is their longest
+    common prefix cut back to the end of a word that both texts end there, since here the cut
+    is a turn boundary ("The answer is 12." / "The answer is 15." give "The answer is" and
+    "12." / "15."; TRL's ``extract_prompt`` would cut inside "12"), as one user turn; the
+    replies are the rest, without leading spaces. Texts that share no whole word give an empty
+    user turn (counted by the loader)."""
     cut = common_prefix_length(chosen, rejected)
     if cut == len(chosen) == len(rejected):  # the same text twice: nothing to tell apart
         cut = 0
-    at_boundary = cut == len(chosen) or cut == len(rejected) or chosen[cut].isspace()
+    at_boundary = all(cut == len(text) or text[cut].isspace() for text in (chosen, rejected))
     if not at_boundary:  # inside a word: back to its start
         while cut > 0 and not chosen[cut - 1].isspace():
             cut -= 1

@@ -117,7 +117,9 @@ def _trl_parameters(function: Callable) -> tuple[bool, set[str], set[str]] | Non
     names = {p.name for p in params}
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
-    if not ({"completions", *TRL_ARGUMENTS} & names or (var_kw and not positional)):
+    var_args = any(p.kind is p.VAR_POSITIONAL for p in params)  # a wrapper: distalign's call
+    trl_named = bool(set(TRL_ARGUMENTS) & names) and len(positional) < 2  # not (prompts, replies)
+    if not ("completions" in names or trl_named or (var_kw and not positional and not var_args)):
         return None
     own = ("prompts", "completions", *TRL_ARGUMENTS)
     named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)

@@ -74,7 +74,7 @@ from distalign.optim import adamw
 from distalign.rl.config import POOLED_BASELINES, RLTrainConfig
 from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors
 from distalign.rl.outputs import log_step, save_final, save_state
-from distalign.rl.rewards import GOLD_REWARD, load_reward_source, prompt_columns
+from distalign.rl.rewards import GOLD_REWARD, RewardLog, load_reward_source, prompt_columns
 from distalign.rl.rollouts import (
     Rollouts,
     evaluate_policy,
@@ -294,7 +294,12 @@ def greedy_rewards(t: Trainer, prompts, cfg: RLTrainConfig) -> torch.Tensor | No
     greedy = copy(cfg)  # the step's settings, decoded greedily, one reply per prompt
     greedy.temperature, greedy.num_generations = 0.0, 1
     ro = rollout(t.policy, t.tokenizer, prompts, greedy, seed=cfg.seed)
-    return rewards_of(t, prompts, ro, greedy)[1]
+    kept = t.reward.log  # what reward functions log here is not about the step's samples
+    t.reward.log = RewardLog()
+    try:
+        return rewards_of(t, prompts, ro, greedy)[1]
+    finally:
+        t.reward.log = kept
 
 
 def rewards_of(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig, state=None):
@@ -302,8 +307,9 @@ def rewards_of(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig, state=None
     ``reward_clip_range``, less ``missing_eos_penalty`` for a reply cut at the length limit).
     ``state``: where training stands, which TRL reward functions get as ``trainer_state``."""
     if state is not None:
+        per_step = cfg.num_iterations  # TRL's steps are optimizer updates
         t.reward.trainer_state = TrainerState(
-            global_step=state.step, max_steps=cfg.max_steps, epoch=state.epoch
+            global_step=state.step * per_step, max_steps=cfg.max_steps * per_step, epoch=state.epoch
         )
     scored = score(t, prompts, ro, cfg)
     rewards = scored.rewards.to(ro.logps.device)
