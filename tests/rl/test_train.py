@@ -375,6 +375,8 @@ def trl_logging_reward(completions, completion_ids, trainer_state, log_metric, l
     """A TRL reward function that uses every argument TRL gives it."""
     log_metric("ids_per_completion", sum(map(len, completion_ids)) / len(completion_ids))
     log_extra("step_seen", [trainer_state.global_step] * len(completions))
+    log_metric("kl", 123.0)  # distalign's own names: kept apart
+    log_extra("reward", ["mine"] * len(completions))
     return [float(len(ids)) for ids in completion_ids]
 
 
@@ -394,8 +396,18 @@ def test_trl_reward_functions_log_metrics_and_completion_columns(
     assert all(m["train/ids_per_completion"] == m["train/reward"] for m in steps)
     # a source that scored nothing logs no number, not 0 (TRL: NaN)
     assert all(m["train/reward/never_scores"] is None for m in steps)
+    assert all(m["train/log_metric/kl"] == 123.0 and m["train/kl"] != 123.0 for m in steps)
     rows = [json.loads(x) for x in (tmp_path / "rl" / "history.jsonl").read_text().splitlines()]
     assert {r["step"] - 1 for r in rows} == {r["step_seen"] for r in rows} == {0, 1}
+    assert all(r["log_extra/reward"] == "mine" and r["reward"] != "mine" for r in rows)
+
+
+def test_a_resumed_run_keeps_its_updates_per_step():
+    from distalign.rl.train import begin
+
+    state = TrainState(step=2, num_iterations=1)
+    with pytest.raises(ValueError, match="num_iterations=2: the checkpoint's run made 1"):
+        begin(None, state, [], RLTrainConfig(num_iterations=2, report_to="none"))
 
 
 def test_a_resumed_run_with_other_held_out_prompts_says_the_table_mixes_them(caplog):

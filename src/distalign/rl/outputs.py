@@ -52,11 +52,12 @@ def log_step(
     # each source's sum and count of the replies it scored (None/NaN: not scored by it)
     source_sums = [x for v in per_source.values() for x in (v.nansum().item(),
                    float((~v.isnan()).sum()))]  # fmt: skip
+    clipping = [] if update.clip_ratio is None else [update.clip_ratio]  # num_iterations > 1
     means, (entropy_sum, tokens, *source_sums) = across_processes(
         t.accelerator,
         [scored.rewards.mean().item(), shaped.mean().item(), kl["k1"].mean().item(),
          kl["k3"].mean().item(), lengths.float().mean().item(),
-         sum(ro.finished) / len(ro.finished)],
+         sum(ro.finished) / len(ro.finished), *clipping],
         [update.entropy_sum, float(update.tokens), *source_sums],
     )  # fmt: skip
     t0, t1, t2, t3 = times
@@ -85,11 +86,14 @@ def log_step(
         "time/train_s": t3 - t2,
         "train/peak_mem_gb": peak_memory_gb(),
     }
-    if update.clip_ratio is not None:  # num_iterations > 1: this process's replies
-        logged["train/clip_ratio"] = update.clip_ratio
-    # what TRL reward functions logged with log_metric (this process's) and log_extra
+    if clipping:  # every process's replies
+        logged["train/clip_ratio"] = means[6]
+    # what TRL reward functions logged with log_metric (this process's) and log_extra; a
+    # name that is one of distalign's own goes under log_metric/ (log_extra/ in history rows)
     function_metrics, extra = t.reward.log.take() if hasattr(t.reward, "log") else ({}, {})
-    logged |= {f"train/{name}": value for name, value in function_metrics.items()}
+    for name, value in function_metrics.items():
+        key = f"train/{name}"
+        logged[f"train/log_metric/{name}" if key in logged else key] = value
     for column in [c for c, v in extra.items() if len(v) != len(ro.texts)]:
         log.warning("log_extra(%r): %d values for %d completions; not kept", column,
                     len(extra.pop(column)), len(ro.texts))  # fmt: skip
@@ -106,7 +110,7 @@ def log_step(
             row["rewards"] = {n: _finite(v[i].item()) for n, v in per_source.items()}
         if scored.distributions is not None:
             row["distribution"] = [round(x, 5) for x in scored.distributions[i].tolist()]
-        row |= {column: values[i] for column, values in extra.items()}
+        row |= {f"log_extra/{c}" if c in row else c: values[i] for c, values in extra.items()}
         rows.append(row)
     if t.accelerator.num_processes > 1:  # every process's completions, written once
         rows = gather_object(rows)

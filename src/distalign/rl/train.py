@@ -104,6 +104,7 @@ class TrainState:
     baseline_count: int = 0
     initial_eval: dict | None = None  # the SFT policy on held-out prompts, before step 1
     initial_eval_prompts: int | None = None  # how many held-out prompts it was measured on
+    num_iterations: int | None = None  # updates per step the run began with (the schedule's)
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
     nonfinite_in_a_row: int = 0
 
@@ -328,12 +329,13 @@ def pooled_rewards(accelerator, shaped: torch.Tensor, cfg: RLTrainConfig) -> tor
 
 @dataclass
 class Update:
-    """What a step's policy updates report: their mean gradient norm, whether every one was
-    finite, the token entropy (sum, count) of the first (the policy that sampled), and the
-    share of replies whose ratio was clipped in the later ones (None with one update)."""
+    """What a step's policy updates report: the mean gradient norm of the finite ones, whether
+    each was finite (a non-finite one is skipped), the token entropy (sum, count) of the
+    first (the policy that sampled), and the share of replies whose ratio was clipped in the
+    later ones (None with one update)."""
 
     grad_norm: float
-    finite: bool
+    finite: list[bool]  # per update
     entropy_sum: float
     tokens: int
     clip_ratio: float | None = None
@@ -391,9 +393,11 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
             old, first = seq, (entropy_sum, tokens)
         else:
             clipped.append(clip.float().mean().item())
-    finite = all(math.isfinite(x) for x in norms)
+    finite = [math.isfinite(x) for x in norms]
+    kept = [x for x in norms if math.isfinite(x)]
+    norm = sum(kept) / len(kept) if kept else math.nan
     ratio = sum(clipped) / len(clipped) if clipped else None
-    return Update(sum(norms) / len(norms), finite, *first, clip_ratio=ratio)
+    return Update(norm, finite, *first, clip_ratio=ratio)
 
 
 def evaluate(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> dict[str, float]:
@@ -402,6 +406,19 @@ def evaluate(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> dict
     )
     t.log.write(state.step, {f"eval/{k}": v for k, v in result.items()})
     return result
+
+
+def begin(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
+    """Before this run's first step: a resumed run must keep the updates per step its
+    learning-rate schedule counts; the SFT policy's evaluation (``evaluate_sft``)."""
+    if state.num_iterations not in (None, cfg.num_iterations):
+        raise ValueError(
+            f"num_iterations={cfg.num_iterations}: the checkpoint's run made "
+            f"{state.num_iterations} updates per step, and its learning-rate schedule counts "
+            "them; resume with that value"
+        )
+    state.num_iterations = cfg.num_iterations
+    evaluate_sft(t, state, prompts, cfg)
 
 
 def evaluate_sft(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
@@ -465,7 +482,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
                                              accelerator.is_main_process))  # fmt: skip
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
-    evaluate_sft(t, state, eval_prompts, cfg)
+    begin(t, state, eval_prompts, cfg)
     bar = progress_bar(total=cfg.max_steps, initial=state.step, desc="rl train",
                        show=accelerator.is_local_main_process)  # fmt: skip
     final, evaluated_at, saved_at = None, -1, -1
@@ -493,7 +510,8 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             kl = kl_estimates(ro.logps, ref_lp, ro.mask)  # (B,) each, for the logs
             logged = log_step(t, state, ro, scored, shaped, kl, adv, base, update,
                               [t0, t1, t2, time.perf_counter()], cfg)  # fmt: skip
-            count_nonfinite(state, update.finite, cfg.max_nonfinite_steps)
+            for finite in update.finite:
+                count_nonfinite(state, finite, cfg.max_nonfinite_steps)
             bar.update(1)
             bar.set_postfix(reward=f"{logged['train/reward']:.3f}", kl=f"{logged['train/kl']:.2f}")
             if cadence.evaluates(state.step):
