@@ -488,3 +488,18 @@ def test_more_trl_and_transformers_keys():
         from_cli(RLTrainConfig, ["max_steps=-1"])
     with pytest.raises(ConfigError, match="rl train keeps float32 weights"):
         from_cli(RLTrainConfig, ["dtype=bfloat16"])
+
+
+def test_every_key_problem_of_a_config_is_said_at_once(tmp_path):
+    """A TRL config with several keys to change: one run tells all of them."""
+    path = tmp_path / "c.yaml"
+    path.write_text("whiten_advantages: true\nuse_vllm: true\nmax_stepz: 3\nbeta: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        from_cli(RLTrainConfig, [str(path), "eval_at_start=false", "--learning_rate", "~"])
+    lines = str(info.value).splitlines()
+    assert len(lines) == 5
+    for expected in ("`whiten_advantages` is now `normalize_advantages`", "`use_vllm`",
+                     "Key 'max_stepz' not in 'RLTrainConfig'. Did you mean 'max_steps'?",
+                     "`eval_at_start` is now `eval_on_start`",
+                     "`learning_rate` cannot be null"):  # fmt: skip
+        assert any(expected in line for line in lines), expected

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import enum
 import inspect
 import itertools
@@ -271,59 +272,78 @@ def require(checks: Sequence[tuple[bool, str]]) -> None:
 
 def known_keys(cls: type, items: dict[str, Any], where: str) -> dict[str, Any]:
     """``items`` (key -> value) without the TRL / transformers keys whose value does nothing
-    here (``NEUTRAL``: ``use_vllm: false`` in a TRL config). A renamed key, or a key not
-    offered with a value that would act, is a ConfigError that says what to use."""
+    here (``NEUTRAL``: ``use_vllm: false`` in a TRL config), aliases under the key they name
+    and TRL's meaningful nulls resolved. A renamed key, a key not offered with a value that
+    would act, or an unknown key is a ConfigError that says what to use: one error listing
+    every such key of ``items``."""
     known = {f.name for f in dataclasses.fields(cls)}
-    kept = {}
+    kept, errors = {}, []
     for key, value in items.items():
-        top = key.split(".")[0]
-        if top not in known and ALIASES.get(top) in known:
-            if _unset(value):  # transformers 5's warmup_ratio: None, dtype: null beside it
-                continue
-            key, value = _alias(top, key, value, items, where)
-            top = key.split(".")[0]
-        elif (
-            top in known
-            and _unset(value)
-            and key in ALIASES.values()
-            and any(a in items and not _unset(items[a]) for a, n in ALIASES.items() if n == key)
-        ):
-            continue  # warmup_steps: 0 beside warmup_ratio: 0.1 (transformers 4 takes the ratio)
-        if top not in known and top in RENAMED:
-            name, paren, note = RENAMED[top].partition(" (")
-            raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")
-        hint = NOT_OFFERED.get(top, _SAMPLER if top.startswith("vllm_") else None)
-        if top not in known and not hint and top in _training_arguments_defaults():
-            default = _training_arguments_defaults()[top]
-            hint = TRAINING_ARGUMENTS_HINTS.get(
-                top, f"remove it, or give transformers' default ({default!r}), which does nothing"
-            )
-        if top not in known and hint:
-            # a vllm_* key does nothing without use_vllm, whatever its value; another
-            # TrainingArguments key does nothing at transformers' default
-            neutral = NEUTRAL.get(
-                top,
-                ANY
-                if top.startswith("vllm_") or top == "local_rank"  # the launcher's, as an env var
-                else _training_arguments_defaults().get(top, Either()),
-            )
-            if neutral is ANY or (key == top and _same(value, neutral)):
-                log.info("%s: %s=%r does nothing here: %s", where, top, value, hint)
-                continue
-            raise ConfigError(f"{where}: `{top}` is a TRL/transformers key distalign does not "
-                              f"take: {hint}")  # fmt: skip
-        if value is None and top in known and key == top and not _takes_none(cls, top):
-            meaning = NULL_MEANS.get(top)
-            if meaning is None:
-                default = next(f.default for f in dataclasses.fields(cls) if f.name == top)
-                shown = "" if default is dataclasses.MISSING else f" (default {default!r})"
-                raise ConfigError(f"{where}: `{top}` cannot be null here; give a value{shown}")
-            if meaning is DEFAULT:
-                log.info("%s: %s=null is the default here", where, top)
-                continue
-            value = meaning
-        kept[key] = value
+        try:
+            item = _known_key(cls, known, key, value, items, where)
+        except ConfigError as e:
+            errors.append(str(e))
+            continue
+        if item is not None:
+            kept[item[0]] = item[1]
+    if errors:
+        raise ConfigError("\n".join(errors))
     return kept
+
+
+def _known_key(cls, known, key: str, value: Any, items, where: str) -> tuple[str, Any] | None:
+    """One item of ``known_keys``: (key, value) to keep, or None to drop it."""
+    top = key.split(".")[0]
+    if top not in known and ALIASES.get(top) in known:
+        if _unset(value):  # transformers 5's warmup_ratio: None, dtype: null beside it
+            return None
+        key, value = _alias(top, key, value, items, where)
+        top = key.split(".")[0]
+    elif (
+        top in known
+        and _unset(value)
+        and key in ALIASES.values()
+        and any(a in items and not _unset(items[a]) for a, n in ALIASES.items() if n == key)
+    ):
+        return None  # warmup_steps: 0 beside warmup_ratio: 0.1 (transformers 4 takes the ratio)
+    if top not in known and top in RENAMED:
+        name, paren, note = RENAMED[top].partition(" (")
+        raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")
+    hint = NOT_OFFERED.get(top, _SAMPLER if top.startswith("vllm_") else None)
+    if top not in known and not hint and top in _training_arguments_defaults():
+        default = _training_arguments_defaults()[top]
+        hint = TRAINING_ARGUMENTS_HINTS.get(
+            top, f"remove it, or give transformers' default ({default!r}), which does nothing"
+        )
+    if top not in known and hint:
+        # a vllm_* key does nothing without use_vllm, whatever its value; another
+        # TrainingArguments key does nothing at transformers' default
+        neutral = NEUTRAL.get(
+            top,
+            ANY
+            if top.startswith("vllm_") or top == "local_rank"  # the launcher's, as an env var
+            else _training_arguments_defaults().get(top, Either()),
+        )
+        if neutral is ANY or (key == top and _same(value, neutral)):
+            log.info("%s: %s=%r does nothing here: %s", where, top, value, hint)
+            return None
+        raise ConfigError(f"{where}: `{top}` is a TRL/transformers key distalign does not "
+                          f"take: {hint}")  # fmt: skip
+    if top not in known:
+        close = difflib.get_close_matches(top, known, n=1)
+        maybe = f". Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{where}: Key '{top}' not in '{cls.__name__}'{maybe}")
+    if value is None and top in known and key == top and not _takes_none(cls, top):
+        meaning = NULL_MEANS.get(top)
+        if meaning is None:
+            default = next(f.default for f in dataclasses.fields(cls) if f.name == top)
+            shown = "" if default is dataclasses.MISSING else f" (default {default!r})"
+            raise ConfigError(f"{where}: `{top}` cannot be null here; give a value{shown}")
+        if meaning is DEFAULT:
+            log.info("%s: %s=null is the default here", where, top)
+            return None
+        value = meaning
+    return key, value
 
 
 def _unset(value: Any) -> bool:
@@ -489,6 +509,7 @@ def load_config(
     the value is parsed as YAML) or a ``(key, value)`` pair (a flag's raw value or a list; a
     raw value that is YAML's null, ``null`` or ``~``, unsets the key as ``key=null`` does)."""
     base = OmegaConf.structured(cls)
+    errors: list[str] = []
     try:
         if path is not None:
             path = Path(path)
@@ -502,7 +523,11 @@ def load_config(
                 raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
-            loaded = known_keys(cls, loaded, str(path))
+            try:  # every problem of the file and the overrides at once, at the end
+                loaded = known_keys(cls, loaded, str(path))
+            except ConfigError as e:
+                errors.append(str(e))
+                loaded = {}
             base = OmegaConf.merge(base, OmegaConf.create(loaded))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {_first_line(e)}") from None
@@ -516,7 +541,11 @@ def load_config(
                 raise ConfigError(f"override {item!r} is not of the form key=value")
             key, text = item.split("=", 1)
             parsed = _yaml_value(text)
-            kept = known_keys(cls, {key: parsed}, f"override {item!r}")
+            try:
+                kept = known_keys(cls, {key: parsed}, f"override {item!r}")
+            except ConfigError as e:
+                errors.append(str(e))
+                continue
             if not kept:
                 continue
             (name, value), where = next(iter(kept.items())), item
@@ -535,7 +564,11 @@ def load_config(
         else:
             key, raw = item
             parsed = _yaml_value(raw)
-            kept = known_keys(cls, {key: parsed}, f"--{key}")
+            try:
+                kept = known_keys(cls, {key: parsed}, f"--{key}")
+            except ConfigError as e:
+                errors.append(str(e))
+                continue
             if not kept:
                 continue
             ((key, meant),) = kept.items()  # an alias (--reward_funcs) as the key it names
@@ -554,6 +587,8 @@ def load_config(
                 raise ConfigError(f"--{key} {raw!r}: {_first_line(e)}") from None
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"--{key} {raw!r}: {e}") from None
+    if errors:
+        raise ConfigError("\n".join(errors))
     try:
         return OmegaConf.to_object(base)  # runs each dataclass's __post_init__ checks
     except OmegaConfBaseException as e:
