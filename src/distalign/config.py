@@ -587,8 +587,8 @@ def load_config(
                 raise ConfigError(f"--{key} {raw!r}: {_first_line(e)}") from None
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"--{key} {raw!r}: {e}") from None
-    if errors:
-        raise ConfigError("\n".join(errors))
+    if errors:  # one line per problem, each once
+        raise ConfigError("\n".join(dict.fromkeys(errors)))
     try:
         return OmegaConf.to_object(base)  # runs each dataclass's __post_init__ checks
     except OmegaConfBaseException as e:
