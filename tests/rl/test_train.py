@@ -410,6 +410,15 @@ def test_a_resumed_run_keeps_its_updates_per_step():
         begin(None, state, [], RLTrainConfig(num_iterations=2, report_to="none"))
 
 
+def test_a_resumed_run_that_changes_the_prompt_order_mid_pass_is_warned(caplog):
+    from distalign.rl.train import begin
+
+    state = TrainState(step=2, cursor=3, shuffle_dataset=True)
+    with caplog.at_level("WARNING"):
+        begin(None, state, [], RLTrainConfig(shuffle_dataset=False, report_to="none"))
+    assert "shuffle_dataset=False: the checkpoint's run drew this pass" in caplog.text
+
+
 def test_a_resumed_run_with_other_held_out_prompts_says_the_table_mixes_them(caplog):
     from distalign.rl.train import evaluate_sft
 

@@ -105,6 +105,7 @@ class TrainState:
     initial_eval: dict | None = None  # the SFT policy on held-out prompts, before step 1
     initial_eval_prompts: int | None = None  # how many held-out prompts it was measured on
     num_iterations: int | None = None  # updates per step the run began with (the schedule's)
+    shuffle_dataset: bool | None = None  # the prompt order the cursor points into
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
     nonfinite_in_a_row: int = 0
 
@@ -410,14 +411,22 @@ def evaluate(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> dict
 
 def begin(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
     """Before this run's first step: a resumed run must keep the updates per step its
-    learning-rate schedule counts; the SFT policy's evaluation (``evaluate_sft``)."""
+    learning-rate schedule counts, and is warned when its prompt order changed mid-pass; the
+    SFT policy's evaluation (``evaluate_sft``)."""
     if state.num_iterations not in (None, cfg.num_iterations):
         raise ValueError(
             f"num_iterations={cfg.num_iterations}: the checkpoint's run made "
             f"{state.num_iterations} updates per step, and its learning-rate schedule counts "
             "them; resume with that value"
         )
-    state.num_iterations = cfg.num_iterations
+    if state.shuffle_dataset not in (None, cfg.shuffle_dataset) and state.cursor:
+        config_warning(
+            log,
+            "shuffle_dataset=%s: the checkpoint's run drew this pass's prompts in the other "
+            "order, so some of them come again before the next pass and others not at all",
+            cfg.shuffle_dataset,
+        )
+    state.num_iterations, state.shuffle_dataset = cfg.num_iterations, cfg.shuffle_dataset
     evaluate_sft(t, state, prompts, cfg)
 
 
