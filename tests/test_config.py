@@ -490,6 +490,24 @@ def test_more_trl_and_transformers_keys():
         from_cli(RLTrainConfig, ["dtype=bfloat16"])
 
 
+def test_trl_s_reward_model_beside_reward_funcs_gives_both(tmp_path):
+    """TRL's rloo script uses reward_model_name_or_path and reward_funcs together."""
+    path = tmp_path / "c.yaml"
+    for text in ("reward_model_name_or_path: rm\nreward_funcs: [a.b, c.d]\n",
+                 "reward_funcs: [a.b, c.d]\nreward_model_name_or_path: rm\n"):  # fmt: skip
+        path.write_text(text)
+        assert load_config(RLTrainConfig, path).reward == ["rm", "a.b", "c.d"]
+
+
+def test_transformers_sampling_strategy_and_trl_launch_keys(tmp_path):
+    assert not load_config(RMTrainConfig, None, ["train_sampling_strategy=random"]).group_by_length
+    with pytest.raises(ConfigError, match=r"train_sampling_strategy: random \| group_by_length"):
+        load_config(RMTrainConfig, None, ["train_sampling_strategy=sequential"])
+    assert from_cli(RLTrainConfig, ["--num_train_epochs", "3"]) == from_cli(RLTrainConfig, [])
+    with pytest.raises(ConfigError, match=r"`num_processes` .*accelerate launch"):
+        load_config(RMTrainConfig, None, ["num_processes=4"])
+
+
 def test_every_key_problem_of_a_config_is_said_at_once(tmp_path):
     """A TRL config with several keys to change: one run tells all of them."""
     path = tmp_path / "c.yaml"

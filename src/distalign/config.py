@@ -103,6 +103,9 @@ _UNBIASED = ("replies are sampled from π itself, so the REINFORCE gradient and 
 _NO_QUANT = ("quantised (QLoRA) training is not offered; LoRA on half-precision weights: "
              "use_peft=true dtype=bfloat16")  # fmt: skip
 _REF_FIXED = "the reference policy stays the SFT model"
+_LAUNCHER = ("processes, devices, DeepSpeed and FSDP come from accelerate: `accelerate launch "
+             "--config_file configs/accelerate/<ddp|fsdp|deepspeed_zero2>.yaml -m distalign.cli "
+             "...` (docs/gpu.md)")  # fmt: skip
 NOT_OFFERED = {
     "save_total_limit": "a run keeps one resumable checkpoint (checkpoints/last) and, for rm "
     "train, the best one by held-out accuracy (checkpoints/best)",
@@ -175,13 +178,12 @@ NOT_OFFERED = {
     "reinforce_pp_baseline by the batch's, dr_grpo and rloo by none",
     "loss_type": "the loss is −A·Σ_t log π per reply, averaged over replies (no per-token "
     "normalisation, as Dr. GRPO); baseline picks the advantage estimator",
+    "num_processes": _LAUNCHER,  # the `trl` command line's own launch keys
+    "accelerate_config": _LAUNCHER,
     "sync_ref_model": _REF_FIXED,
     "ref_model_sync_steps": _REF_FIXED,
     "ref_model_mixup_alpha": _REF_FIXED,
 }
-_LAUNCHER = ("processes, devices, DeepSpeed and FSDP come from accelerate: `accelerate launch "
-             "--config_file configs/accelerate/<ddp|fsdp|deepspeed_zero2>.yaml -m distalign.cli "
-             "...` (docs/gpu.md)")  # fmt: skip
 # transformers TrainingArguments keys not above: at transformers' default they do nothing; at
 # another value they are refused, with these hints where one helps
 _LAUNCHER_KEYS = ("deepspeed", "fsdp", "fsdp_config", "accelerator_config", "parallelism_config",
@@ -224,7 +226,7 @@ NEUTRAL = {
     "do_eval": ANY, "dataloader_num_workers": 0, "data_seed": None,
     "ddp_find_unused_parameters": Either((None, False)), "save_only_model": False,
     "disable_tqdm": Either((None, False)), "overwrite_output_dir": ANY,
-    "num_train_epochs": Either(()), "per_device_eval_batch_size": ANY,
+    "num_train_epochs": Either((3, 3.0)), "per_device_eval_batch_size": ANY,
 
     "use_liger_kernel": False, "activation_offloading": False,
     "gradient_checkpointing_kwargs": Either((None, {}, {"use_reentrant": False})),
@@ -278,6 +280,8 @@ def known_keys(cls: type, items: dict[str, Any], where: str) -> dict[str, Any]:
     every such key of ``items``."""
     known = {f.name for f in dataclasses.fields(cls)}
     kept, errors = {}, []
+    if "reward" in known:
+        items = _both_reward_keys(items, where)
     for key, value in items.items():
         try:
             item = _known_key(cls, known, key, value, items, where)
@@ -289,6 +293,21 @@ def known_keys(cls: type, items: dict[str, Any], where: str) -> dict[str, Any]:
     if errors:
         raise ConfigError("\n".join(errors))
     return kept
+
+
+def _both_reward_keys(items: dict[str, Any], where: str) -> dict[str, Any]:
+    """TRL's ``reward_model_name_or_path`` beside ``reward_funcs``: TRL's script uses both,
+    the model first; here one ``reward`` list."""
+    model, funcs = items.get("reward_model_name_or_path"), items.get("reward_funcs")
+    if _unset(model) or _unset(funcs):
+        return items
+    if not _unset(items.get("reward")):
+        raise ConfigError(f"{where}: `reward` beside TRL's reward_funcs and "
+                          "reward_model_name_or_path; give one of them")  # fmt: skip
+    funcs = list(funcs) if isinstance(funcs, list | tuple) else [funcs]
+    log.info("%s: reward_model_name_or_path and reward_funcs are read as one reward list", where)
+    out = {k: v for k, v in items.items() if k not in ("reward_model_name_or_path", "reward_funcs")}
+    return {**out, "reward": [model, *funcs]}
 
 
 def _known_key(cls, known, key: str, value: Any, items, where: str) -> tuple[str, Any] | None:
@@ -306,6 +325,14 @@ def _known_key(cls, known, key: str, value: Any, items, where: str) -> tuple[str
         and any(a in items and not _unset(items[a]) for a, n in ALIASES.items() if n == key)
     ):
         return None  # warmup_steps: 0 beside warmup_ratio: 0.1 (transformers 4 takes the ratio)
+    if top == "train_sampling_strategy" and "group_by_length" in known:  # transformers 5's
+        grouped = {"random": False, "group_by_length": True}.get(value)
+        if grouped is None:
+            raise ConfigError(f"{where}: train_sampling_strategy: random | group_by_length here "
+                              f"(each epoch is shuffled), not {value!r}")  # fmt: skip
+        log.info("%s: train_sampling_strategy=%s is read as group_by_length=%s", where, value,
+                 grouped)  # fmt: skip
+        return "group_by_length", grouped
     if top not in known and top in RENAMED:
         name, paren, note = RENAMED[top].partition(" (")
         raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")

@@ -459,6 +459,15 @@ def test_wrappers_and_distalign_functions_are_not_taken_for_trl_ones():
         assert rw.CallableReward(function)(["p"], ["abc"]).rewards.tolist() == [3.0]
 
 
+def test_trl_built_in_rewards_by_bare_name_need_trl():
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is not None:
+        pytest.skip("TRL is installed here")
+    with pytest.raises(ConfigError, match="'accuracy_reward' is TRL's built-in reward function"):
+        rw.load_one_source("accuracy_reward")
+
+
 def test_a_dotted_reward_path_with_a_typo_says_so():
     with pytest.raises(ConfigError, match="has no attribute 'no_such_function'"):
         rw.load_one_source("tests.rl.test_rewards.no_such_function")

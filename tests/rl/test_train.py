@@ -389,7 +389,8 @@ def test_trl_reward_functions_log_metrics_and_completion_columns(
     tiny_model_dir, tmp_path, baseline
 ):
     reward = ["tests.rl.test_train.trl_logging_reward", "tests.rl.test_train.never_scores"]
-    run(config(tiny_model_dir, tmp_path, reward=reward, max_steps=2, eval_on_start=False,
+    # eval_on_start: the SFT policy's evaluation calls the function with a trainer_state too
+    run(config(tiny_model_dir, tmp_path, reward=reward, max_steps=2, eval_on_start=True,
                max_eval_samples=1, baseline=baseline))  # fmt: skip
     metrics = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "train/reward" in m]

@@ -41,7 +41,9 @@ def model_folder(spec: str, trust_remote_code: bool = False) -> Path:
         return Path(snapshot_download(spec, allow_patterns=patterns))
     except Exception as e:  # not a repo id, not found, offline: all mean "no such model"
         reached = f"; the hub cannot be reached: {why}" if why else ""
-        raise ValueError(
+        from distalign.config import ConfigError  # a user's to fix: said without a traceback
+
+        raise ConfigError(
             f"reward {spec!r} is not a folder, not module:function, and not a model on the "
             f"hub ({type(e).__name__}: {e}){reached}"
         ) from None

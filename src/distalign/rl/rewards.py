@@ -501,6 +501,8 @@ def load_one_source(spec, **kwargs) -> RewardSource:
         )
     if ":" in spec and not Path(spec).exists():
         return CallableReward(import_callable(spec))
+    if spec in TRL_BUILT_IN_REWARDS and not Path(spec).exists():
+        return CallableReward(trl_built_in_reward(spec), name=spec)
     if "." in spec and "/" not in spec and not Path(spec).exists():  # TRL's module.function
         module, _, name = spec.rpartition(".")
         if importlib.util.find_spec(module.split(".")[0]) is not None or _beside_user(module):
@@ -512,6 +514,29 @@ def load_one_source(spec, **kwargs) -> RewardSource:
             "model id has the form owner/name"
         )
     return RewardModelSource(spec, **kwargs)
+
+
+# the reward functions TRL's `trl rloo` / `trl grpo` scripts take by bare name, and the
+# arguments the scripts build the one factory among them with
+TRL_BUILT_IN_REWARDS = {
+    "accuracy_reward": None,
+    "reasoning_accuracy_reward": None,
+    "think_format_reward": None,
+    "get_soft_overlong_punishment": {"max_completion_len": 1280, "soft_punish_cache": 256},
+}
+
+
+def trl_built_in_reward(name: str) -> Callable:
+    """One of TRL's built-in reward functions by its bare name, as TRL's scripts take it
+    (from ``trl.rewards``, which needs TRL installed)."""
+    if importlib.util.find_spec("trl") is None:
+        raise ConfigError(
+            f"reward {name!r} is TRL's built-in reward function: install TRL (pip install trl) "
+            f"to use it, or give your own as module.function"
+        )
+    function = getattr(importlib.import_module("trl.rewards"), name)
+    factory_args = TRL_BUILT_IN_REWARDS[name]
+    return function(**factory_args) if factory_args is not None else function
 
 
 def _beside_user(module: str) -> bool:

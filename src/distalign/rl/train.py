@@ -309,16 +309,22 @@ def rewards_of(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig, state=None
     ``reward_clip_range``, less ``missing_eos_penalty`` for a reply cut at the length limit).
     ``state``: where training stands, which TRL reward functions get as ``trainer_state``."""
     if state is not None:
-        per_step = cfg.num_iterations  # TRL's steps are optimizer updates
-        t.reward.trainer_state = TrainerState(
-            global_step=state.step * per_step, max_steps=cfg.max_steps * per_step, epoch=state.epoch
-        )
+        t.reward.trainer_state = trainer_state_of(state, cfg)
     scored = score(t, prompts, ro, cfg)
     rewards = scored.rewards.to(ro.logps.device)
     if cfg.reward_clip_range:
         rewards = rewards.clamp(*cfg.reward_clip_range)
     cut = torch.tensor([not f for f in ro.finished], dtype=rewards.dtype, device=rewards.device)
     return scored, rewards - cfg.missing_eos_penalty * cut
+
+
+def trainer_state_of(state: TrainState, cfg: RLTrainConfig) -> TrainerState:
+    """transformers' ``TrainerState`` as TRL gives it to reward functions: its steps are
+    optimizer updates, ``num_iterations`` per step here."""
+    per_step = cfg.num_iterations
+    return TrainerState(
+        global_step=state.step * per_step, max_steps=cfg.max_steps * per_step, epoch=state.epoch
+    )
 
 
 def pooled_rewards(accelerator, shaped: torch.Tensor, cfg: RLTrainConfig) -> torch.Tensor | None:
@@ -427,6 +433,9 @@ def begin(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
             cfg.shuffle_dataset,
         )
     state.num_iterations, state.shuffle_dataset = cfg.num_iterations, cfg.shuffle_dataset
+    reward = getattr(t, "reward", None)
+    if hasattr(reward, "trainer_state"):  # reward functions evaluated before step 1 get it
+        reward.trainer_state = trainer_state_of(state, cfg)
     evaluate_sft(t, state, prompts, cfg)
 
 
