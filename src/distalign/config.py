@@ -568,14 +568,10 @@ def load_config(
                 raise ConfigError(f"override {item!r} is not of the form key=value")
             key, text = item.split("=", 1)
             parsed = _yaml_value(text)
-            try:
-                kept = known_keys(cls, {key: parsed}, f"override {item!r}")
-            except ConfigError as e:
-                errors.append(str(e))
+            kept = _override_key(cls, key, parsed, f"override {item!r}", errors)
+            if kept is None:
                 continue
-            if not kept:
-                continue
-            (name, value), where = next(iter(kept.items())), item
+            (name, value), where = kept, item
             try:
                 if value is not parsed:  # a TRL null with a meaning here; a warmup_ratio
                     OmegaConf.update(base, name, value, merge=True, force_add=False)
@@ -591,14 +587,10 @@ def load_config(
         else:
             key, raw = item
             parsed = _yaml_value(raw)
-            try:
-                kept = known_keys(cls, {key: parsed}, f"--{key}")
-            except ConfigError as e:
-                errors.append(str(e))
+            kept = _override_key(cls, key, parsed, f"--{key}", errors)
+            if kept is None:
                 continue
-            if not kept:
-                continue
-            ((key, meant),) = kept.items()  # an alias (--reward_funcs) as the key it names
+            key, meant = kept  # an alias (--reward_funcs) as the key it names
             # YAML's null unsets the key, as key=value reads it; a YAML list or mapping
             # (--reward_clip_range '[-1, 1]', --model_init_kwargs '{"dtype": "bfloat16"}') is read
             value = None if isinstance(raw, str) and raw in NULL_WORDS else raw
@@ -622,6 +614,17 @@ def load_config(
         raise ConfigError(_first_line(e)) from None
     except (ValueError, TypeError) as e:  # a __post_init__ check (on a value of odd type)
         raise ConfigError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+def _override_key(cls: type, key: str, parsed: Any, where: str, errors: list[str]):
+    """An override's (key, value) as ``known_keys`` reads it, or None: dropped (it does
+    nothing), or refused (its error appended to ``errors``, said with the others at the end)."""
+    try:
+        kept = known_keys(cls, {key: parsed}, where)
+    except ConfigError as e:
+        errors.append(str(e))
+        return None
+    return next(iter(kept.items())) if kept else None
 
 
 def _plain(value: Any) -> Any:
