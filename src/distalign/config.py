@@ -246,6 +246,7 @@ NEUTRAL = {
     "fsdp": Either((None, "", [])), "fsdp_config": Either((None, {})),
     "accelerator_config": Either((None, {})), "optim_args": Either((None, "")),
     "average_tokens_across_devices": ANY, "include_num_input_tokens_seen": Either((False, "no")),
+    "local_rank": ANY,  # the launcher's (torch.distributed.launch --local_rank), read from env
 }  # fmt: skip
 
 
@@ -347,9 +348,7 @@ def _known_key(cls, known, key: str, value: Any, items, where: str) -> tuple[str
         # TrainingArguments key does nothing at transformers' default
         neutral = NEUTRAL.get(
             top,
-            ANY
-            if top.startswith("vllm_") or top == "local_rank"  # the launcher's, as an env var
-            else _training_arguments_defaults().get(top, Either()),
+            ANY if top.startswith("vllm_") else _training_arguments_defaults().get(top, Either()),
         )
         if neutral is ANY or (key == top and _same(value, neutral)):
             log.info("%s: %s=%r does nothing here: %s", where, top, value, hint)
@@ -360,7 +359,7 @@ def _known_key(cls, known, key: str, value: Any, items, where: str) -> tuple[str
         close = difflib.get_close_matches(top, known, n=1)
         maybe = f". Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"{where}: Key '{top}' not in '{cls.__name__}'{maybe}")
-    if value is None and top in known and key == top and not _takes_none(cls, top):
+    if value is None and key == top and not _takes_none(cls, top):
         meaning = NULL_MEANS.get(top)
         if meaning is None:
             default = next(f.default for f in dataclasses.fields(cls) if f.name == top)
@@ -571,7 +570,7 @@ def load_config(
             kept = _override_key(cls, key, parsed, f"override {item!r}", errors)
             if kept is None:
                 continue
-            (name, value), where = kept, item
+            name, value = kept
             try:
                 if value is not parsed:  # a TRL null with a meaning here; a warmup_ratio
                     OmegaConf.update(base, name, value, merge=True, force_add=False)
@@ -579,11 +578,11 @@ def load_config(
                 # an alias (reward_funcs=...) as the key it names
                 base = OmegaConf.merge(base, OmegaConf.from_dotlist([f"{name}={text}"]))
             except OmegaConfBaseException as e:
-                raise ConfigError(f"override {where!r}: {_first_line(e)}") from None
+                raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
             except yaml.YAMLError as e:  # the value is read as YAML
-                raise ConfigError(f"override {where!r}: {_yaml_problem(e)}") from None
+                raise ConfigError(f"override {item!r}: {_yaml_problem(e)}") from None
             except (TypeError, ValueError) as e:  # e.g. a mapping given for a list
-                raise ConfigError(f"override {where!r}: {e}") from None
+                raise ConfigError(f"override {item!r}: {e}") from None
         else:
             key, raw = item
             parsed = _yaml_value(raw)

@@ -358,7 +358,7 @@ def _sharegpt(row, where):
     return _with_replies(row, sharegpt_prompt(row, where), where, prompt_is_text=False)
 
 
-def _score(row, column, where) -> float | None:
+def read_number(row, column, where) -> float | None:
     value = row.get(column)
     if value is None:
         return None
@@ -443,17 +443,17 @@ def normalise_row(row: Mapping[str, Any], fmt: str, where: str, index: int) -> d
     for chosen_col, rejected_col in _SCORE_COLUMNS:
         if chosen_col in row or rejected_col in row:
             scores = {
-                "chosen_score": _score(row, chosen_col, where),
-                "rejected_score": _score(row, rejected_col, where),
+                "chosen_score": read_number(row, chosen_col, where),
+                "rejected_score": read_number(row, rejected_col, where),
             }
             break
-    known = _score(row, "p_chosen", where)
+    known = read_number(row, "p_chosen", where)
     return {
         "prompt": prompt,
         "chosen": chosen,
         "rejected": rejected,
         **scores,
-        "margin": _score(row, "margin", where),
+        "margin": read_number(row, "margin", where),
         "source_row": index,
         "p_chosen": known,
         "p_chosen_by_group": _p_by_group(row, where),

@@ -108,7 +108,7 @@ def judge_replies(judge, prompts, texts, device) -> dict[str, np.ndarray]:
         return gold.judge([gold.prompt_text(p) for p in prompts], texts, device)
     from distalign.rl.rewards import prompt_columns
 
-    out = judge(prompts, texts, columns=prompt_columns(prompts))
+    out = judge(prompts, texts, columns=prompt_columns(prompts), log=False)  # nothing reads it
     return {"judge": out.rewards.detach().float().cpu().numpy()}
 
 

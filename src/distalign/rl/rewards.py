@@ -390,7 +390,7 @@ class RewardSum(RewardSource):
         self.needs_reference = any(s.needs_reference for s in self.sources)
         self.distributional = len(self.sources) == 1 and self.sources[0].distributional
         self.trainer_state = None  # TRL's trainer_state for reward functions: set per step
-        self.log = RewardLog()  # what they log through log_metric / log_extra
+        self.log = RewardLog()  # what they log in a training step (``log=True`` calls)
 
     def distributions(self, prompts, replies) -> dict[str, torch.Tensor]:
         return {
@@ -400,12 +400,15 @@ class RewardSum(RewardSource):
         }
 
     def __call__(
-        self, prompts, replies, reference=None, columns=None, completion_ids=None
+        self, prompts, replies, reference=None, columns=None, completion_ids=None, log=True
     ) -> RewardOutput:
-        """``completion_ids``: each reply's token ids, for TRL reward functions."""
+        """``completion_ids``: each reply's token ids, for TRL reward functions. ``log``: what
+        they log through ``log_metric``/``log_extra`` goes to ``self.log`` (a training step's
+        samples); false: nowhere (an evaluation, ReMax's greedy replies)."""
+        sink = self.log if log else RewardLog()
         context = {
             "completion_ids": completion_ids, "trainer_state": self.trainer_state,
-            "log_extra": self.log.log_extra, "log_metric": self.log.log_metric,
+            "log_extra": sink.log_extra, "log_metric": sink.log_metric,
         }  # fmt: skip
         outputs = []
         for name, source in zip(self.names, self.sources, strict=True):
@@ -505,14 +508,17 @@ def load_one_source(spec, **kwargs) -> RewardSource:
         return CallableReward(trl_built_in_reward(spec), name=spec)
     if "." in spec and "/" not in spec and not Path(spec).exists():  # TRL's module.function
         module, _, name = spec.rpartition(".")
-        if importlib.util.find_spec(module.split(".")[0]) is not None or _beside_user(module):
-            # a module that is there: a missing function is a typo, said as such
-            return CallableReward(import_callable(f"{module}:{name}"))
-        raise ConfigError(
-            f"reward {spec!r}: not a folder, and no module {module!r} to import a function "
-            f"{name!r} from ({module.split('.')[0]!r} is not installed or beside you); a hub "
-            "model id has the form owner/name"
-        )
+        try:
+            _import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module.split(".")[0]:  # no such package; else said by import_callable
+                raise ConfigError(
+                    f"reward {spec!r}: not a folder, and no module {module!r} to import a "
+                    f"function {name!r} from ({e.name!r} is not installed or beside you); a hub "
+                    "model id has the form owner/name"
+                ) from None
+        # the module is there: a missing function is a typo, said as such
+        return CallableReward(import_callable(f"{module}:{name}"))
     return RewardModelSource(spec, **kwargs)
 
 
@@ -537,12 +543,6 @@ def trl_built_in_reward(name: str) -> Callable:
     function = getattr(importlib.import_module("trl.rewards"), name)
     factory_args = TRL_BUILT_IN_REWARDS[name]
     return function(**factory_args) if factory_args is not None else function
-
-
-def _beside_user(module: str) -> bool:
-    """Whether ``module``'s top package is a file or folder in the working directory."""
-    top = Path.cwd() / module.split(".")[0]
-    return top.with_suffix(".py").is_file() or (top / "__init__.py").is_file()
 
 
 def load_reward_source(spec, weights: list[float] | None = None, **kwargs) -> RewardSum:

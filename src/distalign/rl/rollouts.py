@@ -111,10 +111,13 @@ def evaluate_policy(
         else None
     )
     scores = reward(
-        prompts, ro.texts, reference, columns=prompt_columns(prompts), completion_ids=ro.replies
+        prompts,
+        ro.texts,
+        reference,
+        columns=prompt_columns(prompts),
+        completion_ids=ro.replies,
+        log=False,  # not a training step's samples
     )
-    if hasattr(reward, "log"):  # what reward functions log here is not a training step's
-        reward.log.take()
     ref_lp = reference_logprobs(policy, ref_model, ro, cfg, pad_id)
     kl = kl_estimates(ro.logps, ref_lp, ro.mask)
     result = {

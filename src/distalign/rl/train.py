@@ -74,7 +74,7 @@ from distalign.optim import adamw
 from distalign.rl.config import POOLED_BASELINES, RLTrainConfig
 from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors
 from distalign.rl.outputs import log_step, save_final, save_state
-from distalign.rl.rewards import GOLD_REWARD, RewardLog, load_reward_source, prompt_columns
+from distalign.rl.rewards import GOLD_REWARD, load_reward_source, prompt_columns
 from distalign.rl.rollouts import (
     Rollouts,
     evaluate_policy,
@@ -271,9 +271,10 @@ class Trainer:
         return self.accelerator.unwrap_model(self.learner).policy
 
 
-def score(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig):
+def score(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig, log: bool = True):
     """Rewards of the step's replies: Σ w_i r_i and each source's r_i (win probability:
-    against one SFT reply per prompt). Each reply's prompt brings its data-set columns."""
+    against one SFT reply per prompt). Each reply's prompt brings its data-set columns.
+    ``log``: keep what reward functions log (the step's samples)."""
     reference = None
     if t.reward.needs_reference:
         per_prompt = reference_distributions(
@@ -282,7 +283,12 @@ def score(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig):
         reference = {n: p.repeat_interleave(cfg.num_generations, 0) for n, p in per_prompt.items()}
     chats = [p for p in prompts for _ in range(cfg.num_generations)]
     return t.reward(
-        chats, ro.texts, reference, columns=prompt_columns(chats), completion_ids=ro.replies
+        chats,
+        ro.texts,
+        reference,
+        columns=prompt_columns(chats),
+        completion_ids=ro.replies,
+        log=log,
     )
 
 
@@ -296,21 +302,17 @@ def greedy_rewards(t: Trainer, prompts, cfg: RLTrainConfig) -> torch.Tensor | No
     greedy = copy(cfg)  # the step's settings, decoded greedily, one reply per prompt
     greedy.temperature, greedy.num_generations = 0.0, 1
     ro = rollout(t.policy, t.tokenizer, prompts, greedy, seed=cfg.seed)
-    kept = t.reward.log  # what reward functions log here is not about the step's samples
-    t.reward.log = RewardLog()
-    try:
-        return rewards_of(t, prompts, ro, greedy)[1]
-    finally:
-        t.reward.log = kept
+    return rewards_of(t, prompts, ro, greedy)[1]
 
 
 def rewards_of(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig, state=None):
     """(the scores, as ``score`` gives them; the rewards training takes: clipped to
     ``reward_clip_range``, less ``missing_eos_penalty`` for a reply cut at the length limit).
-    ``state``: where training stands, which TRL reward functions get as ``trainer_state``."""
+    ``state``: where training stands, which TRL reward functions get as ``trainer_state``;
+    given for the step's samples, whose reward functions' logs are kept."""
     if state is not None:
         t.reward.trainer_state = trainer_state_of(state, cfg)
-    scored = score(t, prompts, ro, cfg)
+    scored = score(t, prompts, ro, cfg, log=state is not None)
     rewards = scored.rewards.to(ro.logps.device)
     if cfg.reward_clip_range:
         rewards = rewards.clamp(*cfg.reward_clip_range)

@@ -12,7 +12,7 @@ import logging
 import torch
 from datasets import Dataset, Features, Sequence, Value, concatenate_datasets
 
-from distalign.data.formats import PreferenceFormatError, common_prefix_length
+from distalign.data.formats import PreferenceFormatError, common_prefix_length, read_number
 from distalign.data.load import iter_source_rows, load_preferences
 from distalign.data.pairs import (
     PairCollator,
@@ -69,11 +69,13 @@ def token_pairs(cfg: RMTrainConfig, tokenizer, rows, columns: tuple[str, str], s
         if limit and len(out) >= limit:
             break
         try:
+            if isinstance(row, Exception):  # a line the reader could not parse
+                raise row
+            if not isinstance(row, dict):
+                raise PreferenceFormatError(where, None, f"expected an object, got {row!r}")
             chosen = _token_ids(row.get(columns[0]), where, columns[0], vocab)
             rejected = _token_ids(row.get(columns[1]), where, columns[1], vocab)
-            margin = row.get("margin")
-            if margin is not None and not isinstance(margin, int | float):
-                raise PreferenceFormatError(where, "margin", "expected a number")
+            margin = read_number(row, "margin", where)
         except PreferenceFormatError:
             if not cfg.skip_bad_rows:
                 raise
@@ -91,10 +93,11 @@ def token_pairs(cfg: RMTrainConfig, tokenizer, rows, columns: tuple[str, str], s
         out.append({
             "prompt_ids": prompt, "chosen_ids": c, "rejected_ids": r,
             "length": len(prompt) + max(len(c), len(r)), "chosen_score": None,
-            "rejected_score": None, "margin": None if margin is None else float(margin),
+            "rejected_score": None, "margin": margin,
             "source_row": i,
         })  # fmt: skip
-    log.warning(
+    log.log(
+        logging.WARNING if identical or skipped or cut else logging.INFO,
         "%s: %d tokenised pairs (TRL's %s/%s columns); identical (dropped): %d; malformed "
         "(skipped): %d; longer than max_length=%d (cut to fit): %d", source, len(out), *columns,
         identical, skipped, cfg.max_length, cut,
