@@ -66,6 +66,22 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def base_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with a tokenizer without a chat template, as a base model has."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-base")
+    shutil.copytree(tiny_model_dir, path, dirs_exist_ok=True)
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture()
 def tiny_policy(tiny_model_dir):
     from distalign.models.load import load_policy

@@ -104,22 +104,14 @@ def test_dropout_defaults_follow_trl():
     assert RLTrainConfig().disable_dropout is False  # RLOOConfig's default
 
 
-def test_chat_template_path_gives_a_base_model_a_template(tiny_model_dir, tmp_path):
-    import shutil
-
+def test_chat_template_path_gives_a_base_model_a_template(tiny_model_dir, base_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
     from distalign.models.load import load_tokenizer
     from distalign.models.reward_model import build_reward_model
 
-    base = tmp_path / "base"  # the tiny model without a chat template
-    shutil.copytree(tiny_model_dir, base)
-    (base / "chat_template.jinja").unlink(missing_ok=True)
-    tok = AutoTokenizer.from_pretrained(base)
-    tok.chat_template = None
-    tok.save_pretrained(base)
-    with pytest.raises(ValueError, match="no chat template"):
-        load_tokenizer(str(base))
+    base = base_model_dir  # the tiny model without a chat template: plain text by default
+    assert load_tokenizer(str(base)).chat_template.startswith("{#- distalign:plain")
     template = tmp_path / "plain.jinja"
     template.write_text(
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"

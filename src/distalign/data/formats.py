@@ -135,8 +135,9 @@ def split_texts(chosen: str, rejected: str) -> tuple[list[dict[str, str]], str, 
     common prefix cut back to the end of a word that both texts end there, since here the cut
     is a turn boundary ("The answer is 12." / "The answer is 15." give "The answer is" and
     "12." / "15."; TRL's ``extract_prompt`` would cut inside "12"), as one user turn; the
-    replies are the rest, without leading spaces. Texts that share no whole word give an empty
-    user turn (counted by the loader)."""
+    replies are the rest, from the whitespace that joins them to the prompt (kept, so prompt +
+    reply is the text again; a chat turn drops it when rendered). Texts that share no whole
+    word give an empty user turn (counted by the loader)."""
     cut = common_prefix_length(chosen, rejected)
     if cut == len(chosen) == len(rejected):  # the same text twice: nothing to tell apart
         cut = 0
@@ -147,7 +148,7 @@ def split_texts(chosen: str, rejected: str) -> tuple[list[dict[str, str]], str, 
     while cut > 0 and chosen[cut - 1].isspace():
         cut -= 1
     prompt = [{"role": "user", "content": chosen[:cut]}]
-    return prompt, chosen[cut:].lstrip(), rejected[cut:].lstrip()
+    return prompt, chosen[cut:], rejected[cut:]
 
 
 def _parse_message(message: Any, where: str, field: str) -> dict[str, str]:

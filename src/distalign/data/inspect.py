@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 
 from distalign.data.load import LoadReport, iter_source_rows, load_preferences, resolve_source
-from distalign.data.pairs import render_prompt_ids, render_reply_ids
+from distalign.data.pairs import (
+    check_rendering,
+    render_prompt_ids,
+    render_reply_ids,
+    render_text,
+)
 from distalign.data.prompts import is_prompt_only, load_prompts
 
 PERCENTILES = (50, 90, 99, 100)
@@ -65,9 +70,7 @@ def _measure_prompts(out: Inspection, prompts: list, tokenizer, max_rows: int) -
     if prompts:
         lengths = [len(render_prompt_ids(tokenizer, p)) for p in prompts[:max_rows]]
         out.lengths = {"prompt": _percentiles(lengths)}
-        out.example = tokenizer.apply_chat_template(
-            prompts[0], tokenize=False, add_generation_prompt=True
-        )
+        out.example = render_text(tokenizer, prompts[0])
     return out
 
 
@@ -107,6 +110,7 @@ def inspect_source(
         skip_bad_rows=skip_bad_rows,
         report=report,
     )
+    check_rendering(tokenizer, report.format, source)
     out.scored_pairs = sum(1 for s in ds["chosen_score"] if s is not None) if len(ds) else 0
     if len(ds) == 0:
         return out
@@ -118,7 +122,5 @@ def inspect_source(
         cols["rejected"].append(len(render_reply_ids(tokenizer, row["prompt"], row["rejected"])))
     out.lengths = {part: _percentiles(v) for part, v in cols.items()}
     first = ds[0]
-    out.example = tokenizer.apply_chat_template(
-        [*first["prompt"], {"role": "assistant", "content": first["chosen"]}], tokenize=False
-    )
+    out.example = render_text(tokenizer, first["prompt"], first["chosen"])
     return out

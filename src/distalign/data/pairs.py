@@ -24,13 +24,45 @@ from typing import Any
 
 import torch
 
+from distalign.models.templates import rendering_of, reply_text
+
 
 def render_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     """Token ids of the prompt through the chat template, ending with the assistant header."""
-    return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    return _render(tokenizer, messages, add_generation_prompt=True, tokenize=True)
 
 
-def _ids(out: Any) -> list[int]:
+def render_text(tokenizer, messages: list[dict[str, str]], reply: str | None = None) -> str:
+    """The text the model reads: the prompt ending with the assistant header, or with
+    ``reply`` the whole conversation (as ``render_reply_ids`` renders it)."""
+    if reply is None:
+        return _render(tokenizer, messages, tokenize=False, add_generation_prompt=True)
+    conversation = [*messages, {"role": "assistant", "content": reply_text(tokenizer, reply)}]
+    return _render(tokenizer, conversation, tokenize=False)
+
+
+def check_rendering(tokenizer, fmt: str, source) -> None:
+    """Refuse Anthropic HH transcripts rendered as plain text: their Human/Assistant turns
+    would be lost (single-turn rows would read as "question" + "answer")."""
+    if fmt == "hh" and rendering_of(tokenizer) == "plain":
+        raise ValueError(
+            f"{source}: Anthropic HH transcripts and a tokenizer without a chat template: give "
+            "chat_template_path: hh (the transcript's own text, as TRL trains a base model on "
+            "it) or a chat template"
+        )
+
+
+def _render(tokenizer, messages: list[dict[str, str]], tokenize: bool, **kwargs) -> Any:
+    """``apply_chat_template`` -> text or a list of ids; a template's refusal (``raise_exception``
+    in the template) as a ValueError with its message."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        out = tokenizer.apply_chat_template(messages, tokenize=tokenize, **kwargs)
+    except TemplateError as e:
+        raise ValueError(f"chat template: {e}") from None
+    if not tokenize:
+        return out
     # apply_chat_template returns a list, or a BatchEncoding in newer transformers.
     if hasattr(out, "keys") and "input_ids" in out:
         out = out["input_ids"]
@@ -44,19 +76,24 @@ def render_reply_ids(tokenizer, messages: list[dict[str, str]], reply: str) -> l
     (SmolLM2: ``<|im_end|>`` and a line break), so prompt + reply is exactly
     ``apply_chat_template(messages + [reply])``: what TRL's RewardTrainer trains on and what
     a user scoring with transformers feeds the model, so the reward is read at the same token.
+    A chat turn's reply loses its leading whitespace; plain text keeps it
+    (``models.templates.reply_text``).
     """
     prompt = render_prompt_ids(tokenizer, messages)
-    full = _ids(
-        tokenizer.apply_chat_template(
-            [*messages, {"role": "assistant", "content": reply}], tokenize=True
-        )
+    conversation = [*messages, {"role": "assistant", "content": reply_text(tokenizer, reply)}]
+    full = _render(tokenizer, conversation, tokenize=True)
+    if full[: len(prompt)] == prompt:
+        return full[len(prompt) :]
+    if rendering_of(tokenizer) == "plain":
+        # plain text whose tokens merge across the join ("2+2=" + "4"): the reply's own tokens,
+        # as TRL's DPO tokenises a prompt and its completion apart
+        prompt_text = _render(tokenizer, messages, tokenize=False)
+        text = _render(tokenizer, conversation, tokenize=False)
+        return tokenizer(text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+    raise ValueError(
+        "the chat template does not render the prompt as a prefix of prompt + reply; "
+        "distalign needs that to score replies"
     )
-    if full[: len(prompt)] != prompt:
-        raise ValueError(
-            "the chat template does not render the prompt as a prefix of prompt + reply; "
-            "distalign needs that to score replies"
-        )
-    return full[len(prompt) :]
 
 
 def truncate_pair(
@@ -124,9 +161,13 @@ def tokenize_pairs(
     """``datasets.Dataset`` of normalised pairs -> same rows plus token ids and ``length``."""
 
     def fn(row):
-        out = tokenize_pair(
-            tokenizer, row["prompt"], row["chosen"], row["rejected"], max_length, max_prompt_length
-        )
+        try:
+            out = tokenize_pair(
+                tokenizer, row["prompt"], row["chosen"], row["rejected"], max_length,
+                max_prompt_length,
+            )  # fmt: skip
+        except ValueError as e:
+            raise ValueError(f"row {row.get('source_row', '?')}: {e}") from None
         out["length"] = len(out["prompt_ids"]) + max(
             len(out["chosen_ids"]), len(out["rejected_ids"])
         )

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from distalign.models.templates import built_in_template
+
 # files a reward model needs from the hub: weights as safetensors only (never a pickle)
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.vocab", "*.jinja", "*.tiktoken"]
 
@@ -99,7 +101,9 @@ def load_sequence_classifier(
 
 def _with_pad(model, tokenizer, folder):
     """``model``, its tokenizer given a pad token when it has none (the model's pad id, else
-    EOS: what TRL's RewardTrainer pads with) and the model the tokenizer's pad id."""
+    EOS: what TRL's RewardTrainer pads with) and the model the tokenizer's pad id. A decoder's
+    tokenizer without a chat template gets the plain rendering (``models.templates``): such a
+    reward model was trained by TRL on standard data, prompt + reply + EOS as plain text."""
     if tokenizer.pad_token_id is None:
         if model.config.pad_token_id is not None:
             tokenizer.pad_token = tokenizer.convert_ids_to_tokens(model.config.pad_token_id)
@@ -109,6 +113,10 @@ def _with_pad(model, tokenizer, folder):
             raise ValueError(f"{folder}: the tokenizer has neither a pad nor an EOS token")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.chat_template is None and tokenizer.eos_token is not None:
+        core = tokenizer("a", add_special_tokens=False)["input_ids"]
+        if not _special_tokens(tokenizer, "a", core)[1]:  # nothing after the text: no [SEP]
+            tokenizer.chat_template = built_in_template("plain", tokenizer)
     return model
 
 
@@ -156,12 +164,15 @@ def model_max_length(model, tokenizer, default: int = 512) -> int:
 
 
 def render_conversation(tokenizer, messages, prompt_only: bool = False) -> str:
-    """The reward model's text of a conversation: its chat template, or, for a tokenizer
-    without one (BERT-style classifiers), the messages as ``role: content`` lines."""
+    """The reward model's text of a conversation: its chat template (``data.pairs``'
+    rendering), or, for a BERT-style tokenizer without one, the messages as ``role: content``
+    lines."""
     if tokenizer.chat_template is not None:
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=prompt_only
-        )
+        from distalign.data.pairs import render_text
+
+        if prompt_only:
+            return render_text(tokenizer, messages)
+        return render_text(tokenizer, messages[:-1], messages[-1]["content"])
     lines = [f"{m['role']}: {m['content']}" for m in messages]
     return "\n".join(lines + (["assistant:"] if prompt_only else []))
 

@@ -39,6 +39,7 @@ from transformers import (
 )
 
 from distalign.hub import in_cache, offline_if_unreachable
+from distalign.models.templates import BUILT_IN, built_in_template
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,9 @@ def load_tokenizer(
     When a tokenizer has no pad token we reuse EOS, as SmolLM2 does natively. Because pad may
     equal EOS (``<|im_end|>``, which also closes every chat turn), no code in distalign finds
     real tokens by comparing ids with ``pad_token_id``: attention masks carry that information.
-    ``chat_template``: a template to use instead of the tokenizer's own (``read_chat_template``).
+    ``chat_template``: a template to use instead of the tokenizer's own (``read_chat_template``),
+    or a built-in rendering by name, ``plain`` or ``hh`` (``models.templates``). A tokenizer
+    without a template renders ``plain``: prompt + reply + EOS, TRL's standard data.
     """
     tokenizer = AutoTokenizer.from_pretrained(
         _tokenizer_source(name), trust_remote_code=trust_remote_code, revision=revision
@@ -325,7 +328,9 @@ def load_tokenizer(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    if chat_template:
+    if chat_template in BUILT_IN and not Path(chat_template).expanduser().exists():
+        tokenizer.chat_template = built_in_template(chat_template, tokenizer)
+    elif chat_template:
         tokenizer.chat_template = read_chat_template(chat_template, trust_remote_code)
         turn = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
         if tokenizer.eos_token not in tokenizer.apply_chat_template(turn, tokenize=False):
@@ -335,11 +340,12 @@ def load_tokenizer(
                 chat_template, tokenizer.eos_token,
             )  # fmt: skip
     if tokenizer.chat_template is None:
-        raise ValueError(
-            f"tokenizer of {name!r} has no chat template; distalign renders every prompt through "
-            "one: give chat_template_path (a Jinja file, or a tokenizer whose template to take), "
-            "set tokenizer.chat_template, or use an instruct model"
-        )
+        log.info(
+            "tokenizer of %s has no chat template: text is rendered plain, prompt + reply + EOS, "
+            "as TRL renders standard data (chat_template_path: hh for Anthropic HH "
+            "transcripts, or a Jinja file or tokenizer for conversations)", name,
+        )  # fmt: skip
+        tokenizer.chat_template = built_in_template("plain", tokenizer)
     return tokenizer
 
 

@@ -47,7 +47,10 @@ class ModelKeys:
     chat_template_path: str | None = None
     """A chat template for a model without one (a base model), or instead of its own: a Jinja
     file, or a tokenizer (folder or hub id) whose template to take. The special tokens it
-    writes must be in the model's vocabulary (they are not added). Saved with the model."""
+    writes must be in the model's vocabulary (they are not added). Saved with the model.
+    Built-in renderings by name: ``plain`` (TRL's standard data, prompt + reply + EOS as plain
+    text: the default of a model without a template) and ``hh`` (Anthropic HH transcripts,
+    ``"\n\nHuman: …\n\nAssistant: …"``)."""
     disable_dropout: bool = False
     """Turn every dropout of the model off while training (nn.Dropout layers, LoRA's
     included, as TRL does, and the attention dropout a model applies by itself)."""

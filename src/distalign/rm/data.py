@@ -13,10 +13,11 @@ import torch
 from datasets import Dataset, Features, Sequence, Value, concatenate_datasets
 
 from distalign.data.formats import PreferenceFormatError, common_prefix_length, read_number
-from distalign.data.load import iter_source_rows, load_preferences
+from distalign.data.load import LoadReport, iter_source_rows, load_preferences
 from distalign.data.pairs import (
     PairCollator,
     SharedPrefixCollator,
+    check_rendering,
     length_grouped_batches,
     off_prompt_pairs,
     prompt_grouped_batches,
@@ -114,6 +115,7 @@ def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int,
     columns = _token_columns(first[1])
     if columns is not None:
         return token_pairs(cfg, tokenizer, rows, columns, source, limit)
+    report = LoadReport(source=str(source))
     ds = load_preferences(
         source,
         split,
@@ -121,8 +123,10 @@ def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int,
         skip_bad_rows=cfg.skip_bad_rows,
         limit=limit or None,
         source_rows=rows,
+        report=report,
         **hub,
     )
+    check_rendering(tokenizer, report.format, source)
     pairs = tokenize_pairs(
         ds, tokenizer, cfg.max_length, cfg.max_prompt_length, num_proc=cfg.dataset_num_proc
     )

@@ -1,0 +1,207 @@
+"""Models without a chat template read TRL's plain text; HH transcripts read as written."""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from distalign.data.load import load_preferences
+from distalign.data.pairs import render_text, tokenize_pair, tokenize_pairs
+from distalign.models.load import load_tokenizer
+from distalign.models.templates import adds_bos, built_in_template, rendering_of
+from tests.conftest import write_jsonl
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def bot(text):
+    return {"role": "assistant", "content": text}
+
+
+@pytest.fixture(scope="module")
+def plain(base_model_dir):
+    return load_tokenizer(str(base_model_dir))
+
+
+def trl_ids(tokenizer, text: str) -> list[int]:
+    """What TRL's RewardTrainer trains on for a standard text: EOS appended, then
+    ``tokenizer(text)`` with the tokenizer's own special tokens."""
+    return tokenizer(text + tokenizer.eos_token)["input_ids"]
+
+
+def whole(pair: dict, reply: str) -> list[int]:
+    return pair["prompt_ids"] + pair[f"{reply}_ids"]
+
+
+def test_a_tokenizer_without_a_template_reads_trls_standard_text(plain):
+    assert rendering_of(plain) == "plain"
+    prompt = [user("The sky is")]
+    assert render_text(plain, prompt) == "The sky is"
+    assert render_text(plain, prompt, " blue.") == "The sky is blue." + plain.eos_token
+    pair = tokenize_pair(plain, prompt, " blue.", " green.", max_length=64)
+    assert whole(pair, "chosen") == trl_ids(plain, "The sky is blue.")
+    assert whole(pair, "rejected") == trl_ids(plain, "The sky is green.")
+    # a reply that already ends with EOS gets no second one (TRL's add_eos)
+    again = tokenize_pair(plain, prompt, " blue." + plain.eos_token, "", max_length=64)
+    assert whole(again, "chosen") == whole(pair, "chosen")
+    assert whole(again, "rejected") == trl_ids(plain, "The sky is")
+
+
+def test_standard_implicit_texts_read_as_the_whole_text(plain, tmp_path):
+    rows = [
+        {"chosen": "Q: 2+2?\n\nA: 4", "rejected": "Q: 2+2?\n\nA: 5"},
+        {"chosen": "Paris is the capital.", "rejected": "Rome is the capital."},
+        {"chosen": "I like cat food", "rejected": "I like cats"},
+    ]
+    ds = load_preferences(str(write_jsonl(tmp_path / "pairs.jsonl", rows)))
+    pairs = tokenize_pairs(ds, plain, max_length=64)
+    for pair, row in zip(pairs, rows, strict=True):
+        assert whole(pair, "chosen") == trl_ids(plain, row["chosen"])
+        assert whole(pair, "rejected") == trl_ids(plain, row["rejected"])
+
+
+def test_a_reply_whose_tokens_merge_with_the_prompt_gets_its_own(plain):
+    joined = plain("warm", add_special_tokens=False)["input_ids"]
+    assert (
+        joined
+        != plain("wa", add_special_tokens=False)["input_ids"]
+        + plain("rm", add_special_tokens=False)["input_ids"]
+    )  # "wa" + "rm" tokenise apart
+    pair = tokenize_pair(plain, [user("wa")], "rm", "rmth", max_length=64)
+    assert pair["prompt_ids"] == plain("wa", add_special_tokens=False)["input_ids"]
+    alone = plain("rm" + plain.eos_token, add_special_tokens=False)["input_ids"]
+    assert pair["chosen_ids"] == alone
+
+
+def test_plain_text_refuses_a_conversation_naming_the_row(plain, tmp_path):
+    rows = [
+        {"prompt": "one turn", "chosen": " a", "rejected": " b"},
+        {"prompt": [user("hi"), bot("hello"), user("and?")], "chosen": "x", "rejected": "y"},
+    ]
+    ds = load_preferences(str(write_jsonl(tmp_path / "pairs.jsonl", rows)))
+    with pytest.raises(ValueError, match=r"row 1: .*one user turn.*chat_template_path"):
+        tokenize_pairs(ds, plain, max_length=64)
+
+
+HH_CHOSEN = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Sky colour?\n\nAssistant: Blue."
+HH_REJECTED = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Sky colour?\n\nAssistant:"
+HH_ROW = {"chosen": HH_CHOSEN, "rejected": HH_REJECTED}
+
+
+def test_hh_transcripts_read_as_written(base_model_dir, tmp_path):
+    source = str(write_jsonl(tmp_path / "hh.jsonl", [HH_ROW]))
+    ds = load_preferences(source)
+    hh = load_tokenizer(str(base_model_dir), chat_template="hh")
+    pair = tokenize_pairs(ds, hh, max_length=64)[0]
+    assert whole(pair, "chosen") == trl_ids(hh, HH_CHOSEN)
+    assert whole(pair, "rejected") == trl_ids(hh, HH_REJECTED)  # an empty reply
+    assert render_text(hh, ds[0]["prompt"]) == HH_REJECTED  # where the policy continues
+
+
+def test_hh_data_with_plain_text_points_to_hh(base_model_dir, plain, tmp_path):
+    from distalign.data.inspect import inspect_source
+
+    source = str(write_jsonl(tmp_path / "hh.jsonl", [HH_ROW]))
+    with pytest.raises(ValueError, match="chat_template_path: hh"):
+        inspect_source(source, plain)
+    assert inspect_source(source, load_tokenizer(str(base_model_dir), chat_template="hh")).example
+
+
+def test_a_chat_turn_drops_the_whitespace_that_joined_a_text(smol_tokenizer):
+    text = render_text(smol_tokenizer, [user("The sky is")], " blue.")
+    assert "<|im_start|>assistant\nblue.<|im_end|>" in text
+
+
+def bos_tokenizer() -> PreTrainedTokenizerFast:
+    """A Llama-like word tokenizer that puts <s> before every text by itself."""
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "The", "sky", "is", "blue", "."])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def test_the_bos_a_tokenizer_adds_by_itself_starts_the_text(plain):
+    tokenizer = bos_tokenizer()
+    assert adds_bos(tokenizer) and not adds_bos(plain)
+    tokenizer.chat_template = built_in_template("plain", tokenizer)
+    pair = tokenize_pair(tokenizer, [user("The sky is")], " blue.", " .", max_length=16)
+    assert whole(pair, "chosen") == trl_ids(tokenizer, "The sky is blue.")
+    assert whole(pair, "chosen")[0] == tokenizer.bos_token_id
+
+
+def test_a_reward_model_saves_its_rendering(base_model_dir, tmp_path):
+    from distalign.models.reward_model import build_reward_model
+
+    model, tokenizer = build_reward_model(str(base_model_dir))
+    model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    conversation = [user("The sky is"), bot(" blue.")]
+    assert loaded.apply_chat_template(conversation, tokenize=False) == (
+        "The sky is blue." + loaded.eos_token
+    )
+
+
+def test_a_base_model_trains_a_reward_model_and_a_policy_on_standard_data(base_model_dir, tmp_path):
+    """TRL's standard data end to end: string pairs -> rm train; string prompts -> rl train
+    against that reward model; both save the plain rendering with their tokenizer."""
+    from distalign.rl.config import RLTrainConfig
+    from distalign.rl.train import run as rl_run
+    from distalign.rm.config import RMTrainConfig
+    from distalign.rm.train import run as rm_run
+    from tests.rm.test_train import make_pairs
+
+    pairs, prompts = tmp_path / "pairs", tmp_path / "prompts"
+    pairs.mkdir(), prompts.mkdir()
+    for split, seed in (("train", 0), ("test", 1)):
+        rows = [
+            {**row, "chosen": " " + row["chosen"], "rejected": " " + row["rejected"]}
+            for row in make_pairs(8, seed)
+        ]
+        write_jsonl(pairs / f"{split}.jsonl", rows)
+    rm_cfg = RMTrainConfig(
+        model_name_or_path=str(base_model_dir), dataset_name=str(pairs), max_steps=1,
+        max_length=64, report_to="none", output_dir=str(tmp_path / "rm"),
+    )  # fmt: skip
+    rm_run(rm_cfg)
+    rm = tmp_path / "rm" / "final"
+    assert rendering_of(AutoTokenizer.from_pretrained(rm)) == "plain"
+
+    posts = [{"prompt": f"Post {i}.\nTL;DR:"} for i in range(4)]  # trl-lib/tldr's shape
+    for split in ("train", "test"):
+        write_jsonl(prompts / f"{split}.jsonl", posts)
+    rl_cfg = RLTrainConfig(
+        model_name_or_path=str(base_model_dir), reward=str(rm), dataset_name=str(prompts),
+        max_steps=1, num_generations=2, per_device_train_batch_size=4,
+        gradient_accumulation_steps=1, max_completion_length=4, max_eval_samples=2,
+        use_peft=False, eval_steps=0, save_steps=0, report_to="none",
+        output_dir=str(tmp_path / "rl"),
+    )  # fmt: skip
+    rl_run(rl_cfg)
+    policy = AutoTokenizer.from_pretrained(tmp_path / "rl" / "final")
+    assert render_text(policy, [user("Post 1.\nTL;DR:")]) == "Post 1.\nTL;DR:"
+
+
+def test_a_decoder_reward_model_without_a_template_reads_plain_text(tmp_path):
+    """A TRL reward model trained on standard data (a Pythia RM of TRL's TL;DR examples) is
+    scored on prompt + reply + EOS; a BERT-style classifier keeps its own rendering."""
+    from distalign.models.classifier import encode_conversation, load_sequence_classifier
+    from tests.rl.test_rewards import build_bert_reward_model, build_gpt2_reward_model
+
+    path = build_gpt2_reward_model(tmp_path / "gpt2")
+    saved = AutoTokenizer.from_pretrained(path)
+    saved.chat_template = None
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    saved.save_pretrained(path)
+    _, tokenizer = load_sequence_classifier(path)
+    assert rendering_of(tokenizer) == "plain"
+    ids = encode_conversation(tokenizer, [user("cloud river ?")], " stone", max_length=48)
+    assert ids == tokenizer("cloud river ? stone<|endoftext|>")["input_ids"]
+    _, bert = load_sequence_classifier(build_bert_reward_model(tmp_path / "bert"))
+    assert bert.chat_template is None
