@@ -10,8 +10,8 @@ from distalign.data.pairs import (
     PairCollator,
     length_grouped_batches,
     off_prompt_pairs,
+    render_pair_ids,
     render_prompt_ids,
-    render_reply_ids,
     tokenize_pair,
     truncate_pair,
 )
@@ -59,8 +59,8 @@ def test_truncation_rejects_bad_limits():
 
 def test_prompt_plus_reply_is_the_chat_template(smol_tokenizer):
     messages = [{"role": "user", "content": "Name a fruit."}]
-    prompt = render_prompt_ids(smol_tokenizer, messages)
-    reply = render_reply_ids(smol_tokenizer, messages, "A pear.")
+    prompt, (reply,) = render_pair_ids(smol_tokenizer, messages, ["A pear."])
+    assert prompt == render_prompt_ids(smol_tokenizer, messages)
     full = smol_tokenizer.apply_chat_template(
         [*messages, {"role": "assistant", "content": "A pear."}], tokenize=True
     )
@@ -97,7 +97,7 @@ def test_long_reply_is_cut_from_the_right(smol_tokenizer):
     out = tokenize_pair(smol_tokenizer, messages, reply, "No.", max_length=64, max_prompt_length=40)
     assert len(out["prompt_ids"]) + len(out["chosen_ids"]) == 64
     assert smol_tokenizer.decode(out["chosen_ids"]).startswith("0 1 2 3")
-    assert out["rejected_ids"] == render_reply_ids(smol_tokenizer, messages, "No.")
+    assert out["rejected_ids"] == render_pair_ids(smol_tokenizer, messages, ["No."])[1][0]
 
 
 def test_collator_pads_with_masks():

@@ -63,17 +63,15 @@ def test_standard_implicit_texts_read_as_the_whole_text(plain, tmp_path):
         assert whole(pair, "rejected") == trl_ids(plain, row["rejected"])
 
 
-def test_a_reply_whose_tokens_merge_with_the_prompt_gets_its_own(plain):
-    joined = plain("warm", add_special_tokens=False)["input_ids"]
-    assert (
-        joined
-        != plain("wa", add_special_tokens=False)["input_ids"]
-        + plain("rm", add_special_tokens=False)["input_ids"]
-    )  # "wa" + "rm" tokenise apart
-    pair = tokenize_pair(plain, [user("wa")], "rm", "rmth", max_length=64)
-    assert pair["prompt_ids"] == plain("wa", add_special_tokens=False)["input_ids"]
-    alone = plain("rm" + plain.eos_token, add_special_tokens=False)["input_ids"]
-    assert pair["chosen_ids"] == alone
+def test_tokens_that_merge_across_the_join_read_as_the_whole_text(plain):
+    """TRL tokenises each whole text: "The sky is " + "blue." reads " blue", "wa" + "rm"
+    reads "warm"; the prompt's ids are then what the whole texts share of its own."""
+    for prompt, chosen, rejected in (("The sky is ", "blue.", "green."), ("wa", "rm", "rmth")):
+        alone = plain(prompt, add_special_tokens=False)["input_ids"]
+        pair = tokenize_pair(plain, [user(prompt)], chosen, rejected, max_length=64)
+        assert whole(pair, "chosen") == trl_ids(plain, prompt + chosen)
+        assert whole(pair, "rejected") == trl_ids(plain, prompt + rejected)
+        assert pair["prompt_ids"] == alone[: len(pair["prompt_ids"])] != alone
 
 
 def test_plain_text_refuses_a_conversation_naming_the_row(plain, tmp_path):

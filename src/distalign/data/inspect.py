@@ -22,8 +22,8 @@ import numpy as np
 from distalign.data.load import LoadReport, iter_source_rows, load_preferences, resolve_source
 from distalign.data.pairs import (
     check_rendering,
+    render_pair_ids,
     render_prompt_ids,
-    render_reply_ids,
     render_text,
 )
 from distalign.data.prompts import is_prompt_only, load_prompts
@@ -117,9 +117,11 @@ def inspect_source(
     sample = ds.select(range(min(len(ds), max_rows_for_lengths)))
     cols: dict[str, list[int]] = {"prompt": [], "chosen": [], "rejected": []}
     for row in sample:
-        cols["prompt"].append(len(render_prompt_ids(tokenizer, row["prompt"])))
-        cols["chosen"].append(len(render_reply_ids(tokenizer, row["prompt"], row["chosen"])))
-        cols["rejected"].append(len(render_reply_ids(tokenizer, row["prompt"], row["rejected"])))
+        prompt, (chosen, rejected) = render_pair_ids(
+            tokenizer, row["prompt"], (row["chosen"], row["rejected"])
+        )
+        for part, ids in zip(cols, (prompt, chosen, rejected), strict=True):
+            cols[part].append(len(ids))
     out.lengths = {part: _percentiles(v) for part, v in cols.items()}
     first = ds[0]
     out.example = render_text(tokenizer, first["prompt"], first["chosen"])

@@ -69,31 +69,44 @@ def _render(tokenizer, messages: list[dict[str, str]], tokenize: bool, **kwargs)
     return list(out)
 
 
-def render_reply_ids(tokenizer, messages: list[dict[str, str]], reply: str) -> list[int]:
-    """Token ids the chat template adds for an assistant ``reply`` after ``messages``.
+def render_pair_ids(
+    tokenizer, messages: list[dict[str, str]], replies: Sequence[str]
+) -> tuple[list[int], list[list[int]]]:
+    """(prompt ids, each reply's ids) such that prompt + reply is exactly the rendering of
+    ``messages`` + that assistant ``reply``.
 
     Everything the template writes is kept, the end of turn and what follows it included
     (SmolLM2: ``<|im_end|>`` and a line break), so prompt + reply is exactly
     ``apply_chat_template(messages + [reply])``: what TRL's RewardTrainer trains on and what
     a user scoring with transformers feeds the model, so the reward is read at the same token.
     A chat turn's reply loses its leading whitespace; plain text keeps it
-    (``models.templates.reply_text``).
+    (``models.templates.reply_text``). The prompt's ids are its own rendering; in plain text,
+    whose tokens may merge across the join ("The sky is " + "blue." reads " blue"), they are
+    what the whole texts share of it, since TRL tokenises each whole text.
     """
     prompt = render_prompt_ids(tokenizer, messages)
-    conversation = [*messages, {"role": "assistant", "content": reply_text(tokenizer, reply)}]
-    full = _render(tokenizer, conversation, tokenize=True)
-    if full[: len(prompt)] == prompt:
-        return full[len(prompt) :]
-    if rendering_of(tokenizer) == "plain":
-        # plain text whose tokens merge across the join ("2+2=" + "4"): the reply's own tokens,
-        # as TRL's DPO tokenises a prompt and its completion apart
-        prompt_text = _render(tokenizer, messages, tokenize=False)
-        text = _render(tokenizer, conversation, tokenize=False)
-        return tokenizer(text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
-    raise ValueError(
-        "the chat template does not render the prompt as a prefix of prompt + reply; "
-        "distalign needs that to score replies"
-    )
+    fulls = [
+        _render(tokenizer, [*messages, {"role": "assistant", "content": reply_text(tokenizer, r)}],
+                tokenize=True)
+        for r in replies
+    ]  # fmt: skip
+    n = len(prompt)
+    if any(full[:n] != prompt for full in fulls):
+        if rendering_of(tokenizer) != "plain":
+            raise ValueError(
+                "the chat template does not render the prompt as a prefix of prompt + reply; "
+                "distalign needs that to score replies"
+            )
+        n = min(_shared(prompt, full) for full in fulls)
+    return prompt[:n], [full[n:] for full in fulls]
+
+
+def _shared(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common beginning of two id lists."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def truncate_pair(
@@ -142,9 +155,7 @@ def tokenize_pair(
     max_prompt_length = max_prompt_length or max_length // 2
     messages, cut = prompt, False
     while True:
-        p = render_prompt_ids(tokenizer, messages)
-        c = render_reply_ids(tokenizer, messages, chosen)
-        r = render_reply_ids(tokenizer, messages, rejected)
+        p, (c, r) = render_pair_ids(tokenizer, messages, (chosen, rejected))
         if len(p) + max(len(c), len(r)) <= max_length:
             break
         cut, shorter = True, _drop_oldest_turn(messages)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from distalign.data.pairs import render_prompt_ids
+from distalign.models.templates import rendering_of
 from distalign.tracking import progress_bar
 
 
@@ -298,5 +299,12 @@ def sample_replies(
         )
     finally:
         model.train(was_training)
-    texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
-    return Samples(prompt_ids, replies, logps, finished, texts, k)
+    return Samples(prompt_ids, replies, logps, finished, reply_texts(tokenizer, replies), k)
+
+
+def reply_texts(tokenizer, replies: list[list[int]]) -> list[str]:
+    """Sampled replies as text: a chat turn without the whitespace around it; plain text as it
+    came, since its first space is what joins it to the prompt (TRL scores ``prompt +
+    completion``)."""
+    texts = [tokenizer.decode(r, skip_special_tokens=True) for r in replies]
+    return texts if rendering_of(tokenizer) == "plain" else [t.strip() for t in texts]

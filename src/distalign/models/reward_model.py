@@ -346,14 +346,10 @@ def scored_tokens(
     """(prompt ids, reply ids) as a reward model reads one reply: rendered by the chat
     template, the prompt cut from the left to ``max_prompt_length`` (default half of
     ``max_length``) and the reply to what is left."""
-    from distalign.data.pairs import render_prompt_ids, render_reply_ids, truncate_pair
+    from distalign.data.pairs import render_pair_ids, truncate_pair
 
-    p, (r,) = truncate_pair(
-        render_prompt_ids(tokenizer, prompt),
-        [render_reply_ids(tokenizer, prompt, reply)],
-        max_length,
-        max_prompt_length or max_length // 2,
-    )
+    prompt_ids, replies = render_pair_ids(tokenizer, prompt, [reply])
+    p, (r,) = truncate_pair(prompt_ids, replies, max_length, max_prompt_length or max_length // 2)
     return p, r
 
 

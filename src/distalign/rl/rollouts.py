@@ -14,7 +14,7 @@ import torch
 
 from distalign.data.pairs import render_prompt_ids
 from distalign.losses import kl_estimates
-from distalign.models.generate import sample_token_ids, sampling_of, stop_token_ids
+from distalign.models.generate import reply_texts, sample_token_ids, sampling_of, stop_token_ids
 from distalign.rl.config import is_gold
 from distalign.rl.logprobs import pad_reply_tensors, reference_mode, reply_logprobs
 from distalign.rl.rewards import prompt_columns
@@ -70,8 +70,8 @@ def rollout(
         tokenizer.pad_token_id,
     )
     policy.train(was)
-    texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
     device = next(policy.parameters()).device
+    texts = reply_texts(tokenizer, replies)
     return Rollouts(prompts, prompt_ids, replies, logps, finished, texts, k, device)
 
 
