@@ -115,17 +115,22 @@ def gold_judge(config=None, **overrides) -> tuple[Path, dict[str, float]]:
 def generate(config=None, **overrides) -> list[dict[str, Any]]:
     """``distalign generate``: ``num_generations`` replies per prompt, as rows of ``prompt``,
     ``reply``, ``finished``, ``tokens``; also written as JSONL to ``output_file`` when set."""
+    from distalign.data.load import LoadReport
     from distalign.data.prompts import load_prompts
     from distalign.models.generate import sample_replies, sampling_of
     from distalign.models.load import load_policy
+    from distalign.models.templates import fit_to_transcripts
 
     cfg = _config(GenerateConfig, config, overrides)
     prompts = [[{"role": "user", "content": p}] for p in cfg.prompts]
+    report = LoadReport(source=str(cfg.dataset_name))
     if cfg.dataset_name:
-        prompts += load_prompts(cfg.dataset_name, cfg.dataset_split)
+        prompts += load_prompts(cfg.dataset_name, cfg.dataset_split, report=report)
     model, tokenizer = load_policy(
-        cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code, **cfg.load_options()
-    )
+        cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code,
+        chat_template=cfg.chat_template_path, **cfg.load_options(),
+    )  # fmt: skip
+    fit_to_transcripts(tokenizer, report.transcripts, cfg.dataset_name)
     out = sample_replies(
         model, tokenizer, prompts, k=cfg.num_generations, config=sampling_of(cfg), progress=True
     )

@@ -44,6 +44,7 @@ from distalign.config import (
 from distalign.data.formats import PreferenceFormatError
 from distalign.data.load import DataSourceError
 from distalign.models.load import ModelNotFoundError
+from distalign.models.templates import RenderingError
 from distalign.printing import console, print_inspection, print_metrics
 from distalign.tracking import quiet_libraries
 
@@ -80,6 +81,7 @@ USER_ERRORS = (
     ModelNotFoundError,
     CheckpointError,
     NonFiniteError,
+    RenderingError,
 )
 
 
@@ -219,7 +221,7 @@ def data_inspect(cfg: DataInspectConfig):
     source = cfg.dataset_name
     result = inspect_source(
         source,
-        load_tokenizer(cfg.model_name_or_path),
+        load_tokenizer(cfg.model_name_or_path, chat_template=cfg.chat_template_path),
         cfg.dataset_split,
         cfg.format,
         cfg.skip_bad_rows,

@@ -33,6 +33,9 @@ class GenerateConfig(SamplingConfig, PlacementConfig):
     """Replies per prompt."""
     output_file: str | None = None
     """Write replies as JSONL here (and the resolved config beside it); print when unset."""
+    chat_template_path: str | None = None
+    """A chat template for a model without one, or instead of its own: a Jinja file, a
+    tokenizer whose template to take, or a built-in rendering (plain | hh), as in rl train."""
     trust_remote_code: bool = False
     """Allow model code from the hub (off: only code shipped with transformers runs)."""
 
@@ -67,6 +70,9 @@ class DataInspectConfig:
     """Skip malformed rows (counted) instead of stopping at the first."""
     model_name_or_path: str = DEFAULT_MODEL
     """Tokenizer used for the token-length percentiles."""
+    chat_template_path: str | None = None
+    """A chat template for a model without one, or instead of its own: a Jinja file, a
+    tokenizer whose template to take, or a built-in rendering (plain | hh), as in rl train."""
     dataset_config: str | None = None
     """Config (subset) of a hub dataset, as datasets.load_dataset's name."""
     dataset_revision: str | None = None

@@ -41,7 +41,7 @@ def print_inspection(result, source: str, model: str) -> None:
             table.add_row(name, *(str(pct[p]) for p in PERCENTILES))
         console.print(table)
         first = "first prompt" if result.prompt_only else "first pair, chosen reply,"
-        console.rule(f"{first} through the chat template")
+        console.rule(f"{first} as the model reads it")
         console.print(result.example, markup=False, highlight=False)
     if result.metadata:
         print_metadata(result.metadata, result.metadata_path)

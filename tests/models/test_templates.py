@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from typer.testing import CliRunner
 
+from distalign.cli import USER_ERRORS, app
 from distalign.data.load import load_preferences
 from distalign.data.pairs import render_text, tokenize_pair, tokenize_pairs
 from distalign.models.load import load_tokenizer
-from distalign.models.templates import adds_bos, built_in_template, rendering_of
+from distalign.models.templates import RenderingError, adds_bos, built_in_template, rendering_of
 from tests.conftest import write_jsonl
 
 
@@ -99,18 +102,46 @@ def test_hh_transcripts_read_as_written(base_model_dir, tmp_path):
     assert render_text(hh, ds[0]["prompt"]) == HH_REJECTED  # where the policy continues
 
 
-def test_hh_data_with_plain_text_points_to_hh(base_model_dir, plain, tmp_path):
+def test_hh_data_turn_a_default_plain_rendering_into_hh(base_model_dir, tmp_path):
+    """TRL trains a base model on HH's raw transcripts: a tokenizer without a template takes
+    their own text; plain text asked for by name is refused, in one line on the command line."""
     from distalign.data.inspect import inspect_source
 
     source = str(write_jsonl(tmp_path / "hh.jsonl", [HH_ROW]))
-    with pytest.raises(ValueError, match="chat_template_path: hh"):
-        inspect_source(source, plain)
-    assert inspect_source(source, load_tokenizer(str(base_model_dir), chat_template="hh")).example
+    tokenizer = load_tokenizer(str(base_model_dir))
+    assert inspect_source(source, tokenizer).example == HH_CHOSEN + tokenizer.eos_token
+    assert rendering_of(tokenizer) == "hh"
+    with pytest.raises(RenderingError, match="chat_template_path: hh"):
+        inspect_source(source, load_tokenizer(str(base_model_dir), chat_template="plain"))
+    result = CliRunner().invoke(
+        app, ["data", "inspect", source, f"model_name_or_path={base_model_dir}",
+              "chat_template_path=plain"],
+    )  # fmt: skip
+    assert isinstance(result.exception, USER_ERRORS)  # main() says it as one "error:" line
 
 
-def test_a_chat_turn_drops_the_whitespace_that_joined_a_text(smol_tokenizer):
+def test_hh_prompt_strings_read_as_turns_and_a_base_policy_continues_the_transcript(
+    base_model_dir, tmp_path
+):
+    from distalign.api import generate
+    from distalign.data.prompts import load_prompts
+
+    source = str(write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": HH_REJECTED}]))
+    assert load_prompts(source) == [[user("Hi"), bot("Hello!"), user("Sky colour?")]]
+    rows = generate(model_name_or_path=str(base_model_dir), dataset_name=source,
+                    max_completion_length=2, device="cpu")  # fmt: skip
+    assert len(rows) == 1  # three turns: plain text would have refused them
+
+
+def test_a_chat_turn_drops_the_whitespace_that_joined_a_text(smol_tokenizer, plain):
     text = render_text(smol_tokenizer, [user("The sky is")], " blue.")
     assert "<|im_start|>assistant\nblue.<|im_end|>" in text
+    # a sampled reply: plain text keeps the space that joins it to the prompt
+    from distalign.models.generate import reply_texts
+
+    ids = plain(" blue.", add_special_tokens=False)["input_ids"]
+    assert reply_texts(plain, [ids]) == [" blue."]
+    assert reply_texts(smol_tokenizer, [ids]) == ["blue."]
 
 
 def bos_tokenizer() -> PreTrainedTokenizerFast:
@@ -203,3 +234,41 @@ def test_a_decoder_reward_model_without_a_template_reads_plain_text(tmp_path):
     assert ids == tokenizer("cloud river ? stone<|endoftext|>")["input_ids"]
     _, bert = load_sequence_classifier(build_bert_reward_model(tmp_path / "bert"))
     assert bert.chat_template is None
+
+
+def test_a_lora_reward_model_on_a_base_whose_vocabulary_gains_a_pad_token_loads(tmp_path):
+    """A base tokenizer with EOS as its only special token: training adds a pad token past
+    the base's vocabulary, which the loader must grow the embedding for before the model's
+    config names it."""
+    from transformers import LlamaForCausalLM
+
+    from distalign.models.reward_model import load_reward_model, score_replies
+    from distalign.rm.config import RMTrainConfig
+    from distalign.rm.train import run
+    from tests.conftest import tiny_llama_config
+    from tests.rm.test_train import WORDS, make_pairs
+
+    words = [*WORDS, "thanks", "stone", "?"]
+    vocab = {w: i for i, w in enumerate(["<|endoftext|>", *dict.fromkeys(words)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
+    base = tmp_path / "base"
+    config = tiny_llama_config(len(vocab), bos_token_id=0, eos_token_id=0, pad_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    data = tmp_path / "pairs"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_pairs(8, 0))
+    write_jsonl(data / "test.jsonl", make_pairs(4, 1))
+    run(RMTrainConfig(
+        model_name_or_path=str(base), dataset_name=str(data), use_peft=True, max_steps=1,
+        max_length=64, report_to="none", output_dir=str(tmp_path / "rm"),
+    ))  # fmt: skip
+    model, loaded, _ = load_reward_model(tmp_path / "rm" / "final")
+    assert loaded.pad_token_id == len(vocab)  # added: the base has no other special token
+    prompts = [[user("stone ?")]] * 2
+    scores = score_replies(model, loaded, prompts, [" thanks", " stone stone stone"])
+    assert torch.isfinite(scores).all()

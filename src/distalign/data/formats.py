@@ -253,7 +253,7 @@ def split_hh(chosen: Any, rejected: Any, where: str) -> tuple[list[dict[str, str
     return prompt, chosen[start:].strip(), rejected[start:].strip()
 
 
-def _hh_prompt(text: str) -> list[dict[str, str]] | None:
+def hh_prompt(text: str) -> list[dict[str, str]] | None:
     """Turns of a prompt column that is an HH transcript ending in the assistant marker."""
     first = _HH_TURN.search(text)
     if first is None or text[: first.start()].strip():
@@ -263,6 +263,13 @@ def _hh_prompt(text: str) -> list[dict[str, str]] | None:
         return None
     turns = _hh_turns(body[: -len("\n\nAssistant:")])
     return turns if turns and turns[-1]["role"] == "user" else None
+
+
+def is_transcript(row: Mapping[str, Any], fmt: str) -> bool:
+    """Whether a row's text is an Anthropic HH transcript (parsed into turns here): an ``hh``
+    row, or a prompt column that is one (Dahoas/rm-static, HH prompt-only sets)."""
+    prompt = row.get("prompt")
+    return fmt == "hh" or (isinstance(prompt, str) and hh_prompt(prompt) is not None)
 
 
 def _reply(messages: list[dict[str, str]], where: str, field: str) -> str:
@@ -332,7 +339,7 @@ def _explicit(row, where):
     if row.get("prompt") is None:
         raise PreferenceFormatError(where, "prompt", "missing")
     value = row["prompt"]
-    hh = _hh_prompt(value) if isinstance(value, str) else None
+    hh = hh_prompt(value) if isinstance(value, str) else None
     if hh is not None:
         prompt, chosen, rejected = _with_replies(row, hh, where, prompt_is_text=False)
         return prompt, chosen.lstrip(" "), rejected.lstrip(" ")  # the space after "Assistant:"

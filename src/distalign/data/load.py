@@ -36,6 +36,7 @@ from distalign.data.formats import (
     FORMATS,
     PreferenceFormatError,
     detect_format,
+    is_transcript,
     normalise_row,
     parse_messages,
     repeats_prompt,
@@ -140,6 +141,7 @@ class LoadReport:
     empty_prompts: int = 0  # pairs kept whose prompt is one empty user turn (two texts that
     # share no beginning, TRL's standard implicit prompt)
     replies_set_aside: int = 0  # prompt-only: conversations whose closing reply was not kept
+    transcripts: int = 0  # rows whose text is an Anthropic HH transcript, parsed into turns
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # first few full error messages
 
@@ -313,6 +315,7 @@ def load_preferences(
                 continue
         report.empty_replies += (not row["chosen"].strip()) + (not row["rejected"].strip())
         report.empty_prompts += all(not m["content"].strip() for m in row["prompt"])
+        report.transcripts += is_transcript(raw, fmt)
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break

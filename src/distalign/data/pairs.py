@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from distalign.models.templates import rendering_of, reply_text
+from distalign.models.templates import RenderingError, rendering_of, reply_text
 
 
 def render_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
@@ -41,26 +41,15 @@ def render_text(tokenizer, messages: list[dict[str, str]], reply: str | None = N
     return _render(tokenizer, conversation, tokenize=False)
 
 
-def check_rendering(tokenizer, fmt: str, source) -> None:
-    """Refuse Anthropic HH transcripts rendered as plain text: their Human/Assistant turns
-    would be lost (single-turn rows would read as "question" + "answer")."""
-    if fmt == "hh" and rendering_of(tokenizer) == "plain":
-        raise ValueError(
-            f"{source}: Anthropic HH transcripts and a tokenizer without a chat template: give "
-            "chat_template_path: hh (the transcript's own text, as TRL trains a base model on "
-            "it) or a chat template"
-        )
-
-
 def _render(tokenizer, messages: list[dict[str, str]], tokenize: bool, **kwargs) -> Any:
     """``apply_chat_template`` -> text or a list of ids; a template's refusal (``raise_exception``
-    in the template) as a ValueError with its message."""
+    in the template) as a RenderingError with its message."""
     from jinja2.exceptions import TemplateError
 
     try:
         out = tokenizer.apply_chat_template(messages, tokenize=tokenize, **kwargs)
     except TemplateError as e:
-        raise ValueError(f"chat template: {e}") from None
+        raise RenderingError(f"chat template: {e}") from None
     if not tokenize:
         return out
     # apply_chat_template returns a list, or a BatchEncoding in newer transformers.
@@ -93,7 +82,7 @@ def render_pair_ids(
     n = len(prompt)
     if any(full[:n] != prompt for full in fulls):
         if rendering_of(tokenizer) != "plain":
-            raise ValueError(
+            raise RenderingError(
                 "the chat template does not render the prompt as a prefix of prompt + reply; "
                 "distalign needs that to score replies"
             )
@@ -177,8 +166,8 @@ def tokenize_pairs(
                 tokenizer, row["prompt"], row["chosen"], row["rejected"], max_length,
                 max_prompt_length,
             )  # fmt: skip
-        except ValueError as e:
-            raise ValueError(f"row {row.get('source_row', '?')}: {e}") from None
+        except RenderingError as e:
+            raise RenderingError(f"row {row.get('source_row', '?')}: {e}") from None
         out["length"] = len(out["prompt_ids"]) + max(
             len(out["chosen_ids"]), len(out["rejected_ids"])
         )

@@ -25,6 +25,8 @@ from typing import Any
 
 from distalign.data.formats import (
     PreferenceFormatError,
+    hh_prompt,
+    is_transcript,
     parse_messages,
     sharegpt_column,
     sharegpt_prompt,
@@ -87,15 +89,18 @@ def prompt_of(row: Any, where: str) -> tuple[Chat, bool]:
     """The prompt of one prompt-only row, and whether a closing reply was set aside. Raises
     PreferenceFormatError naming the field.
 
-    TRL's ``prompt`` column must end with the user (or a tool); a ShareGPT conversation may
-    also end with the assistant's reply, which is set aside (``without_closing_reply``)."""
+    TRL's ``prompt`` column must end with the user (or a tool); a string that is an Anthropic
+    HH transcript ending in ``"\n\nAssistant:"`` is read as its turns. A ShareGPT conversation
+    may also end with the assistant's reply, which is set aside (``without_closing_reply``)."""
     set_aside = False
     if not isinstance(row, dict):
         raise PreferenceFormatError(where, None, f"expected an object, got {type(row).__name__}")
     if "prompt" in row or sharegpt_column(row) is None:
         if row.get("prompt") is None:
             raise PreferenceFormatError(where, "prompt", "missing")
-        prompt = parse_messages(row["prompt"], where, "prompt")
+        value = row["prompt"]
+        hh = hh_prompt(value) if isinstance(value, str) else None
+        prompt = hh if hh is not None else parse_messages(value, where, "prompt")
         field = "prompt"
     else:
         field = sharegpt_column(row)
@@ -169,6 +174,7 @@ def load_prompts(
                 raise row
             prompt, set_aside = prompt_of(row, where)
             report.replies_set_aside += set_aside
+            report.transcripts += is_transcript(row, "prompt-only")
             field = "prompt" if "prompt" in row else sharegpt_column(row)
             text = row[field] if isinstance(row.get(field), str) else None
             prompts.append(PromptRow(prompt, {k: v for k, v in row.items() if k != field}, text))

@@ -27,6 +27,10 @@ class CompareConfig(SamplingConfig, PlacementConfig):
 
     sft: str = "smollm2-135m-instruct"
     """The SFT policy everything is compared with."""
+    chat_template_path: str | None = None
+    """A chat template for every policy, instead of its own: a Jinja file, a tokenizer whose
+    template to take, or a built-in rendering (plain | hh), as in rl train. A policy without a
+    template renders plain text."""
     policies: list[str] = field(default_factory=list)
     """NAME=DIR of each aligned policy (full model or LoRA adapter folder)."""
     rewards: list[str] = field(default_factory=list)

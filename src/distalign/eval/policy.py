@@ -145,7 +145,9 @@ def measure_policy(name_or_dir: str, prompts, rewards, cfg: CompareConfig, sft=N
     judge), score and (given ``sft``, the SFT model and tokenizer) measure KL to SFT. Returns
     (Measured, model, tokenizer)."""
     k, load = cfg.num_generations, cfg.load_options()
-    model, tokenizer, samples = sample_policy(name_or_dir, prompts, sampling_of(cfg), k, **load)
+    model, tokenizer, samples = sample_policy(
+        name_or_dir, prompts, sampling_of(cfg), k, chat_template=cfg.chat_template_path, **load
+    )
     model.eval()
     per_reply = [p for p in prompts for _ in range(k)]  # the prompt of each reply
     judged = judge_replies(judge, per_reply, samples.texts, load["device"])

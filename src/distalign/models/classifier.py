@@ -116,7 +116,7 @@ def _with_pad(model, tokenizer, folder):
     if tokenizer.chat_template is None and tokenizer.eos_token is not None:
         core = tokenizer("a", add_special_tokens=False)["input_ids"]
         if not _special_tokens(tokenizer, "a", core)[1]:  # nothing after the text: no [SEP]
-            tokenizer.chat_template = built_in_template("plain", tokenizer)
+            tokenizer.chat_template = built_in_template("plain", tokenizer, default=True)
     return model
 
 

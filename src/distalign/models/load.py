@@ -39,7 +39,7 @@ from transformers import (
 )
 
 from distalign.hub import in_cache, offline_if_unreachable
-from distalign.models.templates import BUILT_IN, built_in_template
+from distalign.models.templates import BUILT_IN, RenderingError, built_in_template
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def resolve_model(name: str = DEFAULT_MODEL) -> str:
     if path.exists():
         if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise ModelNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
-        return str(path)
+        return str(path.resolve())  # absolute: a LoRA adapter records its base by this name
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelNotFoundError(f"model folder {name!r} does not exist")
     why = offline_if_unreachable()  # a hub id: from_pretrained reports what else goes wrong
@@ -297,12 +297,12 @@ def read_chat_template(source: str, trust_remote_code: bool = False) -> str:
         try:
             return path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"chat template {path}: not UTF-8 text ({e.reason})") from None
+            raise RenderingError(f"chat template {path}: not UTF-8 text ({e.reason})") from None
     template = AutoTokenizer.from_pretrained(
         _tokenizer_source(source), trust_remote_code=trust_remote_code
     ).chat_template
     if not template:
-        raise ValueError(f"chat template {source}: that tokenizer has no chat template")
+        raise RenderingError(f"chat template {source}: that tokenizer has no chat template")
     return template
 
 
@@ -345,7 +345,7 @@ def load_tokenizer(
             "as TRL renders standard data (chat_template_path: hh for Anthropic HH "
             "transcripts, or a Jinja file or tokenizer for conversations)", name,
         )  # fmt: skip
-        tokenizer.chat_template = built_in_template("plain", tokenizer)
+        tokenizer.chat_template = built_in_template("plain", tokenizer, default=True)
     return tokenizer
 
 

@@ -64,7 +64,10 @@ def distinct_pad_token(tokenizer) -> str:
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], tokenize=False
     )
-    for candidate in (tokenizer.unk_token, "<|endoftext|>", "<|finetune_right_pad_id|>"):
+    named = (tokenizer.unk_token, "<|endoftext|>", "<|finetune_right_pad_id|>")
+    # then any special token of the vocabulary (a base model's unused chat markers): adding a
+    # token would grow the embedding past what the base model's own loaders expect
+    for candidate in (*named, *tokenizer.all_special_tokens):
         if (
             candidate
             and candidate != tokenizer.eos_token
@@ -323,14 +326,14 @@ def load_reward_model(
             num_labels=head_outputs(
                 meta["head"], meta.get("n_bins", 10), meta.get("n_components", 2)
             ),
-            pad_token_id=tokenizer.pad_token_id,
             # a base that is itself a reward model may have another head size (a mixture
             # warm-started from a scalar one); the adapter's head replaces it either way
             ignore_mismatched_sizes=True,
             **kwargs,
         )
         if len(tokenizer) > base.get_input_embeddings().num_embeddings:
-            base.resize_token_embeddings(len(tokenizer))
+            base.resize_token_embeddings(len(tokenizer))  # the pad token training added
+        base.config.pad_token_id = tokenizer.pad_token_id  # after: an embedding checks it
         model = PeftModel.from_pretrained(base, path)
     else:
         model = _from_pretrained(AutoModelForSequenceClassification, path, **kwargs)

@@ -24,7 +24,18 @@ Replies keep their text as given. A chat template's reply is a turn of its own, 
 
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger(__name__)
+
+
+class RenderingError(ValueError):
+    """Text the model's rendering cannot take, or a rendering that cannot be had: the user's
+    to fix (said in one line by the command line)."""
+
+
 MARK = "{#- distalign:"  # first line of every template made here: "{#- distalign:<name> -#}"
+DEFAULT = "(no template of its own)"  # after the name: given by default, not asked for
 
 _SINGLE_TURN = (
     "{%- if messages | length == 0 or messages | length > 2 or messages[0]['role'] != 'user' "
@@ -72,18 +83,42 @@ def adds_bos(tokenizer) -> bool:
     return full[:1] == [bos] and full[1 : 1 + len(plain)] == plain
 
 
-def built_in_template(name: str, tokenizer) -> str:
+def built_in_template(name: str, tokenizer, default: bool = False) -> str:
     """The template ``name`` ("plain" or "hh") for ``tokenizer``: with its BOS in front where
-    the tokenizer adds one to a text."""
+    the tokenizer adds one to a text. ``default``: marks a rendering given to a tokenizer
+    without a template (not asked for), which data of HH transcripts turn into ``hh``."""
     if name not in BUILT_IN:
-        raise ValueError(f"no built-in rendering {name!r}; there are {sorted(BUILT_IN)}")
+        raise RenderingError(f"no built-in rendering {name!r}; there are {sorted(BUILT_IN)}")
     if tokenizer.eos_token is None:
-        raise ValueError(
+        raise RenderingError(
             f"the {name} rendering ends a reply with the tokenizer's EOS, and this tokenizer has "
             "none: give chat_template_path a Jinja template that ends replies its own way"
         )
     bos = "{{- bos_token -}}" if adds_bos(tokenizer) else ""
-    return BUILT_IN[name].replace("{BOS}", bos)
+    template = BUILT_IN[name].replace("{BOS}", bos)
+    if default:
+        template = template.replace(f"{MARK}{name} ", f"{MARK}{name} {DEFAULT} ", 1)
+    return template
+
+
+def fit_to_transcripts(tokenizer, transcripts: int, source) -> None:
+    """Give a tokenizer that renders plain text by default the ``hh`` rendering when its data
+    are Anthropic HH transcripts (``transcripts`` rows of them): that is their own text, which
+    TRL trains a base model on, where plain text would lose their turns. A plain rendering
+    asked for by name is refused for such data."""
+    if not transcripts or rendering_of(tokenizer) != "plain":
+        return
+    if DEFAULT not in tokenizer.chat_template.split("\n", 1)[0]:
+        raise RenderingError(
+            f"{source}: Anthropic HH transcripts rendered as plain text would lose their turns: "
+            "give chat_template_path: hh (the transcript's own text) or a chat template"
+        )
+    log.info(
+        "%s: Anthropic HH transcripts and a tokenizer without a chat template: rendered as "
+        "written, \\n\\nHuman: ...\\n\\nAssistant: ... (chat_template_path: hh)",
+        source,
+    )
+    tokenizer.chat_template = built_in_template("hh", tokenizer, default=True)
 
 
 def rendering_of(tokenizer) -> str | None:

@@ -45,7 +45,7 @@ from distalign.config import (
     config_warning,
     frozen_dtype,
 )
-from distalign.data.load import warn_if_evaluating_on_training_data
+from distalign.data.load import LoadReport, warn_if_evaluating_on_training_data
 from distalign.data.prompts import load_prompts
 from distalign.distributed import (
     full_parameters,
@@ -70,6 +70,7 @@ from distalign.losses import (
 from distalign.models.load import load_policy
 from distalign.models.lora import add_lora
 from distalign.models.options import disable_dropout
+from distalign.models.templates import fit_to_transcripts
 from distalign.optim import adamw
 from distalign.rl.config import POOLED_BASELINES, RLTrainConfig
 from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors
@@ -220,16 +221,22 @@ def load_rewards(cfg: RLTrainConfig, device, dtype: str = "float32"):
     return reward
 
 
-def prompt_sets(cfg: RLTrainConfig, accelerator) -> tuple[list, list]:
+def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer) -> tuple[list, list]:
     """This process's share of the training prompts, and the first held-out prompts (the
-    config name and revision apply to the held-out set when it is the same hub data set)."""
+    config name and revision apply to the held-out set when it is the same hub data set).
+    A policy without a chat template renders HH transcripts as written."""
     hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
-    train = load_prompts(cfg.dataset_name, cfg.dataset_train_split, **hub)
+    report = LoadReport(source=str(cfg.dataset_name))
+    train = load_prompts(cfg.dataset_name, cfg.dataset_train_split, **hub, report=report)
     if accelerator.is_main_process:
         warn_if_evaluating_on_training_data(cfg)
     same = cfg.eval_dataset_name is None or cfg.eval_dataset_name == cfg.dataset_name
     source = cfg.eval_dataset_name or cfg.dataset_name
-    held_out = load_prompts(source, cfg.dataset_test_split, **(hub if same else {}))
+    held_out_report = LoadReport(source=str(source))
+    held_out = load_prompts(
+        source, cfg.dataset_test_split, **(hub if same else {}), report=held_out_report
+    )
+    fit_to_transcripts(tokenizer, report.transcripts + held_out_report.transcripts, source)
     return share_prompts(train, accelerator), held_out[: cfg.max_eval_samples]
 
 
@@ -484,7 +491,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     # first: the cheap failure (a bad path); frozen reward models in the run's precision
     reward = load_rewards(cfg, accelerator.device, frozen_dtype(accelerator.mixed_precision))
     policy, tokenizer, ref_model = build_policy(cfg, accelerator)
-    train_prompts, eval_prompts = prompt_sets(cfg, accelerator)
+    train_prompts, eval_prompts = prompt_sets(cfg, accelerator, tokenizer)
     optimizer, scheduler = optimizer_and_schedule(policy, cfg, is_sharded(accelerator))
     cadence = Cadence.of(cfg, cfg.max_steps)
     # the teacher-forced pass as one module's forward, so DDP's gradient hooks and autocast

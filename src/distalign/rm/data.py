@@ -17,13 +17,13 @@ from distalign.data.load import LoadReport, iter_source_rows, load_preferences
 from distalign.data.pairs import (
     PairCollator,
     SharedPrefixCollator,
-    check_rendering,
     length_grouped_batches,
     off_prompt_pairs,
     prompt_grouped_batches,
     tokenize_pairs,
     truncate_pair,
 )
+from distalign.models.templates import fit_to_transcripts
 from distalign.rm.config import RMTrainConfig
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int,
         report=report,
         **hub,
     )
-    check_rendering(tokenizer, report.format, source)
+    fit_to_transcripts(tokenizer, report.transcripts, source)
     pairs = tokenize_pairs(
         ds, tokenizer, cfg.max_length, cfg.max_prompt_length, num_proc=cfg.dataset_num_proc
     )
