@@ -184,3 +184,12 @@ def test_embedded_smollm2_converts_once_loads_fast_and_answers():
     )
     assert "Paris" in out.texts[0]
     assert load_tokenizer("smollm2-135m-instruct").chat_template == tokenizer.chat_template
+
+
+def test_a_local_folder_resolves_to_its_absolute_path(tiny_model_dir, monkeypatch):
+    """A LoRA adapter records its base by the name the model was loaded with: a relative
+    folder would load only from where training ran."""
+    from distalign.models.load import resolve_model
+
+    monkeypatch.chdir(tiny_model_dir.parent)
+    assert resolve_model(tiny_model_dir.name) == str(tiny_model_dir.resolve())

@@ -272,3 +272,32 @@ def test_a_lora_reward_model_on_a_base_whose_vocabulary_gains_a_pad_token_loads(
     prompts = [[user("stone ?")]] * 2
     scores = score_replies(model, loaded, prompts, [" thanks", " stone stone stone"])
     assert torch.isfinite(scores).all()
+
+
+def test_rl_on_hh_prompts_renders_them_as_written_for_a_base_policy_and_reward_model(
+    base_model_dir, tmp_path
+):
+    """HH prompt strings, a base policy and a TRL reward model without a template: both read
+    the transcript (multi-turn, which plain text would refuse)."""
+    from distalign.rl.config import RLTrainConfig
+    from distalign.rl.train import run
+    from tests.rl.test_rewards import build_gpt2_reward_model
+
+    rm = build_gpt2_reward_model(tmp_path / "rm")
+    saved = AutoTokenizer.from_pretrained(rm)
+    saved.chat_template = None
+    (rm / "chat_template.jinja").unlink(missing_ok=True)
+    saved.save_pretrained(rm)
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    for split in ("train", "test"):
+        write_jsonl(prompts / f"{split}.jsonl", [{"prompt": HH_REJECTED}] * 2)
+    run(RLTrainConfig(
+        model_name_or_path=str(base_model_dir), reward=str(rm), dataset_name=str(prompts),
+        max_steps=1, num_generations=2, per_device_train_batch_size=4,
+        gradient_accumulation_steps=1, max_completion_length=3, max_eval_samples=1,
+        use_peft=False, eval_steps=0, save_steps=0, report_to="none",
+        output_dir=str(tmp_path / "rl"),
+    ))  # fmt: skip
+    policy = AutoTokenizer.from_pretrained(tmp_path / "rl" / "final")
+    assert rendering_of(policy) == "hh"

@@ -221,10 +221,10 @@ def load_rewards(cfg: RLTrainConfig, device, dtype: str = "float32"):
     return reward
 
 
-def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer) -> tuple[list, list]:
+def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[list, list]:
     """This process's share of the training prompts, and the first held-out prompts (the
     config name and revision apply to the held-out set when it is the same hub data set).
-    A policy without a chat template renders HH transcripts as written."""
+    A policy or reward model without a chat template renders HH transcripts as written."""
     hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
     report = LoadReport(source=str(cfg.dataset_name))
     train = load_prompts(cfg.dataset_name, cfg.dataset_train_split, **hub, report=report)
@@ -236,7 +236,9 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer) -> tuple[list, list]
     held_out = load_prompts(
         source, cfg.dataset_test_split, **(hub if same else {}), report=held_out_report
     )
-    fit_to_transcripts(tokenizer, report.transcripts + held_out_report.transcripts, source)
+    sources = getattr(reward, "sources", [reward])
+    for reader in [tokenizer, *(s.tokenizer for s in sources if hasattr(s, "tokenizer"))]:
+        fit_to_transcripts(reader, report.transcripts + held_out_report.transcripts, source)
     return share_prompts(train, accelerator), held_out[: cfg.max_eval_samples]
 
 
@@ -491,7 +493,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     # first: the cheap failure (a bad path); frozen reward models in the run's precision
     reward = load_rewards(cfg, accelerator.device, frozen_dtype(accelerator.mixed_precision))
     policy, tokenizer, ref_model = build_policy(cfg, accelerator)
-    train_prompts, eval_prompts = prompt_sets(cfg, accelerator, tokenizer)
+    train_prompts, eval_prompts = prompt_sets(cfg, accelerator, tokenizer, reward)
     optimizer, scheduler = optimizer_and_schedule(policy, cfg, is_sharded(accelerator))
     cadence = Cadence.of(cfg, cfg.max_steps)
     # the teacher-forced pass as one module's forward, so DDP's gradient hooks and autocast
