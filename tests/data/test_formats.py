@@ -294,19 +294,19 @@ def test_two_texts_split_at_the_end_of_their_shared_words(tmp_path):
     ]
     assert detect_format(rows[0]) == "implicit"
     ds, report = load(tmp_path, rows)
-    # the replies keep the whitespace that joins them: prompt + reply is the text again
-    assert ds[0]["prompt"] == [user("The sky is")]
-    assert (ds[0]["chosen"], ds[0]["rejected"]) == (" blue.", " green.")
+    # the whitespace both share after the prompt stays with it: prompt + reply is the text
+    assert ds[0]["prompt"] == [user("The sky is ")]
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("blue.", "green.")
     assert ds[1]["prompt"] == [user("")]
     assert (ds[1]["chosen"], ds[1]["rejected"]) == ("Paris is the capital.", "Rome is the capital.")
     assert ds[2]["prompt"] == [user("Say yes")] and (ds[2]["chosen"], ds[2]["rejected"]) == (
         " please",
         "",
     )
-    assert ds[3]["prompt"] == [user("The answer is")]
-    assert (ds[3]["chosen"], ds[3]["rejected"]) == (" 12.", " 15.")
-    assert [ds[i]["prompt"] for i in (4, 5)] == [[user("I think")], [user("I like")]]
-    assert (ds[4]["chosen"], ds[4]["rejected"], ds[5]["rejected"]) == (" 12", " 123", " cats")
+    assert ds[3]["prompt"] == [user("The answer is ")]
+    assert (ds[3]["chosen"], ds[3]["rejected"]) == ("12.", "15.")
+    assert [ds[i]["prompt"] for i in (4, 5)] == [[user("I think ")], [user("I like ")]]
+    assert (ds[4]["chosen"], ds[4]["rejected"], ds[5]["rejected"]) == ("12", "123", "cats")
     for row, source in zip(ds, rows, strict=True):
         assert row["prompt"][0]["content"] + row["chosen"] == source["chosen"]
         assert row["prompt"][0]["content"] + row["rejected"] == source["rejected"]

@@ -133,8 +133,18 @@ def test_hh_prompt_strings_read_as_turns_and_a_base_policy_continues_the_transcr
     assert len(rows) == 1  # three turns: plain text would have refused them
 
 
-def test_a_chat_turn_drops_the_whitespace_that_joined_a_text(smol_tokenizer, plain):
-    text = render_text(smol_tokenizer, [user("The sky is")], " blue.")
+def test_a_chat_template_renders_a_reply_as_written(smol_tokenizer, plain, tmp_path):
+    """Conversational data as TRL renders it, leading whitespace and all; two texts that share
+    a beginning give the prompt the space after it, so the reply turn starts at its word."""
+    prompt, reply = [user("Show code.")], "\n```py\nx = 1\n```"
+    pair = tokenize_pair(smol_tokenizer, prompt, reply, " A.", max_length=256)
+    for field, text in (("chosen", reply), ("rejected", " A.")):
+        expected = smol_tokenizer.apply_chat_template([*prompt, bot(text)], tokenize=True)
+        expected = expected["input_ids"] if hasattr(expected, "keys") else expected
+        assert whole(pair, field) == list(expected)
+    rows = [{"chosen": "The sky is blue.", "rejected": "The sky is green."}]
+    ds = load_preferences(str(write_jsonl(tmp_path / "pairs.jsonl", rows)))
+    text = render_text(smol_tokenizer, ds[0]["prompt"], ds[0]["chosen"])
     assert "<|im_start|>assistant\nblue.<|im_end|>" in text
     # a sampled reply: plain text keeps the space that joins it to the prompt
     from distalign.models.generate import reply_texts
@@ -145,10 +155,11 @@ def test_a_chat_turn_drops_the_whitespace_that_joined_a_text(smol_tokenizer, pla
 
 
 def bos_tokenizer() -> PreTrainedTokenizerFast:
-    """A Llama-like word tokenizer that puts <s> before every text by itself."""
-    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "The", "sky", "is", "blue", "."])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    """A Llama-like tokenizer (SentencePiece's "▁" on the first word only, as transformers'
+    non-legacy Llama tokenizer) that puts <s> before every text by itself."""
+    words = ["<unk>", "<s>", "</s>", "▁The", "The", "▁sky", "▁is", "▁blue.", "blue.", "▁."]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
@@ -161,7 +172,8 @@ def test_the_bos_a_tokenizer_adds_by_itself_starts_the_text(plain):
     tokenizer.chat_template = built_in_template("plain", tokenizer)
     pair = tokenize_pair(tokenizer, [user("The sky is")], " blue.", " .", max_length=16)
     assert whole(pair, "chosen") == trl_ids(tokenizer, "The sky is blue.")
-    assert whole(pair, "chosen")[0] == tokenizer.bos_token_id
+    tokens = tokenizer.convert_ids_to_tokens(whole(pair, "chosen"))
+    assert tokens[:3] == ["<s>", "▁The", "▁sky"]  # not "The": the BOS is an id, not text
 
 
 def test_a_reward_model_saves_its_rendering(base_model_dir, tmp_path):
@@ -301,3 +313,31 @@ def test_rl_on_hh_prompts_renders_them_as_written_for_a_base_policy_and_reward_m
     ))  # fmt: skip
     policy = AutoTokenizer.from_pretrained(tmp_path / "rl" / "final")
     assert rendering_of(policy) == "hh"
+
+
+def test_eval_compare_reads_hh_prompts_as_written_for_a_base_model(base_model_dir, tmp_path):
+    from distalign.eval.config import CompareConfig
+    from distalign.eval.policy import run_compare
+    from tests.eval.test_compare import JUDGE
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": HH_REJECTED, "bonus": 0}] * 2)
+    cfg = CompareConfig(
+        sft=str(base_model_dir), dataset_name=str(prompts), judge=JUDGE, bootstrap=20,
+        max_completion_length=2, output_dir=str(tmp_path / "cmp"),
+    )  # fmt: skip
+    assert run_compare(cfg)["policies"]["sft"]["judge_win_rate"] == 0.5  # three turns: no refusal
+
+
+def test_a_trained_model_keeps_plain_text_and_refuses_hh_data(base_model_dir, tmp_path):
+    """Only a rendering given for want of a template turns into hh: a model trained and
+    saved with plain text keeps it, and says what to do with HH data."""
+    from distalign.models.templates import fit_to_transcripts
+
+    load_tokenizer(str(base_model_dir)).save_pretrained(tmp_path / "trained")
+    saved = AutoTokenizer.from_pretrained(tmp_path / "trained")
+    assert rendering_of(saved) == "plain"
+    with pytest.raises(RenderingError, match="chat_template_path: hh"):
+        fit_to_transcripts(saved, 3, "hh.jsonl")
+    fresh = load_tokenizer(str(base_model_dir))
+    fit_to_transcripts(fresh, 3, "hh.jsonl")
+    assert rendering_of(fresh) == "hh"

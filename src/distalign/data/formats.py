@@ -133,11 +133,11 @@ def split_texts(chosen: str, rejected: str) -> tuple[list[dict[str, str]], str, 
     """Prompt and replies of two texts that share their beginning (TRL's standard implicit
     prompt, which TRL's RewardTrainer scores as whole texts): the prompt is their longest
     common prefix cut back to the end of a word that both texts end there, since here the cut
-    is a turn boundary ("The answer is 12." / "The answer is 15." give "The answer is" and
-    "12." / "15."; TRL's ``extract_prompt`` would cut inside "12"), as one user turn; the
-    replies are the rest, from the whitespace that joins them to the prompt (kept, so prompt +
-    reply is the text again; a chat turn drops it when rendered). Texts that share no whole
-    word give an empty user turn (counted by the loader)."""
+    is a turn boundary ("The answer is 12." / "The answer is 15." give "The answer is " and
+    "12." / "15."; TRL's ``extract_prompt`` would cut inside "12"), as one user turn, with the
+    whitespace both texts have after it; the replies are the rest, so prompt + reply is the
+    text again. Texts that share no whole word give an empty user turn (counted by the
+    loader)."""
     cut = common_prefix_length(chosen, rejected)
     if cut == len(chosen) == len(rejected):  # the same text twice: nothing to tell apart
         cut = 0
@@ -147,6 +147,9 @@ def split_texts(chosen: str, rejected: str) -> tuple[list[dict[str, str]], str, 
             cut -= 1
     while cut > 0 and chosen[cut - 1].isspace():
         cut -= 1
+    shortest = min(len(chosen), len(rejected))
+    while 0 < cut < shortest and chosen[cut] == rejected[cut] and chosen[cut].isspace():
+        cut += 1  # the whitespace both have after the last shared word goes with the prompt
     prompt = [{"role": "user", "content": chosen[:cut]}]
     return prompt, chosen[cut:], rejected[cut:]
 

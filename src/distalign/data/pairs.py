@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from distalign.models.templates import RenderingError, rendering_of, reply_text
+from distalign.models.templates import BUILT_IN, RenderingError, bos_ids, rendering_of
 
 
 def render_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
@@ -34,24 +34,28 @@ def render_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
 
 def render_text(tokenizer, messages: list[dict[str, str]], reply: str | None = None) -> str:
     """The text the model reads: the prompt ending with the assistant header, or with
-    ``reply`` the whole conversation (as ``render_reply_ids`` renders it)."""
+    ``reply`` the whole conversation (as ``render_pair_ids`` renders it)."""
     if reply is None:
         return _render(tokenizer, messages, tokenize=False, add_generation_prompt=True)
-    conversation = [*messages, {"role": "assistant", "content": reply_text(tokenizer, reply)}]
+    conversation = [*messages, {"role": "assistant", "content": reply}]
     return _render(tokenizer, conversation, tokenize=False)
 
 
 def _render(tokenizer, messages: list[dict[str, str]], tokenize: bool, **kwargs) -> Any:
     """``apply_chat_template`` -> text or a list of ids; a template's refusal (``raise_exception``
-    in the template) as a RenderingError with its message."""
+    in the template) as a RenderingError with its message. A built-in rendering's text is
+    tokenised as TRL's ``tokenizer(text)`` does (``models.templates.bos_ids``)."""
     from jinja2.exceptions import TemplateError
 
+    built_in = rendering_of(tokenizer) in BUILT_IN
     try:
-        out = tokenizer.apply_chat_template(messages, tokenize=tokenize, **kwargs)
+        out = tokenizer.apply_chat_template(messages, tokenize=tokenize and not built_in, **kwargs)
     except TemplateError as e:
         raise RenderingError(f"chat template: {e}") from None
     if not tokenize:
         return out
+    if built_in:
+        return bos_ids(tokenizer) + tokenizer(out, add_special_tokens=False)["input_ids"]
     # apply_chat_template returns a list, or a BatchEncoding in newer transformers.
     if hasattr(out, "keys") and "input_ids" in out:
         out = out["input_ids"]
@@ -68,20 +72,18 @@ def render_pair_ids(
     (SmolLM2: ``<|im_end|>`` and a line break), so prompt + reply is exactly
     ``apply_chat_template(messages + [reply])``: what TRL's RewardTrainer trains on and what
     a user scoring with transformers feeds the model, so the reward is read at the same token.
-    A chat turn's reply loses its leading whitespace; plain text keeps it
-    (``models.templates.reply_text``). The prompt's ids are its own rendering; in plain text,
-    whose tokens may merge across the join ("The sky is " + "blue." reads " blue"), they are
-    what the whole texts share of it, since TRL tokenises each whole text.
+    The prompt's ids are its own rendering; in a built-in rendering's plain text, whose
+    tokens may merge across the join ("The sky is " + "blue." reads " blue"), they are what
+    the whole texts share of it, since TRL tokenises each whole text.
     """
     prompt = render_prompt_ids(tokenizer, messages)
     fulls = [
-        _render(tokenizer, [*messages, {"role": "assistant", "content": reply_text(tokenizer, r)}],
-                tokenize=True)
+        _render(tokenizer, [*messages, {"role": "assistant", "content": r}], tokenize=True)
         for r in replies
     ]  # fmt: skip
     n = len(prompt)
     if any(full[:n] != prompt for full in fulls):
-        if rendering_of(tokenizer) != "plain":
+        if rendering_of(tokenizer) is None:
             raise RenderingError(
                 "the chat template does not render the prompt as a prefix of prompt + reply; "
                 "distalign needs that to score replies"

@@ -55,13 +55,19 @@ def gold_win_probability(attrs: np.ndarray, attrs_sft: np.ndarray, k: int) -> np
     return preference_probabilities(left, right)[0].reshape(n, k * k).mean(axis=1)
 
 
-def sample_policy(name_or_dir: str, prompts, sampling: SamplingConfig, k: int = 1, **load):
+def sample_policy(
+    name_or_dir: str, prompts, sampling: SamplingConfig, k: int = 1, transcripts: int = 0, **load
+):
     """Replies (texts, token ids, finished) and the prompt ids of one policy; ``load``:
-    ``load_policy``'s device, dtype and attn_implementation."""
+    ``load_policy``'s device, dtype, attn_implementation and chat_template. ``transcripts``:
+    how many prompts were Anthropic HH transcripts (a policy without a chat template reads
+    them as written)."""
     from distalign.models.generate import sample_replies
     from distalign.models.load import load_policy
+    from distalign.models.templates import fit_to_transcripts
 
     model, tokenizer = load_policy(name_or_dir, merge_adapter=True, **load)
+    fit_to_transcripts(tokenizer, transcripts, name_or_dir)
     out = sample_replies(model, tokenizer, prompts, k=k, config=sampling, progress=True)
     return model, tokenizer, out
 
@@ -140,14 +146,17 @@ class Measured:
         }
 
 
-def measure_policy(name_or_dir: str, prompts, rewards, cfg: CompareConfig, sft=None, judge=None):
+def measure_policy(
+    name_or_dir: str, prompts, rewards, cfg: CompareConfig, sft=None, judge=None, transcripts=0
+):
     """Sample a policy ``num_generations`` times per prompt; judge (``judge`` None: the gold
     judge), score and (given ``sft``, the SFT model and tokenizer) measure KL to SFT. Returns
-    (Measured, model, tokenizer)."""
+    (Measured, model, tokenizer). ``transcripts`` as ``sample_policy`` takes it."""
     k, load = cfg.num_generations, cfg.load_options()
     model, tokenizer, samples = sample_policy(
-        name_or_dir, prompts, sampling_of(cfg), k, chat_template=cfg.chat_template_path, **load
-    )
+        name_or_dir, prompts, sampling_of(cfg), k, transcripts,
+        chat_template=cfg.chat_template_path, **load,
+    )  # fmt: skip
     model.eval()
     per_reply = [p for p in prompts for _ in range(k)]  # the prompt of each reply
     judged = judge_replies(judge, per_reply, samples.texts, load["device"])
@@ -302,24 +311,30 @@ def write_replies(path: Path, measured: dict[str, Measured], prompts, k: int) ->
 def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     """Sample, score and compare; writes compare.json, replies.jsonl and the HTML report."""
     from distalign.config import config_dict
+    from distalign.data.load import LoadReport
     from distalign.data.prompts import load_prompts
+    from distalign.models.templates import fit_to_transcripts
     from distalign.rl.rewards import RewardModelSource
 
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     judge, judge_name = load_judge(cfg)  # first: a judge that cannot load stops before sampling
     hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
-    prompts = load_prompts(cfg.dataset_name, cfg.dataset_test_split, **hub)
+    report = LoadReport(source=str(cfg.dataset_name))
+    prompts = load_prompts(cfg.dataset_name, cfg.dataset_test_split, **hub, report=report)
     prompts = prompts[: cfg.max_eval_samples]
-    k = cfg.num_generations
+    k, transcripts = cfg.num_generations, report.transcripts
     load = cfg.load_options()
     rewards = {name: RewardModelSource(d, **load) for name, d in cfg.reward_dirs().items()}
+    for reward in rewards.values():  # one without a chat template reads HH transcripts so
+        if hasattr(reward, "tokenizer"):
+            fit_to_transcripts(reward.tokenizer, transcripts, cfg.dataset_name)
     policy_dirs = cfg.policy_dirs()
 
-    measured_sft, *sft = measure_policy(cfg.sft, prompts, rewards, cfg, judge=judge)
+    measured_sft, *sft = measure_policy(cfg.sft, prompts, rewards, cfg, None, judge, transcripts)
     measured = {"sft": measured_sft}
     for name, d in policy_dirs.items():  # a policy's model is not kept once measured
-        measured[name] = measure_policy(d, prompts, rewards, cfg, sft, judge)[0]
+        measured[name] = measure_policy(d, prompts, rewards, cfg, sft, judge, transcripts)[0]
     results = {n: policy_row(m, measured_sft, k, cfg, judge_name) for n, m in measured.items()}
 
     # points of the over-optimisation curve already measured: SFT, and each compared policy
@@ -331,7 +346,15 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     }
     curves = {
         Path(r).name: overoptimisation_curve(
-            r, prompts, rewards, cfg, sft, measured_sft.curve_point(), by_weights, judge
+            r,
+            prompts,
+            rewards,
+            cfg,
+            sft,
+            measured_sft.curve_point(),
+            by_weights,
+            judge,
+            transcripts,
         )
         for r in cfg.runs
     }
@@ -394,6 +417,7 @@ def overoptimisation_curve(
     sft_point: dict,
     measured: dict[str, dict] | None = None,
     judge=None,
+    transcripts: int = 0,
 ) -> list[dict[str, float]]:
     """Judge reward (``judge`` None: gold), RM reward and KL to SFT for every kept checkpoint
     of an RL run (Gao et al. 2022): reward-model reward keeps rising with KL while the held-out
@@ -406,7 +430,9 @@ def overoptimisation_curve(
         step = int(ckpt.name.split("_")[1])
         known = measured.get(weights_digest(ckpt) or "") if measured else None
         if known is None:
-            checkpoint = measure_policy(str(ckpt), prompts, rewards, cfg, sft, judge)[0]
+            checkpoint = measure_policy(str(ckpt), prompts, rewards, cfg, sft, judge, transcripts)[
+                0
+            ]
             known = checkpoint.curve_point()
         points.append({"step": step, **known})
     return points

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from distalign.models.templates import built_in_template
+from distalign.models.templates import bos_ids, render_plain_by_default, rendering_of
 
 # files a reward model needs from the hub: weights as safetensors only (never a pickle)
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.vocab", "*.jinja", "*.tiktoken"]
@@ -116,7 +116,7 @@ def _with_pad(model, tokenizer, folder):
     if tokenizer.chat_template is None and tokenizer.eos_token is not None:
         core = tokenizer("a", add_special_tokens=False)["input_ids"]
         if not _special_tokens(tokenizer, "a", core)[1]:  # nothing after the text: no [SEP]
-            tokenizer.chat_template = built_in_template("plain", tokenizer, default=True)
+            render_plain_by_default(tokenizer)
     return model
 
 
@@ -189,8 +189,9 @@ def _special_tokens(tokenizer, text: str, core: list[int]) -> tuple[list[int], l
 def encode_conversation(tokenizer, prompt, reply: str, max_length: int) -> list[int]:
     """Token ids of prompt + assistant ``reply``, at most ``max_length``.
 
-    A chat template writes its own special tokens (BOS, turn markers), as in TRL; the plain
-    rendering gets the tokenizer's ([CLS] … [SEP]). A longer conversation is cut as
+    A chat template writes its own special tokens (BOS, turn markers), as in TRL; a built-in
+    plain-text rendering gets the BOS its tokenizer adds, and the ``role: content`` lines of a
+    BERT-style tokenizer its ``[CLS]`` … ``[SEP]``. A longer conversation is cut as
     distalign's own reward models are (``truncate_pair``): the prompt from the left, the reply
     from the right, the prompt keeping at least half; when the rendering of the prompt is not a
     prefix of the conversation's, the last tokens are kept.
@@ -205,6 +206,8 @@ def encode_conversation(tokenizer, prompt, reply: str, max_length: int) -> list[
     head, tail = [], []
     if tokenizer.chat_template is None:
         head, tail = _special_tokens(tokenizer, text, core)
+    elif rendering_of(tokenizer) is not None:  # plain text: tokenizer(text), its BOS included
+        head = bos_ids(tokenizer)
     budget = max_length - len(head) - len(tail)
     if len(core) > budget:
         prompt_ids = ids(prompt, prompt_only=True)[1]

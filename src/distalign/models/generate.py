@@ -304,7 +304,7 @@ def sample_replies(
 
 def reply_texts(tokenizer, replies: list[list[int]]) -> list[str]:
     """Sampled replies as text: a chat turn without the whitespace around it; plain text as it
-    came, since its first space is what joins it to the prompt (TRL scores ``prompt +
-    completion``)."""
+    came, since its first space is what joins it to the prompt (TRL passes completions
+    unstripped too)."""
     texts = [tokenizer.decode(r, skip_special_tokens=True) for r in replies]
     return texts if rendering_of(tokenizer) == "plain" else [t.strip() for t in texts]

@@ -39,7 +39,12 @@ from transformers import (
 )
 
 from distalign.hub import in_cache, offline_if_unreachable
-from distalign.models.templates import BUILT_IN, RenderingError, built_in_template
+from distalign.models.templates import (
+    BUILT_IN,
+    RenderingError,
+    built_in_template,
+    render_plain_by_default,
+)
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +350,7 @@ def load_tokenizer(
             "as TRL renders standard data (chat_template_path: hh for Anthropic HH "
             "transcripts, or a Jinja file or tokenizer for conversations)", name,
         )  # fmt: skip
-        tokenizer.chat_template = built_in_template("plain", tokenizer, default=True)
+        render_plain_by_default(tokenizer)
     return tokenizer
 
 

@@ -61,16 +61,22 @@ def distinct_pad_token(tokenizer) -> str:
     """A pad token different from EOS that chat renderings never contain; added if needed."""
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
         return tokenizer.pad_token
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], tokenize=False
-    )
+    from jinja2.exceptions import TemplateError
+
+    turn = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    try:  # every kind of turn the template writes, where it takes them
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "system", "content": "s"}, *turn, *turn], tokenize=False
+        )
+    except TemplateError:  # plain text: one turn
+        rendered = tokenizer.apply_chat_template(turn, tokenize=False)
     named = (tokenizer.unk_token, "<|endoftext|>", "<|finetune_right_pad_id|>")
-    # then any special token of the vocabulary (a base model's unused chat markers): adding a
-    # token would grow the embedding past what the base model's own loaders expect
+    # then any other special token of the vocabulary (a base model's unused chat markers):
+    # adding a token would grow the embedding past what the base model's own loaders expect
     for candidate in (*named, *tokenizer.all_special_tokens):
         if (
             candidate
-            and candidate != tokenizer.eos_token
+            and candidate not in (tokenizer.eos_token, tokenizer.bos_token)
             and candidate in tokenizer.get_vocab()
             and candidate not in rendered
         ):

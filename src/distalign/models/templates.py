@@ -17,9 +17,8 @@ Either is chosen by name through ``chat_template_path`` and saved with the model
 template, so a saved reward model or policy renders the same way when loaded again, by
 distalign or by ``AutoTokenizer`` + ``apply_chat_template``.
 
-Replies keep their text as given. A chat template's reply is a turn of its own, so
-``reply_text`` drops its leading whitespace there (the space between "The sky is" and
-" blue."); these plain renderings keep it, since it belongs to the text.
+Token ids: ``data.pairs`` tokenises the rendered text as TRL's ``tokenizer(text)`` does, the
+BOS a tokenizer adds by itself included (``bos_ids``); the templates write none.
 """
 
 from __future__ import annotations
@@ -35,7 +34,8 @@ class RenderingError(ValueError):
 
 
 MARK = "{#- distalign:"  # first line of every template made here: "{#- distalign:<name> -#}"
-DEFAULT = "(no template of its own)"  # after the name: given by default, not asked for
+# set on a tokenizer (not saved) whose rendering was given for want of a template, not asked for
+BY_DEFAULT = "_distalign_rendering_by_default"
 
 _SINGLE_TURN = (
     "{%- if messages | length == 0 or messages | length > 2 or messages[0]['role'] != 'user' "
@@ -48,15 +48,14 @@ _SINGLE_TURN = (
 _EOS_AFTER = "{%- if not {reply}.endswith(eos_token) -%}{{- eos_token -}}{%- endif -%}"  # TRL: once
 
 PLAIN = (
-    "{#- distalign:plain -#}\n" + _SINGLE_TURN + "{BOS}"
-    "{{- messages[0]['content'] -}}"
+    "{#- distalign:plain -#}\n" + _SINGLE_TURN + "{{- messages[0]['content'] -}}"
     "{%- if messages | length == 2 -%}{{- messages[1]['content'] -}}"
     + _EOS_AFTER.replace("{reply}", "messages[1]['content']")
     + "{%- endif -%}"
 )
 
 HH = (
-    "{#- distalign:hh -#}\n{BOS}"
+    "{#- distalign:hh -#}\n"
     "{%- for m in messages -%}"
     "{%- if m['role'] == 'user' -%}{{- '\\n\\nHuman: ' + m['content'] -}}"
     "{%- elif m['role'] == 'assistant' -%}"
@@ -83,10 +82,17 @@ def adds_bos(tokenizer) -> bool:
     return full[:1] == [bos] and full[1 : 1 + len(plain)] == plain
 
 
-def built_in_template(name: str, tokenizer, default: bool = False) -> str:
-    """The template ``name`` ("plain" or "hh") for ``tokenizer``: with its BOS in front where
-    the tokenizer adds one to a text. ``default``: marks a rendering given to a tokenizer
-    without a template (not asked for), which data of HH transcripts turn into ``hh``."""
+def bos_ids(tokenizer) -> list[int]:
+    """What a built-in rendering's token ids begin with: the BOS the tokenizer puts before a
+    text by itself, as an id (``data.pairs`` tokenises the rendered text without special
+    tokens and adds it: a ``<s>`` written into the text would make a SentencePiece tokenizer
+    drop the first word's leading "▁")."""
+    return [tokenizer.bos_token_id] if adds_bos(tokenizer) else []
+
+
+def built_in_template(name: str, tokenizer) -> str:
+    """The template ``name`` ("plain" or "hh") for ``tokenizer``. It writes no BOS:
+    ``tokenizer(text)`` of its text is TRL's tokenisation, BOS included."""
     if name not in BUILT_IN:
         raise RenderingError(f"no built-in rendering {name!r}; there are {sorted(BUILT_IN)}")
     if tokenizer.eos_token is None:
@@ -94,31 +100,38 @@ def built_in_template(name: str, tokenizer, default: bool = False) -> str:
             f"the {name} rendering ends a reply with the tokenizer's EOS, and this tokenizer has "
             "none: give chat_template_path a Jinja template that ends replies its own way"
         )
-    bos = "{{- bos_token -}}" if adds_bos(tokenizer) else ""
-    template = BUILT_IN[name].replace("{BOS}", bos)
-    if default:
-        template = template.replace(f"{MARK}{name} ", f"{MARK}{name} {DEFAULT} ", 1)
-    return template
+    return BUILT_IN[name]
+
+
+def render_plain_by_default(tokenizer) -> None:
+    """Give a tokenizer without a chat template the plain rendering, marked (in memory only)
+    as given rather than asked for: HH data may still turn it into ``hh``
+    (``fit_to_transcripts``). A model trained and saved with it keeps plain text."""
+    tokenizer.chat_template = built_in_template("plain", tokenizer)
+    setattr(tokenizer, BY_DEFAULT, True)
 
 
 def fit_to_transcripts(tokenizer, transcripts: int, source) -> None:
     """Give a tokenizer that renders plain text by default the ``hh`` rendering when its data
     are Anthropic HH transcripts (``transcripts`` rows of them): that is their own text, which
     TRL trains a base model on, where plain text would lose their turns. A plain rendering
-    asked for by name is refused for such data."""
+    asked for by name, or saved with a trained model, is refused for such data."""
     if not transcripts or rendering_of(tokenizer) != "plain":
         return
-    if DEFAULT not in tokenizer.chat_template.split("\n", 1)[0]:
+    if not getattr(tokenizer, BY_DEFAULT, False):
         raise RenderingError(
-            f"{source}: Anthropic HH transcripts rendered as plain text would lose their turns: "
-            "give chat_template_path: hh (the transcript's own text) or a chat template"
+            f"{source}: Anthropic HH transcripts and a model that reads plain text (its saved "
+            "rendering, or chat_template_path: plain), which would lose their turns: give it "
+            "chat_template_path: hh (a model without a chat template takes that by itself) "
+            "or a chat template"
         )
     log.info(
         "%s: Anthropic HH transcripts and a tokenizer without a chat template: rendered as "
         "written, \\n\\nHuman: ...\\n\\nAssistant: ... (chat_template_path: hh)",
         source,
     )
-    tokenizer.chat_template = built_in_template("hh", tokenizer, default=True)
+    tokenizer.chat_template = built_in_template("hh", tokenizer)
+    setattr(tokenizer, BY_DEFAULT, False)
 
 
 def rendering_of(tokenizer) -> str | None:
@@ -128,9 +141,3 @@ def rendering_of(tokenizer) -> str | None:
         name = template[len(MARK) :].split(" ", 1)[0]
         return name if name in BUILT_IN else None
     return None
-
-
-def reply_text(tokenizer, reply: str) -> str:
-    """A reply as the tokenizer's rendering takes it: a chat turn without its leading
-    whitespace, which in a text joins it to the prompt; plain text as it is."""
-    return reply if rendering_of(tokenizer) == "plain" else reply.lstrip()
