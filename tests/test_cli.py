@@ -83,7 +83,7 @@ def test_generate_writes_replies_and_config(tiny_model_dir, tmp_path):
     )
     assert result.exit_code == 0, out
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
-    assert len(rows) == 4 and rows[2]["prompt"][-1]["content"] == "Bye"
+    assert len(rows) == 4 and rows[2]["prompt"] == "Bye"  # as given: text
     assert all(r["tokens"] <= 5 for r in rows)
     assert (tmp_path / "replies.config.yaml").is_file()
 

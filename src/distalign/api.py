@@ -119,7 +119,7 @@ def generate(config=None, **overrides) -> list[dict[str, Any]]:
     from distalign.data.prompts import load_prompts
     from distalign.models.generate import sample_replies, sampling_of
     from distalign.models.load import load_policy
-    from distalign.models.templates import fit_to_transcripts
+    from distalign.models.templates import fit_rendering
 
     cfg = _config(GenerateConfig, config, overrides)
     prompts = [[{"role": "user", "content": p}] for p in cfg.prompts]
@@ -130,13 +130,15 @@ def generate(config=None, **overrides) -> list[dict[str, Any]]:
         cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code,
         chat_template=cfg.chat_template_path, **cfg.load_options(),
     )  # fmt: skip
-    fit_to_transcripts(tokenizer, report.transcripts, cfg.dataset_name)
+    fit_rendering(tokenizer, report, cfg.dataset_name, "the policy")
     out = sample_replies(
         model, tokenizer, prompts, k=cfg.num_generations, config=sampling_of(cfg), progress=True
     )
+    # a prompt given as text is written as text (TRL's standard prompt/completion rows)
+    texts = [*cfg.prompts, *(getattr(p, "text", None) for p in prompts[len(cfg.prompts) :])]
     rows = [
         {
-            "prompt": prompts[out.prompt_index(i)],
+            "prompt": texts[out.prompt_index(i)] or prompts[out.prompt_index(i)],
             "reply": text,
             "finished": out.finished[i],
             "tokens": len(out.reply_ids[i]),

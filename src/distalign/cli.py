@@ -198,7 +198,9 @@ def generate(cfg: GenerateConfig):
 
     rows = run_generate(cfg)
     for row in rows:
-        console.rule(f"[bold]{row['prompt'][-1]['content']}")
+        prompt = row["prompt"]
+        text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        console.rule(f"[bold]{escape(text)}")
         console.print(row["reply"], markup=False, highlight=False)
         cut = "" if row["finished"] else ", cut at max_completion_length"
         console.print(f"[dim]({row['tokens']} tokens{cut})")

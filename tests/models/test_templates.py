@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
@@ -102,21 +104,20 @@ def test_hh_transcripts_read_as_written(base_model_dir, tmp_path):
     assert render_text(hh, ds[0]["prompt"]) == HH_REJECTED  # where the policy continues
 
 
-def test_hh_data_turn_a_default_plain_rendering_into_hh(base_model_dir, tmp_path):
+def test_hh_data_turn_plain_text_into_hh(base_model_dir, tmp_path):
     """TRL trains a base model on HH's raw transcripts: a tokenizer without a template takes
-    their own text; plain text asked for by name is refused, in one line on the command line."""
+    their own text; what it cannot read is said in one line on the command line."""
     from distalign.data.inspect import inspect_source
 
     source = str(write_jsonl(tmp_path / "hh.jsonl", [HH_ROW]))
     tokenizer = load_tokenizer(str(base_model_dir))
     assert inspect_source(source, tokenizer).example == HH_CHOSEN + tokenizer.eos_token
     assert rendering_of(tokenizer) == "hh"
-    with pytest.raises(RenderingError, match="chat_template_path: hh"):
-        inspect_source(source, load_tokenizer(str(base_model_dir), chat_template="plain"))
+    rows = [{"prompt": [user("hi")], "chosen": [bot("a")], "rejected": [bot("b")]}]
+    conversations = str(write_jsonl(tmp_path / "conversations.jsonl", rows))
     result = CliRunner().invoke(
-        app, ["data", "inspect", source, f"model_name_or_path={base_model_dir}",
-              "chat_template_path=plain"],
-    )  # fmt: skip
+        app, ["data", "inspect", conversations, f"model_name_or_path={base_model_dir}"]
+    )
     assert isinstance(result.exception, USER_ERRORS)  # main() says it as one "error:" line
 
 
@@ -149,9 +150,17 @@ def test_a_chat_template_renders_a_reply_as_written(smol_tokenizer, plain, tmp_p
     # a sampled reply: plain text keeps the space that joins it to the prompt
     from distalign.models.generate import reply_texts
 
+    prompt = plain("The sky is", add_special_tokens=False)["input_ids"]
     ids = plain(" blue.", add_special_tokens=False)["input_ids"]
-    assert reply_texts(plain, [ids]) == [" blue."]
-    assert reply_texts(smol_tokenizer, [ids]) == ["blue."]
+    assert reply_texts(plain, [ids], [prompt], 1) == [" blue."]
+    assert reply_texts(smol_tokenizer, [ids], [prompt], 1) == ["blue."]
+    # a SentencePiece reply decoded alone loses its "▁"; after its prompt it keeps the space
+    spm = bos_tokenizer()
+    spm.chat_template = built_in_template("plain", spm)
+    prompt = spm("The sky is", add_special_tokens=False)["input_ids"]
+    ids = spm(" blue.", add_special_tokens=False)["input_ids"]
+    assert spm.decode(ids) == "blue."
+    assert reply_texts(spm, [ids], [prompt], 1) == [" blue."]
 
 
 def bos_tokenizer() -> PreTrainedTokenizerFast:
@@ -161,6 +170,7 @@ def bos_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
@@ -328,16 +338,45 @@ def test_eval_compare_reads_hh_prompts_as_written_for_a_base_model(base_model_di
     assert run_compare(cfg)["policies"]["sft"]["judge_win_rate"] == 0.5  # three turns: no refusal
 
 
-def test_a_trained_model_keeps_plain_text_and_refuses_hh_data(base_model_dir, tmp_path):
-    """Only a rendering given for want of a template turns into hh: a model trained and
-    saved with plain text keeps it, and says what to do with HH data."""
-    from distalign.models.templates import fit_to_transcripts
+def test_plain_text_reads_hh_data_as_written_and_refuses_conversations(base_model_dir, tmp_path):
+    """The plain text of an HH transcript is the transcript: any plain rendering, a trained
+    model's included, turns into hh for such data. Message lists need a chat template, as in
+    TRL, even of one turn: plain text would glue prompt and reply."""
+    from distalign.data.inspect import inspect_source
+    from distalign.data.load import LoadReport
+    from distalign.models.templates import fit_rendering
 
     load_tokenizer(str(base_model_dir)).save_pretrained(tmp_path / "trained")
     saved = AutoTokenizer.from_pretrained(tmp_path / "trained")
     assert rendering_of(saved) == "plain"
-    with pytest.raises(RenderingError, match="chat_template_path: hh"):
-        fit_to_transcripts(saved, 3, "hh.jsonl")
-    fresh = load_tokenizer(str(base_model_dir))
-    fit_to_transcripts(fresh, 3, "hh.jsonl")
-    assert rendering_of(fresh) == "hh"
+    fit_rendering(saved, LoadReport(source="hh.jsonl", transcripts=3), "hh.jsonl")
+    assert rendering_of(saved) == "hh"
+    rows = [{"prompt": [user("hi")], "chosen": [bot("hello")], "rejected": [bot("bye")]}]
+    source = str(write_jsonl(tmp_path / "conversations.jsonl", rows))
+    with pytest.raises(RenderingError, match=r"1 rows of conversational data.*chat_template_path"):
+        inspect_source(source, load_tokenizer(str(base_model_dir)))
+
+
+def test_rm_score_reads_an_hh_prompt_string_as_its_turns(base_model_dir, tmp_path):
+    """TRL's prompt/completion rows with an HH transcript as the prompt: scored on the
+    transcript + completion + EOS, not the transcript wrapped in turns again."""
+    from distalign.models.reward_model import load_reward_model
+    from distalign.rm.config import RMTrainConfig
+    from distalign.rm.score import score_file
+    from distalign.rm.train import run
+
+    source = str(write_jsonl(tmp_path / "hh.jsonl", [HH_ROW] * 4))
+
+    run(RMTrainConfig(
+        model_name_or_path=str(base_model_dir), dataset_name=source, eval_dataset_name=source,
+        dataset_test_split="train", max_steps=1, max_length=64, report_to="none",
+        output_dir=str(tmp_path / "rm"),
+    ))  # fmt: skip
+    rm = tmp_path / "rm" / "final"
+    rows = [{"prompt": HH_REJECTED, "completion": " Blue."}]
+    out, n = score_file(str(rm), str(write_jsonl(tmp_path / "score.jsonl", rows)), None)
+    model, tokenizer, _ = load_reward_model(rm)
+    ids = torch.tensor([tokenizer(HH_CHOSEN + tokenizer.eos_token)["input_ids"]])
+    expected = model(input_ids=ids).logits[0, 0].item()
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert n == 1 and scored[0]["reward"] == pytest.approx(expected, abs=1e-5)

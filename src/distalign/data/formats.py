@@ -268,6 +268,20 @@ def hh_prompt(text: str) -> list[dict[str, str]] | None:
     return turns if turns and turns[-1]["role"] == "user" else None
 
 
+def read_prompt(value: Any, where: str, field: str = "prompt") -> list[dict[str, str]]:
+    """A prompt column: messages, a string (one user turn), or an Anthropic HH transcript
+    ending in ``"\n\nAssistant:"`` (read as its turns)."""
+    hh = hh_prompt(value) if isinstance(value, str) else None
+    return hh if hh is not None else parse_messages(value, where, field)
+
+
+def is_conversational(row: Mapping[str, Any]) -> bool:
+    """Whether a row holds message lists (TRL's conversational data, which needs a chat
+    template) rather than texts: as TRL's ``is_conversational`` reads the columns."""
+    columns = ("prompt", "chosen", "rejected", "completion", "reply", "response", *PROMPT_COLUMNS)
+    return any(_is_messages(row.get(c)) and bool(row.get(c)) for c in columns)
+
+
 def is_transcript(row: Mapping[str, Any], fmt: str) -> bool:
     """Whether a row's text is an Anthropic HH transcript (parsed into turns here): an ``hh``
     row, or a prompt column that is one (Dahoas/rm-static, HH prompt-only sets)."""

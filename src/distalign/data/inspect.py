@@ -26,7 +26,7 @@ from distalign.data.pairs import (
     render_text,
 )
 from distalign.data.prompts import is_prompt_only, load_prompts
-from distalign.models.templates import fit_to_transcripts
+from distalign.models.templates import fit_rendering
 
 PERCENTILES = (50, 90, 99, 100)
 
@@ -100,7 +100,7 @@ def inspect_source(
         prompts = load_prompts(
             source, split, name=name, revision=revision, skip_bad_rows=skip_bad_rows, report=report
         )
-        fit_to_transcripts(tokenizer, report.transcripts, source)
+        fit_rendering(tokenizer, report, source)
         return _measure_prompts(out, prompts, tokenizer, max_rows_for_lengths)
     ds = load_preferences(
         source,
@@ -111,7 +111,7 @@ def inspect_source(
         skip_bad_rows=skip_bad_rows,
         report=report,
     )
-    fit_to_transcripts(tokenizer, report.transcripts, source)
+    fit_rendering(tokenizer, report, source)
     out.scored_pairs = sum(1 for s in ds["chosen_score"] if s is not None) if len(ds) else 0
     if len(ds) == 0:
         return out

@@ -36,9 +36,10 @@ from distalign.data.formats import (
     FORMATS,
     PreferenceFormatError,
     detect_format,
+    is_conversational,
     is_transcript,
     normalise_row,
-    parse_messages,
+    read_prompt,
     repeats_prompt,
     reply_and_context,
 )
@@ -142,6 +143,7 @@ class LoadReport:
     # share no beginning, TRL's standard implicit prompt)
     replies_set_aside: int = 0  # prompt-only: conversations whose closing reply was not kept
     transcripts: int = 0  # rows whose text is an Anthropic HH transcript, parsed into turns
+    conversations: int = 0  # rows of message lists (TRL's conversational data)
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # first few full error messages
 
@@ -316,6 +318,7 @@ def load_preferences(
         report.empty_replies += (not row["chosen"].strip()) + (not row["rejected"].strip())
         report.empty_prompts += all(not m["content"].strip() for m in row["prompt"])
         report.transcripts += is_transcript(raw, fmt)
+        report.conversations += is_conversational(raw)
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
@@ -331,9 +334,13 @@ def load_preferences(
 REPLY_COLUMNS = ("reply", "response", "completion")
 
 
-def read_prompt_replies(path: str) -> tuple[list[dict], list[list[dict]], list[str]]:
-    """Rows, chat prompts and reply texts of a file with ``prompt`` and a reply column."""
+def read_prompt_replies(
+    path: str, report: LoadReport | None = None
+) -> tuple[list[dict], list[list[dict]], list[str]]:
+    """Rows, chat prompts and reply texts of a file with ``prompt`` and a reply column;
+    ``report`` (when given) counts HH transcripts and conversational rows."""
     rows, prompts, replies = [], [], []
+    report = report if report is not None else LoadReport(source=str(path))
     for where, row in iter_source_rows(path):
         if isinstance(row, Exception):
             raise row
@@ -342,7 +349,9 @@ def read_prompt_replies(path: str) -> tuple[list[dict], list[list[dict]], list[s
             raise PreferenceFormatError(where, "reply", f"missing: one of {REPLY_COLUMNS}")
         if row.get("prompt") is None:
             raise PreferenceFormatError(where, "prompt", "missing")
-        prompt = parse_messages(row["prompt"], where, "prompt")
+        prompt = read_prompt(row["prompt"], where)
+        report.transcripts += is_transcript(row, "prompt-only")
+        report.conversations += is_conversational(row)
         # a text, or messages ending with the assistant's (TRL's conversational completion)
         reply, context = reply_and_context(row[key], where, key)
         if not repeats_prompt(context, prompt):

@@ -25,9 +25,9 @@ from typing import Any
 
 from distalign.data.formats import (
     PreferenceFormatError,
-    hh_prompt,
+    is_conversational,
     is_transcript,
-    parse_messages,
+    read_prompt,
     sharegpt_column,
     sharegpt_prompt,
 )
@@ -98,9 +98,7 @@ def prompt_of(row: Any, where: str) -> tuple[Chat, bool]:
     if "prompt" in row or sharegpt_column(row) is None:
         if row.get("prompt") is None:
             raise PreferenceFormatError(where, "prompt", "missing")
-        value = row["prompt"]
-        hh = hh_prompt(value) if isinstance(value, str) else None
-        prompt = hh if hh is not None else parse_messages(value, where, "prompt")
+        prompt = read_prompt(row["prompt"], where)
         field = "prompt"
     else:
         field = sharegpt_column(row)
@@ -175,6 +173,7 @@ def load_prompts(
             prompt, set_aside = prompt_of(row, where)
             report.replies_set_aside += set_aside
             report.transcripts += is_transcript(row, "prompt-only")
+            report.conversations += is_conversational(row)
             field = "prompt" if "prompt" in row else sharegpt_column(row)
             text = row[field] if isinstance(row.get(field), str) else None
             prompts.append(PromptRow(prompt, {k: v for k, v in row.items() if k != field}, text))

@@ -56,18 +56,19 @@ def gold_win_probability(attrs: np.ndarray, attrs_sft: np.ndarray, k: int) -> np
 
 
 def sample_policy(
-    name_or_dir: str, prompts, sampling: SamplingConfig, k: int = 1, transcripts: int = 0, **load
+    name_or_dir: str, prompts, sampling: SamplingConfig, k: int = 1, data=None, **load
 ):
     """Replies (texts, token ids, finished) and the prompt ids of one policy; ``load``:
-    ``load_policy``'s device, dtype, attn_implementation and chat_template. ``transcripts``:
-    how many prompts were Anthropic HH transcripts (a policy without a chat template reads
-    them as written)."""
+    ``load_policy``'s device, dtype, attn_implementation and chat_template. ``data``: the
+    prompts' ``LoadReport``, to fit a policy without a chat template to them
+    (``models.templates.fit_rendering``)."""
     from distalign.models.generate import sample_replies
     from distalign.models.load import load_policy
-    from distalign.models.templates import fit_to_transcripts
+    from distalign.models.templates import fit_rendering
 
     model, tokenizer = load_policy(name_or_dir, merge_adapter=True, **load)
-    fit_to_transcripts(tokenizer, transcripts, name_or_dir)
+    if data is not None:
+        fit_rendering(tokenizer, data, data.source, f"policy {name_or_dir}")
     out = sample_replies(model, tokenizer, prompts, k=k, config=sampling, progress=True)
     return model, tokenizer, out
 
@@ -147,14 +148,14 @@ class Measured:
 
 
 def measure_policy(
-    name_or_dir: str, prompts, rewards, cfg: CompareConfig, sft=None, judge=None, transcripts=0
+    name_or_dir: str, prompts, rewards, cfg: CompareConfig, sft=None, judge=None, data=None
 ):
     """Sample a policy ``num_generations`` times per prompt; judge (``judge`` None: the gold
     judge), score and (given ``sft``, the SFT model and tokenizer) measure KL to SFT. Returns
-    (Measured, model, tokenizer). ``transcripts`` as ``sample_policy`` takes it."""
+    (Measured, model, tokenizer). ``data`` as ``sample_policy`` takes it."""
     k, load = cfg.num_generations, cfg.load_options()
     model, tokenizer, samples = sample_policy(
-        name_or_dir, prompts, sampling_of(cfg), k, transcripts,
+        name_or_dir, prompts, sampling_of(cfg), k, data,
         chat_template=cfg.chat_template_path, **load,
     )  # fmt: skip
     model.eval()
@@ -313,7 +314,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     from distalign.config import config_dict
     from distalign.data.load import LoadReport
     from distalign.data.prompts import load_prompts
-    from distalign.models.templates import fit_to_transcripts
+    from distalign.models.templates import fit_rendering
     from distalign.rl.rewards import RewardModelSource
 
     out_dir = Path(cfg.output_dir)
@@ -323,18 +324,18 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     report = LoadReport(source=str(cfg.dataset_name))
     prompts = load_prompts(cfg.dataset_name, cfg.dataset_test_split, **hub, report=report)
     prompts = prompts[: cfg.max_eval_samples]
-    k, transcripts = cfg.num_generations, report.transcripts
+    k = cfg.num_generations
     load = cfg.load_options()
     rewards = {name: RewardModelSource(d, **load) for name, d in cfg.reward_dirs().items()}
-    for reward in rewards.values():  # one without a chat template reads HH transcripts so
+    for name, reward in rewards.items():  # one without a chat template: fitted to the prompts
         if hasattr(reward, "tokenizer"):
-            fit_to_transcripts(reward.tokenizer, transcripts, cfg.dataset_name)
+            fit_rendering(reward.tokenizer, report, report.source, f"reward model {name}")
     policy_dirs = cfg.policy_dirs()
 
-    measured_sft, *sft = measure_policy(cfg.sft, prompts, rewards, cfg, None, judge, transcripts)
+    measured_sft, *sft = measure_policy(cfg.sft, prompts, rewards, cfg, None, judge, report)
     measured = {"sft": measured_sft}
     for name, d in policy_dirs.items():  # a policy's model is not kept once measured
-        measured[name] = measure_policy(d, prompts, rewards, cfg, sft, judge, transcripts)[0]
+        measured[name] = measure_policy(d, prompts, rewards, cfg, sft, judge, report)[0]
     results = {n: policy_row(m, measured_sft, k, cfg, judge_name) for n, m in measured.items()}
 
     # points of the over-optimisation curve already measured: SFT, and each compared policy
@@ -354,7 +355,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
             measured_sft.curve_point(),
             by_weights,
             judge,
-            transcripts,
+            report,
         )
         for r in cfg.runs
     }
@@ -417,7 +418,7 @@ def overoptimisation_curve(
     sft_point: dict,
     measured: dict[str, dict] | None = None,
     judge=None,
-    transcripts: int = 0,
+    data=None,
 ) -> list[dict[str, float]]:
     """Judge reward (``judge`` None: gold), RM reward and KL to SFT for every kept checkpoint
     of an RL run (Gao et al. 2022): reward-model reward keeps rising with KL while the held-out
@@ -430,9 +431,7 @@ def overoptimisation_curve(
         step = int(ckpt.name.split("_")[1])
         known = measured.get(weights_digest(ckpt) or "") if measured else None
         if known is None:
-            checkpoint = measure_policy(str(ckpt), prompts, rewards, cfg, sft, judge, transcripts)[
-                0
-            ]
+            checkpoint = measure_policy(str(ckpt), prompts, rewards, cfg, sft, judge, data)[0]
             known = checkpoint.curve_point()
         points.append({"step": step, **known})
     return points

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from distalign.models.templates import bos_ids, render_plain_by_default, rendering_of
+from distalign.models.templates import bos_ids, built_in_template, rendering_of
 
 # files a reward model needs from the hub: weights as safetensors only (never a pickle)
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.vocab", "*.jinja", "*.tiktoken"]
@@ -116,7 +116,7 @@ def _with_pad(model, tokenizer, folder):
     if tokenizer.chat_template is None and tokenizer.eos_token is not None:
         core = tokenizer("a", add_special_tokens=False)["input_ids"]
         if not _special_tokens(tokenizer, "a", core)[1]:  # nothing after the text: no [SEP]
-            render_plain_by_default(tokenizer)
+            tokenizer.chat_template = built_in_template("plain", tokenizer)
     return model
 
 

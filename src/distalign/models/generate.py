@@ -299,12 +299,25 @@ def sample_replies(
         )
     finally:
         model.train(was_training)
-    return Samples(prompt_ids, replies, logps, finished, reply_texts(tokenizer, replies), k)
+    texts = reply_texts(tokenizer, replies, prompt_ids, k)
+    return Samples(prompt_ids, replies, logps, finished, texts, k)
 
 
-def reply_texts(tokenizer, replies: list[list[int]]) -> list[str]:
-    """Sampled replies as text: a chat turn without the whitespace around it; plain text as it
-    came, since its first space is what joins it to the prompt (TRL passes completions
-    unstripped too)."""
-    texts = [tokenizer.decode(r, skip_special_tokens=True) for r in replies]
-    return texts if rendering_of(tokenizer) == "plain" else [t.strip() for t in texts]
+def reply_texts(
+    tokenizer, replies: list[list[int]], prompt_ids: list[list[int]], k: int
+) -> list[str]:
+    """Sampled replies (``k`` per prompt, in order) as text. A chat turn without the
+    whitespace around it. A built-in rendering's text (plain, hh) as it came: its first space
+    is what joins it to the prompt, and it is decoded after its prompt, then cut off, since a
+    SentencePiece tokenizer drops a text's leading "▁" when the reply is decoded alone (TRL
+    passes completions unstripped)."""
+    if rendering_of(tokenizer) is None:
+        return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
+    out = []
+    for i, reply in enumerate(replies):
+        prompt = prompt_ids[i // k]
+        before = tokenizer.decode(prompt, skip_special_tokens=True)
+        whole = tokenizer.decode([*prompt, *reply], skip_special_tokens=True)
+        alone = tokenizer.decode(reply, skip_special_tokens=True)
+        out.append(whole[len(before) :] if whole.startswith(before) else alone)
+    return out

@@ -43,7 +43,6 @@ from distalign.models.templates import (
     BUILT_IN,
     RenderingError,
     built_in_template,
-    render_plain_by_default,
 )
 
 log = logging.getLogger(__name__)
@@ -350,7 +349,7 @@ def load_tokenizer(
             "as TRL renders standard data (chat_template_path: hh for Anthropic HH "
             "transcripts, or a Jinja file or tokenizer for conversations)", name,
         )  # fmt: skip
-        render_plain_by_default(tokenizer)
+        tokenizer.chat_template = built_in_template("plain", tokenizer)
     return tokenizer
 
 

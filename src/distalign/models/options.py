@@ -49,8 +49,8 @@ class ModelKeys:
     file, or a tokenizer (folder or hub id) whose template to take. The special tokens it
     writes must be in the model's vocabulary (they are not added). Saved with the model.
     Built-in renderings by name: ``plain`` (TRL's standard data, prompt + reply + EOS as plain
-    text: the default of a model without a template) and ``hh`` (Anthropic HH transcripts,
-    ``"\n\nHuman: …\n\nAssistant: …"``)."""
+    text: the default of a model without a template) and ``hh`` (Anthropic HH transcripts as
+    written, Human: and Assistant: turns)."""
     disable_dropout: bool = False
     """Turn every dropout of the model off while training (nn.Dropout layers, LoRA's
     included, as TRL does, and the attention dropout a model applies by itself)."""

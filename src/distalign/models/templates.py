@@ -34,8 +34,6 @@ class RenderingError(ValueError):
 
 
 MARK = "{#- distalign:"  # first line of every template made here: "{#- distalign:<name> -#}"
-# set on a tokenizer (not saved) whose rendering was given for want of a template, not asked for
-BY_DEFAULT = "_distalign_rendering_by_default"
 
 _SINGLE_TURN = (
     "{%- if messages | length == 0 or messages | length > 2 or messages[0]['role'] != 'user' "
@@ -59,7 +57,8 @@ HH = (
     "{%- for m in messages -%}"
     "{%- if m['role'] == 'user' -%}{{- '\\n\\nHuman: ' + m['content'] -}}"
     "{%- elif m['role'] == 'assistant' -%}"
-    "{{- '\\n\\nAssistant:' + (' ' + m['content'] if m['content'] else '') -}}"
+    "{{- '\\n\\nAssistant:' + (' ' if m['content'][:1] not in ['', ' ', '\\n'] else '') -}}"
+    "{{- m['content'] -}}"
     "{%- if loop.last -%}" + _EOS_AFTER.replace("{reply}", "m['content']") + "{%- endif -%}"
     "{%- else -%}{{- raise_exception('the hh rendering has Human and Assistant turns only, got "
     "role ' + m['role']) -}}"
@@ -103,35 +102,27 @@ def built_in_template(name: str, tokenizer) -> str:
     return BUILT_IN[name]
 
 
-def render_plain_by_default(tokenizer) -> None:
-    """Give a tokenizer without a chat template the plain rendering, marked (in memory only)
-    as given rather than asked for: HH data may still turn it into ``hh``
-    (``fit_to_transcripts``). A model trained and saved with it keeps plain text."""
-    tokenizer.chat_template = built_in_template("plain", tokenizer)
-    setattr(tokenizer, BY_DEFAULT, True)
+def fit_rendering(tokenizer, data, source, model: str = "the model") -> None:
+    """Fit a plain-text rendering to the data it meets (``data``: a ``LoadReport``'s counts).
 
-
-def fit_to_transcripts(tokenizer, transcripts: int, source) -> None:
-    """Give a tokenizer that renders plain text by default the ``hh`` rendering when its data
-    are Anthropic HH transcripts (``transcripts`` rows of them): that is their own text, which
-    TRL trains a base model on, where plain text would lose their turns. A plain rendering
-    asked for by name, or saved with a trained model, is refused for such data."""
-    if not transcripts or rendering_of(tokenizer) != "plain":
+    Anthropic HH transcripts turn it into ``hh``: their own text, which is what plain text of
+    those strings reads and what TRL trains a base model on (plain text of their turns would
+    lose the Human/Assistant markers). Conversational data (message lists) are refused, as
+    TRL refuses them without a chat template."""
+    if rendering_of(tokenizer) != "plain":
         return
-    if not getattr(tokenizer, BY_DEFAULT, False):
+    if data.conversations:
         raise RenderingError(
-            f"{source}: Anthropic HH transcripts and a model that reads plain text (its saved "
-            "rendering, or chat_template_path: plain), which would lose their turns: give it "
-            "chat_template_path: hh (a model without a chat template takes that by itself) "
-            "or a chat template"
+            f"{source}: {data.conversations} rows of conversational data (message lists), and "
+            f"{model} has no chat template: it reads plain text, as TRL's standard data; give "
+            "chat_template_path (a Jinja file or a tokenizer's template), as TRL needs one too"
         )
-    log.info(
-        "%s: Anthropic HH transcripts and a tokenizer without a chat template: rendered as "
-        "written, \\n\\nHuman: ...\\n\\nAssistant: ... (chat_template_path: hh)",
-        source,
-    )
-    tokenizer.chat_template = built_in_template("hh", tokenizer)
-    setattr(tokenizer, BY_DEFAULT, False)
+    if data.transcripts:
+        log.info(
+            "%s: Anthropic HH transcripts and %s, which reads plain text: rendered as written, "
+            "\\n\\nHuman: ...\\n\\nAssistant: ... (chat_template_path: hh)", source, model
+        )  # fmt: skip
+        tokenizer.chat_template = built_in_template("hh", tokenizer)
 
 
 def rendering_of(tokenizer) -> str | None:

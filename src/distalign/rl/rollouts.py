@@ -71,7 +71,7 @@ def rollout(
     )
     policy.train(was)
     device = next(policy.parameters()).device
-    texts = reply_texts(tokenizer, replies)
+    texts = reply_texts(tokenizer, replies, prompt_ids, k)
     return Rollouts(prompts, prompt_ids, replies, logps, finished, texts, k, device)
 
 

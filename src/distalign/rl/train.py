@@ -70,7 +70,7 @@ from distalign.losses import (
 from distalign.models.load import load_policy
 from distalign.models.lora import add_lora
 from distalign.models.options import disable_dropout
-from distalign.models.templates import fit_to_transcripts, rendering_of
+from distalign.models.templates import fit_rendering, rendering_of
 from distalign.optim import adamw
 from distalign.rl.config import POOLED_BASELINES, RLTrainConfig
 from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors
@@ -236,9 +236,15 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
     held_out = load_prompts(
         source, cfg.dataset_test_split, **(hub if same else {}), report=held_out_report
     )
-    readers = [s.tokenizer for s in getattr(reward, "sources", [reward]) if hasattr(s, "tokenizer")]
-    for reader in [tokenizer, *readers]:
-        fit_to_transcripts(reader, report.transcripts + held_out_report.transcripts, source)
+    data = LoadReport(
+        source=source, transcripts=report.transcripts + held_out_report.transcripts,
+        conversations=report.conversations + held_out_report.conversations,
+    )  # fmt: skip
+    fit_rendering(tokenizer, data, source, "the policy")
+    sources = [s for s in getattr(reward, "sources", [reward]) if hasattr(s, "tokenizer")]
+    for s in sources:
+        fit_rendering(s.tokenizer, data, source, f"reward model {getattr(s, 'name', '')}")
+    readers = [s.tokenizer for s in sources]
     if rendering_of(tokenizer) is None and any(rendering_of(r) == "plain" for r in readers):
         log.warning(
             "a reward model reads plain text (prompt + reply as one text, as TRL trained it on "

@@ -23,7 +23,7 @@ from distalign.data.pairs import (
     tokenize_pairs,
     truncate_pair,
 )
-from distalign.models.templates import fit_to_transcripts
+from distalign.models.templates import fit_rendering
 from distalign.rm.config import RMTrainConfig
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int,
         report=report,
         **hub,
     )
-    fit_to_transcripts(tokenizer, report.transcripts, source)
+    fit_rendering(tokenizer, report, source)
     pairs = tokenize_pairs(
         ds, tokenizer, cfg.max_length, cfg.max_prompt_length, num_proc=cfg.dataset_num_proc
     )

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from distalign import functionals as fn
-from distalign.data.load import read_prompt_replies
+from distalign.data.load import LoadReport, read_prompt_replies
+from distalign.models.templates import fit_rendering
 
 
 def distribution_columns(
@@ -71,7 +72,9 @@ def score_file(
         attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code,
     )
-    rows, prompts, replies = read_prompt_replies(input_path)
+    report = LoadReport(source=str(input_path))
+    rows, prompts, replies = read_prompt_replies(input_path, report)
+    fit_rendering(source.tokenizer, report, input_path, f"reward model {model_dir}")
     if source.distributional:
         p, values = source.probs_values(source.distributions(prompts, replies))
         extra = distribution_columns(p, values=values)
