@@ -519,3 +519,16 @@ def test_the_spread_measures_are_explained_and_tabled_once(tmp_path):
     assert html.count("fixes each annotator") == 1
     assert html.count("ρ with centred spread") == 1
     assert "— (scalar: no spread)" in html and "<b>ordinal</b> 0.140" in html
+
+
+def test_policies_and_reward_models_may_be_named_by_their_folders():
+    cfg = CompareConfig(
+        policies=["runs/rl_a/final", "aligned=runs/x", "runs/lr=1e-5/final", "other/rl_a/final"],
+        rewards=["runs/rm_scalar/final", "sft/final"],
+    )
+    assert cfg.policy_dirs() == {
+        "rl_a": "runs/rl_a/final", "aligned": "runs/x", "lr=1e-5": "runs/lr=1e-5/final",
+        "rl_a_2": "other/rl_a/final",
+    }  # fmt: skip
+    assert cfg.reward_dirs() == {"rm_scalar": "runs/rm_scalar/final", "sft": "sft/final"}
+    assert CompareConfig(policies=["runs/sft/final"]).policy_dirs() == {"sft_2": "runs/sft/final"}

@@ -32,9 +32,11 @@ class CompareConfig(SamplingConfig, PlacementConfig):
     template to take, or a built-in rendering (plain | hh), as in rl train. A policy without a
     template renders plain text."""
     policies: list[str] = field(default_factory=list)
-    """NAME=DIR of each aligned policy (full model or LoRA adapter folder)."""
+    """Each aligned policy (full model or LoRA adapter folder) as NAME=DIR, or DIR alone, named
+    by its folder (a run's name for its final/ or a checkpoint)."""
     rewards: list[str] = field(default_factory=list)
-    """NAME=DIR of reward models to score with (distributional ones by their expectation)."""
+    """Reward models to score with (distributional ones by their expectation), as NAME=DIR or
+    DIR alone (named as a policy is)."""
     runs: list[str] = field(default_factory=list)
     """RL run folders: their checkpoints give the over-optimisation curve, their logs the plots."""
     rm_runs: list[str] = field(default_factory=list)
@@ -70,9 +72,6 @@ class CompareConfig(SamplingConfig, PlacementConfig):
                 f"max_eval_samples and num_generations must be ≥ 1, got "
                 f"{self.max_eval_samples} and {self.num_generations}"
             )
-        for item in [*self.policies, *self.rewards]:
-            if "=" not in item:
-                raise ValueError(f"expected NAME=DIR, got {item!r}")
         require(placement_checks(self.device, self.dtype))
         require_4d_mask(self.attn_implementation, "eval compare", "its KL to SFT (rl/logprobs.py)")
         self._check_judge()
@@ -109,8 +108,27 @@ class CompareConfig(SamplingConfig, PlacementConfig):
 
     def policy_dirs(self) -> dict[str, str]:
         """NAME -> DIR of the aligned policies."""
-        return dict(item.split("=", 1) for item in self.policies)
+        return _named(self.policies, taken={"sft"})
 
     def reward_dirs(self) -> dict[str, str]:
         """NAME -> DIR of the reward models."""
-        return dict(item.split("=", 1) for item in self.rewards)
+        return _named(self.rewards)
+
+
+def _named(items: list[str], taken: set[str] = frozenset()) -> dict[str, str]:
+    """NAME -> DIR of ``NAME=DIR`` or ``DIR`` items; a DIR alone (or one whose "=" is in a
+    folder's name, ``runs/lr=1e-5``) is named by its folder (``rl.rewards.source_name``),
+    with a number after a name already used."""
+    from distalign.rl.rewards import source_name
+
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or "/" in name:
+            name, folder = source_name(item), item
+            base, n = name, 1
+            while name in out or name in taken:
+                n += 1
+                name = f"{base}_{n}"
+        out[name] = folder
+    return out
