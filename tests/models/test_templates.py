@@ -380,3 +380,19 @@ def test_rm_score_reads_an_hh_prompt_string_as_its_turns(base_model_dir, tmp_pat
     expected = model(input_ids=ids).logits[0, 0].item()
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert n == 1 and scored[0]["reward"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_pythia_style_vocabulary_lends_its_padding_token():
+    """GPT-NeoX tokenizers (Pythia) carry an unused <|padding|>: the pad distinct from EOS is
+    taken from the vocabulary, so the embedding does not grow."""
+    from distalign.models.reward_model import distinct_pad_token
+
+    vocab = {w: i for i, w in enumerate(["<|endoftext|>", "<|padding|>", "sky", "blue"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )  # fmt: skip
+    tokenizer.chat_template = built_in_template("plain", tokenizer)
+    assert distinct_pad_token(tokenizer) == "<|padding|>" and len(tokenizer) == 4

@@ -70,7 +70,7 @@ def distinct_pad_token(tokenizer) -> str:
         )
     except TemplateError:  # plain text: one turn
         rendered = tokenizer.apply_chat_template(turn, tokenize=False)
-    named = (tokenizer.unk_token, "<|endoftext|>", "<|finetune_right_pad_id|>")
+    named = (tokenizer.unk_token, "<|endoftext|>", "<|finetune_right_pad_id|>", "<|padding|>")
     # then any other special token of the vocabulary (a base model's unused chat markers):
     # adding a token would grow the embedding past what the base model's own loaders expect
     for candidate in (*named, *tokenizer.all_special_tokens):
