@@ -293,6 +293,7 @@ def test_old_yaml_key_is_refused_by_the_command(tmp_path, rm_train_configs, monk
         ("messages_pairs.jsonl", ["format: sharegpt", "pairs: 2"]),
         ("ultrafeedback_binarized.jsonl", ["format: explicit", "pairs: 3", "with ratings: 3"]),
         ("prompts.jsonl", ["format: prompt-only", "rows read: 6", "prompts: 6"]),
+        ("standard_pairs.jsonl", ["format: explicit", "pairs: 3", "The capital of France is"]),
         ("sharegpt_prompts.jsonl", ["format: prompt-only", "prompts: 4", "first prompt"]),
     ],
 )  # fmt: skip
