@@ -55,17 +55,28 @@ def test_a_tokenizer_without_a_template_reads_trls_standard_text(plain):
     assert whole(again, "rejected") == trl_ids(plain, "The sky is")
 
 
-def test_standard_implicit_texts_read_as_the_whole_text(plain, tmp_path):
+def test_standard_texts_read_as_the_whole_text(plain, smol_tokenizer, tmp_path):
+    """Loaded as a user would (implicit and explicit standard rows): plain text is TRL's
+    prompt + reply; a chat template's reply turn starts at its word."""
     rows = [
         {"chosen": "Q: 2+2?\n\nA: 4", "rejected": "Q: 2+2?\n\nA: 5"},
         {"chosen": "Paris is the capital.", "rejected": "Rome is the capital."},
         {"chosen": "I like cat food", "rejected": "I like cats"},
     ]
-    ds = load_preferences(str(write_jsonl(tmp_path / "pairs.jsonl", rows)))
-    pairs = tokenize_pairs(ds, plain, max_length=64)
-    for pair, row in zip(pairs, rows, strict=True):
-        assert whole(pair, "chosen") == trl_ids(plain, row["chosen"])
-        assert whole(pair, "rejected") == trl_ids(plain, row["rejected"])
+    explicit = [
+        {"prompt": "The capital of France is", "chosen": " Paris.", "rejected": " Lyon."},
+        {"prompt": "TL;DR:", "chosen": "\n\nshort", "rejected": ""},
+        {"prompt": "2+2=", "chosen": "4", "rejected": " 5"},
+    ]
+    for name, data in (("implicit", rows), ("explicit", explicit)):
+        ds = load_preferences(str(write_jsonl(tmp_path / f"{name}.jsonl", data)))
+        pairs = tokenize_pairs(ds, plain, max_length=64)
+        for pair, row in zip(pairs, data, strict=True):
+            prompt = row.get("prompt", "")
+            assert whole(pair, "chosen") == trl_ids(plain, prompt + row["chosen"])
+            assert whole(pair, "rejected") == trl_ids(plain, prompt + row["rejected"])
+    text = render_text(smol_tokenizer, ds[0]["prompt"], ds[0]["chosen"])
+    assert "<|im_start|>assistant\nParis.<|im_end|>" in text
 
 
 def test_tokens_that_merge_across_the_join_read_as_the_whole_text(plain):

@@ -26,6 +26,8 @@ Formats (detected from the first row, or forced):
                two share are the prompt, as TRL's ``maybe_extract_prompt`` does. A prompt that is
                an HH transcript ending in ``"\\n\\nAssistant:"`` (Dahoas/rm-static) is split
                into turns.
+               With a string prompt and string replies (TRL's standard text) the whitespace
+               both replies start with goes with the prompt.
 ``implicit``   ``chosen``/``rejected`` are whole conversations (message lists) that share the
                prompt and differ in the final assistant turn (TRL "implicit prompt"), or
                plain strings with no prompt column (TRL's standard implicit prompt, which
@@ -147,9 +149,8 @@ def split_texts(chosen: str, rejected: str) -> tuple[list[dict[str, str]], str, 
             cut -= 1
     while cut > 0 and chosen[cut - 1].isspace():
         cut -= 1
-    shortest = min(len(chosen), len(rejected))
-    while 0 < cut < shortest and chosen[cut] == rejected[cut] and chosen[cut].isspace():
-        cut += 1  # the whitespace both have after the last shared word goes with the prompt
+    if cut:  # the whitespace both have after the last shared word goes with the prompt
+        cut += _shared_whitespace(chosen, rejected, cut)
     prompt = [{"role": "user", "content": chosen[:cut]}]
     return prompt, chosen[cut:], rejected[cut:]
 
@@ -361,7 +362,23 @@ def _explicit(row, where):
         prompt, chosen, rejected = _with_replies(row, hh, where, prompt_is_text=False)
         return prompt, chosen.lstrip(" "), rejected.lstrip(" ")  # the space after "Assistant:"
     prompt = parse_messages(value, where, "prompt")
-    return _with_replies(row, prompt, where, prompt_is_text=isinstance(value, str))
+    prompt, chosen, rejected = _with_replies(row, prompt, where, isinstance(value, str))
+    if all(isinstance(row[c], str) for c in ("prompt", "chosen", "rejected")):
+        # TRL's standard text (" Paris." after "The capital of France is"): the space both
+        # replies start with joins them to the prompt, so it goes with the prompt and the
+        # reply turn starts at its word; prompt + reply stays the text
+        k = _shared_whitespace(chosen, rejected)
+        prompt = [{**prompt[0], "content": prompt[0]["content"] + chosen[:k]}]
+        chosen, rejected = chosen[k:], rejected[k:]
+    return prompt, chosen, rejected
+
+
+def _shared_whitespace(a: str, b: str, start: int = 0) -> int:
+    """How many whitespace characters both texts have from ``start`` on."""
+    n, end = 0, min(len(a), len(b)) - start
+    while n < end and a[start + n] == b[start + n] and a[start + n].isspace():
+        n += 1
+    return n
 
 
 def sharegpt_prompt(row: Mapping[str, Any], where: str) -> list[dict[str, str]]:
