@@ -407,3 +407,29 @@ def test_a_pythia_style_vocabulary_lends_its_padding_token():
     )  # fmt: skip
     tokenizer.chat_template = built_in_template("plain", tokenizer)
     assert distinct_pad_token(tokenizer) == "<|padding|>" and len(tokenizer) == 4
+
+
+def test_a_plain_text_reward_model_scoring_a_chat_policy_is_warned(
+    tiny_model_dir, tmp_path, caplog
+):
+    import logging
+
+    from distalign.rl.config import RLTrainConfig
+    from distalign.rl.train import run
+    from tests.rl.test_rewards import build_gpt2_reward_model
+
+    rm = build_gpt2_reward_model(tmp_path / "rm")
+    saved = AutoTokenizer.from_pretrained(rm)
+    saved.chat_template = None
+    (rm / "chat_template.jinja").unlink(missing_ok=True)
+    saved.save_pretrained(rm)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "cloud river ?"}] * 2)
+    with caplog.at_level(logging.WARNING, logger="distalign.rl.train"):
+        run(RLTrainConfig(
+            model_name_or_path=str(tiny_model_dir), reward=str(rm), dataset_name=str(prompts),
+            eval_dataset_name=str(prompts), dataset_test_split="train", max_steps=1,
+            num_generations=2, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+            max_completion_length=2, max_eval_samples=1, use_peft=False, eval_steps=0,
+            save_steps=0, report_to="none", output_dir=str(tmp_path / "rl"),
+        ))  # fmt: skip
+    assert "a reward model reads plain text" in caplog.text

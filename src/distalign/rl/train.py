@@ -244,8 +244,8 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
     sources = [s for s in getattr(reward, "sources", [reward]) if hasattr(s, "tokenizer")]
     for s in sources:
         fit_rendering(s.tokenizer, data, source, f"reward model {getattr(s, 'name', '')}")
-    readers = [s.tokenizer for s in sources]
-    if rendering_of(tokenizer) is None and any(rendering_of(r) == "plain" for r in readers):
+    plain = any(rendering_of(s.tokenizer) == "plain" for s in sources)
+    if accelerator.is_main_process and rendering_of(tokenizer) is None and plain:
         log.warning(
             "a reward model reads plain text (prompt + reply as one text, as TRL trained it on "
             "standard data) while the policy writes chat turns: their replies are joined to the "
