@@ -56,7 +56,7 @@ import contextlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 FORMATS = ("explicit", "implicit", "hh", "sharegpt")
@@ -219,7 +219,8 @@ def _check_hh(text: Any, where: str, field: str) -> str:
     return text
 
 
-def common_prefix_length(a: str, b: str) -> int:
+def common_prefix_length(a: Sequence, b: Sequence) -> int:
+    """Length of the longest beginning two texts (or id lists) share."""
     # Whole blocks first: HH transcripts share kilobytes, a loop per character is slow.
     n, i = min(len(a), len(b)), 0
     while i < n and a[i : i + 256] == b[i : i + 256]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from distalign.data.formats import common_prefix_length
 from distalign.models.templates import BUILT_IN, RenderingError, bos_ids, rendering_of
 
 
@@ -88,16 +89,8 @@ def render_pair_ids(
                 "the chat template does not render the prompt as a prefix of prompt + reply; "
                 "distalign needs that to score replies"
             )
-        n = min(_shared(prompt, full) for full in fulls)
+        n = min(common_prefix_length(prompt, full) for full in fulls)
     return prompt[:n], [full[n:] for full in fulls]
-
-
-def _shared(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common beginning of two id lists."""
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def truncate_pair(

@@ -119,16 +119,12 @@ def _named(items: list[str], taken: set[str] = frozenset()) -> dict[str, str]:
     """NAME -> DIR of ``NAME=DIR`` or ``DIR`` items; a DIR alone (or one whose "=" is in a
     folder's name, ``runs/lr=1e-5``) is named by its folder (``rl.rewards.source_name``),
     with a number after a name already used."""
-    from distalign.rl.rewards import source_name
+    from distalign.rl.rewards import source_name, unique_name
 
     out: dict[str, str] = {}
     for item in items:
         name, sep, folder = item.partition("=")
         if not sep or "/" in name:
-            name, folder = source_name(item), item
-            base, n = name, 1
-            while name in out or name in taken:
-                n += 1
-                name = f"{base}_{n}"
+            name, folder = unique_name(source_name(item), {*out, *taken}), item
         out[name] = folder
     return out

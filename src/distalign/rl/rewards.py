@@ -213,6 +213,15 @@ class CallableReward(RewardSource):
         return {k: v for k, v in out.items() if k in self._gets}
 
 
+def unique_name(name: str, taken) -> str:
+    """``name``, or ``name_2``, ``name_3``, … when ``taken`` holds it already."""
+    out, n = name, 1
+    while out in taken:
+        n += 1
+        out = f"{name}_{n}"
+    return out
+
+
 def source_name(spec: str) -> str:
     """``module:function`` -> function; a folder -> its name (a run's ``final``, ``last`` ->
     the run's); a hub id -> its last part."""
@@ -382,11 +391,7 @@ class RewardSum(RewardSource):
         self.names: list[str] = []
         for source in self.sources:
             name = re.sub(r"[^\w.\-]+", "_", getattr(source, "name", "reward")).strip("_")
-            name, base, n = name or "reward", name or "reward", 1
-            while name in self.names:
-                n += 1
-                name = f"{base}_{n}"
-            self.names.append(name)
+            self.names.append(unique_name(name or "reward", self.names))
         self.needs_reference = any(s.needs_reference for s in self.sources)
         self.distributional = len(self.sources) == 1 and self.sources[0].distributional
         self.trainer_state = None  # TRL's trainer_state for reward functions: set per step
