@@ -295,7 +295,6 @@ def test_a_trl_config_loads_its_do_nothing_keys_dropped(tmp_path, caplog):
 @pytest.mark.parametrize(
     ("args", "key", "hint"),
     [(["use_vllm=true"], "use_vllm", "own sampler"),
-     (["--steps_per_generation", "8"], "steps_per_generation", "num_iterations"),
      (["repetition_penalty=1.2"], "repetition_penalty", "unbiased"),
      (["load_in_4bit=true"], "load_in_4bit", "use_peft=true dtype=bfloat16"),
      (["push_to_hub=true"], "push_to_hub", "hf upload"),
@@ -409,6 +408,30 @@ def test_rl_step_holds_whole_prompt_groups_and_micro_batches_may_cut_them():
         )
     with pytest.raises(ConfigError, match="bf16 and fp16"):
         load_config(RMTrainConfig, None, ["bf16=true", "fp16=true"])
+
+
+def test_trls_steps_per_generation_and_generation_batch_size(monkeypatch):
+    """TRL's two ways to size a batch of rollouts: in micro-batches per process, or in
+    completions over all processes; each makes whole optimizer updates."""
+    base = ["num_generations=4", "per_device_train_batch_size=8", "gradient_accumulation_steps=2"]
+    default = load_config(RLTrainConfig, None, base)
+    assert (default.micro_batches_per_step, default.updates_per_step) == (2, 1)
+    cfg = load_config(RLTrainConfig, None, [*base, "steps_per_generation=6", "num_iterations=2"])
+    assert (cfg.micro_batches_per_step, cfg.updates_per_step, cfg.prompts_per_step) == (6, 6, 12)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as accelerate launch sets it
+    cfg = load_config(RLTrainConfig, None, [*base, "generation_batch_size=64"])
+    assert (cfg.micro_batches_per_step, cfg.updates_per_step, cfg.prompts_per_step) == (4, 2, 8)
+    for extra, message in [
+        (["generation_batch_size=24"], r"positive multiple of .* \(8 × 2\)"),
+        (["steps_per_generation=3"], r"steps_per_generation \(3\) must be a multiple of "
+         "gradient_accumulation_steps"),
+        (["steps_per_generation=4", "generation_batch_size=64"], "not both"),
+        (["steps_per_generation=0"], ">= 1"),
+        (["per_device_train_batch_size=3", "steps_per_generation=2"],
+         r"per_device_train_batch_size × steps_per_generation \(3 × 2\)"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            load_config(RLTrainConfig, None, [*base, *extra])
 
 
 def test_sampling_keys_are_flat_and_inherited():

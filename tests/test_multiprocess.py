@@ -102,23 +102,25 @@ def test_rl_train_on_two_processes(tiny_model_dir, tmp_path):
     common = [
         f"model_name_or_path={tiny_model_dir}", "reward=tests.rl.test_train:reward_apple",
         "dataset_name=gold", "eval_dataset_name=gold", "max_eval_samples=4",
-        # 1 prompt per step and process, its 4 completions in micro-batches of 1 (TRL's
-        # shape: a micro-batch holds part of a group), 2 clipped updates per step
+        # TRL's generation_batch_size over both processes: 2 prompts per step and process,
+        # their 8 completions in micro-batches of 1 (TRL's shape: a micro-batch holds part of
+        # a group), 2 updates per pass on 4 each, 2 passes (the later updates clipped)
         "num_generations=4", "per_device_train_batch_size=1", "gradient_accumulation_steps=4",
-        "num_iterations=2", "max_completion_length=6", "baseline=moving_average",
+        "generation_batch_size=16", "num_iterations=2", "max_completion_length=6",
+        "baseline=moving_average",
         "use_peft=false",
         "learning_rate=1e-3", "save_steps=2", "eval_steps=0", "report_to=none",
         f"output_dir={out}",
     ]  # fmt: skip
     launch("rl", "train", *common, "max_steps=2")
     state = json.loads((out / "checkpoints" / "last" / "trainer_state.json").read_text())
-    # both processes' rewards went into the baseline: 2 steps x 2 processes x 1 prompt x k = 4
-    assert state["baseline_count"] == 16
+    # both processes' rewards went into the baseline: 2 steps x 2 processes x 2 prompts x k = 4
+    assert state["baseline_count"] == 32
     launch("rl", "train", *common, "max_steps=3", "resume_from_checkpoint=true")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    # every completion of both processes, once: 2 processes x 1 prompt x k = 4 per step
-    assert [sum(row["step"] == s for row in history) for s in (1, 2, 3)] == [8, 8, 8]
+    # every completion of both processes, once: 2 processes x 2 prompts x k = 4 per step
+    assert [sum(row["step"] == s for row in history) for s in (1, 2, 3)] == [16, 16, 16]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum("train/clip_ratio" in m for m in metrics) == 3

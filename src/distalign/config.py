@@ -59,7 +59,7 @@ RENAMED = {
     "batch_size": "per_device_train_batch_size (or per_device_eval_batch_size)",
     "eval_batch_size": "per_device_eval_batch_size",
     "prompts_per_step": "per_device_train_batch_size × gradient_accumulation_steps "
-    "/ num_generations",
+    "(or steps_per_generation) / num_generations",
     "micro_batch_prompts": "per_device_train_batch_size (completions per micro-batch)",
     "grad_accum": "gradient_accumulation_steps",
     "lr": "learning_rate",
@@ -167,13 +167,6 @@ NOT_OFFERED = {
     "bnb_4bit_quant_storage": _NO_QUANT,
     "repetition_penalty": _UNBIASED,
     "min_p": _UNBIASED,
-    "steps_per_generation": "each step samples its own rollouts (per_device_train_batch_size "
-    "× gradient_accumulation_steps completions per process); several updates on one batch of "
-    "rollouts: num_iterations",
-    "generation_batch_size": "each step samples per_device_train_batch_size × "
-    "gradient_accumulation_steps completions per process (sampling_batch_size: prompts per "
-    "sampling pass)",
-    "num_generations_eval": "an evaluation samples one reply per held-out prompt",
     "scale_rewards": "baseline picks the estimator: grpo divides by the group's std, "
     "reinforce_pp_baseline by the batch's, dr_grpo and rloo by none",
     "loss_type": "the loss is −A·Σ_t log π per reply, averaged over replies (no per-token "
@@ -239,8 +232,6 @@ NEUTRAL = {
     "chat_template_kwargs": Either((None, {})), "log_unique_prompts": ANY,
     "log_multimodal": ANY, "router_aux_loss_coef": ANY, "pad_to_multiple_of": None,
     "lora_target_parameters": None, "repetition_penalty": 1.0, "min_p": Either((None, 0.0)),
-    "steps_per_generation": None,
-    "generation_batch_size": None, "num_generations_eval": None,
     "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
     # TrainingArguments keys whose default differs between transformers versions
     "fsdp": Either((None, "", [])), "fsdp_config": Either((None, {})),

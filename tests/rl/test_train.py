@@ -371,6 +371,63 @@ def test_several_updates_per_batch_of_rollouts_learn_and_log_their_clipping(
     assert rates[0] == pytest.approx(2e-3 * 42 / 45) and rates[-1] == pytest.approx(0.0)
 
 
+def test_steps_per_generation_updates_on_shares_of_one_batch_against_its_sampler(
+    peaked_policy_dir, tmp_path, monkeypatch
+):
+    """steps_per_generation=2 × gradient_accumulation_steps (TRL's): one batch of 16 rollouts
+    per step makes two updates, on 8 replies each. The second clips its ratio to the
+    log-probs of the policy that sampled (a pass before the first update), brute-forced here
+    against the sampler's own log-probs; the schedule runs over the updates."""
+    import distalign.rl.train as train
+
+    seen, step = [], train.policy_gradient_step
+
+    def recording(t, ro, adv, cfg, old, span=None):
+        out = step(t, ro, adv, cfg, old, span)
+        copy = None if old is None else old.clone()
+        seen.append((span, copy, ro.logps.sum(-1).clone(), out[3].clone()))
+        return out
+
+    monkeypatch.setattr(train, "policy_gradient_step", recording)
+    result = run(config(peaked_policy_dir, tmp_path, max_steps=15, gradient_accumulation_steps=1,
+                        steps_per_generation=2, lr_scheduler_type="linear"))  # fmt: skip
+    assert result["final"]["reward"] > result["initial"]["reward"] + 0.2
+    assert [s[0] for s in seen] == [(0, 8), (8, 16)] * 15
+    moved = 0.0
+    for (_, first, *_), (_, old, sampled, now) in zip(seen[::2], seen[1::2], strict=True):
+        assert first is None  # the first update is the on-policy REINFORCE step
+        assert torch.allclose(old[8:], sampled[8:], atol=1e-3)  # the sampler's, to fp32 sums
+        moved = max(moved, (now - old[8:]).abs().max().item())
+    assert moved > 0.1  # after the first update the policy reads them otherwise
+    rows = [json.loads(x) for x in (tmp_path / "rl" / "history.jsonl").read_text().splitlines()]
+    assert len(rows) == 15 * 16  # 4 prompts × 4 samples per step
+    metrics = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    ratios = [m["train/clip_ratio"] for m in metrics if "train/clip_ratio" in m]
+    assert len(ratios) == 15 and max(ratios) > 0
+    rates = [m["train/learning_rate"] for m in metrics if "train/learning_rate" in m]
+    assert rates[0] == pytest.approx(2e-3 * 28 / 30) and rates[-1] == pytest.approx(0.0)
+
+
+CALLS: list[list[str]] = []
+
+
+def counting_reward(prompts, completions, **kwargs) -> list[float]:
+    CALLS.append([str(p) for p in prompts])
+    return [float(len(c)) for c in completions]
+
+
+def test_num_generations_eval_samples_several_replies_per_held_out_prompt(tiny_model_dir, tmp_path):
+    CALLS.clear()
+    result = run(config(tiny_model_dir, tmp_path, reward="tests.rl.test_train.counting_reward",
+                        max_steps=1, eval_on_start=True, max_eval_samples=2,
+                        num_generations_eval=3))  # fmt: skip
+    evaluations = [c for c in CALLS if len(c) == 6]  # the training step scores 16
+    assert len(evaluations) == 2  # before step 1 and after the last
+    for prompts in evaluations:  # each held-out prompt three times, in turn
+        assert prompts[0] == prompts[1] == prompts[2] != prompts[3] == prompts[5]
+    assert {"gold_mean", "reward", "kl"} <= result["final"].keys()
+
+
 def trl_logging_reward(completions, completion_ids, trainer_state, log_metric, log_extra, **kw):
     """A TRL reward function that uses every argument TRL gives it."""
     log_metric("ids_per_completion", sum(map(len, completion_ids)) / len(completion_ids))
@@ -409,6 +466,18 @@ def test_a_resumed_run_keeps_its_updates_per_step():
     state = TrainState(step=2, num_iterations=1)
     with pytest.raises(ValueError, match="num_iterations=2: the checkpoint's run made 1"):
         begin(None, state, [], RLTrainConfig(num_iterations=2, report_to="none"))
+
+
+def test_a_resumed_run_keeps_its_micro_batches_per_batch_of_rollouts():
+    from distalign.rl.train import begin
+
+    cfg = RLTrainConfig(steps_per_generation=8, report_to="none")  # 2 updates per step
+    for state in [
+        TrainState(step=2, num_iterations=1, steps_per_generation=4),
+        TrainState(step=2, num_iterations=1),
+    ]:  # saved before the key: one update
+        with pytest.raises(ValueError, match="steps_per_generation=8: the checkpoint's run fed 4"):
+            begin(None, state, [], cfg)  # fmt: skip
 
 
 def test_a_resumed_run_that_changes_the_prompt_order_mid_pass_is_warned(caplog):

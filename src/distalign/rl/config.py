@@ -8,6 +8,7 @@ TRL has the idea), checked when built, and the advantage estimators ``baseline``
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,9 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     """Split of the held-out prompts."""
     max_eval_samples: int = 16
     """Held-out prompts per evaluation (the first N)."""
+    num_generations_eval: int | None = None
+    """Replies sampled per held-out prompt in an evaluation, their figures averaged (TRL's;
+    None: 1)."""
     shuffle_dataset: bool = True
     """Draw the training prompts in a seeded random order, a new one each pass (false: in the
     data set's order)."""
@@ -91,19 +95,31 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     of num_generations."""
     gradient_accumulation_steps: int = 4
     """Micro-batches per optimizer step: prompts per step = per_device_train_batch_size ×
-    gradient_accumulation_steps / num_generations (per process)."""
+    gradient_accumulation_steps (or steps_per_generation) / num_generations (per process)."""
+    steps_per_generation: int | None = None
+    """Micro-batches one batch of rollouts feeds, per process (TRL's): a step samples
+    per_device_train_batch_size × steps_per_generation completions per process and makes
+    steps_per_generation / gradient_accumulation_steps optimizer updates on them in turn, each
+    on its own share of the replies; the updates after the first take PPO's clipped objective
+    against the sampling policy, as ``num_iterations`` does. None: gradient_accumulation_steps
+    (one on-policy update per step)."""
+    generation_batch_size: int | None = None
+    """Completions per batch of rollouts over all processes (TRL's): per_device_train_batch_size
+    × processes × steps_per_generation. Give this or steps_per_generation, not both."""
     max_completion_length: int = 64
     """Reply length limit in tokens; a reply that reaches it without EOS counts as cut off."""
     beta: float = 0.05
     """KL coefficient β in R = r − β·Σ log(π/π_ref)."""
     num_iterations: int = 1
-    """Optimizer updates per batch of rollouts (TRL's and GRPO's μ). 1: on-policy REINFORCE.
-    Above 1 the updates after the first take PPO's clipped objective with a sequence-level
-    ratio to the sampling policy (``distalign.losses.clipped_policy_loss``, as TRL's RLOO).
-    A step is still one batch of rollouts: max_steps=N makes N × num_iterations updates (TRL
-    counts each update as a step)."""
+    """Passes over each batch of rollouts (TRL's and GRPO's μ), each one optimizer update (or
+    steps_per_generation / gradient_accumulation_steps). 1: on-policy REINFORCE. The updates
+    after the first take PPO's clipped objective with a sequence-level ratio to the sampling
+    policy (``distalign.losses.clipped_policy_loss``, as TRL's RLOO). A step is still one
+    batch of rollouts: max_steps=N makes N × ``updates_per_step`` updates (TRL counts each
+    update as a step)."""
     epsilon: float = 0.2
-    """Clip range of the ratio, [1 − epsilon, 1 + epsilon_high] (with num_iterations > 1)."""
+    """Clip range of the ratio, [1 − epsilon, 1 + epsilon_high] (for the updates after a
+    step's first)."""
     epsilon_high: float | None = None
     """Upper clip (DAPO's ε_high); None: epsilon."""
     baseline: str = "rloo"
@@ -129,7 +145,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     num_completions_to_print: int | None = None
     """How many of the step's completions that table shows (unset: all)."""
     max_steps: int = 20
-    """Optimizer steps."""
+    """Steps, each one batch of rollouts and ``updates_per_step`` optimizer updates (one by
+    default; num_iterations × steps_per_generation / gradient_accumulation_steps)."""
     learning_rate: float = 1e-5
     """AdamW learning rate (constant after a linear warm-up)."""
     warmup_steps: float = 0
@@ -223,12 +240,7 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
             ),
             (micro >= 1, "per_device_train_batch_size must be >= 1"),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
-            (
-                micro * self.gradient_accumulation_steps % k == 0,
-                f"per_device_train_batch_size × gradient_accumulation_steps ({micro} × "
-                f"{self.gradient_accumulation_steps}) must be a multiple of num_generations "
-                f"({k}): a step samples whole groups of a prompt's replies on each process",
-            ),
+            *self._generation_checks(),
             (self.baseline in BASELINES, f"baseline: {' | '.join(BASELINES)}"),
             (
                 self.baseline not in GROUP_BASELINES or k >= 2,
@@ -236,6 +248,10 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
             ),
             (self.beta >= 0, "beta must be >= 0"),
             (self.num_iterations >= 1, "num_iterations must be >= 1"),
+            (
+                self.num_generations_eval is None or self.num_generations_eval >= 1,
+                "num_generations_eval must be >= 1",
+            ),
             (
                 0 < self.epsilon < 1 and (self.epsilon_high is None or self.epsilon_high > 0),
                 "epsilon must be in (0, 1) and epsilon_high > 0",
@@ -303,11 +319,69 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
                 "uncertainty_scaling: a sum of reward sources has no distribution, so it is off",
             )
 
+    def _generation_checks(self) -> list[tuple[bool, str]]:
+        """TRL's rules for steps_per_generation and generation_batch_size; whole groups."""
+        micro, accumulate, k = (self.per_device_train_batch_size,
+                                self.gradient_accumulation_steps, self.num_generations)  # fmt: skip
+        by_size, by_steps = (
+            self.generation_batch_size is not None,
+            self.steps_per_generation is not None,
+        )
+        if by_size and by_steps:
+            return [(False, "give generation_batch_size or steps_per_generation, not both")]
+        if by_size and micro >= 1:
+            per_pass = micro * world_size()
+            if self.generation_batch_size <= 0 or self.generation_batch_size % per_pass:
+                return [(False, f"generation_batch_size ({self.generation_batch_size}) must be a "
+                         f"positive multiple of per_device_train_batch_size × processes ({micro} "
+                         f"× {world_size()})")]  # fmt: skip
+        steps = self.micro_batches_per_step
+        name = "steps_per_generation" if by_size or by_steps else "gradient_accumulation_steps"
+        return [
+            (steps >= 1, "steps_per_generation must be >= 1"),
+            (
+                accumulate < 1 or steps % accumulate == 0,
+                f"steps_per_generation ({steps}) must be a multiple of "
+                f"gradient_accumulation_steps ({accumulate}): a batch of rollouts makes whole "
+                "optimizer updates",
+            ),
+            (
+                micro * steps % k == 0,
+                f"per_device_train_batch_size × {name} ({micro} × {steps}) must be a multiple "
+                f"of num_generations ({k}): a step samples whole groups of a prompt's replies "
+                "on each process",
+            ),
+        ]
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Teacher-forced micro-batches per batch of rollouts per process: steps_per_generation,
+        from generation_batch_size, or gradient_accumulation_steps."""
+        if self.steps_per_generation is not None:
+            return self.steps_per_generation
+        if self.generation_batch_size is not None:
+            return self.generation_batch_size // max(
+                1, self.per_device_train_batch_size * world_size()
+            )
+        return self.gradient_accumulation_steps
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer updates per step (one batch of rollouts): num_iterations passes over it,
+        each an update per gradient_accumulation_steps micro-batches."""
+        per_pass = self.micro_batches_per_step // self.gradient_accumulation_steps
+        return self.num_iterations * per_pass
+
     @property
     def prompts_per_step(self) -> int:
-        """Prompts per optimizer step per process."""
-        replies = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        """Prompts per step (one batch of rollouts) per process."""
+        replies = self.per_device_train_batch_size * self.micro_batches_per_step
         return replies // self.num_generations
+
+
+def world_size() -> int:
+    """Processes of the run, as the launcher (accelerate, torchrun) sets them."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_gold(source) -> bool:

@@ -96,25 +96,20 @@ def reference_logprobs(
 def evaluate_policy(
     policy, ref_model, tokenizer, prompts, reward, cfg: RLTrainConfig, pad_id: int
 ) -> dict[str, float]:
-    """Mean reward and KL to the reference of one sampled reply per held-out prompt (fixed seed)."""
-    ro = rollout(
-        policy,
-        tokenizer,
-        prompts,
-        cfg,
-        seed=cfg.seed + 10_000,
-        k=1,
-    )
-    reference = (
-        reference_distributions(policy, ref_model, tokenizer, reward, prompts, cfg)
-        if reward.needs_reference
-        else None
-    )
+    """Mean reward and KL to the reference of ``num_generations_eval`` (default 1) sampled
+    replies per held-out prompt (fixed seed)."""
+    k = cfg.num_generations_eval or 1
+    ro = rollout(policy, tokenizer, prompts, cfg, seed=cfg.seed + 10_000, k=k)
+    reference = None
+    if reward.needs_reference:
+        per_prompt = reference_distributions(policy, ref_model, tokenizer, reward, prompts, cfg)
+        reference = {n: p.repeat_interleave(k, 0) for n, p in per_prompt.items()}
+    chats = [p for p in prompts for _ in range(k)]
     scores = reward(
-        prompts,
+        chats,
         ro.texts,
         reference,
-        columns=prompt_columns(prompts),
+        columns=prompt_columns(chats),
         completion_ids=ro.replies,
         log=False,  # not a training step's samples
     )
@@ -130,7 +125,7 @@ def evaluate_policy(
     if is_gold(cfg.eval_dataset_name or cfg.dataset_name):  # the truth (never trained on)
         from distalign.gold.judge import GROUPS, judge, prompt_text
 
-        judged = judge([prompt_text(p) for p in prompts], ro.texts)
+        judged = judge([prompt_text(p) for p in chats], ro.texts)
         result["gold_mean"] = float(judged["gold_mean"].mean())
         # each annotator group's mean reward: does the policy serve the worse-off group?
         result |= {f"gold_{g.name}": float(judged[f"gold_{g.name}"].mean()) for g in GROUPS}

@@ -106,6 +106,7 @@ class TrainState:
     initial_eval: dict | None = None  # the SFT policy on held-out prompts, before step 1
     initial_eval_prompts: int | None = None  # how many held-out prompts it was measured on
     num_iterations: int | None = None  # updates per step the run began with (the schedule's)
+    steps_per_generation: int | None = None  # … and micro-batches per batch of rollouts
     shuffle_dataset: bool | None = None  # the prompt order the cursor points into
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
     nonfinite_in_a_row: int = 0
@@ -343,8 +344,8 @@ def rewards_of(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig, state=None
 
 def trainer_state_of(state: TrainState, cfg: RLTrainConfig) -> TrainerState:
     """transformers' ``TrainerState`` as TRL gives it to reward functions: its steps are
-    optimizer updates, ``num_iterations`` per step here."""
-    per_step = cfg.num_iterations
+    optimizer updates, ``updates_per_step`` per step here."""
+    per_step = cfg.updates_per_step
     return TrainerState(
         global_step=state.step * per_step, max_steps=cfg.max_steps * per_step, epoch=state.epoch
     )
@@ -361,8 +362,8 @@ def pooled_rewards(accelerator, shaped: torch.Tensor, cfg: RLTrainConfig) -> tor
 class Update:
     """What a step's policy updates report: the mean gradient norm of the finite ones, whether
     each was finite (a non-finite one is skipped), the token entropy (sum, count) of the
-    first (the policy that sampled), and the share of replies whose ratio was clipped in the
-    later ones (None with one update)."""
+    first pass over the replies, and the share of replies whose ratio was clipped in the
+    clipped updates (None with one update)."""
 
     grad_norm: float
     finite: list[bool]  # per update
@@ -372,19 +373,26 @@ class Update:
 
 
 def policy_gradient_step(
-    t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig, old: torch.Tensor | None
+    t: Trainer,
+    ro: Rollouts,
+    adv: torch.Tensor,
+    cfg: RLTrainConfig,
+    old: torch.Tensor | None,
+    span: tuple[int, int] | None = None,
 ):
-    """One optimizer step over the step's micro-batches (skipped when the gradient is not
-    finite): −mean A_i·Σ_t log π (``reinforce_loss``), or, given ``old`` (B,) Σ_t log π_old,
-    the clipped objective against it (``clipped_policy_loss``). Returns (grad norm, summed
-    token entropy, tokens, (B,) Σ_t log π of each reply (detached), (B,) clipped)."""
+    """One optimizer step over the micro-batches of the replies in ``span`` (default: all;
+    skipped when the gradient is not finite): −mean A_i·Σ_t log π (``reinforce_loss``), or,
+    given ``old`` (B,) Σ_t log π_old of every reply, the clipped objective against it
+    (``clipped_policy_loss``). Returns (grad norm, summed token entropy, tokens, Σ_t log π of
+    each reply of the span (detached), whether each was clipped)."""
     t.learner.train()
-    n, step = len(ro.replies), cfg.per_device_train_batch_size
+    begin, end = span or (0, len(ro.replies))
+    n, step = end - begin, cfg.per_device_train_batch_size
     entropy_sum, tokens, seq, clipped = 0.0, 0, [], []
-    for s in range(0, n, step):  # micro-batches of replies; one may cut a prompt's group
-        stop = min(n, s + step)
+    for s in range(begin, end, step):  # micro-batches of replies; one may cut a prompt's group
+        stop = min(end, s + step)
         ids, groups = ro.groups(s, stop)
-        last = stop >= n  # gradients are all-reduced once, after the last micro-batch
+        last = stop >= end  # gradients are all-reduced once, after the last micro-batch
         with nullcontext() if last else t.accelerator.no_sync(t.learner):
             lp, ent = t.learner(
                 ids, groups, t.tokenizer.pad_token_id, cfg.temperature or 1.0, cfg.prefix_sharing
@@ -412,22 +420,53 @@ def policy_gradient_step(
     return grad_norm, entropy_sum, tokens, torch.cat(seq), torch.cat(clipped) if clipped else None
 
 
+@torch.no_grad()
+def sampling_logprobs(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, begin: int) -> torch.Tensor:
+    """Σ_t log π of the replies from ``begin`` on, by the policy that sampled them (before
+    any update; the teacher-forced pass the updates take, without gradients)."""
+    t.learner.train()
+    out = []
+    for s in range(begin, len(ro.replies), cfg.per_device_train_batch_size):
+        ids, groups = ro.groups(s, s + cfg.per_device_train_batch_size)
+        lp, _ = t.learner(
+            ids, groups, t.tokenizer.pad_token_id, cfg.temperature or 1.0, cfg.prefix_sharing
+        )
+        out.append(sequence_sum(*pad_reply_tensors(lp)))
+    return torch.cat(out)
+
+
 def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig) -> Update:
-    """``num_iterations`` optimizer steps on one batch of rollouts (TRL's μ): the first is the
-    REINFORCE step (ratio 1), the later ones clip the ratio to the first's log-probs."""
-    old, norms, clipped, first = None, [], [], None
-    for _ in range(cfg.num_iterations):
-        norm, entropy_sum, tokens, seq, clip = policy_gradient_step(t, ro, adv, cfg, old)
-        norms.append(float(norm))
-        if old is None:
-            old, first = seq, (entropy_sum, tokens)
-        else:
-            clipped.append(clip.float().mean().item())
+    """``num_iterations`` passes (TRL's μ) over one batch of rollouts, each an optimizer step
+    per ``gradient_accumulation_steps`` micro-batches of it (``steps_per_generation`` of them
+    per pass, TRL's). The first step is the REINFORCE step (ratio 1); the others clip the
+    ratio to the sampling policy's log-probs: the first step's own pass, and for the replies
+    the first pass reaches after it, a pass without gradients before any step (as TRL takes
+    its old log-probs)."""
+    n = len(ro.replies)
+    size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    spans = [(s, min(n, s + size)) for s in range(0, n, size)]
+    old = None
+    if len(spans) > 1:  # the later spans' sampling log-probs, while the policy is still π_old
+        later = sampling_logprobs(t, ro, cfg, spans[1][0]).to(adv.device)
+        old = torch.cat([adv.new_zeros(spans[0][1]), later])
+    norms, clipped, entropy_sum, tokens = [], [], 0.0, 0
+    for i in range(cfg.num_iterations):
+        for begin, end in spans:
+            first = i == 0 and begin == 0
+            step = policy_gradient_step(t, ro, adv, cfg, None if first else old, (begin, end))
+            norm, ent, tok, seq, clip = step
+            norms.append(float(norm))
+            if first:  # the first span's own pass gives its sampling log-probs
+                old = seq if old is None else torch.cat([seq.to(old.device), old[end:]])
+            else:
+                clipped.append(clip.float())
+            if i == 0:
+                entropy_sum, tokens = entropy_sum + ent, tokens + tok
     finite = [math.isfinite(x) for x in norms]
     kept = [x for x in norms if math.isfinite(x)]
     norm = sum(kept) / len(kept) if kept else math.nan
-    ratio = sum(clipped) / len(clipped) if clipped else None
-    return Update(norm, finite, *first, clip_ratio=ratio)
+    ratio = torch.cat(clipped).mean().item() if clipped else None
+    return Update(norm, finite, entropy_sum, tokens, clip_ratio=ratio)
 
 
 def evaluate(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> dict[str, float]:
@@ -448,14 +487,17 @@ def begin(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
             f"{state.num_iterations} updates per step, and its learning-rate schedule counts "
             "them; resume with that value"
         )
-    if state.shuffle_dataset not in (None, cfg.shuffle_dataset) and state.cursor:
-        config_warning(
-            log,
-            "shuffle_dataset=%s: the checkpoint's run drew this pass's prompts in the other "
-            "order, so some of them come again before the next pass and others not at all",
-            cfg.shuffle_dataset,
+    steps, was = cfg.micro_batches_per_step, state.steps_per_generation
+    if was is None and state.num_iterations is not None:  # saved before the key: one update
+        was = cfg.gradient_accumulation_steps
+    if was not in (None, steps):
+        raise ValueError(
+            f"steps_per_generation={steps}: the checkpoint's run fed {was} micro-batches from "
+            "each batch of rollouts, and its learning-rate schedule counts the updates they "
+            "make; resume with that value"
         )
     state.num_iterations, state.shuffle_dataset = cfg.num_iterations, cfg.shuffle_dataset
+    state.steps_per_generation = steps
     reward = getattr(t, "reward", None)
     if hasattr(reward, "trainer_state"):  # reward functions evaluated before step 1 get it
         reward.trainer_state = trainer_state_of(state, cfg)
@@ -487,10 +529,10 @@ def optimizer_and_schedule(policy, cfg: RLTrainConfig, sharded: bool):
     ``lr_scheduler_type`` (any transformers scheduler) over max_steps."""
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = adamw(trainable, cfg.learning_rate, cfg.weight_decay, sharded=sharded)
-    # the schedule counts optimizer updates: num_iterations per step
-    warmup = steps_of(cfg.warmup_steps, cfg.max_steps) * cfg.num_iterations
+    # the schedule counts optimizer updates: updates_per_step per step
+    warmup = steps_of(cfg.warmup_steps, cfg.max_steps) * cfg.updates_per_step
     if cfg.lr_scheduler_type != "constant":
-        total = cfg.max_steps * cfg.num_iterations
+        total = cfg.max_steps * cfg.updates_per_step
         steps = {"num_warmup_steps": warmup, "num_training_steps": total}
         return optimizer, get_scheduler(cfg.lr_scheduler_type, optimizer, **steps)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(
