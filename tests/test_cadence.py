@@ -73,11 +73,13 @@ def test_configs_take_the_transformers_keys():
     [("warmup_ratio=1.0", "warmup_ratio must be in [0, 1)"),
      ("eval_at_start=false", "`eval_at_start` is now `eval_on_start`"),
      ("save_total_limit=2", "`save_total_limit` is a TRL/transformers key distalign does not take"),
+     ("save_total_limit=0", "save_total_limit must be >= 1"),
      ("push_to_hub=true", "hf upload")],
 )  # fmt: skip
 def test_old_and_absent_keys_say_what_to_use(key, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(RMTrainConfig if "eval_at" not in key else RLTrainConfig, None, [key])
+        rl = "eval_at" in key or key == "save_total_limit=0"
+        load_config(RLTrainConfig if rl else RMTrainConfig, None, [key])
 
 
 def test_metrics_log_writes_window_means_and_current_values(tmp_path):

@@ -408,6 +408,13 @@ def test_steps_per_generation_updates_on_shares_of_one_batch_against_its_sampler
     assert rates[0] == pytest.approx(2e-3 * 28 / 30) and rates[-1] == pytest.approx(0.0)
 
 
+def test_save_total_limit_keeps_the_newest_step_policies(tiny_model_dir, tmp_path):
+    run(config(tiny_model_dir, tmp_path, max_steps=4, save_steps=1, save_total_limit=2,
+               max_eval_samples=1))  # fmt: skip
+    checkpoints = tmp_path / "rl" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last", "step_00003", "step_00004"]
+
+
 CALLS: list[list[str]] = []
 
 

@@ -203,6 +203,9 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     keep_checkpoints: bool = True
     """Also keep the policy of every save as checkpoints/step_N (for the over-optimisation
     curve of ``eval compare``; LoRA adapters are small)."""
+    save_total_limit: int | None = None
+    """Keep only the newest N of those step_N policies, removing older ones as new ones come
+    (transformers' key; None: all). checkpoints/last, the resumable one, always stays."""
     output_dir: str = "runs/rl"
     """Checkpoints, final policy, history, metrics, config."""
     resume_from_checkpoint: str | None = None
@@ -248,6 +251,10 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
             ),
             (self.beta >= 0, "beta must be >= 0"),
             (self.num_iterations >= 1, "num_iterations must be >= 1"),
+            (
+                self.save_total_limit is None or self.save_total_limit >= 1,
+                "save_total_limit must be >= 1 (null: keep every step_N policy)",
+            ),
             (
                 self.num_generations_eval is None or self.num_generations_eval >= 1,
                 "num_generations_eval must be >= 1",

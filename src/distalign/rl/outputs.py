@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -147,6 +148,10 @@ def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) ->
         if keep:  # policy only: the points of the over-optimisation curve
             step = t.out / "checkpoints" / f"step_{state.step:05d}"
             save_policy(t.policy, t.tokenizer, step, weights)
+            if cfg.save_total_limit:
+                kept = sorted(p for p in step.parent.glob("step_*") if p.is_dir())
+                for old in kept[: -cfg.save_total_limit]:
+                    shutil.rmtree(old)
 
 
 def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig) -> None:
