@@ -353,7 +353,7 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
                 "optimizer updates",
             ),
             (
-                micro * steps % k == 0,
+                k < 1 or micro * steps % k == 0,
                 f"per_device_train_batch_size × {name} ({micro} × {steps}) must be a multiple "
                 f"of num_generations ({k}): a step samples whole groups of a prompt's replies "
                 "on each process",
