@@ -332,10 +332,14 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch
 # --- a named judge on prompts that are not the benchmark's ----------------------------------
 
 
-def reply_chars(prompts, replies, bonus):
-    """A judge for the tests (``tests.eval.test_compare:reply_chars``): a reply's length in
-    characters plus its prompt's ``bonus`` column, so the data set's columns must reach it."""
-    return [len(r) + b for r, b in zip(replies, bonus, strict=True)]
+def reply_chars(completions, bonus, completion_ids, **kwargs):
+    """A judge for the tests (``tests.eval.test_compare:reply_chars``), a TRL reward function:
+    a reply's length in characters plus its prompt's ``bonus`` column, so the data set's
+    columns must reach it; it gets the replies' token ids, as in TRL."""
+    assert len(completion_ids) == len(completions) and all(map(len, completion_ids))
+    assert all(isinstance(i, int) for ids in completion_ids for i in ids)
+    texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
+    return [len(r) + b for r, b in zip(texts, bonus, strict=True)]
 
 
 JUDGE = "tests.eval.test_compare:reply_chars"

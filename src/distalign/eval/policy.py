@@ -104,18 +104,20 @@ def score_all(rewards: dict[str, Any], prompts, texts) -> dict[str, dict[str, np
     return out
 
 
-def judge_replies(judge, prompts, texts, device) -> dict[str, np.ndarray]:
+def judge_replies(judge, prompts, texts, device, completion_ids=None) -> dict[str, np.ndarray]:
     """The judge's view of each reply (``prompts``: the prompt of each reply). ``judge`` None:
     the gold judge's attributes, group rewards, ``gold_mean`` and ``gold_std``; else
     ``{"judge": reward per reply}`` of that reward source, which gets the prompts' data-set
-    columns as ``rl train``'s reward does."""
+    columns and the replies' token ids (``completion_ids``, the policy's tokens) as
+    ``rl train``'s reward does."""
     if judge is None:
         from distalign.gold import judge as gold
 
         return gold.judge([gold.prompt_text(p) for p in prompts], texts, device)
     from distalign.rl.rewards import prompt_columns
 
-    out = judge(prompts, texts, columns=prompt_columns(prompts), log=False)  # nothing reads it
+    out = judge(prompts, texts, columns=prompt_columns(prompts), completion_ids=completion_ids,
+                log=False)  # fmt: skip
     return {"judge": out.rewards.detach().float().cpu().numpy()}
 
 
@@ -160,7 +162,7 @@ def measure_policy(
     )  # fmt: skip
     model.eval()
     per_reply = [p for p in prompts for _ in range(k)]  # the prompt of each reply
-    judged = judge_replies(judge, per_reply, samples.texts, load["device"])
+    judged = judge_replies(judge, per_reply, samples.texts, load["device"], samples.reply_ids)
     scored = score_all(rewards, per_reply, samples.texts)
     if sft is None:
         kl = np.zeros(len(samples.texts))
