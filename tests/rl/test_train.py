@@ -439,6 +439,7 @@ def trl_logging_reward(completions, completion_ids, trainer_state, log_metric, l
     """A TRL reward function that uses every argument TRL gives it."""
     log_metric("ids_per_completion", sum(map(len, completion_ids)) / len(completion_ids))
     log_extra("step_seen", [trainer_state.global_step] * len(completions))
+    log_extra("epoch_seen", [trainer_state.epoch] * len(completions))
     log_metric("kl", 123.0)  # distalign's own names: kept apart
     log_extra("reward", ["mine"] * len(completions))
     return [float(len(ids)) for ids in completion_ids]
@@ -464,6 +465,9 @@ def test_trl_reward_functions_log_metrics_and_completion_columns(
     assert all(m["train/log_metric/kl"] == 123.0 and m["train/kl"] != 123.0 for m in steps)
     rows = [json.loads(x) for x in (tmp_path / "rl" / "history.jsonl").read_text().splitlines()]
     assert {r["step"] - 1 for r in rows} == {r["step_seen"] for r in rows} == {0, 1}
+    # fractional epochs, as transformers counts them: 4 and 8 prompts into the first pass
+    epochs = {r["step"]: r["epoch_seen"] for r in rows}
+    assert 0 < epochs[1] < 0.1 and epochs[2] == pytest.approx(2 * epochs[1])
     assert all(r["log_extra/reward"] == "mine" and r["reward"] != "mine" for r in rows)
 
 

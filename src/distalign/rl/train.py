@@ -101,6 +101,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     cursor: int = 0  # position in this epoch's prompt order
+    pass_size: int = 0  # this process's training prompts (one epoch's), for fractional epochs
     baseline_mean: float = 0.0  # moving-average baseline and the rewards it has seen
     baseline_count: int = 0
     initial_eval: dict | None = None  # the SFT policy on held-out prompts, before step 1
@@ -344,10 +345,12 @@ def rewards_of(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig, state=None
 
 def trainer_state_of(state: TrainState, cfg: RLTrainConfig) -> TrainerState:
     """transformers' ``TrainerState`` as TRL gives it to reward functions: its steps are
-    optimizer updates, ``updates_per_step`` per step here."""
+    optimizer updates, ``updates_per_step`` per step here; its epoch is fractional, the passes
+    over the training prompts made so far."""
     per_step = cfg.updates_per_step
+    epoch = state.epoch + (state.cursor / state.pass_size if state.pass_size else 0.0)
     return TrainerState(
-        global_step=state.step * per_step, max_steps=cfg.max_steps * per_step, epoch=state.epoch
+        global_step=state.step * per_step, max_steps=cfg.max_steps * per_step, epoch=epoch
     )
 
 
@@ -496,6 +499,13 @@ def begin(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
             "each batch of rollouts, and its learning-rate schedule counts the updates they "
             "make; resume with that value"
         )
+    if state.shuffle_dataset not in (None, cfg.shuffle_dataset) and state.cursor:
+        config_warning(
+            log,
+            "shuffle_dataset=%s: the checkpoint's run drew this pass's prompts in the other "
+            "order, so some of them come again before the next pass and others not at all",
+            cfg.shuffle_dataset,
+        )
     state.num_iterations, state.shuffle_dataset = cfg.num_iterations, cfg.shuffle_dataset
     state.steps_per_generation = steps
     reward = getattr(t, "reward", None)
@@ -565,6 +575,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
                                              accelerator.is_main_process))  # fmt: skip
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
+    state.pass_size = len(train_prompts)
     begin(t, state, eval_prompts, cfg)
     bar = progress_bar(total=cfg.max_steps, initial=state.step, desc="rl train",
                        show=accelerator.is_local_main_process)  # fmt: skip
