@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
@@ -25,7 +26,7 @@ from distalign.metrics import bootstrap_interval, win_rate
 from distalign.models.generate import SamplingConfig
 from distalign.report import plots
 from distalign.report.html import rebuild_report, write_report
-from distalign.report.runs import rl_panels
+from distalign.report.runs import rl_panels, rl_run_names
 from distalign.report.tables import compare_config, headline_columns, headline_rows, verdicts
 
 
@@ -186,21 +187,32 @@ def test_rebuild_reads_an_old_comparison_and_maps_old_config_keys(tmp_path):
 
 
 def test_runs_trained_on_different_rewards_get_their_own_reward_panel(tmp_path):
-    for name, reward in (("a", "rm_scalar/final"), ("b", "rm_ordinal/final"), ("c", "x:fn")):
+    scalar = str(tmp_path / "rm_scalar/final")
+    trained_on = {"a": scalar, "b": str(tmp_path / "rm_ordinal/final"), "c": "x:fn",
+                  "d": [scalar, "rewards.mine.brevity"], "e": "rewards.mine.brevity"}  # fmt: skip
+    for name, reward in trained_on.items():
         run = tmp_path / name
         run.mkdir()
-        (run / "config.yaml").write_text(
-            f"reward: {tmp_path / reward if '/' in reward else reward}\n"
-        )
+        (run / "config.yaml").write_text(yaml.safe_dump({"reward": reward}))
         rows = [{"step": s, "train/reward": float(s), "train/kl": 0.1 * s} for s in (1, 2)]
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    names = {str(tmp_path / n): n for n in "abc"}
-    panels = rl_panels(names, {"scalar": str(tmp_path / "rm_scalar/final")})
+    names = {str(tmp_path / n): n for n in trained_on}
+    panels = rl_panels(names, {"scalar": scalar})
     rewards = {p.title: list(p.series) for p in panels if p.title.startswith("training reward")}
     assert rewards == {
         "training reward: RM scalar": ["a"],
         "training reward: RM rm_ordinal": ["b"],
         "training reward: fn": ["c"],
+        "training reward: RM scalar + brevity": ["d"],  # a sum of sources, TRL's module.function
+        "training reward: brevity": ["e"],
+    }
+    # a policy given as its folder alone is named by its run, as eval compare names it
+    config = {"policies": [str(tmp_path / "a" / "final"), f"mine={tmp_path / 'b' / 'final'}",
+                           str(tmp_path / "c")]}  # fmt: skip
+    assert rl_run_names(config) == {
+        str(tmp_path / "a"): "a",
+        str(tmp_path / "b"): "mine",
+        str(tmp_path / "c"): "c",
     }
     drawn, single = plots.single_point_panels(panels)
     assert "gold reward on held-out prompts" not in [p.title for p in drawn + single]  # no data

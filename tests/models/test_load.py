@@ -52,6 +52,9 @@ def test_missing_or_non_model_folder(tmp_path):
         resolve_model(str(tmp_path / "nope"))
     with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
         resolve_model(str(tmp_path))
+    (tmp_path / "final").mkdir()  # a training run's output_dir stands for its final model
+    (tmp_path / "final" / "adapter_config.json").write_text("{}")
+    assert resolve_model(str(tmp_path)) == str((tmp_path / "final").resolve())
 
 
 def test_embedded_model_cached_on_another_machine_is_its_alias(tmp_path, monkeypatch):

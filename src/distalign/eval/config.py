@@ -4,6 +4,7 @@ prompts, decoded how (the run itself is ``eval/policy.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -113,6 +114,15 @@ class CompareConfig(SamplingConfig, PlacementConfig):
     def reward_dirs(self) -> dict[str, str]:
         """NAME -> DIR of the reward models."""
         return _named(self.rewards)
+
+
+def run_of(policy_dir: str) -> str:
+    """The RL run folder of a compared policy: the folder itself when it is a run's output_dir
+    (given for its final/), else the folder holding it (a run's ``final/``)."""
+    folder = Path(policy_dir)
+    if (folder / "config.yaml").is_file() or (folder / "metrics.jsonl").is_file():
+        return str(folder)
+    return str(folder.parent)
 
 
 def _named(items: list[str], taken: set[str] = frozenset()) -> dict[str, str]:

@@ -39,7 +39,7 @@ import yaml
 
 from distalign.config import ConfigError
 from distalign.data.load import same_source
-from distalign.eval.config import CompareConfig
+from distalign.eval.config import CompareConfig, run_of
 from distalign.metrics import bootstrap_interval, distinct_n, win_rate
 from distalign.models.generate import SamplingConfig, sampling_of
 
@@ -176,7 +176,7 @@ def trained_rewards(cfg: CompareConfig) -> dict[str, list]:
     ``config.yaml``), for the config's runs and the folders holding its policies."""
     folders = [
         *cfg.runs,
-        *(str(Path(d).parent) for d in cfg.policy_dirs().values() if Path(d).is_dir()),
+        *(run_of(d) for d in cfg.policy_dirs().values() if Path(d).is_dir()),
     ]
     out = {}
     for folder in dict.fromkeys(folders):

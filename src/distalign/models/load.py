@@ -239,10 +239,15 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def _holds_model(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+
+
 def resolve_model(name: str = DEFAULT_MODEL) -> str:
     """Turn a model name into what ``from_pretrained`` takes: a local folder or a hub id.
 
-    Aliases of embedded models are converted on first use and then served from the cache.
+    Aliases of embedded models are converted on first use and then served from the cache. A
+    training run's output_dir stands for its ``final/`` model.
     A cache folder of an embedded model that is not on this machine (the base of a LoRA
     adapter trained elsewhere names it) is that alias: the same GGUF gives the same weights.
     """
@@ -257,7 +262,9 @@ def resolve_model(name: str = DEFAULT_MODEL) -> str:
             convert_gguf(_embedded_gguf(key), out)
         return str(out)
     if path.exists():
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        if not _holds_model(path) and _holds_model(path / "final"):
+            path = path / "final"  # a training run's output_dir: its final model
+        if not _holds_model(path):
             raise ModelNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
         return str(path.resolve())  # absolute: a LoRA adapter records its base by this name
     if name.startswith((".", "/", "~")) or name.count("/") > 1:

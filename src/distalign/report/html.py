@@ -134,8 +134,9 @@ def figures(summary: Mapping, config: Mapping, judge_rewards: Mapping | None) ->
     out += _figure(
         "REINFORCE training",
         plots.training_curves(drawn, colors),
-        "Gold reward on the run's held-out prompts, the reward it was trained on (one panel per "
-        "reward model: their scales differ), KL to SFT and reply length per training step.",
+        ("Gold reward on the run's held-out prompts, the" if judge.gold else "The")
+        + " reward it was trained on (one panel per reward: their scales differ), KL to SFT and "
+        "reply length per training step.",
         _singles(single),
     )
     drawn, single = plots.single_point_panels(rm_panels(config.get("rm_runs", [])))

@@ -32,32 +32,44 @@ def rl_run_names(config: dict) -> dict[str, str]:
     """RL run folder -> its name in the report: the compared policy it made (so a run has the
     policy's colour), else the folder name. The folders are the config's ``runs`` and the
     parents of compared policies that hold a training log."""
+    from distalign.eval.config import _named, run_of
+
     by_parent = {}
-    for item in config.get("policies", []):
-        name, folder = item.split("=", 1)
-        by_parent.setdefault(str(Path(folder).parent), name)
+    for name, folder in _named(config.get("policies", []), taken={"sft"}).items():
+        by_parent.setdefault(run_of(folder), name)
     folders = [*config.get("runs", []), *by_parent]
     folders = [d for d in dict.fromkeys(folders) if (Path(d) / "metrics.jsonl").is_file()]
     return {d: by_parent.get(str(Path(d)), Path(d).name) for d in folders}
 
 
 def _reward_label(run_dir: str, reward_names: dict[str, str]) -> str:
-    """What a run was trained against, from its ``config.yaml``: a compared RM's name where the
-    folder matches, else the folder (or ``module:function``); with its functional, if not E[R]."""
+    """What a run was trained against, from its ``config.yaml``: each source's label (a
+    compared RM's name where the folder matches, else ``RM`` and its folder; a function's
+    name), joined by "+"; with its functional, if not E[R]."""
     path = Path(run_dir) / "config.yaml"
     cfg = yaml.safe_load(path.read_text()) if path.is_file() else None
     if not isinstance(cfg, dict) or not cfg.get("reward"):
         return f"run {Path(run_dir).name}"  # unknown: the run gets a panel of its own
-    reward = str(cfg["reward"])
-    if ":" in reward and "/" not in reward:  # module:function, e.g. the gold judge
-        label = reward.rsplit(":", 1)[-1]
-    else:
-        folder = Path(reward)
-        known = {str(Path(d).resolve()): name for name, d in reward_names.items()}
-        short = folder.parent.name if folder.name in ("final", "best", "last") else folder.name
-        label = f"RM {known.get(str(folder.resolve()), short)}"
+    specs = cfg["reward"] if isinstance(cfg["reward"], list) else [cfg["reward"]]
+    label = " + ".join(_source_label(str(s), reward_names) for s in specs)
     functional = cfg.get("functional")
     return label if functional in (None, "expectation") else f"{label}, {functional}"
+
+
+def _source_label(spec: str, reward_names: dict[str, str]) -> str:
+    """A reward function by its name (``module:function``, TRL's ``module.function`` or
+    built-in name), a reward model as ``RM`` and its compared name or folder."""
+    from distalign.rl.rewards import TRL_BUILT_IN_REWARDS, source_name
+
+    if not Path(spec).exists():
+        if ":" in spec:
+            return spec.rsplit(":", 1)[-1]
+        if spec in TRL_BUILT_IN_REWARDS:
+            return spec
+        if "." in spec and "/" not in spec:
+            return spec.rpartition(".")[2]
+    known = {str(Path(d).resolve()): name for name, d in reward_names.items()}
+    return f"RM {known.get(str(Path(spec).resolve()), source_name(spec))}"
 
 
 def rl_panels(run_names: dict[str, str], reward_names: dict[str, str]) -> list[Panel]:
