@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from distalign.checkpoint import follow_schedule, resolve_resume, rng_state, set_rng_state
+from distalign.checkpoint import (
+    CheckpointError,
+    follow_schedule,
+    resolve_resume,
+    rng_state,
+    set_rng_state,
+)
 
 
 def test_rng_round_trip():
@@ -63,8 +69,13 @@ def test_rng_state_touches_only_this_process_gpu(monkeypatch):
 
 
 def test_resume_needs_a_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match=r"no checkpoint at .*checkpoints/last"):
         resolve_resume(tmp_path / "last")
+    policy = tmp_path / "step_00002"  # rl train's kept policies are models, not checkpoints
+    policy.mkdir()
+    (policy / "adapter_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"holds a model only .*resume_from_checkpoint=true"):
+        resolve_resume(policy)
     old = tmp_path / "last.old"  # a crash between the two renames of a save
     old.mkdir()
     (old / "trainer_state.json").write_text("{}")

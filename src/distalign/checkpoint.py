@@ -73,7 +73,15 @@ def resolve_resume(path: str | Path) -> Path:
     for candidate in (path, path.with_name(path.name + ".old")):
         if (candidate / "trainer_state.json").is_file():
             return candidate
-    raise FileNotFoundError(f"resume_from_checkpoint: there is no checkpoint at {path}")
+    if path.is_dir() and any((path / f).is_file() for f in ("config.json", "adapter_config.json")):
+        raise CheckpointError(
+            f"resume_from_checkpoint: {path} holds a model only (no trainer_state.json); a run "
+            "resumes from its output_dir/checkpoints/last (resume_from_checkpoint=true)"
+        )
+    raise CheckpointError(
+        f"resume_from_checkpoint: there is no checkpoint at {path} (a run's resumable checkpoint "
+        "is output_dir/checkpoints/last; without resume_from_checkpoint the run starts afresh)"
+    )
 
 
 class NonFiniteError(RuntimeError):
@@ -154,7 +162,7 @@ def load_model_weights(model, path: str | Path) -> None:
         return
     files = sorted(path.glob("model*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{path}: no safetensors weights")
+        raise CheckpointError(f"{path}: no safetensors weights to resume from")
     state = {}
     for f in files:
         state.update(load_file(f))
