@@ -2,7 +2,8 @@
 # The whole pipeline on the embedded defaults (about 23 min on a 2-core CPU):
 # reward models (scalar, ordinal) -> REINFORCE (moving average + scalar RM, RLOO + scalar RM,
 # RLOO + CVaR of the ordinal RM) -> comparison with SFT -> report.
-# A finished stage (its output exists) is reused; FORCE=1 redoes everything.
+# A finished stage (its output exists) is reused, a stopped one resumed; FORCE=1 redoes
+# everything.
 # PROFILE=full (make demo-full): more pairs, more steps, more prompts, one more variant
 # (RLOO + mean − std of the ordinal RM); several hours on this CPU.
 set -euo pipefail
@@ -26,6 +27,8 @@ lap() { local now; now=$(date +%s); [ -n "$name" ] && TIMES="$TIMES$(printf '%6s
 "; last=$now; }
 stage() { lap; name="$*"; echo; echo "== [$(( ($(date +%s) - start) / 60 )) min] $*"; }
 done_or() { if [ -e "$1" ]; then echo "   reusing $1"; return 1; fi; }
+# a stage stopped after its first checkpoint carries on from it
+resume_of() { if [ -d "$1/checkpoints/last" ]; then echo "resume_from_checkpoint=true"; fi; }
 
 stage "the default model (SmolLM2-135M-Instruct from the embedded GGUF, converted once)"
 $DA model prepare
@@ -39,9 +42,9 @@ $DA data inspect examples/hh_sample.jsonl.gz > "$OUT/inspect_hh.txt"
 head -n 4 "$OUT/inspect_hh.txt"
 
 stage "reward model 1/2: scalar Bradley-Terry"
-done_or $OUT/rm_scalar/final && $DA rm train configs/rm_demo_scalar.yaml output_dir=$OUT/rm_scalar $RM_X
+done_or $OUT/rm_scalar/final && $DA rm train configs/rm_demo_scalar.yaml output_dir=$OUT/rm_scalar $RM_X $(resume_of $OUT/rm_scalar)
 stage "reward model 2/2: ordinal distributional"
-done_or $OUT/rm_ordinal/final && $DA rm train configs/rm_demo_ordinal.yaml output_dir=$OUT/rm_ordinal $RM_X
+done_or $OUT/rm_ordinal/final && $DA rm train configs/rm_demo_ordinal.yaml output_dir=$OUT/rm_ordinal $RM_X $(resume_of $OUT/rm_ordinal)
 
 for run in $RUNS; do
   stage "REINFORCE: $run"
@@ -51,7 +54,7 @@ for run in $RUNS; do
   esac
   rm_dir=$OUT/rm_scalar/final
   case $run in rloo_cvar|rloo_mstd) rm_dir=$OUT/rm_ordinal/final ;; esac
-  done_or $OUT/rl_$run/final && $DA rl train $cfg reward=$rm_dir output_dir=$OUT/rl_$run $extra $RL_X
+  done_or $OUT/rl_$run/final && $DA rl train $cfg reward=$rm_dir output_dir=$OUT/rl_$run $extra $RL_X $(resume_of $OUT/rl_$run)
 done
 POLICIES=""
 for run in $RUNS; do POLICIES="$POLICIES --policy $run=$OUT/rl_$run/final"; done

@@ -20,7 +20,11 @@ stage() {  # stage OUTPUT LOG command...
   if [ -e "$out" ]; then echo "skip $log ($out exists)"; return 0; fi
   local t0=$SECONDS
   echo "$(date +%T) $log"
-  "$@" > "runs/logs/$log.log" 2>&1 || echo "FAILED $log (runs/logs/$log.log)"
+  local resume=()  # a stage stopped after its first checkpoint carries on from it
+  if [[ $out == */final && -d "$(dirname "$out")/checkpoints/last" ]]; then
+    resume=(resume_from_checkpoint=true)
+  fi
+  "$@" "${resume[@]}" > "runs/logs/$log.log" 2>&1 || echo "FAILED $log (runs/logs/$log.log)"
   echo "$(date +%T) $log done in $((SECONDS - t0)) s"
 }
 rl_arms() {  # rl_arms ARM...: RLOO with configs/rl_level2_ARM.yaml at each seed

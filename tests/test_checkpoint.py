@@ -13,6 +13,7 @@ import torch
 from distalign.checkpoint import (
     CheckpointError,
     follow_schedule,
+    prepare_output_dir,
     resolve_resume,
     rng_state,
     set_rng_state,
@@ -173,3 +174,23 @@ def test_resume_through_a_checkpoint_takes_this_runs_peak_and_horizon(tiny_model
     same, same_sched = run(1e-3, 2)
     load_checkpoint(path, model, same, same_sched)
     assert [g["lr"] for g in same.param_groups] == [0.0, 0.0]
+
+
+def test_a_fresh_run_does_not_mix_with_an_earlier_one_in_its_output_dir(tmp_path):
+    from distalign.config import ConfigError
+
+    out = tmp_path / "run"
+    prepare_output_dir(out, None, False)  # nothing there yet
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')  # a run that stopped before saving
+    (out / "notes.txt").write_text("mine")
+    prepare_output_dir(out, None, False)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    (out / "checkpoints" / "step_00002").mkdir(parents=True)
+    (out / "history.jsonl").write_text("{}\n")
+    with pytest.raises(ConfigError, match=r"holds an earlier run \(checkpoints/\).*resume it"):
+        prepare_output_dir(out, None, False)
+    prepare_output_dir(out, "last", False)  # resuming keeps it all
+    assert (out / "checkpoints").is_dir() and (out / "history.jsonl").is_file()
+    prepare_output_dir(out, None, True)  # overwrite_output_dir: the earlier run's files go
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

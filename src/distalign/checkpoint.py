@@ -84,6 +84,39 @@ def resolve_resume(path: str | Path) -> Path:
     )
 
 
+# what a training run writes into its output_dir that a second run there would mix with
+RUN_LOGS = ("metrics.jsonl", "history.jsonl", "summary.json")
+RUN_MODELS = ("checkpoints", "final", "final_merged")
+
+
+def prepare_output_dir(out: str | Path, resume: str | None, overwrite: bool) -> None:
+    """Before a fresh run (``resume`` None) writes into ``out``: an earlier run's checkpoint
+    or final model there is refused, since its logs, curve and kept policies would mix with
+    the new run's, unless ``overwrite`` (transformers' ``overwrite_output_dir``), which removes
+    that run's logs and models first. Logs of an earlier run that saved nothing (it stopped
+    early) are replaced, said in the log. A resumed run keeps everything (resuming cuts the logs
+    back to its checkpoint). Only the first process removes anything."""
+    out = Path(out)
+    if resume or not out.is_dir():
+        return
+    earlier = [name for name in RUN_MODELS if (out / name).exists()]
+    if earlier and not overwrite:
+        from distalign.config import ConfigError
+
+        raise ConfigError(
+            f"output_dir {out} holds an earlier run ({', '.join(f'{n}/' for n in earlier)}), "
+            "whose logs and checkpoints this run would mix with: resume it "
+            "(resume_from_checkpoint=true), give another output_dir, or overwrite_output_dir=true "
+            "to replace it"
+        )
+    stale = [out / name for name in (*RUN_MODELS, *RUN_LOGS) if (out / name).exists()]
+    if stale and os.environ.get("RANK", "0") == "0":
+        log.info("output_dir %s: replacing an earlier run's %s", out,
+                 ", ".join(p.name for p in stale))  # fmt: skip
+        for path in stale:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 class NonFiniteError(RuntimeError):
     """Too many optimizer steps in a row with a non-finite loss or gradient: the run stops
     (its last checkpoint still holds finite weights)."""

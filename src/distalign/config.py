@@ -130,7 +130,6 @@ NOT_OFFERED = {
     "ddp_find_unused_parameters": "every trainable weight takes part in each step",
     "save_only_model": "checkpoints keep the optimizer, to resume exactly",
     "disable_tqdm": "progress bars show on the first process",
-    "overwrite_output_dir": "a run writes into output_dir; resume_from_checkpoint continues it",
     "num_train_epochs": "rl train runs max_steps steps, each on new prompts",
     "per_device_eval_batch_size": "rl train evaluates one reply per held-out prompt, in "
     "batches of sampling_batch_size",
@@ -218,7 +217,7 @@ NEUTRAL = {
     "lr_scheduler_kwargs": Either((None, {})), "logging_strategy": "steps", "do_train": ANY,
     "do_eval": ANY, "dataloader_num_workers": 0, "data_seed": None,
     "ddp_find_unused_parameters": Either((None, False)), "save_only_model": False,
-    "disable_tqdm": Either((None, False)), "overwrite_output_dir": ANY,
+    "disable_tqdm": Either((None, False)),
     "num_train_epochs": Either((3, 3.0)), "per_device_eval_batch_size": ANY,
 
     "use_liger_kernel": False, "activation_offloading": False,

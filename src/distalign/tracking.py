@@ -101,13 +101,16 @@ def flat_hparams(config: Any, prefix: str = "") -> dict[str, bool | int | float 
 def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     """A training run's Accelerator (mixed precision from ``cfg.bf16``/``cfg.fp16``, or what
     ``accelerate launch`` set; trackers from ``cfg.report_to``), the global seed, TF32 as
-    ``cfg.tf32`` asks, and the resolved config saved in ``out`` by the main process."""
+    ``cfg.tf32`` asks, and the resolved config saved in ``out`` by the main process; an
+    earlier run in ``out`` is refused or replaced first (``checkpoint.prepare_output_dir``)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from distalign.checkpoint import prepare_output_dir
     from distalign.config import mixed_precision, save_config
     from distalign.models.load import set_tf32
 
+    prepare_output_dir(out, cfg.resume_from_checkpoint, cfg.overwrite_output_dir)
     precision = mixed_precision(cfg.bf16, cfg.fp16)
     _forget_other_precision(precision)
     accelerator = Accelerator(
