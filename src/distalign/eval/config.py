@@ -4,7 +4,6 @@ prompts, decoded how (the run itself is ``eval/policy.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -109,32 +108,12 @@ class CompareConfig(SamplingConfig, PlacementConfig):
 
     def policy_dirs(self) -> dict[str, str]:
         """NAME -> DIR of the aligned policies."""
-        return _named(self.policies, taken={"sft"})
+        from distalign.rl.rewards import named_folders
+
+        return named_folders(self.policies, taken={"sft"})
 
     def reward_dirs(self) -> dict[str, str]:
         """NAME -> DIR of the reward models."""
-        return _named(self.rewards)
+        from distalign.rl.rewards import named_folders
 
-
-def run_of(policy_dir: str) -> str:
-    """The RL run folder of a compared policy: the folder itself when it is a run's output_dir
-    (given for its final/), else the folder holding it (a run's ``final/``)."""
-    folder = Path(policy_dir)
-    if (folder / "config.yaml").is_file() or (folder / "metrics.jsonl").is_file():
-        return str(folder)
-    return str(folder.parent)
-
-
-def _named(items: list[str], taken: set[str] = frozenset()) -> dict[str, str]:
-    """NAME -> DIR of ``NAME=DIR`` or ``DIR`` items; a DIR alone (or one whose "=" is in a
-    folder's name, ``runs/lr=1e-5``) is named by its folder (``rl.rewards.source_name``),
-    with a number after a name already used."""
-    from distalign.rl.rewards import source_name, unique_name
-
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, folder = item.partition("=")
-        if not sep or "/" in name:
-            name, folder = unique_name(source_name(item), {*out, *taken}), item
-        out[name] = folder
-    return out
+        return named_folders(self.rewards)

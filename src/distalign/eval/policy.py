@@ -39,7 +39,7 @@ import yaml
 
 from distalign.config import ConfigError
 from distalign.data.load import same_source
-from distalign.eval.config import CompareConfig, run_of
+from distalign.eval.config import CompareConfig
 from distalign.metrics import bootstrap_interval, distinct_n, win_rate
 from distalign.models.generate import SamplingConfig, sampling_of
 
@@ -174,6 +174,8 @@ def measure_policy(
 def trained_rewards(cfg: CompareConfig) -> dict[str, list]:
     """RL run folder -> the reward sources it was trained on (``reward`` of its saved
     ``config.yaml``), for the config's runs and the folders holding its policies."""
+    from distalign.report.runs import run_of
+
     folders = [
         *cfg.runs,
         *(run_of(d) for d in cfg.policy_dirs().values() if Path(d).is_dir()),

@@ -28,14 +28,23 @@ def _logs(run_names: dict[str, str]) -> dict[str, list[dict]]:
     return {name: rows for name, rows in logs.items() if rows}
 
 
+def run_of(policy_dir: str) -> str:
+    """The RL run folder of a compared policy: the folder itself when it is a run's output_dir
+    (given for its final/), else the folder holding it (a run's ``final/``)."""
+    folder = Path(policy_dir)
+    if (folder / "config.yaml").is_file() or (folder / "metrics.jsonl").is_file():
+        return str(folder)
+    return str(folder.parent)
+
+
 def rl_run_names(config: dict) -> dict[str, str]:
     """RL run folder -> its name in the report: the compared policy it made (so a run has the
     policy's colour), else the folder name. The folders are the config's ``runs`` and the
     parents of compared policies that hold a training log."""
-    from distalign.eval.config import _named, run_of
+    from distalign.rl.rewards import named_folders
 
     by_parent = {}
-    for name, folder in _named(config.get("policies", []), taken={"sft"}).items():
+    for name, folder in named_folders(config.get("policies", []), taken={"sft"}).items():
         by_parent.setdefault(run_of(folder), name)
     folders = [*config.get("runs", []), *by_parent]
     folders = [d for d in dict.fromkeys(folders) if (Path(d) / "metrics.jsonl").is_file()]

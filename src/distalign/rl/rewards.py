@@ -235,6 +235,19 @@ def source_name(spec: str) -> str:
     return path.name or spec
 
 
+def named_folders(items: list[str], taken: set[str] = frozenset()) -> dict[str, str]:
+    """NAME -> DIR of ``NAME=DIR`` or ``DIR`` items; a DIR alone (or one whose "=" is in a
+    folder's name, ``runs/lr=1e-5``) is named by its folder (``rl.rewards.source_name``),
+    with a number after a name already used."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or "/" in name:
+            name, folder = unique_name(source_name(item), {*out, *taken}), item
+        out[name] = folder
+    return out
+
+
 class RewardModelSource(RewardSource):
     """A reward model by folder or hub id: distalign's (``distalign_rm.json`` beside it; any
     head, distributional ones through the functional ``functional``) or any one-label sequence
