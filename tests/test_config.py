@@ -278,6 +278,21 @@ log_completions: false
 gradient_checkpointing_kwargs:
   use_reentrant: false
 push_to_hub: false
+top_k: null
+delta: null
+importance_sampling_level: token
+top_entropy_quantile: 1.0
+off_policy_mask_threshold: null
+use_bias_correction_kl: false
+entropy_coef: 0.0
+use_adaptive_entropy: false
+entropy_target: 0.2
+multi_objective_aggregation: sum_then_normalize
+cast_lm_head_to_fp32: false
+log_completions_hub_repo: null
+max_tool_calling_iterations: null
+sapo_temperature_neg: 1.05
+vespo_k_pos: 2.0
 """
 
 
@@ -289,6 +304,10 @@ def test_a_trl_config_loads_its_do_nothing_keys_dropped(tmp_path, caplog):
     assert cfg.normalize_advantages and cfg.disable_dropout and cfg.lora_target_modules == [
         "q_proj", "v_proj"]  # fmt: skip
     assert "use_vllm=False does nothing here: rollouts come from" in caplog.text
+    assert "importance_sampling_level='token' does nothing here: the clipped updates take one" in (
+        caplog.text
+    )
+    assert cfg.top_k == 0  # an earlier TRL's null: no top-k filter
     assert from_cli(RLTrainConfig, ["--num_iterations", "1", "--min_p", "null"]).beta == 0.05
 
 
@@ -298,7 +317,10 @@ def test_a_trl_config_loads_its_do_nothing_keys_dropped(tmp_path, caplog):
      (["repetition_penalty=1.2"], "repetition_penalty", "unbiased"),
      (["load_in_4bit=true"], "load_in_4bit", "use_peft=true dtype=bfloat16"),
      (["push_to_hub=true"], "push_to_hub", "hf upload"),
-     (["whiten_advantages=true"], "whiten_advantages", "normalize_advantages")],
+     (["whiten_advantages=true"], "whiten_advantages", "normalize_advantages"),
+     (["entropy_coef=0.01"], "entropy_coef", "no entropy bonus"),
+     (["multi_objective_aggregation=normalize_then_sum"], "multi_objective_aggregation",
+      "summed with reward_weights")],
 )  # fmt: skip
 def test_a_trl_key_that_would_act_is_refused_with_what_to_use(args, key, hint):
     with pytest.raises(ConfigError, match=f"`{key}`") as info:

@@ -46,6 +46,7 @@ from distalign.data.load import DataSourceError
 from distalign.models.load import ModelNotFoundError
 from distalign.models.templates import RenderingError
 from distalign.printing import console, print_inspection, print_metrics
+from distalign.rl.rewards import RewardFunctionError
 from distalign.tracking import quiet_libraries
 
 ABOUT = (
@@ -82,6 +83,7 @@ USER_ERRORS = (
     CheckpointError,
     NonFiniteError,
     RenderingError,
+    RewardFunctionError,
 )
 
 

@@ -175,7 +175,30 @@ NOT_OFFERED = {
     "sync_ref_model": _REF_FIXED,
     "ref_model_sync_steps": _REF_FIXED,
     "ref_model_mixup_alpha": _REF_FIXED,
+    # TRL's GRPO objectives and their settings: the loss here is distalign's own
+    "delta": "the later updates clip PPO's way (epsilon, epsilon_high), without a bound for "
+    "negative advantages",
+    "importance_sampling_level": "the clipped updates take one ratio per reply, "
+    "exp(Σ_t log π − Σ_t log π_old) (distalign.losses.clipped_policy_loss)",
+    "top_entropy_quantile": "every reply token is in the loss",
+    "off_policy_mask_threshold": "no reply is masked for being off-policy",
+    "use_bias_correction_kl": "the KL is in the reward, R − β·KL (k1 estimate)",
+    "entropy_coef": "no entropy bonus is added",
+    "use_adaptive_entropy": "no entropy bonus is added",
+    "multi_objective_aggregation": "the reward sources are summed with reward_weights, then "
+    "the advantages taken (TRL's sum_then_normalize)",
+    "cast_lm_head_to_fp32": "rl train keeps float32 weights, the LM head's included",
+    "log_completions_hub_repo": "every completion is in output_dir/history.jsonl",
+    "max_tool_calling_iterations": "replies are sampled without tool calls",
 }
+# keys that act only beside another TRL key refused here (use_adaptive_entropy, TRL's SAPO
+# and VESPO losses): any value of theirs does nothing (vllm_* keys: by their prefix)
+_ONLY_BESIDE = (
+    "entropy_coef_delta", "entropy_coef_max", "entropy_coef_min", "entropy_target",
+    "sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_neg", "vespo_k_pos",
+    "vespo_lambda_neg", "vespo_lambda_pos",
+)  # fmt: skip
+NOT_OFFERED.update(dict.fromkeys(_ONLY_BESIDE, "it acts only beside a key not offered here"))
 # transformers TrainingArguments keys not above: at transformers' default they do nothing; at
 # another value they are refused, with these hints where one helps
 _LAUNCHER_KEYS = ("deepspeed", "fsdp", "fsdp_config", "accelerator_config", "parallelism_config",
@@ -195,10 +218,12 @@ ANY = object()  # any value does nothing (a key that acts only beside another)
 DEFAULT = object()  # the key's own default
 
 # keys whose null in a TRL config means something here that is not null: TRL's
-# ``center_rewards_coefficient: null`` is no centring; ``attn_implementation: null`` and
-# ``dtype: null`` are the library's choice, which is distalign's default
+# ``center_rewards_coefficient: null`` is no centring, an earlier TRL's ``top_k: null`` no
+# top-k filter; ``attn_implementation: null`` and ``dtype: null`` are the library's choice,
+# which is distalign's default
 NULL_MEANS = {
-    "center_rewards_coefficient": 0.0, "attn_implementation": DEFAULT, "dtype": DEFAULT,
+    "center_rewards_coefficient": 0.0, "top_k": 0, "attn_implementation": DEFAULT,
+    "dtype": DEFAULT,
     "eval_steps": DEFAULT, "save_steps": DEFAULT,  # transformers: as logging_steps; here ours
 }  # fmt: skip
 
@@ -232,6 +257,11 @@ NEUTRAL = {
     "log_multimodal": ANY, "router_aux_loss_coef": ANY, "pad_to_multiple_of": None,
     "lora_target_parameters": None, "repetition_penalty": 1.0, "min_p": Either((None, 0.0)),
     "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
+    "delta": None, "importance_sampling_level": "token", "top_entropy_quantile": 1.0,
+    "off_policy_mask_threshold": None, "use_bias_correction_kl": False, "entropy_coef": 0.0,
+    "use_adaptive_entropy": False, "multi_objective_aggregation": "sum_then_normalize",
+    "cast_lm_head_to_fp32": ANY, "log_completions_hub_repo": None,
+    "max_tool_calling_iterations": None, **dict.fromkeys(_ONLY_BESIDE, ANY),
     # TrainingArguments keys whose default differs between transformers versions
     "fsdp": Either((None, "", [])), "fsdp_config": Either((None, {})),
     "accelerator_config": Either((None, {})), "optim_args": Either((None, "")),

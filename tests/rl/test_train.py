@@ -415,6 +415,26 @@ def test_save_total_limit_keeps_the_newest_step_policies(tiny_model_dir, tmp_pat
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last", "step_00003", "step_00004"]
 
 
+def needs_answer(completions, answer, **kwargs):
+    return [float(a in c) for c, a in zip(completions, answer, strict=True)]
+
+
+def test_a_reward_functions_missing_column_stops_the_run_before_sampling(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import distalign.rl.train as train
+    from distalign.rl.rewards import RewardFunctionError
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before the reward's columns were checked")
+
+    monkeypatch.setattr(train, "rollout", no_sampling)
+    cfg = config(tiny_model_dir, tmp_path, reward="tests.rl.test_train.needs_answer",
+                 eval_on_start=True)  # fmt: skip
+    with pytest.raises(RewardFunctionError, match=r"needs the column\(s\) \['answer'\]"):
+        run(cfg)
+
+
 CALLS: list[list[str]] = []
 
 

@@ -148,6 +148,11 @@ class RewardLog:
         return means, extra
 
 
+class RewardFunctionError(ValueError):
+    """A reward function that does not keep its contract: a data-set column it needs is
+    missing, it returned as many values as there are replies, or no source scored a reply."""
+
+
 class CallableReward(RewardSource):
     """``function(prompts, replies, **columns) -> list[float | None]``, or a TRL reward
     function ``function(completions, **kwargs)`` (any function with a ``completions``
@@ -173,16 +178,21 @@ class CallableReward(RewardSource):
 
     def _column_kwargs(self, columns: dict[str, list] | None) -> dict[str, list]:
         columns = columns or {}
-        missing = self._required - set(columns)
-        if missing:
-            raise ValueError(
-                f"reward function {self.name} needs the column(s) {sorted(missing)}; the "
-                f"prompts carry {sorted(columns) or 'none'}"
-            )
+        self.check_columns(set(columns))
         if self._all_columns:
             taken = ("prompts", "replies", "completions")  # the arguments' own names
             return {k: v for k, v in columns.items() if k not in taken}
         return {k: v for k, v in columns.items() if k in self._named}
+
+    def check_columns(self, available: set[str]) -> None:
+        """The data-set columns this function names without a default must be among
+        ``available``."""
+        missing = self._required - available
+        if missing:
+            raise RewardFunctionError(
+                f"reward function {self.name} needs the column(s) {sorted(missing)}; the "
+                f"prompts carry {sorted(available) or 'none'}"
+            )
 
     def __call__(
         self, prompts, replies, reference=None, columns=None, context=None
@@ -196,7 +206,7 @@ class CallableReward(RewardSource):
             shaped |= {k: v for k, v in (context or {}).items() if k in self._gets}
             values = self.function(**shaped, **self._column_kwargs(columns))
         if len(values) != len(replies):
-            raise ValueError(
+            raise RewardFunctionError(
                 f"reward function {self.name} returned {len(values)} values for "
                 f"{len(replies)} replies"
             )
@@ -410,6 +420,14 @@ class RewardSum(RewardSource):
         self.trainer_state = None  # TRL's trainer_state for reward functions: set per step
         self.log = RewardLog()  # what they log in a training step (``log=True`` calls)
 
+    def check_columns(self, prompts) -> None:
+        """Before any reply is sampled: every reward function finds the data-set columns it
+        needs among those of ``prompts`` (``prompt_columns``)."""
+        available = set(prompt_columns(prompts) or {})
+        for source in self.sources:
+            if isinstance(source, CallableReward):
+                source.check_columns(available)
+
     def distributions(self, prompts, replies) -> dict[str, torch.Tensor]:
         return {
             name: s.distributions(prompts, replies)
@@ -439,7 +457,7 @@ class RewardSum(RewardSource):
         unscored = values.isnan().all(1)
         if unscored.any():
             i = int(unscored.nonzero()[0, 0])
-            raise ValueError(
+            raise RewardFunctionError(
                 f"no reward source scored reply {i} (all returned None/NaN): {replies[i]!r}"
             )
         total = (values * torch.tensor(self.weights)).nansum(1)  # (B,) NaN: not scored by it

@@ -242,6 +242,9 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
         source=source, transcripts=report.transcripts + held_out_report.transcripts,
         conversations=report.conversations + held_out_report.conversations,
     )  # fmt: skip
+    for prompts in (train, held_out):  # a reward function's missing column: before sampling
+        if hasattr(reward, "check_columns"):
+            reward.check_columns(prompts)
     fit_rendering(tokenizer, data, source, "the policy")
     sources = [s for s in getattr(reward, "sources", [reward]) if hasattr(s, "tokenizer")]
     for s in sources:
