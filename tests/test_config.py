@@ -20,6 +20,7 @@ from distalign.config import (
     parse_cli_args,
     save_config,
 )
+from distalign.eval.config import CompareConfig
 from distalign.gold.build import BenchConfig
 from distalign.rl.config import RLTrainConfig
 from distalign.rm.config import RMTrainConfig
@@ -489,10 +490,18 @@ def test_accelerate_configs_parse(path):
 
 
 def test_max_length_alone_below_the_default_prompt_limit_halves_it(caplog):
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         cfg = from_cli(RMTrainConfig, ["max_length=128"])
     assert (cfg.max_length, cfg.max_prompt_length) == (128, 64)
-    assert "prompts keep at most 64 tokens" in caplog.text
+    # the default, not the user's setting: said, not warned
+    assert "max_prompt_length 256 (its default) >= max_length 128: prompts keep at most 64" in (
+        caplog.text
+    )
+    assert all(r.levelno == logging.INFO for r in caplog.records if "prompts keep" in r.message)
+    with caplog.at_level(logging.WARNING):
+        from_cli(RMTrainConfig, ["max_length=128", "max_prompt_length=200"])
+    assert any(r.levelno == logging.WARNING and "200 >= max_length" in r.message
+               for r in caplog.records)  # fmt: skip
     assert (
         from_cli(RMTrainConfig, ["max_length=128", "max_prompt_length=100"]).max_prompt_length
         == 100
@@ -509,6 +518,7 @@ def test_more_trl_and_transformers_keys():
     one = "tests.rl.test_train:reward_apple"
     assert from_cli(RLTrainConfig, ["--reward_funcs", one, one]).reward == [one, one]
     assert from_cli(RLTrainConfig, [f"reward_model_name_or_path={one}"]).reward == one
+    assert from_cli(CompareConfig, ["sft_model_path=runs/sft"]).sft == "runs/sft"  # TRL's PPO
     with pytest.raises(ConfigError, match="`reward_funcs` and `reward` both given"):
         from distalign.api import _config
 

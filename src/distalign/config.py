@@ -94,6 +94,7 @@ ALIASES = {
     "reward_model_name_or_path": "reward",
     "torch_dtype": "dtype",
     "warmup_ratio": "warmup_steps",
+    "sft_model_path": "sft",  # TRL's PPO name of the SFT policy (eval compare)
 }
 
 # transformers / TRL training keys without a counterpart here, and what does their job

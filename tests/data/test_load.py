@@ -177,6 +177,7 @@ def test_hub_id_goes_through_load_dataset(monkeypatch):
     ("row", "field", "expected"),
     [
         ({"prompt": "q", "rejected": "b"}, "chosen", "missing"),
+        ({"prompt": "q", "chosen": None, "rejected": "b"}, "chosen", "null: expected a reply"),
         ({"prompt": "q", "chosen": 3, "rejected": "b"}, "chosen", "expected a string or"),
         (
             {"prompt": "q", "chosen": [{"role": "assistant", "content": None}], "rejected": "b"},
@@ -215,7 +216,8 @@ def test_broken_json_line_is_named(tmp_path):
     path = write_jsonl(
         tmp_path / "broken.jsonl", [EXPLICIT[0], '{"prompt": "q", "chosen": ', EXPLICIT[1]]
     )
-    with pytest.raises(PreferenceFormatError, match=r"broken\.jsonl:2: broken JSON line"):
+    # the column is where the line stops short, not the next line's first
+    with pytest.raises(PreferenceFormatError, match=r"broken\.jsonl:2: broken JSON line .* 27\)"):
         load_preferences(str(path))
 
 

@@ -451,8 +451,10 @@ def normalise_row(row: Mapping[str, Any], fmt: str, where: str, index: int) -> d
     Empty replies are kept ('' is a reply: HH has chosen replies that say nothing); the loader
     counts them."""
     for field in ("chosen", "rejected"):
-        if field not in row or row[field] is None:
+        if field not in row:
             raise PreferenceFormatError(where, field, "missing")
+        if row[field] is None:
+            raise PreferenceFormatError(where, field, "null: expected a reply ('' is an empty one)")
     if fmt == "explicit":
         prompt, chosen, rejected = _explicit(row, where)
     elif fmt == "sharegpt":

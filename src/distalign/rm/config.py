@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from distalign.cadence import cadence_checks
@@ -191,10 +192,12 @@ class RMTrainConfig(ModelKeys):
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
         # e.g. max_length=128 alone
         if self.max_length is not None and 1 < self.max_length <= self.max_prompt_length:
-            config_warning(
-                log,
-                "max_prompt_length %d >= max_length %d: prompts keep at most %d tokens",
+            default = self.max_prompt_length == RMTrainConfig.max_prompt_length
+            say = log.info if default else partial(config_warning, log)  # a default: no alarm
+            say(
+                "max_prompt_length %d%s >= max_length %d: prompts keep at most %d tokens",
                 self.max_prompt_length,
+                " (its default)" if default else "",
                 self.max_length,
                 self.max_length // 2,
             )
