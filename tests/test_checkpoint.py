@@ -182,15 +182,26 @@ def test_a_fresh_run_does_not_mix_with_an_earlier_one_in_its_output_dir(tmp_path
     out = tmp_path / "run"
     prepare_output_dir(out, None, False)  # nothing there yet
     out.mkdir()
-    (out / "metrics.jsonl").write_text('{"step": 1}\n')  # a run that stopped before saving
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')  # another tool's log: not ours to drop
+    with pytest.raises(ConfigError, match=r"holds an earlier run \(metrics\.jsonl\)"):
+        prepare_output_dir(out, None, False)
+    (out / "config.yaml").write_text("seed: 0\n")  # a distalign run that stopped before saving
     (out / "notes.txt").write_text("mine")
     prepare_output_dir(out, None, False)
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "notes.txt"]
     (out / "checkpoints" / "step_00002").mkdir(parents=True)
+    (out / "final").mkdir()
     (out / "history.jsonl").write_text("{}\n")
-    with pytest.raises(ConfigError, match=r"holds an earlier run \(checkpoints/\).*resume it"):
+    with pytest.raises(ConfigError, match=r"holds an earlier run \(checkpoints/, final/, hist"):
         prepare_output_dir(out, None, False)
     prepare_output_dir(out, "last", False)  # resuming keeps it all
     assert (out / "checkpoints").is_dir() and (out / "history.jsonl").is_file()
-    prepare_output_dir(out, None, True)  # overwrite_output_dir: the earlier run's files go
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    # overwrite_output_dir: not while this run reads a model of the earlier one (a run's folder
+    # stands for its final model)
+    for spec in (str(out / "final"), str(out), str(out / "checkpoints" / "step_00002")):
+        with pytest.raises(ConfigError, match="is an input of this run"):
+            prepare_output_dir(out, None, True, inputs=[str(tmp_path), spec])
+    prepare_output_dir(out, None, True, inputs=[str(out / "notes.txt")])  # moved aside, kept
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "notes.txt", "replaced"]
+    (moved,) = (out / "replaced").iterdir()
+    assert sorted(p.name for p in moved.iterdir()) == ["checkpoints", "final", "history.jsonl"]

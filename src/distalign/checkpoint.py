@@ -18,6 +18,8 @@ import os
 import pickle
 import random
 import shutil
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,32 +91,61 @@ RUN_LOGS = ("metrics.jsonl", "history.jsonl", "summary.json")
 RUN_MODELS = ("checkpoints", "final", "final_merged")
 
 
-def prepare_output_dir(out: str | Path, resume: str | None, overwrite: bool) -> None:
-    """Before a fresh run (``resume`` None) writes into ``out``: an earlier run's checkpoint
-    or final model there is refused, since its logs, curve and kept policies would mix with
-    the new run's, unless ``overwrite`` (transformers' ``overwrite_output_dir``), which removes
-    that run's logs and models first. Logs of an earlier run that saved nothing (it stopped
-    early) are replaced, said in the log. A resumed run keeps everything (resuming cuts the logs
-    back to its checkpoint). Only the first process removes anything."""
+def prepare_output_dir(
+    out: str | Path, resume: str | None, overwrite: bool, inputs: Sequence[str] = ()
+) -> None:
+    """Before a fresh run (``resume`` None) writes into ``out``, where an earlier run's logs,
+    checkpoints and final model would mix with the new run's:
+
+    - a distalign run there that saved nothing (its ``config.yaml`` and logs, no checkpoint:
+      it stopped early) has its logs replaced, said in the log;
+    - an earlier run with checkpoints, or such files of another tool's, is refused, unless
+      ``overwrite`` (transformers' ``overwrite_output_dir``) moves them into
+      ``out/replaced/<time>/`` (nothing is deleted);
+    - an input of the run (``inputs``: a model, reward model or data file; ``out`` itself
+      stands for its ``final/``) among what would move is refused.
+
+    A resumed run keeps everything (resuming cuts the logs back to its checkpoint). Only the
+    first process moves anything."""
     out = Path(out)
     if resume or not out.is_dir():
         return
-    earlier = [name for name in RUN_MODELS if (out / name).exists()]
-    if earlier and not overwrite:
-        from distalign.config import ConfigError
+    found = [out / name for name in (*RUN_MODELS, *RUN_LOGS) if (out / name).exists()]
+    if not found:
+        return
+    first = os.environ.get("RANK", "0") == "0"
+    if (out / "config.yaml").is_file() and not any(p.name in RUN_MODELS for p in found):
+        if first:  # a distalign run that stopped before its first checkpoint
+            log.info("output_dir %s: replacing the logs of a run that saved nothing", out)
+            for path in found:
+                path.unlink()
+        return
+    from distalign.config import ConfigError
 
+    named = ", ".join(p.name + ("/" if p.is_dir() else "") for p in found)
+    if not overwrite:
         raise ConfigError(
-            f"output_dir {out} holds an earlier run ({', '.join(f'{n}/' for n in earlier)}), "
-            "whose logs and checkpoints this run would mix with: resume it "
-            "(resume_from_checkpoint=true), give another output_dir, or overwrite_output_dir=true "
-            "to replace it"
+            f"output_dir {out} holds an earlier run ({named}), whose logs and checkpoints this "
+            "run would mix with: resume it (resume_from_checkpoint=true), give another "
+            "output_dir, or overwrite_output_dir=true to move them aside (to "
+            f"{out / 'replaced'})"
         )
-    stale = [out / name for name in (*RUN_MODELS, *RUN_LOGS) if (out / name).exists()]
-    if stale and os.environ.get("RANK", "0") == "0":
-        log.info("output_dir %s: replacing an earlier run's %s", out,
-                 ", ".join(p.name for p in stale))  # fmt: skip
-        for path in stale:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    moving = [p.resolve() for p in found]
+    for spec in inputs:
+        path = Path(spec).expanduser().resolve()
+        path = path / "final" if path == out.resolve() else path  # a run stands for its final/
+        if any(path == m or m in path.parents for m in moving):
+            raise ConfigError(
+                f"{spec} is an input of this run and lies in the earlier run in {out} that "
+                "overwrite_output_dir would move aside: copy it elsewhere, or give another "
+                "output_dir"
+            )
+    if first:
+        target = out / "replaced" / time.strftime("%Y%m%d-%H%M%S")
+        target.mkdir(parents=True, exist_ok=True)
+        for path in found:
+            path.rename(target / path.name)
+        log.warning("output_dir %s: the earlier run's %s moved to %s", out, named, target)
 
 
 class NonFiniteError(RuntimeError):

@@ -110,7 +110,7 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     from distalign.config import mixed_precision, save_config
     from distalign.models.load import set_tf32
 
-    prepare_output_dir(out, cfg.resume_from_checkpoint, cfg.overwrite_output_dir)
+    prepare_output_dir(out, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, _inputs(cfg))
     precision = mixed_precision(cfg.bf16, cfg.fp16)
     _forget_other_precision(precision)
     accelerator = Accelerator(
@@ -124,6 +124,14 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     if accelerator.is_main_process:
         save_config(cfg, out)
     return accelerator
+
+
+def _inputs(cfg: Any) -> list[str]:
+    """The local files and folders a run's config names (models, reward models, data), its
+    output_dir aside."""
+    values = [getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "output_dir"]
+    flat = [x for v in values for x in (v if isinstance(v, list | tuple) else [v])]
+    return [x for x in flat if isinstance(x, str) and x and Path(x).expanduser().exists()]
 
 
 def _forget_other_precision(precision: str | None) -> None:

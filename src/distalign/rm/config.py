@@ -172,8 +172,9 @@ class RMTrainConfig(ModelKeys):
     output_dir: str = "runs/rm"
     """Where checkpoints, the final model, logs and the resolved config go."""
     overwrite_output_dir: bool = False
-    """Replace an earlier run's logs and models in output_dir (without it, a fresh run there
-    is refused: resume it with resume_from_checkpoint, or give another output_dir)."""
+    """Move an earlier run's logs and models in output_dir aside, into output_dir/replaced/
+    (without it a fresh run there is refused: resume it with resume_from_checkpoint, or give
+    another output_dir)."""
     resume_from_checkpoint: str | None = None
     """A checkpoint folder to continue from, or true for ``output_dir/checkpoints/last``."""
     seed: int = 0
