@@ -492,23 +492,23 @@ def test_trl_reward_functions_log_metrics_and_completion_columns(
 
 
 def test_a_resumed_run_keeps_its_updates_per_step():
+    """The learning-rate schedule counts optimizer updates: a resumed run must make as many
+    per step, whichever keys make them (a checkpoint from before steps_per_generation saved
+    num_iterations alone)."""
     from distalign.rl.train import begin
 
-    state = TrainState(step=2, num_iterations=1)
-    with pytest.raises(ValueError, match="num_iterations=2: the checkpoint's run made 1"):
-        begin(None, state, [], RLTrainConfig(num_iterations=2, report_to="none"))
+    def resume(state, **kw):
+        begin(None, state, [], RLTrainConfig(report_to="none", **kw))
 
-
-def test_a_resumed_run_keeps_its_micro_batches_per_batch_of_rollouts():
-    from distalign.rl.train import begin
-
-    cfg = RLTrainConfig(steps_per_generation=8, report_to="none")  # 2 updates per step
-    for state in [
-        TrainState(step=2, num_iterations=1, steps_per_generation=4),
-        TrainState(step=2, num_iterations=1),
-    ]:  # saved before the key: one update
-        with pytest.raises(ValueError, match="steps_per_generation=8: the checkpoint's run fed 4"):
-            begin(None, state, [], cfg)  # fmt: skip
+    with pytest.raises(ValueError, match=r"made 1 optimizer updates per step.* make 2"):
+        resume(TrainState(step=2, num_iterations=1), num_iterations=2)
+    two = TrainState(step=2, updates_per_step=2)  # steps_per_generation=8 over 4 micro-batches
+    with pytest.raises(ValueError, match=r"made 2 optimizer updates .* make 4"):
+        resume(two, steps_per_generation=8, gradient_accumulation_steps=2)
+    resume(two, steps_per_generation=4, gradient_accumulation_steps=2)  # 2 updates: resumes
+    resume(TrainState(step=2, num_iterations=1), gradient_accumulation_steps=2)  # 1 either way
+    with pytest.raises(ValueError, match="made 1 optimizer updates"):
+        resume(TrainState(step=2, num_iterations=1), steps_per_generation=8)
 
 
 def test_a_resumed_run_that_changes_the_prompt_order_mid_pass_is_warned(caplog):

@@ -72,7 +72,7 @@ from distalign.models.lora import add_lora
 from distalign.models.options import disable_dropout
 from distalign.models.templates import fit_rendering, rendering_of
 from distalign.optim import adamw
-from distalign.rl.config import POOLED_BASELINES, RLTrainConfig
+from distalign.rl.config import POOLED_BASELINES, RLTrainConfig, world_size
 from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors
 from distalign.rl.outputs import log_step, save_final, save_state
 from distalign.rl.rewards import GOLD_REWARD, load_reward_source, prompt_columns
@@ -106,8 +106,8 @@ class TrainState:
     baseline_count: int = 0
     initial_eval: dict | None = None  # the SFT policy on held-out prompts, before step 1
     initial_eval_prompts: int | None = None  # how many held-out prompts it was measured on
-    num_iterations: int | None = None  # updates per step the run began with (the schedule's)
-    steps_per_generation: int | None = None  # … and micro-batches per batch of rollouts
+    num_iterations: int | None = None  # updates per step, as older checkpoints saved it
+    updates_per_step: int | None = None  # optimizer updates per step the schedule counts
     shuffle_dataset: bool | None = None  # the prompt order the cursor points into
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
     nonfinite_in_a_row: int = 0
@@ -487,20 +487,20 @@ def begin(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
     """Before this run's first step: a resumed run must keep the updates per step its
     learning-rate schedule counts, and is warned when its prompt order changed mid-pass; the
     SFT policy's evaluation (``evaluate_sft``)."""
-    if state.num_iterations not in (None, cfg.num_iterations):
+    processes = getattr(getattr(t, "accelerator", None), "num_processes", world_size())
+    if cfg.generation_batch_size is not None and processes != world_size():
         raise ValueError(
-            f"num_iterations={cfg.num_iterations}: the checkpoint's run made "
-            f"{state.num_iterations} updates per step, and its learning-rate schedule counts "
-            "them; resume with that value"
+            f"generation_batch_size: the launcher said {world_size()} processes (WORLD_SIZE) "
+            f"but {processes} run; give steps_per_generation instead"
         )
-    steps, was = cfg.micro_batches_per_step, state.steps_per_generation
-    if was is None and state.num_iterations is not None:  # saved before the key: one update
-        was = cfg.gradient_accumulation_steps
-    if was not in (None, steps):
+    was = state.updates_per_step or state.num_iterations  # older checkpoints: μ alone
+    if was not in (None, cfg.updates_per_step):
         raise ValueError(
-            f"steps_per_generation={steps}: the checkpoint's run fed {was} micro-batches from "
-            "each batch of rollouts, and its learning-rate schedule counts the updates they "
-            "make; resume with that value"
+            f"the checkpoint's run made {was} optimizer updates per step, and its learning-rate "
+            f"schedule counts them; these settings make {cfg.updates_per_step} (num_iterations "
+            f"{cfg.num_iterations} × steps_per_generation {cfg.micro_batches_per_step} / "
+            f"gradient_accumulation_steps {cfg.gradient_accumulation_steps}): resume with "
+            f"settings that make {was}"
         )
     if state.shuffle_dataset not in (None, cfg.shuffle_dataset) and state.cursor:
         config_warning(
@@ -509,8 +509,8 @@ def begin(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
             "order, so some of them come again before the next pass and others not at all",
             cfg.shuffle_dataset,
         )
-    state.num_iterations, state.shuffle_dataset = cfg.num_iterations, cfg.shuffle_dataset
-    state.steps_per_generation = steps
+    state.updates_per_step, state.shuffle_dataset = cfg.updates_per_step, cfg.shuffle_dataset
+    state.num_iterations = None  # said by updates_per_step now
     reward = getattr(t, "reward", None)
     if hasattr(reward, "trainer_state"):  # reward functions evaluated before step 1 get it
         reward.trainer_state = trainer_state_of(state, cfg)
