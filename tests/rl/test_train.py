@@ -455,6 +455,31 @@ def test_num_generations_eval_samples_several_replies_per_held_out_prompt(tiny_m
     assert {"gold_mean", "reward", "kl"} <= result["final"].keys()
 
 
+def test_steps_per_generation_with_accumulation_and_several_passes_clips_to_the_sampler(
+    peaked_policy_dir, tmp_path, monkeypatch
+):
+    """Spans of two micro-batches (gradient_accumulation_steps=2), two spans per batch of
+    rollouts, two passes (num_iterations=2): four updates per step, each after the first
+    clipped to log-probs that are the sampler's own, in both passes."""
+    import distalign.rl.train as train
+
+    seen, step = [], train.policy_gradient_step
+
+    def recording(t, ro, adv, cfg, old, span=None):
+        seen.append((span, None if old is None else old.clone(), ro.logps.sum(-1).clone()))
+        return step(t, ro, adv, cfg, old, span)
+
+    monkeypatch.setattr(train, "policy_gradient_step", recording)
+    run(config(peaked_policy_dir, tmp_path, max_steps=3, per_device_train_batch_size=4,
+               gradient_accumulation_steps=2, steps_per_generation=4, num_iterations=2,
+               max_eval_samples=1))  # fmt: skip
+    assert [s[0] for s in seen] == [(0, 8), (8, 16)] * 2 * 3
+    for i, (span, old, sampled) in enumerate(seen):
+        assert (old is None) == (i % 4 == 0)
+        if old is not None:
+            assert torch.allclose(old, sampled, atol=1e-3), (i, span)
+
+
 def trl_logging_reward(completions, completion_ids, trainer_state, log_metric, log_extra, **kw):
     """A TRL reward function that uses every argument TRL gives it."""
     log_metric("ids_per_completion", sum(map(len, completion_ids)) / len(completion_ids))
@@ -485,9 +510,10 @@ def test_trl_reward_functions_log_metrics_and_completion_columns(
     assert all(m["train/log_metric/kl"] == 123.0 and m["train/kl"] != 123.0 for m in steps)
     rows = [json.loads(x) for x in (tmp_path / "rl" / "history.jsonl").read_text().splitlines()]
     assert {r["step"] - 1 for r in rows} == {r["step_seen"] for r in rows} == {0, 1}
-    # fractional epochs, as transformers counts them: 4 and 8 prompts into the first pass
+    # fractional epochs, as transformers counts them during a step: 0, then 4 prompts into
+    # the first pass
     epochs = {r["step"]: r["epoch_seen"] for r in rows}
-    assert 0 < epochs[1] < 0.1 and epochs[2] == pytest.approx(2 * epochs[1])
+    assert epochs[1] == 0 and 0 < epochs[2] < 0.1
     assert all(r["log_extra/reward"] == "mine" and r["reward"] != "mine" for r in rows)
 
 

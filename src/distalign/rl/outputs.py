@@ -149,9 +149,16 @@ def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) ->
             step = t.out / "checkpoints" / f"step_{state.step:05d}"
             save_policy(t.policy, t.tokenizer, step, weights)
             if cfg.save_total_limit:
-                kept = sorted(p for p in step.parent.glob("step_*") if p.is_dir())
+                kept = [p for p in step.parent.glob("step_*") if p.is_dir()]
+                kept.sort(key=_step_number)
                 for old in kept[: -cfg.save_total_limit]:
                     shutil.rmtree(old)
+
+
+def _step_number(path: Path) -> int:
+    """N of a kept policy's folder ``step_N`` (-1 for another name: removed first)."""
+    number = path.name.removeprefix("step_")
+    return int(number) if number.isdigit() else -1
 
 
 def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig) -> None:

@@ -101,7 +101,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     cursor: int = 0  # position in this epoch's prompt order
-    pass_size: int = 0  # this process's training prompts (one epoch's), for fractional epochs
+    progress: float = 0.0  # passes over the prompts before this step's (fractional epochs)
     baseline_mean: float = 0.0  # moving-average baseline and the rewards it has seen
     baseline_count: int = 0
     initial_eval: dict | None = None  # the SFT policy on held-out prompts, before step 1
@@ -115,7 +115,7 @@ class TrainState:
 
 def next_prompts(prompts: list, state: TrainState, n: int, seed: int, shuffle=True) -> list:
     """The next ``n`` prompts of a fresh seeded permutation per epoch (``shuffle=False``: in
-    the data set's order); moves the cursor."""
+    the data set's order); moves the cursor, and notes where it stood (``progress``)."""
 
     def order(epoch: int) -> list[int]:
         permutation = list(range(len(prompts)))
@@ -123,6 +123,7 @@ def next_prompts(prompts: list, state: TrainState, n: int, seed: int, shuffle=Tr
             random.Random(seed + epoch).shuffle(permutation)
         return permutation
 
+    state.progress = state.epoch + state.cursor / max(len(prompts), 1)
     chosen, current = [], order(state.epoch)
     while len(chosen) < n:
         if state.cursor >= len(prompts):
@@ -349,12 +350,12 @@ def rewards_of(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig, state=None
 def trainer_state_of(state: TrainState, cfg: RLTrainConfig) -> TrainerState:
     """transformers' ``TrainerState`` as TRL gives it to reward functions: its steps are
     optimizer updates, ``updates_per_step`` per step here; its epoch is fractional, the passes
-    over the training prompts made so far."""
+    over the training prompts before this step's, as transformers counts it during a step."""
     per_step = cfg.updates_per_step
-    epoch = state.epoch + (state.cursor / state.pass_size if state.pass_size else 0.0)
     return TrainerState(
-        global_step=state.step * per_step, max_steps=cfg.max_steps * per_step, epoch=epoch
-    )
+        global_step=state.step * per_step, max_steps=cfg.max_steps * per_step,
+        epoch=state.progress,
+    )  # fmt: skip
 
 
 def pooled_rewards(accelerator, shaped: torch.Tensor, cfg: RLTrainConfig) -> torch.Tensor | None:
@@ -368,8 +369,8 @@ def pooled_rewards(accelerator, shaped: torch.Tensor, cfg: RLTrainConfig) -> tor
 class Update:
     """What a step's policy updates report: the mean gradient norm of the finite ones, whether
     each was finite (a non-finite one is skipped), the token entropy (sum, count) of the
-    first pass over the replies, and the share of replies whose ratio was clipped in the
-    clipped updates (None with one update)."""
+    policy that sampled, and the share of replies whose ratio was clipped in the clipped
+    updates (None with one update)."""
 
     grad_norm: float
     finite: list[bool]  # per update
@@ -397,13 +398,9 @@ def policy_gradient_step(
     entropy_sum, tokens, seq, clipped = 0.0, 0, [], []
     for s in range(begin, end, step):  # micro-batches of replies; one may cut a prompt's group
         stop = min(end, s + step)
-        ids, groups = ro.groups(s, stop)
         last = stop >= end  # gradients are all-reduced once, after the last micro-batch
         with nullcontext() if last else t.accelerator.no_sync(t.learner):
-            lp, ent = t.learner(
-                ids, groups, t.tokenizer.pad_token_id, cfg.temperature or 1.0, cfg.prefix_sharing
-            )
-            lp_pad, mask = pad_reply_tensors(lp)
+            lp_pad, mask, (ent, tok) = teacher_forced(t, ro, cfg, s, stop)
             # each loss averages over this micro-batch; weight it by its share
             if old is None:
                 loss = reinforce_loss(lp_pad, mask, adv[s:stop])
@@ -414,8 +411,7 @@ def policy_gradient_step(
                 clipped.append(clip)
             t.accelerator.backward(loss * (stop - s) / n)
         seq.append(sequence_sum(lp_pad.detach(), mask))
-        entropy_sum += sum(e.sum().item() for e in ent)
-        tokens += sum(e.numel() for e in ent)
+        entropy_sum, tokens = entropy_sum + ent, tokens + tok
     # the norm is needed even without clipping (inf clips nothing): a NaN or inf in any
     # gradient makes it non-finite, and that update is skipped instead of ruining the weights
     grad_norm = t.accelerator.clip_grad_norm_(t.learner.parameters(), cfg.max_grad_norm or math.inf)
@@ -426,19 +422,29 @@ def policy_gradient_step(
     return grad_norm, entropy_sum, tokens, torch.cat(seq), torch.cat(clipped) if clipped else None
 
 
+def teacher_forced(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, start: int, stop: int):
+    """The learner's pass over the replies [start, stop): their log-probs (padded), mask, and
+    (summed token entropy, token count)."""
+    ids, groups = ro.groups(start, stop)
+    temperature = cfg.temperature or 1.0
+    lp, ent = t.learner(ids, groups, t.tokenizer.pad_token_id, temperature, cfg.prefix_sharing)
+    entropy = (sum(e.sum().item() for e in ent), sum(e.numel() for e in ent))
+    return (*pad_reply_tensors(lp), entropy)
+
+
 @torch.no_grad()
-def sampling_logprobs(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, begin: int) -> torch.Tensor:
-    """Σ_t log π of the replies from ``begin`` on, by the policy that sampled them (before
-    any update; the teacher-forced pass the updates take, without gradients)."""
+def sampling_logprobs(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, begin: int):
+    """Σ_t log π of the replies from ``begin`` on by the policy that sampled them (the pass
+    the updates take, without gradients, before any update), their summed token entropy and
+    token count."""
     t.learner.train()
-    out = []
+    seq, entropy_sum, tokens = [], 0.0, 0
     for s in range(begin, len(ro.replies), cfg.per_device_train_batch_size):
-        ids, groups = ro.groups(s, s + cfg.per_device_train_batch_size)
-        lp, _ = t.learner(
-            ids, groups, t.tokenizer.pad_token_id, cfg.temperature or 1.0, cfg.prefix_sharing
-        )
-        out.append(sequence_sum(*pad_reply_tensors(lp)))
-    return torch.cat(out)
+        stop = min(len(ro.replies), s + cfg.per_device_train_batch_size)
+        lp_pad, mask, (ent, tok) = teacher_forced(t, ro, cfg, s, stop)
+        seq.append(sequence_sum(lp_pad, mask))
+        entropy_sum, tokens = entropy_sum + ent, tokens + tok
+    return torch.cat(seq), entropy_sum, tokens
 
 
 def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig) -> Update:
@@ -451,23 +457,22 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
     n = len(ro.replies)
     size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     spans = [(s, min(n, s + size)) for s in range(0, n, size)]
-    old = None
+    old, entropy_sum, tokens = None, 0.0, 0
     if len(spans) > 1:  # the later spans' sampling log-probs, while the policy is still π_old
-        later = sampling_logprobs(t, ro, cfg, spans[1][0]).to(adv.device)
-        old = torch.cat([adv.new_zeros(spans[0][1]), later])
-    norms, clipped, entropy_sum, tokens = [], [], 0.0, 0
+        later, entropy_sum, tokens = sampling_logprobs(t, ro, cfg, spans[1][0])
+        old = torch.cat([adv.new_zeros(spans[0][1]), later.to(adv.device)])
+    norms, clipped = [], []
     for i in range(cfg.num_iterations):
         for begin, end in spans:
             first = i == 0 and begin == 0
             step = policy_gradient_step(t, ro, adv, cfg, None if first else old, (begin, end))
             norm, ent, tok, seq, clip = step
             norms.append(float(norm))
-            if first:  # the first span's own pass gives its sampling log-probs
+            if first:  # the first span's own pass gives its sampling log-probs and entropy
                 old = seq if old is None else torch.cat([seq.to(old.device), old[end:]])
+                entropy_sum, tokens = entropy_sum + ent, tokens + tok
             else:
                 clipped.append(clip.float())
-            if i == 0:
-                entropy_sum, tokens = entropy_sum + ent, tokens + tok
     finite = [math.isfinite(x) for x in norms]
     kept = [x for x in norms if math.isfinite(x)]
     norm = sum(kept) / len(kept) if kept else math.nan
@@ -578,7 +583,6 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
                                              accelerator.is_main_process))  # fmt: skip
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
-    state.pass_size = len(train_prompts)
     begin(t, state, eval_prompts, cfg)
     bar = progress_bar(total=cfg.max_steps, initial=state.step, desc="rl train",
                        show=accelerator.is_local_main_process)  # fmt: skip
