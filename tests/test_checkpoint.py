@@ -201,7 +201,9 @@ def test_a_fresh_run_does_not_mix_with_an_earlier_one_in_its_output_dir(tmp_path
     for spec in (str(out / "final"), str(out), str(out / "checkpoints" / "step_00002")):
         with pytest.raises(ConfigError, match="is an input of this run"):
             prepare_output_dir(out, None, True, inputs=[str(tmp_path), spec])
-    prepare_output_dir(out, None, True, inputs=[str(out / "notes.txt")])  # moved aside, kept
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "notes.txt", "replaced"]
+    (out / "distalign").mkdir()  # the tracker's folder (TensorBoard events)
+    prepare_output_dir(out, None, True, [str(out / "notes.txt")], ["distalign"])  # moved, kept
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "replaced"]
     (moved,) = (out / "replaced").iterdir()
-    assert sorted(p.name for p in moved.iterdir()) == ["checkpoints", "final", "history.jsonl"]
+    assert sorted(p.name for p in moved.iterdir()) == [
+        "checkpoints", "config.yaml", "distalign", "final", "history.jsonl"]  # fmt: skip

@@ -210,3 +210,22 @@ def test_progress_bar_follows_tqdm_disable(env, hidden):
     out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True,
                          text=True, check=True)  # fmt: skip
     assert out.stdout.strip() == str(hidden)
+
+
+def test_launched_processes_that_accelerate_runs_apart_are_refused(monkeypatch, caplog):
+    """torchrun on a machine without GPUs: accelerate runs each process alone, and they would
+    train side by side into one output_dir."""
+    from types import SimpleNamespace
+
+    from distalign.config import ConfigError
+    from distalign.tracking import _check_processes
+
+    alone = SimpleNamespace(num_processes=1, distributed_type="NO", device="cpu",
+                            is_main_process=True)  # fmt: skip
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="ACCELERATE_USE_CPU=true torchrun"):
+        _check_processes(alone)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with caplog.at_level(logging.INFO, logger="distalign.tracking"):
+        _check_processes(alone)
+    assert "training on 1 process(es), cpu (NO)" in caplog.text

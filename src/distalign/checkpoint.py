@@ -92,7 +92,11 @@ RUN_MODELS = ("checkpoints", "final", "final_merged")
 
 
 def prepare_output_dir(
-    out: str | Path, resume: str | None, overwrite: bool, inputs: Sequence[str] = ()
+    out: str | Path,
+    resume: str | None,
+    overwrite: bool,
+    inputs: Sequence[str] = (),
+    tracker_dirs: Sequence[str] = (),
 ) -> None:
     """Before a fresh run (``resume`` None) writes into ``out``, where an earlier run's logs,
     checkpoints and final model would mix with the new run's:
@@ -100,8 +104,9 @@ def prepare_output_dir(
     - a distalign run there that saved nothing (its ``config.yaml`` and logs, no checkpoint:
       it stopped early) has its logs replaced, said in the log;
     - an earlier run with checkpoints, or such files of another tool's, is refused, unless
-      ``overwrite`` (transformers' ``overwrite_output_dir``) moves them into
-      ``out/replaced/<time>/`` (nothing is deleted);
+      ``overwrite`` (transformers' ``overwrite_output_dir``) moves them, with the run's
+      ``config.yaml`` and tracker folders (``tracker_dirs``), into ``out/replaced/<time>/``
+      (nothing is deleted);
     - an input of the run (``inputs``: a model, reward model or data file; ``out`` itself
       stands for its ``final/``) among what would move is refused.
 
@@ -143,7 +148,8 @@ def prepare_output_dir(
     if first:
         target = out / "replaced" / time.strftime("%Y%m%d-%H%M%S")
         target.mkdir(parents=True, exist_ok=True)
-        for path in found:
+        extra = [out / n for n in ("config.yaml", *tracker_dirs) if n and (out / n).exists()]
+        for path in [*found, *extra]:
             path.rename(target / path.name)
         log.warning("output_dir %s: the earlier run's %s moved to %s", out, named, target)
 

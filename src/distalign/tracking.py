@@ -33,6 +33,8 @@ TRACKERS: dict[str, tuple[str, str]] = {
 # the keyword each tracker's init takes for the run's name (TensorBoard: a subfolder instead)
 RUN_NAME_KWARG = {"wandb": "name", "trackio": "name", "mlflow": "run_name"}
 
+log = logging.getLogger(__name__)
+
 
 def peak_memory_gb() -> float:
     """Peak memory of this process: CUDA allocator peak on GPU, peak RSS on CPU."""
@@ -110,7 +112,9 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     from distalign.config import mixed_precision, save_config
     from distalign.models.load import set_tf32
 
-    prepare_output_dir(out, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, _inputs(cfg))
+    trackers = [getattr(cfg, "project", None) or ""]  # TensorBoard's events live there
+    prepare_output_dir(out, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, _inputs(cfg),
+                       trackers)  # fmt: skip
     precision = mixed_precision(cfg.bf16, cfg.fp16)
     _forget_other_precision(precision)
     accelerator = Accelerator(
@@ -119,11 +123,30 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
         project_dir=str(out),
         **accelerator_kwargs,
     )
+    _check_processes(accelerator)
     set_seed(cfg.seed)
     set_tf32(cfg.tf32)
     if accelerator.is_main_process:
         save_config(cfg, out)
     return accelerator
+
+
+def _check_processes(accelerator) -> None:
+    """Say how many processes train; refuse launched processes that accelerate runs apart
+    (torchrun on a machine without GPUs: each would train alone into the same output_dir)."""
+    from distalign.config import ConfigError
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        raise ConfigError(
+            f"{launched} processes were launched (WORLD_SIZE) but accelerate runs each alone "
+            f"({accelerator.distributed_type}), so they would train the same model side by side "
+            "into one output_dir; on CPUs launch with ACCELERATE_USE_CPU=true torchrun "
+            "--nproc_per_node N -m distalign.cli ... (docs/gpu.md)"
+        )
+    if accelerator.is_main_process:
+        log.info("training on %d process(es), %s (%s)", accelerator.num_processes,
+                 accelerator.device, accelerator.distributed_type)  # fmt: skip
 
 
 def _inputs(cfg: Any) -> list[str]:
