@@ -146,6 +146,11 @@ def test_csv_cells_with_message_lists(tmp_path):
         w.writerow(["chosen", "rejected"])
         w.writerow([json.dumps(IMPLICIT[0]["chosen"]), json.dumps(IMPLICIT[0]["rejected"])])
     assert load_preferences(str(path))[0]["chosen"] == "A plum."
+    # a reply that reads as a JSON list of numbers or strings is text
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["prompt", "chosen", "rejected"], ["List?", "[1, 2, 3]", '["a"]']])
+    row = load_preferences(str(path))[0]
+    assert (row["chosen"], row["rejected"]) == ("[1, 2, 3]", '["a"]')
 
 
 def test_folder_read_by_split(tmp_path):

@@ -114,20 +114,24 @@ def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"{path} row {i}", row
 
 
-def _decode_cell(value: Any) -> Any:
-    # CSV cells hold strings; a cell that is a JSON list holds chat messages.
+def _decode_cell(column: str, value: Any) -> Any:
+    """CSV cells hold strings: a JSON list of objects is chat messages (or per-group
+    probabilities), a JSON list in a ``*_ids`` column token ids; any other cell, a reply
+    such as ``[1, 2, 3]`` included, stays text."""
     if isinstance(value, str) and value.lstrip().startswith("[") and value.rstrip().endswith("]"):
         try:
-            return json.loads(value)
+            decoded = json.loads(value)
         except json.JSONDecodeError:
             return value
+        objects = bool(decoded) and all(isinstance(x, dict) for x in decoded)
+        return decoded if objects or column.endswith("_ids") else value
     return value
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[str, Any]]:
     with _named_errors(path), _open_text(path) as f:
         for i, row in enumerate(csv.DictReader(f)):
-            yield f"{path} row {i}", {k: _decode_cell(v) for k, v in row.items()}
+            yield f"{path} row {i}", {k: _decode_cell(k, v) for k, v in row.items()}
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
