@@ -153,6 +153,23 @@ def test_csv_cells_with_message_lists(tmp_path):
     assert (row["chosen"], row["rejected"]) == ("[1, 2, 3]", '["a"]')
 
 
+def test_a_folder_written_by_save_to_disk_is_read_as_load_from_disk_gives_it(tmp_path):
+    datasets.Dataset.from_list(EXPLICIT).save_to_disk(tmp_path / "one")
+    splits = {"train": EXPLICIT, "test": EXPLICIT[:1]}
+    datasets.DatasetDict(
+        {k: datasets.Dataset.from_list(v) for k, v in splits.items()}
+    ).save_to_disk(tmp_path / "dict")
+    assert len(load_preferences(str(tmp_path / "one"))) == len(EXPLICIT)
+    assert len(load_preferences(str(tmp_path / "dict"))) == len(EXPLICIT)
+    assert len(load_preferences(str(tmp_path / "dict"), split="test")) == 1
+    with pytest.raises(DataSourceError, match="has no split 'validation'"):
+        load_preferences(str(tmp_path / "dict"), split="validation")
+    bad = [EXPLICIT[0], {**EXPLICIT[0], "chosen": None}]
+    datasets.Dataset.from_list(bad).save_to_disk(tmp_path / "bad")
+    with pytest.raises(PreferenceFormatError, match=r"bad row 1: field 'chosen': null"):
+        load_preferences(str(tmp_path / "bad"))
+
+
 def test_folder_read_by_split(tmp_path):
     _write(tmp_path / "train.jsonl.gz", EXPLICIT)
     _write(tmp_path / "test.jsonl", EXPLICIT[:1])

@@ -200,7 +200,8 @@ def iter_source_rows(
     name: str | None = None,
     revision: str | None = None,
 ) -> Iterator[tuple[str, Any]]:
-    """Yield (location, raw row) for a local file/folder, a data alias, a hub dataset (with
+    """Yield (location, raw row) for a local file/folder (a folder written by ``save_to_disk``
+    too), a data alias, a hub dataset (with
     its config ``name`` and ``revision``) or a ``datasets.Dataset`` given from Python. A source
     without rows raises DataSourceError."""
     hub_only = name is not None or revision is not None
@@ -223,6 +224,17 @@ def iter_source_rows(
         return
     source = resolve_source(source)
     path = Path(source).expanduser()
+    if any((path / f).is_file() for f in ("state.json", "dataset_dict.json")):
+        if hub_only:  # a folder of ``save_to_disk``: read as ``load_from_disk`` gives it
+            raise DataSourceError(f"{source}: a local data set; a config name or revision "
+                                  "applies to hub datasets only")  # fmt: skip
+        saved = datasets.load_from_disk(str(path))
+        where = (
+            f"{source}[{split or 'train'}]" if isinstance(saved, datasets.DatasetDict) else source
+        )
+        rows = iter_source_rows(saved, split or "train")
+        yield from ((f"{where} {loc.removeprefix('dataset ')}", row) for loc, row in rows)
+        return
     if path.exists():
         if hub_only:
             raise DataSourceError(
