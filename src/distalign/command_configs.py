@@ -90,7 +90,9 @@ class RMEvalConfig(PlacementConfig):
     """``distalign rm eval``: a saved reward model on held-out pairs."""
 
     model_name_or_path: str = ""
-    """Reward-model folder (``rm train``'s ``final/``)."""
+    """Reward model: ``rm train``'s ``final/`` (or its run folder), or another tool's one-label
+    sequence classifier (TRL's RewardTrainer saves one; folder or hub id), scored with its own
+    forward and template as ``rm score`` reads it (scalar metrics)."""
     dataset_name: str = "gold"
     """Preference source."""
     dataset_test_split: str = "test"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import datasets
 import pytest
@@ -325,8 +326,10 @@ def test_off_prompt_pairs_that_round_to_none_leave_the_pairs_as_they_are():
 def test_rm_eval_reads_as_training_did_and_keeps_the_full_evaluation(
     tiny_model_dir, pair_dir, tmp_path
 ):
+    from distalign.data.load import load_preferences
     from distalign.eval.rm import run_rm_eval
     from distalign.report.runs import rm_evaluations
+    from distalign.rl.rewards import RewardModelSource
 
     # short limits, so that truncation changes the scores
     trained = run(config(tiny_model_dir, pair_dir, tmp_path, max_steps=4, max_length=24,
@@ -348,6 +351,20 @@ def test_rm_eval_reads_as_training_did_and_keeps_the_full_evaluation(
     assert rm_evaluations([str(tmp_path / "run")])["run"]["pairs"] == 80  # what the report shows
     with pytest.raises(ValueError, match="max_prompt_length"):
         run_rm_eval(str(final), str(pair_dir), "test", max_length=24, max_prompt_length=30)
+    # the same model as another tool saves it (no distalign_rm.json; TRL's RewardTrainer),
+    # and the run folder for its final/: scored with its own forward, as rm score reads it
+    trl = tmp_path / "trl_rm"
+    shutil.copytree(final, trl)
+    (trl / "distalign_rm.json").unlink()
+    other = run_rm_eval(str(trl), str(pair_dir), "test", max_length=24, limit=10)
+    assert other["pairs"] == 10 and (trl / f"eval_{pair_dir.name}_test_first10.json").is_file()
+    pairs = load_preferences(str(pair_dir), "test", limit=10)
+    source = RewardModelSource(str(trl), max_length=24)  # as rm score and rl train read it
+    prompts = list(pairs["prompt"])
+    margin = source(prompts, pairs["chosen"]).rewards - source(prompts, pairs["rejected"]).rewards
+    assert other["accuracy"] == pytest.approx((margin > 0).float().mean().item())
+    assert other["margin"] == pytest.approx(margin.mean().item(), abs=1e-5)
+    assert run_rm_eval(str(tmp_path / "run"), str(pair_dir), "test", limit=10)["pairs"] == 10
 
 
 @pytest.mark.parametrize("prefix_sharing", [True, False])

@@ -77,6 +77,25 @@ def evaluate_reward_model(
     adds whether the predicted spread of each distinct reply tracks the annotators'
     disagreement about it (``spread_*``, ``reply_spread_measures``)."""
     chosen, rejected = collect_pair_scores(model, loader, accelerator)
+    rows = pair_ids(loader, len(chosen))
+    return pair_metrics(chosen, rejected, head, n_bins, outputs, p_by_group, n_bootstrap, truth,
+                        p_chosen, rows)  # fmt: skip
+
+
+def pair_metrics(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    head: str = "scalar",
+    n_bins: int = 10,
+    outputs: dict | None = None,
+    p_by_group: np.ndarray | None = None,
+    n_bootstrap: int = 2000,
+    truth=None,
+    p_chosen: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
+) -> dict[str, float]:
+    """``evaluate_reward_model``'s metrics from the head outputs (N, num_labels) of the chosen
+    and rejected replies; ``rows``: each pair's row in its source (default 0..N−1)."""
     components = None  # a mixture's component margins (N, K), for its contested detector
     if head == "scalar":
         if outputs is not None:
@@ -110,7 +129,7 @@ def evaluate_reward_model(
         if outputs is not None:  # per pair, to compare reward models on the same pairs
             scores = contested_scores(margin, spread, components)
             outputs["pair_scores"] = {
-                "pair": pair_ids(loader, len(margin)),
+                "pair": np.arange(len(margin)) if rows is None else rows,
                 "margin": margin,
                 "contested_score": scores["detector"],
                 "contested": contested(p_by_group),
@@ -224,12 +243,19 @@ def run_rm_eval(
     from distalign.data.load import known_p_chosen, load_preferences, p_chosen_by_group
     from distalign.data.pairs import PairCollator, SharedPrefixCollator, tokenize_pairs
     from distalign.gold.truth import pair_replies
+    from distalign.models.classifier import model_folder
     from distalign.models.load import prefix_sharing_for, resolve_device_dtype
-    from distalign.models.reward_model import load_reward_model
+    from distalign.models.reward_model import META_FILE, load_reward_model
 
     place, torch_dtype = resolve_device_dtype(device, dtype)
+    folder = model_folder(model_dir)  # a run's output_dir: its final/; a hub id: downloaded
+    if not (folder / META_FILE).is_file():  # another tool's reward model (TRL's, the hub's)
+        home = folder if Path(model_dir).is_dir() else Path(".")  # a hub model's: here
+        return _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
+                                 Path(output) if output else home, place, torch_dtype,
+                                 attn_implementation)  # fmt: skip
     model, tokenizer, meta = load_reward_model(
-        model_dir, device=place, dtype=torch_dtype, attn_implementation=attn_implementation
+        folder, device=place, dtype=torch_dtype, attn_implementation=attn_implementation
     )
     own = (meta.get("max_length", 512), meta.get("max_prompt_length"))
     max_length = max_length or own[0]
@@ -261,7 +287,36 @@ def run_rm_eval(
     result.update({"max_length": max_length, "max_prompt_length": max_prompt_length})
     lengths = None if (max_length, max_prompt_length) == own else (max_length, max_prompt_length)
     name = eval_file_name(data, split, first=limit, lengths=lengths)
-    path = Path(output) if output else Path(model_dir) / name
+    path = Path(output) if output else folder / name
+    return save_eval(result, outputs, path)
+
+
+def _eval_other_model(model_dir, data, split, max_length, batch_size, limit, out: Path, place,
+                      torch_dtype, attn_implementation) -> dict[str, float]:  # fmt: skip
+    """``run_rm_eval`` for a one-label sequence classifier distalign did not train (TRL's
+    RewardTrainer saves one): each reply scored with the model's own forward, tokenizer and
+    chat template, as ``rm score`` and ``rl train`` read it; the scalar metrics, written to
+    ``out`` (a folder: under the usual file name)."""
+    from distalign.data.load import known_p_chosen, load_preferences, p_chosen_by_group
+    from distalign.rl.rewards import RewardModelSource
+
+    source = RewardModelSource(
+        model_dir, max_length=max_length, batch_size=batch_size, device=place,
+        dtype=torch_dtype, attn_implementation=attn_implementation,
+    )  # fmt: skip
+    pairs = load_preferences(data, split, limit=limit or None)
+    prompts = list(pairs["prompt"])
+    chosen = source(prompts, list(pairs["chosen"])).rewards.float().reshape(-1, 1)
+    rejected = source(prompts, list(pairs["rejected"])).rewards.float().reshape(-1, 1)
+    outputs: dict = {}
+    rows = np.asarray(pairs["source_row"], dtype=np.int64)
+    result = pair_metrics(chosen, rejected, "scalar", outputs=outputs,
+                          p_by_group=p_chosen_by_group(pairs), p_chosen=known_p_chosen(pairs),
+                          rows=rows)  # fmt: skip
+    result.update({"data": data, "split": split, "model": str(model_dir), "head": "scalar"})
+    result.update({"device": str(place), "dtype": str(torch_dtype).removeprefix("torch.")})
+    result.update({"max_length": source.max_length})
+    path = out / eval_file_name(data, split, first=limit) if out.is_dir() else out
     return save_eval(result, outputs, path)
 
 

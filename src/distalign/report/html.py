@@ -221,7 +221,9 @@ def rebuild_report(compare_dir: str | Path) -> Path:
     compare_dir = Path(compare_dir)
     numbers = compare_dir / "compare.json"
     if not numbers.is_file():
-        raise FileNotFoundError(f"{numbers} not found: give the output_dir of `eval compare`")
+        from distalign.config import ConfigError
+
+        raise ConfigError(f"{numbers} not found: give the output_dir of `eval compare`")
     summary = json.loads(numbers.read_text())
     key = judge_of(summary).reply_key
     rewards: dict[str, list[float]] = {}
