@@ -11,6 +11,7 @@ import yaml
 
 from distalign.command_configs import (
     GenerateConfig,
+    RMEvalConfig,
 )
 from distalign.config import (
     ConfigError,
@@ -519,6 +520,10 @@ def test_more_trl_and_transformers_keys():
     assert from_cli(RLTrainConfig, ["--reward_funcs", one, one]).reward == [one, one]
     assert from_cli(RLTrainConfig, [f"reward_model_name_or_path={one}"]).reward == one
     assert from_cli(CompareConfig, ["sft_model_path=runs/sft"]).sft == "runs/sft"  # TRL's PPO
+    rm_eval = from_cli(RMEvalConfig, ["model_name_or_path=m", "skip_bad_rows=true",
+                                      "dataset_config=main", "dataset_revision=v1"])  # fmt: skip
+    assert (rm_eval.skip_bad_rows, rm_eval.dataset_config, rm_eval.dataset_revision) == (
+        True, "main", "v1")  # fmt: skip
     with pytest.raises(ConfigError, match="`reward_funcs` and `reward` both given"):
         from distalign.api import _config
 

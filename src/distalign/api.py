@@ -81,6 +81,11 @@ def evaluate_reward_model(config=None, **overrides) -> dict[str, Any]:
         cfg.max_eval_samples,
         cfg.output_file,
         max_prompt_length=cfg.max_prompt_length,
+        data_options={
+            "name": cfg.dataset_config,
+            "revision": cfg.dataset_revision,
+            "skip_bad_rows": cfg.skip_bad_rows,
+        },
         **cfg.placement(),
     )
 

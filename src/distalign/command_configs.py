@@ -97,6 +97,12 @@ class RMEvalConfig(PlacementConfig):
     """Preference source."""
     dataset_test_split: str = "test"
     """Split of the pairs."""
+    dataset_config: str | None = None
+    """Config (subset) of a hub data set, ``datasets.load_dataset``'s name."""
+    dataset_revision: str | None = None
+    """Branch, tag or commit of a hub data set (default: the latest)."""
+    skip_bad_rows: bool = False
+    """Skip malformed rows (counted by reason) instead of stopping at the first."""
     max_length: int | None = None
     """Longest prompt + reply in tokens (default: the reward model's, from its training)."""
     max_prompt_length: int | None = None

@@ -68,10 +68,10 @@ def print_metadata(meta: dict, path: str | None) -> None:
 
 def print_metrics(title: str, metrics: dict) -> None:
     table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column("metric", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")  # paths shown whole
     for k, v in metrics.items():
-        table.add_row(k, number(v))
+        table.add_row(k, Text(number(v)))  # a value is data, never rich markup
     console.print(table)
 
 

@@ -231,8 +231,10 @@ def run_rm_eval(
     device: str = "auto",
     dtype: str = "auto",
     attn_implementation: str = "sdpa",
+    data_options: dict | None = None,
 ) -> dict[str, float]:
     """Load a saved reward model, score held-out pairs, write the metrics as JSON.
+    ``data_options``: ``load_preferences``'s hub ``name``/``revision`` and ``skip_bad_rows``.
 
     ``max_length`` and ``max_prompt_length`` default to the reward model's own (saved with
     it), so the scores are those its training evaluation saw. Pairs share their prompt's row
@@ -251,7 +253,8 @@ def run_rm_eval(
     folder = model_folder(model_dir)  # a run's output_dir: its final/; a hub id: downloaded
     if not (folder / META_FILE).is_file():  # another tool's reward model (TRL's, the hub's)
         home = folder if Path(model_dir).is_dir() else Path(".")  # a hub model's: here
-        return _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
+        pairs = load_preferences(data, split, limit=limit or None, **(data_options or {}))
+        return _eval_other_model(model_dir, pairs, data, split, max_length, batch_size, limit,
                                  Path(output) if output else home, place, torch_dtype,
                                  attn_implementation)  # fmt: skip
     model, tokenizer, meta = load_reward_model(
@@ -265,9 +268,8 @@ def run_rm_eval(
         raise ValueError(
             f"need max_prompt_length ({max_prompt_length}) < max_length ({max_length})"
         )
-    ds = tokenize_pairs(
-        load_preferences(data, split, limit=limit or None), tokenizer, max_length, max_prompt_length
-    )
+    pairs = load_preferences(data, split, limit=limit or None, **(data_options or {}))
+    ds = tokenize_pairs(pairs, tokenizer, max_length, max_prompt_length)
     if prefix_sharing_for(attn_implementation, True, "rm eval"):
         collate = SharedPrefixCollator(tokenizer.pad_token_id)
     else:
@@ -291,20 +293,19 @@ def run_rm_eval(
     return save_eval(result, outputs, path)
 
 
-def _eval_other_model(model_dir, data, split, max_length, batch_size, limit, out: Path, place,
-                      torch_dtype, attn_implementation) -> dict[str, float]:  # fmt: skip
+def _eval_other_model(model_dir, pairs, data, split, max_length, batch_size, limit, out: Path,
+                      place, torch_dtype, attn_implementation) -> dict[str, float]:  # fmt: skip
     """``run_rm_eval`` for a one-label sequence classifier distalign did not train (TRL's
     RewardTrainer saves one): each reply scored with the model's own forward, tokenizer and
     chat template, as ``rm score`` and ``rl train`` read it; the scalar metrics, written to
     ``out`` (a folder: under the usual file name)."""
-    from distalign.data.load import known_p_chosen, load_preferences, p_chosen_by_group
+    from distalign.data.load import known_p_chosen, p_chosen_by_group
     from distalign.rl.rewards import RewardModelSource
 
     source = RewardModelSource(
         model_dir, max_length=max_length, batch_size=batch_size, device=place,
         dtype=torch_dtype, attn_implementation=attn_implementation,
     )  # fmt: skip
-    pairs = load_preferences(data, split, limit=limit or None)
     prompts = list(pairs["prompt"])
     chosen = source(prompts, list(pairs["chosen"])).rewards.float().reshape(-1, 1)
     rejected = source(prompts, list(pairs["rejected"])).rewards.float().reshape(-1, 1)
