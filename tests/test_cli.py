@@ -339,3 +339,12 @@ def test_a_tracker_that_is_not_installed_is_a_one_line_error(monkeypatch, capsys
     assert exit_.value.code == 2
     err = capsys.readouterr().out
     assert "pip install 'distalign[trackers]'" in err and "Traceback" not in err
+
+
+def test_rm_score_writes_beside_its_input_keeping_the_whole_name():
+    from pathlib import Path
+
+    from distalign.rm.score import _scored_name
+
+    assert _scored_name(Path("a/my.data.jsonl")) == Path("a/my.data.scored.jsonl")
+    assert _scored_name(Path("x.jsonl.gz")) == Path("x.scored.jsonl")

@@ -82,8 +82,16 @@ def score_file(
             e["reward"] = e["expectation"]
     else:
         extra = [{"reward": float(r)} for r in source(prompts, replies).rewards]
-    out = Path(output) if output else Path(input_path).with_suffix("").with_suffix(".scored.jsonl")
+    out = Path(output) if output else _scored_name(Path(input_path))
     with open(out, "w", encoding="utf-8") as f:
         for row, e in zip(rows, extra, strict=True):
             f.write(json.dumps({**row, **e}, ensure_ascii=False) + "\n")
     return out, len(rows)
+
+
+def _scored_name(path: Path) -> Path:
+    """INPUT.scored.jsonl beside the input, its name kept whole but for its file type
+    (``my.data.jsonl.gz`` -> ``my.data.scored.jsonl``)."""
+    name = path.name.removesuffix(".gz")
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return path.with_name(stem + ".scored.jsonl")
