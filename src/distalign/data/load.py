@@ -112,10 +112,12 @@ def warn_if_evaluating_on_training_data(cfg: Any) -> None:
     (or prompts) the model was trained on."""
     if evaluates_on_training_data(*held_out_of(cfg)):
         name = cfg.dataset_name if isinstance(cfg.dataset_name, str) else "the Dataset given"
+        one_file = isinstance(cfg.dataset_name, str) and Path(cfg.dataset_name).is_file()
         log.warning(
             "the held-out figures are measured on the training data (%s): set "
-            "eval_dataset_name, or dataset_test_split, to held-out data",
+            "eval_dataset_name%s to held-out data",
             name,
+            "" if one_file else ", or dataset_test_split,",  # a single file has no splits
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 
 import torch
 from datasets import Dataset, Features, Sequence, Value, concatenate_datasets
@@ -163,6 +164,8 @@ def load_pairs(cfg: RMTrainConfig, tokenizer):
         cfg.max_eval_samples,
         held_out_hub,
     )
+    if os.environ.get("RANK", "0") == "0":  # the sizes transformers' Trainer starts with
+        log.info("%d training pairs, %d held-out pairs", len(train), len(held_out))
     return train, held_out
 
 
