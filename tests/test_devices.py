@@ -311,7 +311,9 @@ def test_every_command_in_the_gpu_doc_parses(monkeypatch):
     parsed = 0
     for line in lines:
         line = re.sub(
-            r"^accelerate launch .*-m distalign\.cli ", "distalign ", line.split("  #")[0]
+            r"^(\w+=\S+ )*(accelerate launch|torchrun) .*-m distalign\.cli ",
+            "distalign ",
+            line.split("  #")[0],
         )
         words = shlex.split(line)[1:]
         name = " ".join(words[:2]) if " ".join(words[:2]) in COMMANDS else words[0]
