@@ -177,18 +177,23 @@ def test_resume_through_a_checkpoint_takes_this_runs_peak_and_horizon(tiny_model
 
 
 def test_a_fresh_run_does_not_mix_with_an_earlier_one_in_its_output_dir(tmp_path):
+    """An earlier run's files move aside into replaced/<time>/, never deleted: a run that saved
+    nothing without asking, one with checkpoints only with overwrite_output_dir."""
     from distalign.config import ConfigError
+
+    def moved() -> list[list[str]]:
+        return [sorted(p.name for p in d.iterdir()) for d in sorted((out / "replaced").iterdir())]
 
     out = tmp_path / "run"
     prepare_output_dir(out, None, False)  # nothing there yet
     out.mkdir()
-    (out / "metrics.jsonl").write_text('{"step": 1}\n')  # another tool's log: not ours to drop
-    with pytest.raises(ConfigError, match=r"holds an earlier run \(metrics\.jsonl\)"):
-        prepare_output_dir(out, None, False)
-    (out / "config.yaml").write_text("seed: 0\n")  # a distalign run that stopped before saving
+    (out / "config.yaml").write_text("seed: 0\n")  # a run that stopped before saving
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
     (out / "notes.txt").write_text("mine")
     prepare_output_dir(out, None, False)
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "replaced"]
+    assert moved() == [["config.yaml", "metrics.jsonl"]]
+    (out / "config.yaml").write_text("seed: 1\n")  # the next run saved checkpoints
     (out / "checkpoints" / "step_00002").mkdir(parents=True)
     (out / "final").mkdir()
     (out / "history.jsonl").write_text("{}\n")
@@ -202,8 +207,8 @@ def test_a_fresh_run_does_not_mix_with_an_earlier_one_in_its_output_dir(tmp_path
         with pytest.raises(ConfigError, match="is an input of this run"):
             prepare_output_dir(out, None, True, inputs=[str(tmp_path), spec])
     (out / "distalign").mkdir()  # the tracker's folder (TensorBoard events)
-    prepare_output_dir(out, None, True, [str(out / "notes.txt")], ["distalign"])  # moved, kept
+    prepare_output_dir(out, None, True, [str(out / "notes.txt")], ["distalign"])
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "replaced"]
-    (moved,) = (out / "replaced").iterdir()
-    assert sorted(p.name for p in moved.iterdir()) == [
-        "checkpoints", "config.yaml", "distalign", "final", "history.jsonl"]  # fmt: skip
+    # a second folder even within the same second: the first run's files stay
+    second = ["checkpoints", "config.yaml", "distalign", "final", "history.jsonl"]
+    assert moved() == [["config.yaml", "metrics.jsonl"], second]

@@ -99,15 +99,14 @@ def prepare_output_dir(
     tracker_dirs: Sequence[str] = (),
 ) -> None:
     """Before a fresh run (``resume`` None) writes into ``out``, where an earlier run's logs,
-    checkpoints and final model would mix with the new run's:
+    checkpoints and final model would mix with the new run's, they are moved aside into
+    ``out/replaced/<time>/`` with its ``config.yaml`` and tracker folders (``tracker_dirs``,
+    relative to ``out``); nothing is deleted.
 
-    - a distalign run there that saved nothing (its ``config.yaml`` and logs, no checkpoint:
-      it stopped early) has its logs replaced, said in the log;
-    - an earlier run with checkpoints, or such files of another tool's, is refused, unless
-      ``overwrite`` (transformers' ``overwrite_output_dir``) moves them, with the run's
-      ``config.yaml`` and tracker folders (``tracker_dirs``), into ``out/replaced/<time>/``
-      (nothing is deleted);
-    - an input of the run (``inputs``: a model, reward model or data file; ``out`` itself
+    - Logs of a run that saved nothing (no checkpoint: it stopped early) move without asking.
+    - An earlier run with checkpoints or a final model moves only with ``overwrite``
+      (transformers' ``overwrite_output_dir``); without it the run is refused.
+    - An input of the run (``inputs``: a model, reward model or data file; ``out`` itself
       stands for its ``final/``) among what would move is refused.
 
     A resumed run keeps everything (resuming cuts the logs back to its checkpoint). Only the
@@ -118,40 +117,45 @@ def prepare_output_dir(
     found = [out / name for name in (*RUN_MODELS, *RUN_LOGS) if (out / name).exists()]
     if not found:
         return
-    first = os.environ.get("RANK", "0") == "0"
-    if (out / "config.yaml").is_file() and not any(p.name in RUN_MODELS for p in found):
-        if first:  # a distalign run that stopped before its first checkpoint
-            log.info("output_dir %s: replacing the logs of a run that saved nothing", out)
-            for path in found:
-                path.unlink()
-        return
     from distalign.config import ConfigError
 
     named = ", ".join(p.name + ("/" if p.is_dir() else "") for p in found)
-    if not overwrite:
+    saved = any(p.name in RUN_MODELS for p in found)
+    if saved and not overwrite:
         raise ConfigError(
             f"output_dir {out} holds an earlier run ({named}), whose logs and checkpoints this "
             "run would mix with: resume it (resume_from_checkpoint=true), give another "
             "output_dir, or overwrite_output_dir=true to move them aside (to "
             f"{out / 'replaced'})"
         )
-    moving = [p.resolve() for p in found]
+    extra = [out / n for n in ("config.yaml", *tracker_dirs)
+             if n and not Path(n).is_absolute() and (out / n).exists()]  # fmt: skip
+    moving = [p.resolve() for p in [*found, *extra]]
     for spec in inputs:
         path = Path(spec).expanduser().resolve()
         path = path / "final" if path == out.resolve() else path  # a run stands for its final/
         if any(path == m or m in path.parents for m in moving):
             raise ConfigError(
-                f"{spec} is an input of this run and lies in the earlier run in {out} that "
-                "overwrite_output_dir would move aside: copy it elsewhere, or give another "
-                "output_dir"
+                f"{spec} is an input of this run and lies in the earlier run in {out}, which "
+                "would move aside: copy it elsewhere, or give another output_dir"
             )
-    if first:
-        target = out / "replaced" / time.strftime("%Y%m%d-%H%M%S")
-        target.mkdir(parents=True, exist_ok=True)
-        extra = [out / n for n in ("config.yaml", *tracker_dirs) if n and (out / n).exists()]
+    if os.environ.get("RANK", "0") == "0":  # one shared output_dir: the first process moves
+        target = _new_folder(out / "replaced", time.strftime("%Y%m%d-%H%M%S"))
         for path in [*found, *extra]:
             path.rename(target / path.name)
         log.warning("output_dir %s: the earlier run's %s moved to %s", out, named, target)
+
+
+def _new_folder(parent: Path, name: str) -> Path:
+    """``parent/name``, or ``name-1``, ``name-2``, … when it exists: always a new folder."""
+    for n in range(10_000):
+        folder = parent / (name if n == 0 else f"{name}-{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+    raise CheckpointError(f"{parent}: no free folder name for {name}")
 
 
 class NonFiniteError(RuntimeError):

@@ -112,18 +112,19 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     from distalign.config import mixed_precision, save_config
     from distalign.models.load import set_tf32
 
-    trackers = [getattr(cfg, "project", None) or ""]  # TensorBoard's events live there
-    prepare_output_dir(out, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, _inputs(cfg),
-                       trackers)  # fmt: skip
     precision = mixed_precision(cfg.bf16, cfg.fp16)
     _forget_other_precision(precision)
+    trackers = resolve_report_to(cfg.report_to)
     accelerator = Accelerator(
         mixed_precision=precision,
-        log_with=resolve_report_to(cfg.report_to) or None,
+        log_with=trackers or None,
         project_dir=str(out),
         **accelerator_kwargs,
     )
-    _check_processes(accelerator)
+    _check_processes(accelerator)  # before anything in out moves
+    events = [cfg.project] if "tensorboard" in trackers and getattr(cfg, "project", None) else []
+    prepare_output_dir(out, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, _inputs(cfg),
+                       events)  # fmt: skip
     set_seed(cfg.seed)
     set_tf32(cfg.tf32)
     if accelerator.is_main_process:

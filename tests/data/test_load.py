@@ -160,6 +160,9 @@ def test_a_folder_written_by_save_to_disk_is_read_as_load_from_disk_gives_it(tmp
         {k: datasets.Dataset.from_list(v) for k, v in splits.items()}
     ).save_to_disk(tmp_path / "dict")
     assert len(load_preferences(str(tmp_path / "one"))) == len(EXPLICIT)
+    # one Dataset has no splits: its "test" is its training rows, which is said
+    assert evaluates_on_training_data(str(tmp_path / "one"), None, "train", "test")
+    assert not evaluates_on_training_data(str(tmp_path / "dict"), None, "train", "test")
     assert len(load_preferences(str(tmp_path / "dict"))) == len(EXPLICIT)
     assert len(load_preferences(str(tmp_path / "dict"), split="test")) == 1
     with pytest.raises(DataSourceError, match="has no split 'validation'"):

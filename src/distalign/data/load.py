@@ -86,6 +86,13 @@ def same_source(a: Any, b: Any) -> bool:
     return a.strip().rstrip("/") == b.strip().rstrip("/")
 
 
+def has_no_splits(source: str) -> bool:
+    """Whether a local source is one set of rows, every split the same: one file, or one
+    ``Dataset`` written by ``save_to_disk``."""
+    path = Path(resolve_source(source)).expanduser()
+    return path.is_file() or (path / "state.json").is_file()
+
+
 def evaluates_on_training_data(
     source: Any,
     eval_source: Any = None,
@@ -100,7 +107,7 @@ def evaluates_on_training_data(
     if train_split is not None and train_split == test_split:
         return True
     if isinstance(source, str):
-        return Path(source).expanduser().is_file()
+        return has_no_splits(source)
     # a DatasetDict has splits to pick from (not the same one: above); a datasets.Dataset or
     # rows handed over in Python have none
     return not isinstance(source, datasets.DatasetDict | datasets.IterableDatasetDict)
@@ -112,7 +119,7 @@ def warn_if_evaluating_on_training_data(cfg: Any) -> None:
     (or prompts) the model was trained on."""
     if evaluates_on_training_data(*held_out_of(cfg)):
         name = cfg.dataset_name if isinstance(cfg.dataset_name, str) else "the Dataset given"
-        one_file = isinstance(cfg.dataset_name, str) and Path(cfg.dataset_name).is_file()
+        one_file = isinstance(cfg.dataset_name, str) and has_no_splits(cfg.dataset_name)
         log.warning(
             "the held-out figures are measured on the training data (%s): set "
             "eval_dataset_name%s to held-out data",
