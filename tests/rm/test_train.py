@@ -357,7 +357,8 @@ def test_rm_eval_reads_as_training_did_and_keeps_the_full_evaluation(
     shutil.copytree(final, trl)
     (trl / "distalign_rm.json").unlink()
     other = run_rm_eval(str(trl), str(pair_dir), "test", max_length=24, limit=10)
-    assert other["pairs"] == 10 and (trl / f"eval_{pair_dir.name}_test_first10.json").is_file()
+    assert other["pairs"] == 10 and other["max_prompt_length"] is None
+    assert (trl / f"eval_{pair_dir.name}_test_first10_len24-0.json").is_file()  # not the default
     pairs = load_preferences(str(pair_dir), "test", limit=10)
     source = RewardModelSource(str(trl), max_length=24)  # as rm score and rl train read it
     prompts = list(pairs["prompt"])

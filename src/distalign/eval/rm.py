@@ -9,6 +9,8 @@ On a GPU the model runs there in bfloat16 (``device``/``dtype`` auto, docs/gpu.m
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,8 @@ from distalign.disagreement import contested, contested_detection, contested_sco
 from distalign.metrics import bayes_accuracy, distribution_summary, mixture_summary, reward_summary
 from distalign.models.heads import head_log_probs
 from distalign.models.reward_model import pair_scores
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -251,8 +255,14 @@ def run_rm_eval(
 
     place, torch_dtype = resolve_device_dtype(device, dtype)
     folder = model_folder(model_dir)  # a run's output_dir: its final/; a hub id: downloaded
+    # metrics go beside a local model; a hub model's (in the cache) to the working folder
+    home = folder if Path(model_dir).expanduser().is_dir() else Path(".")
     if not (folder / META_FILE).is_file():  # another tool's reward model (TRL's, the hub's)
-        home = folder if Path(model_dir).is_dir() else Path(".")  # a hub model's: here
+        if max_prompt_length:
+            log.warning(
+                "max_prompt_length does nothing for a reward model distalign did not train: "
+                "it reads prompt + reply up to max_length, as rm score does"
+            )
         pairs = load_preferences(data, split, limit=limit or None, **(data_options or {}))
         return _eval_other_model(model_dir, pairs, data, split, max_length, batch_size, limit,
                                  Path(output) if output else home, place, torch_dtype,
@@ -289,7 +299,7 @@ def run_rm_eval(
     result.update({"max_length": max_length, "max_prompt_length": max_prompt_length})
     lengths = None if (max_length, max_prompt_length) == own else (max_length, max_prompt_length)
     name = eval_file_name(data, split, first=limit, lengths=lengths)
-    path = Path(output) if output else folder / name
+    path = Path(output) if output else home / (_hub_prefix(model_dir) + name)
     return save_eval(result, outputs, path)
 
 
@@ -316,9 +326,19 @@ def _eval_other_model(model_dir, pairs, data, split, max_length, batch_size, lim
                           rows=rows)  # fmt: skip
     result.update({"data": data, "split": split, "model": str(model_dir), "head": "scalar"})
     result.update({"device": str(place), "dtype": str(torch_dtype).removeprefix("torch.")})
-    result.update({"max_length": source.max_length})
-    path = out / eval_file_name(data, split, first=limit) if out.is_dir() else out
+    result.update({"max_length": source.max_length, "max_prompt_length": None})
+    lengths = (source.max_length, 0) if max_length else None  # the model's own limit: no tag
+    name = eval_file_name(data, split, first=limit, lengths=lengths)
+    path = out / (_hub_prefix(model_dir) + name) if out.is_dir() else out
     return save_eval(result, outputs, path)
+
+
+def _hub_prefix(model_dir: str) -> str:
+    """A hub model's metrics in the working folder start with its name, so that several
+    models evaluated there keep their own files; beside a local model, nothing."""
+    if Path(model_dir).expanduser().is_dir():
+        return ""
+    return re.sub(r"[^\w.\-]+", "_", model_dir.strip("/")) + "_"
 
 
 def eval_file_name(
