@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole pipeline on the embedded defaults (about 23 min on a 2-core CPU):
+# The whole pipeline on the embedded defaults (17–32 min on a 2-core CPU):
 # reward models (scalar, ordinal) -> REINFORCE (moving average + scalar RM, RLOO + scalar RM,
 # RLOO + CVaR of the ordinal RM) -> comparison with SFT -> report.
 # A finished stage (its output exists) is reused, a stopped one resumed; FORCE=1 redoes
