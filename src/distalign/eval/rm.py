@@ -255,8 +255,11 @@ def run_rm_eval(
 
     place, torch_dtype = resolve_device_dtype(device, dtype)
     folder = model_folder(model_dir)  # a run's output_dir: its final/; a hub id: downloaded
-    # metrics go beside a local model; a hub model's (in the cache) to the working folder
-    home = folder if Path(model_dir).expanduser().is_dir() else Path(".")
+    # metrics go beside a local model; a hub model's (in the cache) to the working folder,
+    # under its name so that several models evaluated there keep their own files
+    local = Path(model_dir).expanduser().is_dir()
+    home = folder if local else Path(".")
+    prefix = "" if local else re.sub(r"[^\w.\-]+", "_", model_dir.strip("/")) + "_"
     if not (folder / META_FILE).is_file():  # another tool's reward model (TRL's, the hub's)
         if max_prompt_length:
             log.warning(
@@ -265,7 +268,7 @@ def run_rm_eval(
             )
         pairs = load_preferences(data, split, limit=limit or None, **(data_options or {}))
         return _eval_other_model(model_dir, pairs, data, split, max_length, batch_size, limit,
-                                 Path(output) if output else home, place, torch_dtype,
+                                 Path(output) if output else home, prefix, place, torch_dtype,
                                  attn_implementation)  # fmt: skip
     model, tokenizer, meta = load_reward_model(
         folder, device=place, dtype=torch_dtype, attn_implementation=attn_implementation
@@ -299,16 +302,17 @@ def run_rm_eval(
     result.update({"max_length": max_length, "max_prompt_length": max_prompt_length})
     lengths = None if (max_length, max_prompt_length) == own else (max_length, max_prompt_length)
     name = eval_file_name(data, split, first=limit, lengths=lengths)
-    path = Path(output) if output else home / (_hub_prefix(model_dir) + name)
+    path = Path(output) if output else home / (prefix + name)
     return save_eval(result, outputs, path)
 
 
-def _eval_other_model(model_dir, pairs, data, split, max_length, batch_size, limit, out: Path,
-                      place, torch_dtype, attn_implementation) -> dict[str, float]:  # fmt: skip
+def _eval_other_model(model_dir, pairs, data, split, max_length, batch_size, limit,
+                      out: Path, prefix: str, place, torch_dtype,
+                      attn_implementation) -> dict[str, float]:  # fmt: skip
     """``run_rm_eval`` for a one-label sequence classifier distalign did not train (TRL's
     RewardTrainer saves one): each reply scored with the model's own forward, tokenizer and
     chat template, as ``rm score`` and ``rl train`` read it; the scalar metrics, written to
-    ``out`` (a folder: under the usual file name)."""
+    ``out`` (a folder: under the usual file name after ``prefix``)."""
     from distalign.data.load import known_p_chosen, p_chosen_by_group
     from distalign.rl.rewards import RewardModelSource
 
@@ -329,16 +333,8 @@ def _eval_other_model(model_dir, pairs, data, split, max_length, batch_size, lim
     result.update({"max_length": source.max_length, "max_prompt_length": None})
     lengths = (source.max_length, 0) if max_length else None  # the model's own limit: no tag
     name = eval_file_name(data, split, first=limit, lengths=lengths)
-    path = out / (_hub_prefix(model_dir) + name) if out.is_dir() else out
+    path = out / (prefix + name) if out.is_dir() else out
     return save_eval(result, outputs, path)
-
-
-def _hub_prefix(model_dir: str) -> str:
-    """A hub model's metrics in the working folder start with its name, so that several
-    models evaluated there keep their own files; beside a local model, nothing."""
-    if Path(model_dir).expanduser().is_dir():
-        return ""
-    return re.sub(r"[^\w.\-]+", "_", model_dir.strip("/")) + "_"
 
 
 def eval_file_name(
