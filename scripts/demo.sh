@@ -15,7 +15,7 @@ RM_X="" RL_X="" CMP_X="max_eval_samples=32 num_generations=4" RUNS="ma_scalar rl
 if [ "${PROFILE:-}" = full ]; then
   OUT=runs/demo-full
   RM_X="max_train_samples=1200 max_eval_samples=400 max_length=384 max_prompt_length=128"
-  RL_X="max_steps=40 eval_steps=10 save_steps=10 max_eval_samples=32 max_completion_length=96"
+  RL_X="per_device_train_batch_size=16 max_steps=40 eval_steps=10 save_steps=10 max_eval_samples=32 max_completion_length=96"
   CMP_X="max_eval_samples=80 num_generations=4 max_completion_length=96"
   RUNS="$RUNS rloo_mstd"
 fi

@@ -50,11 +50,15 @@ def test_gold_win_probability_is_the_mean_over_all_pairs():
     np.testing.assert_allclose(gold_win_probability(x, x, k), 0.5)
 
 
-def test_kl_groups_the_replies_of_each_prompt(tiny_model_dir):
-    """k replies per prompt give the same per-reply KL as one reply per (repeated) prompt."""
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_kl_to_sft_is_the_sampled_minus_the_sft_logprobs(tiny_model_dir, temperature):
+    """KL per reply = Σ_t (the sampler's log π − a teacher-forced log π_SFT), brute-forced
+    reply by reply with both models teacher-forced; k replies per prompt read like one reply
+    per repeated prompt; a policy against itself reads 0."""
     from types import SimpleNamespace
 
-    from distalign.models.generate import Samples
+    from distalign.models.generate import Samples, sample_token_ids
+    from distalign.rl.logprobs import reply_logprobs
 
     sft = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -62,18 +66,26 @@ def test_kl_groups_the_replies_of_each_prompt(tiny_model_dir):
     with torch.no_grad():
         for p in policy.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
-    replies = [[20, 21], [22], [23, 24, 25], [26, 27], [28], [29, 30], [31], [32, 33]]
-
-    def samples(prompt_ids, k):
-        return Samples(prompt_ids, replies, [], [False] * 8, [""] * 8, k)
-
+    prompts, k = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]], 2
     pad = SimpleNamespace(pad_token_id=0)
-    grouped = kl_to_sft(policy, sft, pad, samples(prompts, 2), 1.0)
-    single = kl_to_sft(policy, sft, pad, samples([p for p in prompts for _ in (0, 1)], 1), 1.0)
-    assert np.abs(grouped).min() > 0
-    np.testing.assert_allclose(grouped, single, atol=1e-5)
-    np.testing.assert_allclose(kl_to_sft(sft, sft, pad, samples(prompts, 2), 1.0), 0, atol=1e-6)
+    config = SamplingConfig(max_completion_length=5, temperature=temperature, seed=1)
+    replies, logps, done = sample_token_ids(policy, prompts, k, config, [0], 0)
+    grouped = kl_to_sft(sft, pad, Samples(prompts, replies, logps, done, [""] * 8, k), temperature)
+    single_prompts = [p for p in prompts for _ in range(k)]
+    single = Samples(single_prompts, replies, logps, done, [""] * 8, 1)
+    t = temperature or 1.0  # greedy replies: KL of the untempered policies
+    brute = []
+    with torch.no_grad():
+        for p, r in zip(single_prompts, replies, strict=True):
+            lp = reply_logprobs(policy, [p], [[r]], 0, t, prefix_sharing=False)[0][0]
+            ref = reply_logprobs(sft, [p], [[r]], 0, t, prefix_sharing=False)[0][0]
+            brute.append((lp - ref).sum().item())
+    assert np.abs(brute).min() > 1e-3
+    np.testing.assert_allclose(grouped, brute, atol=1e-4)
+    np.testing.assert_allclose(kl_to_sft(sft, pad, single, temperature), brute, atol=1e-4)
+    replies, logps, done = sample_token_ids(sft, prompts, k, config, [0], 0)
+    itself = Samples(prompts, replies, logps, done, [""] * 8, k)
+    np.testing.assert_allclose(kl_to_sft(sft, pad, itself, temperature), 0, atol=1e-4)
 
 
 def test_compare_rejects_no_prompts():

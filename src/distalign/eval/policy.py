@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,10 @@ def sample_policy(
 
 
 @torch.no_grad()
-def kl_to_sft(policy, sft, tokenizer, samples, temperature: float) -> np.ndarray:
-    """Per reply Σ_t log π(y_t) − log π_SFT(y_t) on the policy's own samples (k1 estimate)."""
+def kl_to_sft(sft, tokenizer, samples, temperature: float) -> np.ndarray:
+    """Per reply Σ_t log π(y_t) − log π_SFT(y_t) on the policy's own samples (k1 estimate).
+    log π is what the sampler recorded (``Samples.logprobs``: log softmax(logits / T) of the
+    unfiltered policy, as ``rl train``'s evaluation reads it), so only SFT runs a pass."""
     from distalign.rl.logprobs import reply_logprobs
 
     out, k = [], samples.k
@@ -83,9 +86,9 @@ def kl_to_sft(policy, sft, tokenizer, samples, temperature: float) -> np.ndarray
     for i in range(0, len(samples.prompt_ids), step):
         ids = samples.prompt_ids[i : i + step]
         groups = [samples.reply_ids[j * k : (j + 1) * k] for j in range(i, i + len(ids))]
-        lp, _ = reply_logprobs(policy, ids, groups, tokenizer.pad_token_id, temperature or 1.0)
         ref, _ = reply_logprobs(sft, ids, groups, tokenizer.pad_token_id, temperature or 1.0)
-        out += [(a - b).sum().item() for a, b in zip(lp, ref, strict=True)]
+        lp = samples.logprobs[i * k : (i + len(ids)) * k]
+        out += [math.fsum(a) - b.sum().item() for a, b in zip(lp, ref, strict=True)]
     return np.array(out)
 
 
@@ -167,7 +170,7 @@ def measure_policy(
     if sft is None:
         kl = np.zeros(len(samples.texts))
     else:
-        kl = kl_to_sft(model, sft[0], sft[1], samples, cfg.temperature)
+        kl = kl_to_sft(sft[0], sft[1], samples, cfg.temperature)
     return Measured(samples, judged, scored, kl), model, tokenizer
 
 
