@@ -70,7 +70,8 @@ def test_kl_to_sft_is_the_sampled_minus_the_sft_logprobs(tiny_model_dir, tempera
     pad = SimpleNamespace(pad_token_id=0)
     config = SamplingConfig(max_completion_length=5, temperature=temperature, seed=1)
     replies, logps, done = sample_token_ids(policy, prompts, k, config, [0], 0)
-    grouped = kl_to_sft(sft, pad, Samples(prompts, replies, logps, done, [""] * 8, k), temperature)
+    grouped = Samples(prompts, replies, logps, done, [""] * 8, k)
+    grouped = kl_to_sft(policy, sft, pad, grouped, temperature)
     single_prompts = [p for p in prompts for _ in range(k)]
     single = Samples(single_prompts, replies, logps, done, [""] * 8, 1)
     t = temperature or 1.0  # greedy replies: KL of the untempered policies
@@ -82,10 +83,13 @@ def test_kl_to_sft_is_the_sampled_minus_the_sft_logprobs(tiny_model_dir, tempera
             brute.append((lp - ref).sum().item())
     assert np.abs(brute).min() > 1e-3
     np.testing.assert_allclose(grouped, brute, atol=1e-4)
-    np.testing.assert_allclose(kl_to_sft(sft, pad, single, temperature), brute, atol=1e-4)
+    np.testing.assert_allclose(kl_to_sft(policy, sft, pad, single, temperature), brute, atol=1e-4)
     replies, logps, done = sample_token_ids(sft, prompts, k, config, [0], 0)
     itself = Samples(prompts, replies, logps, done, [""] * 8, k)
-    np.testing.assert_allclose(kl_to_sft(sft, pad, itself, temperature), 0, atol=1e-4)
+    np.testing.assert_allclose(kl_to_sft(sft, sft, pad, itself, temperature), 0, atol=1e-4)
+    # in bfloat16 both run the teacher-forced pass: SFT against itself reads exactly 0
+    half = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    assert (kl_to_sft(half, half, pad, itself, temperature) == 0).all()
 
 
 def test_compare_rejects_no_prompts():

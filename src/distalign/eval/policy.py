@@ -75,20 +75,28 @@ def sample_policy(
 
 
 @torch.no_grad()
-def kl_to_sft(sft, tokenizer, samples, temperature: float) -> np.ndarray:
+def kl_to_sft(policy, sft, tokenizer, samples, temperature: float) -> np.ndarray:
     """Per reply Σ_t log π(y_t) − log π_SFT(y_t) on the policy's own samples (k1 estimate).
-    log π is what the sampler recorded (``Samples.logprobs``: log softmax(logits / T) of the
-    unfiltered policy, as ``rl train``'s evaluation reads it), so only SFT runs a pass."""
+    A float32 policy's log π is what the sampler recorded (``Samples.logprobs``: log
+    softmax(logits / T) of the unfiltered policy, as ``rl train``'s evaluation reads it), so
+    only SFT runs a pass. In lower precision the policy runs the same teacher-forced pass as
+    SFT instead: cached decoding and a whole-sequence pass round differently in bfloat16, and
+    summed over a reply that difference would read as KL."""
     from distalign.rl.logprobs import reply_logprobs
 
     out, k = [], samples.k
+    sampled = next(policy.parameters()).dtype == torch.float32
     step = max(1, 8 // k)
     for i in range(0, len(samples.prompt_ids), step):
         ids = samples.prompt_ids[i : i + step]
         groups = [samples.reply_ids[j * k : (j + 1) * k] for j in range(i, i + len(ids))]
         ref, _ = reply_logprobs(sft, ids, groups, tokenizer.pad_token_id, temperature or 1.0)
-        lp = samples.logprobs[i * k : (i + len(ids)) * k]
-        out += [math.fsum(a) - b.sum().item() for a, b in zip(lp, ref, strict=True)]
+        if sampled:
+            lp = samples.logprobs[i * k : (i + len(ids)) * k]
+            out += [math.fsum(a) - b.sum().item() for a, b in zip(lp, ref, strict=True)]
+        else:
+            lp, _ = reply_logprobs(policy, ids, groups, tokenizer.pad_token_id, temperature or 1.0)
+            out += [(a - b).sum().item() for a, b in zip(lp, ref, strict=True)]
     return np.array(out)
 
 
@@ -170,7 +178,7 @@ def measure_policy(
     if sft is None:
         kl = np.zeros(len(samples.texts))
     else:
-        kl = kl_to_sft(sft[0], sft[1], samples, cfg.temperature)
+        kl = kl_to_sft(model, sft[0], sft[1], samples, cfg.temperature)
     return Measured(samples, judged, scored, kl), model, tokenizer
 
 
