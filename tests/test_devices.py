@@ -73,6 +73,33 @@ def test_explicit_values_are_taken_as_given(monkeypatch):
     assert resolve_device_dtype(CUDA, torch.bfloat16) == (CUDA, torch.bfloat16)
 
 
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "cuda", "bf16_gpu", "device", "expected"),
+    [
+        (False, False, False, False, "auto", False),  # a laptop's AVX2 CPU: emulated, slower
+        (True, False, False, False, "auto", True),  # Sapphire Rapids: AMX tiles
+        (False, True, False, False, "cpu", True),  # Zen 4 / Cooper Lake: AVX512-BF16
+        (True, True, True, False, "auto", False),  # auto picks a pre-Ampere GPU: not native
+        (False, False, True, True, "auto", True),  # Ampere and later
+        (False, False, True, True, "cpu", False),  # the CPU beside that GPU
+    ],
+)
+def test_native_bf16_asks_the_device_auto_picks(
+    monkeypatch, amx, avx512_bf16, cuda, bf16_gpu, device, expected
+):
+    machine(monkeypatch, cuda, bf16_gpu)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert load.native_bf16(device) is expected
+
+
+def test_native_bf16_without_torch_cpu_queries_is_false(monkeypatch):
+    machine(monkeypatch)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert load.native_bf16() is False
+
+
 def test_impossible_values_are_clear_errors(monkeypatch):
     machine(monkeypatch, cuda=False)
     with pytest.raises(ValueError, match="CUDA is not available"):

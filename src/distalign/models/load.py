@@ -79,6 +79,22 @@ def _cuda_has_bf16() -> bool:
         return torch.cuda.is_bf16_supported()
 
 
+def native_bf16(device: str | torch.device = "auto") -> bool:
+    """Whether ``device`` multiplies bfloat16 in hardware, so that bfloat16 compute is faster
+    than float32 there: a CUDA GPU of Ampere or later, or a CPU with Intel AMX or AVX512-BF16
+    (Sapphire Rapids and later Xeons, Zen 4: about twice as fast a forward + backward pass
+    of SmolLM2-135M as float32 on this project's CPU). False on other CPUs, which emulate it
+    slower than float32, and on MPS."""
+    place = _device(device)
+    if place.type == "cuda":
+        return _cuda_has_bf16()
+    if place.type != "cpu":
+        return False
+    cpu = torch.cpu  # torch's own queries of the CPU's instruction sets (private, so guarded)
+    queries = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(cpu, q, lambda: False)()) for q in queries)
+
+
 def _device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         if torch.cuda.is_available():
