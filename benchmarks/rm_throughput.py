@@ -67,13 +67,10 @@ PAIRS_PER_STEP = 8
 
 
 def _lengths(tok, prompt, chosen, rejected) -> tuple[int, int, int]:
-    from distalign.data.pairs import render_prompt_ids, render_reply_ids
+    from distalign.data.pairs import render_pair_ids
 
-    return (
-        len(render_prompt_ids(tok, prompt)),
-        len(render_reply_ids(tok, prompt, chosen)),
-        len(render_reply_ids(tok, prompt, rejected)),
-    )
+    prompt_ids, (chosen_ids, rejected_ids) = render_pair_ids(tok, prompt, (chosen, rejected))
+    return len(prompt_ids), len(chosen_ids), len(rejected_ids)
 
 
 def _row(prompt, chosen, rejected, lengths) -> dict:
