@@ -2,7 +2,7 @@
 #   make test        fast tests (< 20 min on a 2-core CPU)
 #   make test-slow   tests that load the real SmolLM2 or train for minutes
 #   make test-gpu    tests that need CUDA
-#   make demo        the pipeline on the embedded defaults (17–32 min here)
+#   make demo        the pipeline on the embedded defaults (about 20 min here)
 #   make demo-full   the larger profile: more data, steps, prompts and one more variant
 #   make lint        ruff check + format check
 #   make bench       distalign vs TRL side by side (~35 min here): benchmarks/results/README.md

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole pipeline on the embedded defaults (17–32 min on a 2-core CPU):
+# The whole pipeline on the embedded defaults (about 20 min on a 2-core CPU with bfloat16
+# hardware, 28–30 min in float32):
 # reward models (scalar, ordinal) -> REINFORCE (moving average + scalar RM, RLOO + scalar RM,
 # RLOO + CVaR of the ordinal RM) -> comparison with SFT -> report.
 # A finished stage (its output exists) is reused, a stopped one resumed; FORCE=1 redoes
