@@ -39,6 +39,7 @@ results JSON (on a GPU too: the table is a CPU profile, and says nothing of the 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import shutil
 import statistics
@@ -199,16 +200,19 @@ def run_distalign(s: dict) -> dict:
         with timers.part("reference"):
             return reference(*a, **k)
 
-    def stamped_log_step(t, state, ro, scored, shaped, kl, adv, base, gn, ent, times, cfg):
-        t0, t1, t2, t3 = times
+    def stamped_log_step(*a, **k):
+        # by name, whatever else the training loop passes its logger
+        args = inspect.signature(log_step).bind(*a, **k).arguments
+        t0, t1, t2, t3 = args["times"]
         timers.now["generate"] += t1 - t0
         timers.now["train"] += t3 - t2
-        out = log_step(t, state, ro, scored, shaped, kl, adv, base, gn, ent, times, cfg)
+        out = log_step(*a, **k)
+        ro = args["ro"]
         prompt_tokens = sum(len(ids) for ids in ro.prompt_ids)
         timers.end_step(
             reply_tokens=ro.mask.sum(-1).float().mean().item(), prompt_tokens=prompt_tokens
         )
-        profiler.after_step(state.step)
+        profiler.after_step(args["state"].step)
         return out
 
     rl.score, rl.reference_logprobs, rl.log_step = timed_score, timed_reference, stamped_log_step

@@ -1,6 +1,7 @@
 """The benchmark scripts stay in step with the package: every name they import from distalign
-exists, and the token counts of the reward-model workload are the pair rendering's. (The
-scripts themselves need TRL and run by ``make bench``, not here.)"""
+exists, the training-loop functions they wrap to time still exist with the arguments the
+wrappers read, and the token counts of the reward-model workload are the pair rendering's.
+(The scripts themselves need TRL and run by ``make bench``, not here.)"""
 
 from __future__ import annotations
 
@@ -32,6 +33,21 @@ def test_the_scripts_import_from_distalign():
 @pytest.mark.parametrize(("script", "module", "name"), _distalign_imports())
 def test_every_name_a_benchmark_imports_exists(script, module, name):
     assert hasattr(importlib.import_module(module), name), f"{script}: {module}.{name}"
+
+
+def test_the_wrapped_training_functions_take_what_the_wrappers_read():
+    """rl_vs_trl.py times distalign's RL step by replacing ``score``, ``reference_logprobs``
+    and ``log_step`` in ``distalign.rl.train`` (reading ``times``, ``ro`` and ``state`` by
+    name); profile_rm_step.py replaces ``distalign.rm.train.train_step``."""
+    import inspect
+
+    import distalign.rl.train as rl
+    import distalign.rm.train as rm
+
+    for name in ("score", "reference_logprobs", "log_step"):
+        assert callable(getattr(rl, name)), name
+    assert {"times", "ro", "state"} <= set(inspect.signature(rl.log_step).parameters)
+    assert callable(rm.train_step)
 
 
 def test_rm_workload_lengths_are_the_pair_rendering(monkeypatch, smol_tokenizer):
