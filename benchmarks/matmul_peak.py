@@ -1,5 +1,6 @@
-"""The machine's fp32 matmul ceiling: GFLOP/s of large square ``torch.mm`` (best of several
-timed runs after a warm-up), with torch's default thread count, as the training runs use.
+"""The machine's matmul ceiling (float32, or bfloat16 with ``--dtype``): GFLOP/s of large
+square ``torch.mm`` (best of several timed runs after a warm-up), with torch's default thread
+count, as the training runs use.
 
     python benchmarks/matmul_peak.py                    # 3072², best of 10
     python benchmarks/matmul_peak.py --quick            # 1024², best of 3

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole pipeline on the embedded defaults (about 20 min on a 2-core CPU with bfloat16
-# hardware, 28–30 min in float32):
+# hardware, 27–30 min in float32):
 # reward models (scalar, ordinal) -> REINFORCE (moving average + scalar RM, RLOO + scalar RM,
 # RLOO + CVaR of the ordinal RM) -> comparison with SFT -> report.
 # A finished stage (its output exists) is reused, a stopped one resumed; FORCE=1 redoes
@@ -22,12 +22,26 @@ if [ "${PROFILE:-}" = full ]; then
 fi
 # bfloat16 compute where the hardware has it (AMX or AVX512-BF16 CPUs, Ampere+ GPUs: about
 # twice as fast as float32), else float32; BF16=0 or BF16=1 decides instead
-BF16="${BF16:-$("$VENV/bin/python" -c 'from distalign.models.load import native_bf16; print(int(native_bf16()))')}"
-if [ "$BF16" = 1 ]; then
-  RM_X="bf16=true $RM_X" RL_X="bf16=true $RL_X" CMP_X="dtype=bfloat16 $CMP_X"
+if [ -z "${BF16:-}" ]; then
+  BF16=$("$VENV/bin/python" -c 'from distalign.models.load import native_bf16; print(int(native_bf16()))' | tail -n 1) \
+    || { echo "could not ask torch about bfloat16 hardware: float32" >&2; BF16=0; }
 fi
+case "$BF16" in
+  0) PRECISION=float32 ;;
+  1) PRECISION=bfloat16 RM_X="bf16=true $RM_X" RL_X="bf16=true $RL_X" CMP_X="dtype=bfloat16 $CMP_X" ;;
+  *) echo "BF16 must be 0 or 1, got '$BF16'" >&2; exit 2 ;;
+esac
 if [ "${FORCE:-0}" = 1 ]; then rm -rf "$OUT"; fi
+# finished stages are reused and stopped ones resumed: only under the precision they began in
+# (a demo folder from before this file was written computed in float32)
+made=$(cat "$OUT/precision" 2>/dev/null || { [ -d "$OUT/rm_scalar" ] && echo float32; } || true)
+if [ -n "$made" ] && [ "$made" != "$PRECISION" ]; then
+  echo "$OUT was made in $made, and this run computes in $PRECISION:" \
+    "FORCE=1 redoes it, or BF16=$([ "$PRECISION" = float32 ] && echo 1 || echo 0) carries on" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
+echo "$PRECISION" > "$OUT/precision"
 start=$(date +%s) last=$(date +%s) name="" TIMES=""
 # each stage's wall time, listed at the end (where the demo's time goes)
 lap() { local now; now=$(date +%s); [ -n "$name" ] && TIMES="$TIMES$(printf '%6ss  %s' $((now - last)) "$name")
@@ -37,7 +51,7 @@ done_or() { if [ -e "$1" ]; then echo "   reusing $1"; return 1; fi; }
 # a stage stopped after its first checkpoint carries on from it
 resume_of() { if [ -d "$1/checkpoints/last" ]; then echo "resume_from_checkpoint=true"; fi; }
 
-echo "compute precision: $([ "$BF16" = 1 ] && echo 'bfloat16 (bf16=true, dtype=bfloat16)' || echo float32)"
+echo "compute precision: $PRECISION$([ "$BF16" = 1 ] && echo ' (bf16=true, dtype=bfloat16)')"
 stage "the default model (SmolLM2-135M-Instruct from the embedded GGUF, converted once)"
 $DA model prepare
 stage "one prompt"

@@ -90,6 +90,31 @@ def test_kl_to_sft_is_the_sampled_minus_the_sft_logprobs(tiny_model_dir, tempera
     # in bfloat16 both run the teacher-forced pass: SFT against itself reads exactly 0
     half = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
     assert (kl_to_sft(half, half, pad, itself, temperature) == 0).all()
+    bad = Samples(prompts, replies, [lp[:-1] for lp in logps], done, [""] * 8, k)
+    with pytest.raises(ValueError, match="do not match"):
+        kl_to_sft(sft, sft, pad, bad, temperature)
+
+
+def test_sampled_logprobs_are_read_only_in_full_float32_with_the_heads_own_logits(
+    tiny_model_dir,
+):
+    from distalign.eval.policy import reads_sampled_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    assert reads_sampled_logprobs(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not reads_sampled_logprobs(model)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32-class matmuls where the device has them
+    try:
+        assert not reads_sampled_logprobs(model)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    model.config.final_logit_softcapping = 30.0  # Gemma 2: the forward caps the head's logits
+    assert not reads_sampled_logprobs(model)
+    model.config.final_logit_softcapping = None
+    model.lm_head.to(torch.bfloat16)  # one weight in lower precision
+    assert not reads_sampled_logprobs(model)
 
 
 def test_compare_rejects_no_prompts():

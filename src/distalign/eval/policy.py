@@ -74,18 +74,45 @@ def sample_policy(
     return model, tokenizer, out
 
 
+# config keys through which a model's forward changes the LM head's logits (Gemma's soft cap,
+# Cohere's and Granite's scales): a teacher-forced pass of the head alone does not apply them
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def reads_sampled_logprobs(policy) -> bool:
+    """Whether ``kl_to_sft`` may take the policy's log-probs from its sampler: every weight in
+    float32, matmuls in full float32 (no autocast, no TF32) and logits that are the head's
+    own, so that cached decoding and a teacher-forced pass agree to float32 rounding."""
+    from distalign.models.load import unwrap
+
+    config = unwrap(policy).config
+    configs = [config, getattr(config, "text_config", None) or config]
+    plain_head = all(
+        getattr(c, key, None) in (None, 1, 1.0) for c in configs for key in LOGIT_TRANSFORMS
+    )
+    device = next(policy.parameters()).device
+    full_float32 = (
+        torch.get_float32_matmul_precision() == "highest"
+        and not torch.is_autocast_enabled(device.type)
+        and not (device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+    )
+    weights = all(p.dtype == torch.float32 for p in policy.parameters() if p.is_floating_point())
+    return plain_head and full_float32 and weights
+
+
 @torch.no_grad()
 def kl_to_sft(policy, sft, tokenizer, samples, temperature: float) -> np.ndarray:
     """Per reply Σ_t log π(y_t) − log π_SFT(y_t) on the policy's own samples (k1 estimate).
-    A float32 policy's log π is what the sampler recorded (``Samples.logprobs``: log
-    softmax(logits / T) of the unfiltered policy, as ``rl train``'s evaluation reads it), so
-    only SFT runs a pass. In lower precision the policy runs the same teacher-forced pass as
-    SFT instead: cached decoding and a whole-sequence pass round differently in bfloat16, and
-    summed over a reply that difference would read as KL."""
+    log π is what the sampler recorded (``Samples.logprobs``: log softmax(logits / T) of the
+    unfiltered policy, as ``rl train``'s evaluation reads it), so only SFT runs a pass, where
+    that is the teacher-forced value to float32 rounding (``reads_sampled_logprobs``). Else
+    (bfloat16, TF32, a model that transforms its logits) the policy runs the same teacher-forced
+    pass as SFT: cached decoding and a whole-sequence pass round differently, and summed over a
+    reply that difference would read as KL."""
     from distalign.rl.logprobs import reply_logprobs
 
     out, k = [], samples.k
-    sampled = next(policy.parameters()).dtype == torch.float32
+    sampled = reads_sampled_logprobs(policy)
     step = max(1, 8 // k)
     for i in range(0, len(samples.prompt_ids), step):
         ids = samples.prompt_ids[i : i + step]
@@ -93,6 +120,8 @@ def kl_to_sft(policy, sft, tokenizer, samples, temperature: float) -> np.ndarray
         ref, _ = reply_logprobs(sft, ids, groups, tokenizer.pad_token_id, temperature or 1.0)
         if sampled:
             lp = samples.logprobs[i * k : (i + len(ids)) * k]
+            if [len(a) for a in lp] != [len(b) for b in ref]:
+                raise ValueError("the samples' log-probs do not match their replies' tokens")
             out += [math.fsum(a) - b.sum().item() for a, b in zip(lp, ref, strict=True)]
         else:
             lp, _ = reply_logprobs(policy, ids, groups, tokenizer.pad_token_id, temperature or 1.0)
