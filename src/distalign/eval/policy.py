@@ -91,9 +91,13 @@ def reads_sampled_logprobs(policy) -> bool:
         getattr(c, key, None) in (None, 1, 1.0) for c in configs for key in LOGIT_TRANSFORMS
     )
     device = next(policy.parameters()).device
+    try:
+        autocast = torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch < 2.4 asks per device family
+        autocast = torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
     full_float32 = (
         torch.get_float32_matmul_precision() == "highest"
-        and not torch.is_autocast_enabled(device.type)
+        and not autocast
         and not (device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
     )
     weights = all(p.dtype == torch.float32 for p in policy.parameters() if p.is_floating_point())
