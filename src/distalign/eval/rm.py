@@ -47,43 +47,12 @@ def collect_pair_scores(model, loader, accelerator=None) -> tuple[torch.Tensor, 
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def evaluate_reward_model(
-    model,
-    loader,
-    accelerator=None,
-    head: str = "scalar",
-    n_bins: int = 10,
-    outputs: dict | None = None,
-    p_by_group: np.ndarray | None = None,
-    n_bootstrap: int = 2000,
-    truth=None,
-    p_chosen: np.ndarray | None = None,
-) -> dict[str, float]:
-    """Metrics on the loader's pairs. Scalar: accuracy, margin, reward mean/std, ECE.
-    Distributional: accuracy by P(R_w > R_l) and by expectation, entropy, unimodal share,
-    mean std, ECE. Mixture: ``metrics.mixture_summary``. ``outputs``, when given, receives
-    the raw scores / log-probabilities / component rewards.
-
-    ``p_by_group`` (N, G), the known per-group probability that each pair's chosen reply is
-    preferred (the gold benchmark's ``p_chosen_by_group``, in the loader's pair order, which
-    must not shuffle), adds how well the model flags contested pairs (the groups' majorities
-    differ): ``contested_share``, ``contested_pairs``, ``contested_auroc`` and
-    ``contested_auroc_margin`` (and ``contested_auroc_spread`` for a distributional head,
-    ``contested_auroc_ratio`` for a mixture, whose detector reads its component margins),
-    each with a ``…_ci95`` bootstrap interval (``n_bootstrap`` resamples of pairs); see
-    ``disagreement.contested_detection``.
-
-    ``p_chosen`` (N,), each pair's known probability that its chosen reply is preferred (the
-    gold benchmark's, in the loader's order), adds ``bayes_ceiling`` and ``accuracy_vs_truth``
-    (``metrics.accuracy_vs_truth``: the accuracy without the labels' draw noise).
-
-    ``truth`` (``gold.truth.PairReplies`` of the loader's pairs), for a distributional head,
-    adds whether the predicted spread of each distinct reply tracks the annotators'
-    disagreement about it (``spread_*``, ``reply_spread_measures``)."""
+def evaluate_reward_model(model, loader, accelerator=None, *args, **kwargs) -> dict[str, float]:
+    """``pair_metrics`` of the loader's pairs, scored by ``model`` (``collect_pair_scores``);
+    the arguments after ``accelerator`` are ``pair_metrics``'s after the scores, and each
+    pair's row in its source comes from the loader (``pair_ids``)."""
     chosen, rejected = collect_pair_scores(model, loader, accelerator)
-    rows = pair_ids(loader, len(chosen))
-    return pair_metrics(chosen, rejected, head, n_bins, outputs, p_by_group, n_bootstrap, truth,
-                        p_chosen, rows)  # fmt: skip
+    return pair_metrics(chosen, rejected, *args, rows=pair_ids(loader, len(chosen)), **kwargs)
 
 
 def pair_metrics(
@@ -98,8 +67,30 @@ def pair_metrics(
     p_chosen: np.ndarray | None = None,
     rows: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """``evaluate_reward_model``'s metrics from the head outputs (N, num_labels) of the chosen
-    and rejected replies; ``rows``: each pair's row in its source (default 0..N−1)."""
+    """Metrics of N pairs from the head outputs (N, num_labels) of their chosen and rejected
+    replies. Scalar: accuracy, margin, reward mean/std, ECE.
+    Distributional: accuracy by P(R_w > R_l) and by expectation, entropy, unimodal share,
+    mean std, ECE. Mixture: ``metrics.mixture_summary``. ``outputs``, when given, receives
+    the raw scores / log-probabilities / component rewards.
+
+    ``p_by_group`` (N, G), the known per-group probability that each pair's chosen reply is
+    preferred (the gold benchmark's ``p_chosen_by_group``, in the pairs' order; a loader must
+    not shuffle), adds how well the model flags contested pairs (the groups' majorities
+    differ): ``contested_share``, ``contested_pairs``, ``contested_auroc`` and
+    ``contested_auroc_margin`` (and ``contested_auroc_spread`` for a distributional head,
+    ``contested_auroc_ratio`` for a mixture, whose detector reads its component margins),
+    each with a ``…_ci95`` bootstrap interval (``n_bootstrap`` resamples of pairs); see
+    ``disagreement.contested_detection``.
+
+    ``p_chosen`` (N,), each pair's known probability that its chosen reply is preferred (the
+    gold benchmark's, in the pairs' order), adds ``bayes_ceiling`` and ``accuracy_vs_truth``
+    (``metrics.accuracy_vs_truth``: the accuracy without the labels' draw noise).
+
+    ``truth`` (``gold.truth.PairReplies`` of the pairs), for a distributional head,
+    adds whether the predicted spread of each distinct reply tracks the annotators'
+    disagreement about it (``spread_*``, ``reply_spread_measures``).
+
+    ``rows``: each pair's row in its source (default 0..N−1)."""
     components = None  # a mixture's component margins (N, K), for its contested detector
     if head == "scalar":
         if outputs is not None:
