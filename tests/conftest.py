@@ -55,6 +55,66 @@ def tiny_llama_config(vocab_size: int, **overrides) -> LlamaConfig:
     return LlamaConfig(**kwargs)
 
 
+# tokens: under every test prompt's length, so that a window a pass ignores shows in its output
+TINY_WINDOW = 8
+
+
+def tiny_family_config(family: str, vocab_size: int):
+    """A tiny random config of a family whose forward differs from Llama's where a pass that
+    calls the backbone and head apart would notice: a sliding window on attention (Gemma 2/3,
+    Mistral, Qwen 2 with its window on), a cap or scale on the logits (Gemma, Cohere, Granite,
+    HyperCLOVA X, MiniCPM3). Returns (config, the name ``rl.logprobs.logit_transform`` should
+    find)."""
+    import transformers as t
+
+    window = {"sliding_window": TINY_WINDOW}
+    families = {
+        "gemma2": (t.Gemma2Config, {"head_dim": 8, "final_logit_softcapping": 0.5, **window}),
+        "gemma3": (
+            t.Gemma3TextConfig,
+            {
+                "head_dim": 8,
+                "final_logit_softcapping": 0.5,
+                "layer_types": ["sliding_attention", "full_attention"],
+                **window,
+            },
+        ),
+        "mistral": (t.MistralConfig, window),
+        "qwen2": (t.Qwen2Config, {"use_sliding_window": True, "max_window_layers": 1, **window}),
+        "cohere": (t.CohereConfig, {"logit_scale": 0.25}),
+        "granite": (t.GraniteConfig, {"logits_scaling": 4.0}),
+        "hyperclovax": (t.HyperCLOVAXConfig, {"logits_scaling": 4.0}),
+        # scales the hidden states before the head, by hidden_size / dim_model_base
+        "minicpm3": (
+            t.MiniCPM3Config,
+            dict(
+                q_lora_rank=16,
+                kv_lora_rank=16,
+                qk_nope_head_dim=8,
+                qk_rope_head_dim=8,
+                v_head_dim=8,
+                dim_model_base=8,
+                num_key_value_heads=4,
+            ),
+        ),
+    }
+    cls, extra = families[family]
+    base = tiny_llama_config(vocab_size).to_dict()
+    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+            "bos_token_id", "eos_token_id", "pad_token_id")  # fmt: skip
+    config = cls(**({k: base[k] for k in keep} | extra))
+    expected = {
+        "gemma2": "final_logit_softcapping soft cap 0.5",
+        "gemma3": "final_logit_softcapping soft cap 0.5",
+        "cohere": "× logit_scale 0.25",
+        "granite": "÷ logits_scaling 4.0",
+        "hyperclovax": "× logits_scaling 4.0",
+        "minicpm3": "÷ logits_scaling 4.0",
+    }
+    return config, expected.get(family, "none")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smol_tokenizer) -> Path:
     """A saved tiny random Llama + the SmolLM2 tokenizer: loadable by path like any model."""

@@ -120,6 +120,45 @@ def test_attention_mask_for_eager_is_additive(tiny_policy):
     assert additive[0, 0].tolist() == [[0.0, torch.finfo(model.dtype).min], [0.0, 0.0]]
 
 
+def _config(**keys):
+    config = SimpleNamespace(_attn_implementation="sdpa", **keys)
+    config.get_text_config = lambda: config
+    return SimpleNamespace(config=config, dtype=torch.float32)
+
+
+def test_attention_mask_for_applies_a_sliding_window_over_positions():
+    causal = torch.ones(4, 4, dtype=torch.bool).tril()[None, None]  # (1, 1, 4, 4)
+    positions = torch.arange(4)[None]
+    band = (torch.arange(4)[:, None] - torch.arange(4)[None]) < 2  # q − k < window
+    assert attention_mask_for(_config(), causal) is causal  # no window
+    windowed = attention_mask_for(_config(sliding_window=2), causal, positions)  # every layer
+    assert torch.equal(windowed[0, 0], causal[0, 0] & band)
+    # per layer type, as the model's forward takes a mapping
+    per_type = attention_mask_for(
+        _config(sliding_window=2, layer_types=["sliding_attention", "full_attention"]),
+        causal,
+        positions,
+    )
+    assert per_type.keys() == {"sliding_attention", "full_attention"}
+    assert per_type["full_attention"] is causal
+    assert torch.equal(per_type["sliding_attention"], windowed)
+    # the window counts positions, not columns: a second reply restarts after the prompt
+    shared = torch.tensor(  # prompt (0, 1), reply a (2, 3), reply b (2)
+        [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 1]],
+        dtype=torch.bool,
+    )[None, None]
+    got = attention_mask_for(_config(sliding_window=2), shared, torch.tensor([[0, 1, 2, 3, 2]]))
+    assert got[0, 0, 4].tolist() == [False, True, False, False, True]
+
+
+def test_attention_mask_for_refuses_layers_a_block_mask_cannot_serve():
+    # a recurrent layer's state would run from one reply of a row into the next
+    mask = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    model = _config(layer_types=["linear_attention", "full_attention"])
+    with pytest.raises(ValueError, match=r"linear_attention layers: .* prefix_sharing=false"):
+        attention_mask_for(model, mask)
+
+
 def test_attention_mask_for_refuses_kernels_without_4d_masks():
     # flash attention would read a (R, 1, T, T) block mask as padding, or run unmasked
     model = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))

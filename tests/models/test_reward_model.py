@@ -139,6 +139,24 @@ def test_prefix_sharing_is_exact_for_rewards_and_gradients(tiny_rm, packing):
         torch.testing.assert_close(g2[name], g1[name], atol=1e-4, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("family", ["gemma2", "mistral", "qwen2"])
+def test_prefix_sharing_is_exact_under_a_sliding_window(family, smol_tokenizer):
+    # the window (8 tokens, under every pair's length) is the model's, in the block mask too
+    from tests.conftest import tiny_family_config
+
+    config, _ = tiny_family_config(family, len(smol_tokenizer))
+    config.num_labels = 1
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    feats = _features(smol_tokenizer)
+    with torch.no_grad():
+        c1, r1 = pair_scores(model, PairCollator(smol_tokenizer.pad_token_id)(feats))
+        shared = SharedPrefixCollator(smol_tokenizer.pad_token_id, packing=True)(feats)
+        c2, r2 = pair_scores(model, shared)
+    torch.testing.assert_close(c2, c1, atol=1e-4, rtol=0)
+    torch.testing.assert_close(r2, r1, atol=1e-4, rtol=0)
+
+
 def test_shared_prefix_mask_blocks_chosen_from_rejected():
     feats = [{"prompt_ids": [10, 11], "chosen_ids": [12, 13], "rejected_ids": [14]}]
     b = SharedPrefixCollator(pad_token_id=0)(feats)

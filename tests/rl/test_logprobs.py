@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from distalign.losses import reinforce_loss
 from distalign.models.generate import SamplingConfig, sample_replies
 from distalign.models.lora import add_lora
+from distalign.rl import logprobs as logprobs_module
 from distalign.rl.logprobs import (
     ReplyLogprobs,
     gather_logprobs,
+    logit_transform,
     pad_reply_tensors,
     reference_mode,
     reply_logprobs,
@@ -45,6 +50,75 @@ def test_teacher_forced_equals_sampling_logprobs(tiny_policy):
         logps, _ = reply_logprobs(model, s.prompt_ids, groups, tokenizer.pad_token_id)
     for got, sampled in zip(logps, s.logprobs, strict=True):
         torch.testing.assert_close(got, torch.tensor(sampled), atol=1e-4, rtol=0)
+
+
+def _max_gap_to_sampling(model, tokenizer, k=3):
+    """max |teacher-forced − sampled| log-prob over the replies of PROMPTS, and the shortest
+    prompt's length in tokens."""
+    s = _samples(model, tokenizer, k=k)
+    with torch.no_grad():
+        logps, _ = reply_logprobs(model, s.prompt_ids, _groups(s, k), tokenizer.pad_token_id)
+    gap = max(
+        (got - torch.tensor(sampled)).abs().max().item()
+        for got, sampled in zip(logps, s.logprobs, strict=True)
+    )
+    return gap, min(len(p) for p in s.prompt_ids)
+
+
+FAMILIES = [
+    "gemma2", "gemma3", "mistral", "qwen2", "cohere", "granite", "hyperclovax", "minicpm3"
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_teacher_forced_equals_sampling_for_windows_and_logit_caps(family, attn, smol_tokenizer):
+    # a sliding window shorter than the prompts; logits capped or scaled by the forward: what
+    # the sampler reads (the model's own forward, its own masks) the teacher-forced pass reads
+    from tests.conftest import TINY_WINDOW, tiny_family_config
+
+    config, expected = tiny_family_config(family, len(smol_tokenizer))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    if attn == "eager":
+        model.set_attn_implementation("eager")
+    assert logprobs_module._TRANSFORMS.get(model) is None
+    logit_transform(model)
+    assert logprobs_module._TRANSFORMS[model][0] == expected
+    gap, shortest_prompt = _max_gap_to_sampling(model, smol_tokenizer)
+    assert shortest_prompt > TINY_WINDOW
+    assert gap < 1e-4
+
+
+def test_a_window_the_block_mask_ignored_would_show(smol_tokenizer, monkeypatch):
+    # the test above bites: without the window in the block mask the readings part
+    from tests.conftest import tiny_family_config
+
+    config, _ = tiny_family_config("mistral", len(smol_tokenizer))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    monkeypatch.setattr(logprobs_module, "attention_mask_for", lambda m, mask, pos: mask)
+    assert _max_gap_to_sampling(model, smol_tokenizer)[0] > 1e-3
+
+
+class _TemperedLlama(LlamaForCausalLM):
+    """A forward that scales its logits with no config key saying so."""
+
+    @functools.wraps(LlamaForCausalLM.forward)  # its parameters, for the sampler to read
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = out.logits * 3.0
+        return out
+
+
+def test_an_unrecognised_logit_transform_reads_the_forwards_own_logits(smol_tokenizer):
+    from tests.conftest import tiny_llama_config
+
+    torch.manual_seed(0)
+    model = _TemperedLlama(tiny_llama_config(len(smol_tokenizer))).eval()
+    with pytest.warns(UserWarning, match="_TemperedLlama's forward changes its head's logits"):
+        assert logit_transform(model) is None
+    assert _max_gap_to_sampling(model, smol_tokenizer)[0] < 1e-4
 
 
 def test_prefix_sharing_over_k_samples_is_exact(tiny_policy):

@@ -74,22 +74,11 @@ def sample_policy(
     return model, tokenizer, out
 
 
-# config keys through which a model's forward changes the LM head's logits (Gemma's soft cap,
-# Cohere's and Granite's scales): a teacher-forced pass of the head alone does not apply them
-LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-
-
 def reads_sampled_logprobs(policy) -> bool:
     """Whether ``kl_to_sft`` may take the policy's log-probs from its sampler: every weight in
-    float32, matmuls in full float32 (no autocast, no TF32) and logits that are the head's
-    own, so that cached decoding and a teacher-forced pass agree to float32 rounding."""
-    from distalign.models.load import unwrap
-
-    config = unwrap(policy).config
-    configs = [config, getattr(config, "text_config", None) or config]
-    plain_head = all(
-        getattr(c, key, None) in (None, 1, 1.0) for c in configs for key in LOGIT_TRANSFORMS
-    )
+    float32 and matmuls in full float32 (no autocast, no TF32), so that cached decoding and a
+    teacher-forced pass (which applies the forward's logit cap or scale, ``logit_transform``)
+    agree to float32 rounding."""
     device = next(policy.parameters()).device
     try:
         autocast = torch.is_autocast_enabled(device.type)
@@ -101,7 +90,7 @@ def reads_sampled_logprobs(policy) -> bool:
         and not (device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
     )
     weights = all(p.dtype == torch.float32 for p in policy.parameters() if p.is_floating_point())
-    return plain_head and full_float32 and weights
+    return full_float32 and weights
 
 
 @torch.no_grad()
@@ -110,7 +99,7 @@ def kl_to_sft(policy, sft, tokenizer, samples, temperature: float) -> np.ndarray
     log π is what the sampler recorded (``Samples.logprobs``: log softmax(logits / T) of the
     unfiltered policy, as ``rl train``'s evaluation reads it), so only SFT runs a pass, where
     that is the teacher-forced value to float32 rounding (``reads_sampled_logprobs``). Else
-    (bfloat16, TF32, a model that transforms its logits) the policy runs the same teacher-forced
+    (bfloat16, TF32) the policy runs the same teacher-forced
     pass as SFT: cached decoding and a whole-sequence pass round differently, and summed over a
     reply that difference would read as KL."""
     from distalign.rl.logprobs import reply_logprobs

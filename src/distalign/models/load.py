@@ -490,18 +490,56 @@ def unwrap(model: torch.nn.Module) -> PreTrainedModel:
     return model
 
 
-def attention_mask_for(model: PreTrainedModel, mask: torch.Tensor) -> torch.Tensor:
+def attention_mask_for(
+    model: PreTrainedModel, mask: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> torch.Tensor | dict[str, torch.Tensor]:
     """A boolean 4-D attention mask (R, 1, T, T), True = attend, in the form ``model`` takes.
 
     sdpa takes the boolean mask; eager attention *adds* the mask to the scores, so it gets 0
     where attended and the dtype's minimum elsewhere (as Hugging Face's own masks: -inf would
     turn a fully masked row into NaN). Any other kernel is refused with a ValueError that names
     it: flash-attention kernels take 2-D padding masks only, not a block mask.
+
+    Sliding-window attention (Gemma 2/3, Mistral, Phi-3, Qwen's optional window): transformers
+    uses a 4-D mask as given, so the window is applied here, over ``position_ids`` (R, T): a
+    query sees a key only when their positions differ by less than ``sliding_window``, as the
+    model's own masks (and so cached sampling) see it. A model whose config lists
+    ``layer_types`` gets a mask per type; a type other than full or sliding attention (chunked
+    windows, recurrent layers, whose state would run from one reply of a row into the next) is
+    refused with a ValueError that names it.
     """
     implementation = model.config._attn_implementation
     require_4d_mask(implementation, "attention_mask_for", "a forward of prefix-shared rows")
-    if implementation == "sdpa":
-        return mask
-    return torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill(
-        ~mask, torch.finfo(model.dtype).min
-    )
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
+    window = getattr(config, "sliding_window", None)
+    types = set(getattr(config, "layer_types", None) or ())
+    if types - {"full_attention", "sliding_attention"}:
+        other = sorted(types - {"full_attention", "sliding_attention"})
+        raise ValueError(
+            f"{type(model).__name__} has {', '.join(other)} layers: the block masks of "
+            "prefix-shared rows serve full and sliding-window attention only (a recurrent "
+            "layer's state would run from one reply of a row into the next); reward models "
+            "score one reply per row with prefix_sharing=false, RL's teacher-forced passes "
+            "need such a mask"
+        )
+
+    def windowed() -> torch.Tensor:
+        pos = position_ids
+        if pos is None:
+            pos = torch.arange(mask.shape[-1], device=mask.device)[None]
+        pos = pos.to(mask.device)
+        return mask & ((pos[:, None, :, None] - pos[:, None, None, :]) < window)
+
+    def form(m: torch.Tensor) -> torch.Tensor:
+        if implementation == "sdpa":
+            return m
+        return torch.zeros(m.shape, dtype=model.dtype, device=m.device).masked_fill(
+            ~m, torch.finfo(model.dtype).min
+        )
+
+    if not window:
+        return form(mask)
+    if not types:  # no per-layer types: every layer takes the window (Mistral, Phi-3)
+        return form(windowed())
+    masks = {"full_attention": mask, "sliding_attention": windowed()}
+    return {t: form(masks[t]) for t in types}

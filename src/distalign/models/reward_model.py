@@ -244,7 +244,7 @@ def shared_pair_scores(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
     backbone = getattr(inner, inner.base_model_prefix)
     hidden = backbone(
         input_ids=batch["input_ids"],
-        attention_mask=attention_mask_for(inner, batch["attention_mask"]),
+        attention_mask=attention_mask_for(inner, batch["attention_mask"], batch["position_ids"]),
         position_ids=batch["position_ids"],
     ).last_hidden_state
     flat = hidden.reshape(-1, hidden.shape[-1])  # (R·T, H)

@@ -4,11 +4,19 @@ The k replies of a prompt share the prompt's computation (``build_shared_rows``:
 ``prompt + y_1 + … + y_k`` with a block mask), and the LM head is applied only where a reply
 token is predicted, in chunks: a (B, T, V) fp32 log-softmax is never materialised (for
 SmolLM2, V = 49,152: 32 replies × 256 tokens would be 1.6 GB per copy).
+
+Some models change the head's logits inside their forward: Gemma 2 caps them (tanh), Cohere,
+Granite, Falcon-H1 or MiniCPM3 scale them. The sampler reads the forward's logits, so the
+teacher-forced pass must too: ``logit_transform`` finds the model's transform once, by
+comparing the two on a fixed input, and falls back to the forward's own logits (all positions
+at once, more memory) when it recognises none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -18,6 +26,77 @@ from distalign.models.load import attention_mask_for, unwrap
 
 CHUNK_TOKENS = 512  # rows of logits materialised at once: 512 × 49,152 fp32 ≈ 100 MB
 
+# config keys (of the model's config or its text_config) through which transformers' causal-LM
+# forwards cap or scale the head's logits; a scale is tried as a factor and as a divisor
+# (Granite divides by logits_scaling, HyperCLOVA X multiplies)
+SOFTCAP_KEYS = ("final_logit_softcapping",)
+SCALE_KEYS = ("logit_scale", "logits_scaling", "lm_head_multiplier")
+PROBE_TOKENS = 16
+_TRANSFORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _softcap(cap: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: torch.tanh(x / cap) * cap
+
+
+def _candidates(config):
+    """(name, transform) pairs the model's forward may apply to head(h), identity first."""
+    yield "none", _identity
+    text = getattr(config, "text_config", None)
+    for c in [config] if text is None or text is config else [config, text]:
+        for key in SOFTCAP_KEYS:
+            v = getattr(c, key, None)
+            if isinstance(v, int | float) and v > 0:
+                yield f"{key} soft cap {v}", _softcap(float(v))
+        for key in SCALE_KEYS:
+            v = getattr(c, key, None)
+            if isinstance(v, int | float) and v not in (0, 1):
+                yield f"× {key} {v}", lambda x, v=v: x * v
+                yield f"÷ {key} {v}", lambda x, v=v: x / v
+
+
+@torch.no_grad()
+def logit_transform(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What ``model``'s forward does to its head's logits: a function of head(h), or None when
+    no known transform reproduces the forward (then ``reply_logprobs`` reads the forward's own
+    logits).
+
+    Found once per model by comparing ``head(backbone(x))`` with ``model(x).logits`` on a fixed
+    16-token input in eval mode, candidates from the config (``SOFTCAP_KEYS``, ``SCALE_KEYS``),
+    identity first. They must agree to a few units of the logits' rounding (float32: 1e-5 of
+    the largest logit; bfloat16: 2 %), which tells a cap or scale from none on any real model.
+    """
+    inner = unwrap(model)
+    if inner in _TRANSFORMS:
+        return _TRANSFORMS[inner][1]
+    vocab = inner.config.get_text_config().vocab_size
+    device = next(model.parameters()).device  # (sharded weights may read as empty outside a pass)
+    ids = (torch.arange(1, PROBE_TOKENS + 1, device=device) % vocab)[None]
+    with eval_mode(inner):
+        hidden = getattr(inner, inner.base_model_prefix)(input_ids=ids).last_hidden_state
+        base = inner.get_output_embeddings()(hidden)
+        want = inner(input_ids=ids).logits.float()
+    scale = want.abs().max().clamp_min(1e-6)
+    tol = max(64 * torch.finfo(torch.float32).eps, 2 * torch.finfo(base.dtype).eps)
+    found = ("unrecognised", None)
+    for name, f in _candidates(inner.config):
+        if ((f(base).float() - want).abs().max() / scale).item() <= tol:
+            found = (name, f)
+            break
+    if found[1] is None:
+        warnings.warn(
+            f"{type(inner).__name__}'s forward changes its head's logits in a way distalign does "
+            "not recognise: teacher-forced log-probs read the forward's own logits for every "
+            "position (more memory)",
+            stacklevel=2,
+        )
+    _TRANSFORMS[inner] = found
+    return found[1]
+
 
 def gather_logprobs(
     hidden: torch.Tensor,
@@ -25,18 +104,20 @@ def gather_logprobs(
     tokens: torch.Tensor,
     temperature: float = 1.0,
     chunk: int = CHUNK_TOKENS,
+    transform: Callable[[torch.Tensor], torch.Tensor] = _identity,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log softmax(head(h) / T)[token] for N hidden states, chunk by chunk.
+    """log softmax(transform(head(h)) / T)[token] for N hidden states, chunk by chunk.
 
     Args:
         hidden: (N, H) states that predict ``tokens`` (N,).
         head: the LM head (H -> V).
+        transform: what the model's forward does to the head's logits (``logit_transform``).
     Returns:
         (log-probs (N,) with grad, entropies (N,) detached).
     """
     logps, ents = [], []
     for s in range(0, hidden.shape[0], chunk):
-        logits = head(hidden[s : s + chunk]).float() / temperature  # (n, V), one chunk only
+        logits = transform(head(hidden[s : s + chunk])).float() / temperature  # (n, V), a chunk
         lse = torch.logsumexp(logits, dim=-1)
         logps.append(logits.gather(-1, tokens[s : s + chunk, None]).squeeze(-1) - lse)
         with torch.no_grad():
@@ -71,14 +152,20 @@ def reply_logprobs(
         groups = [(p, [r]) for p, rs in zip(prompt_ids, replies, strict=True) for r in rs]
     rows = build_shared_rows(groups, pad_token_id)
     inner = unwrap(model)  # the LM inside DDP / PEFT: its body and head are called apart
-    backbone = getattr(inner, inner.base_model_prefix)
+    transform = logit_transform(inner)
     device = next(model.parameters()).device
-    hidden = backbone(
+    position_ids = rows["position_ids"].to(device)
+    inputs = dict(
         input_ids=rows["input_ids"].to(device),
-        attention_mask=attention_mask_for(inner, rows["attention_mask"].to(device)),
-        position_ids=rows["position_ids"].to(device),
-    ).last_hidden_state
-    flat = hidden.reshape(-1, hidden.shape[-1])  # (R·T, H)
+        attention_mask=attention_mask_for(inner, rows["attention_mask"].to(device), position_ids),
+        position_ids=position_ids,
+    )
+    if transform is None:  # the forward's own logits, (R, T, V) at once
+        head, transform, hidden = torch.nn.Identity(), _identity, inner(**inputs).logits
+    else:
+        head = inner.get_output_embeddings()
+        hidden = getattr(inner, inner.base_model_prefix)(**inputs).last_hidden_state
+    flat = hidden.reshape(-1, hidden.shape[-1])  # (R·T, H), or (R·T, V) logits
     ids = rows["input_ids"].reshape(-1)
     # token t of a reply is predicted by the state before it: the prompt's last token for t = 0
     prompt_of_reply = torch.repeat_interleave(
@@ -92,11 +179,7 @@ def reply_logprobs(
         target += range(start, start + n)
     pred_t = torch.tensor(pred, device=device)
     logp, ent = gather_logprobs(
-        flat[pred_t],
-        inner.get_output_embeddings(),
-        ids[torch.tensor(target)].to(device),
-        temperature,
-        chunk,
+        flat[pred_t], head, ids[torch.tensor(target)].to(device), temperature, chunk, transform
     )
     return list(logp.split(lengths)), list(ent.split(lengths))
 
