@@ -157,6 +157,10 @@ def test_attention_mask_for_refuses_layers_a_block_mask_cannot_serve():
     model = _config(layer_types=["linear_attention", "full_attention"])
     with pytest.raises(ValueError, match=r"linear_attention layers: .* prefix_sharing=false"):
         attention_mask_for(model, mask)
+    assert attention_mask_for(model, mask, shared=False) is mask  # one reply per row: exact
+    chunked = _config(layer_types=["chunked_attention", "full_attention"])
+    with pytest.raises(ValueError, match="chunked_attention layers"):  # the mask skips chunks
+        attention_mask_for(chunked, mask, shared=False)
 
 
 def test_attention_mask_for_refuses_kernels_without_4d_masks():

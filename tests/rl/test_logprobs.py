@@ -90,6 +90,18 @@ def test_teacher_forced_equals_sampling_for_windows_and_logit_caps(family, attn,
     assert gap < 1e-4
 
 
+@pytest.mark.parametrize("family", ["gemma2", "cohere", "granite", "hyperclovax", "minicpm3"])
+def test_the_logit_transform_is_found_in_bfloat16(family, smol_tokenizer):
+    # the nearest candidate within bfloat16's rounding of the forward
+    from tests.conftest import tiny_family_config
+
+    config, expected = tiny_family_config(family, len(smol_tokenizer))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16).eval()
+    logit_transform(model)
+    assert logprobs_module._TRANSFORMS[model][0] == expected
+
+
 def test_a_window_the_block_mask_ignored_would_show(smol_tokenizer, monkeypatch):
     # the test above bites: without the window in the block mask the readings part
     from tests.conftest import tiny_family_config
@@ -97,8 +109,38 @@ def test_a_window_the_block_mask_ignored_would_show(smol_tokenizer, monkeypatch)
     config, _ = tiny_family_config("mistral", len(smol_tokenizer))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
-    monkeypatch.setattr(logprobs_module, "attention_mask_for", lambda m, mask, pos: mask)
+    monkeypatch.setattr(logprobs_module, "attention_mask_for", lambda m, mask, *a, **k: mask)
     assert _max_gap_to_sampling(model, smol_tokenizer)[0] > 1e-3
+
+
+def test_a_convolutional_layer_takes_one_reply_per_row(smol_tokenizer):
+    # LFM2's conv state would run from one reply of a shared row into the next: refused there,
+    # exact with prefix_sharing off (against a forward of each prompt + reply alone)
+    from transformers import Lfm2Config
+
+    from tests.conftest import tiny_llama_config
+
+    base = tiny_llama_config(len(smol_tokenizer)).to_dict()
+    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
+            "num_key_value_heads", "bos_token_id", "eos_token_id", "pad_token_id")  # fmt: skip
+    config = Lfm2Config(
+        **{k: base[k] for k in keep}, num_hidden_layers=2, layer_types=["conv", "full_attention"]
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    replies = [[[11, 12, 13], [14]], [[15, 16], [17, 18, 19, 20]]]
+    with pytest.raises(ValueError, match=r"conv layers: .*prefix_sharing=false"):
+        reply_logprobs(model, prompts, replies, 0)
+    with torch.no_grad():
+        logps, _ = reply_logprobs(model, prompts, replies, 0, prefix_sharing=False)
+        alone = []
+        for p, rs in zip(prompts, replies, strict=True):
+            for r in rs:
+                logits = model(torch.tensor([p + r])).logits[0, len(p) - 1 : -1]
+                alone.append(torch.log_softmax(logits, -1).gather(-1, torch.tensor(r)[:, None]))
+    for got, want in zip(logps, alone, strict=True):
+        torch.testing.assert_close(got, want.squeeze(-1), atol=1e-5, rtol=0)
 
 
 class _TemperedLlama(LlamaForCausalLM):

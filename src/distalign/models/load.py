@@ -491,7 +491,10 @@ def unwrap(model: torch.nn.Module) -> PreTrainedModel:
 
 
 def attention_mask_for(
-    model: PreTrainedModel, mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    model: PreTrainedModel,
+    mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    shared: bool = True,
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """A boolean 4-D attention mask (R, 1, T, T), True = attend, in the form ``model`` takes.
 
@@ -502,25 +505,26 @@ def attention_mask_for(
 
     Sliding-window attention (Gemma 2/3, Mistral, Phi-3, Qwen's optional window): transformers
     uses a 4-D mask as given, so the window is applied here, over ``position_ids`` (R, T): a
-    query sees a key only when their positions differ by less than ``sliding_window``, as the
-    model's own masks (and so cached sampling) see it. A model whose config lists
-    ``layer_types`` gets a mask per type; a type other than full or sliding attention (chunked
-    windows, recurrent layers, whose state would run from one reply of a row into the next) is
-    refused with a ValueError that names it.
+    query sees a key only when their positions differ by less than the window, as the model's
+    own masks and cached sampling see it; the window is the config's ``sliding_window``, where
+    transformers' masks and cache read it too. A model whose config lists ``layer_types`` gets
+    a mask per type. Other layer types are refused with a ValueError that
+    names them: chunked attention always (the mask would bypass the chunks), recurrent or
+    convolutional layers when the rows are ``shared`` (several replies in a row: a layer's
+    state would run from one reply into the next; one reply per row is exact).
     """
     implementation = model.config._attn_implementation
     require_4d_mask(implementation, "attention_mask_for", "a forward of prefix-shared rows")
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
     window = getattr(config, "sliding_window", None)
     types = set(getattr(config, "layer_types", None) or ())
-    if types - {"full_attention", "sliding_attention"}:
-        other = sorted(types - {"full_attention", "sliding_attention"})
+    other = sorted(types - {"full_attention", "sliding_attention"})
+    if other and (shared or window or "chunked_attention" in other):
         raise ValueError(
             f"{type(model).__name__} has {', '.join(other)} layers: the block masks of "
             "prefix-shared rows serve full and sliding-window attention only (a recurrent "
-            "layer's state would run from one reply of a row into the next); reward models "
-            "score one reply per row with prefix_sharing=false, RL's teacher-forced passes "
-            "need such a mask"
+            "layer's state would run from one reply of a row into the next); set "
+            "prefix_sharing=false for one reply per row"
         )
 
     def windowed() -> torch.Tensor:
@@ -537,7 +541,7 @@ def attention_mask_for(
             ~m, torch.finfo(model.dtype).min
         )
 
-    if not window:
+    if not window or other:  # other: recurrent layers, one reply per row, no window
         return form(mask)
     if not types:  # no per-layer types: every layer takes the window (Mistral, Phi-3)
         return form(windowed())

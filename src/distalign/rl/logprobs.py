@@ -6,7 +6,7 @@ token is predicted, in chunks: a (B, T, V) fp32 log-softmax is never materialise
 SmolLM2, V = 49,152: 32 replies × 256 tokens would be 1.6 GB per copy).
 
 Some models change the head's logits inside their forward: Gemma 2 caps them (tanh), Cohere,
-Granite, Falcon-H1 or MiniCPM3 scale them. The sampler reads the forward's logits, so the
+Granite, HyperCLOVA X or MiniCPM3 scale them. The sampler reads the forward's logits, so the
 teacher-forced pass must too: ``logit_transform`` finds the model's transform once, by
 comparing the two on a fixed input, and falls back to the forward's own logits (all positions
 at once, more memory) when it recognises none.
@@ -66,27 +66,33 @@ def logit_transform(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
     logits).
 
     Found once per model by comparing ``head(backbone(x))`` with ``model(x).logits`` on a fixed
-    16-token input in eval mode, candidates from the config (``SOFTCAP_KEYS``, ``SCALE_KEYS``),
-    identity first. They must agree to a few units of the logits' rounding (float32: 1e-5 of
-    the largest logit; bfloat16: 2 %), which tells a cap or scale from none on any real model.
+    16-token input (ids spread over the vocabulary) in eval mode, over candidates from the
+    config (``SOFTCAP_KEYS``, ``SCALE_KEYS``) and none: the candidate nearest the forward, if it
+    agrees to a few units of the logits' rounding (float32: 1e-5 of the largest logit; TF32
+    matmuls: 0.2 %; bfloat16: 2 %).
     """
     inner = unwrap(model)
     if inner in _TRANSFORMS:
         return _TRANSFORMS[inner][1]
     vocab = inner.config.get_text_config().vocab_size
     device = next(model.parameters()).device  # (sharded weights may read as empty outside a pass)
-    ids = (torch.arange(1, PROBE_TOKENS + 1, device=device) % vocab)[None]
+    ids = (torch.arange(1, PROBE_TOKENS + 1, device=device) * (vocab // (PROBE_TOKENS + 1)))[None]
     with eval_mode(inner):
         hidden = getattr(inner, inner.base_model_prefix)(input_ids=ids).last_hidden_state
         base = inner.get_output_embeddings()(hidden)
         want = inner(input_ids=ids).logits.float()
     scale = want.abs().max().clamp_min(1e-6)
-    tol = max(64 * torch.finfo(torch.float32).eps, 2 * torch.finfo(base.dtype).eps)
-    found = ("unrecognised", None)
-    for name, f in _candidates(inner.config):
-        if ((f(base).float() - want).abs().max() / scale).item() <= tol:
-            found = (name, f)
-            break
+    tf32 = torch.get_float32_matmul_precision() != "highest" or (
+        device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    )
+    eps = 2.0**-10 if base.dtype == torch.float32 and tf32 else torch.finfo(base.dtype).eps
+    tol = max(64 * torch.finfo(torch.float32).eps, 2 * eps)
+    errors = [
+        (((f(base).float() - want).abs().max() / scale).item(), name, f)
+        for name, f in _candidates(inner.config)
+    ]
+    error, name, f = min(errors, key=lambda e: e[0])  # the first of equals: none before a cap
+    found = (name, f) if error <= tol else ("unrecognised", None)
     if found[1] is None:
         warnings.warn(
             f"{type(inner).__name__}'s forward changes its head's logits in a way distalign does "
@@ -151,13 +157,16 @@ def reply_logprobs(
     else:
         groups = [(p, [r]) for p, rs in zip(prompt_ids, replies, strict=True) for r in rs]
     rows = build_shared_rows(groups, pad_token_id)
+    n_replies = sum(len(rs) for _, rs in groups)
     inner = unwrap(model)  # the LM inside DDP / PEFT: its body and head are called apart
     transform = logit_transform(inner)
     device = next(model.parameters()).device
     position_ids = rows["position_ids"].to(device)
     inputs = dict(
         input_ids=rows["input_ids"].to(device),
-        attention_mask=attention_mask_for(inner, rows["attention_mask"].to(device), position_ids),
+        attention_mask=attention_mask_for(
+            inner, rows["attention_mask"].to(device), position_ids, shared=len(groups) < n_replies
+        ),
         position_ids=position_ids,
     )
     if transform is None:  # the forward's own logits, (R, T, V) at once
