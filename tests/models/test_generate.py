@@ -75,11 +75,11 @@ class _ScriptedCache:
     def __init__(self, n: int, prompt_len: int):
         self.rows, self.prompt_len = list(range(n)), prompt_len
 
-    def batch_repeat_interleave(self, k):
-        self.rows = list(range(len(self.rows) * k))  # sample i*k + j of prompt i
-
-    def batch_select_indices(self, idx):
-        self.rows = [self.rows[i] for i in idx.tolist()]
+    def reorder_cache(self, idx):  # beam search's row selection: k copies, or the live rows
+        picked = [self.rows[i] for i in idx.tolist()]
+        if len(set(picked)) < len(picked):  # the k copies of each prefill: sample i*k + j
+            picked = list(range(len(picked)))
+        self.rows = picked
 
 
 class _Scripted(torch.nn.Module):
@@ -99,8 +99,8 @@ class _Scripted(torch.nn.Module):
         # a step's logits come from the call that fed the previous token: prefill -> step 0
         cache = cache or _ScriptedCache(n, attention_mask.shape[1] - 1)
         step = attention_mask.shape[1] - 1 - cache.prompt_len
-        if step == 0:  # prefill, one row per prompt: nobody stops at step 0
-            cache.rows = [10**6] * n
+        if step == 0:  # prefill, one row per prompt (nobody stops at step 0)
+            cache.rows = list(range(n))
         logits = torch.full((n, 1, 5), -10.0)
         for i, row in enumerate(cache.rows):
             logits[i, 0, 0 if step > row else 3] = 10.0

@@ -16,6 +16,8 @@ from distalign.models.load import (
     cache_dir,
     load_policy,
     load_tokenizer,
+    prefix_sharing_for,
+    recurrent_layer_types,
     resolve_model,
     unwrap,
 )
@@ -161,6 +163,16 @@ def test_attention_mask_for_refuses_layers_a_block_mask_cannot_serve():
     chunked = _config(layer_types=["chunked_attention", "full_attention"])
     with pytest.raises(ValueError, match="chunked_attention layers"):  # the mask skips chunks
         attention_mask_for(chunked, mask, shared=False)
+
+
+def test_prefix_sharing_is_off_for_recurrent_layers(caplog):
+    hybrid = _config(layer_types=["conv", "full_attention", "sliding_attention"])
+    assert recurrent_layer_types(hybrid) == ["conv"]
+    assert recurrent_layer_types(_config(layer_types=["sliding_attention"])) == []
+    with caplog.at_level("WARNING"):
+        assert not prefix_sharing_for("sdpa", True, "rm train", hybrid)
+    assert "has conv layers" in caplog.text and "prefix_sharing is off" in caplog.text
+    assert prefix_sharing_for("sdpa", True, "rm train", _config())
 
 
 def test_attention_mask_for_refuses_kernels_without_4d_masks():

@@ -8,8 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from distalign.data.pairs import build_shared_rows
 from distalign.losses import reinforce_loss
 from distalign.models.generate import SamplingConfig, sample_replies
+from distalign.models.load import attention_mask_for
 from distalign.models.lora import add_lora
 from distalign.rl import logprobs as logprobs_module
 from distalign.rl.logprobs import (
@@ -113,34 +115,47 @@ def test_a_window_the_block_mask_ignored_would_show(smol_tokenizer, monkeypatch)
     assert _max_gap_to_sampling(model, smol_tokenizer)[0] > 1e-3
 
 
-def test_a_convolutional_layer_takes_one_reply_per_row(smol_tokenizer):
-    # LFM2's conv state would run from one reply of a shared row into the next: refused there,
-    # exact with prefix_sharing off (against a forward of each prompt + reply alone)
-    from transformers import Lfm2Config
+def _hybrid_config(family: str, vocab_size: int):
+    import transformers
 
     from tests.conftest import tiny_llama_config
 
-    base = tiny_llama_config(len(smol_tokenizer)).to_dict()
+    base = tiny_llama_config(vocab_size).to_dict()
     keep = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
             "num_key_value_heads", "bos_token_id", "eos_token_id", "pad_token_id")  # fmt: skip
-    config = Lfm2Config(
-        **{k: base[k] for k in keep}, num_hidden_layers=2, layer_types=["conv", "full_attention"]
-    )
+    kw = {k: base[k] for k in keep} | {"num_hidden_layers": 2}
+    if family == "lfm2":  # short convolutions
+        return transformers.Lfm2Config(**kw, layer_types=["conv", "full_attention"])
+    if not hasattr(transformers, "Qwen3_5TextConfig"):
+        pytest.skip("this transformers has no Qwen3.5")
+    return transformers.Qwen3_5TextConfig(  # gated delta-rule linear attention
+        **kw, layer_types=["linear_attention", "full_attention"], head_dim=8,
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+        linear_value_head_dim=8,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["lfm2", "qwen3_5"])
+def test_hybrid_recurrent_models_sample_and_read_one_reply_per_row(family, smol_tokenizer):
+    # a recurrent layer's state would run from one reply of a shared row into the next: the
+    # teacher-forced pass reads one reply per row whatever prefix_sharing says, and equals the
+    # sampler (whose cache, recurrent states included, is shared by k samples, rows dropped
+    # as they finish)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    prompts = [[5, 6, 7, 8], [9, 10]]
-    replies = [[[11, 12, 13], [14]], [[15, 16], [17, 18, 19, 20]]]
-    with pytest.raises(ValueError, match=r"conv layers: .*prefix_sharing=false"):
-        reply_logprobs(model, prompts, replies, 0)
+    model = AutoModelForCausalLM.from_config(_hybrid_config(family, len(smol_tokenizer))).eval()
+    with torch.no_grad():  # replies that end early, so finished rows leave the batch
+        model.get_output_embeddings().weight[smol_tokenizer.eos_token_id] *= 200
+    cfg = SamplingConfig(max_completion_length=12, temperature=1.0, seed=5)
+    s = sample_replies(model, smol_tokenizer, PROMPTS * 2, k=4, config=cfg)
+    groups = [s.reply_ids[i * 4 : i * 4 + 4] for i in range(4)]
     with torch.no_grad():
-        logps, _ = reply_logprobs(model, prompts, replies, 0, prefix_sharing=False)
-        alone = []
-        for p, rs in zip(prompts, replies, strict=True):
-            for r in rs:
-                logits = model(torch.tensor([p + r])).logits[0, len(p) - 1 : -1]
-                alone.append(torch.log_softmax(logits, -1).gather(-1, torch.tensor(r)[:, None]))
-    for got, want in zip(logps, alone, strict=True):
-        torch.testing.assert_close(got, want.squeeze(-1), atol=1e-5, rtol=0)
+        logps, _ = reply_logprobs(model, s.prompt_ids, groups, smol_tokenizer.pad_token_id)
+    for got, sampled in zip(logps, s.logprobs, strict=True):
+        torch.testing.assert_close(got, torch.tensor(sampled), atol=2e-4, rtol=0)
+    pad = smol_tokenizer.pad_token_id
+    rows = build_shared_rows([(s.prompt_ids[0], groups[0])], pad)
+    with pytest.raises(ValueError, match=r"layers: the block masks.*one reply per row"):
+        attention_mask_for(model, rows["attention_mask"], rows["position_ids"], shared=True)
 
 
 class _TemperedLlama(LlamaForCausalLM):

@@ -556,3 +556,21 @@ def test_a_resumed_run_with_other_held_out_prompts_says_the_table_mixes_them(cap
         assert not caplog.text
         evaluate_sft(None, state, ["p"], cfg)
     assert "resumed with 1 held-out prompts; the SFT policy was measured on 2" in caplog.text
+
+
+def test_a_hybrid_recurrent_policy_trains_with_one_reply_per_row(smol_tokenizer, tmp_path, caplog):
+    """LFM2 (convolutions beside attention): sampling shares the prompt's cache, recurrent
+    states included; the teacher-forced passes read one reply per row, so the untrained
+    policy's KL to its reference copy reads 0."""
+    from tests.rl.test_logprobs import _hybrid_config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_hybrid_config("lfm2", len(smol_tokenizer)))
+    model.save_pretrained(tmp_path / "lfm2")
+    smol_tokenizer.save_pretrained(tmp_path / "lfm2")
+    with caplog.at_level("WARNING"):
+        run(config(tmp_path / "lfm2", tmp_path, beta=0.1, max_steps=1, eval_on_start=False,
+                   max_eval_samples=1))  # fmt: skip
+    assert "Lfm2ForCausalLM has conv layers" in caplog.text
+    row = json.loads((tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["step"] == 1 and abs(row["train/kl"]) < 1e-4, row

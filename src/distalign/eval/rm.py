@@ -274,7 +274,7 @@ def run_rm_eval(
         )
     pairs = load_preferences(data, split, limit=limit or None, **(data_options or {}))
     ds = tokenize_pairs(pairs, tokenizer, max_length, max_prompt_length)
-    if prefix_sharing_for(attn_implementation, True, "rm eval"):
+    if prefix_sharing_for(attn_implementation, True, "rm eval", model):
         collate = SharedPrefixCollator(tokenizer.pad_token_id)
     else:
         collate = PairCollator(tokenizer.pad_token_id)

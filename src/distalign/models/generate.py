@@ -233,7 +233,9 @@ def _sample_batch(model, batch, k, config, stop, pad_token_id, generator, device
     )
     cache_kwarg, cache_attr = _cache_io(model)
     cache = getattr(out, cache_attr)
-    cache.batch_repeat_interleave(k)  # one prefill per prompt, its cache shared by k samples
+    # one prefill per prompt, its cache shared by k samples. reorder_cache (beam search's row
+    # selection) is the one every cache has, recurrent layers' states included (LFM2, Qwen3.5)
+    cache.reorder_cache(torch.arange(len(batch), device=device).repeat_interleave(k))
     logits = out.logits[:, -1].repeat_interleave(k, 0)  # (B*k, V)
     mask = mask.repeat_interleave(k, 0)  # (B*k, P)
     next_pos = position_ids[:, -1].repeat_interleave(k, 0) + 1  # (B*k,)
@@ -256,7 +258,7 @@ def _sample_batch(model, batch, k, config, stop, pad_token_id, generator, device
         if bool(ended.any()):
             # Drop finished rows from the batch (and their cache) instead of decoding padding.
             keep = (~ended).nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
+            cache.reorder_cache(keep)
             active, tokens, mask, next_pos = active[keep], tokens[keep], mask[keep], next_pos[keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (A, P + step + 1)
         out = model(

@@ -166,9 +166,12 @@ def takes_4d_mask(attn_implementation: str) -> bool:
     return attn_implementation in MASK_4D_ATTENTION
 
 
-def prefix_sharing_for(attn_implementation: str, prefix_sharing: bool, command: str) -> bool:
-    """``prefix_sharing``, or False (one padded row per reply, a 2-D mask: the same scores)
-    with a one-line warning when the kernel cannot take the 4-D mask that sharing needs."""
+def prefix_sharing_for(
+    attn_implementation: str, prefix_sharing: bool, command: str, model=None
+) -> bool:
+    """``prefix_sharing``, or False (one padded row per reply: the same scores) with a one-line
+    warning when the kernel cannot take the 4-D mask that sharing needs, or ``model`` has
+    recurrent layers (``recurrent_layer_types``)."""
     if prefix_sharing and not takes_4d_mask(attn_implementation):
         log.warning(
             "%s: attn_implementation=%s takes no 4-D attention mask, so prefix_sharing is off "
@@ -177,7 +180,25 @@ def prefix_sharing_for(attn_implementation: str, prefix_sharing: bool, command: 
             attn_implementation,
         )
         return False
+    if prefix_sharing and model is not None and recurrent_layer_types(unwrap(model)):
+        log.warning(
+            "%s: %s has %s layers, whose state would run from one reply of a shared row into "
+            "the next, so prefix_sharing is off (one padded row per reply)",
+            command,
+            type(unwrap(model)).__name__,
+            ", ".join(recurrent_layer_types(unwrap(model))),
+        )
+        return False
     return prefix_sharing
+
+
+def recurrent_layer_types(model: PreTrainedModel) -> list[str]:
+    """The layer types in ``model``'s config other than attention (full, sliding, chunked):
+    recurrent or convolutional layers (LFM2, Qwen3.5, Qwen3-Next), whose state runs along a
+    row and so crosses the blocks of a prefix-shared one."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
+    types = set(getattr(config, "layer_types", None) or ())
+    return sorted(types - {"full_attention", "sliding_attention", "chunked_attention"})
 
 
 def require_4d_mask(attn_implementation: str, command: str, needs: str) -> None:
@@ -523,8 +544,8 @@ def attention_mask_for(
         raise ValueError(
             f"{type(model).__name__} has {', '.join(other)} layers: the block masks of "
             "prefix-shared rows serve full and sliding-window attention only (a recurrent "
-            "layer's state would run from one reply of a row into the next); set "
-            "prefix_sharing=false for one reply per row"
+            "layer's state would run from one reply of a row into the next); "
+            "prefix_sharing=false reads one reply per row"
         )
 
     def windowed() -> torch.Tensor:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import torch
 
 from distalign.data.pairs import build_shared_rows
-from distalign.models.load import attention_mask_for, unwrap
+from distalign.models.load import attention_mask_for, recurrent_layer_types, unwrap
 
 CHUNK_TOKENS = 512  # rows of logits materialised at once: 512 × 49,152 fp32 ≈ 100 MB
 
@@ -148,17 +148,19 @@ def reply_logprobs(
     Args:
         prompt_ids: per prompt, its token ids.
         replies: per prompt, its replies' token ids (each non-empty).
-        prefix_sharing: one row per prompt with all its replies (exact); else one row per reply.
+        prefix_sharing: one row per prompt with all its replies (exact); else one row per reply
+            (always so for a model with recurrent layers, ``recurrent_layer_types``).
     Returns:
         lists over all replies (prompt-major) of (L_i,) log-probs (with grad) and entropies.
     """
+    inner = unwrap(model)  # the LM inside DDP / PEFT: its body and head are called apart
+    prefix_sharing = prefix_sharing and not recurrent_layer_types(inner)
     if prefix_sharing:
         groups = [(p, rs) for p, rs in zip(prompt_ids, replies, strict=True)]
     else:
         groups = [(p, [r]) for p, rs in zip(prompt_ids, replies, strict=True) for r in rs]
     rows = build_shared_rows(groups, pad_token_id)
     n_replies = sum(len(rs) for _, rs in groups)
-    inner = unwrap(model)  # the LM inside DDP / PEFT: its body and head are called apart
     transform = logit_transform(inner)
     device = next(model.parameters()).device
     position_ids = rows["position_ids"].to(device)

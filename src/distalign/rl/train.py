@@ -67,7 +67,7 @@ from distalign.losses import (
     uncertainty_scaled,
     whiten,
 )
-from distalign.models.load import load_policy
+from distalign.models.load import load_policy, prefix_sharing_for
 from distalign.models.lora import add_lora
 from distalign.models.options import disable_dropout
 from distalign.models.templates import fit_rendering, rendering_of
@@ -265,6 +265,9 @@ def build_policy(cfg: RLTrainConfig, accelerator):
     with LoRA (adapters off), else a copy of the SFT weights."""
     load = {"attn_implementation": cfg.attn_implementation, **cfg.load_kwargs()}
     policy, tokenizer = load_policy(cfg.model_name_or_path, **load)
+    cfg.prefix_sharing = prefix_sharing_for(
+        cfg.attn_implementation, cfg.prefix_sharing, "rl train", policy
+    )
     ref_model = None
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -50,6 +50,7 @@ from distalign.losses import (
 )
 from distalign.models.classifier import model_max_length
 from distalign.models.heads import head_log_probs
+from distalign.models.load import prefix_sharing_for
 from distalign.models.lora import add_lora
 from distalign.models.options import disable_dropout
 from distalign.models.reward_model import (
@@ -409,6 +410,9 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     )
     # scoring as the forward of one module, so DDP's gradient hooks and autocast apply
     scorer, optimizer, scheduler = accelerator.prepare(PairScorer(model), optimizer, scheduler)
+    cfg.prefix_sharing = prefix_sharing_for(
+        cfg.attn_implementation, cfg.prefix_sharing, "rm train", model
+    )
     collate = make_collator(cfg, tokenizer)
     eval_loader = accelerator.prepare(
         DataLoader(held_out, batch_size=cfg.per_device_eval_batch_size, collate_fn=collate)
