@@ -57,6 +57,10 @@ def tiny_llama_config(vocab_size: int, **overrides) -> LlamaConfig:
 
 # tokens: under every test prompt's length, so that a window a pass ignores shows in its output
 TINY_WINDOW = 8
+# the keys of tiny_llama_config that other families' tiny configs take too
+TINY_SHAPE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+              "bos_token_id", "eos_token_id", "pad_token_id")  # fmt: skip
 
 
 def tiny_family_config(family: str, vocab_size: int):
@@ -97,13 +101,25 @@ def tiny_family_config(family: str, vocab_size: int):
                 num_key_value_heads=4,
             ),
         ),
+        # hybrids: short convolutions, gated delta-rule linear attention beside attention
+        "lfm2": (t.Lfm2Config, {"layer_types": ["conv", "full_attention"]}),
+        "qwen3_5": (
+            getattr(t, "Qwen3_5TextConfig", None),
+            dict(
+                layer_types=["linear_attention", "full_attention"],
+                head_dim=8,
+                linear_num_key_heads=2,
+                linear_num_value_heads=4,
+                linear_key_head_dim=8,
+                linear_value_head_dim=8,
+            ),
+        ),
     }
     cls, extra = families[family]
-    base = tiny_llama_config(vocab_size).to_dict()
-    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-            "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
-            "bos_token_id", "eos_token_id", "pad_token_id")  # fmt: skip
-    config = cls(**({k: base[k] for k in keep} | extra))
+    if cls is None:
+        pytest.skip(f"this transformers has no {family}")
+    shape = tiny_llama_config(vocab_size).to_dict()
+    config = cls(**({k: shape[k] for k in TINY_SHAPE} | extra))
     expected = {
         "gemma2": "final_logit_softcapping soft cap 0.5",
         "gemma3": "final_logit_softcapping soft cap 0.5",

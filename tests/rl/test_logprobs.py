@@ -115,34 +115,17 @@ def test_a_window_the_block_mask_ignored_would_show(smol_tokenizer, monkeypatch)
     assert _max_gap_to_sampling(model, smol_tokenizer)[0] > 1e-3
 
 
-def _hybrid_config(family: str, vocab_size: int):
-    import transformers
-
-    from tests.conftest import tiny_llama_config
-
-    base = tiny_llama_config(vocab_size).to_dict()
-    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
-            "num_key_value_heads", "bos_token_id", "eos_token_id", "pad_token_id")  # fmt: skip
-    kw = {k: base[k] for k in keep} | {"num_hidden_layers": 2}
-    if family == "lfm2":  # short convolutions
-        return transformers.Lfm2Config(**kw, layer_types=["conv", "full_attention"])
-    if not hasattr(transformers, "Qwen3_5TextConfig"):
-        pytest.skip("this transformers has no Qwen3.5")
-    return transformers.Qwen3_5TextConfig(  # gated delta-rule linear attention
-        **kw, layer_types=["linear_attention", "full_attention"], head_dim=8,
-        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
-        linear_value_head_dim=8,
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize("family", ["lfm2", "qwen3_5"])
 def test_hybrid_recurrent_models_sample_and_read_one_reply_per_row(family, smol_tokenizer):
     # a recurrent layer's state would run from one reply of a shared row into the next: the
     # teacher-forced pass reads one reply per row whatever prefix_sharing says, and equals the
     # sampler (whose cache, recurrent states included, is shared by k samples, rows dropped
     # as they finish)
+    from tests.conftest import tiny_family_config
+
+    config, _ = tiny_family_config(family, len(smol_tokenizer))
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(_hybrid_config(family, len(smol_tokenizer))).eval()
+    model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():  # replies that end early, so finished rows leave the batch
         model.get_output_embeddings().weight[smol_tokenizer.eos_token_id] *= 200
     cfg = SamplingConfig(max_completion_length=12, temperature=1.0, seed=5)

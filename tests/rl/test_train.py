@@ -562,10 +562,10 @@ def test_a_hybrid_recurrent_policy_trains_with_one_reply_per_row(smol_tokenizer,
     """LFM2 (convolutions beside attention): sampling shares the prompt's cache, recurrent
     states included; the teacher-forced passes read one reply per row, so the untrained
     policy's KL to its reference copy reads 0."""
-    from tests.rl.test_logprobs import _hybrid_config
+    from tests.conftest import tiny_family_config
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(_hybrid_config("lfm2", len(smol_tokenizer)))
+    model = AutoModelForCausalLM.from_config(tiny_family_config("lfm2", len(smol_tokenizer))[0])
     model.save_pretrained(tmp_path / "lfm2")
     smol_tokenizer.save_pretrained(tmp_path / "lfm2")
     with caplog.at_level("WARNING"):
