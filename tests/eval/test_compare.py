@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from distalign.cli import app
 from distalign.eval.config import CompareConfig
 from distalign.eval.policy import (
+    check_judge_held_out,
     gold_win_probability,
     kl_to_sft,
     run_compare,
@@ -427,6 +428,24 @@ def test_a_judge_the_policies_were_trained_on_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match=r"is the reward .*rl was trained on"):
         run_compare(cfg)  # before any model is loaded
+
+
+def test_a_judge_is_its_reward_runs_folder_final_or_checkpoint(tmp_path):
+    # trained with reward=<run>; judged by <run>/final, a checkpoint, or another spelling
+    rm = tmp_path / "rm1"
+    for sub in ("final", "checkpoint-10"):
+        (rm / sub).mkdir(parents=True)
+        (rm / sub / "config.json").write_text("{}")
+    run = tmp_path / "rl"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"reward: {rm}\n")
+    for judge in (rm / "final", rm / "checkpoint-10", f"{tmp_path}/./rm1/"):
+        cfg = CompareConfig(dataset_name="prompts.jsonl", judge=str(judge), runs=[str(run)])
+        with pytest.raises(ValueError, match=r"is the reward .*rl was trained on"):
+            check_judge_held_out(cfg)
+    (tmp_path / "rm2" / "final").mkdir(parents=True)  # another reward model is held out
+    other = str(tmp_path / "rm2" / "final")
+    check_judge_held_out(CompareConfig(dataset_name="prompts.jsonl", judge=other, runs=[str(run)]))
 
 
 def _judge_summary() -> dict:

@@ -574,3 +574,25 @@ def test_a_hybrid_recurrent_policy_trains_with_one_reply_per_row(smol_tokenizer,
     assert "Lfm2ForCausalLM has conv layers" in caplog.text
     row = json.loads((tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["step"] == 1 and abs(row["train/kl"]) < 1e-4, row
+
+
+def test_held_out_prompts_all_for_0_kept_from_equal_pairs_or_an_error_before_training(
+    tmp_path, smol_tokenizer, monkeypatch
+):
+    from types import SimpleNamespace
+
+    import distalign.rl.train as rl_train
+
+    # a standard preference file whose pairs all have equal replies: its prompts still count,
+    # and reach reward functions as strings
+    rows = [{"prompt": f"Question {i}?", "chosen": "Same.", "rejected": "Same."} for i in range(5)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    one = SimpleNamespace(num_processes=1, process_index=0, is_main_process=True)
+    data = dict(dataset_name=str(tmp_path / "p.jsonl"), eval_dataset_name=None)
+    cfg = config("unused", tmp_path, **data, max_eval_samples=0)
+    train, held_out = rl_train.prompt_sets(cfg, one, smol_tokenizer, reward_apple)
+    assert len(held_out) == 5 and len(train) == 5
+    assert held_out[0].text == "Question 0?"
+    monkeypatch.setattr(rl_train, "load_prompts", lambda *a, **k: [])
+    with pytest.raises(ValueError, match="no held-out prompts in"):
+        rl_train.prompt_sets(cfg, one, smol_tokenizer, reward_apple)

@@ -159,10 +159,18 @@ def load_prompts(
     rows = iter_source_rows(source, split, name=name, revision=revision)
     first = next(rows)  # a source without rows raises DataSourceError here
     if not is_prompt_only(first[1]):
-        pairs = load_preferences(
-            source, split, name=name, revision=revision, skip_bad_rows=skip_bad_rows, report=report
-        )
-        return _unique(list(pairs["prompt"]))
+        pairs = load_preferences(  # a pair whose replies are equal still has its prompt
+            source, split, name=name, revision=revision, skip_bad_rows=skip_bad_rows,
+            report=report, drop_identical=False,
+        )  # fmt: skip
+        prompts = _unique(list(pairs["prompt"]))
+        if isinstance(first[1], dict) and isinstance(first[1].get("prompt"), str):
+            # TRL's standard format: reward functions get the prompt as its string
+            prompts = [
+                PromptRow(p, text=p[0]["content"]) if len(p) == 1 and p[0]["role"] == "user" else p
+                for p in prompts
+            ]
+        return prompts
     report.format = "prompt-only"
     prompts = []
     for where, row in [first, *rows]:

@@ -226,12 +226,30 @@ def trained_rewards(cfg: CompareConfig) -> dict[str, list]:
     return out
 
 
+def reward_run(spec: Any) -> Any:
+    """A reward model's training run, by which two spellings of one reward compare equal: the
+    run folder for the run itself, its ``final/`` or a checkpoint in it (as ``rl train`` takes
+    a run's folder for its ``final/``); any other spec as it is."""
+    from distalign.rl.rewards import GENERIC_FOLDERS
+
+    path = Path(spec).expanduser() if isinstance(spec, str) else None
+    if path is None or not path.exists():
+        return spec
+    path = path.resolve()
+    while path.parent != path and (
+        path.name in GENERIC_FOLDERS or path.name.startswith(("step_", "checkpoint-"))
+    ):
+        path = path.parent
+    return str(path)
+
+
 def check_judge_held_out(cfg: CompareConfig) -> None:
     """Refuse a judge that a compared run was trained on: its reward is what the policy
-    optimised, so it would grade its own exam."""
+    optimised, so it would grade its own exam. A run's folder, its ``final/`` and its
+    checkpoints count as that reward (``reward_run``)."""
     for folder, rewards in trained_rewards(cfg).items():
         for spec in cfg.judge_specs():
-            if any(same_source(spec, r) for r in rewards):
+            if any(same_source(reward_run(spec), reward_run(r)) for r in rewards):
                 raise ConfigError(
                     f"judge {spec!r} is the reward {folder} was trained on (its config.yaml); "
                     "name a reward model folder, hub id or module:function not used in training"

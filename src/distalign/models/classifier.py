@@ -21,6 +21,8 @@ HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.vocab", "*.jinja"
 
 def model_folder(spec: str, trust_remote_code: bool = False) -> Path:
     """A local folder as is; a hub id downloaded (config, tokenizer, safetensors weights)."""
+    from distalign.config import ConfigError  # a user's to fix: said without a traceback
+
     folder = Path(spec).expanduser()
     if folder.is_dir() and not (folder / "config.json").is_file() and (folder / "final").is_dir():
         folder = folder / "final"  # a training run's output_dir: its final model
@@ -29,10 +31,10 @@ def model_folder(spec: str, trust_remote_code: bool = False) -> Path:
             not (folder / "config.json").is_file()
             and not (folder / "adapter_config.json").is_file()
         ):
-            raise ValueError(f"reward folder {spec!r} holds no model (no config.json)")
+            raise ConfigError(f"reward folder {spec!r} holds no model (no config.json)")
         return folder
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:  # a path, not a hub id
-        raise ValueError(f"reward folder {spec!r} does not exist")
+        raise ConfigError(f"reward folder {spec!r} does not exist")
     from huggingface_hub import snapshot_download
 
     from distalign.hub import offline_if_unreachable
@@ -43,8 +45,6 @@ def model_folder(spec: str, trust_remote_code: bool = False) -> Path:
         return Path(snapshot_download(spec, allow_patterns=patterns))
     except Exception as e:  # not a repo id, not found, offline: all mean "no such model"
         reached = f"; the hub cannot be reached: {why}" if why else ""
-        from distalign.config import ConfigError  # a user's to fix: said without a traceback
-
         raise ConfigError(
             f"reward {spec!r} is not a folder, not module:function, and not a model on the "
             f"hub ({type(e).__name__}: {e}){reached}"

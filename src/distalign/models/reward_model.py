@@ -115,7 +115,9 @@ def build_reward_model(
     path = resolve_model(backbone)
     folder = Path(path)
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-        raise ValueError(
+        from distalign.config import ConfigError  # a user's to fix: said without a traceback
+
+        raise ConfigError(
             f"{path} is a LoRA adapter: train from its base model, or merge it first "
             "(load_reward_model(path)[0].merge_and_unload().save_pretrained(folder), with the "
             "tokenizer and distalign_rm.json beside it) and train from that folder"

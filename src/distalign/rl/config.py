@@ -79,7 +79,7 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     dataset_test_split: str = "test"
     """Split of the held-out prompts."""
     max_eval_samples: int = 16
-    """Held-out prompts per evaluation (the first N)."""
+    """Held-out prompts per evaluation (the first N; 0: all, as in ``rm train``)."""
     num_generations_eval: int | None = None
     """Replies sampled per held-out prompt in an evaluation, their figures averaged (TRL's;
     None: 1)."""

@@ -257,7 +257,12 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
             "standard data) while the policy writes chat turns: their replies are joined to the "
             "prompt without a turn between them; a base policy suits such a reward model"
         )
-    return share_prompts(train, accelerator), held_out[: cfg.max_eval_samples]
+    if not held_out:  # before training, not at its end
+        raise ValueError(
+            f"no held-out prompts in {source!r} (split {cfg.dataset_test_split!r}) to evaluate "
+            "the policy on: give eval_dataset_name or dataset_test_split"
+        )
+    return share_prompts(train, accelerator), held_out[: cfg.max_eval_samples or None]
 
 
 def build_policy(cfg: RLTrainConfig, accelerator):
