@@ -603,3 +603,22 @@ def test_policies_and_reward_models_may_be_named_by_their_folders():
     }  # fmt: skip
     assert cfg.reward_dirs() == {"rm_scalar": "runs/rm_scalar/final", "sft": "sft/final"}
     assert CompareConfig(policies=["runs/sft/final"]).policy_dirs() == {"sft_2": "runs/sft/final"}
+
+
+def test_the_sft_policy_defaults_to_the_model_the_policies_were_trained_from(tmp_path):
+    from distalign.config import ConfigError
+    from distalign.eval.policy import sft_of
+
+    run = tmp_path / "rl"
+    (run / "final").mkdir(parents=True)
+    (run / "config.yaml").write_text("model_name_or_path: my/base\nreward: x:y\n")
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "my/base"}')
+    cfg = CompareConfig(dataset_name="p.jsonl", judge=JUDGE, policies=[str(run), str(adapter)])
+    assert sft_of(cfg) == "my/base"  # a run (its final/) and an adapter agree
+    assert sft_of(CompareConfig(dataset_name="p.jsonl", judge=JUDGE, sft="other")) == "other"
+    assert sft_of(CompareConfig(dataset_name="p.jsonl", judge=JUDGE)) == "smollm2-135m-instruct"
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "their/base"}')
+    with pytest.raises(ConfigError, match=r"trained from different models.*give sft=MODEL"):
+        sft_of(cfg)

@@ -25,8 +25,10 @@ class CompareConfig(SamplingConfig, PlacementConfig):
     sampling_batch_size: int = 16
     """Prompts per prefill; each expands to ``num_generations`` rows during decoding."""
 
-    sft: str = "smollm2-135m-instruct"
-    """The SFT policy everything is compared with."""
+    sft: str | None = None
+    """The SFT policy everything is compared with. None: the model the policies were trained
+    from (their run's ``model_name_or_path``, or a LoRA adapter's base), else the default
+    model (smollm2-135m-instruct)."""
     chat_template_path: str | None = None
     """A chat template for every policy, instead of its own: a Jinja file, a tokenizer whose
     template to take, or a built-in rendering (plain | hh), as in rl train. A policy without a

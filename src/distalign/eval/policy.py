@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ from distalign.data.load import same_source
 from distalign.eval.config import CompareConfig
 from distalign.metrics import bootstrap_interval, distinct_n, win_rate
 from distalign.models.generate import SamplingConfig, sampling_of
+from distalign.models.load import DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
 
 
 def gold_win_probability(attrs: np.ndarray, attrs_sft: np.ndarray, k: int) -> np.ndarray:
@@ -243,6 +247,48 @@ def reward_run(spec: Any) -> Any:
     return str(path)
 
 
+def base_of(policy_dir: str) -> str | None:
+    """The model a policy was trained from: its run's ``model_name_or_path`` (config.yaml), or
+    its LoRA adapter's ``base_model_name_or_path``; None when neither says."""
+    from distalign.report.runs import run_of
+
+    folder = Path(policy_dir)
+    if not folder.is_dir():
+        return None
+    for path, key in (
+        (Path(run_of(policy_dir)) / "config.yaml", "model_name_or_path"),
+        (folder / "adapter_config.json", "base_model_name_or_path"),
+    ):
+        try:
+            saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue  # JSON is YAML: an adapter's config reads either way
+        if isinstance(saved, dict) and isinstance(saved.get(key), str):
+            return saved[key]
+    return None
+
+
+def sft_of(cfg: CompareConfig) -> str:
+    """``cfg.sft``, or the one model every policy names as its base (``base_of``); the
+    default model when none names one. Policies from different bases need ``sft`` given."""
+    if cfg.sft is not None:
+        return cfg.sft
+    bases = {name: base_of(d) for name, d in cfg.policy_dirs().items()}
+    named = {b for b in bases.values() if b is not None}
+    if len(named) > 1:
+        raise ConfigError(
+            "the policies were trained from different models ("
+            + ", ".join(f"{n}: {b}" for n, b in bases.items() if b is not None)
+            + "): give sft=MODEL, the one to compare them with"
+        )
+    if named:
+        (base,) = named
+        log.info("SFT policy: %s, the model the policies were trained from", base)
+        return base
+    log.info("SFT policy: %s (the default model; sft=MODEL names another)", DEFAULT_MODEL)
+    return DEFAULT_MODEL
+
+
 def check_judge_held_out(cfg: CompareConfig) -> None:
     """Refuse a judge that a compared run was trained on: its reward is what the policy
     optimised, so it would grade its own exam. A run's folder, its ``final/`` and its
@@ -387,6 +433,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
             fit_rendering(reward.tokenizer, report, report.source, f"reward model {name}")
     policy_dirs = cfg.policy_dirs()
 
+    cfg.sft = sft_of(cfg)  # compare.json's config names the model
     measured_sft, *sft = measure_policy(cfg.sft, prompts, rewards, cfg, None, judge, report)
     measured = {"sft": measured_sft}
     for name, d in policy_dirs.items():  # a policy's model is not kept once measured
