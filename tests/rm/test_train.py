@@ -465,3 +465,21 @@ def test_trl_tokenised_rows_train_as_text_pairs_do(tiny_model_dir, smol_tokenize
     write_jsonl(bad / "train.jsonl", [{"chosen_ids": [1, 2], "rejected_ids": [1, 10**9]}])
     with pytest.raises(PreferenceFormatError, match=r"train.jsonl:1.*rejected_ids.*token ids"):
         run(config(tiny_model_dir, bad, tmp_path / "b", eval_dataset_name=str(d)))
+
+
+def test_data_with_no_pairs_left_is_an_error_with_the_counts(tiny_model_dir, tmp_path):
+    # every pair's replies equal: nothing to learn from, said before any training (rm train)
+    # or evaluation (rm eval)
+    from distalign.data.files import DataSourceError
+    from distalign.eval.rm import _load_pairs
+
+    rows = [{"prompt": f"Q{i}?", "chosen": "Same.", "rejected": "Same."} for i in range(3)]
+    (tmp_path / "same").mkdir()
+    write_jsonl(tmp_path / "same" / "train.jsonl", rows)
+    write_jsonl(tmp_path / "same" / "test.jsonl", rows)
+    left = r"no preference pairs left(.|\n)*identical chosen/rejected: 3"
+    with pytest.raises(DataSourceError, match=left):
+        run(config(tiny_model_dir, tmp_path / "same", tmp_path))
+    assert not (tmp_path / "run" / "final").exists()
+    with pytest.raises(DataSourceError, match=left):
+        _load_pairs(str(tmp_path / "same"), "test", 0, None)

@@ -352,6 +352,14 @@ def load_preferences(
     return datasets.Dataset.from_list(rows, features=FEATURES)
 
 
+def require_pairs(pairs, report: LoadReport):
+    """``pairs``, or a DataSourceError with the load's counts when none are left (every row
+    dropped or skipped): said before any model work, not as a crash or a table of NaN."""
+    if not len(pairs):
+        raise DataSourceError(f"no preference pairs left\n{report.summary()}")
+    return pairs
+
+
 REPLY_COLUMNS = ("reply", "response", "completion")
 
 

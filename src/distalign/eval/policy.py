@@ -425,6 +425,10 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     report = LoadReport(source=str(cfg.dataset_name))
     prompts = load_prompts(cfg.dataset_name, cfg.dataset_test_split, **hub, report=report)
     prompts = prompts[: cfg.max_eval_samples]
+    if not prompts:
+        from distalign.data.files import DataSourceError
+
+        raise DataSourceError(f"{report.source}: no prompts to compare the policies on")
     k = cfg.num_generations
     load = cfg.load_options()
     rewards = {name: RewardModelSource(d, **load) for name, d in cfg.reward_dirs().items()}

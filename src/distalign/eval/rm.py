@@ -213,6 +213,16 @@ def _spread_measures(truth, predicted: np.ndarray, outputs: dict | None) -> dict
     return {"spread_replies": n} | {f"spread_{k}": v for k, v in agreement.items()}
 
 
+def _load_pairs(data, split, limit, data_options):
+    """The pairs to evaluate on; none left is an error that gives the load's counts."""
+    from distalign.data.load import LoadReport, load_preferences, require_pairs
+
+    options = dict(data_options or {})
+    report = options.pop("report", None) or LoadReport(source=str(data))
+    pairs = load_preferences(data, split, limit=limit or None, report=report, **options)
+    return require_pairs(pairs, report)
+
+
 def run_rm_eval(
     model_dir: str,
     data: str = "gold",
@@ -237,7 +247,7 @@ def run_rm_eval(
     attention) each reply gets its own padded row, which scores the same."""
     from torch.utils.data import DataLoader
 
-    from distalign.data.load import known_p_chosen, load_preferences, p_chosen_by_group
+    from distalign.data.load import known_p_chosen, p_chosen_by_group
     from distalign.data.pairs import PairCollator, SharedPrefixCollator, tokenize_pairs
     from distalign.gold.truth import pair_replies
     from distalign.models.classifier import model_folder
@@ -257,7 +267,7 @@ def run_rm_eval(
                 "max_prompt_length does nothing for a reward model distalign did not train: "
                 "it reads prompt + reply up to max_length, as rm score does"
             )
-        pairs = load_preferences(data, split, limit=limit or None, **(data_options or {}))
+        pairs = _load_pairs(data, split, limit, data_options)
         return _eval_other_model(model_dir, pairs, data, split, max_length, batch_size, limit,
                                  Path(output) if output else home, prefix, place, torch_dtype,
                                  attn_implementation)  # fmt: skip
@@ -272,7 +282,7 @@ def run_rm_eval(
         raise ValueError(
             f"need max_prompt_length ({max_prompt_length}) < max_length ({max_length})"
         )
-    pairs = load_preferences(data, split, limit=limit or None, **(data_options or {}))
+    pairs = _load_pairs(data, split, limit, data_options)
     ds = tokenize_pairs(pairs, tokenizer, max_length, max_prompt_length)
     if prefix_sharing_for(attn_implementation, True, "rm eval", model):
         collate = SharedPrefixCollator(tokenizer.pad_token_id)

@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset, Features, Sequence, Value, concatenate_datasets
 
 from distalign.data.formats import PreferenceFormatError, common_prefix_length, read_number
-from distalign.data.load import LoadReport, iter_source_rows, load_preferences
+from distalign.data.load import LoadReport, iter_source_rows, load_preferences, require_pairs
 from distalign.data.pairs import (
     PairCollator,
     SharedPrefixCollator,
@@ -127,6 +127,7 @@ def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int,
         report=report,
         **hub,
     )
+    require_pairs(ds, report)
     fit_rendering(tokenizer, report, source)
     pairs = tokenize_pairs(
         ds, tokenizer, cfg.max_length, cfg.max_prompt_length, num_proc=cfg.dataset_num_proc
