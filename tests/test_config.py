@@ -581,3 +581,18 @@ def test_every_key_problem_of_a_config_is_said_at_once(tmp_path):
                      "`eval_at_start` is now `eval_on_start`",
                      "`learning_rate` cannot be null"):  # fmt: skip
         assert any(expected in line for line in lines), expected
+
+
+@pytest.mark.parametrize("cls", [RMTrainConfig, RLTrainConfig])
+def test_lr_scheduler_type_is_checked_with_what_it_needs(cls):
+    with pytest.raises(ConfigError, match="'bogus' is none of linear, cosine"):
+        cls(lr_scheduler_type="bogus", report_to="none")
+    with pytest.raises(ConfigError, match="reduce_lr_on_plateau steps on a metric"):
+        cls(lr_scheduler_type="reduce_lr_on_plateau", report_to="none")
+    with pytest.raises(ConfigError, match=r"needs lr_scheduler_kwargs with min_lr or min_lr_rate"):
+        cls(lr_scheduler_type="cosine_with_min_lr", report_to="none")
+    with pytest.raises(ConfigError, match=r"e\.g\. lr_scheduler_kwargs=\{num_decay_steps: 100\}"):
+        cls(lr_scheduler_type="warmup_stable_decay", report_to="none")
+    cfg = cls(lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
+              report_to="none")  # fmt: skip
+    assert cfg.lr_scheduler_kwargs == {"min_lr_rate": 0.1}

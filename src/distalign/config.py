@@ -122,7 +122,6 @@ NOT_OFFERED = {
     "adam_beta1": "AdamW runs with betas (0.9, 0.999) and eps 1e-8",
     "adam_beta2": "AdamW runs with betas (0.9, 0.999) and eps 1e-8",
     "adam_epsilon": "AdamW runs with betas (0.9, 0.999) and eps 1e-8",
-    "lr_scheduler_kwargs": "the scheduler takes its defaults (lr_scheduler_type, warmup_steps)",
     "logging_strategy": "logs every logging_steps steps",
     "do_train": "the command trains",
     "do_eval": "eval_strategy says when to evaluate",
@@ -240,7 +239,7 @@ NEUTRAL = {
     "logging_dir": None, "logging_first_step": False, "push_to_hub": False, "hub_model_id": None,
     "optim": Either(("adamw_torch", "adamw_torch_fused")), "torch_compile": False,
     "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8,
-    "lr_scheduler_kwargs": Either((None, {})), "logging_strategy": "steps", "do_train": ANY,
+    "logging_strategy": "steps", "do_train": ANY,
     "do_eval": ANY, "dataloader_num_workers": 0, "data_seed": None,
     "ddp_find_unused_parameters": Either((None, False)), "save_only_model": False,
     "disable_tqdm": Either((None, False)),
@@ -460,6 +459,38 @@ def _same(value: Any, neutral: Any) -> bool:
     if isinstance(neutral, Either):
         return any(_same(value, n) for n in neutral)
     return isinstance(value, bool) == isinstance(neutral, bool) and value == neutral
+
+
+# what a scheduler needs beyond warm-up and horizon (transformers' get_scheduler raises, mid-setup,
+# without them): a key of lr_scheduler_kwargs, any one of those listed
+SCHEDULER_NEEDS = {
+    "cosine_with_min_lr": (("min_lr", "min_lr_rate"), "{min_lr_rate: 0.1}"),
+    "cosine_warmup_with_min_lr": (("min_lr", "min_lr_rate"), "{min_lr_rate: 0.1}"),
+    "warmup_stable_decay": (("num_decay_steps",), "{num_decay_steps: 100}"),
+}
+
+
+def check_scheduler(name: str, kwargs: dict[str, Any] | None) -> None:
+    """A ConfigError unless ``lr_scheduler_type`` names a transformers scheduler that steps
+    with the optimizer, with what it needs in ``lr_scheduler_kwargs``."""
+    from transformers import SchedulerType
+
+    names = [s.value for s in SchedulerType if s.value not in ("reduce_lr_on_plateau", "greedy")]
+    if name in ("reduce_lr_on_plateau", "greedy"):
+        raise ConfigError(
+            f"lr_scheduler_type: {name} steps on a metric, not with the optimizer; one of "
+            + ", ".join(names)
+        )
+    if name not in names:
+        raise ConfigError(f"lr_scheduler_type: {name!r} is none of {', '.join(names)}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ConfigError(f"lr_scheduler_kwargs: a mapping, got {kwargs!r}")
+    needs, example = SCHEDULER_NEEDS.get(name, ((), ""))
+    if needs and not set(needs) & set(kwargs or {}):
+        raise ConfigError(
+            f"lr_scheduler_type={name} needs lr_scheduler_kwargs with {' or '.join(needs)}, "
+            f"e.g. lr_scheduler_kwargs={example}"
+        )
 
 
 def config_warning(logger: logging.Logger, message: str, *args: Any) -> None:

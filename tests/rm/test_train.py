@@ -483,3 +483,18 @@ def test_data_with_no_pairs_left_is_an_error_with_the_counts(tiny_model_dir, tmp
     assert not (tmp_path / "run" / "final").exists()
     with pytest.raises(DataSourceError, match=left):
         _load_pairs(str(tmp_path / "same"), "test", 0, None)
+
+
+def test_a_scheduler_takes_its_kwargs(tiny_model_dir):
+    # cosine down to a tenth of the peak, not to 0 (TRL's lr_scheduler_kwargs)
+    from distalign.rm.train import optimizer_and_schedule
+
+    model = torch.nn.Linear(2, 2)
+    cfg = RMTrainConfig(lr_scheduler_type="cosine_with_min_lr", warmup_steps=0.0,
+                        lr_scheduler_kwargs={"min_lr_rate": 0.1}, learning_rate=1e-3,
+                        max_steps=10, report_to="none")  # fmt: skip
+    optimizer, scheduler, total = optimizer_and_schedule(model, cfg, 80, 1)
+    for _ in range(total):
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-4)

@@ -15,7 +15,13 @@ from typing import Any
 import yaml
 
 from distalign.cadence import cadence_checks
-from distalign.config import config_warning, report_to_list, require, resume_value
+from distalign.config import (
+    check_scheduler,
+    config_warning,
+    report_to_list,
+    require,
+    resume_value,
+)
 from distalign.models.generate import SamplingConfig
 from distalign.models.load import DEFAULT_MODEL, require_4d_mask
 from distalign.models.options import ModelKeys
@@ -154,6 +160,10 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     lr_scheduler_type: str = "constant"
     """Learning rate after warm-up: constant, or any transformers scheduler name (linear,
     cosine, ...) over max_steps."""
+    lr_scheduler_kwargs: dict[str, Any] | None = None
+    """Arguments of the scheduler beyond warm-up and horizon (transformers'; e.g.
+    ``{min_lr_rate: 0.1}`` for cosine_with_min_lr, ``{num_decay_steps: N}`` for
+    warmup_stable_decay)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
@@ -227,6 +237,7 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     """Replies per reward-model batch."""
 
     def __post_init__(self):
+        check_scheduler(self.lr_scheduler_type, self.lr_scheduler_kwargs)
         super().__post_init__()
         self.report_to = report_to_list(self.report_to)
         resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early

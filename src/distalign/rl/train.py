@@ -560,7 +560,10 @@ def optimizer_and_schedule(policy, cfg: RLTrainConfig, sharded: bool):
     if cfg.lr_scheduler_type != "constant":
         total = cfg.max_steps * cfg.updates_per_step
         steps = {"num_warmup_steps": warmup, "num_training_steps": total}
-        return optimizer, get_scheduler(cfg.lr_scheduler_type, optimizer, **steps)
+        return optimizer, get_scheduler(
+            cfg.lr_scheduler_type, optimizer, **steps,
+            scheduler_specific_kwargs=cfg.lr_scheduler_kwargs,
+        )  # fmt: skip
     return optimizer, torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1))
     )

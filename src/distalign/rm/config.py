@@ -15,7 +15,13 @@ from functools import partial
 from typing import Any
 
 from distalign.cadence import cadence_checks
-from distalign.config import config_warning, report_to_list, require, resume_value
+from distalign.config import (
+    check_scheduler,
+    config_warning,
+    report_to_list,
+    require,
+    resume_value,
+)
 from distalign.models.load import DEFAULT_MODEL, prefix_sharing_for
 from distalign.models.options import ModelKeys
 from distalign.models.reward_model import HEADS
@@ -113,6 +119,10 @@ class RMTrainConfig(ModelKeys):
     transformers reads it)."""
     lr_scheduler_type: str = "cosine"
     """Learning-rate decay after warm-up (any transformers scheduler name)."""
+    lr_scheduler_kwargs: dict[str, Any] | None = None
+    """Arguments of the scheduler beyond warm-up and horizon (transformers'; e.g.
+    ``{min_lr_rate: 0.1}`` for cosine_with_min_lr, ``{num_decay_steps: N}`` for
+    warmup_stable_decay)."""
     num_train_epochs: float = 1.0
     """Passes over the training pairs (ignored when max_steps > 0)."""
     max_steps: int = 0
@@ -188,6 +198,7 @@ class RMTrainConfig(ModelKeys):
     """Run name in the tracker (default: the tracker's own)."""
 
     def __post_init__(self):
+        check_scheduler(self.lr_scheduler_type, self.lr_scheduler_kwargs)
         self.report_to = report_to_list(self.report_to)
         resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)

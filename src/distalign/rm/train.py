@@ -173,6 +173,7 @@ def optimizer_and_schedule(
         optimizer,
         num_warmup_steps=steps_of(cfg.warmup_steps, total_steps) * processes,
         num_training_steps=total_steps * processes,
+        scheduler_specific_kwargs=cfg.lr_scheduler_kwargs,
     )
     return optimizer, scheduler, total_steps
 
