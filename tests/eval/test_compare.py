@@ -622,3 +622,20 @@ def test_the_sft_policy_defaults_to_the_model_the_policies_were_trained_from(tmp
     (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "their/base"}')
     with pytest.raises(ConfigError, match=r"trained from different models.*give sft=MODEL"):
         sft_of(cfg)
+
+
+def test_a_missing_policy_folder_stops_compare_before_any_sampling(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    from distalign.eval import policy as policy_module
+    from distalign.models.load import ModelNotFoundError
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampled before checking the policies")
+
+    monkeypatch.setattr(policy_module, "measure_policy", never)
+    typo = str(tmp_path / "typo")
+    cfg = CompareConfig(dataset_name="gold", max_eval_samples=2, sft=str(tiny_model_dir),
+                        policies=[typo], output_dir=str(tmp_path / "c"))  # fmt: skip
+    with pytest.raises(ModelNotFoundError, match=f"model folder '{typo}' does not exist"):
+        run_compare(cfg)

@@ -44,7 +44,7 @@ from distalign.data.load import same_source
 from distalign.eval.config import CompareConfig
 from distalign.metrics import bootstrap_interval, distinct_n, win_rate
 from distalign.models.generate import SamplingConfig, sampling_of
-from distalign.models.load import DEFAULT_MODEL
+from distalign.models.load import DEFAULT_MODEL, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -436,8 +436,10 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         if hasattr(reward, "tokenizer"):
             fit_rendering(reward.tokenizer, report, report.source, f"reward model {name}")
     policy_dirs = cfg.policy_dirs()
-
     cfg.sft = sft_of(cfg)  # compare.json's config names the model
+    for name in [cfg.sft, *policy_dirs.values()]:  # a typo stops before minutes of sampling
+        resolve_model(name)
+
     measured_sft, *sft = measure_policy(cfg.sft, prompts, rewards, cfg, None, judge, report)
     measured = {"sft": measured_sft}
     for name, d in policy_dirs.items():  # a policy's model is not kept once measured
