@@ -110,7 +110,9 @@ def test_resume_with_other_accumulation_goes_on_where_the_data_and_schedule_stoo
     assert resumed[2]["train/pairs_seen"] == 16 and resumed[3]["train/pairs_seen"] == 48
     assert resumed[20]["train/pairs_seen"] == whole[20]["train/pairs_seen"] == 320
     for s in range(3, 21):  # the learning rate stands where the 2-batch schedule has it
-        assert resumed[s]["train/lr"] == pytest.approx(whole[s]["train/lr"]), s
+        assert resumed[s]["train/learning_rate"] == pytest.approx(
+            whole[s]["train/learning_rate"]
+        ), s
     with pytest.raises(ValueError, match="per_device_train_batch_size=8"):
         run(config(tiny_model_dir, pair_dir, tmp_path / "r", per_device_train_batch_size=4,
                    resume_from_checkpoint=True))  # fmt: skip

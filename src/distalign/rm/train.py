@@ -289,8 +289,8 @@ def pairs_in(batch) -> int:
 
 
 # logged as they stand at the logged step, not averaged over logging_steps
-CURRENT_METRICS = ("train/lr", "train/grad_norm", "train/pairs_per_s", "train/peak_mem_gb",
-                   "train/elapsed_s", "train/pairs_seen")  # fmt: skip
+CURRENT_METRICS = ("train/learning_rate", "train/grad_norm", "train/pairs_per_s",
+                   "train/peak_mem_gb", "train/elapsed_s", "train/pairs_seen")  # fmt: skip
 
 
 def train_metrics(window: list[dict], t: Trainer, state: TrainState, seconds: float, start_pairs):
@@ -299,7 +299,7 @@ def train_metrics(window: list[dict], t: Trainer, state: TrainState, seconds: fl
         f"train/{k}": sum(w[k] for w in window if k in w) / sum(k in w for w in window)
         for k in window[-1]
     }
-    logged["train/lr"] = t.scheduler.get_last_lr()[0]
+    logged["train/learning_rate"] = t.scheduler.get_last_lr()[0]
     logged["train/pairs_per_s"] = (state.pairs - start_pairs) / max(seconds, 1e-9)
     logged["train/peak_mem_gb"] = peak_memory_gb()
     logged["train/elapsed_s"] = seconds
