@@ -596,3 +596,21 @@ def test_held_out_prompts_all_for_0_kept_from_equal_pairs_or_an_error_before_tra
     monkeypatch.setattr(rl_train, "load_prompts", lambda *a, **k: [])
     with pytest.raises(ValueError, match="no held-out prompts in"):
         rl_train.prompt_sets(cfg, one, smol_tokenizer, reward_apple)
+
+
+def test_skip_bad_rows_counts_the_malformed_prompt_rows(tmp_path, smol_tokenizer, caplog):
+    from types import SimpleNamespace
+
+    from distalign.data.formats import PreferenceFormatError
+    from distalign.rl.train import prompt_sets
+
+    rows = [{"prompt": "Fine?"}, {"prompt": 3}, {"prompt": "Also fine?"}]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    one = SimpleNamespace(num_processes=1, process_index=0, is_main_process=True)
+    data = dict(dataset_name=str(tmp_path / "p.jsonl"), eval_dataset_name=None)
+    with pytest.raises(PreferenceFormatError, match=r"p\.jsonl:2"):
+        prompt_sets(config("unused", tmp_path, **data), one, smol_tokenizer, reward_apple)
+    cfg = config("unused", tmp_path, **data, skip_bad_rows=True)
+    with caplog.at_level("WARNING"):
+        train, _ = prompt_sets(cfg, one, smol_tokenizer, reward_apple)
+    assert len(train) == 2 and "1 of 3 rows skipped as malformed" in caplog.text

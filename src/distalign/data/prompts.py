@@ -190,6 +190,14 @@ def load_prompts(
                 raise
             report.skip(e)
     report.kept = len(prompts)
+    if report.skipped:
+        log.warning(
+            "%s: %d of %d rows skipped as malformed: %s",
+            source if isinstance(source, str) else "the data set",
+            sum(report.skipped.values()),
+            report.rows,
+            "; ".join(f"{n} × {reason}" for reason, n in report.skipped.most_common()),
+        )
     if report.replies_set_aside:
         log.info(
             "%s: %d conversations end with the assistant's reply; each prompt is the turns "

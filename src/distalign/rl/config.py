@@ -84,6 +84,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     """Held-out prompts for the periodic evaluation (default: ``dataset_name``)."""
     dataset_test_split: str = "test"
     """Split of the held-out prompts."""
+    skip_bad_rows: bool = False
+    """Skip malformed rows of the prompt sources (counted) instead of stopping at the first."""
     max_eval_samples: int = 16
     """Held-out prompts per evaluation (the first N; 0: all, as in ``rm train``)."""
     num_generations_eval: int | None = None

@@ -230,14 +230,15 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
     A policy or reward model without a chat template renders HH transcripts as written."""
     hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
     report = LoadReport(source=str(cfg.dataset_name))
-    train = load_prompts(cfg.dataset_name, cfg.dataset_train_split, **hub, report=report)
+    bad = {"skip_bad_rows": cfg.skip_bad_rows}
+    train = load_prompts(cfg.dataset_name, cfg.dataset_train_split, **hub, **bad, report=report)
     if accelerator.is_main_process:
         warn_if_evaluating_on_training_data(cfg)
     same = cfg.eval_dataset_name is None or cfg.eval_dataset_name == cfg.dataset_name
     source = cfg.eval_dataset_name or cfg.dataset_name
     held_out_report = LoadReport(source=str(source))
     held_out = load_prompts(
-        source, cfg.dataset_test_split, **(hub if same else {}), report=held_out_report
+        source, cfg.dataset_test_split, **(hub if same else {}), **bad, report=held_out_report
     )
     data = LoadReport(
         source=source, transcripts=report.transcripts + held_out_report.transcripts,
