@@ -133,7 +133,8 @@ class RMScoreConfig(PlacementConfig):
     """Reward-model folder."""
     input_file: str = ""
     """JSONL/JSON/CSV/Parquet rows with ``prompt`` and ``reply`` (or ``response``/``completion``:
-    text, or TRL's conversational completion; e.g. ``generate``'s output)."""
+    text, or TRL's conversational completion; e.g. ``generate``'s output), or TRL's
+    ``messages`` ending with the assistant's turn, which is the reply."""
     output_file: str | None = None
     """Output JSONL (default: INPUT.scored.jsonl)."""
     max_length: int | None = None

@@ -457,10 +457,18 @@ def test_prompt_reply_files_take_text_or_conversational_completions(tmp_path):
         {"prompt": "Hi", "reply": "Hello."},
         {"prompt": user, "completion": [{"role": "assistant", "content": "Hey."}]},  # TRL
         {"prompt": user, "response": [*user, {"role": "assistant", "content": "Yo."}]},
+        {"messages": [*user, {"role": "assistant", "content": "Hiya."}]},  # TRL's LM rows
     ]
     path = write_jsonl(tmp_path / "replies.jsonl", rows)
     _, prompts, replies = read_prompt_replies(str(path))
-    assert prompts == [user] * 3 and replies == ["Hello.", "Hey.", "Yo."]
+    assert prompts == [user] * 4 and replies == ["Hello.", "Hey.", "Yo.", "Hiya."]
+    for messages, why in (
+        ([{"role": "assistant", "content": "Alone."}], "no turns before the reply"),
+        ([*user, *user], "expected the last message to be an assistant reply"),
+    ):
+        lone = write_jsonl(tmp_path / "lone.jsonl", [{"messages": messages}])
+        with pytest.raises(PreferenceFormatError, match=why):
+            read_prompt_replies(str(lone))
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Hi", "answer": "Hello."}])
     with pytest.raises(PreferenceFormatError, match="missing") as info:
         read_prompt_replies(str(bad))

@@ -366,14 +366,25 @@ REPLY_COLUMNS = ("reply", "response", "completion")
 def read_prompt_replies(
     path: str, report: LoadReport | None = None
 ) -> tuple[list[dict], list[list[dict]], list[str]]:
-    """Rows, chat prompts and reply texts of a file with ``prompt`` and a reply column;
-    ``report`` (when given) counts HH transcripts and conversational rows."""
+    """Rows, chat prompts and reply texts of a file with ``prompt`` and a reply column, or
+    with ``messages`` ending with the assistant's turn (the reply); ``report`` (when given)
+    counts HH transcripts and conversational rows."""
     rows, prompts, replies = [], [], []
     report = report if report is not None else LoadReport(source=str(path))
     for where, row in iter_source_rows(path):
         if isinstance(row, Exception):
             raise row
         key = next((k for k in REPLY_COLUMNS if k in row), None)
+        if key is None and row.get("prompt") is None and "messages" in row:
+            # TRL's conversational language-modelling rows: the last turn is the reply
+            reply, prompt = reply_and_context(row["messages"], where, "messages")
+            if not prompt:
+                raise PreferenceFormatError(where, "messages", "no turns before the reply")
+            report.conversations += 1
+            prompts.append(prompt)
+            replies.append(reply)
+            rows.append(row)
+            continue
         if key is None:
             raise PreferenceFormatError(where, "reply", f"missing: one of {REPLY_COLUMNS}")
         if row.get("prompt") is None:
