@@ -614,3 +614,15 @@ def test_skip_bad_rows_counts_the_malformed_prompt_rows(tmp_path, smol_tokenizer
     with caplog.at_level("WARNING"):
         train, _ = prompt_sets(cfg, one, smol_tokenizer, reward_apple)
     assert len(train) == 2 and "1 of 3 rows skipped as malformed" in caplog.text
+
+
+def test_max_prompt_length_cuts_from_the_left_and_null_never_cuts(smol_tokenizer):
+    from distalign.cli import parse_command
+    from distalign.data.pairs import render_prompt_ids
+    from distalign.rl.rollouts import _encode_prompts
+
+    chat = [[{"role": "user", "content": "A prompt long enough to be cut somewhere."}]]
+    full = render_prompt_ids(smol_tokenizer, chat[0])
+    assert _encode_prompts(smol_tokenizer, chat, 5) == [full[-5:]]
+    assert _encode_prompts(smol_tokenizer, chat, None) == [full]
+    assert parse_command("rl train", ["max_prompt_length=null"]).max_prompt_length is None

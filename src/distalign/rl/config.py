@@ -192,8 +192,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     attn_implementation: str = "sdpa"
     """Attention kernel, as transformers' from_pretrained takes it: sdpa | eager (the
     teacher-forced passes need a 4-D mask, which flash-attention kernels do not take)."""
-    max_prompt_length: int = 256
-    """Longer prompts are cut from the left."""
+    max_prompt_length: int | None = 256
+    """Longer prompts are cut from the left (None: never cut, as in TRL)."""
     logging_steps: float = 1
     """Log to the tracker and metrics.jsonl every N steps, the means over them (below 1: a
     fraction of max_steps); a checkpoint, or an error that stops the run, also writes the

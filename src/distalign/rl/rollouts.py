@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from distalign.rl.config import RLTrainConfig
 
 
-def _encode_prompts(tokenizer, prompts, max_tokens: int) -> list[list[int]]:
-    return [render_prompt_ids(tokenizer, p)[-max_tokens:] for p in prompts]
+def _encode_prompts(tokenizer, prompts, max_tokens: int | None) -> list[list[int]]:
+    return [render_prompt_ids(tokenizer, p)[-max_tokens if max_tokens else None :] for p in prompts]
 
 
 class Rollouts:
