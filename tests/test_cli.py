@@ -348,3 +348,25 @@ def test_rm_score_writes_beside_its_input_keeping_the_whole_name():
 
     assert _scored_name(Path("a/my.data.jsonl")) == Path("a/my.data.scored.jsonl")
     assert _scored_name(Path("x.jsonl.gz")) == Path("x.scored.jsonl")
+
+
+def test_held_out_titles_name_a_split_only_where_the_source_has_splits(tmp_path):
+    from types import SimpleNamespace
+
+    from distalign.cli import _held_out_title
+
+    one = tmp_path / "pairs.jsonl"
+    one.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    (tmp_path / "split").mkdir()
+    for name in ("train", "test"):
+        (tmp_path / "split" / f"{name}.jsonl").write_text(one.read_text())
+
+    def cfg(data, held_out=None):
+        return SimpleNamespace(dataset_name=str(data), eval_dataset_name=held_out,
+                               dataset_train_split="train", dataset_test_split="test")  # fmt: skip
+
+    assert _held_out_title(cfg(one), "held-out") == f"held-out: the training data itself ({one})"
+    assert _held_out_title(cfg(tmp_path / "split"), "held-out") == (
+        f"held-out ({tmp_path / 'split'}, test)"
+    )
+    assert _held_out_title(cfg(tmp_path / "split", str(one)), "held-out") == f"held-out ({one})"

@@ -10,6 +10,7 @@ Every command takes the same arguments, in either style:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import textwrap
 import time
@@ -249,12 +250,15 @@ def gold_judge(cfg: GoldJudgeConfig):
 def _held_out_title(cfg, what: str) -> str:
     """Title of a training command's held-out table, which says so when that set is the
     training data (one file without splits and no eval_dataset_name)."""
-    from distalign.data.load import evaluates_on_training_data, held_out_of
+    from distalign.data.load import evaluates_on_training_data, has_no_splits, held_out_of
 
     source = cfg.eval_dataset_name or cfg.dataset_name
+    where = str(source)  # a split only where the source has splits
+    if not (isinstance(source, str) and has_no_splits(source)):
+        where += f", {cfg.dataset_test_split}"
     if evaluates_on_training_data(*held_out_of(cfg)):
-        return f"{what}: the training data itself ({source}, {cfg.dataset_test_split})"
-    return f"{what} ({source}, {cfg.dataset_test_split})"
+        return f"{what}: the training data itself ({where})"
+    return f"{what} ({where})"
 
 
 @config_command(rm_app, "eval", RMEvalConfig)
@@ -320,6 +324,8 @@ def _register_heavy_commands() -> None:
         from distalign.rm.train import run
 
         result = run(cfg)
+        if os.environ.get("RANK", "0") != "0":  # under a launcher the first process says it
+            return
         print_metrics(_held_out_title(cfg, "held-out"), result)
         console.print(f"model: {Path(cfg.output_dir) / 'final'}")
 
@@ -329,6 +335,8 @@ def _register_heavy_commands() -> None:
         from distalign.rl.train import run
 
         result = run(cfg)
+        if os.environ.get("RANK", "0") != "0":  # under a launcher the first process says it
+            return
         table = Table(title=_held_out_title(cfg, "held-out prompts"))
         cols = ["reward", "kl", "length", "eos_rate"] + (
             ["gold_mean"] if "gold_mean" in result["final"] else []
