@@ -626,3 +626,19 @@ def test_max_prompt_length_cuts_from_the_left_and_null_never_cuts(smol_tokenizer
     assert _encode_prompts(smol_tokenizer, chat, 5) == [full[-5:]]
     assert _encode_prompts(smol_tokenizer, chat, None) == [full]
     assert parse_command("rl train", ["max_prompt_length=null"]).max_prompt_length is None
+
+
+SEEN_STEPS: list[int] = []
+
+
+def step_spy(completions, trainer_state, **kw):
+    SEEN_STEPS.append(trainer_state.global_step)
+    return [0.0] * len(completions)
+
+
+def test_reward_functions_see_the_updates_made_so_far_in_evaluations_too(tiny_model_dir, tmp_path):
+    SEEN_STEPS.clear()
+    run(config(tiny_model_dir, tmp_path, reward="tests.rl.test_train:step_spy", max_steps=2,
+               eval_on_start=True, max_eval_samples=1))  # fmt: skip
+    # the SFT evaluation, steps 1 and 2 (their samples), the final evaluation after 2 updates
+    assert SEEN_STEPS == [0, 0, 1, 2]

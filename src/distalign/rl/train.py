@@ -490,6 +490,8 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
 
 
 def evaluate(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> dict[str, float]:
+    if hasattr(getattr(t, "reward", None), "trainer_state"):  # as the updates made so far
+        t.reward.trainer_state = trainer_state_of(state, cfg)
     result = evaluate_policy(
         t.policy, t.ref_model, t.tokenizer, prompts, t.reward, cfg, t.tokenizer.pad_token_id
     )
@@ -525,9 +527,6 @@ def begin(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
         )
     state.updates_per_step, state.shuffle_dataset = cfg.updates_per_step, cfg.shuffle_dataset
     state.num_iterations = None  # said by updates_per_step now
-    reward = getattr(t, "reward", None)
-    if hasattr(reward, "trainer_state"):  # reward functions evaluated before step 1 get it
-        reward.trainer_state = trainer_state_of(state, cfg)
     evaluate_sft(t, state, prompts, cfg)
 
 
