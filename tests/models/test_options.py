@@ -49,7 +49,8 @@ def test_a_target_module_the_model_lacks_is_named(tiny_model_dir):
 
 
 def test_lora_task_type_of_another_command_is_refused():
-    with pytest.raises(ValueError, match="lora_task_type=CAUSAL_LM: this command trains a SEQ_CLS"):
+    why = r"lora_task_type=CAUSAL_LM: this command.s LoRA task is SEQ_CLS \(reward model\)"
+    with pytest.raises(ValueError, match=why):
         RMTrainConfig(lora_task_type="CAUSAL_LM")
     with pytest.raises(ValueError, match="lora_target_modules"):
         RLTrainConfig(lora_target_modules=3)

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from distalign.models.load import DTYPES
-from distalign.models.lora import TASK_TYPES
 
 # attributes through which modules apply dropout without an nn.Dropout layer (Llama's
 # attention keeps ``attention_dropout`` as a float)
@@ -100,8 +99,9 @@ class ModelKeys:
             ),
             (
                 self.lora_task_type in (None, task_type),
-                f"lora_task_type={self.lora_task_type}: this command trains a {task_type} "
-                f"model (one of {TASK_TYPES}); leave it unset",
+                f"lora_task_type={self.lora_task_type}: this command's LoRA task is "
+                f"{task_type} ({'reward model' if task_type == 'SEQ_CLS' else 'policy'}); "
+                "leave it unset or give that",
             ),
             (
                 targets is None
