@@ -94,7 +94,7 @@ def test_rm_train_resumed_on_two_processes_keeps_its_data_and_schedule(tiny_mode
     assert sorted(train) == list(range(1, 9))
     assert train[8]["train/pairs_seen"] == 64
     for step in range(3, 9):  # the linear schedule of 8 steps, where these steps stand in it
-        assert train[step]["train/lr"] == pytest.approx(1e-3 * (1 - step / 8)), step
+        assert train[step]["train/learning_rate"] == pytest.approx(1e-3 * (1 - step / 8)), step
 
 
 def test_rl_train_on_two_processes(tiny_model_dir, tmp_path):
