@@ -118,6 +118,8 @@ def tiny_family_config(family: str, vocab_size: int):
     cls, extra = families[family]
     if cls is None:
         pytest.skip(f"this transformers has no {family}")
+    if family == "lfm2" and int(t.__version__.split(".")[0]) < 5:
+        pytest.skip("LFM2's cache in transformers 4 cannot select rows (reorder_cache)")
     shape = tiny_llama_config(vocab_size).to_dict()
     config = cls(**({k: shape[k] for k in TINY_SHAPE} | extra))
     expected = {

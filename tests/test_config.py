@@ -593,6 +593,8 @@ def test_lr_scheduler_type_is_checked_with_what_it_needs(cls):
         cls(lr_scheduler_type="cosine_with_min_lr", report_to="none")
     with pytest.raises(ConfigError, match=r"e\.g\. lr_scheduler_kwargs=\{num_decay_steps: 100\}"):
         cls(lr_scheduler_type="warmup_stable_decay", report_to="none")
+    with pytest.raises(ConfigError, match="linear takes no min_lr_rate"):
+        cls(lr_scheduler_type="linear", lr_scheduler_kwargs={"min_lr_rate": 0.1}, report_to="none")
     cfg = cls(lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
               report_to="none")  # fmt: skip
     assert cfg.lr_scheduler_kwargs == {"min_lr_rate": 0.1}

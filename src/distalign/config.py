@@ -485,6 +485,18 @@ def check_scheduler(name: str, kwargs: dict[str, Any] | None) -> None:
         raise ConfigError(f"lr_scheduler_type: {name!r} is none of {', '.join(names)}")
     if kwargs is not None and not isinstance(kwargs, dict):
         raise ConfigError(f"lr_scheduler_kwargs: a mapping, got {kwargs!r}")
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+
+    takes = inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)]).parameters
+    own = {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"}
+    unknown = sorted(set(kwargs or {}) - (set(takes) - own))
+    if unknown:
+        raise ConfigError(
+            f"lr_scheduler_kwargs: {name} takes no {', '.join(unknown)} (it takes "
+            f"{', '.join(sorted(set(takes) - own)) or 'nothing else'})"
+        )
     needs, example = SCHEDULER_NEEDS.get(name, ((), ""))
     if needs and not set(needs) & set(kwargs or {}):
         raise ConfigError(

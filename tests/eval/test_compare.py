@@ -436,6 +436,7 @@ def test_a_judge_is_its_reward_runs_folder_final_or_checkpoint(tmp_path):
     for sub in ("final", "checkpoint-10"):
         (rm / sub).mkdir(parents=True)
         (rm / sub / "config.json").write_text("{}")
+    (rm / "metrics.jsonl").write_text("")  # a run's folder
     run = tmp_path / "rl"
     run.mkdir()
     (run / "config.yaml").write_text(f"reward: {rm}\n")
@@ -446,6 +447,12 @@ def test_a_judge_is_its_reward_runs_folder_final_or_checkpoint(tmp_path):
     (tmp_path / "rm2" / "final").mkdir(parents=True)  # another reward model is held out
     other = str(tmp_path / "rm2" / "final")
     check_judge_held_out(CompareConfig(dataset_name="prompts.jsonl", judge=other, runs=[str(run)]))
+    # folders merely named model/ and final/ side by side, not a run: two reward models
+    for sub in ("model", "final"):
+        (tmp_path / "zoo" / sub).mkdir(parents=True)
+    (run / "config.yaml").write_text(f"reward: {tmp_path / 'zoo' / 'final'}\n")
+    judge = str(tmp_path / "zoo" / "model")
+    check_judge_held_out(CompareConfig(dataset_name="prompts.jsonl", judge=judge, runs=[str(run)]))
 
 
 def _judge_summary() -> dict:
@@ -619,6 +626,14 @@ def test_the_sft_policy_defaults_to_the_model_the_policies_were_trained_from(tmp
     assert sft_of(cfg) == "my/base"  # a run (its final/) and an adapter agree
     assert sft_of(CompareConfig(dataset_name="p.jsonl", judge=JUDGE, sft="other")) == "other"
     assert sft_of(CompareConfig(dataset_name="p.jsonl", judge=JUDGE)) == "smollm2-135m-instruct"
+    # a run's step checkpoint; the embedded model's alias and its cache folder (PEFT's record)
+    (run / "checkpoints" / "step_00010").mkdir(parents=True)
+    step = str(run / "checkpoints" / "step_00010")
+    assert sft_of(CompareConfig(dataset_name="p.jsonl", judge=JUDGE, policies=[step])) == "my/base"
+    (run / "config.yaml").write_text("model_name_or_path: smollm2-135m-instruct\n")
+    cache = "/somewhere/.cache/distalign/models/smollm2-135m-instruct"
+    (adapter / "adapter_config.json").write_text(f'{{"base_model_name_or_path": "{cache}"}}')
+    assert sft_of(cfg) in ("smollm2-135m-instruct", cache)
     (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "their/base"}')
     with pytest.raises(ConfigError, match=r"trained from different models.*give sft=MODEL"):
         sft_of(cfg)

@@ -76,10 +76,13 @@ class _ScriptedCache:
         self.rows, self.prompt_len = list(range(n)), prompt_len
 
     def reorder_cache(self, idx):  # beam search's row selection: k copies, or the live rows
-        picked = [self.rows[i] for i in idx.tolist()]
-        if len(set(picked)) < len(picked):  # the k copies of each prefill: sample i*k + j
-            picked = list(range(len(picked)))
-        self.rows = picked
+        idx = idx.tolist()
+        if len(idx) > len(self.rows):  # the k copies of each prompt's prefill, prompt-major
+            k = len(idx) // len(self.rows)
+            assert idx == [i for i in range(len(self.rows)) for _ in range(k)], idx
+            self.rows = list(range(len(idx)))  # sample i*k + j
+        else:
+            self.rows = [self.rows[i] for i in idx]
 
 
 class _Scripted(torch.nn.Module):

@@ -593,6 +593,12 @@ def test_held_out_prompts_all_for_0_kept_from_equal_pairs_or_an_error_before_tra
     train, held_out = rl_train.prompt_sets(cfg, one, smol_tokenizer, reward_apple)
     assert len(held_out) == 5 and len(train) == 5
     assert held_out[0].text == "Question 0?"
+    # a transcript or a multi-turn prompt among them: messages for every prompt, not a mix
+    rows.append({"prompt": "\n\nHuman: Hi?\n\nAssistant: Yes.\n\nHuman: Sure?\n\nAssistant:",
+                 "chosen": " A", "rejected": " B"})  # fmt: skip
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, held_out = rl_train.prompt_sets(cfg, one, smol_tokenizer, reward_apple)
+    assert len(held_out) == 6 and not any(getattr(p, "text", None) for p in held_out)
     monkeypatch.setattr(rl_train, "load_prompts", lambda *a, **k: [])
     with pytest.raises(ValueError, match="no held-out prompts in"):
         rl_train.prompt_sets(cfg, one, smol_tokenizer, reward_apple)
@@ -614,6 +620,10 @@ def test_skip_bad_rows_counts_the_malformed_prompt_rows(tmp_path, smol_tokenizer
     with caplog.at_level("WARNING"):
         train, _ = prompt_sets(cfg, one, smol_tokenizer, reward_apple)
     assert len(train) == 2 and "1 of 3 rows skipped as malformed" in caplog.text
+    # a first line that is not JSON does not hide that the file holds prompts
+    (tmp_path / "p.jsonl").write_text("{not json\n" + '{"prompt": "Fine?"}\n')
+    train, _ = prompt_sets(cfg, one, smol_tokenizer, reward_apple)
+    assert [p[0]["content"] for p in train] == ["Fine?"]
 
 
 def test_max_prompt_length_cuts_from_the_left_and_null_never_cuts(smol_tokenizer):

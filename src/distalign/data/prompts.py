@@ -25,6 +25,7 @@ from typing import Any
 
 from distalign.data.formats import (
     PreferenceFormatError,
+    hh_prompt,
     is_conversational,
     is_transcript,
     read_prompt,
@@ -157,23 +158,28 @@ def load_prompts(
             report.format, report.rows, report.kept = "prompt-only", len(prompts), len(prompts)
             return prompts
     rows = iter_source_rows(source, split, name=name, revision=revision)
-    first = next(rows)  # a source without rows raises DataSourceError here
+    head = []  # up to the first readable row, which says the format (a source without rows
+    for item in rows:  # raises DataSourceError here)
+        head.append(item)
+        if not isinstance(item[1], Exception):
+            break
+    first = head[-1]
     if not is_prompt_only(first[1]):
         pairs = load_preferences(  # a pair whose replies are equal still has its prompt
             source, split, name=name, revision=revision, skip_bad_rows=skip_bad_rows,
             report=report, drop_identical=False,
         )  # fmt: skip
         prompts = _unique(list(pairs["prompt"]))
-        if isinstance(first[1], dict) and isinstance(first[1].get("prompt"), str):
-            # TRL's standard format: reward functions get the prompt as its string
-            prompts = [
-                PromptRow(p, text=p[0]["content"]) if len(p) == 1 and p[0]["role"] == "user" else p
-                for p in prompts
-            ]
+        value = first[1].get("prompt") if isinstance(first[1], dict) else None
+        single = all(len(p) == 1 and p[0]["role"] == "user" for p in prompts)
+        if isinstance(value, str) and hh_prompt(value) is None and single:
+            # TRL's standard format: reward functions get each prompt as its string (all of
+            # them, or none: a data set gives one shape)
+            prompts = [PromptRow(p, text=p[0]["content"]) for p in prompts]
         return prompts
     report.format = "prompt-only"
     prompts = []
-    for where, row in [first, *rows]:
+    for where, row in [*head, *rows]:
         report.rows += 1
         try:
             if isinstance(row, Exception):

@@ -239,28 +239,32 @@ def reward_run(spec: Any) -> Any:
     path = Path(spec).expanduser() if isinstance(spec, str) else None
     if path is None or not path.exists():
         return spec
-    path = path.resolve()
-    while path.parent != path and (
-        path.name in GENERIC_FOLDERS or path.name.startswith(("step_", "checkpoint-"))
+    path = run = path.resolve()
+    while run.parent != run and (
+        run.name in GENERIC_FOLDERS or run.name.startswith(("step_", "checkpoint-"))
     ):
-        path = path.parent
-    return str(path)
+        run = run.parent
+    # a run's folder says so (its config or logs); a folder merely named final/ or model/ is
+    # its own reward model
+    marks = ("config.yaml", "metrics.jsonl", "trainer_state.json", "checkpoints")
+    return str(run if any((run / m).exists() for m in marks) else path)
 
 
 def base_of(policy_dir: str) -> str | None:
-    """The model a policy was trained from: its run's ``model_name_or_path`` (config.yaml), or
-    its LoRA adapter's ``base_model_name_or_path``; None when neither says."""
-    from distalign.report.runs import run_of
-
+    """The model a policy was trained from: its run's ``model_name_or_path`` (the config.yaml
+    of the folder or of a run holding it: ``final/``, ``checkpoints/step_N``), or its LoRA
+    adapter's ``base_model_name_or_path``; None when neither says."""
     folder = Path(policy_dir)
     if not folder.is_dir():
         return None
+    runs = [p / "config.yaml" for p in (folder, folder.parent, folder.parent.parent)]
+    run_config = next((p for p in runs if p.is_file()), None)
     for path, key in (
-        (Path(run_of(policy_dir)) / "config.yaml", "model_name_or_path"),
+        (run_config, "model_name_or_path"),
         (folder / "adapter_config.json", "base_model_name_or_path"),
     ):
         try:
-            saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+            saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path else None
         except (yaml.YAMLError, UnicodeDecodeError):
             continue  # JSON is YAML: an adapter's config reads either way
         if isinstance(saved, dict) and isinstance(saved.get(key), str):
@@ -268,13 +272,26 @@ def base_of(policy_dir: str) -> str | None:
     return None
 
 
+def _model_key(name: str) -> str:
+    """One key for the spellings of one model: an embedded model's alias (also for its cache
+    folder, which PEFT records as the base), a folder's absolute path, else the name."""
+    from distalign.models.load import EMBEDDED_MODELS
+
+    path = Path(name).expanduser()
+    for alias in (name.lower(), path.name.lower() if path.parent.name == "models" else ""):
+        if alias in EMBEDDED_MODELS:
+            return alias
+    return str(path.resolve()) if path.exists() else name.rstrip("/")
+
+
 def sft_of(cfg: CompareConfig) -> str:
     """``cfg.sft``, or the one model every policy names as its base (``base_of``); the
-    default model when none names one. Policies from different bases need ``sft`` given."""
+    default model, with a warning, when none names one. Policies from different bases need
+    ``sft`` given."""
     if cfg.sft is not None:
         return cfg.sft
     bases = {name: base_of(d) for name, d in cfg.policy_dirs().items()}
-    named = {b for b in bases.values() if b is not None}
+    named = {_model_key(b): b for b in bases.values() if b is not None}
     if len(named) > 1:
         raise ConfigError(
             "the policies were trained from different models ("
@@ -282,10 +299,15 @@ def sft_of(cfg: CompareConfig) -> str:
             + "): give sft=MODEL, the one to compare them with"
         )
     if named:
-        (base,) = named
+        (base,) = named.values()
         log.info("SFT policy: %s, the model the policies were trained from", base)
         return base
-    log.info("SFT policy: %s (the default model; sft=MODEL names another)", DEFAULT_MODEL)
+    if bases:
+        log.warning(
+            "SFT policy: %s, the default model: no compared policy says what it was trained "
+            "from (its run's config.yaml, an adapter's base); sft=MODEL names another",
+            DEFAULT_MODEL,
+        )
     return DEFAULT_MODEL
 
 
@@ -437,7 +459,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
             fit_rendering(reward.tokenizer, report, report.source, f"reward model {name}")
     policy_dirs = cfg.policy_dirs()
     cfg.sft = sft_of(cfg)  # compare.json's config names the model
-    for name in [cfg.sft, *policy_dirs.values()]:  # a typo stops before minutes of sampling
+    for name in [*policy_dirs.values(), cfg.sft]:  # a typo stops before minutes of sampling
         resolve_model(name)
 
     measured_sft, *sft = measure_policy(cfg.sft, prompts, rewards, cfg, None, judge, report)
