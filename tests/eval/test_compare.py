@@ -654,3 +654,13 @@ def test_a_missing_policy_folder_stops_compare_before_any_sampling(
                         policies=[typo], output_dir=str(tmp_path / "c"))  # fmt: skip
     with pytest.raises(ModelNotFoundError, match=f"model folder '{typo}' does not exist"):
         run_compare(cfg)
+
+
+def test_a_step_checkpoint_policy_is_held_to_its_runs_reward(tmp_path):
+    run = tmp_path / "rl"
+    (run / "checkpoints" / "step_00004").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"reward: [{JUDGE}]\n")
+    step = str(run / "checkpoints" / "step_00004")
+    cfg = CompareConfig(dataset_name="prompts.jsonl", judge=JUDGE, policies=[step])
+    with pytest.raises(ValueError, match=r"is the reward .*rl was trained on"):
+        check_judge_held_out(cfg)

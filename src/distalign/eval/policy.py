@@ -211,11 +211,9 @@ def measure_policy(
 def trained_rewards(cfg: CompareConfig) -> dict[str, list]:
     """RL run folder -> the reward sources it was trained on (``reward`` of its saved
     ``config.yaml``), for the config's runs and the folders holding its policies."""
-    from distalign.report.runs import run_of
-
     folders = [
         *cfg.runs,
-        *(run_of(d) for d in cfg.policy_dirs().values() if Path(d).is_dir()),
+        *(run_folder(d) for d in cfg.policy_dirs().values() if run_folder(d) is not None),
     ]
     out = {}
     for folder in dict.fromkeys(folders):
@@ -250,6 +248,16 @@ def reward_run(spec: Any) -> Any:
     return str(run if any((run / m).exists() for m in marks) else path)
 
 
+def run_folder(policy_dir: str) -> str | None:
+    """The training run a policy folder belongs to: the folder itself, or the one holding its
+    ``final/`` or ``checkpoints/step_N``, whichever has the run's config.yaml; None if none."""
+    folder = Path(policy_dir)
+    if not folder.is_dir():
+        return None
+    runs = (folder, folder.parent, folder.parent.parent)
+    return next((str(p) for p in runs if (p / "config.yaml").is_file()), None)
+
+
 def base_of(policy_dir: str) -> str | None:
     """The model a policy was trained from: its run's ``model_name_or_path`` (the config.yaml
     of the folder or of a run holding it: ``final/``, ``checkpoints/step_N``), or its LoRA
@@ -257,10 +265,9 @@ def base_of(policy_dir: str) -> str | None:
     folder = Path(policy_dir)
     if not folder.is_dir():
         return None
-    runs = [p / "config.yaml" for p in (folder, folder.parent, folder.parent.parent)]
-    run_config = next((p for p in runs if p.is_file()), None)
+    run = run_folder(policy_dir)
     for path, key in (
-        (run_config, "model_name_or_path"),
+        (Path(run) / "config.yaml" if run else None, "model_name_or_path"),
         (folder / "adapter_config.json", "base_model_name_or_path"),
     ):
         try:
