@@ -103,9 +103,9 @@ def kl_to_sft(policy, sft, tokenizer, samples, temperature: float) -> np.ndarray
     log π is what the sampler recorded (``Samples.logprobs``: log softmax(logits / T) of the
     unfiltered policy, as ``rl train``'s evaluation reads it), so only SFT runs a pass, where
     that is the teacher-forced value to float32 rounding (``reads_sampled_logprobs``). Else
-    (bfloat16, TF32) the policy runs the same teacher-forced
-    pass as SFT: cached decoding and a whole-sequence pass round differently, and summed over a
-    reply that difference would read as KL."""
+    (bfloat16, TF32) the policy runs the same teacher-forced pass as SFT: cached decoding and a
+    whole-sequence pass round differently, and summed over a reply that difference would read
+    as KL."""
     from distalign.rl.logprobs import reply_logprobs
 
     out, k = [], samples.k
@@ -232,15 +232,13 @@ def reward_run(spec: Any) -> Any:
     """A reward model's training run, by which two spellings of one reward compare equal: the
     run folder for the run itself, its ``final/`` or a checkpoint in it (as ``rl train`` takes
     a run's folder for its ``final/``); any other spec as it is."""
-    from distalign.rl.rewards import GENERIC_FOLDERS
+    from distalign.rl.rewards import generic_folder
 
     path = Path(spec).expanduser() if isinstance(spec, str) else None
     if path is None or not path.exists():
         return spec
     path = run = path.resolve()
-    while run.parent != run and (
-        run.name in GENERIC_FOLDERS or run.name.startswith(("step_", "checkpoint-"))
-    ):
+    while run.parent != run and generic_folder(run.name):
         run = run.parent
     # a run's folder says so (its config or logs); a folder merely named final/ or model/ is
     # its own reward model

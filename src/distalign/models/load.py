@@ -180,25 +180,36 @@ def prefix_sharing_for(
             attn_implementation,
         )
         return False
-    if prefix_sharing and model is not None and recurrent_layer_types(unwrap(model)):
+    recurrent = recurrent_layer_types(unwrap(model)) if prefix_sharing and model else []
+    if recurrent:
         log.warning(
             "%s: %s has %s layers, whose state would run from one reply of a shared row into "
             "the next, so prefix_sharing is off (one padded row per reply)",
             command,
             type(unwrap(model)).__name__,
-            ", ".join(recurrent_layer_types(unwrap(model))),
+            ", ".join(recurrent),
         )
         return False
     return prefix_sharing
+
+
+def _text_config(model: PreTrainedModel):
+    """The config of the model's language part (its own config for a text-only model)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else None
+
+
+def _layer_types(model: PreTrainedModel) -> set[str]:
+    """The kinds of layer the config lists (``layer_types``; none listed: empty)."""
+    return set(getattr(_text_config(model), "layer_types", None) or ())
 
 
 def recurrent_layer_types(model: PreTrainedModel) -> list[str]:
     """The layer types in ``model``'s config other than attention (full, sliding, chunked):
     recurrent or convolutional layers (LFM2, Qwen3.5, Qwen3-Next), whose state runs along a
     row and so crosses the blocks of a prefix-shared one."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
-    types = set(getattr(config, "layer_types", None) or ())
-    return sorted(types - {"full_attention", "sliding_attention", "chunked_attention"})
+    attention = {"full_attention", "sliding_attention", "chunked_attention"}
+    return sorted(_layer_types(model) - attention)
 
 
 def require_4d_mask(attn_implementation: str, command: str, needs: str) -> None:
@@ -536,9 +547,8 @@ def attention_mask_for(
     """
     implementation = model.config._attn_implementation
     require_4d_mask(implementation, "attention_mask_for", "a forward of prefix-shared rows")
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
-    window = getattr(config, "sliding_window", None)
-    types = set(getattr(config, "layer_types", None) or ())
+    window = getattr(_text_config(model), "sliding_window", None)
+    types = _layer_types(model)
     other = sorted(types - {"full_attention", "sliding_attention"})
     if other and (shared or window or "chunked_attention" in other):
         raise ValueError(

@@ -238,11 +238,16 @@ def source_name(spec: str) -> str:
     if ":" in spec and not Path(spec).exists():
         return spec.rsplit(":", 1)[1]
     path = Path(spec.rstrip("/"))
-    while path.parent.name and (
-        path.name in GENERIC_FOLDERS or path.name.startswith(("step_", "checkpoint-"))
-    ):
+    while path.parent.name and generic_folder(path.name):
         path = path.parent
     return path.name or spec
+
+
+def generic_folder(name: str) -> bool:
+    """Whether a folder's name says where it sits in a run rather than which model it holds:
+    one of ``GENERIC_FOLDERS`` (``final``, ``last``, …) or a checkpoint (``step_N``,
+    ``checkpoint-N``)."""
+    return name in GENERIC_FOLDERS or name.startswith(("step_", "checkpoint-"))
 
 
 def named_folders(items: list[str], taken: set[str] = frozenset()) -> dict[str, str]:
