@@ -598,3 +598,34 @@ def test_lr_scheduler_type_is_checked_with_what_it_needs(cls):
     cfg = cls(lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
               report_to="none")  # fmt: skip
     assert cfg.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+
+
+@pytest.mark.parametrize("cls", [RMTrainConfig, RLTrainConfig])
+def test_a_mapping_key_takes_a_json_string_as_transformers_does(cls, tmp_path):
+    """TRL configs often write a dict field as a JSON string (transformers' TrainingArguments
+    loads those): in a file, as key=value and as --key value."""
+    path = tmp_path / "c.yaml"
+    path.write_text("lr_scheduler_type: cosine_with_min_lr\n"
+                    "lr_scheduler_kwargs: '{\"min_lr_rate\": 0.1}'\n")  # fmt: skip
+    assert load_config(cls, path).lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+    cfg = from_cli(cls, ["lr_scheduler_type=cosine_with_min_lr",
+                         "--lr_scheduler_kwargs", '{"min_lr": 1e-6}',
+                         "model_init_kwargs='{\"low_cpu_mem_usage\": true}'"])  # fmt: skip
+    assert cfg.lr_scheduler_kwargs == {"min_lr": 1e-6}
+    assert cfg.model_init_kwargs == {"low_cpu_mem_usage": True}
+    with pytest.raises(ConfigError, match=r"lr_scheduler_kwargs: .* '\{min_lr_rate: 0\.1' is not"):
+        load_config(cls, None, ["lr_scheduler_kwargs='{min_lr_rate: 0.1'"])
+    with pytest.raises(ConfigError, match=r"a JSON object as a string, got '\[1\]'"):
+        load_config(cls, None, ["lr_scheduler_kwargs='[1]'"])
+
+
+def test_an_exponent_is_a_number_inside_a_mapping_too(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-6 as a string; a scheduler would get min_lr='1e-6'."""
+    path = tmp_path / "c.yaml"
+    path.write_text("lr_scheduler_type: cosine_with_min_lr\nlr_scheduler_kwargs: {min_lr: 1e-6}\n"
+                    "learning_rate: 3e-5\n")  # fmt: skip
+    cfg = load_config(RLTrainConfig, path)
+    assert cfg.lr_scheduler_kwargs == {"min_lr": 1e-6} and cfg.learning_rate == 3e-5
+    cfg = from_cli(RMTrainConfig, ["lr_scheduler_type=cosine_with_min_lr",
+                                   "--lr_scheduler_kwargs", "{min_lr: 2E-7}"])  # fmt: skip
+    assert cfg.lr_scheduler_kwargs == {"min_lr": 2e-7}

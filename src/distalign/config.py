@@ -19,8 +19,10 @@ import difflib
 import enum
 import inspect
 import itertools
+import json
 import logging
 import os
+import re
 import textwrap
 import typing
 from collections.abc import Sequence
@@ -389,7 +391,28 @@ def _known_key(cls, known, key: str, value: Any, items, where: str) -> tuple[str
             log.info("%s: %s=null is the default here", where, top)
             return None
         value = meaning
+    if key == top and _dict_field(cls, top) and isinstance(value, str):
+        value = _json_mapping(value, f"{where}: {top}")
     return key, value
+
+
+def _dict_field(cls: type, name: str) -> bool:
+    """Whether field ``name`` of ``cls`` holds a mapping (``dict[...]`` or ``dict[...] | None``)."""
+    hint = _field_hints(cls).get(name)
+    return any(typing.get_origin(h) is dict or h is dict for h in (hint, *typing.get_args(hint)))
+
+
+def _json_mapping(text: str, where: str) -> dict[str, Any]:
+    """A mapping given as a JSON string, as transformers' ``TrainingArguments`` reads its dict
+    fields (``lr_scheduler_kwargs: '{"min_lr_rate": 0.1}'`` in a TRL config)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where}: a mapping, or a JSON object as a string; {text!r} is not "
+                          f"JSON ({e.msg})") from None  # fmt: skip
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: a mapping, or a JSON object as a string, got {text!r}")
+    return value
 
 
 def _unset(value: Any) -> bool:
@@ -444,12 +467,29 @@ def _field_hints(cls: type) -> dict[str, Any]:
         return {}
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as OmegaConf reads a value: ``1e-6`` is a number (YAML 1.2), not the string PyYAML's
+    YAML 1.1 makes of it, also inside a mapping (``lr_scheduler_kwargs: {min_lr: 1e-6}``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """``text`` as YAML, safely, with YAML 1.2's exponent floats (``_Loader``)."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no Python objects
+
+
 def _yaml_value(raw: Any) -> Any:
     """A command-line value as YAML reads it (``false`` -> False), to compare with NEUTRAL."""
     if not isinstance(raw, str):
         return raw
     try:
-        return yaml.safe_load(raw)
+        return read_yaml(raw)
     except yaml.YAMLError:
         return raw
 
@@ -606,7 +646,7 @@ def load_config(
             if not path.is_file():
                 raise ConfigError(f"config file {path} does not exist")
             try:
-                loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                loaded = read_yaml(path.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError as e:
                 raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
             except UnicodeDecodeError as e:
