@@ -245,11 +245,13 @@ def test_runs_trained_on_different_rewards_get_their_own_reward_panel(tmp_path):
     }
     # a policy given as its folder alone is named by its run, as eval compare names it
     config = {"policies": [str(tmp_path / "a" / "final"), f"mine={tmp_path / 'b' / 'final'}",
-                           str(tmp_path / "c")]}  # fmt: skip
+                           str(tmp_path / "c"),
+                           f"early={tmp_path / 'd' / 'checkpoints' / 'step_1'}"]}  # fmt: skip
     assert rl_run_names(config) == {
         str(tmp_path / "a"): "a",
         str(tmp_path / "b"): "mine",
         str(tmp_path / "c"): "c",
+        str(tmp_path / "d"): "early",  # a step checkpoint's curves are its run's
     }
     drawn, single = plots.single_point_panels(panels)
     assert "gold reward on held-out prompts" not in [p.title for p in drawn + single]  # no data

@@ -30,10 +30,12 @@ def _logs(run_names: dict[str, str]) -> dict[str, list[dict]]:
 
 def run_of(policy_dir: str) -> str:
     """The RL run folder of a compared policy: the folder itself when it is a run's output_dir
-    (given for its final/), else the folder holding it (a run's ``final/``)."""
+    (given for its final/), else the run holding it (its ``final/`` or
+    ``checkpoints/step_N``), else the folder's parent."""
     folder = Path(policy_dir)
-    if (folder / "config.yaml").is_file() or (folder / "metrics.jsonl").is_file():
-        return str(folder)
+    for run in (folder, folder.parent, folder.parent.parent):
+        if (run / "config.yaml").is_file() or (run / "metrics.jsonl").is_file():
+            return str(run)
     return str(folder.parent)
 
 
