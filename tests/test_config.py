@@ -629,3 +629,17 @@ def test_an_exponent_is_a_number_inside_a_mapping_too(tmp_path):
     cfg = from_cli(RMTrainConfig, ["lr_scheduler_type=cosine_with_min_lr",
                                    "--lr_scheduler_kwargs", "{min_lr: 2E-7}"])  # fmt: skip
     assert cfg.lr_scheduler_kwargs == {"min_lr": 2e-7}
+
+
+@pytest.mark.parametrize("cls", [RMTrainConfig, RLTrainConfig])
+def test_transformers_enums_are_saved_as_their_values(cls, tmp_path):
+    """TRL users pass SchedulerType.COSINE or IntervalStrategy.EPOCH from Python."""
+    from transformers import IntervalStrategy, SchedulerType
+
+    every = IntervalStrategy.EPOCH if cls is RMTrainConfig else IntervalStrategy.STEPS
+    cfg = cls(lr_scheduler_type=SchedulerType.COSINE, eval_strategy=every,
+              save_strategy=IntervalStrategy.NO, report_to="none")  # fmt: skip
+    saved = yaml.safe_load(save_config(cfg, tmp_path).read_text())
+    assert (saved["lr_scheduler_type"], saved["eval_strategy"], saved["save_strategy"]) == (
+        "cosine", every.value, "no")  # fmt: skip
+    assert load_config(cls, tmp_path / "config.yaml") == cfg

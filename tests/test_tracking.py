@@ -71,6 +71,10 @@ def test_every_hyperparameter_flattened_to_scalars():
         "sampling.stop": "['<|im_end|>']",
         "rewards.scalar": "runs/rm",
     }
+    from transformers import SchedulerType
+
+    shown = flat_hparams({"lr_scheduler_type": SchedulerType.COSINE})["lr_scheduler_type"]
+    assert type(shown) is str and shown == "cosine"
 
 
 def _hparams(folder) -> dict:

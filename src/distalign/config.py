@@ -739,6 +739,8 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):  # transformers' SchedulerType.COSINE, IntervalStrategy.STEPS
+        return _plain(value.value)
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return f"<python object: {type(value).__name__}>"

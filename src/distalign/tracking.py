@@ -10,6 +10,7 @@ console of the CLI (``quiet_libraries``); and the progress bars of long work (``
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib.util
 import json
 import logging
@@ -91,6 +92,8 @@ def flat_hparams(config: Any, prefix: str = "") -> dict[str, bool | int | float 
     for name, value in items:
         key = f"{prefix}{name}"
         nested = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        if isinstance(value, enum.Enum):  # transformers' SchedulerType.COSINE
+            value = value.value
         if nested or (isinstance(value, dict) and value):
             out.update(flat_hparams(value, key + "."))
         elif isinstance(value, bool | int | float | str):
