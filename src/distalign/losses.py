@@ -237,7 +237,7 @@ def mixture_rm_loss(
 # samples of a prompt are consecutive):
 #     rloo_advantages             R_i − mean_{j≠i} R_j                  (Ahmadian et al. 2024)
 #     moving_average_advantages   R_i − b, b a moving average of past rewards
-#     grpo_advantages             (R_i − mean_g) / (std_g + ε)          (Shao et al. 2024)
+#     grpo_advantages             (r_i − mean_g) / (std_g + ε), then − β·KL (Shao et al. 2024)
 #     dr_grpo_advantages          R_i − mean_g                          (Liu et al. 2025)
 #     reinforce_pp_advantages     whiten over the batch (R_i [− mean_g])  (Hu 2025)
 #     remax_advantages            R_i − r(x, greedy reply)              (Li et al. 2023)
@@ -310,16 +310,29 @@ def dr_grpo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
     return (grouped - grouped.mean(-1, keepdim=True)).view(-1).to(rewards.dtype)
 
 
-def grpo_advantages(rewards: torch.Tensor, k: int, eps: float = 1e-4) -> torch.Tensor:
-    """GRPO: A_i = (R_i − mean_g R) / (std_g R + ε) over the k samples of i's prompt, (B,) -> (B,).
+def grpo_advantages(
+    rewards: torch.Tensor, k: int, eps: float = 1e-4, penalty: torch.Tensor | None = None
+) -> torch.Tensor:
+    """GRPO: A_i = (r_i − mean_g r) / (std_g r + ε) over the k samples of i's prompt, (B,) -> (B,).
 
     Shao et al. 2024 ("DeepSeekMath", arXiv 2402.03300), outcome supervision; std_g is the
     sample std (Bessel-corrected, as in TRL and OpenRLHF), so k ≥ 2. A group with equal rewards
     gets zeros (0 / ε), never NaN.
+
+    ``penalty`` (B,): each reply's KL penalty β·KL, when it is taken as a cost. It is centred
+    within the group and subtracted *after* the division, −(p_i − mean_g p), so its weight is
+    β's whatever the rewards' spread. Divided by std_g r with the rewards, it would be scaled
+    up to unit size in a group whose rewards barely differ, and a group whose rewards tie would
+    be pushed by KL noise as hard as an informative one by its rewards. GRPO keeps its KL term
+    out of the advantage (in the loss) for the same reason.
     """
     grouped = _groups(rewards, k, "GRPO")  # (P, k)
     centred = grouped - grouped.mean(-1, keepdim=True)
-    return (centred / (grouped.std(-1, keepdim=True) + eps)).view(-1).to(rewards.dtype)
+    adv = centred / (grouped.std(-1, keepdim=True) + eps)
+    if penalty is not None:
+        cost = _groups(penalty, k, "GRPO")
+        adv = adv - (cost - cost.mean(-1, keepdim=True))
+    return adv.view(-1).to(rewards.dtype)
 
 
 def reinforce_pp_advantages(

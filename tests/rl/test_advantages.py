@@ -43,6 +43,23 @@ def test_grpo_by_hand():
     assert grpo_advantages(r, 3).tolist() == pytest.approx(expected)
 
 
+def test_grpo_keeps_the_kl_penalty_out_of_the_std_scaling():
+    """A group whose rewards tie gets only its β·KL differences, at β's weight, not KL noise
+    scaled up to unit size; an informative group gets its scaled rewards minus the same."""
+    rewards = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    penalty = 0.05 * torch.tensor([0.04, 0.03, 0.02, 0.01, 0.02, 0.02, 0.03, 0.01])
+    adv = grpo_advantages(rewards, 4, penalty=penalty)
+    assert adv[:4].tolist() == pytest.approx((-(penalty[:4] - penalty[:4].mean())).tolist())
+    assert adv[:4].abs().max() < 1e-3  # was ±1.0 with the penalty inside the std
+    expected = grpo_advantages(rewards, 4)[4:] - (penalty[4:] - penalty[4:].mean())
+    assert adv[4:].tolist() == pytest.approx(expected.tolist())
+    # through rl train's dispatcher: shaped = rewards − penalty
+    cfg = _cfg("grpo", k=4)
+    shaped = rewards - penalty
+    dispatched, _ = advantages_for(cfg, shaped, None, TrainState(), rewards=rewards)
+    assert dispatched.tolist() == pytest.approx(adv.tolist(), abs=1e-6)  # fp32 r − shaped
+
+
 def test_dr_grpo_by_hand():
     r = torch.tensor([1.0, 2.0, 3.0, -2.0, 0.0, 5.0])
     assert dr_grpo_advantages(r, 3).tolist() == pytest.approx([-1.0, 0.0, 1.0, -3.0, -1.0, 4.0])

@@ -158,6 +158,7 @@ def advantages_for(
     greedy: torch.Tensor | None = None,
     gather=None,
     finished: list[bool] | None = None,
+    rewards: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Advantages (B,) of the shaped rewards (B,) by ``cfg.baseline``, and the baseline value
     logged (the batch mean for the group estimators). ``pooled``: the step's shaped rewards of
@@ -167,7 +168,9 @@ def advantages_for(
     process's advantages from this one's (``accelerator.gather``), for ``normalize_advantages``
     over the whole batch, as TRL does. ``finished``: whether each reply ended before the
     length limit; with ``mask_truncated_completions`` the others get advantage 0, so they
-    leave the loss (after the baseline and the normalisation took them in, as in TRL)."""
+    leave the loss (after the baseline and the normalisation took them in, as in TRL).
+    ``rewards``: the rewards before the KL penalty (default: ``shaped``), for ``grpo``, which
+    divides the rewards' spread out and subtracts the penalty after (``grpo_advantages``)."""
     k, name = cfg.num_generations, cfg.baseline
     if name == "moving_average":
         adv, base = moving_average_advantages(
@@ -186,7 +189,11 @@ def advantages_for(
     else:
         estimators = {
             "rloo": lambda: rloo_advantages(shaped, k),
-            "grpo": lambda: grpo_advantages(shaped, k),
+            "grpo": lambda: (
+                grpo_advantages(shaped, k)
+                if rewards is None
+                else grpo_advantages(rewards, k, penalty=rewards - shaped)
+            ),
             "dr_grpo": lambda: dr_grpo_advantages(shaped, k),
             "reinforce_pp": lambda: reinforce_pp_advantages(shaped, pooled=pooled),
             "reinforce_pp_baseline": lambda: reinforce_pp_advantages(shaped, k, pooled),
@@ -616,7 +623,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             pooled = pooled_rewards(accelerator, shaped, cfg)
             std = scored.std.to(ro.logps.device) if scored.std is not None else None
             adv, base = advantages_for(cfg, shaped, std, state, pooled, greedy,
-                                       accelerator.gather, ro.finished)  # fmt: skip
+                                       accelerator.gather, ro.finished, rewards)  # fmt: skip
             update = policy_updates(t, ro, adv, cfg)
             state.step += 1
             kl = kl_estimates(ro.logps, ref_lp, ro.mask)  # (B,) each, for the logs
