@@ -112,6 +112,25 @@ def test_gathered_weights_are_saved_and_a_missing_optimizer_state_is_said(
     assert load_checkpoint(path, fresh)["step"] == 3  # the previous one intact
 
 
+def test_a_save_after_a_stop_during_the_last_cleanup_replaces_the_stale_old_folder(
+    tiny_model_dir, tmp_path
+):
+    """Stopped after the swap but before ``last.old`` was removed: resume reads ``last``, and
+    the resumed run's next save must not fail renaming ``last`` onto the stale ``last.old``."""
+    from transformers import AutoModelForCausalLM
+
+    from distalign.checkpoint import load_checkpoint, save_checkpoint
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    save_checkpoint(tmp_path / "last", model, None, None, None, {"step": 4})
+    (tmp_path / "last.old").mkdir()
+    (tmp_path / "last.old" / "trainer_state.json").write_text('{"step": 2}')
+    assert resolve_resume(tmp_path / "last") == tmp_path / "last"
+    path = save_checkpoint(tmp_path / "last", model, None, None, None, {"step": 6})
+    assert load_checkpoint(path, model)["step"] == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
 def test_a_resumed_run_follows_its_own_learning_rate_schedule():
     from transformers import get_scheduler
 

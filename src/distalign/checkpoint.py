@@ -214,6 +214,8 @@ def save_checkpoint(
         ) from e
     old = path.with_name(path.name + ".old")
     if path.exists():
+        if old.exists():  # a run stopped while removing it: ``path`` is whole, ``old`` stale
+            shutil.rmtree(old)
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
