@@ -74,8 +74,13 @@ def test_centering_keeps_rewards_near_zero(tiny_model_dir, pair_dir, tmp_path):
     assert abs(centred["reward_mean"]) < abs(free["reward_mean"])
 
 
-def test_resume_matches_uninterrupted_run_bitwise(tiny_model_dir, pair_dir, tmp_path):
-    kw = dict(max_steps=8, save_steps=4, lr_scheduler_type="constant")
+@pytest.mark.parametrize(
+    "extra", [{}, {"use_peft": True, "lora_dropout": 0.3, "disable_dropout": False}]
+)
+def test_resume_matches_uninterrupted_run_bitwise(tiny_model_dir, pair_dir, tmp_path, extra):
+    """With dropout on too: the resumed run's mid-epoch data iterator must not take a draw
+    from the restored RNG that the uninterrupted run took at the epoch's start."""
+    kw = dict(max_steps=8, save_steps=4, lr_scheduler_type="constant", **extra)
     straight = run(config(tiny_model_dir, pair_dir, tmp_path / "s", **kw))
     cut = config(tiny_model_dir, pair_dir, tmp_path / "r", **{**kw, "max_steps": 4})
     run(cut)  # as if killed after step 4

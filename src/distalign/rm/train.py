@@ -369,6 +369,13 @@ def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, output
     (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+def quiet_loader(data, collate, **kwargs) -> DataLoader:
+    """A DataLoader with a generator of its own: an iterator seeds its workers with a draw from
+    the global RNG otherwise, so a resumed run, which starts its iterator mid-epoch after
+    restoring the RNG, would draw its dropout masks from another point of the stream."""
+    return DataLoader(data, collate_fn=collate, generator=torch.Generator(), **kwargs)
+
+
 def optimizer_steps(t: Trainer, cfg: RMTrainConfig, train, collate, state: TrainState,
                     total_steps: int):  # fmt: skip
     """Train until ``total_steps``, from where ``state`` stands, logging each step; yields
@@ -378,7 +385,7 @@ def optimizer_steps(t: Trainer, cfg: RMTrainConfig, train, collate, state: Train
     t.model.train()
     while state.step < total_steps:
         batches = epoch_batches(train, cfg, state.epoch)[state.batch_in_epoch :]
-        loader = t.accelerator.prepare(DataLoader(train, batch_sampler=batches, collate_fn=collate))
+        loader = t.accelerator.prepare(quiet_loader(train, collate, batch_sampler=batches))
         for i, batch in enumerate(loader, 1):
             window.append(train_step(t, batch, cfg))
             state.batch_in_epoch += n
@@ -416,7 +423,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     )
     collate = make_collator(cfg, tokenizer)
     eval_loader = accelerator.prepare(
-        DataLoader(held_out, batch_size=cfg.per_device_eval_batch_size, collate_fn=collate)
+        quiet_loader(held_out, collate, batch_size=cfg.per_device_eval_batch_size)
     )
     cadence = Cadence.of(cfg, total_steps)
     log_ = MetricsLog(out / "metrics.jsonl", accelerator, cadence.log, CURRENT_METRICS)
