@@ -505,3 +505,25 @@ def test_a_scheduler_takes_its_kwargs(tiny_model_dir):
         optimizer.step()
         scheduler.step()
     assert scheduler.get_last_lr()[0] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize(("n", "steps"), [(5, 3), (6, 3), (7, 4), (3, 1), (2, 4)])
+def test_each_accumulation_window_takes_a_mean_as_accelerate_cuts_them(n, steps):
+    """accelerate divides each loss by gradient_accumulation_steps and ends the last window of
+    a loader early; with accumulation_weight every window sums to one mean, short or not."""
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from distalign.rm.train import accumulation_weight
+
+    accelerator = Accelerator(gradient_accumulation_steps=steps, cpu=True)
+    model = accelerator.prepare(torch.nn.Linear(1, 1))
+    loader = accelerator.prepare(DataLoader(torch.zeros(n, 1), batch_size=1))
+    windows, current = [], 0.0
+    for i, _ in enumerate(loader, 1):
+        with accelerator.accumulate(model):
+            current += accumulation_weight(i, len(loader), steps) / steps
+            if accelerator.sync_gradients:
+                windows.append(current)
+                current = 0.0
+    assert windows == pytest.approx([1.0] * -(-n // steps))

@@ -258,12 +258,14 @@ class Trainer:
     truth: Any = None  # gold.truth.PairReplies of the held-out pairs (distributional heads)
 
 
-def train_step(t: Trainer, batch, cfg: RMTrainConfig) -> dict[str, float]:
+def train_step(t: Trainer, batch, cfg: RMTrainConfig, weight: float = 1.0) -> dict[str, float]:
     """Forward, backward and (at the end of an accumulation window) clip + optimizer step.
-    A non-finite gradient norm skips the update (``nonfinite`` = 1)."""
+    A non-finite gradient norm skips the update (``nonfinite`` = 1). ``weight`` multiplies the
+    loss before accelerate divides it by ``gradient_accumulation_steps``
+    (``accumulation_weight``)."""
     with t.accelerator.accumulate(t.model):
         loss, metrics = batch_loss(t.model, batch, cfg)
-        t.accelerator.backward(loss)
+        t.accelerator.backward(loss * weight if weight != 1.0 else loss)
         finite = True
         if t.accelerator.sync_gradients:
             # the norm is needed even without clipping (inf clips nothing): a NaN or inf in
@@ -369,6 +371,16 @@ def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, output
     (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+def accumulation_weight(i: int, n: int, steps: int) -> float:
+    """What micro-batch ``i`` (1-based) of a loader of ``n`` weighs, so that each optimizer
+    step takes the mean gradient of its window: ``steps`` (gradient_accumulation_steps) over
+    the size of the window holding it. accelerate divides every loss by ``steps`` and ends the
+    last window of a pass early, so a short last window of r batches would otherwise count
+    r/steps of a mean (transformers' Trainer divides by the window's own length)."""
+    last = (n - 1) // steps  # windows start at the loader's first batch
+    return steps / (n - last * steps) if (i - 1) // steps == last else 1.0
+
+
 def quiet_loader(data, collate, **kwargs) -> DataLoader:
     """A DataLoader with a generator of its own: an iterator seeds its workers with a draw from
     the global RNG otherwise, so a resumed run, which starts its iterator mid-epoch after
@@ -387,7 +399,8 @@ def optimizer_steps(t: Trainer, cfg: RMTrainConfig, train, collate, state: Train
         batches = epoch_batches(train, cfg, state.epoch)[state.batch_in_epoch :]
         loader = t.accelerator.prepare(quiet_loader(train, collate, batch_sampler=batches))
         for i, batch in enumerate(loader, 1):
-            window.append(train_step(t, batch, cfg))
+            weight = accumulation_weight(i, len(loader), cfg.gradient_accumulation_steps)
+            window.append(train_step(t, batch, cfg, weight))
             state.batch_in_epoch += n
             state.pairs += pairs_in(batch) * n
             if not t.accelerator.sync_gradients:
