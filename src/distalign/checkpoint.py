@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from distalign.distributed import (
@@ -35,6 +36,10 @@ from distalign.distributed import (
 )
 
 log = logging.getLogger(__name__)
+
+# the run's settings as a checkpoint was written under, beside its state (a run's own
+# config.yaml is rewritten when it resumes)
+RUN_CONFIG = "run_config.yaml"
 
 
 def rng_state() -> dict[str, Any]:
@@ -206,6 +211,9 @@ def save_checkpoint(
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         text = json.dumps({**state, "rng": rng_state()}, indent=1)
         (tmp / "trainer_state.json").write_text(text, encoding="utf-8")
+        settings = path.parent.parent / "config.yaml"  # output_dir/checkpoints/<name>
+        if settings.is_file():
+            shutil.copyfile(settings, tmp / RUN_CONFIG)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         reason = e.strerror or str(e)
@@ -234,7 +242,13 @@ def load_model_weights(model, path: str | Path) -> None:
             return
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(adapter))
+        result = set_peft_model_state_dict(model, load_file(adapter))
+        missing = [k for k in result.missing_keys if "lora_" in k]  # the base's are not saved
+        if result.unexpected_keys or missing:  # PEFT loads what fits and says nothing
+            raise RuntimeError(
+                f"{path}: the adapter does not fit the model (missing {missing[:3]}, "
+                f"unexpected {result.unexpected_keys[:3]})"
+            )
         return
     files = sorted(path.glob("model*.safetensors"))
     if not files:
@@ -317,10 +331,19 @@ def follow_schedule(optimizer, scheduler, peaks: list[float] | None = None) -> N
 def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG from a checkpoint; return its state."""
     path = Path(path)
-    load_model_weights(model, path)
-    if optimizer is not None and (path / "optimizer.pt").is_file():
-        load_full_optimizer_state(model, optimizer, _load_tensors(path / "optimizer.pt"))
-    elif optimizer is not None:
+    try:
+        load_model_weights(model, path)
+        if optimizer is not None and (path / "optimizer.pt").is_file():
+            load_full_optimizer_state(model, optimizer, _load_tensors(path / "optimizer.pt"))
+    except (RuntimeError, ValueError, KeyError) as e:  # another model, LoRA rank, target set
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()][:2]
+        reason = " ".join(lines)[:300] or type(e).__name__
+        raise CheckpointError(
+            f"{path} does not fit this run's model or optimizer ({reason}): resume with the "
+            "settings the run was written with (its config.yaml: the model, use_peft, lora_r, "
+            "lora_target_modules, the head)"
+        ) from e
+    if optimizer is not None and not (path / "optimizer.pt").is_file():
         log.warning("%s holds no optimizer state: AdamW's moments start from zero", path)
     if scheduler is not None and (path / "scheduler.pt").is_file():
         inner = _lambda_lr(scheduler)
@@ -333,14 +356,46 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
     return state
 
 
+def say_changed_settings(cfg: Any, checkpoint: Path) -> None:
+    """A resumed run whose settings differ from those the checkpoint was written under (its
+    ``run_config.yaml``) says which, in one warning: the checkpoint's state goes on under the
+    new ones (a longer ``max_steps`` is meant; another ``seed`` or ``beta`` may not be)."""
+    from distalign.config import config_dict
+
+    path = Path(checkpoint) / RUN_CONFIG
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return
+    if not isinstance(saved, dict):
+        return
+    skip = {"resume_from_checkpoint", "overwrite_output_dir"}
+    changed = [
+        f"{key} {saved[key]!r} -> {value!r}"
+        for key, value in config_dict(cfg).items()
+        if key not in skip and key in saved and saved[key] != value
+    ]
+    if changed:
+        log.warning("resuming with settings other than %s: %s", path, "; ".join(changed))
+
+
 def resume_training(
-    path: str | Path, model, optimizer, scheduler, logs: list[Path], main_process: bool
+    path: str | Path,
+    model,
+    optimizer,
+    scheduler,
+    logs: list[Path],
+    main_process: bool,
+    cfg: Any = None,
 ) -> dict[str, Any]:
     """Restore a run from the checkpoint at ``path`` (or its ``.old`` copy) and cut its JSONL
-    logs back to the checkpoint's step, so the steps that run again are logged once."""
+    logs back to the checkpoint's step, so the steps that run again are logged once. With
+    ``cfg``, settings that differ from the checkpoint's are said first."""
     from distalign.tracking import truncate_log
 
     path = resolve_resume(path)
+    if cfg is not None and main_process:
+        say_changed_settings(cfg, path)
     state = load_checkpoint(path, model, optimizer, scheduler)
     if main_process:
         dropped = sum(truncate_log(f, state["step"]) for f in logs)

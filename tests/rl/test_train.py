@@ -105,6 +105,25 @@ def test_lora_resume_and_reward_model_sources(tiny_model_dir, tmp_path):
     assert sorted(set(steps)) == [1, 2, 3, 4] and len(steps) == 16
 
 
+def test_a_resume_into_another_model_is_refused_and_changed_settings_are_said(
+    tiny_model_dir, tmp_path, caplog
+):
+    """Another LoRA rank or target set does not fit the checkpoint: one line saying so, not a
+    traceback of state-dict keys, nor an adapter PEFT loads in part without a word."""
+    from distalign.checkpoint import CheckpointError
+
+    kw = dict(use_peft=True, max_steps=1, num_generations=2, per_device_train_batch_size=4,
+              gradient_accumulation_steps=1, save_steps=1, eval_on_start=False)  # fmt: skip
+    run(config(tiny_model_dir, tmp_path, **kw))
+    for other in ({"lora_r": 4}, {"lora_target_modules": ["q_proj", "v_proj"]}):
+        caplog.clear()
+        with caplog.at_level("WARNING"), pytest.raises(CheckpointError, match="does not fit"):
+            run(config(tiny_model_dir, tmp_path, **kw, **other, seed=1,
+                       resume_from_checkpoint=True))  # fmt: skip
+        assert "resuming with settings other than" in caplog.text
+        assert "seed 0 -> 1" in caplog.text and next(iter(other)) in caplog.text
+
+
 def test_moving_average_baseline_pools_every_process():
     """With several processes the baseline is updated from all of a step's rewards, so every
     process holds the same one (and the checkpoint of process 0 is every process's)."""

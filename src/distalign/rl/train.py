@@ -41,6 +41,7 @@ from transformers import TrainerState, get_scheduler
 from distalign.cadence import Cadence, steps_of
 from distalign.checkpoint import count_nonfinite, resume_training
 from distalign.config import (
+    ConfigError,
     checkpoint_path,
     config_warning,
     frozen_dtype,
@@ -141,7 +142,7 @@ def share_prompts(prompts: list, accelerator) -> list:
         return prompts
     usable = len(prompts) - len(prompts) % n
     if usable == 0:
-        raise ValueError(f"{len(prompts)} training prompts for {n} processes")
+        raise ConfigError(f"{len(prompts)} training prompts for {n} processes")
     if usable < len(prompts) and accelerator.is_main_process:
         log.warning(
             "%d prompt(s) left out so that every process has as many", len(prompts) - usable
@@ -266,7 +267,7 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
             "prompt without a turn between them; a base policy suits such a reward model"
         )
     if not held_out:  # before training, not at its end
-        raise ValueError(
+        raise ConfigError(
             f"no held-out prompts in {source!r} (split {cfg.dataset_test_split!r}) to evaluate "
             "the policy on: give eval_dataset_name or dataset_test_split"
         )
@@ -512,13 +513,13 @@ def begin(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
     SFT policy's evaluation (``evaluate_sft``)."""
     processes = getattr(getattr(t, "accelerator", None), "num_processes", world_size())
     if cfg.generation_batch_size is not None and processes != world_size():
-        raise ValueError(
+        raise ConfigError(
             f"generation_batch_size: the launcher said {world_size()} processes (WORLD_SIZE) "
             f"but {processes} run; give steps_per_generation instead"
         )
     was = state.updates_per_step or state.num_iterations  # older checkpoints: μ alone
     if was not in (None, cfg.updates_per_step):
-        raise ValueError(
+        raise ConfigError(
             f"the checkpoint's run made {was} optimizer updates per step, and its learning-rate "
             f"schedule counts them; these settings make {cfg.updates_per_step} (num_iterations "
             f"{cfg.num_iterations} × steps_per_generation {cfg.micro_batches_per_step} / "
@@ -598,7 +599,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
         path = checkpoint_path(cfg.resume_from_checkpoint, out)
         logs = [t.log.path, t.out / "history.jsonl"]
         state = TrainState(**resume_training(path, t.policy, optimizer, scheduler, logs,
-                                             accelerator.is_main_process))  # fmt: skip
+                                             accelerator.is_main_process, cfg))  # fmt: skip
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
     begin(t, state, eval_prompts, cfg)

@@ -30,6 +30,7 @@ from transformers import get_scheduler
 from distalign.cadence import Cadence, steps_of
 from distalign.checkpoint import count_nonfinite, resume_training, save_checkpoint
 from distalign.config import (
+    ConfigError,
     checkpoint_path,
     config_dict,
 )
@@ -193,7 +194,7 @@ def resumed_state(cfg: RMTrainConfig, out: Path, accelerator, model, optimizer, 
     if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
         path, logs = checkpoint_path(cfg.resume_from_checkpoint, out), [out / "metrics.jsonl"]
         state = TrainState(**resume_training(path, model, optimizer, scheduler, logs,
-                                             accelerator.is_main_process))  # fmt: skip
+                                             accelerator.is_main_process, cfg))  # fmt: skip
     moved = carry_over(state, cfg, train, accelerator.num_processes, scheduler)
     if moved and accelerator.is_main_process:  # its later rows counted steps of another size
         truncate_log(out / "metrics.jsonl", state.step)
@@ -210,7 +211,7 @@ def carry_over(state: TrainState, cfg: RMTrainConfig, train, processes: int,
     per process, moves to that step too."""
     now = processes * cfg.gradient_accumulation_steps
     if state.per_device_batch and state.per_device_batch != cfg.per_device_train_batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"the checkpoint was written with per_device_train_batch_size="
             f"{state.per_device_batch}; resuming with {cfg.per_device_train_batch_size} would "
             "replay other pairs. Keep it, and change gradient_accumulation_steps or the number "
