@@ -433,3 +433,39 @@ def test_a_plain_text_reward_model_scoring_a_chat_policy_is_warned(
             save_steps=0, report_to="none", output_dir=str(tmp_path / "rl"),
         ))  # fmt: skip
     assert "a reward model reads plain text" in caplog.text
+
+
+def test_rm_score_reads_standard_text_as_rm_train_and_rm_eval_do(tiny_model_dir, tmp_path):
+    """TRL's standard text (" Cats are…" after "Tell me about cats."): the reply's leading space
+    goes with the prompt in rm train and rm eval; rm score reads one reply the same way, so
+    its margins are rm eval's. An HH prompt's reply loses the space after "Assistant:" too."""
+    from statistics import fmean
+
+    from distalign.eval.rm import run_rm_eval
+    from distalign.rm.config import RMTrainConfig
+    from distalign.rm.score import score_file
+    from distalign.rm.train import run
+
+    topics = ["cats", "rivers", "chess", "bread", "trains", "music"]
+    pairs = [{"prompt": f"Tell me about {t}.", "chosen": f" {t.title()} are worth a look.",
+              "rejected": " No."} for t in topics]  # fmt: skip
+    pairs += [
+        {
+            "prompt": f"\n\nHuman: Name a {t}.\n\nAssistant:",
+            "chosen": f" A {t}: oak.",
+            "rejected": " Go.",
+        }
+        for t in ("tree", "plant")
+    ]  # fmt: skip (Dahoas)
+    source = str(write_jsonl(tmp_path / "std.jsonl", pairs))
+    run(RMTrainConfig(
+        model_name_or_path=str(tiny_model_dir), dataset_name=source, eval_dataset_name=source,
+        dataset_test_split="train", max_steps=2, max_length=64, report_to="none",
+        learning_rate=1e-2, output_dir=str(tmp_path / "rm"),
+    ))  # fmt: skip
+    rm = str(tmp_path / "rm" / "final")
+    margin = run_rm_eval(rm, source, "train", output=str(tmp_path / "eval.json"))["margin"]
+    rows = [{"prompt": p["prompt"], "reply": p[s]} for p in pairs for s in ("chosen", "rejected")]
+    out, _ = score_file(rm, str(write_jsonl(tmp_path / "score.jsonl", rows)), None)
+    rewards = [json.loads(line)["reward"] for line in out.read_text().splitlines()]
+    assert fmean(rewards[0::2]) - fmean(rewards[1::2]) == pytest.approx(margin, abs=1e-5)

@@ -361,17 +361,32 @@ def _explicit(row, where):
     hh = hh_prompt(value) if isinstance(value, str) else None
     if hh is not None:
         prompt, chosen, rejected = _with_replies(row, hh, where, prompt_is_text=False)
-        return prompt, chosen.lstrip(" "), rejected.lstrip(" ")  # the space after "Assistant:"
-    prompt = parse_messages(value, where, "prompt")
-    prompt, chosen, rejected = _with_replies(row, prompt, where, isinstance(value, str))
+    else:
+        prompt = parse_messages(value, where, "prompt")
+        prompt, chosen, rejected = _with_replies(row, prompt, where, isinstance(value, str))
     if all(isinstance(row[c], str) for c in ("prompt", "chosen", "rejected")):
-        # TRL's standard text (" Paris." after "The capital of France is"): the space both
-        # replies start with joins them to the prompt, so it goes with the prompt and the
-        # reply turn starts at its word; prompt + reply stays the text
-        k = _shared_whitespace(chosen, rejected)
-        prompt = [{**prompt[0], "content": prompt[0]["content"] + chosen[:k]}]
-        chosen, rejected = chosen[k:], rejected[k:]
+        prompt, (chosen, rejected) = text_replies(value, prompt, [chosen, rejected])
     return prompt, chosen, rejected
+
+
+def text_replies(
+    text: str, prompt: list[dict[str, str]], replies: list[str]
+) -> tuple[list[dict[str, str]], list[str]]:
+    """The prompt and replies of a string prompt (``text``, read as ``prompt``) with string
+    replies, as every command reads them. After an HH transcript's "Assistant:" the space the
+    replies start with is the transcript's, and is dropped. In TRL's standard text (" Paris."
+    after "The capital of France is") the whitespace every reply starts with joins them to the
+    prompt: it goes with the prompt, so the reply turn starts at its word and prompt + reply
+    stays the text."""
+    if hh_prompt(text) is not None:
+        return prompt, [r.lstrip(" ") for r in replies]
+    k = 0
+    while all(len(r) > k and r[k].isspace() and r[k] == replies[0][k] for r in replies):
+        k += 1
+    if not k:
+        return prompt, replies
+    moved = [*prompt[:-1], {**prompt[-1], "content": prompt[-1]["content"] + replies[0][:k]}]
+    return moved, [r[k:] for r in replies]
 
 
 def _shared_whitespace(a: str, b: str, start: int = 0) -> int:

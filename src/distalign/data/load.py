@@ -42,6 +42,7 @@ from distalign.data.formats import (
     read_prompt,
     repeats_prompt,
     reply_and_context,
+    text_replies,
 )
 from distalign.hub import offline_if_unreachable
 
@@ -364,11 +365,13 @@ REPLY_COLUMNS = ("reply", "response", "completion")
 
 
 def read_prompt_replies(
-    path: str, report: LoadReport | None = None
+    path: str, report: LoadReport | None = None, as_trained: bool = True
 ) -> tuple[list[dict], list[list[dict]], list[str]]:
     """Rows, chat prompts and reply texts of a file with ``prompt`` and a reply column, or
     with ``messages`` ending with the assistant's turn (the reply); ``report`` (when given)
-    counts HH transcripts and conversational rows."""
+    counts HH transcripts and conversational rows. ``as_trained``: a string prompt and reply
+    are split as ``rm train`` splits a pair of them (``formats.text_replies``), so a reward
+    model scores a reply as it read it in training; else the texts stay as written."""
     rows, prompts, replies = [], [], []
     report = report if report is not None else LoadReport(source=str(path))
     for where, row in iter_source_rows(path):
@@ -398,6 +401,8 @@ def read_prompt_replies(
             raise PreferenceFormatError(
                 where, key, "expected the messages before the reply to repeat the prompt"
             )
+        if as_trained and isinstance(row["prompt"], str) and isinstance(row[key], str):
+            prompt, (reply,) = text_replies(row["prompt"], prompt, [reply])
         prompts.append(prompt)
         replies.append(reply)
         rows.append(row)

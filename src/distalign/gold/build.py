@@ -371,7 +371,7 @@ def judge_file(
     """
     from distalign.data.load import read_prompt_replies
 
-    rows, chats, texts = read_prompt_replies(input_path)
+    rows, chats, texts = read_prompt_replies(input_path, as_trained=False)  # as written
     prompts = [gold.prompt_text(chat) for chat in chats]
     scores = gold.judge(prompts, texts, device)
     out = (
