@@ -86,6 +86,7 @@ def evaluate_reward_model(config=None, **overrides) -> dict[str, Any]:
             "revision": cfg.dataset_revision,
             "skip_bad_rows": cfg.skip_bad_rows,
         },
+        chat_template=cfg.chat_template_path,
         **cfg.placement(),
     )
 
@@ -102,6 +103,7 @@ def score(config=None, **overrides) -> Path:
         cfg.max_length,
         cfg.per_device_eval_batch_size,
         trust_remote_code=cfg.trust_remote_code,
+        chat_template=cfg.chat_template_path,
         **cfg.placement(),
     )
     return Path(out)

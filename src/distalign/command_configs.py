@@ -114,6 +114,10 @@ class RMEvalConfig(PlacementConfig):
     output_file: str | None = None
     """Metrics JSON (default: eval_<data>_<split>.json in the model folder; _first<N> for the
     first N pairs, _len<L>-<P> for other lengths than the model's own)."""
+    chat_template_path: str | None = None
+    """A chat template for a reward model whose tokenizer has none (a Jinja file, a
+    tokenizer's template, or ``plain``/``hh``), as ``rm train``'s key; default: the model's own.
+    Without one, conversational data (message lists) are refused, as TRL refuses them."""
 
     def __post_init__(self):
         require([
@@ -144,6 +148,11 @@ class RMScoreConfig(PlacementConfig):
     """Rows per batch."""
     trust_remote_code: bool = False
     """Let a hub reward model run its own code (off: only transformers' own classes)."""
+
+    chat_template_path: str | None = None
+    """A chat template for a reward model whose tokenizer has none (a Jinja file, a
+    tokenizer's template, or ``plain``/``hh``), as ``rm train``'s key; default: the model's own.
+    Without one, conversational data (message lists) are refused, as TRL refuses them."""
 
     def __post_init__(self):
         require(

@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
     GPT2Config,
@@ -36,6 +37,7 @@ from distalign.rl.rewards import (
     prompt_columns,
     source_name,
 )
+from tests.conftest import write_jsonl
 
 WORDS = ["hello", "apple", "river", "stone", "cloud", "paper", "light", "music", "garden", "?"]
 CHAT_TEMPLATE = (
@@ -506,3 +508,39 @@ def test_a_trl_lora_reward_model_folder_loads_merged(tiny_model_dir, tmp_path):
     source = rw.load_one_source(str(tmp_path / "adapter"))  # as rl train's reward=
     out = source([[{"role": "user", "content": "Hi?"}]], ["Hello."])
     assert out.rewards.shape == (1,) and torch.isfinite(out.rewards).all()
+
+
+def test_a_plain_text_reward_model_refuses_conversations_unless_given_a_template(
+    base_model_dir, tiny_model_dir, tmp_path
+):
+    """A one-label classifier whose tokenizer has no chat template (TRL's reward model of a
+    base model): rm eval and rm score refuse message lists, as rm train and TRL do, instead of
+    joining prompt and reply with nothing between; chat_template_path gives it one."""
+    from distalign.eval.rm import run_rm_eval
+    from distalign.models.templates import RenderingError
+    from distalign.rm.score import score_file
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(base_model_dir), num_labels=1)
+    model.config.pad_token_id = 2
+    model.save_pretrained(tmp_path / "rm")
+    AutoTokenizer.from_pretrained(str(base_model_dir)).save_pretrained(tmp_path / "rm")
+    user = [{"role": "user", "content": "Tell me about cats."}]
+    pairs = [{"prompt": user, "chosen": [{"role": "assistant", "content": "Cats purr."}],
+              "rejected": [{"role": "assistant", "content": "No."}]}] * 2  # fmt: skip
+    data = str(write_jsonl(tmp_path / "conv.jsonl", pairs))
+    rows = str(write_jsonl(tmp_path / "rows.jsonl", [{"prompt": user, "reply": "Cats purr."}]))
+    rm = str(tmp_path / "rm")
+    with pytest.raises(RenderingError, match=r"conversational data .* has no chat template"):
+        run_rm_eval(rm, data, "train", output=str(tmp_path / "e.json"))
+    with pytest.raises(RenderingError, match=r"conversational data .* has no chat template"):
+        score_file(rm, rows, str(tmp_path / "s.jsonl"))
+    template = str(tiny_model_dir)  # a tokenizer's template, as TRL's chat_template_path
+    result = run_rm_eval(rm, data, "train", output=str(tmp_path / "e.json"), chat_template=template)
+    out, _ = score_file(rm, rows, str(tmp_path / "s.jsonl"), chat_template=template)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    text = tokenizer.apply_chat_template(user + pairs[0]["chosen"], tokenize=False)
+    ids = torch.tensor([AutoTokenizer.from_pretrained(rm)(text)["input_ids"]])
+    expected = model(input_ids=ids).logits[0, 0].item()
+    assert json.loads(out.read_text())["reward"] == pytest.approx(expected, abs=1e-4)
+    assert result["accuracy"] in (0.0, 1.0)

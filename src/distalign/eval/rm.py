@@ -213,13 +213,17 @@ def _spread_measures(truth, predicted: np.ndarray, outputs: dict | None) -> dict
     return {"spread_replies": n} | {f"spread_{k}": v for k, v in agreement.items()}
 
 
-def _load_pairs(data, split, limit, data_options):
-    """The pairs to evaluate on; none left is an error that gives the load's counts."""
+def _load_pairs(data, split, limit, data_options, tokenizer, model_dir):
+    """The pairs to evaluate on; none left is an error that gives the load's counts. A
+    plain-text model (no chat template) refuses conversational data and reads HH transcripts
+    as written, as ``rm train`` does (``fit_rendering``)."""
     from distalign.data.load import LoadReport, load_preferences, require_pairs
+    from distalign.models.templates import fit_rendering
 
     options = dict(data_options or {})
     report = options.pop("report", None) or LoadReport(source=str(data))
     pairs = load_preferences(data, split, limit=limit or None, report=report, **options)
+    fit_rendering(tokenizer, report, data, f"reward model {model_dir}")
     return require_pairs(pairs, report)
 
 
@@ -237,9 +241,11 @@ def run_rm_eval(
     dtype: str = "auto",
     attn_implementation: str = "sdpa",
     data_options: dict | None = None,
+    chat_template: str | None = None,
 ) -> dict[str, float]:
     """Load a saved reward model, score held-out pairs, write the metrics as JSON.
     ``data_options``: ``load_preferences``'s hub ``name``/``revision`` and ``skip_bad_rows``.
+    ``chat_template``: one for a model without its own (``chat_template_path``).
 
     ``max_length`` and ``max_prompt_length`` default to the reward model's own (saved with
     it), so the scores are those its training evaluation saw. Pairs share their prompt's row
@@ -251,7 +257,7 @@ def run_rm_eval(
     from distalign.data.pairs import PairCollator, SharedPrefixCollator, tokenize_pairs
     from distalign.gold.truth import pair_replies
     from distalign.models.classifier import model_folder
-    from distalign.models.load import prefix_sharing_for, resolve_device_dtype
+    from distalign.models.load import prefix_sharing_for, resolve_device_dtype, set_chat_template
     from distalign.models.reward_model import META_FILE, load_reward_model
 
     place, torch_dtype = resolve_device_dtype(device, dtype)
@@ -267,13 +273,13 @@ def run_rm_eval(
                 "max_prompt_length does nothing for a reward model distalign did not train: "
                 "it reads prompt + reply up to max_length, as rm score does"
             )
-        pairs = _load_pairs(data, split, limit, data_options)
-        return _eval_other_model(model_dir, pairs, data, split, max_length, batch_size, limit,
+        return _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
                                  Path(output) if output else home, prefix, place, torch_dtype,
-                                 attn_implementation)  # fmt: skip
+                                 attn_implementation, data_options, chat_template)  # fmt: skip
     model, tokenizer, meta = load_reward_model(
         folder, device=place, dtype=torch_dtype, attn_implementation=attn_implementation
     )
+    set_chat_template(tokenizer, chat_template)
     own = (meta.get("max_length", 512), meta.get("max_prompt_length"))
     max_length = max_length or own[0]
     if not max_prompt_length:  # the model's own, unless a shorter max_length leaves no room
@@ -282,7 +288,7 @@ def run_rm_eval(
         raise ValueError(
             f"need max_prompt_length ({max_prompt_length}) < max_length ({max_length})"
         )
-    pairs = _load_pairs(data, split, limit, data_options)
+    pairs = _load_pairs(data, split, limit, data_options, tokenizer, model_dir)
     ds = tokenize_pairs(pairs, tokenizer, max_length, max_prompt_length)
     if prefix_sharing_for(attn_implementation, True, "rm eval", model):
         collate = SharedPrefixCollator(tokenizer.pad_token_id)
@@ -307,9 +313,9 @@ def run_rm_eval(
     return save_eval(result, outputs, path)
 
 
-def _eval_other_model(model_dir, pairs, data, split, max_length, batch_size, limit,
-                      out: Path, prefix: str, place, torch_dtype,
-                      attn_implementation) -> dict[str, float]:  # fmt: skip
+def _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
+                      out: Path, prefix: str, place, torch_dtype, attn_implementation,
+                      data_options, chat_template) -> dict[str, float]:  # fmt: skip
     """``run_rm_eval`` for a one-label sequence classifier distalign did not train (TRL's
     RewardTrainer saves one): each reply scored with the model's own forward, tokenizer and
     chat template, as ``rm score`` and ``rl train`` read it; the scalar metrics, written to
@@ -319,8 +325,9 @@ def _eval_other_model(model_dir, pairs, data, split, max_length, batch_size, lim
 
     source = RewardModelSource(
         model_dir, max_length=max_length, batch_size=batch_size, device=place,
-        dtype=torch_dtype, attn_implementation=attn_implementation,
+        dtype=torch_dtype, attn_implementation=attn_implementation, chat_template=chat_template,
     )  # fmt: skip
+    pairs = _load_pairs(data, split, limit, data_options, source.tokenizer, model_dir)
     prompts = list(pairs["prompt"])
     chosen = source(prompts, list(pairs["chosen"])).rewards.float().reshape(-1, 1)
     rejected = source(prompts, list(pairs["rejected"])).rewards.float().reshape(-1, 1)

@@ -387,6 +387,21 @@ def load_tokenizer(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    set_chat_template(tokenizer, chat_template, trust_remote_code)
+    if tokenizer.chat_template is None:
+        log.info(
+            "tokenizer of %s has no chat template: text is rendered plain, prompt + reply + EOS, "
+            "as TRL renders standard data (chat_template_path: hh for Anthropic HH "
+            "transcripts, or a Jinja file or tokenizer for conversations)", name,
+        )  # fmt: skip
+        tokenizer.chat_template = built_in_template("plain", tokenizer)
+    return tokenizer
+
+
+def set_chat_template(tokenizer, chat_template: str | None, trust_remote_code: bool = False):
+    """Give ``tokenizer`` the template ``chat_template`` names (``chat_template_path``): a
+    built-in rendering by name (``plain``, ``hh``), a Jinja file or a tokenizer's template
+    (``read_chat_template``); None leaves its own."""
     if chat_template in BUILT_IN and not Path(chat_template).expanduser().exists():
         tokenizer.chat_template = built_in_template(chat_template, tokenizer)
     elif chat_template:
@@ -398,14 +413,6 @@ def load_tokenizer(
                 "replies stop only at EOS (or a generation config's stop tokens)",
                 chat_template, tokenizer.eos_token,
             )  # fmt: skip
-    if tokenizer.chat_template is None:
-        log.info(
-            "tokenizer of %s has no chat template: text is rendered plain, prompt + reply + EOS, "
-            "as TRL renders standard data (chat_template_path: hh for Anthropic HH "
-            "transcripts, or a Jinja file or tokenizer for conversations)", name,
-        )  # fmt: skip
-        tokenizer.chat_template = built_in_template("plain", tokenizer)
-    return tokenizer
 
 
 def _load_settings(

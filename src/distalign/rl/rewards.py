@@ -287,8 +287,9 @@ class RewardModelSource(RewardSource):
         trust_remote_code: bool = False,
         dtype: str | torch.dtype = "float32",
         attn_implementation: str = "sdpa",
+        chat_template: str | None = None,
     ):
-        from distalign.models.load import resolve_device_dtype
+        from distalign.models.load import resolve_device_dtype, set_chat_template
         from distalign.models.reward_model import META_FILE, load_reward_model
 
         path = str(path)
@@ -319,6 +320,7 @@ class RewardModelSource(RewardSource):
             self.max_length = max_length or self.meta.get("max_length", 512)
             trained = self.meta.get("max_prompt_length")
             self.max_prompt_length = trained if trained and trained < self.max_length else None
+        set_chat_template(self.tokenizer, chat_template, trust_remote_code)  # rm eval, rm score
         self.model.requires_grad_(False)
         self.head = self.meta.get("head", "scalar")
         self.n_bins = self.meta.get("n_bins", 10)

@@ -56,6 +56,7 @@ def score_file(
     dtype: str = "auto",
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
+    chat_template: str | None = None,
 ):
     """Score rows with any reward model ``rl train`` takes (``RewardModelSource``: a distalign
     RM at the lengths it was trained with, or any one-label sequence classifier with its own
@@ -71,6 +72,7 @@ def score_file(
         dtype=dtype,
         attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code,
+        chat_template=chat_template,
     )
     report = LoadReport(source=str(input_path))
     rows, prompts, replies = read_prompt_replies(input_path, report)
