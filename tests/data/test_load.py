@@ -165,7 +165,8 @@ def test_a_folder_written_by_save_to_disk_is_read_as_load_from_disk_gives_it(tmp
     assert not evaluates_on_training_data(str(tmp_path / "dict"), None, "train", "test")
     assert len(load_preferences(str(tmp_path / "dict"))) == len(EXPLICIT)
     assert len(load_preferences(str(tmp_path / "dict"), split="test")) == 1
-    with pytest.raises(DataSourceError, match="has no split 'validation'"):
+    with pytest.raises(DataSourceError, match=r"dict: no split 'validation' \(it has \['train', "
+                       r"'test'\]\); name one with dataset_test_split"):  # fmt: skip
         load_preferences(str(tmp_path / "dict"), split="validation")
     bad = [EXPLICIT[0], {**EXPLICIT[0], "chosen": None}]
     datasets.Dataset.from_list(bad).save_to_disk(tmp_path / "bad")
@@ -418,6 +419,20 @@ def test_hub_errors_are_one_line(monkeypatch):
         load_preferences("org/pairs", name="nope")
     assert (
         str(info.value) == "org/pairs: cannot load from the hub (BuilderConfig 'nope' not found.)"
+    )
+
+
+def test_a_hub_split_that_is_not_there_is_said_as_such(monkeypatch):
+    """Loaded (from the hub or its cache), without the split: not "cannot load from the hub"."""
+
+    def fake_load_dataset(path, **kwargs):
+        raise ValueError("Unknown split \"test\". Should be one of ['train'].")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    with pytest.raises(DataSourceError) as info:
+        load_preferences("org/pairs", split="test")
+    assert str(info.value).startswith(
+        "org/pairs: no split 'test' (it has ['train']); name one with dataset_test_split"
     )
 
 

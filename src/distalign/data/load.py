@@ -16,6 +16,7 @@ name the line of a broken row. A source without rows is a ``DataSourceError``.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -176,6 +177,10 @@ class LoadReport:
         return "\n".join(lines)
 
 
+SPLIT_HINT = ("name one with dataset_test_split (or dataset_train_split), or give the held-out "
+              "data as eval_dataset_name")  # fmt: skip
+
+
 def _some_rows(
     rows: Iterable[tuple[str, Any]], label: str, note: str = ""
 ) -> Iterator[tuple[str, Any]]:
@@ -197,6 +202,10 @@ def _hub_rows(source: str, split: str, name: str | None, revision: str | None):
     except (ConnectionError, FileNotFoundError, ValueError) as e:
         # Offline, unknown id, unknown config name or split: one line, not a traceback.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        known = re.search(r"Unknown split \"[^\"]*\"\. Should be one of (\[.*\])", first)
+        if known:  # loaded (from the hub or its cache); the split is not there
+            raise DataSourceError(f"{source}: no split {split!r} (it has {known.group(1)}); "
+                                  f"{SPLIT_HINT}") from None  # fmt: skip
         reached = f"; the hub cannot be reached: {why}" if why else ""
         raise DataSourceError(f"{source}: cannot load from the hub ({first}){reached}") from None
     for i, row in enumerate(ds):
@@ -219,7 +228,9 @@ def iter_source_rows(
     if isinstance(source, datasets.DatasetDict | datasets.IterableDatasetDict):
         if split not in source:
             kind = type(source).__name__
-            raise DataSourceError(f"the {kind} has no split {split!r} (it has {list(source)})")
+            raise DataSourceError(
+                f"the {kind} has no split {split!r} (it has {list(source)}); {SPLIT_HINT}"
+            )
         source = source[split]
     if isinstance(source, datasets.IterableDataset):  # streamed: read as it comes
         if hub_only:
@@ -242,6 +253,9 @@ def iter_source_rows(
         where = (
             f"{source}[{split or 'train'}]" if isinstance(saved, datasets.DatasetDict) else source
         )
+        if isinstance(saved, datasets.DatasetDict) and (split or "train") not in saved:
+            raise DataSourceError(f"{source}: no split {split or 'train'!r} (it has "
+                                  f"{list(saved)}); {SPLIT_HINT}")  # fmt: skip
         rows = iter_source_rows(saved, split or "train")
         yield from ((f"{where} {loc.removeprefix('dataset ')}", row) for loc, row in rows)
         return
