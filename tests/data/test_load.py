@@ -556,3 +556,25 @@ def test_a_downloaded_hub_repository_folder_reads_its_split_shards(tmp_path):
     assert len(load_preferences(str(tmp_path), "test")) == 1
     with pytest.raises(DataSourceError, match="no file for split 'valid'"):
         load_preferences(str(tmp_path), "valid")
+
+
+def test_a_local_copy_of_a_hub_repository_with_configs_reads_as_load_dataset_does(tmp_path):
+    """A folder whose card lists configs (a downloaded hub repository): dataset_config picks
+    one, as TRL's load_dataset(dataset_name, name=dataset_config) does."""
+    for config, rows in (("a", EXPLICIT[:1]), ("b", EXPLICIT)):
+        (tmp_path / config).mkdir()
+        write_jsonl(tmp_path / config / "train.jsonl", rows)
+    write_jsonl(tmp_path / "b" / "test.jsonl", EXPLICIT[:1])
+    (tmp_path / "README.md").write_text(
+        "---\nconfigs:\n- config_name: a\n  data_files:\n  - split: train\n"
+        "    path: a/train.jsonl\n"
+        "- config_name: b\n  data_files:\n  - split: train\n    path: b/train.jsonl\n"
+        "  - split: test\n    path: b/test.jsonl\n---\n# pairs\n"
+    )
+    assert len(load_preferences(str(tmp_path), name="b")) == len(EXPLICIT)
+    assert len(load_preferences(str(tmp_path), split="test", name="b")) == 1
+    assert len(load_preferences(str(tmp_path), name="a")) == 1
+    with pytest.raises(DataSourceError, match=r"lists configs \['a', 'b'\]: give dataset_config"):
+        load_preferences(str(tmp_path))
+    with pytest.raises(DataSourceError, match=r"no split 'test' \(it has \['train'\]\)"):
+        load_preferences(str(tmp_path), split="test", name="a")
