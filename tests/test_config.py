@@ -564,6 +564,12 @@ def test_transformers_sampling_strategy_and_trl_launch_keys(tmp_path):
     with pytest.raises(ConfigError, match=r"train_sampling_strategy: random \| group_by_length"):
         load_config(RMTrainConfig, None, ["train_sampling_strategy=sequential"])
     assert from_cli(RLTrainConfig, ["--num_train_epochs", "3"]) == from_cli(RLTrainConfig, [])
+    # a TRL RLOO config with both: transformers ignores the epochs beside max_steps
+    path = tmp_path / "rloo.yaml"
+    path.write_text("num_train_epochs: 1\nmax_steps: 7\n")
+    assert load_config(RLTrainConfig, path).max_steps == 7
+    with pytest.raises(ConfigError, match="`num_train_epochs` is a TRL/transformers key"):
+        load_config(RLTrainConfig, None, ["num_train_epochs=2"])  # epochs meant: said
     with pytest.raises(ConfigError, match=r"`num_processes` .*accelerate launch"):
         load_config(RMTrainConfig, None, ["num_processes=4"])
 

@@ -359,6 +359,11 @@ def _known_key(cls, known, key: str, value: Any, items, where: str) -> tuple[str
     if top not in known and top in RENAMED:
         name, paren, note = RENAMED[top].partition(" (")
         raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")
+    steps = items.get("max_steps")
+    if top == "num_train_epochs" and top not in known and isinstance(steps, int) and steps > 0:
+        # TRL's RLOO config carries both; transformers ignores the epochs beside max_steps
+        log.info("%s: num_train_epochs=%r does nothing beside max_steps=%d", where, value, steps)
+        return None
     hint = NOT_OFFERED.get(top, _SAMPLER if top.startswith("vllm_") else None)
     if top not in known and not hint and top in _training_arguments_defaults():
         default = _training_arguments_defaults()[top]
