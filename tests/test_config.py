@@ -649,3 +649,22 @@ def test_transformers_enums_are_saved_as_their_values(cls, tmp_path):
     assert (saved["lr_scheduler_type"], saved["eval_strategy"], saved["save_strategy"]) == (
         "cosine", every.value, "no")  # fmt: skip
     assert load_config(cls, tmp_path / "config.yaml") == cfg
+
+
+def test_a_training_config_handed_to_a_command_that_does_not_train(tmp_path, caplog):
+    """rm eval --config rm_trl.yaml: the training keys do nothing, and each says so for this
+    command (not another command's reason, nor "give transformers' default" for a default)."""
+    path = tmp_path / "rm_trl.yaml"
+    path.write_text("model_name_or_path: rm\nlearning_rate: 3.0e-5\nnum_train_epochs: 1\n"
+                    "report_to: none\nper_device_eval_batch_size: 8\n")  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        cfg = load_config(RMEvalConfig, path)
+    assert cfg.per_device_eval_batch_size == 8  # a key of rm eval's own
+    for key in ("learning_rate", "num_train_epochs", "report_to"):
+        assert f"{key} does nothing here: this command does not train" in caplog.text, key
+    assert "rl train" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        load_config(RMTrainConfig, None, ["push_to_hub=false", "adam_beta1=0.9"])
+    assert "push_to_hub=False does nothing here: upload output_dir/final" in caplog.text
+    assert "give transformers' default" not in caplog.text

@@ -365,6 +365,11 @@ def _known_key(cls, known, key: str, value: Any, items, where: str) -> tuple[str
         log.info("%s: num_train_epochs=%r does nothing beside max_steps=%d", where, value, steps)
         return None
     hint = NOT_OFFERED.get(top, _SAMPLER if top.startswith("vllm_") else None)
+    trains = "learning_rate" in known
+    if top not in known and not trains and top in _training_arguments_defaults():
+        # a training config handed to a command that does not train (rm eval --config …)
+        log.info("%s: %s does nothing here: this command does not train", where, top)
+        return None
     if top not in known and not hint and top in _training_arguments_defaults():
         default = _training_arguments_defaults()[top]
         hint = TRAINING_ARGUMENTS_HINTS.get(
@@ -378,7 +383,9 @@ def _known_key(cls, known, key: str, value: Any, items, where: str) -> tuple[str
             ANY if top.startswith("vllm_") else _training_arguments_defaults().get(top, Either()),
         )
         if neutral is ANY or (key == top and _same(value, neutral)):
-            log.info("%s: %s=%r does nothing here: %s", where, top, value, hint)
+            said = hint if top in NOT_OFFERED or top in TRAINING_ARGUMENTS_HINTS else None
+            said = said or ("transformers' default" if neutral is not ANY else _SAMPLER)
+            log.info("%s: %s=%r does nothing here: %s", where, top, value, said)
             return None
         raise ConfigError(f"{where}: `{top}` is a TRL/transformers key distalign does not "
                           f"take: {hint}")  # fmt: skip
