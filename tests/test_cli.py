@@ -222,6 +222,14 @@ def test_rm_train_flag_spellings_reach_the_config(rm_train_configs, monkeypatch)
 HELP_LINE = re.compile(r"^  (\w+(?:\.\w+)*) \((.+), default: (.*)\)$")
 
 
+@pytest.mark.parametrize("words", [["-h"], ["rm", "-h"], ["rm", "train", "-h"], ["eval", "-h"]])
+def test_h_is_help_at_every_level(words):
+    """TRL's scripts (argparse) take -h; so does every level of distalign's command line."""
+    result, out = invoke(*words)
+    assert result.exit_code == 0, out
+    assert "Usage: distalign" in out
+
+
 @pytest.mark.parametrize(("command", "cls"), [("rm", RMTrainConfig), ("rl", RLTrainConfig)])
 def test_train_help_lists_every_key_with_its_default(command, cls):
     result, out = invoke(command, "train", "--help")

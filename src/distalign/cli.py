@@ -57,13 +57,20 @@ ABOUT = (
     "command takes an optional YAML config and key=value overrides (or --config FILE "
     "--key value, as in TRL); `distalign COMMAND --help` lists every key."
 )
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=ABOUT)
-data_app = typer.Typer(no_args_is_help=True, help="Inspect preference data.")
-model_app = typer.Typer(no_args_is_help=True, help="Prepare and check models.")
-gold_app = typer.Typer(no_args_is_help=True, help="The gold-judge preference benchmark.")
-rm_app = typer.Typer(no_args_is_help=True, help="Reward models: train, evaluate, score.")
-rl_app = typer.Typer(no_args_is_help=True, help="REINFORCE/RLOO alignment of a policy.")
-eval_app = typer.Typer(no_args_is_help=True, help="Compare aligned policies with the SFT one.")
+HELP = {"help_option_names": ["-h", "--help"]}  # TRL and argparse take -h
+
+
+def _group(about: str) -> typer.Typer:
+    return typer.Typer(no_args_is_help=True, context_settings=HELP, help=about)
+
+
+app = typer.Typer(no_args_is_help=True, context_settings=HELP, add_completion=False, help=ABOUT)
+data_app = _group("Inspect preference data.")
+model_app = _group("Prepare and check models.")
+gold_app = _group("The gold-judge preference benchmark.")
+rm_app = _group("Reward models: train, evaluate, score.")
+rl_app = _group("REINFORCE/RLOO alignment of a policy.")
+eval_app = _group("Compare aligned policies with the SFT one.")
 GROUP_NAMES = {
     id(data_app): "data",
     id(model_app): "model",

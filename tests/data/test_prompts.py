@@ -71,7 +71,8 @@ def test_prompt_only_jsonl_with_strings_and_messages(tmp_path):
     ("row", "message"),
     [
         ({"prompt": [{"role": "assistant", "content": "x"}]}, "last turn to be the user's"),
-        ({"prompt": None}, "missing"),
+        ({"prompt": None}, "null: expected the prompt"),
+        ({"text": "x"}, "missing"),
         ({"prompt": ""}, "non-empty string"),
     ],
 )

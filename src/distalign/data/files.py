@@ -84,7 +84,7 @@ def _json_lines(lines: Iterable[str], path: Path) -> Iterator[tuple[str, Any]]:
         try:
             yield where, json.loads(line.rstrip("\r\n"))  # a column within the line
         except json.JSONDecodeError as e:
-            message = f"broken JSON line ({e.msg} at column {e.colno})"
+            message = f"broken JSON line ({e.msg}, column {e.colno})"
             yield where, PreferenceFormatError(where, None, message)
 
 

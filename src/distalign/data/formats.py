@@ -354,9 +354,14 @@ def _with_replies(row, prompt, where, prompt_is_text: bool):
     return prompt, chosen, rejected
 
 
+def absent(row: Mapping[str, Any], column: str) -> str:
+    """Why ``row`` has no value in ``column``: the column is ``missing``, or it is null."""
+    return "missing" if column not in row else f"null: expected the {column}"
+
+
 def _explicit(row, where):
     if row.get("prompt") is None:
-        raise PreferenceFormatError(where, "prompt", "missing")
+        raise PreferenceFormatError(where, "prompt", absent(row, "prompt"))
     value = row["prompt"]
     hh = hh_prompt(value) if isinstance(value, str) else None
     if hh is not None:
@@ -402,7 +407,7 @@ def sharegpt_prompt(row: Mapping[str, Any], where: str) -> list[dict[str, str]]:
     unless the conversation has its own (LLaMA-Factory: the system turn wins)."""
     column = sharegpt_column(row) or next((c for c in PROMPT_COLUMNS if c in row), "conversations")
     if row.get(column) is None:
-        raise PreferenceFormatError(where, column, "missing")
+        raise PreferenceFormatError(where, column, absent(row, column))
     prompt = parse_messages(row[column], where, column)
     system = row.get("system")
     if system is not None and not isinstance(system, str):

@@ -37,6 +37,7 @@ from distalign.data.files import (
 from distalign.data.formats import (
     FORMATS,
     PreferenceFormatError,
+    absent,
     detect_format,
     is_conversational,
     is_transcript,
@@ -439,7 +440,7 @@ def read_prompt_replies(
         if key is None:
             raise PreferenceFormatError(where, "reply", f"missing: one of {REPLY_COLUMNS}")
         if row.get("prompt") is None:
-            raise PreferenceFormatError(where, "prompt", "missing")
+            raise PreferenceFormatError(where, "prompt", absent(row, "prompt"))
         prompt = read_prompt(row["prompt"], where)
         report.transcripts += is_transcript(row, "prompt-only")
         report.conversations += is_conversational(row)

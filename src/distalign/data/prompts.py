@@ -25,6 +25,7 @@ from typing import Any
 
 from distalign.data.formats import (
     PreferenceFormatError,
+    absent,
     hh_prompt,
     is_conversational,
     is_transcript,
@@ -98,7 +99,7 @@ def prompt_of(row: Any, where: str) -> tuple[Chat, bool]:
         raise PreferenceFormatError(where, None, f"expected an object, got {type(row).__name__}")
     if "prompt" in row or sharegpt_column(row) is None:
         if row.get("prompt") is None:
-            raise PreferenceFormatError(where, "prompt", "missing")
+            raise PreferenceFormatError(where, "prompt", absent(row, "prompt"))
         prompt = read_prompt(row["prompt"], where)
         field = "prompt"
     else:
