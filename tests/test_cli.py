@@ -227,7 +227,7 @@ def test_h_is_help_at_every_level(words):
     """TRL's scripts (argparse) take -h; so does every level of distalign's command line."""
     result, out = invoke(*words)
     assert result.exit_code == 0, out
-    assert "Usage: distalign" in out
+    assert "Usage: " in out and "No such option" not in out
 
 
 @pytest.mark.parametrize(("command", "cls"), [("rm", RMTrainConfig), ("rl", RLTrainConfig)])
