@@ -151,6 +151,17 @@ def test_csv_cells_with_message_lists(tmp_path):
         csv.writer(f).writerows([["prompt", "chosen", "rejected"], ["List?", "[1, 2, 3]", '["a"]']])
     row = load_preferences(str(path))[0]
     assert (row["chosen"], row["rejected"]) == ("[1, 2, 3]", '["a"]')
+    # pandas' to_csv of UltraFeedback writes the Python form of the message lists
+    import pandas as pd
+
+    pd.DataFrame([IMPLICIT[0]]).to_csv(path, index=False)
+    assert "[{'role'" in path.read_text()
+    assert load_preferences(str(path))[0]["chosen"] == "A plum."
+    # and a line number locates a CSV row, as in a JSONL file
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["prompt", "chosen", "rejected"], ["a", "b", "c"], ["a"]])
+    with pytest.raises(PreferenceFormatError, match=r"conv\.csv:3: field 'chosen': null"):
+        load_preferences(str(path))
 
 
 def test_a_folder_written_by_save_to_disk_is_read_as_load_from_disk_gives_it(tmp_path):

@@ -9,6 +9,7 @@ PowerShell writes) and CRLF line ends. ``load.py`` turns the rows into data sets
 
 from __future__ import annotations
 
+import ast
 import codecs
 import contextlib
 import csv
@@ -116,22 +117,36 @@ def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
 
 def _decode_cell(column: str, value: Any) -> Any:
     """CSV cells hold strings: a JSON list of objects is chat messages (or per-group
-    probabilities), a JSON list in a ``*_ids`` column token ids; any other cell, a reply
-    such as ``[1, 2, 3]`` included, stays text."""
+    probabilities), a JSON list in a ``*_ids`` column token ids; so is the Python form of a
+    list of messages that pandas' ``to_csv`` writes (``[{'role': 'user', ...}]``, read as a
+    literal, never run); any other cell, a reply such as ``[1, 2, 3]`` included, stays text."""
     if isinstance(value, str) and value.lstrip().startswith("[") and value.rstrip().endswith("]"):
         try:
             decoded = json.loads(value)
         except json.JSONDecodeError:
-            return value
+            return _python_messages(value)
         objects = bool(decoded) and all(isinstance(x, dict) for x in decoded)
         return decoded if objects or column.endswith("_ids") else value
     return value
 
 
+def _python_messages(value: str) -> Any:
+    """A cell holding a Python list of ``{role, content}`` dicts as that list, else the text."""
+    try:
+        decoded = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return value
+    messages = isinstance(decoded, list) and bool(decoded) and all(
+        isinstance(x, dict) and {"role", "content"} <= set(x) for x in decoded
+    )  # fmt: skip
+    return decoded if messages else value
+
+
 def _iter_csv(path: Path) -> Iterator[tuple[str, Any]]:
     with _named_errors(path), _open_text(path) as f:
-        for i, row in enumerate(csv.DictReader(f)):
-            yield f"{path} row {i}", {k: _decode_cell(k, v) for k, v in row.items()}
+        reader = csv.DictReader(f)
+        for row in reader:  # located by the file's line, as a JSONL row is (the row's last)
+            yield f"{path}:{reader.line_num}", {k: _decode_cell(k, v) for k, v in row.items()}
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
