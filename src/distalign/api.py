@@ -85,6 +85,7 @@ def evaluate_reward_model(config=None, **overrides) -> dict[str, Any]:
             "name": cfg.dataset_config,
             "revision": cfg.dataset_revision,
             "skip_bad_rows": cfg.skip_bad_rows,
+            "format": cfg.format,
         },
         chat_template=cfg.chat_template_path,
         **cfg.placement(),

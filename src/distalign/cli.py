@@ -272,11 +272,13 @@ def _held_out_title(cfg, what: str) -> str:
 def rm_eval(cfg: RMEvalConfig):
     """Pairwise accuracy, margin, reward mean/std and calibration on held-out pairs."""
     from distalign.api import evaluate_reward_model
+    from distalign.data.load import has_no_splits
 
     result = evaluate_reward_model(cfg)
-    print_metrics(
-        f"{cfg.model_name_or_path} on {cfg.dataset_name} ({cfg.dataset_test_split})", result
-    )
+    data = str(cfg.dataset_name)  # a split only where the source has splits
+    if not has_no_splits(data):
+        data += f" ({cfg.dataset_test_split})"
+    print_metrics(f"{cfg.model_name_or_path} on {data}", result)
 
 
 @config_command(rm_app, "score", RMScoreConfig)

@@ -118,10 +118,17 @@ class RMEvalConfig(PlacementConfig):
     """A chat template for a reward model whose tokenizer has none (a Jinja file, a
     tokenizer's template, or ``plain``/``hh``), as ``rm train``'s key; default: the model's own.
     Without one, conversational data (message lists) are refused, as TRL refuses them."""
+    format: str | None = None
+    """explicit | implicit | hh | sharegpt (default: detected from the first row), as in rm
+    train."""
 
     def __post_init__(self):
+        from distalign.data.formats import FORMATS
+
         require([
             (bool(self.model_name_or_path), "give model_name_or_path=RM_FOLDER"),
+            (self.format is None or self.format in FORMATS,
+             f"format must be one of {' | '.join(FORMATS)}, got {self.format!r}"),
             (not (self.max_length and self.max_prompt_length)
              or self.max_prompt_length < self.max_length,
              "need max_prompt_length < max_length"),

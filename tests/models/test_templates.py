@@ -469,3 +469,9 @@ def test_rm_score_reads_standard_text_as_rm_train_and_rm_eval_do(tiny_model_dir,
     out, _ = score_file(rm, str(write_jsonl(tmp_path / "score.jsonl", rows)), None)
     rewards = [json.loads(line)["reward"] for line in out.read_text().splitlines()]
     assert fmean(rewards[0::2]) - fmean(rewards[1::2]) == pytest.approx(margin, abs=1e-5)
+    # rm eval takes rm train's format key: these rows are no HH transcripts
+    from distalign.api import evaluate_reward_model
+    from distalign.data.formats import PreferenceFormatError
+
+    with pytest.raises(PreferenceFormatError):
+        evaluate_reward_model(model_name_or_path=rm, dataset_name=source, format="hh")
