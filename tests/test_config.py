@@ -570,6 +570,12 @@ def test_transformers_sampling_strategy_and_trl_launch_keys(tmp_path):
     assert load_config(RLTrainConfig, path).max_steps == 7
     with pytest.raises(ConfigError, match="`num_train_epochs` is a TRL/transformers key"):
         load_config(RLTrainConfig, None, ["num_train_epochs=2"])  # epochs meant: said
+    # TRL's data set mixture: its empty default does nothing, a mixture says what to do
+    path.write_text("datasets: []\nstreaming: false\ntest_split_size: null\n")
+    assert load_config(RMTrainConfig, path) == RMTrainConfig()
+    path.write_text("datasets:\n  - path: org/a\n  - path: org/b\n")
+    with pytest.raises(ConfigError, match=r"TRL's data set mixture: give one source as dataset_n"):
+        load_config(RMTrainConfig, path)
     with pytest.raises(ConfigError, match=r"`num_processes` .*accelerate launch"):
         load_config(RMTrainConfig, None, ["num_processes=4"])
 

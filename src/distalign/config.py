@@ -140,6 +140,12 @@ NOT_OFFERED = {
     "activation_offloading": "activations stay on the device: use gradient_checkpointing",
     "gradient_checkpointing_kwargs": "gradient_checkpointing runs with use_reentrant=false",
     "dataset_streaming": "data sets are read whole; use max_train_samples for a part",
+    "datasets": "TRL's data set mixture: give one source as dataset_name (dataset_config, "
+    "dataset_train_split); for several, join them into one file, or pass one datasets.Dataset "
+    "from Python (concatenate_datasets)",
+    "streaming": "data sets are read whole; use max_train_samples for a part",
+    "test_split_size": "the held-out pairs are a split (dataset_test_split) or eval_dataset_name; "
+    "make one with datasets' train_test_split",
     "remove_unused_columns": "training reads the columns it needs and keeps the rest aside",
     "dataset_text_field": "pairs are read as prompt/chosen/rejected (or an HH, ShareGPT or "
     "implicit-prompt file, detected)",
@@ -250,6 +256,7 @@ NEUTRAL = {
     "use_liger_kernel": False, "activation_offloading": False,
     "gradient_checkpointing_kwargs": Either((None, {}, {"use_reentrant": False})),
     "dataset_streaming": False, "remove_unused_columns": ANY, "dataset_text_field": ANY,
+    "datasets": Either(([], None)), "streaming": False, "test_split_size": None,
     "eos_token": None, "pad_token": None, "load_in_4bit": False, "load_in_8bit": False,
     "bnb_4bit_quant_type": ANY, "bnb_4bit_quant_storage": ANY, "use_bnb_nested_quant": False,
     "use_vllm": False, "generation_kwargs": Either((None, {})), "cache_implementation": None,
