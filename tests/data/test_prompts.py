@@ -105,6 +105,17 @@ def test_preference_file_gives_each_prompt_once_in_order(tmp_path):
     assert load_prompts(str(path)) == UNIQUE
 
 
+def test_standard_text_pairs_give_their_prompts_as_written(tmp_path):
+    """A pair reads the space its replies start with as the prompt's; a prompt for sampling
+    is the prompt as written, as TRL passes it (and a reward function gets that string)."""
+    rows = [{"prompt": "Tell me about chess.", "chosen": " It is old.", "rejected": " No."},
+            {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
+            {"prompt": "Tell me about chess.", "chosen": " Fun.", "rejected": " Dull"}]  # fmt: skip
+    prompts = load_prompts(str(write_jsonl(tmp_path / "pairs.jsonl", rows)))
+    assert prompts == [user("Tell me about chess."), user("The sky is")]
+    assert [p.text for p in prompts] == ["Tell me about chess.", "The sky is"]
+
+
 def test_preference_folder_by_split(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", PAIRS)
     write_jsonl(tmp_path / "test.jsonl", PAIRS[3:])

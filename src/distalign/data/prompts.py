@@ -166,17 +166,29 @@ def load_prompts(
             break
     first = head[-1]
     if not is_prompt_only(first[1]):
+        written: list[Any] = []  # each row's prompt as written, in TRL's standard text
+
+        def read_once():
+            for where, row in [*head, *rows]:
+                text = isinstance(row, dict) and all(
+                    isinstance(row.get(c), str) for c in ("prompt", "chosen", "rejected")
+                )  # fmt: skip
+                written.append(row["prompt"] if text else None)
+                yield where, row
+
         pairs = load_preferences(  # a pair whose replies are equal still has its prompt
             source, split, name=name, revision=revision, skip_bad_rows=skip_bad_rows,
-            report=report, drop_identical=False,
+            report=report, drop_identical=False, source_rows=read_once(),
         )  # fmt: skip
         prompts = _unique(list(pairs["prompt"]))
-        value = first[1].get("prompt") if isinstance(first[1], dict) else None
+        texts = [written[i] for i in pairs["source_row"]]
         single = all(len(p) == 1 and p[0]["role"] == "user" for p in prompts)
-        if isinstance(value, str) and hh_prompt(value) is None and single:
-            # TRL's standard format: reward functions get each prompt as its string (all of
+        if all(isinstance(t, str) and hh_prompt(t) is None for t in texts) and single:
+            # TRL's standard format: each prompt as written (a pair's reading gave it the space
+            # its replies start with), and reward functions get it as its string (all of
             # them, or none: a data set gives one shape)
-            prompts = [PromptRow(p, text=p[0]["content"]) for p in prompts]
+            prompts = [PromptRow([{"role": "user", "content": t}], text=t)
+                       for t in dict.fromkeys(texts)]  # fmt: skip
         return prompts
     report.format = "prompt-only"
     prompts = []
