@@ -479,6 +479,7 @@ def test_data_with_no_pairs_left_is_an_error_with_the_counts(tiny_model_dir, tmp
     # or evaluation (rm eval)
     from distalign.data.files import DataSourceError
     from distalign.eval.rm import _load_pairs
+    from distalign.models.load import load_tokenizer
 
     rows = [{"prompt": f"Q{i}?", "chosen": "Same.", "rejected": "Same."} for i in range(3)]
     (tmp_path / "same").mkdir()
@@ -489,7 +490,7 @@ def test_data_with_no_pairs_left_is_an_error_with_the_counts(tiny_model_dir, tmp
         run(config(tiny_model_dir, tmp_path / "same", tmp_path))
     assert not (tmp_path / "run" / "final").exists()
     with pytest.raises(DataSourceError, match=left):
-        _load_pairs(str(tmp_path / "same"), "test", 0, None)
+        _load_pairs(str(tmp_path / "same"), "test", 0, None, load_tokenizer(str(tiny_model_dir)), "rm")
 
 
 def test_a_scheduler_takes_its_kwargs(tiny_model_dir):
