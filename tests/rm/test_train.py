@@ -490,7 +490,8 @@ def test_data_with_no_pairs_left_is_an_error_with_the_counts(tiny_model_dir, tmp
         run(config(tiny_model_dir, tmp_path / "same", tmp_path))
     assert not (tmp_path / "run" / "final").exists()
     with pytest.raises(DataSourceError, match=left):
-        _load_pairs(str(tmp_path / "same"), "test", 0, None, load_tokenizer(str(tiny_model_dir)), "rm")
+        tokenizer = load_tokenizer(str(tiny_model_dir))
+        _load_pairs(str(tmp_path / "same"), "test", 0, None, tokenizer, "rm")
 
 
 def test_a_scheduler_takes_its_kwargs(tiny_model_dir):
@@ -528,3 +529,27 @@ def test_each_accumulation_window_takes_a_mean_as_accelerate_cuts_them(n, steps)
                 windows.append(current)
                 current = 0.0
     assert windows == pytest.approx([1.0] * -(-n // steps))
+
+
+def test_merge_lora_saves_a_reward_model_the_auto_classes_score_alone(
+    tiny_model_dir, pair_dir, tmp_path
+):
+    """A LoRA run's final/ is an adapter, whose base config keeps the base's pad id; with
+    merge_lora, final_merged/ carries the reward model's own, so batched scores are right."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distalign.models.reward_model import load_reward_model
+
+    run(config(tiny_model_dir, pair_dir, tmp_path, use_peft=True, merge_lora=True, max_steps=2,
+               lora_modules_to_save=None))  # fmt: skip
+    merged = tmp_path / "run" / "final_merged"
+    model = AutoModelForSequenceClassification.from_pretrained(merged).eval()
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    texts = ["a short one", "a rather longer text than the first one, by far"]
+    alone = [model(**tokenizer(t, return_tensors="pt")).logits[0, 0].item() for t in texts]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    together = model(**batch).logits[:, 0].tolist()
+    assert together == pytest.approx(alone, abs=1e-5)
+    adapter, _, _ = load_reward_model(tmp_path / "run" / "final")
+    ids = tokenizer(texts[0], return_tensors="pt")
+    assert adapter(**ids).logits[0, 0].item() == pytest.approx(alone[0], abs=1e-4)

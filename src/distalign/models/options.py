@@ -72,6 +72,9 @@ class ModelKeys:
     """Rank-stabilised LoRA: scale alpha / √r instead of alpha / r."""
     use_dora: bool = False
     """DoRA: weight-decomposed adapters (slower steps)."""
+    merge_lora: bool = False
+    """Also save the model with the adapter merged into the weights (final_merged/), which
+    loads with the Auto classes alone."""
     lora_task_type: str | None = None
     """PEFT task type. The command sets it (rm train: SEQ_CLS, rl train: CAUSAL_LM); a TRL
     config's value is accepted when it is that one."""

@@ -174,8 +174,6 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     """A step with a non-finite loss or gradient is skipped; this many in a row stop the run."""
     use_peft: bool = True
     """Train LoRA adapters; the reference is the same model with adapters off (no copy)."""
-    merge_lora: bool = False
-    """Also save the policy with the adapter merged into the weights (final_merged/)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward."""
     bf16: bool = False

@@ -365,6 +365,11 @@ def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, output
     final = t.out / "final"
     model = t.accelerator.unwrap_model(t.model).model
     save_reward_model(model, t.tokenizer, final, meta, state_dict=weights)
+    if cfg.use_peft and cfg.merge_lora:  # its config.json carries the pad token the model reads
+        if weights is not None:  # a sharded model cannot merge in place
+            log.warning("merge_lora: skipped for a sharded model; merge final/ after loading it")
+        else:
+            save_reward_model(model.merge_and_unload(), t.tokenizer, t.out / "final_merged", meta)
     name = held_out if isinstance(held_out, str) else "dataset"
     where = {"data": name, "split": cfg.dataset_test_split, "head": cfg.head}
     save_eval(result | where, outputs, final / eval_file_name(name, cfg.dataset_test_split))
