@@ -669,6 +669,9 @@ def test_a_training_config_handed_to_a_command_that_does_not_train(tmp_path, cap
     for key in ("learning_rate", "num_train_epochs", "report_to"):
         assert f"{key} does nothing here: this command does not train" in caplog.text, key
     assert "rl train" not in caplog.text
+    with pytest.raises(ConfigError, match="`bf16` is a training key; this command takes dtype=bf"):
+        load_config(CompareConfig, None, ["bf16=true"])
+    assert load_config(CompareConfig, None, ["bf16=false"]) == CompareConfig()
     caplog.clear()
     with caplog.at_level(logging.INFO):
         load_config(RMTrainConfig, None, ["push_to_hub=false", "adam_beta1=0.9"])

@@ -222,6 +222,11 @@ TRAINING_ARGUMENTS_HINTS = {
     "log_level": "distalign logs at INFO on the first process",
     "hub_token": "hub access uses the token of `hf auth login` or HF_TOKEN",
 }
+# TrainingArguments keys that a command which does not train has its own keys for
+PLACEMENT_KEYS = {
+    "bf16": "dtype=bfloat16", "fp16": "dtype=float16", "bf16_full_eval": "dtype=bfloat16",
+    "fp16_full_eval": "dtype=float16", "use_cpu": "device=cpu",
+}  # fmt: skip
 ANY = object()  # any value does nothing (a key that acts only beside another)
 DEFAULT = object()  # the key's own default
 
@@ -374,7 +379,13 @@ def _known_key(cls, known, key: str, value: Any, items, where: str) -> tuple[str
     hint = NOT_OFFERED.get(top, _SAMPLER if top.startswith("vllm_") else None)
     trains = "learning_rate" in known
     if top not in known and not trains and top in _training_arguments_defaults():
-        # a training config handed to a command that does not train (rm eval --config …)
+        # a training config handed to a command that does not train (rm eval --config …):
+        # its training keys do nothing; one that would set this command's precision or
+        # device does, where it is not transformers' default
+        placement = PLACEMENT_KEYS.get(top)
+        if placement and not _same(value, _training_arguments_defaults()[top]):
+            raise ConfigError(f"{where}: `{top}` is a training key; this command takes "
+                              f"{placement}")  # fmt: skip
         log.info("%s: %s does nothing here: this command does not train", where, top)
         return None
     if top not in known and not hint and top in _training_arguments_defaults():
