@@ -571,21 +571,32 @@ def test_a_downloaded_hub_repository_folder_reads_its_split_shards(tmp_path):
 
 def test_a_local_copy_of_a_hub_repository_with_configs_reads_as_load_dataset_does(tmp_path):
     """A folder whose card lists configs (a downloaded hub repository): dataset_config picks
-    one, as TRL's load_dataset(dataset_name, name=dataset_config) does."""
+    one, as TRL's load_dataset(dataset_name, name=dataset_config) does; its files are read by
+    distalign's readers (located rows, skip_bad_rows, the file as it is now)."""
     for config, rows in (("a", EXPLICIT[:1]), ("b", EXPLICIT)):
         (tmp_path / config).mkdir()
         write_jsonl(tmp_path / config / "train.jsonl", rows)
     write_jsonl(tmp_path / "b" / "test.jsonl", EXPLICIT[:1])
-    (tmp_path / "README.md").write_text(
-        "---\nconfigs:\n- config_name: a\n  data_files:\n  - split: train\n"
-        "    path: a/train.jsonl\n"
-        "- config_name: b\n  data_files:\n  - split: train\n    path: b/train.jsonl\n"
-        "  - split: test\n    path: b/test.jsonl\n---\n# pairs\n"
-    )
+    card = ("---\nconfigs:\n- config_name: a\n  data_files: a/train.jsonl\n"
+            "- config_name: b\n  data_files:\n  - split: train\n    path: b/train*.jsonl\n"
+            "  - split: test\n    path: [b/test.jsonl]\n---\n# pairs\n")  # fmt: skip
+    (tmp_path / "README.md").write_text(card)
     assert len(load_preferences(str(tmp_path), name="b")) == len(EXPLICIT)
     assert len(load_preferences(str(tmp_path), split="test", name="b")) == 1
     assert len(load_preferences(str(tmp_path), name="a")) == 1
-    with pytest.raises(DataSourceError, match=r"lists configs \['a', 'b'\]: give dataset_config"):
+    with pytest.raises(DataSourceError, match=r"its card lists configs \['a', 'b'\]: give data"):
         load_preferences(str(tmp_path))
-    with pytest.raises(DataSourceError, match=r"no split 'test' \(it has \['train'\]\)"):
+    with pytest.raises(DataSourceError, match=r"no split 'test' in config 'a' \(it has \['tra"):
         load_preferences(str(tmp_path), split="test", name="a")
+    with pytest.raises(DataSourceError, match=r"no config 'c' in its card \(it lists \['a', 'b'"):
+        load_preferences(str(tmp_path), name="c")
+    # the file as it is now, and a broken row skipped and located, as for any local file
+    write_jsonl(tmp_path / "a" / "train.jsonl", [*EXPLICIT[1:2], "{broken"])
+    report = LoadReport(source="a")
+    ds = load_preferences(str(tmp_path), name="a", skip_bad_rows=True, report=report)
+    assert len(ds) == 1 and report.rows == 2  # Capital of Peru?, not the first file's row
+    assert "Peru" in str(ds[0]["prompt"])
+    assert "a/train.jsonl:2: broken JSON line" in report.summary()
+    # one config (push_to_hub's card): the default, read without dataset_config
+    (tmp_path / "README.md").write_text(card.split("- config_name: b")[0] + "---\n")
+    assert len(load_preferences(str(tmp_path), skip_bad_rows=True)) == 1

@@ -192,4 +192,67 @@ def local_files(path: Path, split: str | None) -> list[Path]:
         if shards:
             return shards
     names = sorted(p.name for p in path.iterdir())
-    raise DataSourceError(f"{path}: no file for split {wanted!r} (have {names})")
+    configs = [c["config_name"] for c in card_configs(path)]
+    hint = f"; its card lists configs {configs}: give dataset_config" if configs else ""
+    raise DataSourceError(f"{path}: no file for split {wanted!r} (have {names}){hint}")
+
+
+def card_configs(folder: Path) -> list[dict[str, Any]]:
+    """The configs a data set card (``README.md``'s YAML header) lists, as a hub repository's
+    card does (``configs: [{config_name: a, data_files: ...}]``); [] if none."""
+    import yaml
+
+    card = folder / "README.md"
+    text = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else ""
+    if not text.startswith("---"):
+        return []
+    try:
+        header = yaml.safe_load(text[3:].split("\n---", 1)[0])
+    except yaml.YAMLError:
+        return []
+    configs = header.get("configs") if isinstance(header, dict) else None
+    if not isinstance(configs, list):
+        return []
+    return [c for c in configs if isinstance(c, dict) and isinstance(c.get("config_name"), str)]
+
+
+def config_files(folder: Path, name: str | None, split: str | None) -> list[Path] | None:
+    """The files of ``split`` (default train) in config ``name`` of a folder whose card lists
+    configs (a downloaded hub repository), found as ``load_dataset(folder, name)`` finds them
+    and read by distalign's own readers (row locations, ``skip_bad_rows``, no cache). Without
+    ``name``: the card's default config (``default: true``, or its only one). None when the
+    card names no config to use: the folder is read by its file names."""
+    configs = card_configs(folder)
+    if name is None:
+        defaults = [c for c in configs if c.get("default")]
+        if not defaults and len(configs) == 1:
+            defaults = configs
+        if not defaults:
+            return None
+        config = defaults[0]
+    else:
+        config = next((c for c in configs if c["config_name"] == name), None)
+        if config is None:
+            listed = [c["config_name"] for c in configs]
+            raise DataSourceError(f"{folder}: no config {name!r} in its card (it lists {listed})")
+    wanted = split or "train"
+    if config.get("data_files") is None:
+        return local_files(folder / config.get("data_dir", ""), wanted)
+    files = config["data_files"]
+    if isinstance(files, dict):
+        by_split = files
+    elif isinstance(files, list) and files and all(isinstance(f, dict) for f in files):
+        by_split = {f.get("split", "train"): f.get("path") for f in files}
+    else:  # a pattern, or a list of them: the train split
+        by_split = {"train": files}
+    if wanted not in by_split:
+        named = config["config_name"]
+        raise DataSourceError(f"{folder}: no split {wanted!r} in config {named!r} (it has "
+                              f"{list(by_split)}); name one of them as the split")  # fmt: skip
+    patterns = by_split[wanted]
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns or [])
+    found = sorted({f for pattern in patterns for f in folder.glob(pattern) if f.is_file()})
+    if not found:
+        raise DataSourceError(f"{folder}: no file matches {patterns} (config "
+                              f"{config['config_name']!r}, split {wanted!r})")  # fmt: skip
+    return found

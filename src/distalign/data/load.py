@@ -25,12 +25,12 @@ from typing import Any
 
 import datasets
 import numpy as np
-import yaml
 
 from distalign.data.files import (
     READERS,
     SUFFIXES,
     DataSourceError,
+    config_files,
     local_files,
     strip_gz,
 )
@@ -195,30 +195,10 @@ def _some_rows(
         raise DataSourceError(f"{label}: no rows{note}")
 
 
-def card_configs(folder: Path) -> list[str]:
-    """The config names a data set card (``README.md``'s YAML header) lists, as a hub
-    repository's card does (``configs: [{config_name: a, data_files: ...}]``); [] if none."""
-    card = folder / "README.md"
-    if not card.is_file():
-        return []
-    text = card.read_text(encoding="utf-8", errors="replace")
-    if not text.startswith("---"):
-        return []
-    try:
-        header = yaml.safe_load(text[3:].split("\n---", 1)[0])
-    except yaml.YAMLError:
-        return []
-    configs = header.get("configs") if isinstance(header, dict) else None
-    if not isinstance(configs, list):
-        return []
-    return [c["config_name"] for c in configs if isinstance(c, dict) and "config_name" in c]
-
-
-def _hub_rows(source: str, split: str, name: str | None, revision: str | None,
-              local: bool = False):  # fmt: skip
+def _hub_rows(source: str, split: str, name: str | None, revision: str | None):
     # Only the options given, so that load_dataset sees the call it would from the user.
     options = {k: v for k, v in (("name", name), ("revision", revision)) if v is not None}
-    why = None if local else offline_if_unreachable()
+    why = offline_if_unreachable()
     try:
         ds = datasets.load_dataset(source, split=split, **options)
     except (ConnectionError, FileNotFoundError, ValueError) as e:
@@ -228,12 +208,6 @@ def _hub_rows(source: str, split: str, name: str | None, revision: str | None,
         if known:  # loaded (from the hub or its cache); the split is not there
             raise DataSourceError(f"{source}: no split {split!r} (it has {known.group(1)}); "
                                   f"{SPLIT_HINT}") from None  # fmt: skip
-        if local and "Config name is missing" in first:
-            configs = card_configs(Path(source))
-            raise DataSourceError(f"{source}: its card lists configs {configs}: give "
-                                  "dataset_config") from None  # fmt: skip
-        if local:
-            raise DataSourceError(f"{source}: cannot load ({first})") from None
         reached = f"; the hub cannot be reached: {why}" if why else ""
         raise DataSourceError(f"{source}: cannot load from the hub ({first}){reached}") from None
     for i, row in enumerate(ds):
@@ -287,19 +261,15 @@ def iter_source_rows(
         rows = iter_source_rows(saved, split or "train")
         yield from ((f"{where} {loc.removeprefix('dataset ')}", row) for loc, row in rows)
         return
-    if path.is_dir() and (name is not None or card_configs(path)) and revision is None:
-        # a copy of a hub repository whose card lists its configs: read as load_dataset reads
-        # it (TRL's scripts: load_dataset(dataset_name, name=dataset_config))
-        split = split or "train"
-        rows = _hub_rows(str(path), split, name, None, local=True)
-        yield from _some_rows(rows, f"{source}[{split}]")
-        return
     if path.exists():
-        if hub_only:
+        # a copy of a hub repository whose card lists configs: its config's files, as
+        # load_dataset(folder, name=dataset_config) finds them (TRL's scripts pass that)
+        files = config_files(path, name, split) if path.is_dir() and revision is None else None
+        if files is None and hub_only:
             raise DataSourceError(
                 f"{source}: a local source; a config name or revision applies to hub datasets only"
             )
-        for file in local_files(path, split):  # one file, or a split's shards in order
+        for file in files or local_files(path, split):  # one file, or a split's shards
             suffix = Path(strip_gz(file)).suffix
             if suffix not in READERS:
                 raise DataSourceError(
