@@ -109,6 +109,10 @@ def test_hh_prompt_column_is_split_into_turns(tmp_path):
     assert report.format == "explicit"
     assert ds[0]["prompt"] == [user("Hi"), bot("Hey."), user("Bye")]
     assert (ds[0]["chosen"], ds[0]["rejected"]) == ("Bye!", "No.")
+    # replies as assistant messages: the space after "Assistant:" is the transcript's too
+    rows[0] = {**rows[0], "chosen": [bot(" Bye!")], "rejected": [bot(" No.")]}
+    ds, _ = load(tmp_path, rows)
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("Bye!", "No.")
 
 
 def test_common_prefix_length_matches_a_character_loop():

@@ -369,25 +369,24 @@ def _explicit(row, where):
     else:
         prompt = parse_messages(value, where, "prompt")
         prompt, chosen, rejected = _with_replies(row, prompt, where, isinstance(value, str))
-    if all(isinstance(row[c], str) for c in ("prompt", "chosen", "rejected")):
-        prompt, (chosen, rejected) = text_replies(value, prompt, [chosen, rejected])
+    if isinstance(value, str):
+        texts = all(isinstance(row[c], str) for c in ("chosen", "rejected"))
+        prompt, (chosen, rejected) = text_replies(value, prompt, [chosen, rejected], texts)
     return prompt, chosen, rejected
 
 
 def text_replies(
-    text: str, prompt: list[dict[str, str]], replies: list[str]
+    text: str, prompt: list[dict[str, str]], replies: list[str], move: bool = True
 ) -> tuple[list[dict[str, str]], list[str]]:
-    """The prompt and replies of a string prompt (``text``, read as ``prompt``) with string
-    replies, as every command reads them. After an HH transcript's "Assistant:" the space the
-    replies start with is the transcript's, and is dropped. In TRL's standard text (" Paris."
-    after "The capital of France is") the whitespace every reply starts with joins them to the
-    prompt: it goes with the prompt, so the reply turn starts at its word and prompt + reply
-    stays the text."""
+    """The prompt and replies of a string prompt (``text``, read as ``prompt``), as every
+    command reads them. After an HH transcript's "Assistant:" the space the replies start with
+    is the transcript's, and is dropped. With ``move`` (string replies: TRL's standard text,
+    " Paris." after "The capital of France is") the whitespace every reply starts with joins
+    them to the prompt: it goes with the prompt, so the reply turn starts at its word and
+    prompt + reply stays the text."""
     if hh_prompt(text) is not None:
         return prompt, [r.lstrip(" ") for r in replies]
-    k = 0
-    while all(len(r) > k and r[k].isspace() and r[k] == replies[0][k] for r in replies):
-        k += 1
+    k = min(_shared_whitespace(replies[0], r) for r in replies) if move else 0
     if not k:
         return prompt, replies
     moved = [*prompt[:-1], {**prompt[-1], "content": prompt[-1]["content"] + replies[0][:k]}]

@@ -420,8 +420,10 @@ def read_prompt_replies(
             raise PreferenceFormatError(
                 where, key, "expected the messages before the reply to repeat the prompt"
             )
-        if as_trained and isinstance(row["prompt"], str) and isinstance(row[key], str):
-            prompt, (reply,) = text_replies(row["prompt"], prompt, [reply])
+        if as_trained and isinstance(row["prompt"], str):
+            prompt, (reply,) = text_replies(
+                row["prompt"], prompt, [reply], isinstance(row[key], str)
+            )
         prompts.append(prompt)
         replies.append(reply)
         rows.append(row)

@@ -131,7 +131,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     epsilon_high: float | None = None
     """Upper clip (DAPO's ε_high); None: epsilon."""
     baseline: str = "rloo"
-    """Advantage estimator: rloo (leave-one-out mean) | grpo ((R − group mean) / group std) |
+    """Advantage estimator: rloo (leave-one-out mean) | grpo ((r − group mean) / group std of
+    the rewards, minus the KL penalty centred in the group) |
     dr_grpo (R − group mean) | reinforce_pp (R whitened over the batch) | reinforce_pp_baseline
     (R − group mean, whitened over the batch) | remax (R − reward of the greedy reply; one extra
     greedy sample and score per prompt per step) | moving_average (R − mean of past rewards) |
