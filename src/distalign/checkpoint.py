@@ -338,9 +338,11 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
     except (RuntimeError, ValueError, KeyError) as e:  # another model, LoRA rank, target set
         lines = [line.strip() for line in str(e).splitlines() if line.strip()][:2]
         reason = " ".join(lines)[:300] or type(e).__name__
+        saved = path / RUN_CONFIG
+        settings = saved if saved.is_file() else "the run's first config.yaml"
         raise CheckpointError(
             f"{path} does not fit this run's model or optimizer ({reason}): resume with the "
-            "settings the run was written with (its config.yaml: the model, use_peft, lora_r, "
+            f"settings it was written under ({settings}: the model, use_peft, lora_r, "
             "lora_target_modules, the head)"
         ) from e
     if optimizer is not None and not (path / "optimizer.pt").is_file():
