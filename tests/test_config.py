@@ -568,6 +568,9 @@ def test_transformers_sampling_strategy_and_trl_launch_keys(tmp_path):
     path = tmp_path / "rloo.yaml"
     path.write_text("num_train_epochs: 1\nmax_steps: 7\n")
     assert load_config(RLTrainConfig, path).max_steps == 7
+    path.write_text("num_train_epochs: 1\n")  # max_steps from the command line
+    assert load_config(RLTrainConfig, path, ["max_steps=9"]).max_steps == 9
+    assert from_cli(RLTrainConfig, ["--num_train_epochs", "1", "--max_steps", "9"]).max_steps == 9
     with pytest.raises(ConfigError, match="`num_train_epochs` is a TRL/transformers key"):
         load_config(RLTrainConfig, None, ["num_train_epochs=2"])  # epochs meant: said
     # TRL's data set mixture: its empty default does nothing, a mixture says what to do

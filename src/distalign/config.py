@@ -307,19 +307,22 @@ def require(checks: Sequence[tuple[bool, str]]) -> None:
             raise ValueError(message)
 
 
-def known_keys(cls: type, items: dict[str, Any], where: str) -> dict[str, Any]:
+def known_keys(
+    cls: type, items: dict[str, Any], where: str, given: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """``items`` (key -> value) without the TRL / transformers keys whose value does nothing
     here (``NEUTRAL``: ``use_vllm: false`` in a TRL config), aliases under the key they name
     and TRL's meaningful nulls resolved. A renamed key, a key not offered with a value that
     would act, or an unknown key is a ConfigError that says what to use: one error listing
-    every such key of ``items``."""
+    every such key of ``items``. ``given``: every key the config gets, from its file and its
+    overrides (default: ``items``), for a key whose meaning depends on another's."""
     known = {f.name for f in dataclasses.fields(cls)}
     kept, errors = {}, []
     if "reward" in known:
         items = _both_reward_keys(items, where)
     for key, value in items.items():
         try:
-            item = _known_key(cls, known, key, value, items, where)
+            item = _known_key(cls, known, key, value, items if given is None else given, where)
         except ConfigError as e:
             errors.append(str(e))
             continue
@@ -670,6 +673,7 @@ def load_config(
     raw value that is YAML's null, ``null`` or ``~``, unsets the key as ``key=null`` does)."""
     base = OmegaConf.structured(cls)
     errors: list[str] = []
+    given = _given(overrides)  # every key given, for a key whose meaning depends on another's
     try:
         if path is not None:
             path = Path(path)
@@ -684,7 +688,8 @@ def load_config(
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
             try:  # every problem of the file and the overrides at once, at the end
-                loaded = known_keys(cls, loaded, str(path))
+                given = {**loaded, **given}
+                loaded = known_keys(cls, loaded, str(path), given)
             except ConfigError as e:
                 errors.append(str(e))
                 loaded = {}
@@ -701,7 +706,7 @@ def load_config(
                 raise ConfigError(f"override {item!r} is not of the form key=value")
             key, text = item.split("=", 1)
             parsed = _yaml_value(text)
-            kept = _override_key(cls, key, parsed, f"override {item!r}", errors)
+            kept = _override_key(cls, key, parsed, f"override {item!r}", errors, given)
             if kept is None:
                 continue
             name, value = kept
@@ -720,7 +725,7 @@ def load_config(
         else:
             key, raw = item
             parsed = _yaml_value(raw)
-            kept = _override_key(cls, key, parsed, f"--{key}", errors)
+            kept = _override_key(cls, key, parsed, f"--{key}", errors, given)
             if kept is None:
                 continue
             key, meant = kept  # an alias (--reward_funcs) as the key it names
@@ -749,11 +754,23 @@ def load_config(
         raise ConfigError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
 
-def _override_key(cls: type, key: str, parsed: Any, where: str, errors: list[str]):
+def _given(overrides: Sequence[Override]) -> dict[str, Any]:
+    """The overrides' keys and values, as YAML reads them (what ``known_keys`` calls given)."""
+    out = {}
+    for item in overrides:
+        if isinstance(item, str) and "=" not in item:
+            continue  # said as an error where the overrides are read
+        key, raw = item.split("=", 1) if isinstance(item, str) else item
+        out[key] = _yaml_value(raw)
+    return out
+
+
+def _override_key(cls: type, key: str, parsed: Any, where: str, errors: list[str],
+                  given: dict[str, Any] | None = None):  # fmt: skip
     """An override's (key, value) as ``known_keys`` reads it, or None: dropped (it does
     nothing), or refused (its error appended to ``errors``, said with the others at the end)."""
     try:
-        kept = known_keys(cls, {key: parsed}, where)
+        kept = known_keys(cls, {key: parsed}, where, given)
     except ConfigError as e:
         errors.append(str(e))
         return None
