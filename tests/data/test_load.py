@@ -157,6 +157,14 @@ def test_csv_cells_with_message_lists(tmp_path):
     pd.DataFrame([IMPLICIT[0]]).to_csv(path, index=False)
     assert "[{'role'" in path.read_text()
     assert load_preferences(str(path))[0]["chosen"] == "A plum."
+    # and datasets' to_csv (numpy arrays, printed without commas between the messages)
+    datasets.Dataset.from_list([IMPLICIT[0]]).to_csv(path, index=False)
+    assert "'}\n {'" in path.read_text()
+    assert load_preferences(str(path))[0]["chosen"] == "A plum."
+    # a printed message list that does not read back is an error naming the cell
+    path.write_text("chosen,rejected\n\"[{'role': 'user', 'content': 'x'} ...]\",b\n")
+    with pytest.raises(PreferenceFormatError, match=r"conv\.csv:2: field 'chosen': a printed list"):
+        load_preferences(str(path))
     # and a line number locates a CSV row, as in a JSONL file
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows([["prompt", "chosen", "rejected"], ["a", "b", "c"], ["a"]])

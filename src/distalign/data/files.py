@@ -16,6 +16,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -131,22 +132,40 @@ def _decode_cell(column: str, value: Any) -> Any:
 
 
 def _python_messages(value: str) -> Any:
-    """A cell holding a Python list of ``{role, content}`` dicts as that list, else the text."""
-    try:
-        decoded = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return value
-    messages = isinstance(decoded, list) and bool(decoded) and all(
-        isinstance(x, dict) and {"role", "content"} <= set(x) for x in decoded
-    )  # fmt: skip
-    return decoded if messages else value
+    """A cell holding a list of ``{role, content}`` dicts in Python's printed form, as that
+    list: a list's (pandas' ``to_csv`` of lists) or a numpy array's, whose items have no comma
+    between them (``Dataset.to_csv``, ``to_pandas().to_csv``). Read as a literal, never run.
+    Any other text stays text; one that starts as such a list but does not read is an error
+    (its messages would otherwise be trained on as one text)."""
+    text = value.strip()
+    for form in (text, re.sub(r"\}\s+\{", "}, {", text)):
+        try:
+            decoded = ast.literal_eval(form)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            continue
+        if (
+            isinstance(decoded, list)
+            and decoded
+            and all(isinstance(x, dict) and {"role", "content"} <= set(x) for x in decoded)
+        ):
+            return decoded
+    if re.match(r"\[\s*\{\s*['\"](role|content)['\"]\s*:", text):
+        raise ValueError("a printed list of messages that does not read back as one; save the "
+                         "data as JSONL or Parquet (Dataset.to_json, to_parquet)")  # fmt: skip
+    return value
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[str, Any]]:
     with _named_errors(path), _open_text(path) as f:
         reader = csv.DictReader(f)
         for row in reader:  # located by the file's line, as a JSONL row is (the row's last)
-            yield f"{path}:{reader.line_num}", {k: _decode_cell(k, v) for k, v in row.items()}
+            where, cells = f"{path}:{reader.line_num}", {}
+            try:
+                for column, value in row.items():
+                    cells[column] = _decode_cell(column, value)
+            except ValueError as e:
+                cells = PreferenceFormatError(where, column, str(e))
+            yield where, cells
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
