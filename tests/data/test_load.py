@@ -185,7 +185,7 @@ def test_a_folder_written_by_save_to_disk_is_read_as_load_from_disk_gives_it(tmp
     assert len(load_preferences(str(tmp_path / "dict"))) == len(EXPLICIT)
     assert len(load_preferences(str(tmp_path / "dict"), split="test")) == 1
     with pytest.raises(DataSourceError, match=r"dict: no split 'validation' \(it has \['train', "
-                       r"'test'\]\); name one with dataset_test_split"):  # fmt: skip
+                       r"'test'\]\); name one of them as the split"):  # fmt: skip
         load_preferences(str(tmp_path / "dict"), split="validation")
     bad = [EXPLICIT[0], {**EXPLICIT[0], "chosen": None}]
     datasets.Dataset.from_list(bad).save_to_disk(tmp_path / "bad")
@@ -451,7 +451,7 @@ def test_a_hub_split_that_is_not_there_is_said_as_such(monkeypatch):
     with pytest.raises(DataSourceError) as info:
         load_preferences("org/pairs", split="test")
     assert str(info.value).startswith(
-        "org/pairs: no split 'test' (it has ['train']); name one with dataset_test_split"
+        "org/pairs: no split 'test' (it has ['train']); name one of them as the split"
     )
 
 

@@ -216,6 +216,10 @@ def local_files(path: Path, split: str | None) -> list[Path]:
     raise DataSourceError(f"{path}: no file for split {wanted!r} (have {names}){hint}")
 
 
+# every command names its split its own way (dataset_test_split, dataset_split, …)
+SPLIT_HINT = "name one of them as the split"
+
+
 def card_configs(folder: Path) -> list[dict[str, Any]]:
     """The configs a data set card (``README.md``'s YAML header) lists, as a hub repository's
     card does (``configs: [{config_name: a, data_files: ...}]``); [] if none."""
@@ -267,7 +271,7 @@ def config_files(folder: Path, name: str | None, split: str | None) -> list[Path
     if wanted not in by_split:
         named = config["config_name"]
         raise DataSourceError(f"{folder}: no split {wanted!r} in config {named!r} (it has "
-                              f"{list(by_split)}); name one of them as the split")  # fmt: skip
+                              f"{list(by_split)}); {SPLIT_HINT}")  # fmt: skip
     patterns = by_split[wanted]
     patterns = [patterns] if isinstance(patterns, str) else list(patterns or [])
     found = sorted({f for pattern in patterns for f in folder.glob(pattern) if f.is_file()})

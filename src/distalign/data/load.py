@@ -28,6 +28,7 @@ import numpy as np
 
 from distalign.data.files import (
     READERS,
+    SPLIT_HINT,
     SUFFIXES,
     DataSourceError,
     config_files,
@@ -177,10 +178,6 @@ class LoadReport:
         lines += [f"    {n} × {reason}" for reason, n in self.skipped.most_common()]
         lines += [f"    e.g. {e}" for e in self.examples[:3]]
         return "\n".join(lines)
-
-
-SPLIT_HINT = ("name one with dataset_test_split (or dataset_train_split), or give the held-out "
-              "data as eval_dataset_name")  # fmt: skip
 
 
 def _some_rows(
