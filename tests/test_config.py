@@ -644,6 +644,9 @@ def test_an_exponent_is_a_number_inside_a_mapping_too(tmp_path):
     cfg = from_cli(RMTrainConfig, ["lr_scheduler_type=cosine_with_min_lr",
                                    "--lr_scheduler_kwargs", "{min_lr: 2E-7}"])  # fmt: skip
     assert cfg.lr_scheduler_kwargs == {"min_lr": 2e-7}
+    # and a string that reads as such a number is saved quoted, so it comes back a string
+    named = RMTrainConfig(run_name="1e3", model_revision="2E5", report_to="none")
+    assert load_config(RMTrainConfig, save_config(named, tmp_path)) == named
 
 
 @pytest.mark.parametrize("cls", [RMTrainConfig, RLTrainConfig])

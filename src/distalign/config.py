@@ -505,11 +505,21 @@ class _Loader(yaml.SafeLoader):
     YAML 1.1 makes of it, also inside a mapping (``lr_scheduler_kwargs: {min_lr: 1e-6}``)."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+_EXPONENT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+0123456789"))
+
+
+class _Dumper(yaml.SafeDumper):
+    """YAML that ``_Loader`` reads back as written: a string such as ``1e3`` (a run name, a
+    revision) is quoted, or it would come back a number."""
+
+
+def _quoted_if_numeric(dumper: yaml.SafeDumper, value: str):
+    style = "'" if _EXPONENT.match(value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _quoted_if_numeric)
 
 
 def read_yaml(text: str) -> Any:
@@ -804,7 +814,8 @@ def save_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / name
     path.write_text(
-        yaml.safe_dump(config_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8"
+        yaml.dump(config_dict(cfg), Dumper=_Dumper, sort_keys=False, allow_unicode=True),
+        encoding="utf-8",
     )
     return path
 
