@@ -553,3 +553,20 @@ def test_merge_lora_saves_a_reward_model_the_auto_classes_score_alone(
     adapter, _, _ = load_reward_model(tmp_path / "run" / "final")
     ids = tokenizer(texts[0], return_tensors="pt")
     assert adapter(**ids).logits[0, 0].item() == pytest.approx(alone[0], abs=1e-4)
+
+
+def test_a_run_weighs_its_short_last_window_as_a_full_one(tiny_model_dir, pair_dir, tmp_path,
+                                                          monkeypatch):  # fmt: skip
+    import distalign.rm.train as rm_train
+
+    weights, step = [], rm_train.train_step
+
+    def recorded(t, batch, cfg, weight=1.0):
+        weights.append(weight)
+        return step(t, batch, cfg, weight)
+
+    monkeypatch.setattr(rm_train, "train_step", recorded)
+    # 40 pairs in batches of 8: 5 micro-batches, windows of 3 and 2
+    run(config(tiny_model_dir, pair_dir, tmp_path, max_train_samples=40,
+               gradient_accumulation_steps=3))  # fmt: skip
+    assert weights == [1.0, 1.0, 1.0, 1.5, 1.5]
