@@ -683,3 +683,13 @@ def test_a_training_config_handed_to_a_command_that_does_not_train(tmp_path, cap
         load_config(RMTrainConfig, None, ["push_to_hub=false", "adam_beta1=0.9"])
     assert "push_to_hub=False does nothing here: upload output_dir/final" in caplog.text
     assert "give transformers' default" not in caplog.text
+
+
+def test_an_override_beats_the_file_for_a_key_and_its_other_name(tmp_path):
+    """The file's warmup_ratio and a command line's warmup_steps: the command line wins, as
+    any override does (each override is read on its own)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("warmup_ratio: 0.1\n")
+    assert load_config(RMTrainConfig, path, ["warmup_steps=5"]).warmup_steps == 5
+    path.write_text("warmup_steps: 10\n")
+    assert load_config(RMTrainConfig, path, ["warmup_ratio=0.2"]).warmup_steps == 0.2

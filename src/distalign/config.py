@@ -315,14 +315,15 @@ def known_keys(
     and TRL's meaningful nulls resolved. A renamed key, a key not offered with a value that
     would act, or an unknown key is a ConfigError that says what to use: one error listing
     every such key of ``items``. ``given``: every key the config gets, from its file and its
-    overrides (default: ``items``), for a key whose meaning depends on another's."""
+    overrides (default: ``items``), for ``num_train_epochs``, which does nothing beside a
+    ``max_steps`` given anywhere."""
     known = {f.name for f in dataclasses.fields(cls)}
     kept, errors = {}, []
     if "reward" in known:
         items = _both_reward_keys(items, where)
     for key, value in items.items():
         try:
-            item = _known_key(cls, known, key, value, items if given is None else given, where)
+            item = _known_key(cls, known, key, value, items, where, given)
         except ConfigError as e:
             errors.append(str(e))
             continue
@@ -348,7 +349,8 @@ def _both_reward_keys(items: dict[str, Any], where: str) -> dict[str, Any]:
     return {**out, "reward": [model, *funcs]}
 
 
-def _known_key(cls, known, key: str, value: Any, items, where: str) -> tuple[str, Any] | None:
+def _known_key(cls, known, key: str, value: Any, items, where: str,
+               given: dict[str, Any] | None = None) -> tuple[str, Any] | None:  # fmt: skip
     """One item of ``known_keys``: (key, value) to keep, or None to drop it."""
     top = key.split(".")[0]
     if top not in known and ALIASES.get(top) in known:
@@ -374,7 +376,7 @@ def _known_key(cls, known, key: str, value: Any, items, where: str) -> tuple[str
     if top not in known and top in RENAMED:
         name, paren, note = RENAMED[top].partition(" (")
         raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")
-    steps = items.get("max_steps")
+    steps = (items if given is None else given).get("max_steps")
     if top == "num_train_epochs" and top not in known and isinstance(steps, int) and steps > 0:
         # TRL's RLOO config carries both; transformers ignores the epochs beside max_steps
         log.info("%s: num_train_epochs=%r does nothing beside max_steps=%d", where, value, steps)
