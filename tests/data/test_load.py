@@ -157,10 +157,12 @@ def test_csv_cells_with_message_lists(tmp_path):
     pd.DataFrame([IMPLICIT[0]]).to_csv(path, index=False)
     assert "[{'role'" in path.read_text()
     assert load_preferences(str(path))[0]["chosen"] == "A plum."
-    # and datasets' to_csv (numpy arrays, printed without commas between the messages)
-    datasets.Dataset.from_list([IMPLICIT[0]]).to_csv(path, index=False)
+    # and datasets' to_csv (numpy arrays, printed without commas between the messages), a
+    # message that holds "} {" itself read as written
+    row = {**IMPLICIT[0], "chosen": [USER, {"role": "assistant", "content": "A plum.} {x}"}]}
+    datasets.Dataset.from_list([row]).to_csv(path, index=False)
     assert "'}\n {'" in path.read_text()
-    assert load_preferences(str(path))[0]["chosen"] == "A plum."
+    assert load_preferences(str(path))[0]["chosen"] == "A plum.} {x}"
     # a printed message list that does not read back is an error naming the cell
     path.write_text("chosen,rejected\n\"[{'role': 'user', 'content': 'x'} ...]\",b\n")
     with pytest.raises(PreferenceFormatError, match=r"conv\.csv:2: field 'chosen': a printed list"):

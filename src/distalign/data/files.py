@@ -138,7 +138,8 @@ def _python_messages(value: str) -> Any:
     Any other text stays text; one that starts as such a list but does not read is an error
     (its messages would otherwise be trained on as one text)."""
     text = value.strip()
-    for form in (text, re.sub(r"\}\s+\{", "}, {", text)):
+    between = r"\}\s+(?=\{\s*['\"](?:role|content)['\"]\s*:)"  # numpy's: one message, the next
+    for form in (text, re.sub(between, "}, ", text)):
         try:
             decoded = ast.literal_eval(form)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
