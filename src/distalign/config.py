@@ -507,8 +507,8 @@ class _Loader(yaml.SafeLoader):
     YAML 1.1 makes of it, also inside a mapping (``lr_scheduler_kwargs: {min_lr: 1e-6}``)."""
 
 
-_EXPONENT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+0123456789"))
+_EXPONENT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+0123456789."))
 
 
 class _Dumper(yaml.SafeDumper):

@@ -163,10 +163,19 @@ def test_csv_cells_with_message_lists(tmp_path):
     datasets.Dataset.from_list([row]).to_csv(path, index=False)
     assert "'}\n {'" in path.read_text()
     assert load_preferences(str(path))[0]["chosen"] == "A plum.} {x}"
-    # a printed message list that does not read back is an error naming the cell
-    path.write_text("chosen,rejected\n\"[{'role': 'user', 'content': 'x'} ...]\",b\n")
-    with pytest.raises(PreferenceFormatError, match=r"conv\.csv:2: field 'chosen': a printed list"):
-        load_preferences(str(path))
+    # a numpy-printed message list that does not read back (cut short, or a message whose text
+    # would take a comma) is an error naming the cell; Python code in a reply stays text
+    cut = "[{'role': 'user', 'content': 'x'}\n {'role': 'assistant', 'content': 'y'} ...]"
+    tricky = ("[{'role': 'user', 'content': \"a} {'role': 1\"}\n"
+              " {'role': 'assistant', 'content': 'y'}]")  # fmt: skip
+    code = "[{'role': r, 'content': c} for r, c in turns]"
+    for cell in (cut, tricky):
+        pd.DataFrame([{"chosen": cell, "rejected": "b"}]).to_csv(path, index=False)
+        with pytest.raises(PreferenceFormatError, match=r"conv\.csv:\d+: field 'chosen': a list"):
+            load_preferences(str(path))
+    for cell in (code, "[{'role': 'user', 'content': 'x', [1]: 2}]", "[" * 3000 + "]" * 3000):
+        pd.DataFrame([{"prompt": "p", "chosen": cell, "rejected": "b"}]).to_csv(path, index=False)
+        assert load_preferences(str(path))[0]["chosen"] == cell
     # and a line number locates a CSV row, as in a JSONL file
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows([["prompt", "chosen", "rejected"], ["a", "b", "c"], ["a"]])
@@ -607,6 +616,10 @@ def test_a_local_copy_of_a_hub_repository_with_configs_reads_as_load_dataset_doe
     assert len(ds) == 1 and report.rows == 2  # Capital of Peru?, not the first file's row
     assert "Peru" in str(ds[0]["prompt"])
     assert "a/train.jsonl:2: broken JSON line" in report.summary()
+    # a config named "default" is the default, as in datasets; a trailing ** is every file below
+    (tmp_path / "README.md").write_text(card.replace("config_name: b", "config_name: default")
+                                        .replace("b/train*.jsonl", "b/**"))  # fmt: skip
+    assert len(load_preferences(str(tmp_path))) == len(EXPLICIT) + 1  # b/test.jsonl too
     # one config (push_to_hub's card): the default, read without dataset_config
     (tmp_path / "README.md").write_text(card.split("- config_name: b")[0] + "---\n")
     assert len(load_preferences(str(tmp_path), skip_bad_rows=True)) == 1

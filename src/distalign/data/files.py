@@ -124,7 +124,7 @@ def _decode_cell(column: str, value: Any) -> Any:
     if isinstance(value, str) and value.lstrip().startswith("[") and value.rstrip().endswith("]"):
         try:
             decoded = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return _python_messages(value)
         objects = bool(decoded) and all(isinstance(x, dict) for x in decoded)
         return decoded if objects or column.endswith("_ids") else value
@@ -135,24 +135,26 @@ def _python_messages(value: str) -> Any:
     """A cell holding a list of ``{role, content}`` dicts in Python's printed form, as that
     list: a list's (pandas' ``to_csv`` of lists) or a numpy array's, whose items have no comma
     between them (``Dataset.to_csv``, ``to_pandas().to_csv``). Read as a literal, never run.
-    Any other text stays text; one that starts as such a list but does not read is an error
-    (its messages would otherwise be trained on as one text)."""
+    Any other text stays text (Python code in a reply too); a numpy-printed message list that
+    does not read back is an error, as its messages would otherwise be trained on as one text."""
     text = value.strip()
     between = r"\}\s+(?=\{\s*['\"](?:role|content)['\"]\s*:)"  # numpy's: one message, the next
-    for form in (text, re.sub(between, "}, ", text)):
+    numpy_form, gaps = re.subn(between, "}, ", text)
+    for form, joins in ((text, None), (numpy_form, gaps)):
         try:
             decoded = ast.literal_eval(form)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
+        except Exception:
             continue
-        if (
-            isinstance(decoded, list)
-            and decoded
-            and all(isinstance(x, dict) and {"role", "content"} <= set(x) for x in decoded)
-        ):
+        messages = isinstance(decoded, list) and decoded and all(
+            isinstance(x, dict) and {"role", "content"} <= set(x) for x in decoded
+        )  # fmt: skip
+        # numpy's form: a comma put inside a message's text would add a gap, so the gaps
+        # must be exactly those between the messages
+        if messages and (joins is None or joins == len(decoded) - 1):
             return decoded
-    if re.match(r"\[\s*\{\s*['\"](role|content)['\"]\s*:", text):
-        raise ValueError("a printed list of messages that does not read back as one; save the "
-                         "data as JSONL or Parquet (Dataset.to_json, to_parquet)")  # fmt: skip
+    if gaps and text.startswith("[{"):
+        raise ValueError("a list of messages as numpy prints it that does not read back as "
+                         "one; save the data as JSONL or Parquet (Dataset.to_json)")  # fmt: skip
     return value
 
 
@@ -247,8 +249,13 @@ def config_files(folder: Path, name: str | None, split: str | None) -> list[Path
     ``name``: the card's default config (``default: true``, or its only one). None when the
     card names no config to use: the folder is read by its file names."""
     configs = card_configs(folder)
-    if name is None:
+    listed = [c["config_name"] for c in configs]
+    if name is None:  # as datasets picks one: marked default, named "default", or the only one
         defaults = [c for c in configs if c.get("default")]
+        if len(defaults) > 1:
+            raise DataSourceError(f"{folder}: its card marks several configs default: give "
+                                  "dataset_config")  # fmt: skip
+        defaults = defaults or [c for c in configs if c["config_name"] == "default"]
         if not defaults and len(configs) == 1:
             defaults = configs
         if not defaults:
@@ -256,12 +263,18 @@ def config_files(folder: Path, name: str | None, split: str | None) -> list[Path
         config = defaults[0]
     else:
         config = next((c for c in configs if c["config_name"] == name), None)
+        if config is None and not configs:
+            raise DataSourceError(f"{folder}: no config {name!r}: the folder has no data set "
+                                  "card (README.md) listing configs")  # fmt: skip
         if config is None:
-            listed = [c["config_name"] for c in configs]
             raise DataSourceError(f"{folder}: no config {name!r} in its card (it lists {listed})")
     wanted = split or "train"
     if config.get("data_files") is None:
-        return local_files(folder / config.get("data_dir", ""), wanted)
+        sub = folder / config.get("data_dir", "")
+        if not sub.is_dir():
+            raise DataSourceError(f"{folder}: config {config['config_name']!r}'s data_dir "
+                                  f"{sub.name!r} is not a folder here")  # fmt: skip
+        return local_files(sub, wanted)
     files = config["data_files"]
     if isinstance(files, dict):
         by_split = files
@@ -275,8 +288,20 @@ def config_files(folder: Path, name: str | None, split: str | None) -> list[Path
                               f"{list(by_split)}); {SPLIT_HINT}")  # fmt: skip
     patterns = by_split[wanted]
     patterns = [patterns] if isinstance(patterns, str) else list(patterns or [])
-    found = sorted({f for pattern in patterns for f in folder.glob(pattern) if f.is_file()})
+    found = sorted({f for pattern in patterns for f in _matches(folder, pattern) if f.is_file()})
     if not found:
         raise DataSourceError(f"{folder}: no file matches {patterns} (config "
                               f"{config['config_name']!r}, split {wanted!r})")  # fmt: skip
+    return found
+
+
+def _matches(folder: Path, pattern: str) -> list[Path]:
+    """The paths a card's pattern names under ``folder``, as the hub reads it: a trailing
+    ``**`` is every file below (pathlib's glob gives only the folders)."""
+    pattern = pattern.removeprefix("./")
+    if Path(pattern).is_absolute():
+        raise DataSourceError(f"{folder}: its card's pattern {pattern!r} is not inside it")
+    found = list(folder.glob(pattern))
+    if pattern.endswith("**"):
+        found += folder.glob(pattern + "/*")
     return found
