@@ -331,9 +331,10 @@ def follow_schedule(optimizer, scheduler, peaks: list[float] | None = None) -> N
 def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG from a checkpoint; return its state."""
     path = Path(path)
+    moments = optimizer is not None and (path / "optimizer.pt").is_file()
     try:
         load_model_weights(model, path)
-        if optimizer is not None and (path / "optimizer.pt").is_file():
+        if moments:
             load_full_optimizer_state(model, optimizer, _load_tensors(path / "optimizer.pt"))
     except (RuntimeError, ValueError, KeyError) as e:  # another model, LoRA rank, target set
         lines = [line.strip() for line in str(e).splitlines() if line.strip()][:2]
@@ -345,7 +346,7 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
             f"settings it was written under ({settings}: the model, use_peft, lora_r, "
             "lora_target_modules, the head)"
         ) from e
-    if optimizer is not None and not (path / "optimizer.pt").is_file():
+    if optimizer is not None and not moments:
         log.warning("%s holds no optimizer state: AdamW's moments start from zero", path)
     if scheduler is not None and (path / "scheduler.pt").is_file():
         inner = _lambda_lr(scheduler)
@@ -362,11 +363,11 @@ def say_changed_settings(cfg: Any, checkpoint: Path) -> None:
     """A resumed run whose settings differ from those the checkpoint was written under (its
     ``run_config.yaml``) says which, in one warning: the checkpoint's state goes on under the
     new ones (a longer ``max_steps`` is meant; another ``seed`` or ``beta`` may not be)."""
-    from distalign.config import config_dict
+    from distalign.config import config_dict, read_yaml
 
     path = Path(checkpoint) / RUN_CONFIG
-    try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    try:  # read as configs are (save_config wrote it)
+        saved = read_yaml(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (yaml.YAMLError, UnicodeDecodeError):
         return
     if not isinstance(saved, dict):

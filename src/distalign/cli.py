@@ -254,15 +254,21 @@ def gold_judge(cfg: GoldJudgeConfig):
         console.print(f"  mean {name}: {value:.3f}")
 
 
+def _split_shown(source, split: str) -> str | None:
+    """The split to name beside a data source: none for one without splits (one file)."""
+    from distalign.data.load import has_no_splits
+
+    return None if isinstance(source, str) and has_no_splits(source) else split
+
+
 def _held_out_title(cfg, what: str) -> str:
     """Title of a training command's held-out table, which says so when that set is the
     training data (one file without splits and no eval_dataset_name)."""
-    from distalign.data.load import evaluates_on_training_data, has_no_splits, held_out_of
+    from distalign.data.load import evaluates_on_training_data, held_out_of
 
     source = cfg.eval_dataset_name or cfg.dataset_name
-    where = str(source)  # a split only where the source has splits
-    if not (isinstance(source, str) and has_no_splits(source)):
-        where += f", {cfg.dataset_test_split}"
+    split = _split_shown(source, cfg.dataset_test_split)
+    where = f"{source}, {split}" if split else str(source)
     if evaluates_on_training_data(*held_out_of(cfg)):
         return f"{what}: the training data itself ({where})"
     return f"{what} ({where})"
@@ -272,12 +278,10 @@ def _held_out_title(cfg, what: str) -> str:
 def rm_eval(cfg: RMEvalConfig):
     """Pairwise accuracy, margin, reward mean/std and calibration on held-out pairs."""
     from distalign.api import evaluate_reward_model
-    from distalign.data.load import has_no_splits
 
     result = evaluate_reward_model(cfg)
-    data = str(cfg.dataset_name)  # a split only where the source has splits
-    if not has_no_splits(data):
-        data += f" ({cfg.dataset_test_split})"
+    split = _split_shown(cfg.dataset_name, cfg.dataset_test_split)
+    data = f"{cfg.dataset_name} ({split})" if split else cfg.dataset_name
     print_metrics(f"{cfg.model_name_or_path} on {data}", result)
 
 

@@ -370,9 +370,14 @@ def _explicit(row, where):
         prompt = parse_messages(value, where, "prompt")
         prompt, chosen, rejected = _with_replies(row, prompt, where, isinstance(value, str))
     if isinstance(value, str):
-        texts = all(isinstance(row[c], str) for c in ("chosen", "rejected"))
-        prompt, (chosen, rejected) = text_replies(value, prompt, [chosen, rejected], texts)
+        move = standard_text(row)
+        prompt, (chosen, rejected) = text_replies(value, prompt, [chosen, rejected], move)
     return prompt, chosen, rejected
+
+
+def standard_text(row: Mapping[str, Any]) -> bool:
+    """Whether a pair is TRL's standard text: its prompt and both replies are strings."""
+    return all(isinstance(row.get(c), str) for c in ("prompt", "chosen", "rejected"))
 
 
 def text_replies(

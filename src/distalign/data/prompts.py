@@ -32,6 +32,7 @@ from distalign.data.formats import (
     read_prompt,
     sharegpt_column,
     sharegpt_prompt,
+    standard_text,
 )
 from distalign.data.load import (
     DATA_ALIASES,
@@ -170,9 +171,7 @@ def load_prompts(
 
         def read_once():
             for where, row in [*head, *rows]:
-                text = isinstance(row, dict) and all(
-                    isinstance(row.get(c), str) for c in ("prompt", "chosen", "rejected")
-                )  # fmt: skip
+                text = isinstance(row, dict) and standard_text(row)
                 written.append(row["prompt"] if text else None)
                 yield where, row
 

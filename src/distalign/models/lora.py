@@ -10,6 +10,11 @@ adapters disabled (``rl/logprobs.py:reference_mode``).
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
 TASK_TYPES = ("SEQ_CLS", "CAUSAL_LM")
 
 
@@ -51,3 +56,13 @@ def add_lora(
         return get_peft_model(model, config)
     except ValueError as e:  # e.g. a target module the model does not have
         raise ValueError(f"LoRA: {e}") from e
+
+
+def merged_for_saving(model, gathered_weights) -> Any:
+    """``merge_lora``: the LoRA model with its adapter merged into the weights, to save as a
+    whole model (``final_merged/``); None with a warning when it was sharded (its weights came
+    ``gathered_weights``), which cannot merge in place."""
+    if gathered_weights is not None:
+        log.warning("merge_lora: skipped for a sharded model; merge final/ after loading it")
+        return None
+    return model.merge_and_unload()

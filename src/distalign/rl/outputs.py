@@ -18,6 +18,7 @@ from accelerate.utils import gather_object
 
 from distalign.checkpoint import save_checkpoint
 from distalign.distributed import full_optimizer_state, full_state_dict
+from distalign.models.lora import merged_for_saving
 from distalign.printing import print_completions
 from distalign.tracking import peak_memory_gb
 
@@ -166,10 +167,8 @@ def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig) -
     if not t.accelerator.is_main_process:
         return
     save_policy(t.policy, t.tokenizer, t.out / "final", weights)
-    if cfg.use_peft and cfg.merge_lora:
-        if weights is not None:  # a sharded model cannot merge in place
-            log.warning("merge_lora: skipped for a sharded policy; merge final/ after loading it")
-        else:
-            save_policy(t.policy.merge_and_unload(), t.tokenizer, t.out / "final_merged")
+    merged = merged_for_saving(t.policy, weights) if cfg.use_peft and cfg.merge_lora else None
+    if merged is not None:
+        save_policy(merged, t.tokenizer, t.out / "final_merged")
     summary = {"initial_eval": state.initial_eval, "final_eval": final, "steps": state.step}
     (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -52,7 +52,7 @@ from distalign.losses import (
 from distalign.models.classifier import model_max_length
 from distalign.models.heads import head_log_probs
 from distalign.models.load import prefix_sharing_for
-from distalign.models.lora import add_lora
+from distalign.models.lora import add_lora, merged_for_saving
 from distalign.models.options import disable_dropout
 from distalign.models.reward_model import (
     PairScorer,
@@ -365,11 +365,10 @@ def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, output
     final = t.out / "final"
     model = t.accelerator.unwrap_model(t.model).model
     save_reward_model(model, t.tokenizer, final, meta, state_dict=weights)
-    if cfg.use_peft and cfg.merge_lora:  # its config.json carries the pad token the model reads
-        if weights is not None:  # a sharded model cannot merge in place
-            log.warning("merge_lora: skipped for a sharded model; merge final/ after loading it")
-        else:
-            save_reward_model(model.merge_and_unload(), t.tokenizer, t.out / "final_merged", meta)
+    # a whole model, whose config.json carries the pad token the reward model reads
+    merged = merged_for_saving(model, weights) if cfg.use_peft and cfg.merge_lora else None
+    if merged is not None:
+        save_reward_model(merged, t.tokenizer, t.out / "final_merged", meta)
     name = held_out if isinstance(held_out, str) else "dataset"
     where = {"data": name, "split": cfg.dataset_test_split, "head": cfg.head}
     save_eval(result | where, outputs, final / eval_file_name(name, cfg.dataset_test_split))
