@@ -239,6 +239,7 @@ def data_inspect(cfg: DataInspectConfig):
         cfg.skip_bad_rows,
         name=cfg.dataset_config,
         revision=cfg.dataset_revision,
+        max_length=cfg.max_length,
     )
     print_inspection(result, source, cfg.model_name_or_path)
 

@@ -77,9 +77,15 @@ class DataInspectConfig:
     """Config (subset) of a hub dataset, as datasets.load_dataset's name."""
     dataset_revision: str | None = None
     """Branch, tag or commit of a hub dataset (default: the latest)."""
+    max_length: int | None = 512
+    """rm train's ``max_length`` (its default here): the pairs whose prompt + longer reply
+    exceed it are counted (rm train cuts them to fit, TRL's RewardTrainer drops them); None:
+    not counted."""
 
     def __post_init__(self):
         from distalign.data.formats import FORMATS
+
+        require([(self.max_length is None or self.max_length > 1, "max_length must be > 1")])
 
         if self.format is not None and self.format not in FORMATS:
             raise ConfigError(f"format must be one of {' | '.join(FORMATS)}, got {self.format!r}")

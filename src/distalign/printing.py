@@ -40,6 +40,12 @@ def print_inspection(result, source: str, model: str) -> None:
         for name, pct in result.lengths.items():
             table.add_row(name, *(str(pct[p]) for p in PERCENTILES))
         console.print(table)
+        if result.max_length is not None:
+            console.print(
+                f"pairs longer than max_length {result.max_length} (prompt + longer reply): "
+                f"{result.too_long} of {result.measured} measured (rm train cuts them to fit; "
+                "TRL's RewardTrainer drops them)"
+            )
         first = "first prompt" if result.prompt_only else "first pair, chosen reply,"
         console.rule(f"{first} as the model reads it")
         console.print(result.example, markup=False, highlight=False)

@@ -48,3 +48,19 @@ def test_empty_file(tmp_path, smol_tokenizer):
     path.write_text("")
     with pytest.raises(DataSourceError, match="no rows"):
         inspect_source(str(path), smol_tokenizer)
+
+
+def test_pairs_longer_than_max_length_are_counted(tmp_path, smol_tokenizer):
+    rows = [{"prompt": "q", "chosen": "word " * n, "rejected": "b"} for n in (3, 40, 80)]
+    path = str(write_jsonl(tmp_path / "d.jsonl", rows))
+    lengths = inspect_source(path, smol_tokenizer).lengths["prompt + longer reply"]
+    longest = lengths[100]
+    result = inspect_source(path, smol_tokenizer, max_length=longest - 1)
+    assert (result.too_long, result.measured, result.max_length) == (1, 3, longest - 1)
+    assert inspect_source(path, smol_tokenizer, max_length=longest).too_long == 0
+    # the count is what rm train's tokenizer cuts
+    from distalign.data.pairs import tokenize_pair
+
+    cut = [tokenize_pair(smol_tokenizer, [{"role": "user", "content": "q"}], r["chosen"],
+                         r["rejected"], longest - 1)["cut"] for r in rows]  # fmt: skip
+    assert cut == [False, False, True]

@@ -29,6 +29,7 @@ from distalign.data.prompts import is_prompt_only, load_prompts
 from distalign.models.templates import fit_rendering
 
 PERCENTILES = (50, 90, 99, 100)
+PAIR = "prompt + longer reply"  # the length rm train's max_length bounds
 
 
 @dataclass
@@ -38,6 +39,9 @@ class Inspection:
     prompt_only: bool = False  # rows without replies: prompts for RLOO/GRPO-style training
     prompts: int = 0  # prompts read from a prompt-only source
     lengths: dict[str, dict[int, int]] = field(default_factory=dict)  # column -> pct -> tokens
+    measured: int = 0  # pairs (or prompts) the lengths were measured on
+    max_length: int | None = None  # rm train's max_length the pairs were measured against
+    too_long: int = 0  # measured pairs whose prompt + longer reply exceeds max_length
     example: str = ""
     metadata: dict[str, Any] | None = None  # a metadata JSON shipped beside the file, if any
     metadata_path: str | None = None
@@ -69,6 +73,7 @@ def _measure_prompts(out: Inspection, prompts: list, tokenizer, max_rows: int) -
     out.prompt_only, out.prompts = True, len(prompts)
     if prompts:
         lengths = [len(render_prompt_ids(tokenizer, p)) for p in prompts[:max_rows]]
+        out.measured = len(lengths)
         out.lengths = {"prompt": _percentiles(lengths)}
         out.example = render_text(tokenizer, prompts[0])
     return out
@@ -84,11 +89,14 @@ def inspect_source(
     *,
     name: str | None = None,
     revision: str | None = None,
+    max_length: int | None = None,
 ) -> Inspection:
     """Load ``source`` and measure it. Token lengths use at most ``max_rows_for_lengths`` pairs
     (or prompts). ``name`` and ``revision`` pick a hub dataset's config and commit. A
     prompt-only source (detected from the first row, unless ``format`` forces a preference
-    format) is counted in prompts."""
+    format) is counted in prompts. With ``max_length``, the measured pairs whose prompt and
+    longer reply exceed it are counted (``rm train`` cuts them to fit; TRL's
+    ``RewardTrainer`` drops them)."""
     report = LoadReport(source=source)
     meta = _metadata_beside(source)
     out = Inspection(
@@ -116,14 +124,18 @@ def inspect_source(
     if len(ds) == 0:
         return out
     sample = ds.select(range(min(len(ds), max_rows_for_lengths)))
-    cols: dict[str, list[int]] = {"prompt": [], "chosen": [], "rejected": []}
+    cols: dict[str, list[int]] = {"prompt": [], "chosen": [], "rejected": [], PAIR: []}
     for row in sample:
         prompt, (chosen, rejected) = render_pair_ids(
             tokenizer, row["prompt"], (row["chosen"], row["rejected"])
         )
-        for part, ids in zip(cols, (prompt, chosen, rejected), strict=True):
-            cols[part].append(len(ids))
+        pair = len(prompt) + max(len(chosen), len(rejected))  # what max_length bounds
+        for part, n in zip(cols, (len(prompt), len(chosen), len(rejected), pair), strict=True):
+            cols[part].append(n)
     out.lengths = {part: _percentiles(v) for part, v in cols.items()}
+    out.measured, out.max_length = len(sample), max_length
+    if max_length is not None:
+        out.too_long = sum(n > max_length for n in cols[PAIR])
     first = ds[0]
     out.example = render_text(tokenizer, first["prompt"], first["chosen"])
     return out
