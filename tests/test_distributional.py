@@ -277,3 +277,12 @@ def test_unimodal_and_summary():
     assert head_log_probs("categorical", torch.zeros(1, 4), 4).exp().sum().item() == pytest.approx(
         1.0
     )
+
+
+def test_std_of_a_point_mass_has_a_finite_gradient():
+    p = POINT.clone().requires_grad_(True)
+    values = torch.arange(p.shape[-1], dtype=p.dtype, requires_grad=True)
+    out = fn.std(p, values)
+    out.sum().backward()
+    assert out.item() == 0
+    assert torch.isfinite(p.grad).all() and torch.isfinite(values.grad).all()

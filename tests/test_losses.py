@@ -51,3 +51,12 @@ def test_gradient_of_the_loss():
 def test_negative_gamma_is_refused():
     with pytest.raises(ValueError):
         reward_model_loss(torch.zeros(1), torch.zeros(1), gamma=-1)
+
+
+def test_training_accuracy_counts_a_tie_half_as_held_out_accuracy_does():
+    from distalign.losses import reward_model_loss
+    from distalign.metrics import pairwise_accuracy
+
+    chosen, rejected = torch.tensor([1.0, 0.0, 0.0, 2.0]), torch.tensor([0.0, 0.0, 1.0, 2.0])
+    _, metrics = reward_model_loss(chosen, rejected)
+    assert metrics["accuracy"].item() == pairwise_accuracy(chosen, rejected) == 0.5

@@ -32,10 +32,11 @@ def test_mixture_loss_matches_the_mixture_likelihood():
     shares = torch.tensor([0.5, 0.25, 0.25])
     first = -math.log(0.5 * sig(2.0) + 0.25 * sig(-2.0) + 0.25 * sig(0.0))
     assert mixture_preference_loss(w, lo, shares)[0].item() == pytest.approx(first)
-    # both rows give P(w ≻ l) exactly ½ (σ(x) + σ(−x) = 1): no strict win
+    # both rows give P(w ≻ l) exactly ½ (σ(x) + σ(−x) = 1): ties, each counting half, as
+    # held-out accuracy counts them
     loss, metrics = mixture_rm_loss(w, lo)
     assert loss.item() == pytest.approx(sum(expected) / 2)
-    assert metrics["accuracy"].item() == 0.0
+    assert metrics["accuracy"].item() == 0.5
     assert metrics["margin"].item() == pytest.approx(((2 - 2 + 0) + (-5 + 5 + 0)) / 6)
     spread = torch.tensor([[2.0, -2.0, 0.0], [-5.0, 5.0, 0.0]]).std(-1, unbiased=False).mean()
     assert metrics["component_spread"].item() == pytest.approx(spread.item())

@@ -49,7 +49,10 @@ def std(p: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
     """Standard deviation of R, (B,)."""
     v = _values(p, values)
     mean = expectation(p, v)
-    return ((p * (v - mean[:, None]) ** 2).sum(-1)).clamp(min=0).sqrt()
+    var = (p * (v - mean[:, None]) ** 2).sum(-1)
+    # sqrt's gradient at 0 is inf (NaN after ·0): a point mass takes sqrt(1), then 0
+    positive = var > 0
+    return torch.where(positive, torch.where(positive, var, 1.0).sqrt(), 0.0)
 
 
 def mean_minus_std(
@@ -73,7 +76,9 @@ def cvar(p: torch.Tensor, alpha: float = 0.25, values: torch.Tensor | None = Non
 
 
 def quantile(p: torch.Tensor, tau: float = 0.5, values: torch.Tensor | None = None) -> torch.Tensor:
-    """Smallest v_i with CDF(i) ≥ τ, (B,). Not differentiable (a selection)."""
+    """Smallest v_i with CDF(i) ≥ τ − 1e-6, (B,): the slack keeps a CDF that a cumulative
+    sum rounds to just under τ (0.4999999 for ½) on the bin that reaches it. Not
+    differentiable (a selection)."""
     if not 0 < tau <= 1:
         raise ValueError(f"tau must be in (0, 1], got {tau}")
     p, v = _ascending(p, values)

@@ -42,6 +42,13 @@ def centering_penalty(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Ten
     return (chosen + rejected) ** 2
 
 
+def wins_ties_half(margin: torch.Tensor) -> torch.Tensor:
+    """The share of pairs whose margin is positive, a tie counting half, as
+    ``distalign.metrics.pairwise_accuracy`` scores held-out pairs (so a zero-initialised head
+    logs 0.5 in training too)."""
+    return ((margin > 0).float() + 0.5 * (margin == 0).float()).mean()
+
+
 def reward_model_loss(
     chosen: torch.Tensor,
     rejected: torch.Tensor,
@@ -65,7 +72,7 @@ def reward_model_loss(
     with torch.no_grad():
         metrics = {
             "bt_loss": bt.detach(),
-            "accuracy": (chosen > rejected).float().mean(),
+            "accuracy": wins_ties_half(chosen - rejected),
             "margin": (chosen - rejected).mean(),
             "reward_mean": torch.cat([chosen, rejected]).mean(),
         }
@@ -183,7 +190,7 @@ def distributional_rm_loss(
         less = log_prob_greater(logp_l, logp_w).exp()
         metrics = {
             "pref_loss": pref.detach(),
-            "accuracy": (greater > less).float().mean(),
+            "accuracy": wins_ties_half(greater - less),
             "entropy": entropy(torch.cat([logp_w, logp_l])).mean(),
         }
     return loss, metrics
@@ -220,7 +227,7 @@ def mixture_rm_loss(
         margins = chosen - rejected  # (B, K)
         metrics = {
             "mixture_loss": loss.detach(),
-            "accuracy": (torch.sigmoid(margins).mean(-1) > 0.5).float().mean(),
+            "accuracy": wins_ties_half(torch.sigmoid(margins).mean(-1) - 0.5),
             "margin": margins.mean(),
             "component_spread": margins.std(-1, unbiased=False).mean(),
         }
@@ -454,6 +461,9 @@ def reinforce_loss(
     return -(advantages.detach() * sequence_sum(logprobs, mask)).mean()
 
 
+LOG_RATIO_BOUND = 20.0  # |log π/π_old| of a reply beyond which clipped_policy_loss stops
+
+
 def clipped_policy_loss(
     logprobs: torch.Tensor,
     mask: torch.Tensor,
@@ -467,7 +477,8 @@ def clipped_policy_loss(
     −mean_i min(ρ_i A_i, clip(ρ_i, 1 − ε_low, 1 + ε_high) A_i), ρ_i = π(y_i | x) / π_old(y_i | x).
 
     On the first update (π = π_old, ρ = 1) its gradient is ``reinforce_loss``'s; later, a
-    reply whose ratio has left the band on the side its advantage pushes to gives no gradient.
+    reply whose ratio has left the band on the side its advantage pushes to gives no gradient,
+    nor does one whose |log ρ| exceeds ``LOG_RATIO_BOUND`` (counted as clipped).
 
     Args:
         logprobs: (B, T) log-probs of the sampled tokens under the current policy (with grad).
@@ -478,9 +489,15 @@ def clipped_policy_loss(
     Returns (the scalar loss, (B,) bool: the replies whose ratio was clipped).
     """
     high = epsilon_low if epsilon_high is None else epsilon_high
-    ratio = torch.exp(sequence_sum(logprobs, mask) - old_logprobs.detach())
+    log_ratio = sequence_sum(logprobs, mask) - old_logprobs.detach()
+    # A reply's ratio is a product over its tokens: a few hundred tokens that each moved a
+    # little overflow float32's exp (log-ratio > 88.7), and inf · A, or the 0 · inf of the
+    # branch min() leaves, makes the whole update's gradient NaN. The log-ratio is bounded
+    # at ±LOG_RATIO_BOUND (as verl bounds it); a reply beyond it gives no gradient.
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND))
     a = advantages.detach()
     clipped = ratio.clamp(1 - epsilon_low, 1 + high)
     loss = -torch.min(ratio * a, clipped * a).mean()
     was_clipped = ((ratio < 1 - epsilon_low) & (a < 0)) | ((ratio > 1 + high) & (a > 0))
+    was_clipped |= log_ratio.detach().abs() > LOG_RATIO_BOUND
     return loss, was_clipped.detach()

@@ -30,6 +30,8 @@ def _read(path):
 def test_bayes_accuracy_and_disagreement_by_hand():
     assert bayes_accuracy(np.array([0.9, 0.2, 0.5])) == pytest.approx((0.9 + 0.8 + 0.5) / 3)
     assert disagreement_share([{"a": 0.7, "b": 0.6}, {"a": 0.7, "b": 0.4}]) == 0.5
+    # a group at exactly ½ sides with neither, as disagreement.contested reads it
+    assert disagreement_share([{"a": 0.5, "b": 0.7}]) == 0.0
 
 
 def test_bayes_ceiling_of_the_loaded_rows(tmp_path):

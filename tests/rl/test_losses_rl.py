@@ -153,3 +153,21 @@ def test_clipped_policy_loss_at_ratio_one_is_reinforce_and_clips_as_ppo():
             # clipped: no gradient; else d/dx of −ρ·A is −ρ·A per token
             want = 0.0 if out_of_band else float(-rho * a)
             torch.testing.assert_close(x.grad, torch.full((1, 2), want), rtol=1e-5, atol=1e-7)
+
+
+def test_clipped_policy_loss_survives_a_reply_whose_ratio_overflows_float32():
+    # 200 tokens that each moved up 0.5 nats: log ρ = 100, past float32's exp (88.7)
+    moved = torch.full((1, 200), -1.0)
+    lp = torch.cat([moved, torch.full((2, 200), -1.5)]).requires_grad_(True)
+    mask = torch.ones(3, 200)
+    old = torch.tensor([-300.0, -300.0, -300.0])  # reply 0 at -1.5 a token before
+    for adv in ([1.0, 1.0, -1.0], [-1.0, 1.0, 1.0]):
+        lp.grad = None
+        loss, clipped = clipped_policy_loss(lp, mask, old, torch.tensor(adv))
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(lp.grad).all()
+        assert clipped.tolist() == [True, False, False]
+        assert (lp.grad[0] == 0).all()  # the runaway reply gives no gradient
+        # the others' gradient is the plain REINFORCE one (ratio 1): −A/B per token
+        want = torch.tensor(adv[1:]).neg().div(3).unsqueeze(1).expand(2, 200)
+        torch.testing.assert_close(lp.grad[1:], want)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from distalign.config import PlacementConfig, placement_checks, require
+from distalign.disagreement import contested
 from distalign.gold import judge as gold
 from distalign.metrics import bayes_accuracy
 from distalign.models.generate import SamplingConfig
@@ -258,11 +259,11 @@ def make_pairs(prompts, replies, seed: int) -> list[dict[str, Any]]:
 
 
 def disagreement_share(p_by_group: list[dict[str, float]]) -> float:
-    """Share of pairs on which at least two groups prefer different replies."""
+    """Share of pairs on which at least two groups prefer different replies
+    (``distalign.disagreement.contested``: a group at exactly ½ sides with neither)."""
     if not p_by_group:
         return float("nan")
-    split = [len({v > 0.5 for v in d.values()}) > 1 for d in p_by_group]
-    return float(np.mean(split))
+    return float(np.mean(contested(p_by_group)))
 
 
 def summarise(pairs) -> dict[str, Any]:
