@@ -693,3 +693,12 @@ def test_an_override_beats_the_file_for_a_key_and_its_other_name(tmp_path):
     assert load_config(RMTrainConfig, path, ["warmup_steps=5"]).warmup_steps == 5
     path.write_text("warmup_steps: 10\n")
     assert load_config(RMTrainConfig, path, ["warmup_ratio=0.2"]).warmup_steps == 0.2
+
+
+def test_trl_s_pad_to_multiple_of_auto_is_no_rounding_up():
+    # TRL's RewardConfig and RLOOConfig default: "auto", padding to a multiple on Neuron only
+    assert from_cli(RMTrainConfig, ["pad_to_multiple_of=auto"]).pad_to_multiple_of is None
+    assert from_cli(RMTrainConfig, ["pad_to_multiple_of=8"]).pad_to_multiple_of == 8
+    from_cli(RLTrainConfig, ["--pad_to_multiple_of", "auto"])  # does nothing
+    with pytest.raises(ConfigError, match="pads each pass to its longest row"):
+        from_cli(RLTrainConfig, ["pad_to_multiple_of=8"])

@@ -177,7 +177,8 @@ NOT_OFFERED = {
     "scale_rewards": "baseline picks the estimator: grpo divides by the group's std, "
     "reinforce_pp_baseline by the batch's, dr_grpo and rloo by none",
     "loss_type": "the loss is −A·Σ_t log π per reply, averaged over replies (no per-token "
-    "normalisation, as Dr. GRPO); baseline picks the advantage estimator",
+    "normalisation, as Dr. GRPO); baseline picks the advantage estimator (grpo, dr_grpo, "
+    "reinforce_pp_baseline, rloo, …)",
     "num_processes": _LAUNCHER,  # the `trl` command line's own launch keys
     "accelerate_config": _LAUNCHER,
     "sync_ref_model": _REF_FIXED,
@@ -268,7 +269,8 @@ NEUTRAL = {
     "use_transformers_paged": False, "use_transformers_continuous_batching": False,
     "transformers_continuous_batching_config": ANY, "ds3_gather_for_generation": ANY,
     "chat_template_kwargs": Either((None, {})), "log_unique_prompts": ANY,
-    "log_multimodal": ANY, "router_aux_loss_coef": ANY, "pad_to_multiple_of": None,
+    "log_multimodal": ANY, "router_aux_loss_coef": ANY,
+    "pad_to_multiple_of": Either((None, "auto")),
     "lora_target_parameters": None, "repetition_penalty": 1.0, "min_p": Either((None, 0.0)),
     "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
     "delta": None, "importance_sampling_level": "token", "top_entropy_quantile": 1.0,
@@ -373,6 +375,10 @@ def _known_key(cls, known, key: str, value: Any, items, where: str,
         log.info("%s: train_sampling_strategy=%s is read as group_by_length=%s", where, value,
                  grouped)  # fmt: skip
         return "group_by_length", grouped
+    if top == "pad_to_multiple_of" and value == "auto" and top in known:
+        # TRL's default: pad to a multiple only on AWS Neuron, i.e. not here
+        log.info("%s: pad_to_multiple_of=auto is read as null (no rounding up)", where)
+        return top, None
     if top not in known and top in RENAMED:
         name, paren, note = RENAMED[top].partition(" (")
         raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")

@@ -672,3 +672,25 @@ def test_reward_functions_see_the_updates_made_so_far_in_evaluations_too(tiny_mo
                eval_on_start=True, max_eval_samples=1))  # fmt: skip
     # the SFT evaluation, steps 1 and 2 (their samples), the final evaluation after 2 updates
     assert SEEN_STEPS == [0, 0, 1, 2]
+
+
+def test_prompts_longer_than_max_prompt_length_are_said(tmp_path, smol_tokenizer, caplog):
+    from types import SimpleNamespace
+
+    from distalign.rl.train import prompt_sets
+
+    rows = [{"prompt": "Short?"}, {"prompt": "word " * 300 + "?"}, {"prompt": "Also short?"}]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    one = SimpleNamespace(num_processes=1, process_index=0, is_main_process=True)
+    data = dict(dataset_name=str(tmp_path / "p.jsonl"), eval_dataset_name=None)
+    with caplog.at_level("WARNING"):
+        prompt_sets(config("unused", tmp_path, **data), one, smol_tokenizer, reward_apple)
+    said = [r.getMessage() for r in caplog.records if "max_prompt_length" in r.getMessage()]
+    assert said == [f"1 of 3 {name} prompts are longer than max_prompt_length 256 tokens and are "
+                    "cut from the left (max_prompt_length=null keeps them whole)"
+                    for name in ("training", "held-out")]  # fmt: skip
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        cfg = config("unused", tmp_path, **data, max_prompt_length=None)
+        prompt_sets(cfg, one, smol_tokenizer, reward_apple)
+    assert "max_prompt_length" not in caplog.text

@@ -47,6 +47,7 @@ from distalign.config import (
     frozen_dtype,
 )
 from distalign.data.load import LoadReport, warn_if_evaluating_on_training_data
+from distalign.data.pairs import render_prompt_ids
 from distalign.data.prompts import load_prompts
 from distalign.distributed import (
     full_parameters,
@@ -266,12 +267,32 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
             "standard data) while the policy writes chat turns: their replies are joined to the "
             "prompt without a turn between them; a base policy suits such a reward model"
         )
+    if accelerator.is_main_process:
+        say_cut_prompts(tokenizer, train, held_out, cfg.max_prompt_length)
     if not held_out:  # before training, not at its end
         raise ConfigError(
             f"no held-out prompts in {source!r} (split {cfg.dataset_test_split!r}) to evaluate "
             "the policy on: give eval_dataset_name or dataset_test_split"
         )
     return share_prompts(train, accelerator), held_out[: cfg.max_eval_samples or None]
+
+
+def say_cut_prompts(tokenizer, train, held_out, max_prompt_length, sample: int = 2000) -> None:
+    """Warn when prompts are longer than ``max_prompt_length`` tokens as the policy reads them
+    (they are cut from the left; TRL's RLOO never cuts), counted over the first ``sample``
+    training and held-out prompts."""
+    if not max_prompt_length:
+        return
+    for name, prompts in (("training", train), ("held-out", held_out)):
+        measured = prompts[:sample]
+        cut = sum(len(render_prompt_ids(tokenizer, p)) > max_prompt_length for p in measured)
+        if cut:
+            first = f"the first {len(measured)}" if len(prompts) > sample else len(measured)
+            log.warning(
+                "%d of %s %s prompts are longer than max_prompt_length %d tokens and are cut "
+                "from the left (max_prompt_length=null keeps them whole)",
+                cut, first, name, max_prompt_length,
+            )  # fmt: skip
 
 
 def build_policy(cfg: RLTrainConfig, accelerator):

@@ -99,7 +99,7 @@ class RMTrainConfig(ModelKeys):
     no truncation below the backbone's own limit (its position embeddings), as TRL's null."""
     max_prompt_length: int = 256
     """Tokens kept for the prompt when prompt + reply is too long (one at or above
-    ``max_length`` becomes half of it, with a warning)."""
+    ``max_length`` becomes half of it: a warning when you set it, a note at its default)."""
     per_device_train_batch_size: int = 8
     """Pairs per micro-batch per process."""
     per_device_eval_batch_size: int = 16
