@@ -148,7 +148,7 @@ def _row(win: float, lo: float, hi: float, gold: float, kl: float = 1.0) -> dict
 def _summary(samples=(), config=None) -> dict:
     return {
         "config": config or {"num_generations": 1, "temperature": 1.0, "seed": 0},
-        "prompts": 2,
+        "prompts": 40,
         "policies": {
             "sft": _row(0.5, 0.5, 0.5, 2.0, 0.0),
             "good": _row(0.7, 0.6, 0.8, 2.5),
@@ -331,7 +331,8 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch
     summary = run_compare(cfg)
     # SFT, the policy and the half-way checkpoint; the last checkpoint is the policy, reused
     assert sorted(sampled) == sorted([tiny_model_dir.name, "policy", "step_00002"])
-    curve = summary["overoptimisation"]["rl"]  # step 0 is SFT, step 4 the compared policy
+    # by the run as given; step 0 is SFT, step 4 the compared policy
+    curve = summary["overoptimisation"][str(tmp_path / "rl")]
     assert [p["step"] for p in curve] == [0, 2, 4]
     assert curve[0]["gold_mean"] == pytest.approx(summary["policies"]["sft"]["gold_mean"])
     assert curve[2]["gold_mean"] == pytest.approx(summary["policies"]["perturbed"]["gold_mean"])
@@ -442,7 +443,9 @@ def test_a_judge_is_its_reward_runs_folder_final_or_checkpoint(tmp_path):
     run = tmp_path / "rl"
     run.mkdir()
     (run / "config.yaml").write_text(f"reward: {rm}\n")
-    for judge in (rm / "final", rm / "checkpoint-10", f"{tmp_path}/./rm1/"):
+    (rm / "checkpoints" / "best").mkdir(parents=True)  # rm train's best evaluation
+    for judge in (rm / "final", rm / "checkpoint-10", rm / "checkpoints" / "best",
+                  f"{tmp_path}/./rm1/"):  # fmt: skip
         cfg = CompareConfig(dataset_name="prompts.jsonl", judge=str(judge), runs=[str(run)])
         with pytest.raises(ValueError, match=r"is the reward .*rl was trained on"):
             check_judge_held_out(cfg)
@@ -548,7 +551,7 @@ def test_compare_on_a_prompt_only_file_under_a_named_judge(tiny_model_dir, tmp_p
     assert saved["config"]["judge"] == JUDGE
     assert "std_vs_disagreement_spearman" not in saved  # no annotators off the benchmark
     assert not any(k.startswith("gold") for r in saved["policies"].values() for k in r)
-    curve = saved["overoptimisation"]["rl"]
+    curve = saved["overoptimisation"][str(tmp_path / "rl")]
     assert [p["step"] for p in curve] == [0, 1]
     assert curve[0]["judge_mean"] == pytest.approx(sft["judge_mean"])
     assert not any("gold_mean" in p for p in curve)
@@ -666,3 +669,73 @@ def test_a_step_checkpoint_policy_is_held_to_its_runs_reward(tmp_path):
     cfg = CompareConfig(dataset_name="prompts.jsonl", judge=JUDGE, policies=[step])
     with pytest.raises(ValueError, match=r"is the reward .*rl was trained on"):
         check_judge_held_out(cfg)
+
+
+def test_a_verdict_needs_enough_prompts():
+    few = {**_summary(), "prompts": 1}
+    by_name = {v["name"]: v for v in verdicts(few)}
+    assert {v["outcome"] for v in by_name.values()} == {"unclear"}
+    assert by_name["good"]["badge"] == "too few prompts"
+    assert by_name["good"]["where"] == "over 1 prompts, too few to judge by"
+
+
+def test_a_policy_name_is_not_the_baselines_nor_given_twice():
+    from distalign.config import ConfigError
+
+    with pytest.raises(ConfigError, match="the name 'sft' is the baseline's"):
+        CompareConfig(policies=["sft=runs/a", "runs/b"]).policy_dirs()
+    with pytest.raises(ConfigError, match="the name 'a' names 'runs/x' already"):
+        CompareConfig(policies=["a=runs/x", "a=runs/y"]).policy_dirs()
+    with pytest.raises(ValueError, match="bootstrap must be ≥ 1"):
+        CompareConfig(bootstrap=0)
+
+
+def test_runs_sharing_a_folder_name_keep_a_curve_each(tmp_path, monkeypatch):
+    from distalign.report import html
+
+    runs = []
+    for seed in ("s1", "s2"):
+        run = tmp_path / seed / "rl"
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "train/reward": 1.0}) + "\n")
+        runs.append(str(run))
+    config = {"runs": runs, "policies": []}
+    assert rl_run_names(config) == {runs[0]: "rl", runs[1]: "rl_2"}
+    point = [{"step": 0, "kl": 0.0, "gold_mean": 1.0}, {"step": 1, "kl": 1.0, "gold_mean": 2.0}]
+    summary = {**_summary(config=config), "overoptimisation": {r: point for r in runs}}
+    drawn = {}
+    monkeypatch.setattr(html.plots, "overoptimisation",
+                        lambda curves, *a: drawn.update(curves))  # fmt: skip
+    html.figures(summary, config, None)
+    assert list(drawn) == ["rl", "rl_2"]
+
+
+def test_runs_trained_on_the_gold_reward_are_said_under_the_gold_judge(tmp_path, caplog):
+    from distalign.eval.policy import load_judge, trained_on_gold
+    from distalign.report.html import figures
+
+    run = tmp_path / "rl_gold"
+    run.mkdir()
+    (run / "config.yaml").write_text("reward: distalign.gold.judge:gold_reward\n")
+    other = tmp_path / "rl_rm"
+    other.mkdir()
+    (other / "config.yaml").write_text(f"reward: {JUDGE}\n")
+    cfg = CompareConfig(runs=[str(run), str(other)])
+    assert trained_on_gold(cfg) == [str(run)]
+    with caplog.at_level("WARNING"):
+        assert load_judge(cfg) == (None, None)
+    assert "rl_gold was trained on the gold judge's reward" in caplog.text
+    summary = {**_summary(), "trained_on_judge": [str(run)]}
+    notes = next(f["notes"] for f in figures(summary, {}, None) if f["title"].startswith("Win"))
+    assert notes == [
+        f"{run} was trained on the gold judge's reward: its gold figures grade its own training "
+        "objective (an oracle run), not a held-out evaluation"
+    ]
+
+
+def test_labels_are_drawn_as_written_not_as_math():
+    png = plots.win_rate_intervals(
+        {"gold": {"$\\foo{$": (0.6, 0.5, 0.7), "$x$": (0.4, 0.3, 0.5)}},
+        {"$\\foo{$": "#000000", "$x$": "#111111"},
+    )
+    assert png and png.startswith(b"\x89PNG")

@@ -74,6 +74,7 @@ class CompareConfig(SamplingConfig, PlacementConfig):
                 f"max_eval_samples and num_generations must be ≥ 1, got "
                 f"{self.max_eval_samples} and {self.num_generations}"
             )
+        require([(self.bootstrap >= 1, f"bootstrap must be ≥ 1, got {self.bootstrap}")])
         require(placement_checks(self.device, self.dtype))
         require_4d_mask(self.attn_implementation, "eval compare", "its KL to SFT (rl/logprobs.py)")
         self._check_judge()

@@ -329,11 +329,29 @@ def check_judge_held_out(cfg: CompareConfig) -> None:
                 )
 
 
+def trained_on_gold(cfg: CompareConfig) -> list[str]:
+    """The compared runs trained on a gold-judge reward (``distalign.gold…``): under the gold
+    judge, their figures grade their own training objective (an oracle run, as Gao et al.'s
+    gold-reward baseline; not a held-out evaluation)."""
+    gold = ("distalign.gold.", "distalign/gold/")
+    return [
+        folder
+        for folder, rewards in trained_rewards(cfg).items()
+        if any(isinstance(r, str) and r.startswith(gold) for r in rewards)
+    ]
+
+
 def load_judge(cfg: CompareConfig) -> tuple[Any, str | None]:
     """(the judge as a reward source, its name), or (None, None) for the gold judge."""
     from distalign.rl.rewards import load_reward_source
 
     if cfg.judge is None:
+        for folder in trained_on_gold(cfg):
+            log.warning(
+                "%s was trained on the gold judge's reward: its gold figures grade its own "
+                "training objective (an oracle run), not a held-out evaluation",
+                folder,
+            )
         return None, None
     check_judge_held_out(cfg)
     judge = load_reward_source(cfg.judge, **cfg.load_options())
@@ -480,8 +498,8 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         for name, d in policy_dirs.items()
         if (digest := weights_digest(d))
     }
-    curves = {
-        Path(r).name: overoptimisation_curve(
+    curves = {  # by the run's folder as given: two runs may share a last folder name
+        str(Path(r)): overoptimisation_curve(
             r,
             prompts,
             rewards,
@@ -492,7 +510,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
             judge,
             report,
         )
-        for r in cfg.runs
+        for r in dict.fromkeys(cfg.runs)
     }
     key = "gold" if judge is None else "judge"
     samples_table = [  # the first reply to each of the first prompts
@@ -511,6 +529,8 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         "replies_per_policy": len(prompts) * k,
         "policies": results,
     }
+    if judge is None and (oracle := trained_on_gold(cfg)):
+        summary["trained_on_judge"] = oracle
     if judge is None:  # only the gold judge has annotators whose disagreement to compare
         measures, points = spread_vs_disagreement_measures(rewards, measured, k)
         # the raw Spearman alone, under the key earlier reports read

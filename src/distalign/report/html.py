@@ -95,6 +95,11 @@ def figures(summary: Mapping, config: Mapping, judge_rewards: Mapping | None) ->
         "Dot: the probability that a reply of the policy is preferred to an SFT reply to the "
         "same prompt; bar: 95% bootstrap interval over prompts. Right of the dotted 0.5 line: "
         f"better than SFT. {judge.standing}; reward models are what was optimised.",
+        [
+            f"{run} was trained on the gold judge's reward: its gold figures grade its own "
+            "training objective (an oracle run), not a held-out evaluation"
+            for run in summary.get("trained_on_judge") or []
+        ],
     )
     if judge_rewards:
         out += _figure(
@@ -112,9 +117,10 @@ def figures(summary: Mapping, config: Mapping, judge_rewards: Mapping | None) ->
         "that sees disagreement puts the dots on a rising band.",
     )
     run_names = rl_run_names(config)
-    by_folder = {Path(d).name: name for d, name in run_names.items()}  # curves are by folder
+    by_path = {str(Path(d)): name for d, name in run_names.items()}  # curves are by folder
+    by_folder = {Path(d).name: name for d, name in run_names.items()}  # … or its last name
     curves = {
-        by_folder.get(run, run): pts
+        by_path.get(str(Path(run))) or by_folder.get(run, run): pts
         for run, pts in (summary.get("overoptimisation") or {}).items()
         if pts
     }

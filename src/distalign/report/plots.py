@@ -12,6 +12,7 @@ RM); a panel with a single point is not drawn (the page prints the number instea
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,18 @@ CHOSEN, REJECTED = "#2a7f62", "#c0504d"
 SFT_COLOR = "#7f7f7f"
 NO_BETTER = "#999999"  # the 0.5 line: a policy no better than SFT
 SMOOTH_FROM = 12  # curves with at least this many points are drawn smoothed
+
+
+def _plain_text(draw):
+    """Draw with every label as written: a policy named ``$x$`` is not read as math
+    (``text.parse_math`` off), nor does ``$\\foo{$`` stop the report."""
+
+    @functools.wraps(draw)
+    def plain(*args, **kwargs):
+        with plt.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return plain
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -59,6 +72,7 @@ def policy_colors(names: list[str]) -> dict[str, str]:
 # --- reward-model evaluation (rm eval) ------------------------------------------------------
 
 
+@_plain_text
 def plot_distribution_grid(
     logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, path: str | Path, n: int = 8
 ) -> Path:
@@ -87,6 +101,7 @@ def plot_distribution_grid(
     return _save(fig, path)
 
 
+@_plain_text
 def plot_expectation_std_histograms(
     logp_chosen: torch.Tensor, logp_rejected: torch.Tensor, path: str | Path
 ) -> Path:
@@ -108,6 +123,7 @@ def plot_expectation_std_histograms(
 # --- the comparison report -----------------------------------------------------------------
 
 
+@_plain_text
 def win_rate_intervals(
     panels: dict[str, dict[str, tuple[float, float, float]]], colors: dict[str, str]
 ) -> bytes | None:
@@ -145,6 +161,7 @@ def win_rate_intervals(
     return _png(fig)
 
 
+@_plain_text
 def reward_per_reply(
     rewards: dict[str, np.ndarray], colors: dict[str, str], xlabel: str
 ) -> bytes | None:
@@ -174,6 +191,7 @@ def reward_per_reply(
     return _png(fig)
 
 
+@_plain_text
 def spread_vs_disagreement(points: dict[str, dict], colors: dict[str, str]) -> bytes | None:
     """One panel per distributional reward model: each compared reply's predicted std (x)
     against the annotators' disagreement about it, centred within the prompt (y), coloured by
@@ -199,6 +217,7 @@ def spread_vs_disagreement(points: dict[str, dict], colors: dict[str, str]) -> b
     return _png(fig)
 
 
+@_plain_text
 def overoptimisation(
     curves: dict[str, list[dict]],
     rm_names: list[str],
@@ -265,6 +284,7 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return (csum[hi] - csum[lo]) / (hi - lo)
 
 
+@_plain_text
 def training_curves(panels: list[Panel], colors: dict[str, str] | None = None) -> bytes | None:
     """Training curves, at most three panels a row. Series of ``SMOOTH_FROM`` points or more
     are drawn as a moving average over about a tenth of the run, the raw values faint behind."""

@@ -43,14 +43,19 @@ def rl_run_names(config: dict) -> dict[str, str]:
     """RL run folder -> its name in the report: the compared policy it made (so a run has the
     policy's colour), else the folder name. The folders are the config's ``runs`` and the
     parents of compared policies that hold a training log."""
-    from distalign.rl.rewards import named_folders
+    from distalign.rl.rewards import named_folders, unique_name
 
     by_parent = {}
     for name, folder in named_folders(config.get("policies", []), taken={"sft"}).items():
         by_parent.setdefault(run_of(folder), name)
     folders = [*config.get("runs", []), *by_parent]
     folders = [d for d in dict.fromkeys(folders) if (Path(d) / "metrics.jsonl").is_file()]
-    return {d: by_parent.get(str(Path(d)), Path(d).name) for d in folders}
+    names: dict[str, str] = {}
+    for d in folders:  # runs/s1/rl and runs/s2/rl: rl and rl_2
+        names[d] = by_parent.get(str(Path(d))) or unique_name(
+            Path(d).name, {*names.values(), *by_parent.values()}
+        )
+    return names
 
 
 def _reward_label(run_dir: str, reward_names: dict[str, str]) -> str:

@@ -146,11 +146,18 @@ def reward_models(row: Mapping) -> list[str]:
     return [k[3:-5] for k in row if k.startswith("rm_") and k.endswith("_mean")]
 
 
+MIN_VERDICT_PROMPTS = 10  # a bootstrap over fewer prompts has too few distinct resamples
+
+
 def verdicts(summary: Mapping) -> list[dict[str, Any]]:
     """Per aligned policy: did it beat SFT under the comparison's judge? ``outcome`` is better
     (the 95% interval of the judge's win rate is above 0.5), unclear (it contains 0.5) or
-    worse (below); with the win rate, its interval and the judge's reward against SFT's."""
+    worse (below); with the win rate, its interval and the judge's reward against SFT's.
+    Over fewer than ``MIN_VERDICT_PROMPTS`` prompts (the interval resamples prompts: one
+    prompt gives a zero-width one) it is unclear whatever the interval says."""
     policies = summary["policies"]
+    prompts = summary.get("prompts")
+    few = isinstance(prompts, int) and prompts < MIN_VERDICT_PROMPTS
     key = judge_of(summary).key
     sft = policies.get("sft", {})
     out = []
@@ -158,7 +165,9 @@ def verdicts(summary: Mapping) -> list[dict[str, Any]]:
         if name == "sft":
             continue
         lo, hi = row.get(f"{key}_win_rate_ci95") or (float("nan"), float("nan"))
-        if lo > 0.5:
+        if few:
+            outcome, where = "unclear", f"over {prompts} prompts, too few to judge by"
+        elif lo > 0.5:
             outcome, where = "better", "above 0.5"
         elif hi < 0.5:
             outcome, where = "worse", "below 0.5"
@@ -171,7 +180,7 @@ def verdicts(summary: Mapping) -> list[dict[str, Any]]:
                 "name": name,
                 "outcome": outcome,
                 "badge": {"better": "beats SFT", "worse": "worse than SFT"}.get(
-                    outcome, "no clear difference"
+                    outcome, "too few prompts" if few else "no clear difference"
                 ),
                 "win_rate": number(row.get(f"{key}_win_rate")),
                 "interval": f"{number(lo)}–{number(hi)}",

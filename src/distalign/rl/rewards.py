@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 GOLD_REWARD = "distalign.gold.judge:gold_reward"
 # folder names that say where in a run a model sits, not which model it is
-GENERIC_FOLDERS = {"final", "last", "final_merged", "model", "checkpoints"}
+GENERIC_FOLDERS = {"final", "last", "best", "final_merged", "model", "checkpoints"}
 
 
 MIXTURE_GAINS = ("mean_minus_std", "cvar", "quantile")  # read as gains over the SFT reply
@@ -253,12 +253,16 @@ def generic_folder(name: str) -> bool:
 def named_folders(items: list[str], taken: set[str] = frozenset()) -> dict[str, str]:
     """NAME -> DIR of ``NAME=DIR`` or ``DIR`` items; a DIR alone (or one whose "=" is in a
     folder's name, ``runs/lr=1e-5``) is named by its folder (``rl.rewards.source_name``),
-    with a number after a name already used."""
+    with a number after a name already used. A NAME given twice, or one of ``taken`` (the
+    baseline's ``sft``), is a ConfigError."""
     out: dict[str, str] = {}
     for item in items:
         name, sep, folder = item.partition("=")
         if not sep or "/" in name:
             name, folder = unique_name(source_name(item), {*out, *taken}), item
+        elif name in taken or name in out:
+            what = "is the baseline's" if name in taken else f"names {out[name]!r} already"
+            raise ConfigError(f"{item!r}: the name {name!r} {what}; give another NAME=")
         out[name] = folder
     return out
 
