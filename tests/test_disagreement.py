@@ -229,3 +229,33 @@ def test_spread_agreement_sees_past_length():
     assert good["partial_centred_given_length"] > 0.9
     raw = np.std(rewards, axis=0)
     assert good["raw_vs_length"] == pytest.approx(spearman(raw, length))
+
+
+def test_a_clustered_bootstrap_draws_whole_clusters():
+    from distalign.disagreement import paired_auroc_difference, resample_counts
+
+    clusters = np.repeat(np.array([7, 3, 9, 5]), [1, 2, 3, 4])  # 4 prompts of 1–4 pairs
+    counts = resample_counts(10, 500, seed=0, clusters=clusters)
+    for c in np.unique(clusters):  # a prompt's pairs come together, as often as each other
+        assert (counts[:, clusters == c] == counts[:, clusters == c][:, :1]).all()
+    per_cluster = np.stack([counts[:, clusters == c][:, 0] for c in np.unique(clusters)], 1)
+    assert (per_cluster.sum(1) == 4).all()  # as many prompts as there are, with replacement
+    assert set(counts.sum(1)) > {10}  # so the number of pairs varies
+    # one resample of the AUROC is the AUROC of the units it draws, repeated as drawn
+    rng = np.random.default_rng(2)
+    labels = np.tile([True, False], 40)
+    prompts = np.repeat(np.arange(8), 10)
+    scores = labels + rng.normal(0, 1, 80)
+    one = resample_counts(80, 1, seed=4, clusters=prompts)[0]
+    drawn = np.repeat(np.arange(80), one)
+    lo, _ = bootstrap_auroc_interval(scores, labels, n=1, seed=4, level=0.0, clusters=prompts)
+    assert lo == pytest.approx(auroc(scores[drawn], labels[drawn]))
+    # a shared per-prompt shift makes pairs of a prompt alike: prompts, not pairs, are the units
+    shift = np.repeat(rng.normal(0, 2, 8), 10)
+    a, b = labels + shift + rng.normal(0, 1, 80), shift + rng.normal(0, 1, 80)
+    by_pair = paired_auroc_difference(a, b, labels, n=2000)
+    by_prompt = paired_auroc_difference(a, b, labels, n=2000, clusters=prompts)
+    assert by_prompt["difference"] == by_pair["difference"]
+    assert by_prompt["hi"] - by_prompt["lo"] > by_pair["hi"] - by_pair["lo"]
+    with pytest.raises(ValueError, match="cluster ids"):
+        resample_counts(5, 2, seed=0, clusters=[1, 2])

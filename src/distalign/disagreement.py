@@ -171,28 +171,55 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(_auroc_from_counts(pos, neg))
 
 
-def _resampled_aurocs(scores: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """AUROC of each resample ``idx`` (n, N) of the units, (n,); NaN for a one-class one."""
+def _resampled_aurocs(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """AUROC of each resample, (n,), given how often it draws each unit, ``counts`` (n, N);
+    NaN for a one-class one."""
     _, lvl = np.unique(scores, return_inverse=True)
     lvl = lvl.reshape(-1)
-    k, n = int(lvl.max()) + 1, len(idx)
-    cell = (np.arange(n)[:, None] * k + lvl[idx]).ravel()  # (n·N,) resample × score level
-    pos = np.bincount(cell, weights=labels[idx].ravel(), minlength=n * k).reshape(n, k)
-    neg = np.bincount(cell, weights=~labels[idx].ravel(), minlength=n * k).reshape(n, k)
+    k, n = int(lvl.max()) + 1, len(counts)
+    cell = (np.arange(n)[:, None] * k + lvl[None, :]).ravel()  # (n·N,) resample × score level
+    pos = np.bincount(cell, weights=(counts * labels).ravel(), minlength=n * k).reshape(n, k)
+    neg = np.bincount(cell, weights=(counts * ~labels).ravel(), minlength=n * k).reshape(n, k)
     return _auroc_from_counts(pos, neg)
 
 
+def resample_counts(
+    n_units: int, n: int, seed: int, clusters: np.ndarray | None = None
+) -> np.ndarray:
+    """How often each of ``n`` bootstrap resamples draws each unit, (n, n_units). Without
+    ``clusters``, units are drawn with replacement; with ``clusters`` (n_units,) (e.g. each
+    pair's prompt), whole clusters are, as many as there are, each bringing all its units:
+    units of one cluster are not independent (a prompt's pairs share its replies), and
+    resampling them one by one makes the interval too narrow."""
+    rng = np.random.default_rng(seed)
+    if clusters is None:
+        idx = rng.integers(0, n_units, size=(n, n_units))
+        flat = (np.arange(n)[:, None] * n_units + idx).ravel()
+        return np.bincount(flat, minlength=n * n_units).reshape(n, n_units)
+    _, member = np.unique(np.asarray(clusters), return_inverse=True)
+    member = member.reshape(-1)
+    if len(member) != n_units:
+        raise ValueError(f"{len(member)} cluster ids for {n_units} units")
+    k = int(member.max()) + 1
+    return rng.multinomial(k, np.full(k, 1 / k), size=n)[:, member]
+
+
 def bootstrap_auroc_interval(
-    scores: np.ndarray, labels: np.ndarray, n: int = 2000, seed: int = 0, level: float = 0.95
+    scores: np.ndarray,
+    labels: np.ndarray,
+    n: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    clusters: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of ``auroc(scores, labels)``, resampling the N
-    (score, label) units with replacement ``n`` times (seeded). Resamples that hold one class
-    only have no AUROC and are left out; NaN, NaN when every resample does (or N = 0)."""
+    (score, label) units with replacement ``n`` times (seeded), or whole ``clusters`` of them
+    (``resample_counts``). Resamples that hold one class only have no AUROC and are left
+    out; NaN, NaN when every resample does (or N = 0)."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
     if len(scores) == 0:
         return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, len(scores), size=(n, len(scores)))  # (n, N)
-    areas = _resampled_aurocs(scores, labels, idx)
+    areas = _resampled_aurocs(scores, labels, resample_counts(len(scores), n, seed, clusters))
     areas = areas[~np.isnan(areas)]
     if not len(areas):
         return float("nan"), float("nan")
@@ -207,11 +234,13 @@ def paired_auroc_difference(
     n: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    clusters: np.ndarray | None = None,
 ) -> dict[str, float]:
     """AUROC(a) − AUROC(b) for two scores of the same N units, with a paired percentile
-    bootstrap interval (each resample of units scores both, so what the two share cancels)
-    and ``p_not_above``, the share of resamples in which a does not beat b: a bootstrap
-    share, not the p-value of a test, and 0 only means fewer than 1 in ``n``.
+    bootstrap interval (each resample of units, or of whole ``clusters`` of them, scores both,
+    so what the two share cancels) and ``p_not_above``, the share of resamples in which a
+    does not beat b: a bootstrap share, not the p-value of a test, and 0 only means fewer
+    than 1 in ``n``.
 
     Returns ``difference``, ``lo``, ``hi`` and ``p_not_above``; NaN where no AUROC exists."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -222,8 +251,8 @@ def paired_auroc_difference(
            "p_not_above": float("nan")}  # fmt: skip
     if len(a) == 0:
         return nan
-    idx = np.random.default_rng(seed).integers(0, len(a), size=(n, len(a)))
-    diff = _resampled_aurocs(a, labels, idx) - _resampled_aurocs(b, labels, idx)
+    counts = resample_counts(len(a), n, seed, clusters)
+    diff = _resampled_aurocs(a, labels, counts) - _resampled_aurocs(b, labels, counts)
     diff = diff[~np.isnan(diff)]
     if not len(diff):
         return nan
@@ -263,13 +292,15 @@ def contested_detection(
     n: int = 2000,
     seed: int = 0,
     components: np.ndarray | None = None,
+    clusters: np.ndarray | None = None,
 ) -> dict[str, object]:
     """How well a reward model's outputs flag the pairs whose groups' majorities differ.
 
     Per pair i: ``margin`` Δ_i = r_w − r_l (scalar head) or E[R_w] − E[R_l] (distributional),
     ``spread`` σ_i = sqrt(Std[R_w]² + Std[R_l]²) (None for a scalar head), ``p_by_group``
     the known per-group P(chosen ≻ rejected) (anything ``contested`` takes). Detectors, each
-    scored by AUROC against ``contested`` with a percentile bootstrap 95% interval over pairs:
+    scored by AUROC against ``contested`` with a percentile bootstrap 95% interval over pairs,
+    or over ``clusters`` of them (each pair's prompt: ``resample_counts``):
 
         margin     −|Δ|         a close call; all a scalar reward model can offer (baseline)
         spread     σ            predicted disagreement alone
@@ -301,11 +332,12 @@ def contested_detection(
         "contested_share": float(flags.mean()) if len(flags) else float("nan"),
         "contested_pairs": int(flags.sum()),
         "contested_detector": detector,
+        "contested_bootstrap": "pairs" if clusters is None else "clusters",
     }
     for name, s in scores.items():
         key = "contested_auroc" if name == "detector" else f"contested_auroc_{name}"
         out[key] = auroc(s, flags)
-        out[f"{key}_ci95"] = list(bootstrap_auroc_interval(s, flags, n, seed))
+        out[f"{key}_ci95"] = list(bootstrap_auroc_interval(s, flags, n, seed, clusters=clusters))
     return out
 
 

@@ -168,6 +168,12 @@ def test_rm_eval_writes_pair_scores_that_compare_two_reward_models(tiny_rms, tmp
         table = read_pair_scores(files[head])
         assert len(table["margin"]) == 6
         np.testing.assert_array_equal(table["contested"].astype(bool), CONTESTED)
+        # each pair's prompt, which the intervals resample (a prompt's pairs together)
+        prompts = [json.dumps(r["prompt"]) for r in handmade_rows()]
+        same_prompt = np.equal.outer(prompts, prompts)
+        np.testing.assert_array_equal(np.equal.outer(table["prompt"], table["prompt"]),
+                                      same_prompt)  # fmt: skip
+        assert result["contested_bootstrap"] == "clusters"
         # the file's contested score is the head's own detector: its AUROC is the reported one
         assert auroc(table["contested_score"], table["contested"]) == pytest.approx(
             result["contested_auroc"]

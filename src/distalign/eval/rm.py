@@ -52,7 +52,9 @@ def evaluate_reward_model(model, loader, accelerator=None, *args, **kwargs) -> d
     the arguments after ``accelerator`` are ``pair_metrics``'s after the scores, and each
     pair's row in its source comes from the loader (``pair_ids``)."""
     chosen, rejected = collect_pair_scores(model, loader, accelerator)
-    return pair_metrics(chosen, rejected, *args, rows=pair_ids(loader, len(chosen)), **kwargs)
+    n = len(chosen)
+    return pair_metrics(chosen, rejected, *args, rows=pair_ids(loader, n),
+                        clusters=prompt_clusters(loader.dataset, n), **kwargs)  # fmt: skip
 
 
 def pair_metrics(
@@ -66,6 +68,7 @@ def pair_metrics(
     truth=None,
     p_chosen: np.ndarray | None = None,
     rows: np.ndarray | None = None,
+    clusters: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Metrics of N pairs from the head outputs (N, num_labels) of their chosen and rejected
     replies. Scalar: accuracy, margin, reward mean/std, ECE.
@@ -79,8 +82,9 @@ def pair_metrics(
     differ): ``contested_share``, ``contested_pairs``, ``contested_auroc`` and
     ``contested_auroc_margin`` (and ``contested_auroc_spread`` for a distributional head,
     ``contested_auroc_ratio`` for a mixture, whose detector reads its component margins),
-    each with a ``…_ci95`` bootstrap interval (``n_bootstrap`` resamples of pairs); see
-    ``disagreement.contested_detection``.
+    each with a ``…_ci95`` bootstrap interval (``n_bootstrap`` resamples of the pairs' prompts,
+    ``clusters`` (N,): a prompt's pairs share its replies, so they are drawn together; of
+    the pairs one by one without it); see ``disagreement.contested_detection``.
 
     ``p_chosen`` (N,), each pair's known probability that its chosen reply is preferred (the
     gold benchmark's, in the pairs' order), adds ``bayes_ceiling`` and ``accuracy_vs_truth``
@@ -119,7 +123,7 @@ def pair_metrics(
         result["bayes_ceiling"] = bayes_accuracy(p_chosen)
     if p_by_group is not None:
         result |= contested_detection(
-            margin, spread, p_by_group, n_bootstrap, components=components
+            margin, spread, p_by_group, n_bootstrap, components=components, clusters=clusters
         )
         if outputs is not None:  # per pair, to compare reward models on the same pairs
             scores = contested_scores(margin, spread, components)
@@ -129,7 +133,21 @@ def pair_metrics(
                 "contested_score": scores["detector"],
                 "contested": contested(p_by_group),
             }
+            if clusters is not None:
+                outputs["pair_scores"]["prompt"] = clusters
     return result
+
+
+def prompt_clusters(ds, n: int) -> np.ndarray | None:
+    """Each pair's prompt as a number (pairs of one prompt share it), (n,): from the data set's
+    ``prompt_id`` (the gold benchmark's) or its ``prompt``; None when ``ds`` has neither or
+    another number of rows (the bootstrap then resamples pairs)."""
+    columns = getattr(ds, "column_names", None) or []
+    column = next((c for c in ("prompt_id", "prompt") if c in columns), None)
+    if column is None or len(ds) != n:
+        return None
+    keys = [json.dumps(p, sort_keys=True, default=str) for p in ds[column]]
+    return np.unique(keys, return_inverse=True)[1].reshape(-1)
 
 
 def pair_ids(loader, n: int) -> np.ndarray:
@@ -335,7 +353,7 @@ def _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
     rows = np.asarray(pairs["source_row"], dtype=np.int64)
     result = pair_metrics(chosen, rejected, "scalar", outputs=outputs,
                           p_by_group=p_chosen_by_group(pairs), p_chosen=known_p_chosen(pairs),
-                          rows=rows)  # fmt: skip
+                          rows=rows, clusters=prompt_clusters(pairs, len(pairs)))  # fmt: skip
     result.update({"data": data, "split": split, "model": str(model_dir), "head": "scalar"})
     result.update({"device": str(place), "dtype": str(torch_dtype).removeprefix("torch.")})
     result.update({"max_length": source.max_length, "max_prompt_length": None})
@@ -425,13 +443,16 @@ def compare_contested(a: str | Path, b: str | Path, n: int = 2000) -> dict[str, 
     """Does reward model A flag contested pairs better than B? Two ``…_pair_scores.csv`` files
     of the same pairs (``rm eval`` writes one beside its JSON);
     ``disagreement.paired_auroc_difference`` of their contested scores: AUROC(A) − AUROC(B),
-    paired bootstrap interval, and the share of resamples in which A does not beat B."""
+    paired bootstrap interval (resampling prompts where both files name each pair's prompt,
+    else pairs), and the share of resamples in which A does not beat B."""
     from distalign.disagreement import paired_auroc_difference
 
     sa, sb = read_pair_scores(a), read_pair_scores(b)
     same = len(sa["pair"]) == len(sb["pair"]) and (sa["pair"] == sb["pair"]).all()
     if not same or (sa["contested"] != sb["contested"]).any():
         raise ValueError(f"{a} and {b} do not score the same pairs")
+    both = "prompt" in sa and "prompt" in sb and (sa["prompt"] == sb["prompt"]).all()
     return paired_auroc_difference(
-        sa["contested_score"], sb["contested_score"], sa["contested"].astype(bool), n
-    )
+        sa["contested_score"], sb["contested_score"], sa["contested"].astype(bool), n,
+        clusters=sa["prompt"] if both else None,
+    )  # fmt: skip
