@@ -378,3 +378,31 @@ def test_held_out_titles_name_a_split_only_where_the_source_has_splits(tmp_path)
         f"held-out ({tmp_path / 'split'}, test)"
     )
     assert _held_out_title(cfg(tmp_path / "split", str(one)), "held-out") == f"held-out ({one})"
+
+
+def test_a_one_process_command_launched_on_several_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = runner.invoke(app, ["rm", "eval", "model_name_or_path=runs/rm/final"])
+    assert result.exit_code != 0
+    assert "rm eval runs in one process, and 2 were launched" in str(result.exception)
+    from distalign.cli import MULTI_PROCESS, one_process
+
+    for command in MULTI_PROCESS:
+        one_process(command)  # accelerate spreads the training commands
+
+
+def test_only_the_first_process_logs_notes_and_warnings(monkeypatch):
+    import logging
+
+    from distalign.cli import replica_logs
+
+    root = logging.getLogger("distalign")
+    try:
+        monkeypatch.setenv("RANK", "0")
+        replica_logs()
+        assert logging.getLogger("distalign.data.load").getEffectiveLevel() != logging.ERROR
+        monkeypatch.setenv("RANK", "1")
+        replica_logs()
+        assert logging.getLogger("distalign.data.load").getEffectiveLevel() == logging.ERROR
+    finally:
+        root.setLevel(logging.NOTSET)

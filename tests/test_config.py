@@ -702,3 +702,30 @@ def test_trl_s_pad_to_multiple_of_auto_is_no_rounding_up():
     from_cli(RLTrainConfig, ["--pad_to_multiple_of", "auto"])  # does nothing
     with pytest.raises(ConfigError, match="pads each pass to its longest row"):
         from_cli(RLTrainConfig, ["pad_to_multiple_of=8"])
+
+
+def test_ddp_timeout_reaches_the_process_group_and_local_rank_is_the_launchers():
+    from distalign.config import NOT_OFFERED
+
+    assert from_cli(RMTrainConfig, ["ddp_timeout=7200"]).ddp_timeout == 7200
+    assert from_cli(RLTrainConfig, ["--ddp_timeout", "60"]).ddp_timeout == 60
+    assert "LOCAL_RANK" in NOT_OFFERED["local_rank"]
+    from_cli(RMTrainConfig, ["local_rank=-1"])  # does nothing
+
+
+def test_start_run_gives_accelerate_the_timeout(tmp_path, monkeypatch):
+    import accelerate
+
+    from distalign.tracking import start_run
+
+    seen = {}
+
+    class Spy(accelerate.Accelerator):
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(accelerate, "Accelerator", Spy)
+    start_run(RMTrainConfig(report_to="none", ddp_timeout=90), tmp_path / "run")
+    (handler,) = seen["kwargs_handlers"]
+    assert handler.timeout.total_seconds() == 90

@@ -51,11 +51,24 @@ def test_rm_train_on_two_processes(tiny_model_dir, tmp_path):
     out = tmp_path / "rm"
     common = [
         f"model_name_or_path={tiny_model_dir}", f"dataset_name={data}", "max_length=64",
-        "max_prompt_length=32", "per_device_train_batch_size=4", "learning_rate=3e-3",
-        "report_to=none", "save_steps=2", f"output_dir={out}",
+        "max_prompt_length=32", "learning_rate=3e-3", "report_to=none", "group_by_length=false",
     ]  # fmt: skip
-    launch("rm", "train", *common, "max_steps=2")
-    launch("rm", "train", *common, "--max_steps", "4", "--resume_from_checkpoint")
+    launch("rm", "train", *common, "per_device_train_batch_size=4", "save_steps=2",
+           f"output_dir={out}", "max_steps=2")  # fmt: skip
+    # the logged loss is both processes' batches: one process with both in one batch logs it
+    from distalign.rm.config import RMTrainConfig
+    from distalign.rm.train import run
+    from tests.test_config import from_cli
+
+    alone = ["per_device_train_batch_size=8", "max_steps=1", "eval_strategy=no",
+             f"output_dir={tmp_path / 'one'}"]  # fmt: skip
+    run(from_cli(RMTrainConfig, [*common, *alone]))
+    first = [json.loads((d / "metrics.jsonl").read_text().splitlines()[0])
+             for d in (out, tmp_path / "one")]  # fmt: skip
+    for key in ("train/loss", "train/accuracy"):
+        assert first[0][key] == pytest.approx(first[1][key], abs=1e-5), key
+    launch("rm", "train", *common, "per_device_train_batch_size=4", "save_steps=2",
+           f"output_dir={out}", "--max_steps", "4", "--resume_from_checkpoint")  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4
     assert summary["eval"]["pairs"] == 21  # gathered from both processes, padding dropped

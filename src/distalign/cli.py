@@ -150,6 +150,21 @@ def parse_command(command: str, args: Sequence[str]):
     return load_config(cls, path, overrides)
 
 
+MULTI_PROCESS = ("rm train", "rl train")  # the commands accelerate spreads over processes
+
+
+def one_process(command: str) -> None:
+    """Refuse a command that runs in one process when a launcher started several: each
+    would run the whole job and write the same files."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and command not in MULTI_PROCESS:
+        raise ConfigError(
+            f"{command} runs in one process, and {launched} were launched (WORLD_SIZE): each "
+            "would run the whole job and write the same files; run it without accelerate "
+            "launch or torchrun (device=cuda:N picks a GPU)"
+        )
+
+
 def config_command(
     group: typer.Typer,
     name: str,
@@ -167,7 +182,9 @@ def config_command(
             if "--help" in args or "-h" in args:
                 typer.echo(config_help(full, cls, positional))
                 raise typer.Exit()
-            fn(parse_command(full, args))
+            cfg = parse_command(full, args)
+            one_process(full)
+            fn(cfg)
 
         COMMANDS[full] = (cls, positional, aliases, tuple(list_keys))
 
@@ -393,11 +410,20 @@ def _register_heavy_commands() -> None:
 _register_heavy_commands()
 
 
+def replica_logs() -> None:
+    """Under a launcher, distalign's notes and warnings come from the first process only
+    (each process reads the same data and config, so the others would say the same again);
+    errors still come from every process."""
+    if os.environ.get("RANK", "0") != "0":
+        logging.getLogger("distalign").setLevel(logging.ERROR)
+
+
 def main():
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     quiet_libraries()  # after the loop: it sets the libraries' own levels
+    replica_logs()
     try:
         app(prog_name="distalign")
     except USER_ERRORS as e:

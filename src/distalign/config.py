@@ -130,6 +130,7 @@ NOT_OFFERED = {
     "dataloader_num_workers": "batches are built in the training process",
     "data_seed": "seed orders the data",
     "ddp_find_unused_parameters": "every trainable weight takes part in each step",
+    "local_rank": "the launcher gives each process its rank (LOCAL_RANK)",
     "save_only_model": "checkpoints keep the optimizer, to resume exactly",
     "disable_tqdm": "progress bars show on the first process",
     "num_train_epochs": "rl train runs max_steps steps, each on new prompts",
@@ -211,7 +212,7 @@ NOT_OFFERED.update(dict.fromkeys(_ONLY_BESIDE, "it acts only beside a key not of
 # transformers TrainingArguments keys not above: at transformers' default they do nothing; at
 # another value they are refused, with these hints where one helps
 _LAUNCHER_KEYS = ("deepspeed", "fsdp", "fsdp_config", "accelerator_config", "parallelism_config",
-                  "ddp_backend", "ddp_timeout", "ddp_bucket_cap_mb", "ddp_broadcast_buffers",
+                  "ddp_backend", "ddp_bucket_cap_mb", "ddp_broadcast_buffers",
                   "ddp_static_graph", "use_cpu")  # fmt: skip
 TRAINING_ARGUMENTS_HINTS = {
     **dict.fromkeys(_LAUNCHER_KEYS, _LAUNCHER),

@@ -19,6 +19,7 @@ import os
 import resource
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,10 +107,11 @@ def flat_hparams(config: Any, prefix: str = "") -> dict[str, bool | int | float 
 def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     """A training run's Accelerator (mixed precision from ``cfg.bf16``/``cfg.fp16``, or what
     ``accelerate launch`` set; trackers from ``cfg.report_to``), the global seed, TF32 as
-    ``cfg.tf32`` asks, and the resolved config saved in ``out`` by the main process; an
+    ``cfg.tf32`` asks, the process group's timeout ``cfg.ddp_timeout``, and the resolved config
+    saved in ``out`` by the main process; an
     earlier run in ``out`` is refused or replaced first (``checkpoint.prepare_output_dir``)."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import InitProcessGroupKwargs, set_seed
 
     from distalign.checkpoint import prepare_output_dir
     from distalign.config import mixed_precision, save_config
@@ -122,6 +124,7 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
         mixed_precision=precision,
         log_with=trackers or None,
         project_dir=str(out),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))],
         **accelerator_kwargs,
     )
     _check_processes(accelerator)  # before anything in out moves

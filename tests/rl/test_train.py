@@ -566,6 +566,23 @@ def test_a_resumed_run_that_changes_the_prompt_order_mid_pass_is_warned(caplog):
     assert "shuffle_dataset=False: the checkpoint's run drew this pass" in caplog.text
 
 
+def test_a_run_resumed_on_another_number_of_processes_starts_a_new_pass(caplog, monkeypatch):
+    from distalign.rl.train import begin
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    cfg = RLTrainConfig(report_to="none")
+    state = TrainState(step=2, epoch=0, cursor=8, processes=2)  # written by 2 processes
+    with caplog.at_level("WARNING"):
+        begin(None, state, [], cfg)
+    assert "resumed on 1 process(es) where the checkpoint's run had 2" in caplog.text
+    assert (state.epoch, state.cursor, state.processes) == (1, 0, 1)
+    caplog.clear()
+    same = TrainState(step=2, cursor=8, processes=1)
+    with caplog.at_level("WARNING"):
+        begin(None, same, [], cfg)
+    assert "process" not in caplog.text and (same.epoch, same.cursor) == (0, 8)
+
+
 def test_a_resumed_run_with_other_held_out_prompts_says_the_table_mixes_them(caplog):
     from distalign.rl.train import evaluate_sft
 

@@ -186,6 +186,9 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     several times the speed, each matmul input rounded to a 10-bit mantissa; false turns it off
     for cuDNN too. Unset: torch's own settings (matmuls off). No effect on the CPU; the gold
     judge always runs in full float32."""
+    ddp_timeout: int = 1800
+    """Seconds a process waits for the others at a collective before the run fails
+    (transformers' ``ddp_timeout``; torch.distributed's process-group timeout)."""
     prefix_sharing: bool = True
     """Teacher-forced and reference passes share each prompt across its samples."""
     attn_implementation: str = "sdpa"

@@ -111,6 +111,7 @@ class TrainState:
     num_iterations: int | None = None  # updates per step, as older checkpoints saved it
     updates_per_step: int | None = None  # optimizer updates per step the schedule counts
     shuffle_dataset: bool | None = None  # the prompt order the cursor points into
+    processes: int | None = None  # whose shares of the prompts the cursor points into
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
     nonfinite_in_a_row: int = 0
 
@@ -530,7 +531,8 @@ def evaluate(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> dict
 
 def begin(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
     """Before this run's first step: a resumed run must keep the updates per step its
-    learning-rate schedule counts, and is warned when its prompt order changed mid-pass; the
+    learning-rate schedule counts, and is warned when its prompt order changed mid-pass (on
+    another number of processes, it starts a new pass); the
     SFT policy's evaluation (``evaluate_sft``)."""
     processes = getattr(getattr(t, "accelerator", None), "num_processes", world_size())
     if cfg.generation_batch_size is not None and processes != world_size():
@@ -554,6 +556,18 @@ def begin(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
             "order, so some of them come again before the next pass and others not at all",
             cfg.shuffle_dataset,
         )
+    if state.processes not in (None, processes) and state.step:
+        config_warning(
+            log,
+            "resumed on %d process(es) where the checkpoint's run had %d: a step samples for "
+            "%d prompts instead of %d, and each process's share of the prompts changed, so "
+            "the run starts its next pass over them here",
+            processes, state.processes, processes * cfg.prompts_per_step,
+            state.processes * cfg.prompts_per_step,
+        )  # fmt: skip
+        if state.cursor:  # a cursor into the old shares would repeat some prompts, skip others
+            state.epoch, state.cursor = state.epoch + 1, 0
+    state.processes = processes
     state.updates_per_step, state.shuffle_dataset = cfg.updates_per_step, cfg.shuffle_dataset
     state.num_iterations = None  # said by updates_per_step now
     evaluate_sft(t, state, prompts, cfg)

@@ -144,6 +144,9 @@ class RMTrainConfig(ModelKeys):
     """TF32 matmuls on NVIDIA GPUs from Ampere on (transformers' ``tf32``): float32 training at
     several times the speed, each matmul input rounded to a 10-bit mantissa; false turns it off
     for cuDNN too. Unset: torch's own settings (matmuls off). No effect on the CPU."""
+    ddp_timeout: int = 1800
+    """Seconds a process waits for the others at a collective before the run fails
+    (transformers' ``ddp_timeout``; torch.distributed's process-group timeout)."""
     prefix_sharing: bool = True
     """Encode each pair as one sequence prompt + chosen + rejected (exact, faster)."""
     attn_implementation: str = "sdpa"

@@ -297,11 +297,16 @@ CURRENT_METRICS = ("train/learning_rate", "train/grad_norm", "train/pairs_per_s"
 
 
 def train_metrics(window: list[dict], t: Trainer, state: TrainState, seconds: float, start_pairs):
-    """The logged means of the micro-batches of one optimizer step, and throughput."""
+    """The logged means of the micro-batches of one optimizer step, over every process (each
+    process's mean, then their mean, as transformers logs), and throughput."""
     logged = {
         f"train/{k}": sum(w[k] for w in window if k in w) / sum(k in w for w in window)
-        for k in window[-1]
+        for k in window[-1]  # the same keys on every process: the step ends on all at once
     }
+    if t.accelerator.num_processes > 1:  # a collective: every process calls it each step
+        local = torch.tensor(list(logged.values()), device=t.accelerator.device)
+        means = t.accelerator.reduce(local, reduction="mean").tolist()
+        logged = dict(zip(logged, means, strict=True))
     logged["train/learning_rate"] = t.scheduler.get_last_lr()[0]
     logged["train/pairs_per_s"] = (state.pairs - start_pairs) / max(seconds, 1e-9)
     logged["train/peak_mem_gb"] = peak_memory_gb()
