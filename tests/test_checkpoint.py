@@ -231,3 +231,22 @@ def test_a_fresh_run_does_not_mix_with_an_earlier_one_in_its_output_dir(tmp_path
     # a second folder even within the same second: the first run's files stay
     second = ["checkpoints", "config.yaml", "distalign", "final", "history.jsonl"]
     assert moved() == [["config.yaml", "metrics.jsonl"], second]
+
+
+def test_an_earlier_run_s_tracker_folder_outside_output_dir_is_never_moved(tmp_path):
+    from distalign.config import ConfigError
+    from distalign.tracking import start_tracking
+
+    out, victim = tmp_path / "runs" / "rm", tmp_path / "victim"
+    out.mkdir(parents=True)
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("mine")
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')  # a run that saved nothing
+    prepare_output_dir(out, None, False, tracker_dirs=["../../victim"])
+    assert (victim / "thesis.tex").read_text() == "mine"
+    # the names that would lead there are refused before anything moves
+    for name in ("../../victim", "/abs/olute"):
+        with pytest.raises(ConfigError, match="names a folder under output_dir"):
+            start_tracking(None, name, None, {})
+        with pytest.raises(ConfigError, match="names a folder under output_dir"):
+            start_tracking(None, "distalign", name, {})

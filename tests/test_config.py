@@ -729,3 +729,14 @@ def test_start_run_gives_accelerate_the_timeout(tmp_path, monkeypatch):
     start_run(RMTrainConfig(report_to="none", ddp_timeout=90), tmp_path / "run")
     (handler,) = seen["kwargs_handlers"]
     assert handler.timeout.total_seconds() == 90
+
+
+def test_a_config_s_text_is_read_as_written_not_interpolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOME_TOKEN", "hf_secret")
+    path = tmp_path / "shipped.yaml"
+    path.write_text("run_name: ${oc.env:SOME_TOKEN}\nreport_to: [none]\n")
+    assert load_config(RMTrainConfig, path).run_name == "${oc.env:SOME_TOKEN}"
+    for args in (["run_name=x_${oc.env:SOME_TOKEN}"], ["--run_name", "x_${oc.env:SOME_TOKEN}"]):
+        assert from_cli(RMTrainConfig, args).run_name == "x_${oc.env:SOME_TOKEN}"
+    cfg = from_cli(RLTrainConfig, ["reward=${oc.env:SOME_TOKEN}"])
+    assert cfg.reward == "${oc.env:SOME_TOKEN}"

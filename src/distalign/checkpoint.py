@@ -133,8 +133,9 @@ def prepare_output_dir(
             "output_dir, or overwrite_output_dir=true to move them aside (to "
             f"{out / 'replaced'})"
         )
+    inside = out.resolve()
     extra = [out / n for n in ("config.yaml", *tracker_dirs)
-             if n and not Path(n).is_absolute() and (out / n).exists()]  # fmt: skip
+             if n and (out / n).exists() and inside in (out / n).resolve().parents]  # fmt: skip
     moving = [p.resolve() for p in [*found, *extra]]
     for spec in inputs:
         path = Path(spec).expanduser().resolve()

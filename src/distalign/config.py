@@ -684,6 +684,19 @@ def bool_keys(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.type in kinds]
 
 
+def _literal(value: Any) -> Any:
+    """``value`` with every ``${`` escaped, so OmegaConf keeps it as written: a config is read
+    as TRL reads one, and a file from elsewhere cannot pull an environment variable
+    (``${oc.env:HF_TOKEN}``) into the saved config and the trackers."""
+    if isinstance(value, str):
+        return value.replace("${", "\\${")
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_literal(v) for v in value]
+    return value
+
+
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: Sequence[Override] = ()
 ) -> T:
@@ -712,7 +725,7 @@ def load_config(
             except ConfigError as e:
                 errors.append(str(e))
                 loaded = {}
-            base = OmegaConf.merge(base, OmegaConf.create(loaded))
+            base = OmegaConf.merge(base, OmegaConf.create(_literal(loaded)))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {_first_line(e)}") from None
     except (TypeError, ValueError) as e:  # e.g. a mapping where a list belongs
@@ -731,10 +744,10 @@ def load_config(
             name, value = kept
             try:
                 if value is not parsed:  # a TRL null with a meaning here; a warmup_ratio
-                    OmegaConf.update(base, name, value, merge=True, force_add=False)
+                    OmegaConf.update(base, name, _literal(value), merge=True, force_add=False)
                     continue
                 # an alias (reward_funcs=...) as the key it names
-                base = OmegaConf.merge(base, OmegaConf.from_dotlist([f"{name}={text}"]))
+                base = OmegaConf.merge(base, OmegaConf.from_dotlist([f"{name}={_literal(text)}"]))
             except OmegaConfBaseException as e:
                 raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
             except yaml.YAMLError as e:  # the value is read as YAML
@@ -758,7 +771,7 @@ def load_config(
             if isinstance(raw, str) and raw.lstrip().startswith(("[", "{")):
                 value = _yaml_value(raw)
             try:
-                OmegaConf.update(base, key, value, merge=True, force_add=False)
+                OmegaConf.update(base, key, _literal(value), merge=True, force_add=False)
             except OmegaConfBaseException as e:
                 raise ConfigError(f"--{key} {raw!r}: {_first_line(e)}") from None
             except (TypeError, ValueError) as e:

@@ -117,6 +117,8 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     from distalign.config import mixed_precision, save_config
     from distalign.models.load import set_tf32
 
+    for key in ("project", "run_name"):
+        _check_tracker_name(key, getattr(cfg, key, None))
     precision = mixed_precision(cfg.bf16, cfg.fp16)
     _forget_other_precision(precision)
     trackers = resolve_report_to(cfg.report_to)
@@ -136,6 +138,16 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     if accelerator.is_main_process:
         save_config(cfg, out)
     return accelerator
+
+
+def _check_tracker_name(key: str, name: str | None) -> None:
+    """``project`` and ``run_name`` name TensorBoard's folders under the output_dir: an
+    absolute path or a ``..`` would put them (and move earlier runs' logs) outside it."""
+    from distalign.config import ConfigError
+
+    if name and (Path(name).is_absolute() or ".." in Path(name).parts):
+        raise ConfigError(f"{key} {name!r} names a folder under output_dir: no absolute path "
+                          "or '..'")  # fmt: skip
 
 
 def _check_processes(accelerator) -> None:
@@ -194,6 +206,8 @@ def start_tracking(accelerator, project: str, run_name: str | None, config: Any)
     TensorBoard it is the subfolder ``<logging dir>/<project>/<run_name>``. Without a
     ``run_name`` the trackers pick one (TensorBoard: ``<logging dir>/<project>``).
     """
+    for key, name in (("project", project), ("run_name", run_name)):
+        _check_tracker_name(key, name)
     if not accelerator.is_main_process or not accelerator.log_with:
         return
     init_kwargs: dict[str, dict[str, Any]] = {}

@@ -623,3 +623,26 @@ def test_a_local_copy_of_a_hub_repository_with_configs_reads_as_load_dataset_doe
     # one config (push_to_hub's card): the default, read without dataset_config
     (tmp_path / "README.md").write_text(card.split("- config_name: b")[0] + "---\n")
     assert len(load_preferences(str(tmp_path), skip_bad_rows=True)) == 1
+
+
+def test_a_card_names_files_of_its_own_folder_only(tmp_path):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    write_jsonl(secret / "train.jsonl", EXPLICIT)
+    cards = {
+        "up": "---\nconfigs:\n- config_name: default\n  data_files: ../secret/*.jsonl\n---\n",
+        "dir": f"---\nconfigs:\n- config_name: default\n  data_dir: {secret}\n---\n",
+        "updir": "---\nconfigs:\n- config_name: default\n  data_dir: ../secret\n---\n",
+    }
+    for name, card in cards.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "README.md").write_text(card)
+        with pytest.raises(DataSourceError, match="is not inside it"):
+            load_preferences(str(tmp_path / name))
+    # a link inside the folder to a file elsewhere (a hub cache's snapshot) is read
+    (tmp_path / "snap" / "data").mkdir(parents=True)
+    (tmp_path / "snap" / "data" / "train.jsonl").symlink_to(secret / "train.jsonl")
+    (tmp_path / "snap" / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files: data/*.jsonl\n---\n"
+    )
+    assert len(load_preferences(str(tmp_path / "snap"))) == len(EXPLICIT)

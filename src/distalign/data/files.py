@@ -16,6 +16,7 @@ import csv
 import gzip
 import io
 import json
+import os
 import re
 import zlib
 from collections.abc import Iterable, Iterator
@@ -271,6 +272,7 @@ def config_files(folder: Path, name: str | None, split: str | None) -> list[Path
     wanted = split or "train"
     if config.get("data_files") is None:
         sub = folder / config.get("data_dir", "")
+        _inside(folder, sub, f"data_dir {config.get('data_dir')!r}")
         if not sub.is_dir():
             raise DataSourceError(f"{folder}: config {config['config_name']!r}'s data_dir "
                                   f"{sub.name!r} is not a folder here")  # fmt: skip
@@ -289,10 +291,21 @@ def config_files(folder: Path, name: str | None, split: str | None) -> list[Path
     patterns = by_split[wanted]
     patterns = [patterns] if isinstance(patterns, str) else list(patterns or [])
     found = sorted({f for pattern in patterns for f in _matches(folder, pattern) if f.is_file()})
+    for f in found:
+        _inside(folder, f, f"pattern {patterns} (matching {f})")
     if not found:
         raise DataSourceError(f"{folder}: no file matches {patterns} (config "
                               f"{config['config_name']!r}, split {wanted!r})")  # fmt: skip
     return found
+
+
+def _inside(folder: Path, path: Path, what: str) -> None:
+    """A card names files of its own repository only: refuse a ``data_dir`` or pattern that
+    leads outside ``folder`` (``..``, an absolute path). Read as written, without following
+    links: a hub cache's snapshot links each file to a blob outside it."""
+    root = os.path.normpath(os.path.abspath(folder))
+    if os.path.commonpath([root, os.path.normpath(os.path.abspath(path))]) != root:
+        raise DataSourceError(f"{folder}: its card's {what} is not inside it")
 
 
 def _matches(folder: Path, pattern: str) -> list[Path]:
