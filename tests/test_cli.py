@@ -391,18 +391,34 @@ def test_a_one_process_command_launched_on_several_is_refused(monkeypatch):
         one_process(command)  # accelerate spreads the training commands
 
 
-def test_only_the_first_process_logs_notes_and_warnings(monkeypatch):
+def test_only_the_first_process_logs_notes_and_shared_warnings(monkeypatch):
     import logging
 
     from distalign.cli import replica_logs
+    from distalign.distributed import EVERY_PROCESS
 
-    root = logging.getLogger("distalign")
+    monkeypatch.setenv("RANK", "0")
+    assert replica_logs() is None  # the first process says everything
+    monkeypatch.setenv("RANK", "1")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(self.format(record))
+
+    root, handler = logging.getLogger(), Keep()
+    root.addHandler(handler)
     try:
-        monkeypatch.setenv("RANK", "0")
-        replica_logs()
-        assert logging.getLogger("distalign.data.load").getEffectiveLevel() != logging.ERROR
-        monkeypatch.setenv("RANK", "1")
-        replica_logs()
-        assert logging.getLogger("distalign.data.load").getEffectiveLevel() == logging.ERROR
+        replica = replica_logs()
+        data, own = logging.getLogger("distalign.data.load"), logging.getLogger("distalign.rl")
+        data.info("64 training pairs")
+        data.warning("8 of 64 pairs are longer than max_length")  # the same on every process
+        own.warning("log_extra('x'): 3 values for 4 completions", extra=EVERY_PROCESS)
+        own.error("a reward function failed")
+        assert seen == ["[rank 1] log_extra('x'): 3 values for 4 completions",
+                        "[rank 1] a reward function failed"]  # fmt: skip
     finally:
-        root.setLevel(logging.NOTSET)
+        root.removeHandler(handler)
+        for h in root.handlers:
+            h.removeFilter(replica)
+        logging.getLogger("distalign").setLevel(logging.NOTSET)

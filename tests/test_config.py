@@ -740,3 +740,8 @@ def test_a_config_s_text_is_read_as_written_not_interpolated(tmp_path, monkeypat
         assert from_cli(RMTrainConfig, args).run_name == "x_${oc.env:SOME_TOKEN}"
     cfg = from_cli(RLTrainConfig, ["reward=${oc.env:SOME_TOKEN}"])
     assert cfg.reward == "${oc.env:SOME_TOKEN}"
+    # OmegaConf's own escapes stay text too: a backslash before ${ is kept, nothing resolves
+    for text in ("a\\${oc.env:SOME_TOKEN}", "a\\\\${oc.env:SOME_TOKEN}"):
+        path.write_text(f"run_name: '{text}'\n")
+        assert load_config(RMTrainConfig, path).run_name == text
+        assert from_cli(RMTrainConfig, [f"run_name={text}"]).run_name == text

@@ -410,12 +410,28 @@ def _register_heavy_commands() -> None:
 _register_heavy_commands()
 
 
-def replica_logs() -> None:
+def replica_logs() -> Callable | None:
     """Under a launcher, distalign's notes and warnings come from the first process only
-    (each process reads the same data and config, so the others would say the same again);
-    errors still come from every process."""
-    if os.environ.get("RANK", "0") != "0":
-        logging.getLogger("distalign").setLevel(logging.ERROR)
+    (each process reads the same data and config, so the others would say the same again),
+    but for warnings about a process's own share (logged with ``extra=EVERY_PROCESS``) and
+    errors, which every process says, after its rank. Returns the handlers' filter (None on
+    the first process)."""
+    rank = os.environ.get("RANK", "0")
+    if rank == "0":
+        return None
+    logging.getLogger("distalign").setLevel(logging.WARNING)
+
+    def replica(record: logging.LogRecord) -> bool:
+        own = record.levelno >= logging.ERROR or getattr(record, "every_process", False)
+        if not record.name.startswith("distalign") or own:
+            if not getattr(record, "rank_said", False):  # once, whichever handlers filter it
+                record.msg, record.rank_said = f"[rank {rank}] {record.msg}", True
+            return True
+        return False
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(replica)
+    return replica
 
 
 def main():

@@ -688,8 +688,8 @@ def _literal(value: Any) -> Any:
     """``value`` with every ``${`` escaped, so OmegaConf keeps it as written: a config is read
     as TRL reads one, and a file from elsewhere cannot pull an environment variable
     (``${oc.env:HF_TOKEN}``) into the saved config and the trackers."""
-    if isinstance(value, str):
-        return value.replace("${", "\\${")
+    if isinstance(value, str):  # backslashes before ${ are escapes to OmegaConf too: doubled
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
     if isinstance(value, dict):
         return {k: _literal(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

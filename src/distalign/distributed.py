@@ -32,6 +32,11 @@ import torch
 log = logging.getLogger(__name__)
 
 
+# logging's ``extra`` for a warning about this process's own share of the work (its samples,
+# its rewards): under a launcher, every process says it (``cli.replica_logs``)
+EVERY_PROCESS = {"every_process": True}
+
+
 def is_sharded(accelerator) -> bool:
     """Whether accelerate will shard the model or its optimizer (FSDP, DeepSpeed)."""
     return str(accelerator.distributed_type).rsplit(".", 1)[-1] in {"FSDP", "DEEPSPEED"}

@@ -720,8 +720,11 @@ def test_runs_trained_on_the_gold_reward_are_said_under_the_gold_judge(tmp_path,
     other = tmp_path / "rl_rm"
     other.mkdir()
     (other / "config.yaml").write_text(f"reward: {JUDGE}\n")
-    cfg = CompareConfig(runs=[str(run), str(other)])
-    assert trained_on_gold(cfg) == [str(run)]
+    default = tmp_path / "rl_default"  # rl train without a reward: the gold judge's
+    default.mkdir()
+    (default / "config.yaml").write_text("reward: null\nseed: 0\n")
+    cfg = CompareConfig(runs=[str(run), str(other), str(default)])
+    assert trained_on_gold(cfg) == [str(run), str(default)]
     with caplog.at_level("WARNING"):
         assert load_judge(cfg) == (None, None)
     assert "rl_gold was trained on the gold judge's reward" in caplog.text
@@ -739,3 +742,12 @@ def test_labels_are_drawn_as_written_not_as_math():
         {"$\\foo{$": "#000000", "$x$": "#111111"},
     )
     assert png and png.startswith(b"\x89PNG")
+
+
+def test_a_saved_comparison_with_names_now_refused_still_rebuilds(tmp_path):
+    config = {"policies": ["sft=runs/sft_again", "good=runs/a/final", "good=runs/b/final"]}
+    assert rl_run_names(config) == {}  # read leniently: nothing there to draw, no error
+    summary = {**_summary(config=config)}
+    (tmp_path / "compare.json").write_text(json.dumps(summary))
+    rebuild_report(tmp_path)
+    assert (tmp_path / "report.html").is_file()

@@ -324,3 +324,18 @@ def test_rm_train_reports_reply_spread_when_held_out_on_a_benchmark_folder(
     assert last["eval/accuracy_vs_truth"] == result["accuracy_vs_truth"]
     assert result["bayes_ceiling"] == pytest.approx(0.55)
     assert 0.45 <= result["accuracy_vs_truth"] <= 0.55  # each pair gives 0.45, 0.55 or ½
+
+
+def test_pairs_with_an_empty_prompt_are_each_their_own_cluster():
+    import datasets
+
+    from distalign.eval.rm import prompt_clusters
+
+    empty = [{"role": "user", "content": ""}]
+    ds = datasets.Dataset.from_list([
+        {"prompt": empty}, {"prompt": empty},
+        {"prompt": [{"role": "user", "content": "Hi?"}]},
+        {"prompt": [{"role": "user", "content": "Hi?"}]},
+    ])  # fmt: skip
+    clusters = prompt_clusters(ds, 4)
+    assert clusters[2] == clusters[3] and len({*clusters[:2], clusters[2]}) == 3

@@ -570,3 +570,26 @@ def test_a_run_weighs_its_short_last_window_as_a_full_one(tiny_model_dir, pair_d
     run(config(tiny_model_dir, pair_dir, tmp_path, max_train_samples=40,
                gradient_accumulation_steps=3))  # fmt: skip
     assert weights == [1.0, 1.0, 1.0, 1.5, 1.5]
+
+
+def test_metrics_are_averaged_over_processes_whose_keys_differ(monkeypatch):
+    """Two processes, one of whose batches held a rated pair: each key's mean over the
+    processes that have it, sent in the same shape by both (a gloo or NCCL collective)."""
+    import distalign.rm.train as rm_train
+
+    logs = [{"train/loss": 0.8, "train/rating_nll": 2.0}, {"train/loss": 0.6}]
+    monkeypatch.setattr(rm_train, "gather_object", lambda objs: [sorted(x) for x in logs])
+    sent = []
+
+    class TwoProcesses:
+        device = torch.device("cpu")
+
+        def reduce(self, tensor, reduction):
+            sent.append(tensor.shape)
+            other = [[logs[1].get(k, 0.0), float(k in logs[1])]
+                     for k in ("train/loss", "train/rating_nll")]  # fmt: skip
+            return tensor + torch.tensor(other)
+
+    merged = rm_train.mean_over_processes(logs[0], TwoProcesses())
+    assert merged == pytest.approx({"train/loss": 0.7, "train/rating_nll": 2.0})
+    assert sent == [(2, 2)]

@@ -210,7 +210,8 @@ def measure_policy(
 
 def trained_rewards(cfg: CompareConfig) -> dict[str, list]:
     """RL run folder -> the reward sources it was trained on (``reward`` of its saved
-    ``config.yaml``), for the config's runs and the folders holding its policies."""
+    ``config.yaml``; null, rl train's default, is the gold reward), for the config's runs and
+    the folders holding its policies."""
     folders = [
         *cfg.runs,
         *(run_folder(d) for d in cfg.policy_dirs().values() if run_folder(d) is not None),
@@ -222,8 +223,12 @@ def trained_rewards(cfg: CompareConfig) -> dict[str, list]:
             saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
         except (yaml.YAMLError, UnicodeDecodeError):
             continue  # not a run's config: nothing to learn from it
-        if isinstance(saved, dict) and saved.get("reward") is not None:
+        if isinstance(saved, dict) and "reward" in saved:
             reward = saved["reward"]
+            if reward is None:  # rl train's default: the gold judge's reward
+                from distalign.rl.rewards import GOLD_REWARD
+
+                reward = GOLD_REWARD
             out[folder] = reward if isinstance(reward, list) else [reward]
     return out
 

@@ -140,13 +140,23 @@ def pair_metrics(
 
 def prompt_clusters(ds, n: int) -> np.ndarray | None:
     """Each pair's prompt as a number (pairs of one prompt share it), (n,): from the data set's
-    ``prompt_id`` (the gold benchmark's) or its ``prompt``; None when ``ds`` has neither or
-    another number of rows (the bootstrap then resamples pairs)."""
+    ``prompt_id`` (the gold benchmark's) or its ``prompt``; an empty prompt (an implicit-prompt
+    pair whose replies share no words) is a prompt of its own for each pair. None when ``ds``
+    has neither column or another number of rows (the bootstrap then resamples pairs)."""
     columns = getattr(ds, "column_names", None) or []
     column = next((c for c in ("prompt_id", "prompt") if c in columns), None)
     if column is None or len(ds) != n:
         return None
-    keys = [json.dumps(p, sort_keys=True, default=str) for p in ds[column]]
+
+    def empty(p) -> bool:
+        if isinstance(p, list):
+            return all(not str(m.get("content") or "").strip() for m in p if isinstance(m, dict))
+        return p is None or not str(p).strip()
+
+    keys = [
+        json.dumps([i] if column == "prompt" and empty(p) else p, sort_keys=True, default=str)
+        for i, p in enumerate(ds[column])
+    ]
     return np.unique(keys, return_inverse=True)[1].reshape(-1)
 
 

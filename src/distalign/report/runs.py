@@ -46,7 +46,8 @@ def rl_run_names(config: dict) -> dict[str, str]:
     from distalign.rl.rewards import named_folders, unique_name
 
     by_parent = {}
-    for name, folder in named_folders(config.get("policies", []), taken={"sft"}).items():
+    policies = named_folders(config.get("policies", []), taken={"sft"}, strict=False)
+    for name, folder in policies.items():
         by_parent.setdefault(run_of(folder), name)
     folders = [*config.get("runs", []), *by_parent]
     folders = [d for d in dict.fromkeys(folders) if (Path(d) / "metrics.jsonl").is_file()]

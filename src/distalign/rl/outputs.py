@@ -17,7 +17,7 @@ import torch
 from accelerate.utils import gather_object
 
 from distalign.checkpoint import save_checkpoint
-from distalign.distributed import full_optimizer_state, full_state_dict
+from distalign.distributed import EVERY_PROCESS, full_optimizer_state, full_state_dict
 from distalign.models.lora import merged_for_saving
 from distalign.printing import print_completions
 from distalign.tracking import peak_memory_gb
@@ -98,7 +98,7 @@ def log_step(
         logged[f"train/log_metric/{name}" if key in logged else key] = value
     for column in [c for c, v in extra.items() if len(v) != len(ro.texts)]:
         log.warning("log_extra(%r): %d values for %d completions; not kept", column,
-                    len(extra.pop(column)), len(ro.texts))  # fmt: skip
+                    len(extra.pop(column)), len(ro.texts), extra=EVERY_PROCESS)  # fmt: skip
     t.log.add(state.step, logged)
     rows = []
     for i, text in enumerate(ro.texts):

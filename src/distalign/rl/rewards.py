@@ -250,17 +250,20 @@ def generic_folder(name: str) -> bool:
     return name in GENERIC_FOLDERS or name.startswith(("step_", "checkpoint-"))
 
 
-def named_folders(items: list[str], taken: set[str] = frozenset()) -> dict[str, str]:
+def named_folders(
+    items: list[str], taken: set[str] = frozenset(), strict: bool = True
+) -> dict[str, str]:
     """NAME -> DIR of ``NAME=DIR`` or ``DIR`` items; a DIR alone (or one whose "=" is in a
     folder's name, ``runs/lr=1e-5``) is named by its folder (``rl.rewards.source_name``),
     with a number after a name already used. A NAME given twice, or one of ``taken`` (the
-    baseline's ``sft``), is a ConfigError."""
+    baseline's ``sft``), is a ConfigError (``strict=False``, to read a saved comparison made
+    before that rule: the later one stands)."""
     out: dict[str, str] = {}
     for item in items:
         name, sep, folder = item.partition("=")
         if not sep or "/" in name:
             name, folder = unique_name(source_name(item), {*out, *taken}), item
-        elif name in taken or name in out:
+        elif strict and (name in taken or name in out):
             what = "is the baseline's" if name in taken else f"names {out[name]!r} already"
             raise ConfigError(f"{item!r}: the name {name!r} {what}; give another NAME=")
         out[name] = folder

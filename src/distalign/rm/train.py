@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
@@ -296,17 +297,26 @@ CURRENT_METRICS = ("train/learning_rate", "train/grad_norm", "train/pairs_per_s"
                    "train/peak_mem_gb", "train/elapsed_s", "train/pairs_seen")  # fmt: skip
 
 
+def mean_over_processes(logged: dict[str, float], accelerator) -> dict[str, float]:
+    """Each key's mean over the processes that have it: a process whose batches held no rated
+    pair has no ``rating_nll``, so the keys are gathered first and every process then sends
+    a (value, present) pair for each, the same shape on all."""
+    keys = sorted(set().union(*gather_object([sorted(logged)])))
+    pairs = [[logged.get(k, 0.0), float(k in logged)] for k in keys]
+    total = accelerator.reduce(torch.tensor(pairs, device=accelerator.device), reduction="sum")
+    return {k: v / n for k, (v, n) in zip(keys, total.tolist(), strict=True) if n}
+
+
 def train_metrics(window: list[dict], t: Trainer, state: TrainState, seconds: float, start_pairs):
     """The logged means of the micro-batches of one optimizer step, over every process (each
     process's mean, then their mean, as transformers logs), and throughput."""
+    keys = dict.fromkeys(k for w in window for k in w)  # rating_nll: rated batches only
     logged = {
         f"train/{k}": sum(w[k] for w in window if k in w) / sum(k in w for w in window)
-        for k in window[-1]  # the same keys on every process: the step ends on all at once
+        for k in keys
     }
-    if t.accelerator.num_processes > 1:  # a collective: every process calls it each step
-        local = torch.tensor(list(logged.values()), device=t.accelerator.device)
-        means = t.accelerator.reduce(local, reduction="mean").tolist()
-        logged = dict(zip(logged, means, strict=True))
+    if t.accelerator.num_processes > 1:  # collectives: every process calls them each step
+        logged = mean_over_processes(logged, t.accelerator)
     logged["train/learning_rate"] = t.scheduler.get_last_lr()[0]
     logged["train/pairs_per_s"] = (state.pairs - start_pairs) / max(seconds, 1e-9)
     logged["train/peak_mem_gb"] = peak_memory_gb()
