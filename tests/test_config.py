@@ -445,11 +445,16 @@ def test_trls_steps_per_generation_and_generation_batch_size(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as accelerate launch sets it
     cfg = load_config(RLTrainConfig, None, [*base, "generation_batch_size=64"])
     assert (cfg.micro_batches_per_step, cfg.updates_per_step, cfg.prompts_per_step) == (4, 2, 8)
+    # both, as a TRL config's dump holds them: read when they agree
+    both = load_config(RLTrainConfig, None, [*base, "generation_batch_size=64",
+                                             "steps_per_generation=4"])  # fmt: skip
+    assert (both.micro_batches_per_step, both.updates_per_step) == (4, 2)
     for extra, message in [
         (["generation_batch_size=24"], r"positive multiple of .* \(8 × 2\)"),
         (["steps_per_generation=3"], r"steps_per_generation \(3\) must be a multiple of "
          "gradient_accumulation_steps"),
-        (["steps_per_generation=4", "generation_batch_size=64"], "not both"),
+        (["steps_per_generation=2", "generation_batch_size=64"],
+         r"disagree: .* is 32 here \(8 × 2 × 2\)"),
         (["steps_per_generation=0"], ">= 1"),
         (["per_device_train_batch_size=3", "steps_per_generation=2"],
          r"per_device_train_batch_size × steps_per_generation \(3 × 2\)"),
@@ -745,3 +750,63 @@ def test_a_config_s_text_is_read_as_written_not_interpolated(tmp_path, monkeypat
         path.write_text(f"run_name: '{text}'\n")
         assert load_config(RMTrainConfig, path).run_name == text
         assert from_cli(RMTrainConfig, [f"run_name={text}"]).run_name == text
+
+
+def test_a_no_flag_sets_a_bool_key_false_as_hfargumentparser_reads_it():
+    assert from_cli(RLTrainConfig, ["--no_use_peft"]).use_peft is False
+    assert from_cli(RLTrainConfig, ["--no-disable-dropout"]).disable_dropout is False
+    cfg = from_cli(RMTrainConfig, ["--gradient_checkpointing", "--no_group_by_length"])
+    assert cfg.gradient_checkpointing and cfg.group_by_length is False
+
+
+TRL_DUMP_KEYS = """\
+accelerator_config: {split_batches: false, dispatch_batches: null, even_batches: true,
+  use_seedable_sampler: true, non_blocking: false, gradient_accumulation_kwargs: null}
+debug: []
+hub_token: <HUB_TOKEN>
+activation_checkpointing: true
+gradient_checkpointing: true
+per_device_train_batch_size: 8
+steps_per_generation: 1
+generation_batch_size: 8
+gradient_accumulation_steps: 1
+max_steps: 5
+"""
+
+
+def test_the_keys_trainingarguments_to_dict_writes_at_their_defaults_load(tmp_path):
+    path = tmp_path / "dump.yaml"
+    path.write_text(TRL_DUMP_KEYS)
+    cfg = load_config(RLTrainConfig, path)
+    assert cfg.gradient_checkpointing and cfg.micro_batches_per_step == 1
+    path.write_text(TRL_DUMP_KEYS.replace("split_batches: false", "split_batches: true"))
+    with pytest.raises(ConfigError, match="accelerator_config"):
+        load_config(RLTrainConfig, path)
+
+
+def test_a_trl_rloo_config_dump_loads(tmp_path):
+    pytest.importorskip("trl")
+    import enum
+    import warnings
+
+    from trl import RLOOConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dump = RLOOConfig(output_dir=str(tmp_path), bf16=False).to_dict()
+    dump = {k: v.value if isinstance(v, enum.Enum) else v for k, v in dump.items()}
+    path = tmp_path / "rloo.yaml"
+    path.write_text(yaml.safe_dump(dump))
+    cfg = load_config(RLTrainConfig, path, ["max_steps=5"])  # TRL's -1 counts epochs
+    assert cfg.learning_rate == dump["learning_rate"] and cfg.beta == dump["beta"]
+
+
+def test_a_reward_model_flag_beside_a_files_reward_funcs_trains_on_both(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("reward_funcs: [a.b:f]\n")
+    cfg = from_cli(RLTrainConfig, ["--config", str(path), "--reward_model_name_or_path", "rm"])
+    assert cfg.reward == ["rm", "a.b:f"]  # the model first, as TRL's rloo script
+    cfg = from_cli(RLTrainConfig, [str(path), "reward_model_name_or_path=rm"])
+    assert cfg.reward == ["rm", "a.b:f"]
+    # a flag of the file's own key replaces it, as any flag does
+    assert from_cli(RLTrainConfig, [str(path), "--reward_funcs", "c.d:g"]).reward == ["c.d:g"]

@@ -95,6 +95,7 @@ ALIASES = {
     "reward_funcs": "reward",
     "reward_model_name_or_path": "reward",
     "torch_dtype": "dtype",
+    "activation_checkpointing": "gradient_checkpointing",  # transformers 5's new name
     "warmup_ratio": "warmup_steps",
     "sft_model_path": "sft",  # TRL's PPO name of the SFT policy (eval compare)
 }
@@ -281,7 +282,13 @@ NEUTRAL = {
     "max_tool_calling_iterations": None, **dict.fromkeys(_ONLY_BESIDE, ANY),
     # TrainingArguments keys whose default differs between transformers versions
     "fsdp": Either((None, "", [])), "fsdp_config": Either((None, {})),
-    "accelerator_config": Either((None, {})), "optim_args": Either((None, "")),
+    # as TrainingArguments.to_dict() writes its defaults (TRL's config dumps)
+    "accelerator_config": Either((None, {}, {
+        "split_batches": False, "dispatch_batches": None, "even_batches": True,
+        "use_seedable_sampler": True, "non_blocking": False, "gradient_accumulation_kwargs": None,
+    })),
+    "debug": Either((None, "", [])), "hub_token": Either((None, "<HUB_TOKEN>")),
+    "optim_args": Either((None, "")),
     "average_tokens_across_devices": ANY, "include_num_input_tokens_seen": Either((False, "no")),
     "local_rank": ANY,  # the launcher's (torch.distributed.launch --local_rank), read from env
 }  # fmt: skip
@@ -684,6 +691,30 @@ def bool_keys(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.type in kinds]
 
 
+TRL_REWARD_KEYS = ("reward_funcs", "reward_model_name_or_path")
+
+
+def _trl_reward_pair(
+    loaded: dict[str, Any], overrides: Sequence[Override]
+) -> tuple[dict[str, Any], list[Override]]:
+    """TRL keeps reward functions and a reward model in two fields: a file giving one and a
+    flag giving the other trains on both, as TRL's script does. Such a flag joins the file's
+    keys (``_both_reward_keys`` then makes one list of them); a flag of the file's own key
+    replaces it, as any flag does."""
+    in_file = [k for k in TRL_REWARD_KEYS if loaded.get(k) is not None]
+    kept = []
+    for item in overrides:
+        key, raw = item.split("=", 1) if isinstance(item, str) else item
+        key = key.lstrip("-").replace("-", "_")
+        if len(in_file) == 1 and key in TRL_REWARD_KEYS and key != in_file[0]:
+            value = _yaml_value(raw) if isinstance(raw, str) else raw
+            loaded = {**loaded, key: value[0] if isinstance(value, list) and len(value) == 1
+                      and key == "reward_model_name_or_path" else value}  # fmt: skip
+            continue
+        kept.append(item)
+    return loaded, kept
+
+
 def _literal(value: Any) -> Any:
     """``value`` with every ``${`` escaped, so OmegaConf keeps it as written: a config is read
     as TRL reads one, and a file from elsewhere cannot pull an environment variable
@@ -719,6 +750,7 @@ def load_config(
                 raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+            loaded, overrides = _trl_reward_pair(loaded, overrides)
             try:  # every problem of the file and the overrides at once, at the end
                 given = {**loaded, **given}
                 loaded = known_keys(cls, loaded, str(path), given)
@@ -858,7 +890,8 @@ def parse_cli_args(
     that is neither a ``.yaml`` file nor ``key=value`` fills the command's ``positional`` key
     (e.g. the data source of ``data inspect``). ``aliases`` map a flag to a key (``--policy``
     -> ``policies``); a flag of a key in ``list_keys`` may repeat and collects a list; a
-    flag of a key in ``bool_keys`` may stand alone (``--use_peft``).
+    flag of a key in ``bool_keys`` may stand alone (``--use_peft``), and ``--no_KEY`` sets it
+    false, as transformers' HfArgumentParser reads it.
     """
     aliases = aliases or {}
     path, overrides, lists = None, [], {}
@@ -871,6 +904,9 @@ def parse_cli_args(
             key, eq, value = word[2:].partition("=")
             key = key.replace("-", "_")
             key = aliases.get(key, key)
+            if not eq and key.startswith("no_") and key[3:] in bool_keys and key not in bool_keys:
+                overrides.append((key[3:], "false"))  # HfArgumentParser's --no_use_peft
+                continue
             if not eq:
                 following = words[i] if i < len(words) else "--"
                 # a bool flag may stand alone (then it is true): its next word is its value

@@ -236,7 +236,8 @@ def test_whitening_and_uncertainty_scaling_apply_after_any_estimator():
     shaped, std = torch.tensor([1.0, 4.0, 2.0, 2.5]), torch.tensor([0.0, 1.0, 3.0, 0.5])
     cfg = _cfg("dr_grpo", normalize_advantages=True, uncertainty_scaling=True)
     adv, _ = advantages_for(cfg, shaped, std, TrainState())
-    torch.testing.assert_close(adv, whiten(dr_grpo_advantages(shaped, 2)) / (1 + std))
+    # TRL's ε: (A − mean) / (std + 1e-4)
+    torch.testing.assert_close(adv, whiten(dr_grpo_advantages(shaped, 2), 1e-4) / (1 + std))
 
 
 def test_normalize_advantages_takes_every_process_s_statistics():

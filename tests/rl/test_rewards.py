@@ -247,6 +247,22 @@ def test_callables_get_the_columns_they_ask_for():
         CallableReward(lambda p, r: [0.0])([chat("x")] * 2, ["a", "b"])
 
 
+def test_an_async_reward_function_is_awaited_as_trl_awaits_it():
+    import asyncio
+
+    async def slow_length(completions, answer=None, **kwargs):  # TRL's signature
+        await asyncio.sleep(0)
+        return [float(len(c[0]["content"])) for c in completions]
+
+    out = CallableReward(slow_length)([chat("x")] * 2, ["ab", "abcd"], columns={"answer": [1, 2]})
+    assert out.rewards.tolist() == [2.0, 4.0]
+
+    async def inside_a_running_loop():  # a notebook's loop stays as it is
+        return CallableReward(slow_length)([chat("x")], ["abc"]).rewards.tolist()
+
+    assert asyncio.run(inside_a_running_loop()) == [3.0]
+
+
 class PromptRow(list):
     """What load_prompts would return to pass columns: the messages, plus the row's others."""
 

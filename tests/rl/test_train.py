@@ -27,6 +27,11 @@ def reward_apple(prompts, replies) -> list[float]:
     return out
 
 
+def reward_length(prompts, replies) -> list[float]:
+    """Characters of the reply, capped: groups whose rewards tie (all at the cap) and not."""
+    return [float(min(len(reply), 12)) for reply in replies]
+
+
 @pytest.fixture(scope="module")
 def peaked_policy_dir(tiny_model_dir, smol_tokenizer, tmp_path_factory):
     """The tiny random Llama with a few favourite tokens, so sampling explores among them."""
@@ -711,3 +716,62 @@ def test_prompts_longer_than_max_prompt_length_are_said(tmp_path, smol_tokenizer
         cfg = config("unused", tmp_path, **data, max_prompt_length=None)
         prompt_sets(cfg, one, smol_tokenizer, reward_apple)
     assert "max_prompt_length" not in caplog.text
+
+
+def test_a_folder_without_a_test_split_is_evaluated_on_its_training_prompts(
+    tmp_path, smol_tokenizer, caplog
+):
+    from types import SimpleNamespace
+
+    from distalign.data.files import MissingSplitError
+    from distalign.rl.train import prompt_sets
+    from tests.conftest import write_jsonl
+
+    (tmp_path / "ds").mkdir()
+    write_jsonl(tmp_path / "ds" / "train.jsonl", [{"prompt": "One?"}, {"prompt": "Two?"}])
+    one = SimpleNamespace(num_processes=1, process_index=0, is_main_process=True)
+    cfg = config("unused", tmp_path, dataset_name=str(tmp_path / "ds"), eval_dataset_name=None)
+    with caplog.at_level("WARNING"):
+        train, held_out = prompt_sets(cfg, one, smol_tokenizer, reward_apple)
+    assert [p.text for p in held_out] == [p.text for p in train] == ["One?", "Two?"]
+    assert "no file for split 'test'" in caplog.text and "its training prompts" in caplog.text
+    # a held-out source of its own must have the split
+    other = config("unused", tmp_path, dataset_name=str(tmp_path / "ds"),
+                   eval_dataset_name=str(tmp_path / "ds2"))  # fmt: skip
+    (tmp_path / "ds2").mkdir()
+    write_jsonl(tmp_path / "ds2" / "train.jsonl", [{"prompt": "Three?"}])
+    with pytest.raises(MissingSplitError):
+        prompt_sets(other, one, smol_tokenizer, reward_apple)
+
+
+def test_trls_reward_spread_and_per_token_kl_are_logged_from_the_step_s_replies(
+    tiny_model_dir, tmp_path
+):
+    import numpy as np
+
+    run(config(tiny_model_dir, tmp_path, max_steps=2, beta=0.1, max_eval_samples=2,
+               eval_strategy="no", reward="tests.rl.test_train:reward_length"))  # fmt: skip
+    rows = [json.loads(x) for x in (tmp_path / "rl" / "history.jsonl").read_text().splitlines()]
+    metrics = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    for step in (1, 2):
+        got = next(m for m in metrics if m.get("step") == step and "train/kl" in m)
+        mine = [r for r in rows if r["step"] == step]
+        groups = np.array([r["reward"] for r in mine]).reshape(-1, 4)
+        stds = groups.std(1, ddof=1)
+        assert got["train/reward_std"] == pytest.approx(stds.mean(), abs=1e-6)
+        assert got["train/frac_reward_zero_std"] == pytest.approx(np.isclose(stds, 0).mean())
+        per_token = sum(r["kl"] for r in mine) / sum(r["length"] for r in mine)
+        assert got["train/kl_per_token"] == pytest.approx(per_token, abs=1e-6)
+        assert got["train/kl"] == pytest.approx(np.mean([r["kl"] for r in mine]), abs=1e-6)
+
+
+def test_reward_functions_get_the_run_s_intervals_in_their_trainer_state():
+    from distalign.rl.train import trainer_state_of
+
+    cfg = RLTrainConfig(report_to="none", max_steps=20, logging_steps=1, eval_steps=0.25,
+                        save_strategy="no", gradient_accumulation_steps=2,
+                        steps_per_generation=4)  # fmt: skip
+    ts = trainer_state_of(TrainState(step=3), cfg)
+    assert cfg.updates_per_step == 2
+    assert (ts.global_step, ts.max_steps, ts.logging_steps, ts.eval_steps, ts.save_steps) == (
+        6, 40, 2, 10, 0)  # fmt: skip

@@ -32,6 +32,10 @@ class DataSourceError(ValueError):
     """A source that cannot be read at all (missing file, bad gzip, unknown suffix)."""
 
 
+class MissingSplitError(DataSourceError):
+    """A source that has no split of the name asked for (it says which it has)."""
+
+
 def strip_gz(path: Path) -> str:
     name = path.name.lower()
     return name[:-3] if name.endswith(".gz") else name
@@ -217,7 +221,7 @@ def local_files(path: Path, split: str | None) -> list[Path]:
     names = sorted(p.name for p in path.iterdir())
     configs = [c["config_name"] for c in card_configs(path)]
     hint = f"; its card lists configs {configs}: give dataset_config" if configs else ""
-    raise DataSourceError(f"{path}: no file for split {wanted!r} (have {names}){hint}")
+    raise MissingSplitError(f"{path}: no file for split {wanted!r} (have {names}){hint}")
 
 
 # every command names its split its own way (dataset_test_split, dataset_split, …)
@@ -286,7 +290,7 @@ def config_files(folder: Path, name: str | None, split: str | None) -> list[Path
         by_split = {"train": files}
     if wanted not in by_split:
         named = config["config_name"]
-        raise DataSourceError(f"{folder}: no split {wanted!r} in config {named!r} (it has "
+        raise MissingSplitError(f"{folder}: no split {wanted!r} in config {named!r} (it has "
                               f"{list(by_split)}); {SPLIT_HINT}")  # fmt: skip
     patterns = by_split[wanted]
     patterns = [patterns] if isinstance(patterns, str) else list(patterns or [])

@@ -31,6 +31,7 @@ from distalign.data.files import (
     SPLIT_HINT,
     SUFFIXES,
     DataSourceError,
+    MissingSplitError,
     config_files,
     local_files,
     strip_gz,
@@ -203,7 +204,7 @@ def _hub_rows(source: str, split: str, name: str | None, revision: str | None):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         known = re.search(r"Unknown split \"[^\"]*\"\. Should be one of (\[.*\])", first)
         if known:  # loaded (from the hub or its cache); the split is not there
-            raise DataSourceError(f"{source}: no split {split!r} (it has {known.group(1)}); "
+            raise MissingSplitError(f"{source}: no split {split!r} (it has {known.group(1)}); "
                                   f"{SPLIT_HINT}") from None  # fmt: skip
         reached = f"; the hub cannot be reached: {why}" if why else ""
         raise DataSourceError(f"{source}: cannot load from the hub ({first}){reached}") from None
@@ -227,7 +228,7 @@ def iter_source_rows(
     if isinstance(source, datasets.DatasetDict | datasets.IterableDatasetDict):
         if split not in source:
             kind = type(source).__name__
-            raise DataSourceError(
+            raise MissingSplitError(
                 f"the {kind} has no split {split!r} (it has {list(source)}); {SPLIT_HINT}"
             )
         source = source[split]
@@ -253,7 +254,7 @@ def iter_source_rows(
             f"{source}[{split or 'train'}]" if isinstance(saved, datasets.DatasetDict) else source
         )
         if isinstance(saved, datasets.DatasetDict) and (split or "train") not in saved:
-            raise DataSourceError(f"{source}: no split {split or 'train'!r} (it has "
+            raise MissingSplitError(f"{source}: no split {split or 'train'!r} (it has "
                                   f"{list(saved)}); {SPLIT_HINT}")  # fmt: skip
         rows = iter_source_rows(saved, split or "train")
         yield from ((f"{where} {loc.removeprefix('dataset ')}", row) for loc, row in rows)

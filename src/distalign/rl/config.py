@@ -113,7 +113,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     (one on-policy update per step)."""
     generation_batch_size: int | None = None
     """Completions per batch of rollouts over all processes (TRL's): per_device_train_batch_size
-    × processes × steps_per_generation. Give this or steps_per_generation, not both."""
+    × processes × steps_per_generation. Give this or steps_per_generation (both, as a TRL
+    config's dump holds them, when they agree)."""
     max_completion_length: int = 64
     """Reply length limit in tokens; a reply that reaches it without EOS counts as cut off."""
     beta: float = 0.05
@@ -140,7 +141,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     ema: float | None = None
     """moving_average only: EMA factor α (None: the mean of all past rewards)."""
     normalize_advantages: bool = False
-    """Normalise advantages to zero mean, unit std per step."""
+    """Normalise advantages to zero mean, unit std per step: (A − mean) / (std + 1e-4) over
+    every process's replies, as TRL's RLOO."""
     missing_eos_penalty: float = 0.0
     """Subtracted from the reward of replies cut at max_completion_length (no EOS)."""
     mask_truncated_completions: bool = False
@@ -353,8 +355,15 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
             self.generation_batch_size is not None,
             self.steps_per_generation is not None,
         )
-        if by_size and by_steps:
-            return [(False, "give generation_batch_size or steps_per_generation, not both")]
+        if by_size and by_steps:  # a TRL config's dump holds both, the one made from the other
+            made = micro * world_size() * self.steps_per_generation
+            if self.generation_batch_size != made:
+                return [(False, f"generation_batch_size {self.generation_batch_size} and "
+                         f"steps_per_generation {self.steps_per_generation} disagree: "
+                         f"per_device_train_batch_size × processes × steps_per_generation is "
+                         f"{made} here ({micro} × {world_size()} × "
+                         f"{self.steps_per_generation}); give one of them")]  # fmt: skip
+            by_size = False  # the same batch: steps_per_generation says it
         if by_size and micro >= 1:
             per_pass = micro * world_size()
             if self.generation_batch_size <= 0 or self.generation_batch_size % per_pass:

@@ -18,6 +18,7 @@ conversation with its own chat template and scores it with its own forward
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import importlib.util
@@ -205,6 +206,8 @@ class CallableReward(RewardSource):
             shaped = self._trl_kwargs(prompts, replies)
             shaped |= {k: v for k, v in (context or {}).items() if k in self._gets}
             values = self.function(**shaped, **self._column_kwargs(columns))
+        if inspect.isawaitable(values):  # an async reward function, as TRL takes one
+            values = awaited(values)
         if len(values) != len(replies):
             raise RewardFunctionError(
                 f"reward function {self.name} returned {len(values)} values for "
@@ -221,6 +224,18 @@ class CallableReward(RewardSource):
             turns = [[{"role": "assistant", "content": r}] for r in replies]
             out = {"prompts": [list(p) for p in prompts], "completions": turns}
         return {k: v for k, v in out.items() if k in self._gets}
+
+
+def awaited(awaitable):
+    """The result of an async reward function's coroutine, run to its end in a thread of its
+    own (so a caller's running event loop, a notebook's, is left alone)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def wait():
+        return await awaitable
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, wait()).result()
 
 
 def unique_name(name: str, taken) -> str:
@@ -472,7 +487,9 @@ class RewardSum(RewardSource):
         if unscored.any():
             i = int(unscored.nonzero()[0, 0])
             raise RewardFunctionError(
-                f"no reward source scored reply {i} (all returned None/NaN): {replies[i]!r}"
+                f"no reward source scored reply {i} (all returned None/NaN): {replies[i]!r}; "
+                "every reply needs a reward from one source at least (add a function that "
+                "scores the replies the others leave)"
             )
         total = (values * torch.tensor(self.weights)).nansum(1)  # (B,) NaN: not scored by it
         per_source = {n: values[:, i] for i, n in enumerate(self.names)}

@@ -46,6 +46,7 @@ from distalign.config import (
     config_warning,
     frozen_dtype,
 )
+from distalign.data.files import MissingSplitError
 from distalign.data.load import LoadReport, warn_if_evaluating_on_training_data
 from distalign.data.pairs import render_prompt_ids
 from distalign.data.prompts import load_prompts
@@ -205,7 +206,7 @@ def advantages_for(
         adv = estimators[name]()
         base = 0.0 if name == "none" else (shaped if pooled is None else pooled).mean().item()
     if cfg.normalize_advantages:
-        adv = whiten(adv, reference=None if gather is None else gather(adv))
+        adv = whiten(adv, eps=1e-4, reference=None if gather is None else gather(adv))  # TRL's ε
     if cfg.uncertainty_scaling and std is not None:
         adv = uncertainty_scaled(adv, std)
     if cfg.mask_truncated_completions and finished is not None:
@@ -247,9 +248,17 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
     same = cfg.eval_dataset_name is None or cfg.eval_dataset_name == cfg.dataset_name
     source = cfg.eval_dataset_name or cfg.dataset_name
     held_out_report = LoadReport(source=str(source))
-    held_out = load_prompts(
-        source, cfg.dataset_test_split, **(hub if same else {}), **bad, report=held_out_report
-    )
+    try:
+        held_out = load_prompts(
+            source, cfg.dataset_test_split, **(hub if same else {}), **bad, report=held_out_report
+        )
+    except MissingSplitError as e:
+        if not same:  # a held-out source of its own must have the split named
+            raise
+        # as with one file, which has no splits: TRL reads no test split without evaluation
+        config_warning(log, "%s; the run evaluates the policy on its training prompts (give "
+                       "dataset_test_split or eval_dataset_name for held-out ones)", e)  # fmt: skip
+        held_out = train
     data = LoadReport(
         source=source, transcripts=report.transcripts + held_out_report.transcripts,
         conversations=report.conversations + held_out_report.conversations,
@@ -309,6 +318,9 @@ def build_policy(cfg: RLTrainConfig, accelerator):
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.use_peft:
         policy = add_lora(policy, **cfg.lora_kwargs("CAUSAL_LM"))
+        log.info("training LoRA adapters (r %d on %s), distalign's default: use_peft=false "
+                 "trains every weight, as TRL does without a peft_config", cfg.lora_r,
+                 cfg.lora_target_modules)  # fmt: skip
     if cfg.disable_dropout:
         disable_dropout(policy)
     if not cfg.use_peft:
@@ -389,11 +401,21 @@ def rewards_of(t: Trainer, prompts, ro: Rollouts, cfg: RLTrainConfig, state=None
 def trainer_state_of(state: TrainState, cfg: RLTrainConfig) -> TrainerState:
     """transformers' ``TrainerState`` as TRL gives it to reward functions: its steps are
     optimizer updates, ``updates_per_step`` per step here; its epoch is fractional, the passes
-    over the training prompts before this step's, as transformers counts it during a step."""
+    over the training prompts before this step's, as transformers counts it during a step;
+    its logging, evaluation and save intervals are the config's, in updates too."""
+    from distalign.cadence import steps_of
+
     per_step = cfg.updates_per_step
+
+    def interval(value: float, strategy: str = "steps") -> int:
+        return steps_of(value, cfg.max_steps) * per_step if strategy != "no" else 0
+
     return TrainerState(
         global_step=state.step * per_step, max_steps=cfg.max_steps * per_step,
-        epoch=state.progress,
+        epoch=state.progress, logging_steps=interval(cfg.logging_steps),
+        eval_steps=interval(cfg.eval_steps, cfg.eval_strategy),
+        save_steps=interval(cfg.save_steps, cfg.save_strategy),
+        train_batch_size=cfg.per_device_train_batch_size,
     )  # fmt: skip
 
 
