@@ -686,9 +686,11 @@ def _another_value(word: str) -> bool:
 
 
 def bool_keys(cls: type) -> list[str]:
-    """The keys of ``cls`` that hold a bool (they may be given as a bare ``--flag``)."""
+    """The keys of ``cls`` that hold a bool (they may be given as a bare ``--flag``), and the
+    other names of such keys (``activation_checkpointing``)."""
     kinds = (bool, "bool", "bool | None", "None | bool")
-    return [f.name for f in dataclasses.fields(cls) if f.type in kinds]
+    names = [f.name for f in dataclasses.fields(cls) if f.type in kinds]
+    return names + [alias for alias, name in ALIASES.items() if name in names]
 
 
 TRL_REWARD_KEYS = ("reward_funcs", "reward_model_name_or_path")
@@ -697,21 +699,24 @@ TRL_REWARD_KEYS = ("reward_funcs", "reward_model_name_or_path")
 def _trl_reward_pair(
     loaded: dict[str, Any], overrides: Sequence[Override]
 ) -> tuple[dict[str, Any], list[Override]]:
-    """TRL keeps reward functions and a reward model in two fields: a file giving one and a
-    flag giving the other trains on both, as TRL's script does. Such a flag joins the file's
-    keys (``_both_reward_keys`` then makes one list of them); a flag of the file's own key
-    replaces it, as any flag does."""
-    in_file = [k for k in TRL_REWARD_KEYS if loaded.get(k) is not None]
+    """TRL keeps reward functions and a reward model in two fields, and its script trains on
+    both: with a file that gives either, a flag of either replaces that field of the file and
+    keeps the other (``_both_reward_keys`` then makes one list of them, the model first)."""
+    if not any(loaded.get(k) is not None for k in TRL_REWARD_KEYS):
+        return loaded, list(overrides)  # flags alone: read as flags (the later one wins)
     kept = []
     for item in overrides:
-        key, raw = item.split("=", 1) if isinstance(item, str) else item
-        key = key.lstrip("-").replace("-", "_")
-        if len(in_file) == 1 and key in TRL_REWARD_KEYS and key != in_file[0]:
-            value = _yaml_value(raw) if isinstance(raw, str) else raw
-            loaded = {**loaded, key: value[0] if isinstance(value, list) and len(value) == 1
-                      and key == "reward_model_name_or_path" else value}  # fmt: skip
+        if isinstance(item, str) and "=" not in item:
+            kept.append(item)  # said malformed where overrides are read
             continue
-        kept.append(item)
+        key, raw = item.split("=", 1) if isinstance(item, str) else item
+        if key not in TRL_REWARD_KEYS:
+            kept.append(item)
+            continue
+        value = _yaml_value(raw) if isinstance(raw, str) else raw
+        if key == "reward_model_name_or_path" and isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        loaded = {**loaded, key: value}
     return loaded, kept
 
 

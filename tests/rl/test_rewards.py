@@ -261,6 +261,21 @@ def test_an_async_reward_function_is_awaited_as_trl_awaits_it():
         return CallableReward(slow_length)([chat("x")], ["abc"]).rewards.tolist()
 
     assert asyncio.run(inside_a_running_loop()) == [3.0]
+    # one loop for the run: what a function binds to its loop serves every step
+    limit = []
+
+    async def rate_limited(completions, **kwargs):
+        limit.append(limit[0] if limit else asyncio.Semaphore(1))
+
+        async def call():  # four calls contend: the semaphore binds to the loop that waits
+            async with limit[-1]:
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(call() for _ in range(4)))
+        return [1.0] * len(completions)
+
+    for _ in range(2):  # a step, then the next
+        assert CallableReward(rate_limited)([chat("x")], ["a"]).rewards.tolist() == [1.0]
 
 
 class PromptRow(list):

@@ -735,13 +735,15 @@ def test_a_folder_without_a_test_split_is_evaluated_on_its_training_prompts(
         train, held_out = prompt_sets(cfg, one, smol_tokenizer, reward_apple)
     assert [p.text for p in held_out] == [p.text for p in train] == ["One?", "Two?"]
     assert "no file for split 'test'" in caplog.text and "its training prompts" in caplog.text
-    # a held-out source of its own must have the split
-    other = config("unused", tmp_path, dataset_name=str(tmp_path / "ds"),
-                   eval_dataset_name=str(tmp_path / "ds2"))  # fmt: skip
+    # a held-out source or a split named on purpose must be there: a typo stops the run
     (tmp_path / "ds2").mkdir()
     write_jsonl(tmp_path / "ds2" / "train.jsonl", [{"prompt": "Three?"}])
-    with pytest.raises(MissingSplitError):
-        prompt_sets(other, one, smol_tokenizer, reward_apple)
+    for named in (dict(eval_dataset_name=str(tmp_path / "ds2")),
+                  dict(eval_dataset_name=str(tmp_path / "ds")),
+                  dict(eval_dataset_name=None, dataset_test_split="tset")):  # fmt: skip
+        other = config("unused", tmp_path, dataset_name=str(tmp_path / "ds"), **named)
+        with pytest.raises(MissingSplitError):
+            prompt_sets(other, one, smol_tokenizer, reward_apple)
 
 
 def test_trls_reward_spread_and_per_token_kl_are_logged_from_the_step_s_replies(
@@ -756,9 +758,9 @@ def test_trls_reward_spread_and_per_token_kl_are_logged_from_the_step_s_replies(
     for step in (1, 2):
         got = next(m for m in metrics if m.get("step") == step and "train/kl" in m)
         mine = [r for r in rows if r["step"] == step]
-        groups = np.array([r["reward"] for r in mine]).reshape(-1, 4)
-        stds = groups.std(1, ddof=1)
-        assert got["train/reward_std"] == pytest.approx(stds.mean(), abs=1e-6)
+        rewards = np.array([r["reward"] for r in mine])
+        assert got["train/reward_std"] == pytest.approx(rewards.std(ddof=1), abs=1e-6)
+        stds = np.array([r["shaped_reward"] for r in mine]).reshape(-1, 4).std(1, ddof=1)
         assert got["train/frac_reward_zero_std"] == pytest.approx(np.isclose(stds, 0).mean())
         per_token = sum(r["kl"] for r in mine) / sum(r["length"] for r in mine)
         assert got["train/kl_per_token"] == pytest.approx(per_token, abs=1e-6)

@@ -113,8 +113,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     (one on-policy update per step)."""
     generation_batch_size: int | None = None
     """Completions per batch of rollouts over all processes (TRL's): per_device_train_batch_size
-    × processes × steps_per_generation. Give this or steps_per_generation (both, as a TRL
-    config's dump holds them, when they agree)."""
+    × processes × steps_per_generation. Give this or steps_per_generation (beside it, as a
+    TRL config's dump holds both, steps_per_generation is read)."""
     max_completion_length: int = 64
     """Reply length limit in tokens; a reply that reaches it without EOS counts as cut off."""
     beta: float = 0.05
@@ -357,13 +357,13 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
         )
         if by_size and by_steps:  # a TRL config's dump holds both, the one made from the other
             made = micro * world_size() * self.steps_per_generation
-            if self.generation_batch_size != made:
-                return [(False, f"generation_batch_size {self.generation_batch_size} and "
-                         f"steps_per_generation {self.steps_per_generation} disagree: "
-                         f"per_device_train_batch_size × processes × steps_per_generation is "
-                         f"{made} here ({micro} × {world_size()} × "
-                         f"{self.steps_per_generation}); give one of them")]  # fmt: skip
-            by_size = False  # the same batch: steps_per_generation says it
+            if self.generation_batch_size != made:  # made for another number of processes
+                config_warning(
+                    log, "generation_batch_size %d beside steps_per_generation %d: the steps "
+                    "are read (%d completions a batch over %d process(es)); give one of them",
+                    self.generation_batch_size, self.steps_per_generation, made, world_size(),
+                )  # fmt: skip
+            by_size = False  # steps_per_generation says the batch
         if by_size and micro >= 1:
             per_pass = micro * world_size()
             if self.generation_batch_size <= 0 or self.generation_batch_size % per_pass:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -55,18 +56,24 @@ def log_step(
     source_sums = [x for v in per_source.values() for x in (v.nansum().item(),
                    float((~v.isnan()).sum()))]  # fmt: skip
     clipping = [] if update.clip_ratio is None else [update.clip_ratio]  # num_iterations > 1
-    # TRL's reward_std and frac_reward_zero_std: the spread of each prompt's group of rewards
-    groups = scored.rewards.float().reshape(-1, ro.k)
-    group_std = groups.std(-1) if ro.k > 1 else torch.zeros(len(groups))
-    zero_std = torch.isclose(group_std, torch.zeros_like(group_std)).float().mean().item()
-    means, (entropy_sum, tokens, kl_sum, reply_tokens, *source_sums) = across_processes(
-        t.accelerator,
-        [scored.rewards.mean().item(), shaped.mean().item(), kl["k1"].mean().item(),
-         kl["k3"].mean().item(), lengths.float().mean().item(),
-         sum(ro.finished) / len(ro.finished), group_std.mean().item(), zero_std, *clipping],
-        [update.entropy_sum, float(update.tokens), kl["k1"].sum().item(),
-         lengths.sum().item(), *source_sums],
+    # TRL's frac_reward_zero_std: the groups of shaped rewards (after the KL penalty) that tie
+    groups = shaped.detach().double().reshape(-1, ro.k)
+    group_std = groups.std(-1) if ro.k > 1 else torch.zeros(len(groups), dtype=groups.dtype)
+    zero_std = torch.isclose(group_std, torch.zeros_like(group_std)).double().mean().item()
+    r = scored.rewards.detach().double()
+    means, (entropy_sum, tokens, kl_sum, reply_tokens, r_sum, r_sq, n, *source_sums) = (
+        across_processes(
+            t.accelerator,
+            [scored.rewards.mean().item(), shaped.mean().item(), kl["k1"].mean().item(),
+             kl["k3"].mean().item(), lengths.float().mean().item(),
+             sum(ro.finished) / len(ro.finished), zero_std, *clipping],
+            [update.entropy_sum, float(update.tokens), kl["k1"].sum().item(),
+             lengths.sum().item(), r.sum().item(), (r * r).sum().item(), float(r.numel()),
+             *source_sums],
+        )
     )  # fmt: skip
+    # TRL's reward_std: the (unbiased) std of every process's rewards, before the KL penalty
+    reward_std = math.sqrt(max(r_sq - r_sum * r_sum / n, 0.0) / (n - 1)) if n > 1 else 0.0
     t0, t1, t2, t3 = times
     logged = {
         "train/reward": means[0],
@@ -81,8 +88,8 @@ def log_step(
         "train/kl": means[2],  # per reply, Σ_t: what β multiplies in R − β·KL
         "train/kl_per_token": kl_sum / max(reply_tokens, 1),  # TRL's logged kl
         "train/kl_k3": means[3],
-        "train/reward_std": means[6],
-        "train/frac_reward_zero_std": means[7],
+        "train/reward_std": reward_std,
+        "train/frac_reward_zero_std": means[6],
         "train/entropy": entropy_sum / max(tokens, 1),
         "train/length": means[4],
         "train/eos_rate": means[5],
@@ -97,7 +104,7 @@ def log_step(
         "train/peak_mem_gb": peak_memory_gb(),
     }
     if clipping:  # every process's replies
-        logged["train/clip_ratio"] = means[8]
+        logged["train/clip_ratio"] = means[7]
     # what TRL reward functions logged with log_metric (this process's) and log_extra; a
     # name that is one of distalign's own goes under log_metric/ (log_extra/ in history rows)
     function_metrics, extra = t.reward.log.take() if hasattr(t.reward, "log") else ({}, {})

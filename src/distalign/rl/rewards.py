@@ -226,16 +226,25 @@ class CallableReward(RewardSource):
         return {k: v for k, v in out.items() if k in self._gets}
 
 
+_LOOP: asyncio.AbstractEventLoop | None = None
+
+
 def awaited(awaitable):
-    """The result of an async reward function's coroutine, run to its end in a thread of its
-    own (so a caller's running event loop, a notebook's, is left alone)."""
-    from concurrent.futures import ThreadPoolExecutor
+    """The result of an async reward function's coroutine, run on one event loop kept for the
+    process in a thread of its own, as TRL keeps one: what the function binds to its loop (a
+    semaphore, an HTTP client) works at every step, and a caller's running loop (a
+    notebook's) is left alone."""
+    import threading
+
+    global _LOOP
+    if _LOOP is None or _LOOP.is_closed():
+        _LOOP = asyncio.new_event_loop()
+        threading.Thread(target=_LOOP.run_forever, name="reward-loop", daemon=True).start()
 
     async def wait():
         return await awaitable
 
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, wait()).result()
+    return asyncio.run_coroutine_threadsafe(wait(), _LOOP).result()
 
 
 def unique_name(name: str, taken) -> str:

@@ -253,8 +253,9 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
             source, cfg.dataset_test_split, **(hub if same else {}), **bad, report=held_out_report
         )
     except MissingSplitError as e:
-        if not same:  # a held-out source of its own must have the split named
-            raise
+        default = RLTrainConfig.dataset_test_split
+        if cfg.eval_dataset_name is not None or cfg.dataset_test_split != default:
+            raise  # a split or held-out source named on purpose must be there: a typo stops
         # as with one file, which has no splits: TRL reads no test split without evaluation
         config_warning(log, "%s; the run evaluates the policy on its training prompts (give "
                        "dataset_test_split or eval_dataset_name for held-out ones)", e)  # fmt: skip
