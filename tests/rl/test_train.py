@@ -765,6 +765,9 @@ def test_trls_reward_spread_and_per_token_kl_are_logged_from_the_step_s_replies(
         per_token = sum(r["kl"] for r in mine) / sum(r["length"] for r in mine)
         assert got["train/kl_per_token"] == pytest.approx(per_token, abs=1e-6)
         assert got["train/kl"] == pytest.approx(np.mean([r["kl"] for r in mine]), abs=1e-6)
+        assert got["train/reward_std/reward_length"] == pytest.approx(rewards.std(ddof=1),
+                                                                      abs=1e-6)  # fmt: skip
+        assert np.isfinite(got["train/loss"])
 
 
 def test_reward_functions_get_the_run_s_intervals_in_their_trainer_state():

@@ -52,9 +52,10 @@ def log_step(
     all processes."""
     lengths = ro.mask.sum(-1)
     per_source = scored.per_source or {}
-    # each source's sum and count of the replies it scored (None/NaN: not scored by it)
+    # each source's sum, count and sum of squares over the replies it scored (None/NaN: not
+    # scored by it)
     source_sums = [x for v in per_source.values() for x in (v.nansum().item(),
-                   float((~v.isnan()).sum()))]  # fmt: skip
+                   float((~v.isnan()).sum()), (v.double() ** 2).nansum().item())]  # fmt: skip
     clipping = [] if update.clip_ratio is None else [update.clip_ratio]  # num_iterations > 1
     # TRL's frac_reward_zero_std: the groups of shaped rewards (after the KL penalty) that tie
     groups = shaped.detach().double().reshape(-1, ro.k)
@@ -66,22 +67,25 @@ def log_step(
             t.accelerator,
             [scored.rewards.mean().item(), shaped.mean().item(), kl["k1"].mean().item(),
              kl["k3"].mean().item(), lengths.float().mean().item(),
-             sum(ro.finished) / len(ro.finished), zero_std, *clipping],
+             sum(ro.finished) / len(ro.finished), zero_std, update.loss, *clipping],
             [update.entropy_sum, float(update.tokens), kl["k1"].sum().item(),
              lengths.sum().item(), r.sum().item(), (r * r).sum().item(), float(r.numel()),
              *source_sums],
         )
     )  # fmt: skip
-    # TRL's reward_std: the (unbiased) std of every process's rewards, before the KL penalty
-    reward_std = math.sqrt(max(r_sq - r_sum * r_sum / n, 0.0) / (n - 1)) if n > 1 else 0.0
+    reward_std = _std(r_sum, n, r_sq)  # TRL's: every process's rewards, before the KL penalty
     t0, t1, t2, t3 = times
     logged = {
         "train/reward": means[0],
         **{
             # None (not 0) when the source scored none of the step's replies, as TRL's nanmean
-            f"train/reward/{name}": source_sums[2 * i] / source_sums[2 * i + 1]
-            if source_sums[2 * i + 1]
+            f"train/reward/{name}": source_sums[3 * i] / source_sums[3 * i + 1]
+            if source_sums[3 * i + 1]
             else None
+            for i, name in enumerate(per_source)
+        },
+        **{  # TRL's rewards/<name>/std: the unbiased std of the replies the source scored
+            f"train/reward_std/{name}": _std(*source_sums[3 * i : 3 * i + 3])
             for i, name in enumerate(per_source)
         },
         "train/shaped_reward": means[1],
@@ -90,6 +94,7 @@ def log_step(
         "train/kl_k3": means[3],
         "train/reward_std": reward_std,
         "train/frac_reward_zero_std": means[6],
+        "train/loss": means[7],
         "train/entropy": entropy_sum / max(tokens, 1),
         "train/length": means[4],
         "train/eos_rate": means[5],
@@ -104,7 +109,7 @@ def log_step(
         "train/peak_mem_gb": peak_memory_gb(),
     }
     if clipping:  # every process's replies
-        logged["train/clip_ratio"] = means[7]
+        logged["train/clip_ratio"] = means[8]
     # what TRL reward functions logged with log_metric (this process's) and log_extra; a
     # name that is one of distalign's own goes under log_metric/ (log_extra/ in history rows)
     function_metrics, extra = t.reward.log.take() if hasattr(t.reward, "log") else ({}, {})
@@ -137,6 +142,14 @@ def log_step(
         if cfg.log_completions and state.step % t.log.every == 0:
             print_completions(rows[: cfg.num_completions_to_print or len(rows)], state.step)
     return logged
+
+
+def _std(total: float, count: float, squares: float) -> float | None:
+    """The unbiased std of values from their sum, count and sum of squares (as torch.std);
+    None below two values."""
+    if count < 2:
+        return None
+    return math.sqrt(max(squares - total * total / count, 0.0) / (count - 1))
 
 
 def _finite(x: float) -> float | None:

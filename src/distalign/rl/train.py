@@ -439,6 +439,7 @@ class Update:
     entropy_sum: float
     tokens: int
     clip_ratio: float | None = None
+    loss: float = 0.0  # the mean over the step's updates of each one's loss (TRL's loss)
 
 
 def policy_gradient_step(
@@ -453,11 +454,11 @@ def policy_gradient_step(
     skipped when the gradient is not finite): −mean A_i·Σ_t log π (``reinforce_loss``), or,
     given ``old`` (B,) Σ_t log π_old of every reply, the clipped objective against it
     (``clipped_policy_loss``). Returns (grad norm, summed token entropy, tokens, Σ_t log π of
-    each reply of the span (detached), whether each was clipped)."""
+    each reply of the span (detached), whether each was clipped, the span's loss)."""
     t.learner.train()
     begin, end = span or (0, len(ro.replies))
     n, step = end - begin, cfg.per_device_train_batch_size
-    entropy_sum, tokens, seq, clipped = 0.0, 0, [], []
+    entropy_sum, tokens, seq, clipped, total = 0.0, 0, [], [], 0.0
     for s in range(begin, end, step):  # micro-batches of replies; one may cut a prompt's group
         stop = min(end, s + step)
         last = stop >= end  # gradients are all-reduced once, after the last micro-batch
@@ -472,6 +473,7 @@ def policy_gradient_step(
                 )
                 clipped.append(clip)
             t.accelerator.backward(loss * (stop - s) / n)
+            total += loss.item() * (stop - s) / n
         seq.append(sequence_sum(lp_pad.detach(), mask))
         entropy_sum, tokens = entropy_sum + ent, tokens + tok
     # the norm is needed even without clipping (inf clips nothing): a NaN or inf in any
@@ -481,7 +483,8 @@ def policy_gradient_step(
         t.optimizer.step()
         t.scheduler.step()
     t.optimizer.zero_grad()
-    return grad_norm, entropy_sum, tokens, torch.cat(seq), torch.cat(clipped) if clipped else None
+    clip = torch.cat(clipped) if clipped else None
+    return grad_norm, entropy_sum, tokens, torch.cat(seq), clip, total
 
 
 def teacher_forced(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, start: int, stop: int):
@@ -523,13 +526,14 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
     if len(spans) > 1:  # the later spans' sampling log-probs, while the policy is still π_old
         later, entropy_sum, tokens = sampling_logprobs(t, ro, cfg, spans[1][0])
         old = torch.cat([adv.new_zeros(spans[0][1]), later.to(adv.device)])
-    norms, clipped = [], []
+    norms, clipped, losses = [], [], []
     for i in range(cfg.num_iterations):
         for begin, end in spans:
             first = i == 0 and begin == 0
             step = policy_gradient_step(t, ro, adv, cfg, None if first else old, (begin, end))
-            norm, ent, tok, seq, clip = step
+            norm, ent, tok, seq, clip, loss = step
             norms.append(float(norm))
+            losses.append(loss)
             if first:  # the first span's own pass gives its sampling log-probs and entropy
                 old = seq if old is None else torch.cat([seq.to(old.device), old[end:]])
                 entropy_sum, tokens = entropy_sum + ent, tokens + tok
@@ -539,7 +543,8 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
     kept = [x for x in norms if math.isfinite(x)]
     norm = sum(kept) / len(kept) if kept else math.nan
     ratio = torch.cat(clipped).mean().item() if clipped else None
-    return Update(norm, finite, entropy_sum, tokens, clip_ratio=ratio)
+    return Update(norm, finite, entropy_sum, tokens, clip_ratio=ratio,
+                  loss=sum(losses) / len(losses))  # fmt: skip
 
 
 def evaluate(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> dict[str, float]:
