@@ -13,6 +13,7 @@ Each returns per-pair values of shape (B,) unless it says otherwise; the caller 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -371,6 +372,25 @@ def reinforce_pp_advantages(
     return ((x - population.mean()) / (population.std() + eps)).to(rewards.dtype)
 
 
+def group_advantages_where_scored(
+    estimator: Callable[..., torch.Tensor], rewards: torch.Tensor, k: int, **per_reply
+) -> torch.Tensor:
+    """A group estimator (``rloo_advantages``, ``grpo_advantages``, ``dr_grpo_advantages``)
+    over each prompt's scored replies only, as a group of their own; NaN marks a reply that no
+    reward source scored. Such a reply, and one scored alone in its group, gets 0: TRL's RLOO
+    leaves unscorable replies out of the leave-one-out baseline and zeroes their advantage.
+    ``per_reply``: the estimator's other (B,) inputs (``penalty``), taken for the same replies.
+    (B,) -> (B,)."""
+    out = torch.zeros_like(rewards)
+    scored = ~rewards.isnan()
+    for start in range(0, rewards.numel(), k):
+        idx = torch.arange(start, start + k, device=rewards.device)[scored[start : start + k]]
+        if len(idx) >= 2:
+            extra = {name: v[idx] for name, v in per_reply.items()}
+            out[idx] = estimator(rewards[idx], len(idx), **extra)
+    return out
+
+
 def remax_advantages(rewards: torch.Tensor, greedy_rewards: torch.Tensor, k: int) -> torch.Tensor:
     """ReMax: A_i = R_i − r(x, ȳ), ȳ the greedy reply to i's prompt, (B,) -> (B,).
 
@@ -424,9 +444,11 @@ def whiten(
 ) -> torch.Tensor:
     """(x − mean) / std over all elements (advantage normalisation), (B,) -> (B,), with the
     statistics of ``reference`` when given (every process's values, of which ``x`` is one's
-    share). Constant values -> zeros (statistics in float64, see above)."""
+    share). Constant values -> zeros (statistics in float64, see above). NaN values stay NaN
+    and are left out of the statistics."""
     x64 = x.double()
     ref = x64 if reference is None else reference.double()
+    ref = ref[~ref.isnan()]  # NaN: a value to leave out of the statistics (and keep NaN)
     if ref.numel() < 2:
         return (x64 - ref.mean()).to(x.dtype)
     return ((x64 - ref.mean()) / (ref.std() + eps)).to(x.dtype)

@@ -751,3 +751,17 @@ def test_a_saved_comparison_with_names_now_refused_still_rebuilds(tmp_path):
     (tmp_path / "compare.json").write_text(json.dumps(summary))
     rebuild_report(tmp_path)
     assert (tmp_path / "report.html").is_file()
+
+
+def test_a_judge_must_score_every_reply():
+    from distalign.eval.policy import judge_replies
+    from distalign.rl.rewards import RewardFunctionError, load_reward_source
+
+    def picky(prompts, replies):
+        return [None if r == "?" else 1.0 for r in replies]
+
+    judge = load_reward_source(picky)
+    chat = [{"role": "user", "content": "q"}]
+    assert judge_replies(judge, [chat] * 2, ["a", "b"], "cpu")["judge"].tolist() == [1.0, 1.0]
+    with pytest.raises(RewardFunctionError, match=r"no value for reply 1 .*'\?'"):
+        judge_replies(judge, [chat] * 2, ["a", "?"], "cpu")

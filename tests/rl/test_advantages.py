@@ -283,3 +283,38 @@ def test_rl_train_runs_with(baseline, tiny_model_dir, tmp_path):
     lines = (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()
     steps = [m for m in map(json.loads, lines) if "train/baseline" in m]
     assert len(steps) == 2 and all(math.isfinite(m["train/advantage_std"]) for m in steps)
+
+
+def test_replies_no_reward_scored_stay_out_of_the_baselines_as_trl_does():
+    """NaN: a reply no reward source scored. Brute force against TRL's RLOO: the leave-one-out
+    baseline averages the scored siblings only; an unscored reply, or a group's only scored
+    one, gets advantage 0; the normalisation takes the others only."""
+    from distalign.losses import group_advantages_where_scored
+
+    nan = float("nan")
+    shaped = torch.tensor([1.0, nan, 3.0, 6.0, nan, 2.0, nan, nan])  # k = 4: 2 prompts
+    adv = group_advantages_where_scored(rloo_advantages, shaped, 4)
+    # group 1: scored 1, 3, 6: 1 − (3 + 6)/2, 3 − (1 + 6)/2, 6 − (1 + 3)/2
+    assert adv.tolist() == [-3.5, 0.0, -0.5, 4.0, 0.0, 0.0, 0.0, 0.0]
+    cfg = _cfg("rloo", 4)
+    full, _ = advantages_for(cfg, shaped, None, TrainState())
+    assert full.tolist() == adv.tolist()
+    normed, _ = advantages_for(_cfg("rloo", 4, normalize_advantages=True),
+                               shaped, None, TrainState())  # fmt: skip
+    kept = torch.tensor([-3.5, -0.5, 4.0], dtype=torch.float64)
+    want = (kept - kept.mean()) / (kept.std() + 1e-4)
+    torch.testing.assert_close(normed[[0, 2, 3]].double(), want, rtol=1e-5, atol=1e-6)
+    assert normed[[1, 4, 5, 6, 7]].tolist() == [0.0] * 5
+    # GRPO and Dr. GRPO over the scored replies of each group
+    grpo, _ = advantages_for(_cfg("grpo", 4), shaped, None, TrainState())
+    torch.testing.assert_close(grpo[[0, 2, 3]], grpo_advantages(shaped[[0, 2, 3]], 3))
+    dr, _ = advantages_for(_cfg("dr_grpo", 4), shaped, None, TrainState())
+    torch.testing.assert_close(dr[[0, 2, 3]], dr_grpo_advantages(shaped[[0, 2, 3]], 3))
+    # the moving average: a baseline and an update from the scored rewards only
+    state = TrainState()
+    ma, base = advantages_for(_cfg("moving_average", 4), shaped, None, state)
+    assert base == pytest.approx(3.0) and state.baseline_count == 4
+    assert ma.tolist() == [-2.0, 0.0, 0.0, 3.0, 0.0, -1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="reinforce_pp_baseline needs every reply scored"):
+        advantages_for(_cfg("reinforce_pp_baseline", 4), shaped, None,
+                       TrainState())  # fmt: skip

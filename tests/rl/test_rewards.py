@@ -302,7 +302,7 @@ class FakeDistributional(RewardSource):
         return RewardOutput(torch.ones(len(replies)), p, torch.ones(len(replies)))
 
 
-def test_weighted_sum_per_source_and_unscored_replies():
+def test_weighted_sum_per_source_and_unscored_replies(caplog):
     def maybe(prompts, replies):  # TRL's None: "not mine to score"
         return [None if r == "skip" else 2.0 for r in replies]
 
@@ -312,8 +312,11 @@ def test_weighted_sum_per_source_and_unscored_replies():
     assert out.rewards.tolist() == [-2 + 1.0, -1.0, -1 + 1.0]
     assert out.per_source["reward_short"].tolist() == [-2, -1, -1]
     assert out.per_source["maybe"][1].isnan()
-    with pytest.raises(ValueError, match="no reward source scored reply 0"):
-        RewardSum([CallableReward(maybe)])([chat("x")], ["skip"])
+    # a reply no source scores is NaN (not nansum's 0), and said
+    with caplog.at_level("WARNING"):
+        alone = RewardSum([CallableReward(maybe)])([chat("x")] * 2, ["skip", "a"])
+    assert alone.rewards[0].isnan() and alone.rewards[1] == 2.0
+    assert "1 of 2 replies were scored by no reward source" in caplog.text
     with pytest.raises(ValueError, match="reward_weights has 1 values for 2"):
         RewardSum([CallableReward(reward_short)] * 2, [1.0])
     # the same name twice gets a suffix

@@ -27,6 +27,11 @@ def reward_apple(prompts, replies) -> list[float]:
     return out
 
 
+def reward_some(prompts, replies) -> list[float | None]:
+    """None ("not mine to score") for every third reply, the length of the others."""
+    return [None if i % 3 == 0 else float(len(r)) for i, r in enumerate(replies)]
+
+
 def reward_length(prompts, replies) -> list[float]:
     """Characters of the reply, capped: groups whose rewards tie (all at the cap) and not."""
     return [float(min(len(reply), 12)) for reply in replies]
@@ -780,3 +785,18 @@ def test_reward_functions_get_the_run_s_intervals_in_their_trainer_state():
     assert cfg.updates_per_step == 2
     assert (ts.global_step, ts.max_steps, ts.logging_steps, ts.eval_steps, ts.save_steps) == (
         6, 40, 2, 10, 0)  # fmt: skip
+
+
+def test_replies_no_reward_scores_train_with_advantage_0_as_in_trl(tiny_model_dir, tmp_path):
+    import math
+
+    run(config(tiny_model_dir, tmp_path, max_steps=2, beta=0.1, max_eval_samples=3,
+               eval_strategy="no", reward="tests.rl.test_train:reward_some"))  # fmt: skip
+    rows = [json.loads(x) for x in (tmp_path / "rl" / "history.jsonl").read_text().splitlines()]
+    unscored = [r for r in rows if r["reward"] is None]
+    assert unscored and all(r["advantage"] == 0 and r["shaped_reward"] is None for r in unscored)
+    metrics = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in metrics if "train/reward" in m]
+    assert train and all(math.isfinite(m["train/reward"]) for m in train)
+    step1 = [r["reward"] for r in rows if r["step"] == 1 and r["reward"] is not None]
+    assert train[0]["train/reward"] == pytest.approx(sum(step1) / len(step1), rel=1e-5)

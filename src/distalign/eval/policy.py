@@ -151,11 +151,16 @@ def judge_replies(judge, prompts, texts, device, completion_ids=None) -> dict[st
         from distalign.gold import judge as gold
 
         return gold.judge([gold.prompt_text(p) for p in prompts], texts, device)
-    from distalign.rl.rewards import prompt_columns
+    from distalign.rl.rewards import RewardFunctionError, prompt_columns
 
     out = judge(prompts, texts, columns=prompt_columns(prompts), completion_ids=completion_ids,
                 log=False)  # fmt: skip
-    return {"judge": out.rewards.detach().float().cpu().numpy()}
+    values = out.rewards.detach().float().cpu().numpy()
+    if np.isnan(values).any():  # a win rate needs every reply judged
+        i = int(np.isnan(values).argmax())
+        raise RewardFunctionError(f"the judge scored no value for reply {i} (None/NaN): "
+                                  f"{texts[i][:80]!r}; a judge must score every reply")  # fmt: skip
+    return {"judge": values}
 
 
 @dataclass

@@ -137,7 +137,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     dr_grpo (R − group mean) | reinforce_pp (R whitened over the batch) | reinforce_pp_baseline
     (R − group mean, whitened over the batch) | remax (R − reward of the greedy reply; one extra
     greedy sample and score per prompt per step) | moving_average (R − mean of past rewards) |
-    none. The group ones need num_generations >= 2."""
+    none. The group ones need num_generations >= 2. A reply no reward source scores (all
+    None/NaN) takes advantage 0 and stays out of the baselines, as in TRL's RLOO."""
     ema: float | None = None
     """moving_average only: EMA factor α (None: the mean of all past rewards)."""
     normalize_advantages: bool = False

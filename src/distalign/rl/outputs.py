@@ -57,15 +57,17 @@ def log_step(
     source_sums = [x for v in per_source.values() for x in (v.nansum().item(),
                    float((~v.isnan()).sum()), (v.double() ** 2).nansum().item())]  # fmt: skip
     clipping = [] if update.clip_ratio is None else [update.clip_ratio]  # num_iterations > 1
-    # TRL's frac_reward_zero_std: the groups of shaped rewards (after the KL penalty) that tie
+    # TRL's frac_reward_zero_std: the groups of shaped rewards (after the KL penalty) that tie,
+    # among the replies some reward source scored (NaN: none did)
     groups = shaped.detach().double().reshape(-1, ro.k)
-    group_std = groups.std(-1) if ro.k > 1 else torch.zeros(len(groups), dtype=groups.dtype)
-    zero_std = torch.isclose(group_std, torch.zeros_like(group_std)).double().mean().item()
+    spread = groups.nan_to_num(nan=-math.inf).amax(-1) - groups.nan_to_num(nan=math.inf).amin(-1)
+    zero_std = torch.isclose(spread, torch.zeros_like(spread)).double().mean().item()
     r = scored.rewards.detach().double()
+    r = r[~r.isnan()]
     means, (entropy_sum, tokens, kl_sum, reply_tokens, r_sum, r_sq, n, *source_sums) = (
         across_processes(
             t.accelerator,
-            [scored.rewards.mean().item(), shaped.mean().item(), kl["k1"].mean().item(),
+            [scored.rewards.nanmean().item(), shaped.nanmean().item(), kl["k1"].mean().item(),
              kl["k3"].mean().item(), lengths.float().mean().item(),
              sum(ro.finished) / len(ro.finished), zero_std, update.loss, *clipping],
             [update.entropy_sum, float(update.tokens), kl["k1"].sum().item(),
@@ -124,7 +126,8 @@ def log_step(
     for i, text in enumerate(ro.texts):
         row = {
             "step": state.step, "prompt": ro.prompts[i // cfg.num_generations], "reply": text,
-            "reward": scored.rewards[i].item(), "shaped_reward": shaped[i].item(),
+            "reward": _finite(scored.rewards[i].item()),  # None: no source scored it
+            "shaped_reward": _finite(shaped[i].item()),
             "kl": kl["k1"][i].item(), "advantage": adv[i].item(),
             "length": int(lengths[i].item()), "finished": ro.finished[i],
         }  # fmt: skip

@@ -37,6 +37,7 @@ import torch
 
 from distalign import functionals as fn
 from distalign.config import ConfigError
+from distalign.distributed import EVERY_PROCESS
 from distalign.models.classifier import (
     load_sequence_classifier,
     model_folder,
@@ -493,14 +494,15 @@ class RewardSum(RewardSource):
             outputs.append(source(prompts, replies, ref, **extra))
         values = torch.stack([o.rewards.detach().float().cpu() for o in outputs], 1)  # (B, S)
         unscored = values.isnan().all(1)
-        if unscored.any():
+        if unscored.any():  # TRL's RLOO: advantage 0, out of the baselines (advantages_for)
             i = int(unscored.nonzero()[0, 0])
-            raise RewardFunctionError(
-                f"no reward source scored reply {i} (all returned None/NaN): {replies[i]!r}; "
-                "every reply needs a reward from one source at least (add a function that "
-                "scores the replies the others leave)"
-            )
+            logging.getLogger(__name__).warning(  # (``log`` is this call's flag here)
+                "%d of %d replies were scored by no reward source (all returned None/NaN; the "
+                "first: %r): they take advantage 0 and stay out of the baselines and the means",
+                int(unscored.sum()), len(replies), replies[i][:80], extra=EVERY_PROCESS,
+            )  # fmt: skip
         total = (values * torch.tensor(self.weights)).nansum(1)  # (B,) NaN: not scored by it
+        total[unscored] = float("nan")  # scored by none: NaN, not nansum's 0
         per_source = {n: values[:, i] for i, n in enumerate(self.names)}
         if len(outputs) == 1:
             return RewardOutput(total, outputs[0].distributions, outputs[0].std, per_source)

@@ -116,7 +116,7 @@ def evaluate_policy(
     ref_lp = reference_logprobs(policy, ref_model, ro, cfg, pad_id)
     kl = kl_estimates(ro.logps, ref_lp, ro.mask)
     result = {
-        "reward": scores.rewards.mean().item(),
+        "reward": scores.rewards.nanmean().item(),  # NaN: a reply no source scored
         **{f"reward/{n}": v.nanmean().item() for n, v in (scores.per_source or {}).items()},
         "kl": kl["k1"].mean().item(),
         "length": ro.mask.sum(-1).mean().item(),

@@ -57,6 +57,7 @@ from distalign.distributed import (
 from distalign.losses import (
     clipped_policy_loss,
     dr_grpo_advantages,
+    group_advantages_where_scored,
     grpo_advantages,
     kl_estimates,
     kl_shaped_rewards,
@@ -78,7 +79,12 @@ from distalign.optim import adamw
 from distalign.rl.config import POOLED_BASELINES, RLTrainConfig, world_size
 from distalign.rl.logprobs import ReplyLogprobs, pad_reply_tensors
 from distalign.rl.outputs import log_step, save_final, save_state
-from distalign.rl.rewards import GOLD_REWARD, load_reward_source, prompt_columns
+from distalign.rl.rewards import (
+    GOLD_REWARD,
+    RewardFunctionError,
+    load_reward_source,
+    prompt_columns,
+)
 from distalign.rl.rollouts import (
     Rollouts,
     evaluate_policy,
@@ -176,6 +182,10 @@ def advantages_for(
     ``rewards``: the rewards before the KL penalty (default: ``shaped``), for ``grpo``, which
     divides the rewards' spread out and subtracts the penalty after (``grpo_advantages``)."""
     k, name = cfg.num_generations, cfg.baseline
+    scored = ~shaped.isnan()  # NaN: no reward source scored the reply (advantage 0, as TRL)
+    if not scored.all() or (pooled is not None and pooled.isnan().any()):
+        return _advantages_where_scored(cfg, shaped, std, state, pooled, greedy, gather,
+                                        finished, rewards)  # fmt: skip
     if name == "moving_average":
         adv, base = moving_average_advantages(
             shaped, state.baseline_mean, state.baseline_count, pooled
@@ -205,13 +215,66 @@ def advantages_for(
         }
         adv = estimators[name]()
         base = 0.0 if name == "none" else (shaped if pooled is None else pooled).mean().item()
+    return _after_estimator(cfg, adv, std, gather, finished), base
+
+
+def _after_estimator(cfg: RLTrainConfig, adv, std, gather, finished) -> torch.Tensor:
+    """What applies after any estimator: normalisation over every process's scored replies
+    (NaN: not scored), uncertainty scaling, truncated replies out of the loss, and 0 for the
+    replies no reward source scored."""
     if cfg.normalize_advantages:
         adv = whiten(adv, eps=1e-4, reference=None if gather is None else gather(adv))  # TRL's ε
     if cfg.uncertainty_scaling and std is not None:
         adv = uncertainty_scaled(adv, std)
     if cfg.mask_truncated_completions and finished is not None:
         adv = adv * torch.tensor(finished, dtype=adv.dtype, device=adv.device)
-    return adv, base
+    return torch.nan_to_num(adv, nan=0.0)
+
+
+def _advantages_where_scored(cfg: RLTrainConfig, shaped, std, state: TrainState, pooled, greedy,
+                             gather, finished, rewards) -> tuple[torch.Tensor, float]:  # fmt: skip
+    """``advantages_for`` when some replies were scored by no reward source (NaN), as TRL's
+    RLOO takes them: they stay out of every baseline and statistic and get advantage 0; a
+    group estimator runs over each prompt's scored replies (``group_advantages_where_scored``).
+    """
+    k, name, scored = cfg.num_generations, cfg.baseline, ~shaped.isnan()
+    everyone = shaped[scored] if pooled is None else pooled[~pooled.isnan()]
+    adv = torch.full_like(shaped, float("nan"))
+    base = everyone.double().mean().item() if everyone.numel() else 0.0
+    if name == "moving_average":
+        adv[scored], base = moving_average_advantages(
+            shaped[scored], state.baseline_mean, state.baseline_count, everyone
+        )
+        if everyone.numel():
+            state.baseline_mean, state.baseline_count = moving_average_update(
+                state.baseline_mean, state.baseline_count, everyone, cfg.ema
+            )
+    elif name == "remax":
+        if greedy is None:
+            raise ValueError("baseline remax needs the greedy replies' rewards")
+        adv, base = remax_advantages(shaped, greedy, k), greedy.nanmean().item()
+    elif name in ("rloo", "grpo", "dr_grpo"):
+        if name == "grpo" and rewards is not None:
+            adv = group_advantages_where_scored(grpo_advantages, rewards, k,
+                                                penalty=rewards - shaped)  # fmt: skip
+        else:
+            estimator = {"rloo": rloo_advantages, "grpo": grpo_advantages,
+                         "dr_grpo": dr_grpo_advantages}[name]  # fmt: skip
+            adv = group_advantages_where_scored(estimator, shaped, k)
+        # out of the normalisation, as TRL: the unscored, and a group's only scored reply
+        alone = scored.view(-1, k).sum(-1, keepdim=True).expand(-1, k).reshape(-1) < 2
+        adv = adv.masked_fill(~scored | alone, float("nan"))
+    elif name == "reinforce_pp":
+        adv[scored] = reinforce_pp_advantages(shaped[scored], pooled=everyone)
+    elif name == "none":
+        adv = shaped.clone()
+    else:
+        raise RewardFunctionError(
+            f"baseline {name} needs every reply scored, and {int((~scored).sum())} were scored "
+            "by no reward source (all returned None/NaN): give them a reward, or take another "
+            "baseline (rloo leaves them out, as TRL does)"
+        )
+    return _after_estimator(cfg, adv, std, gather, finished), base
 
 
 def load_rewards(cfg: RLTrainConfig, device, dtype: str = "float32"):
@@ -404,8 +467,6 @@ def trainer_state_of(state: TrainState, cfg: RLTrainConfig) -> TrainerState:
     optimizer updates, ``updates_per_step`` per step here; its epoch is fractional, the passes
     over the training prompts before this step's, as transformers counts it during a step;
     its logging, evaluation and save intervals are the config's, in updates too."""
-    from distalign.cadence import steps_of
-
     per_step = cfg.updates_per_step
 
     def interval(value: float, strategy: str = "steps") -> int:
