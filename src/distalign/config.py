@@ -258,7 +258,7 @@ NEUTRAL = {
     "logging_strategy": "steps", "do_train": ANY,
     "do_eval": ANY, "dataloader_num_workers": 0, "data_seed": None,
     "ddp_find_unused_parameters": Either((None, False)), "save_only_model": False,
-    "disable_tqdm": Either((None, False)),
+    "disable_tqdm": ANY,  # transformers sets it from the log level
     "num_train_epochs": Either((3, 3.0)), "per_device_eval_batch_size": ANY,
 
     "use_liger_kernel": False, "activation_offloading": False,

@@ -373,16 +373,21 @@ def reinforce_pp_advantages(
 
 
 def group_advantages_where_scored(
-    estimator: Callable[..., torch.Tensor], rewards: torch.Tensor, k: int, **per_reply
+    estimator: Callable[..., torch.Tensor],
+    rewards: torch.Tensor,
+    k: int,
+    scored: torch.Tensor | None = None,
+    **per_reply,
 ) -> torch.Tensor:
     """A group estimator (``rloo_advantages``, ``grpo_advantages``, ``dr_grpo_advantages``)
     over each prompt's scored replies only, as a group of their own; NaN marks a reply that no
     reward source scored. Such a reply, and one scored alone in its group, gets 0: TRL's RLOO
     leaves unscorable replies out of the leave-one-out baseline and zeroes their advantage.
     ``per_reply``: the estimator's other (B,) inputs (``penalty``), taken for the same replies.
+    ``scored`` (B,) bool: which replies were scored (default: the rewards that are not NaN).
     (B,) -> (B,)."""
     out = torch.zeros_like(rewards)
-    scored = ~rewards.isnan()
+    scored = ~rewards.isnan() if scored is None else scored
     for start in range(0, rewards.numel(), k):
         idx = torch.arange(start, start + k, device=rewards.device)[scored[start : start + k]]
         if len(idx) >= 2:

@@ -102,7 +102,8 @@ def print_completions(rows: list[dict], step: int, width: int = 60) -> None:
         prompt = row["prompt"][-1]["content"] if isinstance(row["prompt"], list) else row["prompt"]
         cells = [_shorten(str(prompt), width), _shorten(row["reply"], width)]
         # the texts are data: printed as they are, never read as rich markup
-        table.add_row(*(Text(c) for c in cells), f"{row['reward']:.3f}", f"{row['advantage']:+.3f}")
+        reward = "—" if row["reward"] is None else f"{row['reward']:.3f}"  # None: none scored it
+        table.add_row(*(Text(c) for c in cells), reward, f"{row['advantage']:+.3f}")
     console.print(table)
 
 

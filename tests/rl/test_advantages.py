@@ -318,3 +318,24 @@ def test_replies_no_reward_scored_stay_out_of_the_baselines_as_trl_does():
     with pytest.raises(ValueError, match="reinforce_pp_baseline needs every reply scored"):
         advantages_for(_cfg("reinforce_pp_baseline", 4), shaped, None,
                        TrainState())  # fmt: skip
+
+
+def test_a_nan_the_kl_penalty_brings_is_a_fault_not_an_unscored_reply():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 5.0])
+    shaped = torch.tensor([1.0, float("nan"), 3.0, 5.0])  # a log-prob gone wrong
+    for name in ("rloo", "grpo", "reinforce_pp_baseline", "moving_average"):
+        state = TrainState()
+        adv, _ = advantages_for(_cfg(name, 2), shaped, None, state, rewards=rewards)
+        assert adv.isnan().any(), name  # reaches the loss: the non-finite-step guard skips it
+        assert not math.isnan(state.baseline_mean), name  # and never the moving average
+    # ReMax: a group whose greedy reply no source scored has no baseline, and gets 0
+    greedy = torch.tensor([float("nan"), 1.0])
+    adv, base = advantages_for(_cfg("remax", 2), rewards, None, TrainState(), greedy=greedy)
+    assert adv.tolist() == [0.0, 0.0, 2.0, 4.0] and base == 1.0
+
+
+def test_completions_print_an_unscored_reward_as_a_dash(capsys):
+    from distalign.printing import print_completions
+
+    print_completions([{"prompt": "p", "reply": "r", "reward": None, "advantage": 0.0}], 1)
+    assert "—" in capsys.readouterr().out

@@ -61,24 +61,25 @@ def log_step(
     # among the replies some reward source scored (NaN: none did)
     groups = shaped.detach().double().reshape(-1, ro.k)
     spread = groups.nan_to_num(nan=-math.inf).amax(-1) - groups.nan_to_num(nan=math.inf).amin(-1)
-    zero_std = torch.isclose(spread, torch.zeros_like(spread)).double().mean().item()
+    tied = torch.isclose(spread, torch.zeros_like(spread)) & ((~groups.isnan()).sum(-1) >= 2)
+    zero_std = tied.double().mean().item()  # one scored reply has no std (TRL's nanstd: NaN)
     r = scored.rewards.detach().double()
-    r = r[~r.isnan()]
-    means, (entropy_sum, tokens, kl_sum, reply_tokens, r_sum, r_sq, n, *source_sums) = (
-        across_processes(
-            t.accelerator,
-            [scored.rewards.nanmean().item(), shaped.nanmean().item(), kl["k1"].mean().item(),
-             kl["k3"].mean().item(), lengths.float().mean().item(),
-             sum(ro.finished) / len(ro.finished), zero_std, update.loss, *clipping],
-            [update.entropy_sum, float(update.tokens), kl["k1"].sum().item(),
-             lengths.sum().item(), r.sum().item(), (r * r).sum().item(), float(r.numel()),
-             *source_sums],
-        )
+    r = r[~r.isnan()]  # the scored replies' (NaN: no source scored it)
+    s = shaped.detach().double()
+    s = s[~s.isnan()]
+    means, (entropy_sum, tokens, kl_sum, reply_tokens, r_sum, r_sq, n, s_sum, s_n,
+            *source_sums) = across_processes(
+        t.accelerator,
+        [kl["k1"].mean().item(), kl["k3"].mean().item(), lengths.float().mean().item(),
+         sum(ro.finished) / len(ro.finished), zero_std, update.loss, *clipping],
+        [update.entropy_sum, float(update.tokens), kl["k1"].sum().item(),
+         lengths.sum().item(), r.sum().item(), (r * r).sum().item(), float(r.numel()),
+         s.sum().item(), float(s.numel()), *source_sums],
     )  # fmt: skip
     reward_std = _std(r_sum, n, r_sq)  # TRL's: every process's rewards, before the KL penalty
     t0, t1, t2, t3 = times
     logged = {
-        "train/reward": means[0],
+        "train/reward": r_sum / n if n else None,  # over every process's scored replies
         **{
             # None (not 0) when the source scored none of the step's replies, as TRL's nanmean
             f"train/reward/{name}": source_sums[3 * i] / source_sums[3 * i + 1]
@@ -90,16 +91,16 @@ def log_step(
             f"train/reward_std/{name}": _std(*source_sums[3 * i : 3 * i + 3])
             for i, name in enumerate(per_source)
         },
-        "train/shaped_reward": means[1],
-        "train/kl": means[2],  # per reply, Σ_t: what β multiplies in R − β·KL
+        "train/shaped_reward": s_sum / s_n if s_n else None,
+        "train/kl": means[0],  # per reply, Σ_t: what β multiplies in R − β·KL
         "train/kl_per_token": kl_sum / max(reply_tokens, 1),  # TRL's logged kl
-        "train/kl_k3": means[3],
+        "train/kl_k3": means[1],
         "train/reward_std": reward_std,
-        "train/frac_reward_zero_std": means[6],
-        "train/loss": means[7],
+        "train/frac_reward_zero_std": means[4],
+        "train/loss": means[5],
         "train/entropy": entropy_sum / max(tokens, 1),
-        "train/length": means[4],
-        "train/eos_rate": means[5],
+        "train/length": means[2],
+        "train/eos_rate": means[3],
         "train/baseline": base,
         "train/advantage_std": adv.std().item() if adv.numel() > 1 else 0.0,
         "train/grad_norm": update.grad_norm,
@@ -111,7 +112,7 @@ def log_step(
         "train/peak_mem_gb": peak_memory_gb(),
     }
     if clipping:  # every process's replies
-        logged["train/clip_ratio"] = means[8]
+        logged["train/clip_ratio"] = means[6]
     # what TRL reward functions logged with log_metric (this process's) and log_extra; a
     # name that is one of distalign's own goes under log_metric/ (log_extra/ in history rows)
     function_metrics, extra = t.reward.log.take() if hasattr(t.reward, "log") else ({}, {})

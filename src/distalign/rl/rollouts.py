@@ -115,9 +115,11 @@ def evaluate_policy(
     )
     ref_lp = reference_logprobs(policy, ref_model, ro, cfg, pad_id)
     kl = kl_estimates(ro.logps, ref_lp, ro.mask)
+    per_source = scores.per_source or {}
     result = {
-        "reward": scores.rewards.nanmean().item(),  # NaN: a reply no source scored
-        **{f"reward/{n}": v.nanmean().item() for n, v in (scores.per_source or {}).items()},
+        # a reply no source scored is out of the mean; none scored: None (JSON has no NaN)
+        "reward": _finite(scores.rewards.nanmean().item()),
+        **{f"reward/{n}": _finite(v.nanmean().item()) for n, v in per_source.items()},
         "kl": kl["k1"].mean().item(),
         "length": ro.mask.sum(-1).mean().item(),
         "eos_rate": sum(ro.finished) / len(ro.finished),
@@ -130,6 +132,10 @@ def evaluate_policy(
         # each annotator group's mean reward: does the policy serve the worse-off group?
         result |= {f"gold_{g.name}": float(judged[f"gold_{g.name}"].mean()) for g in GROUPS}
     return result
+
+
+def _finite(x: float) -> float | None:
+    return None if x != x else x
 
 
 def reference_distributions(

@@ -182,18 +182,22 @@ def advantages_for(
     ``rewards``: the rewards before the KL penalty (default: ``shaped``), for ``grpo``, which
     divides the rewards' spread out and subtracts the penalty after (``grpo_advantages``)."""
     k, name = cfg.num_generations, cfg.baseline
-    scored = ~shaped.isnan()  # NaN: no reward source scored the reply (advantage 0, as TRL)
-    if not scored.all() or (pooled is not None and pooled.isnan().any()):
+    # NaN before the KL penalty: no reward source scored the reply (advantage 0, as TRL); a
+    # NaN the penalty brings is a numeric fault, left to reach the non-finite-step guard
+    unscored = (shaped if rewards is None else rewards).isnan()
+    no_greedy = greedy is not None and bool(greedy.isnan().any())
+    if unscored.any() or no_greedy or (pooled is not None and pooled.isnan().any()):
         return _advantages_where_scored(cfg, shaped, std, state, pooled, greedy, gather,
-                                        finished, rewards)  # fmt: skip
+                                        finished, rewards, unscored)  # fmt: skip
     if name == "moving_average":
         adv, base = moving_average_advantages(
             shaped, state.baseline_mean, state.baseline_count, pooled
         )
+        seen = shaped if pooled is None else pooled
         state.baseline_mean, state.baseline_count = moving_average_update(
             state.baseline_mean,
             state.baseline_count,
-            shaped if pooled is None else pooled,
+            seen[~seen.isnan()],  # a NaN the KL penalty brought never enters the average
             cfg.ema,
         )
     elif name == "remax":
@@ -218,28 +222,33 @@ def advantages_for(
     return _after_estimator(cfg, adv, std, gather, finished), base
 
 
-def _after_estimator(cfg: RLTrainConfig, adv, std, gather, finished) -> torch.Tensor:
-    """What applies after any estimator: normalisation over every process's scored replies
-    (NaN: not scored), uncertainty scaling, truncated replies out of the loss, and 0 for the
-    replies no reward source scored."""
+def _after_estimator(cfg: RLTrainConfig, adv, std, gather, finished, zero=None) -> torch.Tensor:
+    """What applies after any estimator: normalisation over every process's replies that
+    take part (NaN: left out), uncertainty scaling, truncated replies out of the loss, and 0
+    for the replies in ``zero`` (those left out)."""
     if cfg.normalize_advantages:
         adv = whiten(adv, eps=1e-4, reference=None if gather is None else gather(adv))  # TRL's ε
     if cfg.uncertainty_scaling and std is not None:
         adv = uncertainty_scaled(adv, std)
     if cfg.mask_truncated_completions and finished is not None:
         adv = adv * torch.tensor(finished, dtype=adv.dtype, device=adv.device)
-    return torch.nan_to_num(adv, nan=0.0)
+    return adv if zero is None else adv.masked_fill(zero, 0.0)
 
 
-def _advantages_where_scored(cfg: RLTrainConfig, shaped, std, state: TrainState, pooled, greedy,
-                             gather, finished, rewards) -> tuple[torch.Tensor, float]:  # fmt: skip
-    """``advantages_for`` when some replies were scored by no reward source (NaN), as TRL's
-    RLOO takes them: they stay out of every baseline and statistic and get advantage 0; a
-    group estimator runs over each prompt's scored replies (``group_advantages_where_scored``).
-    """
-    k, name, scored = cfg.num_generations, cfg.baseline, ~shaped.isnan()
+def _advantages_where_scored(
+    cfg: RLTrainConfig, shaped, std, state: TrainState, pooled, greedy, gather, finished,
+    rewards, unscored,
+) -> tuple[torch.Tensor, float]:  # fmt: skip
+    """``advantages_for`` when some replies were scored by no reward source (``unscored``), as
+    TRL's RLOO takes them: they stay out of every baseline and statistic and get advantage 0;
+    a group estimator runs over each prompt's scored replies
+    (``group_advantages_where_scored``). ReMax's replies whose greedy reply no source scored
+    have no baseline, and get 0 too."""
+    k, name, scored = cfg.num_generations, cfg.baseline, ~unscored
     everyone = shaped[scored] if pooled is None else pooled[~pooled.isnan()]
+    everyone = everyone[~everyone.isnan()]  # never a NaN into a baseline's state
     adv = torch.full_like(shaped, float("nan"))
+    zero = unscored
     base = everyone.double().mean().item() if everyone.numel() else 0.0
     if name == "moving_average":
         adv[scored], base = moving_average_advantages(
@@ -253,6 +262,8 @@ def _advantages_where_scored(cfg: RLTrainConfig, shaped, std, state: TrainState,
         if greedy is None:
             raise ValueError("baseline remax needs the greedy replies' rewards")
         adv, base = remax_advantages(shaped, greedy, k), greedy.nanmean().item()
+        zero = unscored | greedy.isnan().to(unscored.device).repeat_interleave(k)
+        adv = adv.masked_fill(zero, float("nan"))
     elif name in ("rloo", "grpo", "dr_grpo"):
         if name == "grpo" and rewards is not None:
             adv = group_advantages_where_scored(grpo_advantages, rewards, k,
@@ -260,10 +271,11 @@ def _advantages_where_scored(cfg: RLTrainConfig, shaped, std, state: TrainState,
         else:
             estimator = {"rloo": rloo_advantages, "grpo": grpo_advantages,
                          "dr_grpo": dr_grpo_advantages}[name]  # fmt: skip
-            adv = group_advantages_where_scored(estimator, shaped, k)
+            adv = group_advantages_where_scored(estimator, shaped, k, scored=scored)
         # out of the normalisation, as TRL: the unscored, and a group's only scored reply
         alone = scored.view(-1, k).sum(-1, keepdim=True).expand(-1, k).reshape(-1) < 2
-        adv = adv.masked_fill(~scored | alone, float("nan"))
+        zero = unscored | alone
+        adv = adv.masked_fill(zero, float("nan"))
     elif name == "reinforce_pp":
         adv[scored] = reinforce_pp_advantages(shaped[scored], pooled=everyone)
     elif name == "none":
@@ -274,7 +286,7 @@ def _advantages_where_scored(cfg: RLTrainConfig, shaped, std, state: TrainState,
             "by no reward source (all returned None/NaN): give them a reward, or take another "
             "baseline (rloo leaves them out, as TRL does)"
         )
-    return _after_estimator(cfg, adv, std, gather, finished), base
+    return _after_estimator(cfg, adv, std, gather, finished, zero), base
 
 
 def load_rewards(cfg: RLTrainConfig, device, dtype: str = "float32"):
@@ -757,7 +769,9 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             for finite in update.finite:
                 count_nonfinite(state, finite, cfg.max_nonfinite_steps)
             bar.update(1)
-            bar.set_postfix(reward=f"{logged['train/reward']:.3f}", kl=f"{logged['train/kl']:.2f}")
+            reward = logged["train/reward"]  # None: no reply of the step scored
+            bar.set_postfix(reward="—" if reward is None else f"{reward:.3f}",
+                            kl=f"{logged['train/kl']:.2f}")  # fmt: skip
             if cadence.evaluates(state.step):
                 with full_parameters(t.learner):
                     final, evaluated_at = evaluate(t, state, eval_prompts, cfg), state.step
