@@ -225,6 +225,12 @@ def start_tracking(accelerator, project: str, run_name: str | None, config: Any)
     accelerator.init_trackers(project, config=flat_hparams(config), init_kwargs=init_kwargs)
 
 
+def nan_to_none(x: float) -> float | None:
+    """A number for a JSON row: NaN (a value nothing gave, e.g. a reward no source scored) as
+    None, which JSON has; any other number as it is."""
+    return None if x != x else x
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         value = value.item()

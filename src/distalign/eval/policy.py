@@ -156,8 +156,9 @@ def judge_replies(judge, prompts, texts, device, completion_ids=None) -> dict[st
     out = judge(prompts, texts, columns=prompt_columns(prompts), completion_ids=completion_ids,
                 log=False)  # fmt: skip
     values = out.rewards.detach().float().cpu().numpy()
-    if np.isnan(values).any():  # a win rate needs every reply judged
-        i = int(np.isnan(values).argmax())
+    missing = np.isnan(values)
+    if missing.any():  # a win rate needs every reply judged
+        i = int(missing.argmax())
         raise RewardFunctionError(f"the judge scored no value for reply {i} (None/NaN): "
                                   f"{texts[i][:80]!r}; a judge must score every reply")  # fmt: skip
     return {"judge": values}

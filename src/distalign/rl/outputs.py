@@ -21,7 +21,7 @@ from distalign.checkpoint import save_checkpoint
 from distalign.distributed import EVERY_PROCESS, full_optimizer_state, full_state_dict
 from distalign.models.lora import merged_for_saving
 from distalign.printing import print_completions
-from distalign.tracking import peak_memory_gb
+from distalign.tracking import nan_to_none, peak_memory_gb
 
 if TYPE_CHECKING:
     from distalign.rl.config import RLTrainConfig
@@ -127,13 +127,13 @@ def log_step(
     for i, text in enumerate(ro.texts):
         row = {
             "step": state.step, "prompt": ro.prompts[i // cfg.num_generations], "reply": text,
-            "reward": _finite(scored.rewards[i].item()),  # None: no source scored it
-            "shaped_reward": _finite(shaped[i].item()),
+            "reward": nan_to_none(scored.rewards[i].item()),  # None: no source scored it
+            "shaped_reward": nan_to_none(shaped[i].item()),
             "kl": kl["k1"][i].item(), "advantage": adv[i].item(),
             "length": int(lengths[i].item()), "finished": ro.finished[i],
         }  # fmt: skip
         if per_source:  # unweighted, None where a source did not score the reply
-            row["rewards"] = {n: _finite(v[i].item()) for n, v in per_source.items()}
+            row["rewards"] = {n: nan_to_none(v[i].item()) for n, v in per_source.items()}
         if scored.distributions is not None:
             row["distribution"] = [round(x, 5) for x in scored.distributions[i].tolist()]
         row |= {f"log_extra/{c}" if c in row else c: values[i] for c, values in extra.items()}
@@ -154,10 +154,6 @@ def _std(total: float, count: float, squares: float) -> float | None:
     if count < 2:
         return None
     return math.sqrt(max(squares - total * total / count, 0.0) / (count - 1))
-
-
-def _finite(x: float) -> float | None:
-    return None if x != x else x  # NaN is not JSON
 
 
 def save_policy(model, tokenizer, folder: Path, weights=None) -> None:

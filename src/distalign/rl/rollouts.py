@@ -18,6 +18,7 @@ from distalign.models.generate import reply_texts, sample_token_ids, sampling_of
 from distalign.rl.config import is_gold
 from distalign.rl.logprobs import pad_reply_tensors, reference_mode, reply_logprobs
 from distalign.rl.rewards import prompt_columns
+from distalign.tracking import nan_to_none
 
 if TYPE_CHECKING:
     from distalign.rl.config import RLTrainConfig
@@ -118,8 +119,8 @@ def evaluate_policy(
     per_source = scores.per_source or {}
     result = {
         # a reply no source scored is out of the mean; none scored: None (JSON has no NaN)
-        "reward": _finite(scores.rewards.nanmean().item()),
-        **{f"reward/{n}": _finite(v.nanmean().item()) for n, v in per_source.items()},
+        "reward": nan_to_none(scores.rewards.nanmean().item()),
+        **{f"reward/{n}": nan_to_none(v.nanmean().item()) for n, v in per_source.items()},
         "kl": kl["k1"].mean().item(),
         "length": ro.mask.sum(-1).mean().item(),
         "eos_rate": sum(ro.finished) / len(ro.finished),
@@ -132,10 +133,6 @@ def evaluate_policy(
         # each annotator group's mean reward: does the policy serve the worse-off group?
         result |= {f"gold_{g.name}": float(judged[f"gold_{g.name}"].mean()) for g in GROUPS}
     return result
-
-
-def _finite(x: float) -> float | None:
-    return None if x != x else x
 
 
 def reference_distributions(

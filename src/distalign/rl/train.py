@@ -245,7 +245,7 @@ def _advantages_where_scored(
     (``group_advantages_where_scored``). ReMax's replies whose greedy reply no source scored
     have no baseline, and get 0 too."""
     k, name, scored = cfg.num_generations, cfg.baseline, ~unscored
-    everyone = shaped[scored] if pooled is None else pooled[~pooled.isnan()]
+    everyone = shaped[scored] if pooled is None else pooled
     everyone = everyone[~everyone.isnan()]  # never a NaN into a baseline's state
     adv = torch.full_like(shaped, float("nan"))
     zero = unscored
