@@ -194,3 +194,18 @@ def test_a_model_trained_with_the_older_rendering_is_flagged(tiny_rm, tmp_path, 
     with caplog.at_level("WARNING"):
         load_reward_model(tmp_path)
     assert "end-of-turn token" in caplog.text
+
+
+def test_scoring_fits_a_long_conversation_as_training_does(smol_tokenizer):
+    """A reward model reads a reply at scoring time (RL rewards, rm score) from the tokens it
+    was trained on: the oldest turns are dropped before any token is cut from the left."""
+    from distalign.models.reward_model import scored_tokens
+
+    reply = "Pears are sweet."
+    pair = tokenize_pair(smol_tokenizer, LONG, reply, "Pears.", max_length=64)
+    assert pair["cut"]
+    prompt, reply_ids = scored_tokens(smol_tokenizer, LONG, reply, max_length=64)
+    assert (prompt, reply_ids) == (pair["prompt_ids"], pair["chosen_ids"])
+    text = smol_tokenizer.decode(prompt)
+    assert "apples" not in text and text.rstrip().endswith("assistant")
+    assert "And pears" in text

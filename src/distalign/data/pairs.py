@@ -125,6 +125,32 @@ def _drop_oldest_turn(messages: list[dict[str, str]]) -> list[dict[str, str]] | 
     return messages[:start] + messages[users[1] :]
 
 
+def fit_replies(
+    tokenizer,
+    messages: list[dict[str, str]],
+    replies: Sequence[str],
+    max_length: int,
+    max_prompt_length: int | None = None,
+) -> tuple[list[int], list[list[int]], bool]:
+    """(prompt ids, each reply's ids, cut) of ``messages`` and its replies, fitted to
+    ``max_length`` as a reward model reads them, in training and in scoring alike: the oldest
+    turns are dropped first (the system message and the last user turn stay), then the
+    prompt's start and the replies' ends are cut (``truncate_pair``; ``max_prompt_length``
+    defaults to half of ``max_length``). ``cut``: whether anything was dropped or cut."""
+    max_prompt_length = max_prompt_length or max_length // 2
+    cut = False
+    while True:
+        p, ids = render_pair_ids(tokenizer, messages, replies)
+        if len(p) + max(len(r) for r in ids) <= max_length:
+            break
+        cut, shorter = True, _drop_oldest_turn(messages)
+        if shorter is None:
+            break
+        messages = shorter
+    p, ids = truncate_pair(p, ids, max_length, max_prompt_length)
+    return p, ids, cut
+
+
 def tokenize_pair(
     tokenizer,
     prompt: list[dict[str, str]],
@@ -133,20 +159,12 @@ def tokenize_pair(
     max_length: int,
     max_prompt_length: int | None = None,
 ) -> dict[str, list[int]]:
-    """One normalised pair -> ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (truncated:
-    the oldest turns first, then the prompt's start and the replies' ends), and ``cut``:
-    whether anything was cut to fit ``max_length``."""
-    max_prompt_length = max_prompt_length or max_length // 2
-    messages, cut = prompt, False
-    while True:
-        p, (c, r) = render_pair_ids(tokenizer, messages, (chosen, rejected))
-        if len(p) + max(len(c), len(r)) <= max_length:
-            break
-        cut, shorter = True, _drop_oldest_turn(messages)
-        if shorter is None:
-            break
-        messages = shorter
-    p, (c, r) = truncate_pair(p, (c, r), max_length, max_prompt_length)
+    """One normalised pair -> ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (fitted by
+    ``fit_replies``: the oldest turns first, then the prompt's start and the replies' ends),
+    and ``cut``: whether anything was cut to fit ``max_length``."""
+    p, (c, r), cut = fit_replies(
+        tokenizer, prompt, (chosen, rejected), max_length, max_prompt_length
+    )
     return {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r, "cut": cut}
 
 

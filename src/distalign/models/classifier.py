@@ -191,10 +191,10 @@ def encode_conversation(tokenizer, prompt, reply: str, max_length: int) -> list[
 
     A chat template writes its own special tokens (BOS, turn markers), as in TRL; a built-in
     plain-text rendering gets the BOS its tokenizer adds, and the ``role: content`` lines of a
-    BERT-style tokenizer its ``[CLS]`` … ``[SEP]``. A longer conversation is cut as
-    distalign's own reward models are (``truncate_pair``): the prompt from the left, the reply
-    from the right, the prompt keeping at least half; when the rendering of the prompt is not a
-    prefix of the conversation's, the last tokens are kept.
+    BERT-style tokenizer its ``[CLS]`` … ``[SEP]``. A longer conversation is cut by
+    ``truncate_pair``: the prompt from the left, the reply from the right, the prompt keeping
+    at least half; when the rendering of the prompt is not a prefix of the conversation's, the
+    last tokens are kept.
     """
     from distalign.data.pairs import truncate_pair
 

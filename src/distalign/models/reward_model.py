@@ -354,13 +354,13 @@ def scored_tokens(
     tokenizer, prompt: list[dict[str, str]], reply: str, max_length: int,
     max_prompt_length: int | None = None,
 ) -> tuple[list[int], list[int]]:  # fmt: skip
-    """(prompt ids, reply ids) as a reward model reads one reply: rendered by the chat
-    template, the prompt cut from the left to ``max_prompt_length`` (default half of
-    ``max_length``) and the reply to what is left."""
-    from distalign.data.pairs import render_pair_ids, truncate_pair
+    """(prompt ids, reply ids) as a reward model reads one reply, fitted to ``max_length``
+    by the rule it was trained with (``data.pairs.fit_replies``): rendered by the chat
+    template, the oldest turns dropped first, then the prompt cut from the left to
+    ``max_prompt_length`` (default half of ``max_length``) and the reply to what is left."""
+    from distalign.data.pairs import fit_replies
 
-    prompt_ids, replies = render_pair_ids(tokenizer, prompt, [reply])
-    p, (r,) = truncate_pair(prompt_ids, replies, max_length, max_prompt_length or max_length // 2)
+    p, (r,), _ = fit_replies(tokenizer, prompt, [reply], max_length, max_prompt_length)
     return p, r
 
 
