@@ -25,7 +25,7 @@ from distalign.eval.policy import (
 )
 from distalign.metrics import bootstrap_interval, win_rate
 from distalign.models.generate import SamplingConfig
-from distalign.report import plots
+from distalign.report import html, plots
 from distalign.report.html import rebuild_report, write_report
 from distalign.report.runs import rl_panels, rl_run_names
 from distalign.report.tables import compare_config, headline_columns, headline_rows, verdicts
@@ -601,7 +601,11 @@ def test_the_spread_measures_are_explained_and_tabled_once(tmp_path):
     html = write_report(summary, None, tmp_path).read_text()
     assert html.count("fixes each annotator") == 1
     assert html.count("ρ with centred spread") == 1
-    assert "— (scalar: no spread)" in html and "<b>ordinal</b> 0.140" in html
+    # the headline is the centred measure (the raw one grows with length); the table has both
+    assert "— (scalar: no spread)" in html and "<b>ordinal</b> -0.300" in html
+    summary.pop("std_vs_disagreement")  # a comparison saved before the centred measure
+    html = write_report(summary, None, tmp_path).read_text()
+    assert "<b>ordinal</b> 0.140" in html and "raw std of the gold reward" in html
 
 
 def test_policies_and_reward_models_may_be_named_by_their_folders():
@@ -765,3 +769,79 @@ def test_a_judge_must_score_every_reply():
     assert judge_replies(judge, [chat] * 2, ["a", "b"], "cpu")["judge"].tolist() == [1.0, 1.0]
     with pytest.raises(RewardFunctionError, match=r"no value for reply 1 .*'\?'"):
         judge_replies(judge, [chat] * 2, ["a", "?"], "cpu")
+
+
+def test_an_oracle_policy_is_named_on_its_verdict_and_in_the_table(tmp_path):
+    config = {"num_generations": 1, "policies": ["good=runs/rl_gold/final", "runs/rl_rm/final"]}
+    summary = {**_summary(config=config), "trained_on_judge": ["runs/rl_gold"]}
+    by_name = {v["name"]: v for v in verdicts(summary)}
+    assert by_name["good"]["oracle"] and not by_name["bad"]["oracle"]
+    html = write_report(summary, None, tmp_path).read_text()
+    assert html.count("Oracle run: trained on the gold judge") == 1
+    assert "good (oracle)" in html and "Oracle runs:" in html
+    assert "good (run runs/rl_gold) was trained on the gold judge" in html
+    assert "Measured once only" not in html  # that heading is for one-point panels
+
+
+def test_sft_reads_as_the_reference_and_a_missing_interval_as_none(tmp_path):
+    summary = _summary()
+    summary["policies"]["tied"].pop("gold_win_rate_ci95")
+    tied = next(v for v in verdicts(summary) if v["name"] == "tied")
+    assert (tied["badge"], tied["interval"], tied["where"]) == ("no interval", "—", "none saved")
+    sample = {"prompt": "Hi", "sft": {"reply": "", "gold": 1.0}, "good": {"reply": "Yo", "gold": 2}}
+    html = write_report({**summary, "samples": [sample]}, None, tmp_path).read_text()
+    assert "contains 0.5" not in html.split("tied</b>")[1].split("</div>")[0]
+    assert "reference" in html and "0.500<br>" not in html  # SFT against itself: no figure
+    assert "(empty reply)" in html and 'dir="auto"' in html and 'name="viewport"' in html
+
+
+def test_a_rebuild_from_elsewhere_finds_the_runs_or_says_which_are_missing(tmp_path, monkeypatch):
+    """eval compare saves run folders relative to where it ran; the page rebuilt from another
+    working directory draws them all the same, and names any it cannot find."""
+    root = tmp_path / "project"
+    run = root / "runs" / "rl_a"
+    (run / "final").mkdir(parents=True)
+    rows = [{"step": s, "train/reward": s / 2, "train/kl": s / 4, "eval/gold_mean": 2 + s / 8}
+            for s in (1, 2, 3)]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {"num_generations": 1, "runs": ["runs/rl_a", "runs/gone"],
+              "policies": ["good=runs/rl_a/final"]}  # fmt: skip
+    curve = [{"step": 0, "kl": 0.0, "gold_mean": 2.0}, {"step": 3, "kl": 1.0, "gold_mean": 2.4}]
+    summary = {**_summary(config=config), "overoptimisation": {"runs/rl_a": curve}}
+    compare = root / "runs" / "compare"
+    compare.mkdir()
+    (compare / "compare.json").write_text(json.dumps(summary))
+    drawn = {}
+    real = html.plots.overoptimisation
+    monkeypatch.setattr(html.plots, "overoptimisation",
+                        lambda curves, *a: drawn.update(curves) or real(curves, *a))  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # not the folder eval compare ran in
+    page = rebuild_report(compare).read_text()
+    assert list(drawn) == ["good"]  # the curve by its policy's name (and colour)
+    assert "REINFORCE training" in page
+    assert "not found here" in page and "runs/gone" in page
+
+
+def test_under_a_named_judge_the_runs_gold_panel_is_the_benchmarks(tmp_path):
+    run = tmp_path / "rl"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "eval/gold_mean": 1.0}) + "\n")
+    titles = [p.title for p in rl_panels({str(run): "rl"}, {}, gold_judge=False)]
+    assert titles[0] == "the benchmark's gold reward on the run's own held-out prompts"
+
+
+def test_reward_model_curves_take_colours_no_policy_has():
+    taken = {"#1f77b4", "#ff7f0e"}
+    used = []
+    real = plots.plt.Axes.plot
+
+    def spy(ax, *args, color=None, **kwargs):
+        used.append(color)
+        return real(ax, *args, color=color, **kwargs)
+
+    series = {"rm_a": [(1, 1.0), (2, 0.5)], "rm_b": [(1, 2.0), (2, 1.0)]}
+    panel = plots.Panel("loss", "nats", series)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(plots.plt.Axes, "plot", spy)
+        plots.training_curves([panel], avoid=taken)
+    assert used and not taken & set(used)

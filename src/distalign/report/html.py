@@ -31,6 +31,7 @@ from distalign.report.tables import (
     judge_of,
     measures_table,
     number,
+    oracle_policies,
     reward_model_table,
     reward_models,
     rm_eval_table,
@@ -50,15 +51,32 @@ def decoding(config: Mapping) -> str:
     )
 
 
+SINGLES = "Measured once only, so given as numbers rather than drawn:"
+
+
 def _figure(
-    title: str, png: bytes | None, caption: str = "", notes: list[str] | None = None
+    title: str,
+    png: bytes | None,
+    caption: str = "",
+    notes: list[str] | None = None,
+    heading: str = SINGLES,
 ) -> list[dict[str, Any]]:
-    """A section of the page: a figure (base64 PNG) with its caption, and ``notes``, the
-    numbers of panels with one point only. Nothing when there is neither."""
+    """A section of the page: a figure (base64 PNG) with its caption, and ``notes`` under
+    ``heading`` (by default the numbers of panels with one point only). Nothing when there is
+    neither."""
     if png is None and not notes:
         return []
     encoded = base64.b64encode(png).decode() if png is not None else None
-    return [{"title": title, "caption": caption, "png": encoded, "notes": notes or []}]
+    return [
+        {"title": title, "caption": caption, "png": encoded, "notes": notes or [],
+         "heading": heading}
+    ]  # fmt: skip
+
+
+def _oracle_name(run: str, oracles: Mapping[str, str]) -> str:
+    """An oracle run by the policies it made (and its folder), else by its folder."""
+    names = ", ".join(n for n, r in oracles.items() if r == run)
+    return f"{names} (run {run})" if names else run
 
 
 def _singles(panels: list[plots.Panel]) -> list[str]:
@@ -89,17 +107,20 @@ def figures(summary: Mapping, config: Mapping, judge_rewards: Mapping | None) ->
         }
         for title, key in judges.items()
     }
+    oracles = oracle_policies(summary)
     out = _figure(
         "Win rate against SFT",
         plots.win_rate_intervals(intervals, colors),
         "Dot: the probability that a reply of the policy is preferred to an SFT reply to the "
         "same prompt; bar: 95% bootstrap interval over prompts. Right of the dotted 0.5 line: "
-        f"better than SFT. {judge.standing}; reward models are what was optimised.",
+        f"better than SFT. {judge.standing}; reward models are what was optimised"
+        + (", except by the oracle runs below." if summary.get("trained_on_judge") else "."),
         [
-            f"{run} was trained on the gold judge's reward: its gold figures grade its own "
-            "training objective (an oracle run), not a held-out evaluation"
+            f"{_oracle_name(run, oracles)} was trained on the gold judge's reward: its gold "
+            "figures grade its own training objective (an oracle run), not a held-out evaluation"
             for run in summary.get("trained_on_judge") or []
         ],
+        "Oracle runs:",
     )
     if judge_rewards:
         out += _figure(
@@ -136,11 +157,17 @@ def figures(summary: Mapping, config: Mapping, judge_rewards: Mapping | None) ->
             if len(pts) == 1
         ],
     )
-    drawn, single = plots.single_point_panels(rl_panels(run_names, _reward_dirs(config)))
+    drawn, single = plots.single_point_panels(
+        rl_panels(run_names, _reward_dirs(config), judge.gold)
+    )
     out += _figure(
         "REINFORCE training",
         plots.training_curves(drawn, colors),
-        ("Gold reward on the run's held-out prompts, the" if judge.gold else "The")
+        (
+            "Gold reward on the run's held-out prompts, the"
+            if judge.gold
+            else "The run's own evaluation by the benchmark's gold judge (where it logged one), the"
+        )
         + " reward it was trained on (one panel per reward: their scales differ), KL to SFT and "
         "reply length per training step.",
         _singles(single),
@@ -148,7 +175,7 @@ def figures(summary: Mapping, config: Mapping, judge_rewards: Mapping | None) ->
     drawn, single = plots.single_point_panels(rm_panels(config.get("rm_runs", [])))
     out += _figure(
         "Reward-model training",
-        plots.training_curves(drawn),
+        plots.training_curves(drawn, avoid=set(colors.values())),
         "Loss per model (losses of different heads are different quantities), pairwise "
         "accuracy on training batches and on held-out pairs.",
         _singles(single),
@@ -156,6 +183,16 @@ def figures(summary: Mapping, config: Mapping, judge_rewards: Mapping | None) ->
     for title, png in rm_evaluation_images(config.get("rm_runs", [])):
         out += _figure(title, png)
     return out
+
+
+def spread_headline(summary: Mapping) -> dict[str, float | None]:
+    """Reward model -> the Spearman correlation the page leads with: of its predicted std and
+    the annotators' disagreement centred within the prompt, or, in a comparison saved before
+    that measure, the raw one (``std_vs_disagreement_spearman``)."""
+    measures = summary.get("std_vs_disagreement")
+    if measures:
+        return {rm: (v or {}).get("spearman_centred") for rm, v in measures.items()}
+    return dict(summary.get("std_vs_disagreement_spearman") or {})
 
 
 def _reward_dirs(config: Mapping) -> dict[str, str]:
@@ -189,9 +226,14 @@ def write_report(
         verdicts=verdicts(summary),
         table=measures_table(summary),
         rm_view=reward_model_table(summary),
-        spread=summary.get("std_vs_disagreement_spearman") or {},
+        spread=spread_headline(summary),
         spread_measures=summary.get("std_vs_disagreement") or {},
         figures=figures(summary, config, judge_rewards),
+        missing=[
+            str(d)
+            for d in dict.fromkeys([*config.get("runs", []), *config.get("rm_runs", [])])
+            if isinstance(d, str) and not Path(d).expanduser().exists()
+        ],
         rm_table=rm_eval_table(config),
         names=list(policies),
         samples=[
@@ -219,6 +261,47 @@ def write_report(
     return path
 
 
+def _relocate(path: str, bases: list[Path]) -> str:
+    """A relative folder as found from here, else from the first of ``bases`` that has it;
+    as it was when neither has it."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return path
+    return next((str(b / p) for b in bases if (b / p).exists()), path)
+
+
+def _relocate_spec(item: str, bases: list[Path]) -> str:
+    """``folder`` or ``name=folder`` (of a config's policies and rewards), relocated."""
+    new = _relocate(item, bases)
+    if new == item and "=" in item:
+        name, _, folder = item.partition("=")
+        if (moved := _relocate(folder, bases)) != folder:
+            return f"{name}={moved}"
+    return new
+
+
+def relocated(summary: dict, compare_dir: Path) -> dict:
+    """A saved comparison with the relative run folders of its config found again when the
+    page is rebuilt from another working directory: ``eval compare`` saves them as given,
+    relative to where it ran, which is usually the comparison folder or one of its parents
+    (``make demo``: ``runs/demo/rl_…`` beside ``runs/demo/compare``)."""
+    bases = [compare_dir.resolve(), *compare_dir.resolve().parents]
+    config = dict(summary.get("config") or {})
+    for key in ("runs", "rm_runs", "policies", "rewards"):
+        if isinstance(config.get(key), list):
+            config[key] = [
+                _relocate_spec(v, bases) if isinstance(v, str) else v for v in config[key]
+            ]
+    curves = summary.get("overoptimisation") or {}
+    oracles = summary.get("trained_on_judge") or []
+    return {
+        **summary,
+        "config": config,
+        "overoptimisation": {_relocate(k, bases): v for k, v in curves.items()},
+        **({"trained_on_judge": [_relocate(r, bases) for r in oracles]} if oracles else {}),
+    }
+
+
 def rebuild_report(compare_dir: str | Path) -> Path:
     """Write ``report.html`` again from a comparison's saved numbers (``compare.json``, and
     ``replies.jsonl`` for the judge's reward of every reply) and the run folders its config
@@ -230,7 +313,7 @@ def rebuild_report(compare_dir: str | Path) -> Path:
         from distalign.config import ConfigError
 
         raise ConfigError(f"{numbers} not found: give the output_dir of `eval compare`")
-    summary = json.loads(numbers.read_text())
+    summary = relocated(json.loads(numbers.read_text()), compare_dir)
     key = judge_of(summary).reply_key
     rewards: dict[str, list[float]] = {}
     replies = compare_dir / "replies.jsonl"

@@ -247,6 +247,7 @@ def overoptimisation(
             for p, x, v in zip(pts, kl, value, strict=True):
                 ax.annotate(f"{p['step']}", (x, v), textcoords="offset points", xytext=(4, 4),
                             fontsize=8, color="#333")  # fmt: skip
+        ax.margins(x=0.1, y=0.12)  # room for the last point's step label
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("KL to SFT (nats per reply)")
         ax.set_ylabel(ylabel)
@@ -285,9 +286,13 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
 
 
 @_plain_text
-def training_curves(panels: list[Panel], colors: dict[str, str] | None = None) -> bytes | None:
+def training_curves(
+    panels: list[Panel], colors: dict[str, str] | None = None, avoid: set[str] = frozenset()
+) -> bytes | None:
     """Training curves, at most three panels a row. Series of ``SMOOTH_FROM`` points or more
-    are drawn as a moving average over about a tenth of the run, the raw values faint behind."""
+    are drawn as a moving average over about a tenth of the run, the raw values faint behind.
+    A series without a colour in ``colors`` takes the next one that is not in ``avoid`` (the
+    policies' colours, so a reward model's curve is never read as a policy's)."""
     panels = [p for p in panels if p.points() > 1]
     if not panels:
         return None
@@ -295,13 +300,16 @@ def training_curves(panels: list[Panel], colors: dict[str, str] | None = None) -
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.1 * rows), squeeze=False)
     colors = dict(colors or {})
-    cycle = iter(plt.get_cmap("tab10").colors)
+    taken = {c.lower() for c in avoid}
+    free = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab10").colors]
+    free = [c for c in free if c not in taken and c != SFT_COLOR] or free
+    cycle = iter(free + free)
     smoothed_any = False
     for ax, panel in zip(axes.flat, panels, strict=False):
         for name, pts in panel.series.items():
             if not pts:
                 continue
-            color = colors.setdefault(name, matplotlib.colors.to_hex(next(cycle, "k")))
+            color = colors.setdefault(name, next(cycle, "k"))
             x, y = (np.array(v, dtype=float) for v in zip(*sorted(pts), strict=True))
             if len(y) >= SMOOTH_FROM:
                 smoothed_any = True

@@ -89,18 +89,20 @@ def _source_label(spec: str, reward_names: dict[str, str]) -> str:
     return f"RM {known.get(str(Path(spec).resolve()), source_name(spec))}"
 
 
-def rl_panels(run_names: dict[str, str], reward_names: dict[str, str]) -> list[Panel]:
+def rl_panels(
+    run_names: dict[str, str], reward_names: dict[str, str], gold_judge: bool = True
+) -> list[Panel]:
     """Training curves of RL runs: held-out gold reward, then the training reward with one
     panel per reward signal (runs trained against different RMs or functionals never share
-    an axis), KL to SFT and reply length."""
+    an axis), KL to SFT and reply length. ``gold_judge``: whether the page's judge is the
+    gold judge; on a page with another judge, the runs' own gold evaluation is named as the
+    benchmark's, not the page's judge."""
     logs = _logs(run_names)
-    panels = [
-        Panel(
-            "gold reward on held-out prompts",
-            "gold reward (judge's score)",
-            _series(logs, "eval/gold_mean"),
-        )
-    ]
+    title, ylabel = "gold reward on held-out prompts", "gold reward (judge's score)"
+    if not gold_judge:
+        title = "the benchmark's gold reward on the run's own held-out prompts"
+        ylabel = "gold reward (the benchmark's judge)"
+    panels = [Panel(title, ylabel, _series(logs, "eval/gold_mean"))]
     groups: dict[str, dict[str, list]] = {}
     for folder, name in run_names.items():
         if name in logs:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from distalign.report.runs import rm_evaluations
@@ -160,30 +161,37 @@ def verdicts(summary: Mapping) -> list[dict[str, Any]]:
     few = isinstance(prompts, int) and prompts < MIN_VERDICT_PROMPTS
     key = judge_of(summary).key
     sft = policies.get("sft", {})
+    oracles = oracle_policies(summary)
     out = []
     for name, row in policies.items():
         if name == "sft":
             continue
         lo, hi = row.get(f"{key}_win_rate_ci95") or (float("nan"), float("nan"))
+        lo, hi = (float("nan") if v is None else v for v in (lo, hi))
         if few:
             outcome, where = "unclear", f"over {prompts} prompts, too few to judge by"
+        elif math.isnan(lo) or math.isnan(hi):
+            outcome, where = "unclear", "none saved"
         elif lo > 0.5:
             outcome, where = "better", "above 0.5"
         elif hi < 0.5:
             outcome, where = "worse", "below 0.5"
         else:
             outcome, where = "unclear", "contains 0.5"
+        badge = {"better": "beats SFT", "worse": "worse than SFT"}.get(outcome)
+        if badge is None:
+            badge = "too few prompts" if few else "no clear difference"
+            badge = "no interval" if where == "none saved" else badge
         reward, reward_sft = row.get(f"{key}_mean"), sft.get(f"{key}_mean")
         gain = reward - reward_sft if reward is not None and reward_sft is not None else None
         out.append(
             {
                 "name": name,
                 "outcome": outcome,
-                "badge": {"better": "beats SFT", "worse": "worse than SFT"}.get(
-                    outcome, "too few prompts" if few else "no clear difference"
-                ),
+                "badge": badge,
+                "oracle": name in oracles,
                 "win_rate": number(row.get(f"{key}_win_rate")),
-                "interval": f"{number(lo)}–{number(hi)}",
+                "interval": "—" if where == "none saved" else f"{number(lo)}–{number(hi)}",
                 "where": where,
                 "gain": "—" if gain is None else f"{gain:+.3f}",
                 "reward": number(reward),
@@ -194,25 +202,55 @@ def verdicts(summary: Mapping) -> list[dict[str, Any]]:
     return out
 
 
+def oracle_policies(summary: Mapping) -> dict[str, str]:
+    """Compared policy -> its run, for the policies whose run was trained on the gold judge's
+    reward (the saved ``trained_on_judge`` run folders: the policy's folder is such a run or
+    inside one)."""
+    from distalign.rl.rewards import named_folders
+
+    config = compare_config(summary.get("config") or {})
+    folders = named_folders(config.get("policies") or [], taken={"sft"}, strict=False)
+    out = {}
+    for run in summary.get("trained_on_judge") or []:
+        r = str(PurePath(run))
+        for name, folder in folders.items():
+            if str(PurePath(folder)) == r or str(PurePath(folder)).startswith(r + "/"):
+                out.setdefault(name, run)
+    return out
+
+
 def _ci(row: Mapping, key: str) -> tuple[str, str]:
     """A table cell: the win rate, and its interval on a second line."""
     lo, hi = row.get(f"{key}_ci95") or (None, None)
     return number(row.get(key)), f"[{number(lo)}, {number(hi)}]"
 
 
-def _table(policies: Mapping, columns: list[tuple[str, str, Any]]) -> dict[str, Any]:
+def _table(
+    policies: Mapping, columns: list[tuple[str, str, Any]], names: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Column groups [(group, span)], labels, and a row per policy from (group, label, cell)
-    columns; a cell is a string, or (value, interval) drawn on two lines."""
+    columns; a cell is a string, or (value, interval) drawn on two lines. ``names``: a row's
+    label where it is not the policy's name. SFT's win rates read "reference"."""
+    names = names or {}
     groups: list[list] = []
     for group, _, _ in columns:
         if groups and groups[-1][0] == group:
             groups[-1][1] += 1
         else:
             groups.append([group, 1])
+
+    def shown(name: str, label: str, cell: Any, row: Mapping) -> Any:
+        if name == "sft" and "win rate" in label:
+            return "reference", "(SFT itself)"
+        return cell(row)
+
     return {
         "groups": groups,
         "labels": [label for _, label, _ in columns],
-        "rows": [[name, *(cell(r) for _, _, cell in columns)] for name, r in policies.items()],
+        "rows": [
+            [names.get(name, name), *(shown(name, label, cell, r) for _, label, cell in columns)]
+            for name, r in policies.items()
+        ],
     }
 
 
@@ -243,7 +281,8 @@ def measures_table(summary: Mapping) -> dict[str, Any]:
         ("replies", "distinct words (share)", lambda r: number(r.get("distinct_1"), 2)),
         ("replies", "distinct word pairs (share)", lambda r: number(r.get("distinct_2"), 2)),
     ]
-    return _table(summary["policies"], columns)
+    oracles = {name: f"{name} (oracle)" for name in oracle_policies(summary)}
+    return _table(summary["policies"], columns, oracles)
 
 
 def reward_model_table(summary: Mapping) -> dict[str, Any] | None:
