@@ -96,6 +96,16 @@ RUN_LOGS = ("metrics.jsonl", "history.jsonl", "summary.json")
 RUN_MODELS = ("checkpoints", "final", "final_merged")
 
 
+def run_folder(model_dir: str | Path) -> str | None:
+    """The training run a model folder belongs to: the folder itself when it is a run's
+    output_dir, else the run holding it as its ``final/`` or ``checkpoints/step_N``; a run's
+    folder has its ``config.yaml`` or ``metrics.jsonl``. None when none of them is a run's."""
+    folder = Path(model_dir)
+    runs = (folder, folder.parent, folder.parent.parent)
+    marks = ("config.yaml", "metrics.jsonl")
+    return next((str(p) for p in runs if any((p / m).is_file() for m in marks)), None)
+
+
 def prepare_output_dir(
     out: str | Path,
     resume: str | None,

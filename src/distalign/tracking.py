@@ -318,10 +318,40 @@ def truncate_log(path: str | Path, step: int) -> int:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL log (``metrics.jsonl``); [] when there is none. A line that is not a
+    JSON object (the torn last line of a writer that was killed) is skipped, with a warning
+    that counts them."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, torn = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            torn += 1
+    if torn:
+        log.warning("%s: %d line(s) that are not JSON objects skipped", path, torn)
+    return rows
+
+
+def read_run_config(folder: str | Path) -> dict[str, Any] | None:
+    """The ``config.yaml`` a training run saved in ``folder``, as a dict; None when there is
+    none or it is not a YAML mapping (a folder that is not a run's, or a damaged file)."""
+    import yaml
+
+    path = Path(folder) / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 LIBRARIES = ("transformers", "datasets", "accelerate", "peft", "huggingface_hub")

@@ -845,3 +845,25 @@ def test_reward_model_curves_take_colours_no_policy_has():
         m.setattr(plots.plt.Axes, "plot", spy)
         plots.training_curves([panel], avoid=taken)
     assert used and not taken & set(used)
+
+
+def test_the_report_reads_damaged_run_folders_and_the_default_reward(tmp_path, caplog):
+    """A run with rl train's default reward (null: the gold judge's) is labelled so; a damaged
+    config.yaml or a torn last log line (a killed writer) costs its label or its line, not the
+    page."""
+    rows = [{"step": s, "train/reward": float(s)} for s in (1, 2)]
+    log = "".join(json.dumps(r) + "\n" for r in rows)
+    for name, config in {"gold": "reward: null\n", "bad": "reward: [unclosed\n"}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(config)
+        (tmp_path / name / "metrics.jsonl").write_text(log + '{"step": 3, "train/rew')
+    names = {str(tmp_path / n): n for n in ("gold", "bad")}
+    with caplog.at_level("WARNING"):
+        panels = rl_panels(names, {})
+    rewards = {p.title: list(p.series) for p in panels if p.title.startswith("training reward")}
+    assert rewards == {
+        "training reward: gold_reward": ["gold"],
+        "training reward: run bad": ["bad"],
+    }
+    assert all(len(pts) == 2 for p in panels for pts in p.series.values())
+    assert "1 line(s) that are not JSON objects skipped" in caplog.text

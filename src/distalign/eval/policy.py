@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
+from distalign.checkpoint import run_folder
 from distalign.config import ConfigError
 from distalign.data.load import same_source
 from distalign.eval.config import CompareConfig
@@ -220,22 +220,16 @@ def trained_rewards(cfg: CompareConfig) -> dict[str, list]:
     the folders holding its policies."""
     folders = [
         *cfg.runs,
-        *(run_folder(d) for d in cfg.policy_dirs().values() if run_folder(d) is not None),
+        *(r for d in cfg.policy_dirs().values() if (r := run_folder(d)) is not None),
     ]
+    from distalign.rl.rewards import run_rewards
+    from distalign.tracking import read_run_config
+
     out = {}
     for folder in dict.fromkeys(folders):
-        path = Path(folder) / "config.yaml"
-        try:
-            saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-        except (yaml.YAMLError, UnicodeDecodeError):
-            continue  # not a run's config: nothing to learn from it
-        if isinstance(saved, dict) and "reward" in saved:
-            reward = saved["reward"]
-            if reward is None:  # rl train's default: the gold judge's reward
-                from distalign.rl.rewards import GOLD_REWARD
-
-                reward = GOLD_REWARD
-            out[folder] = reward if isinstance(reward, list) else [reward]
+        saved = read_run_config(folder)  # None: not a run's config, nothing to learn from it
+        if saved is not None and "reward" in saved:
+            out[folder] = run_rewards(saved)
     return out
 
 
@@ -257,16 +251,6 @@ def reward_run(spec: Any) -> Any:
     return str(run if any((run / m).exists() for m in marks) else path)
 
 
-def run_folder(policy_dir: str) -> str | None:
-    """The training run a policy folder belongs to: the folder itself, or the one holding its
-    ``final/`` or ``checkpoints/step_N``, whichever has the run's config.yaml; None if none."""
-    folder = Path(policy_dir)
-    if not folder.is_dir():
-        return None
-    runs = (folder, folder.parent, folder.parent.parent)
-    return next((str(p) for p in runs if (p / "config.yaml").is_file()), None)
-
-
 def base_of(policy_dir: str) -> str | None:
     """The model a policy was trained from: its run's ``model_name_or_path`` (the config.yaml
     of the folder or of a run holding it: ``final/``, ``checkpoints/step_N``), or its LoRA
@@ -274,18 +258,25 @@ def base_of(policy_dir: str) -> str | None:
     folder = Path(policy_dir)
     if not folder.is_dir():
         return None
+    from distalign.tracking import read_run_config
+
     run = run_folder(policy_dir)
-    for path, key in (
-        (Path(run) / "config.yaml" if run else None, "model_name_or_path"),
-        (folder / "adapter_config.json", "base_model_name_or_path"),
+    for saved, key in (
+        (read_run_config(run) if run else None, "model_name_or_path"),
+        (_json_object(folder / "adapter_config.json"), "base_model_name_or_path"),
     ):
-        try:
-            saved = yaml.safe_load(path.read_text(encoding="utf-8")) if path else None
-        except (yaml.YAMLError, UnicodeDecodeError):
-            continue  # JSON is YAML: an adapter's config reads either way
         if isinstance(saved, dict) and isinstance(saved.get(key), str):
             return saved[key]
     return None
+
+
+def _json_object(path: Path) -> dict | None:
+    """A JSON file's object; None when it is missing or is not one."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 def _model_key(name: str) -> str:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
+from distalign.checkpoint import run_folder
 from distalign.report.plots import Panel
-from distalign.tracking import read_metrics
+from distalign.tracking import read_metrics, read_run_config
 
 
 def _series(logs: dict[str, list[dict]], key: str) -> dict[str, list[tuple[float, float]]]:
@@ -28,17 +27,6 @@ def _logs(run_names: dict[str, str]) -> dict[str, list[dict]]:
     return {name: rows for name, rows in logs.items() if rows}
 
 
-def run_of(policy_dir: str) -> str:
-    """The RL run folder of a compared policy: the folder itself when it is a run's output_dir
-    (given for its final/), else the run holding it (its ``final/`` or
-    ``checkpoints/step_N``), else the folder's parent."""
-    folder = Path(policy_dir)
-    for run in (folder, folder.parent, folder.parent.parent):
-        if (run / "config.yaml").is_file() or (run / "metrics.jsonl").is_file():
-            return str(run)
-    return str(folder.parent)
-
-
 def rl_run_names(config: dict) -> dict[str, str]:
     """RL run folder -> its name in the report: the compared policy it made (so a run has the
     policy's colour), else the folder name. The folders are the config's ``runs`` and the
@@ -48,7 +36,8 @@ def rl_run_names(config: dict) -> dict[str, str]:
     by_parent = {}
     policies = named_folders(config.get("policies", []), taken={"sft"}, strict=False)
     for name, folder in policies.items():
-        by_parent.setdefault(run_of(folder), name)
+        if (run := run_folder(folder)) is not None:
+            by_parent.setdefault(run, name)
     folders = [*config.get("runs", []), *by_parent]
     folders = [d for d in dict.fromkeys(folders) if (Path(d) / "metrics.jsonl").is_file()]
     names: dict[str, str] = {}
@@ -63,12 +52,12 @@ def _reward_label(run_dir: str, reward_names: dict[str, str]) -> str:
     """What a run was trained against, from its ``config.yaml``: each source's label (a
     compared RM's name where the folder matches, else ``RM`` and its folder; a function's
     name), joined by "+"; with its functional, if not E[R]."""
-    path = Path(run_dir) / "config.yaml"
-    cfg = yaml.safe_load(path.read_text()) if path.is_file() else None
-    if not isinstance(cfg, dict) or not cfg.get("reward"):
+    from distalign.rl.rewards import run_rewards
+
+    cfg = read_run_config(run_dir)
+    if cfg is None or "reward" not in cfg:
         return f"run {Path(run_dir).name}"  # unknown: the run gets a panel of its own
-    specs = cfg["reward"] if isinstance(cfg["reward"], list) else [cfg["reward"]]
-    label = " + ".join(_source_label(str(s), reward_names) for s in specs)
+    label = " + ".join(_source_label(str(s), reward_names) for s in run_rewards(cfg))
     functional = cfg.get("functional")
     return label if functional in (None, "expectation") else f"{label}, {functional}"
 

@@ -631,3 +631,11 @@ def load_reward_source(spec, weights: list[float] | None = None, **kwargs) -> Re
     specs = list(spec) if isinstance(spec, list | tuple) else [spec]
     with own_rng():
         return RewardSum([load_one_source(s, **kwargs) for s in specs], weights)
+
+
+def run_rewards(saved: dict) -> list:
+    """The reward sources a run was trained on, from its saved ``config.yaml``: its
+    ``reward`` as a list; null, rl train's default, is the gold judge's reward."""
+    reward = saved.get("reward")
+    reward = GOLD_REWARD if reward is None else reward
+    return reward if isinstance(reward, list) else [reward]
