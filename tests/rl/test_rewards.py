@@ -578,3 +578,24 @@ def test_a_plain_text_reward_model_refuses_conversations_unless_given_a_template
     expected = model(input_ids=ids).logits[0, 0].item()
     assert json.loads(out.read_text())["reward"] == pytest.approx(expected, abs=1e-4)
     assert result["accuracy"] in (0.0, 1.0)
+
+
+def test_string_data_read_through_a_hub_rms_template_says_how_trl_trained_it(gpt2_rm, caplog):
+    """TRL's RewardTrainer trains on string data as plain text whatever the tokenizer's
+    template: a reward model distalign did not train, meeting string data, says how to score
+    it so (chat_template_path=plain); conversational data, or a template the user chose, not."""
+    from distalign.data.load import LoadReport
+
+    strings = LoadReport(source="pairs.jsonl", rows=4)
+    with caplog.at_level("WARNING"):
+        RewardModelSource(str(gpt2_rm)).fit_rendering(strings, "pairs.jsonl")
+    assert "chat_template_path=plain scores it as it was trained" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        conversations = LoadReport(source="chats.jsonl", rows=4, conversations=4)
+        RewardModelSource(str(gpt2_rm)).fit_rendering(conversations, "chats.jsonl")
+        chosen = RewardModelSource(str(gpt2_rm), chat_template=str(gpt2_rm))
+        chosen.fit_rendering(strings, "pairs.jsonl")
+        plain = RewardModelSource(str(gpt2_rm), chat_template="plain")
+        plain.fit_rendering(strings, "pairs.jsonl")
+    assert "chat_template_path=plain" not in caplog.text

@@ -462,7 +462,6 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     from distalign.config import config_dict
     from distalign.data.load import LoadReport
     from distalign.data.prompts import load_prompts
-    from distalign.models.templates import fit_rendering
     from distalign.rl.rewards import RewardModelSource
 
     out_dir = Path(cfg.output_dir)
@@ -479,9 +478,8 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     k = cfg.num_generations
     load = cfg.load_options()
     rewards = {name: RewardModelSource(d, **load) for name, d in cfg.reward_dirs().items()}
-    for name, reward in rewards.items():  # one without a chat template: fitted to the prompts
-        if hasattr(reward, "tokenizer"):
-            fit_rendering(reward.tokenizer, report, report.source, f"reward model {name}")
+    for reward in rewards.values():  # one without a chat template: fitted to the prompts
+        reward.fit_rendering(report, report.source)
     policy_dirs = cfg.policy_dirs()
     cfg.sft = sft_of(cfg)  # compare.json's config names the model
     for name in [*policy_dirs.values(), cfg.sft]:  # a typo stops before minutes of sampling

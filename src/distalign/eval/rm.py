@@ -241,17 +241,17 @@ def _spread_measures(truth, predicted: np.ndarray, outputs: dict | None) -> dict
     return {"spread_replies": n} | {f"spread_{k}": v for k, v in agreement.items()}
 
 
-def _load_pairs(data, split, limit, data_options, tokenizer, model_dir):
-    """The pairs to evaluate on; none left is an error that gives the load's counts. A
-    plain-text model (no chat template) refuses conversational data and reads HH transcripts
-    as written, as ``rm train`` does (``fit_rendering``)."""
+def _load_pairs(data, split, limit, data_options, fit):
+    """The pairs to evaluate on; none left is an error that gives the load's counts. ``fit``
+    fits the model's rendering to the load's report: a plain-text model (no chat template)
+    refuses conversational data and reads HH transcripts as written, as ``rm train`` does
+    (``fit_rendering``)."""
     from distalign.data.load import LoadReport, load_preferences, require_pairs
-    from distalign.models.templates import fit_rendering
 
     options = dict(data_options or {})
     report = options.pop("report", None) or LoadReport(source=str(data))
     pairs = load_preferences(data, split, limit=limit or None, report=report, **options)
-    fit_rendering(tokenizer, report, data, f"reward model {model_dir}")
+    fit(report)
     return require_pairs(pairs, report)
 
 
@@ -287,6 +287,7 @@ def run_rm_eval(
     from distalign.models.classifier import model_folder
     from distalign.models.load import prefix_sharing_for, resolve_device_dtype, set_chat_template
     from distalign.models.reward_model import META_FILE, load_reward_model
+    from distalign.models.templates import fit_rendering
 
     place, torch_dtype = resolve_device_dtype(device, dtype)
     folder = model_folder(model_dir)  # a run's output_dir: its final/; a hub id: downloaded
@@ -316,7 +317,11 @@ def run_rm_eval(
         raise ValueError(
             f"need max_prompt_length ({max_prompt_length}) < max_length ({max_length})"
         )
-    pairs = _load_pairs(data, split, limit, data_options, tokenizer, model_dir)
+
+    def fit(report):
+        fit_rendering(tokenizer, report, data, f"reward model {model_dir}")
+
+    pairs = _load_pairs(data, split, limit, data_options, fit)
     ds = tokenize_pairs(pairs, tokenizer, max_length, max_prompt_length)
     if prefix_sharing_for(attn_implementation, True, "rm eval", model):
         collate = SharedPrefixCollator(tokenizer.pad_token_id)
@@ -355,7 +360,7 @@ def _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
         model_dir, max_length=max_length, batch_size=batch_size, device=place,
         dtype=torch_dtype, attn_implementation=attn_implementation, chat_template=chat_template,
     )  # fmt: skip
-    pairs = _load_pairs(data, split, limit, data_options, source.tokenizer, model_dir)
+    pairs = _load_pairs(data, split, limit, data_options, lambda r: source.fit_rendering(r, data))
     prompts = list(pairs["prompt"])
     chosen = source(prompts, list(pairs["chosen"])).rewards.float().reshape(-1, 1)
     rejected = source(prompts, list(pairs["rejected"])).rewards.float().reshape(-1, 1)

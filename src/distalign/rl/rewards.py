@@ -353,6 +353,7 @@ class RewardModelSource(RewardSource):
             trained = self.meta.get("max_prompt_length")
             self.max_prompt_length = trained if trained and trained < self.max_length else None
         set_chat_template(self.tokenizer, chat_template, trust_remote_code)  # rm eval, rm score
+        self.template_given = chat_template is not None
         self.model.requires_grad_(False)
         self.head = self.meta.get("head", "scalar")
         self.n_bins = self.meta.get("n_bins", 10)
@@ -407,6 +408,25 @@ class RewardModelSource(RewardSource):
         compare it only after centring them, as ``eval compare`` does)."""
         p, values = self.probs_values(distributions)
         return fn.expectation(p, values), fn.std(p, values)
+
+    def fit_rendering(self, data, source) -> None:
+        """Fit the rendering to the data (``models.templates.fit_rendering``: a model without
+        a chat template reads plain text). A reward model distalign did not train, with a chat
+        template of its own, meeting string data: TRL's RewardTrainer trains such a model on
+        string data as plain text whatever its template, so say how to score it that way."""
+        from distalign.models.templates import fit_rendering, rendering_of
+
+        fit_rendering(self.tokenizer, data, source, f"reward model {self.name}")
+        strings = data.rows and not data.conversations
+        own_template = rendering_of(self.tokenizer) is None
+        if self.own_forward and not self.template_given and strings and own_template:
+            log.warning(
+                "%s: string data (no message lists), read by reward model %s through its "
+                "tokenizer's chat template. TRL's RewardTrainer trains on string data as "
+                "plain text (prompt + reply + EOS) whatever the template: if this model "
+                "was trained so, chat_template_path=plain scores it as it was trained",
+                source, self.name,
+            )  # fmt: skip
 
     def __call__(self, prompts, replies, reference=None, columns=None) -> RewardOutput:
         if not self.distributional:

@@ -338,6 +338,7 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
     data = LoadReport(
         source=source, transcripts=report.transcripts + held_out_report.transcripts,
         conversations=report.conversations + held_out_report.conversations,
+        rows=report.rows + held_out_report.rows,
     )  # fmt: skip
     for prompts in (train, held_out):  # a reward function's missing column: before sampling
         if hasattr(reward, "check_columns"):
@@ -345,7 +346,10 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
     fit_rendering(tokenizer, data, source, "the policy")
     sources = [s for s in getattr(reward, "sources", [reward]) if hasattr(s, "tokenizer")]
     for s in sources:
-        fit_rendering(s.tokenizer, data, source, f"reward model {getattr(s, 'name', '')}")
+        if hasattr(s, "fit_rendering"):
+            s.fit_rendering(data, source)
+        else:
+            fit_rendering(s.tokenizer, data, source, f"reward model {getattr(s, 'name', '')}")
     plain = any(rendering_of(s.tokenizer) == "plain" for s in sources)
     if accelerator.is_main_process and rendering_of(tokenizer) is None and plain:
         log.warning(

@@ -15,7 +15,6 @@ import torch
 
 from distalign import functionals as fn
 from distalign.data.load import LoadReport, read_prompt_replies
-from distalign.models.templates import fit_rendering
 
 
 def distribution_columns(
@@ -76,7 +75,7 @@ def score_file(
     )
     report = LoadReport(source=str(input_path))
     rows, prompts, replies = read_prompt_replies(input_path, report)
-    fit_rendering(source.tokenizer, report, input_path, f"reward model {model_dir}")
+    source.fit_rendering(report, input_path)
     if source.distributional:
         p, values = source.probs_values(source.distributions(prompts, replies))
         extra = distribution_columns(p, values=values)
