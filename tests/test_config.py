@@ -822,3 +822,17 @@ def test_a_reward_model_flag_beside_a_files_reward_funcs_trains_on_both(tmp_path
     assert from_cli(RLTrainConfig, swap).reward == ["rm2", "a.b:f"]
     with pytest.raises(ConfigError, match="is not of the form key=value"):
         load_config(RLTrainConfig, path, ["oops"])
+    # flags alone of both names train on both too, in either order (TRL's rloo script)
+    for flags in (
+        ["--reward_model_name_or_path", "rm", "--reward_funcs", "c.d:g", "e:f"],
+        ["--reward_funcs", "c.d:g", "e:f", "--reward_model_name_or_path", "rm"],
+    ):
+        assert from_cli(RLTrainConfig, flags).reward == ["rm", "c.d:g", "e:f"]  # fmt: skip
+    assert from_cli(RLTrainConfig, ["--reward_funcs", "c.d:g"]).reward == ["c.d:g"]
+
+
+def test_trls_reward_model_path_and_vllms_top_k_off_are_read():
+    cfg = load_config(RLTrainConfig, None, ["reward_model_path=runs/rm", "top_k=-1"])
+    assert (cfg.reward, cfg.top_k) == ("runs/rm", 0)
+    with pytest.raises(ConfigError, match="top_k must be >= 0"):
+        load_config(RLTrainConfig, None, ["top_k=-2"])

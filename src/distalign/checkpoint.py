@@ -192,10 +192,12 @@ def save_checkpoint(
     state: dict[str, Any],
     model_state: dict[str, Any] | None = None,
     optimizer_state: dict[str, Any] | None = None,
+    files: dict[str, str] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically. ``model`` is the unwrapped (PEFT or HF) model; a sharded
-    model's weights and optimizer state come gathered as ``model_state`` / ``optimizer_state``
-    (``distalign.distributed``), else they are read from ``model`` and ``optimizer``.
+    """Write a checkpoint atomically, with ``files`` (name -> text) beside the model.
+    ``model`` is the unwrapped (PEFT or HF) model; a sharded model's weights and optimizer
+    state come gathered as ``model_state`` / ``optimizer_state`` (``distalign.distributed``),
+    else they are read from ``model`` and ``optimizer``.
 
     Everything goes to ``<name>.tmp`` first; only a complete folder replaces ``<name>``. A
     full disk or a read-only folder is a ``CheckpointError`` that says the previous
@@ -220,6 +222,8 @@ def save_checkpoint(
             torch.save(optimizer_state, tmp / "optimizer.pt")
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        for name, content in (files or {}).items():
+            (tmp / name).write_text(content, encoding="utf-8")
         text = json.dumps({**state, "rng": rng_state()}, indent=1)
         (tmp / "trainer_state.json").write_text(text, encoding="utf-8")
         settings = path.parent.parent / "config.yaml"  # output_dir/checkpoints/<name>

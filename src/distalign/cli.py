@@ -44,6 +44,7 @@ from distalign.config import (
 )
 from distalign.data.formats import PreferenceFormatError
 from distalign.data.load import DataSourceError
+from distalign.models.classifier import NotARewardModelError
 from distalign.models.load import ModelNotFoundError
 from distalign.models.templates import RenderingError
 from distalign.printing import console, print_inspection, print_metrics
@@ -92,6 +93,7 @@ USER_ERRORS = (
     NonFiniteError,
     RenderingError,
     RewardFunctionError,
+    NotARewardModelError,
 )
 
 

@@ -94,6 +94,7 @@ RENAMED = {
 ALIASES = {
     "reward_funcs": "reward",
     "reward_model_name_or_path": "reward",
+    "reward_model_path": "reward",  # TRL's online DPO and earlier RLOO/PPO configs
     "torch_dtype": "dtype",
     "activation_checkpointing": "gradient_checkpointing",  # transformers 5's new name
     "warmup_ratio": "warmup_steps",
@@ -703,8 +704,14 @@ def _trl_reward_pair(
     both: with a file that gives either, a flag of either replaces that field of the file and
     keeps the other (``_both_reward_keys`` then makes one list of them, the model first)."""
     if not any(loaded.get(k) is not None for k in TRL_REWARD_KEYS):
-        return loaded, list(overrides)  # flags alone: read as flags (the later one wins)
-    kept = []
+        return loaded, _trl_reward_flags(overrides)
+    given, kept = _trl_reward_items(overrides)
+    return {**loaded, **given}, kept
+
+
+def _trl_reward_items(overrides: Sequence[Override]) -> tuple[dict[str, Any], list[Override]]:
+    """({TRL reward key: value} of the overrides, the other overrides)."""
+    given, kept = {}, []
     for item in overrides:
         if isinstance(item, str) and "=" not in item:
             kept.append(item)  # said malformed where overrides are read
@@ -716,8 +723,17 @@ def _trl_reward_pair(
         value = _yaml_value(raw) if isinstance(raw, str) else raw
         if key == "reward_model_name_or_path" and isinstance(value, list) and len(value) == 1:
             value = value[0]
-        loaded = {**loaded, key: value}
-    return loaded, kept
+        given[key] = value
+    return given, kept
+
+
+def _trl_reward_flags(overrides: Sequence[Override]) -> list[Override]:
+    """Flags of both TRL reward keys train on both, as TRL's script does (one ``reward`` list,
+    the model first); a flag of one of them is read as any flag."""
+    given, kept = _trl_reward_items(overrides)
+    if any(_unset(given.get(k)) for k in TRL_REWARD_KEYS):
+        return list(overrides)
+    return [*kept, ("reward", _both_reward_keys(given, "flags")["reward"])]
 
 
 def _literal(value: Any) -> Any:
@@ -742,6 +758,8 @@ def load_config(
     base = OmegaConf.structured(cls)
     errors: list[str] = []
     given = _given(overrides)  # every key given, for a key whose meaning depends on another's
+    if path is None:
+        overrides = _trl_reward_flags(overrides)
     try:
         if path is not None:
             path = Path(path)

@@ -240,7 +240,24 @@ def test_hub_id_goes_through_load_dataset(monkeypatch):
             "chosen[0].content",
             "expected a string",
         ),
-        ({"prompt": "", "chosen": "a", "rejected": "b"}, "prompt", "non-empty string"),
+        (
+            {
+                "prompt": "q",
+                "chosen": [{"role": "assistant", "content": "", "tool_calls": [{}]}],
+                "rejected": "b",
+            },
+            "chosen[0].tool_calls",
+            "tool calls are not supported",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": [{"type": "image"}]}],
+                "chosen": "a",
+                "rejected": "b",
+            },
+            "prompt[0].content",
+            "content parts",
+        ),
         (
             {"prompt": [{"role": "bot", "content": "x"}], "chosen": "a", "rejected": "b"},
             "prompt[0].role",
@@ -278,7 +295,7 @@ def test_broken_json_line_is_named(tmp_path):
 
 
 def test_skip_bad_rows_counts_reasons(tmp_path):
-    rows = [EXPLICIT[0], "{not json", {"prompt": "", "chosen": "a", "rejected": "b"}, EXPLICIT[1]]
+    rows = [EXPLICIT[0], "{not json", {"prompt": None, "chosen": "a", "rejected": "b"}, EXPLICIT[1]]
     report = LoadReport(source="")
     ds = load_preferences(
         str(write_jsonl(tmp_path / "d.jsonl", rows)), skip_bad_rows=True, report=report
@@ -291,7 +308,7 @@ def test_skip_bad_rows_counts_reasons(tmp_path):
 
 
 def test_identical_pairs_are_counted(tmp_path, caplog):
-    rows = [*EXPLICIT, {"prompt": "q", "chosen": "same", "rejected": "same "}]
+    rows = [*EXPLICIT, {"prompt": "q", "chosen": "same", "rejected": "same"}]
     report = LoadReport(source="")
     ds = load_preferences(str(write_jsonl(tmp_path / "d.jsonl", rows)), report=report)
     assert len(ds) == 2 and report.identical == 1
@@ -646,3 +663,42 @@ def test_a_card_names_files_of_its_own_folder_only(tmp_path):
         "---\nconfigs:\n- config_name: default\n  data_files: data/*.jsonl\n---\n"
     )
     assert len(load_preferences(str(tmp_path / "snap"))) == len(EXPLICIT)
+
+
+def test_a_later_rows_prompt_in_a_file_read_as_implicit_is_an_error(tmp_path):
+    """The first row picks the format; a later row's prompt is never dropped silently."""
+    rows = [
+        {"chosen": "The sky is blue.", "rejected": "The sky is green."},
+        {"prompt": "Why is grass green?", "chosen": " Chlorophyll.", "rejected": " Paint."},
+    ]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    with pytest.raises(PreferenceFormatError, match=r"mixed\.jsonl:2: field 'prompt'.*implicit"):
+        load_preferences(str(path))
+
+
+def test_an_empty_prompt_and_replies_apart_in_whitespace_only_are_kept(tmp_path):
+    """As TRL trains them: an explicit empty prompt (counted), and two replies whose tokens
+    differ in whitespace alone."""
+    rows = [
+        {"prompt": "", "chosen": "a", "rejected": "b"},
+        {"prompt": "q", "chosen": "Leaves fall", "rejected": "Leaves fall\n\n"},
+    ]
+    report = LoadReport(source="")
+    ds = load_preferences(str(write_jsonl(tmp_path / "d.jsonl", rows)), report=report)
+    assert len(ds) == 2 and report.identical == 0 and report.empty_prompts == 1
+
+
+def test_an_empty_csv_cell_in_a_number_column_is_a_missing_value(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,chosen,rejected,margin\nq,a,b,1.5\nr,c,d,\n", encoding="utf-8")
+    ds = load_preferences(str(path))
+    assert ds["margin"] == [1.5, None]
+
+
+def test_tool_definitions_for_the_template_are_counted_and_said(tmp_path, caplog):
+    rows = [{**EXPLICIT[0], "tools": "[{}]"}, EXPLICIT[1]]
+    report = LoadReport(source="d.jsonl")
+    with caplog.at_level("WARNING"):
+        load_preferences(str(write_jsonl(tmp_path / "d.jsonl", rows)), report=report)
+    assert report.ignored == {"tools": 1}
+    assert "'tools' in 1 rows: not given to the chat template" in caplog.text

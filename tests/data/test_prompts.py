@@ -73,7 +73,6 @@ def test_prompt_only_jsonl_with_strings_and_messages(tmp_path):
         ({"prompt": [{"role": "assistant", "content": "x"}]}, "last turn to be the user's"),
         ({"prompt": None}, "null: expected the prompt"),
         ({"text": "x"}, "missing"),
-        ({"prompt": ""}, "non-empty string"),
     ],
 )
 def test_bad_prompt_rows_name_the_line(tmp_path, row, message):
@@ -219,7 +218,7 @@ def test_sharegpt_preference_file_gives_its_prompts(tmp_path):
 def test_skip_bad_prompt_rows_with_report(tmp_path):
     from distalign.data import LoadReport
 
-    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}, "{oops", {"prompt": ""}])
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}, "{oops", {"prompt": None}])
     report = LoadReport(source="")
     assert load_prompts(str(path), skip_bad_rows=True, report=report) == [user("ok")]
     assert (report.format, report.rows, report.kept) == ("prompt-only", 3, 1)
@@ -266,3 +265,20 @@ def test_prompt_only_rows_keep_their_other_columns(tmp_path):
     again = pickle.loads(pickle.dumps(prompts[1]))  # gathered across processes
     assert again == prompts[1] and again.columns == {"answer": "6"}
     assert prompt_columns(prompts) == {"answer": ["4", "6"], "level": [1, None]}
+
+
+def test_a_preference_sets_prompts_carry_their_rows_columns(tmp_path):
+    """rl train on a preference set: a reward function gets the data set's other columns (of
+    each prompt's first row), and a string prompt as its string, as TRL passes them."""
+    reply = [{"role": "assistant", "content": "Blue."}]
+    rows = [
+        {"prompt": "Sky?", "chosen": reply, "rejected": [{"role": "assistant", "content": "Red."}],
+         "score_chosen": 9.0, "id": "a"},
+        {"prompt": "Sky?", "chosen": reply, "rejected": [{"role": "assistant", "content": "No"}],
+         "score_chosen": 7.0, "id": "b"},
+        {"prompt": "Sea?", "chosen": "Wet.", "rejected": "Dry.", "score_chosen": 1.0, "id": "c"},
+    ]  # fmt: skip
+    prompts = load_prompts(str(write_jsonl(tmp_path / "uf.jsonl", rows)))
+    assert [p.text for p in prompts] == ["Sky?", "Sea?"]  # each once, as written
+    assert prompts[0].columns["id"] == "a" and prompts[0].columns["chosen"] == reply
+    assert prompts[1].columns["score_chosen"] == 1.0 and "prompt" not in prompts[1].columns

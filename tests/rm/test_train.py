@@ -236,6 +236,14 @@ def test_distributional_eval_writes_plots_and_score_writes_distributions(
     row = json.loads(out.read_text())
     assert len(row["distribution"]) == 6 and abs(sum(row["distribution"]) - 1) < 1e-4
     assert row["cvar"] <= row["expectation"] + 1e-6 and row["reward"] == row["expectation"]
+    # the checkpoints are reward models too (rm eval, rm score, rl train read them alike),
+    # and every saved config names the outputs: not LABEL_0 … LABEL_5
+    best = run_rm_eval(str(tmp_path / "run/checkpoints/best"), str(pair_dir), "test", 64)
+    assert best["head"] == "categorical"
+    for folder in (final, tmp_path / "run/checkpoints/last"):
+        labels = json.loads((folder / "config.json").read_text())["id2label"]
+        assert labels["0"] == "score_bin_1_logit" and len(labels) == 6
+    assert not list((tmp_path / "run").glob("final.tmp*"))  # written whole, then renamed
 
 
 def test_hub_dataset_config_and_revision_reach_load_dataset(tiny_model_dir, tmp_path, monkeypatch):
@@ -479,7 +487,6 @@ def test_data_with_no_pairs_left_is_an_error_with_the_counts(tiny_model_dir, tmp
     # or evaluation (rm eval)
     from distalign.data.files import DataSourceError
     from distalign.eval.rm import _load_pairs
-    from distalign.models.load import load_tokenizer
 
     rows = [{"prompt": f"Q{i}?", "chosen": "Same.", "rejected": "Same."} for i in range(3)]
     (tmp_path / "same").mkdir()
@@ -490,8 +497,28 @@ def test_data_with_no_pairs_left_is_an_error_with_the_counts(tiny_model_dir, tmp
         run(config(tiny_model_dir, tmp_path / "same", tmp_path))
     assert not (tmp_path / "run" / "final").exists()
     with pytest.raises(DataSourceError, match=left):
-        tokenizer = load_tokenizer(str(tiny_model_dir))
-        _load_pairs(str(tmp_path / "same"), "test", 0, None, tokenizer, "rm")
+        _load_pairs(str(tmp_path / "same"), "test", 0, None, lambda report: None)
+
+
+def test_a_folder_without_a_test_split_is_evaluated_on_its_training_pairs(
+    tiny_model_dir, pair_dir, tmp_path, caplog
+):
+    """As rl train and one file: the default test split missing, the run evaluates on the
+    training split and says so; a split named on purpose must be there."""
+    import shutil
+
+    from distalign.data.files import MissingSplitError
+
+    (tmp_path / "ds").mkdir()
+    shutil.copy(pair_dir / "train.jsonl", tmp_path / "ds" / "train.jsonl")
+    cfg = config(tiny_model_dir, tmp_path / "ds", tmp_path, max_steps=1)
+    with caplog.at_level("WARNING"):
+        result = run(cfg)
+    assert "no file for split 'test'" in caplog.text and "its training data" in caplog.text
+    assert cfg.dataset_test_split == "train" and result["pairs"] > 0
+    named = config(tiny_model_dir, tmp_path / "ds", tmp_path / "b", dataset_test_split="tset")
+    with pytest.raises(MissingSplitError):
+        run(named)
 
 
 def test_a_scheduler_takes_its_kwargs(tiny_model_dir):

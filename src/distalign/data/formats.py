@@ -172,7 +172,17 @@ def _parse_message(message: Any, where: str, field: str) -> dict[str, str]:
             f"{field}.{role_key}",
             f"expected one of {accepted}, got {_describe(message.get(role_key))}",
         )
+    if message.get("tool_calls"):  # TRL renders them through the template: never drop them
+        raise PreferenceFormatError(
+            where, f"{field}.tool_calls", "tool calls are not supported (distalign reads a "
+            "message's role and content only, and would lose them)",
+        )  # fmt: skip
     content = message.get(content_key)
+    if isinstance(content, list):
+        raise PreferenceFormatError(
+            where, f"{field}.{content_key}", "content parts (a list: images, multimodal "
+            f"messages) are not supported; expected a string, got {_describe(content)}",
+        )  # fmt: skip
     if not isinstance(content, str):
         raise PreferenceFormatError(
             where, f"{field}.{content_key}", f"expected a string, got {_describe(content)}"
@@ -180,12 +190,20 @@ def _parse_message(message: Any, where: str, field: str) -> dict[str, str]:
     return {"role": role, "content": content}
 
 
+TEMPLATE_COLUMNS = ("tools", "chat_template_kwargs")  # what TRL hands the chat template
+
+
+def ignored_columns(row: Mapping[str, Any]) -> list[str]:
+    """The columns of ``row`` that TRL gives the chat template beside the messages and that
+    distalign does not (tool definitions, template arguments): counted and said by the
+    loaders, never dropped silently."""
+    return [c for c in TEMPLATE_COLUMNS if row.get(c)]
+
+
 def parse_messages(value: Any, where: str, field: str) -> list[dict[str, str]]:
     """Validate chat messages; a bare string becomes one user message, a single message
     object a list of one."""
-    if isinstance(value, str):
-        if not value.strip():
-            raise PreferenceFormatError(where, field, "expected a non-empty string, got ''")
+    if isinstance(value, str):  # '' too: an empty prompt, as TRL takes it (counted)
         return [{"role": "user", "content": value}]
     if isinstance(value, Mapping):
         return [_parse_message(value, where, field)]
@@ -426,8 +444,10 @@ def _sharegpt(row, where):
 
 
 def read_number(row, column, where) -> float | None:
+    """A number column's value; None where it is missing, null, or an empty cell (a CSV's
+    missing value, which ``datasets`` reads as None too)."""
     value = row.get(column)
-    if value is None:
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         try:
@@ -479,6 +499,11 @@ def normalise_row(row: Mapping[str, Any], fmt: str, where: str, index: int) -> d
             raise PreferenceFormatError(where, field, "missing")
         if row[field] is None:
             raise PreferenceFormatError(where, field, "null: expected a reply ('' is an empty one)")
+    if fmt != "explicit" and row.get("prompt") is not None:  # a mixed file: keep no prompt out
+        raise PreferenceFormatError(
+            where, "prompt", f"a prompt in a data set read as {fmt} (its first row has none, "
+            "so its replies carry the prompt): give every row a prompt, or none",
+        )  # fmt: skip
     if fmt == "explicit":
         prompt, chosen, rejected = _explicit(row, where)
     elif fmt == "sharegpt":

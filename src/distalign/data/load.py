@@ -41,6 +41,7 @@ from distalign.data.formats import (
     PreferenceFormatError,
     absent,
     detect_format,
+    ignored_columns,
     is_conversational,
     is_transcript,
     normalise_row,
@@ -134,6 +135,25 @@ def warn_if_evaluating_on_training_data(cfg: Any) -> None:
         )
 
 
+def held_out_or_training(cfg: Any, default_split: str, load: Any) -> Any:
+    """``load(split)`` of a training config's held-out split. A data set without the default
+    ``test`` split (none named on purpose: ``dataset_test_split`` at ``default_split`` and no
+    ``eval_dataset_name``) evaluates on its training split, as one file does, with a warning;
+    ``cfg.dataset_test_split`` then names that split, so every table says where it measured.
+    A split or held-out source named on purpose must be there: a typo stops."""
+    from distalign.config import config_warning
+
+    try:
+        return load(cfg.dataset_test_split)
+    except MissingSplitError as e:
+        if cfg.eval_dataset_name is not None or cfg.dataset_test_split != default_split:
+            raise
+        config_warning(log, "%s; the run evaluates on its training data (give "
+                       "dataset_test_split or eval_dataset_name for held-out data)", e)  # fmt: skip
+        cfg.dataset_test_split = cfg.dataset_train_split
+        return load(cfg.dataset_train_split)
+
+
 def held_out_of(cfg: Any) -> tuple[Any, Any, str, str]:
     """(training source, held-out source, training split, held-out split) of a config."""
     return (
@@ -161,6 +181,17 @@ class LoadReport:
     conversations: int = 0  # rows of message lists (TRL's conversational data)
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # first few full error messages
+    ignored: Counter = field(default_factory=Counter)  # column the template is not given -> rows
+
+    def ignored_note(self) -> str | None:
+        """The columns TRL gives the chat template and distalign does not, with their rows."""
+        if not self.ignored:
+            return None
+        named = ", ".join(f"{c!r} in {n} rows" for c, n in self.ignored.items())
+        return (
+            f"{self.source}: {named}: not given to the chat template (distalign renders "
+            "each message's role and content only; TRL passes them to the template)"
+        )
 
     def skip(self, error: PreferenceFormatError) -> None:
         """Count a malformed row under its reason (the text before any parenthesis)."""
@@ -178,6 +209,7 @@ class LoadReport:
         ]
         lines += [f"    {n} × {reason}" for reason, n in self.skipped.most_common()]
         lines += [f"    e.g. {e}" for e in self.examples[:3]]
+        lines += [f"  {note}"] if (note := self.ignored_note()) else []
         return "\n".join(lines)
 
 
@@ -350,7 +382,7 @@ def load_preferences(
                 raise
             report.skip(e)
             continue
-        if row["chosen"].strip() == row["rejected"].strip():
+        if row["chosen"] == row["rejected"]:  # whitespace apart is no tie: the tokens differ
             report.identical += 1
             if drop_identical:
                 continue
@@ -358,12 +390,13 @@ def load_preferences(
         report.empty_prompts += all(not m["content"].strip() for m in row["prompt"])
         report.transcripts += is_transcript(raw, fmt)
         report.conversations += is_conversational(raw)
+        report.ignored.update(ignored_columns(raw))
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
     report.format = fmt or "unknown"
     report.kept = len(rows)
-    if report.skipped or report.identical or report.empty_prompts:
+    if report.skipped or report.identical or report.empty_prompts or report.ignored:
         log.warning(report.summary())
     if not rows:  # from_list([]) cannot match the features' keys
         return datasets.Dataset.from_dict({k: [] for k in FEATURES}, features=FEATURES)

@@ -27,12 +27,12 @@ from distalign.data.formats import (
     PreferenceFormatError,
     absent,
     hh_prompt,
+    ignored_columns,
     is_conversational,
     is_transcript,
     read_prompt,
     sharegpt_column,
     sharegpt_prompt,
-    standard_text,
 )
 from distalign.data.load import (
     DATA_ALIASES,
@@ -121,7 +121,7 @@ def _unique(prompts: list[Chat]) -> list[Chat]:
     """Prompts in first-seen order, each once (a preference set repeats a prompt per pair)."""
     seen, out = set(), []
     for prompt in prompts:
-        key = json.dumps(prompt, sort_keys=True)
+        key = json.dumps(list(prompt), sort_keys=True)
         if key not in seen:
             seen.add(key)
             out.append(prompt)
@@ -139,7 +139,8 @@ def load_prompts(
 ) -> list[Chat]:
     """Chat prompts of ``source``: ``gold``, a ``.txt`` file, a prompt-only or preference data
     set (hub id with its config ``name`` and ``revision``, local file or ``datasets.Dataset``).
-    Preference sources give each prompt once.
+    Preference sources give each prompt once, carrying the other columns of its first row
+    (``chosen``, ``rejected``, …) for reward functions, as TRL passes a data set's columns.
 
     ``skip_bad_rows`` skips malformed rows instead of raising; ``report`` (when given) gets the
     counts, with ``format`` "prompt-only" for prompt-only rows. A source without rows raises
@@ -167,28 +168,34 @@ def load_prompts(
             break
     first = head[-1]
     if not is_prompt_only(first[1]):
-        written: list[Any] = []  # each row's prompt as written, in TRL's standard text
+        written: list[Any] = []  # each row's string prompt as written, else None
+        raw: list[dict] = []  # each row's other columns, for reward functions (as TRL's)
 
         def read_once():
             for where, row in [*head, *rows]:
-                text = isinstance(row, dict) and standard_text(row)
+                text = isinstance(row, dict) and isinstance(row.get("prompt"), str)
                 written.append(row["prompt"] if text else None)
+                raw.append({k: v for k, v in row.items() if k != "prompt"}
+                           if isinstance(row, dict) else {})  # fmt: skip
                 yield where, row
 
         pairs = load_preferences(  # a pair whose replies are equal still has its prompt
             source, split, name=name, revision=revision, skip_bad_rows=skip_bad_rows,
             report=report, drop_identical=False, source_rows=read_once(),
         )  # fmt: skip
-        prompts = _unique(list(pairs["prompt"]))
         texts = [written[i] for i in pairs["source_row"]]
-        single = all(len(p) == 1 and p[0]["role"] == "user" for p in prompts)
+        columns = [raw[i] for i in pairs["source_row"]]
+        single = all(len(p) == 1 and p[0]["role"] == "user" for p in pairs["prompt"])
         if all(isinstance(t, str) and hh_prompt(t) is None for t in texts) and single:
             # TRL's standard format: each prompt as written (a pair's reading gave it the space
             # its replies start with), and reward functions get it as its string (all of
             # them, or none: a data set gives one shape)
-            prompts = [PromptRow([{"role": "user", "content": t}], text=t)
-                       for t in dict.fromkeys(texts)]  # fmt: skip
-        return prompts
+            chats = [[{"role": "user", "content": t}] for t in texts]
+        else:
+            chats, texts = list(pairs["prompt"]), [None] * len(texts)
+        # each prompt once, with the columns of its first row (chosen, rejected, margin, …)
+        return _unique([PromptRow(c, cols, t) for c, cols, t in zip(chats, columns, texts,
+                                                                     strict=True)])  # fmt: skip
     report.format = "prompt-only"
     prompts = []
     for where, row in [*head, *rows]:
@@ -196,6 +203,7 @@ def load_prompts(
         try:
             if isinstance(row, Exception):
                 raise row
+            report.ignored.update(ignored_columns(row))
             prompt, set_aside = prompt_of(row, where)
             report.replies_set_aside += set_aside
             report.transcripts += is_transcript(row, "prompt-only")
@@ -216,6 +224,8 @@ def load_prompts(
             report.rows,
             "; ".join(f"{n} × {reason}" for reason, n in report.skipped.most_common()),
         )
+    if note := report.ignored_note():
+        log.warning(note)
     if report.replies_set_aside:
         log.info(
             "%s: %d conversations end with the assistant's reply; each prompt is the turns "

@@ -19,6 +19,11 @@ from distalign.models.templates import bos_ids, built_in_template, rendering_of
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.vocab", "*.jinja", "*.tiktoken"]
 
 
+class NotARewardModelError(ValueError):
+    """A folder that holds a model, but not one a reward can be read from: the user's to fix
+    (said in one line by the command line)."""
+
+
 def model_folder(spec: str, trust_remote_code: bool = False) -> Path:
     """A local folder as is; a hub id downloaded (config, tokenizer, safetensors weights)."""
     from distalign.config import ConfigError  # a user's to fix: said without a traceback
@@ -79,12 +84,12 @@ def load_sequence_classifier(
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     architectures = config.architectures or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise ValueError(
+        raise NotARewardModelError(
             f"{folder} is not a sequence-classification model (architectures: "
             f"{architectures}); a reward model needs a trained score head"
         )
     if config.num_labels != 1:
-        raise ValueError(
+        raise NotARewardModelError(
             f"{folder}: a sequence classifier with {config.num_labels} labels and no "
             "distalign_rm.json; a reward model has one label (num_labels=1), and distalign's "
             "distributional reward models carry distalign_rm.json"
@@ -94,7 +99,8 @@ def load_sequence_classifier(
         folder, output_loading_info=True, **kwargs
     )
     if info["missing_keys"]:  # a random head would score noise
-        raise ValueError(f"{folder}: weights missing from the checkpoint: {info['missing_keys']}")
+        missing = info["missing_keys"]
+        raise NotARewardModelError(f"{folder}: weights missing from the checkpoint: {missing}")
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     return _placed(_with_pad(model, tokenizer, folder).eval(), place), tokenizer
 
@@ -110,7 +116,9 @@ def _with_pad(model, tokenizer, folder):
         elif tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
         else:
-            raise ValueError(f"{folder}: the tokenizer has neither a pad nor an EOS token")
+            raise NotARewardModelError(
+                f"{folder}: the tokenizer has neither a pad nor an EOS token"
+            )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if tokenizer.chat_template is None and tokenizer.eos_token is not None:
@@ -128,7 +136,7 @@ def _seq_cls_adapter(folder: Path) -> dict | None:
         return None
     settings = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     if settings.get("task_type") != "SEQ_CLS":
-        raise ValueError(
+        raise NotARewardModelError(
             f"{folder}: a LoRA adapter of task {settings.get('task_type')!r}; a reward model's "
             "is SEQ_CLS (a sequence classifier with a trained score head)"
         )

@@ -40,7 +40,7 @@ class SamplingConfig:
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest set of tokens with this much probability mass."""
     top_k: int = 0
-    """Keep only the k most likely tokens (0: off)."""
+    """Keep only the k most likely tokens (0: off; vLLM's -1 is read as 0)."""
     sampling_batch_size: int = 8
     """Prompts per prefill; each expands to ``k`` rows during decoding."""
     seed: int = 0
@@ -55,6 +55,10 @@ class SamplingConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k == -1:  # vLLM's "off", common in TRL configs that use vLLM
+            self.top_k = 0
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0: off; -1 is read as 0), got {self.top_k}")
         if self.sampling_batch_size < 1:
             raise ValueError(f"sampling_batch_size must be >= 1, got {self.sampling_batch_size}")
 

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,19 @@ def head_outputs(head: str, n_bins: int, n_components: int = 2) -> int:
     if head not in sizes:
         raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
     return sizes[head]
+
+
+def output_labels(head: str, n_outputs: int) -> dict[int, str]:
+    """What each output of the ``score`` layer is, as ``config.id2label`` names it: a model
+    loaded by ``AutoModelForSequenceClassification`` or a ``pipeline`` then says what it
+    returns (``LABEL_0``, ``LABEL_1`` would read as two classes)."""
+    if head == "scalar":
+        return {0: "reward"}
+    if head == "ordinal":
+        return {0: "location", 1: "log_scale"}
+    if head == "mixture":
+        return {i: f"reward_component_{i}" for i in range(n_outputs)}
+    return {i: f"score_bin_{i + 1}_logit" for i in range(n_outputs)}  # categorical
 
 
 def distinct_pad_token(tokenizer) -> str:
@@ -281,12 +297,34 @@ def save_reward_model(
     """``save_pretrained`` of weights (or LoRA adapter) and tokenizer, plus the metadata file;
     ``state_dict``: the weights gathered from a sharded model (``distalign.distributed``)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    meta = {**meta, "reply_rendering": REPLY_RENDERING}
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))  # whole or nothing
+    try:
+        name_outputs(model, meta.get("head", "scalar"))
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / META_FILE).write_text(reward_meta_text(meta), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def reward_meta_text(meta: dict[str, Any]) -> str:
+    """The text of ``META_FILE``: what a distalign reward model is (head, bins, lengths)."""
+    return json.dumps({**meta, "reply_rendering": REPLY_RENDERING}, indent=2, default=str) + "\n"
+
+
+def name_outputs(model, head: str) -> None:
+    """Name the ``score`` layer's outputs in the model's config (``output_labels``), on the
+    base model of a PEFT one too (its ``config.json`` is what a merged model saves)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    labels = output_labels(head, config.num_labels)
+    config.id2label = labels
+    config.label2id = {v: k for k, v in labels.items()}
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

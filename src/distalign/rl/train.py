@@ -46,8 +46,11 @@ from distalign.config import (
     config_warning,
     frozen_dtype,
 )
-from distalign.data.files import MissingSplitError
-from distalign.data.load import LoadReport, warn_if_evaluating_on_training_data
+from distalign.data.load import (
+    LoadReport,
+    held_out_or_training,
+    warn_if_evaluating_on_training_data,
+)
 from distalign.data.pairs import render_prompt_ids
 from distalign.data.prompts import load_prompts
 from distalign.distributed import (
@@ -323,18 +326,11 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
     same = cfg.eval_dataset_name is None or cfg.eval_dataset_name == cfg.dataset_name
     source = cfg.eval_dataset_name or cfg.dataset_name
     held_out_report = LoadReport(source=str(source))
-    try:
-        held_out = load_prompts(
-            source, cfg.dataset_test_split, **(hub if same else {}), **bad, report=held_out_report
-        )
-    except MissingSplitError as e:
-        default = RLTrainConfig.dataset_test_split
-        if cfg.eval_dataset_name is not None or cfg.dataset_test_split != default:
-            raise  # a split or held-out source named on purpose must be there: a typo stops
-        # as with one file, which has no splits: TRL reads no test split without evaluation
-        config_warning(log, "%s; the run evaluates the policy on its training prompts (give "
-                       "dataset_test_split or eval_dataset_name for held-out ones)", e)  # fmt: skip
-        held_out = train
+    held_out = held_out_or_training(
+        cfg, RLTrainConfig.dataset_test_split,
+        lambda split: load_prompts(source, split, **(hub if same else {}), **bad,
+                                   report=held_out_report),
+    )  # fmt: skip
     data = LoadReport(
         source=source, transcripts=report.transcripts + held_out_report.transcripts,
         conversations=report.conversations + held_out_report.conversations,

@@ -14,7 +14,13 @@ import torch
 from datasets import Dataset, Features, Sequence, Value, concatenate_datasets
 
 from distalign.data.formats import PreferenceFormatError, common_prefix_length, read_number
-from distalign.data.load import LoadReport, iter_source_rows, load_preferences, require_pairs
+from distalign.data.load import (
+    LoadReport,
+    held_out_or_training,
+    iter_source_rows,
+    load_preferences,
+    require_pairs,
+)
 from distalign.data.pairs import (
     PairCollator,
     SharedPrefixCollator,
@@ -157,14 +163,12 @@ def load_pairs(cfg: RMTrainConfig, tokenizer):
     if cfg.off_prompt_pairs:
         train = add_off_prompt_pairs(train, cfg)
     held_out_hub = hub if cfg.eval_dataset_name in (None, cfg.dataset_name) else {}
-    held_out = prepare_pairs(
-        cfg,
-        tokenizer,
-        cfg.eval_dataset_name or cfg.dataset_name,
-        cfg.dataset_test_split,
-        cfg.max_eval_samples,
-        held_out_hub,
-    )
+    source = cfg.eval_dataset_name or cfg.dataset_name
+    held_out = held_out_or_training(
+        cfg, RMTrainConfig.dataset_test_split,
+        lambda split: prepare_pairs(cfg, tokenizer, source, split, cfg.max_eval_samples,
+                                    held_out_hub),
+    )  # fmt: skip
     if os.environ.get("RANK", "0") == "0":  # the sizes transformers' Trainer starts with
         log.info("%d training pairs, %d held-out pairs", len(train), len(held_out))
     return train, held_out

@@ -56,9 +56,12 @@ from distalign.models.load import prefix_sharing_for
 from distalign.models.lora import add_lora, merged_for_saving
 from distalign.models.options import disable_dropout
 from distalign.models.reward_model import (
+    META_FILE,
     PairScorer,
     build_reward_model,
+    name_outputs,
     pair_scores,
+    reward_meta_text,
     save_reward_model,
 )
 from distalign.optim import adamw
@@ -325,7 +328,7 @@ def train_metrics(window: list[dict], t: Trainer, state: TrainState, seconds: fl
     return logged
 
 
-def save_state(t: Trainer, state: TrainState, name: str) -> None:
+def save_state(t: Trainer, state: TrainState, name: str, cfg: RMTrainConfig) -> None:
     """Sharded (FSDP, ZeRO-3): every process takes part in gathering the weights."""
     t.log.flush(state.step)  # a run resumed from here logs from the checkpoint on
     t.accelerator.wait_for_everyone()
@@ -334,8 +337,10 @@ def save_state(t: Trainer, state: TrainState, name: str) -> None:
     optim = None if weights is None else full_optimizer_state(model, t.optimizer)
     if t.accelerator.is_main_process:
         path = t.out / "checkpoints" / name
+        name_outputs(model, cfg.head)
+        meta = {META_FILE: reward_meta_text(reward_meta(cfg, state))}  # a reward model too
         save_checkpoint(path, model, t.tokenizer, t.optimizer, t.scheduler, asdict(state),
-                        weights, optim)  # fmt: skip
+                        weights, optim, meta)  # fmt: skip
 
 
 def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, dict]:
@@ -355,8 +360,22 @@ def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, d
     t.log.write(state.step, {f"eval/{k}": v for k, v in result.items()})
     if state.step > 0 and result["accuracy"] > state.best_accuracy:  # not eval_on_start's
         state.best_accuracy = result["accuracy"]
-        save_state(t, state, "best")
+        save_state(t, state, "best", cfg)
     return result, outputs
+
+
+def reward_meta(cfg: RMTrainConfig, state: TrainState) -> dict:
+    """What a saved reward model is (``META_FILE``): its head, lengths and training config."""
+    return {
+        "head": cfg.head,
+        "n_bins": cfg.n_bins,
+        "n_components": cfg.n_components,
+        "backbone": cfg.model_name_or_path,
+        "max_length": cfg.max_length,
+        "max_prompt_length": cfg.max_prompt_length,
+        "steps": state.step,
+        "config": config_dict(cfg),
+    }
 
 
 def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, outputs, summary):
@@ -366,17 +385,7 @@ def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, output
     if not t.accelerator.is_main_process:
         return
     held_out = cfg.eval_dataset_name or cfg.dataset_name
-    meta = {
-        "head": cfg.head,
-        "n_bins": cfg.n_bins,
-        "n_components": cfg.n_components,
-        "backbone": cfg.model_name_or_path,
-        "max_length": cfg.max_length,
-        "max_prompt_length": cfg.max_prompt_length,
-        "steps": state.step,
-        "eval": result,
-        "config": config_dict(cfg),
-    }
+    meta = {**reward_meta(cfg, state), "eval": result}
     final = t.out / "final"
     model = t.accelerator.unwrap_model(t.model).model
     save_reward_model(model, t.tokenizer, final, meta, state_dict=weights)
@@ -481,7 +490,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
                 (result, outputs), evaluated_at = evaluate(t, state, cfg), state.step
                 scorer.train()
             if cadence.saves(state.step, epoch_ended):
-                save_state(t, state, "last")
+                save_state(t, state, "last", cfg)
                 saved_at = state.step
     finally:
         log_.flush(state.step)
@@ -490,7 +499,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     if evaluated_at != state.step:
         result, outputs = evaluate(t, state, cfg)
     if saved_at != state.step:
-        save_state(t, state, "last")
+        save_state(t, state, "last", cfg)
     speed = {"train_seconds": seconds, "pairs_per_s": (state.pairs - start_pairs) / seconds,
              "peak_mem_gb": peak_memory_gb()}  # fmt: skip
     save_final(t, cfg, state, result, outputs, speed)
