@@ -61,8 +61,36 @@ def versions() -> dict:
     return out
 
 
+def commit() -> str | None:
+    """The repository's commit (with "+changes" when the tree differs from it), so a result
+    names the code it measured; None outside a git checkout."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
+                             capture_output=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=HERE,
+                               text=True, capture_output=True, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return rev + ("+changes" if dirty else "")
+
+
+def linear_fit(xs: list[float], ys: list[float]) -> dict:
+    """Least-squares line y = a + b·x and its R²."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+    a = my - b * mx
+    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True))
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    r2 = 1 - ss_res / ss_tot if ss_tot else 1.0
+    return {"intercept": a, "slope": b, "r2": r2, "about_linear": r2 >= 0.98}
+
+
 def environment() -> dict:
-    return {"machine": machine(), "versions": versions()}
+    return {"machine": machine(), "versions": {**versions(), "distalign_commit": commit()}}
 
 
 def add_device_args(ap) -> None:

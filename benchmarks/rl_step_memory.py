@@ -22,21 +22,8 @@ import argparse
 import json
 from pathlib import Path
 
-from common import environment, write_json
+from common import environment, linear_fit, write_json
 from rl_vs_trl import add_common_args, child_main, measure, prepare, settings
-
-
-def linear_fit(xs: list[float], ys: list[float]) -> dict:
-    """Least-squares line y = a + b·x and its R²."""
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
-    a = my - b * mx
-    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True))
-    ss_tot = sum((y - my) ** 2 for y in ys)
-    r2 = 1 - ss_res / ss_tot if ss_tot else 1.0
-    return {"intercept": a, "slope": b, "r2": r2, "about_linear": r2 >= 0.98}
 
 
 def plot(points: list[dict], key: str, xlabel: str, path: Path, title: str) -> None:
@@ -132,9 +119,10 @@ def main() -> None:
             [p["tokens"] for p in by_tokens], [p["peak_mem_gb"] for p in by_tokens]
         ),
         "memory_fit_k": linear_fit([p["k"] for p in by_k], [p["peak_mem_gb"] for p in by_k]),
-        # generated tokens per step is what memory follows (replies may end early)
+        # generated tokens per step is what memory follows (replies may end early): mean
+        # reply tokens × completions (prompts × k)
         "memory_fit_generated": linear_fit(
-            [p["mean_reply_tokens"] * p["k"] for p in done.values()],
+            [p["mean_reply_tokens"] * p["k"] * p["prompts"] for p in done.values()],
             [p["peak_mem_gb"] for p in done.values()],
         ),
     }

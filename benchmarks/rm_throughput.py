@@ -57,6 +57,7 @@ from common import (
 
 VARIANTS = {
     "trl": "TRL RewardTrainer (defaults)",
+    "trl_grouped": "TRL RewardTrainer, batches grouped by length (train_sampling_strategy)",
     "plain": "distalign, prefix sharing off",
     "shared": "distalign, prefix sharing (default)",
     "packed": "distalign, prefix sharing + packing",
@@ -179,7 +180,9 @@ def fitting_max_length(pairs: list[dict]) -> int:
     return -(-longest // 64) * 64
 
 
-def run_trl(pairs, args) -> dict:
+def run_trl(pairs, args, grouped: bool = False) -> dict:
+    """TRL's RewardTrainer on the pairs; ``grouped``: with transformers' length-grouped batches
+    (``train_sampling_strategy="group_by_length"``), the counterpart of distalign's default."""
     import datasets
     from transformers import AutoModelForSequenceClassification, TrainerCallback
     from trl import RewardConfig, RewardTrainer
@@ -207,7 +210,7 @@ def run_trl(pairs, args) -> dict:
             stamps.append(time.perf_counter())
 
     config = RewardConfig(
-        output_dir=str(args.work / "trl"),
+        output_dir=str(args.work / ("trl_grouped" if grouped else "trl")),
         per_device_train_batch_size=PAIRS_PER_STEP,
         max_steps=args.steps,
         max_length=args.max_length,
@@ -221,11 +224,16 @@ def run_trl(pairs, args) -> dict:
         center_rewards_coefficient=0.01,
         dataloader_num_workers=0,
         seed=0,
+        **({"train_sampling_strategy": "group_by_length"} if grouped else {}),
     )
     trainer = RewardTrainer(
         model=model, args=config, train_dataset=ds, processing_class=tok, callbacks=[Stamp()]
     )
     kept = trainer.train_dataset
+    if grouped:  # the sampler reads a length column; the collator pads chosen and rejected
+        lengths = [max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in kept]
+        trainer.train_dataset = kept = kept.add_column("length", lengths)
+        trainer._signature_columns = ["chosen_ids", "rejected_ids", "margin", "length"]
     if len(kept) != len(pairs):  # TRL drops pairs longer than max_length
         raise SystemExit(f"TRL kept {len(kept)} of {len(pairs)} pairs: max_length too small")
     trl_tokens = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in kept)
@@ -280,8 +288,8 @@ def run_distalign(pairs, args, variant) -> dict:
 
 def child(args) -> None:
     pairs = json.loads((args.work / "pairs.json").read_text())
-    if args.variant == "trl":
-        result = run_trl(pairs, args)
+    if args.variant in ("trl", "trl_grouped"):
+        result = run_trl(pairs, args, grouped=args.variant == "trl_grouped")
     else:
         result = run_distalign(pairs, args, args.variant)
     t = result["step_end_times"]
@@ -328,7 +336,8 @@ def run_workload(workload: str, args) -> dict:
         r = run_child(cmd, f"{workload}/{variant}", child_env(args.device))
         r["tokens_per_s"] = r["pairs_per_s"] * tokens_per_pair
         # tokens the model actually runs (prefix sharing reads each prompt once)
-        computed = tokens_per_pair if variant in ("trl", "plain") else shared_per_pair
+        unshared = variant in ("trl", "trl_grouped", "plain")
+        computed = tokens_per_pair if unshared else shared_per_pair
         computed = grouped_per_pair if variant == "grouped" else computed
         r["computed_tokens_per_s"] = r["pairs_per_s"] * computed
         results[variant] = r
@@ -376,7 +385,8 @@ def main() -> None:
         "--max-length", type=int, help="gold: 256; multiturn: fitted to the longest pair"
     )
     ap.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, folder, or {TINY}")
-    ap.add_argument("--variants", default="trl,shared,packed,grouped", help=",".join(VARIANTS))
+    ap.add_argument("--variants", default="trl,trl_grouped,shared,packed,grouped",
+                    help=",".join(VARIANTS))  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="tiny random model, 3 steps")
     ap.add_argument("--work", type=Path, default=Path("runs/bench_rm"))
     ap.add_argument(

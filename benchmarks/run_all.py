@@ -21,7 +21,15 @@ import sys
 import time
 from pathlib import Path
 
-from common import HERE, environment, param_count, policy_path, results_dir, write_json
+from common import (
+    HERE,
+    environment,
+    linear_fit,
+    param_count,
+    policy_path,
+    results_dir,
+    write_json,
+)
 
 GOAL_SPEEDUP = 1.5  # × TRL, at no more memory than TRL's
 # the two reward-model workloads; gold_by_prompt (prompt-dense) is shown beside them
@@ -38,7 +46,9 @@ def scripts(quick: bool) -> list[tuple[str, list[str]]]:
         # 12 steps: with 6, which batch is the untimed warm-up moved the gold ratio by 0.05
         ("rm_throughput", [*q, *cpu, "--steps", "12"]),
         ("profile_rm_step", q),
-        ("rl_vs_trl", [*q, *cpu, "--steps", "3", "--profile"]),
+        # 5 steps: the warm-up and the profiled last step leave 3 timed ones (2 moved the
+        # ratio by up to 0.45 between runs of identical work)
+        ("rl_vs_trl", [*q, *cpu, "--steps", "5", "--profile"]),
         ("rl_step_memory", [*q, *cpu]),
     ]
 
@@ -101,16 +111,19 @@ def rm_section(rm: dict, folder: Path) -> list[str]:
                "distinct prompt and reply read once)." if "grouped" in w["results"] else ").")
         )  # fmt: skip
         lines.append("")
+        grouped_trl = w["results"].get("trl_grouped")
         rows = [
             [v, r["what"], fmt(r["pairs_per_s"], 3), fmt(r["tokens_per_s"], 0),
              fmt(r["peak_mem_gb"]), fmt(r["speedup_vs_trl"]), fmt(r["memory_vs_trl"]),
+             fmt(r["pairs_per_s"] / grouped_trl["pairs_per_s"]) if grouped_trl else "–",
              goal(r["speedup_vs_trl"], r["memory_vs_trl"])
-             if v not in ("trl", "grouped") and workload in GOAL_WORKLOADS else ""]
+             if v not in ("trl", "trl_grouped", "grouped") and workload in GOAL_WORKLOADS
+             else ""]
             for v, r in w["results"].items()
         ]  # fmt: skip
         lines += table(
             ["variant", "what", "pairs/s", "tokens/s", "peak GB", "× TRL speed", "× TRL memory",
-             "goal"], rows)  # fmt: skip
+             "× TRL grouped speed", "goal"], rows)  # fmt: skip
     profiles = sorted(folder.glob("profile_rm_*.txt"))
     if profiles:
         lines += ["", "Top operators by self CPU time over steps 2..N, gold workload "
@@ -177,7 +190,9 @@ def scaling_section(sc: dict, rl: dict | None) -> list[str]:
         shape = "about linear." if fit["about_linear"] else "**not linear** (R² < 0.98)."
         lines += ["", f"Peak memory vs {key}: {fit['slope'] * 1024:.1f} MB per unit above "
                   f"{fit['intercept']:.2f} GB, R² = {fit['r2']:.3f}: {shape}"]  # fmt: skip
-    fit = sc["memory_fit_generated"]
+    points = [*sc["by_tokens"], *sc["by_k"]]  # recomputed: older files fit per prompt
+    fit = linear_fit([p["mean_reply_tokens"] * p["k"] * p["prompts"] for p in points],
+                     [p["peak_mem_gb"] for p in points])  # fmt: skip
     lines += ["", f"Against generated tokens per step (reply tokens × completions, all points): "
               f"R² = {fit['r2']:.3f}, {fit['slope'] * 2**20:.1f} KB per generated token.",
               "", "![time and memory vs new tokens](rl_scaling_tokens.png)",
@@ -237,9 +252,11 @@ def ceiling_section(peak: dict, rm: dict | None, rl: dict | None, params: int) -
 
 
 def report(folder: Path, walls: dict[str, float], model: str, work: Path) -> Path:
-    env = environment()
     rm, rl, sc = (load(folder, n) for n in ("rm_throughput", "rl_vs_trl", "rl_step_memory"))
     peak = load(folder, "matmul_peak")
+    # the machine and versions the results were measured on (written with each), not this one
+    measured = next((x for x in (rm, rl, sc, peak) if x and "machine" in x), None)
+    env = {k: measured[k] for k in ("machine", "versions")} if measured else environment()
     m, v = env["machine"], env["versions"]
     lines = ["# distalign vs TRL: benchmark results", ""]
     lines.append(

@@ -836,3 +836,17 @@ def test_trls_reward_model_path_and_vllms_top_k_off_are_read():
     assert (cfg.reward, cfg.top_k) == ("runs/rm", 0)
     with pytest.raises(ConfigError, match="top_k must be >= 0"):
         load_config(RLTrainConfig, None, ["top_k=-2"])
+
+
+def test_one_rule_for_formats_the_failure_budget_and_the_gold_alias(tmp_path, monkeypatch):
+    from distalign.data.load import is_gold
+    from distalign.rm.config import RMTrainConfig
+
+    with pytest.raises(ConfigError, match="format must be one of"):
+        load_config(RMTrainConfig, None, ["format=bogus"])
+    with pytest.raises(ConfigError, match="max_nonfinite_steps must be >= 1"):
+        load_config(RLTrainConfig, None, ["max_nonfinite_steps=0"])
+    monkeypatch.chdir(tmp_path)
+    assert is_gold("gold")
+    (tmp_path / "gold").mkdir()  # a local folder of that name comes first, as data loads it
+    assert not is_gold("gold")

@@ -73,6 +73,13 @@ FEATURES = datasets.Features(
 DATA_ALIASES = {"gold": Path(__file__).resolve().parents[1] / "gold" / "data"}
 
 
+def is_gold(source: Any) -> bool:
+    """Whether a data source is the shipped gold benchmark, whose prompts the gold judge can
+    score: the alias ``gold`` where no local path of that name is there (a local path comes
+    first, as ``resolve_source`` reads it)."""
+    return isinstance(source, str) and resolve_source(source) == str(DATA_ALIASES["gold"])
+
+
 def resolve_source(source: str) -> str:
     """A local path stays; an alias (``gold``: the shipped benchmark) becomes its folder."""
     if not Path(source).expanduser().exists() and source in DATA_ALIASES:

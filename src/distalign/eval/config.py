@@ -86,9 +86,9 @@ class CompareConfig(SamplingConfig, PlacementConfig):
             self.judge = yaml.safe_load(self.judge)
         if isinstance(self.judge, tuple):
             self.judge = list(self.judge)
-        if self.judge is None and not (
-            isinstance(self.dataset_name, str) and self.dataset_name == "gold"
-        ):
+        from distalign.data.load import is_gold
+
+        if self.judge is None and not is_gold(self.dataset_name):
             where = (
                 repr(self.dataset_name)
                 if isinstance(self.dataset_name, str)

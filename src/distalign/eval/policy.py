@@ -479,7 +479,8 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     load = cfg.load_options()
     rewards = {name: RewardModelSource(d, **load) for name, d in cfg.reward_dirs().items()}
     for reward in rewards.values():  # one without a chat template: fitted to the prompts
-        reward.fit_rendering(report, report.source)
+        if hasattr(reward, "fit_rendering"):
+            reward.fit_rendering(report, report.source)
     policy_dirs = cfg.policy_dirs()
     cfg.sft = sft_of(cfg)  # compare.json's config names the model
     for name in [*policy_dirs.values(), cfg.sft]:  # a typo stops before minutes of sampling

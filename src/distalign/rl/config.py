@@ -295,6 +295,7 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
                 "reward_clip_range: [low, high] with low < high",
             ),
             (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
+            (self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1"),
         ]
         require(checks + self.model_checks("CAUSAL_LM") + cadence_checks(self, epochs=False))
         if self.eval_on_start is None:  # as a TRL user means eval_strategy: no
@@ -421,9 +422,10 @@ def world_size() -> int:
 
 
 def is_gold(source) -> bool:
-    """Whether a prompt source is the gold benchmark (the alias ``gold``), whose prompts
-    the gold judge can score."""
-    return isinstance(source, str) and source == "gold"
+    """Whether a prompt source is the gold benchmark (``data.load.is_gold``)."""
+    from distalign.data.load import is_gold as shipped_gold
+
+    return shipped_gold(source)
 
 
 def _describe(source) -> str:

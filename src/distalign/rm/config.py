@@ -22,6 +22,7 @@ from distalign.config import (
     require,
     resume_value,
 )
+from distalign.data.formats import FORMATS
 from distalign.models.load import DEFAULT_MODEL, prefix_sharing_for
 from distalign.models.options import ModelKeys
 from distalign.models.reward_model import HEADS
@@ -249,6 +250,10 @@ class RMTrainConfig(ModelKeys):
                 "head_learning_rate must be > 0 (or unset)",
             ),
             (self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1"),
+            (
+                self.format is None or self.format in FORMATS,
+                f"format must be one of {' | '.join(FORMATS)}, got {self.format!r}",
+            ),
             (self.off_prompt_pairs >= 0, "off_prompt_pairs must be >= 0"),
             (
                 self.num_train_epochs > 0 or self.max_steps > 0,
