@@ -15,7 +15,6 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated
 
@@ -98,10 +97,9 @@ USER_ERRORS = (
 
 
 def _version() -> str:
-    try:
-        return version("distalign")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        return "unknown"
+    from distalign import __version__
+
+    return __version__
 
 
 def _print_version(value: bool) -> None:

@@ -702,3 +702,21 @@ def test_tool_definitions_for_the_template_are_counted_and_said(tmp_path, caplog
         load_preferences(str(write_jsonl(tmp_path / "d.jsonl", rows)), report=report)
     assert report.ignored == {"tools": 1}
     assert "'tools' in 1 rows: not given to the chat template" in caplog.text
+
+
+def test_a_reply_of_several_messages_is_said_to_be_one():
+    from distalign.data.formats import normalise_row
+
+    row = {"prompt": [{"role": "user", "content": "Weather?"}],
+           "chosen": [{"role": "assistant", "content": "checking"},
+                      {"role": "tool", "content": "22C"},
+                      {"role": "assistant", "content": "22C"}],
+           "rejected": [{"role": "assistant", "content": "dunno"}]}  # fmt: skip
+    with pytest.raises(PreferenceFormatError, match="a reply of several messages"):
+        normalise_row(row, "explicit", "d.jsonl:1", 0)
+
+
+def test_rated_single_responses_say_how_to_make_pairs(tmp_path):
+    rows = [{"prompt": "q", "response": "a", "helpfulness": 3}]
+    with pytest.raises(PreferenceFormatError, match="pair each prompt's responses"):
+        load_preferences(str(write_jsonl(tmp_path / "hs2.jsonl", rows)))

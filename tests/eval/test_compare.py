@@ -867,3 +867,32 @@ def test_the_report_reads_damaged_run_folders_and_the_default_reward(tmp_path, c
     }
     assert all(len(pts) == 2 for p in panels for pts in p.series.values())
     assert "1 line(s) that are not JSON objects skipped" in caplog.text
+
+
+def test_reward_gains_over_sft_carry_their_interval(tmp_path):
+    """The verdict and each annotator group's column give the gain over SFT with its paired
+    interval, so a worse-off group's gain can be read against noise; files without one read
+    as before."""
+    from distalign.report.tables import measures_table
+
+    summary = _summary()
+    good = summary["policies"]["good"]
+    good |= {"gold_mean_gain_ci95": [0.3, 0.7], "gold_concise_gain_ci95": [-0.1, 0.9]}
+    by_name = {v["name"]: v for v in verdicts(summary)}
+    assert by_name["good"]["gain_interval"] == "[+0.300, +0.700]"
+    assert by_name["bad"]["gain_interval"] == ""  # saved before the intervals
+    rows = {r[0]: r for r in measures_table(summary)["rows"]}
+    assert rows["good"][3] == ("2.400", "+0.500 [-0.100, +0.900]")  # concise: 2.5 − 0.1
+    assert rows["sft"][3] == "1.900" and rows["bad"][3] == "1.400"
+    html = write_report(summary, None, tmp_path).read_text()
+    assert "+0.500</b> [+0.300, +0.700]" in html
+
+
+def test_gain_interval_pairs_each_prompts_mean_with_sfts():
+    from distalign.eval.policy import gain_interval
+
+    cfg = CompareConfig(bootstrap=200)
+    policy = np.array([1.0, 3.0, 2.0, 2.0])  # two prompts, k=2: means 2, 2
+    sft = np.array([0.0, 0.0, 1.0, 1.0])  # means 0, 1: gains 2 and 1
+    lo, hi = gain_interval(policy, sft, 2, cfg)
+    assert 1.0 <= lo <= hi <= 2.0

@@ -111,9 +111,17 @@ def detect_format(row: Mapping[str, Any]) -> str:
             "this command needs the text (prompt/chosen/rejected)"
         )
     if missing:
+        rated = "response" in row and any(c in row for c in ("helpfulness", "score", "rating"))
         raise ValueError(
             f"cannot detect the preference format: columns {sorted(row)} lack "
             + " and ".join(repr(c) for c in missing)
+            + (
+                " (one rated response per row, as HelpSteer2's raw rows: pair each prompt's "
+                "responses into chosen/rejected first, or take a binarized version such as "
+                "esfrankel17/HelpSteer2_binarized)"
+                if rated
+                else ""
+            )
         )
     if "prompt" in row and row["prompt"] is not None:
         return "explicit"
@@ -366,9 +374,12 @@ def _with_replies(row, prompt, where, prompt_is_text: bool):
             continue
         if prompt_is_text and chosen_context and _same_turns(chosen_context, rejected_context):
             return chosen_context, chosen, rejected  # TRL: whole conversations win
+        several = context[0]["role"] in ("assistant", "tool")  # the reply's own turns
         raise PreferenceFormatError(
-            where, field, "expected the messages before the reply to repeat the prompt"
-        )
+            where, field, "a reply of several messages (assistant, tool, assistant) is not "
+            "supported; a reply is one assistant message, after the prompt's turns if any"
+            if several else "expected the messages before the reply to repeat the prompt",
+        )  # fmt: skip
     return prompt, chosen, rejected
 
 

@@ -370,11 +370,15 @@ def judge_fields(m: Measured, sft: Measured, k: int, cfg: CompareConfig, judge_n
             np.stack([x.judged[a] for a in gold.ATTRIBUTES], axis=1) for x in (m, sft)
         )
         p_win = gold_win_probability(attrs, attrs_sft, k)  # per prompt P(policy ≻ SFT)
+        keys = ["gold_mean", *(f"gold_{g.name}" for g in gold.GROUPS)]
         return {
-            "gold_mean": float(m.judged["gold_mean"].mean()),
-            **{f"gold_{g.name}": float(m.judged[f"gold_{g.name}"].mean()) for g in gold.GROUPS},
+            **{key: float(m.judged[key].mean()) for key in keys},
             "gold_win_rate": float(p_win.mean()),
             "gold_win_rate_ci95": bootstrap_interval(p_win, cfg.bootstrap),
+            **{
+                f"{key}_gain_ci95": gain_interval(m.judged[key], sft.judged[key], k, cfg)
+                for key in keys
+            },
         }
     wins = win_rate(m.judge_reward.reshape(-1, k), sft.judge_reward.reshape(-1, k))
     return {
@@ -382,7 +386,16 @@ def judge_fields(m: Measured, sft: Measured, k: int, cfg: CompareConfig, judge_n
         "judge_mean": float(m.judge_reward.mean()),
         "judge_win_rate": float(wins.mean()),
         "judge_win_rate_ci95": bootstrap_interval(wins, cfg.bootstrap),
+        "judge_mean_gain_ci95": gain_interval(m.judge_reward, sft.judge_reward, k, cfg),
     }
+
+
+def gain_interval(values, sft_values, k: int, cfg: CompareConfig) -> tuple[float, float]:
+    """95% bootstrap interval of a policy's mean reward minus SFT's, over prompts: each
+    prompt's mean over its k replies, paired with SFT's on the same prompt."""
+    diff = np.asarray(values, float).reshape(-1, k).mean(1)
+    diff -= np.asarray(sft_values, float).reshape(-1, k).mean(1)
+    return bootstrap_interval(diff, cfg.bootstrap)
 
 
 def policy_row(m: Measured, sft: Measured, k: int, cfg: CompareConfig, judge_name) -> dict:

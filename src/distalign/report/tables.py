@@ -138,8 +138,20 @@ def _rate(row: Mapping, key: str) -> str:
 
 def _gold_groups(row: Mapping) -> list[str]:
     """Annotator groups with a gold reward column (gold_<group>)."""
-    reserved = {"gold_mean", "gold_win_rate", "gold_win_rate_ci95"}
-    return [k[5:] for k in row if k.startswith("gold_") and k not in reserved]
+    reserved = {"gold_mean", "gold_win_rate"}
+    keys = [k for k in row if k.startswith("gold_") and not k.endswith("_ci95")]
+    return [k[5:] for k in keys if k not in reserved]
+
+
+def _gain(row: Mapping, sft: Mapping, key: str) -> tuple[str, str] | str:
+    """A reward cell: the mean, and on a second line its gain over SFT with the 95% interval
+    (paired over prompts) where the comparison saved one."""
+    value = number(row.get(key))
+    interval = row.get(f"{key}_gain_ci95")
+    if row is sft or not interval or row.get(key) is None or sft.get(key) is None:
+        return value
+    lo, hi = interval
+    return value, f"{row[key] - sft[key]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 def reward_models(row: Mapping) -> list[str]:
@@ -194,6 +206,11 @@ def verdicts(summary: Mapping) -> list[dict[str, Any]]:
                 "interval": "—" if where == "none saved" else f"{number(lo)}–{number(hi)}",
                 "where": where,
                 "gain": "—" if gain is None else f"{gain:+.3f}",
+                "gain_interval": (
+                    "[{:+.3f}, {:+.3f}]".format(*row[f"{key}_mean_gain_ci95"])
+                    if row.get(f"{key}_mean_gain_ci95") and gain is not None
+                    else ""
+                ),
                 "reward": number(reward),
                 "reward_sft": number(reward_sft),
                 "kl": number(row.get("kl_to_sft"), 2),
@@ -257,23 +274,26 @@ def _table(
 def measures_table(summary: Mapping) -> dict[str, Any]:
     """The table of the judge's measures and the replies' statistics, a row per policy."""
     first = next(iter(summary["policies"].values()), {})
+    sft = summary["policies"].get("sft", {})
     judge = judge_of(summary)
     if judge.gold:
         gold = "gold judge (the truth)"
         columns: list[tuple[str, str, Any]] = [  # (group, label, cell of a row)
             (gold, "gold win rate vs SFT [95% CI]", lambda r: _ci(r, "gold_win_rate")),
-            (gold, "gold reward (all annotators)", lambda r: number(r.get("gold_mean"))),
-        ]
+            (gold, "gold reward (all annotators); vs SFT [95% CI]",
+             lambda r: _gain(r, sft, "gold_mean")),
+        ]  # fmt: skip
         columns += [
-            (gold, f"gold reward ({g} annotators)", lambda r, g=g: number(r.get(f"gold_{g}")))
+            (gold, f"gold reward ({g} annotators)", lambda r, g=g: _gain(r, sft, f"gold_{g}"))
             for g in _gold_groups(first)
         ]
     else:
         group = f"{judge.label} (held out)"
         columns = [
             (group, "judge win rate vs SFT [95% CI]", lambda r: _ci(r, "judge_win_rate")),
-            (group, "judge reward (its own scale)", lambda r: number(r.get("judge_mean"))),
-        ]
+            (group, "judge reward (its own scale); vs SFT [95% CI]",
+             lambda r: _gain(r, sft, "judge_mean")),
+        ]  # fmt: skip
     columns += [
         ("replies", "KL to SFT (nats)", lambda r: number(r.get("kl_to_sft"), 2)),
         ("replies", "reply length (tokens)", lambda r: number(r.get("length_tokens"), 1)),
