@@ -5,7 +5,7 @@
 #   make demo        the pipeline on the embedded defaults (about 20 min here)
 #   make demo-full   the larger profile: more data, steps, prompts and one more variant
 #   make lint        ruff check + format check
-#   make bench       distalign vs TRL side by side (~35 min here): benchmarks/results/README.md
+#   make bench       distalign vs TRL side by side (~56 min here): benchmarks/results/README.md
 # VENV=path/to/env: use (or create) another environment; one that has a torch keeps it.
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -229,7 +229,7 @@ def ceiling_section(peak: dict, rm: dict | None, rl: dict | None, params: int) -
     rows = []
     for workload, w in (rm or {}).get("workloads", {}).items():
         dense = w["settings"].get("pairs_per_prompt", 1) >= 2
-        for v in ("shared", "packed", "grouped", "trl"):
+        for v in ("shared", "packed", "grouped", "trl", "trl_grouped"):
             r = w["results"].get(v)
             # on prompt-dense pairs a default batch may hold a reply twice, encoded once: the
             # tokens it really runs are not counted there, so no fraction is given
