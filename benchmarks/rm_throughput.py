@@ -33,6 +33,7 @@ Needs TRL: ``pip install -e ".[bench]"`` (the version measured; not a dependency
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import shutil
@@ -180,6 +181,14 @@ def fitting_max_length(pairs: list[dict]) -> int:
     return -(-longest // 64) * 64
 
 
+def _grouped_batches(config_class) -> dict:
+    """transformers' length-grouped batches: 5's ``train_sampling_strategy``, 4's flag."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    if "train_sampling_strategy" in names:
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
+
+
 def run_trl(pairs, args, grouped: bool = False) -> dict:
     """TRL's RewardTrainer on the pairs; ``grouped``: with transformers' length-grouped batches
     (``train_sampling_strategy="group_by_length"``), the counterpart of distalign's default."""
@@ -224,7 +233,7 @@ def run_trl(pairs, args, grouped: bool = False) -> dict:
         center_rewards_coefficient=0.01,
         dataloader_num_workers=0,
         seed=0,
-        **({"train_sampling_strategy": "group_by_length"} if grouped else {}),
+        **(_grouped_batches(RewardConfig) if grouped else {}),
     )
     trainer = RewardTrainer(
         model=model, args=config, train_dataset=ds, processing_class=tok, callbacks=[Stamp()]

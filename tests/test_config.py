@@ -850,3 +850,15 @@ def test_one_rule_for_formats_the_failure_budget_and_the_gold_alias(tmp_path, mo
     assert is_gold("gold")
     (tmp_path / "gold").mkdir()  # a local folder of that name comes first, as data loads it
     assert not is_gold("gold")
+
+
+def test_trls_older_reward_model_key_joins_reward_funcs_and_reward_beside_both_is_refused(
+    tmp_path,
+):
+    flags = ["reward_model_path=rm", "reward_funcs=a.b"]
+    assert load_config(RLTrainConfig, None, flags).reward == ["rm", "a.b"]
+    path = tmp_path / "c.yaml"
+    path.write_text("reward_model_path: rm\nreward_funcs: [a.b]\n")
+    assert load_config(RLTrainConfig, path, []).reward == ["rm", "a.b"]
+    with pytest.raises(ConfigError, match="give one of them"):
+        load_config(RLTrainConfig, None, ["reward=x", "reward_model_path=rm", "reward_funcs=a.b"])

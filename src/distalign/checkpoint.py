@@ -101,7 +101,9 @@ def run_folder(model_dir: str | Path) -> str | None:
     output_dir, else the run holding it as its ``final/`` or ``checkpoints/step_N``; a run's
     folder has its ``config.yaml`` or ``metrics.jsonl``. None when none of them is a run's."""
     folder = Path(model_dir)
-    runs = (folder, folder.parent, folder.parent.parent)
+    # only folders the name itself spells: a hub id ("gpt2", "org/model") is never taken for
+    # a run of the working folder's
+    runs = [p for p in (folder, folder.parent, folder.parent.parent) if p != Path(".")]
     marks = ("config.yaml", "metrics.jsonl")
     return next((str(p) for p in runs if any((p / m).is_file() for m in marks)), None)
 

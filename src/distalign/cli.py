@@ -282,10 +282,10 @@ def _split_shown(source, split: str) -> str | None:
 def _held_out_title(cfg, what: str) -> str:
     """Title of a training command's held-out table, which says so when that set is the
     training data (one file without splits and no eval_dataset_name)."""
-    from distalign.data.load import evaluates_on_training_data, held_out_of
+    from distalign.data.load import evaluates_on_training_data, held_out_of, held_out_split
 
     source = cfg.eval_dataset_name or cfg.dataset_name
-    split = _split_shown(source, cfg.dataset_test_split)
+    split = _split_shown(source, held_out_split(cfg))
     where = f"{source}, {split}" if split else str(source)
     if evaluates_on_training_data(*held_out_of(cfg)):
         return f"{what}: the training data itself ({where})"

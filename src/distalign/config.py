@@ -348,7 +348,8 @@ def known_keys(
 def _both_reward_keys(items: dict[str, Any], where: str) -> dict[str, Any]:
     """TRL's ``reward_model_name_or_path`` beside ``reward_funcs``: TRL's script uses both,
     the model first; here one ``reward`` list."""
-    model, funcs = items.get("reward_model_name_or_path"), items.get("reward_funcs")
+    model = items.get("reward_model_name_or_path", items.get("reward_model_path"))
+    funcs = items.get("reward_funcs")
     if _unset(model) or _unset(funcs):
         return items
     if not _unset(items.get("reward")):
@@ -356,7 +357,8 @@ def _both_reward_keys(items: dict[str, Any], where: str) -> dict[str, Any]:
                           "reward_model_name_or_path; give one of them")  # fmt: skip
     funcs = list(funcs) if isinstance(funcs, list | tuple) else [funcs]
     log.info("%s: reward_model_name_or_path and reward_funcs are read as one reward list", where)
-    out = {k: v for k, v in items.items() if k not in ("reward_model_name_or_path", "reward_funcs")}
+    names = ("reward_model_name_or_path", "reward_model_path", "reward_funcs")
+    out = {k: v for k, v in items.items() if k not in names}
     return {**out, "reward": [model, *funcs]}
 
 
@@ -703,6 +705,8 @@ def _trl_reward_pair(
     """TRL keeps reward functions and a reward model in two fields, and its script trains on
     both: with a file that gives either, a flag of either replaces that field of the file and
     keeps the other (``_both_reward_keys`` then makes one list of them, the model first)."""
+    if loaded.get("reward_model_path") is not None:  # the older name of the model's field
+        loaded = {**loaded, "reward_model_name_or_path": loaded.pop("reward_model_path")}
     if not any(loaded.get(k) is not None for k in TRL_REWARD_KEYS):
         return loaded, _trl_reward_flags(overrides)
     given, kept = _trl_reward_items(overrides)
@@ -717,6 +721,7 @@ def _trl_reward_items(overrides: Sequence[Override]) -> tuple[dict[str, Any], li
             kept.append(item)  # said malformed where overrides are read
             continue
         key, raw = item.split("=", 1) if isinstance(item, str) else item
+        key = "reward_model_name_or_path" if key == "reward_model_path" else key  # older name
         if key not in TRL_REWARD_KEYS:
             kept.append(item)
             continue
@@ -733,6 +738,10 @@ def _trl_reward_flags(overrides: Sequence[Override]) -> list[Override]:
     given, kept = _trl_reward_items(overrides)
     if any(_unset(given.get(k)) for k in TRL_REWARD_KEYS):
         return list(overrides)
+    if any((item.split("=", 1)[0] if isinstance(item, str) else item[0]) == "reward"
+           for item in kept):  # fmt: skip
+        raise ConfigError("flags: `reward` beside TRL's reward_funcs and "
+                          "reward_model_name_or_path; give one of them")  # fmt: skip
     return [*kept, ("reward", _both_reward_keys(given, "flags")["reward"])]
 
 

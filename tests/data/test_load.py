@@ -720,3 +720,10 @@ def test_rated_single_responses_say_how_to_make_pairs(tmp_path):
     rows = [{"prompt": "q", "response": "a", "helpfulness": 3}]
     with pytest.raises(PreferenceFormatError, match="pair each prompt's responses"):
         load_preferences(str(write_jsonl(tmp_path / "hs2.jsonl", rows)))
+
+
+def test_a_forced_format_reads_rows_that_also_have_a_prompt_column(tmp_path):
+    turn = "\n\nHuman: Hi\n\nAssistant:"
+    rows = [{"prompt": turn, "chosen": turn + " Hello.", "rejected": turn + " Go away."}]
+    ds = load_preferences(str(write_jsonl(tmp_path / "hh.jsonl", rows)), format="hh")
+    assert ds["chosen"] == ["Hello."] and ds["prompt"][0][-1]["content"] == "Hi"

@@ -801,6 +801,7 @@ def test_a_rebuild_from_elsewhere_finds_the_runs_or_says_which_are_missing(tmp_p
     root = tmp_path / "project"
     run = root / "runs" / "rl_a"
     (run / "final").mkdir(parents=True)
+    (run / "final" / "config.json").write_text("{}")  # a model folder
     rows = [{"step": s, "train/reward": s / 2, "train/kl": s / 4, "eval/gold_mean": 2 + s / 8}
             for s in (1, 2, 3)]  # fmt: skip
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -896,3 +897,17 @@ def test_gain_interval_pairs_each_prompts_mean_with_sfts():
     sft = np.array([0.0, 0.0, 1.0, 1.0])  # means 0, 1: gains 2 and 1
     lo, hi = gain_interval(policy, sft, 2, cfg)
     assert 1.0 <= lo <= hi <= 2.0
+
+
+def test_a_rebuild_leaves_hub_ids_alone_and_a_hub_policy_has_no_run(tmp_path, monkeypatch):
+    from distalign.checkpoint import run_folder
+    from distalign.report.html import relocated
+
+    (tmp_path / "gpt2").mkdir()  # a folder that only shares the hub id's name
+    compare = tmp_path / "cmp"
+    compare.mkdir()
+    summary = {"config": {"policies": ["gpt2", "org/model"], "runs": []}, "policies": {}}
+    assert relocated(summary, compare)["config"]["policies"] == ["gpt2", "org/model"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("reward: null\n")  # the working folder's own run
+    assert run_folder("org/model") is None and run_folder("gpt3") is None

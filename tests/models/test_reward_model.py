@@ -209,3 +209,27 @@ def test_scoring_fits_a_long_conversation_as_training_does(smol_tokenizer):
     text = smol_tokenizer.decode(prompt)
     assert "apples" not in text and text.rstrip().endswith("assistant")
     assert "And pears" in text
+
+
+def test_a_saved_reward_model_replaces_a_model_folder_whole_and_nothing_else(tiny_rm, tmp_path):
+    import os
+    import stat
+
+    from distalign.models.reward_model import META_FILE
+
+    model, tokenizer = tiny_rm
+    out = tmp_path / "final"
+    save_reward_model(model, tokenizer, out, {"head": "scalar"})
+    (out / "stale.txt").write_text("from an earlier save")
+    save_reward_model(model, tokenizer, out, {"head": "scalar"})  # a model folder: replaced
+    assert (out / META_FILE).is_file() and not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]  # no .tmp / .old left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # readable as any folder made here
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(FileExistsError, match="not a model's"):
+        save_reward_model(model, tokenizer, run, {"head": "scalar"})
+    assert (run / "metrics.jsonl").is_file()

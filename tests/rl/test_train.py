@@ -740,7 +740,7 @@ def test_a_folder_without_a_test_split_is_evaluated_on_its_training_prompts(
         train, held_out = prompt_sets(cfg, one, smol_tokenizer, reward_apple)
     assert [p.text for p in held_out] == [p.text for p in train] == ["One?", "Two?"]
     assert "no file for split 'test'" in caplog.text and "its training data" in caplog.text
-    assert cfg.dataset_test_split == "train"  # so every table says where it measured
+    assert cfg.held_out_split == "train"  # every table says where it measured; the key kept
     # a held-out source or a split named on purpose must be there: a typo stops the run
     (tmp_path / "ds2").mkdir()
     write_jsonl(tmp_path / "ds2" / "train.jsonl", [{"prompt": "Three?"}])

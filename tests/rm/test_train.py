@@ -515,7 +515,8 @@ def test_a_folder_without_a_test_split_is_evaluated_on_its_training_pairs(
     with caplog.at_level("WARNING"):
         result = run(cfg)
     assert "no file for split 'test'" in caplog.text and "its training data" in caplog.text
-    assert cfg.dataset_test_split == "train" and result["pairs"] > 0
+    assert (cfg.dataset_test_split, cfg.held_out_split) == ("test", "train")  # the key kept
+    assert result["pairs"] > 0
     named = config(tiny_model_dir, tmp_path / "ds", tmp_path / "b", dataset_test_split="tset")
     with pytest.raises(MissingSplitError):
         run(named)

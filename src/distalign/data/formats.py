@@ -500,7 +500,9 @@ def _p_by_group(row, where) -> list[dict[str, Any]] | None:
     return out
 
 
-def normalise_row(row: Mapping[str, Any], fmt: str, where: str, index: int) -> dict[str, Any]:
+def normalise_row(
+    row: Mapping[str, Any], fmt: str, where: str, index: int, detected: bool = False
+) -> dict[str, Any]:
     """One source row -> the normalised form. Raises PreferenceFormatError naming the field.
 
     Empty replies are kept ('' is a reply: HH has chosen replies that say nothing); the loader
@@ -510,7 +512,7 @@ def normalise_row(row: Mapping[str, Any], fmt: str, where: str, index: int) -> d
             raise PreferenceFormatError(where, field, "missing")
         if row[field] is None:
             raise PreferenceFormatError(where, field, "null: expected a reply ('' is an empty one)")
-    if fmt != "explicit" and row.get("prompt") is not None:  # a mixed file: keep no prompt out
+    if detected and fmt != "explicit" and row.get("prompt") is not None:  # a mixed file
         raise PreferenceFormatError(
             where, "prompt", f"a prompt in a data set read as {fmt} (its first row has none, "
             "so its replies carry the prompt): give every row a prompt, or none",

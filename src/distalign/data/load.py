@@ -142,11 +142,12 @@ def warn_if_evaluating_on_training_data(cfg: Any) -> None:
         )
 
 
-def held_out_or_training(cfg: Any, default_split: str, load: Any) -> Any:
+def held_out_or_training(cfg: Any, default_split: str, load: Any, training: Any = None) -> Any:
     """``load(split)`` of a training config's held-out split. A data set without the default
     ``test`` split (none named on purpose: ``dataset_test_split`` at ``default_split`` and no
-    ``eval_dataset_name``) evaluates on its training split, as one file does, with a warning;
-    ``cfg.dataset_test_split`` then names that split, so every table says where it measured.
+    ``eval_dataset_name``) evaluates on its training split (``training`` where given, else
+    loaded), as one file does, with a warning. ``cfg.held_out_split`` (not a key: the saved
+    config keeps the user's) then names that split, so every table says where it measured.
     A split or held-out source named on purpose must be there: a typo stops."""
     from distalign.config import config_warning
 
@@ -157,8 +158,13 @@ def held_out_or_training(cfg: Any, default_split: str, load: Any) -> Any:
             raise
         config_warning(log, "%s; the run evaluates on its training data (give "
                        "dataset_test_split or eval_dataset_name for held-out data)", e)  # fmt: skip
-        cfg.dataset_test_split = cfg.dataset_train_split
-        return load(cfg.dataset_train_split)
+        cfg.held_out_split = cfg.dataset_train_split
+        return load(cfg.dataset_train_split) if training is None else training
+
+
+def held_out_split(cfg: Any) -> str:
+    """The split a training config's held-out figures come from (``held_out_or_training``)."""
+    return getattr(cfg, "held_out_split", None) or cfg.dataset_test_split
 
 
 def held_out_of(cfg: Any) -> tuple[Any, Any, str, str]:
@@ -167,7 +173,7 @@ def held_out_of(cfg: Any) -> tuple[Any, Any, str, str]:
         cfg.dataset_name,
         cfg.eval_dataset_name,
         cfg.dataset_train_split,
-        cfg.dataset_test_split,
+        held_out_split(cfg),
     )
 
 
@@ -383,7 +389,7 @@ def load_preferences(
                     fmt = detect_format(raw)
                 except ValueError as e:
                     raise PreferenceFormatError(where, None, str(e)) from None
-            row = normalise_row(raw, fmt, where, index)
+            row = normalise_row(raw, fmt, where, index, detected=format is None)
         except PreferenceFormatError as e:
             if not skip_bad_rows:
                 raise

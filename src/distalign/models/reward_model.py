@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -297,18 +296,25 @@ def save_reward_model(
     """``save_pretrained`` of weights (or LoRA adapter) and tokenizer, plus the metadata file;
     ``state_dict``: the weights gathered from a sharded model (``distalign.distributed``)."""
     out = Path(out_dir)
+    model_marks = ("config.json", "adapter_config.json", META_FILE)
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in model_marks):
+        raise FileExistsError(f"{out} holds files that are not a model's: not replaced")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))  # whole or nothing
+    tmp, old = (out.with_name(f"{out.name}.{end}") for end in ("tmp", "old"))
+    for leftover in (tmp, old):  # of a save that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp.mkdir()  # whole or nothing: written aside, then swapped in (the umask's mode)
     try:
         name_outputs(model, meta.get("head", "scalar"))
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / META_FILE).write_text(reward_meta_text(meta), encoding="utf-8")
         if out.exists():
-            shutil.rmtree(out)
+            os.replace(out, old)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return out
 
 

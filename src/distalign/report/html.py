@@ -261,13 +261,18 @@ def write_report(
     return path
 
 
+RUN_MARKS = ("config.yaml", "metrics.jsonl", "config.json", "adapter_config.json", "final")
+
+
 def _relocate(path: str, bases: list[Path]) -> str:
-    """A relative folder as found from here, else from the first of ``bases`` that has it;
-    as it was when neither has it."""
+    """A relative folder as found from here, else from the first of ``bases`` that has it as
+    a run or model folder (so a hub id such as ``gpt2`` is never taken for a folder that
+    happens to share its name); as it was when neither has it."""
     p = Path(path).expanduser()
     if p.is_absolute() or p.exists():
         return path
-    return next((str(b / p) for b in bases if (b / p).exists()), path)
+    found = (b / p for b in bases if any((b / p / m).exists() for m in RUN_MARKS))
+    return str(next(found, path))
 
 
 def _relocate_spec(item: str, bases: list[Path]) -> str:

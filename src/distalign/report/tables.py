@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path
 from typing import Any
 
 from distalign.report.runs import rm_evaluations
@@ -229,9 +229,9 @@ def oracle_policies(summary: Mapping) -> dict[str, str]:
     folders = named_folders(config.get("policies") or [], taken={"sft"}, strict=False)
     out = {}
     for run in summary.get("trained_on_judge") or []:
-        r = str(PurePath(run))
+        r = Path(run).expanduser().resolve()
         for name, folder in folders.items():
-            if str(PurePath(folder)) == r or str(PurePath(folder)).startswith(r + "/"):
+            if Path(folder).expanduser().resolve().is_relative_to(r):
                 out.setdefault(name, run)
     return out
 

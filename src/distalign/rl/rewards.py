@@ -508,7 +508,8 @@ class RewardSum(RewardSource):
         outputs = []
         for name, source in zip(self.names, self.sources, strict=True):
             ref = (reference or {}).get(name)
-            extra = {} if columns is None else {"columns": columns}  # user sources may lack it
+            takes = columns is not None and _takes(source, "columns")  # user sources may lack it
+            extra = {"columns": columns} if takes else {}
             if isinstance(source, CallableReward):
                 extra["context"] = context
             outputs.append(source(prompts, replies, ref, **extra))
@@ -659,3 +660,12 @@ def run_rewards(saved: dict) -> list:
     reward = saved.get("reward")
     reward = GOLD_REWARD if reward is None else reward
     return reward if isinstance(reward, list) else [reward]
+
+
+def _takes(source: object, name: str) -> bool:
+    """Whether a reward source's call takes the keyword ``name`` (or any keyword)."""
+    try:
+        params = inspect.signature(source).parameters  # an instance: its __call__
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

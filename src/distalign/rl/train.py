@@ -330,6 +330,7 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
         cfg, RLTrainConfig.dataset_test_split,
         lambda split: load_prompts(source, split, **(hub if same else {}), **bad,
                                    report=held_out_report),
+        training=train,
     )  # fmt: skip
     data = LoadReport(
         source=source, transcripts=report.transcripts + held_out_report.transcripts,

@@ -36,6 +36,7 @@ from distalign.config import (
     config_dict,
 )
 from distalign.data.load import (
+    held_out_split,
     known_p_chosen,
     p_chosen_by_group,
     warn_if_evaluating_on_training_data,
@@ -394,8 +395,9 @@ def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, output
     if merged is not None:
         save_reward_model(merged, t.tokenizer, t.out / "final_merged", meta)
     name = held_out if isinstance(held_out, str) else "dataset"
-    where = {"data": name, "split": cfg.dataset_test_split, "head": cfg.head}
-    save_eval(result | where, outputs, final / eval_file_name(name, cfg.dataset_test_split))
+    split = held_out_split(cfg)
+    where = {"data": name, "split": split, "head": cfg.head}
+    save_eval(result | where, outputs, final / eval_file_name(name, split))
     summary = {"eval": result, "steps": state.step, **summary}
     (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -473,7 +475,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
                 known_p_chosen(held_out), p_chosen_by_group(held_out))  # fmt: skip
     if cfg.head != "scalar":  # the annotators' disagreement about each held-out reply
         source = cfg.eval_dataset_name or cfg.dataset_name
-        t.truth = pair_replies(source, cfg.dataset_test_split, held_out["source_row"])
+        t.truth = pair_replies(source, held_out_split(cfg), held_out["source_row"])
     state = resumed_state(cfg, out, accelerator, model, optimizer, scheduler, train)
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
