@@ -237,6 +237,13 @@ def save_checkpoint(
         raise CheckpointError(
             f"could not write checkpoint {path}: {reason} (the previous checkpoint is intact)"
         ) from e
+    swap_in(tmp, path)
+    return path
+
+
+def swap_in(tmp: Path, path: Path) -> None:
+    """Put the complete folder ``tmp`` in the place of ``path``: the old one moves to
+    ``<name>.old`` first and goes once the new one is there, so a kill leaves one whole."""
     old = path.with_name(path.name + ".old")
     if path.exists():
         if old.exists():  # a run stopped while removing it: ``path`` is whole, ``old`` stale
@@ -244,7 +251,6 @@ def save_checkpoint(
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
-    return path
 
 
 def load_model_weights(model, path: str | Path) -> None:

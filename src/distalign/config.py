@@ -348,8 +348,7 @@ def known_keys(
 def _both_reward_keys(items: dict[str, Any], where: str) -> dict[str, Any]:
     """TRL's ``reward_model_name_or_path`` beside ``reward_funcs``: TRL's script uses both,
     the model first; here one ``reward`` list."""
-    model = items.get("reward_model_name_or_path", items.get("reward_model_path"))
-    funcs = items.get("reward_funcs")
+    model, funcs = items.get("reward_model_name_or_path"), items.get("reward_funcs")
     if _unset(model) or _unset(funcs):
         return items
     if not _unset(items.get("reward")):
@@ -357,8 +356,7 @@ def _both_reward_keys(items: dict[str, Any], where: str) -> dict[str, Any]:
                           "reward_model_name_or_path; give one of them")  # fmt: skip
     funcs = list(funcs) if isinstance(funcs, list | tuple) else [funcs]
     log.info("%s: reward_model_name_or_path and reward_funcs are read as one reward list", where)
-    names = ("reward_model_name_or_path", "reward_model_path", "reward_funcs")
-    out = {k: v for k, v in items.items() if k not in names}
+    out = {k: v for k, v in items.items() if k not in TRL_REWARD_KEYS}
     return {**out, "reward": [model, *funcs]}
 
 
@@ -706,7 +704,8 @@ def _trl_reward_pair(
     both: with a file that gives either, a flag of either replaces that field of the file and
     keeps the other (``_both_reward_keys`` then makes one list of them, the model first)."""
     if loaded.get("reward_model_path") is not None:  # the older name of the model's field
-        loaded = {**loaded, "reward_model_name_or_path": loaded.pop("reward_model_path")}
+        loaded = dict(loaded)
+        loaded["reward_model_name_or_path"] = loaded.pop("reward_model_path")
     if not any(loaded.get(k) is not None for k in TRL_REWARD_KEYS):
         return loaded, _trl_reward_flags(overrides)
     given, kept = _trl_reward_items(overrides)

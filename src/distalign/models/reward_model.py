@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -299,22 +298,20 @@ def save_reward_model(
     model_marks = ("config.json", "adapter_config.json", META_FILE)
     if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in model_marks):
         raise FileExistsError(f"{out} holds files that are not a model's: not replaced")
+    from distalign.checkpoint import swap_in
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = (out.with_name(f"{out.name}.{end}") for end in ("tmp", "old"))
-    for leftover in (tmp, old):  # of a save that was killed
-        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = out.with_name(f"{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # of a save that was killed
     tmp.mkdir()  # whole or nothing: written aside, then swapped in (the umask's mode)
     try:
         name_outputs(model, meta.get("head", "scalar"))
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / META_FILE).write_text(reward_meta_text(meta), encoding="utf-8")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
+        swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return out
 
 

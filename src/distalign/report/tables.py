@@ -150,8 +150,13 @@ def _gain(row: Mapping, sft: Mapping, key: str) -> tuple[str, str] | str:
     interval = row.get(f"{key}_gain_ci95")
     if row is sft or not interval or row.get(key) is None or sft.get(key) is None:
         return value
+    return value, f"{row[key] - sft[key]:+.3f} {_signed(interval)}"
+
+
+def _signed(interval) -> str:
+    """A gain's interval as the page writes it: [+0.313, +0.786]."""
     lo, hi = interval
-    return value, f"{row[key] - sft[key]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    return f"[{lo:+.3f}, {hi:+.3f}]"
 
 
 def reward_models(row: Mapping) -> list[str]:
@@ -207,7 +212,7 @@ def verdicts(summary: Mapping) -> list[dict[str, Any]]:
                 "where": where,
                 "gain": "—" if gain is None else f"{gain:+.3f}",
                 "gain_interval": (
-                    "[{:+.3f}, {:+.3f}]".format(*row[f"{key}_mean_gain_ci95"])
+                    _signed(row[f"{key}_mean_gain_ci95"])
                     if row.get(f"{key}_mean_gain_ci95") and gain is not None
                     else ""
                 ),

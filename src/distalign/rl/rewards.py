@@ -474,6 +474,7 @@ class RewardSum(RewardSource):
         for source in self.sources:
             name = re.sub(r"[^\w.\-]+", "_", getattr(source, "name", "reward")).strip("_")
             self.names.append(unique_name(name or "reward", self.names))
+        self.takes_columns = [_takes(s, "columns") for s in self.sources]  # user sources may not
         self.needs_reference = any(s.needs_reference for s in self.sources)
         self.distributional = len(self.sources) == 1 and self.sources[0].distributional
         self.trainer_state = None  # TRL's trainer_state for reward functions: set per step
@@ -506,10 +507,9 @@ class RewardSum(RewardSource):
             "log_extra": sink.log_extra, "log_metric": sink.log_metric,
         }  # fmt: skip
         outputs = []
-        for name, source in zip(self.names, self.sources, strict=True):
+        for name, source, takes in zip(self.names, self.sources, self.takes_columns, strict=True):
             ref = (reference or {}).get(name)
-            takes = columns is not None and _takes(source, "columns")  # user sources may lack it
-            extra = {"columns": columns} if takes else {}
+            extra = {"columns": columns} if takes and columns is not None else {}
             if isinstance(source, CallableReward):
                 extra["context"] = context
             outputs.append(source(prompts, replies, ref, **extra))
