@@ -167,7 +167,6 @@ NOT_OFFERED = {
     "transformers_continuous_batching_config": _SAMPLER,
     "ds3_gather_for_generation": "sampling gathers sharded weights whole "
     "(distalign.distributed.full_parameters)",
-    "chat_template_kwargs": "the chat template is rendered with its own defaults",
     "log_unique_prompts": "every prompt and completion of every step is in "
     "output_dir/history.jsonl",
     "log_multimodal": "text models only",
@@ -271,7 +270,7 @@ NEUTRAL = {
     "use_vllm": False, "generation_kwargs": Either((None, {})), "cache_implementation": None,
     "use_transformers_paged": False, "use_transformers_continuous_batching": False,
     "transformers_continuous_batching_config": ANY, "ds3_gather_for_generation": ANY,
-    "chat_template_kwargs": Either((None, {})), "log_unique_prompts": ANY,
+    "log_unique_prompts": ANY,
     "log_multimodal": ANY, "router_aux_loss_coef": ANY,
     "pad_to_multiple_of": Either((None, "auto")),
     "lora_target_parameters": None, "repetition_penalty": 1.0, "min_p": Either((None, 0.0)),

@@ -247,7 +247,7 @@ def test_hub_id_goes_through_load_dataset(monkeypatch):
                 "rejected": "b",
             },
             "chosen[0].tool_calls",
-            "tool calls are not supported",
+            "a reply that calls tools is not supported",
         ),
         (
             {
@@ -695,13 +695,50 @@ def test_an_empty_csv_cell_in_a_number_column_is_a_missing_value(tmp_path):
     assert ds["margin"] == [1.5, None]
 
 
-def test_tool_definitions_for_the_template_are_counted_and_said(tmp_path, caplog):
-    rows = [{**EXPLICIT[0], "tools": "[{}]"}, EXPLICIT[1]]
+def test_what_the_template_does_not_get_is_counted_and_said(tmp_path, caplog):
+    """Pairs render their tools (as TRL's RewardTrainer); a reply message's keys beside its
+    text are not rendered, and prompts for rl train render neither tools nor template
+    arguments of their rows (TRL's GRPO takes them from its config): counted and said."""
+    from distalign.data.prompts import load_prompts
+
+    reasoning = [{"role": "assistant", "content": "a", "reasoning_content": "because"}]
+    rows = [{**EXPLICIT[0], "tools": "[{}]"}, {**EXPLICIT[1], "chosen": reasoning}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
     report = LoadReport(source="d.jsonl")
     with caplog.at_level("WARNING"):
-        load_preferences(str(write_jsonl(tmp_path / "d.jsonl", rows)), report=report)
+        ds = load_preferences(str(path), report=report)
+    assert report.ignored == {"chosen.reasoning_content": 1}
+    assert "'chosen.reasoning_content' in 1 rows: not given to the chat template" in caplog.text
+    assert ds["template_kwargs"] == ['{"tools": [{}]}', None]
+    report = LoadReport(source="p.jsonl")
+    load_prompts(
+        str(
+            write_jsonl(
+                tmp_path / "p.jsonl",
+                [{"prompt": "q", "tools": [{"type": "function"}]}, {"prompt": "r"}],
+            )
+        ),
+        report=report,
+    )
     assert report.ignored == {"tools": 1}
-    assert "'tools' in 1 rows: not given to the chat template" in caplog.text
+    report = LoadReport(source="d.jsonl")
+    load_prompts(str(path), report=report)
+    assert report.ignored["tools"] == 1
+
+
+def test_tool_calls_in_the_prompt_reach_rl_prompts(tmp_path):
+    from distalign.data.prompts import load_prompts
+
+    call = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {}}}],
+    }
+    turns = [{"role": "user", "content": "q"}, call,
+             {"role": "tool", "content": "1", "tool_call_id": "c"}]  # fmt: skip
+    for rows in ([{"prompt": turns}], [{"prompt": turns, "chosen": "a", "rejected": "b"}]):
+        (prompt,) = load_prompts(str(write_jsonl(tmp_path / "p.jsonl", rows)))
+        assert prompt[1] == {**call, "content": ""} and prompt[2]["tool_call_id"] == "c"
 
 
 def test_a_reply_of_several_messages_is_said_to_be_one():

@@ -216,3 +216,93 @@ def test_off_prompt_pairs_truncate_and_skip_what_teaches_nothing():
     same = [{"prompt_ids": [k], "chosen_ids": [9], "rejected_ids": [9]} for k in range(3)]
     assert off_prompt_pairs(same, 5, seed=0, max_length=8, max_prompt_length=4) == []
     assert off_prompt_pairs(rows, 0, seed=0, max_length=24, max_prompt_length=8) == []
+
+
+# A template that writes what TRL hands it beside the messages: tools, tool calls, a tool
+# result's call id and a template argument (Qwen3's enable_thinking).
+TOOL_TEMPLATE = (
+    "{%- if enable_thinking is defined and not enable_thinking %}/no_think\n{% endif -%}"
+    "{%- if tools %}<tools>{{ tools | tojson }}</tools>\n{% endif -%}"
+    "{%- for m in messages -%}<{{ m.role }}>{{ m.content }}"
+    "{%- for c in m.tool_calls or [] %}<call>{{ c.function.name }}"
+    "{{ c.function.arguments | tojson }}</call>{% endfor -%}"
+    "{%- if m.tool_call_id %}[{{ m.tool_call_id }}]{% endif %}</{{ m.role }}>\n"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %}<assistant>{% endif -%}"
+)
+WEATHER = [{"type": "function", "function": {"name": "weather", "parameters": {}}}]
+CALLING = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "content": "18C", "tool_call_id": "c1"},
+]  # fmt: skip
+
+
+@pytest.fixture()
+def tool_tokenizer(smol_tokenizer):
+    import copy
+
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.chat_template = TOOL_TEMPLATE
+    return tokenizer
+
+
+def _ids(out):
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+@pytest.mark.parametrize("arrow", [False, True])
+def test_tool_calls_tools_and_template_arguments_are_rendered_as_trl_does(
+    tmp_path, tool_tokenizer, arrow
+):
+    """TRL's RewardTrainer renders a row's messages whole (tool calls, call ids) with its
+    ``tools`` and ``chat_template_kwargs``: prompt + reply is that rendering, token for token.
+    Through Arrow a row gets every key of the column's struct (absent ones null): a row
+    without tool calls renders as if it had none."""
+    import json
+
+    import datasets
+
+    from distalign.data.load import load_preferences
+    from distalign.data.pairs import tokenize_pairs
+    from tests.conftest import write_jsonl
+
+    rows = [
+        {"prompt": CALLING, "chosen": [{"role": "assistant", "content": "It is 18C."}],
+         "rejected": [{"role": "assistant", "content": "No idea."}],
+         "tools": json.dumps(WEATHER), "chat_template_kwargs": {"enable_thinking": False}},
+        {"prompt": [{"role": "user", "content": "Hi"}],
+         "chosen": [{"role": "assistant", "content": "Hello!"}],
+         "rejected": [{"role": "assistant", "content": "Go away."}],
+         "tools": None, "chat_template_kwargs": None},
+    ]  # fmt: skip
+    source = (
+        datasets.Dataset.from_list(rows) if arrow else str(write_jsonl(tmp_path / "d.jsonl", rows))
+    )
+    pairs = tokenize_pairs(load_preferences(source), tool_tokenizer, max_length=512)
+    for row, pair in zip(rows, pairs, strict=True):
+        kwargs = {"tools": json.loads(row["tools"])} if row["tools"] else {}
+        kwargs.update(row["chat_template_kwargs"] or {})
+        for side in ("chosen", "rejected"):
+            expected = tool_tokenizer.apply_chat_template(
+                [*row["prompt"], *row[side]], tokenize=True, **kwargs
+            )
+            assert pair["prompt_ids"] + pair[f"{side}_ids"] == _ids(expected)
+    text = tool_tokenizer.decode(pairs[0]["prompt_ids"])
+    assert text.startswith("/no_think\n<tools>")
+    assert '<call>weather{"city": "Paris"}</call>' in text and "18C[c1]</tool>" in text
+    assert tool_tokenizer.decode(pairs[1]["prompt_ids"]) == "<user>Hi</user><assistant>"
+
+
+def test_bad_tools_and_template_arguments_name_their_field(tmp_path):
+    from distalign.data.formats import PreferenceFormatError, normalise_row
+
+    base = {"prompt": "q", "chosen": "a", "rejected": "b"}
+    for extra, field in (({"tools": "{not json"}, "tools"), ({"tools": {"a": 1}}, "tools"),
+                         ({"chat_template_kwargs": [1]}, "chat_template_kwargs")):  # fmt: skip
+        with pytest.raises(PreferenceFormatError) as info:
+            normalise_row({**base, **extra}, "explicit", "d.jsonl:1", 0)
+        assert info.value.field == field
+    row = normalise_row({**base, "tools": "[]", "chat_template_kwargs": {}}, "explicit", "w", 0)
+    assert row["template_kwargs"] is None  # TRL: `tools or None`

@@ -599,3 +599,49 @@ def test_string_data_read_through_a_hub_rms_template_says_how_trl_trained_it(gpt
         plain = RewardModelSource(str(gpt2_rm), chat_template="plain")
         plain.fit_rendering(strings, "pairs.jsonl")
     assert "chat_template_path=plain" not in caplog.text
+
+
+THINKING = (  # a template with an argument, as Qwen3's enable_thinking
+    "{%- if enable_thinking is defined and not enable_thinking %}/no_think\n{% endif -%}"
+    "{%- for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor -%}"
+    "{%- if add_generation_prompt %}<assistant>{% endif -%}"
+)
+
+
+def test_chat_template_kwargs_reach_every_rendering_of_a_run(tiny_model_dir, tmp_path):
+    """TRL's GRPO/RLOO render the policy's prompts and the reward model's conversations with
+    ``chat_template_kwargs``: so do the sampler, a distalign RM and another classifier."""
+    from distalign.config import load_config
+    from distalign.models.generate import SamplingConfig, sample_replies
+    from distalign.models.load import load_policy
+    from distalign.models.reward_model import build_reward_model, save_reward_model
+    from distalign.rl.config import RLTrainConfig
+    from distalign.rl.train import load_rewards
+
+    off = {"enable_thinking": False}
+    model, tok = build_reward_model(str(tiny_model_dir), "scalar")
+    tok.chat_template = THINKING
+    folder = save_reward_model(model, tok, tmp_path / "rm", {"head": "scalar", "max_length": 48})
+    keys = [f"reward={folder}", f"output_dir={tmp_path / 'o'}"]
+    cfg = load_config(RLTrainConfig, None, [*keys, "chat_template_kwargs={enable_thinking: false}"])
+    assert cfg.chat_template_kwargs == off
+    source = load_rewards(cfg, "cpu").sources[0]
+    plain = RewardModelSource(str(folder))
+    assert source.template_kwargs == off
+    got, default = source(PROMPTS, REPLIES).rewards, plain(PROMPTS, REPLIES).rewards
+    assert not torch.allclose(got, default)  # the rendering differs: /no_think first
+    from distalign.models.reward_model import scored_tokens
+
+    p, r = scored_tokens(source.tokenizer, PROMPTS[0], REPLIES[0], 48, template_kwargs=off)
+    assert source.tokenizer.decode(p + r).startswith("/no_think\n<user>")
+    assert encode_conversation(source.tokenizer, PROMPTS[0], "x", 48, off) == (
+        source.tokenizer("/no_think\n<user>hello apple ?</user><assistant>x</assistant>",
+                         add_special_tokens=False)["input_ids"]
+    )  # fmt: skip
+    policy, ptok = load_policy(str(tiny_model_dir))
+    ptok.chat_template = THINKING
+    out = sample_replies(policy, ptok, PROMPTS[:1], config=SamplingConfig(
+        max_completion_length=2, chat_template_kwargs=off))  # fmt: skip
+    assert ptok.decode(out.prompt_ids[0]) == "/no_think\n<user>hello apple ?</user><assistant>"
+    with pytest.raises(ValueError, match="chat_template_kwargs must be a mapping"):
+        SamplingConfig(chat_template_kwargs=["enable_thinking"])

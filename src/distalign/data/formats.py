@@ -70,6 +70,7 @@ ROLE_ALIASES = {
     "function_call": "assistant",
 }
 PROMPT_COLUMNS = ("conversations", "messages")  # where a ShareGPT row keeps its prompt
+REPLY_COLUMNS = ("reply", "response", "completion")  # a scored reply's column (rm score)
 _SCORE_COLUMNS = (
     ("chosen_rating", "rejected_rating"),
     ("chosen_score", "rejected_score"),
@@ -180,12 +181,19 @@ def _parse_message(message: Any, where: str, field: str) -> dict[str, str]:
             f"{field}.{role_key}",
             f"expected one of {accepted}, got {_describe(message.get(role_key))}",
         )
-    if message.get("tool_calls"):  # TRL renders them through the template: never drop them
+    # Every other key (tool_calls, tool_call_id, name, reasoning_content, …) goes to the chat
+    # template with the message, as TRL hands it the messages whole; Arrow's nulls are absent.
+    extras = {k: v for k, v in message.items() if k not in _MESSAGE_KEYS and v is not None}
+    calls = extras.pop("tool_calls", None)
+    if calls is not None and not isinstance(calls, list):
         raise PreferenceFormatError(
-            where, f"{field}.tool_calls", "tool calls are not supported (distalign reads a "
-            "message's role and content only, and would lose them)",
-        )  # fmt: skip
+            where, f"{field}.tool_calls", f"expected a list of calls, got {_describe(calls)}"
+        )
+    if calls:
+        extras["tool_calls"] = calls
     content = message.get(content_key)
+    if content is None and calls:  # an assistant turn that only calls tools (OpenAI: null)
+        content = ""
     if isinstance(content, list):
         raise PreferenceFormatError(
             where, f"{field}.{content_key}", "content parts (a list: images, multimodal "
@@ -195,17 +203,84 @@ def _parse_message(message: Any, where: str, field: str) -> dict[str, str]:
         raise PreferenceFormatError(
             where, f"{field}.{content_key}", f"expected a string, got {_describe(content)}"
         )
-    return {"role": role, "content": content}
+    return {"role": role, "content": content, **extras}
 
 
+_MESSAGE_KEYS = ("role", "content", "from", "value")
 TEMPLATE_COLUMNS = ("tools", "chat_template_kwargs")  # what TRL hands the chat template
 
 
-def ignored_columns(row: Mapping[str, Any]) -> list[str]:
-    """The columns of ``row`` that TRL gives the chat template beside the messages and that
-    distalign does not (tool definitions, template arguments): counted and said by the
-    loaders, never dropped silently."""
-    return [c for c in TEMPLATE_COLUMNS if row.get(c)]
+def ignored_columns(row: Mapping[str, Any], rendered: bool = False) -> list[str]:
+    """What of ``row`` TRL gives the chat template and distalign does not: the ``tools`` and
+    ``chat_template_kwargs`` columns unless ``rendered`` (preference pairs render them, as
+    TRL's RewardTrainer does; prompts for ``rl train`` do not, as TRL's GRPO trainer takes
+    its tools and template arguments from its config), and a reply message's keys beside its
+    text (``chosen.reasoning_content``): counted and said by the loaders, never dropped
+    silently."""
+    out = [] if rendered else [c for c in TEMPLATE_COLUMNS if row.get(c)]
+    for field in ("chosen", "rejected", *REPLY_COLUMNS):
+        value = row.get(field)
+        if _is_messages(value) and value:
+            last = value[-1]
+            out += [f"{field}.{k}" for k, v in last.items()
+                    if k not in _MESSAGE_KEYS and v is not None]  # fmt: skip
+    return out
+
+
+def template_kwargs(row: Mapping[str, Any], where: str) -> str | None:
+    """What TRL's RewardTrainer passes ``apply_chat_template`` beside a row's messages: its
+    ``tools`` (a list, or JSON text of one; empty is none) and its ``chat_template_kwargs``
+    (an object: ``{"enable_thinking": false}``), as JSON text (one column type whatever the
+    tools look like), or None when the row has neither."""
+    tools = row.get("tools")
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools) if tools.strip() else None
+        except json.JSONDecodeError as e:
+            raise PreferenceFormatError(where, "tools", f"not JSON: {e}") from None
+    if tools is not None and not isinstance(tools, list):
+        raise PreferenceFormatError(
+            where, "tools", f"expected a list of tool definitions, got {_describe(tools)}"
+        )
+    kwargs = row.get("chat_template_kwargs")
+    if isinstance(kwargs, str) and kwargs.strip().startswith("{"):  # a CSV cell holds JSON
+        with contextlib.suppress(json.JSONDecodeError):
+            kwargs = json.loads(kwargs)
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise PreferenceFormatError(
+            where, "chat_template_kwargs", f"expected an object, got {_describe(kwargs)}"
+        )
+    # Arrow gives a row every key of the column's struct, its own absent ones as None
+    out = {k: v for k, v in (kwargs or {}).items() if v is not None}
+    if tools:  # TRL: `tools or None` (Llama's template writes tool boilerplate for [])
+        out = {"tools": tools, **out}
+    try:
+        return json.dumps(out) if out else None
+    except TypeError as e:
+        raise PreferenceFormatError(where, "chat_template_kwargs", str(e)) from None
+
+
+def split_extras(messages: list[dict[str, Any]]) -> tuple[list[dict[str, str]], str | None]:
+    """Messages as ``{"role", "content"}`` and, as JSON text, each one's other keys (None when
+    none has any): a data set's message column keeps one shape whatever the tool calls."""
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    extras = [{k: v for k, v in m.items() if k not in _MESSAGE_KEYS} for m in messages]
+    return plain, (json.dumps(extras) if any(extras) else None)
+
+
+def joined_prompt(row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A normalised pair's prompt with each message's other keys back (``split_extras``)."""
+    text = row.get("prompt_extras")
+    if not text:
+        return list(row["prompt"])
+    extras = json.loads(text)
+    return [{**m, **e} for m, e in zip(row["prompt"], extras, strict=True)]
+
+
+def row_template_kwargs(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A normalised pair's chat-template arguments (``template_kwargs``), {} when none."""
+    text = row.get("template_kwargs")
+    return json.loads(text) if text else {}
 
 
 def parse_messages(value: Any, where: str, field: str) -> list[dict[str, str]]:
@@ -306,7 +381,7 @@ def read_prompt(value: Any, where: str, field: str = "prompt") -> list[dict[str,
 def is_conversational(row: Mapping[str, Any]) -> bool:
     """Whether a row holds message lists (TRL's conversational data, which needs a chat
     template) rather than texts: as TRL's ``is_conversational`` reads the columns."""
-    columns = ("prompt", "chosen", "rejected", "completion", "reply", "response", *PROMPT_COLUMNS)
+    columns = ("prompt", "chosen", "rejected", *REPLY_COLUMNS, *PROMPT_COLUMNS)
     return any(_is_messages(row.get(c)) and bool(row.get(c)) for c in columns)
 
 
@@ -325,6 +400,12 @@ def _reply(messages: list[dict[str, str]], where: str, field: str) -> str:
             field,
             f"expected the last message to be an assistant reply, got role {last['role']!r}",
         )
+    if "tool_calls" in last:
+        raise PreferenceFormatError(
+            where, f"{field}[{len(messages) - 1}].tool_calls", "a reply that calls tools is not "
+            "supported: a reply is read as its text (tool calls in the prompt's turns are "
+            "rendered)",
+        )  # fmt: skip
     return last["content"]
 
 
@@ -555,8 +636,11 @@ def normalise_row(
             }
             break
     known = read_number(row, "p_chosen", where)
+    prompt, extras = split_extras(prompt)
     return {
         "prompt": prompt,
+        "prompt_extras": extras,
+        "template_kwargs": template_kwargs(row, where),
         "chosen": chosen,
         "rejected": rejected,
         **scores,

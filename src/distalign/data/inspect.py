@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from distalign.data.formats import joined_prompt, row_template_kwargs
 from distalign.data.load import LoadReport, iter_source_rows, load_preferences, resolve_source
 from distalign.data.pairs import (
     render_pair_ids,
@@ -127,8 +128,9 @@ def inspect_source(
     cols: dict[str, list[int]] = {"prompt": [], "chosen": [], "rejected": [], PAIR: []}
     for row in sample:
         prompt, (chosen, rejected) = render_pair_ids(
-            tokenizer, row["prompt"], (row["chosen"], row["rejected"])
-        )
+            tokenizer, joined_prompt(row), (row["chosen"], row["rejected"]),
+            row_template_kwargs(row),
+        )  # fmt: skip
         pair = len(prompt) + max(len(chosen), len(rejected))  # what max_length bounds
         for part, n in zip(cols, (len(prompt), len(chosen), len(rejected), pair), strict=True):
             cols[part].append(n)
@@ -137,5 +139,7 @@ def inspect_source(
     if max_length is not None:
         out.too_long = sum(n > max_length for n in cols[PAIR])
     first = ds[0]
-    out.example = render_text(tokenizer, first["prompt"], first["chosen"])
+    out.example = render_text(
+        tokenizer, joined_prompt(first), first["chosen"], row_template_kwargs(first)
+    )
     return out

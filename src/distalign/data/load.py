@@ -38,6 +38,7 @@ from distalign.data.files import (
 )
 from distalign.data.formats import (
     FORMATS,
+    REPLY_COLUMNS,
     PreferenceFormatError,
     absent,
     detect_format,
@@ -65,6 +66,10 @@ FEATURES = datasets.Features(
         "source_row": datasets.Value("int64"),
         "p_chosen": datasets.Value("float64"),
         "p_chosen_by_group": [{"group": datasets.Value("string"), "p": datasets.Value("float64")}],
+        # JSON text (one column type, whatever the tools look like): each prompt message's
+        # keys beside role and content (tool calls), and the row's tools and template arguments
+        "prompt_extras": datasets.Value("string"),
+        "template_kwargs": datasets.Value("string"),
     }
 )
 
@@ -403,7 +408,7 @@ def load_preferences(
         report.empty_prompts += all(not m["content"].strip() for m in row["prompt"])
         report.transcripts += is_transcript(raw, fmt)
         report.conversations += is_conversational(raw)
-        report.ignored.update(ignored_columns(raw))
+        report.ignored.update(ignored_columns(raw, rendered=True))
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
@@ -422,9 +427,6 @@ def require_pairs(pairs, report: LoadReport):
     if not len(pairs):
         raise DataSourceError(f"no preference pairs left\n{report.summary()}")
     return pairs
-
-
-REPLY_COLUMNS = ("reply", "response", "completion")
 
 
 def read_prompt_replies(
@@ -458,6 +460,7 @@ def read_prompt_replies(
         prompt = read_prompt(row["prompt"], where)
         report.transcripts += is_transcript(row, "prompt-only")
         report.conversations += is_conversational(row)
+        report.ignored.update(ignored_columns(row))
         # a text, or messages ending with the assistant's (TRL's conversational completion)
         reply, context = reply_and_context(row[key], where, key)
         if not repeats_prompt(context, prompt):

@@ -19,30 +19,47 @@ Truncation, when ``prompt + reply`` exceeds ``max_length``:
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from distalign.data.formats import common_prefix_length
+from distalign.data.formats import common_prefix_length, joined_prompt, row_template_kwargs
 from distalign.models.templates import BUILT_IN, RenderingError, bos_ids, rendering_of
 
-
-def render_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of the prompt through the chat template, ending with the assistant header."""
-    return _render(tokenizer, messages, add_generation_prompt=True, tokenize=True)
+TemplateArgs = Mapping[str, Any] | None  # apply_chat_template's other arguments: tools, ...
 
 
-def render_text(tokenizer, messages: list[dict[str, str]], reply: str | None = None) -> str:
+def render_prompt_ids(
+    tokenizer, messages: list[dict[str, str]], template_kwargs: TemplateArgs = None
+) -> list[int]:
+    """Token ids of the prompt through the chat template, ending with the assistant header.
+    ``template_kwargs``: the template's other arguments (``tools``, ``enable_thinking``), as
+    TRL passes a row's ``tools`` and ``chat_template_kwargs``."""
+    return _render(tokenizer, messages, True, template_kwargs, add_generation_prompt=True)
+
+
+def render_text(
+    tokenizer,
+    messages: list[dict[str, str]],
+    reply: str | None = None,
+    template_kwargs: TemplateArgs = None,
+) -> str:
     """The text the model reads: the prompt ending with the assistant header, or with
     ``reply`` the whole conversation (as ``render_pair_ids`` renders it)."""
     if reply is None:
-        return _render(tokenizer, messages, tokenize=False, add_generation_prompt=True)
+        return _render(tokenizer, messages, False, template_kwargs, add_generation_prompt=True)
     conversation = [*messages, {"role": "assistant", "content": reply}]
-    return _render(tokenizer, conversation, tokenize=False)
+    return _render(tokenizer, conversation, False, template_kwargs)
 
 
-def _render(tokenizer, messages: list[dict[str, str]], tokenize: bool, **kwargs) -> Any:
+def _render(
+    tokenizer,
+    messages: list[dict[str, str]],
+    tokenize: bool,
+    template_kwargs: TemplateArgs = None,
+    **kwargs,
+) -> Any:
     """``apply_chat_template`` -> text or a list of ids; a template's refusal (``raise_exception``
     in the template) as a RenderingError with its message. A built-in rendering's text is
     tokenised as TRL's ``tokenizer(text)`` does (``models.templates.bos_ids``)."""
@@ -50,7 +67,9 @@ def _render(tokenizer, messages: list[dict[str, str]], tokenize: bool, **kwargs)
 
     built_in = rendering_of(tokenizer) in BUILT_IN
     try:
-        out = tokenizer.apply_chat_template(messages, tokenize=tokenize and not built_in, **kwargs)
+        out = tokenizer.apply_chat_template(
+            messages, tokenize=tokenize and not built_in, **(template_kwargs or {}), **kwargs
+        )
     except TemplateError as e:
         raise RenderingError(f"chat template: {e}") from None
     if not tokenize:
@@ -64,7 +83,10 @@ def _render(tokenizer, messages: list[dict[str, str]], tokenize: bool, **kwargs)
 
 
 def render_pair_ids(
-    tokenizer, messages: list[dict[str, str]], replies: Sequence[str]
+    tokenizer,
+    messages: list[dict[str, str]],
+    replies: Sequence[str],
+    template_kwargs: TemplateArgs = None,
 ) -> tuple[list[int], list[list[int]]]:
     """(prompt ids, each reply's ids) such that prompt + reply is exactly the rendering of
     ``messages`` + that assistant ``reply``.
@@ -77,9 +99,10 @@ def render_pair_ids(
     tokens may merge across the join ("The sky is " + "blue." reads " blue"), they are what
     the whole texts share of it, since TRL tokenises each whole text.
     """
-    prompt = render_prompt_ids(tokenizer, messages)
+    prompt = render_prompt_ids(tokenizer, messages, template_kwargs)
     fulls = [
-        _render(tokenizer, [*messages, {"role": "assistant", "content": r}], tokenize=True)
+        _render(tokenizer, [*messages, {"role": "assistant", "content": r}], True,
+                template_kwargs)
         for r in replies
     ]  # fmt: skip
     n = len(prompt)
@@ -131,6 +154,7 @@ def fit_replies(
     replies: Sequence[str],
     max_length: int,
     max_prompt_length: int | None = None,
+    template_kwargs: TemplateArgs = None,
 ) -> tuple[list[int], list[list[int]], bool]:
     """(prompt ids, each reply's ids, cut) of ``messages`` and its replies, fitted to
     ``max_length`` as a reward model reads them, in training and in scoring alike: the oldest
@@ -140,7 +164,7 @@ def fit_replies(
     max_prompt_length = max_prompt_length or max_length // 2
     cut = False
     while True:
-        p, ids = render_pair_ids(tokenizer, messages, replies)
+        p, ids = render_pair_ids(tokenizer, messages, replies, template_kwargs)
         if len(p) + max(len(r) for r in ids) <= max_length:
             break
         cut, shorter = True, _drop_oldest_turn(messages)
@@ -158,12 +182,13 @@ def tokenize_pair(
     rejected: str,
     max_length: int,
     max_prompt_length: int | None = None,
+    template_kwargs: TemplateArgs = None,
 ) -> dict[str, list[int]]:
     """One normalised pair -> ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (fitted by
     ``fit_replies``: the oldest turns first, then the prompt's start and the replies' ends),
     and ``cut``: whether anything was cut to fit ``max_length``."""
     p, (c, r), cut = fit_replies(
-        tokenizer, prompt, (chosen, rejected), max_length, max_prompt_length
+        tokenizer, prompt, (chosen, rejected), max_length, max_prompt_length, template_kwargs
     )
     return {"prompt_ids": p, "chosen_ids": c, "rejected_ids": r, "cut": cut}
 
@@ -171,13 +196,15 @@ def tokenize_pair(
 def tokenize_pairs(
     dataset, tokenizer, max_length: int, max_prompt_length: int | None = None, num_proc=None
 ):
-    """``datasets.Dataset`` of normalised pairs -> same rows plus token ids and ``length``."""
+    """``datasets.Dataset`` of normalised pairs -> same rows plus token ids and ``length``. Each
+    prompt is rendered with its messages' tool calls and its row's tools and template
+    arguments (``prompt_extras``, ``template_kwargs``), as TRL's RewardTrainer renders them."""
 
     def fn(row):
         try:
             out = tokenize_pair(
-                tokenizer, row["prompt"], row["chosen"], row["rejected"], max_length,
-                max_prompt_length,
+                tokenizer, joined_prompt(row), row["chosen"], row["rejected"], max_length,
+                max_prompt_length, row_template_kwargs(row),
             )  # fmt: skip
         except RenderingError as e:
             raise RenderingError(f"row {row.get('source_row', '?')}: {e}") from None

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from distalign.data.formats import (
+    TEMPLATE_COLUMNS,
     PreferenceFormatError,
     absent,
     hh_prompt,
     ignored_columns,
     is_conversational,
     is_transcript,
+    joined_prompt,
     read_prompt,
     sharegpt_column,
     sharegpt_prompt,
@@ -185,6 +187,11 @@ def load_prompts(
         )  # fmt: skip
         texts = [written[i] for i in pairs["source_row"]]
         columns = [raw[i] for i in pairs["source_row"]]
+        # rl train renders prompts with the config's chat_template_kwargs, as TRL's GRPO
+        unused = [c for cols in columns for c in TEMPLATE_COLUMNS if cols.get(c)]
+        report.ignored.update(unused)
+        if unused:
+            log.warning(report.ignored_note())
         single = all(len(p) == 1 and p[0]["role"] == "user" for p in pairs["prompt"])
         if all(isinstance(t, str) and hh_prompt(t) is None for t in texts) and single:
             # TRL's standard format: each prompt as written (a pair's reading gave it the space
@@ -192,7 +199,7 @@ def load_prompts(
             # them, or none: a data set gives one shape)
             chats = [[{"role": "user", "content": t}] for t in texts]
         else:
-            chats, texts = list(pairs["prompt"]), [None] * len(texts)
+            chats, texts = [joined_prompt(r) for r in pairs], [None] * len(texts)
         # each prompt once, with the columns of its first row (chosen, rejected, margin, …)
         return _unique([PromptRow(c, cols, t) for c, cols, t in zip(chats, columns, texts,
                                                                      strict=True)])  # fmt: skip

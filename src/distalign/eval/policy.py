@@ -356,7 +356,9 @@ def load_judge(cfg: CompareConfig) -> tuple[Any, str | None]:
             )
         return None, None
     check_judge_held_out(cfg)
-    judge = load_reward_source(cfg.judge, **cfg.load_options())
+    judge = load_reward_source(
+        cfg.judge, template_kwargs=cfg.chat_template_kwargs, **cfg.load_options()
+    )
     return judge, "+".join(judge.names)
 
 
@@ -490,7 +492,10 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         raise DataSourceError(f"{report.source}: no prompts to compare the policies on")
     k = cfg.num_generations
     load = cfg.load_options()
-    rewards = {name: RewardModelSource(d, **load) for name, d in cfg.reward_dirs().items()}
+    rewards = {
+        name: RewardModelSource(d, template_kwargs=cfg.chat_template_kwargs, **load)
+        for name, d in cfg.reward_dirs().items()
+    }
     for reward in rewards.values():  # one without a chat template: fitted to the prompts
         if hasattr(reward, "fit_rendering"):
             reward.fit_rendering(report, report.source)

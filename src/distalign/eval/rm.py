@@ -353,6 +353,7 @@ def _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
     RewardTrainer saves one): each reply scored with the model's own forward, tokenizer and
     chat template, as ``rm score`` and ``rl train`` read it; the scalar metrics, written to
     ``out`` (a folder: under the usual file name after ``prefix``)."""
+    from distalign.data.formats import joined_prompt
     from distalign.data.load import known_p_chosen, p_chosen_by_group
     from distalign.rl.rewards import RewardModelSource
 
@@ -361,7 +362,12 @@ def _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
         dtype=torch_dtype, attn_implementation=attn_implementation, chat_template=chat_template,
     )  # fmt: skip
     pairs = _load_pairs(data, split, limit, data_options, lambda r: source.fit_rendering(r, data))
-    prompts = list(pairs["prompt"])
+    prompts = [joined_prompt(row) for row in pairs]
+    if unrendered := sum(bool(t) for t in pairs["template_kwargs"]):
+        log.warning(
+            "%s: %d pairs carry tools or chat_template_kwargs, which a classifier's scoring "
+            "does not render (a distalign reward model's evaluation does)", data, unrendered
+        )  # fmt: skip
     chosen = source(prompts, list(pairs["chosen"])).rewards.float().reshape(-1, 1)
     rejected = source(prompts, list(pairs["rejected"])).rewards.float().reshape(-1, 1)
     outputs: dict = {}

@@ -171,7 +171,9 @@ def model_max_length(model, tokenizer, default: int = 512) -> int:
     return min(limits) if limits else default
 
 
-def render_conversation(tokenizer, messages, prompt_only: bool = False) -> str:
+def render_conversation(
+    tokenizer, messages, prompt_only: bool = False, template_kwargs: dict | None = None
+) -> str:
     """The reward model's text of a conversation: its chat template (``data.pairs``'
     rendering), or, for a BERT-style tokenizer without one, the messages as ``role: content``
     lines."""
@@ -179,8 +181,8 @@ def render_conversation(tokenizer, messages, prompt_only: bool = False) -> str:
         from distalign.data.pairs import render_text
 
         if prompt_only:
-            return render_text(tokenizer, messages)
-        return render_text(tokenizer, messages[:-1], messages[-1]["content"])
+            return render_text(tokenizer, messages, template_kwargs=template_kwargs)
+        return render_text(tokenizer, messages[:-1], messages[-1]["content"], template_kwargs)
     lines = [f"{m['role']}: {m['content']}" for m in messages]
     return "\n".join(lines + (["assistant:"] if prompt_only else []))
 
@@ -194,7 +196,9 @@ def _special_tokens(tokenizer, text: str, core: list[int]) -> tuple[list[int], l
     return [], []  # a tokenizer that changes the text's own ids: no special tokens then
 
 
-def encode_conversation(tokenizer, prompt, reply: str, max_length: int) -> list[int]:
+def encode_conversation(
+    tokenizer, prompt, reply: str, max_length: int, template_kwargs: dict | None = None
+) -> list[int]:
     """Token ids of prompt + assistant ``reply``, at most ``max_length``.
 
     A chat template writes its own special tokens (BOS, turn markers), as in TRL; a built-in
@@ -207,7 +211,7 @@ def encode_conversation(tokenizer, prompt, reply: str, max_length: int) -> list[
     from distalign.data.pairs import truncate_pair
 
     def ids(messages, prompt_only=False) -> tuple[str, list[int]]:
-        text = render_conversation(tokenizer, messages, prompt_only)
+        text = render_conversation(tokenizer, messages, prompt_only, template_kwargs)
         return text, tokenizer(text, add_special_tokens=False)["input_ids"]
 
     text, core = ids([*prompt, {"role": "assistant", "content": reply}])
@@ -230,15 +234,16 @@ def encode_conversation(tokenizer, prompt, reply: str, max_length: int) -> list[
 
 @torch.no_grad()
 def score_conversations(
-    model, tokenizer, prompts, replies, max_length: int, batch_size: int = 16
-) -> torch.Tensor:
+    model, tokenizer, prompts, replies, max_length: int, batch_size: int = 16,
+    template_kwargs: dict | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Scores (N, 1) of a sequence classifier on its own renderings, by its own forward, in
     length-sorted right-padded batches (padded with ``config.pad_token_id``, which its pooling
     looks for)."""
     from distalign.data.pairs import pad_sequences
 
     seqs = [
-        encode_conversation(tokenizer, p, r, max_length)
+        encode_conversation(tokenizer, p, r, max_length, template_kwargs)
         for p, r in zip(prompts, replies, strict=True)
     ]
     device = next(model.parameters()).device

@@ -21,6 +21,7 @@ import dataclasses
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -45,6 +46,9 @@ class SamplingConfig:
     """Prompts per prefill; each expands to ``k`` rows during decoding."""
     seed: int = 0
     """Seed of the sampling generator; same seed, prompts and model give the same replies."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Other arguments of the chat template where prompts are rendered, for the policy and
+    the reward models alike (TRL's GRPO/RLOO key): ``'{enable_thinking: false}'`` for Qwen3."""
 
     def __post_init__(self):
         if self.max_completion_length < 1:
@@ -61,6 +65,13 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0 (0: off; -1 is read as 0), got {self.top_k}")
         if self.sampling_batch_size < 1:
             raise ValueError(f"sampling_batch_size must be >= 1, got {self.sampling_batch_size}")
+        if self.chat_template_kwargs is not None and not isinstance(
+            self.chat_template_kwargs, dict
+        ):
+            raise ValueError(
+                "chat_template_kwargs must be a mapping of the template's arguments, got "
+                f"{self.chat_template_kwargs!r}"
+            )
 
 
 def sampling_of(cfg: SamplingConfig, seed: int | None = None) -> SamplingConfig:
@@ -293,7 +304,7 @@ def sample_replies(
     was_training = model.training
     model.eval()
     try:
-        prompt_ids = [render_prompt_ids(tokenizer, p) for p in prompts]
+        prompt_ids = [render_prompt_ids(tokenizer, p, config.chat_template_kwargs) for p in prompts]
         replies, logps, finished = sample_token_ids(
             model,
             prompt_ids,

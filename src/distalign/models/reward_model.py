@@ -393,7 +393,7 @@ def load_reward_model(
 @torch.no_grad()
 def scored_tokens(
     tokenizer, prompt: list[dict[str, str]], reply: str, max_length: int,
-    max_prompt_length: int | None = None,
+    max_prompt_length: int | None = None, template_kwargs: dict | None = None,
 ) -> tuple[list[int], list[int]]:  # fmt: skip
     """(prompt ids, reply ids) as a reward model reads one reply, fitted to ``max_length``
     by the rule it was trained with (``data.pairs.fit_replies``): rendered by the chat
@@ -401,7 +401,9 @@ def scored_tokens(
     ``max_prompt_length`` (default half of ``max_length``) and the reply to what is left."""
     from distalign.data.pairs import fit_replies
 
-    p, (r,), _ = fit_replies(tokenizer, prompt, [reply], max_length, max_prompt_length)
+    p, (r,), _ = fit_replies(
+        tokenizer, prompt, [reply], max_length, max_prompt_length, template_kwargs
+    )
     return p, r
 
 
@@ -413,6 +415,7 @@ def score_replies(
     max_length: int = 512,
     max_prompt_length: int | None = None,
     batch_size: int = 16,
+    template_kwargs: dict | None = None,
 ) -> torch.Tensor:
     """Head outputs (N, num_labels) for chat prompts and reply texts, in length-sorted batches.
 
@@ -423,7 +426,9 @@ def score_replies(
 
     seqs = []
     for prompt, reply in zip(prompts, replies, strict=True):
-        p, r = scored_tokens(tokenizer, prompt, reply, max_length, max_prompt_length)
+        p, r = scored_tokens(
+            tokenizer, prompt, reply, max_length, max_prompt_length, template_kwargs
+        )
         seqs.append(p + r)
     device = next(model.parameters()).device
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))

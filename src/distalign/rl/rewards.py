@@ -320,6 +320,7 @@ class RewardModelSource(RewardSource):
         dtype: str | torch.dtype = "float32",
         attn_implementation: str = "sdpa",
         chat_template: str | None = None,
+        template_kwargs: dict | None = None,
     ):
         from distalign.models.load import resolve_device_dtype, set_chat_template
         from distalign.models.reward_model import META_FILE, load_reward_model
@@ -369,6 +370,7 @@ class RewardModelSource(RewardSource):
             functional in fn.REFERENCE_FUNCTIONALS or self.gain_over_reference
         )
         self.batch_size = batch_size
+        self.template_kwargs = template_kwargs  # the chat template's other arguments
 
     def _outputs(self, prompts, replies) -> torch.Tensor:
         """Raw head outputs (B, k) of the reward model."""
@@ -376,8 +378,9 @@ class RewardModelSource(RewardSource):
 
         if self.own_forward:
             return score_conversations(
-                self.model, self.tokenizer, prompts, replies, self.max_length, self.batch_size
-            )
+                self.model, self.tokenizer, prompts, replies, self.max_length, self.batch_size,
+                self.template_kwargs,
+            )  # fmt: skip
         return score_replies(
             self.model,
             self.tokenizer,
@@ -386,6 +389,7 @@ class RewardModelSource(RewardSource):
             self.max_length,
             max_prompt_length=self.max_prompt_length,
             batch_size=self.batch_size,
+            template_kwargs=self.template_kwargs,
         )
 
     def distributions(self, prompts, replies) -> torch.Tensor:

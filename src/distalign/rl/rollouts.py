@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from distalign.rl.config import RLTrainConfig
 
 
-def _encode_prompts(tokenizer, prompts, max_tokens: int | None) -> list[list[int]]:
-    return [render_prompt_ids(tokenizer, p)[-max_tokens if max_tokens else None :] for p in prompts]
+def _encode_prompts(tokenizer, prompts, cfg: RLTrainConfig) -> list[list[int]]:
+    keep = -cfg.max_prompt_length if cfg.max_prompt_length else None
+    return [render_prompt_ids(tokenizer, p, cfg.chat_template_kwargs)[keep:] for p in prompts]
 
 
 class Rollouts:
@@ -58,7 +59,7 @@ def rollout(
 ) -> Rollouts:
     """Sample ``k`` (default ``cfg.num_generations``) replies per prompt without gradients."""
     k = k or cfg.num_generations
-    prompt_ids = _encode_prompts(tokenizer, prompts, cfg.max_prompt_length)
+    prompt_ids = _encode_prompts(tokenizer, prompts, cfg)
     sampling = sampling_of(cfg, seed=seed)
     was = policy.training
     policy.eval()

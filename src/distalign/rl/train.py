@@ -301,7 +301,7 @@ def load_rewards(cfg: RLTrainConfig, device, dtype: str = "float32"):
         functional=cfg.functional, kappa=cfg.kappa, alpha=cfg.alpha, tau=cfg.tau,
         max_length=cfg.reward_max_length, batch_size=cfg.reward_batch_size, device=device,
         trust_remote_code=cfg.reward_trust_remote_code, dtype=dtype,
-        attn_implementation=cfg.attn_implementation,
+        attn_implementation=cfg.attn_implementation, template_kwargs=cfg.chat_template_kwargs,
     )  # fmt: skip
     sources = getattr(reward, "sources", [reward])
     mixture = len(sources) == 1 and getattr(sources[0], "head", None) == "mixture"
@@ -355,7 +355,7 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
             "prompt without a turn between them; a base policy suits such a reward model"
         )
     if accelerator.is_main_process:
-        say_cut_prompts(tokenizer, train, held_out, cfg.max_prompt_length)
+        say_cut_prompts(tokenizer, train, held_out, cfg.max_prompt_length, cfg.chat_template_kwargs)
     if not held_out:  # before training, not at its end
         raise ConfigError(
             f"no held-out prompts in {source!r} (split {cfg.dataset_test_split!r}) to evaluate "
@@ -364,7 +364,9 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
     return share_prompts(train, accelerator), held_out[: cfg.max_eval_samples or None]
 
 
-def say_cut_prompts(tokenizer, train, held_out, max_prompt_length, sample: int = 2000) -> None:
+def say_cut_prompts(
+    tokenizer, train, held_out, max_prompt_length, template_kwargs=None, sample: int = 2000
+) -> None:
     """Warn when prompts are longer than ``max_prompt_length`` tokens as the policy reads them
     (they are cut from the left; TRL's RLOO never cuts), counted over the first ``sample``
     training and held-out prompts."""
@@ -372,7 +374,10 @@ def say_cut_prompts(tokenizer, train, held_out, max_prompt_length, sample: int =
         return
     for name, prompts in (("training", train), ("held-out", held_out)):
         measured = prompts[:sample]
-        cut = sum(len(render_prompt_ids(tokenizer, p)) > max_prompt_length for p in measured)
+        cut = sum(
+            len(render_prompt_ids(tokenizer, p, template_kwargs)) > max_prompt_length
+            for p in measured
+        )
         if cut:
             first = f"the first {len(measured)}" if len(prompts) > sample else len(measured)
             log.warning(
