@@ -127,3 +127,41 @@ def test_chat_template_path_gives_a_base_model_a_template(tiny_model_dir, base_m
     assert from_folder.chat_template == AutoTokenizer.from_pretrained(tiny_model_dir).chat_template
     with pytest.raises(ValueError, match="has no chat template"):
         load_tokenizer(str(tiny_model_dir), chat_template=str(base))
+
+
+def test_every_adapter_loads_its_base_at_the_revision_it_names(tmp_path, monkeypatch):
+    """A LoRA policy, a LoRA reward model and another tool's LoRA classifier all load their
+    base through one rule: the adapter's base_model_name_or_path at the adapter's revision."""
+    import json
+
+    from distalign.models import load
+    from distalign.models.classifier import load_sequence_classifier
+    from distalign.models.reward_model import META_FILE, load_reward_model
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake(auto_class, path, **kwargs):
+        seen.append((auto_class.__name__, path, kwargs["revision"]))
+        raise Stop
+
+    monkeypatch.setattr(load, "_from_pretrained", fake)
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    settings = {"base_model_name_or_path": "owner/base", "revision": "v2", "task_type": "SEQ_CLS"}
+    (folder / "adapter_config.json").write_text(json.dumps(settings))
+    with pytest.raises(Stop):
+        load.load_policy(str(folder))
+    with pytest.raises(Stop):
+        load_sequence_classifier(folder)
+    (folder / META_FILE).write_text(json.dumps({"head": "scalar"}))
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *a, **k: None)
+    with pytest.raises(Stop):
+        load_reward_model(folder)
+    assert seen == [
+        ("AutoModelForCausalLM", "owner/base", "v2"),
+        ("AutoModelForSequenceClassification", "owner/base", "v2"),
+        ("AutoModelForSequenceClassification", "owner/base", "v2"),
+    ]

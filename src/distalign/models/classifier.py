@@ -150,11 +150,13 @@ def _load_adapter_classifier(folder, settings, trust_remote_code, device, dtype,
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from distalign.models.load import _load_settings, _placed, resolve_model
+    from distalign.models.load import _load_settings, _placed, adapter_base, resolve_model
 
     place, kwargs = _load_settings(device, dtype, attn_implementation, trust_remote_code)
     base_name = resolve_model(settings["base_model_name_or_path"])
-    base = AutoModelForSequenceClassification.from_pretrained(base_name, num_labels=1, **kwargs)
+    base = adapter_base(
+        AutoModelForSequenceClassification, settings, kwargs, num_labels=1, new_weights=("score.",)
+    )  # the adapter brings the trained head
     model = PeftModel.from_pretrained(base, folder).merge_and_unload()
     has_tokenizer = (Path(folder) / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(folder if has_tokenizer else base_name,

@@ -471,6 +471,16 @@ def _from_pretrained(auto_class, path: str, *, new_weights: tuple[str, ...] = ()
     return model
 
 
+def adapter_base(auto_class, settings: dict, kwargs: dict, **extra):
+    """The base model a PEFT adapter goes on: ``adapter_config.json``'s
+    ``base_model_name_or_path`` at the ``revision`` it names, loaded by ``auto_class`` with
+    ``kwargs`` (``_load_settings``) and ``extra``. One rule for every adapter distalign loads:
+    a LoRA policy, a LoRA reward model and another tool's LoRA classifier."""
+    path = resolve_model(settings["base_model_name_or_path"])
+    return _from_pretrained(auto_class, path, **{**kwargs, "revision": settings.get("revision")},
+                            **extra)  # fmt: skip
+
+
 def load_policy(
     name: str = DEFAULT_MODEL,
     *,
@@ -500,10 +510,7 @@ def load_policy(
     if adapter.is_file() and not (Path(path) / "config.json").is_file():
         from peft import PeftModel
 
-        settings = json.loads(adapter.read_text())
-        base_name = settings["base_model_name_or_path"]
-        kwargs["revision"] = settings.get("revision")  # the base's, which the adapter names
-        base = _from_pretrained(AutoModelForCausalLM, resolve_model(base_name), **kwargs)
+        base = adapter_base(AutoModelForCausalLM, json.loads(adapter.read_text()), kwargs)
         model = PeftModel.from_pretrained(base, path)
         if merge_adapter:
             model = model.merge_and_unload()

@@ -34,6 +34,7 @@ from distalign.models.load import (
     _from_pretrained,
     _load_settings,
     _placed,
+    adapter_base,
     attention_mask_for,
     load_tokenizer,
     resolve_model,
@@ -365,12 +366,10 @@ def load_reward_model(
         # trained head, saved with it) on top: what PEFT's users do by hand.
         from peft import PeftModel
 
-        base_path = json.loads((path / "adapter_config.json").read_text())[
-            "base_model_name_or_path"
-        ]
-        base = _from_pretrained(
+        base = adapter_base(
             AutoModelForSequenceClassification,
-            resolve_model(base_path),
+            json.loads((path / "adapter_config.json").read_text()),
+            kwargs,
             new_weights=("score.",),  # the adapter brings the trained head
             num_labels=head_outputs(
                 meta["head"], meta.get("n_bins", 10), meta.get("n_components", 2)
@@ -378,7 +377,6 @@ def load_reward_model(
             # a base that is itself a reward model may have another head size (a mixture
             # warm-started from a scalar one); the adapter's head replaces it either way
             ignore_mismatched_sizes=True,
-            **kwargs,
         )
         if len(tokenizer) > base.get_input_embeddings().num_embeddings:
             base.resize_token_embeddings(len(tokenizer))  # the pad token training added
