@@ -501,7 +501,7 @@ def test_data_with_no_pairs_left_is_an_error_with_the_counts(tiny_model_dir, tmp
 
 
 def test_a_folder_without_a_test_split_is_evaluated_on_its_training_pairs(
-    tiny_model_dir, pair_dir, tmp_path, caplog
+    tiny_model_dir, pair_dir, tmp_path, caplog, monkeypatch
 ):
     """As rl train and one file: the default test split missing, the run evaluates on the
     training split and says so; a split named on purpose must be there."""
@@ -512,11 +512,13 @@ def test_a_folder_without_a_test_split_is_evaluated_on_its_training_pairs(
     (tmp_path / "ds").mkdir()
     shutil.copy(pair_dir / "train.jsonl", tmp_path / "ds" / "train.jsonl")
     cfg = config(tiny_model_dir, tmp_path / "ds", tmp_path, max_steps=1)
+    monkeypatch.setattr("distalign.rm.data.TRAINING_EVAL_PAIRS", 3)
     with caplog.at_level("WARNING"):
         result = run(cfg)
     assert "no file for split 'test'" in caplog.text and "its training data" in caplog.text
     assert (cfg.dataset_test_split, cfg.held_out_split) == ("test", "train")  # the key kept
-    assert result["pairs"] > 0
+    assert result["pairs"] == 3  # not every training pair at each evaluation
+    assert "evaluating on the first 3 training pairs at most" in caplog.text
     named = config(tiny_model_dir, tmp_path / "ds", tmp_path / "b", dataset_test_split="tset")
     with pytest.raises(MissingSplitError):
         run(named)

@@ -153,6 +153,13 @@ def report_cut(pairs: Dataset, source, max_length: int) -> None:
         )  # fmt: skip
 
 
+# Pairs an evaluation reads when a run evaluates on its training data (no held-out split) and
+# max_eval_samples is 0: a data set of 100,000 pairs in one file would otherwise be scored
+# whole at every evaluation (TRL evaluates nothing then). 500 pairs put the accuracy within
+# about ±0.045 (95 %), enough to follow training.
+TRAINING_EVAL_PAIRS = 500
+
+
 def load_pairs(cfg: RMTrainConfig, tokenizer):
     """Training and held-out pairs, tokenised (the config name and revision apply to the
     held-out set when it is the same hub data set)."""
@@ -164,11 +171,18 @@ def load_pairs(cfg: RMTrainConfig, tokenizer):
         train = add_off_prompt_pairs(train, cfg)
     held_out_hub = hub if cfg.eval_dataset_name in (None, cfg.dataset_name) else {}
     source = cfg.eval_dataset_name or cfg.dataset_name
-    held_out = held_out_or_training(
-        cfg, RMTrainConfig.dataset_test_split,
-        lambda split: prepare_pairs(cfg, tokenizer, source, split, cfg.max_eval_samples,
-                                    held_out_hub),
-    )  # fmt: skip
+
+    def load_held_out(split):
+        limit = cfg.max_eval_samples
+        if not limit and getattr(cfg, "held_out_split", None):  # the training data itself
+            limit = TRAINING_EVAL_PAIRS
+            log.warning(
+                "evaluating on the first %d training pairs at most (max_eval_samples sets "
+                "how many), not on every one at each evaluation", limit,
+            )  # fmt: skip
+        return prepare_pairs(cfg, tokenizer, source, split, limit, held_out_hub)
+
+    held_out = held_out_or_training(cfg, RMTrainConfig.dataset_test_split, load_held_out)
     if os.environ.get("RANK", "0") == "0":  # the sizes transformers' Trainer starts with
         log.info("%d training pairs, %d held-out pairs", len(train), len(held_out))
     return train, held_out
