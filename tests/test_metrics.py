@@ -112,3 +112,47 @@ def test_at_first_crossing_interpolates_the_first_segment_that_reaches_the_targe
     assert np.isnan(at_first_crossing(kl, gold, 9.0))
     assert np.isnan(at_first_crossing([], [], 1.0))
     assert at_first_crossing([3.0, 1.0], [0.0, 1.0], 2.0) == pytest.approx(0.5)  # downwards
+
+
+def _holm_by_hand(p):
+    """Holm's procedure written out: step down the sorted p-values, each adjusted value the
+    largest of (m − j + 1)·p₍ⱼ₎ so far, capped at 1."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * len(p), 0.0
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - j) * p[i]))
+        out[i] = running
+    return out
+
+
+def test_holm_against_the_procedure_written_out():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from distalign.metrics import holm
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=8))
+    def check(p):
+        assert holm(p).tolist() == pytest.approx(_holm_by_hand(p))
+
+    check()
+    assert holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.3]).tolist() == [0.3]  # one test: nothing to correct
+
+
+def test_bootstrap_p_value_agrees_with_the_interval():
+    from distalign.metrics import bootstrap_p_value
+
+    rng = np.random.default_rng(0)
+    for shift in np.linspace(0.0, 0.3, 13):
+        values = rng.uniform(0, 1, 40) * 0.6 + 0.2 + shift - 0.15  # means around 0.35–0.65
+        lo, hi = bootstrap_interval(values, 2000, seed=1)
+        p = bootstrap_p_value(values, 0.5, 2000, seed=1)
+        if lo > 0.5 or hi < 0.5:
+            assert p <= 0.05 + 2 / 2000
+        else:
+            assert p >= 0.05 - 2 / 2000
+    assert bootstrap_p_value(np.full(10, 0.5), 0.5) == 1.0
+    assert bootstrap_p_value(np.full(10, 0.9), 0.5) == 0.0
+    assert math.isnan(bootstrap_p_value(np.array([]), 0.5))

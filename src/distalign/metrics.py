@@ -195,13 +195,48 @@ def bootstrap_interval(
     those means. Values should be independent units (in the comparison: one per prompt, since
     the replies to one prompt are not independent). NaN, NaN for no values.
     """
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
+    means = _resampled_means(values, n, seed)
+    if means is None:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)  # (n,)
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
+
+
+def _resampled_means(values: np.ndarray, n: int, seed: int) -> np.ndarray | None:
+    """(n,) means of ``values`` resampled with replacement (seeded); None for no values."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    return values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
+
+
+def bootstrap_p_value(values: np.ndarray, null: float, n: int = 2000, seed: int = 0) -> float:
+    """Two-sided percentile-bootstrap p-value of "the mean of ``values`` is ``null``": twice
+    the smaller share of resampled means on either side of ``null`` (a mean equal to it counts
+    on both), at most 1. The resamples are ``bootstrap_interval``'s for the same ``n`` and
+    ``seed``, so the two agree: p < 1 − level where the interval leaves ``null`` out (up to a
+    resample at its edge). NaN for no values."""
+    means = _resampled_means(values, n, seed)
+    if means is None:
+        return float("nan")
+    below, above = np.mean(means <= null), np.mean(means >= null)
+    return float(min(1.0, 2.0 * min(below, above)))
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of m p-values (Holm 1979), in their own order: with them
+    sorted, p₍₁₎ ≤ … ≤ p₍ₘ₎, the adjusted p₍ᵢ₎ = max over j ≤ i of min(1, (m − j + 1) p₍ⱼ₎).
+    Rejecting where an adjusted p is below α keeps the chance of any false claim among the m
+    at most α (the family-wise error), with no assumption on how the tests depend on each
+    other: several policies compared with one SFT share its replies."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = stepped
+    return out
 
 
 def win_rate(a: np.ndarray, b: np.ndarray) -> np.ndarray:

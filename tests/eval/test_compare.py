@@ -23,7 +23,7 @@ from distalign.eval.policy import (
     run_compare,
     sampling_of,
 )
-from distalign.metrics import bootstrap_interval, win_rate
+from distalign.metrics import bootstrap_interval, bootstrap_p_value, win_rate
 from distalign.models.generate import SamplingConfig
 from distalign.report import html, plots
 from distalign.report.html import rebuild_report, write_report
@@ -346,6 +346,7 @@ def test_compare_end_to_end_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch
     assert summary["replies_per_policy"] == 12
     lo, hi = pol["gold_win_rate_ci95"]
     assert lo <= pol["gold_win_rate"] <= hi
+    assert (pol["gold_win_rate_p"] < 0.05) == (lo > 0.5 or hi < 0.5)
     assert {"gold_concise", "gold_thorough", "rm_scalar_mean", "rm_ordinal_win_rate"} <= pol.keys()
     assert summary["std_vs_disagreement_spearman"]["scalar"] is None
     assert -1 <= summary["std_vs_disagreement_spearman"]["ordinal"] <= 1
@@ -545,7 +546,9 @@ def test_compare_on_a_prompt_only_file_under_a_named_judge(tiny_model_dir, tmp_p
     assert row["judge_mean"] == pytest.approx(chars["rl"].mean())
     assert row["judge_win_rate"] == pytest.approx(wins.mean())
     assert row["judge_win_rate_ci95"] == pytest.approx(bootstrap_interval(wins, n_boot))
+    assert row["judge_win_rate_p"] == bootstrap_p_value(wins, 0.5, n_boot)
     assert (sft["judge_win_rate"], sft["judge_win_rate_ci95"]) == (0.5, (0.5, 0.5))
+    assert sft["judge_win_rate_p"] == 1.0  # SFT against itself
     assert "rm_scalar_win_rate" in row and "kl_to_sft" in row
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["config"]["judge"] == JUDGE
@@ -911,3 +914,25 @@ def test_a_rebuild_leaves_hub_ids_alone_and_a_hub_policy_has_no_run(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config.yaml").write_text("reward: null\n")  # the working folder's own run
     assert run_folder("org/model") is None and run_folder("gpt3") is None
+
+
+def test_several_policies_beat_sft_only_after_holm_s_correction():
+    """Three policies each tested at 95% against one SFT would together err more often than
+    5%: a verdict holds only where the Holm-adjusted p-value is below 0.05, and says so."""
+    summary = _summary()
+    rows = summary["policies"]
+    rows["good"]["gold_win_rate_p"] = 0.03  # above 0.5 alone; second smallest: 2 × 0.03
+    rows["tied"]["gold_win_rate_p"] = 0.6
+    rows["bad"]["gold_win_rate_p"] = 0.001
+    by_name = {v["name"]: v for v in verdicts(summary)}
+    assert by_name["good"]["outcome"] == "unclear"
+    assert by_name["good"]["badge"] == "no clear difference"
+    assert by_name["good"]["where"] == (
+        "above 0.5 alone, but p 0.060 after Holm's correction over 3 policies"
+    )
+    assert by_name["bad"]["outcome"] == "worse"
+    assert by_name["bad"]["where"] == "below 0.5; p 0.003 after Holm's correction over 3 policies"
+    rows["good"]["gold_win_rate_p"] = 0.01  # 0.02 adjusted: the claim stands
+    assert {v["name"]: v for v in verdicts(summary)}["good"]["outcome"] == "better"
+    del rows["tied"]["gold_win_rate_p"]  # a comparison saved before p-values: as before
+    assert {v["name"]: v for v in verdicts(summary)}["good"]["where"] == "above 0.5"

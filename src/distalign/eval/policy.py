@@ -42,7 +42,7 @@ from distalign.checkpoint import run_folder
 from distalign.config import ConfigError
 from distalign.data.load import same_source
 from distalign.eval.config import CompareConfig
-from distalign.metrics import bootstrap_interval, distinct_n, win_rate
+from distalign.metrics import bootstrap_interval, bootstrap_p_value, distinct_n, win_rate
 from distalign.models.generate import SamplingConfig, sampling_of
 from distalign.models.load import DEFAULT_MODEL, resolve_model
 
@@ -377,6 +377,7 @@ def judge_fields(m: Measured, sft: Measured, k: int, cfg: CompareConfig, judge_n
             **{key: float(m.judged[key].mean()) for key in keys},
             "gold_win_rate": float(p_win.mean()),
             "gold_win_rate_ci95": bootstrap_interval(p_win, cfg.bootstrap),
+            "gold_win_rate_p": bootstrap_p_value(p_win, 0.5, cfg.bootstrap),
             **{
                 f"{key}_gain_ci95": gain_interval(m.judged[key], sft.judged[key], k, cfg)
                 for key in keys
@@ -388,6 +389,7 @@ def judge_fields(m: Measured, sft: Measured, k: int, cfg: CompareConfig, judge_n
         "judge_mean": float(m.judge_reward.mean()),
         "judge_win_rate": float(wins.mean()),
         "judge_win_rate_ci95": bootstrap_interval(wins, cfg.bootstrap),
+        "judge_win_rate_p": bootstrap_p_value(wins, 0.5, cfg.bootstrap),
         "judge_mean_gain_ci95": gain_interval(m.judge_reward, sft.judge_reward, k, cfg),
     }
 

@@ -167,10 +167,28 @@ def reward_models(row: Mapping) -> list[str]:
 MIN_VERDICT_PROMPTS = 10  # a bootstrap over fewer prompts has too few distinct resamples
 
 
+def family_p_values(summary: Mapping) -> dict[str, float]:
+    """Aligned policy -> the p-value of its judge's win rate against ½ after Holm's
+    correction over every aligned policy of the comparison (``metrics.holm``): several
+    policies each claimed better than SFT at 95% would together err more often than 5%. Empty
+    when fewer than two policies are compared or one lacks its p-value (a comparison saved
+    before they were)."""
+    from distalign.metrics import holm
+
+    key = judge_of(summary).key
+    rows = {n: r for n, r in summary["policies"].items() if n != "sft"}
+    p = [rows[n].get(f"{key}_win_rate_p") for n in rows]
+    if len(rows) < 2 or any(not isinstance(v, int | float) or math.isnan(v) for v in p):
+        return {}
+    return dict(zip(rows, holm(p).tolist(), strict=True))
+
+
 def verdicts(summary: Mapping) -> list[dict[str, Any]]:
     """Per aligned policy: did it beat SFT under the comparison's judge? ``outcome`` is better
     (the 95% interval of the judge's win rate is above 0.5), unclear (it contains 0.5) or
     worse (below); with the win rate, its interval and the judge's reward against SFT's.
+    With several policies, a verdict must also hold after Holm's correction over them
+    (``family_p_values``: adjusted p < 0.05), else it is unclear and says so.
     Over fewer than ``MIN_VERDICT_PROMPTS`` prompts (the interval resamples prompts: one
     prompt gives a zero-width one) it is unclear whatever the interval says."""
     policies = summary["policies"]
@@ -179,6 +197,7 @@ def verdicts(summary: Mapping) -> list[dict[str, Any]]:
     key = judge_of(summary).key
     sft = policies.get("sft", {})
     oracles = oracle_policies(summary)
+    family = family_p_values(summary)
     out = []
     for name, row in policies.items():
         if name == "sft":
@@ -195,6 +214,12 @@ def verdicts(summary: Mapping) -> list[dict[str, Any]]:
             outcome, where = "worse", "below 0.5"
         else:
             outcome, where = "unclear", "contains 0.5"
+        if outcome != "unclear" and name in family:
+            adjusted = f"p {family[name]:.3f} after Holm's correction over {len(family)} policies"
+            if family[name] < 0.05:
+                where = f"{where}; {adjusted}"
+            else:
+                outcome, where = "unclear", f"{where} alone, but {adjusted}"
         badge = {"better": "beats SFT", "worse": "worse than SFT"}.get(outcome)
         if badge is None:
             badge = "too few prompts" if few else "no clear difference"
