@@ -203,12 +203,14 @@ def bootstrap_interval(
 
 
 def _resampled_means(values: np.ndarray, n: int, seed: int) -> np.ndarray | None:
-    """(n,) means of ``values`` resampled with replacement (seeded); None for no values."""
+    """(n,) means of ``values`` resampled with replacement (seeded: the resamples of
+    ``disagreement.resample_counts``, which the AUROC intervals draw); None for no values."""
+    from distalign.disagreement import resample_counts
+
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:
         return None
-    rng = np.random.default_rng(seed)
-    return values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
+    return resample_counts(len(values), n, seed) @ values / len(values)
 
 
 def bootstrap_p_value(values: np.ndarray, null: float, n: int = 2000, seed: int = 0) -> float:
