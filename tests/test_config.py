@@ -635,6 +635,8 @@ def test_a_mapping_key_takes_a_json_string_as_transformers_does(cls, tmp_path):
                          "model_init_kwargs='{\"low_cpu_mem_usage\": true}'"])  # fmt: skip
     assert cfg.lr_scheduler_kwargs == {"min_lr": 1e-6}
     assert cfg.model_init_kwargs == {"low_cpu_mem_usage": True}
+    path.write_text("model_init_kwargs: '{low_cpu_mem_usage: true}'\n")  # YAML's flow style
+    assert load_config(cls, path).model_init_kwargs == {"low_cpu_mem_usage": True}
     with pytest.raises(ConfigError, match=r"lr_scheduler_kwargs: .* '\{min_lr_rate: 0\.1' is not"):
         load_config(cls, None, ["lr_scheduler_kwargs='{min_lr_rate: 0.1'"])
     with pytest.raises(ConfigError, match=r"a JSON object as a string, got '\[1\]'"):

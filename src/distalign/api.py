@@ -158,6 +158,6 @@ def generate(config=None, **overrides) -> list[dict[str, Any]]:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", encoding="utf-8") as f:
             for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         save_config(cfg, path.parent, name=path.stem + ".config.yaml")
     return rows

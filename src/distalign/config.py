@@ -453,12 +453,18 @@ def _dict_field(cls: type, name: str) -> bool:
 
 def _json_mapping(text: str, where: str) -> dict[str, Any]:
     """A mapping given as a JSON string, as transformers' ``TrainingArguments`` reads its dict
-    fields (``lr_scheduler_kwargs: '{"min_lr_rate": 0.1}'`` in a TRL config)."""
+    fields (``lr_scheduler_kwargs: '{"min_lr_rate": 0.1}'`` in a TRL config), or in YAML's
+    flow style, as the command line reads it (``'{enable_thinking: false}'``)."""
+    import yaml
+
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{where}: a mapping, or a JSON object as a string; {text!r} is not "
-                          f"JSON ({e.msg})") from None  # fmt: skip
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"{where}: a mapping, or a JSON object as a string; {text!r} is "
+                              f"not JSON ({e.msg})") from None  # fmt: skip
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: a mapping, or a JSON object as a string, got {text!r}")
     return value

@@ -306,3 +306,44 @@ def test_bad_tools_and_template_arguments_name_their_field(tmp_path):
         assert info.value.field == field
     row = normalise_row({**base, "tools": "[]", "chat_template_kwargs": {}}, "explicit", "w", 0)
     assert row["template_kwargs"] is None  # TRL: `tools or None`
+
+
+def test_implicit_conversations_that_differ_in_a_tool_call_are_refused(tmp_path):
+    """Two conversations share their prompt only if every key of every turn agrees: a
+    rejected reply that followed another tool call is not rendered after chosen's."""
+    from distalign.data.formats import PreferenceFormatError, normalise_row
+
+    def conversation(city, reply):
+        call = {"type": "function", "function": {"name": "weather", "arguments": {"city": city}}}
+        return [CALLING[0], {**CALLING[1], "tool_calls": [call]}, CALLING[2],
+                {"role": "assistant", "content": reply}]  # fmt: skip
+
+    same = normalise_row({"chosen": conversation("Paris", "18C"),
+                          "rejected": conversation("Paris", "?")}, "implicit", "w", 0)  # fmt: skip
+    assert same["prompt_extras"] is not None
+    with pytest.raises(PreferenceFormatError, match="share every turn"):
+        normalise_row({"chosen": conversation("Paris", "18C"),
+                       "rejected": conversation("London", "?")}, "implicit", "w", 0)  # fmt: skip
+
+
+def test_values_json_has_no_type_for_are_kept_as_their_text(tmp_path):
+    """A parquet file's dates in a message's keys or the template's arguments: rendered as
+    the text Jinja prints for them, not a crash; a bad JSON cell says why."""
+    import datetime
+
+    from distalign.data.formats import (
+        PreferenceFormatError,
+        joined_prompt,
+        normalise_row,
+        row_template_kwargs,
+    )
+
+    day = datetime.date(2024, 5, 1)
+    prompt = [{"role": "user", "content": "q", "sent": day}]
+    row = normalise_row({"prompt": prompt, "chosen": "a", "rejected": "b",
+                         "chat_template_kwargs": {"today": day}}, "explicit", "w", 0)  # fmt: skip
+    assert joined_prompt(row)[0]["sent"] == "2024-05-01"
+    assert row_template_kwargs(row) == {"today": "2024-05-01"}
+    with pytest.raises(PreferenceFormatError, match=r"chat_template_kwargs.*not JSON"):
+        normalise_row({"prompt": "q", "chosen": "a", "rejected": "b",
+                       "chat_template_kwargs": '{"a": }'}, "explicit", "w", 0)  # fmt: skip

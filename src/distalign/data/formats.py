@@ -244,8 +244,10 @@ def template_kwargs(row: Mapping[str, Any], where: str) -> str | None:
         )
     kwargs = row.get("chat_template_kwargs")
     if isinstance(kwargs, str) and kwargs.strip().startswith("{"):  # a CSV cell holds JSON
-        with contextlib.suppress(json.JSONDecodeError):
+        try:
             kwargs = json.loads(kwargs)
+        except json.JSONDecodeError as e:
+            raise PreferenceFormatError(where, "chat_template_kwargs", f"not JSON: {e}") from None
     if kwargs is not None and not isinstance(kwargs, Mapping):
         raise PreferenceFormatError(
             where, "chat_template_kwargs", f"expected an object, got {_describe(kwargs)}"
@@ -254,10 +256,13 @@ def template_kwargs(row: Mapping[str, Any], where: str) -> str | None:
     out = {k: v for k, v in (kwargs or {}).items() if v is not None}
     if tools:  # TRL: `tools or None` (Llama's template writes tool boilerplate for [])
         out = {"tools": tools, **out}
-    try:
-        return json.dumps(out) if out else None
-    except TypeError as e:
-        raise PreferenceFormatError(where, "chat_template_kwargs", str(e)) from None
+    return _json(out) if out else None
+
+
+def _json(value: Any) -> str:
+    """JSON text of a row's values; what JSON has no type for (a parquet file's dates) as the
+    text the template would print for it."""
+    return json.dumps(value, default=str)
 
 
 def split_extras(messages: list[dict[str, Any]]) -> tuple[list[dict[str, str]], str | None]:
@@ -265,7 +270,7 @@ def split_extras(messages: list[dict[str, Any]]) -> tuple[list[dict[str, str]], 
     none has any): a data set's message column keeps one shape whatever the tool calls."""
     plain = [{"role": m["role"], "content": m["content"]} for m in messages]
     extras = [{k: v for k, v in m.items() if k not in _MESSAGE_KEYS} for m in messages]
-    return plain, (json.dumps(extras) if any(extras) else None)
+    return plain, (_json(extras) if any(extras) else None)
 
 
 def joined_prompt(row: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -418,10 +423,17 @@ def reply_and_context(value: Any, where: str, field: str) -> tuple[str, list[dic
 
 
 def _same_turns(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
+    """Whether two lists of messages are the same turns: roles, contents (up to surrounding
+    whitespace) and every other key (tool calls, call ids), which the template renders too."""
+
+    def others(m):
+        return {k: v for k, v in m.items() if k not in _MESSAGE_KEYS}
+
     return len(a) == len(b) and all(
         x["role"] == y["role"] and x["content"].strip() == y["content"].strip()
+        and others(x) == others(y)
         for x, y in zip(a, b, strict=True)
-    )
+    )  # fmt: skip
 
 
 def repeats_prompt(context: list[dict[str, str]], prompt: list[dict[str, str]]) -> bool:

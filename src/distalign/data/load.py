@@ -201,15 +201,25 @@ class LoadReport:
     examples: list[str] = field(default_factory=list)  # first few full error messages
     ignored: Counter = field(default_factory=Counter)  # column the template is not given -> rows
 
-    def ignored_note(self) -> str | None:
-        """The columns TRL gives the chat template and distalign does not, with their rows."""
-        if not self.ignored:
-            return None
-        named = ", ".join(f"{c!r} in {n} rows" for c, n in self.ignored.items())
-        return (
-            f"{self.source}: {named}: not given to the chat template (distalign renders "
-            "each message's role and content only; TRL passes them to the template)"
-        )
+    def ignored_note(self, keys: Iterable[str] | None = None) -> str | None:
+        """What TRL gives the chat template and distalign does not (of ``keys``, default
+        all), with its rows: a reply message's other keys (``chosen.reasoning_content``), and
+        the ``tools`` and ``chat_template_kwargs`` columns of rows read as prompts."""
+        keys = set(self.ignored if keys is None else keys)
+        items = [(k, n) for k, n in self.ignored.items() if k in keys and n]
+        replies = [f"{k!r} in {n} rows" for k, n in items if "." in k]
+        columns = [f"{k!r} in {n} rows" for k, n in items if "." not in k]
+        parts = []
+        if replies:
+            why = "a reply is read as its text; TRL renders the whole message"
+            parts.append(f"{', '.join(replies)}: not given to the chat template ({why})")
+        if columns:
+            why = (
+                "prompts are rendered without a row's own; rl train, generate and eval "
+                "compare take chat_template_kwargs as a key, as TRL's GRPO and RLOO do"
+            )
+            parts.append(f"{', '.join(columns)}: not given to the chat template ({why})")
+        return f"{self.source}: " + "; ".join(parts) if parts else None
 
     def skip(self, error: PreferenceFormatError) -> None:
         """Count a malformed row under its reason (the text before any parenthesis)."""

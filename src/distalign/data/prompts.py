@@ -191,7 +191,7 @@ def load_prompts(
         unused = [c for cols in columns for c in TEMPLATE_COLUMNS if cols.get(c)]
         report.ignored.update(unused)
         if unused:
-            log.warning(report.ignored_note())
+            log.warning(report.ignored_note(unused))
         single = all(len(p) == 1 and p[0]["role"] == "user" for p in pairs["prompt"])
         if all(isinstance(t, str) and hh_prompt(t) is None for t in texts) and single:
             # TRL's standard format: each prompt as written (a pair's reading gave it the space

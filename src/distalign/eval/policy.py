@@ -471,7 +471,7 @@ def write_replies(path: Path, measured: dict[str, Measured], prompts, k: int) ->
                     "reply": text,
                     key: float(m.judge_reward[i]),
                 }
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
 def run_compare(cfg: CompareConfig) -> dict[str, Any]:

@@ -86,7 +86,7 @@ def score_file(
     out = Path(output) if output else _scored_name(Path(input_path))
     with open(out, "w", encoding="utf-8") as f:
         for row, e in zip(rows, extra, strict=True):
-            f.write(json.dumps({**row, **e}, ensure_ascii=False) + "\n")
+            f.write(json.dumps({**row, **e}, ensure_ascii=False, default=str) + "\n")
     return out, len(rows)
 
 
