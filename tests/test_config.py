@@ -3,6 +3,7 @@ with their new name; every shipped config loads."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -791,21 +792,52 @@ def test_the_keys_trainingarguments_to_dict_writes_at_their_defaults_load(tmp_pa
         load_config(RLTrainConfig, path)
 
 
-def test_a_trl_rloo_config_dump_loads(tmp_path):
+@pytest.mark.parametrize("laptop", [False, True])
+def test_trl_config_dumps_load(tmp_path, laptop):
+    """TRL's RLOOConfig and RewardConfig as ``to_dict()`` writes them, on a GPU machine's
+    settings and on a laptop's, where TRL needs use_cpu=true (and transformers then writes
+    dataloader_pin_memory: false)."""
     pytest.importorskip("trl")
     import enum
     import warnings
 
-    from trl import RLOOConfig
+    from trl import RewardConfig, RLOOConfig
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dump = RLOOConfig(output_dir=str(tmp_path), bf16=False).to_dict()
-    dump = {k: v.value if isinstance(v, enum.Enum) else v for k, v in dump.items()}
-    path = tmp_path / "rloo.yaml"
-    path.write_text(yaml.safe_dump(dump))
-    cfg = load_config(RLTrainConfig, path, ["max_steps=5"])  # TRL's -1 counts epochs
-    assert cfg.learning_rate == dump["learning_rate"] and cfg.beta == dump["beta"]
+    settings = {"use_cpu": True} if laptop else {"bf16": False}
+    for trl_cls, cls, extra in ((RLOOConfig, RLTrainConfig, ["max_steps=5"]),
+                                (RewardConfig, RMTrainConfig, [])):  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dump = trl_cls(output_dir=str(tmp_path), **settings).to_dict()
+        dump = {k: v.value if isinstance(v, enum.Enum) else v for k, v in dump.items()}
+        path = tmp_path / "trl.yaml"
+        path.write_text(yaml.safe_dump(json.loads(json.dumps(dump, default=str))))
+        cfg = load_config(cls, path, extra)  # RLOO's max_steps -1 counts epochs: refused
+        assert cfg.learning_rate == dump["learning_rate"] and cfg.use_cpu is laptop
+
+
+def test_a_laptop_s_trl_keys_load_and_use_cpu_keeps_training_on_the_cpu(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text("use_cpu: true\ndataloader_pin_memory: false\neos_token: <EOS_TOKEN>\n"
+                    "pad_token: <PAD_TOKEN>\nreport_to: none\n")  # fmt: skip
+    cfg = load_config(RMTrainConfig, path)
+    assert cfg.use_cpu
+    with pytest.raises(ConfigError, match="`eos_token`"):
+        load_config(RMTrainConfig, None, ["eos_token=<|im_end|>"])  # a token set: refused
+    import accelerate
+
+    from distalign.tracking import start_run
+
+    seen = {}
+
+    def fake(**kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(accelerate, "Accelerator", fake)
+    with pytest.raises(RuntimeError, match="stop"):
+        start_run(cfg, tmp_path / "out")
+    assert seen["cpu"] is True
 
 
 def test_a_reward_model_flag_beside_a_files_reward_funcs_trains_on_both(tmp_path):

@@ -214,7 +214,7 @@ NOT_OFFERED.update(dict.fromkeys(_ONLY_BESIDE, "it acts only beside a key not of
 # another value they are refused, with these hints where one helps
 _LAUNCHER_KEYS = ("deepspeed", "fsdp", "fsdp_config", "accelerator_config", "parallelism_config",
                   "ddp_backend", "ddp_bucket_cap_mb", "ddp_broadcast_buffers",
-                  "ddp_static_graph", "use_cpu")  # fmt: skip
+                  "ddp_static_graph")  # fmt: skip
 TRAINING_ARGUMENTS_HINTS = {
     **dict.fromkeys(_LAUNCHER_KEYS, _LAUNCHER),
     "auto_find_batch_size": "set per_device_train_batch_size (and gradient_accumulation_steps)",
@@ -257,6 +257,7 @@ NEUTRAL = {
     "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8,
     "logging_strategy": "steps", "do_train": ANY,
     "do_eval": ANY, "dataloader_num_workers": 0, "data_seed": None,
+    "dataloader_pin_memory": ANY,  # batches are small and moved by accelerate; a CPU dump: false
     "ddp_find_unused_parameters": Either((None, False)), "save_only_model": False,
     "disable_tqdm": ANY,  # transformers sets it from the log level
     "num_train_epochs": Either((3, 3.0)), "per_device_eval_batch_size": ANY,
@@ -265,7 +266,9 @@ NEUTRAL = {
     "gradient_checkpointing_kwargs": Either((None, {}, {"use_reentrant": False})),
     "dataset_streaming": False, "remove_unused_columns": ANY, "dataset_text_field": ANY,
     "datasets": Either(([], None)), "streaming": False, "test_split_size": None,
-    "eos_token": None, "pad_token": None, "load_in_4bit": False, "load_in_8bit": False,
+    # TrainingArguments.to_dict() writes every *_token key as "<NAME>", set or not
+    "eos_token": Either((None, "<EOS_TOKEN>")), "pad_token": Either((None, "<PAD_TOKEN>")),
+    "load_in_4bit": False, "load_in_8bit": False,
     "bnb_4bit_quant_type": ANY, "bnb_4bit_quant_storage": ANY, "use_bnb_nested_quant": False,
     "use_vllm": False, "generation_kwargs": Either((None, {})), "cache_implementation": None,
     "use_transformers_paged": False, "use_transformers_continuous_batching": False,

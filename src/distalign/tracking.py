@@ -124,6 +124,7 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     trackers = resolve_report_to(cfg.report_to)
     accelerator = Accelerator(
         mixed_precision=precision,
+        cpu=getattr(cfg, "use_cpu", False),
         log_with=trackers or None,
         project_dir=str(out),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))],

@@ -148,6 +148,9 @@ class RMTrainConfig(ModelKeys):
     ddp_timeout: int = 1800
     """Seconds a process waits for the others at a collective before the run fails
     (transformers' ``ddp_timeout``; torch.distributed's process-group timeout)."""
+    use_cpu: bool = False
+    """Train on the CPU even where a GPU is there (transformers' ``use_cpu``; TRL configs written
+    on a laptop carry it: TRL needs it there)."""
     prefix_sharing: bool = True
     """Encode each pair as one sequence prompt + chosen + rejected (exact, faster)."""
     attn_implementation: str = "sdpa"
