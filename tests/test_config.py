@@ -176,10 +176,10 @@ def test_training_arguments_keys_do_nothing_at_their_default_and_are_refused_oth
     assert cfg == from_cli(RLTrainConfig, [])
     with pytest.raises(ConfigError, match=r"`deepspeed` .*accelerate launch --config_file"):
         from_cli(RMTrainConfig, ["--deepspeed", "ds_z3.json"])
-    with pytest.raises(ConfigError, match=r"`use_cpu` .* accelerate"):
-        from_cli(RMTrainConfig, ["use_cpu=true"])
-    with pytest.raises(ConfigError, match=r"`dataloader_pin_memory` .*default \(True\)"):
-        from_cli(RMTrainConfig, ["dataloader_pin_memory=false"])
+    with pytest.raises(ConfigError, match=r"`ddp_backend` .* accelerate"):
+        from_cli(RMTrainConfig, ["ddp_backend=gloo"])
+    with pytest.raises(ConfigError, match=r"`dataloader_num_workers` .*built in the training process"):
+        from_cli(RMTrainConfig, ["dataloader_num_workers=4"])
 
 
 def test_a_transformers_dump_with_both_names_of_a_key_takes_the_one_that_is_set(tmp_path):
