@@ -303,13 +303,15 @@ def test_old_yaml_key_is_refused_by_the_command(tmp_path, rm_train_configs, monk
         ("prompts.jsonl", ["format: prompt-only", "rows read: 6", "prompts: 6"]),
         ("standard_pairs.jsonl", ["format: explicit", "pairs: 3", "The capital of France is"]),
         ("sharegpt_prompts.jsonl", ["format: prompt-only", "prompts: 4", "first prompt"]),
+        ("tool_calls_pairs.jsonl", ["format: explicit", "pairs: 2", "<|im_start|>tool",
+                                    "writes nothing for the rows' tool calls"]),
     ],
 )  # fmt: skip
 def test_inspect_example_files(name, expected):
     result, out = invoke("data", "inspect", str(EXAMPLES / name))
     assert result.exit_code == 0, out
     for text in expected:
-        assert text in out, (text, out)
+        assert text in " ".join(out.split()), (text, out)  # lines wrapped at any width
     assert "skipped malformed rows: 0" in out
     if "prompt-only" in out:
         assert "pairs:" not in out

@@ -178,7 +178,7 @@ def test_training_arguments_keys_do_nothing_at_their_default_and_are_refused_oth
         from_cli(RMTrainConfig, ["--deepspeed", "ds_z3.json"])
     with pytest.raises(ConfigError, match=r"`ddp_backend` .* accelerate"):
         from_cli(RMTrainConfig, ["ddp_backend=gloo"])
-    with pytest.raises(ConfigError, match=r"`dataloader_num_workers` .*built in the training process"):
+    with pytest.raises(ConfigError, match=r"`dataloader_num_workers` .*built in the training"):
         from_cli(RMTrainConfig, ["dataloader_num_workers=4"])
 
 

@@ -49,6 +49,10 @@ def print_inspection(result, source: str, model: str) -> None:
         first = "first prompt" if result.prompt_only else "first pair, chosen reply,"
         console.rule(f"{first} as the model reads it")
         console.print(result.example, markup=False, highlight=False)
+    if result.silent:
+        from distalign.data.pairs import silent_note
+
+        console.print(silent_note(result.silent, model), markup=False)
     if result.metadata:
         print_metadata(result.metadata, result.metadata_path)
 

@@ -347,3 +347,27 @@ def test_values_json_has_no_type_for_are_kept_as_their_text(tmp_path):
     with pytest.raises(PreferenceFormatError, match=r"chat_template_kwargs.*not JSON"):
         normalise_row({"prompt": "q", "chosen": "a", "rejected": "b",
                        "chat_template_kwargs": '{"a": }'}, "explicit", "w", 0)  # fmt: skip
+
+
+def test_what_a_template_writes_nothing_for_is_found(tool_tokenizer, smol_tokenizer, tmp_path):
+    """SmolLM2's template writes no tool calls, tools or template arguments: said, so a user
+    knows the model does not read them; a template that writes them all: nothing to say."""
+    import json
+
+    from distalign.data.load import load_preferences
+    from distalign.data.pairs import silent_template_inputs
+    from tests.conftest import write_jsonl
+
+    calling = {
+        "prompt": CALLING,
+        "chosen": "It is 18C.",
+        "rejected": "No idea.",
+        "tools": json.dumps(WEATHER),
+        "chat_template_kwargs": {"enable_thinking": 0},
+    }
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b"}, calling]
+    pairs = load_preferences(str(write_jsonl(tmp_path / "d.jsonl", rows)))
+    assert silent_template_inputs(tool_tokenizer, pairs) == []
+    said = silent_template_inputs(smol_tokenizer, pairs)
+    assert [s.split(" ")[0] for s in said] == ["tool", "tools", "chat_template_kwargs"]
+    assert silent_template_inputs(smol_tokenizer, pairs.select([0])) == []

@@ -25,6 +25,7 @@ from distalign.data.pairs import (
     render_pair_ids,
     render_prompt_ids,
     render_text,
+    silent_template_inputs,
 )
 from distalign.data.prompts import is_prompt_only, load_prompts
 from distalign.models.templates import fit_rendering
@@ -44,6 +45,7 @@ class Inspection:
     max_length: int | None = None  # rm train's max_length the pairs were measured against
     too_long: int = 0  # measured pairs whose prompt + longer reply exceeds max_length
     example: str = ""
+    silent: list[str] = field(default_factory=list)  # template inputs the template ignores
     metadata: dict[str, Any] | None = None  # a metadata JSON shipped beside the file, if any
     metadata_path: str | None = None
 
@@ -138,6 +140,7 @@ def inspect_source(
     out.measured, out.max_length = len(sample), max_length
     if max_length is not None:
         out.too_long = sum(n > max_length for n in cols[PAIR])
+    out.silent = silent_template_inputs(tokenizer, ds)
     first = ds[0]
     out.example = render_text(
         tokenizer, joined_prompt(first), first["chosen"], row_template_kwargs(first)

@@ -82,6 +82,55 @@ def _render(
     return list(out)
 
 
+TEMPLATE_INPUTS = {
+    "messages": "tool calls (the prompt messages' keys beside role and content)",
+    "tools": "tools",
+    "kwargs": "chat_template_kwargs",
+}
+
+
+def silent_template_inputs(tokenizer, pairs, limit: int = 200) -> list[str]:
+    """What normalised pairs give the chat template beside roles and contents (tool calls and
+    other message keys, tools, template arguments) that this tokenizer's template writes
+    nothing for, as ``TEMPLATE_INPUTS`` names them: rendering a prompt with and without it
+    gives the same text, on the first of the first ``limit`` pairs that has it. SmolLM2's
+    template writes no tool calls; TRL renders through the same template, so the model reads
+    them no more there, but a user should know."""
+    columns = getattr(pairs, "column_names", None) or []
+    if not len(pairs) or not any(c in columns for c in ("prompt_extras", "template_kwargs")):
+        return []
+    found: dict[str, bool] = {}
+    for row in pairs.select(range(min(limit, len(pairs)))):
+        messages, kwargs = joined_prompt(row), row_template_kwargs(row)
+        without = {}
+        if row.get("prompt_extras"):
+            without["messages"] = (list(row["prompt"]), kwargs)
+        if "tools" in kwargs:
+            without["tools"] = (messages, {k: v for k, v in kwargs.items() if k != "tools"})
+        if set(kwargs) - {"tools"}:
+            without["kwargs"] = (messages, {k: v for k, v in kwargs.items() if k == "tools"})
+        for what, (m, kw) in without.items():
+            if what in found:
+                continue
+            try:
+                full = render_text(tokenizer, messages, template_kwargs=kwargs)
+                found[what] = render_text(tokenizer, m, template_kwargs=kw) == full
+            except RenderingError:
+                continue
+        if len(found) == len(TEMPLATE_INPUTS):
+            break
+    return [TEMPLATE_INPUTS[k] for k in TEMPLATE_INPUTS if found.get(k)]
+
+
+def silent_note(silent: list[str], model: str) -> str:
+    """What a model's chat template writes nothing for, said (``silent_template_inputs``)."""
+    return (
+        f"the chat template of {model} writes nothing for the rows' {', '.join(silent)}: the "
+        "model does not read them (TRL renders through the same template); a model whose "
+        "template writes them (Qwen2.5, Llama 3.1) does"
+    )
+
+
 def render_pair_ids(
     tokenizer,
     messages: list[dict[str, str]],

@@ -27,6 +27,8 @@ from distalign.data.pairs import (
     length_grouped_batches,
     off_prompt_pairs,
     prompt_grouped_batches,
+    silent_note,
+    silent_template_inputs,
     tokenize_pairs,
     truncate_pair,
 )
@@ -138,6 +140,8 @@ def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int,
     pairs = tokenize_pairs(
         ds, tokenizer, cfg.max_length, cfg.max_prompt_length, num_proc=cfg.dataset_num_proc
     )
+    if silent := silent_template_inputs(tokenizer, ds):
+        log.warning("%s: %s", source, silent_note(silent, cfg.model_name_or_path))
     report_cut(pairs, source, cfg.max_length)
     return pairs
 
