@@ -120,7 +120,7 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     for key in ("project", "run_name"):
         _check_tracker_name(key, getattr(cfg, key, None))
     precision = mixed_precision(cfg.bf16, cfg.fp16)
-    _forget_other_precision(precision)
+    _forget_other_precision(precision, getattr(cfg, "use_cpu", False))
     trackers = resolve_report_to(cfg.report_to)
     accelerator = Accelerator(
         mixed_precision=precision,
@@ -177,10 +177,12 @@ def _inputs(cfg: Any) -> list[str]:
     return [x for x in flat if isinstance(x, str) and x and Path(x).expanduser().exists()]
 
 
-def _forget_other_precision(precision: str | None) -> None:
+def _forget_other_precision(precision: str | None, cpu: bool = False) -> None:
     """In one process (a notebook, a script training an RM and then a policy), a second run
-    with another mixed precision than the first: accelerate keeps the first run's state and
-    refuses the new setting, so its state is dropped first. Launched runs keep theirs."""
+    with another mixed precision or ``use_cpu`` than the first: accelerate keeps the first
+    run's state and refuses the new setting (or keeps the old one), so its state is dropped
+    first. Launched runs keep theirs."""
+    import torch
     from accelerate.state import AcceleratorState
 
     if not AcceleratorState._shared_state:
@@ -188,7 +190,8 @@ def _forget_other_precision(precision: str | None) -> None:
     # None: what `accelerate launch` (its environment) or accelerate's default says
     wanted = precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     state = AcceleratorState()
-    if state.num_processes == 1 and str(state.mixed_precision) != wanted:
+    other_device = (state.device.type == "cpu") != (cpu or not torch.cuda.is_available())
+    if state.num_processes == 1 and (str(state.mixed_precision) != wanted or other_device):
         AcceleratorState._reset_state()
 
 

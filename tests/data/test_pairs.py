@@ -371,3 +371,16 @@ def test_what_a_template_writes_nothing_for_is_found(tool_tokenizer, smol_tokeni
     said = silent_template_inputs(smol_tokenizer, pairs)
     assert [s.split(" ")[0] for s in said] == ["tool", "tools", "chat_template_kwargs"]
     assert silent_template_inputs(smol_tokenizer, pairs.select([0])) == []
+
+
+def test_values_no_row_holds_are_refused_naming_their_field():
+    from distalign.data.formats import PreferenceFormatError, normalise_row
+
+    base = {"chosen": "a", "rejected": "b"}
+    with pytest.raises(PreferenceFormatError) as info:
+        normalise_row({**base, "prompt": "q", "tools": [{"f": object()}]}, "explicit", "w", 0)
+    assert info.value.field == "tools"
+    with pytest.raises(PreferenceFormatError) as info:
+        normalise_row({**base, "prompt": [{"role": "user", "content": "q", "x": {1, 2}}]},
+                      "explicit", "w", 0)  # fmt: skip
+    assert info.value.field == "prompt" and "set" in str(info.value)

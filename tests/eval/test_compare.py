@@ -28,7 +28,13 @@ from distalign.models.generate import SamplingConfig
 from distalign.report import html, plots
 from distalign.report.html import rebuild_report, write_report
 from distalign.report.runs import rl_panels, rl_run_names
-from distalign.report.tables import compare_config, headline_columns, headline_rows, verdicts
+from distalign.report.tables import (
+    _gold_groups,
+    compare_config,
+    headline_columns,
+    headline_rows,
+    verdicts,
+)
 
 
 def test_gold_win_probability_is_the_mean_over_all_pairs():
@@ -169,7 +175,9 @@ def test_verdict_says_whether_the_gold_interval_is_above_contains_or_below_half(
         "unclear",
         "worse",
     ]
-    assert by_name["good"]["where"] == "above 0.5" and by_name["tied"]["where"] == "contains 0.5"
+    uncorrected = " (uncorrected for several policies: saved before p-values were)"
+    assert by_name["good"]["where"] == "above 0.5" + uncorrected
+    assert by_name["tied"]["where"] == "contains 0.5"
     assert by_name["good"]["gain"] == "+0.500" and by_name["bad"]["gain"] == "-0.500"
 
 
@@ -918,21 +926,46 @@ def test_a_rebuild_leaves_hub_ids_alone_and_a_hub_policy_has_no_run(tmp_path, mo
 
 def test_several_policies_beat_sft_only_after_holm_s_correction():
     """Three policies each tested at 95% against one SFT would together err more often than
-    5%: a verdict holds only where the Holm-adjusted p-value is below 0.05, and says so."""
+    5%: a verdict holds only where the Holm-adjusted p-value is below 0.05, and says so. A
+    missing p-value counts as 1; a comparison saved without any says it is uncorrected; an
+    oracle run is not in the family."""
     summary = _summary()
+    summary["config"]["bootstrap"] = 2000
     rows = summary["policies"]
     rows["good"]["gold_win_rate_p"] = 0.03  # above 0.5 alone; second smallest: 2 × 0.03
     rows["tied"]["gold_win_rate_p"] = 0.6
-    rows["bad"]["gold_win_rate_p"] = 0.001
-    by_name = {v["name"]: v for v in verdicts(summary)}
-    assert by_name["good"]["outcome"] == "unclear"
-    assert by_name["good"]["badge"] == "no clear difference"
-    assert by_name["good"]["where"] == (
-        "above 0.5 alone, but p 0.060 after Holm's correction over 3 policies"
+    rows["bad"]["gold_win_rate_p"] = 0.0  # no resample on the other side of 0.5
+
+    def by_name():
+        return {v["name"]: v for v in verdicts(summary)}
+
+    good, bad = by_name()["good"], by_name()["bad"]
+    assert (good["outcome"], good["badge"]) == ("unclear", "no clear difference")
+    assert good["where"] == (
+        "above 0.5, but not after Holm's correction over 3 policies (adjusted p = 0.060)"
     )
-    assert by_name["bad"]["outcome"] == "worse"
-    assert by_name["bad"]["where"] == "below 0.5; p 0.003 after Holm's correction over 3 policies"
+    assert bad["outcome"] == "worse"
+    assert bad["where"] == "below 0.5; Holm-adjusted p < 0.0005 over 3 policies"
     rows["good"]["gold_win_rate_p"] = 0.01  # 0.02 adjusted: the claim stands
-    assert {v["name"]: v for v in verdicts(summary)}["good"]["outcome"] == "better"
-    del rows["tied"]["gold_win_rate_p"]  # a comparison saved before p-values: as before
-    assert {v["name"]: v for v in verdicts(summary)}["good"]["where"] == "above 0.5"
+    assert by_name()["good"]["outcome"] == "better"
+    del rows["tied"]["gold_win_rate_p"]  # counts as 1: the others are still corrected
+    assert by_name()["good"]["where"].endswith("= 0.020 over 3 policies")
+    for row in rows.values():
+        row.pop("gold_win_rate_p", None)  # a comparison saved before p-values
+    assert by_name()["good"]["where"] == (
+        "above 0.5 (uncorrected for several policies: saved before p-values were)"
+    )
+    rows["good"]["gold_win_rate_p"] = 0.01  # not an annotator group's column
+    assert _gold_groups(rows["good"]) == ["concise"]
+
+
+def test_an_oracle_run_is_not_in_the_family_of_verdicts(monkeypatch):
+    summary = _summary()
+    for name, p in (("good", 0.02), ("tied", 0.6), ("bad", 0.03)):
+        summary["policies"][name]["gold_win_rate_p"] = p
+    good = {v["name"]: v for v in verdicts(summary)}["good"]
+    assert good["outcome"] == "unclear"  # 3 × 0.02 = 0.06 over all three
+    monkeypatch.setattr("distalign.report.tables.oracle_policies", lambda s: {"bad": "runs/o"})
+    good = {v["name"]: v for v in verdicts(summary)}["good"]
+    assert good["outcome"] == "better"  # the oracle aside: 2 × 0.02 = 0.04
+    assert good["where"] == "above 0.5; Holm-adjusted p = 0.040 over 2 policies"

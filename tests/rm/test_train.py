@@ -524,6 +524,26 @@ def test_a_folder_without_a_test_split_is_evaluated_on_its_training_pairs(
         run(named)
 
 
+def test_training_data_as_held_out_is_scored_on_its_first_pairs_only(
+    tiny_model_dir, pair_dir, tmp_path, monkeypatch
+):
+    """One file (or a Dataset) is its own held-out set: an evaluation scores its first
+    TRAINING_EVAL_PAIRS, not every pair; a real test split is scored whole, even on a config
+    object an earlier run without one has used."""
+    from distalign.models.load import load_tokenizer
+    from distalign.rm.data import load_pairs
+
+    monkeypatch.setattr("distalign.rm.data.TRAINING_EVAL_PAIRS", 3)
+    tok = load_tokenizer(str(tiny_model_dir))
+    one = config(tiny_model_dir, pair_dir / "train.jsonl", tmp_path)
+    train, held_out = load_pairs(one, tok)
+    assert len(held_out) == 3 < len(train)
+    folder = config(tiny_model_dir, pair_dir, tmp_path)
+    folder.held_out_split = "train"  # left by an earlier run on this object
+    _, held_out = load_pairs(folder, tok)
+    assert len(held_out) > 3 and getattr(folder, "held_out_split", None) is None
+
+
 def test_a_scheduler_takes_its_kwargs(tiny_model_dir):
     # cosine down to a tenth of the peak, not to 0 (TRL's lr_scheduler_kwargs)
     from distalign.rm.train import optimizer_and_schedule

@@ -53,6 +53,7 @@ Ratings: ``chosen_rating``/``rejected_rating`` (HelpSteer2-binarized),
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import re
@@ -254,15 +255,26 @@ def template_kwargs(row: Mapping[str, Any], where: str) -> str | None:
         )
     # Arrow gives a row every key of the column's struct, its own absent ones as None
     out = {k: v for k, v in (kwargs or {}).items() if v is not None}
+    for field, value in (("tools", tools), ("chat_template_kwargs", out)):
+        try:
+            _json(value)
+        except TypeError as e:
+            raise PreferenceFormatError(where, field, str(e)) from None
     if tools:  # TRL: `tools or None` (Llama's template writes tool boilerplate for [])
         out = {"tools": tools, **out}
     return _json(out) if out else None
 
 
 def _json(value: Any) -> str:
-    """JSON text of a row's values; what JSON has no type for (a parquet file's dates) as the
-    text the template would print for it."""
-    return json.dumps(value, default=str)
+    """JSON text of a row's values; a parquet file's dates and times, which JSON has no type
+    for, as the text the template would print for them. Raises TypeError for other values."""
+
+    def as_text(o: Any) -> str:
+        if isinstance(o, datetime.date | datetime.time | datetime.timedelta):
+            return str(o)
+        raise TypeError(f"{type(o).__name__} {o!r:.60}: not a value of a data set's row")
+
+    return json.dumps(value, default=as_text)
 
 
 def split_extras(messages: list[dict[str, Any]]) -> tuple[list[dict[str, str]], str | None]:
@@ -648,7 +660,10 @@ def normalise_row(
             }
             break
     known = read_number(row, "p_chosen", where)
-    prompt, extras = split_extras(prompt)
+    try:
+        prompt, extras = split_extras(prompt)
+    except TypeError as e:
+        raise PreferenceFormatError(where, "prompt", str(e)) from None
     return {
         "prompt": prompt,
         "prompt_extras": extras,

@@ -156,6 +156,7 @@ def held_out_or_training(cfg: Any, default_split: str, load: Any, training: Any 
     A split or held-out source named on purpose must be there: a typo stops."""
     from distalign.config import config_warning
 
+    cfg.__dict__.pop("held_out_split", None)  # an earlier run's on the same config object
     try:
         return load(cfg.dataset_test_split)
     except MissingSplitError as e:

@@ -159,8 +159,10 @@ def _load_adapter_classifier(folder, settings, trust_remote_code, device, dtype,
     )  # the adapter brings the trained head
     model = PeftModel.from_pretrained(base, folder).merge_and_unload()
     has_tokenizer = (Path(folder) / "tokenizer_config.json").is_file()
-    tokenizer = AutoTokenizer.from_pretrained(folder if has_tokenizer else base_name,
-                                              trust_remote_code=trust_remote_code)  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(
+        folder if has_tokenizer else base_name, trust_remote_code=trust_remote_code,
+        revision=None if has_tokenizer else settings.get("revision"),
+    )  # fmt: skip
     return _placed(_with_pad(model, tokenizer, folder).eval(), place), tokenizer
 
 

@@ -138,7 +138,7 @@ def _rate(row: Mapping, key: str) -> str:
 
 def _gold_groups(row: Mapping) -> list[str]:
     """Annotator groups with a gold reward column (gold_<group>)."""
-    reserved = {"gold_mean", "gold_win_rate"}
+    reserved = {"gold_mean", "gold_win_rate", "gold_win_rate_p"}
     keys = [k for k in row if k.startswith("gold_") and not k.endswith("_ci95")]
     return [k[5:] for k in keys if k not in reserved]
 
@@ -167,20 +167,33 @@ def reward_models(row: Mapping) -> list[str]:
 MIN_VERDICT_PROMPTS = 10  # a bootstrap over fewer prompts has too few distinct resamples
 
 
-def family_p_values(summary: Mapping) -> dict[str, float]:
+def family_p_values(summary: Mapping) -> dict[str, float] | None:
     """Aligned policy -> the p-value of its judge's win rate against ½ after Holm's
-    correction over every aligned policy of the comparison (``metrics.holm``): several
-    policies each claimed better than SFT at 95% would together err more often than 5%. Empty
-    when fewer than two policies are compared or one lacks its p-value (a comparison saved
-    before they were)."""
+    correction over the comparison's aligned policies (``metrics.holm``): several policies
+    each claimed better than SFT at 95% would together err more often than 5%. Oracle runs
+    (trained on the judge: their verdict grades the training objective) are left out of the
+    family; a policy whose p-value is missing counts as p = 1 (no claim). Empty with fewer
+    than two policies in the family; None where none has a p-value (a comparison saved before
+    they were: its verdicts are uncorrected, and say so)."""
     from distalign.metrics import holm
 
     key = judge_of(summary).key
-    rows = {n: r for n, r in summary["policies"].items() if n != "sft"}
+    oracles = oracle_policies(summary)
+    rows = {n: r for n, r in summary["policies"].items() if n != "sft" and n not in oracles}
     p = [rows[n].get(f"{key}_win_rate_p") for n in rows]
-    if len(rows) < 2 or any(not isinstance(v, int | float) or math.isnan(v) for v in p):
+    p = [v if isinstance(v, int | float) and not math.isnan(v) else None for v in p]
+    if len(rows) < 2:
         return {}
-    return dict(zip(rows, holm(p).tolist(), strict=True))
+    if all(v is None for v in p):
+        return None
+    return dict(zip(rows, holm([1.0 if v is None else v for v in p]).tolist(), strict=True))
+
+
+def _p(value: float, resamples: int | None) -> str:
+    """An adjusted bootstrap p-value as the page writes it: below one resample's share it is
+    "< 1/n", not 0."""
+    floor = 1 / resamples if resamples else 0.001
+    return f"< {floor:.2g}" if value < floor else f"= {value:.3f}"
 
 
 def verdicts(summary: Mapping) -> list[dict[str, Any]]:
@@ -214,12 +227,16 @@ def verdicts(summary: Mapping) -> list[dict[str, Any]]:
             outcome, where = "worse", "below 0.5"
         else:
             outcome, where = "unclear", "contains 0.5"
-        if outcome != "unclear" and name in family:
-            adjusted = f"p {family[name]:.3f} after Holm's correction over {len(family)} policies"
+        if outcome != "unclear" and family and name in family:
+            p = _p(family[name], (summary.get("config") or {}).get("bootstrap"))
             if family[name] < 0.05:
-                where = f"{where}; {adjusted}"
+                where = f"{where}; Holm-adjusted p {p} over {len(family)} policies"
             else:
-                outcome, where = "unclear", f"{where} alone, but {adjusted}"
+                outcome = "unclear"
+                where = (f"{where}, but not after Holm's correction over {len(family)} "
+                         f"policies (adjusted p {p})")  # fmt: skip
+        elif outcome != "unclear" and family is None:
+            where = f"{where} (uncorrected for several policies: saved before p-values were)"
         badge = {"better": "beats SFT", "worse": "worse than SFT"}.get(outcome)
         if badge is None:
             badge = "too few prompts" if few else "no clear difference"

@@ -16,6 +16,7 @@ from datasets import Dataset, Features, Sequence, Value, concatenate_datasets
 from distalign.data.formats import PreferenceFormatError, common_prefix_length, read_number
 from distalign.data.load import (
     LoadReport,
+    evaluates_on_training_data,
     held_out_or_training,
     iter_source_rows,
     load_preferences,
@@ -178,12 +179,16 @@ def load_pairs(cfg: RMTrainConfig, tokenizer):
 
     def load_held_out(split):
         limit = cfg.max_eval_samples
-        if not limit and getattr(cfg, "held_out_split", None):  # the training data itself
+        itself = evaluates_on_training_data(
+            cfg.dataset_name, cfg.eval_dataset_name, cfg.dataset_train_split, split
+        )  # one file, a Dataset, or the training split of a folder without a test split
+        if not limit and itself:
             limit = TRAINING_EVAL_PAIRS
-            log.warning(
-                "evaluating on the first %d training pairs at most (max_eval_samples sets "
-                "how many), not on every one at each evaluation", limit,
-            )  # fmt: skip
+            if os.environ.get("RANK", "0") == "0":
+                log.warning(
+                    "evaluating on the first %d training pairs at most (max_eval_samples "
+                    "sets how many), not on every one at each evaluation", limit,
+                )  # fmt: skip
         return prepare_pairs(cfg, tokenizer, source, split, limit, held_out_hub)
 
     held_out = held_out_or_training(cfg, RMTrainConfig.dataset_test_split, load_held_out)
