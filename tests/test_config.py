@@ -896,3 +896,40 @@ def test_trls_older_reward_model_key_joins_reward_funcs_and_reward_beside_both_i
     assert load_config(RLTrainConfig, path, []).reward == ["rm", "a.b"]
     with pytest.raises(ConfigError, match="give one of them"):
         load_config(RLTrainConfig, None, ["reward=x", "reward_model_path=rm", "reward_funcs=a.b"])
+
+
+def test_grpo_s_scale_rewards_and_loss_type_pick_what_does_their_job(tmp_path):
+    """TRL GRPO's scale_rewards names the estimator that scales so (group: grpo, batch:
+    reinforce_pp_baseline, none: dr_grpo) and its loss_type the weighting of each reply;
+    a baseline beside it that disagrees is refused."""
+    pairs = [("group", "grpo"), ("batch", "reinforce_pp_baseline"), ("none", "dr_grpo"),
+             ("true", "grpo"), ("false", "dr_grpo")]  # fmt: skip
+    for value, baseline in pairs:
+        assert from_cli(RLTrainConfig, [f"scale_rewards={value}"]).baseline == baseline
+    path = tmp_path / "grpo.yaml"
+    path.write_text("scale_rewards: group\nloss_type: dapo\nuse_bias_correction_kl: true\n"
+                    "baseline: grpo\n")  # fmt: skip
+    cfg = load_config(RLTrainConfig, path)
+    assert (cfg.baseline, cfg.loss_type) == ("grpo", "dapo")
+    path.write_text("scale_rewards: group\nbaseline: rloo\n")
+    with pytest.raises(ConfigError, match="`scale_rewards` and `baseline` both given"):
+        load_config(RLTrainConfig, path)
+    with pytest.raises(ConfigError, match="scale_rewards must be group, batch or none"):
+        from_cli(RLTrainConfig, ["scale_rewards=sometimes"])
+    with pytest.raises(ConfigError, match="loss_type: sequence"):
+        from_cli(RLTrainConfig, ["loss_type=token"])
+
+
+def test_a_trl_grpo_config_dump_loads_as_grpo(tmp_path):
+    pytest.importorskip("trl")
+    import warnings
+
+    from trl import GRPOConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dump = GRPOConfig(output_dir=str(tmp_path), use_cpu=True).to_dict()
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(dump, default=str))))
+    cfg = load_config(RLTrainConfig, path, ["max_steps=5"])
+    assert (cfg.baseline, cfg.loss_type, cfg.beta) == ("grpo", dump["loss_type"], dump["beta"])

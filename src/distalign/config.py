@@ -99,7 +99,12 @@ ALIASES = {
     "activation_checkpointing": "gradient_checkpointing",  # transformers 5's new name
     "warmup_ratio": "warmup_steps",
     "sft_model_path": "sft",  # TRL's PPO name of the SFT policy (eval compare)
+    "scale_rewards": "baseline",  # TRL GRPO's: the estimator that scales rewards so
 }
+# TRL GRPO's scale_rewards values -> the advantage estimator that does the same: the group's
+# mean out, then divided by the group's std, the batch's, or nothing
+SCALE_REWARDS = {"group": "grpo", True: "grpo", "true": "grpo", "batch": "reinforce_pp_baseline",
+                 "none": "dr_grpo", False: "dr_grpo", "false": "dr_grpo"}  # fmt: skip
 
 # transformers / TRL training keys without a counterpart here, and what does their job
 _SAMPLER = "rollouts come from distalign's own sampler (distalign.models.generate)"
@@ -176,11 +181,6 @@ NOT_OFFERED = {
     "bnb_4bit_quant_storage": _NO_QUANT,
     "repetition_penalty": _UNBIASED,
     "min_p": _UNBIASED,
-    "scale_rewards": "baseline picks the estimator: grpo divides by the group's std, "
-    "reinforce_pp_baseline by the batch's, dr_grpo and rloo by none",
-    "loss_type": "the loss is −A·Σ_t log π per reply, averaged over replies (no per-token "
-    "normalisation, as Dr. GRPO); baseline picks the advantage estimator (grpo, dr_grpo, "
-    "reinforce_pp_baseline, rloo, …)",
     "num_processes": _LAUNCHER,  # the `trl` command line's own launch keys
     "accelerate_config": _LAUNCHER,
     "sync_ref_model": _REF_FIXED,
@@ -193,7 +193,8 @@ NOT_OFFERED = {
     "exp(Σ_t log π − Σ_t log π_old) (distalign.losses.clipped_policy_loss)",
     "top_entropy_quantile": "every reply token is in the loss",
     "off_policy_mask_threshold": "no reply is masked for being off-policy",
-    "use_bias_correction_kl": "the KL is in the reward, R − β·KL (k1 estimate)",
+    "use_bias_correction_kl": "the KL is in the reward, R − β·KL, from the sampler's own "
+    "log-probs (a sampling ratio of 1)",
     "entropy_coef": "no entropy bonus is added",
     "use_adaptive_entropy": "no entropy bonus is added",
     "multi_objective_aggregation": "the reward sources are summed with reward_weights, then "
@@ -279,7 +280,10 @@ NEUTRAL = {
     "lora_target_parameters": None, "repetition_penalty": 1.0, "min_p": Either((None, 0.0)),
     "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
     "delta": None, "importance_sampling_level": "token", "top_entropy_quantile": 1.0,
-    "off_policy_mask_threshold": None, "use_bias_correction_kl": False, "entropy_coef": 0.0,
+    "off_policy_mask_threshold": None, "entropy_coef": 0.0,
+    # TRL weights a KL term of the loss by the sampling ratio; the KL here is in the reward,
+    # taken from the sampler's own log-probs, where that ratio is 1
+    "use_bias_correction_kl": ANY,
     "use_adaptive_entropy": False, "multi_objective_aggregation": "sum_then_normalize",
     "cast_lm_head_to_fp32": ANY, "log_completions_hub_repo": None,
     "max_tool_calling_iterations": None, **dict.fromkeys(_ONLY_BESIDE, ANY),
@@ -482,6 +486,11 @@ def _unset(value: Any) -> bool:
 def _alias(top: str, key: str, value: Any, items: dict[str, Any], where: str) -> tuple[str, Any]:
     """``key`` (whose top is an ``ALIASES`` name) as the key it names, and its value."""
     name = ALIASES[top]
+    if top == "scale_rewards":
+        if not isinstance(value, str | bool) or value not in SCALE_REWARDS:
+            raise ConfigError(f"{where}: scale_rewards must be group, batch or none, got "
+                              f"{value!r}")  # fmt: skip
+        value = SCALE_REWARDS[value]
     if name in items and not _unset(items[name]) and not _same(value, items[name]):
         raise ConfigError(f"{where}: `{top}` and `{name}` both given; `{top}` is `{name}` here")
     if top == "warmup_ratio":

@@ -488,6 +488,45 @@ def reinforce_loss(
     return -(advantages.detach() * sequence_sum(logprobs, mask)).mean()
 
 
+LOSS_TYPES = ("sequence", "grpo", "dr_grpo", "dapo", "bnpo")
+
+
+def loss_type_weights(
+    lengths: torch.Tensor,
+    loss_type: str,
+    max_completion_length: int,
+    batch_tokens: float | None = None,
+    batch_replies: float | None = None,
+) -> torch.Tensor:
+    """(B,) factor c_i on each reply's term of the sequence-level loss
+    −(1/B) Σ_i c_i A_i Σ_t log π(y_i,t) that gives TRL GRPO's ``loss_type`` normalisations at
+    the first update of a step (ratio 1; the later, clipped ones scale each reply's clipped
+    term alike, since min(ρcA, clip(ρ)cA) = c·min(ρA, clip(ρ)A) for c > 0):
+
+    ``sequence``  c = 1: Σ_t log π per reply, as REINFORCE and TRL's RLOO (distalign's default)
+    ``grpo``      c = 1/|y_i|: each reply's tokens averaged, then replies (GRPO's paper)
+    ``dr_grpo``   c = 1/max_completion_length: one constant for every token (Dr. GRPO)
+    ``dapo``      c = B/N: every token of the optimizer step weighted alike, N its tokens and B
+                  its replies over all processes (DAPO; ``batch_tokens``/``batch_replies``)
+    ``bnpo``      the same over this process's replies only (the caller's counts)
+
+    ``lengths`` (B,) are the replies' token counts (at least 1 is used); ``batch_tokens`` and
+    ``batch_replies`` default to this batch's. Folded into the advantages, the factors change
+    the step size of long against short replies, not which way each reply is pushed."""
+    lengths = lengths.float().clamp(min=1)
+    if loss_type == "sequence":
+        return torch.ones_like(lengths)
+    if loss_type == "grpo":
+        return 1.0 / lengths
+    if loss_type == "dr_grpo":
+        return torch.full_like(lengths, 1.0 / max_completion_length)
+    if loss_type in ("dapo", "bnpo"):
+        tokens = float(lengths.sum()) if batch_tokens is None else float(batch_tokens)
+        replies = len(lengths) if batch_replies is None else float(batch_replies)
+        return torch.full_like(lengths, replies / max(tokens, 1.0))
+    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
 LOG_RATIO_BOUND = 20.0  # |log π/π_old| of a reply beyond which clipped_policy_loss stops
 
 

@@ -171,3 +171,55 @@ def test_clipped_policy_loss_survives_a_reply_whose_ratio_overflows_float32():
         # the others' gradient is the plain REINFORCE one (ratio 1): −A/B per token
         want = torch.tensor(adv[1:]).neg().div(3).unsqueeze(1).expand(2, 200)
         torch.testing.assert_close(lp.grad[1:], want)
+
+
+def _trl_token_loss(lp, mask, adv, loss_type, max_len):
+    """TRL GRPO's loss at ratio 1, written out per token: −A_i·log π(y_i,t) aggregated as its
+    loss_type says."""
+    per_token = -adv[:, None] * lp * mask
+    if loss_type == "grpo":
+        return (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    if loss_type in ("dapo", "bnpo"):
+        return per_token.sum() / mask.sum().clamp(min=1)
+    if loss_type == "dr_grpo":
+        return per_token.sum() / (lp.shape[0] * max_len)
+    return per_token.sum(-1).mean()  # sequence: REINFORCE's, TRL's RLOO
+
+
+@pytest.mark.parametrize("loss_type", ["sequence", "grpo", "dr_grpo", "dapo", "bnpo"])
+def test_loss_types_weight_each_reply_as_trl_grpo_aggregates_its_tokens(loss_type):
+    """The sequence-level loss with each reply's advantage times loss_type_weights is TRL's
+    token-level loss of that loss_type, value and gradient; the clipped loss scales alike and
+    clips the same replies."""
+    from distalign.losses import loss_type_weights
+
+    torch.manual_seed(1)
+    lengths = torch.tensor([1, 7, 3, 12, 5])
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).double()
+    lp = (-torch.rand(5, 12, dtype=torch.float64) * 3).requires_grad_()
+    adv = torch.randn(5, dtype=torch.float64)
+    c = loss_type_weights(lengths, loss_type, max_completion_length=16).double()
+    ours = reinforce_loss(lp, mask, adv * c)
+    theirs = _trl_token_loss(lp, mask, adv, loss_type, 16)
+    assert ours.item() == pytest.approx(theirs.item())
+    (g1,) = torch.autograd.grad(ours, lp)
+    (g2,) = torch.autograd.grad(theirs, lp)
+    torch.testing.assert_close(g1, g2)
+    old = (lp.detach() * mask).sum(-1) + torch.tensor([0.5, -0.4, 0.05, 0.3, -0.01]).double()
+    plain, clip_plain = clipped_policy_loss(lp, mask, old, adv)
+    weighted, clip_weighted = clipped_policy_loss(lp, mask, old, adv * c)
+    assert torch.equal(clip_plain, clip_weighted)  # c > 0: the same replies clipped
+    if loss_type == "sequence":
+        assert weighted.item() == pytest.approx(plain.item())
+
+
+def test_dapo_weights_count_the_tokens_they_are_given():
+    from distalign.losses import loss_type_weights
+
+    lengths = torch.tensor([2, 6])
+    assert loss_type_weights(lengths, "dapo", 8).tolist() == [0.25, 0.25]  # 2 replies, 8 tokens
+    # over every process: 5 replies and 40 tokens in all
+    assert loss_type_weights(lengths, "dapo", 8, batch_tokens=40, batch_replies=5).tolist() == [
+        0.125, 0.125]  # fmt: skip
+    with pytest.raises(ValueError, match="loss_type must be one of"):
+        loss_type_weights(lengths, "token", 8)

@@ -325,9 +325,13 @@ def test_log_completions_prints_a_table_each_logging_step(peaked_policy_dir, tmp
     assert len(history) == 2 * 4 and all("advantage" in row for row in history)
 
 
-def test_micro_batches_that_cut_a_prompts_group_give_the_same_step(peaked_policy_dir, tmp_path):
+@pytest.mark.parametrize("loss_type", ["sequence", "dapo"])
+def test_micro_batches_that_cut_a_prompts_group_give_the_same_step(
+    peaked_policy_dir, tmp_path, loss_type
+):
     """TRL's shape, num_generations above per_device_train_batch_size: the group baseline is
-    taken over the step's replies, so 4 replies in 1, 2 or 4 micro-batches make one update."""
+    taken over the step's replies, so 4 replies in 1, 2 or 4 micro-batches make one update;
+    DAPO's token count is the step's too."""
     from safetensors.torch import load_file
 
     weights = []
@@ -335,7 +339,7 @@ def test_micro_batches_that_cut_a_prompts_group_give_the_same_step(peaked_policy
         out = tmp_path / f"m{micro}"
         run(config(peaked_policy_dir, out, max_steps=1, per_device_train_batch_size=micro,
                    gradient_accumulation_steps=accumulate, baseline="grpo", max_grad_norm=None,
-                   eval_on_start=False, max_eval_samples=1))  # fmt: skip
+                   eval_on_start=False, max_eval_samples=1, loss_type=loss_type))  # fmt: skip
         weights.append(load_file(out / "rl" / "final" / "model.safetensors"))
     start = AutoModelForCausalLM.from_pretrained(peaked_policy_dir).state_dict()
     moved = [k for k in weights[0] if not torch.equal(weights[0][k], start[k])]
@@ -680,8 +684,12 @@ def test_max_prompt_length_cuts_from_the_left_and_null_never_cuts(smol_tokenizer
 
     chat = [[{"role": "user", "content": "A prompt long enough to be cut somewhere."}]]
     full = render_prompt_ids(smol_tokenizer, chat[0])
-    assert _encode_prompts(smol_tokenizer, chat, 5) == [full[-5:]]
-    assert _encode_prompts(smol_tokenizer, chat, None) == [full]
+
+    def cfg(n):
+        return RLTrainConfig(max_prompt_length=n, report_to="none")
+
+    assert _encode_prompts(smol_tokenizer, chat, cfg(5)) == [full[-5:]]
+    assert _encode_prompts(smol_tokenizer, chat, cfg(None)) == [full]
     assert parse_command("rl train", ["max_prompt_length=null"]).max_prompt_length is None
 
 
@@ -801,3 +809,30 @@ def test_replies_no_reward_scores_train_with_advantage_0_as_in_trl(tiny_model_di
     assert train and all(math.isfinite(m["train/reward"]) for m in train)
     step1 = [r["reward"] for r in rows if r["step"] == 1 and r["reward"] is not None]
     assert train[0]["train/reward"] == pytest.approx(sum(step1) / len(step1), rel=1e-5)
+
+
+def test_loss_weights_per_optimizer_step_and_over_every_process():
+    """dapo counts each optimizer step's replies and tokens over every process (the
+    accelerator's sum), bnpo this process's; replies cut and masked out count no tokens."""
+    from types import SimpleNamespace
+
+    from distalign.rl.train import loss_weights
+
+    mask = (torch.arange(8)[None, :] < torch.tensor([2, 6, 4, 8])[:, None]).float()
+    ro = SimpleNamespace(mask=mask, finished=[True, True, True, False])
+    # another process with 2 replies of 20 tokens in all in each step
+    other = SimpleNamespace(reduce=lambda x, reduction: x + torch.tensor([20.0, 2.0]))
+    t = SimpleNamespace(accelerator=other)
+    spans = [(0, 2), (2, 4)]
+
+    def weights(**kw):
+        cfg = RLTrainConfig(report_to="none", max_completion_length=8, **kw)
+        return pytest.approx(loss_weights(t, ro, cfg, spans).tolist())
+
+    assert weights(loss_type="sequence") == [1.0] * 4
+    assert weights(loss_type="grpo") == [0.5, 1 / 6, 0.25, 0.125]
+    assert weights(loss_type="dr_grpo") == [0.125] * 4
+    assert weights(loss_type="bnpo") == [2 / 8] * 2 + [2 / 12] * 2
+    assert weights(loss_type="dapo") == [4 / 28] * 2 + [4 / 32] * 2
+    masked = weights(loss_type="bnpo", mask_truncated_completions=True)
+    assert masked == [2 / 8] * 2 + [2 / 4] * 2  # the cut reply's 8 tokens are out of the count

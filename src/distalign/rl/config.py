@@ -22,6 +22,7 @@ from distalign.config import (
     require,
     resume_value,
 )
+from distalign.losses import LOSS_TYPES
 from distalign.models.generate import SamplingConfig
 from distalign.models.load import DEFAULT_MODEL, require_4d_mask
 from distalign.models.options import ModelKeys
@@ -131,6 +132,12 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     step's first)."""
     epsilon_high: float | None = None
     """Upper clip (DAPO's ε_high); None: epsilon."""
+    loss_type: str = "sequence"
+    """How each reply's Σ_t log π is weighted in the policy loss (TRL GRPO's key): sequence (as
+    is: REINFORCE, TRL's RLOO) | grpo (÷ its length) | dr_grpo (÷ max_completion_length) | dapo
+    (÷ the step's mean reply length over every process) | bnpo (the same over this process's).
+    A scale of each reply's step, not of its direction (``losses.loss_type_weights``); the
+    token-normalised ones take a learning rate about a reply's length larger."""
     baseline: str = "rloo"
     """Advantage estimator: rloo (leave-one-out mean) | grpo ((r − group mean) / group std of
     the rewards, minus the KL penalty centred in the group) |
@@ -270,6 +277,7 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
             *self._generation_checks(),
             (self.baseline in BASELINES, f"baseline: {' | '.join(BASELINES)}"),
+            (self.loss_type in LOSS_TYPES, f"loss_type: {' | '.join(LOSS_TYPES)}"),
             (
                 self.baseline not in GROUP_BASELINES or k >= 2,
                 f"baseline {self.baseline} needs num_generations >= 2",

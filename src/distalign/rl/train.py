@@ -64,6 +64,7 @@ from distalign.losses import (
     grpo_advantages,
     kl_estimates,
     kl_shaped_rewards,
+    loss_type_weights,
     moving_average_advantages,
     moving_average_update,
     reinforce_loss,
@@ -591,6 +592,30 @@ def sampling_logprobs(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, begin: int):
     return torch.cat(seq), entropy_sum, tokens
 
 
+def loss_weights(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, spans) -> torch.Tensor:
+    """Per reply, ``loss_type``'s factor on its term of the loss (``losses.loss_type_weights``),
+    over each optimizer step's span of replies: ``dapo`` counts the span's replies and tokens
+    over every process, ``bnpo`` over this one's; replies left out of the loss
+    (``mask_truncated_completions``) count no tokens, as TRL's completion mask leaves them."""
+    lengths = ro.mask.sum(-1).float()
+    out = torch.ones_like(lengths)
+    if cfg.loss_type == "sequence":
+        return out
+    counted = lengths
+    if cfg.mask_truncated_completions:
+        counted = lengths * torch.tensor(ro.finished, device=lengths.device, dtype=lengths.dtype)
+    for begin, end in spans:
+        # the loss averages over the span's replies, masked ones included: c = replies/tokens
+        totals = torch.stack([counted[begin:end].sum(), counted.new_tensor(end - begin)])
+        if cfg.loss_type == "dapo":
+            totals = t.accelerator.reduce(totals, reduction="sum")
+        tokens, replies = (float(x) for x in totals)
+        out[begin:end] = loss_type_weights(
+            lengths[begin:end], cfg.loss_type, cfg.max_completion_length, tokens, replies
+        )
+    return out
+
+
 def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig) -> Update:
     """``num_iterations`` passes (TRL's μ) over one batch of rollouts, each an optimizer step
     per ``gradient_accumulation_steps`` micro-batches of it (``steps_per_generation`` of them
@@ -601,6 +626,7 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
     n = len(ro.replies)
     size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     spans = [(s, min(n, s + size)) for s in range(0, n, size)]
+    adv = adv * loss_weights(t, ro, cfg, spans)
     old, entropy_sum, tokens = None, 0.0, 0
     if len(spans) > 1:  # the later spans' sampling log-probs, while the policy is still π_old
         later, entropy_sum, tokens = sampling_logprobs(t, ro, cfg, spans[1][0])
