@@ -102,8 +102,9 @@ ALIASES = {
     "scale_rewards": "baseline",  # TRL GRPO's: the estimator that scales rewards so
 }
 # TRL GRPO's scale_rewards values -> the advantage estimator that does the same: the group's
-# mean out, then divided by the group's std, the batch's, or nothing
-SCALE_REWARDS = {"group": "grpo", True: "grpo", "true": "grpo", "batch": "reinforce_pp_baseline",
+# mean out, then divided by the group's std (as TRL: Bessel-corrected, + 1e-4) or by nothing.
+# TRL's "batch" divides by the std of the batch's raw rewards, which no estimator here does
+SCALE_REWARDS = {"group": "grpo", True: "grpo", "true": "grpo",
                  "none": "dr_grpo", False: "dr_grpo", "false": "dr_grpo"}  # fmt: skip
 
 # transformers / TRL training keys without a counterpart here, and what does their job
@@ -193,8 +194,8 @@ NOT_OFFERED = {
     "exp(Σ_t log π − Σ_t log π_old) (distalign.losses.clipped_policy_loss)",
     "top_entropy_quantile": "every reply token is in the loss",
     "off_policy_mask_threshold": "no reply is masked for being off-policy",
-    "use_bias_correction_kl": "the KL is in the reward, R − β·KL, from the sampler's own "
-    "log-probs (a sampling ratio of 1)",
+    "use_bias_correction_kl": "the KL is in the reward, R − β·KL (k1 of the sampler's own "
+    "log-probs), whose score-function gradient is already the unbiased reverse-KL gradient",
     "entropy_coef": "no entropy bonus is added",
     "use_adaptive_entropy": "no entropy bonus is added",
     "multi_objective_aggregation": "the reward sources are summed with reward_weights, then "
@@ -281,8 +282,8 @@ NEUTRAL = {
     "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
     "delta": None, "importance_sampling_level": "token", "top_entropy_quantile": 1.0,
     "off_policy_mask_threshold": None, "entropy_coef": 0.0,
-    # TRL weights a KL term of the loss by the sampling ratio; the KL here is in the reward,
-    # taken from the sampler's own log-probs, where that ratio is 1
+    # TRL corrects its KL term of the loss by the sampling ratio; the KL here is in the reward,
+    # and its score-function gradient needs no correction (TRL's default β is 0 besides)
     "use_bias_correction_kl": ANY,
     "use_adaptive_entropy": False, "multi_objective_aggregation": "sum_then_normalize",
     "cast_lm_head_to_fp32": ANY, "log_completions_hub_repo": None,
@@ -486,13 +487,21 @@ def _unset(value: Any) -> bool:
 def _alias(top: str, key: str, value: Any, items: dict[str, Any], where: str) -> tuple[str, Any]:
     """``key`` (whose top is an ``ALIASES`` name) as the key it names, and its value."""
     name = ALIASES[top]
+    given = value
     if top == "scale_rewards":
+        if value == "batch":
+            raise ConfigError(
+                f"{where}: scale_rewards=batch (the group's mean out, divided by the std of the "
+                "batch's raw rewards) has no estimator here; baseline=reinforce_pp_baseline "
+                "divides by the std of the centred rewards, baseline=grpo by the group's"
+            )
         if not isinstance(value, str | bool) or value not in SCALE_REWARDS:
-            raise ConfigError(f"{where}: scale_rewards must be group, batch or none, got "
-                              f"{value!r}")  # fmt: skip
+            raise ConfigError(f"{where}: scale_rewards must be group or none, got {value!r}")
         value = SCALE_REWARDS[value]
     if name in items and not _unset(items[name]) and not _same(value, items[name]):
-        raise ConfigError(f"{where}: `{top}` and `{name}` both given; `{top}` is `{name}` here")
+        meaning = f" (`{top}: {given}` is `{name}: {value}`)" if given != value else ""
+        raise ConfigError(f"{where}: `{top}` and `{name}` both given; `{top}` is `{name}` "
+                          f"here{meaning}")  # fmt: skip
     if top == "warmup_ratio":
         if not (isinstance(value, int | float) and 0 <= value < 1):
             raise ConfigError(f"{where}: warmup_ratio must be in [0, 1), got {value!r}")

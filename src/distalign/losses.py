@@ -506,9 +506,9 @@ def loss_type_weights(
     ``sequence``  c = 1: Σ_t log π per reply, as REINFORCE and TRL's RLOO (distalign's default)
     ``grpo``      c = 1/|y_i|: each reply's tokens averaged, then replies (GRPO's paper)
     ``dr_grpo``   c = 1/max_completion_length: one constant for every token (Dr. GRPO)
-    ``dapo``      c = B/N: every token of the optimizer step weighted alike, N its tokens and B
-                  its replies over all processes (DAPO; ``batch_tokens``/``batch_replies``)
-    ``bnpo``      the same over this process's replies only (the caller's counts)
+    ``dapo``      c = B/N: every token weighted alike, N the tokens and B the replies of the
+                  step's rollouts over all processes (DAPO; ``batch_tokens``/``batch_replies``)
+    ``bnpo``      the same over each micro-batch of one process (the caller's counts)
 
     ``lengths`` (B,) are the replies' token counts (at least 1 is used); ``batch_tokens`` and
     ``batch_replies`` default to this batch's. Folded into the advantages, the factors change

@@ -811,28 +811,29 @@ def test_replies_no_reward_scores_train_with_advantage_0_as_in_trl(tiny_model_di
     assert train[0]["train/reward"] == pytest.approx(sum(step1) / len(step1), rel=1e-5)
 
 
-def test_loss_weights_per_optimizer_step_and_over_every_process():
-    """dapo counts each optimizer step's replies and tokens over every process (the
-    accelerator's sum), bnpo this process's; replies cut and masked out count no tokens."""
+def test_loss_weights_count_tokens_as_trl_grpo_does():
+    """dapo counts the step's whole batch of rollouts over every process (TRL's
+    num_items_in_batch), bnpo each micro-batch of one process; replies cut and masked out
+    count no tokens."""
     from types import SimpleNamespace
 
     from distalign.rl.train import loss_weights
 
     mask = (torch.arange(8)[None, :] < torch.tensor([2, 6, 4, 8])[:, None]).float()
     ro = SimpleNamespace(mask=mask, finished=[True, True, True, False])
-    # another process with 2 replies of 20 tokens in all in each step
-    other = SimpleNamespace(reduce=lambda x, reduction: x + torch.tensor([20.0, 2.0]))
+    # another process with 4 replies of 40 tokens in all
+    other = SimpleNamespace(reduce=lambda x, reduction: x + torch.tensor([40.0, 4.0]))
     t = SimpleNamespace(accelerator=other)
-    spans = [(0, 2), (2, 4)]
 
     def weights(**kw):
-        cfg = RLTrainConfig(report_to="none", max_completion_length=8, **kw)
-        return pytest.approx(loss_weights(t, ro, cfg, spans).tolist())
+        cfg = RLTrainConfig(report_to="none", max_completion_length=8,
+                            per_device_train_batch_size=2, **kw)  # fmt: skip
+        return pytest.approx(loss_weights(t, ro, cfg).tolist())
 
     assert weights(loss_type="sequence") == [1.0] * 4
     assert weights(loss_type="grpo") == [0.5, 1 / 6, 0.25, 0.125]
     assert weights(loss_type="dr_grpo") == [0.125] * 4
     assert weights(loss_type="bnpo") == [2 / 8] * 2 + [2 / 12] * 2
-    assert weights(loss_type="dapo") == [4 / 28] * 2 + [4 / 32] * 2
+    assert weights(loss_type="dapo") == [8 / 60] * 4  # 8 replies, 20 + 40 tokens
     masked = weights(loss_type="bnpo", mask_truncated_completions=True)
     assert masked == [2 / 8] * 2 + [2 / 4] * 2  # the cut reply's 8 tokens are out of the count

@@ -135,7 +135,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     loss_type: str = "sequence"
     """How each reply's Σ_t log π is weighted in the policy loss (TRL GRPO's key): sequence (as
     is: REINFORCE, TRL's RLOO) | grpo (÷ its length) | dr_grpo (÷ max_completion_length) | dapo
-    (÷ the step's mean reply length over every process) | bnpo (the same over this process's).
+    (÷ the step's mean reply length over every process) | bnpo (÷ its micro-batch's mean reply
+    length), with TRL's token counts.
     A scale of each reply's step, not of its direction (``losses.loss_type_weights``); the
     token-normalised ones take a learning rate about a reply's length larger."""
     baseline: str = "rloo"

@@ -592,20 +592,25 @@ def sampling_logprobs(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, begin: int):
     return torch.cat(seq), entropy_sum, tokens
 
 
-def loss_weights(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, spans) -> torch.Tensor:
+def loss_weights(t: Trainer, ro: Rollouts, cfg: RLTrainConfig) -> torch.Tensor:
     """Per reply, ``loss_type``'s factor on its term of the loss (``losses.loss_type_weights``),
-    over each optimizer step's span of replies: ``dapo`` counts the span's replies and tokens
-    over every process, ``bnpo`` over this one's; replies left out of the loss
-    (``mask_truncated_completions``) count no tokens, as TRL's completion mask leaves them."""
+    with TRL GRPO's token counts: ``dapo`` the step's whole batch of rollouts over every
+    process (TRL's ``num_items_in_batch``, one count for every update of a generation),
+    ``bnpo`` each micro-batch of this process; replies left out of the loss
+    (``mask_truncated_completions``) count no tokens, as TRL's completion mask leaves them.
+    The loss averages over replies, masked ones included, so c = replies / tokens."""
     lengths = ro.mask.sum(-1).float()
-    out = torch.ones_like(lengths)
-    if cfg.loss_type == "sequence":
-        return out
+    if cfg.loss_type in ("sequence", "grpo", "dr_grpo"):
+        return loss_type_weights(lengths, cfg.loss_type, cfg.max_completion_length)
     counted = lengths
     if cfg.mask_truncated_completions:
         counted = lengths * torch.tensor(ro.finished, device=lengths.device, dtype=lengths.dtype)
-    for begin, end in spans:
-        # the loss averages over the span's replies, masked ones included: c = replies/tokens
+    n, size = len(lengths), cfg.per_device_train_batch_size
+    groups = (
+        [(0, n)] if cfg.loss_type == "dapo" else [(s, min(n, s + size)) for s in range(0, n, size)]
+    )
+    out = torch.ones_like(lengths)
+    for begin, end in groups:
         totals = torch.stack([counted[begin:end].sum(), counted.new_tensor(end - begin)])
         if cfg.loss_type == "dapo":
             totals = t.accelerator.reduce(totals, reduction="sum")
@@ -626,7 +631,7 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
     n = len(ro.replies)
     size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     spans = [(s, min(n, s + size)) for s in range(0, n, size)]
-    adv = adv * loss_weights(t, ro, cfg, spans)
+    adv = adv * loss_weights(t, ro, cfg)
     old, entropy_sum, tokens = None, 0.0, 0
     if len(spans) > 1:  # the later spans' sampling log-probs, while the policy is still π_old
         later, entropy_sum, tokens = sampling_logprobs(t, ro, cfg, spans[1][0])
