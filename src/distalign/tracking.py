@@ -120,11 +120,12 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     for key in ("project", "run_name"):
         _check_tracker_name(key, getattr(cfg, key, None))
     precision = mixed_precision(cfg.bf16, cfg.fp16)
-    _forget_other_precision(precision, getattr(cfg, "use_cpu", False))
+    cpu = getattr(cfg, "use_cpu", False)  # the training commands' key (TRL's use_cpu)
+    _forget_other_precision(precision, cpu)
     trackers = resolve_report_to(cfg.report_to)
     accelerator = Accelerator(
         mixed_precision=precision,
-        cpu=getattr(cfg, "use_cpu", False),
+        cpu=cpu,
         log_with=trackers or None,
         project_dir=str(out),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))],

@@ -109,14 +109,15 @@ def silent_template_inputs(tokenizer, pairs, limit: int = 200) -> list[str]:
             without["tools"] = (messages, {k: v for k, v in kwargs.items() if k != "tools"})
         if set(kwargs) - {"tools"}:
             without["kwargs"] = (messages, {k: v for k, v in kwargs.items() if k == "tools"})
-        for what, (m, kw) in without.items():
-            if what in found:
-                continue
-            try:
-                full = render_text(tokenizer, messages, template_kwargs=kwargs)
+        todo = {what: args for what, args in without.items() if what not in found}
+        if not todo:
+            continue
+        try:
+            full = render_text(tokenizer, messages, template_kwargs=kwargs)
+            for what, (m, kw) in todo.items():
                 found[what] = render_text(tokenizer, m, template_kwargs=kw) == full
-            except RenderingError:
-                continue
+        except RenderingError:
+            continue
         if len(found) == len(TEMPLATE_INPUTS):
             break
     return [TEMPLATE_INPUTS[k] for k in TEMPLATE_INPUTS if found.get(k)]

@@ -167,18 +167,17 @@ def reward_models(row: Mapping) -> list[str]:
 MIN_VERDICT_PROMPTS = 10  # a bootstrap over fewer prompts has too few distinct resamples
 
 
-def family_p_values(summary: Mapping) -> dict[str, float] | None:
+def family_p_values(summary: Mapping, oracles: Mapping[str, str]) -> dict[str, float] | None:
     """Aligned policy -> the p-value of its judge's win rate against ½ after Holm's
     correction over the comparison's aligned policies (``metrics.holm``): several policies
     each claimed better than SFT at 95% would together err more often than 5%. Oracle runs
     (trained on the judge: their verdict grades the training objective) are left out of the
     family; a policy whose p-value is missing counts as p = 1 (no claim). Empty with fewer
     than two policies in the family; None where none has a p-value (a comparison saved before
-    they were: its verdicts are uncorrected, and say so)."""
+    they were: its verdicts are uncorrected, and say so). ``oracles``: ``oracle_policies``."""
     from distalign.metrics import holm
 
     key = judge_of(summary).key
-    oracles = oracle_policies(summary)
     rows = {n: r for n, r in summary["policies"].items() if n != "sft" and n not in oracles}
     p = [rows[n].get(f"{key}_win_rate_p") for n in rows]
     p = [v if isinstance(v, int | float) and not math.isnan(v) else None for v in p]
@@ -210,7 +209,7 @@ def verdicts(summary: Mapping) -> list[dict[str, Any]]:
     key = judge_of(summary).key
     sft = policies.get("sft", {})
     oracles = oracle_policies(summary)
-    family = family_p_values(summary)
+    family = family_p_values(summary, oracles)
     out = []
     for name, row in policies.items():
         if name == "sft":
