@@ -552,8 +552,10 @@ def test_more_trl_and_transformers_keys():
         optimizer.step()
         scheduler.step()
     assert scheduler.get_last_lr()[0] == pytest.approx(rl.learning_rate * 0.5)
-    with pytest.raises(ConfigError, match="max_steps must be >= 0"):
-        from_cli(RLTrainConfig, ["max_steps=-1"])
+    with pytest.raises(ConfigError, match="max_steps must be >= 0, or -1 with num_train_epo"):
+        from_cli(RLTrainConfig, ["max_steps=-2"])
+    with pytest.raises(ConfigError, match="max_steps must be >= 0, or -1 with num_train_epo"):
+        from_cli(RLTrainConfig, ["max_steps=-1", "num_train_epochs=0"])
     with pytest.raises(ConfigError, match="rl train keeps float32 weights"):
         from_cli(RLTrainConfig, ["dtype=bfloat16"])
 
@@ -571,7 +573,11 @@ def test_transformers_sampling_strategy_and_trl_launch_keys(tmp_path):
     assert not load_config(RMTrainConfig, None, ["train_sampling_strategy=random"]).group_by_length
     with pytest.raises(ConfigError, match=r"train_sampling_strategy: random \| group_by_length"):
         load_config(RMTrainConfig, None, ["train_sampling_strategy=sequential"])
-    assert from_cli(RLTrainConfig, ["--num_train_epochs", "3"]) == from_cli(RLTrainConfig, [])
+    # epochs without max_steps count passes, as in TRL (whose max_steps is -1 by default)
+    epochs = from_cli(RLTrainConfig, ["--num_train_epochs", "3"])
+    assert (epochs.max_steps, epochs.num_train_epochs) == (-1, 3)
+    assert epochs.for_prompts(80).max_steps == 30
+    assert RLTrainConfig().for_prompts(80).max_steps == 20
     # a TRL RLOO config with both: transformers ignores the epochs beside max_steps
     path = tmp_path / "rloo.yaml"
     path.write_text("num_train_epochs: 1\nmax_steps: 7\n")
@@ -579,8 +585,10 @@ def test_transformers_sampling_strategy_and_trl_launch_keys(tmp_path):
     path.write_text("num_train_epochs: 1\n")  # max_steps from the command line
     assert load_config(RLTrainConfig, path, ["max_steps=9"]).max_steps == 9
     assert from_cli(RLTrainConfig, ["--num_train_epochs", "1", "--max_steps", "9"]).max_steps == 9
-    with pytest.raises(ConfigError, match="`num_train_epochs` is a TRL/transformers key"):
-        load_config(RLTrainConfig, None, ["num_train_epochs=2"])  # epochs meant: said
+    path.write_text("num_train_epochs: 2\n")
+    assert load_config(RLTrainConfig, path).max_steps == -1
+    assert load_config(RLTrainConfig, path, ["steps_per_generation=4"]).max_steps == -1
+    assert load_config(RLTrainConfig, None, ["max_steps=-1"]).num_train_epochs == 3
     # TRL's data set mixture: its empty default does nothing, a mixture says what to do
     path.write_text("datasets: []\nstreaming: false\ntest_split_size: null\n")
     assert load_config(RMTrainConfig, path) == RMTrainConfig()
@@ -804,16 +812,16 @@ def test_trl_config_dumps_load(tmp_path, laptop):
     from trl import RewardConfig, RLOOConfig
 
     settings = {"use_cpu": True} if laptop else {"bf16": False}
-    for trl_cls, cls, extra in ((RLOOConfig, RLTrainConfig, ["max_steps=5"]),
-                                (RewardConfig, RMTrainConfig, [])):  # fmt: skip
+    for trl_cls, cls in ((RLOOConfig, RLTrainConfig), (RewardConfig, RMTrainConfig)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dump = trl_cls(output_dir=str(tmp_path), **settings).to_dict()
         dump = {k: v.value if isinstance(v, enum.Enum) else v for k, v in dump.items()}
         path = tmp_path / "trl.yaml"
         path.write_text(yaml.safe_dump(json.loads(json.dumps(dump, default=str))))
-        cfg = load_config(cls, path, extra)  # RLOO's max_steps -1 counts epochs: refused
+        cfg = load_config(cls, path)
         assert cfg.learning_rate == dump["learning_rate"] and cfg.use_cpu is laptop
+        assert (cfg.max_steps, cfg.num_train_epochs) == (-1, 3)  # TRL's: 3 passes
 
 
 def test_a_laptop_s_trl_keys_load_and_use_cpu_keeps_training_on_the_cpu(tmp_path, monkeypatch):
@@ -932,5 +940,6 @@ def test_a_trl_grpo_config_dump_loads_as_grpo(tmp_path):
         dump = GRPOConfig(output_dir=str(tmp_path), use_cpu=True).to_dict()
     path = tmp_path / "grpo.yaml"
     path.write_text(yaml.safe_dump(json.loads(json.dumps(dump, default=str))))
-    cfg = load_config(RLTrainConfig, path, ["max_steps=5"])
+    cfg = load_config(RLTrainConfig, path)
     assert (cfg.baseline, cfg.loss_type, cfg.beta) == ("grpo", dump["loss_type"], dump["beta"])
+    assert (cfg.max_steps, cfg.num_train_epochs) == (-1, dump["num_train_epochs"])

@@ -141,7 +141,6 @@ NOT_OFFERED = {
     "local_rank": "the launcher gives each process its rank (LOCAL_RANK)",
     "save_only_model": "checkpoints keep the optimizer, to resume exactly",
     "disable_tqdm": "progress bars show on the first process",
-    "num_train_epochs": "rl train runs max_steps steps, each on new prompts",
     "per_device_eval_batch_size": "rl train evaluates one reply per held-out prompt, in "
     "batches of sampling_batch_size",
     "torch_compile": "models run eagerly",
@@ -262,7 +261,7 @@ NEUTRAL = {
     "dataloader_pin_memory": ANY,  # batches are small and moved by accelerate; a CPU dump: false
     "ddp_find_unused_parameters": Either((None, False)), "save_only_model": False,
     "disable_tqdm": ANY,  # transformers sets it from the log level
-    "num_train_epochs": Either((3, 3.0)), "per_device_eval_batch_size": ANY,
+    "per_device_eval_batch_size": ANY,
 
     "use_liger_kernel": False, "activation_offloading": False,
     "gradient_checkpointing_kwargs": Either((None, {}, {"use_reentrant": False})),
@@ -349,7 +348,24 @@ def known_keys(
             kept[item[0]] = item[1]
     if errors:
         raise ConfigError("\n".join(errors))
+    if given is None and counts_epochs(cls, items):
+        kept["max_steps"] = -1
     return kept
+
+
+def counts_epochs(cls: type, given: dict[str, Any]) -> bool:
+    """Whether the keys ``given`` to ``cls`` mean a run of ``num_train_epochs`` passes where its
+    max_steps counts steps by default (rl train's 20): epochs given without max_steps, which
+    in TRL (max_steps -1 by default) are what the run counts. Logs that it reads them so."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    epochs = given.get("num_train_epochs")
+    if "max_steps" not in fields or not fields["max_steps"].default > 0 or _unset(epochs):
+        return False
+    if not _unset(given.get("max_steps")):
+        return False
+    log.info("num_train_epochs=%s without max_steps: the run counts passes over the prompts "
+             "(max_steps -1, as TRL's default)", epochs)  # fmt: skip
+    return True
 
 
 def _both_reward_keys(items: dict[str, Any], where: str) -> dict[str, Any]:
@@ -399,7 +415,7 @@ def _known_key(cls, known, key: str, value: Any, items, where: str,
         name, paren, note = RENAMED[top].partition(" (")
         raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")
     steps = (items if given is None else given).get("max_steps")
-    if top == "num_train_epochs" and top not in known and isinstance(steps, int) and steps > 0:
+    if top == "num_train_epochs" and isinstance(steps, int) and steps > 0:
         # TRL's RLOO config carries both; transformers ignores the epochs beside max_steps
         log.info("%s: num_train_epochs=%r does nothing beside max_steps=%d", where, value, steps)
         return None
@@ -867,6 +883,8 @@ def load_config(
                 raise ConfigError(f"--{key} {raw!r}: {e}") from None
     if errors:  # one line per problem, each once
         raise ConfigError("\n".join(dict.fromkeys(errors)))
+    if counts_epochs(cls, given):
+        OmegaConf.update(base, "max_steps", -1)
     try:
         return OmegaConf.to_object(base)  # runs each dataclass's __post_init__ checks
     except OmegaConfBaseException as e:

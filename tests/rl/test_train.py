@@ -837,3 +837,32 @@ def test_loss_weights_count_tokens_as_trl_grpo_does():
     assert weights(loss_type="dapo") == [8 / 60] * 4  # 8 replies, 20 + 40 tokens
     masked = weights(loss_type="bnpo", mask_truncated_completions=True)
     assert masked == [2 / 8] * 2 + [2 / 4] * 2  # the cut reply's 8 tokens are out of the count
+
+
+SEEN_HORIZONS: list[int] = []
+
+
+def horizon_spy(completions, trainer_state, **kw):
+    SEEN_HORIZONS.append(trainer_state.max_steps)
+    return [0.0] * len(completions)
+
+
+def test_max_steps_minus_one_runs_num_train_epochs_passes_over_the_prompts(
+    tiny_model_dir, tmp_path
+):
+    """TRL's default, max_steps -1: 10 prompts, 4 per step, fill 2 steps per pass; 1.5 passes
+    round up to 3 steps (the schedule and the reward functions count them), and the user's
+    config keeps its -1."""
+    prompts = tmp_path / "prompts.jsonl"
+    words = [*FAVOURITES[:5], "one", "two", "three", "four", "five"]
+    prompts.write_text("".join(json.dumps({"prompt": f"Say {w}."}) + "\n" for w in words))
+    SEEN_HORIZONS.clear()
+    cfg = config(tiny_model_dir, tmp_path, reward="tests.rl.test_train:horizon_spy",
+                 dataset_name=str(prompts), max_steps=-1, num_train_epochs=1.5,
+                 eval_on_start=False, max_eval_samples=1)  # fmt: skip
+    run(cfg)
+    assert cfg.max_steps == -1 and set(SEEN_HORIZONS) == {3}
+    steps = [json.loads(line)["step"] for line in (tmp_path / "rl" / "history.jsonl").open()]
+    assert max(steps) == 3
+    with pytest.raises(ConfigError, match="a step takes 4 per process while there are 3"):
+        cfg.for_prompts(3)

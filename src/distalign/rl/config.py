@@ -7,7 +7,9 @@ TRL has the idea), checked when built, and the advantage estimators ``baseline``
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,7 @@ import yaml
 
 from distalign.cadence import cadence_checks
 from distalign.config import (
+    ConfigError,
     check_scheduler,
     config_warning,
     report_to_list,
@@ -166,7 +169,13 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     """How many of the step's completions that table shows (unset: all)."""
     max_steps: int = 20
     """Steps, each one batch of rollouts and ``updates_per_step`` optimizer updates (one by
-    default; num_iterations × steps_per_generation / gradient_accumulation_steps)."""
+    default; num_iterations × steps_per_generation / gradient_accumulation_steps). -1 (TRL's
+    and transformers' default): the steps of ``num_train_epochs`` passes over the prompts."""
+    num_train_epochs: float = 3.0
+    """Passes over the training prompts, read only when max_steps is -1 (as transformers reads
+    it): a pass is as many steps as its prompts fill whole, as in TRL (prompts left over
+    share a step with the next pass's first), and a fraction of a pass rounds up. Given in a
+    file or on the command line without max_steps, it is what the run counts."""
     learning_rate: float = 1e-5
     """AdamW learning rate (constant after a linear warm-up)."""
     warmup_steps: float = 0
@@ -264,9 +273,9 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
         checks = [
             (k >= 1, "num_generations must be >= 1"),
             (
-                self.max_steps >= 0,
-                f"max_steps must be >= 0 (got {self.max_steps}): rl train runs a number of "
-                "steps, each on new prompts; it has no epochs",
+                self.max_steps >= 0 or (self.max_steps == -1 and self.num_train_epochs > 0),
+                f"max_steps must be >= 0, or -1 with num_train_epochs > 0 (got max_steps "
+                f"{self.max_steps}, num_train_epochs {self.num_train_epochs})",
             ),
             (
                 str(self.load_kwargs()["dtype"]).removeprefix("torch.") in ("float32", "auto"),
@@ -426,6 +435,26 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
         """Prompts per step (one batch of rollouts) per process."""
         replies = self.per_device_train_batch_size * self.micro_batches_per_step
         return replies // self.num_generations
+
+    def for_prompts(self, prompts: int) -> RLTrainConfig:
+        """This config with max_steps -1 resolved for ``prompts`` training prompts per process
+        (``num_train_epochs`` passes; see there); itself when max_steps counts the steps."""
+        if self.max_steps >= 0:
+            return self
+        per_pass = prompts // self.prompts_per_step
+        if per_pass == 0:
+            raise ConfigError(
+                f"max_steps -1 counts passes over the training prompts, and a step takes "
+                f"{self.prompts_per_step} per process while there are {prompts}: give more "
+                "prompts, fewer per step, or max_steps"
+            )
+        resolved = copy.copy(self)  # not replace(): __post_init__'s warnings were said
+        resolved.max_steps = math.ceil(self.num_train_epochs * per_pass)
+        log.info(
+            "num_train_epochs=%g over %d prompts per process, %d per step: max_steps=%d",
+            self.num_train_epochs, prompts, self.prompts_per_step, resolved.max_steps,
+        )  # fmt: skip
+        return resolved
 
 
 def world_size() -> int:

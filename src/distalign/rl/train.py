@@ -758,6 +758,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     reward = load_rewards(cfg, accelerator.device, frozen_dtype(accelerator.mixed_precision))
     policy, tokenizer, ref_model = build_policy(cfg, accelerator)
     train_prompts, eval_prompts = prompt_sets(cfg, accelerator, tokenizer, reward)
+    cfg = cfg.for_prompts(len(train_prompts))  # max_steps -1: num_train_epochs' steps
     optimizer, scheduler = optimizer_and_schedule(policy, cfg, is_sharded(accelerator))
     cadence = Cadence.of(cfg, cfg.max_steps)
     # the teacher-forced pass as one module's forward, so DDP's gradient hooks and autocast
