@@ -102,9 +102,9 @@ ALIASES = {
     "scale_rewards": "baseline",  # TRL GRPO's: the estimator that scales rewards so
 }
 # TRL GRPO's scale_rewards values -> the advantage estimator that does the same: the group's
-# mean out, then divided by the group's std (as TRL: Bessel-corrected, + 1e-4) or by nothing.
-# TRL's "batch" divides by the std of the batch's raw rewards, which no estimator here does
-SCALE_REWARDS = {"group": "grpo", True: "grpo", "true": "grpo",
+# mean out, then divided by the group's std (as TRL: Bessel-corrected, + 1e-4), by the std of
+# the batch's rewards, or by nothing
+SCALE_REWARDS = {"group": "grpo", True: "grpo", "true": "grpo", "batch": "grpo_batch",
                  "none": "dr_grpo", False: "dr_grpo", "false": "dr_grpo"}  # fmt: skip
 
 # transformers / TRL training keys without a counterpart here, and what does their job
@@ -505,14 +505,9 @@ def _alias(top: str, key: str, value: Any, items: dict[str, Any], where: str) ->
     name = ALIASES[top]
     given = value
     if top == "scale_rewards":
-        if value == "batch":
-            raise ConfigError(
-                f"{where}: scale_rewards=batch (the group's mean out, divided by the std of the "
-                "batch's raw rewards) has no estimator here; baseline=reinforce_pp_baseline "
-                "divides by the std of the centred rewards, baseline=grpo by the group's"
-            )
         if not isinstance(value, str | bool) or value not in SCALE_REWARDS:
-            raise ConfigError(f"{where}: scale_rewards must be group or none, got {value!r}")
+            raise ConfigError(f"{where}: scale_rewards must be group, batch or none, got "
+                              f"{value!r}")  # fmt: skip
         value = SCALE_REWARDS[value]
     if name in items and not _unset(items[name]) and not _same(value, items[name]):
         meaning = f" (`{top}: {given}` is `{name}: {value}`)" if given != value else ""

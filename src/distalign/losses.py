@@ -337,10 +337,42 @@ def grpo_advantages(
     grouped = _groups(rewards, k, "GRPO")  # (P, k)
     centred = grouped - grouped.mean(-1, keepdim=True)
     adv = centred / (grouped.std(-1, keepdim=True) + eps)
-    if penalty is not None:
-        cost = _groups(penalty, k, "GRPO")
-        adv = adv - (cost - cost.mean(-1, keepdim=True))
-    return adv.view(-1).to(rewards.dtype)
+    return _less_centred_cost(adv, penalty, k).view(-1).to(rewards.dtype)
+
+
+def grpo_batch_advantages(
+    rewards: torch.Tensor,
+    k: int,
+    eps: float = 1e-4,
+    penalty: torch.Tensor | None = None,
+    pooled: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """GRPO with the batch's spread: A_i = (r_i − mean_g r) / (std_batch r + ε), (B,) -> (B,).
+
+    The group's mean out, as ``grpo_advantages``, but divided by the std of every reward in
+    the step's batch (Bessel-corrected, + 1e-4: TRL GRPO's ``scale_rewards="batch"``; the
+    "group mean, batch std" of Liu et al. 2025, "Part I: Tricks or Traps? A Deep Dive into RL
+    for LLM Reasoning", arXiv 2508.08221). Every prompt's advantages keep their relative
+    size, so a group whose rewards barely differ is not scaled up as GRPO's group std scales
+    it. ``pooled``: every process's rewards (the batch; default ``rewards``); NaN entries (no
+    reward source scored the reply) are left out of its std. ``penalty``: as in
+    ``grpo_advantages``, centred in the group and subtracted after the division. A batch
+    whose rewards all tie gets zeros.
+    """
+    grouped = _groups(rewards, k, "GRPO")  # (P, k)
+    batch = (rewards if pooled is None else pooled.to(rewards.device)).double()
+    batch = batch[~batch.isnan()]
+    spread = batch.std() if batch.numel() >= 2 else batch.new_zeros(())
+    adv = (grouped - grouped.mean(-1, keepdim=True)) / (spread + eps)
+    return _less_centred_cost(adv, penalty, k).view(-1).to(rewards.dtype)
+
+
+def _less_centred_cost(adv: torch.Tensor, penalty: torch.Tensor | None, k: int) -> torch.Tensor:
+    """(P, k) advantages minus each reply's penalty centred within its group."""
+    if penalty is None:
+        return adv
+    cost = _groups(penalty, k, "GRPO")
+    return adv - (cost - cost.mean(-1, keepdim=True))
 
 
 def reinforce_pp_advantages(

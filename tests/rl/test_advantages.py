@@ -12,6 +12,7 @@ import torch
 from distalign.losses import (
     dr_grpo_advantages,
     grpo_advantages,
+    grpo_batch_advantages,
     moving_average_advantages,
     moving_average_update,
     reinforce_pp_advantages,
@@ -58,6 +59,55 @@ def test_grpo_keeps_the_kl_penalty_out_of_the_std_scaling():
     shaped = rewards - penalty
     dispatched, _ = advantages_for(cfg, shaped, None, TrainState(), rewards=rewards)
     assert dispatched.tolist() == pytest.approx(adv.tolist(), abs=1e-6)  # fp32 r − shaped
+
+
+def test_grpo_batch_by_hand_divides_by_the_whole_batch_s_std():
+    """TRL GRPO's scale_rewards=batch: group mean out, ÷ (sample std of every reward + 1e-4)."""
+    r = torch.tensor([1.0, 2.0, 3.0, -2.0, 0.0, 2.0])
+    s = _sample_std(r.tolist())
+    centred = [-1.0, 0.0, 1.0, -2.0, 0.0, 2.0]
+    want = [c / (s + 1e-4) for c in centred]
+    assert grpo_batch_advantages(r, 3).tolist() == pytest.approx(want)
+    # the batch is every process's: this process's share is scaled by the pooled std; an
+    # unscored (NaN) reward stays out of it
+    other = torch.tensor([10.0, -10.0, float("nan")])
+    pooled = torch.cat([r, other])
+    s_all = _sample_std([*r.tolist(), 10.0, -10.0])
+    got = grpo_batch_advantages(r, 3, pooled=pooled)
+    assert got.tolist() == pytest.approx([c / (s_all + 1e-4) for c in centred])
+    # relative sizes kept across groups, unlike GRPO's per-group std
+    assert got[5] / got[2] == pytest.approx(2.0) and grpo_advantages(r, 3)[5] / grpo_advantages(
+        r, 3
+    )[2] == pytest.approx(1.0, rel=1e-3)
+    # a tied batch: zeros, never NaN; the KL penalty centred in the group, after the division
+    assert grpo_batch_advantages(torch.ones(4), 2).tolist() == [0.0] * 4
+    penalty = torch.tensor([0.1, 0.3, 0.2, 0.2, 0.2, 0.2])
+    with_cost = grpo_batch_advantages(r, 3, penalty=penalty)
+    cost = [-0.1, 0.1, 0.0, 0.0, 0.0, 0.0]
+    assert with_cost.tolist() == pytest.approx([w - c for w, c in zip(want, cost, strict=True)])
+
+
+def test_grpo_batch_through_rl_train_takes_every_process_s_rewards():
+    rewards = torch.tensor([1.0, 2.0, 3.0, -2.0, 0.0, 2.0])
+    penalty = torch.tensor([0.1, 0.3, 0.0, 0.2, 0.2, 0.2])
+    other = torch.tensor([4.0, 5.0, 9.0])  # another process's rewards
+    gather = lambda x: torch.cat([x, other if x.dtype == other.dtype else x])  # noqa: E731
+    cfg = _cfg("grpo_batch", k=3)
+    adv, _ = advantages_for(cfg, rewards - penalty, None, TrainState(), gather=gather,
+                            rewards=rewards)  # fmt: skip
+    want = grpo_batch_advantages(rewards, 3, penalty=penalty, pooled=torch.cat([rewards, other]))
+    torch.testing.assert_close(adv, want, rtol=1e-5, atol=1e-6)
+    # an unscored reply: out of its group and of the batch's std, advantage 0
+    holed = rewards.clone()
+    holed[1] = float("nan")
+    adv, _ = advantages_for(cfg, holed - penalty, None, TrainState(), gather=gather,
+                            rewards=holed)  # fmt: skip
+    pooled = torch.cat([holed, other])
+    first = grpo_batch_advantages(holed[[0, 2]], 2, penalty=penalty[[0, 2]], pooled=pooled)
+    second = grpo_batch_advantages(holed[3:], 3, penalty=penalty[3:], pooled=pooled)
+    assert adv[1] == 0.0
+    torch.testing.assert_close(adv[[0, 2, 3, 4, 5]], torch.cat([first, second]), rtol=1e-5,
+                               atol=1e-6)  # fmt: skip
 
 
 def test_dr_grpo_by_hand():
@@ -208,6 +258,7 @@ def test_advantages_for_calls_the_estimator_it_names(baseline):
     expected = {
         "rloo": rloo_advantages(shaped, 2),
         "grpo": grpo_advantages(shaped, 2),
+        "grpo_batch": grpo_batch_advantages(shaped, 2),
         "dr_grpo": dr_grpo_advantages(shaped, 2),
         "reinforce_pp": reinforce_pp_advantages(shaped),
         "reinforce_pp_baseline": reinforce_pp_advantages(shaped, 2),
@@ -221,9 +272,9 @@ def test_advantages_for_calls_the_estimator_it_names(baseline):
 
 
 def test_baseline_key_is_validated():
-    with pytest.raises(ValueError, match=re.escape("baseline: rloo | grpo | dr_grpo")):
+    with pytest.raises(ValueError, match=re.escape("baseline: rloo | grpo | grpo_batch | dr_")):
         _cfg("ppo")
-    for name in ("rloo", "grpo", "dr_grpo", "reinforce_pp_baseline"):
+    for name in ("rloo", "grpo", "grpo_batch", "dr_grpo", "reinforce_pp_baseline"):
         with pytest.raises(ValueError, match=f"baseline {name} needs num_generations >= 2"):
             RLTrainConfig(baseline=name, num_generations=1)
     for name in ("reinforce_pp", "remax", "moving_average", "none"):  # k = 1 is fine

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 # advantage estimators (``baseline``); the group ones compare the k samples of a prompt
-GROUP_BASELINES = ("rloo", "grpo", "dr_grpo", "reinforce_pp_baseline")
+GROUP_BASELINES = ("rloo", "grpo", "grpo_batch", "dr_grpo", "reinforce_pp_baseline")
 BASELINES = (*GROUP_BASELINES, "reinforce_pp", "remax", "moving_average", "none")
 POOLED_BASELINES = ("moving_average", "reinforce_pp", "reinforce_pp_baseline")  # all processes'
 
@@ -144,7 +144,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     token-normalised ones take a learning rate about a reply's length larger."""
     baseline: str = "rloo"
     """Advantage estimator: rloo (leave-one-out mean) | grpo ((r − group mean) / group std of
-    the rewards, minus the KL penalty centred in the group) |
+    the rewards, minus the KL penalty centred in the group) | grpo_batch (the same divided by
+    the std of the batch's rewards, all processes': TRL GRPO's scale_rewards=batch) |
     dr_grpo (R − group mean) | reinforce_pp (R whitened over the batch) | reinforce_pp_baseline
     (R − group mean, whitened over the batch) | remax (R − reward of the greedy reply; one extra
     greedy sample and score per prompt per step) | moving_average (R − mean of past rewards) |

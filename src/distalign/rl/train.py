@@ -24,6 +24,7 @@ Steps 1 and 3 and the held-out evaluation are in ``rl/rollouts.py``; what a step
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -62,6 +63,7 @@ from distalign.losses import (
     dr_grpo_advantages,
     group_advantages_where_scored,
     grpo_advantages,
+    grpo_batch_advantages,
     kl_estimates,
     kl_shaped_rewards,
     loss_type_weights,
@@ -209,12 +211,13 @@ def advantages_for(
             raise ValueError("baseline remax needs the greedy replies' rewards")
         adv, base = remax_advantages(shaped, greedy, k), greedy.mean().item()
     else:
+        raw = shaped if rewards is None else rewards  # GRPO's divide the rewards' spread
+        cost = None if rewards is None else rewards - shaped  # and subtract the KL after
         estimators = {
             "rloo": lambda: rloo_advantages(shaped, k),
-            "grpo": lambda: (
-                grpo_advantages(shaped, k)
-                if rewards is None
-                else grpo_advantages(rewards, k, penalty=rewards - shaped)
+            "grpo": lambda: grpo_advantages(raw, k, penalty=cost),
+            "grpo_batch": lambda: grpo_batch_advantages(
+                raw, k, penalty=cost, pooled=_batch_of(raw, gather)
             ),
             "dr_grpo": lambda: dr_grpo_advantages(shaped, k),
             "reinforce_pp": lambda: reinforce_pp_advantages(shaped, pooled=pooled),
@@ -268,13 +271,16 @@ def _advantages_where_scored(
         adv, base = remax_advantages(shaped, greedy, k), greedy.nanmean().item()
         zero = unscored | greedy.isnan().to(unscored.device).repeat_interleave(k)
         adv = adv.masked_fill(zero, float("nan"))
-    elif name in ("rloo", "grpo", "dr_grpo"):
-        if name == "grpo" and rewards is not None:
-            adv = group_advantages_where_scored(grpo_advantages, rewards, k,
+    elif name in ("rloo", "grpo", "grpo_batch", "dr_grpo"):
+        estimator = {"rloo": rloo_advantages, "grpo": grpo_advantages,
+                     "dr_grpo": dr_grpo_advantages}.get(name)  # fmt: skip
+        if name == "grpo_batch":  # the std of every process's scored rewards
+            raw = shaped if rewards is None else rewards
+            estimator = functools.partial(grpo_batch_advantages, pooled=_batch_of(raw, gather))
+        if name.startswith("grpo") and rewards is not None:
+            adv = group_advantages_where_scored(estimator, rewards, k,
                                                 penalty=rewards - shaped)  # fmt: skip
         else:
-            estimator = {"rloo": rloo_advantages, "grpo": grpo_advantages,
-                         "dr_grpo": dr_grpo_advantages}[name]  # fmt: skip
             adv = group_advantages_where_scored(estimator, shaped, k, scored=scored)
         # out of the normalisation, as TRL: the unscored, and a group's only scored reply
         alone = scored.view(-1, k).sum(-1, keepdim=True).expand(-1, k).reshape(-1) < 2
@@ -291,6 +297,11 @@ def _advantages_where_scored(
             "baseline (rloo leaves them out, as TRL does)"
         )
     return _after_estimator(cfg, adv, std, gather, finished, zero), base
+
+
+def _batch_of(rewards: torch.Tensor, gather=None) -> torch.Tensor:
+    """Every process's ``rewards`` (``gather``: ``accelerator.gather``), for a batch statistic."""
+    return rewards if gather is None else gather(rewards)
 
 
 def load_rewards(cfg: RLTrainConfig, device, dtype: str = "float32"):
