@@ -969,3 +969,18 @@ def test_an_oracle_run_is_not_in_the_family_of_verdicts(monkeypatch):
     good = {v["name"]: v for v in verdicts(summary)}["good"]
     assert good["outcome"] == "better"  # the oracle aside: 2 × 0.02 = 0.04
     assert good["where"] == "above 0.5; Holm-adjusted p = 0.040 over 2 policies"
+    assert good["family"] == 2
+
+
+def test_the_page_speaks_of_holm_s_correction_only_where_it_ran(monkeypatch, tmp_path):
+    """One policy beside an oracle run: a family of one, nothing corrected, and the page's
+    note says nothing of a correction; with two policies it does."""
+    summary = _summary()
+    for name, p in (("good", 0.02), ("tied", 0.6), ("bad", 0.03)):
+        summary["policies"][name]["gold_win_rate_p"] = p
+    assert "Holm" in write_report(summary, None, tmp_path).read_text()
+    del summary["policies"]["tied"]
+    monkeypatch.setattr("distalign.report.tables.oracle_policies", lambda s: {"bad": "runs/o"})
+    (good,) = [v for v in verdicts(summary) if v["name"] == "good"]
+    assert good["where"] == "above 0.5" and good["family"] == 0
+    assert "Holm" not in write_report(summary, None, tmp_path).read_text()

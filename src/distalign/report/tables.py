@@ -248,6 +248,7 @@ def verdicts(summary: Mapping) -> list[dict[str, Any]]:
                 "outcome": outcome,
                 "badge": badge,
                 "oracle": name in oracles,
+                "family": len(family or {}),  # policies Holm's correction ran over
                 "win_rate": number(row.get(f"{key}_win_rate")),
                 "interval": "—" if where == "none saved" else f"{number(lo)}–{number(hi)}",
                 "where": where,
