@@ -643,3 +643,20 @@ def test_metrics_are_averaged_over_processes_whose_keys_differ(monkeypatch):
     merged = rm_train.mean_over_processes(logs[0], TwoProcesses())
     assert merged == pytest.approx({"train/loss": 0.7, "train/rating_nll": 2.0})
     assert sent == [(2, 2)]
+
+
+def test_what_the_template_writes_nothing_for_is_said_once_for_both_splits(
+    tiny_model_dir, tmp_path, caplog
+):
+    """One file is the training and the held-out set: SmolLM2's template writes no tool
+    calls, a property of the template, said once, not once per split."""
+    from pathlib import Path
+
+    from distalign.models.load import load_tokenizer
+    from distalign.rm.data import load_pairs
+
+    examples = Path(__file__).parents[2] / "examples"
+    cfg = config(tiny_model_dir, examples / "tool_calls_pairs.jsonl", tmp_path)
+    with caplog.at_level("WARNING"):
+        load_pairs(cfg, load_tokenizer(str(tiny_model_dir)))
+    assert caplog.text.count("writes nothing for the rows' tool calls") == 1

@@ -116,9 +116,12 @@ def token_pairs(cfg: RMTrainConfig, tokenizer, rows, columns: tuple[str, str], s
     return Dataset.from_list(out, features=TOKEN_FEATURES)
 
 
-def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int, hub: dict):
+def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int, hub: dict,
+                  said: set[str] | None = None):  # fmt: skip
     """A split's pairs, tokenised: text rows through ``load_preferences`` and the chat
-    template, TRL's tokenised rows as they are (the source is read once either way)."""
+    template, TRL's tokenised rows as they are (the source is read once either way).
+    ``said``: the template inputs already said to be written by nothing (for another split;
+    a property of the template, said once), updated."""
     rows = iter_source_rows(source, split, **hub)
     first = next(rows)
     rows = itertools.chain([first], rows)
@@ -141,8 +144,10 @@ def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int,
     pairs = tokenize_pairs(
         ds, tokenizer, cfg.max_length, cfg.max_prompt_length, num_proc=cfg.dataset_num_proc
     )
-    if silent := silent_template_inputs(tokenizer, ds):
+    said = set() if said is None else said
+    if silent := [s for s in silent_template_inputs(tokenizer, ds) if s not in said]:
         log.warning("%s: %s", source, silent_note(silent, cfg.model_name_or_path))
+        said.update(silent)
     report_cut(pairs, source, cfg.max_length)
     return pairs
 
@@ -169,9 +174,9 @@ def load_pairs(cfg: RMTrainConfig, tokenizer):
     """Training and held-out pairs, tokenised (the config name and revision apply to the
     held-out set when it is the same hub data set)."""
     hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
-    train = prepare_pairs(
-        cfg, tokenizer, cfg.dataset_name, cfg.dataset_train_split, cfg.max_train_samples, hub
-    )
+    said: set[str] = set()  # what the template writes nothing for, said once
+    train = prepare_pairs(cfg, tokenizer, cfg.dataset_name, cfg.dataset_train_split,
+                          cfg.max_train_samples, hub, said)  # fmt: skip
     if cfg.off_prompt_pairs:
         train = add_off_prompt_pairs(train, cfg)
     held_out_hub = hub if cfg.eval_dataset_name in (None, cfg.dataset_name) else {}
@@ -189,7 +194,7 @@ def load_pairs(cfg: RMTrainConfig, tokenizer):
                     "evaluating on the first %d training pairs at most (max_eval_samples "
                     "sets how many), not on every one at each evaluation", limit,
                 )  # fmt: skip
-        return prepare_pairs(cfg, tokenizer, source, split, limit, held_out_hub)
+        return prepare_pairs(cfg, tokenizer, source, split, limit, held_out_hub, said)
 
     held_out = held_out_or_training(cfg, RMTrainConfig.dataset_test_split, load_held_out)
     if os.environ.get("RANK", "0") == "0":  # the sizes transformers' Trainer starts with
