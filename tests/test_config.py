@@ -307,9 +307,7 @@ def test_a_trl_config_loads_its_do_nothing_keys_dropped(tmp_path, caplog):
     assert cfg.normalize_advantages and cfg.disable_dropout and cfg.lora_target_modules == [
         "q_proj", "v_proj"]  # fmt: skip
     assert "use_vllm=False does nothing here: rollouts come from" in caplog.text
-    assert "importance_sampling_level='token' does nothing here: the clipped updates take one" in (
-        caplog.text
-    )
+    assert cfg.importance_sampling_level == "token" and cfg.delta is None  # GRPO's keys act
     assert cfg.top_k == 0  # an earlier TRL's null: no top-k filter
     assert from_cli(RLTrainConfig, ["--num_iterations", "1", "--min_p", "null"]).beta == 0.05
 
@@ -942,3 +940,14 @@ def test_a_trl_grpo_config_dump_loads_as_grpo(tmp_path):
     cfg = load_config(RLTrainConfig, path)
     assert (cfg.baseline, cfg.loss_type, cfg.beta) == ("grpo", dump["loss_type"], dump["beta"])
     assert (cfg.max_steps, cfg.num_train_epochs) == (-1, dump["num_train_epochs"])
+    assert cfg.importance_sampling_level == "token" and cfg.delta is None  # TRL GRPO's
+
+
+def test_importance_sampling_level_and_delta_are_checked():
+    assert RLTrainConfig().importance_sampling_level == "reply"  # TRL RLOO's
+    gspo = from_cli(RLTrainConfig, ["importance_sampling_level=sequence", "delta=1.5"])
+    assert (gspo.importance_sampling_level, gspo.delta) == ("sequence", 1.5)
+    with pytest.raises(ConfigError, match=r"importance_sampling_level: reply \| token \| seq"):
+        from_cli(RLTrainConfig, ["importance_sampling_level=tokens"])
+    with pytest.raises(ConfigError, match="delta must be above 1 \\+ epsilon_high"):
+        from_cli(RLTrainConfig, ["delta=1.2", "epsilon_high=0.28"])

@@ -559,7 +559,12 @@ def loss_type_weights(
     raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
 
 
-LOG_RATIO_BOUND = 20.0  # |log π/π_old| of a reply beyond which clipped_policy_loss stops
+LOG_RATIO_BOUND = 20.0  # |log π/π_old| beyond which clipped_policy_loss stops (per ratio)
+
+# whose ratio to the sampling policy the clipped updates take: each reply's (the product of
+# its tokens', TRL RLOO's), each token's (TRL GRPO's default), or each reply's per token
+# (the geometric mean over its tokens: GSPO, TRL GRPO's "sequence")
+IMPORTANCE_SAMPLING_LEVELS = ("reply", "token", "sequence")
 
 
 def clipped_policy_loss(
@@ -569,33 +574,61 @@ def clipped_policy_loss(
     advantages: torch.Tensor,
     epsilon_low: float = 0.2,
     epsilon_high: float | None = None,
+    level: str = "reply",
+    delta: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped objective with a sequence-level ratio, as TRL's RLOO takes it for
-    ``num_iterations`` > 1 updates on one batch of rollouts:
-    −mean_i min(ρ_i A_i, clip(ρ_i, 1 − ε_low, 1 + ε_high) A_i), ρ_i = π(y_i | x) / π_old(y_i | x).
+    """PPO's clipped objective against the policy that sampled the replies, for the
+    ``num_iterations`` > 1 updates on one batch of rollouts, with the ratio taken at ``level``:
 
-    On the first update (π = π_old, ρ = 1) its gradient is ``reinforce_loss``'s; later, a
-    reply whose ratio has left the band on the side its advantage pushes to gives no gradient,
-    nor does one whose |log ρ| exceeds ``LOG_RATIO_BOUND`` (counted as clipped).
+    ``reply``     −(1/B) Σ_i min(ρ_i A_i, clip(ρ_i) A_i), ρ_i = π(y_i | x) / π_old(y_i | x), one
+                  ratio per reply, as TRL's RLOO takes it
+    ``token``     −(1/B) Σ_i Σ_t min(ρ_it A_i, clip(ρ_it) A_i), ρ_it the token's own ratio, as
+                  TRL's GRPO (its default) and PPO for language models take it
+    ``sequence``  −(1/B) Σ_i |y_i| min(s_i A_i, clip(s_i) A_i), s_i = ρ_i^(1/|y_i|), the
+                  geometric mean of the tokens' ratios (GSPO, Zheng et al. 2025, arXiv
+                  2507.18071; TRL GRPO's "sequence"), counted over the reply's tokens
+
+    clip(ρ) = clamp(ρ, 1 − ε_low, 1 + ε_high). Each form's gradient at ratio 1 (the first
+    update) is ``reinforce_loss``'s, so a reply's factor from ``loss_type_weights``, folded
+    into its advantage, weighs it alike in all three; later, a ratio that has left the band
+    on the side its advantage pushes to gives no gradient, nor does one whose |log ρ| exceeds
+    ``LOG_RATIO_BOUND`` (counted as clipped). ``delta`` (TRL GRPO's, INTELLECT-2's two-sided
+    clipping): the unclipped term's ratio is capped at delta, so a reply or token with a
+    negative advantage whose ratio has grown large cannot give an unbounded step.
 
     Args:
         logprobs: (B, T) log-probs of the sampled tokens under the current policy (with grad).
         mask: (B, T) reply-token mask.
-        old_logprobs: (B,) Σ_t log π_old of each reply, from the first update (detached).
+        old_logprobs: (B, T) the sampling policy's log-probs of the same tokens (detached); for
+            ``reply``, (B,) Σ_t log π_old of each reply will do.
         advantages: (B,).
         epsilon_high: upper clip (DAPO's ε_high); None: ``epsilon_low``.
-    Returns (the scalar loss, (B,) bool: the replies whose ratio was clipped).
+    Returns (the scalar loss, (B,) the share of each reply's ratios that were clipped: 0 or 1
+    but for ``token``, where it is the share of its tokens).
     """
+    if level not in IMPORTANCE_SAMPLING_LEVELS:
+        raise ValueError(f"level must be one of {IMPORTANCE_SAMPLING_LEVELS}, got {level!r}")
     high = epsilon_low if epsilon_high is None else epsilon_high
-    log_ratio = sequence_sum(logprobs, mask) - old_logprobs.detach()
+    a, old = advantages.detach(), old_logprobs.detach()
+    if level == "token":
+        log_ratio, a, weight = (logprobs - old) * mask, a[:, None], mask
+    else:
+        before = old if old.dim() == 1 else sequence_sum(old, mask)
+        log_ratio, weight = sequence_sum(logprobs, mask) - before, torch.ones_like(a)
+        if level == "sequence":
+            weight = mask.sum(-1).clamp(min=1)
+            log_ratio = log_ratio / weight
     # A reply's ratio is a product over its tokens: a few hundred tokens that each moved a
     # little overflow float32's exp (log-ratio > 88.7), and inf · A, or the 0 · inf of the
     # branch min() leaves, makes the whole update's gradient NaN. The log-ratio is bounded
-    # at ±LOG_RATIO_BOUND (as verl bounds it); a reply beyond it gives no gradient.
+    # at ±LOG_RATIO_BOUND (as verl bounds it); a ratio beyond it gives no gradient.
     ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND))
-    a = advantages.detach()
     clipped = ratio.clamp(1 - epsilon_low, 1 + high)
-    loss = -torch.min(ratio * a, clipped * a).mean()
+    unclipped = ratio if delta is None else ratio.clamp(max=delta)
+    term = torch.min(unclipped * a, clipped * a) * weight
+    loss = -(term.sum(-1) if level == "token" else term).mean()
     was_clipped = ((ratio < 1 - epsilon_low) & (a < 0)) | ((ratio > 1 + high) & (a > 0))
-    was_clipped |= log_ratio.detach().abs() > LOG_RATIO_BOUND
+    was_clipped = (was_clipped | (log_ratio.detach().abs() > LOG_RATIO_BOUND)).float()
+    if level == "token":  # the share of each reply's tokens
+        was_clipped = (was_clipped * mask).sum(-1) / mask.sum(-1).clamp(min=1)
     return loss, was_clipped.detach()

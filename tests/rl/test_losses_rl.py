@@ -223,3 +223,69 @@ def test_dapo_weights_count_the_tokens_they_are_given():
         0.125, 0.125]  # fmt: skip
     with pytest.raises(ValueError, match="loss_type must be one of"):
         loss_type_weights(lengths, "token", 8)
+
+
+def _trl_clipped_loss(lp, mask, old, adv, loss_type, level, max_len, eps=(0.2, 0.28), delta=None):
+    """TRL GRPO's clipped loss written out as its trainer computes it: the ratio per token or
+    the reply's mean log-ratio (``sequence``) broadcast over its tokens, clipped, capped at
+    delta, then aggregated over tokens as loss_type says (``_trl_token_loss``)."""
+    log_ratio = lp - old
+    if level == "sequence":
+        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1))[:, None]
+    coef_1 = torch.exp(log_ratio)
+    coef_2 = coef_1.clamp(1 - eps[0], 1 + eps[1])
+    if delta is not None:
+        coef_1 = coef_1.clamp(max=delta)
+    per_token = -torch.min(coef_1 * adv[:, None], coef_2 * adv[:, None]).expand_as(lp) * mask
+    if loss_type == "grpo":
+        return (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    if loss_type in ("dapo", "bnpo"):
+        return per_token.sum() / mask.sum().clamp(min=1)
+    if loss_type == "dr_grpo":
+        return per_token.sum() / (lp.shape[0] * max_len)
+    return per_token.sum(-1).mean()
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("loss_type", ["sequence", "grpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("delta", [None, 1.5])
+def test_token_and_sequence_ratios_are_trl_grpo_s_clipped_loss(level, loss_type, delta):
+    """Away from ratio 1, with tokens and replies on both sides of the clip band and some
+    ratios above delta: the clipped loss at ``level``, each reply's advantage times its
+    loss_type factor, is TRL GRPO's, in value and gradient."""
+    from distalign.losses import loss_type_weights
+
+    torch.manual_seed(3)
+    lengths = torch.tensor([2, 9, 4, 12, 6, 1])
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).double()
+    lp = (-torch.rand(6, 12, dtype=torch.float64) * 3).requires_grad_()
+    old = (lp.detach() + torch.randn(6, 12, dtype=torch.float64) * 0.6) * mask
+    adv = torch.tensor([1.0, -0.7, 0.4, -1.2, 2.0, -0.3], dtype=torch.float64)
+    c = loss_type_weights(lengths, loss_type, max_completion_length=16).double()
+    ours, share = clipped_policy_loss(lp, mask, old, adv * c, 0.2, 0.28, level, delta)
+    theirs = _trl_clipped_loss(lp, mask, old, adv, loss_type, level, 16, delta=delta)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)  # c in float32
+    (g1,) = torch.autograd.grad(ours, lp)
+    (g2,) = torch.autograd.grad(theirs, lp)
+    torch.testing.assert_close(g1, g2)
+    assert share.shape == (6,) and 0 < share.mean() < 1  # some clipped, not all
+    if level == "token":  # the share of each reply's tokens, by brute force
+        rho = torch.exp(lp.detach() - old)
+        out = ((rho > 1.28) & (adv[:, None] > 0)) | ((rho < 0.8) & (adv[:, None] < 0))
+        want = (out.double() * mask).sum(-1) / lengths
+        torch.testing.assert_close(share, want.to(share.dtype))
+
+
+def test_every_level_s_first_update_is_reinforce():
+    """At ratio 1 the three levels' gradients are REINFORCE's; the levels are checked."""
+    lp = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, -0.5, -0.5]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    adv = torch.tensor([2.0, -1.0])
+    (want,) = torch.autograd.grad(reinforce_loss(lp, mask, adv), lp)
+    for level in ("reply", "token", "sequence"):
+        loss, share = clipped_policy_loss(lp, mask, lp.detach() * mask, adv, level=level)
+        (grad,) = torch.autograd.grad(loss, lp)
+        torch.testing.assert_close(grad, want)
+        assert not share.any()
+    with pytest.raises(ValueError, match="level must be one of"):
+        clipped_policy_loss(lp, mask, lp.detach(), adv, level="tokens")

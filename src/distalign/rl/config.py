@@ -25,7 +25,7 @@ from distalign.config import (
     require,
     resume_value,
 )
-from distalign.losses import LOSS_TYPES
+from distalign.losses import IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES
 from distalign.models.generate import SamplingConfig
 from distalign.models.load import DEFAULT_MODEL, require_4d_mask
 from distalign.models.options import ModelKeys
@@ -126,8 +126,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     num_iterations: int = 1
     """Passes over each batch of rollouts (TRL's and GRPO's μ), each one optimizer update (or
     steps_per_generation / gradient_accumulation_steps). 1: on-policy REINFORCE. The updates
-    after the first take PPO's clipped objective with a sequence-level ratio to the sampling
-    policy (``distalign.losses.clipped_policy_loss``, as TRL's RLOO). A step is still one
+    after the first take PPO's clipped objective with a ratio to the sampling policy at
+    ``importance_sampling_level`` (``distalign.losses.clipped_policy_loss``). A step is still one
     batch of rollouts: max_steps=N makes N × ``updates_per_step`` updates (TRL counts each
     update as a step)."""
     epsilon: float = 0.2
@@ -135,6 +135,14 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     step's first)."""
     epsilon_high: float | None = None
     """Upper clip (DAPO's ε_high); None: epsilon."""
+    importance_sampling_level: str = "reply"
+    """Whose ratio to the sampling policy the clipped updates take (``losses.
+    clipped_policy_loss``): reply (one per reply, the product of its tokens', TRL RLOO's) |
+    token (each token's, TRL GRPO's default) | sequence (each reply's geometric mean over its
+    tokens: GSPO, TRL GRPO's). The first update of a step is the same for all three."""
+    delta: float | None = None
+    """Cap on the ratio in the clipped objective's unclipped term (TRL GRPO's two-sided
+    clipping, INTELLECT-2), above 1 + epsilon_high; None: no cap."""
     loss_type: str = "sequence"
     """How each reply's Σ_t log π is weighted in the policy loss (TRL GRPO's key): sequence (as
     is: REINFORCE, TRL's RLOO) | grpo (÷ its length) | dr_grpo (÷ max_completion_length) | dapo
@@ -306,6 +314,14 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
             (
                 0 < self.epsilon < 1 and (self.epsilon_high is None or self.epsilon_high > 0),
                 "epsilon must be in (0, 1) and epsilon_high > 0",
+            ),
+            (
+                self.importance_sampling_level in IMPORTANCE_SAMPLING_LEVELS,
+                f"importance_sampling_level: {' | '.join(IMPORTANCE_SAMPLING_LEVELS)}",
+            ),
+            (
+                self.delta is None or self.delta > 1 + (self.epsilon_high or self.epsilon),
+                "delta must be above 1 + epsilon_high (the clip range's top)",
             ),
             (self.ema is None or 0 <= self.ema < 1, "ema must be in [0, 1)"),
             (

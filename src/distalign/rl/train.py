@@ -73,7 +73,6 @@ from distalign.losses import (
     reinforce_pp_advantages,
     remax_advantages,
     rloo_advantages,
-    sequence_sum,
     uncertainty_scaled,
     whiten,
 )
@@ -543,12 +542,13 @@ def policy_gradient_step(
 ):
     """One optimizer step over the micro-batches of the replies in ``span`` (default: all;
     skipped when the gradient is not finite): −mean A_i·Σ_t log π (``reinforce_loss``), or,
-    given ``old`` (B,) Σ_t log π_old of every reply, the clipped objective against it
-    (``clipped_policy_loss``). Returns (grad norm, summed token entropy, tokens, Σ_t log π of
-    each reply of the span (detached), whether each was clipped, the span's loss)."""
+    given ``old`` (B, T) the sampling policy's log-probs of every reply's tokens, the clipped
+    objective against it at ``importance_sampling_level`` (``clipped_policy_loss``). Returns
+    (grad norm, summed token entropy, tokens, the span's token log-probs (detached, (n, T)),
+    the share of each reply's ratios clipped, the span's loss)."""
     t.learner.train()
     begin, end = span or (0, len(ro.replies))
-    n, step = end - begin, cfg.per_device_train_batch_size
+    n, step, width = end - begin, cfg.per_device_train_batch_size, ro.mask.shape[1]
     entropy_sum, tokens, seq, clipped, total = 0.0, 0, [], [], 0.0
     for s in range(begin, end, step):  # micro-batches of replies; one may cut a prompt's group
         stop = min(end, s + step)
@@ -560,12 +560,13 @@ def policy_gradient_step(
                 loss = reinforce_loss(lp_pad, mask, adv[s:stop])
             else:
                 loss, clip = clipped_policy_loss(
-                    lp_pad, mask, old[s:stop], adv[s:stop], cfg.epsilon, cfg.epsilon_high
-                )
+                    lp_pad, mask, old[s:stop, : lp_pad.shape[1]], adv[s:stop], cfg.epsilon,
+                    cfg.epsilon_high, cfg.importance_sampling_level, cfg.delta,
+                )  # fmt: skip
                 clipped.append(clip)
             t.accelerator.backward(loss * (stop - s) / n)
             total += loss.item() * (stop - s) / n
-        seq.append(sequence_sum(lp_pad.detach(), mask))
+        seq.append(_to_width(lp_pad.detach(), width))
         entropy_sum, tokens = entropy_sum + ent, tokens + tok
     # the norm is needed even without clipping (inf clips nothing): a NaN or inf in any
     # gradient makes it non-finite, and that update is skipped instead of ruining the weights
@@ -588,17 +589,22 @@ def teacher_forced(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, start: int, sto
     return (*pad_reply_tensors(lp), entropy)
 
 
+def _to_width(values: torch.Tensor, width: int) -> torch.Tensor:
+    """(n, T') right-padded values -> (n, width), width >= T', padded with zeros."""
+    return torch.nn.functional.pad(values, (0, width - values.shape[1]))
+
+
 @torch.no_grad()
 def sampling_logprobs(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, begin: int):
-    """Σ_t log π of the replies from ``begin`` on by the policy that sampled them (the pass
-    the updates take, without gradients, before any update), their summed token entropy and
-    token count."""
+    """The token log-probs (n, T) of the replies from ``begin`` on by the policy that sampled
+    them (the pass the updates take, without gradients, before any update), their summed
+    token entropy and token count."""
     t.learner.train()
     seq, entropy_sum, tokens = [], 0.0, 0
     for s in range(begin, len(ro.replies), cfg.per_device_train_batch_size):
         stop = min(len(ro.replies), s + cfg.per_device_train_batch_size)
-        lp_pad, mask, (ent, tok) = teacher_forced(t, ro, cfg, s, stop)
-        seq.append(sequence_sum(lp_pad, mask))
+        lp_pad, _, (ent, tok) = teacher_forced(t, ro, cfg, s, stop)
+        seq.append(_to_width(lp_pad, ro.mask.shape[1]))
         entropy_sum, tokens = entropy_sum + ent, tokens + tok
     return torch.cat(seq), entropy_sum, tokens
 
@@ -646,7 +652,8 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
     old, entropy_sum, tokens = None, 0.0, 0
     if len(spans) > 1:  # the later spans' sampling log-probs, while the policy is still π_old
         later, entropy_sum, tokens = sampling_logprobs(t, ro, cfg, spans[1][0])
-        old = torch.cat([adv.new_zeros(spans[0][1]), later.to(adv.device)])
+        head = adv.new_zeros((spans[0][1], ro.mask.shape[1]))  # the first step's own pass
+        old = torch.cat([head, later.to(adv.device)])
     norms, clipped, losses = [], [], []
     for i in range(cfg.num_iterations):
         for begin, end in spans:
