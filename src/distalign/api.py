@@ -26,6 +26,7 @@ from distalign.command_configs import (
     RMScoreConfig,
 )
 from distalign.config import (
+    counts_epochs,
     known_keys,
     save_config,
 )
@@ -34,6 +35,11 @@ from distalign.config import (
 def _config(cls: type, config: Any, overrides: dict[str, Any]):
     # warmup_ratio=: "is now warmup_steps"; use_vllm=False: does nothing, dropped
     overrides = known_keys(cls, overrides, "argument")
+    # epochs without max_steps count passes (as on the command line), unless the config
+    # object given sets max_steps (left at its default, it counts them too)
+    default = {f.name: f.default for f in dataclasses.fields(cls)}.get("max_steps")
+    if getattr(config, "max_steps", default) == default and counts_epochs(cls, overrides):
+        overrides["max_steps"] = -1
     if config is None:
         return cls(**overrides)
     if not isinstance(config, cls):

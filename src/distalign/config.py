@@ -344,8 +344,6 @@ def known_keys(
             kept[item[0]] = item[1]
     if errors:
         raise ConfigError("\n".join(errors))
-    if given is None and counts_epochs(cls, items):
-        kept["max_steps"] = -1
     return kept
 
 

@@ -615,9 +615,9 @@ def clipped_policy_loss(
     else:
         before = old if old.dim() == 1 else sequence_sum(old, mask)
         log_ratio, weight = sequence_sum(logprobs, mask) - before, torch.ones_like(a)
-        if level == "sequence":
-            weight = mask.sum(-1).clamp(min=1)
-            log_ratio = log_ratio / weight
+        if level == "sequence":  # an empty reply: no tokens, no term (as TRL's mask)
+            weight = mask.sum(-1)
+            log_ratio = log_ratio / weight.clamp(min=1)
     # A reply's ratio is a product over its tokens: a few hundred tokens that each moved a
     # little overflow float32's exp (log-ratio > 88.7), and inf · A, or the 0 · inf of the
     # branch min() leaves, makes the whole update's gradient NaN. The log-ratio is bounded

@@ -287,5 +287,10 @@ def test_every_level_s_first_update_is_reinforce():
         (grad,) = torch.autograd.grad(loss, lp)
         torch.testing.assert_close(grad, want)
         assert not share.any()
+    # GSPO: an empty reply has no tokens to count its term over, as in TRL
+    empty = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    loss, _ = clipped_policy_loss(lp, empty, lp.detach() * empty, torch.tensor([0.0, 1.0]),
+                                  level="sequence")  # fmt: skip
+    assert loss.item() == 0.0
     with pytest.raises(ValueError, match="level must be one of"):
         clipped_policy_loss(lp, mask, lp.detach(), adv, level="tokens")

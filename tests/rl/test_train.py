@@ -4,7 +4,9 @@ runs with reward-model sources and resumes."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 
 import pytest
 import torch
@@ -850,7 +852,7 @@ def horizon_spy(completions, trainer_state, **kw):
 
 
 def test_max_steps_minus_one_runs_num_train_epochs_passes_over_the_prompts(
-    tiny_model_dir, tmp_path
+    tiny_model_dir, tmp_path, caplog
 ):
     """TRL's default, max_steps -1: 10 prompts, 4 per step, fill 2 steps per pass; 1.5 passes
     round up to 3 steps (the schedule and the reward functions count them), and the user's
@@ -868,3 +870,34 @@ def test_max_steps_minus_one_runs_num_train_epochs_passes_over_the_prompts(
     assert max(steps) == 3
     with pytest.raises(ConfigError, match="a step takes 4 per process while there are 3"):
         cfg.for_prompts(3)
+    # resumed for two passes: 4 steps; the change said is the epochs', not a max_steps -1 -> 3
+    longer = dataclasses.replace(cfg, num_train_epochs=2.0, resume_from_checkpoint=True)
+    with caplog.at_level(logging.WARNING):
+        run(longer)
+    assert "num_train_epochs 1.5 -> 2.0" in caplog.text and "max_steps -1" not in caplog.text
+    assert set(SEEN_HORIZONS) == {3, 4}
+
+
+def test_token_level_clip_ratio_counts_tokens_as_trl_does(peaked_policy_dir, tmp_path, monkeypatch):
+    """TRL's clip_ratio/region_mean at token level: clipped tokens over all tokens, not the
+    mean of each reply's share (a short reply fully clipped beside long ones weighs little)."""
+    import distalign.rl.train as train
+
+    step, lengths = train.policy_gradient_step, []
+
+    def first_reply_clipped(t, ro, adv, cfg, old, span=None):
+        out = step(t, ro, adv, cfg, old, span)
+        if old is None:
+            return out
+        lengths.append(ro.mask[span[0] : span[1]].sum(-1))
+        share = torch.zeros(span[1] - span[0])
+        share[0] = 1.0
+        return (*out[:4], share, out[5])
+
+    monkeypatch.setattr(train, "policy_gradient_step", first_reply_clipped)
+    run(config(peaked_policy_dir, tmp_path, max_steps=1, num_iterations=2,
+               importance_sampling_level="token", max_eval_samples=1))  # fmt: skip
+    (n,) = lengths  # one clipped update over all 16 replies
+    metrics = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    (ratio,) = [m["train/clip_ratio"] for m in metrics if "train/clip_ratio" in m]
+    assert ratio == pytest.approx(float(n[0] / n.sum()))

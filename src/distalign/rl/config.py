@@ -142,7 +142,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     tokens: GSPO, TRL GRPO's). The first update of a step is the same for all three."""
     delta: float | None = None
     """Cap on the ratio in the clipped objective's unclipped term (TRL GRPO's two-sided
-    clipping, INTELLECT-2), above 1 + epsilon_high; None: no cap."""
+    clipping, INTELLECT-2), above 1; as TRL, above 1 + epsilon_high is advised (said where
+    not); None: no cap."""
     loss_type: str = "sequence"
     """How each reply's Σ_t log π is weighted in the policy loss (TRL GRPO's key): sequence (as
     is: REINFORCE, TRL's RLOO) | grpo (÷ its length) | dr_grpo (÷ max_completion_length) | dapo
@@ -183,8 +184,9 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     num_train_epochs: float = 3.0
     """Passes over the training prompts, read only when max_steps is -1 (as transformers reads
     it): a pass is as many steps as its prompts fill whole, as in TRL (prompts left over
-    share a step with the next pass's first), and a fraction of a pass rounds up. Given in a
-    file or on the command line without max_steps, it is what the run counts."""
+    share a step with the next pass's first), and a fraction of a pass rounds up to a whole
+    step. Given without max_steps in a file, on the command line or to ``api.train_policy``,
+    it is what the run counts; an ``RLTrainConfig`` built in Python needs max_steps=-1."""
     learning_rate: float = 1e-5
     """AdamW learning rate (constant after a linear warm-up)."""
     warmup_steps: float = 0
@@ -320,8 +322,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
                 f"importance_sampling_level: {' | '.join(IMPORTANCE_SAMPLING_LEVELS)}",
             ),
             (
-                self.delta is None or self.delta > 1 + (self.epsilon_high or self.epsilon),
-                "delta must be above 1 + epsilon_high (the clip range's top)",
+                self.delta is None or self.delta > 1,
+                "delta must be above 1 (a ratio of 1, the first update's, is never capped)",
             ),
             (self.ema is None or 0 <= self.ema < 1, "ema must be in [0, 1)"),
             (
@@ -340,6 +342,20 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
             self.eval_on_start = self.eval_strategy != "no"
         require_4d_mask(self.attn_implementation, "rl train", "its teacher-forced passes")
         self._check_reward()
+        if self.delta is not None and self.delta <= 1 + (self.epsilon_high or self.epsilon):
+            config_warning(
+                log,
+                "delta=%g caps the ratio within the clip range (1 + epsilon_high = %g): it "
+                "caps replies pushed up too, not only those with a negative advantage",
+                self.delta, 1 + (self.epsilon_high or self.epsilon),
+            )  # fmt: skip
+        if self.max_steps >= 0 and self.num_train_epochs != 3.0:  # not from a file's keys
+            config_warning(
+                log,
+                "num_train_epochs=%g does nothing beside max_steps=%d: give max_steps=-1 to "
+                "count passes over the prompts",
+                self.num_train_epochs, self.max_steps,
+            )  # fmt: skip
         if self.mask_truncated_completions and self.missing_eos_penalty:
             config_warning(
                 log,

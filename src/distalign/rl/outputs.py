@@ -56,7 +56,7 @@ def log_step(
     # scored by it)
     source_sums = [x for v in per_source.values() for x in (v.nansum().item(),
                    float((~v.isnan()).sum()), (v.double() ** 2).nansum().item())]  # fmt: skip
-    clipping = [] if update.clip_ratio is None else [update.clip_ratio]  # num_iterations > 1
+    clipping = list(update.clipping or ())  # num_iterations > 1: (clipped, counted) ratios
     # TRL's frac_reward_zero_std: the groups of shaped rewards (after the KL penalty) that tie,
     # among the replies some reward source scored (NaN: none did)
     groups = shaped.detach().double().reshape(-1, ro.k)
@@ -71,11 +71,12 @@ def log_step(
             *source_sums) = across_processes(
         t.accelerator,
         [kl["k1"].mean().item(), kl["k3"].mean().item(), lengths.float().mean().item(),
-         sum(ro.finished) / len(ro.finished), zero_std, update.loss, *clipping],
+         sum(ro.finished) / len(ro.finished), zero_std, update.loss],
         [update.entropy_sum, float(update.tokens), kl["k1"].sum().item(),
          lengths.sum().item(), r.sum().item(), (r * r).sum().item(), float(r.numel()),
-         s.sum().item(), float(s.numel()), *source_sums],
+         s.sum().item(), float(s.numel()), *clipping, *source_sums],
     )  # fmt: skip
+    clipping, source_sums = source_sums[: len(clipping)], source_sums[len(clipping) :]
     reward_std = _std(r_sum, n, r_sq)  # TRL's: every process's rewards, before the KL penalty
     t0, t1, t2, t3 = times
     logged = {
@@ -111,8 +112,8 @@ def log_step(
         "time/train_s": t3 - t2,
         "train/peak_mem_gb": peak_memory_gb(),
     }
-    if clipping:  # every process's replies
-        logged["train/clip_ratio"] = means[6]
+    if clipping:  # every process's ratios (replies' or tokens')
+        logged["train/clip_ratio"] = clipping[0] / max(clipping[1], 1.0)
     # what TRL reward functions logged with log_metric (this process's) and log_extra; a
     # name that is one of distalign's own goes under log_metric/ (log_extra/ in history rows)
     function_metrics, extra = t.reward.log.take() if hasattr(t.reward, "log") else ({}, {})

@@ -521,14 +521,15 @@ def pooled_rewards(accelerator, shaped: torch.Tensor, cfg: RLTrainConfig) -> tor
 class Update:
     """What a step's policy updates report: the mean gradient norm of the finite ones, whether
     each was finite (a non-finite one is skipped), the token entropy (sum, count) of the
-    policy that sampled, and the share of replies whose ratio was clipped in the clipped
-    updates (None with one update)."""
+    policy that sampled, and (clipped, counted) of the clipped updates (None with one update):
+    the ratios that were clipped and all of them, replies' or, at importance_sampling_level
+    token, tokens' (TRL's clip_ratio/region_mean, summed over processes before dividing)."""
 
     grad_norm: float
     finite: list[bool]  # per update
     entropy_sum: float
     tokens: int
-    clip_ratio: float | None = None
+    clipping: tuple[float, float] | None = None
     loss: float = 0.0  # the mean over the step's updates of each one's loss (TRL's loss)
 
 
@@ -654,7 +655,7 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
         later, entropy_sum, tokens = sampling_logprobs(t, ro, cfg, spans[1][0])
         head = adv.new_zeros((spans[0][1], ro.mask.shape[1]))  # the first step's own pass
         old = torch.cat([head, later.to(adv.device)])
-    norms, clipped, losses = [], [], []
+    norms, clipped, counted, losses = [], [], [], []
     for i in range(cfg.num_iterations):
         for begin, end in spans:
             first = i == 0 and begin == 0
@@ -665,13 +666,17 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
             if first:  # the first span's own pass gives its sampling log-probs and entropy
                 old = seq if old is None else torch.cat([seq.to(old.device), old[end:]])
                 entropy_sum, tokens = entropy_sum + ent, tokens + tok
-            else:
-                clipped.append(clip.float())
+            else:  # each reply's share of its ratios clipped, times how many it has
+                units = ro.mask[begin:end].sum(-1).float()  # tokens' ratios
+                if cfg.importance_sampling_level != "token":
+                    units = torch.ones_like(units)  # one ratio per reply
+                clipped.append((clip.float().to(units.device) * units).sum().item())
+                counted.append(units.sum().item())
     finite = [math.isfinite(x) for x in norms]
     kept = [x for x in norms if math.isfinite(x)]
     norm = sum(kept) / len(kept) if kept else math.nan
-    ratio = torch.cat(clipped).mean().item() if clipped else None
-    return Update(norm, finite, entropy_sum, tokens, clip_ratio=ratio,
+    clipping = (sum(clipped), sum(counted)) if clipped else None
+    return Update(norm, finite, entropy_sum, tokens, clipping=clipping,
                   loss=sum(losses) / len(losses))  # fmt: skip
 
 
@@ -776,7 +781,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     reward = load_rewards(cfg, accelerator.device, frozen_dtype(accelerator.mixed_precision))
     policy, tokenizer, ref_model = build_policy(cfg, accelerator)
     train_prompts, eval_prompts = prompt_sets(cfg, accelerator, tokenizer, reward)
-    cfg = cfg.for_prompts(len(train_prompts))  # max_steps -1: num_train_epochs' steps
+    given, cfg = cfg, cfg.for_prompts(len(train_prompts))  # max_steps -1: the epochs' steps
     optimizer, scheduler = optimizer_and_schedule(policy, cfg, is_sharded(accelerator))
     cadence = Cadence.of(cfg, cfg.max_steps)
     # the teacher-forced pass as one module's forward, so DDP's gradient hooks and autocast
@@ -791,7 +796,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
         path = checkpoint_path(cfg.resume_from_checkpoint, out)
         logs = [t.log.path, t.out / "history.jsonl"]
         state = TrainState(**resume_training(path, t.policy, optimizer, scheduler, logs,
-                                             accelerator.is_main_process, cfg))  # fmt: skip
+                                             accelerator.is_main_process, given))  # fmt: skip
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
 
     begin(t, state, eval_prompts, cfg)
