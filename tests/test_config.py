@@ -960,6 +960,14 @@ def test_importance_sampling_level_and_delta_are_checked():
     assert (gspo.importance_sampling_level, gspo.delta) == ("sequence", 1.5)
     with pytest.raises(ConfigError, match=r"importance_sampling_level: reply \| token \| seq"):
         from_cli(RLTrainConfig, ["importance_sampling_level=tokens"])
+    eighty = from_cli(RLTrainConfig, ["top_entropy_quantile=0.2", "num_iterations=2",
+                                      "importance_sampling_level=token"])  # fmt: skip
+    assert eighty.top_entropy_quantile == 0.2
+    assert from_cli(RLTrainConfig, ["top_entropy_quantile=0.2"]).num_iterations == 1
+    with pytest.raises(ConfigError, match="a reply-level ratio has none"):
+        from_cli(RLTrainConfig, ["top_entropy_quantile=0.2", "num_iterations=2"])
+    with pytest.raises(ConfigError, match=r"top_entropy_quantile must be in \(0, 1\]"):
+        from_cli(RLTrainConfig, ["top_entropy_quantile=0"])
     with pytest.raises(ConfigError, match="delta must be above 1 "):
         from_cli(RLTrainConfig, ["delta=0.9"])
     assert from_cli(RLTrainConfig, ["delta=1.2", "epsilon_high=0.28"]).delta == 1.2  # as TRL

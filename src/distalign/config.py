@@ -187,7 +187,6 @@ NOT_OFFERED = {
     "ref_model_sync_steps": _REF_FIXED,
     "ref_model_mixup_alpha": _REF_FIXED,
     # TRL's GRPO objectives and their settings: the loss here is distalign's own
-    "top_entropy_quantile": "every reply token is in the loss",
     "off_policy_mask_threshold": "no reply is masked for being off-policy",
     "use_bias_correction_kl": "the KL is in the reward, R − β·KL (k1 of the sampler's own "
     "log-probs), whose score-function gradient is already the unbiased reverse-KL gradient",
@@ -275,7 +274,6 @@ NEUTRAL = {
     "pad_to_multiple_of": Either((None, "auto")),
     "lora_target_parameters": None, "repetition_penalty": 1.0, "min_p": Either((None, 0.0)),
     "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
-    "top_entropy_quantile": 1.0,
     "off_policy_mask_threshold": None, "entropy_coef": 0.0,
     # TRL corrects its KL term of the loss by the sampling ratio; the KL here is in the reward,
     # and its score-function gradient needs no correction (TRL's default β is 0 besides)

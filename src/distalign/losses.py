@@ -506,6 +506,28 @@ def uncertainty_scaled(advantages: torch.Tensor, std: torch.Tensor) -> torch.Ten
     return advantages / (1.0 + std)
 
 
+def high_entropy_mask(
+    entropies: torch.Tensor,
+    mask: torch.Tensor,
+    quantile: float,
+    everyone: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, T) bool: the reply tokens whose entropy is at least the (1 − ``quantile``) quantile
+    of the reply tokens' entropies, so that the policy loss keeps about the top ``quantile`` of
+    them (TRL GRPO's ``top_entropy_quantile``; Wang et al. 2025, "Beyond the 80/20 Rule:
+    High-Entropy Minority Tokens Drive Effective RL for LLM Reasoning", arXiv 2506.01939, keep
+    0.2). ``everyone``: the entropies the quantile is taken over, every process's reply tokens
+    (default: this batch's). ``quantile`` 1: every reply token."""
+    valid = mask.bool()
+    if quantile >= 1:
+        return valid
+    pool = entropies[valid] if everyone is None else everyone
+    if pool.numel() == 0:
+        return torch.zeros_like(valid)
+    threshold = torch.quantile(pool.detach().float(), 1 - quantile)
+    return (entropies.detach() >= threshold.to(entropies.device)) & valid
+
+
 def reinforce_loss(
     logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
 ) -> torch.Tensor:
@@ -576,6 +598,7 @@ def clipped_policy_loss(
     epsilon_high: float | None = None,
     level: str = "reply",
     delta: float | None = None,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped objective against the policy that sampled the replies, for the
     ``num_iterations`` > 1 updates on one batch of rollouts, with the ratio taken at ``level``:
@@ -603,21 +626,28 @@ def clipped_policy_loss(
             ``reply``, (B,) Σ_t log π_old of each reply will do.
         advantages: (B,).
         epsilon_high: upper clip (DAPO's ε_high); None: ``epsilon_low``.
+        keep: (B, T) the tokens whose terms the loss keeps (``high_entropy_mask``; None: all),
+            as TRL GRPO masks its per-token loss: at ``token``, the kept tokens' terms; at
+            ``sequence``, the reply's term counted over its kept tokens (the ratio still over
+            all of them). A reply-level ratio has no per-token terms to keep: refused.
     Returns (the scalar loss, (B,) the share of each reply's ratios that were clipped: 0 or 1
     but for ``token``, where it is the share of its tokens).
     """
     if level not in IMPORTANCE_SAMPLING_LEVELS:
         raise ValueError(f"level must be one of {IMPORTANCE_SAMPLING_LEVELS}, got {level!r}")
+    if keep is not None and level == "reply":
+        raise ValueError("keep: a reply-level ratio has no per-token terms to keep")
     high = epsilon_low if epsilon_high is None else epsilon_high
     a, old = advantages.detach(), old_logprobs.detach()
+    kept = mask if keep is None else mask * keep.to(mask.dtype)
     if level == "token":
-        log_ratio, a, weight = (logprobs - old) * mask, a[:, None], mask
+        log_ratio, a, weight = (logprobs - old) * mask, a[:, None], kept
     else:
         before = old if old.dim() == 1 else sequence_sum(old, mask)
         log_ratio, weight = sequence_sum(logprobs, mask) - before, torch.ones_like(a)
         if level == "sequence":  # an empty reply: no tokens, no term (as TRL's mask)
-            weight = mask.sum(-1)
-            log_ratio = log_ratio / weight.clamp(min=1)
+            weight = kept.sum(-1)
+            log_ratio = log_ratio / mask.sum(-1).clamp(min=1)
     # A reply's ratio is a product over its tokens: a few hundred tokens that each moved a
     # little overflow float32's exp (log-ratio > 88.7), and inf · A, or the 0 · inf of the
     # branch min() leaves, makes the whole update's gradient NaN. The log-ratio is bounded

@@ -7,6 +7,7 @@ import torch
 
 from distalign.losses import (
     clipped_policy_loss,
+    high_entropy_mask,
     kl_estimates,
     kl_shaped_rewards,
     moving_average_update,
@@ -225,7 +226,8 @@ def test_dapo_weights_count_the_tokens_they_are_given():
         loss_type_weights(lengths, "token", 8)
 
 
-def _trl_clipped_loss(lp, mask, old, adv, loss_type, level, max_len, eps=(0.2, 0.28), delta=None):
+def _trl_clipped_loss(lp, mask, old, adv, loss_type, level, max_len, eps=(0.2, 0.28), delta=None,
+                      entropy_mask=None):  # fmt: skip
     """TRL GRPO's clipped loss written out as its trainer computes it: the ratio per token or
     the reply's mean log-ratio (``sequence``) broadcast over its tokens, clipped, capped at
     delta, then aggregated over tokens as loss_type says (``_trl_token_loss``)."""
@@ -237,6 +239,8 @@ def _trl_clipped_loss(lp, mask, old, adv, loss_type, level, max_len, eps=(0.2, 0
     if delta is not None:
         coef_1 = coef_1.clamp(max=delta)
     per_token = -torch.min(coef_1 * adv[:, None], coef_2 * adv[:, None]).expand_as(lp) * mask
+    if entropy_mask is not None:
+        per_token = per_token * entropy_mask
     if loss_type == "grpo":
         return (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
     if loss_type in ("dapo", "bnpo"):
@@ -294,3 +298,33 @@ def test_every_level_s_first_update_is_reinforce():
     assert loss.item() == 0.0
     with pytest.raises(ValueError, match="level must be one of"):
         clipped_policy_loss(lp, mask, lp.detach(), adv, level="tokens")
+
+
+def test_high_entropy_mask_keeps_the_top_quantile_of_reply_tokens():
+    ent = torch.tensor([[0.1, 0.9, 0.5, 7.0], [0.3, 0.8, 0.2, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    # the 7 valid entropies 0.0 .. 0.9; keep the top half: at least their 0.5 quantile, 0.3
+    keep = high_entropy_mask(ent, mask, 0.5)
+    assert keep.tolist() == [[False, True, True, False], [True, True, False, False]]
+    assert high_entropy_mask(ent, mask, 1.0).tolist() == mask.bool().tolist()
+    # over every process's tokens: another process's high entropies raise the threshold
+    assert not high_entropy_mask(ent, mask, 0.5, everyone=torch.full((20,), 5.0)).any()
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_kept_tokens_mask_the_clipped_loss_as_trl_grpo_s_entropy_mask(level):
+    torch.manual_seed(4)
+    lengths = torch.tensor([3, 8, 5, 1])
+    mask = (torch.arange(8)[None, :] < lengths[:, None]).double()
+    lp = (-torch.rand(4, 8, dtype=torch.float64) * 3).requires_grad_()
+    old = (lp.detach() + torch.randn(4, 8, dtype=torch.float64) * 0.5) * mask
+    adv = torch.tensor([1.0, -0.5, 0.7, -1.1], dtype=torch.float64)
+    keep = high_entropy_mask(torch.rand(4, 8), mask, 0.4).double()
+    ours, _ = clipped_policy_loss(lp, mask, old, adv, 0.2, 0.28, level, keep=keep)
+    theirs = _trl_clipped_loss(lp, mask, old, adv, "sequence", level, 8, entropy_mask=keep)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-9)
+    (g1,) = torch.autograd.grad(ours, lp)
+    (g2,) = torch.autograd.grad(theirs, lp)
+    torch.testing.assert_close(g1, g2)
+    with pytest.raises(ValueError, match="reply-level ratio has no per-token terms"):
+        clipped_policy_loss(lp, mask, old, adv, level="reply", keep=keep)

@@ -901,3 +901,26 @@ def test_token_level_clip_ratio_counts_tokens_as_trl_does(peaked_policy_dir, tmp
     metrics = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     (ratio,) = [m["train/clip_ratio"] for m in metrics if "train/clip_ratio" in m]
     assert ratio == pytest.approx(float(n[0] / n.sum()))
+
+
+def test_top_entropy_quantile_keeps_the_high_entropy_tokens_in_the_loss(
+    peaked_policy_dir, tmp_path, monkeypatch
+):
+    """TRL GRPO's top_entropy_quantile: the micro-batch's tokens below the entropy quantile
+    leave the loss, in the REINFORCE step and the clipped ones (token level)."""
+    import distalign.rl.train as train
+
+    kept, masked = [], train.kept_tokens
+
+    def recording(t, entropies, mask, cfg):
+        keep = masked(t, entropies, mask, cfg)
+        kept.append((float(keep.sum()), float(mask.sum())))
+        return keep
+
+    monkeypatch.setattr(train, "kept_tokens", recording)
+    run(config(peaked_policy_dir, tmp_path, max_steps=2, num_iterations=2,
+               importance_sampling_level="token", top_entropy_quantile=0.25,
+               max_eval_samples=1))  # fmt: skip
+    assert len(kept) == 2 * 2 * 2  # steps × passes × micro-batches
+    shares = [k / n for k, n in kept]
+    assert all(0.15 < x < 0.45 for x in shares), shares  # about a quarter (ties round up)

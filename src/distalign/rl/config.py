@@ -140,6 +140,11 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     clipped_policy_loss``): reply (one per reply, the product of its tokens', TRL RLOO's) |
     token (each token's, TRL GRPO's default) | sequence (each reply's geometric mean over its
     tokens: GSPO, TRL GRPO's). The first update of a step is the same for all three."""
+    top_entropy_quantile: float = 1.0
+    """Share of the reply tokens the policy loss keeps, those of highest entropy under the
+    current policy (TRL GRPO's; 0.2 in "Beyond the 80/20 Rule"): the (1 − q) quantile of each
+    micro-batch's token entropies over every process is the threshold. 1: every token. Below
+    1, clipped updates need importance_sampling_level token or sequence."""
     delta: float | None = None
     """Cap on the ratio in the clipped objective's unclipped term (TRL GRPO's two-sided
     clipping, INTELLECT-2), above 1; as TRL, above 1 + epsilon_high is advised (said where
@@ -320,6 +325,21 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
             (
                 self.importance_sampling_level in IMPORTANCE_SAMPLING_LEVELS,
                 f"importance_sampling_level: {' | '.join(IMPORTANCE_SAMPLING_LEVELS)}",
+            ),
+            (
+                0 < self.top_entropy_quantile <= 1,
+                "top_entropy_quantile must be in (0, 1]",
+            ),
+            (
+                self.top_entropy_quantile == 1
+                or self.importance_sampling_level != "reply"
+                or (
+                    self.num_iterations == 1
+                    and self.micro_batches_per_step <= self.gradient_accumulation_steps
+                ),
+                "top_entropy_quantile < 1 keeps some tokens' terms, and a reply-level ratio has "
+                "none: with num_iterations > 1 or steps_per_generation above "
+                "gradient_accumulation_steps, give importance_sampling_level token or sequence",
             ),
             (
                 self.delta is None or self.delta > 1,

@@ -64,6 +64,7 @@ from distalign.losses import (
     group_advantages_where_scored,
     grpo_advantages,
     grpo_batch_advantages,
+    high_entropy_mask,
     kl_estimates,
     kl_shaped_rewards,
     loss_type_weights,
@@ -555,20 +556,22 @@ def policy_gradient_step(
         stop = min(end, s + step)
         last = stop >= end  # gradients are all-reduced once, after the last micro-batch
         with nullcontext() if last else t.accelerator.no_sync(t.learner):
-            lp_pad, mask, (ent, tok) = teacher_forced(t, ro, cfg, s, stop)
+            lp_pad, mask, ent_pad = teacher_forced(t, ro, cfg, s, stop)
+            keep = kept_tokens(t, ent_pad, mask, cfg)  # None: every token
             # each loss averages over this micro-batch; weight it by its share
             if old is None:
-                loss = reinforce_loss(lp_pad, mask, adv[s:stop])
+                loss = reinforce_loss(lp_pad, mask if keep is None else mask * keep, adv[s:stop])
             else:
                 loss, clip = clipped_policy_loss(
                     lp_pad, mask, old[s:stop, : lp_pad.shape[1]], adv[s:stop], cfg.epsilon,
-                    cfg.epsilon_high, cfg.importance_sampling_level, cfg.delta,
+                    cfg.epsilon_high, cfg.importance_sampling_level, cfg.delta, keep,
                 )  # fmt: skip
                 clipped.append(clip)
             t.accelerator.backward(loss * (stop - s) / n)
             total += loss.item() * (stop - s) / n
         seq.append(_to_width(lp_pad.detach(), width))
-        entropy_sum, tokens = entropy_sum + ent, tokens + tok
+        entropy_sum += (ent_pad * mask).sum().item()
+        tokens += int(mask.sum().item())
     # the norm is needed even without clipping (inf clips nothing): a NaN or inf in any
     # gradient makes it non-finite, and that update is skipped instead of ruining the weights
     grad_norm = t.accelerator.clip_grad_norm_(t.learner.parameters(), cfg.max_grad_norm or math.inf)
@@ -581,13 +584,28 @@ def policy_gradient_step(
 
 
 def teacher_forced(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, start: int, stop: int):
-    """The learner's pass over the replies [start, stop): their log-probs (padded), mask, and
-    (summed token entropy, token count)."""
+    """The learner's pass over the replies [start, stop): their log-probs, mask and token
+    entropies (detached), each (n, T') right-padded."""
     ids, groups = ro.groups(start, stop)
     temperature = cfg.temperature or 1.0
     lp, ent = t.learner(ids, groups, t.tokenizer.pad_token_id, temperature, cfg.prefix_sharing)
-    entropy = (sum(e.sum().item() for e in ent), sum(e.numel() for e in ent))
-    return (*pad_reply_tensors(lp), entropy)
+    lp_pad, mask = pad_reply_tensors(lp)
+    return lp_pad, mask, pad_reply_tensors([e.detach() for e in ent])[0]
+
+
+def kept_tokens(t: Trainer, entropies, mask, cfg: RLTrainConfig) -> torch.Tensor | None:
+    """The micro-batch's tokens the policy loss keeps under ``top_entropy_quantile`` (the
+    quantile over every process's reply tokens of this micro-batch, as TRL takes it), as a
+    float mask; None below 1: every token."""
+    if cfg.top_entropy_quantile >= 1:
+        return None
+    local = entropies[mask.bool()].float()
+    sentinel = -1.0  # entropies are >= 0
+    gathered = t.accelerator.gather(
+        t.accelerator.pad_across_processes(local, dim=0, pad_index=sentinel)
+    )
+    everyone = gathered[gathered != sentinel]
+    return high_entropy_mask(entropies, mask, cfg.top_entropy_quantile, everyone).to(mask.dtype)
 
 
 def _to_width(values: torch.Tensor, width: int) -> torch.Tensor:
@@ -604,9 +622,10 @@ def sampling_logprobs(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, begin: int):
     seq, entropy_sum, tokens = [], 0.0, 0
     for s in range(begin, len(ro.replies), cfg.per_device_train_batch_size):
         stop = min(len(ro.replies), s + cfg.per_device_train_batch_size)
-        lp_pad, _, (ent, tok) = teacher_forced(t, ro, cfg, s, stop)
+        lp_pad, mask, ent_pad = teacher_forced(t, ro, cfg, s, stop)
         seq.append(_to_width(lp_pad, ro.mask.shape[1]))
-        entropy_sum, tokens = entropy_sum + ent, tokens + tok
+        entropy_sum += (ent_pad * mask).sum().item()
+        tokens += int(mask.sum().item())
     return torch.cat(seq), entropy_sum, tokens
 
 
