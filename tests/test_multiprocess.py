@@ -121,6 +121,9 @@ def test_rl_train_on_two_processes(tiny_model_dir, tmp_path):
         "num_generations=4", "per_device_train_batch_size=1", "gradient_accumulation_steps=4",
         "generation_batch_size=16", "num_iterations=2", "max_completion_length=6",
         "baseline=moving_average",
+        # TRL GRPO's token-level ratio and entropy quantile: the quantile over both processes'
+        # tokens of replies of different lengths (padded across processes to gather)
+        "importance_sampling_level=token", "top_entropy_quantile=0.5",
         "use_peft=false",
         "learning_rate=1e-3", "save_steps=2", "eval_steps=0", "report_to=none",
         f"output_dir={out}",
