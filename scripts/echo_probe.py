@@ -29,15 +29,17 @@ and compares each with ``last`` on the 800 test pairs, against the truth.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from pooling_probe import GOLD, backbone_of  # scripts/, beside this one
-
-from distalign.gold.truth import read_jsonl_gz
+from pooling_probe import (  # scripts/, beside this one
+    backbone_of,
+    benchmark_replies,
+    hidden_states,
+    save_readings,
+)
 
 
 def echo_ids(tokenizer, text: str) -> list[int]:
@@ -47,7 +49,6 @@ def echo_ids(tokenizer, text: str) -> list[int]:
 
 @torch.no_grad()
 def readings(backbone, tokenizer, prompts, replies, max_length, max_prompt_length, batch_size=8):
-    from distalign.data.pairs import pad_sequences
     from distalign.models.reward_model import scored_tokens
 
     seqs, bounds = [], []
@@ -61,16 +62,8 @@ def readings(backbone, tokenizer, prompts, replies, max_length, max_prompt_lengt
     mid = backbone.config.num_hidden_layers // 2
     keys = ("last", "echo_last", "echo_mean", "echo_mean_mid", "mean_reply_mid")
     out = {k: [None] * len(seqs) for k in keys}
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = pad_sequences([seqs[i] for i in idx], tokenizer.pad_token_id)
-        hs = backbone(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            output_hidden_states=True,
-        ).hidden_states  # right padding: real tokens 0 .. n-1
-        for row, i in enumerate(idx):
+    for idx, hs in hidden_states(backbone, tokenizer.pad_token_id, seqs, batch_size):
+        for row, i in enumerate(idx):  # right padding: real tokens 0 .. n-1
             p, end = bounds[i]
             n = len(seqs[i])
             out["last"][i] = hs[-1][row, end - 1]
@@ -78,8 +71,6 @@ def readings(backbone, tokenizer, prompts, replies, max_length, max_prompt_lengt
             out["echo_last"][i] = hs[-1][row, n - 1]
             out["echo_mean"][i] = hs[-1][row, end:n].mean(0)
             out["echo_mean_mid"][i] = hs[mid][row, end:n].mean(0)
-        if start // batch_size % 20 == 0:
-            print(f"{start + len(idx)}/{len(seqs)}", flush=True)
     feats = {k: torch.stack(v).float().numpy() for k, v in out.items()}
     both = {
         "last_and_echo_last": ("last", "echo_last"),
@@ -100,22 +91,13 @@ def main() -> None:
     args = ap.parse_args()
     backbone, tokenizer, max_length, max_prompt_length = backbone_of(args.model)
     backbone.eval()
-    lines = (GOLD / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
-    prompts = {p["id"]: p["prompt"] for p in (json.loads(x) for x in lines if x.strip())}
-    replies = read_jsonl_gz(GOLD / "replies.jsonl.gz")
+    prompts, replies = benchmark_replies()
     t0 = time.perf_counter()
     feats = readings(
         backbone, tokenizer, [prompts[r["prompt_id"]] for r in replies],
         [r["text"] for r in replies], max_length, max_prompt_length,
     )  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    ids = dict(
-        prompt_id=np.array([r["prompt_id"] for r in replies]),
-        reply_id=np.array([r["reply_id"] for r in replies]),
-        model=str(args.model),
-    )
-    for name, x in feats.items():
-        np.savez(args.out / f"{name}.npz", features=x, **ids)
+    save_readings(args.out, feats, replies, args.model)
     print(f"{len(replies)} replies, {time.perf_counter() - t0:.0f} s -> {args.out}")
 
 

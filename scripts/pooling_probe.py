@@ -79,9 +79,36 @@ def backbone_of(spec: str):
     return getattr(model, model.base_model_prefix), tokenizer, 384, None
 
 
+def benchmark_replies() -> tuple[dict[str, str], list[dict]]:
+    """The benchmark's prompts (id -> text) and its 1,600 replies."""
+    lines = (GOLD / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
+    prompts = {p["id"]: p["prompt"] for p in (json.loads(x) for x in lines if x.strip())}
+    return prompts, read_jsonl_gz(GOLD / "replies.jsonl.gz")
+
+
 @torch.no_grad()
-def readings(backbone, tokenizer, prompts, replies, max_length, max_prompt_length, batch_size=8):
+def hidden_states(backbone, pad_token_id: int, seqs: list[list[int]], batch_size: int = 8):
+    """(indices into ``seqs``, hidden states: n_layers + 1 of (B, T, H), the last after the
+    final norm) per batch, shortest sequences first, right-padded; progress printed."""
     from distalign.data.pairs import pad_sequences
+
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = pad_sequences([seqs[i] for i in idx], pad_token_id)
+        yield (
+            idx,
+            backbone(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                output_hidden_states=True,
+            ).hidden_states,
+        )
+        if start // batch_size % 20 == 0:
+            print(f"{start + len(idx)}/{len(seqs)}", flush=True)
+
+
+def readings(backbone, tokenizer, prompts, replies, max_length, max_prompt_length, batch_size=8):
     from distalign.models.reward_model import scored_tokens
 
     seqs, n_prompt = [], []
@@ -94,19 +121,10 @@ def readings(backbone, tokenizer, prompts, replies, max_length, max_prompt_lengt
     cos_layers = list(range(4, n_layers + 1, 4))
     out = {k: [None] * len(seqs) for k in ("last", "mean_reply", "last_mid", "mean_reply_mid")}
     cos = [None] * len(seqs)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = pad_sequences([seqs[i] for i in idx], tokenizer.pad_token_id)
-        hs = backbone(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            output_hidden_states=True,
-        ).hidden_states  # n_layers + 1 of (B, T, H); the last after the final norm
-        mask = batch["attention_mask"].bool()
+    for idx, hs in hidden_states(backbone, tokenizer.pad_token_id, seqs, batch_size):
         for row, i in enumerate(idx):
             # right padding: real tokens are 0 .. n-1, the prompt 0 .. n_prompt-1
-            n = int(mask[row].sum())
+            n = len(seqs[i])
             p = n_prompt[i]
             out["last"][i] = hs[-1][row, n - 1]
             out["mean_reply"][i] = hs[-1][row, p:n].mean(0)
@@ -118,8 +136,6 @@ def readings(backbone, tokenizer, prompts, replies, max_length, max_prompt_lengt
                     for k in cos_layers
                 ]
             )
-        if start // batch_size % 20 == 0:
-            print(f"{start + len(idx)}/{len(seqs)}", flush=True)
     feats = {k: torch.stack(v).float().numpy() for k, v in out.items()}
     feats["cosines"] = torch.stack(cos).float().numpy()
     return feats
@@ -129,9 +145,7 @@ def extract(args) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     backbone, tokenizer, max_length, max_prompt_length = backbone_of(args.model)
     backbone.eval()
-    lines = (GOLD / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
-    prompts = {p["id"]: p["prompt"] for p in (json.loads(x) for x in lines if x.strip())}
-    replies = read_jsonl_gz(GOLD / "replies.jsonl.gz")
+    prompts, replies = benchmark_replies()
     t0 = time.perf_counter()
     feats = readings(
         backbone,
@@ -146,15 +160,21 @@ def extract(args) -> None:
     feats["all4"] = np.concatenate(
         [feats[k] for k in ("last", "mean_reply_mid", "last_mid", "mean_reply")], 1
     )
-    args.out.mkdir(parents=True, exist_ok=True)
+    save_readings(args.out, feats, replies, args.model)
+    print(f"{len(replies)} replies, {time.perf_counter() - t0:.0f} s -> {args.out}")
+
+
+def save_readings(out: Path, feats: dict[str, np.ndarray], replies: list[dict], model) -> None:
+    """One ``NAME.npz`` per reading in ``out``, with the replies' ids (the format ``fit`` and
+    ``attribute_probe.py`` read)."""
+    out.mkdir(parents=True, exist_ok=True)
     ids = dict(
         prompt_id=np.array([r["prompt_id"] for r in replies]),
         reply_id=np.array([r["reply_id"] for r in replies]),
-        model=str(args.model),
+        model=str(model),
     )
     for name, x in feats.items():
-        np.savez(args.out / f"{name}.npz", features=x, **ids)
-    print(f"{len(replies)} replies, {time.perf_counter() - t0:.0f} s -> {args.out}")
+        np.savez(out / f"{name}.npz", features=x, **ids)
 
 
 @torch.no_grad()
@@ -187,9 +207,7 @@ def likelihood(args) -> None:
 
     model, tokenizer = load_policy(args.model)
     model.eval()
-    lines = (GOLD / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
-    prompts = {p["id"]: p["prompt"] for p in (json.loads(x) for x in lines if x.strip())}
-    replies = read_jsonl_gz(GOLD / "replies.jsonl.gz")
+    prompts, replies = benchmark_replies()
     texts = [r["text"] for r in replies]
     t0 = time.perf_counter()
     given = reply_logprobs(

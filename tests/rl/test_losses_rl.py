@@ -177,14 +177,19 @@ def test_clipped_policy_loss_survives_a_reply_whose_ratio_overflows_float32():
 def _trl_token_loss(lp, mask, adv, loss_type, max_len):
     """TRL GRPO's loss at ratio 1, written out per token: −A_i·log π(y_i,t) aggregated as its
     loss_type says."""
-    per_token = -adv[:, None] * lp * mask
+    return _trl_aggregate(-adv[:, None] * lp * mask, mask, loss_type, max_len)
+
+
+def _trl_aggregate(per_token, mask, loss_type, max_len):
+    """TRL GRPO's reduction of a (B, T) per-token loss by loss_type (``sequence``: summed
+    per reply, then averaged: REINFORCE's, TRL RLOO's)."""
     if loss_type == "grpo":
         return (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
     if loss_type in ("dapo", "bnpo"):
         return per_token.sum() / mask.sum().clamp(min=1)
     if loss_type == "dr_grpo":
-        return per_token.sum() / (lp.shape[0] * max_len)
-    return per_token.sum(-1).mean()  # sequence: REINFORCE's, TRL's RLOO
+        return per_token.sum() / (per_token.shape[0] * max_len)
+    return per_token.sum(-1).mean()
 
 
 @pytest.mark.parametrize("loss_type", ["sequence", "grpo", "dr_grpo", "dapo", "bnpo"])
@@ -241,13 +246,7 @@ def _trl_clipped_loss(lp, mask, old, adv, loss_type, level, max_len, eps=(0.2, 0
     per_token = -torch.min(coef_1 * adv[:, None], coef_2 * adv[:, None]).expand_as(lp) * mask
     if entropy_mask is not None:
         per_token = per_token * entropy_mask
-    if loss_type == "grpo":
-        return (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
-    if loss_type in ("dapo", "bnpo"):
-        return per_token.sum() / mask.sum().clamp(min=1)
-    if loss_type == "dr_grpo":
-        return per_token.sum() / (lp.shape[0] * max_len)
-    return per_token.sum(-1).mean()
+    return _trl_aggregate(per_token, mask, loss_type, max_len)
 
 
 @pytest.mark.parametrize("level", ["token", "sequence"])
