@@ -966,8 +966,9 @@ def test_importance_sampling_level_and_delta_are_checked():
     assert from_cli(RLTrainConfig, ["top_entropy_quantile=0.2"]).num_iterations == 1
     with pytest.raises(ConfigError, match="a reply-level ratio has none"):
         from_cli(RLTrainConfig, ["top_entropy_quantile=0.2", "num_iterations=2"])
-    with pytest.raises(ConfigError, match=r"top_entropy_quantile must be in \(0, 1\]"):
-        from_cli(RLTrainConfig, ["top_entropy_quantile=0"])
+    assert from_cli(RLTrainConfig, ["top_entropy_quantile=0"]).top_entropy_quantile == 0
+    with pytest.raises(ConfigError, match=r"top_entropy_quantile must be in \[0, 1\]"):
+        from_cli(RLTrainConfig, ["top_entropy_quantile=1.5"])
     with pytest.raises(ConfigError, match="delta must be above 1 "):
         from_cli(RLTrainConfig, ["delta=0.9"])
     assert from_cli(RLTrainConfig, ["delta=1.2", "epsilon_high=0.28"]).delta == 1.2  # as TRL

@@ -325,5 +325,13 @@ def test_kept_tokens_mask_the_clipped_loss_as_trl_grpo_s_entropy_mask(level):
     (g1,) = torch.autograd.grad(ours, lp)
     (g2,) = torch.autograd.grad(theirs, lp)
     torch.testing.assert_close(g1, g2)
+    # at ratio 1 (the first update's loss): TRL's gradient too, a sequence-level reply's
+    # counted over its kept tokens while every token of it moves
+    ours, _ = clipped_policy_loss(lp, mask, lp.detach() * mask, adv, level=level, keep=keep)
+    theirs = _trl_clipped_loss(lp, mask, lp.detach() * mask, adv, "sequence", level, 8,
+                               entropy_mask=keep)  # fmt: skip
+    (g1,) = torch.autograd.grad(ours, lp)
+    (g2,) = torch.autograd.grad(theirs, lp)
+    torch.testing.assert_close(g1, g2)
     with pytest.raises(ValueError, match="reply-level ratio has no per-token terms"):
         clipped_policy_loss(lp, mask, old, adv, level="reply", keep=keep)

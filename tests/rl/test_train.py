@@ -897,10 +897,10 @@ def test_token_level_clip_ratio_counts_tokens_as_trl_does(peaked_policy_dir, tmp
     monkeypatch.setattr(train, "policy_gradient_step", first_reply_clipped)
     run(config(peaked_policy_dir, tmp_path, max_steps=1, num_iterations=2,
                importance_sampling_level="token", max_eval_samples=1))  # fmt: skip
-    (n,) = lengths  # one clipped update over all 16 replies
+    (n,) = lengths  # one clipped update over all 16 replies, after the first (unclipped)
     metrics = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     (ratio,) = [m["train/clip_ratio"] for m in metrics if "train/clip_ratio" in m]
-    assert ratio == pytest.approx(float(n[0] / n.sum()))
+    assert ratio == pytest.approx(float(n[0] / (2 * n.sum())))  # TRL counts both updates
 
 
 def test_top_entropy_quantile_keeps_the_high_entropy_tokens_in_the_loss(
@@ -910,17 +910,37 @@ def test_top_entropy_quantile_keeps_the_high_entropy_tokens_in_the_loss(
     leave the loss, in the REINFORCE step and the clipped ones (token level)."""
     import distalign.rl.train as train
 
-    kept, masked = [], train.kept_tokens
+    kept, masked, losses, loss = [], train.kept_tokens, [], train.clipped_policy_loss
 
     def recording(t, entropies, mask, cfg):
         keep = masked(t, entropies, mask, cfg)
         kept.append((float(keep.sum()), float(mask.sum())))
         return keep
 
+    def loss_recording(*args, **kw):
+        losses.append(kw.get("keep", args[-1] if len(args) > 8 else None))
+        return loss(*args, **kw)
+
     monkeypatch.setattr(train, "kept_tokens", recording)
+    monkeypatch.setattr(train, "clipped_policy_loss", loss_recording)
     run(config(peaked_policy_dir, tmp_path, max_steps=2, num_iterations=2,
                importance_sampling_level="token", top_entropy_quantile=0.25,
                max_eval_samples=1))  # fmt: skip
     assert len(kept) == 2 * 2 * 2  # steps × passes × micro-batches
     shares = [k / n for k, n in kept]
     assert all(0.15 < x < 0.45 for x in shares), shares  # about a quarter (ties round up)
+    # every update's loss, the first (ratio 1) included, gets the kept tokens
+    assert len(losses) == 8 and all(k is not None for k in losses)
+
+
+def test_truncated_replies_stay_out_of_token_statistics_when_masked():
+    from types import SimpleNamespace
+
+    from distalign.rl.train import _counted
+
+    mask = torch.ones(3, 2)
+    ro = SimpleNamespace(finished=[True, False, True, True])
+    on = SimpleNamespace(mask_truncated_completions=True)
+    assert _counted(mask, ro, on, 1, 4).tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+    off = SimpleNamespace(mask_truncated_completions=False)
+    assert _counted(mask, ro, off, 1, 4) is mask

@@ -143,8 +143,10 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
     top_entropy_quantile: float = 1.0
     """Share of the reply tokens the policy loss keeps, those of highest entropy under the
     current policy (TRL GRPO's; 0.2 in "Beyond the 80/20 Rule"): the (1 − q) quantile of each
-    micro-batch's token entropies over every process is the threshold. 1: every token. Below
-    1, clipped updates need importance_sampling_level token or sequence."""
+    micro-batch's token entropies over every process is the threshold (with
+    mask_truncated_completions, over the replies that ended); 1: every token, 0: the
+    highest only. Below 1, clipped updates need importance_sampling_level token or
+    sequence, and a sequence-level reply's term is counted over its kept tokens."""
     delta: float | None = None
     """Cap on the ratio in the clipped objective's unclipped term (TRL GRPO's two-sided
     clipping, INTELLECT-2), above 1; as TRL, above 1 + epsilon_high is advised (said where
@@ -327,8 +329,8 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
                 f"importance_sampling_level: {' | '.join(IMPORTANCE_SAMPLING_LEVELS)}",
             ),
             (
-                0 < self.top_entropy_quantile <= 1,
-                "top_entropy_quantile must be in (0, 1]",
+                0 <= self.top_entropy_quantile <= 1,
+                "top_entropy_quantile must be in [0, 1]",
             ),
             (
                 self.top_entropy_quantile == 1

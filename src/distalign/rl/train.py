@@ -557,10 +557,14 @@ def policy_gradient_step(
         last = stop >= end  # gradients are all-reduced once, after the last micro-batch
         with nullcontext() if last else t.accelerator.no_sync(t.learner):
             lp_pad, mask, ent_pad = teacher_forced(t, ro, cfg, s, stop)
-            keep = kept_tokens(t, ent_pad, mask, cfg)  # None: every token
+            keep = kept_tokens(t, ent_pad, _counted(mask, ro, cfg, s, stop), cfg)  # None: all
             # each loss averages over this micro-batch; weight it by its share
-            if old is None:
-                loss = reinforce_loss(lp_pad, mask if keep is None else mask * keep, adv[s:stop])
+            if old is None and keep is None:
+                loss = reinforce_loss(lp_pad, mask, adv[s:stop])
+            elif old is None:  # the clipped loss at ratio 1 keeps tokens as the later ones do
+                level = "sequence" if cfg.importance_sampling_level == "sequence" else "token"
+                loss, _ = clipped_policy_loss(lp_pad, mask, lp_pad.detach(), adv[s:stop],
+                                              level=level, keep=keep)  # fmt: skip
             else:
                 loss, clip = clipped_policy_loss(
                     lp_pad, mask, old[s:stop, : lp_pad.shape[1]], adv[s:stop], cfg.epsilon,
@@ -591,6 +595,16 @@ def teacher_forced(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, start: int, sto
     lp, ent = t.learner(ids, groups, t.tokenizer.pad_token_id, temperature, cfg.prefix_sharing)
     lp_pad, mask = pad_reply_tensors(lp)
     return lp_pad, mask, pad_reply_tensors([e.detach() for e in ent])[0]
+
+
+def _counted(mask: torch.Tensor, ro: Rollouts, cfg: RLTrainConfig, start: int, stop: int):
+    """The reply tokens [start, stop) a token statistic counts: with
+    ``mask_truncated_completions``, not those of replies cut at the length limit (as TRL's
+    completion mask leaves them out)."""
+    if not cfg.mask_truncated_completions:
+        return mask
+    finished = torch.tensor(ro.finished[start:stop], dtype=mask.dtype, device=mask.device)
+    return mask * finished[:, None]
 
 
 def kept_tokens(t: Trainer, entropies, mask, cfg: RLTrainConfig) -> torch.Tensor | None:
@@ -682,19 +696,21 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
             norm, ent, tok, seq, clip, loss = step
             norms.append(float(norm))
             losses.append(loss)
+            # each reply's ratios (its tokens', or one), counted for every update, the first's
+            # (ratio 1) unclipped, as TRL's clip_ratio/region_mean counts them
+            units = _counted(ro.mask[begin:end], ro, cfg, begin, end).sum(-1).float()
+            if cfg.importance_sampling_level != "token":
+                units = torch.ones_like(units)
+            counted.append(units.sum().item())
             if first:  # the first span's own pass gives its sampling log-probs and entropy
                 old = seq if old is None else torch.cat([seq.to(old.device), old[end:]])
                 entropy_sum, tokens = entropy_sum + ent, tokens + tok
             else:  # each reply's share of its ratios clipped, times how many it has
-                units = ro.mask[begin:end].sum(-1).float()  # tokens' ratios
-                if cfg.importance_sampling_level != "token":
-                    units = torch.ones_like(units)  # one ratio per reply
                 clipped.append((clip.float().to(units.device) * units).sum().item())
-                counted.append(units.sum().item())
     finite = [math.isfinite(x) for x in norms]
     kept = [x for x in norms if math.isfinite(x)]
     norm = sum(kept) / len(kept) if kept else math.nan
-    clipping = (sum(clipped), sum(counted)) if clipped else None
+    clipping = (sum(clipped), sum(counted)) if clipped else None  # None: no clipped update
     return Update(norm, finite, entropy_sum, tokens, clipping=clipping,
                   loss=sum(losses) / len(losses))  # fmt: skip
 
