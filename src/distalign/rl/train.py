@@ -610,7 +610,7 @@ def _counted(mask: torch.Tensor, ro: Rollouts, cfg: RLTrainConfig, start: int, s
 def kept_tokens(t: Trainer, entropies, mask, cfg: RLTrainConfig) -> torch.Tensor | None:
     """The micro-batch's tokens the policy loss keeps under ``top_entropy_quantile`` (the
     quantile over every process's reply tokens of this micro-batch, as TRL takes it), as a
-    float mask; None below 1: every token."""
+    float mask; None at 1: every token."""
     if cfg.top_entropy_quantile >= 1:
         return None
     local = entropies[mask.bool()].float()
