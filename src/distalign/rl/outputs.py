@@ -68,7 +68,7 @@ def log_step(
     s = shaped.detach().double()
     s = s[~s.isnan()]
     means, (entropy_sum, tokens, kl_sum, reply_tokens, r_sum, r_sq, n, s_sum, s_n,
-            *source_sums) = across_processes(
+            *rest) = across_processes(
         t.accelerator,
         [kl["k1"].mean().item(), kl["k3"].mean().item(), lengths.float().mean().item(),
          sum(ro.finished) / len(ro.finished), zero_std, update.loss],
@@ -76,7 +76,7 @@ def log_step(
          lengths.sum().item(), r.sum().item(), (r * r).sum().item(), float(r.numel()),
          s.sum().item(), float(s.numel()), *clipping, *source_sums],
     )  # fmt: skip
-    clipping, source_sums = source_sums[: len(clipping)], source_sums[len(clipping) :]
+    clipping, source_sums = rest[: len(clipping)], rest[len(clipping) :]
     reward_std = _std(r_sum, n, r_sq)  # TRL's: every process's rewards, before the KL penalty
     t0, t1, t2, t3 = times
     logged = {

@@ -556,7 +556,7 @@ def policy_gradient_step(
         stop = min(end, s + step)
         last = stop >= end  # gradients are all-reduced once, after the last micro-batch
         with nullcontext() if last else t.accelerator.no_sync(t.learner):
-            lp_pad, mask, ent_pad = teacher_forced(t, ro, cfg, s, stop)
+            lp_pad, mask, ent_pad, (ent, tok) = teacher_forced(t, ro, cfg, s, stop)
             keep = kept_tokens(t, ent_pad, _counted(mask, ro, cfg, s, stop), cfg)  # None: all
             # each loss averages over this micro-batch; weight it by its share
             if old is None and keep is None:
@@ -574,8 +574,7 @@ def policy_gradient_step(
             t.accelerator.backward(loss * (stop - s) / n)
             total += loss.item() * (stop - s) / n
         seq.append(_to_width(lp_pad.detach(), width))
-        entropy_sum += (ent_pad * mask).sum().item()
-        tokens += int(mask.sum().item())
+        entropy_sum, tokens = entropy_sum + ent, tokens + tok
     # the norm is needed even without clipping (inf clips nothing): a NaN or inf in any
     # gradient makes it non-finite, and that update is skipped instead of ruining the weights
     grad_norm = t.accelerator.clip_grad_norm_(t.learner.parameters(), cfg.max_grad_norm or math.inf)
@@ -589,12 +588,12 @@ def policy_gradient_step(
 
 def teacher_forced(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, start: int, stop: int):
     """The learner's pass over the replies [start, stop): their log-probs, mask and token
-    entropies (detached), each (n, T') right-padded."""
+    entropies (detached), each (n, T') right-padded, and (summed token entropy, token count)."""
     ids, groups = ro.groups(start, stop)
     temperature = cfg.temperature or 1.0
     lp, ent = t.learner(ids, groups, t.tokenizer.pad_token_id, temperature, cfg.prefix_sharing)
-    lp_pad, mask = pad_reply_tensors(lp)
-    return lp_pad, mask, pad_reply_tensors([e.detach() for e in ent])[0]
+    entropy = (sum(e.sum().item() for e in ent), sum(e.numel() for e in ent))
+    return (*pad_reply_tensors(lp), pad_reply_tensors([e.detach() for e in ent])[0], entropy)
 
 
 def _counted(mask: torch.Tensor, ro: Rollouts, cfg: RLTrainConfig, start: int, stop: int):
@@ -636,10 +635,9 @@ def sampling_logprobs(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, begin: int):
     seq, entropy_sum, tokens = [], 0.0, 0
     for s in range(begin, len(ro.replies), cfg.per_device_train_batch_size):
         stop = min(len(ro.replies), s + cfg.per_device_train_batch_size)
-        lp_pad, mask, ent_pad = teacher_forced(t, ro, cfg, s, stop)
+        lp_pad, _, _, (ent, tok) = teacher_forced(t, ro, cfg, s, stop)
         seq.append(_to_width(lp_pad, ro.mask.shape[1]))
-        entropy_sum += (ent_pad * mask).sum().item()
-        tokens += int(mask.sum().item())
+        entropy_sum, tokens = entropy_sum + ent, tokens + tok
     return torch.cat(seq), entropy_sum, tokens
 
 
@@ -653,9 +651,7 @@ def loss_weights(t: Trainer, ro: Rollouts, cfg: RLTrainConfig) -> torch.Tensor:
     lengths = ro.mask.sum(-1).float()
     if cfg.loss_type in ("sequence", "grpo", "dr_grpo"):
         return loss_type_weights(lengths, cfg.loss_type, cfg.max_completion_length)
-    counted = lengths
-    if cfg.mask_truncated_completions:
-        counted = lengths * torch.tensor(ro.finished, device=lengths.device, dtype=lengths.dtype)
+    counted = _counted(ro.mask, ro, cfg, 0, len(lengths)).sum(-1)
     n, size = len(lengths), cfg.per_device_train_batch_size
     groups = (
         [(0, n)] if cfg.loss_type == "dapo" else [(s, min(n, s + size)) for s in range(0, n, size)]
@@ -688,6 +684,11 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
         later, entropy_sum, tokens = sampling_logprobs(t, ro, cfg, spans[1][0])
         head = adv.new_zeros((spans[0][1], ro.mask.shape[1]))  # the first step's own pass
         old = torch.cat([head, later.to(adv.device)])
+    # each reply's ratios (its tokens', or one), counted for every update, the first's (ratio
+    # 1) unclipped, as TRL's clip_ratio/region_mean counts them
+    ratios = _counted(ro.mask, ro, cfg, 0, n).sum(-1).float()
+    if cfg.importance_sampling_level != "token":
+        ratios = torch.ones_like(ratios)
     norms, clipped, counted, losses = [], [], [], []
     for i in range(cfg.num_iterations):
         for begin, end in spans:
@@ -696,11 +697,7 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
             norm, ent, tok, seq, clip, loss = step
             norms.append(float(norm))
             losses.append(loss)
-            # each reply's ratios (its tokens', or one), counted for every update, the first's
-            # (ratio 1) unclipped, as TRL's clip_ratio/region_mean counts them
-            units = _counted(ro.mask[begin:end], ro, cfg, begin, end).sum(-1).float()
-            if cfg.importance_sampling_level != "token":
-                units = torch.ones_like(units)
+            units = ratios[begin:end]
             counted.append(units.sum().item())
             if first:  # the first span's own pass gives its sampling log-probs and entropy
                 old = seq if old is None else torch.cat([seq.to(old.device), old[end:]])
