@@ -537,8 +537,8 @@ def test_more_trl_and_transformers_keys():
     # transformers' spelled-out defaults do nothing; another value is refused
     cfg = from_cli(RMTrainConfig, ["adam_beta1=0.9", "logging_strategy=steps", "max_steps=-1",
                                    "dataloader_num_workers=0", "--report_to", "none"])  # fmt: skip
-    with pytest.raises(ConfigError, match="betas"):
-        from_cli(RMTrainConfig, ["adam_beta1=0.8"])
+    with pytest.raises(ConfigError, match=r"AdamW .* adam_beta2"):
+        from_cli(RMTrainConfig, ["optim=adafactor"])
     model = torch.nn.Linear(2, 1)
     # max_steps -1 (transformers' default): the steps of num_train_epochs, 32 pairs / 8
     assert rm_schedule(model, cfg, n_pairs=32, processes=1)[2] == 4
@@ -546,6 +546,17 @@ def test_more_trl_and_transformers_keys():
                                   "max_steps=4"])  # fmt: skip
     optimizer, scheduler = rl_schedule(model, rl, sharded=False)
     assert optimizer.param_groups[0]["weight_decay"] == 0.0
+    # transformers' AdamW keys reach the optimizer of both commands
+    adam = ["adam_beta1=0.8", "adam_beta2=0.95", "adam_epsilon=1e-6"]
+    for optimizer in (
+        rm_schedule(model, from_cli(RMTrainConfig, adam), n_pairs=32, processes=1)[0],
+        rl_schedule(model, from_cli(RLTrainConfig, [*adam, "max_steps=4"]), sharded=False)[0],
+    ):
+        group = optimizer.param_groups[0]
+        assert (group["betas"], group["eps"]) == ((0.8, 0.95), 1e-6)
+    for bad in ("adam_beta2=1", "adam_beta1=-0.1", "adam_epsilon=0"):
+        with pytest.raises(ConfigError, match="adam_"):
+            from_cli(RLTrainConfig, [bad])
     for _ in range(2):
         optimizer.step()
         scheduler.step()

@@ -128,10 +128,8 @@ NOT_OFFERED = {
     "push_to_hub": "upload output_dir/final with `hf upload REPO_ID output_dir/final` (or "
     "model.push_to_hub after loading it)",
     "hub_model_id": "upload output_dir/final with `hf upload REPO_ID output_dir/final`",
-    "optim": "AdamW (torch) is the optimizer; its settings: learning_rate, weight_decay",
-    "adam_beta1": "AdamW runs with betas (0.9, 0.999) and eps 1e-8",
-    "adam_beta2": "AdamW runs with betas (0.9, 0.999) and eps 1e-8",
-    "adam_epsilon": "AdamW runs with betas (0.9, 0.999) and eps 1e-8",
+    "optim": "AdamW (torch) is the optimizer; its settings: learning_rate, weight_decay, "
+    "adam_beta1, adam_beta2, adam_epsilon",
     "logging_strategy": "logs every logging_steps steps",
     "do_train": "the command trains",
     "do_eval": "eval_strategy says when to evaluate",
@@ -250,7 +248,6 @@ NEUTRAL = {
     "save_total_limit": None, "load_best_model_at_end": False, "metric_for_best_model": None,
     "logging_dir": None, "logging_first_step": False, "push_to_hub": False, "hub_model_id": None,
     "optim": Either(("adamw_torch", "adamw_torch_fused")), "torch_compile": False,
-    "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8,
     "logging_strategy": "steps", "do_train": ANY,
     "do_eval": ANY, "dataloader_num_workers": 0, "data_seed": None,
     "dataloader_pin_memory": ANY,  # batches are small and moved by accelerate; a CPU dump: false

@@ -29,6 +29,7 @@ from distalign.losses import IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES
 from distalign.models.generate import SamplingConfig
 from distalign.models.load import DEFAULT_MODEL, require_4d_mask
 from distalign.models.options import ModelKeys
+from distalign.optim import AdamKeys
 from distalign.tracking import resolve_report_to
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ POOLED_BASELINES = ("moving_average", "reinforce_pp", "reinforce_pp_baseline")  
 
 
 @dataclass
-class RLTrainConfig(SamplingConfig, ModelKeys):
+class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
     """``distalign rl train``: REINFORCE/RLOO against a reward model or a reward function."""
 
     model_name_or_path: str = DEFAULT_MODEL
@@ -359,7 +360,12 @@ class RLTrainConfig(SamplingConfig, ModelKeys):
             (not (self.bf16 and self.fp16), "bf16 and fp16 exclude each other"),
             (self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1"),
         ]
-        require(checks + self.model_checks("CAUSAL_LM") + cadence_checks(self, epochs=False))
+        require(
+            checks
+            + self.adam_checks()
+            + self.model_checks("CAUSAL_LM")
+            + cadence_checks(self, epochs=False)
+        )
         if self.eval_on_start is None:  # as a TRL user means eval_strategy: no
             self.eval_on_start = self.eval_strategy != "no"
         require_4d_mask(self.attn_implementation, "rl train", "its teacher-forced passes")

@@ -129,7 +129,9 @@ def evaluate_policy(
     if is_gold(cfg.eval_dataset_name or cfg.dataset_name):  # the truth (never trained on)
         from distalign.gold.judge import GROUPS, judge, prompt_text
 
-        judged = judge([prompt_text(p) for p in chats], ro.texts)
+        # the judge's encoder runs where the policy does (a use_cpu run stays off the GPU)
+        device = next(policy.parameters()).device
+        judged = judge([prompt_text(p) for p in chats], ro.texts, device)
         result["gold_mean"] = float(judged["gold_mean"].mean())
         # each annotator group's mean reward: does the policy serve the worse-off group?
         result |= {f"gold_{g.name}": float(judged[f"gold_{g.name}"].mean()) for g in GROUPS}

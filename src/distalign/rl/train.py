@@ -790,7 +790,9 @@ def optimizer_and_schedule(policy, cfg: RLTrainConfig, sharded: bool):
     ``warmup_steps`` (a count, or a fraction of max_steps), then stays constant, or follows
     ``lr_scheduler_type`` (any transformers scheduler) over max_steps."""
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = adamw(trainable, cfg.learning_rate, cfg.weight_decay, sharded=sharded)
+    optimizer = adamw(
+        trainable, cfg.learning_rate, cfg.weight_decay, sharded=sharded, **cfg.adam_options()
+    )
     # the schedule counts optimizer updates: updates_per_step per step
     warmup = steps_of(cfg.warmup_steps, cfg.max_steps) * cfg.updates_per_step
     if cfg.lr_scheduler_type != "constant":

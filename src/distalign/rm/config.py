@@ -26,6 +26,7 @@ from distalign.data.formats import FORMATS
 from distalign.models.load import DEFAULT_MODEL, prefix_sharing_for
 from distalign.models.options import ModelKeys
 from distalign.models.reward_model import HEADS
+from distalign.optim import AdamKeys
 from distalign.tracking import resolve_report_to
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ MIXTURE_IGNORES = ("entropy_weight", "batch_entropy_weight", "smoothness_weight"
 
 
 @dataclass
-class RMTrainConfig(ModelKeys):
+class RMTrainConfig(AdamKeys, ModelKeys):
     """``distalign rm train``: fit a reward model on preference pairs."""
 
     model_name_or_path: str = DEFAULT_MODEL
@@ -263,7 +264,12 @@ class RMTrainConfig(ModelKeys):
                 "need num_train_epochs > 0 or max_steps > 0",
             ),
         ]
-        require(checks + self.model_checks("SEQ_CLS") + cadence_checks(self, epochs=True))
+        require(
+            checks
+            + self.adam_checks()
+            + self.model_checks("SEQ_CLS")
+            + cadence_checks(self, epochs=True)
+        )
         self.prefix_sharing = prefix_sharing_for(
             self.attn_implementation, self.prefix_sharing, "rm train"
         )

@@ -171,7 +171,9 @@ def optimizer_and_schedule(
             raise ValueError("head_learning_rate: no trainable reward head (score) found")
         body = [p for n, p in named if "score." not in n]
         params = [{"params": body}, {"params": head, "lr": cfg.head_learning_rate}]
-    optimizer = adamw(params, cfg.learning_rate, cfg.weight_decay, sharded=sharded)
+    optimizer = adamw(
+        params, cfg.learning_rate, cfg.weight_decay, sharded=sharded, **cfg.adam_options()
+    )
     # accelerate steps a prepared scheduler once per process for every optimizer step, so
     # its horizon is counted in process-steps
     scheduler = get_scheduler(
