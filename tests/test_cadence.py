@@ -72,7 +72,8 @@ def test_configs_take_the_transformers_keys():
     ("key", "message"),
     [("warmup_ratio=1.0", "warmup_ratio must be in [0, 1)"),
      ("eval_at_start=false", "`eval_at_start` is now `eval_on_start`"),
-     ("save_total_limit=2", "`save_total_limit` is a TRL/transformers key distalign does not take"),
+     ("load_best_model_at_end=true",
+      "`load_best_model_at_end` is a TRL/transformers key distalign does not take"),
      ("save_total_limit=0", "save_total_limit must be >= 1"),
      ("push_to_hub=true", "hf upload")],
 )  # fmt: skip

@@ -118,8 +118,6 @@ _LAUNCHER = ("processes, devices, DeepSpeed and FSDP come from accelerate: `acce
              "--config_file configs/accelerate/<ddp|fsdp|deepspeed_zero2>.yaml -m distalign.cli "
              "...` (docs/gpu.md)")  # fmt: skip
 NOT_OFFERED = {
-    "save_total_limit": "rm train keeps one resumable checkpoint (checkpoints/last) and the "
-    "best one by held-out accuracy (checkpoints/best); rl train takes the key",
     "load_best_model_at_end": "rm train keeps the best model by held-out accuracy in "
     "checkpoints/best beside final/",
     "metric_for_best_model": "rm train's best checkpoint is chosen by held-out accuracy",

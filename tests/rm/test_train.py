@@ -137,6 +137,12 @@ def test_logs_every_n_steps_and_evaluates_each_epoch(tiny_model_dir, pair_dir, t
     assert best["step"] in (6, 12)  # the untrained model of eval_on_start is no candidate
 
 
+def test_save_total_limit_one_keeps_the_last_checkpoint_alone(tiny_model_dir, pair_dir, tmp_path):
+    run(config(tiny_model_dir, pair_dir, tmp_path, max_steps=2, eval_steps=1, save_steps=1,
+               save_total_limit=1))  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last"]
+
+
 def test_lora_adapter_saves_and_scores_identically(tiny_model_dir, pair_dir, tmp_path):
     run(config(tiny_model_dir, pair_dir, tmp_path, use_peft=True, lora_r=4, max_steps=5))
     final = tmp_path / "run" / "final"

@@ -187,6 +187,10 @@ class RMTrainConfig(AdamKeys, ModelKeys):
     save_steps: float = 50
     """Checkpoint interval in optimizer steps (below 1: a fraction of the run's steps; 0:
     only at the end)."""
+    save_total_limit: int | None = None
+    """Checkpoints kept (transformers' key): rm train keeps at most two, the resumable
+    ``checkpoints/last`` (overwritten at each save) and ``checkpoints/best`` (the best held-out
+    accuracy so far); 1 keeps ``last`` alone; None or 2 and more: both."""
     output_dir: str = "runs/rm"
     """Where checkpoints, the final model, logs and the resolved config go."""
     overwrite_output_dir: bool = False
@@ -235,6 +239,10 @@ class RMTrainConfig(AdamKeys, ModelKeys):
                 "mixture likelihood alone)",
             ),
             (self.ties in ("strict", "half"), "ties: strict | half"),
+            (
+                self.save_total_limit is None or self.save_total_limit >= 1,
+                "save_total_limit must be >= 1 (null: keep checkpoints/last and checkpoints/best)",
+            ),
             (
                 len(self.rating_range) == 2 and self.rating_range[0] < self.rating_range[1],
                 "rating_range: [low, high]",

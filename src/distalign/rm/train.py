@@ -363,7 +363,8 @@ def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, d
     t.log.write(state.step, {f"eval/{k}": v for k, v in result.items()})
     if state.step > 0 and result["accuracy"] > state.best_accuracy:  # not eval_on_start's
         state.best_accuracy = result["accuracy"]
-        save_state(t, state, "best", cfg)
+        if cfg.save_total_limit != 1:  # 1: checkpoints/last alone
+            save_state(t, state, "best", cfg)
     return result, outputs
 
 
