@@ -72,8 +72,8 @@ def test_configs_take_the_transformers_keys():
     ("key", "message"),
     [("warmup_ratio=1.0", "warmup_ratio must be in [0, 1)"),
      ("eval_at_start=false", "`eval_at_start` is now `eval_on_start`"),
-     ("load_best_model_at_end=true",
-      "`load_best_model_at_end` is a TRL/transformers key distalign does not take"),
+     ("logging_first_step=true",
+      "`logging_first_step` is a TRL/transformers key distalign does not take"),
      ("save_total_limit=0", "save_total_limit must be >= 1"),
      ("push_to_hub=true", "hf upload")],
 )  # fmt: skip

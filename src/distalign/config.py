@@ -118,9 +118,9 @@ _LAUNCHER = ("processes, devices, DeepSpeed and FSDP come from accelerate: `acce
              "--config_file configs/accelerate/<ddp|fsdp|deepspeed_zero2>.yaml -m distalign.cli "
              "...` (docs/gpu.md)")  # fmt: skip
 NOT_OFFERED = {
-    "load_best_model_at_end": "rm train keeps the best model by held-out accuracy in "
-    "checkpoints/best beside final/",
-    "metric_for_best_model": "rm train's best checkpoint is chosen by held-out accuracy",
+    "load_best_model_at_end": "rl train ends with the last step's policy; its step_N "
+    "policies are kept (keep_checkpoints) for eval compare",
+    "metric_for_best_model": "rl train ends with the last step's policy",
     "logging_dir": "trackers write under output_dir",
     "logging_first_step": "steps are logged every logging_steps",
     "push_to_hub": "upload output_dir/final with `hf upload REPO_ID output_dir/final` (or "

@@ -9,6 +9,7 @@ import shutil
 import datasets
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from distalign.config import load_config
@@ -141,6 +142,37 @@ def test_save_total_limit_one_keeps_the_last_checkpoint_alone(tiny_model_dir, pa
     run(config(tiny_model_dir, pair_dir, tmp_path, max_steps=2, eval_steps=1, save_steps=1,
                save_total_limit=1))  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last"]
+
+
+def test_load_best_model_at_end_ends_with_the_best_evaluated_weights(
+    tiny_model_dir, pair_dir, tmp_path
+):
+    # trained on the pairs the other way round, the model gets worse on the held-out ones
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    rows = [json.loads(x) for x in (pair_dir / "train.jsonl").read_text().splitlines()]
+    write_jsonl(
+        swapped / "train.jsonl",
+        [r | {"chosen": r["rejected"], "rejected": r["chosen"]} for r in rows],
+    )
+    (swapped / "test.jsonl").write_text((pair_dir / "test.jsonl").read_text())
+    cfg = config(tiny_model_dir, swapped, tmp_path, max_steps=8, eval_steps=1, save_steps=4,
+                 load_best_model_at_end=True, save_total_limit=1,
+                 metric_for_best_model="eval_accuracy")  # fmt: skip
+    result = run(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
+    best = max(evals, key=lambda step: (evals[step], -step))  # the first of the best
+    assert evals[best] > evals[8] and result["best_step"] == best < 8, evals
+    assert result["accuracy"] == evals[best]
+    final = load_file(tmp_path / "run" / "final" / "model.safetensors")
+    kept = load_file(tmp_path / "run" / "checkpoints" / "best" / "model.safetensors")
+    assert all(torch.equal(final[k], kept[k]) for k in kept)
+    # save_total_limit 1 keeps best beside last for it, as transformers does
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "best", "last"]  # fmt: skip
+    with pytest.raises(ValueError, match="metric_for_best_model: accuracy"):
+        config(tiny_model_dir, pair_dir, tmp_path, metric_for_best_model="eval_loss")
 
 
 def test_lora_adapter_saves_and_scores_identically(tiny_model_dir, pair_dir, tmp_path):

@@ -190,7 +190,15 @@ class RMTrainConfig(AdamKeys, ModelKeys):
     save_total_limit: int | None = None
     """Checkpoints kept (transformers' key): rm train keeps at most two, the resumable
     ``checkpoints/last`` (overwritten at each save) and ``checkpoints/best`` (the best held-out
-    accuracy so far); 1 keeps ``last`` alone; None or 2 and more: both."""
+    accuracy so far); 1 keeps ``last`` alone (both with load_best_model_at_end, as in
+    transformers); None or 2 and more: both."""
+    load_best_model_at_end: bool = False
+    """End with the weights of ``checkpoints/best`` instead of the last step's: ``final/``
+    and the final evaluation are of them (transformers' key)."""
+    metric_for_best_model: str | None = None
+    """What ``checkpoints/best`` is chosen by: the held-out ``accuracy`` (``eval_accuracy``;
+    None: that, where transformers would take the eval loss, which rm train does not
+    compute)."""
     output_dir: str = "runs/rm"
     """Where checkpoints, the final model, logs and the resolved config go."""
     overwrite_output_dir: bool = False
@@ -239,6 +247,11 @@ class RMTrainConfig(AdamKeys, ModelKeys):
                 "mixture likelihood alone)",
             ),
             (self.ties in ("strict", "half"), "ties: strict | half"),
+            (
+                self.metric_for_best_model in (None, "accuracy", "eval_accuracy"),
+                "metric_for_best_model: accuracy (eval_accuracy); checkpoints/best is chosen "
+                f"by held-out accuracy, got {self.metric_for_best_model!r}",
+            ),
             (
                 self.save_total_limit is None or self.save_total_limit >= 1,
                 "save_total_limit must be >= 1 (null: keep checkpoints/last and checkpoints/best)",

@@ -29,7 +29,12 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from distalign.cadence import Cadence, steps_of
-from distalign.checkpoint import count_nonfinite, resume_training, save_checkpoint
+from distalign.checkpoint import (
+    count_nonfinite,
+    load_model_weights,
+    resume_training,
+    save_checkpoint,
+)
 from distalign.config import (
     ConfigError,
     checkpoint_path,
@@ -346,8 +351,8 @@ def save_state(t: Trainer, state: TrainState, name: str, cfg: RMTrainConfig) -> 
                         weights, optim, meta)  # fmt: skip
 
 
-def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, dict]:
-    """Held-out metrics (and raw outputs, for the final plots); keeps the best checkpoint."""
+def held_out_metrics(t: Trainer, cfg: RMTrainConfig) -> tuple[dict, dict]:
+    """Held-out metrics of the model as it stands, and its raw outputs (for the final plots)."""
     outputs: dict = {}
     result = evaluate_reward_model(
         t.model,
@@ -360,12 +365,37 @@ def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, d
         truth=t.truth,
         p_chosen=t.p_chosen,
     )
+    return result, outputs
+
+
+def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, dict]:
+    """``held_out_metrics``, logged at the step; keeps the best checkpoint (by held-out
+    accuracy; with ``save_total_limit`` 1 only for ``load_best_model_at_end``)."""
+    result, outputs = held_out_metrics(t, cfg)
     t.log.write(state.step, {f"eval/{k}": v for k, v in result.items()})
     if state.step > 0 and result["accuracy"] > state.best_accuracy:  # not eval_on_start's
         state.best_accuracy = result["accuracy"]
-        if cfg.save_total_limit != 1:  # 1: checkpoints/last alone
+        if cfg.save_total_limit != 1 or cfg.load_best_model_at_end:
             save_state(t, state, "best", cfg)
     return result, outputs
+
+
+def back_to_best(t: Trainer, state: TrainState, cfg: RMTrainConfig, model, result, outputs):
+    """``load_best_model_at_end``: the weights of ``checkpoints/best`` in place of the last
+    step's, and their held-out metrics (with ``best_step``; not logged again: the log has them
+    at that step). The last step's when they are the best."""
+    best = t.out / "checkpoints" / "best"
+    step = json.loads((best / "trainer_state.json").read_text())["step"]
+    if step == state.step:
+        return result | {"best_step": step}, outputs
+    t.accelerator.wait_for_everyone()  # the main process wrote it
+    load_model_weights(model, best)
+    result, outputs = held_out_metrics(t, cfg)
+    if t.accelerator.is_main_process:
+        log.info("load_best_model_at_end: final/ holds the weights of step %d "
+                 "(held-out accuracy %.4f), not step %d's", step, result["accuracy"],
+                 state.step)  # fmt: skip
+    return result | {"best_step": step}, outputs
 
 
 def reward_meta(cfg: RMTrainConfig, state: TrainState) -> dict:
@@ -505,6 +535,8 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
         result, outputs = evaluate(t, state, cfg)
     if saved_at != state.step:
         save_state(t, state, "last", cfg)
+    if cfg.load_best_model_at_end:
+        result, outputs = back_to_best(t, state, cfg, model, result, outputs)
     speed = {"train_seconds": seconds, "pairs_per_s": (state.pairs - start_pairs) / seconds,
              "peak_mem_gb": peak_memory_gb()}  # fmt: skip
     save_final(t, cfg, state, result, outputs, speed)
