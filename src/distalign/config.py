@@ -244,6 +244,8 @@ class Either(tuple):
 # them is read as if they were absent
 NEUTRAL = {
     "save_total_limit": None, "load_best_model_at_end": False, "metric_for_best_model": None,
+    # transformers sets it True for a metric not named *loss (rm train's accuracy)
+    "greater_is_better": Either((None, True)),
     "logging_dir": None, "logging_first_step": False, "push_to_hub": False, "hub_model_id": None,
     "optim": Either(("adamw_torch", "adamw_torch_fused")), "torch_compile": False,
     "logging_strategy": "steps", "do_train": ANY,

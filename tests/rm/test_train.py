@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from distalign.config import load_config
+from distalign.config import ConfigError, load_config
 from distalign.models.reward_model import load_reward_model, score_replies
 from distalign.rm.config import RMTrainConfig
 from distalign.rm.train import run
@@ -171,6 +171,12 @@ def test_load_best_model_at_end_ends_with_the_best_evaluated_weights(
     # save_total_limit 1 keeps best beside last for it, as transformers does
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
         "best", "last"]  # fmt: skip
+    # as a TRL RewardConfig with load_best_model_at_end dumps it
+    trl_keys = ["load_best_model_at_end=true", "metric_for_best_model=accuracy",
+                "greater_is_better=true"]  # fmt: skip
+    assert load_config(RMTrainConfig, None, trl_keys).load_best_model_at_end
+    with pytest.raises(ConfigError, match="greater_is_better"):
+        load_config(RMTrainConfig, None, [*trl_keys[:2], "greater_is_better=false"])
     with pytest.raises(ValueError, match="metric_for_best_model: accuracy"):
         config(tiny_model_dir, pair_dir, tmp_path, metric_for_best_model="eval_loss")
 
