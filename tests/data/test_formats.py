@@ -50,6 +50,29 @@ def test_hh_reply_that_writes_a_human_turn_stays_in_the_reply(tmp_path):
     )
 
 
+def test_hh_transcripts_that_part_before_the_last_turn_are_kept_and_counted(tmp_path, caplog):
+    """As TRL's hh-rlhf script reads them: the prompt is the shared turns, each reply the rest
+    of its transcript; the rows are counted and said, not silently mis-split."""
+    rows = [
+        {"chosen": H + "hi" + A + "hello" + H + "capital?" + A + "Paris.",
+         "rejected": H + "hi" + A + "hey there" + H + "capital?" + A + "London."},
+        {"chosen": H + "a" + A + "b", "rejected": H + "a" + A + "c"},
+    ]  # fmt: skip
+    ds, report = load(tmp_path, rows)
+    assert ds[0]["prompt"] == [user("hi")]
+    assert ds[0]["chosen"] == "hello" + H + "capital?" + A + "Paris."
+    assert report.later_turns == 1 and report.kept == 2
+    assert "reply goes on with a '\\n\\nHuman:' turn: 1" in caplog.text
+
+
+def test_a_text_that_mentions_a_turn_marker_later_is_no_hh_transcript(tmp_path):
+    rows = [{"chosen": "User: hi\n\nAssistant: hello", "rejected": "User: hi\n\nAssistant: go"}]
+    assert detect_format(rows[0]) == "implicit"
+    ds, report = load(tmp_path, rows)
+    assert ds[0]["prompt"] == [user("User: hi\n\nAssistant: ")]
+    assert (ds[0]["chosen"], ds[0]["rejected"], report.later_turns) == ("hello", "go", 0)
+
+
 def test_hh_replies_sharing_text_past_a_human_marker(tmp_path):
     """The common prefix runs past the replies' own "\\n\\nHuman: ": cut back to the last
     "\\n\\nAssistant:" before it, not to the marker."""
@@ -268,6 +291,39 @@ def test_string_prompt_beside_whole_conversations_uses_their_shared_turns(tmp_pa
     ds, _ = load(tmp_path, rows)
     assert ds[0]["prompt"] == history
     assert (ds[0]["chosen"], ds[0]["rejected"]) == ("A fig.", "No.")
+
+
+def test_a_string_prompt_the_conversations_replace_is_counted_and_rl_reads_the_same(
+    tmp_path, caplog
+):
+    from distalign.data.prompts import load_prompts
+
+    turn = [user("q")]
+    rows = [{"prompt": "something else", "chosen": [*turn, bot("a")],
+             "rejected": [*turn, bot("b")]},
+            {"prompt": "q2", "chosen": [user("q2"), bot("a")],
+             "rejected": [user("q2"), bot("b")]}]  # fmt: skip
+    ds, report = load(tmp_path, rows)
+    assert ds["prompt"] == [turn, [user("q2")]] and report.prompts_replaced == 1
+    assert "not the prompt column: 1" in caplog.text
+    # rl train's prompts are rm train's: the conversations' turns, not the column's text
+    prompts = load_prompts(str(tmp_path / "d.jsonl"))
+    assert [list(p) for p in prompts] == [turn, [user("q2")]]
+
+
+def test_developer_and_ipython_roles_and_text_parts_go_to_the_template(tmp_path):
+    prompt = [{"role": "developer", "content": "Be brief."},
+              {"role": "user", "content": [{"type": "text", "text": "Weather?"},
+                                           {"type": "text", "text": "In Oslo."}]},
+              {"role": "assistant", "content": "", "tool_calls": [{"type": "function",
+               "function": {"name": "weather", "arguments": {"city": "Oslo"}}}]},
+              {"role": "ipython", "content": "-3 C"}]  # fmt: skip
+    ds, _ = load(tmp_path, [{"prompt": prompt, "chosen": [bot("Cold.")], "rejected": [bot("?")]}])
+    assert [m["role"] for m in ds[0]["prompt"]] == ["developer", "user", "assistant", "ipython"]
+    assert ds[0]["prompt"][1]["content"] == "Weather?\nIn Oslo."
+    image = [{"role": "user", "content": [{"type": "image", "url": "x.png"}]}]
+    with pytest.raises(PreferenceFormatError, match="other than text"):
+        load(tmp_path, [{"prompt": image, "chosen": "a", "rejected": "b"}])
 
 
 def test_replies_from_different_conversations_are_refused(tmp_path):

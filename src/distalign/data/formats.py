@@ -61,7 +61,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 FORMATS = ("explicit", "implicit", "hh", "sharegpt")
-ROLES = ("system", "user", "assistant", "tool")
+# "developer" is OpenAI's name for a system turn, "ipython" Llama 3.1's for a tool's result:
+# each goes to the chat template under its own name, as TRL hands it the messages
+ROLES = ("system", "user", "assistant", "tool", "developer", "ipython")
+INSTRUCTION_ROLES = ("system", "developer")
+TOOL_ROLES = ("tool", "ipython")
 # ShareGPT/LLaMA-Factory role names: observation is a tool's result, function_call the
 # assistant's call of it.
 ROLE_ALIASES = {
@@ -131,7 +135,7 @@ def detect_format(row: Mapping[str, Any]) -> str:
         return "sharegpt"
     if _is_messages(row["chosen"]):
         return "implicit"
-    if isinstance(row["chosen"], str) and _HH_TURN.search(row["chosen"]):
+    if isinstance(row["chosen"], str) and starts_hh(row["chosen"]):
         return "hh"
     if isinstance(row["chosen"], str):
         return "implicit"  # TRL's standard implicit prompt: two texts with a shared beginning
@@ -196,15 +200,31 @@ def _parse_message(message: Any, where: str, field: str) -> dict[str, str]:
     if content is None and calls:  # an assistant turn that only calls tools (OpenAI: null)
         content = ""
     if isinstance(content, list):
-        raise PreferenceFormatError(
-            where, f"{field}.{content_key}", "content parts (a list: images, multimodal "
-            f"messages) are not supported; expected a string, got {_describe(content)}",
-        )  # fmt: skip
+        content = _text_parts(content, where, f"{field}.{content_key}")
     if not isinstance(content, str):
         raise PreferenceFormatError(
             where, f"{field}.{content_key}", f"expected a string, got {_describe(content)}"
         )
     return {"role": role, "content": content, **extras}
+
+
+def _text_parts(parts: list, where: str, field: str) -> str:
+    """The text of a message's content parts (OpenAI's ``[{"type": "text", "text": …}]``),
+    joined with line breaks; a part that is not text (an image) is refused."""
+    texts = []
+    for part in parts:
+        if (
+            isinstance(part, Mapping)
+            and part.get("type") == "text"
+            and isinstance(part.get("text"), str)
+        ):
+            texts.append(part["text"])
+            continue
+        raise PreferenceFormatError(
+            where, field, "content parts other than text (images, audio) are not supported; "
+            f"got {_describe(part)}",
+        )  # fmt: skip
+    return "\n".join(texts)
 
 
 _MESSAGE_KEYS = ("role", "content", "from", "value")
@@ -326,9 +346,20 @@ def _hh_turns(text: str) -> list[dict[str, str]]:
     ]
 
 
+def starts_hh(text: str) -> bool:
+    """Whether ``text`` is an Anthropic-HH transcript: its first words are a ``Human:`` or
+    ``Assistant:`` turn (a text that only mentions one later is plain text)."""
+    first = _HH_TURN.search(text)
+    return first is not None and not text[: first.start()].strip()
+
+
+def holds_hh_turn(reply: str) -> bool:
+    """Whether an HH pair's reply goes on with a ``\n\nHuman:`` turn of its own."""
+    return any(m.group(1) == "Human" for m in _HH_TURN.finditer(reply))
+
+
 def _check_hh(text: Any, where: str, field: str) -> str:
-    first = _HH_TURN.search(text) if isinstance(text, str) else None
-    if first is None or text[: first.start()].strip():
+    if not (isinstance(text, str) and starts_hh(text)):
         raise PreferenceFormatError(
             where,
             field,
@@ -479,13 +510,23 @@ def _with_replies(row, prompt, where, prompt_is_text: bool):
             continue
         if prompt_is_text and chosen_context and _same_turns(chosen_context, rejected_context):
             return chosen_context, chosen, rejected  # TRL: whole conversations win
-        several = context[0]["role"] in ("assistant", "tool")  # the reply's own turns
+        several = context[0]["role"] in ("assistant", *TOOL_ROLES)  # the reply's own turns
         raise PreferenceFormatError(
             where, field, "a reply of several messages (assistant, tool, assistant) is not "
             "supported; a reply is one assistant message, after the prompt's turns if any"
             if several else "expected the messages before the reply to repeat the prompt",
         )  # fmt: skip
     return prompt, chosen, rejected
+
+
+def prompt_replaced(raw: Mapping[str, Any], prompt: list[dict[str, Any]]) -> bool:
+    """Whether a row's string ``prompt`` column gave way to the turns its conversational
+    replies carry (``prompt``, as read), and says another thing than their last user turn."""
+    text = raw.get("prompt")
+    if not (isinstance(text, str) and _is_messages(raw.get("chosen"))):
+        return False
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return hh_prompt(text) is None and (not users or users[-1].strip() != text.strip())
 
 
 def absent(row: Mapping[str, Any], column: str) -> str:
@@ -550,7 +591,7 @@ def sharegpt_prompt(row: Mapping[str, Any], where: str) -> list[dict[str, str]]:
     system = row.get("system")
     if system is not None and not isinstance(system, str):
         raise PreferenceFormatError(where, "system", f"expected a string, got {_describe(system)}")
-    if system and system.strip() and prompt[0]["role"] != "system":
+    if system and system.strip() and prompt[0]["role"] not in INSTRUCTION_ROLES:
         prompt = [{"role": "system", "content": system}, *prompt]
     return prompt
 
@@ -645,7 +686,7 @@ def normalise_row(
     else:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
 
-    if not prompt or prompt[-1]["role"] not in ("user", "tool"):
+    if not prompt or prompt[-1]["role"] not in ("user", *TOOL_ROLES):
         got = prompt[-1]["role"] if prompt else "nothing"
         raise PreferenceFormatError(
             where, "prompt", f"expected the prompt to end with a user turn, got {got!r}"

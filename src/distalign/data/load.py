@@ -42,10 +42,12 @@ from distalign.data.formats import (
     PreferenceFormatError,
     absent,
     detect_format,
+    holds_hh_turn,
     ignored_columns,
     is_conversational,
     is_transcript,
     normalise_row,
+    prompt_replaced,
     read_prompt,
     repeats_prompt,
     reply_and_context,
@@ -198,6 +200,8 @@ class LoadReport:
     replies_set_aside: int = 0  # prompt-only: conversations whose closing reply was not kept
     transcripts: int = 0  # rows whose text is an Anthropic HH transcript, parsed into turns
     conversations: int = 0  # rows of message lists (TRL's conversational data)
+    later_turns: int = 0  # HH pairs whose reply goes on with a "\n\nHuman:" turn
+    prompts_replaced: int = 0  # string prompts another than the conversations' last user turn
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # first few full error messages
     ignored: Counter = field(default_factory=Counter)  # column the template is not given -> rows
@@ -237,6 +241,18 @@ class LoadReport:
             f"  skipped as malformed: {sum(self.skipped.values())}",
         ]
         lines += [f"    {n} × {reason}" for reason, n in self.skipped.most_common()]
+        if self.later_turns:
+            lines.append(
+                f"  HH pairs whose reply goes on with a '\\n\\nHuman:' turn: {self.later_turns} "
+                "(kept: the two transcripts part before their last turn, or a reply writes the "
+                "marker; a reply is all after the shared turns, as TRL's hh-rlhf script reads it)"
+            )
+        if self.prompts_replaced:
+            lines.append(
+                f"  prompts read from the conversations, not the prompt column: "
+                f"{self.prompts_replaced} (kept: its text is not the conversations' last user "
+                "turn; whole conversations win, as in TRL's maybe_extract_prompt)"
+            )
         lines += [f"    e.g. {e}" for e in self.examples[:3]]
         lines += [f"  {note}"] if (note := self.ignored_note()) else []
         return "\n".join(lines)
@@ -419,13 +435,17 @@ def load_preferences(
         report.empty_prompts += all(not m["content"].strip() for m in row["prompt"])
         report.transcripts += is_transcript(raw, fmt)
         report.conversations += is_conversational(raw)
+        report.later_turns += fmt == "hh" and any(map(holds_hh_turn, (row["chosen"],
+                                                                     row["rejected"])))  # fmt: skip
+        report.prompts_replaced += prompt_replaced(raw, row["prompt"])
         report.ignored.update(ignored_columns(raw, rendered=True))
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
     report.format = fmt or "unknown"
     report.kept = len(rows)
-    if report.skipped or report.identical or report.empty_prompts or report.ignored:
+    if (report.skipped or report.identical or report.empty_prompts or report.ignored
+            or report.later_turns or report.prompts_replaced):  # fmt: skip
         log.warning(report.summary())
     if not rows:  # from_list([]) cannot match the features' keys
         return datasets.Dataset.from_dict({k: [] for k in FEATURES}, features=FEATURES)

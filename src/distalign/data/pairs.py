@@ -24,7 +24,12 @@ from typing import Any
 
 import torch
 
-from distalign.data.formats import common_prefix_length, joined_prompt, row_template_kwargs
+from distalign.data.formats import (
+    INSTRUCTION_ROLES,
+    common_prefix_length,
+    joined_prompt,
+    row_template_kwargs,
+)
 from distalign.models.templates import BUILT_IN, RenderingError, bos_ids, rendering_of
 
 TemplateArgs = Mapping[str, Any] | None  # apply_chat_template's other arguments: tools, ...
@@ -191,7 +196,7 @@ def truncate_pair(
 
 def _drop_oldest_turn(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
     """The messages without their oldest non-system exchange (None: one user turn left)."""
-    start = 1 if messages and messages[0]["role"] == "system" else 0
+    start = 1 if messages and messages[0]["role"] in INSTRUCTION_ROLES else 0
     users = [i for i, m in enumerate(messages) if m["role"] == "user" and i >= start]
     if len(users) <= 1:
         return None

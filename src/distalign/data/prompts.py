@@ -25,6 +25,7 @@ from typing import Any
 
 from distalign.data.formats import (
     TEMPLATE_COLUMNS,
+    TOOL_ROLES,
     PreferenceFormatError,
     absent,
     hh_prompt,
@@ -112,7 +113,7 @@ def prompt_of(row: Any, where: str) -> tuple[Chat, bool]:
         set_aside = len(prompt) < len(conversation)
         if not prompt:
             raise PreferenceFormatError(where, field, "no turn before the assistant's reply")
-    if prompt[-1]["role"] not in ("user", "tool"):
+    if prompt[-1]["role"] not in ("user", *TOOL_ROLES):
         raise PreferenceFormatError(
             where, field, "expected the last turn to be the user's (or a tool's)"
         )
@@ -193,7 +194,11 @@ def load_prompts(
         if unused:
             log.warning(report.ignored_note(unused))
         single = all(len(p) == 1 and p[0]["role"] == "user" for p in pairs["prompt"])
-        if all(isinstance(t, str) and hh_prompt(t) is None for t in texts) and single:
+        as_read = all(  # not a prompt the conversations' own turns replaced (rm train's too)
+            isinstance(t, str) and t.strip() == p[0]["content"].strip()
+            for t, p in zip(texts, pairs["prompt"], strict=True)
+        )
+        if single and as_read and all(hh_prompt(t) is None for t in texts):
             # TRL's standard format: each prompt as written (a pair's reading gave it the space
             # its replies start with), and reward functions get it as its string (all of
             # them, or none: a data set gives one shape)
