@@ -250,3 +250,20 @@ def test_an_earlier_run_s_tracker_folder_outside_output_dir_is_never_moved(tmp_p
             start_tracking(None, name, None, {})
         with pytest.raises(ConfigError, match="names a folder under output_dir"):
             start_tracking(None, "distalign", name, {})
+
+
+def test_kept_steps_are_whole_step_folders_in_step_order(tmp_path, caplog):
+    from distalign.checkpoint import kept_steps
+
+    checkpoints = tmp_path / "checkpoints"
+    for name, weights in [("step_00010", "model.safetensors"), ("step_00002", "adapter_model."
+                          "safetensors"), ("step_00003", None), ("step_00004.tmp", "model."
+                          "safetensors"), ("last", "model.safetensors")]:  # fmt: skip
+        (checkpoints / name).mkdir(parents=True)
+        (checkpoints / name / "config.json").write_text("{}")
+        if weights:
+            (checkpoints / name / weights).write_bytes(b"")
+    with caplog.at_level("WARNING"):
+        assert kept_steps(tmp_path) == [(2, checkpoints / "step_00002"),
+                                        (10, checkpoints / "step_00010")]  # fmt: skip
+    assert "step_00003 holds no weights" in caplog.text

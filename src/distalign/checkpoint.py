@@ -253,6 +253,35 @@ def swap_in(tmp: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def step_folder(run_dir: str | Path, step: int) -> Path:
+    """Where an RL run keeps the policy of ``step`` (``checkpoints/step_N``)."""
+    return Path(run_dir) / "checkpoints" / f"step_{step:05d}"
+
+
+def kept_steps(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of the policies an RL run kept, in step order: ``checkpoints/step_N``
+    folders that hold weights. Another name (a save's ``.tmp`` or ``.old`` copy) is not one;
+    a folder without weights (left by a kill, before saves were atomic) is passed over, with a
+    warning."""
+    out = []
+    for folder in Path(run_dir).glob("checkpoints/step_*"):
+        number = folder.name.removeprefix("step_")
+        if not (folder.is_dir() and number.isdigit()):
+            continue
+        if not holds_weights(folder):
+            log.warning("%s holds no weights (a save that was stopped): passed over", folder)
+            continue
+        out.append((int(number), folder))
+    return sorted(out)
+
+
+def holds_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds a model's or an adapter's safetensors weights."""
+    return (folder / "adapter_model.safetensors").is_file() or any(
+        folder.glob("model*.safetensors")
+    )
+
+
 def load_model_weights(model, path: str | Path) -> None:
     """Load weights saved by ``save_pretrained`` into ``model`` in place (full or LoRA)."""
     path = Path(path)

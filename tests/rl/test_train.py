@@ -453,6 +453,35 @@ def test_save_total_limit_keeps_the_newest_step_policies(tiny_model_dir, tmp_pat
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last", "step_00003", "step_00004"]
 
 
+def test_a_kill_while_a_step_policy_is_written_leaves_it_to_be_written_again(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import distalign.rl.outputs as outputs
+    from distalign.checkpoint import kept_steps
+
+    written = outputs.save_policy
+
+    def killed_at_step_2(model, tokenizer, folder, weights=None):
+        if folder.name.startswith("step_00002"):
+            (folder / "config.json").parent.mkdir(parents=True)
+            (folder / "config.json").write_text("{}")  # part of it, then the kill
+            raise KeyboardInterrupt
+        written(model, tokenizer, folder, weights)
+
+    monkeypatch.setattr(outputs, "save_policy", killed_at_step_2)
+    cfg = config(tiny_model_dir, tmp_path, max_steps=3, save_steps=1, max_eval_samples=1)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    checkpoints = tmp_path / "rl" / "checkpoints"
+    state = json.loads((checkpoints / "last" / "trainer_state.json").read_text())
+    assert state["step"] == 1 and [s for s, _ in kept_steps(tmp_path / "rl")] == [1]
+    monkeypatch.setattr(outputs, "save_policy", written)
+    run(dataclasses.replace(cfg, resume_from_checkpoint="true"))  # step 2 runs again
+    assert [s for s, _ in kept_steps(tmp_path / "rl")] == [1, 2, 3]
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "last", "step_00001", "step_00002", "step_00003"]  # fmt: skip
+
+
 def needs_answer(completions, answer, **kwargs):
     return [float(a in c) for c, a in zip(completions, answer, strict=True)]
 

@@ -603,8 +603,9 @@ def overoptimisation_curve(
     is in ``measured`` reuses that point (the same weights, prompts and seed give the same
     replies)."""
     points = [{"step": 0, **sft_point}]
-    for ckpt in sorted(Path(run_dir).glob("checkpoints/step_*")):
-        step = int(ckpt.name.split("_")[1])
+    from distalign.checkpoint import kept_steps
+
+    for step, ckpt in kept_steps(run_dir):
         known = measured.get(weights_digest(ckpt) or "") if measured else None
         if known is None:
             checkpoint = measure_policy(str(ckpt), prompts, rewards, cfg, sft, judge, data)[0]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from accelerate.utils import gather_object
 
-from distalign.checkpoint import save_checkpoint
+from distalign.checkpoint import kept_steps, save_checkpoint, step_folder, swap_in
 from distalign.distributed import EVERY_PROCESS, full_optimizer_state, full_state_dict
 from distalign.models.lora import merged_for_saving
 from distalign.printing import print_completions
@@ -171,24 +171,21 @@ def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) ->
     t.accelerator.wait_for_everyone()
     weights = full_state_dict(t.learner, "policy.", t.accelerator)
     optim = None if weights is None else full_optimizer_state(t.policy, t.optimizer)
-    if t.accelerator.is_main_process:
-        last = t.out / "checkpoints" / "last"
-        save_checkpoint(last, t.policy, t.tokenizer, t.optimizer, t.scheduler, asdict(state),
-                        weights, optim)  # fmt: skip
-        if keep:  # policy only: the points of the over-optimisation curve
-            step = t.out / "checkpoints" / f"step_{state.step:05d}"
-            save_policy(t.policy, t.tokenizer, step, weights)
-            if cfg.save_total_limit:
-                kept = [p for p in step.parent.glob("step_*") if p.is_dir()]
-                kept.sort(key=_step_number)
-                for old in kept[: -cfg.save_total_limit]:
-                    shutil.rmtree(old)
-
-
-def _step_number(path: Path) -> int:
-    """N of a kept policy's folder ``step_N`` (-1 for another name: removed first)."""
-    number = path.name.removeprefix("step_")
-    return int(number) if number.isdigit() else -1
+    if not t.accelerator.is_main_process:
+        return
+    if keep:  # policy only: the points of the over-optimisation curve
+        # written whole before ``last`` moves on: a kill in between leaves the step to run
+        # again, and its policy to be written again
+        step = step_folder(t.out, state.step)
+        tmp = step.with_name(step.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # a save that was stopped
+        save_policy(t.policy, t.tokenizer, tmp, weights)
+        swap_in(tmp, step)
+        if cfg.save_total_limit:
+            for _, old in kept_steps(t.out)[: -cfg.save_total_limit]:
+                shutil.rmtree(old)
+    save_checkpoint(t.out / "checkpoints" / "last", t.policy, t.tokenizer, t.optimizer,
+                    t.scheduler, asdict(state), weights, optim)  # fmt: skip
 
 
 def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig) -> None:
