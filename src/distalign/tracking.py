@@ -204,25 +204,33 @@ def end_run(accelerator) -> None:
     accelerator.end_training()
 
 
-def start_tracking(accelerator, project: str, run_name: str | None, config: Any) -> None:
+def start_tracking(
+    accelerator, project: str, run_name: str | None, config: Any, resumed_at: int = 0
+) -> None:
     """Start the accelerator's trackers (main process) with every hyperparameter of ``config``.
 
     The run is named ``run_name`` where the tracker names runs (wandb, trackio, MLflow); for
     TensorBoard it is the subfolder ``<logging dir>/<project>/<run_name>``. Without a
     ``run_name`` the trackers pick one (TensorBoard: ``<logging dir>/<project>``).
+    ``resumed_at``: the step of the checkpoint a resumed run goes on from; TensorBoard drops
+    what the earlier run logged after it (``SummaryWriter``'s ``purge_step``), since those
+    steps run again, as the JSONL logs are cut back.
     """
     for key, name in (("project", project), ("run_name", run_name)):
         _check_tracker_name(key, name)
     if not accelerator.is_main_process or not accelerator.log_with:
         return
     init_kwargs: dict[str, dict[str, Any]] = {}
+    purge = {"purge_step": resumed_at + 1} if resumed_at else {}
+    if purge:
+        init_kwargs["tensorboard"] = purge
     if run_name:
-        init_kwargs = {name: {kwarg: run_name} for name, kwarg in RUN_NAME_KWARG.items()}
+        init_kwargs |= {name: {kwarg: run_name} for name, kwarg in RUN_NAME_KWARG.items()}
         from accelerate.tracking import TensorBoardTracker
 
         # accelerate names the TensorBoard folder after the project; the run goes beneath it
         accelerator.log_with = [
-            TensorBoardTracker(os.path.join(project, run_name), accelerator.logging_dir)
+            TensorBoardTracker(os.path.join(project, run_name), accelerator.logging_dir, **purge)
             if str(tracker) == "tensorboard"
             else tracker
             for tracker in accelerator.log_with

@@ -482,6 +482,40 @@ def test_a_kill_while_a_step_policy_is_written_leaves_it_to_be_written_again(
         "last", "step_00001", "step_00002", "step_00003"]  # fmt: skip
 
 
+def test_a_resumed_run_logs_each_step_once_to_tensorboard_and_a_finished_one_does_nothing(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import distalign.rl.train as train
+
+    saved = train.save_state
+
+    def killed_saving_step_3(t, state, cfg, keep):
+        if state.step == 3:
+            raise KeyboardInterrupt  # step 3 is logged, its checkpoint not written
+        saved(t, state, cfg, keep)
+
+    monkeypatch.setattr(train, "save_state", killed_saving_step_3)
+    cfg = config(tiny_model_dir, tmp_path, max_steps=4, save_steps=1, max_eval_samples=1,
+                 report_to="tensorboard")  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    monkeypatch.setattr(train, "save_state", saved)
+    resumed = dataclasses.replace(cfg, resume_from_checkpoint="true")
+    result = run(resumed)  # steps 3 and 4 run again
+    events = EventAccumulator(str(tmp_path / "rl" / "distalign")).Reload()
+    steps = [e.step for e in events.Scalars("train/reward")]
+    assert steps == [1, 2, 3, 4], steps  # the killed run's step 3 is dropped, not doubled
+    # a job relaunched after the end: nothing is sampled, logged or written again
+    metrics = (tmp_path / "rl" / "metrics.jsonl").read_text()
+    final = (tmp_path / "rl" / "final" / "model.safetensors").stat().st_mtime_ns
+    monkeypatch.setattr(train, "rollout", None)  # would fail if called
+    assert run(resumed) == json.loads(json.dumps(result))
+    assert (tmp_path / "rl" / "metrics.jsonl").read_text() == metrics
+    assert (tmp_path / "rl" / "final" / "model.safetensors").stat().st_mtime_ns == final
+
+
 def needs_answer(completions, answer, **kwargs):
     return [float(a in c) for c, a in zip(completions, answer, strict=True)]
 

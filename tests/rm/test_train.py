@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -136,6 +137,18 @@ def test_logs_every_n_steps_and_evaluates_each_epoch(tiny_model_dir, pair_dir, t
     assert [r["train/pairs_seen"] for r in rows if "train/loss" in r] == [32, 48, 64, 96]
     best = json.loads((tmp_path / "run/checkpoints/best/trainer_state.json").read_text())
     assert best["step"] in (6, 12)  # the untrained model of eval_on_start is no candidate
+
+
+def test_a_finished_run_relaunched_with_resume_does_nothing(tiny_model_dir, pair_dir, tmp_path):
+    cfg = config(tiny_model_dir, pair_dir, tmp_path, max_steps=2, run_name="r",
+                 report_to="tensorboard")  # fmt: skip
+    result = run(cfg)
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    final = (tmp_path / "run" / "final" / "model.safetensors").stat().st_mtime_ns
+    again = run(dataclasses.replace(cfg, resume_from_checkpoint="true"))
+    assert again == json.loads(json.dumps(result))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
+    assert (tmp_path / "run" / "final" / "model.safetensors").stat().st_mtime_ns == final
 
 
 def test_save_total_limit_one_keeps_the_last_checkpoint_alone(tiny_model_dir, pair_dir, tmp_path):

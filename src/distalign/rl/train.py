@@ -25,6 +25,7 @@ Steps 1 and 3 and the held-out evaluation are in ``rl/rollouts.py``; what a step
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import random
@@ -807,6 +808,37 @@ def optimizer_and_schedule(policy, cfg: RLTrainConfig, sharded: bool):
     )
 
 
+def resumed_state(t: Trainer, cfg: RLTrainConfig, given: RLTrainConfig) -> TrainState:
+    """A fresh state, or the checkpoint's (``resume_from_checkpoint``; an error when there is
+    none) with the weights, optimizer and schedule restored and the logs cut back to it;
+    settings other than ``given`` (the run's as given) are said."""
+    if not cfg.resume_from_checkpoint:
+        return TrainState()
+    path = checkpoint_path(cfg.resume_from_checkpoint, t.out)
+    logs = [t.log.path, t.out / "history.jsonl"]
+    return TrainState(**resume_training(path, t.policy, t.optimizer, t.scheduler, logs,
+                                        t.accelerator.is_main_process, given))  # fmt: skip
+
+
+def finished_run(out: Path, state: TrainState, cfg: RLTrainConfig) -> dict[str, Any] | None:
+    """``run``'s result of a resumed run that had already ended at its checkpoint's step
+    (``summary.json`` of that step, ``max_steps`` reached): nothing runs, is logged or is
+    written again (a job relaunched with ``resume_from_checkpoint=true`` after its end);
+    None otherwise."""
+    path = out / "summary.json"
+    if not (cfg.resume_from_checkpoint and state.step >= cfg.max_steps and path.is_file()):
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:  # written when the run was stopped: the end runs again
+        return None
+    if summary.get("steps") != state.step:
+        return None
+    log.info("%s: the run ended at step %d already; final/ stands (a larger max_steps trains "
+             "on)", out, state.step)  # fmt: skip
+    return {"initial": summary["initial_eval"], "final": summary["final_eval"]}
+
+
 def run(cfg: RLTrainConfig) -> dict[str, Any]:
     """Train; returns the held-out evaluation before and after. Writes output_dir/final."""
     out = Path(cfg.output_dir)
@@ -825,13 +857,11 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
                 MetricsLog(out / "metrics.jsonl", accelerator, cadence.log,
                            ("train/peak_mem_gb", "train/grad_norm", "train/baseline",
                             "train/learning_rate")))  # fmt: skip
-    state = TrainState()
-    if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
-        path = checkpoint_path(cfg.resume_from_checkpoint, out)
-        logs = [t.log.path, t.out / "history.jsonl"]
-        state = TrainState(**resume_training(path, t.policy, optimizer, scheduler, logs,
-                                             accelerator.is_main_process, given))  # fmt: skip
-    start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
+    state = resumed_state(t, cfg, given)
+    if (done := finished_run(out, state, cfg)) is not None:  # relaunched after its end
+        end_run(accelerator)
+        return done
+    start_tracking(accelerator, cfg.project, cfg.run_name, cfg, state.step)
 
     begin(t, state, eval_prompts, cfg)
     bar = progress_bar(total=cfg.max_steps, initial=state.step, desc="rl train",

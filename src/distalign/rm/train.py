@@ -213,6 +213,26 @@ def resumed_state(cfg: RMTrainConfig, out: Path, accelerator, model, optimizer, 
     return state
 
 
+def finished_run(out: Path, state: TrainState, total_steps: int,
+                 cfg: RMTrainConfig) -> dict | None:  # fmt: skip
+    """``run``'s result of a resumed run that had already ended at its checkpoint's step
+    (``final/``'s evaluation of that step, every step run): nothing runs, is logged or is
+    written again (a job relaunched with ``resume_from_checkpoint=true`` after its end);
+    None otherwise."""
+    path = out / "final" / META_FILE
+    if not (cfg.resume_from_checkpoint and state.step >= total_steps and path.is_file()):
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if meta.get("steps") != state.step or "eval" not in meta:
+        return None
+    log.info("%s: the run ended at step %d already; final/ stands (a larger max_steps or "
+             "num_train_epochs trains on)", out, state.step)  # fmt: skip
+    return meta["eval"]
+
+
 def carry_over(state: TrainState, cfg: RMTrainConfig, train, processes: int,
                scheduler) -> bool:  # fmt: skip
     """Fit a resumed run's step count and schedule to this run's batching. The data go on
@@ -510,7 +530,10 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
         source = cfg.eval_dataset_name or cfg.dataset_name
         t.truth = pair_replies(source, held_out_split(cfg), held_out["source_row"])
     state = resumed_state(cfg, out, accelerator, model, optimizer, scheduler, train)
-    start_tracking(accelerator, cfg.project, cfg.run_name, cfg)
+    if (done := finished_run(out, state, total_steps, cfg)) is not None:  # relaunched after it
+        end_run(accelerator)
+        return done
+    start_tracking(accelerator, cfg.project, cfg.run_name, cfg, state.step)
 
     result, outputs, evaluated_at, saved_at = {}, {}, -1, -1
     if state.step == 0 and cfg.eval_on_start:
