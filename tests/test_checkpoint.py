@@ -267,3 +267,40 @@ def test_kept_steps_are_whole_step_folders_in_step_order(tmp_path, caplog):
         assert kept_steps(tmp_path) == [(2, checkpoints / "step_00002"),
                                         (10, checkpoints / "step_00010")]  # fmt: skip
     assert "step_00003 holds no weights" in caplog.text
+
+
+def _saved(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from distalign.checkpoint import save_checkpoint
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3, dtype=torch.long)).logits.sum().backward()
+    optimizer.step()
+    return model, save_checkpoint(tmp_path / "last", model, None, optimizer, None, {"step": 3})
+
+
+@pytest.mark.parametrize("damage", ["model.safetensors", "trainer_state.json", "optimizer.pt"])
+def test_a_damaged_checkpoint_is_named_as_damaged(tiny_model_dir, tmp_path, damage):
+    from distalign.checkpoint import load_checkpoint
+
+    model, path = _saved(tiny_model_dir, tmp_path)
+    data = (path / damage).read_bytes()
+    (path / damage).write_bytes(data[: len(data) // 2])  # cut short
+    with pytest.raises(CheckpointError, match="damaged") as info:
+        load_checkpoint(path, model, torch.optim.AdamW(model.parameters()))
+    assert "does not fit" not in str(info.value)
+
+
+def test_a_checkpoint_without_scheduler_state_says_the_schedule_starts_again(
+    tiny_model_dir, tmp_path, caplog
+):
+    from distalign.checkpoint import load_checkpoint
+
+    model, path = _saved(tiny_model_dir, tmp_path)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    with caplog.at_level("WARNING"):
+        load_checkpoint(path, model, optimizer, scheduler)
+    assert "holds no scheduler state: the learning-rate schedule starts again" in caplog.text

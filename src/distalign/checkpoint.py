@@ -19,7 +19,7 @@ import pickle
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -383,17 +383,28 @@ def follow_schedule(optimizer, scheduler, peaks: list[float] | None = None) -> N
 def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG from a checkpoint; return its state."""
     path = Path(path)
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path / 'trainer_state.json'} is damaged ({e})") from e
     moments = optimizer is not None and (path / "optimizer.pt").is_file()
     try:
         load_model_weights(model, path)
         if moments:
             load_full_optimizer_state(model, optimizer, _load_tensors(path / "optimizer.pt"))
-    except (RuntimeError, ValueError, KeyError) as e:  # another model, LoRA rank, target set
+    except Exception as e:
+        if not (_damaged(e) or isinstance(e, RuntimeError | ValueError | KeyError)):
+            raise
         lines = [line.strip() for line in str(e).splitlines() if line.strip()][:2]
         reason = " ".join(lines)[:300] or type(e).__name__
+        if _damaged(e):  # a file cut short (a full disk, a copy stopped), not another model
+            raise CheckpointError(
+                f"{path} holds a damaged file ({reason}): resume from another checkpoint "
+                f"({path.name}.old, if there, or an earlier one)"
+            ) from e
         saved = path / RUN_CONFIG
         settings = saved if saved.is_file() else "the run's first config.yaml"
-        raise CheckpointError(
+        raise CheckpointError(  # another model, LoRA rank, target set
             f"{path} does not fit this run's model or optimizer ({reason}): resume with the "
             f"settings it was written under ({settings}: the model, use_peft, lora_r, "
             "lora_target_modules, the head)"
@@ -406,9 +417,22 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
         scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
         if optimizer is not None:
             follow_schedule(optimizer, scheduler, peaks)
-    state = json.loads((path / "trainer_state.json").read_text())
+    elif scheduler is not None:
+        log.warning("%s holds no scheduler state: the learning-rate schedule starts again "
+                    "(warm-up included) at step %s", path, state.get("step"))  # fmt: skip
     set_rng_state(state.pop("rng"))
     return state
+
+
+def _damaged(error: Exception) -> bool:
+    """Whether loading failed on a damaged file rather than on weights of another shape."""
+    from safetensors import SafetensorError
+
+    if isinstance(error, SafetensorError | EOFError | pickle.UnpicklingError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("zip archive" in text or "PytorchStreamReader"
+                                                 in text)  # fmt: skip
 
 
 def say_changed_settings(cfg: Any, checkpoint: Path) -> None:
@@ -442,16 +466,21 @@ def resume_training(
     logs: list[Path],
     main_process: bool,
     cfg: Any = None,
+    check: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Restore a run from the checkpoint at ``path`` (or its ``.old`` copy) and cut its JSONL
     logs back to the checkpoint's step, so the steps that run again are logged once. With
-    ``cfg``, settings that differ from the checkpoint's are said first."""
+    ``cfg``, settings that differ from the checkpoint's are said first. ``check(state)``
+    raises where this run cannot go on from the checkpoint's state: before the logs are cut,
+    so a refused resume leaves them whole."""
     from distalign.tracking import truncate_log
 
     path = resolve_resume(path)
     if cfg is not None and main_process:
         say_changed_settings(cfg, path)
     state = load_checkpoint(path, model, optimizer, scheduler)
+    if check is not None:
+        check(state)
     if main_process:
         dropped = sum(truncate_log(f, state["step"]) for f in logs)
         if dropped:

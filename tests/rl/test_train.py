@@ -622,10 +622,10 @@ def test_a_resumed_run_keeps_its_updates_per_step():
     """The learning-rate schedule counts optimizer updates: a resumed run must make as many
     per step, whichever keys make them (a checkpoint from before steps_per_generation saved
     num_iterations alone)."""
-    from distalign.rl.train import begin
+    from distalign.rl.train import check_resumable
 
     def resume(state, **kw):
-        begin(None, state, [], RLTrainConfig(report_to="none", **kw))
+        check_resumable(RLTrainConfig(report_to="none", **kw), dataclasses.asdict(state))
 
     with pytest.raises(ValueError, match=r"made 1 optimizer updates per step.* make 2"):
         resume(TrainState(step=2, num_iterations=1), num_iterations=2)

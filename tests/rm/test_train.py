@@ -103,6 +103,7 @@ def test_resume_with_other_accumulation_goes_on_where_the_data_and_schedule_stoo
     # 320 pairs in batches of 8: 40 batches, one a step before the cut, two after it (as if
     # resumed on twice the processes)
     run(config(tiny_model_dir, pair_dir, tmp_path / "r", max_steps=4, save_steps=4))
+    early = shutil.copytree(tmp_path / "r" / "run" / "checkpoints" / "last", tmp_path / "early")
     kw = dict(gradient_accumulation_steps=2, num_train_epochs=1, logging_steps=1)
     run(config(tiny_model_dir, pair_dir, tmp_path / "s", **kw))
     run(config(tiny_model_dir, pair_dir, tmp_path / "r", **kw, resume_from_checkpoint=True))
@@ -120,9 +121,12 @@ def test_resume_with_other_accumulation_goes_on_where_the_data_and_schedule_stoo
         assert resumed[s]["train/learning_rate"] == pytest.approx(
             whole[s]["train/learning_rate"]
         ), s
+    logged = (tmp_path / "r" / "run" / "metrics.jsonl").read_text()
     with pytest.raises(ValueError, match="per_device_train_batch_size=8"):
         run(config(tiny_model_dir, pair_dir, tmp_path / "r", per_device_train_batch_size=4,
-                   resume_from_checkpoint=True))  # fmt: skip
+                   resume_from_checkpoint=str(early)))  # fmt: skip
+    # refused before the log (to step 20) is cut back to the checkpoint's step (4)
+    assert (tmp_path / "r" / "run" / "metrics.jsonl").read_text() == logged
 
 
 def test_logs_every_n_steps_and_evaluates_each_epoch(tiny_model_dir, pair_dir, tmp_path):

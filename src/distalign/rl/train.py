@@ -723,18 +723,10 @@ def evaluate(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> dict
     return result
 
 
-def begin(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
-    """Before this run's first step: a resumed run must keep the updates per step its
-    learning-rate schedule counts, and is warned when its prompt order changed mid-pass (on
-    another number of processes, it starts a new pass); the
-    SFT policy's evaluation (``evaluate_sft``)."""
-    processes = getattr(getattr(t, "accelerator", None), "num_processes", world_size())
-    if cfg.generation_batch_size is not None and processes != world_size():
-        raise ConfigError(
-            f"generation_batch_size: the launcher said {world_size()} processes (WORLD_SIZE) "
-            f"but {processes} run; give steps_per_generation instead"
-        )
-    was = state.updates_per_step or state.num_iterations  # older checkpoints: μ alone
+def check_resumable(cfg: RLTrainConfig, saved: dict) -> None:
+    """A ConfigError where this run cannot go on from a checkpoint's state ``saved``: it must
+    keep the optimizer updates per step its learning-rate schedule counts."""
+    was = saved.get("updates_per_step") or saved.get("num_iterations")  # older: μ alone
     if was not in (None, cfg.updates_per_step):
         raise ConfigError(
             f"the checkpoint's run made {was} optimizer updates per step, and its learning-rate "
@@ -742,6 +734,19 @@ def begin(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
             f"{cfg.num_iterations} × steps_per_generation {cfg.micro_batches_per_step} / "
             f"gradient_accumulation_steps {cfg.gradient_accumulation_steps}): resume with "
             f"settings that make {was}"
+        )
+
+
+def begin(t: Trainer, state: TrainState, prompts, cfg: RLTrainConfig) -> None:
+    """Before this run's first step: a resumed run is warned when its prompt order changed
+    mid-pass (on
+    another number of processes, it starts a new pass); the
+    SFT policy's evaluation (``evaluate_sft``)."""
+    processes = getattr(getattr(t, "accelerator", None), "num_processes", world_size())
+    if cfg.generation_batch_size is not None and processes != world_size():
+        raise ConfigError(
+            f"generation_batch_size: the launcher said {world_size()} processes (WORLD_SIZE) "
+            f"but {processes} run; give steps_per_generation instead"
         )
     if state.shuffle_dataset not in (None, cfg.shuffle_dataset) and state.cursor:
         config_warning(
@@ -817,7 +822,8 @@ def resumed_state(t: Trainer, cfg: RLTrainConfig, given: RLTrainConfig) -> Train
     path = checkpoint_path(cfg.resume_from_checkpoint, t.out)
     logs = [t.log.path, t.out / "history.jsonl"]
     return TrainState(**resume_training(path, t.policy, t.optimizer, t.scheduler, logs,
-                                        t.accelerator.is_main_process, given))  # fmt: skip
+                                        t.accelerator.is_main_process, given,
+                                        functools.partial(check_resumable, cfg)))  # fmt: skip
 
 
 def finished_run(out: Path, state: TrainState, cfg: RLTrainConfig) -> dict[str, Any] | None:

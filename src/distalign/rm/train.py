@@ -19,6 +19,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +207,8 @@ def resumed_state(cfg: RMTrainConfig, out: Path, accelerator, model, optimizer, 
     if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
         path, logs = checkpoint_path(cfg.resume_from_checkpoint, out), [out / "metrics.jsonl"]
         state = TrainState(**resume_training(path, model, optimizer, scheduler, logs,
-                                             accelerator.is_main_process, cfg))  # fmt: skip
+                                             accelerator.is_main_process, cfg,
+                                             partial(check_resumable, cfg)))  # fmt: skip
     moved = carry_over(state, cfg, train, accelerator.num_processes, scheduler)
     if moved and accelerator.is_main_process:  # its later rows counted steps of another size
         truncate_log(out / "metrics.jsonl", state.step)
@@ -233,6 +235,17 @@ def finished_run(out: Path, state: TrainState, total_steps: int,
     return meta["eval"]
 
 
+def check_resumable(cfg: RMTrainConfig, saved: dict) -> None:
+    """A ConfigError where this run cannot go on from a checkpoint's state ``saved``."""
+    was = saved.get("per_device_batch")
+    if was and was != cfg.per_device_train_batch_size:
+        raise ConfigError(
+            f"the checkpoint was written with per_device_train_batch_size={was}; resuming with "
+            f"{cfg.per_device_train_batch_size} would replay other pairs. Keep it, and change "
+            "gradient_accumulation_steps or the number of processes instead"
+        )
+
+
 def carry_over(state: TrainState, cfg: RMTrainConfig, train, processes: int,
                scheduler) -> bool:  # fmt: skip
     """Fit a resumed run's step count and schedule to this run's batching. The data go on
@@ -242,13 +255,6 @@ def carry_over(state: TrainState, cfg: RMTrainConfig, train, processes: int,
     run's step numbers); with another process count the scheduler, which accelerate steps once
     per process, moves to that step too."""
     now = processes * cfg.gradient_accumulation_steps
-    if state.per_device_batch and state.per_device_batch != cfg.per_device_train_batch_size:
-        raise ConfigError(
-            f"the checkpoint was written with per_device_train_batch_size="
-            f"{state.per_device_batch}; resuming with {cfg.per_device_train_batch_size} would "
-            "replay other pairs. Keep it, and change gradient_accumulation_steps or the number "
-            "of processes instead"
-        )
     moved = bool(state.batches_per_step) and state.batches_per_step != now
     if moved:
         # this epoch's steps less those its remaining batches make, so it ends where it should
