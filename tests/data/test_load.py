@@ -115,17 +115,20 @@ def _write(path, rows):
             f.write(buf.getvalue().to_pybytes())
         return
     with opener(path, "wt", encoding="utf-8") as f:
-        if name.endswith(".jsonl"):
+        if name.endswith((".jsonl", ".ndjson")):
             f.writelines(json.dumps(r) + "\n" for r in rows)
         elif name.endswith(".json"):
             json.dump(rows, f)
-        elif name.endswith(".csv"):
-            f.write("prompt,chosen,rejected,chosen_score,rejected_score\n")
+        elif name.endswith((".csv", ".tsv")):
+            sep = "," if name.endswith(".csv") else "\t"
+            f.write(sep.join(["prompt", "chosen", "rejected", "chosen_score", "rejected_score"]))
             for r in rows:
-                f.write(f'"{r["prompt"]}","{r["chosen"]}","{r["rejected"]}",2.5,0.5\n')
+                f.write(sep.join(["\n" + f'"{r["prompt"]}"', f'"{r["chosen"]}"',
+                                  f'"{r["rejected"]}"', "2.5", "0.5"]))  # fmt: skip
+            f.write("\n")
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet", ".csv"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet", ".csv", ".tsv", ".ndjson"])
 @pytest.mark.parametrize("gz", ["", ".gz"])
 def test_every_file_type(tmp_path, suffix, gz):
     path = tmp_path / f"pairs{suffix}{gz}"
@@ -133,7 +136,7 @@ def test_every_file_type(tmp_path, suffix, gz):
     ds = load_preferences(str(path))
     assert len(ds) == 2
     assert ds[1]["chosen"] == "Lima."
-    if suffix == ".csv":
+    if suffix in (".csv", ".tsv"):
         assert ds[0]["chosen_score"] == 2.5
 
 

@@ -1,8 +1,9 @@
 """Rows of local data files, each with where it was read (``path:line``), so that an error
 can name the line of a broken row: ``.jsonl``, ``.json`` (a list of rows, ``{"data": [...]}``,
-or JSON lines), ``.parquet``, ``.csv``, each optionally ``.gz``; a folder holds one file per
-split. Text saved on Windows reads as it is: a byte-order mark (UTF-8, or UTF-16 as
-PowerShell writes) and CRLF line ends. ``load.py`` turns the rows into data sets.
+or JSON lines), ``.ndjson``, ``.parquet``, ``.csv``, ``.tsv``, each optionally ``.gz``; a
+folder holds one file per split. Text saved on Windows reads as it is: a byte-order mark
+(UTF-8, or UTF-16 as PowerShell writes) and CRLF line ends. ``load.py`` turns the rows
+into data sets.
 
     for where, row in READERS[".jsonl"](Path("pairs.jsonl.gz")): ...
 """
@@ -25,7 +26,7 @@ from typing import Any
 
 from distalign.data.formats import PreferenceFormatError
 
-SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".ndjson")  # datasets' names
 
 
 class DataSourceError(ValueError):
@@ -163,9 +164,9 @@ def _python_messages(value: str) -> Any:
     return value
 
 
-def _iter_csv(path: Path) -> Iterator[tuple[str, Any]]:
+def _iter_csv(path: Path, delimiter: str = ",") -> Iterator[tuple[str, Any]]:
     with _named_errors(path), _open_text(path) as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, delimiter=delimiter)
         for row in reader:  # located by the file's line, as a JSONL row is (the row's last)
             where, cells = f"{path}:{reader.line_num}", {}
             try:
@@ -194,8 +195,10 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
 
 READERS = {
     ".jsonl": _iter_jsonl,
+    ".ndjson": _iter_jsonl,
     ".json": _iter_json,
     ".csv": _iter_csv,
+    ".tsv": lambda path: _iter_csv(path, "\t"),  # as datasets reads it
     ".parquet": _iter_parquet,
 }
 
