@@ -580,6 +580,44 @@ def test_a_plain_text_reward_model_refuses_conversations_unless_given_a_template
     assert result["accuracy"] in (0.0, 1.0)
 
 
+def test_rm_eval_of_a_classifier_renders_each_rows_tools(tiny_model_dir, tmp_path):
+    """As TRL renders a row: its tools go to the classifier's template with its messages."""
+    from distalign.eval.rm import run_rm_eval
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=1)
+    model.config.pad_token_id = 2
+    model.save_pretrained(tmp_path / "rm")
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    tokenizer.chat_template = (
+        "{% if tools %}tools: {{ tools | map(attribute='function.name') | join(',') }}\n"
+        "{% endif %}{% for m in messages %}{{ m.role }}: {{ m.content }}<|im_end|>\n"
+        "{% endfor %}"
+    )
+    tokenizer.save_pretrained(tmp_path / "rm")
+    tool = {"type": "function", "function": {"name": "weather", "description": "d",
+                                             "parameters": {"type": "object"}}}  # fmt: skip
+    user = [{"role": "user", "content": "Cold in Oslo?"}]
+    pairs = [{"prompt": user, "chosen": [{"role": "assistant", "content": "Yes."}],
+              "rejected": [{"role": "assistant", "content": "No idea."}], "tools": [tool]},
+             {"prompt": user, "chosen": [{"role": "assistant", "content": "Yes."}],
+              "rejected": [{"role": "assistant", "content": "No idea."}]}]  # fmt: skip
+    data = str(write_jsonl(tmp_path / "tools.jsonl", pairs))
+    result = run_rm_eval(str(tmp_path / "rm"), data, "train", output=str(tmp_path / "e.json"))
+
+    def score(messages, **kw):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+        return model(input_ids=torch.tensor([tokenizer(text)["input_ids"]])).logits[0, 0]
+
+    margins = [
+        score(user + p["chosen"], tools=p.get("tools")) - score(user + p["rejected"],
+                                                                tools=p.get("tools"))
+        for p in pairs
+    ]  # fmt: skip
+    assert abs(margins[0] - margins[1]) > 1e-3  # the tools line changes the scores
+    assert result["margin"] == pytest.approx(sum(margins).item() / 2, abs=1e-5)
+
+
 def test_string_data_read_through_a_hub_rms_template_says_how_trl_trained_it(gpt2_rm, caplog):
     """TRL's RewardTrainer trains on string data as plain text whatever the tokenizer's
     template: a reward model distalign did not train, meeting string data, says how to score

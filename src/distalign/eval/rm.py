@@ -363,13 +363,19 @@ def _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
     )  # fmt: skip
     pairs = _load_pairs(data, split, limit, data_options, lambda r: source.fit_rendering(r, data))
     prompts = [joined_prompt(row) for row in pairs]
-    if unrendered := sum(bool(t) for t in pairs["template_kwargs"]):
-        log.warning(
-            "%s: %d pairs carry tools or chat_template_kwargs, which a classifier's scoring "
-            "does not render (a distalign reward model's evaluation does)", data, unrendered
-        )  # fmt: skip
-    chosen = source(prompts, list(pairs["chosen"])).rewards.float().reshape(-1, 1)
-    rejected = source(prompts, list(pairs["rejected"])).rewards.float().reshape(-1, 1)
+    chosen, rejected = torch.empty(len(pairs), 1), torch.empty(len(pairs), 1)
+    # each row's tools and chat_template_kwargs go to the template, as TRL renders them: the
+    # pairs are scored in groups that share them
+    groups: dict[str, list[int]] = {}
+    for i, text in enumerate(pairs["template_kwargs"]):
+        groups.setdefault(text or "", []).append(i)
+    replies = {"chosen": list(pairs["chosen"]), "rejected": list(pairs["rejected"])}
+    for text, idx in groups.items():
+        source.template_kwargs = json.loads(text) if text else None
+        for scored, column in ((chosen, "chosen"), (rejected, "rejected")):
+            texts = [replies[column][i] for i in idx]
+            scores = source([prompts[i] for i in idx], texts).rewards
+            scored[idx] = scores.float().reshape(-1, 1)
     outputs: dict = {}
     rows = np.asarray(pairs["source_row"], dtype=np.int64)
     result = pair_metrics(chosen, rejected, "scalar", outputs=outputs,
