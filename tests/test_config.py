@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 
 import pytest
@@ -983,3 +984,17 @@ def test_importance_sampling_level_and_delta_are_checked():
     with pytest.raises(ConfigError, match="delta must be above 1 "):
         from_cli(RLTrainConfig, ["delta=0.9"])
     assert from_cli(RLTrainConfig, ["delta=1.2", "epsilon_high=0.28"]).delta == 1.2  # as TRL
+
+
+def test_data_seed_orders_the_data_alone():
+    from distalign.config import order_seed
+    from distalign.rm.data import epoch_batches
+
+    lengths = {"length": [random.Random(0).randint(5, 60) for _ in range(64)]}
+
+    def batches(**kw):
+        return epoch_batches(lengths, RMTrainConfig(report_to="none", **kw), epoch=0)
+
+    assert batches(seed=0, data_seed=7) == batches(seed=7) != batches(seed=0)
+    assert order_seed(RLTrainConfig(report_to="none", seed=1, data_seed=3)) == 3
+    assert order_seed(RLTrainConfig(report_to="none", seed=1)) == 1

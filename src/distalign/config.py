@@ -132,7 +132,6 @@ NOT_OFFERED = {
     "do_train": "the command trains",
     "do_eval": "eval_strategy says when to evaluate",
     "dataloader_num_workers": "batches are built in the training process",
-    "data_seed": "seed orders the data",
     "ddp_find_unused_parameters": "every trainable weight takes part in each step",
     "local_rank": "the launcher gives each process its rank (LOCAL_RANK)",
     "save_only_model": "checkpoints keep the optimizer, to resume exactly",
@@ -249,7 +248,7 @@ NEUTRAL = {
     "logging_dir": None, "logging_first_step": False, "push_to_hub": False, "hub_model_id": None,
     "optim": Either(("adamw_torch", "adamw_torch_fused")), "torch_compile": False,
     "logging_strategy": "steps", "do_train": ANY,
-    "do_eval": ANY, "dataloader_num_workers": 0, "data_seed": None,
+    "do_eval": ANY, "dataloader_num_workers": 0,
     "dataloader_pin_memory": ANY,  # batches are small and moved by accelerate; a CPU dump: false
     "ddp_find_unused_parameters": Either((None, False)), "save_only_model": False,
     "disable_tqdm": ANY,  # transformers sets it from the log level
@@ -594,6 +593,11 @@ SCHEDULER_NEEDS = {
     "cosine_warmup_with_min_lr": (("min_lr", "min_lr_rate"), "{min_lr_rate: 0.1}"),
     "warmup_stable_decay": (("num_decay_steps",), "{num_decay_steps: 100}"),
 }
+
+
+def order_seed(cfg: Any) -> int:
+    """The seed of a training command's data order: ``data_seed``, else ``seed``."""
+    return cfg.seed if cfg.data_seed is None else cfg.data_seed
 
 
 def check_scheduler(name: str, kwargs: dict[str, Any] | None) -> None:

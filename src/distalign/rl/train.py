@@ -47,6 +47,7 @@ from distalign.config import (
     checkpoint_path,
     config_warning,
     frozen_dtype,
+    order_seed,
 )
 from distalign.data.load import (
     LoadReport,
@@ -877,7 +878,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
         while state.step < cfg.max_steps:
             t0 = time.perf_counter()
             prompts = next_prompts(
-                train_prompts, state, cfg.prompts_per_step, cfg.seed, cfg.shuffle_dataset
+                train_prompts, state, cfg.prompts_per_step, order_seed(cfg), cfg.shuffle_dataset
             )
             with full_parameters(t.learner):  # whole weights while sampling (FSDP, ZeRO-3)
                 seed = cfg.seed * 1_000_003 + state.step

@@ -209,6 +209,8 @@ class RMTrainConfig(AdamKeys, ModelKeys):
     """A checkpoint folder to continue from, or true for ``output_dir/checkpoints/last``."""
     seed: int = 0
     """Seed of initialisation, batch order and dropout."""
+    data_seed: int | None = None
+    """Seed of the batch order alone (transformers' key); None: ``seed``."""
     report_to: Any = field(default_factory=lambda: ["tensorboard"], metadata={"list": True})
     """Trackers, a list or one name: tensorboard | wandb | trackio | mlflow | none (a JSONL
     log is always written)."""

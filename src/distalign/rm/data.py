@@ -13,6 +13,7 @@ import os
 import torch
 from datasets import Dataset, Features, Sequence, Value, concatenate_datasets
 
+from distalign.config import order_seed
 from distalign.data.formats import PreferenceFormatError, common_prefix_length, read_number
 from distalign.data.load import (
     LoadReport,
@@ -239,10 +240,10 @@ def epoch_batches(ds, cfg: RMTrainConfig, epoch: int) -> list[list[int]]:
     size = cfg.per_device_train_batch_size
     if cfg.group_by_prompt:
         prompts = [tuple(p) for p in ds["prompt_ids"]]
-        return prompt_grouped_batches(prompts, size, seed=cfg.seed + epoch)
+        return prompt_grouped_batches(prompts, size, seed=order_seed(cfg) + epoch)
     if cfg.group_by_length:
-        return length_grouped_batches(ds["length"], size, seed=cfg.seed + epoch)
-    g = torch.Generator().manual_seed(cfg.seed + epoch)
+        return length_grouped_batches(ds["length"], size, seed=order_seed(cfg) + epoch)
+    g = torch.Generator().manual_seed(order_seed(cfg) + epoch)
     order = torch.randperm(len(ds), generator=g).tolist()
     return [order[i : i + size] for i in range(0, len(order), size)]
 
