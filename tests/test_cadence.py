@@ -72,8 +72,8 @@ def test_configs_take_the_transformers_keys():
     ("key", "message"),
     [("warmup_ratio=1.0", "warmup_ratio must be in [0, 1)"),
      ("eval_at_start=false", "`eval_at_start` is now `eval_on_start`"),
-     ("logging_first_step=true",
-      "`logging_first_step` is a TRL/transformers key distalign does not take"),
+     ("logging_dir=elsewhere",
+      "`logging_dir` is a TRL/transformers key distalign does not take"),
      ("save_total_limit=0", "save_total_limit must be >= 1"),
      ("push_to_hub=true", "hf upload")],
 )  # fmt: skip
@@ -81,6 +81,14 @@ def test_old_and_absent_keys_say_what_to_use(key, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         rl = "eval_at" in key or key == "save_total_limit=0"
         load_config(RLTrainConfig if rl else RMTrainConfig, None, [key])
+
+
+def test_logging_first_step_logs_step_one_on_its_own(tmp_path):
+    log = MetricsLog(tmp_path / "m.jsonl", every=3, first=True)
+    for step in range(1, 5):
+        log.add(step, {"loss": float(step)})
+    rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (3, 2.5)]
 
 
 def test_metrics_log_writes_window_means_and_current_values(tmp_path):

@@ -122,7 +122,6 @@ NOT_OFFERED = {
     "policies are kept (keep_checkpoints) for eval compare",
     "metric_for_best_model": "rl train ends with the last step's policy",
     "logging_dir": "trackers write under output_dir",
-    "logging_first_step": "steps are logged every logging_steps",
     "push_to_hub": "upload output_dir/final with `hf upload REPO_ID output_dir/final` (or "
     "model.push_to_hub after loading it)",
     "hub_model_id": "upload output_dir/final with `hf upload REPO_ID output_dir/final`",
@@ -245,7 +244,7 @@ NEUTRAL = {
     "save_total_limit": None, "load_best_model_at_end": False, "metric_for_best_model": None,
     # transformers sets it True for a metric not named *loss (rm train's accuracy)
     "greater_is_better": Either((None, True)),
-    "logging_dir": None, "logging_first_step": False, "push_to_hub": False, "hub_model_id": None,
+    "logging_dir": None, "push_to_hub": False, "hub_model_id": None,
     "optim": Either(("adamw_torch", "adamw_torch_fused")), "torch_compile": False,
     "logging_strategy": "steps", "do_train": ANY,
     "do_eval": ANY, "dataloader_num_workers": 0,

@@ -255,16 +255,18 @@ def _plain(value: Any) -> Any:
 class MetricsLog:
     """``write(step, metrics)`` -> the tracker and one JSON line in ``path`` (main process).
 
-    ``add(step, metrics)`` is ``write`` every ``every`` steps (``logging_steps``): it keeps the
-    steps between and writes their means, except for the keys in ``current`` (a learning
-    rate, a running total), written as they stand at the logged step. ``flush`` writes what
-    is kept (the run's last steps)."""
+    ``add(step, metrics)`` is ``write`` every ``every`` steps (``logging_steps``), and at step 1
+    with ``first`` (``logging_first_step``): it keeps the steps between and writes their means,
+    except for the keys in ``current`` (a learning rate, a running total), written as they
+    stand at the logged step. ``flush`` writes what is kept (the run's last steps)."""
 
-    def __init__(self, path: str | Path, accelerator=None, every: int = 1, current=()):
+    def __init__(self, path: str | Path, accelerator=None, every: int = 1, current=(),
+                 first: bool = False):  # fmt: skip
         self.path = Path(path)
         self.accelerator = accelerator
         self.main = accelerator is None or accelerator.is_main_process
         self.every, self.current = max(1, int(every)), frozenset(current)
+        self.first = first
         self.kept: list[dict[str, Any]] = []
         if self.main:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,7 +283,7 @@ class MetricsLog:
 
     def add(self, step: int, metrics: dict[str, Any]) -> None:
         self.kept.append({k: _plain(v) for k, v in metrics.items()})
-        if step % self.every == 0:
+        if step % self.every == 0 or (self.first and step == 1):
             self.flush(step)
 
     def flush(self, step: int) -> None:

@@ -242,6 +242,8 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
     """Log to the tracker and metrics.jsonl every N steps, the means over them (below 1: a
     fraction of max_steps); a checkpoint, or an error that stops the run, also writes the
     steps since the last row. history.jsonl keeps every completion of every step."""
+    logging_first_step: bool = False
+    """Also log step 1 on its own (transformers' key)."""
     eval_strategy: str = "steps"
     """Held-out evaluation during training: steps (every eval_steps) | no. The final policy
     is evaluated at the end either way."""

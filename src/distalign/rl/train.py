@@ -863,7 +863,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     t = Trainer(accelerator, learner, ref_model, tokenizer, optimizer, scheduler, reward, out,
                 MetricsLog(out / "metrics.jsonl", accelerator, cadence.log,
                            ("train/peak_mem_gb", "train/grad_norm", "train/baseline",
-                            "train/learning_rate")))  # fmt: skip
+                            "train/learning_rate"), cfg.logging_first_step))  # fmt: skip
     state = resumed_state(t, cfg, given)
     if (done := finished_run(out, state, cfg)) is not None:  # relaunched after its end
         end_run(accelerator)

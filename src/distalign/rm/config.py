@@ -173,6 +173,8 @@ class RMTrainConfig(AdamKeys, ModelKeys):
     """Log to the tracker and metrics.jsonl every N optimizer steps, the means over them
     (below 1: a fraction of the run's steps); a checkpoint, or an error that stops the run,
     also writes the steps since the last row."""
+    logging_first_step: bool = False
+    """Also log step 1 on its own (transformers' key)."""
     eval_strategy: str = "steps"
     """When to evaluate on held-out pairs during training: steps (every eval_steps) | epoch |
     no. The final model is evaluated at the end either way."""

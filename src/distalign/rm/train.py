@@ -529,7 +529,8 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
         quiet_loader(held_out, collate, batch_size=cfg.per_device_eval_batch_size)
     )
     cadence = Cadence.of(cfg, total_steps)
-    log_ = MetricsLog(out / "metrics.jsonl", accelerator, cadence.log, CURRENT_METRICS)
+    log_ = MetricsLog(out / "metrics.jsonl", accelerator, cadence.log, CURRENT_METRICS,
+                      first=cfg.logging_first_step)  # fmt: skip
     t = Trainer(accelerator, scorer, tokenizer, optimizer, scheduler, eval_loader, out, log_,
                 known_p_chosen(held_out), p_chosen_by_group(held_out))  # fmt: skip
     if cfg.head != "scalar":  # the annotators' disagreement about each held-out reply
