@@ -107,7 +107,8 @@ def flat_hparams(config: Any, prefix: str = "") -> dict[str, bool | int | float 
 def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     """A training run's Accelerator (mixed precision from ``cfg.bf16``/``cfg.fp16``, or what
     ``accelerate launch`` set; trackers from ``cfg.report_to``), the global seed, TF32 as
-    ``cfg.tf32`` asks, the process group's timeout ``cfg.ddp_timeout``, and the resolved config
+    ``cfg.tf32`` asks (deterministic kernels with ``cfg.full_determinism``), the process
+    group's timeout ``cfg.ddp_timeout``, and the resolved config
     saved in ``out`` by the main process; an
     earlier run in ``out`` is refused or replaced first (``checkpoint.prepare_output_dir``)."""
     from accelerate import Accelerator
@@ -135,7 +136,12 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     events = [cfg.project] if "tensorboard" in trackers and getattr(cfg, "project", None) else []
     prepare_output_dir(out, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, _inputs(cfg),
                        events)  # fmt: skip
-    set_seed(cfg.seed)
+    if getattr(cfg, "full_determinism", False):
+        from transformers import enable_full_determinism
+
+        enable_full_determinism(cfg.seed)  # set_seed's, and deterministic kernels
+    else:
+        set_seed(cfg.seed)
     set_tf32(cfg.tf32)
     if accelerator.is_main_process:
         save_config(cfg, out)

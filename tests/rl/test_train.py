@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -514,6 +515,23 @@ def test_a_resumed_run_logs_each_step_once_to_tensorboard_and_a_finished_one_doe
     assert run(resumed) == json.loads(json.dumps(result))
     assert (tmp_path / "rl" / "metrics.jsonl").read_text() == metrics
     assert (tmp_path / "rl" / "final" / "model.safetensors").stat().st_mtime_ns == final
+
+
+def test_full_determinism_runs_with_deterministic_kernels_only(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    for name in ("CUDA_LAUNCH_BLOCKING", "CUBLAS_WORKSPACE_CONFIG", "ASCEND_LAUNCH_BLOCKING",
+                 "HCCL_DETERMINISTIC", "FLASH_ATTENTION_DETERMINISTIC"):  # fmt: skip
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # put back after the test
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    try:
+        kw = dict(max_steps=2, max_eval_samples=2, full_determinism=True)
+        first = run(config(tiny_model_dir, tmp_path / "a", **kw))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert run(config(tiny_model_dir, tmp_path / "b", **kw))["final"] == first["final"]
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def needs_answer(completions, answer, **kwargs):

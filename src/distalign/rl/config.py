@@ -276,6 +276,9 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
     """Seed of prompt order, sampling and initialisation."""
     data_seed: int | None = None
     """Seed of the prompt order alone (transformers' key); None: ``seed``."""
+    full_determinism: bool = False
+    """Deterministic kernels only (transformers' key: ``enable_full_determinism``; slower on a
+    GPU, and an operation without a deterministic kernel stops the run)."""
     report_to: Any = field(default_factory=lambda: ["tensorboard"], metadata={"list": True})
     """Trackers, a list or one name: tensorboard | wandb | trackio | mlflow | none (a JSONL
     log is always written)."""
