@@ -276,21 +276,40 @@ def _saved(tiny_model_dir, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     model(torch.ones(1, 3, dtype=torch.long)).logits.sum().backward()
     optimizer.step()
-    return model, save_checkpoint(tmp_path / "last", model, None, optimizer, None, {"step": 3})
+    scheduler.step()
+    return model, save_checkpoint(tmp_path / "last", model, None, optimizer, scheduler,
+                                  {"step": 3})  # fmt: skip
 
 
-@pytest.mark.parametrize("damage", ["model.safetensors", "trainer_state.json", "optimizer.pt"])
+@pytest.mark.parametrize(
+    "damage", ["model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt"]
+)
 def test_a_damaged_checkpoint_is_named_as_damaged(tiny_model_dir, tmp_path, damage):
     from distalign.checkpoint import load_checkpoint
 
     model, path = _saved(tiny_model_dir, tmp_path)
     data = (path / damage).read_bytes()
     (path / damage).write_bytes(data[: len(data) // 2])  # cut short
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     with pytest.raises(CheckpointError, match="damaged") as info:
-        load_checkpoint(path, model, torch.optim.AdamW(model.parameters()))
+        load_checkpoint(path, model, optimizer, scheduler)
     assert "does not fit" not in str(info.value)
+
+
+def test_a_resumed_run_takes_its_own_adamw_settings(tiny_model_dir, tmp_path):
+    from distalign.checkpoint import load_checkpoint
+
+    model, path = _saved(tiny_model_dir, tmp_path)
+    optimizer = torch.optim.AdamW(model.parameters(), betas=(0.8, 0.95), eps=1e-6,
+                                  weight_decay=0.1)  # fmt: skip
+    load_checkpoint(path, model, optimizer)
+    group = optimizer.param_groups[0]
+    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.8, 0.95), 1e-6, 0.1)
+    assert optimizer.state[group["params"][0]]["step"] == 1  # the moments are the checkpoint's
 
 
 def test_a_checkpoint_without_scheduler_state_says_the_schedule_starts_again(
@@ -299,6 +318,7 @@ def test_a_checkpoint_without_scheduler_state_says_the_schedule_starts_again(
     from distalign.checkpoint import load_checkpoint
 
     model, path = _saved(tiny_model_dir, tmp_path)
+    (path / "scheduler.pt").unlink()
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     with caplog.at_level("WARNING"):

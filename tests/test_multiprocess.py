@@ -67,10 +67,13 @@ def test_rm_train_on_two_processes(tiny_model_dir, tmp_path):
              for d in (out, tmp_path / "one")]  # fmt: skip
     for key in ("train/loss", "train/accuracy"):
         assert first[0][key] == pytest.approx(first[1][key], abs=1e-5), key
+    # load_best_model_at_end reads checkpoints/best after the end's evaluation, which may have
+    # just written it: every process waits for it
     launch("rm", "train", *common, "per_device_train_batch_size=4", "save_steps=2",
-           f"output_dir={out}", "--max_steps", "4", "--resume_from_checkpoint")  # fmt: skip
+           f"output_dir={out}", "load_best_model_at_end=true", "eval_strategy=no",
+           "--max_steps", "4", "--resume_from_checkpoint")  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 4
+    assert summary["steps"] == 4 and summary["eval"]["best_step"] in (2, 4)
     assert summary["eval"]["pairs"] == 21  # gathered from both processes, padding dropped
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert sorted(set(steps)) == [1, 2, 3, 4]  # one writer; the resumed run goes on at 3

@@ -391,7 +391,12 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
     try:
         load_model_weights(model, path)
         if moments:
+            # this run's AdamW settings, as its learning rate (follow_schedule), not the
+            # checkpoint's: a changed adam_beta2 or weight_decay takes effect, as it is said to
+            settings = [{k: g[k] for k in _OWN_SETTINGS if k in g} for g in optimizer.param_groups]
             load_full_optimizer_state(model, optimizer, _load_tensors(path / "optimizer.pt"))
+            for group, own in zip(optimizer.param_groups, settings, strict=True):
+                group.update(own)
     except Exception as e:
         if not (_damaged(e) or isinstance(e, RuntimeError | ValueError | KeyError)):
             raise
@@ -414,7 +419,12 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
     if scheduler is not None and (path / "scheduler.pt").is_file():
         inner = _lambda_lr(scheduler)
         peaks = list(inner.base_lrs) if inner is not None else None  # this run's rate(s)
-        scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
+        try:
+            scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
+        except Exception as e:
+            if not _damaged(e):
+                raise
+            raise CheckpointError(f"{path / 'scheduler.pt'} is damaged ({e})") from e
         if optimizer is not None:
             follow_schedule(optimizer, scheduler, peaks)
     elif scheduler is not None:
@@ -422,6 +432,9 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
                     "(warm-up included) at step %s", path, state.get("step"))  # fmt: skip
     set_rng_state(state.pop("rng"))
     return state
+
+
+_OWN_SETTINGS = ("betas", "eps", "weight_decay")  # AdamW's, besides the learning rate
 
 
 def _damaged(error: Exception) -> bool:
@@ -435,27 +448,56 @@ def _damaged(error: Exception) -> bool:
                                                  in text)  # fmt: skip
 
 
-def say_changed_settings(cfg: Any, checkpoint: Path) -> None:
-    """A resumed run whose settings differ from those the checkpoint was written under (its
-    ``run_config.yaml``) says which, in one warning: the checkpoint's state goes on under the
-    new ones (a longer ``max_steps`` is meant; another ``seed`` or ``beta`` may not be)."""
+def changed_settings(cfg: Any, checkpoint: Path) -> list[str] | None:
+    """``key old -> new`` of each setting of ``cfg`` other than the checkpoint's (its
+    ``run_config.yaml``); None where that file is missing or unreadable."""
     from distalign.config import config_dict, read_yaml
 
     path = Path(checkpoint) / RUN_CONFIG
     try:  # read as configs are (save_config wrote it)
         saved = read_yaml(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (yaml.YAMLError, UnicodeDecodeError):
-        return
+        return None
     if not isinstance(saved, dict):
-        return
+        return None
     skip = {"resume_from_checkpoint", "overwrite_output_dir"}
-    changed = [
+    return [
         f"{key} {saved[key]!r} -> {value!r}"
         for key, value in config_dict(cfg).items()
         if key not in skip and key in saved and saved[key] != value
     ]
-    if changed:
-        log.warning("resuming with settings other than %s: %s", path, "; ".join(changed))
+
+
+def say_changed_settings(cfg: Any, checkpoint: Path) -> None:
+    """A resumed run whose settings differ from those the checkpoint was written under (its
+    ``run_config.yaml``) says which, in one warning: the checkpoint's state goes on under the
+    new ones (a longer ``max_steps`` is meant; another ``seed`` or ``beta`` may not be)."""
+    if changed := changed_settings(cfg, checkpoint):
+        log.warning("resuming with settings other than %s: %s", Path(checkpoint) / RUN_CONFIG,
+                    "; ".join(changed))  # fmt: skip
+
+
+def finished_summary(out: Path, cfg: Any, step: int, total_steps: int) -> dict | None:
+    """The ``summary.json`` (written last) of a resumed run that had ended at its checkpoint's
+    ``step`` already, every one of ``total_steps`` run, under the settings ``cfg`` gives: a
+    job relaunched with ``resume_from_checkpoint=true`` after its end, which need not run,
+    log or write anything again. None otherwise: with another setting (other held-out data,
+    another reward) the run's end runs again."""
+    from distalign.config import checkpoint_path
+
+    path = out / "summary.json"
+    if not (cfg.resume_from_checkpoint and step >= total_steps and path.is_file()):
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:  # written when the run was stopped: the end runs again
+        return None
+    checkpoint = resolve_resume(checkpoint_path(cfg.resume_from_checkpoint, out))
+    if summary.get("steps") != step or changed_settings(cfg, checkpoint) != []:
+        return None
+    log.info("%s: the run ended at step %d already; its outputs stand (a larger max_steps "
+             "trains on)", out, step)  # fmt: skip
+    return summary
 
 
 def resume_training(

@@ -476,6 +476,7 @@ def test_a_kill_while_a_step_policy_is_written_leaves_it_to_be_written_again(
     checkpoints = tmp_path / "rl" / "checkpoints"
     state = json.loads((checkpoints / "last" / "trainer_state.json").read_text())
     assert state["step"] == 1 and [s for s, _ in kept_steps(tmp_path / "rl")] == [1]
+    assert not (checkpoints / "step_00002.tmp").exists()  # nothing half-written stays
     monkeypatch.setattr(outputs, "save_policy", written)
     run(dataclasses.replace(cfg, resume_from_checkpoint="true"))  # step 2 runs again
     assert [s for s, _ in kept_steps(tmp_path / "rl")] == [1, 2, 3]

@@ -153,6 +153,27 @@ def test_a_finished_run_relaunched_with_resume_does_nothing(tiny_model_dir, pair
     assert again == json.loads(json.dumps(result))
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
     assert (tmp_path / "run" / "final" / "model.safetensors").stat().st_mtime_ns == final
+    # with another setting (other held-out pairs), the end runs again under it
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join((pair_dir / "test.jsonl").read_text().splitlines(True)[:6]))
+    other = run(dataclasses.replace(cfg, resume_from_checkpoint="true",
+                                    eval_dataset_name=str(few)))  # fmt: skip
+    assert (other["pairs"], result["pairs"]) == (6, 80)
+
+
+def test_load_best_model_at_end_after_a_resume_that_kept_no_best_keeps_the_last(
+    tiny_model_dir, pair_dir, tmp_path, caplog
+):
+    first = config(tiny_model_dir, pair_dir, tmp_path, max_steps=2, eval_steps=1,
+                   save_total_limit=1)  # fmt: skip
+    run(first)
+    assert not (tmp_path / "run" / "checkpoints" / "best").exists()
+    with caplog.at_level("WARNING"):  # no later evaluation beats the first part's best
+        result = run(dataclasses.replace(first, max_steps=3, learning_rate=0.0,
+                                         resume_from_checkpoint="true",
+                                         load_best_model_at_end=True))  # fmt: skip
+    assert "checkpoints/best was not kept; final/ holds the last step's weights" in caplog.text
+    assert "best_step" not in result
 
 
 def test_save_total_limit_one_keeps_the_last_checkpoint_alone(tiny_model_dir, pair_dir, tmp_path):

@@ -179,7 +179,11 @@ def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) ->
         step = step_folder(t.out, state.step)
         tmp = step.with_name(step.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)  # a save that was stopped
-        save_policy(t.policy, t.tokenizer, tmp, weights)
+        try:
+            save_policy(t.policy, t.tokenizer, tmp, weights)
+        except BaseException:  # a full disk, a stop: nothing half-written stays
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         swap_in(tmp, step)
         if cfg.save_total_limit:
             for _, old in kept_steps(t.out)[: -cfg.save_total_limit]:

@@ -25,7 +25,6 @@ Steps 1 and 3 and the held-out evaluation are in ``rl/rollouts.py``; what a step
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import random
@@ -41,7 +40,7 @@ from accelerate import Accelerator
 from transformers import TrainerState, get_scheduler
 
 from distalign.cadence import Cadence, steps_of
-from distalign.checkpoint import count_nonfinite, resume_training
+from distalign.checkpoint import count_nonfinite, finished_summary, resume_training
 from distalign.config import (
     ConfigError,
     checkpoint_path,
@@ -827,25 +826,6 @@ def resumed_state(t: Trainer, cfg: RLTrainConfig, given: RLTrainConfig) -> Train
                                         functools.partial(check_resumable, cfg)))  # fmt: skip
 
 
-def finished_run(out: Path, state: TrainState, cfg: RLTrainConfig) -> dict[str, Any] | None:
-    """``run``'s result of a resumed run that had already ended at its checkpoint's step
-    (``summary.json`` of that step, ``max_steps`` reached): nothing runs, is logged or is
-    written again (a job relaunched with ``resume_from_checkpoint=true`` after its end);
-    None otherwise."""
-    path = out / "summary.json"
-    if not (cfg.resume_from_checkpoint and state.step >= cfg.max_steps and path.is_file()):
-        return None
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError:  # written when the run was stopped: the end runs again
-        return None
-    if summary.get("steps") != state.step:
-        return None
-    log.info("%s: the run ended at step %d already; final/ stands (a larger max_steps trains "
-             "on)", out, state.step)  # fmt: skip
-    return {"initial": summary["initial_eval"], "final": summary["final_eval"]}
-
-
 def run(cfg: RLTrainConfig) -> dict[str, Any]:
     """Train; returns the held-out evaluation before and after. Writes output_dir/final."""
     out = Path(cfg.output_dir)
@@ -865,9 +845,9 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
                            ("train/peak_mem_gb", "train/grad_norm", "train/baseline",
                             "train/learning_rate"), cfg.logging_first_step))  # fmt: skip
     state = resumed_state(t, cfg, given)
-    if (done := finished_run(out, state, cfg)) is not None:  # relaunched after its end
+    if done := finished_summary(out, given, state.step, cfg.max_steps):  # relaunched after it
         end_run(accelerator)
-        return done
+        return {"initial": done["initial_eval"], "final": done["final_eval"]}
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg, state.step)
 
     begin(t, state, eval_prompts, cfg)

@@ -25,13 +25,14 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from distalign.cadence import Cadence, steps_of
 from distalign.checkpoint import (
     count_nonfinite,
+    finished_summary,
     load_model_weights,
     resume_training,
     save_checkpoint,
@@ -215,26 +216,6 @@ def resumed_state(cfg: RMTrainConfig, out: Path, accelerator, model, optimizer, 
     return state
 
 
-def finished_run(out: Path, state: TrainState, total_steps: int,
-                 cfg: RMTrainConfig) -> dict | None:  # fmt: skip
-    """``run``'s result of a resumed run that had already ended at its checkpoint's step
-    (``final/``'s evaluation of that step, every step run): nothing runs, is logged or is
-    written again (a job relaunched with ``resume_from_checkpoint=true`` after its end);
-    None otherwise."""
-    path = out / "final" / META_FILE
-    if not (cfg.resume_from_checkpoint and state.step >= total_steps and path.is_file()):
-        return None
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    if meta.get("steps") != state.step or "eval" not in meta:
-        return None
-    log.info("%s: the run ended at step %d already; final/ stands (a larger max_steps or "
-             "num_train_epochs trains on)", out, state.step)  # fmt: skip
-    return meta["eval"]
-
-
 def check_resumable(cfg: RMTrainConfig, saved: dict) -> None:
     """A ConfigError where this run cannot go on from a checkpoint's state ``saved``."""
     was = saved.get("per_device_batch")
@@ -411,10 +392,17 @@ def back_to_best(t: Trainer, state: TrainState, cfg: RMTrainConfig, model, resul
     step's, and their held-out metrics (with ``best_step``; not logged again: the log has them
     at that step). The last step's when they are the best."""
     best = t.out / "checkpoints" / "best"
-    step = json.loads((best / "trainer_state.json").read_text())["step"]
+    t.accelerator.wait_for_everyone()  # the main process may still be writing it
+    state_file = best / "trainer_state.json"  # the main process reads it, for every process
+    step = json.loads(state_file.read_text())["step"] if state_file.is_file() else None
+    step = broadcast_object_list([step if t.accelerator.is_main_process else None])[0]
+    if step is None:  # a resumed run whose first part kept none (save_total_limit 1)
+        if t.accelerator.is_main_process:
+            log.warning("load_best_model_at_end: %s was not kept; final/ holds the last step's "
+                        "weights", best)  # fmt: skip
+        return result, outputs
     if step == state.step:
         return result | {"best_step": step}, outputs
-    t.accelerator.wait_for_everyone()  # the main process wrote it
     load_model_weights(model, best)
     result, outputs = held_out_metrics(t, cfg)
     if t.accelerator.is_main_process:
@@ -537,9 +525,9 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
         source = cfg.eval_dataset_name or cfg.dataset_name
         t.truth = pair_replies(source, held_out_split(cfg), held_out["source_row"])
     state = resumed_state(cfg, out, accelerator, model, optimizer, scheduler, train)
-    if (done := finished_run(out, state, total_steps, cfg)) is not None:  # relaunched after it
-        end_run(accelerator)
-        return done
+    if (done := finished_summary(out, cfg, state.step, total_steps)) is not None:
+        end_run(accelerator)  # relaunched after its end
+        return done["eval"]
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg, state.step)
 
     result, outputs, evaluated_at, saved_at = {}, {}, -1, -1
