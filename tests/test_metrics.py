@@ -12,6 +12,7 @@ from distalign.metrics import (
     accuracy_vs_truth,
     bayes_accuracy,
     bootstrap_interval,
+    bootstrap_p_value,
     distinct_n,
     win_rate,
 )
@@ -52,6 +53,9 @@ def test_bootstrap_interval_by_hand():
     assert bootstrap_interval(np.array([0.0, 1.0]), n=4000, level=0.4) == (0.5, 0.5)
     assert bootstrap_interval(np.full(7, 0.3)) == pytest.approx((0.3, 0.3))  # no spread
     assert all(math.isnan(v) for v in bootstrap_interval(np.array([])))
+    # one value (one prompt): no interval and no p-value, not a zero-width "certainty"
+    assert all(math.isnan(v) for v in bootstrap_interval(np.array([0.9])))
+    assert math.isnan(bootstrap_p_value(np.array([0.9]), 0.5))
 
 
 def test_bootstrap_interval_is_seeded():

@@ -193,7 +193,8 @@ def bootstrap_interval(
     Draws ``n`` resamples of N values with replacement (seeded, so the interval is
     reproducible), takes each mean and returns the (1 − level)/2 and (1 + level)/2 quantiles of
     those means. Values should be independent units (in the comparison: one per prompt, since
-    the replies to one prompt are not independent). NaN, NaN for no values.
+    the replies to one prompt are not independent). NaN, NaN for fewer than two values (every
+    resample of one value is that value: no interval to draw).
     """
     means = _resampled_means(values, n, seed)
     if means is None:
@@ -204,11 +205,12 @@ def bootstrap_interval(
 
 def _resampled_means(values: np.ndarray, n: int, seed: int) -> np.ndarray | None:
     """(n,) means of ``values`` resampled with replacement (seeded: the resamples of
-    ``disagreement.resample_counts``, which the AUROC intervals draw); None for no values."""
+    ``disagreement.resample_counts``, which the AUROC intervals draw); None for fewer than two
+    values."""
     from distalign.disagreement import resample_counts
 
     values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
+    if len(values) < 2:
         return None
     return resample_counts(len(values), n, seed) @ values / len(values)
 
@@ -218,7 +220,7 @@ def bootstrap_p_value(values: np.ndarray, null: float, n: int = 2000, seed: int 
     the smaller share of resampled means on either side of ``null`` (a mean equal to it counts
     on both), at most 1. The resamples are ``bootstrap_interval``'s for the same ``n`` and
     ``seed``, so the two agree: p < 1 − level where the interval leaves ``null`` out (up to a
-    resample at its edge). NaN for no values."""
+    resample at its edge). NaN for fewer than two values."""
     means = _resampled_means(values, n, seed)
     if means is None:
         return float("nan")
