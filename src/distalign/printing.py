@@ -27,6 +27,11 @@ def print_inspection(result, source: str, model: str) -> None:
         console.print(f"empty replies (kept): {r.empty_replies}")
         if r.empty_prompts:
             console.print(f"empty prompts (kept): {r.empty_prompts}")
+        if r.later_turns:
+            console.print(f"HH replies that go on with a Human turn (kept): {r.later_turns}")
+        if r.prompts_replaced:
+            console.print(f"prompts read from the conversations, not the prompt column (kept): "
+                          f"{r.prompts_replaced}")  # fmt: skip
     console.print(f"skipped malformed rows: {sum(r.skipped.values())}")
     for reason, n in r.skipped.most_common():
         console.print(f"  {n} × {reason}", markup=False)

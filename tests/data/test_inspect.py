@@ -64,3 +64,15 @@ def test_pairs_longer_than_max_length_are_counted(tmp_path, smol_tokenizer):
     cut = [tokenize_pair(smol_tokenizer, [{"role": "user", "content": "q"}], r["chosen"],
                          r["rejected"], longest - 1)["cut"] for r in rows]  # fmt: skip
     assert cut == [False, False, True]
+
+
+def test_the_printout_says_the_hh_and_prompt_readings_it_counted(tmp_path, smol_tokenizer):
+    from distalign.printing import console, print_inspection
+
+    h, a = "\n\nHuman: ", "\n\nAssistant: "
+    rows = [{"chosen": h + "hi" + a + "hello" + h + "more?" + a + "yes",
+             "rejected": h + "hi" + a + "hey" + h + "more?" + a + "no"}]  # fmt: skip
+    result = inspect_source(str(write_jsonl(tmp_path / "hh.jsonl", rows)), smol_tokenizer)
+    with console.capture() as captured:
+        print_inspection(result, "hh.jsonl", "smol")
+    assert "HH replies that go on with a Human turn (kept): 1" in captured.get()
