@@ -143,13 +143,19 @@ def test_logs_every_n_steps_and_evaluates_each_epoch(tiny_model_dir, pair_dir, t
     assert best["step"] in (6, 12)  # the untrained model of eval_on_start is no candidate
 
 
-def test_a_finished_run_relaunched_with_resume_does_nothing(tiny_model_dir, pair_dir, tmp_path):
+def test_a_finished_run_relaunched_with_resume_does_nothing(
+    tiny_model_dir, pair_dir, tmp_path, caplog
+):
+    # max_length null: the loading resolves it, and the relaunch still sees its own settings
     cfg = config(tiny_model_dir, pair_dir, tmp_path, max_steps=2, run_name="r",
-                 report_to="tensorboard")  # fmt: skip
+                 report_to="tensorboard", max_length=None)  # fmt: skip
     result = run(cfg)
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
     final = (tmp_path / "run" / "final" / "model.safetensors").stat().st_mtime_ns
-    again = run(dataclasses.replace(cfg, resume_from_checkpoint="true"))
+    with caplog.at_level("INFO"):
+        again = run(dataclasses.replace(cfg, resume_from_checkpoint="true"))
+    assert "resuming with settings other than" not in caplog.text
+    assert "the run ended at step 2 already" in caplog.text
     assert again == json.loads(json.dumps(result))
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
     assert (tmp_path / "run" / "final" / "model.safetensors").stat().st_mtime_ns == final

@@ -832,9 +832,10 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     accelerator = start_run(cfg, out)
     # first: the cheap failure (a bad path); frozen reward models in the run's precision
     reward = load_rewards(cfg, accelerator.device, frozen_dtype(accelerator.mixed_precision))
+    given, cfg = cfg, copy(cfg)  # resolved (prefix_sharing, max_steps -1) in the copy
     policy, tokenizer, ref_model = build_policy(cfg, accelerator)
     train_prompts, eval_prompts = prompt_sets(cfg, accelerator, tokenizer, reward)
-    given, cfg = cfg, cfg.for_prompts(len(train_prompts))  # max_steps -1: the epochs' steps
+    cfg = cfg.for_prompts(len(train_prompts))  # max_steps -1: the epochs' steps
     optimizer, scheduler = optimizer_and_schedule(policy, cfg, is_sharded(accelerator))
     cadence = Cadence.of(cfg, cfg.max_steps)
     # the teacher-forced pass as one module's forward, so DDP's gradient hooks and autocast

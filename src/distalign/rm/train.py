@@ -13,6 +13,7 @@ checkpoint the last and the best; resume with ``resume_from_checkpoint=true``.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -500,6 +501,9 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     accelerator = start_run(cfg, out, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     if accelerator.is_main_process:
         warn_if_evaluating_on_training_data(cfg)
+    # what the loading resolves (max_length null, prefix_sharing) goes to a copy: a resumed run
+    # compares the settings as given with its checkpoint's
+    given, cfg = cfg, copy.copy(cfg)
     model, tokenizer = build_model(cfg)
     with accelerator.main_process_first():  # tokenise once, other processes hit the cache
         train, held_out = load_pairs(cfg, tokenizer)
@@ -524,8 +528,8 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     if cfg.head != "scalar":  # the annotators' disagreement about each held-out reply
         source = cfg.eval_dataset_name or cfg.dataset_name
         t.truth = pair_replies(source, held_out_split(cfg), held_out["source_row"])
-    state = resumed_state(cfg, out, accelerator, model, optimizer, scheduler, train)
-    if (done := finished_summary(out, cfg, state.step, total_steps)) is not None:
+    state = resumed_state(given, out, accelerator, model, optimizer, scheduler, train)
+    if (done := finished_summary(out, given, state.step, total_steps)) is not None:
         end_run(accelerator)  # relaunched after its end
         return done["eval"]
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg, state.step)
