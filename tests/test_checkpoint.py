@@ -305,10 +305,11 @@ def test_a_resumed_run_takes_its_own_adamw_settings(tiny_model_dir, tmp_path):
 
     model, path = _saved(tiny_model_dir, tmp_path)
     optimizer = torch.optim.AdamW(model.parameters(), betas=(0.8, 0.95), eps=1e-6,
-                                  weight_decay=0.1)  # fmt: skip
-    load_checkpoint(path, model, optimizer)
+                                  weight_decay=0.1, fused=True)  # fmt: skip
+    load_checkpoint(path, model, optimizer)  # written by an unfused optimizer
     group = optimizer.param_groups[0]
     assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.8, 0.95), 1e-6, 0.1)
+    assert group["fused"] is True  # this run's kernel
     assert optimizer.state[group["params"][0]]["step"] == 1  # the moments are the checkpoint's
 
 

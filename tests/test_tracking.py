@@ -233,3 +233,14 @@ def test_launched_processes_that_accelerate_runs_apart_are_refused(monkeypatch, 
     with caplog.at_level(logging.INFO, logger="distalign.tracking"):
         _check_processes(alone)
     assert "training on 1 process(es), cpu (NO)" in caplog.text
+
+
+def test_json_safe_writes_nan_as_null():
+    import json
+    import math
+
+    from distalign.tracking import json_safe
+
+    value = {"p": float("nan"), "ci": (float("nan"), 0.5), "n": [1, {"x": math.inf}], "s": "a"}
+    assert json.loads(json.dumps(json_safe(value), allow_nan=False)) == {
+        "p": None, "ci": [None, 0.5], "n": [1, {"x": None}], "s": "a"}  # fmt: skip

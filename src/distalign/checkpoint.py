@@ -434,7 +434,8 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
     return state
 
 
-_OWN_SETTINGS = ("betas", "eps", "weight_decay")  # AdamW's, besides the learning rate
+# AdamW's, besides the learning rate; and its kernel (fused where the run is not sharded)
+_OWN_SETTINGS = ("betas", "eps", "weight_decay", "fused", "foreach")
 
 
 def _damaged(error: Exception) -> bool:
@@ -448,8 +449,8 @@ def _damaged(error: Exception) -> bool:
                                                  in text)  # fmt: skip
 
 
-def changed_settings(cfg: Any, checkpoint: Path) -> list[str] | None:
-    """``key old -> new`` of each setting of ``cfg`` other than the checkpoint's (its
+def changed_settings(cfg: Any, checkpoint: Path) -> dict[str, tuple[Any, Any]] | None:
+    """``key: (old, new)`` of each setting of ``cfg`` other than the checkpoint's (its
     ``run_config.yaml``); None where that file is missing or unreadable."""
     from distalign.config import config_dict, read_yaml
 
@@ -461,11 +462,11 @@ def changed_settings(cfg: Any, checkpoint: Path) -> list[str] | None:
     if not isinstance(saved, dict):
         return None
     skip = {"resume_from_checkpoint", "overwrite_output_dir"}
-    return [
-        f"{key} {saved[key]!r} -> {value!r}"
+    return {
+        key: (saved[key], value)
         for key, value in config_dict(cfg).items()
         if key not in skip and key in saved and saved[key] != value
-    ]
+    }
 
 
 def say_changed_settings(cfg: Any, checkpoint: Path) -> None:
@@ -473,31 +474,63 @@ def say_changed_settings(cfg: Any, checkpoint: Path) -> None:
     ``run_config.yaml``) says which, in one warning: the checkpoint's state goes on under the
     new ones (a longer ``max_steps`` is meant; another ``seed`` or ``beta`` may not be)."""
     if changed := changed_settings(cfg, checkpoint):
-        log.warning("resuming with settings other than %s: %s", Path(checkpoint) / RUN_CONFIG,
-                    "; ".join(changed))  # fmt: skip
+        log.warning(
+            "resuming with settings other than %s: %s",
+            Path(checkpoint) / RUN_CONFIG,
+            "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()),
+        )
 
 
-def finished_summary(out: Path, cfg: Any, step: int, total_steps: int) -> dict | None:
+# settings that change nothing a finished run's end computes: a relaunch that changes only
+# them is the run that ended (the step count is checked on its own)
+_NOT_OF_THE_END = frozenset({
+    "per_device_eval_batch_size", "logging_steps", "logging_first_step", "report_to", "project",
+    "run_name", "ddp_timeout", "save_steps", "save_strategy", "save_total_limit", "eval_steps",
+    "eval_strategy", "eval_on_start", "keep_checkpoints", "max_steps", "num_train_epochs",
+})  # fmt: skip
+
+
+def finished_summary(
+    out: Path, cfg: Any, step: int, total_steps: int, main_process: bool = True
+) -> dict | None:
     """The ``summary.json`` (written last) of a resumed run that had ended at its checkpoint's
-    ``step`` already, every one of ``total_steps`` run, under the settings ``cfg`` gives: a
-    job relaunched with ``resume_from_checkpoint=true`` after its end, which need not run,
-    log or write anything again. None otherwise: with another setting (other held-out data,
-    another reward) the run's end runs again."""
-    from distalign.config import checkpoint_path
+    ``step`` already, every one of ``total_steps`` run, under the settings ``cfg`` gives (but
+    for those that change nothing the end computes, such as logging_steps): a job relaunched
+    with ``resume_from_checkpoint=true`` after its end, which need not run, log or write
+    anything again.
 
+    None otherwise; the summary of an earlier end then goes (the main process removes it), so
+    a stopped end cannot leave it to a later relaunch, and where no step is left to run, the
+    evaluation rows already logged at ``step`` go from ``metrics.jsonl``: the end evaluates
+    there again (other held-out data, another reward), and the log keeps one evaluation per
+    step, this end's."""
+    from distalign.config import checkpoint_path, config_dict
+
+    if not cfg.resume_from_checkpoint:
+        return None
     path = out / "summary.json"
-    if not (cfg.resume_from_checkpoint and step >= total_steps and path.is_file()):
-        return None
     try:
-        summary = json.loads(path.read_text())
+        summary = json.loads(path.read_text()) if path.is_file() else {}
     except json.JSONDecodeError:  # written when the run was stopped: the end runs again
-        return None
+        summary = {}
     checkpoint = resolve_resume(checkpoint_path(cfg.resume_from_checkpoint, out))
-    if summary.get("steps") != step or changed_settings(cfg, checkpoint) != []:
-        return None
-    log.info("%s: the run ended at step %d already; its outputs stand (a larger max_steps "
-             "trains on)", out, step)  # fmt: skip
-    return summary
+    changed = changed_settings(cfg, checkpoint)
+    # a Python object given through the API (a reward function) is saved by its type alone
+    opaque = "<python object" in json.dumps(config_dict(cfg))
+    ended_here = summary.get("steps") == step and step >= total_steps
+    if ended_here and changed is not None and not opaque and set(changed) <= _NOT_OF_THE_END:
+        log.info("%s: the run ended at step %d already; its outputs stand (a larger max_steps "
+                 "trains on)", out, step)  # fmt: skip
+        return summary
+    if main_process:
+        path.unlink(missing_ok=True)
+        if step >= total_steps:  # no step left: the end's evaluation is of this step again
+            from distalign.tracking import drop_rows
+
+            if dropped := drop_rows(out / "metrics.jsonl", step, "eval/"):
+                log.info("%s: the end evaluates step %d again, in place of %d evaluation "
+                         "row(s) logged there", out, step, dropped)  # fmt: skip
+    return None
 
 
 def resume_training(

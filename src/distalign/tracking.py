@@ -244,6 +244,18 @@ def start_tracking(
     accelerator.init_trackers(project, config=flat_hparams(config), init_kwargs=init_kwargs)
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` (dicts, lists, tuples, numbers) with every NaN or infinity as None: JSON has
+    no NaN, and strict parsers (jq, a browser's JSON.parse) refuse Python's."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def nan_to_none(x: float) -> float | None:
     """A number for a JSON row: NaN (a value nothing gave, e.g. a reward no source scored) as
     None, which JSON has; any other number as it is."""
@@ -317,6 +329,22 @@ def truncate_log(path: str | Path, step: int) -> int:
     ``step``, atomically; returns how many were dropped. On resume from a checkpoint of step
     N, the steps after N run again, so without this they would be logged twice (and counted
     twice by every curve). A torn last line from a killed writer goes too."""
+    return _drop(path, lambda row: row.get("step", 0) > step)
+
+
+def drop_rows(path: str | Path, step: int, prefix: str) -> int:
+    """Drop the rows of a JSONL log at ``step`` whose metrics all start with ``prefix`` (an
+    evaluation's ``eval/`` row), atomically; returns how many were dropped."""
+
+    def of_it(row: dict) -> bool:
+        keys = [k for k in row if k != "step"]
+        return row.get("step") == step and bool(keys) and all(k.startswith(prefix) for k in keys)
+
+    return _drop(path, of_it)
+
+
+def _drop(path: str | Path, drop) -> int:
+    """Drop the rows of a JSONL log for which ``drop(row)`` holds, and torn lines; atomically."""
     path = Path(path)
     if not path.is_file():
         return 0
@@ -327,7 +355,7 @@ def truncate_log(path: str | Path, step: int) -> int:
         except json.JSONDecodeError:
             dropped += 1
             continue
-        if isinstance(row, dict) and row.get("step", 0) > step:
+        if isinstance(row, dict) and drop(row):
             dropped += 1
         else:
             kept.append(line)

@@ -694,6 +694,19 @@ def test_a_verdict_needs_enough_prompts():
     assert by_name["good"]["where"] == "over 1 prompts, too few to judge by"
 
 
+def test_one_prompt_s_missing_intervals_show_as_dashes(tmp_path):
+    """Over one prompt no interval is drawn: compare.json holds null, the page a dash."""
+    one = _summary()
+    one["prompts"] = 1
+    for row in one["policies"].values():
+        row["gold_win_rate_ci95"] = [None, None]
+        row["gold_mean_gain_ci95"] = [None, None]
+    by_name = {v["name"]: v for v in verdicts(one)}
+    assert by_name["good"]["interval"] == "—" and by_name["good"]["gain_interval"] == "[—]"
+    html = write_report(one, {}, tmp_path).read_text()
+    assert "nan" not in _without_images(html).lower()
+
+
 def test_a_policy_name_is_not_the_baselines_nor_given_twice():
     from distalign.config import ConfigError
 

@@ -143,9 +143,15 @@ def test_logs_every_n_steps_and_evaluates_each_epoch(tiny_model_dir, pair_dir, t
     assert best["step"] in (6, 12)  # the untrained model of eval_on_start is no candidate
 
 
+def stopped(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
 def test_a_finished_run_relaunched_with_resume_does_nothing(
-    tiny_model_dir, pair_dir, tmp_path, caplog
+    tiny_model_dir, pair_dir, tmp_path, caplog, monkeypatch
 ):
+    import distalign.rm.train as rm_train
+
     # max_length null: the loading resolves it, and the relaunch still sees its own settings
     cfg = config(tiny_model_dir, pair_dir, tmp_path, max_steps=2, run_name="r",
                  report_to="tensorboard", max_length=None)  # fmt: skip
@@ -157,14 +163,24 @@ def test_a_finished_run_relaunched_with_resume_does_nothing(
     assert "resuming with settings other than" not in caplog.text
     assert "the run ended at step 2 already" in caplog.text
     assert again == json.loads(json.dumps(result))
+    # a setting that changes nothing the end computes (logging) leaves it finished too
+    assert run(dataclasses.replace(cfg, resume_from_checkpoint="true", logging_steps=5,
+                                   per_device_eval_batch_size=4)) == again  # fmt: skip
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
     assert (tmp_path / "run" / "final" / "model.safetensors").stat().st_mtime_ns == final
-    # with another setting (other held-out pairs), the end runs again under it
+    # with another setting (other held-out pairs), the end runs again under it; a stop before
+    # it is written leaves no earlier summary to be taken as this end's
     few = tmp_path / "few.jsonl"
     few.write_text("".join((pair_dir / "test.jsonl").read_text().splitlines(True)[:6]))
-    other = run(dataclasses.replace(cfg, resume_from_checkpoint="true",
-                                    eval_dataset_name=str(few)))  # fmt: skip
+    relaunch = dataclasses.replace(cfg, resume_from_checkpoint="true", eval_dataset_name=str(few))
+    with monkeypatch.context() as m:
+        m.setattr(rm_train, "save_final", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            run(relaunch)
+    other = run(relaunch)
     assert (other["pairs"], result["pairs"]) == (6, 80)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval/pairs"] for r in rows if "eval/pairs" in r] == [6]  # one per step
 
 
 def test_load_best_model_at_end_after_a_resume_that_kept_no_best_keeps_the_last(
@@ -604,7 +620,8 @@ def test_a_folder_without_a_test_split_is_evaluated_on_its_training_pairs(
     with caplog.at_level("WARNING"):
         result = run(cfg)
     assert "no file for split 'test'" in caplog.text and "its training data" in caplog.text
-    assert (cfg.dataset_test_split, cfg.held_out_split) == ("test", "train")  # the key kept
+    assert cfg.dataset_test_split == "test"  # the key kept
+    assert list((tmp_path / "run" / "final").glob("eval_*train*.json"))  # evaluated on train
     assert result["pairs"] == 3  # not every training pair at each evaluation
     assert "evaluating on the first 3 training pairs at most" in caplog.text
     named = config(tiny_model_dir, tmp_path / "ds", tmp_path / "b", dataset_test_split="tset")

@@ -561,7 +561,10 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         summary["std_vs_disagreement"] = measures
         summary["std_vs_disagreement_points"] = points
     summary |= {"overoptimisation": curves, "samples": samples_table}
-    (out_dir / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from distalign.tracking import json_safe
+
+    # NaN (an interval over one prompt) as JSON's null, which every parser reads
+    (out_dir / "compare.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
     write_replies(out_dir / "replies.jsonl", measured, prompts, k)
     from distalign.report.html import write_report
 

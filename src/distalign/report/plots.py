@@ -148,7 +148,8 @@ def win_rate_intervals(
     for ax, (title, rows) in zip(axes[0], panels.items(), strict=True):
         ax.axvline(0.5, ls=":", color=NO_BETTER)
         for name, (rate, lo, hi) in rows.items():
-            err = [[rate - lo], [hi - rate]] if np.isfinite([lo, hi]).all() else None
+            drawn = lo is not None and hi is not None and np.isfinite([lo, hi]).all()
+            err = [[rate - lo], [hi - rate]] if drawn else None  # none over one prompt
             ax.errorbar(rate, y[name], xerr=err, fmt="o", color=colors.get(name), capsize=3)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("win rate vs SFT (probability)")

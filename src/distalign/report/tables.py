@@ -154,8 +154,10 @@ def _gain(row: Mapping, sft: Mapping, key: str) -> tuple[str, str] | str:
 
 
 def _signed(interval) -> str:
-    """A gain's interval as the page writes it: [+0.313, +0.786]."""
+    """A gain's interval as the page writes it: [+0.313, +0.786] (— where none was drawn)."""
     lo, hi = interval
+    if any(v is None or math.isnan(v) for v in (lo, hi)):
+        return "[—]"
     return f"[{lo:+.3f}, {hi:+.3f}]"
 
 
@@ -250,7 +252,7 @@ def verdicts(summary: Mapping) -> list[dict[str, Any]]:
                 "oracle": name in oracles,
                 "family": len(family or {}),  # policies Holm's correction ran over
                 "win_rate": number(row.get(f"{key}_win_rate")),
-                "interval": "—" if where == "none saved" else f"{number(lo)}–{number(hi)}",
+                "interval": "—" if math.isnan(lo + hi) else f"{number(lo)}–{number(hi)}",
                 "where": where,
                 "gain": "—" if gain is None else f"{gain:+.3f}",
                 "gain_interval": (

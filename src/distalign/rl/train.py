@@ -846,7 +846,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
                            ("train/peak_mem_gb", "train/grad_norm", "train/baseline",
                             "train/learning_rate"), cfg.logging_first_step))  # fmt: skip
     state = resumed_state(t, cfg, given)
-    if done := finished_summary(out, given, state.step, cfg.max_steps):  # relaunched after it
+    if done := finished_summary(out, given, state.step, cfg.max_steps, t.log.main):  # ended
         end_run(accelerator)
         return {"initial": done["initial_eval"], "final": done["final_eval"]}
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg, state.step)

@@ -529,7 +529,8 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
         source = cfg.eval_dataset_name or cfg.dataset_name
         t.truth = pair_replies(source, held_out_split(cfg), held_out["source_row"])
     state = resumed_state(given, out, accelerator, model, optimizer, scheduler, train)
-    if (done := finished_summary(out, given, state.step, total_steps)) is not None:
+    if (done := finished_summary(out, given, state.step, total_steps,
+                                 accelerator.is_main_process)) is not None:  # fmt: skip
         end_run(accelerator)  # relaunched after its end
         return done["eval"]
     start_tracking(accelerator, cfg.project, cfg.run_name, cfg, state.step)
