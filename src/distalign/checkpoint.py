@@ -12,6 +12,7 @@ saving leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import pickle
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,35 +211,46 @@ def save_checkpoint(
         raise CheckpointError(
             f"not writing {path}: the weights are not finite (the previous checkpoint is intact)"
         )
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if model_state is None and optimizer is not None:  # unsharded: read it here
-            optimizer_state = optimizer.state_dict()
-        if optimizer_state is not None:
-            torch.save(optimizer_state, tmp / "optimizer.pt")
-        if scheduler is not None:
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        for name, content in (files or {}).items():
-            (tmp / name).write_text(content, encoding="utf-8")
-        text = json.dumps({**state, "rng": rng_state()}, indent=1)
-        (tmp / "trainer_state.json").write_text(text, encoding="utf-8")
-        settings = path.parent.parent / "config.yaml"  # output_dir/checkpoints/<name>
-        if settings.is_file():
-            shutil.copyfile(settings, tmp / RUN_CONFIG)
+        with whole_folder(path) as tmp:
+            model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            if model_state is None and optimizer is not None:  # unsharded: read it here
+                optimizer_state = optimizer.state_dict()
+            if optimizer_state is not None:
+                torch.save(optimizer_state, tmp / "optimizer.pt")
+            if scheduler is not None:
+                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            for name, content in (files or {}).items():
+                (tmp / name).write_text(content, encoding="utf-8")
+            text = json.dumps({**state, "rng": rng_state()}, indent=1)
+            (tmp / "trainer_state.json").write_text(text, encoding="utf-8")
+            settings = path.parent.parent / "config.yaml"  # output_dir/checkpoints/<name>
+            if settings.is_file():
+                shutil.copyfile(settings, tmp / RUN_CONFIG)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         reason = e.strerror or str(e)
         raise CheckpointError(
             f"could not write checkpoint {path}: {reason} (the previous checkpoint is intact)"
         ) from e
-    swap_in(tmp, path)
     return path
+
+
+@contextlib.contextmanager
+def whole_folder(path: Path) -> Iterator[Path]:
+    """The folder to write ``path``'s content into (``<name>.tmp``), put in the place of
+    ``path`` (``swap_in``) only when the block ends without an error: a stop or a full disk
+    leaves the previous one, and nothing half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # a write that was stopped
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    swap_in(tmp, path)
 
 
 def swap_in(tmp: Path, path: Path) -> None:
@@ -288,13 +300,13 @@ def load_model_weights(model, path: str | Path) -> None:
     adapter = path / "adapter_model.safetensors"
     if adapter.is_file():
         if sharding(model) != "none":  # the adapter file's keys lack the adapter's name
-            saved = load_file(adapter)
+            saved = _reading(adapter, load_file)
             names = {_adapter_key(k, model): k for k in model.state_dict()}
             load_full_state_dict(model, {names[k]: v for k, v in saved.items() if k in names})
             return
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(model, load_file(adapter))
+        result = set_peft_model_state_dict(model, _reading(adapter, load_file))
         missing = [k for k in result.missing_keys if "lora_" in k]  # the base's are not saved
         if result.unexpected_keys or missing:  # PEFT loads what fits and says nothing
             raise RuntimeError(
@@ -307,7 +319,7 @@ def load_model_weights(model, path: str | Path) -> None:
         raise CheckpointError(f"{path}: no safetensors weights to resume from")
     state = {}
     for f in files:
-        state.update(load_file(f))
+        state.update(_reading(f, load_file))
     if sharding(model) != "none":
         load_full_state_dict(model, state)
         return
@@ -330,7 +342,7 @@ def _load_tensors(file: Path) -> Any:
     """A state dict saved by ``torch.save``, read without unpickling arbitrary objects: a file
     that holds anything but tensors, numbers and containers is refused."""
     try:
-        return torch.load(file, weights_only=True)
+        return _reading(file, lambda f: torch.load(f, weights_only=True))
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
@@ -383,10 +395,7 @@ def follow_schedule(optimizer, scheduler, peaks: list[float] | None = None) -> N
 def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG from a checkpoint; return its state."""
     path = Path(path)
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path / 'trainer_state.json'} is damaged ({e})") from e
+    state = _reading(path / "trainer_state.json", lambda f: json.loads(f.read_text()))
     moments = optimizer is not None and (path / "optimizer.pt").is_file()
     try:
         load_model_weights(model, path)
@@ -397,19 +406,12 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
             load_full_optimizer_state(model, optimizer, _load_tensors(path / "optimizer.pt"))
             for group, own in zip(optimizer.param_groups, settings, strict=True):
                 group.update(own)
-    except Exception as e:
-        if not (_damaged(e) or isinstance(e, RuntimeError | ValueError | KeyError)):
-            raise
+    except (RuntimeError, ValueError, KeyError) as e:  # another model, LoRA rank, target set
         lines = [line.strip() for line in str(e).splitlines() if line.strip()][:2]
         reason = " ".join(lines)[:300] or type(e).__name__
-        if _damaged(e):  # a file cut short (a full disk, a copy stopped), not another model
-            raise CheckpointError(
-                f"{path} holds a damaged file ({reason}): resume from another checkpoint "
-                f"({path.name}.old, if there, or an earlier one)"
-            ) from e
         saved = path / RUN_CONFIG
         settings = saved if saved.is_file() else "the run's first config.yaml"
-        raise CheckpointError(  # another model, LoRA rank, target set
+        raise CheckpointError(
             f"{path} does not fit this run's model or optimizer ({reason}): resume with the "
             f"settings it was written under ({settings}: the model, use_peft, lora_r, "
             "lora_target_modules, the head)"
@@ -419,12 +421,7 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
     if scheduler is not None and (path / "scheduler.pt").is_file():
         inner = _lambda_lr(scheduler)
         peaks = list(inner.base_lrs) if inner is not None else None  # this run's rate(s)
-        try:
-            scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
-        except Exception as e:
-            if not _damaged(e):
-                raise
-            raise CheckpointError(f"{path / 'scheduler.pt'} is damaged ({e})") from e
+        scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
         if optimizer is not None:
             follow_schedule(optimizer, scheduler, peaks)
     elif scheduler is not None:
@@ -438,15 +435,25 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
 _OWN_SETTINGS = ("betas", "eps", "weight_decay", "fused", "foreach")
 
 
-def _damaged(error: Exception) -> bool:
-    """Whether loading failed on a damaged file rather than on weights of another shape."""
+def _reading(file: Path, load: Callable[[Path], Any]) -> Any:
+    """``load(file)``; a file cut short (a full disk, a copy stopped) is a CheckpointError that
+    names it, not the error of another model's weights."""
     from safetensors import SafetensorError
 
-    if isinstance(error, SafetensorError | EOFError | pickle.UnpicklingError):
-        return True
-    text = str(error)
-    return isinstance(error, RuntimeError) and ("zip archive" in text or "PytorchStreamReader"
-                                                 in text)  # fmt: skip
+    try:
+        return load(file)
+    except Exception as e:
+        text = str(e)
+        torn_zip = isinstance(e, RuntimeError) and ("zip archive" in text or "PytorchStreamReader"
+                                                     in text)  # fmt: skip
+        cut = SafetensorError | EOFError | json.JSONDecodeError | UnicodeDecodeError
+        if not (torn_zip or isinstance(e, cut)):
+            raise
+        reason = (text.strip().splitlines() or [type(e).__name__])[0][:300]
+        raise CheckpointError(
+            f"{file} is damaged ({reason}): resume from another checkpoint (the folder's .old "
+            "copy, if there, or an earlier one)"
+        ) from e
 
 
 def changed_settings(cfg: Any, checkpoint: Path) -> dict[str, tuple[Any, Any]] | None:
@@ -504,7 +511,7 @@ def finished_summary(
     evaluation rows already logged at ``step`` go from ``metrics.jsonl``: the end evaluates
     there again (other held-out data, another reward), and the log keeps one evaluation per
     step, this end's."""
-    from distalign.config import checkpoint_path, config_dict
+    from distalign.config import PYTHON_OBJECT, checkpoint_path, config_dict
 
     if not cfg.resume_from_checkpoint:
         return None
@@ -516,7 +523,7 @@ def finished_summary(
     checkpoint = resolve_resume(checkpoint_path(cfg.resume_from_checkpoint, out))
     changed = changed_settings(cfg, checkpoint)
     # a Python object given through the API (a reward function) is saved by its type alone
-    opaque = "<python object" in json.dumps(config_dict(cfg))
+    opaque = PYTHON_OBJECT in json.dumps(config_dict(cfg))
     ended_here = summary.get("steps") == step and step >= total_steps
     if ended_here and changed is not None and not opaque and set(changed) <= _NOT_OF_THE_END:
         log.info("%s: the run ended at step %d already; its outputs stand (a larger max_steps "

@@ -903,6 +903,9 @@ def _override_key(cls: type, key: str, parsed: Any, where: str, errors: list[str
     return next(iter(kept.items())) if kept else None
 
 
+PYTHON_OBJECT = "<python object"  # how a saved config names what it cannot hold
+
+
 def _plain(value: Any) -> Any:
     """A value YAML can hold: dataclasses and containers recursively; a Python object given
     through the API (a reward callable, a ``datasets.Dataset``) by its description."""
@@ -916,7 +919,7 @@ def _plain(value: Any) -> Any:
         return _plain(value.value)
     if value is None or isinstance(value, str | int | float | bool):
         return value
-    return f"<python object: {type(value).__name__}>"
+    return f"{PYTHON_OBJECT}: {type(value).__name__}>"
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

@@ -251,9 +251,7 @@ def json_safe(value: Any) -> Any:
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return _plain(value)  # a log row's values, as metrics.jsonl writes them
 
 
 def nan_to_none(x: float) -> float | None:

@@ -464,7 +464,7 @@ def test_a_kill_while_a_step_policy_is_written_leaves_it_to_be_written_again(
 
     def killed_at_step_2(model, tokenizer, folder, weights=None):
         if folder.name.startswith("step_00002"):
-            (folder / "config.json").parent.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=True)
             (folder / "config.json").write_text("{}")  # part of it, then the kill
             raise KeyboardInterrupt
         written(model, tokenizer, folder, weights)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from accelerate.utils import gather_object
 
-from distalign.checkpoint import kept_steps, save_checkpoint, step_folder, swap_in
+from distalign.checkpoint import kept_steps, save_checkpoint, step_folder, whole_folder
 from distalign.distributed import EVERY_PROCESS, full_optimizer_state, full_state_dict
 from distalign.models.lora import merged_for_saving
 from distalign.printing import print_completions
@@ -176,15 +176,8 @@ def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) ->
     if keep:  # policy only: the points of the over-optimisation curve
         # written whole before ``last`` moves on: a kill in between leaves the step to run
         # again, and its policy to be written again
-        step = step_folder(t.out, state.step)
-        tmp = step.with_name(step.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)  # a save that was stopped
-        try:
+        with whole_folder(step_folder(t.out, state.step)) as tmp:
             save_policy(t.policy, t.tokenizer, tmp, weights)
-        except BaseException:  # a full disk, a stop: nothing half-written stays
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        swap_in(tmp, step)
         if cfg.save_total_limit:
             for _, old in kept_steps(t.out)[: -cfg.save_total_limit]:
                 shutil.rmtree(old)
