@@ -274,6 +274,13 @@ def test_unimodal_and_summary():
     out = distribution_summary(logp[:1], logp[1:2])
     assert set(out) >= {"accuracy", "accuracy_expectation", "entropy", "unimodal_share", "std_mean"}
     assert out["unimodal_share"] == 0.5
+    # the labels' negative log-likelihood, by brute force over the two scores, ties as trained
+    pw, pl = p[0].tolist(), p[1].tolist()
+    greater = sum(pw[i] * pl[j] for i in range(5) for j in range(5) if i > j)
+    tie = sum(pw[i] * pl[i] for i in range(5))
+    assert out["loss"] == pytest.approx(-math.log(greater))
+    half = distribution_summary(logp[:1], logp[1:2], ties="half")["loss"]
+    assert half == pytest.approx(-math.log(greater + tie / 2))
     assert head_log_probs("categorical", torch.zeros(1, 4), 4).exp().sum().item() == pytest.approx(
         1.0
     )

@@ -14,6 +14,7 @@ from distalign.metrics import (
     bootstrap_interval,
     bootstrap_p_value,
     distinct_n,
+    reward_summary,
     win_rate,
 )
 
@@ -22,6 +23,18 @@ def test_bayes_accuracy_picks_the_likelier_reply():
     assert bayes_accuracy(np.array([0.9, 0.2, 0.5])) == pytest.approx((0.9 + 0.8 + 0.5) / 3)
     assert bayes_accuracy(np.array([0.0, 1.0])) == 1.0  # labels without noise
     assert math.isnan(bayes_accuracy(np.array([])))
+
+
+def test_a_scalar_reward_models_held_out_loss_is_the_labels_negative_log_likelihood():
+    import torch
+
+    chosen, rejected = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 1.0])
+    out = reward_summary(chosen, rejected)
+    # −log σ(r_w − r_l) = log(1 + e^−(r_w − r_l)), averaged: what Bradley–Terry training minimises
+    assert out["loss"] == pytest.approx(
+        (math.log1p(math.exp(-2)) + math.log(2) + math.log1p(math.exp(2))) / 3
+    )
+    assert math.isnan(reward_summary(chosen[:0], rejected[:0])["loss"])
 
 
 def test_accuracy_vs_truth_by_hand_and_over_label_draws():

@@ -99,6 +99,11 @@ def test_mixture_summary_on_hand_made_pairs():
     assert out["accuracy_expectation"] == pytest.approx(1 / 3)  # means 2 > 0, −1 < 0, 0 < 1
     assert out["component_spread"] == pytest.approx((0 + 2 + 0) / 3)
     assert out["pairs"] == 3 and 0 <= out["ece"] <= 1
+    # the labels' negative log-likelihood: −log P(w ≻ l) of each pair, averaged
+    s = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    nll = [-math.log(s(2)), -math.log((s(1) + s(-3)) / 2), -math.log(s(-1))]
+    assert out["loss"] == pytest.approx(sum(nll) / 3)
+    assert math.isnan(mixture_summary(chosen[:0], rejected[:0])["loss"])
 
 
 def test_mixture_spread_is_centred_within_the_prompt(tmp_path):

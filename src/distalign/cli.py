@@ -41,7 +41,7 @@ from distalign.config import (
     parse_cli_args,
     save_config,
 )
-from distalign.data.formats import PreferenceFormatError
+from distalign.data.formats import PreferenceFormatError, prompt_text
 from distalign.data.load import DataSourceError
 from distalign.models.classifier import NotARewardModelError
 from distalign.models.load import ModelNotFoundError
@@ -226,7 +226,7 @@ def generate(cfg: GenerateConfig):
     rows = run_generate(cfg)
     for row in rows:
         prompt = row["prompt"]
-        text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        text = prompt_text(prompt)
         console.rule(f"[bold]{escape(text)}")
         console.print(row["reply"], markup=False, highlight=False)
         cut = "" if row["finished"] else ", cut at max_completion_length"

@@ -83,11 +83,16 @@ def preference_ece(chosen: torch.Tensor, rejected: torch.Tensor, n_bins: int = 1
 def reward_summary(
     chosen: torch.Tensor, rejected: torch.Tensor, p_chosen: np.ndarray | None = None
 ) -> dict[str, float]:
-    """Pairwise accuracy, mean margin, reward mean/std, ECE of a scalar reward model; with the
-    pairs' known ``p_chosen`` (N,), also ``accuracy_vs_truth``."""
+    """Pairwise accuracy, the labels' negative log-likelihood (``loss``: the mean Bradley–Terry
+    loss, as training minimises it without its centring term), mean margin, reward mean/std,
+    ECE of a scalar reward model; with the pairs' known ``p_chosen`` (N,), also
+    ``accuracy_vs_truth``."""
+    from distalign.losses import bradley_terry_loss
+
     both = torch.cat([chosen, rejected]).double()
     out = {
         "accuracy": pairwise_accuracy(chosen, rejected),
+        "loss": _mean(bradley_terry_loss(chosen.double(), rejected.double())),
         "margin": (chosen - rejected).double().mean().item() if chosen.numel() else float("nan"),
         "reward_mean": both.mean().item() if both.numel() else float("nan"),
         "reward_std": both.std().item() if both.numel() > 1 else float("nan"),
@@ -95,6 +100,11 @@ def reward_summary(
         "pairs": int(chosen.numel()),
     }
     return out | _vs_truth(chosen, rejected, p_chosen)
+
+
+def _mean(values: torch.Tensor) -> float:
+    """The mean of per-pair values; NaN for no pairs."""
+    return values.double().mean().item() if values.numel() else float("nan")
 
 
 def _vs_truth(chosen, rejected, p_chosen) -> dict[str, float]:
@@ -123,12 +133,15 @@ def distribution_summary(
     logp_l: torch.Tensor,
     values: torch.Tensor | None = None,
     p_chosen: np.ndarray | None = None,
+    ties: str = "strict",
 ) -> dict[str, float]:
     """Metrics of a distributional reward model on pairs: accuracy by P(R_w > R_l) vs
-    P(R_l > R_w) and by expectation, mean entropy, unimodal share, mean std; with the pairs'
-    known ``p_chosen`` (N,), ``accuracy_vs_truth`` of the first decision."""
+    P(R_l > R_w) and by expectation, the labels' negative log-likelihood (``loss``: the
+    preference loss with ``ties`` as training reads them, without its regularisers), mean
+    entropy, unimodal share, mean std; with the pairs' known ``p_chosen`` (N,),
+    ``accuracy_vs_truth`` of the first decision."""
     from distalign.functionals import expectation, std
-    from distalign.losses import entropy, log_prob_greater
+    from distalign.losses import distributional_preference_loss, entropy, log_prob_greater
 
     p_w, p_l = logp_w.exp(), logp_l.exp()
     greater = log_prob_greater(logp_w, logp_l).exp()
@@ -138,6 +151,7 @@ def distribution_summary(
     out = {
         "accuracy": pairwise_accuracy(greater, less),
         "accuracy_expectation": pairwise_accuracy(e_w, e_l),
+        "loss": _mean(distributional_preference_loss(logp_w.double(), logp_l.double(), ties)),
         "p_greater_mean": greater.mean().item(),
         "entropy": entropy(torch.cat([logp_w, logp_l])).mean().item(),
         "unimodal_share": is_unimodal(both).float().mean().item(),
@@ -157,14 +171,18 @@ def mixture_summary(
     by P(w ≻ l) = mean_k σ(r_k(w) − r_k(l)) > ½ and by the mean reward, ECE of that
     probability, and the mean std of a pair's component margins (``component_spread``: how
     far the annotator types part on it; a single reply's components have no comparable
-    spread, since each component is fixed only up to its own constant). With the pairs'
-    known ``p_chosen`` (N,), ``accuracy_vs_truth`` of the first decision."""
+    spread, since each component is fixed only up to its own constant), and the labels'
+    negative log-likelihood (``loss``: −log P(w ≻ l), the mixture loss training minimises).
+    With the pairs' known ``p_chosen`` (N,), ``accuracy_vs_truth`` of the first decision."""
+    from distalign.losses import mixture_preference_loss
+
     margins = (chosen - rejected).double()
     p = torch.sigmoid(margins).mean(-1)
     logit = torch.log(p) - torch.log1p(-p)
     return {
         "accuracy": pairwise_accuracy(p, 1 - p),
         "accuracy_expectation": pairwise_accuracy(chosen.mean(-1), rejected.mean(-1)),
+        "loss": _mean(mixture_preference_loss(chosen.double(), rejected.double())),
         "p_greater_mean": p.mean().item() if p.numel() else float("nan"),
         "ece": preference_ece(logit, torch.zeros_like(logit)),
         "component_spread": margins.std(-1, unbiased=False).mean().item()

@@ -7,6 +7,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from distalign.data.formats import prompt_text
+
 console = Console()
 
 
@@ -101,14 +103,14 @@ def number(v) -> str:
 
 def print_completions(rows: list[dict], step: int, width: int = 60) -> None:
     """``rl train``'s ``log_completions``: a table of a step's completions (the prompt's last
-    message and the reply, shortened to ``width`` characters; reward and advantage)."""
+    user message and the reply, shortened to ``width`` characters; reward and advantage)."""
     table = Table(title=f"completions at step {step}", show_lines=True)
     for column in ("prompt", "reply"):
         table.add_column(column, overflow="fold")
     for column in ("reward", "advantage"):
         table.add_column(column, justify="right")
     for row in rows:
-        prompt = row["prompt"][-1]["content"] if isinstance(row["prompt"], list) else row["prompt"]
+        prompt = prompt_text(row["prompt"])
         cells = [_shorten(str(prompt), width), _shorten(row["reply"], width)]
         # the texts are data: printed as they are, never read as rich markup
         reward = "—" if row["reward"] is None else f"{row['reward']:.3f}"  # None: none scored it

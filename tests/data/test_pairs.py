@@ -295,6 +295,42 @@ def test_tool_calls_tools_and_template_arguments_are_rendered_as_trl_does(
     assert tool_tokenizer.decode(pairs[1]["prompt_ids"]) == "<user>Hi</user><assistant>"
 
 
+def test_a_prompt_ending_with_an_assistant_turn_is_read_as_trl_reads_it(tmp_path, smol_tokenizer):
+    """TRL's RewardTrainer renders prompt + reply as one conversation, so a prompt may end with
+    an assistant turn and the reply is the next turn; RLOO and GRPO render such a prompt with
+    the generation prompt after it. Explicit and implicit rows alike; a ShareGPT conversation
+    still ends with the user, as LLaMA-Factory's do."""
+    from distalign.data.formats import PreferenceFormatError
+    from distalign.data.load import load_preferences
+    from distalign.data.pairs import tokenize_pairs
+    from distalign.data.prompts import load_prompts
+    from tests.conftest import write_jsonl
+
+    prompt = [{"role": "user", "content": "Name a colour."},
+              {"role": "assistant", "content": "Sure, one colour:"}]  # fmt: skip
+    blue, no = [{"role": "assistant", "content": "blue"}], [{"role": "assistant", "content": "no"}]
+    rows = [{"prompt": prompt, "chosen": blue, "rejected": no},
+            {"chosen": prompt + blue, "rejected": prompt + no}]  # fmt: skip
+    for i, row in enumerate(rows):
+        pairs = load_preferences(str(write_jsonl(tmp_path / f"{i}.jsonl", [row])))
+        assert pairs[0]["prompt"] == prompt and pairs[0]["chosen"] == "blue"
+        pair = tokenize_pairs(pairs, smol_tokenizer, max_length=512)[0]
+        for side, reply in (("chosen", blue), ("rejected", no)):
+            whole = smol_tokenizer.apply_chat_template([*prompt, *reply], tokenize=True)
+            assert pair["prompt_ids"] + pair[f"{side}_ids"] == _ids(whole)
+    path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": prompt}])
+    assert load_prompts(str(path)) == [prompt]
+    expected = smol_tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)
+    assert render_prompt_ids(smol_tokenizer, prompt) == _ids(expected)
+    sharegpt = {
+        "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}],
+        "chosen": {"from": "gpt", "value": "a"},
+        "rejected": {"from": "gpt", "value": "b"},
+    }
+    with pytest.raises(PreferenceFormatError, match="end with a user turn"):
+        load_preferences(str(write_jsonl(tmp_path / "s.jsonl", [sharegpt])))
+
+
 def test_bad_tools_and_template_arguments_name_their_field(tmp_path):
     from distalign.data.formats import PreferenceFormatError, normalise_row
 

@@ -70,7 +70,7 @@ def test_prompt_only_jsonl_with_strings_and_messages(tmp_path):
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ({"prompt": [{"role": "assistant", "content": "x"}]}, "last turn to be the user's"),
+        ({"prompt": [{"role": "system", "content": "x"}]}, "last turn to be the user's"),
         ({"prompt": None}, "null: expected the prompt"),
         ({"text": "x"}, "missing"),
     ],

@@ -265,6 +265,18 @@ def test_runs_trained_on_different_rewards_get_their_own_reward_panel(tmp_path):
     assert "gold reward on held-out prompts" not in [p.title for p in drawn + single]  # no data
 
 
+def test_a_reward_models_loss_panel_shows_its_held_out_loss_beside_the_training_loss(tmp_path):
+    from distalign.report.runs import rm_panels
+
+    run = tmp_path / "rm_scalar"
+    run.mkdir()
+    rows = [{"step": 1, "train/loss": 0.7, "train/accuracy": 0.5},
+            {"step": 2, "train/loss": 0.6, "eval/loss": 0.65, "eval/accuracy": 0.6}]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loss = next(p for p in rm_panels([str(run)]) if p.title == "loss: rm_scalar")
+    assert loss.series == {"training": [(1, 0.7), (2, 0.6)], "held-out": [(2, 0.65)]}
+
+
 def test_single_point_panels_are_not_drawn():
     one = plots.Panel("held-out accuracy", "accuracy", {"a": [(3, 0.6)], "b": [(3, 0.7)]})
     two = plots.Panel("loss", "nats", {"a": [(1, 0.9), (2, 0.8)]})

@@ -193,7 +193,8 @@ def test_load_best_model_at_end_after_a_resume_that_kept_no_best_keeps_the_last(
     with caplog.at_level("WARNING"):  # no later evaluation beats the first part's best
         result = run(dataclasses.replace(first, max_steps=3, learning_rate=0.0,
                                          resume_from_checkpoint="true",
-                                         load_best_model_at_end=True))  # fmt: skip
+                                         load_best_model_at_end=True,
+                                         metric_for_best_model="accuracy"))  # fmt: skip
     assert "checkpoints/best was not kept; final/ holds the last step's weights" in caplog.text
     assert "best_step" not in result
 
@@ -204,8 +205,9 @@ def test_save_total_limit_one_keeps_the_last_checkpoint_alone(tiny_model_dir, pa
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last"]
 
 
+@pytest.mark.parametrize("metric", ["eval_accuracy", None])  # None: transformers' eval loss
 def test_load_best_model_at_end_ends_with_the_best_evaluated_weights(
-    tiny_model_dir, pair_dir, tmp_path
+    tiny_model_dir, pair_dir, tmp_path, metric
 ):
     # trained on the pairs the other way round, the model gets worse on the held-out ones
     swapped = tmp_path / "swapped"
@@ -218,27 +220,59 @@ def test_load_best_model_at_end_ends_with_the_best_evaluated_weights(
     (swapped / "test.jsonl").write_text((pair_dir / "test.jsonl").read_text())
     cfg = config(tiny_model_dir, swapped, tmp_path, max_steps=8, eval_steps=1, save_steps=4,
                  load_best_model_at_end=True, save_total_limit=1,
-                 metric_for_best_model="eval_accuracy")  # fmt: skip
+                 metric_for_best_model=metric)  # fmt: skip
     result = run(cfg)
+    key, sign = ("accuracy", 1) if metric else ("loss", -1)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    evals = {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
+    evals = {r["step"]: sign * r[f"eval/{key}"] for r in rows if f"eval/{key}" in r}
     best = max(evals, key=lambda step: (evals[step], -step))  # the first of the best
     assert evals[best] > evals[8] and result["best_step"] == best < 8, evals
-    assert result["accuracy"] == evals[best]
+    assert sign * result[key] == pytest.approx(evals[best])
     final = load_file(tmp_path / "run" / "final" / "model.safetensors")
     kept = load_file(tmp_path / "run" / "checkpoints" / "best" / "model.safetensors")
     assert all(torch.equal(final[k], kept[k]) for k in kept)
     # save_total_limit 1 keeps best beside last for it, as transformers does
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
         "best", "last"]  # fmt: skip
-    # as a TRL RewardConfig with load_best_model_at_end dumps it
-    trl_keys = ["load_best_model_at_end=true", "metric_for_best_model=accuracy",
-                "greater_is_better=true"]  # fmt: skip
-    assert load_config(RMTrainConfig, None, trl_keys).load_best_model_at_end
-    with pytest.raises(ConfigError, match="greater_is_better"):
-        load_config(RMTrainConfig, None, [*trl_keys[:2], "greater_is_better=false"])
-    with pytest.raises(ValueError, match="metric_for_best_model: accuracy"):
-        config(tiny_model_dir, pair_dir, tmp_path, metric_for_best_model="eval_loss")
+
+
+def test_best_model_keys_as_trl_configs_write_them():
+    # a TRL RewardConfig with load_best_model_at_end dumps the loss (transformers' default)
+    trl_keys = ["load_best_model_at_end=true", "metric_for_best_model=loss",
+                "greater_is_better=false"]  # fmt: skip
+    assert load_config(RMTrainConfig, None, trl_keys).best_metric == "loss"
+    assert load_config(RMTrainConfig, None, trl_keys[:1]).best_metric == "loss"
+    assert load_config(RMTrainConfig, None, []).best_metric == "accuracy"  # checkpoints/best
+    by_accuracy = ["load_best_model_at_end=true", "metric_for_best_model=eval_accuracy",
+                   "greater_is_better=true"]  # fmt: skip
+    assert load_config(RMTrainConfig, None, by_accuracy).best_metric == "accuracy"
+    with pytest.raises(ConfigError, match="greater_is_better: true for metric_for_best_model"):
+        load_config(RMTrainConfig, None, [*by_accuracy[:2], "greater_is_better=false"])
+    with pytest.raises(ConfigError, match="greater_is_better: false for metric_for_best_model"):
+        load_config(RMTrainConfig, None, [*trl_keys[:2], "greater_is_better=true"])
+    with pytest.raises(ConfigError, match=r"metric_for_best_model: loss \| accuracy"):
+        load_config(RMTrainConfig, None, ["metric_for_best_model=eval_f1"])
+
+
+def test_a_resume_keeps_the_best_only_where_this_runs_metric_chose_it(caplog):
+    from distalign.rm.train import TrainState, best_of, improves
+
+    by_loss = load_config(RMTrainConfig, None, ["metric_for_best_model=loss"])
+    by_accuracy = load_config(RMTrainConfig, None, [])
+
+    # a checkpoint of an earlier version kept its best accuracy
+    def best(saved, cfg):
+        return TrainState(**best_of(saved, cfg)).best_metric
+
+    assert best({"step": 4, "best_accuracy": 0.7}, by_accuracy) == 0.7
+    assert best({"step": 4, "best_accuracy": -1.0}, by_accuracy) is None
+    with caplog.at_level("WARNING"):
+        state = TrainState(**best_of({"step": 4, "best_accuracy": 0.7}, by_loss))
+    assert state.best_metric is None and "chosen by the held-out accuracy" in caplog.text
+    kept = {"step": 4, "best_metric": 0.5, "best_by": "loss"}
+    assert best(kept, by_loss) == 0.5
+    assert improves(0.4, 0.5, greater_is_better=False) and not improves(0.6, 0.5, False)
+    assert improves(0.6, None, True) and not improves(float("nan"), None, True)
 
 
 def test_lora_adapter_saves_and_scores_identically(tiny_model_dir, pair_dir, tmp_path):

@@ -2,7 +2,9 @@
 
 Normalised row (what ``load_preferences`` returns, one per pair)::
 
-    prompt          list of {"role", "content"} messages, ending with a user (or tool) turn
+    prompt          list of {"role", "content"} messages, ending with a user (or tool) turn, or
+                    with an assistant turn the reply follows as a turn of its own (a
+                    conversational prompt's, rendered as TRL's trainers render it)
     chosen          str, the preferred assistant reply ('' when the source's reply is empty)
     rejected        str, the other assistant reply
     chosen_score    float | None, a rating of the chosen reply when the source has one
@@ -426,6 +428,15 @@ def read_prompt(value: Any, where: str, field: str = "prompt") -> list[dict[str,
     return hh if hh is not None else parse_messages(value, where, field)
 
 
+def prompt_text(prompt: str | Sequence[Mapping[str, Any]]) -> str:
+    """What a reader is shown of a prompt (and what the gold judge reads): the text, or a
+    chat's last user message (not a tool's result or an assistant turn it ends with)."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return users[-1] if users else ""
+
+
 def is_conversational(row: Mapping[str, Any]) -> bool:
     """Whether a row holds message lists (TRL's conversational data, which needs a chat
     template) rather than texts: as TRL's ``is_conversational`` reads the columns."""
@@ -686,7 +697,10 @@ def normalise_row(
     else:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
 
-    if not prompt or prompt[-1]["role"] not in ("user", *TOOL_ROLES):
+    # TRL renders prompt + reply as one conversation, so a prompt may end with an assistant
+    # turn (the reply is the next one); a ShareGPT prompt ends where LLaMA-Factory's does
+    last = ("user", *TOOL_ROLES) + (("assistant",) if fmt in ("explicit", "implicit") else ())
+    if not prompt or prompt[-1]["role"] not in last:
         got = prompt[-1]["role"] if prompt else "nothing"
         raise PreferenceFormatError(
             where, "prompt", f"expected the prompt to end with a user turn, got {got!r}"

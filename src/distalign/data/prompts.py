@@ -9,7 +9,9 @@ benchmark read chat prompts from.
     load_prompts("trl-lib/ultrafeedback-prompt", "train", name=None, revision="main")
     load_prompts(datasets.Dataset.from_list(rows))   # the same, from Python
 
-A prompt is a list of ``{"role", "content"}`` messages ending with a user (or tool) turn.
+A prompt is a list of ``{"role", "content"}`` messages ending with a user (or tool) turn, or
+in TRL's ``prompt`` column with an assistant turn, which the reply follows as a turn of its own
+(TRL's RLOO and GRPO render it so).
 Prompt-only rows are TRL's (a ``prompt`` column of strings or messages, as RLOO and GRPO take)
 or ShareGPT conversations (``conversations``/``messages``, ``from``/``value`` or
 ``role``/``content`` messages, an optional ``system`` column); a conversation that ends with
@@ -95,7 +97,8 @@ def prompt_of(row: Any, where: str) -> tuple[Chat, bool]:
     """The prompt of one prompt-only row, and whether a closing reply was set aside. Raises
     PreferenceFormatError naming the field.
 
-    TRL's ``prompt`` column must end with the user (or a tool); a string that is an Anthropic
+    TRL's ``prompt`` column ends with the user, a tool or an assistant turn (the reply is the
+    next turn, as TRL's trainers render it); a string that is an Anthropic
     HH transcript ending in ``"\n\nAssistant:"`` is read as its turns. A ShareGPT conversation
     may also end with the assistant's reply, which is set aside (``without_closing_reply``)."""
     set_aside = False
@@ -113,7 +116,9 @@ def prompt_of(row: Any, where: str) -> tuple[Chat, bool]:
         set_aside = len(prompt) < len(conversation)
         if not prompt:
             raise PreferenceFormatError(where, field, "no turn before the assistant's reply")
-    if prompt[-1]["role"] not in ("user", *TOOL_ROLES):
+    # TRL's prompt may end with an assistant turn: its trainers render the reply as the next
+    last = ("user", *TOOL_ROLES) + (("assistant",) if field == "prompt" else ())
+    if prompt[-1]["role"] not in last:
         raise PreferenceFormatError(
             where, field, "expected the last turn to be the user's (or a tool's)"
         )

@@ -40,6 +40,7 @@ import torch
 
 from distalign.checkpoint import run_folder
 from distalign.config import ConfigError
+from distalign.data.formats import prompt_text
 from distalign.data.load import same_source
 from distalign.eval.config import CompareConfig
 from distalign.metrics import bootstrap_interval, bootstrap_p_value, distinct_n, win_rate
@@ -536,7 +537,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     key = "gold" if judge is None else "judge"
     samples_table = [  # the first reply to each of the first prompts
         {
-            "prompt": prompts[i][-1]["content"],
+            "prompt": prompt_text(prompts[i]),
             **{
                 n: {"reply": m.samples.texts[i * k], key: float(m.judge_reward[i * k])}
                 for n, m in measured.items()

@@ -69,6 +69,7 @@ def pair_metrics(
     p_chosen: np.ndarray | None = None,
     rows: np.ndarray | None = None,
     clusters: np.ndarray | None = None,
+    ties: str = "strict",
 ) -> dict[str, float]:
     """Metrics of N pairs from the head outputs (N, num_labels) of their chosen and rejected
     replies. Scalar: accuracy, margin, reward mean/std, ECE.
@@ -94,7 +95,12 @@ def pair_metrics(
     adds whether the predicted spread of each distinct reply tracks the annotators'
     disagreement about it (``spread_*``, ``reply_spread_measures``).
 
-    ``rows``: each pair's row in its source (default 0..N−1)."""
+    ``rows``: each pair's row in its source (default 0..N−1). ``ties``: how a distributional
+    head's ``loss`` counts ties (its training config's ``ties``).
+
+    Every head reports ``loss``, the held-out labels' negative log-likelihood under its own
+    preference probability (the training loss without regularisers): what
+    ``metric_for_best_model: loss`` chooses by."""
     components = None  # a mixture's component margins (N, K), for its contested detector
     if head == "scalar":
         if outputs is not None:
@@ -115,7 +121,7 @@ def pair_metrics(
         logp_l = head_log_probs(head, rejected, n_bins)
         if outputs is not None:
             outputs.update(logp_chosen=logp_w, logp_rejected=logp_l)
-        result = distribution_summary(logp_w, logp_l, p_chosen=p_chosen)
+        result = distribution_summary(logp_w, logp_l, p_chosen=p_chosen, ties=ties)
         margin, spread = distribution_margin_spread(logp_w, logp_l)
         if truth is not None:
             result |= reply_spread_measures(truth, logp_w, logp_l, outputs)
@@ -333,9 +339,10 @@ def run_rm_eval(
     # the loader keeps the data set's order, so its rows line up with the scored pairs
     p_by_group = p_chosen_by_group(ds)
     truth = pair_replies(data, split, ds["source_row"]) if head != "scalar" else None
+    ties = (meta.get("config") or {}).get("ties", "strict")  # as its loss read them
     result = evaluate_reward_model(
         model, loader, None, head, n_bins, outputs, p_by_group, truth=truth,
-        p_chosen=known_p_chosen(ds),
+        p_chosen=known_p_chosen(ds), ties=ties,
     )  # fmt: skip
     result.update({"data": data, "split": split, "model": str(model_dir), "head": head})
     result.update({"device": str(place), "dtype": str(torch_dtype).removeprefix("torch.")})

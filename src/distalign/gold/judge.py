@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from distalign.data.formats import prompt_text
+
 ATTRIBUTES = ("relevance", "complete", "repetition", "length", "structure", "foreign")
 JUDGE_SEED = 20240214
 ANNOTATORS_PER_GROUP = 8
@@ -270,14 +272,6 @@ def judge(
 
 
 # --- reward sources: module:function(prompts, replies) -> list[float] -----------------------
-
-
-def prompt_text(prompt) -> str:
-    """What the judge reads of a prompt: the text, or a chat's last user message."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m["content"] for m in prompt if m["role"] == "user"]
-    return users[-1] if users else ""
 
 
 def gold_reward(prompts, replies) -> list[float]:

@@ -110,14 +110,18 @@ def rl_panels(
 
 
 def rm_panels(rm_runs: list[str]) -> list[Panel]:
-    """Training curves of reward models: the loss of each (losses of different heads are
-    different quantities, so one panel each), training and held-out pairwise accuracy with
-    the Bayes ceiling of the held-out pairs."""
+    """Training curves of reward models: the training and held-out loss of each (losses of
+    different heads are different quantities, so one panel each; the held-out one is the
+    labels' negative log-likelihood, without the training loss's regularisers), training and
+    held-out pairwise accuracy with the Bayes ceiling of the held-out pairs."""
     logs = _logs({d: Path(d).name for d in rm_runs})
     panels = [
-        Panel(f"training loss: {name}", "loss per pair (nats)", _series({name: rows}, "train/loss"))
+        Panel(f"loss: {name}", "loss per pair (nats)", {
+            label: pts for label, key in (("training", "train/loss"), ("held-out", "eval/loss"))
+            for pts in _series({name: rows}, key).values()
+        })
         for name, rows in logs.items()
-    ]
+    ]  # fmt: skip
     accuracy = "pairwise accuracy (share of pairs)"
     panels.append(Panel("training accuracy", accuracy, _series(logs, "train/accuracy")))
     ceilings = {

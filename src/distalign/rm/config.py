@@ -31,6 +31,9 @@ from distalign.tracking import resolve_report_to
 
 log = logging.getLogger(__name__)
 
+# metric_for_best_model's values: the held-out metrics rm train computes, as named in its log
+# or as transformers prefixes them
+BEST_METRICS = ("loss", "eval_loss", "accuracy", "eval_accuracy")
 # settings of the scalar or bin heads' losses that a mixture head has no use for
 MIXTURE_IGNORES = ("entropy_weight", "batch_entropy_weight", "smoothness_weight",
                    "rating_weight", "margin_scale")  # fmt: skip
@@ -192,15 +195,19 @@ class RMTrainConfig(AdamKeys, ModelKeys):
     save_total_limit: int | None = None
     """Checkpoints kept (transformers' key): rm train keeps at most two, the resumable
     ``checkpoints/last`` (overwritten at each save) and ``checkpoints/best`` (the best held-out
-    accuracy so far); 1 keeps ``last`` alone (both with load_best_model_at_end, as in
-    transformers); None or 2 and more: both."""
+    ``metric_for_best_model`` so far); 1 keeps ``last`` alone (both with
+    load_best_model_at_end, as in transformers); None or 2 and more: both."""
     load_best_model_at_end: bool = False
     """End with the weights of ``checkpoints/best`` instead of the last step's: ``final/``
     and the final evaluation are of them (transformers' key)."""
     metric_for_best_model: str | None = None
-    """What ``checkpoints/best`` is chosen by: the held-out ``accuracy`` (``eval_accuracy``;
-    None: that, where transformers would take the eval loss, which rm train does not
-    compute)."""
+    """What ``checkpoints/best`` is chosen by: the held-out ``loss`` (``eval_loss``, the labels'
+    negative log-likelihood: the training loss without its regularisers) or ``accuracy``
+    (``eval_accuracy``). None: as transformers, the loss with load_best_model_at_end, and
+    otherwise the accuracy."""
+    greater_is_better: bool | None = None
+    """Whether a larger metric_for_best_model is better (transformers' key): true for the
+    accuracy, false for the loss; None: that."""
     output_dir: str = "runs/rm"
     """Where checkpoints, the final model, logs and the resolved config go."""
     overwrite_output_dir: bool = False
@@ -223,6 +230,14 @@ class RMTrainConfig(AdamKeys, ModelKeys):
     """Project name in the tracker."""
     run_name: str | None = None
     """Run name in the tracker (default: the tracker's own)."""
+
+    @property
+    def best_metric(self) -> str:
+        """The held-out metric ``checkpoints/best`` is chosen by: ``loss`` or ``accuracy``."""
+        name = self.metric_for_best_model
+        if name is None:  # transformers' choice: the eval loss, when the best is loaded
+            return "loss" if self.load_best_model_at_end else "accuracy"
+        return name.removeprefix("eval_")
 
     def __post_init__(self):
         check_scheduler(self.lr_scheduler_type, self.lr_scheduler_kwargs)
@@ -255,9 +270,16 @@ class RMTrainConfig(AdamKeys, ModelKeys):
             ),
             (self.ties in ("strict", "half"), "ties: strict | half"),
             (
-                self.metric_for_best_model in (None, "accuracy", "eval_accuracy"),
-                "metric_for_best_model: accuracy (eval_accuracy); checkpoints/best is chosen "
-                f"by held-out accuracy, got {self.metric_for_best_model!r}",
+                self.metric_for_best_model in (None, *BEST_METRICS),
+                "metric_for_best_model: loss | accuracy (eval_loss | eval_accuracy: the held-out "
+                f"metrics rm train computes), got {self.metric_for_best_model!r}",
+            ),
+            (
+                self.metric_for_best_model not in (None, *BEST_METRICS)
+                or self.greater_is_better in (None, self.best_metric == "accuracy"),
+                f"greater_is_better: {str(self.best_metric == 'accuracy').lower()} for "
+                f"metric_for_best_model {self.best_metric} (or leave it unset), got "
+                f"{self.greater_is_better!r}",
             ),
             (
                 self.save_total_limit is None or self.save_total_limit >= 1,

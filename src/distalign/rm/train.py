@@ -97,7 +97,8 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of this epoch already consumed (by all processes)
-    best_accuracy: float = -1.0
+    best_metric: float | None = None  # the best held-out value of the metric named by best_by
+    best_by: str = ""  # the metric checkpoints/best was chosen by (cfg.best_metric)
     pairs: int = 0
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
     nonfinite_in_a_row: int = 0
@@ -208,13 +209,44 @@ def resumed_state(cfg: RMTrainConfig, out: Path, accelerator, model, optimizer, 
     state = TrainState()
     if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
         path, logs = checkpoint_path(cfg.resume_from_checkpoint, out), [out / "metrics.jsonl"]
-        state = TrainState(**resume_training(path, model, optimizer, scheduler, logs,
-                                             accelerator.is_main_process, cfg,
-                                             partial(check_resumable, cfg)))  # fmt: skip
+        saved = resume_training(
+            path,
+            model,
+            optimizer,
+            scheduler,
+            logs,
+            accelerator.is_main_process,
+            cfg,
+            partial(check_resumable, cfg),
+        )
+        state = TrainState(**best_of(saved, cfg, accelerator.is_main_process))
     moved = carry_over(state, cfg, train, accelerator.num_processes, scheduler)
     if moved and accelerator.is_main_process:  # its later rows counted steps of another size
         truncate_log(out / "metrics.jsonl", state.step)
     return state
+
+
+def best_of(saved: dict, cfg: RMTrainConfig, main_process: bool = True) -> dict:
+    """A checkpoint's state with the best so far kept only where it was chosen by this run's
+    metric (a checkpoint of an earlier version kept the best accuracy, ``best_accuracy``)."""
+    saved = dict(saved)
+    if "best_accuracy" in saved:
+        value = saved.pop("best_accuracy")
+        saved |= {"best_metric": value if value >= 0 else None, "best_by": "accuracy"}
+    by = saved.get("best_by")
+    if by and by != cfg.best_metric:
+        if main_process and saved.get("best_metric") is not None:
+            log.warning("checkpoints/best was chosen by the held-out %s; from here on by the "
+                        "%s (metric_for_best_model)", by, cfg.best_metric)  # fmt: skip
+        saved |= {"best_metric": None, "best_by": ""}
+    return saved
+
+
+def improves(value: float, best: float | None, greater_is_better: bool) -> bool:
+    """Whether a held-out ``value`` is better than the ``best`` so far (None: none yet)."""
+    if not math.isfinite(value):
+        return False
+    return best is None or (value > best if greater_is_better else value < best)
 
 
 def check_resumable(cfg: RMTrainConfig, saved: dict) -> None:
@@ -372,17 +404,19 @@ def held_out_metrics(t: Trainer, cfg: RMTrainConfig) -> tuple[dict, dict]:
         t.p_by_group,
         truth=t.truth,
         p_chosen=t.p_chosen,
+        ties=cfg.ties,
     )
     return result, outputs
 
 
 def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, dict]:
-    """``held_out_metrics``, logged at the step; keeps the best checkpoint (by held-out
-    accuracy; with ``save_total_limit`` 1 only for ``load_best_model_at_end``)."""
+    """``held_out_metrics``, logged at the step; keeps the best checkpoint (by the held-out
+    ``cfg.best_metric``; with ``save_total_limit`` 1 only for ``load_best_model_at_end``)."""
     result, outputs = held_out_metrics(t, cfg)
     t.log.write(state.step, {f"eval/{k}": v for k, v in result.items()})
-    if state.step > 0 and result["accuracy"] > state.best_accuracy:  # not eval_on_start's
-        state.best_accuracy = result["accuracy"]
+    value, greater = result[cfg.best_metric], cfg.best_metric == "accuracy"
+    if state.step > 0 and improves(value, state.best_metric, greater):  # not eval_on_start's
+        state.best_metric, state.best_by = value, cfg.best_metric
         if cfg.save_total_limit != 1 or cfg.load_best_model_at_end:
             save_state(t, state, "best", cfg)
     return result, outputs
@@ -408,8 +442,8 @@ def back_to_best(t: Trainer, state: TrainState, cfg: RMTrainConfig, model, resul
     result, outputs = held_out_metrics(t, cfg)
     if t.accelerator.is_main_process:
         log.info("load_best_model_at_end: final/ holds the weights of step %d "
-                 "(held-out accuracy %.4f), not step %d's", step, result["accuracy"],
-                 state.step)  # fmt: skip
+                 "(held-out %s %.4f), not step %d's", step, cfg.best_metric,
+                 result[cfg.best_metric], state.step)  # fmt: skip
     return result | {"best_step": step}, outputs
 
 
