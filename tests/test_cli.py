@@ -303,7 +303,7 @@ def test_old_yaml_key_is_refused_by_the_command(tmp_path, rm_train_configs, monk
         ("prompts.jsonl", ["format: prompt-only", "rows read: 6", "prompts: 6"]),
         ("standard_pairs.jsonl", ["format: explicit", "pairs: 3", "The capital of France is"]),
         ("sharegpt_prompts.jsonl", ["format: prompt-only", "prompts: 4", "first prompt"]),
-        ("tool_calls_pairs.jsonl", ["format: explicit", "pairs: 2", "<|im_start|>tool",
+        ("tool_calls_pairs.jsonl", ["format: explicit", "pairs: 3", "<|im_start|>tool",
                                     "writes nothing for the rows' tool calls"]),
     ],
 )  # fmt: skip

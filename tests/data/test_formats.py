@@ -329,6 +329,11 @@ def test_developer_and_ipython_roles_and_text_parts_go_to_the_template(tmp_path)
 def test_replies_from_different_conversations_are_refused(tmp_path):
     rows = [{"prompt": "Name a fruit.", "chosen": [user("a"), bot("A fig.")],
              "rejected": [user("b"), bot("No.")]}]  # fmt: skip
+    with pytest.raises(PreferenceFormatError, match="share every turn before their replies"):
+        load(tmp_path, rows)
+    # beside a prompt of messages, a reply's turns before the answer repeat the prompt
+    rows = [{"prompt": [user("Name a fruit.")], "chosen": [user("a"), bot("A fig.")],
+             "rejected": bot("No.")}]  # fmt: skip
     with pytest.raises(PreferenceFormatError, match="repeat the prompt"):
         load(tmp_path, rows)
 

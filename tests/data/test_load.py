@@ -246,11 +246,11 @@ def test_hub_id_goes_through_load_dataset(monkeypatch):
         (
             {
                 "prompt": "q",
-                "chosen": [{"role": "assistant", "content": "", "tool_calls": [{}]}],
+                "chosen": [{"role": "assistant", "content": "", "tool_calls": {}}],
                 "rejected": "b",
             },
             "chosen[0].tool_calls",
-            "a reply that calls tools is not supported",
+            "expected a list of calls",
         ),
         (
             {
@@ -542,6 +542,12 @@ def test_prompt_reply_files_take_text_or_conversational_completions(tmp_path):
     mismatch = write_jsonl(tmp_path / "mismatch.jsonl", [{"prompt": "Hi", "completion": other}])
     with pytest.raises(PreferenceFormatError, match="repeat the prompt"):
         read_prompt_replies(str(mismatch))
+    # a completion of several turns is scored whole, as TRL renders prompt + completion
+    turns = [{"role": "assistant", "content": "", "tool_calls": [{"type": "function"}]},
+             {"role": "tool", "content": "1"},
+             {"role": "assistant", "content": "One."}]  # fmt: skip
+    several = write_jsonl(tmp_path / "several.jsonl", [{"prompt": user, "completion": turns}])
+    assert read_prompt_replies(str(several))[2] == [turns]
 
 
 def test_the_training_data_as_held_out_is_said(tmp_path, caplog):
@@ -699,9 +705,9 @@ def test_an_empty_csv_cell_in_a_number_column_is_a_missing_value(tmp_path):
 
 
 def test_what_the_template_does_not_get_is_counted_and_said(tmp_path, caplog):
-    """Pairs render their tools (as TRL's RewardTrainer); a reply message's keys beside its
-    text are not rendered, and prompts for rl train render neither tools nor template
-    arguments of their rows (TRL's GRPO takes them from its config): counted and said."""
+    """Pairs render their tools and each reply message whole (its reasoning too), as TRL's
+    RewardTrainer does; prompts for rl train render neither tools nor template arguments of
+    their rows (TRL's GRPO takes them from its config): counted and said."""
     from distalign.data.prompts import load_prompts
 
     reasoning = [{"role": "assistant", "content": "a", "reasoning_content": "because"}]
@@ -710,8 +716,8 @@ def test_what_the_template_does_not_get_is_counted_and_said(tmp_path, caplog):
     report = LoadReport(source="d.jsonl")
     with caplog.at_level("WARNING"):
         ds = load_preferences(str(path), report=report)
-    assert report.ignored == {"chosen.reasoning_content": 1}
-    assert "'chosen.reasoning_content' in 1 rows: not given to the chat template" in caplog.text
+    assert not report.ignored and "not given to the chat template" not in caplog.text
+    assert json.loads(ds["chosen_turns"][1]) == reasoning and ds["chosen"][1] == "a"
     assert ds["template_kwargs"] == ['{"tools": [{}]}', None]
     report = LoadReport(source="p.jsonl")
     load_prompts(
@@ -744,16 +750,40 @@ def test_tool_calls_in_the_prompt_reach_rl_prompts(tmp_path):
         assert prompt[1] == {**call, "content": ""} and prompt[2]["tool_call_id"] == "c"
 
 
-def test_a_reply_of_several_messages_is_said_to_be_one():
-    from distalign.data.formats import normalise_row
+def test_a_reply_of_several_messages_is_its_turns_after_the_prompt(tmp_path):
+    """A reply that calls a tool, reads its result and answers is its three turns, after the
+    prompt or after a repeat of it, as TRL's RewardTrainer renders prompt + reply; its text is
+    the answer. A user turn among them is no reply."""
+    from distalign.data.formats import normalise_row, row_reply
 
-    row = {"prompt": [{"role": "user", "content": "Weather?"}],
-           "chosen": [{"role": "assistant", "content": "checking"},
-                      {"role": "tool", "content": "22C"},
-                      {"role": "assistant", "content": "22C"}],
-           "rejected": [{"role": "assistant", "content": "dunno"}]}  # fmt: skip
-    with pytest.raises(PreferenceFormatError, match="a reply of several messages"):
-        normalise_row(row, "explicit", "d.jsonl:1", 0)
+    turns = [{"role": "assistant", "content": "checking"},
+             {"role": "tool", "content": "22C"},
+             {"role": "assistant", "content": "22C"}]  # fmt: skip
+    prompt = [{"role": "user", "content": "Weather?"}]
+    dunno = [{"role": "assistant", "content": "dunno"}]
+    for chosen in (turns, prompt + turns):
+        row = normalise_row({"prompt": prompt, "chosen": chosen, "rejected": dunno},
+                            "explicit", "d.jsonl:1", 0)  # fmt: skip
+        assert (row["prompt"], row["chosen"], row["rejected"]) == (prompt, "22C", "dunno")
+        assert row_reply(row, "chosen") == turns and row_reply(row, "rejected") == "dunno"
+    # whole conversations (TRL's implicit prompt): the turns after those the two share
+    row = normalise_row({"chosen": prompt + turns, "rejected": prompt + dunno}, "implicit", "w", 0)
+    assert row["prompt"] == prompt and row_reply(row, "chosen") == turns
+    # ShareGPT, as LLaMA-Factory writes a reply's tool call and its result
+    sharegpt = {"conversations": [{"from": "human", "value": "Weather?"}],
+                "chosen": [{"from": "function_call", "value": "checking"},
+                           {"from": "observation", "value": "22C"},
+                           {"from": "gpt", "value": "22C"}],
+                "rejected": {"from": "gpt", "value": "dunno"}}  # fmt: skip
+    assert row_reply(normalise_row(sharegpt, "sharegpt", "s", 0), "chosen") == turns
+    with pytest.raises(PreferenceFormatError, match=r"chosen\[1\].*got role 'user'"):
+        normalise_row({"prompt": prompt, "chosen": [turns[0], *prompt, turns[2]],
+                       "rejected": dunno}, "explicit", "d.jsonl:1", 0)  # fmt: skip
+    rows = [{"prompt": prompt, "chosen": turns, "rejected": dunno},
+            {"prompt": prompt, "chosen": turns, "rejected": turns}]  # fmt: skip
+    report = LoadReport(source="d.jsonl")
+    ds = load_preferences(str(write_jsonl(tmp_path / "d.jsonl", rows)), report=report)
+    assert len(ds) == 1 and report.identical == 1  # the same turns: no preference
 
 
 def test_rated_single_responses_say_how_to_make_pairs(tmp_path):

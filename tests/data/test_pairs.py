@@ -344,10 +344,10 @@ def test_bad_tools_and_template_arguments_name_their_field(tmp_path):
     assert row["template_kwargs"] is None  # TRL: `tools or None`
 
 
-def test_implicit_conversations_that_differ_in_a_tool_call_are_refused(tmp_path):
-    """Two conversations share their prompt only if every key of every turn agrees: a
-    rejected reply that followed another tool call is not rendered after chosen's."""
-    from distalign.data.formats import PreferenceFormatError, normalise_row
+def test_implicit_conversations_that_differ_in_a_tool_call_part_there(tmp_path):
+    """Two conversations share their prompt only as far as every key of every turn agrees: a
+    rejected reply that followed another tool call is that call, its result and its answer."""
+    from distalign.data.formats import normalise_row, row_reply
 
     def conversation(city, reply):
         call = {"type": "function", "function": {"name": "weather", "arguments": {"city": city}}}
@@ -356,10 +356,35 @@ def test_implicit_conversations_that_differ_in_a_tool_call_are_refused(tmp_path)
 
     same = normalise_row({"chosen": conversation("Paris", "18C"),
                           "rejected": conversation("Paris", "?")}, "implicit", "w", 0)  # fmt: skip
-    assert same["prompt_extras"] is not None
-    with pytest.raises(PreferenceFormatError, match="share every turn"):
-        normalise_row({"chosen": conversation("Paris", "18C"),
-                       "rejected": conversation("London", "?")}, "implicit", "w", 0)  # fmt: skip
+    assert same["prompt_extras"] is not None and same["chosen_turns"] is None
+    pair = {"chosen": conversation("Paris", "18C"), "rejected": conversation("London", "?")}
+    other = normalise_row(pair, "implicit", "w", 0)
+    assert other["prompt"] == CALLING[:1] and other["prompt_extras"] is None
+    assert row_reply(other, "rejected")[0]["tool_calls"][0]["function"]["arguments"] == {
+        "city": "London"}  # fmt: skip
+    assert (other["chosen"], other["rejected"]) == ("18C", "?")
+
+
+def test_a_reply_of_several_turns_is_rendered_as_trl_renders_it(tool_tokenizer, tmp_path):
+    """prompt + reply is the rendering of the prompt's messages and the reply's turns (a tool
+    call, its result, the answer), token for token, in rm train's tokenisation and in the
+    scoring of a classifier distalign did not train."""
+    from distalign.data.load import load_preferences
+    from distalign.data.pairs import tokenize_pairs
+    from distalign.models.classifier import encode_conversation
+    from tests.conftest import write_jsonl
+
+    reply = [{**CALLING[1], "content": "Let me look."}, CALLING[2],
+             {"role": "assistant", "content": "It is 18C."}]  # fmt: skip
+    rows = [{"prompt": CALLING[:1], "chosen": reply,
+             "rejected": [{"role": "assistant", "content": "No idea."}]}]  # fmt: skip
+    pair = tokenize_pairs(
+        load_preferences(str(write_jsonl(tmp_path / "d.jsonl", rows))), tool_tokenizer, 512
+    )[0]
+    whole = _ids(tool_tokenizer.apply_chat_template([*CALLING[:1], *reply], tokenize=True))
+    assert pair["prompt_ids"] + pair["chosen_ids"] == whole
+    assert "<call>weather" in tool_tokenizer.decode(pair["chosen_ids"])
+    assert encode_conversation(tool_tokenizer, CALLING[:1], reply, 512) == whole
 
 
 def test_values_json_has_no_type_for_are_kept_as_their_text(tmp_path):

@@ -7,6 +7,11 @@ Normalised row (what ``load_preferences`` returns, one per pair)::
                     conversational prompt's, rendered as TRL's trainers render it)
     chosen          str, the preferred assistant reply ('' when the source's reply is empty)
     rejected        str, the other assistant reply
+    chosen_turns    str | None, JSON text of the chosen reply's messages where it is more than
+                    one plain assistant message (a tool call, the tool's result and the answer;
+                    a message with tool calls or reasoning): rendered whole after the prompt,
+                    as TRL's RewardTrainer renders them; its text is the last message's
+    rejected_turns  str | None, the same of the rejected reply
     chosen_score    float | None, a rating of the chosen reply when the source has one
     rejected_score  float | None
     margin          float | None, TRL's ``margin`` column: how far the chosen reply's reward
@@ -233,21 +238,13 @@ _MESSAGE_KEYS = ("role", "content", "from", "value")
 TEMPLATE_COLUMNS = ("tools", "chat_template_kwargs")  # what TRL hands the chat template
 
 
-def ignored_columns(row: Mapping[str, Any], rendered: bool = False) -> list[str]:
-    """What of ``row`` TRL gives the chat template and distalign does not: the ``tools`` and
-    ``chat_template_kwargs`` columns unless ``rendered`` (preference pairs render them, as
-    TRL's RewardTrainer does; prompts for ``rl train`` do not, as TRL's GRPO trainer takes
-    its tools and template arguments from its config), and a reply message's keys beside its
-    text (``chosen.reasoning_content``): counted and said by the loaders, never dropped
-    silently."""
-    out = [] if rendered else [c for c in TEMPLATE_COLUMNS if row.get(c)]
-    for field in ("chosen", "rejected", *REPLY_COLUMNS):
-        value = row.get(field)
-        if _is_messages(value) and value:
-            last = value[-1]
-            out += [f"{field}.{k}" for k, v in last.items()
-                    if k not in _MESSAGE_KEYS and v is not None]  # fmt: skip
-    return out
+def ignored_columns(row: Mapping[str, Any]) -> list[str]:
+    """What of a row read as a prompt (or a prompt and one reply, ``rm score``) TRL gives the
+    chat template and distalign does not: its ``tools`` and ``chat_template_kwargs`` columns
+    (TRL's GRPO trainer takes its tools and template arguments from its config; preference
+    pairs render them, as TRL's RewardTrainer does): counted and said by the loaders, never
+    dropped silently."""
+    return [c for c in TEMPLATE_COLUMNS if row.get(c)]
 
 
 def template_kwargs(row: Mapping[str, Any], where: str) -> str | None:
@@ -314,6 +311,31 @@ def joined_prompt(row: Mapping[str, Any]) -> list[dict[str, Any]]:
         return list(row["prompt"])
     extras = json.loads(text)
     return [{**m, **e} for m, e in zip(row["prompt"], extras, strict=True)]
+
+
+Reply = str | Sequence[Mapping[str, Any]]  # a reply's text, or its messages (``reply_turns``)
+
+
+def reply_messages(reply: Reply) -> list[dict[str, Any]]:
+    """The messages of a reply: one assistant message of a text, or the reply's own."""
+    return [{"role": "assistant", "content": reply}] if isinstance(reply, str) else list(reply)
+
+
+def as_reply(text: str, turns: str | None) -> Reply:
+    """A reply as it is rendered, from ``reply_turns``' text and messages."""
+    return json.loads(turns) if turns else text
+
+
+def reply_text(reply: Reply) -> str:
+    """The text of a reply: itself, or its last message's."""
+    return reply if isinstance(reply, str) else reply[-1]["content"]
+
+
+def row_reply(row: Mapping[str, Any], side: str) -> Reply:
+    """A normalised pair's ``chosen`` or ``rejected`` reply as it is rendered: its messages
+    where the source gave more than one plain assistant message (``reply_turns``), else its
+    text."""
+    return as_reply(row[side], row.get(f"{side}_turns"))
 
 
 def row_template_kwargs(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -451,29 +473,53 @@ def is_transcript(row: Mapping[str, Any], fmt: str) -> bool:
     return fmt == "hh" or (isinstance(prompt, str) and hh_prompt(prompt) is not None)
 
 
-def _reply(messages: list[dict[str, str]], where: str, field: str) -> str:
-    last = messages[-1]
+Turns = tuple[str | None, str | None]  # chosen's and rejected's reply messages (``reply_turns``)
+
+
+def reply_turns(messages: list[dict[str, Any]], start: int, where: str, field: str):
+    """(reply text, its messages as JSON text or None) of a reply column's ``messages`` from
+    ``start`` on, where the prompt's repeat (if any) ends.
+
+    The text is the last message's, which must be the assistant's. The messages are kept whole
+    (JSON text: one column type whatever they hold) when they are more than one plain assistant
+    message: several turns (a tool call, the tool's result, the answer) or a message with keys
+    beside its text (``tool_calls``, ``reasoning_content``), which TRL's RewardTrainer renders
+    with the prompt; None for a plain one, rendered from the text."""
+    own = messages[start:]
+    last = own[-1] if own else {"role": "nothing"}
     if last["role"] != "assistant":
         raise PreferenceFormatError(
-            where,
-            field,
-            f"expected the last message to be an assistant reply, got role {last['role']!r}",
-        )
-    if "tool_calls" in last:
-        raise PreferenceFormatError(
-            where, f"{field}[{len(messages) - 1}].tool_calls", "a reply that calls tools is not "
-            "supported: a reply is read as its text (tool calls in the prompt's turns are "
-            "rendered)",
+            where, field, f"expected the last message to be an assistant reply, got role "
+            f"{last['role']!r}",
         )  # fmt: skip
-    return last["content"]
+    for i, message in enumerate(own):
+        opens_otherwise = i == 0 and message["role"] != "assistant"
+        if message["role"] not in ("assistant", *TOOL_ROLES) or opens_otherwise:
+            raise PreferenceFormatError(
+                where, f"{field}[{start + i}]", "expected the messages before the reply to "
+                "repeat the prompt; a reply's own turns are the assistant's and tools', got role "
+                f"{message['role']!r}",
+            )  # fmt: skip
+    plain = len(own) == 1 and all(k in _MESSAGE_KEYS for k in last)
+    return last["content"], (None if plain else _json(own))
 
 
-def reply_and_context(value: Any, where: str, field: str) -> tuple[str, list[dict[str, str]]]:
-    """A reply column -> (reply text, the messages before it)."""
+def read_reply(value: Any, prompt: list[dict[str, Any]], where: str, field: str):
+    """A reply column (a string, a message, or messages that may repeat the prompt or its last
+    user turn before the reply, as binarized sets write them) -> ``reply_turns``."""
     if isinstance(value, str):
-        return value, []
+        return value, None
     messages = parse_messages(value, where, field)
-    return _reply(messages, where, field), messages[:-1]
+    return reply_turns(messages, _repeat_length(messages, prompt), where, field)
+
+
+def _repeat_length(messages: list[dict[str, Any]], prompt: list[dict[str, Any]]) -> int:
+    """How many of a reply column's first messages repeat the prompt (or its last user turn):
+    0 when they do not."""
+    n = len(prompt)
+    if 0 < n < len(messages) and _same_turns(messages[:n], prompt):
+        return n
+    return 1 if len(messages) > 1 and prompt and _same_turns(messages[:1], prompt[-1:]) else 0
 
 
 def _same_turns(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
@@ -490,44 +536,47 @@ def _same_turns(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
     )  # fmt: skip
 
 
-def repeats_prompt(context: list[dict[str, str]], prompt: list[dict[str, str]]) -> bool:
-    """Whether the messages before a reply repeat its prompt (or its last user turn), as
-    binarized sets write them; no messages at all also fits."""
-    return not context or _same_turns(context, prompt) or _same_turns(context, prompt[-1:])
-
-
 def _split_conversations(chosen, rejected, where):
-    """Shared prompt and the two final replies of two conversations (implicit prompt)."""
+    """(shared prompt, chosen text, rejected text, their turns) of two conversations (TRL's
+    implicit prompt): the prompt is every turn the two share, each reply the rest of its
+    conversation (one assistant message, or several turns with tools)."""
     if len(chosen) < 2 or len(rejected) < 2:
         field = "chosen" if len(chosen) < 2 else "rejected"
         raise PreferenceFormatError(
             where, field, "expected a conversation of at least a user turn and an assistant reply"
         )
-    if not _same_turns(chosen[:-1], rejected[:-1]):
+    k, most = 0, min(len(chosen), len(rejected)) - 1  # each reply keeps its last message
+    while k < most and _same_turns(chosen[k : k + 1], rejected[k : k + 1]):
+        k += 1
+    if chosen[k]["role"] != "assistant" or rejected[k]["role"] != "assistant":
         raise PreferenceFormatError(
             where,
             "rejected",
-            "expected chosen and rejected to share every turn but the final assistant reply",
+            "expected chosen and rejected to share every turn before their replies (a reply is "
+            "the assistant's turns at the end)",
         )
-    return chosen[:-1], _reply(chosen, where, "chosen"), _reply(rejected, where, "rejected")
+    (c, c_turns), (r, r_turns) = (
+        reply_turns(chosen, k, where, "chosen"), reply_turns(rejected, k, where, "rejected")
+    )  # fmt: skip
+    return chosen[:k], c, r, (c_turns, r_turns)
 
 
 def _with_replies(row, prompt, where, prompt_is_text: bool):
-    """(prompt, chosen, rejected) of a row whose prompt column is given."""
-    chosen, chosen_context = reply_and_context(row["chosen"], where, "chosen")
-    rejected, rejected_context = reply_and_context(row["rejected"], where, "rejected")
-    for field, context in (("chosen", chosen_context), ("rejected", rejected_context)):
-        if repeats_prompt(context, prompt):
-            continue
-        if prompt_is_text and chosen_context and _same_turns(chosen_context, rejected_context):
-            return chosen_context, chosen, rejected  # TRL: whole conversations win
-        several = context[0]["role"] in ("assistant", *TOOL_ROLES)  # the reply's own turns
-        raise PreferenceFormatError(
-            where, field, "a reply of several messages (assistant, tool, assistant) is not "
-            "supported; a reply is one assistant message, after the prompt's turns if any"
-            if several else "expected the messages before the reply to repeat the prompt",
-        )  # fmt: skip
-    return prompt, chosen, rejected
+    """(prompt, chosen text, rejected text, their turns) of a row whose prompt column is
+    given. A string prompt beside two conversations that do not repeat it gives way to the
+    turns the two share (TRL's ``maybe_extract_prompt``: whole conversations win)."""
+    values = [row["chosen"], row["rejected"]]
+    if prompt_is_text and all(_is_messages(v) and v for v in values):
+        conversations = [parse_messages(values[0], where, "chosen"),
+                         parse_messages(values[1], where, "rejected")]  # fmt: skip
+        if any(not _repeat_length(m, prompt) and m[0]["role"] != "assistant"
+               for m in conversations):  # fmt: skip
+            return _split_conversations(*conversations, where)
+    (chosen, c_turns), (rejected, r_turns) = (
+        read_reply(values[0], prompt, where, "chosen"),
+        read_reply(values[1], prompt, where, "rejected"),
+    )
+    return prompt, chosen, rejected, (c_turns, r_turns)
 
 
 def prompt_replaced(raw: Mapping[str, Any], prompt: list[dict[str, Any]]) -> bool:
@@ -551,14 +600,14 @@ def _explicit(row, where):
     value = row["prompt"]
     hh = hh_prompt(value) if isinstance(value, str) else None
     if hh is not None:
-        prompt, chosen, rejected = _with_replies(row, hh, where, prompt_is_text=False)
+        prompt, chosen, rejected, turns = _with_replies(row, hh, where, prompt_is_text=False)
     else:
         prompt = parse_messages(value, where, "prompt")
-        prompt, chosen, rejected = _with_replies(row, prompt, where, isinstance(value, str))
-    if isinstance(value, str):
+        prompt, chosen, rejected, turns = _with_replies(row, prompt, where, isinstance(value, str))
+    if isinstance(value, str) and turns == (None, None):
         move = standard_text(row)
         prompt, (chosen, rejected) = text_replies(value, prompt, [chosen, rejected], move)
-    return prompt, chosen, rejected
+    return prompt, chosen, rejected, turns
 
 
 def standard_text(row: Mapping[str, Any]) -> bool:
@@ -674,10 +723,11 @@ def normalise_row(
             where, "prompt", f"a prompt in a data set read as {fmt} (its first row has none, "
             "so its replies carry the prompt): give every row a prompt, or none",
         )  # fmt: skip
+    turns: Turns = (None, None)
     if fmt == "explicit":
-        prompt, chosen, rejected = _explicit(row, where)
+        prompt, chosen, rejected, turns = _explicit(row, where)
     elif fmt == "sharegpt":
-        prompt, chosen, rejected = _sharegpt(row, where)
+        prompt, chosen, rejected, turns = _sharegpt(row, where)
     elif fmt == "implicit" and isinstance(row["chosen"], str):
         if not isinstance(row["rejected"], str):
             raise PreferenceFormatError(
@@ -687,7 +737,7 @@ def normalise_row(
             )
         prompt, chosen, rejected = split_texts(row["chosen"], row["rejected"])
     elif fmt == "implicit":
-        prompt, chosen, rejected = _split_conversations(
+        prompt, chosen, rejected, turns = _split_conversations(
             parse_messages(row["chosen"], where, "chosen"),
             parse_messages(row["rejected"], where, "rejected"),
             where,
@@ -725,6 +775,8 @@ def normalise_row(
         "template_kwargs": template_kwargs(row, where),
         "chosen": chosen,
         "rejected": rejected,
+        "chosen_turns": turns[0],
+        "rejected_turns": turns[1],
         **scores,
         "margin": read_number(row, "margin", where),
         "source_row": index,

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from distalign.data.formats import joined_prompt, row_template_kwargs
+from distalign.data.formats import joined_prompt, row_reply, row_template_kwargs
 from distalign.data.load import LoadReport, iter_source_rows, load_preferences, resolve_source
 from distalign.data.pairs import (
     render_pair_ids,
@@ -130,7 +130,7 @@ def inspect_source(
     cols: dict[str, list[int]] = {"prompt": [], "chosen": [], "rejected": [], PAIR: []}
     for row in sample:
         prompt, (chosen, rejected) = render_pair_ids(
-            tokenizer, joined_prompt(row), (row["chosen"], row["rejected"]),
+            tokenizer, joined_prompt(row), (row_reply(row, "chosen"), row_reply(row, "rejected")),
             row_template_kwargs(row),
         )  # fmt: skip
         pair = len(prompt) + max(len(chosen), len(rejected))  # what max_length bounds
@@ -143,6 +143,6 @@ def inspect_source(
     out.silent = silent_template_inputs(tokenizer, ds)
     first = ds[0]
     out.example = render_text(
-        tokenizer, joined_prompt(first), first["chosen"], row_template_kwargs(first)
+        tokenizer, joined_prompt(first), row_reply(first, "chosen"), row_template_kwargs(first)
     )
     return out

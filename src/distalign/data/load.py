@@ -41,16 +41,18 @@ from distalign.data.formats import (
     REPLY_COLUMNS,
     PreferenceFormatError,
     absent,
+    as_reply,
     detect_format,
     holds_hh_turn,
     ignored_columns,
     is_conversational,
     is_transcript,
     normalise_row,
+    parse_messages,
     prompt_replaced,
     read_prompt,
-    repeats_prompt,
-    reply_and_context,
+    read_reply,
+    reply_turns,
     text_replies,
 )
 from distalign.hub import offline_if_unreachable
@@ -62,6 +64,8 @@ FEATURES = datasets.Features(
         "prompt": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
         "chosen": datasets.Value("string"),
         "rejected": datasets.Value("string"),
+        "chosen_turns": datasets.Value("string"),  # JSON text of a reply's messages, or null
+        "rejected_turns": datasets.Value("string"),
         "chosen_score": datasets.Value("float64"),
         "rejected_score": datasets.Value("float64"),
         "margin": datasets.Value("float64"),
@@ -208,23 +212,17 @@ class LoadReport:
 
     def ignored_note(self, keys: Iterable[str] | None = None) -> str | None:
         """What TRL gives the chat template and distalign does not (of ``keys``, default
-        all), with its rows: a reply message's other keys (``chosen.reasoning_content``), and
-        the ``tools`` and ``chat_template_kwargs`` columns of rows read as prompts."""
+        all), with its rows: the ``tools`` and ``chat_template_kwargs`` columns of rows read as
+        prompts."""
         keys = set(self.ignored if keys is None else keys)
-        items = [(k, n) for k, n in self.ignored.items() if k in keys and n]
-        replies = [f"{k!r} in {n} rows" for k, n in items if "." in k]
-        columns = [f"{k!r} in {n} rows" for k, n in items if "." not in k]
-        parts = []
-        if replies:
-            why = "a reply is read as its text; TRL renders the whole message"
-            parts.append(f"{', '.join(replies)}: not given to the chat template ({why})")
-        if columns:
-            why = (
-                "prompts are rendered without a row's own; rl train, generate and eval "
-                "compare take chat_template_kwargs as a key, as TRL's GRPO and RLOO do"
-            )
-            parts.append(f"{', '.join(columns)}: not given to the chat template ({why})")
-        return f"{self.source}: " + "; ".join(parts) if parts else None
+        items = [f"{k!r} in {n} rows" for k, n in self.ignored.items() if k in keys and n]
+        if not items:
+            return None
+        why = (
+            "prompts are rendered without a row's own; rl train, generate and eval compare take "
+            "chat_template_kwargs as a key, as TRL's GRPO and RLOO do"
+        )
+        return f"{self.source}: {', '.join(items)}: not given to the chat template ({why})"
 
     def skip(self, error: PreferenceFormatError) -> None:
         """Count a malformed row under its reason (the text before any parenthesis)."""
@@ -427,7 +425,8 @@ def load_preferences(
                 raise
             report.skip(e)
             continue
-        if row["chosen"] == row["rejected"]:  # whitespace apart is no tie: the tokens differ
+        if all(row[f"chosen{k}"] == row[f"rejected{k}"] for k in ("", "_turns")):  # no tie:
+            # whitespace apart, the tokens differ
             report.identical += 1
             if drop_identical:
                 continue
@@ -438,7 +437,6 @@ def load_preferences(
         report.later_turns += fmt == "hh" and any(map(holds_hh_turn, (row["chosen"],
                                                                      row["rejected"])))  # fmt: skip
         report.prompts_replaced += prompt_replaced(raw, row["prompt"])
-        report.ignored.update(ignored_columns(raw, rendered=True))
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
@@ -463,11 +461,13 @@ def require_pairs(pairs, report: LoadReport):
 def read_prompt_replies(
     path: str, report: LoadReport | None = None, as_trained: bool = True
 ) -> tuple[list[dict], list[list[dict]], list[str]]:
-    """Rows, chat prompts and reply texts of a file with ``prompt`` and a reply column, or
-    with ``messages`` ending with the assistant's turn (the reply); ``report`` (when given)
-    counts HH transcripts and conversational rows. ``as_trained``: a string prompt and reply
-    are split as ``rm train`` splits a pair of them (``formats.text_replies``), so a reward
-    model scores a reply as it read it in training; else the texts stay as written."""
+    """Rows, chat prompts and replies (texts, or a reply's messages where it has several or
+    keys beside its text: ``formats.reply_turns``) of a file with ``prompt`` and a reply
+    column, or with ``messages`` ending with the assistant's turn (the reply); ``report``
+    (when given) counts HH transcripts and conversational rows. ``as_trained``: a string
+    prompt and reply are split as ``rm train`` splits a pair of them
+    (``formats.text_replies``), so a reward model scores a reply as it read it in training;
+    else the texts stay as written."""
     rows, prompts, replies = [], [], []
     report = report if report is not None else LoadReport(source=str(path))
     for where, row in iter_source_rows(path):
@@ -476,12 +476,12 @@ def read_prompt_replies(
         key = next((k for k in REPLY_COLUMNS if k in row), None)
         if key is None and row.get("prompt") is None and "messages" in row:
             # TRL's conversational language-modelling rows: the last turn is the reply
-            reply, prompt = reply_and_context(row["messages"], where, "messages")
-            if not prompt:
+            messages = parse_messages(row["messages"], where, "messages")
+            if len(messages) < 2:
                 raise PreferenceFormatError(where, "messages", "no turns before the reply")
             report.conversations += 1
-            prompts.append(prompt)
-            replies.append(reply)
+            prompts.append(messages[:-1])
+            replies.append(as_reply(*reply_turns(messages, len(messages) - 1, where, "messages")))
             rows.append(row)
             continue
         if key is None:
@@ -493,17 +493,13 @@ def read_prompt_replies(
         report.conversations += is_conversational(row)
         report.ignored.update(ignored_columns(row))
         # a text, or messages ending with the assistant's (TRL's conversational completion)
-        reply, context = reply_and_context(row[key], where, key)
-        if not repeats_prompt(context, prompt):
-            raise PreferenceFormatError(
-                where, key, "expected the messages before the reply to repeat the prompt"
-            )
-        if as_trained and isinstance(row["prompt"], str):
+        reply, turns = read_reply(row[key], prompt, where, key)
+        if as_trained and isinstance(row["prompt"], str) and turns is None:
             prompt, (reply,) = text_replies(
                 row["prompt"], prompt, [reply], isinstance(row[key], str)
             )
         prompts.append(prompt)
-        replies.append(reply)
+        replies.append(as_reply(reply, turns))
         rows.append(row)
     return rows, prompts, replies
 

@@ -26,8 +26,11 @@ import torch
 
 from distalign.data.formats import (
     INSTRUCTION_ROLES,
+    Reply,
     common_prefix_length,
     joined_prompt,
+    reply_messages,
+    row_reply,
     row_template_kwargs,
 )
 from distalign.models.templates import BUILT_IN, RenderingError, bos_ids, rendering_of
@@ -47,15 +50,15 @@ def render_prompt_ids(
 def render_text(
     tokenizer,
     messages: list[dict[str, str]],
-    reply: str | None = None,
+    reply: Reply | None = None,
     template_kwargs: TemplateArgs = None,
 ) -> str:
     """The text the model reads: the prompt ending with the assistant header, or with
-    ``reply`` the whole conversation (as ``render_pair_ids`` renders it)."""
+    ``reply`` (a text, or the reply's messages) the whole conversation (as
+    ``render_pair_ids`` renders it)."""
     if reply is None:
         return _render(tokenizer, messages, False, template_kwargs, add_generation_prompt=True)
-    conversation = [*messages, {"role": "assistant", "content": reply}]
-    return _render(tokenizer, conversation, False, template_kwargs)
+    return _render(tokenizer, [*messages, *reply_messages(reply)], False, template_kwargs)
 
 
 def _render(
@@ -88,39 +91,46 @@ def _render(
 
 
 TEMPLATE_INPUTS = {
-    "messages": "tool calls (the prompt messages' keys beside role and content)",
+    "messages": "tool calls (the messages' keys beside role and content)",
     "tools": "tools",
     "kwargs": "chat_template_kwargs",
 }
 
 
+def _plain(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages without their keys beside role and content."""
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
 def silent_template_inputs(tokenizer, pairs, limit: int = 200) -> list[str]:
     """What normalised pairs give the chat template beside roles and contents (tool calls and
-    other message keys, tools, template arguments) that this tokenizer's template writes
-    nothing for, as ``TEMPLATE_INPUTS`` names them: rendering a prompt with and without it
-    gives the same text, on the first of the first ``limit`` pairs that has it. SmolLM2's
-    template writes no tool calls; TRL renders through the same template, so the model reads
-    them no more there, but a user should know."""
+    other message keys of the prompt or the chosen reply, tools, template arguments) that this
+    tokenizer's template writes nothing for, as ``TEMPLATE_INPUTS`` names them: rendering a
+    pair with and without it gives the same text, on the first of the first ``limit`` pairs
+    that has it. SmolLM2's template writes no tool calls; TRL renders through the same
+    template, so the model reads them no more there, but a user should know."""
     columns = getattr(pairs, "column_names", None) or []
-    if not len(pairs) or not any(c in columns for c in ("prompt_extras", "template_kwargs")):
+    given = ("prompt_extras", "template_kwargs", "chosen_turns")
+    if not len(pairs) or not any(c in columns for c in given):
         return []
     found: dict[str, bool] = {}
     for row in pairs.select(range(min(limit, len(pairs)))):
         messages, kwargs = joined_prompt(row), row_template_kwargs(row)
+        reply = reply_messages(row_reply(row, "chosen"))
         without = {}
-        if row.get("prompt_extras"):
-            without["messages"] = (list(row["prompt"]), kwargs)
+        if row.get("prompt_extras") or _plain(reply) != reply:
+            without["messages"] = (_plain(messages), _plain(reply), kwargs)
         if "tools" in kwargs:
-            without["tools"] = (messages, {k: v for k, v in kwargs.items() if k != "tools"})
+            without["tools"] = (messages, reply, {k: v for k, v in kwargs.items() if k != "tools"})
         if set(kwargs) - {"tools"}:
-            without["kwargs"] = (messages, {k: v for k, v in kwargs.items() if k == "tools"})
+            without["kwargs"] = (messages, reply, {k: v for k, v in kwargs.items() if k == "tools"})
         todo = {what: args for what, args in without.items() if what not in found}
         if not todo:
             continue
         try:
-            full = render_text(tokenizer, messages, template_kwargs=kwargs)
-            for what, (m, kw) in todo.items():
-                found[what] = render_text(tokenizer, m, template_kwargs=kw) == full
+            full = render_text(tokenizer, messages, reply, template_kwargs=kwargs)
+            for what, (m, r, kw) in todo.items():
+                found[what] = render_text(tokenizer, m, r, template_kwargs=kw) == full
         except RenderingError:
             continue
         if len(found) == len(TEMPLATE_INPUTS):
@@ -140,11 +150,12 @@ def silent_note(silent: list[str], model: str) -> str:
 def render_pair_ids(
     tokenizer,
     messages: list[dict[str, str]],
-    replies: Sequence[str],
+    replies: Sequence[Reply],
     template_kwargs: TemplateArgs = None,
 ) -> tuple[list[int], list[list[int]]]:
     """(prompt ids, each reply's ids) such that prompt + reply is exactly the rendering of
-    ``messages`` + that assistant ``reply``.
+    ``messages`` + that assistant ``reply`` (a text, or the reply's messages: a tool call,
+    its result and the answer are rendered as turns of the reply).
 
     Everything the template writes is kept, the end of turn and what follows it included
     (SmolLM2: ``<|im_end|>`` and a line break), so prompt + reply is exactly
@@ -155,11 +166,8 @@ def render_pair_ids(
     the whole texts share of it, since TRL tokenises each whole text.
     """
     prompt = render_prompt_ids(tokenizer, messages, template_kwargs)
-    fulls = [
-        _render(tokenizer, [*messages, {"role": "assistant", "content": r}], True,
-                template_kwargs)
-        for r in replies
-    ]  # fmt: skip
+    fulls = [_render(tokenizer, [*messages, *reply_messages(r)], True, template_kwargs)
+             for r in replies]  # fmt: skip
     n = len(prompt)
     if any(full[:n] != prompt for full in fulls):
         if rendering_of(tokenizer) is None:
@@ -206,7 +214,7 @@ def _drop_oldest_turn(messages: list[dict[str, str]]) -> list[dict[str, str]] | 
 def fit_replies(
     tokenizer,
     messages: list[dict[str, str]],
-    replies: Sequence[str],
+    replies: Sequence[Reply],
     max_length: int,
     max_prompt_length: int | None = None,
     template_kwargs: TemplateArgs = None,
@@ -233,8 +241,8 @@ def fit_replies(
 def tokenize_pair(
     tokenizer,
     prompt: list[dict[str, str]],
-    chosen: str,
-    rejected: str,
+    chosen: Reply,
+    rejected: Reply,
     max_length: int,
     max_prompt_length: int | None = None,
     template_kwargs: TemplateArgs = None,
@@ -253,13 +261,15 @@ def tokenize_pairs(
 ):
     """``datasets.Dataset`` of normalised pairs -> same rows plus token ids and ``length``. Each
     prompt is rendered with its messages' tool calls and its row's tools and template
-    arguments (``prompt_extras``, ``template_kwargs``), as TRL's RewardTrainer renders them."""
+    arguments (``prompt_extras``, ``template_kwargs``), and each reply with its own turns
+    (``chosen_turns``), as TRL's RewardTrainer renders them."""
 
     def fn(row):
         try:
             out = tokenize_pair(
-                tokenizer, joined_prompt(row), row["chosen"], row["rejected"], max_length,
-                max_prompt_length, row_template_kwargs(row),
+                tokenizer, joined_prompt(row), row_reply(row, "chosen"),
+                row_reply(row, "rejected"), max_length, max_prompt_length,
+                row_template_kwargs(row),
             )  # fmt: skip
         except RenderingError as e:
             raise RenderingError(f"row {row.get('source_row', '?')}: {e}") from None

@@ -360,7 +360,7 @@ def _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
     RewardTrainer saves one): each reply scored with the model's own forward, tokenizer and
     chat template, as ``rm score`` and ``rl train`` read it; the scalar metrics, written to
     ``out`` (a folder: under the usual file name after ``prefix``)."""
-    from distalign.data.formats import joined_prompt
+    from distalign.data.formats import joined_prompt, row_reply
     from distalign.data.load import known_p_chosen, p_chosen_by_group
     from distalign.rl.rewards import RewardModelSource
 
@@ -376,7 +376,7 @@ def _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
     groups: dict[str, list[int]] = {}
     for i, text in enumerate(pairs["template_kwargs"]):
         groups.setdefault(text or "", []).append(i)
-    replies = {"chosen": list(pairs["chosen"]), "rejected": list(pairs["rejected"])}
+    replies = {side: [row_reply(row, side) for row in pairs] for side in ("chosen", "rejected")}
     for text, idx in groups.items():
         source.template_kwargs = json.loads(text) if text else None
         for scored, column in ((chosen, "chosen"), (rejected, "rejected")):

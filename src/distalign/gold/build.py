@@ -370,10 +370,12 @@ def judge_file(
     ``completion``), e.g. the output of ``distalign generate``. Returns the output path and
     the mean of each gold column. ``device``: where the judge's encoder runs.
     """
+    from distalign.data.formats import reply_text
     from distalign.data.load import read_prompt_replies
 
-    rows, chats, texts = read_prompt_replies(input_path, as_trained=False)  # as written
+    rows, chats, replies = read_prompt_replies(input_path, as_trained=False)  # as written
     prompts = [gold.prompt_text(chat) for chat in chats]
+    texts = [reply_text(reply) for reply in replies]  # the judge reads the answer
     scores = gold.judge(prompts, texts, device)
     out = (
         Path(output_path)

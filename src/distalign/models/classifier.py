@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from distalign.data.formats import Reply, reply_messages
 from distalign.models.templates import bos_ids, built_in_template, rendering_of
 
 # files a reward model needs from the hub: weights as safetensors only (never a pickle)
@@ -186,7 +187,7 @@ def render_conversation(
 
         if prompt_only:
             return render_text(tokenizer, messages, template_kwargs=template_kwargs)
-        return render_text(tokenizer, messages[:-1], messages[-1]["content"], template_kwargs)
+        return render_text(tokenizer, messages[:-1], messages[-1:], template_kwargs)
     lines = [f"{m['role']}: {m['content']}" for m in messages]
     return "\n".join(lines + (["assistant:"] if prompt_only else []))
 
@@ -201,9 +202,10 @@ def _special_tokens(tokenizer, text: str, core: list[int]) -> tuple[list[int], l
 
 
 def encode_conversation(
-    tokenizer, prompt, reply: str, max_length: int, template_kwargs: dict | None = None
+    tokenizer, prompt, reply: Reply, max_length: int, template_kwargs: dict | None = None
 ) -> list[int]:
-    """Token ids of prompt + assistant ``reply``, at most ``max_length``.
+    """Token ids of prompt + assistant ``reply`` (a text, or the reply's messages), at most
+    ``max_length``.
 
     A chat template writes its own special tokens (BOS, turn markers), as in TRL; a built-in
     plain-text rendering gets the BOS its tokenizer adds, and the ``role: content`` lines of a
@@ -218,7 +220,7 @@ def encode_conversation(
         text = render_conversation(tokenizer, messages, prompt_only, template_kwargs)
         return text, tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    text, core = ids([*prompt, {"role": "assistant", "content": reply}])
+    text, core = ids([*prompt, *reply_messages(reply)])
     head, tail = [], []
     if tokenizer.chat_template is None:
         head, tail = _special_tokens(tokenizer, text, core)
