@@ -318,6 +318,14 @@ def test_a_prompt_ending_with_an_assistant_turn_is_read_as_trl_reads_it(tmp_path
         for side, reply in (("chosen", blue), ("rejected", no)):
             whole = smol_tokenizer.apply_chat_template([*prompt, *reply], tokenize=True)
             assert pair["prompt_ids"] + pair[f"{side}_ids"] == _ids(whole)
+    # a reply whose first turn says what the prompt's last one does is that turn and more
+    again = [prompt[-1], {"role": "assistant", "content": "blue"}]
+    row = {"prompt": prompt, "chosen": again, "rejected": no}
+    pair = tokenize_pairs(
+        load_preferences(str(write_jsonl(tmp_path / "again.jsonl", [row]))), smol_tokenizer, 512
+    )[0]
+    whole = smol_tokenizer.apply_chat_template([*prompt, *again], tokenize=True)
+    assert pair["prompt_ids"] + pair["chosen_ids"] == _ids(whole)
     path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": prompt}])
     assert load_prompts(str(path)) == [prompt]
     expected = smol_tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)
@@ -363,9 +371,18 @@ def test_implicit_conversations_that_differ_in_a_tool_call_part_there(tmp_path):
     assert row_reply(other, "rejected")[0]["tool_calls"][0]["function"]["arguments"] == {
         "city": "London"}  # fmt: skip
     assert (other["chosen"], other["rejected"]) == ("18C", "?")
+    # the same call with other results: both replies start with the call
+    results = conversation("Paris", "?")
+    results[2] = {**results[2], "content": "19C"}
+    parted = normalise_row({"chosen": conversation("Paris", "18C"), "rejected": results},
+                           "implicit", "w", 0)  # fmt: skip
+    assert parted["prompt"] == CALLING[:1]
+    assert [m["role"] for m in row_reply(parted, "rejected")] == ["assistant", "tool", "assistant"]
 
 
-def test_a_reply_of_several_turns_is_rendered_as_trl_renders_it(tool_tokenizer, tmp_path):
+def test_a_reply_of_several_turns_is_rendered_as_trl_renders_it(
+    tool_tokenizer, smol_tokenizer, tmp_path
+):
     """prompt + reply is the rendering of the prompt's messages and the reply's turns (a tool
     call, its result, the answer), token for token, in rm train's tokenisation and in the
     scoring of a classifier distalign did not train."""
@@ -385,6 +402,13 @@ def test_a_reply_of_several_turns_is_rendered_as_trl_renders_it(tool_tokenizer, 
     assert pair["prompt_ids"] + pair["chosen_ids"] == whole
     assert "<call>weather" in tool_tokenizer.decode(pair["chosen_ids"])
     assert encode_conversation(tool_tokenizer, CALLING[:1], reply, 512) == whole
+    # a template that writes no tool calls is said to, whichever side calls the tool
+    from distalign.data.pairs import silent_template_inputs
+
+    swapped = [{**rows[0], "chosen": rows[0]["rejected"], "rejected": reply}]
+    pairs = load_preferences(str(write_jsonl(tmp_path / "s.jsonl", swapped)))
+    assert silent_template_inputs(smol_tokenizer, pairs) == [
+        "tool calls (the messages' keys beside role and content)"]  # fmt: skip
 
 
 def test_values_json_has_no_type_for_are_kept_as_their_text(tmp_path):

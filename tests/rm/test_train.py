@@ -243,6 +243,8 @@ def test_best_model_keys_as_trl_configs_write_them():
     assert load_config(RMTrainConfig, None, trl_keys).best_metric == "loss"
     assert load_config(RMTrainConfig, None, trl_keys[:1]).best_metric == "loss"
     assert load_config(RMTrainConfig, None, []).best_metric == "accuracy"  # checkpoints/best
+    # unread where no metric is set and the best is not loaded, as in transformers
+    assert load_config(RMTrainConfig, None, ["greater_is_better=false"]).best_metric
     by_accuracy = ["load_best_model_at_end=true", "metric_for_best_model=eval_accuracy",
                    "greater_is_better=true"]  # fmt: skip
     assert load_config(RMTrainConfig, None, by_accuracy).best_metric == "accuracy"

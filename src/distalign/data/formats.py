@@ -514,12 +514,14 @@ def read_reply(value: Any, prompt: list[dict[str, Any]], where: str, field: str)
 
 
 def _repeat_length(messages: list[dict[str, Any]], prompt: list[dict[str, Any]]) -> int:
-    """How many of a reply column's first messages repeat the prompt (or its last user turn):
-    0 when they do not."""
+    """How many of a reply column's first messages repeat the prompt (or its last turn, when
+    that is the user's): 0 when they do not. A reply may start with the very message a prompt
+    ending with an assistant turn ends with: that is the reply's own turn, not a repeat."""
     n = len(prompt)
     if 0 < n < len(messages) and _same_turns(messages[:n], prompt):
         return n
-    return 1 if len(messages) > 1 and prompt and _same_turns(messages[:1], prompt[-1:]) else 0
+    user_last = bool(prompt) and prompt[-1]["role"] == "user"
+    return 1 if len(messages) > 1 and user_last and _same_turns(messages[:1], prompt[-1:]) else 0
 
 
 def _same_turns(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
@@ -548,6 +550,9 @@ def _split_conversations(chosen, rejected, where):
     k, most = 0, min(len(chosen), len(rejected)) - 1  # each reply keeps its last message
     while k < most and _same_turns(chosen[k : k + 1], rejected[k : k + 1]):
         k += 1
+    # parted at a tool's result: both replies start with the assistant turn that called it
+    while k > 0 and chosen[k]["role"] in TOOL_ROLES and rejected[k]["role"] in TOOL_ROLES:
+        k -= 1
     if chosen[k]["role"] != "assistant" or rejected[k]["role"] != "assistant":
         raise PreferenceFormatError(
             where,

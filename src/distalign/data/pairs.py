@@ -104,19 +104,22 @@ def _plain(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def silent_template_inputs(tokenizer, pairs, limit: int = 200) -> list[str]:
     """What normalised pairs give the chat template beside roles and contents (tool calls and
-    other message keys of the prompt or the chosen reply, tools, template arguments) that this
+    other message keys of the prompt or a reply, tools, template arguments) that this
     tokenizer's template writes nothing for, as ``TEMPLATE_INPUTS`` names them: rendering a
     pair with and without it gives the same text, on the first of the first ``limit`` pairs
     that has it. SmolLM2's template writes no tool calls; TRL renders through the same
     template, so the model reads them no more there, but a user should know."""
     columns = getattr(pairs, "column_names", None) or []
-    given = ("prompt_extras", "template_kwargs", "chosen_turns")
+    given = ("prompt_extras", "template_kwargs", "chosen_turns", "rejected_turns")
     if not len(pairs) or not any(c in columns for c in given):
         return []
     found: dict[str, bool] = {}
     for row in pairs.select(range(min(limit, len(pairs)))):
         messages, kwargs = joined_prompt(row), row_template_kwargs(row)
-        reply = reply_messages(row_reply(row, "chosen"))
+        replies = [reply_messages(row_reply(row, side)) for side in ("chosen", "rejected")]
+        # the reply with keys beside role and content, where one has them (a tool call is
+        # often on one side only)
+        reply = next((r for r in replies if _plain(r) != r), replies[0])
         without = {}
         if row.get("prompt_extras") or _plain(reply) != reply:
             without["messages"] = (_plain(messages), _plain(reply), kwargs)

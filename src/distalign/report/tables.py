@@ -38,6 +38,8 @@ RM_EVAL_LABELS = {
     "spread_centred_vs_length": "Spearman(centred disagreement, length)",
     "spread_predicted_vs_length": "Spearman(predicted std, length)",
     "accuracy": "pairwise accuracy",
+    "loss": "held-out loss: −log P(chosen ≻ rejected) under the head's own model (nats; "
+    "differs between heads)",
     "accuracy_expectation": "accuracy by E[R]",
     "accuracy_vs_truth": "accuracy expected over the label draws (like the ceiling)",
     "bayes_ceiling": "Bayes ceiling (best possible accuracy)",

@@ -202,12 +202,13 @@ class RMTrainConfig(AdamKeys, ModelKeys):
     and the final evaluation are of them (transformers' key)."""
     metric_for_best_model: str | None = None
     """What ``checkpoints/best`` is chosen by: the held-out ``loss`` (``eval_loss``, the labels'
-    negative log-likelihood: the training loss without its regularisers) or ``accuracy``
-    (``eval_accuracy``). None: as transformers, the loss with load_best_model_at_end, and
-    otherwise the accuracy."""
+    negative log-likelihood: the training loss without its regularisers and margins, where
+    TRL's eval_loss keeps them) or ``accuracy`` (``eval_accuracy``). None: as transformers, the
+    loss with load_best_model_at_end, and otherwise the accuracy."""
     greater_is_better: bool | None = None
     """Whether a larger metric_for_best_model is better (transformers' key): true for the
-    accuracy, false for the loss; None: that."""
+    accuracy, false for the loss; None: that. Unread (as in transformers) when no metric is
+    set and the best is not loaded."""
     output_dir: str = "runs/rm"
     """Where checkpoints, the final model, logs and the resolved config go."""
     overwrite_output_dir: bool = False
@@ -276,6 +277,7 @@ class RMTrainConfig(AdamKeys, ModelKeys):
             ),
             (
                 self.metric_for_best_model not in (None, *BEST_METRICS)
+                or not (self.metric_for_best_model or self.load_best_model_at_end)
                 or self.greater_is_better in (None, self.best_metric == "accuracy"),
                 f"greater_is_better: {str(self.best_metric == 'accuracy').lower()} for "
                 f"metric_for_best_model {self.best_metric} (or leave it unset), got "
