@@ -71,6 +71,24 @@ def test_inspect_summarises_a_metadata_file_beside_the_data(tmp_path):
     assert "nested-value" not in out  # nested values are named, not printed
 
 
+def reward_none(prompts, completions, **kwargs):
+    """TRL's "not mine to score" for every reply."""
+    return [None] * len(completions)
+
+
+def test_rl_train_says_a_reward_no_source_gave(tiny_model_dir, tmp_path):
+    """A reward function that scores no held-out reply (TRL: None) leaves the table a dash."""
+    result, out = invoke(
+        "rl", "train", f"model_name_or_path={tiny_model_dir}", "dataset_name=gold",
+        "reward=tests.test_cli:reward_none", "max_steps=1", "num_generations=2",
+        "per_device_train_batch_size=2", "max_completion_length=2", "max_eval_samples=2",
+        "use_peft=false", "report_to=none", "eval_steps=0", "save_steps=0",
+        f"output_dir={tmp_path / 'rl'}",
+    )  # fmt: skip
+    assert result.exit_code == 0, out
+    assert "—" in out and "aligned" in out
+
+
 def test_generate_writes_replies_and_config(tiny_model_dir, tmp_path):
     out_file = tmp_path / "replies.jsonl"
     result, out = invoke(

@@ -376,8 +376,8 @@ def _register_heavy_commands() -> None:
         for col in cols:
             table.add_column(col, justify="right")
         for name, r in (("SFT", result["initial"]), ("aligned", result["final"])):
-            if r:
-                table.add_row(name, *(f"{r[c]:.3f}" for c in cols))
+            if r:  # None: no source scored any held-out reply (TRL's "not mine to score")
+                table.add_row(name, *("—" if r[c] is None else f"{r[c]:.3f}" for c in cols))
         console.print(table)
         console.print(f"policy: {Path(cfg.output_dir) / 'final'}")
 
