@@ -306,11 +306,15 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
 
 
+class SettingsError(ValueError):
+    """Settings that do not go together: each failed check of ``require``, one per line."""
+
+
 def require(checks: Sequence[tuple[bool, str]]) -> None:
-    """``__post_init__`` helper: raise ValueError with the message of the first failed check."""
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    """``__post_init__`` helper: a SettingsError (a ValueError) with the message of every
+    failed check, one per line, so that a config's problems are said at once."""
+    if failed := [message for ok, message in checks if not ok]:
+        raise SettingsError("\n".join(dict.fromkeys(failed)))
 
 
 def known_keys(
@@ -874,6 +878,9 @@ def load_config(
         OmegaConf.update(base, "max_steps", -1)
     try:
         return OmegaConf.to_object(base)  # runs each dataclass's __post_init__ checks
+    except SettingsError as e:  # each problem on its line, named after the file they are in
+        where = "" if path is None else f"{path}{' and the overrides' if overrides else ''}: "
+        raise ConfigError("\n".join(where + line for line in str(e).splitlines())) from None
     except OmegaConfBaseException as e:
         raise ConfigError(_first_line(e)) from None
     except (ValueError, TypeError) as e:  # a __post_init__ check (on a value of odd type)

@@ -313,7 +313,16 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
             *self._generation_checks(),
             (self.baseline in BASELINES, f"baseline: {' | '.join(BASELINES)}"),
-            (self.loss_type in LOSS_TYPES, f"loss_type: {' | '.join(LOSS_TYPES)}"),
+            (
+                self.loss_type in LOSS_TYPES,
+                f"loss_type: {' | '.join(LOSS_TYPES)}, got {self.loss_type!r}"
+                + (
+                    " (TRL GRPO's CISPO, SAPO, LUSPO and VESPO objectives are not offered: "
+                    "their own clipping and weighting of the per-token terms)"
+                    if self.loss_type in ("cispo", "sapo", "luspo", "vespo")
+                    else ""
+                ),
+            ),
             (
                 self.baseline not in GROUP_BASELINES or k >= 2,
                 f"baseline {self.baseline} needs num_generations >= 2",
