@@ -307,10 +307,41 @@ def test_a_trl_config_loads_its_do_nothing_keys_dropped(tmp_path, caplog):
         cfg = load_config(RLTrainConfig, path, [("use_vllm", "false")])
     assert cfg.normalize_advantages and cfg.disable_dropout and cfg.lora_target_modules == [
         "q_proj", "v_proj"]  # fmt: skip
-    assert "use_vllm=False does nothing here: rollouts come from" in caplog.text
+    assert "use_vllm: rollouts come from" in caplog.text  # each key with why, on one line
+    assert sum("do nothing here" in r.message for r in caplog.records) == 1
     assert cfg.importance_sampling_level == "token" and cfg.delta is None  # GRPO's keys act
     assert cfg.top_k == 0  # an earlier TRL's null: no top-k filter
     assert from_cli(RLTrainConfig, ["--num_iterations", "1", "--min_p", "null"]).beta == 0.05
+
+
+def test_trl_parsers_env_section_and_script_keys(tmp_path, monkeypatch):
+    """TRL's TrlParser sets a config file's ``env`` section as environment variables; its
+    scripts' ``ignore_bias_buffers`` does nothing at its default; ``tools`` says what instead."""
+    import os
+
+    monkeypatch.setenv("DISTALIGN_TEST_ENV", "0")  # restored after the test
+    path = tmp_path / "grpo.yaml"
+    path.write_text("env:\n  DISTALIGN_TEST_ENV: 3\nignore_bias_buffers: false\nmax_steps: 2\n")
+    assert load_config(RLTrainConfig, path).max_steps == 2
+    assert os.environ["DISTALIGN_TEST_ENV"] == "3"
+    path.write_text("env: [1]\n")
+    with pytest.raises(ConfigError, match="env: expected a mapping"):
+        load_config(RLTrainConfig, path)
+    with pytest.raises(ConfigError, match="sampled without tool calls"):
+        from_cli(RLTrainConfig, ["tools=[1]"])
+
+
+def test_lora_at_a_full_fine_tunes_learning_rate_is_said(caplog):
+    """A GRPO or RLOO config's dump carries TRL's learning rate for every weight (1e-6), where
+    distalign trains LoRA adapters by default."""
+    with caplog.at_level(logging.WARNING):
+        from_cli(RLTrainConfig, ["learning_rate=1e-6"])
+    assert "is a full fine-tune's rate" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        from_cli(RLTrainConfig, ["learning_rate=1e-6", "use_peft=false"])
+        from_cli(RLTrainConfig, [])
+    assert "fine-tune's rate" not in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -711,8 +742,9 @@ def test_a_training_config_handed_to_a_command_that_does_not_train(tmp_path, cap
     with caplog.at_level(logging.INFO):
         cfg = load_config(RMEvalConfig, path)
     assert cfg.per_device_eval_batch_size == 8  # a key of rm eval's own
-    for key in ("learning_rate", "num_train_epochs", "report_to"):
-        assert f"{key} does nothing here: this command does not train" in caplog.text, key
+    # one line for all of them
+    assert "3 keys that do nothing here: learning_rate, num_train_epochs, report_to: this " \
+        "command does not train" in caplog.text
     assert "rl train" not in caplog.text
     with pytest.raises(ConfigError, match="`bf16` is a training key; this command takes dtype=bf"):
         load_config(CompareConfig, None, ["bf16=true"])
@@ -720,7 +752,7 @@ def test_a_training_config_handed_to_a_command_that_does_not_train(tmp_path, cap
     caplog.clear()
     with caplog.at_level(logging.INFO):
         load_config(RMTrainConfig, None, ["push_to_hub=false", "adam_beta1=0.9"])
-    assert "push_to_hub=False does nothing here: upload output_dir/final" in caplog.text
+    assert "push_to_hub: upload output_dir/final" in caplog.text
     assert "give transformers' default" not in caplog.text
 
 

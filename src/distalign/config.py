@@ -191,6 +191,10 @@ NOT_OFFERED = {
     "cast_lm_head_to_fp32": "rl train keeps float32 weights, the LM head's included",
     "log_completions_hub_repo": "every completion is in output_dir/history.jsonl",
     "max_tool_calling_iterations": "replies are sampled without tool calls",
+    "tools": "replies are sampled without tool calls (a prompt row's tools column reaches "
+    "reward functions, as in TRL)",
+    # TRL's ScriptArguments (trl grpo/rloo/reward scripts)
+    "ignore_bias_buffers": "DDP's buffers are accelerate's to handle, in a launcher config",
 }
 # keys that act only beside another TRL key refused here (use_adaptive_entropy, TRL's SAPO
 # and VESPO losses): any value of theirs does nothing (vllm_* keys: by their prefix)
@@ -276,6 +280,7 @@ NEUTRAL = {
     "use_adaptive_entropy": False, "multi_objective_aggregation": "sum_then_normalize",
     "cast_lm_head_to_fp32": ANY, "log_completions_hub_repo": None,
     "max_tool_calling_iterations": None, **dict.fromkeys(_ONLY_BESIDE, ANY),
+    "tools": Either((None, [])), "ignore_bias_buffers": False,
     # TrainingArguments keys whose default differs between transformers versions
     "fsdp": Either((None, "", [])), "fsdp_config": Either((None, {})),
     # as TrainingArguments.to_dict() writes its defaults (TRL's config dumps)
@@ -329,11 +334,12 @@ def known_keys(
     ``max_steps`` given anywhere."""
     known = {f.name for f in dataclasses.fields(cls)}
     kept, errors = {}, []
+    idle: dict[str, list[str]] = {}  # why -> the keys that do nothing for that reason
     if "reward" in known:
         items = _both_reward_keys(items, where)
     for key, value in items.items():
         try:
-            item = _known_key(cls, known, key, value, items, where, given)
+            item = _known_key(cls, known, key, value, items, where, given, idle)
         except ConfigError as e:
             errors.append(str(e))
             continue
@@ -341,6 +347,11 @@ def known_keys(
             kept[item[0]] = item[1]
     if errors:
         raise ConfigError("\n".join(errors))
+    if idle:  # one line, not one per key: a TRL config's dump holds a hundred of them
+        n = sum(map(len, idle.values()))
+        log.info("%s: %d key%s that do%s nothing here: %s", where, n, "s" * (n > 1),
+                 "" if n > 1 else "es",
+                 "; ".join(f"{', '.join(keys)}: {why}" for why, keys in idle.items()))  # fmt: skip
     return kept
 
 
@@ -375,8 +386,11 @@ def _both_reward_keys(items: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _known_key(cls, known, key: str, value: Any, items, where: str,
-               given: dict[str, Any] | None = None) -> tuple[str, Any] | None:  # fmt: skip
-    """One item of ``known_keys``: (key, value) to keep, or None to drop it."""
+               given: dict[str, Any] | None = None,
+               idle: dict[str, list[str]] | None = None) -> tuple[str, Any] | None:  # fmt: skip
+    """One item of ``known_keys``: (key, value) to keep, or None to drop it; a key that does
+    nothing goes under its reason in ``idle`` (said with the others)."""
+    idle = {} if idle is None else idle
     top = key.split(".")[0]
     if top not in known and ALIASES.get(top) in known:
         if _unset(value):  # transformers 5's warmup_ratio: None, dtype: null beside it
@@ -420,7 +434,7 @@ def _known_key(cls, known, key: str, value: Any, items, where: str,
         if placement and not _same(value, _training_arguments_defaults()[top]):
             raise ConfigError(f"{where}: `{top}` is a training key; this command takes "
                               f"{placement}")  # fmt: skip
-        log.info("%s: %s does nothing here: this command does not train", where, top)
+        idle.setdefault("this command does not train", []).append(top)
         return None
     if top not in known and not hint and top in _training_arguments_defaults():
         default = _training_arguments_defaults()[top]
@@ -436,8 +450,9 @@ def _known_key(cls, known, key: str, value: Any, items, where: str,
         )
         if neutral is ANY or (key == top and _same(value, neutral)):
             said = hint if top in NOT_OFFERED or top in TRAINING_ARGUMENTS_HINTS else None
-            said = said or ("transformers' default" if neutral is not ANY else _SAMPLER)
-            log.info("%s: %s=%r does nothing here: %s", where, top, value, said)
+            default = _SAMPLER if top.startswith("vllm_") else "no setting here reads it"
+            said = said or ("transformers' default" if neutral is not ANY else default)
+            idle.setdefault(said, []).append(top)
             return None
         raise ConfigError(f"{where}: `{top}` is a TRL/transformers key distalign does not "
                           f"take: {hint}")  # fmt: skip
@@ -814,6 +829,7 @@ def load_config(
                 raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+            loaded = _set_env(loaded, path, errors)
             loaded, overrides = _trl_reward_pair(loaded, overrides)
             try:  # every problem of the file and the overrides at once, at the end
                 given = {**loaded, **given}
@@ -885,6 +901,24 @@ def load_config(
         raise ConfigError(_first_line(e)) from None
     except (ValueError, TypeError) as e:  # a __post_init__ check (on a value of odd type)
         raise ConfigError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+def _set_env(loaded: dict[str, Any], path: Path, errors: list[str]) -> dict[str, Any]:
+    """A config file's ``env`` section (TRL's ``TrlParser``: ``env: {WANDB_PROJECT: x}``) sets
+    those environment variables, as TRL's does; the file's other keys are returned."""
+    if "env" not in loaded:
+        return loaded
+    loaded = dict(loaded)
+    env = loaded.pop("env")
+    if not isinstance(env, dict):
+        errors.append(f"{path}: env: expected a mapping of environment variables to values "
+                      f"(as TRL's TrlParser reads it), got {env!r}")  # fmt: skip
+        return loaded
+    for name, value in env.items():
+        os.environ[str(name)] = str(value)
+    if env:
+        log.info("%s: env sets %s", path, ", ".join(map(str, env)))
+    return loaded
 
 
 def _given(overrides: Sequence[Override]) -> dict[str, Any]:

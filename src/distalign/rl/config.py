@@ -413,6 +413,15 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
                 "top_p/top_k < full vocabulary: replies no longer come from π itself, so the "
                 "REINFORCE gradient and the KL estimates are biased (use top_p=1, top_k=0)",
             )
+        if self.use_peft and self.learning_rate < 5e-6:  # a TRL dump's 1e-6
+            config_warning(
+                log,
+                "learning_rate=%g with LoRA adapters (use_peft, distalign's default) is a full "
+                "fine-tune's rate (TRL's GRPO and RLOO default, for every weight): adapters "
+                "barely move at it and usually take 1e-5 to 1e-4; use_peft=false trains every "
+                "weight, as TRL does without a peft_config",
+                self.learning_rate,
+            )  # fmt: skip
 
     def _check_reward(self) -> None:
         """``reward`` as one source or a list (a ``--reward '[a,b]'`` string is parsed);

@@ -413,9 +413,9 @@ def build_policy(cfg: RLTrainConfig, accelerator):
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.use_peft:
         policy = add_lora(policy, **cfg.lora_kwargs("CAUSAL_LM"))
-        log.info("training LoRA adapters (r %d on %s), distalign's default: use_peft=false "
-                 "trains every weight, as TRL does without a peft_config", cfg.lora_r,
-                 cfg.lora_target_modules)  # fmt: skip
+        log.info("training LoRA adapters (r %d on %s; use_peft=false trains every weight, as "
+                 "TRL does without a peft_config)",
+                 cfg.lora_r, cfg.lora_target_modules)  # fmt: skip
     if cfg.disable_dropout:
         disable_dropout(policy)
     if not cfg.use_peft:
