@@ -413,6 +413,14 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
                 "top_p/top_k < full vocabulary: replies no longer come from π itself, so the "
                 "REINFORCE gradient and the KL estimates are biased (use top_p=1, top_k=0)",
             )
+        if self.updates_per_step > 1 and os.environ.get("RANK", "0") == "0":
+            log.info(
+                "a step is one batch of rollouts and %d optimizer updates (num_iterations %d × "
+                "%d micro-batches / gradient_accumulation_steps %d): max_steps and the logging, "
+                "eval and save intervals count steps, where TRL counts updates",
+                self.updates_per_step, self.num_iterations, self.micro_batches_per_step,
+                self.gradient_accumulation_steps,
+            )  # fmt: skip
         if self.use_peft and self.learning_rate < 5e-6:  # a TRL dump's 1e-6
             config_warning(
                 log,
