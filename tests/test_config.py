@@ -743,8 +743,10 @@ def test_a_training_config_handed_to_a_command_that_does_not_train(tmp_path, cap
         cfg = load_config(RMEvalConfig, path)
     assert cfg.per_device_eval_batch_size == 8  # a key of rm eval's own
     # one line for all of them
-    assert "3 keys that do nothing here: learning_rate, num_train_epochs, report_to: this " \
+    assert (
+        "3 keys that do nothing here: learning_rate, num_train_epochs, report_to: this "
         "command does not train" in caplog.text
+    )
     assert "rl train" not in caplog.text
     with pytest.raises(ConfigError, match="`bf16` is a training key; this command takes dtype=bf"):
         load_config(CompareConfig, None, ["bf16=true"])

@@ -274,6 +274,27 @@ def kl_estimates(
     }
 
 
+def kl_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """The KL penalty as a loss term instead of in the reward (TRL GRPO's; OpenRLHF's and
+    verl's ``use_kl_loss`` with k3, "low_var_kl"):
+
+        (1/B) Σ_i w_i Σ_t (e^{Δ_it} − 1 − Δ_it),   Δ_it = log π_ref(y_it) − log π(y_it),
+
+    with the gradient through log π only; ``weights`` (B,) are β times each reply's
+    ``loss_type`` factor, so its tokens are weighted as the policy loss weights them. Its value
+    estimates KL(π‖π_ref) without bias (k3). Its gradient at a sampled token,
+    β(1 − π_ref/π)∇log π, has the expectation over π of −β Σ_y π_ref(y)∇log π(y): the gradient
+    of KL(π_ref‖π), the forward KL, at each token given its prefix, not of the reverse KL the
+    value estimates (as in TRL's GRPO). logprobs (with grad), ref_logprobs, mask: (B, T)."""
+    delta = ref_logprobs.detach() - logprobs
+    return (weights.detach() * sequence_sum(torch.expm1(delta) - delta, mask)).mean()
+
+
 def kl_shaped_rewards(
     rewards: torch.Tensor,
     logprobs: torch.Tensor,

@@ -9,6 +9,7 @@ from distalign.losses import (
     clipped_policy_loss,
     high_entropy_mask,
     kl_estimates,
+    kl_loss,
     kl_shaped_rewards,
     moving_average_update,
     reinforce_loss,
@@ -77,6 +78,31 @@ def test_kl_estimators_by_brute_force():
     torch.testing.assert_close(
         shaped, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64) - 0.1 * est["k1"]
     )
+
+
+def test_kl_loss_by_brute_force_and_its_expected_gradient():
+    """Its value is the replies' k3 weighted and averaged; over a whole small vocabulary, the
+    mean of its gradient under π is the gradient of KL(π_ref‖π) (as TRL GRPO's term's is),
+    and its expected value is KL(π‖π_ref)."""
+    torch.manual_seed(3)
+    lp, ref = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.float64)
+    w = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+    k3 = kl_estimates(lp, ref, mask)["k3"]
+    assert kl_loss(lp, ref, mask, w).item() == pytest.approx((w * k3).mean().item())
+    # one token position, a vocabulary of 6: the expectation over y ~ π, exactly
+    logits = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    ref_logp = torch.log_softmax(torch.randn(6, dtype=torch.float64), -1)
+    logp = torch.log_softmax(logits, -1)
+    p = logp.exp().detach()
+    each = [kl_loss(logp[y].view(1, 1), ref_logp[y].view(1, 1), torch.ones(1, 1),
+                    torch.ones(1, dtype=torch.float64)) for y in range(6)]  # fmt: skip
+    expected = sum(p[y] * each[y] for y in range(6))
+    assert expected.item() == pytest.approx((p * (logp.detach() - ref_logp)).sum().item())
+    (grad,) = torch.autograd.grad(expected, logits)
+    forward_kl = (ref_logp.exp() * (ref_logp - torch.log_softmax(logits, -1))).sum()
+    (want,) = torch.autograd.grad(forward_kl, logits)
+    torch.testing.assert_close(grad, want)
 
 
 def test_kl_of_identical_policies_is_zero():

@@ -92,6 +92,31 @@ def test_learns_the_rewarded_token(peaked_policy_dir, tmp_path, baseline):
     assert (tmp_path / "rl" / "final" / "model.safetensors").is_file()
 
 
+def test_kl_in_the_loss_leaves_the_rewards_and_adds_beta_k3_to_the_loss(
+    peaked_policy_dir, tmp_path
+):
+    """use_kl_loss (TRL GRPO's place for β): the rewards stay the sources', so a run with it
+    makes the same first update as one without a KL penalty (the policy is its reference
+    then: k3 = 0 and no gradient), and at the second step its loss is that run's plus β times
+    the replies' mean k3."""
+    kw = dict(max_steps=2, max_eval_samples=2, eval_on_start=False, learning_rate=0.05,
+              reward="tests.rl.test_train:reward_length")  # fmt: skip
+
+    def rows(name):
+        path = tmp_path / name / "rl" / "metrics.jsonl"
+        return [r for r in map(json.loads, path.read_text().splitlines()) if "train/loss" in r]
+
+    run(config(peaked_policy_dir, tmp_path / "none", beta=0.0, **kw))
+    run(config(peaked_policy_dir, tmp_path / "loss", beta=0.5, use_kl_loss=True, **kw))
+    plain, in_loss = rows("none"), rows("loss")
+    assert [r["train/reward"] for r in in_loss] == [r["train/reward"] for r in plain]
+    assert all(r["train/shaped_reward"] == r["train/reward"] for r in in_loss)
+    assert in_loss[0]["train/loss"] == pytest.approx(plain[0]["train/loss"], abs=1e-6)
+    assert in_loss[1]["train/kl_k3"] > 0
+    added = in_loss[1]["train/loss"] - plain[1]["train/loss"]
+    assert added == pytest.approx(0.5 * in_loss[1]["train/kl_k3"], rel=1e-3)
+
+
 def test_lora_resume_and_reward_model_sources(tiny_model_dir, tmp_path):
     from tests.conftest import train_tiny_reward_models
 

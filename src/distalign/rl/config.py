@@ -123,7 +123,12 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
     max_completion_length: int = 64
     """Reply length limit in tokens; a reply that reaches it without EOS counts as cut off."""
     beta: float = 0.05
-    """KL coefficient β in R = r − β·Σ log(π/π_ref)."""
+    """KL coefficient β in R = r − β·Σ log(π/π_ref) (or in the loss: use_kl_loss)."""
+    use_kl_loss: bool = False
+    """Put β in the loss instead of the reward (TRL GRPO's place for it; OpenRLHF's and verl's
+    key): β·Σ_t k3 per reply, its tokens weighted as loss_type weights the policy loss
+    (``losses.kl_loss``); the rewards are then the sources' alone. False: R − β·KL in the
+    reward, as REINFORCE, RLOO and TRL's RLOO have it."""
     num_iterations: int = 1
     """Passes over each batch of rollouts (TRL's and GRPO's μ), each one optimizer update (or
     steps_per_generation / gradient_accumulation_steps). 1: on-policy REINFORCE. The updates
@@ -413,6 +418,13 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
                 "top_p/top_k < full vocabulary: replies no longer come from π itself, so the "
                 "REINFORCE gradient and the KL estimates are biased (use top_p=1, top_k=0)",
             )
+        if self.beta and not self.use_kl_loss and self.baseline in ("grpo", "grpo_batch"):
+            config_warning(
+                log,
+                "beta=%g acts in the reward (R − β·KL, as TRL's RLOO); TRL's GRPO adds β·k3 per "
+                "token to the loss instead: use_kl_loss=true does that",
+                self.beta,
+            )  # fmt: skip
         if self.updates_per_step > 1 and os.environ.get("RANK", "0") == "0":
             log.info(
                 "a step is one batch of rollouts and %d optimizer updates (num_iterations %d × "

@@ -67,6 +67,7 @@ from distalign.losses import (
     grpo_batch_advantages,
     high_entropy_mask,
     kl_estimates,
+    kl_loss,
     kl_shaped_rewards,
     loss_type_weights,
     moving_average_advantages,
@@ -542,11 +543,14 @@ def policy_gradient_step(
     cfg: RLTrainConfig,
     old: torch.Tensor | None,
     span: tuple[int, int] | None = None,
+    kl: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):
     """One optimizer step over the micro-batches of the replies in ``span`` (default: all;
     skipped when the gradient is not finite): −mean A_i·Σ_t log π (``reinforce_loss``), or,
     given ``old`` (B, T) the sampling policy's log-probs of every reply's tokens, the clipped
-    objective against it at ``importance_sampling_level`` (``clipped_policy_loss``). Returns
+    objective against it at ``importance_sampling_level`` (``clipped_policy_loss``); with
+    ``kl`` (the reference's log-probs (B, T), each reply's weight (B,)), plus the KL penalty
+    (``losses.kl_loss``). Returns
     (grad norm, summed token entropy, tokens, the span's token log-probs (detached, (n, T)),
     the share of each reply's ratios clipped, the span's loss)."""
     t.learner.train()
@@ -572,6 +576,10 @@ def policy_gradient_step(
                     cfg.epsilon_high, cfg.importance_sampling_level, cfg.delta, keep,
                 )  # fmt: skip
                 clipped.append(clip)
+            if kl is not None:  # every reply token the policy loss counts
+                counted = _counted(mask, ro, cfg, s, stop)
+                ref = kl[0][s:stop, : lp_pad.shape[1]].to(lp_pad)
+                loss = loss + kl_loss(lp_pad, ref, counted, kl[1][s:stop].to(lp_pad))
             t.accelerator.backward(loss * (stop - s) / n)
             total += loss.item() * (stop - s) / n
         seq.append(_to_width(lp_pad.detach(), width))
@@ -669,17 +677,27 @@ def loss_weights(t: Trainer, ro: Rollouts, cfg: RLTrainConfig) -> torch.Tensor:
     return out
 
 
-def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig) -> Update:
+def reward_beta(cfg: RLTrainConfig) -> float:
+    """β of the KL penalty in the reward: 0 where it is in the loss (``use_kl_loss``)."""
+    return 0.0 if cfg.use_kl_loss else cfg.beta
+
+
+def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConfig,
+                   ref_lp: torch.Tensor | None = None) -> Update:  # fmt: skip
     """``num_iterations`` passes (TRL's μ) over one batch of rollouts, each an optimizer step
     per ``gradient_accumulation_steps`` micro-batches of it (``steps_per_generation`` of them
     per pass, TRL's). The first step is the REINFORCE step (ratio 1); the others clip the
     ratio to the sampling policy's log-probs: the first step's own pass, and for the replies
     the first pass reaches after it, a pass without gradients before any step (as TRL takes
-    its old log-probs)."""
+    its old log-probs). With ``use_kl_loss``, every update adds β·k3 of the reference's
+    log-probs ``ref_lp`` (B, T) to the loss (``losses.kl_loss``)."""
     n = len(ro.replies)
     size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     spans = [(s, min(n, s + size)) for s in range(0, n, size)]
-    adv = adv * loss_weights(t, ro, cfg)
+    weights = loss_weights(t, ro, cfg)
+    adv = adv * weights
+    in_loss = cfg.use_kl_loss and cfg.beta and ref_lp is not None
+    kl = (ref_lp, cfg.beta * weights) if in_loss else None
     old, entropy_sum, tokens = None, 0.0, 0
     if len(spans) > 1:  # the later spans' sampling log-probs, while the policy is still π_old
         later, entropy_sum, tokens = sampling_logprobs(t, ro, cfg, spans[1][0])
@@ -694,7 +712,8 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
     for i in range(cfg.num_iterations):
         for begin, end in spans:
             first = i == 0 and begin == 0
-            step = policy_gradient_step(t, ro, adv, cfg, None if first else old, (begin, end))
+            step = policy_gradient_step(t, ro, adv, cfg, None if first else old, (begin, end),
+                                        kl)  # fmt: skip
             norm, ent, tok, seq, clip, loss = step
             norms.append(float(norm))
             losses.append(loss)
@@ -869,12 +888,12 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
                 greedy = greedy_rewards(t, prompts, cfg)  # ReMax's baseline, None for the others
                 ref_lp = reference_logprobs(t.policy, ref_model, ro, cfg, tokenizer.pad_token_id)
             t2 = time.perf_counter()
-            shaped = kl_shaped_rewards(rewards, ro.logps, ref_lp, ro.mask, cfg.beta)
+            shaped = kl_shaped_rewards(rewards, ro.logps, ref_lp, ro.mask, reward_beta(cfg))
             pooled = pooled_rewards(accelerator, shaped, cfg)
             std = scored.std.to(ro.logps.device) if scored.std is not None else None
             adv, base = advantages_for(cfg, shaped, std, state, pooled, greedy,
                                        accelerator.gather, ro.finished, rewards)  # fmt: skip
-            update = policy_updates(t, ro, adv, cfg)
+            update = policy_updates(t, ro, adv, cfg, ref_lp)
             state.step += 1
             kl = kl_estimates(ro.logps, ref_lp, ro.mask)  # (B,) each, for the logs
             logged = log_step(t, state, ro, scored, shaped, kl, adv, base, update,
