@@ -446,8 +446,8 @@ def test_steps_per_generation_updates_on_shares_of_one_batch_against_its_sampler
 
     seen, step = [], train.policy_gradient_step
 
-    def recording(t, ro, adv, cfg, old, span=None):
-        out = step(t, ro, adv, cfg, old, span)
+    def recording(t, ro, adv, cfg, old, span=None, kl=None):
+        out = step(t, ro, adv, cfg, old, span, kl)
         copy = None if old is None else old.clone()
         seen.append((span, copy, (ro.logps * ro.mask).clone(), out[3].clone()))
         return out
@@ -610,9 +610,9 @@ def test_steps_per_generation_with_accumulation_and_several_passes_clips_to_the_
 
     seen, step = [], train.policy_gradient_step
 
-    def recording(t, ro, adv, cfg, old, span=None):
+    def recording(t, ro, adv, cfg, old, span=None, kl=None):
         seen.append((span, None if old is None else old.clone(), (ro.logps * ro.mask).clone()))
-        return step(t, ro, adv, cfg, old, span)
+        return step(t, ro, adv, cfg, old, span, kl)
 
     monkeypatch.setattr(train, "policy_gradient_step", recording)
     run(config(peaked_policy_dir, tmp_path, max_steps=3, per_device_train_batch_size=4,
@@ -992,8 +992,8 @@ def test_token_level_clip_ratio_counts_tokens_as_trl_does(peaked_policy_dir, tmp
 
     step, lengths = train.policy_gradient_step, []
 
-    def first_reply_clipped(t, ro, adv, cfg, old, span=None):
-        out = step(t, ro, adv, cfg, old, span)
+    def first_reply_clipped(t, ro, adv, cfg, old, span=None, kl=None):
+        out = step(t, ro, adv, cfg, old, span, kl)
         if old is None:
             return out
         lengths.append(ro.mask[span[0] : span[1]].sum(-1))
