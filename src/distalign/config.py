@@ -182,8 +182,7 @@ NOT_OFFERED = {
     "ref_model_mixup_alpha": _REF_FIXED,
     # TRL's GRPO objectives and their settings: the loss here is distalign's own
     "off_policy_mask_threshold": "no reply is masked for being off-policy",
-    "use_bias_correction_kl": "the KL is in the reward, R − β·KL (k1 of the sampler's own "
-    "log-probs), whose score-function gradient is already the unbiased reverse-KL gradient",
+    "use_bias_correction_kl": "only rl train has a KL term (use_kl_loss)",
     "entropy_coef": "no entropy bonus is added",
     "use_adaptive_entropy": "no entropy bonus is added",
     "multi_objective_aggregation": "the reward sources are summed with reward_weights, then "
@@ -274,9 +273,7 @@ NEUTRAL = {
     "lora_target_parameters": None, "repetition_penalty": 1.0, "min_p": Either((None, 0.0)),
     "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
     "off_policy_mask_threshold": None, "entropy_coef": 0.0,
-    # TRL corrects its KL term of the loss by the sampling ratio; the KL here is in the reward,
-    # and its score-function gradient needs no correction (TRL's default β is 0 besides)
-    "use_bias_correction_kl": ANY,
+    "use_bias_correction_kl": ANY,  # a key of rl train's; another command has no KL term
     "use_adaptive_entropy": False, "multi_objective_aggregation": "sum_then_normalize",
     "cast_lm_head_to_fp32": ANY, "log_completions_hub_repo": None,
     "max_tool_calling_iterations": None, **dict.fromkeys(_ONLY_BESIDE, ANY),

@@ -279,20 +279,34 @@ def kl_loss(
     ref_logprobs: torch.Tensor,
     mask: torch.Tensor,
     weights: torch.Tensor,
+    old_logprobs: torch.Tensor | None = None,
+    level: str = "token",
 ) -> torch.Tensor:
     """The KL penalty as a loss term instead of in the reward (TRL GRPO's; OpenRLHF's and
     verl's ``use_kl_loss`` with k3, "low_var_kl"):
 
-        (1/B) Σ_i w_i Σ_t (e^{Δ_it} − 1 − Δ_it),   Δ_it = log π_ref(y_it) − log π(y_it),
+        (1/B) Σ_i w_i Σ_t ρ_it (e^{Δ_it} − 1 − Δ_it),   Δ_it = log π_ref(y_it) − log π(y_it),
 
-    with the gradient through log π only; ``weights`` (B,) are β times each reply's
-    ``loss_type`` factor, so its tokens are weighted as the policy loss weights them. Its value
-    estimates KL(π‖π_ref) without bias (k3). Its gradient at a sampled token,
-    β(1 − π_ref/π)∇log π, has the expectation over π of −β Σ_y π_ref(y)∇log π(y): the gradient
-    of KL(π_ref‖π), the forward KL, at each token given its prefix, not of the reverse KL the
-    value estimates (as in TRL's GRPO). logprobs (with grad), ref_logprobs, mask: (B, T)."""
+    with the gradient through log π; ``weights`` (B,) are β times each reply's ``loss_type``
+    factor, so its tokens are weighted as the policy loss weights them. Its value estimates
+    KL(π‖π_ref) without bias (k3).
+
+    ``old_logprobs`` (B, T), the sampling policy's (TRL GRPO's ``use_bias_correction_kl``, its
+    default): ρ_it = π(y_it)/π_old(y_it), differentiable, 1 in value at the first update; each
+    token's expected gradient is then that of the reverse KL(π‖π_ref), the quantity the value
+    estimates. At ``level`` ``sequence`` (GSPO) ρ is each reply's geometric mean over its
+    tokens, as TRL broadcasts it; otherwise each token's own (|log ρ| bounded at
+    ``LOG_RATIO_BOUND``). None: ρ = 1, and the expected gradient at a sampled token,
+    β(1 − π_ref/π)∇log π, is −β Σ_y π_ref(y)∇log π(y): the forward KL(π_ref‖π)'s.
+    logprobs (with grad), ref_logprobs, mask: (B, T)."""
     delta = ref_logprobs.detach() - logprobs
-    return (weights.detach() * sequence_sum(torch.expm1(delta) - delta, mask)).mean()
+    k3 = torch.expm1(delta) - delta
+    if old_logprobs is not None:
+        log_ratio = (logprobs - old_logprobs.detach()) * mask
+        if level == "sequence":
+            log_ratio = (log_ratio.sum(-1) / mask.sum(-1).clamp(min=1))[:, None]
+        k3 = k3 * torch.exp(log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND))
+    return (weights.detach() * sequence_sum(k3, mask)).mean()
 
 
 def kl_shaped_rewards(

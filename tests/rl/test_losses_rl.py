@@ -103,6 +103,28 @@ def test_kl_loss_by_brute_force_and_its_expected_gradient():
     forward_kl = (ref_logp.exp() * (ref_logp - torch.log_softmax(logits, -1))).sum()
     (want,) = torch.autograd.grad(forward_kl, logits)
     torch.testing.assert_close(grad, want)
+    # with the ratio to the sampling policy (TRL GRPO's use_bias_correction_kl), at the first
+    # update (the policy is the sampler): the same value, the reverse KL's gradient
+    logp = torch.log_softmax(logits, -1)
+    corrected = sum(
+        p[y] * kl_loss(logp[y].view(1, 1), ref_logp[y].view(1, 1), torch.ones(1, 1),
+                       torch.ones(1, dtype=torch.float64), logp[y].detach().view(1, 1))
+        for y in range(6)
+    )  # fmt: skip
+    assert corrected.item() == pytest.approx(expected.item())
+    (corrected_grad,) = torch.autograd.grad(corrected, logits)
+    logp = torch.log_softmax(logits, -1)
+    reverse_kl = (logp.exp() * (logp - ref_logp)).sum()
+    (reverse,) = torch.autograd.grad(reverse_kl, logits)
+    torch.testing.assert_close(corrected_grad, reverse)
+    assert not torch.allclose(reverse, want)  # the two KLs' gradients differ here
+    # a reply's geometric-mean ratio (GSPO's level) weighs all its tokens alike
+    lp2 = torch.tensor([[-1.0, -2.0]], dtype=torch.float64)
+    old2 = torch.tensor([[-1.5, -1.0]], dtype=torch.float64)
+    ones = torch.ones(1, 2, dtype=torch.float64)
+    k3_2 = kl_estimates(lp2, ref[:1, :2], ones)["k3"]
+    seq = kl_loss(lp2, ref[:1, :2], ones, torch.ones(1, dtype=torch.float64), old2, "sequence")
+    assert seq.item() == pytest.approx((k3_2 * torch.exp((lp2 - old2).mean())).item())
 
 
 def test_kl_of_identical_policies_is_zero():

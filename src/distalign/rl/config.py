@@ -129,6 +129,11 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
     key): β·Σ_t k3 per reply, its tokens weighted as loss_type weights the policy loss
     (``losses.kl_loss``); the rewards are then the sources' alone. False: R − β·KL in the
     reward, as REINFORCE, RLOO and TRL's RLOO have it."""
+    use_bias_correction_kl: bool = True
+    """With use_kl_loss: each token's k3 times its ratio to the sampling policy (TRL GRPO's
+    key and default), so that its expected gradient is the reverse KL(π‖π_ref)'s, the KL its
+    value estimates; false: the plain k3 term, whose expected gradient is the forward
+    KL(π_ref‖π)'s (``losses.kl_loss``). Without use_kl_loss it does nothing."""
     num_iterations: int = 1
     """Passes over each batch of rollouts (TRL's and GRPO's μ), each one optimizer update (or
     steps_per_generation / gradient_accumulation_steps). 1: on-policy REINFORCE. The updates

@@ -577,9 +577,13 @@ def policy_gradient_step(
                 )  # fmt: skip
                 clipped.append(clip)
             if kl is not None:  # every reply token the policy loss counts
-                counted = _counted(mask, ro, cfg, s, stop)
-                ref = kl[0][s:stop, : lp_pad.shape[1]].to(lp_pad)
-                loss = loss + kl_loss(lp_pad, ref, counted, kl[1][s:stop].to(lp_pad))
+                cols = lp_pad.shape[1]
+                sampled = lp_pad.detach() if old is None else old[s:stop, :cols].to(lp_pad)
+                loss = loss + kl_loss(
+                    lp_pad, kl[0][s:stop, :cols].to(lp_pad), _counted(mask, ro, cfg, s, stop),
+                    kl[1][s:stop].to(lp_pad), sampled if cfg.use_bias_correction_kl else None,
+                    cfg.importance_sampling_level,
+                )  # fmt: skip
             t.accelerator.backward(loss * (stop - s) / n)
             total += loss.item() * (stop - s) / n
         seq.append(_to_width(lp_pad.detach(), width))
