@@ -383,11 +383,10 @@ def _both_reward_keys(items: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _known_key(cls, known, key: str, value: Any, items, where: str,
-               given: dict[str, Any] | None = None,
-               idle: dict[str, list[str]] | None = None) -> tuple[str, Any] | None:  # fmt: skip
+               given: dict[str, Any] | None, idle: dict[str, list[str]],
+               ) -> tuple[str, Any] | None:  # fmt: skip
     """One item of ``known_keys``: (key, value) to keep, or None to drop it; a key that does
     nothing goes under its reason in ``idle`` (said with the others)."""
-    idle = {} if idle is None else idle
     top = key.split(".")[0]
     if top not in known and ALIASES.get(top) in known:
         if _unset(value):  # transformers 5's warmup_ratio: None, dtype: null beside it

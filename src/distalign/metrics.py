@@ -10,6 +10,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from distalign.losses import (
+    bradley_terry_loss,
+    distributional_preference_loss,
+    entropy,
+    log_prob_greater,
+    mixture_preference_loss,
+)
+
 
 def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
     """Share of pairs with r_w > r_l; ties count half. chosen, rejected: (N,)."""
@@ -87,8 +95,6 @@ def reward_summary(
     loss, as training minimises it without its centring term), mean margin, reward mean/std,
     ECE of a scalar reward model; with the pairs' known ``p_chosen`` (N,), also
     ``accuracy_vs_truth``."""
-    from distalign.losses import bradley_terry_loss
-
     both = torch.cat([chosen, rejected]).double()
     out = {
         "accuracy": pairwise_accuracy(chosen, rejected),
@@ -141,7 +147,6 @@ def distribution_summary(
     entropy, unimodal share, mean std; with the pairs' known ``p_chosen`` (N,),
     ``accuracy_vs_truth`` of the first decision."""
     from distalign.functionals import expectation, std
-    from distalign.losses import distributional_preference_loss, entropy, log_prob_greater
 
     p_w, p_l = logp_w.exp(), logp_l.exp()
     greater = log_prob_greater(logp_w, logp_l).exp()
@@ -174,8 +179,6 @@ def mixture_summary(
     spread, since each component is fixed only up to its own constant), and the labels'
     negative log-likelihood (``loss``: −log P(w ≻ l), the mixture loss training minimises).
     With the pairs' known ``p_chosen`` (N,), ``accuracy_vs_truth`` of the first decision."""
-    from distalign.losses import mixture_preference_loss
-
     margins = (chosen - rejected).double()
     p = torch.sigmoid(margins).mean(-1)
     logit = torch.log(p) - torch.log1p(-p)

@@ -562,7 +562,8 @@ def policy_gradient_step(
         last = stop >= end  # gradients are all-reduced once, after the last micro-batch
         with nullcontext() if last else t.accelerator.no_sync(t.learner):
             lp_pad, mask, ent_pad, (ent, tok) = teacher_forced(t, ro, cfg, s, stop)
-            keep = kept_tokens(t, ent_pad, _counted(mask, ro, cfg, s, stop), cfg)  # None: all
+            counted = _counted(mask, ro, cfg, s, stop)  # the reply tokens the loss counts
+            keep = kept_tokens(t, ent_pad, counted, cfg)  # None: all
             # each loss averages over this micro-batch; weight it by its share
             if old is None and keep is None:
                 loss = reinforce_loss(lp_pad, mask, adv[s:stop])
@@ -576,11 +577,11 @@ def policy_gradient_step(
                     cfg.epsilon_high, cfg.importance_sampling_level, cfg.delta, keep,
                 )  # fmt: skip
                 clipped.append(clip)
-            if kl is not None:  # every reply token the policy loss counts
+            if kl is not None:  # on every counted token, those the entropy mask drops too
                 cols = lp_pad.shape[1]
                 sampled = lp_pad.detach() if old is None else old[s:stop, :cols].to(lp_pad)
                 loss = loss + kl_loss(
-                    lp_pad, kl[0][s:stop, :cols].to(lp_pad), _counted(mask, ro, cfg, s, stop),
+                    lp_pad, kl[0][s:stop, :cols].to(lp_pad), counted,
                     kl[1][s:stop].to(lp_pad), sampled if cfg.use_bias_correction_kl else None,
                     cfg.importance_sampling_level,
                 )  # fmt: skip

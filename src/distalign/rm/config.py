@@ -240,6 +240,11 @@ class RMTrainConfig(AdamKeys, ModelKeys):
             return "loss" if self.load_best_model_at_end else "accuracy"
         return name.removeprefix("eval_")
 
+    @property
+    def best_is_greater(self) -> bool:
+        """Whether a larger ``best_metric`` is better: the accuracy's, not the loss's."""
+        return self.best_metric == "accuracy"
+
     def __post_init__(self):
         check_scheduler(self.lr_scheduler_type, self.lr_scheduler_kwargs)
         self.report_to = report_to_list(self.report_to)
@@ -278,8 +283,8 @@ class RMTrainConfig(AdamKeys, ModelKeys):
             (
                 self.metric_for_best_model not in (None, *BEST_METRICS)
                 or not (self.metric_for_best_model or self.load_best_model_at_end)
-                or self.greater_is_better in (None, self.best_metric == "accuracy"),
-                f"greater_is_better: {str(self.best_metric == 'accuracy').lower()} for "
+                or self.greater_is_better in (None, self.best_is_greater),
+                f"greater_is_better: {str(self.best_is_greater).lower()} for "
                 f"metric_for_best_model {self.best_metric} (or leave it unset), got "
                 f"{self.greater_is_better!r}",
             ),

@@ -209,16 +209,9 @@ def resumed_state(cfg: RMTrainConfig, out: Path, accelerator, model, optimizer, 
     state = TrainState()
     if cfg.resume_from_checkpoint:  # an error when there is nothing to resume from
         path, logs = checkpoint_path(cfg.resume_from_checkpoint, out), [out / "metrics.jsonl"]
-        saved = resume_training(
-            path,
-            model,
-            optimizer,
-            scheduler,
-            logs,
-            accelerator.is_main_process,
-            cfg,
-            partial(check_resumable, cfg),
-        )
+        saved = resume_training(path, model, optimizer, scheduler, logs,
+                                accelerator.is_main_process, cfg,
+                                partial(check_resumable, cfg))  # fmt: skip
         state = TrainState(**best_of(saved, cfg, accelerator.is_main_process))
     moved = carry_over(state, cfg, train, accelerator.num_processes, scheduler)
     if moved and accelerator.is_main_process:  # its later rows counted steps of another size
@@ -414,8 +407,8 @@ def evaluate(t: Trainer, state: TrainState, cfg: RMTrainConfig) -> tuple[dict, d
     ``cfg.best_metric``; with ``save_total_limit`` 1 only for ``load_best_model_at_end``)."""
     result, outputs = held_out_metrics(t, cfg)
     t.log.write(state.step, {f"eval/{k}": v for k, v in result.items()})
-    value, greater = result[cfg.best_metric], cfg.best_metric == "accuracy"
-    if state.step > 0 and improves(value, state.best_metric, greater):  # not eval_on_start's
+    value = result[cfg.best_metric]
+    if state.step > 0 and improves(value, state.best_metric, cfg.best_is_greater):  # not at 0
         state.best_metric, state.best_by = value, cfg.best_metric
         if cfg.save_total_limit != 1 or cfg.load_best_model_at_end:
             save_state(t, state, "best", cfg)
