@@ -1032,3 +1032,35 @@ def test_data_seed_orders_the_data_alone():
     assert batches(seed=0, data_seed=7) == batches(seed=7) != batches(seed=0)
     assert order_seed(RLTrainConfig(report_to="none", seed=1, data_seed=3)) == 3
     assert order_seed(RLTrainConfig(report_to="none", seed=1)) == 1
+
+
+def test_trl_grpo_s_other_loss_types_load_with_their_keys_and_warnings(tmp_path, caplog):
+    """cispo, sapo, luspo and vespo are loss types of rl train with TRL's keys; what TRL's GRPO
+    warns of is warned of (cispo's ε_max below 1, luspo at another level than sequence), and
+    rm train reads the objectives' keys as doing nothing there."""
+    path = tmp_path / "grpo.yaml"
+    path.write_text("loss_type: sapo\nsapo_temperature_neg: 2.0\nvespo_k_pos: 1.5\n")
+    cfg = load_config(RLTrainConfig, path)
+    assert (cfg.loss_type, cfg.sapo_temperature_neg, cfg.vespo_k_pos) == ("sapo", 2.0, 1.5)
+    with caplog.at_level(logging.WARNING):
+        from_cli(RLTrainConfig, ["loss_type=cispo"])
+    assert "epsilon_high=0.2" in caplog.text and "ScaleRL advises epsilon_high=5" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        from_cli(RLTrainConfig, ["loss_type=cispo", "epsilon_high=5"])
+        from_cli(RLTrainConfig, ["loss_type=luspo", "importance_sampling_level=sequence"])
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING):
+        from_cli(RLTrainConfig, ["loss_type=luspo"])
+        from_cli(RLTrainConfig, ["loss_type=sapo", "delta=2"])
+    assert "give importance_sampling_level=sequence" in caplog.text
+    assert "which loss_type sapo does not take" in caplog.text
+    with pytest.raises(ConfigError, match="sapo_temperature_pos and sapo_temperature_neg"):
+        from_cli(RLTrainConfig, ["loss_type=sapo", "sapo_temperature_pos=0"])
+    # vespo's and cispo's terms stay per token: the entropy mask needs no per-token ratio
+    from_cli(RLTrainConfig, ["loss_type=vespo", "top_entropy_quantile=0.5", "num_iterations=2"])
+    rm = tmp_path / "rm.yaml"
+    rm.write_text("sapo_temperature_neg: 2.0\nmax_steps: 1\n")
+    with caplog.at_level(logging.INFO, logger="distalign.config"):
+        load_config(RMTrainConfig, rm)
+    assert "only rl train's loss_type sapo | vespo reads it" in caplog.text

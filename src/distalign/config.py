@@ -195,14 +195,15 @@ NOT_OFFERED = {
     # TRL's ScriptArguments (trl grpo/rloo/reward scripts)
     "ignore_bias_buffers": "DDP's buffers are accelerate's to handle, in a launcher config",
 }
-# keys that act only beside another TRL key refused here (use_adaptive_entropy, TRL's SAPO
-# and VESPO losses): any value of theirs does nothing (vllm_* keys: by their prefix)
-_ONLY_BESIDE = (
-    "entropy_coef_delta", "entropy_coef_max", "entropy_coef_min", "entropy_target",
-    "sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_neg", "vespo_k_pos",
-    "vespo_lambda_neg", "vespo_lambda_pos",
-)  # fmt: skip
+# keys that act only beside another TRL key refused here (use_adaptive_entropy): any value of
+# theirs does nothing (vllm_* keys: by their prefix)
+_ONLY_BESIDE = ("entropy_coef_delta", "entropy_coef_max", "entropy_coef_min", "entropy_target")
 NOT_OFFERED.update(dict.fromkeys(_ONLY_BESIDE, "it acts only beside a key not offered here"))
+# rl train's keys of TRL GRPO's SAPO and VESPO losses, which another command does not read
+_OBJECTIVE_KEYS = ("sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_neg", "vespo_k_pos",
+                   "vespo_lambda_neg", "vespo_lambda_pos")  # fmt: skip
+NOT_OFFERED.update(dict.fromkeys(_OBJECTIVE_KEYS, "only rl train's loss_type sapo | vespo "
+                                                  "reads it"))  # fmt: skip
 # transformers TrainingArguments keys not above: at transformers' default they do nothing; at
 # another value they are refused, with these hints where one helps
 _LAUNCHER_KEYS = ("deepspeed", "fsdp", "fsdp_config", "accelerator_config", "parallelism_config",
@@ -276,7 +277,7 @@ NEUTRAL = {
     "use_bias_correction_kl": ANY,  # a key of rl train's; another command has no KL term
     "use_adaptive_entropy": False, "multi_objective_aggregation": "sum_then_normalize",
     "cast_lm_head_to_fp32": ANY, "log_completions_hub_repo": None,
-    "max_tool_calling_iterations": None, **dict.fromkeys(_ONLY_BESIDE, ANY),
+    "max_tool_calling_iterations": None, **dict.fromkeys(_ONLY_BESIDE + _OBJECTIVE_KEYS, ANY),
     "tools": Either((None, [])), "ignore_bias_buffers": False,
     # TrainingArguments keys whose default differs between transformers versions
     "fsdp": Either((None, "", [])), "fsdp_config": Either((None, {})),

@@ -577,7 +577,18 @@ def reinforce_loss(
     return -(advantages.detach() * sequence_sum(logprobs, mask)).mean()
 
 
-LOSS_TYPES = ("sequence", "grpo", "dr_grpo", "dapo", "bnpo")
+LOSS_TYPES = ("sequence", "grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+
+# TRL GRPO's loss types that are another objective than PPO's clipped one for the updates after
+# a step's first: the aggregation of their tokens each shares with one of the clipped ones
+OBJECTIVE_WEIGHTING = {"cispo": "dapo", "sapo": "grpo", "luspo": "sequence", "vespo": "dapo"}
+
+
+def loss_type_objective(loss_type: str) -> str:
+    """The objective a ``loss_type`` takes on its tokens: ``cispo``, ``sapo`` or ``vespo``
+    (their own functions here), else ``clip`` (``clipped_policy_loss``; LUSPO is GSPO's
+    clipped objective summed over each reply's tokens, ``sequence``'s weighting)."""
+    return loss_type if loss_type in ("cispo", "sapo", "vespo") else "clip"
 
 
 def loss_type_weights(
@@ -599,10 +610,14 @@ def loss_type_weights(
                   step's rollouts over all processes (DAPO; ``batch_tokens``/``batch_replies``)
     ``bnpo``      the same over each micro-batch of one process (the caller's counts)
 
+    TRL GRPO's ``cispo`` and ``vespo`` aggregate their tokens as ``dapo``, ``sapo`` as ``grpo``
+    and ``luspo`` as ``sequence`` (``OBJECTIVE_WEIGHTING``).
+
     ``lengths`` (B,) are the replies' token counts (at least 1 is used); ``batch_tokens`` and
     ``batch_replies`` default to this batch's. Folded into the advantages, the factors change
     the step size of long against short replies, not which way each reply is pushed."""
     lengths = lengths.float().clamp(min=1)
+    loss_type = OBJECTIVE_WEIGHTING.get(loss_type, loss_type)
     if loss_type == "sequence":
         return torch.ones_like(lengths)
     if loss_type == "grpo":
@@ -668,11 +683,26 @@ def clipped_policy_loss(
     Returns (the scalar loss, (B,) the share of each reply's ratios that were clipped: 0 or 1
     but for ``token``, where it is the share of its tokens).
     """
-    if level not in IMPORTANCE_SAMPLING_LEVELS:
-        raise ValueError(f"level must be one of {IMPORTANCE_SAMPLING_LEVELS}, got {level!r}")
     if keep is not None and level == "reply":
         raise ValueError("keep: a reply-level ratio has no per-token terms to keep")
     high = epsilon_low if epsilon_high is None else epsilon_high
+    log_ratio, ratio, a, weight = _ratios(logprobs, mask, old_logprobs, advantages, level, keep)
+    clipped = ratio.clamp(1 - epsilon_low, 1 + high)
+    unclipped = ratio if delta is None else ratio.clamp(max=delta)
+    term = torch.min(unclipped * a, clipped * a) * weight
+    loss = -(term.sum(-1) if level == "token" else term).mean()
+    was_clipped = ((ratio < 1 - epsilon_low) & (a < 0)) | ((ratio > 1 + high) & (a > 0))
+    was_clipped = was_clipped | (log_ratio.detach().abs() > LOG_RATIO_BOUND)
+    return loss, _share(was_clipped, mask, level)
+
+
+def _ratios(logprobs, mask, old_logprobs, advantages, level, keep):
+    """(log-ratio, ratio, advantage, weight of each term) at ``level``: per token, (B, T)
+    each, the advantage broadcast and the weight the kept tokens; per reply, (B,) each, the
+    weight 1 (``reply``) or the count of its kept tokens (``sequence``, whose log-ratio is
+    the mean over the reply's tokens)."""
+    if level not in IMPORTANCE_SAMPLING_LEVELS:
+        raise ValueError(f"level must be one of {IMPORTANCE_SAMPLING_LEVELS}, got {level!r}")
     a, old = advantages.detach(), old_logprobs.detach()
     kept = mask if keep is None else mask * keep.to(mask.dtype)
     if level == "token":
@@ -687,13 +717,111 @@ def clipped_policy_loss(
     # little overflow float32's exp (log-ratio > 88.7), and inf · A, or the 0 · inf of the
     # branch min() leaves, makes the whole update's gradient NaN. The log-ratio is bounded
     # at ±LOG_RATIO_BOUND (as verl bounds it); a ratio beyond it gives no gradient.
-    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND))
-    clipped = ratio.clamp(1 - epsilon_low, 1 + high)
-    unclipped = ratio if delta is None else ratio.clamp(max=delta)
-    term = torch.min(unclipped * a, clipped * a) * weight
-    loss = -(term.sum(-1) if level == "token" else term).mean()
-    was_clipped = ((ratio < 1 - epsilon_low) & (a < 0)) | ((ratio > 1 + high) & (a > 0))
-    was_clipped = (was_clipped | (log_ratio.detach().abs() > LOG_RATIO_BOUND)).float()
-    if level == "token":  # the share of each reply's tokens
-        was_clipped = (was_clipped * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    return loss, was_clipped.detach()
+    return log_ratio, torch.exp(log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)), a, weight
+
+
+def _share(flags: torch.Tensor, mask: torch.Tensor, level: str) -> torch.Tensor:
+    """(B,) per reply, 0 or 1, or at ``token`` level the share of its tokens flagged."""
+    flags = flags.float()
+    if level == "token":
+        flags = (flags * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return flags.detach()
+
+
+def cispo_loss(
+    logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon_max: float,
+    level: str = "token",
+    keep: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CISPO (MiniMax-M1, arXiv 2506.13585; TRL GRPO's ``cispo``): every token keeps its
+    gradient, weighted by its ratio to the sampling policy capped at ``epsilon_max`` and
+    detached, −(1/B) Σ_i Σ_t sg(min(ρ, ε_max)) A_i log π(y_it): a token far off-policy is
+    damped, never dropped as PPO's clip drops it. ρ at ``level``: the token's own, or the
+    reply's (``reply``: the product of its tokens'; ``sequence``: their geometric mean), one
+    weight for all its tokens. At ratio 1 its gradient is ``reinforce_loss``'s times
+    min(1, ε_max): TRL's default ε_max (``epsilon_high`` unset: ``epsilon``, 0.2) scales every
+    step by 0.2; ScaleRL (arXiv 2510.13786) takes 5. ``keep`` (B, T): the tokens whose terms
+    count (``high_entropy_mask``). Returns (the loss, (B,) the share of each reply's ratios
+    above ε_max where its advantage is positive, as TRL's ``cispo_clip_ratio`` counts)."""
+    _, ratio, a, _ = _ratios(logprobs, mask, old_logprobs, advantages, level, None)
+    capped = _share((ratio > epsilon_max) & (a > 0), mask, level)
+    weight = ratio.clamp(max=epsilon_max).detach()
+    kept = mask if keep is None else mask * keep.to(mask.dtype)
+    if level != "token":
+        weight, a = weight[:, None], a[:, None]
+    return -(weight * a * logprobs * kept).sum(-1).mean(), capped
+
+
+def sapo_loss(
+    logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    temperature_pos: float = 1.0,
+    temperature_neg: float = 1.05,
+    level: str = "token",
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SAPO (arXiv 2511.20347; TRL GRPO's ``sapo``): PPO's hard clip replaced by a soft gate,
+    −(1/B) Σ_i Σ_t (4/τ) σ(τ(ρ − 1)) A_i with τ = ``temperature_pos`` where A_i > 0, else
+    ``temperature_neg``. Its gradient, 4 σ'(τ(ρ − 1)) ρ A ∇log π, is REINFORCE's at ρ = 1 and
+    vanishes smoothly as ρ moves far from 1, faster for the larger τ, where PPO's clip is all
+    or nothing. ρ and the weight of each term at
+    ``level`` as in ``clipped_policy_loss`` (``keep`` likewise)."""
+    if keep is not None and level == "reply":
+        raise ValueError("keep: a reply-level ratio has no per-token terms to keep")
+    _, ratio, a, weight = _ratios(logprobs, mask, old_logprobs, advantages, level, keep)
+    tau = torch.where(a > 0, temperature_pos, temperature_neg).to(ratio.dtype)
+    term = torch.sigmoid(tau * (ratio - 1)) * 4 / tau * a * weight
+    return -(term.sum(-1) if level == "token" else term).mean()
+
+
+VESPO_LOG_W = (math.log(1e-8), LOG_RATIO_BOUND)  # the bounds of VESPO's log reply ratio
+
+
+def vespo_weights(
+    log_ratio: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    k_pos: float = 2.0,
+    lambda_pos: float = 3.0,
+    k_neg: float = 3.0,
+    lambda_neg: float = 2.0,
+) -> torch.Tensor:
+    """VESPO's weight of each reply (arXiv 2602.10693; TRL GRPO's ``get_gamma_weights``):
+    φ(w) = e^λ w^k e^(−λw), 1 at w = 1, of the reply's ratio w = Π_t ρ_t (each token's
+    log-ratio bounded at ±20, the sum in [log 1e-8, 20]); (k, λ) = (``k_pos``,
+    ``lambda_pos``) where A ≥ 0, else the ``_neg`` pair. (B, T) log-ratios, (B,) weights."""
+    bound = LOG_RATIO_BOUND
+    log_w = sequence_sum(log_ratio.detach().clamp(-bound, bound), mask).clamp(*VESPO_LOG_W)
+    nonneg = advantages >= 0
+    k = torch.where(nonneg, k_pos, k_neg).to(log_w.dtype)
+    lam = torch.where(nonneg, lambda_pos, lambda_neg).to(log_w.dtype).clamp(min=1e-4)
+    phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))
+    return phi.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def vespo_loss(
+    logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    k_pos: float = 2.0,
+    lambda_pos: float = 3.0,
+    k_neg: float = 3.0,
+    lambda_neg: float = 2.0,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """VESPO (TRL GRPO's ``vespo``): −(1/B) Σ_i φ(w_i) A_i Σ_t log π(y_it), the reply's
+    weight φ (``vespo_weights``, detached) a smooth Gamma-shaped bump in its ratio instead of
+    a clip: 1 on-policy (REINFORCE's gradient), small for a reply far from the sampling
+    policy on either side. The ratio is always the reply's product of its tokens' (TRL's
+    ``importance_sampling_level`` does not reach it). ``keep`` as in ``clipped_policy_loss``."""
+    a = advantages.detach()
+    phi = vespo_weights(logprobs - old_logprobs, mask, a, k_pos, lambda_pos, k_neg, lambda_neg)
+    kept = mask if keep is None else mask * keep.to(mask.dtype)
+    return -(phi * a * sequence_sum(logprobs, kept)).mean()

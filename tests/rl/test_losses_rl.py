@@ -383,3 +383,163 @@ def test_kept_tokens_mask_the_clipped_loss_as_trl_grpo_s_entropy_mask(level):
     torch.testing.assert_close(g1, g2)
     with pytest.raises(ValueError, match="reply-level ratio has no per-token terms"):
         clipped_policy_loss(lp, mask, old, adv, level="reply", keep=keep)
+
+
+def _trl_log_ratio(lp, old, mask, level):
+    """TRL GRPO's log importance weights: per token, or the reply's mean (B, 1)."""
+    log_ratio = lp - old
+    if level == "sequence":
+        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1))[:, None]
+    return log_ratio
+
+
+def _off_policy_batch(seed=5):
+    """Six replies of 1–12 tokens, current and sampling log-probs apart by ~0.6 per token, and
+    advantages of both signs."""
+    torch.manual_seed(seed)
+    lengths = torch.tensor([2, 9, 4, 12, 6, 1])
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).double()
+    lp = (-torch.rand(6, 12, dtype=torch.float64) * 3).requires_grad_()
+    old = (lp.detach() + torch.randn(6, 12, dtype=torch.float64) * 0.6) * mask
+    adv = torch.tensor([1.0, -0.7, 0.4, -1.2, 2.0, -0.3], dtype=torch.float64)
+    return lengths, mask, lp, old, adv
+
+
+def _same_value_and_gradient(ours, theirs, lp):
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+    (g1,) = torch.autograd.grad(ours, lp, retain_graph=True)
+    (g2,) = torch.autograd.grad(theirs, lp, retain_graph=True)
+    torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("entropy", [False, True])
+def test_cispo_is_trl_grpo_s_cispo_loss(level, entropy):
+    """CISPO with each reply's advantage times its dapo factor is TRL's cispo loss, value and
+    gradient, at ratios on both sides of ε_max; the capped share as TRL's cispo_clip_ratio."""
+    from distalign.losses import cispo_loss, loss_type_weights
+
+    lengths, mask, lp, old, adv = _off_policy_batch()
+    keep = high_entropy_mask(torch.rand(6, 12), mask, 0.5).double() if entropy else None
+    c = loss_type_weights(lengths, "cispo", max_completion_length=16).double()
+    assert torch.equal(c, loss_type_weights(lengths, "dapo", 16).double())
+    eps_max = 1.1
+    ours, capped = cispo_loss(lp, mask, old, adv * c, eps_max, level, keep)
+    coef = torch.exp(_trl_log_ratio(lp, old, mask, level))
+    per_token = -coef.clamp(max=eps_max).detach() * adv[:, None] * lp * mask
+    if keep is not None:
+        per_token = per_token * keep
+    _same_value_and_gradient(ours, _trl_aggregate(per_token, mask, "dapo", 16), lp)
+    flags = ((coef > eps_max) & (adv[:, None] > 0)).double().expand_as(lp)
+    want = (flags * mask).sum(-1) / lengths
+    torch.testing.assert_close(capped, want.to(capped.dtype))
+    assert 0 < capped.mean() < 1
+
+
+def test_cispo_damps_a_token_far_off_policy_where_ppo_drops_it():
+    """One token of ratio e² with a positive advantage: PPO's clip leaves it no gradient,
+    CISPO's gradient is ε_max·A; at ratio 1 CISPO is REINFORCE scaled by min(1, ε_max), and a
+    reply-level ratio weighs every token of the reply alike."""
+    from distalign.losses import cispo_loss
+
+    lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    mask = torch.ones(1, 2)
+    old = torch.tensor([[-3.0, -2.0]])  # token 0: ratio e^2; token 1: ratio 1
+    adv = torch.tensor([1.5])
+    ppo, _ = clipped_policy_loss(lp, mask, old, adv, 0.2, 0.28, "token")
+    (g_ppo,) = torch.autograd.grad(ppo, lp)
+    assert g_ppo[0, 0] == 0 and g_ppo[0, 1] == pytest.approx(-1.5)
+    loss, capped = cispo_loss(lp, mask, old, adv, epsilon_max=5.0)
+    (g,) = torch.autograd.grad(loss, lp)
+    assert g[0].tolist() == pytest.approx([-1.5 * 5.0, -1.5])
+    assert capped.tolist() == [0.5]  # e^2 > 5: one token of two
+    (want,) = torch.autograd.grad(reinforce_loss(lp, mask, adv), lp)
+    for eps_max, scale in ((5.0, 1.0), (0.2, 0.2)):
+        loss, _ = cispo_loss(lp, mask, lp.detach(), adv, eps_max)
+        (g,) = torch.autograd.grad(loss, lp)
+        torch.testing.assert_close(g, want * scale)
+    loss, capped = cispo_loss(lp, mask, old, adv, 10.0, level="reply")  # ratio e^2 < 10
+    (g,) = torch.autograd.grad(loss, lp)
+    torch.testing.assert_close(g, want * torch.exp(torch.tensor(2.0)))
+    assert capped.tolist() == [0.0]
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_sapo_is_trl_grpo_s_sapo_loss(level):
+    from distalign.losses import loss_type_weights, sapo_loss
+
+    lengths, mask, lp, old, adv = _off_policy_batch(6)
+    c = loss_type_weights(lengths, "sapo", max_completion_length=16).double()
+    assert torch.equal(c, loss_type_weights(lengths, "grpo", 16).double())
+    ours = sapo_loss(lp, mask, old, adv * c, 1.0, 1.05, level)
+    coef = torch.exp(_trl_log_ratio(lp, old, mask, level))
+    tau = torch.where(adv[:, None] > 0, 1.0, 1.05).double()
+    per_token = -(torch.sigmoid(tau * (coef - 1)) * 4 / tau * adv[:, None]).expand_as(lp) * mask
+    _same_value_and_gradient(ours, _trl_aggregate(per_token, mask, "grpo", 16), lp)
+
+
+def test_sapo_gate_is_reinforce_on_policy_and_fades_off_it():
+    """Per token, d loss / d log π = −4 σ'(τ(ρ − 1)) ρ A: A at ρ = 1 (every level), none to
+    speak of far from 1, where PPO's gradient is all or nothing."""
+    from distalign.losses import sapo_loss
+
+    lp = torch.tensor([[-1.0, -1.0, -1.0, -1.0]], requires_grad=True)
+    mask = torch.ones(1, 4)
+    adv = torch.tensor([2.0])
+    (want,) = torch.autograd.grad(reinforce_loss(lp, mask, adv), lp)
+    for level in ("reply", "token", "sequence"):
+        (g,) = torch.autograd.grad(sapo_loss(lp, mask, lp.detach(), adv, level=level), lp)
+        torch.testing.assert_close(g, want)
+    shifts = torch.tensor([[0.0, 0.3, 1.0, 3.0]])  # log ρ per token
+    (g,) = torch.autograd.grad(sapo_loss(lp, mask, lp.detach() - shifts, adv, 1.0), lp)
+    rho = torch.exp(shifts)
+    sig = torch.sigmoid(rho - 1)
+    torch.testing.assert_close(g, -4 * sig * (1 - sig) * rho * 2.0)
+    assert g[0, 3].abs() < 1e-6  # ρ = e³
+    with pytest.raises(ValueError, match="reply-level ratio has no per-token terms"):
+        sapo_loss(lp, mask, lp.detach(), adv, level="reply", keep=mask)
+
+
+def _trl_vespo_phi(lp, old, mask, adv, k_pos=2.0, lam_pos=3.0, k_neg=3.0, lam_neg=2.0):
+    """TRL GRPO's get_gamma_weights written out (no vLLM correction), (B, 1)."""
+    low = torch.log(torch.tensor(1e-8)).item()
+    seq = ((lp - old).clamp(-20, 20) * mask).sum(-1, keepdim=True)
+    log_w = seq.clamp(low, 20.0)
+    nonneg = adv[:, None] >= 0
+    k = torch.where(nonneg, k_pos, k_neg)
+    lam = torch.where(nonneg, lam_pos, lam_neg).clamp(min=1e-4)
+    return torch.exp(lam + k * log_w - lam * torch.exp(log_w)).detach()
+
+
+def test_vespo_is_trl_grpo_s_vespo_loss():
+    from distalign.losses import loss_type_weights, vespo_loss, vespo_weights
+
+    lengths, mask, lp, old, adv = _off_policy_batch(7)
+    c = loss_type_weights(lengths, "vespo", max_completion_length=16).double()
+    ours = vespo_loss(lp, mask, old, adv * c)
+    phi = _trl_vespo_phi(lp.detach(), old, mask, adv)
+    per_token = -phi * adv[:, None] * lp * mask
+    _same_value_and_gradient(ours, _trl_aggregate(per_token, mask, "dapo", 16), lp)
+    weights = vespo_weights(lp.detach() - old, mask, adv)
+    assert weights.min() < 0.5 and weights.max() > 0.5  # some replies far from 1
+    # φ(1) = 1: on-policy, REINFORCE; far off-policy on either side, almost nothing
+    on = vespo_weights(torch.zeros(2, 3), torch.ones(2, 3), torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(on, torch.ones(2))
+    far = vespo_weights(torch.tensor([[4.0], [-6.0]]), torch.ones(2, 1), torch.ones(2))
+    assert (far < 1e-3).all()
+    (want,) = torch.autograd.grad(reinforce_loss(lp, mask, adv), lp)
+    (g,) = torch.autograd.grad(vespo_loss(lp, mask, lp.detach() * mask, adv), lp)
+    torch.testing.assert_close(g, want)
+
+
+def test_luspo_is_gspo_summed_over_each_reply_s_tokens():
+    """TRL's luspo: the clipped loss at the sequence level, each reply's per-token terms summed
+    and the sums averaged, which is the clipped loss with sequence's factor (1)."""
+    from distalign.losses import loss_type_objective, loss_type_weights
+
+    lengths, mask, lp, old, adv = _off_policy_batch(8)
+    c = loss_type_weights(lengths, "luspo", max_completion_length=16)
+    assert c.tolist() == [1.0] * 6 and loss_type_objective("luspo") == "clip"
+    ours, _ = clipped_policy_loss(lp, mask, old, adv * c.double(), 0.2, 0.28, "sequence")
+    theirs = _trl_clipped_loss(lp, mask, old, adv, "sequence", "sequence", 16)
+    _same_value_and_gradient(ours, theirs, lp)

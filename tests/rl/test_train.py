@@ -1051,3 +1051,64 @@ def test_truncated_replies_stay_out_of_token_statistics_when_masked():
     assert _counted(mask, ro, on, 1, 4).tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
     off = SimpleNamespace(mask_truncated_completions=False)
     assert _counted(mask, ro, off, 1, 4) is mask
+
+
+@pytest.mark.parametrize("loss_type", ["cispo", "sapo", "vespo"])
+def test_trl_grpo_s_other_objectives_learn_over_several_updates(
+    peaked_policy_dir, tmp_path, loss_type
+):
+    """TRL GRPO's cispo, sapo and vespo losses for the updates after a step's first (three per
+    batch of rollouts here): each learns the rewarded token; cispo logs the share of ratios it
+    capped (TRL's cispo_clip_ratio), the soft ones no clip ratio."""
+    result = run(config(peaked_policy_dir, tmp_path, max_steps=15, num_iterations=3,
+                        lr_scheduler_type="linear", loss_type=loss_type,
+                        importance_sampling_level="token", epsilon_high=1.1))  # fmt: skip
+    before, after = result["initial"]["reward"], result["final"]["reward"]
+    assert after > before + 0.2, (before, after)
+    metrics = [
+        json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()
+    ]
+    ratios = [m["train/clip_ratio"] for m in metrics if "train/clip_ratio" in m]
+    if loss_type == "cispo":
+        assert len(ratios) == 15 and max(ratios) > 0
+    else:
+        assert ratios == []
+
+
+def test_policy_loss_takes_loss_type_s_objective_at_ratio_one_and_after():
+    """The first update of a step (no sampling log-probs given) is REINFORCE's for the clipped
+    objective and each objective's own at ratio 1 (cispo's scaled by an ε_max below 1); later
+    ones take the objective named, with its settings."""
+    from distalign.losses import cispo_loss, reinforce_loss, sapo_loss, vespo_loss
+    from distalign.rl.train import policy_loss
+
+    torch.manual_seed(0)
+    lp = (-torch.rand(3, 5)).requires_grad_()
+    mask = torch.ones(3, 5)
+    adv = torch.tensor([1.0, -0.5, 0.3])
+    old = lp.detach() + torch.randn(3, 5) * 0.3
+
+    def grad(loss):
+        return torch.autograd.grad(loss, lp)[0]
+
+    reinforce = grad(reinforce_loss(lp, mask, adv))
+    cfg = RLTrainConfig(report_to="none")
+    loss, clip = policy_loss(lp, mask, None, adv, cfg)
+    assert clip is None and torch.allclose(grad(loss), reinforce)
+    for loss_type, scale in (("cispo", 0.2), ("sapo", 1.0), ("vespo", 1.0), ("luspo", 1.0)):
+        cfg = RLTrainConfig(report_to="none", loss_type=loss_type)
+        loss, clip = policy_loss(lp, mask, None, adv, cfg)
+        assert clip is None and torch.allclose(grad(loss), reinforce * scale), loss_type
+    cfg = RLTrainConfig(report_to="none", loss_type="cispo", epsilon_high=1.1,
+                        importance_sampling_level="token")  # fmt: skip
+    loss, clip = policy_loss(lp, mask, old, adv, cfg)
+    want, share = cispo_loss(lp, mask, old, adv, 1.1, "token")
+    assert torch.allclose(grad(loss), grad(want)) and torch.equal(clip, share)
+    cfg = RLTrainConfig(report_to="none", loss_type="sapo", sapo_temperature_pos=2.0,
+                        sapo_temperature_neg=3.0, importance_sampling_level="token")  # fmt: skip
+    loss, clip = policy_loss(lp, mask, old, adv, cfg)
+    assert clip is None
+    assert torch.allclose(grad(loss), grad(sapo_loss(lp, mask, old, adv, 2.0, 3.0, "token")))
+    cfg = RLTrainConfig(report_to="none", loss_type="vespo", vespo_k_pos=1.0)
+    loss, _ = policy_loss(lp, mask, old, adv, cfg)
+    assert torch.allclose(grad(loss), grad(vespo_loss(lp, mask, old, adv, k_pos=1.0)))

@@ -25,7 +25,7 @@ from distalign.config import (
     require,
     resume_value,
 )
-from distalign.losses import IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES
+from distalign.losses import IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, loss_type_objective
 from distalign.models.generate import SamplingConfig
 from distalign.models.load import DEFAULT_MODEL, require_4d_mask
 from distalign.models.options import ModelKeys
@@ -138,14 +138,17 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
     """Passes over each batch of rollouts (TRL's and GRPO's μ), each one optimizer update (or
     steps_per_generation / gradient_accumulation_steps). 1: on-policy REINFORCE. The updates
     after the first take PPO's clipped objective with a ratio to the sampling policy at
-    ``importance_sampling_level`` (``distalign.losses.clipped_policy_loss``). A step is still one
+    ``importance_sampling_level`` (``distalign.losses.clipped_policy_loss``), or loss_type's own
+    (cispo, sapo, vespo), against the policy that sampled the batch. A step is still one
     batch of rollouts: max_steps=N makes N × ``updates_per_step`` updates (TRL counts each
     update as a step)."""
     epsilon: float = 0.2
     """Clip range of the ratio, [1 − epsilon, 1 + epsilon_high] (for the updates after a
     step's first)."""
     epsilon_high: float | None = None
-    """Upper clip (DAPO's ε_high); None: epsilon."""
+    """Upper clip (DAPO's ε_high); None: epsilon. With loss_type cispo, the cap ε_max on each
+    token's ratio, every update's (the first's, at ratio 1, too: below 1 it scales every step
+    down; ScaleRL advises 5), as TRL's."""
     importance_sampling_level: str = "reply"
     """Whose ratio to the sampling policy the clipped updates take (``losses.
     clipped_policy_loss``): reply (one per reply, the product of its tokens', TRL RLOO's) |
@@ -168,7 +171,26 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
     (÷ the step's mean reply length over every process) | bnpo (÷ its micro-batch's mean reply
     length), with TRL's token counts.
     A scale of each reply's step, not of its direction (``losses.loss_type_weights``); the
-    token-normalised ones take a learning rate about a reply's length larger."""
+    token-normalised ones take a learning rate about a reply's length larger.
+    TRL GRPO's other objectives for the updates after a step's first (num_iterations > 1 or
+    steps_per_generation above gradient_accumulation_steps), weighted as dapo, grpo, sequence
+    and dapo: cispo (each token's ratio capped at epsilon_high and detached, times A·log π:
+    MiniMax-M1's; ``losses.cispo_loss``) | sapo (a soft sigmoid gate instead of the clip;
+    ``losses.sapo_loss``) | luspo (GSPO's clipped objective summed over each reply's tokens;
+    give importance_sampling_level sequence) | vespo (each reply weighted by a Gamma-shaped
+    function of its ratio; ``losses.vespo_loss``)."""
+    sapo_temperature_pos: float = 1.0
+    """loss_type sapo: τ of the gate for replies with a positive advantage (TRL's)."""
+    sapo_temperature_neg: float = 1.05
+    """loss_type sapo: τ of the gate for the others (TRL's)."""
+    vespo_k_pos: float = 2.0
+    """loss_type vespo: k of φ(w) = e^λ w^k e^(−λw) where the advantage is >= 0 (TRL's)."""
+    vespo_lambda_pos: float = 3.0
+    """loss_type vespo: λ where the advantage is >= 0 (TRL's)."""
+    vespo_k_neg: float = 3.0
+    """loss_type vespo: k where the advantage is negative (TRL's)."""
+    vespo_lambda_neg: float = 2.0
+    """loss_type vespo: λ where the advantage is negative (TRL's)."""
     baseline: str = "rloo"
     """Advantage estimator: rloo (leave-one-out mean) | grpo ((r − group mean) / group std of
     the rewards, minus the KL penalty centred in the group) | grpo_batch (the same divided by
@@ -325,13 +347,11 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
             (self.baseline in BASELINES, f"baseline: {' | '.join(BASELINES)}"),
             (
                 self.loss_type in LOSS_TYPES,
-                f"loss_type: {' | '.join(LOSS_TYPES)}, got {self.loss_type!r}"
-                + (
-                    " (TRL GRPO's CISPO, SAPO, LUSPO and VESPO objectives are not offered: "
-                    "their own clipping and weighting of the per-token terms)"
-                    if self.loss_type in ("cispo", "sapo", "luspo", "vespo")
-                    else ""
-                ),
+                f"loss_type: {' | '.join(LOSS_TYPES)}, got {self.loss_type!r}",
+            ),
+            (
+                self.sapo_temperature_pos > 0 and self.sapo_temperature_neg > 0,
+                "sapo_temperature_pos and sapo_temperature_neg must be > 0",
             ),
             (
                 self.baseline not in GROUP_BASELINES or k >= 2,
@@ -362,6 +382,7 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
             (
                 self.top_entropy_quantile == 1
                 or self.importance_sampling_level != "reply"
+                or self.loss_type in ("cispo", "vespo")  # their terms are per token still
                 or (
                     self.num_iterations == 1
                     and self.micro_batches_per_step <= self.gradient_accumulation_steps
@@ -430,6 +451,7 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
                 "token to the loss instead: use_kl_loss=true does that",
                 self.beta,
             )  # fmt: skip
+        self._objective_warnings()
         if self.updates_per_step > 1 and os.environ.get("RANK", "0") == "0":
             log.info(
                 "a step is one batch of rollouts and %d optimizer updates (num_iterations %d × "
@@ -447,6 +469,32 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
                 "weight, as TRL does without a peft_config",
                 self.learning_rate,
             )  # fmt: skip
+
+    def _objective_warnings(self) -> None:
+        """What TRL's GRPO warns of for its other objectives, and what one of them cannot
+        read here."""
+        objective = loss_type_objective(self.loss_type)
+        eps_max = self.epsilon if self.epsilon_high is None else self.epsilon_high
+        if objective == "cispo" and eps_max < 1:
+            config_warning(
+                log,
+                "loss_type cispo caps each token's ratio at epsilon_high=%g (unset: epsilon), "
+                "below a ratio of 1: every update's step is scaled by it, the first one's too "
+                "(as in TRL; ScaleRL advises epsilon_high=5)",
+                eps_max,
+            )  # fmt: skip
+        if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
+            config_warning(log, "loss_type luspo is GSPO's objective: give "
+                                "importance_sampling_level=sequence, as TRL advises")  # fmt: skip
+        if self.loss_type == "vespo" and self.importance_sampling_level == "sequence":
+            config_warning(
+                log,
+                "loss_type vespo weighs each reply by the product of its tokens' ratios: "
+                "importance_sampling_level does not reach it",
+            )
+        if self.delta is not None and objective != "clip":
+            config_warning(log, "delta caps PPO's clipped objective, which loss_type %s does "
+                                "not take", self.loss_type)  # fmt: skip
 
     def _check_reward(self) -> None:
         """``reward`` as one source or a list (a ``--reward '[a,b]'`` string is parsed);

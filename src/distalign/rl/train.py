@@ -60,6 +60,8 @@ from distalign.distributed import (
     is_sharded,
 )
 from distalign.losses import (
+    OBJECTIVE_WEIGHTING,
+    cispo_loss,
     clipped_policy_loss,
     dr_grpo_advantages,
     group_advantages_where_scored,
@@ -69,6 +71,7 @@ from distalign.losses import (
     kl_estimates,
     kl_loss,
     kl_shaped_rewards,
+    loss_type_objective,
     loss_type_weights,
     moving_average_advantages,
     moving_average_update,
@@ -76,7 +79,9 @@ from distalign.losses import (
     reinforce_pp_advantages,
     remax_advantages,
     rloo_advantages,
+    sapo_loss,
     uncertainty_scaled,
+    vespo_loss,
     whiten,
 )
 from distalign.models.load import load_policy, prefix_sharing_for
@@ -565,17 +570,9 @@ def policy_gradient_step(
             counted = _counted(mask, ro, cfg, s, stop)  # the reply tokens the loss counts
             keep = kept_tokens(t, ent_pad, counted, cfg)  # None: all
             # each loss averages over this micro-batch; weight it by its share
-            if old is None and keep is None:
-                loss = reinforce_loss(lp_pad, mask, adv[s:stop])
-            elif old is None:  # the clipped loss at ratio 1 keeps tokens as the later ones do
-                level = "sequence" if cfg.importance_sampling_level == "sequence" else "token"
-                loss, _ = clipped_policy_loss(lp_pad, mask, lp_pad.detach(), adv[s:stop],
-                                              level=level, keep=keep)  # fmt: skip
-            else:
-                loss, clip = clipped_policy_loss(
-                    lp_pad, mask, old[s:stop, : lp_pad.shape[1]], adv[s:stop], cfg.epsilon,
-                    cfg.epsilon_high, cfg.importance_sampling_level, cfg.delta, keep,
-                )  # fmt: skip
+            before = None if old is None else old[s:stop, : lp_pad.shape[1]]
+            loss, clip = policy_loss(lp_pad, mask, before, adv[s:stop], cfg, keep)
+            if clip is not None:
                 clipped.append(clip)
             if kl is not None:  # on every counted token, those the entropy mask drops too
                 cols = lp_pad.shape[1]
@@ -598,6 +595,38 @@ def policy_gradient_step(
     t.optimizer.zero_grad()
     clip = torch.cat(clipped) if clipped else None
     return grad_norm, entropy_sum, tokens, torch.cat(seq), clip, total
+
+
+def policy_loss(lp, mask, old, adv, cfg: RLTrainConfig, keep=None):
+    """A micro-batch's policy loss, and the share of each reply's ratios clipped (None where
+    nothing is counted). ``old`` (n, T): the sampling policy's log-probs, for an update after
+    a step's first; None for the first, at ratio 1: REINFORCE's loss (``reinforce_loss``), or
+    the clipped loss's at ratio 1 where ``keep`` leaves tokens out, or ``loss_type``'s own
+    objective (CISPO, SAPO, VESPO: ``losses``) at ratio 1. Later updates take PPO's clipped
+    objective at ``importance_sampling_level`` (``clipped_policy_loss``) or that objective."""
+    objective = loss_type_objective(cfg.loss_type)
+    level = cfg.importance_sampling_level
+    if old is None:
+        if objective == "clip" and keep is None:
+            return reinforce_loss(lp, mask, adv), None
+        # at ratio 1 the clipped loss keeps tokens as the later ones do
+        level = "token" if objective == "clip" and level == "reply" else level
+    before = lp.detach() if old is None else old
+    if objective == "cispo":
+        eps_max = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
+        loss, clip = cispo_loss(lp, mask, before, adv, eps_max, level, keep)
+    elif objective == "sapo":
+        loss, clip = sapo_loss(lp, mask, before, adv, cfg.sapo_temperature_pos,
+                               cfg.sapo_temperature_neg, level, keep), None  # fmt: skip
+    elif objective == "vespo":
+        loss, clip = vespo_loss(lp, mask, before, adv, cfg.vespo_k_pos, cfg.vespo_lambda_pos,
+                                cfg.vespo_k_neg, cfg.vespo_lambda_neg, keep), None  # fmt: skip
+    elif old is None:
+        loss, clip = clipped_policy_loss(lp, mask, before, adv, level=level, keep=keep)
+    else:
+        loss, clip = clipped_policy_loss(lp, mask, before, adv, cfg.epsilon, cfg.epsilon_high,
+                                         level, cfg.delta, keep)  # fmt: skip
+    return loss, None if old is None else clip
 
 
 def teacher_forced(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, start: int, stop: int):
@@ -663,21 +692,20 @@ def loss_weights(t: Trainer, ro: Rollouts, cfg: RLTrainConfig) -> torch.Tensor:
     (``mask_truncated_completions``) count no tokens, as TRL's completion mask leaves them.
     The loss averages over replies, masked ones included, so c = replies / tokens."""
     lengths = ro.mask.sum(-1).float()
-    if cfg.loss_type in ("sequence", "grpo", "dr_grpo"):
-        return loss_type_weights(lengths, cfg.loss_type, cfg.max_completion_length)
+    weighting = OBJECTIVE_WEIGHTING.get(cfg.loss_type, cfg.loss_type)
+    if weighting in ("sequence", "grpo", "dr_grpo"):
+        return loss_type_weights(lengths, weighting, cfg.max_completion_length)
     counted = _counted(ro.mask, ro, cfg, 0, len(lengths)).sum(-1)
     n, size = len(lengths), cfg.per_device_train_batch_size
-    groups = (
-        [(0, n)] if cfg.loss_type == "dapo" else [(s, min(n, s + size)) for s in range(0, n, size)]
-    )
+    groups = [(0, n)] if weighting == "dapo" else [(s, min(n, s + size)) for s in range(0, n, size)]
     out = torch.ones_like(lengths)
     for begin, end in groups:
         totals = torch.stack([counted[begin:end].sum(), counted.new_tensor(end - begin)])
-        if cfg.loss_type == "dapo":
+        if weighting == "dapo":
             totals = t.accelerator.reduce(totals, reduction="sum")
         tokens, replies = (float(x) for x in totals)
         out[begin:end] = loss_type_weights(
-            lengths[begin:end], cfg.loss_type, cfg.max_completion_length, tokens, replies
+            lengths[begin:end], weighting, cfg.max_completion_length, tokens, replies
         )
     return out
 
@@ -727,7 +755,7 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
             if first:  # the first span's own pass gives its sampling log-probs and entropy
                 old = seq if old is None else torch.cat([seq.to(old.device), old[end:]])
                 entropy_sum, tokens = entropy_sum + ent, tokens + tok
-            else:  # each reply's share of its ratios clipped, times how many it has
+            elif clip is not None:  # each reply's share of its ratios clipped, times how many
                 clipped.append((clip.float().to(units.device) * units).sum().item())
     finite = [math.isfinite(x) for x in norms]
     kept = [x for x in norms if math.isfinite(x)]
