@@ -181,7 +181,7 @@ NOT_OFFERED = {
     "ref_model_sync_steps": _REF_FIXED,
     "ref_model_mixup_alpha": _REF_FIXED,
     # TRL's GRPO objectives and their settings: the loss here is distalign's own
-    "off_policy_mask_threshold": "no reply is masked for being off-policy",
+    "off_policy_mask_threshold": "only rl train masks replies for being off-policy",
     "use_bias_correction_kl": "only rl train has a KL term (use_kl_loss)",
     "entropy_coef": "no entropy bonus is added",
     "use_adaptive_entropy": "no entropy bonus is added",

@@ -728,6 +728,22 @@ def _share(flags: torch.Tensor, mask: torch.Tensor, level: str) -> torch.Tensor:
     return flags.detach()
 
 
+def off_policy_mask(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    threshold: float,
+) -> torch.Tensor:
+    """DeepSeek-V3.2's off-policy sequence mask (arXiv 2512.02556, eq. 9; TRL GRPO's
+    ``off_policy_mask_threshold``): (B,) 0 for a reply with a negative advantage whose mean
+    per-token log π_old − log π exceeds ``threshold`` (the policy has drifted from the one that
+    sampled it, and pushing it further down is where updates go unstable), else 1. An empty
+    reply reads a drift of 0."""
+    drift = sequence_sum((old_logprobs - logprobs).detach(), mask) / mask.sum(-1).clamp(min=1)
+    return ((advantages >= 0) | (drift <= threshold)).to(mask.dtype)
+
+
 def cispo_loss(
     logprobs: torch.Tensor,
     mask: torch.Tensor,

@@ -543,3 +543,20 @@ def test_luspo_is_gspo_summed_over_each_reply_s_tokens():
     ours, _ = clipped_policy_loss(lp, mask, old, adv * c.double(), 0.2, 0.28, "sequence")
     theirs = _trl_clipped_loss(lp, mask, old, adv, "sequence", "sequence", 16)
     _same_value_and_gradient(ours, theirs, lp)
+
+
+def test_off_policy_mask_is_trl_grpo_s():
+    """A reply is left out where its advantage is negative and its mean per-token drift
+    log π_old − log π exceeds the threshold, as TRL's get_off_policy_mask (written out)."""
+    from distalign.losses import off_policy_mask
+
+    _, mask, lp, _, adv = _off_policy_batch(9)
+    drift = torch.tensor([0.9, 0.9, 0.1, 0.9, 0.9, 0.0], dtype=torch.float64)
+    old = (lp.detach() + drift[:, None]) * mask  # each token's drift, the reply's mean too
+    ours = off_policy_mask(lp, old, mask, adv, 0.5)
+    kl = ((old - lp.detach()) * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True)
+    theirs = ((adv[:, None] >= 0) | (kl <= 0.5)).double()[:, 0]
+    torch.testing.assert_close(ours, theirs)
+    # advantages [1, -0.7, 0.4, -1.2, 2, -0.3]: the drifted negative ones go
+    assert ours.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 1.0]
+    assert off_policy_mask(lp, lp.detach(), mask, adv, 0.0).tolist() == [1.0] * 6

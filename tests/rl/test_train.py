@@ -1112,3 +1112,22 @@ def test_policy_loss_takes_loss_type_s_objective_at_ratio_one_and_after():
     cfg = RLTrainConfig(report_to="none", loss_type="vespo", vespo_k_pos=1.0)
     loss, _ = policy_loss(lp, mask, old, adv, cfg)
     assert torch.allclose(grad(loss), grad(vespo_loss(lp, mask, old, adv, k_pos=1.0)))
+
+
+def test_off_policy_mask_leaves_drifted_replies_pushed_down_out_of_later_updates():
+    from distalign.rl.train import policy_loss
+
+    lp = torch.full((3, 4), -1.0, requires_grad=True)
+    mask = torch.ones(3, 4)
+    adv = torch.tensor([-1.0, 1.0, -1.0])
+    old = lp.detach() + torch.tensor([[2.0], [2.0], [0.1]])  # replies 0 and 1 drifted
+    cfg = RLTrainConfig(report_to="none", off_policy_mask_threshold=0.5, epsilon=0.9,
+                        epsilon_high=100.0)  # fmt: skip
+    loss, _ = policy_loss(lp, mask, old, adv, cfg)
+    (grad,) = torch.autograd.grad(loss, lp)
+    assert (grad[0] == 0).all() and (grad[1] != 0).all() and (grad[2] != 0).all()
+    loss, _ = policy_loss(lp, mask, None, adv, cfg)  # the first update: nothing drifted yet
+    (grad,) = torch.autograd.grad(loss, lp)
+    assert (grad != 0).all()
+    with pytest.raises(ValueError, match="off_policy_mask_threshold must be >= 0"):
+        RLTrainConfig(report_to="none", off_policy_mask_threshold=-1.0)

@@ -165,6 +165,10 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
     """Cap on the ratio in the clipped objective's unclipped term (TRL GRPO's two-sided
     clipping, INTELLECT-2), above 1; as TRL, above 1 + epsilon_high is advised (said where
     not); None: no cap."""
+    off_policy_mask_threshold: float | None = None
+    """Leave out of the updates after a step's first each reply with a negative advantage whose
+    mean per-token log-ratio of the sampling policy to the current one exceeds this
+    (DeepSeek-V3.2's off-policy sequence mask; TRL GRPO's key; 0.5, say); None: none."""
     loss_type: str = "sequence"
     """How each reply's Σ_t log π is weighted in the policy loss (TRL GRPO's key): sequence (as
     is: REINFORCE, TRL's RLOO) | grpo (÷ its length) | dr_grpo (÷ max_completion_length) | dapo
@@ -348,6 +352,10 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
             (
                 self.loss_type in LOSS_TYPES,
                 f"loss_type: {' | '.join(LOSS_TYPES)}, got {self.loss_type!r}",
+            ),
+            (
+                self.off_policy_mask_threshold is None or self.off_policy_mask_threshold >= 0,
+                "off_policy_mask_threshold must be >= 0 (null: no mask)",
             ),
             (
                 self.sapo_temperature_pos > 0 and self.sapo_temperature_neg > 0,

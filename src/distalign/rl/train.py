@@ -75,6 +75,7 @@ from distalign.losses import (
     loss_type_weights,
     moving_average_advantages,
     moving_average_update,
+    off_policy_mask,
     reinforce_loss,
     reinforce_pp_advantages,
     remax_advantages,
@@ -603,9 +604,12 @@ def policy_loss(lp, mask, old, adv, cfg: RLTrainConfig, keep=None):
     a step's first; None for the first, at ratio 1: REINFORCE's loss (``reinforce_loss``), or
     the clipped loss's at ratio 1 where ``keep`` leaves tokens out, or ``loss_type``'s own
     objective (CISPO, SAPO, VESPO: ``losses``) at ratio 1. Later updates take PPO's clipped
-    objective at ``importance_sampling_level`` (``clipped_policy_loss``) or that objective."""
+    objective at ``importance_sampling_level`` (``clipped_policy_loss``) or that objective,
+    without the replies ``off_policy_mask_threshold`` masks (``losses.off_policy_mask``)."""
     objective = loss_type_objective(cfg.loss_type)
     level = cfg.importance_sampling_level
+    if old is not None and cfg.off_policy_mask_threshold is not None:  # (at ratio 1: no drift)
+        adv = adv * off_policy_mask(lp, old, mask, adv, cfg.off_policy_mask_threshold)
     if old is None:
         if objective == "clip" and keep is None:
             return reinforce_loss(lp, mask, adv), None
