@@ -351,7 +351,7 @@ def test_lora_at_a_full_fine_tunes_learning_rate_is_said(caplog):
      (["load_in_4bit=true"], "load_in_4bit", "use_peft=true dtype=bfloat16"),
      (["push_to_hub=true"], "push_to_hub", "hf upload"),
      (["whiten_advantages=true"], "whiten_advantages", "normalize_advantages"),
-     (["entropy_coef=0.01"], "entropy_coef", "no entropy bonus"),
+     (["use_adaptive_entropy=true"], "use_adaptive_entropy", "coefficient is fixed"),
      (["multi_objective_aggregation=normalize_then_sum"], "multi_objective_aggregation",
       "summed with reward_weights")],
 )  # fmt: skip

@@ -183,8 +183,8 @@ NOT_OFFERED = {
     # TRL's GRPO objectives and their settings: the loss here is distalign's own
     "off_policy_mask_threshold": "only rl train masks replies for being off-policy",
     "use_bias_correction_kl": "only rl train has a KL term (use_kl_loss)",
-    "entropy_coef": "no entropy bonus is added",
-    "use_adaptive_entropy": "no entropy bonus is added",
+    "entropy_coef": "only rl train adds an entropy bonus",
+    "use_adaptive_entropy": "the entropy bonus's coefficient is fixed (entropy_coef)",
     "multi_objective_aggregation": "the reward sources are summed with reward_weights, then "
     "the advantages taken (TRL's sum_then_normalize)",
     "cast_lm_head_to_fp32": "rl train keeps float32 weights, the LM head's included",

@@ -231,3 +231,18 @@ def test_cuda_logprobs_equal_cpu_ones(tiny_policy):
     for a, b in zip(gpu, cpu, strict=True):
         assert a.device.type == "cuda"
         torch.testing.assert_close(a.cpu(), b, atol=1e-4, rtol=0)
+
+
+def test_gathered_entropies_carry_their_gradient_when_asked():
+    torch.manual_seed(1)
+    head = torch.nn.Linear(8, 50, bias=False)
+    h, tokens = torch.randn(13, 8, requires_grad=True), torch.randint(0, 50, (13,))
+    _, ent = gather_logprobs(h, head, tokens, temperature=0.7, chunk=5)
+    assert not ent.requires_grad
+    _, ent = gather_logprobs(h, head, tokens, temperature=0.7, chunk=5, entropy_grad=True)
+    full = torch.log_softmax(head(h) / 0.7, -1)
+    want = -(full.exp() * full).sum(-1)
+    torch.testing.assert_close(ent, want)
+    (g1,) = torch.autograd.grad(ent.sum(), h)
+    (g2,) = torch.autograd.grad(want.sum(), h)
+    torch.testing.assert_close(g1, g2)

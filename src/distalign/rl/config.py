@@ -165,6 +165,11 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
     """Cap on the ratio in the clipped objective's unclipped term (TRL GRPO's two-sided
     clipping, INTELLECT-2), above 1; as TRL, above 1 + epsilon_high is advised (said where
     not); None: no cap."""
+    entropy_coef: float = 0.0
+    """An entropy bonus: minus this times the mean token entropy of the policy, over the reply
+    tokens the policy loss keeps, in every update's loss (TRL GRPO's key; its adaptive form,
+    use_adaptive_entropy, is not offered). Above 0 the teacher-forced pass keeps each chunk's
+    softmax for the backward pass: more memory."""
     off_policy_mask_threshold: float | None = None
     """Leave out of the updates after a step's first each reply with a negative advantage whose
     mean per-token log-ratio of the sampling policy to the current one exceeds this
@@ -353,6 +358,7 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
                 self.loss_type in LOSS_TYPES,
                 f"loss_type: {' | '.join(LOSS_TYPES)}, got {self.loss_type!r}",
             ),
+            (self.entropy_coef >= 0, "entropy_coef must be >= 0"),
             (
                 self.off_policy_mask_threshold is None or self.off_policy_mask_threshold >= 0,
                 "off_policy_mask_threshold must be >= 0 (null: no mask)",

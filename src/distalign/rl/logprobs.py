@@ -111,6 +111,7 @@ def gather_logprobs(
     temperature: float = 1.0,
     chunk: int = CHUNK_TOKENS,
     transform: Callable[[torch.Tensor], torch.Tensor] = _identity,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log softmax(transform(head(h)) / T)[token] for N hidden states, chunk by chunk.
 
@@ -118,17 +119,19 @@ def gather_logprobs(
         hidden: (N, H) states that predict ``tokens`` (N,).
         head: the LM head (H -> V).
         transform: what the model's forward does to the head's logits (``logit_transform``).
+        entropy_grad: the entropies with their gradient (an entropy bonus), which keeps each
+            chunk's softmax (n, V) for the backward pass besides what the log-probs keep.
     Returns:
-        (log-probs (N,) with grad, entropies (N,) detached).
+        (log-probs (N,) with grad, entropies (N,), detached unless ``entropy_grad``).
     """
     logps, ents = [], []
     for s in range(0, hidden.shape[0], chunk):
         logits = transform(head(hidden[s : s + chunk])).float() / temperature  # (n, V), a chunk
         lse = torch.logsumexp(logits, dim=-1)
         logps.append(logits.gather(-1, tokens[s : s + chunk, None]).squeeze(-1) - lse)
-        with torch.no_grad():
-            logp = logits - lse[:, None]
-            ents.append(-(logp.exp() * logp).sum(-1))
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            # H = log Σ e^z − Σ softmax(z)·z
+            ents.append(lse - (torch.softmax(logits, -1) * logits).sum(-1))
     if not logps:
         return hidden.new_zeros(0), hidden.new_zeros(0)
     return torch.cat(logps), torch.cat(ents)
@@ -142,8 +145,10 @@ def reply_logprobs(
     temperature: float = 1.0,
     prefix_sharing: bool = True,
     chunk: int = CHUNK_TOKENS,
+    entropy_grad: bool = False,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per reply: log π(y_t | x, y_<t) (L,) and the policy entropy at each step (L,).
+    """Per reply: log π(y_t | x, y_<t) (L,) and the policy entropy at each step (L,), with
+    its gradient where ``entropy_grad`` (``gather_logprobs``).
 
     Args:
         prompt_ids: per prompt, its token ids.
@@ -190,7 +195,13 @@ def reply_logprobs(
         target += range(start, start + n)
     pred_t = torch.tensor(pred, device=device)
     logp, ent = gather_logprobs(
-        flat[pred_t], head, ids[torch.tensor(target)].to(device), temperature, chunk, transform
+        flat[pred_t],
+        head,
+        ids[torch.tensor(target)].to(device),
+        temperature,
+        chunk,
+        transform,
+        entropy_grad,
     )
     return list(logp.split(lengths)), list(ent.split(lengths))
 
@@ -209,9 +220,16 @@ class ReplyLogprobs(torch.nn.Module):
         """The policy inside (what ``models.load.unwrap`` looks through)."""
         return self.policy
 
-    def forward(self, prompt_ids, replies, pad_token_id, temperature=1.0, prefix_sharing=True):
+    def forward(self, prompt_ids, replies, pad_token_id, temperature=1.0, prefix_sharing=True,
+                entropy_grad=False):  # fmt: skip
         return reply_logprobs(
-            self.policy, prompt_ids, replies, pad_token_id, temperature, prefix_sharing
+            self.policy,
+            prompt_ids,
+            replies,
+            pad_token_id,
+            temperature,
+            prefix_sharing,
+            entropy_grad=entropy_grad,
         )
 
 

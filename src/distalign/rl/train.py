@@ -556,7 +556,8 @@ def policy_gradient_step(
     given ``old`` (B, T) the sampling policy's log-probs of every reply's tokens, the clipped
     objective against it at ``importance_sampling_level`` (``clipped_policy_loss``); with
     ``kl`` (the reference's log-probs (B, T), each reply's weight (B,)), plus the KL penalty
-    (``losses.kl_loss``). Returns
+    (``losses.kl_loss``); with ``entropy_coef``, minus that times the mean entropy of the
+    micro-batch's tokens the policy loss keeps (TRL GRPO's bonus). Returns
     (grad norm, summed token entropy, tokens, the span's token log-probs (detached, (n, T)),
     the share of each reply's ratios clipped, the span's loss)."""
     t.learner.train()
@@ -583,6 +584,9 @@ def policy_gradient_step(
                     kl[1][s:stop].to(lp_pad), sampled if cfg.use_bias_correction_kl else None,
                     cfg.importance_sampling_level,
                 )  # fmt: skip
+            if cfg.entropy_coef:  # the bonus on the tokens the policy loss keeps, as TRL's
+                on = counted if keep is None else counted * keep
+                loss = loss - cfg.entropy_coef * (ent_pad * on).sum() / on.sum().clamp(min=1)
             t.accelerator.backward(loss * (stop - s) / n)
             total += loss.item() * (stop - s) / n
         seq.append(_to_width(lp_pad.detach(), width))
@@ -635,12 +639,15 @@ def policy_loss(lp, mask, old, adv, cfg: RLTrainConfig, keep=None):
 
 def teacher_forced(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, start: int, stop: int):
     """The learner's pass over the replies [start, stop): their log-probs, mask and token
-    entropies (detached), each (n, T') right-padded, and (summed token entropy, token count)."""
+    entropies (with their gradient for ``entropy_coef``, else detached), each (n, T')
+    right-padded, and (summed token entropy, token count)."""
     ids, groups = ro.groups(start, stop)
     temperature = cfg.temperature or 1.0
-    lp, ent = t.learner(ids, groups, t.tokenizer.pad_token_id, temperature, cfg.prefix_sharing)
+    grad = cfg.entropy_coef > 0 and torch.is_grad_enabled()
+    lp, ent = t.learner(ids, groups, t.tokenizer.pad_token_id, temperature, cfg.prefix_sharing,
+                        grad)  # fmt: skip
     entropy = (sum(e.sum().item() for e in ent), sum(e.numel() for e in ent))
-    return (*pad_reply_tensors(lp), pad_reply_tensors([e.detach() for e in ent])[0], entropy)
+    return (*pad_reply_tensors(lp), pad_reply_tensors(ent)[0], entropy)
 
 
 def _counted(mask: torch.Tensor, ro: Rollouts, cfg: RLTrainConfig, start: int, stop: int):
@@ -659,7 +666,7 @@ def kept_tokens(t: Trainer, entropies, mask, cfg: RLTrainConfig) -> torch.Tensor
     float mask; None at 1: every token."""
     if cfg.top_entropy_quantile >= 1:
         return None
-    local = entropies[mask.bool()].float()
+    local = entropies[mask.bool()].detach().float()
     sentinel = -1.0  # entropies are >= 0
     gathered = t.accelerator.gather(
         t.accelerator.pad_across_processes(local, dim=0, pad_index=sentinel)
