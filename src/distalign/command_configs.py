@@ -65,7 +65,7 @@ class DataInspectConfig:
     dataset_split: str | None = None
     """Split (hub id or folder); default: train, or the only one."""
     format: str | None = None
-    """explicit | implicit | hh | sharegpt (default: detected from the first row)."""
+    """explicit | implicit | hh | sharegpt | alpaca (default: detected from the first row)."""
     skip_bad_rows: bool = False
     """Skip malformed rows (counted) instead of stopping at the first."""
     model_name_or_path: str = DEFAULT_MODEL
@@ -125,7 +125,7 @@ class RMEvalConfig(PlacementConfig):
     tokenizer's template, or ``plain``/``hh``), as ``rm train``'s key; default: the model's own.
     Without one, conversational data (message lists) are refused, as TRL refuses them."""
     format: str | None = None
-    """explicit | implicit | hh | sharegpt (default: detected from the first row), as in rm
+    """explicit | implicit | hh | sharegpt | alpaca (default: detected from the first row), as in rm
     train."""
 
     def __post_init__(self):

@@ -797,3 +797,88 @@ def test_a_forced_format_reads_rows_that_also_have_a_prompt_column(tmp_path):
     rows = [{"prompt": turn, "chosen": turn + " Hello.", "rejected": turn + " Go away."}]
     ds = load_preferences(str(write_jsonl(tmp_path / "hh.jsonl", rows)), format="hh")
     assert ds["chosen"] == ["Hello."] and ds["prompt"][0][-1]["content"] == "Hi"
+
+
+def test_a_dataset_dict_reads_train_without_a_split_and_names_its_split_in_errors():
+    good = {"prompt": "a?", "chosen": "yes", "rejected": "no"}
+    both = datasets.DatasetDict({"train": datasets.Dataset.from_list([good] * 2),
+                                 "test": datasets.Dataset.from_list([good, good])})  # fmt: skip
+    assert len(load_preferences(both)) == 2  # as a file source's default split
+    bad = datasets.DatasetDict({"test": datasets.Dataset.from_list(
+        [good, {"prompt": "b?", "chosen": "yes", "rejected": None}])})  # fmt: skip
+    with pytest.raises(PreferenceFormatError, match=r"dataset\[test\] row 1: field 'rejected'"):
+        load_preferences(bad, "test")
+
+
+def test_a_csv_cell_of_json_objects_that_are_not_messages_stays_text(tmp_path):
+    import csv
+
+    path = tmp_path / "json.csv"
+    reply = '[{"id": 1, "name": "Alice"}]'
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["prompt", "chosen", "rejected"],
+                                 ["Return the users as JSON.", reply, '[{"id": 1}]']])  # fmt: skip
+    row = load_preferences(str(path))[0]
+    assert (row["chosen"], row["rejected"]) == (reply, '[{"id": 1}]')
+
+
+def test_a_jsonl_file_holding_one_json_array_reads_as_datasets_reads_it(tmp_path):
+    for text in (json.dumps(EXPLICIT), json.dumps(EXPLICIT, indent=2)):
+        path = tmp_path / "array.jsonl"
+        path.write_text("\ufeff" + text)
+        assert [r["chosen"] for r in load_preferences(str(path))] == ["4.", "Lima."]
+
+
+def test_a_string_prompt_that_is_the_first_of_several_user_turns_gives_way_to_the_shared_turns(
+    tmp_path,
+):
+    """A multi-turn set with a string prompt (its first question) beside whole conversations:
+    the prompt is every turn the two share, as TRL's maybe_extract_prompt reads it."""
+    user, answer, again = ({"role": "user", "content": "Hi"},
+                           {"role": "assistant", "content": "4"},
+                           {"role": "user", "content": "x3?"})  # fmt: skip
+    row = {"prompt": "Hi", "chosen": [user, answer, again, {"role": "assistant", "content": "12"}],
+           "rejected": [user, answer, again, {"role": "assistant", "content": "7"}]}  # fmt: skip
+    path = write_jsonl(tmp_path / "mt.jsonl", [row])
+    pair = load_preferences(str(path))[0]
+    assert pair["prompt"] == [user, answer, again]
+    assert (pair["chosen"], pair["rejected"]) == ("12", "7")
+    from distalign.data.prompts import load_prompts
+
+    assert list(load_prompts(str(path))[0]) == [user, answer, again]
+
+
+def test_alpaca_style_rows_read_their_instruction_input_system_and_history(tmp_path):
+    """LLaMA-Factory's alpaca format (Stanford Alpaca's columns): the prompt is the system
+    column, the history's [question, answer] pairs, then instruction and input joined by a
+    newline; for rl train too. A data set whose every prompt is empty is refused."""
+    from distalign.data.prompts import load_prompts
+
+    rows = [
+        {"instruction": "Translate to English.", "input": "hola", "chosen": "hello",
+         "rejected": "bye"},
+        {"instruction": "Add one.", "input": "", "chosen": "3", "rejected": "4",
+         "system": "Be brief.", "history": [["What is 1+1?", "2"]]},
+    ]  # fmt: skip
+    path = write_jsonl(tmp_path / "alpaca.jsonl", rows)
+    report = LoadReport(source="alpaca")
+    pairs = load_preferences(str(path), report=report)
+    assert report.format == "alpaca"
+    assert pairs[0]["prompt"] == [{"role": "user", "content": "Translate to English.\nhola"}]
+    assert pairs[1]["prompt"] == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 1+1?"},
+        {"role": "assistant", "content": "2"}, {"role": "user", "content": "Add one."},
+    ]  # fmt: skip
+    assert (pairs[1]["chosen"], pairs[1]["rejected"]) == ("3", "4")
+    prompts = load_prompts(str(path))
+    assert [p[-1]["content"] for p in prompts] == ["Translate to English.\nhola", "Add one."]
+    sft = write_jsonl(tmp_path / "sft.jsonl", [{"instruction": "Name a colour.", "output": "Red"}])
+    (prompt,) = load_prompts(str(sft))
+    assert list(prompt) == [{"role": "user", "content": "Name a colour."}]
+    assert prompt.columns["output"] == "Red"  # for reward functions, as TRL passes columns
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{**rows[0], "history": [["only one"]]}])
+    with pytest.raises(PreferenceFormatError, match=r"bad.jsonl:1: field 'history\[0\]'"):
+        load_preferences(str(bad))
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"question": "Why?", "prompt": ""}] * 3)
+    with pytest.raises(DataSourceError, match=r"every prompt is empty .*'question'"):
+        load_prompts(str(empty))

@@ -1156,3 +1156,41 @@ def test_entropy_coef_raises_the_policy_s_entropy(peaked_policy_dir, tmp_path):
     # moves only with the tokens sampled
     assert all(b > a for a, b in itertools.pairwise(bonus)), bonus
     assert bonus[-1] > max(none[1:]) + 0.3, (bonus, none)
+
+
+def test_a_lora_policy_trains_on_its_adapter_or_merged(peaked_policy_dir, tmp_path, caplog):
+    """An earlier LoRA run's final/ as the model: with use_peft its adapter goes on training
+    (not a second adapter on top), the reference its base model, so the KL starts where the
+    first run left it; with use_peft=false it is merged and trains in full, the reference the
+    merged policy, so the KL starts at 0."""
+    from peft import PeftModel
+
+    kw = dict(use_peft=True, max_steps=3, num_generations=2, per_device_train_batch_size=4,
+              gradient_accumulation_steps=1, beta=0.1, eval_on_start=False,
+              max_eval_samples=2, lora_r=4)  # fmt: skip
+    run(config(peaked_policy_dir, tmp_path / "a", **kw))
+    first = tmp_path / "a" / "rl" / "final"
+    assert (first / "adapter_config.json").is_file()
+
+    def first_kl(path):
+        rows = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+        return next(m["train/kl"] for m in rows if "train/kl" in m)
+
+    for use_peft in (True, False):
+        out = tmp_path / f"b_{use_peft}"
+        with caplog.at_level(logging.INFO):
+            run(config(first, out, **{**kw, "max_steps": 1, "use_peft": use_peft,
+                                      "lora_r": 8}))  # fmt: skip
+        assert f"{first} is a LoRA adapter" in caplog.text
+        saved = out / "rl" / "final"
+        if use_peft:  # the same adapter, rank 4 (lora_r unread), trained on
+            assert json.loads((saved / "adapter_config.json").read_text())["r"] == 4
+            base = AutoModelForCausalLM.from_pretrained(peaked_policy_dir)
+            model = PeftModel.from_pretrained(base, saved)
+            assert abs(first_kl(out / "rl")) > 1e-3
+        else:
+            assert (saved / "config.json").is_file()
+            assert not (saved / "adapter_config.json").exists()
+            assert abs(first_kl(out / "rl")) < 1e-4
+            model = AutoModelForCausalLM.from_pretrained(saved)
+        assert model is not None

@@ -98,6 +98,11 @@ def _json_lines(lines: Iterable[str], path: Path) -> Iterator[tuple[str, Any]]:
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     with _named_errors(path), _open_text(path) as f:
+        head = f.read(4096).lstrip("\ufeff \t\r\n")
+    if head.startswith("["):  # one JSON array named .jsonl, which `datasets` reads too
+        yield from _iter_json(path)
+        return
+    with _named_errors(path), _open_text(path) as f:
         yield from _json_lines(f, path)
 
 
@@ -123,16 +128,20 @@ def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _decode_cell(column: str, value: Any) -> Any:
-    """CSV cells hold strings: a JSON list of objects is chat messages (or per-group
-    probabilities), a JSON list in a ``*_ids`` column token ids; so is the Python form of a
-    list of messages that pandas' ``to_csv`` writes (``[{'role': 'user', ...}]``, read as a
-    literal, never run); any other cell, a reply such as ``[1, 2, 3]`` included, stays text."""
+    """CSV cells hold strings: a JSON list of messages (objects with a ``role`` or ``from``)
+    is chat messages, a JSON list of objects with a ``group`` per-group probabilities, a JSON
+    list in a ``*_ids`` column token ids; so is the Python form of a list of messages that
+    pandas' ``to_csv`` writes (``[{'role': 'user', ...}]``, read as a literal, never run); any
+    other cell, a reply such as ``[1, 2, 3]`` or ``[{"id": 1}]`` included, stays text."""
     if isinstance(value, str) and value.lstrip().startswith("[") and value.rstrip().endswith("]"):
         try:
             decoded = json.loads(value)
         except (json.JSONDecodeError, RecursionError):
             return _python_messages(value)
-        objects = bool(decoded) and all(isinstance(x, dict) for x in decoded)
+        keys = ("role", "from", "group")
+        objects = bool(decoded) and all(
+            isinstance(x, dict) and any(k in x for k in keys) for x in decoded
+        )
         return decoded if objects or column.endswith("_ids") else value
     return value
 

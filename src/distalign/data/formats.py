@@ -67,7 +67,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-FORMATS = ("explicit", "implicit", "hh", "sharegpt")
+FORMATS = ("explicit", "implicit", "hh", "sharegpt", "alpaca")
 # "developer" is OpenAI's name for a system turn, "ipython" Llama 3.1's for a tool's result:
 # each goes to the chat template under its own name, as TRL hands it the messages
 ROLES = ("system", "user", "assistant", "tool", "developer", "ipython")
@@ -140,6 +140,8 @@ def detect_format(row: Mapping[str, Any]) -> str:
         return "explicit"
     if sharegpt_column(row):
         return "sharegpt"
+    if is_alpaca(row):
+        return "alpaca"
     if _is_messages(row["chosen"]):
         return "implicit"
     if isinstance(row["chosen"], str) and starts_hh(row["chosen"]):
@@ -568,14 +570,21 @@ def _split_conversations(chosen, rejected, where):
 
 def _with_replies(row, prompt, where, prompt_is_text: bool):
     """(prompt, chosen text, rejected text, their turns) of a row whose prompt column is
-    given. A string prompt beside two conversations that do not repeat it gives way to the
-    turns the two share (TRL's ``maybe_extract_prompt``: whole conversations win)."""
+    given. A string prompt beside two conversations that do not repeat it, or that go on with
+    a user turn after it (a multi-turn set whose prompt is its first question), gives way to
+    the turns the two share (TRL's ``maybe_extract_prompt``: whole conversations win)."""
     values = [row["chosen"], row["rejected"]]
     if prompt_is_text and all(_is_messages(v) and v for v in values):
         conversations = [parse_messages(values[0], where, "chosen"),
                          parse_messages(values[1], where, "rejected")]  # fmt: skip
-        if any(not _repeat_length(m, prompt) and m[0]["role"] != "assistant"
-               for m in conversations):  # fmt: skip
+
+        def whole(m):  # not a reply after (a repeat of) the prompt
+            n = _repeat_length(m, prompt)
+            return (not n and m[0]["role"] != "assistant") or any(
+                x["role"] == "user" for x in m[n:]
+            )
+
+        if any(whole(m) for m in conversations):
             return _split_conversations(*conversations, where)
     (chosen, c_turns), (rejected, r_turns) = (
         read_reply(values[0], prompt, where, "chosen"),
@@ -665,6 +674,38 @@ def _sharegpt(row, where):
     return _with_replies(row, sharegpt_prompt(row, where), where, prompt_is_text=False)
 
 
+def is_alpaca(row: Mapping[str, Any]) -> bool:
+    """An Alpaca-style row (LLaMA-Factory's ``alpaca`` format; Stanford Alpaca's columns): no
+    ``prompt`` column, its prompt in ``instruction`` (and ``input``)."""
+    return row.get("prompt") is None and isinstance(row.get("instruction"), str)
+
+
+def alpaca_prompt(row: Mapping[str, Any], where: str) -> list[dict[str, str]]:
+    """The prompt of an Alpaca-style row as LLaMA-Factory reads it: its ``system`` column, the
+    ``history`` of [question, answer] pairs as earlier turns, then ``instruction`` and
+    ``input`` (each where not empty) joined by a newline as the user's turn."""
+    parts = []
+    for column in ("instruction", "input"):
+        value = row.get(column)
+        if value is not None and not isinstance(value, str):
+            raise PreferenceFormatError(where, column, f"expected a string, got {_describe(value)}")
+        if value:
+            parts.append(value)
+    prompt: list[dict[str, str]] = []
+    system = row.get("system")
+    if system is not None and not isinstance(system, str):
+        raise PreferenceFormatError(where, "system", f"expected a string, got {_describe(system)}")
+    if system and system.strip():
+        prompt.append({"role": "system", "content": system})
+    for i, turn in enumerate(row.get("history") or []):
+        ok = isinstance(turn, list | tuple) and len(turn) == 2
+        if not ok or not all(isinstance(t, str) for t in turn):
+            raise PreferenceFormatError(where, f"history[{i}]", "expected a [question, answer] "
+                                        f"pair of strings, got {_describe(turn)}")  # fmt: skip
+        prompt += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
+    return [*prompt, {"role": "user", "content": "\n".join(parts)}]
+
+
 def read_number(row, column, where) -> float | None:
     """A number column's value; None where it is missing, null, or an empty cell (a CSV's
     missing value, which ``datasets`` reads as None too)."""
@@ -733,6 +774,9 @@ def normalise_row(
         prompt, chosen, rejected, turns = _explicit(row, where)
     elif fmt == "sharegpt":
         prompt, chosen, rejected, turns = _sharegpt(row, where)
+    elif fmt == "alpaca":
+        prompt = alpaca_prompt(row, where)
+        prompt, chosen, rejected, turns = _with_replies(row, prompt, where, prompt_is_text=False)
     elif fmt == "implicit" and isinstance(row["chosen"], str):
         if not isinstance(row["rejected"], str):
             raise PreferenceFormatError(

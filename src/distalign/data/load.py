@@ -300,23 +300,27 @@ def iter_source_rows(
     without rows raises DataSourceError."""
     hub_only = name is not None or revision is not None
     # what load_dataset returns without a split (streaming=True: the iterable kinds)
+    part = ""  # a DatasetDict's split, named in each row's location
     if isinstance(source, datasets.DatasetDict | datasets.IterableDatasetDict):
+        if split is None and "train" in source:  # as a file source's default split
+            split = "train"
         if split not in source:
             kind = type(source).__name__
             raise MissingSplitError(
                 f"the {kind} has no split {split!r} (it has {list(source)}); {SPLIT_HINT}"
             )
-        source = source[split]
+        source, part = source[split], f"[{split}]"
     if isinstance(source, datasets.IterableDataset):  # streamed: read as it comes
         if hub_only:
             raise DataSourceError("a config name or revision applies to hub datasets only")
-        rows = ((f"streamed row {i}", r) for i, r in enumerate(source))
+        rows = ((f"streamed dataset{part} row {i}", r) for i, r in enumerate(source))
         yield from _some_rows(rows, "streamed dataset")
         return
     if isinstance(source, datasets.Dataset):
         if hub_only:
             raise DataSourceError("a config name or revision applies to hub datasets only")
-        yield from _some_rows(((f"dataset row {i}", r) for i, r in enumerate(source)), "dataset")
+        rows = ((f"dataset{part} row {i}", r) for i, r in enumerate(source))
+        yield from _some_rows(rows, "dataset")
         return
     source = resolve_source(source)
     path = Path(source).expanduser()

@@ -30,8 +30,10 @@ from distalign.data.formats import (
     TOOL_ROLES,
     PreferenceFormatError,
     absent,
+    alpaca_prompt,
     hh_prompt,
     ignored_columns,
+    is_alpaca,
     is_conversational,
     is_transcript,
     joined_prompt,
@@ -73,11 +75,12 @@ def _gold_prompts(split: str) -> list[Chat]:
 
 
 def is_prompt_only(row: Any) -> bool:
-    """A row with a prompt and no replies: TRL prompt-only or a ShareGPT conversation."""
+    """A row with a prompt and no replies: TRL prompt-only, a ShareGPT conversation or an
+    Alpaca-style instruction."""
     return (
         isinstance(row, dict)
         and "chosen" not in row
-        and ("prompt" in row or sharegpt_column(row) is not None)
+        and ("prompt" in row or sharegpt_column(row) is not None or is_alpaca(row))
     )
 
 
@@ -104,7 +107,9 @@ def prompt_of(row: Any, where: str) -> tuple[Chat, bool]:
     set_aside = False
     if not isinstance(row, dict):
         raise PreferenceFormatError(where, None, f"expected an object, got {type(row).__name__}")
-    if "prompt" in row or sharegpt_column(row) is None:
+    if "prompt" not in row and sharegpt_column(row) is None and is_alpaca(row):
+        prompt, field = alpaca_prompt(row, where), "instruction"
+    elif "prompt" in row or sharegpt_column(row) is None:
         if row.get("prompt") is None:
             raise PreferenceFormatError(where, "prompt", absent(row, "prompt"))
         prompt = read_prompt(row["prompt"], where)
@@ -211,8 +216,8 @@ def load_prompts(
         else:
             chats, texts = [joined_prompt(r) for r in pairs], [None] * len(texts)
         # each prompt once, with the columns of its first row (chosen, rejected, margin, …)
-        return _unique([PromptRow(c, cols, t) for c, cols, t in zip(chats, columns, texts,
-                                                                     strict=True)])  # fmt: skip
+        return _not_all_empty(_unique([PromptRow(c, cols, t) for c, cols, t in zip(
+            chats, columns, texts, strict=True)]), source)  # fmt: skip
     report.format = "prompt-only"
     prompts = []
     for where, row in [*head, *rows]:
@@ -249,5 +254,19 @@ def load_prompts(
             "before it",
             source,
             report.replies_set_aside,
+        )
+    return _not_all_empty(prompts, source)
+
+
+def _not_all_empty(prompts: list[Chat], source: Any) -> list[Chat]:
+    """``prompts``, unless every one of them says nothing (a data set whose prompt is in a
+    column no reading here takes): refused, naming the columns the rows have."""
+    if prompts and not any(m["content"].strip() for p in prompts for m in p):
+        columns = sorted(getattr(prompts[0], "columns", {}) or {})
+        raise DataSourceError(
+            f"{source if isinstance(source, str) else 'the data set'}: every prompt is empty "
+            f"(other columns: {columns}); a prompt is read from `prompt`, `conversations`, "
+            "`messages`, an Anthropic HH transcript, the text chosen and rejected share, or "
+            "Alpaca's `instruction` and `input`"
         )
     return prompts

@@ -492,12 +492,14 @@ def load_policy(
     revision: str | None = None,
     init_kwargs: dict | None = None,
     chat_template: str | None = None,
+    trainable_adapter: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer, by alias, local folder or hub id.
 
     A folder holding a PEFT adapter (``adapter_config.json``, e.g. ``rl train``'s ``final/``
-    with LoRA) loads its base model and the adapter; with ``merge_adapter`` the adapter is
-    merged into the weights (faster inference, no PEFT wrapper). ``device`` and ``dtype`` as
+    with LoRA) loads its base model and the adapter (frozen, or trainable with
+    ``trainable_adapter``); with ``merge_adapter`` the adapter is merged into the weights
+    (faster inference, no PEFT wrapper). ``device`` and ``dtype`` as
     ``resolve_device_dtype`` reads them; ``device=None`` leaves the model on the CPU.
     ``revision`` (a hub model's branch, tag or commit) and ``init_kwargs`` go to
     ``from_pretrained``; ``chat_template`` replaces the tokenizer's (``read_chat_template``).
@@ -507,13 +509,13 @@ def load_policy(
     )
     path = resolve_model(name)
     adapter = Path(path) / "adapter_config.json"
-    if adapter.is_file() and not (Path(path) / "config.json").is_file():
+    if is_adapter(path):
         from peft import PeftModel
 
         base = adapter_base(AutoModelForCausalLM, json.loads(adapter.read_text()), kwargs)
-        model = PeftModel.from_pretrained(base, path)
-        if merge_adapter:
-            model = model.merge_and_unload()
+        model = PeftModel.from_pretrained(base, path, is_trainable=trainable_adapter)
+        if merge_adapter:  # as a plain load gives it: every weight trainable (PEFT froze them)
+            model = model.merge_and_unload().requires_grad_(True)
     else:
         model = _from_pretrained(AutoModelForCausalLM, path, **kwargs)
     tokenizer = load_tokenizer(
@@ -522,6 +524,12 @@ def load_policy(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return _placed(model, place), tokenizer
+
+
+def is_adapter(path: str | Path) -> bool:
+    """Whether a local folder holds a PEFT adapter alone (its base model named inside)."""
+    path = Path(path)
+    return (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
 
 
 def unwrap(model: torch.nn.Module) -> PreTrainedModel:

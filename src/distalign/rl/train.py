@@ -85,7 +85,7 @@ from distalign.losses import (
     vespo_loss,
     whiten,
 )
-from distalign.models.load import load_policy, prefix_sharing_for
+from distalign.models.load import is_adapter, load_policy, prefix_sharing_for, resolve_model
 from distalign.models.lora import add_lora
 from distalign.models.options import disable_dropout
 from distalign.models.templates import fit_rendering, rendering_of
@@ -409,8 +409,24 @@ def say_cut_prompts(
 
 def build_policy(cfg: RLTrainConfig, accelerator):
     """Policy (+ gradient checkpointing, + LoRA), tokenizer, and the frozen reference: None
-    with LoRA (adapters off), else a copy of the SFT weights."""
+    with LoRA (adapters off), else a copy of the SFT weights.
+
+    A LoRA policy (an adapter folder, an earlier run's ``final/``) goes on training its
+    adapter with ``use_peft``, the reference its base model (adapters off, as TRL trains a
+    PeftModel); without, it is merged into its base, whose every weight trains, the merged
+    policy the reference."""
     load = {"attn_implementation": cfg.attn_implementation, **cfg.load_kwargs()}
+    adapter = is_adapter(resolve_model(cfg.model_name_or_path))
+    if adapter:
+        load["trainable_adapter" if cfg.use_peft else "merge_adapter"] = True
+        how = (
+            "its adapter trains on (lora_* keys unread; the reference is its base model, "
+            "adapters off)"
+            if cfg.use_peft
+            else "merged into its base model, every weight of which trains (use_peft=false); "
+            "the reference is the merged policy"
+        )
+        log.info("%s is a LoRA adapter: %s", cfg.model_name_or_path, how)
     policy, tokenizer = load_policy(cfg.model_name_or_path, **load)
     cfg.prefix_sharing = prefix_sharing_for(
         cfg.attn_implementation, cfg.prefix_sharing, "rl train", policy
@@ -418,7 +434,7 @@ def build_policy(cfg: RLTrainConfig, accelerator):
     ref_model = None
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.use_peft:
+    if cfg.use_peft and not adapter:
         policy = add_lora(policy, **cfg.lora_kwargs("CAUSAL_LM"))
         log.info("training LoRA adapters (r %d on %s; use_peft=false trains every weight, as "
                  "TRL does without a peft_config)",
