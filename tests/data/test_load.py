@@ -272,8 +272,8 @@ def test_hub_id_goes_through_load_dataset(monkeypatch):
             "assistant reply",
         ),
         (
-            {"prompt": "q", "chosen": "a", "rejected": "b", "chosen_rating": "high"},
-            "chosen_rating",
+            {"prompt": "q", "chosen": "a", "rejected": "b", "margin": "high"},
+            "margin",
             "number",
         ),
     ],
@@ -882,3 +882,23 @@ def test_alpaca_style_rows_read_their_instruction_input_system_and_history(tmp_p
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"question": "Why?", "prompt": ""}] * 3)
     with pytest.raises(DataSourceError, match=r"every prompt is empty .*'question'"):
         load_prompts(str(empty))
+
+
+def test_ratings_that_are_not_numbers_read_as_missing_and_are_counted(tmp_path, caplog):
+    """TRL never reads a pair's rating columns: NaN or "N/A" there does not cost the pair; the
+    rating reads as missing and the load says how many."""
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b", "score_chosen": float("nan"),
+             "score_rejected": 3.0},
+            {"prompt": "r", "chosen": "c", "rejected": "d", "score_chosen": "N/A",
+             "score_rejected": 1.0},
+            {"prompt": "s", "chosen": "e", "rejected": "f", "score_chosen": 5.0,
+             "score_rejected": 2.0}]  # fmt: skip
+    path = tmp_path / "nan.parquet"
+    pq.write_table(pa.Table.from_pylist([{**r, "score_chosen": str(r["score_chosen"])}
+                                         for r in rows]), path)  # fmt: skip
+    report = LoadReport(source="nan")
+    with caplog.at_level(logging.WARNING):
+        pairs = load_preferences(str(path), report=report)
+    assert pairs["chosen_score"] == [None, None, 5.0]
+    assert pairs["rejected_score"] == [3.0, 1.0, 2.0]
+    assert report.unread_scores == 2 and "rating columns hold no number" in caplog.text

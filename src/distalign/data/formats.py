@@ -724,6 +724,28 @@ def read_number(row, column, where) -> float | None:
     return float(value)
 
 
+def _score(row, column, where) -> float | None:
+    """A rating column's value, or None where it is not a finite number (NaN, "N/A": TRL
+    never reads these columns, so a row is not refused for one; the loader counts them,
+    ``unread_scores``)."""
+    try:
+        return read_number(row, column, where)
+    except PreferenceFormatError:
+        return None
+
+
+def unread_scores(raw: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
+    """Whether a row's rating columns hold a value that was read as missing (``_score``)."""
+    for chosen_col, rejected_col in _SCORE_COLUMNS:
+        if chosen_col in raw or rejected_col in raw:
+            return any(
+                row[side] is None and raw.get(col) is not None
+                and not (isinstance(raw[col], str) and not raw[col].strip())
+                for side, col in (("chosen_score", chosen_col), ("rejected_score", rejected_col))
+            )  # fmt: skip
+    return False
+
+
 def _p_by_group(row, where) -> list[dict[str, Any]] | None:
     """``p_chosen_by_group`` as [{"group", "p"}] (a list keeps group names that vary by file
     in one column type); accepts {group: p} (benchmark files) or the list form itself."""
@@ -809,8 +831,8 @@ def normalise_row(
     for chosen_col, rejected_col in _SCORE_COLUMNS:
         if chosen_col in row or rejected_col in row:
             scores = {
-                "chosen_score": read_number(row, chosen_col, where),
-                "rejected_score": read_number(row, rejected_col, where),
+                "chosen_score": _score(row, chosen_col, where),
+                "rejected_score": _score(row, rejected_col, where),
             }
             break
     known = read_number(row, "p_chosen", where)

@@ -54,6 +54,7 @@ from distalign.data.formats import (
     read_reply,
     reply_turns,
     text_replies,
+    unread_scores,
 )
 from distalign.hub import offline_if_unreachable
 
@@ -206,6 +207,7 @@ class LoadReport:
     conversations: int = 0  # rows of message lists (TRL's conversational data)
     later_turns: int = 0  # HH pairs whose reply goes on with a "\n\nHuman:" turn
     prompts_replaced: int = 0  # string prompts another than the conversations' last user turn
+    unread_scores: int = 0  # pairs kept whose rating columns hold no number (NaN, "N/A")
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # first few full error messages
     ignored: Counter = field(default_factory=Counter)  # column the template is not given -> rows
@@ -244,6 +246,12 @@ class LoadReport:
                 f"  HH pairs whose reply goes on with a '\\n\\nHuman:' turn: {self.later_turns} "
                 "(kept: the two transcripts part before their last turn, or a reply writes the "
                 "marker; a reply is all after the shared turns, as TRL's hh-rlhf script reads it)"
+            )
+        if self.unread_scores:
+            lines.append(
+                f"  pairs whose rating columns hold no number (NaN, text): {self.unread_scores} "
+                "(kept, their ratings read as missing; only margin_scale and rating_weight "
+                "read them)"
             )
         if self.prompts_replaced:
             lines.append(
@@ -441,13 +449,15 @@ def load_preferences(
         report.later_turns += fmt == "hh" and any(map(holds_hh_turn, (row["chosen"],
                                                                      row["rejected"])))  # fmt: skip
         report.prompts_replaced += prompt_replaced(raw, row["prompt"])
+        report.unread_scores += unread_scores(raw, row)
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
     report.format = fmt or "unknown"
     report.kept = len(rows)
     if (report.skipped or report.identical or report.empty_prompts or report.ignored
-            or report.later_turns or report.prompts_replaced):  # fmt: skip
+            or report.later_turns or report.prompts_replaced
+            or report.unread_scores):  # fmt: skip
         log.warning(report.summary())
     if not rows:  # from_list([]) cannot match the features' keys
         return datasets.Dataset.from_dict({k: [] for k in FEATURES}, features=FEATURES)

@@ -85,7 +85,8 @@ class RMTrainConfig(AdamKeys, ModelKeys):
     dataset_test_split: str = "test"
     """Held-out split."""
     format: str | None = None
-    """Force a preference format (explicit | implicit | hh | sharegpt | alpaca); detected when unset."""
+    """Force a preference format (explicit | implicit | hh | sharegpt | alpaca); detected
+    when unset."""
     skip_bad_rows: bool = False
     """Skip malformed rows (counted) instead of stopping at the first."""
     max_train_samples: int = 0
