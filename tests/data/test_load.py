@@ -902,3 +902,38 @@ def test_ratings_that_are_not_numbers_read_as_missing_and_are_counted(tmp_path, 
     assert pairs["chosen_score"] == [None, None, 5.0]
     assert pairs["rejected_score"] == [3.0, 1.0, 2.0]
     assert report.unread_scores == 2 and "rating columns hold no number" in caplog.text
+
+
+def test_folders_laid_out_as_datasets_reads_them(tmp_path):
+    """Layouts load_dataset(folder) reads by its file-name patterns: subsets' split files (an
+    hh-rlhf snapshot), a split's folder of shards, numbered split files, a lone file (train);
+    each row still named by its file and line."""
+    row = {
+        "chosen": "\n\nHuman: hi\n\nAssistant: yes",
+        "rejected": "\n\nHuman: hi\n\nAssistant: no",
+    }
+    layouts = {
+        "hh": ["helpful-base/train.jsonl.gz", "harmless-base/train.jsonl.gz",
+               "helpful-base/test.jsonl.gz"],
+        "shards": ["train/0000.jsonl", "train/0001.jsonl"],
+        "numbered": ["train_0.jsonl", "train_1.jsonl"],
+        "lone": ["pairs.jsonl"],
+    }  # fmt: skip
+    for name, files in layouts.items():
+        for file in files:
+            path = tmp_path / name / file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(row) + "\n"
+            if file.endswith(".gz"):
+                path.write_bytes(gzip.compress(text.encode()))
+            else:
+                path.write_text(text)
+        trains = [f for f in files if "test" not in f]
+        assert len(load_preferences(str(tmp_path / name))) == len(trains), name
+    assert len(load_preferences(str(tmp_path / "hh"), "test")) == 1
+    with pytest.raises(DataSourceError, match="no file for split 'valid'"):
+        load_preferences(str(tmp_path / "hh"), "valid")
+    bad = tmp_path / "shards" / "train" / "0001.jsonl"
+    bad.write_text('{"chosen": "a"}\n')
+    with pytest.raises(PreferenceFormatError, match=r"0001.jsonl:1: field 'rejected'"):
+        load_preferences(str(tmp_path / "shards"))

@@ -215,7 +215,10 @@ READERS = {
 def local_files(path: Path, split: str | None) -> list[Path]:
     """The file(s) of ``split`` (default train): ``path`` itself, or in a folder the file named
     after the split (``test.jsonl``), else its shards in the hub's layout
-    (``data/test-00000-of-00002.parquet``, as a downloaded data set repository has them)."""
+    (``data/test-00000-of-00002.parquet``, as a downloaded data set repository has them), else
+    the files ``datasets.load_dataset(folder)`` takes for the split (``train/0000.jsonl``,
+    ``train_0.jsonl``, a subset's ``helpful-base/train.jsonl.gz``, or every file of a folder
+    without split names as ``train``)."""
     if not path.is_dir():
         return [path]
     wanted = split or "train"
@@ -230,10 +233,25 @@ def local_files(path: Path, split: str | None) -> list[Path]:
         ) if folder.is_dir() else []  # fmt: skip
         if shards:
             return shards
+    configs = [c["config_name"] for c in card_configs(path)]  # they say how to read it
+    if not configs and (found := _datasets_split_files(path, wanted)):
+        return found
     names = sorted(p.name for p in path.iterdir())
-    configs = [c["config_name"] for c in card_configs(path)]
     hint = f"; its card lists configs {configs}: give dataset_config" if configs else ""
     raise MissingSplitError(f"{path}: no file for split {wanted!r} (have {names}){hint}")
+
+
+def _datasets_split_files(folder: Path, split: str) -> list[Path]:
+    """The files of ``split`` that ``datasets`` infers for a folder by their names (its
+    ``get_data_patterns``), sorted; [] when it finds none for the split."""
+    from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
+
+    try:
+        patterns = get_data_patterns(str(folder))
+        files = DataFilesDict.from_patterns(patterns, base_path=str(folder))
+    except (EmptyDatasetError, FileNotFoundError):
+        return []
+    return sorted(Path(f) for f in files.get(split, []))
 
 
 # every command names its split its own way (dataset_test_split, dataset_split, …)
