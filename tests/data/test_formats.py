@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 
 import pytest
 
@@ -343,6 +344,19 @@ def test_undetectable_row_names_the_missing_column():
         detect_format({"prompt": "p", "chosen": "a"})
     with pytest.raises(ValueError, match=r"lack 'chosen' and 'rejected'$"):
         detect_format({"prompt": "p"})
+    # public shapes that are not pairs say what makes them pairs
+    shapes = [
+        ({"instruction": "q", "completions": [{"response": "a", "overall_score": 3}]},
+         "UltraFeedback's raw rows"),
+        ({"prompt": "q", "completion": "a", "label": True}, "TRL's KTO shape"),
+        ({"input": {"messages": []}, "preferred_output": [], "non_preferred_output": []},
+         "rename input.messages to prompt"),
+        ({"question": "q", "response_j": "a", "response_k": "b"}, "stack-exchange-paired"),
+        ({"prompt": "q", "response": "a", "helpfulness": 3}, "HelpSteer2's raw rows"),
+    ]  # fmt: skip
+    for row, hint in shapes:
+        with pytest.raises(ValueError, match=re.escape(hint)):
+            detect_format(row)
 
 
 # --- TRL's standard implicit prompt: two texts, no prompt column --------------------------

@@ -282,3 +282,11 @@ def test_a_preference_sets_prompts_carry_their_rows_columns(tmp_path):
     assert [p.text for p in prompts] == ["Sky?", "Sea?"]  # each once, as written
     assert prompts[0].columns["id"] == "a" and prompts[0].columns["chosen"] == reply
     assert prompts[1].columns["score_chosen"] == 1.0 and "prompt" not in prompts[1].columns
+
+
+def test_a_prompt_source_without_a_prompt_column_says_where_prompts_are_read_from(tmp_path):
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text('{"question": "What is 2+2?", "answer": "4"}\n')
+    with pytest.raises(PreferenceFormatError, match=r"gsm8k.jsonl:1: no prompt in columns "
+                       r"\['answer', 'question'\].*rename `question` to `prompt`"):  # fmt: skip
+        load_prompts(str(path))

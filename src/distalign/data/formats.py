@@ -115,6 +115,28 @@ def sharegpt_column(row: Mapping[str, Any]) -> str | None:
     return next((c for c in PROMPT_COLUMNS if _is_messages(row.get(c)) and row[c]), None)
 
 
+# shapes of public preference data that are not pairs of replies, and what turns them into pairs
+_SHAPE_HINTS = (
+    (lambda r: "response" in r and any(c in r for c in ("helpfulness", "score", "rating")),
+     "one rated response per row, as HelpSteer2's raw rows: pair each prompt's responses into "
+     "chosen/rejected first, or take a binarized version such as "
+     "esfrankel17/HelpSteer2_binarized"),
+    (lambda r: "completions" in r and isinstance(r["completions"], list),
+     "several rated completions per row, as UltraFeedback's raw rows: pair the best and a worse "
+     "one into chosen/rejected first, or take a binarized version such as "
+     "HuggingFaceH4/ultrafeedback_binarized"),
+    (lambda r: "completion" in r and "label" in r,
+     "unpaired preferences (TRL's KTO shape: one completion and a desirable label per row): "
+     "pair each prompt's desirable and undesirable completions into chosen/rejected first"),
+    (lambda r: "preferred_output" in r or "non_preferred_output" in r,
+     "OpenAI's preference fine-tuning shape: rename input.messages to prompt, preferred_output "
+     "to chosen and non_preferred_output to rejected"),
+    (lambda r: "response_j" in r and "response_k" in r,
+     "stack-exchange-paired's shape: rename question to prompt, response_j (the preferred "
+     "answer) to chosen and response_k to rejected"),
+)  # fmt: skip
+
+
 def detect_format(row: Mapping[str, Any]) -> str:
     """Guess the format of a dataset from one of its rows."""
     missing = [c for c in ("chosen", "rejected") if c not in row]
@@ -124,17 +146,11 @@ def detect_format(row: Mapping[str, Any]) -> str:
             "this command needs the text (prompt/chosen/rejected)"
         )
     if missing:
-        rated = "response" in row and any(c in row for c in ("helpfulness", "score", "rating"))
+        hint = next((h for test, h in _SHAPE_HINTS if test(row)), "")
         raise ValueError(
             f"cannot detect the preference format: columns {sorted(row)} lack "
             + " and ".join(repr(c) for c in missing)
-            + (
-                " (one rated response per row, as HelpSteer2's raw rows: pair each prompt's "
-                "responses into chosen/rejected first, or take a binarized version such as "
-                "esfrankel17/HelpSteer2_binarized)"
-                if rated
-                else ""
-            )
+            + (f" ({hint})" if hint else "")
         )
     if "prompt" in row and row["prompt"] is not None:
         return "explicit"

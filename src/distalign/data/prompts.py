@@ -180,6 +180,14 @@ def load_prompts(
         if not isinstance(item[1], Exception):
             break
     first = head[-1]
+    if isinstance(first[1], dict) and not is_prompt_only(first[1]) and "chosen" not in first[1]:
+        question = next((c for c in ("question", "query", "problem", "input", "text")
+                         if isinstance(first[1].get(c), str)), None)  # fmt: skip
+        raise PreferenceFormatError(
+            first[0], None, f"no prompt in columns {sorted(first[1])}: prompts are read from "
+            "`prompt`, `conversations` or `messages` (ShareGPT), Alpaca's `instruction`, or "
+            "preference pairs" + (f" (rename `{question}` to `prompt`?)" if question else ""),
+        )  # fmt: skip
     if not is_prompt_only(first[1]):
         written: list[Any] = []  # each row's string prompt as written, else None
         raw: list[dict] = []  # each row's other columns, for reward functions (as TRL's)
