@@ -60,6 +60,10 @@ def print_inspection(result, source: str, model: str) -> None:
         from distalign.data.pairs import silent_note
 
         console.print(silent_note(result.silent, model), markup=False)
+    if result.templated:
+        from distalign.data.pairs import templated_note
+
+        console.print(templated_note(result.templated, model), markup=False)
     if result.metadata:
         print_metadata(result.metadata, result.metadata_path)
 

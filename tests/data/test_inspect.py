@@ -76,3 +76,32 @@ def test_the_printout_says_the_hh_and_prompt_readings_it_counted(tmp_path, smol_
     with console.capture() as captured:
         print_inspection(result, "hh.jsonl", "smol")
     assert "HH replies that go on with a Human turn (kept): 1" in captured.get()
+
+
+def test_text_already_rendered_through_the_chat_template_is_said(tmp_path, smol_tokenizer):
+    """String data run through TRL's maybe_apply_chat_template before saving holds the
+    template's turn tokens; rendered through the template again it nests, so it is said. Text
+    without them, and a model rendering plain text, say nothing."""
+    import copy
+
+    from distalign.data.pairs import template_markers, templated_note
+    from distalign.models.templates import built_in_template
+
+    chat = [{"role": "user", "content": "What is 2+2?"}]
+    prompt = smol_tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    rows = [{"prompt": prompt, "chosen": "4<|im_end|>\n", "rejected": "5<|im_end|>\n"}]
+    path = write_jsonl(tmp_path / "templated.jsonl", rows)
+    assert "<|im_start|>" in template_markers(smol_tokenizer)
+    found = inspect_source(str(path), smol_tokenizer).templated
+    assert found in template_markers(smol_tokenizer)
+    assert "chat_template_path=plain" in templated_note(found, "m")
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": prompt}])
+    assert inspect_source(str(prompts), smol_tokenizer).templated is not None
+    clean = [{"prompt": "2+2?", "chosen": "4", "rejected": "5"}]
+    assert (
+        inspect_source(str(write_jsonl(tmp_path / "c.jsonl", clean)), smol_tokenizer).templated
+        is None
+    )
+    plain = copy.deepcopy(smol_tokenizer)
+    plain.chat_template = built_in_template("plain", plain)
+    assert template_markers(plain) == []

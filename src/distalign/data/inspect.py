@@ -26,6 +26,7 @@ from distalign.data.pairs import (
     render_prompt_ids,
     render_text,
     silent_template_inputs,
+    templated_text,
 )
 from distalign.data.prompts import is_prompt_only, load_prompts
 from distalign.models.templates import fit_rendering
@@ -46,6 +47,7 @@ class Inspection:
     too_long: int = 0  # measured pairs whose prompt + longer reply exceeds max_length
     example: str = ""
     silent: list[str] = field(default_factory=list)  # template inputs the template ignores
+    templated: str | None = None  # a template marker the text already holds (templated_text)
     metadata: dict[str, Any] | None = None  # a metadata JSON shipped beside the file, if any
     metadata_path: str | None = None
 
@@ -79,6 +81,7 @@ def _measure_prompts(out: Inspection, prompts: list, tokenizer, max_rows: int) -
         out.measured = len(lengths)
         out.lengths = {"prompt": _percentiles(lengths)}
         out.example = render_text(tokenizer, prompts[0])
+        out.templated = templated_text(tokenizer, [{"prompt": p} for p in prompts])
     return out
 
 
@@ -141,6 +144,7 @@ def inspect_source(
     if max_length is not None:
         out.too_long = sum(n > max_length for n in cols[PAIR])
     out.silent = silent_template_inputs(tokenizer, ds)
+    out.templated = templated_text(tokenizer, ds)
     first = ds[0]
     out.example = render_text(
         tokenizer, joined_prompt(first), row_reply(first, "chosen"), row_template_kwargs(first)

@@ -150,6 +150,51 @@ def silent_note(silent: list[str], model: str) -> str:
     )
 
 
+def template_markers(tokenizer) -> list[str]:
+    """The special tokens a tokenizer's own chat template writes around turns (``<|im_start|>``,
+    ``<|start_header_id|>``, …): those in its rendering of a short conversation; [] for a
+    model without a template of its own (plain text, HH transcripts: data may hold anything)."""
+    if rendering_of(tokenizer) is not None or not getattr(tokenizer, "chat_template", None):
+        return []
+    chat = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    try:
+        text = tokenizer.apply_chat_template(chat, tokenize=False)
+    except Exception:  # a template that needs more than this: nothing to look for
+        return []
+    specials = set(tokenizer.all_special_tokens) | {
+        t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special
+    }
+    return sorted(t for t in specials if len(t) > 1 and t in text)
+
+
+def templated_text(tokenizer, pairs, limit: int = 200) -> str | None:
+    """A special token of the tokenizer's chat template found in the text of the first
+    ``limit`` normalised rows (prompt turns and replies): text already rendered through a
+    template, which rendering through it again nests (TRL tokenises string data as written);
+    None where no row holds one."""
+    markers = template_markers(tokenizer)
+    if not markers or not len(pairs):
+        return None
+    columns = getattr(pairs, "column_names", None) or list(pairs[0])
+    for row in pairs.select(range(min(limit, len(pairs)))) if hasattr(pairs, "select") else pairs:
+        texts = [m["content"] for m in row["prompt"]]
+        texts += [row[c] for c in ("chosen", "rejected") if c in columns and row[c]]
+        for marker in markers:
+            if any(marker in t for t in texts):
+                return marker
+    return None
+
+
+def templated_note(marker: str, model: str) -> str:
+    """``templated_text`` said."""
+    return (
+        f"the data's text holds {marker!r}, a token the chat template of {model} writes around "
+        "turns: it looks rendered through a chat template already, and is rendered through it "
+        "again (TRL tokenises string data as written); give chat_template_path=plain to read "
+        "it as written, or give the data as messages"
+    )
+
+
 def render_pair_ids(
     tokenizer,
     messages: list[dict[str, str]],

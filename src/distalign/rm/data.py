@@ -31,6 +31,8 @@ from distalign.data.pairs import (
     prompt_grouped_batches,
     silent_note,
     silent_template_inputs,
+    templated_note,
+    templated_text,
     tokenize_pairs,
     truncate_pair,
 )
@@ -149,6 +151,8 @@ def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int,
     if silent := [s for s in silent_template_inputs(tokenizer, ds) if s not in said]:
         log.warning("%s: %s", source, silent_note(silent, cfg.model_name_or_path))
         said.update(silent)
+    if marker := templated_text(tokenizer, ds):
+        log.warning("%s: %s", source, templated_note(marker, cfg.model_name_or_path))
     report_cut(pairs, source, cfg.max_length)
     return pairs
 
