@@ -1194,3 +1194,18 @@ def test_a_lora_policy_trains_on_its_adapter_or_merged(peaked_policy_dir, tmp_pa
             assert abs(first_kl(out / "rl")) < 1e-4
             model = AutoModelForCausalLM.from_pretrained(saved)
         assert model is not None
+
+
+def test_prompts_already_rendered_through_the_template_are_said(tiny_model_dir, tmp_path, caplog):
+    from tests.conftest import write_jsonl
+
+    chat = [{"role": "user", "content": "Name a fruit."}]
+    from distalign.models.load import load_tokenizer
+
+    text = load_tokenizer(str(tiny_model_dir)).apply_chat_template(chat, tokenize=False)
+    path = write_jsonl(tmp_path / "templated.jsonl", [{"prompt": text}] * 4)
+    with caplog.at_level(logging.WARNING):
+        run(config(tiny_model_dir, tmp_path, dataset_name=str(path), eval_dataset_name=str(path),
+                   max_steps=1, num_generations=2, per_device_train_batch_size=4,
+                   gradient_accumulation_steps=1, eval_on_start=False))  # fmt: skip
+    assert "looks rendered through a chat template already" in caplog.text

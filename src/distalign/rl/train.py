@@ -53,7 +53,7 @@ from distalign.data.load import (
     held_out_or_training,
     warn_if_evaluating_on_training_data,
 )
-from distalign.data.pairs import render_prompt_ids
+from distalign.data.pairs import render_prompt_ids, templated_note, templated_text
 from distalign.data.prompts import load_prompts
 from distalign.distributed import (
     full_parameters,
@@ -361,6 +361,9 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
         if hasattr(reward, "check_columns"):
             reward.check_columns(prompts)
     fit_rendering(tokenizer, data, source, "the policy")
+    marker = templated_text(tokenizer, [{"prompt": p} for p in train])
+    if accelerator.is_main_process and marker:
+        log.warning("%s: %s", cfg.dataset_name, templated_note(marker, cfg.model_name_or_path))
     sources = [s for s in getattr(reward, "sources", [reward]) if hasattr(s, "tokenizer")]
     for s in sources:
         if hasattr(s, "fit_rendering"):
