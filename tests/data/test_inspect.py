@@ -91,7 +91,9 @@ def test_text_already_rendered_through_the_chat_template_is_said(tmp_path, smol_
     prompt = smol_tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     rows = [{"prompt": prompt, "chosen": "4<|im_end|>\n", "rejected": "5<|im_end|>\n"}]
     path = write_jsonl(tmp_path / "templated.jsonl", rows)
-    assert "<|im_start|>" in template_markers(smol_tokenizer)
+    # SmolLM2's BOS and EOS are its turn tokens: its user turn's header is what marks a turn
+    assert "<|im_start|>user" in template_markers(smol_tokenizer)
+    assert smol_tokenizer.eos_token not in template_markers(smol_tokenizer)
     found = inspect_source(str(path), smol_tokenizer).templated
     assert found in template_markers(smol_tokenizer)
     assert "chat_template_path=plain" in templated_note(found, "m")

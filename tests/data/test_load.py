@@ -880,7 +880,7 @@ def test_alpaca_style_rows_read_their_instruction_input_system_and_history(tmp_p
     with pytest.raises(PreferenceFormatError, match=r"bad.jsonl:1: field 'history\[0\]'"):
         load_preferences(str(bad))
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"question": "Why?", "prompt": ""}] * 3)
-    with pytest.raises(DataSourceError, match=r"every prompt is empty .*'question'"):
+    with pytest.raises(DataSourceError, match=r"every prompt is empty, .*'question'"):
         load_prompts(str(empty))
 
 
@@ -937,3 +937,43 @@ def test_folders_laid_out_as_datasets_reads_them(tmp_path):
     bad.write_text('{"chosen": "a"}\n')
     with pytest.raises(PreferenceFormatError, match=r"0001.jsonl:1: field 'rejected'"):
         load_preferences(str(tmp_path / "shards"))
+
+
+def test_an_instruction_column_beside_conversations_is_not_alpaca(tmp_path):
+    """Magpie-style sets carry an instruction column beside whole conversations: those are
+    read as conversations (their system turn kept), not as Alpaca rows."""
+    system, user = {"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}
+    row = {"instruction": "2+2?", "chosen": [system, user, {"role": "assistant", "content": "4"}],
+           "rejected": [system, user, {"role": "assistant", "content": "5"}]}  # fmt: skip
+    pair = load_preferences(str(write_jsonl(tmp_path / "magpie.jsonl", [row])))[0]
+    assert pair["prompt"] == [system, user] and (pair["chosen"], pair["rejected"]) == ("4", "5")
+
+
+def test_prompt_and_instruction_columns_mixed_in_a_parquet_file(tmp_path):
+    """Columnar files give every row every column: a null prompt beside an instruction is an
+    Alpaca row, as the same rows in JSON lines read."""
+    from distalign.data.prompts import load_prompts
+
+    path = tmp_path / "mixed.parquet"
+    rows = [{"instruction": "Say hi", "prompt": None}, {"instruction": None, "prompt": "Say bye"}]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    assert [p[-1]["content"] for p in load_prompts(str(path))] == ["Say hi", "Say bye"]
+
+
+def test_the_folder_fallback_reads_one_kind_of_file_as_datasets_does(tmp_path):
+    row = {"prompt": "q", "chosen": "a", "rejected": "b"}
+    write_jsonl(tmp_path / "pairs.jsonl", [row, row])
+    (tmp_path / "metadata.json").write_text('{"note": "distalign\'s side file"}')
+    (tmp_path / "notes.txt").write_text("not data")
+    assert len(load_preferences(str(tmp_path))) == 2
+
+
+def test_a_csv_message_list_with_a_malformed_message_is_an_error(tmp_path):
+    import csv
+
+    cell = json.dumps([{"role": "user", "content": "hi"}, {"content": "x", "name": "n"}])
+    path = tmp_path / "bad.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["chosen", "rejected"], [cell, cell]])
+    with pytest.raises(PreferenceFormatError, match=r"chosen\[1\]"):
+        load_preferences(str(path))

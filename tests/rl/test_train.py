@@ -1099,7 +1099,8 @@ def test_policy_loss_takes_loss_type_s_objective_at_ratio_one_and_after():
     for loss_type, scale in (("cispo", 0.2), ("sapo", 1.0), ("vespo", 1.0), ("luspo", 1.0)):
         cfg = RLTrainConfig(report_to="none", loss_type=loss_type)
         loss, clip = policy_loss(lp, mask, None, adv, cfg)
-        assert clip is None and torch.allclose(grad(loss), reinforce * scale), loss_type
+        assert torch.allclose(grad(loss), reinforce * scale), loss_type
+        assert (clip is None) == (loss_type != "cispo")  # cispo counts its caps
     cfg = RLTrainConfig(report_to="none", loss_type="cispo", epsilon_high=1.1,
                         importance_sampling_level="token")  # fmt: skip
     loss, clip = policy_loss(lp, mask, old, adv, cfg)
@@ -1209,3 +1210,26 @@ def test_prompts_already_rendered_through_the_template_are_said(tiny_model_dir, 
                    max_steps=1, num_generations=2, per_device_train_batch_size=4,
                    gradient_accumulation_steps=1, eval_on_start=False))  # fmt: skip
     assert "looks rendered through a chat template already" in caplog.text
+
+
+def test_sapo_keeps_high_entropy_tokens_at_the_default_level_and_cispo_counts_its_caps(caplog):
+    """At ratio 1 SAPO's loss with the entropy mask takes each token's ratio, as the clipped
+    loss does (the reply level has no per-token terms to keep); CISPO's first update counts
+    its capped ratios, as TRL's cispo_clip_ratio counts every update; either at the reply
+    level over several updates is warned of."""
+    from distalign.losses import reinforce_loss
+    from distalign.rl.train import policy_loss
+
+    lp = (-torch.rand(2, 4)).requires_grad_()
+    mask, adv = torch.ones(2, 4), torch.tensor([1.0, -1.0])
+    keep = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    cfg = RLTrainConfig(report_to="none", loss_type="sapo", top_entropy_quantile=0.5)
+    loss, _ = policy_loss(lp, mask, None, adv, cfg, keep)
+    (grad,) = torch.autograd.grad(loss, lp)
+    (want,) = torch.autograd.grad(reinforce_loss(lp, mask * keep, adv), lp)
+    torch.testing.assert_close(grad, want)
+    _, capped = policy_loss(lp, mask, None, adv, RLTrainConfig(report_to="none", loss_type="cispo"))
+    assert capped.tolist() == [1.0, 0.0]  # ratio 1 > ε_max 0.2 where A > 0
+    with caplog.at_level(logging.WARNING):
+        RLTrainConfig(report_to="none", loss_type="sapo", num_iterations=2)
+    assert "product of its tokens' ratios" in caplog.text

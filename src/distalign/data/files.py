@@ -20,6 +20,7 @@ import json
 import os
 import re
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -128,19 +129,24 @@ def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _decode_cell(column: str, value: Any) -> Any:
-    """CSV cells hold strings: a JSON list of messages (objects with a ``role`` or ``from``)
-    is chat messages, a JSON list of objects with a ``group`` per-group probabilities, a JSON
-    list in a ``*_ids`` column token ids; so is the Python form of a list of messages that
-    pandas' ``to_csv`` writes (``[{'role': 'user', ...}]``, read as a literal, never run); any
-    other cell, a reply such as ``[1, 2, 3]`` or ``[{"id": 1}]`` included, stays text."""
+    """CSV cells hold strings: a JSON list of messages (objects, one at least with a ``role``
+    or ``from``) is chat messages, a JSON list of objects with a ``group`` per-group
+    probabilities, a JSON list in a ``*_ids`` column token ids; so is the Python form of a
+    list of messages that pandas' ``to_csv`` writes (``[{'role': 'user', ...}]``, read as a
+    literal, never run); any other cell, a reply such as ``[1, 2, 3]`` or ``[{"id": 1}]``
+    included, stays text."""
     if isinstance(value, str) and value.lstrip().startswith("[") and value.rstrip().endswith("]"):
         try:
             decoded = json.loads(value)
         except (json.JSONDecodeError, RecursionError):
             return _python_messages(value)
+        # objects of which one at least is a message (or a group's probability): a malformed
+        # message among them is then an error naming it, not text
         keys = ("role", "from", "group")
-        objects = bool(decoded) and all(
-            isinstance(x, dict) and any(k in x for k in keys) for x in decoded
+        objects = (
+            bool(decoded)
+            and all(isinstance(x, dict) for x in decoded)
+            and any(k in x for x in decoded for k in keys)
         )
         return decoded if objects or column.endswith("_ids") else value
     return value
@@ -234,7 +240,7 @@ def local_files(path: Path, split: str | None) -> list[Path]:
         if shards:
             return shards
     configs = [c["config_name"] for c in card_configs(path)]  # they say how to read it
-    if not configs and (found := _datasets_split_files(path, wanted)):
+    if not configs and (found := _one_kind(_datasets_split_files(path, wanted))):
         return found
     names = sorted(p.name for p in path.iterdir())
     hint = f"; its card lists configs {configs}: give dataset_config" if configs else ""
@@ -252,6 +258,20 @@ def _datasets_split_files(folder: Path, split: str) -> list[Path]:
     except (EmptyDatasetError, FileNotFoundError):
         return []
     return sorted(Path(f) for f in files.get(split, []))
+
+
+def _one_kind(files: list[Path]) -> list[Path]:
+    """Of the files ``datasets`` matched, those it reads: of a type read here (distalign's own
+    ``metadata.json`` apart), and of the most common type only, as ``load_dataset(folder)``
+    takes one builder for a folder; [] where none is."""
+    kinds = [
+        Path(strip_gz(f)).suffix if f.name != "metadata.json" else None for f in files
+    ]  # fmt: skip
+    counts = Counter(k for k in kinds if k in SUFFIXES)
+    if not counts:
+        return []
+    kind = counts.most_common(1)[0][0]
+    return [f for f, k in zip(files, kinds, strict=True) if k == kind]
 
 
 # every command names its split its own way (dataset_test_split, dataset_split, …)

@@ -692,8 +692,15 @@ def _sharegpt(row, where):
 
 def is_alpaca(row: Mapping[str, Any]) -> bool:
     """An Alpaca-style row (LLaMA-Factory's ``alpaca`` format; Stanford Alpaca's columns): no
-    ``prompt`` column, its prompt in ``instruction`` (and ``input``)."""
-    return row.get("prompt") is None and isinstance(row.get("instruction"), str)
+    ``prompt`` column, its prompt in ``instruction`` (and ``input``), its replies (if any)
+    strings: beside conversations, an ``instruction`` column is another data set's (Magpie's),
+    and the conversations' own turns are the prompt."""
+    replies = [row[c] for c in ("chosen", "rejected") if c in row]
+    return (
+        row.get("prompt") is None
+        and isinstance(row.get("instruction"), str)
+        and all(isinstance(r, str) for r in replies)
+    )
 
 
 def alpaca_prompt(row: Mapping[str, Any], where: str) -> list[dict[str, str]]:

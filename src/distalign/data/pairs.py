@@ -156,7 +156,8 @@ def template_markers(tokenizer) -> list[str]:
     model without a template of its own (plain text, HH transcripts: data may hold anything)."""
     if rendering_of(tokenizer) is not None or not getattr(tokenizer, "chat_template", None):
         return []
-    chat = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    question, answer = "Q7zq", "A9vw"  # found once each in the rendering
+    chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     try:
         text = tokenizer.apply_chat_template(chat, tokenize=False)
     except Exception:  # a template that needs more than this: nothing to look for
@@ -164,7 +165,18 @@ def template_markers(tokenizer) -> list[str]:
     specials = set(tokenizer.all_special_tokens) | {
         t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special
     }
-    return sorted(t for t in specials if len(t) > 1 and t in text)
+    specials = {t for t in specials if len(t) > 1 and t in text}
+    # BOS, EOS, padding: text may well write "<s>" or "</s>"; the user turn's header (the last
+    # special token before its text, with what follows it: "<|im_start|>user") it does not
+    plain = {tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token, tokenizer.unk_token}
+    markers = specials - plain
+    at = text.find(question)
+    starts = [text.rfind(t, 0, at) for t in specials] if at > 0 else []
+    if starts and max(starts) >= 0:
+        header = text[max(starts) : at].strip()
+        if header not in specials:  # a role's name after the token
+            markers.add(header)
+    return sorted(markers)
 
 
 def templated_text(tokenizer, pairs, limit: int = 200) -> str | None:

@@ -107,7 +107,7 @@ def prompt_of(row: Any, where: str) -> tuple[Chat, bool]:
     set_aside = False
     if not isinstance(row, dict):
         raise PreferenceFormatError(where, None, f"expected an object, got {type(row).__name__}")
-    if "prompt" not in row and sharegpt_column(row) is None and is_alpaca(row):
+    if sharegpt_column(row) is None and is_alpaca(row):  # a null prompt column too (parquet)
         prompt, field = alpaca_prompt(row, where), "instruction"
     elif "prompt" in row or sharegpt_column(row) is None:
         if row.get("prompt") is None:
@@ -271,10 +271,12 @@ def _not_all_empty(prompts: list[Chat], source: Any) -> list[Chat]:
     column no reading here takes): refused, naming the columns the rows have."""
     if prompts and not any(m["content"].strip() for p in prompts for m in p):
         columns = sorted(getattr(prompts[0], "columns", {}) or {})
+        beside = f"; the rows' other columns: {columns}" if columns else ""
         raise DataSourceError(
-            f"{source if isinstance(source, str) else 'the data set'}: every prompt is empty "
-            f"(other columns: {columns}); a prompt is read from `prompt`, `conversations`, "
-            "`messages`, an Anthropic HH transcript, the text chosen and rejected share, or "
-            "Alpaca's `instruction` and `input`"
+            f"{source if isinstance(source, str) else 'the data set'}: every prompt is empty, "
+            f"nothing to sample replies to{beside}. Prompts are read from `prompt`, "
+            "`conversations`, `messages`, an Anthropic HH transcript, the text a pair's chosen "
+            "and rejected share (none here, if they share no beginning), or Alpaca's "
+            "`instruction` and `input`"
         )
     return prompts

@@ -497,6 +497,15 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
                 "(as in TRL; ScaleRL advises epsilon_high=5)",
                 eps_max,
             )  # fmt: skip
+        if (objective in ("cispo", "sapo") and self.importance_sampling_level == "reply"
+                and self.updates_per_step > 1):  # fmt: skip
+            config_warning(
+                log,
+                "loss_type %s at importance_sampling_level=reply weighs each reply by the product "
+                "of its tokens' ratios, which moves far from 1 on a long reply; TRL's GRPO takes "
+                "each token's (importance_sampling_level=token)",
+                self.loss_type,
+            )  # fmt: skip
         if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
             config_warning(log, "loss_type luspo is GSPO's objective: give "
                                 "importance_sampling_level=sequence, as TRL advises")  # fmt: skip

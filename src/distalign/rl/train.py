@@ -429,7 +429,8 @@ def build_policy(cfg: RLTrainConfig, accelerator):
             else "merged into its base model, every weight of which trains (use_peft=false); "
             "the reference is the merged policy"
         )
-        log.info("%s is a LoRA adapter: %s", cfg.model_name_or_path, how)
+        say = log.warning if cfg.use_peft and cfg.beta else log.info  # β pulls to the base
+        say("%s is a LoRA adapter: %s", cfg.model_name_or_path, how)
     policy, tokenizer = load_policy(cfg.model_name_or_path, **load)
     cfg.prefix_sharing = prefix_sharing_for(
         cfg.attn_implementation, cfg.prefix_sharing, "rl train", policy
@@ -636,8 +637,8 @@ def policy_loss(lp, mask, old, adv, cfg: RLTrainConfig, keep=None):
     if old is None:
         if objective == "clip" and keep is None:
             return reinforce_loss(lp, mask, adv), None
-        # at ratio 1 the clipped loss keeps tokens as the later ones do
-        level = "token" if objective == "clip" and level == "reply" else level
+        # at ratio 1 the clipped loss (and SAPO's) keeps tokens as the later ones do
+        level = "token" if objective in ("clip", "sapo") and level == "reply" else level
     before = lp.detach() if old is None else old
     if objective == "cispo":
         eps_max = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
@@ -653,7 +654,7 @@ def policy_loss(lp, mask, old, adv, cfg: RLTrainConfig, keep=None):
     else:
         loss, clip = clipped_policy_loss(lp, mask, before, adv, cfg.epsilon, cfg.epsilon_high,
                                          level, cfg.delta, keep)  # fmt: skip
-    return loss, None if old is None else clip
+    return loss, None if old is None and objective != "cispo" else clip
 
 
 def teacher_forced(t: Trainer, ro: Rollouts, cfg: RLTrainConfig, start: int, stop: int):
@@ -785,7 +786,7 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
             if first:  # the first span's own pass gives its sampling log-probs and entropy
                 old = seq if old is None else torch.cat([seq.to(old.device), old[end:]])
                 entropy_sum, tokens = entropy_sum + ent, tokens + tok
-            elif clip is not None:  # each reply's share of its ratios clipped, times how many
+            if clip is not None:  # each reply's share of its ratios clipped, times how many
                 clipped.append((clip.float().to(units.device) * units).sum().item())
     finite = [math.isfinite(x) for x in norms]
     kept = [x for x in norms if math.isfinite(x)]
