@@ -826,18 +826,16 @@ def vespo_loss(
     mask: torch.Tensor,
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
-    k_pos: float = 2.0,
-    lambda_pos: float = 3.0,
-    k_neg: float = 3.0,
-    lambda_neg: float = 2.0,
     keep: torch.Tensor | None = None,
+    **shape: float,
 ) -> torch.Tensor:
     """VESPO (TRL GRPO's ``vespo``): −(1/B) Σ_i φ(w_i) A_i Σ_t log π(y_it), the reply's
-    weight φ (``vespo_weights``, detached) a smooth Gamma-shaped bump in its ratio instead of
-    a clip: 1 on-policy (REINFORCE's gradient), small for a reply far from the sampling
-    policy on either side. The ratio is always the reply's product of its tokens' (TRL's
+    weight φ (``vespo_weights``, detached; ``shape``: its ``k_pos``, ``lambda_pos``,
+    ``k_neg``, ``lambda_neg``) a smooth Gamma-shaped bump in its ratio instead of a clip: 1
+    on-policy (REINFORCE's gradient), small for a reply far from the sampling policy on
+    either side. The ratio is always the reply's product of its tokens' (TRL's
     ``importance_sampling_level`` does not reach it). ``keep`` as in ``clipped_policy_loss``."""
     a = advantages.detach()
-    phi = vespo_weights(logprobs - old_logprobs, mask, a, k_pos, lambda_pos, k_neg, lambda_neg)
+    phi = vespo_weights(logprobs - old_logprobs, mask, a, **shape)
     kept = mask if keep is None else mask * keep.to(mask.dtype)
     return -(phi * a * sequence_sum(logprobs, kept)).mean()

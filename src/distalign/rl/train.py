@@ -647,8 +647,9 @@ def policy_loss(lp, mask, old, adv, cfg: RLTrainConfig, keep=None):
         loss, clip = sapo_loss(lp, mask, before, adv, cfg.sapo_temperature_pos,
                                cfg.sapo_temperature_neg, level, keep), None  # fmt: skip
     elif objective == "vespo":
-        loss, clip = vespo_loss(lp, mask, before, adv, cfg.vespo_k_pos, cfg.vespo_lambda_pos,
-                                cfg.vespo_k_neg, cfg.vespo_lambda_neg, keep), None  # fmt: skip
+        shape = {k: getattr(cfg, f"vespo_{k}") for k in ("k_pos", "lambda_pos", "k_neg",
+                                                          "lambda_neg")}  # fmt: skip
+        loss, clip = vespo_loss(lp, mask, before, adv, keep, **shape), None
     elif old is None:
         loss, clip = clipped_policy_loss(lp, mask, before, adv, level=level, keep=keep)
     else:
