@@ -977,3 +977,25 @@ def test_a_csv_message_list_with_a_malformed_message_is_an_error(tmp_path):
         csv.writer(f).writerows([["chosen", "rejected"], [cell, cell]])
     with pytest.raises(PreferenceFormatError, match=r"chosen\[1\]"):
         load_preferences(str(path))
+
+
+def test_hh_pairs_after_a_plain_first_row_and_crlf_transcripts_read_as_hh(tmp_path):
+    """The format is detected from the first row; an HH pair after a plain-text first row is
+    still read as its turns (not a user turn holding the transcript), and a transcript whose
+    blank lines are CRLF (a Windows CSV cell's, kept inside a JSON string) is a transcript."""
+    rows = [
+        {"chosen": "The answer is 12", "rejected": "The answer is 15"},
+        {"chosen": "\n\nHuman: a?\n\nAssistant: yes", "rejected": "\n\nHuman: a?\n\nAssistant: no"},
+        {"chosen": "\r\n\r\nHuman: b?\r\n\r\nAssistant: yes",
+         "rejected": "\r\n\r\nHuman: b?\r\n\r\nAssistant: no"},
+    ]  # fmt: skip
+    report = LoadReport(source="mixed")
+    pairs = load_preferences(str(write_jsonl(tmp_path / "mixed.jsonl", rows)), report=report)
+    assert report.format == "implicit" and report.transcripts == 2
+    assert pairs[0]["prompt"] == [{"role": "user", "content": "The answer is "}]
+    for i, question in ((1, "a?"), (2, "b?")):
+        assert pairs[i]["prompt"] == [{"role": "user", "content": question}]
+        assert (pairs[i]["chosen"], pairs[i]["rejected"]) == ("yes", "no")
+    # a format given is the format: an HH pair read as plain text, as asked
+    forced = load_preferences(str(tmp_path / "mixed.jsonl"), format="implicit")
+    assert forced[1]["prompt"][0]["content"].startswith("\n\nHuman: a?")

@@ -88,7 +88,9 @@ _SCORE_COLUMNS = (
     ("chosen_score", "rejected_score"),
     ("score_chosen", "score_rejected"),
 )
-_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+# a turn marker after a blank line; "\r\n\r\n" too (CSV cells from Windows keep their CRLF
+# inside JSON strings)
+_HH_TURN = re.compile(r"(?:^|\r?\n\r?\n)(Human|Assistant):[ \t]?")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
@@ -491,6 +493,17 @@ def is_transcript(row: Mapping[str, Any], fmt: str) -> bool:
     return fmt == "hh" or (isinstance(prompt, str) and hh_prompt(prompt) is not None)
 
 
+def hh_pair(row: Mapping[str, Any]) -> bool:
+    """Whether a row's chosen and rejected are both Anthropic HH transcripts."""
+    return all(isinstance(row.get(c), str) and starts_hh(row[c]) for c in ("chosen", "rejected"))
+
+
+def row_format(row: Mapping[str, Any], fmt: str, detected: bool) -> str:
+    """The format a row is read in: its data set's, but for an HH pair in a data set whose
+    format was detected as implicit (its first row plain text), read as HH."""
+    return "hh" if detected and fmt == "implicit" and hh_pair(row) else fmt
+
+
 Turns = tuple[str | None, str | None]  # chosen's and rejected's reply messages (``reply_turns``)
 
 
@@ -822,6 +835,8 @@ def normalise_row(
     elif fmt == "alpaca":
         prompt = alpaca_prompt(row, where)
         prompt, chosen, rejected, turns = _with_replies(row, prompt, where, prompt_is_text=False)
+    elif row_format(row, fmt, detected) == "hh":  # (an hh row that is no transcript: refused)
+        prompt, chosen, rejected = split_hh(row["chosen"], row["rejected"], where)
     elif fmt == "implicit" and isinstance(row["chosen"], str):
         if not isinstance(row["rejected"], str):
             raise PreferenceFormatError(
@@ -836,8 +851,6 @@ def normalise_row(
             parse_messages(row["rejected"], where, "rejected"),
             where,
         )
-    elif fmt == "hh":
-        prompt, chosen, rejected = split_hh(row["chosen"], row["rejected"], where)
     else:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
 

@@ -53,6 +53,7 @@ from distalign.data.formats import (
     read_prompt,
     read_reply,
     reply_turns,
+    row_format,
     text_replies,
     unread_scores,
 )
@@ -444,9 +445,10 @@ def load_preferences(
                 continue
         report.empty_replies += (not row["chosen"].strip()) + (not row["rejected"].strip())
         report.empty_prompts += all(not m["content"].strip() for m in row["prompt"])
-        report.transcripts += is_transcript(raw, fmt)
+        read_as = row_format(raw, fmt, detected=format is None)
+        report.transcripts += is_transcript(raw, read_as)
         report.conversations += is_conversational(raw)
-        report.later_turns += fmt == "hh" and any(map(holds_hh_turn, (row["chosen"],
+        report.later_turns += read_as == "hh" and any(map(holds_hh_turn, (row["chosen"],
                                                                      row["rejected"])))  # fmt: skip
         report.prompts_replaced += prompt_replaced(raw, row["prompt"])
         report.unread_scores += unread_scores(raw, row)
