@@ -960,6 +960,18 @@ def test_prompt_and_instruction_columns_mixed_in_a_parquet_file(tmp_path):
     assert [p[-1]["content"] for p in load_prompts(str(path))] == ["Say hi", "Say bye"]
 
 
+def test_a_folder_with_its_own_train_file_has_no_test_split_in_stray_files(tmp_path):
+    """A folder laid out as distalign reads it (train.jsonl) and no test file: no test split
+    (rm train then evaluates on the training data, said), not test_prompts.jsonl read as it."""
+    from distalign.data.files import MissingSplitError
+
+    write_jsonl(tmp_path / "train.jsonl", EXPLICIT)
+    write_jsonl(tmp_path / "test_prompts.jsonl", [{"prompt": "q?"}])
+    assert len(load_preferences(str(tmp_path))) == len(EXPLICIT)
+    with pytest.raises(MissingSplitError, match="no file for split 'test'"):
+        load_preferences(str(tmp_path), "test")
+
+
 def test_the_folder_fallback_reads_one_kind_of_file_as_datasets_does(tmp_path):
     row = {"prompt": "q", "chosen": "a", "rejected": "b"}
     write_jsonl(tmp_path / "pairs.jsonl", [row, row])
@@ -979,23 +991,22 @@ def test_a_csv_message_list_with_a_malformed_message_is_an_error(tmp_path):
         load_preferences(str(path))
 
 
-def test_hh_pairs_after_a_plain_first_row_and_crlf_transcripts_read_as_hh(tmp_path):
+def test_hh_pairs_after_a_plain_first_row_read_as_hh(tmp_path):
     """The format is detected from the first row; an HH pair after a plain-text first row is
-    still read as its turns (not a user turn holding the transcript), and a transcript whose
-    blank lines are CRLF (a Windows CSV cell's, kept inside a JSON string) is a transcript."""
+    still read as its turns (not a user turn holding the transcript); text that only looks
+    like a transcript ("Human: hi\nAssistant: …", one newline) is text, as before."""
     rows = [
         {"chosen": "The answer is 12", "rejected": "The answer is 15"},
         {"chosen": "\n\nHuman: a?\n\nAssistant: yes", "rejected": "\n\nHuman: a?\n\nAssistant: no"},
-        {"chosen": "\r\n\r\nHuman: b?\r\n\r\nAssistant: yes",
-         "rejected": "\r\n\r\nHuman: b?\r\n\r\nAssistant: no"},
+        {"chosen": "Human: hi\nAssistant: hello", "rejected": "Human: hi\nAssistant: go away"},
     ]  # fmt: skip
     report = LoadReport(source="mixed")
     pairs = load_preferences(str(write_jsonl(tmp_path / "mixed.jsonl", rows)), report=report)
-    assert report.format == "implicit" and report.transcripts == 2
+    assert report.format == "implicit" and report.transcripts == 1
     assert pairs[0]["prompt"] == [{"role": "user", "content": "The answer is "}]
-    for i, question in ((1, "a?"), (2, "b?")):
-        assert pairs[i]["prompt"] == [{"role": "user", "content": question}]
-        assert (pairs[i]["chosen"], pairs[i]["rejected"]) == ("yes", "no")
+    assert pairs[1]["prompt"] == [{"role": "user", "content": "a?"}]
+    assert (pairs[1]["chosen"], pairs[1]["rejected"]) == ("yes", "no")
+    assert pairs[2]["prompt"] == [{"role": "user", "content": "Human: hi\nAssistant: "}]
     # a format given is the format: an HH pair read as plain text, as asked
     forced = load_preferences(str(tmp_path / "mixed.jsonl"), format="implicit")
     assert forced[1]["prompt"][0]["content"].startswith("\n\nHuman: a?")

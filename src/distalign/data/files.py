@@ -228,23 +228,34 @@ def local_files(path: Path, split: str | None) -> list[Path]:
     if not path.is_dir():
         return [path]
     wanted = split or "train"
-    candidates = [path / f"{wanted}{s}{gz}" for s in SUFFIXES for gz in ("", ".gz")]
+    if found := _own_layout(path, wanted):
+        return found
+    configs = [c["config_name"] for c in card_configs(path)]  # they say how to read it
+    # a folder in none of the layouts above (not even for train: a folder that has its own
+    # train file and no test one has no test split, and a stray test_notes.csv is none)
+    datasets_layout = not configs and not _own_layout(path, "train")
+    if datasets_layout and (found := _one_kind(_datasets_split_files(path, wanted))):
+        return found
+    names = sorted(p.name for p in path.iterdir())
+    hint = f"; its card lists configs {configs}: give dataset_config" if configs else ""
+    raise MissingSplitError(f"{path}: no file for split {wanted!r} (have {names}){hint}")
+
+
+def _own_layout(path: Path, split: str) -> list[Path]:
+    """The files of ``split`` in a folder laid out as distalign reads it first: the file named
+    after it (``test.jsonl``), or its shards in the hub's layout (``data/test-*.parquet``)."""
+    candidates = [path / f"{split}{s}{gz}" for s in SUFFIXES for gz in ("", ".gz")]
     found = [c for c in candidates if c.is_file()]
     if found:
         return found[:1]
     for folder in (path / "data", path):
         shards = sorted(
-            f for f in folder.glob(f"{wanted}-*")
+            f for f in folder.glob(f"{split}-*")
             if f.is_file() and Path(strip_gz(f)).suffix in SUFFIXES
         ) if folder.is_dir() else []  # fmt: skip
         if shards:
             return shards
-    configs = [c["config_name"] for c in card_configs(path)]  # they say how to read it
-    if not configs and (found := _one_kind(_datasets_split_files(path, wanted))):
-        return found
-    names = sorted(p.name for p in path.iterdir())
-    hint = f"; its card lists configs {configs}: give dataset_config" if configs else ""
-    raise MissingSplitError(f"{path}: no file for split {wanted!r} (have {names}){hint}")
+    return []
 
 
 def _datasets_split_files(folder: Path, split: str) -> list[Path]:

@@ -88,9 +88,7 @@ _SCORE_COLUMNS = (
     ("chosen_score", "rejected_score"),
     ("score_chosen", "score_rejected"),
 )
-# a turn marker after a blank line; "\r\n\r\n" too (CSV cells from Windows keep their CRLF
-# inside JSON strings)
-_HH_TURN = re.compile(r"(?:^|\r?\n\r?\n)(Human|Assistant):[ \t]?")
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
@@ -500,8 +498,15 @@ def hh_pair(row: Mapping[str, Any]) -> bool:
 
 def row_format(row: Mapping[str, Any], fmt: str, detected: bool) -> str:
     """The format a row is read in: its data set's, but for an HH pair in a data set whose
-    format was detected as implicit (its first row plain text), read as HH."""
-    return "hh" if detected and fmt == "implicit" and hh_pair(row) else fmt
+    format was detected as implicit (its first row plain text), read as HH where its two
+    transcripts part in their last assistant turn (else as text, as before)."""
+    if not (detected and fmt == "implicit" and hh_pair(row)):
+        return fmt
+    try:
+        split_hh(row["chosen"], row["rejected"], "")
+    except PreferenceFormatError:
+        return fmt
+    return "hh"
 
 
 Turns = tuple[str | None, str | None]  # chosen's and rejected's reply messages (``reply_turns``)
