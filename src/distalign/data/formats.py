@@ -840,7 +840,7 @@ def normalise_row(
     elif fmt == "alpaca":
         prompt = alpaca_prompt(row, where)
         prompt, chosen, rejected, turns = _with_replies(row, prompt, where, prompt_is_text=False)
-    elif row_format(row, fmt, detected) == "hh":  # (an hh row that is no transcript: refused)
+    elif fmt == "hh":
         prompt, chosen, rejected = split_hh(row["chosen"], row["rejected"], where)
     elif fmt == "implicit" and isinstance(row["chosen"], str):
         if not isinstance(row["rejected"], str):

@@ -432,7 +432,9 @@ def load_preferences(
                     fmt = detect_format(raw)
                 except ValueError as e:
                     raise PreferenceFormatError(where, None, str(e)) from None
-            row = normalise_row(raw, fmt, where, index, detected=format is None)
+            # an HH pair in a data set detected as text is read as HH (``row_format``)
+            read_as = row_format(raw, fmt, detected=format is None)
+            row = normalise_row(raw, read_as, where, index, detected=format is None)
         except PreferenceFormatError as e:
             if not skip_bad_rows:
                 raise
@@ -445,7 +447,6 @@ def load_preferences(
                 continue
         report.empty_replies += (not row["chosen"].strip()) + (not row["rejected"].strip())
         report.empty_prompts += all(not m["content"].strip() for m in row["prompt"])
-        read_as = row_format(raw, fmt, detected=format is None)
         report.transcripts += is_transcript(raw, read_as)
         report.conversations += is_conversational(raw)
         report.later_turns += read_as == "hh" and any(map(holds_hh_turn, (row["chosen"],

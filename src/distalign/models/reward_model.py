@@ -36,6 +36,7 @@ from distalign.models.load import (
     _placed,
     adapter_base,
     attention_mask_for,
+    is_adapter,
     load_tokenizer,
     resolve_model,
     unwrap,
@@ -129,7 +130,7 @@ def build_reward_model(
     )
     path = resolve_model(backbone)
     folder = Path(path)
-    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+    if is_adapter(folder):
         from distalign.config import ConfigError  # a user's to fix: said without a traceback
 
         raise ConfigError(

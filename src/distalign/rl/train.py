@@ -361,8 +361,9 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
         if hasattr(reward, "check_columns"):
             reward.check_columns(prompts)
     fit_rendering(tokenizer, data, source, "the policy")
-    marker = templated_text(tokenizer, [{"prompt": p} for p in train])
-    if accelerator.is_main_process and marker:
+    if accelerator.is_main_process and (
+        marker := templated_text(tokenizer, [{"prompt": p} for p in train])
+    ):
         log.warning("%s: %s", cfg.dataset_name, templated_note(marker, cfg.model_name_or_path))
     sources = [s for s in getattr(reward, "sources", [reward]) if hasattr(s, "tokenizer")]
     for s in sources:
@@ -597,10 +598,9 @@ def policy_gradient_step(
             if clip is not None:
                 clipped.append(clip)
             if kl is not None:  # on every counted token, those the entropy mask drops too
-                cols = lp_pad.shape[1]
-                sampled = lp_pad.detach() if old is None else old[s:stop, :cols].to(lp_pad)
+                sampled = lp_pad.detach() if before is None else before.to(lp_pad)
                 loss = loss + kl_loss(
-                    lp_pad, kl[0][s:stop, :cols].to(lp_pad), counted,
+                    lp_pad, kl[0][s:stop, : lp_pad.shape[1]].to(lp_pad), counted,
                     kl[1][s:stop].to(lp_pad), sampled if cfg.use_bias_correction_kl else None,
                     cfg.importance_sampling_level,
                 )  # fmt: skip
@@ -647,12 +647,11 @@ def policy_loss(lp, mask, old, adv, cfg: RLTrainConfig, keep=None):
         loss, clip = sapo_loss(lp, mask, before, adv, cfg.sapo_temperature_pos,
                                cfg.sapo_temperature_neg, level, keep), None  # fmt: skip
     elif objective == "vespo":
-        shape = {k: getattr(cfg, f"vespo_{k}") for k in ("k_pos", "lambda_pos", "k_neg",
-                                                          "lambda_neg")}  # fmt: skip
-        loss, clip = vespo_loss(lp, mask, before, adv, keep, **shape), None
-    elif old is None:
-        loss, clip = clipped_policy_loss(lp, mask, before, adv, level=level, keep=keep)
-    else:
+        loss, clip = vespo_loss(
+            lp, mask, before, adv, keep, k_pos=cfg.vespo_k_pos, lambda_pos=cfg.vespo_lambda_pos,
+            k_neg=cfg.vespo_k_neg, lambda_neg=cfg.vespo_lambda_neg,
+        ), None  # fmt: skip
+    else:  # at ratio 1 (the first update) nothing is clipped, nor capped by delta (> 1)
         loss, clip = clipped_policy_loss(lp, mask, before, adv, cfg.epsilon, cfg.epsilon_high,
                                          level, cfg.delta, keep)  # fmt: skip
     return loss, None if old is None and objective != "cispo" else clip
