@@ -179,6 +179,24 @@ def test_csv_cells_with_message_lists(tmp_path):
     for cell in (code, "[{'role': 'user', 'content': 'x', [1]: 2}]", "[" * 3000 + "]" * 3000):
         pd.DataFrame([{"prompt": "p", "chosen": cell, "rejected": "b"}]).to_csv(path, index=False)
         assert load_preferences(str(path))[0]["chosen"] == cell
+    # ShareGPT written so: the conversation a list, each reply one message, in Python's form
+    # (pandas and datasets alike) or as JSON; an object that is no message stays text
+    sharegpt = {"conversations": [{"from": "human", "value": "Fruit?"}],
+                "chosen": {"from": "gpt", "value": "A plum."},
+                "rejected": {"from": "gpt", "value": "No."}}  # fmt: skip
+    for write in (pd.DataFrame([sharegpt]).to_csv,
+                  datasets.Dataset.from_list([sharegpt]).to_csv):  # fmt: skip
+        write(path, index=False)
+        assert "{'from': 'gpt'" in path.read_text()
+        row = load_preferences(str(path))[0]
+        assert (row["prompt"], row["chosen"], row["rejected"]) == (
+            [{"role": "user", "content": "Fruit?"}], "A plum.", "No.")  # fmt: skip
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["prompt", "chosen", "rejected"],
+                                 ["Fruit?", json.dumps({"role": "assistant", "content": "A plum."}),
+                                  '{"from": 1}']])  # fmt: skip
+    row = load_preferences(str(path))[0]
+    assert (row["chosen"], row["rejected"]) == ("A plum.", '{"from": 1}')
     # and a line number locates a CSV row, as in a JSONL file
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows([["prompt", "chosen", "rejected"], ["a", "b", "c"], ["a"]])

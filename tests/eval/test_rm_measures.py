@@ -339,3 +339,24 @@ def test_pairs_with_an_empty_prompt_are_each_their_own_cluster():
     ])  # fmt: skip
     clusters = prompt_clusters(ds, 4)
     assert clusters[2] == clusters[3] and len({*clusters[:2], clusters[2]}) == 3
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ("data/pairs.jsonl", "eval_pairs_test.json"),
+        ("pairs.jsonl.gz", "eval_pairs_test.json"),
+        ("/tmp/HH.Parquet", "eval_HH_test.json"),
+        ("gold", "eval_gold_test.json"),
+        ("Anthropic/hh-rlhf", "eval_hh-rlhf_test.json"),
+        ("runs/v1.2", "eval_v1.2_test.json"),
+        (".jsonl", "eval_.jsonl_test.json"),
+    ],
+)
+def test_eval_file_name_drops_data_suffixes(data, expected):
+    from distalign.eval.rm import eval_file_name
+
+    assert eval_file_name(data, "test") == expected
+    assert eval_file_name(data, "test", first=5, lengths=(64, 32)) == expected.replace(
+        "_test.json", "_test_first5_len64-32.json"
+    )

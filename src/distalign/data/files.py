@@ -132,10 +132,17 @@ def _decode_cell(column: str, value: Any) -> Any:
     """CSV cells hold strings: a JSON list of messages (objects, one at least with a ``role``
     or ``from``) is chat messages, a JSON list of objects with a ``group`` per-group
     probabilities, a JSON list in a ``*_ids`` column token ids; so is the Python form of a
-    list of messages that pandas' ``to_csv`` writes (``[{'role': 'user', ...}]``, read as a
-    literal, never run); any other cell, a reply such as ``[1, 2, 3]`` or ``[{"id": 1}]``
-    included, stays text."""
-    if isinstance(value, str) and value.lstrip().startswith("[") and value.rstrip().endswith("]"):
+    list of messages that pandas' ``to_csv`` writes (``[{'role': 'user', ...}]``, or
+    ShareGPT's ``[{'from': 'human', 'value': ...}]``; read as a literal, never run), and one
+    message in either form (ShareGPT's ``chosen``: ``{'from': 'gpt', 'value': ...}``). Any
+    other cell, a reply such as ``[1, 2, 3]``, ``[{"id": 1}]`` or ``{"a": 1}`` included, stays
+    text."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("{") and text.endswith("}"):
+        return _one_message(text) or value
+    if text.startswith("[") and text.endswith("]"):
         try:
             decoded = json.loads(value)
         except (json.JSONDecodeError, RecursionError):
@@ -152,23 +159,38 @@ def _decode_cell(column: str, value: Any) -> Any:
     return value
 
 
+def _is_message(x: Any) -> bool:
+    """A ``{role, content}`` or ShareGPT ``{from, value}`` object."""
+    return isinstance(x, dict) and ({"role", "content"} <= set(x) or {"from", "value"} <= set(x))
+
+
+def _one_message(text: str) -> dict | None:
+    """One message object printed as JSON or as a Python literal (never run); else None."""
+    for read in (json.loads, ast.literal_eval):
+        try:
+            decoded = read(text)
+        except Exception:
+            continue
+        return decoded if _is_message(decoded) else None
+    return None
+
+
 def _python_messages(value: str) -> Any:
-    """A cell holding a list of ``{role, content}`` dicts in Python's printed form, as that
-    list: a list's (pandas' ``to_csv`` of lists) or a numpy array's, whose items have no comma
-    between them (``Dataset.to_csv``, ``to_pandas().to_csv``). Read as a literal, never run.
+    """A cell holding a list of ``{role, content}`` (or ShareGPT's ``{from, value}``) dicts in
+    Python's printed form, as that list: a list's (pandas' ``to_csv`` of lists) or a numpy
+    array's, whose items have no comma between them (``Dataset.to_csv``,
+    ``to_pandas().to_csv``). Read as a literal, never run.
     Any other text stays text (Python code in a reply too); a numpy-printed message list that
     does not read back is an error, as its messages would otherwise be trained on as one text."""
     text = value.strip()
-    between = r"\}\s+(?=\{\s*['\"](?:role|content)['\"]\s*:)"  # numpy's: one message, the next
+    between = r"\}\s+(?=\{\s*['\"](?:role|content|from|value)['\"]\s*:)"  # numpy's: next message
     numpy_form, gaps = re.subn(between, "}, ", text)
     for form, joins in ((text, None), (numpy_form, gaps)):
         try:
             decoded = ast.literal_eval(form)
         except Exception:
             continue
-        messages = isinstance(decoded, list) and decoded and all(
-            isinstance(x, dict) and {"role", "content"} <= set(x) for x in decoded
-        )  # fmt: skip
+        messages = isinstance(decoded, list) and decoded and all(map(_is_message, decoded))
         # numpy's form: a comma put inside a message's text would add a gap, so the gaps
         # must be exactly those between the messages
         if messages and (joins is None or joins == len(decoded) - 1):

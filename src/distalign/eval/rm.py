@@ -402,10 +402,16 @@ def eval_file_name(
 ) -> str:
     """``eval_<data>_<split>.json``, with ``_first<N>`` for the first N pairs and
     ``_len<L>-<P>`` for other max_length / max_prompt_length than the model's own: only an
-    evaluation as training ran it replaces the one training wrote (the report reads that)."""
+    evaluation as training ran it replaces the one training wrote (the report reads that).
+    ``<data>`` is the file's or folder's name without a data file's suffix (``pairs.jsonl``
+    and ``pairs.jsonl.gz`` give ``pairs``), or a hub id's last part."""
     first_part = f"_first{first}" if first else ""
     length_part = f"_len{lengths[0]}-{lengths[1]}" if lengths else ""
-    return f"eval_{Path(data).name}_{split}{first_part}{length_part}.json"
+    stem = _DATA_SUFFIX.sub("", Path(data).name) or Path(data).name
+    return f"eval_{stem}_{split}{first_part}{length_part}.json"
+
+
+_DATA_SUFFIX = re.compile(r"\.(jsonl|json|csv|tsv|parquet|arrow|txt)(\.(gz|bz2|xz|zst))?$", re.I)
 
 
 def save_eval(result: dict, outputs: dict, path: Path) -> dict:
