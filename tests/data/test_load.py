@@ -1028,3 +1028,25 @@ def test_hh_pairs_after_a_plain_first_row_read_as_hh(tmp_path):
     # a format given is the format: an HH pair read as plain text, as asked
     forced = load_preferences(str(tmp_path / "mixed.jsonl"), format="implicit")
     assert forced[1]["prompt"][0]["content"].startswith("\n\nHuman: a?")
+
+
+def test_the_folder_fallback_takes_the_file_type_datasets_takes(tmp_path, caplog):
+    """``load_dataset(folder)`` reads the most common type, a draw going to Parquet, then JSON
+    lines; ``.json`` and ``.jsonl`` share its builder. Files of another type are named."""
+    import pandas as pd
+
+    row = {"prompt": "q", "chosen": "a", "rejected": "b"}
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_jsonl(folder / "one.jsonl", [row])
+    pd.DataFrame([row, row]).to_parquet(folder / "two.parquet")
+    assert len(load_preferences(str(folder))) == 2  # a draw: Parquet
+    pd.DataFrame([row] * 3).to_csv(folder / "three.csv", index=False)
+    pd.DataFrame([row] * 3).to_csv(folder / "four.csv", index=False)
+    with caplog.at_level("WARNING"):
+        assert len(load_preferences(str(folder))) == 6  # two CSV files against one of each
+    assert "2 other data file(s) not read" in caplog.text and "one.jsonl" in caplog.text
+    (folder / "five.json").write_text(json.dumps([row] * 4))
+    (folder / "six.json").write_text(json.dumps([row] * 4))
+    (folder / "two.parquet").unlink()
+    assert len(load_preferences(str(folder))) == 9  # .json and .jsonl: one builder, 3 files

@@ -17,6 +17,7 @@ import csv
 import gzip
 import io
 import json
+import logging
 import os
 import re
 import zlib
@@ -27,6 +28,7 @@ from typing import Any
 
 from distalign.data.formats import PreferenceFormatError
 
+log = logging.getLogger(__name__)
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".ndjson")  # datasets' names
 
 
@@ -295,16 +297,27 @@ def _datasets_split_files(folder: Path, split: str) -> list[Path]:
 
 def _one_kind(files: list[Path]) -> list[Path]:
     """Of the files ``datasets`` matched, those it reads: of a type read here (distalign's own
-    ``metadata.json`` apart), and of the most common type only, as ``load_dataset(folder)``
-    takes one builder for a folder; [] where none is."""
+    ``metadata.json`` apart), and of one builder only, as ``load_dataset(folder)`` takes one
+    builder for a folder: the most common type's, a draw going to Parquet, then JSON lines,
+    JSON and CSV, in ``datasets``' order (``.json`` and ``.jsonl`` share its JSON builder);
+    [] where none is."""
     kinds = [
-        Path(strip_gz(f)).suffix if f.name != "metadata.json" else None for f in files
+        Path(strip_gz(f)).suffix.lower() if f.name != "metadata.json" else None for f in files
     ]  # fmt: skip
     counts = Counter(k for k in kinds if k in SUFFIXES)
     if not counts:
         return []
-    kind = counts.most_common(1)[0][0]
-    return [f for f, k in zip(files, kinds, strict=True) if k == kind]
+    order = (".parquet", ".jsonl", ".json", ".csv")
+    kind = max(counts, key=lambda k: (counts[k], *(k == o for o in order), k))
+    same = _BUILDER.get(kind, {kind})
+    left = [f.name for f, k in zip(files, kinds, strict=True) if k in SUFFIXES and k not in same]
+    if left:
+        log.warning("%s: reading its %s files, as datasets would; %d other data file(s) not "
+                    "read: %s", files[0].parent, kind, len(left), left)  # fmt: skip
+    return [f for f, k in zip(files, kinds, strict=True) if k in same]
+
+
+_BUILDER = dict.fromkeys((".json", ".jsonl"), frozenset({".json", ".jsonl"}))  # one builder
 
 
 # every command names its split its own way (dataset_test_split, dataset_split, …)
