@@ -75,7 +75,7 @@ def test_configs_take_the_transformers_keys():
      ("logging_dir=elsewhere",
       "`logging_dir` is a TRL/transformers key distalign does not take"),
      ("save_total_limit=0", "save_total_limit must be >= 1"),
-     ("push_to_hub=true", "hf upload")],
+     ("hub_strategy=all_checkpoints", "hub_strategy must be one of")],
 )  # fmt: skip
 def test_old_and_absent_keys_say_what_to_use(key, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

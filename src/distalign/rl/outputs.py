@@ -19,6 +19,7 @@ from accelerate.utils import gather_object
 
 from distalign.checkpoint import kept_steps, save_checkpoint, step_folder, whole_folder
 from distalign.distributed import EVERY_PROCESS, full_optimizer_state, full_state_dict
+from distalign.hub import hub_repo, policy_card, push_folder
 from distalign.models.lora import merged_for_saving
 from distalign.printing import print_completions
 from distalign.tracking import nan_to_none, peak_memory_gb
@@ -195,3 +196,8 @@ def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig) -
         save_policy(merged, t.tokenizer, t.out / "final_merged")
     summary = {"initial_eval": state.initial_eval, "final_eval": final, "steps": state.step}
     (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if cfg.push_to_hub:
+        repo_id = hub_repo(cfg, t.out)
+        push_folder(repo_id, t.out / "final", cfg,
+                    policy_card(cfg, repo_id, state.initial_eval, final),
+                    f"distalign rl train: policy after step {state.step}")  # fmt: skip

@@ -23,6 +23,7 @@ from distalign.config import (
     resume_value,
 )
 from distalign.data.formats import FORMATS
+from distalign.hub import HubKeys
 from distalign.models.load import DEFAULT_MODEL, prefix_sharing_for
 from distalign.models.options import ModelKeys
 from distalign.models.reward_model import HEADS
@@ -40,7 +41,7 @@ MIXTURE_IGNORES = ("entropy_weight", "batch_entropy_weight", "smoothness_weight"
 
 
 @dataclass
-class RMTrainConfig(AdamKeys, ModelKeys):
+class RMTrainConfig(AdamKeys, ModelKeys, HubKeys):
     """``distalign rm train``: fit a reward model on preference pairs."""
 
     model_name_or_path: str = DEFAULT_MODEL
@@ -325,6 +326,7 @@ class RMTrainConfig(AdamKeys, ModelKeys):
         require(
             checks
             + self.adam_checks()
+            + self.hub_checks()
             + self.model_checks("SEQ_CLS")
             + cadence_checks(self, epochs=True)
         )

@@ -52,6 +52,7 @@ from distalign.data.load import (
 from distalign.distributed import full_optimizer_state, full_state_dict, is_sharded
 from distalign.eval.rm import eval_file_name, evaluate_reward_model, save_eval
 from distalign.gold.truth import pair_replies
+from distalign.hub import hub_repo, push_folder, reward_model_card
 from distalign.losses import (
     distributional_rm_loss,
     mixture_rm_loss,
@@ -456,7 +457,8 @@ def reward_meta(cfg: RMTrainConfig, state: TrainState) -> dict:
 
 def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, outputs, summary):
     """``final/`` (the model, loadable with AutoModelForSequenceClassification), its
-    evaluation and plots, and ``summary.json``."""
+    evaluation and plots, and ``summary.json``; with ``push_to_hub``, ``final/`` uploaded with
+    a model card."""
     weights = full_state_dict(t.model, "model.", t.accelerator)  # collective when sharded
     if not t.accelerator.is_main_process:
         return
@@ -475,6 +477,10 @@ def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, output
     save_eval(result | where, outputs, final / eval_file_name(name, split))
     summary = {"eval": result, "steps": state.step, **summary}
     (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if cfg.push_to_hub:
+        repo_id = hub_repo(cfg, t.out)
+        push_folder(repo_id, final, cfg, reward_model_card(cfg, repo_id, result),
+                    f"distalign rm train: {cfg.head} reward model, step {state.step}")  # fmt: skip
 
 
 def accumulation_weight(i: int, n: int, steps: int) -> float:
