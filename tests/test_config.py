@@ -1049,9 +1049,10 @@ def test_trl_grpo_s_other_loss_types_load_with_their_keys_and_warnings(tmp_path,
     with caplog.at_level(logging.WARNING):
         from_cli(RLTrainConfig, ["loss_type=cispo", "epsilon_high=5"])
         from_cli(RLTrainConfig, ["loss_type=luspo", "importance_sampling_level=sequence"])
+        from_cli(RLTrainConfig, ["loss_type=luspo"])  # unset: GSPO's sequence level
     assert caplog.text == ""
     with caplog.at_level(logging.WARNING):
-        from_cli(RLTrainConfig, ["loss_type=luspo"])
+        from_cli(RLTrainConfig, ["loss_type=luspo", "importance_sampling_level=token"])
         from_cli(RLTrainConfig, ["loss_type=sapo", "delta=2"])
     assert "give importance_sampling_level=sequence" in caplog.text
     assert "which loss_type sapo does not take" in caplog.text

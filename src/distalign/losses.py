@@ -415,15 +415,24 @@ def reinforce_pp_advantages(
     k: int | None = None,
     pooled: torch.Tensor | None = None,
     eps: float = 1e-8,
+    lengths: torch.Tensor | None = None,
+    pooled_lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """REINFORCE++: rewards whitened over the global batch, (B,) -> (B,).
+    """REINFORCE++: rewards whitened over the global batch's tokens, (B,) -> (B,).
 
-    Hu 2025 ("REINFORCE++", arXiv 2501.03262): A = (R − mean_batch R) / (std_batch R + ε); with
-    ``k`` (REINFORCE++-baseline, k ≥ 2), each prompt's group mean is subtracted first:
-    R'_i = R_i − mean_g R, A = (R' − mean_batch R') / (std_batch R' + ε). "Global": with
-    ``pooled``, the (P'·k,) rewards of every process, prompt-major, the batch statistics are
-    those of the pooled rewards (``rewards`` is one process's share of them), so every process
-    scales alike. A constant batch gets zeros.
+    Hu 2025 ("REINFORCE++", arXiv 2501.03262), as OpenRLHF computes it: each reply's tokens
+    carry its advantage, and the whitening is over every token of the batch: with ``lengths``
+    (B,) the replies' token counts, m = Σ_i n_i R_i / Σ_i n_i, v = Σ_i n_i (R_i − m)² / Σ_i n_i
+    (the tokens' population variance) and A = (R − m) / √max(v, ε); without them, every reply
+    counts once. With ``k`` (REINFORCE++-baseline, k ≥ 2), each prompt's group mean is
+    subtracted first: R'_i = R_i − mean_g R. "Global": with ``pooled``, the (P'·k,) rewards of
+    every process, prompt-major (and ``pooled_lengths``, their token counts), the statistics
+    are those of the pooled rewards (``rewards`` is one process's share of them), so every
+    process scales alike. A constant batch gets zeros.
+
+    OpenRLHF subtracts each token's KL penalty summed over the rest of its reply (returns to
+    go); with β in the reward here, every token of a reply takes the whole reply's penalty: the
+    same expected gradient (a token's earlier penalties do not depend on it), more variance.
     """
 
     def centred(r: torch.Tensor) -> torch.Tensor:
@@ -434,9 +443,15 @@ def reinforce_pp_advantages(
 
     x = centred(rewards)
     population = x if pooled is None else centred(pooled.to(rewards.device))
+    weights = lengths if pooled is None else pooled_lengths
+    weights = torch.ones_like(population) if weights is None else weights.to(population)
+    if not weights.sum() > 0:  # no tokens at all: every reply counts once
+        weights = torch.ones_like(population)
+    mean = (weights * population).sum() / weights.sum()
     if population.numel() < 2:  # no spread to divide by
-        return (x - population.mean()).to(rewards.dtype)
-    return ((x - population.mean()) / (population.std() + eps)).to(rewards.dtype)
+        return (x - mean).to(rewards.dtype)
+    var = (weights * (population - mean) ** 2).sum() / weights.sum()
+    return ((x - mean) * var.clamp(min=eps).rsqrt()).to(rewards.dtype)
 
 
 def group_advantages_where_scored(

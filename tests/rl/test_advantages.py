@@ -116,12 +116,43 @@ def test_dr_grpo_by_hand():
 
 
 def test_reinforce_pp_by_hand():
-    r = torch.tensor([1.0, 3.0, 5.0, 7.0])  # mean 4, sample std √(20/3)
-    s = math.sqrt(20 / 3)
+    r = torch.tensor([1.0, 3.0, 5.0, 7.0])  # mean 4, population std √5
+    s = math.sqrt(5)
     assert reinforce_pp_advantages(r).tolist() == pytest.approx([-3 / s, -1 / s, 1 / s, 3 / s])
-    # with the group baseline (k = 2): R − group mean = (−1, 1, −1, 1), batch std √(4/3)
-    s = math.sqrt(4 / 3)
-    assert reinforce_pp_advantages(r, k=2).tolist() == pytest.approx([-1 / s, 1 / s] * 2)
+    # with the group baseline (k = 2): R − group mean = (−1, 1, −1, 1), batch std 1
+    assert reinforce_pp_advantages(r, k=2).tolist() == pytest.approx([-1.0, 1.0] * 2)
+    # over tokens: replies of 1 and 3 tokens -> tokens (1, 3, 3, 3): mean 2.5, std √0.75
+    two, n = torch.tensor([1.0, 3.0]), torch.tensor([1, 3])
+    s = math.sqrt(0.75)
+    assert reinforce_pp_advantages(two, lengths=n).tolist() == pytest.approx([-1.5 / s, 0.5 / s])
+
+
+@pytest.mark.parametrize("k", [None, 2])
+def test_reinforce_pp_whitens_over_tokens_as_openrlhf(k):
+    """Each reply's advantage on each of its tokens, whitened over the batch's tokens (masked
+    mean, population variance, √ clamped at 1e-8), as OpenRLHF's experience maker does."""
+    r = _rewards(4, 2, seed=3)
+    n = torch.tensor([40, 2, 2, 2, 3, 3, 3, 50])
+    x = r if k is None else (r.view(-1, k) - r.view(-1, k).mean(-1, keepdim=True)).view(-1)
+    tokens = x.repeat_interleave(n)  # one row per token
+    mean = tokens.mean()
+    rstd = ((tokens - mean) ** 2).mean().clamp(min=1e-8).rsqrt()
+    want = (x - mean) * rstd
+    torch.testing.assert_close(reinforce_pp_advantages(r, k, lengths=n), want)
+    # two processes, each with every process's rewards and token counts
+    halves = [reinforce_pp_advantages(h, k, pooled=r, pooled_lengths=n) for h in r.split(4)]
+    torch.testing.assert_close(torch.cat(halves), want)
+    # rl train hands the token counts over: the same advantages
+    cfg = _cfg("reinforce_pp" if k is None else "reinforce_pp_baseline")
+    adv, _ = advantages_for(cfg, r, None, TrainState(), pooled=r, lengths=n)
+    torch.testing.assert_close(adv, want)
+    # a reply no reward source scored leaves the statistics, its tokens too
+    gap = r.clone()
+    gap[1] = float("nan")
+    adv, _ = advantages_for(_cfg("reinforce_pp"), gap, None, TrainState(), pooled=gap, lengths=n)
+    keep = torch.arange(8) != 1
+    torch.testing.assert_close(adv[keep], reinforce_pp_advantages(r[keep], lengths=n[keep]))
+    assert adv[1] == 0
 
 
 def test_remax_by_hand():
@@ -160,9 +191,10 @@ def test_reinforce_pp_against_brute_force_and_global_over_processes(k):
     if k:
         group_means = [sum(r[(i // k) * k : (i // k + 1) * k].tolist()) / k for i in range(len(r))]
         centred = [x - m for x, m in zip(centred, group_means, strict=True)]
-    mean, std = sum(centred) / len(centred), _sample_std(centred)
+    mean = sum(centred) / len(centred)
+    std = math.sqrt(sum((x - mean) ** 2 for x in centred) / len(centred))  # population
     got = reinforce_pp_advantages(r, k)
-    assert got.tolist() == pytest.approx([(x - mean) / (std + 1e-8) for x in centred])
+    assert got.tolist() == pytest.approx([(x - mean) / std for x in centred])
     # two processes holding half of the prompts each, with every process's rewards pooled,
     # get exactly the halves of the one-process result
     halves = [reinforce_pp_advantages(h, k, pooled=r) for h in r.split(12)]

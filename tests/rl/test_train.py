@@ -1231,5 +1231,24 @@ def test_sapo_keeps_high_entropy_tokens_at_the_default_level_and_cispo_counts_it
     _, capped = policy_loss(lp, mask, None, adv, RLTrainConfig(report_to="none", loss_type="cispo"))
     assert capped.tolist() == [1.0, 0.0]  # ratio 1 > ε_max 0.2 where A > 0
     with caplog.at_level(logging.WARNING):
-        RLTrainConfig(report_to="none", loss_type="sapo", num_iterations=2)
+        RLTrainConfig(report_to="none", loss_type="sapo", num_iterations=2,
+                      importance_sampling_level="reply")  # fmt: skip
     assert "product of its tokens' ratios" in caplog.text
+
+
+def test_the_ratio_level_unset_is_the_one_trl_takes_for_the_loss_type(caplog):
+    """GRPO's loss types take each token's ratio in TRL's GRPO, luspo GSPO's sequence ratio,
+    the REINFORCE loss (TRL's RLOO) the reply's; a level given is kept. Several updates per
+    step say how many updates TRL's max_steps makes."""
+    levels = {"sequence": "reply", "grpo": "token", "dapo": "token", "bnpo": "token",
+              "dr_grpo": "token", "cispo": "token", "sapo": "token", "vespo": "token",
+              "luspo": "sequence"}  # fmt: skip
+    for loss_type, level in levels.items():
+        cfg = RLTrainConfig(report_to="none", loss_type=loss_type, epsilon_high=5.0)
+        assert cfg.importance_sampling_level == level, loss_type
+    given = RLTrainConfig(report_to="none", loss_type="dapo", importance_sampling_level="reply")
+    assert given.importance_sampling_level == "reply"
+    with caplog.at_level(logging.WARNING):
+        RLTrainConfig(report_to="none", loss_type="sapo", num_iterations=2, max_steps=15)
+    assert "product of its tokens' ratios" not in caplog.text
+    assert "TRL's max_steps=15 makes as many updates as max_steps=8 here" in caplog.text

@@ -48,6 +48,9 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
 
     model_name_or_path: str = DEFAULT_MODEL
     """Policy (and reference) to start from: alias, folder or hub id."""
+    dtype: str = "float32"
+    """Weights dtype: float32 | auto (float32): rl train keeps float32 weights, so that the
+    sampler's log-probs and the teacher-forced ones agree; bf16=true computes in bfloat16."""
     reward: Any = field(default=None, metadata={"list": True})
     """Reward source, or a list of them (``reward=[a,b]``, ``--reward a b``; TRL's
     ``reward_funcs`` too) summed with ``reward_weights``: a reward-model folder or hub id
@@ -150,11 +153,13 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     """Upper clip (DAPO's ε_high); None: epsilon. With loss_type cispo, the cap ε_max on each
     token's ratio, every update's (the first's, at ratio 1, too: below 1 it scales every step
     down; ScaleRL advises 5), as TRL's."""
-    importance_sampling_level: str = "reply"
+    importance_sampling_level: str | None = None
     """Whose ratio to the sampling policy the clipped updates take (``losses.
     clipped_policy_loss``): reply (one per reply, the product of its tokens', TRL RLOO's) |
     token (each token's, TRL GRPO's default) | sequence (each reply's geometric mean over its
-    tokens: GSPO, TRL GRPO's). The first update of a step is the same for all three."""
+    tokens: GSPO, TRL GRPO's). The first update of a step is the same for all three. None:
+    as the loss_type's trainer in TRL takes it: token for GRPO's loss types (grpo, dapo,
+    bnpo, dr_grpo, cispo, sapo, vespo), sequence for luspo (GSPO's), reply for sequence."""
     top_entropy_quantile: float = 1.0
     """Share of the reply tokens the policy loss keeps, those of highest entropy under the
     current policy (TRL GRPO's; 0.2 in "Beyond the 80/20 Rule"): the (1 − q) quantile of each
@@ -205,11 +210,12 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     """Advantage estimator: rloo (leave-one-out mean) | grpo ((r − group mean) / group std of
     the rewards, minus the KL penalty centred in the group) | grpo_batch (the same divided by
     the std of the batch's rewards, all processes': TRL GRPO's scale_rewards=batch) |
-    dr_grpo (R − group mean) | reinforce_pp (R whitened over the batch) | reinforce_pp_baseline
-    (R − group mean, whitened over the batch) | remax (R − reward of the greedy reply; one extra
-    greedy sample and score per prompt per step) | moving_average (R − mean of past rewards) |
-    none. The group ones need num_generations >= 2. A reply no reward source scores (all
-    None/NaN) takes advantage 0 and stays out of the baselines, as in TRL's RLOO."""
+    dr_grpo (R − group mean) | reinforce_pp (R whitened over the batch's tokens, as
+    OpenRLHF) | reinforce_pp_baseline (R − group mean, whitened so) | remax (R − reward of
+    the greedy reply; one extra greedy sample and score per prompt per step) |
+    moving_average (R − mean of past rewards) | none. The group ones need num_generations
+    >= 2. A reply no reward source scores (all None/NaN) takes advantage 0 and stays out of
+    the baselines, as in TRL's RLOO."""
     ema: float | None = None
     """moving_average only: EMA factor α (None: the mean of all past rewards)."""
     normalize_advantages: bool = False
@@ -337,6 +343,9 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
         self.report_to = report_to_list(self.report_to)
         resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
+        if self.importance_sampling_level is None:  # as TRL's trainer of the loss_type
+            level = {"sequence": "reply", "luspo": "sequence"}.get(self.loss_type, "token")
+            self.importance_sampling_level = level
         k, micro = self.num_generations, self.per_device_train_batch_size
         checks = [
             (k >= 1, "num_generations must be >= 1"),
@@ -468,13 +477,19 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
                 self.beta,
             )  # fmt: skip
         self._objective_warnings()
-        if self.updates_per_step > 1 and os.environ.get("RANK", "0") == "0":
-            log.info(
+        if self.updates_per_step > 1:
+            u = self.updates_per_step
+            same = ""
+            if self.max_steps > 0:
+                same = (f"; TRL's max_steps={self.max_steps} makes as many updates as "
+                        f"max_steps={math.ceil(self.max_steps / u)} here")  # fmt: skip
+            config_warning(
+                log,
                 "a step is one batch of rollouts and %d optimizer updates (num_iterations %d × "
                 "%d micro-batches / gradient_accumulation_steps %d): max_steps and the logging, "
-                "eval and save intervals count steps, where TRL counts updates",
-                self.updates_per_step, self.num_iterations, self.micro_batches_per_step,
-                self.gradient_accumulation_steps,
+                "eval, save and warm-up intervals count steps, where TRL counts updates%s",
+                u, self.num_iterations, self.micro_batches_per_step,
+                self.gradient_accumulation_steps, same,
             )  # fmt: skip
         if self.use_peft and self.learning_rate < 5e-6:  # a TRL dump's 1e-6
             config_warning(

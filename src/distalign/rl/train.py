@@ -183,6 +183,7 @@ def advantages_for(
     gather=None,
     finished: list[bool] | None = None,
     rewards: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Advantages (B,) of the shaped rewards (B,) by ``cfg.baseline``, and the baseline value
     logged (the batch mean for the group estimators). ``pooled``: the step's shaped rewards of
@@ -194,15 +195,21 @@ def advantages_for(
     length limit; with ``mask_truncated_completions`` the others get advantage 0, so they
     leave the loss (after the baseline and the normalisation took them in, as in TRL).
     ``rewards``: the rewards before the KL penalty (default: ``shaped``), for ``grpo``, which
-    divides the rewards' spread out and subtracts the penalty after (``grpo_advantages``)."""
+    divides the rewards' spread out and subtracts the penalty after (``grpo_advantages``).
+    ``lengths``: the replies' token counts (B,), by which REINFORCE++ weighs each reply in its
+    batch statistics, as OpenRLHF whitens over tokens (default: each reply once)."""
     k, name = cfg.num_generations, cfg.baseline
+    if not name.startswith("reinforce_pp") or lengths is None:  # only REINFORCE++ reads them
+        lengths = None
+    else:  # (this process's, every process's, as pooled)
+        lengths = (lengths, lengths if gather is None or pooled is None else gather(lengths))
     # NaN before the KL penalty: no reward source scored the reply (advantage 0, as TRL); a
     # NaN the penalty brings is a numeric fault, left to reach the non-finite-step guard
     unscored = (shaped if rewards is None else rewards).isnan()
     no_greedy = greedy is not None and bool(greedy.isnan().any())
     if unscored.any() or no_greedy or (pooled is not None and pooled.isnan().any()):
         return _advantages_where_scored(cfg, shaped, std, state, pooled, greedy, gather,
-                                        finished, rewards, unscored)  # fmt: skip
+                                        finished, rewards, unscored, lengths)  # fmt: skip
     if name == "moving_average":
         adv, base = moving_average_advantages(
             shaped, state.baseline_mean, state.baseline_count, pooled
@@ -219,6 +226,7 @@ def advantages_for(
             raise ValueError("baseline remax needs the greedy replies' rewards")
         adv, base = remax_advantages(shaped, greedy, k), greedy.mean().item()
     else:
+        counts = {} if lengths is None else {"lengths": lengths[0], "pooled_lengths": lengths[1]}
         raw = shaped if rewards is None else rewards  # GRPO's divide the rewards' spread
         cost = None if rewards is None else rewards - shaped  # and subtract the KL after
         estimators = {
@@ -228,8 +236,8 @@ def advantages_for(
                 raw, k, penalty=cost, pooled=_batch_of(raw, gather)
             ),
             "dr_grpo": lambda: dr_grpo_advantages(shaped, k),
-            "reinforce_pp": lambda: reinforce_pp_advantages(shaped, pooled=pooled),
-            "reinforce_pp_baseline": lambda: reinforce_pp_advantages(shaped, k, pooled),
+            "reinforce_pp": lambda: reinforce_pp_advantages(shaped, None, pooled, **counts),
+            "reinforce_pp_baseline": lambda: reinforce_pp_advantages(shaped, k, pooled, **counts),
             "none": lambda: shaped.clone(),
         }
         adv = estimators[name]()
@@ -252,7 +260,7 @@ def _after_estimator(cfg: RLTrainConfig, adv, std, gather, finished, zero=None) 
 
 def _advantages_where_scored(
     cfg: RLTrainConfig, shaped, std, state: TrainState, pooled, greedy, gather, finished,
-    rewards, unscored,
+    rewards, unscored, lengths=None,
 ) -> tuple[torch.Tensor, float]:  # fmt: skip
     """``advantages_for`` when some replies were scored by no reward source (``unscored``), as
     TRL's RLOO takes them: they stay out of every baseline and statistic and get advantage 0;
@@ -261,6 +269,10 @@ def _advantages_where_scored(
     have no baseline, and get 0 too."""
     k, name, scored = cfg.num_generations, cfg.baseline, ~unscored
     everyone = shaped[scored] if pooled is None else pooled
+    counts = None  # everyone's token counts, for REINFORCE++
+    if lengths is not None:  # (this process's, every process's)
+        counts = lengths[0][scored] if pooled is None else lengths[1]
+    counts = None if counts is None else counts[~everyone.isnan()]
     everyone = everyone[~everyone.isnan()]  # never a NaN into a baseline's state
     adv = torch.full_like(shaped, float("nan"))
     zero = unscored
@@ -295,7 +307,8 @@ def _advantages_where_scored(
         zero = unscored | alone
         adv = adv.masked_fill(zero, float("nan"))
     elif name == "reinforce_pp":
-        adv[scored] = reinforce_pp_advantages(shaped[scored], pooled=everyone)
+        adv[scored] = reinforce_pp_advantages(shaped[scored], pooled=everyone,
+                                              pooled_lengths=counts)  # fmt: skip
     elif name == "none":
         adv = shaped.clone()
     else:
@@ -955,8 +968,8 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             shaped = kl_shaped_rewards(rewards, ro.logps, ref_lp, ro.mask, reward_beta(cfg))
             pooled = pooled_rewards(accelerator, shaped, cfg)
             std = scored.std.to(ro.logps.device) if scored.std is not None else None
-            adv, base = advantages_for(cfg, shaped, std, state, pooled, greedy,
-                                       accelerator.gather, ro.finished, rewards)  # fmt: skip
+            adv, base = advantages_for(cfg, shaped, std, state, pooled, greedy, accelerator.gather,
+                                       ro.finished, rewards, ro.mask.sum(-1))  # fmt: skip
             update = policy_updates(t, ro, adv, cfg, ref_lp)
             state.step += 1
             kl = kl_estimates(ro.logps, ref_lp, ro.mask)  # (B,) each, for the logs
