@@ -714,6 +714,27 @@ BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
 NULL_WORDS = ("null", "Null", "NULL", "~")  # YAML's null: unsets a key that may be unset
 
 
+def string_list(cls: type, key: str, value: Any, where: str) -> Any:
+    """A value of a ``list[str]`` key of ``cls``: one string is a list of one; an item YAML
+    read as something else (``yes`` as true, ``a: b`` as a mapping) is a ConfigError that
+    says how to quote it, not a prompt or path silently changed. Other keys: ``value``."""
+    field_type = next((str(f.type) for f in dataclasses.fields(cls) if f.name == key), "")
+    if not field_type.startswith("list[str]") or value is None:
+        return value
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple):
+        odd = [(i, x) for i, x in enumerate(value) if not isinstance(x, str)]
+        if odd:
+            i, x = odd[0]
+            raise ConfigError(
+                f"{where}: item {i} reads as {type(x).__name__} {x!r}, not text (YAML reads "
+                f"yes/no/true, numbers and 'a: b' so): quote each item, "
+                f"{key}='[\"...\", \"...\"]', or repeat --{key} '...'"
+            )
+    return value
+
+
 def list_keys(cls: type) -> list[str]:
     """The keys of ``cls`` that hold a list (their flag may repeat, or take several words:
     ``--lora_target_modules q_proj v_proj``); a field marked ``metadata={"list": True}`` too."""
@@ -831,6 +852,7 @@ def load_config(
             except ConfigError as e:
                 errors.append(str(e))
                 loaded = {}
+            loaded = {k: string_list(cls, k, v, f"{path}: {k}") for k, v in loaded.items()}
             base = OmegaConf.merge(base, OmegaConf.create(_literal(loaded)))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {_first_line(e)}") from None
@@ -848,8 +870,10 @@ def load_config(
             if kept is None:
                 continue
             name, value = kept
+            listed = string_list(cls, name, value, f"override {item!r}")
             try:
-                if value is not parsed:  # a TRL null with a meaning here; a warmup_ratio
+                if value is not parsed or listed is not value:  # a TRL null with a meaning
+                    value = listed  # here; a warmup_ratio; one string for a list of them
                     OmegaConf.update(base, name, _literal(value), merge=True, force_add=False)
                     continue
                 # an alias (reward_funcs=...) as the key it names
@@ -876,6 +900,7 @@ def load_config(
                 raw = raw[0]
             if isinstance(raw, str) and raw.lstrip().startswith(("[", "{")):
                 value = _yaml_value(raw)
+            value = string_list(cls, key, value, f"--{key}")
             try:
                 OmegaConf.update(base, key, _literal(value), merge=True, force_add=False)
             except OmegaConfBaseException as e:
@@ -1030,7 +1055,11 @@ def parse_cli_args(
             else:
                 overrides.append((key, value))
         elif "=" in word and not word.startswith(("=", "[")):
-            overrides.append(word)
+            key, _, value = word.partition("=")
+            if key in aliases:  # policy=DIR as --policy DIR: one more of the list
+                lists.setdefault(aliases[key], []).append(value)
+            else:
+                overrides.append(word)
         elif path is None and word.endswith((".yaml", ".yml")):
             path = word
         elif positional is not None:

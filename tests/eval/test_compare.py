@@ -231,6 +231,24 @@ def test_rebuild_reads_an_old_comparison_and_maps_old_config_keys(tmp_path):
     assert headline_rows(summary)[1][:2] == ["good", "0.700 [0.600, 0.800]"]
 
 
+def test_rebuild_names_a_broken_or_short_replies_file(tmp_path, caplog):
+    from distalign.data.files import DataSourceError
+
+    summary = _summary()
+    (tmp_path / "compare.json").write_text(json.dumps(summary))
+    replies = tmp_path / "replies.jsonl"
+    replies.write_text('{"policy": "sft", "gold_mean": 1.0}\n{"policy": "sft", "gold_m')
+    with pytest.raises(DataSourceError, match=r"replies\.jsonl:2: broken JSON"):
+        rebuild_report(tmp_path)
+    replies.write_text('{"policy": "sft", "gold_mean": 1.0}\n{"policy": "sft"}\n')
+    with pytest.raises(DataSourceError, match=r"replies\.jsonl:2: a reply row without 'gold_mean'"):
+        rebuild_report(tmp_path)
+    replies.write_text('{"policy": "sft", "gold_mean": 1.0}\n')
+    with caplog.at_level("WARNING"):
+        rebuild_report(tmp_path)
+    assert "holds 1 of sft replies where the comparison made" in caplog.text
+
+
 def test_runs_trained_on_different_rewards_get_their_own_reward_panel(tmp_path):
     scalar = str(tmp_path / "rm_scalar/final")
     trained_on = {"a": scalar, "b": str(tmp_path / "rm_ordinal/final"), "c": "x:fn",
@@ -481,6 +499,38 @@ def test_a_judge_is_its_reward_runs_folder_final_or_checkpoint(tmp_path):
     check_judge_held_out(CompareConfig(dataset_name="prompts.jsonl", judge=judge, runs=[str(run)]))
 
 
+def test_a_judge_function_is_its_training_reward_however_spelled(tmp_path):
+    """``module:function`` and TRL's ``module.function`` name one function."""
+    run = tmp_path / "rl"
+    run.mkdir()
+    for trained, judge in (("judges:length", "judges.length"), ("a.b.length", "a.b:length")):
+        (run / "config.yaml").write_text(f"reward: {trained}\n")
+        cfg = CompareConfig(dataset_name="prompts.jsonl", judge=judge, runs=[str(run)])
+        with pytest.raises(ValueError, match=r"is the reward .*rl was trained on"):
+            check_judge_held_out(cfg)
+    check_judge_held_out(CompareConfig(dataset_name="prompts.jsonl", judge="judges.width",
+                                       runs=[str(run)]))  # fmt: skip
+
+
+def test_compare_warns_when_its_prompts_are_a_runs_training_prompts(tmp_path, caplog):
+    from distalign.eval.policy import warn_if_comparing_on_training_prompts
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    run = tmp_path / "rl"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"dataset_name: {prompts}\nreward: judges:length\n")
+    cfg = CompareConfig(dataset_name=str(prompts), judge="other:fn", runs=[str(run)])
+    with caplog.at_level("WARNING"):
+        warn_if_comparing_on_training_prompts(cfg)
+    assert "are those" in caplog.text and "not held out" in caplog.text
+    caplog.clear()
+    (run / "config.yaml").write_text("dataset_name: gold\nreward: judges:length\n")
+    with caplog.at_level("WARNING"):
+        warn_if_comparing_on_training_prompts(CompareConfig(dataset_name="gold", runs=[str(run)]))
+    assert caplog.text == ""  # gold: trained on train, compared on test
+
+
 def _judge_summary() -> dict:
     summary = _summary()
     for row in summary["policies"].values():
@@ -669,6 +719,9 @@ def test_the_sft_policy_defaults_to_the_model_the_policies_were_trained_from(tmp
     (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "their/base"}')
     with pytest.raises(ConfigError, match=r"trained from different models.*give sft=MODEL"):
         sft_of(cfg)
+    # runs alone (the over-optimisation curve): their base, not the default model
+    (run / "config.yaml").write_text("model_name_or_path: my/base\nreward: x:y\n")
+    assert sft_of(CompareConfig(dataset_name="p.jsonl", judge=JUDGE, runs=[str(run)])) == "my/base"
 
 
 def test_a_missing_policy_folder_stops_compare_before_any_sampling(

@@ -348,8 +348,9 @@ def test_pairs_with_an_empty_prompt_are_each_their_own_cluster():
         ("pairs.jsonl.gz", "eval_pairs_test.json"),
         ("/tmp/HH.Parquet", "eval_HH_test.json"),
         ("gold", "eval_gold_test.json"),
-        ("Anthropic/hh-rlhf", "eval_hh-rlhf_test.json"),
-        ("runs/v1.2", "eval_v1.2_test.json"),
+        ("Anthropic/hh-rlhf", "eval_Anthropic--hh-rlhf_test.json"),
+        ("a/test.jsonl", "eval_a_test_test.json"),
+        ("runs/v1.2", "eval_runs--v1.2_test.json"),  # not here: a hub id
         (".jsonl", "eval_.jsonl_test.json"),
     ],
 )
@@ -360,3 +361,24 @@ def test_eval_file_name_drops_data_suffixes(data, expected):
     assert eval_file_name(data, "test", first=5, lengths=(64, 32)) == expected.replace(
         "_test.json", "_test_first5_len64-32.json"
     )
+
+
+def test_the_report_shows_the_held_out_evaluation_and_evaluations_never_collide(tmp_path):
+    """An ``rm eval`` of more pairs of the training split is no held-out figure; two data sets
+    whose names give one file name get two files."""
+    from distalign.eval.rm import _unclaimed
+    from distalign.report.runs import main_evaluation
+
+    run = tmp_path / "rm"
+    (run / "final").mkdir(parents=True)
+    (run / "config.yaml").write_text("dataset_name: pairs\ndataset_test_split: test\n")
+    held = {"data": "pairs", "split": "test", "pairs": 16}
+    (run / "final" / "eval_pairs_test.json").write_text(json.dumps(held))
+    (run / "final" / "eval_pairs_train.json").write_text(
+        json.dumps({"data": "pairs", "split": "train", "pairs": 160}))  # fmt: skip
+    assert main_evaluation(run)[1] == held
+    path = run / "final" / "eval_pairs_test.json"
+    assert _unclaimed(path, "pairs") == path  # the same data: replaced, as before
+    other = _unclaimed(path, str(tmp_path / "b" / "pairs"))
+    assert other.parent == path.parent and other.name.startswith("eval_pairs_test_")
+    assert _unclaimed(run / "final" / "new.json", "x") == run / "final" / "new.json"

@@ -251,3 +251,27 @@ def test_a_local_folder_resolves_to_its_absolute_path(tiny_model_dir, monkeypatc
 
     monkeypatch.chdir(tiny_model_dir.parent)
     assert resolve_model(tiny_model_dir.name) == str(tiny_model_dir.resolve())
+
+
+def test_a_reward_model_is_refused_as_a_policy(tmp_path):
+    """A sequence classifier would load as a causal LM (its output layer tied to the
+    embeddings, or drawn at random) and be sampled without a word."""
+    import json
+
+    from distalign.models.load import ModelNotFoundError, load_policy, refuse_classifier
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    config = {"architectures": ["LlamaForSequenceClassification"]}
+    (rm / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelNotFoundError, match=r"LlamaForSequenceClassification, a classifier"):
+        load_policy(str(rm))
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text(json.dumps({"task_type": "SEQ_CLS"}))
+    with pytest.raises(ModelNotFoundError, match="a LoRA adapter of task SEQ_CLS"):
+        refuse_classifier(lora, "lora")
+    (lora / "adapter_config.json").write_text(json.dumps({"task_type": "CAUSAL_LM"}))
+    refuse_classifier(lora, "lora")
+    (lora / "config.json").write_text("[1, 2]")  # not an object: left to the loader
+    refuse_classifier(lora, "lora")

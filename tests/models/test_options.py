@@ -150,10 +150,12 @@ def test_every_adapter_loads_its_base_at_the_revision_it_names(tmp_path, monkeyp
     monkeypatch.setattr(load, "_from_pretrained", fake)
     folder = tmp_path / "adapter"
     folder.mkdir()
-    settings = {"base_model_name_or_path": "owner/base", "revision": "v2", "task_type": "SEQ_CLS"}
+    settings = {"base_model_name_or_path": "owner/base", "revision": "v2", "task_type": "CAUSAL_LM"}
     (folder / "adapter_config.json").write_text(json.dumps(settings))
     with pytest.raises(Stop):
         load.load_policy(str(folder))
+    settings["task_type"] = "SEQ_CLS"
+    (folder / "adapter_config.json").write_text(json.dumps(settings))
     with pytest.raises(Stop):
         load_sequence_classifier(folder)
     (folder / META_FILE).write_text(json.dumps({"head": "scalar"}))

@@ -368,7 +368,7 @@ def test_plain_text_reads_hh_data_as_written_and_refuses_conversations(base_mode
         inspect_source(source, load_tokenizer(str(base_model_dir)))
 
 
-def test_rm_score_reads_an_hh_prompt_string_as_its_turns(base_model_dir, tmp_path):
+def test_rm_score_reads_an_hh_prompt_string_as_its_turns(base_model_dir, tmp_path, caplog):
     """TRL's prompt/completion rows with an HH transcript as the prompt: scored on the
     transcript + completion + EOS, not the transcript wrapped in turns again."""
     from distalign.models.reward_model import load_reward_model
@@ -391,6 +391,12 @@ def test_rm_score_reads_an_hh_prompt_string_as_its_turns(base_model_dir, tmp_pat
     expected = model(input_ids=ids).logits[0, 0].item()
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert n == 1 and scored[0]["reward"] == pytest.approx(expected, abs=1e-5)
+    # a row longer than the model's max_length, and a reward column of the input: both said
+    rows = [{"prompt": "Sky?", "completion": " blue" * 80, "reward": 1.0}, *rows]
+    with caplog.at_level("WARNING"):
+        score_file(str(rm), str(write_jsonl(tmp_path / "long.jsonl", rows)), None)
+    assert "1 of 2 rows are longer than max_length=64 tokens" in caplog.text
+    assert "column(s) reward are replaced" in caplog.text
 
 
 def test_a_pythia_style_vocabulary_lends_its_padding_token():

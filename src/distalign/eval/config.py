@@ -35,14 +35,17 @@ class CompareConfig(SamplingConfig, PlacementConfig):
     template renders plain text."""
     policies: list[str] = field(default_factory=list)
     """Each aligned policy (full model or LoRA adapter folder) as NAME=DIR, or DIR alone, named
-    by its folder (a run's name for its final/ or a checkpoint)."""
+    by its folder (a run's name for its final/ or a checkpoint). One per ``--policy DIR``
+    (or ``policy=DIR``), repeated."""
     rewards: list[str] = field(default_factory=list)
     """Reward models to score with (distributional ones by their expectation), as NAME=DIR or
-    DIR alone (named as a policy is)."""
+    DIR alone (named as a policy is). One per ``--reward DIR``, repeated."""
     runs: list[str] = field(default_factory=list)
-    """RL run folders: their checkpoints give the over-optimisation curve, their logs the plots."""
+    """RL run folders: their checkpoints give the over-optimisation curve, their logs the plots
+    (one per ``--run DIR``, repeated)."""
     rm_runs: list[str] = field(default_factory=list)
-    """Reward-model run folders, for their training curves and held-out metrics in the report."""
+    """Reward-model run folders, for their training curves and held-out metrics in the report
+    (one per ``--rm-run DIR``, repeated)."""
     judge: Any = None
     """The held-out judge whose reward is the headline: a reward-model folder or hub id, a
     ``module:function(prompts, replies[, **columns]) -> list[float]``, a list of them (summed)

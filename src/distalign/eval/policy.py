@@ -293,12 +293,13 @@ def _model_key(name: str) -> str:
 
 
 def sft_of(cfg: CompareConfig) -> str:
-    """``cfg.sft``, or the one model every policy names as its base (``base_of``); the
-    default model, with a warning, when none names one. Policies from different bases need
-    ``sft`` given."""
+    """``cfg.sft``, or the one model every policy and run names as its base (``base_of``);
+    the default model, with a warning, when none names one. Policies or runs from different
+    bases need ``sft`` given."""
     if cfg.sft is not None:
         return cfg.sft
     bases = {name: base_of(d) for name, d in cfg.policy_dirs().items()}
+    bases |= {str(run): base_of(run) for run in cfg.runs}  # the runs of the curve too
     named = {_model_key(b): b for b in bases.values() if b is not None}
     if len(named) > 1:
         raise ConfigError(
@@ -322,14 +323,41 @@ def sft_of(cfg: CompareConfig) -> str:
 def check_judge_held_out(cfg: CompareConfig) -> None:
     """Refuse a judge that a compared run was trained on: its reward is what the policy
     optimised, so it would grade its own exam. A run's folder, its ``final/`` and its
-    checkpoints count as that reward (``reward_run``)."""
+    checkpoints count as that reward (``reward_run``), and a function however it is spelled
+    (``module:function`` or ``module.function``)."""
+    from distalign.rl.rewards import function_spec
+
+    def key(spec: Any) -> Any:
+        return function_spec(spec) or reward_run(spec)
+
     for folder, rewards in trained_rewards(cfg).items():
         for spec in cfg.judge_specs():
-            if any(same_source(reward_run(spec), reward_run(r)) for r in rewards):
+            if any(same_source(key(spec), key(r)) for r in rewards):
                 raise ConfigError(
                     f"judge {spec!r} is the reward {folder} was trained on (its config.yaml); "
                     "name a reward model folder, hub id or module:function not used in training"
                 )
+
+
+def warn_if_comparing_on_training_prompts(cfg: CompareConfig) -> None:
+    """Warn where the compared prompts are those a compared run was trained on (its
+    config.yaml's data set and split, ``evaluates_on_training_data``): the figures called
+    held-out would be measured on the training prompts."""
+    from distalign.data.load import evaluates_on_training_data
+    from distalign.tracking import read_run_config
+
+    for folder in trained_rewards(cfg):
+        saved = read_run_config(folder) or {}
+        source = saved.get("dataset_name", "gold")
+        split = saved.get("dataset_train_split", "train")
+        if isinstance(source, str) and evaluates_on_training_data(
+            source, cfg.dataset_name, split, cfg.dataset_test_split
+        ):
+            log.warning(
+                "the compared prompts (%s, split %s) are those %s was trained on: its figures "
+                "are not held out; give held-out prompts (dataset_name, dataset_test_split)",
+                cfg.dataset_name, cfg.dataset_test_split, folder,
+            )  # fmt: skip
 
 
 def trained_on_gold(cfg: CompareConfig) -> list[str]:
@@ -499,9 +527,11 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         name: RewardModelSource(d, template_kwargs=cfg.chat_template_kwargs, **load)
         for name, d in cfg.reward_dirs().items()
     }
-    for reward in rewards.values():  # one without a chat template: fitted to the prompts
+    judges = judge.sources if judge is not None else []
+    for reward in [*rewards.values(), *judges]:  # one without a chat template: fitted to them
         if hasattr(reward, "fit_rendering"):
             reward.fit_rendering(report, report.source)
+    warn_if_comparing_on_training_prompts(cfg)
     policy_dirs = cfg.policy_dirs()
     cfg.sft = sft_of(cfg)  # compare.json's config names the model
     for name in [*policy_dirs.values(), cfg.sft]:  # a typo stops before minutes of sampling

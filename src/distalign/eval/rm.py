@@ -8,6 +8,7 @@ On a GPU the model runs there in bfloat16 (``device``/``dtype`` auto, docs/gpu.m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -349,7 +350,7 @@ def run_rm_eval(
     result.update({"max_length": max_length, "max_prompt_length": max_prompt_length})
     lengths = None if (max_length, max_prompt_length) == own else (max_length, max_prompt_length)
     name = eval_file_name(data, split, first=limit, lengths=lengths)
-    path = Path(output) if output else home / (prefix + name)
+    path = Path(output) if output else _unclaimed(home / (prefix + name), data)
     return save_eval(result, outputs, path)
 
 
@@ -393,7 +394,7 @@ def _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
     result.update({"max_length": source.max_length, "max_prompt_length": None})
     lengths = (source.max_length, 0) if max_length else None  # the model's own limit: no tag
     name = eval_file_name(data, split, first=limit, lengths=lengths)
-    path = out / (prefix + name) if out.is_dir() else out
+    path = _unclaimed(out / (prefix + name), data) if out.is_dir() else out
     return save_eval(result, outputs, path)
 
 
@@ -407,11 +408,33 @@ def eval_file_name(
     and ``pairs.jsonl.gz`` give ``pairs``), or a hub id's last part."""
     first_part = f"_first{first}" if first else ""
     length_part = f"_len{lengths[0]}-{lengths[1]}" if lengths else ""
-    stem = _DATA_SUFFIX.sub("", Path(data).name) or Path(data).name
+    path = Path(data)
+    stem = _DATA_SUFFIX.sub("", path.name) or path.name
+    if stem.lower() in _SPLIT_NAMES and path.parent.name:  # a/test.jsonl, b/test.jsonl
+        stem = f"{path.parent.name}_{stem}"
+    elif data.count("/") == 1 and stem == path.name and not path.exists():  # a hub id
+        stem = data.replace("/", "--")
     return f"eval_{stem}_{split}{first_part}{length_part}.json"
 
 
 _DATA_SUFFIX = re.compile(r"\.(jsonl|json|csv|tsv|parquet|arrow|txt)(\.(gz|bz2|xz|zst))?$", re.I)
+_SPLIT_NAMES = {"train", "test", "validation", "valid", "val", "dev", "eval"}
+
+
+def _unclaimed(path: Path, data: str) -> Path:
+    """``path``, unless it holds the evaluation of other data (two folders of one name): then
+    a name with a short hash of ``data`` added, so that neither replaces the other."""
+    from distalign.data.load import same_source
+
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")).get("data")
+    except (OSError, ValueError, AttributeError):
+        return path
+    if saved is None or same_source(saved, data):
+        return path
+    digest = hashlib.sha1(str(Path(data).expanduser().resolve()).encode()).hexdigest()[:8]
+    log.warning("%s holds the evaluation of %s: this one of %s goes beside it", path, saved, data)
+    return path.with_name(f"{path.stem}_{digest}{path.suffix}")
 
 
 def save_eval(result: dict, outputs: dict, path: Path) -> dict:

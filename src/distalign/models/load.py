@@ -510,6 +510,7 @@ def load_policy(
         device, dtype, attn_implementation, trust_remote_code, revision, init_kwargs
     )
     path = resolve_model(name)
+    refuse_classifier(path, name)
     adapter = Path(path) / "adapter_config.json"
     if is_adapter(path):
         from peft import PeftModel
@@ -526,6 +527,24 @@ def load_policy(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return _placed(model, place), tokenizer
+
+
+def refuse_classifier(path: str | Path, name: str) -> None:
+    """A ModelNotFoundError where a local folder holds a classifier (a reward model's
+    ``*ForSequenceClassification``, or a LoRA adapter of task SEQ_CLS), which would otherwise
+    load as a causal LM with its output layer tied to the embeddings, or drawn at random."""
+    folder = Path(path)
+    saved: dict = {}
+    for file in ("config.json", "adapter_config.json"):
+        with contextlib.suppress(OSError, ValueError, TypeError):  # missing, or no object
+            saved |= json.loads((folder / file).read_text(encoding="utf-8"))
+    classifiers = [a for a in saved.get("architectures") or [] if a.endswith("Classification")]
+    if classifiers or saved.get("task_type") in ("SEQ_CLS", "TOKEN_CLS"):
+        what = classifiers[0] if classifiers else f"a LoRA adapter of task {saved['task_type']}"
+        raise ModelNotFoundError(
+            f"{name} is {what}, a classifier (a reward model), not a causal language model to "
+            "sample from: give it as a reward or judge, and a policy (…ForCausalLM) here"
+        )
 
 
 def is_adapter(path: str | Path) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from distalign.report.tables import (
     verdicts,
 )
 
+log = logging.getLogger(__name__)
 TEMPLATE = "template.html.j2"
 
 
@@ -320,12 +322,33 @@ def rebuild_report(compare_dir: str | Path) -> Path:
         raise ConfigError(f"{numbers} not found: give the output_dir of `eval compare`")
     summary = relocated(json.loads(numbers.read_text()), compare_dir)
     key = judge_of(summary).reply_key
-    rewards: dict[str, list[float]] = {}
     replies = compare_dir / "replies.jsonl"
-    if replies.is_file():
-        with open(replies, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    rewards.setdefault(row["policy"], []).append(row[key])
+    rewards = read_reply_rewards(replies, key) if replies.is_file() else {}
+    k = compare_config(summary.get("config") or {}).get("num_generations", 1)
+    expected = summary.get("prompts", 0) * k
+    short = {p: len(v) for p, v in rewards.items() if expected and len(v) != expected}
+    if short:
+        log.warning("%s holds %s replies where the comparison made %d each: the per-reply "
+                    "figure shows those it holds", replies,
+                    ", ".join(f"{n} of {p}" for p, n in short.items()), expected)  # fmt: skip
     return write_report(summary, rewards or None, compare_dir)
+
+
+def read_reply_rewards(path: Path, key: str) -> dict[str, list[float]]:
+    """Policy -> the judge's reward (``key``) of each of its replies in ``replies.jsonl``; a
+    line that is not such a row is an error naming the file and line."""
+    from distalign.data.files import DataSourceError
+
+    rewards: dict[str, list[float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                rewards.setdefault(row["policy"], []).append(row[key])
+            except json.JSONDecodeError as e:
+                raise DataSourceError(f"{path}:{n}: broken JSON ({e.msg})") from None
+            except (KeyError, TypeError) as e:
+                raise DataSourceError(f"{path}:{n}: a reply row without {e}") from None
+    return rewards

@@ -136,13 +136,19 @@ def rm_panels(rm_runs: list[str]) -> list[Panel]:
 
 
 def main_evaluation(run: str | Path) -> tuple[Path, dict] | None:
-    """A run's evaluation of its final model: of the ``final/eval_*.json``, the one of the
-    most pairs, then the shortest name (``rm eval`` of the first N pairs or at other lengths
-    writes beside it with ``_first<N>`` / ``_len<L>-<P>`` added)."""
+    """A run's evaluation of its final model: of the ``final/eval_*.json``, those of the data
+    and split the run held out (its config.yaml's; an ``rm eval`` of other data or of the
+    training split is not the held-out figure), else all; of them, the one of the most pairs,
+    then the shortest name (``rm eval`` of the first N pairs or at other lengths writes beside
+    it with ``_first<N>`` / ``_len<L>-<P>`` added)."""
     found = [(path, json.loads(path.read_text())) for path in Path(run).glob("final/eval_*.json")]
     if not found:
         return None
-    return min(found, key=lambda f: (-f[1].get("pairs", 0), len(f[0].name), f[0].name))
+    saved = read_run_config(run) or {}
+    held_out = (saved.get("eval_dataset_name") or saved.get("dataset_name"),
+                saved.get("dataset_test_split", "test"))  # fmt: skip
+    own = [f for f in found if (f[1].get("data"), f[1].get("split")) == held_out]
+    return min(own or found, key=lambda f: (-f[1].get("pairs", 0), len(f[0].name), f[0].name))
 
 
 def rm_evaluations(rm_runs: list[str]) -> dict[str, dict]:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -392,6 +393,25 @@ class RewardModelSource(RewardSource):
             template_kwargs=self.template_kwargs,
         )
 
+    def rows_cut(self, prompts, replies) -> int:
+        """How many of the (prompt, reply) rows are longer than ``max_length`` tokens as this
+        model renders them, and so read cut (the oldest turns, the prompt's start, the reply's
+        end)."""
+        from distalign.data.pairs import render_pair_ids
+        from distalign.models.classifier import encode_conversation
+
+        whole = 1 << 30  # no limit: the rendering's own length
+        n = 0
+        for prompt, reply in zip(prompts, replies, strict=True):
+            if self.own_forward:
+                length = len(encode_conversation(self.tokenizer, prompt, reply, whole,
+                                                 self.template_kwargs))  # fmt: skip
+            else:
+                p, (r,) = render_pair_ids(self.tokenizer, prompt, [reply], self.template_kwargs)
+                length = len(p) + len(r)
+            n += length > self.max_length
+        return n
+
     def distributions(self, prompts, replies) -> torch.Tensor:
         """p (B, n) over scores 1..n of a categorical or ordinal reward model; for a mixture
         head, the K component rewards (B, K) (its atoms, equal shares)."""
@@ -623,6 +643,20 @@ def load_one_source(spec, **kwargs) -> RewardSource:
         # the module is there: a missing function is a typo, said as such
         return CallableReward(import_callable(f"{module}:{name}"))
     return RewardModelSource(spec, **kwargs)
+
+
+def function_spec(spec: Any) -> str | None:
+    """``module:function`` for a reward spec ``load_one_source`` reads as a Python function
+    (``module:function`` or TRL's ``module.function``), so that two spellings of one function
+    compare equal; None for anything else (a folder, a hub id, a callable)."""
+    if not isinstance(spec, str) or not spec or Path(spec).exists():
+        return None
+    if ":" in spec:
+        return spec.strip()
+    if "." in spec and "/" not in spec and spec not in TRL_BUILT_IN_REWARDS:
+        module, _, name = spec.strip().rpartition(".")
+        return f"{module}:{name}"
+    return None
 
 
 # the reward functions TRL's `trl rloo` / `trl grpo` scripts take by bare name, and the

@@ -9,12 +9,15 @@ On a GPU the model runs there in bfloat16 (``device``/``dtype`` auto, docs/gpu.m
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
 
 from distalign import functionals as fn
 from distalign.data.load import LoadReport, read_prompt_replies
+
+log = logging.getLogger(__name__)
 
 
 def distribution_columns(
@@ -83,6 +86,16 @@ def score_file(
             e["reward"] = e["expectation"]
     else:
         extra = [{"reward": float(r)} for r in source(prompts, replies).rewards]
+    cut = source.rows_cut(prompts, replies)
+    if cut:
+        log.warning("%s: %d of %d rows are longer than max_length=%d tokens and were scored "
+                    "cut (the oldest turns, the prompt's start, the reply's end, as the model "
+                    "was trained); max_length=N reads more of them", input_path, cut, len(rows),
+                    source.max_length)  # fmt: skip
+    replaced = sorted({k for row, e in zip(rows, extra, strict=True) for k in e if k in row})
+    if replaced:
+        log.warning("%s: its column(s) %s are replaced by this model's scores in the output",
+                    input_path, ", ".join(replaced))  # fmt: skip
     out = Path(output) if output else _scored_name(Path(input_path))
     with open(out, "w", encoding="utf-8") as f:
         for row, e in zip(rows, extra, strict=True):
