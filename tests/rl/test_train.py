@@ -1252,3 +1252,15 @@ def test_the_ratio_level_unset_is_the_one_trl_takes_for_the_loss_type(caplog):
         RLTrainConfig(report_to="none", loss_type="sapo", num_iterations=2, max_steps=15)
     assert "product of its tokens' ratios" not in caplog.text
     assert "TRL's max_steps=15 makes as many updates as max_steps=8 here" in caplog.text
+
+
+def test_two_seeds_never_share_a_sampling_stream():
+    """A step's sampling batch b draws from stream_seed(seed, step) + b × 1_000_003: seed s's
+    second batch was once seed s + 1's first; epochs' prompt orders likewise."""
+    from distalign.rl.train import stream_seed
+
+    seeds = [stream_seed(s, t) + b * 1_000_003 for s in range(4) for t in range(50)
+             for b in range(4)]  # fmt: skip
+    assert len(set(seeds)) == len(seeds)
+    assert [stream_seed(0, t) for t in range(3)] == [0, 1, 2]  # seed 0: as before
+    assert 0 <= stream_seed(2**62, 5) < 2**63  # any seed fits torch's generator

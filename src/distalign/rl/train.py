@@ -137,6 +137,17 @@ class TrainState:
     nonfinite_in_a_row: int = 0
 
 
+# Far above any step, epoch or sampling batch (the sampler offsets batch b by b × 1_000_003):
+# seed s's streams never meet seed s + 1's, so two seeds' runs are independent.
+SEED_STRIDE = 2**40 + 15
+
+
+def stream_seed(seed: int, index: int) -> int:
+    """The seed of stream ``index`` (a step's sampling, an epoch's prompt order) of a run at
+    ``seed``: ``seed × SEED_STRIDE + index`` (seed 0's streams are 0, 1, 2, …)."""
+    return (seed * SEED_STRIDE + index) % 2**63
+
+
 def next_prompts(prompts: list, state: TrainState, n: int, seed: int, shuffle=True) -> list:
     """The next ``n`` prompts of a fresh seeded permutation per epoch (``shuffle=False``: in
     the data set's order); moves the cursor, and notes where it stood (``progress``)."""
@@ -144,7 +155,7 @@ def next_prompts(prompts: list, state: TrainState, n: int, seed: int, shuffle=Tr
     def order(epoch: int) -> list[int]:
         permutation = list(range(len(prompts)))
         if shuffle:
-            random.Random(seed + epoch).shuffle(permutation)
+            random.Random(stream_seed(seed, epoch)).shuffle(permutation)
         return permutation
 
     state.progress = state.epoch + state.cursor / max(len(prompts), 1)
@@ -958,7 +969,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
                 train_prompts, state, cfg.prompts_per_step, order_seed(cfg), cfg.shuffle_dataset
             )
             with full_parameters(t.learner):  # whole weights while sampling (FSDP, ZeRO-3)
-                seed = cfg.seed * 1_000_003 + state.step
+                seed = stream_seed(cfg.seed, state.step)
                 ro = rollout(t.policy, tokenizer, prompts, cfg, seed=seed)
                 t1 = time.perf_counter()
                 scored, rewards = rewards_of(t, prompts, ro, cfg, state)
