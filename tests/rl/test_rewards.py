@@ -683,3 +683,21 @@ def test_chat_template_kwargs_reach_every_rendering_of_a_run(tiny_model_dir, tmp
     assert ptok.decode(out.prompt_ids[0]) == "/no_think\n<user>hello apple ?</user><assistant>"
     with pytest.raises(ValueError, match="chat_template_kwargs must be a mapping"):
         SamplingConfig(chat_template_kwargs=["enable_thinking"])
+
+
+def test_a_reward_function_returning_other_than_one_number_per_reply_is_named():
+    from distalign.rl.rewards import CallableReward, RewardFunctionError
+
+    prompts, replies = [[{"role": "user", "content": "q"}]] * 2, ["a", "b"]
+    for returned, said in ((torch.zeros(2, 1), r"array of shape \(2, 1\)"),
+                           (3.0, "returned 3.0 for 2 replies"),
+                           ([1.0], "returned 1 values for 2 replies"),
+                           (["x", 1.0], "a value that is no number")):  # fmt: skip
+        reward = CallableReward(lambda p, r, v=returned: v, name="judge")
+        with pytest.raises(RewardFunctionError, match=said):
+            reward(prompts, replies)
+    assert (
+        CallableReward(lambda p, r: np.array([1, None], dtype=object))(prompts, replies)
+        .rewards[1]
+        .isnan()
+    )

@@ -210,12 +210,24 @@ class CallableReward(RewardSource):
             values = self.function(**shaped, **self._column_kwargs(columns))
         if inspect.isawaitable(values):  # an async reward function, as TRL takes one
             values = awaited(values)
-        if len(values) != len(replies):
+        if isinstance(values, torch.Tensor | np.ndarray) and values.ndim != 1:
             raise RewardFunctionError(
-                f"reward function {self.name} returned {len(values)} values for "
-                f"{len(replies)} replies"
+                f"reward function {self.name} returned an array of shape "
+                f"{tuple(values.shape)}; give one number (or None) per reply"
             )
-        return RewardOutput(torch.tensor([float("nan") if v is None else float(v) for v in values]))
+        if not hasattr(values, "__len__") or len(values) != len(replies):
+            got = f"{len(values)} values" if hasattr(values, "__len__") else repr(values)[:60]
+            raise RewardFunctionError(
+                f"reward function {self.name} returned {got} for {len(replies)} replies"
+            )
+        try:
+            floats = [float("nan") if v is None else float(v) for v in values]
+        except (TypeError, ValueError) as e:
+            raise RewardFunctionError(
+                f"reward function {self.name} returned a value that is no number ({e}); give "
+                "one number (or None) per reply"
+            ) from None
+        return RewardOutput(torch.tensor(floats))
 
     def _trl_kwargs(self, prompts, replies) -> dict[str, list]:
         """``prompts`` and ``completions`` in TRL's shapes, those the function takes."""
