@@ -1001,7 +1001,7 @@ def test_a_trl_grpo_config_dump_loads_as_grpo(tmp_path):
 
 
 def test_importance_sampling_level_and_delta_are_checked():
-    assert RLTrainConfig().importance_sampling_level == "reply"  # TRL RLOO's
+    assert RLTrainConfig().ratio_level == "reply"  # TRL RLOO's
     gspo = from_cli(RLTrainConfig, ["importance_sampling_level=sequence", "delta=1.5"])
     assert (gspo.importance_sampling_level, gspo.delta) == ("sequence", 1.5)
     with pytest.raises(ConfigError, match=r"importance_sampling_level: reply \| token \| seq"):
@@ -1065,3 +1065,20 @@ def test_trl_grpo_s_other_loss_types_load_with_their_keys_and_warnings(tmp_path,
     with caplog.at_level(logging.INFO, logger="distalign.config"):
         load_config(RMTrainConfig, rm)
     assert "only rl train's loss_type sapo | vespo reads it" in caplog.text
+
+
+def test_a_list_of_text_key_takes_one_text_as_written_and_aliases_keep_their_kind():
+    """prompts=Note: hi is one prompt (only a [...] value is read as YAML); a YAML file's
+    item that is not text is refused with how to quote it; split=test is --split test."""
+    from distalign.command_configs import GenerateConfig
+    from distalign.config import parse_cli_args
+
+    for text in ("Note: hi", "yes", "3"):
+        assert load_config(GenerateConfig, None, [f"prompts={text}"]).prompts == [text]
+    with pytest.raises(ConfigError, match=r"item 1 reads as bool True, not text"):
+        load_config(GenerateConfig, None, ["prompts=[a, yes]"])
+    aliases = {"split": "dataset_split", "rm_run": "rm_runs"}
+    got = parse_cli_args(["p.jsonl", "split=test", "rm-run=x", "rm_run=y"], "dataset_name",
+                         aliases, list_keys=("rm_runs",))  # fmt: skip
+    assert got == (None, [("dataset_name", "p.jsonl"), ("dataset_split", "test"),
+                          ("rm_runs", ["x", "y"])])  # fmt: skip

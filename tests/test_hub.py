@@ -112,7 +112,8 @@ def test_rm_train_pushes_its_final_model_with_a_card(tiny_model_dir, tmp_path, f
     write_jsonl(tmp_path / "test.jsonl", make_pairs(8, seed=1))
     run(config(tiny_model_dir, tmp_path, tmp_path, push_to_hub=True, hub_private_repo=True,
                hub_revision="v1", max_steps=1))  # fmt: skip
-    assert fake_hub.calls[0] == ("create_repo", "run", True, True)  # before training
+    creates = [c for c in fake_hub.calls if c[0] == "create_repo"]
+    assert creates == [("create_repo", "run", True, True)] * 2  # before training, and to push
     (*_, upload) = fake_hub.calls
     name, repo_id, revision, files, card, message = upload
     assert (name, repo_id, revision) == ("upload_folder", "me/run", "v1")
@@ -126,24 +127,34 @@ def test_rm_train_pushes_its_final_model_with_a_card(tiny_model_dir, tmp_path, f
 
 def test_push_to_hub_fails_before_training_without_a_login(tiny_model_dir, tmp_path, fake_hub):
     from distalign.rl.train import run
+    from distalign.rm.train import run as rm_run
+    from tests.conftest import write_jsonl
     from tests.rl.test_train import config
+    from tests.rm.test_train import config as rm_config
+    from tests.rm.test_train import make_pairs
 
     fake_hub.refuse = True
     with pytest.raises(hub.HubUploadError, match=r"cannot create or reach 'org/policy'.*login"):
         run(config(tiny_model_dir, tmp_path, push_to_hub=True, hub_model_id="org/policy"))
     assert not (tmp_path / "rl" / "final").exists()
+    write_jsonl(tmp_path / "train.jsonl", make_pairs(16, seed=0))
+    with pytest.raises(hub.HubUploadError, match="cannot create or reach 'run'"):
+        rm_run(rm_config(tiny_model_dir, tmp_path, tmp_path, push_to_hub=True, max_steps=1))
+    assert not (tmp_path / "run" / "final").exists()
 
 
 def test_rl_train_pushes_its_policy(tiny_model_dir, tmp_path, fake_hub):
+    """A LoRA policy's card is distalign's, not the template PEFT's save_pretrained writes."""
     from distalign.rl.train import run
     from tests.rl.test_train import config
 
     run(config(tiny_model_dir, tmp_path, push_to_hub=True, hub_model_id="org/policy",
-               max_steps=1, max_eval_samples=2))  # fmt: skip
+               max_steps=1, max_eval_samples=2, use_peft=True, learning_rate=1e-4))  # fmt: skip
     (*_, upload) = fake_hub.calls
     assert upload[1] == "org/policy" and "README.md" in upload[3]
     card = upload[4]
-    assert 'AutoModelForCausalLM.from_pretrained("org/policy")' in card
+    assert 'AutoPeftModelForCausalLM.from_pretrained("org/policy")' in card
+    assert "library_name: peft" in card and "Model Card for Model ID" not in card
     assert "pipeline_tag: text-generation" in card and "| measure | before | after |" in card
     assert "against `tests.rl.test_train:reward_apple`" in card and str(tmp_path) not in card
 

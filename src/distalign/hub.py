@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -129,14 +130,29 @@ def hub_repo(cfg: HubKeys, output_dir: str | Path) -> str | None:
     return repo_id
 
 
+def upload_when_done(
+    cfg: HubKeys, output_dir: Path, card_of: Callable[[str], str], message: str
+) -> Callable[[], str] | None:
+    """With ``push_to_hub``, the upload of ``output_dir/final`` with the card ``card_of(repo
+    id)`` gives, to run once every process is done (``tracking.end_run``'s ``then``): a slow
+    upload never keeps the others waiting at a barrier. None without push_to_hub."""
+    if not cfg.push_to_hub:
+        return None
+
+    def upload() -> str:
+        repo_id = hub_repo(cfg, output_dir)
+        return push_folder(repo_id, Path(output_dir) / "final", cfg, card_of(repo_id), message)
+
+    return upload
+
+
 def push_folder(repo_id: str, folder: Path, cfg: HubKeys, card: str, message: str) -> str:
-    """Write ``card`` as the folder's README.md (where it has none) and upload the folder to
-    ``repo_id``; returns the commit's URL. A failed upload says the model is saved locally."""
+    """Write ``card`` as the folder's README.md (replacing the template card PEFT's
+    ``save_pretrained`` writes beside an adapter) and upload the folder to ``repo_id``;
+    returns the commit's URL. A failed upload says the model is saved locally."""
     from huggingface_hub import HfApi
 
-    readme = folder / "README.md"
-    if not readme.exists():
-        readme.write_text(card, encoding="utf-8")
+    (folder / "README.md").write_text(card, encoding="utf-8")
     try:
         info = HfApi().upload_folder(repo_id=repo_id, folder_path=str(folder),
                                      revision=cfg.hub_revision, commit_message=message)  # fmt: skip

@@ -19,6 +19,7 @@ import os
 import resource
 import sys
 import warnings
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -206,12 +207,15 @@ def _forget_other_precision(precision: str | None, cpu: bool = False) -> None:
         AcceleratorState._reset_state()
 
 
-def end_run(accelerator) -> None:
+def end_run(accelerator, then: Callable[[], Any] | None = None) -> None:
     """Close the trackers and the process group once every process is done. The barrier
     first: tearing down the group while another process is still at work can hang
-    (pytorch/pytorch#75097; a two-process CPU run once hung after its last output)."""
+    (pytorch/pytorch#75097; a two-process CPU run once hung after its last output).
+    ``then`` (the main process's hub upload) runs after both, so no process waits on it."""
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if then is not None:
+        then()
 
 
 def start_tracking(

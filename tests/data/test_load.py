@@ -197,6 +197,11 @@ def test_csv_cells_with_message_lists(tmp_path):
                                   '{"from": 1}']])  # fmt: skip
     row = load_preferences(str(path))[0]
     assert (row["chosen"], row["rejected"]) == ("A plum.", '{"from": 1}')
+    # a reply whose text prints a user's message is that text
+    printed = "{'role': 'user', 'content': 'hm'}"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["prompt", "chosen", "rejected"], ["Fruit?", "A plum.", printed]])
+    assert load_preferences(str(path))[0]["rejected"] == printed
     # and a line number locates a CSV row, as in a JSONL file
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows([["prompt", "chosen", "rejected"], ["a", "b", "c"], ["a"]])
@@ -1050,3 +1055,5 @@ def test_the_folder_fallback_takes_the_file_type_datasets_takes(tmp_path, caplog
     (folder / "six.json").write_text(json.dumps([row] * 4))
     (folder / "two.parquet").unlink()
     assert len(load_preferences(str(folder))) == 9  # .json and .jsonl: one builder, 3 files
+    write_jsonl(folder / "seven.ndjson", [row])  # .ndjson too
+    assert len(load_preferences(str(folder))) == 10

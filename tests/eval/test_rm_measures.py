@@ -377,6 +377,11 @@ def test_the_report_shows_the_held_out_evaluation_and_evaluations_never_collide(
     (run / "final" / "eval_pairs_train.json").write_text(
         json.dumps({"data": "pairs", "split": "train", "pairs": 160}))  # fmt: skip
     assert main_evaluation(run)[1] == held
+    # the file training wrote, named in summary.json, whatever the config says
+    (run / "final" / "eval_other_test.json").write_text(json.dumps({"data": "x", "pairs": 4}))
+    (run / "summary.json").write_text(json.dumps({"eval_file": "eval_other_test.json"}))
+    assert main_evaluation(run)[1] == {"data": "x", "pairs": 4}
+    (run / "summary.json").unlink()
     path = run / "final" / "eval_pairs_test.json"
     assert _unclaimed(path, "pairs") == path  # the same data: replaced, as before
     other = _unclaimed(path, str(tmp_path / "b" / "pairs"))

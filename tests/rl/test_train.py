@@ -1245,9 +1245,15 @@ def test_the_ratio_level_unset_is_the_one_trl_takes_for_the_loss_type(caplog):
               "luspo": "sequence"}  # fmt: skip
     for loss_type, level in levels.items():
         cfg = RLTrainConfig(report_to="none", loss_type=loss_type, epsilon_high=5.0)
-        assert cfg.importance_sampling_level == level, loss_type
+        assert cfg.ratio_level == level, loss_type
     given = RLTrainConfig(report_to="none", loss_type="dapo", importance_sampling_level="reply")
-    assert given.importance_sampling_level == "reply"
+    assert given.ratio_level == "reply"
+    # resolved when read: a loss_type set later (an override of the Python API) is followed
+    import dataclasses
+
+    assert dataclasses.replace(RLTrainConfig(report_to="none"), loss_type="grpo").ratio_level == (
+        "token"
+    )
     with caplog.at_level(logging.WARNING):
         RLTrainConfig(report_to="none", loss_type="sapo", num_iterations=2, max_steps=15)
     assert "product of its tokens' ratios" not in caplog.text

@@ -136,14 +136,17 @@ def _decode_cell(column: str, value: Any) -> Any:
     probabilities, a JSON list in a ``*_ids`` column token ids; so is the Python form of a
     list of messages that pandas' ``to_csv`` writes (``[{'role': 'user', ...}]``, or
     ShareGPT's ``[{'from': 'human', 'value': ...}]``; read as a literal, never run), and one
-    message in either form (ShareGPT's ``chosen``: ``{'from': 'gpt', 'value': ...}``). Any
-    other cell, a reply such as ``[1, 2, 3]``, ``[{"id": 1}]`` or ``{"a": 1}`` included, stays
-    text."""
+    message in either form in a reply column with an assistant's role (ShareGPT's ``chosen``:
+    ``{'from': 'gpt', 'value': ...}``) or in a prompt column with a user's. Any other cell, a
+    reply such as ``[1, 2, 3]``, ``[{"id": 1}]``, ``{"a": 1}`` or a printed user message
+    included, stays text."""
     if not isinstance(value, str):
         return value
     text = value.strip()
-    if text.startswith("{") and text.endswith("}"):
-        return _one_message(text) or value
+    if text.startswith("{") and text.endswith("}") and column in _ONE_MESSAGE_COLUMNS:
+        message = _one_message(text)
+        role = None if message is None else message.get("role", message.get("from"))
+        return message if role in _ONE_MESSAGE_COLUMNS[column] else value
     if text.startswith("[") and text.endswith("]"):
         try:
             decoded = json.loads(value)
@@ -159,6 +162,16 @@ def _decode_cell(column: str, value: Any) -> Any:
         )
         return decoded if objects or column.endswith("_ids") else value
     return value
+
+
+# columns that may hold one message, and the roles of the message each may hold: a reply an
+# assistant's (ShareGPT's chosen: {'from': 'gpt', ...}), a prompt a user's; any other object
+# (a reply whose text prints a user message) stays text
+_REPLY_ROLES = ("assistant", "gpt", "function_call")
+_ONE_MESSAGE_COLUMNS = {
+    **dict.fromkeys(("chosen", "rejected", "completion", "response", "reply"), _REPLY_ROLES),
+    "prompt": ("user", "human", "system"),
+}
 
 
 def _is_message(x: Any) -> bool:
@@ -299,8 +312,8 @@ def _one_kind(files: list[Path]) -> list[Path]:
     """Of the files ``datasets`` matched, those it reads: of a type read here (distalign's own
     ``metadata.json`` apart), and of one builder only, as ``load_dataset(folder)`` takes one
     builder for a folder: the most common type's, a draw going to Parquet, then JSON lines,
-    JSON and CSV, in ``datasets``' order (``.json`` and ``.jsonl`` share its JSON builder);
-    [] where none is."""
+    JSON and CSV, in ``datasets``' order (its JSON builder reads ``.json``, ``.jsonl`` and
+    ``.ndjson`` together, its CSV builder ``.csv`` and ``.tsv``); [] where none is."""
     kinds = [
         Path(strip_gz(f)).suffix.lower() if f.name != "metadata.json" else None for f in files
     ]  # fmt: skip
@@ -317,7 +330,9 @@ def _one_kind(files: list[Path]) -> list[Path]:
     return [f for f, k in zip(files, kinds, strict=True) if k in same]
 
 
-_BUILDER = dict.fromkeys((".json", ".jsonl"), frozenset({".json", ".jsonl"}))  # one builder
+# the types one datasets builder reads together (its _EXTENSION_TO_MODULE)
+_JSON, _CSV = frozenset({".json", ".jsonl", ".ndjson"}), frozenset({".csv", ".tsv"})
+_BUILDER = dict.fromkeys(_JSON, _JSON) | dict.fromkeys(_CSV, _CSV)
 
 
 # every command names its split its own way (dataset_test_split, dataset_split, …)

@@ -405,7 +405,8 @@ def eval_file_name(
     ``_len<L>-<P>`` for other max_length / max_prompt_length than the model's own: only an
     evaluation as training ran it replaces the one training wrote (the report reads that).
     ``<data>`` is the file's or folder's name without a data file's suffix (``pairs.jsonl``
-    and ``pairs.jsonl.gz`` give ``pairs``), or a hub id's last part."""
+    and ``pairs.jsonl.gz`` give ``pairs``; a split's name keeps its folder's: ``a/test.jsonl``
+    gives ``a_test``), or a hub id with ``--`` for its slash (``org--name``)."""
     first_part = f"_first{first}" if first else ""
     length_part = f"_len{lengths[0]}-{lengths[1]}" if lengths else ""
     path = Path(data)
@@ -432,7 +433,9 @@ def _unclaimed(path: Path, data: str) -> Path:
         return path
     if saved is None or same_source(saved, data):
         return path
-    digest = hashlib.sha1(str(Path(data).expanduser().resolve()).encode()).hexdigest()[:8]
+    local = Path(data).expanduser()
+    where = str(local.resolve()) if local.exists() else data  # a hub id as it is
+    digest = hashlib.sha1(where.encode()).hexdigest()[:8]
     log.warning("%s holds the evaluation of %s: this one of %s goes beside it", path, saved, data)
     return path.with_name(f"{path.stem}_{digest}{path.suffix}")
 

@@ -326,7 +326,8 @@ def rebuild_report(compare_dir: str | Path) -> Path:
     rewards = read_reply_rewards(replies, key) if replies.is_file() else {}
     k = compare_config(summary.get("config") or {}).get("num_generations", 1)
     expected = summary.get("prompts", 0) * k
-    short = {p: len(v) for p, v in rewards.items() if expected and len(v) != expected}
+    counts = {p: len(rewards.get(p, [])) for p in [*summary.get("policies", {}), *rewards]}
+    short = {p: n for p, n in counts.items() if rewards and expected and n != expected}
     if short:
         log.warning("%s holds %s replies where the comparison made %d each: the per-reply "
                     "figure shows those it holds", replies,

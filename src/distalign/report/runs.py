@@ -136,14 +136,20 @@ def rm_panels(rm_runs: list[str]) -> list[Panel]:
 
 
 def main_evaluation(run: str | Path) -> tuple[Path, dict] | None:
-    """A run's evaluation of its final model: of the ``final/eval_*.json``, those of the data
-    and split the run held out (its config.yaml's; an ``rm eval`` of other data or of the
-    training split is not the held-out figure), else all; of them, the one of the most pairs,
-    then the shortest name (``rm eval`` of the first N pairs or at other lengths writes beside
-    it with ``_first<N>`` / ``_len<L>-<P>`` added)."""
+    """A run's evaluation of its final model: the file training wrote (``summary.json`` names
+    it; an ``rm eval`` as training ran it replaces it), else of the ``final/eval_*.json`` those
+    of the data and split the run's config.yaml held out (an ``rm eval`` of other data or of
+    the training split is not the held-out figure), else all; of them, the one of the most
+    pairs, then the shortest name (``rm eval`` of the first N pairs or at other lengths writes
+    beside it with ``_first<N>`` / ``_len<L>-<P>`` added)."""
     found = [(path, json.loads(path.read_text())) for path in Path(run).glob("final/eval_*.json")]
     if not found:
         return None
+    summary = Path(run) / "summary.json"
+    named = json.loads(summary.read_text()).get("eval_file") if summary.is_file() else None
+    if named and (Path(run) / "final" / named).is_file():
+        path = Path(run) / "final" / named
+        return path, json.loads(path.read_text())
     saved = read_run_config(run) or {}
     held_out = (saved.get("eval_dataset_name") or saved.get("dataset_name"),
                 saved.get("dataset_test_split", "test"))  # fmt: skip

@@ -343,9 +343,6 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
         self.report_to = report_to_list(self.report_to)
         resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
-        if self.importance_sampling_level is None:  # as TRL's trainer of the loss_type
-            level = {"sequence": "reply", "luspo": "sequence"}.get(self.loss_type, "token")
-            self.importance_sampling_level = level
         k, micro = self.num_generations, self.per_device_train_batch_size
         checks = [
             (k >= 1, "num_generations must be >= 1"),
@@ -396,7 +393,7 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
                 "epsilon must be in (0, 1) and epsilon_high > 0",
             ),
             (
-                self.importance_sampling_level in IMPORTANCE_SAMPLING_LEVELS,
+                self.ratio_level in IMPORTANCE_SAMPLING_LEVELS,
                 f"importance_sampling_level: {' | '.join(IMPORTANCE_SAMPLING_LEVELS)}",
             ),
             (
@@ -405,7 +402,7 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
             ),
             (
                 self.top_entropy_quantile == 1
-                or self.importance_sampling_level != "reply"
+                or self.ratio_level != "reply"
                 or self.loss_type in ("cispo", "vespo")  # their terms are per token still
                 or (
                     self.num_iterations == 1
@@ -514,7 +511,7 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
                 "(as in TRL; ScaleRL advises epsilon_high=5)",
                 eps_max,
             )  # fmt: skip
-        if (objective in ("cispo", "sapo") and self.importance_sampling_level == "reply"
+        if (objective in ("cispo", "sapo") and self.ratio_level == "reply"
                 and self.updates_per_step > 1):  # fmt: skip
             config_warning(
                 log,
@@ -523,10 +520,10 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
                 "each token's (importance_sampling_level=token)",
                 self.loss_type,
             )  # fmt: skip
-        if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
+        if self.loss_type == "luspo" and self.ratio_level != "sequence":
             config_warning(log, "loss_type luspo is GSPO's objective: give "
                                 "importance_sampling_level=sequence, as TRL advises")  # fmt: skip
-        if self.loss_type == "vespo" and self.importance_sampling_level == "sequence":
+        if self.loss_type == "vespo" and self.ratio_level == "sequence":
             config_warning(
                 log,
                 "loss_type vespo weighs each reply by the product of its tokens' ratios: "
@@ -621,6 +618,16 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
                 1, self.per_device_train_batch_size * world_size()
             )
         return self.gradient_accumulation_steps
+
+    @property
+    def ratio_level(self) -> str:
+        """``importance_sampling_level``, or where unset the one TRL's trainer of the
+        loss_type takes: token for GRPO's loss types, sequence for luspo (GSPO's), reply for
+        the REINFORCE loss (TRL's RLOO). Resolved when read, so a config whose loss_type is
+        changed later (an override, a run's saved config) follows it."""
+        if self.importance_sampling_level is not None:
+            return self.importance_sampling_level
+        return {"sequence": "reply", "luspo": "sequence"}.get(self.loss_type, "token")
 
     @property
     def updates_per_step(self) -> int:

@@ -19,7 +19,7 @@ from accelerate.utils import gather_object
 
 from distalign.checkpoint import kept_steps, save_checkpoint, step_folder, whole_folder
 from distalign.distributed import EVERY_PROCESS, full_optimizer_state, full_state_dict
-from distalign.hub import hub_repo, policy_card, push_folder
+from distalign.hub import policy_card, upload_when_done
 from distalign.models.lora import merged_for_saving
 from distalign.printing import print_completions
 from distalign.tracking import nan_to_none, peak_memory_gb
@@ -186,18 +186,20 @@ def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) ->
                     t.scheduler, asdict(state), weights, optim)  # fmt: skip
 
 
-def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig) -> None:
+def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig):
+    """``final/`` (and ``final_merged/``) and ``summary.json``; with ``push_to_hub``, on the
+    main process, the upload of ``final/`` with a model card, to run once every process is
+    done (``tracking.end_run``'s ``then``)."""
     weights = full_state_dict(t.learner, "policy.", t.accelerator)  # collective when sharded
     if not t.accelerator.is_main_process:
-        return
+        return None
     save_policy(t.policy, t.tokenizer, t.out / "final", weights)
     merged = merged_for_saving(t.policy, weights) if cfg.use_peft and cfg.merge_lora else None
     if merged is not None:
         save_policy(merged, t.tokenizer, t.out / "final_merged")
     summary = {"initial_eval": state.initial_eval, "final_eval": final, "steps": state.step}
     (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if cfg.push_to_hub:
-        repo_id = hub_repo(cfg, t.out)
-        push_folder(repo_id, t.out / "final", cfg,
-                    policy_card(cfg, repo_id, state.initial_eval, final),
-                    f"distalign rl train: policy after step {state.step}")  # fmt: skip
+    return upload_when_done(
+        cfg, t.out, lambda repo_id: policy_card(cfg, repo_id, state.initial_eval, final),
+        f"distalign rl train: policy after step {state.step}",
+    )  # fmt: skip

@@ -626,7 +626,7 @@ def policy_gradient_step(
                 loss = loss + kl_loss(
                     lp_pad, kl[0][s:stop, : lp_pad.shape[1]].to(lp_pad), counted,
                     kl[1][s:stop].to(lp_pad), sampled if cfg.use_bias_correction_kl else None,
-                    cfg.importance_sampling_level,
+                    cfg.ratio_level,
                 )  # fmt: skip
             if cfg.entropy_coef:  # the bonus on the tokens the policy loss keeps, as TRL's
                 on = counted if keep is None else counted * keep
@@ -655,7 +655,7 @@ def policy_loss(lp, mask, old, adv, cfg: RLTrainConfig, keep=None):
     objective at ``importance_sampling_level`` (``clipped_policy_loss``) or that objective,
     without the replies ``off_policy_mask_threshold`` masks (``losses.off_policy_mask``)."""
     objective = loss_type_objective(cfg.loss_type)
-    level = cfg.importance_sampling_level
+    level = cfg.ratio_level
     if old is not None and cfg.off_policy_mask_threshold is not None:  # (at ratio 1: no drift)
         adv = adv * off_policy_mask(lp, old, mask, adv, cfg.off_policy_mask_threshold)
     if old is None:
@@ -794,7 +794,7 @@ def policy_updates(t: Trainer, ro: Rollouts, adv: torch.Tensor, cfg: RLTrainConf
     # each reply's ratios (its tokens', or one), counted for every update, the first's (ratio
     # 1) unclipped, as TRL's clip_ratio/region_mean counts them
     ratios = _counted(ro.mask, ro, cfg, 0, n).sum(-1).float()
-    if cfg.importance_sampling_level != "token":
+    if cfg.ratio_level != "token":
         ratios = torch.ones_like(ratios)
     norms, clipped, counted, losses = [], [], [], []
     for i in range(cfg.num_iterations):
@@ -1006,6 +1006,5 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             final = evaluate(t, state, eval_prompts, cfg)
     if saved_at != state.step:
         save_state(t, state, cfg, keep=False)
-    save_final(t, state, final, cfg)
-    end_run(accelerator)
+    end_run(accelerator, then=save_final(t, state, final, cfg))  # then: the hub upload
     return {"initial": state.initial_eval, "final": final}

@@ -52,7 +52,7 @@ from distalign.data.load import (
 from distalign.distributed import full_optimizer_state, full_state_dict, is_sharded
 from distalign.eval.rm import eval_file_name, evaluate_reward_model, save_eval
 from distalign.gold.truth import pair_replies
-from distalign.hub import hub_repo, push_folder, reward_model_card
+from distalign.hub import reward_model_card, upload_when_done
 from distalign.losses import (
     distributional_rm_loss,
     mixture_rm_loss,
@@ -457,11 +457,11 @@ def reward_meta(cfg: RMTrainConfig, state: TrainState) -> dict:
 
 def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, outputs, summary):
     """``final/`` (the model, loadable with AutoModelForSequenceClassification), its
-    evaluation and plots, and ``summary.json``; with ``push_to_hub``, ``final/`` uploaded with
-    a model card."""
+    evaluation and plots, and ``summary.json``; with ``push_to_hub``, on the main process, the
+    upload of ``final/`` with a model card, to run once every process is done."""
     weights = full_state_dict(t.model, "model.", t.accelerator)  # collective when sharded
     if not t.accelerator.is_main_process:
-        return
+        return None
     held_out = cfg.eval_dataset_name or cfg.dataset_name
     meta = {**reward_meta(cfg, state), "eval": result}
     final = t.out / "final"
@@ -474,13 +474,14 @@ def save_final(t: Trainer, cfg: RMTrainConfig, state: TrainState, result, output
     name = held_out if isinstance(held_out, str) else "dataset"
     split = held_out_split(cfg)
     where = {"data": name, "split": split, "head": cfg.head}
-    save_eval(result | where, outputs, final / eval_file_name(name, split))
-    summary = {"eval": result, "steps": state.step, **summary}
+    eval_name = eval_file_name(name, split)  # the held-out evaluation, for the report
+    save_eval(result | where, outputs, final / eval_name)
+    summary = {"eval": result, "eval_file": eval_name, "steps": state.step, **summary}
     (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if cfg.push_to_hub:
-        repo_id = hub_repo(cfg, t.out)
-        push_folder(repo_id, final, cfg, reward_model_card(cfg, repo_id, result),
-                    f"distalign rm train: {cfg.head} reward model, step {state.step}")  # fmt: skip
+    message = f"distalign rm train: {cfg.head} reward model, step {state.step}"
+    return upload_when_done(
+        cfg, t.out, lambda repo_id: reward_model_card(cfg, repo_id, result), message
+    )
 
 
 def accumulation_weight(i: int, n: int, steps: int) -> float:
@@ -595,6 +596,6 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
         result, outputs = back_to_best(t, state, cfg, model, result, outputs)
     speed = {"train_seconds": seconds, "pairs_per_s": (state.pairs - start_pairs) / seconds,
              "peak_mem_gb": peak_memory_gb()}  # fmt: skip
-    save_final(t, cfg, state, result, outputs, speed)
-    end_run(accelerator)
+    upload = save_final(t, cfg, state, result, outputs, speed)
+    end_run(accelerator, then=upload)
     return result
