@@ -246,7 +246,8 @@ def test_rebuild_names_a_broken_or_short_replies_file(tmp_path, caplog):
     replies.write_text('{"policy": "sft", "gold_mean": 1.0}\n')
     with caplog.at_level("WARNING"):
         rebuild_report(tmp_path)
-    assert "holds 1 of sft replies where the comparison made" in caplog.text
+    assert "holds 1 of sft, 0 of good" in caplog.text  # a policy with no rows is said too
+    assert "replies where the comparison made" in caplog.text
 
 
 def test_runs_trained_on_different_rewards_get_their_own_reward_panel(tmp_path):
