@@ -23,7 +23,7 @@ def test_readme_python_example_runs(tiny_model_dir, tmp_path, monkeypatch, capsy
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     out = capsys.readouterr().out
-    assert "held-out accuracy" in out and "reward before/after" in out
+    assert "accuracy on the training pairs" in out and "reward before/after" in out
     assert (tmp_path / "runs/api_rm/final/config.json").is_file()
     assert (tmp_path / "runs/api_rl/final/adapter_config.json").is_file()
 
