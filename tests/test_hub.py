@@ -159,6 +159,31 @@ def test_rl_train_pushes_its_policy(tiny_model_dir, tmp_path, fake_hub):
     assert "against `tests.rl.test_train:reward_apple`" in card and str(tmp_path) not in card
 
 
+def test_a_final_model_carries_its_card_without_a_push(tiny_model_dir, tmp_path, fake_hub):
+    """As TRL's trainers: final/README.md is the run's card (not PEFT's empty template), and
+    says when its figures come from the training data."""
+    from distalign.rl.train import run
+    from distalign.rm.train import run as rm_run
+    from tests.conftest import write_jsonl
+    from tests.rl.test_train import config
+    from tests.rm.test_train import config as rm_config
+    from tests.rm.test_train import make_pairs
+
+    run(config(tiny_model_dir, tmp_path, max_steps=1, max_eval_samples=2, use_peft=True,
+               learning_rate=1e-4))  # fmt: skip
+    card = (tmp_path / "rl" / "final" / "README.md").read_text()
+    assert 'AutoPeftModelForCausalLM.from_pretrained("rl")' in card
+    assert "Model Card for Model ID" not in card and "| measure | before | after |" in card
+    assert "Measured on held-out prompts (`gold`, split `test`)" in card
+    write_jsonl(tmp_path / "pairs.jsonl", make_pairs(16, seed=0))  # one file: nothing held out
+    rm_run(rm_config(tiny_model_dir, tmp_path, tmp_path, dataset_name=str(tmp_path / "pairs.jsonl"),
+                     max_steps=1, use_peft=True))  # fmt: skip
+    card = (tmp_path / "run" / "final" / "README.md").read_text()
+    assert "load_reward_model" in card and "| accuracy |" in card
+    assert "Measured on the training pairs (`pairs.jsonl (local)`; none were held out)" in card
+    assert fake_hub.calls == []  # nothing reached the hub
+
+
 def test_hub_keys_are_checked_and_read_from_a_trl_config(tmp_path):
     from distalign.config import ConfigError, load_config
     from distalign.rl.config import RLTrainConfig

@@ -493,6 +493,7 @@ def say_changed_settings(cfg: Any, checkpoint: Path) -> None:
 _NOT_OF_THE_END = frozenset({
     "per_device_eval_batch_size", "logging_steps", "logging_first_step", "report_to", "project",
     "run_name", "ddp_timeout", "save_steps", "save_strategy", "save_total_limit", "eval_steps",
+    "save_only_model",
     "eval_strategy", "eval_on_start", "keep_checkpoints", "max_steps", "num_train_epochs",
 })  # fmt: skip
 

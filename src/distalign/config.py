@@ -130,7 +130,6 @@ NOT_OFFERED = {
     "dataloader_num_workers": "batches are built in the training process",
     "ddp_find_unused_parameters": "every trainable weight takes part in each step",
     "local_rank": "the launcher gives each process its rank (LOCAL_RANK)",
-    "save_only_model": "checkpoints keep the optimizer, to resume exactly",
     "disable_tqdm": "progress bars show on the first process",
     "per_device_eval_batch_size": "rl train evaluates one reply per held-out prompt, in "
     "batches of sampling_batch_size",
@@ -250,7 +249,7 @@ NEUTRAL = {
     "logging_strategy": "steps", "do_train": ANY,
     "do_eval": ANY, "dataloader_num_workers": 0,
     "dataloader_pin_memory": ANY,  # batches are small and moved by accelerate; a CPU dump: false
-    "ddp_find_unused_parameters": Either((None, False)), "save_only_model": False,
+    "ddp_find_unused_parameters": Either((None, False)),
     "disable_tqdm": ANY,  # transformers sets it from the log level
     "per_device_eval_batch_size": ANY,
 

@@ -133,9 +133,14 @@ def hub_repo(cfg: HubKeys, output_dir: str | Path) -> str | None:
 def upload_when_done(
     cfg: HubKeys, output_dir: Path, card_of: Callable[[str], str], message: str
 ) -> Callable[[], str] | None:
-    """With ``push_to_hub``, the upload of ``output_dir/final`` with the card ``card_of(repo
-    id)`` gives, to run once every process is done (``tracking.end_run``'s ``then``): a slow
-    upload never keeps the others waiting at a barrier. None without push_to_hub."""
+    """Write the card ``card_of(name)`` gives as ``output_dir/final/README.md`` (as TRL's
+    trainers do, pushed or not: it replaces the empty template PEFT writes beside an adapter;
+    ``name`` is hub_model_id, or output_dir's folder name); with ``push_to_hub``, return the
+    upload of ``output_dir/final`` with the card of the repository's full id, to run once
+    every process is done (``tracking.end_run``'s ``then``): a slow upload never keeps the
+    others waiting at a barrier. None without push_to_hub."""
+    name = cfg.hub_model_id or Path(output_dir).absolute().name
+    (Path(output_dir) / "final" / "README.md").write_text(card_of(name), encoding="utf-8")
     if not cfg.push_to_hub:
         return None
 
@@ -228,6 +233,19 @@ def base_model_id(name: str) -> str:
     return EMBEDDED_HUB_IDS.get(name.lower(), name)
 
 
+def measured_on(cfg: Any, rows: str = "pairs") -> str:
+    """Where a training config's final figures were measured, for a card: the held-out data,
+    or, when there was none, the training data, said as such."""
+    from distalign.data.load import evaluates_on_training_data, held_out_of
+
+    source, eval_source, _, split = held_out_of(cfg)
+    data = eval_source if eval_source is not None else source
+    name = f"`{shown(data)}`" if isinstance(data, str) else "the Dataset given"
+    if evaluates_on_training_data(*held_out_of(cfg)):
+        return f"Measured on the training {rows} ({name}; none were held out)"
+    return f"Measured on held-out {rows} ({name}, split `{split}`)"
+
+
 def reward_model_card(cfg: Any, repo_id: str, result: dict[str, Any]) -> str:
     """The model card of a reward model ``rm train`` uploads."""
     base = base_model_id(cfg.model_name_or_path)
@@ -255,7 +273,7 @@ def reward_model_card(cfg: Any, repo_id: str, result: dict[str, Any]) -> str:
                    "their mean and spread.")  # fmt: skip
     body = (f"A reward model trained with distalign's `rm train` from `{shown(base)}` on "
             f"`{data}`, {cfg.head} head.\n\n{reading}\n\n```python\n{load}\n```\n\n"
-            f"Held-out evaluation:\n\n{figures_table({'value': result})}")  # fmt: skip
+            f"{measured_on(cfg)}:\n\n{figures_table({'value': result})}")  # fmt: skip
     return model_card(repo_id=repo_id, base_model=base, datasets=[cfg.dataset_name],
                       tags=["reward-model", cfg.head], pipeline_tag="text-classification",
                       library="peft" if cfg.use_peft else "transformers", body=body)  # fmt: skip
@@ -273,7 +291,7 @@ def policy_card(cfg: Any, repo_id: str, initial: Any, final: Any) -> str:
             f"advantages, loss {cfg.loss_type}) from `{shown(base)}` on the prompts of "
             f"`{data}`, against {rewards}.\n\n```python\nfrom {where} import {auto}\n\n"
             f'model = {auto}.from_pretrained("{repo_id}")\n```\n\n'
-            f"Held-out prompts, the starting policy and the aligned one:\n\n"
+            f"{measured_on(cfg, 'prompts')}, the starting policy and the aligned one:\n\n"
             f"{figures_table({'before': initial, 'after': final})}")  # fmt: skip
     return model_card(repo_id=repo_id, base_model=base, datasets=[cfg.dataset_name],
                       tags=["rlhf", cfg.baseline], pipeline_tag="text-generation",

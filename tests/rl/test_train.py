@@ -480,6 +480,13 @@ def test_save_total_limit_keeps_the_newest_step_policies(tiny_model_dir, tmp_pat
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last", "step_00003", "step_00004"]
 
 
+def test_save_only_model_keeps_the_optimizer_out_of_the_checkpoint(tiny_model_dir, tmp_path):
+    run(config(tiny_model_dir, tmp_path, max_steps=1, max_eval_samples=1, use_peft=False,
+               save_only_model=True))  # fmt: skip
+    last = tmp_path / "rl" / "checkpoints" / "last"
+    assert (last / "trainer_state.json").is_file() and not (last / "optimizer.pt").exists()
+
+
 def test_a_kill_while_a_step_policy_is_written_leaves_it_to_be_written_again(
     tiny_model_dir, tmp_path, monkeypatch
 ):

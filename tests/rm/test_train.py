@@ -205,6 +205,22 @@ def test_save_total_limit_one_keeps_the_last_checkpoint_alone(tiny_model_dir, pa
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last"]
 
 
+def test_save_only_model_checkpoints_hold_no_optimizer_and_resume_from_fresh_moments(
+    tiny_model_dir, pair_dir, tmp_path, caplog
+):
+    kw = dict(max_steps=2, eval_steps=1, save_steps=1, save_only_model=True)
+    run(config(tiny_model_dir, pair_dir, tmp_path, **kw))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    for name in ("last", "best"):
+        files = {p.name for p in (checkpoints / name).iterdir()}
+        assert "model.safetensors" in files and "optimizer.pt" not in files, name
+    result = run(config(tiny_model_dir, pair_dir, tmp_path,
+                        **{**kw, "max_steps": 3, "resume_from_checkpoint": True}))  # fmt: skip
+    assert "holds no optimizer state: AdamW's moments start from zero" in caplog.text
+    assert json.loads((checkpoints / "last" / "trainer_state.json").read_text())["step"] == 3
+    assert "accuracy" in result
+
+
 @pytest.mark.parametrize("metric", ["eval_accuracy", None])  # None: transformers' eval loss
 def test_load_best_model_at_end_ends_with_the_best_evaluated_weights(
     tiny_model_dir, pair_dir, tmp_path, metric

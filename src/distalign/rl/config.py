@@ -312,6 +312,11 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     save_total_limit: int | None = None
     """Keep only the newest N of those step_N policies, removing older ones as new ones come
     (transformers' key; None: all). checkpoints/last, the resumable one, always stays."""
+    save_only_model: bool = False
+    """checkpoints/last without the optimizer's state (transformers' key): the policy (and
+    the scheduler's few numbers) alone, about a third of the size for a policy trained whole.
+    A run resumed from it restarts AdamW's moments from zero (with a warning), so it does not
+    continue exactly. The step_N policies never hold it."""
     output_dir: str = "runs/rl"
     """Checkpoints, final policy, history, metrics, config."""
     overwrite_output_dir: bool = False

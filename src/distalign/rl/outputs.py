@@ -171,7 +171,8 @@ def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) ->
     t.log.flush(state.step)  # a run resumed from here logs from the checkpoint on
     t.accelerator.wait_for_everyone()
     weights = full_state_dict(t.learner, "policy.", t.accelerator)
-    optim = None if weights is None else full_optimizer_state(t.policy, t.optimizer)
+    moments = not cfg.save_only_model
+    optim = full_optimizer_state(t.policy, t.optimizer) if moments and weights is not None else None
     if not t.accelerator.is_main_process:
         return
     if keep:  # policy only: the points of the over-optimisation curve
@@ -182,8 +183,9 @@ def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) ->
         if cfg.save_total_limit:
             for _, old in kept_steps(t.out)[: -cfg.save_total_limit]:
                 shutil.rmtree(old)
-    save_checkpoint(t.out / "checkpoints" / "last", t.policy, t.tokenizer, t.optimizer,
-                    t.scheduler, asdict(state), weights, optim)  # fmt: skip
+    save_checkpoint(t.out / "checkpoints" / "last", t.policy, t.tokenizer,
+                    t.optimizer if moments else None, t.scheduler, asdict(state), weights,
+                    optim)  # fmt: skip
 
 
 def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig):

@@ -199,6 +199,11 @@ class RMTrainConfig(AdamKeys, ModelKeys, HubKeys):
     ``checkpoints/last`` (overwritten at each save) and ``checkpoints/best`` (the best held-out
     ``metric_for_best_model`` so far); 1 keeps ``last`` alone (both with
     load_best_model_at_end, as in transformers); None or 2 and more: both."""
+    save_only_model: bool = False
+    """Checkpoints without the optimizer's state (transformers' key): each holds the weights
+    (and the scheduler's few numbers) alone, about a third of the size for a model trained
+    whole (AdamW keeps two moments per weight). A run resumed from one restarts AdamW's
+    moments from zero (with a warning), so it does not continue exactly."""
     load_best_model_at_end: bool = False
     """End with the weights of ``checkpoints/best`` instead of the last step's: ``final/``
     and the final evaluation are of them (transformers' key)."""

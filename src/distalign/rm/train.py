@@ -376,13 +376,14 @@ def save_state(t: Trainer, state: TrainState, name: str, cfg: RMTrainConfig) -> 
     t.accelerator.wait_for_everyone()
     model = t.accelerator.unwrap_model(t.model).model
     weights = full_state_dict(t.model, "model.", t.accelerator)
-    optim = None if weights is None else full_optimizer_state(model, t.optimizer)
+    moments = not cfg.save_only_model
+    optim = full_optimizer_state(model, t.optimizer) if moments and weights is not None else None
     if t.accelerator.is_main_process:
         path = t.out / "checkpoints" / name
         name_outputs(model, cfg.head)
         meta = {META_FILE: reward_meta_text(reward_meta(cfg, state))}  # a reward model too
-        save_checkpoint(path, model, t.tokenizer, t.optimizer, t.scheduler, asdict(state),
-                        weights, optim, meta)  # fmt: skip
+        save_checkpoint(path, model, t.tokenizer, t.optimizer if moments else None,
+                        t.scheduler, asdict(state), weights, optim, meta)  # fmt: skip
 
 
 def held_out_metrics(t: Trainer, cfg: RMTrainConfig) -> tuple[dict, dict]:
