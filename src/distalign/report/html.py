@@ -190,11 +190,15 @@ def figures(summary: Mapping, config: Mapping, judge_rewards: Mapping | None) ->
 def spread_headline(summary: Mapping) -> dict[str, float | None]:
     """Reward model -> the Spearman correlation the page leads with: of its predicted std and
     the annotators' disagreement centred within the prompt, or, in a comparison saved before
-    that measure, the raw one (``std_vs_disagreement_spearman``)."""
+    that measure, the raw one (``std_vs_disagreement_spearman``). Empty when no reward
+    model predicts a spread."""
     measures = summary.get("std_vs_disagreement")
     if measures:
-        return {rm: (v or {}).get("spearman_centred") for rm, v in measures.items()}
-    return dict(summary.get("std_vs_disagreement_spearman") or {})
+        headline = {rm: (v or {}).get("spearman_centred") for rm, v in measures.items()}
+    else:
+        headline = dict(summary.get("std_vs_disagreement_spearman") or {})
+    # scalar reward models alone: no spread to speak of, so no section
+    return headline if any(v is not None for v in headline.values()) else {}
 
 
 def _reward_dirs(config: Mapping) -> dict[str, str]:
