@@ -851,7 +851,7 @@ def test_a_saved_comparison_with_names_now_refused_still_rebuilds(tmp_path):
     assert (tmp_path / "report.html").is_file()
 
 
-def test_a_judge_must_score_every_reply():
+def test_a_judge_must_score_every_reply(caplog):
     from distalign.eval.policy import judge_replies
     from distalign.rl.rewards import RewardFunctionError, load_reward_source
 
@@ -863,6 +863,7 @@ def test_a_judge_must_score_every_reply():
     assert judge_replies(judge, [chat] * 2, ["a", "b"], "cpu")["judge"].tolist() == [1.0, 1.0]
     with pytest.raises(RewardFunctionError, match=r"no value for reply 1 .*'\?'"):
         judge_replies(judge, [chat] * 2, ["a", "?"], "cpu")
+    assert "advantage 0" not in caplog.text  # training's warning: a judge's is the error
 
 
 def test_an_oracle_policy_is_named_on_its_verdict_and_in_the_table(tmp_path):

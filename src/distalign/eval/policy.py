@@ -155,7 +155,7 @@ def judge_replies(judge, prompts, texts, device, completion_ids=None) -> dict[st
     from distalign.rl.rewards import RewardFunctionError, prompt_columns
 
     out = judge(prompts, texts, columns=prompt_columns(prompts), completion_ids=completion_ids,
-                log=False)  # fmt: skip
+                log=False, every_reply=True)  # fmt: skip
     values = out.rewards.detach().float().cpu().numpy()
     missing = np.isnan(values)
     if missing.any():  # a win rate needs every reply judged

@@ -532,11 +532,20 @@ class RewardSum(RewardSource):
         }
 
     def __call__(
-        self, prompts, replies, reference=None, columns=None, completion_ids=None, log=True
+        self,
+        prompts,
+        replies,
+        reference=None,
+        columns=None,
+        completion_ids=None,
+        log=True,
+        every_reply=False,
     ) -> RewardOutput:
         """``completion_ids``: each reply's token ids, for TRL reward functions. ``log``: what
         they log through ``log_metric``/``log_extra`` goes to ``self.log`` (a training step's
-        samples); false: nowhere (an evaluation, ReMax's greedy replies)."""
+        samples); false: nowhere (an evaluation, ReMax's greedy replies). ``every_reply``: the
+        caller refuses a reply no source scored (a judge), so it is not warned about here as
+        one training leaves out."""
         sink = self.log if log else RewardLog()
         context = {
             "completion_ids": completion_ids, "trainer_state": self.trainer_state,
@@ -551,7 +560,7 @@ class RewardSum(RewardSource):
             outputs.append(source(prompts, replies, ref, **extra))
         values = torch.stack([o.rewards.detach().float().cpu() for o in outputs], 1)  # (B, S)
         unscored = values.isnan().all(1)
-        if unscored.any():  # TRL's RLOO: advantage 0, out of the baselines (advantages_for)
+        if unscored.any() and not every_reply:  # TRL's RLOO: advantage 0 (advantages_for)
             i = int(unscored.nonzero()[0, 0])
             logging.getLogger(__name__).warning(  # (``log`` is this call's flag here)
                 "%d of %d replies were scored by no reward source (all returned None/NaN; the "
