@@ -139,6 +139,20 @@ def test_hh_prompt_column_is_split_into_turns(tmp_path):
     assert (ds[0]["chosen"], ds[0]["rejected"]) == ("Bye!", "No.")
 
 
+def test_hh_with_windows_line_ends_reads_as_hh(tmp_path):
+    """A transcript saved with CRLF line ends (a CSV from Windows) has the same turns."""
+    crlf = H.replace("\n", "\r\n"), A.replace("\n", "\r\n")
+    prompt = crlf[0] + "Hi" + crlf[1] + "Hey." + crlf[0] + "Bye"
+    rows = [{"chosen": prompt + crlf[1] + "Bye!\r\nSee you.", "rejected": prompt + crlf[1] + "No."}]
+    ds, report = load(tmp_path, rows)
+    assert report.format == "hh"
+    assert ds[0]["prompt"] == [user("Hi"), bot("Hey."), user("Bye")]
+    assert (ds[0]["chosen"], ds[0]["rejected"]) == ("Bye!\r\nSee you.", "No.")
+    rows = [{"prompt": prompt + "\r\n\r\nAssistant:", "chosen": " Bye!", "rejected": " No."}]
+    ds, _ = load(tmp_path, rows)
+    assert ds[0]["prompt"] == [user("Hi"), bot("Hey."), user("Bye")]
+
+
 def test_common_prefix_length_matches_a_character_loop():
     rng = random.Random(0)
     for _ in range(300):

@@ -88,7 +88,9 @@ _SCORE_COLUMNS = (
     ("chosen_score", "rejected_score"),
     ("score_chosen", "score_rejected"),
 )
-_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+# a turn marker: at the start, or after a blank line (Windows line ends too: a CSV saved there)
+_HH_TURN = re.compile(r"(?:^|\r?\n\r?\n)(Human|Assistant):[ \t]?")
+_HH_OPEN_END = re.compile(r"\r?\n\r?\nAssistant:$")  # a prompt's end: the reply comes next
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
@@ -454,10 +456,10 @@ def hh_prompt(text: str) -> list[dict[str, str]] | None:
     first = _HH_TURN.search(text)
     if first is None or text[: first.start()].strip():
         return None
-    body = text.rstrip()
-    if not body.endswith("\n\nAssistant:"):
+    end = _HH_OPEN_END.search(text.rstrip())
+    if end is None:
         return None
-    turns = _hh_turns(body[: -len("\n\nAssistant:")])
+    turns = _hh_turns(text[: end.start()])
     return turns if turns and turns[-1]["role"] == "user" else None
 
 
