@@ -866,7 +866,7 @@ def test_trl_config_dumps_load(tmp_path, laptop):
 
     from trl import RewardConfig, RLOOConfig
 
-    settings = {"use_cpu": True} if laptop else {"bf16": False}
+    settings = {"use_cpu": True} if laptop else {"bf16": False, "save_only_model": True}
     for trl_cls, cls in ((RLOOConfig, RLTrainConfig), (RewardConfig, RMTrainConfig)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -876,6 +876,7 @@ def test_trl_config_dumps_load(tmp_path, laptop):
         path.write_text(yaml.safe_dump(json.loads(json.dumps(dump, default=str))))
         cfg = load_config(cls, path)
         assert cfg.learning_rate == dump["learning_rate"] and cfg.use_cpu is laptop
+        assert cfg.save_only_model is not laptop  # transformers' key, as set
         assert (cfg.max_steps, cfg.num_train_epochs) == (-1, 3)  # TRL's: 3 passes
 
 

@@ -184,6 +184,36 @@ def test_a_final_model_carries_its_card_without_a_push(tiny_model_dir, tmp_path,
     assert fake_hub.calls == []  # nothing reached the hub
 
 
+def test_a_card_says_where_its_figures_were_measured(tmp_path):
+    import datasets
+
+    from distalign.rm.config import RMTrainConfig
+    from tests.conftest import write_jsonl
+
+    one = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    other = write_jsonl(tmp_path / "other.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    rows = datasets.Dataset.from_list([{"prompt": "p", "chosen": "a", "rejected": "b"}])
+
+    def said(**kw):
+        return hub.measured_on(RMTrainConfig(**kw))
+
+    assert said(dataset_name="gold") == "Measured on held-out pairs (`gold`, split `test`)"
+    assert said(dataset_name="org/prefs", dataset_test_split="validation") == (
+        "Measured on held-out pairs (`org/prefs`, split `validation`)")  # fmt: skip
+    assert said(dataset_name=str(one)).startswith("Measured on the training pairs (`pairs.jsonl")
+    assert said(dataset_name=str(one), eval_dataset_name=str(one)).startswith("Measured on the tr")
+    assert said(dataset_name=str(one), eval_dataset_name=str(other)) == (
+        "Measured on held-out pairs (`other.jsonl (local)`)"
+    )  # one file: no split named
+    assert said(dataset_name="org/prefs", dataset_test_split="train").startswith("Measured on the")
+    assert (
+        said(dataset_name=rows)
+        == "Measured on the training pairs (the Dataset given; none were held out)"
+    )
+    assert said(dataset_name=rows, eval_dataset_name=rows.select([0])) == (
+        "Measured on held-out pairs (the Dataset given as eval_dataset_name)")  # fmt: skip
+
+
 def test_hub_keys_are_checked_and_read_from_a_trl_config(tmp_path):
     from distalign.config import ConfigError, load_config
     from distalign.rl.config import RLTrainConfig

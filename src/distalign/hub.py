@@ -109,7 +109,8 @@ def hub_repo(cfg: HubKeys, output_dir: str | Path) -> str | None:
     Called before training, so that a missing login or network fails before the run."""
     if not cfg.push_to_hub:
         if cfg.hub_model_id:
-            log.warning("hub_model_id=%s does nothing without push_to_hub=true", cfg.hub_model_id)
+            log.warning("hub_model_id=%s only names final/README.md's model card without "
+                        "push_to_hub=true: nothing is uploaded", cfg.hub_model_id)  # fmt: skip
         return None
     from huggingface_hub import HfApi
 
@@ -236,14 +237,18 @@ def base_model_id(name: str) -> str:
 def measured_on(cfg: Any, rows: str = "pairs") -> str:
     """Where a training config's final figures were measured, for a card: the held-out data,
     or, when there was none, the training data, said as such."""
-    from distalign.data.load import evaluates_on_training_data, held_out_of
+    from distalign.data.load import evaluates_on_training_data, has_no_splits, held_out_of
 
     source, eval_source, _, split = held_out_of(cfg)
     data = eval_source if eval_source is not None else source
-    name = f"`{shown(data)}`" if isinstance(data, str) else "the Dataset given"
     if evaluates_on_training_data(*held_out_of(cfg)):
+        name = f"`{shown(data)}`" if isinstance(data, str) else "the Dataset given"
         return f"Measured on the training {rows} ({name}; none were held out)"
-    return f"Measured on held-out {rows} ({name}, split `{split}`)"
+    if not isinstance(data, str):  # a Dataset from Python: its own rows, no splits
+        return f"Measured on held-out {rows} (the Dataset given as eval_dataset_name)"
+    if has_no_splits(data):  # one file: no split to name
+        return f"Measured on held-out {rows} (`{shown(data)}`)"
+    return f"Measured on held-out {rows} (`{shown(data)}`, split `{split}`)"
 
 
 def reward_model_card(cfg: Any, repo_id: str, result: dict[str, Any]) -> str:

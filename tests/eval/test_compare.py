@@ -680,6 +680,10 @@ def test_the_spread_measures_are_explained_and_tabled_once(tmp_path):
     summary.pop("std_vs_disagreement")  # a comparison saved before the centred measure
     html = write_report(summary, None, tmp_path).read_text()
     assert "<b>ordinal</b> 0.140" in html and "raw std of the gold reward" in html
+    # a distributional RM whose centred ρ is undefined keeps its section and its other measures
+    summary["std_vs_disagreement"] = {"ordinal": measures | {"spearman_centred": None}}
+    html = write_report(summary, None, tmp_path).read_text()
+    assert "— (undefined: no variation to rank)" in html and "ρ with raw std" in html
     summary["std_vs_disagreement"] = {"scalar": None}  # scalar reward models alone
     summary["std_vs_disagreement_spearman"] = {"scalar": None}
     html = write_report(summary, None, tmp_path).read_text()

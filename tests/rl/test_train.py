@@ -480,11 +480,16 @@ def test_save_total_limit_keeps_the_newest_step_policies(tiny_model_dir, tmp_pat
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last", "step_00003", "step_00004"]
 
 
-def test_save_only_model_keeps_the_optimizer_out_of_the_checkpoint(tiny_model_dir, tmp_path):
-    run(config(tiny_model_dir, tmp_path, max_steps=1, max_eval_samples=1, use_peft=False,
-               save_only_model=True))  # fmt: skip
+def test_save_only_model_keeps_the_optimizer_out_of_the_checkpoint(
+    tiny_model_dir, tmp_path, caplog
+):
+    kw = dict(max_steps=1, max_eval_samples=1, use_peft=False, save_only_model=True)
+    run(config(tiny_model_dir, tmp_path, **kw))
     last = tmp_path / "rl" / "checkpoints" / "last"
     assert (last / "trainer_state.json").is_file() and not (last / "optimizer.pt").exists()
+    run(config(tiny_model_dir, tmp_path, **{**kw, "max_steps": 2, "resume_from_checkpoint": True}))
+    assert "holds no optimizer state: AdamW's moments start from zero" in caplog.text
+    assert json.loads((last / "trainer_state.json").read_text())["step"] == 2
 
 
 def test_a_kill_while_a_step_policy_is_written_leaves_it_to_be_written_again(

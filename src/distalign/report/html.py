@@ -193,12 +193,14 @@ def spread_headline(summary: Mapping) -> dict[str, float | None]:
     that measure, the raw one (``std_vs_disagreement_spearman``). Empty when no reward
     model predicts a spread."""
     measures = summary.get("std_vs_disagreement")
-    if measures:
+    if measures:  # None: a scalar RM; a distributional one's measures may be null (undefined)
         headline = {rm: (v or {}).get("spearman_centred") for rm, v in measures.items()}
+        distributional = any(measures.values())
     else:
         headline = dict(summary.get("std_vs_disagreement_spearman") or {})
+        distributional = any(v is not None for v in headline.values())
     # scalar reward models alone: no spread to speak of, so no section
-    return headline if any(v is not None for v in headline.values()) else {}
+    return headline if distributional else {}
 
 
 def _reward_dirs(config: Mapping) -> dict[str, str]:
