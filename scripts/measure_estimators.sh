@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Advantage estimators side by side at the demo's size (docs/results/README.md, "Advantage
+# estimators"): the demo's scalar reward model (160 pairs, bfloat16 where the hardware has it),
+# then REINFORCE against it with each estimator — rloo, grpo, dr_grpo, reinforce_pp —
+# at two seeds, the demo's RLOO settings otherwise (12 steps of 6 prompts × k = 4, β 0.05,
+# LoRA, lr 6e-4), each run evaluating gold reward, proxy reward and KL on 32 held-out prompts
+# every 4 steps (and before the first). About 4–6 min a run on a 2-core CPU; logs (and each
+# stage's wall time, seconds.tsv) in runs/estimators/logs/. A finished stage is skipped,
+# so rerunning carries on.
+# Summary: .venv/bin/python scripts/estimators_summary.py
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DA=${DA:-.venv/bin/distalign}
+SEEDS=${SEEDS:-"0 1"}
+ESTIMATORS=${ESTIMATORS:-"rloo grpo dr_grpo reinforce_pp"}  # remax too: ESTIMATORS="... remax"
+OUT=${OUT:-runs/estimators}
+BF16=$(.venv/bin/python -c 'from distalign.models.load import native_bf16; print(int(native_bf16()))' | tail -n 1)
+X=()
+if [ "$BF16" = 1 ]; then X=(bf16=true); fi
+mkdir -p "$OUT/logs"
+stage() {  # stage OUTPUT LOG command...
+  local out=$1 log=$2
+  shift 2
+  if [ -e "$out" ]; then echo "skip $log ($out exists)"; return 0; fi
+  local t0=$SECONDS
+  echo "$(date +%T) $log"
+  "$@" > "$OUT/logs/$log.log" 2>&1 || echo "FAILED $log ($OUT/logs/$log.log)"
+  echo "$(date +%T) $log done in $((SECONDS - t0)) s"
+  printf '%s\t%s\n' "$log" $((SECONDS - t0)) >> "$OUT/logs/seconds.tsv"
+}
+stage "$OUT/rm_scalar/final" rm_scalar $DA rm train configs/rm_demo_scalar.yaml \
+  "output_dir=$OUT/rm_scalar" "${X[@]}"
+for seed in $SEEDS; do
+  for est in $ESTIMATORS; do
+    run="$OUT/rl_${est}_s$seed"
+    stage "$run/final" "rl_${est}_s$seed" $DA rl train configs/rl_demo_rloo_scalar.yaml \
+      "reward=$OUT/rm_scalar/final" "baseline=$est" "seed=$seed" "output_dir=$run" \
+      eval_steps=4 eval_on_start=true max_eval_samples=32 save_steps=12 keep_checkpoints=false \
+      "${X[@]}"
+  done
+done
