@@ -175,6 +175,7 @@ def test_a_final_model_carries_its_card_without_a_push(tiny_model_dir, tmp_path,
     assert 'AutoPeftModelForCausalLM.from_pretrained("rl")' in card
     assert "Model Card for Model ID" not in card and "| measure | before | after |" in card
     assert "Measured on held-out prompts (`gold`, split `test`)" in card
+    assert "Not uploaded: until `hf upload rl <this folder>`" in card
     write_jsonl(tmp_path / "pairs.jsonl", make_pairs(16, seed=0))  # one file: nothing held out
     rm_run(rm_config(tiny_model_dir, tmp_path, tmp_path, dataset_name=str(tmp_path / "pairs.jsonl"),
                      max_steps=1, use_peft=True))  # fmt: skip

@@ -141,7 +141,11 @@ def upload_when_done(
     every process is done (``tracking.end_run``'s ``then``): a slow upload never keeps the
     others waiting at a barrier. None without push_to_hub."""
     name = cfg.hub_model_id or Path(output_dir).absolute().name
-    (Path(output_dir) / "final" / "README.md").write_text(card_of(name), encoding="utf-8")
+    card = card_of(name)
+    if not cfg.push_to_hub:  # the card's repository does not exist (yet)
+        card += (f"\nNot uploaded: until `hf upload {name} <this folder>`, `from_pretrained` "
+                 "takes this folder's path in place of the name above.\n")  # fmt: skip
+    (Path(output_dir) / "final" / "README.md").write_text(card, encoding="utf-8")
     if not cfg.push_to_hub:
         return None
 
