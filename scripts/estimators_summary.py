@@ -16,9 +16,21 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-from level2_summary import GROUPS, eval_curve, fmt, matched, table_head, table_row
+from level2_summary import (
+    GROUPS,
+    eval_curve,
+    fmt,
+    kl_targets,
+    matched,
+    matched_rows,
+    plot,
+    table_head,
+    table_row,
+)
 
+PANELS = [("gold_mean", "gold reward (all annotators)"),
+          ("gold_concise", "gold reward, concise group"),
+          ("reward", "proxy: the scalar RM's reward, change from step 0")]  # fmt: skip
 ESTIMATORS = {
     "rloo": "RLOO (leave-one-out mean)",
     "grpo": "GRPO (group mean, / group std)",
@@ -47,45 +59,12 @@ def seconds_of(runs: Path, est: str, seed: int) -> float | None:
     return float(times[f"rl_{est}_s{seed}"]) if f"rl_{est}_s{seed}" in times else None
 
 
-def plot(curves, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colours = dict(zip(ESTIMATORS, ("tab:blue", "tab:orange", "tab:green", "tab:purple",
-                                    "tab:red"), strict=True))  # fmt: skip
-    panels = [("gold_mean", "gold reward (all annotators)"),
-              ("gold_concise", "gold reward, concise group"),
-              ("reward", "proxy: the scalar RM's reward, change from step 0")]  # fmt: skip
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        for est, seeds in curves.items():
-            for i, (s, c) in enumerate(sorted(seeds.items())):
-                y = np.array([r[key] for r in c])
-                ax.plot([r["kl"] for r in c], y - y[0] if key == "reward" else y, marker="o",
-                        ms=3, color=colours[est], ls=("-", "--", ":")[i % 3],
-                        label=f"{est}, seed {s}")  # fmt: skip
-        ax.set_xlabel("KL to SFT (held-out prompts)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def markdown(curves, table, runs: Path) -> str:
     lines = ["## Gold reward at matched KL (first crossing; mean over seeds, each seed after)", ""]
     lines += table_head("estimator", "KL", "gold", "concise", "thorough", "proxy")
-    keys = ("gold_mean", "gold_concise", "gold_thorough", "reward")
-    for est, by_t in table.items():
-        for t, cell in by_t.items():
-            shown = []
-            for k in keys:
-                each = ", ".join(fmt(v[k], 2) for v in cell["seeds"].values())
-                shown.append(f"{fmt(cell['mean'][k])} ({each})")
-            lines.append(table_row(ESTIMATORS[est], f"{t:g}", *shown))
+    lines += matched_rows(
+        table, ESTIMATORS, ("gold_mean", "gold_concise", "gold_thorough", "reward")
+    )
     lines += ["", "## Each run's last evaluation", ""]
     lines += table_head("estimator", "seed", "gold at step 0 (SFT)", "step", "KL", "gold", *GROUPS,
                         "proxy", "wall s")  # fmt: skip
@@ -117,12 +96,10 @@ def main() -> None:
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     curves = runs_of(runs)
-    reach = min((max(r["kl"] for r in c) for seeds in curves.values() for c in seeds.values()),
-                default=0.0)  # fmt: skip
-    targets = args.kl or [t for t in (0.5, 1, 2, 4, 8) if t <= reach]
+    targets = kl_targets(curves, args.kl, (0.5, 1, 2, 4, 8))
     table = matched(curves, targets)
     if curves:
-        plot(curves, out / "curves.png")
+        plot(curves, out / "curves.png", names=ESTIMATORS, panels=PANELS)
     (out / "summary.md").write_text(markdown(curves, table, runs))
     payload = {"matched_kl": table, "curves": curves}
     (out / "summary.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -178,7 +178,34 @@ def peaks(curves) -> dict:
     return out
 
 
-def plot(curves, path: Path, arms=None) -> None:
+PANELS = [("gold_mean", "gold reward (all annotators)"),
+          ("gold_thorough", "gold reward, thorough group"),
+          ("gold_concise", "gold reward, concise group"),
+          ("reward", "proxy: what the run optimised, change from step 0")]  # fmt: skip
+
+
+def kl_targets(curves, given, candidates=(0.5, 1, 2, 4, 8, 16, 32)) -> list[float]:
+    """The KL values to compare runs at: ``given``, else those every run reaches."""
+    reach = min((max(r["kl"] for r in c) for seeds in curves.values() for c in seeds.values()),
+                default=0.0)  # fmt: skip
+    return given or [t for t in candidates if t <= reach]
+
+
+def matched_rows(table, names: dict[str, str], keys) -> list[str]:
+    """Markdown rows of ``matched``'s table: per arm and KL, each measure's mean over seeds
+    with each seed's value after it."""
+    lines = []
+    for arm, by_t in table.items():
+        for t, cell in by_t.items():
+            shown = []
+            for k in keys:
+                each = ", ".join(fmt(v[k], 2) for v in cell["seeds"].values())
+                shown.append(f"{fmt(cell['mean'][k])} ({each})")
+            lines.append(table_row(names[arm], f"{t:g}", *shown))
+    return lines
+
+
+def plot(curves, path: Path, arms=None, names=ARMS, panels=PANELS) -> None:
     """Gold (all, per group) and proxy reward against KL, per run; ``arms`` picks some."""
     import matplotlib
 
@@ -187,12 +214,8 @@ def plot(curves, path: Path, arms=None) -> None:
 
     palette = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red", "tab:brown",
                "tab:pink", "tab:olive", "tab:cyan")  # fmt: skip
-    colours = dict(zip(ARMS, palette, strict=True))
+    colours = dict(zip(names, palette, strict=False))
     curves = {a: c for a, c in curves.items() if arms is None or a in arms}
-    panels = [("gold_mean", "gold reward (all annotators)"),
-              ("gold_thorough", "gold reward, thorough group"),
-              ("gold_concise", "gold reward, concise group"),
-              ("reward", "proxy: what the run optimised, change from step 0")]  # fmt: skip
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for ax, (key, title) in zip(axes, panels, strict=True):
         for arm, seeds in curves.items():
@@ -202,7 +225,7 @@ def plot(curves, path: Path, arms=None) -> None:
                 if key == "reward":
                     y = y - y[0]
                 ax.plot(kl, y, marker="o", ms=3, color=colours[arm], ls=("-", "--", ":")[i % 3],
-                        label=f"{ARMS[arm]}, seed {s}")  # fmt: skip
+                        label=f"{names[arm]}, seed {s}")  # fmt: skip
         ax.set_xlabel("KL to SFT (held-out prompts)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
@@ -251,13 +274,7 @@ def markdown(rms, table, peak, final) -> str:
     lines += ["", "## RL at matched KL (first crossing; mean over seeds, each seed after)", ""]
     lines += table_head("arm", "KL", "gold", "concise", "thorough", "worse-off group", "proxy")
     keys = ("gold_mean", "gold_concise", "gold_thorough", "worse_group", "reward")
-    for arm, by_t in table.items():
-        for t, cell in by_t.items():
-            shown = []
-            for k in keys:
-                each = ", ".join(fmt(v[k], 2) for v in cell["seeds"].values())
-                shown.append(f"{fmt(cell['mean'][k])} ({each})")
-            lines.append(table_row(ARMS[arm], f"{t:g}", *shown))
+    lines += matched_rows(table, ARMS, keys)
     lines += ["", "## Where each run's gold reward peaked (in-run evaluations)", ""]
     lines += table_head("arm", "seed", "peak step", "KL there", "gold there", "last step", "KL",
                         "gold")  # fmt: skip
@@ -313,9 +330,7 @@ def main() -> None:
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rms, curves = rm_rows(runs), rl_runs(runs)
-    reach = min((max(r["kl"] for r in c) for seeds in curves.values() for c in seeds.values()),
-                default=0.0)  # fmt: skip
-    targets = args.kl or [t for t in (0.5, 1, 2, 4, 8, 16, 32) if t <= reach]
+    targets = kl_targets(curves, args.kl)
     table, peak, final = matched(curves, targets), peaks(curves), compare_rows(runs)
     if curves:
         plot(curves, out / "curves.png")
