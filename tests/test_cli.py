@@ -320,6 +320,8 @@ def test_old_yaml_key_is_refused_by_the_command(tmp_path, rm_train_configs, monk
         ("ultrafeedback_binarized.jsonl", ["format: explicit", "pairs: 3", "with ratings: 3"]),
         ("prompts.jsonl", ["format: prompt-only", "rows read: 6", "prompts: 6"]),
         ("standard_pairs.jsonl", ["format: explicit", "pairs: 3", "The capital of France is"]),
+        ("implicit_pairs.jsonl", ["format: implicit", "pairs: 3", "clear day?<|im_end|>"]),
+        ("alpaca_pairs.jsonl", ["format: alpaca", "pairs: 3", "Translate to French. Good morning"]),
         ("sharegpt_prompts.jsonl", ["format: prompt-only", "prompts: 4", "first prompt"]),
         ("tool_calls_pairs.jsonl", ["format: explicit", "pairs: 3", "<|im_start|>tool",
                                     "writes nothing for the rows' tool calls"]),
