@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Advantage estimators side by side at the demo's size (docs/results/README.md, "Advantage
 # estimators"): the demo's scalar reward model (160 pairs, bfloat16 where the hardware has it),
-# then REINFORCE against it with each estimator — rloo, grpo, dr_grpo, reinforce_pp —
+# then REINFORCE against it with each estimator — rloo, grpo, dr_grpo, reinforce_pp, remax —
 # at two seeds, the demo's RLOO settings otherwise (12 steps of 6 prompts × k = 4, β 0.05,
 # LoRA, lr 6e-4), each run evaluating gold reward, proxy reward and KL on 32 held-out prompts
-# every 4 steps (and before the first). About 4–6 min a run on a 2-core CPU; logs (and each
+# every 4 steps (and before the first). About 5 min a run on a 2-core CPU alone; logs (and each
 # stage's wall time, seconds.tsv) in runs/estimators/logs/. A finished stage is skipped,
 # so rerunning carries on.
 # Summary: .venv/bin/python scripts/estimators_summary.py
@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DA=${DA:-.venv/bin/distalign}
 SEEDS=${SEEDS:-"0 1"}
-ESTIMATORS=${ESTIMATORS:-"rloo grpo dr_grpo reinforce_pp"}  # remax too: ESTIMATORS="... remax"
+ESTIMATORS=${ESTIMATORS:-"rloo grpo dr_grpo reinforce_pp remax"}
 OUT=${OUT:-runs/estimators}
 BF16=$(.venv/bin/python -c 'from distalign.models.load import native_bf16; print(int(native_bf16()))' | tail -n 1)
 X=()
