@@ -970,6 +970,15 @@ def test_grpo_s_scale_rewards_and_loss_type_pick_what_does_their_job(tmp_path):
              ("batch", "grpo_batch")]  # fmt: skip
     for value, baseline in pairs:
         assert from_cli(RLTrainConfig, [f"scale_rewards={value}"]).baseline == baseline
+    clashes = (["baseline=rloo", "scale_rewards=group"], ["scale_rewards=group", "baseline=rloo"],
+               [("scale_rewards", "group"), ("baseline", "rloo")])  # fmt: skip
+    for flags in clashes:
+        with pytest.raises(ConfigError, match="`scale_rewards` and `baseline` both given"):
+            load_config(RLTrainConfig, None, flags)  # not the later one silently
+    assert (
+        load_config(RLTrainConfig, None, ["scale_rewards=none", "baseline=dr_grpo"]).baseline
+        == "dr_grpo"
+    )
     path = tmp_path / "grpo.yaml"
     path.write_text("scale_rewards: group\nloss_type: dapo\nuse_bias_correction_kl: true\n"
                     "baseline: grpo\n")  # fmt: skip

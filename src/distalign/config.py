@@ -835,6 +835,7 @@ def load_config(
     given = _given(overrides)  # every key given, for a key whose meaning depends on another's
     if path is None:
         overrides = _trl_reward_flags(overrides)
+    _refuse_alias_clashes(_given(overrides))
     try:
         if path is not None:
             path = Path(path)
@@ -956,6 +957,16 @@ def _given(overrides: Sequence[Override]) -> dict[str, Any]:
         key, raw = item.split("=", 1) if isinstance(item, str) else item
         out[key] = _yaml_value(raw)
     return out
+
+
+def _refuse_alias_clashes(given: dict[str, Any]) -> None:
+    """A TRL name and the key it names both given on the command line with values that
+    disagree (``baseline=rloo scale_rewards=group``) are refused, as in one file: read one by
+    one, the later would win without a word. (Over a file's key, an override wins.)"""
+    for key, value in given.items():
+        top = key.split(".")[0]
+        if top in ALIASES and ALIASES[top] in given:
+            _alias(top, key, value, {ALIASES[top]: given[ALIASES[top]]}, "the command line")
 
 
 def _override_key(cls: type, key: str, parsed: Any, where: str, errors: list[str],
