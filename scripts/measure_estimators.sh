@@ -5,8 +5,8 @@
 # at two seeds, the demo's RLOO settings otherwise (12 steps of 6 prompts × k = 4, β 0.05,
 # LoRA, lr 6e-4), each run evaluating gold reward, proxy reward and KL on 32 held-out prompts
 # every 4 steps (and before the first). About 5 min a run on a 2-core CPU alone; logs (and each
-# stage's wall time, seconds.tsv) in runs/estimators/logs/. A finished stage is skipped,
-# so rerunning carries on.
+# stage's wall time, seconds.tsv) in runs/estimators/logs/. A finished stage is skipped and
+# a stopped one resumed, so rerunning carries on.
 # Summary: .venv/bin/python scripts/estimators_summary.py
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,16 +18,8 @@ BF16=$(.venv/bin/python -c 'from distalign.models.load import native_bf16; print
 X=()
 if [ "$BF16" = 1 ]; then X=(bf16=true); fi
 mkdir -p "$OUT/logs"
-stage() {  # stage OUTPUT LOG command...
-  local out=$1 log=$2
-  shift 2
-  if [ -e "$out" ]; then echo "skip $log ($out exists)"; return 0; fi
-  local t0=$SECONDS
-  echo "$(date +%T) $log"
-  "$@" > "$OUT/logs/$log.log" 2>&1 || echo "FAILED $log ($OUT/logs/$log.log)"
-  echo "$(date +%T) $log done in $((SECONDS - t0)) s"
-  printf '%s\t%s\n' "$log" $((SECONDS - t0)) >> "$OUT/logs/seconds.tsv"
-}
+LOGS="$OUT/logs"
+source scripts/stage.sh
 stage "$OUT/rm_scalar/final" rm_scalar $DA rm train configs/rm_demo_scalar.yaml \
   "output_dir=$OUT/rm_scalar" "${X[@]}"
 for seed in $SEEDS; do

@@ -14,19 +14,8 @@ cd "$(dirname "$0")/.."
 DA=${DA:-.venv/bin/distalign}
 SEEDS=${SEEDS:-"0 1"}
 mkdir -p runs/logs runs/full
-stage() {  # stage OUTPUT LOG command...
-  local out=$1 log=$2
-  shift 2
-  if [ -e "$out" ]; then echo "skip $log ($out exists)"; return 0; fi
-  local t0=$SECONDS
-  echo "$(date +%T) $log"
-  local resume=()  # a stage stopped after its first checkpoint carries on from it
-  if [[ $out == */final && -d "$(dirname "$out")/checkpoints/last" ]]; then
-    resume=(resume_from_checkpoint=true)
-  fi
-  "$@" "${resume[@]}" > "runs/logs/$log.log" 2>&1 || echo "FAILED $log (runs/logs/$log.log)"
-  echo "$(date +%T) $log done in $((SECONDS - t0)) s"
-}
+LOGS=runs/logs
+source scripts/stage.sh
 rl_arms() {  # rl_arms ARM...: RLOO with configs/rl_level2_ARM.yaml at each seed
   local seed arm
   for seed in $SEEDS; do
