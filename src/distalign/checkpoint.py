@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 
 from distalign.distributed import (
     all_finite,
+    full_optimizer_state,
     load_full_optimizer_state,
     load_full_state_dict,
     sharding,
@@ -184,6 +185,16 @@ class NonFiniteError(RuntimeError):
 
 class CheckpointError(OSError):
     """A checkpoint that could not be written or read; the message says which and why."""
+
+
+def optimizer_to_save(model, optimizer, weights: dict | None, keep: bool) -> tuple[Any, Any]:
+    """``save_checkpoint``'s (optimizer, optimizer_state): with ``keep`` false
+    (``save_only_model``) neither; for a sharded model (``weights`` gathered) its state
+    gathered too (a collective: every process calls this), else the optimizer, for
+    ``save_checkpoint`` to read."""
+    if not keep:
+        return None, None
+    return optimizer, (None if weights is None else full_optimizer_state(model, optimizer))
 
 
 def save_checkpoint(

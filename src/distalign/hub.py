@@ -141,13 +141,13 @@ def upload_when_done(
     every process is done (``tracking.end_run``'s ``then``): a slow upload never keeps the
     others waiting at a barrier. None without push_to_hub."""
     name = cfg.hub_model_id or Path(output_dir).absolute().name
-    card = card_of(name)
+    readme = Path(output_dir) / "final" / "README.md"
     if not cfg.push_to_hub:  # the card's repository does not exist (yet)
-        card += (f"\nNot uploaded: until `hf upload {name} <this folder>`, `from_pretrained` "
-                 "takes this folder's path in place of the name above.\n")  # fmt: skip
-    (Path(output_dir) / "final" / "README.md").write_text(card, encoding="utf-8")
-    if not cfg.push_to_hub:
+        note = (f"\nNot uploaded: until `hf upload {name} <this folder>`, `from_pretrained` "
+                "takes this folder's path in place of the name above.\n")  # fmt: skip
+        readme.write_text(card_of(name) + note, encoding="utf-8")
         return None
+    readme.write_text(card_of(name), encoding="utf-8")  # the upload names the full repo id
 
     def upload() -> str:
         repo_id = hub_repo(cfg, output_dir)
@@ -243,9 +243,10 @@ def measured_on(cfg: Any, rows: str = "pairs") -> str:
     or, when there was none, the training data, said as such."""
     from distalign.data.load import evaluates_on_training_data, has_no_splits, held_out_of
 
-    source, eval_source, _, split = held_out_of(cfg)
+    held = held_out_of(cfg)
+    source, eval_source, _, split = held
     data = eval_source if eval_source is not None else source
-    if evaluates_on_training_data(*held_out_of(cfg)):
+    if evaluates_on_training_data(*held):
         name = f"`{shown(data)}`" if isinstance(data, str) else "the Dataset given"
         return f"Measured on the training {rows} ({name}; none were held out)"
     if not isinstance(data, str):  # a Dataset from Python: its own rows, no splits

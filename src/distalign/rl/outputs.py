@@ -17,8 +17,14 @@ from typing import TYPE_CHECKING
 import torch
 from accelerate.utils import gather_object
 
-from distalign.checkpoint import kept_steps, save_checkpoint, step_folder, whole_folder
-from distalign.distributed import EVERY_PROCESS, full_optimizer_state, full_state_dict
+from distalign.checkpoint import (
+    kept_steps,
+    optimizer_to_save,
+    save_checkpoint,
+    step_folder,
+    whole_folder,
+)
+from distalign.distributed import EVERY_PROCESS, full_state_dict
 from distalign.hub import policy_card, upload_when_done
 from distalign.models.lora import merged_for_saving
 from distalign.printing import print_completions
@@ -171,8 +177,7 @@ def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) ->
     t.log.flush(state.step)  # a run resumed from here logs from the checkpoint on
     t.accelerator.wait_for_everyone()
     weights = full_state_dict(t.learner, "policy.", t.accelerator)
-    moments = not cfg.save_only_model
-    optim = full_optimizer_state(t.policy, t.optimizer) if moments and weights is not None else None
+    optimizer, optim = optimizer_to_save(t.policy, t.optimizer, weights, not cfg.save_only_model)
     if not t.accelerator.is_main_process:
         return
     if keep:  # policy only: the points of the over-optimisation curve
@@ -183,9 +188,8 @@ def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) ->
         if cfg.save_total_limit:
             for _, old in kept_steps(t.out)[: -cfg.save_total_limit]:
                 shutil.rmtree(old)
-    save_checkpoint(t.out / "checkpoints" / "last", t.policy, t.tokenizer,
-                    t.optimizer if moments else None, t.scheduler, asdict(state), weights,
-                    optim)  # fmt: skip
+    save_checkpoint(t.out / "checkpoints" / "last", t.policy, t.tokenizer, optimizer,
+                    t.scheduler, asdict(state), weights, optim)  # fmt: skip
 
 
 def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig):

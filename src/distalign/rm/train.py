@@ -35,6 +35,7 @@ from distalign.checkpoint import (
     count_nonfinite,
     finished_summary,
     load_model_weights,
+    optimizer_to_save,
     resume_training,
     save_checkpoint,
 )
@@ -49,7 +50,7 @@ from distalign.data.load import (
     p_chosen_by_group,
     warn_if_evaluating_on_training_data,
 )
-from distalign.distributed import full_optimizer_state, full_state_dict, is_sharded
+from distalign.distributed import full_state_dict, is_sharded
 from distalign.eval.rm import eval_file_name, evaluate_reward_model, save_eval
 from distalign.gold.truth import pair_replies
 from distalign.hub import reward_model_card, upload_when_done
@@ -376,14 +377,13 @@ def save_state(t: Trainer, state: TrainState, name: str, cfg: RMTrainConfig) -> 
     t.accelerator.wait_for_everyone()
     model = t.accelerator.unwrap_model(t.model).model
     weights = full_state_dict(t.model, "model.", t.accelerator)
-    moments = not cfg.save_only_model
-    optim = full_optimizer_state(model, t.optimizer) if moments and weights is not None else None
+    optimizer, optim = optimizer_to_save(model, t.optimizer, weights, not cfg.save_only_model)
     if t.accelerator.is_main_process:
         path = t.out / "checkpoints" / name
         name_outputs(model, cfg.head)
         meta = {META_FILE: reward_meta_text(reward_meta(cfg, state))}  # a reward model too
-        save_checkpoint(path, model, t.tokenizer, t.optimizer if moments else None,
-                        t.scheduler, asdict(state), weights, optim, meta)  # fmt: skip
+        save_checkpoint(path, model, t.tokenizer, optimizer, t.scheduler, asdict(state),
+                        weights, optim, meta)  # fmt: skip
 
 
 def held_out_metrics(t: Trainer, cfg: RMTrainConfig) -> tuple[dict, dict]:
