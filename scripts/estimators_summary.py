@@ -1,7 +1,10 @@
 """Table and plot of the advantage-estimator runs (scripts/measure_estimators.sh).
 
     .venv/bin/python scripts/estimators_summary.py [--runs runs/estimators]
-        [--out docs/results/estimators] [--kl 0.5 1 2]
+        [--out docs/results/estimators] [--kl 0.5 1 2] [--objectives]
+
+``--objectives``: the runs of TRL GRPO's objectives instead (``rl_obj_*``, written to
+docs/results/objectives by default).
 
 Reads each run's in-run evaluations (gold reward overall and per annotator group, the proxy
 reward, KL to SFT, on held-out prompts every few steps) and writes ``summary.md`` (gold at
@@ -38,12 +41,18 @@ ESTIMATORS = {
     "reinforce_pp": "REINFORCE++ (batch whitening)",
     "remax": "ReMax (greedy reply's reward)",
 }
+OBJECTIVES = {  # run name rl_obj_<loss_type>: GRPO advantages, num_iterations=2
+    "obj_dapo": "PPO clip (dapo, TRL GRPO's default)",
+    "obj_cispo": "CISPO (capped, detached ratio)",
+    "obj_sapo": "SAPO (soft gate)",
+    "obj_vespo": "VESPO (smooth reply weight)",
+}
 
 
-def runs_of(runs: Path) -> dict[str, dict[int, list[dict]]]:
+def runs_of(runs: Path, names: dict[str, str]) -> dict[str, dict[int, list[dict]]]:
     """estimator -> seed -> the run's in-run evaluations, step order."""
     out: dict[str, dict[int, list[dict]]] = {}
-    for est in ESTIMATORS:
+    for est in names:
         for run in sorted(runs.glob(f"rl_{est}_s*")):
             if (run / "final").is_dir():  # finished runs only
                 out.setdefault(est, {})[int(run.name.rsplit("_s", 1)[1])] = eval_curve(run)
@@ -59,14 +68,12 @@ def seconds_of(runs: Path, est: str, seed: int) -> float | None:
     return float(times[f"rl_{est}_s{seed}"]) if f"rl_{est}_s{seed}" in times else None
 
 
-def markdown(curves, table, runs: Path) -> str:
+def markdown(curves, table, runs: Path, names: dict[str, str], kind: str) -> str:
     lines = ["## Gold reward at matched KL (first crossing; mean over seeds, each seed after)", ""]
-    lines += table_head("estimator", "KL", "gold", "concise", "thorough", "proxy")
-    lines += matched_rows(
-        table, ESTIMATORS, ("gold_mean", "gold_concise", "gold_thorough", "reward")
-    )
+    lines += table_head(kind, "KL", "gold", "concise", "thorough", "proxy")
+    lines += matched_rows(table, names, ("gold_mean", "gold_concise", "gold_thorough", "reward"))
     lines += ["", "## Each run's last evaluation", ""]
-    lines += table_head("estimator", "seed", "gold at step 0 (SFT)", "step", "KL", "gold", *GROUPS,
+    lines += table_head(kind, "seed", "gold at step 0 (SFT)", "step", "KL", "gold", *GROUPS,
                         "proxy", "wall s")  # fmt: skip
     for est, seeds in curves.items():
         for s, c in sorted(seeds.items()):
@@ -90,17 +97,22 @@ def markdown(curves, table, runs: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default="runs/estimators")
-    ap.add_argument("--out", default="docs/results/estimators")
+    ap.add_argument("--out", help="default: docs/results/estimators (or objectives)")
     ap.add_argument("--kl", type=float, nargs="*", help="KL targets (default: 0.5, 1, 2, ...)")
+    ap.add_argument("--objectives", action="store_true", help="TRL GRPO's objectives' runs")
     args = ap.parse_args()
-    runs, out = Path(args.runs), Path(args.out)
+    names = OBJECTIVES if args.objectives else ESTIMATORS
+    default_out = "docs/results/" + ("objectives" if args.objectives else "estimators")
+    runs, out = Path(args.runs), Path(args.out or default_out)
     out.mkdir(parents=True, exist_ok=True)
-    curves = runs_of(runs)
+    curves = runs_of(runs, names)
     targets = kl_targets(curves, args.kl, (0.5, 1, 2, 4, 8))
     table = matched(curves, targets)
     if curves:
-        plot(curves, out / "curves.png", names=ESTIMATORS, panels=PANELS)
-    (out / "summary.md").write_text(markdown(curves, table, runs))
+        plot(curves, out / "curves.png", names=names, panels=PANELS)
+    (out / "summary.md").write_text(
+        markdown(curves, table, runs, names, "objective" if args.objectives else "estimator")
+    )
     payload = {"matched_kl": table, "curves": curves}
     (out / "summary.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print((out / "summary.md").read_text())

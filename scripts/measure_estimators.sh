@@ -8,11 +8,17 @@
 # stage's wall time, seconds.tsv) in runs/estimators/logs/. A finished stage is skipped and
 # a stopped one resumed, so rerunning carries on.
 # Summary: .venv/bin/python scripts/estimators_summary.py
+#
+# TRL GRPO's objectives for the updates after a step's first (num_iterations=2, baseline grpo;
+# dapo is PPO's clip, TRL GRPO's default; cispo with epsilon_high=5, as TRL advises):
+#   ESTIMATORS= OBJECTIVES="dapo cispo sapo vespo" scripts/measure_estimators.sh
+#   .venv/bin/python scripts/estimators_summary.py --objectives
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DA=${DA:-.venv/bin/distalign}
 SEEDS=${SEEDS:-"0 1"}
-ESTIMATORS=${ESTIMATORS:-"rloo grpo dr_grpo reinforce_pp remax"}
+ESTIMATORS=${ESTIMATORS-"rloo grpo dr_grpo reinforce_pp remax"}
+OBJECTIVES=${OBJECTIVES-}
 OUT=${OUT:-runs/estimators}
 BF16=$(.venv/bin/python -c 'from distalign.models.load import native_bf16; print(int(native_bf16()))' | tail -n 1)
 X=()
@@ -22,12 +28,21 @@ LOGS="$OUT/logs"
 source scripts/stage.sh
 stage "$OUT/rm_scalar/final" rm_scalar $DA rm train configs/rm_demo_scalar.yaml \
   "output_dir=$OUT/rm_scalar" "${X[@]}"
+rl() {  # rl NAME SEED settings...: one REINFORCE run against the scalar RM
+  local name=$1 seed=$2
+  shift 2
+  stage "$OUT/$name/final" "$name" $DA rl train configs/rl_demo_rloo_scalar.yaml \
+    "reward=$OUT/rm_scalar/final" "seed=$seed" "output_dir=$OUT/$name" \
+    eval_steps=4 eval_on_start=true max_eval_samples=32 save_steps=12 keep_checkpoints=false \
+    "${X[@]}" "$@"
+}
 for seed in $SEEDS; do
   for est in $ESTIMATORS; do
-    run="$OUT/rl_${est}_s$seed"
-    stage "$run/final" "rl_${est}_s$seed" $DA rl train configs/rl_demo_rloo_scalar.yaml \
-      "reward=$OUT/rm_scalar/final" "baseline=$est" "seed=$seed" "output_dir=$run" \
-      eval_steps=4 eval_on_start=true max_eval_samples=32 save_steps=12 keep_checkpoints=false \
-      "${X[@]}"
+    rl "rl_${est}_s$seed" "$seed" "baseline=$est"
+  done
+  for obj in $OBJECTIVES; do
+    high=()
+    if [ "$obj" = cispo ]; then high=(epsilon_high=5); fi
+    rl "rl_obj_${obj}_s$seed" "$seed" baseline=grpo num_iterations=2 "loss_type=$obj" "${high[@]}"
   done
 done
