@@ -37,12 +37,13 @@ RM_EVAL_LABELS = {
     "spread_raw_vs_length": "Spearman(raw annotator std, length)",
     "spread_centred_vs_length": "Spearman(centred disagreement, length)",
     "spread_predicted_vs_length": "Spearman(predicted std, length)",
-    "accuracy": "pairwise accuracy",
+    "accuracy": "pairwise accuracy (observed: one draw of the labels)",
     "loss": "held-out loss: −log P(chosen ≻ rejected) under the head's own model (nats; "
     "differs between heads)",
     "accuracy_expectation": "accuracy by E[R]",
     "accuracy_vs_truth": "accuracy expected over the label draws (like the ceiling)",
-    "bayes_ceiling": "Bayes ceiling (best possible accuracy)",
+    "bayes_ceiling": "Bayes ceiling (best accuracy expected over the label draws; "
+    "an observed accuracy on few pairs can pass it)",
     "margin": "mean margin r(chosen) − r(rejected)",
     "reward_mean": "mean reward",
     "reward_std": "std of reward",
