@@ -270,6 +270,17 @@ def test_train_help_lists_every_key_with_its_default(command, cls):
     assert invoke(command, "train", "-h")[1] == out
 
 
+def test_help_names_what_each_key_takes():
+    """A key typed ``Any`` (it takes a path, a hub id or a Python object) shows what it takes,
+    not ``Any``."""
+    from distalign.cli import COMMANDS
+    from distalign.config import config_fields
+
+    for name, (cls, *_) in COMMANDS.items():
+        for key, type_name, _, _ in config_fields(cls):
+            assert type_name != "Any", f"{name}: {key}"
+
+
 def test_version():
     result, out = invoke("--version")
     assert result.exit_code == 0, out

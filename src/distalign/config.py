@@ -1135,6 +1135,7 @@ def config_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]
         else:
             default = None
         type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        type_name = f.metadata.get("shown_type", type_name)  # what an `Any` key takes
         if dataclasses.is_dataclass(default):
             rows += config_fields(type(default), f"{prefix}{f.name}.")
             continue

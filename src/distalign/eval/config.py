@@ -46,12 +46,12 @@ class CompareConfig(SamplingConfig, PlacementConfig):
     rm_runs: list[str] = field(default_factory=list)
     """Reward-model run folders, for their training curves and held-out metrics in the report
     (one per ``--rm-run DIR``, repeated)."""
-    judge: Any = None
+    judge: Any = field(default=None, metadata={"shown_type": "str | callable | None"})
     """The held-out judge whose reward is the headline: a reward-model folder or hub id, a
     ``module:function(prompts, replies[, **columns]) -> list[float]``, a list of them (summed)
     or (Python API) a callable — one the policies were not trained on. None: the gold judge,
     which scores only the benchmark's prompts (dataset_name=gold)."""
-    dataset_name: Any = "gold"
+    dataset_name: Any = field(default="gold", metadata={"shown_type": "str | Dataset"})
     """Held-out prompts: gold (the benchmark's test prompts), a .txt file (one per line), a
     prompt-only or preference data set (hub id, local file or, from Python, a
     ``datasets.Dataset``), as for rl train."""

@@ -61,7 +61,9 @@ class ModelKeys:
     """LoRA scaling numerator."""
     lora_dropout: float = 0.0
     """LoRA dropout."""
-    lora_target_modules: Any = field(default="all-linear", metadata={"list": True})
+    lora_target_modules: Any = field(
+        default="all-linear", metadata={"list": True, "shown_type": "str | list[str] | None"}
+    )
     """Modules that get adapters: a list of names (``[q_proj, v_proj]``), ``all-linear``
     (every linear layer but the output one), or null (PEFT's choice for the architecture,
     TRL's default)."""

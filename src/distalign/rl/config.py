@@ -51,7 +51,9 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     dtype: str = "float32"
     """Weights dtype: float32 | auto (float32): rl train keeps float32 weights, so that the
     sampler's log-probs and the teacher-forced ones agree; bf16=true computes in bfloat16."""
-    reward: Any = field(default=None, metadata={"list": True})
+    reward: Any = field(
+        default=None, metadata={"list": True, "shown_type": "str | callable | list | None"}
+    )
     """Reward source, or a list of them (``reward=[a,b]``, ``--reward a b``; TRL's
     ``reward_funcs`` too) summed with ``reward_weights``: a reward-model folder or hub id
     (distalign's, or any one-label sequence classifier, scored with its own tokenizer and chat
@@ -80,7 +82,7 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     """Distributional RM as the sole reward source: divide each advantage by 1 + Std[R] of its
     reply. A per-sample step size, not risk aversion: with a baseline it can push a confidently
     below-average reply up; for risk aversion use functional mean_minus_std, cvar or quantile."""
-    dataset_name: Any = "gold"
+    dataset_name: Any = field(default="gold", metadata={"shown_type": "str | Dataset"})
     """Training prompts: ``gold`` (the benchmark's), a prompt-only or preference data set (hub
     id, local file, ``datasets.Dataset``), or a .txt file with one prompt per line."""
     dataset_config: str | None = None
@@ -89,14 +91,14 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     """Branch, tag or commit of a hub data set (default: the latest)."""
     dataset_train_split: str = "train"
     """Split of ``dataset_name`` to train on."""
-    eval_dataset_name: Any = None
+    eval_dataset_name: Any = field(default=None, metadata={"shown_type": "str | Dataset | None"})
     """Held-out prompts for the periodic evaluation (default: ``dataset_name``)."""
     dataset_test_split: str = "test"
     """Split of the held-out prompts."""
     skip_bad_rows: bool = False
     """Skip malformed rows of the prompt sources (counted) instead of stopping at the first."""
     max_eval_samples: int = 16
-    """Held-out prompts per evaluation (the first N; 0: all, as in ``rm train``)."""
+    """Held-out prompts per evaluation (the first N; 0: all)."""
     num_generations_eval: int | None = None
     """Replies sampled per held-out prompt in an evaluation, their figures averaged (TRL's;
     None: 1)."""
@@ -332,7 +334,10 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     full_determinism: bool = False
     """Deterministic kernels only (transformers' key: ``enable_full_determinism``; slower on a
     GPU, and an operation without a deterministic kernel stops the run)."""
-    report_to: Any = field(default_factory=lambda: ["tensorboard"], metadata={"list": True})
+    report_to: Any = field(
+        default_factory=lambda: ["tensorboard"],
+        metadata={"list": True, "shown_type": "str | list[str]"},
+    )
     """Trackers, a list or one name: tensorboard | wandb | trackio | mlflow | none (a JSONL
     log is always written)."""
     project: str = "distalign"

@@ -72,7 +72,7 @@ class RMTrainConfig(AdamKeys, ModelKeys, HubKeys):
     """Margin m = margin_scale · (chosen_score − rejected_score) when the data has ratings, in
     the scalar loss −log σ(r_c − r_r − m). A data set's own ``margin`` column (TRL's) is used
     as it is wherever a pair has one."""
-    dataset_name: Any = "gold"
+    dataset_name: Any = field(default="gold", metadata={"shown_type": "str | Dataset"})
     """Training pairs: hub id, local file/folder, ``gold`` (the shipped benchmark), or a
     ``datasets.Dataset`` (Python API)."""
     dataset_config: str | None = None
@@ -81,7 +81,7 @@ class RMTrainConfig(AdamKeys, ModelKeys, HubKeys):
     """Branch, tag or commit of a hub data set (default: the latest)."""
     dataset_train_split: str = "train"
     """Training split."""
-    eval_dataset_name: Any = None
+    eval_dataset_name: Any = field(default=None, metadata={"shown_type": "str | Dataset | None"})
     """Held-out pairs (default: ``dataset_name``)."""
     dataset_test_split: str = "test"
     """Held-out split."""
@@ -93,7 +93,8 @@ class RMTrainConfig(AdamKeys, ModelKeys, HubKeys):
     max_train_samples: int = 0
     """Use the first N training pairs (0: all)."""
     max_eval_samples: int = 0
-    """Use the first N held-out pairs (0: all)."""
+    """Use the first N held-out pairs (0: all; when the held-out pairs are the training pairs
+    themselves, no test split, the first 500, said in a warning)."""
     dataset_num_proc: int | None = None
     """Processes that tokenise the pairs (``datasets.map``'s num_proc; default: one)."""
     off_prompt_pairs: float = 0.0
@@ -231,7 +232,10 @@ class RMTrainConfig(AdamKeys, ModelKeys, HubKeys):
     full_determinism: bool = False
     """Deterministic kernels only (transformers' key: ``enable_full_determinism``; slower on a
     GPU, and an operation without a deterministic kernel stops the run)."""
-    report_to: Any = field(default_factory=lambda: ["tensorboard"], metadata={"list": True})
+    report_to: Any = field(
+        default_factory=lambda: ["tensorboard"],
+        metadata={"list": True, "shown_type": "str | list[str]"},
+    )
     """Trackers, a list or one name: tensorboard | wandb | trackio | mlflow | none (a JSONL
     log is always written)."""
     project: str = "distalign"
