@@ -46,7 +46,7 @@ class CompareConfig(SamplingConfig, PlacementConfig):
     rm_runs: list[str] = field(default_factory=list)
     """Reward-model run folders, for their training curves and held-out metrics in the report
     (one per ``--rm-run DIR``, repeated)."""
-    judge: Any = field(default=None, metadata={"shown_type": "str | callable | None"})
+    judge: Any = field(default=None, metadata={"shown_type": "str | callable | list | None"})
     """The held-out judge whose reward is the headline: a reward-model folder or hub id, a
     ``module:function(prompts, replies[, **columns]) -> list[float]``, a list of them (summed)
     or (Python API) a callable — one the policies were not trained on. None: the gold judge,
