@@ -15,8 +15,6 @@ and ``curves.png``.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 from level2_summary import (
@@ -27,8 +25,10 @@ from level2_summary import (
     matched,
     matched_rows,
     plot,
+    summary_options,
     table_head,
     table_row,
+    write_summary,
 )
 
 PANELS = [("gold_mean", "gold reward (all annotators)"),
@@ -47,6 +47,9 @@ OBJECTIVES = {  # run name rl_obj_<loss_type>: GRPO advantages, num_iterations=2
     "obj_sapo": "SAPO (soft gate)",
     "obj_vespo": "VESPO (smooth reply weight)",
 }
+# what the runs compare -> (their names, the folder of their results)
+KINDS = {"estimator": (ESTIMATORS, "docs/results/estimators"),
+         "objective": (OBJECTIVES, "docs/results/objectives")}  # fmt: skip
 
 
 def runs_of(runs: Path, names: dict[str, str]) -> dict[str, dict[int, list[dict]]]:
@@ -59,16 +62,16 @@ def runs_of(runs: Path, names: dict[str, str]) -> dict[str, dict[int, list[dict]
     return out
 
 
-def seconds_of(runs: Path, est: str, seed: int) -> float | None:
-    """The run's wall time, as measure_estimators.sh wrote it (logs/seconds.tsv)."""
+def wall_seconds(runs: Path) -> dict[str, float]:
+    """Each stage's wall time by its name, as measure_estimators.sh wrote them
+    (logs/seconds.tsv); a stage run again counts its last time."""
     path = runs / "logs" / "seconds.tsv"
-    times = (
-        dict(line.split("\t") for line in path.read_text().splitlines()) if path.is_file() else {}
-    )
-    return float(times[f"rl_{est}_s{seed}"]) if f"rl_{est}_s{seed}" in times else None
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return {name: float(s) for name, s in (line.split("\t") for line in lines)}
 
 
 def markdown(curves, table, runs: Path, names: dict[str, str], kind: str) -> str:
+    seconds = wall_seconds(runs)
     lines = ["## Gold reward at matched KL (first crossing; mean over seeds, each seed after)", ""]
     lines += table_head(kind, "KL", "gold", "concise", "thorough", "proxy")
     lines += matched_rows(table, names, ("gold_mean", "gold_concise", "gold_thorough", "reward"))
@@ -88,34 +91,26 @@ def markdown(curves, table, runs: Path, names: dict[str, str], kind: str) -> str
                     fmt(last["gold_mean"]),
                     *(fmt(last[f"gold_{g}"]) for g in GROUPS),
                     fmt(last["reward"]),
-                    fmt(seconds_of(runs, est, s), 0),
+                    fmt(seconds.get(f"rl_{est}_s{s}"), 0),
                 )
             )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", default="runs/estimators")
-    ap.add_argument("--out", help="default: docs/results/estimators (or objectives)")
-    ap.add_argument("--kl", type=float, nargs="*", help="KL targets (default: 0.5, 1, 2, ...)")
+    ap = summary_options(__doc__, "runs/estimators", None, "0.5, 1, 2, 4, 8")
     ap.add_argument("--objectives", action="store_true", help="TRL GRPO's objectives' runs")
     args = ap.parse_args()
-    names = OBJECTIVES if args.objectives else ESTIMATORS
-    default_out = "docs/results/" + ("objectives" if args.objectives else "estimators")
+    kind = "objective" if args.objectives else "estimator"
+    names, default_out = KINDS[kind]
     runs, out = Path(args.runs), Path(args.out or default_out)
     out.mkdir(parents=True, exist_ok=True)
     curves = runs_of(runs, names)
-    targets = kl_targets(curves, args.kl, (0.5, 1, 2, 4, 8))
-    table = matched(curves, targets)
+    table = matched(curves, kl_targets(curves, args.kl, (0.5, 1, 2, 4, 8)))
     if curves:
         plot(curves, out / "curves.png", names=names, panels=PANELS)
-    (out / "summary.md").write_text(
-        markdown(curves, table, runs, names, "objective" if args.objectives else "estimator")
-    )
-    payload = {"matched_kl": table, "curves": curves}
-    (out / "summary.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    print((out / "summary.md").read_text())
+    text = markdown(curves, table, runs, names, kind)
+    write_summary(out, text, {"matched_kl": table, "curves": curves})
 
 
 if __name__ == "__main__":

@@ -321,11 +321,26 @@ def search_markdown(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_options(doc: str, runs: str, out: str, kl: str) -> argparse.ArgumentParser:
+    """The options of both summary scripts: ``--runs`` (the measurement's folder), ``--out``
+    (where the tables and plots go) and ``--kl`` (the matched-KL targets; ``kl`` says the
+    default ones)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--runs", default=runs)
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--kl", type=float, nargs="*", help=f"KL targets (default: {kl})")
+    return ap
+
+
+def write_summary(out: Path, text: str, payload: dict) -> None:
+    """``summary.md`` (printed too) and ``summary.json`` in ``out``."""
+    (out / "summary.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(text)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", default="runs/full")
-    ap.add_argument("--out", default="docs/results/level2")
-    ap.add_argument("--kl", type=float, nargs="*", help="KL targets (default: 1, 2, 4, 8, ...)")
+    ap = summary_options(__doc__, "runs/full", "docs/results/level2", "1, 2, 4, 8, ...")
     args = ap.parse_args()
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -338,11 +353,9 @@ def main() -> None:
             if any(a in curves for a in arms[1:]):
                 plot(curves, out / name, arms)
     text = markdown(rms, table, peak, final) + search_markdown(out / "spread_search.json")
-    (out / "summary.md").write_text(text)
     payload = {"reward_models": rms, "matched_kl": table, "peaks": peak, "final": final,
                "curves": curves}  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    print((out / "summary.md").read_text())
+    write_summary(out, text, payload)
 
 
 if __name__ == "__main__":
