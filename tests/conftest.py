@@ -13,6 +13,8 @@ from pathlib import Path
 # Set before the hub libraries are imported: they read it once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import contextlib
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
@@ -173,6 +175,38 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     root = str(Path(__file__).parents[1])
     path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     return os.environ | {"PYTHONPATH": path} | extra
+
+
+def run_launcher(cmd: list[str], env: dict[str, str], timeout: int = 300):
+    """``cmd`` (a launcher and its processes) to the end; returns the CompletedProcess. Past
+    ``timeout`` it fails the test with every process's Python stack: each runs with
+    ``PYTHONFAULTHANDLER``, so SIGABRT makes it print where it waits before it ends."""
+    import signal
+    import subprocess
+
+    import psutil  # accelerate's dependency
+
+    env = env | {"PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    except subprocess.TimeoutExpired:
+        pass
+    # the launcher's workers first (they may sit in sessions of their own), then the launcher
+    family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+    for p in family:  # one at a time, so that the stacks do not interleave
+        p.send_signal(signal.SIGABRT)
+        with contextlib.suppress(psutil.TimeoutExpired):
+            p.wait(timeout=10)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        for p in family:
+            p.kill()
+        out, err = proc.communicate()
+    stacks = (out + err)[-12000:]
+    pytest.fail(f"no exit after {timeout} s; the processes' stacks:\n{stacks}", pytrace=False)
 
 
 def write_jsonl(path: Path, rows) -> Path:

@@ -4,13 +4,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import subprocess_env
+from tests.conftest import run_launcher, subprocess_env
 from tests.test_multiprocess import _free_port
 
 
@@ -23,7 +22,7 @@ def test_fsdp2_sample_save_resume(tiny_model_dir, tmp_path, kind):
         str(worker), str(tiny_model_dir), str(tmp_path / "ckpt"), kind,
     ]  # fmt: skip
     env = subprocess_env(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # FSDP2 over gloo, CPU
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    done = run_launcher(cmd, env)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert f"FSDP2 OK {kind}" in done.stdout
     assert (tmp_path / "ckpt" / "optimizer.pt").is_file()

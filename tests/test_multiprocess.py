@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import write_jsonl
+from tests.conftest import run_launcher, write_jsonl
 from tests.rm.test_train import make_pairs
 
 
@@ -34,7 +33,7 @@ def launch(*args: str) -> str:
         "ACCELERATE_USE_CPU": "true",
         "CUDA_VISIBLE_DEVICES": "",
     }
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    done = run_launcher(cmd, env)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     return output
