@@ -4,7 +4,8 @@
         [--out docs/results/estimators] [--kl 0.5 1 2] [--objectives]
 
 ``--objectives``: the runs of TRL GRPO's objectives instead (``rl_obj_*``, written to
-docs/results/objectives by default).
+docs/results/objectives by default). Runs at another learning rate (``rl_<name>_lr<rate>_s*``)
+come as rows of their own.
 
 Reads each run's in-run evaluations (gold reward overall and per annotator group, the proxy
 reward, KL to SFT, on held-out prompts every few steps) and writes ``summary.md`` (gold at
@@ -62,6 +63,17 @@ def runs_of(runs: Path, names: dict[str, str]) -> dict[str, dict[int, list[dict]
     return out
 
 
+def with_other_rates(runs: Path, names: dict[str, str]) -> dict[str, str]:
+    """``names`` and each run's variant at another learning rate (``rl_<name>_lr<rate>_s*``,
+    measure_estimators.sh's OBJ_LR), labelled with its rate."""
+    out = dict(names)
+    for name, label in names.items():
+        for run in sorted(runs.glob(f"rl_{name}_lr*_s*")):
+            variant = run.name.removeprefix("rl_").rsplit("_s", 1)[0]
+            out[variant] = f"{label}, lr {variant.rsplit('_lr', 1)[1]}"
+    return out
+
+
 def wall_seconds(runs: Path) -> dict[str, float]:
     """Each stage's wall time by its name, as measure_estimators.sh wrote them
     (logs/seconds.tsv); a stage run again counts its last time."""
@@ -104,6 +116,7 @@ def main() -> None:
     kind = "objective" if args.objectives else "estimator"
     names, default_out = KINDS[kind]
     runs, out = Path(args.runs), Path(args.out or default_out)
+    names = with_other_rates(runs, names)
     out.mkdir(parents=True, exist_ok=True)
     curves = runs_of(runs, names)
     table = matched(curves, kl_targets(curves, args.kl, (0.5, 1, 2, 4, 8)))

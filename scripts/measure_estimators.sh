@@ -13,12 +13,14 @@
 # dapo is PPO's clip, TRL GRPO's default; cispo with epsilon_high=5, as TRL advises):
 #   ESTIMATORS= OBJECTIVES="dapo cispo sapo vespo" scripts/measure_estimators.sh
 #   .venv/bin/python scripts/estimators_summary.py --objectives
+# OBJ_LR=3e-4 runs the objectives at that learning rate instead (rl_obj_<loss_type>_lr3e-4_s*).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DA=${DA:-.venv/bin/distalign}
 SEEDS=${SEEDS:-"0 1"}
 ESTIMATORS=${ESTIMATORS-"rloo grpo dr_grpo reinforce_pp remax"}
 OBJECTIVES=${OBJECTIVES-}
+OBJ_LR=${OBJ_LR-}
 OUT=${OUT:-runs/estimators}
 BF16=$(.venv/bin/python -c 'from distalign.models.load import native_bf16; print(int(native_bf16()))' | tail -n 1)
 X=()
@@ -43,6 +45,9 @@ for seed in $SEEDS; do
   for obj in $OBJECTIVES; do
     high=()
     if [ "$obj" = cispo ]; then high=(epsilon_high=5); fi
-    rl "rl_obj_${obj}_s$seed" "$seed" baseline=grpo num_iterations=2 "loss_type=$obj" "${high[@]}"
+    lr=()
+    if [ -n "$OBJ_LR" ]; then lr=("learning_rate=$OBJ_LR"); fi
+    rl "rl_obj_${obj}${OBJ_LR:+_lr$OBJ_LR}_s$seed" "$seed" baseline=grpo num_iterations=2 \
+      "loss_type=$obj" "${high[@]}" "${lr[@]}"
   done
 done
