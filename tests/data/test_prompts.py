@@ -115,6 +115,16 @@ def test_standard_text_pairs_give_their_prompts_as_written(tmp_path):
     assert [p.text for p in prompts] == ["Tell me about chess.", "The sky is"]
 
 
+def test_a_file_mixing_strings_and_conversations_gives_every_prompt_as_messages(tmp_path):
+    """A data set gives reward functions one shape, as TRL's do (a file mixing the two would
+    not load there): conversational when any prompt is, whichever rows a batch draws."""
+    rows = [{"prompt": "Hi?"}, {"prompt": [{"role": "user", "content": "Bye?"}]}]
+    prompts = load_prompts(str(write_jsonl(tmp_path / "prompts.jsonl", rows)))
+    assert prompts == [user("Hi?"), user("Bye?")] and [p.text for p in prompts] == [None, None]
+    only_text = load_prompts(str(write_jsonl(tmp_path / "text.jsonl", rows[:1])))
+    assert [p.text for p in only_text] == ["Hi?"]
+
+
 def test_preference_folder_by_split(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", PAIRS)
     write_jsonl(tmp_path / "test.jsonl", PAIRS[3:])

@@ -833,6 +833,29 @@ def test_reward_functions_see_the_updates_made_so_far_in_evaluations_too(tiny_mo
     assert SEEN_STEPS == [0, 0, 1, 2]
 
 
+FAILING_CALLS: list[int] = []
+
+
+def fails_in_the_final_evaluation(prompts, completions, **kwargs) -> list[float]:
+    """Scores the training steps' replies (calls 1 and 2); fails on the third call."""
+    FAILING_CALLS.append(len(completions))
+    if len(FAILING_CALLS) == 3:
+        raise RuntimeError("the judge is down")
+    return [float(len(c)) for c in completions]
+
+
+def test_an_error_in_the_final_evaluation_keeps_the_trained_steps(tiny_model_dir, tmp_path):
+    FAILING_CALLS.clear()
+    kw = dict(reward="tests.rl.test_train:fails_in_the_final_evaluation", max_steps=2,
+              eval_on_start=False, max_eval_samples=1)  # fmt: skip
+    with pytest.raises(RuntimeError, match="the judge is down"):
+        run(config(tiny_model_dir, tmp_path, **kw))
+    last = tmp_path / "rl" / "checkpoints" / "last"
+    assert json.loads((last / "trainer_state.json").read_text())["step"] == 2
+    result = run(config(tiny_model_dir, tmp_path, **kw, resume_from_checkpoint=True))
+    assert len(FAILING_CALLS) == 4 and result["final"]  # the evaluation alone, no step again
+
+
 def test_prompts_longer_than_max_prompt_length_are_said(tmp_path, smol_tokenizer, caplog):
     from types import SimpleNamespace
 

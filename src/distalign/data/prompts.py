@@ -246,6 +246,9 @@ def load_prompts(
                 raise
             report.skip(e)
     report.kept = len(prompts)
+    if any(p.text is None for p in prompts):  # a data set gives reward functions one shape,
+        for p in prompts:  # as TRL's (all strings or all conversations): a file mixing the
+            p.text = None  # two gives each prompt as messages
     if report.skipped:
         log.warning(
             "%s: %d of %d rows skipped as malformed: %s",

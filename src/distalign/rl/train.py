@@ -1001,10 +1001,10 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     finally:
         t.log.flush(state.step)
     bar.close()
+    if saved_at != state.step:  # first: an error in the evaluation keeps the trained steps
+        save_state(t, state, cfg, keep=False)
     if evaluated_at != state.step:
         with full_parameters(t.learner):
             final = evaluate(t, state, eval_prompts, cfg)
-    if saved_at != state.step:
-        save_state(t, state, cfg, keep=False)
     end_run(accelerator, then=save_final(t, state, final, cfg))  # then: the hub upload
     return {"initial": state.initial_eval, "final": final}
