@@ -59,7 +59,11 @@ def test_learns_a_property_of_the_chosen_reply(tiny_model_dir, pair_dir, tmp_pat
     final = tmp_path / "run" / "final"
     assert (final / "model.safetensors").is_file() and (final / "distalign_rm.json").is_file()
     assert (tmp_path / "run" / "config.yaml").is_file()
-    assert (tmp_path / "run" / "checkpoints" / "best").is_dir()
+    # last resumes, with the optimizer's state; best is a model to load, without it
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert (checkpoints / "last" / "optimizer.pt").is_file()
+    assert (checkpoints / "best" / "model.safetensors").is_file()
+    assert not (checkpoints / "best" / "optimizer.pt").exists()
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert any("train/loss" in json.loads(line) for line in lines)
 

@@ -372,12 +372,15 @@ def train_metrics(window: list[dict], t: Trainer, state: TrainState, seconds: fl
 
 
 def save_state(t: Trainer, state: TrainState, name: str, cfg: RMTrainConfig) -> None:
-    """Sharded (FSDP, ZeRO-3): every process takes part in gathering the weights."""
+    """``checkpoints/<name>``: ``last`` resumable, ``best`` without the optimizer's state (a
+    run resumes from ``last``; ``best`` is a model to load: a third of the size, trained whole).
+    Sharded (FSDP, ZeRO-3): every process takes part in gathering the weights."""
     t.log.flush(state.step)  # a run resumed from here logs from the checkpoint on
     t.accelerator.wait_for_everyone()
     model = t.accelerator.unwrap_model(t.model).model
     weights = full_state_dict(t.model, "model.", t.accelerator)
-    optimizer, optim = optimizer_to_save(model, t.optimizer, weights, not cfg.save_only_model)
+    keep = name == "last" and not cfg.save_only_model
+    optimizer, optim = optimizer_to_save(model, t.optimizer, weights, keep)
     if t.accelerator.is_main_process:
         path = t.out / "checkpoints" / name
         name_outputs(model, cfg.head)
