@@ -382,6 +382,24 @@ def test_a_tracker_that_is_not_installed_is_a_one_line_error(monkeypatch, capsys
     assert "pip install 'distalign[trackers]'" in err and "Traceback" not in err
 
 
+def test_push_to_hub_without_a_network_is_a_one_line_error_naming_the_folder(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    import distalign.hub as hub
+    from distalign.cli import main
+
+    monkeypatch.setattr(hub, "offline_if_unreachable", lambda: "huggingface.co does not resolve")
+    monkeypatch.chdir(tmp_path)  # a short path, so that the console does not wrap the line
+    argv = ["distalign", "rm", "train", f"model_name_or_path={tiny_model_dir}", "output_dir=out/rm",
+            "push_to_hub=true"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().out
+    assert "Traceback" not in err and "`hf upload rm out/rm/final`" in err
+
+
 def test_rm_score_writes_beside_its_input_keeping_the_whole_name():
     from pathlib import Path
 

@@ -43,6 +43,7 @@ from distalign.config import (
 )
 from distalign.data.formats import PreferenceFormatError, prompt_text
 from distalign.data.load import DataSourceError
+from distalign.hub import HubUploadError
 from distalign.models.classifier import NotARewardModelError
 from distalign.models.load import ModelNotFoundError
 from distalign.models.templates import RenderingError
@@ -93,6 +94,7 @@ USER_ERRORS = (
     RenderingError,
     RewardFunctionError,
     NotARewardModelError,
+    HubUploadError,
 )
 
 

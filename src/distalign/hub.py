@@ -117,9 +117,10 @@ def hub_repo(cfg: HubKeys, output_dir: str | Path) -> str | None:
     name = cfg.hub_model_id or Path(output_dir).absolute().name
     why = offline_if_unreachable()
     if why:
+        final = Path(output_dir) / "final"
         raise HubUploadError(f"push_to_hub: the hub cannot be reached ({why}); train without "
-                             f"push_to_hub and upload output_dir/final later with `hf upload "
-                             f"{name} output_dir/final`")  # fmt: skip
+                             f"push_to_hub and upload {final} later with `hf upload {name} "
+                             f"{final}`")  # fmt: skip
     api = HfApi()
     try:
         repo_id = api.create_repo(name, private=cfg.hub_private_repo, exist_ok=True).repo_id
