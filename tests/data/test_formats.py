@@ -64,6 +64,12 @@ def test_hh_transcripts_that_part_before_the_last_turn_are_kept_and_counted(tmp_
     assert ds[0]["chosen"] == "hello" + H + "capital?" + A + "Paris."
     assert report.later_turns == 1 and report.kept == 2
     assert "reply goes on with a '\\n\\nHuman:' turn: 1" in caplog.text
+    # a reply that says "Human:" (its first words, or inline) has no turn of its own
+    said = [{"chosen": H + "Write a dialogue." + A + "Human: hi. Bot: hello.",
+             "rejected": H + "Write a dialogue." + A + "No. Human: hi."}]  # fmt: skip
+    (tmp_path / "said").mkdir()
+    ds, report = load(tmp_path / "said", said)
+    assert (ds[0]["chosen"], report.later_turns) == ("Human: hi. Bot: hello.", 0)
 
 
 def test_a_text_that_mentions_a_turn_marker_later_is_no_hh_transcript(tmp_path):

@@ -398,8 +398,9 @@ def starts_hh(text: str) -> bool:
 
 
 def holds_hh_turn(reply: str) -> bool:
-    """Whether an HH pair's reply goes on with a ``\n\nHuman:`` turn of its own."""
-    return any(m.group(1) == "Human" for m in _HH_TURN.finditer(reply))
+    """Whether an HH pair's reply goes on with a ``\n\nHuman:`` turn of its own (a reply
+    that starts with the words "Human:" says them, as the reply's text)."""
+    return any(m.group(1) == "Human" and m.start() > 0 for m in _HH_TURN.finditer(reply))
 
 
 def _check_hh(text: Any, where: str, field: str) -> str:
