@@ -995,6 +995,19 @@ def test_a_folder_with_its_own_train_file_has_no_test_split_in_stray_files(tmp_p
         load_preferences(str(tmp_path), "test")
 
 
+def test_a_hub_folder_with_split_names_of_its_own_names_them_when_one_is_missing(tmp_path):
+    """UltraFeedback-binarized's layout (data/train_prefs-00000-of-00001.parquet): the
+    default split is missing, and the error lists the splits there are."""
+    from distalign.data.files import MissingSplitError
+
+    (tmp_path / "data").mkdir()
+    for split in ("train_prefs", "test_prefs"):
+        write_jsonl(tmp_path / "data" / f"{split}-00000-of-00001.jsonl", EXPLICIT)
+    with pytest.raises(MissingSplitError, match=r"the splits \['test_prefs', 'train_prefs'\]"):
+        load_preferences(str(tmp_path))
+    assert len(load_preferences(str(tmp_path), "train_prefs")) == len(EXPLICIT)
+
+
 def test_the_folder_fallback_reads_one_kind_of_file_as_datasets_does(tmp_path):
     row = {"prompt": "q", "chosen": "a", "rejected": "b"}
     write_jsonl(tmp_path / "pairs.jsonl", [row, row])
