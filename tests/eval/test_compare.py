@@ -451,6 +451,21 @@ def test_the_gold_judge_is_refused_on_other_prompts():
         CompareConfig(judge="")
 
 
+def test_a_judge_the_hub_cannot_give_is_named_as_the_judge_without_a_network(monkeypatch):
+    import distalign.hub as hub
+    from distalign.config import ConfigError
+    from distalign.eval.policy import load_judge
+
+    monkeypatch.setattr(hub, "offline_if_unreachable", lambda: "huggingface.co does not resolve")
+    cfg = CompareConfig(dataset_name="prompts.jsonl", judge="org/no-such-judge")
+    with pytest.raises(ConfigError) as e:
+        load_judge(cfg)
+    said = str(e.value)
+    assert said.startswith("judge: reward 'org/no-such-judge' is not a folder")
+    assert "cannot be reached to download it (huggingface.co does not resolve)" in said
+    assert "HF_HUB_OFFLINE" not in said
+
+
 def test_the_command_line_takes_a_judge_and_prompt_source():
     from distalign.cli import parse_command
     from distalign.config import ConfigError

@@ -385,9 +385,12 @@ def load_judge(cfg: CompareConfig) -> tuple[Any, str | None]:
             )
         return None, None
     check_judge_held_out(cfg)
-    judge = load_reward_source(
-        cfg.judge, template_kwargs=cfg.chat_template_kwargs, **cfg.load_options()
-    )
+    try:
+        judge = load_reward_source(
+            cfg.judge, template_kwargs=cfg.chat_template_kwargs, **cfg.load_options()
+        )
+    except ConfigError as e:  # its messages speak of a reward source: this one is the judge
+        raise ConfigError(f"judge: {e}") from None
     return judge, "+".join(judge.names)
 
 

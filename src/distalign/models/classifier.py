@@ -50,10 +50,15 @@ def model_folder(spec: str, trust_remote_code: bool = False) -> Path:
     try:
         return Path(snapshot_download(spec, allow_patterns=patterns))
     except Exception as e:  # not a repo id, not found, offline: all mean "no such model"
-        reached = f"; the hub cannot be reached: {why}" if why else ""
+        if why:  # huggingface_hub's own message would say to leave offline mode
+            raise ConfigError(
+                f"reward {spec!r} is not a folder or module:function, and the hub cannot be "
+                f"reached to download it ({why}); it is not in the local Hugging Face cache "
+                "either"
+            ) from None
         raise ConfigError(
             f"reward {spec!r} is not a folder, not module:function, and not a model on the "
-            f"hub ({type(e).__name__}: {e}){reached}"
+            f"hub ({type(e).__name__}: {e})"
         ) from None
 
 
