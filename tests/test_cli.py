@@ -126,6 +126,13 @@ def test_rm_train_eval_score(tiny_model_dir, tmp_path):
     )
     assert result.exit_code == 0, out
     assert "ece" in out and (run_dir / "final" / "eval_pairs_test.json").is_file()
+    result, out = invoke(  # as TRL's evaluate writes to output_dir, the model's folder untouched
+        "rm", "eval", f"model_name_or_path={run_dir / 'final'}", f"dataset_name={data}",
+        f"output_dir={tmp_path / 'evals'}", "max_eval_samples=4",
+    )  # fmt: skip
+    assert result.exit_code == 0, out
+    assert (tmp_path / "evals" / "eval_pairs_test_first4.json").is_file()
+    assert not (run_dir / "final" / "eval_pairs_test_first4.json").exists()
     replies = write_jsonl(
         tmp_path / "replies.jsonl",
         [

@@ -94,6 +94,7 @@ def evaluate_reward_model(config=None, **overrides) -> dict[str, Any]:
             "format": cfg.format,
         },
         chat_template=cfg.chat_template_path,
+        output_dir=cfg.output_dir,
         **cfg.placement(),
     )
 

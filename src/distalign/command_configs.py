@@ -117,8 +117,11 @@ class RMEvalConfig(PlacementConfig):
     """Pairs per batch."""
     max_eval_samples: int = 0
     """The first N pairs (0: all)."""
+    output_dir: str | None = None
+    """Folder for the metrics JSON and its plots (default: the model's folder; for a hub
+    model, the working folder), as TRL's evaluate writes eval_results.json to output_dir."""
     output_file: str | None = None
-    """Metrics JSON (default: eval_<data>_<split>.json in the model folder; _first<N> for the
+    """Metrics JSON (default: eval_<data>_<split>.json in output_dir; _first<N> for the
     first N pairs, _len<L>-<P> for other lengths than the model's own)."""
     chat_template_path: str | None = None
     """A chat template for a reward model whose tokenizer has none (a Jinja file, a

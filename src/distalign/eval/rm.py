@@ -277,8 +277,10 @@ def run_rm_eval(
     attn_implementation: str = "sdpa",
     data_options: dict | None = None,
     chat_template: str | None = None,
+    output_dir: str | None = None,
 ) -> dict[str, float]:
-    """Load a saved reward model, score held-out pairs, write the metrics as JSON.
+    """Load a saved reward model, score held-out pairs, write the metrics as JSON (to
+    ``output``, else under their usual name in ``output_dir``, else beside a local model).
     ``data_options``: ``load_preferences``'s hub ``name``/``revision`` and ``skip_bad_rows``.
     ``chat_template``: one for a model without its own (``chat_template_path``).
 
@@ -301,7 +303,9 @@ def run_rm_eval(
     # metrics go beside a local model; a hub model's (in the cache) to the working folder,
     # under its name so that several models evaluated there keep their own files
     local = Path(model_dir).expanduser().is_dir()
-    home = folder if local else Path(".")
+    home = Path(output_dir) if output_dir else folder if local else Path(".")
+    if output_dir and not output:
+        home.mkdir(parents=True, exist_ok=True)
     prefix = "" if local else re.sub(r"[^\w.\-]+", "_", model_dir.strip("/")) + "_"
     if not (folder / META_FILE).is_file():  # another tool's reward model (TRL's, the hub's)
         if max_prompt_length:
