@@ -936,6 +936,15 @@ def test_trls_reward_model_path_and_vllms_top_k_off_are_read():
         load_config(RLTrainConfig, None, ["top_k=-2"])
 
 
+def test_the_earlier_trl_rloo_names_are_read_as_today_s():
+    old = ["kl_coef=0.1", "rloo_k=2", "num_ppo_epochs=2", "response_length=16"]
+    cfg = load_config(RLTrainConfig, None, old)
+    assert (cfg.beta, cfg.num_generations, cfg.num_iterations, cfg.max_completion_length) == (
+        0.1, 2, 2, 16)  # fmt: skip
+    with pytest.raises(ConfigError, match="`rloo_k` and `num_generations` both given"):
+        load_config(RLTrainConfig, None, ["rloo_k=2", "num_generations=4"])
+
+
 def test_one_rule_for_formats_the_failure_budget_and_the_gold_alias(tmp_path, monkeypatch):
     from distalign.data.load import is_gold
     from distalign.rm.config import RMTrainConfig

@@ -95,6 +95,10 @@ ALIASES = {
     "reward_funcs": "reward",
     "reward_model_name_or_path": "reward",
     "reward_model_path": "reward",  # TRL's online DPO and earlier RLOO/PPO configs
+    "kl_coef": "beta",  # TRL's earlier RLOO and PPO configs
+    "rloo_k": "num_generations",  # TRL's earlier RLOO config
+    "num_ppo_epochs": "num_iterations",  # TRL's earlier RLOO and PPO configs: passes per batch
+    "response_length": "max_completion_length",  # TRL's earlier RLOO and PPO configs
     "torch_dtype": "dtype",
     "activation_checkpointing": "gradient_checkpointing",  # transformers 5's new name
     "warmup_ratio": "warmup_steps",
@@ -145,8 +149,8 @@ NOT_OFFERED = {
     "test_split_size": "the held-out pairs are a split (dataset_test_split) or eval_dataset_name; "
     "make one with datasets' train_test_split",
     "remove_unused_columns": "training reads the columns it needs and keeps the rest aside",
-    "dataset_text_field": "pairs are read as prompt/chosen/rejected (or an HH, ShareGPT or "
-    "implicit-prompt file, detected)",
+    "dataset_text_field": "the columns are found by name: a pair's prompt/chosen/rejected, a "
+    "prompt's prompt (or an HH, ShareGPT, Alpaca or implicit-prompt file's own, detected)",
     "eos_token": "a reply ends as the chat template renders it (chat_template_path: another "
     "template)",
     "pad_token": "padding is masked; a reward model gets a pad token distinct from EOS",
