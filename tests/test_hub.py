@@ -240,4 +240,5 @@ def test_a_model_card_names_hub_models_only():
     assert table.splitlines() == ["| measure | a | b |", "|---|---|---|", "| n | 3 |  |",
                                   "| m |  | 0.5 |"]  # fmt: skip
     assert hub.shown("/home/someone/data/pairs.jsonl") == "pairs.jsonl (local)"
+    assert hub.shown("/home/someone/runs/my_rm/final/") == "my_rm/final (local)"  # the run's
     assert (hub.shown("gold"), hub.shown("org/set"), hub.shown(len)) == ("gold", "org/set", "len")

@@ -221,7 +221,14 @@ def shown(name: Any) -> str:
         return getattr(name, "__name__", type(name).__name__)
     if is_hub_id(name) or not any(c in name for c in "/\\"):
         return name
-    return f"{Path(name).name} (local)"
+    from distalign.rl.rewards import generic_folder
+
+    path = Path(name.rstrip("/\\"))
+    shown_part = path.name
+    while generic_folder(path.name) and path.parent.name:  # runs/my_rm/final: my_rm/final
+        path = path.parent
+        shown_part = f"{path.name}/{shown_part}"
+    return f"{shown_part} (local)"
 
 
 def is_hub_id(name: str) -> bool:
