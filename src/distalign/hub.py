@@ -160,13 +160,21 @@ def upload_when_done(
 def push_folder(repo_id: str, folder: Path, cfg: HubKeys, card: str, message: str) -> str:
     """Write ``card`` as the folder's README.md (replacing the template card PEFT's
     ``save_pretrained`` writes beside an adapter) and upload the folder to ``repo_id``;
-    returns the commit's URL. A failed upload says the model is saved locally."""
+    returns the commit's URL. A failed upload says the model is saved locally. An adapter
+    whose base is a local folder standing for a hub model (the embedded model's cache) goes
+    up naming that hub id, so that it loads on other machines (``hub_adapter``)."""
+    import tempfile
+
     from huggingface_hub import HfApi
 
     (folder / "README.md").write_text(card, encoding="utf-8")
     try:
-        info = HfApi().upload_folder(repo_id=repo_id, folder_path=str(folder),
-                                     revision=cfg.hub_revision, commit_message=message)  # fmt: skip
+        with tempfile.TemporaryDirectory() as staging:
+            source = hub_adapter(folder, getattr(cfg, "model_name_or_path", None), Path(staging))
+            info = HfApi().upload_folder(
+                repo_id=repo_id, folder_path=str(source), revision=cfg.hub_revision,
+                commit_message=message,
+            )  # fmt: skip
     except Exception as e:
         raise HubUploadError(f"push_to_hub: uploading {folder} to {repo_id} failed: {e}; the "
                              f"model is saved there: upload it with `hf upload {repo_id} "
@@ -229,6 +237,28 @@ def shown(name: Any) -> str:
         path = path.parent
         shown_part = f"{path.name}/{shown_part}"
     return f"{shown_part} (local)"
+
+
+def hub_adapter(folder: Path, model_name: str | None, staging: Path) -> Path:
+    """The folder to upload: ``folder`` itself, or, for a PEFT adapter whose
+    ``base_model_name_or_path`` is a local folder while ``model_name`` stands for a hub model
+    (an embedded model's alias), a copy in ``staging`` whose adapter_config.json names that
+    hub id. The local ``final/`` keeps its folder, which loads without a network."""
+    import json
+    import shutil
+
+    settings = folder / "adapter_config.json"
+    base = base_model_id(model_name) if model_name else None
+    if not (settings.is_file() and base and is_hub_id(base)):
+        return folder
+    adapter = json.loads(settings.read_text(encoding="utf-8"))
+    if is_hub_id(str(adapter.get("base_model_name_or_path") or "")):
+        return folder
+    copy = staging / folder.name
+    shutil.copytree(folder, copy)
+    adapter["base_model_name_or_path"] = base
+    (copy / "adapter_config.json").write_text(json.dumps(adapter, indent=2), encoding="utf-8")
+    return copy
 
 
 def is_hub_id(name: str) -> bool:
