@@ -216,7 +216,9 @@ def plot(curves, path: Path, arms=None, names=ARMS, panels=PANELS) -> None:
                "tab:pink", "tab:olive", "tab:cyan")  # fmt: skip
     colours = dict(zip(names, palette, strict=False))
     curves = {a: c for a, c in curves.items() if arms is None or a in arms}
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    lines = sum(len(seeds) for seeds in curves.values())
+    rows = -(-lines // 3)  # the legend's, three entries a row beneath the panels
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4 + 0.22 * rows))
     for ax, (key, title) in zip(axes, panels, strict=True):
         for arm, seeds in curves.items():
             for i, (s, c) in enumerate(sorted(seeds.items())):
@@ -229,8 +231,10 @@ def plot(curves, path: Path, arms=None, names=ARMS, panels=PANELS) -> None:
         ax.set_xlabel("KL to SFT (held-out prompts)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    below = 0.22 * rows / (4 + 0.22 * rows) + 0.02  # of the figure's height
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, below, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
