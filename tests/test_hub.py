@@ -241,21 +241,24 @@ def test_a_model_card_names_hub_models_only():
                                   "| m |  | 0.5 |"]  # fmt: skip
     assert hub.shown("/home/someone/data/pairs.jsonl") == "pairs.jsonl (local)"
     assert hub.shown("/home/someone/runs/my_rm/final/") == "my_rm/final (local)"  # the run's
+    assert (hub.shown("gold"), hub.shown("org/set"), hub.shown(len)) == ("gold", "org/set", "len")
 
 
-def test_an_adapter_of_the_embedded_model_goes_up_naming_its_hub_base(tmp_path):
+def test_an_adapter_of_the_embedded_model_goes_up_naming_its_hub_base(tmp_path, monkeypatch):
     import json
 
+    monkeypatch.setenv("DISTALIGN_CACHE", str(tmp_path / "cache"))
     final = tmp_path / "run" / "final"
     final.mkdir(parents=True)
-    local = {"base_model_name_or_path": str(tmp_path / "cache" / "smollm2"), "r": 8}
+    local = {"base_model_name_or_path": str(tmp_path / "cache/models/smollm2-135m-instruct")}
     (final / "adapter_config.json").write_text(json.dumps(local))
     (final / "adapter_model.safetensors").write_bytes(b"w")
-    up = hub.hub_adapter(final, "smollm2-135m-instruct", tmp_path / "staging")
+    up = hub.hub_adapter(final, tmp_path / "staging")
     sent = json.loads((up / "adapter_config.json").read_text())
-    assert sent == {**local, "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    assert sent == {"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}
     assert (up / "adapter_model.safetensors").read_bytes() == b"w"
     assert json.loads((final / "adapter_config.json").read_text()) == local  # loads offline
     # a base of its own (a local model, or a hub id already): uploaded as it is
-    assert hub.hub_adapter(final, str(tmp_path / "my_model"), tmp_path / "s2") == final
-    assert (hub.shown("gold"), hub.shown("org/set"), hub.shown(len)) == ("gold", "org/set", "len")
+    for base in (str(tmp_path / "my_model"), "org/base"):
+        (final / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+        assert hub.hub_adapter(final, tmp_path / base.replace("/", "_")) == final

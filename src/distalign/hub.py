@@ -161,8 +161,8 @@ def push_folder(repo_id: str, folder: Path, cfg: HubKeys, card: str, message: st
     """Write ``card`` as the folder's README.md (replacing the template card PEFT's
     ``save_pretrained`` writes beside an adapter) and upload the folder to ``repo_id``;
     returns the commit's URL. A failed upload says the model is saved locally. An adapter
-    whose base is a local folder standing for a hub model (the embedded model's cache) goes
-    up naming that hub id, so that it loads on other machines (``hub_adapter``)."""
+    whose base is the embedded model's cache folder goes up naming that model's hub id, so
+    that it loads on other machines (``hub_adapter``)."""
     import tempfile
 
     from huggingface_hub import HfApi
@@ -170,7 +170,7 @@ def push_folder(repo_id: str, folder: Path, cfg: HubKeys, card: str, message: st
     (folder / "README.md").write_text(card, encoding="utf-8")
     try:
         with tempfile.TemporaryDirectory() as staging:
-            source = hub_adapter(folder, getattr(cfg, "model_name_or_path", None), Path(staging))
+            source = hub_adapter(folder, Path(staging))
             info = HfApi().upload_folder(
                 repo_id=repo_id, folder_path=str(source), revision=cfg.hub_revision,
                 commit_message=message,
@@ -239,24 +239,28 @@ def shown(name: Any) -> str:
     return f"{shown_part} (local)"
 
 
-def hub_adapter(folder: Path, model_name: str | None, staging: Path) -> Path:
+def hub_adapter(folder: Path, staging: Path) -> Path:
     """The folder to upload: ``folder`` itself, or, for a PEFT adapter whose
-    ``base_model_name_or_path`` is a local folder while ``model_name`` stands for a hub model
-    (an embedded model's alias), a copy in ``staging`` whose adapter_config.json names that
-    hub id. The local ``final/`` keeps its folder, which loads without a network."""
+    ``base_model_name_or_path`` is an embedded model's cache folder (``model prepare``'s), a
+    copy in ``staging`` whose adapter_config.json names that model's hub id. The local
+    ``final/`` keeps the cache folder, which loads without a network."""
     import json
     import shutil
 
+    from distalign.models.load import EMBEDDED_HUB_IDS, cache_dir
+
     settings = folder / "adapter_config.json"
-    base = base_model_id(model_name) if model_name else None
-    if not (settings.is_file() and base and is_hub_id(base)):
+    if not settings.is_file():
         return folder
     adapter = json.loads(settings.read_text(encoding="utf-8"))
-    if is_hub_id(str(adapter.get("base_model_name_or_path") or "")):
+    base = Path(str(adapter.get("base_model_name_or_path") or "")).expanduser()
+    hub_id = next((hub_id for alias, hub_id in EMBEDDED_HUB_IDS.items()
+                   if base == cache_dir() / "models" / alias), None)  # fmt: skip
+    if hub_id is None:
         return folder
     copy = staging / folder.name
     shutil.copytree(folder, copy)
-    adapter["base_model_name_or_path"] = base
+    adapter["base_model_name_or_path"] = hub_id
     (copy / "adapter_config.json").write_text(json.dumps(adapter, indent=2), encoding="utf-8")
     return copy
 
