@@ -183,6 +183,7 @@ def run_launcher(cmd: list[str], env: dict[str, str], timeout: int = 300):
     ``PYTHONFAULTHANDLER``, so SIGABRT makes it print where it waits before it ends."""
     import signal
     import subprocess
+    import time
 
     import psutil  # accelerate's dependency
 
@@ -193,17 +194,28 @@ def run_launcher(cmd: list[str], env: dict[str, str], timeout: int = 300):
         return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     except subprocess.TimeoutExpired:
         pass
-    # the launcher's workers first (they may sit in sessions of their own), then the launcher
-    family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+    # the launcher held still (it would end a worker's peers once one dies), then each worker,
+    # then the launcher; a process may be gone already
+    gone = (psutil.NoSuchProcess,)
+    launcher = psutil.Process(proc.pid)
+    with contextlib.suppress(*gone):
+        launcher.suspend()
+    family = [*launcher.children(recursive=True), launcher]
     for p in family:  # one at a time, so that the stacks do not interleave
-        p.send_signal(signal.SIGABRT)
-        with contextlib.suppress(psutil.TimeoutExpired):
-            p.wait(timeout=10)
+        with contextlib.suppress(*gone):
+            if p is launcher:
+                p.resume()
+            p.send_signal(signal.SIGABRT)
+            for _ in range(100):  # up to 10 s; a worker stays a zombie under its launcher
+                if p.status() == psutil.STATUS_ZOMBIE:
+                    break
+                time.sleep(0.1)
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         for p in family:
-            p.kill()
+            with contextlib.suppress(*gone):
+                p.kill()
         out, err = proc.communicate()
     stacks = (out + err)[-12000:]
     pytest.fail(f"no exit after {timeout} s; the processes' stacks:\n{stacks}", pytrace=False)
