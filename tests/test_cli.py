@@ -131,7 +131,7 @@ def test_rm_train_eval_score(tiny_model_dir, tmp_path):
         f"output_dir={tmp_path / 'evals'}", "max_eval_samples=4",
     )  # fmt: skip
     assert result.exit_code == 0, out
-    assert (tmp_path / "evals" / "eval_pairs_test_first4.json").is_file()
+    assert (tmp_path / "evals" / "rm_eval_pairs_test_first4.json").is_file()  # the run's name
     assert not (run_dir / "final" / "eval_pairs_test_first4.json").exists()
     replies = write_jsonl(
         tmp_path / "replies.jsonl",

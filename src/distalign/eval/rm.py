@@ -297,6 +297,7 @@ def run_rm_eval(
     from distalign.models.load import prefix_sharing_for, resolve_device_dtype, set_chat_template
     from distalign.models.reward_model import META_FILE, load_reward_model
     from distalign.models.templates import fit_rendering
+    from distalign.rl.rewards import source_name
 
     place, torch_dtype = resolve_device_dtype(device, dtype)
     folder = model_folder(model_dir)  # a run's output_dir: its final/; a hub id: downloaded
@@ -306,7 +307,10 @@ def run_rm_eval(
     home = Path(output_dir) if output_dir else folder if local else Path(".")
     if output_dir and not output:
         home.mkdir(parents=True, exist_ok=True)
-    prefix = "" if local else re.sub(r"[^\w.\-]+", "_", model_dir.strip("/")) + "_"
+    # beside the model its file needs no model's name; in the working folder or output_dir,
+    # which several models share, it starts with the model's (a run's: runs/my_rm/final, my_rm)
+    named = source_name(model_dir) if local else model_dir.strip("/")
+    prefix = "" if local and not output_dir else re.sub(r"[^\w.\-]+", "_", named) + "_"
     if not (folder / META_FILE).is_file():  # another tool's reward model (TRL's, the hub's)
         if max_prompt_length:
             log.warning(
