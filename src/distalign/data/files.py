@@ -273,7 +273,7 @@ def local_files(path: Path, split: str | None) -> list[Path]:
     datasets_layout = not configs and not _own_layout(path, "train")
     if datasets_layout and (found := _one_kind(_datasets_split_files(path, wanted))):
         return found
-    if not configs and (splits := folder_splits(path)):
+    if datasets_layout and (splits := [s for s in folder_splits(path) if s != wanted]):
         raise MissingSplitError(f"{path}: no file for split {wanted!r} (its files give the "
                                 f"splits {splits}); {SPLIT_HINT}")  # fmt: skip
     names = sorted(p.name for p in path.iterdir())
@@ -282,17 +282,14 @@ def local_files(path: Path, split: str | None) -> list[Path]:
 
 
 def folder_splits(path: Path) -> list[str]:
-    """The splits a folder's file names give: each data file's (``test.jsonl``: test), and
-    those ``datasets`` infers (``data/train_prefs-00000-of-00001.parquet``: train_prefs)."""
+    """The splits ``datasets`` infers from a folder's file names
+    (``data/train_prefs-00000-of-00001.parquet``: train_prefs), sorted."""
     from datasets.data_files import EmptyDatasetError, get_data_patterns
 
-    own = {Path(strip_gz(f)).stem for f in path.iterdir()
-           if f.is_file() and Path(strip_gz(f)).suffix in SUFFIXES}  # fmt: skip
     try:
-        inferred = set(map(str, get_data_patterns(str(path))))
+        return sorted(map(str, get_data_patterns(str(path))))
     except (EmptyDatasetError, FileNotFoundError):
-        inferred = set()
-    return sorted(own | inferred)
+        return []
 
 
 def _own_layout(path: Path, split: str) -> list[Path]:
