@@ -70,6 +70,11 @@ def test_hh_transcripts_that_part_before_the_last_turn_are_kept_and_counted(tmp_
     (tmp_path / "said").mkdir()
     ds, report = load(tmp_path / "said", said)
     assert (ds[0]["chosen"], report.later_turns) == ("Human: hi. Bot: hello.", 0)
+    from distalign.data.formats import holds_hh_turn
+
+    # an empty reply, stripped, followed by the next turns: a turn of its own
+    assert holds_hh_turn("Human: more?\n\nAssistant: yes")
+    assert not holds_hh_turn("Human: hi. Bot: hello.")
 
 
 def test_a_text_that_mentions_a_turn_marker_later_is_no_hh_transcript(tmp_path):

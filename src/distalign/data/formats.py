@@ -398,9 +398,15 @@ def starts_hh(text: str) -> bool:
 
 
 def holds_hh_turn(reply: str) -> bool:
-    """Whether an HH pair's reply goes on with a ``\n\nHuman:`` turn of its own (a reply
-    that starts with the words "Human:" says them, as the reply's text)."""
-    return any(m.group(1) == "Human" and m.start() > 0 for m in _HH_TURN.finditer(reply))
+    """Whether an HH pair's reply goes on with a ``\n\nHuman:`` turn of its own. A reply
+    whose first words are "Human:" says them as its text, unless an ``Assistant:`` turn
+    follows (an empty reply, stripped, and the next turns)."""
+    marks = list(_HH_TURN.finditer(reply))
+    return any(
+        m.group(1) == "Human"
+        and (m.start() > 0 or any(n.group(1) == "Assistant" for n in marks[i + 1 :]))
+        for i, m in enumerate(marks)
+    )
 
 
 def _check_hh(text: Any, where: str, field: str) -> str:
