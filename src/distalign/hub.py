@@ -118,9 +118,9 @@ def hub_repo(cfg: HubKeys, output_dir: str | Path) -> str | None:
     why = offline_if_unreachable()
     if why:
         final = Path(output_dir) / "final"
-        raise HubUploadError(f"push_to_hub: the hub cannot be reached ({why}); train without "
-                             f"push_to_hub and upload {final} later with `hf upload {name} "
-                             f"{final}`")  # fmt: skip
+        raise HubUploadError(f"push_to_hub: the hub cannot be reached ({why}); upload {final} "
+                             f"once it is there with `hf upload {name} {final}` (before "
+                             "training: train without push_to_hub)")  # fmt: skip
     api = HfApi()
     try:
         repo_id = api.create_repo(name, private=cfg.hub_private_repo, exist_ok=True).repo_id

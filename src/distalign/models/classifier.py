@@ -50,7 +50,10 @@ def model_folder(spec: str, trust_remote_code: bool = False) -> Path:
     try:
         return Path(snapshot_download(spec, allow_patterns=patterns))
     except Exception as e:  # not a repo id, not found, offline: all mean "no such model"
-        if why:  # huggingface_hub's own message would say to leave offline mode
+        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+        if why and isinstance(e, LocalEntryNotFoundError | OfflineModeIsEnabled):
+            # huggingface_hub's own message would say to leave offline mode
             raise ConfigError(
                 f"reward {spec!r} is not a folder or module:function, and the hub cannot be "
                 f"reached to download it ({why}); it is not in the local Hugging Face cache "
