@@ -149,7 +149,9 @@ def generate(config=None, **overrides) -> list[dict[str, Any]]:
     out = sample_replies(
         model, tokenizer, prompts, k=cfg.num_generations, config=sampling_of(cfg), progress=True
     )
-    # a prompt given as text is written as text (TRL's standard prompt/completion rows)
+    # a prompt given as text is written as text (TRL's standard prompt/completion rows); a
+    # file mixing text and messages gives every prompt as messages, so the rows load as one
+    # data set (datasets refuses a column of both)
     texts = [*cfg.prompts, *(getattr(p, "text", None) for p in prompts[len(cfg.prompts) :])]
     rows = [
         {
