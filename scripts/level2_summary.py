@@ -217,8 +217,8 @@ def plot(curves, path: Path, arms=None, names=ARMS, panels=PANELS) -> None:
     colours = dict(zip(names, palette, strict=False))
     curves = {a: c for a, c in curves.items() if arms is None or a in arms}
     lines = sum(len(seeds) for seeds in curves.values())
-    rows = -(-lines // 3)  # the legend's, three entries a row beneath the panels
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4 + 0.22 * rows))
+    legend = 0.22 * -(-lines // 3)  # inches: three entries a row beneath the panels
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4 + legend))
     for ax, (key, title) in zip(axes, panels, strict=True):
         for arm, seeds in curves.items():
             for i, (s, c) in enumerate(sorted(seeds.items())):
@@ -232,9 +232,8 @@ def plot(curves, path: Path, arms=None, names=ARMS, panels=PANELS) -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    below = 0.22 * rows / (4 + 0.22 * rows) + 0.02  # of the figure's height
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, below, 1, 1))
+    fig.tight_layout(rect=(0, legend / fig.get_figheight() + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -229,14 +229,10 @@ def shown(name: Any) -> str:
         return getattr(name, "__name__", type(name).__name__)
     if is_hub_id(name) or not any(c in name for c in "/\\"):
         return name
-    from distalign.rl.rewards import generic_folder
+    from distalign.rl.rewards import run_folder
 
-    path = Path(name.rstrip("/\\"))
-    shown_part = path.name
-    while generic_folder(path.name) and path.parent.name:  # runs/my_rm/final: my_rm/final
-        path = path.parent
-        shown_part = f"{path.name}/{shown_part}"
-    return f"{shown_part} (local)"
+    path = Path(name.rstrip("/\\"))  # runs/my_rm/final: my_rm/final, the run's name with it
+    return f"{path.relative_to(run_folder(path).parent).as_posix()} (local)"
 
 
 def hub_adapter(folder: Path, staging: Path) -> Path:
@@ -247,7 +243,7 @@ def hub_adapter(folder: Path, staging: Path) -> Path:
     import json
     import shutil
 
-    from distalign.models.load import EMBEDDED_HUB_IDS, cache_dir
+    from distalign.models.load import EMBEDDED_HUB_IDS, embedded_folder
 
     settings = folder / "adapter_config.json"
     if not settings.is_file():
@@ -255,7 +251,7 @@ def hub_adapter(folder: Path, staging: Path) -> Path:
     adapter = json.loads(settings.read_text(encoding="utf-8"))
     base = Path(str(adapter.get("base_model_name_or_path") or "")).expanduser()
     hub_id = next((hub_id for alias, hub_id in EMBEDDED_HUB_IDS.items()
-                   if base == cache_dir() / "models" / alias), None)  # fmt: skip
+                   if base == embedded_folder(alias)), None)  # fmt: skip
     if hub_id is None:
         return folder
     copy = staging / folder.name

@@ -271,25 +271,16 @@ def local_files(path: Path, split: str | None) -> list[Path]:
     # a folder in none of the layouts above (not even for train: a folder that has its own
     # train file and no test one has no test split, and a stray test_notes.csv is none)
     datasets_layout = not configs and not _own_layout(path, "train")
-    if datasets_layout and (found := _one_kind(_datasets_split_files(path, wanted))):
-        return found
-    if datasets_layout and (splits := [s for s in folder_splits(path) if s != wanted]):
-        raise MissingSplitError(f"{path}: no file for split {wanted!r} (its files give the "
-                                f"splits {splits}); {SPLIT_HINT}")  # fmt: skip
+    if datasets_layout:
+        patterns = _datasets_patterns(path)  # the splits datasets infers from the file names
+        if found := _one_kind(_datasets_split_files(path, wanted, patterns)):
+            return found
+        if splits := sorted(str(s) for s in patterns if s != wanted):
+            raise MissingSplitError(f"{path}: no file for split {wanted!r} (its files give the "
+                                    f"splits {splits}); {SPLIT_HINT}")  # fmt: skip
     names = sorted(p.name for p in path.iterdir())
     hint = f"; its card lists configs {configs}: give dataset_config" if configs else ""
     raise MissingSplitError(f"{path}: no file for split {wanted!r} (have {names}){hint}")
-
-
-def folder_splits(path: Path) -> list[str]:
-    """The splits ``datasets`` infers from a folder's file names
-    (``data/train_prefs-00000-of-00001.parquet``: train_prefs), sorted."""
-    from datasets.data_files import EmptyDatasetError, get_data_patterns
-
-    try:
-        return sorted(map(str, get_data_patterns(str(path))))
-    except (EmptyDatasetError, FileNotFoundError):
-        return []
 
 
 def _own_layout(path: Path, split: str) -> list[Path]:
@@ -309,15 +300,26 @@ def _own_layout(path: Path, split: str) -> list[Path]:
     return []
 
 
-def _datasets_split_files(folder: Path, split: str) -> list[Path]:
-    """The files of ``split`` that ``datasets`` infers for a folder by their names (its
-    ``get_data_patterns``), sorted; [] when it finds none for the split."""
-    from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
+def _datasets_patterns(folder: Path) -> dict:
+    """split -> the file patterns ``datasets`` infers for a folder by its file names (its
+    ``get_data_patterns``; ``data/train_prefs-00000-of-00001.parquet``: train_prefs); {} when
+    it finds none."""
+    from datasets.data_files import EmptyDatasetError, get_data_patterns
 
     try:
-        patterns = get_data_patterns(str(folder))
-        files = DataFilesDict.from_patterns(patterns, base_path=str(folder))
+        return get_data_patterns(str(folder))
     except (EmptyDatasetError, FileNotFoundError):
+        return {}
+
+
+def _datasets_split_files(folder: Path, split: str, patterns: dict) -> list[Path]:
+    """The files of ``split`` that ``patterns`` (``_datasets_patterns``) match in ``folder``,
+    sorted; [] when none do."""
+    from datasets.data_files import DataFilesDict
+
+    try:
+        files = DataFilesDict.from_patterns(patterns, base_path=str(folder))
+    except FileNotFoundError:
         return []
     return sorted(Path(f) for f in files.get(split, []))
 

@@ -74,6 +74,11 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def embedded_folder(alias: str) -> Path:
+    """The plain Hugging Face folder an embedded model is converted into, once."""
+    return cache_dir() / "models" / alias
+
+
 def _cuda_has_bf16() -> bool:
     try:  # emulated bf16 (pre-Ampere GPUs) runs slower than float32: it does not count
         return torch.cuda.is_bf16_supported(including_emulation=False)
@@ -307,7 +312,7 @@ def resolve_model(name: str = DEFAULT_MODEL) -> str:
         key = path.name.lower()
         log.warning("%s is not on this machine: reading it as the embedded %s", name, key)
     if key in EMBEDDED_MODELS:
-        out = cache_dir() / "models" / key
+        out = embedded_folder(key)
         if not (out / "config.json").is_file():
             convert_gguf(_embedded_gguf(key), out)
         return str(out)
@@ -333,7 +338,7 @@ def _tokenizer_source(name: str) -> str:
     """Where the tokenizer of ``name`` lives; for an embedded alias without a converted model
     yet, only the tokenizer is extracted (seconds, not the model conversion)."""
     key = name.lower()
-    if key not in EMBEDDED_MODELS or (cache_dir() / "models" / key / "config.json").is_file():
+    if key not in EMBEDDED_MODELS or (embedded_folder(key) / "config.json").is_file():
         return resolve_model(name)
     out = cache_dir() / "tokenizers" / key
     if not (out / "tokenizer_config.json").is_file():

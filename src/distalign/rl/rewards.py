@@ -275,10 +275,15 @@ def source_name(spec: str) -> str:
     the run's); a hub id -> its last part."""
     if ":" in spec and not Path(spec).exists():
         return spec.rsplit(":", 1)[1]
-    path = Path(spec.rstrip("/"))
+    return run_folder(Path(spec.rstrip("/"))).name or spec
+
+
+def run_folder(path: Path) -> Path:
+    """``path``, or, where its name says where it sits in a run (``final``, ``last``,
+    ``step_N``: ``generic_folder``), the run's folder above it."""
     while path.parent.name and generic_folder(path.name):
         path = path.parent
-    return path.name or spec
+    return path
 
 
 def generic_folder(name: str) -> bool:
