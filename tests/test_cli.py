@@ -126,6 +126,12 @@ def test_rm_train_eval_score(tiny_model_dir, tmp_path):
     )
     assert result.exit_code == 0, out
     assert "ece" in out and (run_dir / "final" / "eval_pairs_test.json").is_file()
+    result, out = invoke(  # data that is not there: an error, and no output_dir made for it
+        "rm", "eval", f"model_name_or_path={run_dir / 'final'}", f"dataset_name={data}/typo.jsonl",
+        f"output_dir={tmp_path / 'evals'}",
+    )  # fmt: skip
+    assert "typo.jsonl: no such file" in str(result.exception)
+    assert not (tmp_path / "evals").exists()
     result, out = invoke(  # as TRL's evaluate writes to output_dir, the model's folder untouched
         "rm", "eval", f"model_name_or_path={run_dir / 'final'}", f"dataset_name={data}",
         f"output_dir={tmp_path / 'evals'}", "max_eval_samples=4",

@@ -248,6 +248,16 @@ def save_checkpoint(
     return path
 
 
+def write_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Put ``state`` in the checkpoint at ``path`` in place of the one it was saved with (its
+    random state kept): one file, replaced whole."""
+    file = Path(path) / "trainer_state.json"
+    rng = json.loads(file.read_text(encoding="utf-8"))["rng"]
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_text(json.dumps({**state, "rng": rng}, indent=1), encoding="utf-8")
+    os.replace(tmp, file)
+
+
 @contextlib.contextmanager
 def whole_folder(path: Path) -> Iterator[Path]:
     """The folder to write ``path``'s content into (``<name>.tmp``), put in the place of

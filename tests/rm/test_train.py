@@ -187,6 +187,27 @@ def test_a_finished_run_relaunched_with_resume_does_nothing(
     assert [r["eval/pairs"] for r in rows if "eval/pairs" in r] == [6]  # one per step
 
 
+def test_an_error_in_the_final_evaluation_keeps_the_trained_steps(
+    tiny_model_dir, pair_dir, tmp_path, monkeypatch
+):
+    import distalign.rm.train as rm_train
+
+    cfg = config(tiny_model_dir, pair_dir, tmp_path, max_steps=2)
+    with monkeypatch.context() as m:
+        m.setattr(rm_train, "held_out_metrics", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last" / "trainer_state.json"
+    assert json.loads(last.read_text())["step"] == 2
+    result = run(dataclasses.replace(cfg, resume_from_checkpoint="true"))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [2]  # no step ran again
+    # the end's evaluation chose checkpoints/best: `last` carries it on, for a longer run
+    state = json.loads(last.read_text())
+    assert (state["best_metric"], state["best_by"]) == (result["accuracy"], "accuracy")
+    assert "rng" in state
+
+
 def test_load_best_model_at_end_after_a_resume_that_kept_no_best_keeps_the_last(
     tiny_model_dir, pair_dir, tmp_path, caplog
 ):

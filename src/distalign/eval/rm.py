@@ -305,21 +305,23 @@ def run_rm_eval(
     # under its name so that several models evaluated there keep their own files
     local = Path(model_dir).expanduser().is_dir()
     home = Path(output_dir) if output_dir else folder if local else Path(".")
-    if output_dir and not output:
-        home.mkdir(parents=True, exist_ok=True)
     # beside the model its file needs no model's name; in the working folder or output_dir,
     # which several models share, it starts with the model's (a run's: runs/my_rm/final, my_rm)
     named = source_name(model_dir) if local else model_dir.strip("/")
     prefix = "" if local and not output_dir else re.sub(r"[^\w.\-]+", "_", named) + "_"
+
+    def target(name: str) -> Path:  # the metrics file, given its usual name
+        return Path(output) if output else _unclaimed(home / (prefix + name), data)
+
     if not (folder / META_FILE).is_file():  # another tool's reward model (TRL's, the hub's)
         if max_prompt_length:
             log.warning(
                 "max_prompt_length does nothing for a reward model distalign did not train: "
                 "it reads prompt + reply up to max_length, as rm score does"
             )
-        return _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
-                                 Path(output) if output else home, prefix, place, torch_dtype,
-                                 attn_implementation, data_options, chat_template)  # fmt: skip
+        return _eval_other_model(model_dir, data, split, max_length, batch_size, limit, target,
+                                 place, torch_dtype, attn_implementation, data_options,
+                                 chat_template)  # fmt: skip
     model, tokenizer, meta = load_reward_model(
         folder, device=place, dtype=torch_dtype, attn_implementation=attn_implementation
     )
@@ -357,18 +359,16 @@ def run_rm_eval(
     result.update({"device": str(place), "dtype": str(torch_dtype).removeprefix("torch.")})
     result.update({"max_length": max_length, "max_prompt_length": max_prompt_length})
     lengths = None if (max_length, max_prompt_length) == own else (max_length, max_prompt_length)
-    name = eval_file_name(data, split, first=limit, lengths=lengths)
-    path = Path(output) if output else _unclaimed(home / (prefix + name), data)
-    return save_eval(result, outputs, path)
+    return save_eval(result, outputs, target(eval_file_name(data, split, limit, lengths)))
 
 
 def _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
-                      out: Path, prefix: str, place, torch_dtype, attn_implementation,
-                      data_options, chat_template) -> dict[str, float]:  # fmt: skip
+                      target, place, torch_dtype, attn_implementation, data_options,
+                      chat_template) -> dict[str, float]:  # fmt: skip
     """``run_rm_eval`` for a one-label sequence classifier distalign did not train (TRL's
     RewardTrainer saves one): each reply scored with the model's own forward, tokenizer and
     chat template, as ``rm score`` and ``rl train`` read it; the scalar metrics, written to
-    ``out`` (a folder: under the usual file name after ``prefix``)."""
+    ``target(the usual file name)``."""
     from distalign.data.formats import joined_prompt, row_reply
     from distalign.data.load import known_p_chosen, p_chosen_by_group
     from distalign.rl.rewards import RewardModelSource
@@ -401,9 +401,7 @@ def _eval_other_model(model_dir, data, split, max_length, batch_size, limit,
     result.update({"device": str(place), "dtype": str(torch_dtype).removeprefix("torch.")})
     result.update({"max_length": source.max_length, "max_prompt_length": None})
     lengths = (source.max_length, 0) if max_length else None  # the model's own limit: no tag
-    name = eval_file_name(data, split, first=limit, lengths=lengths)
-    path = _unclaimed(out / (prefix + name), data) if out.is_dir() else out
-    return save_eval(result, outputs, path)
+    return save_eval(result, outputs, target(eval_file_name(data, split, limit, lengths)))
 
 
 def eval_file_name(
@@ -452,6 +450,7 @@ def save_eval(result: dict, outputs: dict, path: Path) -> dict:
     """Write an evaluation as JSON; a distributional one also gets its plots (the predicted
     distributions of a few pairs, and histograms of E[R] and Std[R]) beside it."""
     result = dict(result)
+    path.parent.mkdir(parents=True, exist_ok=True)  # made once there is something to write
     if "logp_chosen" in outputs:
         from distalign.report.plots import plot_distribution_grid, plot_expectation_std_histograms
 

@@ -38,6 +38,7 @@ from distalign.checkpoint import (
     optimizer_to_save,
     resume_training,
     save_checkpoint,
+    write_state,
 )
 from distalign.config import (
     ConfigError,
@@ -592,10 +593,13 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
         log_.flush(state.step)
     bar.close()
     seconds = time.perf_counter() - start
-    if evaluated_at != state.step:
-        result, outputs = evaluate(t, state, cfg)
-    if saved_at != state.step:
+    if saved_at != state.step:  # before the end's evaluation: an error there keeps the steps
         save_state(t, state, "last", cfg)
+    if evaluated_at != state.step:
+        best = state.best_metric
+        result, outputs = evaluate(t, state, cfg)
+        if state.best_metric != best and accelerator.is_main_process:
+            write_state(t.out / "checkpoints" / "last", asdict(state))  # `last` resumes it
     if cfg.load_best_model_at_end:
         result, outputs = back_to_best(t, state, cfg, model, result, outputs)
     speed = {"train_seconds": seconds, "pairs_per_s": (state.pairs - start_pairs) / seconds,
