@@ -193,6 +193,25 @@ def test_report_opens_with_the_verdict_and_names_its_columns(tmp_path):
     assert html.count("data:image/png;base64") == 2  # win rates; gold reward of every reply
 
 
+@pytest.mark.parametrize(
+    ("decoding", "said"),
+    [
+        ({"temperature": 1.0}, "averaged over the policy's own replies."),
+        ({"temperature": 0.7}, "of both models at temperature 0.7"),
+        ({"temperature": 1.0, "top_p": 0.9}, "reads the KL only approximately"),
+        ({"temperature": 0.0}, "No KL to SFT: greedy replies"),
+    ],
+)
+def test_the_kl_note_says_what_the_decoding_makes_of_it(tmp_path, decoding, said):
+    summary = _summary(config={"num_generations": 1, "seed": 0, **decoding})
+    if decoding["temperature"] == 0:  # as measure_policy leaves it for greedy replies
+        for row in summary["policies"].values():
+            row["kl_to_sft"] = None
+    html = write_report(summary, None, tmp_path).read_text()
+    assert said in html
+    assert ("nats from SFT" in html) == (decoding["temperature"] != 0)  # the verdicts' KL
+
+
 def test_report_escapes_model_text(tmp_path):
     evil = "<script>alert(1)</script> </table> {{ x }}"
     sample = {"prompt": evil, **{n: {"reply": evil, "gold": 1.0} for n in ("sft", "good")}}

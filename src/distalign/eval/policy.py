@@ -210,6 +210,8 @@ def measure_policy(
     scored = score_all(rewards, per_reply, samples.texts)
     if sft is None:
         kl = np.zeros(len(samples.texts))
+    elif cfg.temperature == 0:  # greedy replies are no draws from π: no estimate of KL
+        kl = np.full(len(samples.texts), np.nan)
     else:
         kl = kl_to_sft(model, sft[0], sft[1], samples, cfg.temperature)
     return Measured(samples, judged, scored, kl), model, tokenizer
@@ -438,7 +440,7 @@ def policy_row(m: Measured, sft: Measured, k: int, cfg: CompareConfig, judge_nam
     """Everything measured on one policy: the judge's numbers, the replies', the RMs'."""
     row: dict[str, Any] = {
         **judge_fields(m, sft, k, cfg, judge_name),
-        "kl_to_sft": float(m.kl.mean()),
+        "kl_to_sft": None if np.isnan(m.kl).any() else float(m.kl.mean()),  # None: greedy
         "length_tokens": float(np.mean([len(r) for r in m.samples.reply_ids])),
         "eos_rate": float(np.mean(m.samples.finished)),
         "distinct_1": distinct_n(m.samples.texts, 1),

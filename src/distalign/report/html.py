@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
 
 from distalign.report import plots
 from distalign.report.runs import rl_panels, rl_run_names, rm_evaluation_images, rm_panels
@@ -51,6 +52,24 @@ def decoding(config: Mapping) -> str:
         f"top-k {top_k if top_k else 'off'}, at most {config.get('max_completion_length')} "
         f"tokens per reply, seed {config.get('seed')}"
     )
+
+
+def kl_note(config: Mapping) -> Markup:
+    """What the KL to SFT column is, under the decoding the replies were sampled with."""
+    temperature = config.get("temperature", 1.0)
+    if temperature == 0:
+        return Markup("No KL to SFT: greedy replies (temperature 0) are not draws from a "
+                      "policy's distribution, so they estimate none.")  # fmt: skip
+    what = Markup(
+        "KL to SFT: Σ<sub>t</sub> log π(y<sub>t</sub>) − log π<sub>SFT</sub>(y<sub>t</sub>) "
+        "summed over a reply, averaged over the policy's own replies"
+    )
+    if temperature != 1:
+        what += f", of both models at temperature {temperature} (log softmax(logits / T))"
+    if (config.get("top_p") or 1.0) < 1 or (config.get("top_k") or 0) > 0:
+        what += (". top-p/top-k filter the replies while log π is the unfiltered policy's, so "
+                 "this reads the KL only approximately")  # fmt: skip
+    return what + "."
 
 
 SINGLES = "Measured once only, so given as numbers rather than drawn:"
@@ -229,6 +248,7 @@ def write_report(
         per_prompt=per_prompt,
         dataset=f"{config.get('dataset_name', '?')}/{config.get('dataset_test_split', '?')}",
         decoding=decoding(config),
+        kl_note=kl_note(config),
         sft=config.get("sft", "SFT"),
         judge=judge,
         verdicts=verdicts(summary),
