@@ -174,7 +174,7 @@ def test_a_final_model_carries_its_card_without_a_push(tiny_model_dir, tmp_path,
     card = (tmp_path / "rl" / "final" / "README.md").read_text()
     assert 'AutoPeftModelForCausalLM.from_pretrained("rl")' in card
     assert "Model Card for Model ID" not in card and "| measure | before | after |" in card
-    assert "Measured on held-out prompts (`gold`, split `test`)" in card
+    assert "Measured on 2 held-out prompts (`gold`, split `test`)" in card
     assert "Not uploaded: until `hf upload rl <this folder>`" in card
     write_jsonl(tmp_path / "pairs.jsonl", make_pairs(16, seed=0))  # one file: nothing held out
     rm_run(rm_config(tiny_model_dir, tmp_path, tmp_path, dataset_name=str(tmp_path / "pairs.jsonl"),
@@ -239,6 +239,8 @@ def test_a_model_card_names_hub_models_only():
     table = hub.figures_table({"a": {"n": 3, "nested": {"x": 1}, "flag": True}, "b": {"m": 0.5}})
     assert table.splitlines() == ["| measure | a | b |", "|---|---|---|", "| n | 3 |  |",
                                   "| m |  | 0.5 |"]  # fmt: skip
+    table = hub.figures_table({"before": None, "after": {"reward": 0.25}})  # eval_on_start off
+    assert table.splitlines()[2] == "| reward | not measured | 0.25 |"
     assert hub.shown("/home/someone/data/pairs.jsonl") == "pairs.jsonl (local)"
     assert hub.shown("/home/someone/runs/my_rm/final/") == "my_rm/final (local)"  # the run's
     assert (hub.shown("gold"), hub.shown("org/set"), hub.shown(len)) == ("gold", "org/set", "len")

@@ -398,8 +398,9 @@ def _register_heavy_commands() -> None:
 
         summary = run_compare(cfg)
         k = cfg.num_generations
+        prompts = "prompts" if summary.get("trained_on_prompts") else "held-out prompts"
         table = Table(
-            title=f"{summary['prompts']} held-out prompts × {k} repl{'y' if k == 1 else 'ies'} each"
+            title=f"{summary['prompts']} {prompts} × {k} repl{'y' if k == 1 else 'ies'} each"
         )
         for col in headline_columns(summary):
             table.add_column(col, justify="right")

@@ -202,7 +202,8 @@ def model_card(*, repo_id: str, base_model: str | None, datasets: list[str], tag
 
 def figures_table(columns: dict[str, dict[str, Any]]) -> str:
     """A Markdown table of the numbers in each column's figures (one row per measure; nested
-    values left out), e.g. ``{"before": {...}, "after": {...}}``."""
+    values left out), e.g. ``{"before": {...}, "after": {...}}``; a column without figures
+    (None: not evaluated, as with ``eval_on_start=false``) reads "not measured"."""
 
     def cell(value: Any) -> str:
         return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -217,7 +218,8 @@ def figures_table(columns: dict[str, dict[str, Any]]) -> str:
     rows = ["| " + " | ".join(["measure", *columns]) + " |",
             "|" + "---|" * (len(columns) + 1)]  # fmt: skip
     for name in names:
-        values = [cell(c[name]) if number((c or {}).get(name)) else "" for c in columns.values()]
+        values = [cell(c[name]) if number((c or {}).get(name)) else "" if c else "not measured"
+                  for c in columns.values()]  # fmt: skip
         rows.append("| " + " | ".join([name, *values]) + " |")
     return "\n".join(rows)
 
@@ -276,22 +278,23 @@ def base_model_id(name: str) -> str:
     return EMBEDDED_HUB_IDS.get(name.lower(), name)
 
 
-def measured_on(cfg: Any, rows: str = "pairs") -> str:
+def measured_on(cfg: Any, rows: str = "pairs", n: int | None = None) -> str:
     """Where a training config's final figures were measured, for a card: the held-out data,
-    or, when there was none, the training data, said as such."""
+    or, when there was none, the training data, said as such; ``n``: how many ``rows``."""
     from distalign.data.load import evaluates_on_training_data, has_no_splits, held_out_of
 
+    count = "" if n is None else f"{n} "
     held = held_out_of(cfg)
     source, eval_source, _, split = held
     data = eval_source if eval_source is not None else source
     if evaluates_on_training_data(*held):
         name = f"`{shown(data)}`" if isinstance(data, str) else "the Dataset given"
-        return f"Measured on the training {rows} ({name}; none were held out)"
+        return f"Measured on the {count}training {rows} ({name}; none were held out)"
     if not isinstance(data, str):  # a Dataset from Python: its own rows, no splits
-        return f"Measured on held-out {rows} (the Dataset given as eval_dataset_name)"
+        return f"Measured on {count}held-out {rows} (the Dataset given as eval_dataset_name)"
     if has_no_splits(data):  # one file: no split to name
-        return f"Measured on held-out {rows} (`{shown(data)}`)"
-    return f"Measured on held-out {rows} (`{shown(data)}`, split `{split}`)"
+        return f"Measured on {count}held-out {rows} (`{shown(data)}`)"
+    return f"Measured on {count}held-out {rows} (`{shown(data)}`, split `{split}`)"
 
 
 def reward_model_card(cfg: Any, repo_id: str, result: dict[str, Any]) -> str:
@@ -327,8 +330,10 @@ def reward_model_card(cfg: Any, repo_id: str, result: dict[str, Any]) -> str:
                       library="peft" if cfg.use_peft else "transformers", body=body)  # fmt: skip
 
 
-def policy_card(cfg: Any, repo_id: str, initial: Any, final: Any) -> str:
-    """The model card of a policy ``rl train`` uploads."""
+def policy_card(cfg: Any, repo_id: str, initial: Any, final: Any, prompts: int | None = None
+                ) -> str:  # fmt: skip
+    """The model card of a policy ``rl train`` uploads (``prompts``: how many held-out prompts
+    its figures were measured on)."""
     base = base_model_id(cfg.model_name_or_path)
     data = shown(cfg.dataset_name) if isinstance(cfg.dataset_name, str) else "a Dataset"
     auto = "AutoPeftModelForCausalLM" if cfg.use_peft else "AutoModelForCausalLM"
@@ -339,7 +344,7 @@ def policy_card(cfg: Any, repo_id: str, initial: Any, final: Any) -> str:
             f"advantages, loss {cfg.loss_type}) from `{shown(base)}` on the prompts of "
             f"`{data}`, against {rewards}.\n\n```python\nfrom {where} import {auto}\n\n"
             f'model = {auto}.from_pretrained("{repo_id}")\n```\n\n'
-            f"{measured_on(cfg, 'prompts')}, the starting policy and the aligned one:\n\n"
+            f"{measured_on(cfg, 'prompts', prompts)}, the starting policy and the aligned one:\n\n"
             f"{figures_table({'before': initial, 'after': final})}")  # fmt: skip
     return model_card(repo_id=repo_id, base_model=base, datasets=[cfg.dataset_name],
                       tags=["rlhf", cfg.baseline], pipeline_tag="text-generation",

@@ -4,7 +4,9 @@ rebuild from saved numbers (old config keys included)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from distalign.cli import app
+from distalign.config import ConfigError
 from distalign.eval.config import CompareConfig
 from distalign.eval.policy import (
     check_judge_held_out,
@@ -33,6 +36,7 @@ from distalign.report.tables import (
     compare_config,
     headline_columns,
     headline_rows,
+    rm_eval_table,
     verdicts,
 )
 
@@ -267,6 +271,11 @@ def test_rebuild_names_a_broken_or_short_replies_file(tmp_path, caplog):
         rebuild_report(tmp_path)
     assert "holds 1 of sft, 0 of good" in caplog.text  # a policy with no rows is said too
     assert "replies where the comparison made" in caplog.text
+    for broken, said in (('{"policies": {', "not JSON"), ("[]", "no 'policies' object"),
+                         ('{"config": {}}', "no 'policies' object")):  # fmt: skip
+        (tmp_path / "compare.json").write_text(broken)
+        with pytest.raises(ConfigError, match=f"compare.json: {said}"):
+            rebuild_report(tmp_path)
 
 
 def test_runs_trained_on_different_rewards_get_their_own_reward_panel(tmp_path):
@@ -548,7 +557,7 @@ def test_a_judge_function_is_its_training_reward_however_spelled(tmp_path):
 
 
 def test_compare_warns_when_its_prompts_are_a_runs_training_prompts(tmp_path, caplog):
-    from distalign.eval.policy import warn_if_comparing_on_training_prompts
+    from distalign.eval.policy import trained_on_these_prompts
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "hi"}\n')
@@ -557,12 +566,12 @@ def test_compare_warns_when_its_prompts_are_a_runs_training_prompts(tmp_path, ca
     (run / "config.yaml").write_text(f"dataset_name: {prompts}\nreward: judges:length\n")
     cfg = CompareConfig(dataset_name=str(prompts), judge="other:fn", runs=[str(run)])
     with caplog.at_level("WARNING"):
-        warn_if_comparing_on_training_prompts(cfg)
+        assert trained_on_these_prompts(cfg) == [str(run)]  # compare.json keeps them
     assert "are those" in caplog.text and "not held out" in caplog.text
     caplog.clear()
     (run / "config.yaml").write_text("dataset_name: gold\nreward: judges:length\n")
     with caplog.at_level("WARNING"):
-        warn_if_comparing_on_training_prompts(CompareConfig(dataset_name="gold", runs=[str(run)]))
+        assert trained_on_these_prompts(CompareConfig(dataset_name="gold", runs=[str(run)])) == []
     assert caplog.text == ""  # gold: trained on train, compared on test
 
 
@@ -782,6 +791,45 @@ def test_a_missing_policy_folder_stops_compare_before_any_sampling(
                         policies=[typo], output_dir=str(tmp_path / "c"))  # fmt: skip
     with pytest.raises(ModelNotFoundError, match=f"model folder '{typo}' does not exist"):
         run_compare(cfg)
+    # a reward model given as the policy, runs of the wrong kind or not there
+    rm = tmp_path / "rm_run"
+    shutil.copytree(tiny_model_dir, rm / "final")
+    config = json.loads((rm / "final" / "config.json").read_text())
+    config["architectures"] = ["LlamaForSequenceClassification"]
+    (rm / "final" / "config.json").write_text(json.dumps(config))
+    (rm / "config.yaml").write_text("head: scalar\n")
+    rl = tmp_path / "rl_run"
+    rl.mkdir()
+    (rl / "config.yaml").write_text("num_generations: 4\nreward: null\n")
+    for bad, said in [
+        ({"policies": [str(rm / "final")]}, "policy rm_run .* a classifier"),
+        ({"runs": [typo]}, f"runs: {typo} does not exist: give the output_dir of an RL run"),
+        ({"runs": [str(rm)]}, "runs: .* is a reward-model run, not an RL run: give it as rm_runs"),
+        ({"rm_runs": [str(rl)]}, "rm_runs: .* is an RL run, not a reward-model run: give it as "
+                                 "runs \\(--run\\)"),
+    ]:  # fmt: skip
+        with pytest.raises((ConfigError, ModelNotFoundError), match=said):
+            run_compare(dataclasses.replace(cfg, **{"policies": [], **bad}))
+    assert not (tmp_path / "c").exists()  # made only once the inputs hold
+    (tmp_path / "c").write_text("")
+    with pytest.raises(ConfigError, match=r"output_dir .* is a file"):
+        run_compare(cfg := dataclasses.replace(cfg, policies=[str(tiny_model_dir)]))
+
+
+def test_reward_model_runs_of_one_name_keep_a_row_each_with_their_intervals(tmp_path):
+    runs = []
+    for seed, accuracy in ((1, 0.61), (2, 0.66)):  # runs/seed1/rm and runs/seed2/rm
+        run = tmp_path / f"seed{seed}" / "rm"
+        run.mkdir(parents=True)
+        evaluation = {"accuracy": accuracy, "contested_auroc": 0.7,
+                      "contested_auroc_ci95": [0.6, 0.8], "plot_grid": "x.png"}  # fmt: skip
+        (run / "summary.json").write_text(json.dumps({"eval": evaluation}))
+        runs.append(str(run))
+    table = rm_eval_table({"rm_runs": runs})
+    assert table["labels"] == ["pairwise accuracy (observed: one draw of the labels)",
+                               "AUROC flagging contested pairs"]  # fmt: skip
+    assert table["rows"] == [["rm", "0.610", "0.700 [0.600, 0.800]"],
+                             ["rm_2", "0.660", "0.700 [0.600, 0.800]"]]  # fmt: skip
 
 
 def test_a_step_checkpoint_policy_is_held_to_its_runs_reward(tmp_path):

@@ -341,13 +341,14 @@ def check_judge_held_out(cfg: CompareConfig) -> None:
                 )
 
 
-def warn_if_comparing_on_training_prompts(cfg: CompareConfig) -> None:
-    """Warn where the compared prompts are those a compared run was trained on (its
-    config.yaml's data set and split, ``evaluates_on_training_data``): the figures called
-    held-out would be measured on the training prompts."""
+def trained_on_these_prompts(cfg: CompareConfig) -> list[str]:
+    """The compared runs trained on the compared prompts (their config.yaml's data set and
+    split, ``evaluates_on_training_data``), each said in a warning: their figures are not
+    held out, and the report says so."""
     from distalign.data.load import evaluates_on_training_data
     from distalign.tracking import read_run_config
 
+    found = []
     for folder in trained_rewards(cfg):
         saved = read_run_config(folder) or {}
         source = saved.get("dataset_name", "gold")
@@ -355,11 +356,47 @@ def warn_if_comparing_on_training_prompts(cfg: CompareConfig) -> None:
         if isinstance(source, str) and evaluates_on_training_data(
             source, cfg.dataset_name, split, cfg.dataset_test_split
         ):
+            found.append(str(folder))
             log.warning(
                 "the compared prompts (%s, split %s) are those %s was trained on: its figures "
                 "are not held out; give held-out prompts (dataset_name, dataset_test_split)",
                 cfg.dataset_name, cfg.dataset_test_split, folder,
             )  # fmt: skip
+    return found
+
+
+# what a run's config.yaml holds by its kind: an RL run's and a reward model's keys
+_RUN_KINDS = {"runs": ("reward", "an RL run"), "rm_runs": ("head", "a reward-model run")}
+_RUN_MARKS = ("config.yaml", "metrics.jsonl", "checkpoints", "summary.json")
+
+
+def check_inputs(cfg: CompareConfig, policy_dirs: dict[str, str]) -> None:
+    """Errors before minutes of sampling: a policy or SFT model that is not there or is a
+    classifier; a ``runs``/``rm_runs`` folder that is not a training run's output_dir, or is
+    a run of the other kind; an ``output_dir`` that is a file."""
+    from distalign.models.load import refuse_classifier
+    from distalign.tracking import read_run_config
+
+    for key, name in [*((f"policy {n}", d) for n, d in policy_dirs.items()), ("sft", cfg.sft)]:
+        folder = resolve_model(name)
+        refuse_classifier(folder, f"{key} ({name})")
+    for key, (mark, kind) in _RUN_KINDS.items():
+        for folder in getattr(cfg, key):
+            saved, path = read_run_config(folder), Path(folder)
+            if saved is None and not any((path / n).exists() for n in _RUN_MARKS):
+                there = "is not a training run's output_dir" if path.is_dir() else "does not exist"
+                raise ConfigError(f"{key}: {folder} {there}: give the output_dir of {kind}")
+            other = next(k for k in _RUN_KINDS if k != key)
+            other_mark, other_kind = _RUN_KINDS[other]
+            if saved is not None and other_mark in saved and mark not in saved:
+                flag = "--" + other.removesuffix("s").replace("_", "-")
+                raise ConfigError(f"{key}: {folder} is {other_kind}, not {kind}: give it as "
+                                  f"{other} ({flag})")  # fmt: skip
+    if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
+        raise ConfigError(f"output_dir {cfg.output_dir} is a file, not a folder")
+    if not policy_dirs and not cfg.runs:  # SFT's own figures under the judge, say so
+        log.warning("no policy (--policy DIR) or RL run (--run DIR) given: SFT alone is "
+                    "measured")  # fmt: skip
 
 
 def trained_on_gold(cfg: CompareConfig) -> list[str]:
@@ -516,7 +553,6 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     from distalign.rl.rewards import RewardModelSource
 
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     judge, judge_name = load_judge(cfg)  # first: a judge that cannot load stops before sampling
     hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
     report = LoadReport(source=str(cfg.dataset_name))
@@ -536,11 +572,11 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     for reward in [*rewards.values(), *judges]:  # one without a chat template: fitted to them
         if hasattr(reward, "fit_rendering"):
             reward.fit_rendering(report, report.source)
-    warn_if_comparing_on_training_prompts(cfg)
+    not_held_out = trained_on_these_prompts(cfg)
     policy_dirs = cfg.policy_dirs()
     cfg.sft = sft_of(cfg)  # compare.json's config names the model
-    for name in [*policy_dirs.values(), cfg.sft]:  # a typo stops before minutes of sampling
-        resolve_model(name)
+    check_inputs(cfg, policy_dirs)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     measured_sft, *sft = measure_policy(cfg.sft, prompts, rewards, cfg, None, judge, report)
     measured = {"sft": measured_sft}
@@ -588,6 +624,8 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     }
     if judge is None and (oracle := trained_on_gold(cfg)):
         summary["trained_on_judge"] = oracle
+    if not_held_out:
+        summary["trained_on_prompts"] = not_held_out
     if judge is None:  # only the gold judge has annotators whose disagreement to compare
         measures, points = spread_vs_disagreement_measures(rewards, measured, k)
         # the raw Spearman alone, under the key earlier reports read

@@ -305,6 +305,10 @@ def run_rm_eval(
     # under its name so that several models evaluated there keep their own files
     local = Path(model_dir).expanduser().is_dir()
     home = Path(output_dir) if output_dir else folder if local else Path(".")
+    if home.exists() and not home.is_dir():
+        from distalign.config import ConfigError
+
+        raise ConfigError(f"output_dir {home} is a file, not a folder")
     # beside the model its file needs no model's name; in the working folder or output_dir,
     # which several models share, it starts with the model's (a run's: runs/my_rm/final, my_rm)
     named = source_name(model_dir) if local else model_dir.strip("/")

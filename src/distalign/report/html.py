@@ -249,6 +249,7 @@ def write_report(
         dataset=f"{config.get('dataset_name', '?')}/{config.get('dataset_test_split', '?')}",
         decoding=decoding(config),
         kl_note=kl_note(config),
+        not_held_out=summary.get("trained_on_prompts", []),
         sft=config.get("sft", "SFT"),
         judge=judge,
         verdicts=verdicts(summary),
@@ -340,13 +341,19 @@ def rebuild_report(compare_dir: str | Path) -> Path:
     ``replies.jsonl`` for the judge's reward of every reply) and the run folders its config
     names, without sampling or scoring anything. Comparisons under the gold judge and under
     a named one alike, old ones included."""
+    from distalign.config import ConfigError
+
     compare_dir = Path(compare_dir)
     numbers = compare_dir / "compare.json"
     if not numbers.is_file():
-        from distalign.config import ConfigError
-
         raise ConfigError(f"{numbers} not found: give the output_dir of `eval compare`")
-    summary = relocated(json.loads(numbers.read_text()), compare_dir)
+    try:
+        saved = json.loads(numbers.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{numbers}: not JSON ({e}); `eval compare` writes it again") from e
+    if not isinstance(saved, dict) or not isinstance(saved.get("policies"), dict):
+        raise ConfigError(f"{numbers}: no 'policies' object, so not a comparison's numbers")
+    summary = relocated(saved, compare_dir)
     key = judge_of(summary).reply_key
     replies = compare_dir / "replies.jsonl"
     rewards = read_reply_rewards(replies, key) if replies.is_file() else {}

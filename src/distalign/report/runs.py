@@ -109,12 +109,23 @@ def rl_panels(
     return panels
 
 
+def rm_run_names(rm_runs: list[str]) -> dict[str, str]:
+    """Reward-model run folder -> its name in the report: the folder's name, made unique
+    (runs/s1/rm and runs/s2/rm: rm and rm_2)."""
+    from distalign.rl.rewards import unique_name
+
+    names: dict[str, str] = {}
+    for d in dict.fromkeys(rm_runs):
+        names[d] = unique_name(Path(d).name, set(names.values()))
+    return names
+
+
 def rm_panels(rm_runs: list[str]) -> list[Panel]:
     """Training curves of reward models: the training and held-out loss of each (losses of
     different heads are different quantities, so one panel each; the held-out one is the
     labels' negative log-likelihood, without the training loss's regularisers), training and
     held-out pairwise accuracy with the Bayes ceiling of the held-out pairs."""
-    logs = _logs({d: Path(d).name for d in rm_runs})
+    logs = _logs(rm_run_names(rm_runs))
     panels = [
         Panel(f"loss: {name}", "loss per pair (nats)", {
             label: pts for label, key in (("training", "train/loss"), ("held-out", "eval/loss"))
@@ -158,10 +169,11 @@ def main_evaluation(run: str | Path) -> tuple[Path, dict] | None:
 
 
 def rm_evaluations(rm_runs: list[str]) -> dict[str, dict]:
-    """Run name -> its held-out evaluation (``main_evaluation``, else the ``eval`` of
-    ``summary.json``), without nested values."""
+    """Run name (``rm_run_names``) -> its held-out evaluation (``main_evaluation``, else the
+    ``eval`` of ``summary.json``): its numbers and words, and its 95% intervals
+    (``…_ci95``)."""
     tables = {}
-    for run in rm_runs:
+    for run, name in rm_run_names(rm_runs).items():
         main = main_evaluation(run)
         summary = Path(run) / "summary.json"  # the evaluation at the end of training
         if main:
@@ -170,8 +182,10 @@ def rm_evaluations(rm_runs: list[str]) -> dict[str, dict]:
             data = json.loads(summary.read_text()).get("eval", {})
         else:
             continue
-        tables[Path(run).name] = {
-            k: v for k, v in data.items() if not isinstance(v, dict | list) and "plot" not in k
+        tables[name] = {
+            k: v
+            for k, v in data.items()
+            if "plot" not in k and (not isinstance(v, dict | list) or k.endswith("_ci95"))
         }
     return tables
 
@@ -179,11 +193,11 @@ def rm_evaluations(rm_runs: list[str]) -> dict[str, dict]:
 def rm_evaluation_images(rm_runs: list[str]) -> list[tuple[str, bytes]]:
     """(title, PNG) of the figures saved with each run's ``main_evaluation``."""
     images = []
-    for run in rm_runs:
+    for run, name in rm_run_names(rm_runs).items():
         main = main_evaluation(run)
         plots = [v for k, v in sorted(main[1].items()) if k.startswith("plot")] if main else []
         for name in plots:
             png = Path(run) / "final" / Path(name).name  # wherever it was written from
             if png.is_file():
-                images.append((f"{Path(run).name}: {png.stem.replace('_', ' ')}", png.read_bytes()))
+                images.append((f"{name}: {png.stem.replace('_', ' ')}", png.read_bytes()))
     return images

@@ -404,8 +404,16 @@ def rm_eval_table(config: Mapping) -> dict[str, Any] | None:
     evals = rm_evaluations(config.get("rm_runs", []))
     if not evals:
         return None
-    keys = list(dict.fromkeys(k for e in evals.values() for k in e))
+    keys = [k for k in dict.fromkeys(k for e in evals.values() for k in e)
+            if not k.endswith("_ci95")]  # fmt: skip
+
+    def cell(e: Mapping, key: str) -> str:  # the value, and its 95% interval where it has one
+        ci = e.get(f"{key}_ci95")
+        if isinstance(ci, list | tuple) and len(ci) == 2 and None not in ci:
+            return f"{number(e.get(key))} [{number(ci[0])}, {number(ci[1])}]"
+        return number(e.get(key))
+
     return {
         "labels": [RM_EVAL_LABELS.get(k, k.replace("_", " ")) for k in keys],
-        "rows": [[name, *(number(e.get(k)) for k in keys)] for name, e in evals.items()],
+        "rows": [[name, *(cell(e, k) for k in keys)] for name, e in evals.items()],
     }

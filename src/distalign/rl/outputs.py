@@ -192,10 +192,11 @@ def save_state(t: Trainer, state: TrainState, cfg: RLTrainConfig, keep: bool) ->
                     t.scheduler, asdict(state), weights, optim)  # fmt: skip
 
 
-def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig):
+def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig, prompts: int):
     """``final/`` (and ``final_merged/``) and ``summary.json``; with ``push_to_hub``, on the
     main process, the upload of ``final/`` with a model card, to run once every process is
-    done (``tracking.end_run``'s ``then``)."""
+    done (``tracking.end_run``'s ``then``). ``prompts``: how many held-out prompts the
+    evaluations read."""
     weights = full_state_dict(t.learner, "policy.", t.accelerator)  # collective when sharded
     if not t.accelerator.is_main_process:
         return None
@@ -203,9 +204,10 @@ def save_final(t: Trainer, state: TrainState, final: dict, cfg: RLTrainConfig):
     merged = merged_for_saving(t.policy, weights) if cfg.use_peft and cfg.merge_lora else None
     if merged is not None:
         save_policy(merged, t.tokenizer, t.out / "final_merged")
-    summary = {"initial_eval": state.initial_eval, "final_eval": final, "steps": state.step}
+    summary = {"initial_eval": state.initial_eval, "final_eval": final, "steps": state.step,
+               "eval_prompts": prompts}  # fmt: skip
     (t.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return upload_when_done(
-        cfg, t.out, lambda repo_id: policy_card(cfg, repo_id, state.initial_eval, final),
+        cfg, t.out, lambda repo_id: policy_card(cfg, repo_id, state.initial_eval, final, prompts),
         f"distalign rl train: policy after step {state.step}",
     )  # fmt: skip

@@ -1006,5 +1006,5 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     if evaluated_at != state.step:
         with full_parameters(t.learner):
             final = evaluate(t, state, eval_prompts, cfg)
-    end_run(accelerator, then=save_final(t, state, final, cfg))  # then: the hub upload
+    end_run(accelerator, then=save_final(t, state, final, cfg, len(eval_prompts)))  # hub upload
     return {"initial": state.initial_eval, "final": final}
