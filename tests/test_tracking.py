@@ -3,6 +3,7 @@ progress bars that tqdm's environment variables still govern."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -225,14 +226,52 @@ def test_launched_processes_that_accelerate_runs_apart_are_refused(monkeypatch, 
     from distalign.tracking import _check_processes
 
     alone = SimpleNamespace(num_processes=1, distributed_type="NO", device="cpu",
-                            is_main_process=True)  # fmt: skip
+                            is_main_process=True, mixed_precision="no")  # fmt: skip
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="ACCELERATE_USE_CPU=true torchrun"):
         _check_processes(alone)
     monkeypatch.setenv("WORLD_SIZE", "1")
     with caplog.at_level(logging.INFO, logger="distalign.tracking"):
         _check_processes(alone)
-    assert "training on 1 process(es), cpu (NO)" in caplog.text
+    assert "training on 1 process(es), cpu (NO), mixed precision no" in caplog.text
+    # an FSDP or DeepSpeed config that accelerate does not apply (CPU processes): refused
+    # rather than run unsharded, or crash on the weights' meta tensors
+    two = SimpleNamespace(**{**vars(alone), "num_processes": 2, "distributed_type": "MULTI_CPU"})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.setenv(flag, "true")
+        with pytest.raises(
+            ConfigError,
+            match=f"asks for .* \\({flag}\\), but accelerate runs "
+            "MULTI_CPU here.*configs/accelerate/ddp.yaml",
+        ):
+            _check_processes(two)
+        monkeypatch.delenv(flag)
+    _check_processes(two)
+    # accelerate's one-process launcher, asked for more: MASTER_ADDR without WORLD_SIZE
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    with caplog.at_level(logging.WARNING, logger="distalign.tracking"):
+        _check_processes(alone)
+    assert "one process trains, though the launcher was asked for more" in caplog.text
+
+
+def test_the_runs_accumulation_wins_over_the_launchers(tiny_model_dir, tmp_path, monkeypatch):
+    """`accelerate launch` exports ACCELERATE_GRADIENT_ACCUMULATION_STEPS (its option, or a
+    DeepSpeed config's): the run's gradient_accumulation_steps decides, as in transformers."""
+    from distalign.rm.train import run
+    from tests.conftest import write_jsonl
+    from tests.rm.test_train import config, make_pairs
+
+    data = tmp_path / "pairs"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_pairs(32, seed=0))
+    write_jsonl(data / "test.jsonl", make_pairs(4, seed=1))
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
+    run(config(tiny_model_dir, data, tmp_path, per_device_train_batch_size=4,
+               gradient_accumulation_steps=4, max_steps=-1, num_train_epochs=1))  # fmt: skip
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/pairs_seen"] for r in rows if "train/pairs_seen" in r] == [16, 32]
 
 
 def test_json_safe_writes_nan_as_null():
@@ -244,3 +283,30 @@ def test_json_safe_writes_nan_as_null():
     value = {"p": float("nan"), "ci": (float("nan"), 0.5), "n": [1, {"x": math.inf}], "s": "a"}
     assert json.loads(json.dumps(json_safe(value), allow_nan=False)) == {
         "p": None, "ci": [None, 0.5], "n": [1, {"x": None}], "s": "a"}  # fmt: skip
+
+
+def test_a_run_stopped_by_an_error_closes_its_trackers(tiny_model_dir, tmp_path, monkeypatch):
+    """A notebook's failed run leaves no TensorBoard writer thread behind."""
+    import threading
+
+    import distalign.rm.train as rm_train
+    from distalign import tracking
+    from tests.conftest import write_jsonl
+    from tests.rm.test_train import config, make_pairs
+
+    def writers() -> int:
+        return sum(type(t).__name__ == "_AsyncWriterThread" for t in threading.enumerate())
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the evaluation broke")
+
+    data = tmp_path / "pairs"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_pairs(8, seed=0))
+    write_jsonl(data / "test.jsonl", make_pairs(4, seed=1))
+    before = writers()
+    monkeypatch.setattr(rm_train, "held_out_metrics", fails)
+    with pytest.raises(RuntimeError, match="the evaluation broke"):
+        rm_train.run(config(tiny_model_dir, data, tmp_path, max_steps=1,
+                            report_to="tensorboard"))  # fmt: skip
+    assert tracking._OPEN == [] and writers() == before

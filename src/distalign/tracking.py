@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import importlib.util
 import json
 import logging
@@ -114,7 +115,7 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     earlier run in ``out`` is refused or replaced first (``checkpoint.prepare_output_dir``).
     With ``push_to_hub``, the hub repository is created (or found) before anything else."""
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs, set_seed
+    from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, set_seed
 
     from distalign.checkpoint import prepare_output_dir
     from distalign.config import mixed_precision, save_config
@@ -127,6 +128,15 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     cpu = getattr(cfg, "use_cpu", False)  # the training commands' key (TRL's use_cpu)
     _forget_other_precision(precision, cpu)
     trackers = resolve_report_to(cfg.report_to)
+    # the run's own accumulation, as transformers' Trainer gives it: passed as a number,
+    # accelerate would take ACCELERATE_GRADIENT_ACCUMULATION_STEPS (which `accelerate launch`
+    # sets from its options or a DeepSpeed config's) in its place, and a pass would see a
+    # share of the pairs the schedule was not made for
+    steps = accelerator_kwargs.pop("gradient_accumulation_steps", None)
+    if steps is not None:
+        accelerator_kwargs["gradient_accumulation_plugin"] = GradientAccumulationPlugin(
+            num_steps=steps
+        )
     accelerator = Accelerator(
         mixed_precision=precision,
         cpu=cpu,
@@ -135,6 +145,9 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))],
         **accelerator_kwargs,
     )
+    plugin = accelerator.state.deepspeed_plugin
+    if steps is not None and plugin is not None:  # DeepSpeed's own value would win at prepare
+        plugin.deepspeed_config["gradient_accumulation_steps"] = steps
     _check_processes(accelerator)  # before anything in out moves
     if isinstance(cfg, HubKeys) and accelerator.is_main_process:
         hub_repo(cfg, out)  # no login or network for push_to_hub: fails before the run
@@ -166,6 +179,8 @@ def _check_tracker_name(key: str, name: str | None) -> None:
 def _check_processes(accelerator) -> None:
     """Say how many processes train; refuse launched processes that accelerate runs apart
     (torchrun on a machine without GPUs: each would train alone into the same output_dir)."""
+    from accelerate.utils import DistributedType, parse_flag_from_env
+
     from distalign.config import ConfigError
 
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -176,9 +191,27 @@ def _check_processes(accelerator) -> None:
             "into one output_dir; on CPUs launch with ACCELERATE_USE_CPU=true torchrun "
             "--nproc_per_node N -m distalign.cli ... (docs/gpu.md)"
         )
+    # accelerate's one-process launcher sets MASTER_ADDR (and no WORLD_SIZE) only when more
+    # processes were asked for
+    alone = "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ
+    if accelerator.num_processes == 1 and alone:
+        log.warning("one process trains, though the launcher was asked for more (MASTER_ADDR "
+                    "is set): on CPUs `accelerate launch --cpu` starts one; use "
+                    "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N, or "
+                    "torchrun (docs/gpu.md)")  # fmt: skip
+    for engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        flag = f"ACCELERATE_USE_{engine.value}"  # what `accelerate launch` sets for its config
+        if parse_flag_from_env(flag) and accelerator.distributed_type != engine:
+            raise ConfigError(
+                f"the accelerate config asks for {engine.value} ({flag}), but accelerate runs "
+                f"{accelerator.distributed_type} here: it shards only over GPUs (or other "
+                "accelerators), never over CPU processes. On CPUs use "
+                "configs/accelerate/ddp.yaml (docs/gpu.md)"
+            )
     if accelerator.is_main_process:
-        log.info("training on %d process(es), %s (%s)", accelerator.num_processes,
-                 accelerator.device, accelerator.distributed_type)  # fmt: skip
+        log.info("training on %d process(es), %s (%s), mixed precision %s",
+                 accelerator.num_processes, accelerator.device, accelerator.distributed_type,
+                 accelerator.mixed_precision)  # fmt: skip
 
 
 def _inputs(cfg: Any) -> list[str]:
@@ -214,6 +247,8 @@ def end_run(accelerator, then: Callable[[], Any] | None = None) -> None:
     ``then`` (the main process's hub upload) runs after both, so no process waits on it."""
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if accelerator in _OPEN:
+        _OPEN.remove(accelerator)
     if then is not None:
         then()
 
@@ -250,6 +285,32 @@ def start_tracking(
             for tracker in accelerator.log_with
         ]
     accelerator.init_trackers(project, config=flat_hparams(config), init_kwargs=init_kwargs)
+    _OPEN.append(accelerator)
+
+
+# accelerators whose trackers start_tracking opened, until end_run (or an error) closes them
+_OPEN: list = []
+
+
+def closes_trackers_on_error(run: Callable) -> Callable:
+    """``run`` (a training loop) that, stopped by an error, still closes the trackers it
+    opened: in a notebook, each failed run would otherwise leave TensorBoard's writer thread
+    (or an unfinished wandb run) behind for the next."""
+
+    @functools.wraps(run)
+    def wrapped(*args, **kwargs):
+        try:
+            return run(*args, **kwargs)
+        except BaseException:
+            while _OPEN:
+                for tracker in _OPEN.pop().trackers:
+                    try:
+                        tracker.finish()
+                    except Exception as e:  # the run's own error is the one to see
+                        log.warning("could not close the %s tracker: %s", tracker.name, e)
+            raise
+
+    return wrapped
 
 
 def json_safe(value: Any) -> Any:

@@ -108,6 +108,7 @@ from distalign.rl.rollouts import (
 )
 from distalign.tracking import (
     MetricsLog,
+    closes_trackers_on_error,
     end_run,
     progress_bar,
     start_run,
@@ -435,6 +436,20 @@ def say_cut_prompts(
             )  # fmt: skip
 
 
+def refuse_deepspeed(accelerator) -> None:
+    """A ConfigError under DeepSpeed. A step's update accumulates its micro-batches by hand
+    (``policy_gradient_step``: ``no_sync`` until the last), while accelerate's DeepSpeed
+    engine steps the optimizer inside every ``backward`` that it sees as a boundary, and from
+    ZeRO-2 on ``no_sync`` does nothing: each micro-batch would be an optimizer step of its
+    own, and distalign's clipping and skipping of non-finite updates would not apply."""
+    if getattr(accelerator, "distributed_type", None) == "DEEPSPEED":
+        raise ConfigError(
+            "rl train does not run under DeepSpeed: its engine would take an optimizer step "
+            "per micro-batch instead of one per update. Use configs/accelerate/fsdp.yaml "
+            "(weights sharded) or ddp.yaml (docs/gpu.md)"
+        )
+
+
 def build_policy(cfg: RLTrainConfig, accelerator):
     """Policy (+ gradient checkpointing, + LoRA), tokenizer, and the frozen reference: None
     with LoRA (adapters off), else a copy of the SFT weights.
@@ -443,6 +458,7 @@ def build_policy(cfg: RLTrainConfig, accelerator):
     adapter with ``use_peft``, the reference its base model (adapters off, as TRL trains a
     PeftModel); without, it is merged into its base, whose every weight trains, the merged
     policy the reference."""
+    refuse_deepspeed(accelerator)  # before minutes of loading
     load = {"attn_implementation": cfg.attn_implementation, **cfg.load_kwargs()}
     adapter = is_adapter(resolve_model(cfg.model_name_or_path))
     if adapter:
@@ -933,6 +949,7 @@ def resumed_state(t: Trainer, cfg: RLTrainConfig, given: RLTrainConfig) -> Train
                                         functools.partial(check_resumable, cfg)))  # fmt: skip
 
 
+@closes_trackers_on_error
 def run(cfg: RLTrainConfig) -> dict[str, Any]:
     """Train; returns the held-out evaluation before and after. Writes output_dir/final."""
     out = Path(cfg.output_dir)

@@ -81,6 +81,7 @@ from distalign.rm.config import RMTrainConfig
 from distalign.rm.data import epoch_batches, load_pairs, make_collator
 from distalign.tracking import (
     MetricsLog,
+    closes_trackers_on_error,
     end_run,
     peak_memory_gb,
     progress_bar,
@@ -322,9 +323,10 @@ def train_step(t: Trainer, batch, cfg: RMTrainConfig, weight: float = 1.0) -> di
             norm = t.accelerator.clip_grad_norm_(
                 t.model.parameters(), cfg.max_grad_norm or math.inf
             )
-            finite = bool(torch.isfinite(norm))
+            # a tensor, or (DeepSpeed, which clipped and stepped in backward) a float or None
+            finite = norm is None or math.isfinite(float(norm))
             metrics["nonfinite"] = 0.0 if finite else 1.0
-            if cfg.max_grad_norm:
+            if cfg.max_grad_norm and norm is not None:
                 metrics["grad_norm"] = norm
         if finite:
             t.optimizer.step()
@@ -534,6 +536,7 @@ def optimizer_steps(t: Trainer, cfg: RMTrainConfig, train, collate, state: Train
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
 
+@closes_trackers_on_error
 def run(cfg: RMTrainConfig) -> dict[str, Any]:
     """Train; return the final held-out metrics. Writes ``output_dir/final`` (the model)."""
     out = Path(cfg.output_dir)
