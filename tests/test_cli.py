@@ -380,6 +380,10 @@ def test_inspect_empty_file_is_one_line(tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert captured.out == "error: empty.jsonl: no rows (empty file)\n"
     assert "Traceback" not in captured.err
+    monkeypatch.setenv("RANK", "1")  # under a launcher each process says its own, by rank
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert capsys.readouterr().out == "error: [rank 1] empty.jsonl: no rows (empty file)\n"
 
 
 def test_a_tracker_that_is_not_installed_is_a_one_line_error(monkeypatch, capsys):

@@ -16,7 +16,7 @@ import textwrap
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.markup import escape
@@ -446,13 +446,20 @@ def main():
     try:
         app(prog_name="distalign")
     except USER_ERRORS as e:
-        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise SystemExit(2) from None
+        say_error(e)
     except ModuleNotFoundError as e:
         if "pip install" not in str(e):  # a missing optional extra says how to install it
             raise
-        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise SystemExit(2) from None
+        say_error(e)
+
+
+def say_error(e: Exception) -> NoReturn:
+    """A user's error in one line (under a launcher, after the process's rank: each process
+    says its own), and exit status 2."""
+    rank = os.environ.get("RANK", "0")
+    where = "" if rank == "0" else f"[rank {rank}] "
+    console.print(f"[red]error:[/] {escape(where + str(e))}", highlight=False, soft_wrap=True)
+    raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -125,6 +125,18 @@ def test_a_file_mixing_strings_and_conversations_gives_every_prompt_as_messages(
     assert [p.text for p in only_text] == ["Hi?"]
 
 
+def test_load_preferences_own_rows_give_reward_functions_their_pair_alone(tmp_path):
+    """The README's Python path (load_preferences, then rl train on it): a reward function
+    gets the columns a file of the same pairs gives, not distalign's readings of them."""
+    from distalign.data.load import load_preferences
+
+    rows = [{"prompt": "Hi?", "chosen": " Hello.", "rejected": " Go."}]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    by_path, by_dataset = load_prompts(str(path)), load_prompts(load_preferences(str(path)))
+    assert by_path[0].columns == {"chosen": " Hello.", "rejected": " Go."}
+    assert set(by_dataset[0].columns) == {"chosen", "rejected"}  # as the Dataset holds them
+
+
 def test_preference_folder_by_split(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", PAIRS)
     write_jsonl(tmp_path / "test.jsonl", PAIRS[3:])

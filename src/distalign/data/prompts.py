@@ -43,6 +43,7 @@ from distalign.data.formats import (
 )
 from distalign.data.load import (
     DATA_ALIASES,
+    FEATURES,
     DataSourceError,
     LoadReport,
     iter_source_rows,
@@ -196,8 +197,10 @@ def load_prompts(
             for where, row in [*head, *rows]:
                 text = isinstance(row, dict) and isinstance(row.get("prompt"), str)
                 written.append(row["prompt"] if text else None)
-                raw.append({k: v for k, v in row.items() if k != "prompt"}
-                           if isinstance(row, dict) else {})  # fmt: skip
+                row_ = row if isinstance(row, dict) else {}
+                # a row of load_preferences' own Dataset: its pair, not distalign's readings
+                keep = ("chosen", "rejected") if set(row_) == set(FEATURES) else row_
+                raw.append({k: v for k, v in row_.items() if k != "prompt" and k in keep})
                 yield where, row
 
         pairs = load_preferences(  # a pair whose replies are equal still has its prompt
