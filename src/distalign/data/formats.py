@@ -486,6 +486,16 @@ def prompt_text(prompt: str | Sequence[Mapping[str, Any]]) -> str:
     return users[-1] if users else ""
 
 
+def conversation_text(prompt: str | Sequence[Mapping[str, Any]]) -> str:
+    """A prompt as a reader should see all of it: the text, a single user message as it is,
+    else every turn as ``role: content`` (a system prompt and earlier turns included)."""
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) == 1 and prompt[0]["role"] == "user":
+        return prompt[0]["content"]
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
 def is_conversational(row: Mapping[str, Any]) -> bool:
     """Whether a row holds message lists (TRL's conversational data, which needs a chat
     template) rather than texts: as TRL's ``is_conversational`` reads the columns."""

@@ -331,6 +331,8 @@ def iter_source_rows(
         rows = ((f"dataset{part} row {i}", r) for i, r in enumerate(source))
         yield from _some_rows(rows, "dataset")
         return
+    if is_gold(source) and (split or "train") not in ("train", "test"):
+        raise MissingSplitError(f"gold: no split {split!r}; the benchmark has train and test")
     source = resolve_source(source)
     path = Path(source).expanduser()
     if any((path / f).is_file() for f in ("state.json", "dataset_dict.json")):

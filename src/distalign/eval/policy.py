@@ -40,7 +40,7 @@ import torch
 
 from distalign.checkpoint import run_folder
 from distalign.config import ConfigError
-from distalign.data.formats import prompt_text
+from distalign.data.formats import conversation_text
 from distalign.data.load import same_source
 from distalign.eval.config import CompareConfig
 from distalign.metrics import bootstrap_interval, bootstrap_p_value, distinct_n, win_rate
@@ -374,11 +374,14 @@ def check_inputs(cfg: CompareConfig, policy_dirs: dict[str, str]) -> None:
     """Errors before minutes of sampling: a policy or SFT model that is not there or is a
     classifier; a ``runs``/``rm_runs`` folder that is not a training run's output_dir, or is
     a run of the other kind; an ``output_dir`` that is a file."""
-    from distalign.models.load import refuse_classifier
+    from distalign.models.load import ModelNotFoundError, refuse_classifier
     from distalign.tracking import read_run_config
 
     for key, name in [*((f"policy {n}", d) for n, d in policy_dirs.items()), ("sft", cfg.sft)]:
-        folder = resolve_model(name)
+        try:
+            folder = resolve_model(name)
+        except ModelNotFoundError as e:  # which of the models it is
+            raise ModelNotFoundError(f"{key}: {e}") from None
         refuse_classifier(folder, f"{key} ({name})")
     for key, (mark, kind) in _RUN_KINDS.items():
         for folder in getattr(cfg, key):
@@ -608,7 +611,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     key = "gold" if judge is None else "judge"
     samples_table = [  # the first reply to each of the first prompts
         {
-            "prompt": prompt_text(prompts[i]),
+            "prompt": conversation_text(prompts[i]),  # every turn, as the policies read it
             **{
                 n: {"reply": m.samples.texts[i * k], key: float(m.judge_reward[i * k])}
                 for n, m in measured.items()

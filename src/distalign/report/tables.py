@@ -389,7 +389,7 @@ def headline_rows(summary: Mapping) -> list[list[str]]:
     return [
         [
             name,
-            _rate(r, f"{key}_win_rate"),
+            "reference" if name == "sft" else _rate(r, f"{key}_win_rate"),
             number(r.get(f"{key}_mean")),
             number(r.get("kl_to_sft"), 2),
             number(r.get("length_tokens"), 0),

@@ -153,18 +153,20 @@ def prepare_pairs(cfg: RMTrainConfig, tokenizer, source, split: str, limit: int,
         said.update(silent)
     if marker := templated_text(tokenizer, ds):
         log.warning("%s: %s", source, templated_note(marker, cfg.model_name_or_path))
-    report_cut(pairs, source, cfg.max_length)
+    report_cut(pairs, source, cfg.max_length, split)
     return pairs
 
 
-def report_cut(pairs: Dataset, source, max_length: int) -> None:
-    """Say how many pairs were cut to fit ``max_length`` (TRL drops such pairs instead)."""
+def report_cut(pairs: Dataset, source, max_length: int, split: str | None = None) -> None:
+    """Say how many pairs (of ``split``) were cut to fit ``max_length`` (TRL drops such pairs
+    instead)."""
     cut = sum(pairs["cut"]) if len(pairs) else 0
     if cut:
+        where = source if isinstance(source, str) else "the data set"
         log.warning(
-            "%s: %d of %d pairs are longer than max_length=%d and were cut to fit (the oldest "
-            "turns, then the prompt's start and the replies' ends)",
-            source if isinstance(source, str) else "the data set", cut, len(pairs), max_length,
+            "%s%s: %d of %d pairs are longer than max_length=%d and were cut to fit (the "
+            "oldest turns, then the prompt's start and the replies' ends)",
+            where, f" ({split})" if split else "", cut, len(pairs), max_length,
         )  # fmt: skip
 
 
