@@ -236,7 +236,10 @@ def test_launched_processes_that_accelerate_runs_apart_are_refused(monkeypatch, 
     assert "training on 1 process(es), cpu (NO), mixed precision no" in caplog.text
     # an FSDP or DeepSpeed config that accelerate does not apply (CPU processes): refused
     # rather than run unsharded, or crash on the weights' meta tensors
-    two = SimpleNamespace(**{**vars(alone), "num_processes": 2, "distributed_type": "MULTI_CPU"})
+    from accelerate.utils import DistributedType
+
+    two = SimpleNamespace(**{**vars(alone), "num_processes": 2,
+                             "distributed_type": DistributedType.MULTI_CPU})  # fmt: skip
     monkeypatch.setenv("WORLD_SIZE", "2")
     for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
         monkeypatch.setenv(flag, "true")

@@ -255,10 +255,13 @@ def write_state(path: str | Path, state: dict[str, Any]) -> None:
     """Put ``state`` in the checkpoint at ``path`` in place of the one it was saved with (its
     random state kept): one file, replaced whole."""
     file = Path(path) / "trainer_state.json"
-    rng = json.loads(file.read_text(encoding="utf-8"))["rng"]
-    tmp = file.with_name(file.name + ".tmp")
-    tmp.write_text(json.dumps({**state, "rng": rng}, indent=1), encoding="utf-8")
-    os.replace(tmp, file)
+    try:
+        rng = json.loads(file.read_text(encoding="utf-8"))["rng"]
+        tmp = file.with_name(file.name + ".tmp")
+        tmp.write_text(json.dumps({**state, "rng": rng}, indent=1), encoding="utf-8")
+        os.replace(tmp, file)
+    except OSError as e:
+        raise CheckpointError(f"could not update {file}: {e.strerror or e}") from e
 
 
 @contextlib.contextmanager

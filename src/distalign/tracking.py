@@ -106,14 +106,17 @@ def flat_hparams(config: Any, prefix: str = "") -> dict[str, bool | int | float 
     return out
 
 
-def start_run(cfg: Any, out: Path, **accelerator_kwargs):
+def start_run(cfg: Any, out: Path, refuse: Callable[[Any], None] | None = None,
+              **accelerator_kwargs):  # fmt: skip
     """A training run's Accelerator (mixed precision from ``cfg.bf16``/``cfg.fp16``, or what
     ``accelerate launch`` set; trackers from ``cfg.report_to``), the global seed, TF32 as
     ``cfg.tf32`` asks (deterministic kernels with ``cfg.full_determinism``), the process
     group's timeout ``cfg.ddp_timeout``, and the resolved config
     saved in ``out`` by the main process; an
     earlier run in ``out`` is refused or replaced first (``checkpoint.prepare_output_dir``).
-    With ``push_to_hub``, the hub repository is created (or found) before anything else."""
+    With ``push_to_hub``, the hub repository is created (or found) before anything else.
+    ``refuse(accelerator)`` raises where the command cannot run as launched (before any of
+    that)."""
     from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, set_seed
 
@@ -147,8 +150,14 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     )
     plugin = accelerator.state.deepspeed_plugin
     if steps is not None and plugin is not None:  # DeepSpeed's own value would win at prepare
+        given = plugin.deepspeed_config.get("gradient_accumulation_steps", "auto")
+        if given not in ("auto", steps) and accelerator.is_main_process:
+            log.warning("the DeepSpeed config's gradient_accumulation_steps %s gives way to "
+                        "the run's %d", given, steps)  # fmt: skip
         plugin.deepspeed_config["gradient_accumulation_steps"] = steps
     _check_processes(accelerator)  # before anything in out moves
+    if refuse is not None:
+        refuse(accelerator)
     if isinstance(cfg, HubKeys) and accelerator.is_main_process:
         hub_repo(cfg, out)  # no login or network for push_to_hub: fails before the run
     events = [cfg.project] if "tensorboard" in trackers and getattr(cfg, "project", None) else []
@@ -199,18 +208,19 @@ def _check_processes(accelerator) -> None:
                     "is set): on CPUs `accelerate launch --cpu` starts one; use "
                     "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N, or "
                     "torchrun (docs/gpu.md)")  # fmt: skip
+    kind = getattr(accelerator.distributed_type, "value", accelerator.distributed_type)
     for engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         flag = f"ACCELERATE_USE_{engine.value}"  # what `accelerate launch` sets for its config
         if parse_flag_from_env(flag) and accelerator.distributed_type != engine:
             raise ConfigError(
                 f"the accelerate config asks for {engine.value} ({flag}), but accelerate runs "
-                f"{accelerator.distributed_type} here: it shards only over GPUs (or other "
-                "accelerators), never over CPU processes. On CPUs use "
+                f"{kind} here (it applies {engine.value} to several GPUs or other "
+                "accelerators, never to CPU processes). On CPUs use "
                 "configs/accelerate/ddp.yaml (docs/gpu.md)"
             )
     if accelerator.is_main_process:
         log.info("training on %d process(es), %s (%s), mixed precision %s",
-                 accelerator.num_processes, accelerator.device, accelerator.distributed_type,
+                 accelerator.num_processes, accelerator.device, kind,
                  accelerator.mixed_precision)  # fmt: skip
 
 
@@ -292,6 +302,19 @@ def start_tracking(
 _OPEN: list = []
 
 
+def _finish_failed(tracker) -> None:
+    """Close a tracker of a run an error stopped, marked as failed where the tracker keeps a
+    run's state (wandb and MLflow would record accelerate's plain ``finish`` as a success)."""
+    if tracker.name == "wandb":
+        tracker.run.finish(exit_code=1)
+    elif tracker.name == "mlflow":
+        import mlflow
+
+        mlflow.end_run(status="FAILED")
+    else:
+        tracker.finish()
+
+
 def closes_trackers_on_error(run: Callable) -> Callable:
     """``run`` (a training loop) that, stopped by an error, still closes the trackers it
     opened: in a notebook, each failed run would otherwise leave TensorBoard's writer thread
@@ -305,7 +328,7 @@ def closes_trackers_on_error(run: Callable) -> Callable:
             while _OPEN:
                 for tracker in _OPEN.pop().trackers:
                     try:
-                        tracker.finish()
+                        _finish_failed(tracker)
                     except Exception as e:  # the run's own error is the one to see
                         log.warning("could not close the %s tracker: %s", tracker.name, e)
             raise

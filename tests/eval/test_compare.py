@@ -61,7 +61,7 @@ def test_gold_win_probability_is_the_mean_over_all_pairs():
     np.testing.assert_allclose(gold_win_probability(x, x, k), 0.5)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.3])  # greedy (0) has none
 def test_kl_to_sft_is_the_sampled_minus_the_sft_logprobs(tiny_model_dir, temperature):
     """KL per reply = Σ_t (the sampler's log π − a teacher-forced log π_SFT), brute-forced
     reply by reply with both models teacher-forced; k replies per prompt read like one reply
@@ -812,6 +812,8 @@ def test_a_missing_policy_folder_stops_compare_before_any_sampling(
         with pytest.raises((ConfigError, ModelNotFoundError), match=said):
             run_compare(dataclasses.replace(cfg, **{"policies": [], **bad}))
     assert not (tmp_path / "c").exists()  # made only once the inputs hold
+    with pytest.raises(ConfigError, match=r"greedy replies .* do not estimate"):
+        run_compare(dataclasses.replace(cfg, policies=[], runs=[str(rl)], temperature=0.0))
     (tmp_path / "c").write_text("")
     with pytest.raises(ConfigError, match=r"output_dir .* is a file"):
         run_compare(cfg := dataclasses.replace(cfg, policies=[str(tiny_model_dir)]))
@@ -822,15 +824,23 @@ def test_reward_model_runs_of_one_name_keep_a_row_each_with_their_intervals(tmp_
     for seed, accuracy in ((1, 0.61), (2, 0.66)):  # runs/seed1/rm and runs/seed2/rm
         run = tmp_path / f"seed{seed}" / "rm"
         run.mkdir(parents=True)
-        evaluation = {"accuracy": accuracy, "contested_auroc": 0.7,
-                      "contested_auroc_ci95": [0.6, 0.8], "plot_grid": "x.png"}  # fmt: skip
-        (run / "summary.json").write_text(json.dumps({"eval": evaluation}))
+        evaluation = {"accuracy": accuracy, "contested_auroc": 0.7, "data": "pairs",
+                      "contested_auroc_ci95": [0.6, 0.8],
+                      "plot_grid": "/elsewhere/eval_pairs_test_pairs.png"}  # fmt: skip
+        (run / "final").mkdir()
+        (run / "final" / "eval_pairs_test.json").write_text(json.dumps(evaluation))
+        (run / "final" / "eval_pairs_test_pairs.png").write_bytes(b"png")
         runs.append(str(run))
     table = rm_eval_table({"rm_runs": runs})
     assert table["labels"] == ["pairwise accuracy (observed: one draw of the labels)",
-                               "AUROC flagging contested pairs"]  # fmt: skip
-    assert table["rows"] == [["rm", "0.610", "0.700 [0.600, 0.800]"],
-                             ["rm_2", "0.660", "0.700 [0.600, 0.800]"]]  # fmt: skip
+                               "AUROC flagging contested pairs", "data"]  # fmt: skip
+    assert table["rows"] == [["rm", "0.610", "0.700 [0.600, 0.800]", "pairs"],
+                             ["rm_2", "0.660", "0.700 [0.600, 0.800]", "pairs"]]  # fmt: skip
+    assert table["intervals"]
+    from distalign.report.runs import rm_evaluation_images
+
+    titles = [title for title, _ in rm_evaluation_images(runs)]
+    assert titles == ["rm: eval pairs test pairs", "rm_2: eval pairs test pairs"]
 
 
 def test_a_step_checkpoint_policy_is_held_to_its_runs_reward(tmp_path):

@@ -115,14 +115,14 @@ def kl_to_sft(policy, sft, tokenizer, samples, temperature: float) -> np.ndarray
     for i in range(0, len(samples.prompt_ids), step):
         ids = samples.prompt_ids[i : i + step]
         groups = [samples.reply_ids[j * k : (j + 1) * k] for j in range(i, i + len(ids))]
-        ref, _ = reply_logprobs(sft, ids, groups, tokenizer.pad_token_id, temperature or 1.0)
+        ref, _ = reply_logprobs(sft, ids, groups, tokenizer.pad_token_id, temperature)
         if sampled:
             lp = samples.logprobs[i * k : (i + len(ids)) * k]
             if [len(a) for a in lp] != [len(b) for b in ref]:
                 raise ValueError("the samples' log-probs do not match their replies' tokens")
             out += [math.fsum(a) - b.sum().item() for a, b in zip(lp, ref, strict=True)]
         else:
-            lp, _ = reply_logprobs(policy, ids, groups, tokenizer.pad_token_id, temperature or 1.0)
+            lp, _ = reply_logprobs(policy, ids, groups, tokenizer.pad_token_id, temperature)
             out += [(a - b).sum().item() for a, b in zip(lp, ref, strict=True)]
     return np.array(out)
 
@@ -367,7 +367,6 @@ def trained_on_these_prompts(cfg: CompareConfig) -> list[str]:
 
 # what a run's config.yaml holds by its kind: an RL run's and a reward model's keys
 _RUN_KINDS = {"runs": ("reward", "an RL run"), "rm_runs": ("head", "a reward-model run")}
-_RUN_MARKS = ("config.yaml", "metrics.jsonl", "checkpoints", "summary.json")
 
 
 def check_inputs(cfg: CompareConfig, policy_dirs: dict[str, str]) -> None:
@@ -386,7 +385,7 @@ def check_inputs(cfg: CompareConfig, policy_dirs: dict[str, str]) -> None:
     for key, (mark, kind) in _RUN_KINDS.items():
         for folder in getattr(cfg, key):
             saved, path = read_run_config(folder), Path(folder)
-            if saved is None and not any((path / n).exists() for n in _RUN_MARKS):
+            if run_folder(path) != str(path) and not (path / "checkpoints").is_dir():
                 there = "is not a training run's output_dir" if path.is_dir() else "does not exist"
                 raise ConfigError(f"{key}: {folder} {there}: give the output_dir of {kind}")
             other = next(k for k in _RUN_KINDS if k != key)
@@ -395,6 +394,10 @@ def check_inputs(cfg: CompareConfig, policy_dirs: dict[str, str]) -> None:
                 flag = "--" + other.removesuffix("s").replace("_", "-")
                 raise ConfigError(f"{key}: {folder} is {other_kind}, not {kind}: give it as "
                                   f"{other} ({flag})")  # fmt: skip
+    if cfg.runs and cfg.temperature == 0:
+        raise ConfigError("runs: the over-optimisation curve is drawn against KL to SFT, which "
+                          "greedy replies (temperature=0) do not estimate: compare runs at a "
+                          "temperature above 0")  # fmt: skip
     if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
         raise ConfigError(f"output_dir {cfg.output_dir} is a file, not a folder")
     if not policy_dirs and not cfg.runs:  # SFT's own figures under the judge, say so
@@ -480,7 +483,7 @@ def policy_row(m: Measured, sft: Measured, k: int, cfg: CompareConfig, judge_nam
     """Everything measured on one policy: the judge's numbers, the replies', the RMs'."""
     row: dict[str, Any] = {
         **judge_fields(m, sft, k, cfg, judge_name),
-        "kl_to_sft": None if np.isnan(m.kl).any() else float(m.kl.mean()),  # None: greedy
+        "kl_to_sft": None if cfg.temperature == 0 else float(m.kl.mean()),  # greedy: no KL
         "length_tokens": float(np.mean([len(r) for r in m.samples.reply_ids])),
         "eos_rate": float(np.mean(m.samples.finished)),
         "distinct_1": distinct_n(m.samples.texts, 1),

@@ -196,8 +196,8 @@ def rm_evaluation_images(rm_runs: list[str]) -> list[tuple[str, bytes]]:
     for run, name in rm_run_names(rm_runs).items():
         main = main_evaluation(run)
         plots = [v for k, v in sorted(main[1].items()) if k.startswith("plot")] if main else []
-        for name in plots:
-            png = Path(run) / "final" / Path(name).name  # wherever it was written from
+        for plot in plots:
+            png = Path(run) / "final" / Path(plot).name  # wherever it was written from
             if png.is_file():
                 images.append((f"{name}: {png.stem.replace('_', ' ')}", png.read_bytes()))
     return images

@@ -413,7 +413,9 @@ def rm_eval_table(config: Mapping) -> dict[str, Any] | None:
             return f"{number(e.get(key))} [{number(ci[0])}, {number(ci[1])}]"
         return number(e.get(key))
 
+    rows = [[name, *(cell(e, k) for k in keys)] for name, e in evals.items()]
     return {
         "labels": [RM_EVAL_LABELS.get(k, k.replace("_", " ")) for k in keys],
-        "rows": [[name, *(cell(e, k) for k in keys)] for name, e in evals.items()],
+        "rows": rows,
+        "intervals": any("[" in c for row in rows for c in row[1:]),
     }

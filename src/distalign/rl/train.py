@@ -458,7 +458,6 @@ def build_policy(cfg: RLTrainConfig, accelerator):
     adapter with ``use_peft``, the reference its base model (adapters off, as TRL trains a
     PeftModel); without, it is merged into its base, whose every weight trains, the merged
     policy the reference."""
-    refuse_deepspeed(accelerator)  # before minutes of loading
     load = {"attn_implementation": cfg.attn_implementation, **cfg.load_kwargs()}
     adapter = is_adapter(resolve_model(cfg.model_name_or_path))
     if adapter:
@@ -953,7 +952,9 @@ def resumed_state(t: Trainer, cfg: RLTrainConfig, given: RLTrainConfig) -> Train
 def run(cfg: RLTrainConfig) -> dict[str, Any]:
     """Train; returns the held-out evaluation before and after. Writes output_dir/final."""
     out = Path(cfg.output_dir)
-    accelerator = start_run(cfg, out)
+    # accumulation by hand (policy_gradient_step): accelerate's own stays 1, whatever the
+    # launcher exports
+    accelerator = start_run(cfg, out, refuse_deepspeed, gradient_accumulation_steps=1)
     # first: the cheap failure (a bad path); frozen reward models in the run's precision
     reward = load_rewards(cfg, accelerator.device, frozen_dtype(accelerator.mixed_precision))
     given, cfg = cfg, copy(cfg)  # resolved (prefix_sharing, max_steps -1) in the copy
