@@ -110,7 +110,8 @@ head = f"{'policy':12} {'gold win rate vs SFT [95% CI]':30} {'gold':>6} {'concis
 print(head + "".join(f" {'RM ' + m:>11}" for m in rms) + f" {'KL':>6}")
 for name, r in s["policies"].items():
     lo, hi = r["gold_win_rate_ci95"]
-    line = f"{name:12} {r['gold_win_rate']:.3f} [{lo:.3f}, {hi:.3f}]{'':10} {r['gold_mean']:6.3f}"
+    rate = "reference" if name == "sft" else f"{r['gold_win_rate']:.3f} [{lo:.3f}, {hi:.3f}]"
+    line = f"{name:12} {rate:30} {r['gold_mean']:6.3f}"
     line += f" {r['gold_concise']:8.3f} {r['gold_thorough']:8.3f}"
     print(line + "".join(f" {r['rm_' + m + '_mean']:11.3f}" for m in rms) + f" {r['kl_to_sft']:6.2f}")
 for rm, m in (s.get("std_vs_disagreement") or {}).items():

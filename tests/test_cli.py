@@ -184,6 +184,7 @@ def test_eval_compare_arguments_reach_the_config(monkeypatch):
     assert cfg.rm_runs == ["m1"]
     assert (cfg.max_eval_samples, cfg.max_completion_length) == (40, 48)
     assert "0.500 [0.400, 0.600]" in out and "r.html" in out and "reference" in out  # SFT's
+    assert "1 prompt: too few to judge a policy by" in out  # as the report's verdicts say
 
 
 def test_inspect_split_of_a_folder(tmp_path):

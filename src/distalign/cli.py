@@ -394,7 +394,7 @@ def _register_heavy_commands() -> None:
         """Aligned policies vs SFT on held-out prompts under a judge (the gold judge on the
         benchmark's prompts), reward models, KL; writes the report."""
         from distalign.eval.policy import run_compare
-        from distalign.report.tables import headline_columns, headline_rows
+        from distalign.report.tables import MIN_VERDICT_PROMPTS, headline_columns, headline_rows
 
         summary = run_compare(cfg)
         k = cfg.num_generations
@@ -407,6 +407,9 @@ def _register_heavy_commands() -> None:
         for row in headline_rows(summary):
             table.add_row(*row)
         console.print(table)
+        if (n := summary["prompts"]) < MIN_VERDICT_PROMPTS:  # as the report's verdicts say
+            console.print(f"{n} prompt{'' if n == 1 else 's'}: too few to judge a policy by "
+                          "(the intervals above are rough)")  # fmt: skip
         console.print(f"report: {summary['report']}")
 
 
