@@ -265,3 +265,22 @@ def test_an_adapter_of_the_embedded_model_goes_up_naming_its_hub_base(tmp_path, 
     for base in (str(tmp_path / "my_model"), "org/base"):
         (final / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
         assert hub.hub_adapter(final, tmp_path / base.replace("/", "_")) == final
+
+
+def test_an_api_call_leaves_offline_mode_as_it_found_it(no_network, monkeypatch):
+    """A notebook: one call while the hub is unreachable does not keep the session offline
+    for the calls after it; offline mode the user set stays."""
+    import os
+
+    from distalign import api
+
+    before = datasets.config.HF_HUB_OFFLINE  # the test session's (HF_DATASETS_OFFLINE)
+    with pytest.raises(Exception, match="cannot be reached"):
+        api.evaluate_reward_model(model_name_or_path="someone/some-rm", dataset_name="gold")
+    assert not constants.HF_HUB_OFFLINE
+    assert datasets.config.HF_HUB_OFFLINE is before
+    assert "HF_HUB_OFFLINE" not in os.environ
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the user's own setting
+    with pytest.raises(Exception, match="someone/some-rm"):
+        api.evaluate_reward_model(model_name_or_path="someone/some-rm", dataset_name="gold")
+    assert constants.HF_HUB_OFFLINE

@@ -15,6 +15,7 @@ bfloat16 when there is one) and ``attn_implementation``; see docs/gpu.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,20 @@ from distalign.config import (
 )
 
 
+def _per_call(function):
+    """An API function after which the hub's offline switch, where the call set it (the hub
+    could not be reached), is off again (``hub.offline_for_the_call``)."""
+
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        from distalign.hub import offline_for_the_call
+
+        with offline_for_the_call():
+            return function(*args, **kwargs)
+
+    return wrapped
+
+
 def _config(cls: type, config: Any, overrides: dict[str, Any]):
     # warmup_ratio=: "is now warmup_steps"; use_vllm=False: does nothing, dropped
     overrides = known_keys(cls, overrides, "argument")
@@ -47,6 +62,7 @@ def _config(cls: type, config: Any, overrides: dict[str, Any]):
     return dataclasses.replace(config, **overrides) if overrides else config
 
 
+@_per_call
 def train_reward_model(config=None, **overrides) -> dict[str, Any]:
     """``distalign rm train``: returns the final held-out metrics; the model is in
     ``output_dir/final`` (``AutoModelForSequenceClassification.from_pretrained`` loads it)."""
@@ -56,6 +72,7 @@ def train_reward_model(config=None, **overrides) -> dict[str, Any]:
     return run(_config(RMTrainConfig, config, overrides))
 
 
+@_per_call
 def train_policy(config=None, **overrides) -> dict[str, Any]:
     """``distalign rl train``: returns the held-out evaluation before (``initial``) and after
     (``final``) training; the policy is in ``output_dir/final``."""
@@ -65,6 +82,7 @@ def train_policy(config=None, **overrides) -> dict[str, Any]:
     return run(_config(RLTrainConfig, config, overrides))
 
 
+@_per_call
 def compare(config=None, **overrides) -> dict[str, Any]:
     """``distalign eval compare``: the numbers of ``compare.json``; writes the report."""
     from distalign.eval.config import CompareConfig
@@ -73,6 +91,7 @@ def compare(config=None, **overrides) -> dict[str, Any]:
     return run_compare(_config(CompareConfig, config, overrides))
 
 
+@_per_call
 def evaluate_reward_model(config=None, **overrides) -> dict[str, Any]:
     """``distalign rm eval``: metrics of a saved reward model on held-out pairs."""
     from distalign.eval.rm import run_rm_eval
@@ -99,6 +118,7 @@ def evaluate_reward_model(config=None, **overrides) -> dict[str, Any]:
     )
 
 
+@_per_call
 def score(config=None, **overrides) -> Path:
     """``distalign rm score``: writes the scored rows; returns the output path."""
     from distalign.rm.score import score_file
@@ -117,6 +137,7 @@ def score(config=None, **overrides) -> Path:
     return Path(out)
 
 
+@_per_call
 def gold_judge(config=None, **overrides) -> tuple[Path, dict[str, float]]:
     """``distalign gold judge``: writes the judged rows; returns the output path and the mean
     of each gold column."""
@@ -127,6 +148,7 @@ def gold_judge(config=None, **overrides) -> tuple[Path, dict[str, float]]:
     return Path(out), means
 
 
+@_per_call
 def generate(config=None, **overrides) -> list[dict[str, Any]]:
     """``distalign generate``: ``num_generations`` replies per prompt, as rows of ``prompt``,
     ``reply``, ``finished``, ``tokens``; also written as JSONL to ``output_file`` when set."""

@@ -11,11 +11,12 @@ Hugging Face cache loads from there, anything else fails at once, and the error 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -53,6 +54,29 @@ def go_offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     constants.HF_HUB_OFFLINE = True  # huggingface_hub and transformers
     datasets.config.HF_HUB_OFFLINE = True
+
+
+@contextlib.contextmanager
+def offline_for_the_call() -> Iterator[None]:
+    """Offline mode that ``offline_if_unreachable`` switches on inside the block is switched
+    off at its end, and the hub is looked up again next time: a Python session's later calls
+    (a notebook's) ask the hub anew after a network blip. Offline mode set before the block
+    (``HF_HUB_OFFLINE=1``) stays."""
+    import datasets
+    from huggingface_hub import constants
+
+    before = (os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE,
+              datasets.config.HF_HUB_OFFLINE)  # fmt: skip
+    try:
+        yield
+    finally:
+        if not before[1] and constants.HF_HUB_OFFLINE:
+            if before[0] is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = before[0]
+            constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = before[1], before[2]
+            offline_if_unreachable.cache_clear()
 
 
 def in_cache(repo_id: str, filename: str, repo_type: str = "model") -> bool:
