@@ -568,6 +568,19 @@ def finished_summary(
     return None
 
 
+def same_precision(saved: str | None, accelerator) -> str:
+    """The run's mixed precision, for its checkpoints to keep; said in a warning where the
+    checkpoint resumed from (``saved``; None: written before checkpoints kept it) was trained
+    in another. ``accelerate launch`` can set it without the run's own bf16/fp16 keys, so the
+    settings compared on resuming do not always show it."""
+    now = str(accelerator.mixed_precision)
+    if saved is not None and saved != now and accelerator.is_main_process:
+        log.warning("the checkpoint was trained with mixed precision %s and this run computes "
+                    "with %s (bf16/fp16, or the launcher's): its next steps round differently",
+                    saved, now)  # fmt: skip
+    return now
+
+
 def resume_training(
     path: str | Path,
     model,

@@ -842,3 +842,19 @@ def test_what_the_template_writes_nothing_for_is_said_once_for_both_splits(
     with caplog.at_level("WARNING"):
         load_pairs(cfg, load_tokenizer(str(tiny_model_dir)))
     assert caplog.text.count("writes nothing for the rows' tool calls") == 1
+
+
+def test_a_resume_in_another_precision_than_the_checkpoints_is_said(
+    tiny_model_dir, pair_dir, tmp_path, monkeypatch, caplog
+):
+    """`accelerate launch --mixed_precision bf16` sets it without the run's own bf16 key, so
+    the settings compared on resuming do not show it: the checkpoint keeps it."""
+    kw = dict(max_steps=1, lr_scheduler_type="constant")
+    run(config(tiny_model_dir, pair_dir, tmp_path, **kw))
+    state = json.loads((tmp_path / "run/checkpoints/last/trainer_state.json").read_text())
+    assert state["mixed_precision"] == "no"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # as the launcher exports it
+    with caplog.at_level("WARNING"):
+        run(config(tiny_model_dir, pair_dir, tmp_path, **{**kw, "max_steps": 2},
+                   resume_from_checkpoint=True))  # fmt: skip
+    assert "trained with mixed precision no and this run computes with bf16" in caplog.text

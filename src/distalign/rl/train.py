@@ -40,7 +40,12 @@ from accelerate import Accelerator
 from transformers import TrainerState, get_scheduler
 
 from distalign.cadence import Cadence, steps_of
-from distalign.checkpoint import count_nonfinite, finished_summary, resume_training
+from distalign.checkpoint import (
+    count_nonfinite,
+    finished_summary,
+    resume_training,
+    same_precision,
+)
 from distalign.config import (
     ConfigError,
     checkpoint_path,
@@ -136,6 +141,7 @@ class TrainState:
     processes: int | None = None  # whose shares of the prompts the cursor points into
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
     nonfinite_in_a_row: int = 0
+    mixed_precision: str | None = None  # accelerate's, as the steps were computed in
 
 
 # Far above any step, epoch or sampling batch (the sampler offsets batch b by b × 1_000_003):
@@ -940,12 +946,14 @@ def resumed_state(t: Trainer, cfg: RLTrainConfig, given: RLTrainConfig) -> Train
     none) with the weights, optimizer and schedule restored and the logs cut back to it;
     settings other than ``given`` (the run's as given) are said."""
     if not cfg.resume_from_checkpoint:
-        return TrainState()
+        return TrainState(mixed_precision=same_precision(None, t.accelerator))
     path = checkpoint_path(cfg.resume_from_checkpoint, t.out)
     logs = [t.log.path, t.out / "history.jsonl"]
-    return TrainState(**resume_training(path, t.policy, t.optimizer, t.scheduler, logs,
-                                        t.accelerator.is_main_process, given,
-                                        functools.partial(check_resumable, cfg)))  # fmt: skip
+    state = TrainState(**resume_training(path, t.policy, t.optimizer, t.scheduler, logs,
+                                         t.accelerator.is_main_process, given,
+                                         functools.partial(check_resumable, cfg)))  # fmt: skip
+    state.mixed_precision = same_precision(state.mixed_precision, t.accelerator)
+    return state
 
 
 @closes_trackers_on_error

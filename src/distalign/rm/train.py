@@ -37,6 +37,7 @@ from distalign.checkpoint import (
     load_model_weights,
     optimizer_to_save,
     resume_training,
+    same_precision,
     save_checkpoint,
     write_state,
 )
@@ -110,6 +111,7 @@ class TrainState:
     per_device_batch: int = 0
     batches_per_step: int = 0  # processes × gradient_accumulation_steps
     processes: int = 0
+    mixed_precision: str | None = None  # accelerate's, as the steps were computed in
 
 
 def batch_loss(model, batch, cfg: RMTrainConfig):
@@ -217,6 +219,7 @@ def resumed_state(cfg: RMTrainConfig, out: Path, accelerator, model, optimizer, 
                                 accelerator.is_main_process, cfg,
                                 partial(check_resumable, cfg))  # fmt: skip
         state = TrainState(**best_of(saved, cfg, accelerator.is_main_process))
+    state.mixed_precision = same_precision(state.mixed_precision, accelerator)
     moved = carry_over(state, cfg, train, accelerator.num_processes, scheduler)
     if moved and accelerator.is_main_process:  # its later rows counted steps of another size
         truncate_log(out / "metrics.jsonl", state.step)
