@@ -311,7 +311,6 @@ def test_version():
         (["rm", "train", "--batch-size", "4"], "per_device_train_batch_size"),
         (["rl", "train", "k=2"], "`k` is now `num_generations`"),
         (["rl", "train", "sampling.max_new_tokens=5"], "max_completion_length"),
-        (["generate", "prompts=[a]", "max_new_tokens=5"], "max_completion_length"),
         (["rm", "eval", "model=x"], "model_name_or_path"),
     ],
 )

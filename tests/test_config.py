@@ -236,7 +236,6 @@ def test_wrong_flag_type_names_the_flag():
         (RLTrainConfig, ["k=2"], "k", "num_generations"),
         (RLTrainConfig, ["prompts_per_step=2"], "prompts_per_step", "per_device_train_batch_size"),
         (RLTrainConfig, ["sampling.max_new_tokens=5"], "sampling", "max_completion_length"),
-        (RLTrainConfig, ["max_new_tokens=5"], "max_new_tokens", "max_completion_length"),
         (GenerateConfig, ["prompts=[a]", "sampling.max_new_tokens=5"], "sampling",
          "max_completion_length"),
         (GenerateConfig, ["prompts=[a]", "k=2"], "k", "num_generations"),
@@ -943,6 +942,14 @@ def test_the_earlier_trl_rloo_names_are_read_as_today_s():
         0.1, 2, 2, 16)  # fmt: skip
     with pytest.raises(ConfigError, match="`rloo_k` and `num_generations` both given"):
         load_config(RLTrainConfig, None, ["rloo_k=2", "num_generations=4"])
+
+
+def test_transformers_generate_names_are_read_and_its_switches_said():
+    given = ["prompts=[a]", "max_new_tokens=8", "num_return_sequences=2", "do_sample=true"]
+    cfg = load_config(GenerateConfig, None, given)
+    assert (cfg.max_completion_length, cfg.num_generations) == (8, 2)
+    with pytest.raises(ConfigError, match=r"`do_sample`.*temperature=0 decodes greedily"):
+        load_config(GenerateConfig, None, ["prompts=[a]", "do_sample=false"])
 
 
 def test_one_rule_for_formats_the_failure_budget_and_the_gold_alias(tmp_path, monkeypatch):

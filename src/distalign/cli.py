@@ -39,7 +39,6 @@ from distalign.config import (
     list_keys,
     load_config,
     parse_cli_args,
-    save_config,
 )
 from distalign.data.formats import PreferenceFormatError, prompt_text
 from distalign.data.load import DataSourceError
@@ -335,7 +334,6 @@ def _register_heavy_commands() -> None:
         """Regenerate the benchmark: prompts -> SFT replies -> gold judge -> labelled pairs."""
         from distalign.gold.build import run_bench_make
 
-        save_config(cfg, cfg.work_dir)
         meta = run_bench_make(cfg)
         table = Table(title=f"gold benchmark -> {cfg.output_dir}")
         for col in ("split", "prompts", "pairs", "Bayes ceiling", "groups disagree"):

@@ -96,6 +96,8 @@ ALIASES = {
     "reward_model_name_or_path": "reward",
     "reward_model_path": "reward",  # TRL's online DPO and earlier RLOO/PPO configs
     "kl_coef": "beta",  # TRL's earlier RLOO and PPO configs
+    "max_new_tokens": "max_completion_length",  # transformers' generate
+    "num_return_sequences": "num_generations",  # transformers' generate
     "rloo_k": "num_generations",  # TRL's earlier RLOO config
     "num_ppo_epochs": "num_iterations",  # TRL's earlier RLOO and PPO configs: passes per batch
     "response_length": "max_completion_length",  # TRL's earlier RLOO and PPO configs
@@ -113,8 +115,9 @@ SCALE_REWARDS = {"group": "grpo", True: "grpo", "true": "grpo", "batch": "grpo_b
 
 # transformers / TRL training keys without a counterpart here, and what does their job
 _SAMPLER = "rollouts come from distalign's own sampler (distalign.models.generate)"
-_UNBIASED = ("replies are sampled from π itself, so the REINFORCE gradient and the KL estimate "
-             "stay unbiased (as for top_p=1, top_k=0)")  # fmt: skip
+_UNBIASED = ("distalign's sampler draws from π itself, with temperature, top_p and top_k "
+             "alone (in rl train, π unchanged keeps the REINFORCE gradient and the KL estimate "
+             "unbiased)")  # fmt: skip
 _NO_QUANT = ("quantised (QLoRA) training is not offered; LoRA on half-precision weights: "
              "use_peft=true dtype=bfloat16")  # fmt: skip
 _REF_FIXED = "the reference policy stays the SFT model"
@@ -175,6 +178,7 @@ NOT_OFFERED = {
     "bnb_4bit_quant_storage": _NO_QUANT,
     "repetition_penalty": _UNBIASED,
     "min_p": _UNBIASED,
+    "do_sample": "replies are always sampled; temperature=0 decodes greedily",
     "num_processes": _LAUNCHER,  # the `trl` command line's own launch keys
     "accelerate_config": _LAUNCHER,
     "sync_ref_model": _REF_FIXED,
@@ -272,6 +276,7 @@ NEUTRAL = {
     "log_multimodal": ANY, "router_aux_loss_coef": ANY,
     "pad_to_multiple_of": Either((None, "auto")),
     "lora_target_parameters": None, "repetition_penalty": 1.0, "min_p": Either((None, 0.0)),
+    "do_sample": True,
     "sync_ref_model": False, "ref_model_sync_steps": ANY, "ref_model_mixup_alpha": ANY,
     "off_policy_mask_threshold": None, "entropy_coef": 0.0,
     "use_bias_correction_kl": ANY,  # a key of rl train's; another command has no KL term

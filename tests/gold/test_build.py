@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 
 import numpy as np
 import pytest
 
+from distalign.config import ConfigError
 from distalign.data import load_preferences
 from distalign.data.load import bayes_ceiling
 from distalign.gold.build import (
@@ -108,6 +110,12 @@ def test_make_small_benchmark_and_resume(tiny_model_dir, tmp_path):
     meta2 = run_bench_make(cfg)
     assert meta2["all"] == meta["all"]
     assert _read(out / "train.jsonl.gz") == rows
+    # other sampling settings into the same work_dir: its replies are not taken as theirs
+    longer = [SamplingConfig(temperature=1.0, max_completion_length=12), *settings[1:]]
+    with pytest.raises(ConfigError, match=r"holds replies sampled with other settings"):
+        run_bench_make(dataclasses.replace(cfg, settings=longer, output_dir=str(tmp_path / "o2")))
+    with pytest.raises(ConfigError, match=r"other model_name_or_path, seed"):
+        run_bench_make(dataclasses.replace(cfg, seed=1, model_name_or_path="x"))
 
 
 # --- the shipped dataset -------------------------------------------------------------------

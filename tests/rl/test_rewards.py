@@ -517,6 +517,9 @@ def test_a_training_run_s_output_dir_means_its_final_model(tmp_path):
     (tmp_path / "run" / "final").mkdir(parents=True)
     (tmp_path / "run" / "final" / "config.json").write_text("{}")
     assert model_folder(str(tmp_path / "run")) == tmp_path / "run" / "final"
+    (tmp_path / "replies.jsonl").write_text("{}\n")  # a file given as the model: said so
+    with pytest.raises(ConfigError, match=r"replies\.jsonl' is a file: give the reward model's"):
+        model_folder(str(tmp_path / "replies.jsonl"))
 
 
 def test_a_trl_lora_reward_model_folder_loads_merged(tiny_model_dir, tmp_path):

@@ -128,6 +128,33 @@ def load_prompts(path: str | Path, heldout_fraction: float, seed: int) -> list[d
 # --- 2. replies (resumable) ---------------------------------------------------------------
 
 
+# what the replies in work_dir depend on: a re-run with other values must not reuse them
+REPLY_KEYS = ("model_name_or_path", "seed", "settings", "sampling_batch_size", "prompts_file",
+              "heldout_fraction", "dtype")  # fmt: skip
+
+
+def claim_work_dir(cfg: BenchConfig) -> None:
+    """Refuse a ``work_dir`` whose replies were sampled with other ``REPLY_KEYS`` (its
+    ``config.yaml``), which a re-run would reuse as its own; then save this run's config
+    there."""
+    import yaml
+
+    from distalign.config import ConfigError, config_dict, save_config
+
+    work = Path(cfg.work_dir)
+    saved_file = work / "config.yaml"
+    if (work / "replies.partial.jsonl").is_file() and saved_file.is_file():
+        saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
+        now = config_dict(cfg)
+        other = [k for k in REPLY_KEYS if k in saved and saved[k] != now.get(k)]
+        if other:
+            raise ConfigError(
+                f"work_dir {work} holds replies sampled with other {', '.join(other)} "
+                f"(its config.yaml): give another work_dir, or remove {work} to sample again"
+            )
+    save_config(cfg, work)
+
+
 def sample_all_replies(cfg: BenchConfig, prompts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One reply per (prompt, setting), sampled in chunks appended to a partial file."""
     work = Path(cfg.work_dir)
@@ -306,6 +333,7 @@ def judge_parameters() -> dict[str, Any]:
 def run_bench_make(cfg: BenchConfig) -> dict[str, Any]:
     """All stages; returns the metadata written beside the data."""
     start = time.perf_counter()
+    claim_work_dir(cfg)
     prompts = load_prompts(cfg.prompts_file, cfg.heldout_fraction, cfg.seed)
     if cfg.limit_prompts:
         prompts = [

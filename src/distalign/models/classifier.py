@@ -39,6 +39,8 @@ def model_folder(spec: str, trust_remote_code: bool = False) -> Path:
         ):
             raise ConfigError(f"reward folder {spec!r} holds no model (no config.json)")
         return folder
+    if folder.is_file():
+        raise ConfigError(f"reward folder {spec!r} is a file: give the reward model's folder")
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:  # a path, not a hub id
         raise ConfigError(f"reward folder {spec!r} does not exist")
     from huggingface_hub import snapshot_download

@@ -45,7 +45,9 @@ class SamplingConfig:
     sampling_batch_size: int = 8
     """Prompts per prefill; each expands to ``k`` rows during decoding."""
     seed: int = 0
-    """Seed of the sampling generator; same seed, prompts and model give the same replies."""
+    """Seed of the sampling generator; the same seed, prompts (in the same order), model and
+    sampling_batch_size give the same replies (each batch of prompts draws from its own
+    stream, so a prompt's replies change with the batch it falls in)."""
     chat_template_kwargs: dict[str, Any] | None = None
     """Other arguments of the chat template where prompts are rendered, for the policy and
     the reward models alike (TRL's GRPO/RLOO key): ``'{enable_thinking: false}'`` for Qwen3."""
