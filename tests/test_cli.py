@@ -154,6 +154,12 @@ def test_rm_train_eval_score(tiny_model_dir, tmp_path):
         json.loads(line) for line in (tmp_path / "replies.scored.jsonl").read_text().splitlines()
     ]
     assert len(rows) == 2 and all(isinstance(r["reward"], float) for r in rows)
+    result, out = invoke(  # the input file as the one word that is not key=value, as
+        "rm", "score", str(replies), f"model_name_or_path={run_dir / 'final'}",  # gold judge
+        f"output_file={tmp_path / 'again.jsonl'}",
+    )  # fmt: skip
+    assert result.exit_code == 0, out
+    assert (tmp_path / "again.jsonl").read_text().count("\n") == 2
 
 
 def test_eval_compare_arguments_reach_the_config(monkeypatch):

@@ -304,7 +304,7 @@ def rm_eval(cfg: RMEvalConfig):
     print_metrics(f"{cfg.model_name_or_path} on {data}", result)
 
 
-@config_command(rm_app, "score", RMScoreConfig)
+@config_command(rm_app, "score", RMScoreConfig, positional="input_file")
 def rm_score(cfg: RMScoreConfig):
     """Score prompt/reply rows with a reward model into a new JSONL file."""
     from distalign.api import score
