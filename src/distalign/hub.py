@@ -79,6 +79,13 @@ def offline_for_the_call() -> Iterator[None]:
             offline_if_unreachable.cache_clear()
 
 
+def not_downloadable(why: str) -> str:
+    """How an error ends for a hub id that is neither local nor in the cache while the hub
+    cannot be reached (``why``: ``offline_if_unreachable``'s reason)."""
+    return (f"the hub cannot be reached to download it ({why}); it is not in the local Hugging "
+            "Face cache either")  # fmt: skip
+
+
 def in_cache(repo_id: str, filename: str, repo_type: str = "model") -> bool:
     """Whether ``filename`` of ``repo_id`` (its default revision) is in the local cache."""
     from huggingface_hub import try_to_load_from_cache
@@ -255,10 +262,10 @@ def shown(name: Any) -> str:
         return getattr(name, "__name__", type(name).__name__)
     if is_hub_id(name) or not any(c in name for c in "/\\"):
         return name
-    from distalign.rl.rewards import run_folder
+    from distalign.rl.rewards import above_generic_folders
 
     path = Path(name.rstrip("/\\"))  # runs/my_rm/final: my_rm/final, the run's name with it
-    return f"{path.relative_to(run_folder(path).parent).as_posix()} (local)"
+    return f"{path.relative_to(above_generic_folders(path).parent).as_posix()} (local)"
 
 
 def hub_adapter(folder: Path, staging: Path) -> Path:

@@ -199,8 +199,14 @@ def load_prompts(
                 written.append(row["prompt"] if text else None)
                 row_ = row if isinstance(row, dict) else {}
                 # a row of load_preferences' own Dataset: its pair, not distalign's readings
-                keep = ("chosen", "rejected") if set(row_) == set(FEATURES) else row_
-                raw.append({k: v for k, v in row_.items() if k != "prompt" and k in keep})
+                own = set(row_) == set(FEATURES)
+                raw.append(
+                    {
+                        k: v
+                        for k, v in row_.items()
+                        if k != "prompt" and (not own or k in ("chosen", "rejected"))
+                    }
+                )
                 yield where, row
 
         pairs = load_preferences(  # a pair whose replies are equal still has its prompt

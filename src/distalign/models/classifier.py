@@ -45,7 +45,7 @@ def model_folder(spec: str, trust_remote_code: bool = False) -> Path:
         raise ConfigError(f"reward folder {spec!r} does not exist")
     from huggingface_hub import snapshot_download
 
-    from distalign.hub import offline_if_unreachable
+    from distalign.hub import not_downloadable, offline_if_unreachable
 
     patterns = HUB_FILES + (["*.py"] if trust_remote_code else [])
     why = offline_if_unreachable()
@@ -57,9 +57,7 @@ def model_folder(spec: str, trust_remote_code: bool = False) -> Path:
         if why and isinstance(e, LocalEntryNotFoundError | OfflineModeIsEnabled):
             # huggingface_hub's own message would say to leave offline mode
             raise ConfigError(
-                f"reward {spec!r} is not a folder or module:function, and the hub cannot be "
-                f"reached to download it ({why}); it is not in the local Hugging Face cache "
-                "either"
+                f"reward {spec!r} is not a folder or module:function, and {not_downloadable(why)}"
             ) from None
         raise ConfigError(
             f"reward {spec!r} is not a folder, not module:function, and not a model on the "

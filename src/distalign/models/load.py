@@ -38,7 +38,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from distalign.hub import in_cache, offline_if_unreachable
+from distalign.hub import in_cache, not_downloadable, offline_if_unreachable
 from distalign.models.templates import (
     BUILT_IN,
     RenderingError,
@@ -328,8 +328,7 @@ def resolve_model(name: str = DEFAULT_MODEL) -> str:
     if why and not any(in_cache(name, f) for f in ("config.json", "adapter_config.json")):
         raise ModelNotFoundError(
             f"{name!r} is not a local folder or an embedded model ({', '.join(EMBEDDED_MODELS)}), "
-            f"and the hub cannot be reached to download it ({why}); it is not in the local "
-            "Hugging Face cache either"
+            f"and {not_downloadable(why)}"
         )
     return name
 

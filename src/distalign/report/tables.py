@@ -407,15 +407,17 @@ def rm_eval_table(config: Mapping) -> dict[str, Any] | None:
     keys = [k for k in dict.fromkeys(k for e in evals.values() for k in e)
             if not k.endswith("_ci95")]  # fmt: skip
 
-    def cell(e: Mapping, key: str) -> str:  # the value, and its 95% interval where it has one
+    def interval(e: Mapping, key: str) -> tuple | list | None:  # its 95% interval, if any
         ci = e.get(f"{key}_ci95")
-        if isinstance(ci, list | tuple) and len(ci) == 2 and None not in ci:
+        return ci if isinstance(ci, list | tuple) and len(ci) == 2 and None not in ci else None
+
+    def cell(e: Mapping, key: str) -> str:  # the value, and its 95% interval where it has one
+        if ci := interval(e, key):
             return f"{number(e.get(key))} [{number(ci[0])}, {number(ci[1])}]"
         return number(e.get(key))
 
-    rows = [[name, *(cell(e, k) for k in keys)] for name, e in evals.items()]
     return {
         "labels": [RM_EVAL_LABELS.get(k, k.replace("_", " ")) for k in keys],
-        "rows": rows,
-        "intervals": any("[" in c for row in rows for c in row[1:]),
+        "rows": [[name, *(cell(e, k) for k in keys)] for name, e in evals.items()],
+        "intervals": any(interval(e, k) for e in evals.values() for k in keys),
     }

@@ -275,10 +275,10 @@ def source_name(spec: str) -> str:
     the run's); a hub id -> its last part."""
     if ":" in spec and not Path(spec).exists():
         return spec.rsplit(":", 1)[1]
-    return run_folder(Path(spec.rstrip("/"))).name or spec
+    return above_generic_folders(Path(spec.rstrip("/"))).name or spec
 
 
-def run_folder(path: Path) -> Path:
+def above_generic_folders(path: Path) -> Path:
     """``path``, or, where its name says where it sits in a run (``final``, ``last``,
     ``step_N``: ``generic_folder``), the run's folder above it."""
     while path.parent.name and generic_folder(path.name):
