@@ -21,6 +21,9 @@ def print_inspection(result, source: str, model: str) -> None:
     console.print(f"[bold]{source}[/]  format: {r.format}")
     if result.prompt_only:
         console.print(f"rows read: {r.rows}   prompts: {result.prompts}   (no chosen/rejected)")
+        if result.not_pairs:
+            console.print(f"read as prompts; rm train needs pairs: {result.not_pairs}",
+                          markup=False)  # fmt: skip
     else:
         console.print(
             f"rows read: {r.rows}   pairs: {r.kept}   with ratings: {result.scored_pairs}"

@@ -78,6 +78,23 @@ def test_the_printout_says_the_hh_and_prompt_readings_it_counted(tmp_path, smol_
     assert "HH replies that go on with a Human turn (kept): 1" in captured.get()
 
 
+def test_rated_single_replies_read_as_prompts_say_rm_train_needs_pairs(tmp_path, smol_tokenizer):
+    from distalign.printing import console, print_inspection
+
+    rows = [{"prompt": "2+2?", "response": r, "helpfulness": h} for r, h in (("4", 4), ("5", 0))]
+    result = inspect_source(str(write_jsonl(tmp_path / "hs2.jsonl", rows)), smol_tokenizer)
+    assert result.prompt_only and result.prompts == 2  # a row each, as TRL reads prompts
+    assert "HelpSteer2's raw rows" in result.not_pairs
+    with console.capture() as captured:
+        print_inspection(result, "hs2.jsonl", "smol")
+    assert "read as prompts; rm train needs pairs: one rated response per row" in " ".join(
+        captured.get().split()
+    )
+    prompts = inspect_source(str(write_jsonl(tmp_path / "q.jsonl", [{"prompt": "2+2?", "id": 3}])),
+                             smol_tokenizer)  # fmt: skip
+    assert prompts.prompt_only and prompts.not_pairs is None
+
+
 def test_text_already_rendered_through_the_chat_template_is_said(tmp_path, smol_tokenizer):
     """String data run through TRL's maybe_apply_chat_template before saving holds the
     template's turn tokens; rendered through the template again it nests, so it is said. Text

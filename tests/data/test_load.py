@@ -545,6 +545,23 @@ def test_held_out_is_the_training_data_only_for_a_source_without_splits(tmp_path
     assert evaluates_on_training_data(str(file), str(tmp_path / "." / "pairs.jsonl"))
 
 
+def test_a_split_named_for_one_file_is_said_to_read_the_whole_file(tmp_path, caplog):
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}]
+    file = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list(rows).save_to_disk(str(saved))
+    for source in (str(file), str(saved)):
+        with caplog.at_level(logging.WARNING, logger="distalign.data.load"):
+            caplog.clear()
+            assert len(load_preferences(source, "test_prefs")) == 1  # read whole, as before
+            load_preferences(source, "test_prefs")  # said once per source and split
+            load_preferences(source, "train")  # the defaults are no choice to speak of
+            load_preferences(source, "test")
+        said = [r.getMessage() for r in caplog.records]
+        assert said == [f"{source} is one set of rows without splits: read whole for split "
+                        "'test_prefs'"]  # fmt: skip
+
+
 def test_prompt_reply_files_take_text_or_conversational_completions(tmp_path):
     user = [{"role": "user", "content": "Hi"}]
     rows = [

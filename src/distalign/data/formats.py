@@ -139,6 +139,12 @@ _SHAPE_HINTS = (
 )  # fmt: skip
 
 
+def shape_hint(row: Mapping[str, Any]) -> str | None:
+    """What a row of a public data set that is not a pair of replies holds, and what turns it
+    into one (``_SHAPE_HINTS``); None for any other row."""
+    return next((h for test, h in _SHAPE_HINTS if test(row)), None)
+
+
 def detect_format(row: Mapping[str, Any]) -> str:
     """Guess the format of a dataset from one of its rows."""
     missing = [c for c in ("chosen", "rejected") if c not in row]
@@ -148,7 +154,7 @@ def detect_format(row: Mapping[str, Any]) -> str:
             "this command needs the text (prompt/chosen/rejected)"
         )
     if missing:
-        hint = next((h for test, h in _SHAPE_HINTS if test(row)), "")
+        hint = shape_hint(row)
         raise ValueError(
             f"cannot detect the preference format: columns {sorted(row)} lack "
             + " and ".join(repr(c) for c in missing)

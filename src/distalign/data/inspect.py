@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from distalign.data.formats import joined_prompt, row_reply, row_template_kwargs
+from distalign.data.formats import joined_prompt, row_reply, row_template_kwargs, shape_hint
 from distalign.data.load import LoadReport, iter_source_rows, load_preferences, resolve_source
 from distalign.data.pairs import (
     render_pair_ids,
@@ -50,6 +50,7 @@ class Inspection:
     templated: str | None = None  # a template marker the text already holds (templated_text)
     metadata: dict[str, Any] | None = None  # a metadata JSON shipped beside the file, if any
     metadata_path: str | None = None
+    not_pairs: str | None = None  # a prompt-only source's rows hold replies of another shape
 
 
 def _metadata_beside(source: str) -> Path | None:
@@ -76,7 +77,8 @@ def _percentiles(values: list[int]) -> dict[int, int]:
 
 def _measure_prompts(out: Inspection, prompts: list, tokenizer, max_rows: int) -> Inspection:
     out.prompt_only, out.prompts = True, len(prompts)
-    if prompts:
+    if prompts:  # rated replies read as prompts: right for rl train, not for rm train
+        out.not_pairs = shape_hint(getattr(prompts[0], "columns", {}))
         lengths = [len(render_prompt_ids(tokenizer, p)) for p in prompts[:max_rows]]
         out.measured = len(lengths)
         out.lengths = {"prompt": _percentiles(lengths)}

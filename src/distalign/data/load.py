@@ -340,6 +340,8 @@ def iter_source_rows(
             raise DataSourceError(f"{source}: a local data set; a config name or revision "
                                   "applies to hub datasets only")  # fmt: skip
         saved = datasets.load_from_disk(str(path))
+        if not isinstance(saved, datasets.DatasetDict):
+            _say_split_unused(source, split)
         where = (
             f"{source}[{split or 'train'}]" if isinstance(saved, datasets.DatasetDict) else source
         )
@@ -357,6 +359,8 @@ def iter_source_rows(
             raise DataSourceError(
                 f"{source}: a local source; a config name or revision applies to hub datasets only"
             )
+        if path.is_file():
+            _say_split_unused(source, split)
         for file in files or local_files(path, split):  # one file, or a split's shards
             suffix = Path(strip_gz(file)).suffix
             if suffix not in READERS:
@@ -372,6 +376,21 @@ def iter_source_rows(
     # A hub id. Unreachable offline, but this is the path users with internet take.
     split = split or "train"
     yield from _some_rows(_hub_rows(source, split, name, revision), f"{source}[{split}]")
+
+
+_SAID_UNUSED: set[tuple[str, str]] = set()
+
+
+def _say_split_unused(source: str, split: str | None) -> None:
+    """A source of one set of rows (one file, a saved ``Dataset``) has no splits: each is read
+    whole. Say so, once per source and split, when a split other than the commands' defaults
+    (``train``, and ``test`` for held-out data, which the training commands already say) was
+    named for it: ``datasets`` would refuse it, and reading the whole file instead must not
+    pass unsaid. The held-out case (``test``) is said where the training commands load it."""
+    if split in (None, "train", "test") or (source, split) in _SAID_UNUSED:
+        return
+    _SAID_UNUSED.add((source, split))
+    log.warning("%s is one set of rows without splits: read whole for split %r", source, split)
 
 
 def load_preferences(
