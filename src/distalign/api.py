@@ -132,6 +132,7 @@ def score(config=None, **overrides) -> Path:
         cfg.per_device_eval_batch_size,
         trust_remote_code=cfg.trust_remote_code,
         chat_template=cfg.chat_template_path,
+        skip_bad_rows=cfg.skip_bad_rows,
         **cfg.placement(),
     )
     return Path(out)

@@ -153,8 +153,9 @@ class RMScoreConfig(PlacementConfig):
     """Reward-model folder."""
     input_file: str = ""
     """JSONL/JSON/CSV/Parquet rows with ``prompt`` and ``reply`` (or ``response``/``completion``:
-    text, or TRL's conversational completion; e.g. ``generate``'s output), or TRL's
-    ``messages`` ending with the assistant's turn, which is the reply."""
+    text, or TRL's conversational completion; e.g. ``generate``'s output), or a conversation
+    (TRL's ``messages``, ShareGPT's ``conversations``) ending with the assistant's turn, which
+    is the reply."""
     output_file: str | None = None
     """Output JSONL (default: INPUT.scored.jsonl)."""
     max_length: int | None = None
@@ -162,6 +163,9 @@ class RMScoreConfig(PlacementConfig):
     its prompts cut to its max_prompt_length; another model's own limit)."""
     per_device_eval_batch_size: int = 16
     """Rows per batch."""
+    skip_bad_rows: bool = False
+    """Skip malformed rows (counted, and left out of the output) instead of stopping at the
+    first."""
     trust_remote_code: bool = False
     """Let a hub reward model run its own code (off: only transformers' own classes)."""
 

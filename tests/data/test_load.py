@@ -569,10 +569,11 @@ def test_prompt_reply_files_take_text_or_conversational_completions(tmp_path):
         {"prompt": user, "completion": [{"role": "assistant", "content": "Hey."}]},  # TRL
         {"prompt": user, "response": [*user, {"role": "assistant", "content": "Yo."}]},
         {"messages": [*user, {"role": "assistant", "content": "Hiya."}]},  # TRL's LM rows
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hi!"}]},
     ]
     path = write_jsonl(tmp_path / "replies.jsonl", rows)
     _, prompts, replies = read_prompt_replies(str(path))
-    assert prompts == [user] * 4 and replies == ["Hello.", "Hey.", "Yo.", "Hiya."]
+    assert prompts == [user] * 5 and replies == ["Hello.", "Hey.", "Yo.", "Hiya.", "Hi!"]
     for messages, why in (
         ([{"role": "assistant", "content": "Alone."}], "no turns before the reply"),
         ([*user, *user], "expected the last message to be an assistant reply"),
@@ -594,6 +595,26 @@ def test_prompt_reply_files_take_text_or_conversational_completions(tmp_path):
              {"role": "assistant", "content": "One."}]  # fmt: skip
     several = write_jsonl(tmp_path / "several.jsonl", [{"prompt": user, "completion": turns}])
     assert read_prompt_replies(str(several))[2] == [turns]
+
+
+def test_prompt_reply_rows_that_are_malformed_can_be_skipped_and_are_counted(tmp_path, caplog):
+    rows = [{"prompt": "Hi", "reply": "Hello."}, {"prompt": "Hi", "reply": None},
+            {"prompt": "Hey"}, {"prompt": "Yo", "response": "Yo."}]  # fmt: skip
+    path = write_jsonl(tmp_path / "replies.jsonl", rows)
+    with pytest.raises(PreferenceFormatError, match="null: expected the reply") as info:
+        read_prompt_replies(str(path))
+    assert f"{path}:2" in str(info.value) and info.value.field == "reply"
+    report = LoadReport(source=str(path))
+    with caplog.at_level(logging.WARNING, logger="distalign.data.load"):
+        kept, _, replies = read_prompt_replies(str(path), report, skip_bad_rows=True)
+    assert replies == ["Hello.", "Yo."] and kept == [rows[0], rows[3]]
+    assert (report.rows, report.kept, sum(report.skipped.values())) == (4, 2, 2)
+    assert f"{path}: 2 of 4 rows skipped as malformed: 1 × field 'reply': null: expected the " \
+        "reply; 1 × field 'reply': missing: give one of reply, response, completion or a " \
+        "conversation" in caplog.text  # fmt: skip
+    nothing = write_jsonl(tmp_path / "nothing.jsonl", rows[1:3])
+    with pytest.raises(DataSourceError, match="every row was skipped as malformed"):
+        read_prompt_replies(str(nothing), skip_bad_rows=True)
 
 
 def test_the_training_data_as_held_out_is_said(tmp_path, caplog):

@@ -54,6 +54,7 @@ from distalign.data.formats import (
     read_reply,
     reply_turns,
     row_format,
+    sharegpt_column,
     text_replies,
     unread_scores,
 )
@@ -226,6 +227,17 @@ class LoadReport:
             "chat_template_kwargs as a key, as TRL's GRPO and RLOO do"
         )
         return f"{self.source}: {', '.join(items)}: not given to the chat template ({why})"
+
+    def skipped_note(self) -> str | None:
+        """One line on the rows skipped as malformed, by reason; None when none were."""
+        if not self.skipped:
+            return None
+        reasons = "; ".join(f"{n} × {reason}" for reason, n in self.skipped.most_common())
+        where = self.source if isinstance(self.source, str) else "the data set"
+        return (
+            f"{where}: {sum(self.skipped.values())} of {self.rows} rows skipped as malformed: "
+            f"{reasons}"
+        )
 
     def skip(self, error: PreferenceFormatError) -> None:
         """Count a malformed row under its reason (the text before any parenthesis)."""
@@ -497,49 +509,72 @@ def require_pairs(pairs, report: LoadReport):
 
 
 def read_prompt_replies(
-    path: str, report: LoadReport | None = None, as_trained: bool = True
+    path: str,
+    report: LoadReport | None = None,
+    as_trained: bool = True,
+    skip_bad_rows: bool = False,
 ) -> tuple[list[dict], list[list[dict]], list[str]]:
     """Rows, chat prompts and replies (texts, or a reply's messages where it has several or
     keys beside its text: ``formats.reply_turns``) of a file with ``prompt`` and a reply
-    column, or with ``messages`` ending with the assistant's turn (the reply); ``report``
-    (when given) counts HH transcripts and conversational rows. ``as_trained``: a string
-    prompt and reply are split as ``rm train`` splits a pair of them
-    (``formats.text_replies``), so a reward model scores a reply as it read it in training;
-    else the texts stay as written."""
+    column, or with a conversation ending with the assistant's turn (the reply): TRL's
+    ``messages``, or a ShareGPT row's ``conversations``. ``report`` (when given) counts HH
+    transcripts, conversational rows and, with ``skip_bad_rows``, the malformed rows skipped
+    (said in a warning) instead of stopping at the first. ``as_trained``: a string prompt and
+    reply are split as ``rm train`` splits a pair of them (``formats.text_replies``), so a
+    reward model scores a reply as it read it in training; else the texts stay as written."""
     rows, prompts, replies = [], [], []
     report = report if report is not None else LoadReport(source=str(path))
     for where, row in iter_source_rows(path):
-        if isinstance(row, Exception):
-            raise row
-        key = next((k for k in REPLY_COLUMNS if k in row), None)
-        if key is None and row.get("prompt") is None and "messages" in row:
-            # TRL's conversational language-modelling rows: the last turn is the reply
-            messages = parse_messages(row["messages"], where, "messages")
-            if len(messages) < 2:
-                raise PreferenceFormatError(where, "messages", "no turns before the reply")
-            report.conversations += 1
-            prompts.append(messages[:-1])
-            replies.append(as_reply(*reply_turns(messages, len(messages) - 1, where, "messages")))
-            rows.append(row)
+        report.rows += 1
+        try:
+            if isinstance(row, Exception):
+                raise row
+            prompt, reply = _prompt_reply(row, where, report, as_trained)
+        except PreferenceFormatError as e:
+            if not skip_bad_rows:
+                raise
+            report.skip(e)
             continue
-        if key is None:
-            raise PreferenceFormatError(where, "reply", f"missing: one of {REPLY_COLUMNS}")
-        if row.get("prompt") is None:
-            raise PreferenceFormatError(where, "prompt", absent(row, "prompt"))
-        prompt = read_prompt(row["prompt"], where)
-        report.transcripts += is_transcript(row, "prompt-only")
-        report.conversations += is_conversational(row)
-        report.ignored.update(ignored_columns(row))
-        # a text, or messages ending with the assistant's (TRL's conversational completion)
-        reply, turns = read_reply(row[key], prompt, where, key)
-        if as_trained and isinstance(row["prompt"], str) and turns is None:
-            prompt, (reply,) = text_replies(
-                row["prompt"], prompt, [reply], isinstance(row[key], str)
-            )
         prompts.append(prompt)
-        replies.append(as_reply(reply, turns))
+        replies.append(reply)
         rows.append(row)
+    report.kept = len(rows)
+    if note := report.skipped_note():
+        log.warning(note)
+    if not rows:
+        raise DataSourceError(f"{path}: every row was skipped as malformed")
     return rows, prompts, replies
+
+
+def _prompt_reply(row: dict, where: str, report: LoadReport, as_trained: bool):
+    """A row's chat prompt and reply, as ``read_prompt_replies`` reads them."""
+    key = next((k for k in REPLY_COLUMNS if k in row), None)
+    column = sharegpt_column(row) if key is None and row.get("prompt") is None else None
+    if column is not None:
+        # TRL's conversational language-modelling rows, or ShareGPT's: the last turn is the
+        # reply
+        messages = parse_messages(row[column], where, column)
+        if len(messages) < 2:
+            raise PreferenceFormatError(where, column, "no turns before the reply")
+        report.conversations += 1
+        reply = as_reply(*reply_turns(messages, len(messages) - 1, where, column))
+        return messages[:-1], reply
+    if key is None:
+        raise PreferenceFormatError(where, "reply", "missing: give one of "
+                                    f"{', '.join(REPLY_COLUMNS)} or a conversation")  # fmt: skip
+    if row.get("prompt") is None:
+        raise PreferenceFormatError(where, "prompt", absent(row, "prompt"))
+    if row[key] is None:
+        raise PreferenceFormatError(where, key, absent(row, key))
+    prompt = read_prompt(row["prompt"], where)
+    report.transcripts += is_transcript(row, "prompt-only")
+    report.conversations += is_conversational(row)
+    report.ignored.update(ignored_columns(row))
+    # a text, or messages ending with the assistant's (TRL's conversational completion)
+    reply, turns = read_reply(row[key], prompt, where, key)
+    if as_trained and isinstance(row["prompt"], str) and turns is None:
+        prompt, (reply,) = text_replies(row["prompt"], prompt, [reply], isinstance(row[key], str))
+    return prompt, as_reply(reply, turns)
 
 
 def known_p_chosen(ds: datasets.Dataset) -> np.ndarray | None:

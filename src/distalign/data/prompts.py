@@ -161,6 +161,7 @@ def load_prompts(
     DataSourceError.
     """
     report = report if report is not None else LoadReport(source=str(source))
+    report.source = source if isinstance(source, str) else "the data set"  # not its repr
     if isinstance(source, str):
         path = Path(source).expanduser()
         if source == "gold" and not path.exists():
@@ -258,14 +259,8 @@ def load_prompts(
     if any(p.text is None for p in prompts):  # a data set gives reward functions one shape,
         for p in prompts:  # as TRL's (all strings or all conversations): a file mixing the
             p.text = None  # two gives each prompt as messages
-    if report.skipped:
-        log.warning(
-            "%s: %d of %d rows skipped as malformed: %s",
-            source if isinstance(source, str) else "the data set",
-            sum(report.skipped.values()),
-            report.rows,
-            "; ".join(f"{n} × {reason}" for reason, n in report.skipped.most_common()),
-        )
+    if note := report.skipped_note():
+        log.warning(note)
     if note := report.ignored_note():
         log.warning(note)
     if report.replies_set_aside:

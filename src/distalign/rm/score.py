@@ -59,11 +59,13 @@ def score_file(
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     chat_template: str | None = None,
+    skip_bad_rows: bool = False,
 ):
     """Score rows with any reward model ``rl train`` takes (``RewardModelSource``: a distalign
     RM at the lengths it was trained with, or any one-label sequence classifier with its own
     tokenizer and chat template). Scalar models add ``reward``; distributional ones the
-    distribution and its functionals (``reward`` is then the expectation)."""
+    distribution and its functionals (``reward`` is then the expectation). ``skip_bad_rows``:
+    malformed rows are counted, said and left out of the output."""
     from distalign.rl.rewards import RewardModelSource
 
     source = RewardModelSource(
@@ -77,7 +79,7 @@ def score_file(
         chat_template=chat_template,
     )
     report = LoadReport(source=str(input_path))
-    rows, prompts, replies = read_prompt_replies(input_path, report)
+    rows, prompts, replies = read_prompt_replies(input_path, report, skip_bad_rows=skip_bad_rows)
     source.fit_rendering(report, input_path)
     if source.distributional:
         p, values = source.probs_values(source.distributions(prompts, replies))
