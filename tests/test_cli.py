@@ -160,8 +160,8 @@ def test_rm_train_eval_score(tiny_model_dir, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, out
     assert (tmp_path / "again.jsonl").read_text().count("\n") == 2
-    broken = write_jsonl(tmp_path / "broken.jsonl", [{"prompt": "x", "reply": None},
-                                                     {"prompt": "apple?", "reply": "pear"}])  # fmt: skip
+    rows = [{"prompt": "x", "reply": None}, {"prompt": "apple?", "reply": "pear"}]
+    broken = write_jsonl(tmp_path / "broken.jsonl", rows)
     result, out = invoke("rm", "score", str(broken), f"model_name_or_path={run_dir / 'final'}")
     assert result.exit_code == 1 and "broken.jsonl:1: field 'reply': null" in str(result.exception)
     result, out = invoke("rm", "score", str(broken), f"model_name_or_path={run_dir / 'final'}",
