@@ -254,9 +254,15 @@ def test_launched_processes_that_accelerate_runs_apart_are_refused(monkeypatch, 
     # accelerate's one-process launcher, asked for more: MASTER_ADDR without WORLD_SIZE
     monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    asked = "one process trains, though the launcher was asked for more"
     with caplog.at_level(logging.WARNING, logger="distalign.tracking"):
+        caplog.clear()
+        _check_processes(alone)  # a cluster job's own MASTER_ADDR, a plain process: no launch
+        assert asked not in caplog.text
+        monkeypatch.setenv("ACCELERATE_USE_CPU", "True")  # what accelerate launch exports
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
         _check_processes(alone)
-    assert "one process trains, though the launcher was asked for more" in caplog.text
+    assert asked in caplog.text
 
 
 def test_the_runs_accumulation_wins_over_the_launchers(tiny_model_dir, tmp_path, monkeypatch):

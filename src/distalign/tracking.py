@@ -200,9 +200,11 @@ def _check_processes(accelerator) -> None:
             "into one output_dir; on CPUs launch with ACCELERATE_USE_CPU=true torchrun "
             "--nproc_per_node N -m distalign.cli ... (docs/gpu.md)"
         )
-    # accelerate's one-process launcher sets MASTER_ADDR (and no WORLD_SIZE) only when more
-    # processes were asked for
-    alone = "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ
+    # accelerate's one-process launcher (which always exports ACCELERATE_USE_CPU and
+    # ACCELERATE_MIXED_PRECISION) sets MASTER_ADDR, and no WORLD_SIZE, only when more processes
+    # were asked for; a cluster job that exports MASTER_ADDR for a plain process is no launch
+    launched = all(f"ACCELERATE_{v}" in os.environ for v in ("USE_CPU", "MIXED_PRECISION"))
+    alone = launched and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ
     if accelerator.num_processes == 1 and alone:
         log.warning("one process trains, though the launcher was asked for more (MASTER_ADDR "
                     "is set): on CPUs `accelerate launch --cpu` starts one; use "
