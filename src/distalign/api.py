@@ -145,7 +145,9 @@ def gold_judge(config=None, **overrides) -> tuple[Path, dict[str, float]]:
     from distalign.gold.build import judge_file
 
     cfg = _config(GoldJudgeConfig, config, overrides)
-    out, means = judge_file(cfg.input_file, cfg.output_file, device=cfg.device)
+    out, means = judge_file(
+        cfg.input_file, cfg.output_file, device=cfg.device, skip_bad_rows=cfg.skip_bad_rows
+    )
     return Path(out), means
 
 

@@ -189,9 +189,13 @@ class GoldJudgeConfig:
     """``distalign gold judge``: gold-judge rewards of any prompt/reply file."""
 
     input_file: str = ""
-    """Rows with ``prompt`` and ``reply`` (also the first positional argument)."""
+    """Rows with ``prompt`` and ``reply``, or a conversation ending with the reply, as
+    ``rm score`` reads them (also the first positional argument)."""
     output_file: str | None = None
     """Output JSONL (default: INPUT.gold.jsonl)."""
+    skip_bad_rows: bool = False
+    """Skip malformed rows (counted, and left out of the output) instead of stopping at the
+    first."""
     device: str = "auto"
     """Where the judge's sentence encoder runs: auto (CUDA, else MPS, else CPU) | cpu | cuda |
     cuda:N | mps. It always computes in float32: its scores are the benchmark's truth."""

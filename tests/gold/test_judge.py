@@ -154,3 +154,29 @@ def test_the_judge_turns_tf32_off_while_it_reads_and_restores_it():
         assert matmul.allow_tf32 and cudnn.allow_tf32
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
+def test_judge_file_reads_what_rm_score_reads_and_skips_bad_rows_when_asked(tmp_path):
+    from distalign.data.formats import PreferenceFormatError
+    from distalign.gold.build import judge_file
+    from tests.conftest import write_jsonl
+
+    rows = [
+        {"prompt": PROMPTS[0], "reply": REPLIES[0]},
+        {
+            "conversations": [
+                {"from": "human", "value": PROMPTS[1]},
+                {"from": "gpt", "value": REPLIES[1]},
+            ]
+        },  # ShareGPT
+        {"prompt": PROMPTS[2], "reply": None},
+    ]
+    path = write_jsonl(tmp_path / "replies.jsonl", rows)
+    with pytest.raises(PreferenceFormatError, match=r"replies.jsonl:3: field 'reply': null"):
+        judge_file(str(path), device="cpu")
+    out, means = judge_file(str(path), device="cpu", skip_bad_rows=True)
+    judged = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [j.get("reply") for j in judged] == [REPLIES[0], None]  # rows kept as they were
+    direct = gold.judge(PROMPTS[:2], REPLIES[:2], "cpu")
+    assert [j["gold_mean"] for j in judged] == pytest.approx(direct["gold_mean"].tolist())
+    assert means["gold_mean"] == pytest.approx(float(np.mean(direct["gold_mean"])))

@@ -390,18 +390,25 @@ def _cli_view(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def judge_file(
-    input_path: str, output_path: str | None = None, device: str = "auto"
+    input_path: str,
+    output_path: str | None = None,
+    device: str = "auto",
+    skip_bad_rows: bool = False,
 ) -> tuple[Path, dict[str, float]]:
     """Score every (prompt, reply) row of a file with the gold judge into a new JSONL file.
 
     Rows need ``prompt`` (string or chat messages) and ``reply`` (or ``response`` /
-    ``completion``), e.g. the output of ``distalign generate``. Returns the output path and
-    the mean of each gold column. ``device``: where the judge's encoder runs.
+    ``completion``), e.g. the output of ``distalign generate``, or a conversation ending with
+    the reply (``messages``, ShareGPT's ``conversations``). Returns the output path and the
+    mean of each gold column. ``device``: where the judge's encoder runs. ``skip_bad_rows``:
+    malformed rows are counted, said and left out of the output.
     """
     from distalign.data.formats import reply_text
     from distalign.data.load import read_prompt_replies
 
-    rows, chats, replies = read_prompt_replies(input_path, as_trained=False)  # as written
+    rows, chats, replies = read_prompt_replies(  # as written
+        input_path, as_trained=False, skip_bad_rows=skip_bad_rows
+    )
     prompts = [gold.prompt_text(chat) for chat in chats]
     texts = [reply_text(reply) for reply in replies]  # the judge reads the answer
     scores = gold.judge(prompts, texts, device)
