@@ -113,6 +113,13 @@ def test_impossible_values_are_clear_errors(monkeypatch):
     machine(monkeypatch, cuda=True, bf16=True)
     with pytest.raises(ValueError, match=r"has 1 CUDA device\(s\)"):
         resolve_device_dtype("cuda:1")
+    # the command line says them in one line (exit 2), as any other setting to change
+    from distalign.cli import USER_ERRORS
+    from distalign.models.load import PlacementError, _load_settings
+
+    with pytest.raises(PlacementError) as info:
+        _load_settings("cpu", "float32", "flash_attention_2", trust_remote_code=False)
+    assert isinstance(info.value, USER_ERRORS) and "runs on a CUDA GPU" in str(info.value)
 
 
 @pytest.mark.parametrize("cls", [GenerateConfig, RMEvalConfig, RMScoreConfig])

@@ -44,7 +44,7 @@ from distalign.data.formats import PreferenceFormatError, prompt_text
 from distalign.data.load import DataSourceError
 from distalign.hub import HubUploadError
 from distalign.models.classifier import NotARewardModelError
-from distalign.models.load import ModelNotFoundError
+from distalign.models.load import ModelNotFoundError, PlacementError
 from distalign.models.templates import RenderingError
 from distalign.printing import console, print_inspection, print_metrics
 from distalign.rl.rewards import RewardFunctionError
@@ -88,6 +88,7 @@ USER_ERRORS = (
     PreferenceFormatError,
     DataSourceError,
     ModelNotFoundError,
+    PlacementError,
     CheckpointError,
     NonFiniteError,
     RenderingError,

@@ -47,6 +47,12 @@ from distalign.models.templates import (
 
 log = logging.getLogger(__name__)
 
+
+class PlacementError(ValueError):
+    """A device, dtype or attention kernel this machine or model cannot run: the user's to
+    change (the command line says it in one line)."""
+
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 CACHE_ENV = "DISTALIGN_CACHE"
 
@@ -110,15 +116,17 @@ def _device(device: str | torch.device) -> torch.device:
     try:
         place = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}") from None
+        raise PlacementError(
+            f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}"
+        ) from None
     if place.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device}: CUDA is not available to this torch")
+        raise PlacementError(f"device={device}: CUDA is not available to this torch")
     if place.type == "cuda" and (place.index or 0) >= torch.cuda.device_count():
-        raise ValueError(
+        raise PlacementError(
             f"device={device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
         )
     if place.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device}: MPS is not available to this torch")
+        raise PlacementError(f"device={device}: MPS is not available to this torch")
     return place
 
 
@@ -159,12 +167,12 @@ def resolve_device_dtype(
     place = _device(device)
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
-            raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}, got {dtype}")
+            raise PlacementError(f"dtype must be one of auto, {', '.join(DTYPES)}, got {dtype}")
         return place, dtype
     if dtype == "auto":
         return place, torch.bfloat16 if place.type == "cuda" and _cuda_has_bf16() else torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}, got {dtype!r}")
+        raise PlacementError(f"dtype must be one of auto, {', '.join(DTYPES)}, got {dtype!r}")
     return place, DTYPES[dtype]
 
 
@@ -220,9 +228,9 @@ def recurrent_layer_types(model: PreTrainedModel) -> list[str]:
 
 
 def require_4d_mask(attn_implementation: str, command: str, needs: str) -> None:
-    """Refuse a kernel without 4-D masks for a ``command`` whose ``needs`` one (ValueError)."""
+    """Refuse a kernel without 4-D masks for a ``command`` whose ``needs`` one."""
     if not takes_4d_mask(attn_implementation):
-        raise ValueError(
+        raise PlacementError(
             f"{command}: attn_implementation={attn_implementation} takes no 4-D attention mask, "
             f"and {needs} needs one; use {' or '.join(MASK_4D_ATTENTION)} (see docs/gpu.md)"
         )
@@ -437,7 +445,7 @@ def _load_settings(
     # without autocast, flash-attention kernels see the weights' dtype and refuse float32
     flash = attn_implementation.startswith("flash_attention") and device is not None
     if flash and (place.type != "cuda" or torch_dtype == torch.float32):
-        raise ValueError(
+        raise PlacementError(
             f"attn_implementation={attn_implementation} runs on a CUDA GPU in bfloat16 or "
             f"float16, not on {place} in {str(torch_dtype).removeprefix('torch.')}"
         )
@@ -598,7 +606,7 @@ def attention_mask_for(
     types = _layer_types(model)
     other = sorted(types - {"full_attention", "sliding_attention"})
     if other and (shared or window or "chunked_attention" in other):
-        raise ValueError(
+        raise PlacementError(
             f"{type(model).__name__} has {', '.join(other)} layers: the block masks of "
             "prefix-shared rows serve full and sliding-window attention only (a recurrent "
             "layer's state would run from one reply of a row into the next); "
