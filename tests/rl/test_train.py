@@ -393,7 +393,7 @@ def test_runs_in_one_process_each_get_their_own_precision(tiny_model_dir, tmp_pa
     mixed precision (or refuse the second); each run gets its own."""
     from accelerate.state import AcceleratorState
 
-    kw = dict(max_steps=0, eval_on_start=False, max_eval_samples=1)
+    kw = dict(max_steps=1, eval_on_start=False, max_eval_samples=1)
     run(config(tiny_model_dir, tmp_path / "a", bf16=True, **kw))
     assert AcceleratorState().mixed_precision == "bf16"
     run(config(tiny_model_dir, tmp_path / "b", **kw))
@@ -1013,6 +1013,9 @@ def test_max_steps_minus_one_runs_num_train_epochs_passes_over_the_prompts(
     assert max(steps) == 3
     with pytest.raises(ConfigError, match="a step takes 4 per process while there are 3"):
         cfg.for_prompts(3)
+    # 0 counts passes too, as transformers reads any max_steps that is not positive
+    zero = dataclasses.replace(cfg, max_steps=0)
+    assert zero.for_prompts(10).max_steps == 3 and zero.for_prompts(10) is not zero
     # resumed for two passes: 4 steps; the change said is the epochs', not a max_steps -1 -> 3
     longer = dataclasses.replace(cfg, num_train_epochs=2.0, resume_from_checkpoint=True)
     with caplog.at_level(logging.WARNING):

@@ -238,7 +238,8 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     max_steps: int = 20
     """Steps, each one batch of rollouts and ``updates_per_step`` optimizer updates (one by
     default; num_iterations × steps_per_generation / gradient_accumulation_steps). -1 (TRL's
-    and transformers' default): the steps of ``num_train_epochs`` passes over the prompts."""
+    and transformers' default; 0 too, as transformers reads it): the steps of
+    ``num_train_epochs`` passes over the prompts."""
     num_train_epochs: float = 3.0
     """Passes over the training prompts, read only when max_steps is -1 (as transformers reads
     it): a pass is as many steps as its prompts fill whole, as in TRL (prompts left over
@@ -357,8 +358,9 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
         checks = [
             (k >= 1, "num_generations must be >= 1"),
             (
-                self.max_steps >= 0 or (self.max_steps == -1 and self.num_train_epochs > 0),
-                f"max_steps must be >= 0, or -1 with num_train_epochs > 0 (got max_steps "
+                self.max_steps > 0 or (self.max_steps in (0, -1) and self.num_train_epochs > 0),
+                f"max_steps must be > 0, or -1 (or 0, as transformers reads it) with "
+                f"num_train_epochs > 0 (got max_steps "
                 f"{self.max_steps}, num_train_epochs {self.num_train_epochs})",
             ),
             (
@@ -456,7 +458,7 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
                 "caps replies pushed up too, not only those with a negative advantage",
                 self.delta, 1 + (self.epsilon_high or self.epsilon),
             )  # fmt: skip
-        if self.max_steps >= 0 and self.num_train_epochs != 3.0:  # not from a file's keys
+        if self.max_steps > 0 and self.num_train_epochs != 3.0:  # not from a file's keys
             config_warning(
                 log,
                 "num_train_epochs=%g does nothing beside max_steps=%d: give max_steps=-1 to "
@@ -654,8 +656,9 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
 
     def for_prompts(self, prompts: int) -> RLTrainConfig:
         """This config with max_steps -1 resolved for ``prompts`` training prompts per process
-        (``num_train_epochs`` passes; see there); itself when max_steps counts the steps."""
-        if self.max_steps >= 0:
+        (``num_train_epochs`` passes; see there); itself when max_steps counts the steps. 0
+        counts passes too: transformers reads only a positive max_steps as a count."""
+        if self.max_steps > 0:
             return self
         per_pass = prompts // self.prompts_per_step
         if per_pass == 0:
