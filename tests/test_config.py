@@ -501,6 +501,10 @@ def test_sampling_keys_are_flat_and_inherited():
     assert RLTrainConfig().max_completion_length == 64  # redeclared default
     with pytest.raises(ConfigError, match="temperature must be >= 0"):
         load_config(RLTrainConfig, None, ["temperature=-1"])
+    # greedy rollouts are alike within a prompt: every advantage 0, nothing learned
+    with pytest.raises(ConfigError, match="temperature 0: rl train samples its rollouts"):
+        load_config(RLTrainConfig, None, ["temperature=0"])
+    assert load_config(GenerateConfig, None, ["prompts=[a]", "temperature=0"]).temperature == 0
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -948,7 +952,7 @@ def test_transformers_generate_names_are_read_and_its_switches_said():
     given = ["prompts=[a]", "max_new_tokens=8", "num_return_sequences=2", "do_sample=true"]
     cfg = load_config(GenerateConfig, None, given)
     assert (cfg.max_completion_length, cfg.num_generations) == (8, 2)
-    with pytest.raises(ConfigError, match=r"`do_sample`.*temperature=0 decodes greedily"):
+    with pytest.raises(ConfigError, match=r"`do_sample`.*decode greedily at temperature=0"):
         load_config(GenerateConfig, None, ["prompts=[a]", "do_sample=false"])
 
 

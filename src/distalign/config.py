@@ -178,7 +178,8 @@ NOT_OFFERED = {
     "bnb_4bit_quant_storage": _NO_QUANT,
     "repetition_penalty": _UNBIASED,
     "min_p": _UNBIASED,
-    "do_sample": "replies are always sampled; temperature=0 decodes greedily",
+    "do_sample": "replies are always sampled (generate and eval compare decode greedily at "
+    "temperature=0)",
     "num_processes": _LAUNCHER,  # the `trl` command line's own launch keys
     "accelerate_config": _LAUNCHER,
     "sync_ref_model": _REF_FIXED,

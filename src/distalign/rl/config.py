@@ -371,6 +371,12 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
             ),
             (micro >= 1, "per_device_train_batch_size must be >= 1"),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (
+                self.temperature != 0,
+                "temperature 0: rl train samples its rollouts, and greedy decoding gives a "
+                "prompt's replies alike, so every advantage is 0 and the policy learns nothing; "
+                "give a temperature above 0 (default 1.0; generate and eval compare take 0)",
+            ),
             *self._generation_checks(),
             (self.baseline in BASELINES, f"baseline: {' | '.join(BASELINES)}"),
             (
