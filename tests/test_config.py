@@ -199,6 +199,11 @@ def test_a_transformers_dump_with_both_names_of_a_key_takes_the_one_that_is_set(
     path.write_text("warmup_ratio: 0.1\nwarmup_steps: 5\n")
     with pytest.raises(ConfigError, match="`warmup_ratio` and `warmup_steps` both given"):
         load_config(RMTrainConfig, path)
+    # so on the command line, in either order and either style
+    for words in (["warmup_ratio=0.1", "warmup_steps=0"], ["warmup_steps=0", "warmup_ratio=0.1"],
+                  ["--warmup_ratio", "0.1", "--warmup_steps", "0"]):  # fmt: skip
+        _, overrides = parse_cli_args(words)
+        assert load_config(RMTrainConfig, None, overrides).warmup_steps == 0.1, words
 
 
 def test_trl_nulls_that_mean_something_here():

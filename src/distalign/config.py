@@ -404,8 +404,9 @@ def _known_key(cls, known, key: str, value: Any, items, where: str,
         top in known
         and _unset(value)
         and key in ALIASES.values()
-        and any(a in items and not _unset(items[a]) for a, n in ALIASES.items() if n == key)
-    ):
+        and any(not _unset(v) for a, n in ALIASES.items() if n == key for v in (
+            items.get(a), (given or {}).get(a)))  # in a file, or anywhere on the command line
+    ):  # fmt: skip
         return None  # warmup_steps: 0 beside warmup_ratio: 0.1 (transformers 4 takes the ratio)
     if top == "train_sampling_strategy" and "group_by_length" in known:  # transformers 5's
         grouped = {"random": False, "group_by_length": True}.get(value)
