@@ -252,6 +252,52 @@ def test_old_keys_are_refused_with_the_new_name(cls, args, old, new):
     assert new in str(info.value)
 
 
+def test_a_renamed_key_is_said_so_only_where_its_new_name_is_the_commands():
+    with pytest.raises(ConfigError, match="`gamma` is now `center_rewards_coefficient`"):
+        from_cli(RMTrainConfig, ["gamma=0.01"])
+    # in rl train, gamma is PPO's discount (TRL's earlier PPO config): no value model here
+    assert from_cli(RLTrainConfig, ["gamma=1.0", "lam=0.95"]).beta == RLTrainConfig().beta
+    with pytest.raises(ConfigError, match=r"Key 'max_new_tokens' not in 'RMTrainConfig'$"):
+        from_cli(RMTrainConfig, ["max_new_tokens=64"])  # not "now max_completion_length"
+
+
+def test_transformers_4_and_earlier_trl_on_policy_configs_load(tmp_path, caplog):
+    """Keys transformers 5 removed, and TRL's RLOO/PPO keys before TRL 0.20, as their dumps
+    write them: at their defaults they do nothing (said), earlier names are read as today's,
+    and another value is refused with what does its job here."""
+    path = tmp_path / "tf4.yaml"
+    path.write_text("save_safetensors: true\nno_cuda: false\nuse_mps_device: false\n"
+                    "half_precision_backend: auto\nevaluation_strategy: epoch\n"
+                    "push_to_hub_token: null\ninclude_tokens_per_second: false\n"
+                    "per_gpu_train_batch_size: null\n")  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="distalign.config"):
+        assert load_config(RMTrainConfig, path).eval_strategy == "epoch"
+    assert "evaluation_strategy is read as eval_strategy" in caplog.text
+    assert "save_safetensors: checkpoints are written as safetensors only" in caplog.text
+    assert from_cli(RMTrainConfig, ["no_cuda=true"]).use_cpu is True
+    path = tmp_path / "rloo019.yaml"
+    path.write_text("exp_name: rloo_config\nnum_mini_batches: 1\ntotal_episodes: null\n"
+                    "whiten_rewards: false\nnormalize_reward: false\ntoken_level_kl: false\n"
+                    "cliprange: 0.3\nnormalize_advantage: true\nkl_coef: 0.05\nrloo_k: 4\n"
+                    "stop_token: null\nlocal_rollout_forward_batch_size: 64\n"
+                    "num_sample_generations: 10\nmini_batch_size: 16\n")  # fmt: skip
+    cfg = load_config(RLTrainConfig, path)
+    assert (cfg.epsilon, cfg.normalize_advantages, cfg.beta, cfg.num_generations) == (
+        0.3, True, 0.05, 4)  # fmt: skip
+    for words, said in (
+        (["whiten_rewards=true"], "rewards are centred by the baseline"),
+        (["total_episodes=10000"], "give max_steps (each a batch of rollouts)"),
+        (["save_safetensors=false"], "safetensors only"),
+        (["max_length=512"], "bounded by max_completion_length"),
+    ):
+        with pytest.raises(ConfigError, match="distalign does not take") as info:
+            from_cli(RLTrainConfig, words)
+        assert said in str(info.value)
+    with pytest.raises(ConfigError, match="`no_cuda` is a training key; this command takes "
+                       "device=cpu"):  # fmt: skip
+        from_cli(RMEvalConfig, ["model_name_or_path=m", "no_cuda=true"])
+
+
 def test_old_key_in_yaml_is_refused_naming_the_file(tmp_path):
     path = tmp_path / "old.yaml"
     path.write_text("learning_rate: 1.0e-5\nbatch_size: 8\n")
@@ -601,10 +647,12 @@ def test_more_trl_and_transformers_keys():
         optimizer.step()
         scheduler.step()
     assert scheduler.get_last_lr()[0] == pytest.approx(rl.learning_rate * 0.5)
-    with pytest.raises(ConfigError, match="max_steps must be >= 0, or -1 with num_train_epo"):
+    steps = r"max_steps must be > 0, or -1 \(or 0, as transformers reads it\) with num_train_"
+    with pytest.raises(ConfigError, match=steps):
         from_cli(RLTrainConfig, ["max_steps=-2"])
-    with pytest.raises(ConfigError, match="max_steps must be >= 0, or -1 with num_train_epo"):
-        from_cli(RLTrainConfig, ["max_steps=-1", "num_train_epochs=0"])
+    for zero in ("-1", "0"):
+        with pytest.raises(ConfigError, match=steps):
+            from_cli(RLTrainConfig, [f"max_steps={zero}", "num_train_epochs=0"])
     with pytest.raises(ConfigError, match="rl train keeps float32 weights"):
         from_cli(RLTrainConfig, ["dtype=bfloat16"])
 

@@ -106,6 +106,12 @@ ALIASES = {
     "warmup_ratio": "warmup_steps",
     "sft_model_path": "sft",  # TRL's PPO name of the SFT policy (eval compare)
     "scale_rewards": "baseline",  # TRL GRPO's: the estimator that scales rewards so
+    "cliprange": "epsilon",  # TRL's earlier RLOO and PPO configs: the ratio's clip range
+    "normalize_advantage": "normalize_advantages",  # TRL's earlier RLOO config
+    "evaluation_strategy": "eval_strategy",  # transformers 4's earlier name
+    "no_cuda": "use_cpu",  # transformers 4's earlier name
+    "per_gpu_train_batch_size": "per_device_train_batch_size",  # transformers 4's earlier names
+    "per_gpu_eval_batch_size": "per_device_eval_batch_size",
 }
 # TRL GRPO's scale_rewards values -> the advantage estimator that does the same: the group's
 # mean out, then divided by the group's std (as TRL: Bessel-corrected, + 1e-4), by the std of
@@ -199,6 +205,42 @@ NOT_OFFERED = {
     "reward functions, as in TRL)",
     # TRL's ScriptArguments (trl grpo/rloo/reward scripts)
     "ignore_bias_buffers": "DDP's buffers are accelerate's to handle, in a launcher config",
+    # TRL's earlier RLOO and PPO configs (OnPolicyConfig, before TRL 0.20): their keys that
+    # are not today's (kl_coef, rloo_k, cliprange, … are read as today's: ALIASES)
+    "exp_name": "a run is named by run_name (trackers) and output_dir",
+    "total_episodes": "give max_steps (each a batch of rollouts) or num_train_epochs",
+    "num_mini_batches": "a step's rollouts are split into micro-batches of "
+    "per_device_train_batch_size, gradient_accumulation_steps of them an update",
+    "local_rollout_forward_batch_size": "rollouts are sampled sampling_batch_size prompts at "
+    "a time",
+    "num_sample_generations": "completions are logged every step (output_dir/history.jsonl)",
+    "stop_token": "replies stop at the tokenizer's EOS (or its generation config's stop tokens)",
+    "stop_token_id": "replies stop at the tokenizer's EOS (or its generation config's stop tokens)",
+    "whiten_rewards": "rewards are centred by the baseline (grpo also scales by the group's "
+    "std; reinforce_pp whitens the batch)",
+    "normalize_reward": "rewards are read as scored (reward_weights weighs several sources)",
+    "token_level_kl": "the KL penalty is on each reply's reward (beta), or a loss term "
+    "(use_kl_loss)",
+    "kl_estimator": "the KL penalty uses k1 (as TRL's default); use_kl_loss takes k3",
+    "model_adapter_name": _REF_FIXED,
+    "ref_adapter_name": _REF_FIXED,
+    **dict.fromkeys(
+        ("vf_coef", "cliprange_value", "gamma", "lam"),
+        "there is no value model: the baseline comes from the other replies or a moving average",
+    ),
+    **dict.fromkeys(
+        (
+            "world_size",
+            "num_total_batches",
+            "micro_batch_size",
+            "local_batch_size",
+            "local_mini_batch_size",
+            "mini_batch_size",
+        ),
+        "TRL computed it from the batch keys",
+    ),
+    "max_length": "sampled replies are bounded by max_completion_length (rl train's prompts by "
+    "max_prompt_length, and its reward model's reading by reward_max_length)",
 }
 # keys that act only beside another TRL key refused here (use_adaptive_entropy): any value of
 # theirs does nothing (vllm_* keys: by their prefix)
@@ -223,11 +265,19 @@ TRAINING_ARGUMENTS_HINTS = {
     "label_smoothing_factor": "the losses are distalign's own (distalign.losses)",
     "log_level": "distalign logs at INFO on the first process",
     "hub_token": "hub access uses the token of `hf auth login` or HF_TOKEN",
+    "push_to_hub_token": "hub access uses the token of `hf auth login` or HF_TOKEN",
+    "push_to_hub_model_id": "hub_model_id names the repository (org/name)",
+    "push_to_hub_organization": "hub_model_id names the repository (org/name)",
+    "save_safetensors": "checkpoints are written as safetensors only (never pickles)",
+    "use_mps_device": "device placement is accelerate's: a Mac's MPS when it has one",
+    "half_precision_backend": "mixed precision is accelerate's autocast: bf16 or fp16",
+    "fp16_backend": "mixed precision is accelerate's autocast: bf16 or fp16",
+    "adafactor": "AdamW (torch) is the optimizer",
 }
 # TrainingArguments keys that a command which does not train has its own keys for
 PLACEMENT_KEYS = {
     "bf16": "dtype=bfloat16", "fp16": "dtype=float16", "bf16_full_eval": "dtype=bfloat16",
-    "fp16_full_eval": "dtype=float16", "use_cpu": "device=cpu",
+    "fp16_full_eval": "dtype=float16", "use_cpu": "device=cpu", "no_cuda": "device=cpu",
 }  # fmt: skip
 ANY = object()  # any value does nothing (a key that acts only beside another)
 DEFAULT = object()  # the key's own default
@@ -296,6 +346,15 @@ NEUTRAL = {
     "optim_args": Either((None, "")),
     "average_tokens_across_devices": ANY, "include_num_input_tokens_seen": Either((False, "no")),
     "local_rank": ANY,  # the launcher's (torch.distributed.launch --local_rank), read from env
+    # TRL's earlier RLOO and PPO configs, at their defaults (the value-model keys: any value)
+    "exp_name": ANY, "total_episodes": None, "num_mini_batches": 1,
+    "local_rollout_forward_batch_size": ANY, "num_sample_generations": ANY, "stop_token": None,
+    "stop_token_id": None, "whiten_rewards": False, "normalize_reward": False,
+    "token_level_kl": False, "kl_estimator": "k1", "model_adapter_name": None,
+    "ref_adapter_name": None, "vf_coef": ANY, "cliprange_value": ANY, "gamma": ANY, "lam": ANY,
+    "world_size": ANY, "num_total_batches": ANY, "micro_batch_size": ANY,
+    "local_batch_size": ANY, "local_mini_batch_size": ANY, "mini_batch_size": ANY,
+    "max_length": None,
 }  # fmt: skip
 
 
@@ -420,7 +479,7 @@ def _known_key(cls, known, key: str, value: Any, items, where: str,
         # TRL's default: pad to a multiple only on AWS Neuron, i.e. not here
         log.info("%s: pad_to_multiple_of=auto is read as null (no rounding up)", where)
         return top, None
-    if top not in known and top in RENAMED:
+    if top not in known and top in RENAMED and _renamed_here(RENAMED[top], known):
         name, paren, note = RENAMED[top].partition(" (")
         raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")
     steps = (items if given is None else given).get("max_steps")
@@ -504,6 +563,13 @@ def _json_mapping(text: str, where: str) -> dict[str, Any]:
     return value
 
 
+def _renamed_here(new: str, known: set[str]) -> bool:
+    """Whether a ``RENAMED`` entry names a key of this command (its first word, or a key
+    named in it): `gamma` is rm train's `center_rewards_coefficient`, while in rl train it is
+    PPO's discount, which is said as such."""
+    return any(word in known for word in re.findall(r"[a-z_][a-z0-9_]*", new))
+
+
 def _unset(value: Any) -> bool:
     """A value that leaves a key to its other name: None, or 0 (``warmup_steps: 0``)."""
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool)
@@ -531,13 +597,31 @@ def _alias(top: str, key: str, value: Any, items: dict[str, Any], where: str) ->
     return name + key[len(top) :], value
 
 
+# transformers 4.57's TrainingArguments keys that transformers 5 removed, at their defaults (a
+# config written under transformers 4 carries them); their earlier names of today's keys are
+# ALIASES
+TRANSFORMERS_4_DEFAULTS = {
+    "save_safetensors": True, "use_mps_device": False, "jit_mode_eval": False,
+    "fp16_opt_level": "O1", "half_precision_backend": "auto", "fp16_backend": "auto",
+    "tpu_num_cores": None, "tpu_metrics_debug": False, "past_index": -1,
+    "fsdp_min_num_params": 0, "fsdp_transformer_layer_cls_to_wrap": None, "adafactor": False,
+    "group_by_length": False, "use_legacy_prediction_loop": False,
+    "include_inputs_for_metrics": False, "push_to_hub_model_id": None,
+    "push_to_hub_organization": None, "push_to_hub_token": None, "mp_parameters": "",
+    "torchdynamo": None, "ray_scope": "last", "include_tokens_per_second": False,
+    "warmup_ratio": 0.0, "overwrite_output_dir": False, "logging_dir": None,
+    "no_cuda": False, "evaluation_strategy": "no", "per_gpu_train_batch_size": None,
+    "per_gpu_eval_batch_size": None,
+}  # fmt: skip
+
+
 @cache
 def _training_arguments_defaults() -> dict[str, Any]:
     """transformers ``TrainingArguments`` fields -> their defaults (``Either()``, which
-    matches nothing, for one without a plain default)."""
+    matches nothing, for one without a plain default), with transformers 4's that 5 removed."""
     from transformers import TrainingArguments
 
-    out = {}
+    out = dict(TRANSFORMERS_4_DEFAULTS)
     for f in dataclasses.fields(TrainingArguments):
         if f.default is not dataclasses.MISSING:
             default = f.default
