@@ -3,6 +3,8 @@ variants, model_init_kwargs, model_revision, disable_dropout."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
@@ -48,10 +50,19 @@ def test_a_target_module_the_model_lacks_is_named(tiny_model_dir):
         add_lora(policy, **cfg.lora_kwargs("CAUSAL_LM"))
 
 
-def test_lora_task_type_of_another_command_is_refused():
-    why = r"lora_task_type=CAUSAL_LM: this command.s LoRA task is SEQ_CLS \(reward model\)"
+def test_lora_task_type_of_another_command_is_refused(caplog):
+    why = r"lora_task_type=SEQ_CLS: this command.s LoRA task is CAUSAL_LM \(policy\)"
     with pytest.raises(ValueError, match=why):
-        RMTrainConfig(lora_task_type="CAUSAL_LM")
+        RLTrainConfig(use_peft=True, lora_task_type="SEQ_CLS")
+    with pytest.raises(ValueError, match=r"lora_task_type=TOKEN_CLS: this command.s LoRA task"):
+        RMTrainConfig(use_peft=True, lora_task_type="TOKEN_CLS")
+    # TRL ModelConfig's default in a dump: nothing without adapters, SEQ_CLS with them (said)
+    with caplog.at_level(logging.WARNING):
+        assert RMTrainConfig(lora_task_type="CAUSAL_LM").lora_task_type is None
+        assert not caplog.text
+        assert RMTrainConfig(use_peft=True, lora_task_type="CAUSAL_LM").lora_task_type is None
+    assert "lora_task_type=CAUSAL_LM (TRL ModelConfig's default) is read as SEQ_CLS" in caplog.text
+    assert RLTrainConfig(use_peft=False, lora_task_type="SEQ_CLS").lora_task_type is None
     with pytest.raises(ValueError, match="lora_target_modules"):
         RLTrainConfig(lora_target_modules=3)
 

@@ -9,12 +9,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from distalign.models.load import DTYPES
+
+log = logging.getLogger(__name__)
 
 # attributes through which modules apply dropout without an nn.Dropout layer (Llama's
 # attention keeps ``attention_dropout`` as a float)
@@ -79,7 +82,8 @@ class ModelKeys:
     loads with the Auto classes alone."""
     lora_task_type: str | None = None
     """PEFT task type. The command sets it (rm train: SEQ_CLS, rl train: CAUSAL_LM); a TRL
-    config's value is accepted when it is that one."""
+    config's value is accepted when it is that one, and TRL ModelConfig's default CAUSAL_LM is
+    read as SEQ_CLS in rm train (with a warning, under use_peft)."""
 
     def model_checks(self, task_type: str) -> list[tuple[bool, str]]:
         """``__post_init__`` checks of these keys for a command whose adapters are of
@@ -93,6 +97,15 @@ class ModelKeys:
                 for k, v in self.model_init_kwargs.items()
             }
         dtype = self.load_kwargs()["dtype"]
+        if self.lora_task_type == "CAUSAL_LM" and task_type == "SEQ_CLS":  # TRL ModelConfig's
+            if self.use_peft:  # default: TRL warns its reward script then trains a wrong head
+                from distalign.config import config_warning
+
+                config_warning(log, "lora_task_type=CAUSAL_LM (TRL ModelConfig's default) is read "
+                               "as SEQ_CLS: a reward model's adapters and score head")  # fmt: skip
+            self.lora_task_type = None
+        elif not self.use_peft:
+            self.lora_task_type = None  # no adapters: it does nothing
         return [
             (
                 dtype == "auto" or dtype in DTYPES,
