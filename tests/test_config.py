@@ -220,6 +220,12 @@ def test_trl_nulls_that_mean_something_here():
     assert from_cli(RMTrainConfig, ["max_length=null"]).max_length is None
     with pytest.raises(ConfigError, match="`num_generations` cannot be null here"):
         from_cli(RLTrainConfig, ["num_generations=null"])
+    # a config object built in Python reads them as well
+    cfg = RMTrainConfig(center_rewards_coefficient=None, eval_steps=None, attn_implementation=None)
+    assert (cfg.center_rewards_coefficient, cfg.eval_steps, cfg.attn_implementation) == (
+        0.0, RMTrainConfig().eval_steps, "sdpa")  # fmt: skip
+    assert RLTrainConfig(top_k=None, save_steps=None).top_k == 0
+    assert GenerateConfig(prompts=["a"], top_k=None, dtype=None).dtype == "auto"
 
 
 def test_wrong_flag_type_names_the_flag():

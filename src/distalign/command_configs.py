@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from distalign.config import ConfigError, PlacementConfig, placement_checks, require
+from distalign.config import (
+    ConfigError,
+    PlacementConfig,
+    placement_checks,
+    require,
+    resolve_nulls,
+)
 from distalign.models.generate import SamplingConfig
 from distalign.models.load import DEFAULT_MODEL
 
@@ -85,6 +91,7 @@ class DataInspectConfig:
     def __post_init__(self):
         from distalign.data.formats import FORMATS
 
+        resolve_nulls(self)
         require([(self.max_length is None or self.max_length > 1, "max_length must be > 1")])
 
         if self.format is not None and self.format not in FORMATS:
@@ -175,6 +182,7 @@ class RMScoreConfig(PlacementConfig):
     Without one, conversational data (message lists) are refused, as TRL refuses them."""
 
     def __post_init__(self):
+        resolve_nulls(self)
         require(
             [
                 (bool(self.model_name_or_path), "give model_name_or_path=RM_FOLDER"),

@@ -293,6 +293,21 @@ NULL_MEANS = {
 }  # fmt: skip
 
 
+def resolve_nulls(config: Any) -> None:
+    """A config object built in Python with TRL's meaningful nulls (``NULL_MEANS``) on keys
+    that take no null, read as a file or the command line reads them:
+    ``RMTrainConfig(center_rewards_coefficient=None)`` is no centring, ``eval_steps=None``
+    the default."""
+    for f in dataclasses.fields(config):
+        name = f.name
+        if (
+            name in NULL_MEANS
+            and getattr(config, name) is None
+            and not _takes_none(type(config), name)
+        ):
+            setattr(config, name, f.default if NULL_MEANS[name] is DEFAULT else NULL_MEANS[name])
+
+
 class Either(tuple):
     """Several values that do nothing (a default that differs between versions)."""
 

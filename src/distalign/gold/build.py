@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from distalign.config import PlacementConfig, placement_checks, require
+from distalign.config import PlacementConfig, placement_checks, require, resolve_nulls
 from distalign.disagreement import contested
 from distalign.gold import judge as gold
 from distalign.metrics import bayes_accuracy
@@ -95,6 +95,7 @@ class BenchConfig(PlacementConfig):
     flash_attention_2 (CUDA, bfloat16/float16, the flash-attn package)."""
 
     def __post_init__(self):
+        resolve_nulls(self)
         if not 0 < self.heldout_fraction < 1:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if len(self.settings) < 2:

@@ -53,6 +53,9 @@ class SamplingConfig:
     the reward models alike (TRL's GRPO/RLOO key): ``'{enable_thinking: false}'`` for Qwen3."""
 
     def __post_init__(self):
+        from distalign.config import resolve_nulls
+
+        resolve_nulls(self)
         if self.max_completion_length < 1:
             raise ValueError(
                 f"max_completion_length must be >= 1, got {self.max_completion_length}"

@@ -23,6 +23,7 @@ from distalign.config import (
     config_warning,
     report_to_list,
     require,
+    resolve_nulls,
     resume_value,
 )
 from distalign.hub import HubKeys
@@ -349,6 +350,7 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     """Replies per reward-model batch."""
 
     def __post_init__(self):
+        resolve_nulls(self)
         check_scheduler(self.lr_scheduler_type, self.lr_scheduler_kwargs)
         super().__post_init__()
         self.report_to = report_to_list(self.report_to)

@@ -20,6 +20,7 @@ from distalign.config import (
     config_warning,
     report_to_list,
     require,
+    resolve_nulls,
     resume_value,
 )
 from distalign.data.formats import FORMATS
@@ -257,6 +258,7 @@ class RMTrainConfig(AdamKeys, ModelKeys, HubKeys):
         return self.best_metric == "accuracy"
 
     def __post_init__(self):
+        resolve_nulls(self)
         check_scheduler(self.lr_scheduler_type, self.lr_scheduler_kwargs)
         self.report_to = report_to_list(self.report_to)
         resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early
