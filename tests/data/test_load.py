@@ -8,6 +8,7 @@ import logging
 from types import SimpleNamespace
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -560,6 +561,58 @@ def test_a_split_named_for_one_file_is_said_to_read_the_whole_file(tmp_path, cap
         said = [r.getMessage() for r in caplog.records]
         assert said == [f"{source} is one set of rows without splits: read whole for split "
                         "'test_prefs'"]  # fmt: skip
+
+
+def test_split_specs_slice_local_sources_as_datasets_slices_the_hubs(tmp_path):
+    """train[:90%] / train[90%:] (as configs/rm_scalar_helpsteer2.yaml names a hub data set's
+    splits) read a local file, a downloaded folder, a saved or in-memory data set alike, with
+    datasets' rounding; the two parts are held out from each other."""
+    rows = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(10)]
+    file = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", rows)
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list(rows).save_to_disk(str(saved))
+    in_memory = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
+
+    def prompts(source, split):
+        return [p[0]["content"] for p in load_preferences(source, split)["prompt"]]
+
+    for source in (str(file), str(folder), str(saved), in_memory):
+        assert prompts(source, "train[:90%]") == [f"p{i}" for i in range(9)]
+        assert prompts(source, "train[90%:]") == ["p9"]
+        assert prompts(source, "train[-3:]+train[:1]") == ["p7", "p8", "p9", "p0"]
+    with pytest.raises(DataSourceError, match=r"split 'train\[::2\]' is not datasets' split"):
+        load_preferences(str(file), "train[::2]")
+    with pytest.raises(DataSourceError, match=r"split 'train\[:0\]' holds no rows"):
+        load_preferences(str(file), "train[:0]")
+    with pytest.raises(DataSourceError, match="no file for split 'test'"):
+        load_preferences(str(folder), "test[:50%]")
+    # held out from each other, or not
+    assert not evaluates_on_training_data(str(file), None, "train[:90%]", "train[90%:]")
+    assert evaluates_on_training_data(str(file), None, "train[:60%]", "train[50%:]")
+    assert evaluates_on_training_data(str(file), None, "train", "test[:10%]")  # one set
+    assert not evaluates_on_training_data("org/d", None, "a[:90%]", "a[90%:]")
+    assert evaluates_on_training_data("org/d", None, "train", "train[:10%]")
+    assert not evaluates_on_training_data("org/d", None, "train[:10%]", "test")
+
+
+def test_split_specs_of_the_gold_benchmark_keep_its_truth():
+    from distalign.data.prompts import load_prompts
+    from distalign.gold.truth import pair_replies
+
+    assert len(load_prompts("gold", "train[:50%]")) == len(load_prompts("gold", "train")) // 2
+    with pytest.raises(DataSourceError, match="gold: no split 'validation'"):
+        load_prompts("gold", "validation")  # it gave no prompts, without a word
+    part = load_preferences("gold", "test[10%:20%]")
+    whole = load_preferences("gold", "test")
+    tenth = len(whole) // 10
+    assert part["chosen"] == whole["chosen"][tenth : 2 * tenth]
+    truth = pair_replies("gold", "test[10%:20%]", part["source_row"])
+    full = pair_replies("gold", "test", list(range(tenth, 2 * tenth)))
+    assert truth is not None and np.array_equal(truth.chosen, full.chosen)
+    assert np.array_equal(truth.annotator_rewards, full.annotator_rewards)
 
 
 def test_prompt_reply_files_take_text_or_conversational_completions(tmp_path):

@@ -387,3 +387,11 @@ def test_the_report_shows_the_held_out_evaluation_and_evaluations_never_collide(
     other = _unclaimed(path, str(tmp_path / "b" / "pairs"))
     assert other.parent == path.parent and other.name.startswith("eval_pairs_test_")
     assert _unclaimed(run / "final" / "new.json", "x") == run / "final" / "new.json"
+
+
+def test_eval_file_name_keeps_a_split_specs_slices_in_words_a_file_name_takes():
+    from distalign.eval.rm import eval_file_name
+
+    named = [eval_file_name("org/hs2", s) for s in ("a[:90%]", "a[90%:]", "a+b", "test[10:20]")]
+    assert named == ["eval_org--hs2_a_-90pct.json", "eval_org--hs2_a_90pct-.json",
+                     "eval_org--hs2_a_and_b.json", "eval_org--hs2_test_10-20.json"]  # fmt: skip

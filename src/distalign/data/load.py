@@ -114,6 +114,74 @@ def same_source(a: Any, b: Any) -> bool:
     return a.strip().rstrip("/") == b.strip().rstrip("/")
 
 
+def slicing(split: Any) -> bool:
+    """Whether ``split`` is ``datasets``' split spec of slices or sums (``train[:90%]``,
+    ``train[10:20]``, ``train+test``) rather than one split's name."""
+    return isinstance(split, str) and any(c in split for c in "[+")
+
+
+def _read_instruction(split: str, where: str) -> datasets.ReadInstruction:
+    try:
+        return datasets.ReadInstruction.from_spec(split)
+    except (ValueError, AssertionError) as e:
+        raise DataSourceError(
+            f"{where}: split {split!r} is not datasets' split syntax (name[from:to], with % "
+            f"for a share, joined by +): {e}"
+        ) from None
+
+
+def _is_hub_id(source: Any) -> bool:
+    """Whether ``source`` reads from the hub (``datasets`` slices its splits itself)."""
+    if not isinstance(source, str):
+        return False
+    path = Path(resolve_source(source)).expanduser()
+    local = source.startswith((".", "/", "~")) or Path(strip_gz(path)).suffix in SUFFIXES
+    return not path.exists() and not local
+
+
+def split_rows(split: str, read: Any, where: str) -> list:
+    """The rows a split spec (``slicing``) gives, as ``load_dataset(split=...)`` cuts them:
+    ``read(name)`` gives each named split whole, then each part is cut with ``datasets``'
+    rounding of shares and the parts joined."""
+    instruction = _read_instruction(split, where)
+    whole: dict[str, list] = {}
+    for part in instruction._relative_instructions:  # the names, in datasets' own parse
+        if part.splitname not in whole:
+            whole[part.splitname] = read(part.splitname)
+    sizes = {n: len(rows) for n, rows in whole.items()}
+    return [
+        row for a in instruction.to_absolute(sizes) for row in whole[a.splitname][a.from_ : a.to]
+    ]
+
+
+def _sliced_rows(source: Any, split: str, name: str | None, revision: str | None):
+    """The rows of a split spec (``slicing``) of a local or in-memory source, as the hub's
+    ``datasets`` gives them (a source of one set of rows gives it for any name)."""
+    where = source if isinstance(source, str) else "the data set"
+
+    def read(part: str) -> list:
+        return list(iter_source_rows(source, part, name=name, revision=revision))
+
+    cut = split_rows(split, read, where)
+    if not cut:
+        raise DataSourceError(f"{where}: split {split!r} holds no rows")
+    yield from cut
+
+
+def _rows_shared(a: str, b: str, one_set: bool) -> bool:
+    """Whether split specs ``a`` and ``b`` (names or ``slicing``) take rows in common, by
+    their ranges at a nominal size (a source of one set of rows: every name is that set)."""
+    ranges = []
+    for spec in (a, b):
+        instruction = _read_instruction(spec, "split")
+        names = {p.splitname for p in instruction._relative_instructions}
+        parts = instruction.to_absolute(dict.fromkeys(names, 10**6))
+        ranges.append([("" if one_set else p.splitname, p.from_, p.to) for p in parts])
+    return any(
+        x[0] == y[0] and max(x[1], y[1]) < min(x[2], y[2]) for x in ranges[0] for y in ranges[1]
+    )
+
+
 def has_no_splits(source: str) -> bool:
     """Whether a local source is one set of rows, every split the same: one file, or one
     ``Dataset`` written by ``save_to_disk``."""
@@ -135,10 +203,17 @@ def evaluates_on_training_data(
     if train_split is not None and train_split == test_split:
         return True
     if isinstance(source, str):
-        return has_no_splits(source)
-    # a DatasetDict has splits to pick from (not the same one: above); a datasets.Dataset or
-    # rows handed over in Python have none
-    return not isinstance(source, datasets.DatasetDict | datasets.IterableDatasetDict)
+        one_set = has_no_splits(source)
+    else:  # a DatasetDict has splits to pick from (not the same one: above); a
+        # datasets.Dataset or rows handed over in Python have none
+        one_set = not isinstance(source, datasets.DatasetDict | datasets.IterableDatasetDict)
+    if (
+        train_split is not None
+        and test_split is not None
+        and (slicing(train_split) or slicing(test_split))
+    ):  # train[:90%] and train[90%:] of one file are apart; train and train[:10%] are not
+        return _rows_shared(train_split, test_split, one_set)
+    return one_set
 
 
 def warn_if_evaluating_on_training_data(cfg: Any) -> None:
@@ -319,6 +394,9 @@ def iter_source_rows(
     too), a data alias, a hub dataset (with
     its config ``name`` and ``revision``) or a ``datasets.Dataset`` given from Python. A source
     without rows raises DataSourceError."""
+    if slicing(split) and not _is_hub_id(source):  # the hub's datasets slices itself
+        yield from _sliced_rows(source, split, name, revision)
+        return
     hub_only = name is not None or revision is not None
     # what load_dataset returns without a split (streaming=True: the iterable kinds)
     part = ""  # a DatasetDict's split, named in each row's location

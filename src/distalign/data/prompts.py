@@ -46,8 +46,11 @@ from distalign.data.load import (
     FEATURES,
     DataSourceError,
     LoadReport,
+    MissingSplitError,
     iter_source_rows,
     load_preferences,
+    slicing,
+    split_rows,
 )
 
 Chat = list[dict[str, str]]
@@ -67,12 +70,20 @@ class PromptRow(list):
 
 
 def _gold_prompts(split: str) -> list[Chat]:
+    """The gold benchmark's prompts of ``split`` (``train``, ``test``, or a split spec of
+    them: ``train[:50%]``), each once."""
     rows = [
         json.loads(line)
         for line in (DATA_ALIASES["gold"] / "prompts.jsonl").read_text().splitlines()
         if line
     ]
-    return [[{"role": "user", "content": r["prompt"]}] for r in rows if r["split"] == split]
+
+    def read(name: str) -> list[Chat]:
+        if name not in ("train", "test"):
+            raise MissingSplitError(f"gold: no split {name!r}; the benchmark has train and test")
+        return [[{"role": "user", "content": r["prompt"]}] for r in rows if r["split"] == name]
+
+    return split_rows(split, read, "gold") if slicing(split) else read(split)
 
 
 def is_prompt_only(row: Any) -> bool:

@@ -414,6 +414,7 @@ def eval_file_name(
     """``eval_<data>_<split>.json``, with ``_first<N>`` for the first N pairs and
     ``_len<L>-<P>`` for other max_length / max_prompt_length than the model's own: only an
     evaluation as training ran it replaces the one training wrote (the report reads that).
+    A split spec's slices are kept in words a file name takes (``_split_tag``).
     ``<data>`` is the file's or folder's name without a data file's suffix (``pairs.jsonl``
     and ``pairs.jsonl.gz`` give ``pairs``; a split's name keeps its folder's: ``a/test.jsonl``
     gives ``a_test``), or a hub id with ``--`` for its slash (``org--name``)."""
@@ -425,7 +426,14 @@ def eval_file_name(
         stem = f"{path.parent.name}_{stem}"
     elif data.count("/") == 1 and stem == path.name and not path.exists():  # a hub id
         stem = data.replace("/", "--")
-    return f"eval_{stem}_{split}{first_part}{length_part}.json"
+    return f"eval_{stem}_{_split_tag(split)}{first_part}{length_part}.json"
+
+
+def _split_tag(split: str) -> str:
+    """A split spec as a file name's part, the same on every system: ``test`` stays,
+    ``train[:90%]`` is ``train_-90pct``, ``train[90%:]`` ``train_90pct-``, ``a+b`` ``a_and_b``."""
+    tag = split.replace("%", "pct").replace(":", "-").replace("+", "_and_")
+    return re.sub(r"[^\w.-]+", "_", tag).strip("_")
 
 
 _DATA_SUFFIX = re.compile(r"\.(jsonl|json|csv|tsv|parquet|arrow|txt)(\.(gz|bz2|xz|zst))?$", re.I)

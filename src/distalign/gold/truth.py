@@ -39,15 +39,22 @@ def pair_replies(source, split: str, source_rows) -> PairReplies | None:
     ``source_row`` column) of ``split`` in the benchmark folder ``source`` (or the alias
     ``gold``). None when ``source`` is not such a folder, or a pair's replies are not in it:
     other data sets know no annotators."""
-    from distalign.data.load import resolve_source
+    from distalign.data.load import resolve_source, slicing, split_rows
 
     if not isinstance(source, str):
         return None
     folder = Path(resolve_source(source))
-    split_file, replies_file = folder / f"{split}.jsonl.gz", folder / "replies.jsonl.gz"
-    if not (folder.is_dir() and split_file.is_file() and replies_file.is_file()):
+    replies_file = folder / "replies.jsonl.gz"
+    if not (folder.is_dir() and replies_file.is_file()):
         return None
-    rows = read_jsonl_gz(split_file)
+
+    def read(name: str) -> list:  # a split's file, whole
+        return read_jsonl_gz(folder / f"{name}.jsonl.gz")
+
+    try:  # a split spec (test[:50%]): the rows it cuts, as the pairs were read
+        rows = split_rows(split, read, str(folder)) if slicing(split) else read(split)
+    except FileNotFoundError:
+        return None
     replies = {(r["prompt_id"], r["reply_id"]): r for r in read_jsonl_gz(replies_file)}
     index: dict[tuple, int] = {}
     chosen, rejected = [], []
