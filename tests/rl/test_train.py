@@ -304,8 +304,8 @@ def test_the_reward_loads_first_and_leaves_the_lora_init(
 
     monkeypatch.setattr(rw, "load_one_source", drawing)
     cfg = config(tiny_model_dir, tmp_path, reward=str(plain_rm), use_peft=True, lora_r=4,
-                 **{**SHORT, "max_steps": 0}, eval_on_start=False)  # fmt: skip
-    run(cfg)  # no step: final/ holds the adapter as built
+                 **{**SHORT, "max_steps": 1}, learning_rate=0.0, eval_on_start=False)  # fmt: skip
+    run(cfg)  # a step that moves nothing: final/ holds the adapter as built
     saved = load_file(tmp_path / "rl" / "final" / "adapter_model.safetensors")
     set_seed(cfg.seed)  # the order before: seed, then the policy
     policy, _, _ = rl_train.build_policy(cfg, None)
