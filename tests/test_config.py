@@ -204,6 +204,10 @@ def test_a_transformers_dump_with_both_names_of_a_key_takes_the_one_that_is_set(
                   ["--warmup_ratio", "0.1", "--warmup_steps", "0"]):  # fmt: skip
         _, overrides = parse_cli_args(words)
         assert load_config(RMTrainConfig, None, overrides).warmup_steps == 0.1, words
+    # over a file's other name, a command line's 0 wins, as any override does
+    path.write_text("warmup_ratio: 0.1\nkl_coef: 0.05\n")
+    assert load_config(RLTrainConfig, path, ["warmup_steps=0"]).warmup_steps == 0
+    assert load_config(RLTrainConfig, path, ["beta=0"]).beta == 0
 
 
 def test_trl_nulls_that_mean_something_here():

@@ -401,7 +401,11 @@ def require(checks: Sequence[tuple[bool, str]]) -> None:
 
 
 def known_keys(
-    cls: type, items: dict[str, Any], where: str, given: dict[str, Any] | None = None
+    cls: type,
+    items: dict[str, Any],
+    where: str,
+    given: dict[str, Any] | None = None,
+    beside: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``items`` (key -> value) without the TRL / transformers keys whose value does nothing
     here (``NEUTRAL``: ``use_vllm: false`` in a TRL config), aliases under the key they name
@@ -417,7 +421,7 @@ def known_keys(
         items = _both_reward_keys(items, where)
     for key, value in items.items():
         try:
-            item = _known_key(cls, known, key, value, items, where, given, idle)
+            item = _known_key(cls, known, key, value, items, where, given, idle, beside)
         except ConfigError as e:
             errors.append(str(e))
             continue
@@ -465,9 +469,11 @@ def _both_reward_keys(items: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _known_key(cls, known, key: str, value: Any, items, where: str,
                given: dict[str, Any] | None, idle: dict[str, list[str]],
+               beside: dict[str, Any] | None = None,
                ) -> tuple[str, Any] | None:  # fmt: skip
     """One item of ``known_keys``: (key, value) to keep, or None to drop it; a key that does
-    nothing goes under its reason in ``idle`` (said with the others)."""
+    nothing goes under its reason in ``idle`` (said with the others). ``beside``: the keys
+    given with it in one place (a file's, or the command line's; default ``items``)."""
     top = key.split(".")[0]
     if top not in known and ALIASES.get(top) in known:
         if _unset(value):  # transformers 5's warmup_ratio: None, dtype: null beside it
@@ -475,12 +481,10 @@ def _known_key(cls, known, key: str, value: Any, items, where: str,
         key, value = _alias(top, key, value, items, where)
         top = key.split(".")[0]
     elif (
-        top in known
+        key == "warmup_steps"
         and _unset(value)
-        and key in ALIASES.values()
-        and any(not _unset(v) for a, n in ALIASES.items() if n == key for v in (
-            items.get(a), (given or {}).get(a)))  # in a file, or anywhere on the command line
-    ):  # fmt: skip
+        and not _unset((items if beside is None else beside).get("warmup_ratio"))
+    ):  # in one file, or on the command line in either order (over a file's, a 0 wins)
         return None  # warmup_steps: 0 beside warmup_ratio: 0.1 (transformers 4 takes the ratio)
     if top == "train_sampling_strategy" and "group_by_length" in known:  # transformers 5's
         grouped = {"random": False, "group_by_length": True}.get(value)
@@ -943,6 +947,7 @@ def load_config(
     base = OmegaConf.structured(cls)
     errors: list[str] = []
     given = _given(overrides)  # every key given, for a key whose meaning depends on another's
+    command_line = given
     if path is None:
         overrides = _trl_reward_flags(overrides)
     _refuse_alias_clashes(_given(overrides))
@@ -981,7 +986,9 @@ def load_config(
                 raise ConfigError(f"override {item!r} is not of the form key=value")
             key, text = item.split("=", 1)
             parsed = _yaml_value(text)
-            kept = _override_key(cls, key, parsed, f"override {item!r}", errors, given)
+            kept = _override_key(
+                cls, key, parsed, f"override {item!r}", errors, given, command_line
+            )
             if kept is None:
                 continue
             name, value = kept
@@ -1005,7 +1012,7 @@ def load_config(
         else:
             key, raw = item
             parsed = _yaml_value(raw)
-            kept = _override_key(cls, key, parsed, f"--{key}", errors, given)
+            kept = _override_key(cls, key, parsed, f"--{key}", errors, given, command_line)
             if kept is None:
                 continue
             key, meant = kept  # an alias (--reward_funcs) as the key it names
@@ -1080,11 +1087,13 @@ def _refuse_alias_clashes(given: dict[str, Any]) -> None:
 
 
 def _override_key(cls: type, key: str, parsed: Any, where: str, errors: list[str],
-                  given: dict[str, Any] | None = None):  # fmt: skip
+                  given: dict[str, Any] | None = None,
+                  beside: dict[str, Any] | None = None):  # fmt: skip
     """An override's (key, value) as ``known_keys`` reads it, or None: dropped (it does
-    nothing), or refused (its error appended to ``errors``, said with the others at the end)."""
+    nothing), or refused (its error appended to ``errors``, said with the others at the end).
+    ``beside``: the command line's other keys."""
     try:
-        kept = known_keys(cls, {key: parsed}, where, given)
+        kept = known_keys(cls, {key: parsed}, where, given, beside)
     except ConfigError as e:
         errors.append(str(e))
         return None
