@@ -623,10 +623,17 @@ def test_prompt_reply_files_take_text_or_conversational_completions(tmp_path):
         {"prompt": user, "response": [*user, {"role": "assistant", "content": "Yo."}]},
         {"messages": [*user, {"role": "assistant", "content": "Hiya."}]},  # TRL's LM rows
         {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hi!"}]},
-    ]
+        {"system": "Be brief.",  # ShareGPT's system column: its first turn, as rm train reads
+         "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yes."}]},
+    ]  # fmt: skip
     path = write_jsonl(tmp_path / "replies.jsonl", rows)
     _, prompts, replies = read_prompt_replies(str(path))
-    assert prompts == [user] * 5 and replies == ["Hello.", "Hey.", "Yo.", "Hiya.", "Hi!"]
+    system = [{"role": "system", "content": "Be brief."}]
+    assert prompts == [user] * 5 + [system + user]
+    assert replies == ["Hello.", "Hey.", "Yo.", "Hiya.", "Hi!", "Yes."]
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"messages": []}])
+    with pytest.raises(PreferenceFormatError, match="field 'messages': expected a string or"):
+        read_prompt_replies(str(empty))  # said as the conversation's fault
     for messages, why in (
         ([{"role": "assistant", "content": "Alone."}], "no turns before the reply"),
         ([*user, *user], "expected the last message to be an assistant reply"),

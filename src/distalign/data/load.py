@@ -38,6 +38,7 @@ from distalign.data.files import (
 )
 from distalign.data.formats import (
     FORMATS,
+    PROMPT_COLUMNS,
     REPLY_COLUMNS,
     PreferenceFormatError,
     absent,
@@ -48,13 +49,13 @@ from distalign.data.formats import (
     is_conversational,
     is_transcript,
     normalise_row,
-    parse_messages,
     prompt_replaced,
     read_prompt,
     read_reply,
     reply_turns,
     row_format,
     sharegpt_column,
+    sharegpt_prompt,
     text_replies,
     unread_scores,
 )
@@ -627,11 +628,13 @@ def read_prompt_replies(
 def _prompt_reply(row: dict, where: str, report: LoadReport, as_trained: bool):
     """A row's chat prompt and reply, as ``read_prompt_replies`` reads them."""
     key = next((k for k in REPLY_COLUMNS if k in row), None)
-    column = sharegpt_column(row) if key is None and row.get("prompt") is None else None
+    talk = key is None and row.get("prompt") is None  # a conversation, if it has one
+    column = next((c for c in PROMPT_COLUMNS if c in row), None) if talk else None
     if column is not None:
-        # TRL's conversational language-modelling rows, or ShareGPT's: the last turn is the
-        # reply
-        messages = parse_messages(row[column], where, column)
+        # TRL's conversational language-modelling rows, or ShareGPT's (its system column
+        # first, as rm train and rl train read it): the last turn is the reply
+        column = sharegpt_column(row) or column
+        messages = sharegpt_prompt(row, where)
         if len(messages) < 2:
             raise PreferenceFormatError(where, column, "no turns before the reply")
         report.conversations += 1
