@@ -589,9 +589,19 @@ def test_split_specs_slice_local_sources_as_datasets_slices_the_hubs(tmp_path):
         load_preferences(str(file), "train[:0]")
     with pytest.raises(DataSourceError, match="no file for split 'test'"):
         load_preferences(str(folder), "test[:50%]")
-    # held out from each other, or not
+    with pytest.raises(DataSourceError, match=r"split 'train\+test' joins \['test', 'train'\]"):
+        load_preferences(str(file), "train+test")  # one file under two names: twice the rows
+    stream = datasets.Dataset.from_list(rows).to_iterable_dataset()
+    with pytest.raises(DataSourceError, match="a streamed data set is not sliced"):
+        load_preferences(stream, "train[:2]")
+    # held out from each other, or not: ranges of one kind compare exactly; mixed kinds, or
+    # counted from the end, depend on sizes not known before reading: taken as shared
     assert not evaluates_on_training_data(str(file), None, "train[:90%]", "train[90%:]")
+    assert not evaluates_on_training_data(str(file), None, "train[:9]", "train[9:]")
     assert evaluates_on_training_data(str(file), None, "train[:60%]", "train[50%:]")
+    assert evaluates_on_training_data(str(file), None, "train[:9]", "train[80%:]")
+    assert evaluates_on_training_data(str(file), None, "train[-2:]", "train[:8]")
+    assert not evaluates_on_training_data(str(folder), None, "train[:90%]", "held-out")
     assert evaluates_on_training_data(str(file), None, "train", "test[:10%]")  # one set
     assert not evaluates_on_training_data("org/d", None, "a[:90%]", "a[90%:]")
     assert evaluates_on_training_data("org/d", None, "train", "train[:10%]")

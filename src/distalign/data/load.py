@@ -95,6 +95,13 @@ def is_gold(source: Any) -> bool:
     return isinstance(source, str) and resolve_source(source) == str(DATA_ALIASES["gold"])
 
 
+def gold_split(name: str) -> str:
+    """``name``, a split of the gold benchmark, or a MissingSplitError naming its two."""
+    if name not in ("train", "test"):
+        raise MissingSplitError(f"gold: no split {name!r}; the benchmark has train and test")
+    return name
+
+
 def resolve_source(source: str) -> str:
     """A local path stays; an alias (``gold``: the shipped benchmark) becomes its folder."""
     if not Path(source).expanduser().exists() and source in DATA_ALIASES:
@@ -121,34 +128,25 @@ def slicing(split: Any) -> bool:
     return isinstance(split, str) and any(c in split for c in "[+")
 
 
-def _read_instruction(split: str, where: str) -> datasets.ReadInstruction:
+def _split_parts(split: str, where: str) -> tuple[datasets.ReadInstruction, list]:
+    """``datasets``' reading of a split spec, and its parts (each with ``splitname``,
+    ``from_``, ``to`` and ``unit``: ``%`` or ``abs``), in its own parse."""
     try:
-        return datasets.ReadInstruction.from_spec(split)
+        instruction = datasets.ReadInstruction.from_spec(split)
     except (ValueError, AssertionError) as e:
         raise DataSourceError(
             f"{where}: split {split!r} is not datasets' split syntax (name[from:to], with % "
             f"for a share, joined by +): {e}"
         ) from None
-
-
-def _is_hub_id(source: Any) -> bool:
-    """Whether ``source`` reads from the hub (``datasets`` slices its splits itself)."""
-    if not isinstance(source, str):
-        return False
-    path = Path(resolve_source(source)).expanduser()
-    local = source.startswith((".", "/", "~")) or Path(strip_gz(path)).suffix in SUFFIXES
-    return not path.exists() and not local
+    return instruction, list(instruction._relative_instructions)  # no public accessor
 
 
 def split_rows(split: str, read: Any, where: str) -> list:
     """The rows a split spec (``slicing``) gives, as ``load_dataset(split=...)`` cuts them:
     ``read(name)`` gives each named split whole, then each part is cut with ``datasets``'
     rounding of shares and the parts joined."""
-    instruction = _read_instruction(split, where)
-    whole: dict[str, list] = {}
-    for part in instruction._relative_instructions:  # the names, in datasets' own parse
-        if part.splitname not in whole:
-            whole[part.splitname] = read(part.splitname)
+    instruction, parts = _split_parts(split, where)
+    whole = {name: read(name) for name in dict.fromkeys(p.splitname for p in parts)}
     sizes = {n: len(rows) for n, rows in whole.items()}
     return [
         row for a in instruction.to_absolute(sizes) for row in whole[a.splitname][a.from_ : a.to]
@@ -157,8 +155,21 @@ def split_rows(split: str, read: Any, where: str) -> list:
 
 def _sliced_rows(source: Any, split: str, name: str | None, revision: str | None):
     """The rows of a split spec (``slicing``) of a local or in-memory source, as the hub's
-    ``datasets`` gives them (a source of one set of rows gives it for any name)."""
+    ``datasets`` gives them. A source of one set of rows is that set under any name, so a
+    spec joining two names would read it twice: refused, as a streamed source is (``datasets``
+    slices no stream)."""
     where = source if isinstance(source, str) else "the data set"
+    if isinstance(source, datasets.IterableDataset | datasets.IterableDatasetDict):
+        raise DataSourceError(
+            f"split {split!r}: a streamed data set is not sliced (as datasets slices no "
+            "stream); take its rows with .take() / .skip()"
+        )
+    names = {p.splitname for p in _split_parts(split, where)[1]}
+    if len(names) > 1 and one_set_of_rows(source):
+        raise DataSourceError(
+            f"{where}: one set of rows, read whole for any split name; split {split!r} joins "
+            f"{sorted(names)}, which would read it twice"
+        )
 
     def read(part: str) -> list:
         return list(iter_source_rows(source, part, name=name, revision=revision))
@@ -170,17 +181,37 @@ def _sliced_rows(source: Any, split: str, name: str | None, revision: str | None
 
 
 def _rows_shared(a: str, b: str, one_set: bool) -> bool:
-    """Whether split specs ``a`` and ``b`` (names or ``slicing``) take rows in common, by
-    their ranges at a nominal size (a source of one set of rows: every name is that set)."""
+    """Whether splits ``a`` and ``b`` (names, or ``slicing`` specs) take rows in common (a
+    source of one set of rows: every name is that set). Ranges of one kind (shares, or
+    positions from the start) are compared exactly; where they mix, or count from the end,
+    the sizes decide, which are not known here: shared, to be safe."""
     ranges = []
     for spec in (a, b):
-        instruction = _read_instruction(spec, "split")
-        names = {p.splitname for p in instruction._relative_instructions}
-        parts = instruction.to_absolute(dict.fromkeys(names, 10**6))
-        ranges.append([("" if one_set else p.splitname, p.from_, p.to) for p in parts])
+        if not slicing(spec):  # a split's name, whole (held-out is no spec datasets parses)
+            ranges.append([("" if one_set else spec, "abs", 0, None)])
+            continue
+        ranges.append([("" if one_set else p.splitname, p.unit, p.from_ or 0, p.to)
+                       for p in _split_parts(spec, "split")[1]])  # fmt: skip
+    cut = [r for rs in ranges for r in rs if r[2] != 0 or r[3] is not None]
+    if len({r[1] for r in cut}) > 1 or any(r[2] < 0 or (r[3] or 0) < 0 for r in cut):
+        return any(x[0] == y[0] for x in ranges[0] for y in ranges[1])
+    end = float("inf")
     return any(
-        x[0] == y[0] and max(x[1], y[1]) < min(x[2], y[2]) for x in ranges[0] for y in ranges[1]
-    )
+        x[0] == y[0] and max(x[2], y[2]) < min(end if x[3] is None else x[3],
+                                              end if y[3] is None else y[3])
+        for x in ranges[0]
+        for y in ranges[1]
+    )  # fmt: skip
+
+
+def is_hub_id(source: Any) -> bool:
+    """Whether ``source`` names a hub data set: a string that is no local path (nor alias),
+    and does not look like one (``./x``, ``/x``, ``~/x``, a data file's suffix)."""
+    if not isinstance(source, str):
+        return False
+    path = Path(resolve_source(source)).expanduser()
+    local = source.startswith((".", "/", "~")) or Path(strip_gz(path)).suffix in SUFFIXES
+    return not path.exists() and not local
 
 
 def has_no_splits(source: str) -> bool:
@@ -188,6 +219,15 @@ def has_no_splits(source: str) -> bool:
     ``Dataset`` written by ``save_to_disk``."""
     path = Path(resolve_source(source)).expanduser()
     return path.is_file() or (path / "state.json").is_file()
+
+
+def one_set_of_rows(source: Any) -> bool:
+    """Whether ``source`` has no splits to pick from: one local file or saved ``Dataset``
+    (``has_no_splits``), or a ``datasets.Dataset`` or rows handed over in Python (a
+    ``DatasetDict`` and a hub id have splits)."""
+    if isinstance(source, str):
+        return has_no_splits(source)
+    return not isinstance(source, datasets.DatasetDict | datasets.IterableDatasetDict)
 
 
 def evaluates_on_training_data(
@@ -203,11 +243,7 @@ def evaluates_on_training_data(
         return False
     if train_split is not None and train_split == test_split:
         return True
-    if isinstance(source, str):
-        one_set = has_no_splits(source)
-    else:  # a DatasetDict has splits to pick from (not the same one: above); a
-        # datasets.Dataset or rows handed over in Python have none
-        one_set = not isinstance(source, datasets.DatasetDict | datasets.IterableDatasetDict)
+    one_set = one_set_of_rows(source)
     if (
         train_split is not None
         and test_split is not None
@@ -395,7 +431,7 @@ def iter_source_rows(
     too), a data alias, a hub dataset (with
     its config ``name`` and ``revision``) or a ``datasets.Dataset`` given from Python. A source
     without rows raises DataSourceError."""
-    if slicing(split) and not _is_hub_id(source):  # the hub's datasets slices itself
+    if slicing(split) and not is_hub_id(source):  # the hub's datasets slices itself
         yield from _sliced_rows(source, split, name, revision)
         return
     hub_only = name is not None or revision is not None
@@ -422,8 +458,8 @@ def iter_source_rows(
         rows = ((f"dataset{part} row {i}", r) for i, r in enumerate(source))
         yield from _some_rows(rows, "dataset")
         return
-    if is_gold(source) and (split or "train") not in ("train", "test"):
-        raise MissingSplitError(f"gold: no split {split!r}; the benchmark has train and test")
+    if is_gold(source):
+        gold_split(split or "train")
     source = resolve_source(source)
     path = Path(source).expanduser()
     if any((path / f).is_file() for f in ("state.json", "dataset_dict.json")):
@@ -462,7 +498,7 @@ def iter_source_rows(
             note = " (empty file)" if file.stat().st_size == 0 else ""
             yield from _some_rows(READERS[suffix](file), str(file), note)
         return
-    if source.startswith((".", "/", "~")) or Path(strip_gz(path)).suffix in SUFFIXES:
+    if not is_hub_id(source):  # a path, by its look, that is not there
         raise DataSourceError(f"{source}: no such file")
     # A hub id. Unreachable offline, but this is the path users with internet take.
     split = split or "train"

@@ -46,7 +46,7 @@ from distalign.data.load import (
     FEATURES,
     DataSourceError,
     LoadReport,
-    MissingSplitError,
+    gold_split,
     iter_source_rows,
     load_preferences,
     slicing,
@@ -79,8 +79,7 @@ def _gold_prompts(split: str) -> list[Chat]:
     ]
 
     def read(name: str) -> list[Chat]:
-        if name not in ("train", "test"):
-            raise MissingSplitError(f"gold: no split {name!r}; the benchmark has train and test")
+        gold_split(name)
         return [[{"role": "user", "content": r["prompt"]}] for r in rows if r["split"] == name]
 
     return split_rows(split, read, "gold") if slicing(split) else read(split)
