@@ -308,6 +308,39 @@ def test_transformers_4_and_earlier_trl_on_policy_configs_load(tmp_path, caplog)
         from_cli(RMEvalConfig, ["model_name_or_path=m", "no_cuda=true"])
 
 
+# TRL 0.19's OnPolicyConfig and RLOOConfig fields beyond TrainingArguments, at their defaults
+# (batch sizes as its __post_init__ computes them for one process)
+TRL_0_19_RLOO = {
+    "dataset_num_proc": None, "num_mini_batches": 1, "total_episodes": None,
+    "local_rollout_forward_batch_size": 64, "num_sample_generations": 10,
+    "response_length": 53, "stop_token": None, "stop_token_id": None, "temperature": 0.7,
+    "missing_eos_penalty": None, "sft_model_path": "EleutherAI/pythia-160m", "world_size": 1,
+    "num_total_batches": 10, "micro_batch_size": 8, "local_batch_size": 64, "batch_size": 64,
+    "local_mini_batch_size": 64, "mini_batch_size": 64, "exp_name": "rloo_config",
+    "reward_model_path": "EleutherAI/pythia-160m", "num_ppo_epochs": 4, "whiten_rewards": False,
+    "kl_coef": 0.05, "cliprange": 0.2, "rloo_k": 2, "normalize_reward": False,
+    "reward_clip_range": 10.0, "normalize_advantage": False, "token_level_kl": False,
+    "ds3_gather_for_generation": True,
+}  # fmt: skip
+
+
+def test_a_whole_trl_0_19_rloo_dump_under_transformers_4_loads(tmp_path):
+    from transformers import TrainingArguments
+
+    from distalign.config import TRANSFORMERS_4_DEFAULTS
+
+    dump = json.loads(json.dumps(TrainingArguments(output_dir="x").to_dict(), default=str))
+    dump |= TRANSFORMERS_4_DEFAULTS | TRL_0_19_RLOO
+    path = tmp_path / "rloo.yaml"
+    path.write_text(yaml.safe_dump(dump))
+    cfg = load_config(RLTrainConfig, path)
+    assert (cfg.beta, cfg.num_generations, cfg.num_iterations, cfg.epsilon) == (0.05, 2, 4, 0.2)
+    assert (cfg.max_completion_length, cfg.temperature, cfg.missing_eos_penalty) == (53, 0.7, 0)
+    assert cfg.reward_clip_range == [-10.0, 10.0] and cfg.reward == "EleutherAI/pythia-160m"
+    with pytest.raises(ConfigError, match="`batch_size` is now"):  # distalign's earlier key
+        from_cli(RLTrainConfig, ["batch_size=8"])
+
+
 def test_old_key_in_yaml_is_refused_naming_the_file(tmp_path):
     path = tmp_path / "old.yaml"
     path.write_text("learning_rate: 1.0e-5\nbatch_size: 8\n")

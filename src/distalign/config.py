@@ -241,6 +241,9 @@ NOT_OFFERED = {
     ),
     "max_length": "sampled replies are bounded by max_completion_length (rl train's prompts by "
     "max_prompt_length, and its reward model's reading by reward_max_length)",
+    "sft_model_path": "the policy starts from model_name_or_path (TRL's earlier RLOO script "
+    "loaded it from sft_model_path; eval compare's SFT model is sft)",
+    "dataset_num_proc": "prompts are read in one process",
 }
 # keys that act only beside another TRL key refused here (use_adaptive_entropy): any value of
 # theirs does nothing (vllm_* keys: by their prefix)
@@ -287,7 +290,8 @@ DEFAULT = object()  # the key's own default
 # top-k filter; ``attn_implementation: null`` and ``dtype: null`` are the library's choice,
 # which is distalign's default
 NULL_MEANS = {
-    "center_rewards_coefficient": 0.0, "top_k": 0, "attn_implementation": DEFAULT,
+    "center_rewards_coefficient": 0.0, "missing_eos_penalty": 0.0, "top_k": 0,
+    "attn_implementation": DEFAULT,
     "dtype": DEFAULT,
     "eval_steps": DEFAULT, "save_steps": DEFAULT,  # transformers: as logging_steps; here ours
 }  # fmt: skip
@@ -363,13 +367,13 @@ NEUTRAL = {
     "local_rank": ANY,  # the launcher's (torch.distributed.launch --local_rank), read from env
     # TRL's earlier RLOO and PPO configs, at their defaults (the value-model keys: any value)
     "exp_name": ANY, "total_episodes": None, "num_mini_batches": 1,
-    "local_rollout_forward_batch_size": ANY, "num_sample_generations": ANY, "stop_token": None,
-    "stop_token_id": None, "whiten_rewards": False, "normalize_reward": False,
+    "local_rollout_forward_batch_size": ANY, "num_sample_generations": ANY,
+    "stop_token": Either((None, "eos")), "stop_token_id": None, "whiten_rewards": False, "normalize_reward": False,
     "token_level_kl": False, "kl_estimator": "k1", "model_adapter_name": None,
     "ref_adapter_name": None, "vf_coef": ANY, "cliprange_value": ANY, "gamma": ANY, "lam": ANY,
     "world_size": ANY, "num_total_batches": ANY, "micro_batch_size": ANY,
     "local_batch_size": ANY, "local_mini_batch_size": ANY, "mini_batch_size": ANY,
-    "max_length": None,
+    "max_length": None, "sft_model_path": "EleutherAI/pythia-160m", "dataset_num_proc": ANY,
 }  # fmt: skip
 
 
@@ -478,6 +482,8 @@ def _known_key(cls, known, key: str, value: Any, items, where: str,
     if top not in known and ALIASES.get(top) in known:
         if _unset(value):  # transformers 5's warmup_ratio: None, dtype: null beside it
             return None
+        if ALIASES[top] in items and _same(value, TRANSFORMERS_4_DEFAULTS.get(top, Either())):
+            return None  # a transformers 4 dump: no_cuda: false beside use_cpu: true
         key, value = _alias(top, key, value, items, where)
         top = key.split(".")[0]
     elif (
@@ -494,10 +500,18 @@ def _known_key(cls, known, key: str, value: Any, items, where: str,
         log.info("%s: train_sampling_strategy=%s is read as group_by_length=%s", where, value,
                  grouped)  # fmt: skip
         return "group_by_length", grouped
+    if top == "reward_clip_range" and top in known and _number(value):
+        # TRL's earlier RLOO config: one bound c, the rewards clipped to [-c, c]
+        log.info("%s: reward_clip_range=%r is read as [%r, %r]", where, value, -abs(value),
+                 abs(value))  # fmt: skip
+        return top, [-abs(float(value)), abs(float(value))]
     if top == "pad_to_multiple_of" and value == "auto" and top in known:
         # TRL's default: pad to a multiple only on AWS Neuron, i.e. not here
         log.info("%s: pad_to_multiple_of=auto is read as null (no rounding up)", where)
         return top, None
+    if top == "batch_size" and top not in known and _on_policy_dump(given or items):
+        idle.setdefault("TRL computed it from the batch keys", []).append(top)
+        return None
     if top not in known and top in RENAMED and _renamed_here(RENAMED[top], known):
         name, paren, note = RENAMED[top].partition(" (")
         raise ConfigError(f"{where}: `{top}` is now `{name}`{paren}{note}")
@@ -582,11 +596,24 @@ def _json_mapping(text: str, where: str) -> dict[str, Any]:
     return value
 
 
+def _on_policy_dump(keys: dict[str, Any]) -> bool:
+    """Whether a config is TRL's earlier RLOO/PPO one (its OnPolicyConfig computed
+    ``batch_size`` beside these), not an earlier distalign config's ``batch_size``."""
+    return any(
+        k in keys for k in ("local_batch_size", "num_total_batches", "local_mini_batch_size")
+    )
+
+
 def _renamed_here(new: str, known: set[str]) -> bool:
     """Whether a ``RENAMED`` entry names a key of this command (its first word, or a key
     named in it): `gamma` is rm train's `center_rewards_coefficient`, while in rl train it is
     PPO's discount, which is said as such."""
     return any(word in known for word in re.findall(r"[a-z_][a-z0-9_]*", new))
+
+
+def _number(value: Any) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _unset(value: Any) -> bool:
