@@ -368,7 +368,8 @@ NEUTRAL = {
     # TRL's earlier RLOO and PPO configs, at their defaults (the value-model keys: any value)
     "exp_name": ANY, "total_episodes": None, "num_mini_batches": 1,
     "local_rollout_forward_batch_size": ANY, "num_sample_generations": ANY,
-    "stop_token": Either((None, "eos")), "stop_token_id": None, "whiten_rewards": False, "normalize_reward": False,
+    "stop_token": Either((None, "eos")), "stop_token_id": None, "whiten_rewards": False,
+    "normalize_reward": False,
     "token_level_kl": False, "kl_estimator": "k1", "model_adapter_name": None,
     "ref_adapter_name": None, "vf_coef": ANY, "cliprange_value": ANY, "gamma": ANY, "lam": ANY,
     "world_size": ANY, "num_total_batches": ANY, "micro_batch_size": ANY,
