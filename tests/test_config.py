@@ -596,7 +596,7 @@ def test_sampling_keys_are_flat_and_inherited():
     with pytest.raises(ConfigError, match="temperature must be >= 0"):
         load_config(RLTrainConfig, None, ["temperature=-1"])
     # greedy rollouts are alike within a prompt: every advantage 0, nothing learned
-    with pytest.raises(ConfigError, match="temperature 0: rl train samples its rollouts"):
+    with pytest.raises(ConfigError, match=r"temperature 0: rl train.s gradient needs replies"):
         load_config(RLTrainConfig, None, ["temperature=0"])
     assert load_config(GenerateConfig, None, ["prompts=[a]", "temperature=0"]).temperature == 0
 

@@ -375,9 +375,10 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
             (
                 self.temperature != 0,
-                "temperature 0: rl train samples its rollouts, and greedy decoding gives a "
-                "prompt's replies alike, so every advantage is 0 and the policy learns nothing; "
-                "give a temperature above 0 (default 1.0; generate and eval compare take 0)",
+                "temperature 0: rl train's gradient needs replies drawn from the policy, and "
+                "greedy decoding draws none (a prompt's replies come out alike, so a group "
+                "baseline gives every advantage 0); give a temperature above 0 (default 1.0; "
+                "generate and eval compare take 0)",
             ),
             *self._generation_checks(),
             (self.baseline in BASELINES, f"baseline: {' | '.join(BASELINES)}"),
