@@ -91,7 +91,6 @@ class DataInspectConfig:
     def __post_init__(self):
         from distalign.data.formats import FORMATS
 
-        resolve_nulls(self)
         require([(self.max_length is None or self.max_length > 1, "max_length must be > 1")])
 
         if self.format is not None and self.format not in FORMATS:
@@ -139,6 +138,7 @@ class RMEvalConfig(PlacementConfig):
     train."""
 
     def __post_init__(self):
+        resolve_nulls(self)
         from distalign.data.formats import FORMATS
 
         require([

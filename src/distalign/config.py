@@ -309,7 +309,10 @@ def resolve_nulls(config: Any) -> None:
             and getattr(config, name) is None
             and not _takes_none(type(config), name)
         ):
-            setattr(config, name, f.default if NULL_MEANS[name] is DEFAULT else NULL_MEANS[name])
+            meaning = NULL_MEANS[name]
+            if meaning is DEFAULT:
+                meaning = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            setattr(config, name, meaning)
 
 
 class Either(tuple):

@@ -97,15 +97,14 @@ class ModelKeys:
                 for k, v in self.model_init_kwargs.items()
             }
         dtype = self.load_kwargs()["dtype"]
-        if self.lora_task_type == "CAUSAL_LM" and task_type == "SEQ_CLS":  # TRL ModelConfig's
-            if self.use_peft:  # default: TRL warns its reward script then trains a wrong head
-                from distalign.config import config_warning
+        # TRL ModelConfig's default in rm train: TRL's reward script warns, then trains
+        # adapters of the wrong task; here the command's own task is taken, and said
+        trl_default = self.lora_task_type == "CAUSAL_LM" and task_type == "SEQ_CLS"
+        if trl_default and self.use_peft:
+            from distalign.config import config_warning
 
-                config_warning(log, "lora_task_type=CAUSAL_LM (TRL ModelConfig's default) is read "
-                               "as SEQ_CLS: a reward model's adapters and score head")  # fmt: skip
-            self.lora_task_type = None
-        elif not self.use_peft:
-            self.lora_task_type = None  # no adapters: it does nothing
+            config_warning(log, "lora_task_type=CAUSAL_LM (TRL ModelConfig's default) is read as "
+                           "SEQ_CLS: a reward model's adapters and score head")  # fmt: skip
         return [
             (
                 dtype == "auto" or dtype in DTYPES,
@@ -116,7 +115,7 @@ class ModelKeys:
                 f"model_init_kwargs: give {', '.join(sorted(OWN_KEYS))} as keys of their own",
             ),
             (
-                self.lora_task_type in (None, task_type),
+                self.lora_task_type in (None, task_type) or trl_default,
                 f"lora_task_type={self.lora_task_type}: this command's LoRA task is "
                 f"{task_type} ({'reward model' if task_type == 'SEQ_CLS' else 'policy'}); "
                 "leave it unset or give that",

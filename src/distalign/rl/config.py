@@ -23,7 +23,6 @@ from distalign.config import (
     config_warning,
     report_to_list,
     require,
-    resolve_nulls,
     resume_value,
 )
 from distalign.hub import HubKeys
@@ -350,9 +349,8 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     """Replies per reward-model batch."""
 
     def __post_init__(self):
-        resolve_nulls(self)
         check_scheduler(self.lr_scheduler_type, self.lr_scheduler_kwargs)
-        super().__post_init__()
+        super().__post_init__()  # SamplingConfig's reads TRL's meaningful nulls (resolve_nulls)
         self.report_to = report_to_list(self.report_to)
         resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
