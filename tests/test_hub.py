@@ -208,6 +208,9 @@ def test_a_card_says_where_its_figures_were_measured(tmp_path):
         "Measured on held-out pairs (`other.jsonl (local)`)"
     )  # one file: no split named
     assert said(dataset_name="org/prefs", dataset_test_split="train").startswith("Measured on the")
+    assert said(dataset_name=str(one), dataset_train_split="train[:90%]",
+                dataset_test_split="train[90%:]") == (
+        "Measured on held-out pairs (`pairs.jsonl (local)`, split `train[90%:]`)")  # fmt: skip
     assert (
         said(dataset_name=rows)
         == "Measured on the training pairs (the Dataset given; none were held out)"

@@ -275,10 +275,12 @@ def gold_judge(cfg: GoldJudgeConfig):
 
 
 def _split_shown(source, split: str) -> str | None:
-    """The split to name beside a data source: none for one without splits (one file)."""
-    from distalign.data.load import has_no_splits
+    """The split to name beside a data source: none for one without splits (one file), but
+    for a slice of it (``train[90%:]``)."""
+    from distalign.data.load import has_no_splits, slicing
 
-    return None if isinstance(source, str) and has_no_splits(source) else split
+    whole = isinstance(source, str) and has_no_splits(source) and not slicing(split)
+    return None if whole else split
 
 
 def _held_out_title(cfg, what: str) -> str:

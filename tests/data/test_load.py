@@ -703,6 +703,8 @@ def test_the_training_data_as_held_out_is_said(tmp_path, caplog):
         assert not caplog.text
         warn_if_evaluating_on_training_data(cfg(str(file)))
     assert f"measured on the training data ({file})" in caplog.text
+    assert "slice the file: dataset_train_split=train[:90%] dataset_test_split=train[90%:]" in (
+        caplog.text)  # fmt: skip
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         warn_if_evaluating_on_training_data(cfg("gold", split="train"))

@@ -263,8 +263,10 @@ def warn_if_evaluating_on_training_data(cfg: Any) -> None:
         log.warning(
             "the held-out figures are measured on the training data (%s): set "
             "eval_dataset_name%s to held-out data",
-            name,
-            "" if one_file else ", or dataset_test_split,",  # a single file has no splits
+            name,  # a single file has no splits, but slices: train[:90%] and train[90%:]
+            " (or slice the file: dataset_train_split=train[:90%] dataset_test_split=train[90%:])"
+            if one_file
+            else ", or dataset_test_split,",
         )
 
 
