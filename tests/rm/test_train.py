@@ -699,6 +699,12 @@ def test_a_folder_without_a_test_split_is_evaluated_on_its_training_pairs(
     assert "no file for split 'test'" in caplog.text and "its training data" in caplog.text
     assert cfg.dataset_test_split == "test"  # the key kept
     assert list((tmp_path / "run" / "final").glob("eval_*train*.json"))  # evaluated on train
+    from distalign.cli import _held_out_title  # the table after the run says so too
+
+    assert (
+        _held_out_title(cfg, "held-out")
+        == f"held-out: the training data itself ({tmp_path / 'ds'}, train)"
+    )
     assert result["pairs"] == 3  # not every training pair at each evaluation
     assert "evaluating on the first 3 training pairs at most" in caplog.text
     named = config(tiny_model_dir, tmp_path / "ds", tmp_path / "b", dataset_test_split="tset")

@@ -291,6 +291,13 @@ def held_out_or_training(cfg: Any, default_split: str, load: Any, training: Any 
         return load(cfg.dataset_train_split) if training is None else training
 
 
+def keep_held_out_split(given: Any, resolved: Any) -> None:
+    """The split ``held_out_or_training`` settled on for a run's copy of its config, on the
+    config its caller holds as well, so that the tables printed after the run name it."""
+    if "held_out_split" in vars(resolved):
+        given.held_out_split = resolved.held_out_split
+
+
 def held_out_split(cfg: Any) -> str:
     """The split a training config's held-out figures come from (``held_out_or_training``)."""
     return getattr(cfg, "held_out_split", None) or cfg.dataset_test_split

@@ -56,6 +56,7 @@ from distalign.config import (
 from distalign.data.load import (
     LoadReport,
     held_out_or_training,
+    keep_held_out_split,
     warn_if_evaluating_on_training_data,
 )
 from distalign.data.pairs import render_prompt_ids, templated_note, templated_text
@@ -968,6 +969,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     given, cfg = cfg, copy(cfg)  # resolved (prefix_sharing, max_steps -1) in the copy
     policy, tokenizer, ref_model = build_policy(cfg, accelerator)
     train_prompts, eval_prompts = prompt_sets(cfg, accelerator, tokenizer, reward)
+    keep_held_out_split(given, cfg)
     cfg = cfg.for_prompts(len(train_prompts))  # max_steps -1: the epochs' steps
     optimizer, scheduler = optimizer_and_schedule(policy, cfg, is_sharded(accelerator))
     cadence = Cadence.of(cfg, cfg.max_steps)

@@ -48,6 +48,7 @@ from distalign.config import (
 )
 from distalign.data.load import (
     held_out_split,
+    keep_held_out_split,
     known_p_chosen,
     p_chosen_by_group,
     warn_if_evaluating_on_training_data,
@@ -552,6 +553,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     model, tokenizer = build_model(cfg)
     with accelerator.main_process_first():  # tokenise once, other processes hit the cache
         train, held_out = load_pairs(cfg, tokenizer)
+    keep_held_out_split(given, cfg)
     n = accelerator.num_processes
     optimizer, scheduler, total_steps = optimizer_and_schedule(
         model, cfg, len(train), n, sharded=is_sharded(accelerator)
