@@ -641,6 +641,9 @@ def test_prompt_reply_files_take_text_or_conversational_completions(tmp_path):
     system = [{"role": "system", "content": "Be brief."}]
     assert prompts == [user] * 5 + [system + user]
     assert replies == ["Hello.", "Hey.", "Yo.", "Hiya.", "Hi!", "Yes."]
+    sft = [*user, {"role": "assistant", "content": "Hello there."}]  # H4's SFT rows
+    h4 = write_jsonl(tmp_path / "h4.jsonl", [{"prompt": "Hi", "messages": sft, "prompt_id": "1"}])
+    assert read_prompt_replies(str(h4))[1:] == ([user], ["Hello there."])
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"messages": []}])
     with pytest.raises(PreferenceFormatError, match="field 'messages': expected a string or"):
         read_prompt_replies(str(empty))  # said as the conversation's fault

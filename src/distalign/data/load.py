@@ -673,8 +673,9 @@ def read_prompt_replies(
 def _prompt_reply(row: dict, where: str, report: LoadReport, as_trained: bool):
     """A row's chat prompt and reply, as ``read_prompt_replies`` reads them."""
     key = next((k for k in REPLY_COLUMNS if k in row), None)
-    talk = key is None and row.get("prompt") is None  # a conversation, if it has one
-    column = next((c for c in PROMPT_COLUMNS if c in row), None) if talk else None
+    # without a reply column, a conversation if it has one (beside a string prompt too: H4's
+    # SFT rows repeat the first user turn as `prompt`, and rm train reads their messages)
+    column = next((c for c in PROMPT_COLUMNS if c in row), None) if key is None else None
     if column is not None:
         # TRL's conversational language-modelling rows, or ShareGPT's (its system column
         # first, as rm train and rl train read it): the last turn is the reply
