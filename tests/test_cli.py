@@ -104,6 +104,18 @@ def test_generate_writes_replies_and_config(tiny_model_dir, tmp_path):
     assert len(rows) == 4 and rows[2]["prompt"] == "Bye"  # as given: text
     assert all(r["tokens"] <= 5 for r in rows)
     assert (tmp_path / "replies.config.yaml").is_file()
+    # a prompt source's config, revision and malformed rows, as the other commands take them
+    from tests.conftest import write_jsonl
+
+    rows = [{"prompt": "Hi"}, {"prompt": 3}, {"prompt": "Bye"}]
+    broken = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    result, out = invoke("generate", f"model_name_or_path={tiny_model_dir}",
+                         f"dataset_name={broken}", "skip_bad_rows=true", "dataset_split=train[:2]",
+                         "max_completion_length=3", f"output_file={out_file}")  # fmt: skip
+    assert result.exit_code == 0, out
+    assert [json.loads(line)["prompt"] for line in out_file.read_text().splitlines()] == ["Hi"]
+    result, _ = invoke("generate", f"dataset_name={broken}", "dataset_config=main")
+    assert "a config name or revision applies to hub datasets only" in str(result.exception)
 
 
 def test_rm_train_eval_score(tiny_model_dir, tmp_path):

@@ -165,7 +165,14 @@ def generate(config=None, **overrides) -> list[dict[str, Any]]:
     prompts = [[{"role": "user", "content": p}] for p in cfg.prompts]
     report = LoadReport(source=str(cfg.dataset_name))
     if cfg.dataset_name:
-        prompts += load_prompts(cfg.dataset_name, cfg.dataset_split, report=report)
+        prompts += load_prompts(
+            cfg.dataset_name,
+            cfg.dataset_split,
+            name=cfg.dataset_config,
+            revision=cfg.dataset_revision,
+            skip_bad_rows=cfg.skip_bad_rows,
+            report=report,
+        )
     model, tokenizer = load_policy(
         cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code,
         chat_template=cfg.chat_template_path, **cfg.load_options(),

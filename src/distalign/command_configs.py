@@ -34,7 +34,13 @@ class GenerateConfig(SamplingConfig, PlacementConfig):
     """Prompt source: a .txt file (one prompt per line), a prompt-only or preference data set
     (hub id or local file; a preference set's prompts are used), or ``gold``."""
     dataset_split: str = "train"
-    """Split of ``dataset_name``."""
+    """Split of ``dataset_name`` (or a slice of it: ``train[:100]``)."""
+    dataset_config: str | None = None
+    """Config (subset) of a hub dataset, as datasets.load_dataset's name."""
+    dataset_revision: str | None = None
+    """Branch, tag or commit of a hub dataset (default: the latest)."""
+    skip_bad_rows: bool = False
+    """Skip malformed rows (counted) instead of stopping at the first."""
     num_generations: int = 1
     """Replies per prompt."""
     output_file: str | None = None
