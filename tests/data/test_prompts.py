@@ -4,6 +4,7 @@ prompt-only rows, a preference set's prompts (once each) and a ``datasets.Datase
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import datasets
@@ -312,3 +313,14 @@ def test_a_prompt_source_without_a_prompt_column_says_where_prompts_are_read_fro
     with pytest.raises(PreferenceFormatError, match=r"gsm8k.jsonl:1: no prompt in columns "
                        r"\['answer', 'question'\].*rename `question` to `prompt`"):  # fmt: skip
         load_prompts(str(path))
+
+
+def test_a_pair_of_alike_replies_read_for_its_prompt_is_no_drop_to_speak_of(tmp_path, caplog):
+    rows = [{"prompt": "Hi", "chosen": "Yo", "rejected": "Yo"}, {"prompt": "Bye", "chosen": "a",
+                                                                "rejected": "b"}]  # fmt: skip
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    report = LoadReport(source=str(path))
+    with caplog.at_level(logging.WARNING):
+        prompts = load_prompts(str(path), report=report)
+    assert [p[0]["content"] for p in prompts] == ["Hi", "Bye"]  # kept, as prompts
+    assert report.identical == 0 and "identical" not in caplog.text

@@ -597,11 +597,9 @@ def load_preferences(
                 raise
             report.skip(e)
             continue
-        if all(row[f"chosen{k}"] == row[f"rejected{k}"] for k in ("", "_turns")):  # no tie:
-            # whitespace apart, the tokens differ
-            report.identical += 1
-            if drop_identical:
-                continue
+        if drop_identical and all(row[f"chosen{k}"] == row[f"rejected{k}"] for k in ("", "_turns")):
+            report.identical += 1  # no tie: whitespace apart, the tokens differ (read as
+            continue  # prompts, a pair's replies alike are nothing to say)
         report.empty_replies += (not row["chosen"].strip()) + (not row["rejected"].strip())
         report.empty_prompts += all(not m["content"].strip() for m in row["prompt"])
         report.transcripts += is_transcript(raw, read_as)
