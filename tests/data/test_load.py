@@ -332,6 +332,17 @@ def test_skip_bad_rows_counts_reasons(tmp_path):
     assert sum(report.skipped.values()) == 2
     assert "broken JSON line" in report.skipped
     assert any("d.jsonl:3" in e for e in report.examples)
+    # rows broken alike count together, whatever value each got; the examples keep it
+    alike = [{"prompt": "q", "chosen": i, "rejected": "b"} for i in range(4)]
+    role = [{"prompt": "q", "chosen": [{"role": "bot", "content": "x"}], "rejected": "b"}]
+    report = LoadReport(source="")
+    load_preferences(str(write_jsonl(tmp_path / "e.jsonl", [*alike, *role, EXPLICIT[0]])),
+                     skip_bad_rows=True, report=report)  # fmt: skip
+    expected = "field 'chosen': expected a string or a non-empty list of messages"
+    assert report.skipped[expected] == 4 and len(report.skipped) == 2
+    assert any(k.startswith("field 'chosen[0].role': expected one of ('system'")
+               for k in report.skipped)  # fmt: skip
+    assert "got int 3" in report.examples[3]
 
 
 def test_identical_pairs_are_counted(tmp_path, caplog):

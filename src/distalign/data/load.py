@@ -361,9 +361,13 @@ class LoadReport:
         )
 
     def skip(self, error: PreferenceFormatError) -> None:
-        """Count a malformed row under its reason (the text before any parenthesis)."""
+        """Count a malformed row under its reason: without the value it got (``got int 3``)
+        or a parenthesis that explains, so that rows broken alike count together (the first
+        few keep their whole message in ``examples``)."""
         reason = f"field {error.field!r}: {error.reason}" if error.field else error.reason
-        self.skipped[reason.split(" (")[0]] += 1
+        reason = re.sub(r",? got .*$", "", reason, flags=re.S)
+        reason = re.sub(r" \((?!['\"])[^)]*\)", "", reason)  # not a list of the values taken
+        self.skipped[reason.strip()] += 1
         self.examples.append(str(error))
 
     def summary(self) -> str:
