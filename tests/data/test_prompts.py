@@ -324,3 +324,13 @@ def test_a_pair_of_alike_replies_read_for_its_prompt_is_no_drop_to_speak_of(tmp_
         prompts = load_prompts(str(path), report=report)
     assert [p[0]["content"] for p in prompts] == ["Hi", "Bye"]  # kept, as prompts
     assert report.identical == 0 and "identical" not in caplog.text
+
+
+def test_an_empty_sharegpt_conversation_is_said_as_such(tmp_path):
+    turns = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps([{"id": "a", "conversations": turns},
+                                {"id": "b", "conversations": []}]))  # fmt: skip
+    with pytest.raises(PreferenceFormatError, match="row 1: field 'conversations': expected"):
+        load_prompts(str(path))  # it blamed a missing 'prompt' field
+    assert load_prompts(str(path), skip_bad_rows=True) == [[{"role": "user", "content": "Hi"}]]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from distalign.data.formats import (
+    PROMPT_COLUMNS,
     TEMPLATE_COLUMNS,
     TOOL_ROLES,
     PreferenceFormatError,
@@ -120,13 +121,13 @@ def prompt_of(row: Any, where: str) -> tuple[Chat, bool]:
         raise PreferenceFormatError(where, None, f"expected an object, got {type(row).__name__}")
     if sharegpt_column(row) is None and is_alpaca(row):  # a null prompt column too (parquet)
         prompt, field = alpaca_prompt(row, where), "instruction"
-    elif "prompt" in row or sharegpt_column(row) is None:
+    elif "prompt" in row or not any(c in row for c in PROMPT_COLUMNS):
         if row.get("prompt") is None:
             raise PreferenceFormatError(where, "prompt", absent(row, "prompt"))
         prompt = read_prompt(row["prompt"], where)
         field = "prompt"
-    else:
-        field = sharegpt_column(row)
+    else:  # a conversation, said as such where it is empty or broken
+        field = sharegpt_column(row) or next(c for c in PROMPT_COLUMNS if c in row)
         conversation = sharegpt_prompt(row, where)
         prompt = without_closing_reply(conversation)
         set_aside = len(prompt) < len(conversation)
