@@ -1208,3 +1208,13 @@ def test_a_list_of_text_key_takes_one_text_as_written_and_aliases_keep_their_kin
                          aliases, list_keys=("rm_runs",))  # fmt: skip
     assert got == (None, [("dataset_name", "p.jsonl"), ("dataset_split", "test"),
                           ("rm_runs", ["x", "y"])])  # fmt: skip
+
+
+def test_rows_or_a_dataframe_handed_over_in_python_are_said_how_to_give_them():
+    for cls in (RMTrainConfig, RLTrainConfig):
+        with pytest.raises(
+            ValueError, match=r"dataset_name: .*Dataset.from_list\(rows\).*got list"
+        ):
+            cls(dataset_name=[{"prompt": "a", "chosen": "b", "rejected": "c"}])
+        with pytest.raises(ValueError, match=r"eval_dataset_name: .*got dict"):
+            cls(eval_dataset_name={"prompt": ["a"]})

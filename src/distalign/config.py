@@ -297,6 +297,26 @@ NULL_MEANS = {
 }  # fmt: skip
 
 
+def data_source_checks(config: Any) -> list[tuple[bool, str]]:
+    """``require`` checks that a training config's ``dataset_name`` (and
+    ``eval_dataset_name``, where set) is a data source: a hub id or local path, or a
+    ``datasets`` data set; rows or a DataFrame from Python are said how to hand over."""
+    import datasets
+
+    kinds = (str, datasets.Dataset, datasets.DatasetDict, datasets.IterableDataset,
+             datasets.IterableDatasetDict)  # fmt: skip
+    checks = []
+    for key in ("dataset_name", "eval_dataset_name"):
+        value = getattr(config, key, None)
+        if value is None and key == "eval_dataset_name":
+            continue
+        said = (f"{key}: a hub id or local path, or a datasets Dataset / DatasetDict (rows in "
+                "Python: Dataset.from_list(rows); a DataFrame: Dataset.from_pandas(df)), got "
+                f"{type(value).__name__}")  # fmt: skip
+        checks.append((isinstance(value, kinds), said))
+    return checks
+
+
 def resolve_nulls(config: Any) -> None:
     """A config object built in Python with TRL's meaningful nulls (``NULL_MEANS``) on keys
     that take no null, read as a file or the command line reads them:

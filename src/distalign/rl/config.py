@@ -21,6 +21,7 @@ from distalign.config import (
     ConfigError,
     check_scheduler,
     config_warning,
+    data_source_checks,
     report_to_list,
     require,
     resume_value,
@@ -452,6 +453,7 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
             + self.adam_checks()
             + self.hub_checks()
             + self.model_checks("CAUSAL_LM")
+            + data_source_checks(self)
             + cadence_checks(self, epochs=False)
         )
         if self.eval_on_start is None:  # as a TRL user means eval_strategy: no

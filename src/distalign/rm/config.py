@@ -18,6 +18,7 @@ from distalign.cadence import cadence_checks
 from distalign.config import (
     check_scheduler,
     config_warning,
+    data_source_checks,
     report_to_list,
     require,
     resolve_nulls,
@@ -339,6 +340,7 @@ class RMTrainConfig(AdamKeys, ModelKeys, HubKeys):
             + self.adam_checks()
             + self.hub_checks()
             + self.model_checks("SEQ_CLS")
+            + data_source_checks(self)
             + cadence_checks(self, epochs=True)
         )
         self.prefix_sharing = prefix_sharing_for(
