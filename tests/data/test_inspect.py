@@ -124,3 +124,14 @@ def test_text_already_rendered_through_the_chat_template_is_said(tmp_path, smol_
     plain = copy.deepcopy(smol_tokenizer)
     plain.chat_template = built_in_template("plain", plain)
     assert template_markers(plain) == []
+
+
+def test_a_pair_missing_one_reply_in_the_first_row_is_a_broken_pair_not_a_prompt(
+    tmp_path, smol_tokenizer
+):
+    rows = [{"prompt": "Q0", "rejected": "B"}, *[{"prompt": f"Q{i}", "chosen": "A",
+                                                  "rejected": "B"} for i in (1, 2)]]  # fmt: skip
+    path = str(write_jsonl(tmp_path / "pairs.jsonl", rows))
+    result = inspect_source(path, smol_tokenizer, skip_bad_rows=True)  # as rm train reads it
+    assert not result.prompt_only and result.report.kept == 2
+    assert sum(result.report.skipped.values()) == 1

@@ -88,10 +88,11 @@ def _gold_prompts(split: str) -> list[Chat]:
 
 def is_prompt_only(row: Any) -> bool:
     """A row with a prompt and no replies: TRL prompt-only, a ShareGPT conversation or an
-    Alpaca-style instruction."""
+    Alpaca-style instruction (a row with either reply is a pair, if a broken one)."""
     return (
         isinstance(row, dict)
         and "chosen" not in row
+        and "rejected" not in row
         and ("prompt" in row or sharegpt_column(row) is not None or is_alpaca(row))
     )
 
@@ -193,7 +194,8 @@ def load_prompts(
         if not isinstance(item[1], Exception):
             break
     first = head[-1]
-    if isinstance(first[1], dict) and not is_prompt_only(first[1]) and "chosen" not in first[1]:
+    pair = isinstance(first[1], dict) and ("chosen" in first[1] or "rejected" in first[1])
+    if isinstance(first[1], dict) and not is_prompt_only(first[1]) and not pair:
         question = next((c for c in ("question", "query", "problem", "input", "text")
                          if isinstance(first[1].get(c), str)), None)  # fmt: skip
         raise PreferenceFormatError(
