@@ -345,6 +345,15 @@ def test_skip_bad_rows_counts_reasons(tmp_path):
     assert "got int 3" in report.examples[3]
 
 
+def test_a_prompt_under_another_name_is_hinted_when_the_prompts_come_out_empty(tmp_path, caplog):
+    rows = [{"system": "Be kind.", "question": "Why?", "chosen": "So.", "rejected": "No."}]
+    with caplog.at_level(logging.WARNING):
+        ds = load_preferences(str(write_jsonl(tmp_path / "orca.jsonl", rows)))
+    assert ds[0]["prompt"] == [{"role": "user", "content": ""}]  # as TRL reads it: kept
+    assert "the rows' `question` column is not read as the prompt (rename it to `prompt`?)" in (
+        caplog.text)  # fmt: skip
+
+
 def test_identical_pairs_are_counted(tmp_path, caplog):
     rows = [*EXPLICIT, {"prompt": "q", "chosen": "same", "rejected": "same"}]
     report = LoadReport(source="")

@@ -139,6 +139,15 @@ _SHAPE_HINTS = (
 )  # fmt: skip
 
 
+def unread_prompt_column(row: Mapping[str, Any]) -> str | None:
+    """A column that looks like a row's prompt under another name (Intel/orca_dpo_pairs'
+    ``question``), where the row has no ``prompt``; None otherwise."""
+    if "prompt" in row:
+        return None
+    names = ("question", "query", "problem", "input", "text")
+    return next((c for c in names if isinstance(row.get(c), str) and row[c].strip()), None)
+
+
 def shape_hint(row: Mapping[str, Any]) -> str | None:
     """What a row of a public data set that is not a pair of replies holds, and what turns it
     into one (``_SHAPE_HINTS``); None for any other row."""

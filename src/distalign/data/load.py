@@ -57,6 +57,7 @@ from distalign.data.formats import (
     sharegpt_column,
     sharegpt_prompt,
     text_replies,
+    unread_prompt_column,
     unread_scores,
 )
 from distalign.hub import offline_if_unreachable
@@ -334,6 +335,7 @@ class LoadReport:
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # first few full error messages
     ignored: Counter = field(default_factory=Counter)  # column the template is not given -> rows
+    prompt_column: str | None = None  # a first row's prompt-like column under another name
 
     def ignored_note(self, keys: Iterable[str] | None = None) -> str | None:
         """What TRL gives the chat template and distalign does not (of ``keys``, default
@@ -391,6 +393,9 @@ class LoadReport:
                 "(kept, their ratings read as missing; only margin_scale and rating_weight "
                 "read them)"
             )
+        if self.empty_prompts and self.prompt_column:
+            lines.append(f"  the rows' `{self.prompt_column}` column is not read as the prompt "
+                         f"(rename it to `prompt`?)")  # fmt: skip
         if self.prompts_replaced:
             lines.append(
                 f"  prompts read from the conversations, not the prompt column: "
@@ -589,6 +594,7 @@ def load_preferences(
                     where, None, f"expected an object, got {type(raw).__name__}"
                 )
             if fmt is None:
+                report.prompt_column = unread_prompt_column(raw)
                 try:
                     fmt = detect_format(raw)
                 except ValueError as e:

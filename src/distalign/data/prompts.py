@@ -41,6 +41,7 @@ from distalign.data.formats import (
     read_prompt,
     sharegpt_column,
     sharegpt_prompt,
+    unread_prompt_column,
 )
 from distalign.data.load import (
     DATA_ALIASES,
@@ -196,8 +197,7 @@ def load_prompts(
     first = head[-1]
     pair = isinstance(first[1], dict) and ("chosen" in first[1] or "rejected" in first[1])
     if isinstance(first[1], dict) and not is_prompt_only(first[1]) and not pair:
-        question = next((c for c in ("question", "query", "problem", "input", "text")
-                         if isinstance(first[1].get(c), str)), None)  # fmt: skip
+        question = unread_prompt_column(first[1])
         raise PreferenceFormatError(
             first[0], None, f"no prompt in columns {sorted(first[1])}: prompts are read from "
             "`prompt`, `conversations` or `messages` (ShareGPT), Alpaca's `instruction`, or "
