@@ -658,6 +658,11 @@ def test_trl_tokenised_rows_train_as_text_pairs_do(tiny_model_dir, smol_tokenize
     result = run(config(tiny_model_dir, d, tmp_path, num_train_epochs=2))
     assert result["accuracy"] >= 0.95, result
 
+    from distalign.rm.data import _token_columns  # the RewardTrainer's before TRL 0.13
+
+    old = {"input_ids_chosen": [1], "attention_mask_chosen": [1], "input_ids_rejected": [2],
+           "attention_mask_rejected": [1]}  # fmt: skip
+    assert _token_columns(old) == ("input_ids_chosen", "input_ids_rejected")
     write_jsonl(bad / "train.jsonl", [{"chosen_ids": [1, 2], "rejected_ids": [1, 10**9]}])
     with pytest.raises(PreferenceFormatError, match=r"train.jsonl:1.*rejected_ids.*token ids"):
         run(config(tiny_model_dir, bad, tmp_path / "b", eval_dataset_name=str(d)))

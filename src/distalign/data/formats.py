@@ -157,7 +157,7 @@ def shape_hint(row: Mapping[str, Any]) -> str | None:
 def detect_format(row: Mapping[str, Any]) -> str:
     """Guess the format of a dataset from one of its rows."""
     missing = [c for c in ("chosen", "rejected") if c not in row]
-    if missing and any(f"chosen_{c}" in row for c in ("ids", "input_ids")):
+    if missing and any(c in row for c in ("chosen_ids", "chosen_input_ids", "input_ids_chosen")):
         raise ValueError(
             "tokenised rows (TRL's chosen_ids/rejected_ids): `rm train` reads them as they are; "
             "this command needs the text (prompt/chosen/rejected)"

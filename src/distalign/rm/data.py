@@ -51,9 +51,11 @@ TOKEN_FEATURES = Features({
 })  # fmt: skip
 
 
-# TRL's tokenised preference rows (``chosen_ids``/``rejected_ids``; the older names too):
-# whole sequences, prompt included, in the backbone's vocabulary
-TOKEN_COLUMNS = (("chosen_ids", "rejected_ids"), ("chosen_input_ids", "rejected_input_ids"))
+# TRL's tokenised preference rows (``chosen_ids``/``rejected_ids``; the older names too, the
+# RewardTrainer's before TRL 0.13 with its attention masks, all ones, beside them): whole
+# sequences, prompt included, in the backbone's vocabulary
+TOKEN_COLUMNS = (("chosen_ids", "rejected_ids"), ("chosen_input_ids", "rejected_input_ids"),
+                 ("input_ids_chosen", "input_ids_rejected"))  # fmt: skip
 
 
 def _token_columns(row) -> tuple[str, str] | None:
