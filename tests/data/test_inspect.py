@@ -135,3 +135,9 @@ def test_a_pair_missing_one_reply_in_the_first_row_is_a_broken_pair_not_a_prompt
     result = inspect_source(path, smol_tokenizer, skip_bad_rows=True)  # as rm train reads it
     assert not result.prompt_only and result.report.kept == 2
     assert sum(result.report.skipped.values()) == 1
+
+
+def test_helpsteer2_preference_rows_read_as_prompts_get_their_hint(tmp_path, smol_tokenizer):
+    rows = [{"prompt": "Q", "response_1": "A", "response_2": "B", "preference_strength": -2}]
+    result = inspect_source(str(write_jsonl(tmp_path / "pref.jsonl", rows)), smol_tokenizer)
+    assert result.prompt_only and "HelpSteer2's preference file" in result.not_pairs

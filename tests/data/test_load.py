@@ -797,6 +797,13 @@ def test_a_local_copy_of_a_hub_repository_with_configs_reads_as_load_dataset_doe
         load_preferences(str(tmp_path), split="test", name="a")
     with pytest.raises(DataSourceError, match=r"no config 'c' in its card \(it lists \['a', 'b'"):
         load_preferences(str(tmp_path), name="c")
+    # without a card, "default" is the folder read by its file names, as datasets reads it
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    write_jsonl(plain / "train.jsonl", EXPLICIT)
+    assert len(load_preferences(str(plain), name="default")) == len(EXPLICIT)
+    with pytest.raises(DataSourceError, match="no config 'c': the folder has no data set card"):
+        load_preferences(str(plain), name="c")
     # the file as it is now, and a broken row skipped and located, as for any local file
     write_jsonl(tmp_path / "a" / "train.jsonl", [*EXPLICIT[1:2], "{broken"])
     report = LoadReport(source="a")

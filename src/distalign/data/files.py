@@ -395,6 +395,8 @@ def config_files(folder: Path, name: str | None, split: str | None) -> list[Path
         config = defaults[0]
     else:
         config = next((c for c in configs if c["config_name"] == name), None)
+        if config is None and not configs and name == "default":
+            return None  # datasets' name for a folder without configs: read by file names
         if config is None and not configs:
             raise DataSourceError(f"{folder}: no config {name!r}: the folder has no data set "
                                   "card (README.md) listing configs")  # fmt: skip

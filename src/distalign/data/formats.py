@@ -133,6 +133,10 @@ _SHAPE_HINTS = (
     (lambda r: "preferred_output" in r or "non_preferred_output" in r,
      "OpenAI's preference fine-tuning shape: rename input.messages to prompt, preferred_output "
      "to chosen and non_preferred_output to rejected"),
+    (lambda r: "response_1" in r and "response_2" in r,
+     "two responses and a preference per row, as HelpSteer2's preference file: take the "
+     "preferred one as chosen (preference_strength below 0: response_1) and the other as "
+     "rejected, leaving out ties (0)"),
     (lambda r: "response_j" in r and "response_k" in r,
      "stack-exchange-paired's shape: rename question to prompt, response_j (the preferred "
      "answer) to chosen and response_k to rejected"),

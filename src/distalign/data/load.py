@@ -500,7 +500,7 @@ def iter_source_rows(
         # a copy of a hub repository whose card lists configs: its config's files, as
         # load_dataset(folder, name=dataset_config) finds them (TRL's scripts pass that)
         files = config_files(path, name, split) if path.is_dir() and revision is None else None
-        if files is None and hub_only:
+        if files is None and hub_only and (name, revision) != ("default", None):
             raise DataSourceError(
                 f"{source}: a local source; a config name or revision applies to hub datasets only"
             )
