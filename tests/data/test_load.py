@@ -514,6 +514,10 @@ def test_hub_errors_are_one_line(monkeypatch):
     assert (
         str(info.value) == "org/pairs: cannot load from the hub (BuilderConfig 'nope' not found.)"
     )
+    # offline, a relative path mistyped reads as a hub id: where it was looked for is said
+    monkeypatch.setattr("distalign.data.load.offline_if_unreachable", lambda: "no network")
+    with pytest.raises(DataSourceError, match=r"no network \(nor is it a local path from /"):
+        load_preferences("ds/hh-rlhf")
 
 
 def test_a_hub_split_that_is_not_there_is_said_as_such(monkeypatch):

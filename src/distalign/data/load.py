@@ -433,7 +433,11 @@ def _hub_rows(source: str, split: str, name: str | None, revision: str | None):
             raise MissingSplitError(f"{source}: no split {split!r} (it has {known.group(1)}); "
                                   f"{SPLIT_HINT}") from None  # fmt: skip
         reached = f"; the hub cannot be reached: {why}" if why else ""
-        raise DataSourceError(f"{source}: cannot load from the hub ({first}){reached}") from None
+        # offline, a relative path mistyped reads as a hub id: say where it was looked for
+        local = f" (nor is it a local path from {Path.cwd()})" if why and "/" in source else ""
+        raise DataSourceError(
+            f"{source}: cannot load from the hub ({first}){reached}{local}"
+        ) from None
     for i, row in enumerate(ds):
         yield f"{source}[{split}] row {i}", row
 
