@@ -3,6 +3,8 @@ options reach the loader, preference sources keep their counts."""
 
 from __future__ import annotations
 
+import json
+
 import datasets
 import pytest
 
@@ -141,3 +143,19 @@ def test_helpsteer2_preference_rows_read_as_prompts_get_their_hint(tmp_path, smo
     rows = [{"prompt": "Q", "response_1": "A", "response_2": "B", "preference_strength": -2}]
     result = inspect_source(str(write_jsonl(tmp_path / "pref.jsonl", rows)), smol_tokenizer)
     assert result.prompt_only and "HelpSteer2's preference file" in result.not_pairs
+
+
+def test_messages_saved_as_json_text_are_said(tmp_path, smol_tokenizer):
+    """A message list stored as a string in JSONL or Parquet is read as the text it is (as
+    TRL reads it): said, with how to give the turns."""
+    from distalign.data.pairs import templated_note
+
+    turn = json.dumps([{"role": "assistant", "content": "A0"}])
+    rows = [{"prompt": "Q", "chosen": turn, "rejected": "B"}]
+    found = inspect_source(str(write_jsonl(tmp_path / "s.jsonl", rows)), smol_tokenizer).templated
+    assert found == '[{"role"' and "json.loads" in templated_note(found, "smol")
+    plain = [{"prompt": "Q", "chosen": "[1, 2] is a list", "rejected": "B"}]
+    assert (
+        inspect_source(str(write_jsonl(tmp_path / "p.jsonl", plain)), smol_tokenizer).templated
+        is None
+    )

@@ -19,6 +19,7 @@ Truncation, when ``prompt + reply`` exceeds ``max_length``:
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -179,18 +180,25 @@ def template_markers(tokenizer) -> list[str]:
     return sorted(markers)
 
 
+# JSON text of a message list where a turn's text belongs (a list saved as a string)
+JSON_MESSAGES = re.compile(r"""^\s*\[\s*\{\s*["']role["']\s*:""")
+
+
 def templated_text(tokenizer, pairs, limit: int = 200) -> str | None:
     """A special token of the tokenizer's chat template found in the text of the first
     ``limit`` normalised rows (prompt turns and replies): text already rendered through a
     template, which rendering through it again nests (TRL tokenises string data as written);
-    None where no row holds one."""
-    markers = template_markers(tokenizer)
-    if not markers or not len(pairs):
+    or the start of a message list's JSON text (``[{"role": …``: messages saved as a string,
+    read as the text they are); None where no row holds either."""
+    markers = template_markers(tokenizer) or []
+    if not len(pairs):
         return None
     columns = getattr(pairs, "column_names", None) or list(pairs[0])
     for row in pairs.select(range(min(limit, len(pairs)))) if hasattr(pairs, "select") else pairs:
         texts = [m["content"] for m in row["prompt"]]
         texts += [row[c] for c in ("chosen", "rejected") if c in columns and row[c]]
+        if any(JSON_MESSAGES.match(t) for t in texts):
+            return '[{"role"'
         for marker in markers:
             if any(marker in t for t in texts):
                 return marker
@@ -199,6 +207,12 @@ def templated_text(tokenizer, pairs, limit: int = 200) -> str | None:
 
 def templated_note(marker: str, model: str) -> str:
     """``templated_text`` said."""
+    if marker == '[{"role"':
+        return (
+            "the data's text holds JSON text of messages ([{\"role\": …}]: a list saved as a "
+            "string), which is read as the text it is, as TRL reads it; load the column with "
+            "json.loads to give the turns as messages"
+        )
     return (
         f"the data's text holds {marker!r}, a token the chat template of {model} writes around "
         "turns: it looks rendered through a chat template already, and is rendered through it "
