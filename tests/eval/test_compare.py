@@ -627,7 +627,7 @@ def test_compare_on_a_prompt_only_file_under_a_named_judge(tiny_model_dir, tmp_p
 
     rm = train_tiny_reward_models(tiny_model_dir, tmp_path, ("scalar",))["scalar"]
     rows = [{"prompt": f"Name {i} colours.", "bonus": 10 * i} for i in range(5)]
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [*rows, {"prompt": 3}])  # one broken
     policy = _perturbed(tiny_model_dir, 0.02, tmp_path / "rl" / "final")
     _perturbed(tiny_model_dir, 0.01, tmp_path / "rl" / "checkpoints" / "step_00001")
     (tmp_path / "rl" / "config.yaml").write_text(f"reward: {rm}\n")  # trained on the RM
@@ -643,8 +643,10 @@ def test_compare_on_a_prompt_only_file_under_a_named_judge(tiny_model_dir, tmp_p
         bootstrap=n_boot,
         max_completion_length=6,
         output_dir=str(tmp_path / "cmp"),
+        skip_bad_rows=True,
     )
     summary = run_compare(cfg)
+    assert summary["prompts"] == 5  # the broken row skipped, as the other commands skip
     replies = [json.loads(line) for line in (tmp_path / "cmp" / "replies.jsonl").open()]
     assert not any(k.startswith("gold") for r in replies for k in r)
     chars = {}  # policy -> (prompts, k) the judge's reward worked out again

@@ -61,6 +61,8 @@ class CompareConfig(SamplingConfig, PlacementConfig):
     """Branch, tag or commit of a hub data set (default: the latest)."""
     dataset_test_split: str = "test"
     """Split of ``dataset_name``."""
+    skip_bad_rows: bool = False
+    """Skip malformed prompt rows (counted) instead of stopping at the first."""
     max_eval_samples: int = 80
     """Prompts used (the first N)."""
     num_generations: int = 1

@@ -562,7 +562,8 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     judge, judge_name = load_judge(cfg)  # first: a judge that cannot load stops before sampling
     hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
     report = LoadReport(source=str(cfg.dataset_name))
-    prompts = load_prompts(cfg.dataset_name, cfg.dataset_test_split, **hub, report=report)
+    prompts = load_prompts(cfg.dataset_name, cfg.dataset_test_split, **hub,
+                           skip_bad_rows=cfg.skip_bad_rows, report=report)  # fmt: skip
     prompts = prompts[: cfg.max_eval_samples]
     if not prompts:
         from distalign.data.files import DataSourceError
