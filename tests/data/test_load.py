@@ -668,6 +668,16 @@ def test_prompt_reply_files_take_text_or_conversational_completions(tmp_path):
     sft = [*user, {"role": "assistant", "content": "Hello there."}]  # H4's SFT rows
     h4 = write_jsonl(tmp_path / "h4.jsonl", [{"prompt": "Hi", "messages": sft, "prompt_id": "1"}])
     assert read_prompt_replies(str(h4))[1:] == ([user], ["Hello there."])
+    pair = {
+        "prompt": "Hi",
+        "chosen": sft,
+        "rejected": [*user, {"role": "assistant", "content": "No."}],
+        "messages": sft,
+    }  # H4's pairs: messages is the chosen one
+    with pytest.raises(PreferenceFormatError, match=r"a preference pair .*rm eval"):
+        read_prompt_replies(str(write_jsonl(tmp_path / "prefs.jsonl", [pair])))
+    with pytest.raises(PreferenceFormatError, match="expected an object, got str"):
+        read_prompt_replies(str(write_jsonl(tmp_path / "text.jsonl", ['"a reply alone"'])))
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"messages": []}])
     with pytest.raises(PreferenceFormatError, match="field 'messages': expected a string or"):
         read_prompt_replies(str(empty))  # said as the conversation's fault

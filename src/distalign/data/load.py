@@ -684,6 +684,15 @@ def read_prompt_replies(
 
 def _prompt_reply(row: dict, where: str, report: LoadReport, as_trained: bool):
     """A row's chat prompt and reply, as ``read_prompt_replies`` reads them."""
+    if not isinstance(row, dict):
+        raise PreferenceFormatError(where, None, f"expected an object, got {type(row).__name__}")
+    if "chosen" in row or "rejected" in row:  # H4's pairs carry the chosen conversation too
+        raise PreferenceFormatError(
+            where,
+            None,
+            "a preference pair (chosen/rejected), not a reply to score: rm eval "
+            "measures a model on pairs",
+        )
     key = next((k for k in REPLY_COLUMNS if k in row), None)
     # without a reply column, a conversation if it has one (beside a string prompt too: H4's
     # SFT rows repeat the first user turn as `prompt`, and rm train reads their messages)

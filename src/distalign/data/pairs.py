@@ -209,7 +209,7 @@ def templated_note(marker: str, model: str) -> str:
     """``templated_text`` said."""
     if marker == '[{"role"':
         return (
-            "the data's text holds JSON text of messages ([{\"role\": …}]: a list saved as a "
+            'the data\'s text holds JSON text of messages ([{"role": …}]: a list saved as a '
             "string), which is read as the text it is, as TRL reads it; load the column with "
             "json.loads to give the turns as messages"
         )
