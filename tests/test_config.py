@@ -1218,3 +1218,6 @@ def test_rows_or_a_dataframe_handed_over_in_python_are_said_how_to_give_them():
             cls(dataset_name=[{"prompt": "a", "chosen": "b", "rejected": "c"}])
         with pytest.raises(ValueError, match=r"eval_dataset_name: .*got dict"):
             cls(eval_dataset_name={"prompt": ["a"]})
+        with pytest.raises(ValueError, match=r"got int \(quote it on the command line\)"):
+            from_cli(cls, ["dataset_name=2024"])
+    assert RMTrainConfig(dataset_name=Path("pairs.jsonl")).dataset_name == "pairs.jsonl"

@@ -310,9 +310,12 @@ def data_source_checks(config: Any) -> list[tuple[bool, str]]:
         value = getattr(config, key, None)
         if value is None and key == "eval_dataset_name":
             continue
+        if isinstance(value, os.PathLike):  # a pathlib.Path, read as its text
+            setattr(config, key, value := os.fspath(value))
+        quote = " (quote it on the command line)" if isinstance(value, int | float) else ""
         said = (f"{key}: a hub id or local path, or a datasets Dataset / DatasetDict (rows in "
                 "Python: Dataset.from_list(rows); a DataFrame: Dataset.from_pandas(df)), got "
-                f"{type(value).__name__}")  # fmt: skip
+                f"{type(value).__name__}{quote}")  # fmt: skip
         checks.append((isinstance(value, kinds), said))
     return checks
 

@@ -352,6 +352,12 @@ def test_a_prompt_under_another_name_is_hinted_when_the_prompts_come_out_empty(t
     assert ds[0]["prompt"] == [{"role": "user", "content": ""}]  # as TRL reads it: kept
     assert "the rows' `question` column is not read as the prompt (rename it to `prompt`?)" in (
         caplog.text)  # fmt: skip
+    caplog.clear()  # Alpaca's input is read (with its instruction): nothing to hint
+    alpaca = [{"instruction": "Sum up", "input": "Long text", "chosen": "A", "rejected": "B"},
+              {"instruction": "", "input": "", "chosen": "C", "rejected": "D"}]  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        load_preferences(str(write_jsonl(tmp_path / "alpaca.jsonl", alpaca)))
+    assert "not read as the prompt" not in caplog.text
 
 
 def test_identical_pairs_are_counted(tmp_path, caplog):
@@ -517,7 +523,9 @@ def test_hub_errors_are_one_line(monkeypatch):
     # offline, a relative path mistyped reads as a hub id: where it was looked for is said
     monkeypatch.setattr("distalign.data.load.offline_if_unreachable", lambda: "no network")
     with pytest.raises(DataSourceError, match=r"no network \(nor is it a local path from /"):
-        load_preferences("ds/hh-rlhf")
+        load_preferences("data/hh-rlhf/helpful-base")  # two slashes: no hub id
+    with pytest.raises(DataSourceError, match=r"no network$"):
+        load_preferences("org/pairs")  # a hub id, as it looks
 
 
 def test_a_hub_split_that_is_not_there_is_said_as_such(monkeypatch):

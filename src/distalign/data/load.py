@@ -297,6 +297,8 @@ def keep_held_out_split(given: Any, resolved: Any) -> None:
     config its caller holds as well, so that the tables printed after the run name it."""
     if "held_out_split" in vars(resolved):
         given.held_out_split = resolved.held_out_split
+    else:  # an earlier run's, on the same config object
+        vars(given).pop("held_out_split", None)
 
 
 def held_out_split(cfg: Any) -> str:
@@ -434,7 +436,8 @@ def _hub_rows(source: str, split: str, name: str | None, revision: str | None):
                                   f"{SPLIT_HINT}") from None  # fmt: skip
         reached = f"; the hub cannot be reached: {why}" if why else ""
         # offline, a relative path mistyped reads as a hub id: say where it was looked for
-        local = f" (nor is it a local path from {Path.cwd()})" if why and "/" in source else ""
+        looks_local = source.count("/") > 1 or Path(source.split("/")[0]).is_dir()
+        local = f" (nor is it a local path from {Path.cwd()})" if why and looks_local else ""
         raise DataSourceError(
             f"{source}: cannot load from the hub ({first}){reached}{local}"
         ) from None
@@ -569,7 +572,8 @@ def load_preferences(
         skip_bad_rows: skip malformed rows (their count and reasons are logged) instead of
             raising on the first one.
         drop_identical: drop pairs whose chosen and rejected replies are equal (they carry no
-            preference); counted in the report either way.
+            preference) and count them in the report; off (prompts read from pairs), they are
+            kept and not counted.
         limit: stop after this many kept pairs.
         report: filled with counts when given (rows, pairs kept, identical, empty replies,
             skipped rows and why).
@@ -598,11 +602,12 @@ def load_preferences(
                     where, None, f"expected an object, got {type(raw).__name__}"
                 )
             if fmt is None:
-                report.prompt_column = unread_prompt_column(raw)
                 try:
                     fmt = detect_format(raw)
                 except ValueError as e:
                     raise PreferenceFormatError(where, None, str(e)) from None
+            if fmt == "implicit" and report.rows == 1:  # a prompt under another name (its
+                report.prompt_column = unread_prompt_column(raw)  # column unread, said)
             # an HH pair in a data set detected as text is read as HH (``row_format``)
             read_as = row_format(raw, fmt, detected=format is None)
             row = normalise_row(raw, read_as, where, index, detected=format is None)
