@@ -340,8 +340,15 @@ def test_skip_bad_rows_counts_reasons(tmp_path):
                      skip_bad_rows=True, report=report)  # fmt: skip
     expected = "field 'chosen': expected a string or a non-empty list of messages"
     assert report.skipped[expected] == 4 and len(report.skipped) == 2
-    assert any(k.startswith("field 'chosen[0].role': expected one of ('system'")
+    assert any(k.startswith("field 'chosen[i].role': expected one of ('system'")
                for k in report.skipped)  # fmt: skip
+    from distalign.data.load import _reason_key  # a hint in nested parentheses goes whole
+
+    hint = ("columns ['q'] lack 'chosen' (stack-exchange-paired's shape: rename response_j (the "
+            "preferred answer) to chosen)")  # fmt: skip
+    assert _reason_key(hint) == "columns ['q'] lack 'chosen'"
+    assert _reason_key("parts other than text (images) are not supported; got [1]") == (
+        "parts other than text (images) are not supported")  # fmt: skip
     assert "got int 3" in report.examples[3]
 
 

@@ -292,6 +292,22 @@ def held_out_or_training(cfg: Any, default_split: str, load: Any, training: Any 
         return load(cfg.dataset_train_split) if training is None else training
 
 
+def _reason_key(reason: str) -> str:
+    """A malformed row's reason as it is counted: without the value the row held (``, got int
+    3``) and without a closing parenthesis that explains or hints (nested ones too), but with
+    one that lists the values taken (``one of ('system', …)``)."""
+    reason = re.sub(r"[,;] got .*$", "", reason, flags=re.S).rstrip()
+    if reason.endswith(")"):
+        depth = 0
+        for i in range(len(reason) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(reason[i], 0)
+            if depth == 0:
+                if reason[i + 1 : i + 2] not in ("'", '"') and reason[i - 1 : i] == " ":
+                    reason = reason[: i - 1]
+                break
+    return reason.strip()
+
+
 def keep_held_out_split(given: Any, resolved: Any) -> None:
     """The split ``held_out_or_training`` settled on for a run's copy of its config, on the
     config its caller holds as well, so that the tables printed after the run name it."""
@@ -368,10 +384,10 @@ class LoadReport:
         """Count a malformed row under its reason: without the value it got (``got int 3``)
         or a parenthesis that explains, so that rows broken alike count together (the first
         few keep their whole message in ``examples``)."""
-        reason = f"field {error.field!r}: {error.reason}" if error.field else error.reason
-        reason = re.sub(r",? got .*$", "", reason, flags=re.S)
-        reason = re.sub(r" \((?!['\"])[^)]*\)", "", reason)  # not a list of the values taken
-        self.skipped[reason.strip()] += 1
+        field = re.sub(r"\[\d+\]", "[i]", error.field) if error.field else None  # chosen[3].role
+        self.skipped[
+            _reason_key(f"field {field!r}: {error.reason}" if field else error.reason)
+        ] += 1
         self.examples.append(str(error))
 
     def summary(self) -> str:
