@@ -154,7 +154,17 @@ def test_messages_saved_as_json_text_are_said(tmp_path, smol_tokenizer):
     rows = [{"prompt": "Q", "chosen": turn, "rejected": "B"}]
     found = inspect_source(str(write_jsonl(tmp_path / "s.jsonl", rows)), smol_tokenizer).templated
     assert found == '[{"role"' and "json.loads" in templated_note(found, "smol")
-    plain = [{"prompt": "Q", "chosen": "[1, 2] is a list", "rejected": "B"}]
+    keys = json.dumps([{"content": "A0", "role": "assistant"}])  # sort_keys, or ShareGPT's
+    sharegpt = json.dumps([{"from": "gpt", "value": "A0"}])
+    for text in (keys, sharegpt):
+        rows = [{"prompt": "Q", "chosen": text, "rejected": "B"}]
+        assert inspect_source(
+            str(write_jsonl(tmp_path / "k.jsonl", rows)), smol_tokenizer
+        ).templated
+    plain = [
+        {"prompt": "Q", "chosen": "[1, 2] is a list", "rejected": "B"},
+        {"prompt": "Q", "chosen": '[{"x": 1}] is JSON, not messages', "rejected": "B"},
+    ]
     assert (
         inspect_source(str(write_jsonl(tmp_path / "p.jsonl", plain)), smol_tokenizer).templated
         is None

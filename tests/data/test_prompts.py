@@ -334,3 +334,16 @@ def test_an_empty_sharegpt_conversation_is_said_as_such(tmp_path):
     with pytest.raises(PreferenceFormatError, match="row 1: field 'conversations': expected"):
         load_prompts(str(path))  # it blamed a missing 'prompt' field
     assert load_prompts(str(path), skip_bad_rows=True) == [[{"role": "user", "content": "Hi"}]]
+
+
+def test_a_conversation_saved_as_text_is_said_not_read_as_one_user_turn(tmp_path):
+    turns = [{"role": "user", "content": "Hi"}]
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"messages": turns}) + "\n"
+                    + json.dumps({"messages": json.dumps(turns)}) + "\n")  # fmt: skip
+    with pytest.raises(
+        PreferenceFormatError,
+        match=r"m.jsonl:2: field 'messages': expected a list "
+        r"of messages, got text \(JSON text of messages: load the column with",
+    ):
+        load_prompts(str(path))  # fmt: skip

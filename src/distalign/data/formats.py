@@ -143,6 +143,11 @@ _SHAPE_HINTS = (
 )  # fmt: skip
 
 
+# JSON text of a message list where a turn's text belongs (a list saved as a string), keys in
+# any order, ShareGPT's too
+JSON_MESSAGES = re.compile(r"""^\s*\[\s*\{\s*["'](role|content|from|value)["']\s*:""")
+
+
 def unread_prompt_column(row: Mapping[str, Any]) -> str | None:
     """A column that looks like a row's prompt under another name (Intel/orca_dpo_pairs'
     ``question``), where the row has no ``prompt``; None otherwise."""

@@ -19,7 +19,6 @@ Truncation, when ``prompt + reply`` exceeds ``max_length``:
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 
 from distalign.data.formats import (
     INSTRUCTION_ROLES,
+    JSON_MESSAGES,
     Reply,
     common_prefix_length,
     joined_prompt,
@@ -178,10 +178,6 @@ def template_markers(tokenizer) -> list[str]:
         if header not in specials:  # a role's name after the token
             markers.add(header)
     return sorted(markers)
-
-
-# JSON text of a message list where a turn's text belongs (a list saved as a string)
-JSON_MESSAGES = re.compile(r"""^\s*\[\s*\{\s*["']role["']\s*:""")
 
 
 def templated_text(tokenizer, pairs, limit: int = 200) -> str | None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from distalign.data.formats import (
+    JSON_MESSAGES,
     PROMPT_COLUMNS,
     TEMPLATE_COLUMNS,
     TOOL_ROLES,
@@ -130,6 +131,16 @@ def prompt_of(row: Any, where: str) -> tuple[Chat, bool]:
         field = "prompt"
     else:  # a conversation, said as such where it is empty or broken
         field = sharegpt_column(row) or next(c for c in PROMPT_COLUMNS if c in row)
+        if isinstance(row[field], str):  # not a one-turn prompt: a list saved as text?
+            json_text = JSON_MESSAGES.match(row[field])
+            raise PreferenceFormatError(
+                where,
+                field,
+                "expected a list of messages, got text"
+                + (
+                    " (JSON text of messages: load the column with json.loads)" if json_text else ""
+                ),
+            )
         conversation = sharegpt_prompt(row, where)
         prompt = without_closing_reply(conversation)
         set_aside = len(prompt) < len(conversation)
