@@ -347,3 +347,11 @@ def test_a_conversation_saved_as_text_is_said_not_read_as_one_user_turn(tmp_path
         r"of messages, got text \(JSON text of messages: load the column with",
     ):
         load_prompts(str(path))  # fmt: skip
+
+
+def test_a_text_file_of_prompts_takes_a_slice_and_refuses_hub_options(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("a\nb\nc\n")
+    assert [p[0]["content"] for p in load_prompts(str(path), "train[-2:]")] == ["b", "c"]
+    with pytest.raises(DataSourceError, match="applies to hub datasets only"):
+        load_prompts(str(path), name="main")  # it was ignored

@@ -193,8 +193,13 @@ def load_prompts(
         if path.suffix == ".txt":
             if not path.is_file():
                 raise DataSourceError(f"{source}: no such file")
+            if name is not None or revision is not None:
+                raise DataSourceError(f"{source}: a local source; a config name or revision "
+                                      "applies to hub datasets only")  # fmt: skip
             lines = path.read_text(encoding="utf-8-sig").splitlines()
             prompts = [[{"role": "user", "content": line}] for line in lines if line.strip()]
+            if slicing(split):  # one set of lines: a slice of it, as of one data file
+                prompts = split_rows(split, lambda _: prompts, source)
             if not prompts:
                 raise DataSourceError(f"{source}: no rows")
             report.format, report.rows, report.kept = "prompt-only", len(prompts), len(prompts)
