@@ -163,10 +163,17 @@ def shape_hint(row: Mapping[str, Any]) -> str | None:
     return next((h for test, h in _SHAPE_HINTS if test(row)), None)
 
 
+# TRL's tokenised preference rows (``chosen_ids``/``rejected_ids``; the older names too, the
+# RewardTrainer's before TRL 0.13 with its attention masks, all ones, beside them): whole
+# sequences, prompt included, in the backbone's vocabulary, which rm train reads as they are
+TOKEN_COLUMNS = (("chosen_ids", "rejected_ids"), ("chosen_input_ids", "rejected_input_ids"),
+                 ("input_ids_chosen", "input_ids_rejected"))  # fmt: skip
+
+
 def detect_format(row: Mapping[str, Any]) -> str:
     """Guess the format of a dataset from one of its rows."""
     missing = [c for c in ("chosen", "rejected") if c not in row]
-    if missing and any(c in row for c in ("chosen_ids", "chosen_input_ids", "input_ids_chosen")):
+    if missing and any(chosen in row for chosen, _ in TOKEN_COLUMNS):
         raise ValueError(
             "tokenised rows (TRL's chosen_ids/rejected_ids): `rm train` reads them as they are; "
             "this command needs the text (prompt/chosen/rejected)"

@@ -14,7 +14,12 @@ import torch
 from datasets import Dataset, Features, Sequence, Value, concatenate_datasets
 
 from distalign.config import order_seed
-from distalign.data.formats import PreferenceFormatError, common_prefix_length, read_number
+from distalign.data.formats import (
+    TOKEN_COLUMNS,
+    PreferenceFormatError,
+    common_prefix_length,
+    read_number,
+)
 from distalign.data.load import (
     LoadReport,
     evaluates_on_training_data,
@@ -49,13 +54,6 @@ TOKEN_FEATURES = Features({
     "chosen_score": Value("float64"), "rejected_score": Value("float64"),
     "margin": Value("float64"), "source_row": Value("int64"),
 })  # fmt: skip
-
-
-# TRL's tokenised preference rows (``chosen_ids``/``rejected_ids``; the older names too, the
-# RewardTrainer's before TRL 0.13 with its attention masks, all ones, beside them): whole
-# sequences, prompt included, in the backbone's vocabulary
-TOKEN_COLUMNS = (("chosen_ids", "rejected_ids"), ("chosen_input_ids", "rejected_input_ids"),
-                 ("input_ids_chosen", "input_ids_rejected"))  # fmt: skip
 
 
 def _token_columns(row) -> tuple[str, str] | None:
