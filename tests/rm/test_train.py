@@ -663,6 +663,12 @@ def test_trl_tokenised_rows_train_as_text_pairs_do(tiny_model_dir, smol_tokenize
     old = {"input_ids_chosen": [1], "attention_mask_chosen": [1], "input_ids_rejected": [2],
            "attention_mask_rejected": [1]}  # fmt: skip
     assert _token_columns(old) == ("input_ids_chosen", "input_ids_rejected")
+    from distalign.rm.data import _unpadded  # pre-padded rows: their masks say what is read
+
+    assert _unpadded({"attention_mask_chosen": [1, 1, 0]}, "input_ids_chosen", [5, 6, 0], "w") == [
+        5, 6]  # fmt: skip
+    with pytest.raises(PreferenceFormatError, match=r"attention_mask_chosen.*one per id"):
+        _unpadded({"attention_mask_chosen": [1]}, "input_ids_chosen", [5, 6], "w")
     write_jsonl(bad / "train.jsonl", [{"chosen_ids": [1, 2], "rejected_ids": [1, 10**9]}])
     with pytest.raises(PreferenceFormatError, match=r"train.jsonl:1.*rejected_ids.*token ids"):
         run(config(tiny_model_dir, bad, tmp_path / "b", eval_dataset_name=str(d)))

@@ -164,7 +164,7 @@ def shape_hint(row: Mapping[str, Any]) -> str | None:
 
 
 # TRL's tokenised preference rows (``chosen_ids``/``rejected_ids``; the older names too, the
-# RewardTrainer's before TRL 0.13 with its attention masks, all ones, beside them): whole
+# RewardTrainer's before TRL 0.13 with its attention masks beside them, read): whole
 # sequences, prompt included, in the backbone's vocabulary, which rm train reads as they are
 TOKEN_COLUMNS = (("chosen_ids", "rejected_ids"), ("chosen_input_ids", "rejected_input_ids"),
                  ("input_ids_chosen", "input_ids_rejected"))  # fmt: skip

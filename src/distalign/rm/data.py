@@ -72,6 +72,22 @@ def _token_ids(value, where: str, field: str, vocab: int) -> list[int]:
     return list(value)
 
 
+def _unpadded(row, column: str, ids: list[int], where: str) -> list[int]:
+    """``ids`` without the positions its attention mask leaves out, where the row has one
+    (the RewardTrainer's before TRL 0.13: ``attention_mask_chosen`` beside
+    ``input_ids_chosen``), so that pre-padded rows are not trained on their padding."""
+    name = column.replace("input_ids", "attention_mask")
+    mask = row.get(name) if name != column else None
+    if mask is None:
+        return ids
+    if not isinstance(mask, list | tuple) or len(mask) != len(ids):
+        raise PreferenceFormatError(where, name, f"expected {len(ids)} 0/1 values, one per id")
+    kept = [t for t, m in zip(ids, mask, strict=True) if m]
+    if not kept:
+        raise PreferenceFormatError(where, name, "masks every token")
+    return kept
+
+
 def token_pairs(cfg: RMTrainConfig, tokenizer, rows, columns: tuple[str, str], source, limit):
     """TRL's tokenised rows (``rows``: (where, row) pairs; ``columns``: their two id
     columns) as pairs: each pair's shared first tokens are its prompt (each reply keeps at
@@ -87,8 +103,10 @@ def token_pairs(cfg: RMTrainConfig, tokenizer, rows, columns: tuple[str, str], s
                 raise row
             if not isinstance(row, dict):
                 raise PreferenceFormatError(where, None, f"expected an object, got {row!r}")
-            chosen = _token_ids(row.get(columns[0]), where, columns[0], vocab)
-            rejected = _token_ids(row.get(columns[1]), where, columns[1], vocab)
+            chosen = _unpadded(row, columns[0], _token_ids(row.get(columns[0]), where,
+                                                           columns[0], vocab), where)  # fmt: skip
+            rejected = _unpadded(row, columns[1], _token_ids(row.get(columns[1]), where,
+                                                             columns[1], vocab), where)  # fmt: skip
             margin = read_number(row, "margin", where)
         except PreferenceFormatError:
             if not cfg.skip_bad_rows:
