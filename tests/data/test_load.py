@@ -831,6 +831,10 @@ def test_a_local_copy_of_a_hub_repository_with_configs_reads_as_load_dataset_doe
     plain.mkdir()
     write_jsonl(plain / "train.jsonl", EXPLICIT)
     assert len(load_preferences(str(plain), name="default")) == len(EXPLICIT)
+    rows = datasets.Dataset.from_list(EXPLICIT)  # and a data set's own, in memory or saved
+    rows.save_to_disk(str(tmp_path / "saved"))
+    for source in (rows, str(tmp_path / "saved")):
+        assert len(load_preferences(source, name="default")) == len(EXPLICIT)
     with pytest.raises(DataSourceError, match="no config 'c': the folder has no data set card"):
         load_preferences(str(plain), name="c")
     # the file as it is now, and a broken row skipped and located, as for any local file

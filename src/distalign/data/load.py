@@ -475,7 +475,8 @@ def iter_source_rows(
     if slicing(split) and not is_hub_id(source):  # the hub's datasets slices itself
         yield from _sliced_rows(source, split, name, revision)
         return
-    hub_only = name is not None or revision is not None
+    # datasets' name of a data set's only config, "default", asks nothing of a local one
+    hub_only = name not in (None, "default") or revision is not None
     # what load_dataset returns without a split (streaming=True: the iterable kinds)
     part = ""  # a DatasetDict's split, named in each row's location
     if isinstance(source, datasets.DatasetDict | datasets.IterableDatasetDict):
@@ -523,7 +524,7 @@ def iter_source_rows(
         # a copy of a hub repository whose card lists configs: its config's files, as
         # load_dataset(folder, name=dataset_config) finds them (TRL's scripts pass that)
         files = config_files(path, name, split) if path.is_dir() and revision is None else None
-        if files is None and hub_only and (name, revision) != ("default", None):
+        if files is None and hub_only:
             raise DataSourceError(
                 f"{source}: a local source; a config name or revision applies to hub datasets only"
             )
