@@ -274,22 +274,18 @@ def gold_judge(cfg: GoldJudgeConfig):
         console.print(f"  mean {name}: {value:.3f}")
 
 
-def _split_shown(source, split: str) -> str | None:
-    """The split to name beside a data source: none for one without splits (one file), but
-    for a slice of it (``train[90%:]``)."""
-    from distalign.data.load import has_no_splits, slicing
-
-    whole = isinstance(source, str) and has_no_splits(source) and not slicing(split)
-    return None if whole else split
-
-
 def _held_out_title(cfg, what: str) -> str:
     """Title of a training command's held-out table, which says so when that set is the
     training data (one file without splits and no eval_dataset_name)."""
-    from distalign.data.load import evaluates_on_training_data, held_out_of, held_out_split
+    from distalign.data.load import (
+        evaluates_on_training_data,
+        held_out_of,
+        held_out_split,
+        split_to_name,
+    )
 
     source = cfg.eval_dataset_name or cfg.dataset_name
-    split = _split_shown(source, held_out_split(cfg))
+    split = split_to_name(source, held_out_split(cfg))
     where = f"{source}, {split}" if split else str(source)
     if evaluates_on_training_data(*held_out_of(cfg)):
         return f"{what}: the training data itself ({where})"
@@ -300,9 +296,10 @@ def _held_out_title(cfg, what: str) -> str:
 def rm_eval(cfg: RMEvalConfig):
     """Pairwise accuracy, margin, reward mean/std and calibration on held-out pairs."""
     from distalign.api import evaluate_reward_model
+    from distalign.data.load import split_to_name
 
     result = evaluate_reward_model(cfg)
-    split = _split_shown(cfg.dataset_name, cfg.dataset_test_split)
+    split = split_to_name(cfg.dataset_name, cfg.dataset_test_split)
     data = f"{cfg.dataset_name} ({split})" if split else cfg.dataset_name
     print_metrics(f"{cfg.model_name_or_path} on {data}", result)
 

@@ -645,8 +645,7 @@ def _number(value: Any) -> bool:
 
 def _unset(value: Any) -> bool:
     """A value that leaves a key to its other name: None, or 0 (``warmup_steps: 0``)."""
-    return value is None or (isinstance(value, int | float) and not isinstance(value, bool)
-                             and value == 0)  # fmt: skip
+    return value is None or (_number(value) and value == 0)
 
 
 def _alias(top: str, key: str, value: Any, items: dict[str, Any], where: str) -> tuple[str, Any]:

@@ -312,7 +312,7 @@ def base_model_id(name: str) -> str:
 def measured_on(cfg: Any, rows: str = "pairs", n: int | None = None) -> str:
     """Where a training config's final figures were measured, for a card: the held-out data,
     or, when there was none, the training data, said as such; ``n``: how many ``rows``."""
-    from distalign.data.load import evaluates_on_training_data, has_no_splits, held_out_of, slicing
+    from distalign.data.load import evaluates_on_training_data, held_out_of, split_to_name
 
     count = "" if n is None else f"{n} "
     held = held_out_of(cfg)
@@ -323,7 +323,7 @@ def measured_on(cfg: Any, rows: str = "pairs", n: int | None = None) -> str:
         return f"Measured on the {count}training {rows} ({name}; none were held out)"
     if not isinstance(data, str):  # a Dataset from Python: its own rows, no splits
         return f"Measured on {count}held-out {rows} (the Dataset given as eval_dataset_name)"
-    if has_no_splits(data) and not slicing(split):  # one file: no split to name, but a slice
+    if split_to_name(data, split) is None:  # one file read whole: no split to name
         return f"Measured on {count}held-out {rows} (`{shown(data)}`)"
     return f"Measured on {count}held-out {rows} (`{shown(data)}`, split `{split}`)"
 

@@ -117,6 +117,13 @@ def sharegpt_column(row: Mapping[str, Any]) -> str | None:
     return next((c for c in PROMPT_COLUMNS if _is_messages(row.get(c)) and row[c]), None)
 
 
+def conversation_column(row: Mapping[str, Any]) -> str | None:
+    """The column of a row's conversation: ``sharegpt_column``'s, else the first
+    conversation column the row has at all (empty, or not messages: an error to name it in);
+    None where it has none."""
+    return sharegpt_column(row) or next((c for c in PROMPT_COLUMNS if c in row), None)
+
+
 # shapes of public preference data that are not pairs of replies, and what turns them into pairs
 _SHAPE_HINTS = (
     (lambda r: "response" in r and any(c in r for c in ("helpfulness", "score", "rating")),
@@ -742,7 +749,7 @@ def _shared_whitespace(a: str, b: str, start: int = 0) -> int:
 def sharegpt_prompt(row: Mapping[str, Any], where: str) -> list[dict[str, str]]:
     """The conversation of a ShareGPT row, with its ``system`` column as the first turn
     unless the conversation has its own (LLaMA-Factory: the system turn wins)."""
-    column = sharegpt_column(row) or next((c for c in PROMPT_COLUMNS if c in row), "conversations")
+    column = conversation_column(row) or "conversations"
     if row.get(column) is None:
         raise PreferenceFormatError(where, column, absent(row, column))
     prompt = parse_messages(row[column], where, column)

@@ -38,11 +38,11 @@ from distalign.data.files import (
 )
 from distalign.data.formats import (
     FORMATS,
-    PROMPT_COLUMNS,
     REPLY_COLUMNS,
     PreferenceFormatError,
     absent,
     as_reply,
+    conversation_column,
     detect_format,
     holds_hh_turn,
     ignored_columns,
@@ -54,7 +54,6 @@ from distalign.data.formats import (
     read_reply,
     reply_turns,
     row_format,
-    sharegpt_column,
     sharegpt_prompt,
     text_replies,
     unread_prompt_column,
@@ -220,6 +219,13 @@ def has_no_splits(source: str) -> bool:
     ``Dataset`` written by ``save_to_disk``."""
     path = Path(resolve_source(source)).expanduser()
     return path.is_file() or (path / "state.json").is_file()
+
+
+def split_to_name(source: Any, split: str) -> str | None:
+    """The split to name beside a data source: none for a local one of one set of rows (one
+    file) read whole, but a slice of it (``train[90%:]``)."""
+    whole = isinstance(source, str) and has_no_splits(source) and not slicing(split)
+    return None if whole else split
 
 
 def one_set_of_rows(source: Any) -> bool:
@@ -718,11 +724,10 @@ def _prompt_reply(row: dict, where: str, report: LoadReport, as_trained: bool):
     key = next((k for k in REPLY_COLUMNS if k in row), None)
     # without a reply column, a conversation if it has one (beside a string prompt too: H4's
     # SFT rows repeat the first user turn as `prompt`, and rm train reads their messages)
-    column = next((c for c in PROMPT_COLUMNS if c in row), None) if key is None else None
+    column = conversation_column(row) if key is None else None
     if column is not None:
         # TRL's conversational language-modelling rows, or ShareGPT's (its system column
         # first, as rm train and rl train read it): the last turn is the reply
-        column = sharegpt_column(row) or column
         messages = sharegpt_prompt(row, where)
         if len(messages) < 2:
             raise PreferenceFormatError(where, column, "no turns before the reply")

@@ -27,12 +27,12 @@ from typing import Any
 
 from distalign.data.formats import (
     JSON_MESSAGES,
-    PROMPT_COLUMNS,
     TEMPLATE_COLUMNS,
     TOOL_ROLES,
     PreferenceFormatError,
     absent,
     alpaca_prompt,
+    conversation_column,
     hh_prompt,
     ignored_columns,
     is_alpaca,
@@ -124,13 +124,13 @@ def prompt_of(row: Any, where: str) -> tuple[Chat, bool]:
         raise PreferenceFormatError(where, None, f"expected an object, got {type(row).__name__}")
     if sharegpt_column(row) is None and is_alpaca(row):  # a null prompt column too (parquet)
         prompt, field = alpaca_prompt(row, where), "instruction"
-    elif "prompt" in row or not any(c in row for c in PROMPT_COLUMNS):
+    elif "prompt" in row or conversation_column(row) is None:
         if row.get("prompt") is None:
             raise PreferenceFormatError(where, "prompt", absent(row, "prompt"))
         prompt = read_prompt(row["prompt"], where)
         field = "prompt"
     else:  # a conversation, said as such where it is empty or broken
-        field = sharegpt_column(row) or next(c for c in PROMPT_COLUMNS if c in row)
+        field = conversation_column(row)
         if isinstance(row[field], str):  # not a one-turn prompt: a list saved as text?
             json_text = JSON_MESSAGES.match(row[field])
             raise PreferenceFormatError(
