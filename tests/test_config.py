@@ -740,12 +740,14 @@ def test_transformers_sampling_strategy_and_trl_launch_keys(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         RLTrainConfig(num_train_epochs=2)  # built in Python: said, not counted
     assert "num_train_epochs=2 does nothing beside max_steps=20" in caplog.text
-    # TRL's data set mixture: its empty default does nothing, a mixture says what to do
+    # TRL's data set mixture: its empty default does nothing; rm train reads a mixture
+    # (tests/test_data_mixture.py), a command that does not train says what to do
     path.write_text("datasets: []\nstreaming: false\ntest_split_size: null\n")
-    assert load_config(RMTrainConfig, path) == RMTrainConfig()
+    assert load_config(RMTrainConfig, path) == RMTrainConfig(datasets=[])
     path.write_text("datasets:\n  - path: org/a\n  - path: org/b\n")
-    with pytest.raises(ConfigError, match=r"TRL's data set mixture: give one source as dataset_n"):
-        load_config(RMTrainConfig, path)
+    assert load_config(RMTrainConfig, path).dataset_name == "datasets: org/a[train] + org/b[train]"
+    with pytest.raises(ConfigError, match=r"rm train and rl train read: here give one source"):
+        load_config(RMEvalConfig, path)
     with pytest.raises(ConfigError, match=r"`num_processes` .*accelerate launch"):
         load_config(RMTrainConfig, None, ["num_processes=4"])
 

@@ -21,6 +21,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from distalign.checkpoint import CheckpointError, NonFiniteError
 from distalign.command_configs import (
@@ -368,7 +369,7 @@ def _register_heavy_commands() -> None:
         result = run(cfg)
         if os.environ.get("RANK", "0") != "0":  # under a launcher the first process says it
             return
-        table = Table(title=_held_out_title(cfg, "held-out prompts"))
+        table = Table(title=Text(_held_out_title(cfg, "held-out prompts")))
         cols = ["reward", "kl", "length", "eos_rate"] + (
             ["gold_mean"] if "gold_mean" in result["final"] else []
         )

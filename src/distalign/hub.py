@@ -224,7 +224,9 @@ def model_card(*, repo_id: str, base_model: str | None, datasets: list[str], tag
                               "tags": ["distalign", *tags]}  # fmt: skip
     if base_model and is_hub_id(base_model):
         header["base_model"] = base_model
-    hub_data = [d for d in datasets if isinstance(d, str) and is_hub_id(d)]
+    # a mixture (data.mixture.Mixture) names its hub parts
+    named = [n for d in datasets for n in (d.hub_ids() if hasattr(d, "hub_ids") else [d])]
+    hub_data = [d for d in named if isinstance(d, str) and is_hub_id(d)]
     if hub_data:
         header["datasets"] = hub_data
     head = yaml.safe_dump(header, sort_keys=False, allow_unicode=True)

@@ -4,6 +4,7 @@ benchmark's metadata, of an RL step's completions."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -18,7 +19,7 @@ def print_inspection(result, source: str, model: str) -> None:
     from distalign.data.inspect import PERCENTILES
 
     r = result.report
-    console.print(f"[bold]{source}[/]  format: {r.format}")
+    console.print(f"[bold]{escape(str(source))}[/]  format: {r.format}")
     if result.prompt_only:
         console.print(f"rows read: {r.rows}   prompts: {result.prompts}   (no chosen/rejected)")
         if result.not_pairs:
@@ -91,7 +92,7 @@ def print_metadata(meta: dict, path: str | None) -> None:
 
 
 def print_metrics(title: str, metrics: dict) -> None:
-    table = Table(title=title)
+    table = Table(title=Text(title))  # a source's name, never rich markup ("a[train]")
     table.add_column("metric", overflow="fold")
     table.add_column("value", justify="right", overflow="fold")  # paths shown whole
     for k, v in metrics.items():

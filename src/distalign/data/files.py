@@ -410,26 +410,50 @@ def config_files(folder: Path, name: str | None, split: str | None) -> list[Path
             raise DataSourceError(f"{folder}: config {config['config_name']!r}'s data_dir "
                                   f"{sub.name!r} is not a folder here")  # fmt: skip
         return local_files(sub, wanted)
-    files = config["data_files"]
+    named = config["config_name"]
+    return data_files_of(folder, config["data_files"], wanted, f"config {named!r}", inside=True)
+
+
+def data_files_of(
+    base: Path, files: Any, split: str, what: str, inside: bool = False
+) -> list[Path]:
+    """The files ``data_files`` (a pattern, a list of them, a mapping split -> patterns, or a
+    card's list of ``{split, path}``) gives ``split``, as ``load_dataset`` reads it: relative
+    patterns under ``base``, a pattern or list of them all the train split. ``inside``: a
+    card's patterns, which name files of its own repository only. ``what`` names the
+    ``data_files`` in errors."""
     if isinstance(files, dict):
         by_split = files
     elif isinstance(files, list) and files and all(isinstance(f, dict) for f in files):
         by_split = {f.get("split", "train"): f.get("path") for f in files}
     else:  # a pattern, or a list of them: the train split
         by_split = {"train": files}
-    if wanted not in by_split:
-        named = config["config_name"]
-        raise MissingSplitError(f"{folder}: no split {wanted!r} in config {named!r} (it has "
+    if split not in by_split:
+        raise MissingSplitError(f"{base}: no split {split!r} in {what} (it has "
                               f"{list(by_split)}); {SPLIT_HINT}")  # fmt: skip
-    patterns = by_split[wanted]
+    patterns = by_split[split]
     patterns = [patterns] if isinstance(patterns, str) else list(patterns or [])
-    found = sorted({f for pattern in patterns for f in _matches(folder, pattern) if f.is_file()})
-    for f in found:
-        _inside(folder, f, f"pattern {patterns} (matching {f})")
+    # in the patterns' order, each one's files sorted, as datasets resolves them
+    anchor = (lambda p: (base, p)) if inside else (lambda p: _anchored(base, p))
+    found = list(dict.fromkeys(
+        f for p in patterns for f in sorted(_matches(*anchor(p))) if f.is_file()
+    ))  # fmt: skip
+    for f in found if inside else ():
+        _inside(base, f, f"pattern {patterns} (matching {f})")
     if not found:
-        raise DataSourceError(f"{folder}: no file matches {patterns} (config "
-                              f"{config['config_name']!r}, split {wanted!r})")  # fmt: skip
+        raise DataSourceError(f"{base}: no file matches {patterns} ({what}, split {split!r})")
     return found
+
+
+def _anchored(base: Path, pattern: str) -> tuple[Path, str]:
+    """A user's data_files pattern as (folder, relative pattern): an absolute one (or ``~``)
+    from its first folder with a wildcard, a relative one under ``base``."""
+    path = Path(pattern).expanduser()
+    if not path.is_absolute():
+        return base, pattern
+    parts = path.parts
+    cut = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts) - 1)
+    return Path(*parts[:cut]), str(Path(*parts[cut:]))
 
 
 def _inside(folder: Path, path: Path, what: str) -> None:

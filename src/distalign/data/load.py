@@ -59,6 +59,7 @@ from distalign.data.formats import (
     unread_prompt_column,
     unread_scores,
 )
+from distalign.data.mixture import Mixture
 from distalign.hub import offline_if_unreachable
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ def _rows_shared(a: str, b: str, one_set: bool) -> bool:
 def is_hub_id(source: Any) -> bool:
     """Whether ``source`` names a hub data set: a string that is no local path (nor alias),
     and does not look like one (``./x``, ``/x``, ``~/x``, a data file's suffix)."""
-    if not isinstance(source, str):
+    if not isinstance(source, str) or isinstance(source, Mixture):
         return False
     path = Path(resolve_source(source)).expanduser()
     local = source.startswith((".", "/", "~")) or Path(strip_gz(path)).suffix in SUFFIXES
@@ -443,9 +444,10 @@ def _some_rows(
         raise DataSourceError(f"{label}: no rows{note}")
 
 
-def _hub_rows(source: str, split: str, name: str | None, revision: str | None):
-    # Only the options given, so that load_dataset sees the call it would from the user.
-    options = {k: v for k, v in (("name", name), ("revision", revision)) if v is not None}
+def read_hub(source: str, split: str, **options: Any) -> Iterator[tuple[str, Any]]:
+    """(location, row) of a hub data set's split, ``options`` as ``load_dataset`` takes them
+    (``name``, ``revision``, ``data_dir``, ``data_files``): only those given, so that
+    ``load_dataset`` sees the call it would from the user."""
     why = offline_if_unreachable()
     try:
         ds = datasets.load_dataset(source, split=split, **options)
@@ -480,6 +482,9 @@ def iter_source_rows(
     without rows raises DataSourceError."""
     if slicing(split) and not is_hub_id(source):  # the hub's datasets slices itself
         yield from _sliced_rows(source, split, name, revision)
+        return
+    if isinstance(source, Mixture):  # TRL's ``datasets``: each part names its own config
+        yield from source.rows(split or "train")
         return
     # datasets' name of a data set's only config, "default", asks nothing of a local one
     hub_only = name not in (None, "default") or revision is not None
@@ -536,21 +541,27 @@ def iter_source_rows(
             )
         if path.is_file():
             _say_split_unused(source, split)
-        for file in files or local_files(path, split):  # one file, or a split's shards
-            suffix = Path(strip_gz(file)).suffix
-            if suffix not in READERS:
-                raise DataSourceError(
-                    f"{file}: unknown file type {suffix!r}; expected one of {SUFFIXES} "
-                    "(optionally .gz)"
-                )
-            note = " (empty file)" if file.stat().st_size == 0 else ""
-            yield from _some_rows(READERS[suffix](file), str(file), note)
+        yield from read_files(files or local_files(path, split))  # a file, or a split's shards
         return
     if not is_hub_id(source):  # a path, by its look, that is not there
         raise DataSourceError(f"{source}: no such file")
     # A hub id. Unreachable offline, but this is the path users with internet take.
     split = split or "train"
-    yield from _some_rows(_hub_rows(source, split, name, revision), f"{source}[{split}]")
+    options = {k: v for k, v in (("name", name), ("revision", revision)) if v is not None}
+    yield from _some_rows(read_hub(source, split, **options), f"{source}[{split}]")
+
+
+def read_files(files: Iterable[Path]) -> Iterator[tuple[str, Any]]:
+    """(location, row) of local files, each by the reader of its suffix; a file without rows
+    is a DataSourceError."""
+    for file in files:
+        suffix = Path(strip_gz(file)).suffix
+        if suffix not in READERS:
+            raise DataSourceError(
+                f"{file}: unknown file type {suffix!r}; expected one of {SUFFIXES} (optionally .gz)"
+            )
+        note = " (empty file)" if file.stat().st_size == 0 else ""
+        yield from _some_rows(READERS[suffix](file), str(file), note)
 
 
 _SAID_UNUSED: set[tuple[str, str]] = set()

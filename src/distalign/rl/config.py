@@ -26,6 +26,7 @@ from distalign.config import (
     require,
     resume_value,
 )
+from distalign.data.mixture import resolve_mixture
 from distalign.hub import HubKeys
 from distalign.losses import IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, loss_type_objective
 from distalign.models.generate import SamplingConfig
@@ -96,6 +97,13 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     """Held-out prompts for the periodic evaluation (default: ``dataset_name``)."""
     dataset_test_split: str = "test"
     """Split of the held-out prompts."""
+    datasets: list[Any] | None = None
+    """TRL's mixture (``DatasetMixtureConfig``): data sets read one after the other in place of
+    ``dataset_name``, each ``{path, name, data_dir, data_files, split, columns, fraction}``
+    (``distalign.data.mixture``)."""
+    test_split_size: float | None = None
+    """A share (or a count, when >= 1) of the ``datasets`` mixture held out as its test split,
+    drawn with ``seed``."""
     skip_bad_rows: bool = False
     """Skip malformed rows of the prompt sources (counted) instead of stopping at the first."""
     max_eval_samples: int = 16
@@ -352,6 +360,7 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     def __post_init__(self):
         check_scheduler(self.lr_scheduler_type, self.lr_scheduler_kwargs)
         super().__post_init__()  # SamplingConfig's reads TRL's meaningful nulls (resolve_nulls)
+        resolve_mixture(self, RLTrainConfig.dataset_name)
         self.report_to = report_to_list(self.report_to)
         resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)

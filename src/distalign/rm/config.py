@@ -25,6 +25,7 @@ from distalign.config import (
     resume_value,
 )
 from distalign.data.formats import FORMATS
+from distalign.data.mixture import resolve_mixture
 from distalign.hub import HubKeys
 from distalign.models.load import DEFAULT_MODEL, prefix_sharing_for
 from distalign.models.options import ModelKeys
@@ -87,6 +88,13 @@ class RMTrainConfig(AdamKeys, ModelKeys, HubKeys):
     """Held-out pairs (default: ``dataset_name``)."""
     dataset_test_split: str = "test"
     """Held-out split."""
+    datasets: list[Any] | None = None
+    """TRL's mixture (``DatasetMixtureConfig``): data sets read one after the other in place of
+    ``dataset_name``, each ``{path, name, data_dir, data_files, split, columns, fraction}``
+    (``distalign.data.mixture``)."""
+    test_split_size: float | None = None
+    """A share (or a count, when >= 1) of the ``datasets`` mixture held out as its test split,
+    drawn with ``seed``."""
     format: str | None = None
     """Force a preference format (explicit | implicit | hh | sharegpt | alpaca); detected
     when unset."""
@@ -260,6 +268,7 @@ class RMTrainConfig(AdamKeys, ModelKeys, HubKeys):
 
     def __post_init__(self):
         resolve_nulls(self)
+        resolve_mixture(self, RMTrainConfig.dataset_name)
         check_scheduler(self.lr_scheduler_type, self.lr_scheduler_kwargs)
         self.report_to = report_to_list(self.report_to)
         resolve_report_to(self.report_to)  # a tracker that is not installed fails here, early

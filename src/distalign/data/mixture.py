@@ -1,0 +1,359 @@
+"""TRL's data set mixture: ``datasets:`` in a training config, as TRL's scripts read it
+(``trl.DatasetMixtureConfig``, ``trl.get_dataset``).
+
+    datasets:
+      - path: Anthropic/hh-rlhf
+        data_dir: helpful-base
+      - path: json
+        data_files: my_pairs.jsonl
+        columns: [chosen, rejected]
+    test_split_size: 0.05
+
+Each entry names one source as ``datasets.load_dataset`` takes it (``path``, ``name``,
+``data_dir``, ``data_files``, ``split``), then keeps some ``columns`` and a share of the mixture
+(``fraction``); the sources' rows are read one after the other as the split ``train``, and
+``test_split_size`` holds out a share (or a count) of them as ``test``, drawn with the run's
+``seed`` (TRL draws another split at every run). The mixture stands in for ``dataset_name``
+(``Mixture``), so that every command reads its rows as any source's, each named by its own file
+and row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# datasets' packaged builders of files: load_dataset("json", data_files=...)
+FILE_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas")
+
+
+@dataclasses.dataclass(frozen=True)
+class MixturePart:
+    """One entry of ``datasets:``, with the keys of TRL's ``DatasetConfig``."""
+
+    path: str
+    name: str | None = None
+    data_dir: str | None = None
+    data_files: Any = None
+    split: str = "train"
+    columns: tuple[str, ...] | None = None
+    fraction: float | None = None
+
+    def label(self) -> str:
+        """How the part is named among the mixture's sources."""
+        where = self.path
+        if self.data_dir:
+            where += f" ({self.data_dir})"
+        if self.data_files is not None:
+            where += f" ({_files_text(self.data_files)})"
+        if self.name:
+            where += f" [{self.name}]"
+        return f"{where}[{self.split}]"
+
+
+def _files_text(files: Any) -> str:
+    if isinstance(files, str):
+        return files
+    if isinstance(files, dict):
+        return ", ".join(f"{k}: {_files_text(v)}" for k, v in files.items())
+    return ", ".join(map(str, files))
+
+
+def parse_parts(items: Any, where: str = "datasets") -> list[MixturePart]:
+    """``datasets:`` as given (mappings, or ``MixturePart``/TRL ``DatasetConfig`` objects) ->
+    its parts, or a ConfigError naming the entry and key that is wrong."""
+    from distalign.config import ConfigError
+
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{where}: a list of data sets (each with path, and optionally "
+                          f"name, data_dir, data_files, split, columns, fraction), got "
+                          f"{type(items).__name__}")  # fmt: skip
+    keys = [f.name for f in dataclasses.fields(MixturePart)]
+    parts, errors = [], []
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        if dataclasses.is_dataclass(item) and not isinstance(item, type):
+            item = {k: getattr(item, k) for k in keys if hasattr(item, k)}  # TRL's DatasetConfig
+        if isinstance(item, str):  # a bare source
+            item = {"path": item}
+        if not isinstance(item, dict):
+            errors.append(f"{at}: a mapping with path (and name, data_dir, data_files, split, "
+                          f"columns, fraction), got {type(item).__name__}")  # fmt: skip
+            continue
+        for key in item:
+            if key not in keys:
+                close = difflib.get_close_matches(str(key), keys, n=1)
+                maybe = f". Did you mean '{close[0]}'?" if close else ""
+                errors.append(f"{at}: Key '{key}' not in a data set's keys {keys}{maybe}")
+        if any(key not in keys for key in item):
+            continue
+        value = dict(item)
+        problems = _part_problems(value)
+        errors.extend(f"{at}: {p}" for p in problems)
+        if problems:
+            continue
+        if isinstance(value.get("columns"), str):
+            value["columns"] = [value["columns"]]
+        if value.get("columns") is not None:
+            value["columns"] = tuple(value["columns"])
+        value["split"] = value.get("split") or "train"
+        parts.append(MixturePart(**value))
+    if not errors and not parts:
+        errors.append(f"{where}: no data set in the list")
+    fractions = [p.fraction for p in parts]
+    if any(f is not None for f in fractions):
+        if any(f is None for f in fractions):
+            errors.append(f"{where}: fraction is set for some data sets and not others: set it "
+                          "for all or none (as TRL requires)")  # fmt: skip
+        elif sum(fractions) <= 0:
+            errors.append(f"{where}: the fractions add up to 0; give at least one above 0")
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return parts
+
+
+def _part_problems(item: dict) -> list[str]:
+    """What is wrong with one entry's values."""
+    problems = []
+    path = item.get("path")
+    if not isinstance(path, str) or not path.strip():
+        builders = ", ".join(FILE_BUILDERS)
+        problems.append(f"path: a hub id, a local file or folder, or a builder ({builders}) "
+                        f"with data_files; got {path!r}")  # fmt: skip
+    for key in ("name", "data_dir", "split"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            problems.append(f"{key}: a string, got {item[key]!r}")
+    files = item.get("data_files")
+    if files is not None and not _files_shape(files):
+        problems.append("data_files: a path or pattern, a list of them, or a mapping of split "
+                        f"-> paths, got {files!r}")  # fmt: skip
+    columns = item.get("columns")
+    if columns is not None and not (
+        isinstance(columns, str)
+        or (isinstance(columns, list | tuple) and all(isinstance(c, str) for c in columns))
+    ):
+        problems.append(f"columns: a list of column names, got {columns!r}")
+    fraction = item.get("fraction")
+    if fraction is not None and (
+        isinstance(fraction, bool) or not isinstance(fraction, int | float) or fraction < 0
+    ):
+        problems.append(f"fraction: a share >= 0 of the mixture, got {fraction!r}")
+    if (
+        isinstance(path, str)
+        and path in FILE_BUILDERS
+        and files is None
+        and not item.get("data_dir")
+    ):
+        problems.append(f"path {path!r} is datasets' builder of {path} files: give data_files "
+                        "(or data_dir), or the file's own path as path")  # fmt: skip
+    return problems
+
+
+def _files_shape(files: Any) -> bool:
+    if isinstance(files, str):
+        return True
+    if isinstance(files, list | tuple):
+        return all(isinstance(f, str) for f in files) or all(isinstance(f, dict) for f in files)
+    if isinstance(files, dict):
+        return all(isinstance(k, str) and _files_shape(v) for k, v in files.items())
+    return False
+
+
+class Mixture(str):
+    """A mixture of sources where a config's ``dataset_name`` goes. It is a string, its
+    description (``datasets: a.jsonl[train] + org/set (helpful-base)[train]``), so that every
+    place that names a source names it so and a saved config holds it; its rows are read
+    through ``data.load.iter_source_rows`` with the splits ``train`` and, with
+    ``test_split_size``, ``test``."""
+
+    parts: tuple[MixturePart, ...]
+    test_split_size: float | int | None
+    seed: int
+
+    def __new__(cls, parts, test_split_size=None, seed=0):
+        text = "datasets: " + " + ".join(p.label() for p in parts)
+        self = super().__new__(cls, text)
+        self.parts = tuple(parts)
+        self.test_split_size = test_split_size
+        self.seed = seed
+        self._splits = None
+        return self
+
+    def __reduce__(self):  # copied and pickled as the parts it is made of
+        return (Mixture, (self.parts, self.test_split_size, self.seed))
+
+    def split_names(self) -> list[str]:
+        return ["train"] if self.test_split_size is None else ["train", "test"]
+
+    def hub_ids(self) -> list[str]:
+        """The parts that are hub data sets (for a model card's ``datasets``)."""
+        from distalign.data.load import is_hub_id
+
+        return [p.path for p in self.parts if p.path not in FILE_BUILDERS and is_hub_id(p.path)]
+
+    def rows(self, split: str) -> Iterator[tuple[str, Any]]:
+        """(location, raw row) of a split of the mixture; read once, then kept."""
+        from distalign.data.files import SPLIT_HINT, MissingSplitError
+
+        if split not in self.split_names():
+            why = "" if self.test_split_size is not None else ", and test with test_split_size"
+            raise MissingSplitError(f"{self}: no split {split!r} (a mixture has "
+                                    f"{self.split_names()}{why}); {SPLIT_HINT}")  # fmt: skip
+        if self._splits is None:
+            self._splits = self._read()
+        yield from self._splits[split]
+
+    def _read(self) -> dict[str, list]:
+        read = [_selected(part, i, list(part_rows(part))) for i, part in enumerate(self.parts)]
+        if self.parts[0].fraction is not None:  # TRL's rule: shares of the largest mixture
+            read = _shares(read, [p.fraction for p in self.parts])
+        for i, (part, rows) in enumerate(zip(self.parts, read, strict=True)):
+            log.info("datasets[%d] %s: %d rows", i, part.label(), len(rows))
+        rows = [row for part in read for row in part]
+        if not rows:
+            from distalign.data.files import DataSourceError
+
+            raise DataSourceError(f"{self}: no rows")
+        if self.test_split_size is None:
+            return {"train": rows}
+        return dict(zip(("train", "test"), _held_out(rows, self.test_split_size, self.seed),
+                        strict=True))  # fmt: skip
+
+
+def _shares(read: list[list], fractions: list[float]) -> list[list]:
+    """TRL's ``fraction``: normalised weights, and the largest mixture no source must be
+    repeated for; each source gives its first ``round(weight * total)`` rows."""
+    weights = [f / sum(fractions) for f in fractions]
+    total = min(len(rows) / w for rows, w in zip(read, weights, strict=True) if w > 0)
+    return [rows[: round(w * total)] for rows, w in zip(read, weights, strict=True)]
+
+
+def _held_out(rows: list, size: float | int, seed: int) -> tuple[list, list]:
+    """``datasets``' ``train_test_split(test_size=size, seed=seed)`` of ``rows``: the same
+    rows for the same seed, its own checks of ``size``."""
+    import datasets
+
+    from distalign.data.files import DataSourceError
+
+    if isinstance(size, float) and size >= 1 and size.is_integer():
+        size = int(size)  # a count (the config reads every number as a float)
+    index = datasets.Dataset.from_dict({"i": list(range(len(rows)))})
+    try:
+        split = index.train_test_split(test_size=size, seed=seed)
+    except ValueError as e:
+        raise DataSourceError(f"test_split_size {size!r} of {len(rows)} rows: {e}") from None
+    return tuple([rows[i] for i in split[name]["i"]] for name in ("train", "test"))
+
+
+def _selected(part: MixturePart, index: int, rows: list) -> list:
+    """A part's rows with only its ``columns``; a column no row has is an error, as
+    ``select_columns`` has it (a row without one that others have gets null, as datasets'
+    table gives it)."""
+    if part.columns is None:
+        return rows
+    from distalign.data.files import DataSourceError
+
+    seen = {key for _, row in rows if isinstance(row, dict) for key in row}
+    if missing := [c for c in part.columns if c not in seen]:
+        raise DataSourceError(f"datasets[{index}] {part.label()}: no column {missing} (its "
+                              f"rows have {sorted(seen)})")  # fmt: skip
+    return [
+        (where, {c: row.get(c) for c in part.columns} if isinstance(row, dict) else row)
+        for where, row in rows
+    ]
+
+
+def part_rows(part: MixturePart) -> Iterator[tuple[str, Any]]:
+    """(location, raw row) of one entry: a source as ``dataset_name`` reads it, or files
+    named by ``data_dir`` / ``data_files`` (a local folder's, a builder's or the hub's)."""
+    from distalign.data.load import (
+        iter_source_rows,
+        read_files,
+        read_hub,
+        resolve_source,
+        slicing,
+        split_rows,
+    )
+
+    if part.data_files is None and part.data_dir is None:
+        yield from iter_source_rows(part.path, part.split, name=part.name)
+        return
+    from distalign.data.files import DataSourceError, data_files_of, local_files
+
+    source = part.path
+    folder = Path(resolve_source(source)).expanduser()
+    builder = source in FILE_BUILDERS and not folder.exists()
+    remote = any("://" in f for f in _patterns(part.data_files))
+    if (not builder and not folder.is_dir()) or remote:
+        if folder.is_file():
+            raise DataSourceError(f"{source}: a file; data_dir and data_files name files "
+                                  "inside a folder, a builder (json, csv, …) or a hub data "
+                                  "set")  # fmt: skip
+        options = {"data_dir": part.data_dir, "data_files": part.data_files, "name": part.name}
+        yield from read_hub(source, part.split, **{k: v for k, v in options.items() if v})
+        return
+    base = Path.cwd() if builder else folder
+    if part.data_dir:
+        base = base / Path(part.data_dir).expanduser()
+        if not base.is_dir():
+            raise DataSourceError(f"{source}: data_dir {part.data_dir!r} is not a folder "
+                                  f"({base})")  # fmt: skip
+    what = "data_files"
+
+    def read(split: str) -> list:
+        files = (
+            data_files_of(base, part.data_files, split, what)
+            if part.data_files is not None
+            else local_files(base, split)
+        )
+        return list(read_files(files))
+
+    if slicing(part.split):
+        yield from split_rows(part.split, read, str(base))
+    else:
+        yield from read(part.split)
+
+
+def _patterns(files: Any) -> list[str]:
+    if files is None:
+        return []
+    if isinstance(files, str):
+        return [files]
+    if isinstance(files, dict):
+        return [p for v in files.values() for p in _patterns(v)]
+    return [p for f in files for p in (_patterns(f.get("path")) if isinstance(f, dict) else [f])]
+
+
+def resolve_mixture(cfg: Any, default_name: Any) -> None:
+    """A training config's ``datasets`` (TRL's mixture) read in place of ``dataset_name``, as
+    TRL's scripts read it, with a warning where a ``dataset_name`` of its own is set too
+    (``default_name``: the field's default). ``test_split_size`` alone, as in TRL, splits
+    nothing: said."""
+    from distalign.config import config_warning
+
+    if not cfg.datasets:
+        if cfg.test_split_size is not None:
+            config_warning(log, "test_split_size=%r acts on a `datasets` mixture only, as in "
+                           "TRL; for dataset_name, give dataset_test_split (or slices: "
+                           "dataset_train_split=train[:90%%] dataset_test_split=train[90%%:])",
+                           cfg.test_split_size)  # fmt: skip
+        return
+    parts = parse_parts(cfg.datasets)
+    own = cfg.dataset_name
+    if own not in (None, default_name) and not isinstance(own, Mixture):
+        config_warning(log, "both datasets and dataset_name (%s) are given: the mixture is "
+                       "read and dataset_name is not, as in TRL's scripts",
+                       own if isinstance(own, str) else "a Dataset")  # fmt: skip
+    for key in ("dataset_config", "dataset_revision"):
+        if getattr(cfg, key, None) is not None:
+            config_warning(log, "%s=%r does nothing beside datasets (each data set takes its "
+                           "own name)", key, getattr(cfg, key))  # fmt: skip
+    cfg.dataset_name = Mixture(parts, cfg.test_split_size, cfg.seed)
