@@ -741,7 +741,7 @@ def test_transformers_sampling_strategy_and_trl_launch_keys(tmp_path, caplog):
         RLTrainConfig(num_train_epochs=2)  # built in Python: said, not counted
     assert "num_train_epochs=2 does nothing beside max_steps=20" in caplog.text
     # TRL's data set mixture: its empty default does nothing; rm train reads a mixture
-    # (tests/test_data_mixture.py), a command that does not train says what to do
+    # (tests/data/test_mixture.py), a command that does not train says what to do
     path.write_text("datasets: []\nstreaming: false\ntest_split_size: null\n")
     assert load_config(RMTrainConfig, path) == RMTrainConfig(datasets=[])
     path.write_text("datasets:\n  - path: org/a\n  - path: org/b\n")

@@ -262,6 +262,14 @@ def shown(name: Any) -> str:
     last part (a card goes public; the user's folders need not), anything else by its name."""
     if not isinstance(name, str):
         return getattr(name, "__name__", type(name).__name__)
+    from distalign.data.mixture import FILE_BUILDERS, Mixture  # data imports this module
+
+    if isinstance(name, Mixture):  # a data set mixture: its sources
+        return " + ".join(
+            f"{p.path} files (local)" if p.path in FILE_BUILDERS
+            else shown(p.path) + (f" ({p.data_dir})" if p.data_dir else "")
+            for p in name.parts
+        )  # fmt: skip
     if is_hub_id(name) or not any(c in name for c in "/\\"):
         return name
     from distalign.rl.rewards import above_generic_folders

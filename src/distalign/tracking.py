@@ -231,6 +231,10 @@ def _inputs(cfg: Any) -> list[str]:
     output_dir aside."""
     values = [getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "output_dir"]
     flat = [x for v in values for x in (v if isinstance(v, list | tuple) else [v])]
+    from distalign.data.mixture import Mixture
+
+    # a data set mixture names its sources' paths
+    flat = [y for x in flat for y in ([p.path for p in x.parts] if isinstance(x, Mixture) else [x])]
     return [x for x in flat if isinstance(x, str) and x and Path(x).expanduser().exists()]
 
 

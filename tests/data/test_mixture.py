@@ -5,6 +5,7 @@ rm train / rl train reading it from a config."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import pickle
 
@@ -95,6 +96,60 @@ def test_data_files_as_datasets_reads_them(sources):
         read(path="repo", data_dir="absent")
     with pytest.raises(DataSourceError, match="a file; data_dir and data_files name files"):
         read(path="loose.jsonl", data_dir="x")
+
+
+def test_data_files_give_the_files_load_dataset_takes_in_its_order(sources):
+    """Hidden files and folders, ``__pycache__`` and README.md are passed over, files of
+    several folders come in datasets' order, and a file named twice is read twice."""
+    for name in ("x/a", "x/z/d", "x-y/b", "x.y/c", "x0", ".hid/e", "__pycache__/f", ".g"):
+        (sources / "tree" / name).parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(sources / "tree" / f"{name}.jsonl", pairs(name, 1))
+    (sources / "tree" / "README.md").write_text("# a card\n")
+    for files in ("tree/**/*.jsonl", "tree/**", ["tree/x0.jsonl", "tree/x0.jsonl"],
+                  ["tree/*.jsonl", "tree/x0.jsonl"]):  # fmt: skip
+        ours = texts(Mixture(parse_parts([{"path": "json", "data_files": files}])))
+        theirs = datasets.load_dataset("json", data_files=files, split="train")["prompt"]
+        assert ours == theirs, files
+    assert len(theirs) == 2  # the file named twice
+
+
+def test_a_builder_is_a_builder_and_its_other_files_are_read_by_datasets(sources):
+    (sources / "json").mkdir()  # a folder named as the builder: load_dataset reads the builder
+    write_jsonl(sources / "json" / "train.jsonl", pairs("folder", 1))
+    assert texts(Mixture(parse_parts([{"path": "json", "data_files": "loose.jsonl"}])))[0] == (
+        "loose q0"
+    )
+    (sources / "lines.txt").write_text("first prompt\nsecond prompt\n")
+    rows = list(
+        iter_source_rows(Mixture(parse_parts([{"path": "text", "data_files": "lines.txt"}])))
+    )
+    assert [row for _, row in rows] == [{"text": "first prompt"}, {"text": "second prompt"}]
+
+
+def test_a_long_mixture_is_named_in_a_few_words(sources):
+    """Its name is where a source's is, a path checked for existence among others."""
+    from pathlib import Path
+
+    files = [f"shard-{i:05d}-of-00012-with-a-long-name.jsonl" for i in range(12)]
+    parts = parse_parts([{"path": "json", "data_files": files}] * 4)
+    mixture = Mixture(parts)
+    assert mixture == "datasets: json (12 files)[train] + 3 more"
+    assert not Path(mixture).exists()  # no "file name too long"
+    two = Mixture(parse_parts([{"path": "json", "data_files": ["a.jsonl", "b.jsonl"]}]))
+    assert two == "datasets: json (a.jsonl, b.jsonl)[train]"
+
+
+def test_a_mixture_is_named_by_its_sources_on_a_card_and_in_file_names(sources):
+    from distalign.eval.rm import eval_file_name
+    from distalign.hub import shown
+
+    mixture = Mixture(parse_parts([{"path": "Anthropic/hh-rlhf", "data_dir": "helpful-base"},
+                                   {"path": "json", "data_files": "/home/me/a.jsonl"},
+                                   {"path": "repo", "data_dir": "harmless-base"}]))  # fmt: skip
+    assert shown(mixture) == (
+        "Anthropic/hh-rlhf (helpful-base) + json files (local) + repo (harmless-base)"
+    )
+    assert eval_file_name(mixture, "test") == "eval_datasets_test.json"
 
 
 def test_columns_and_fractions_as_trl_takes_them(sources):
@@ -216,10 +271,18 @@ def test_a_training_config_reads_the_mixture_in_place_of_dataset_name(sources, c
     # a saved config holds the description beside the mixture that makes it again
     saved = yaml.safe_load(yaml.safe_dump(config_dict(cfg)))
     assert saved["dataset_name"] == str(cfg.dataset_name) and saved["datasets"][0]["path"] == "repo"
-    keys = ("datasets", "seed", "test_split_size", "reward")
+    keys = ("dataset_name", "datasets", "seed", "test_split_size", "reward")
     again = RLTrainConfig(**{k: v for k, v in saved.items() if k in keys})
     assert again.dataset_name == cfg.dataset_name
     assert copy.deepcopy(cfg).dataset_name.parts == cfg.dataset_name.parts
+    (sources / "saved.yaml").write_text(yaml.safe_dump({k: saved[k] for k in keys}))
+    with caplog.at_level(logging.WARNING):  # the saved config again: its name is the mixture's
+        assert load_config(RLTrainConfig, sources / "saved.yaml") == again
+    assert "both datasets and dataset_name" not in caplog.text
+    # a config made again from this one makes its mixture again, or refuses a stale one
+    assert dataclasses.replace(again, seed=4).dataset_name.seed == 4
+    with pytest.raises(ConfigError, match=r"dataset_name is the mixture of an earlier datasets"):
+        dataclasses.replace(again, datasets=None)
     assert pickle.loads(pickle.dumps(cfg.dataset_name)).seed == 3
     # TRL's scripts read datasets over dataset_name: said, as they say it
     with caplog.at_level(logging.WARNING):

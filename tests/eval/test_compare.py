@@ -573,6 +573,11 @@ def test_compare_warns_when_its_prompts_are_a_runs_training_prompts(tmp_path, ca
     with caplog.at_level("WARNING"):
         assert trained_on_these_prompts(CompareConfig(dataset_name="gold", runs=[str(run)])) == []
     assert caplog.text == ""  # gold: trained on train, compared on test
+    # a run trained on a mixture (TRL's datasets) took rows of each of its sources
+    for entry in (f"path: {prompts}", f"path: json\n    data_files: {prompts}"):
+        (run / "config.yaml").write_text(f"dataset_name: 'datasets: x'\ndatasets:\n  - path: "
+                                         f"gold\n  - {entry}\nreward: judges:length\n")  # fmt: skip
+        assert trained_on_these_prompts(cfg) == [str(run)]
 
 
 def _judge_summary() -> dict:

@@ -433,27 +433,22 @@ def data_files_of(
                               f"{list(by_split)}); {SPLIT_HINT}")  # fmt: skip
     patterns = by_split[split]
     patterns = [patterns] if isinstance(patterns, str) else list(patterns or [])
-    # in the patterns' order, each one's files sorted, as datasets resolves them
-    anchor = (lambda p: (base, p)) if inside else (lambda p: _anchored(base, p))
-    found = list(dict.fromkeys(
-        f for p in patterns for f in sorted(_matches(*anchor(p))) if f.is_file()
-    ))  # fmt: skip
+    from datasets.data_files import resolve_pattern
+
+    found = []  # as datasets resolves them: in the patterns' order, a file named twice twice
+    for pattern in patterns:
+        try:  # datasets' own resolver: its globs, hidden and __special__ paths, README.md
+            matched = resolve_pattern(os.path.expanduser(pattern), base_path=str(base))
+        except FileNotFoundError:
+            matched = []
+        found += [Path(f) for f in matched if "://" not in f]
     for f in found if inside else ():
         _inside(base, f, f"pattern {patterns} (matching {f})")
     if not found:
-        raise DataSourceError(f"{base}: no file matches {patterns} ({what}, split {split!r})")
+        relative = any(not os.path.isabs(os.path.expanduser(p)) for p in patterns)
+        where = f"{base}: " if relative else ""
+        raise DataSourceError(f"{where}no file matches {patterns} ({what}, split {split!r})")
     return found
-
-
-def _anchored(base: Path, pattern: str) -> tuple[Path, str]:
-    """A user's data_files pattern as (folder, relative pattern): an absolute one (or ``~``)
-    from its first folder with a wildcard, a relative one under ``base``."""
-    path = Path(pattern).expanduser()
-    if not path.is_absolute():
-        return base, pattern
-    parts = path.parts
-    cut = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts) - 1)
-    return Path(*parts[:cut]), str(Path(*parts[cut:]))
 
 
 def _inside(folder: Path, path: Path, what: str) -> None:
@@ -463,15 +458,3 @@ def _inside(folder: Path, path: Path, what: str) -> None:
     root = os.path.normpath(os.path.abspath(folder))
     if os.path.commonpath([root, os.path.normpath(os.path.abspath(path))]) != root:
         raise DataSourceError(f"{folder}: its card's {what} is not inside it")
-
-
-def _matches(folder: Path, pattern: str) -> list[Path]:
-    """The paths a card's pattern names under ``folder``, as the hub reads it: a trailing
-    ``**`` is every file below (pathlib's glob gives only the folders)."""
-    pattern = pattern.removeprefix("./")
-    if Path(pattern).is_absolute():
-        raise DataSourceError(f"{folder}: its card's pattern {pattern!r} is not inside it")
-    found = list(folder.glob(pattern))
-    if pattern.endswith("**"):
-        found += folder.glob(pattern + "/*")
-    return found

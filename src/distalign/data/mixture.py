@@ -29,8 +29,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# datasets' packaged builders of files: load_dataset("json", data_files=...)
+# datasets' packaged builders of files: load_dataset("json", data_files=...); the first three
+# read by distalign's own readers (row locations, skip_bad_rows), the others by datasets
 FILE_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas")
+OWN_READERS = ("json", "csv", "parquet")
+LONGEST_NAME = 100  # characters of a mixture's name, shown in titles and logs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +61,13 @@ class MixturePart:
 
 
 def _files_text(files: Any) -> str:
+    """data_files in a few words: a long list by its first file and its count."""
     if isinstance(files, str):
         return files
     if isinstance(files, dict):
         return ", ".join(f"{k}: {_files_text(v)}" for k, v in files.items())
-    return ", ".join(map(str, files))
+    names = [str(f.get("path") if isinstance(f, dict) else f) for f in files]
+    return ", ".join(names) if len(names) <= 2 else f"{len(names)} files"
 
 
 def parse_parts(items: Any, where: str = "datasets") -> list[MixturePart]:
@@ -180,6 +185,10 @@ class Mixture(str):
 
     def __new__(cls, parts, test_split_size=None, seed=0):
         text = "datasets: " + " + ".join(p.label() for p in parts)
+        if len(text) > LONGEST_NAME:  # a name, not a listing (each part is logged as read)
+            first = parts[0].label()
+            first = first if len(first) < LONGEST_NAME // 2 else first[: LONGEST_NAME // 2] + "…"
+            text = f"datasets: {first}" + (f" + {len(parts) - 1} more" if len(parts) > 1 else "")
         self = super().__new__(cls, text)
         self.parts = tuple(parts)
         self.test_split_size = test_split_size
@@ -207,9 +216,9 @@ class Mixture(str):
             why = "" if self.test_split_size is not None else ", and test with test_split_size"
             raise MissingSplitError(f"{self}: no split {split!r} (a mixture has "
                                     f"{self.split_names()}{why}); {SPLIT_HINT}")  # fmt: skip
-        if self._splits is None:
+        if self._splits is None or split not in self._splits:
             self._splits = self._read()
-        yield from self._splits[split]
+        yield from self._splits.pop(split)  # read once per split: kept no longer than that
 
     def _read(self) -> dict[str, list]:
         read = [_selected(part, i, list(part_rows(part))) for i, part in enumerate(self.parts)]
@@ -290,10 +299,10 @@ def part_rows(part: MixturePart) -> Iterator[tuple[str, Any]]:
 
     source = part.path
     folder = Path(resolve_source(source)).expanduser()
-    builder = source in FILE_BUILDERS and not folder.exists()
+    builder = source in FILE_BUILDERS  # as datasets reads it, over a folder of that name
     remote = any("://" in f for f in _patterns(part.data_files))
-    if (not builder and not folder.is_dir()) or remote:
-        if folder.is_file():
+    if (not builder and not folder.is_dir()) or remote or (builder and source not in OWN_READERS):
+        if folder.is_file() and not builder:
             raise DataSourceError(f"{source}: a file; data_dir and data_files name files "
                                   "inside a folder, a builder (json, csv, …) or a hub data "
                                   "set")  # fmt: skip
@@ -332,6 +341,21 @@ def _patterns(files: Any) -> list[str]:
     return [p for f in files for p in (_patterns(f.get("path")) if isinstance(f, dict) else [f])]
 
 
+def mixture_sources(items: Any) -> list[tuple[str, str]]:
+    """(source, split) of each entry of a saved ``datasets``, as ``dataset_name`` would name
+    it: a local folder with its ``data_dir``, a builder's one local file (for a comparison to
+    tell a run's training rows; a mixture's entry gives some of that source's rows)."""
+    found = []
+    for part in parse_parts(items):
+        source = part.path
+        if part.data_dir and Path(source).expanduser().is_dir():
+            source = str(Path(source) / part.data_dir)
+        if source in FILE_BUILDERS and isinstance(part.data_files, str):
+            source = str(Path(part.data_dir or "", part.data_files))
+        found.append((source, part.split))
+    return found
+
+
 def resolve_mixture(cfg: Any, default_name: Any) -> None:
     """A training config's ``datasets`` (TRL's mixture) read in place of ``dataset_name``, as
     TRL's scripts read it, with a warning where a ``dataset_name`` of its own is set too
@@ -340,15 +364,22 @@ def resolve_mixture(cfg: Any, default_name: Any) -> None:
     from distalign.config import config_warning
 
     if not cfg.datasets:
+        if isinstance(cfg.dataset_name, Mixture):  # dataclasses.replace(cfg, datasets=None)
+            from distalign.config import ConfigError
+
+            raise ConfigError(f"dataset_name is the mixture of an earlier datasets "
+                              f"({cfg.dataset_name}), and datasets is not set now: give "
+                              "dataset_name, or datasets")  # fmt: skip
         if cfg.test_split_size is not None:
             config_warning(log, "test_split_size=%r acts on a `datasets` mixture only, as in "
                            "TRL; for dataset_name, give dataset_test_split (or slices: "
                            "dataset_train_split=train[:90%%] dataset_test_split=train[90%%:])",
                            cfg.test_split_size)  # fmt: skip
         return
-    parts = parse_parts(cfg.datasets)
+    mixture = Mixture(parse_parts(cfg.datasets), cfg.test_split_size, cfg.seed)
     own = cfg.dataset_name
-    if own not in (None, default_name) and not isinstance(own, Mixture):
+    # a saved config holds the mixture's name as its dataset_name: no other source
+    if own not in (None, default_name, mixture) and not isinstance(own, Mixture):
         config_warning(log, "both datasets and dataset_name (%s) are given: the mixture is "
                        "read and dataset_name is not, as in TRL's scripts",
                        own if isinstance(own, str) else "a Dataset")  # fmt: skip
@@ -356,4 +387,4 @@ def resolve_mixture(cfg: Any, default_name: Any) -> None:
         if getattr(cfg, key, None) is not None:
             config_warning(log, "%s=%r does nothing beside datasets (each data set takes its "
                            "own name)", key, getattr(cfg, key))  # fmt: skip
-    cfg.dataset_name = Mixture(parts, cfg.test_split_size, cfg.seed)
+    cfg.dataset_name = mixture

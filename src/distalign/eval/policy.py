@@ -346,15 +346,19 @@ def trained_on_these_prompts(cfg: CompareConfig) -> list[str]:
     split, ``evaluates_on_training_data``), each said in a warning: their figures are not
     held out, and the report says so."""
     from distalign.data.load import evaluates_on_training_data
+    from distalign.data.mixture import mixture_sources
     from distalign.tracking import read_run_config
 
     found = []
     for folder in trained_rewards(cfg):
         saved = read_run_config(folder) or {}
-        source = saved.get("dataset_name", "gold")
-        split = saved.get("dataset_train_split", "train")
-        if isinstance(source, str) and evaluates_on_training_data(
-            source, cfg.dataset_name, split, cfg.dataset_test_split
+        trained = [(saved.get("dataset_name", "gold"), saved.get("dataset_train_split", "train"))]
+        if saved.get("datasets"):  # a mixture: each of its sources, some rows of which it took
+            trained = mixture_sources(saved["datasets"])
+        if any(
+            isinstance(source, str)
+            and evaluates_on_training_data(source, cfg.dataset_name, split, cfg.dataset_test_split)
+            for source, split in trained
         ):
             found.append(str(folder))
             log.warning(

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distalign.data.mixture import Mixture
 from distalign.disagreement import contested, contested_detection, contested_scores
 from distalign.metrics import bayes_accuracy, distribution_summary, mixture_summary, reward_summary
 from distalign.models.heads import head_log_probs
@@ -417,12 +418,15 @@ def eval_file_name(
     A split spec's slices are kept in words a file name takes (``_split_tag``).
     ``<data>`` is the file's or folder's name without a data file's suffix (``pairs.jsonl``
     and ``pairs.jsonl.gz`` give ``pairs``; a split's name keeps its folder's: ``a/test.jsonl``
-    gives ``a_test``), or a hub id with ``--`` for its slash (``org--name``)."""
+    gives ``a_test``), a hub id with ``--`` for its slash (``org--name``), or ``datasets``
+    for a mixture."""
     first_part = f"_first{first}" if first else ""
     length_part = f"_len{lengths[0]}-{lengths[1]}" if lengths else ""
     path = Path(data)
     stem = _DATA_SUFFIX.sub("", path.name) or path.name
-    if stem.lower() in _SPLIT_NAMES and path.parent.name:  # a/test.jsonl, b/test.jsonl
+    if isinstance(data, Mixture):  # a data set mixture, not a path
+        stem = "datasets"
+    elif stem.lower() in _SPLIT_NAMES and path.parent.name:  # a/test.jsonl, b/test.jsonl
         stem = f"{path.parent.name}_{stem}"
     elif data.count("/") == 1 and stem == path.name and not path.exists():  # a hub id
         stem = data.replace("/", "--")
