@@ -746,7 +746,7 @@ def test_transformers_sampling_strategy_and_trl_launch_keys(tmp_path, caplog):
     assert load_config(RMTrainConfig, path) == RMTrainConfig(datasets=[])
     path.write_text("datasets:\n  - path: org/a\n  - path: org/b\n")
     assert load_config(RMTrainConfig, path).dataset_name == "datasets: org/a[train] + org/b[train]"
-    with pytest.raises(ConfigError, match=r"rm train and rl train read: here give one source"):
+    with pytest.raises(ConfigError, match=r"rm train, rl train and data inspect read: here give"):
         load_config(RMEvalConfig, path)
     with pytest.raises(ConfigError, match=r"`num_processes` .*accelerate launch"):
         load_config(RMTrainConfig, None, ["num_processes=4"])

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from distalign.config import (
     ConfigError,
@@ -93,10 +94,19 @@ class DataInspectConfig:
     """rm train's ``max_length`` (its default here): the pairs whose prompt + longer reply
     exceed it are counted (rm train cuts them to fit, TRL's RewardTrainer drops them); None:
     not counted."""
+    datasets: list[Any] | None = None
+    """TRL's mixture, read in place of ``dataset_name`` as rm train reads it
+    (``distalign.data.mixture``): a training config's data, inspected."""
+    test_split_size: float | None = None
+    """A share (or a count) of the ``datasets`` mixture held out as its ``test`` split."""
+    seed: int = 0
+    """The seed of ``test_split_size``'s draw, as the training run's."""
 
     def __post_init__(self):
         from distalign.data.formats import FORMATS
+        from distalign.data.mixture import resolve_mixture
 
+        resolve_mixture(self, DataInspectConfig.dataset_name)
         require([(self.max_length is None or self.max_length > 1, "max_length must be > 1")])
 
         if self.format is not None and self.format not in FORMATS:

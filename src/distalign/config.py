@@ -151,11 +151,11 @@ NOT_OFFERED = {
     "activation_offloading": "activations stay on the device: use gradient_checkpointing",
     "gradient_checkpointing_kwargs": "gradient_checkpointing runs with use_reentrant=false",
     "dataset_streaming": "data sets are read whole; use max_train_samples for a part",
-    "datasets": "TRL's data set mixture, which rm train and rl train read: here give one "
-    "source as dataset_name (dataset_config, dataset_train_split)",
+    "datasets": "TRL's data set mixture, which rm train, rl train and data inspect read: here "
+    "give one source as dataset_name (dataset_config, dataset_train_split)",
     "streaming": "data sets are read whole; use max_train_samples for a part",
-    "test_split_size": "it splits a `datasets` mixture (rm train, rl train); here the held-out "
-    "rows are a split (dataset_test_split, a slice: test[:10%]) or eval_dataset_name",
+    "test_split_size": "it splits a `datasets` mixture (rm train, rl train, data inspect); here "
+    "the held-out rows are a split (dataset_test_split, a slice: test[:10%]) or eval_dataset_name",
     "remove_unused_columns": "training reads the columns it needs and keeps the rest aside",
     "dataset_text_field": "the columns are found by name: a pair's prompt/chosen/rejected, a "
     "prompt's prompt (or an HH, ShareGPT, Alpaca or implicit-prompt file's own, detected)",

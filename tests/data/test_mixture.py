@@ -323,3 +323,20 @@ def test_a_source_name_with_brackets_is_printed_as_written():
     with console.capture() as captured:
         print_metrics("held-out (datasets: a.jsonl[train] + [bold]x.jsonl[test], test)", {"n": 1})
     assert "a.jsonl[train]+[bold]x.jsonl[test]" in "".join(captured.get().split())
+
+
+def test_data_inspect_reads_a_training_configs_mixture(sources):
+    from typer.testing import CliRunner
+
+    from distalign.cli import app
+
+    (sources / "trl.yaml").write_text(
+        "datasets:\n  - path: loose.jsonl\n  - path: repo\n    data_dir: harmless-base\n"
+        "test_split_size: 4\nlearning_rate: 1.0e-5\nmax_length: 64\n"
+    )
+    for split, pairs_read in (("train", 10), ("test", 4)):
+        result = CliRunner().invoke(app, ["data", "inspect", "--config", "trl.yaml",
+                                          "--dataset_split", split])  # fmt: skip
+        assert result.exit_code == 0, str(result.exception)
+        assert "datasets: loose.jsonl[train] + repo (harmless-base)[train]" in result.output
+        assert f"pairs: {pairs_read}" in result.output
