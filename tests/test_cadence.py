@@ -43,7 +43,7 @@ def test_cadence_by_steps_by_epoch_and_off():
 
 def test_checks_refuse_what_transformers_refuses():
     def failed(**kw):
-        return [m for ok, m in cadence_checks(Keys(**kw), epochs=False) if not ok]
+        return [m for ok, m in cadence_checks(Keys(**kw)) if not ok]
 
     assert failed() == []
     assert failed(eval_steps=0.5, warmup_steps=0.1) == []
@@ -51,9 +51,8 @@ def test_checks_refuse_what_transformers_refuses():
         "eval_steps must be a whole number of steps or a fraction in [0, 1), not 2.5"
     ]
     assert failed(logging_steps=0) == ["logging_steps must be > 0"]
-    assert "counts steps, not epochs" in failed(eval_strategy="epoch")[0]
-    assert failed(save_strategy="best")
-    assert not [m for ok, m in cadence_checks(Keys(eval_strategy="epoch"), epochs=True) if not ok]
+    assert failed(save_strategy="best") == ["save_strategy: steps | epoch | no, not 'best'"]
+    assert failed(eval_strategy="epoch", save_strategy="epoch") == []
 
 
 def test_configs_take_the_transformers_keys():
@@ -64,8 +63,8 @@ def test_configs_take_the_transformers_keys():
     assert rm.warmup_steps == 0.1 and rm.eval_on_start
     rl = load_config(RLTrainConfig, None, ["eval_steps=0.25", "warmup_steps=2"])
     assert Cadence.of(rl, rl.max_steps).eval == 5
-    with pytest.raises(ValueError, match=re.escape("eval_strategy: steps | no, not")):
-        load_config(RLTrainConfig, None, ["eval_strategy=epoch"])
+    rl = load_config(RLTrainConfig, None, ["eval_strategy=epoch", "save_strategy=epoch"])
+    assert (rl.eval_strategy, rl.save_strategy) == ("epoch", "epoch")  # as TRL's GRPO/RLOO
 
 
 @pytest.mark.parametrize(

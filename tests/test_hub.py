@@ -248,6 +248,7 @@ def test_a_model_card_names_hub_models_only():
     assert hub.shown("/home/someone/data/pairs.jsonl") == "pairs.jsonl (local)"
     assert hub.shown("/home/someone/runs/my_rm/final/") == "my_rm/final (local)"  # the run's
     assert (hub.shown("gold"), hub.shown("org/set"), hub.shown(len)) == ("gold", "org/set", "len")
+    assert hub.shown("pairs.jsonl") == "pairs.jsonl (local)"  # relative, as absolute
 
 
 def test_an_adapter_of_the_embedded_model_goes_up_naming_its_hub_base(tmp_path, monkeypatch):

@@ -4,7 +4,8 @@
 optimizer steps or, below 1, a fraction of the run's steps (rounded up), as transformers'
 ``TrainingArguments`` reads them; 0 turns the interval off. ``eval_strategy`` and
 ``save_strategy`` are ``steps`` (every ``eval_steps``/``save_steps``), ``epoch`` (at the end
-of every pass over the training data, where the command has epochs) or ``no``.
+of every pass over the training data: ``rl train``'s at the step whose prompts finish a pass
+over its prompts) or ``no``.
 
 Unlike transformers, a run always ends with one evaluation and one resumable checkpoint: the
 final model's metrics are saved beside it and the run can be continued, whatever the
@@ -33,11 +34,9 @@ def steps_of(value: float, total_steps: int) -> int:
     return int(value)
 
 
-def cadence_checks(cfg: Any, *, epochs: bool) -> list[tuple[bool, str]]:
-    """``require`` checks of a config's interval and strategy keys; ``epochs``: whether the
-    command passes over its data in epochs (``rm train``) or counts steps (``rl train``).
-    A strategy YAML read as false (``save_strategy: no``) becomes ``"no"`` first."""
-    allowed = STRATEGIES if epochs else ("steps", "no")
+def cadence_checks(cfg: Any) -> list[tuple[bool, str]]:
+    """``require`` checks of a config's interval and strategy keys. A strategy YAML read as
+    false (``save_strategy: no``) becomes ``"no"`` first."""
     for key in ("eval_strategy", "save_strategy"):
         if getattr(cfg, key) is False or str(getattr(cfg, key)).lower() in ("false", "none"):
             setattr(cfg, key, "no")
@@ -53,8 +52,7 @@ def cadence_checks(cfg: Any, *, epochs: bool) -> list[tuple[bool, str]]:
     checks.append((cfg.logging_steps > 0, "logging_steps must be > 0"))
     for key in ("eval_strategy", "save_strategy"):
         value = getattr(cfg, key)
-        hint = "" if epochs else " (this command counts steps, not epochs)"
-        checks.append((value in allowed, f"{key}: {' | '.join(allowed)}, not {value!r}{hint}"))
+        checks.append((value in STRATEGIES, f"{key}: {' | '.join(STRATEGIES)}, not {value!r}"))
     return checks
 
 

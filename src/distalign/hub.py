@@ -267,11 +267,17 @@ def shown(name: Any) -> str:
     if isinstance(name, Mixture):  # a data set mixture: its sources
         return " + ".join(
             f"{p.path} files (local)" if p.path in FILE_BUILDERS
+            else shown(str(Path(p.path, p.data_dir))) if p.data_dir and Path(p.path).is_dir()
             else shown(p.path) + (f" ({p.data_dir})" if p.data_dir else "")
             for p in name.parts
         )  # fmt: skip
-    if is_hub_id(name) or not any(c in name for c in "/\\"):
+    if is_hub_id(name):
         return name
+    if not any(c in name for c in "/\\"):  # a local file or folder by its name, or an alias
+        from distalign.data.files import SUFFIXES, strip_gz
+
+        local = Path(name).expanduser().exists() or Path(strip_gz(Path(name))).suffix in SUFFIXES
+        return f"{name} (local)" if local else name
     from distalign.rl.rewards import above_generic_folders
 
     path = Path(name.rstrip("/\\"))  # runs/my_rm/final: my_rm/final, the run's name with it

@@ -147,7 +147,7 @@ def test_a_mixture_is_named_by_its_sources_on_a_card_and_in_file_names(sources):
                                    {"path": "json", "data_files": "/home/me/a.jsonl"},
                                    {"path": "repo", "data_dir": "harmless-base"}]))  # fmt: skip
     assert shown(mixture) == (
-        "Anthropic/hh-rlhf (helpful-base) + json files (local) + repo (harmless-base)"
+        "Anthropic/hh-rlhf (helpful-base) + json files (local) + harmless-base (local)"
     )
     assert eval_file_name(mixture, "test") == "eval_datasets_test.json"
 
@@ -340,3 +340,15 @@ def test_data_inspect_reads_a_training_configs_mixture(sources):
         assert result.exit_code == 0, str(result.exception)
         assert "datasets: loose.jsonl[train] + repo (harmless-base)[train]" in result.output
         assert f"pairs: {pairs_read}" in result.output
+
+
+def test_a_look_at_the_first_rows_does_not_read_the_sources_again(sources, monkeypatch):
+    import distalign.data.mixture as mixture_module
+
+    reads = []
+    part_rows = mixture_module.part_rows
+    monkeypatch.setattr(mixture_module, "part_rows", lambda p: reads.append(p) or part_rows(p))
+    mixture = Mixture(parse_parts([{"path": "loose.jsonl"}]), test_split_size=2)
+    next(iter_source_rows(mixture, "train"))  # data inspect's look at the format
+    assert len(texts(mixture)) == 8 and len(texts(mixture, "test")) == 2
+    assert len(reads) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -128,6 +129,12 @@ def test_compare_rejects_no_prompts():
         CompareConfig(max_eval_samples=0)
     with pytest.raises(ValueError, match="sampling_batch_size"):  # SamplingConfig's own checks
         CompareConfig(sampling_batch_size=0)
+
+
+def test_greedy_decoding_of_several_replies_a_prompt_is_said(caplog):
+    with caplog.at_level(logging.WARNING):
+        CompareConfig(temperature=0, num_generations=3)
+    assert "the 3 replies to a prompt come out alike" in caplog.text
 
 
 def test_compare_config_has_flat_sampling_keys_with_its_own_defaults():

@@ -473,6 +473,29 @@ def test_steps_per_generation_updates_on_shares_of_one_batch_against_its_sampler
     assert rates[0] == pytest.approx(2e-3 * 28 / 30) and rates[-1] == pytest.approx(0.0)
 
 
+def test_epoch_strategies_evaluate_and_save_where_a_pass_over_the_prompts_ends(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """TRL's eval_strategy / save_strategy ``epoch``: 6 prompts, 4 a step, so the passes end
+    in steps 2 (prompts 4, 5, then the next pass's 0, 1), 3 (its 2–5) and 5."""
+    import distalign.rl.train as rl_train
+    from tests.conftest import write_jsonl
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"say {w}"} for w in "abcdef"])
+    saved = []
+    save_state = rl_train.save_state
+    monkeypatch.setattr(rl_train, "save_state", lambda t, state, *a, **k: (
+        saved.append(state.step), save_state(t, state, *a, **k)))  # fmt: skip
+    run(config(tiny_model_dir, tmp_path, dataset_name=str(prompts),
+               eval_dataset_name=str(prompts), max_steps=6, max_eval_samples=1,
+               eval_strategy="epoch", save_strategy="epoch", eval_on_start=False))  # fmt: skip
+    evals = [m["step"] for m in read_jsonl(tmp_path / "rl" / "metrics.jsonl") if "eval/reward" in m]
+    assert evals == [2, 3, 5, 6] and saved == [2, 3, 5, 6]  # 6: the run's end, as always
+    assert [rl_train.pass_ended(TrainState(epoch=e, cursor=c, progress=p), 6)
+            for e, c, p in ((0, 6, 0.5), (1, 0, 0.9), (1, 2, 0.9), (1, 2, 1.0))] == [
+        True, True, True, False]  # fmt: skip
+
+
 def test_save_total_limit_keeps_the_newest_step_policies(tiny_model_dir, tmp_path):
     run(config(tiny_model_dir, tmp_path, max_steps=4, save_steps=1, save_total_limit=2,
                max_eval_samples=1))  # fmt: skip
@@ -1295,7 +1318,7 @@ def test_the_ratio_level_unset_is_the_one_trl_takes_for_the_loss_type(caplog):
     with caplog.at_level(logging.WARNING):
         RLTrainConfig(report_to="none", loss_type="sapo", num_iterations=2, max_steps=15)
     assert "product of its tokens' ratios" not in caplog.text
-    assert "TRL's max_steps=15 makes as many updates as max_steps=8 here" in caplog.text
+    assert "max_steps=15 here makes 30 updates, as TRL's max_steps=30" in caplog.text
 
 
 def test_two_seeds_never_share_a_sampling_stream():

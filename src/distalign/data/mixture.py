@@ -218,7 +218,9 @@ class Mixture(str):
                                     f"{self.split_names()}{why}); {SPLIT_HINT}")  # fmt: skip
         if self._splits is None or split not in self._splits:
             self._splits = self._read()
-        yield from self._splits.pop(split)  # read once per split: kept no longer than that
+        yield from self._splits[split]
+        # read whole: kept no longer (a look at its first rows keeps it for the reading)
+        self._splits.pop(split, None)
 
     def _read(self) -> dict[str, list]:
         read = [_selected(part, i, list(part_rows(part))) for i, part in enumerate(self.parts)]

@@ -3,14 +3,17 @@ prompts, decoded how (the run itself is ``eval/policy.py``)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from distalign.config import PlacementConfig, placement_checks, require
+from distalign.config import PlacementConfig, config_warning, placement_checks, require
 from distalign.models.generate import SamplingConfig
 from distalign.models.load import require_4d_mask
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,6 +85,10 @@ class CompareConfig(SamplingConfig, PlacementConfig):
         require([(self.bootstrap >= 1, f"bootstrap must be ≥ 1, got {self.bootstrap}")])
         require(placement_checks(self.device, self.dtype))
         require_4d_mask(self.attn_implementation, "eval compare", "its KL to SFT (rl/logprobs.py)")
+        if self.temperature == 0 and self.num_generations > 1:
+            config_warning(log, "temperature 0 decodes greedily: the %d replies to a prompt come "
+                           "out alike, so num_generations=1 measures the same in 1/%d of the "
+                           "time", self.num_generations, self.num_generations)  # fmt: skip
         self._check_judge()
 
     def _check_judge(self) -> None:

@@ -463,7 +463,7 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
             + self.hub_checks()
             + self.model_checks("CAUSAL_LM")
             + data_source_checks(self)
-            + cadence_checks(self, epochs=False)
+            + cadence_checks(self)
         )
         if self.eval_on_start is None:  # as a TRL user means eval_strategy: no
             self.eval_on_start = self.eval_strategy != "no"
@@ -508,8 +508,8 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
             u = self.updates_per_step
             same = ""
             if self.max_steps > 0:
-                same = (f"; TRL's max_steps={self.max_steps} makes as many updates as "
-                        f"max_steps={math.ceil(self.max_steps / u)} here")  # fmt: skip
+                same = (f"; max_steps={self.max_steps} here makes {self.max_steps * u} "
+                        f"updates, as TRL's max_steps={self.max_steps * u}")  # fmt: skip
             config_warning(
                 log,
                 "a step is one batch of rollouts and %d optimizer updates (num_iterations %d × "

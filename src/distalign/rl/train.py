@@ -177,6 +177,12 @@ def next_prompts(prompts: list, state: TrainState, n: int, seed: int, shuffle=Tr
     return chosen
 
 
+def pass_ended(state: TrainState, prompts: int) -> bool:
+    """Whether the prompts ``next_prompts`` drew last finished a pass over the training
+    prompts (``eval_strategy`` / ``save_strategy`` ``epoch``: at the step that does)."""
+    return math.floor(state.epoch + state.cursor / max(prompts, 1)) > math.floor(state.progress)
+
+
 def share_prompts(prompts: list, accelerator) -> list:
     """This process's equal share of the prompts (all of them with one process)."""
     n = accelerator.num_processes
@@ -996,6 +1002,7 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             prompts = next_prompts(
                 train_prompts, state, cfg.prompts_per_step, order_seed(cfg), cfg.shuffle_dataset
             )
+            epoch_ended = pass_ended(state, len(train_prompts))
             with full_parameters(t.learner):  # whole weights while sampling (FSDP, ZeRO-3)
                 seed = stream_seed(cfg.seed, state.step)
                 ro = rollout(t.policy, tokenizer, prompts, cfg, seed=seed)
@@ -1020,10 +1027,10 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
             reward = logged["train/reward"]  # None: no reply of the step scored
             bar.set_postfix(reward="—" if reward is None else f"{reward:.3f}",
                             kl=f"{logged['train/kl']:.2f}")  # fmt: skip
-            if cadence.evaluates(state.step):
+            if cadence.evaluates(state.step, epoch_ended):
                 with full_parameters(t.learner):
                     final, evaluated_at = evaluate(t, state, eval_prompts, cfg), state.step
-            if cadence.saves(state.step):
+            if cadence.saves(state.step, epoch_ended):
                 save_state(t, state, cfg, keep=cfg.keep_checkpoints)
                 saved_at = state.step
     finally:

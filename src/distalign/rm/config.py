@@ -350,7 +350,7 @@ class RMTrainConfig(AdamKeys, ModelKeys, HubKeys):
             + self.hub_checks()
             + self.model_checks("SEQ_CLS")
             + data_source_checks(self)
-            + cadence_checks(self, epochs=True)
+            + cadence_checks(self)
         )
         self.prefix_sharing = prefix_sharing_for(
             self.attn_implementation, self.prefix_sharing, "rm train"
