@@ -217,7 +217,7 @@ def model_prepare(cfg: ModelPrepareConfig):
     policy, _ = load_policy(cfg.model_name_or_path)
     loaded = time.perf_counter() - start
     n = sum(p.numel() for p in policy.parameters())
-    console.print(f"model folder: {path}")
+    console.print(f"model folder: {path}", markup=False)
     console.print(f"resolve: {prepared:.1f} s, load: {loaded:.1f} s, parameters: {n / 1e6:.1f} M")
 
 
@@ -235,7 +235,7 @@ def generate(cfg: GenerateConfig):
         cut = "" if row["finished"] else ", cut at max_completion_length"
         console.print(f"[dim]({row['tokens']} tokens{cut})")
     if cfg.output_file:
-        console.print(f"wrote {len(rows)} replies to {cfg.output_file}")
+        console.print(f"wrote {len(rows)} replies to {cfg.output_file}", markup=False)
 
 
 @config_command(
@@ -270,7 +270,7 @@ def gold_judge(cfg: GoldJudgeConfig):
     from distalign.api import gold_judge as run_gold_judge
 
     out, means = run_gold_judge(cfg)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {out}", markup=False)
     for name, value in means.items():
         console.print(f"  mean {name}: {value:.3f}")
 
@@ -312,7 +312,7 @@ def rm_score(cfg: RMScoreConfig):
 
     out = score(cfg)
     n = sum(1 for _ in out.open(encoding="utf-8"))
-    console.print(f"scored {n} rows -> {out}")
+    console.print(f"scored {n} rows -> {out}", markup=False)
 
 
 @config_command(app, "report", ReportConfig, positional="compare_dir")
@@ -320,7 +320,7 @@ def report(cfg: ReportConfig):
     """Write a comparison's report.html again from its saved numbers and the runs it names."""
     from distalign.report.html import rebuild_report
 
-    console.print(f"report: {rebuild_report(cfg.compare_dir)}")
+    console.print(f"report: {rebuild_report(cfg.compare_dir)}", markup=False)
 
 
 def _register_heavy_commands() -> None:
@@ -359,7 +359,7 @@ def _register_heavy_commands() -> None:
         if os.environ.get("RANK", "0") != "0":  # under a launcher the first process says it
             return
         print_metrics(_held_out_title(cfg, "held-out"), result)
-        console.print(f"model: {Path(cfg.output_dir) / 'final'}")
+        console.print(f"model: {Path(cfg.output_dir) / 'final'}", markup=False)
 
     @config_command(rl_app, "train", RLTrainConfig, list_keys=("reward", "reward_weights"))
     def rl_train(cfg: RLTrainConfig):
@@ -380,7 +380,7 @@ def _register_heavy_commands() -> None:
             if r:  # None: no source scored any held-out reply (TRL's "not mine to score")
                 table.add_row(name, *("—" if r[c] is None else f"{r[c]:.3f}" for c in cols))
         console.print(table)
-        console.print(f"policy: {Path(cfg.output_dir) / 'final'}")
+        console.print(f"policy: {Path(cfg.output_dir) / 'final'}", markup=False)
 
     @config_command(
         eval_app,
@@ -409,7 +409,7 @@ def _register_heavy_commands() -> None:
         if (n := summary["prompts"]) < MIN_VERDICT_PROMPTS:  # as the report's verdicts say
             console.print(f"{n} prompt{'' if n == 1 else 's'}: too few to judge a policy by "
                           "(the intervals above are rough)")  # fmt: skip
-        console.print(f"report: {summary['report']}")
+        console.print(f"report: {summary['report']}", markup=False)
 
 
 _register_heavy_commands()

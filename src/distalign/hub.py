@@ -266,7 +266,7 @@ def shown(name: Any) -> str:
 
     if isinstance(name, Mixture):  # a data set mixture: its sources
         return " + ".join(
-            f"{p.path} files (local)" if p.path in FILE_BUILDERS
+            f"{p.path} files ({_remote_or_local(p.data_files)})" if p.path in FILE_BUILDERS
             else shown(str(Path(p.path, p.data_dir))) if p.data_dir and Path(p.path).is_dir()
             else shown(p.path) + (f" ({p.data_dir})" if p.data_dir else "")
             for p in name.parts
@@ -282,6 +282,13 @@ def shown(name: Any) -> str:
 
     path = Path(name.rstrip("/\\"))  # runs/my_rm/final: my_rm/final, the run's name with it
     return f"{path.relative_to(above_generic_folders(path).parent).as_posix()} (local)"
+
+
+def _remote_or_local(files: Any) -> str:
+    """A builder's data_files on a card: their addresses where they are public, else local."""
+    from distalign.data.mixture import files_text, patterns_of
+
+    return files_text(files) if any("://" in f for f in patterns_of(files)) else "local"
 
 
 def hub_adapter(folder: Path, staging: Path) -> Path:

@@ -44,7 +44,7 @@ def print_inspection(result, source: str, model: str) -> None:
     for example in r.examples[:3]:
         console.print(f"  e.g. {example}", markup=False)
     if result.lengths:
-        table = Table(title=f"token lengths ({model})")
+        table = Table(title=Text(f"token lengths ({model})"))
         table.add_column("part")
         for p in PERCENTILES:
             table.add_column("max" if p == 100 else f"p{p}", justify="right")

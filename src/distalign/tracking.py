@@ -234,8 +234,20 @@ def _inputs(cfg: Any) -> list[str]:
     from distalign.data.mixture import Mixture
 
     # a data set mixture names its sources' paths
-    flat = [y for x in flat for y in ([p.path for p in x.parts] if isinstance(x, Mixture) else [x])]
+    flat = [y for x in flat for y in (_mixture_paths(x) if isinstance(x, Mixture) else [x])]
     return [x for x in flat if isinstance(x, str) and x and Path(x).expanduser().exists()]
+
+
+def _mixture_paths(mixture: Any) -> list[str]:
+    """The paths a data set mixture's entries name: each source, with its data_dir, and the
+    data_files written out (their patterns are not expanded)."""
+    from distalign.data.mixture import patterns_of
+
+    found = []
+    for part in mixture.parts:
+        found += [part.path, str(Path(part.path, part.data_dir or ""))]
+        found += [str(Path(part.data_dir or "", f)) for f in patterns_of(part.data_files)]
+    return found
 
 
 def _forget_other_precision(precision: str | None, cpu: bool = False) -> None:

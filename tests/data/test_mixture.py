@@ -352,3 +352,78 @@ def test_a_look_at_the_first_rows_does_not_read_the_sources_again(sources, monke
     next(iter_source_rows(mixture, "train"))  # data inspect's look at the format
     assert len(texts(mixture)) == 8 and len(texts(mixture, "test")) == 2
     assert len(reads) == 1
+
+
+def test_prompts_of_a_mixture_of_a_prompt_set_and_pairs_in_any_order(sources):
+    """rl train on a prompt set mixed with pairs (TRL concatenates them, the missing columns
+    null): each row read by its kind, whichever comes first after the held-out draw."""
+    from distalign.data.prompts import load_prompts
+
+    write_jsonl(sources / "asks.jsonl", [{"prompt": f"ask {i}"} for i in range(6)])
+    for order in (["asks.jsonl", "loose.jsonl"], ["loose.jsonl", "asks.jsonl"]):
+        parts = parse_parts([{"path": path} for path in order])
+        assert {p[0]["content"] for p in load_prompts(Mixture(parts))} == {
+            *(f"ask {i}" for i in range(6)), *(f"loose q{i}" for i in range(10))}  # fmt: skip
+        for seed in range(4):
+            mixture = Mixture(parts, test_split_size=4, seed=seed)
+            seen = [p[0]["content"] for split in ("train", "test")
+                    for p in load_prompts(mixture, split)]  # fmt: skip
+            assert len(seen) == 16 and len(set(seen)) == 16
+    # in the rows' order, the pairs' columns kept for reward functions, the counts said
+    from distalign.data.load import LoadReport
+
+    report = LoadReport(source="x")
+    got = load_prompts(Mixture(parse_parts([{"path": "loose.jsonl", "split": "train[:2]"},
+                                            {"path": "asks.jsonl", "split": "train[:2]"}])),
+                       report=report)  # fmt: skip
+    assert [p[0]["content"] for p in got] == ["loose q0", "loose q1", "ask 0", "ask 1"]
+    assert got[0].columns["chosen"] == "loose good 0" and got[2].columns == {}
+    assert (report.format, report.rows, report.kept) == ("explicit + prompt-only", 4, 4)
+
+
+def test_held_out_data_that_a_mixtures_source_trained_on_is_said(sources, caplog):
+    from distalign.hub import measured_on
+
+    write_jsonl(sources / "b.jsonl", pairs("b", 4))
+    for entry in ("{path: b.jsonl}", "{path: json, data_files: [a.jsonl, b.jsonl]}",
+                  "{path: json, data_files: {train: b.jsonl}}"):  # fmt: skip
+        cfg = load_config(RMTrainConfig, None, [f"datasets=[{{path: loose.jsonl}}, {entry}]",
+                                                "eval_dataset_name=b.jsonl"])  # fmt: skip
+        assert measured_on(cfg).startswith("Measured on the training pairs"), entry
+    cfg = load_config(RMTrainConfig, None, ["datasets=[{path: loose.jsonl}]",
+                                            "eval_dataset_name=b.jsonl"])  # fmt: skip
+    assert measured_on(cfg) == "Measured on held-out pairs (`b.jsonl (local)`)"
+    cfg = load_config(RMTrainConfig, None, ["datasets=[{path: loose.jsonl}]", "test_split_size=2"])
+    assert "held-out" in measured_on(cfg)  # its own test split
+
+
+def test_a_folder_whose_name_has_brackets_is_no_pattern(sources):
+    """A downloaded repository's card patterns, and data_files, under a folder named with
+    glob characters: its name is read as written."""
+    folder = sources / "set[1]"
+    (folder / "data").mkdir(parents=True)
+    write_jsonl(folder / "data" / "a.jsonl", pairs("card", 2))
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files: data/*.jsonl\n---\n"
+    )
+    assert len(load_preferences(str(folder), "train")) == 2
+    part = {"path": str(folder), "data_files": "data/a.jsonl"}
+    assert texts(Mixture(parse_parts([part]))) == ["card q0", "card q1"]
+
+
+def test_a_builder_datasets_reads_says_a_missing_file_as_missing(sources):
+    with pytest.raises(DataSourceError, match=r"no file matches \['gone.txt'\] \(data_files"):
+        texts(Mixture(parse_parts([{"path": "text", "data_files": "gone.txt"}])))
+
+
+def test_a_remote_builder_entry_is_not_called_local_and_local_entries_are_guarded(sources):
+    from distalign.hub import shown
+    from distalign.tracking import _inputs
+
+    mixture = Mixture(parse_parts([{"path": "json", "data_files": "hf://datasets/o/x/a.jsonl"},
+                                   {"path": "json", "data_files": ["loose.jsonl"]},
+                                   {"path": "repo", "data_dir": "harmless-base"}]))  # fmt: skip
+    assert shown(mixture).startswith("json files (hf://datasets/o/x/a.jsonl) + json files (local)")
+    cfg = RMTrainConfig(datasets=[dataclasses.asdict(p) for p in mixture.parts])
+    # the paths an overwritten output_dir's check sees: each local file and folder named
+    assert {"loose.jsonl", "repo", "repo/harmless-base"} <= set(_inputs(cfg))

@@ -14,6 +14,7 @@ import ast
 import codecs
 import contextlib
 import csv
+import glob
 import gzip
 import io
 import json
@@ -438,7 +439,8 @@ def data_files_of(
     found = []  # as datasets resolves them: in the patterns' order, a file named twice twice
     for pattern in patterns:
         try:  # datasets' own resolver: its globs, hidden and __special__ paths, README.md
-            matched = resolve_pattern(os.path.expanduser(pattern), base_path=str(base))
+            # the folder's own name is no pattern ("my[1]set"): escaped
+            matched = resolve_pattern(os.path.expanduser(pattern), base_path=glob.escape(str(base)))
         except FileNotFoundError:
             matched = []
         found += [Path(f) for f in matched if "://" not in f]

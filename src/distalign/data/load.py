@@ -246,7 +246,13 @@ def evaluates_on_training_data(
 ) -> bool:
     """Whether the held-out set is the training set itself: the same source (no
     ``eval_dataset_name``, or one naming the same data) and either no splits to pick from (one
-    local file, or a ``datasets.Dataset``) or the same split named for both."""
+    local file, or a ``datasets.Dataset``) or the same split named for both. Of a mixture
+    (TRL's ``datasets``), held-out data that one of its sources gave training rows."""
+    if isinstance(source, Mixture) and eval_source is not None and eval_source is not source:
+        from distalign.data.mixture import mixture_sources
+
+        return any(evaluates_on_training_data(part, eval_source, part_split, test_split)
+                   for part, part_split in mixture_sources(source.parts))  # fmt: skip
     if eval_source is not None and not same_source(source, eval_source):
         return False
     if train_split is not None and train_split == test_split:

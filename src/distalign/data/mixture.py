@@ -54,18 +54,18 @@ class MixturePart:
         if self.data_dir:
             where += f" ({self.data_dir})"
         if self.data_files is not None:
-            where += f" ({_files_text(self.data_files)})"
+            where += f" ({files_text(self.data_files)})"
         if self.name:
             where += f" [{self.name}]"
         return f"{where}[{self.split}]"
 
 
-def _files_text(files: Any) -> str:
+def files_text(files: Any) -> str:
     """data_files in a few words: a long list by its first file and its count."""
     if isinstance(files, str):
         return files
     if isinstance(files, dict):
-        return ", ".join(f"{k}: {_files_text(v)}" for k, v in files.items())
+        return ", ".join(f"{k}: {files_text(v)}" for k, v in files.items())
     names = [str(f.get("path") if isinstance(f, dict) else f) for f in files]
     return ", ".join(names) if len(names) <= 2 else f"{len(names)} files"
 
@@ -302,8 +302,8 @@ def part_rows(part: MixturePart) -> Iterator[tuple[str, Any]]:
     source = part.path
     folder = Path(resolve_source(source)).expanduser()
     builder = source in FILE_BUILDERS  # as datasets reads it, over a folder of that name
-    remote = any("://" in f for f in _patterns(part.data_files))
-    if (not builder and not folder.is_dir()) or remote or (builder and source not in OWN_READERS):
+    remote = any("://" in f for f in patterns_of(part.data_files))
+    if (not builder and not folder.is_dir()) or remote:
         if folder.is_file() and not builder:
             raise DataSourceError(f"{source}: a file; data_dir and data_files name files "
                                   "inside a folder, a builder (json, csv, …) or a hub data "
@@ -318,6 +318,11 @@ def part_rows(part: MixturePart) -> Iterator[tuple[str, Any]]:
             raise DataSourceError(f"{source}: data_dir {part.data_dir!r} is not a folder "
                                   f"({base})")  # fmt: skip
     what = "data_files"
+    if builder and source not in OWN_READERS:  # text, arrow, pandas: datasets reads the files
+        split = part.split.split("[")[0]
+        files = [str(f) for f in data_files_of(base, part.data_files or "**", split, what)]
+        yield from read_hub(source, part.split, data_files={split: files})
+        return
 
     def read(split: str) -> list:
         files = (
@@ -333,27 +338,34 @@ def part_rows(part: MixturePart) -> Iterator[tuple[str, Any]]:
         yield from read(part.split)
 
 
-def _patterns(files: Any) -> list[str]:
+def patterns_of(files: Any) -> list[str]:
     if files is None:
         return []
     if isinstance(files, str):
         return [files]
     if isinstance(files, dict):
-        return [p for v in files.values() for p in _patterns(v)]
-    return [p for f in files for p in (_patterns(f.get("path")) if isinstance(f, dict) else [f])]
+        return [p for v in files.values() for p in patterns_of(v)]
+    return [p for f in files for p in (patterns_of(f.get("path")) if isinstance(f, dict) else [f])]
 
 
 def mixture_sources(items: Any) -> list[tuple[str, str]]:
-    """(source, split) of each entry of a saved ``datasets``, as ``dataset_name`` would name
-    it: a local folder with its ``data_dir``, a builder's one local file (for a comparison to
-    tell a run's training rows; a mixture's entry gives some of that source's rows)."""
+    """(source, split) of each entry of a ``datasets`` (or a mixture's parts), as
+    ``dataset_name`` would name it: a local folder with its ``data_dir``, each file a builder
+    reads (for a run's held-out data, or a comparison, to tell a run's training rows; an entry
+    of a mixture gives some of that source's rows)."""
     found = []
     for part in parse_parts(items):
         source = part.path
         if part.data_dir and Path(source).expanduser().is_dir():
             source = str(Path(source) / part.data_dir)
-        if source in FILE_BUILDERS and isinstance(part.data_files, str):
-            source = str(Path(part.data_dir or "", part.data_files))
+        files = part.data_files
+        if isinstance(files, dict):  # the split's files, each read whole
+            files = files.get(part.split.split("[")[0], [])
+        if source in FILE_BUILDERS and files:
+            files = [files] if isinstance(files, str) else files
+            found += [(str(Path(part.data_dir or "", f)), "train") for f in files
+                      if isinstance(f, str)]  # fmt: skip
+            continue
         found.append((source, part.split))
     return found
 

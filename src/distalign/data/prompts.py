@@ -155,17 +155,6 @@ def prompt_of(row: Any, where: str) -> tuple[Chat, bool]:
     return prompt, set_aside
 
 
-def _unique(prompts: list[Chat]) -> list[Chat]:
-    """Prompts in first-seen order, each once (a preference set repeats a prompt per pair)."""
-    seen, out = set(), []
-    for prompt in prompts:
-        key = json.dumps(list(prompt), sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(prompt)
-    return out
-
-
 def load_prompts(
     source: Any,
     split: str | None = "train",
@@ -219,55 +208,97 @@ def load_prompts(
             "`prompt`, `conversations` or `messages` (ShareGPT), Alpaca's `instruction`, or "
             "preference pairs" + (f" (rename `{question}` to `prompt`?)" if question else ""),
         )  # fmt: skip
-    if not is_prompt_only(first[1]):
-        written: list[Any] = []  # each row's string prompt as written, else None
-        raw: list[dict] = []  # each row's other columns, for reward functions (as TRL's)
+    every = [*head, *rows]
+    # each row by its kind (a mixture of a prompt set and pairs has both); a row of neither,
+    # or that could not be read, goes with the first row's, whose reading says what is wrong
+    first_pair = not is_prompt_only(first[1])
+    as_pair = [_kind(row, first_pair) for _, row in every]
+    at = {kind: [i for i, p in enumerate(as_pair) if p is kind] for kind in (True, False)}
+    found = []
+    if at[True]:
+        kept = _pair_prompts(source, [every[i] for i in at[True]], report, skip_bad_rows)
+        found += [(at[True][i], prompt) for i, prompt in kept]
+        pair_format, pairs_kept = report.format, report.kept
+    if at[False]:
+        kept = _prompt_only_rows(source, [every[i] for i in at[False]], report, skip_bad_rows)
+        found += [(at[False][i], prompt) for i, prompt in kept]
+        if at[True]:  # both kinds: said, and counted together
+            report.format = f"{pair_format} + prompt-only"
+            report.kept += pairs_kept
+    prompts = [prompt for _, prompt in sorted(found, key=lambda item: item[0])]
+    if any(p.text is None for p in prompts):  # a data set gives reward functions one shape,
+        for p in prompts:  # as TRL's (all strings or all conversations): a set mixing the
+            p.text = None  # two gives each prompt as messages
+    return _not_all_empty(prompts, source)
 
-        def read_once():
-            for where, row in [*head, *rows]:
-                text = isinstance(row, dict) and isinstance(row.get("prompt"), str)
-                written.append(row["prompt"] if text else None)
-                row_ = row if isinstance(row, dict) else {}
-                # a row of load_preferences' own Dataset: its pair, not distalign's readings
-                own = set(row_) == set(FEATURES)
-                raw.append(
-                    {
-                        k: v
-                        for k, v in row_.items()
-                        if k != "prompt" and (not own or k in ("chosen", "rejected"))
-                    }
-                )
-                yield where, row
 
-        pairs = load_preferences(  # a pair whose replies are equal still has its prompt
-            source, split, name=name, revision=revision, skip_bad_rows=skip_bad_rows,
-            report=report, drop_identical=False, source_rows=read_once(),
-        )  # fmt: skip
-        texts = [written[i] for i in pairs["source_row"]]
-        columns = [raw[i] for i in pairs["source_row"]]
-        # rl train renders prompts with the config's chat_template_kwargs, as TRL's GRPO
-        unused = [c for cols in columns for c in TEMPLATE_COLUMNS if cols.get(c)]
-        report.ignored.update(unused)
-        if unused:
-            log.warning(report.ignored_note(unused))
-        single = all(len(p) == 1 and p[0]["role"] == "user" for p in pairs["prompt"])
-        as_read = all(  # not a prompt the conversations' own turns replaced (rm train's too)
-            isinstance(t, str) and t.strip() == p[0]["content"].strip()
-            for t, p in zip(texts, pairs["prompt"], strict=True)
-        )
-        if single and as_read and all(hh_prompt(t) is None for t in texts):
-            # TRL's standard format: each prompt as written (a pair's reading gave it the space
-            # its replies start with), and reward functions get it as its string (all of
-            # them, or none: a data set gives one shape)
-            chats = [[{"role": "user", "content": t}] for t in texts]
-        else:
-            chats, texts = [joined_prompt(r) for r in pairs], [None] * len(texts)
-        # each prompt once, with the columns of its first row (chosen, rejected, margin, …)
-        return _not_all_empty(_unique([PromptRow(c, cols, t) for c, cols, t in zip(
-            chats, columns, texts, strict=True)]), source)  # fmt: skip
+def _kind(row: Any, default: bool) -> bool:
+    """Whether a row is read as a pair (it has a reply) rather than as a prompt-only row (it
+    has a prompt and no reply); ``default`` for a row that is neither."""
+    if isinstance(row, dict) and ("chosen" in row or "rejected" in row):
+        return True
+    return False if is_prompt_only(row) else default
+
+
+def _pair_prompts(source: Any, items: list, report: LoadReport, skip_bad_rows: bool) -> list:
+    """(index in ``items``, PromptRow) of the preference rows' prompts, each prompt once, with
+    the columns of its first row (chosen, rejected, margin, …)."""
+    written: list[Any] = []  # each row's string prompt as written, else None
+    raw: list[dict] = []  # each row's other columns, for reward functions (as TRL's)
+
+    def read_once():
+        for where, row in items:
+            text = isinstance(row, dict) and isinstance(row.get("prompt"), str)
+            written.append(row["prompt"] if text else None)
+            row_ = row if isinstance(row, dict) else {}
+            # a row of load_preferences' own Dataset: its pair, not distalign's readings
+            own = set(row_) == set(FEATURES)
+            raw.append(
+                {
+                    k: v
+                    for k, v in row_.items()
+                    if k != "prompt" and (not own or k in ("chosen", "rejected"))
+                }
+            )
+            yield where, row
+
+    pairs = load_preferences(  # a pair whose replies are equal still has its prompt
+        source, skip_bad_rows=skip_bad_rows, report=report, drop_identical=False,
+        source_rows=read_once(),
+    )  # fmt: skip
+    texts = [written[i] for i in pairs["source_row"]]
+    columns = [raw[i] for i in pairs["source_row"]]
+    # rl train renders prompts with the config's chat_template_kwargs, as TRL's GRPO
+    unused = [c for cols in columns for c in TEMPLATE_COLUMNS if cols.get(c)]
+    report.ignored.update(unused)
+    if unused:
+        log.warning(report.ignored_note(unused))
+    single = all(len(p) == 1 and p[0]["role"] == "user" for p in pairs["prompt"])
+    as_read = all(  # not a prompt the conversations' own turns replaced (rm train's too)
+        isinstance(t, str) and t.strip() == p[0]["content"].strip()
+        for t, p in zip(texts, pairs["prompt"], strict=True)
+    )
+    if single and as_read and all(hh_prompt(t) is None for t in texts):
+        # TRL's standard format: each prompt as written (a pair's reading gave it the space
+        # its replies start with), and reward functions get it as its string (all of
+        # them, or none: a data set gives one shape)
+        chats = [[{"role": "user", "content": t}] for t in texts]
+    else:
+        chats, texts = [joined_prompt(r) for r in pairs], [None] * len(texts)
+    found, seen = [], set()  # each prompt once, where it first comes
+    for i, chat, cols, text in zip(pairs["source_row"], chats, columns, texts, strict=True):
+        key = json.dumps(chat, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            found.append((i, PromptRow(chat, cols, text)))
+    return found
+
+
+def _prompt_only_rows(source: Any, items: list, report: LoadReport, skip_bad_rows: bool) -> list:
+    """(index in ``items``, PromptRow) of prompt-only rows (TRL's, ShareGPT, Alpaca)."""
     report.format = "prompt-only"
     prompts = []
-    for where, row in [*head, *rows]:
+    for i, (where, row) in enumerate(items):
         report.rows += 1
         try:
             if isinstance(row, Exception):
@@ -279,15 +310,13 @@ def load_prompts(
             report.conversations += is_conversational(row)
             field = "prompt" if "prompt" in row else sharegpt_column(row)
             text = row[field] if isinstance(row.get(field), str) else None
-            prompts.append(PromptRow(prompt, {k: v for k, v in row.items() if k != field}, text))
+            cols = {k: v for k, v in row.items() if k != field}
+            prompts.append((i, PromptRow(prompt, cols, text)))
         except PreferenceFormatError as e:
             if not skip_bad_rows:
                 raise
             report.skip(e)
     report.kept = len(prompts)
-    if any(p.text is None for p in prompts):  # a data set gives reward functions one shape,
-        for p in prompts:  # as TRL's (all strings or all conversations): a file mixing the
-            p.text = None  # two gives each prompt as messages
     if note := report.skipped_note():
         log.warning(note)
     if note := report.ignored_note():
@@ -299,7 +328,7 @@ def load_prompts(
             source,
             report.replies_set_aside,
         )
-    return _not_all_empty(prompts, source)
+    return prompts
 
 
 def _not_all_empty(prompts: list[Chat], source: Any) -> list[Chat]:

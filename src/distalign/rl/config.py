@@ -508,8 +508,10 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
             u = self.updates_per_step
             same = ""
             if self.max_steps > 0:
-                same = (f"; max_steps={self.max_steps} here makes {self.max_steps * u} "
-                        f"updates, as TRL's max_steps={self.max_steps * u}")  # fmt: skip
+                m = self.max_steps
+                here = f"{m // u}" if m % u == 0 else f"between {m // u} and {m // u + 1}"
+                same = (f"; max_steps={m} here makes {m * u} updates, as TRL's max_steps="
+                        f"{m * u}; TRL's max_steps={m} is max_steps={here} here")  # fmt: skip
             config_warning(
                 log,
                 "a step is one batch of rollouts and %d optimizer updates (num_iterations %d × "
