@@ -15,7 +15,7 @@ import yaml
 
 from distalign.config import ConfigError, config_dict, load_config
 from distalign.data.files import DataSourceError, MissingSplitError
-from distalign.data.load import iter_source_rows, load_preferences
+from distalign.data.load import LoadReport, iter_source_rows, load_preferences
 from distalign.data.mixture import Mixture, MixturePart, parse_parts
 from distalign.rl.config import RLTrainConfig
 from distalign.rm.config import RMTrainConfig
@@ -427,3 +427,17 @@ def test_a_remote_builder_entry_is_not_called_local_and_local_entries_are_guarde
     cfg = RMTrainConfig(datasets=[dataclasses.asdict(p) for p in mixture.parts])
     # the paths an overwritten output_dir's check sees: each local file and folder named
     assert {"loose.jsonl", "repo", "repo/harmless-base"} <= set(_inputs(cfg))
+
+
+def test_each_source_of_a_mixture_is_read_in_its_own_format(sources):
+    """An HH file beside prompt/chosen/rejected pairs: one data set is read in its first
+    row's format, a mixture's rows each in theirs."""
+    hh = [{"chosen": f"\n\nHuman: hh {i}?\n\nAssistant: yes", "rejected": f"\n\nHuman: hh {i}?"
+                     "\n\nAssistant: no"} for i in range(3)]  # fmt: skip
+    write_jsonl(sources / "hh.jsonl", hh)
+    report = LoadReport(source="x")
+    got = load_preferences(Mixture(parse_parts([{"path": "hh.jsonl"}, {"path": "loose.jsonl"}])),
+                           report=report)  # fmt: skip
+    assert [p[0]["content"] for p in got["prompt"]][2:4] == ["hh 2?", "loose q0"]
+    assert got["chosen"][:1] + got["chosen"][3:4] == ["yes", "loose good 0"]
+    assert report.format == "hh + explicit" and len(got) == 13

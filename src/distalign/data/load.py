@@ -630,6 +630,10 @@ def load_preferences(
     report.source = label
     rows: list[dict[str, Any]] = []
     fmt = format
+    # a mixture's sources may each have their own shape (HH beside prompt/chosen/rejected):
+    # each row's format is detected, where one data set's first row says it
+    each_row = format is None and isinstance(source, Mixture)
+    formats: dict[str, None] = {}
     if source_rows is None:
         source_rows = iter_source_rows(source, split, name=name, revision=revision)
     for index, (where, raw) in enumerate(source_rows):
@@ -641,11 +645,12 @@ def load_preferences(
                 raise PreferenceFormatError(
                     where, None, f"expected an object, got {type(raw).__name__}"
                 )
-            if fmt is None:
+            if fmt is None or each_row:
                 try:
                     fmt = detect_format(raw)
                 except ValueError as e:
                     raise PreferenceFormatError(where, None, str(e)) from None
+            formats[fmt] = None
             if fmt == "implicit" and report.rows == 1:  # a prompt under another name (its
                 report.prompt_column = unread_prompt_column(raw)  # column unread, said)
             # an HH pair in a data set detected as text is read as HH (``row_format``)
@@ -670,7 +675,7 @@ def load_preferences(
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
-    report.format = fmt or "unknown"
+    report.format = " + ".join(formats) or fmt or "unknown"
     report.kept = len(rows)
     if (report.skipped or report.identical or report.empty_prompts or report.ignored
             or report.later_turns or report.prompts_replaced
