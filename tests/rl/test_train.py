@@ -1319,7 +1319,7 @@ def test_the_ratio_level_unset_is_the_one_trl_takes_for_the_loss_type(caplog):
         RLTrainConfig(report_to="none", loss_type="sapo", num_iterations=2, max_steps=15)
     assert "product of its tokens' ratios" not in caplog.text
     assert ("max_steps=15 here makes 30 updates, as TRL's max_steps=30; TRL's max_steps=15 is "
-            "max_steps=between 7 and 8 here") in caplog.text  # fmt: skip
+            "max_steps between 7 and 8 here") in caplog.text  # fmt: skip
 
 
 def test_two_seeds_never_share_a_sampling_stream():

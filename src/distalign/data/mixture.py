@@ -61,7 +61,7 @@ class MixturePart:
 
 
 def files_text(files: Any) -> str:
-    """data_files in a few words: a long list by its first file and its count."""
+    """data_files in a few words: a list of more than two files by its count."""
     if isinstance(files, str):
         return files
     if isinstance(files, dict):
@@ -209,7 +209,8 @@ class Mixture(str):
         return [p.path for p in self.parts if p.path not in FILE_BUILDERS and is_hub_id(p.path)]
 
     def rows(self, split: str) -> Iterator[tuple[str, Any]]:
-        """(location, raw row) of a split of the mixture; read once, then kept."""
+        """(location, raw row) of a split of the mixture. The sources are read once for both
+        splits, and a split's rows kept until they have been read whole."""
         from distalign.data.files import SPLIT_HINT, MissingSplitError
 
         if split not in self.split_names():

@@ -509,9 +509,9 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
             same = ""
             if self.max_steps > 0:
                 m = self.max_steps
-                here = f"{m // u}" if m % u == 0 else f"between {m // u} and {m // u + 1}"
+                here = f"={m // u}" if m % u == 0 else f" between {m // u} and {m // u + 1}"
                 same = (f"; max_steps={m} here makes {m * u} updates, as TRL's max_steps="
-                        f"{m * u}; TRL's max_steps={m} is max_steps={here} here")  # fmt: skip
+                        f"{m * u}; TRL's max_steps={m} is max_steps{here} here")  # fmt: skip
             config_warning(
                 log,
                 "a step is one batch of rollouts and %d optimizer updates (num_iterations %d × "
