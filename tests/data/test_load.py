@@ -517,6 +517,41 @@ def test_hub_config_name_and_revision_reach_load_dataset(monkeypatch):
     assert ds[0]["chosen"] == "A pear."
 
 
+def test_a_streamed_hub_set_is_read_no_further_than_its_rows_are_needed(monkeypatch, tmp_path):
+    """TRL's dataset_streaming: load_dataset(streaming=True), and rm train's
+    max_train_samples pairs read from the stream, not the whole set downloaded first."""
+    from distalign.data.load import DataSourceError
+    from distalign.rl.config import RLTrainConfig
+    from distalign.rm.config import RMTrainConfig
+    from distalign.rm.data import prepare_pairs
+
+    read, calls = [], []
+
+    def rows():
+        for i in range(1000):
+            read.append(i)
+            yield {"prompt": f"q{i}", "chosen": "a good reply", "rejected": "bad"}
+
+    def fake_load_dataset(path, **kwargs):
+        calls.append((path, kwargs))
+        return datasets.IterableDataset.from_generator(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr("distalign.data.load.offline_if_unreachable", lambda: None)
+    ds = load_preferences("org/big", "train", streaming=True, limit=3)
+    assert len(ds) == 3 and len(read) < 50  # what the stream had buffered, not 1000
+    assert calls == [("org/big", {"split": "train", "streaming": True})]
+    cfg = RMTrainConfig(dataset_name="org/big", dataset_streaming=True, max_train_samples=5)
+    from distalign.models.load import load_tokenizer
+
+    hub = {"name": None, "revision": None, "streaming": True}
+    pairs = prepare_pairs(cfg, load_tokenizer("smollm2-135m-instruct"), "org/big", "train", 5, hub)
+    assert len(pairs) == 5 and calls[-1][1]["streaming"]
+    assert RLTrainConfig(dataset_streaming=True, reward="m:f").dataset_streaming
+    with pytest.raises(DataSourceError, match="a streamed data set is not sliced"):
+        load_preferences("org/big", "train[:10]", streaming=True)
+
+
 def test_hub_errors_are_one_line(monkeypatch):
     def fake_load_dataset(path, **kwargs):
         raise ValueError("BuilderConfig 'nope' not found.\nAvailable: ['default']")

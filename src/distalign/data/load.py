@@ -481,11 +481,17 @@ def iter_source_rows(
     *,
     name: str | None = None,
     revision: str | None = None,
+    streaming: bool = False,
 ) -> Iterator[tuple[str, Any]]:
     """Yield (location, raw row) for a local file/folder (a folder written by ``save_to_disk``
     too), a data alias, a hub dataset (with
     its config ``name`` and ``revision``) or a ``datasets.Dataset`` given from Python. A source
-    without rows raises DataSourceError."""
+    without rows raises DataSourceError. ``streaming``: a hub data set's rows as they come,
+    nothing downloaded beyond those read (local files are read so anyway)."""
+    if streaming and slicing(split) and is_hub_id(source):
+        raise DataSourceError(f"{source}: split {split!r}: a streamed data set is not sliced "
+                              "(as datasets slices no stream); give max_train_samples / "
+                              "max_eval_samples for its first rows")  # fmt: skip
     if slicing(split) and not is_hub_id(source):  # the hub's datasets slices itself
         yield from _sliced_rows(source, split, name, revision)
         return
@@ -554,6 +560,7 @@ def iter_source_rows(
     # A hub id. Unreachable offline, but this is the path users with internet take.
     split = split or "train"
     options = {k: v for k, v in (("name", name), ("revision", revision)) if v is not None}
+    options.update({"streaming": True} if streaming else {})
     yield from _some_rows(read_hub(source, split, **options), f"{source}[{split}]")
 
 
@@ -597,6 +604,7 @@ def load_preferences(
     limit: int | None = None,
     report: LoadReport | None = None,
     source_rows: Iterable[tuple[str, Any]] | None = None,
+    streaming: bool = False,
 ) -> datasets.Dataset:
     """Read preference pairs into the normalised form (see ``distalign.data.formats``).
 
@@ -619,6 +627,7 @@ def load_preferences(
             skipped rows and why).
         source_rows: ``source``'s (where, row) pairs when the caller has begun reading them
             (``iter_source_rows``), so that the source is read once.
+        streaming: read a hub data set as it comes, so that ``limit`` downloads no more.
 
     Raises DataSourceError for a source that cannot be read or has no rows, and
     PreferenceFormatError (naming file, row and field) for a malformed row.
@@ -635,7 +644,9 @@ def load_preferences(
     each_row = format is None and isinstance(source, Mixture)
     formats: dict[str, None] = {}
     if source_rows is None:
-        source_rows = iter_source_rows(source, split, name=name, revision=revision)
+        source_rows = iter_source_rows(
+            source, split, name=name, revision=revision, streaming=streaming
+        )
     for index, (where, raw) in enumerate(source_rows):
         report.rows += 1
         try:

@@ -163,6 +163,7 @@ def load_prompts(
     revision: str | None = None,
     skip_bad_rows: bool = False,
     report: LoadReport | None = None,
+    streaming: bool = False,
 ) -> list[Chat]:
     """Chat prompts of ``source``: ``gold``, a ``.txt`` file, a prompt-only or preference data
     set (hub id with its config ``name`` and ``revision``, local file or ``datasets.Dataset``).
@@ -193,7 +194,7 @@ def load_prompts(
                 raise DataSourceError(f"{source}: no rows")
             report.format, report.rows, report.kept = "prompt-only", len(prompts), len(prompts)
             return prompts
-    rows = iter_source_rows(source, split, name=name, revision=revision)
+    rows = iter_source_rows(source, split, name=name, revision=revision, streaming=streaming)
     head = []  # up to the first readable row, which says the format (a source without rows
     for item in rows:  # raises DataSourceError here)
         head.append(item)

@@ -198,13 +198,14 @@ TRAINING_EVAL_PAIRS = 500
 def load_pairs(cfg: RMTrainConfig, tokenizer):
     """Training and held-out pairs, tokenised (the config name and revision apply to the
     held-out set when it is the same hub data set)."""
-    hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
+    stream = {"streaming": True} if cfg.dataset_streaming else {}  # a hub set as it comes
+    hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision, **stream}
     said: set[str] = set()  # what the template writes nothing for, said once
     train = prepare_pairs(cfg, tokenizer, cfg.dataset_name, cfg.dataset_train_split,
                           cfg.max_train_samples, hub, said)  # fmt: skip
     if cfg.off_prompt_pairs:
         train = add_off_prompt_pairs(train, cfg)
-    held_out_hub = hub if cfg.eval_dataset_name in (None, cfg.dataset_name) else {}
+    held_out_hub = hub if cfg.eval_dataset_name in (None, cfg.dataset_name) else stream
     source = cfg.eval_dataset_name or cfg.dataset_name
 
     def load_held_out(split):
