@@ -150,8 +150,7 @@ NOT_OFFERED = {
     "use_liger_kernel": "the losses are distalign's own (distalign.losses)",
     "activation_offloading": "activations stay on the device: use gradient_checkpointing",
     "gradient_checkpointing_kwargs": "gradient_checkpointing runs with use_reentrant=false",
-    "dataset_streaming": "rm train and rl train stream a hub data set; here data sets are read "
-    "whole (max_eval_samples: a part)",
+    "dataset_streaming": "rm train and rl train stream a hub data set; this command reads it whole",
     "datasets": "TRL's data set mixture, which rm train, rl train and data inspect read: here "
     "give one source as dataset_name (dataset_config, dataset_train_split)",
     "streaming": "data sets are read whole; use max_train_samples for a part",

@@ -550,6 +550,27 @@ def test_a_streamed_hub_set_is_read_no_further_than_its_rows_are_needed(monkeypa
     assert RLTrainConfig(dataset_streaming=True, reward="m:f").dataset_streaming
     with pytest.raises(DataSourceError, match="a streamed data set is not sliced"):
         load_preferences("org/big", "train[:10]", streaming=True)
+    load_preferences("org/big", "train+test", streaming=True, limit=2)  # datasets streams it
+    assert calls[-1] == ("org/big", {"split": "train+test", "streaming": True})
+    # a stream's own wording of a missing split: the run falls back to its training split
+    from distalign.data.files import MissingSplitError
+
+    def no_test(path, **kwargs):
+        raise ValueError("Bad split: test. Available splits: ['train']")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_test)
+    with pytest.raises(MissingSplitError, match=r"org/big: no split 'test' \(it has \['train'\]"):
+        load_preferences("org/big", "test", streaming=True)
+
+    def cut():  # the connection lost while the stream is read: one line, naming the place
+        yield {"prompt": "q", "chosen": "a", "rejected": "b"}
+        raise ConnectionError("Connection reset by peer")
+
+    stream = datasets.IterableDataset.from_generator(cut)
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, **kw: stream)
+    with pytest.raises(DataSourceError, match=r"org/big\[train\]: reading stopped after row 0 "
+                       r"\(Connection reset by peer\)"):  # fmt: skip
+        load_preferences("org/big", "train", streaming=True)
 
 
 def test_hub_errors_are_one_line(monkeypatch):

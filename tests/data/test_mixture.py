@@ -441,3 +441,40 @@ def test_each_source_of_a_mixture_is_read_in_its_own_format(sources):
     assert [p[0]["content"] for p in got["prompt"]][2:4] == ["hh 2?", "loose q0"]
     assert got["chosen"][:1] + got["chosen"][3:4] == ["yes", "loose good 0"]
     assert report.format == "hh + explicit" and len(got) == 13
+
+
+def test_each_source_says_its_format_once_and_a_broken_row_stays_broken(sources, caplog):
+    """A row whose prompt is null in a source of prompt/chosen/rejected pairs is a broken
+    pair, not an implicit pair whose prompt is the replies' shared start; a prompt-only
+    row among pairs is read as a pair of that source (and said), as in one data set."""
+    from distalign.data.formats import PreferenceFormatError
+    from distalign.data.prompts import load_prompts
+
+    rows = [{"prompt": "Q1", "chosen": "The answer is 4.", "rejected": "The answer is 5."},
+            {"prompt": None, "chosen": "The answer is 4.", "rejected": "The answer is 5."},
+            {"prompt": "Q3", "chosen": "yes", "rejected": "no"}]  # fmt: skip
+    write_jsonl(sources / "nulls.jsonl", rows)
+    for source in ("nulls.jsonl", Mixture(parse_parts([{"path": "nulls.jsonl"}]))):
+        with pytest.raises(PreferenceFormatError, match=r"nulls.jsonl:2: field 'prompt'"):
+            load_preferences(source)
+        report = LoadReport(source="x")
+        got = load_preferences(source, skip_bad_rows=True, report=report)
+        assert [p[0]["content"] for p in got["prompt"]] == ["Q1", "Q3"]
+        assert (report.format, sum(report.skipped.values())) == ("explicit", 1)
+    # one data set's rows are all read as its first row's kind
+    write_jsonl(sources / "lost.jsonl", [*rows[:1], {"prompt": "x"}])
+    with pytest.raises(PreferenceFormatError, match=r"lost.jsonl:2"):
+        load_prompts("lost.jsonl")
+    write_jsonl(sources / "asks.jsonl", [{"prompt": "a"}, {"prompt": "b", "chosen": "y"},
+                                         {"prompt": "c"}])  # fmt: skip
+    assert [p[0]["content"] for p in load_prompts("asks.jsonl")] == ["a", "b", "c"]
+    # a source of pairs whose every row is skipped beside a prompt set: no "unknown" format
+    write_jsonl(sources / "bad.jsonl", [{"chosen": 3, "rejected": 4}])
+    report = LoadReport(source="x")
+    mixture = Mixture(parse_parts([{"path": "asks.jsonl"}, {"path": "bad.jsonl"}]))
+    load_prompts(mixture, skip_bad_rows=True, report=report)
+    assert report.format == "prompt-only"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a mixture reads every row: streaming is said
+        RMTrainConfig(datasets=[{"path": "asks.jsonl"}], dataset_streaming=True)
+    assert "dataset_streaming does nothing beside datasets" in caplog.text

@@ -59,7 +59,7 @@ from distalign.data.formats import (
     unread_prompt_column,
     unread_scores,
 )
-from distalign.data.mixture import Mixture
+from distalign.data.mixture import Mixture, part_of
 from distalign.hub import offline_if_unreachable
 
 log = logging.getLogger(__name__)
@@ -460,8 +460,10 @@ def read_hub(source: str, split: str, **options: Any) -> Iterator[tuple[str, Any
     except (ConnectionError, FileNotFoundError, ValueError) as e:
         # Offline, unknown id, unknown config name or split: one line, not a traceback.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # loaded (from the hub or its cache); the split is not there (a stream's wording 2nd)
         known = re.search(r"Unknown split \"[^\"]*\"\. Should be one of (\[.*\])", first)
-        if known:  # loaded (from the hub or its cache); the split is not there
+        known = known or re.search(r"Bad split: .*\. Available splits: (\[.*\])", first)
+        if known:
             raise MissingSplitError(f"{source}: no split {split!r} (it has {known.group(1)}); "
                                   f"{SPLIT_HINT}") from None  # fmt: skip
         reached = f"; the hub cannot be reached: {why}" if why else ""
@@ -471,8 +473,14 @@ def read_hub(source: str, split: str, **options: Any) -> Iterator[tuple[str, Any
         raise DataSourceError(
             f"{source}: cannot load from the hub ({first}){reached}{local}"
         ) from None
-    for i, row in enumerate(ds):
-        yield f"{source}[{split}] row {i}", row
+    i = 0
+    try:  # a stream downloads as it is read: a connection lost then is said as one line too
+        for i, row in enumerate(ds):
+            yield f"{source}[{split}] row {i}", row
+    except (ConnectionError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataSourceError(f"{source}[{split}]: reading stopped after row {i} "
+                              f"({first})") from None  # fmt: skip
 
 
 def iter_source_rows(
@@ -488,7 +496,7 @@ def iter_source_rows(
     its config ``name`` and ``revision``) or a ``datasets.Dataset`` given from Python. A source
     without rows raises DataSourceError. ``streaming``: a hub data set's rows as they come,
     nothing downloaded beyond those read (local files are read so anyway)."""
-    if streaming and slicing(split) and is_hub_id(source):
+    if streaming and "[" in (split or "") and is_hub_id(source):  # train+test streams
         raise DataSourceError(f"{source}: split {split!r}: a streamed data set is not sliced "
                               "(as datasets slices no stream); give max_train_samples / "
                               "max_eval_samples for its first rows")  # fmt: skip
@@ -640,8 +648,9 @@ def load_preferences(
     rows: list[dict[str, Any]] = []
     fmt = format
     # a mixture's sources may each have their own shape (HH beside prompt/chosen/rejected):
-    # each row's format is detected, where one data set's first row says it
-    each_row = format is None and isinstance(source, Mixture)
+    # each source's first row says its format, as one data set's first row says its own
+    by_part = format is None and isinstance(source, Mixture)
+    part_formats: dict[Any, str] = {}
     formats: dict[str, None] = {}
     if source_rows is None:
         source_rows = iter_source_rows(
@@ -656,11 +665,14 @@ def load_preferences(
                 raise PreferenceFormatError(
                     where, None, f"expected an object, got {type(raw).__name__}"
                 )
-            if fmt is None or each_row:
+            if by_part:  # the format of the row's source, said by its first readable row
+                fmt = part_formats.get(part_of(where))
+            if fmt is None:
                 try:
                     fmt = detect_format(raw)
                 except ValueError as e:
                     raise PreferenceFormatError(where, None, str(e)) from None
+                part_formats[part_of(where)] = fmt
             formats[fmt] = None
             if fmt == "implicit" and report.rows == 1:  # a prompt under another name (its
                 report.prompt_column = unread_prompt_column(raw)  # column unread, said)

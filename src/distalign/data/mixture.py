@@ -224,7 +224,13 @@ class Mixture(str):
         self._splits.pop(split, None)
 
     def _read(self) -> dict[str, list]:
-        read = [_selected(part, i, list(part_rows(part))) for i, part in enumerate(self.parts)]
+        read = [
+            [
+                (PartLocation(where, i), row)
+                for where, row in _selected(part, i, list(part_rows(part)))
+            ]
+            for i, part in enumerate(self.parts)
+        ]
         if self.parts[0].fraction is not None:  # TRL's rule: shares of the largest mixture
             read = _shares(read, [p.fraction for p in self.parts])
         for i, (part, rows) in enumerate(zip(self.parts, read, strict=True)):
@@ -238,6 +244,27 @@ class Mixture(str):
             return {"train": rows}
         return dict(zip(("train", "test"), _held_out(rows, self.test_split_size, self.seed),
                         strict=True))  # fmt: skip
+
+
+class PartLocation(str):
+    """A row's location (its file and row) that knows which entry of the mixture gave it, so
+    that each source is read in its own format (``part_of``)."""
+
+    part: int
+
+    def __new__(cls, where: str, part: int):
+        self = super().__new__(cls, where)
+        self.part = part
+        return self
+
+    def __reduce__(self):
+        return (PartLocation, (str(self), self.part))
+
+
+def part_of(where: Any) -> int | None:
+    """The mixture entry a row's location names (``PartLocation``); None for any other
+    source's rows, all of one data set."""
+    return getattr(where, "part", None) if isinstance(where, PartLocation) else None
 
 
 def _shares(read: list[list], fractions: list[float]) -> list[list]:
@@ -398,6 +425,12 @@ def resolve_mixture(cfg: Any, default_name: Any) -> None:
         config_warning(log, "both datasets and dataset_name (%s) are given: the mixture is "
                        "read and dataset_name is not, as in TRL's scripts",
                        own if isinstance(own, str) else "a Dataset")  # fmt: skip
+    if getattr(cfg, "dataset_streaming", False):
+        config_warning(
+            log,
+            "dataset_streaming does nothing beside datasets: a mixture reads "
+            "every row of its sources (its fractions and held-out draw need them)",
+        )
     for key in ("dataset_config", "dataset_revision"):
         if getattr(cfg, key, None) is not None:
             config_warning(log, "%s=%r does nothing beside datasets (each data set takes its "

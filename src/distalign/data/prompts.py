@@ -55,6 +55,7 @@ from distalign.data.load import (
     slicing,
     split_rows,
 )
+from distalign.data.mixture import part_of
 
 Chat = list[dict[str, str]]
 log = logging.getLogger(__name__)
@@ -210,10 +211,14 @@ def load_prompts(
             "preference pairs" + (f" (rename `{question}` to `prompt`?)" if question else ""),
         )  # fmt: skip
     every = [*head, *rows]
-    # each row by its kind (a mixture of a prompt set and pairs has both); a row of neither,
-    # or that could not be read, goes with the first row's, whose reading says what is wrong
-    first_pair = not is_prompt_only(first[1])
-    as_pair = [_kind(row, first_pair) for _, row in every]
+    # pairs or prompts, as the first readable row of the row's data set says (a mixture's
+    # sources each say their own: a prompt set beside pairs); a row unlike it is read so, and
+    # its reading says what is wrong with it
+    kinds = {part_of(first[0]): not is_prompt_only(first[1])}
+    for where, row in every:
+        if isinstance(row, dict):
+            kinds.setdefault(part_of(where), not is_prompt_only(row))
+    as_pair = [kinds.get(part_of(where), kinds[part_of(first[0])]) for where, _ in every]
     at = {kind: [i for i, p in enumerate(as_pair) if p is kind] for kind in (True, False)}
     found = []
     if at[True]:
@@ -224,21 +229,13 @@ def load_prompts(
         kept = _prompt_only_rows(source, [every[i] for i in at[False]], report, skip_bad_rows)
         found += [(at[False][i], prompt) for i, prompt in kept]
         if at[True]:  # both kinds: said, and counted together
-            report.format = f"{pair_format} + prompt-only"
+            report.format = " + ".join(f for f in (pair_format, "prompt-only") if f != "unknown")
             report.kept += pairs_kept
     prompts = [prompt for _, prompt in sorted(found, key=lambda item: item[0])]
     if any(p.text is None for p in prompts):  # a data set gives reward functions one shape,
         for p in prompts:  # as TRL's (all strings or all conversations): a set mixing the
             p.text = None  # two gives each prompt as messages
     return _not_all_empty(prompts, source)
-
-
-def _kind(row: Any, default: bool) -> bool:
-    """Whether a row is read as a pair (it has a reply) rather than as a prompt-only row (it
-    has a prompt and no reply); ``default`` for a row that is neither."""
-    if isinstance(row, dict) and ("chosen" in row or "rejected" in row):
-        return True
-    return False if is_prompt_only(row) else default
 
 
 def _pair_prompts(source: Any, items: list, report: LoadReport, skip_bad_rows: bool) -> list:

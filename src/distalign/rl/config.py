@@ -92,9 +92,9 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     dataset_revision: str | None = None
     """Branch, tag or commit of a hub data set (default: the latest)."""
     dataset_streaming: bool = False
-    """Read a hub data set as it comes (``load_dataset(streaming=True)``, as TRL's): nothing is
-    downloaded beyond the rows read, so that a first part of a large set (``max_train_samples``
-    in rm train) costs only that part; local files are read so anyway."""
+    """Read a hub data set as it comes (``load_dataset(streaming=True)``, as TRL's), without
+    its copy in the data set cache. rl train reads its prompt sets whole even so (rm train's
+    ``max_train_samples`` is what stops a stream early)."""
     dataset_train_split: str = "train"
     """Split of ``dataset_name`` to train on."""
     eval_dataset_name: Any = field(default=None, metadata={"shown_type": "str | Dataset | None"})
