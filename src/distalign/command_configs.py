@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from distalign.config import (
     ConfigError,
@@ -19,6 +18,7 @@ from distalign.config import (
     require,
     resolve_nulls,
 )
+from distalign.data.mixture import MixtureKeys
 from distalign.models.generate import SamplingConfig
 from distalign.models.load import DEFAULT_MODEL
 
@@ -70,7 +70,7 @@ class ModelPrepareConfig:
 
 
 @dataclass
-class DataInspectConfig:
+class DataInspectConfig(MixtureKeys):
     """``distalign data inspect``: what a preference source holds, as distalign reads it."""
 
     dataset_name: str = "gold"
@@ -94,11 +94,6 @@ class DataInspectConfig:
     """rm train's ``max_length`` (its default here): the pairs whose prompt + longer reply
     exceed it are counted (rm train cuts them to fit, TRL's RewardTrainer drops them); None:
     not counted."""
-    datasets: list[Any] | None = None
-    """TRL's mixture, read in place of ``dataset_name`` as rm train reads it
-    (``distalign.data.mixture``): a training config's data, inspected."""
-    test_split_size: float | None = None
-    """A share (or a count) of the ``datasets`` mixture held out as its ``test`` split."""
     seed: int = 0
     """The seed of ``test_split_size``'s draw, as the training run's."""
 

@@ -213,8 +213,10 @@ NOT_OFFERED = {
     "local_rollout_forward_batch_size": "rollouts are sampled sampling_batch_size prompts at "
     "a time",
     "num_sample_generations": "completions are logged every step (output_dir/history.jsonl)",
-    "stop_token": "replies stop at the tokenizer's EOS (or its generation config's stop tokens)",
-    "stop_token_id": "replies stop at the tokenizer's EOS (or its generation config's stop tokens)",
+    **dict.fromkeys(
+        ("stop_token", "stop_token_id"),
+        "replies stop at the tokenizer's EOS (or its generation config's stop tokens)",
+    ),
     "whiten_rewards": "rewards are centred by the baseline (grpo also scales by the group's "
     "std; reinforce_pp whitens the batch)",
     "normalize_reward": "rewards are read as scored (reward_weights weighs several sources)",
@@ -999,7 +1001,7 @@ def load_config(
     base = OmegaConf.structured(cls)
     errors: list[str] = []
     given = _given(overrides)  # every key given, for a key whose meaning depends on another's
-    command_line = given
+    command_line = given  # the command line's keys (given takes a file's too, below)
     if path is None:
         overrides = _trl_reward_flags(overrides)
     _refuse_alias_clashes(_given(overrides))

@@ -231,23 +231,19 @@ def _inputs(cfg: Any) -> list[str]:
     output_dir aside."""
     values = [getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "output_dir"]
     flat = [x for v in values for x in (v if isinstance(v, list | tuple) else [v])]
-    from distalign.data.mixture import Mixture
+    from distalign.data.mixture import Mixture, mixture_sources
 
-    # a data set mixture names its sources' paths
-    flat = [y for x in flat for y in (_mixture_paths(x) if isinstance(x, Mixture) else [x])]
+    # a data set mixture names its sources' paths: each entry's, and the data it reads there
+    flat = [
+        y
+        for x in flat
+        for y in (
+            [p.path for p in x.parts] + [s for s, _ in mixture_sources(x.parts)]
+            if isinstance(x, Mixture)
+            else [x]
+        )
+    ]
     return [x for x in flat if isinstance(x, str) and x and Path(x).expanduser().exists()]
-
-
-def _mixture_paths(mixture: Any) -> list[str]:
-    """The paths a data set mixture's entries name: each source, with its data_dir, and the
-    data_files written out (their patterns are not expanded)."""
-    from distalign.data.mixture import patterns_of
-
-    found = []
-    for part in mixture.parts:
-        found += [part.path, str(Path(part.path, part.data_dir or ""))]
-        found += [str(Path(part.data_dir or "", f)) for f in patterns_of(part.data_files)]
-    return found
 
 
 def _forget_other_precision(precision: str | None, cpu: bool = False) -> None:

@@ -450,6 +450,20 @@ def _some_rows(
         raise DataSourceError(f"{label}: no rows{note}")
 
 
+def hub_options(cfg: Any, own: bool = True) -> dict[str, Any]:
+    """What a config's data keys give ``load_dataset``: its config name and revision (``own``:
+    for ``dataset_name`` itself, not another source), and streaming where it asks for it."""
+    stream = {"streaming": True} if getattr(cfg, "dataset_streaming", False) else {}
+    return (
+        {"name": cfg.dataset_config, "revision": cfg.dataset_revision, **stream} if own else stream
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    """An error's message as one line (its type where it has none)."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def read_hub(source: str, split: str, **options: Any) -> Iterator[tuple[str, Any]]:
     """(location, row) of a hub data set's split, ``options`` as ``load_dataset`` takes them
     (``name``, ``revision``, ``data_dir``, ``data_files``): only those given, so that
@@ -459,7 +473,7 @@ def read_hub(source: str, split: str, **options: Any) -> Iterator[tuple[str, Any
         ds = datasets.load_dataset(source, split=split, **options)
     except (ConnectionError, FileNotFoundError, ValueError) as e:
         # Offline, unknown id, unknown config name or split: one line, not a traceback.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = _first_line(e)
         # loaded (from the hub or its cache); the split is not there (a stream's wording 2nd)
         known = re.search(r"Unknown split \"[^\"]*\"\. Should be one of (\[.*\])", first)
         known = known or re.search(r"Bad split: .*\. Available splits: (\[.*\])", first)
@@ -478,9 +492,8 @@ def read_hub(source: str, split: str, **options: Any) -> Iterator[tuple[str, Any
         for i, row in enumerate(ds):
             yield f"{source}[{split}] row {i}", row
     except (ConnectionError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataSourceError(f"{source}[{split}]: reading stopped after row {i} "
-                              f"({first})") from None  # fmt: skip
+                              f"({_first_line(e)})") from None  # fmt: skip
 
 
 def iter_source_rows(
@@ -650,8 +663,7 @@ def load_preferences(
     # a mixture's sources may each have their own shape (HH beside prompt/chosen/rejected):
     # each source's first row says its format, as one data set's first row says its own
     by_part = format is None and isinstance(source, Mixture)
-    part_formats: dict[Any, str] = {}
-    formats: dict[str, None] = {}
+    part_formats: dict[Any, str] = {}  # each source's detected format (one data set: None's)
     if source_rows is None:
         source_rows = iter_source_rows(
             source, split, name=name, revision=revision, streaming=streaming
@@ -673,7 +685,6 @@ def load_preferences(
                 except ValueError as e:
                     raise PreferenceFormatError(where, None, str(e)) from None
                 part_formats[part_of(where)] = fmt
-            formats[fmt] = None
             if fmt == "implicit" and report.rows == 1:  # a prompt under another name (its
                 report.prompt_column = unread_prompt_column(raw)  # column unread, said)
             # an HH pair in a data set detected as text is read as HH (``row_format``)
@@ -698,7 +709,7 @@ def load_preferences(
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
-    report.format = " + ".join(formats) or fmt or "unknown"
+    report.format = " + ".join(dict.fromkeys(part_formats.values())) or fmt or "unknown"
     report.kept = len(rows)
     if (report.skipped or report.identical or report.empty_prompts or report.ignored
             or report.later_turns or report.prompts_replaced

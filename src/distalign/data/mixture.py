@@ -36,6 +36,20 @@ OWN_READERS = ("json", "csv", "parquet")
 LONGEST_NAME = 100  # characters of a mixture's name, shown in titles and logs
 
 
+@dataclasses.dataclass
+class MixtureKeys:
+    """TRL's ``DatasetMixtureConfig`` keys, for the commands that read a mixture in place of
+    ``dataset_name`` (``resolve_mixture``)."""
+
+    datasets: list[Any] | None = None
+    """TRL's mixture (``DatasetMixtureConfig``): data sets read one after the other in place of
+    ``dataset_name``, each ``{path, name, data_dir, data_files, split, columns, fraction}``
+    (``distalign.data.mixture``)."""
+    test_split_size: float | None = None
+    """A share (or a count, when >= 1) of the ``datasets`` mixture held out as its test split,
+    drawn with ``seed``."""
+
+
 @dataclasses.dataclass(frozen=True)
 class MixturePart:
     """One entry of ``datasets:``, with the keys of TRL's ``DatasetConfig``."""
@@ -47,6 +61,11 @@ class MixturePart:
     split: str = "train"
     columns: tuple[str, ...] | None = None
     fraction: float | None = None
+
+    @property
+    def split_name(self) -> str:
+        """The split a slice of ``split`` (``train[:10%]``) is cut from."""
+        return self.split.split("[")[0]
 
     def label(self) -> str:
         """How the part is named among the mixture's sources."""
@@ -224,13 +243,7 @@ class Mixture(str):
         self._splits.pop(split, None)
 
     def _read(self) -> dict[str, list]:
-        read = [
-            [
-                (PartLocation(where, i), row)
-                for where, row in _selected(part, i, list(part_rows(part)))
-            ]
-            for i, part in enumerate(self.parts)
-        ]
+        read = [_located(part, i) for i, part in enumerate(self.parts)]
         if self.parts[0].fraction is not None:  # TRL's rule: shares of the largest mixture
             read = _shares(read, [p.fraction for p in self.parts])
         for i, (part, rows) in enumerate(zip(self.parts, read, strict=True)):
@@ -264,7 +277,7 @@ class PartLocation(str):
 def part_of(where: Any) -> int | None:
     """The mixture entry a row's location names (``PartLocation``); None for any other
     source's rows, all of one data set."""
-    return getattr(where, "part", None) if isinstance(where, PartLocation) else None
+    return where.part if isinstance(where, PartLocation) else None
 
 
 def _shares(read: list[list], fractions: list[float]) -> list[list]:
@@ -292,22 +305,24 @@ def _held_out(rows: list, size: float | int, seed: int) -> tuple[list, list]:
     return tuple([rows[i] for i in split[name]["i"]] for name in ("train", "test"))
 
 
-def _selected(part: MixturePart, index: int, rows: list) -> list:
-    """A part's rows with only its ``columns``; a column no row has is an error, as
-    ``select_columns`` has it (a row without one that others have gets null, as datasets'
-    table gives it)."""
-    if part.columns is None:
-        return rows
-    from distalign.data.files import DataSourceError
+def _located(part: MixturePart, index: int) -> list:
+    """A part's rows, each location knowing its part (``PartLocation``), with only its
+    ``columns``; a column no row has is an error, as ``select_columns`` has it (a row without
+    one that others have gets null, as datasets' table gives it)."""
+    rows = list(part_rows(part))
+    keep = part.columns
+    if keep is not None:
+        from distalign.data.files import DataSourceError
 
-    seen = {key for _, row in rows if isinstance(row, dict) for key in row}
-    if missing := [c for c in part.columns if c not in seen]:
-        raise DataSourceError(f"datasets[{index}] {part.label()}: no column {missing} (its "
-                              f"rows have {sorted(seen)})")  # fmt: skip
+        seen = {key for _, row in rows if isinstance(row, dict) for key in row}
+        if missing := [c for c in keep if c not in seen]:
+            raise DataSourceError(f"datasets[{index}] {part.label()}: no column {missing} (its "
+                                  f"rows have {sorted(seen)})")  # fmt: skip
     return [
-        (where, {c: row.get(c) for c in part.columns} if isinstance(row, dict) else row)
+        (PartLocation(where, index),
+         {c: row.get(c) for c in keep} if keep is not None and isinstance(row, dict) else row)
         for where, row in rows
-    ]
+    ]  # fmt: skip
 
 
 def part_rows(part: MixturePart) -> Iterator[tuple[str, Any]]:
@@ -347,7 +362,7 @@ def part_rows(part: MixturePart) -> Iterator[tuple[str, Any]]:
                                   f"({base})")  # fmt: skip
     what = "data_files"
     if builder and source not in OWN_READERS:  # text, arrow, pandas: datasets reads the files
-        split = part.split.split("[")[0]
+        split = part.split_name
         files = [str(f) for f in data_files_of(base, part.data_files or "**", split, what)]
         yield from read_hub(source, part.split, data_files={split: files})
         return
@@ -388,7 +403,7 @@ def mixture_sources(items: Any) -> list[tuple[str, str]]:
             source = str(Path(source) / part.data_dir)
         files = part.data_files
         if isinstance(files, dict):  # the split's files, each read whole
-            files = files.get(part.split.split("[")[0], [])
+            files = files.get(part.split_name, [])
         if source in FILE_BUILDERS and files:
             files = [files] if isinstance(files, str) else files
             found += [(str(Path(part.data_dir or "", f)), "train") for f in files

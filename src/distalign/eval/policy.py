@@ -558,15 +558,14 @@ def write_replies(path: Path, measured: dict[str, Measured], prompts, k: int) ->
 def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     """Sample, score and compare; writes compare.json, replies.jsonl and the HTML report."""
     from distalign.config import config_dict
-    from distalign.data.load import LoadReport
+    from distalign.data.load import LoadReport, hub_options
     from distalign.data.prompts import load_prompts
     from distalign.rl.rewards import RewardModelSource
 
     out_dir = Path(cfg.output_dir)
     judge, judge_name = load_judge(cfg)  # first: a judge that cannot load stops before sampling
-    hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision}
     report = LoadReport(source=str(cfg.dataset_name))
-    prompts = load_prompts(cfg.dataset_name, cfg.dataset_test_split, **hub,
+    prompts = load_prompts(cfg.dataset_name, cfg.dataset_test_split, **hub_options(cfg),
                            skip_bad_rows=cfg.skip_bad_rows, report=report)  # fmt: skip
     prompts = prompts[: cfg.max_eval_samples]
     if not prompts:

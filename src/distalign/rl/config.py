@@ -26,7 +26,7 @@ from distalign.config import (
     require,
     resume_value,
 )
-from distalign.data.mixture import resolve_mixture
+from distalign.data.mixture import MixtureKeys, resolve_mixture
 from distalign.hub import HubKeys
 from distalign.losses import IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, loss_type_objective
 from distalign.models.generate import SamplingConfig
@@ -45,7 +45,7 @@ POOLED_BASELINES = ("moving_average", "reinforce_pp", "reinforce_pp_baseline")  
 
 
 @dataclass
-class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
+class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys, MixtureKeys):
     """``distalign rl train``: REINFORCE/RLOO against a reward model or a reward function."""
 
     model_name_or_path: str = DEFAULT_MODEL
@@ -101,13 +101,6 @@ class RLTrainConfig(SamplingConfig, AdamKeys, ModelKeys, HubKeys):
     """Held-out prompts for the periodic evaluation (default: ``dataset_name``)."""
     dataset_test_split: str = "test"
     """Split of the held-out prompts."""
-    datasets: list[Any] | None = None
-    """TRL's mixture (``DatasetMixtureConfig``): data sets read one after the other in place of
-    ``dataset_name``, each ``{path, name, data_dir, data_files, split, columns, fraction}``
-    (``distalign.data.mixture``)."""
-    test_split_size: float | None = None
-    """A share (or a count, when >= 1) of the ``datasets`` mixture held out as its test split,
-    drawn with ``seed``."""
     skip_bad_rows: bool = False
     """Skip malformed rows of the prompt sources (counted) instead of stopping at the first."""
     max_eval_samples: int = 16

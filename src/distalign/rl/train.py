@@ -56,6 +56,7 @@ from distalign.config import (
 from distalign.data.load import (
     LoadReport,
     held_out_or_training,
+    hub_options,
     keep_held_out_split,
     warn_if_evaluating_on_training_data,
 )
@@ -375,8 +376,7 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
     """This process's share of the training prompts, and the first held-out prompts (the
     config name and revision apply to the held-out set when it is the same hub data set).
     A policy or reward model without a chat template renders HH transcripts as written."""
-    stream = {"streaming": True} if cfg.dataset_streaming else {}  # a hub set as it comes
-    hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision, **stream}
+    hub = hub_options(cfg)
     report = LoadReport(source=str(cfg.dataset_name))
     bad = {"skip_bad_rows": cfg.skip_bad_rows}
     train = load_prompts(cfg.dataset_name, cfg.dataset_train_split, **hub, **bad, report=report)
@@ -387,7 +387,7 @@ def prompt_sets(cfg: RLTrainConfig, accelerator, tokenizer, reward) -> tuple[lis
     held_out_report = LoadReport(source=str(source))
     held_out = held_out_or_training(
         cfg, RLTrainConfig.dataset_test_split,
-        lambda split: load_prompts(source, split, **(hub if same else stream), **bad,
+        lambda split: load_prompts(source, split, **hub_options(cfg, own=same), **bad,
                                    report=held_out_report),
         training=train,
     )  # fmt: skip

@@ -25,7 +25,7 @@ from distalign.config import (
     resume_value,
 )
 from distalign.data.formats import FORMATS
-from distalign.data.mixture import resolve_mixture
+from distalign.data.mixture import MixtureKeys, resolve_mixture
 from distalign.hub import HubKeys
 from distalign.models.load import DEFAULT_MODEL, prefix_sharing_for
 from distalign.models.options import ModelKeys
@@ -44,7 +44,7 @@ MIXTURE_IGNORES = ("entropy_weight", "batch_entropy_weight", "smoothness_weight"
 
 
 @dataclass
-class RMTrainConfig(AdamKeys, ModelKeys, HubKeys):
+class RMTrainConfig(AdamKeys, ModelKeys, HubKeys, MixtureKeys):
     """``distalign rm train``: fit a reward model on preference pairs."""
 
     model_name_or_path: str = DEFAULT_MODEL
@@ -92,13 +92,6 @@ class RMTrainConfig(AdamKeys, ModelKeys, HubKeys):
     """Held-out pairs (default: ``dataset_name``)."""
     dataset_test_split: str = "test"
     """Held-out split."""
-    datasets: list[Any] | None = None
-    """TRL's mixture (``DatasetMixtureConfig``): data sets read one after the other in place of
-    ``dataset_name``, each ``{path, name, data_dir, data_files, split, columns, fraction}``
-    (``distalign.data.mixture``)."""
-    test_split_size: float | None = None
-    """A share (or a count, when >= 1) of the ``datasets`` mixture held out as its test split,
-    drawn with ``seed``."""
     format: str | None = None
     """Force a preference format (explicit | implicit | hh | sharegpt | alpaca); detected
     when unset."""

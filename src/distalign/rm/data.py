@@ -24,6 +24,7 @@ from distalign.data.load import (
     LoadReport,
     evaluates_on_training_data,
     held_out_or_training,
+    hub_options,
     iter_source_rows,
     load_preferences,
     require_pairs,
@@ -88,6 +89,11 @@ def _unpadded(row, column: str, ids: list[int], where: str) -> list[int]:
     return kept
 
 
+def _row_ids(row, column: str, where: str, vocab: int) -> list[int]:
+    """A tokenised row's ids of ``column``, checked, without its padding (``_unpadded``)."""
+    return _unpadded(row, column, _token_ids(row.get(column), where, column, vocab), where)
+
+
 def token_pairs(cfg: RMTrainConfig, tokenizer, rows, columns: tuple[str, str], source, limit):
     """TRL's tokenised rows (``rows``: (where, row) pairs; ``columns``: their two id
     columns) as pairs: each pair's shared first tokens are its prompt (each reply keeps at
@@ -103,10 +109,7 @@ def token_pairs(cfg: RMTrainConfig, tokenizer, rows, columns: tuple[str, str], s
                 raise row
             if not isinstance(row, dict):
                 raise PreferenceFormatError(where, None, f"expected an object, got {row!r}")
-            chosen = _unpadded(row, columns[0], _token_ids(row.get(columns[0]), where,
-                                                           columns[0], vocab), where)  # fmt: skip
-            rejected = _unpadded(row, columns[1], _token_ids(row.get(columns[1]), where,
-                                                             columns[1], vocab), where)  # fmt: skip
+            chosen, rejected = (_row_ids(row, c, where, vocab) for c in columns)
             margin = read_number(row, "margin", where)
         except PreferenceFormatError:
             if not cfg.skip_bad_rows:
@@ -198,14 +201,13 @@ TRAINING_EVAL_PAIRS = 500
 def load_pairs(cfg: RMTrainConfig, tokenizer):
     """Training and held-out pairs, tokenised (the config name and revision apply to the
     held-out set when it is the same hub data set)."""
-    stream = {"streaming": True} if cfg.dataset_streaming else {}  # a hub set as it comes
-    hub = {"name": cfg.dataset_config, "revision": cfg.dataset_revision, **stream}
+    hub = hub_options(cfg)
     said: set[str] = set()  # what the template writes nothing for, said once
     train = prepare_pairs(cfg, tokenizer, cfg.dataset_name, cfg.dataset_train_split,
                           cfg.max_train_samples, hub, said)  # fmt: skip
     if cfg.off_prompt_pairs:
         train = add_off_prompt_pairs(train, cfg)
-    held_out_hub = hub if cfg.eval_dataset_name in (None, cfg.dataset_name) else stream
+    held_out_hub = hub_options(cfg, own=cfg.eval_dataset_name in (None, cfg.dataset_name))
     source = cfg.eval_dataset_name or cfg.dataset_name
 
     def load_held_out(split):
