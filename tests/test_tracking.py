@@ -319,3 +319,26 @@ def test_a_run_stopped_by_an_error_closes_its_trackers(tiny_model_dir, tmp_path,
         rm_train.run(config(tiny_model_dir, data, tmp_path, max_steps=1,
                             report_to="tensorboard"))  # fmt: skip
     assert tracking._OPEN == [] and writers() == before
+
+
+def test_a_deepspeed_config_takes_the_runs_batch_accumulation_and_clipping(caplog):
+    """As transformers' Trainer fills a DeepSpeed config: "auto" (or absent) becomes the run's
+    value, and a config file's other number gives way to the run's, with a warning."""
+    from types import SimpleNamespace
+
+    from distalign.tracking import _fill_deepspeed
+
+    ds = {"train_micro_batch_size_per_gpu": "auto", "gradient_clipping": 0.3}
+    plugin = SimpleNamespace(deepspeed_config=ds)
+    accelerator = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin),
+                                  num_processes=4, is_main_process=True)  # fmt: skip
+    cfg = SimpleNamespace(per_device_train_batch_size=8, max_grad_norm=1.0)
+    with caplog.at_level(logging.WARNING, logger="distalign.tracking"):
+        _fill_deepspeed(accelerator, cfg, 2)
+    assert ds == {"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 2,
+                  "train_batch_size": 64, "gradient_clipping": 1.0}  # fmt: skip
+    assert "gradient_clipping 0.3 gives way to the run's 1.0" in caplog.text
+    assert "train_micro_batch_size_per_gpu" not in caplog.text  # "auto" is no other number
+    _fill_deepspeed(accelerator, SimpleNamespace(per_device_train_batch_size=8,
+                                                 max_grad_norm=None), 2)  # fmt: skip
+    assert ds["gradient_clipping"] == 0.0  # DeepSpeed's "no clipping"

@@ -35,6 +35,8 @@ from distalign.distributed import (
     load_full_optimizer_state,
     load_full_state_dict,
     sharding,
+    sync_master_weights,
+    zero_optimizer,
 )
 
 log = logging.getLogger(__name__)
@@ -194,7 +196,9 @@ def optimizer_to_save(model, optimizer, weights: dict | None, keep: bool) -> tup
     ``save_checkpoint`` to read."""
     if not keep:
         return None, None
-    return optimizer, (None if weights is None else full_optimizer_state(model, optimizer))
+    if weights is None and zero_optimizer(optimizer) is None:
+        return optimizer, None
+    return optimizer, full_optimizer_state(model, optimizer)
 
 
 def save_checkpoint(
@@ -230,7 +234,8 @@ def save_checkpoint(
             (tmp / "README.md").unlink(missing_ok=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
-            if model_state is None and optimizer is not None:  # unsharded: read it here
+            if optimizer_state is None and model_state is None and optimizer is not None:
+                # an unsharded model's (DeepSpeed's comes gathered): read it here
                 optimizer_state = optimizer.state_dict()
             if optimizer_state is not None:
                 torch.save(optimizer_state, tmp / "optimizer.pt")
@@ -426,6 +431,8 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None) -> 
     moments = optimizer is not None and (path / "optimizer.pt").is_file()
     try:
         load_model_weights(model, path)
+        if optimizer is not None:
+            sync_master_weights(model, optimizer)  # DeepSpeed's fp32 copies
         if moments:
             # this run's AdamW settings, as its learning rate (follow_schedule), not the
             # checkpoint's: a changed adam_beta2 or weight_decay takes effect, as it is said to

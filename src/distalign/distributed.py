@@ -65,6 +65,12 @@ def _zero3_parameters(model) -> list:
     return [p for p in model.parameters() if hasattr(p, "ds_id")]
 
 
+def _zero3_engine(model) -> bool:
+    """Whether ``model`` is a DeepSpeed ZeRO-3 engine (which hooks its modules' forwards)."""
+    return hasattr(getattr(getattr(model, "optimizer", None), "parameter_offload", None),
+                   "forward_hooks")  # fmt: skip
+
+
 def sharding(model) -> str:
     """How ``model``'s weights are split over processes: fsdp2, fsdp1, zero3 or none."""
     if _fsdp2_modules(model):
@@ -82,9 +88,11 @@ def _reshards_after_forward(module) -> bool:
 
 
 @contextmanager
-def full_parameters(model):
+def full_parameters(model, modify: bool = False):
     """Every parameter of ``model`` whole on this process inside the block (see the module
-    docstring); the shards are restored on exit."""
+    docstring); the shards are restored on exit. ``modify``: what the block writes into the
+    weights is kept (ZeRO-3: process 0's writes, broadcast; FSDP1: written back); without it
+    ZeRO-3 drops such writes. Not for FSDP2 (``load_full_state_dict`` writes its weights)."""
     kind = sharding(model)
     if kind == "none":
         yield model
@@ -103,13 +111,73 @@ def full_parameters(model):
     elif kind == "fsdp1":
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        with FSDP.summon_full_params(_fsdp1_root(model), writeback=False, recurse=True):
+        with FSDP.summon_full_params(_fsdp1_root(model), writeback=modify, recurse=True):
+            yield model
+    elif not modify and _zero3_engine(model):
+        # DeepSpeed's own: gathered once, and its hooks, which would release and fetch each
+        # layer's weights again at every forward (a collective per decoding step), taken off
+        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(model):
             yield model
     else:
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(_zero3_parameters(model)):
+        rank = 0 if modify else None
+        with deepspeed.zero.GatheredParameters(_zero3_parameters(model), modifier_rank=rank):
             yield model
+
+
+@contextmanager
+def micro_batch(accelerator, model, last: bool):
+    """The backward of one micro-batch of an update accumulated by hand: before the last,
+    gradients are not all-reduced (DDP, FSDP: ``no_sync``) and DeepSpeed's engine, which steps
+    its optimizer inside ``backward`` at a boundary, is told this is none; the last one
+    all-reduces, and the engine clips and steps there."""
+    if last:
+        yield
+        return
+    accelerator.sync_gradients = False  # what accelerate hands DeepSpeed's backward
+    try:
+        with accelerator.no_sync(model):
+            yield
+    finally:
+        accelerator.sync_gradients = True
+
+
+def _zero3_plugin(accelerator):
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return plugin if plugin is not None and plugin.deepspeed_config.get(
+        "zero_optimization", {}).get("stage") == 3 else None  # fmt: skip
+
+
+def load_whole(accelerator) -> None:
+    """From here on, models load whole on every process (``loaded_in_shards`` aside). Under
+    DeepSpeed ZeRO-3, transformers' ``from_pretrained`` otherwise loads every model in shards
+    (``zero.Init``), which only a DeepSpeed engine runs: a frozen model that is never prepared
+    (the reference, a reward model, the gold judge's encoder) would have empty weights, and
+    ``generate`` would wait for the other processes at every token."""
+    if _zero3_plugin(accelerator) is not None:
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+
+
+@contextmanager
+def loaded_in_shards(accelerator):
+    """Under DeepSpeed ZeRO-3, the model loaded inside (the one to train) is loaded in shards
+    from the start, as transformers does under accelerate's DeepSpeed plugin; no-op otherwise."""
+    plugin = _zero3_plugin(accelerator)
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    plugin.set_deepspeed_weakref()  # accelerate's: transformers reads the config from it
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
 
 
 def _strip(state: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -130,6 +198,16 @@ def full_state_dict(model, prefix: str = "", accelerator=None) -> dict[str, Any]
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return _strip(get_model_state_dict(model, options=options), prefix)
+    if kind == "zero3":  # gathered here: accelerate's get_state_dict would refuse a config
+        # without stage3_gather_16bit_weights_on_model_save, after the run's first steps
+        from accelerate.utils import extract_model_from_parallel
+
+        with full_parameters(model):
+            whole = extract_model_from_parallel(model).state_dict()
+            copies: dict[int, torch.Tensor] = {}  # tied weights stay one tensor, saved once
+            for v in whole.values():
+                copies.setdefault(v.data_ptr(), v.detach().cpu().clone())
+            return _strip({k: copies[v.data_ptr()] for k, v in whole.items()}, prefix)
     if accelerator is None:
         raise ValueError(f"saving a {kind} model needs its Accelerator")
     return _strip(accelerator.get_state_dict(model), prefix)
@@ -145,14 +223,105 @@ def load_full_state_dict(model, state: dict[str, Any], prefix: str = "") -> None
         options = StateDictOptions(full_state_dict=True, strict=False)
         set_model_state_dict(model, state, options=options)
         return
-    with full_parameters(model):
+    with full_parameters(model, modify=True):
         model.load_state_dict(state, strict=False)
 
 
+def zero_optimizer(optimizer):
+    """The DeepSpeed ZeRO optimizer inside accelerate's wrapper, or None."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return inner if type(inner).__module__.startswith("deepspeed.") else None
+
+
+def _zero_state(model, zero) -> dict[str, Any]:
+    """A ZeRO optimizer's state (stages 1 to 3), whole and keyed by parameter name, read with
+    DeepSpeed's ``safe_get_full_optimizer_state`` (collective under ZeRO-3): tensors and
+    numbers only, so that ``torch.load(weights_only=True)`` reads it, and any number of
+    processes can load it back. ZeRO's own ``state_dict`` pickles objects and holds this
+    process's partition alone."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    inner = zero.optimizer.state  # the torch optimizer's, over ZeRO's flat fp32 partitions
+    first = next(iter(inner.values()), {})
+    keys = [k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0]
+    step = first.get("step", 0)
+    moments = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            got = {k: safe_get_full_optimizer_state(param, k) for k in keys}
+            moments[name] = {k: v.detach().cpu().clone() for k, v in got.items() if v is not None}
+    return {"zero": moments, "step": float(step)}
+
+
+def _materialise_state(zero) -> None:
+    """Give a ZeRO optimizer that has not stepped yet its state, for a checkpoint's moments to
+    be written into: torch's AdamW makes it at its first step, so it takes one over ZeRO's
+    flat fp32 partitions with zero gradients at a learning rate of 0 (no weight changes; the
+    step count is the checkpoint's after), and ZeRO 1/2 links each weight's share of it.
+    ZeRO-3 hands its torch optimizer one partition at a time, as here."""
+    inner = zero.optimizer
+    if any(inner.state.values()):
+        return
+    if hasattr(zero, "fp32_partitioned_groups_flat"):  # ZeRO-3: (group, partition) pairs
+        pairs = [(inner.param_groups[zero.sub_group_to_group_id[i]], [flat])
+                 for i, flat in enumerate(zero.fp32_partitioned_groups_flat)]  # fmt: skip
+    else:
+        pairs = [(group, group["params"]) for group in inner.param_groups]
+    for group, flats in pairs:
+        held, rate = group["params"], group["lr"]
+        group["params"], group["lr"] = flats, 0.0
+        for flat in flats:
+            flat.grad = torch.zeros_like(flat)
+        try:
+            inner.step()
+        finally:
+            for flat in flats:
+                flat.grad = None
+            group["params"], group["lr"] = held, rate
+    if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO 1/2: links fragments
+        zero._lazy_init_hp_params_optimizer_state()
+
+
+def _load_zero_state(model, zero, state: dict[str, Any]) -> None:
+    from deepspeed.utils import safe_set_full_optimizer_state
+
+    if "zero" not in state:
+        raise ValueError("the checkpoint's optimizer state was not written under DeepSpeed")
+    params = dict(model.named_parameters())
+    if missing := [name for name in state["zero"] if name not in params]:
+        raise ValueError(f"the checkpoint's optimizer state has {missing[0]!r}, which the "
+                         "model has not")  # fmt: skip
+    _materialise_state(zero)
+    for name, moments in state["zero"].items():
+        for key, value in moments.items():
+            safe_set_full_optimizer_state(params[name], value.to(params[name].device), key)
+    for per_partition in zero.optimizer.state.values():
+        if "step" in per_partition:
+            old = per_partition["step"]
+            per_partition["step"] = torch.as_tensor(state["step"], dtype=old.dtype) if \
+                torch.is_tensor(old) else type(old)(state["step"])  # fmt: skip
+
+
+def sync_master_weights(model, optimizer) -> None:
+    """After weights were loaded into ``model``: a DeepSpeed ZeRO optimizer's fp32 master copy
+    of each weight takes them (``safe_set_full_fp32_param``), else its next step would start
+    from the weights it held. No-op for other optimizers."""
+    if zero_optimizer(optimizer) is None:
+        return
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    with full_parameters(model):  # read whole (ZeRO-3)
+        for param in model.parameters():
+            if param.requires_grad:
+                safe_set_full_fp32_param(param, param.detach().float().clone())
+
+
 def full_optimizer_state(model, optimizer) -> dict[str, Any] | None:
-    """The optimizer's state, whole (FSDP2: gathered and keyed by parameter name, so any
-    world size can load it back); an unsharded optimizer's own ``state_dict``. None, with a
-    warning, for FSDP1 and ZeRO-3: their checkpoints then hold no optimizer state."""
+    """The optimizer's state, whole (FSDP2 and DeepSpeed: gathered and keyed by parameter
+    name, so any world size can load it back); an unsharded optimizer's own ``state_dict``.
+    None, with a warning, for FSDP1: its checkpoints then hold no optimizer state."""
+    if (zero := zero_optimizer(optimizer)) is not None:
+        return _zero_state(model, zero)
     kind = sharding(model)
     if kind == "fsdp2":
         from torch.distributed.checkpoint.state_dict import (
@@ -165,7 +334,8 @@ def full_optimizer_state(model, optimizer) -> dict[str, Any] | None:
     if kind != "none":
         log.warning(
             "%s: the checkpoint holds the weights but not the optimizer state (a resumed run "
-            "restarts AdamW's moments); FSDP2 (configs/accelerate/fsdp.yaml) or ZeRO-2 save it",
+            "restarts AdamW's moments); FSDP2 (configs/accelerate/fsdp.yaml) and DeepSpeed "
+            "save it",
             kind,
         )
         return None
@@ -174,6 +344,9 @@ def full_optimizer_state(model, optimizer) -> dict[str, Any] | None:
 
 def load_full_optimizer_state(model, optimizer, state: dict[str, Any]) -> None:
     """Load what ``full_optimizer_state`` wrote."""
+    if (zero := zero_optimizer(optimizer)) is not None:
+        _load_zero_state(model, zero, state)
+        return
     if sharding(model) == "fsdp2":
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,

@@ -148,13 +148,8 @@ def start_run(cfg: Any, out: Path, refuse: Callable[[Any], None] | None = None,
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))],
         **accelerator_kwargs,
     )
-    plugin = accelerator.state.deepspeed_plugin
-    if steps is not None and plugin is not None:  # DeepSpeed's own value would win at prepare
-        given = plugin.deepspeed_config.get("gradient_accumulation_steps", "auto")
-        if given not in ("auto", steps) and accelerator.is_main_process:
-            log.warning("the DeepSpeed config's gradient_accumulation_steps %s gives way to "
-                        "the run's %d", given, steps)  # fmt: skip
-        plugin.deepspeed_config["gradient_accumulation_steps"] = steps
+    if accelerator.state.deepspeed_plugin is not None:
+        _fill_deepspeed(accelerator, cfg, steps)
     _check_processes(accelerator)  # before anything in out moves
     if refuse is not None:
         refuse(accelerator)
@@ -173,6 +168,30 @@ def start_run(cfg: Any, out: Path, refuse: Callable[[Any], None] | None = None,
     if accelerator.is_main_process:
         save_config(cfg, out)
     return accelerator
+
+
+def _fill_deepspeed(accelerator, cfg: Any, steps: int | None) -> None:
+    """The DeepSpeed config's batch and clipping keys from the run's, as transformers' Trainer
+    fills them: ``train_micro_batch_size_per_gpu`` (``per_device_train_batch_size``),
+    ``gradient_accumulation_steps``, ``train_batch_size`` (their product over the processes)
+    and ``gradient_clipping`` (``max_grad_norm``; DeepSpeed's engine clips inside its step,
+    where ``clip_grad_norm_`` only reads the norm). A config file's other number gives way to
+    the run's, with a warning: the run's schedule and the saved config were made for it."""
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    micro = cfg.per_device_train_batch_size
+    steps = steps or 1
+    wanted = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": steps,
+        "train_batch_size": micro * steps * accelerator.num_processes,
+        "gradient_clipping": float(cfg.max_grad_norm or 0.0),  # 0: DeepSpeed clips nothing
+    }
+    for key, value in wanted.items():
+        given = ds.get(key, "auto")
+        if given not in ("auto", value) and accelerator.is_main_process:
+            log.warning("the DeepSpeed config's %s %s gives way to the run's %s", key, given,
+                        value)  # fmt: skip
+        ds[key] = value
 
 
 def _check_tracker_name(key: str, name: str | None) -> None:

@@ -1332,16 +1332,3 @@ def test_two_seeds_never_share_a_sampling_stream():
     assert len(set(seeds)) == len(seeds)
     assert [stream_seed(0, t) for t in range(3)] == [0, 1, 2]  # seed 0: as before
     assert 0 <= stream_seed(2**62, 5) < 2**63  # any seed fits torch's generator
-
-
-def test_deepspeed_is_refused_before_the_policy_loads():
-    from types import SimpleNamespace
-
-    from accelerate.utils import DistributedType
-
-    from distalign.config import ConfigError
-    from distalign.rl.train import refuse_deepspeed
-
-    with pytest.raises(ConfigError, match=r"optimizer step per micro-batch.*fsdp\.yaml"):
-        refuse_deepspeed(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED))
-    refuse_deepspeed(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from distalign.distributed import full_parameters
 from distalign.models.load import (
     _from_pretrained,
     _load_settings,
@@ -153,13 +154,15 @@ def build_reward_model(
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
-    weight = unwrap(model).score.weight
+    score = unwrap(model).score
+    weight = score.weight
     saved_kind = None
     if saved is not None:  # a plain Hugging Face reward model with 1 label is a scalar one
         meta = Path(path) / META_FILE
         plain = "scalar" if saved.shape[0] == 1 else f"{saved.shape[0]}-output"
         saved_kind = read_meta(path).get("head", plain) if meta.is_file() else plain
-    with torch.no_grad():
+    # under DeepSpeed ZeRO-3 from_pretrained loads the weights in shards: the head is gathered
+    with torch.no_grad(), full_parameters(score, modify=True):
         if saved_kind == head and saved.shape == weight.shape:
             weight.copy_(saved)
             log.info("%s: training goes on from its %s head", path, head)

@@ -29,7 +29,6 @@ import logging
 import math
 import random
 import time
-from contextlib import nullcontext
 from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +64,9 @@ from distalign.data.prompts import load_prompts
 from distalign.distributed import (
     full_parameters,
     is_sharded,
+    load_whole,
+    loaded_in_shards,
+    micro_batch,
 )
 from distalign.losses import (
     OBJECTIVE_WEIGHTING,
@@ -450,20 +452,6 @@ def say_cut_prompts(
             )  # fmt: skip
 
 
-def refuse_deepspeed(accelerator) -> None:
-    """A ConfigError under DeepSpeed. A step's update accumulates its micro-batches by hand
-    (``policy_gradient_step``: ``no_sync`` until the last), while accelerate's DeepSpeed
-    engine steps the optimizer inside every ``backward`` that it sees as a boundary, and from
-    ZeRO-2 on ``no_sync`` does nothing: each micro-batch would be an optimizer step of its
-    own, and distalign's clipping and skipping of non-finite updates would not apply."""
-    if getattr(accelerator, "distributed_type", None) == "DEEPSPEED":
-        raise ConfigError(
-            "rl train does not run under DeepSpeed: its engine would take an optimizer step "
-            "per micro-batch instead of one per update. Use configs/accelerate/fsdp.yaml "
-            "(weights sharded) or ddp.yaml (docs/gpu.md)"
-        )
-
-
 def build_policy(cfg: RLTrainConfig, accelerator):
     """Policy (+ gradient checkpointing, + LoRA), tokenizer, and the frozen reference: None
     with LoRA (adapters off), else a copy of the SFT weights.
@@ -485,7 +473,8 @@ def build_policy(cfg: RLTrainConfig, accelerator):
         )
         say = log.warning if cfg.use_peft and cfg.beta else log.info  # β pulls to the base
         say("%s is a LoRA adapter: %s", cfg.model_name_or_path, how)
-    policy, tokenizer = load_policy(cfg.model_name_or_path, **load)
+    with loaded_in_shards(accelerator):
+        policy, tokenizer = load_policy(cfg.model_name_or_path, **load)
     cfg.prefix_sharing = prefix_sharing_for(
         cfg.attn_implementation, cfg.prefix_sharing, "rl train", policy
     )
@@ -641,7 +630,7 @@ def policy_gradient_step(
     for s in range(begin, end, step):  # micro-batches of replies; one may cut a prompt's group
         stop = min(end, s + step)
         last = stop >= end  # gradients are all-reduced once, after the last micro-batch
-        with nullcontext() if last else t.accelerator.no_sync(t.learner):
+        with micro_batch(t.accelerator, t.learner, last):
             lp_pad, mask, ent_pad, (ent, tok) = teacher_forced(t, ro, cfg, s, stop)
             counted = _counted(mask, ro, cfg, s, stop)  # the reply tokens the loss counts
             keep = kept_tokens(t, ent_pad, counted, cfg)  # None: all
@@ -667,6 +656,8 @@ def policy_gradient_step(
     # the norm is needed even without clipping (inf clips nothing): a NaN or inf in any
     # gradient makes it non-finite, and that update is skipped instead of ruining the weights
     grad_norm = t.accelerator.clip_grad_norm_(t.learner.parameters(), cfg.max_grad_norm or math.inf)
+    # DeepSpeed's engine clipped and stepped in the last backward: the norm it reports, a float
+    grad_norm = torch.as_tensor(grad_norm)
     if torch.isfinite(grad_norm):
         t.optimizer.step()
         t.scheduler.step()
@@ -970,8 +961,9 @@ def run(cfg: RLTrainConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     # accumulation by hand (policy_gradient_step): accelerate's own stays 1, whatever the
     # launcher exports
-    accelerator = start_run(cfg, out, refuse_deepspeed, gradient_accumulation_steps=1)
+    accelerator = start_run(cfg, out, gradient_accumulation_steps=1)
     # first: the cheap failure (a bad path); frozen reward models in the run's precision
+    load_whole(accelerator)  # the frozen models (ZeRO-3 shards the policy alone)
     reward = load_rewards(cfg, accelerator.device, frozen_dtype(accelerator.mixed_precision))
     given, cfg = cfg, copy(cfg)  # resolved (prefix_sharing, max_steps -1) in the copy
     policy, tokenizer, ref_model = build_policy(cfg, accelerator)
