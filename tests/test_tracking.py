@@ -230,6 +230,10 @@ def test_launched_processes_that_accelerate_runs_apart_are_refused(monkeypatch, 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="ACCELERATE_USE_CPU=true torchrun"):
         _check_processes(alone)
+    # a DeepSpeed config on CPUs: accelerate starts DeepSpeed's engine for one process only
+    zero = SimpleNamespace(**{**vars(alone), "distributed_type": "DistributedType.DEEPSPEED"})
+    with pytest.raises(ConfigError, match=r"DeepSpeed on CPUs in one process only.*ddp\.yaml"):
+        _check_processes(zero)
     monkeypatch.setenv("WORLD_SIZE", "1")
     with caplog.at_level(logging.INFO, logger="distalign.tracking"):
         _check_processes(alone)

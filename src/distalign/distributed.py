@@ -8,17 +8,25 @@ ZeRO-1/2), so the training loops call it unconditionally.
 - ``full_parameters(model)``: a context in which every parameter is whole on this process.
   FSDP2 modules are unsharded once, with resharding after forward suspended, so the forwards
   inside run no collectives and the processes may stop sampling at different steps; FSDP1 is
-  summoned; ZeRO-3 parameters are gathered. Collective: every process enters it.
+  summoned; ZeRO-3 parameters are gathered (a ZeRO-3 engine's hooks taken off meanwhile, by
+  DeepSpeed's ``unwrap_model_for_generation``). Collective: every process enters it.
 - ``full_state_dict(model, prefix)``: the whole state dict (on CPU), collective; the keys
   under ``prefix`` with the prefix stripped (the policy inside a wrapper module).
 - ``full_optimizer_state`` / ``load_full_optimizer_state``: the optimizer's state as one
-  file every process can read back (FSDP2; unsharded optimizers as they are; FSDP1 and
-  ZeRO-3 checkpoints go without it, with a warning).
+  file every process can read back (FSDP2 and DeepSpeed ZeRO: keyed by parameter name;
+  unsharded optimizers as they are; FSDP1 checkpoints go without it, with a warning).
 - ``load_full_state_dict(model, state)``: load a whole state dict into a possibly sharded
-  model (each process keeps its shard).
+  model (each process keeps its shard); ``sync_master_weights`` then hands them to a ZeRO
+  optimizer's fp32 copies.
+- ``micro_batch``: one micro-batch's backward of an update accumulated by hand (``no_sync``;
+  DeepSpeed's engine told where the update ends). ``load_whole`` / ``loaded_in_shards``: under
+  ZeRO-3, the frozen models load whole, the trained one in shards.
 
-Tested with FSDP2 in two CPU processes (``tests/test_distributed.py``); the FSDP1 and ZeRO-3
-branches follow the libraries' documented APIs and have not been run on this project's machines.
+Tested with FSDP2 in two CPU processes (``tests/test_distributed.py``), and with DeepSpeed
+ZeRO-2 and ZeRO-3 through ``accelerate launch`` in one CPU process (``tests/test_deepspeed.py``:
+accelerate runs DeepSpeed on a CPU for one process only, so sharding across processes is not
+exercised); the FSDP1 branches follow torch's documented APIs and have not been run on this
+project's machines.
 """
 
 from __future__ import annotations
@@ -63,6 +71,16 @@ def _fsdp1_root(model):
 
 def _zero3_parameters(model) -> list:
     return [p for p in model.parameters() if hasattr(p, "ds_id")]
+
+
+def _unwrap_for_generation():
+    """DeepSpeed's ``unwrap_model_for_generation``, or None where this DeepSpeed lacks it
+    (the hooks then stay on: slower, and a collective per forward)."""
+    try:
+        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+    except ImportError:
+        return None
+    return unwrap_model_for_generation
 
 
 def _zero3_engine(model) -> bool:
@@ -113,12 +131,10 @@ def full_parameters(model, modify: bool = False):
 
         with FSDP.summon_full_params(_fsdp1_root(model), writeback=modify, recurse=True):
             yield model
-    elif not modify and _zero3_engine(model):
+    elif not modify and _zero3_engine(model) and _unwrap_for_generation() is not None:
         # DeepSpeed's own: gathered once, and its hooks, which would release and fetch each
         # layer's weights again at every forward (a collective per decoding step), taken off
-        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
-
-        with unwrap_model_for_generation(model):
+        with _unwrap_for_generation()(model):
             yield model
     else:
         import deepspeed
@@ -146,7 +162,7 @@ def micro_batch(accelerator, model, last: bool):
 
 
 def _zero3_plugin(accelerator):
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
     return plugin if plugin is not None and plugin.deepspeed_config.get(
         "zero_optimization", {}).get("stage") == 3 else None  # fmt: skip
 

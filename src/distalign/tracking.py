@@ -106,8 +106,7 @@ def flat_hparams(config: Any, prefix: str = "") -> dict[str, bool | int | float 
     return out
 
 
-def start_run(cfg: Any, out: Path, refuse: Callable[[Any], None] | None = None,
-              **accelerator_kwargs):  # fmt: skip
+def start_run(cfg: Any, out: Path, **accelerator_kwargs):
     """A training run's Accelerator (mixed precision from ``cfg.bf16``/``cfg.fp16``, or what
     ``accelerate launch`` set; trackers from ``cfg.report_to``), the global seed, TF32 as
     ``cfg.tf32`` asks (deterministic kernels with ``cfg.full_determinism``), the process
@@ -115,8 +114,8 @@ def start_run(cfg: Any, out: Path, refuse: Callable[[Any], None] | None = None,
     saved in ``out`` by the main process; an
     earlier run in ``out`` is refused or replaced first (``checkpoint.prepare_output_dir``).
     With ``push_to_hub``, the hub repository is created (or found) before anything else.
-    ``refuse(accelerator)`` raises where the command cannot run as launched (before any of
-    that)."""
+    Under DeepSpeed, its config takes the run's batch, accumulation and clipping
+    (``_fill_deepspeed``)."""
     from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, set_seed
 
@@ -151,8 +150,6 @@ def start_run(cfg: Any, out: Path, refuse: Callable[[Any], None] | None = None,
     if accelerator.state.deepspeed_plugin is not None:
         _fill_deepspeed(accelerator, cfg, steps)
     _check_processes(accelerator)  # before anything in out moves
-    if refuse is not None:
-        refuse(accelerator)
     if isinstance(cfg, HubKeys) and accelerator.is_main_process:
         hub_repo(cfg, out)  # no login or network for push_to_hub: fails before the run
     events = [cfg.project] if "tensorboard" in trackers and getattr(cfg, "project", None) else []
@@ -213,11 +210,18 @@ def _check_processes(accelerator) -> None:
 
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
+        kind = str(accelerator.distributed_type)
+        instead = (
+            "accelerate runs DeepSpeed on CPUs in one process only: for several, use "
+            "configs/accelerate/ddp.yaml"
+            if kind.endswith("DEEPSPEED")
+            else "on CPUs launch with ACCELERATE_USE_CPU=true torchrun --nproc_per_node N -m "
+            "distalign.cli ..."
+        )
         raise ConfigError(
             f"{launched} processes were launched (WORLD_SIZE) but accelerate runs each alone "
-            f"({accelerator.distributed_type}), so they would train the same model side by side "
-            "into one output_dir; on CPUs launch with ACCELERATE_USE_CPU=true torchrun "
-            "--nproc_per_node N -m distalign.cli ... (docs/gpu.md)"
+            f"({kind}), so they would train the same model side by side into one output_dir; "
+            f"{instead} (docs/gpu.md)"
         )
     # accelerate's one-process launcher (which always exports ACCELERATE_USE_CPU and
     # ACCELERATE_MIXED_PRECISION) sets MASTER_ADDR, and no WORLD_SIZE, only when more processes
