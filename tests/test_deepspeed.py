@@ -124,3 +124,28 @@ def test_rl_train_under_zero_matches_a_plain_run_and_resumes_exactly(stage, tiny
     for a, b in zip(expected, steps, strict=True):
         assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-4, abs=1e-6)
         assert b["train/grad_norm"] == pytest.approx(a["train/grad_norm"], rel=1e-4)
+
+
+def test_a_zero3_weight_is_written_as_each_process_holds_its_padded_share(monkeypatch):
+    """ZeRO-3 pads a weight whose size does not divide by the processes at the end of the last
+    share; each process writes its own share, the last one's padded with zeros."""
+    from types import SimpleNamespace
+
+    import deepspeed.utils
+
+    from distalign.distributed import _set_full
+
+    written = {}
+    monkeypatch.setattr(deepspeed.utils, "safe_set_local_fp32_param",
+                        lambda p, v: written.update(fp32=v.clone()))  # fmt: skip
+    monkeypatch.setattr(deepspeed.utils, "safe_set_local_optimizer_state",
+                        lambda p, v, k: written.update({k: v.clone()}))  # fmt: skip
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    value = torch.arange(10.0).reshape(2, 5)  # 10 numbers over 4 processes: shares of 3
+    param = SimpleNamespace(ds_id=0, ds_tensor=torch.empty(3), device="cpu", ds_process_group=None)
+    for rank, share in [(0, [0, 1, 2]), (2, [6, 7, 8]), (3, [9, 0, 0])]:
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None, r=rank: r)
+        _set_full(param, value)
+        _set_full(param, value * 2, "exp_avg")
+        assert written["fp32"].tolist() == share
+        assert written["exp_avg"].tolist() == [2 * x for x in share]

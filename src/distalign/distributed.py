@@ -147,9 +147,10 @@ def full_parameters(model, modify: bool = False):
 @contextmanager
 def micro_batch(accelerator, model, last: bool):
     """The backward of one micro-batch of an update accumulated by hand: before the last,
-    gradients are not all-reduced (DDP, FSDP: ``no_sync``) and DeepSpeed's engine, which steps
-    its optimizer inside ``backward`` at a boundary, is told this is none; the last one
-    all-reduces, and the engine clips and steps there."""
+    gradients are not all-reduced (DDP, FSDP: ``no_sync``), and DeepSpeed's engine, which steps
+    its optimizer inside ``backward`` at a boundary, is told this is none (ZeRO-2/3 still
+    reduce-scatter each micro-batch's gradients into their shards); the last one all-reduces,
+    and the engine clips and steps there."""
     if last:
         yield
         return
@@ -159,6 +160,21 @@ def micro_batch(accelerator, model, last: bool):
             yield
     finally:
         accelerator.sync_gradients = True
+
+
+def engine_dtype(accelerator) -> torch.dtype | None:
+    """The dtype DeepSpeed's engine casts the trained model's weights to under bf16 or fp16
+    mixed precision (it keeps fp32 master copies in its optimizer); None otherwise, where
+    the weights stay as loaded and autocast computes in the lower precision."""
+    if getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None) is None:
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        str(accelerator.mixed_precision)
+    )  # fmt: skip
+
+
+def _first_process() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 def _zero3_plugin(accelerator):
@@ -218,7 +234,9 @@ def full_state_dict(model, prefix: str = "", accelerator=None) -> dict[str, Any]
         # without stage3_gather_16bit_weights_on_model_save, after the run's first steps
         from accelerate.utils import extract_model_from_parallel
 
-        with full_parameters(model):
+        with full_parameters(model):  # every process gathers; the first one keeps a copy
+            if not _first_process():
+                return {}  # as FSDP2's full state dict with cpu_offload
             whole = extract_model_from_parallel(model).state_dict()
             copies: dict[int, torch.Tensor] = {}  # tied weights stay one tensor, saved once
             for v in whole.values():
@@ -261,11 +279,13 @@ def _zero_state(model, zero) -> dict[str, Any]:
     first = next(iter(inner.values()), {})
     keys = [k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0]
     step = first.get("step", 0)
-    moments = {}
+    moments, keep = {}, _first_process()  # every process gathers; the first one keeps them
     for name, param in model.named_parameters():
         if param.requires_grad:
             got = {k: safe_get_full_optimizer_state(param, k) for k in keys}
-            moments[name] = {k: v.detach().cpu().clone() for k, v in got.items() if v is not None}
+            if keep:
+                moments[name] = {k: v.detach().cpu().clone() for k, v in got.items()
+                                 if v is not None}  # fmt: skip
     return {"zero": moments, "step": float(step)}
 
 
@@ -285,21 +305,48 @@ def _materialise_state(zero) -> None:
         pairs = [(group, group["params"]) for group in inner.param_groups]
     for group, flats in pairs:
         held, rate = group["params"], group["lr"]
+        buffers = [flat.grad for flat in flats]  # with optimizer offload, ZeRO's own buffers
         group["params"], group["lr"] = flats, 0.0
         for flat in flats:
             flat.grad = torch.zeros_like(flat)
         try:
             inner.step()
         finally:
-            for flat in flats:
-                flat.grad = None
+            for flat, buffer in zip(flats, buffers, strict=True):
+                flat.grad = buffer
             group["params"], group["lr"] = held, rate
     if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO 1/2: links fragments
         zero._lazy_init_hp_params_optimizer_state()
 
 
+def _set_full(param, value: torch.Tensor, key: str | None = None) -> None:
+    """Write a whole weight's fp32 master copy (``key`` None) or optimizer state into a ZeRO
+    optimizer. ZeRO-3 takes this process's share of the flat weight, padded at its end as
+    ZeRO-3 pads partitions (DeepSpeed's full setter reads past the end of a weight whose
+    size does not divide by the processes); ZeRO 1/2 map it themselves."""
+    from deepspeed import utils as ds
+
+    value = value.to(param.device)
+    if not hasattr(param, "ds_id"):
+        if key is None:
+            ds.safe_set_full_fp32_param(param, value)
+        else:
+            ds.safe_set_full_optimizer_state(param, value, key)
+        return
+    share = param.ds_tensor.numel()
+    rank = 0
+    if torch.distributed.is_initialized():
+        rank = torch.distributed.get_rank(group=getattr(param, "ds_process_group", None))
+    piece = value.flatten().float()[share * rank : share * (rank + 1)]
+    local = piece.new_zeros(share)  # the last process's share ends in padding
+    local[: piece.numel()] = piece
+    if key is None:
+        ds.safe_set_local_fp32_param(param, local)
+    else:
+        ds.safe_set_local_optimizer_state(param, local, key)
+
+
 def _load_zero_state(model, zero, state: dict[str, Any]) -> None:
-    from deepspeed.utils import safe_set_full_optimizer_state
 
     if "zero" not in state:
         raise ValueError("the checkpoint's optimizer state was not written under DeepSpeed")
@@ -310,7 +357,7 @@ def _load_zero_state(model, zero, state: dict[str, Any]) -> None:
     _materialise_state(zero)
     for name, moments in state["zero"].items():
         for key, value in moments.items():
-            safe_set_full_optimizer_state(params[name], value.to(params[name].device), key)
+            _set_full(params[name], value, key)
     for per_partition in zero.optimizer.state.values():
         if "step" in per_partition:
             old = per_partition["step"]
@@ -324,12 +371,10 @@ def sync_master_weights(model, optimizer) -> None:
     from the weights it held. No-op for other optimizers."""
     if zero_optimizer(optimizer) is None:
         return
-    from deepspeed.utils import safe_set_full_fp32_param
-
     with full_parameters(model):  # read whole (ZeRO-3)
         for param in model.parameters():
             if param.requires_grad:
-                safe_set_full_fp32_param(param, param.detach().float().clone())
+                _set_full(param, param.detach().float().clone())
 
 
 def full_optimizer_state(model, optimizer) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import torch
 
 from distalign.data.pairs import build_shared_rows
+from distalign.distributed import sharding
 from distalign.models.load import attention_mask_for, recurrent_layer_types, unwrap
 
 CHUNK_TOKENS = 512  # rows of logits materialised at once: 512 × 49,152 fp32 ≈ 100 MB
@@ -166,7 +167,10 @@ def reply_logprobs(
         groups = [(p, [r]) for p, rs in zip(prompt_ids, replies, strict=True) for r in rs]
     rows = build_shared_rows(groups, pad_token_id)
     n_replies = sum(len(rs) for _, rs in groups)
-    transform = logit_transform(inner)
+    # ZeRO-3 fetches the head's weights at each call of it, a collective: the head is called
+    # once per forward, as the model's own forward does, where a chunk count would differ
+    # between processes
+    transform = None if sharding(inner) == "zero3" else logit_transform(inner)
     device = next(model.parameters()).device
     position_ids = rows["position_ids"].to(device)
     inputs = dict(

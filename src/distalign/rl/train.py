@@ -29,6 +29,7 @@ import logging
 import math
 import random
 import time
+from contextlib import nullcontext
 from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ from distalign.data.load import (
 from distalign.data.pairs import render_prompt_ids, templated_note, templated_text
 from distalign.data.prompts import load_prompts
 from distalign.distributed import (
+    engine_dtype,
     full_parameters,
     is_sharded,
     load_whole,
@@ -473,7 +475,8 @@ def build_policy(cfg: RLTrainConfig, accelerator):
         )
         say = log.warning if cfg.use_peft and cfg.beta else log.info  # β pulls to the base
         say("%s is a LoRA adapter: %s", cfg.model_name_or_path, how)
-    with loaded_in_shards(accelerator):
+    # an adapter merged into its base needs the base whole (ZeRO-3 shards it at prepare)
+    with nullcontext() if adapter and not cfg.use_peft else loaded_in_shards(accelerator):
         policy, tokenizer = load_policy(cfg.model_name_or_path, **load)
     cfg.prefix_sharing = prefix_sharing_for(
         cfg.attn_implementation, cfg.prefix_sharing, "rl train", policy
@@ -491,6 +494,8 @@ def build_policy(cfg: RLTrainConfig, accelerator):
     if not cfg.use_peft:
         ref_model, _ = load_policy(cfg.model_name_or_path, **load)
         ref_model.requires_grad_(False).eval().to(accelerator.device)
+        if (dtype := engine_dtype(accelerator)) is not None:  # as DeepSpeed casts the policy
+            ref_model.to(dtype)
     return policy, tokenizer, ref_model
 
 
