@@ -346,3 +346,8 @@ def test_a_deepspeed_config_takes_the_runs_batch_accumulation_and_clipping(caplo
     _fill_deepspeed(accelerator, SimpleNamespace(per_device_train_batch_size=8,
                                                  max_grad_norm=None), 2)  # fmt: skip
     assert ds["gradient_clipping"] == 0.0  # DeepSpeed's "no clipping"
+    from distalign.config import ConfigError
+
+    ds["scheduler"] = {"type": "WarmupLR"}  # a DeepSpeed JSON's own: it would step twice
+    with pytest.raises(ConfigError, match="a scheduler section: distalign builds AdamW"):
+        _fill_deepspeed(accelerator, cfg, 2)

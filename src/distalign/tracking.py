@@ -174,7 +174,15 @@ def _fill_deepspeed(accelerator, cfg: Any, steps: int | None) -> None:
     and ``gradient_clipping`` (``max_grad_norm``; DeepSpeed's engine clips inside its step,
     where ``clip_grad_norm_`` only reads the norm). A config file's other number gives way to
     the run's, with a warning: the run's schedule and the saved config were made for it."""
+    from distalign.config import ConfigError
+
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    if own := [key for key in ("optimizer", "scheduler") if key in ds]:
+        raise ConfigError(
+            f"the DeepSpeed config has a {' and '.join(own)} section: distalign builds AdamW "
+            "and its schedule from the run's keys (learning_rate, weight_decay, adam_*, "
+            "lr_scheduler_type, warmup_ratio); remove the section and set those keys"
+        )
     micro = cfg.per_device_train_batch_size
     steps = steps or 1
     wanted = {
