@@ -347,7 +347,6 @@ def _set_full(param, value: torch.Tensor, key: str | None = None) -> None:
 
 
 def _load_zero_state(model, zero, state: dict[str, Any]) -> None:
-
     if "zero" not in state:
         raise ValueError("the checkpoint's optimizer state was not written under DeepSpeed")
     params = dict(model.named_parameters())
