@@ -61,7 +61,9 @@ def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
     for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6, msg=key)
+        # float rounding (ZeRO-3 reduces gradients in its own order) moves a weight by ~2e-6;
+        # one update at these learning rates moves it by ~1e-3
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
 def metrics(out: Path) -> list[dict]:
@@ -69,7 +71,8 @@ def metrics(out: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_rm_train_under_zero_matches_a_plain_run(stage, tiny_model_dir, tmp_path):
+def test_rm_train_under_zero_matches_a_plain_run_and_resumes_exactly(stage, tiny_model_dir,
+                                                                     tmp_path):  # fmt: skip
     data = tmp_path / "pairs"
     data.mkdir()
     write_jsonl(data / "train.jsonl", make_pairs(32, seed=0))
@@ -77,19 +80,25 @@ def test_rm_train_under_zero_matches_a_plain_run(stage, tiny_model_dir, tmp_path
     args = [
         f"model_name_or_path={tiny_model_dir}", f"dataset_name={data}", "max_length=64",
         "max_prompt_length=32", "learning_rate=3e-3", "report_to=none",
-        "per_device_train_batch_size=4", "gradient_accumulation_steps=2", "max_steps=3",
-        "save_steps=2", "max_grad_norm=0.5",
+        "per_device_train_batch_size=4", "gradient_accumulation_steps=2", "save_steps=2",
+        "max_grad_norm=0.5", "lr_scheduler_type=constant",  # 2 steps, then 3: one schedule
     ]  # fmt: skip
-    distalign("rm", "train", *args, f"output_dir={tmp_path / 'plain'}")
-    said = distalign("rm", "train", *args, f"output_dir={tmp_path / 'zero'}",
-                     config=_config(tmp_path, stage))  # fmt: skip
+    config, zero = _config(tmp_path, stage), tmp_path / "zero"
+    distalign("rm", "train", *args, "max_steps=3", f"output_dir={tmp_path / 'plain'}")
+    said = distalign("rm", "train", *args, "max_steps=2", f"output_dir={zero}", config=config)
     assert "(DEEPSPEED)" in said  # the engine ran, not a plain process
+    # resumed from step 2: the weights, ZeRO's fp32 copies of them and AdamW's moments
+    distalign("rm", "train", *args, "max_steps=3", f"output_dir={zero}",
+              "resume_from_checkpoint=true", config=config)  # fmt: skip
     assert_same_weights(tmp_path / "plain" / "final", tmp_path / "zero" / "final")
     plain, zero = metrics(tmp_path / "plain"), metrics(tmp_path / "zero")
     # the engine clipped at max_grad_norm (the norms are above it) and stepped once per update
     norms = [m["train/grad_norm"] for m in plain if "train/grad_norm" in m]
     assert norms and max(norms) > 0.5
-    for a, b in zip(plain, zero, strict=True):
+    # the steps' rows, and the last evaluation (the first run's, at step 2, stays in the log)
+    steps = [[m for m in rows if "train/loss" in m] + [rows[-1]] for rows in (plain, zero)]
+    assert [m["step"] for m in steps[1]] == [1, 2, 3, 3]
+    for a, b in zip(*steps, strict=True):
         for key in ("train/loss", "train/grad_norm", "eval/loss"):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-4), key
