@@ -27,10 +27,25 @@ pytest.importorskip("deepspeed")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _config(tmp_path: Path, stage: int) -> Path:
-    """The repository's ZeRO config for one CPU process in float32."""
+def _config(tmp_path: Path, stage: int, json_file: bool = False) -> Path:
+    """The repository's ZeRO config for one CPU process in float32; ``json_file``: with a
+    DeepSpeed JSON whose sizes are "auto", as transformers' docs write one."""
     config = yaml.safe_load((REPO / f"configs/accelerate/deepspeed_zero{stage}.yaml").read_text())
     config.update(num_processes=1, mixed_precision="no")
+    if json_file:
+        auto = ["reduce_bucket_size", "stage3_prefetch_bucket_size",
+                "stage3_param_persistence_threshold"]  # fmt: skip
+        ds = {
+            "zero_optimization": {"stage": stage, **dict.fromkeys(auto, "auto"),
+                                  "stage3_gather_16bit_weights_on_model_save": True},
+            **dict.fromkeys(["train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                             "train_batch_size", "gradient_clipping"], "auto"),
+            "bf16": {"enabled": "auto"},
+        }  # fmt: skip
+        (tmp_path / "ds.json").write_text(json.dumps(ds))
+        config.pop("mixed_precision")  # the JSON's bf16 "auto" says it (off: float32)
+        config["deepspeed_config"] = {"deepspeed_config_file": str(tmp_path / "ds.json"),
+                                      "zero3_init_flag": stage == 3}  # fmt: skip
     path = tmp_path / f"zero{stage}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -70,9 +85,10 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_rm_train_under_zero_matches_a_plain_run_and_resumes_exactly(stage, tiny_model_dir,
-                                                                     tmp_path):  # fmt: skip
+@pytest.mark.parametrize(("stage", "json_file"), [(2, False), (3, True)])
+def test_rm_train_under_zero_matches_a_plain_run_and_resumes_exactly(
+    stage, json_file, tiny_model_dir, tmp_path
+):
     data = tmp_path / "pairs"
     data.mkdir()
     write_jsonl(data / "train.jsonl", make_pairs(32, seed=0))
@@ -83,7 +99,9 @@ def test_rm_train_under_zero_matches_a_plain_run_and_resumes_exactly(stage, tiny
         "per_device_train_batch_size=4", "gradient_accumulation_steps=2", "save_steps=2",
         "max_grad_norm=0.5", "lr_scheduler_type=constant",  # 2 steps, then 3: one schedule
     ]  # fmt: skip
-    config, zero = _config(tmp_path, stage), tmp_path / "zero"
+    # ZeRO-3 through a DeepSpeed JSON file of "auto" values, which the run's keys and the
+    # model's hidden size fill
+    config, zero = _config(tmp_path, stage, json_file), tmp_path / "zero"
     distalign("rm", "train", *args, "max_steps=3", f"output_dir={tmp_path / 'plain'}")
     said = distalign("rm", "train", *args, "max_steps=2", f"output_dir={zero}", config=config)
     assert "(DEEPSPEED)" in said  # the engine ran, not a plain process

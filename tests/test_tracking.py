@@ -349,5 +349,21 @@ def test_a_deepspeed_config_takes_the_runs_batch_accumulation_and_clipping(caplo
     from distalign.config import ConfigError
 
     ds["scheduler"] = {"type": "WarmupLR"}  # a DeepSpeed JSON's own: it would step twice
-    with pytest.raises(ConfigError, match="a scheduler section: distalign builds AdamW"):
+    with pytest.raises(ConfigError, match="sets its own scheduler: distalign builds AdamW"):
         _fill_deepspeed(accelerator, cfg, 2)
+    # rl train: its own accumulation by hand, DeepSpeed's 1, and a file's 4 said to give way
+    ds.pop("scheduler")
+    ds.update(gradient_accumulation_steps=4, zero_optimization={"compute_grad_norm": False})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="distalign.tracking"):
+        rl = SimpleNamespace(per_device_train_batch_size=8, max_grad_norm=1.0,
+                             gradient_accumulation_steps=2)  # fmt: skip
+        _fill_deepspeed(accelerator, rl, 1)
+    assert ds["gradient_accumulation_steps"] == 1 and ds["train_batch_size"] == 32
+    assert "gradient_accumulation_steps 4 gives way to the run's 2" in caplog.text
+    assert ds["zero_optimization"]["compute_grad_norm"] is True
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="distalign.tracking"):
+        ds["gradient_accumulation_steps"] = 2  # what the run asks: nothing to say
+        _fill_deepspeed(accelerator, rl, 1)
+    assert "gradient_accumulation_steps" not in caplog.text

@@ -374,7 +374,10 @@ def _load_tensors(file: Path) -> Any:
     """A state dict saved by ``torch.save``, read without unpickling arbitrary objects: a file
     that holds anything but tensors, numbers and containers is refused."""
     try:
-        return _reading(file, lambda f: torch.load(f, weights_only=True))
+        # mapped, not read: every process of a sharded run reads the whole file, and the
+        # pages are shared between them rather than copied into each (AdamW's moments are
+        # twice the weights)
+        return _reading(file, lambda f: torch.load(f, weights_only=True, mmap=True))
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(

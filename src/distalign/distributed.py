@@ -73,16 +73,6 @@ def _zero3_parameters(model) -> list:
     return [p for p in model.parameters() if hasattr(p, "ds_id")]
 
 
-def _unwrap_for_generation():
-    """DeepSpeed's ``unwrap_model_for_generation``, or None where this DeepSpeed lacks it
-    (the hooks then stay on: slower, and a collective per forward)."""
-    try:
-        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
-    except ImportError:
-        return None
-    return unwrap_model_for_generation
-
-
 def _zero3_engine(model) -> bool:
     """Whether ``model`` is a DeepSpeed ZeRO-3 engine (which hooks its modules' forwards)."""
     return hasattr(getattr(getattr(model, "optimizer", None), "parameter_offload", None),
@@ -131,10 +121,13 @@ def full_parameters(model, modify: bool = False):
 
         with FSDP.summon_full_params(_fsdp1_root(model), writeback=modify, recurse=True):
             yield model
-    elif not modify and _zero3_engine(model) and _unwrap_for_generation() is not None:
-        # DeepSpeed's own: gathered once, and its hooks, which would release and fetch each
-        # layer's weights again at every forward (a collective per decoding step), taken off
-        with _unwrap_for_generation()(model):
+    elif not modify and _zero3_engine(model):
+        # DeepSpeed's own (0.15 on): gathered once, and its hooks, which would release and
+        # fetch each layer's weights again at every forward (a collective per decoding step,
+        # which processes that stop sampling at different steps would wait on), taken off
+        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(model):
             yield model
     else:
         import deepspeed
@@ -348,7 +341,8 @@ def _set_full(param, value: torch.Tensor, key: str | None = None) -> None:
 
 def _load_zero_state(model, zero, state: dict[str, Any]) -> None:
     if "zero" not in state:
-        raise ValueError("the checkpoint's optimizer state was not written under DeepSpeed")
+        raise ValueError("its optimizer state was written without DeepSpeed: resume it without "
+                         "DeepSpeed (or set resume_from_checkpoint to false)")  # fmt: skip
     params = dict(model.named_parameters())
     if missing := [name for name in state["zero"] if name not in params]:
         raise ValueError(f"the checkpoint's optimizer state has {missing[0]!r}, which the "
@@ -403,10 +397,14 @@ def full_optimizer_state(model, optimizer) -> dict[str, Any] | None:
 
 
 def load_full_optimizer_state(model, optimizer, state: dict[str, Any]) -> None:
-    """Load what ``full_optimizer_state`` wrote."""
+    """Load what ``full_optimizer_state`` wrote. Across engines only ZeRO's stages read
+    each other's: a DeepSpeed checkpoint resumes under DeepSpeed, another one without it."""
     if (zero := zero_optimizer(optimizer)) is not None:
         _load_zero_state(model, zero, state)
         return
+    if "zero" in state:
+        raise ValueError("its optimizer state was written under DeepSpeed: resume it under "
+                         "DeepSpeed, with the accelerate config it ran with")  # fmt: skip
     if sharding(model) == "fsdp2":
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,

@@ -179,24 +179,30 @@ def _fill_deepspeed(accelerator, cfg: Any, steps: int | None) -> None:
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
     if own := [key for key in ("optimizer", "scheduler") if key in ds]:
         raise ConfigError(
-            f"the DeepSpeed config has a {' and '.join(own)} section: distalign builds AdamW "
+            f"the DeepSpeed config sets its own {' and '.join(own)}: distalign builds AdamW "
             "and its schedule from the run's keys (learning_rate, weight_decay, adam_*, "
-            "lr_scheduler_type, warmup_ratio); remove the section and set those keys"
+            "lr_scheduler_type, warmup_ratio); remove those sections and set the keys"
         )
     micro = cfg.per_device_train_batch_size
     steps = steps or 1
-    wanted = {
+    run = {  # the run's value, against which a config file's is compared
         "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": steps,
+        # rl train accumulates by hand (DeepSpeed's own stays 1), rm train through DeepSpeed
+        "gradient_accumulation_steps": getattr(cfg, "gradient_accumulation_steps", steps),
         "train_batch_size": micro * steps * accelerator.num_processes,
         "gradient_clipping": float(cfg.max_grad_norm or 0.0),  # 0: DeepSpeed clips nothing
     }
-    for key, value in wanted.items():
+    for key, value in run.items():
         given = ds.get(key, "auto")
         if given not in ("auto", value) and accelerator.is_main_process:
             log.warning("the DeepSpeed config's %s %s gives way to the run's %s", key, given,
                         value)  # fmt: skip
-        ds[key] = value
+        ds[key] = steps if key == "gradient_accumulation_steps" else value
+    zero = ds.get("zero_optimization", {})
+    if zero.get("compute_grad_norm") is False:  # rl train reads the norm DeepSpeed reports
+        log.warning("the DeepSpeed config's compute_grad_norm false gives way to true: the "
+                    "run logs the gradient norm and counts non-finite updates")  # fmt: skip
+        zero["compute_grad_norm"] = True
 
 
 def _check_tracker_name(key: str, name: str | None) -> None:

@@ -233,6 +233,12 @@ class PairScorer(torch.nn.Module):
         """The reward model inside (what ``models.load.unwrap`` looks through)."""
         return self.model
 
+    @property
+    def config(self):
+        """The reward model's: accelerate fills a DeepSpeed config's size-dependent "auto"
+        values (ZeRO's bucket sizes) from the prepared model's ``config.hidden_size``."""
+        return self.model.config
+
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return _pair_scores(self.model, batch)
 

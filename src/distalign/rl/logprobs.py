@@ -224,6 +224,12 @@ class ReplyLogprobs(torch.nn.Module):
         """The policy inside (what ``models.load.unwrap`` looks through)."""
         return self.policy
 
+    @property
+    def config(self):
+        """The policy's: accelerate fills a DeepSpeed config's size-dependent "auto" values
+        (ZeRO's bucket sizes) from the prepared model's ``config.hidden_size``."""
+        return self.policy.config
+
     def forward(self, prompt_ids, replies, pad_token_id, temperature=1.0, prefix_sharing=True,
                 entropy_grad=False):  # fmt: skip
         return reply_logprobs(

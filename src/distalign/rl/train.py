@@ -475,20 +475,23 @@ def build_policy(cfg: RLTrainConfig, accelerator):
         )
         say = log.warning if cfg.use_peft and cfg.beta else log.info  # β pulls to the base
         say("%s is a LoRA adapter: %s", cfg.model_name_or_path, how)
-    # an adapter merged into its base needs the base whole (ZeRO-3 shards it at prepare)
+    # an adapter merged into its base needs the base whole (ZeRO-3 shards it at prepare);
+    # PEFT gathers sharded weights (DoRA's norms) only while transformers sees ZeRO-3
     with nullcontext() if adapter and not cfg.use_peft else loaded_in_shards(accelerator):
         policy, tokenizer = load_policy(cfg.model_name_or_path, **load)
+        if cfg.gradient_checkpointing:
+            policy.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        if cfg.use_peft and not adapter:
+            policy = add_lora(policy, **cfg.lora_kwargs("CAUSAL_LM"))
+            log.info("training LoRA adapters (r %d on %s; use_peft=false trains every weight, "
+                     "as TRL does without a peft_config)",
+                     cfg.lora_r, cfg.lora_target_modules)  # fmt: skip
     cfg.prefix_sharing = prefix_sharing_for(
         cfg.attn_implementation, cfg.prefix_sharing, "rl train", policy
     )
     ref_model = None
-    if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.use_peft and not adapter:
-        policy = add_lora(policy, **cfg.lora_kwargs("CAUSAL_LM"))
-        log.info("training LoRA adapters (r %d on %s; use_peft=false trains every weight, as "
-                 "TRL does without a peft_config)",
-                 cfg.lora_r, cfg.lora_target_modules)  # fmt: skip
     if cfg.disable_dropout:
         disable_dropout(policy)
     if not cfg.use_peft:
