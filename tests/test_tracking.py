@@ -164,6 +164,20 @@ def test_quiet_libraries_model_loads_print_no_table(
     assert "Loading weights" not in capfd.readouterr().err  # the progress bar
     assert not caplog.records  # the new score head is expected: not reported as missing
     assert not [w for w in caught if issubclass(w.category, FutureWarning)]
+    # DeepSpeed's import-time notice that it found no GPU (accelerate imports it in every
+    # run where it is installed); its other warnings stay
+    deepspeed_log = logging.getLogger("DeepSpeed")
+    notice = deepspeed_log.makeRecord(
+        "DeepSpeed",
+        logging.WARNING,
+        "f",
+        1,
+        "Setting accelerator to CPU. If you have GPU ...",
+        (),
+        None,
+    )
+    other = deepspeed_log.makeRecord("DeepSpeed", logging.WARNING, "f", 1, "a real one", (), None)
+    assert not deepspeed_log.filter(notice) and deepspeed_log.filter(other)
 
 
 def test_end_run_waits_for_every_process_before_the_group_goes():

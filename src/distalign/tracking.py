@@ -559,6 +559,10 @@ def progress_bar(iterable=None, *, show: bool = True, **kwargs):
     return tqdm(iterable, **kwargs)
 
 
+def _no_cpu_fallback_notice(record: logging.LogRecord) -> bool:
+    return "Setting accelerator to CPU" not in record.getMessage()
+
+
 def quiet_libraries() -> None:
     """Only what a user can act on, once at CLI start: the libraries log errors only, their
     progress bars are off (ours stay: sampling, training), and their deprecation notices —
@@ -582,6 +586,10 @@ def quiet_libraries() -> None:
     # sentence-transformers (the gold judge) also shows its encode bars at INFO level
     for name in ("accelerate", "peft", "sentence_transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # DeepSpeed, where installed, says at import that it found no GPU ("Setting accelerator
+    # to CPU"), and accelerate imports it to look for its engine in every run; its logger
+    # sets its own level when made, so a filter (kept by that logger) drops the notice
+    logging.getLogger("DeepSpeed").addFilter(_no_cpu_fallback_notice)
     hub_utils.logging.disable_propagation()  # it prints its warnings itself: not twice
     # "Loading weights" bars; transformers' switch also turns off the hub's download bars,
     # which are worth keeping, so those are switched back on when they were on
