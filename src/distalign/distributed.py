@@ -85,7 +85,7 @@ def sharding(model) -> str:
         return "fsdp2"
     if _fsdp1_root(model) is not None:
         return "fsdp1"
-    if _zero3_parameters(model):
+    if any(hasattr(p, "ds_id") for p in model.parameters()):  # ZeRO-3 converts every one
         return "zero3"
     return "none"
 
@@ -159,7 +159,7 @@ def engine_dtype(accelerator) -> torch.dtype | None:
     """The dtype DeepSpeed's engine casts the trained model's weights to under bf16 or fp16
     mixed precision (it keeps fp32 master copies in its optimizer); None otherwise, where
     the weights stay as loaded and autocast computes in the lower precision."""
-    if getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None) is None:
+    if deepspeed_plugin(accelerator) is None:
         return None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
         str(accelerator.mixed_precision)
@@ -170,8 +170,13 @@ def _first_process() -> bool:
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
+def deepspeed_plugin(accelerator):
+    """accelerate's DeepSpeed plugin of a run launched under DeepSpeed, else None."""
+    return getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+
+
 def _zero3_plugin(accelerator):
-    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+    plugin = deepspeed_plugin(accelerator)
     return plugin if plugin is not None and plugin.deepspeed_config.get(
         "zero_optimization", {}).get("stage") == 3 else None  # fmt: skip
 

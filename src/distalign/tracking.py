@@ -121,6 +121,7 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
 
     from distalign.checkpoint import prepare_output_dir
     from distalign.config import mixed_precision, save_config
+    from distalign.distributed import deepspeed_plugin
     from distalign.hub import HubKeys, hub_repo
     from distalign.models.load import set_tf32
 
@@ -147,7 +148,7 @@ def start_run(cfg: Any, out: Path, **accelerator_kwargs):
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))],
         **accelerator_kwargs,
     )
-    if accelerator.state.deepspeed_plugin is not None:
+    if deepspeed_plugin(accelerator) is not None:
         _fill_deepspeed(accelerator, cfg, steps)
     _check_processes(accelerator)  # before anything in out moves
     if isinstance(cfg, HubKeys) and accelerator.is_main_process:
@@ -175,29 +176,32 @@ def _fill_deepspeed(accelerator, cfg: Any, steps: int | None) -> None:
     where ``clip_grad_norm_`` only reads the norm). A config file's other number gives way to
     the run's, with a warning: the run's schedule and the saved config were made for it."""
     from distalign.config import ConfigError
+    from distalign.distributed import deepspeed_plugin
 
-    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds = deepspeed_plugin(accelerator).deepspeed_config
     if own := [key for key in ("optimizer", "scheduler") if key in ds]:
         raise ConfigError(
             f"the DeepSpeed config sets its own {' and '.join(own)}: distalign builds AdamW "
             "and its schedule from the run's keys (learning_rate, weight_decay, adam_*, "
             "lr_scheduler_type, warmup_ratio); remove those sections and set the keys"
         )
-    micro = cfg.per_device_train_batch_size
-    steps = steps or 1
-    run = {  # the run's value, against which a config file's is compared
+    micro, steps = cfg.per_device_train_batch_size, steps or 1
+    written = {
         "train_micro_batch_size_per_gpu": micro,
-        # rl train accumulates by hand (DeepSpeed's own stays 1), rm train through DeepSpeed
-        "gradient_accumulation_steps": getattr(cfg, "gradient_accumulation_steps", steps),
+        "gradient_accumulation_steps": steps,
         "train_batch_size": micro * steps * accelerator.num_processes,
         "gradient_clipping": float(cfg.max_grad_norm or 0.0),  # 0: DeepSpeed clips nothing
     }
-    for key, value in run.items():
+    # what a config file's number is compared with: the run's accumulation (rl train's is by
+    # hand, DeepSpeed's own stays 1)
+    runs = {**written, "gradient_accumulation_steps": getattr(cfg, "gradient_accumulation_steps",
+                                                              steps)}  # fmt: skip
+    for key, value in written.items():
         given = ds.get(key, "auto")
-        if given not in ("auto", value) and accelerator.is_main_process:
+        if given not in ("auto", runs[key]) and accelerator.is_main_process:
             log.warning("the DeepSpeed config's %s %s gives way to the run's %s", key, given,
-                        value)  # fmt: skip
-        ds[key] = steps if key == "gradient_accumulation_steps" else value
+                        runs[key])  # fmt: skip
+        ds[key] = value
     zero = ds.get("zero_optimization", {})
     if zero.get("compute_grad_norm") is False:  # rl train reads the norm DeepSpeed reports
         log.warning("the DeepSpeed config's compute_grad_norm false gives way to true: the "
